@@ -1,0 +1,135 @@
+//! The `Executor` trait: the only way the controller reaches the process that runs the code.
+
+use crate::{ExecutorAddr, MemProt, Result};
+use std::path::Path;
+
+/// Facts about the executor that the linker needs.
+#[derive(Clone, Debug)]
+pub struct TargetInfo {
+    pub triple: String,
+    pub page_size: u64,
+    pub pid: u32,
+}
+
+/// Where a reservation must lie. Code that reaches host libraries with 32-bit displacements must
+/// be placed within ±2 GiB of them; the controller computes the window, the executor (which knows
+/// its own address-space map) finds a free range inside it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Anywhere.
+    Anywhere,
+    /// The whole range `[addr, addr + size)` must lie inside `[lo, hi)`.
+    Within { lo: u64, hi: u64 },
+    /// Exactly at this address (fails if anything is mapped there).
+    Fixed(u64),
+}
+
+/// One segment of a finalized allocation: `content` is copied to `addr`, followed by `zero_fill`
+/// zero bytes, and the pages get protection `prot`. `addr` is page aligned.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub addr: ExecutorAddr,
+    pub prot: MemProt,
+    pub content: Vec<u8>,
+    pub zero_fill: u64,
+}
+
+impl Segment {
+    pub fn size(&self) -> u64 {
+        self.content.len() as u64 + self.zero_fill
+    }
+}
+
+/// Something the executor does when memory is finalized or deallocated. Actions are data, not
+/// function pointers, so that they travel over a wire unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Register a `.eh_frame` section (CIEs and FDEs ending with a zero terminator).
+    RegisterEhFrame { addr: ExecutorAddr, size: u64 },
+    DeregisterEhFrame { addr: ExecutorAddr, size: u64 },
+    /// Register a thread-local storage template for the dynamic TLS models.
+    RegisterTls {
+        module: u64,
+        image: ExecutorAddr,
+        image_size: u64,
+        block_size: u64,
+        align: u64,
+    },
+    DeregisterTls { module: u64 },
+    /// Call `void f(void)`.
+    CallVoid(ExecutorAddr),
+    /// Run the exit handlers registered with `__cxa_atexit(..., dso)` (glibc's `__cxa_finalize`).
+    CxaFinalize { dso: ExecutorAddr },
+}
+
+/// A finalize action and the dealloc action that undoes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionPair {
+    pub finalize: Option<Action>,
+    pub dealloc: Option<Action>,
+}
+
+/// Everything the executor needs to make a linked unit live.
+#[derive(Clone, Debug, Default)]
+pub struct FinalizeRequest {
+    /// The reservation this allocation lives in; released when the allocation is deallocated.
+    pub reservation: (ExecutorAddr, u64),
+    pub segments: Vec<Segment>,
+    /// Run in order after the segments are in place; dealloc halves run in reverse on release.
+    pub actions: Vec<ActionPair>,
+    /// Run by [`Executor::run_initializers`], in order.
+    pub initializers: Vec<ExecutorAddr>,
+    /// Run in order when the allocation is deallocated or the process exits, but only if the
+    /// initializers ran.
+    pub deinitializers: Vec<Action>,
+}
+
+/// Identifies a finalized allocation in one executor.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocId(pub u64);
+
+/// Identifies a library loaded into the executor.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LibraryId(pub u32);
+
+/// The process that runs the code: this one, or another behind a channel.
+pub trait Executor: Send + Sync {
+    fn info(&self) -> &TargetInfo;
+
+    /// Reserve address space (no access) of `size` bytes, page aligned.
+    fn reserve(&self, size: u64, placement: Placement) -> Result<ExecutorAddr>;
+
+    /// Release a reservation that was never finalized.
+    fn release(&self, addr: ExecutorAddr, size: u64) -> Result<()>;
+
+    /// Copy segments in, set protections, flush the instruction cache, run finalize actions.
+    fn finalize(&self, request: FinalizeRequest) -> Result<AllocId>;
+
+    /// Run deinitializers (if initialized), dealloc actions in reverse, release the memory.
+    fn deallocate(&self, id: AllocId) -> Result<()>;
+
+    /// Run the initializers of a finalized allocation (once).
+    fn run_initializers(&self, id: AllocId) -> Result<()>;
+
+    /// Load a shared library (dlopen) so that its symbols can be looked up.
+    fn load_library(&self, path: &Path) -> Result<LibraryId>;
+
+    /// Look up symbols: first in `libraries` in order, then (if `process`) in the executor
+    /// process's global scope. `None` for a symbol found nowhere.
+    fn lookup(
+        &self,
+        names: &[&[u8]],
+        libraries: &[LibraryId],
+        process: bool,
+    ) -> Result<Vec<Option<ExecutorAddr>>>;
+
+    /// Symbols the runtime itself provides to JIT'd code (e.g. `__tls_get_addr` for the dynamic
+    /// TLS models of kiln-linked units). They win over libraries and the process.
+    fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)];
+
+    /// Call `int entry(int argc, char **argv, char **envp)` and return its result.
+    fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32>;
+
+    /// Call `void f(void)`.
+    fn call_void(&self, f: ExecutorAddr) -> Result<()>;
+}

@@ -1,0 +1,288 @@
+//! The executor for code that runs in this process.
+
+use crate::executor::*;
+use crate::sys::{call, dl, eh, mem, tls};
+use crate::{Error, ExecutorAddr, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once, OnceLock};
+
+struct Alloc {
+    reservation: (ExecutorAddr, u64),
+    segments: Vec<(ExecutorAddr, u64)>,
+    dealloc: Vec<Action>,
+    initializers: Vec<ExecutorAddr>,
+    deinitializers: Vec<Action>,
+    initialized: bool,
+}
+
+/// Live allocations of this process, shared by every `InProcessExecutor`: the exit hook must see
+/// them all.
+fn allocs() -> &'static Mutex<BTreeMap<u64, Alloc>> {
+    static A: OnceLock<Mutex<BTreeMap<u64, Alloc>>> = OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Runs when the process exits (`exit()` from JIT'd code, or the host returning from `main`):
+/// like glibc's `_dl_fini` for shared objects, it runs the finalizers of every live allocation,
+/// newest first. It is registered before any JIT'd code runs, so the exit handlers JIT'd code
+/// registered with `__cxa_atexit` run before it, as they do for a native program. Memory is not
+/// released: the process is going away and other exit handlers may still reference it.
+extern "C" fn exit_hook() {
+    let pending: Vec<Vec<Action>> = {
+        let Ok(mut a) = allocs().lock() else { return };
+        a.values_mut()
+            .rev()
+            .filter(|al| al.initialized)
+            .map(|al| {
+                al.initialized = false;
+                std::mem::take(&mut al.deinitializers)
+            })
+            .collect()
+    };
+    // No lock is held while JIT'd code runs: it may call exit() or link more code.
+    for actions in pending {
+        for a in actions {
+            let _ = run_action(&a);
+        }
+    }
+}
+
+fn run_action(a: &Action) -> Result<()> {
+    match *a {
+        Action::RegisterEhFrame { addr, size } => eh::register(addr, size),
+        Action::DeregisterEhFrame { addr, size } => {
+            eh::deregister(addr, size);
+            Ok(())
+        }
+        Action::RegisterTls {
+            module,
+            image,
+            image_size,
+            block_size,
+            align,
+        } => tls::register(module, image.0, image_size, block_size, align).map_err(Error::Tls),
+        Action::DeregisterTls { module } => {
+            tls::deregister(module);
+            Ok(())
+        }
+        Action::CallVoid(f) => {
+            // SAFETY: the controller names finalized code of a live allocation with C signature
+            // void(void) (an initializer, finalizer or registration function).
+            unsafe { call::void(f) };
+            Ok(())
+        }
+        Action::CxaFinalize { dso } => {
+            call::cxa_finalize(dso);
+            Ok(())
+        }
+    }
+}
+
+/// Runs JIT'd code in this process.
+pub struct InProcessExecutor {
+    info: TargetInfo,
+    libraries: Mutex<Vec<dl::Handle>>,
+    runtime_symbols: Vec<(&'static str, ExecutorAddr)>,
+}
+
+impl Default for InProcessExecutor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcessExecutor {
+    pub fn new() -> Self {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            // SAFETY: registering a plain extern "C" function with no arguments.
+            unsafe { libc::atexit(exit_hook) };
+        });
+        let tls_get_addr = tls::kiln_tls_get_addr as *const () as u64;
+        InProcessExecutor {
+            info: TargetInfo {
+                triple: "x86_64-unknown-linux-gnu".into(),
+                page_size: mem::page_size(),
+                pid: std::process::id(),
+            },
+            libraries: Mutex::new(Vec::new()),
+            runtime_symbols: vec![("__tls_get_addr", ExecutorAddr(tls_get_addr))],
+        }
+    }
+
+    /// A typed view of finalized code.
+    ///
+    /// # Safety
+    /// `addr` must be the address of a finalized, still-live function whose C ABI signature is
+    /// exactly `F` (a `extern "C" fn(..) -> ..` pointer type).
+    pub unsafe fn function<F: Copy>(&self, addr: ExecutorAddr) -> F {
+        assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
+        // SAFETY: F is pointer-sized (asserted); validity is the caller's promise.
+        unsafe { std::mem::transmute_copy::<usize, F>(&(addr.0 as usize)) }
+    }
+
+    fn segments_inside(req: &FinalizeRequest) -> Result<()> {
+        let (base, size) = req.reservation;
+        let end = base.0.checked_add(size).ok_or_else(|| {
+            Error::InvalidRequest("reservation wraps around the address space".into())
+        })?;
+        for s in &req.segments {
+            let send = s.addr.0.checked_add(s.size());
+            if s.addr.0 < base.0 || send.is_none_or(|e| e > end) {
+                return Err(Error::InvalidRequest(format!(
+                    "segment {}..+{:#x} lies outside its reservation {}..+{:#x}",
+                    s.addr,
+                    s.size(),
+                    base,
+                    size
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Executor for InProcessExecutor {
+    fn info(&self) -> &TargetInfo {
+        &self.info
+    }
+
+    fn reserve(&self, size: u64, placement: Placement) -> Result<ExecutorAddr> {
+        mem::reserve(size, placement)
+    }
+
+    fn release(&self, addr: ExecutorAddr, size: u64) -> Result<()> {
+        mem::release(addr, size)
+    }
+
+    fn finalize(&self, req: FinalizeRequest) -> Result<AllocId> {
+        Self::segments_inside(&req)?;
+        for s in &req.segments {
+            mem::commit(s.addr, &s.content, s.zero_fill, s.prot)?;
+            mem::flush_icache(s.addr, s.size());
+        }
+        let mut dealloc = Vec::new();
+        for pair in &req.actions {
+            if let Some(a) = &pair.finalize {
+                if let Err(e) = run_action(a) {
+                    for d in dealloc.iter().rev() {
+                        let _ = run_action(d);
+                    }
+                    return Err(e);
+                }
+            }
+            if let Some(d) = &pair.dealloc {
+                dealloc.push(d.clone());
+            }
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let alloc = Alloc {
+            reservation: req.reservation,
+            segments: req.segments.iter().map(|s| (s.addr, s.size())).collect(),
+            dealloc,
+            initializers: req.initializers,
+            deinitializers: req.deinitializers,
+            initialized: false,
+        };
+        allocs()
+            .lock()
+            .map_err(|_| Error::InvalidRequest("allocation table poisoned".into()))?
+            .insert(id, alloc);
+        Ok(AllocId(id))
+    }
+
+    fn run_initializers(&self, id: AllocId) -> Result<()> {
+        let inits = {
+            let mut a = allocs()
+                .lock()
+                .map_err(|_| Error::InvalidRequest("allocation table poisoned".into()))?;
+            let al = a.get_mut(&id.0).ok_or(Error::UnknownAllocation(id.0))?;
+            if al.initialized {
+                return Ok(());
+            }
+            al.initialized = true;
+            al.initializers.clone()
+        };
+        for f in inits {
+            run_action(&Action::CallVoid(f))?;
+        }
+        Ok(())
+    }
+
+    fn deallocate(&self, id: AllocId) -> Result<()> {
+        let al = allocs()
+            .lock()
+            .map_err(|_| Error::InvalidRequest("allocation table poisoned".into()))?
+            .remove(&id.0)
+            .ok_or(Error::UnknownAllocation(id.0))?;
+        // Destructors and exit handlers first, while the code and data are still mapped; then
+        // undo the registrations in reverse order; only then unmap.
+        if al.initialized {
+            for a in &al.deinitializers {
+                run_action(a)?;
+            }
+        }
+        for a in al.dealloc.iter().rev() {
+            run_action(a)?;
+        }
+        let _ = &al.segments;
+        mem::release(al.reservation.0, al.reservation.1)
+    }
+
+    fn load_library(&self, path: &Path) -> Result<LibraryId> {
+        let h = dl::open(&path.to_string_lossy())?;
+        let mut libs = self
+            .libraries
+            .lock()
+            .map_err(|_| Error::InvalidRequest("library table poisoned".into()))?;
+        libs.push(h);
+        Ok(LibraryId(libs.len() as u32 - 1))
+    }
+
+    fn lookup(
+        &self,
+        names: &[&[u8]],
+        libraries: &[LibraryId],
+        process: bool,
+    ) -> Result<Vec<Option<ExecutorAddr>>> {
+        let handles: Vec<dl::Handle> = {
+            let libs = self
+                .libraries
+                .lock()
+                .map_err(|_| Error::InvalidRequest("library table poisoned".into()))?;
+            libraries
+                .iter()
+                .map(|l| libs.get(l.0 as usize).copied().ok_or(Error::UnknownLibrary(l.0)))
+                .collect::<Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(names.len());
+        'names: for n in names {
+            for h in &handles {
+                if let Some(a) = dl::sym(Some(*h), n)? {
+                    out.push(Some(a));
+                    continue 'names;
+                }
+            }
+            out.push(if process { dl::sym(None, n)? } else { None });
+        }
+        Ok(out)
+    }
+
+    fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)] {
+        &self.runtime_symbols
+    }
+
+    fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32> {
+        // SAFETY: the controller passes the address of a finalized entry point of a live
+        // allocation; `main`'s C signature is the documented contract of `--entry`.
+        Ok(unsafe { call::main(entry, args) })
+    }
+
+    fn call_void(&self, f: ExecutorAddr) -> Result<()> {
+        run_action(&Action::CallVoid(f))
+    }
+}

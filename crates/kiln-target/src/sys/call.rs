@@ -1,0 +1,45 @@
+//! Calling into JIT'd code.
+
+use crate::ExecutorAddr;
+use std::ffi::{c_char, CString};
+
+type MainFn = unsafe extern "C" fn(i32, *const *const c_char, *const *const c_char) -> i32;
+type VoidFn = unsafe extern "C" fn();
+type CxaFinalize = unsafe extern "C" fn(*mut libc::c_void);
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// # Safety
+/// `entry` must be the address of finalized code with the C signature of `main`.
+pub(crate) unsafe fn main(entry: ExecutorAddr, args: &[String]) -> i32 {
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let mut argv: Vec<*const c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: guaranteed by the caller; argv is NULL-terminated and outlives the call; environ
+    // is the process's environment.
+    unsafe {
+        let f = std::mem::transmute::<u64, MainFn>(entry.0);
+        f(args.len() as i32, argv.as_ptr(), environ)
+    }
+}
+
+/// # Safety
+/// `f` must be the address of finalized code with the C signature `void f(void)`.
+pub(crate) unsafe fn void(f: ExecutorAddr) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::mem::transmute::<u64, VoidFn>(f.0)() }
+}
+
+/// Run the `__cxa_atexit` handlers registered for `dso` (glibc's dlclose mechanism).
+pub(crate) fn cxa_finalize(dso: ExecutorAddr) {
+    if let Ok(Some(f)) = super::dl::sym(None, b"__cxa_finalize") {
+        // SAFETY: `__cxa_finalize(void *dso)` is glibc's; it runs only handlers registered with
+        // this exact handle, which belong to code that is still mapped.
+        unsafe { std::mem::transmute::<u64, CxaFinalize>(f.0)(dso.0 as *mut libc::c_void) }
+    }
+}

@@ -1,0 +1,185 @@
+//! Thread-local storage for kiln-linked units, general-dynamic and local-dynamic models.
+//!
+//! Mechanism: JIT'd code computes the address of a TLS variable by calling `__tls_get_addr`
+//! with a pointer to a `{module, offset}` pair in its GOT. Kiln resolves `__tls_get_addr` in
+//! JIT'd code to [`kiln_tls_get_addr`] below. Module values of kiln units carry
+//! [`TLS_MODULE_TAG`] in their top bits; for those, each thread gets its own block, allocated on
+//! first use and initialised from the unit's template (`.tdata` image, then `.tbss` zeros). Any
+//! other module value is passed on to the system's `__tls_get_addr`.
+//!
+//! So threads that existed before a unit was linked, the thread that linked it, and threads
+//! created afterwards all see their own initialised copies. Limits: the block size per unit is
+//! bounded by memory only; blocks of a removed unit are freed at once on the thread that removes
+//! it, and on other threads when they next touch a unit that reuses the key, or when they exit.
+//! Local-exec and initial-exec models need a static TLS area and are refused by the linker.
+
+use std::alloc::Layout;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{OnceLock, RwLock};
+
+/// Top 16 bits of a kiln TLS module value ("KL").
+pub const TLS_MODULE_TAG: u64 = 0x4b4c_0000_0000_0000;
+const TAG_MASK: u64 = 0xffff_0000_0000_0000;
+
+#[derive(Clone, Copy)]
+struct Template {
+    image: u64,
+    image_size: u64,
+    block_size: u64,
+    align: u64,
+    generation: u64,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn templates() -> &'static RwLock<HashMap<u64, Template>> {
+    static T: OnceLock<RwLock<HashMap<u64, Template>>> = OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
+struct Block {
+    ptr: *mut u8,
+    layout: Layout,
+    generation: u64,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` was allocated with exactly `layout` in `new_block` and is dropped once.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+thread_local! {
+    static BLOCKS: RefCell<HashMap<u64, Block>> = RefCell::new(HashMap::new());
+}
+
+pub(crate) fn register(
+    module: u64,
+    image: u64,
+    image_size: u64,
+    block_size: u64,
+    align: u64,
+) -> Result<(), String> {
+    if module & TAG_MASK != TLS_MODULE_TAG {
+        return Err(format!("module value {module:#x} is not a kiln TLS module"));
+    }
+    if image_size > block_size || block_size > (1 << 32) || !align.is_power_of_two() || align > 4096
+    {
+        return Err(format!(
+            "bad TLS template: image {image_size:#x} bytes, block {block_size:#x} bytes, align {align}"
+        ));
+    }
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    let t = Template {
+        image,
+        image_size,
+        block_size,
+        align,
+        generation,
+    };
+    templates()
+        .write()
+        .map_err(|_| "TLS registry poisoned".to_string())?
+        .insert(module, t);
+    Ok(())
+}
+
+pub(crate) fn deregister(module: u64) {
+    if let Ok(mut t) = templates().write() {
+        t.remove(&module);
+    }
+    let _ = BLOCKS.try_with(|b| b.borrow_mut().remove(&module));
+}
+
+fn new_block(t: &Template) -> Option<Block> {
+    let layout = Layout::from_size_align(t.block_size.max(1) as usize, t.align.max(1) as usize).ok()?;
+    // SAFETY: layout has non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the image lies in a finalized, readable segment of a live unit (the template is
+    // deregistered before that memory is released), `ptr` has room for block_size >= image_size
+    // bytes, and the two do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(t.image as *const u8, ptr, t.image_size as usize) };
+    Some(Block {
+        ptr,
+        layout,
+        generation: t.generation,
+    })
+}
+
+#[repr(C)]
+pub struct TlsIndex {
+    module: u64,
+    offset: u64,
+}
+
+type SysTlsGetAddr = unsafe extern "C" fn(*const TlsIndex) -> *mut u8;
+
+fn system_tls_get_addr() -> Option<SysTlsGetAddr> {
+    static F: OnceLock<Option<usize>> = OnceLock::new();
+    let p = *F.get_or_init(|| {
+        super::dl::sym(None, b"__tls_get_addr")
+            .ok()
+            .flatten()
+            .map(|a| a.0 as usize)
+    });
+    // SAFETY: the address is glibc's (ld.so's) `__tls_get_addr`, whose C signature is this.
+    p.map(|p| unsafe { std::mem::transmute::<usize, SysTlsGetAddr>(p) })
+}
+
+fn kiln_block(module: u64) -> *mut u8 {
+    let t = match templates().read() {
+        Ok(t) => t.get(&module).copied(),
+        Err(_) => None,
+    };
+    let Some(t) = t else {
+        return std::ptr::null_mut();
+    };
+    BLOCKS
+        .try_with(|b| {
+            let mut b = b.borrow_mut();
+            if let Some(blk) = b.get(&module) {
+                if blk.generation == t.generation {
+                    return blk.ptr;
+                }
+            }
+            match new_block(&t) {
+                Some(blk) => {
+                    let p = blk.ptr;
+                    b.insert(module, blk);
+                    p
+                }
+                None => std::ptr::null_mut(),
+            }
+        })
+        .unwrap_or(std::ptr::null_mut())
+}
+
+/// `__tls_get_addr` for JIT'd code.
+///
+/// # Safety
+/// `ti` must point to a readable `{module, offset}` pair, as compiled code passes.
+pub unsafe extern "C" fn kiln_tls_get_addr(ti: *const TlsIndex) -> *mut u8 {
+    // SAFETY: guaranteed by the caller (compiled code passes its GOT pair).
+    let (module, offset) = unsafe { ((*ti).module, (*ti).offset) };
+    if module & TAG_MASK == TLS_MODULE_TAG {
+        let base = kiln_block(module);
+        if base.is_null() {
+            // The unit was removed or allocation failed: there is no sane value to return, and
+            // returning garbage would corrupt memory silently.
+            eprintln!("kiln: TLS access to unknown or removed module {module:#x}");
+            std::process::abort();
+        }
+        return base.wrapping_add(offset as usize);
+    }
+    match system_tls_get_addr() {
+        // SAFETY: forwarding the caller's argument to the real implementation.
+        Some(f) => unsafe { f(ti) },
+        None => std::ptr::null_mut(),
+    }
+}

@@ -1,0 +1,327 @@
+//! The LinkGraph: the linker's model of one link unit.
+//!
+//! A link unit is everything that is linked together into one allocation: the objects given
+//! explicitly, the archive members they pull in, and what the linker synthesizes (GOT, stubs,
+//! `.init` glue). Each input section becomes a [`Section`] with (usually) one [`Block`]; `.eh_frame`
+//! is split into one block per CIE/FDE. [`Symbol`]s name offsets in blocks (or are undefined,
+//! absolute, or common); [`Edge`]s are relocations. Everything is addressed by index newtypes;
+//! input bytes are borrowed for `'a`.
+
+use crate::arch::x86_64::EdgeKind;
+use kiln_target::MemProt;
+use rustc_hash::FxHashMap;
+use std::borrow::Cow;
+
+macro_rules! id {
+    ($name:ident) => {
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            #[inline]
+            pub fn idx(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+id!(InputId);
+id!(SectionId);
+id!(BlockId);
+id!(SymbolId);
+
+/// No init/fini priority given: runs after all prioritised ones.
+pub const NO_PRIORITY: u32 = 65536;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SectionKind {
+    Regular,
+    /// `.tdata` (content) or `.tbss` (zero fill): laid out in the TLS template.
+    Tls,
+    EhFrame,
+    /// The zero word that ends the unit's `.eh_frame`.
+    EhFrameTerminator,
+    PreInitArray,
+    InitArray(u32),
+    FiniArray(u32),
+    /// `.ctors[.N]`, with the priority converted to init_array's scale.
+    Ctors(u32),
+    Dtors(u32),
+    /// `.init` / `.fini` fragments (merged into one function each by a pass).
+    Init,
+    Fini,
+    Got,
+    Stubs,
+}
+
+#[derive(Debug)]
+pub struct Section<'a> {
+    pub name: &'a [u8],
+    pub prot: MemProt,
+    pub kind: SectionKind,
+    pub input: InputId,
+    /// A root of dead-stripping (SHF_GNU_RETAIN, init/fini arrays, `__start_`-able names).
+    pub retain: bool,
+}
+
+#[derive(Debug)]
+pub enum Content<'a> {
+    Bytes(Cow<'a, [u8]>),
+    Zero(u64),
+}
+
+#[derive(Debug)]
+pub struct Block<'a> {
+    pub section: SectionId,
+    pub content: Content<'a>,
+    pub align: u64,
+    pub edges: Vec<Edge>,
+    pub live: bool,
+    /// Executor address, set by layout (for `.tbss` blocks: unset).
+    pub addr: u64,
+    /// Offset in the unit's TLS block, for blocks of TLS sections.
+    pub tls_offset: u64,
+}
+
+impl Block<'_> {
+    pub fn size(&self) -> u64 {
+        match &self.content {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Zero(n) => *n,
+        }
+    }
+    pub fn is_zero_fill(&self) -> bool {
+        matches!(self.content, Content::Zero(_))
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Visible to other units and to lookups (STV_DEFAULT, STV_PROTECTED).
+    Default,
+    /// Global within this unit only (STV_HIDDEN, STV_INTERNAL).
+    Hidden,
+    /// Local to its object (STB_LOCAL).
+    Local,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SymbolDef {
+    /// Referenced, not (yet) defined.
+    Undefined,
+    Defined { block: BlockId, offset: u64 },
+    /// An absolute address: `SHN_ABS`, a host symbol, a `--define`.
+    Absolute(u64),
+    /// A COMMON symbol, turned into zero-fill by a pass.
+    Common { size: u64, align: u64 },
+    /// Defined in a COMDAT group that lost to another copy, or a section kiln drops.
+    Discarded,
+}
+
+#[derive(Debug)]
+pub struct Symbol<'a> {
+    pub name: &'a [u8],
+    pub def: SymbolDef,
+    pub size: u64,
+    pub weak: bool,
+    pub scope: Scope,
+    pub callable: bool,
+    pub tls: bool,
+    /// The input that defines it (or first referenced it).
+    pub input: InputId,
+    /// A global that every reference so far is weak: resolves to 0 if found nowhere.
+    pub only_weak_refs: bool,
+}
+
+#[derive(Copy, Clone, Debug)]
+pub struct Edge {
+    pub offset: u32,
+    pub kind: EdgeKind,
+    pub target: SymbolId,
+    pub addend: i64,
+}
+
+#[derive(Debug)]
+pub struct InputInfo {
+    pub name: String,
+    /// Given explicitly (its default-visibility globals are exported roots), rather than an
+    /// archive member pulled in on demand.
+    pub explicit: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct LinkGraph<'a> {
+    pub inputs: Vec<InputInfo>,
+    pub sections: Vec<Section<'a>>,
+    pub blocks: Vec<Block<'a>>,
+    pub symbols: Vec<Symbol<'a>>,
+    pub globals: FxHashMap<&'a [u8], SymbolId>,
+    /// COMDAT group signatures seen: the first group of each wins.
+    pub comdats: FxHashMap<&'a [u8], InputId>,
+    /// Strong definitions that clashed: (symbol, first definer, second definer).
+    pub duplicates: Vec<(SymbolId, InputId, InputId)>,
+}
+
+impl<'a> LinkGraph<'a> {
+    pub fn add_input(&mut self, name: String, explicit: bool) -> InputId {
+        self.inputs.push(InputInfo { name, explicit });
+        InputId(self.inputs.len() as u32 - 1)
+    }
+
+    pub fn input_name(&self, id: InputId) -> &str {
+        self.inputs.get(id.idx()).map_or("<kiln>", |i| i.name.as_str())
+    }
+
+    pub fn add_section(&mut self, s: Section<'a>) -> SectionId {
+        self.sections.push(s);
+        SectionId(self.sections.len() as u32 - 1)
+    }
+
+    pub fn add_block(&mut self, section: SectionId, content: Content<'a>, align: u64) -> BlockId {
+        self.blocks.push(Block {
+            section,
+            content,
+            align: align.max(1),
+            edges: Vec::new(),
+            live: false,
+            addr: 0,
+            tls_offset: 0,
+        });
+        BlockId(self.blocks.len() as u32 - 1)
+    }
+
+    pub fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
+        self.symbols.push(s);
+        SymbolId(self.symbols.len() as u32 - 1)
+    }
+
+    pub fn sym(&self, id: SymbolId) -> &Symbol<'a> {
+        &self.symbols[id.idx()]
+    }
+
+    pub fn section_of(&self, b: BlockId) -> &Section<'a> {
+        &self.sections[self.blocks[b.idx()].section.idx()]
+    }
+
+    pub fn block_input(&self, b: BlockId) -> InputId {
+        self.section_of(b).input
+    }
+
+    /// A local, anonymous symbol at `offset` in `block`.
+    pub fn add_anon(&mut self, block: BlockId, offset: u64, input: InputId) -> SymbolId {
+        self.add_symbol(Symbol {
+            name: b"",
+            def: SymbolDef::Defined { block, offset },
+            size: 0,
+            weak: false,
+            scope: Scope::Local,
+            callable: false,
+            tls: false,
+            input,
+            only_weak_refs: false,
+        })
+    }
+
+    /// The global symbol `name`, created undefined if it does not exist yet.
+    pub fn global_ref(&mut self, name: &'a [u8], input: InputId, weak_ref: bool) -> SymbolId {
+        if let Some(&id) = self.globals.get(name) {
+            let s = &mut self.symbols[id.idx()];
+            if !weak_ref {
+                s.only_weak_refs = false;
+            }
+            return id;
+        }
+        let id = self.add_symbol(Symbol {
+            name,
+            def: SymbolDef::Undefined,
+            size: 0,
+            weak: false,
+            scope: Scope::Default,
+            callable: false,
+            tls: false,
+            input,
+            only_weak_refs: weak_ref,
+        });
+        self.globals.insert(name, id);
+        id
+    }
+
+    /// Define global `name` (strong or weak), following ld's rules: a strong definition beats a
+    /// weak one and a COMMON one, the first weak definition is kept, two strong definitions are an
+    /// error (recorded in `duplicates`), the largest COMMON wins.
+    #[allow(clippy::too_many_arguments)]
+    pub fn define_global(
+        &mut self,
+        name: &'a [u8],
+        def: SymbolDef,
+        size: u64,
+        weak: bool,
+        scope: Scope,
+        callable: bool,
+        tls: bool,
+        input: InputId,
+    ) -> SymbolId {
+        let id = self.global_ref(name, input, true);
+        let (odef, oweak, oinput) = {
+            let s = &self.symbols[id.idx()];
+            (s.def, s.weak, s.input)
+        };
+        let replace = match (odef, def) {
+            (SymbolDef::Undefined, _) | (SymbolDef::Discarded, _) => true,
+            (SymbolDef::Common { size: os, align: oa }, SymbolDef::Common { size: ns, align: na }) => {
+                let s = &mut self.symbols[id.idx()];
+                s.def = SymbolDef::Common {
+                    size: os.max(ns),
+                    align: oa.max(na),
+                };
+                s.size = os.max(ns);
+                false
+            }
+            (SymbolDef::Common { .. }, _) => !weak,
+            (_, SymbolDef::Common { .. }) => oweak,
+            (_, _) if oweak && !weak => true,
+            (_, _) if !oweak && !weak => {
+                self.duplicates.push((id, oinput, input));
+                false
+            }
+            _ => false,
+        };
+        let s = &mut self.symbols[id.idx()];
+        if replace {
+            s.def = def;
+            s.size = size;
+            s.weak = weak;
+            s.callable = callable;
+            s.tls = tls;
+            s.input = input;
+        }
+        // The most restrictive visibility wins (as in ld).
+        if scope == Scope::Hidden {
+            s.scope = Scope::Hidden;
+        }
+        id
+    }
+
+    /// Address of a defined symbol (after layout).
+    pub fn symbol_addr(&self, id: SymbolId) -> Option<u64> {
+        match self.symbols[id.idx()].def {
+            SymbolDef::Defined { block, offset } => Some(self.blocks[block.idx()].addr + offset),
+            SymbolDef::Absolute(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn name_of(&self, id: SymbolId) -> String {
+        let s = &self.symbols[id.idx()];
+        if s.name.is_empty() {
+            match s.def {
+                SymbolDef::Defined { block, offset } => {
+                    let sec = self.section_of(block);
+                    format!("{}+{offset:#x}", String::from_utf8_lossy(sec.name))
+                }
+                _ => "<anonymous>".into(),
+            }
+        } else {
+            String::from_utf8_lossy(s.name).into_owned()
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Layout (segments and addresses) and fixups (applying every edge in working memory).
+
+use crate::arch::x86_64::{self as arch, EdgeKind};
+use crate::error::{Error, Result};
+use crate::graph::*;
+use kiln_target::MemProt;
+
+/// One segment of the unit: blocks of one protection, contiguous, page aligned.
+#[derive(Debug)]
+pub struct SegmentLayout {
+    pub prot: MemProt,
+    pub addr: u64,
+    /// Bytes with content (working memory is this long), then `zero_size` bytes of zeros.
+    pub content_size: u64,
+    pub zero_size: u64,
+    pub blocks: Vec<BlockId>,
+}
+
+#[derive(Debug, Default)]
+pub struct TlsLayout {
+    pub image_addr: u64,
+    pub image_size: u64,
+    pub block_size: u64,
+    pub align: u64,
+}
+
+#[derive(Debug)]
+pub struct Layout {
+    pub segments: Vec<SegmentLayout>,
+    pub tls: Option<TlsLayout>,
+    pub size: u64,
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Ordering inside a segment: content first, eh_frame records together and their terminator last
+/// among them, the TLS image in one piece, zero fill at the end; otherwise input order.
+fn class(g: &LinkGraph, b: BlockId) -> u8 {
+    let blk = &g.blocks[b.idx()];
+    let sec = &g.sections[blk.section.idx()];
+    match sec.kind {
+        SectionKind::Tls => 3,
+        SectionKind::EhFrame => 1,
+        SectionKind::EhFrameTerminator => 2,
+        _ if blk.is_zero_fill() => 9,
+        _ => 0,
+    }
+}
+
+/// Assign addresses starting at `base`. `page` is the executor's page size.
+pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
+    let prots = [MemProt::ReadExec, MemProt::Read, MemProt::ReadWrite];
+    let mut per: [Vec<(u8, BlockId)>; 3] = Default::default();
+    let mut tbss: Vec<BlockId> = Vec::new();
+    for i in 0..g.blocks.len() {
+        let b = BlockId(i as u32);
+        let blk = &g.blocks[i];
+        if !blk.live {
+            continue;
+        }
+        let sec = &g.sections[blk.section.idx()];
+        if sec.kind == SectionKind::Tls && blk.is_zero_fill() {
+            tbss.push(b);
+            continue;
+        }
+        let slot = prots.iter().position(|p| *p == sec.prot).unwrap_or(1);
+        per[slot].push((class(g, b), b));
+    }
+    let mut segments = Vec::new();
+    let mut cursor = base;
+    let mut tls = TlsLayout { align: 1, ..Default::default() };
+    let mut has_tls = !tbss.is_empty();
+    for (slot, list) in per.iter_mut().enumerate() {
+        if list.is_empty() {
+            continue;
+        }
+        list.sort_by_key(|(c, b)| (*c, *b));
+        cursor = align_up(cursor, page);
+        let start = cursor;
+        let mut content_end = start;
+        let mut tls_started = false;
+        for &(c, b) in list.iter() {
+            let align = g.blocks[b.idx()].align;
+            if c == 3 {
+                tls.align = tls.align.max(align);
+                if !tls_started {
+                    // The image starts at the TLS block's alignment so that offsets in it are
+                    // offsets in every thread's block.
+                    tls_started = true;
+                    has_tls = true;
+                    cursor = align_up(cursor, 4096.min(page));
+                    tls.image_addr = cursor;
+                }
+            }
+            cursor = align_up(cursor, align);
+            let blk = &mut g.blocks[b.idx()];
+            blk.addr = cursor;
+            if c == 3 {
+                blk.tls_offset = cursor - tls.image_addr;
+                tls.image_size = cursor + blk.size() - tls.image_addr;
+            }
+            cursor = cursor
+                .checked_add(blk.size())
+                .filter(|c| *c - base < (1 << 40))
+                .ok_or_else(|| Error::Usage("the unit is too large to lay out".into()))?;
+            if c != 9 {
+                content_end = cursor;
+            }
+        }
+        segments.push(SegmentLayout {
+            prot: prots[slot],
+            addr: start,
+            content_size: content_end - start,
+            zero_size: cursor - content_end,
+            blocks: list.iter().map(|(_, b)| *b).collect(),
+        });
+    }
+    if has_tls {
+        let mut off = tls.image_size;
+        for b in tbss {
+            let blk = &mut g.blocks[b.idx()];
+            tls.align = tls.align.max(blk.align);
+            off = align_up(off, blk.align);
+            blk.tls_offset = off;
+            off += blk.size();
+        }
+        tls.block_size = align_up(off.max(1), tls.align);
+        if tls.align > page {
+            return Err(Error::Usage(format!("TLS alignment {} is larger than a page", tls.align)));
+        }
+    }
+    let size = align_up(cursor, page) - base;
+    Ok(Layout { segments, tls: has_tls.then_some(tls), size })
+}
+
+/// Values a fixup needs besides the symbol.
+pub struct FixupContext {
+    pub got_base: u64,
+    pub tls_module: u64,
+}
+
+/// Apply every edge of every live block into `work`, one buffer per segment.
+pub fn apply_fixups(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(layout.segments.len());
+    for seg in &layout.segments {
+        let mut buf = vec![0u8; seg.content_size as usize];
+        for &b in &seg.blocks {
+            let blk = &g.blocks[b.idx()];
+            let Content::Bytes(bytes) = &blk.content else { continue };
+            let start = (blk.addr - seg.addr) as usize;
+            let dst = &mut buf[start..start + bytes.len()];
+            dst.copy_from_slice(bytes);
+            for e in &blk.edges {
+                if e.kind == EdgeKind::KeepAlive {
+                    continue;
+                }
+                let s = target_value(g, e, ctx).map_err(|why| fixup_error(g, b, e, why))?;
+                let p = blk.addr + e.offset as u64;
+                arch::apply(e.kind, dst, e.offset as usize, p, s, e.addend, ctx.got_base).map_err(|r| {
+                    fixup_error(
+                        g,
+                        b,
+                        e,
+                        format!(
+                            "value {:#x} (target {s:#x}, addend {}, at {p:#x}) does not fit in {}",
+                            r.value, e.addend, r.bits
+                        ),
+                    )
+                })?;
+            }
+        }
+        out.push(buf);
+    }
+    Ok(out)
+}
+
+fn target_value(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> std::result::Result<u64, String> {
+    let s = &g.symbols[e.target.idx()];
+    match e.kind {
+        EdgeKind::TlsModule64 => return Ok(ctx.tls_module),
+        EdgeKind::Size32 | EdgeKind::Size64 => return Ok(s.size),
+        EdgeKind::DtpOff32 | EdgeKind::DtpOff64 => {
+            return match s.def {
+                SymbolDef::Defined { block, offset } => Ok(g.blocks[block.idx()].tls_offset + offset),
+                SymbolDef::Absolute(0) => Ok(0),
+                _ => Err("thread-local symbol is not defined in this unit".into()),
+            }
+        }
+        _ => {}
+    }
+    match s.def {
+        SymbolDef::Defined { block, offset } => {
+            let blk = &g.blocks[block.idx()];
+            if g.sections[blk.section.idx()].kind == SectionKind::Tls {
+                return Err("a thread-local symbol is referenced by a non-TLS relocation".into());
+            }
+            Ok(blk.addr + offset)
+        }
+        SymbolDef::Absolute(a) => Ok(a),
+        SymbolDef::Discarded => Err("the target lies in a discarded section (a duplicate COMDAT group, or a section kiln does not load)".into()),
+        SymbolDef::Undefined | SymbolDef::Common { .. } => Err("the target is undefined".into()),
+    }
+}
+
+fn fixup_error(g: &LinkGraph, b: BlockId, e: &Edge, why: String) -> Error {
+    let sec = g.section_of(b);
+    let blk = &g.blocks[b.idx()];
+    Error::Fixup(format!(
+        "{}: section {}, offset {:#x} (address {:#x}): {:?} fixup to {}: {why}",
+        g.input_name(sec.input),
+        String::from_utf8_lossy(sec.name),
+        e.offset,
+        blk.addr + e.offset as u64,
+        e.kind,
+        g.name_of(e.target),
+    ))
+}

@@ -1,0 +1,435 @@
+//! The link pipeline, one fixed order of named passes:
+//!
+//! parse → archive members → duplicates → runtime symbols, commons, `.init`/`.fini` glue →
+//! dead-strip → external symbols → reserve → GOT/stubs/relaxation → layout → fixups →
+//! init/fini/eh_frame/TLS actions → finalize.
+
+pub mod layout;
+pub mod passes;
+pub mod resolve;
+
+use crate::elf::archive::Archive;
+use crate::elf::object::parse_object;
+use crate::error::{Error, Result};
+use crate::graph::*;
+use kiln_target::{
+    Action, ActionPair, AllocId, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement, Segment,
+    TLS_MODULE_TAG,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+/// What goes into one link.
+pub struct LinkInput<'s> {
+    /// Objects given explicitly: (name for messages, bytes).
+    pub objects: Vec<(String, &'s [u8])>,
+    /// Archives: members are loaded on demand.
+    pub archives: Vec<(String, &'s [u8])>,
+    pub libraries: &'s [LibraryId],
+    pub defines: &'s FxHashMap<String, u64>,
+    pub prior_units: &'s [&'s FxHashMap<String, ExecutorAddr>],
+    pub process_symbols: bool,
+    /// Symbols that must be kept (and defined): the entry point, symbols to look up.
+    pub roots: &'s [String],
+    pub allow: Option<&'s FxHashSet<String>>,
+    /// Place the unit at exactly this address.
+    pub fixed_address: Option<u64>,
+}
+
+/// Counts and times of one link, for `--show-stats`.
+#[derive(Debug, Default, Clone)]
+pub struct LinkStats {
+    pub inputs: usize,
+    pub archive_members: usize,
+    pub sections: usize,
+    pub blocks: usize,
+    pub live_blocks: usize,
+    pub symbols: usize,
+    pub external_symbols: usize,
+    pub edges_by_kind: Vec<(String, usize)>,
+    pub got: passes::GotStats,
+    pub segments: Vec<(String, u64, u64)>,
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+impl std::fmt::Display for LinkStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "kiln link statistics")?;
+        writeln!(f, "  inputs: {} ({} archive members loaded)", self.inputs, self.archive_members)?;
+        writeln!(f, "  sections: {}, blocks: {} ({} live after dead-stripping)", self.sections, self.blocks, self.live_blocks)?;
+        writeln!(f, "  symbols: {} ({} resolved outside the unit)", self.symbols, self.external_symbols)?;
+        writeln!(f, "  segments:")?;
+        for (prot, addr, size) in &self.segments {
+            writeln!(f, "    {prot} {addr:#014x} {size:>10} bytes")?;
+        }
+        writeln!(f, "  edges by kind:")?;
+        for (k, n) in &self.edges_by_kind {
+            writeln!(f, "    {k:<32} {n:>8}")?;
+        }
+        let g = &self.got;
+        writeln!(f, "  GOT entries: {}, stubs: {}, TLS pairs: {}", g.got_entries, g.stubs, g.tls_pairs)?;
+        writeln!(f, "  relaxed: {} GOT loads, {} calls to host functions made direct", g.loads_relaxed, g.calls_direct)?;
+        writeln!(f, "  phases:")?;
+        let mut total = Duration::ZERO;
+        for (p, d) in &self.phases {
+            total += *d;
+            writeln!(f, "    {p:<20} {:>9.3} ms", d.as_secs_f64() * 1e3)?;
+        }
+        write!(f, "    {:<20} {:>9.3} ms", "total", total.as_secs_f64() * 1e3)
+    }
+}
+
+/// A linked, finalized unit in the executor.
+#[derive(Debug)]
+pub struct LinkedUnit {
+    pub alloc: AllocId,
+    /// Global symbols it defines (any visibility): name → address.
+    pub exports: FxHashMap<String, ExecutorAddr>,
+    pub has_initializers: bool,
+    pub stats: LinkStats,
+}
+
+struct Timer {
+    at: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Timer {
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.at));
+        self.at = now;
+    }
+}
+
+/// Link `input` into executor memory and finalize it (initializers are not run).
+pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
+    let mut t = Timer { at: Instant::now(), phases: Vec::new() };
+    let mut g = LinkGraph::default();
+    for (name, data) in &input.objects {
+        parse_object(&mut g, name, data, true)?;
+    }
+    let mut archives = input
+        .archives
+        .iter()
+        .map(|(n, d)| Archive::parse(n, d))
+        .collect::<Result<Vec<_>>>()?;
+    // Roots must be defined: an undefined root pulls its archive member like `ld -u`.
+    let kiln = passes::kiln_input(&mut g);
+    let root_ids: Vec<SymbolId> = input.roots.iter().map(|r| g.global_ref(leak_name(r), kiln, false)).collect();
+    t.lap("parse");
+    resolve::load_archive_members(&mut g, &mut archives)?;
+    resolve::check_duplicates(&g)?;
+    let archive_members = archives.iter().map(|a| a.members_loaded()).sum();
+    t.lap("archive members");
+
+    let (dso, got) = passes::synthesize_runtime(&mut g, kiln);
+    passes::allocate_commons(&mut g, kiln);
+    passes::merge_init_fragments(&mut g, SectionKind::Init, kiln);
+    passes::merge_init_fragments(&mut g, SectionKind::Fini, kiln);
+    let mut roots = root_ids.clone();
+    roots.push(dso);
+    let live = passes::dead_strip(&mut g, &roots);
+    add_eh_frame_terminator(&mut g, kiln);
+    t.lap("dead-strip");
+
+    let scopes = resolve::ExternalScopes {
+        defines: input.defines,
+        prior_units: input.prior_units,
+        libraries: input.libraries,
+        process: input.process_symbols,
+        allow: input.allow,
+    };
+    let external = resolve::resolve_externals(&mut g, ex, &scopes)?;
+    for (r, id) in input.roots.iter().zip(&root_ids) {
+        if matches!(g.symbols[id.idx()].def, SymbolDef::Undefined) {
+            return Err(Error::Resolve(format!("undefined symbols:\n  {r} (requested as entry point or root)")));
+        }
+    }
+    t.lap("resolve externals");
+
+    // Reserve with an upper bound of the size (GOT and stubs may all be needed), near what the
+    // code reaches with 32-bit displacements.
+    let page = ex.info().page_size;
+    let bound = size_upper_bound(&g, page) + passes::got_upper_bound(&g) + 4 * page;
+    let bound = bound.div_ceil(page) * page;
+    let placement = match input.fixed_address {
+        Some(a) => Placement::Fixed(a),
+        None => placement_window(&g, bound)?,
+    };
+    let base = ex.reserve(bound, placement)?.0;
+    t.lap("reserve");
+    let unit = (|| {
+        let got_stats = passes::build_got_and_stubs(&mut g, got, kiln, base, base + bound);
+        let layout = layout::layout(&mut g, base, page)?;
+        if layout.size > bound {
+            return Err(Error::Usage(format!("internal: layout {:#x} exceeds reservation {bound:#x}", layout.size)));
+        }
+        t.lap("GOT, stubs, layout");
+        let ctx = layout::FixupContext {
+            got_base: g.blocks[got.idx()].addr,
+            tls_module: TLS_MODULE_TAG | (base >> 12),
+        };
+        let work = layout::apply_fixups(&g, &layout, &ctx)?;
+        t.lap("fixups");
+        let (initializers, deinitializers) = collect_init_fini(&g, &layout, &work, dso);
+        let actions = collect_actions(&g, &layout, &ctx);
+        let mut segments_stat = Vec::new();
+        let segments: Vec<Segment> = layout
+            .segments
+            .iter()
+            .zip(work)
+            .map(|(s, content)| {
+                segments_stat.push((s.prot.as_str().to_string(), s.addr, s.content_size + s.zero_size));
+                Segment { addr: ExecutorAddr(s.addr), prot: s.prot, content, zero_fill: s.zero_size }
+            })
+            .collect();
+        let has_initializers = !initializers.is_empty();
+        let exports = exports(&g);
+        let alloc = ex.finalize(FinalizeRequest {
+            reservation: (ExecutorAddr(base), bound),
+            segments,
+            actions,
+            initializers,
+            deinitializers,
+        })?;
+        t.lap("finalize");
+        let mut kinds: FxHashMap<String, usize> = FxHashMap::default();
+        for b in g.blocks.iter().filter(|b| b.live) {
+            for e in &b.edges {
+                *kinds.entry(format!("{:?}", e.kind)).or_default() += 1;
+            }
+        }
+        let mut edges_by_kind: Vec<_> = kinds.into_iter().collect();
+        edges_by_kind.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(LinkedUnit {
+            alloc,
+            exports,
+            has_initializers,
+            stats: LinkStats {
+                inputs: g.inputs.len() - 1,
+                archive_members,
+                sections: g.sections.len(),
+                blocks: g.blocks.len(),
+                live_blocks: live,
+                symbols: g.symbols.len(),
+                external_symbols: external,
+                edges_by_kind,
+                got: got_stats,
+                segments: segments_stat,
+                phases: std::mem::take(&mut t.phases),
+            },
+        })
+    })();
+    if unit.is_err() {
+        let _ = ex.release(ExecutorAddr(base), bound);
+    }
+    unit
+}
+
+/// Root names live as long as the graph; they are few, so a leak-free copy is kept in a
+/// thread-local arena would be overkill: they are interned once per distinct name.
+fn leak_name(s: &str) -> &'static [u8] {
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<FxHashSet<&'static [u8]>>> = OnceLock::new();
+    let mut set = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = set.get(s.as_bytes()) {
+        return n;
+    }
+    let n: &'static [u8] = Box::leak(s.as_bytes().to_vec().into_boxed_slice());
+    set.insert(n);
+    n
+}
+
+fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
+    let any = g.blocks.iter().any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
+    if any {
+        let s = g.add_section(Section {
+            name: b".eh_frame",
+            prot: kiln_target::MemProt::Read,
+            kind: SectionKind::EhFrameTerminator,
+            input,
+            retain: true,
+        });
+        let b = g.add_block(s, Content::Bytes(Cow::Borrowed(&[0, 0, 0, 0])), 4);
+        g.blocks[b.idx()].live = true;
+    }
+}
+
+fn size_upper_bound(g: &LinkGraph, page: u64) -> u64 {
+    let mut n = 0u64;
+    for b in g.blocks.iter().filter(|b| b.live) {
+        n = n.saturating_add(b.size()).saturating_add(b.align);
+    }
+    n + 4 * page + 4096
+}
+
+/// The window the unit must lie in so that 32-bit PC-relative references to host symbols reach.
+/// Calls can fall back to stubs and GOT loads to the GOT, so when host targets are spread too
+/// widely, only the references that have no fallback (PC32 to data) constrain the placement.
+fn placement_window(g: &LinkGraph, size: u64) -> Result<Placement> {
+    const REACH: u64 = (1 << 31) - (1 << 21);
+    let mut must: (u64, u64) = (u64::MAX, 0);
+    let mut nice: (u64, u64) = (u64::MAX, 0);
+    for b in g.blocks.iter().filter(|b| b.live) {
+        for e in &b.edges {
+            let SymbolDef::Absolute(a) = g.symbols[e.target.idx()].def else { continue };
+            if a == 0 {
+                continue;
+            }
+            use crate::arch::x86_64::EdgeKind::*;
+            match e.kind {
+                Delta32 | Pointer32Signed | Delta16 | Delta8 => {
+                    must = (must.0.min(a), must.1.max(a));
+                }
+                BranchPCRel32 | GotDelta32Relaxable { .. } => {
+                    nice = (nice.0.min(a), nice.1.max(a));
+                }
+                _ => {}
+            }
+        }
+    }
+    let window = |lo: u64, hi: u64| -> Option<Placement> {
+        let wlo = hi.saturating_sub(REACH);
+        let whi = lo.saturating_add(REACH).min(0x7fff_ffff_f000);
+        (whi > wlo && whi - wlo >= size).then_some(Placement::Within { lo: wlo, hi: whi })
+    };
+    let both = (must.0.min(nice.0), must.1.max(nice.1));
+    if both.0 == u64::MAX {
+        return Ok(Placement::Anywhere);
+    }
+    if let Some(p) = window(both.0, both.1) {
+        return Ok(p);
+    }
+    if must.0 == u64::MAX {
+        return Ok(Placement::Anywhere);
+    }
+    window(must.0, must.1).ok_or_else(|| {
+        Error::Fixup(format!(
+            "the code references host data at {:#x} and {:#x} with 32-bit PC-relative relocations; \
+             no placement reaches both (they are more than 2 GiB apart)",
+            must.0, must.1
+        ))
+    })
+}
+
+/// Initializers in the order a native program runs them: `.preinit_array`, `.init`, then
+/// `.init_array` and `.ctors` by priority (`.ctors` entries run last to first), unprioritised
+/// last. Finalizers: exit handlers of this unit (`__cxa_finalize`), then `.fini_array` and
+/// `.dtors` in reverse priority order, then `.fini`.
+fn collect_init_fini(
+    g: &LinkGraph,
+    layout: &layout::Layout,
+    work: &[Vec<u8>],
+    dso: SymbolId,
+) -> (Vec<ExecutorAddr>, Vec<Action>) {
+    let words = |b: &Block| -> Vec<u64> {
+        let Some((si, seg)) = layout
+            .segments
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.addr <= b.addr && b.addr < s.addr + s.content_size)
+        else {
+            return Vec::new();
+        };
+        let start = (b.addr - seg.addr) as usize;
+        let end = start + b.size() as usize;
+        work[si]
+            .get(start..end)
+            .unwrap_or(&[])
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .filter(|&v| v != 0 && v != u64::MAX)
+            .collect()
+    };
+    let mut pre = Vec::new();
+    let mut init_fn = None;
+    let mut fini_fn = None;
+    let mut inits: Vec<(u32, u32, Vec<u64>)> = Vec::new(); // (priority, order, fns)
+    let mut finis: Vec<(u32, u32, Vec<u64>)> = Vec::new();
+    for (i, b) in g.blocks.iter().enumerate() {
+        if !b.live {
+            continue;
+        }
+        let order = i as u32;
+        match g.sections[b.section.idx()].kind {
+            SectionKind::PreInitArray => pre.extend(words(b)),
+            SectionKind::Init => init_fn = Some(b.addr),
+            SectionKind::Fini => fini_fn = Some(b.addr),
+            SectionKind::InitArray(p) => inits.push((p, order, words(b))),
+            SectionKind::Ctors(p) => {
+                let mut w = words(b);
+                w.reverse();
+                // ld places .ctors after .init_array of the same priority, in reverse.
+                inits.push((p, u32::MAX - order, w));
+            }
+            SectionKind::FiniArray(p) => finis.push((p, order, words(b))),
+            SectionKind::Dtors(p) => finis.push((p, order, words(b).into_iter().rev().collect())),
+            _ => {}
+        }
+    }
+    inits.sort_by_key(|(p, o, _)| (*p, *o));
+    finis.sort_by_key(|(p, o, _)| (*p, *o));
+    let mut init: Vec<ExecutorAddr> = pre.into_iter().map(ExecutorAddr).collect();
+    init.extend(init_fn.map(ExecutorAddr));
+    for (_, _, fns) in inits {
+        init.extend(fns.into_iter().map(ExecutorAddr));
+    }
+    let mut fini = Vec::new();
+    if let Some(d) = g.symbol_addr(dso) {
+        fini.push(Action::CxaFinalize { dso: ExecutorAddr(d) });
+    }
+    let all: Vec<u64> = finis.into_iter().flat_map(|(_, _, f)| f).collect();
+    fini.extend(all.into_iter().rev().map(|f| Action::CallVoid(ExecutorAddr(f))));
+    fini.extend(fini_fn.map(|f| Action::CallVoid(ExecutorAddr(f))));
+    (init, fini)
+}
+
+fn collect_actions(g: &LinkGraph, layout: &layout::Layout, ctx: &layout::FixupContext) -> Vec<ActionPair> {
+    let mut actions = Vec::new();
+    let eh: Vec<&Block> = g
+        .blocks
+        .iter()
+        .filter(|b| b.live && matches!(g.sections[b.section.idx()].kind, SectionKind::EhFrame | SectionKind::EhFrameTerminator))
+        .collect();
+    if let (Some(lo), Some(hi)) = (eh.iter().map(|b| b.addr).min(), eh.iter().map(|b| b.addr + b.size()).max()) {
+        let (addr, size) = (ExecutorAddr(lo), hi - lo);
+        actions.push(ActionPair {
+            finalize: Some(Action::RegisterEhFrame { addr, size }),
+            dealloc: Some(Action::DeregisterEhFrame { addr, size }),
+        });
+    }
+    if let Some(t) = &layout.tls {
+        actions.push(ActionPair {
+            finalize: Some(Action::RegisterTls {
+                module: ctx.tls_module,
+                image: ExecutorAddr(t.image_addr),
+                image_size: t.image_size,
+                block_size: t.block_size,
+                align: t.align,
+            }),
+            dealloc: Some(Action::DeregisterTls { module: ctx.tls_module }),
+        });
+    }
+    actions
+}
+
+fn exports(g: &LinkGraph) -> FxHashMap<String, ExecutorAddr> {
+    let mut out = FxHashMap::default();
+    for (name, id) in &g.globals {
+        let s = &g.symbols[id.idx()];
+        if s.tls {
+            continue;
+        }
+        // Absolute symbols are host symbols this unit binds to, not its own definitions.
+        let addr = match s.def {
+            SymbolDef::Defined { block, offset } if g.blocks[block.idx()].live => {
+                g.blocks[block.idx()].addr + offset
+            }
+            _ => continue,
+        };
+        out.insert(String::from_utf8_lossy(name).into_owned(), ExecutorAddr(addr));
+    }
+    out
+}

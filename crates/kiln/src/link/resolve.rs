@@ -1,0 +1,171 @@
+//! Symbol resolution: archive members on demand, then the scopes outside the unit.
+
+use crate::elf::archive::Archive;
+use crate::elf::object::parse_object;
+use crate::error::{Error, Result};
+use crate::graph::*;
+use kiln_target::{Executor, ExecutorAddr, LibraryId};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+/// Load archive members until no strong undefined symbol can be satisfied by one. Like ld's
+/// `--start-group`: the order of archives does not matter, members are loaded only when they
+/// define a symbol that is needed (a weak reference alone does not load a member).
+pub fn load_archive_members<'a>(g: &mut LinkGraph<'a>, archives: &mut [Archive<'a>]) -> Result<()> {
+    if archives.is_empty() {
+        return Ok(());
+    }
+    loop {
+        let mut loaded_any = false;
+        let mut i = 0;
+        while i < g.symbols.len() {
+            let s = &g.symbols[i];
+            i += 1;
+            if s.def != SymbolDef::Undefined || s.only_weak_refs || s.scope == Scope::Local {
+                continue;
+            }
+            let name = s.name;
+            for ar in archives.iter_mut() {
+                if let Some((member, data)) = ar.take_member_for(name)? {
+                    tracing::debug!(
+                        "loading {member} for {}",
+                        String::from_utf8_lossy(name)
+                    );
+                    parse_object(g, &member, data, false)?;
+                    loaded_any = true;
+                    break;
+                }
+            }
+        }
+        if !loaded_any {
+            return Ok(());
+        }
+    }
+}
+
+/// Two strong definitions of one symbol: an error naming both objects.
+pub fn check_duplicates(g: &LinkGraph) -> Result<()> {
+    if g.duplicates.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::from("duplicate symbols:");
+    for (sym, a, b) in &g.duplicates {
+        msg.push_str(&format!(
+            "\n  {} is defined in {} and in {}",
+            g.name_of(*sym),
+            g.input_name(*a),
+            g.input_name(*b)
+        ));
+    }
+    Err(Error::Resolve(msg))
+}
+
+/// Where symbols outside the unit come from, in order.
+pub struct ExternalScopes<'s> {
+    pub defines: &'s FxHashMap<String, u64>,
+    pub prior_units: &'s [&'s FxHashMap<String, ExecutorAddr>],
+    pub libraries: &'s [LibraryId],
+    pub process: bool,
+    /// When set, only these names may be bound outside the unit.
+    pub allow: Option<&'s FxHashSet<String>>,
+}
+
+/// Resolve every undefined symbol that live code references: `--define`s, earlier units of the
+/// session, the runtime's own symbols, libraries (in order), the process. Weak references
+/// found nowhere become 0. All failures are reported together, each with its referencing objects.
+pub fn resolve_externals(g: &mut LinkGraph, ex: &dyn Executor, scopes: &ExternalScopes) -> Result<usize> {
+    let mut wanted: Vec<SymbolId> = Vec::new();
+    let mut seen = vec![false; g.symbols.len()];
+    for b in g.blocks.iter().filter(|b| b.live) {
+        for e in &b.edges {
+            let t = e.target.idx();
+            if !seen[t] && g.symbols[t].def == SymbolDef::Undefined {
+                seen[t] = true;
+                wanted.push(e.target);
+            }
+        }
+    }
+    let mut errors: Vec<SymbolId> = Vec::new();
+    let mut disallowed: Vec<SymbolId> = Vec::new();
+    let mut for_executor: Vec<SymbolId> = Vec::new();
+    let runtime = ex.runtime_symbols();
+    for &id in &wanted {
+        let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
+        if let Some(allow) = scopes.allow {
+            if !allow.contains(name.as_ref()) {
+                disallowed.push(id);
+                continue;
+            }
+        }
+        let found = scopes
+            .defines
+            .get(name.as_ref())
+            .copied()
+            .or_else(|| scopes.prior_units.iter().find_map(|u| u.get(name.as_ref()).map(|a| a.0)))
+            .or_else(|| runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0));
+        match found {
+            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            None => for_executor.push(id),
+        }
+    }
+    let names: Vec<&[u8]> = for_executor.iter().map(|id| g.symbols[id.idx()].name).collect();
+    let addrs = ex.lookup(&names, scopes.libraries, scopes.process)?;
+    for (id, addr) in for_executor.iter().zip(addrs) {
+        let s = &mut g.symbols[id.idx()];
+        match addr {
+            Some(a) => s.def = SymbolDef::Absolute(a.0),
+            None if s.weak || s.only_weak_refs => s.def = SymbolDef::Absolute(0),
+            None => errors.push(*id),
+        }
+    }
+    let mut tls_outside = Vec::new();
+    for &id in &wanted {
+        let s = &g.symbols[id.idx()];
+        if s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0) {
+            tls_outside.push(id);
+        }
+    }
+    if errors.is_empty() && disallowed.is_empty() && tls_outside.is_empty() {
+        return Ok(wanted.len());
+    }
+    let mut msg = String::new();
+    let list = |msg: &mut String, head: &str, ids: &[SymbolId]| {
+        if ids.is_empty() {
+            return;
+        }
+        if !msg.is_empty() {
+            msg.push('\n');
+        }
+        msg.push_str(head);
+        for id in ids {
+            msg.push_str(&format!("\n  {} (referenced by {})", g.name_of(*id), referrers(g, *id)));
+        }
+    };
+    list(&mut msg, "undefined symbols:", &errors);
+    list(&mut msg, "symbols not on the allow-list:", &disallowed);
+    list(
+        &mut msg,
+        "thread-local symbols defined outside the JIT'd code (not supported):",
+        &tls_outside,
+    );
+    Err(Error::Resolve(msg))
+}
+
+/// The inputs whose live code references `id`, for messages.
+pub fn referrers(g: &LinkGraph, id: SymbolId) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for b in g.blocks.iter().filter(|b| b.live) {
+        if b.edges.iter().any(|e| e.target == id) {
+            let n = g.input_name(g.sections[b.section.idx()].input);
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    let more = names.len().saturating_sub(5);
+    names.truncate(5);
+    let mut s = names.join(", ");
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
+}

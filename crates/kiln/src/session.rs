@@ -1,0 +1,228 @@
+//! The library API: a session adds inputs, links them into units, looks symbols up and runs code.
+
+use crate::elf::{identify, FileKind};
+use crate::error::{Error, Result};
+use crate::link::{self, LinkInput, LinkStats, LinkedUnit};
+use crate::search::LibrarySearch;
+use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Identifies a linked unit of a session.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UnitId(pub usize);
+
+enum Pending {
+    Object(String, Vec<u8>),
+    Archive(String, Vec<u8>),
+}
+
+/// A JIT session: inputs are added, then [`Session::link`] links everything added since the last
+/// link into one unit. Later units see the symbols of earlier ones (like ORC's JITDylib).
+pub struct Session {
+    executor: Arc<dyn Executor>,
+    pending: Vec<Pending>,
+    libraries: Vec<LibraryId>,
+    defines: FxHashMap<String, u64>,
+    process_symbols: bool,
+    roots: Vec<String>,
+    allow: Option<FxHashSet<String>>,
+    fixed_address: Option<u64>,
+    /// How `-l` names are found.
+    pub search: LibrarySearch,
+    units: Vec<Option<LinkedUnit>>,
+    initialized: Vec<bool>,
+}
+
+impl Session {
+    pub fn new(executor: Arc<dyn Executor>) -> Self {
+        Session {
+            executor,
+            pending: Vec::new(),
+            libraries: Vec::new(),
+            defines: FxHashMap::default(),
+            process_symbols: true,
+            roots: Vec::new(),
+            allow: None,
+            fixed_address: None,
+            search: LibrarySearch::default(),
+            units: Vec::new(),
+            initialized: Vec::new(),
+        }
+    }
+
+    /// A session whose code runs in this process.
+    pub fn in_process() -> Self {
+        Self::new(Arc::new(InProcessExecutor::new()))
+    }
+
+    pub fn executor(&self) -> &dyn Executor {
+        &*self.executor
+    }
+
+    /// Add a relocatable object from memory.
+    pub fn add_object(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
+        self.pending.push(Pending::Object(name.into(), bytes));
+    }
+
+    /// Add a static archive from memory; members are linked only when needed.
+    pub fn add_archive(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
+        self.pending.push(Pending::Archive(name.into(), bytes));
+    }
+
+    /// Add a file by what it contains: object, archive, shared library or GNU ld script.
+    pub fn add_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: name.clone(), source })?;
+        match identify(&bytes) {
+            FileKind::Relocatable => self.add_object(name, bytes),
+            FileKind::Archive => self.add_archive(name, bytes),
+            FileKind::SharedLibrary => self.add_shared_library(path)?,
+            FileKind::LinkerScript => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                for f in self.search.expand_script(path, &text)? {
+                    self.add_file(&f)?;
+                }
+            }
+            FileKind::ThinArchive => {
+                return Err(Error::unsupported(&name, None, None, "thin archives"));
+            }
+            FileKind::Unknown => {
+                return Err(Error::malformed(
+                    &name,
+                    None,
+                    Some(0),
+                    "not an ELF object, archive, shared library or linker script",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// `-l SPEC` (`NAME` or `:FILE`).
+    pub fn add_library(&mut self, spec: &str) -> Result<()> {
+        let p = self.search.find(spec)?;
+        tracing::debug!("-l{spec} is {}", p.display());
+        self.add_file(&p)
+    }
+
+    /// Load a shared library into the executor; its symbols are searched after the unit's own
+    /// and before the process's.
+    pub fn add_shared_library(&mut self, path: &Path) -> Result<()> {
+        let id = self.executor.load_library(path)?;
+        self.libraries.push(id);
+        Ok(())
+    }
+
+    /// Define an absolute symbol (wins over libraries and the process).
+    pub fn define(&mut self, name: impl Into<String>, addr: u64) {
+        self.defines.insert(name.into(), addr);
+    }
+
+    /// Whether symbols of the executor process itself may be bound (default: yes).
+    pub fn set_process_symbols(&mut self, on: bool) {
+        self.process_symbols = on;
+    }
+
+    /// A symbol that must be defined and kept by the next link (an entry point).
+    pub fn add_root(&mut self, name: impl Into<String>) {
+        self.roots.push(name.into());
+    }
+
+    /// Restrict the symbols that may be bound outside the linked inputs.
+    pub fn set_allow_list(&mut self, allow: Option<FxHashSet<String>>) {
+        self.allow = allow;
+    }
+
+    /// Place the next unit at exactly this address.
+    pub fn set_fixed_address(&mut self, addr: Option<u64>) {
+        self.fixed_address = addr;
+    }
+
+    /// Link everything added since the last link into one unit, and finalize it in the executor.
+    /// Initializers are not run: see [`Session::run_initializers`].
+    pub fn link(&mut self) -> Result<UnitId> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut objects = Vec::new();
+        let mut archives = Vec::new();
+        for p in &pending {
+            match p {
+                Pending::Object(n, b) => objects.push((n.clone(), b.as_slice())),
+                Pending::Archive(n, b) => archives.push((n.clone(), b.as_slice())),
+            }
+        }
+        let prior: Vec<&FxHashMap<String, ExecutorAddr>> =
+            self.units.iter().rev().flatten().map(|u| &u.exports).collect();
+        let roots = std::mem::take(&mut self.roots);
+        let unit = link::link(
+            &*self.executor,
+            LinkInput {
+                objects,
+                archives,
+                libraries: &self.libraries,
+                defines: &self.defines,
+                prior_units: &prior,
+                process_symbols: self.process_symbols,
+                roots: &roots,
+                allow: self.allow.as_ref(),
+                fixed_address: self.fixed_address,
+            },
+        )?;
+        self.units.push(Some(unit));
+        self.initialized.push(false);
+        Ok(UnitId(self.units.len() - 1))
+    }
+
+    pub fn stats(&self, unit: UnitId) -> Option<&LinkStats> {
+        self.units.get(unit.0)?.as_ref().map(|u| &u.stats)
+    }
+
+    /// The address of a symbol defined by a unit of this session (newest first).
+    pub fn lookup(&self, name: &str) -> Option<ExecutorAddr> {
+        self.units.iter().rev().flatten().find_map(|u| u.exports.get(name).copied())
+    }
+
+    /// Run the initializers (`.init_array`, constructors, …) of every unit not yet initialized,
+    /// oldest first.
+    pub fn run_initializers(&mut self) -> Result<()> {
+        for i in 0..self.units.len() {
+            if let (Some(u), false) = (&self.units[i], self.initialized[i]) {
+                self.initialized[i] = true;
+                self.executor.run_initializers(u.alloc)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Call `int ENTRY(int argc, char **argv, char **envp)`.
+    pub fn run_main(&self, entry: &str, args: &[String]) -> Result<i32> {
+        let addr = self
+            .lookup(entry)
+            .ok_or_else(|| Error::Usage(format!("entry point {entry} is not defined by the linked code")))?;
+        Ok(self.executor.run_main(addr, args)?)
+    }
+
+    /// Remove a unit: its destructors and exit handlers run, its registrations are undone, its
+    /// memory is released, and its symbols disappear from lookups.
+    pub fn remove(&mut self, unit: UnitId) -> Result<()> {
+        let u = self
+            .units
+            .get_mut(unit.0)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Usage(format!("no unit {}", unit.0)))?;
+        self.executor.deallocate(u.alloc)?;
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for i in (0..self.units.len()).rev() {
+            if self.units[i].is_some() {
+                let _ = self.remove(UnitId(i));
+            }
+        }
+    }
+}
