@@ -114,12 +114,13 @@ impl InProcessExecutor {
         }
     }
 
-    /// A typed view of finalized code.
+    /// A typed function pointer to finalized code in this process.
     ///
     /// # Safety
-    /// `addr` must be the address of a finalized, still-live function whose C ABI signature is
-    /// exactly `F` (a `extern "C" fn(..) -> ..` pointer type).
-    pub unsafe fn function<F: Copy>(&self, addr: ExecutorAddr) -> F {
+    /// `addr` must be the address of a finalized, still-live function in this process whose C
+    /// ABI signature is exactly `F` (an `extern "C" fn(..) -> ..` pointer type), and the unit
+    /// that holds it must outlive every call through the pointer.
+    pub unsafe fn function<F: Copy>(addr: ExecutorAddr) -> F {
         assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
         // SAFETY: F is pointer-sized (asserted); validity is the caller's promise.
         unsafe { std::mem::transmute_copy::<usize, F>(&(addr.0 as usize)) }
