@@ -91,14 +91,19 @@ fn parse_addr(s: &str) -> Result<u64, String> {
 }
 
 fn parse_define(s: &str) -> Result<(String, u64), String> {
-    let (name, addr) = s.split_once('=').ok_or_else(|| format!("expected SYM=ADDR, got {s:?}"))?;
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SYM=ADDR, got {s:?}"))?;
     Ok((name.to_string(), parse_addr(addr)?))
 }
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Run(a) => run(a),

@@ -7,9 +7,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot reserve {size:#x} bytes of address space{where_}: {why}")]
-    Reserve { size: u64, where_: String, why: String },
+    Reserve {
+        size: u64,
+        where_: String,
+        why: String,
+    },
     #[error("memory operation on {addr}..+{size:#x} failed: {why}")]
-    Memory { addr: ExecutorAddr, size: u64, why: String },
+    Memory {
+        addr: ExecutorAddr,
+        size: u64,
+        why: String,
+    },
     #[error("cannot load library {path}: {why}")]
     LoadLibrary { path: String, why: String },
     #[error("unknown library handle {0}")]

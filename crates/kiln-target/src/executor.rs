@@ -45,8 +45,14 @@ impl Segment {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Register a `.eh_frame` section (CIEs and FDEs ending with a zero terminator).
-    RegisterEhFrame { addr: ExecutorAddr, size: u64 },
-    DeregisterEhFrame { addr: ExecutorAddr, size: u64 },
+    RegisterEhFrame {
+        addr: ExecutorAddr,
+        size: u64,
+    },
+    DeregisterEhFrame {
+        addr: ExecutorAddr,
+        size: u64,
+    },
     /// Register a thread-local storage template for the dynamic TLS models.
     RegisterTls {
         module: u64,
@@ -55,11 +61,15 @@ pub enum Action {
         block_size: u64,
         align: u64,
     },
-    DeregisterTls { module: u64 },
+    DeregisterTls {
+        module: u64,
+    },
     /// Call `void f(void)`.
     CallVoid(ExecutorAddr),
     /// Run the exit handlers registered with `__cxa_atexit(..., dso)` (glibc's `__cxa_finalize`).
-    CxaFinalize { dso: ExecutorAddr },
+    CxaFinalize {
+        dso: ExecutorAddr,
+    },
 }
 
 /// A finalize action and the dealloc action that undoes it.

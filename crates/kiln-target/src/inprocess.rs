@@ -257,7 +257,11 @@ impl Executor for InProcessExecutor {
                 .map_err(|_| Error::InvalidRequest("library table poisoned".into()))?;
             libraries
                 .iter()
-                .map(|l| libs.get(l.0 as usize).copied().ok_or(Error::UnknownLibrary(l.0)))
+                .map(|l| {
+                    libs.get(l.0 as usize)
+                        .copied()
+                        .ok_or(Error::UnknownLibrary(l.0))
+                })
                 .collect::<Result<_>>()?
         };
         let mut out = Vec::with_capacity(names.len());

@@ -14,6 +14,7 @@ mod addr;
 mod error;
 mod executor;
 mod inprocess;
+mod simulated;
 mod sys;
 
 pub use addr::{ExecutorAddr, MemProt};
@@ -23,4 +24,5 @@ pub use executor::{
     TargetInfo,
 };
 pub use inprocess::InProcessExecutor;
+pub use simulated::SimulatedExecutor;
 pub use sys::tls::TLS_MODULE_TAG;

@@ -24,7 +24,12 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let (src, obj) = (dir.join("f.c"), dir.join("f.o"));
     std::fs::write(&src, SOURCE)?;
-    let ok = Command::new("cc").args(["-c", "-O2", "-o"]).arg(&obj).arg(&src).status()?.success();
+    let ok = Command::new("cc")
+        .args(["-c", "-O2", "-o"])
+        .arg(&obj)
+        .arg(&src)
+        .status()?
+        .success();
     anyhow::ensure!(ok, "cc failed");
 
     let mut session = Session::in_process();

@@ -53,7 +53,12 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn malformed(file: &str, section: Option<&str>, offset: Option<u64>, what: impl Into<String>) -> Self {
+    pub(crate) fn malformed(
+        file: &str,
+        section: Option<&str>,
+        offset: Option<u64>,
+        what: impl Into<String>,
+    ) -> Self {
         Error::Malformed {
             at: Location {
                 file: file.to_string(),
@@ -64,7 +69,12 @@ impl Error {
         }
     }
 
-    pub(crate) fn unsupported(file: &str, section: Option<&str>, offset: Option<u64>, what: impl Into<String>) -> Self {
+    pub(crate) fn unsupported(
+        file: &str,
+        section: Option<&str>,
+        offset: Option<u64>,
+        what: impl Into<String>,
+    ) -> Self {
         Error::Unsupported {
             at: Location {
                 file: file.to_string(),

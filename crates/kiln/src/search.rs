@@ -16,7 +16,10 @@ pub struct LibrarySearch {
 
 impl Default for LibrarySearch {
     fn default() -> Self {
-        LibrarySearch { dirs: Vec::new(), static_only: false }
+        LibrarySearch {
+            dirs: Vec::new(),
+            static_only: false,
+        }
     }
 }
 
@@ -36,12 +39,19 @@ const SYSTEM_DIRS: &[&str] = &[
 fn compiler_dirs() -> &'static [PathBuf] {
     static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
     DIRS.get_or_init(|| {
-        let out = std::process::Command::new("cc").arg("-print-search-dirs").output();
+        let out = std::process::Command::new("cc")
+            .arg("-print-search-dirs")
+            .output();
         let Ok(out) = out else { return Vec::new() };
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
             .find_map(|l| l.strip_prefix("libraries: ="))
-            .map(|l| l.split(':').map(PathBuf::from).filter(|p| p.is_dir()).collect())
+            .map(|l| {
+                l.split(':')
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default()
     })
 }
@@ -55,7 +65,11 @@ impl LibrarySearch {
             .chain(std::iter::once(PathBuf::new()).filter(|_| false))
     }
 
-    fn find_in(&self, dirs: &mut dyn Iterator<Item = PathBuf>, names: &[String]) -> Option<PathBuf> {
+    fn find_in(
+        &self,
+        dirs: &mut dyn Iterator<Item = PathBuf>,
+        names: &[String],
+    ) -> Option<PathBuf> {
         for d in dirs {
             for n in names {
                 let p = d.join(n);
@@ -113,7 +127,9 @@ impl LibrarySearch {
         let mut rest = text;
         while let Some(i) = rest.find("/*") {
             clean.push_str(&rest[..i]);
-            rest = rest[i + 2..].find("*/").map_or("", |j| &rest[i + 2 + j + 2..]);
+            rest = rest[i + 2..]
+                .find("*/")
+                .map_or("", |j| &rest[i + 2 + j + 2..]);
         }
         clean.push_str(rest);
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -160,7 +176,9 @@ mod tests {
         let s = LibrarySearch::default();
         let text = "/* GNU ld script\n   Use the shared library */\nOUTPUT_FORMAT(elf64-x86-64)\n\
                     GROUP ( /lib/x86_64-linux-gnu/libc.so.6 /usr/lib/x86_64-linux-gnu/libc_nonshared.a  AS_NEEDED ( /lib64/ld-linux-x86-64.so.2 ) )\n";
-        let files = s.expand_script(Path::new("/usr/lib/x86_64-linux-gnu/libc.so"), text).unwrap();
+        let files = s
+            .expand_script(Path::new("/usr/lib/x86_64-linux-gnu/libc.so"), text)
+            .unwrap();
         assert_eq!(
             files,
             vec![

@@ -75,7 +75,10 @@ impl Session {
     pub fn add_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: name.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: name.clone(),
+            source,
+        })?;
         match identify(&bytes) {
             FileKind::Relocatable => self.add_object(name, bytes),
             FileKind::Archive => self.add_archive(name, bytes),
@@ -153,8 +156,13 @@ impl Session {
                 Pending::Archive(n, b) => archives.push((n.clone(), b.as_slice())),
             }
         }
-        let prior: Vec<&FxHashMap<String, ExecutorAddr>> =
-            self.units.iter().rev().flatten().map(|u| &u.exports).collect();
+        let prior: Vec<&FxHashMap<String, ExecutorAddr>> = self
+            .units
+            .iter()
+            .rev()
+            .flatten()
+            .map(|u| &u.exports)
+            .collect();
         let roots = std::mem::take(&mut self.roots);
         let unit = link::link(
             &*self.executor,
@@ -181,7 +189,11 @@ impl Session {
 
     /// The address of a symbol defined by a unit of this session (newest first).
     pub fn lookup(&self, name: &str) -> Option<ExecutorAddr> {
-        self.units.iter().rev().flatten().find_map(|u| u.exports.get(name).copied())
+        self.units
+            .iter()
+            .rev()
+            .flatten()
+            .find_map(|u| u.exports.get(name).copied())
     }
 
     /// Run the initializers (`.init_array`, constructors, …) of every unit not yet initialized,
@@ -198,9 +210,11 @@ impl Session {
 
     /// Call `int ENTRY(int argc, char **argv, char **envp)`.
     pub fn run_main(&self, entry: &str, args: &[String]) -> Result<i32> {
-        let addr = self
-            .lookup(entry)
-            .ok_or_else(|| Error::Usage(format!("entry point {entry} is not defined by the linked code")))?;
+        let addr = self.lookup(entry).ok_or_else(|| {
+            Error::Usage(format!(
+                "entry point {entry} is not defined by the linked code"
+            ))
+        })?;
         Ok(self.executor.run_main(addr, args)?)
     }
 

@@ -22,7 +22,10 @@ fn unwinder() -> Option<&'static Unwinder> {
     U.get_or_init(|| {
         let r = dl::sym(None, b"__register_frame").ok().flatten()?;
         let d = dl::sym(None, b"__deregister_frame").ok().flatten()?;
-        let per_fde = dl::sym(None, b"__unw_add_dynamic_fde").ok().flatten().is_some();
+        let per_fde = dl::sym(None, b"__unw_add_dynamic_fde")
+            .ok()
+            .flatten()
+            .is_some();
         // SAFETY: both symbols are the unwinder's registration functions, with this signature.
         let (register, deregister) = unsafe {
             (

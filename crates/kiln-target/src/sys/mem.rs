@@ -87,13 +87,15 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
         });
     }
     match placement {
-        Placement::Anywhere => map_at(0, size, false).map(ExecutorAddr).ok_or_else(|| {
-            Error::Reserve {
-                size,
-                where_: String::new(),
-                why: os_err(),
-            }
-        }),
+        Placement::Anywhere => {
+            map_at(0, size, false)
+                .map(ExecutorAddr)
+                .ok_or_else(|| Error::Reserve {
+                    size,
+                    where_: String::new(),
+                    why: os_err(),
+                })
+        }
         Placement::Fixed(addr) => {
             if addr % page != 0 {
                 return Err(Error::Reserve {
@@ -170,7 +172,12 @@ fn protect(addr: u64, size: u64, prot: i32) -> Result<()> {
 
 /// Fill a segment of a reservation: make it writable (never executable), copy the content,
 /// zero the rest, then switch to the final protection. No page is writable and executable at once.
-pub(crate) fn commit(addr: ExecutorAddr, content: &[u8], zero_fill: u64, prot: MemProt) -> Result<()> {
+pub(crate) fn commit(
+    addr: ExecutorAddr,
+    content: &[u8],
+    zero_fill: u64,
+    prot: MemProt,
+) -> Result<()> {
     let page = page_size();
     let size = content.len() as u64 + zero_fill;
     if size == 0 {

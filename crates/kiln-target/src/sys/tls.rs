@@ -95,7 +95,8 @@ pub(crate) fn deregister(module: u64) {
 }
 
 fn new_block(t: &Template) -> Option<Block> {
-    let layout = Layout::from_size_align(t.block_size.max(1) as usize, t.align.max(1) as usize).ok()?;
+    let layout =
+        Layout::from_size_align(t.block_size.max(1) as usize, t.align.max(1) as usize).ok()?;
     // SAFETY: layout has non-zero size.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {

@@ -270,7 +270,10 @@ pub fn apply(
         Pointer32 => {
             let v = s + a;
             if !(0..=u32::MAX as i128).contains(&v) {
-                return Err(OutOfRange { value: v, bits: "uint32" });
+                return Err(OutOfRange {
+                    value: v,
+                    bits: "uint32",
+                });
             }
             put(buf, off, (v as u32).to_le_bytes())
         }
@@ -278,26 +281,39 @@ pub fn apply(
         Size32 | DtpOff32 => {
             let v = s + a;
             if !(i32::MIN as i128..=u32::MAX as i128).contains(&v) {
-                return Err(OutOfRange { value: v, bits: "32 bits" });
+                return Err(OutOfRange {
+                    value: v,
+                    bits: "32 bits",
+                });
             }
             put(buf, off, (v as u32).to_le_bytes())
         }
         Pointer16 => {
             let v = s + a;
             if !(i16::MIN as i128..=u16::MAX as i128).contains(&v) {
-                return Err(OutOfRange { value: v, bits: "16 bits" });
+                return Err(OutOfRange {
+                    value: v,
+                    bits: "16 bits",
+                });
             }
             put(buf, off, (v as u16).to_le_bytes())
         }
         Pointer8 => {
             let v = s + a;
             if !(i8::MIN as i128..=u8::MAX as i128).contains(&v) {
-                return Err(OutOfRange { value: v, bits: "8 bits" });
+                return Err(OutOfRange {
+                    value: v,
+                    bits: "8 bits",
+                });
             }
             put(buf, off, [v as u8])
         }
         Delta64 | GotDelta64 => put(buf, off, wrap64(s + a - p)),
-        Delta32 | BranchPCRel32 | GotDelta32 | GotDelta32Relaxable { .. } | TlsGdDelta32
+        Delta32
+        | BranchPCRel32
+        | GotDelta32
+        | GotDelta32Relaxable { .. }
+        | TlsGdDelta32
         | TlsLdDelta32 => put(buf, off, (signed::<4>(s + a - p)? as i32).to_le_bytes()),
         GotLoadRelaxed { rex } => {
             relax_got_load(buf, off, rex)?;
@@ -396,7 +412,16 @@ mod tests {
     #[test]
     fn pointer_kinds() {
         let mut b = [0u8; 8];
-        apply(EdgeKind::Pointer64, &mut b, 0, 0, 0x1122_3344_5566_7788, 8, 0).unwrap();
+        apply(
+            EdgeKind::Pointer64,
+            &mut b,
+            0,
+            0,
+            0x1122_3344_5566_7788,
+            8,
+            0,
+        )
+        .unwrap();
         assert_eq!(u64::from_le_bytes(b), 0x1122_3344_5566_7790);
         let mut b = [0u8; 4];
         apply(EdgeKind::Pointer32, &mut b, 0, 0, 0x8000_0000, 0, 0).unwrap();
@@ -423,18 +448,48 @@ mod tests {
         // mov 0(%rip), %rax  = 48 8b 05 <disp32>
         let mut code = [0x48, 0x8b, 0x05, 0, 0, 0, 0];
         assert!(can_relax_got_load(&code, 3, true));
-        apply(EdgeKind::GotLoadRelaxed { rex: true }, &mut code, 3, 0x1003, 0x2000, -4, 0).unwrap();
+        apply(
+            EdgeKind::GotLoadRelaxed { rex: true },
+            &mut code,
+            3,
+            0x1003,
+            0x2000,
+            -4,
+            0,
+        )
+        .unwrap();
         assert_eq!(code[..3], [0x48, 0x8d, 0x05]);
-        assert_eq!(i32::from_le_bytes(code[3..].try_into().unwrap()), 0x2000 - 4 - 0x1003);
+        assert_eq!(
+            i32::from_le_bytes(code[3..].try_into().unwrap()),
+            0x2000 - 4 - 0x1003
+        );
     }
 
     #[test]
     fn relax_call_and_jmp() {
         let mut call = [0xff, 0x15, 0, 0, 0, 0];
-        apply(EdgeKind::GotLoadRelaxed { rex: false }, &mut call, 2, 0x100, 0x200, -4, 0).unwrap();
+        apply(
+            EdgeKind::GotLoadRelaxed { rex: false },
+            &mut call,
+            2,
+            0x100,
+            0x200,
+            -4,
+            0,
+        )
+        .unwrap();
         assert_eq!(call[..2], [0x67, 0xe8]);
         let mut jmp = [0xff, 0x25, 0, 0, 0, 0];
-        apply(EdgeKind::GotLoadRelaxed { rex: false }, &mut jmp, 2, 0x100, 0x200, -4, 0).unwrap();
+        apply(
+            EdgeKind::GotLoadRelaxed { rex: false },
+            &mut jmp,
+            2,
+            0x100,
+            0x200,
+            -4,
+            0,
+        )
+        .unwrap();
         assert_eq!(jmp[..2], [0x90, 0xe9]);
         // add foo@GOTPCREL(%rip), %rax is not relaxable.
         let add = [0x48, 0x03, 0x05, 0, 0, 0, 0];
@@ -445,6 +500,8 @@ mod tests {
     fn tls_refused_with_reason() {
         let e = edge_kind_for(object::elf::R_X86_64_TPOFF32).unwrap_err();
         assert!(e.contains("local-exec"), "{e}");
-        assert!(edge_kind_for(object::elf::RelocationType(9999)).unwrap_err().contains("unknown relocation"));
+        assert!(edge_kind_for(object::elf::RelocationType(9999))
+            .unwrap_err()
+            .contains("unknown relocation"));
     }
 }

@@ -20,7 +20,10 @@ impl<'a> Archive<'a> {
             return Err(Error::unsupported(name, None, None, "thin archives"));
         }
         let mut index = FxHashMap::default();
-        match file.symbols().map_err(|e| bad(format!("archive symbol table: {e}")))? {
+        match file
+            .symbols()
+            .map_err(|e| bad(format!("archive symbol table: {e}")))?
+        {
             Some(syms) => {
                 for s in syms {
                     let s = s.map_err(|e| bad(format!("archive symbol table: {e}")))?;
@@ -49,15 +52,24 @@ impl<'a> Archive<'a> {
         use object::read::elf::{FileHeader, Sym};
         use object::LittleEndian as LE;
         for m in file.members() {
-            let m = m.map_err(|e| Error::malformed(name, None, None, format!("archive member: {e}")))?;
+            let m =
+                m.map_err(|e| Error::malformed(name, None, None, format!("archive member: {e}")))?;
             let Ok(d) = m.data(data) else { continue };
-            let Ok(h) = FileHeader64::<LE>::parse(d) else { continue };
-            let Ok(secs) = h.sections(LE, d) else { continue };
-            let Ok(st) = secs.symbols(LE, d, SHT_SYMTAB) else { continue };
+            let Ok(h) = FileHeader64::<LE>::parse(d) else {
+                continue;
+            };
+            let Ok(secs) = h.sections(LE, d) else {
+                continue;
+            };
+            let Ok(st) = secs.symbols(LE, d, SHT_SYMTAB) else {
+                continue;
+            };
             for s in st.iter() {
                 if s.st_bind() != STB_LOCAL && s.st_shndx(LE) != object::elf::SHN_UNDEF {
                     if let Ok(n) = st.symbol_name(LE, s) {
-                        index.entry(n).or_insert(m.file_range().0.saturating_sub(60));
+                        index
+                            .entry(n)
+                            .or_insert(m.file_range().0.saturating_sub(60));
                     }
                 }
             }
@@ -74,11 +86,15 @@ impl<'a> Archive<'a> {
             return Ok(None);
         }
         let bad = |what: String| Error::malformed(&self.name, None, Some(off), what);
-        let m = self
-            .file
-            .member(ArchiveOffset(off))
-            .map_err(|e| bad(format!("member for symbol {}: {e}", String::from_utf8_lossy(symbol))))?;
-        let d = m.data(self.data).map_err(|e| bad(format!("member data: {e}")))?;
+        let m = self.file.member(ArchiveOffset(off)).map_err(|e| {
+            bad(format!(
+                "member for symbol {}: {e}",
+                String::from_utf8_lossy(symbol)
+            ))
+        })?;
+        let d = m
+            .data(self.data)
+            .map_err(|e| bad(format!("member data: {e}")))?;
         let mname = String::from_utf8_lossy(m.name()).into_owned();
         Ok(Some((format!("{}({})", self.name, mname), d)))
     }

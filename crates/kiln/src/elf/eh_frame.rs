@@ -19,7 +19,9 @@ pub(crate) fn split<'a>(
     mut edges: Vec<Edge>,
 ) -> Result<()> {
     let sec_name = String::from_utf8_lossy(name).into_owned();
-    let bad = |off: usize, what: &str| Error::malformed(file, Some(&sec_name), Some(off as u64), what.to_string());
+    let bad = |off: usize, what: &str| {
+        Error::malformed(file, Some(&sec_name), Some(off as u64), what.to_string())
+    };
     edges.sort_unstable_by_key(|e| e.offset);
     let section = g.add_section(Section {
         name,
@@ -32,7 +34,8 @@ pub(crate) fn split<'a>(
     let mut off = 0usize;
     let mut ei = 0usize;
     let read_u32 = |at: usize| -> Option<u32> {
-        data.get(at..at.checked_add(4)?).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        data.get(at..at.checked_add(4)?)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
     while off < data.len() {
         let len = read_u32(off).ok_or_else(|| bad(off, "truncated record length"))? as usize;
@@ -40,28 +43,47 @@ pub(crate) fn split<'a>(
             break; // terminator
         }
         if len == 0xffff_ffff {
-            return Err(Error::unsupported(file, Some(&sec_name), Some(off as u64), "64-bit DWARF eh_frame record"));
+            return Err(Error::unsupported(
+                file,
+                Some(&sec_name),
+                Some(off as u64),
+                "64-bit DWARF eh_frame record",
+            ));
         }
-        let size = len.checked_add(4).ok_or_else(|| bad(off, "record length overflows"))?;
-        let end = off.checked_add(size).filter(|e| *e <= data.len()).ok_or_else(|| bad(off, "record runs past the end of the section"))?;
+        let size = len
+            .checked_add(4)
+            .ok_or_else(|| bad(off, "record length overflows"))?;
+        let end = off
+            .checked_add(size)
+            .filter(|e| *e <= data.len())
+            .ok_or_else(|| bad(off, "record runs past the end of the section"))?;
         if size % 4 != 0 || len < 4 {
             return Err(bad(off, "record length is not a multiple of 4"));
         }
         let id = read_u32(off + 4).ok_or_else(|| bad(off, "truncated record"))?;
         // Edges (relocations) inside this record.
         while ei < edges.len() && (edges[ei].offset as usize) < off {
-            return Err(bad(edges[ei].offset as usize, "relocation straddles two records"));
+            return Err(bad(
+                edges[ei].offset as usize,
+                "relocation straddles two records",
+            ));
         }
         let first = ei;
         while ei < edges.len() && (edges[ei].offset as usize) < end {
             if edges[ei].offset as usize + edges[ei].kind.size() > end {
-                return Err(bad(edges[ei].offset as usize, "relocation straddles two records"));
+                return Err(bad(
+                    edges[ei].offset as usize,
+                    "relocation straddles two records",
+                ));
             }
             ei += 1;
         }
         let rec_edges: Vec<Edge> = edges[first..ei]
             .iter()
-            .map(|e| Edge { offset: e.offset - off as u32, ..*e })
+            .map(|e| Edge {
+                offset: e.offset - off as u32,
+                ..*e
+            })
             .collect();
         let bytes = Cow::Borrowed(&data[off..end]);
         if id == 0 {
@@ -69,8 +91,12 @@ pub(crate) fn split<'a>(
             g.blocks[b.idx()].edges = rec_edges;
             cies.insert(off, g.add_anon(b, 0, input));
         } else {
-            let cie_off = (off + 4).checked_sub(id as usize).ok_or_else(|| bad(off, "CIE pointer points before the section"))?;
-            let cie = *cies.get(&cie_off).ok_or_else(|| bad(off, "CIE pointer does not point at a CIE"))?;
+            let cie_off = (off + 4)
+                .checked_sub(id as usize)
+                .ok_or_else(|| bad(off, "CIE pointer points before the section"))?;
+            let cie = *cies
+                .get(&cie_off)
+                .ok_or_else(|| bad(off, "CIE pointer does not point at a CIE"))?;
             // The function this FDE describes: the relocation of its pc_begin field.
             let Some(pc) = rec_edges.iter().find(|e| e.offset == 8) else {
                 off = end;
@@ -82,10 +108,20 @@ pub(crate) fn split<'a>(
             };
             let b = g.add_block(section, Content::Bytes(bytes), 4);
             let mut e = rec_edges;
-            e.push(Edge { offset: 4, kind: EdgeKind::NegDelta32, target: cie, addend: 0 });
+            e.push(Edge {
+                offset: 4,
+                kind: EdgeKind::NegDelta32,
+                target: cie,
+                addend: 0,
+            });
             g.blocks[b.idx()].edges = e;
             let fde = g.add_anon(b, 0, input);
-            g.blocks[func.idx()].edges.push(Edge { offset: 0, kind: EdgeKind::KeepAlive, target: fde, addend: 0 });
+            g.blocks[func.idx()].edges.push(Edge {
+                offset: 0,
+                kind: EdgeKind::KeepAlive,
+                target: fde,
+                addend: 0,
+            });
         }
         off = end;
     }

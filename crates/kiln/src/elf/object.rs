@@ -4,7 +4,7 @@
 //! kept), then symbols, then relocations, then `.eh_frame` is split into CIE/FDE blocks. Every
 //! read is checked: malformed input gives an error with file, section and offset.
 
-use crate::arch::x86_64::{edge_kind_for, reloc_name, EdgeKind};
+use crate::arch::x86_64::{edge_kind_for, reloc_name};
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::MemProt;
@@ -19,10 +19,17 @@ type Symbols<'a> = SymbolTable<'a, FileHeader64<LE>, &'a [u8]>;
 const SHF_GNU_RETAIN: u64 = 0x20_0000;
 
 /// Parse one relocatable object into `g`. `name` is used in messages (e.g. `libz.a(crc32.o)`).
-pub fn parse_object<'a>(g: &mut LinkGraph<'a>, name: &str, data: &'a [u8], explicit: bool) -> Result<InputId> {
+pub fn parse_object<'a>(
+    g: &mut LinkGraph<'a>,
+    name: &str,
+    data: &'a [u8],
+    explicit: bool,
+) -> Result<InputId> {
     let bad = |what: String| Error::malformed(name, None, None, what);
     let header = FileHeader64::<LE>::parse(data).map_err(|e| bad(format!("ELF header: {e}")))?;
-    let endian = header.endian().map_err(|e| bad(format!("ELF header: {e}")))?;
+    let endian = header
+        .endian()
+        .map_err(|e| bad(format!("ELF header: {e}")))?;
     if header.e_type(endian) != elf::ET_REL {
         return Err(bad("not a relocatable object (e_type is not ET_REL)".into()));
     }
@@ -31,7 +38,10 @@ pub fn parse_object<'a>(g: &mut LinkGraph<'a>, name: &str, data: &'a [u8], expli
             name,
             None,
             None,
-            format!("machine {:?} (only x86-64 is supported)", header.e_machine(endian)),
+            format!(
+                "machine {:?} (only x86-64 is supported)",
+                header.e_machine(endian)
+            ),
         ));
     }
     let sections = header
@@ -120,7 +130,11 @@ impl<'a> ObjectParser<'_, 'a> {
                     match self.discarded.get_mut(m) {
                         Some(d) => *d = true,
                         None => {
-                            return Err(self.err_at(i.0, None, format!("group member {m} out of range")))
+                            return Err(self.err_at(
+                                i.0,
+                                None,
+                                format!("group member {m} out of range"),
+                            ))
                         }
                     }
                 }
@@ -146,7 +160,10 @@ impl<'a> ObjectParser<'_, 'a> {
                 continue;
             }
             let kind = match ty {
-                elf::SHT_PROGBITS | elf::SHT_NOBITS | elf::SHT_INIT_ARRAY | elf::SHT_FINI_ARRAY
+                elf::SHT_PROGBITS
+                | elf::SHT_NOBITS
+                | elf::SHT_INIT_ARRAY
+                | elf::SHT_FINI_ARRAY
                 | elf::SHT_PREINIT_ARRAY => section_kind(name, flags),
                 elf::SHT_NOTE => continue,
                 elf::SHT_REL => {
@@ -169,7 +186,11 @@ impl<'a> ObjectParser<'_, 'a> {
             }
             let align = sh.sh_addralign(LE).max(1);
             if !align.is_power_of_two() || align > (1 << 30) {
-                return Err(self.err_at(i, None, format!("alignment {align} is not a power of two")));
+                return Err(self.err_at(
+                    i,
+                    None,
+                    format!("alignment {align} is not a power of two"),
+                ));
             }
             let content = if ty == elf::SHT_NOBITS {
                 Content::Zero(sh.sh_size(LE))
@@ -264,8 +285,10 @@ impl<'a> ObjectParser<'_, 'a> {
             } else if shndx == elf::SHN_ABS {
                 Some(SymbolDef::Absolute(value))
             } else if shndx == elf::SHN_COMMON {
-                if !value.is_power_of_two() && value != 0 {
-                    return Err(at(format!("COMMON alignment {value} is not a power of two")));
+                if (!value.is_power_of_two() && value != 0) || value > (1 << 30) {
+                    return Err(at(format!(
+                        "COMMON alignment {value} is not a power of two"
+                    )));
                 }
                 Some(SymbolDef::Common {
                     size,
@@ -323,17 +346,13 @@ impl<'a> ObjectParser<'_, 'a> {
                     Some(id)
                 }
                 // A definition in a losing COMDAT group: bind to the winner's copy.
-                (Some(SymbolDef::Discarded), false) => Some(self.g.global_ref(name, self.input, false)),
-                (Some(def), false) => Some(self.g.define_global(
-                    name,
-                    def,
-                    size,
-                    weak,
-                    scope,
-                    callable,
-                    tls,
-                    self.input,
-                )),
+                (Some(SymbolDef::Discarded), false) => {
+                    Some(self.g.global_ref(name, self.input, false))
+                }
+                (Some(def), false) => Some(
+                    self.g
+                        .define_global(name, def, size, weak, scope, callable, tls, self.input),
+                ),
             };
             self.syms[idx] = id;
         }
@@ -349,7 +368,11 @@ impl<'a> ObjectParser<'_, 'a> {
             }
             let target = sh.sh_info(LE) as usize;
             if target >= self.sections.len() {
-                return Err(self.err_at(ri.0, None, format!("relocated section {target} out of range")));
+                return Err(self.err_at(
+                    ri.0,
+                    None,
+                    format!("relocated section {target} out of range"),
+                ));
             }
             let is_eh = self.eh_frames.contains(&target);
             let block = self.blocks[target];
@@ -368,9 +391,21 @@ impl<'a> ObjectParser<'_, 'a> {
                 .rela(LE, self.data)
                 .map_err(|e| self.err_at(ri.0, None, format!("relocations: {e}")))?
                 .ok_or_else(|| self.err_at(ri.0, None, "relocation section has no content"))?;
+            if let Some(b) = block {
+                if self.g.blocks[b.idx()].is_zero_fill() && !relas_empty(sh) {
+                    return Err(self.err_at(
+                        target,
+                        None,
+                        "relocations apply to a section without content (SHT_NOBITS)",
+                    ));
+                }
+            }
             let target_size = match block {
                 Some(b) => self.g.blocks[b.idx()].size(),
-                None => self.sections.section(object::SectionIndex(target)).map_or(0, |s| s.sh_size(LE)),
+                None => self
+                    .sections
+                    .section(object::SectionIndex(target))
+                    .map_or(0, |s| s.sh_size(LE)),
             };
             let mut edges = Vec::with_capacity(relas.len());
             for r in relas {
@@ -381,7 +416,12 @@ impl<'a> ObjectParser<'_, 'a> {
                     continue;
                 }
                 let kind = edge_kind_for(r_type).map_err(|what| {
-                    Error::unsupported(self.name, Some(&self.sec_name_str(target)), Some(offset), what)
+                    Error::unsupported(
+                        self.name,
+                        Some(&self.sec_name_str(target)),
+                        Some(offset),
+                        what,
+                    )
                 })?;
                 let end = offset.checked_add(kind.size() as u64);
                 if end.is_none_or(|e| e > target_size) || offset > u32::MAX as u64 {
@@ -483,7 +523,11 @@ fn priority(name: &[u8], prefix: &[u8]) -> Option<u32> {
         return Some(NO_PRIORITY);
     }
     let digits = rest.strip_prefix(b".")?;
-    std::str::from_utf8(digits).ok()?.parse::<u32>().ok().map(|p| p.min(NO_PRIORITY - 1))
+    std::str::from_utf8(digits)
+        .ok()?
+        .parse::<u32>()
+        .ok()
+        .map(|p| p.min(NO_PRIORITY - 1))
 }
 
 fn section_kind(name: &[u8], flags: u64) -> SectionKind {
@@ -498,10 +542,18 @@ fn section_kind(name: &[u8], flags: u64) -> SectionKind {
     }
     // `.ctors.N` has priority 65535 - N on init_array's scale.
     if let Some(p) = priority(name, b".ctors") {
-        return SectionKind::Ctors(if p == NO_PRIORITY { p } else { 65535u32.saturating_sub(p) });
+        return SectionKind::Ctors(if p == NO_PRIORITY {
+            p
+        } else {
+            65535u32.saturating_sub(p)
+        });
     }
     if let Some(p) = priority(name, b".dtors") {
-        return SectionKind::Dtors(if p == NO_PRIORITY { p } else { 65535u32.saturating_sub(p) });
+        return SectionKind::Dtors(if p == NO_PRIORITY {
+            p
+        } else {
+            65535u32.saturating_sub(p)
+        });
     }
     match name {
         b".preinit_array" => SectionKind::PreInitArray,
@@ -511,7 +563,6 @@ fn section_kind(name: &[u8], flags: u64) -> SectionKind {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_kind_size() {
-    let _ = EdgeKind::KeepAlive;
+fn relas_empty(sh: &SectionHeader64<LE>) -> bool {
+    sh.sh_size(LE) == 0
 }

@@ -108,11 +108,17 @@ pub enum Scope {
 pub enum SymbolDef {
     /// Referenced, not (yet) defined.
     Undefined,
-    Defined { block: BlockId, offset: u64 },
+    Defined {
+        block: BlockId,
+        offset: u64,
+    },
     /// An absolute address: `SHN_ABS`, a host symbol, a `--define`.
     Absolute(u64),
     /// A COMMON symbol, turned into zero-fill by a pass.
-    Common { size: u64, align: u64 },
+    Common {
+        size: u64,
+        align: u64,
+    },
     /// Defined in a COMDAT group that lost to another copy, or a section kiln drops.
     Discarded,
 }
@@ -168,7 +174,9 @@ impl<'a> LinkGraph<'a> {
     }
 
     pub fn input_name(&self, id: InputId) -> &str {
-        self.inputs.get(id.idx()).map_or("<kiln>", |i| i.name.as_str())
+        self.inputs
+            .get(id.idx())
+            .map_or("<kiln>", |i| i.name.as_str())
     }
 
     pub fn add_section(&mut self, s: Section<'a>) -> SectionId {
@@ -267,7 +275,16 @@ impl<'a> LinkGraph<'a> {
         };
         let replace = match (odef, def) {
             (SymbolDef::Undefined, _) | (SymbolDef::Discarded, _) => true,
-            (SymbolDef::Common { size: os, align: oa }, SymbolDef::Common { size: ns, align: na }) => {
+            (
+                SymbolDef::Common {
+                    size: os,
+                    align: oa,
+                },
+                SymbolDef::Common {
+                    size: ns,
+                    align: na,
+                },
+            ) => {
                 let s = &mut self.symbols[id.idx()];
                 s.def = SymbolDef::Common {
                     size: os.max(ns),

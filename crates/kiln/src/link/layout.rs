@@ -70,7 +70,10 @@ pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
     }
     let mut segments = Vec::new();
     let mut cursor = base;
-    let mut tls = TlsLayout { align: 1, ..Default::default() };
+    let mut tls = TlsLayout {
+        align: 1,
+        ..Default::default()
+    };
     let mut has_tls = !tbss.is_empty();
     for (slot, list) in per.iter_mut().enumerate() {
         if list.is_empty() {
@@ -128,11 +131,18 @@ pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
         }
         tls.block_size = align_up(off.max(1), tls.align);
         if tls.align > page {
-            return Err(Error::Usage(format!("TLS alignment {} is larger than a page", tls.align)));
+            return Err(Error::Usage(format!(
+                "TLS alignment {} is larger than a page",
+                tls.align
+            )));
         }
     }
     let size = align_up(cursor, page) - base;
-    Ok(Layout { segments, tls: has_tls.then_some(tls), size })
+    Ok(Layout {
+        segments,
+        tls: has_tls.then_some(tls),
+        size,
+    })
 }
 
 /// Values a fixup needs besides the symbol.
@@ -148,7 +158,9 @@ pub fn apply_fixups(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Resul
         let mut buf = vec![0u8; seg.content_size as usize];
         for &b in &seg.blocks {
             let blk = &g.blocks[b.idx()];
-            let Content::Bytes(bytes) = &blk.content else { continue };
+            let Content::Bytes(bytes) = &blk.content else {
+                continue;
+            };
             let start = (blk.addr - seg.addr) as usize;
             let dst = &mut buf[start..start + bytes.len()];
             dst.copy_from_slice(bytes);
@@ -158,17 +170,19 @@ pub fn apply_fixups(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Resul
                 }
                 let s = target_value(g, e, ctx).map_err(|why| fixup_error(g, b, e, why))?;
                 let p = blk.addr + e.offset as u64;
-                arch::apply(e.kind, dst, e.offset as usize, p, s, e.addend, ctx.got_base).map_err(|r| {
-                    fixup_error(
-                        g,
-                        b,
-                        e,
-                        format!(
+                arch::apply(e.kind, dst, e.offset as usize, p, s, e.addend, ctx.got_base).map_err(
+                    |r| {
+                        fixup_error(
+                            g,
+                            b,
+                            e,
+                            format!(
                             "value {:#x} (target {s:#x}, addend {}, at {p:#x}) does not fit in {}",
                             r.value, e.addend, r.bits
                         ),
-                    )
-                })?;
+                        )
+                    },
+                )?;
             }
         }
         out.push(buf);
@@ -183,7 +197,9 @@ fn target_value(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> std::result::Res
         EdgeKind::Size32 | EdgeKind::Size64 => return Ok(s.size),
         EdgeKind::DtpOff32 | EdgeKind::DtpOff64 => {
             return match s.def {
-                SymbolDef::Defined { block, offset } => Ok(g.blocks[block.idx()].tls_offset + offset),
+                SymbolDef::Defined { block, offset } => {
+                    Ok(g.blocks[block.idx()].tls_offset + offset)
+                }
                 SymbolDef::Absolute(0) => Ok(0),
                 _ => Err("thread-local symbol is not defined in this unit".into()),
             }

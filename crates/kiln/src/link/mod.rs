@@ -13,8 +13,8 @@ use crate::elf::object::parse_object;
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::{
-    Action, ActionPair, AllocId, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement, Segment,
-    TLS_MODULE_TAG,
+    Action, ActionPair, AllocId, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement,
+    Segment, TLS_MODULE_TAG,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::borrow::Cow;
@@ -56,9 +56,21 @@ pub struct LinkStats {
 impl std::fmt::Display for LinkStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "kiln link statistics")?;
-        writeln!(f, "  inputs: {} ({} archive members loaded)", self.inputs, self.archive_members)?;
-        writeln!(f, "  sections: {}, blocks: {} ({} live after dead-stripping)", self.sections, self.blocks, self.live_blocks)?;
-        writeln!(f, "  symbols: {} ({} resolved outside the unit)", self.symbols, self.external_symbols)?;
+        writeln!(
+            f,
+            "  inputs: {} ({} archive members loaded)",
+            self.inputs, self.archive_members
+        )?;
+        writeln!(
+            f,
+            "  sections: {}, blocks: {} ({} live after dead-stripping)",
+            self.sections, self.blocks, self.live_blocks
+        )?;
+        writeln!(
+            f,
+            "  symbols: {} ({} resolved outside the unit)",
+            self.symbols, self.external_symbols
+        )?;
         writeln!(f, "  segments:")?;
         for (prot, addr, size) in &self.segments {
             writeln!(f, "    {prot} {addr:#014x} {size:>10} bytes")?;
@@ -68,15 +80,28 @@ impl std::fmt::Display for LinkStats {
             writeln!(f, "    {k:<32} {n:>8}")?;
         }
         let g = &self.got;
-        writeln!(f, "  GOT entries: {}, stubs: {}, TLS pairs: {}", g.got_entries, g.stubs, g.tls_pairs)?;
-        writeln!(f, "  relaxed: {} GOT loads, {} calls to host functions made direct", g.loads_relaxed, g.calls_direct)?;
+        writeln!(
+            f,
+            "  GOT entries: {}, stubs: {}, TLS pairs: {}",
+            g.got_entries, g.stubs, g.tls_pairs
+        )?;
+        writeln!(
+            f,
+            "  relaxed: {} GOT loads, {} calls to host functions made direct",
+            g.loads_relaxed, g.calls_direct
+        )?;
         writeln!(f, "  phases:")?;
         let mut total = Duration::ZERO;
         for (p, d) in &self.phases {
             total += *d;
             writeln!(f, "    {p:<20} {:>9.3} ms", d.as_secs_f64() * 1e3)?;
         }
-        write!(f, "    {:<20} {:>9.3} ms", "total", total.as_secs_f64() * 1e3)
+        write!(
+            f,
+            "    {:<20} {:>9.3} ms",
+            "total",
+            total.as_secs_f64() * 1e3
+        )
     }
 }
 
@@ -105,7 +130,10 @@ impl Timer {
 
 /// Link `input` into executor memory and finalize it (initializers are not run).
 pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
-    let mut t = Timer { at: Instant::now(), phases: Vec::new() };
+    let mut t = Timer {
+        at: Instant::now(),
+        phases: Vec::new(),
+    };
     let mut g = LinkGraph::default();
     for (name, data) in &input.objects {
         parse_object(&mut g, name, data, true)?;
@@ -117,7 +145,11 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         .collect::<Result<Vec<_>>>()?;
     // Roots must be defined: an undefined root pulls its archive member like `ld -u`.
     let kiln = passes::kiln_input(&mut g);
-    let root_ids: Vec<SymbolId> = input.roots.iter().map(|r| g.global_ref(leak_name(r), kiln, false)).collect();
+    let root_ids: Vec<SymbolId> = input
+        .roots
+        .iter()
+        .map(|r| g.global_ref(leak_name(r), kiln, false))
+        .collect();
     t.lap("parse");
     resolve::load_archive_members(&mut g, &mut archives)?;
     resolve::check_duplicates(&g)?;
@@ -144,7 +176,9 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let external = resolve::resolve_externals(&mut g, ex, &scopes)?;
     for (r, id) in input.roots.iter().zip(&root_ids) {
         if matches!(g.symbols[id.idx()].def, SymbolDef::Undefined) {
-            return Err(Error::Resolve(format!("undefined symbols:\n  {r} (requested as entry point or root)")));
+            return Err(Error::Resolve(format!(
+                "undefined symbols:\n  {r} (requested as entry point or root)"
+            )));
         }
     }
     t.lap("resolve externals");
@@ -152,8 +186,12 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     // Reserve with an upper bound of the size (GOT and stubs may all be needed), near what the
     // code reaches with 32-bit displacements.
     let page = ex.info().page_size;
-    let bound = size_upper_bound(&g, page) + passes::got_upper_bound(&g) + 4 * page;
-    let bound = bound.div_ceil(page) * page;
+    let bound = size_upper_bound(&g, page)
+        .checked_add(passes::got_upper_bound(&g))
+        .filter(|b| *b < (1 << 40))
+        .ok_or_else(|| Error::Usage("the unit is too large (over 1 TiB)".into()))?
+        .div_ceil(page)
+        * page;
     let placement = match input.fixed_address {
         Some(a) => Placement::Fixed(a),
         None => placement_window(&g, bound)?,
@@ -164,7 +202,10 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         let got_stats = passes::build_got_and_stubs(&mut g, got, kiln, base, base + bound);
         let layout = layout::layout(&mut g, base, page)?;
         if layout.size > bound {
-            return Err(Error::Usage(format!("internal: layout {:#x} exceeds reservation {bound:#x}", layout.size)));
+            return Err(Error::Usage(format!(
+                "internal: layout {:#x} exceeds reservation {bound:#x}",
+                layout.size
+            )));
         }
         t.lap("GOT, stubs, layout");
         let ctx = layout::FixupContext {
@@ -181,8 +222,17 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             .iter()
             .zip(work)
             .map(|(s, content)| {
-                segments_stat.push((s.prot.as_str().to_string(), s.addr, s.content_size + s.zero_size));
-                Segment { addr: ExecutorAddr(s.addr), prot: s.prot, content, zero_fill: s.zero_size }
+                segments_stat.push((
+                    s.prot.as_str().to_string(),
+                    s.addr,
+                    s.content_size + s.zero_size,
+                ));
+                Segment {
+                    addr: ExecutorAddr(s.addr),
+                    prot: s.prot,
+                    content,
+                    zero_fill: s.zero_size,
+                }
             })
             .collect();
         let has_initializers = !initializers.is_empty();
@@ -233,7 +283,10 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
 fn leak_name(s: &str) -> &'static [u8] {
     use std::sync::{Mutex, OnceLock};
     static NAMES: OnceLock<Mutex<FxHashSet<&'static [u8]>>> = OnceLock::new();
-    let mut set = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let mut set = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     if let Some(n) = set.get(s.as_bytes()) {
         return n;
     }
@@ -243,7 +296,10 @@ fn leak_name(s: &str) -> &'static [u8] {
 }
 
 fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
-    let any = g.blocks.iter().any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
+    let any = g
+        .blocks
+        .iter()
+        .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
     if any {
         let s = g.add_section(Section {
             name: b".eh_frame",
@@ -262,7 +318,7 @@ fn size_upper_bound(g: &LinkGraph, page: u64) -> u64 {
     for b in g.blocks.iter().filter(|b| b.live) {
         n = n.saturating_add(b.size()).saturating_add(b.align);
     }
-    n + 4 * page + 4096
+    n.saturating_add(4 * page + 4096)
 }
 
 /// The window the unit must lie in so that 32-bit PC-relative references to host symbols reach.
@@ -274,7 +330,9 @@ fn placement_window(g: &LinkGraph, size: u64) -> Result<Placement> {
     let mut nice: (u64, u64) = (u64::MAX, 0);
     for b in g.blocks.iter().filter(|b| b.live) {
         for e in &b.edges {
-            let SymbolDef::Absolute(a) = g.symbols[e.target.idx()].def else { continue };
+            let SymbolDef::Absolute(a) = g.symbols[e.target.idx()].def else {
+                continue;
+            };
             if a == 0 {
                 continue;
             }
@@ -378,22 +436,41 @@ fn collect_init_fini(
     }
     let mut fini = Vec::new();
     if let Some(d) = g.symbol_addr(dso) {
-        fini.push(Action::CxaFinalize { dso: ExecutorAddr(d) });
+        fini.push(Action::CxaFinalize {
+            dso: ExecutorAddr(d),
+        });
     }
     let all: Vec<u64> = finis.into_iter().flat_map(|(_, _, f)| f).collect();
-    fini.extend(all.into_iter().rev().map(|f| Action::CallVoid(ExecutorAddr(f))));
+    fini.extend(
+        all.into_iter()
+            .rev()
+            .map(|f| Action::CallVoid(ExecutorAddr(f))),
+    );
     fini.extend(fini_fn.map(|f| Action::CallVoid(ExecutorAddr(f))));
     (init, fini)
 }
 
-fn collect_actions(g: &LinkGraph, layout: &layout::Layout, ctx: &layout::FixupContext) -> Vec<ActionPair> {
+fn collect_actions(
+    g: &LinkGraph,
+    layout: &layout::Layout,
+    ctx: &layout::FixupContext,
+) -> Vec<ActionPair> {
     let mut actions = Vec::new();
     let eh: Vec<&Block> = g
         .blocks
         .iter()
-        .filter(|b| b.live && matches!(g.sections[b.section.idx()].kind, SectionKind::EhFrame | SectionKind::EhFrameTerminator))
+        .filter(|b| {
+            b.live
+                && matches!(
+                    g.sections[b.section.idx()].kind,
+                    SectionKind::EhFrame | SectionKind::EhFrameTerminator
+                )
+        })
         .collect();
-    if let (Some(lo), Some(hi)) = (eh.iter().map(|b| b.addr).min(), eh.iter().map(|b| b.addr + b.size()).max()) {
+    if let (Some(lo), Some(hi)) = (
+        eh.iter().map(|b| b.addr).min(),
+        eh.iter().map(|b| b.addr + b.size()).max(),
+    ) {
         let (addr, size) = (ExecutorAddr(lo), hi - lo);
         actions.push(ActionPair {
             finalize: Some(Action::RegisterEhFrame { addr, size }),
@@ -409,7 +486,9 @@ fn collect_actions(g: &LinkGraph, layout: &layout::Layout, ctx: &layout::FixupCo
                 block_size: t.block_size,
                 align: t.align,
             }),
-            dealloc: Some(Action::DeregisterTls { module: ctx.tls_module }),
+            dealloc: Some(Action::DeregisterTls {
+                module: ctx.tls_module,
+            }),
         });
     }
     actions
@@ -429,7 +508,10 @@ fn exports(g: &LinkGraph) -> FxHashMap<String, ExecutorAddr> {
             }
             _ => continue,
         };
-        out.insert(String::from_utf8_lossy(name).into_owned(), ExecutorAddr(addr));
+        out.insert(
+            String::from_utf8_lossy(name).into_owned(),
+            ExecutorAddr(addr),
+        );
     }
     out
 }

@@ -11,16 +11,45 @@ pub fn kiln_input(g: &mut LinkGraph) -> InputId {
     g.add_input("<kiln>".into(), false)
 }
 
-fn synth_section<'a>(g: &mut LinkGraph<'a>, name: &'a [u8], prot: MemProt, kind: SectionKind, input: InputId) -> SectionId {
-    g.add_section(Section { name, prot, kind, input, retain: false })
+fn synth_section<'a>(
+    g: &mut LinkGraph<'a>,
+    name: &'a [u8],
+    prot: MemProt,
+    kind: SectionKind,
+    input: InputId,
+) -> SectionId {
+    g.add_section(Section {
+        name,
+        prot,
+        kind,
+        input,
+        retain: false,
+    })
 }
 
-fn define_hidden<'a>(g: &mut LinkGraph<'a>, name: &'a [u8], block: BlockId, input: InputId, callable: bool) -> SymbolId {
-    g.define_global(name, SymbolDef::Defined { block, offset: 0 }, 0, false, Scope::Hidden, callable, false, input)
+fn define_hidden<'a>(
+    g: &mut LinkGraph<'a>,
+    name: &'a [u8],
+    block: BlockId,
+    input: InputId,
+    callable: bool,
+) -> SymbolId {
+    g.define_global(
+        name,
+        SymbolDef::Defined { block, offset: 0 },
+        0,
+        false,
+        Scope::Hidden,
+        callable,
+        false,
+        input,
+    )
 }
 
 fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
-    g.globals.get(name).is_some_and(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
+    g.globals
+        .get(name)
+        .is_some_and(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
 }
 
 /// What the unit gets from the linker rather than from an input:
@@ -32,7 +61,13 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 ///
 /// Returns (the `__dso_handle` symbol, the GOT block).
 pub fn synthesize_runtime<'a>(g: &mut LinkGraph<'a>, input: InputId) -> (SymbolId, BlockId) {
-    let data = synth_section(g, b".data.kiln.dso_handle", MemProt::Read, SectionKind::Regular, input);
+    let data = synth_section(
+        g,
+        b".data.kiln.dso_handle",
+        MemProt::Read,
+        SectionKind::Regular,
+        input,
+    );
     let dso_block = g.add_block(data, Content::Zero(8), 8);
     let dso = if is_undefined(g, b"__dso_handle") || !g.globals.contains_key(&b"__dso_handle"[..]) {
         define_hidden(g, b"__dso_handle", dso_block, input, false)
@@ -41,19 +76,45 @@ pub fn synthesize_runtime<'a>(g: &mut LinkGraph<'a>, input: InputId) -> (SymbolI
     };
     let tail_calls: [(&'static [u8], &'static [u8], &[u8], u32); 3] = [
         (b"atexit", b"__cxa_atexit", &arch::DSO_TAIL_CALL, 10),
-        (b"at_quick_exit", b"__cxa_at_quick_exit", &arch::DSO_TAIL_CALL, 10),
-        (b"pthread_atfork", b"__register_atfork", &arch::ATFORK_TAIL_CALL, 8),
+        (
+            b"at_quick_exit",
+            b"__cxa_at_quick_exit",
+            &arch::DSO_TAIL_CALL,
+            10,
+        ),
+        (
+            b"pthread_atfork",
+            b"__register_atfork",
+            &arch::ATFORK_TAIL_CALL,
+            8,
+        ),
     ];
     for (name, callee, code, call_at) in tail_calls {
         if !is_undefined(g, name) {
             continue;
         }
-        let text = synth_section(g, b".text.kiln", MemProt::ReadExec, SectionKind::Regular, input);
+        let text = synth_section(
+            g,
+            b".text.kiln",
+            MemProt::ReadExec,
+            SectionKind::Regular,
+            input,
+        );
         let b = g.add_block(text, Content::Bytes(Cow::Borrowed(code)), 16);
         let callee = g.global_ref(callee, input, false);
         g.blocks[b.idx()].edges = vec![
-            Edge { offset: 3, kind: EdgeKind::Delta32, target: dso, addend: -4 },
-            Edge { offset: call_at, kind: EdgeKind::BranchPCRel32, target: callee, addend: -4 },
+            Edge {
+                offset: 3,
+                kind: EdgeKind::Delta32,
+                target: dso,
+                addend: -4,
+            },
+            Edge {
+                offset: call_at,
+                kind: EdgeKind::BranchPCRel32,
+                target: callee,
+                addend: -4,
+            },
         ];
         define_hidden(g, name, b, input, true);
     }
@@ -69,9 +130,18 @@ pub fn synthesize_runtime<'a>(g: &mut LinkGraph<'a>, input: InputId) -> (SymbolI
 pub fn allocate_commons(g: &mut LinkGraph, input: InputId) {
     for i in 0..g.symbols.len() {
         if let SymbolDef::Common { size, align } = g.symbols[i].def {
-            let sec = synth_section(g, b".bss.common", MemProt::ReadWrite, SectionKind::Regular, input);
+            let sec = synth_section(
+                g,
+                b".bss.common",
+                MemProt::ReadWrite,
+                SectionKind::Regular,
+                input,
+            );
             let b = g.add_block(sec, Content::Zero(size), align);
-            g.symbols[i].def = SymbolDef::Defined { block: b, offset: 0 };
+            g.symbols[i].def = SymbolDef::Defined {
+                block: b,
+                offset: 0,
+            };
         }
     }
 }
@@ -96,21 +166,37 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
             code.extend_from_slice(bytes);
         }
         for e in std::mem::take(&mut g.blocks[b.idx()].edges) {
-            edges.push(Edge { offset: e.offset + shift as u32, ..e });
+            edges.push(Edge {
+                offset: e.offset + shift as u32,
+                ..e
+            });
         }
         let s = g.blocks[b.idx()].section.idx();
         g.sections[s].retain = false;
         g.sections[s].kind = SectionKind::Regular;
     }
     code.extend_from_slice(&arch::INIT_EPILOGUE);
-    let name: &'static [u8] = if kind == SectionKind::Init { b".init" } else { b".fini" };
-    let sec = g.add_section(Section { name, prot: MemProt::ReadExec, kind, input, retain: true });
+    let name: &'static [u8] = if kind == SectionKind::Init {
+        b".init"
+    } else {
+        b".fini"
+    };
+    let sec = g.add_section(Section {
+        name,
+        prot: MemProt::ReadExec,
+        kind,
+        input,
+        retain: true,
+    });
     let nb = g.add_block(sec, Content::Bytes(Cow::Owned(code)), 16);
     g.blocks[nb.idx()].edges = edges;
     for s in g.symbols.iter_mut() {
         if let SymbolDef::Defined { block, offset } = s.def {
             if let Some(shift) = moved.get(&block) {
-                s.def = SymbolDef::Defined { block: nb, offset: offset + shift };
+                s.def = SymbolDef::Defined {
+                    block: nb,
+                    offset: offset + shift,
+                };
             }
         }
     }
@@ -186,7 +272,10 @@ pub fn got_upper_bound(g: &LinkGraph) -> u64 {
     for b in g.blocks.iter().filter(|b| b.live) {
         for e in &b.edges {
             n += match e.kind {
-                EdgeKind::GotDelta32 | EdgeKind::GotDelta32Relaxable { .. } | EdgeKind::GotDelta64 | EdgeKind::GotOffset64 => 8,
+                EdgeKind::GotDelta32
+                | EdgeKind::GotDelta32Relaxable { .. }
+                | EdgeKind::GotDelta64
+                | EdgeKind::GotOffset64 => 8,
                 EdgeKind::BranchPCRel32 => 16,
                 EdgeKind::TlsGdDelta32 | EdgeKind::TlsLdDelta32 => 16,
                 _ => 0,
@@ -200,7 +289,13 @@ pub fn got_upper_bound(g: &LinkGraph) -> u64 {
 /// and rewrite edges to them. A call whose target is in range goes direct (no stub); a
 /// relaxable GOT load of an in-range target becomes a `lea` (no GOT entry). Out-of-range targets
 /// always keep the indirection: relaxing those would be a miscompile.
-pub fn build_got_and_stubs(g: &mut LinkGraph, got: BlockId, input: InputId, lo: u64, hi: u64) -> GotStats {
+pub fn build_got_and_stubs(
+    g: &mut LinkGraph,
+    got: BlockId,
+    input: InputId,
+    lo: u64,
+    hi: u64,
+) -> GotStats {
     let mut st = GotStats::default();
     let mut entries: Vec<(Option<SymbolId>, EdgeKind)> = Vec::new(); // (target, kind of word)
     let mut got_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
@@ -208,7 +303,13 @@ pub fn build_got_and_stubs(g: &mut LinkGraph, got: BlockId, input: InputId, lo: 
     let mut ld_pair: Option<SymbolId> = None;
     let mut stub_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
     let mut stub_targets: Vec<SymbolId> = Vec::new();
-    let stub_sec = g.add_section(Section { name: b".kiln.stubs", prot: MemProt::ReadExec, kind: SectionKind::Stubs, input, retain: false });
+    let stub_sec = g.add_section(Section {
+        name: b".kiln.stubs",
+        prot: MemProt::ReadExec,
+        kind: SectionKind::Stubs,
+        input,
+        retain: false,
+    });
     let stub_block = g.add_block(stub_sec, Content::Bytes(Cow::Owned(Vec::new())), 16);
 
     let in_range = |g: &LinkGraph, t: SymbolId| -> bool {
@@ -218,7 +319,10 @@ pub fn build_got_and_stubs(g: &mut LinkGraph, got: BlockId, input: InputId, lo: 
             _ => false,
         }
     };
-    let mut got_entry = |g: &mut LinkGraph, entries: &mut Vec<(Option<SymbolId>, EdgeKind)>, t: SymbolId| -> SymbolId {
+    let mut got_entry = |g: &mut LinkGraph,
+                         entries: &mut Vec<(Option<SymbolId>, EdgeKind)>,
+                         t: SymbolId|
+     -> SymbolId {
         *got_of.entry(t).or_insert_with(|| {
             entries.push((Some(t), EdgeKind::Pointer64));
             g.add_anon(got, (entries.len() as u64 - 1) * 8, input)
@@ -234,12 +338,16 @@ pub fn build_got_and_stubs(g: &mut LinkGraph, got: BlockId, input: InputId, lo: 
             let new = match e.kind {
                 EdgeKind::GotDelta32 => Some((EdgeKind::Delta32, got_entry(g, &mut entries, t))),
                 EdgeKind::GotDelta64 => Some((EdgeKind::Delta64, got_entry(g, &mut entries, t))),
-                EdgeKind::GotOffset64 => Some((EdgeKind::DeltaFromGot64, got_entry(g, &mut entries, t))),
+                EdgeKind::GotOffset64 => {
+                    Some((EdgeKind::DeltaFromGot64, got_entry(g, &mut entries, t)))
+                }
                 EdgeKind::GotDelta32Relaxable { rex } => {
                     let relaxable = in_range(g, t)
                         && !g.symbols[t.idx()].tls
                         && match &g.blocks[bi].content {
-                            Content::Bytes(c) => arch::can_relax_got_load(c, e.offset as usize, rex),
+                            Content::Bytes(c) => {
+                                arch::can_relax_got_load(c, e.offset as usize, rex)
+                            }
                             Content::Zero(_) => false,
                         };
                     if relaxable {
@@ -308,7 +416,12 @@ pub fn build_got_and_stubs(g: &mut LinkGraph, got: BlockId, input: InputId, lo: 
         .iter()
         .enumerate()
         .filter(|(_, (_, k))| *k != EdgeKind::KeepAlive)
-        .map(|(i, (t, k))| Edge { offset: (i * 8) as u32, kind: *k, target: t.unwrap_or(zero), addend: 0 })
+        .map(|(i, (t, k))| Edge {
+            offset: (i * 8) as u32,
+            kind: *k,
+            target: t.unwrap_or(zero),
+            addend: 0,
+        })
         .collect();
     let gb = &mut g.blocks[got.idx()];
     gb.content = Content::Bytes(Cow::Owned(vec![0; entries.len() * 8]));
@@ -318,7 +431,12 @@ pub fn build_got_and_stubs(g: &mut LinkGraph, got: BlockId, input: InputId, lo: 
     let mut stub_edges = Vec::with_capacity(stub_targets.len());
     for (i, ge) in stub_targets.iter().enumerate() {
         stub_bytes.extend_from_slice(&arch::STUB);
-        stub_edges.push(Edge { offset: (i * 8) as u32 + arch::STUB_FIXUP_OFFSET, kind: EdgeKind::Delta32, target: *ge, addend: -4 });
+        stub_edges.push(Edge {
+            offset: (i * 8) as u32 + arch::STUB_FIXUP_OFFSET,
+            kind: EdgeKind::Delta32,
+            target: *ge,
+            addend: -4,
+        });
     }
     let sb = &mut g.blocks[stub_block.idx()];
     sb.content = Content::Bytes(Cow::Owned(stub_bytes));

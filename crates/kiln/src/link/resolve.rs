@@ -26,10 +26,7 @@ pub fn load_archive_members<'a>(g: &mut LinkGraph<'a>, archives: &mut [Archive<'
             let name = s.name;
             for ar in archives.iter_mut() {
                 if let Some((member, data)) = ar.take_member_for(name)? {
-                    tracing::debug!(
-                        "loading {member} for {}",
-                        String::from_utf8_lossy(name)
-                    );
+                    tracing::debug!("loading {member} for {}", String::from_utf8_lossy(name));
                     parse_object(g, &member, data, false)?;
                     loaded_any = true;
                     break;
@@ -72,7 +69,11 @@ pub struct ExternalScopes<'s> {
 /// Resolve every undefined symbol that live code references: `--define`s, earlier units of the
 /// session, the runtime's own symbols, libraries (in order), the process. Weak references
 /// found nowhere become 0. All failures are reported together, each with its referencing objects.
-pub fn resolve_externals(g: &mut LinkGraph, ex: &dyn Executor, scopes: &ExternalScopes) -> Result<usize> {
+pub fn resolve_externals(
+    g: &mut LinkGraph,
+    ex: &dyn Executor,
+    scopes: &ExternalScopes,
+) -> Result<usize> {
     let mut wanted: Vec<SymbolId> = Vec::new();
     let mut seen = vec![false; g.symbols.len()];
     for b in g.blocks.iter().filter(|b| b.live) {
@@ -100,14 +101,22 @@ pub fn resolve_externals(g: &mut LinkGraph, ex: &dyn Executor, scopes: &External
             .defines
             .get(name.as_ref())
             .copied()
-            .or_else(|| scopes.prior_units.iter().find_map(|u| u.get(name.as_ref()).map(|a| a.0)))
+            .or_else(|| {
+                scopes
+                    .prior_units
+                    .iter()
+                    .find_map(|u| u.get(name.as_ref()).map(|a| a.0))
+            })
             .or_else(|| runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0));
         match found {
             Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
             None => for_executor.push(id),
         }
     }
-    let names: Vec<&[u8]> = for_executor.iter().map(|id| g.symbols[id.idx()].name).collect();
+    let names: Vec<&[u8]> = for_executor
+        .iter()
+        .map(|id| g.symbols[id.idx()].name)
+        .collect();
     let addrs = ex.lookup(&names, scopes.libraries, scopes.process)?;
     for (id, addr) in for_executor.iter().zip(addrs) {
         let s = &mut g.symbols[id.idx()];
@@ -137,7 +146,11 @@ pub fn resolve_externals(g: &mut LinkGraph, ex: &dyn Executor, scopes: &External
         }
         msg.push_str(head);
         for id in ids {
-            msg.push_str(&format!("\n  {} (referenced by {})", g.name_of(*id), referrers(g, *id)));
+            msg.push_str(&format!(
+                "\n  {} (referenced by {})",
+                g.name_of(*id),
+                referrers(g, *id)
+            ));
         }
     };
     list(&mut msg, "undefined symbols:", &errors);

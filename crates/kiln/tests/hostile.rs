@@ -1,0 +1,390 @@
+//! Hostile input: real objects and archives, truncated and mutated in their headers, section
+//! headers, symbol tables, relocations, string tables and `.eh_frame`, must give an error or a
+//! link — never a panic. The whole pipeline runs against a simulated executor (nothing is mapped
+//! or executed), so a mutation that still links is harmless.
+//!
+//! Deterministic: a fixed-seed xorshift generator; a failure names the input and the mutation.
+
+use kiln::link::{link, LinkInput};
+use kiln_target::SimulatedExecutor;
+use rustc_hash::FxHashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::Command;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const C_SOURCE: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <setjmp.h>
+__thread int tls_counter = 5;
+static __thread int tls_zero;
+int table[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+int *ptrs[2] = {&table[1], &table[3]};
+extern int weak_fn(void) __attribute__((weak));
+static int cmp(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+__attribute__((constructor)) static void init(void) { tls_zero = 1; }
+int main(int argc, char **argv) {
+    qsort(table, 8, sizeof(int), cmp);
+    switch (argc) { case 1: puts("one"); break; case 2: puts("two"); break; case 3: puts("three"); break;
+                    case 4: puts("four"); break; case 5: puts("five"); break; default: puts("many"); }
+    fprintf(stderr, "%d %d %p\n", tls_counter + tls_zero, *ptrs[1], (void *)weak_fn);
+    return 0;
+}
+"#;
+
+const CXX_SOURCE: &str = r#"
+#include <string>
+#include <stdexcept>
+#include <vector>
+struct B { virtual ~B() {} virtual int f() const { return 1; } };
+struct D : B { int f() const override { return 2; } };
+template <class T> T twice(T v) { return v + v; }
+int run(int n) {
+    std::vector<std::string> v;
+    try { if (n > 3) throw std::runtime_error("x"); v.push_back(std::to_string(twice(n))); }
+    catch (const std::exception &e) { return -1; }
+    B *b = new D; int r = b->f(); delete b;
+    return r + (int)v.size();
+}
+"#;
+
+const ZLIB_DRIVER: &str = r#"
+#include <zlib.h>
+#include <stdio.h>
+int main(void) { printf("%s %lu\n", zlibVersion(), crc32(0, (const unsigned char *)"abc", 3)); return 0; }
+"#;
+
+fn compile(dir: &PathBuf, name: &str, src: &str, compiler: &str, flags: &[&str]) -> Vec<u8> {
+    let ext = if compiler == "g++" { "cc" } else { "c" };
+    let s = dir.join(format!("{name}.{ext}"));
+    let o = dir.join(format!("{name}.o"));
+    std::fs::write(&s, src).unwrap();
+    let st = Command::new(compiler)
+        .args(["-c", "-o"])
+        .arg(&o)
+        .arg(&s)
+        .args(flags)
+        .status()
+        .unwrap_or_else(|e| panic!("{compiler} is required for this test: {e}"));
+    assert!(st.success(), "{compiler} failed on {name}");
+    std::fs::read(&o).unwrap()
+}
+
+/// Link with everything resolvable, never running anything: `Ok(linked?)`, or the panic text.
+fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<bool, String> {
+    let ex = SimulatedExecutor::resolving_everything(0x7000_0000_0000);
+    let defines = FxHashMap::default();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        link(
+            &ex,
+            LinkInput {
+                objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+                archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+                libraries: &[],
+                defines: &defines,
+                prior_units: &[],
+                process_symbols: false,
+                roots: &[],
+                allow: None,
+                fixed_address: None,
+            },
+        )
+    }));
+    match r {
+        Ok(r) => Ok(r.is_ok()),
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()),
+    }
+}
+
+/// Byte ranges worth mutating in an ELF object: header, section headers, and the contents of
+/// symbol tables, string tables, relocation sections, groups and `.eh_frame`.
+fn interesting_ranges(obj: &[u8]) -> Vec<(String, usize, usize)> {
+    let mut out = vec![("ELF header".to_string(), 0, 64.min(obj.len()))];
+    let rd = |o: usize, n: usize| -> u64 {
+        obj.get(o..o + n).map_or(0, |b| {
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(b);
+            u64::from_le_bytes(v)
+        })
+    };
+    let shoff = rd(0x28, 8) as usize;
+    let shnum = rd(0x3c, 2) as usize;
+    out.push((
+        "section headers".into(),
+        shoff,
+        (shoff + shnum * 64).min(obj.len()),
+    ));
+    for i in 0..shnum {
+        let h = shoff + i * 64;
+        let ty = rd(h + 4, 4) as u32;
+        let off = rd(h + 0x18, 8) as usize;
+        let size = rd(h + 0x20, 8) as usize;
+        let what = match ty {
+            2 => "symbol table",
+            3 => "string table",
+            4 => "relocations",
+            17 => "group",
+            1 | 0x7000_0001 => "section data",
+            _ => continue,
+        };
+        if off < obj.len() && size > 0 {
+            out.push((
+                format!("{what} (section {i})"),
+                off,
+                (off + size).min(obj.len()),
+            ));
+        }
+    }
+    out
+}
+
+fn mutate(rng: &mut Rng, obj: &[u8], ranges: &[(String, usize, usize)]) -> (Vec<u8>, String) {
+    let mut m = obj.to_vec();
+    let (what, lo, hi) = &ranges[rng.below(ranges.len())];
+    if hi <= lo {
+        return (m, "no-op".into());
+    }
+    let at = lo + rng.below(hi - lo);
+    let desc = match rng.below(6) {
+        0 => {
+            m[at] ^= 1 << rng.below(8);
+            format!("flip a bit at {at:#x} in {what}")
+        }
+        1 => {
+            m[at] = rng.next() as u8;
+            format!("random byte at {at:#x} in {what}")
+        }
+        2 => {
+            let v: [u8; 4] = [
+                [0, 0, 0, 0],
+                [0xff; 4],
+                [0xff, 0xff, 0xff, 0x7f],
+                [0x40, 0, 0, 0],
+            ][rng.below(4)];
+            let end = (at + 4).min(m.len());
+            m[at..end].copy_from_slice(&v[..end - at]);
+            format!("word {v:02x?} at {at:#x} in {what}")
+        }
+        3 => {
+            // Swap a section type.
+            let shoff = u64::from_le_bytes(obj[0x28..0x30].try_into().unwrap()) as usize;
+            let shnum = u16::from_le_bytes(obj[0x3c..0x3e].try_into().unwrap()) as usize;
+            let i = rng.below(shnum);
+            let types = [1u32, 2, 3, 4, 8, 9, 14, 17, 0x7000_0001];
+            let t = types[rng.below(types.len())];
+            let h = shoff + i * 64 + 4;
+            if h + 4 <= m.len() {
+                m[h..h + 4].copy_from_slice(&t.to_le_bytes());
+            }
+            format!("section {i} type set to {t:#x}")
+        }
+        4 => {
+            for _ in 0..8 {
+                let a = lo + rng.below(hi - lo);
+                m[a] = rng.next() as u8;
+            }
+            format!("8 random bytes in {what}")
+        }
+        _ => {
+            m[at] = m[at].wrapping_add(1);
+            format!("increment byte at {at:#x} in {what}")
+        }
+    };
+    (m, desc)
+}
+
+fn run_object_mutations(
+    name: &str,
+    obj: &[u8],
+    cases: usize,
+    seed: u64,
+    failures: &mut Vec<String>,
+) {
+    assert_eq!(
+        try_link(&[(name, obj)], &[]),
+        Ok(true),
+        "{name}: the unmutated object must link"
+    );
+    // Truncations: every byte of the header, then evenly over the file.
+    let mut cuts: Vec<usize> = (0..64.min(obj.len())).collect();
+    cuts.extend((0..200).map(|i| i * obj.len() / 200));
+    for cut in cuts {
+        if let Err(p) = try_link(&[(name, &obj[..cut])], &[]) {
+            failures.push(format!("{name} truncated to {cut} bytes: panic: {p}"));
+        }
+    }
+    let ranges = interesting_ranges(obj);
+    let mut rng = Rng(seed);
+    for _ in 0..cases {
+        let (m, desc) = mutate(&mut rng, obj, &ranges);
+        if let Err(p) = try_link(&[(name, &m)], &[]) {
+            failures.push(format!("{name}: {desc}: panic: {p}"));
+        }
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-hostile-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn mutated_objects_never_panic() {
+    let dir = tmpdir("obj");
+    let inputs = [
+        (
+            "c-O2.o",
+            compile(&dir, "c-O2", C_SOURCE, "gcc", &["-O2", "-g", "-fPIC"]),
+        ),
+        (
+            "c-O0-sections.o",
+            compile(
+                &dir,
+                "c-O0",
+                C_SOURCE,
+                "gcc",
+                &["-O0", "-ffunction-sections", "-fdata-sections", "-fPIC"],
+            ),
+        ),
+        ("cxx.o", compile(&dir, "cxx", CXX_SOURCE, "g++", &["-O2"])),
+    ];
+    let mut failures = Vec::new();
+    for (i, (name, obj)) in inputs.iter().enumerate() {
+        run_object_mutations(
+            name,
+            obj,
+            1500,
+            0x9e37_79b9_7f4a_7c15 ^ i as u64,
+            &mut failures,
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        failures.is_empty(),
+        "{} mutations panicked:\n{}",
+        failures.len(),
+        failures[..failures.len().min(20)].join("\n")
+    );
+}
+
+#[test]
+fn mutated_archives_never_panic() {
+    let libz = std::fs::read("/usr/lib/x86_64-linux-gnu/libz.a").expect(
+        "/usr/lib/x86_64-linux-gnu/libz.a is required (zlib1g-dev; scripts/test installs it)",
+    );
+    let dir = tmpdir("ar");
+    let driver = compile(&dir, "zdrv", ZLIB_DRIVER, "gcc", &["-O2"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(
+        try_link(&[("zdrv.o", &driver)], &[("libz.a", &libz)]),
+        Ok(true),
+        "unmutated libz.a must link"
+    );
+    let mut failures = Vec::new();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    // Truncations across the archive, and mutations in its first 64 KiB (symbol index and the
+    // headers of the first members), and anywhere.
+    for i in 0..150 {
+        let cut = i * libz.len() / 150;
+        if let Err(p) = try_link(&[("zdrv.o", &driver)], &[("libz.a", &libz[..cut])]) {
+            failures.push(format!("libz.a truncated to {cut} bytes: panic: {p}"));
+        }
+    }
+    for case in 0..400 {
+        let mut m = libz.clone();
+        let span = if case % 2 == 0 {
+            65536.min(m.len())
+        } else {
+            m.len()
+        };
+        let mut desc = String::new();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(span);
+            m[at] = rng.next() as u8;
+            desc.push_str(&format!("{at:#x} "));
+        }
+        if let Err(p) = try_link(&[("zdrv.o", &driver)], &[("libz.a", &m)]) {
+            failures.push(format!("libz.a with random bytes at {desc}: panic: {p}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mutations panicked:\n{}",
+        failures.len(),
+        failures[..failures.len().min(20)].join("\n")
+    );
+}
+
+#[test]
+fn errors_name_file_section_and_offset() {
+    let dir = tmpdir("err");
+    let obj = compile(&dir, "e", C_SOURCE, "gcc", &["-O2", "-fPIC"]);
+    std::fs::remove_dir_all(&dir).ok();
+    let ex = SimulatedExecutor::resolving_everything(0x7000_0000_0000);
+    let defines = FxHashMap::default();
+    let link_one = |bytes: &[u8]| {
+        link(
+            &ex,
+            LinkInput {
+                objects: vec![("e.o".into(), bytes)],
+                archives: vec![],
+                libraries: &[],
+                defines: &defines,
+                prior_units: &[],
+                process_symbols: false,
+                roots: &[],
+                allow: None,
+                fixed_address: None,
+            },
+        )
+    };
+    // Truncated: the file is named.
+    let e = link_one(&obj[..100]).unwrap_err().to_string();
+    assert!(e.starts_with("e.o:"), "{e}");
+    // A relocation with an unknown type: file, section and offset are named.
+    let ranges = interesting_ranges(&obj);
+    let (_, lo, _) = ranges
+        .iter()
+        .find(|(w, _, _)| w.starts_with("relocations"))
+        .unwrap()
+        .clone();
+    let mut m = obj.clone();
+    m[lo + 8..lo + 12].copy_from_slice(&200u32.to_le_bytes()); // r_info type of the first rela
+    let e = link_one(&m).unwrap_err().to_string();
+    assert!(
+        e.contains("e.o: section .")
+            && e.contains("offset 0x")
+            && e.contains("unknown relocation type"),
+        "{e}"
+    );
+    // A symbol index out of range.
+    let mut m = obj.clone();
+    m[lo + 12..lo + 16].copy_from_slice(&0xfff0u32.to_le_bytes());
+    let e = link_one(&m).unwrap_err().to_string();
+    assert!(e.contains("beyond the symbol table"), "{e}");
+    // A relocation outside its section.
+    let mut m = obj.clone();
+    m[lo..lo + 8].copy_from_slice(&0xffff_fff0u64.to_le_bytes());
+    let e = link_one(&m).unwrap_err().to_string();
+    assert!(e.contains("outside its section"), "{e}");
+}
