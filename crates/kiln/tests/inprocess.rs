@@ -1,0 +1,141 @@
+//! The library API in this process: link, look up, call, remove — with W^X checked in
+//! /proc/self/maps and destructors/exit handlers observed through a host callback.
+
+#![allow(unsafe_code)] // calling JIT'd code through typed function pointers, as a user would
+
+use kiln::{InProcessExecutor, Session};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+fn compile(name: &str, src: &str, flags: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-inproc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s, o) = (dir.join(format!("{name}.c")), dir.join(format!("{name}.o")));
+    std::fs::write(&s, src).unwrap();
+    let ok = Command::new("cc")
+        .args(["-c", "-O2"])
+        .args(flags)
+        .arg("-o")
+        .arg(&o)
+        .arg(&s)
+        .status();
+    assert!(
+        ok.expect("cc is required").success(),
+        "cc failed for {name}"
+    );
+    o
+}
+
+/// Mappings that are writable and executable at once.
+fn wx_mappings() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.contains('w') && p.contains('x'))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn mapped(addr: u64) -> bool {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            let r = l.split_whitespace().next().unwrap();
+            let (a, b) = r.split_once('-').unwrap();
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            a <= addr && addr < b
+        })
+}
+
+static EVENTS: AtomicU32 = AtomicU32::new(0);
+extern "C" fn host_note(what: u32) {
+    // Record the order of events as decimal digits: 1 = constructor, 2 = atexit handler,
+    // 3 = destructor.
+    let old = EVENTS.load(Ordering::SeqCst);
+    EVENTS.store(old * 10 + what, Ordering::SeqCst);
+}
+
+const UNIT: &str = r#"
+#include <stdlib.h>
+extern void host_note(unsigned);
+static void on_exit_handler(void) { host_note(2); }
+__attribute__((constructor)) static void ctor(void) { host_note(1); atexit(on_exit_handler); }
+__attribute__((destructor)) static void dtor(void) { host_note(3); }
+static int counter;
+int bump(int by) { counter += by; return counter; }
+const char *where(void) { return "in a JIT'd unit"; }
+"#;
+
+#[test]
+fn link_call_remove_with_wx_and_destructors() {
+    let obj = compile("unit", UNIT, &["-fPIC"]);
+    let mut s = Session::in_process();
+    s.define("host_note", host_note as *const () as u64);
+    s.add_file(&obj).unwrap();
+    let unit = s.link().unwrap();
+    assert!(
+        wx_mappings().is_empty(),
+        "W+X mappings after link: {:?}",
+        wx_mappings()
+    );
+    s.run_initializers().unwrap();
+    assert_eq!(EVENTS.load(Ordering::SeqCst), 1, "constructor ran once");
+    let bump = s.lookup("bump").expect("bump is exported");
+    // SAFETY: `bump` is `int bump(int)` in a live unit.
+    let f = unsafe { InProcessExecutor::function::<extern "C" fn(i32) -> i32>(bump) };
+    assert_eq!(f(2), 2);
+    assert_eq!(f(40), 42);
+    assert!(mapped(bump.0));
+    s.remove(unit).unwrap();
+    // Exit handler registered with the unit's __dso_handle, then the destructor.
+    assert_eq!(
+        EVENTS.load(Ordering::SeqCst),
+        123,
+        "events in order: ctor, atexit handler, dtor"
+    );
+    assert!(
+        s.lookup("bump").is_none(),
+        "symbols of a removed unit disappear"
+    );
+    assert!(!mapped(bump.0), "memory of a removed unit is unmapped");
+    assert!(wx_mappings().is_empty());
+}
+
+#[test]
+fn later_units_see_earlier_ones_and_undefined_are_reported_together() {
+    let a = compile("a", "int base_value(void) { return 40; }", &[]);
+    let b = compile(
+        "b",
+        "extern int base_value(void); int plus_two(void) { return base_value() + 2; }",
+        &[],
+    );
+    let c = compile(
+        "c",
+        "extern int nope_one(void); extern int nope_two; int use(void) { return nope_one() + nope_two; }",
+        &[],
+    );
+    let mut s = Session::in_process();
+    s.add_file(&a).unwrap();
+    s.link().unwrap();
+    s.add_file(&b).unwrap();
+    s.link().unwrap();
+    let p = s.lookup("plus_two").unwrap();
+    // SAFETY: `int plus_two(void)` in a live unit.
+    let f = unsafe { InProcessExecutor::function::<extern "C" fn() -> i32>(p) };
+    assert_eq!(f(), 42);
+    s.add_file(&c).unwrap();
+    let e = s.link().unwrap_err().to_string();
+    assert!(
+        e.contains("nope_one") && e.contains("nope_two") && e.contains("c.o"),
+        "{e}"
+    );
+}
