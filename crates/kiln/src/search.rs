@@ -6,21 +6,12 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LibrarySearch {
     /// `-L` directories, searched first, in order.
     pub dirs: Vec<PathBuf>,
     /// Prefer archives (`--static`).
     pub static_only: bool,
-}
-
-impl Default for LibrarySearch {
-    fn default() -> Self {
-        LibrarySearch {
-            dirs: Vec::new(),
-            static_only: false,
-        }
-    }
 }
 
 const SYSTEM_DIRS: &[&str] = &[

@@ -79,7 +79,7 @@ fn map_at(addr: u64, size: u64, fixed: bool) -> Option<u64> {
 
 pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
     let page = page_size();
-    if size == 0 || size % page != 0 || size > (1 << 40) {
+    if size == 0 || !size.is_multiple_of(page) || size > (1 << 40) {
         return Err(Error::Reserve {
             size,
             where_: String::new(),

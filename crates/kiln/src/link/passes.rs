@@ -74,7 +74,9 @@ pub fn synthesize_runtime<'a>(g: &mut LinkGraph<'a>, input: InputId) -> (SymbolI
     } else {
         g.add_anon(dso_block, 0, input)
     };
-    let tail_calls: [(&'static [u8], &'static [u8], &[u8], u32); 3] = [
+    // (symbol, callee, code, offset of the call's displacement)
+    type TailCall = (&'static [u8], &'static [u8], &'static [u8], u32);
+    let tail_calls: [TailCall; 3] = [
         (b"atexit", b"__cxa_atexit", &arch::DSO_TAIL_CALL, 10),
         (
             b"at_quick_exit",
