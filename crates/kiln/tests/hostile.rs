@@ -69,7 +69,13 @@ const ZLIB_DRIVER: &str = r#"
 int main(void) { printf("%s %lu\n", zlibVersion(), crc32(0, (const unsigned char *)"abc", 3)); return 0; }
 "#;
 
-fn compile(dir: &std::path::Path, name: &str, src: &str, compiler: &str, flags: &[&str]) -> Vec<u8> {
+fn compile(
+    dir: &std::path::Path,
+    name: &str,
+    src: &str,
+    compiler: &str,
+    flags: &[&str],
+) -> Vec<u8> {
     let ext = if compiler == "g++" { "cc" } else { "c" };
     let s = dir.join(format!("{name}.{ext}"));
     let o = dir.join(format!("{name}.o"));

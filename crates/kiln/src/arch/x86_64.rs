@@ -504,4 +504,123 @@ mod tests {
             .unwrap_err()
             .contains("unknown relocation"));
     }
+
+    /// Every kind: bytes before, the edge (P, S, A, GOT), bytes after; and each checked kind
+    /// out of range once.
+    #[test]
+    fn every_kind_bytes_before_and_after() {
+        use EdgeKind::*;
+        let (p, got) = (0x7000_0000_1000u64, 0x7000_0000_8000u64);
+        // (kind, S, A, expected bytes at offset 1 in a 10-byte 0xaa buffer)
+        let cases: Vec<(EdgeKind, u64, i64, Vec<u8>)> = vec![
+            (
+                Pointer64,
+                0x1122_3344_5566_7788,
+                0,
+                0x1122_3344_5566_7788u64.to_le_bytes().to_vec(),
+            ),
+            (
+                Pointer32,
+                0x8000_0010,
+                -0x10,
+                0x8000_0000u32.to_le_bytes().to_vec(),
+            ),
+            (
+                Pointer32Signed,
+                0x10,
+                -0x20,
+                (-0x10i32).to_le_bytes().to_vec(),
+            ),
+            (Pointer16, 0xfffe, 1, 0xffffu16.to_le_bytes().to_vec()),
+            (Pointer8, 0x7f, 0, vec![0x7f]),
+            (Delta64, p + 0x10, -4, 0xcu64.to_le_bytes().to_vec()),
+            (Delta32, p - 0x100, -4, (-0x104i32).to_le_bytes().to_vec()),
+            (Delta16, p + 0x100, 0, 0x100i16.to_le_bytes().to_vec()),
+            (Delta8, p + 0x10, -4, vec![0x0c]),
+            (NegDelta32, p - 0x40, 0, 0x40i32.to_le_bytes().to_vec()),
+            (
+                BranchPCRel32,
+                p + 0x1000,
+                -4,
+                0xffci32.to_le_bytes().to_vec(),
+            ),
+            (GotDelta32, got + 8, -4, (0x7004i32).to_le_bytes().to_vec()),
+            (GotDelta64, got + 8, -4, 0x7004u64.to_le_bytes().to_vec()),
+            (GotOffset64, got + 16, 0, 16u64.to_le_bytes().to_vec()),
+            (
+                DeltaFromGot64,
+                got - 0x100,
+                0,
+                (-0x100i64).to_le_bytes().to_vec(),
+            ),
+            (GotBaseDelta32, 0, 3, (0x7003i32).to_le_bytes().to_vec()),
+            (GotBaseDelta64, 0, 3, 0x7003u64.to_le_bytes().to_vec()),
+            (
+                PltOffsetFromGot64,
+                got + 0x40,
+                0,
+                0x40u64.to_le_bytes().to_vec(),
+            ),
+            (Size32, 24, 1, 25u32.to_le_bytes().to_vec()),
+            (Size64, 24, 0, 24u64.to_le_bytes().to_vec()),
+            (TlsGdDelta32, p + 0x20, -4, 0x1ci32.to_le_bytes().to_vec()),
+            (TlsLdDelta32, p + 0x20, -4, 0x1ci32.to_le_bytes().to_vec()),
+            (DtpOff32, 0x30, 4, 0x34u32.to_le_bytes().to_vec()),
+            (DtpOff64, 0x30, 4, 0x34u64.to_le_bytes().to_vec()),
+            (
+                TlsModule64,
+                0x4b4c_0000_0000_0001,
+                0,
+                0x4b4c_0000_0000_0001u64.to_le_bytes().to_vec(),
+            ),
+        ];
+        for (kind, s, a, want) in cases {
+            let mut buf = [0xaau8; 10];
+            apply(kind, &mut buf, 1, p, s, a, got).unwrap_or_else(|e| panic!("{kind:?}: {e:?}"));
+            assert_eq!(buf[0], 0xaa, "{kind:?} wrote before its field");
+            assert_eq!(&buf[1..1 + want.len()], &want[..], "{kind:?}");
+            assert_eq!(kind.size(), want.len(), "{kind:?} size");
+            assert!(
+                buf[1 + want.len()..].iter().all(|b| *b == 0xaa),
+                "{kind:?} wrote past its field"
+            );
+        }
+        let far = p + (1 << 32);
+        for kind in [
+            Pointer32Signed,
+            Delta32,
+            BranchPCRel32,
+            GotDelta32,
+            NegDelta32,
+            GotBaseDelta32,
+            TlsGdDelta32,
+        ] {
+            let mut buf = [0u8; 10];
+            let (s, g) = if kind == GotBaseDelta32 {
+                (0, far)
+            } else if kind == NegDelta32 {
+                (p - (1 << 32), got)
+            } else {
+                (far, got)
+            };
+            assert!(
+                apply(kind, &mut buf, 1, p, s, 0, g).is_err(),
+                "{kind:?} must be range checked"
+            );
+            assert_eq!(buf, [0u8; 10], "{kind:?} wrote despite the error");
+        }
+        for (kind, v) in [
+            (Pointer32, 1u64 << 32),
+            (Pointer16, 1 << 16),
+            (Pointer8, 1 << 8),
+            (Delta16, p + (1 << 15)),
+            (Delta8, p + 128),
+        ] {
+            let mut buf = [0u8; 10];
+            assert!(
+                apply(kind, &mut buf, 1, p, v, 0, got).is_err(),
+                "{kind:?} must be range checked"
+            );
+        }
+    }
 }

@@ -63,7 +63,10 @@ pub(crate) fn split<'a>(
         let id = read_u32(off + 4).ok_or_else(|| bad(off, "truncated record"))?;
         // Edges (relocations) inside this record.
         if ei < edges.len() && (edges[ei].offset as usize) < off {
-            return Err(bad(edges[ei].offset as usize, "relocation straddles two records"));
+            return Err(bad(
+                edges[ei].offset as usize,
+                "relocation straddles two records",
+            ));
         }
         let first = ei;
         while ei < edges.len() && (edges[ei].offset as usize) < end {

@@ -197,6 +197,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         None => placement_window(&g, bound)?,
     };
     let base = ex.reserve(bound, placement)?.0;
+    tracing::debug!("reserved {bound:#x} bytes at {base:#x} ({placement:?})");
     t.lap("reserve");
     let unit = (|| {
         let got_stats = passes::build_got_and_stubs(&mut g, got, kiln, base, base + bound);

@@ -366,6 +366,7 @@ pub fn build_got_and_stubs(
                         }
                         None
                     } else {
+                        tracing::debug!("call to {} is out of range: through a stub", g.name_of(t));
                         let ge = got_entry(g, &mut entries, t);
                         let stub = *stub_of.entry(t).or_insert_with(|| {
                             stub_targets.push(ge);

@@ -121,8 +121,17 @@ pub fn resolve_externals(
     for (id, addr) in for_executor.iter().zip(addrs) {
         let s = &mut g.symbols[id.idx()];
         match addr {
-            Some(a) => s.def = SymbolDef::Absolute(a.0),
-            None if s.weak || s.only_weak_refs => s.def = SymbolDef::Absolute(0),
+            Some(a) => {
+                tracing::trace!(
+                    "{} -> {a} (library or process)",
+                    String::from_utf8_lossy(s.name)
+                );
+                s.def = SymbolDef::Absolute(a.0)
+            }
+            None if s.weak || s.only_weak_refs => {
+                tracing::debug!("weak {} found nowhere: 0", String::from_utf8_lossy(s.name));
+                s.def = SymbolDef::Absolute(0)
+            }
             None => errors.push(*id),
         }
     }
