@@ -1,0 +1,232 @@
+//! The `kiln` command as a user meets it: help, exit statuses, --noexec, --entry, --define,
+//! --no-process-symbols, -l/-L/-l:FILE, shared-library inputs, stubs for far targets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn workdir(tag: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{tag}"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn cc(dir: &Path, name: &str, src: &str, flags: &[&str]) -> String {
+    let s = dir.join(format!("{name}.c"));
+    let o = dir.join(format!("{name}.o"));
+    std::fs::write(&s, src).unwrap();
+    let st = Command::new("cc")
+        .arg("-c")
+        .args(flags)
+        .arg("-o")
+        .arg(&o)
+        .arg(&s)
+        .status()
+        .expect("cc is required");
+    assert!(st.success(), "cc failed on {name}");
+    o.display().to_string()
+}
+
+#[test]
+fn help_explains_with_examples() {
+    let (out, _) = text(&kiln(&["--help"]));
+    assert!(out.contains("run") && out.contains("Examples"), "{out}");
+    let (out, _) = text(&kiln(&["run", "--help"]));
+    for opt in [
+        "--noexec",
+        "--show-stats",
+        "--entry",
+        "--define",
+        "--no-process-symbols",
+        "-L",
+        "-l",
+        "--static",
+        "Examples",
+    ] {
+        assert!(out.contains(opt), "run --help lacks {opt}:\n{out}");
+    }
+}
+
+#[test]
+fn link_failure_runs_nothing_and_exits_125() {
+    let d = workdir("fail");
+    let o = cc(&d, "f", "#include <stdio.h>\nextern int missing(void);\n__attribute__((constructor)) static void c(void){ puts(\"ctor ran\"); }\nint main(void){ return missing(); }", &[]);
+    let r = kiln(&["run", &o]);
+    let (out, err) = text(&r);
+    assert_eq!(r.status.code(), Some(125));
+    assert!(out.is_empty(), "nothing may run: {out}");
+    assert!(
+        err.contains("undefined symbols") && err.contains("missing") && err.contains("f.o"),
+        "{err}"
+    );
+}
+
+#[test]
+fn noexec_runs_not_even_constructors() {
+    let d = workdir("noexec");
+    let o = cc(&d, "n", "#include <stdio.h>\n__attribute__((constructor)) static void c(void){ puts(\"ctor ran\"); }\nint main(void){ puts(\"main ran\"); return 7; }", &[]);
+    let r = kiln(&["run", "--noexec", "--show-stats", &o]);
+    let (out, err) = text(&r);
+    assert_eq!(r.status.code(), Some(0));
+    assert!(out.is_empty(), "{out}");
+    for what in [
+        "segments:",
+        "edges by kind:",
+        "GOT entries",
+        "stubs",
+        "relaxed",
+        "archive members",
+        "phases:",
+        "fixups",
+    ] {
+        assert!(err.contains(what), "--show-stats lacks {what}:\n{err}");
+    }
+    let r = kiln(&["run", &o]);
+    assert_eq!(r.status.code(), Some(7));
+    assert_eq!(text(&r).0, "ctor ran\nmain ran\n");
+}
+
+#[test]
+fn entry_args_and_defines() {
+    let d = workdir("entry");
+    let o = cc(
+        &d,
+        "e",
+        "#include <stdio.h>\nextern char magic[];\nint other(int argc, char **argv){ printf(\"%d %s %s %p\\n\", argc, argv[0], argv[argc-1], (void*)magic); return argc; }",
+        &["-fPIC"],
+    );
+    let r = kiln(&[
+        "run",
+        "--entry",
+        "other",
+        "--define",
+        "magic=0x1234",
+        &o,
+        "--",
+        "x",
+        "last",
+    ]);
+    let (out, err) = text(&r);
+    assert_eq!(r.status.code(), Some(3), "{err}");
+    assert_eq!(out, format!("3 {o} last 0x1234\n"));
+}
+
+#[test]
+fn no_process_symbols_turns_the_host_off() {
+    let d = workdir("noproc");
+    let o = cc(
+        &d,
+        "p",
+        "#include <stdio.h>\nint main(void){ puts(\"hi\"); return 0; }",
+        &[],
+    );
+    let r = kiln(&["run", "--no-process-symbols", &o]);
+    let (_, err) = text(&r);
+    assert_eq!(r.status.code(), Some(125));
+    assert!(err.contains("puts"), "{err}");
+    // ... but a library named with -l is still searched: libc by its file name.
+    let r = kiln(&["run", "--no-process-symbols", &o, "-l:libc.so.6"]);
+    assert_eq!(text(&r).0, "hi\n", "{}", text(&r).1);
+}
+
+#[test]
+fn libraries_by_name_path_and_shared_inputs() {
+    let d = workdir("libs");
+    let lib_o = cc(&d, "answer", "int answer(void){ return 42; }", &["-fPIC"]);
+    let so = d.join("libanswer.so");
+    let st = Command::new("cc")
+        .args(["-shared", "-o"])
+        .arg(&so)
+        .arg(&lib_o)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ar = d.join("libstatic_answer.a");
+    let st = Command::new("ar")
+        .arg("rcs")
+        .arg(&ar)
+        .arg(&lib_o)
+        .status()
+        .expect("ar is required");
+    assert!(st.success());
+    let main = cc(&d, "m", "#include <math.h>\nextern int answer(void);\nint main(void){ return answer() + (int)sqrt(4.0); }", &[]);
+    let dir = d.display().to_string();
+    for args in [
+        vec!["-L", &dir, "-lanswer", "-lm"],
+        vec!["-L", &dir, "-l:libanswer.so", "-lm"],
+        vec!["--static", "-L", &dir, "-lstatic_answer", "-lm"],
+    ] {
+        let mut a = vec!["run", &main];
+        a.extend(args.iter().copied());
+        let r = kiln(&a);
+        assert_eq!(r.status.code(), Some(44), "{a:?}: {}", text(&r).1);
+    }
+    let so = so.display().to_string();
+    let r = kiln(&["run", &main, &so, "-lm"]);
+    assert_eq!(r.status.code(), Some(44), "{}", text(&r).1);
+    let r = kiln(&["run", &main, "-lnosuchlib"]);
+    assert_eq!(r.status.code(), Some(125));
+    assert!(text(&r).1.contains("cannot find library -lnosuchlib"));
+}
+
+#[test]
+fn far_calls_go_through_stubs_and_far_data_is_an_error() {
+    let d = workdir("far");
+    // Two call targets more than 2 GiB apart (libc's puts, and far_away): at most one can be
+    // reached directly; the other goes through a stub.
+    let o = cc(&d, "c", "#include <stdio.h>\nextern void far_away(void);\nint main(void){ puts(\"x\"); far_away(); return 0; }", &[]);
+    let r = kiln(&[
+        "run",
+        "--noexec",
+        "--show-stats",
+        "--define",
+        "far_away=0x100000000000",
+        &o,
+    ]);
+    let (_, err) = text(&r);
+    assert_eq!(r.status.code(), Some(0), "{err}");
+    assert!(err.contains("stubs: 1"), "{err}");
+    // PIE code reaches data with PC32 and has no fallback: two far-apart targets cannot both reach.
+    let o = cc(
+        &d,
+        "dd",
+        "extern int far_a, far_b;\nint main(void){ return far_a + far_b; }",
+        &["-fPIE"],
+    );
+    let r = kiln(&[
+        "run",
+        "--noexec",
+        "--define",
+        "far_a=0x100000000000",
+        "--define",
+        "far_b=0x200000000000",
+        &o,
+    ]);
+    let (_, err) = text(&r);
+    assert_eq!(r.status.code(), Some(125));
+    assert!(err.contains("more than 2 GiB apart"), "{err}");
+}
+
+#[test]
+fn bad_input_is_named() {
+    let d = workdir("bad");
+    let p = d.join("junk.o");
+    std::fs::write(&p, b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x01\0>\0").unwrap();
+    let r = kiln(&["run", &p.display().to_string()]);
+    let (_, err) = text(&r);
+    assert_eq!(r.status.code(), Some(125));
+    assert!(err.contains("junk.o") && err.contains("malformed"), "{err}");
+}
