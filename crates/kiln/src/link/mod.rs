@@ -420,8 +420,9 @@ fn collect_init_fini(
             SectionKind::Ctors(p) => {
                 let mut w = words(b);
                 w.reverse();
-                // ld places .ctors after .init_array of the same priority, in reverse.
-                inits.push((p, u32::MAX - order, w));
+                // ld merges .ctors into .init_array in input order, each section reversed
+                // (crtstuff used to run them backwards).
+                inits.push((p, order, w));
             }
             SectionKind::FiniArray(p) => finis.push((p, order, words(b))),
             SectionKind::Dtors(p) => finis.push((p, order, words(b).into_iter().rev().collect())),
