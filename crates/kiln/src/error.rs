@@ -39,12 +39,10 @@ pub enum Error {
     /// A relocation could not be applied (out of range).
     #[error("{0}")]
     Fixup(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading an input failed. (The I/O error is part of the message, not a separate source,
+    /// so that error chains do not print it twice.)
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     /// A library named with `-l` was not found, a compiler failed, or the API was misused.
     #[error("{0}")]
     Usage(String),

@@ -13,7 +13,8 @@ pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// The repository root (this file is in crates/kiln-cli/tests/common/).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// Limits how many external commands (compilers, programs) run at once across all tests of the

@@ -1,0 +1,2 @@
+// kiln-test: in-archive
+int data_only_value = 555;

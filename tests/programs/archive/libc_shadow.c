@@ -1,0 +1,2 @@
+// kiln-test: in-archive
+int rand(void) { return 31337; }

@@ -1,0 +1,2 @@
+// kiln-test: in-archive
+int transitive_helper(int x) { return x + 1; }

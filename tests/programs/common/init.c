@@ -1,0 +1,1 @@
+long defined_elsewhere = 777;

@@ -1,0 +1,1 @@
+int kiln_test_duplicated(void) { return 2; }
