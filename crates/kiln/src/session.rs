@@ -75,9 +75,9 @@ impl Session {
     pub fn add_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|error| Error::Io {
             path: name.clone(),
-            source,
+            error,
         })?;
         match identify(&bytes) {
             FileKind::Relocatable => self.add_object(name, bytes),
