@@ -76,6 +76,11 @@ struct RunArgs {
     /// Place the linked code at exactly this address.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     slab_address: Option<u64>,
+    /// Only the symbols listed in FILE (one per line, `#` starts a comment) may be bound outside
+    /// the linked inputs (libraries, the process, --define); any other reference fails the link
+    /// before anything runs, naming the symbol and the object.
+    #[arg(long, value_name = "FILE")]
+    allow_symbols: Option<PathBuf>,
     /// Print statistics after linking (to stderr): segments, sections, symbols, edges by kind,
     /// GOT entries, stubs, relaxations, archive members, time per phase.
     #[arg(long)]
@@ -162,6 +167,17 @@ fn run(a: RunArgs) -> Result<i32> {
     s.search.static_only = a.static_only;
     s.set_process_symbols(!a.no_process_symbols);
     s.set_fixed_address(a.slab_address);
+    if let Some(f) = &a.allow_symbols {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading allow-list {}", f.display()))?;
+        let names = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        s.set_allow_list(Some(names));
+    }
     for (n, v) in &a.defines {
         s.define(n.clone(), *v);
     }

@@ -230,3 +230,31 @@ fn bad_input_is_named() {
     assert_eq!(r.status.code(), Some(125));
     assert!(err.contains("junk.o") && err.contains("malformed"), "{err}");
 }
+
+#[test]
+fn allow_list_refuses_other_symbols_before_running() {
+    let d = workdir("allow");
+    let o = cc(
+        &d,
+        "a",
+        "#include <stdio.h>\n#include <stdlib.h>\nstatic void bye(void){ puts(\"bye\"); }\n__attribute__((constructor)) static void c(void){ puts(\"ctor ran\"); }\nint main(void){ atexit(bye); puts(\"p\"); printf(\"%d\\n\", 1); return 0; }",
+        &[],
+    );
+    let list = d.join("allow.txt");
+    std::fs::write(&list, "# what the program may call\nputs\natexit\n").unwrap();
+    let r = kiln(&["run", "--allow-symbols", &list.display().to_string(), &o]);
+    let (out, err) = text(&r);
+    assert_eq!(r.status.code(), Some(125));
+    assert!(out.is_empty(), "nothing may run: {out}");
+    assert!(
+        err.contains("not on the allow-list") && err.contains("printf") && err.contains("a.o"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("puts") && !err.contains("__cxa_atexit"),
+        "{err}"
+    );
+    std::fs::write(&list, "puts\natexit\nprintf\n").unwrap();
+    let r = kiln(&["run", "--allow-symbols", &list.display().to_string(), &o]);
+    assert_eq!(text(&r).0, "ctor ran\np\n1\nbye\n", "{}", text(&r).1);
+}

@@ -14,6 +14,7 @@ pub(crate) fn split<'a>(
     g: &mut LinkGraph<'a>,
     file: &str,
     name: &'a [u8],
+    elf_index: u32,
     input: InputId,
     data: &'a [u8],
     mut edges: Vec<Edge>,
@@ -29,6 +30,7 @@ pub(crate) fn split<'a>(
         kind: SectionKind::EhFrame,
         input,
         retain: false,
+        elf_index,
     });
     let mut cies: FxHashMap<usize, SymbolId> = FxHashMap::default();
     let mut off = 0usize;

@@ -222,6 +222,7 @@ impl<'a> ObjectParser<'_, 'a> {
                 kind,
                 input: self.input,
                 retain,
+                elf_index: i as u32,
             });
             self.blocks[i] = Some(self.g.add_block(sec, content, align));
         }
@@ -477,7 +478,7 @@ impl<'a> ObjectParser<'_, 'a> {
                 .data(LE, self.data)
                 .map_err(|_| self.err_at(sec, None, "section data lies outside the file"))?;
             let name = self.section_name(sh);
-            super::eh_frame::split(self.g, self.name, name, self.input, data, edges)?;
+            super::eh_frame::split(self.g, self.name, name, sec as u32, self.input, data, edges)?;
         }
         Ok(())
     }

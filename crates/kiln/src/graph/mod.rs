@@ -61,6 +61,8 @@ pub struct Section<'a> {
     pub input: InputId,
     /// A root of dead-stripping (SHF_GNU_RETAIN, init/fini arrays, `__start_`-able names).
     pub retain: bool,
+    /// Index of the section in its ELF input (0 for sections kiln makes).
+    pub elf_index: u32,
 }
 
 #[derive(Debug)]

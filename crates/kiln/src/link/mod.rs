@@ -156,7 +156,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let archive_members = archives.iter().map(|a| a.members_loaded()).sum();
     t.lap("archive members");
 
-    let (dso, got) = passes::synthesize_runtime(&mut g, kiln);
+    let (dso, got) = passes::synthesize_runtime(&mut g, kiln, input.allow);
     passes::allocate_commons(&mut g, kiln);
     passes::merge_init_fragments(&mut g, SectionKind::Init, kiln);
     passes::merge_init_fragments(&mut g, SectionKind::Fini, kiln);
@@ -308,6 +308,7 @@ fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
             kind: SectionKind::EhFrameTerminator,
             input,
             retain: true,
+            elf_index: 0,
         });
         let b = g.add_block(s, Content::Bytes(Cow::Borrowed(&[0, 0, 0, 0])), 4);
         g.blocks[b.idx()].live = true;

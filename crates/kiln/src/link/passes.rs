@@ -24,6 +24,7 @@ fn synth_section<'a>(
         kind,
         input,
         retain: false,
+        elf_index: 0,
     })
 }
 
@@ -60,7 +61,11 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 /// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT.
 ///
 /// Returns (the `__dso_handle` symbol, the GOT block).
-pub fn synthesize_runtime<'a>(g: &mut LinkGraph<'a>, input: InputId) -> (SymbolId, BlockId) {
+pub fn synthesize_runtime<'a>(
+    g: &mut LinkGraph<'a>,
+    input: InputId,
+    allow: Option<&rustc_hash::FxHashSet<String>>,
+) -> (SymbolId, BlockId) {
     let data = synth_section(
         g,
         b".data.kiln.dso_handle",
@@ -92,7 +97,8 @@ pub fn synthesize_runtime<'a>(g: &mut LinkGraph<'a>, input: InputId) -> (SymbolI
         ),
     ];
     for (name, callee, code, call_at) in tail_calls {
-        if !is_undefined(g, name) {
+        let allowed = allow.is_none_or(|a| a.contains(std::str::from_utf8(name).unwrap_or("")));
+        if !is_undefined(g, name) || !allowed {
             continue;
         }
         let text = synth_section(
@@ -189,6 +195,7 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
         kind,
         input,
         retain: true,
+        elf_index: 0,
     });
     let nb = g.add_block(sec, Content::Bytes(Cow::Owned(code)), 16);
     g.blocks[nb.idx()].edges = edges;
@@ -311,6 +318,7 @@ pub fn build_got_and_stubs(
         kind: SectionKind::Stubs,
         input,
         retain: false,
+        elf_index: 0,
     });
     let stub_block = g.add_block(stub_sec, Content::Bytes(Cow::Owned(Vec::new())), 16);
 

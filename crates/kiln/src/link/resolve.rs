@@ -76,12 +76,20 @@ pub fn resolve_externals(
 ) -> Result<usize> {
     let mut wanted: Vec<SymbolId> = Vec::new();
     let mut seen = vec![false; g.symbols.len()];
+    // Symbols that only the linker's own glue references (e.g. `__cxa_atexit` behind the unit's
+    // `atexit`) are exempt from the allow-list: the glue exists only if its own name was allowed.
+    let mut by_input = vec![false; g.symbols.len()];
+    let kiln_input = g.inputs.iter().position(|i| i.name == "<kiln>");
     for b in g.blocks.iter().filter(|b| b.live) {
+        let from_input = Some(g.sections[b.section.idx()].input.idx()) != kiln_input;
         for e in &b.edges {
             let t = e.target.idx();
-            if !seen[t] && g.symbols[t].def == SymbolDef::Undefined {
-                seen[t] = true;
-                wanted.push(e.target);
+            if g.symbols[t].def == SymbolDef::Undefined {
+                by_input[t] |= from_input;
+                if !seen[t] {
+                    seen[t] = true;
+                    wanted.push(e.target);
+                }
             }
         }
     }
@@ -91,7 +99,11 @@ pub fn resolve_externals(
     let runtime = ex.runtime_symbols();
     for &id in &wanted {
         let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
-        if let Some(allow) = scopes.allow {
+        let runtime_provided = runtime.iter().any(|(n, _)| *n == name);
+        if let Some(allow) = scopes
+            .allow
+            .filter(|_| by_input[id.idx()] && !runtime_provided)
+        {
             if !allow.contains(name.as_ref()) {
                 disallowed.push(id);
                 continue;
