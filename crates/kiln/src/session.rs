@@ -29,6 +29,7 @@ pub struct Session {
     roots: Vec<String>,
     allow: Option<FxHashSet<String>>,
     fixed_address: Option<u64>,
+    want_map: bool,
     /// How `-l` names are found.
     pub search: LibrarySearch,
     units: Vec<Option<LinkedUnit>>,
@@ -46,6 +47,7 @@ impl Session {
             roots: Vec::new(),
             allow: None,
             fixed_address: None,
+            want_map: false,
             search: LibrarySearch::default(),
             units: Vec::new(),
             initialized: Vec::new(),
@@ -144,6 +146,16 @@ impl Session {
         self.fixed_address = addr;
     }
 
+    /// Record a [`crate::link::LinkMap`] for the next links (see [`Session::link_map`]).
+    pub fn set_want_map(&mut self, on: bool) {
+        self.want_map = on;
+    }
+
+    /// Where everything of a unit ended up (if [`Session::set_want_map`] was on when it linked).
+    pub fn link_map(&self, unit: UnitId) -> Option<&crate::link::LinkMap> {
+        self.units.get(unit.0)?.as_ref()?.map.as_ref()
+    }
+
     /// Link everything added since the last link into one unit, and finalize it in the executor.
     /// Initializers are not run: see [`Session::run_initializers`].
     pub fn link(&mut self) -> Result<UnitId> {
@@ -176,6 +188,7 @@ impl Session {
                 roots: &roots,
                 allow: self.allow.as_ref(),
                 fixed_address: self.fixed_address,
+                want_map: self.want_map,
             },
         )?;
         self.units.push(Some(unit));

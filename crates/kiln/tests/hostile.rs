@@ -108,6 +108,7 @@ fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<boo
                 roots: &[],
                 allow: None,
                 fixed_address: None,
+                want_map: false,
             },
         )
     }));
@@ -361,6 +362,7 @@ fn errors_name_file_section_and_offset() {
                 roots: &[],
                 allow: None,
                 fixed_address: None,
+                want_map: false,
             },
         )
     };

@@ -35,6 +35,36 @@ pub struct LinkInput<'s> {
     pub allow: Option<&'s FxHashSet<String>>,
     /// Place the unit at exactly this address.
     pub fixed_address: Option<u64>,
+    /// Record a [`LinkMap`] (addresses of every symbol, GOT entry, stub and section, and the
+    /// final bytes) in the linked unit: for check tests and inspection.
+    pub want_map: bool,
+}
+
+/// Where everything of a unit ended up, for check expressions (`llvm-jitlink -check` style) and
+/// inspection. Files are named as their inputs were (`dir/x.o`, `libz.a(crc32.o)`).
+#[derive(Debug, Default, Clone)]
+pub struct LinkMap {
+    /// (file, symbol, address, size) of every named symbol defined in a live block.
+    pub symbols: Vec<(String, String, u64, u64)>,
+    /// (file that references the target, target name, GOT entry address).
+    pub got_entries: Vec<(String, String, u64)>,
+    /// (file that references the target, target name, stub address).
+    pub stubs: Vec<(String, String, u64)>,
+    /// (file, section name, address of its first live byte, size).
+    pub sections: Vec<(String, String, u64, u64)>,
+    /// Final content: (address, bytes) per segment (zero fill not included).
+    pub memory: Vec<(u64, Vec<u8>)>,
+}
+
+impl LinkMap {
+    /// Read `len` bytes at `addr` from the unit's final content (zero fill reads as zeros only
+    /// if it was recorded; otherwise `None`).
+    pub fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.memory.iter().find_map(|(a, bytes)| {
+            let off = addr.checked_sub(*a)? as usize;
+            bytes.get(off..off.checked_add(len)?)
+        })
+    }
 }
 
 /// Counts and times of one link, for `--show-stats`.
@@ -113,6 +143,8 @@ pub struct LinkedUnit {
     pub exports: FxHashMap<String, ExecutorAddr>,
     pub has_initializers: bool,
     pub stats: LinkStats,
+    /// Present when [`LinkInput::want_map`] was set.
+    pub map: Option<LinkMap>,
 }
 
 struct Timer {
@@ -200,7 +232,8 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     tracing::debug!("reserved {bound:#x} bytes at {base:#x} ({placement:?})");
     t.lap("reserve");
     let unit = (|| {
-        let got_stats = passes::build_got_and_stubs(&mut g, got, kiln, base, base + bound);
+        let (got_stats, tables) =
+            passes::build_got_and_stubs(&mut g, got, kiln, base, base + bound);
         let layout = layout::layout(&mut g, base, page)?;
         if layout.size > bound {
             return Err(Error::Usage(format!(
@@ -238,6 +271,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             .collect();
         let has_initializers = !initializers.is_empty();
         let exports = exports(&g);
+        let map = input.want_map.then(|| link_map(&g, &tables, &segments));
         let alloc = ex.finalize(FinalizeRequest {
             reservation: (ExecutorAddr(base), bound),
             segments,
@@ -258,6 +292,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             alloc,
             exports,
             has_initializers,
+            map,
             stats: LinkStats {
                 inputs: g.inputs.len() - 1,
                 archive_members,
@@ -495,6 +530,79 @@ fn collect_actions(
         });
     }
     actions
+}
+
+fn link_map(g: &LinkGraph, tables: &passes::GotTables, segments: &[Segment]) -> LinkMap {
+    let file_of_block = |b: BlockId| g.input_name(g.block_input(b)).to_string();
+    let mut m = LinkMap::default();
+    for (i, s) in g.symbols.iter().enumerate() {
+        if s.name.is_empty() {
+            continue;
+        }
+        if let SymbolDef::Defined { block, .. } = s.def {
+            if g.blocks[block.idx()].live {
+                if let Some(a) = g.symbol_addr(SymbolId(i as u32)) {
+                    m.symbols.push((
+                        file_of_block(block),
+                        String::from_utf8_lossy(s.name).into_owned(),
+                        a,
+                        s.size,
+                    ));
+                }
+            }
+        }
+    }
+    // A GOT entry or stub serves every file that references its target.
+    let referencing_files = |target: SymbolId| -> Vec<String> {
+        let mut files: Vec<String> = Vec::new();
+        for b in g.blocks.iter().filter(|b| b.live) {
+            let f = g.input_name(g.sections[b.section.idx()].input);
+            if f != "<kiln>"
+                && b.edges.iter().any(|e| e.target == target)
+                && !files.iter().any(|x| x == f)
+            {
+                files.push(f.to_string());
+            }
+        }
+        files
+    };
+    for (list, out) in [
+        (&tables.got, &mut m.got_entries),
+        (&tables.stubs, &mut m.stubs),
+    ] {
+        for (target, entry) in list {
+            let Some(addr) = g.symbol_addr(*entry) else {
+                continue;
+            };
+            let name = g.name_of(*target);
+            // Edges were rewritten to point at the entry; find files through either.
+            let mut files = referencing_files(*entry);
+            files.extend(referencing_files(*target));
+            files.dedup();
+            for f in files {
+                out.push((f, name.clone(), addr));
+            }
+        }
+    }
+    let mut secs: FxHashMap<(InputId, u32), (u64, u64)> = FxHashMap::default();
+    for b in g.blocks.iter().filter(|b| b.live) {
+        let sec = &g.sections[b.section.idx()];
+        let e = secs
+            .entry((sec.input, b.section.0))
+            .or_insert((u64::MAX, 0));
+        e.0 = e.0.min(b.addr);
+        e.1 = e.1.max(b.addr + b.size());
+    }
+    for ((input, sid), (lo, hi)) in secs {
+        let name = String::from_utf8_lossy(g.sections[sid as usize].name).into_owned();
+        m.sections
+            .push((g.input_name(input).to_string(), name, lo, hi - lo));
+    }
+    m.memory = segments
+        .iter()
+        .map(|s| (s.addr.0, s.content.clone()))
+        .collect();
+    m
 }
 
 fn exports(g: &LinkGraph) -> FxHashMap<String, ExecutorAddr> {

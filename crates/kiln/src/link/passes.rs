@@ -266,6 +266,13 @@ pub struct GotStats {
     pub tls_pairs: usize,
 }
 
+/// Which GOT entry and which stub serve which target symbol: (target, entry or stub symbol).
+#[derive(Debug, Default, Clone)]
+pub struct GotTables {
+    pub got: Vec<(SymbolId, SymbolId)>,
+    pub stubs: Vec<(SymbolId, SymbolId)>,
+}
+
 /// Whether every address of `[lo, hi)` reaches `t` with a signed 32-bit displacement (with a
 /// margin for addends).
 pub fn reaches(lo: u64, hi: u64, t: u64) -> bool {
@@ -304,7 +311,7 @@ pub fn build_got_and_stubs(
     input: InputId,
     lo: u64,
     hi: u64,
-) -> GotStats {
+) -> (GotStats, GotTables) {
     let mut st = GotStats::default();
     let mut entries: Vec<(Option<SymbolId>, EdgeKind)> = Vec::new(); // (target, kind of word)
     let mut got_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
@@ -408,7 +415,10 @@ pub fn build_got_and_stubs(
             }
         }
     }
-    // TLS pairs must be 16-byte aligned? No: 8 suffices for __tls_get_addr's argument.
+    let tables = GotTables {
+        got: got_of.iter().map(|(t, e)| (*t, *e)).collect(),
+        stubs: stub_of.iter().map(|(t, s)| (*t, *s)).collect(),
+    };
     st.got_entries = got_of.len();
     st.tls_pairs = gd_of.len() + usize::from(ld_pair.is_some());
     st.stubs = stub_targets.len();
@@ -453,5 +463,5 @@ pub fn build_got_and_stubs(
     sb.content = Content::Bytes(Cow::Owned(stub_bytes));
     sb.edges = stub_edges;
     sb.live = !stub_targets.is_empty();
-    st
+    (st, tables)
 }
