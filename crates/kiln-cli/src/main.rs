@@ -3,8 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kiln::Session;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 mod bench;
 
@@ -37,7 +39,7 @@ enum Command {
                       kiln run driver.o /usr/lib/x86_64-linux-gnu/liblua5.4.a -lm -ldl -- script.lua\n  \
                       kiln run --show-stats --noexec prog.o -L build -lfoo"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure linking (kiln vs llvm-jitlink) on the corpus drivers; prints ratios.
     Bench(bench::BenchArgs),
 }
@@ -64,7 +66,7 @@ struct RunArgs {
     #[arg(long)]
     no_process_symbols: bool,
     /// Define an absolute symbol (hex with 0x, or decimal).
-    #[arg(long = "define", value_name = "SYM=ADDR", value_parser = parse_define)]
+    #[arg(long = "define", visible_aliases = ["define-abs", "abs"], value_name = "SYM=ADDR", value_parser = parse_define)]
     defines: Vec<(String, u64)>,
     /// The function to call: `int SYM(int argc, char **argv, char **envp)`.
     #[arg(long, default_value = "main", value_name = "SYM")]
@@ -73,9 +75,24 @@ struct RunArgs {
     /// constructors.
     #[arg(long)]
     noexec: bool,
-    /// Place the linked code at exactly this address.
+    /// Place the linked code at exactly this address. With --noexec, nothing is mapped: the
+    /// address is a fake one (as llvm-jitlink's -noexec -slab-address), for check tests.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     slab_address: Option<u64>,
+    /// Fail if the linked unit takes more than SIZE bytes (suffixes Kb, Mb, Gb). llvm-jitlink's
+    /// -slab-allocate, where a bare number means Kb, is accepted too.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    slab_size: Option<u64>,
+    /// Page size of the fake slab (--noexec --slab-address): segments are aligned to it.
+    #[arg(long, value_name = "N", value_parser = parse_addr, requires_all = ["noexec", "slab_address"])]
+    slab_page_size: Option<u64>,
+    /// After linking, evaluate the `# jitlink-check: EXPR = EXPR` lines of FILE (llvm-jitlink's
+    /// dialect, see docs/check-tests.md); any failure exits with status 1 before anything runs.
+    #[arg(long, value_name = "FILE")]
+    check: Vec<PathBuf>,
+    /// The name in check lines: `# NAME: EXPR = EXPR`.
+    #[arg(long, value_name = "NAME", default_value = kiln::check::DEFAULT_CHECK_NAME)]
+    check_name: String,
     /// Only the symbols listed in FILE (one per line, `#` starts a comment) may be bound outside
     /// the linked inputs (libraries, the process, --define); any other reference fails the link
     /// before anything runs, naming the symbol and the object.
@@ -85,6 +102,43 @@ struct RunArgs {
     /// GOT entries, stubs, relaxations, archive members, time per phase.
     #[arg(long)]
     show_stats: bool,
+    #[command(flatten)]
+    debug: DebugArgs,
+}
+
+/// Debugger and profiler sinks. `KILN_DEBUG` sets them too: `all`, `none`, or a comma list of
+/// `gdb`, `perfmap`, `jitdump[=DIR]`, `valgrind` (`no-NAME` turns one off); flags add to it.
+#[derive(Args)]
+#[command(next_help_heading = "Debugging and profiling (see docs/debugging.md)")]
+struct DebugArgs {
+    /// Register the linked code with gdb's JIT interface (on by default; KILN_DEBUG=no-gdb turns
+    /// it off): gdb names JIT'd functions, with file:line where there is DWARF.
+    #[arg(long)]
+    gdb: bool,
+    /// Write /tmp/perf-PID.map (one line per JIT'd function and stub) for `perf report`.
+    #[arg(long)]
+    perf_map: bool,
+    /// Write DIR/jit-PID.dump (code, names, line tables) for `perf inject --jit`; DIR defaults
+    /// to the current directory.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = ".")]
+    jitdump: Option<PathBuf>,
+    /// Tell valgrind when code is freed (on by default; free outside valgrind).
+    #[arg(long)]
+    valgrind: bool,
+}
+
+impl DebugArgs {
+    /// `KILN_DEBUG` (over the defaults), then the flags.
+    fn options(&self) -> Result<kiln::DebugOptions> {
+        let mut o = kiln::DebugOptions::from_env().map_err(anyhow::Error::msg)?;
+        o.gdb |= self.gdb;
+        o.perf_map |= self.perf_map;
+        if let Some(d) = &self.jitdump {
+            o.jitdump = Some(d.clone());
+        }
+        o.valgrind |= self.valgrind;
+        Ok(o)
+    }
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {
@@ -93,6 +147,103 @@ fn parse_addr(s: &str) -> Result<u64, String> {
         None => s.parse(),
     };
     r.map_err(|e| format!("{s:?} is not an address: {e}"))
+}
+
+/// A size in bytes, with an optional suffix Kb, Mb or Gb (any case; K, M, G, KiB… too).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{s:?} is not a size (a number with Kb, Mb or Gb)")),
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size (a number with Kb, Mb or Gb)"))
+}
+
+/// llvm-jitlink's spellings of the `run` options, rewritten to kiln's before clap parses them:
+/// clap has no single-dash long options, so `-noexec` would read as `-n -o -e …`. Only
+/// arguments after `run` and before `--` are touched; `-slab-allocate N` without a unit means
+/// N Kb, as in llvm-jitlink.
+fn llvm_jitlink_spellings(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const RENAMES: [(&str, &str); 9] = [
+        ("noexec", "--noexec"),
+        ("slab-address", "--slab-address"),
+        ("slab-page-size", "--slab-page-size"),
+        ("slab-allocate", "--slab-size"),
+        ("abs", "--define"),
+        ("define-abs", "--define"),
+        ("check", "--check"),
+        ("check-name", "--check-name"),
+        ("no-process-syms", "--no-process-symbols"),
+    ];
+    let mut out = Vec::new();
+    let mut in_run = false;
+    let mut after_dashes = false;
+    let mut slab_value_next = false;
+    for arg in args {
+        let Some(text) = arg.to_str().filter(|_| !after_dashes) else {
+            out.push(arg);
+            continue;
+        };
+        if std::mem::take(&mut slab_value_next) {
+            out.push(kb_default(text).into());
+            continue;
+        }
+        if !in_run {
+            in_run = text == "run";
+            out.push(arg);
+            continue;
+        }
+        if text == "--" {
+            after_dashes = true;
+            out.push(arg);
+            continue;
+        }
+        let name = text
+            .strip_prefix("--")
+            .or_else(|| text.strip_prefix('-'))
+            .filter(|n| n.len() > 1);
+        let (name, value) = match name.map(|n| n.split_once('=').unwrap_or((n, ""))) {
+            Some((n, v)) => (n, v),
+            None => {
+                out.push(arg);
+                continue;
+            }
+        };
+        match RENAMES.iter().find(|(from, _)| *from == name) {
+            Some((from, to)) => {
+                let value = if *from == "slab-allocate" && !value.is_empty() {
+                    kb_default(value)
+                } else {
+                    value.to_string()
+                };
+                slab_value_next = *from == "slab-allocate" && !text.contains('=');
+                out.push(if text.contains('=') {
+                    format!("{to}={value}").into()
+                } else {
+                    (*to).into()
+                });
+            }
+            None => out.push(arg),
+        }
+    }
+    out
+}
+
+/// llvm-jitlink's -slab-allocate counts in Kb when no unit is given.
+fn kb_default(v: &str) -> String {
+    if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) {
+        format!("{v}Kb")
+    } else {
+        v.to_string()
+    }
 }
 
 fn parse_define(s: &str) -> Result<(String, u64), String> {
@@ -109,9 +260,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llvm_jitlink_spellings(std::env::args_os()));
     let r = match cli.command {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(*a),
         Command::Bench(b) => bench::run(b).map(|_| 0),
     };
     match r {
@@ -162,11 +313,24 @@ fn compile_sources(inputs: &[PathBuf], tmp: &Path) -> Result<(Vec<PathBuf>, bool
 }
 
 fn run(a: RunArgs) -> Result<i32> {
-    let mut s = Session::in_process();
+    // --noexec --slab-address: fake addresses, nothing mapped (see kiln::check::SlabExecutor).
+    let mut s = match (a.noexec, a.slab_address) {
+        (true, Some(base)) => Session::new(Arc::new(
+            kiln::check::SlabExecutor::new(
+                base,
+                a.slab_page_size.unwrap_or(4096),
+                !a.no_process_symbols,
+            )
+            .map_err(anyhow::Error::msg)?,
+        )),
+        _ => Session::in_process(),
+    };
+    s.set_want_map(!a.check.is_empty());
     s.search.dirs = a.lib_dirs.clone();
     s.search.static_only = a.static_only;
     s.set_process_symbols(!a.no_process_symbols);
     s.set_fixed_address(a.slab_address);
+    s.set_debug(a.debug.options()?);
     if let Some(f) = &a.allow_symbols {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("reading allow-list {}", f.display()))?;
@@ -211,6 +375,12 @@ fn run(a: RunArgs) -> Result<i32> {
     }
     s.add_root(a.entry.clone());
     let unit = s.link()?;
+    if let Some(limit) = a.slab_size {
+        check_slab_size(&s, unit, a.slab_address, limit)?;
+    }
+    if !run_checks(&s, unit, &a)? {
+        return Ok(1);
+    }
     if a.show_stats {
         if let Some(st) = s.stats(unit) {
             eprintln!("{st}");
@@ -227,4 +397,53 @@ fn run(a: RunArgs) -> Result<i32> {
     // program does, so exit handlers that reference it are safe.
     std::mem::forget(s);
     Ok(status)
+}
+
+/// `--slab-size`: the unit, from the slab address (or its lowest segment), must fit.
+fn check_slab_size(s: &Session, unit: kiln::UnitId, base: Option<u64>, limit: u64) -> Result<()> {
+    let Some(st) = s.stats(unit) else {
+        return Ok(());
+    };
+    let lo = st.segments.iter().map(|g| g.1).min().unwrap_or(0);
+    let hi = st.segments.iter().map(|g| g.1 + g.2).max().unwrap_or(lo);
+    let used = hi - base.unwrap_or(lo).min(lo);
+    if used > limit {
+        bail!(
+            "the linked unit needs {used:#x} bytes, more than the slab's {limit:#x} (--slab-size)"
+        );
+    }
+    Ok(())
+}
+
+/// `--check FILE…`: prints failures and a count per file; false if any check failed.
+fn run_checks(s: &Session, unit: kiln::UnitId, a: &RunArgs) -> Result<bool> {
+    let mut ok = true;
+    for f in &a.check {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading check file {}", f.display()))?;
+        let report = kiln::check::check_unit(
+            s,
+            unit,
+            &text,
+            &a.check_name,
+            &a.defines,
+            !a.no_process_symbols,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        for failure in &report.failures {
+            eprintln!("kiln: {}: {failure}", f.display());
+        }
+        if report.ok() {
+            eprintln!("kiln: {}: {} checks passed", f.display(), report.passed);
+        } else {
+            eprintln!(
+                "kiln: {}: {} of {} checks failed",
+                f.display(),
+                report.failures.len(),
+                report.total()
+            );
+            ok = false;
+        }
+    }
+    Ok(ok)
 }

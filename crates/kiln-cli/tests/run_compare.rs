@@ -58,6 +58,7 @@ programs!(
     archive,
     ctors_dtors,
     tls_dynamic,
+    tls_static,
     // C++
     cxx_virtual_rtti,
     cxx_stl_iostream,
@@ -68,7 +69,6 @@ programs!(
     // negative: kiln must refuse
     duplicate_symbol,
     undefined_symbols,
-    tls_local_exec,
 );
 
 fn programs_dir() -> PathBuf {

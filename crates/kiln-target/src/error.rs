@@ -32,4 +32,7 @@ pub enum Error {
     Tls(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A debugger or profiler sink (gdb, perf map, jitdump) could not record the code.
+    #[error("{sink}: {why}")]
+    DebugSink { sink: &'static str, why: String },
 }

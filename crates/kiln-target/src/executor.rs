@@ -60,6 +60,9 @@ pub enum Action {
         image_size: u64,
         block_size: u64,
         align: u64,
+        /// Set when the unit's TLS lives in static TLS (see
+        /// [`Executor::allocate_static_tls`]): its offset from the thread pointer.
+        static_offset: Option<i64>,
     },
     DeregisterTls {
         module: u64,
@@ -70,6 +73,51 @@ pub enum Action {
     CxaFinalize {
         dso: ExecutorAddr,
     },
+    /// Register in-memory ELF objects with the GDB JIT interface, under `key` (unique among the
+    /// executor's live registrations; the controller uses the unit's base address). The
+    /// executor keeps its own copies until [`Action::DeregisterGdbObjects`].
+    RegisterGdbObjects {
+        key: u64,
+        objects: Vec<Bytes>,
+    },
+    DeregisterGdbObjects {
+        key: u64,
+    },
+    /// Append `START SIZE NAME` lines to `/tmp/perf-PID.map` (PID of the executor).
+    WritePerfMap {
+        entries: Vec<PerfMapEntry>,
+    },
+    /// Append jitdump records to `DIR/jit-PID.dump` (created with its header on first use). The
+    /// executor fills in each record's timestamp, and the PID, thread and code index of
+    /// `JIT_CODE_LOAD`/`JIT_CODE_MOVE` records.
+    WriteJitdump {
+        dir: String,
+        records: Bytes,
+    },
+    /// If the executor runs under valgrind, make it forget its translations of the code in
+    /// `[addr, addr + size)` (a no-op otherwise).
+    DiscardTranslations {
+        addr: ExecutorAddr,
+        size: u64,
+    },
+}
+
+/// Bytes carried by an action (a debug object, jitdump records); `Debug` shows the length only.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+/// One function (or stub) for perf's map file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerfMapEntry {
+    pub addr: ExecutorAddr,
+    pub size: u64,
+    pub name: String,
 }
 
 /// A finalize action and the dealloc action that undoes it.
@@ -136,6 +184,11 @@ pub trait Executor: Send + Sync {
     /// Symbols the runtime itself provides to JIT'd code (e.g. `__tls_get_addr` for the dynamic
     /// TLS models of kiln-linked units). They win over libraries and the process.
     fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)];
+
+    /// Reserve a block in every thread's static TLS area (for local-exec and initial-exec code),
+    /// initialised from `image` then zeros up to `block_size`, in threads that exist now and in
+    /// threads created later. Returns its offset from the thread pointer.
+    fn allocate_static_tls(&self, image: &[u8], block_size: u64, align: u64) -> Result<i64>;
 
     /// Call `int entry(int argc, char **argv, char **envp)` and return its result.
     fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32>;

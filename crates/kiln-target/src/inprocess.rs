@@ -1,7 +1,7 @@
 //! The executor for code that runs in this process.
 
 use crate::executor::*;
-use crate::sys::{call, dl, eh, mem, tls};
+use crate::sys::{call, dl, eh, gdb, jitdump, mem, perf, tls, valgrind};
 use crate::{Error, ExecutorAddr, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +49,8 @@ extern "C" fn exit_hook() {
             let _ = run_action(&a);
         }
     }
+    // After the last JIT'd code has run: end the jitdump files with JIT_CODE_CLOSE.
+    jitdump::close_all();
 }
 
 fn run_action(a: &Action) -> Result<()> {
@@ -64,7 +66,16 @@ fn run_action(a: &Action) -> Result<()> {
             image_size,
             block_size,
             align,
-        } => tls::register(module, image.0, image_size, block_size, align).map_err(Error::Tls),
+            static_offset,
+        } => tls::register(
+            module,
+            image.0,
+            image_size,
+            block_size,
+            align,
+            static_offset,
+        )
+        .map_err(Error::Tls),
         Action::DeregisterTls { module } => {
             tls::deregister(module);
             Ok(())
@@ -77,6 +88,20 @@ fn run_action(a: &Action) -> Result<()> {
         }
         Action::CxaFinalize { dso } => {
             call::cxa_finalize(dso);
+            Ok(())
+        }
+        Action::RegisterGdbObjects { key, ref objects } => {
+            let objs: Vec<&[u8]> = objects.iter().map(|o| o.0.as_slice()).collect();
+            gdb::register(key, &objs)
+        }
+        Action::DeregisterGdbObjects { key } => gdb::deregister(key),
+        Action::WritePerfMap { ref entries } => perf::write(entries),
+        Action::WriteJitdump {
+            ref dir,
+            ref records,
+        } => jitdump::write(dir, &records.0),
+        Action::DiscardTranslations { addr, size } => {
+            valgrind::discard_translations(addr.0, size);
             Ok(())
         }
     }
@@ -279,6 +304,10 @@ impl Executor for InProcessExecutor {
 
     fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)] {
         &self.runtime_symbols
+    }
+
+    fn allocate_static_tls(&self, image: &[u8], block_size: u64, align: u64) -> Result<i64> {
+        crate::sys::static_tls::allocate(image, block_size, align)
     }
 
     fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32> {

@@ -20,9 +20,18 @@ mod sys;
 pub use addr::{ExecutorAddr, MemProt};
 pub use error::{Error, Result};
 pub use executor::{
-    Action, ActionPair, AllocId, Executor, FinalizeRequest, LibraryId, Placement, Segment,
-    TargetInfo,
+    Action, ActionPair, AllocId, Bytes, Executor, FinalizeRequest, LibraryId, PerfMapEntry,
+    Placement, Segment, TargetInfo,
 };
 pub use inprocess::InProcessExecutor;
 pub use simulated::SimulatedExecutor;
 pub use sys::tls::TLS_MODULE_TAG;
+
+/// What the debugger and profiler sinks left in this process: for hosts and tests.
+pub mod debug_sinks {
+    pub use crate::sys::gdb::{
+        __jit_debug_descriptor, __jit_debug_register_code, registered_objects, GdbDescriptor,
+    };
+    pub use crate::sys::perf::path as perf_map_path;
+    pub use crate::sys::valgrind::{discard_translations, running_on_valgrind};
+}

@@ -16,6 +16,8 @@
 //! [`kiln_target::Executor`].
 
 pub mod arch;
+pub mod check;
+pub mod debug;
 pub mod elf;
 mod error;
 pub mod graph;
@@ -23,6 +25,7 @@ pub mod link;
 mod search;
 mod session;
 
+pub use debug::DebugOptions;
 pub use error::{Error, Location, Result};
 pub use kiln_target::{Executor, ExecutorAddr, InProcessExecutor};
 pub use link::{LinkStats, LinkedUnit};

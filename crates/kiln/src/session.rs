@@ -30,6 +30,7 @@ pub struct Session {
     allow: Option<FxHashSet<String>>,
     fixed_address: Option<u64>,
     want_map: bool,
+    debug: crate::debug::DebugOptions,
     /// How `-l` names are found.
     pub search: LibrarySearch,
     units: Vec<Option<LinkedUnit>>,
@@ -48,6 +49,10 @@ impl Session {
             allow: None,
             fixed_address: None,
             want_map: false,
+            debug: crate::debug::DebugOptions::from_env().unwrap_or_else(|e| {
+                tracing::warn!("{e}; using the default debug sinks");
+                crate::debug::DebugOptions::default()
+            }),
             search: LibrarySearch::default(),
             units: Vec::new(),
             initialized: Vec::new(),
@@ -151,6 +156,17 @@ impl Session {
         self.want_map = on;
     }
 
+    /// Which debugger and profiler sinks learn about the units linked from now on (gdb, perf
+    /// map, jitdump, valgrind). A new session starts with [`crate::DebugOptions::default`]
+    /// changed by `KILN_DEBUG`.
+    pub fn set_debug(&mut self, options: crate::debug::DebugOptions) {
+        self.debug = options;
+    }
+
+    pub fn debug_options(&self) -> &crate::debug::DebugOptions {
+        &self.debug
+    }
+
     /// Where everything of a unit ended up (if [`Session::set_want_map`] was on when it linked).
     pub fn link_map(&self, unit: UnitId) -> Option<&crate::link::LinkMap> {
         self.units.get(unit.0)?.as_ref()?.map.as_ref()
@@ -189,6 +205,7 @@ impl Session {
                 allow: self.allow.as_ref(),
                 fixed_address: self.fixed_address,
                 want_map: self.want_map,
+                debug: &self.debug,
             },
         )?;
         self.units.push(Some(unit));

@@ -109,6 +109,7 @@ fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<boo
                 allow: None,
                 fixed_address: None,
                 want_map: false,
+                debug: &kiln::DebugOptions::default(),
             },
         )
     }));
@@ -363,6 +364,7 @@ fn errors_name_file_section_and_offset() {
                 allow: None,
                 fixed_address: None,
                 want_map: false,
+                debug: &kiln::DebugOptions::default(),
             },
         )
     };

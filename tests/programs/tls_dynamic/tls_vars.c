@@ -3,6 +3,10 @@
 // Initial values come from .tdata, zeros from .tbss; every thread has its own copy.
 // kiln-test: variant=global-dynamic:-fPIC -ftls-model=global-dynamic
 // kiln-test: variant=local-dynamic:-fPIC -ftls-model=local-dynamic
+// kiln-test: variant=pie-default:-fPIE
+// kiln-test: variant=initial-exec:-fPIE -ftls-model=initial-exec
+// kiln-test: variant=local-exec:-fPIE -ftls-model=local-exec
+// kiln-test: variant=descriptors:-fPIC -mtls-dialect=gnu2
 // kiln-test: libs=-lpthread
 #include <string.h>
 

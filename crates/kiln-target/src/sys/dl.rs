@@ -7,6 +7,12 @@ use std::ffi::{CStr, CString};
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Handle(*mut libc::c_void);
 
+impl Handle {
+    pub(crate) fn raw(self) -> *mut libc::c_void {
+        self.0
+    }
+}
+
 // SAFETY: dlopen handles are process-global and usable from any thread.
 unsafe impl Send for Handle {}
 // SAFETY: as above; dlsym is thread safe.

@@ -2,5 +2,10 @@
 pub(crate) mod call;
 pub(crate) mod dl;
 pub(crate) mod eh;
+pub(crate) mod gdb;
+pub(crate) mod jitdump;
 pub(crate) mod mem;
+pub(crate) mod perf;
+pub(crate) mod static_tls;
 pub mod tls;
+pub(crate) mod valgrind;

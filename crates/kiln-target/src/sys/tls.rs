@@ -25,6 +25,8 @@ const TAG_MASK: u64 = 0xffff_0000_0000_0000;
 
 #[derive(Clone, Copy)]
 struct Template {
+    /// The unit's block lives in static TLS at this offset from the thread pointer.
+    static_offset: Option<i64>,
     image: u64,
     image_size: u64,
     block_size: u64,
@@ -62,6 +64,7 @@ pub(crate) fn register(
     image_size: u64,
     block_size: u64,
     align: u64,
+    static_offset: Option<i64>,
 ) -> Result<(), String> {
     if module & TAG_MASK != TLS_MODULE_TAG {
         return Err(format!("module value {module:#x} is not a kiln TLS module"));
@@ -74,6 +77,7 @@ pub(crate) fn register(
     }
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
     let t = Template {
+        static_offset,
         image,
         image_size,
         block_size,
@@ -133,6 +137,15 @@ fn system_tls_get_addr() -> Option<SysTlsGetAddr> {
     p.map(|p| unsafe { std::mem::transmute::<usize, SysTlsGetAddr>(p) })
 }
 
+/// The calling thread's block of a module the system's dynamic loader manages.
+pub(crate) fn system_block(module: u64) -> Option<*mut u8> {
+    let f = system_tls_get_addr()?;
+    let ti = TlsIndex { module, offset: 0 };
+    // SAFETY: `ti` is a valid {module, offset} pair for a module ld.so knows.
+    let p = unsafe { f(&ti) };
+    (!p.is_null()).then_some(p)
+}
+
 fn kiln_block(module: u64) -> *mut u8 {
     let t = match templates().read() {
         Ok(t) => t.get(&module).copied(),
@@ -141,6 +154,9 @@ fn kiln_block(module: u64) -> *mut u8 {
     let Some(t) = t else {
         return std::ptr::null_mut();
     };
+    if let Some(off) = t.static_offset {
+        return (super::static_tls::thread_pointer() as i64).wrapping_add(off) as *mut u8;
+    }
     BLOCKS
         .try_with(|b| {
             let mut b = b.borrow_mut();

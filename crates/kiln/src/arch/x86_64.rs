@@ -14,9 +14,12 @@
 //!
 //! Thread-local storage: the general- and local-dynamic models call `__tls_get_addr` with a
 //! `{module, offset}` pair in the GOT; kiln gives each unit a module value of its own and its
-//! runtime answers for it. Local-exec (`TPOFF32`) and initial-exec (`GOTTPOFF`) need a slot in
-//! the static TLS area at a fixed offset from `%fs`, which a JIT cannot add to threads that
-//! already exist; they are refused with an error rather than run with wrong values.
+//! runtime answers for it. Local-exec (`TPOFF32`) and initial-exec (`GOTTPOFF`) address
+//! variables at a fixed offset from the thread pointer `%fs`; for units that use them, the
+//! runtime reserves the unit's TLS block in the static TLS area of every thread (through glibc,
+//! see kiln-target's `static_tls`), and the offset is known before fixups. TLS descriptors
+//! (`-mtls-dialect=gnu2`) are then relaxed to local-exec: `lea x@tlsdesc(%rip), %rax` becomes
+//! `mov $x@tpoff, %rax` and `call *x@tlscall(%rax)` a two-byte nop, as a static linker does.
 //!
 //! Notation in the edge kinds (psABI): S symbol address, A addend, P address of the fixup,
 //! GOT address of the GOT, G address of the symbol's GOT entry, L address of the symbol's call
@@ -84,6 +87,16 @@ pub enum EdgeKind {
     DtpOff64,
     /// The unit's TLS module value, 64 bits (first word of a `{module, offset}` pair).
     TlsModule64,
+    /// `S - TP + A`, signed 32 bits: offset from the thread pointer (R_X86_64_TPOFF32).
+    TpOff32,
+    /// `S - TP + A`, 64 bits (R_X86_64_TPOFF64; also the content of initial-exec GOT entries).
+    TpOff64,
+    /// `G + A - P`, signed 32 bits, G a GOT entry holding `S - TP` (R_X86_64_GOTTPOFF).
+    GotTpOffDelta32,
+    /// R_X86_64_GOTPC32_TLSDESC relaxed to local-exec: the `lea` becomes `mov $(S - TP), %rax`.
+    TlsDescToLocalExec,
+    /// R_X86_64_TLSDESC_CALL relaxed to local-exec: `call *(%rax)` becomes a two-byte nop.
+    TlsDescCallToNop,
 }
 
 /// How an ELF relocation type maps to an edge kind.
@@ -115,24 +128,14 @@ pub fn edge_kind_for(r_type: elf::RelocationType) -> Result<EdgeKind, String> {
         elf::R_X86_64_TLSLD => TlsLdDelta32,
         elf::R_X86_64_DTPOFF32 => DtpOff32,
         elf::R_X86_64_DTPOFF64 => DtpOff64,
-        elf::R_X86_64_TPOFF32 | elf::R_X86_64_TPOFF64 => {
+        elf::R_X86_64_TPOFF32 => TpOff32,
+        elf::R_X86_64_TPOFF64 => TpOff64,
+        elf::R_X86_64_GOTTPOFF => GotTpOffDelta32,
+        elf::R_X86_64_GOTPC32_TLSDESC => TlsDescToLocalExec,
+        elf::R_X86_64_TLSDESC_CALL => TlsDescCallToNop,
+        elf::R_X86_64_TLSDESC => {
             return Err(format!(
-                "{}: local-exec thread-local storage needs a static TLS slot, which kiln does \
-                 not provide yet; compile with -fPIC or -ftls-model=global-dynamic",
-                reloc_name(r_type)
-            ))
-        }
-        elf::R_X86_64_GOTTPOFF => {
-            return Err(format!(
-                "{}: initial-exec thread-local storage needs a static TLS slot, which kiln does \
-                 not provide yet; compile with -fPIC or -ftls-model=global-dynamic",
-                reloc_name(r_type)
-            ))
-        }
-        elf::R_X86_64_GOTPC32_TLSDESC | elf::R_X86_64_TLSDESC_CALL | elf::R_X86_64_TLSDESC => {
-            return Err(format!(
-                "{}: TLS descriptors (-mtls-dialect=gnu2) are not supported yet; \
-                 compile with -mtls-dialect=gnu",
+                "{}: a TLS descriptor in data (only the code sequence of -mtls-dialect=gnu2 is supported)",
                 reloc_name(r_type)
             ))
         }
@@ -197,7 +200,8 @@ impl EdgeKind {
             Pointer8 | Delta8 => 1,
             Pointer16 | Delta16 => 2,
             Pointer64 | Delta64 | GotDelta64 | GotOffset64 | DeltaFromGot64 | GotBaseDelta64
-            | PltOffsetFromGot64 | Size64 | DtpOff64 | TlsModule64 => 8,
+            | PltOffsetFromGot64 | Size64 | DtpOff64 | TlsModule64 | TpOff64 => 8,
+            TlsDescCallToNop => 2,
             _ => 4,
         }
     }
@@ -262,7 +266,12 @@ pub fn apply(
     got: u64,
 ) -> Result<(), OutOfRange> {
     use EdgeKind::*;
-    let (s, p, a, got) = (s as i128, p as i128, a as i128, got as i128);
+    // Offsets from the thread pointer are negative: they arrive as two's complement.
+    let s = match kind {
+        TpOff32 | TpOff64 | TlsDescToLocalExec => s as i64 as i128,
+        _ => s as i128,
+    };
+    let (p, a, got) = (p as i128, a as i128, got as i128);
     let wrap64 = |v: i128| (v as u64).to_le_bytes();
     match kind {
         KeepAlive => Ok(()),
@@ -325,6 +334,39 @@ pub fn apply(
         GotOffset64 | DeltaFromGot64 | PltOffsetFromGot64 => put(buf, off, wrap64(s - got + a)),
         GotBaseDelta32 => put(buf, off, (signed::<4>(got + a - p)? as i32).to_le_bytes()),
         GotBaseDelta64 => put(buf, off, wrap64(got + a - p)),
+        TpOff32 => put(buf, off, (signed::<4>(s + a)? as i32).to_le_bytes()),
+        TpOff64 => put(buf, off, wrap64(s + a)),
+        GotTpOffDelta32 => put(buf, off, (signed::<4>(s + a - p)? as i32).to_le_bytes()),
+        TlsDescToLocalExec => {
+            // REX.W 8d /r  lea x@tlsdesc(%rip), %reg  →  REX.W c7 /0  mov $tpoff, %reg
+            // (gcc may compute the descriptor into any register and move it to %rax later).
+            let v = signed::<4>(s)? as i32;
+            let shape = off >= 3
+                && buf.get(off - 3).is_some_and(|r| r & 0xfb == 0x48)
+                && buf.get(off - 2) == Some(&0x8d)
+                && buf.get(off - 1).is_some_and(|m| m & 0xc7 == 0x05);
+            if !shape {
+                return Err(OutOfRange {
+                    value: off as i128,
+                    bits: "TLS descriptor lea",
+                });
+            }
+            let (rex, modrm) = (buf[off - 3], buf[off - 1]);
+            buf[off - 3] = 0x48 | ((rex >> 2) & 1);
+            buf[off - 2] = 0xc7;
+            buf[off - 1] = 0xc0 | ((modrm >> 3) & 7);
+            put(buf, off, v.to_le_bytes())
+        }
+        TlsDescCallToNop => {
+            // ff 10  call *(%rax)  →  66 90  xchg %ax, %ax
+            if buf.get(off..off + 2) != Some(&[0xff, 0x10][..]) {
+                return Err(OutOfRange {
+                    value: off as i128,
+                    bits: "TLS descriptor call *(%rax)",
+                });
+            }
+            put(buf, off, [0x66, 0x90])
+        }
     }
 }
 
@@ -497,9 +539,38 @@ mod tests {
     }
 
     #[test]
-    fn tls_refused_with_reason() {
-        let e = edge_kind_for(object::elf::R_X86_64_TPOFF32).unwrap_err();
-        assert!(e.contains("local-exec"), "{e}");
+    fn tls_descriptor_relaxed_to_local_exec() {
+        let mut code = [0x48, 0x8d, 0x05, 0, 0, 0, 0, 0xff, 0x10];
+        apply(
+            EdgeKind::TlsDescToLocalExec,
+            &mut code,
+            3,
+            0,
+            (-0x40i64) as u64,
+            -4,
+            0,
+        )
+        .unwrap();
+        apply(EdgeKind::TlsDescCallToNop, &mut code, 7, 0, 0, 0, 0).unwrap();
+        assert_eq!(code, [0x48, 0xc7, 0xc0, 0xc0, 0xff, 0xff, 0xff, 0x66, 0x90]);
+        // lea x@tlsdesc(%rip), %r11  →  mov $tpoff, %r11
+        let mut r11 = [0x4c, 0x8d, 0x1d, 0, 0, 0, 0];
+        apply(
+            EdgeKind::TlsDescToLocalExec,
+            &mut r11,
+            3,
+            0,
+            (-0x40i64) as u64,
+            -4,
+            0,
+        )
+        .unwrap();
+        assert_eq!(r11, [0x49, 0xc7, 0xc3, 0xc0, 0xff, 0xff, 0xff]);
+        let mut wrong = [0x48, 0x8b, 0x05, 0, 0, 0, 0];
+        assert!(apply(EdgeKind::TlsDescToLocalExec, &mut wrong, 3, 0, 0, 0, 0).is_err());
+        assert!(edge_kind_for(object::elf::R_X86_64_TLSDESC)
+            .unwrap_err()
+            .contains("TLS descriptor"));
         assert!(edge_kind_for(object::elf::RelocationType(9999))
             .unwrap_err()
             .contains("unknown relocation"));

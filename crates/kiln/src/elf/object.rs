@@ -51,6 +51,7 @@ pub fn parse_object<'a>(
         .symbols(endian, data, elf::SHT_SYMTAB)
         .map_err(|e| bad(format!("symbol table: {e}")))?;
     let input = g.add_input(name.to_string(), explicit);
+    g.inputs[input.idx()].data = data;
     let mut p = ObjectParser {
         g,
         name,

@@ -149,16 +149,19 @@ pub struct Edge {
 }
 
 #[derive(Debug)]
-pub struct InputInfo {
+pub struct InputInfo<'a> {
     pub name: String,
     /// Given explicitly (its default-visibility globals are exported roots), rather than an
     /// archive member pulled in on demand.
     pub explicit: bool,
+    /// The input's bytes (the whole ELF object; empty for what kiln synthesizes): debug objects
+    /// for gdb and line tables for jitdump are made from them.
+    pub data: &'a [u8],
 }
 
 #[derive(Debug, Default)]
 pub struct LinkGraph<'a> {
-    pub inputs: Vec<InputInfo>,
+    pub inputs: Vec<InputInfo<'a>>,
     pub sections: Vec<Section<'a>>,
     pub blocks: Vec<Block<'a>>,
     pub symbols: Vec<Symbol<'a>>,
@@ -171,7 +174,11 @@ pub struct LinkGraph<'a> {
 
 impl<'a> LinkGraph<'a> {
     pub fn add_input(&mut self, name: String, explicit: bool) -> InputId {
-        self.inputs.push(InputInfo { name, explicit });
+        self.inputs.push(InputInfo {
+            name,
+            explicit,
+            data: &[],
+        });
         InputId(self.inputs.len() as u32 - 1)
     }
 

@@ -149,6 +149,8 @@ pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
 pub struct FixupContext {
     pub got_base: u64,
     pub tls_module: u64,
+    /// Offset of the unit's TLS block from the thread pointer, when it lives in static TLS.
+    pub tp_offset: Option<i64>,
 }
 
 /// Apply every edge of every live block into `work`, one buffer per segment.
@@ -158,36 +160,63 @@ pub fn apply_fixups(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Resul
         let mut buf = vec![0u8; seg.content_size as usize];
         for &b in &seg.blocks {
             let blk = &g.blocks[b.idx()];
-            let Content::Bytes(bytes) = &blk.content else {
+            if blk.is_zero_fill() {
                 continue;
-            };
-            let start = (blk.addr - seg.addr) as usize;
-            let dst = &mut buf[start..start + bytes.len()];
-            dst.copy_from_slice(bytes);
-            for e in &blk.edges {
-                if e.kind == EdgeKind::KeepAlive {
-                    continue;
-                }
-                let s = target_value(g, e, ctx).map_err(|why| fixup_error(g, b, e, why))?;
-                let p = blk.addr + e.offset as u64;
-                arch::apply(e.kind, dst, e.offset as usize, p, s, e.addend, ctx.got_base).map_err(
-                    |r| {
-                        fixup_error(
-                            g,
-                            b,
-                            e,
-                            format!(
-                            "value {:#x} (target {s:#x}, addend {}, at {p:#x}) does not fit in {}",
-                            r.value, e.addend, r.bits
-                        ),
-                        )
-                    },
-                )?;
             }
+            let start = (blk.addr - seg.addr) as usize;
+            fixup_block(g, b, &mut buf[start..], ctx)?;
         }
         out.push(buf);
     }
     Ok(out)
+}
+
+/// The unit's TLS image (`.tdata` blocks, fixed up), for a static TLS request. Needs no thread
+/// pointer offset: TLS data does not refer to TLS offsets.
+pub fn tls_image(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Result<Vec<u8>> {
+    let Some(t) = &layout.tls else {
+        return Ok(Vec::new());
+    };
+    let mut buf = vec![0u8; t.image_size as usize];
+    for seg in &layout.segments {
+        for &b in &seg.blocks {
+            let blk = &g.blocks[b.idx()];
+            if g.sections[blk.section.idx()].kind == SectionKind::Tls && !blk.is_zero_fill() {
+                let start = (blk.addr - t.image_addr) as usize;
+                fixup_block(g, b, &mut buf[start..], ctx)?;
+            }
+        }
+    }
+    Ok(buf)
+}
+
+/// Copy block `b` to the start of `dst` and apply its edges there.
+fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) -> Result<()> {
+    let blk = &g.blocks[b.idx()];
+    let Content::Bytes(bytes) = &blk.content else {
+        return Ok(());
+    };
+    let dst = &mut dst[..bytes.len()];
+    dst.copy_from_slice(bytes);
+    for e in &blk.edges {
+        if e.kind == EdgeKind::KeepAlive {
+            continue;
+        }
+        let s = target_value(g, e, ctx).map_err(|why| fixup_error(g, b, e, why))?;
+        let p = blk.addr + e.offset as u64;
+        arch::apply(e.kind, dst, e.offset as usize, p, s, e.addend, ctx.got_base).map_err(|r| {
+            fixup_error(
+                g,
+                b,
+                e,
+                format!(
+                    "value {:#x} (target {s:#x}, addend {}, at {p:#x}) does not fit in {}",
+                    r.value, e.addend, r.bits
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn target_value(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> std::result::Result<u64, String> {
@@ -204,6 +233,23 @@ fn target_value(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> std::result::Res
                 _ => Err("thread-local symbol is not defined in this unit".into()),
             }
         }
+        EdgeKind::TpOff32 | EdgeKind::TpOff64 | EdgeKind::TlsDescToLocalExec => {
+            let tp = ctx
+                .tp_offset
+                .ok_or("the unit has no static TLS block (internal error)")?;
+            return match s.def {
+                SymbolDef::Defined { block, offset } => {
+                    Ok((tp + (g.blocks[block.idx()].tls_offset + offset) as i64) as u64)
+                }
+                SymbolDef::Absolute(v) if s.tls => Ok((tp + v as i64) as u64),
+                _ => Err(
+                    "thread-local symbol is not defined in this unit (local-exec and \
+                          initial-exec references to host TLS are not supported)"
+                        .into(),
+                ),
+            };
+        }
+        EdgeKind::TlsDescCallToNop => return Ok(0),
         _ => {}
     }
     match s.def {

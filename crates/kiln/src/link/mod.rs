@@ -38,6 +38,8 @@ pub struct LinkInput<'s> {
     /// Record a [`LinkMap`] (addresses of every symbol, GOT entry, stub and section, and the
     /// final bytes) in the linked unit: for check tests and inspection.
     pub want_map: bool,
+    /// Which debugger and profiler sinks learn about the unit.
+    pub debug: &'s crate::debug::DebugOptions,
 }
 
 /// Where everything of a unit ended up, for check expressions (`llvm-jitlink -check` style) and
@@ -242,14 +244,35 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             )));
         }
         t.lap("GOT, stubs, layout");
-        let ctx = layout::FixupContext {
+        let mut ctx = layout::FixupContext {
             got_base: g.blocks[got.idx()].addr,
             tls_module: TLS_MODULE_TAG | (base >> 12),
+            tp_offset: None,
         };
+        if let (true, Some(t)) = (needs_static_tls(&g), &layout.tls) {
+            let image = layout::tls_image(&g, &layout, &ctx)?;
+            let off = ex.allocate_static_tls(&image, t.block_size, t.align)?;
+            tracing::debug!(
+                "static TLS: {} bytes at thread pointer {off:+#x}",
+                t.block_size
+            );
+            ctx.tp_offset = Some(off);
+        }
         let work = layout::apply_fixups(&g, &layout, &ctx)?;
         t.lap("fixups");
         let (initializers, deinitializers) = collect_init_fini(&g, &layout, &work, dso);
-        let actions = collect_actions(&g, &layout, &ctx);
+        let mut actions = collect_actions(&g, &layout, &ctx);
+        actions.extend(crate::debug::actions(
+            &crate::debug::Unit {
+                g: &g,
+                layout: &layout,
+                work: &work,
+                stubs: &tables.stubs,
+            },
+            input.debug,
+            base,
+        ));
+        t.lap("debug info");
         let mut segments_stat = Vec::new();
         let segments: Vec<Segment> = layout
             .segments
@@ -329,6 +352,17 @@ fn leak_name(s: &str) -> &'static [u8] {
     let n: &'static [u8] = Box::leak(s.as_bytes().to_vec().into_boxed_slice());
     set.insert(n);
     n
+}
+
+/// Whether live code uses the local-exec or initial-exec model (directly, or through a relaxed
+/// TLS descriptor): then the unit's whole TLS block lives in static TLS.
+fn needs_static_tls(g: &LinkGraph) -> bool {
+    use crate::arch::x86_64::EdgeKind::*;
+    g.blocks
+        .iter()
+        .filter(|b| b.live)
+        .flat_map(|b| &b.edges)
+        .any(|e| matches!(e.kind, TpOff32 | TpOff64 | TlsDescToLocalExec))
 }
 
 fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
@@ -523,6 +557,7 @@ fn collect_actions(
                 image_size: t.image_size,
                 block_size: t.block_size,
                 align: t.align,
+                static_offset: ctx.tp_offset,
             }),
             dealloc: Some(Action::DeregisterTls {
                 module: ctx.tls_module,

@@ -126,6 +126,14 @@ pub fn synthesize_runtime<'a>(
         ];
         define_hidden(g, name, b, input, true);
     }
+    // The start of the unit's TLS block, for local-dynamic code using TLS descriptors.
+    if is_undefined(g, b"_TLS_MODULE_BASE_") {
+        let id = g.globals[&b"_TLS_MODULE_BASE_"[..]];
+        let s = &mut g.symbols[id.idx()];
+        s.def = SymbolDef::Absolute(0);
+        s.tls = true;
+        s.scope = Scope::Hidden;
+    }
     let got_sec = synth_section(g, b".got", MemProt::Read, SectionKind::Got, input);
     let got = g.add_block(got_sec, Content::Bytes(Cow::Owned(Vec::new())), 8);
     if is_undefined(g, b"_GLOBAL_OFFSET_TABLE_") {
@@ -294,6 +302,7 @@ pub fn got_upper_bound(g: &LinkGraph) -> u64 {
                 | EdgeKind::GotOffset64 => 8,
                 EdgeKind::BranchPCRel32 => 16,
                 EdgeKind::TlsGdDelta32 | EdgeKind::TlsLdDelta32 => 16,
+                EdgeKind::GotTpOffDelta32 => 8,
                 _ => 0,
             };
         }
@@ -317,6 +326,7 @@ pub fn build_got_and_stubs(
     let mut got_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
     let mut gd_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
     let mut ld_pair: Option<SymbolId> = None;
+    let mut tpoff_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
     let mut stub_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
     let mut stub_targets: Vec<SymbolId> = Vec::new();
     let stub_sec = g.add_section(Section {
@@ -398,6 +408,13 @@ pub fn build_got_and_stubs(
                     });
                     Some((EdgeKind::Delta32, pair))
                 }
+                EdgeKind::GotTpOffDelta32 => {
+                    let entry = *tpoff_of.entry(t).or_insert_with(|| {
+                        entries.push((Some(t), EdgeKind::TpOff64));
+                        g.add_anon(got, (entries.len() as u64 - 1) * 8, input)
+                    });
+                    Some((EdgeKind::Delta32, entry))
+                }
                 EdgeKind::TlsLdDelta32 => {
                     let pair = *ld_pair.get_or_insert_with(|| {
                         entries.push((None, EdgeKind::TlsModule64));
@@ -421,6 +438,7 @@ pub fn build_got_and_stubs(
     };
     st.got_entries = got_of.len();
     st.tls_pairs = gd_of.len() + usize::from(ld_pair.is_some());
+    st.got_entries += tpoff_of.len();
     st.stubs = stub_targets.len();
     let zero = g.add_symbol(Symbol {
         name: b"",

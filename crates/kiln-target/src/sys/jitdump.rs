@@ -1,0 +1,220 @@
+//! perf's jitdump files: `DIR/jit-PID.dump` (format: the Linux kernel's
+//! `tools/perf/Documentation/jitdump-specification.txt`).
+//!
+//! The file starts with a header; records follow, each `{u32 id, u32 total_size, u64 timestamp}`
+//! and a body. The controller encodes the records (it has the code, names and line tables); the
+//! executor fills in what only it knows: the time (CLOCK_MONOTONIC, what `perf record -k mono`
+//! samples with), its PID and thread, and a code index that is unique in the file (perf inject
+//! names the ELF file it makes for each load after it).
+//!
+//! perf learns that a process writes a jitdump from an executable mapping of the file, which
+//! `perf record` logs as an mmap event; so the first page of the file stays mapped `r-x` (never
+//! writable: W^X holds) until the file is closed.
+
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const MAGIC: u32 = 0x4A69_5444; // "JiTD"
+const VERSION: u32 = 1;
+const HEADER_SIZE: u32 = 40;
+const EM_X86_64: u32 = 62;
+
+const JIT_CODE_LOAD: u32 = 0;
+const JIT_CODE_MOVE: u32 = 1;
+const JIT_CODE_DEBUG_INFO: u32 = 2;
+const JIT_CODE_CLOSE: u32 = 3;
+const JIT_CODE_UNWINDING_INFO: u32 = 4;
+
+/// Offsets in a record of fields the executor fills in.
+const TIMESTAMP_AT: usize = 8;
+const PID_AT: usize = 16;
+const TID_AT: usize = 20;
+const LOAD_CODE_ADDR_AT: usize = 32;
+const LOAD_INDEX_AT: usize = 48;
+const LOAD_FIXED_SIZE: usize = 56;
+const MOVE_OLD_ADDR_AT: usize = 32;
+const MOVE_NEW_ADDR_AT: usize = 40;
+const MOVE_INDEX_AT: usize = 56;
+const MOVE_SIZE: usize = 64;
+
+struct Dump {
+    path: PathBuf,
+    file: File,
+    marker: (usize, usize),
+    /// Code index of the code at each address (for JIT_CODE_MOVE).
+    index_of: HashMap<u64, u64>,
+    next_index: u64,
+}
+
+static DUMPS: Mutex<Vec<Dump>> = Mutex::new(Vec::new());
+
+fn timestamp() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+fn tid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+fn failed(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::DebugSink {
+        sink: "jitdump",
+        why: format!("{}: {why}", path.display()),
+    }
+}
+
+fn open(dir: &str) -> Result<Dump> {
+    let path = Path::new(dir).join(format!("jit-{}.dump", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| failed(&path, e))?;
+    let mut h = Vec::with_capacity(HEADER_SIZE as usize);
+    h.extend_from_slice(&MAGIC.to_ne_bytes());
+    h.extend_from_slice(&VERSION.to_ne_bytes());
+    h.extend_from_slice(&HEADER_SIZE.to_ne_bytes());
+    h.extend_from_slice(&EM_X86_64.to_ne_bytes());
+    h.extend_from_slice(&0u32.to_ne_bytes()); // pad1
+    h.extend_from_slice(&std::process::id().to_ne_bytes());
+    h.extend_from_slice(&timestamp().to_ne_bytes());
+    h.extend_from_slice(&0u64.to_ne_bytes()); // flags: timestamps are CLOCK_MONOTONIC
+    file.write_all(&h).map_err(|e| failed(&path, e))?;
+    let len = super::mem::page_size() as usize;
+    // SAFETY: a new private mapping of our own file chosen by the kernel (no address given), so
+    // no existing memory is affected; it is never written through and is unmapped in `close`.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(failed(
+            &path,
+            format!("mmap: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    Ok(Dump {
+        path,
+        file,
+        marker: (p as usize, len),
+        index_of: HashMap::new(),
+        next_index: 1,
+    })
+}
+
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    if let Some(d) = b.get_mut(at..at + v.len()) {
+        d.copy_from_slice(v);
+    }
+}
+
+/// Fill in the executor's fields of `records` (checking their framing) for `dump`.
+fn patch(dump: &mut Dump, records: &mut [u8]) -> Result<()> {
+    let bad = |off: usize, why: &str| {
+        Error::InvalidRequest(format!("jitdump records: at offset {off}: {why}"))
+    };
+    let (now, pid, tid) = (timestamp(), std::process::id(), tid());
+    let mut off = 0usize;
+    while off < records.len() {
+        let hdr = records
+            .get(off..off + 16)
+            .ok_or_else(|| bad(off, "truncated record header"))?;
+        let id = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let size = u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+        let end = off
+            .checked_add(size)
+            .filter(|e| size >= 16 && *e <= records.len())
+            .ok_or_else(|| bad(off, "record size out of range"))?;
+        let r = &mut records[off..end];
+        put(r, TIMESTAMP_AT, &now.to_ne_bytes());
+        match id {
+            JIT_CODE_LOAD => {
+                if size < LOAD_FIXED_SIZE + 1 {
+                    return Err(bad(off, "JIT_CODE_LOAD record too short"));
+                }
+                let index = dump.next_index;
+                dump.next_index += 1;
+                dump.index_of.insert(get_u64(r, LOAD_CODE_ADDR_AT), index);
+                put(r, PID_AT, &pid.to_ne_bytes());
+                put(r, TID_AT, &tid.to_ne_bytes());
+                put(r, LOAD_INDEX_AT, &index.to_ne_bytes());
+            }
+            JIT_CODE_MOVE => {
+                if size < MOVE_SIZE {
+                    return Err(bad(off, "JIT_CODE_MOVE record too short"));
+                }
+                let old = get_u64(r, MOVE_OLD_ADDR_AT);
+                let index = dump.index_of.remove(&old).unwrap_or(0);
+                dump.index_of.insert(get_u64(r, MOVE_NEW_ADDR_AT), index);
+                put(r, PID_AT, &pid.to_ne_bytes());
+                put(r, TID_AT, &tid.to_ne_bytes());
+                put(r, MOVE_INDEX_AT, &index.to_ne_bytes());
+            }
+            JIT_CODE_DEBUG_INFO | JIT_CODE_UNWINDING_INFO => {}
+            _ => return Err(bad(off, &format!("unexpected record type {id}"))),
+        }
+        off = end;
+    }
+    Ok(())
+}
+
+/// Append `records` to `DIR/jit-PID.dump`, creating the file on first use.
+pub(crate) fn write(dir: &str, records: &[u8]) -> Result<()> {
+    let mut dumps = DUMPS
+        .lock()
+        .map_err(|_| Error::InvalidRequest("jitdump lock poisoned".into()))?;
+    let want = Path::new(dir).join(format!("jit-{}.dump", std::process::id()));
+    let i = match dumps.iter().position(|d| d.path == want) {
+        Some(i) => i,
+        None => {
+            dumps.push(open(dir)?);
+            dumps.len() - 1
+        }
+    };
+    let dump = &mut dumps[i];
+    let mut buf = records.to_vec();
+    patch(dump, &mut buf)?;
+    dump.file.write_all(&buf).map_err(|e| failed(&dump.path, e))
+}
+
+/// End every open dump with JIT_CODE_CLOSE and unmap its marker (at process exit).
+pub(crate) fn close_all() {
+    let Ok(mut dumps) = DUMPS.lock() else { return };
+    for mut d in dumps.drain(..) {
+        let mut rec = Vec::with_capacity(16);
+        rec.extend_from_slice(&JIT_CODE_CLOSE.to_ne_bytes());
+        rec.extend_from_slice(&16u32.to_ne_bytes());
+        rec.extend_from_slice(&timestamp().to_ne_bytes());
+        let _ = d.file.write_all(&rec);
+        // SAFETY: the marker mapping was made in `open` and nothing else refers to it.
+        unsafe { libc::munmap(d.marker.0 as *mut libc::c_void, d.marker.1) };
+    }
+}

@@ -1,0 +1,276 @@
+//! [`CheckEnv`] over a [`LinkMap`]: what one link recorded.
+
+use super::eval::CheckEnv;
+use crate::link::LinkMap;
+
+/// Finds symbols that a unit does not define: name → address.
+pub type SymbolLookup<'a> = Box<dyn Fn(&str) -> Option<u64> + 'a>;
+
+/// Answers check expressions from a [`LinkMap`], and symbols the unit does not define (absolute
+/// definitions, runtime and host symbols) from `outside`.
+pub struct LinkMapEnv<'a> {
+    map: &'a LinkMap,
+    outside: SymbolLookup<'a>,
+}
+
+/// Whether `file` (as written in a check) names the input `input` (as the link named it):
+/// the whole name, its last path component (`test.o` for `dir/test.o`), or for an archive
+/// member `dir/lib.a(m.o)` also `lib.a(m.o)` and `m.o`.
+pub fn file_matches(input: &str, file: &str) -> bool {
+    if input == file {
+        return true;
+    }
+    // The last path component; an archive member's own name may contain no '/'.
+    let (archive, member) = match input.strip_suffix(')').and_then(|s| s.split_once('(')) {
+        Some((a, m)) => (a, Some(m)),
+        None => (input, None),
+    };
+    let base = archive.rsplit('/').next().unwrap_or(archive);
+    match member {
+        Some(m) => file == m || file == format!("{base}({m})"),
+        None => file == base,
+    }
+}
+
+impl<'a> LinkMapEnv<'a> {
+    pub fn new(map: &'a LinkMap) -> Self {
+        LinkMapEnv {
+            map,
+            outside: Box::new(|_| None),
+        }
+    }
+
+    /// Where symbols not defined by the unit are found (`-abs` definitions, the runtime's
+    /// symbols, the process). Also settles which of several same-named local symbols a name
+    /// means: the one `outside` reports (the unit's global), if any.
+    pub fn with_outside(mut self, outside: impl Fn(&str) -> Option<u64> + 'a) -> Self {
+        self.outside = Box::new(outside);
+        self
+    }
+
+    fn files(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .map
+            .symbols
+            .iter()
+            .map(|s| s.0.as_str())
+            .chain(self.map.sections.iter().map(|s| s.0.as_str()))
+            .chain(self.map.got_entries.iter().map(|s| s.0.as_str()))
+            .chain(self.map.stubs.iter().map(|s| s.0.as_str()))
+            .filter(|f| *f != "<kiln>")
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn known_file(&self, file: &str) -> Result<(), String> {
+        let files = self.files();
+        if files.iter().any(|f| file_matches(f, file)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no input file `{file}` in the link (inputs: {})",
+                files.join(", ")
+            ))
+        }
+    }
+
+    /// The entry of `list` for (file, name): exactly one address, or a clear error.
+    fn table_lookup(
+        &self,
+        list: &[(String, String, u64)],
+        (what, whats): (&str, &str),
+        file: &str,
+        name: &str,
+    ) -> Result<u64, String> {
+        self.known_file(file)?;
+        let mut hits: Vec<(&str, u64)> = list
+            .iter()
+            .filter(|(f, n, _)| n == name && file_matches(f, file))
+            .map(|(f, _, a)| (f.as_str(), *a))
+            .collect();
+        hits.sort_unstable();
+        hits.dedup_by_key(|h| h.1);
+        match hits.as_slice() {
+            [(_, a)] => Ok(*a),
+            [] => {
+                let mut have: Vec<&str> = list
+                    .iter()
+                    .filter(|(f, _, _)| file_matches(f, file))
+                    .map(|(_, n, _)| n.as_str())
+                    .collect();
+                have.sort_unstable();
+                have.dedup();
+                let have = if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                };
+                let why = if what == "stub" {
+                    "calls in range go direct and need no stub"
+                } else {
+                    "GOT loads of targets in range are relaxed and need no entry"
+                };
+                Err(format!(
+                    "no {what} for `{name}` referenced from `{file}` ({why}); {whats} of \
+                     `{file}`: {have}"
+                ))
+            }
+            many => Err(format!(
+                "`{file}` is ambiguous: {whats} for `{name}` at {}",
+                many.iter()
+                    .map(|(f, a)| format!("{a:#x} ({f})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    fn read_byte(&self, addr: u64) -> Option<u8> {
+        for (base, bytes) in &self.map.memory {
+            if let Some(off) = addr.checked_sub(*base) {
+                if let Some(b) = usize::try_from(off).ok().and_then(|o| bytes.get(o)) {
+                    return Some(*b);
+                }
+            }
+        }
+        // Zero fill (.bss, .tbss) is not recorded as bytes; sections say where it is.
+        self.map
+            .sections
+            .iter()
+            .any(|(_, _, a, size)| addr >= *a && addr - *a < *size)
+            .then_some(0)
+    }
+}
+
+impl CheckEnv for LinkMapEnv<'_> {
+    fn symbol(&self, name: &str) -> Result<u64, String> {
+        let mut defs: Vec<(&str, u64)> = self
+            .map
+            .symbols
+            .iter()
+            .filter(|s| s.1 == name)
+            .map(|s| (s.0.as_str(), s.2))
+            .collect();
+        defs.sort_unstable_by_key(|d| d.1);
+        defs.dedup_by_key(|d| d.1);
+        match defs.as_slice() {
+            [(_, a)] => Ok(*a),
+            [] => (self.outside)(name).ok_or_else(|| {
+                format!(
+                    "no symbol `{name}`: not defined by the linked inputs, nor by -abs/--define, \
+                     nor found by the executor"
+                )
+            }),
+            many => {
+                let global = (self.outside)(name);
+                match many.iter().find(|d| Some(d.1) == global) {
+                    Some(d) => Ok(d.1),
+                    None => Err(format!(
+                        "symbol `{name}` is ambiguous: local symbols at {}",
+                        many.iter()
+                            .map(|(f, a)| format!("{a:#x} ({f})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+            }
+        }
+    }
+
+    fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, String> {
+        (0..len as u64)
+            .map(|i| {
+                addr.checked_add(i)
+                    .and_then(|a| self.read_byte(a))
+                    .ok_or_else(|| {
+                        format!(
+                            "cannot load {len} bytes at {addr:#x}: {:#x} is not in the linked \
+                             memory",
+                            addr.wrapping_add(i)
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn code(&self, addr: u64, max: usize) -> Result<Vec<u8>, String> {
+        let bytes: Vec<u8> = (0..max as u64)
+            .map_while(|i| addr.checked_add(i).and_then(|a| self.read_byte(a)))
+            .collect();
+        if bytes.is_empty() {
+            return Err(format!(
+                "cannot decode at {addr:#x}: it is not in the linked memory"
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn stub_addr(&self, file: &str, symbol: &str) -> Result<u64, String> {
+        self.table_lookup(&self.map.stubs, ("stub", "stubs"), file, symbol)
+    }
+
+    fn got_addr(&self, file: &str, symbol: &str) -> Result<u64, String> {
+        let direct = self.table_lookup(
+            &self.map.got_entries,
+            ("GOT entry", "GOT entries"),
+            file,
+            symbol,
+        );
+        if direct.is_ok() {
+            return direct;
+        }
+        // The GOT entry behind a stub: the link map lists a GOT entry under the files whose
+        // edges point at it, and a call through a stub points at the stub, not the entry. The
+        // stub (`jmp *disp(%rip)`, see arch::x86_64::STUB) says where its entry is.
+        let Ok(stub) = self.stub_addr(file, symbol) else {
+            return direct;
+        };
+        match self.read(stub, 6).as_deref() {
+            Ok([0xff, 0x25, d @ ..]) => {
+                let disp = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+                Ok(stub.wrapping_add(6).wrapping_add(disp as i64 as u64))
+            }
+            _ => direct,
+        }
+    }
+
+    fn section_addr(&self, file: &str, section: &str) -> Result<u64, String> {
+        self.known_file(file)?;
+        let mut hits: Vec<(u64, u64)> = self
+            .map
+            .sections
+            .iter()
+            .filter(|(f, s, _, _)| s == section && file_matches(f, file))
+            .map(|(_, _, a, size)| (*a, *size))
+            .collect();
+        hits.sort_unstable();
+        hits.dedup();
+        match hits.as_slice() {
+            [(a, _)] => Ok(*a),
+            [] => {
+                let mut have: Vec<&str> = self
+                    .map
+                    .sections
+                    .iter()
+                    .filter(|(f, _, _, _)| file_matches(f, file))
+                    .map(|(_, s, _, _)| s.as_str())
+                    .collect();
+                have.sort_unstable();
+                have.dedup();
+                Err(format!(
+                    "no live section `{section}` in `{file}` (sections that were linked: {})",
+                    have.join(", ")
+                ))
+            }
+            many => Err(format!(
+                "`{file}` has several sections `{section}`, at {}",
+                many.iter()
+                    .map(|(a, _)| format!("{a:#x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! What the debug sinks are given (DESIGN.md, "Making JIT'd code known"), checked on the alloc
+//! actions of a link against a simulated executor (nothing runs): gdb objects are valid ELF with
+//! section addresses patched, perf map entries and jitdump records name every function with its
+//! final bytes and line table, valgrind discards cover the code, and each sink is off when asked.
+
+use kiln::link::{link, LinkInput, LinkedUnit};
+use kiln::DebugOptions;
+use kiln_target::{Action, ActionPair, ExecutorAddr, SimulatedExecutor};
+use object::elf::{self, FileHeader64};
+use object::read::elf::{FileHeader, SectionHeader, Sym};
+use object::LittleEndian as LE;
+use rustc_hash::FxHashMap;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BASE: u64 = 0x7100_0000_0000;
+const FAR: u64 = 0x1000_0000_0000;
+
+const WITH_DWARF: &str = r#"
+extern int far_away(int);
+int helper(int x) { return x * 3 + 1; }
+/* Hidden and unreferenced: dead-stripped (it has its own section). */
+__attribute__((visibility("hidden"))) int dropped_fn(int x) { return x - 1; }
+int entry(int argc, char **argv, char **envp) {
+    int r = helper(argc);
+    r += far_away(r);
+    return r;
+}
+"#;
+
+const WITHOUT_DWARF: &str = r#"
+static int quiet_static(int x) { return x ^ 0x55; }
+int quiet_global(int x) { return quiet_static(x) + 2; }
+"#;
+
+fn tmpdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-debug-objects-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn compile(dir: &Path, name: &str, src: &str, flags: &[&str]) -> Vec<u8> {
+    let (s, o) = (dir.join(format!("{name}.c")), dir.join(format!("{name}.o")));
+    std::fs::write(&s, src).unwrap();
+    let st = Command::new("cc")
+        .args(["-c", "-O2", "-ffunction-sections"])
+        .args(flags)
+        .arg("-o")
+        .arg(&o)
+        .arg(&s)
+        .status()
+        .unwrap_or_else(|e| panic!("cc is required for this test: {e}"));
+    assert!(st.success(), "cc failed on {name}");
+    std::fs::read(&o).unwrap()
+}
+
+struct Linked {
+    unit: LinkedUnit,
+    actions: Vec<ActionPair>,
+    memory: Vec<(u64, Vec<u8>)>,
+}
+
+fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
+    let ex = SimulatedExecutor::new(
+        BASE,
+        HashMap::from([(b"far_away".to_vec(), ExecutorAddr(FAR))]),
+    );
+    let defines = FxHashMap::default();
+    let unit = link(
+        &ex,
+        LinkInput {
+            objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+            archives: Vec::new(),
+            libraries: &[],
+            defines: &defines,
+            prior_units: &[],
+            process_symbols: false,
+            roots: &["entry".to_string(), "quiet_global".to_string()],
+            allow: None,
+            fixed_address: None,
+            want_map: false,
+            debug,
+        },
+    )
+    .expect("link");
+    let req = ex.finalized().pop().expect("a finalized request");
+    Linked {
+        unit,
+        actions: req.actions,
+        memory: req
+            .segments
+            .iter()
+            .map(|s| (s.addr.0, s.content.clone()))
+            .collect(),
+    }
+}
+
+impl Linked {
+    fn addr(&self, name: &str) -> u64 {
+        self.unit.exports[name].0
+    }
+    fn bytes(&self, addr: u64, len: usize) -> &[u8] {
+        let (a, m) = self
+            .memory
+            .iter()
+            .find(|(a, m)| *a <= addr && addr < a + m.len() as u64)
+            .expect("address in a segment");
+        &m[(addr - a) as usize..][..len]
+    }
+    fn finalize_actions(&self) -> impl Iterator<Item = &Action> {
+        self.actions.iter().filter_map(|p| p.finalize.as_ref())
+    }
+}
+
+/// The two inputs, compiled once for all tests.
+fn inputs() -> (Vec<u8>, Vec<u8>) {
+    static INPUTS: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    INPUTS
+        .get_or_init(|| {
+            let dir = tmpdir();
+            (
+                compile(&dir, "with_dwarf", WITH_DWARF, &["-g"]),
+                compile(&dir, "without_dwarf", WITHOUT_DWARF, &[]),
+            )
+        })
+        .clone()
+}
+
+/// (name, type, flags, addr, size) of each section, and (name, shndx, value) of each symbol.
+type Sections = Vec<(String, u32, u64, u64, u64)>;
+fn read_elf(obj: &[u8]) -> (Sections, Vec<(String, u16, u64)>) {
+    let h = FileHeader64::<LE>::parse(obj).expect("ELF header");
+    assert_eq!(h.e_type(LE), elf::ET_REL);
+    let secs = h.sections(LE, obj).expect("section headers");
+    let sections = secs
+        .iter()
+        .map(|s| {
+            (
+                String::from_utf8_lossy(secs.section_name(LE, s).unwrap()).into_owned(),
+                s.sh_type(LE).0,
+                s.sh_flags(LE).0,
+                s.sh_addr(LE),
+                s.sh_size(LE),
+            )
+        })
+        .collect();
+    let symtab = secs
+        .symbols(LE, obj, elf::SHT_SYMTAB)
+        .expect("symbol table");
+    let syms = symtab
+        .iter()
+        .map(|s| {
+            (
+                String::from_utf8_lossy(symtab.symbol_name(LE, s).unwrap()).into_owned(),
+                s.st_shndx(LE).0,
+                s.st_value(LE),
+            )
+        })
+        .collect();
+    (sections, syms)
+}
+
+/// Final address of a symbol according to a gdb object: its section's sh_addr plus its value.
+fn elf_addr(obj: &[u8], name: &str) -> Option<u64> {
+    let (secs, syms) = read_elf(obj);
+    let (_, shndx, value) = syms.iter().find(|s| s.0 == name)?;
+    let sec = secs.get(*shndx as usize)?;
+    (sec.2 & elf::SHF_ALLOC.0 != 0).then_some(sec.3 + value)
+}
+
+#[test]
+fn gdb_objects_have_load_addresses() {
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions {
+            gdb: true,
+            ..DebugOptions::none()
+        },
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    let pairs: Vec<&ActionPair> = l
+        .actions
+        .iter()
+        .filter(|p| matches!(p.finalize, Some(Action::RegisterGdbObjects { .. })))
+        .collect();
+    assert_eq!(pairs.len(), 1, "one registration per unit: {:?}", l.actions);
+    let Some(Action::RegisterGdbObjects { key, objects }) = &pairs[0].finalize else {
+        unreachable!()
+    };
+    assert_eq!(
+        pairs[0].dealloc,
+        Some(Action::DeregisterGdbObjects { key: *key }),
+        "registration is undone on free"
+    );
+    // The two inputs, and kiln's own object (stubs).
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    let (dwarf, plain, synth) = (&objects[0].0, &objects[1].0, &objects[2].0);
+
+    for (obj, name) in [(dwarf, "entry"), (dwarf, "helper"), (plain, "quiet_global")] {
+        assert_eq!(
+            elf_addr(obj, name),
+            Some(l.addr(name)),
+            "{name}: section address + value is the final address"
+        );
+    }
+    // A static function (no export) is named too: it lies inside the unit.
+    let q = elf_addr(plain, "quiet_static");
+    if let Some(q) = q {
+        assert!((BASE..BASE + (1 << 30)).contains(&q), "{q:#x}");
+    }
+
+    let (secs, syms) = read_elf(dwarf);
+    // Code is not copied (gdb reads it from the process); DWARF and its relocations are.
+    let text = secs.iter().find(|s| s.0 == ".text.entry").unwrap();
+    assert_eq!(text.1, elf::SHT_NOBITS.0);
+    assert!(secs
+        .iter()
+        .any(|s| s.0 == ".debug_info" && s.1 == elf::SHT_PROGBITS.0 && s.4 > 0));
+    assert!(secs
+        .iter()
+        .any(|s| s.0 == ".rela.debug_info" && s.1 == elf::SHT_RELA.0));
+    assert!(
+        secs.iter()
+            .filter(|s| s.0 == ".rela.text.entry")
+            .all(|s| s.1 == elf::SHT_NULL.0),
+        "code relocations are already applied"
+    );
+    // The dead-stripped function's section is no longer allocated, and its symbol undefined.
+    let dropped = secs.iter().find(|s| s.0 == ".text.dropped_fn").unwrap();
+    assert_eq!(dropped.2 & elf::SHF_ALLOC.0, 0);
+    let ds = syms.iter().find(|s| s.0 == "dropped_fn").unwrap();
+    assert_eq!((ds.1, ds.2), (elf::SHN_UNDEF.0, 0));
+    // .eh_frame holds the unit's final records, at their address.
+    let eh = secs.iter().find(|s| s.0 == ".eh_frame").unwrap();
+    assert!(eh.3 >= BASE && eh.4 > 0, "{eh:?}");
+
+    // kiln's own object names the stub of the far call.
+    let stub = elf_addr(synth, "far_away@stub").expect("stub symbol");
+    assert!((BASE..BASE + (1 << 30)).contains(&stub), "{stub:#x}");
+    assert_eq!(&l.bytes(stub, 2), &[0xff, 0x25], "a jmp *GOT(%rip) stub");
+}
+
+#[test]
+fn perf_map_names_functions_and_stubs() {
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions {
+            perf_map: true,
+            ..DebugOptions::none()
+        },
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    let entries: Vec<_> = l
+        .actions
+        .iter()
+        .filter_map(|p| match (&p.finalize, &p.dealloc) {
+            (Some(Action::WritePerfMap { entries }), None) => Some(entries.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let find = |n: &str| entries.iter().find(|e| e.name == n);
+    for n in ["entry", "helper", "quiet_global"] {
+        let e = find(n).unwrap_or_else(|| panic!("{n} in {entries:?}"));
+        assert_eq!(e.addr.0, l.addr(n));
+        assert!(e.size > 0);
+    }
+    assert!(
+        find("far_away@stub").is_some_and(|e| e.size == 8),
+        "{entries:?}"
+    );
+    assert!(find("dropped_fn").is_none(), "dead code is not named");
+}
+
+/// A jitdump record: (id, body after the 16-byte header).
+fn records(mut b: &[u8]) -> Vec<(u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let id = u32::from_le_bytes(b[0..4].try_into().unwrap());
+        let size = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        assert!(size >= 16 && size <= b.len(), "record size {size}");
+        out.push((id, b[16..size].to_vec()));
+        b = &b[size..];
+    }
+    out
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+fn cstr_at(b: &[u8], at: usize) -> (String, usize) {
+    let n = b[at..].iter().position(|c| *c == 0).unwrap();
+    (
+        String::from_utf8_lossy(&b[at..at + n]).into_owned(),
+        at + n + 1,
+    )
+}
+
+#[test]
+fn jitdump_records_carry_code_and_lines() {
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions {
+            jitdump: Some(PathBuf::from("/some/dir")),
+            ..DebugOptions::none()
+        },
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    let (dir, recs) = l
+        .finalize_actions()
+        .find_map(|a| match a {
+            Action::WriteJitdump { dir, records } => Some((dir.clone(), records.0.clone())),
+            _ => None,
+        })
+        .expect("jitdump action");
+    assert_eq!(dir, "/some/dir");
+    let recs = records(&recs);
+    let mut loads = HashMap::new();
+    let mut pending_debug: Option<(u64, Vec<(u64, u32, String)>)> = None;
+    for (id, body) in &recs {
+        match id {
+            2 => {
+                let (addr, n) = (u64_at(body, 0), u64_at(body, 8));
+                let mut at = 16;
+                let mut entries = Vec::new();
+                for _ in 0..n {
+                    let (ea, line) = (
+                        u64_at(body, at),
+                        u32::from_le_bytes(body[at + 8..at + 12].try_into().unwrap()),
+                    );
+                    let (file, next) = cstr_at(body, at + 16);
+                    entries.push((ea, line, file));
+                    at = next;
+                }
+                assert_eq!(at, body.len());
+                pending_debug = Some((addr, entries));
+            }
+            0 => {
+                let (vma, code_addr, size) = (u64_at(body, 8), u64_at(body, 16), u64_at(body, 24));
+                assert_eq!(vma, code_addr);
+                let (name, at) = cstr_at(body, 40);
+                let code = &body[at..];
+                assert_eq!(code.len() as u64, size, "{name}");
+                assert_eq!(
+                    code,
+                    l.bytes(code_addr, size as usize),
+                    "{name}: final bytes"
+                );
+                let debug = pending_debug.take().filter(|(a, _)| *a == code_addr);
+                if let Some((_, entries)) = &debug {
+                    for (ea, _, _) in entries {
+                        assert!((code_addr..code_addr + size).contains(ea), "{name}");
+                    }
+                }
+                loads.insert(name, (code_addr, debug.map(|d| d.1)));
+            }
+            other => panic!("unexpected record {other}"),
+        }
+    }
+    let (addr, lines) = &loads["helper"];
+    assert_eq!(*addr, l.addr("helper"));
+    let lines = lines
+        .as_ref()
+        .expect("helper has DWARF: a debug-info record");
+    assert!(
+        lines
+            .iter()
+            .all(|(_, line, file)| file.ends_with("with_dwarf.c") && *line == 3),
+        "{lines:?}"
+    );
+    let (_, lines) = &loads["entry"];
+    let lines = lines.as_ref().expect("entry has a debug-info record");
+    assert!(lines.iter().any(|(_, line, _)| *line == 7), "{lines:?}");
+    assert!(
+        loads["quiet_global"].1.is_none(),
+        "no DWARF, no debug-info record"
+    );
+    assert!(loads.contains_key("far_away@stub"));
+}
+
+#[test]
+fn valgrind_discards_code_on_finalize_and_free() {
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions {
+            valgrind: true,
+            ..DebugOptions::none()
+        },
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    let code = l.addr("entry");
+    let covered = l.actions.iter().any(|p| match (&p.finalize, &p.dealloc) {
+        (
+            Some(Action::DiscardTranslations { addr, size }),
+            Some(Action::DiscardTranslations { addr: a2, size: s2 }),
+        ) => addr == a2 && size == s2 && (addr.0..addr.0 + size).contains(&code),
+        _ => false,
+    });
+    assert!(covered, "{:?}", l.actions);
+}
+
+#[test]
+fn sinks_that_are_off_add_nothing() {
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions::none(),
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    for a in l
+        .actions
+        .iter()
+        .flat_map(|p| [&p.finalize, &p.dealloc])
+        .flatten()
+    {
+        assert!(
+            matches!(
+                a,
+                Action::RegisterEhFrame { .. } | Action::DeregisterEhFrame { .. }
+            ),
+            "{a:?}"
+        );
+    }
+}
+
+#[test]
+fn kiln_debug_spec() {
+    let mut o = DebugOptions::none();
+    o.apply("gdb, perfmap,jitdump=/x").unwrap();
+    assert_eq!(
+        o,
+        DebugOptions {
+            gdb: true,
+            perf_map: true,
+            jitdump: Some(PathBuf::from("/x")),
+            valgrind: false
+        }
+    );
+    o.apply("all,no-gdb,no-jitdump").unwrap();
+    assert_eq!(
+        o,
+        DebugOptions {
+            gdb: false,
+            perf_map: true,
+            jitdump: None,
+            valgrind: true
+        }
+    );
+    o.apply("none,jitdump").unwrap();
+    assert_eq!(o.jitdump, Some(PathBuf::from(".")));
+    assert!(o.apply("gbd").unwrap_err().contains("unknown sink"));
+    assert!(o.apply("gdb=1").is_err());
+}
