@@ -184,11 +184,11 @@ fn llvm_jitlink_spellings(args: impl IntoIterator<Item = OsString>) -> Vec<OsStr
         ("no-process-syms", "--no-process-symbols"),
     ];
     let mut out = Vec::new();
-    let mut in_run = false;
+    let mut subcommand = None;
     let mut after_dashes = false;
     let mut slab_value_next = false;
-    for arg in args {
-        let Some(text) = arg.to_str().filter(|_| !after_dashes) else {
+    for (i, arg) in args.into_iter().enumerate() {
+        let Some(text) = arg.to_str().filter(|_| i > 0 && !after_dashes) else {
             out.push(arg);
             continue;
         };
@@ -196,8 +196,13 @@ fn llvm_jitlink_spellings(args: impl IntoIterator<Item = OsString>) -> Vec<OsStr
             out.push(kb_default(text).into());
             continue;
         }
-        if !in_run {
-            in_run = text == "run";
+        // The subcommand is the first argument that is not an option.
+        if subcommand.is_none() && !text.starts_with('-') {
+            subcommand = Some(text == "run");
+            out.push(arg);
+            continue;
+        }
+        if subcommand != Some(true) {
             out.push(arg);
             continue;
         }

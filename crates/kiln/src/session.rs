@@ -6,6 +6,7 @@ use crate::link::{self, LinkInput, LinkStats, LinkedUnit};
 use crate::search::LibrarySearch;
 use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,10 +83,20 @@ impl Session {
     pub fn add_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|error| Error::Io {
+        let io = |error| Error::Io {
             path: name.clone(),
             error,
-        })?;
+        };
+        // Identify the file from its first bytes: shared libraries are only dlopened, never read.
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        std::io::Read::by_ref(&mut file)
+            .take(512)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if identify(&bytes) != FileKind::SharedLibrary {
+            file.read_to_end(&mut bytes).map_err(io)?;
+        }
         match identify(&bytes) {
             FileKind::Relocatable => self.add_object(name, bytes),
             FileKind::Archive => self.add_archive(name, bytes),

@@ -30,6 +30,9 @@ pub fn eval(e: &Expr, env: &dyn CheckEnv) -> Result<u64, String> {
         }
         Expr::Slice { value, hi, lo } => {
             let v = eval(value, env)?;
+            if lo > hi || *hi > 63 {
+                return Err(format!("bad slice [{hi}:{lo}]"));
+            }
             let width = hi - lo + 1;
             let mask = if width >= 64 {
                 u64::MAX

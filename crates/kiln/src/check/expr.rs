@@ -138,9 +138,14 @@ pub const FUNCTIONS: [&str; 5] = [
     "section_addr",
 ];
 
+/// Limits that keep evaluation (which recurses over the tree) within a small stack: user input
+/// never overflows it.
+const MAX_NODES: usize = 1000;
+const MAX_DEPTH: usize = 64;
+
 /// Parse `lhs = rhs`.
 pub fn parse_check(src: &str) -> Result<Check, ParseError> {
-    let mut p = Parser { src, pos: 0 };
+    let mut p = Parser::new(src);
     p.skip_ws();
     if p.at_end() {
         return Err(p.error("empty check: expected `EXPR = EXPR`"));
@@ -168,7 +173,7 @@ pub fn parse_check(src: &str) -> Result<Check, ParseError> {
 
 /// Parse a lone expression (the whole text).
 pub fn parse_expr(src: &str) -> Result<Expr, ParseError> {
-    let mut p = Parser { src, pos: 0 };
+    let mut p = Parser::new(src);
     let e = p.expr()?;
     p.skip_ws();
     if !p.at_end() {
@@ -180,6 +185,9 @@ pub fn parse_expr(src: &str) -> Result<Expr, ParseError> {
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
+    /// Expressions made so far, and how deeply parentheses, loads and calls nest now.
+    nodes: usize,
+    depth: usize,
 }
 
 fn is_ident_start(c: u8) -> bool {
@@ -191,6 +199,26 @@ fn is_ident_char(c: u8) -> bool {
 }
 
 impl<'a> Parser<'a> {
+    fn new(src: &'a str) -> Self {
+        Parser {
+            src,
+            pos: 0,
+            nodes: 0,
+            depth: 0,
+        }
+    }
+
+    /// Count one more expression node.
+    fn node(&mut self) -> Result<(), ParseError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(self.error(format!(
+                "the check is too long (more than {MAX_NODES} terms): split it"
+            )));
+        }
+        Ok(())
+    }
+
     fn peek(&self) -> Option<u8> {
         self.src.as_bytes().get(self.pos).copied()
     }
@@ -256,9 +284,22 @@ impl<'a> Parser<'a> {
     }
 
     fn expr(&mut self) -> Result<Expr, ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error(format!(
+                "expressions nest more than {MAX_DEPTH} deep (parentheses, loads, calls)"
+            )));
+        }
+        let e = self.chain();
+        self.depth -= 1;
+        e
+    }
+
+    fn chain(&mut self) -> Result<Expr, ParseError> {
         let mut lhs = self.simple()?;
         while let Some(op) = self.binop()? {
             let rhs = self.simple()?;
+            self.node()?;
             lhs = Expr::Binary {
                 op,
                 lhs: Box::new(lhs),
@@ -292,6 +333,7 @@ impl<'a> Parser<'a> {
                     ),
                 });
             }
+            self.node()?;
             e = Expr::Slice {
                 value: Box::new(e),
                 hi: hi as u32,
@@ -302,6 +344,7 @@ impl<'a> Parser<'a> {
 
     fn primary(&mut self) -> Result<Expr, ParseError> {
         self.skip_ws();
+        self.node()?;
         match self.peek() {
             None => Err(self
                 .error("unexpected end of the check, expected a number, a symbol, `(` or `*{N}`")),
@@ -669,6 +712,26 @@ mod tests {
             );
             assert!(e.pos <= src.len(), "{src:?}: position {}", e.pos);
         }
+    }
+
+    #[test]
+    fn deep_or_long_input_is_refused_not_a_stack_overflow() {
+        let deep = format!("{}a{} = 0", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(parse_check(&deep).unwrap_err().message.contains("nest"));
+        let loads = format!("{}a = 0", "*{8}".repeat(100_000));
+        assert!(parse_check(&loads).unwrap_err().message.contains("nest"));
+        let long = format!("a{} = 0", " + 1".repeat(100_000));
+        assert!(parse_check(&long).unwrap_err().message.contains("too long"));
+        let slices = format!("a{} = 0", "[1:0]".repeat(100_000));
+        assert!(parse_check(&slices)
+            .unwrap_err()
+            .message
+            .contains("too long"));
+        // Within the limits, fine.
+        let ok = format!("{}a{} = a", "(".repeat(60), ")".repeat(60));
+        assert!(parse_check(&ok).is_ok());
+        let ok = format!("a{} = a", " + 1".repeat(400));
+        assert!(parse_check(&ok).is_ok());
     }
 
     #[test]

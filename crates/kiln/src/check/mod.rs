@@ -118,7 +118,11 @@ impl fmt::Display for CheckFailure {
             Failure::Syntax(e) => {
                 writeln!(f, "line {}: malformed check: {}", self.line, e.message)?;
                 writeln!(f, "    {}", self.text)?;
-                let col = self.text[..e.pos.min(self.text.len())].chars().count();
+                let col = self
+                    .text
+                    .char_indices()
+                    .take_while(|(i, _)| *i < e.pos)
+                    .count();
                 write!(f, "    {}^", " ".repeat(col))
             }
             Failure::Eval(why) => write!(

@@ -461,7 +461,14 @@ impl<'a> ObjectParser<'_, 'a> {
                 });
             }
             match block {
-                Some(b) => self.g.blocks[b.idx()].edges.extend(edges),
+                Some(b) => {
+                    let dst = &mut self.g.blocks[b.idx()].edges;
+                    if dst.is_empty() {
+                        *dst = edges;
+                    } else {
+                        dst.extend(edges);
+                    }
+                }
                 None => eh_relocs.push((target, edges)),
             }
         }

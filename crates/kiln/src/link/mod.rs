@@ -303,13 +303,19 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             deinitializers,
         })?;
         t.lap("finalize");
-        let mut kinds: FxHashMap<String, usize> = FxHashMap::default();
+        // Counted by kind, named only once per kind (this runs on every link, and a unit has
+        // only a handful of kinds: a linear scan beats hashing).
+        let mut kinds: Vec<(crate::arch::x86_64::EdgeKind, usize)> = Vec::new();
         for b in g.blocks.iter().filter(|b| b.live) {
             for e in &b.edges {
-                *kinds.entry(format!("{:?}", e.kind)).or_default() += 1;
+                match kinds.iter_mut().find(|(k, _)| *k == e.kind) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((e.kind, 1)),
+                }
             }
         }
-        let mut edges_by_kind: Vec<_> = kinds.into_iter().collect();
+        let mut edges_by_kind: Vec<(String, usize)> =
+            kinds.into_iter().map(|(k, n)| (format!("{k:?}"), n)).collect();
         edges_by_kind.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         Ok(LinkedUnit {
             alloc,
