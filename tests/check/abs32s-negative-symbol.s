@@ -2,7 +2,6 @@
 # 0xffffffffffff8000 truncates to 0xffff8000, which sign-extends back to it, so it fits
 # (psABI: "the value, truncated to 32 bits, must sign-extend to the original 64-bit value").
 # kiln-check: args=-abs neg=0xffffffffffff8000 -abs neg16=0xffffffffffffff80
-# kiln-check: xfail=arch::x86_64::apply treats S as an unsigned 64-bit value (i128 from u64), so 0xffffffffffff8000 "does not fit in int32"; the same for R_X86_64_16/8 and negative S
 
 	.text
 	.globl	main

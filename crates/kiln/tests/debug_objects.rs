@@ -273,6 +273,9 @@ fn perf_map_names_functions_and_stubs() {
     assert!(find("dropped_fn").is_none(), "dead code is not named");
 }
 
+/// (address, line, file) of a JIT_CODE_DEBUG_INFO entry.
+type LineEntry = (u64, u32, String);
+
 /// A jitdump record: (id, body after the 16-byte header).
 fn records(mut b: &[u8]) -> Vec<(u32, Vec<u8>)> {
     let mut out = Vec::new();
@@ -318,7 +321,7 @@ fn jitdump_records_carry_code_and_lines() {
     assert_eq!(dir, "/some/dir");
     let recs = records(&recs);
     let mut loads = HashMap::new();
-    let mut pending_debug: Option<(u64, Vec<(u64, u32, String)>)> = None;
+    let mut pending_debug: Option<(u64, Vec<LineEntry>)> = None;
     for (id, body) in &recs {
         match id {
             2 => {

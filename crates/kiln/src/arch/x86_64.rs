@@ -192,6 +192,51 @@ pub fn reloc_name(r_type: elf::RelocationType) -> String {
 }
 
 impl EdgeKind {
+    /// The psABI relocation this kind comes from, for messages (after the GOT pass, GOT and TLS
+    /// references appear as the PC-relative edges they were rewritten to).
+    pub fn elf_name(self) -> &'static str {
+        use EdgeKind::*;
+        match self {
+            KeepAlive => "(keep-alive)",
+            Pointer64 => "R_X86_64_64",
+            Pointer32 => "R_X86_64_32",
+            Pointer32Signed => "R_X86_64_32S",
+            Pointer16 => "R_X86_64_16",
+            Pointer8 => "R_X86_64_8",
+            Delta64 => "R_X86_64_PC64",
+            Delta32 => "R_X86_64_PC32 (or a GOT/TLS reference through its entry)",
+            Delta16 => "R_X86_64_PC16",
+            Delta8 => "R_X86_64_PC8",
+            NegDelta32 => "(eh_frame CIE pointer)",
+            BranchPCRel32 => "R_X86_64_PLT32",
+            GotDelta32 => "R_X86_64_GOTPCREL",
+            GotDelta32Relaxable { rex: false } | GotLoadRelaxed { rex: false } => {
+                "R_X86_64_GOTPCRELX"
+            }
+            GotDelta32Relaxable { rex: true } | GotLoadRelaxed { rex: true } => {
+                "R_X86_64_REX_GOTPCRELX"
+            }
+            GotDelta64 => "R_X86_64_GOTPCREL64",
+            GotOffset64 => "R_X86_64_GOT64",
+            DeltaFromGot64 => "R_X86_64_GOTOFF64",
+            GotBaseDelta32 => "R_X86_64_GOTPC32",
+            GotBaseDelta64 => "R_X86_64_GOTPC64",
+            PltOffsetFromGot64 => "R_X86_64_PLTOFF64",
+            Size32 => "R_X86_64_SIZE32",
+            Size64 => "R_X86_64_SIZE64",
+            TlsGdDelta32 => "R_X86_64_TLSGD",
+            TlsLdDelta32 => "R_X86_64_TLSLD",
+            DtpOff32 => "R_X86_64_DTPOFF32",
+            DtpOff64 => "R_X86_64_DTPOFF64",
+            TlsModule64 => "(TLS module word)",
+            TpOff32 => "R_X86_64_TPOFF32",
+            TpOff64 => "R_X86_64_TPOFF64",
+            GotTpOffDelta32 => "R_X86_64_GOTTPOFF",
+            TlsDescToLocalExec => "R_X86_64_GOTPC32_TLSDESC",
+            TlsDescCallToNop => "R_X86_64_TLSDESC_CALL",
+        }
+    }
+
     /// Bytes the fixup writes (0 for none).
     pub fn size(self) -> usize {
         use EdgeKind::*;
@@ -266,11 +311,9 @@ pub fn apply(
     got: u64,
 ) -> Result<(), OutOfRange> {
     use EdgeKind::*;
-    // Offsets from the thread pointer are negative: they arrive as two's complement.
-    let s = match kind {
-        TpOff32 | TpOff64 | TlsDescToLocalExec => s as i64 as i128,
-        _ => s as i128,
-    };
+    // The psABI computes in 64-bit two's complement: an absolute symbol at 0xffff_ffff_ffff_8000
+    // is -0x8000 and fits R_X86_64_32S; offsets from the thread pointer are negative too.
+    let s = s as i64 as i128;
     let (p, a, got) = (p as i128, a as i128, got as i128);
     let wrap64 = |v: i128| (v as u64).to_le_bytes();
     match kind {
@@ -656,6 +699,23 @@ mod tests {
                 "{kind:?} wrote past its field"
             );
         }
+        // Negative absolute symbols (64-bit two's complement) fit signed fields.
+        let mut buf = [0u8; 4];
+        apply(
+            Pointer32Signed,
+            &mut buf,
+            0,
+            p,
+            0xffff_ffff_ffff_8000,
+            0,
+            got,
+        )
+        .unwrap();
+        assert_eq!(i32::from_le_bytes(buf), -0x8000);
+        assert!(apply(Pointer32, &mut buf, 0, p, 0xffff_ffff_ffff_8000, 0, got).is_err());
+        let mut b2 = [0u8; 2];
+        apply(Pointer16, &mut b2, 0, p, (-2i64) as u64, 0, got).unwrap();
+        assert_eq!(b2, [0xfe, 0xff]);
         let far = p + (1 << 32);
         for kind in [
             Pointer32Signed,

@@ -53,12 +53,7 @@ pub(crate) fn unit_objects(u: &Unit) -> Vec<Vec<u8>> {
             patched_copy(u, input, &ranges)
         };
         match made {
-            Ok(o) => {
-                if let Ok(d) = std::env::var("KILN_TMP_DUMP") {
-                    let _ = std::fs::write(format!("{d}/obj{i}.o"), &o);
-                }
-                out.push(o)
-            }
+            Ok(o) => out.push(o),
             Err(why) => tracing::warn!("no debug object for gdb for {}: {why}", inp.name),
         }
     }

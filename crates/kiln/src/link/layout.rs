@@ -270,11 +270,12 @@ fn fixup_error(g: &LinkGraph, b: BlockId, e: &Edge, why: String) -> Error {
     let sec = g.section_of(b);
     let blk = &g.blocks[b.idx()];
     Error::Fixup(format!(
-        "{}: section {}, offset {:#x} (address {:#x}): {:?} fixup to {}: {why}",
+        "{}: section {}, offset {:#x} (address {:#x}): {} ({:?}) fixup to {}: {why}",
         g.input_name(sec.input),
         String::from_utf8_lossy(sec.name),
         e.offset,
         blk.addr + e.offset as u64,
+        e.kind.elf_name(),
         e.kind,
         g.name_of(e.target),
     ))

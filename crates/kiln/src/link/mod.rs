@@ -314,8 +314,10 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
                 }
             }
         }
-        let mut edges_by_kind: Vec<(String, usize)> =
-            kinds.into_iter().map(|(k, n)| (format!("{k:?}"), n)).collect();
+        let mut edges_by_kind: Vec<(String, usize)> = kinds
+            .into_iter()
+            .map(|(k, n)| (format!("{k:?}"), n))
+            .collect();
         edges_by_kind.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         Ok(LinkedUnit {
             alloc,
@@ -607,6 +609,7 @@ fn link_map(g: &LinkGraph, tables: &passes::GotTables, segments: &[Segment]) -> 
         }
         files
     };
+    let stub_of: FxHashMap<SymbolId, SymbolId> = tables.stubs.iter().copied().collect();
     for (list, out) in [
         (&tables.got, &mut m.got_entries),
         (&tables.stubs, &mut m.stubs),
@@ -616,9 +619,14 @@ fn link_map(g: &LinkGraph, tables: &passes::GotTables, segments: &[Segment]) -> 
                 continue;
             };
             let name = g.name_of(*target);
-            // Edges were rewritten to point at the entry; find files through either.
+            // Edges were rewritten to point at the entry (or at the stub that jumps through
+            // it); find the files through any of them.
             let mut files = referencing_files(*entry);
             files.extend(referencing_files(*target));
+            if let Some(stub) = stub_of.get(target) {
+                files.extend(referencing_files(*stub));
+            }
+            files.sort();
             files.dedup();
             for f in files {
                 out.push((f, name.clone(), addr));
