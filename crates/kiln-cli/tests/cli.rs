@@ -258,3 +258,49 @@ fn allow_list_refuses_other_symbols_before_running() {
     let r = kiln(&["run", "--allow-symbols", &list.display().to_string(), &o]);
     assert_eq!(text(&r).0, "ctor ran\np\n1\nbye\n", "{}", text(&r).1);
 }
+
+#[test]
+fn non_pie_code_runs_from_the_low_2gib() {
+    let d = workdir("nopie");
+    let o = cc(
+        &d,
+        "np",
+        "#include <stdio.h>\nstatic int table[4] = {10, 20, 30, 40};\nstatic const char *names[] = {\"a\", \"b\", \"c\", \"d\"};\nint pick(int i) { return table[i & 3]; }\nint main(void) { for (int i = 0; i < 4; i++) printf(\"%s=%d \", names[i], pick(i)); puts(\"\"); return 0; }",
+        &["-O2", "-fno-pie"],
+    );
+    let r = kiln(&["run", "--show-stats", &o]);
+    let (out, err) = text(&r);
+    assert_eq!(out, "a=10 b=20 c=30 d=40 \n", "{err}");
+    let text_seg = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("r-x"))
+        .expect("segments listed");
+    let addr = u64::from_str_radix(
+        text_seg
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert!(
+        addr < 0x8000_0000,
+        "non-PIE code must be in the low 2 GiB: {text_seg}"
+    );
+    // Non-PIE code reading libc's stdout directly needs a copy relocation: refused, clearly.
+    let o = cc(
+        &d,
+        "np2",
+        "#include <stdio.h>\nint main(void) { fputs(\"x\\n\", stdout); return 0; }",
+        &["-O2", "-fno-pie"],
+    );
+    let r = kiln(&["run", &o]);
+    let (out, err) = text(&r);
+    assert_eq!(r.status.code(), Some(125));
+    assert!(out.is_empty());
+    assert!(
+        err.contains("copy relocation") && err.contains("-fPIE"),
+        "{err}"
+    );
+}

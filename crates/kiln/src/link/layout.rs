@@ -266,7 +266,15 @@ fn target_value(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> std::result::Res
     }
 }
 
-fn fixup_error(g: &LinkGraph, b: BlockId, e: &Edge, why: String) -> Error {
+fn fixup_error(g: &LinkGraph, b: BlockId, e: &Edge, mut why: String) -> Error {
+    let host =
+        matches!(g.symbols[e.target.idx()].def, SymbolDef::Absolute(a) if a > u32::MAX as u64);
+    if host && matches!(e.kind, EdgeKind::Pointer32 | EdgeKind::Pointer32Signed) {
+        why.push_str(
+            "; non-PIE code reaches this host symbol with an absolute 32-bit address, which would \
+             need a copy relocation (a JIT cannot make one): compile with -fPIE or -fPIC",
+        );
+    }
     let sec = g.section_of(b);
     let blk = &g.blocks[b.idx()];
     Error::Fixup(format!(

@@ -427,6 +427,42 @@ fn placement_window(g: &LinkGraph, size: u64) -> Result<Placement> {
             }
         }
     }
+    // Non-PIE code (R_X86_64_32/32S to the unit's own symbols) must sit in the low 2 GiB.
+    let low32 = g
+        .blocks
+        .iter()
+        .filter(|b| b.live)
+        .flat_map(|b| &b.edges)
+        .any(|e| {
+            matches!(
+                e.kind,
+                crate::arch::x86_64::EdgeKind::Pointer32
+                    | crate::arch::x86_64::EdgeKind::Pointer32Signed
+            ) && matches!(g.symbols[e.target.idx()].def, SymbolDef::Defined { .. })
+        });
+    if low32 {
+        const LOW: (u64, u64) = (0x10000, 0x8000_0000);
+        if must.0 != u64::MAX {
+            let (lo, hi) = (
+                must.1.saturating_sub(REACH).max(LOW.0),
+                must.0.saturating_add(REACH).min(LOW.1),
+            );
+            if hi > lo && hi - lo >= size {
+                return Ok(Placement::Within { lo, hi });
+            }
+            return Err(Error::Fixup(format!(
+                "non-PIE code (R_X86_64_32/32S) must be placed in the low 2 GiB, but it also \
+                 reaches host data at {:#x} with 32-bit PC-relative relocations, which is out of \
+                 reach from there (a native link would make a copy relocation): compile with -fPIE",
+                must.0
+            )));
+        }
+        tracing::debug!("non-PIE code: placing the unit in the low 2 GiB");
+        return Ok(Placement::Within {
+            lo: LOW.0,
+            hi: LOW.1,
+        });
+    }
     let window = |lo: u64, hi: u64| -> Option<Placement> {
         let wlo = hi.saturating_sub(REACH);
         let whi = lo.saturating_add(REACH).min(0x7fff_ffff_f000);
