@@ -59,6 +59,7 @@ programs!(
     ctors_dtors,
     tls_dynamic,
     tls_static,
+    ifunc,
     // C++
     cxx_virtual_rtti,
     cxx_stl_iostream,

@@ -43,3 +43,18 @@ pub(crate) fn cxa_finalize(dso: ExecutorAddr) {
         unsafe { std::mem::transmute::<u64, CxaFinalize>(f.0)(dso.0 as *mut libc::c_void) }
     }
 }
+
+/// Call an IFUNC resolver and store the implementation it chose at `slot`.
+///
+/// # Safety
+/// `resolver` must be finalized code with the signature `void *resolver(void)`, and `slot` 8
+/// writable bytes that nothing else accesses concurrently.
+pub(crate) unsafe fn resolve_ifunc(resolver: ExecutorAddr, slot: ExecutorAddr) {
+    type Resolver = unsafe extern "C" fn() -> *const std::ffi::c_void;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let f = std::mem::transmute::<u64, Resolver>(resolver.0);
+        let chosen = f() as u64;
+        (slot.0 as *mut u64).write_unaligned(chosen);
+    }
+}

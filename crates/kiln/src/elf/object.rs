@@ -257,17 +257,6 @@ impl<'a> ObjectParser<'_, 'a> {
             if ty == elf::STT_FILE {
                 continue;
             }
-            if ty == elf::STT_GNU_IFUNC {
-                return Err(Error::unsupported(
-                    self.name,
-                    Some(".symtab"),
-                    None,
-                    format!(
-                        "symbol {}: STT_GNU_IFUNC (indirect functions) is not supported yet",
-                        String::from_utf8_lossy(name)
-                    ),
-                ));
-            }
             let local = bind == elf::STB_LOCAL;
             let weak = bind == elf::STB_WEAK;
             let scope = if local {
@@ -339,6 +328,7 @@ impl<'a> ObjectParser<'_, 'a> {
                     tls,
                     input: self.input,
                     only_weak_refs: false,
+                    ifunc: false,
                 })),
                 (None, false) => {
                     let id = self.g.global_ref(name, self.input, weak);
@@ -356,6 +346,13 @@ impl<'a> ObjectParser<'_, 'a> {
                         .define_global(name, def, size, weak, scope, callable, tls, self.input),
                 ),
             };
+            if let (Some(id), true) = (id, ty == elf::STT_GNU_IFUNC) {
+                // Only a definition makes a symbol an IFUNC (the winning one, for globals).
+                let s = &mut self.g.symbols[id.idx()];
+                if matches!(s.def, SymbolDef::Defined { .. }) && s.input == self.input {
+                    s.ifunc = true;
+                }
+            }
             self.syms[idx] = id;
         }
         Ok(())
@@ -502,6 +499,7 @@ impl<'a> ObjectParser<'_, 'a> {
             tls: false,
             input: self.input,
             only_weak_refs: false,
+            ifunc: false,
         })
     }
 }

@@ -138,6 +138,8 @@ pub struct Symbol<'a> {
     pub input: InputId,
     /// A global that every reference so far is weak: resolves to 0 if found nowhere.
     pub only_weak_refs: bool,
+    /// STT_GNU_IFUNC: the symbol is a resolver; references reach the implementation it picks.
+    pub ifunc: bool,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -235,6 +237,7 @@ impl<'a> LinkGraph<'a> {
             tls: false,
             input,
             only_weak_refs: false,
+            ifunc: false,
         })
     }
 
@@ -257,6 +260,7 @@ impl<'a> LinkGraph<'a> {
             tls: false,
             input,
             only_weak_refs: weak_ref,
+            ifunc: false,
         });
         self.globals.insert(name, id);
         id

@@ -262,6 +262,17 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         t.lap("fixups");
         let (initializers, deinitializers) = collect_init_fini(&g, &layout, &work, dso);
         let mut actions = collect_actions(&g, &layout, &ctx);
+        // IFUNC slots are filled first: initializers and other actions may call them.
+        let ifuncs = tables.ifunc_slots.iter().filter_map(|(resolver, slot)| {
+            Some(ActionPair {
+                finalize: Some(Action::ResolveIfunc {
+                    resolver: ExecutorAddr(g.symbol_addr(*resolver)?),
+                    slot: ExecutorAddr(g.symbol_addr(*slot)?),
+                }),
+                dealloc: None,
+            })
+        });
+        actions.splice(0..0, ifuncs);
         actions.extend(crate::debug::actions(
             &crate::debug::Unit {
                 g: &g,

@@ -279,6 +279,8 @@ pub struct GotStats {
 pub struct GotTables {
     pub got: Vec<(SymbolId, SymbolId)>,
     pub stubs: Vec<(SymbolId, SymbolId)>,
+    /// (resolver, writable slot its result goes to) for each IFUNC.
+    pub ifunc_slots: Vec<(SymbolId, SymbolId)>,
 }
 
 /// Whether every address of `[lo, hi)` reaches `t` with a signed 32-bit displacement (with a
@@ -355,6 +357,18 @@ pub fn build_got_and_stubs(
             g.add_anon(got, (entries.len() as u64 - 1) * 8, input)
         })
     };
+    // IFUNCs: every reference goes through a writable slot that the resolver's result fills at
+    // finalize, and the stub that jumps through it is the function's canonical address.
+    let mut ifunc_slot_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
+    let mut ifunc_slots: Vec<(SymbolId, SymbolId)> = Vec::new();
+    let ifunc_sec = g.add_section(Section {
+        name: b".got.ifunc",
+        prot: MemProt::ReadWrite,
+        kind: SectionKind::Regular,
+        input,
+        retain: false,
+        elf_index: 0,
+    });
     for bi in 0..g.blocks.len() {
         if !g.blocks[bi].live {
             continue;
@@ -362,6 +376,29 @@ pub fn build_got_and_stubs(
         for ei in 0..g.blocks[bi].edges.len() {
             let e = g.blocks[bi].edges[ei];
             let t = e.target;
+            if g.symbols[t.idx()].ifunc && e.kind != EdgeKind::KeepAlive {
+                let slot = *ifunc_slot_of.entry(t).or_insert_with(|| {
+                    let b = g.add_block(ifunc_sec, Content::Zero(8), 8);
+                    g.blocks[b.idx()].live = true;
+                    let slot = g.add_anon(b, 0, input);
+                    ifunc_slots.push((t, slot));
+                    slot
+                });
+                let stub = *stub_of.entry(t).or_insert_with(|| {
+                    stub_targets.push(slot);
+                    g.add_anon(stub_block, (stub_targets.len() as u64 - 1) * 8, input)
+                });
+                let (kind, target) = match e.kind {
+                    EdgeKind::GotDelta32 | EdgeKind::GotDelta32Relaxable { .. } => (EdgeKind::Delta32, slot),
+                    EdgeKind::GotDelta64 => (EdgeKind::Delta64, slot),
+                    EdgeKind::GotOffset64 => (EdgeKind::DeltaFromGot64, slot),
+                    k => (k, stub),
+                };
+                let e = &mut g.blocks[bi].edges[ei];
+                e.kind = kind;
+                e.target = target;
+                continue;
+            }
             let new = match e.kind {
                 EdgeKind::GotDelta32 => Some((EdgeKind::Delta32, got_entry(g, &mut entries, t))),
                 EdgeKind::GotDelta64 => Some((EdgeKind::Delta64, got_entry(g, &mut entries, t))),
@@ -435,6 +472,7 @@ pub fn build_got_and_stubs(
     let tables = GotTables {
         got: got_of.iter().map(|(t, e)| (*t, *e)).collect(),
         stubs: stub_of.iter().map(|(t, s)| (*t, *s)).collect(),
+        ifunc_slots,
     };
     st.got_entries = got_of.len();
     st.tls_pairs = gd_of.len() + usize::from(ld_pair.is_some());
@@ -450,6 +488,7 @@ pub fn build_got_and_stubs(
         tls: false,
         input,
         only_weak_refs: false,
+        ifunc: false,
     });
     let got_edges: Vec<Edge> = entries
         .iter()
