@@ -109,7 +109,9 @@ struct RunArgs {
 /// Debugger and profiler sinks. `KILN_DEBUG` sets them too: `all`, `none`, or a comma list of
 /// `gdb`, `perfmap`, `jitdump[=DIR]`, `valgrind` (`no-NAME` turns one off); flags add to it.
 #[derive(Args)]
-#[command(next_help_heading = "Debugging and profiling (see docs/debugging.md)")]
+#[command(
+    next_help_heading = "Debugging and profiling (also KILN_DEBUG=all, none, or a list of gdb, perfmap, jitdump[=DIR], valgrind, no-NAME; see docs/debugging.md)"
+)]
 struct DebugArgs {
     /// Register the linked code with gdb's JIT interface (on by default; KILN_DEBUG=no-gdb turns
     /// it off): gdb names JIT'd functions, with file:line where there is DWARF.

@@ -73,6 +73,12 @@ pub enum Action {
     CxaFinalize {
         dso: ExecutorAddr,
     },
+    /// Call the STT_GNU_IFUNC resolver `void *resolver(void)` and store its result, 8 bytes, at
+    /// `slot` (which must lie in a writable segment of the same request).
+    ResolveIfunc {
+        resolver: ExecutorAddr,
+        slot: ExecutorAddr,
+    },
     /// Register in-memory ELF objects with the GDB JIT interface, under `key` (unique among the
     /// executor's live registrations; the controller uses the unit's base address). The
     /// executor keeps its own copies until [`Action::DeregisterGdbObjects`].

@@ -86,6 +86,13 @@ fn run_action(a: &Action) -> Result<()> {
             unsafe { call::void(f) };
             Ok(())
         }
+        Action::ResolveIfunc { resolver, slot } => {
+            // SAFETY: `finalize` checked that `slot` is 8 bytes inside a writable segment of the
+            // allocation being finalized, and `resolver` is finalized code of that allocation
+            // with the IFUNC resolver signature `void *(void)`.
+            unsafe { call::resolve_ifunc(resolver, slot) };
+            Ok(())
+        }
         Action::CxaFinalize { dso } => {
             call::cxa_finalize(dso);
             Ok(())
@@ -187,6 +194,20 @@ impl Executor for InProcessExecutor {
 
     fn finalize(&self, req: FinalizeRequest) -> Result<AllocId> {
         Self::segments_inside(&req)?;
+        for pair in &req.actions {
+            if let Some(Action::ResolveIfunc { slot, .. }) = &pair.finalize {
+                let writable = req.segments.iter().any(|s| {
+                    s.prot == crate::MemProt::ReadWrite
+                        && s.addr.0 <= slot.0
+                        && slot.0.checked_add(8).is_some_and(|e| e <= s.addr.0 + s.size())
+                });
+                if !writable {
+                    return Err(Error::InvalidRequest(format!(
+                        "IFUNC slot {slot} is not in a writable segment of this allocation"
+                    )));
+                }
+            }
+        }
         for s in &req.segments {
             mem::commit(s.addr, &s.content, s.zero_fill, s.prot)?;
             mem::flush_icache(s.addr, s.size());

@@ -109,7 +109,8 @@ fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<boo
                 allow: None,
                 fixed_address: None,
                 want_map: false,
-                debug: &kiln::DebugOptions::default(),
+                // Every debug sink: their builders read symbol tables and DWARF too.
+                debug: &kiln::DebugOptions::all(),
             },
         )
     }));
@@ -364,7 +365,7 @@ fn errors_name_file_section_and_offset() {
                 allow: None,
                 fixed_address: None,
                 want_map: false,
-                debug: &kiln::DebugOptions::default(),
+                debug: &kiln::DebugOptions::all(),
             },
         )
     };

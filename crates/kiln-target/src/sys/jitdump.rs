@@ -218,3 +218,62 @@ pub(crate) fn close_all() {
         unsafe { libc::munmap(d.marker.0 as *mut libc::c_void, d.marker.1) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u32, body: &[u8]) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend_from_slice(&id.to_ne_bytes());
+        r.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+        r.extend_from_slice(&0u64.to_ne_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    fn u64s(v: &[u64]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn executor_fields_are_filled_in_and_moves_keep_the_code_index() {
+        let dir = std::env::temp_dir().join(format!("kiln-jitdump-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir_s = dir.to_str().unwrap();
+        // LOAD: pid, tid, vma, code_addr, code_size, code_index, "f\0", code.
+        let mut load = vec![0u8; 8];
+        load.extend(u64s(&[0x1000, 0x1000, 1, 0]));
+        load.extend_from_slice(b"f\0\xc3");
+        // MOVE: pid, tid, vma, old, new, size, code_index.
+        let mut mv = vec![0u8; 8];
+        mv.extend(u64s(&[0x2000, 0x1000, 0x2000, 1, 0]));
+        let mut records = record(JIT_CODE_LOAD, &load);
+        records.extend(record(JIT_CODE_MOVE, &mv));
+        write(dir_s, &records).unwrap();
+        // A malformed stream is refused, not written.
+        assert!(write(dir_s, &records[..20]).is_err());
+        assert!(write(dir_s, &record(9, &[])).is_err());
+        close_all();
+
+        let path = dir.join(format!("jit-{}.dump", std::process::id()));
+        let f = std::fs::read(&path).unwrap();
+        let u32_at = |at: usize| u32::from_ne_bytes(f[at..at + 4].try_into().unwrap());
+        let u64_at = |at: usize| u64::from_ne_bytes(f[at..at + 8].try_into().unwrap());
+        assert_eq!((u32_at(0), u32_at(4), u32_at(8)), (MAGIC, 1, 40));
+        assert_eq!(u32_at(20), std::process::id());
+        let (load_at, move_at) = (40, 40 + 16 + load.len());
+        assert_eq!(u32_at(load_at), JIT_CODE_LOAD);
+        assert!(u64_at(load_at + TIMESTAMP_AT) > 0);
+        assert_eq!(u32_at(load_at + PID_AT), std::process::id());
+        assert_ne!(u32_at(load_at + TID_AT), 0);
+        let index = u64_at(load_at + LOAD_INDEX_AT);
+        assert_ne!(index, 0);
+        assert_eq!(u32_at(move_at), JIT_CODE_MOVE);
+        assert_eq!(u64_at(move_at + MOVE_INDEX_AT), index, "the moved code keeps its index");
+        let close_at = move_at + 16 + mv.len();
+        assert_eq!((u32_at(close_at), u32_at(close_at + 4)), (JIT_CODE_CLOSE, 16));
+        assert_eq!(f.len(), close_at + 16);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -2,18 +2,23 @@
 //!
 //! gdb reads each registered object as if it were a file loaded at the addresses its section
 //! headers say (it takes `sh_addr` of every `SHF_ALLOC` section as absolute). So each input
-//! object is copied with:
+//! object is rewritten, keeping its section indices, with:
 //!
 //! - `sh_addr` of every loaded section set to where kiln put it. Symbols of a relocatable object
 //!   are section relative, so every function then has its final address — objects with only a
 //!   symbol table (Debian's archives) included: gdb names their functions in `bt` and can break
 //!   on them. gdb applies `.rela.debug_*` itself for relocatable objects (with the patched
-//!   section addresses), so DWARF needs no rewriting: `bt` shows file:line where it exists.
-//! - sections kiln did not load (dead-stripped, discarded COMDAT copies, notes) no longer
-//!   `SHF_ALLOC`, and their named symbols undefined, so gdb does not place them at address 0.
-//! - `.eh_frame` replaced by the unit's final (relocated, dead-stripped) records of this input at
-//!   their final address, and its relocations dropped: the input's own section no longer
-//!   matches the code once FDEs of dead functions are gone.
+//!   section addresses; checked with gdb 13 on DWARF 5 from gcc 12), so DWARF needs no
+//!   rewriting: `bt` shows file:line where it exists.
+//! - code and data sections turned into `SHT_NOBITS` (gdb reads code from the process) and
+//!   their relocations dropped: a copy costs its symbol table and DWARF, not its code.
+//! - sections kiln did not load (dead-stripped, discarded COMDAT copies) no longer `SHF_ALLOC`,
+//!   and their named symbols undefined, so gdb does not place them at address 0.
+//! - `.eh_frame` replaced by this input's final (relocated, dead-stripped) records at their final
+//!   address: the input's own section no longer matches the code once FDEs of dead functions are
+//!   gone, and gdb unwinds JIT'd frames with it.
+//! - COMDAT groups removed (kiln already chose the copies; bfd rejects a group whose members'
+//!   relocations are gone).
 //!
 //! What kiln synthesizes itself (stubs, GOT, `atexit` glue, COMMON symbols) has no input bytes;
 //! it gets a small object of its own with `SHT_NOBITS` sections at their addresses and a symbol

@@ -153,7 +153,7 @@ impl Unit<'_, '_> {
             .segments
             .iter()
             .enumerate()
-            .find(|(_, s)| s.addr <= addr && addr < s.addr + s.content_size.max(1))?;
+            .find(|(_, s)| s.addr <= addr && addr < s.addr + s.content_size)?;
         let start = usize::try_from(addr - seg.addr).ok()?;
         let end = start.checked_add(usize::try_from(len).ok()?)?;
         self.work.get(i)?.get(start..end)
