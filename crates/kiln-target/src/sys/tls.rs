@@ -14,7 +14,7 @@
 //! Local-exec and initial-exec models need a static TLS area and are refused by the linker.
 
 use std::alloc::Layout;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
@@ -54,8 +54,65 @@ impl Drop for Block {
     }
 }
 
+/// This thread's blocks. A plain pointer in a destructor-free thread-local, so that it stays
+/// usable while the thread exits: JIT'd code's own TLS destructors (pthread keys,
+/// `__cxa_thread_atexit`) may touch its TLS after Rust's thread-local destructors have run.
+/// The map is freed by [`free_blocks`], a pthread-key destructor that re-arms itself until the
+/// last destructor round glibc makes.
+type Blocks = HashMap<u64, Block>;
 thread_local! {
-    static BLOCKS: RefCell<HashMap<u64, Block>> = RefCell::new(HashMap::new());
+    static BLOCKS: Cell<*mut Blocks> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+const DESTRUCTOR_ROUNDS: usize = 4; // PTHREAD_DESTRUCTOR_ITERATIONS in glibc
+
+fn cleanup_key() -> Option<libc::pthread_key_t> {
+    static KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+    *KEY.get_or_init(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-pointer and `free_blocks` has the destructor signature.
+        let r = unsafe { libc::pthread_key_create(&mut key, Some(free_blocks)) };
+        (r == 0).then_some(key)
+    })
+}
+
+extern "C" fn free_blocks(arg: *mut libc::c_void) {
+    let round = arg as usize;
+    if round < DESTRUCTOR_ROUNDS {
+        if let Some(key) = cleanup_key() {
+            // SAFETY: re-arming our own key with a small integer (never dereferenced) so that
+            // glibc calls us again in its next destructor round.
+            unsafe { libc::pthread_setspecific(key, (round + 1) as *const libc::c_void) };
+            return;
+        }
+    }
+    let _ = BLOCKS.try_with(|b| {
+        let p = b.replace(std::ptr::null_mut());
+        if !p.is_null() {
+            // SAFETY: `p` came from Box::into_raw in `with_blocks` and is taken out exactly once.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    });
+}
+
+/// Run `f` on this thread's map, creating it (and arming its cleanup) on first use.
+fn with_blocks<R>(f: impl FnOnce(&mut Blocks) -> R) -> Option<R> {
+    BLOCKS
+        .try_with(|b| {
+            let mut p = b.get();
+            if p.is_null() {
+                p = Box::into_raw(Box::default());
+                b.set(p);
+                if let Some(key) = cleanup_key() {
+                    // SAFETY: our key; the value is a round counter, never dereferenced.
+                    unsafe { libc::pthread_setspecific(key, 1 as *const libc::c_void) };
+                }
+            }
+            // SAFETY: `p` is this thread's live map; no other reference to it exists while `f`
+            // runs (kiln_tls_get_addr is not reentrant: it calls no JIT'd code).
+            f(unsafe { &mut *p })
+        })
+        .ok()
 }
 
 pub(crate) fn register(
@@ -95,7 +152,7 @@ pub(crate) fn deregister(module: u64) {
     if let Ok(mut t) = templates().write() {
         t.remove(&module);
     }
-    let _ = BLOCKS.try_with(|b| b.borrow_mut().remove(&module));
+    with_blocks(|b| b.remove(&module));
 }
 
 fn new_block(t: &Template) -> Option<Block> {
@@ -157,24 +214,22 @@ fn kiln_block(module: u64) -> *mut u8 {
     if let Some(off) = t.static_offset {
         return (super::static_tls::thread_pointer() as i64).wrapping_add(off) as *mut u8;
     }
-    BLOCKS
-        .try_with(|b| {
-            let mut b = b.borrow_mut();
-            if let Some(blk) = b.get(&module) {
-                if blk.generation == t.generation {
-                    return blk.ptr;
-                }
+    with_blocks(|b| {
+        if let Some(blk) = b.get(&module) {
+            if blk.generation == t.generation {
+                return blk.ptr;
             }
-            match new_block(&t) {
-                Some(blk) => {
-                    let p = blk.ptr;
-                    b.insert(module, blk);
-                    p
-                }
-                None => std::ptr::null_mut(),
+        }
+        match new_block(&t) {
+            Some(blk) => {
+                let p = blk.ptr;
+                b.insert(module, blk);
+                p
             }
-        })
-        .unwrap_or(std::ptr::null_mut())
+            None => std::ptr::null_mut(),
+        }
+    })
+    .unwrap_or(std::ptr::null_mut())
 }
 
 /// `__tls_get_addr` for JIT'd code.

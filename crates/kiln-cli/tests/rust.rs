@@ -1,0 +1,62 @@
+//! Rust code through kiln: a staticlib (the whole std, 300+ archive members) built by rustc,
+//! linked and run by kiln, compared with the same program built natively by rustc.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn rust_staticlib_runs_like_its_native_build() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/programs/rust/prog.rs");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust-prog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(&src).unwrap();
+    let lib_src = dir.join("lib.rs");
+    std::fs::write(
+        &lib_src,
+        text.replace(
+            "fn main() {",
+            "#[no_mangle]\npub extern \"C\" fn rust_main() -> i32 {",
+        ),
+    )
+    .unwrap();
+    let rustc = |args: &[&str]| {
+        let st = Command::new("rustc")
+            .args(args)
+            .status()
+            .expect("rustc is required for this test");
+        assert!(st.success(), "rustc {args:?} failed");
+    };
+    let native = dir.join("native");
+    let lib = dir.join("libprog.a");
+    rustc(&["-O", "-o", native.to_str().unwrap(), src.to_str().unwrap()]);
+    rustc(&[
+        "-O",
+        "--crate-type=staticlib",
+        "-o",
+        lib.to_str().unwrap(),
+        lib_src.to_str().unwrap(),
+    ]);
+    let n = Command::new(&native)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let k = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", "--entry", "rust_main", lib.to_str().unwrap()])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let (ns, ks) = (
+        String::from_utf8_lossy(&n.stdout),
+        String::from_utf8_lossy(&k.stdout),
+    );
+    assert_eq!(
+        ks,
+        ns,
+        "stdout differs; kiln stderr:\n{}",
+        String::from_utf8_lossy(&k.stderr)
+    );
+    assert_eq!(k.status.code(), n.status.code(), "exit status differs");
+    assert_eq!(n.status.code(), Some(3));
+    // The panic message goes to stderr in both.
+    assert!(String::from_utf8_lossy(&k.stderr).contains("boom 4"));
+}
