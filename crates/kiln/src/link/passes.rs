@@ -126,6 +126,7 @@ pub fn synthesize_runtime<'a>(
         ];
         define_hidden(g, name, b, input, true);
     }
+    synthesize_rust_allocator_shim(g, input);
     // The start of the unit's TLS block, for local-dynamic code using TLS descriptors.
     if is_undefined(g, b"_TLS_MODULE_BASE_") {
         let id = g.globals[&b"_TLS_MODULE_BASE_"[..]];
@@ -140,6 +141,76 @@ pub fn synthesize_runtime<'a>(
         define_hidden(g, b"_GLOBAL_OFFSET_TABLE_", got, input, false);
     }
     (dso, got)
+}
+
+/// rustc writes the global allocator's shim (`__rust_alloc` → `__rdl_alloc`, …) only when it
+/// links a binary, a cdylib or a staticlib; objects from `rustc --emit=obj` linked against the
+/// sysroot's rlibs reference it without a definition. Kiln writes it as a native link would for
+/// the default (System) allocator: each `__rust_X` tail-calls `__rdl_X` under the same mangling
+/// prefix, and `__rust_no_alloc_shim_is_unstable_v2` is an empty function.
+fn synthesize_rust_allocator_shim(g: &mut LinkGraph, input: InputId) {
+    let undefined: Vec<SymbolId> = g
+        .globals
+        .values()
+        .copied()
+        .filter(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
+        .collect();
+    for id in undefined {
+        let name = g.symbols[id.idx()].name;
+        let Some(text) = std::str::from_utf8(name).ok() else {
+            continue;
+        };
+        // `_RNv<crate>7___rustc<N>___rust_alloc`, or plain `__rust_alloc` (older rustc).
+        let (prefix, base) = match text.rfind("___rust_") {
+            Some(i) if text.starts_with("_RNv") => {
+                let digits = text[..i].trim_end_matches(|c: char| c.is_ascii_digit());
+                (digits, &text[i + 1..])
+            }
+            _ if text.starts_with("__rust_") => ("", text),
+            _ => continue,
+        };
+        let code: Vec<u8>;
+        let mut edges = Vec::new();
+        if base == "__rust_no_alloc_shim_is_unstable_v2" {
+            code = vec![0xc3]; // ret
+        } else {
+            let Some(what) = base
+                .strip_prefix("__rust_")
+                .filter(|w| matches!(*w, "alloc" | "dealloc" | "realloc" | "alloc_zeroed"))
+            else {
+                continue;
+            };
+            let target = format!("__rdl_{what}");
+            let target = if prefix.is_empty() {
+                target
+            } else {
+                format!("{prefix}{}_{target}", target.len())
+            };
+            let target: &'static [u8] = Box::leak(target.into_bytes().into_boxed_slice());
+            let t = g.global_ref(target, input, false);
+            code = vec![0xe9, 0, 0, 0, 0]; // jmp __rdl_X
+            edges.push(Edge {
+                offset: 1,
+                kind: EdgeKind::BranchPCRel32,
+                target: t,
+                addend: -4,
+            });
+        }
+        let sec = synth_section(
+            g,
+            b".text.kiln.rust_alloc",
+            MemProt::ReadExec,
+            SectionKind::Regular,
+            input,
+        );
+        let b = g.add_block(sec, Content::Bytes(Cow::Owned(code)), 16);
+        g.blocks[b.idx()].edges = edges;
+        g.symbols[id.idx()].def = SymbolDef::Defined {
+            block: b,
+            offset: 0,
+        };
+        g.symbols[id.idx()].scope = Scope::Hidden;
+    }
 }
 
 /// COMMON symbols become zero-filled blocks.
@@ -389,7 +460,9 @@ pub fn build_got_and_stubs(
                     g.add_anon(stub_block, (stub_targets.len() as u64 - 1) * 8, input)
                 });
                 let (kind, target) = match e.kind {
-                    EdgeKind::GotDelta32 | EdgeKind::GotDelta32Relaxable { .. } => (EdgeKind::Delta32, slot),
+                    EdgeKind::GotDelta32 | EdgeKind::GotDelta32Relaxable { .. } => {
+                        (EdgeKind::Delta32, slot)
+                    }
                     EdgeKind::GotDelta64 => (EdgeKind::Delta64, slot),
                     EdgeKind::GotOffset64 => (EdgeKind::DeltaFromGot64, slot),
                     k => (k, stub),
