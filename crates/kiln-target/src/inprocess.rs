@@ -199,7 +199,10 @@ impl Executor for InProcessExecutor {
                 let writable = req.segments.iter().any(|s| {
                     s.prot == crate::MemProt::ReadWrite
                         && s.addr.0 <= slot.0
-                        && slot.0.checked_add(8).is_some_and(|e| e <= s.addr.0 + s.size())
+                        && slot
+                            .0
+                            .checked_add(8)
+                            .is_some_and(|e| e <= s.addr.0 + s.size())
                 });
                 if !writable {
                     return Err(Error::InvalidRequest(format!(

@@ -173,7 +173,7 @@ fn mutate(rng: &mut Rng, obj: &[u8], ranges: &[(String, usize, usize)]) -> (Vec<
         return (m, "no-op".into());
     }
     let at = lo + rng.below(hi - lo);
-    let desc = match rng.below(6) {
+    let desc = match rng.below(8) {
         0 => {
             m[at] ^= 1 << rng.below(8);
             format!("flip a bit at {at:#x} in {what}")
@@ -206,6 +206,7 @@ fn mutate(rng: &mut Rng, obj: &[u8], ranges: &[(String, usize, usize)]) -> (Vec<
             }
             format!("section {i} type set to {t:#x}")
         }
+        6 | 7 => structured(rng, &mut m, obj),
         4 => {
             for _ in 0..8 {
                 let a = lo + rng.below(hi - lo);
@@ -221,34 +222,164 @@ fn mutate(rng: &mut Rng, obj: &[u8], ranges: &[(String, usize, usize)]) -> (Vec<
     (m, desc)
 }
 
+const INTERESTING: [u64; 10] = [
+    0,
+    1,
+    0x7fff_ffff,
+    0xffff_ffff,
+    0x8000_0000_0000_0000,
+    u64::MAX,
+    u64::MAX - 7,
+    1 << 40,
+    1 << 62,
+    0x1000,
+];
+
+/// Field-aware damage: a section header field, a relocation entry field or a symbol field set to
+/// an interesting value (out-of-range offsets and indices, huge sizes and alignments).
+fn structured(rng: &mut Rng, m: &mut [u8], obj: &[u8]) -> String {
+    let rd = |o: usize, n: usize| -> u64 {
+        obj.get(o..o + n).map_or(0, |b| {
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(b);
+            u64::from_le_bytes(v)
+        })
+    };
+    let mut put = |at: usize, n: usize, v: u64| {
+        if at + n <= m.len() {
+            m[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
+        }
+    };
+    let shoff = rd(0x28, 8) as usize;
+    let shnum = rd(0x3c, 2) as usize;
+    let v = INTERESTING[rng.below(INTERESTING.len())];
+    let headers: Vec<(u32, usize, usize)> = (0..shnum)
+        .map(|i| {
+            let h = shoff + i * 64;
+            (
+                rd(h + 4, 4) as u32,
+                rd(h + 0x18, 8) as usize,
+                rd(h + 0x20, 8) as usize,
+            )
+        })
+        .collect();
+    let pick = |rng: &mut Rng, ty: u32| -> Option<(usize, usize)> {
+        let c: Vec<_> = headers.iter().filter(|h| h.0 == ty && h.2 >= 24).collect();
+        (!c.is_empty()).then(|| {
+            let h = c[rng.below(c.len())];
+            (h.1, h.2)
+        })
+    };
+    const SH_FIELDS: [(&str, usize, usize); 7] = [
+        ("sh_offset", 0x18, 8),
+        ("sh_size", 0x20, 8),
+        ("sh_addralign", 0x30, 8),
+        ("sh_link", 0x28, 4),
+        ("sh_info", 0x2c, 4),
+        ("sh_entsize", 0x38, 8),
+        ("sh_flags", 0x08, 8),
+    ];
+    const ST_FIELDS: [(&str, usize, usize); 5] = [
+        ("st_name", 0, 4),
+        ("st_info", 4, 1),
+        ("st_shndx", 6, 2),
+        ("st_value", 8, 8),
+        ("st_size", 16, 8),
+    ];
+    match rng.below(3) {
+        0 if shnum > 0 => {
+            let i = rng.below(shnum);
+            let (field, off, n) = SH_FIELDS[rng.below(SH_FIELDS.len())];
+            put(shoff + i * 64 + off, n, v);
+            format!("section {i} {field} = {v:#x}")
+        }
+        1 => match pick(rng, 4) {
+            Some((off, size)) => {
+                let e = off + 24 * rng.below(size / 24);
+                let (field, fo, n, v) = match rng.below(4) {
+                    0 => ("r_offset", 0, 8, v),
+                    1 => ("r_sym", 12, 4, v),
+                    2 => ("r_type", 8, 4, rng.below(45) as u64),
+                    _ => ("r_addend", 16, 8, v),
+                };
+                put(e + fo, n, v);
+                format!("relocation at {e:#x} {field} = {v:#x}")
+            }
+            None => "no relocations".into(),
+        },
+        _ => match pick(rng, 2) {
+            Some((off, size)) => {
+                let e = off + 24 * rng.below(size / 24);
+                let (field, fo, n) = ST_FIELDS[rng.below(ST_FIELDS.len())];
+                put(e + fo, n, v);
+                format!("symbol at {e:#x} {field} = {v:#x}")
+            }
+            None => "no symbols".into(),
+        },
+    }
+}
+
+/// Cases run, counted across threads.
+static CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count() -> usize {
+    CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
+fn report(what: &str, n: usize) {
+    use std::io::Write;
+    // Straight to stderr (print! is captured by the test harness), so the count is always seen.
+    let _ = writeln!(std::io::stderr(), "hostile input: {n} {what} cases ran");
+}
+
+/// Keep a failing input where a developer can turn it into a regression file.
+fn keep_failure(name: &str, bytes: &[u8]) -> String {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-failures");
+    let _ = std::fs::create_dir_all(&dir);
+    let p = dir.join(format!("{}-{}", count(), name.replace('/', "_")));
+    let _ = std::fs::write(&p, bytes);
+    format!(
+        "(kept as {}; add it to tests/regressions/ with the fix)",
+        p.display()
+    )
+}
+
 fn run_object_mutations(
     name: &str,
     obj: &[u8],
     cases: usize,
     seed: u64,
     failures: &mut Vec<String>,
-) {
+) -> usize {
     assert_eq!(
         try_link(&[(name, obj)], &[]),
         Ok(true),
         "{name}: the unmutated object must link"
     );
+    let mut ran = 0;
     // Truncations: every byte of the header, then evenly over the file.
     let mut cuts: Vec<usize> = (0..64.min(obj.len())).collect();
     cuts.extend((0..200).map(|i| i * obj.len() / 200));
     for cut in cuts {
+        ran += 1;
         if let Err(p) = try_link(&[(name, &obj[..cut])], &[]) {
-            failures.push(format!("{name} truncated to {cut} bytes: panic: {p}"));
+            let kept = keep_failure(name, &obj[..cut]);
+            failures.push(format!(
+                "{name} truncated to {cut} bytes: panic: {p} {kept}"
+            ));
         }
     }
     let ranges = interesting_ranges(obj);
     let mut rng = Rng(seed);
     for _ in 0..cases {
         let (m, desc) = mutate(&mut rng, obj, &ranges);
+        ran += 1;
         if let Err(p) = try_link(&[(name, &m)], &[]) {
-            failures.push(format!("{name}: {desc}: panic: {p}"));
+            let kept = keep_failure(name, &m);
+            failures.push(format!("{name}: {desc}: panic: {p} {kept}"));
         }
     }
+    ran
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -277,17 +408,26 @@ fn mutated_objects_never_panic() {
         ),
         ("cxx.o", compile(&dir, "cxx", CXX_SOURCE, "g++", &["-O2"])),
     ];
-    let mut failures = Vec::new();
-    for (i, (name, obj)) in inputs.iter().enumerate() {
-        run_object_mutations(
-            name,
-            obj,
-            1500,
-            0x9e37_79b9_7f4a_7c15 ^ i as u64,
-            &mut failures,
-        );
-    }
+    // 25,000 mutations per input, one thread per input.
+    let results: Vec<(usize, Vec<String>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (name, obj))| {
+                s.spawn(move || {
+                    let mut f = Vec::new();
+                    let seed = 0x9e37_79b9_7f4a_7c15 ^ i as u64;
+                    let n = run_object_mutations(name, obj, 25_000, seed, &mut f);
+                    (n, f)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ran: usize = results.iter().map(|r| r.0).sum();
+    let failures: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
     std::fs::remove_dir_all(&dir).ok();
+    report("object", ran);
     assert!(
         failures.is_empty(),
         "{} mutations panicked:\n{}",
@@ -319,7 +459,7 @@ fn mutated_archives_never_panic() {
             failures.push(format!("libz.a truncated to {cut} bytes: panic: {p}"));
         }
     }
-    for case in 0..400 {
+    for case in 0..25_000 {
         let mut m = libz.clone();
         let span = if case % 2 == 0 {
             65536.min(m.len())
@@ -333,15 +473,42 @@ fn mutated_archives_never_panic() {
             desc.push_str(&format!("{at:#x} "));
         }
         if let Err(p) = try_link(&[("zdrv.o", &driver)], &[("libz.a", &m)]) {
-            failures.push(format!("libz.a with random bytes at {desc}: panic: {p}"));
+            let kept = keep_failure("libz.a", &m);
+            failures.push(format!(
+                "libz.a with random bytes at {desc}: panic: {p} {kept}"
+            ));
         }
     }
+    report("archive", 150 + 25_000);
     assert!(
         failures.is_empty(),
         "{} mutations panicked:\n{}",
         failures.len(),
         failures[..failures.len().min(20)].join("\n")
     );
+}
+
+/// Inputs that once made kiln panic: each must now link or fail with an error.
+#[test]
+fn regression_files_never_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/regressions");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("tests/regressions exists") {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            continue;
+        }
+        let bytes = std::fs::read(&p).unwrap();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let r = if bytes.starts_with(b"!<arch>") {
+            try_link(&[], &[(&name, &bytes)])
+        } else {
+            try_link(&[(&name, &bytes)], &[])
+        };
+        assert!(r.is_ok(), "{name}: panic: {r:?}");
+        n += 1;
+    }
+    report("regression", n);
 }
 
 #[test]

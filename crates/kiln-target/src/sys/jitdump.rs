@@ -270,9 +270,16 @@ mod tests {
         let index = u64_at(load_at + LOAD_INDEX_AT);
         assert_ne!(index, 0);
         assert_eq!(u32_at(move_at), JIT_CODE_MOVE);
-        assert_eq!(u64_at(move_at + MOVE_INDEX_AT), index, "the moved code keeps its index");
+        assert_eq!(
+            u64_at(move_at + MOVE_INDEX_AT),
+            index,
+            "the moved code keeps its index"
+        );
         let close_at = move_at + 16 + mv.len();
-        assert_eq!((u32_at(close_at), u32_at(close_at + 4)), (JIT_CODE_CLOSE, 16));
+        assert_eq!(
+            (u32_at(close_at), u32_at(close_at + 4)),
+            (JIT_CODE_CLOSE, 16)
+        );
         assert_eq!(f.len(), close_at + 16);
         let _ = std::fs::remove_dir_all(&dir);
     }

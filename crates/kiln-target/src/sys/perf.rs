@@ -23,15 +23,13 @@ pub fn path() -> PathBuf {
 /// Append `entries` to the map (created, or truncated if an earlier process with the same PID
 /// left one, on first use).
 pub(crate) fn write(entries: &[PerfMapEntry]) -> Result<()> {
+    use std::fmt::Write as _;
     let mut text = String::with_capacity(entries.len() * 48);
     for e in entries {
+        let _ = write!(text, "{:x} {:x} ", e.addr.0, e.size);
         // A name is one line: perf takes everything after the size as the name.
-        let name: String = e
-            .name
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect();
-        text.push_str(&format!("{:x} {:x} {name}\n", e.addr.0, e.size));
+        text.extend(e.name.chars().map(|c| if c.is_control() { '?' } else { c }));
+        text.push('\n');
     }
     let mut guard = MAP
         .lock()

@@ -82,7 +82,12 @@ extern "C" fn free_blocks(arg: *mut libc::c_void) {
         if let Some(key) = cleanup_key() {
             // SAFETY: re-arming our own key with a small integer (never dereferenced) so that
             // glibc calls us again in its next destructor round.
-            unsafe { libc::pthread_setspecific(key, (round + 1) as *const libc::c_void) };
+            unsafe {
+                libc::pthread_setspecific(
+                    key,
+                    std::ptr::without_provenance::<libc::c_void>(round + 1),
+                )
+            };
             return;
         }
     }
@@ -105,7 +110,12 @@ fn with_blocks<R>(f: impl FnOnce(&mut Blocks) -> R) -> Option<R> {
                 b.set(p);
                 if let Some(key) = cleanup_key() {
                     // SAFETY: our key; the value is a round counter, never dereferenced.
-                    unsafe { libc::pthread_setspecific(key, 1 as *const libc::c_void) };
+                    unsafe {
+                        libc::pthread_setspecific(
+                            key,
+                            std::ptr::without_provenance::<libc::c_void>(1),
+                        )
+                    };
                 }
             }
             // SAFETY: `p` is this thread's live map; no other reference to it exists while `f`

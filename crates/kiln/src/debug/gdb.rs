@@ -83,8 +83,8 @@ fn patched_copy(
     }
     let ehdr_size = usize::from(header.e_ehsize(LE)).max(64);
     let original_header = |i: usize| -> Result<[u8; SHDR_SIZE], String> {
-        let at = shoff + i * SHDR_SIZE;
-        data.get(at..at + SHDR_SIZE)
+        let at = i.checked_mul(SHDR_SIZE).and_then(|o| o.checked_add(shoff));
+        at.and_then(|at| data.get(at..at.checked_add(SHDR_SIZE)?))
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| format!("section header {i} lies outside the object"))
     };
@@ -165,7 +165,8 @@ fn patched_copy(
         }
     }
     // Named symbols of sections that were not loaded would otherwise sit near address 0.
-    if let Ok(symtab) = sections.symbols(LE, data, elf::SHT_SYMTAB) {
+    let any_dropped = dropped.iter().any(|d| *d);
+    if let (true, Ok(symtab)) = (any_dropped, sections.symbols(LE, data, elf::SHT_SYMTAB)) {
         let si = symtab.section().0;
         let mut syms = content
             .get_mut(si)
@@ -180,9 +181,9 @@ fn patched_copy(
                 continue;
             };
             if dropped.get(sec.0).copied().unwrap_or(false) {
-                let at = idx.0 * SYM_SIZE;
+                let at = idx.0.saturating_mul(SYM_SIZE);
                 let e = syms
-                    .get_mut(at..at + SYM_SIZE)
+                    .get_mut(at..at.saturating_add(SYM_SIZE))
                     .ok_or_else(|| format!("symbol {} is outside the symbol table", idx.0))?;
                 e[4] = (sym.st_bind().0 << 4) | elf::STT_NOTYPE.0;
                 e[6..8].copy_from_slice(&elf::SHN_UNDEF.0.to_le_bytes());
