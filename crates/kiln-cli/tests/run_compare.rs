@@ -72,6 +72,7 @@ programs!(
     tls_dynamic,
     tls_static,
     ifunc,
+    backtrace_frames,
     // C++
     cxx_virtual_rtti,
     cxx_stl_iostream,

@@ -258,7 +258,9 @@ impl<'a> ObjectParser<'_, 'a> {
                 continue;
             }
             let local = bind == elf::STB_LOCAL;
-            let weak = bind == elf::STB_WEAK;
+            // STB_GNU_UNIQUE (one copy per process of a template's static) merges like a weak
+            // definition: every object that has it carries the same definition.
+            let weak = bind == elf::STB_WEAK || bind == elf::STB_GNU_UNIQUE;
             let scope = if local {
                 Scope::Local
             } else if matches!(sym.st_visibility(), elf::STV_HIDDEN | elf::STV_INTERNAL) {
