@@ -491,18 +491,7 @@ impl<'a> ObjectParser<'_, 'a> {
     }
 
     fn absolute_zero(&mut self) -> SymbolId {
-        self.g.add_symbol(Symbol {
-            name: b"",
-            def: SymbolDef::Absolute(0),
-            size: 0,
-            weak: false,
-            scope: Scope::Local,
-            callable: false,
-            tls: false,
-            input: self.input,
-            only_weak_refs: false,
-            ifunc: false,
-        })
+        self.g.add_local(SymbolDef::Absolute(0), self.input)
     }
 }
 

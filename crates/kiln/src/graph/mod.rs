@@ -227,9 +227,15 @@ impl<'a> LinkGraph<'a> {
 
     /// A local, anonymous symbol at `offset` in `block`.
     pub fn add_anon(&mut self, block: BlockId, offset: u64, input: InputId) -> SymbolId {
+        self.add_local(SymbolDef::Defined { block, offset }, input)
+    }
+
+    /// A local, anonymous symbol with the given definition (e.g. `Absolute(0)` for a relocation
+    /// that names no symbol).
+    pub fn add_local(&mut self, def: SymbolDef, input: InputId) -> SymbolId {
         self.add_symbol(Symbol {
             name: b"",
-            def: SymbolDef::Defined { block, offset },
+            def,
             size: 0,
             weak: false,
             scope: Scope::Local,

@@ -551,18 +551,7 @@ pub fn build_got_and_stubs(
     st.tls_pairs = gd_of.len() + usize::from(ld_pair.is_some());
     st.got_entries += tpoff_of.len();
     st.stubs = stub_targets.len();
-    let zero = g.add_symbol(Symbol {
-        name: b"",
-        def: SymbolDef::Absolute(0),
-        size: 0,
-        weak: false,
-        scope: Scope::Local,
-        callable: false,
-        tls: false,
-        input,
-        only_weak_refs: false,
-        ifunc: false,
-    });
+    let zero = g.add_local(SymbolDef::Absolute(0), input);
     let got_edges: Vec<Edge> = entries
         .iter()
         .enumerate()
