@@ -124,17 +124,20 @@ fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<boo
     }
 }
 
+/// An `n`-byte little-endian field at `o` (0 past the end).
+fn read_le(obj: &[u8], o: usize, n: usize) -> u64 {
+    obj.get(o..o + n).map_or(0, |b| {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(b);
+        u64::from_le_bytes(v)
+    })
+}
+
 /// Byte ranges worth mutating in an ELF object: header, section headers, and the contents of
 /// symbol tables, string tables, relocation sections, groups and `.eh_frame`.
 fn interesting_ranges(obj: &[u8]) -> Vec<(String, usize, usize)> {
     let mut out = vec![("ELF header".to_string(), 0, 64.min(obj.len()))];
-    let rd = |o: usize, n: usize| -> u64 {
-        obj.get(o..o + n).map_or(0, |b| {
-            let mut v = [0u8; 8];
-            v[..n].copy_from_slice(b);
-            u64::from_le_bytes(v)
-        })
-    };
+    let rd = |o: usize, n: usize| read_le(obj, o, n);
     let shoff = rd(0x28, 8) as usize;
     let shnum = rd(0x3c, 2) as usize;
     out.push((
@@ -238,13 +241,7 @@ const INTERESTING: [u64; 10] = [
 /// Field-aware damage: a section header field, a relocation entry field or a symbol field set to
 /// an interesting value (out-of-range offsets and indices, huge sizes and alignments).
 fn structured(rng: &mut Rng, m: &mut [u8], obj: &[u8]) -> String {
-    let rd = |o: usize, n: usize| -> u64 {
-        obj.get(o..o + n).map_or(0, |b| {
-            let mut v = [0u8; 8];
-            v[..n].copy_from_slice(b);
-            u64::from_le_bytes(v)
-        })
-    };
+    let rd = |o: usize, n: usize| read_le(obj, o, n);
     let mut put = |at: usize, n: usize, v: u64| {
         if at + n <= m.len() {
             m[at..at + n].copy_from_slice(&v.to_le_bytes()[..n]);
