@@ -394,6 +394,8 @@ fn run(a: RunArgs) -> Result<i32> {
         }
     }
     if a.noexec {
+        // The process exits next: unmapping and deregistering first would be wasted work.
+        std::mem::forget(s);
         return Ok(0);
     }
     s.run_initializers()?;

@@ -1,7 +1,7 @@
 //! Splitting `.eh_frame` into one block per CIE and FDE, as JITLink does, so that dead-stripping
 //! keeps exactly the FDEs of live functions. Each FDE gets a `NegDelta32` edge to its CIE (its
 //! CIE pointer is section relative, so it must be recomputed when records move) and the function
-//! it describes gets a `KeepAlive` edge to the FDE. FDEs of discarded functions are dropped.
+//! it describes keeps the FDE alive (`LinkGraph::keep_alive`). FDEs of discarded functions are dropped.
 
 use crate::arch::x86_64::EdgeKind;
 use crate::error::{Error, Result};
@@ -80,13 +80,12 @@ pub(crate) fn split<'a>(
             }
             ei += 1;
         }
-        let rec_edges: Vec<Edge> = edges[first..ei]
-            .iter()
-            .map(|e| Edge {
-                offset: e.offset - off as u32,
-                ..*e
-            })
-            .collect();
+        // Room for the CIE-pointer edge an FDE gets, so that adding it does not reallocate.
+        let mut rec_edges: Vec<Edge> = Vec::with_capacity(ei - first + 1);
+        rec_edges.extend(edges[first..ei].iter().map(|e| Edge {
+            offset: e.offset - off as u32,
+            ..*e
+        }));
         let bytes = Cow::Borrowed(&data[off..end]);
         if id == 0 {
             let b = g.add_block(section, Content::Bytes(bytes), 4);
@@ -117,13 +116,7 @@ pub(crate) fn split<'a>(
                 addend: 0,
             });
             g.blocks[b.idx()].edges = e;
-            let fde = g.add_anon(b, 0, input);
-            g.blocks[func.idx()].edges.push(Edge {
-                offset: 0,
-                kind: EdgeKind::KeepAlive,
-                target: fde,
-                addend: 0,
-            });
+            g.keep_alive.push((func, b));
         }
         off = end;
     }

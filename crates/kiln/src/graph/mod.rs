@@ -172,6 +172,10 @@ pub struct LinkGraph<'a> {
     pub comdats: FxHashMap<&'a [u8], InputId>,
     /// Strong definitions that clashed: (symbol, first definer, second definer).
     pub duplicates: Vec<(SymbolId, InputId, InputId)>,
+    /// (function block, FDE block): the FDE is live while the function is. Kept beside the
+    /// edges rather than as `KeepAlive` edges on the function, whose (often large) edge vectors
+    /// would otherwise grow once per FDE.
+    pub keep_alive: Vec<(BlockId, BlockId)>,
 }
 
 impl<'a> LinkGraph<'a> {

@@ -293,7 +293,7 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
 /// Mark live everything reachable from the roots: retained sections (init/fini arrays,
 /// SHF_GNU_RETAIN, `__start_`-able names), the extra roots given, and the default-visibility
 /// globals of inputs given explicitly (they can be looked up after linking). FDEs stay alive
-/// through the `KeepAlive` edges of their functions. Returns the number of live blocks.
+/// through `LinkGraph::keep_alive` (and `KeepAlive` edges). Returns the number of live blocks.
 pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId]) -> usize {
     let mut work: Vec<BlockId> = Vec::new();
     let mark = |g: &mut LinkGraph, b: BlockId, work: &mut Vec<BlockId>| {
@@ -322,9 +322,26 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId]) -> usize {
             mark(g, block, &mut work);
         }
     }
+    // FDEs by function block (a counting sort: `fdes[start[b]..start[b + 1]]`).
+    let mut start = vec![0u32; g.blocks.len() + 1];
+    for (f, _) in &g.keep_alive {
+        start[f.idx() + 1] += 1;
+    }
+    for i in 1..start.len() {
+        start[i] += start[i - 1];
+    }
+    let mut fill = start.clone();
+    let mut fdes = vec![BlockId(0); g.keep_alive.len()];
+    for (f, fde) in &g.keep_alive {
+        fdes[fill[f.idx()] as usize] = *fde;
+        fill[f.idx()] += 1;
+    }
     let mut live = 0;
     while let Some(b) = work.pop() {
         live += 1;
+        for &fde in &fdes[start[b.idx()] as usize..start[b.idx() + 1] as usize] {
+            mark(g, fde, &mut work);
+        }
         for k in 0..g.blocks[b.idx()].edges.len() {
             let t = g.blocks[b.idx()].edges[k].target;
             if let SymbolDef::Defined { block, .. } = g.symbols[t.idx()].def {
