@@ -1,8 +1,10 @@
 //! Test layer 5 (DESIGN.md): the tools see JIT'd code. `kiln run` under `gdb -batch` (pending
 //! breakpoints, `bt` with file:line for DWARF and names alone for objects without it, including
 //! a Debian archive), under `perf record` with `--perf-map` and `--jitdump` (maps and dumps parsed
-//! back, `perf report`/`perf inject --jit`/`perf annotate` name the hot function and its line),
-//! and under `valgrind` (a zlib driver runs with no errors). A missing tool fails the test.
+//! back, `perf report`/`perf inject --jit`/`perf annotate` name the hot function and its line,
+//! the jitted .so carries the function's FDE, and `--call-graph dwarf` unwinds from a JIT'd leaf
+//! into its JIT'd caller), and under `valgrind` (a zlib driver runs with no errors). A missing
+//! tool fails the test.
 
 mod common;
 
@@ -432,6 +434,7 @@ fn jitdump_parses_back_and_perf_inject_names_the_source_line() {
     );
     let mut indexes = Vec::new();
     let mut hot_load = None;
+    let mut hot_index = 0;
     for (i, (id, _, body)) in dump.records.iter().enumerate() {
         if *id != 0 {
             continue;
@@ -449,6 +452,7 @@ fn jitdump_parses_back_and_perf_inject_names_the_source_line() {
         assert_eq!(body.len() - code_at, size as usize, "{name}: code bytes");
         if name == "hot_loop" {
             hot_load = Some((i, addr, body[code_at..].to_vec()));
+            hot_index = index;
         }
     }
     let mut unique = indexes.clone();
@@ -471,8 +475,30 @@ fn jitdump_parses_back_and_perf_inject_names_the_source_line() {
     let text = std::fs::read(&text).unwrap();
     assert_eq!(code, text[value as usize..(value + size) as usize]);
 
-    // The JIT_CODE_DEBUG_INFO record just before it: lines of hot.c inside the function.
-    let (id, _, dbg) = &dump.records[i - 1];
+    // Just before it, JIT_CODE_UNWINDING_INFO: .eh_frame then .eh_frame_hdr, whose one table
+    // entry is the FDE of hot_loop, at the addresses perf gives them in its .so (code at 0,
+    // .eh_frame at align8(size)).
+    let (id, _, unwind) = &dump.records[i - 1];
+    assert_eq!(
+        *id, 4,
+        "a JIT_CODE_UNWINDING_INFO record precedes hot_loop's load"
+    );
+    let (data_size, hdr_size) = (u64_at(unwind, 0) as usize, u64_at(unwind, 8) as usize);
+    assert!(hdr_size == 20 && data_size > hdr_size && 24 + data_size <= unwind.len());
+    assert_eq!((unwind.len() + 16) % 8, 0, "padded to 8 bytes");
+    let hdr = &unwind[24 + data_size - hdr_size..24 + data_size];
+    assert_eq!(&hdr[..4], &[1, 0x1b, 0x03, 0x3b]);
+    assert_eq!(u32_at(hdr, 8), 1, "one FDE");
+    let hdr_at = size.next_multiple_of(8) as i64 + (data_size - hdr_size) as i64;
+    let i32_at = |b: &[u8], at: usize| i64::from(u32_at(b, at) as i32);
+    assert_eq!(
+        hdr_at + i32_at(hdr, 12),
+        0,
+        "the table's entry is hot_loop's start"
+    );
+
+    // The JIT_CODE_DEBUG_INFO record before that: lines of hot.c inside the function.
+    let (id, _, dbg) = &dump.records[i - 2];
     assert_eq!(
         *id, 2,
         "a JIT_CODE_DEBUG_INFO record precedes hot_loop's load"
@@ -511,6 +537,15 @@ fn jitdump_parses_back_and_perf_inject_names_the_source_line() {
         ],
         "perf-inject",
     );
+    // perf wrote the unwinding data into hot_loop's .so: the FDE spans the function's symbol.
+    let so = dumps.join(format!("jitted-{pid}-{hot_index}.so"));
+    let (sym, fde) = so_symbol_and_fde(&dir, &so, "hot_loop");
+    assert_eq!(
+        fde,
+        (sym.0, sym.0 + size),
+        "FDE of hot_loop in {}",
+        so.display()
+    );
     let report = perf(
         &dir,
         &[
@@ -546,6 +581,179 @@ fn jitdump_parses_back_and_perf_inject_names_the_source_line() {
         annotate.stdout_text().contains("imul"),
         "perf annotate does not disassemble hot_loop:\n{}",
         show(&annotate)
+    );
+}
+
+/// (value, size) of `name` in an ELF file's symbol table, and the pc range of its only FDE,
+/// with `readelf`.
+fn so_symbol_and_fde(dir: &Path, so: &Path, name: &str) -> ((u64, u64), (u64, u64)) {
+    let syms = must(Command::new("readelf").arg("-sW").arg(so), dir, "readelf-s");
+    let sym = syms
+        .stdout_text()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 8 && f[7] == name).then(|| {
+                (
+                    u64::from_str_radix(f[1], 16).unwrap(),
+                    f[2].parse::<u64>().unwrap(),
+                )
+            })
+        })
+        .unwrap_or_else(|| panic!("no {name} in {}:\n{}", so.display(), show(&syms)));
+    let frames = must(
+        Command::new("readelf").arg("--debug-dump=frames").arg(so),
+        dir,
+        "readelf-frames",
+    );
+    let fdes: Vec<(u64, u64)> = frames
+        .stdout_text()
+        .lines()
+        .filter(|l| l.contains(" FDE "))
+        .filter_map(|l| {
+            let (a, b) = l.split_once("pc=")?.1.split_once("..")?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b.trim(), 16).ok()?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        fdes.len(),
+        1,
+        "one FDE in {}:\n{}",
+        so.display(),
+        show(&frames)
+    );
+    (sym, fdes[0])
+}
+
+/// A caller and, in a second object linked after it, a hot leaf that saves two registers (so
+/// the CFA moves: unwinding it needs its CFI, not a frame pointer). No calls into the host, so
+/// no stub follows the leaf: it is the last code of the unit.
+const CALLER_C: &str = r#"unsigned long jit_leaf(unsigned long n);
+volatile unsigned long jit_result;
+__attribute__((noinline)) unsigned long jit_parent(unsigned long n) {
+    unsigned long acc = 0;
+    for (unsigned long k = 0; k < 100; k++) acc += jit_leaf(n / 100 + (acc & 1));
+    return acc;
+}
+int main(void) {
+    jit_result = jit_parent(150000000UL);
+    return 0;
+}
+"#;
+
+const LEAF_C: &str = r#"unsigned long jit_leaf(unsigned long n) {
+    unsigned long acc = n;
+    __asm__ volatile("" ::: "rbx", "r12");
+    for (unsigned long i = 0; i < n; i++) {
+        acc = acc * 6364136223846793005UL + i;
+        acc ^= acc >> 17;
+    }
+    return acc;
+}
+"#;
+
+#[test]
+fn perf_call_graph_dwarf_unwinds_through_jit_code() {
+    let dir = workdir("jitdump-unwind");
+    let flags = [
+        "-O2",
+        "-fomit-frame-pointer",
+        "-fno-reorder-blocks-and-partition",
+    ];
+    let caller = cc(&dir, "caller", CALLER_C, &flags);
+    let leaf = cc(&dir, "leaf", LEAF_C, &flags);
+    let data = dir.join("perf.data");
+    let dumps = dir.join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    perf(
+        &dir,
+        &[
+            "record",
+            "-k",
+            "mono",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "1000",
+            "--call-graph",
+            "dwarf,4096",
+            "-o",
+            data.to_str().unwrap(),
+            "--",
+            KILN,
+            "run",
+            &format!("--jitdump={}", dumps.display()),
+            caller.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ],
+        "perf-record",
+    );
+    let dump_path = std::fs::read_dir(&dumps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "dump"))
+        .expect("a jit-PID.dump");
+    let dump = parse_jitdump(&std::fs::read(&dump_path).unwrap());
+    // perf 6.1 unwinds with libunwind, which reads the FDE through perf's mapping of the
+    // jitted .so: jit_leaf's mapping must reach over its unwinding data (mapped_size > 0),
+    // which it can because nothing follows it.
+    let leaf_at = dump
+        .records
+        .iter()
+        .position(|(id, _, body)| *id == 0 && cstr(body, 40).0 == "jit_leaf")
+        .expect("a JIT_CODE_LOAD for jit_leaf");
+    let (id, _, unwind) = &dump.records[leaf_at - 1];
+    assert_eq!(*id, 4, "unwinding info precedes jit_leaf's load");
+    assert_eq!(
+        u64_at(unwind, 16),
+        u64_at(unwind, 0),
+        "jit_leaf's unwinding data is mapped"
+    );
+
+    let injected = dir.join("perf.jit.data");
+    perf(
+        &dir,
+        &[
+            "inject",
+            "--jit",
+            "-i",
+            data.to_str().unwrap(),
+            "-o",
+            injected.to_str().unwrap(),
+        ],
+        "perf-inject",
+    );
+    let report = perf(
+        &dir,
+        &[
+            "report",
+            "-i",
+            injected.to_str().unwrap(),
+            "--stdio",
+            "--no-children",
+            "-G",
+        ],
+        "perf-report",
+    );
+    // The hot entry is jit_leaf, and its caller-first call graph has jit_parent above it.
+    let out = report.stdout_text();
+    assert!(
+        report_lines(&report)
+            .first()
+            .is_some_and(|l| l.contains("jit_leaf")),
+        "perf report does not put jit_leaf first:\n{}",
+        show(&report)
+    );
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert!(
+        lines
+            .windows(2)
+            .any(|w| w[0] == "---jit_parent" && w[1] == "jit_leaf"),
+        "perf report -G does not show jit_parent calling jit_leaf:\n{}",
+        show(&report)
     );
 }
 

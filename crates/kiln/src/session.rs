@@ -17,6 +17,7 @@ pub struct UnitId(pub usize);
 enum Pending {
     Object(String, Vec<u8>),
     Archive(String, Vec<u8>),
+    Graph(crate::graph::builder::InMemoryGraph),
 }
 
 /// A JIT session: inputs are added, then [`Session::link`] links everything added since the last
@@ -72,6 +73,11 @@ impl Session {
     /// Add a relocatable object from memory.
     pub fn add_object(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
         self.pending.push(Pending::Object(name.into(), bytes));
+    }
+
+    /// Add a graph a JIT compiler built in memory; linked like an object by the next link.
+    pub fn add_graph(&mut self, graph: crate::graph::builder::InMemoryGraph) {
+        self.pending.push(Pending::Graph(graph));
     }
 
     /// Add a static archive from memory; members are linked only when needed.
@@ -189,8 +195,10 @@ impl Session {
         let pending = std::mem::take(&mut self.pending);
         let mut objects = Vec::new();
         let mut archives = Vec::new();
+        let mut graphs = Vec::new();
         for p in &pending {
             match p {
+                Pending::Graph(gr) => graphs.push(gr),
                 Pending::Object(n, b) => objects.push((n.clone(), b.as_slice())),
                 Pending::Archive(n, b) => archives.push((n.clone(), b.as_slice())),
             }
@@ -208,6 +216,7 @@ impl Session {
             LinkInput {
                 objects,
                 archives,
+                graphs,
                 libraries: &self.libraries,
                 defines: &self.defines,
                 prior_units: &prior,

@@ -1,7 +1,8 @@
 //! What the debug sinks are given (DESIGN.md, "Making JIT'd code known"), checked on the alloc
 //! actions of a link against a simulated executor (nothing runs): gdb objects are valid ELF with
 //! section addresses patched, perf map entries and jitdump records name every function with its
-//! final bytes and line table, valgrind discards cover the code, and each sink is off when asked.
+//! final bytes, line table and unwinding data, valgrind discards cover the code, and each sink
+//! is off when asked.
 
 use kiln::link::{link, LinkInput, LinkedUnit};
 use kiln::DebugOptions;
@@ -72,6 +73,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
         LinkInput {
             objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             archives: Vec::new(),
+            graphs: Vec::new(),
             libraries: &[],
             defines: &defines,
             prior_units: &[],
@@ -301,6 +303,68 @@ fn cstr_at(b: &[u8], at: usize) -> (String, usize) {
     )
 }
 
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn i32_at(b: &[u8], at: usize) -> i64 {
+    i64::from(i32::from_le_bytes(b[at..at + 4].try_into().unwrap()))
+}
+
+/// (name, address, size, unwinding: (mapped_size, unwinding_size)) of a JIT_CODE_LOAD.
+type LoadUnwind = (String, u64, u64, Option<(u64, u64)>);
+
+/// A `JIT_CODE_UNWINDING_INFO` body, checked and decoded for code of `code_size` bytes as
+/// `perf inject --jit` lays it out (code at 0, `.eh_frame` at `align8(code_size)`,
+/// `.eh_frame_hdr` after it): (mapped_size, unwinding_size, each table entry's FDE as
+/// (pc_begin relative to the code, pc_range)).
+fn decode_unwinding(body: &[u8], code_size: u64) -> (u64, u64, Vec<(i64, u64)>) {
+    let (size, hdr_size, mapped) = (u64_at(body, 0), u64_at(body, 8), u64_at(body, 16));
+    assert_eq!((body.len() + 16) % 8, 0, "record padded to 8 bytes");
+    let data = &body[24..];
+    assert!(
+        size as usize <= data.len() && data.len() < size as usize + 8,
+        "unwinding_size {size}, {} bytes of data",
+        data.len()
+    );
+    assert!(
+        data[size as usize..].iter().all(|b| *b == 0),
+        "zero padding"
+    );
+    assert!(hdr_size <= size && (mapped == 0 || mapped == size));
+    let eh_len = (size - hdr_size) as usize;
+    let base = code_size.next_multiple_of(8) as i64;
+    let hdr_at = base + eh_len as i64;
+    let hdr = &data[eh_len..size as usize];
+    assert_eq!(
+        &hdr[..4],
+        &[1, 0x1b, 0x03, 0x3b],
+        ".eh_frame_hdr version, encodings"
+    );
+    assert_eq!(hdr_at + 4 + i32_at(hdr, 4), base, "eh_frame_ptr");
+    let n = u32_at(hdr, 8) as usize;
+    assert_eq!(hdr.len(), 12 + 8 * n, "eh_frame_hdr_size");
+    assert_eq!(&data[eh_len - 4..eh_len], &[0; 4], ".eh_frame terminator");
+    let mut fdes: Vec<(i64, u64)> = Vec::new();
+    for k in 0..n {
+        let loc = hdr_at + i32_at(hdr, 12 + 8 * k);
+        let fde = (hdr_at + i32_at(hdr, 16 + 8 * k) - base) as usize;
+        assert!(fde + 16 <= eh_len);
+        let cie = fde + 4 - u32_at(data, fde + 4) as usize;
+        assert_eq!(
+            u32_at(data, cie + 4),
+            0,
+            "the FDE's CIE pointer reaches a CIE"
+        );
+        assert_eq!(&data[cie + 9..cie + 12], b"zR\0", "CIE augmentation");
+        let pc = base + fde as i64 + 8 + i32_at(data, fde + 8);
+        assert_eq!(pc, loc, "table entry and FDE pc_begin agree");
+        assert!(fdes.last().is_none_or(|l| l.0 <= loc), "table sorted");
+        fdes.push((pc, u64::from(u32_at(data, fde + 12))));
+    }
+    (mapped, size, fdes)
+}
+
 #[test]
 fn jitdump_records_carry_code_and_lines() {
     let (a, b) = inputs();
@@ -322,8 +386,13 @@ fn jitdump_records_carry_code_and_lines() {
     let recs = records(&recs);
     let mut loads = HashMap::new();
     let mut pending_debug: Option<(u64, Vec<LineEntry>)> = None;
+    let mut pending_unwind: Option<&Vec<u8>> = None;
+    let mut prev_id = None;
+    let mut unwinds: Vec<LoadUnwind> = Vec::new();
     for (id, body) in &recs {
+        let after = prev_id.replace(*id);
         match id {
+            4 => pending_unwind = Some(body),
             2 => {
                 let (addr, n) = (u64_at(body, 0), u64_at(body, 8));
                 let mut at = 16;
@@ -357,6 +426,24 @@ fn jitdump_records_carry_code_and_lines() {
                         assert!((code_addr..code_addr + size).contains(ea), "{name}");
                     }
                 }
+                // The unwinding record just before the load: its FDE covers exactly the
+                // function (gcc's FDEs span each function), at perf's addresses.
+                let unwind = pending_unwind.take().map(|body| {
+                    assert_eq!(
+                        after,
+                        Some(4),
+                        "{name}: unwinding info right before the load"
+                    );
+                    let (mapped, size_u, fdes) = decode_unwinding(body, size);
+                    assert_eq!(fdes, vec![(0, size)], "{name}: FDE covers the function");
+                    (mapped, size_u)
+                });
+                assert_eq!(
+                    unwind.is_some(),
+                    !name.ends_with("@stub"),
+                    "{name}: every compiled function has an FDE, stubs have none"
+                );
+                unwinds.push((name.clone(), code_addr, size, unwind));
                 loads.insert(name, (code_addr, debug.map(|d| d.1)));
             }
             other => panic!("unexpected record {other}"),
@@ -381,6 +468,75 @@ fn jitdump_records_carry_code_and_lines() {
         "no DWARF, no debug-info record"
     );
     assert!(loads.contains_key("far_away@stub"));
+
+    check_mapped_sizes(&l, &unwinds);
+
+    // Without the stub (no call to far_away), the object without DWARF ends the code with a
+    // function that has room after it.
+    let entry = compile(
+        &tmpdir(),
+        "entry_only",
+        "int entry(int argc, char **argv, char **envp) { return argc; }",
+        &[],
+    );
+    let alone = link_with(
+        &DebugOptions {
+            jitdump: Some(PathBuf::from("/some/dir")),
+            ..DebugOptions::none()
+        },
+        &[("entry_only.o", &entry), ("without_dwarf.o", &b)],
+    );
+    let recs = alone
+        .finalize_actions()
+        .find_map(|a| match a {
+            Action::WriteJitdump { records, .. } => Some(records.0.clone()),
+            _ => None,
+        })
+        .expect("jitdump action");
+    let recs = records(&recs);
+    let mut unwinds = Vec::new();
+    for w in recs.windows(2) {
+        if let [(4, u), (0, load)] = w {
+            let (name, _) = cstr_at(load, 40);
+            let (addr, size) = (u64_at(load, 16), u64_at(load, 24));
+            let (mapped, data_size, fdes) = decode_unwinding(u, size);
+            assert_eq!(fdes, vec![(0, size)], "{name}");
+            unwinds.push((name, addr, size, Some((mapped, data_size))));
+        }
+    }
+    let last = unwinds.iter().max_by_key(|u| u.1).expect("loads");
+    assert_eq!(last.0, "quiet_global");
+    assert!(
+        last.3.is_some_and(|(mapped, size)| mapped == size),
+        "the last function is mapped: {unwinds:?}"
+    );
+    check_mapped_sizes(&alone, &unwinds);
+}
+
+/// mapped_size is the unwinding data's size where perf's longer mapping (code, padding to 8,
+/// data) stays inside the unit and covers no other function, 0 where it would cover one.
+fn check_mapped_sizes(l: &Linked, unwinds: &[LoadUnwind]) {
+    let unit_end = l
+        .memory
+        .iter()
+        .map(|(a, m)| a + m.len() as u64)
+        .max()
+        .unwrap();
+    for (name, addr, size, unwind) in unwinds {
+        let Some((mapped, data_size)) = unwind else {
+            continue;
+        };
+        let lo = addr + size.next_multiple_of(8);
+        let hi = lo + data_size;
+        let covers_other = unwinds
+            .iter()
+            .any(|(n, a, s, _)| n != name && *a < hi && lo < a + s);
+        if covers_other {
+            assert_eq!(*mapped, 0, "{name}: the next function follows its code");
+        } else if hi <= unit_end {
+            assert_eq!(mapped, data_size, "{name}: room after its code");
+        }
+    }
 }
 
 #[test]

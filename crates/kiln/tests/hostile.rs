@@ -100,6 +100,7 @@ fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<boo
             &ex,
             LinkInput {
                 objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+                graphs: vec![],
                 archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
                 libraries: &[],
                 defines: &defines,
@@ -521,6 +522,7 @@ fn errors_name_file_section_and_offset() {
             LinkInput {
                 objects: vec![("e.o".into(), bytes)],
                 archives: vec![],
+                graphs: vec![],
                 libraries: &[],
                 defines: &defines,
                 prior_units: &[],

@@ -139,3 +139,98 @@ fn later_units_see_earlier_ones_and_undefined_are_reported_together() {
         "{e}"
     );
 }
+
+/// In-memory graphs, as a JIT compiler builds them: a function calling a host function, a second
+/// unit tail-calling the first by name, and a producer-described frame that lets the unwinder
+/// walk through JIT'd code back into this test.
+#[test]
+fn in_memory_graphs_link_call_and_unwind() {
+    use kiln::arch::x86_64::EdgeKind;
+    use kiln::graph::builder::{FrameDescription, InMemoryEdge, InMemoryGraph};
+    let mut s = Session::in_process();
+    // int jit_abs_sum(int a, int b) { return abs(a + b); }  with a frame-pointer prologue.
+    let code = vec![
+        0x55, // push %rbp
+        0x48, 0x89, 0xe5, // mov %rsp, %rbp
+        0x8d, 0x3c, 0x37, // lea (%rdi,%rsi), %edi
+        0xe8, 0, 0, 0, 0,    // call abs
+        0x5d, // pop %rbp
+        0xc3, // ret
+    ];
+    let mut g = InMemoryGraph::new("jit-unit-1");
+    g.add_function(
+        "jit_abs_sum",
+        code,
+        vec![InMemoryEdge::new(8, EdgeKind::BranchPCRel32, "abs", -4)],
+        Some(FrameDescription::FramePointer),
+    );
+    s.add_graph(g);
+    s.link().unwrap();
+    let mut g2 = InMemoryGraph::new("jit-unit-2");
+    g2.add_function(
+        "jit_tail",
+        vec![0xe9, 0, 0, 0, 0], // jmp jit_abs_sum
+        vec![InMemoryEdge::new(
+            1,
+            EdgeKind::BranchPCRel32,
+            "jit_abs_sum",
+            -4,
+        )],
+        None,
+    );
+    s.add_graph(g2);
+    s.link().unwrap();
+    let f = s.lookup("jit_tail").unwrap();
+    // SAFETY: `int jit_tail(int, int)` in a live unit.
+    let f = unsafe { InProcessExecutor::function::<extern "C" fn(i32, i32) -> i32>(f) };
+    assert_eq!(f(-5, -7), 12);
+
+    // A JIT'd frame-pointer function calling back into Rust, which walks the stack.
+    static SAW_CALLER: AtomicU32 = AtomicU32::new(0);
+    extern "C" fn callback() {
+        let bt = std::backtrace::Backtrace::force_capture().to_string();
+        // The test function's own frame (not this callback, whose path contains its name).
+        let caller = bt.lines().any(|l| {
+            l.trim_end()
+                .ends_with("::in_memory_graphs_link_call_and_unwind")
+        });
+        if caller {
+            SAW_CALLER.store(1, Ordering::SeqCst);
+        }
+    }
+    let mut g3 = InMemoryGraph::new("jit-unit-3");
+    g3.add_function(
+        "jit_calls_back",
+        vec![0x55, 0x48, 0x89, 0xe5, 0xe8, 0, 0, 0, 0, 0x5d, 0xc3], // push; mov; call cb; pop; ret
+        vec![InMemoryEdge::new(
+            5,
+            EdgeKind::BranchPCRel32,
+            "rust_callback",
+            -4,
+        )],
+        Some(FrameDescription::FramePointer),
+    );
+    s.define("rust_callback", callback as *const () as u64);
+    s.add_graph(g3);
+    s.link().unwrap();
+    let f = s.lookup("jit_calls_back").unwrap();
+    // SAFETY: `void jit_calls_back(void)` in a live unit.
+    let f = unsafe { InProcessExecutor::function::<extern "C" fn()>(f) };
+    f();
+    assert_eq!(
+        SAW_CALLER.load(Ordering::SeqCst),
+        1,
+        "the unwinder walked through the JIT'd frame back into the test"
+    );
+    // Malformed graphs are errors, not panics.
+    let mut bad = InMemoryGraph::new("bad");
+    bad.add_function(
+        "f",
+        vec![0xc3],
+        vec![InMemoryEdge::new(0, EdgeKind::Delta32, "x", 0)],
+        None,
+    );
+    s.add_graph(bad);
+    let e = s.link().unwrap_err().to_string();
+    assert!(e.contains("bad") && e.contains("outside its block"), "{e}");
+}

@@ -41,6 +41,10 @@ const MOVE_OLD_ADDR_AT: usize = 32;
 const MOVE_NEW_ADDR_AT: usize = 40;
 const MOVE_INDEX_AT: usize = 56;
 const MOVE_SIZE: usize = 64;
+const UNWIND_SIZE_AT: usize = 16;
+const UNWIND_HDR_SIZE_AT: usize = 24;
+const UNWIND_MAPPED_SIZE_AT: usize = 32;
+const UNWIND_FIXED_SIZE: usize = 40;
 
 struct Dump {
     path: PathBuf,
@@ -178,7 +182,21 @@ fn patch(dump: &mut Dump, records: &mut [u8]) -> Result<()> {
                 put(r, TID_AT, &tid.to_ne_bytes());
                 put(r, MOVE_INDEX_AT, &index.to_ne_bytes());
             }
-            JIT_CODE_DEBUG_INFO | JIT_CODE_UNWINDING_INFO => {}
+            JIT_CODE_UNWINDING_INFO => {
+                // perf copies `unwinding_size` bytes of data and splits them at
+                // `eh_frame_hdr_size` from the end: both must lie inside the record.
+                let data = get_u64(r, UNWIND_SIZE_AT);
+                let hdr = get_u64(r, UNWIND_HDR_SIZE_AT);
+                let mapped = get_u64(r, UNWIND_MAPPED_SIZE_AT);
+                if size < UNWIND_FIXED_SIZE
+                    || data > (size - UNWIND_FIXED_SIZE) as u64
+                    || hdr > data
+                    || mapped > data
+                {
+                    return Err(bad(off, "JIT_CODE_UNWINDING_INFO sizes out of range"));
+                }
+            }
+            JIT_CODE_DEBUG_INFO => {}
             _ => return Err(bad(off, &format!("unexpected record type {id}"))),
         }
         off = end;
@@ -248,12 +266,22 @@ mod tests {
         // MOVE: pid, tid, vma, old, new, size, code_index.
         let mut mv = vec![0u8; 8];
         mv.extend(u64s(&[0x2000, 0x1000, 0x2000, 1, 0]));
-        let mut records = record(JIT_CODE_LOAD, &load);
+        // UNWINDING_INFO: unwinding_size, eh_frame_hdr_size, mapped_size, data (8 bytes).
+        let mut unwind = u64s(&[8, 4, 8]);
+        unwind.extend_from_slice(b"ehfrhdr!");
+        let mut records = record(JIT_CODE_UNWINDING_INFO, &unwind);
+        records.extend(record(JIT_CODE_LOAD, &load));
         records.extend(record(JIT_CODE_MOVE, &mv));
         write(dir_s, &records).unwrap();
         // A malformed stream is refused, not written.
         assert!(write(dir_s, &records[..20]).is_err());
         assert!(write(dir_s, &record(9, &[])).is_err());
+        let mut too_long = u64s(&[16, 4, 0]);
+        too_long.extend_from_slice(b"ehfrhdr!");
+        assert!(write(dir_s, &record(JIT_CODE_UNWINDING_INFO, &too_long)).is_err());
+        let mut hdr_too_big = u64s(&[8, 9, 0]);
+        hdr_too_big.extend_from_slice(b"ehfrhdr!");
+        assert!(write(dir_s, &record(JIT_CODE_UNWINDING_INFO, &hdr_too_big)).is_err());
         close_all();
 
         let path = dir.join(format!("jit-{}.dump", std::process::id()));
@@ -262,7 +290,16 @@ mod tests {
         let u64_at = |at: usize| u64::from_ne_bytes(f[at..at + 8].try_into().unwrap());
         assert_eq!((u32_at(0), u32_at(4), u32_at(8)), (MAGIC, 1, 40));
         assert_eq!(u32_at(20), std::process::id());
-        let (load_at, move_at) = (40, 40 + 16 + load.len());
+        let unwind_at = 40;
+        assert_eq!(u32_at(unwind_at), JIT_CODE_UNWINDING_INFO);
+        assert!(u64_at(unwind_at + TIMESTAMP_AT) > 0);
+        assert_eq!(
+            &f[unwind_at + 16..unwind_at + 16 + unwind.len()],
+            &unwind[..],
+            "the unwinding record is written as given"
+        );
+        let load_at = unwind_at + 16 + unwind.len();
+        let move_at = load_at + 16 + load.len();
         assert_eq!(u32_at(load_at), JIT_CODE_LOAD);
         assert!(u64_at(load_at + TIMESTAMP_AT) > 0);
         assert_eq!(u32_at(load_at + PID_AT), std::process::id());

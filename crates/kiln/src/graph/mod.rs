@@ -7,6 +7,8 @@
 //! absolute, or common); [`Edge`]s are relocations. Everything is addressed by index newtypes;
 //! input bytes are borrowed for `'a`.
 
+pub mod builder;
+
 use crate::arch::x86_64::EdgeKind;
 use kiln_target::MemProt;
 use rustc_hash::FxHashMap;

@@ -26,6 +26,8 @@ pub struct LinkInput<'s> {
     pub objects: Vec<(String, &'s [u8])>,
     /// Archives: members are loaded on demand.
     pub archives: Vec<(String, &'s [u8])>,
+    /// Graphs a JIT compiler built in memory.
+    pub graphs: Vec<&'s crate::graph::builder::InMemoryGraph>,
     pub libraries: &'s [LibraryId],
     pub defines: &'s FxHashMap<String, u64>,
     pub prior_units: &'s [&'s FxHashMap<String, ExecutorAddr>],
@@ -171,6 +173,9 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let mut g = LinkGraph::default();
     for (name, data) in &input.objects {
         parse_object(&mut g, name, data, true)?;
+    }
+    for graph in &input.graphs {
+        crate::graph::builder::add_graph(&mut g, graph)?;
     }
     let mut archives = input
         .archives
