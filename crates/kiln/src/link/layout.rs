@@ -49,9 +49,29 @@ fn class(g: &LinkGraph, b: BlockId) -> u8 {
     }
 }
 
-/// Assign addresses starting at `base`. `page` is the executor's page size.
+/// Assign addresses starting at `base`, segments page aligned and consecutive: the layout of a
+/// unit in a reservation of its own.
 pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
-    let prots = [MemProt::ReadExec, MemProt::Read, MemProt::ReadWrite];
+    let mut cursor = base;
+    let mut l = layout_with(g, page, &mut |_, size, _| {
+        let start = align_up(cursor, page);
+        cursor = start + size;
+        Ok(start)
+    })?;
+    l.size = align_up(cursor, page) - base;
+    Ok(l)
+}
+
+/// The protection classes, in the order segments are laid out.
+pub const PROTS: [MemProt; 3] = [MemProt::ReadExec, MemProt::Read, MemProt::ReadWrite];
+
+/// Assign addresses: for each non-empty protection class (index into [`PROTS`]), `place` is
+/// asked for the start of a range of `size` bytes aligned to `align`.
+pub fn layout_with(
+    g: &mut LinkGraph,
+    page: u64,
+    place: &mut dyn FnMut(usize, u64, u64) -> Result<u64>,
+) -> Result<Layout> {
     let mut per: [Vec<(u8, BlockId)>; 3] = Default::default();
     let mut tbss: Vec<BlockId> = Vec::new();
     for i in 0..g.blocks.len() {
@@ -65,57 +85,72 @@ pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
             tbss.push(b);
             continue;
         }
-        let slot = prots.iter().position(|p| *p == sec.prot).unwrap_or(1);
+        let slot = PROTS.iter().position(|p| *p == sec.prot).unwrap_or(1);
         per[slot].push((class(g, b), b));
     }
     let mut segments = Vec::new();
-    let mut cursor = base;
     let mut tls = TlsLayout {
         align: 1,
         ..Default::default()
     };
     let mut has_tls = !tbss.is_empty();
+    let mut image_rel = 0u64;
     for (slot, list) in per.iter_mut().enumerate() {
         if list.is_empty() {
             continue;
         }
         list.sort_by_key(|(c, b)| (*c, *b));
-        cursor = align_up(cursor, page);
-        let start = cursor;
-        let mut content_end = start;
+        // Offsets relative to a start aligned to `align`, the largest alignment in the class.
+        let mut align = 1u64;
+        let mut rel: Vec<u64> = Vec::with_capacity(list.len());
+        let mut cursor = 0u64;
+        let mut content_end = 0u64;
         let mut tls_started = false;
         for &(c, b) in list.iter() {
-            let align = g.blocks[b.idx()].align;
+            let balign = g.blocks[b.idx()].align;
+            align = align.max(balign);
             if c == 3 {
-                tls.align = tls.align.max(align);
+                tls.align = tls.align.max(balign);
                 if !tls_started {
-                    // The image starts at the TLS block's alignment so that offsets in it are
-                    // offsets in every thread's block.
+                    // The image starts at a page-aligned offset so that offsets in it are
+                    // offsets in every thread's block whatever the TLS alignment.
                     tls_started = true;
                     has_tls = true;
-                    cursor = align_up(cursor, 4096.min(page));
-                    tls.image_addr = cursor;
+                    let a = 4096.min(page);
+                    align = align.max(a);
+                    cursor = align_up(cursor, a);
+                    image_rel = cursor;
                 }
             }
-            cursor = align_up(cursor, align);
-            let blk = &mut g.blocks[b.idx()];
-            blk.addr = cursor;
-            if c == 3 {
-                blk.tls_offset = cursor - tls.image_addr;
-                tls.image_size = cursor + blk.size() - tls.image_addr;
-            }
+            cursor = align_up(cursor, balign);
+            rel.push(cursor);
+            let size = g.blocks[b.idx()].size();
             cursor = cursor
-                .checked_add(blk.size())
-                .filter(|c| *c - base < (1 << 40))
+                .checked_add(size)
+                .filter(|c| *c < (1 << 40))
                 .ok_or_else(|| Error::Usage("the unit is too large to lay out".into()))?;
+            if c == 3 {
+                tls.image_size = cursor - image_rel;
+            }
             if c != 9 {
                 content_end = cursor;
             }
         }
+        let start = place(slot, cursor, align)?;
+        for (&(c, b), r) in list.iter().zip(rel) {
+            let blk = &mut g.blocks[b.idx()];
+            blk.addr = start + r;
+            if c == 3 {
+                blk.tls_offset = r - image_rel;
+            }
+        }
+        if tls_started {
+            tls.image_addr = start + image_rel;
+        }
         segments.push(SegmentLayout {
-            prot: prots[slot],
+            prot: PROTS[slot],
             addr: start,
-            content_size: content_end - start,
+            content_size: content_end,
             zero_size: cursor - content_end,
             blocks: list.iter().map(|(_, b)| *b).collect(),
         });
@@ -137,11 +172,10 @@ pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
             )));
         }
     }
-    let size = align_up(cursor, page) - base;
     Ok(Layout {
         segments,
         tls: has_tls.then_some(tls),
-        size,
+        size: 0,
     })
 }
 
