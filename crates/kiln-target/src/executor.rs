@@ -146,6 +146,34 @@ pub struct FinalizeRequest {
     /// Run in order when the allocation is deallocated or the process exits, but only if the
     /// initializers ran.
     pub deinitializers: Vec<Action>,
+    /// The segments live in a slab and were already written through its writable alias
+    /// ([`Executor::write_slab`]): finalize copies nothing and changes no protection, and
+    /// deallocation leaves the memory to the slab (`reservation` is unused).
+    pub in_slab: bool,
+}
+
+/// Identifies a slab in one executor.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SlabId(pub u32);
+
+/// A slab: one reservation holding a code region (`r-x`), a read-only region (`r--`) and a data
+/// region (`rw-`), in that order, each mapped once with its final protection where the code runs;
+/// the code and read-only regions are mapped a second time, writable, at another address: the
+/// alias through which the linker and patchers write. Protections never change, and no page is
+/// writable and executable at the same address. Many small units share its pages.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SlabInfo {
+    pub id: SlabId,
+    /// (start, size) of the code, read-only and data regions, where the code runs.
+    pub regions: [(ExecutorAddr, u64); 3],
+}
+
+/// One write into a slab, addressed where the code runs.
+#[derive(Clone, Debug)]
+pub enum SlabWrite<'a> {
+    Bytes(ExecutorAddr, &'a [u8]),
+    /// `len` copies of `byte` (zeroing data, poisoning freed code with `int3`).
+    Fill(ExecutorAddr, u64, u8),
 }
 
 /// Identifies a finalized allocation in one executor.
@@ -195,6 +223,43 @@ pub trait Executor: Send + Sync {
     /// initialised from `image` then zeros up to `block_size`, in threads that exist now and in
     /// threads created later. Returns its offset from the thread pointer.
     fn allocate_static_tls(&self, image: &[u8], block_size: u64, align: u64) -> Result<i64>;
+
+    /// Whether this executor offers slabs ([`Executor::create_slab`] and friends).
+    fn supports_slabs(&self) -> bool {
+        false
+    }
+
+    /// Create a slab with regions of these sizes (page multiples), the whole slab placed by
+    /// `placement`.
+    fn create_slab(&self, _sizes: [u64; 3], _placement: Placement) -> Result<SlabInfo> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no slabs".into(),
+        ))
+    }
+
+    /// Write into a slab (through its writable alias for code and read-only data). Every write
+    /// must lie inside one region of the slab.
+    fn write_slab(&self, _slab: SlabId, _writes: &[SlabWrite<'_>]) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no slabs".into(),
+        ))
+    }
+
+    /// Change finalized memory in place while code may run: 4 or 8 bytes, naturally aligned,
+    /// stored atomically through the alias (so another thread executing or reading them sees
+    /// the old or the new value, never a mix), then the instruction cache is made coherent.
+    fn patch(&self, _slab: SlabId, _addr: ExecutorAddr, _bytes: &[u8]) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no slabs".into(),
+        ))
+    }
+
+    /// Unmap a slab; no allocation may live in it any more.
+    fn release_slab(&self, _slab: SlabId) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no slabs".into(),
+        ))
+    }
 
     /// Call `int entry(int argc, char **argv, char **envp)` and return its result.
     fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32>;

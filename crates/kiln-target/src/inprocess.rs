@@ -2,14 +2,15 @@
 
 use crate::executor::*;
 use crate::sys::{call, dl, eh, gdb, jitdump, mem, perf, tls, valgrind};
-use crate::{Error, ExecutorAddr, Result};
+use crate::{Error, ExecutorAddr, Result, SlabId, SlabInfo, SlabWrite};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 
 struct Alloc {
-    reservation: (ExecutorAddr, u64),
+    /// Memory to release on deallocation; `None` for allocations in a slab.
+    reservation: Option<(ExecutorAddr, u64)>,
     segments: Vec<(ExecutorAddr, u64)>,
     dealloc: Vec<Action>,
     initializers: Vec<ExecutorAddr>,
@@ -114,10 +115,24 @@ fn run_action(a: &Action) -> Result<()> {
     }
 }
 
+/// Whether a debugger (ptrace) is attached to this process.
+fn traced() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .map(|v| v.trim() != "0")
+        })
+        .unwrap_or(false)
+}
+
 /// Runs JIT'd code in this process.
 pub struct InProcessExecutor {
     info: TargetInfo,
     libraries: Mutex<Vec<dl::Handle>>,
+    slabs: Mutex<Vec<Option<crate::sys::slab::Slab>>>,
+    traced: bool,
     runtime_symbols: Vec<(&'static str, ExecutorAddr)>,
 }
 
@@ -142,6 +157,8 @@ impl InProcessExecutor {
                 pid: std::process::id(),
             },
             libraries: Mutex::new(Vec::new()),
+            slabs: Mutex::new(Vec::new()),
+            traced: traced(),
             runtime_symbols: vec![("__tls_get_addr", ExecutorAddr(tls_get_addr))],
         }
     }
@@ -156,6 +173,31 @@ impl InProcessExecutor {
         assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
         // SAFETY: F is pointer-sized (asserted); validity is the caller's promise.
         unsafe { std::mem::transmute_copy::<usize, F>(&(addr.0 as usize)) }
+    }
+
+    /// Every segment of a slab allocation lies in one region of one of our slabs.
+    fn segments_in_slabs(&self, req: &FinalizeRequest) -> Result<()> {
+        let slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        for s in &req.segments {
+            let end = s.addr.0.checked_add(s.size());
+            let inside = slabs.iter().flatten().any(|sl| {
+                sl.info
+                    .regions
+                    .iter()
+                    .any(|(a, n)| a.0 <= s.addr.0 && end.is_some_and(|e| e <= a.0 + n))
+            });
+            if !inside {
+                return Err(Error::InvalidRequest(format!(
+                    "segment {}..+{:#x} is not inside a slab region",
+                    s.addr,
+                    s.size()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn segments_inside(req: &FinalizeRequest) -> Result<()> {
@@ -193,7 +235,11 @@ impl Executor for InProcessExecutor {
     }
 
     fn finalize(&self, req: FinalizeRequest) -> Result<AllocId> {
-        Self::segments_inside(&req)?;
+        if req.in_slab {
+            self.segments_in_slabs(&req)?;
+        } else {
+            Self::segments_inside(&req)?;
+        }
         for pair in &req.actions {
             if let Some(Action::ResolveIfunc { slot, .. }) = &pair.finalize {
                 let writable = req.segments.iter().any(|s| {
@@ -212,7 +258,9 @@ impl Executor for InProcessExecutor {
             }
         }
         for s in &req.segments {
-            mem::commit(s.addr, &s.content, s.zero_fill, s.prot)?;
+            if !req.in_slab {
+                mem::commit(s.addr, &s.content, s.zero_fill, s.prot)?;
+            }
             mem::flush_icache(s.addr, s.size());
         }
         let mut dealloc = Vec::new();
@@ -231,7 +279,7 @@ impl Executor for InProcessExecutor {
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let alloc = Alloc {
-            reservation: req.reservation,
+            reservation: (!req.in_slab).then_some(req.reservation),
             segments: req.segments.iter().map(|s| (s.addr, s.size())).collect(),
             dealloc,
             initializers: req.initializers,
@@ -280,7 +328,66 @@ impl Executor for InProcessExecutor {
             run_action(a)?;
         }
         let _ = &al.segments;
-        mem::release(al.reservation.0, al.reservation.1)
+        match al.reservation {
+            Some((addr, size)) => mem::release(addr, size),
+            None => Ok(()), // the slab's owner reuses the memory
+        }
+    }
+
+    /// Slabs are offered unless a debugger traces this process: a debugger inserts breakpoints
+    /// by forced writes into the code's mapping, which the kernel allows only on private
+    /// (copy-on-write) mappings, and a slab's code view is a shared mapping of its memfd. Traced,
+    /// units get private mappings of their own and breakpoints work.
+    fn supports_slabs(&self) -> bool {
+        !self.traced
+    }
+
+    fn create_slab(&self, sizes: [u64; 3], placement: Placement) -> Result<SlabInfo> {
+        let mut slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        let id = SlabId(slabs.len() as u32);
+        let slab = crate::sys::slab::Slab::create(id, sizes, placement)?;
+        let info = slab.info;
+        slabs.push(Some(slab));
+        Ok(info)
+    }
+
+    fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        let slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        match slabs.get(slab.0 as usize) {
+            Some(Some(s)) => s.write(writes),
+            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
+        }
+    }
+
+    fn patch(&self, slab: SlabId, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        let slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        match slabs.get(slab.0 as usize) {
+            Some(Some(s)) => s.patch(addr, bytes),
+            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
+        }
+    }
+
+    fn release_slab(&self, slab: SlabId) -> Result<()> {
+        let mut slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        match slabs.get_mut(slab.0 as usize) {
+            Some(s @ Some(_)) => {
+                *s = None;
+                Ok(())
+            }
+            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
+        }
     }
 
     fn load_library(&self, path: &Path) -> Result<LibraryId> {

@@ -21,7 +21,7 @@ pub use addr::{ExecutorAddr, MemProt};
 pub use error::{Error, Result};
 pub use executor::{
     Action, ActionPair, AllocId, Bytes, Executor, FinalizeRequest, LibraryId, PerfMapEntry,
-    Placement, Segment, TargetInfo,
+    Placement, Segment, SlabId, SlabInfo, SlabWrite, TargetInfo,
 };
 pub use inprocess::InProcessExecutor;
 pub use simulated::SimulatedExecutor;

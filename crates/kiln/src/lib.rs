@@ -22,6 +22,7 @@ pub mod elf;
 mod error;
 pub mod graph;
 pub mod link;
+pub mod memory;
 mod search;
 mod session;
 

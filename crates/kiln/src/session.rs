@@ -37,12 +37,14 @@ pub struct Session {
     pub search: LibrarySearch,
     units: Vec<Option<LinkedUnit>>,
     initialized: Vec<bool>,
+    /// Where units go when the executor has slabs (the default): see [`Session::set_use_slabs`].
+    slabs: crate::memory::SlabAllocator,
+    use_slabs: bool,
 }
 
 impl Session {
     pub fn new(executor: Arc<dyn Executor>) -> Self {
         Session {
-            executor,
             pending: Vec::new(),
             libraries: Vec::new(),
             defines: FxHashMap::default(),
@@ -58,6 +60,9 @@ impl Session {
             search: LibrarySearch::default(),
             units: Vec::new(),
             initialized: Vec::new(),
+            use_slabs: executor.supports_slabs(),
+            slabs: crate::memory::SlabAllocator::default(),
+            executor,
         }
     }
 
@@ -226,6 +231,7 @@ impl Session {
                 fixed_address: self.fixed_address,
                 want_map: self.want_map,
                 debug: &self.debug,
+                slabs: self.use_slabs.then_some(&mut self.slabs),
             },
         )?;
         self.units.push(Some(unit));
@@ -277,7 +283,26 @@ impl Session {
             .and_then(Option::take)
             .ok_or_else(|| Error::Usage(format!("no unit {}", unit.0)))?;
         self.executor.deallocate(u.alloc)?;
+        self.slabs.free(&*self.executor, &u.slab_ranges);
         Ok(())
+    }
+
+    /// Put units in shared slabs (the default where the executor has them): many units share
+    /// pages, nothing is copied at finalize, and code can be patched through the slab's
+    /// writable alias. Off: each unit gets a reservation of its own, as with a fixed address.
+    pub fn set_use_slabs(&mut self, on: bool) {
+        self.use_slabs = on && self.executor.supports_slabs();
+    }
+
+    /// Change 4 or 8 naturally aligned bytes of finalized code or read-only data while it may
+    /// run (e.g. retarget a call site's rel32): stored atomically through the slab's writable
+    /// alias, then the instruction cache is made coherent. Only for units in slabs.
+    pub fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        let slab = self
+            .slabs
+            .slab_of(addr)
+            .ok_or_else(|| Error::Usage(format!("{addr} is not in a slab of this session")))?;
+        Ok(self.executor.patch(slab, addr, bytes)?)
     }
 }
 
@@ -288,5 +313,6 @@ impl Drop for Session {
                 let _ = self.remove(UnitId(i));
             }
         }
+        self.slabs.release_all(&*self.executor);
     }
 }

@@ -83,6 +83,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
             fixed_address: None,
             want_map: false,
             debug,
+            slabs: None,
         },
     )
     .expect("link");

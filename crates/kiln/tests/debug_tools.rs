@@ -217,7 +217,9 @@ fn child_valgrind_replace() {
     let r1 = s.run_main("which", &[]).unwrap();
     s.remove(u1).unwrap();
 
-    s.set_fixed_address(Some(base));
+    // The freed range goes back to the slab; the next unit reuses it (first fit), so the new
+    // code lands at the same address as the old.
+    let _ = base;
     s.add_file(dir.join("v2.o")).unwrap();
     s.add_root("which");
     s.link().unwrap();

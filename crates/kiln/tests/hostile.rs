@@ -112,6 +112,7 @@ fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<boo
                 want_map: false,
                 // Every debug sink: their builders read symbol tables and DWARF too.
                 debug: &kiln::DebugOptions::all(),
+                slabs: None,
             },
         )
     }));
@@ -532,6 +533,7 @@ fn errors_name_file_section_and_offset() {
                 fixed_address: None,
                 want_map: false,
                 debug: &kiln::DebugOptions::all(),
+                slabs: None,
             },
         )
     };

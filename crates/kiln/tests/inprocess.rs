@@ -106,7 +106,12 @@ fn link_call_remove_with_wx_and_destructors() {
         s.lookup("bump").is_none(),
         "symbols of a removed unit disappear"
     );
-    assert!(!mapped(bump.0), "memory of a removed unit is unmapped");
+    // The unit's code range went back to its slab, overwritten with int3 so that a stale call
+    // traps instead of running whatever is linked there next.
+    assert!(mapped(bump.0), "slab memory stays mapped for reuse");
+    // SAFETY: the address is inside a live slab's r-x region (just checked mapped).
+    let first = unsafe { std::ptr::read_volatile(bump.0 as *const u8) };
+    assert_eq!(first, 0xcc, "freed code is poisoned with int3");
     assert!(wx_mappings().is_empty());
 }
 

@@ -42,6 +42,10 @@ pub struct LinkInput<'s> {
     pub want_map: bool,
     /// Which debugger and profiler sinks learn about the unit.
     pub debug: &'s crate::debug::DebugOptions,
+    /// Place the unit in shared slabs (sub-page allocations, written through a writable alias)
+    /// rather than in a reservation of its own. Used when the executor supports slabs and no
+    /// fixed address is asked for.
+    pub slabs: Option<&'s mut crate::memory::SlabAllocator>,
 }
 
 /// Where everything of a unit ended up, for check expressions (`llvm-jitlink -check` style) and
@@ -149,6 +153,8 @@ pub struct LinkedUnit {
     pub stats: LinkStats,
     /// Present when [`LinkInput::want_map`] was set.
     pub map: Option<LinkMap>,
+    /// Ranges the unit holds in slabs (empty for a unit in a reservation of its own).
+    pub slab_ranges: Vec<crate::memory::SlabRange>,
 }
 
 struct Timer {
@@ -165,7 +171,7 @@ impl Timer {
 }
 
 /// Link `input` into executor memory and finalize it (initializers are not run).
-pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
+pub fn link(ex: &dyn Executor, mut input: LinkInput) -> Result<LinkedUnit> {
     let mut t = Timer {
         at: Instant::now(),
         phases: Vec::new(),
@@ -231,27 +237,60 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         .ok_or_else(|| Error::Usage("the unit is too large (over 1 TiB)".into()))?
         .div_ceil(page)
         * page;
-    let placement = match input.fixed_address {
-        Some(a) => Placement::Fixed(a),
-        None => placement_window(&g, bound)?,
-    };
-    let base = ex.reserve(bound, placement)?.0;
-    tracing::debug!("reserved {bound:#x} bytes at {base:#x} ({placement:?})");
-    t.lap("reserve");
-    let unit = (|| {
-        let (got_stats, tables) =
-            passes::build_got_and_stubs(&mut g, got, kiln, base, base + bound);
-        let layout = layout::layout(&mut g, base, page)?;
-        if layout.size > bound {
-            return Err(Error::Usage(format!(
-                "internal: layout {:#x} exceeds reservation {bound:#x}",
-                layout.size
-            )));
+    let mut slabs = input
+        .slabs
+        .take()
+        .filter(|_| input.fixed_address.is_none() && ex.supports_slabs());
+    // (low, high) of where the unit can end up, for reach decisions; the dedicated reservation.
+    let (lo, hi, dedicated, slab) = match slabs.as_deref_mut() {
+        Some(alloc) => {
+            let placement = placement_window(&g, bound)?;
+            let (sizes, aligns) = class_upper_bounds(&g, page);
+            let i = alloc.slab_for(ex, placement, sizes, aligns)?;
+            let (lo, hi) = alloc.range(i);
+            (lo, hi, None, Some(i))
         }
+        None => {
+            let placement = match input.fixed_address {
+                Some(a) => Placement::Fixed(a),
+                None => placement_window(&g, bound)?,
+            };
+            let base = ex.reserve(bound, placement)?.0;
+            tracing::debug!("reserved {bound:#x} bytes at {base:#x} ({placement:?})");
+            (base, base + bound, Some(base), None)
+        }
+    };
+    t.lap("reserve");
+    let mut slab_ranges: Vec<crate::memory::SlabRange> = Vec::new();
+    let unit = (|| {
+        let (got_stats, tables) = passes::build_got_and_stubs(&mut g, got, kiln, lo, hi);
+        let layout = match (slab, slabs.as_deref_mut()) {
+            (Some(i), Some(alloc)) => {
+                layout::layout_with(&mut g, page, &mut |slot, size, align| {
+                    let r = alloc.allocate(i, slot, size, align)?;
+                    slab_ranges.push(r);
+                    Ok(r.addr.0)
+                })?
+            }
+            _ => {
+                let base = dedicated.unwrap_or(lo);
+                let layout = layout::layout(&mut g, base, page)?;
+                if layout.size > bound {
+                    return Err(Error::Usage(format!(
+                        "internal: layout {:#x} exceeds reservation {bound:#x}",
+                        layout.size
+                    )));
+                }
+                layout
+            }
+        };
+        // The unit's identity in the executor (TLS module, debugger registrations): its lowest
+        // address, unique among live units.
+        let base = layout.segments.iter().map(|s| s.addr).min().unwrap_or(lo);
         t.lap("GOT, stubs, layout");
         let mut ctx = layout::FixupContext {
             got_base: g.blocks[got.idx()].addr,
-            tls_module: TLS_MODULE_TAG | (base >> 12),
+            tls_module: TLS_MODULE_TAG | (base & 0xffff_ffff_ffff),
             tp_offset: None,
         };
         if let (true, Some(t)) = (needs_static_tls(&g), &layout.tls) {
@@ -311,12 +350,44 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         let has_initializers = !initializers.is_empty();
         let exports = exports(&g);
         let map = input.want_map.then(|| link_map(&g, &tables, &segments));
+        let in_slab = slab.is_some();
+        let segments = if let Some(i) = slab {
+            // Written through the slab's alias: content, then zeros over the rest (the range may
+            // hold a removed unit's bytes). The executor then finalizes without copying.
+            let id = slabs
+                .as_deref()
+                .map(|a| a.id(i))
+                .ok_or_else(|| Error::Usage("internal: slab lost".into()))?;
+            let mut writes = Vec::with_capacity(segments.len() * 2);
+            for s in &segments {
+                writes.push(kiln_target::SlabWrite::Bytes(s.addr, &s.content));
+                if s.zero_fill > 0 {
+                    let at = ExecutorAddr(s.addr.0 + s.content.len() as u64);
+                    writes.push(kiln_target::SlabWrite::Fill(at, s.zero_fill, 0));
+                }
+            }
+            ex.write_slab(id, &writes)?;
+            segments
+                .into_iter()
+                .map(|s| Segment {
+                    zero_fill: s.size(),
+                    content: Vec::new(),
+                    ..s
+                })
+                .collect()
+        } else {
+            segments
+        };
         let alloc = ex.finalize(FinalizeRequest {
-            reservation: (ExecutorAddr(base), bound),
+            reservation: (
+                ExecutorAddr(dedicated.unwrap_or(0)),
+                if in_slab { 0 } else { bound },
+            ),
             segments,
             actions,
             initializers,
             deinitializers,
+            in_slab,
         })?;
         t.lap("finalize");
         // Counted by kind, named only once per kind (this runs on every link, and a unit has
@@ -340,6 +411,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             exports,
             has_initializers,
             map,
+            slab_ranges: slab_ranges.clone(),
             stats: LinkStats {
                 inputs: g.inputs.len() - 1,
                 archive_members,
@@ -356,7 +428,13 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         })
     })();
     if unit.is_err() {
-        let _ = ex.release(ExecutorAddr(base), bound);
+        match (dedicated, slabs) {
+            (Some(base), _) => {
+                let _ = ex.release(ExecutorAddr(base), bound);
+            }
+            (None, Some(alloc)) => alloc.free(ex, &slab_ranges),
+            (None, None) => {}
+        }
     }
     unit
 }
@@ -406,6 +484,33 @@ fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
         let b = g.add_block(s, Content::Bytes(Cow::Borrowed(&[0, 0, 0, 0])), 4);
         g.blocks[b.idx()].live = true;
     }
+}
+
+/// Upper bounds of the bytes (and the alignments) each protection class of the unit needs, GOT
+/// entries and stubs included as if none could be relaxed.
+fn class_upper_bounds(g: &LinkGraph, page: u64) -> ([u64; 3], [u64; 3]) {
+    let mut sizes = [0u64; 3];
+    let mut aligns = [1u64; 3];
+    for b in g.blocks.iter().filter(|b| b.live) {
+        let sec = &g.sections[b.section.idx()];
+        if sec.kind == SectionKind::Tls && b.is_zero_fill() {
+            continue;
+        }
+        let r = layout::PROTS
+            .iter()
+            .position(|p| *p == sec.prot)
+            .unwrap_or(1);
+        sizes[r] = sizes[r].saturating_add(b.size()).saturating_add(b.align);
+        aligns[r] = aligns[r].max(b.align);
+        if sec.kind == SectionKind::Tls {
+            aligns[r] = aligns[r].max(4096.min(page));
+            sizes[r] = sizes[r].saturating_add(4096.min(page));
+        }
+    }
+    let got = passes::got_upper_bound(g);
+    sizes[0] = sizes[0].saturating_add(got);
+    sizes[1] = sizes[1].saturating_add(got);
+    (sizes, aligns)
 }
 
 fn size_upper_bound(g: &LinkGraph, page: u64) -> u64 {

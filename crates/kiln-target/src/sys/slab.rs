@@ -1,0 +1,267 @@
+//! Slabs: shared anonymous memory mapped twice. The view where code runs has the final
+//! protections (code `r-x`, read-only data `r--`, data `rw-`) and never changes; a second,
+//! writable view of the code and read-only regions (the alias, made with `mremap` of size 0,
+//! which duplicates a shared mapping) is where the linker writes new units and patchers change
+//! finalized code. No page is writable and executable at the same address.
+//!
+//! Anonymous rather than a memfd: the kernel names shared anonymous memory `/dev/zero`, which
+//! perf treats as JIT memory and resolves through `/tmp/perf-PID.map`; a memfd shows up as a
+//! file perf cannot read. (An executor in another process will need a memfd to share the pages.)
+
+use crate::{Error, ExecutorAddr, Placement, Result, SlabId, SlabInfo, SlabWrite};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub(crate) struct Slab {
+    pub(crate) info: SlabInfo,
+    /// The memfd behind the views, when they could not be made from anonymous memory.
+    _fd: Option<OwnedFd>,
+    exec_base: u64,
+    total: u64,
+    alias_base: u64,
+    alias_len: u64,
+}
+
+/// Map a memfd over `[base, base+total)` (shared, read-write) and once more, its first
+/// `alias_len` bytes, elsewhere: (alias address, the memfd).
+fn memfd_views(base: u64, total: u64, alias_len: u64) -> Result<(u64, OwnedFd)> {
+    let name = CString::new("kiln-slab").map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    // SAFETY: memfd_create with a valid C string; the result is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_err("memfd_create"));
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate on our own memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), total as libc::off_t) } != 0 {
+        return Err(os_err("ftruncate"));
+    }
+    // SAFETY: [base, base+total) is our slab's own mapping; MAP_FIXED replaces it.
+    let p = unsafe {
+        libc::mmap(
+            base as *mut libc::c_void,
+            total as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err("mmap (slab view)"));
+    }
+    // SAFETY: a new shared mapping of our memfd at an address the kernel picks.
+    let a = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            alias_len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if a == libc::MAP_FAILED {
+        return Err(os_err("mmap (slab alias)"));
+    }
+    Ok((a as u64, fd))
+}
+
+fn os_err(what: &str) -> Error {
+    Error::Memory {
+        addr: ExecutorAddr(0),
+        size: 0,
+        why: format!("{what}: {}", std::io::Error::last_os_error()),
+    }
+}
+
+impl Slab {
+    pub(crate) fn create(id: SlabId, sizes: [u64; 3], placement: Placement) -> Result<Slab> {
+        let page = super::mem::page_size();
+        if sizes.iter().any(|s| !s.is_multiple_of(page)) || sizes.iter().sum::<u64>() == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "slab region sizes {sizes:?} must be page multiples, not all zero"
+            )));
+        }
+        let total: u64 = sizes.iter().sum();
+        if total > (1 << 40) {
+            return Err(Error::InvalidRequest(format!(
+                "slab of {total:#x} bytes is too large"
+            )));
+        }
+        // The exec view: reserve the range (placed as asked), put shared anonymous memory over
+        // it, then give each region its final protection.
+        let base = super::mem::reserve(total, placement)?.0;
+        // SAFETY: [base, base+total) is the reservation we just made and own; MAP_FIXED replaces
+        // only its PROT_NONE pages.
+        let p = unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                total as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = os_err("mmap (slab)");
+            let _ = super::mem::release(ExecutorAddr(base), total);
+            return Err(e);
+        }
+        // The alias first (while everything is still read-write), then the final protections.
+        let alias_len = sizes[0] + sizes[1];
+        let mut alias_base = 0;
+        let mut fd = None;
+        if alias_len > 0 {
+            // SAFETY: mremap with old size 0 on a shared mapping creates a second mapping of the
+            // same pages at an address the kernel picks; the original stays as it is.
+            let a = unsafe {
+                libc::mremap(
+                    base as *mut libc::c_void,
+                    0,
+                    alias_len as usize,
+                    libc::MREMAP_MAYMOVE,
+                )
+            };
+            if a != libc::MAP_FAILED {
+                alias_base = a as u64;
+            } else {
+                // Not everywhere (valgrind refuses it): the same two views from a memfd.
+                match memfd_views(base, total, alias_len) {
+                    Ok((a, f)) => {
+                        alias_base = a;
+                        fd = Some(f);
+                    }
+                    Err(e) => {
+                        let _ = super::mem::release(ExecutorAddr(base), total);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let prots = [
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::PROT_READ,
+            libc::PROT_READ | libc::PROT_WRITE,
+        ];
+        let mut off = 0u64;
+        let mut regions = [(ExecutorAddr(0), 0u64); 3];
+        for (i, (&size, &prot)) in sizes.iter().zip(&prots).enumerate() {
+            regions[i] = (ExecutorAddr(base + off), size);
+            let failed = size > 0 && {
+                // SAFETY: a region of the slab mapping we own; nothing runs from it yet.
+                let r = unsafe {
+                    libc::mprotect((base + off) as *mut libc::c_void, size as usize, prot)
+                };
+                r != 0
+            };
+            if failed {
+                let e = os_err("mprotect (slab region)");
+                let _ = super::mem::release(ExecutorAddr(base), total);
+                if alias_len > 0 {
+                    // SAFETY: the alias we just made.
+                    unsafe { libc::munmap(alias_base as *mut libc::c_void, alias_len as usize) };
+                }
+                return Err(e);
+            }
+            off += size;
+        }
+        Ok(Slab {
+            info: SlabInfo { id, regions },
+            _fd: fd,
+            exec_base: base,
+            total,
+            alias_base,
+            alias_len,
+        })
+    }
+
+    /// Where to write `len` bytes at executor address `addr`: the alias for code and read-only
+    /// data, the address itself for data. `None` if the range is not inside one region.
+    fn writable(&self, addr: u64, len: u64) -> Option<*mut u8> {
+        let end = addr.checked_add(len)?;
+        for (i, (start, size)) in self.info.regions.iter().enumerate() {
+            if start.0 <= addr && end <= start.0 + size {
+                return Some(if i < 2 {
+                    (self.alias_base + (addr - self.exec_base)) as *mut u8
+                } else {
+                    addr as *mut u8
+                });
+            }
+        }
+        None
+    }
+
+    pub(crate) fn write(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
+        for w in writes {
+            let (addr, len) = match w {
+                SlabWrite::Bytes(a, b) => (a.0, b.len() as u64),
+                SlabWrite::Fill(a, n, _) => (a.0, *n),
+            };
+            let dst = self.writable(addr, len).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "write of {len:#x} bytes at {addr:#x} is not inside one region of slab {}",
+                    self.info.id.0
+                ))
+            })?;
+            match w {
+                // SAFETY: `dst..dst+len` is inside a writable mapping of this slab (checked by
+                // `writable`); the source is a caller's slice that cannot overlap it.
+                SlabWrite::Bytes(_, b) => unsafe {
+                    std::ptr::copy_nonoverlapping(b.as_ptr(), dst, b.len())
+                },
+                // SAFETY: as above.
+                SlabWrite::Fill(_, n, byte) => unsafe {
+                    std::ptr::write_bytes(dst, *byte, *n as usize)
+                },
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        let n = bytes.len() as u64;
+        if !(n == 4 || n == 8) || !addr.0.is_multiple_of(n) {
+            return Err(Error::InvalidRequest(format!(
+                "a patch of running code must be 4 or 8 bytes, naturally aligned (got {n} bytes at {addr})"
+            )));
+        }
+        let dst = self.writable(addr.0, n).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "patch at {addr} is outside slab {}",
+                self.info.id.0
+            ))
+        })?;
+        if n == 4 {
+            let v = u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]));
+            // SAFETY: `dst` is 4-byte aligned (the alias and the view share page offsets) and
+            // inside a writable mapping of the slab; other threads only read it (as
+            // instructions or data), so an atomic store is the right access.
+            unsafe { (*(dst as *const AtomicU32)).store(v, Ordering::Release) };
+        } else {
+            let v = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+            // SAFETY: as above, 8-byte aligned.
+            unsafe { (*(dst as *const AtomicU64)).store(v, Ordering::Release) };
+        }
+        super::mem::flush_icache(addr, n);
+        Ok(())
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        // SAFETY: both mappings are ours; the owner drops a slab only when no unit lives in it.
+        unsafe {
+            libc::munmap(self.exec_base as *mut libc::c_void, self.total as usize);
+            if self.alias_len > 0 {
+                libc::munmap(
+                    self.alias_base as *mut libc::c_void,
+                    self.alias_len as usize,
+                );
+            }
+        }
+    }
+}
