@@ -245,6 +245,27 @@ pub trait Executor: Send + Sync {
         ))
     }
 
+    /// Working memory for ranges of a slab: `f` gets one writable slice per range (addressed
+    /// where the code runs; each range inside one region), and what it leaves there is the
+    /// content. In process the slices are the slab's writable alias itself, so nothing is
+    /// copied; the default implementation writes the slices with [`Executor::write_slab`].
+    fn with_slab_memory(
+        &self,
+        slab: SlabId,
+        ranges: &[(ExecutorAddr, u64)],
+        f: &mut dyn FnMut(&mut [&mut [u8]]),
+    ) -> Result<()> {
+        let mut bufs: Vec<Vec<u8>> = ranges.iter().map(|(_, n)| vec![0; *n as usize]).collect();
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        f(&mut slices);
+        let writes: Vec<SlabWrite<'_>> = ranges
+            .iter()
+            .zip(&bufs)
+            .map(|((a, _), b)| SlabWrite::Bytes(*a, b))
+            .collect();
+        self.write_slab(slab, &writes)
+    }
+
     /// Change finalized memory in place while code may run: 4 or 8 bytes, naturally aligned,
     /// stored atomically through the alias (so another thread executing or reading them sees
     /// the old or the new value, never a mix), then the instruction cache is made coherent.

@@ -365,6 +365,22 @@ impl Executor for InProcessExecutor {
         }
     }
 
+    fn with_slab_memory(
+        &self,
+        slab: SlabId,
+        ranges: &[(ExecutorAddr, u64)],
+        f: &mut dyn FnMut(&mut [&mut [u8]]),
+    ) -> Result<()> {
+        let slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        match slabs.get(slab.0 as usize) {
+            Some(Some(s)) => s.with_memory(ranges, f),
+            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
+        }
+    }
+
     fn patch(&self, slab: SlabId, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
         let slabs = self
             .slabs

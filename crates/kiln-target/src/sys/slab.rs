@@ -222,6 +222,35 @@ impl Slab {
         Ok(())
     }
 
+    /// Writable slices over `ranges` (through the alias for code and read-only data).
+    pub(crate) fn with_memory(
+        &self,
+        ranges: &[(ExecutorAddr, u64)],
+        f: &mut dyn FnMut(&mut [&mut [u8]]),
+    ) -> Result<()> {
+        let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|(a, n)| (a.0, *n)).collect();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(Error::InvalidRequest("overlapping slab ranges".into()));
+        }
+        let mut slices = Vec::with_capacity(ranges.len());
+        for (a, n) in ranges {
+            let p = self.writable(a.0, *n).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "range {a}..+{n:#x} is not inside one region of slab {}",
+                    self.info.id.0
+                ))
+            })?;
+            // SAFETY: `p..p+n` lies inside a writable mapping of this slab (checked by
+            // `writable`) and the ranges do not overlap each other (checked above), so the
+            // slices are disjoint. They live only for the call of `f`, during which the slab
+            // (and its mappings) cannot be released: the caller holds the slab table lock.
+            slices.push(unsafe { std::slice::from_raw_parts_mut(p, *n as usize) });
+        }
+        f(&mut slices);
+        Ok(())
+    }
+
     pub(crate) fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
         let n = bytes.len() as u64;
         if !(n == 4 || n == 8) || !addr.0.is_multiple_of(n) {

@@ -140,7 +140,7 @@ pub(crate) struct Unit<'g, 'a> {
     pub g: &'g LinkGraph<'a>,
     pub layout: &'g Layout,
     /// Final bytes of each segment of `layout`.
-    pub work: &'g [Vec<u8>],
+    pub work: &'g [&'g [u8]],
     /// (call target, its stub) for every stub.
     pub stubs: &'g [(SymbolId, SymbolId)],
 }

@@ -187,11 +187,32 @@ pub struct FixupContext {
     pub tp_offset: Option<i64>,
 }
 
-/// Apply every edge of every live block into `work`, one buffer per segment.
+/// Apply every edge of every live block into new working memory, one buffer per segment.
 pub fn apply_fixups(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Result<Vec<Vec<u8>>> {
-    let mut out = Vec::with_capacity(layout.segments.len());
-    for seg in &layout.segments {
-        let mut buf = vec![0u8; seg.content_size as usize];
+    let mut out: Vec<Vec<u8>> = layout
+        .segments
+        .iter()
+        .map(|s| vec![0u8; s.content_size as usize])
+        .collect();
+    let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| b.as_mut_slice()).collect();
+    apply_fixups_into(g, layout, ctx, &mut bufs)?;
+    Ok(out)
+}
+
+/// Apply every edge of every live block into `bufs`, one per segment (at least `content_size`
+/// long; what lies beyond is left alone).
+pub fn apply_fixups_into(
+    g: &LinkGraph,
+    layout: &Layout,
+    ctx: &FixupContext,
+    bufs: &mut [&mut [u8]],
+) -> Result<()> {
+    for (seg, buf) in layout.segments.iter().zip(bufs.iter_mut()) {
+        if (buf.len() as u64) < seg.content_size {
+            return Err(Error::Usage(
+                "internal: working memory smaller than its segment".into(),
+            ));
+        }
         for &b in &seg.blocks {
             let blk = &g.blocks[b.idx()];
             if blk.is_zero_fill() {
@@ -200,9 +221,8 @@ pub fn apply_fixups(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Resul
             let start = (blk.addr - seg.addr) as usize;
             fixup_block(g, b, &mut buf[start..], ctx)?;
         }
-        out.push(buf);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The unit's TLS image (`.tdata` blocks, fixed up), for a static TLS request. Needs no thread

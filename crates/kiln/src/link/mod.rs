@@ -302,9 +302,91 @@ pub fn link(ex: &dyn Executor, mut input: LinkInput) -> Result<LinkedUnit> {
             );
             ctx.tp_offset = Some(off);
         }
-        let work = layout::apply_fixups(&g, &layout, &ctx)?;
-        t.lap("fixups");
-        let (initializers, deinitializers) = collect_init_fini(&g, &layout, &work, dso);
+        // Fixups, then what reads the final bytes (init/fini arrays, debug objects, the link
+        // map): in a slab, straight in the slab's writable alias; else in buffers sent along.
+        let post = |work: &[&[u8]]| -> Post {
+            let (initializers, deinitializers) = collect_init_fini(&g, &layout, work, dso);
+            let debug = crate::debug::actions(
+                &crate::debug::Unit {
+                    g: &g,
+                    layout: &layout,
+                    work,
+                    stubs: &tables.stubs,
+                },
+                input.debug,
+                base,
+            );
+            let map = input.want_map.then(|| link_map(&g, &tables, &layout, work));
+            Post {
+                initializers,
+                deinitializers,
+                debug,
+                map,
+            }
+        };
+        let in_slab = slab.is_some();
+        let (post, segments) = if let Some(i) = slab {
+            let id = slabs
+                .as_deref()
+                .map(|a| a.id(i))
+                .ok_or_else(|| Error::Usage("internal: slab lost".into()))?;
+            let ranges: Vec<(ExecutorAddr, u64)> = layout
+                .segments
+                .iter()
+                .map(|s| (ExecutorAddr(s.addr), s.content_size + s.zero_size))
+                .collect();
+            let mut result: Option<Result<Post>> = None;
+            ex.with_slab_memory(id, &ranges, &mut |bufs| {
+                // The range may hold a removed unit's bytes: zero fill is written, not assumed.
+                for (buf, seg) in bufs.iter_mut().zip(&layout.segments) {
+                    if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
+                        tail.fill(0);
+                    }
+                }
+                result = Some(
+                    layout::apply_fixups_into(&g, &layout, &ctx, bufs).map(|()| {
+                        let refs: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+                        post(&refs)
+                    }),
+                );
+            })?;
+            let post = result
+                .ok_or_else(|| Error::Usage("internal: slab memory not provided".into()))??;
+            let segments: Vec<Segment> = layout
+                .segments
+                .iter()
+                .map(|s| Segment {
+                    addr: ExecutorAddr(s.addr),
+                    prot: s.prot,
+                    content: Vec::new(),
+                    zero_fill: s.content_size + s.zero_size,
+                })
+                .collect();
+            (post, segments)
+        } else {
+            let work = layout::apply_fixups(&g, &layout, &ctx)?;
+            let refs: Vec<&[u8]> = work.iter().map(|w| w.as_slice()).collect();
+            let post = post(&refs);
+            let segments: Vec<Segment> = layout
+                .segments
+                .iter()
+                .zip(work)
+                .map(|(s, content)| Segment {
+                    addr: ExecutorAddr(s.addr),
+                    prot: s.prot,
+                    content,
+                    zero_fill: s.zero_size,
+                })
+                .collect();
+            (post, segments)
+        };
+        t.lap("fixups, debug info");
+        let Post {
+            initializers,
+            deinitializers,
+            debug,
+            map,
+        } = post;
         let mut actions = collect_actions(&g, &layout, &ctx);
         // IFUNC slots are filled first: initializers and other actions may call them.
         let ifuncs = tables.ifunc_slots.iter().filter_map(|(resolver, slot)| {
@@ -317,67 +399,13 @@ pub fn link(ex: &dyn Executor, mut input: LinkInput) -> Result<LinkedUnit> {
             })
         });
         actions.splice(0..0, ifuncs);
-        actions.extend(crate::debug::actions(
-            &crate::debug::Unit {
-                g: &g,
-                layout: &layout,
-                work: &work,
-                stubs: &tables.stubs,
-            },
-            input.debug,
-            base,
-        ));
-        t.lap("debug info");
-        let mut segments_stat = Vec::new();
-        let segments: Vec<Segment> = layout
-            .segments
+        actions.extend(debug);
+        let segments_stat: Vec<(String, u64, u64)> = segments
             .iter()
-            .zip(work)
-            .map(|(s, content)| {
-                segments_stat.push((
-                    s.prot.as_str().to_string(),
-                    s.addr,
-                    s.content_size + s.zero_size,
-                ));
-                Segment {
-                    addr: ExecutorAddr(s.addr),
-                    prot: s.prot,
-                    content,
-                    zero_fill: s.zero_size,
-                }
-            })
+            .map(|s| (s.prot.as_str().to_string(), s.addr.0, s.size()))
             .collect();
         let has_initializers = !initializers.is_empty();
         let exports = exports(&g);
-        let map = input.want_map.then(|| link_map(&g, &tables, &segments));
-        let in_slab = slab.is_some();
-        let segments = if let Some(i) = slab {
-            // Written through the slab's alias: content, then zeros over the rest (the range may
-            // hold a removed unit's bytes). The executor then finalizes without copying.
-            let id = slabs
-                .as_deref()
-                .map(|a| a.id(i))
-                .ok_or_else(|| Error::Usage("internal: slab lost".into()))?;
-            let mut writes = Vec::with_capacity(segments.len() * 2);
-            for s in &segments {
-                writes.push(kiln_target::SlabWrite::Bytes(s.addr, &s.content));
-                if s.zero_fill > 0 {
-                    let at = ExecutorAddr(s.addr.0 + s.content.len() as u64);
-                    writes.push(kiln_target::SlabWrite::Fill(at, s.zero_fill, 0));
-                }
-            }
-            ex.write_slab(id, &writes)?;
-            segments
-                .into_iter()
-                .map(|s| Segment {
-                    zero_fill: s.size(),
-                    content: Vec::new(),
-                    ..s
-                })
-                .collect()
-        } else {
-            segments
-        };
         let alloc = ex.finalize(FinalizeRequest {
             reservation: (
                 ExecutorAddr(dedicated.unwrap_or(0)),
@@ -484,6 +512,14 @@ fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
         let b = g.add_block(s, Content::Bytes(Cow::Borrowed(&[0, 0, 0, 0])), 4);
         g.blocks[b.idx()].live = true;
     }
+}
+
+/// What is read off the final bytes of a unit.
+struct Post {
+    initializers: Vec<ExecutorAddr>,
+    deinitializers: Vec<Action>,
+    debug: Vec<ActionPair>,
+    map: Option<LinkMap>,
 }
 
 /// Upper bounds of the bytes (and the alignments) each protection class of the unit needs, GOT
@@ -615,7 +651,7 @@ fn placement_window(g: &LinkGraph, size: u64) -> Result<Placement> {
 fn collect_init_fini(
     g: &LinkGraph,
     layout: &layout::Layout,
-    work: &[Vec<u8>],
+    work: &[&[u8]],
     dso: SymbolId,
 ) -> (Vec<ExecutorAddr>, Vec<Action>) {
     let words = |b: &Block| -> Vec<u64> {
@@ -732,7 +768,12 @@ fn collect_actions(
     actions
 }
 
-fn link_map(g: &LinkGraph, tables: &passes::GotTables, segments: &[Segment]) -> LinkMap {
+fn link_map(
+    g: &LinkGraph,
+    tables: &passes::GotTables,
+    layout: &layout::Layout,
+    work: &[&[u8]],
+) -> LinkMap {
     let file_of_block = |b: BlockId| g.input_name(g.block_input(b)).to_string();
     let mut m = LinkMap::default();
     for (i, s) in g.symbols.iter().enumerate() {
@@ -804,9 +845,16 @@ fn link_map(g: &LinkGraph, tables: &passes::GotTables, segments: &[Segment]) -> 
         m.sections
             .push((g.input_name(input).to_string(), name, lo, hi - lo));
     }
-    m.memory = segments
+    m.memory = layout
+        .segments
         .iter()
-        .map(|s| (s.addr.0, s.content.clone()))
+        .zip(work)
+        .map(|(s, w)| {
+            (
+                s.addr,
+                w.get(..s.content_size as usize).unwrap_or(w).to_vec(),
+            )
+        })
         .collect();
     m
 }
