@@ -35,8 +35,10 @@ pub struct Session {
     debug: crate::debug::DebugOptions,
     /// How `-l` names are found.
     pub search: LibrarySearch,
-    units: Vec<Option<LinkedUnit>>,
-    initialized: Vec<bool>,
+    /// Live units by id (ids are never reused); the flag says whether initializers ran. A map,
+    /// so that removed units leave nothing behind however many come and go.
+    units: std::collections::BTreeMap<usize, (LinkedUnit, bool)>,
+    next_unit: usize,
     /// Where units go when the executor has slabs (the default): see [`Session::set_use_slabs`].
     slabs: crate::memory::SlabAllocator,
     use_slabs: bool,
@@ -58,8 +60,8 @@ impl Session {
                 crate::debug::DebugOptions::default()
             }),
             search: LibrarySearch::default(),
-            units: Vec::new(),
-            initialized: Vec::new(),
+            units: Default::default(),
+            next_unit: 0,
             use_slabs: executor.supports_slabs(),
             slabs: crate::memory::SlabAllocator::default(),
             executor,
@@ -191,7 +193,7 @@ impl Session {
 
     /// Where everything of a unit ended up (if [`Session::set_want_map`] was on when it linked).
     pub fn link_map(&self, unit: UnitId) -> Option<&crate::link::LinkMap> {
-        self.units.get(unit.0)?.as_ref()?.map.as_ref()
+        self.units.get(&unit.0)?.0.map.as_ref()
     }
 
     /// Link everything added since the last link into one unit, and finalize it in the executor.
@@ -208,13 +210,8 @@ impl Session {
                 Pending::Archive(n, b) => archives.push((n.clone(), b.as_slice())),
             }
         }
-        let prior: Vec<&FxHashMap<String, ExecutorAddr>> = self
-            .units
-            .iter()
-            .rev()
-            .flatten()
-            .map(|u| &u.exports)
-            .collect();
+        let prior: Vec<&FxHashMap<String, ExecutorAddr>> =
+            self.units.values().rev().map(|(u, _)| &u.exports).collect();
         let roots = std::mem::take(&mut self.roots);
         let unit = link::link(
             &*self.executor,
@@ -234,30 +231,30 @@ impl Session {
                 slabs: self.use_slabs.then_some(&mut self.slabs),
             },
         )?;
-        self.units.push(Some(unit));
-        self.initialized.push(false);
-        Ok(UnitId(self.units.len() - 1))
+        let id = self.next_unit;
+        self.next_unit += 1;
+        self.units.insert(id, (unit, false));
+        Ok(UnitId(id))
     }
 
     pub fn stats(&self, unit: UnitId) -> Option<&LinkStats> {
-        self.units.get(unit.0)?.as_ref().map(|u| &u.stats)
+        self.units.get(&unit.0).map(|u| &u.0.stats)
     }
 
     /// The address of a symbol defined by a unit of this session (newest first).
     pub fn lookup(&self, name: &str) -> Option<ExecutorAddr> {
         self.units
-            .iter()
+            .values()
             .rev()
-            .flatten()
-            .find_map(|u| u.exports.get(name).copied())
+            .find_map(|(u, _)| u.exports.get(name).copied())
     }
 
     /// Run the initializers (`.init_array`, constructors, …) of every unit not yet initialized,
     /// oldest first.
     pub fn run_initializers(&mut self) -> Result<()> {
-        for i in 0..self.units.len() {
-            if let (Some(u), false) = (&self.units[i], self.initialized[i]) {
-                self.initialized[i] = true;
+        for (u, initialized) in self.units.values_mut() {
+            if !*initialized {
+                *initialized = true;
                 self.executor.run_initializers(u.alloc)?;
             }
         }
@@ -277,10 +274,9 @@ impl Session {
     /// Remove a unit: its destructors and exit handlers run, its registrations are undone, its
     /// memory is released, and its symbols disappear from lookups.
     pub fn remove(&mut self, unit: UnitId) -> Result<()> {
-        let u = self
+        let (u, _) = self
             .units
-            .get_mut(unit.0)
-            .and_then(Option::take)
+            .remove(&unit.0)
             .ok_or_else(|| Error::Usage(format!("no unit {}", unit.0)))?;
         self.executor.deallocate(u.alloc)?;
         self.slabs.free(&*self.executor, &u.slab_ranges);
@@ -308,10 +304,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for i in (0..self.units.len()).rev() {
-            if self.units[i].is_some() {
-                let _ = self.remove(UnitId(i));
-            }
+        let ids: Vec<usize> = self.units.keys().rev().copied().collect();
+        for id in ids {
+            let _ = self.remove(UnitId(id));
         }
         self.slabs.release_all(&*self.executor);
     }
