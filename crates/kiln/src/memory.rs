@@ -4,26 +4,40 @@
 
 use crate::error::{Error, Result};
 use kiln_target::{Executor, ExecutorAddr, Placement, SlabId, SlabInfo, SlabWrite};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Free ranges of one region: start → length, coalesced.
+/// Free ranges of one region, coalesced, indexed by start (for coalescing) and by size (for a
+/// best-fit search that does not walk the small gaps alignment leaves behind).
 #[derive(Debug, Default)]
 struct FreeList {
     ranges: BTreeMap<u64, u64>,
+    by_size: BTreeSet<(u64, u64)>,
 }
 
 impl FreeList {
+    fn insert(&mut self, start: u64, len: u64) {
+        self.ranges.insert(start, len);
+        self.by_size.insert((len, start));
+    }
+
+    fn remove(&mut self, start: u64) -> Option<u64> {
+        let len = self.ranges.remove(&start)?;
+        self.by_size.remove(&(len, start));
+        Some(len)
+    }
+
+    /// The smallest free range that holds `size` bytes at `align`.
     fn allocate(&mut self, size: u64, align: u64) -> Option<u64> {
-        let (start, len, at) = self.ranges.iter().find_map(|(&start, &len)| {
+        let (start, len, at) = self.by_size.range((size, 0)..).find_map(|&(len, start)| {
             let at = start.checked_next_multiple_of(align)?;
             (at.checked_add(size)? <= start + len).then_some((start, len, at))
         })?;
-        self.ranges.remove(&start);
+        self.remove(start);
         if at > start {
-            self.ranges.insert(start, at - start);
+            self.insert(start, at - start);
         }
         if at + size < start + len {
-            self.ranges.insert(at + size, start + len - (at + size));
+            self.insert(at + size, start + len - (at + size));
         }
         Some(at)
     }
@@ -34,20 +48,19 @@ impl FreeList {
         }
         if let Some((&ps, &pl)) = self.ranges.range(..start).next_back() {
             if ps + pl == start {
-                self.ranges.remove(&ps);
+                self.remove(ps);
                 start = ps;
                 len += pl;
             }
         }
-        if let Some(&nl) = self.ranges.get(&(start + len)) {
-            self.ranges.remove(&(start + len));
+        if let Some(nl) = self.remove(start + len) {
             len += nl;
         }
-        self.ranges.insert(start, len);
+        self.insert(start, len);
     }
 
     fn largest(&self) -> u64 {
-        self.ranges.values().copied().max().unwrap_or(0)
+        self.by_size.last().map_or(0, |(len, _)| *len)
     }
 }
 

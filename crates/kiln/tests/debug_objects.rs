@@ -76,7 +76,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
             graphs: Vec::new(),
             libraries: &[],
             defines: &defines,
-            prior_units: &[],
+            prior: &|_| None,
             process_symbols: false,
             roots: &["entry".to_string(), "quiet_global".to_string()],
             allow: None,

@@ -30,7 +30,8 @@ pub struct LinkInput<'s> {
     pub graphs: Vec<&'s crate::graph::builder::InMemoryGraph>,
     pub libraries: &'s [LibraryId],
     pub defines: &'s FxHashMap<String, u64>,
-    pub prior_units: &'s [&'s FxHashMap<String, ExecutorAddr>],
+    /// Symbols of earlier units (newest definition first); `&|_| None` for none.
+    pub prior: &'s dyn Fn(&str) -> Option<ExecutorAddr>,
     pub process_symbols: bool,
     /// Symbols that must be kept (and defined): the entry point, symbols to look up.
     pub roots: &'s [String],
@@ -213,7 +214,7 @@ pub fn link(ex: &dyn Executor, mut input: LinkInput) -> Result<LinkedUnit> {
 
     let scopes = resolve::ExternalScopes {
         defines: input.defines,
-        prior_units: input.prior_units,
+        prior: input.prior,
         libraries: input.libraries,
         process: input.process_symbols,
         allow: input.allow,

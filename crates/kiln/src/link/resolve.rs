@@ -59,7 +59,8 @@ pub fn check_duplicates(g: &LinkGraph) -> Result<()> {
 /// Where symbols outside the unit come from, in order.
 pub struct ExternalScopes<'s> {
     pub defines: &'s FxHashMap<String, u64>,
-    pub prior_units: &'s [&'s FxHashMap<String, ExecutorAddr>],
+    /// Symbols of earlier units of the session (newest definition first).
+    pub prior: &'s dyn Fn(&str) -> Option<ExecutorAddr>,
     pub libraries: &'s [LibraryId],
     pub process: bool,
     /// When set, only these names may be bound outside the unit.
@@ -113,12 +114,7 @@ pub fn resolve_externals(
             .defines
             .get(name.as_ref())
             .copied()
-            .or_else(|| {
-                scopes
-                    .prior_units
-                    .iter()
-                    .find_map(|u| u.get(name.as_ref()).map(|a| a.0))
-            })
+            .or_else(|| (scopes.prior)(name.as_ref()).map(|a| a.0))
             .or_else(|| runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0));
         match found {
             Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
