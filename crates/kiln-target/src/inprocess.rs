@@ -175,6 +175,23 @@ impl InProcessExecutor {
         unsafe { std::mem::transmute_copy::<usize, F>(&(addr.0 as usize)) }
     }
 
+    /// Run `f` on slab `slab`, holding the slab table's lock (so the slab cannot be released
+    /// meanwhile).
+    fn with_slab<R>(
+        &self,
+        slab: SlabId,
+        f: impl FnOnce(&crate::sys::slab::Slab) -> Result<R>,
+    ) -> Result<R> {
+        let slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        match slabs.get(slab.0 as usize) {
+            Some(Some(s)) => f(s),
+            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
+        }
+    }
+
     /// Every segment of a slab allocation lies in one region of one of our slabs.
     fn segments_in_slabs(&self, req: &FinalizeRequest) -> Result<()> {
         let slabs = self
@@ -355,14 +372,7 @@ impl Executor for InProcessExecutor {
     }
 
     fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
-        let slabs = self
-            .slabs
-            .lock()
-            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
-        match slabs.get(slab.0 as usize) {
-            Some(Some(s)) => s.write(writes),
-            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
-        }
+        self.with_slab(slab, |s| s.write(writes))
     }
 
     fn with_slab_memory(
@@ -371,25 +381,11 @@ impl Executor for InProcessExecutor {
         ranges: &[(ExecutorAddr, u64)],
         f: &mut dyn FnMut(&mut [&mut [u8]]),
     ) -> Result<()> {
-        let slabs = self
-            .slabs
-            .lock()
-            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
-        match slabs.get(slab.0 as usize) {
-            Some(Some(s)) => s.with_memory(ranges, f),
-            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
-        }
+        self.with_slab(slab, |s| s.with_memory(ranges, f))
     }
 
     fn patch(&self, slab: SlabId, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
-        let slabs = self
-            .slabs
-            .lock()
-            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
-        match slabs.get(slab.0 as usize) {
-            Some(Some(s)) => s.patch(addr, bytes),
-            _ => Err(Error::InvalidRequest(format!("no slab {}", slab.0))),
-        }
+        self.with_slab(slab, |s| s.patch(addr, bytes))
     }
 
     fn release_slab(&self, slab: SlabId) -> Result<()> {
