@@ -3,6 +3,8 @@
 
 #![allow(unsafe_code)] // calling JIT'd code through typed function pointers, as a user would
 
+mod common;
+use common::*;
 use kiln::{DebugOptions, InProcessExecutor, Session};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,35 +22,6 @@ fn compile(name: &str, src: &str) -> Vec<u8> {
         .status();
     assert!(ok.expect("cc is required").success());
     std::fs::read(&o).unwrap()
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count()
-}
-
-fn wx_mappings() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|p| p.contains('w') && p.contains('x'))
-        })
-        .map(str::to_string)
-        .collect()
 }
 
 const SMALL: &str = r#"

@@ -91,31 +91,37 @@ fn compile(
     std::fs::read(&o).unwrap()
 }
 
+/// A link against a simulated executor (nothing is mapped or run), every debug sink on: their
+/// builders read symbol tables and DWARF too.
+fn link_simulated(
+    ex: &SimulatedExecutor,
+    objects: &[(&str, &[u8])],
+    archives: &[(&str, &[u8])],
+) -> kiln::Result<kiln::LinkedUnit> {
+    link(
+        ex,
+        LinkInput {
+            objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+            graphs: vec![],
+            archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+            libraries: &[],
+            defines: &FxHashMap::default(),
+            prior: &|_| None,
+            process_symbols: false,
+            roots: &[],
+            allow: None,
+            fixed_address: None,
+            want_map: false,
+            debug: &kiln::DebugOptions::all(),
+            slabs: None,
+        },
+    )
+}
+
 /// Link with everything resolvable, never running anything: `Ok(linked?)`, or the panic text.
 fn try_link(objects: &[(&str, &[u8])], archives: &[(&str, &[u8])]) -> Result<bool, String> {
     let ex = SimulatedExecutor::resolving_everything(0x7000_0000_0000);
-    let defines = FxHashMap::default();
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        link(
-            &ex,
-            LinkInput {
-                objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
-                graphs: vec![],
-                archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
-                libraries: &[],
-                defines: &defines,
-                prior: &|_| None,
-                process_symbols: false,
-                roots: &[],
-                allow: None,
-                fixed_address: None,
-                want_map: false,
-                // Every debug sink: their builders read symbol tables and DWARF too.
-                debug: &kiln::DebugOptions::all(),
-                slabs: None,
-            },
-        )
-    }));
+    let r = catch_unwind(AssertUnwindSafe(|| link_simulated(&ex, objects, archives)));
     match r {
         Ok(r) => Ok(r.is_ok()),
         Err(p) => Err(p
@@ -516,27 +522,7 @@ fn errors_name_file_section_and_offset() {
     let obj = compile(&dir, "e", C_SOURCE, "gcc", &["-O2", "-fPIC"]);
     std::fs::remove_dir_all(&dir).ok();
     let ex = SimulatedExecutor::resolving_everything(0x7000_0000_0000);
-    let defines = FxHashMap::default();
-    let link_one = |bytes: &[u8]| {
-        link(
-            &ex,
-            LinkInput {
-                objects: vec![("e.o".into(), bytes)],
-                archives: vec![],
-                graphs: vec![],
-                libraries: &[],
-                defines: &defines,
-                prior: &|_| None,
-                process_symbols: false,
-                roots: &[],
-                allow: None,
-                fixed_address: None,
-                want_map: false,
-                debug: &kiln::DebugOptions::all(),
-                slabs: None,
-            },
-        )
-    };
+    let link_one = |bytes: &[u8]| link_simulated(&ex, &[("e.o", bytes)], &[]);
     // Truncated: the file is named.
     let e = link_one(&obj[..100]).unwrap_err().to_string();
     assert!(e.starts_with("e.o:"), "{e}");

@@ -3,6 +3,8 @@
 
 #![allow(unsafe_code)] // calling JIT'd code through typed function pointers, as a user would
 
+mod common;
+use common::*;
 use kiln::{InProcessExecutor, Session};
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,35 +27,6 @@ fn compile(name: &str, src: &str, flags: &[&str]) -> PathBuf {
         "cc failed for {name}"
     );
     o
-}
-
-/// Mappings that are writable and executable at once.
-fn wx_mappings() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|p| p.contains('w') && p.contains('x'))
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-fn mapped(addr: u64) -> bool {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .any(|l| {
-            let r = l.split_whitespace().next().unwrap();
-            let (a, b) = r.split_once('-').unwrap();
-            let (a, b) = (
-                u64::from_str_radix(a, 16).unwrap(),
-                u64::from_str_radix(b, 16).unwrap(),
-            );
-            a <= addr && addr < b
-        })
 }
 
 static EVENTS: AtomicU32 = AtomicU32::new(0);
