@@ -262,6 +262,24 @@ fn perf(dir: &Path, args: &[&str], tag: &str) -> Ran {
     r
 }
 
+/// `perf inject --jit`: perf.data with the JIT'd code of the jitdump turned into .so files.
+fn perf_inject(dir: &Path, data: &Path) -> PathBuf {
+    let injected = dir.join("perf.jit.data");
+    perf(
+        dir,
+        &[
+            "inject",
+            "--jit",
+            "-i",
+            data.to_str().unwrap(),
+            "-o",
+            injected.to_str().unwrap(),
+        ],
+        "perf-inject",
+    );
+    injected
+}
+
 /// The `perf report --stdio` lines that carry samples.
 fn report_lines(r: &Ran) -> Vec<String> {
     r.stdout_text()
@@ -524,19 +542,7 @@ fn jitdump_parses_back_and_perf_inject_names_the_source_line() {
 
     // perf: inject the JIT'd code, then the report names hot_loop with a line of hot.c, and
     // annotate disassembles it.
-    let injected = dir.join("perf.jit.data");
-    perf(
-        &dir,
-        &[
-            "inject",
-            "--jit",
-            "-i",
-            data.to_str().unwrap(),
-            "-o",
-            injected.to_str().unwrap(),
-        ],
-        "perf-inject",
-    );
+    let injected = perf_inject(&dir, &data);
     // perf wrote the unwinding data into hot_loop's .so: the FDE spans the function's symbol.
     let so = dumps.join(format!("jitted-{pid}-{hot_index}.so"));
     let (sym, fde) = so_symbol_and_fde(&dir, &so, "hot_loop");
@@ -713,19 +719,7 @@ fn perf_call_graph_dwarf_unwinds_through_jit_code() {
         "jit_leaf's unwinding data is mapped"
     );
 
-    let injected = dir.join("perf.jit.data");
-    perf(
-        &dir,
-        &[
-            "inject",
-            "--jit",
-            "-i",
-            data.to_str().unwrap(),
-            "-o",
-            injected.to_str().unwrap(),
-        ],
-        "perf-inject",
-    );
+    let injected = perf_inject(&dir, &data);
     let report = perf(
         &dir,
         &[
