@@ -37,11 +37,18 @@ enum Command {
                       is kiln's. If linking fails, kiln prints why and exits with status 125 \
                       without running anything.\n\nExamples:\n  kiln run hello.c\n  \
                       kiln run driver.o /usr/lib/x86_64-linux-gnu/liblua5.4.a -lm -ldl -- script.lua\n  \
-                      kiln run --show-stats --noexec prog.o -L build -lfoo"
+                      kiln run --show-stats --noexec prog.o -L build -lfoo\n  \
+                      kiln run --executor spawn --memory copy hello.c"
     )]
     Run(Box<RunArgs>),
     /// Measure linking (kiln vs llvm-jitlink) on the corpus drivers; prints ratios.
     Bench(bench::BenchArgs),
+    /// Act as `kiln-executor` (used when that binary is not installed next to kiln).
+    #[command(hide = true, disable_help_flag = true)]
+    Executor {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -103,7 +110,47 @@ struct RunArgs {
     #[arg(long)]
     show_stats: bool,
     #[command(flatten)]
+    remote: RemoteArgs,
+    #[command(flatten)]
     debug: DebugArgs,
+}
+
+#[derive(Args)]
+#[command(next_help_heading = "Out-of-process execution (see docs/protocol.md)")]
+struct RemoteArgs {
+    /// Where the code runs: `inprocess` (this process), `spawn` (a new kiln-executor child
+    /// process, found next to kiln or through KILN_EXECUTOR), or `connect=unix:PATH` /
+    /// `connect=tcp:HOST:PORT` (a listening `kiln-executor --listen ...`)
+    #[arg(long, value_name = "WHERE", default_value = "inprocess", value_parser = parse_executor)]
+    executor: ExecutorChoice,
+    /// How code memory reaches an out-of-process executor: `shared` (a memory file mapped by
+    /// both processes; nothing copied), `copy` (content sent in messages) or `auto` (shared
+    /// when possible)
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    memory: kiln_remote::MemoryMode,
+    /// The shared secret for a TCP executor (default: the KILN_TOKEN environment variable)
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+enum ExecutorChoice {
+    InProcess,
+    Spawn,
+    Connect(kiln_remote::Endpoint),
+}
+
+fn parse_executor(s: &str) -> Result<ExecutorChoice, String> {
+    match s {
+        "inprocess" | "in-process" => Ok(ExecutorChoice::InProcess),
+        "spawn" => Ok(ExecutorChoice::Spawn),
+        _ => match s.strip_prefix("connect=") {
+            Some(e) => e.parse().map(ExecutorChoice::Connect),
+            None => Err(format!(
+                "{s:?}: expected inprocess, spawn, connect=unix:PATH or connect=tcp:HOST:PORT"
+            )),
+        },
+    }
 }
 
 /// Debugger and profiler sinks. `KILN_DEBUG` sets them too: `all`, `none`, or a comma list of
@@ -271,6 +318,9 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Run(a) => run(*a),
         Command::Bench(b) => bench::run(b).map(|_| 0),
+        Command::Executor { args } => {
+            std::process::exit(kiln_remote::executor_main(&args, &["executor".into()]))
+        }
     };
     match r {
         Ok(code) => {
@@ -319,7 +369,80 @@ fn compile_sources(inputs: &[PathBuf], tmp: &Path) -> Result<(Vec<PathBuf>, bool
     Ok((out, cxx))
 }
 
+/// Start or reach the executor the user chose.
+fn remote_executor(choice: &ExecutorChoice, r: &RemoteArgs) -> Result<kiln_remote::RemoteExecutor> {
+    let token = match &r.token_file {
+        Some(f) => Some(kiln_remote::Token::from_file(f).map_err(anyhow::Error::msg)?),
+        None => kiln_remote::Token::from_env()
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+    };
+    let opts = kiln_remote::Options {
+        memory: r.memory,
+        token,
+        attach_stdio: true,
+    };
+    Ok(match choice {
+        ExecutorChoice::Connect(e) => kiln_remote::RemoteExecutor::connect(e, opts)?,
+        _ => {
+            let (program, args) = executor_program()?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kiln_remote::RemoteExecutor::spawn(&program, &args, opts)?
+        }
+    })
+}
+
+/// `KILN_EXECUTOR`, else `kiln-executor` next to this program, else this program acting as
+/// one (`kiln executor`).
+fn executor_program() -> Result<(PathBuf, Vec<String>)> {
+    if let Some(p) = std::env::var_os("KILN_EXECUTOR") {
+        return Ok((PathBuf::from(p), Vec::new()));
+    }
+    let me = std::env::current_exe().context("locating the kiln executable")?;
+    let sibling = me.with_file_name("kiln-executor");
+    if sibling.is_file() {
+        return Ok((sibling, Vec::new()));
+    }
+    Ok((me, vec!["executor".into()]))
+}
+
+/// The program's exit status when its executor process ended on its own: the program called
+/// `exit()` (its status is ours), or it died by a signal (say so; 128 + signal, like a shell).
+fn executor_end(report: kiln_remote::ExitReport) -> i32 {
+    match report {
+        kiln_remote::ExitReport::Code(c) => c,
+        kiln_remote::ExitReport::Signal(sig) => {
+            eprintln!(
+                "kiln: the executor process was killed by signal {sig}{}",
+                kiln_target::signal_name(sig)
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+            128 + sig
+        }
+        kiln_remote::ExitReport::Unknown => {
+            eprintln!("kiln: the executor process is gone");
+            KILN_FAILED as i32
+        }
+    }
+}
+
+/// If `e` says the executor process ended, how.
+fn ended(e: &kiln::Error) -> Option<kiln_remote::ExitReport> {
+    match e {
+        kiln::Error::Target(kiln_target::Error::ExecutorExited { code, signal }) => {
+            Some(match (code, signal) {
+                (_, Some(s)) => kiln_remote::ExitReport::Signal(*s),
+                (Some(c), None) => kiln_remote::ExitReport::Code(*c),
+                _ => kiln_remote::ExitReport::Unknown,
+            })
+        }
+        _ => None,
+    }
+}
+
 fn run(a: RunArgs) -> Result<i32> {
+    let mut remote: Option<Arc<kiln_remote::RemoteExecutor>> = None;
     // --noexec --slab-address: fake addresses, nothing mapped (see kiln::check::SlabExecutor).
     let mut s = match (a.noexec, a.slab_address) {
         (true, Some(base)) => Session::new(Arc::new(
@@ -330,7 +453,14 @@ fn run(a: RunArgs) -> Result<i32> {
             )
             .map_err(anyhow::Error::msg)?,
         )),
-        _ => Session::in_process(),
+        _ => match &a.remote.executor {
+            ExecutorChoice::InProcess => Session::in_process(),
+            choice => {
+                let ex = Arc::new(remote_executor(choice, &a.remote)?);
+                remote = Some(Arc::clone(&ex));
+                Session::new(ex)
+            }
+        },
     };
     s.set_want_map(!a.check.is_empty());
     s.search.dirs = a.lib_dirs.clone();
@@ -396,16 +526,28 @@ fn run(a: RunArgs) -> Result<i32> {
     if a.noexec {
         // The process exits next: unmapping and deregistering first would be wasted work.
         std::mem::forget(s);
-        return Ok(0);
+        return match remote {
+            Some(ex) => Ok(executor_end(ex.exit(0)?)),
+            None => Ok(0),
+        };
     }
-    s.run_initializers()?;
     let mut argv = vec![a.inputs[0].display().to_string()];
     argv.extend(a.args.iter().cloned());
-    let status = s.run_main(&a.entry, &argv)?;
+    let status = s
+        .run_initializers()
+        .and_then(|_| s.run_main(&a.entry, &argv));
     // The session is not dropped: the process exits with the code still mapped, as a native
     // program does, so exit handlers that reference it are safe.
     std::mem::forget(s);
-    Ok(status)
+    match (remote, status) {
+        (None, status) => Ok(status?),
+        // The executor leaves as a native program would; its end is the program's.
+        (Some(ex), Ok(status)) => Ok(executor_end(ex.exit(status)?)),
+        (Some(_), Err(e)) => match ended(&e) {
+            Some(report) => Ok(executor_end(report)),
+            None => Err(e.into()),
+        },
+    }
 }
 
 /// `--slab-size`: the unit, from the slab address (or its lowest segment), must fit.

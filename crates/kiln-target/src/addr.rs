@@ -2,6 +2,7 @@ use std::fmt;
 
 /// An address in the process that runs the code. Never a host pointer: out of process the two
 /// differ, so the controller only does arithmetic on these.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ExecutorAddr(pub u64);
 
@@ -34,6 +35,7 @@ impl fmt::Display for ExecutorAddr {
 }
 
 /// Final protection of a segment. There is deliberately no read-write-execute value: W^X.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum MemProt {
     /// `r--`: read-only data, GOT, eh_frame, TLS images.

@@ -32,7 +32,75 @@ pub enum Error {
     Tls(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The channel to an out-of-process executor failed, or it answered nonsense.
+    #[error("executor channel: {0}")]
+    Channel(String),
+    /// The executor refused or failed a request (its own error, carried back as a value).
+    #[error("executor: {0}")]
+    Remote(String),
+    /// The executor process is gone: it exited (`code`, e.g. JIT'd code called `exit()`) or was
+    /// killed by `signal`.
+    #[error("{}", exited_text(*.code, *.signal))]
+    ExecutorExited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// A debugger or profiler sink (gdb, perf map, jitdump) could not record the code.
     #[error("{sink}: {why}")]
     DebugSink { sink: &'static str, why: String },
+}
+
+fn exited_text(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(s)) => format!(
+            "the executor process was killed by signal {s}{}",
+            signal_name(s)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ),
+        (Some(c), None) => format!("the executor process exited with status {c}"),
+        (None, None) => "the executor process is gone".to_string(),
+    }
+}
+
+/// The conventional name of a Linux signal number.
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    NAMES
+        .get(usize::try_from(sig).ok()?)
+        .copied()
+        .filter(|n| !n.is_empty())
 }

@@ -4,6 +4,7 @@ use crate::{ExecutorAddr, MemProt, Result};
 use std::path::Path;
 
 /// Facts about the executor that the linker needs.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug)]
 pub struct TargetInfo {
     pub triple: String,
@@ -14,6 +15,7 @@ pub struct TargetInfo {
 /// Where a reservation must lie. Code that reaches host libraries with 32-bit displacements must
 /// be placed within ±2 GiB of them; the controller computes the window, the executor (which knows
 /// its own address-space map) finds a free range inside it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
     /// Anywhere.
@@ -26,10 +28,12 @@ pub enum Placement {
 
 /// One segment of a finalized allocation: `content` is copied to `addr`, followed by `zero_fill`
 /// zero bytes, and the pages get protection `prot`. `addr` is page aligned.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug)]
 pub struct Segment {
     pub addr: ExecutorAddr,
     pub prot: MemProt,
+    #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
     pub content: Vec<u8>,
     pub zero_fill: u64,
 }
@@ -42,6 +46,7 @@ impl Segment {
 
 /// Something the executor does when memory is finalized or deallocated. Actions are data, not
 /// function pointers, so that they travel over a wire unchanged.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Register a `.eh_frame` section (CIEs and FDEs ending with a zero terminator).
@@ -110,7 +115,8 @@ pub enum Action {
 
 /// Bytes carried by an action (a debug object, jitdump records); `Debug` shows the length only.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Bytes(pub Vec<u8>);
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Bytes(#[cfg_attr(feature = "serde", serde(with = "serde_bytes"))] pub Vec<u8>);
 
 impl std::fmt::Debug for Bytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,6 +125,7 @@ impl std::fmt::Debug for Bytes {
 }
 
 /// One function (or stub) for perf's map file.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PerfMapEntry {
     pub addr: ExecutorAddr,
@@ -127,6 +134,7 @@ pub struct PerfMapEntry {
 }
 
 /// A finalize action and the dealloc action that undoes it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActionPair {
     pub finalize: Option<Action>,
@@ -134,6 +142,7 @@ pub struct ActionPair {
 }
 
 /// Everything the executor needs to make a linked unit live.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, Default)]
 pub struct FinalizeRequest {
     /// The reservation this allocation lives in; released when the allocation is deallocated.
@@ -153,6 +162,7 @@ pub struct FinalizeRequest {
 }
 
 /// Identifies a slab in one executor.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SlabId(pub u32);
 
@@ -161,6 +171,7 @@ pub struct SlabId(pub u32);
 /// the code and read-only regions are mapped a second time, writable, at another address: the
 /// alias through which the linker and patchers write. Protections never change, and no page is
 /// writable and executable at the same address. Many small units share its pages.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct SlabInfo {
     pub id: SlabId,
@@ -177,10 +188,12 @@ pub enum SlabWrite<'a> {
 }
 
 /// Identifies a finalized allocation in one executor.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocId(pub u64);
 
 /// Identifies a library loaded into the executor.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LibraryId(pub u32);
 
@@ -217,7 +230,7 @@ pub trait Executor: Send + Sync {
 
     /// Symbols the runtime itself provides to JIT'd code (e.g. `__tls_get_addr` for the dynamic
     /// TLS models of kiln-linked units). They win over libraries and the process.
-    fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)];
+    fn runtime_symbols(&self) -> &[(String, ExecutorAddr)];
 
     /// Reserve a block in every thread's static TLS area (for local-exec and initial-exec code),
     /// initialised from `image` then zeros up to `block_size`, in threads that exist now and in
@@ -255,15 +268,7 @@ pub trait Executor: Send + Sync {
         ranges: &[(ExecutorAddr, u64)],
         f: &mut dyn FnMut(&mut [&mut [u8]]),
     ) -> Result<()> {
-        let mut bufs: Vec<Vec<u8>> = ranges.iter().map(|(_, n)| vec![0; *n as usize]).collect();
-        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        f(&mut slices);
-        let writes: Vec<SlabWrite<'_>> = ranges
-            .iter()
-            .zip(&bufs)
-            .map(|((a, _), b)| SlabWrite::Bytes(*a, b))
-            .collect();
-        self.write_slab(slab, &writes)
+        slab_memory_by_copy(self, slab, ranges, f)
     }
 
     /// Change finalized memory in place while code may run: 4 or 8 bytes, naturally aligned,
@@ -287,4 +292,23 @@ pub trait Executor: Send + Sync {
 
     /// Call `void f(void)`.
     fn call_void(&self, f: ExecutorAddr) -> Result<()>;
+}
+
+/// [`Executor::with_slab_memory`] for executors that cannot hand out their memory: `f` fills
+/// scratch buffers, which then go to [`Executor::write_slab`].
+pub fn slab_memory_by_copy<E: Executor + ?Sized>(
+    ex: &E,
+    slab: SlabId,
+    ranges: &[(ExecutorAddr, u64)],
+    f: &mut dyn FnMut(&mut [&mut [u8]]),
+) -> Result<()> {
+    let mut bufs: Vec<Vec<u8>> = ranges.iter().map(|(_, n)| vec![0; *n as usize]).collect();
+    let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    f(&mut slices);
+    let writes: Vec<SlabWrite<'_>> = ranges
+        .iter()
+        .zip(&bufs)
+        .map(|((a, _), b)| SlabWrite::Bytes(*a, b))
+        .collect();
+    ex.write_slab(slab, &writes)
 }

@@ -133,7 +133,7 @@ pub struct InProcessExecutor {
     libraries: Mutex<Vec<dl::Handle>>,
     slabs: Mutex<Vec<Option<crate::sys::slab::Slab>>>,
     traced: bool,
-    runtime_symbols: Vec<(&'static str, ExecutorAddr)>,
+    runtime_symbols: Vec<(String, ExecutorAddr)>,
 }
 
 impl Default for InProcessExecutor {
@@ -159,7 +159,7 @@ impl InProcessExecutor {
             libraries: Mutex::new(Vec::new()),
             slabs: Mutex::new(Vec::new()),
             traced: traced(),
-            runtime_symbols: vec![("__tls_get_addr", ExecutorAddr(tls_get_addr))],
+            runtime_symbols: vec![("__tls_get_addr".into(), ExecutorAddr(tls_get_addr))],
         }
     }
 
@@ -173,6 +173,34 @@ impl InProcessExecutor {
         assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
         // SAFETY: F is pointer-sized (asserted); validity is the caller's promise.
         unsafe { std::mem::transmute_copy::<usize, F>(&(addr.0 as usize)) }
+    }
+
+    /// Create a slab whose pages live in a memfd, and return a duplicate of that descriptor
+    /// with it: another process (a controller) maps it to write units and patches straight
+    /// into this process's code memory ([`crate::SharedSlab`]).
+    pub fn create_shared_slab(
+        &self,
+        sizes: [u64; 3],
+        placement: Placement,
+    ) -> Result<(SlabInfo, std::os::fd::OwnedFd)> {
+        let mut slabs = self
+            .slabs
+            .lock()
+            .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
+        let id = SlabId(slabs.len() as u32);
+        let slab = crate::sys::slab::Slab::create(id, sizes, placement, true)?;
+        let fd = slab
+            .memfd()
+            .ok_or_else(|| Error::InvalidRequest("shared slab without a memfd".into()))?
+            .try_clone_to_owned()
+            .map_err(|e| Error::Memory {
+                addr: slab.info.regions[0].0,
+                size: 0,
+                why: format!("dup of the slab's memfd: {e}"),
+            })?;
+        let info = slab.info;
+        slabs.push(Some(slab));
+        Ok((info, fd))
     }
 
     /// Run `f` on slab `slab`, holding the slab table's lock (so the slab cannot be released
@@ -365,7 +393,7 @@ impl Executor for InProcessExecutor {
             .lock()
             .map_err(|_| Error::InvalidRequest("slab table poisoned".into()))?;
         let id = SlabId(slabs.len() as u32);
-        let slab = crate::sys::slab::Slab::create(id, sizes, placement)?;
+        let slab = crate::sys::slab::Slab::create(id, sizes, placement, false)?;
         let info = slab.info;
         slabs.push(Some(slab));
         Ok(info)
@@ -445,7 +473,7 @@ impl Executor for InProcessExecutor {
         Ok(out)
     }
 
-    fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)] {
+    fn runtime_symbols(&self) -> &[(String, ExecutorAddr)] {
         &self.runtime_symbols
     }
 

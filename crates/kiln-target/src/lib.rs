@@ -18,13 +18,16 @@ mod simulated;
 mod sys;
 
 pub use addr::{ExecutorAddr, MemProt};
-pub use error::{Error, Result};
+pub use error::{signal_name, Error, Result};
+pub use executor::slab_memory_by_copy;
 pub use executor::{
     Action, ActionPair, AllocId, Bytes, Executor, FinalizeRequest, LibraryId, PerfMapEntry,
     Placement, Segment, SlabId, SlabInfo, SlabWrite, TargetInfo,
 };
 pub use inprocess::InProcessExecutor;
 pub use simulated::SimulatedExecutor;
+pub use sys::process;
+pub use sys::slab::SharedSlab;
 pub use sys::tls::TLS_MODULE_TAG;
 
 /// What the debugger and profiler sinks left in this process: for hosts and tests.

@@ -17,7 +17,7 @@ pub struct SimulatedExecutor {
     /// Answer every lookup (with an address near `base`), so that links of arbitrary inputs
     /// get past symbol resolution.
     resolve_all: bool,
-    runtime: Vec<(&'static str, ExecutorAddr)>,
+    runtime: Vec<(String, ExecutorAddr)>,
 }
 
 impl SimulatedExecutor {
@@ -33,7 +33,10 @@ impl SimulatedExecutor {
             symbols,
             finalized: Mutex::new(Vec::new()),
             resolve_all: false,
-            runtime: vec![("__tls_get_addr", ExecutorAddr(base.saturating_sub(0x1000)))],
+            runtime: vec![(
+                "__tls_get_addr".into(),
+                ExecutorAddr(base.saturating_sub(0x1000)),
+            )],
         }
     }
 
@@ -122,7 +125,7 @@ impl Executor for SimulatedExecutor {
             .collect())
     }
 
-    fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)] {
+    fn runtime_symbols(&self) -> &[(String, ExecutorAddr)] {
         &self.runtime
     }
 

@@ -6,6 +6,7 @@ pub(crate) mod gdb;
 pub(crate) mod jitdump;
 pub(crate) mod mem;
 pub(crate) mod perf;
+pub mod process;
 pub(crate) mod slab;
 pub(crate) mod static_tls;
 pub mod tls;

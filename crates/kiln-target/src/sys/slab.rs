@@ -15,12 +15,25 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) struct Slab {
     pub(crate) info: SlabInfo,
-    /// The memfd behind the views, when they could not be made from anonymous memory.
-    _fd: Option<OwnedFd>,
+    /// The memfd behind the views, when they could not be made from anonymous memory or the
+    /// slab is shared with another process.
+    fd: Option<OwnedFd>,
     exec_base: u64,
     total: u64,
     alias_base: u64,
     alias_len: u64,
+    view: WriteView,
+}
+
+/// Where each region of a slab can be written in this process: the alias (or, in a controller,
+/// its own mapping of the executor's memfd) for code and read-only data, the data region itself
+/// where the code runs in the executor. All writes, fills, working slices and patches go through
+/// this one piece of code, on both sides of a shared-memory executor.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct WriteView {
+    pub(crate) info: SlabInfo,
+    /// Host address at which each region's first byte is writable.
+    pub(crate) bases: [u64; 3],
 }
 
 /// Map a memfd over `[base, base+total)` (shared, read-write) and once more, its first
@@ -52,6 +65,9 @@ fn memfd_views(base: u64, total: u64, alias_len: u64) -> Result<(u64, OwnedFd)> 
     if p == libc::MAP_FAILED {
         return Err(os_err("mmap (slab view)"));
     }
+    if alias_len == 0 {
+        return Ok((0, fd));
+    }
     // SAFETY: a new shared mapping of our memfd at an address the kernel picks.
     let a = unsafe {
         libc::mmap(
@@ -78,7 +94,14 @@ fn os_err(what: &str) -> Error {
 }
 
 impl Slab {
-    pub(crate) fn create(id: SlabId, sizes: [u64; 3], placement: Placement) -> Result<Slab> {
+    /// A slab in this process. `shared`: always back it with a memfd (see [`Slab::memfd`]), so
+    /// that another process (a controller) can map the same pages.
+    pub(crate) fn create(
+        id: SlabId,
+        sizes: [u64; 3],
+        placement: Placement,
+        shared: bool,
+    ) -> Result<Slab> {
         let page = super::mem::page_size();
         if sizes.iter().any(|s| !s.is_multiple_of(page)) || sizes.iter().sum::<u64>() == 0 {
             return Err(Error::InvalidRequest(format!(
@@ -115,16 +138,20 @@ impl Slab {
         let alias_len = sizes[0] + sizes[1];
         let mut alias_base = 0;
         let mut fd = None;
-        if alias_len > 0 {
-            // SAFETY: mremap with old size 0 on a shared mapping creates a second mapping of the
-            // same pages at an address the kernel picks; the original stays as it is.
-            let a = unsafe {
-                libc::mremap(
-                    base as *mut libc::c_void,
-                    0,
-                    alias_len as usize,
-                    libc::MREMAP_MAYMOVE,
-                )
+        if alias_len > 0 || shared {
+            let a = if shared {
+                libc::MAP_FAILED
+            } else {
+                // SAFETY: mremap with old size 0 on a shared mapping creates a second mapping of
+                // the same pages at an address the kernel picks; the original stays as it is.
+                unsafe {
+                    libc::mremap(
+                        base as *mut libc::c_void,
+                        0,
+                        alias_len as usize,
+                        libc::MREMAP_MAYMOVE,
+                    )
+                }
             };
             if a != libc::MAP_FAILED {
                 alias_base = a as u64;
@@ -169,27 +196,57 @@ impl Slab {
             }
             off += size;
         }
+        let info = SlabInfo { id, regions };
+        let view = WriteView {
+            info,
+            bases: [
+                alias_base,
+                alias_base + sizes[0],
+                regions[2].0 .0, // data is written where it lives
+            ],
+        };
         Ok(Slab {
-            info: SlabInfo { id, regions },
-            _fd: fd,
+            info,
+            fd,
             exec_base: base,
             total,
             alias_base,
             alias_len,
+            view,
         })
     }
 
-    /// Where to write `len` bytes at executor address `addr`: the alias for code and read-only
-    /// data, the address itself for data. `None` if the range is not inside one region.
+    /// The memfd behind this slab's pages, if it has one (always, when created `shared`).
+    pub(crate) fn memfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    pub(crate) fn write(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
+        self.view.write(writes)
+    }
+
+    pub(crate) fn with_memory(
+        &self,
+        ranges: &[(ExecutorAddr, u64)],
+        f: &mut dyn FnMut(&mut [&mut [u8]]),
+    ) -> Result<()> {
+        self.view.with_memory(ranges, f)
+    }
+
+    pub(crate) fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        self.view.patch(addr, bytes)
+    }
+}
+
+impl WriteView {
+    /// Where to write `len` bytes at executor address `addr`. `None` if the range is not
+    /// inside one region.
     fn writable(&self, addr: u64, len: u64) -> Option<*mut u8> {
         let end = addr.checked_add(len)?;
         for (i, (start, size)) in self.info.regions.iter().enumerate() {
             if start.0 <= addr && end <= start.0 + size {
-                return Some(if i < 2 {
-                    (self.alias_base + (addr - self.exec_base)) as *mut u8
-                } else {
-                    addr as *mut u8
-                });
+                return Some((self.bases[i] + (addr - start.0)) as *mut u8);
             }
         }
         None
@@ -244,7 +301,9 @@ impl Slab {
             // SAFETY: `p..p+n` lies inside a writable mapping of this slab (checked by
             // `writable`) and the ranges do not overlap each other (checked above), so the
             // slices are disjoint. They live only for the call of `f`, during which the slab
-            // (and its mappings) cannot be released: the caller holds the slab table lock.
+            // (and its mappings) cannot be released: its owner is borrowed, and callers hold
+            // their slab table lock. Ranges being prepared belong to no finalized allocation,
+            // so no code reads them meanwhile, here or (for a shared slab) in the executor.
             slices.push(unsafe { std::slice::from_raw_parts_mut(p, *n as usize) });
         }
         f(&mut slices);
@@ -292,5 +351,108 @@ impl Drop for Slab {
                 );
             }
         }
+    }
+}
+
+/// A controller's view of a slab that lives in another process: the executor's memfd, mapped
+/// once, read-write, here. The linker writes new units straight into these pages and patchers
+/// store into them; the executor sees the same pages at the slab's addresses with their final
+/// protections. Nothing is copied.
+pub struct SharedSlab {
+    view: WriteView,
+    base: u64,
+    len: u64,
+    _fd: OwnedFd,
+}
+
+impl std::fmt::Debug for SharedSlab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedSlab({:?} at {:#x})", self.view.info, self.base)
+    }
+}
+
+impl SharedSlab {
+    /// Map `fd`, the memfd behind the executor's slab `info` (regions consecutive from its
+    /// start, as [`crate::Executor::create_slab`] makes them).
+    pub fn map(fd: OwnedFd, info: SlabInfo) -> Result<SharedSlab> {
+        let r = info.regions;
+        let len = r.iter().try_fold(0u64, |a, (_, n)| a.checked_add(*n));
+        let contiguous = r[1].0 .0 == r[0].0 .0.wrapping_add(r[0].1)
+            && r[2].0 .0 == r[1].0 .0.wrapping_add(r[1].1);
+        let len = match len {
+            Some(l) if l > 0 && l <= (1 << 40) && contiguous => l,
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "slab {} has impossible regions {r:?}",
+                    info.id.0
+                )))
+            }
+        };
+        let file = std::fs::File::from(fd);
+        let flen = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if flen < len {
+            return Err(Error::InvalidRequest(format!(
+                "the memory file of slab {} holds {flen:#x} bytes, less than its {len:#x}",
+                info.id.0
+            )));
+        }
+        let fd = OwnedFd::from(file);
+        // SAFETY: a new shared mapping of a file we own, at an address the kernel picks; the
+        // file is at least `len` bytes long (checked), so every mapped page is backed.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(os_err("mmap (shared slab)"));
+        }
+        let base = p as u64;
+        Ok(SharedSlab {
+            view: WriteView {
+                info,
+                bases: [base, base + r[0].1, base + r[0].1 + r[1].1],
+            },
+            base,
+            len,
+            _fd: fd,
+        })
+    }
+
+    pub fn info(&self) -> SlabInfo {
+        self.view.info
+    }
+
+    /// Write into the slab (each write inside one region).
+    pub fn write(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
+        self.view.write(writes)
+    }
+
+    /// Writable slices over `ranges` of the slab, for the duration of `f`. The caller must not
+    /// let two calls overlap in time on the same slab (the remote executor holds its slab
+    /// table's lock).
+    pub fn with_memory(
+        &self,
+        ranges: &[(ExecutorAddr, u64)],
+        f: &mut dyn FnMut(&mut [&mut [u8]]),
+    ) -> Result<()> {
+        self.view.with_memory(ranges, f)
+    }
+
+    /// Atomically store 4 or 8 naturally aligned bytes (see [`crate::Executor::patch`]).
+    pub fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        self.view.patch(addr, bytes)
+    }
+}
+
+impl Drop for SharedSlab {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours and no slice of it outlives `with_memory`.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len as usize) };
     }
 }

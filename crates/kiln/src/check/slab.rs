@@ -93,7 +93,7 @@ impl Executor for SlabExecutor {
         }
     }
 
-    fn runtime_symbols(&self) -> &[(&'static str, ExecutorAddr)] {
+    fn runtime_symbols(&self) -> &[(String, ExecutorAddr)] {
         self.sim.runtime_symbols()
     }
 

@@ -1,0 +1,619 @@
+//! The controller side: [`RemoteExecutor`] implements [`Executor`] by sending each call to a
+//! `kiln-executor` process and waiting for its reply.
+
+use crate::auth::{nonce, Token};
+use crate::proto::*;
+use crate::wire::{Conn, MAX_FRAME, MAX_HELLO_FRAME};
+use kiln_target::{
+    AllocId, Error, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement, Result,
+    SharedSlab, SlabId, SlabInfo, SlabWrite, TargetInfo,
+};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How slab memory reaches the executor.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum MemoryMode {
+    /// Shared when the executor can share (same host, Unix socket), copy otherwise.
+    #[default]
+    Auto,
+    /// The executor's memfd, mapped writable here: the linker writes in place, nothing copied.
+    Shared,
+    /// Content travels in the messages (batched into the finalize that needs it).
+    Copy,
+}
+
+impl std::str::FromStr for MemoryMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(MemoryMode::Auto),
+            "shared" => Ok(MemoryMode::Shared),
+            "copy" => Ok(MemoryMode::Copy),
+            _ => Err(format!("{s:?}: expected shared, copy or auto")),
+        }
+    }
+}
+
+/// Where a listening executor is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `HOST:PORT`.
+    Tcp(String),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("unix: needs a socket path".into());
+            }
+            Ok(Endpoint::Unix(p.into()))
+        } else if let Some(a) = s.strip_prefix("tcp:") {
+            if !a.contains(':') {
+                return Err(format!("tcp:{a}: expected tcp:HOST:PORT"));
+            }
+            Ok(Endpoint::Tcp(a.into()))
+        } else {
+            Err(format!("{s:?}: expected unix:PATH or tcp:HOST:PORT"))
+        }
+    }
+}
+
+/// Options for reaching an executor.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub memory: MemoryMode,
+    /// The shared secret, for executors that ask for it.
+    pub token: Option<Token>,
+    /// Hand our standard input, output and error to the executor (Unix sockets): the program
+    /// reads and writes them directly. Otherwise its output arrives as messages and is written
+    /// to ours.
+    pub attach_stdio: bool,
+}
+
+struct Inner {
+    conn: Conn,
+    next_id: u64,
+    /// Copy mode: slab writes waiting to ride along with the next request.
+    pending: Vec<WireWrite>,
+    child: Option<Child>,
+    exited: Option<ExitReport>,
+}
+
+/// An executor in another process.
+pub struct RemoteExecutor {
+    info: TargetInfo,
+    bootstrap: Vec<(String, ExecutorAddr)>,
+    shared: bool,
+    slabs: bool,
+    inner: Mutex<Inner>,
+    /// Shared mode: our mappings of the executor's slabs.
+    mapped: Mutex<HashMap<u32, SharedSlab>>,
+}
+
+fn channel(e: impl std::fmt::Display) -> Error {
+    Error::Channel(e.to_string())
+}
+
+impl RemoteExecutor {
+    /// Start `program` (a `kiln-executor`, or anything that serves the protocol given
+    /// `ARGS... --fd N`) as a child connected over a socket pair. Its standard input, output and
+    /// error are ours.
+    pub fn spawn(program: &Path, args: &[&str], opts: Options) -> Result<RemoteExecutor> {
+        let (conn, child) = spawn_child(Command::new(program).args(args))
+            .map_err(|e| channel(format!("cannot start {}: {e}", program.display())))?;
+        let mut inner = Inner {
+            conn,
+            next_id: 1,
+            pending: Vec::new(),
+            child: Some(child),
+            exited: None,
+        };
+        let opts = Options {
+            attach_stdio: false, // inherited already
+            ..opts
+        };
+        match Self::handshake(&mut inner, &opts) {
+            Ok(h) => Self::from_handshake(inner, h, &opts),
+            Err(e) => Err(gone(&mut inner, format!("handshake: {e}"))),
+        }
+    }
+
+    /// Connect to a listening `kiln-executor`.
+    pub fn connect(endpoint: &Endpoint, opts: Options) -> Result<RemoteExecutor> {
+        let conn = match endpoint {
+            Endpoint::Unix(p) => Conn::from(
+                UnixStream::connect(p)
+                    .map_err(|e| channel(format!("cannot connect to {}: {e}", p.display())))?,
+            ),
+            Endpoint::Tcp(a) => Conn::from(
+                std::net::TcpStream::connect(a)
+                    .map_err(|e| channel(format!("cannot connect to {a}: {e}")))?,
+            ),
+        };
+        let mut inner = Inner {
+            conn,
+            next_id: 1,
+            pending: Vec::new(),
+            child: None,
+            exited: None,
+        };
+        let h = Self::handshake(&mut inner, &opts)?;
+        Self::from_handshake(inner, h, &opts)
+    }
+
+    fn handshake(inner: &mut Inner, opts: &Options) -> Result<Handshake> {
+        client_handshake(&mut inner.conn, opts)
+    }
+    fn from_handshake(inner: Inner, h: Handshake, opts: &Options) -> Result<RemoteExecutor> {
+        let shared = match opts.memory {
+            MemoryMode::Auto => h.shared_memory,
+            MemoryMode::Copy => false,
+            MemoryMode::Shared if h.shared_memory => true,
+            MemoryMode::Shared => {
+                return Err(channel(
+                    "this executor cannot share memory (it is not reached over a Unix socket); use copy",
+                ))
+            }
+        };
+        Ok(RemoteExecutor {
+            info: h.info,
+            bootstrap: h.bootstrap,
+            shared,
+            slabs: h.slabs,
+            inner: Mutex::new(inner),
+            mapped: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether slab memory is shared with the executor (rather than copied).
+    pub fn shares_memory(&self) -> bool {
+        self.shared
+    }
+
+    /// The executor's process id.
+    pub fn pid(&self) -> u32 {
+        self.info.pid
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| channel("the connection's lock is poisoned"))
+    }
+
+    /// Send `call` (with any pending slab writes) and wait for its reply.
+    fn call(&self, call: Call) -> Result<(Value, Vec<OwnedFd>)> {
+        let mut inner = self.lock()?;
+        let inner = &mut *inner;
+        if let Some(r) = inner.exited {
+            return Err(r.to_error());
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let req = Request {
+            id,
+            writes: std::mem::take(&mut inner.pending),
+            call,
+        };
+        if let Err(e) = inner.conn.send(&req, &[]) {
+            return Err(gone(inner, e));
+        }
+        loop {
+            let frame = match inner.conn.recv(MAX_FRAME) {
+                Ok(f) => f,
+                Err(e) => return Err(gone(inner, e)),
+            };
+            let msg: Message = match frame.decode() {
+                Ok(m) => m,
+                Err(e) => {
+                    inner.conn.shutdown();
+                    return Err(channel(format!("from the executor: {e}")));
+                }
+            };
+            match msg {
+                Message::Reply { id: rid, result } if rid == id => {
+                    return match result {
+                        Ok(v) => Ok((v, frame.fds)),
+                        Err(e) => Err(Error::Remote(e)),
+                    }
+                }
+                Message::Reply { id: rid, .. } => {
+                    inner.conn.shutdown();
+                    return Err(channel(format!(
+                        "reply to request {rid} while waiting for {id}"
+                    )));
+                }
+                Message::Output { stream, bytes } => forward_output(stream, &bytes),
+                Message::Exited(r) => {
+                    inner.exited = Some(r);
+                    reap(inner);
+                    return Err(r.to_error());
+                }
+                Message::ProtocolError(why) => {
+                    inner.conn.shutdown();
+                    return Err(channel(format!(
+                        "the executor closed the connection: {why}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Ask the executor to leave with `status` as a native program would (exit handlers, the
+    /// units' finalizers, stdio flushed) and wait until it has; how it ended.
+    pub fn exit(&self, status: i32) -> Result<ExitReport> {
+        let mut inner = self.lock()?;
+        let inner = &mut *inner;
+        if let Some(r) = inner.exited {
+            return Ok(r);
+        }
+        let req = Request {
+            id: 0,
+            writes: Vec::new(),
+            call: Call::Exit(status),
+        };
+        let _ = inner.conn.send(&req, &[]);
+        loop {
+            match inner
+                .conn
+                .recv(MAX_FRAME)
+                .and_then(|f| f.decode::<Message>())
+            {
+                Ok(Message::Output { stream, bytes }) => forward_output(stream, &bytes),
+                Ok(Message::Exited(r)) => {
+                    inner.exited = Some(r);
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        if let Some(child) = inner.child.as_mut() {
+            // Exit handlers may take their time: wait for them.
+            let st = child.wait().map_err(channel)?;
+            inner.child = None;
+            inner.exited = Some(ExitReport::from_status(st));
+        }
+        inner.conn.shutdown();
+        Ok(inner.exited.unwrap_or(ExitReport::Unknown))
+    }
+
+    fn queue(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        let mut inner = self.lock()?;
+        for w in writes {
+            inner.pending.push(match *w {
+                SlabWrite::Bytes(addr, b) => WireWrite::Bytes {
+                    slab,
+                    addr,
+                    bytes: b.to_vec(),
+                },
+                SlabWrite::Fill(addr, len, byte) => WireWrite::Fill {
+                    slab,
+                    addr,
+                    len,
+                    byte,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn with_mapped<R>(&self, slab: SlabId, f: impl FnOnce(&SharedSlab) -> Result<R>) -> Result<R> {
+        let m = self
+            .mapped
+            .lock()
+            .map_err(|_| channel("the slab table's lock is poisoned"))?;
+        match m.get(&slab.0) {
+            Some(s) => f(s),
+            None => Err(Error::InvalidRequest(format!("no shared slab {}", slab.0))),
+        }
+    }
+}
+
+/// Start `cmd` with `--fd N` appended, N its end of a new socket pair; our end as a connection.
+pub fn spawn_child(cmd: &mut Command) -> std::io::Result<(Conn, Child)> {
+    use std::os::fd::AsRawFd;
+    let (ours, theirs) = UnixStream::pair()?;
+    // The child's end must survive exec (std opens everything close-on-exec). Another thread
+    // spawning at this very moment would inherit it too; the channel then ends when both
+    // children have exited.
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
+    let child = cmd.arg("--fd").arg(theirs.as_raw_fd().to_string()).spawn();
+    drop(theirs);
+    Ok((Conn::from(ours), child?))
+}
+
+/// The controller side of the handshake on a fresh connection: check the executor's hello,
+/// prove we hold the token if it asks, attach our standard I/O if wanted, and return what the
+/// executor told us about itself.
+pub fn client_handshake(conn: &mut Conn, opts: &Options) -> Result<Handshake> {
+    conn.set_read_timeout(Some(crate::server::HANDSHAKE_TIMEOUT))
+        .map_err(channel)?;
+    let hello: ServerHello = conn
+        .recv(MAX_HELLO_FRAME)
+        .and_then(|f| f.decode())
+        .map_err(|e| channel(format!("reading the executor's hello: {e}")))?;
+    if hello.magic != MAGIC {
+        return Err(channel("the peer is not a kiln executor"));
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(channel(format!(
+            "the executor speaks protocol version {}, this controller {PROTOCOL_VERSION}",
+            hello.version
+        )));
+    }
+    let cn = nonce().map_err(channel)?;
+    let mac = match (&opts.token, hello.auth) {
+        (Some(t), true) => Some(t.client_proof(&hello.nonce, &cn)),
+        (None, true) => {
+            return Err(channel(format!(
+                "the executor requires a token (set {} or pass a token file)",
+                crate::auth::TOKEN_ENV
+            )))
+        }
+        (_, false) => None,
+    };
+    let attach = opts.attach_stdio && conn.is_unix();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let fds = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    conn.send(
+        &ClientHello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            nonce: cn,
+            mac,
+            stdio_attached: attach,
+        },
+        if attach { &fds } else { &[] },
+    )
+    .map_err(|e| channel(format!("sending hello: {e}")))?;
+    let welcome: Welcome = conn
+        .recv(MAX_HELLO_FRAME * 4)
+        .and_then(|f| f.decode())
+        .map_err(|e| channel(format!("reading the executor's welcome: {e}")))?;
+    let _ = conn.set_read_timeout(None);
+    match welcome {
+        Welcome::Refused(why) => Err(channel(format!("the executor refused: {why}"))),
+        Welcome::Accepted { handshake, mac } => {
+            if let (Some(t), true) = (&opts.token, hello.auth) {
+                let ok = mac.is_some_and(|m| t.verify_server(&hello.nonce, &cn, &m));
+                if !ok {
+                    return Err(channel("the executor could not prove it holds the token"));
+                }
+            }
+            Ok(handshake)
+        }
+    }
+}
+
+fn forward_output(stream: u8, bytes: &[u8]) {
+    // The program's output is ours; if our own stdout is gone there is nobody to tell.
+    let _ = if stream == 2 {
+        std::io::stderr().write_all(bytes)
+    } else {
+        let mut o = std::io::stdout();
+        o.write_all(bytes).and_then(|_| o.flush())
+    };
+}
+
+/// The connection failed: if we started the executor, find out how it ended (it is reaped
+/// either way, within about a second), and say that rather than the channel error.
+fn gone(inner: &mut Inner, e: impl std::fmt::Display) -> Error {
+    inner.conn.shutdown();
+    if inner.child.is_some() {
+        reap(inner);
+    }
+    match inner.exited {
+        Some(r) => r.to_error(),
+        None => channel(format!("lost the connection to the executor: {e}")),
+    }
+}
+
+/// Wait for our child (up to a second after its channel closed), killing it if it lingers.
+fn reap(inner: &mut Inner) {
+    let Some(child) = inner.child.as_mut() else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Err(_) => break None,
+        }
+    };
+    inner.child = None;
+    if inner.exited.is_none() {
+        inner.exited = Some(status.map_or(ExitReport::Unknown, ExitReport::from_status));
+    }
+}
+
+impl Drop for RemoteExecutor {
+    fn drop(&mut self) {
+        if let Ok(inner) = self.inner.get_mut() {
+            // The executor sees the hangup and leaves without running anything further.
+            inner.conn.shutdown();
+            reap(inner);
+        }
+    }
+}
+
+fn unexpected(v: Value) -> Error {
+    channel(format!("unexpected reply {v:?}"))
+}
+
+impl Executor for RemoteExecutor {
+    fn info(&self) -> &TargetInfo {
+        &self.info
+    }
+
+    fn reserve(&self, size: u64, placement: Placement) -> Result<ExecutorAddr> {
+        match self.call(Call::Reserve { size, placement })?.0 {
+            Value::Addr(a) => Ok(a),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn release(&self, addr: ExecutorAddr, size: u64) -> Result<()> {
+        self.call(Call::Release { addr, size }).map(drop)
+    }
+
+    fn finalize(&self, request: FinalizeRequest) -> Result<AllocId> {
+        match self.call(Call::Finalize(request))?.0 {
+            Value::Alloc(a) => Ok(a),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn deallocate(&self, id: AllocId) -> Result<()> {
+        self.call(Call::Deallocate(id)).map(drop)
+    }
+
+    fn run_initializers(&self, id: AllocId) -> Result<()> {
+        self.call(Call::RunInitializers(id)).map(drop)
+    }
+
+    fn load_library(&self, path: &Path) -> Result<LibraryId> {
+        let p = path
+            .to_str()
+            .ok_or_else(|| Error::InvalidRequest(format!("{} is not UTF-8", path.display())))?;
+        match self.call(Call::LoadLibrary(p.into()))?.0 {
+            Value::Library(l) => Ok(l),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn lookup(
+        &self,
+        names: &[&[u8]],
+        libraries: &[LibraryId],
+        process: bool,
+    ) -> Result<Vec<Option<ExecutorAddr>>> {
+        let call = Call::Lookup {
+            names: names
+                .iter()
+                .map(|n| serde_bytes::ByteBuf::from(n.to_vec()))
+                .collect(),
+            libraries: libraries.to_vec(),
+            process,
+        };
+        match self.call(call)?.0 {
+            Value::Lookup(v) if v.len() == names.len() => Ok(v),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn runtime_symbols(&self) -> &[(String, ExecutorAddr)] {
+        &self.bootstrap
+    }
+
+    fn allocate_static_tls(&self, image: &[u8], block_size: u64, align: u64) -> Result<i64> {
+        let call = Call::AllocateStaticTls {
+            image: image.to_vec(),
+            block_size,
+            align,
+        };
+        match self.call(call)?.0 {
+            Value::Offset(o) => Ok(o),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn supports_slabs(&self) -> bool {
+        self.slabs
+    }
+
+    fn create_slab(&self, sizes: [u64; 3], placement: Placement) -> Result<SlabInfo> {
+        let call = Call::CreateSlab {
+            sizes,
+            placement,
+            shared: self.shared,
+        };
+        let (v, mut fds) = self.call(call)?;
+        let Value::Slab(info) = v else {
+            return Err(unexpected(v));
+        };
+        if self.shared {
+            let fd = fds
+                .pop()
+                .filter(|_| fds.is_empty())
+                .ok_or_else(|| channel("the shared slab came without its memory descriptor"))?;
+            let m = SharedSlab::map(fd, info)?;
+            self.mapped
+                .lock()
+                .map_err(|_| channel("the slab table's lock is poisoned"))?
+                .insert(info.id.0, m);
+        }
+        Ok(info)
+    }
+
+    fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        if self.shared {
+            self.with_mapped(slab, |m| m.write(writes))
+        } else {
+            self.queue(slab, writes)
+        }
+    }
+
+    fn with_slab_memory(
+        &self,
+        slab: SlabId,
+        ranges: &[(ExecutorAddr, u64)],
+        f: &mut dyn FnMut(&mut [&mut [u8]]),
+    ) -> Result<()> {
+        if self.shared {
+            return self.with_mapped(slab, |m| m.with_memory(ranges, f));
+        }
+        kiln_target::slab_memory_by_copy(self, slab, ranges, f)
+    }
+
+    fn patch(&self, slab: SlabId, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        if self.shared {
+            return self.with_mapped(slab, |m| m.patch(addr, bytes));
+        }
+        let call = Call::Patch {
+            slab,
+            addr,
+            bytes: bytes.to_vec(),
+        };
+        self.call(call).map(drop)
+    }
+
+    fn release_slab(&self, slab: SlabId) -> Result<()> {
+        if let Ok(mut m) = self.mapped.lock() {
+            m.remove(&slab.0);
+        }
+        self.call(Call::ReleaseSlab(slab)).map(drop)
+    }
+
+    fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32> {
+        let call = Call::RunMain {
+            entry,
+            args: args.to_vec(),
+        };
+        match self.call(call)?.0 {
+            Value::Status(s) => Ok(s),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn call_void(&self, f: ExecutorAddr) -> Result<()> {
+        self.call(Call::CallVoid(f)).map(drop)
+    }
+}

@@ -1,0 +1,224 @@
+//! The messages of the kiln executor protocol (see docs/protocol.md).
+
+use kiln_target::{
+    AllocId, ExecutorAddr, FinalizeRequest, LibraryId, Placement, SlabId, SlabInfo, SlabWrite,
+    TargetInfo,
+};
+use serde::{Deserialize, Serialize};
+
+/// Changes whenever a message changes shape; both ends must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// First bytes of the first message in each direction.
+pub const MAGIC: [u8; 8] = *b"KILNEXEC";
+
+/// Executor → controller, first frame of every connection.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServerHello {
+    pub magic: [u8; 8],
+    pub version: u32,
+    /// Whether the controller must prove it holds the shared secret.
+    pub auth: bool,
+    pub nonce: [u8; 32],
+}
+
+/// Controller → executor, second frame.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClientHello {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub nonce: [u8; 32],
+    /// HMAC-SHA256 over the nonces with the shared secret (see `auth`), if the executor asked.
+    pub mac: Option<[u8; 32]>,
+    /// The controller attached its standard input, output and error (Unix sockets only): the
+    /// program's I/O is the controller's own.
+    pub stdio_attached: bool,
+}
+
+/// Executor → controller, third frame: the executor's facts, or why it refuses.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Welcome {
+    Accepted {
+        handshake: Handshake,
+        /// The executor's proof that it holds the secret too (when authentication is on).
+        mac: Option<[u8; 32]>,
+    },
+    Refused(String),
+}
+
+/// What the controller learns about the executor before linking anything.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Handshake {
+    pub info: TargetInfo,
+    /// Symbols the target runtime itself provides to JIT'd code (`__tls_get_addr`, ...).
+    pub bootstrap: Vec<(String, ExecutorAddr)>,
+    /// Slab memory can be shared (a memfd passed back over this Unix socket).
+    pub shared_memory: bool,
+    /// The program's output arrives as [`Message::Output`] frames (the executor's standard
+    /// output and error are not the controller's).
+    pub forwards_output: bool,
+    /// The executor offers slabs (not while a debugger traces it: see `InProcessExecutor`).
+    pub slabs: bool,
+}
+
+/// One write into a slab, owned, as it travels.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum WireWrite {
+    Bytes {
+        slab: SlabId,
+        addr: ExecutorAddr,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    Fill {
+        slab: SlabId,
+        addr: ExecutorAddr,
+        len: u64,
+        byte: u8,
+    },
+}
+
+impl WireWrite {
+    pub fn slab(&self) -> SlabId {
+        match self {
+            WireWrite::Bytes { slab, .. } | WireWrite::Fill { slab, .. } => *slab,
+        }
+    }
+
+    pub fn as_slab_write(&self) -> SlabWrite<'_> {
+        match self {
+            WireWrite::Bytes { addr, bytes, .. } => SlabWrite::Bytes(*addr, bytes),
+            WireWrite::Fill {
+                addr, len, byte, ..
+            } => SlabWrite::Fill(*addr, *len, *byte),
+        }
+    }
+}
+
+/// Controller → executor, after the handshake.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Request {
+    /// Echoed in the reply.
+    pub id: u64,
+    /// Slab writes to apply first (copy mode batches them here, so a finalize and the content
+    /// it needs travel in one message). If one fails, `call` is not run.
+    pub writes: Vec<WireWrite>,
+    pub call: Call,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Call {
+    Reserve {
+        size: u64,
+        placement: Placement,
+    },
+    Release {
+        addr: ExecutorAddr,
+        size: u64,
+    },
+    Finalize(FinalizeRequest),
+    Deallocate(AllocId),
+    RunInitializers(AllocId),
+    LoadLibrary(String),
+    Lookup {
+        names: Vec<serde_bytes::ByteBuf>,
+        libraries: Vec<LibraryId>,
+        process: bool,
+    },
+    AllocateStaticTls {
+        #[serde(with = "serde_bytes")]
+        image: Vec<u8>,
+        block_size: u64,
+        align: u64,
+    },
+    /// `shared`: back the slab by a memfd and attach it to the reply.
+    CreateSlab {
+        sizes: [u64; 3],
+        placement: Placement,
+        shared: bool,
+    },
+    /// Nothing but the request's `writes`.
+    Write,
+    Patch {
+        slab: SlabId,
+        addr: ExecutorAddr,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    ReleaseSlab(SlabId),
+    RunMain {
+        entry: ExecutorAddr,
+        args: Vec<String>,
+    },
+    CallVoid(ExecutorAddr),
+    /// Leave with this status, as a native program does: exit handlers, then the units'
+    /// finalizers, then stdio is flushed. No reply; the controller waits for the end.
+    Exit(i32),
+}
+
+/// Executor → controller, after the handshake.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Message {
+    Reply {
+        id: u64,
+        result: Result<Value, String>,
+    },
+    /// Bytes the program wrote to its standard output (1) or error (2), when forwarded.
+    Output {
+        stream: u8,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The executor process ended (sent by a listener on behalf of the process it started).
+    Exited(ExitReport),
+    /// The executor could not understand the controller and is closing the connection.
+    ProtocolError(String),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Value {
+    Unit,
+    Addr(ExecutorAddr),
+    Alloc(AllocId),
+    Library(LibraryId),
+    Lookup(Vec<Option<ExecutorAddr>>),
+    Offset(i64),
+    /// A slab; for a shared slab, its memfd is attached to the frame.
+    Slab(SlabInfo),
+    Status(i32),
+}
+
+/// How an executor process ended.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReport {
+    Code(i32),
+    Signal(i32),
+    Unknown,
+}
+
+impl ExitReport {
+    pub fn from_status(s: std::process::ExitStatus) -> ExitReport {
+        use std::os::unix::process::ExitStatusExt;
+        match (s.code(), s.signal()) {
+            (Some(c), _) => ExitReport::Code(c),
+            (None, Some(sig)) => ExitReport::Signal(sig),
+            _ => ExitReport::Unknown,
+        }
+    }
+
+    pub fn to_error(self) -> kiln_target::Error {
+        match self {
+            ExitReport::Code(c) => kiln_target::Error::ExecutorExited {
+                code: Some(c),
+                signal: None,
+            },
+            ExitReport::Signal(s) => kiln_target::Error::ExecutorExited {
+                code: None,
+                signal: Some(s),
+            },
+            ExitReport::Unknown => kiln_target::Error::ExecutorExited {
+                code: None,
+                signal: None,
+            },
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Process plumbing for an executor process: descriptors inherited from its parent, and leaving
+//! without running anything further.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Take ownership of descriptor `fd`, inherited across `exec` from the parent (e.g. the socket
+/// of a spawned executor). Once per process: a second call fails, so two owners never close the
+/// same descriptor.
+pub fn take_inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if fd < 3 {
+        return Err(std::io::Error::other(format!(
+            "descriptor {fd} is standard I/O, not an inherited socket"
+        )));
+    }
+    // SAFETY: F_GETFD only queries the descriptor table; it fails for a closed descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(std::io::Error::other(
+            "the inherited descriptor was already taken",
+        ));
+    }
+    // SAFETY: the descriptor is open (checked) and was handed to this process by its parent for
+    // this purpose; nothing else in the process owns it, and `TAKEN` makes this happen once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: setting FD_CLOEXEC on a descriptor we now own, so JIT'd code that spawns
+    // processes does not leak the channel to them.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(owned)
+}
+
+/// Leave the process at once with `code`: no exit handlers, no destructors, no stdio flush.
+/// For an executor whose controller is gone: nothing JIT'd may run any more.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// Ask the kernel to kill this process when the thread that created it exits (Linux
+/// `PR_SET_PDEATHSIG`). `parent` is the parent's pid as first seen; returns false if the parent
+/// is already gone (so the signal will never come).
+pub fn die_with_parent(parent: u32) -> bool {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    std::os::unix::process::parent_id() == parent
+}
