@@ -1,7 +1,8 @@
 //! Test layer 4 (DESIGN.md): real libraries. `tests/corpus/setup.sh` installs Debian's static
 //! archives (if missing), builds one driver per library and records a native run; each test then
 //! runs `kiln run OUT/drivers/NAME.o OUT/archives/LIB.a HOST-LIBS` and compares stdout and exit
-//! status with the native run. A failed setup (missing packages, no compiler) fails every test.
+//! status with the native run, in process and out of process (`--executor spawn`) with shared
+//! and with copied memory. A failed setup (missing packages, no compiler) fails every test.
 
 mod common;
 
@@ -122,37 +123,64 @@ fn run_driver(name: &str) {
         .parse()
         .unwrap_or_else(|_| panic!("corpus driver `{name}`: malformed {name}.status"));
 
-    let run_dir = out.join("kiln").join(name);
-    std::fs::create_dir_all(&run_dir).expect("creating the run directory");
-    let mut cmd = Command::new(KILN);
-    cmd.arg("run")
-        .arg(out.join("drivers").join(format!("{name}.o")))
-        .arg(out.join("archives").join(archive_name))
-        .args(&entry.libs)
-        .current_dir(&run_dir);
-    let kiln = match run(&mut cmd, &run_dir.join("kiln-run"), KILN_TIMEOUT) {
-        Ok(k) => k,
-        Err(e) => panic!("corpus driver `{name}`: {e}"),
-    };
-    let same_status = kiln.code() == Some(expected_status);
-    let same_stdout = kiln.stdout == expected_stdout;
-    if same_status && same_stdout {
-        return;
-    }
-    let mut msg = format!("corpus driver `{name}` under kiln differs from the native build:\n");
-    if !same_status {
+    // In process, then out of process with each memory mode.
+    let mut failures = Vec::new();
+    for (label, extra) in [
+        ("in process", &[][..]),
+        (
+            "out of process, shared memory",
+            &["--executor", "spawn", "--memory", "shared"][..],
+        ),
+        (
+            "out of process, copied memory",
+            &["--executor", "spawn", "--memory", "copy"][..],
+        ),
+    ] {
+        let run_dir = out
+            .join("kiln")
+            .join(name)
+            .join(label.replace([' ', ','], "-"));
+        std::fs::create_dir_all(&run_dir).expect("creating the run directory");
+        let mut cmd = Command::new(KILN);
+        cmd.arg("run")
+            .args(extra)
+            .arg(out.join("drivers").join(format!("{name}.o")))
+            .arg(out.join("archives").join(archive_name))
+            .args(&entry.libs)
+            .current_dir(&run_dir);
+        let kiln = match run(&mut cmd, &run_dir.join("kiln-run"), KILN_TIMEOUT) {
+            Ok(k) => k,
+            Err(e) => {
+                failures.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        let same_status = kiln.code() == Some(expected_status);
+        let same_stdout = kiln.stdout == expected_stdout;
+        if same_status && same_stdout {
+            continue;
+        }
+        let mut msg = format!("{label}: differs from the native build:\n");
+        if !same_status {
+            msg.push_str(&format!(
+                "exit status differs: native exited with status {expected_status}, kiln {}\n",
+                kiln.status_text()
+            ));
+        }
+        if !same_stdout {
+            msg.push_str(&stdout_difference(&expected_stdout, &kiln.stdout));
+        }
         msg.push_str(&format!(
-            "exit status differs: native exited with status {expected_status}, kiln {}\n",
-            kiln.status_text()
+            "kiln stderr:\n{}\ncommand: {}",
+            indent(&tail(&kiln.stderr, 30)),
+            kiln.command
         ));
+        failures.push(msg);
     }
-    if !same_stdout {
-        msg.push_str(&stdout_difference(&expected_stdout, &kiln.stdout));
+    if !failures.is_empty() {
+        panic!(
+            "corpus driver `{name}` under kiln:\n{}",
+            failures.join("\n\n")
+        );
     }
-    msg.push_str(&format!(
-        "kiln stderr:\n{}\ncommand: {}",
-        indent(&tail(&kiln.stderr, 30)),
-        kiln.command
-    ));
-    panic!("{msg}");
 }

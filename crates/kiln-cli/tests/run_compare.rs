@@ -3,6 +3,9 @@
 //! objects; stdout and exit status must be identical. One #[test] per program; each test runs all
 //! of its trials (flag set × variant) and reports every failing trial by name.
 //! The directive format and the flag sets are described in tests/programs/README.md.
+//!
+//! Every trial also runs the program out of process (`kiln run --executor spawn`), alternating
+//! the memory mode between trials (shared, copy, shared, ...), so each program runs in both.
 
 mod common;
 
@@ -329,6 +332,8 @@ fn split_words(s: &str) -> Result<Vec<String>, String> {
 
 struct Trial {
     name: String,
+    /// The out-of-process memory mode this trial also runs with.
+    remote_memory: &'static str,
     /// Built with clang-14 rather than gcc.
     clang: bool,
     /// The flag set's name (to find the reference for the source trial).
@@ -383,6 +388,11 @@ fn run_program(name: &str) {
             }
             let dir = root.join(format!("t{}", trials.len()));
             trials.push(Trial {
+                remote_memory: if trials.len() % 2 == 0 {
+                    "shared"
+                } else {
+                    "copy"
+                },
                 name: format!("{name} [{label}]"),
                 clang,
                 flag_set,
@@ -520,8 +530,11 @@ fn run_trial_inner(
     }
 
     if !program.expect_fail.is_empty() {
-        let kiln = run_kiln(program, &inputs, dir)?;
-        return check_refusal(program, &kiln);
+        let kiln = run_kiln(program, &inputs, dir, None)?;
+        check_refusal(program, &kiln)?;
+        let remote = run_kiln(program, &inputs, dir, Some(trial.remote_memory))?;
+        return check_refusal(program, &remote)
+            .map_err(|e| format!("out of process ({} memory): {e}", trial.remote_memory));
     }
 
     // Native link and run: the oracle.
@@ -553,8 +566,14 @@ fn run_trial_inner(
         ));
     }
 
-    let kiln = run_kiln(program, &inputs, dir);
-    let result = kiln.and_then(|k| compare(&native, &k));
+    let kiln = run_kiln(program, &inputs, dir, None);
+    let mut result = kiln.and_then(|k| compare(&native, &k));
+    if result.is_ok() {
+        let remote = run_kiln(program, &inputs, dir, Some(trial.remote_memory));
+        result = remote
+            .and_then(|k| compare(&native, &k))
+            .map_err(|e| format!("out of process ({} memory): {e}", trial.remote_memory));
+    }
     *native_out = Some(native);
     result
 }
@@ -563,7 +582,7 @@ fn run_trial_inner(
 fn source_trial(program: &Program, native: &Ran, dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let sources: Vec<PathBuf> = program.sources.iter().map(|s| s.path.clone()).collect();
-    let kiln = run_kiln(program, &sources, dir)?;
+    let kiln = run_kiln(program, &sources, dir, None)?;
     compare(native, &kiln)
 }
 
@@ -573,9 +592,19 @@ fn set_env(cmd: &mut Command, dir: &Path) {
         .env("LC_ALL", "C");
 }
 
-fn run_kiln(program: &Program, inputs: &[PathBuf], dir: &Path) -> Result<Ran, String> {
+/// `kiln run INPUTS LIBS`, in process, or out of process with the given memory mode.
+fn run_kiln(
+    program: &Program,
+    inputs: &[PathBuf],
+    dir: &Path,
+    remote_memory: Option<&str>,
+) -> Result<Ran, String> {
     let mut cmd = Command::new(KILN);
-    cmd.arg("run").args(inputs).args(&program.libs);
+    cmd.arg("run");
+    if let Some(m) = remote_memory {
+        cmd.args(["--executor", "spawn", "--memory", m]);
+    }
+    cmd.args(inputs).args(&program.libs);
     if program.cxx {
         cmd.arg("-lstdc++");
     }
@@ -584,7 +613,11 @@ fn run_kiln(program: &Program, inputs: &[PathBuf], dir: &Path) -> Result<Ran, St
         cmd.arg("--").args(&program.args);
     }
     set_env(&mut cmd, dir);
-    run(&mut cmd, &dir.join("kiln-run"), KILN_TIMEOUT)
+    let log = match remote_memory {
+        Some(m) => format!("kiln-run-{m}"),
+        None => "kiln-run".into(),
+    };
+    run(&mut cmd, &dir.join(log), KILN_TIMEOUT)
 }
 
 fn compare(native: &Ran, kiln: &Ran) -> Result<(), String> {

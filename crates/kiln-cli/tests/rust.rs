@@ -4,6 +4,13 @@
 use std::path::Path;
 use std::process::Command;
 
+/// In process, and out of process with shared and with copied memory.
+const MODES: [&[&str]; 3] = [
+    &[],
+    &["--executor", "spawn", "--memory", "shared"],
+    &["--executor", "spawn", "--memory", "copy"],
+];
+
 #[test]
 fn rust_staticlib_runs_like_its_native_build() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/programs/rust/prog.rs");
@@ -40,25 +47,36 @@ fn rust_staticlib_runs_like_its_native_build() {
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();
-    let k = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["run", "--entry", "rust_main", lib.to_str().unwrap()])
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    let (ns, ks) = (
-        String::from_utf8_lossy(&n.stdout),
-        String::from_utf8_lossy(&k.stdout),
-    );
-    assert_eq!(
-        ks,
-        ns,
-        "stdout differs; kiln stderr:\n{}",
-        String::from_utf8_lossy(&k.stderr)
-    );
-    assert_eq!(k.status.code(), n.status.code(), "exit status differs");
     assert_eq!(n.status.code(), Some(3));
-    // The panic message goes to stderr in both.
-    assert!(String::from_utf8_lossy(&k.stderr).contains("boom 4"));
+    for mode in MODES {
+        let k = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("run")
+            .args(mode)
+            .args(["--entry", "rust_main", lib.to_str().unwrap()])
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let (ns, ks) = (
+            String::from_utf8_lossy(&n.stdout),
+            String::from_utf8_lossy(&k.stdout),
+        );
+        assert_eq!(
+            ks,
+            ns,
+            "{mode:?}: stdout differs; kiln stderr:\n{}",
+            String::from_utf8_lossy(&k.stderr)
+        );
+        assert_eq!(
+            k.status.code(),
+            n.status.code(),
+            "{mode:?}: exit status differs"
+        );
+        // The panic message goes to stderr in both.
+        assert!(
+            String::from_utf8_lossy(&k.stderr).contains("boom 4"),
+            "{mode:?}: no panic message on stderr"
+        );
+    }
 }
 
 /// `rustc --emit=obj` plus the sysroot's rlibs (std and its dependencies, with the unwinding
@@ -105,18 +123,22 @@ fn rustc_object_with_sysroot_rlibs_runs_like_its_native_build() {
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();
-    let mut args = vec!["run".to_string(), obj.display().to_string()];
-    args.extend(rlibs);
-    let k = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(&args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&k.stdout),
-        String::from_utf8_lossy(&n.stdout),
-        "kiln stderr:\n{}",
-        String::from_utf8_lossy(&k.stderr)
-    );
-    assert_eq!(k.status.code(), n.status.code());
+    for mode in MODES {
+        let mut args = vec!["run".to_string()];
+        args.extend(mode.iter().map(|m| m.to_string()));
+        args.push(obj.display().to_string());
+        args.extend(rlibs.iter().cloned());
+        let k = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(&args)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&k.stdout),
+            String::from_utf8_lossy(&n.stdout),
+            "{mode:?}: kiln stderr:\n{}",
+            String::from_utf8_lossy(&k.stderr)
+        );
+        assert_eq!(k.status.code(), n.status.code(), "{mode:?}");
+    }
 }
