@@ -304,3 +304,176 @@ fn non_pie_code_runs_from_the_low_2gib() {
         "{err}"
     );
 }
+
+/// `--executor spawn`: the program runs in a child of kiln, not in kiln; with shared memory its
+/// code lives in the executor's memory file, with copied memory it does not; stdin, stdout, exit
+/// status and the `-l` libraries (dlopen'd in the executor) are the program's as in process.
+#[test]
+fn spawned_executor_runs_the_program_in_a_child() {
+    let d = workdir("spawn");
+    let o = cc(
+        &d,
+        "where",
+        r#"#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <math.h>
+int main(int argc, char **argv) {
+    char line[4096]; int memfd = 0;
+    FILE *m = fopen("/proc/self/maps", "r");
+    while (m && fgets(line, sizeof line, m)) if (strstr(line, "kiln-slab")) memfd = 1;
+    char in[64] = "";
+    if (!fgets(in, sizeof in, stdin)) strcpy(in, "none\n");
+    printf("pid %d ppid %d memfd %d arg %s cbrt %.1f stdin %s", (int)getpid(), (int)getppid(),
+           memfd, argv[1], cbrt(27.0 + argc - 2), in);
+    return 42;
+}
+"#,
+        &["-O1"],
+    );
+    for mode in ["shared", "copy"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "run",
+                "--executor",
+                "spawn",
+                "--memory",
+                mode,
+                &o,
+                "-lm",
+                "--",
+                "x",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let kiln_pid = child.id() as i32;
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(42), "{mode}: {stdout}{stderr}");
+        let f: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(f.len(), 12, "{mode}: {stdout}");
+        let (pid, ppid): (i32, i32) = (f[1].parse().unwrap(), f[3].parse().unwrap());
+        assert_ne!(pid, kiln_pid, "{mode}: the program ran inside kiln");
+        assert_eq!(ppid, kiln_pid, "{mode}: the executor is not kiln's child");
+        let expect_memfd = if mode == "shared" { "1" } else { "0" };
+        assert_eq!(f[5], expect_memfd, "{mode}: memory file presence: {stdout}");
+        assert_eq!(&f[7..], ["x", "cbrt", "3.0", "stdin", "typed"], "{mode}");
+    }
+}
+
+/// The program's end is kiln's: `exit(3)` from JIT'd code is status 3; death by a signal, even
+/// in an exit handler after main returned, is reported and is never status 0.
+#[test]
+fn executor_exit_and_signals_come_through() {
+    let d = workdir("spawn-end");
+    let exits = cc(
+        &d,
+        "exits",
+        "#include <stdio.h>\n#include <stdlib.h>\nint main(void){puts(\"before\");exit(3);}\n",
+        &[],
+    );
+    let segv = cc(
+        &d,
+        "segv",
+        "#include <stdio.h>\nint main(void){puts(\"before\");fflush(stdout);*(volatile int*)8=1;return 0;}\n",
+        &[],
+    );
+    let late = cc(
+        &d,
+        "late",
+        "#include <stdio.h>\n#include <stdlib.h>\n#include <signal.h>\n\
+         static void h(void){fflush(stdout);raise(SIGABRT);}\n\
+         int main(void){atexit(h);puts(\"main done\");return 0;}\n",
+        &[],
+    );
+    for mode in ["shared", "copy"] {
+        let run = |o: &str| kiln(&["run", "--executor", "spawn", "--memory", mode, o]);
+        let r = run(&exits);
+        let (out, err) = text(&r);
+        assert_eq!(
+            (r.status.code(), out.as_str()),
+            (Some(3), "before\n"),
+            "{err}"
+        );
+        let r = run(&segv);
+        let (out, err) = text(&r);
+        assert_eq!(out, "before\n");
+        assert_eq!(r.status.code(), Some(128 + 11), "{err}");
+        assert!(err.contains("killed by signal 11 (SIGSEGV)"), "{err}");
+        let r = run(&late);
+        let (out, err) = text(&r);
+        assert_eq!(out, "main done\n");
+        assert_eq!(r.status.code(), Some(128 + 6), "{err}");
+        assert!(err.contains("signal 6 (SIGABRT)"), "{err}");
+    }
+}
+
+/// A listening executor (`kiln executor --listen`, as `kiln-executor --listen`): over a Unix
+/// socket the program gets kiln's own stdio; over TCP (with a token) its output is forwarded;
+/// its exit status comes back either way.
+#[test]
+fn connect_to_a_listening_executor() {
+    use std::io::BufRead;
+    let d = workdir("listen");
+    let o = cc(
+        &d,
+        "hello",
+        "#include <stdio.h>\n#include <stdlib.h>\nstatic void bye(void){puts(\"bye\");}\n\
+         int main(int c,char**v){atexit(bye);printf(\"hi %s\\n\",v[1]);fprintf(stderr,\"err line\\n\");return 5;}\n",
+        &[],
+    );
+    let token = d.join("token");
+    std::fs::write(&token, "0123456789abcdef-test-token\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sock = d.join("exec.sock");
+    let _ = std::fs::remove_file(&sock);
+    let unix_at = format!("unix:{}", sock.display());
+    for (listen_at, memory) in [
+        (unix_at.as_str(), "shared"),
+        (unix_at.as_str(), "copy"),
+        ("tcp:127.0.0.1:0", "copy"),
+    ] {
+        let mut l = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["executor", "--listen", listen_at, "--once", "--token-file"])
+            .arg(&token)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufReader::new(l.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        let at = ready
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("listener said {ready:?}"))
+            .to_string();
+        let tok = token.to_str().unwrap();
+        let r = kiln(&[
+            "run",
+            "--executor",
+            &format!("connect={at}"),
+            "--memory",
+            memory,
+            "--token-file",
+            tok,
+            &o,
+            "--",
+            "there",
+        ]);
+        let (out, err) = text(&r);
+        assert_eq!(out, "hi there\nbye\n", "{at} {memory}: {err}");
+        assert!(err.contains("err line"), "{at}: stderr {err:?}");
+        assert_eq!(r.status.code(), Some(5), "{at} {memory}: {err}");
+        assert!(
+            l.wait().unwrap().success(),
+            "{at}: the --once listener failed"
+        );
+    }
+}
