@@ -322,13 +322,11 @@ impl RemoteExecutor {
 
 /// Start `cmd` with `--fd N` appended, N its end of a new socket pair; our end as a connection.
 pub fn spawn_child(cmd: &mut Command) -> std::io::Result<(Conn, Child)> {
-    use std::os::fd::AsRawFd;
     let (ours, theirs) = UnixStream::pair()?;
-    // The child's end must survive exec (std opens everything close-on-exec). Another thread
-    // spawning at this very moment would inherit it too; the channel then ends when both
-    // children have exited.
-    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
-    let child = cmd.arg("--fd").arg(theirs.as_raw_fd().to_string()).spawn();
+    // Inheritable in the child only: a child another thread starts at the same moment must not
+    // hold our channel open (we would not see this executor die).
+    let n = kiln_target::process::pass_fd(cmd, theirs.as_fd());
+    let child = cmd.arg("--fd").arg(n.to_string()).spawn();
     drop(theirs);
     Ok((Conn::from(ours), child?))
 }

@@ -47,3 +47,25 @@ pub fn die_with_parent(parent: u32) -> bool {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     std::os::unix::process::parent_id() == parent
 }
+
+/// Let `cmd`'s child inherit `fd` (open in this process, close-on-exec here as everything std
+/// opens): the descriptor is made inheritable in the child only, between fork and exec, so
+/// children that other threads start meanwhile never get it. Returns its number in the child.
+/// `fd` must stay open until `cmd` has been spawned.
+pub fn pass_fd(cmd: &mut std::process::Command, fd: std::os::fd::BorrowedFd<'_>) -> i32 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and calls only fcntl, which is
+    // async-signal-safe; it allocates nothing and touches no locks. The descriptor number is
+    // valid there because the caller keeps it open until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    raw
+}
