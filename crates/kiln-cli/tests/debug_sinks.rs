@@ -296,7 +296,19 @@ fn report_lines(r: &Ran) -> Vec<String> {
 
 #[test]
 fn perf_map_lists_functions_and_perf_report_names_them() {
-    let dir = workdir("perf-map");
+    perf_map_case("perf-map", &[]);
+}
+
+/// Out of process the executor writes the map, under its own pid; with copied memory its slabs
+/// are shared anonymous memory, which perf resolves through the map as in process. (With shared
+/// memory the code lives in a memfd, which perf takes for a file it cannot read: docs/protocol.md.)
+#[test]
+fn perf_map_out_of_process() {
+    perf_map_case("perf-map-oop", &["--executor", "spawn", "--memory", "copy"]);
+}
+
+fn perf_map_case(tag: &str, mode: &[&str]) {
+    let dir = workdir(tag);
     let hot = cc(&dir, "hot", HOT_C, &["-g", "-O2"]);
     let data = dir.join("perf.data");
     let r = perf(
@@ -310,11 +322,11 @@ fn perf_map_lists_functions_and_perf_report_names_them() {
             "--",
             KILN,
             "run",
-            "--perf-map",
-            hot.to_str().unwrap(),
-            "--",
-            "150000000",
-        ],
+        ]
+        .into_iter()
+        .chain(mode.iter().copied())
+        .chain(["--perf-map", hot.to_str().unwrap(), "--", "150000000"])
+        .collect::<Vec<_>>(),
         "perf-record",
     );
     let pid = printed_pid(&r);
@@ -824,4 +836,46 @@ fn kiln_debug_is_checked_and_enables_sinks() {
     let text = std::fs::read_to_string(&map).unwrap_or_else(|e| panic!("{}: {e}", map.display()));
     assert!(text.lines().any(|l| l.ends_with(" hot_loop")), "{text}");
     let _ = std::fs::remove_file(&map);
+}
+
+/// Out of process the code is registered with gdb's JIT interface in the executor: gdb following
+/// `kiln run --executor spawn` into its child stops at a pending breakpoint in JIT'd code, with
+/// file and line; killing the executor there makes kiln say so.
+#[test]
+fn gdb_follows_into_the_executor() {
+    let dir = workdir("gdb-oop");
+    let main = cc(&dir, "main", MAIN_C, &["-g", "-O2"]);
+    let nodebug = cc(&dir, "nodebug", NODEBUG_C, &["-O2"]);
+    let (m, n) = (main.to_str().unwrap(), nodebug.to_str().unwrap());
+    let r = gdb(
+        &dir,
+        &[
+            "set follow-fork-mode child",
+            "break jit_leaf",
+            "run",
+            "bt",
+            "kill",
+        ],
+        &["--executor", "spawn", m, n],
+    );
+    let out = r.stdout_text();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("hit Breakpoint 1, ") && l.contains("jit_leaf")),
+        "the pending breakpoint on jit_leaf was not hit in the executor:\n{}",
+        show(&r)
+    );
+    let frames = jit_frames(&out);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.contains(" jit_middle (") && f.ends_with("main.c:8")),
+        "{}",
+        show(&r)
+    );
+    assert!(
+        r.stderr.contains("killed by signal 9 (SIGKILL)"),
+        "kiln did not report the killed executor:\n{}",
+        show(&r)
+    );
 }
