@@ -12,6 +12,8 @@
 //! llvm-jitlink runs with `-no-process-syms`: it resolves libc and the manifest's host libraries
 //! from the files `ld` would find for `-lc -lm ...` (shared objects via `-preload=`, archives as
 //! inputs) rather than from its own process, which also holds LLVM's exports.
+//!
+//! `kiln bench --remote` measures out-of-process execution instead (bench_remote.rs).
 //! See docs/bench.md.
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +22,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+#[path = "bench_remote.rs"]
+mod remote;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -46,6 +51,17 @@ pub struct BenchArgs {
     /// Print each measured command line (to stderr) before measuring it.
     #[arg(long, short)]
     verbose: bool,
+    /// Measure out-of-process execution instead: kiln in process vs `--executor spawn` with
+    /// shared and copied memory vs `llvm-jitlink -oop-executor`, round trips, executor start-up
+    /// and size (see docs/bench.md).
+    #[arg(long)]
+    remote: bool,
+    /// With --remote: link+remove iterations and bare round trips per executor.
+    #[arg(long, default_value_t = 2000, value_name = "N", requires = "remote", value_parser = clap::value_parser!(u32).range(1..))]
+    iterations: u32,
+    /// With --remote: executors spawned (and ended) to time start-up.
+    #[arg(long, default_value_t = 50, value_name = "N", requires = "remote", value_parser = clap::value_parser!(u32).range(1..))]
+    spawns: u32,
     /// Only these drivers (default: all of lua, sqlite, zlib, lzma, jsonc).
     #[arg(value_name = "DRIVER")]
     drivers: Vec<String>,
@@ -146,6 +162,9 @@ struct Measured {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.remote {
+        return remote::run(a);
+    }
     let kiln = std::env::current_exe().context("cannot find the kiln executable")?;
     check_corpus(&a.corpus)?;
     let llvm_version = llvm_jitlink_version(&a.llvm_jitlink)?;
@@ -592,40 +611,9 @@ fn print_table(rows: &[Row], results: &[[Measured; 2]], runs: u32, valgrind: boo
             }
         }
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for (i, r) in table.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (s, w))| {
-                if c == 0 {
-                    format!("{s:<w$}")
-                } else {
-                    format!("{s:>w$}")
-                }
-            })
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-        if i == 0 {
-            println!(
-                "{}",
-                widths
-                    .iter()
-                    .map(|w| "-".repeat(*w))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            );
-        }
-    }
+    let (head, body) = table.split_first().expect("the header row");
+    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+    remote::print_table(&head, body);
     println!();
     println!(
         "ms: whole-process wall time, median (min) of {runs} runs; ratio: llvm-jitlink / kiln.\n\
