@@ -116,7 +116,6 @@ fn fill(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     offset: u64,
-    want: usize,
 ) -> Result<usize, WireError> {
     let mut got = 0;
     while got < buf.len() {
@@ -133,7 +132,6 @@ fn fill(
             });
         }
     }
-    let _ = want;
     Ok(got)
 }
 
@@ -142,7 +140,7 @@ pub fn read_frame(src: &mut impl Source, limit: usize) -> Result<Frame, WireErro
     let offset = src.position();
     let mut fds = Vec::new();
     let mut head = [0u8; 4];
-    let got = fill(src, &mut head, &mut fds, offset, 4)?;
+    let got = fill(src, &mut head, &mut fds, offset)?;
     if got == 0 {
         return Err(WireError::Closed);
     }
@@ -157,17 +155,18 @@ pub fn read_frame(src: &mut impl Source, limit: usize) -> Result<Frame, WireErro
     if len > limit {
         return Err(WireError::TooLarge { offset, len, limit });
     }
-    // Grow with what arrives, not with what the prefix claims.
-    let mut body = Vec::with_capacity(len.min(64 << 10));
-    let mut chunk = vec![0u8; len.min(1 << 20)];
+    // Grow with what arrives (a megabyte at a time), not with what the prefix claims; read
+    // straight into the body.
+    let mut body = Vec::new();
     while body.len() < len {
-        let want = (len - body.len()).min(chunk.len());
-        let n = fill(src, &mut chunk[..want], &mut fds, offset, want)?;
-        body.extend_from_slice(&chunk[..n]);
-        if n < want {
+        let start = body.len();
+        let end = len.min(start + (1 << 20));
+        body.resize(end, 0);
+        let n = fill(src, &mut body[start..end], &mut fds, offset)?;
+        if n < end - start {
             return Err(WireError::Truncated {
                 offset,
-                got: 4 + body.len(),
+                got: 4 + start + n,
                 want: 4 + len,
             });
         }
