@@ -131,10 +131,22 @@ impl RemoteExecutor {
     /// Connect to a listening `kiln-executor`.
     pub fn connect(endpoint: &Endpoint, opts: Options) -> Result<RemoteExecutor> {
         let conn = match endpoint {
-            Endpoint::Unix(p) => Conn::from(
-                UnixStream::connect(p)
-                    .map_err(|e| channel(format!("cannot connect to {}: {e}", p.display())))?,
-            ),
+            Endpoint::Unix(p) => {
+                let s = UnixStream::connect(p)
+                    .map_err(|e| channel(format!("cannot connect to {}: {e}", p.display())))?;
+                // Only an executor run by us (or root) gets our code: anyone can put a socket
+                // at a path in a shared directory.
+                let peer = rustix::net::sockopt::socket_peercred(&s).map_err(channel)?;
+                let me = rustix::process::getuid();
+                if peer.uid != me && !peer.uid.is_root() {
+                    return Err(channel(format!(
+                        "{} belongs to a process of user {}, not ours",
+                        p.display(),
+                        peer.uid.as_raw()
+                    )));
+                }
+                Conn::from(s)
+            }
             Endpoint::Tcp(a) => Conn::from(
                 std::net::TcpStream::connect(a)
                     .map_err(|e| channel(format!("cannot connect to {a}: {e}")))?,
@@ -358,6 +370,14 @@ pub fn client_handshake(conn: &mut Conn, opts: &Options) -> Result<Handshake> {
                 "the executor requires a token (set {} or pass a token file)",
                 crate::auth::TOKEN_ENV
             )))
+        }
+        // A real TCP listener always authenticates (it refuses to start without a token): one
+        // that does not is not ours, and must not get our code.
+        (_, false) if !conn.is_unix() => {
+            return Err(channel(
+                "the executor at the other end of this TCP connection does not authenticate; \
+                 refusing to send it code",
+            ))
         }
         (_, false) => None,
     };

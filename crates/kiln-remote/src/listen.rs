@@ -153,7 +153,39 @@ fn session(conn: Conn, opts: &Arc<ListenOptions>, once: bool) -> bool {
     }
 }
 
+/// Most connections that may be waiting to authenticate at once (each holds a thread for up to
+/// the handshake timeout); more are closed at once.
+pub const MAX_UNAUTHENTICATED: usize = 32;
+
+/// Counts a connection among those not yet authenticated, while it lives.
+struct Unauthenticated;
+
+static UNAUTHENTICATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Unauthenticated {
+    fn enter() -> Option<Unauthenticated> {
+        use std::sync::atomic::Ordering;
+        let n = UNAUTHENTICATED.fetch_add(1, Ordering::SeqCst);
+        if n >= MAX_UNAUTHENTICATED {
+            UNAUTHENTICATED.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Unauthenticated)
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        UNAUTHENTICATED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn relay(mut conn: Conn, opts: &ListenOptions) -> Result<(), String> {
+    let waiting = Unauthenticated::enter().ok_or_else(|| {
+        format!(
+            "more than {MAX_UNAUTHENTICATED} connections are waiting to authenticate; closed one"
+        )
+    })?;
     if conn.is_unix() {
         // Only our own user, even if the socket's permissions were widened.
         let cred = rustix::net::sockopt::socket_peercred(conn.fd()).map_err(|e| e.to_string())?;
@@ -164,6 +196,7 @@ fn relay(mut conn: Conn, opts: &ListenOptions) -> Result<(), String> {
     }
     // Nothing is started, and nothing but the hello is read, before the peer has proved itself.
     let greeted = greet(&mut conn, opts.token.as_ref())?;
+    drop(waiting);
     let forward = greeted.stdio.is_empty();
     let mut cmd = Command::new(&opts.program);
     cmd.args(&opts.args);

@@ -149,18 +149,20 @@ fn fail(conn: &mut Conn, why: String) -> ! {
 }
 
 /// While JIT'd code runs, nobody reads the connection: a thread watches it, and if the
-/// controller hangs up, the process leaves at once (running nothing further).
+/// controller hangs up (closes the connection, or its process dies), the process leaves at once,
+/// running nothing further. A half-close (the controller only stops writing) is not a hang-up:
+/// pending replies are still sent, and the read loop sees the end of the stream.
 fn watch_for_hangup(conn: &Conn) {
     let Ok(fd) = conn.fd().try_clone_to_owned() else {
         return;
     };
     std::thread::spawn(move || loop {
         use rustix::event::{poll, PollFd, PollFlags};
-        let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+        let mut fds = [PollFd::new(&fd, PollFlags::empty())];
         match poll(&mut fds, None) {
             Ok(_) => {
                 let r = fds[0].revents();
-                if r.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR) {
+                if r.intersects(PollFlags::HUP | PollFlags::ERR) {
                     kiln_target::process::exit_now(0)
                 }
             }

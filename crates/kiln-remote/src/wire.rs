@@ -160,7 +160,8 @@ pub fn read_frame(src: &mut impl Source, limit: usize) -> Result<Frame, WireErro
     let mut body = Vec::new();
     while body.len() < len {
         let start = body.len();
-        let end = len.min(start + (1 << 20));
+        // 64 KiB first, then doubling up to 1 MiB steps: a lying prefix costs little.
+        let end = len.min(start + start.clamp(64 << 10, 1 << 20));
         body.resize(end, 0);
         let n = fill(src, &mut body[start..end], &mut fds, offset)?;
         if n < end - start {
@@ -320,7 +321,19 @@ impl Conn {
                         }
                     };
                 }
-                s.write_all(&bytes[sent..])?;
+                // MSG_NOSIGNAL: a vanished peer is an error, never SIGPIPE (the host may not
+                // ignore it).
+                while sent < bytes.len() {
+                    match rustix::net::send(
+                        s.as_fd(),
+                        &bytes[sent..],
+                        rustix::net::SendFlags::NOSIGNAL,
+                    ) {
+                        Ok(n) => sent += n,
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(e) => return Err(io::Error::from(e).into()),
+                    }
+                }
             }
         }
         Ok(())

@@ -13,15 +13,20 @@ extern "C" {
 
 /// # Safety
 /// `entry` must be the address of finalized code with the C signature of `main`.
+///
+/// The argument strings and the argv array are never freed: a native program's argv lives as
+/// long as the process, and exit handlers and threads that outlive `main` may read it.
 pub(crate) unsafe fn main(entry: ExecutorAddr, args: &[String]) -> i32 {
-    let cargs: Vec<CString> = args
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
-        .collect();
+    let cargs: &'static [CString] = Vec::leak(
+        args.iter()
+            .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+            .collect(),
+    );
     let mut argv: Vec<*const c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
-    // SAFETY: guaranteed by the caller; argv is NULL-terminated and outlives the call; environ
-    // is the process's environment.
+    let argv: &'static [*const c_char] = Vec::leak(argv);
+    // SAFETY: guaranteed by the caller; argv is NULL-terminated and lives as long as the
+    // process; environ is the process's environment.
     unsafe {
         let f = std::mem::transmute::<u64, MainFn>(entry.0);
         f(args.len() as i32, argv.as_ptr(), environ)

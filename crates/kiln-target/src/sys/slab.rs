@@ -41,7 +41,8 @@ pub(crate) struct WriteView {
 fn memfd_views(base: u64, total: u64, alias_len: u64) -> Result<(u64, OwnedFd)> {
     let name = CString::new("kiln-slab").map_err(|e| Error::InvalidRequest(e.to_string()))?;
     // SAFETY: memfd_create with a valid C string; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(os_err("memfd_create"));
     }
@@ -50,6 +51,13 @@ fn memfd_views(base: u64, total: u64, alias_len: u64) -> Result<(u64, OwnedFd)> 
     // SAFETY: ftruncate on our own memfd.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), total as libc::off_t) } != 0 {
         return Err(os_err("ftruncate"));
+    }
+    // Its size is final: a process we share it with can rely on every page staying backed
+    // (shrinking would turn its accesses into SIGBUS).
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on our own memfd, created with MFD_ALLOW_SEALING.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(os_err("sealing the slab's memfd"));
     }
     // SAFETY: [base, base+total) is our slab's own mapping; MAP_FIXED replaces it.
     let p = unsafe {
@@ -397,6 +405,14 @@ impl SharedSlab {
             )));
         }
         let fd = OwnedFd::from(file);
+        // SAFETY: F_GET_SEALS only queries the descriptor.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "the memory file of slab {} can still shrink (not sealed): refusing to map it",
+                info.id.0
+            )));
+        }
         // SAFETY: a new shared mapping of a file we own, at an address the kernel picks; the
         // file is at least `len` bytes long (checked), so every mapped page is backed.
         let p = unsafe {
