@@ -19,6 +19,12 @@ pub const MAX_FRAME: usize = 256 << 20;
 pub const MAX_HELLO_FRAME: usize = 4096;
 /// Most descriptors one frame may carry.
 pub const MAX_FDS: usize = 4;
+/// A length prefix of this value, with descriptors attached, says that the body is not in the
+/// stream but in the last attached descriptor: a sealed-size memory file holding exactly the
+/// body. On a Unix socket, bodies of [`OUT_OF_LINE_MIN`] bytes or more travel so: two plain
+/// copies instead of a socket's many small transfers, each a wake-up of the other process.
+pub const OUT_OF_LINE: u32 = u32::MAX;
+pub const OUT_OF_LINE_MIN: usize = 128 << 10;
 
 /// What can go wrong reading or writing frames.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +157,12 @@ pub fn read_frame(src: &mut impl Source, limit: usize) -> Result<Frame, WireErro
             want: 4,
         });
     }
+    if u32::from_le_bytes(head) == OUT_OF_LINE {
+        if let Some(fd) = fds.pop() {
+            let body = read_out_of_line(fd, limit, offset)?;
+            return Ok(Frame { body, fds, offset });
+        }
+    }
     let len = u32::from_le_bytes(head) as usize;
     if len > limit {
         return Err(WireError::TooLarge { offset, len, limit });
@@ -173,6 +185,43 @@ pub fn read_frame(src: &mut impl Source, limit: usize) -> Result<Frame, WireErro
         }
     }
     Ok(Frame { body, fds, offset })
+}
+
+/// The body of an out-of-line frame: all of a regular file (a memfd), at most `limit` bytes.
+fn read_out_of_line(fd: OwnedFd, limit: usize, offset: u64) -> Result<Vec<u8>, WireError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        // A pipe or socket could make us wait forever: only files are read.
+        return Err(WireError::Malformed {
+            offset,
+            why: "an out-of-line body must be in a regular file".into(),
+        });
+    }
+    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    if len > limit {
+        return Err(WireError::TooLarge { offset, len, limit });
+    }
+    let mut body = vec![0u8; len];
+    file.read_exact_at(&mut body, 0)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => WireError::Truncated {
+                offset,
+                got: 0,
+                want: len,
+            },
+            _ => WireError::Io(e),
+        })?;
+    Ok(body)
+}
+
+/// A memory file holding `body`, for an out-of-line frame.
+fn out_of_line(body: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create("kiln-frame", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(body)?;
+    Ok(OwnedFd::from(f))
 }
 
 /// One end of a channel: a Unix socket (which can carry descriptors) or TCP.
@@ -298,6 +347,16 @@ impl Conn {
                 s.write_all(bytes)?;
             }
             Stream::Unix(s) => {
+                let memfd;
+                let mut with_body: Vec<BorrowedFd<'_>>;
+                let (bytes, fds) = if bytes.len() >= 4 + OUT_OF_LINE_MIN && fds.len() < MAX_FDS {
+                    memfd = out_of_line(&bytes[4..])?;
+                    with_body = fds.to_vec();
+                    with_body.push(memfd.as_fd());
+                    (&OUT_OF_LINE.to_le_bytes()[..], &with_body[..])
+                } else {
+                    (bytes, fds)
+                };
                 let mut sent = 0;
                 if !fds.is_empty() {
                     let mut space =
@@ -337,5 +396,66 @@ impl Conn {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Conn, Conn) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Conn::from(a), Conn::from(b))
+    }
+
+    /// Large bodies travel out of line and arrive intact, with the frame's own descriptors.
+    #[test]
+    fn large_frames_go_out_of_line_and_arrive_whole() {
+        let (mut a, mut b) = pair();
+        let body: Vec<u8> = (0..OUT_OF_LINE_MIN * 3 + 7)
+            .map(|i| (i * 31) as u8)
+            .collect();
+        let msg = serde_bytes::ByteBuf::from(body.clone());
+        let extra = std::fs::File::open("/dev/null").unwrap();
+        let t = std::thread::spawn(move || {
+            a.send(&msg, &[extra.as_fd()]).unwrap();
+            a.send(&serde_bytes::ByteBuf::from(vec![1u8, 2, 3]), &[])
+                .unwrap();
+        });
+        let f = b.recv(MAX_FRAME).unwrap();
+        assert_eq!(f.fds.len(), 1, "the frame's own descriptor, not the body's");
+        assert_eq!(f.decode::<serde_bytes::ByteBuf>().unwrap().into_vec(), body);
+        // The stream stays in step: a small frame after it.
+        let g = b.recv(MAX_FRAME).unwrap();
+        assert_eq!(
+            g.decode::<serde_bytes::ByteBuf>().unwrap().into_vec(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            g.offset, 4,
+            "the out-of-line frame is 4 bytes in the stream"
+        );
+        t.join().unwrap();
+    }
+
+    /// An out-of-line body must be a regular file within the limit: a pipe (which could block
+    /// forever) or a too-large file is refused.
+    #[test]
+    fn out_of_line_bodies_are_checked() {
+        let (mut a, mut b) = pair();
+        let (r, _w) = std::io::pipe().unwrap();
+        a.send_bytes(&OUT_OF_LINE.to_le_bytes(), &[r.as_fd()])
+            .unwrap();
+        match b.recv(MAX_FRAME) {
+            Err(WireError::Malformed { why, .. }) => assert!(why.contains("regular file"), "{why}"),
+            other => panic!("a pipe body was accepted: {other:?}"),
+        }
+        let big = out_of_line(&vec![7u8; 5000]).unwrap();
+        a.send_bytes(&OUT_OF_LINE.to_le_bytes(), &[big.as_fd()])
+            .unwrap();
+        match b.recv(MAX_HELLO_FRAME) {
+            Err(WireError::TooLarge { len: 5000, .. }) => {}
+            other => panic!("an over-limit body was accepted: {other:?}"),
+        }
     }
 }
