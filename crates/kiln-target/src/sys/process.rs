@@ -39,15 +39,6 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Ask the kernel to kill this process when the thread that created it exits (Linux
-/// `PR_SET_PDEATHSIG`). `parent` is the parent's pid as first seen; returns false if the parent
-/// is already gone (so the signal will never come).
-pub fn die_with_parent(parent: u32) -> bool {
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    std::os::unix::process::parent_id() == parent
-}
-
 /// Let `cmd`'s child inherit `fd` (open in this process, close-on-exec here as everything std
 /// opens): the descriptor is made inheritable in the child only, between fork and exec, so
 /// children that other threads start meanwhile never get it. Returns its number in the child.
