@@ -86,6 +86,14 @@ fn jit_frames(stdout: &str) -> Vec<String> {
     out
 }
 
+/// The gdb tests' objects: MAIN_C with DWARF, NODEBUG_C without.
+fn gdb_inputs(dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        cc(dir, "main", MAIN_C, &["-g", "-O2"]),
+        cc(dir, "nodebug", NODEBUG_C, &["-O2"]),
+    )
+}
+
 fn gdb(dir: &Path, commands: &[&str], kiln_args: &[&str]) -> Ran {
     let mut cmd = Command::new("gdb");
     cmd.args(["-nx", "-batch", "-ex", "set breakpoint pending on"]);
@@ -99,8 +107,7 @@ fn gdb(dir: &Path, commands: &[&str], kiln_args: &[&str]) -> Ran {
 #[test]
 fn gdb_names_jit_functions_with_lines_and_without_dwarf() {
     let dir = workdir("gdb");
-    let main = cc(&dir, "main", MAIN_C, &["-g", "-O2"]);
-    let nodebug = cc(&dir, "nodebug", NODEBUG_C, &["-O2"]);
+    let (main, nodebug) = gdb_inputs(&dir);
     let (m, n) = (main.to_str().unwrap(), nodebug.to_str().unwrap());
     let r = gdb(
         &dir,
@@ -844,8 +851,7 @@ fn kiln_debug_is_checked_and_enables_sinks() {
 #[test]
 fn gdb_follows_into_the_executor() {
     let dir = workdir("gdb-oop");
-    let main = cc(&dir, "main", MAIN_C, &["-g", "-O2"]);
-    let nodebug = cc(&dir, "nodebug", NODEBUG_C, &["-O2"]);
+    let (main, nodebug) = gdb_inputs(&dir);
     let (m, n) = (main.to_str().unwrap(), nodebug.to_str().unwrap());
     let r = gdb(
         &dir,

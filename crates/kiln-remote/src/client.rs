@@ -122,7 +122,7 @@ impl RemoteExecutor {
             attach_stdio: false, // inherited already
             ..opts
         };
-        match Self::handshake(&mut inner, &opts) {
+        match client_handshake(&mut inner.conn, &opts) {
             Ok(h) => Self::from_handshake(inner, h, &opts),
             Err(e) => Err(gone(&mut inner, format!("handshake: {e}"))),
         }
@@ -159,13 +159,10 @@ impl RemoteExecutor {
             child: None,
             exited: None,
         };
-        let h = Self::handshake(&mut inner, &opts)?;
+        let h = client_handshake(&mut inner.conn, &opts)?;
         Self::from_handshake(inner, h, &opts)
     }
 
-    fn handshake(inner: &mut Inner, opts: &Options) -> Result<Handshake> {
-        client_handshake(&mut inner.conn, opts)
-    }
     fn from_handshake(inner: Inner, h: Handshake, opts: &Options) -> Result<RemoteExecutor> {
         let shared = match opts.memory {
             MemoryMode::Auto => h.shared_memory,

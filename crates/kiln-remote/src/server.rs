@@ -81,13 +81,11 @@ pub fn greet(conn: &mut Conn, token: Option<&Token>) -> Result<Greeted, String> 
 /// connection is trusted (a socket pair from the parent, or one a listener authenticated).
 pub fn serve(mut conn: Conn) -> ! {
     let ex = InProcessExecutor::new();
-    let greeted = match greet(&mut conn, None) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("kiln-executor: {e}");
-            kiln_target::process::exit_now(2)
-        }
-    };
+    // A socket pair from our parent: no token, and its standard I/O is already ours.
+    if let Err(e) = greet(&mut conn, None) {
+        eprintln!("kiln-executor: {e}");
+        kiln_target::process::exit_now(2)
+    }
     let _ = conn.set_read_timeout(None);
     let handshake = Handshake {
         info: ex.info().clone(),
@@ -96,7 +94,6 @@ pub fn serve(mut conn: Conn) -> ! {
         forwards_output: false,
         slabs: ex.supports_slabs(),
     };
-    let _ = greeted;
     if conn
         .send(
             &Welcome::Accepted {

@@ -690,10 +690,7 @@ fn socket_path_conflicts_are_refused() {
     assert_eq!(std::fs::read(&file).unwrap(), b"precious");
     // A live listener there: the second one refuses, the first still serves.
     let sock = dir.path().join("sock");
-    let mut l = Listener::start(
-        dir.path(),
-        &["--listen", &format!("unix:{}", sock.display())],
-    );
+    let mut l = Listener::unix(dir.path(), &sock);
     let e = refuses(
         &["--listen", &format!("unix:{}", sock.display())],
         &[],

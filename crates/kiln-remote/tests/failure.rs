@@ -517,30 +517,20 @@ fn listener_killed_while_a_session_runs() {
     let dir = tempdir();
     let obj = compile_c(dir.path(), "forever", FOREVER_PROGRAM);
     let sock = dir.path().join("sock");
-    let mut l = Listener::start(
-        dir.path(),
-        &["--listen", &format!("unix:{}", sock.display())],
-    );
+    let mut l = Listener::unix(dir.path(), &sock);
     let ex =
         Arc::new(RemoteExecutor::connect(&l.endpoint(), Options::default()).expect("connecting"));
     let pid = ex.pid();
-    let s = linked(ex.clone(), &obj);
-    let entry = s.lookup("main").expect("main");
-    let marker = dir.path().join("started");
-    let args = vec!["forever".to_string(), marker.display().to_string()];
-    let ex2 = ex.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use kiln_target::Executor;
-        let _ = tx.send(ex2.run_main(entry, &args).map_err(|e| e.to_string()));
-    });
-    wait_until("the program started", || marker.exists());
+    let (s, rx) = start_forever(ex.clone(), &obj, &dir.path().join("started"));
     kill9(l.pid());
     let _ = l.child.wait();
     wait_until("the session process of a killed listener is gone", || {
         not_running(pid)
     });
-    let r = rx.recv_timeout(HANG).expect("run_main returned");
+    let r = rx
+        .recv_timeout(HANG)
+        .expect("run_main returned")
+        .map_err(|e| e.to_string());
     assert!(
         r.is_err(),
         "run_main succeeded after its listener died: {r:?}"
@@ -555,10 +545,7 @@ fn listener_serves_again_after_a_controller_leaves_mid_session() {
     let dir = tempdir();
     let obj = compile_c(dir.path(), "marker", MARKER_PROGRAM);
     let sock = dir.path().join("sock");
-    let mut l = Listener::start(
-        dir.path(),
-        &["--listen", &format!("unix:{}", sock.display())],
-    );
+    let mut l = Listener::unix(dir.path(), &sock);
     let endpoint = l.endpoint();
 
     // 1: a raw controller sends half a request and vanishes.

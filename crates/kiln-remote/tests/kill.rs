@@ -199,15 +199,7 @@ fn killed_between_calls() {
 }
 
 fn run_forever_then_kill(ex: Arc<RemoteExecutor>, obj: &Path, marker: PathBuf) -> TargetError {
-    let s = linked(ex.clone(), obj);
-    let entry = s.lookup("main").expect("main is defined");
-    let args = vec!["forever".to_string(), marker.display().to_string()];
-    let ex2 = ex.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(ex2.run_main(entry, &args));
-    });
-    wait_until("the program started", || marker.exists());
+    let (s, rx) = start_forever(ex.clone(), obj, &marker);
     kill9(ex.pid());
     let r = rx
         .recv_timeout(HANG)
@@ -242,10 +234,7 @@ fn killed_while_running_behind_a_listener() {
     let dir = tempdir();
     let obj = compile_c(dir.path(), "forever", FOREVER_PROGRAM);
     let sock = dir.path().join("sock");
-    let mut l = Listener::start(
-        dir.path(),
-        &["--listen", &format!("unix:{}", sock.display())],
-    );
+    let mut l = Listener::unix(dir.path(), &sock);
     let ex =
         Arc::new(RemoteExecutor::connect(&l.endpoint(), Options::default()).expect("connecting"));
     let pid = ex.pid();

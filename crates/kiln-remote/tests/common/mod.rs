@@ -160,6 +160,26 @@ pub fn linked(ex: Arc<RemoteExecutor>, obj: &Path) -> Session {
 }
 
 /// Run `f` in a thread; fail the test if it has not returned within [`HANG`].
+/// Link `obj` (FOREVER_PROGRAM) into `ex` and run its main in a thread until it has created
+/// `marker`: the session (to be dropped only after the executor is gone) and where `run_main`'s
+/// result will arrive.
+pub fn start_forever(
+    ex: Arc<RemoteExecutor>,
+    obj: &Path,
+    marker: &Path,
+) -> (Session, std::sync::mpsc::Receiver<kiln_target::Result<i32>>) {
+    use kiln_target::Executor;
+    let s = linked(ex.clone(), obj);
+    let entry = s.lookup("main").expect("main is defined");
+    let args = vec!["forever".to_string(), marker.display().to_string()];
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ex.run_main(entry, &args));
+    });
+    wait_until("the program started", || marker.exists());
+    (s, rx)
+}
+
 pub fn with_deadline<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -288,6 +308,11 @@ impl Listener {
     /// its `listening on ADDR` line.
     pub fn start(dir: &Path, args: &[&str]) -> Listener {
         Listener::start_with(dir, Command::new(EXECUTOR).args(args))
+    }
+
+    /// A listener on the Unix socket `sock`.
+    pub fn unix(dir: &Path, sock: &Path) -> Listener {
+        Listener::start(dir, &["--listen", &format!("unix:{}", sock.display())])
     }
 
     /// Start `cmd`, which runs a listener (e.g. through a shell that `exec`s it).
