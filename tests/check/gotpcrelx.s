@@ -1,6 +1,7 @@
 # R_X86_64_GOTPCRELX and R_X86_64_REX_GOTPCRELX: G + A - P, relaxed when the target is in
 # range: `mov foo@GOTPCREL(%rip), %reg` becomes `lea foo(%rip), %reg`, `call *foo@GOTPCREL`
-# becomes `addr32 call foo` and `jmp *foo@GOTPCREL` becomes `nop; jmp foo` (same lengths).
+# becomes `addr32 call foo` and `jmp *foo@GOTPCREL` becomes `jmp foo; nop` (same lengths, the
+# bytes GNU ld and lld write).
 # A target out of range keeps the GOT (relaxing it would be a miscompile).
 # kiln-check: args=-abs far=0x123456789000 -abs far_func=0x123456780000 -abs near=0x7ff80000
 
@@ -53,9 +54,11 @@ call_rel:
 	callq	*func@GOTPCREL(%rip)
 	.size	call_rel, .-call_rel
 
-# jmp *func@GOTPCREL(%rip) -> nop; jmp func (90 e9): the jmp is one byte in.
-# jitlink-check: *{2}jmp_rel = 0xe990
-# jitlink-check: decode_operand(jmp_rel + 1, 0) = func - next_pc(jmp_rel + 1)
+# jmp *func@GOTPCREL(%rip) -> jmp func; nop (e9 rel32 90): the nop is the instruction's last byte.
+# jitlink-check: *{1}jmp_rel = 0xe9
+# jitlink-check: decode_operand(jmp_rel, 0) = func - next_pc(jmp_rel)
+# jitlink-check: next_pc(jmp_rel) = jmp_rel + 5
+# jitlink-check: *{1}(jmp_rel + 5) = 0x90
 	.globl	jmp_rel
 jmp_rel:
 	jmpq	*func@GOTPCREL(%rip)

@@ -1,9 +1,12 @@
+//! Kiln's errors: types a program can act on, with messages that say what, where, and what to do.
+
+use crate::arch::FixupError;
 use std::fmt;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where in the input something is wrong: file (and archive member), section, offset.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Location {
     pub file: String,
     pub section: Option<String>,
@@ -23,6 +26,141 @@ impl fmt::Display for Location {
     }
 }
 
+/// A symbol and the inputs whose live code references it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolReference {
+    pub name: String,
+    /// Inputs (files, archive members `lib.a(x.o)`, graphs) that reference it.
+    pub referenced_by: Vec<String>,
+}
+
+/// Why symbols could not be bound: every problem of a link, reported together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unresolved {
+    /// Found nowhere: not in the link's inputs, the session's units, the runtime, its libraries,
+    /// the process, or its definition generators.
+    pub undefined: Vec<SymbolReference>,
+    /// Defined outside the inputs but not on the allow-list.
+    pub not_allowed: Vec<SymbolReference>,
+    /// Thread-local symbols defined outside the JIT'd code (not supported).
+    pub foreign_tls: Vec<SymbolReference>,
+}
+
+impl fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let groups = [
+            ("undefined symbols:", &self.undefined),
+            ("symbols not on the allow-list:", &self.not_allowed),
+            (
+                "thread-local symbols defined outside the JIT'd code (not supported):",
+                &self.foreign_tls,
+            ),
+        ];
+        let mut first = true;
+        for (head, list) in groups {
+            if list.is_empty() {
+                continue;
+            }
+            if !first {
+                writeln!(f)?;
+            }
+            first = false;
+            write!(f, "{head}")?;
+            for r in list {
+                write!(f, "\n  {}", r.name)?;
+                if !r.referenced_by.is_empty() {
+                    write!(f, " (referenced by {})", list_text(&r.referenced_by))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// At most five names, then how many more.
+fn list_text(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    let mut s = shown.join(", ");
+    if names.len() > 5 {
+        s.push_str(&format!(" and {} more", names.len() - 5));
+    }
+    s
+}
+
+/// Two strong definitions of one symbol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateSymbol {
+    pub name: String,
+    /// Where the definition that was there first lives (an input, or a unit of the session).
+    pub first: String,
+    pub second: String,
+}
+
+/// A relocation that could not be applied, with everything needed to find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixupFailure {
+    pub file: String,
+    pub section: String,
+    /// Offset of the field in its section (block).
+    pub offset: u64,
+    /// Executor address of the field.
+    pub address: u64,
+    /// The psABI relocation (`R_X86_64_PC32`).
+    pub relocation: &'static str,
+    /// The edge kind (`Delta32`).
+    pub kind: &'static str,
+    pub target: String,
+    /// The value of the target the formula used (its address, size, TLS offset).
+    pub target_value: u64,
+    pub addend: i64,
+    /// What the architecture refused (out of range, wrong instruction shape, misaligned)...
+    pub error: Option<FixupError>,
+    /// ...or why the target has no usable value.
+    pub target_problem: Option<&'static str>,
+    /// What to do about it, when kiln knows.
+    pub hint: Option<&'static str>,
+}
+
+impl fmt::Display for FixupFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: section {}, offset {:#x} (address {:#x}): {} ({}) fixup to {}: ",
+            self.file,
+            self.section,
+            self.offset,
+            self.address,
+            self.relocation,
+            self.kind,
+            self.target
+        )?;
+        match (&self.error, self.target_problem) {
+            (
+                Some(FixupError::OutOfRange {
+                    value,
+                    range,
+                    width,
+                }),
+                _,
+            ) => write!(
+                f,
+                "value {value:#x} (target {:#x}, addend {}, at {:#x}) does not fit in {}",
+                self.target_value,
+                self.addend,
+                self.address,
+                crate::arch::range_text(*range, *width)
+            )?,
+            (Some(e), _) => write!(f, "{e}")?,
+            (None, Some(p)) => write!(f, "{p}")?,
+            (None, None) => write!(f, "failed")?,
+        }
+        if let Some(h) = self.hint {
+            write!(f, "; {h}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Errors of the kiln linker.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
@@ -33,21 +171,44 @@ pub enum Error {
     /// The input is well formed but uses something kiln does not support (yet).
     #[error("{at}: unsupported: {what}")]
     Unsupported { at: Location, what: String },
-    /// Symbol resolution failed (undefined or duplicate symbols); the message lists them all.
+    /// Symbols could not be bound (undefined, not allowed, thread-local outside the code).
+    /// Nothing was linked; whatever inputs were added stay added.
     #[error("{0}")]
-    Resolve(String),
-    /// A relocation could not be applied (out of range).
+    Unresolved(Unresolved),
+    /// Symbols defined twice by strong definitions.
+    #[error("duplicate symbols:{}", duplicates_text(.0))]
+    Duplicate(Vec<DuplicateSymbol>),
+    /// A relocation could not be applied.
     #[error("{0}")]
-    Fixup(String),
+    Fixup(Box<FixupFailure>),
     /// Reading an input failed. (The I/O error is part of the message, not a separate source,
     /// so that error chains do not print it twice.)
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
-    /// A library named with `-l` was not found, a compiler failed, or the API was misused.
+    /// A library named with `-l` (or a file an ld script names) was not found.
+    #[error("cannot find {what}; searched {}", .searched.join(", "))]
+    NotFound { what: String, searched: Vec<String> },
+    /// The API was misused: an unknown unit, an entry point the code does not define, a patch
+    /// outside the session's memory.
     #[error("{0}")]
     Usage(String),
+    /// Kiln broke one of its own rules: a bug, please report it.
+    #[error("internal error (a bug in kiln): {0}")]
+    Internal(String),
+    /// The executor refused or failed a request.
     #[error(transparent)]
     Target(#[from] kiln_target::Error),
+}
+
+fn duplicates_text(d: &[DuplicateSymbol]) -> String {
+    d.iter()
+        .map(|d| {
+            format!(
+                "\n  {} is defined in {} and in {}",
+                d.name, d.first, d.second
+            )
+        })
+        .collect()
 }
 
 impl Error {

@@ -44,7 +44,7 @@ pub struct Session {
     /// linking the first did.
     symbols: FxHashMap<String, Vec<(usize, ExecutorAddr)>>,
     /// Where units go when the executor has slabs (the default): see [`Session::set_use_slabs`].
-    slabs: crate::memory::SlabAllocator,
+    slabs: std::sync::Mutex<crate::memory::SlabAllocator>,
     use_slabs: bool,
 }
 
@@ -68,7 +68,7 @@ impl Session {
             next_unit: 0,
             symbols: FxHashMap::default(),
             use_slabs: executor.supports_slabs(),
-            slabs: crate::memory::SlabAllocator::default(),
+            slabs: Default::default(),
             executor,
         }
     }
@@ -233,7 +233,8 @@ impl Session {
                 fixed_address: self.fixed_address,
                 want_map: self.want_map,
                 debug: &self.debug,
-                slabs: self.use_slabs.then_some(&mut self.slabs),
+                time_phases: true,
+                slabs: self.use_slabs.then_some(&self.slabs),
             },
         )?;
         let id = self.next_unit;
@@ -295,7 +296,9 @@ impl Session {
             }
         }
         self.executor.deallocate(u.alloc)?;
-        self.slabs.free(&*self.executor, &u.slab_ranges);
+        if let Ok(mut slabs) = self.slabs.lock() {
+            slabs.free(&*self.executor, &u.slab_ranges);
+        }
         Ok(())
     }
 
@@ -312,7 +315,9 @@ impl Session {
     pub fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
         let slab = self
             .slabs
-            .slab_of(addr)
+            .lock()
+            .ok()
+            .and_then(|s| s.slab_of(addr))
             .ok_or_else(|| Error::Usage(format!("{addr} is not in a slab of this session")))?;
         Ok(self.executor.patch(slab, addr, bytes)?)
     }
@@ -324,6 +329,8 @@ impl Drop for Session {
         for id in ids {
             let _ = self.remove(UnitId(id));
         }
-        self.slabs.release_all(&*self.executor);
+        if let Ok(mut slabs) = self.slabs.lock() {
+            slabs.release_all(&*self.executor);
+        }
     }
 }

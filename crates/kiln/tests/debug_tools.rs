@@ -212,7 +212,7 @@ fn child_valgrind_replace() {
     s.add_file(dir.join("v1.o")).unwrap();
     s.add_root("which");
     let u1 = s.link().unwrap();
-    let base = s.link_map(u1).unwrap().memory[0].0;
+    let base = s.link_map(u1).unwrap().memory[0].addr;
     let at1 = s.lookup("which").unwrap();
     let r1 = s.run_main("which", &[]).unwrap();
     s.remove(u1).unwrap();

@@ -53,10 +53,10 @@ impl<'a> LinkMapEnv<'a> {
             .map
             .symbols
             .iter()
-            .map(|s| s.0.as_str())
-            .chain(self.map.sections.iter().map(|s| s.0.as_str()))
-            .chain(self.map.got_entries.iter().map(|s| s.0.as_str()))
-            .chain(self.map.stubs.iter().map(|s| s.0.as_str()))
+            .map(|s| s.file.as_str())
+            .chain(self.map.sections.iter().map(|s| s.file.as_str()))
+            .chain(self.map.got_entries.iter().map(|s| s.file.as_str()))
+            .chain(self.map.stubs.iter().map(|s| s.file.as_str()))
             .filter(|f| *f != "<kiln>")
             .collect();
         v.sort_unstable();
@@ -79,7 +79,7 @@ impl<'a> LinkMapEnv<'a> {
     /// The entry of `list` for (file, name): exactly one address, or a clear error.
     fn table_lookup(
         &self,
-        list: &[(String, String, u64)],
+        list: &[crate::link::TableEntry],
         (what, whats): (&str, &str),
         file: &str,
         name: &str,
@@ -87,8 +87,8 @@ impl<'a> LinkMapEnv<'a> {
         self.known_file(file)?;
         let mut hits: Vec<(&str, u64)> = list
             .iter()
-            .filter(|(f, n, _)| n == name && file_matches(f, file))
-            .map(|(f, _, a)| (f.as_str(), *a))
+            .filter(|e| e.target == name && file_matches(&e.file, file))
+            .map(|e| (e.file.as_str(), e.addr))
             .collect();
         hits.sort_unstable();
         hits.dedup_by_key(|h| h.1);
@@ -97,8 +97,8 @@ impl<'a> LinkMapEnv<'a> {
             [] => {
                 let mut have: Vec<&str> = list
                     .iter()
-                    .filter(|(f, _, _)| file_matches(f, file))
-                    .map(|(_, n, _)| n.as_str())
+                    .filter(|e| file_matches(&e.file, file))
+                    .map(|e| e.target.as_str())
                     .collect();
                 have.sort_unstable();
                 have.dedup();
@@ -128,9 +128,9 @@ impl<'a> LinkMapEnv<'a> {
     }
 
     fn read_byte(&self, addr: u64) -> Option<u8> {
-        for (base, bytes) in &self.map.memory {
-            if let Some(off) = addr.checked_sub(*base) {
-                if let Some(b) = usize::try_from(off).ok().and_then(|o| bytes.get(o)) {
+        for m in &self.map.memory {
+            if let Some(off) = addr.checked_sub(m.addr) {
+                if let Some(b) = usize::try_from(off).ok().and_then(|o| m.bytes.get(o)) {
                     return Some(*b);
                 }
             }
@@ -139,7 +139,7 @@ impl<'a> LinkMapEnv<'a> {
         self.map
             .sections
             .iter()
-            .any(|(_, _, a, size)| addr >= *a && addr - *a < *size)
+            .any(|s| addr >= s.addr && addr - s.addr < s.size)
             .then_some(0)
     }
 }
@@ -150,8 +150,8 @@ impl CheckEnv for LinkMapEnv<'_> {
             .map
             .symbols
             .iter()
-            .filter(|s| s.1 == name)
-            .map(|s| (s.0.as_str(), s.2))
+            .filter(|s| s.name == name)
+            .map(|s| (s.file.as_str(), s.addr))
             .collect();
         defs.sort_unstable_by_key(|d| d.1);
         defs.dedup_by_key(|d| d.1);
@@ -242,8 +242,8 @@ impl CheckEnv for LinkMapEnv<'_> {
             .map
             .sections
             .iter()
-            .filter(|(f, s, _, _)| s == section && file_matches(f, file))
-            .map(|(_, _, a, size)| (*a, *size))
+            .filter(|s| s.name == section && file_matches(&s.file, file))
+            .map(|s| (s.addr, s.size))
             .collect();
         hits.sort_unstable();
         hits.dedup();
@@ -254,8 +254,8 @@ impl CheckEnv for LinkMapEnv<'_> {
                     .map
                     .sections
                     .iter()
-                    .filter(|(f, _, _, _)| file_matches(f, file))
-                    .map(|(_, s, _, _)| s.as_str())
+                    .filter(|s| file_matches(&s.file, file))
+                    .map(|s| s.name.as_str())
                     .collect();
                 have.sort_unstable();
                 have.dedup();

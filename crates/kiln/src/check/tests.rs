@@ -7,6 +7,36 @@ const GOT: u64 = 0x7ff0_3000;
 const STUBS: u64 = 0x7ff0_4000;
 
 /// A hand-made link map: code at TEXT, data at DATA, one GOT entry and one stub.
+fn sym(file: &str, name: &str, addr: u64, size: u64) -> crate::link::MappedSymbol {
+    crate::link::MappedSymbol {
+        file: file.into(),
+        name: name.into(),
+        addr,
+        size,
+    }
+}
+
+fn sec(file: &str, name: &str, addr: u64, size: u64) -> crate::link::MappedSection {
+    crate::link::MappedSection {
+        file: file.into(),
+        name: name.into(),
+        addr,
+        size,
+    }
+}
+
+fn entry(file: &str, target: &str, addr: u64) -> crate::link::TableEntry {
+    crate::link::TableEntry {
+        file: file.into(),
+        target: target.into(),
+        addr,
+    }
+}
+
+fn mem(addr: u64, bytes: Vec<u8>) -> crate::link::MappedBytes {
+    crate::link::MappedBytes { addr, bytes }
+}
+
 fn map() -> LinkMap {
     let code: Vec<u8> = [
         &[0xc3][..],                                 // main: ret
@@ -19,30 +49,30 @@ fn map() -> LinkMap {
     data.extend_from_slice(&TEXT.to_le_bytes());
     LinkMap {
         symbols: vec![
-            ("dir/test.o".into(), "main".into(), TEXT, 1),
-            ("dir/test.o".into(), "call".into(), TEXT + 1, 5),
-            ("dir/test.o".into(), "load".into(), TEXT + 6, 7),
-            ("dir/test.o".into(), "imm".into(), TEXT + 13, 5),
-            ("dir/test.o".into(), "d".into(), DATA, 8),
-            ("dir/test.o".into(), "ptr".into(), DATA + 8, 8),
-            ("dir/test.o".into(), "local".into(), DATA, 0),
-            ("libx.a(m.o)".into(), "local".into(), DATA + 8, 0),
-            ("libx.a(m.o)".into(), "bss_var".into(), DATA + 0x100, 8),
-            ("libx.a(m.o)".into(), "bad".into(), 0x7ff0_5000, 2),
+            sym("dir/test.o", "main", TEXT, 1),
+            sym("dir/test.o", "call", TEXT + 1, 5),
+            sym("dir/test.o", "load", TEXT + 6, 7),
+            sym("dir/test.o", "imm", TEXT + 13, 5),
+            sym("dir/test.o", "d", DATA, 8),
+            sym("dir/test.o", "ptr", DATA + 8, 8),
+            sym("dir/test.o", "local", DATA, 0),
+            sym("libx.a(m.o)", "local", DATA + 8, 0),
+            sym("libx.a(m.o)", "bss_var", DATA + 0x100, 8),
+            sym("libx.a(m.o)", "bad", 0x7ff0_5000, 2),
         ],
-        got_entries: vec![("dir/test.o".into(), "far".into(), GOT)],
-        stubs: vec![("libx.a(m.o)".into(), "far".into(), STUBS)],
+        got_entries: vec![entry("dir/test.o", "far", GOT)],
+        stubs: vec![entry("libx.a(m.o)", "far", STUBS)],
         sections: vec![
-            ("dir/test.o".into(), ".text".into(), TEXT, code.len() as u64),
-            ("dir/test.o".into(), ".data".into(), DATA, 16),
-            ("libx.a(m.o)".into(), ".bss".into(), DATA + 0x100, 8),
-            ("<kiln>".into(), ".got".into(), GOT, 8),
+            sec("dir/test.o", ".text", TEXT, code.len() as u64),
+            sec("dir/test.o", ".data", DATA, 16),
+            sec("libx.a(m.o)", ".bss", DATA + 0x100, 8),
+            sec("<kiln>", ".got", GOT, 8),
         ],
         memory: vec![
-            (TEXT, code),
-            (DATA, data),
-            (GOT, 0x1234_5678_9000u64.to_le_bytes().to_vec()),
-            (0x7ff0_5000, vec![0x06, 0x07]),
+            mem(TEXT, code),
+            mem(DATA, data),
+            mem(GOT, 0x1234_5678_9000u64.to_le_bytes().to_vec()),
+            mem(0x7ff0_5000, vec![0x06, 0x07]),
         ],
     }
 }

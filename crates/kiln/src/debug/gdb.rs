@@ -285,7 +285,7 @@ fn synthesize(u: &Unit, input: InputId) -> Result<Vec<u8>, String> {
             value: b.addr + offset - lo,
             size: s.size,
             func: s.callable || g.sections[b.section.idx()].prot == MemProt::ReadExec,
-            global: s.scope != Scope::Local,
+            global: s.visibility != Visibility::Local,
         });
     }
     for &(target, stub) in u.stubs {
@@ -300,7 +300,7 @@ fn synthesize(u: &Unit, input: InputId) -> Result<Vec<u8>, String> {
             name: format!("{}@stub", g.name_of(target)).into_bytes(),
             shndx,
             value: b.addr + offset - lo,
-            size: crate::arch::x86_64::STUB.len() as u64,
+            size: g.arch.templates().stub_size,
             func: true,
             global: false,
         });

@@ -200,10 +200,10 @@ pub(crate) fn functions(u: &Unit) -> Vec<Function> {
         if s.name.is_empty() || s.tls || !b.live || sec.prot != MemProt::ReadExec {
             continue;
         }
-        let rank = match s.scope {
-            Scope::Default => 0,
-            Scope::Hidden => 1,
-            Scope::Local => 2,
+        let rank = match s.visibility {
+            Visibility::Default => 0,
+            Visibility::Hidden => 1,
+            Visibility::Local => 2,
         };
         per_block
             .entry(block)
@@ -239,7 +239,7 @@ pub(crate) fn functions(u: &Unit) -> Vec<Function> {
             out.push(Function {
                 name: format!("{}@stub", g.name_of(target)),
                 addr,
-                size: crate::arch::x86_64::STUB.len() as u64,
+                size: g.arch.templates().stub_size,
                 input: g.symbols[stub.idx()].input,
             });
         }

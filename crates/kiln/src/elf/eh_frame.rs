@@ -3,7 +3,6 @@
 //! CIE pointer is section relative, so it must be recomputed when records move) and the function
 //! it describes keeps the FDE alive (`LinkGraph::keep_alive`). FDEs of discarded functions are dropped.
 
-use crate::arch::x86_64::EdgeKind;
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::MemProt;
@@ -72,7 +71,7 @@ pub(crate) fn split<'a>(
         }
         let first = ei;
         while ei < edges.len() && (edges[ei].offset as usize) < end {
-            if edges[ei].offset as usize + edges[ei].kind.size() > end {
+            if edges[ei].offset as usize + usize::from(g.edge_info(edges[ei].kind).width) > end {
                 return Err(bad(
                     edges[ei].offset as usize,
                     "relocation straddles two records",
@@ -111,7 +110,7 @@ pub(crate) fn split<'a>(
             let mut e = rec_edges;
             e.push(Edge {
                 offset: 4,
-                kind: EdgeKind::NegDelta32,
+                kind: g.arch.eh_frame_kinds().cie_pointer,
                 target: cie,
                 addend: 0,
             });

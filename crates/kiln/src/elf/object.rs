@@ -4,7 +4,6 @@
 //! kept), then symbols, then relocations, then `.eh_frame` is split into CIE/FDE blocks. Every
 //! read is checked: malformed input gives an error with file, section and offset.
 
-use crate::arch::x86_64::{edge_kind_for, reloc_name};
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::MemProt;
@@ -33,16 +32,13 @@ pub fn parse_object<'a>(
     if header.e_type(endian) != elf::ET_REL {
         return Err(bad("not a relocatable object (e_type is not ET_REL)".into()));
     }
-    if header.e_machine(endian) != elf::EM_X86_64 {
-        return Err(Error::unsupported(
-            name,
-            None,
-            None,
-            format!(
-                "machine {:?} (only x86-64 is supported)",
-                header.e_machine(endian)
-            ),
-        ));
+    let machine = header.e_machine(endian).0;
+    if machine != g.arch.elf_machine() {
+        let what = match crate::arch::for_elf_machine(machine) {
+            Some(a) => format!("a {} object in a {} link", a.name(), g.arch.name()),
+            None => format!("machine {machine} (only x86-64 is supported)"),
+        };
+        return Err(Error::unsupported(name, None, None, what));
     }
     let sections = header
         .sections(endian, data)
@@ -261,12 +257,12 @@ impl<'a> ObjectParser<'_, 'a> {
             // STB_GNU_UNIQUE (one copy per process of a template's static) merges like a weak
             // definition: every object that has it carries the same definition.
             let weak = bind == elf::STB_WEAK || bind == elf::STB_GNU_UNIQUE;
-            let scope = if local {
-                Scope::Local
+            let visibility = if local {
+                Visibility::Local
             } else if matches!(sym.st_visibility(), elf::STV_HIDDEN | elf::STV_INTERNAL) {
-                Scope::Hidden
+                Visibility::Hidden
             } else {
-                Scope::Default
+                Visibility::Default
             };
             let callable = ty == elf::STT_FUNC;
             let tls = ty == elf::STT_TLS;
@@ -315,39 +311,39 @@ impl<'a> ObjectParser<'_, 'a> {
                     Some(SymbolDef::Discarded)
                 }
             };
-            let id = match (def, local) {
-                (Some(SymbolDef::Defined { block, .. }), true) if ty == elf::STT_SECTION => {
-                    Some(self.g.add_anon(block, 0, self.input))
-                }
-                (None, true) => None,
-                (Some(def), true) => Some(self.g.add_symbol(Symbol {
-                    name,
-                    def,
-                    size,
-                    weak: false,
-                    scope,
-                    callable,
-                    tls,
-                    input: self.input,
-                    only_weak_refs: false,
-                    ifunc: false,
-                })),
-                (None, false) => {
-                    let id = self.g.global_ref(name, self.input, weak);
-                    if scope == Scope::Hidden {
-                        self.g.symbols[id.idx()].scope = Scope::Hidden;
+            let id =
+                match (def, local) {
+                    (Some(SymbolDef::Defined { block, .. }), true) if ty == elf::STT_SECTION => {
+                        Some(self.g.add_anon(block, 0, self.input))
                     }
-                    Some(id)
-                }
-                // A definition in a losing COMDAT group: bind to the winner's copy.
-                (Some(SymbolDef::Discarded), false) => {
-                    Some(self.g.global_ref(name, self.input, false))
-                }
-                (Some(def), false) => Some(
-                    self.g
-                        .define_global(name, def, size, weak, scope, callable, tls, self.input),
-                ),
-            };
+                    (None, true) => None,
+                    (Some(def), true) => Some(self.g.add_symbol(Symbol {
+                        name,
+                        def,
+                        size,
+                        weak: false,
+                        visibility,
+                        callable,
+                        tls,
+                        input: self.input,
+                        only_weak_refs: false,
+                        ifunc: false,
+                    })),
+                    (None, false) => {
+                        let id = self.g.global_ref(name, self.input, weak);
+                        if visibility == Visibility::Hidden {
+                            self.g.symbols[id.idx()].visibility = Visibility::Hidden;
+                        }
+                        Some(id)
+                    }
+                    // A definition in a losing COMDAT group: bind to the winner's copy.
+                    (Some(SymbolDef::Discarded), false) => {
+                        Some(self.g.global_ref(name, self.input, false))
+                    }
+                    (Some(def), false) => Some(self.g.define_global(
+                        name, def, size, weak, visibility, callable, tls, self.input,
+                    )),
+                };
             if let (Some(id), true) = (id, ty == elf::STT_GNU_IFUNC) {
                 // Only a definition makes a symbol an IFUNC (the winning one, for globals).
                 let s = &mut self.g.symbols[id.idx()];
@@ -413,18 +409,21 @@ impl<'a> ObjectParser<'_, 'a> {
                 let r_type = r.r_type(LE, false);
                 let offset = r.r_offset(LE);
                 let at = |what: String| self.err_at(target, Some(offset), what);
-                if r_type == elf::R_X86_64_NONE {
-                    continue;
-                }
-                let kind = edge_kind_for(r_type).map_err(|what| {
-                    Error::unsupported(
-                        self.name,
-                        Some(&self.sec_name_str(target)),
-                        Some(offset),
-                        what,
-                    )
-                })?;
-                let end = offset.checked_add(kind.size() as u64);
+                let arch = self.g.arch;
+                let kind = match arch.edge_for_relocation(r_type.0) {
+                    Ok(Some(kind)) => kind,
+                    Ok(None) => continue,
+                    Err(what) => {
+                        return Err(Error::unsupported(
+                            self.name,
+                            Some(&self.sec_name_str(target)),
+                            Some(offset),
+                            what,
+                        ))
+                    }
+                };
+                let reloc_name = |t: elf::RelocationType| arch.relocation_name(t.0);
+                let end = offset.checked_add(u64::from(self.g.edge_info(kind).width));
                 if end.is_none_or(|e| e > target_size) || offset > u32::MAX as u64 {
                     return Err(at(format!(
                         "{} relocation lies outside its section ({target_size:#x} bytes)",

@@ -7,7 +7,7 @@
 //! prologue (`push %rbp; mov %rsp, %rbp`) can attach [`FrameDescription::FramePointer`] and
 //! kiln writes the CIE and FDE for it.
 
-use crate::arch::x86_64::EdgeKind;
+use crate::arch::EdgeKind;
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::MemProt;
@@ -48,8 +48,8 @@ pub struct InMemorySymbol {
     pub name: String,
     pub offset: u64,
     pub size: u64,
-    /// `Scope::Local` symbols are visible only to edges of this graph.
-    pub scope: Scope,
+    /// `Visibility::Local` symbols are visible only to edges of this graph.
+    pub visibility: Visibility,
     pub weak: bool,
     pub callable: bool,
 }
@@ -98,7 +98,7 @@ impl InMemoryGraph {
                     name: name.into(),
                     offset: 0,
                     size,
-                    scope: Scope::Default,
+                    visibility: Visibility::Default,
                     weak: false,
                     callable: true,
                 }],
@@ -122,7 +122,7 @@ impl InMemoryGraph {
                     name: name.into(),
                     offset: 0,
                     size,
-                    scope: Scope::Default,
+                    visibility: Visibility::Default,
                     weak: false,
                     callable: false,
                 }],
@@ -135,47 +135,14 @@ impl InMemoryGraph {
 }
 
 impl InMemoryEdge {
-    pub fn new(offset: u32, kind: EdgeKind, target: &str, addend: i64) -> Self {
+    pub fn new(offset: u32, kind: impl Into<EdgeKind>, target: &str, addend: i64) -> Self {
         InMemoryEdge {
             offset,
-            kind,
+            kind: kind.into(),
             target: target.into(),
             addend,
         }
     }
-}
-
-/// x86-64 CIE: version 1, augmentation "zR", code alignment 1, data alignment -8, return address
-/// column 16 (%rip), FDE pointers pc-relative sdata4; CFA = %rsp + 8, return address at CFA - 8.
-const CIE: [u8; 24] = [
-    20, 0, 0, 0, // length
-    0, 0, 0, 0, // CIE id
-    1, b'z', b'R', 0, // version, augmentation
-    1, 0x78, 16, // code align 1, data align -8 (sleb), RA column 16
-    1, 0x1b, // augmentation data: FDE encoding pcrel|sdata4
-    0x0c, 7, 8, // DW_CFA_def_cfa rsp, 8
-    0x90, 1, // DW_CFA_offset rip, 1 * -8
-    0, 0, // padding (DW_CFA_nop)
-];
-
-/// FDE for the frame-pointer prologue; pc_begin (offset 8) and the CIE pointer (offset 4) are
-/// edges, pc_range (offset 12) is the block size.
-fn frame_pointer_fde(range: u32) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32);
-    v.extend_from_slice(&28u32.to_le_bytes()); // length
-    v.extend_from_slice(&[0; 4]); // CIE pointer
-    v.extend_from_slice(&[0; 4]); // pc_begin
-    v.extend_from_slice(&range.to_le_bytes()); // pc_range
-    v.push(0); // augmentation data length
-    v.extend_from_slice(&[
-        0x41, // DW_CFA_advance_loc 1 (after push %rbp)
-        0x0e, 16, // DW_CFA_def_cfa_offset 16
-        0x86, 2,    // DW_CFA_offset rbp, 2 * -8
-        0x43, // DW_CFA_advance_loc 3 (after mov %rsp, %rbp)
-        0x0d, 6, // DW_CFA_def_cfa_register rbp
-    ]);
-    v.resize(32, 0); // DW_CFA_nop padding
-    v
 }
 
 /// Add an in-memory graph to the link unit, as an explicitly given input.
@@ -224,7 +191,7 @@ pub fn add_graph<'a>(g: &mut LinkGraph<'a>, graph: &'a InMemoryGraph) -> Result<
                     block: b,
                     offset: s.offset,
                 };
-                let id = if s.scope == Scope::Local {
+                let id = if s.visibility == Visibility::Local {
                     let id = g.add_local(def, input);
                     let sym = &mut g.symbols[id.idx()];
                     sym.name = s.name.as_bytes();
@@ -237,7 +204,7 @@ pub fn add_graph<'a>(g: &mut LinkGraph<'a>, graph: &'a InMemoryGraph) -> Result<
                         def,
                         s.size,
                         s.weak,
-                        s.scope,
+                        s.visibility,
                         s.callable,
                         false,
                         input,
@@ -250,71 +217,103 @@ pub fn add_graph<'a>(g: &mut LinkGraph<'a>, graph: &'a InMemoryGraph) -> Result<
     }
     let mut cie: Option<SymbolId> = None;
     for (b, blk, sec_name) in blocks {
-        let size = g.blocks[b.idx()].size();
-        let zero = g.blocks[b.idx()].is_zero_fill();
-        let mut edges = Vec::with_capacity(blk.edges.len());
-        for e in &blk.edges {
-            if zero || u64::from(e.offset) + e.kind.size() as u64 > size {
-                return Err(bad(
-                    sec_name,
-                    Some(e.offset.into()),
-                    format!("edge to {} lies outside its block", e.target),
-                ));
-            }
-            let target = match locals.get(e.target.as_str()) {
-                Some(id) => *id,
-                None => g.global_ref(e.target.as_bytes(), input, false),
-            };
-            edges.push(Edge {
-                offset: e.offset,
-                kind: e.kind,
-                target,
-                addend: e.addend,
-            });
-        }
+        let edges = graph_edges(g, &locals, b, blk, input)
+            .map_err(|(offset, what)| bad(sec_name, offset, what))?;
         g.blocks[b.idx()].edges = edges;
         if blk.frame == Some(FrameDescription::FramePointer) {
-            if size < 4 || size > u32::MAX as u64 || zero {
-                return Err(bad(
-                    sec_name,
-                    None,
-                    "a frame-pointer frame needs a code block of at least 4 bytes".into(),
-                ));
-            }
-            let eh = g.add_section(Section {
-                name: b".eh_frame",
-                prot: MemProt::Read,
-                kind: SectionKind::EhFrame,
-                input,
-                retain: false,
-                elf_index: 0,
-            });
-            let cie = *cie.get_or_insert_with(|| {
-                let cb = g.add_block(eh, Content::Bytes(Cow::Borrowed(&CIE)), 4);
-                g.add_anon(cb, 0, input)
-            });
-            let fde = g.add_block(
-                eh,
-                Content::Bytes(Cow::Owned(frame_pointer_fde(size as u32))),
-                4,
-            );
-            let func = g.add_anon(b, 0, input);
-            g.blocks[fde.idx()].edges = vec![
-                Edge {
-                    offset: 4,
-                    kind: EdgeKind::NegDelta32,
-                    target: cie,
-                    addend: 0,
-                },
-                Edge {
-                    offset: 8,
-                    kind: EdgeKind::Delta32,
-                    target: func,
-                    addend: 0,
-                },
-            ];
-            g.keep_alive.push((b, fde));
+            add_frame_pointer_unwind(g, b, input, &mut cie)
+                .map_err(|what| bad(sec_name, None, what))?;
         }
     }
     Ok(input)
+}
+
+/// The edges of one block, their targets bound to the graph's own symbols first.
+fn graph_edges<'a>(
+    g: &mut LinkGraph<'a>,
+    locals: &FxHashMap<&'a str, SymbolId>,
+    b: BlockId,
+    blk: &'a InMemoryBlock,
+    input: InputId,
+) -> std::result::Result<Vec<Edge>, (Option<u64>, String)> {
+    let size = g.blocks[b.idx()].size();
+    let zero = g.blocks[b.idx()].is_zero_fill();
+    let mut edges = Vec::with_capacity(blk.edges.len());
+    for e in &blk.edges {
+        let Some(info) = g.arch.edge_info(e.kind) else {
+            return Err((
+                Some(e.offset.into()),
+                format!("edge kind {:?} is not a {} kind", e.kind, g.arch.name()),
+            ));
+        };
+        if zero || u64::from(e.offset) + u64::from(info.width) > size {
+            return Err((
+                Some(e.offset.into()),
+                format!("edge to {} lies outside its block", e.target),
+            ));
+        }
+        let target = match locals.get(e.target.as_str()) {
+            Some(id) => *id,
+            None => g.global_ref(e.target.as_bytes(), input, false),
+        };
+        edges.push(Edge {
+            offset: e.offset,
+            kind: e.kind,
+            target,
+            addend: e.addend,
+        });
+    }
+    Ok(edges)
+}
+
+/// The CIE (one per graph, made on first use) and an FDE for a function block that begins
+/// with the architecture's frame-pointer prologue.
+fn add_frame_pointer_unwind(
+    g: &mut LinkGraph,
+    b: BlockId,
+    input: InputId,
+    cie: &mut Option<SymbolId>,
+) -> std::result::Result<(), String> {
+    let unwind = g.arch.frame_pointer_unwind();
+    let kinds = g.arch.eh_frame_kinds();
+    let size = g.blocks[b.idx()].size();
+    if size < unwind.min_function_size
+        || size > u64::from(u32::MAX)
+        || g.blocks[b.idx()].is_zero_fill()
+    {
+        return Err(format!(
+            "a frame-pointer frame needs a code block of at least {} bytes",
+            unwind.min_function_size
+        ));
+    }
+    let eh = g.add_section(Section {
+        name: b".eh_frame",
+        prot: MemProt::Read,
+        kind: SectionKind::EhFrame,
+        input,
+        retain: false,
+        elf_index: 0,
+    });
+    let cie = *cie.get_or_insert_with(|| {
+        let cb = g.add_block(eh, Content::Bytes(Cow::Borrowed(unwind.cie)), 4);
+        g.add_anon(cb, 0, input)
+    });
+    let fde = g.add_block(eh, Content::Bytes(Cow::Owned((unwind.fde)(size as u32))), 4);
+    let func = g.add_anon(b, 0, input);
+    g.blocks[fde.idx()].edges = vec![
+        Edge {
+            offset: unwind.cie_pointer_offset,
+            kind: kinds.cie_pointer,
+            target: cie,
+            addend: 0,
+        },
+        Edge {
+            offset: unwind.pc_begin_offset,
+            kind: kinds.pc_relative_32,
+            target: func,
+            addend: 0,
+        },
+    ];
+    g.keep_alive.push((b, fde));
+    Ok(())
 }

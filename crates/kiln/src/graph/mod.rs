@@ -9,7 +9,7 @@
 
 pub mod builder;
 
-use crate::arch::x86_64::EdgeKind;
+use crate::arch::{Arch, EdgeKind};
 use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
@@ -99,7 +99,7 @@ impl Block<'_> {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub enum Visibility {
     /// Visible to other units and to lookups (STV_DEFAULT, STV_PROTECTED).
     Default,
     /// Global within this unit only (STV_HIDDEN, STV_INTERNAL).
@@ -133,7 +133,7 @@ pub struct Symbol<'a> {
     pub def: SymbolDef,
     pub size: u64,
     pub weak: bool,
-    pub scope: Scope,
+    pub visibility: Visibility,
     pub callable: bool,
     pub tls: bool,
     /// The input that defines it (or first referenced it).
@@ -163,8 +163,10 @@ pub struct InputInfo<'a> {
     pub data: &'a [u8],
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkGraph<'a> {
+    /// The instruction set of every input of the unit.
+    pub arch: &'static dyn Arch,
     pub inputs: Vec<InputInfo<'a>>,
     pub sections: Vec<Section<'a>>,
     pub blocks: Vec<Block<'a>>,
@@ -181,6 +183,28 @@ pub struct LinkGraph<'a> {
 }
 
 impl<'a> LinkGraph<'a> {
+    pub fn new(arch: &'static dyn Arch) -> Self {
+        LinkGraph {
+            arch,
+            inputs: Vec::new(),
+            sections: Vec::new(),
+            blocks: Vec::new(),
+            symbols: Vec::new(),
+            globals: FxHashMap::default(),
+            comdats: FxHashMap::default(),
+            duplicates: Vec::new(),
+            keep_alive: Vec::new(),
+        }
+    }
+
+    /// The table row of an edge kind (every edge of a graph has one: graphs are built with
+    /// kinds of their own architecture).
+    pub fn edge_info(&self, kind: EdgeKind) -> &'static crate::arch::EdgeInfo {
+        self.arch
+            .edge_info(kind)
+            .unwrap_or(&crate::arch::EdgeInfo::KEEP_ALIVE)
+    }
+
     pub fn add_input(&mut self, name: String, explicit: bool) -> InputId {
         self.inputs.push(InputInfo {
             name,
@@ -244,7 +268,7 @@ impl<'a> LinkGraph<'a> {
             def,
             size: 0,
             weak: false,
-            scope: Scope::Local,
+            visibility: Visibility::Local,
             callable: false,
             tls: false,
             input,
@@ -267,7 +291,7 @@ impl<'a> LinkGraph<'a> {
             def: SymbolDef::Undefined,
             size: 0,
             weak: false,
-            scope: Scope::Default,
+            visibility: Visibility::Default,
             callable: false,
             tls: false,
             input,
@@ -288,7 +312,7 @@ impl<'a> LinkGraph<'a> {
         def: SymbolDef,
         size: u64,
         weak: bool,
-        scope: Scope,
+        visibility: Visibility,
         callable: bool,
         tls: bool,
         input: InputId,
@@ -337,8 +361,8 @@ impl<'a> LinkGraph<'a> {
             s.input = input;
         }
         // The most restrictive visibility wins (as in ld).
-        if scope == Scope::Hidden {
-            s.scope = Scope::Hidden;
+        if visibility == Visibility::Hidden {
+            s.visibility = Visibility::Hidden;
         }
         id
     }

@@ -1,11 +1,10 @@
-//! Layout (segments and addresses) and fixups (applying every edge in working memory).
+//! Layout: which blocks go into which segment, in what order, at which address.
 
-use crate::arch::x86_64::{self as arch, EdgeKind};
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::MemProt;
 
-/// One segment of the unit: blocks of one protection, contiguous, page aligned.
+/// One segment of the unit: blocks of one protection, contiguous.
 #[derive(Debug)]
 pub struct SegmentLayout {
     pub prot: MemProt,
@@ -28,6 +27,8 @@ pub struct TlsLayout {
 pub struct Layout {
     pub segments: Vec<SegmentLayout>,
     pub tls: Option<TlsLayout>,
+    /// Bytes from the first segment's start to the last one's end, page aligned (for a unit in
+    /// a reservation of its own; 0 for a unit in slabs).
     pub size: u64,
 }
 
@@ -35,23 +36,47 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Ordering inside a segment: content first, eh_frame records together and their terminator last
-/// among them, the TLS image in one piece, zero fill at the end; otherwise input order.
-fn class(g: &LinkGraph, b: BlockId) -> u8 {
+/// Where a block goes inside its segment. Blocks are ordered by class, then by input order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    /// Ordinary content.
+    Content,
+    /// `.eh_frame` records, together...
+    EhFrame,
+    /// ...and their zero terminator right after them.
+    EhFrameTerminator,
+    /// The TLS image (`.tdata`), in one piece.
+    TlsImage,
+    /// Zero fill, at the end (it needs no working memory).
+    ZeroFill,
+}
+
+fn place_of(g: &LinkGraph, b: BlockId) -> Place {
     let blk = &g.blocks[b.idx()];
-    let sec = &g.sections[blk.section.idx()];
-    match sec.kind {
-        SectionKind::Tls => 3,
-        SectionKind::EhFrame => 1,
-        SectionKind::EhFrameTerminator => 2,
-        _ if blk.is_zero_fill() => 9,
-        _ => 0,
+    match g.sections[blk.section.idx()].kind {
+        SectionKind::Tls => Place::TlsImage,
+        SectionKind::EhFrame => Place::EhFrame,
+        SectionKind::EhFrameTerminator => Place::EhFrameTerminator,
+        _ if blk.is_zero_fill() => Place::ZeroFill,
+        _ => Place::Content,
+    }
+}
+
+/// The protection classes, in the order segments are laid out.
+pub const PROTS: [MemProt; 3] = [MemProt::ReadExec, MemProt::Read, MemProt::ReadWrite];
+
+/// The index of `prot` in [`PROTS`].
+pub fn prot_slot(prot: MemProt) -> usize {
+    match prot {
+        MemProt::ReadExec => 0,
+        MemProt::Read => 1,
+        MemProt::ReadWrite => 2,
     }
 }
 
 /// Assign addresses starting at `base`, segments page aligned and consecutive: the layout of a
 /// unit in a reservation of its own.
-pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
+pub fn layout_at(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
     let mut cursor = base;
     let mut l = layout_with(g, page, &mut |_, size, _| {
         let start = align_up(cursor, page);
@@ -62,8 +87,17 @@ pub fn layout(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
     Ok(l)
 }
 
-/// The protection classes, in the order segments are laid out.
-pub const PROTS: [MemProt; 3] = [MemProt::ReadExec, MemProt::Read, MemProt::ReadWrite];
+/// A segment's blocks at offsets from its start, before the start is known.
+struct Planned {
+    blocks: Vec<(Place, BlockId)>,
+    offsets: Vec<u64>,
+    /// The largest alignment of its blocks: the start must be aligned to it.
+    align: u64,
+    size: u64,
+    content_size: u64,
+    /// Offset of the TLS image in the segment, if it has one.
+    tls_image: Option<u64>,
+}
 
 /// Assign addresses: for each non-empty protection class (index into [`PROTS`]), `place` is
 /// asked for the start of a range of `size` bytes aligned to `align`.
@@ -72,105 +106,39 @@ pub fn layout_with(
     page: u64,
     place: &mut dyn FnMut(usize, u64, u64) -> Result<u64>,
 ) -> Result<Layout> {
-    let mut per: [Vec<(u8, BlockId)>; 3] = Default::default();
-    let mut tbss: Vec<BlockId> = Vec::new();
-    for i in 0..g.blocks.len() {
-        let b = BlockId(i as u32);
-        let blk = &g.blocks[i];
-        if !blk.live {
-            continue;
-        }
-        let sec = &g.sections[blk.section.idx()];
-        if sec.kind == SectionKind::Tls && blk.is_zero_fill() {
-            tbss.push(b);
-            continue;
-        }
-        let slot = PROTS.iter().position(|p| *p == sec.prot).unwrap_or(1);
-        per[slot].push((class(g, b), b));
-    }
+    let (per_prot, tbss) = blocks_by_prot(g);
     let mut segments = Vec::new();
     let mut tls = TlsLayout {
         align: 1,
         ..Default::default()
     };
-    let mut has_tls = !tbss.is_empty();
-    let mut image_rel = 0u64;
-    for (slot, list) in per.iter_mut().enumerate() {
-        if list.is_empty() {
+    for (slot, blocks) in per_prot.into_iter().enumerate() {
+        if blocks.is_empty() {
             continue;
         }
-        list.sort_by_key(|(c, b)| (*c, *b));
-        // Offsets relative to a start aligned to `align`, the largest alignment in the class.
-        let mut align = 1u64;
-        let mut rel: Vec<u64> = Vec::with_capacity(list.len());
-        let mut cursor = 0u64;
-        let mut content_end = 0u64;
-        let mut tls_started = false;
-        for &(c, b) in list.iter() {
-            let balign = g.blocks[b.idx()].align;
-            align = align.max(balign);
-            if c == 3 {
-                tls.align = tls.align.max(balign);
-                if !tls_started {
-                    // The image starts at a page-aligned offset so that offsets in it are
-                    // offsets in every thread's block whatever the TLS alignment.
-                    tls_started = true;
-                    has_tls = true;
-                    let a = 4096.min(page);
-                    align = align.max(a);
-                    cursor = align_up(cursor, a);
-                    image_rel = cursor;
-                }
-            }
-            cursor = align_up(cursor, balign);
-            rel.push(cursor);
-            let size = g.blocks[b.idx()].size();
-            cursor = cursor
-                .checked_add(size)
-                .filter(|c| *c < (1 << 40))
-                .ok_or_else(|| Error::Usage("the unit is too large to lay out".into()))?;
-            if c == 3 {
-                tls.image_size = cursor - image_rel;
-            }
-            if c != 9 {
-                content_end = cursor;
-            }
-        }
-        let start = place(slot, cursor, align)?;
-        for (&(c, b), r) in list.iter().zip(rel) {
+        let plan = plan_segment(g, blocks, page, &mut tls)?;
+        let start = place(slot, plan.size, plan.align)?;
+        for (&(p, b), off) in plan.blocks.iter().zip(&plan.offsets) {
             let blk = &mut g.blocks[b.idx()];
-            blk.addr = start + r;
-            if c == 3 {
-                blk.tls_offset = r - image_rel;
+            blk.addr = start + off;
+            if let (Place::TlsImage, Some(image)) = (p, plan.tls_image) {
+                blk.tls_offset = off - image;
             }
         }
-        if tls_started {
-            tls.image_addr = start + image_rel;
+        if let Some(image) = plan.tls_image {
+            tls.image_addr = start + image;
         }
         segments.push(SegmentLayout {
             prot: PROTS[slot],
             addr: start,
-            content_size: content_end,
-            zero_size: cursor - content_end,
-            blocks: list.iter().map(|(_, b)| *b).collect(),
+            content_size: plan.content_size,
+            zero_size: plan.size - plan.content_size,
+            blocks: plan.blocks.iter().map(|(_, b)| *b).collect(),
         });
     }
+    let has_tls = segments_hold_tls(g);
     if has_tls {
-        let mut off = tls.image_size;
-        for b in tbss {
-            let blk = &mut g.blocks[b.idx()];
-            tls.align = tls.align.max(blk.align);
-            off = align_up(off, blk.align);
-            blk.tls_offset = off;
-            off += blk.size();
-        }
-        tls.block_size = align_up(off.max(1), tls.align);
-        if tls.align > page {
-            return Err(Error::Usage(format!(
-                "TLS alignment {} is larger than a page",
-                tls.align
-            )));
-        }
+        layout_tbss(g, &tbss, &mut tls, page)?;
     }
     Ok(Layout {
         segments,
@@ -179,166 +147,98 @@ pub fn layout_with(
     })
 }
 
-/// Values a fixup needs besides the symbol.
-pub struct FixupContext {
-    pub got_base: u64,
-    pub tls_module: u64,
-    /// Offset of the unit's TLS block from the thread pointer, when it lives in static TLS.
-    pub tp_offset: Option<i64>,
-}
-
-/// Apply every edge of every live block into new working memory, one buffer per segment.
-pub fn apply_fixups(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Result<Vec<Vec<u8>>> {
-    let mut out: Vec<Vec<u8>> = layout
-        .segments
-        .iter()
-        .map(|s| vec![0u8; s.content_size as usize])
-        .collect();
-    let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| b.as_mut_slice()).collect();
-    apply_fixups_into(g, layout, ctx, &mut bufs)?;
-    Ok(out)
-}
-
-/// Apply every edge of every live block into `bufs`, one per segment (at least `content_size`
-/// long; what lies beyond is left alone).
-pub fn apply_fixups_into(
-    g: &LinkGraph,
-    layout: &Layout,
-    ctx: &FixupContext,
-    bufs: &mut [&mut [u8]],
-) -> Result<()> {
-    for (seg, buf) in layout.segments.iter().zip(bufs.iter_mut()) {
-        if (buf.len() as u64) < seg.content_size {
-            return Err(Error::Usage(
-                "internal: working memory smaller than its segment".into(),
-            ));
-        }
-        for &b in &seg.blocks {
-            let blk = &g.blocks[b.idx()];
-            if blk.is_zero_fill() {
-                continue;
-            }
-            let start = (blk.addr - seg.addr) as usize;
-            fixup_block(g, b, &mut buf[start..], ctx)?;
-        }
-    }
-    Ok(())
-}
-
-/// The unit's TLS image (`.tdata` blocks, fixed up), for a static TLS request. Needs no thread
-/// pointer offset: TLS data does not refer to TLS offsets.
-pub fn tls_image(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Result<Vec<u8>> {
-    let Some(t) = &layout.tls else {
-        return Ok(Vec::new());
-    };
-    let mut buf = vec![0u8; t.image_size as usize];
-    for seg in &layout.segments {
-        for &b in &seg.blocks {
-            let blk = &g.blocks[b.idx()];
-            if g.sections[blk.section.idx()].kind == SectionKind::Tls && !blk.is_zero_fill() {
-                let start = (blk.addr - t.image_addr) as usize;
-                fixup_block(g, b, &mut buf[start..], ctx)?;
-            }
-        }
-    }
-    Ok(buf)
-}
-
-/// Copy block `b` to the start of `dst` and apply its edges there.
-fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) -> Result<()> {
-    let blk = &g.blocks[b.idx()];
-    let Content::Bytes(bytes) = &blk.content else {
-        return Ok(());
-    };
-    let dst = &mut dst[..bytes.len()];
-    dst.copy_from_slice(bytes);
-    for e in &blk.edges {
-        if e.kind == EdgeKind::KeepAlive {
+/// Live blocks per protection class, sorted as they will be laid out; `.tbss` blocks apart
+/// (they occupy no memory of the unit: only each thread's TLS block).
+fn blocks_by_prot(g: &LinkGraph) -> ([Vec<(Place, BlockId)>; 3], Vec<BlockId>) {
+    let mut per: [Vec<(Place, BlockId)>; 3] = Default::default();
+    let mut tbss = Vec::new();
+    for (i, blk) in g.blocks.iter().enumerate() {
+        let b = BlockId(i as u32);
+        if !blk.live {
             continue;
         }
-        let s = target_value(g, e, ctx).map_err(|why| fixup_error(g, b, e, why))?;
-        let p = blk.addr + e.offset as u64;
-        arch::apply(e.kind, dst, e.offset as usize, p, s, e.addend, ctx.got_base).map_err(|r| {
-            fixup_error(
-                g,
-                b,
-                e,
-                format!(
-                    "value {:#x} (target {s:#x}, addend {}, at {p:#x}) does not fit in {}",
-                    r.value, e.addend, r.bits
-                ),
-            )
-        })?;
+        let sec = &g.sections[blk.section.idx()];
+        if sec.kind == SectionKind::Tls && blk.is_zero_fill() {
+            tbss.push(b);
+            continue;
+        }
+        per[prot_slot(sec.prot)].push((place_of(g, b), b));
+    }
+    for list in &mut per {
+        list.sort_by_key(|(p, b)| (*p, *b));
+    }
+    (per, tbss)
+}
+
+/// Whether the unit has thread-local storage (`.tdata` or `.tbss` blocks).
+fn segments_hold_tls(g: &LinkGraph) -> bool {
+    g.blocks
+        .iter()
+        .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::Tls)
+}
+
+/// Offsets of a segment's blocks from its (aligned) start.
+fn plan_segment(
+    g: &LinkGraph,
+    blocks: Vec<(Place, BlockId)>,
+    page: u64,
+    tls: &mut TlsLayout,
+) -> Result<Planned> {
+    let mut p = Planned {
+        offsets: Vec::with_capacity(blocks.len()),
+        blocks,
+        align: 1,
+        size: 0,
+        content_size: 0,
+        tls_image: None,
+    };
+    for &(place, b) in &p.blocks {
+        let blk = &g.blocks[b.idx()];
+        p.align = p.align.max(blk.align);
+        if place == Place::TlsImage {
+            tls.align = tls.align.max(blk.align);
+            if p.tls_image.is_none() {
+                // The image starts at a page-aligned offset so that offsets in it are offsets
+                // in every thread's block whatever the TLS alignment.
+                let a = 4096.min(page);
+                p.align = p.align.max(a);
+                p.size = align_up(p.size, a);
+                p.tls_image = Some(p.size);
+            }
+        }
+        p.size = align_up(p.size, blk.align);
+        p.offsets.push(p.size);
+        p.size = p
+            .size
+            .checked_add(blk.size())
+            .filter(|c| *c < (1 << 40))
+            .ok_or_else(|| Error::Usage("the unit is too large to lay out".into()))?;
+        if let Some(image) = p.tls_image.filter(|_| place == Place::TlsImage) {
+            tls.image_size = p.size - image;
+        }
+        if place != Place::ZeroFill {
+            p.content_size = p.size;
+        }
+    }
+    Ok(p)
+}
+
+/// `.tbss` follows the TLS image in each thread's block.
+fn layout_tbss(g: &mut LinkGraph, tbss: &[BlockId], tls: &mut TlsLayout, page: u64) -> Result<()> {
+    let mut off = tls.image_size;
+    for &b in tbss {
+        let blk = &mut g.blocks[b.idx()];
+        tls.align = tls.align.max(blk.align);
+        off = align_up(off, blk.align);
+        blk.tls_offset = off;
+        off += blk.size();
+    }
+    tls.block_size = align_up(off.max(1), tls.align);
+    if tls.align > page {
+        return Err(Error::Usage(format!(
+            "TLS alignment {} is larger than a page",
+            tls.align
+        )));
     }
     Ok(())
-}
-
-fn target_value(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> std::result::Result<u64, String> {
-    let s = &g.symbols[e.target.idx()];
-    match e.kind {
-        EdgeKind::TlsModule64 => return Ok(ctx.tls_module),
-        EdgeKind::Size32 | EdgeKind::Size64 => return Ok(s.size),
-        EdgeKind::DtpOff32 | EdgeKind::DtpOff64 => {
-            return match s.def {
-                SymbolDef::Defined { block, offset } => {
-                    Ok(g.blocks[block.idx()].tls_offset + offset)
-                }
-                SymbolDef::Absolute(0) => Ok(0),
-                _ => Err("thread-local symbol is not defined in this unit".into()),
-            }
-        }
-        EdgeKind::TpOff32 | EdgeKind::TpOff64 | EdgeKind::TlsDescToLocalExec => {
-            let tp = ctx
-                .tp_offset
-                .ok_or("the unit has no static TLS block (internal error)")?;
-            return match s.def {
-                SymbolDef::Defined { block, offset } => {
-                    Ok((tp + (g.blocks[block.idx()].tls_offset + offset) as i64) as u64)
-                }
-                SymbolDef::Absolute(v) if s.tls => Ok((tp + v as i64) as u64),
-                _ => Err(
-                    "thread-local symbol is not defined in this unit (local-exec and \
-                          initial-exec references to host TLS are not supported)"
-                        .into(),
-                ),
-            };
-        }
-        EdgeKind::TlsDescCallToNop => return Ok(0),
-        _ => {}
-    }
-    match s.def {
-        SymbolDef::Defined { block, offset } => {
-            let blk = &g.blocks[block.idx()];
-            if g.sections[blk.section.idx()].kind == SectionKind::Tls {
-                return Err("a thread-local symbol is referenced by a non-TLS relocation".into());
-            }
-            Ok(blk.addr + offset)
-        }
-        SymbolDef::Absolute(a) => Ok(a),
-        SymbolDef::Discarded => Err("the target lies in a discarded section (a duplicate COMDAT group, or a section kiln does not load)".into()),
-        SymbolDef::Undefined | SymbolDef::Common { .. } => Err("the target is undefined".into()),
-    }
-}
-
-fn fixup_error(g: &LinkGraph, b: BlockId, e: &Edge, mut why: String) -> Error {
-    let host =
-        matches!(g.symbols[e.target.idx()].def, SymbolDef::Absolute(a) if a > u32::MAX as u64);
-    if host && matches!(e.kind, EdgeKind::Pointer32 | EdgeKind::Pointer32Signed) {
-        why.push_str(
-            "; non-PIE code reaches this host symbol with an absolute 32-bit address, which would \
-             need a copy relocation (a JIT cannot make one): compile with -fPIE or -fPIC",
-        );
-    }
-    let sec = g.section_of(b);
-    let blk = &g.blocks[b.idx()];
-    Error::Fixup(format!(
-        "{}: section {}, offset {:#x} (address {:#x}): {} ({:?}) fixup to {}: {why}",
-        g.input_name(sec.input),
-        String::from_utf8_lossy(sec.name),
-        e.offset,
-        blk.addr + e.offset as u64,
-        e.kind.elf_name(),
-        e.kind,
-        g.name_of(e.target),
-    ))
 }

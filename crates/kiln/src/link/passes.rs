@@ -1,14 +1,17 @@
 //! Passes over the graph, in the order `link::link` runs them.
 
-use crate::arch::x86_64::{self as arch, EdgeKind};
+use crate::arch::{Template, TemplateTarget};
 use crate::graph::*;
 use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 
+/// The name of the input that owns what the linker makes itself.
+pub const LINKER_INPUT: &str = "<kiln>";
+
 /// A synthetic input for what the linker makes itself.
-pub fn kiln_input(g: &mut LinkGraph) -> InputId {
-    g.add_input("<kiln>".into(), false)
+pub fn linker_input(g: &mut LinkGraph) -> InputId {
+    g.add_input(LINKER_INPUT.into(), false)
 }
 
 fn synth_section<'a>(
@@ -40,7 +43,7 @@ fn define_hidden<'a>(
         SymbolDef::Defined { block, offset: 0 },
         0,
         false,
-        Scope::Hidden,
+        Visibility::Hidden,
         callable,
         false,
         input,
@@ -58,14 +61,18 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 ///   unit is removed, via `__cxa_finalize`);
 /// - `atexit`, `at_quick_exit`, `pthread_atfork`: glibc keeps these in libc_nonshared.a, not in
 ///   libc.so.6; as there, each passes the unit's `__dso_handle` on;
-/// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT.
+/// - rustc's allocator shim, when Rust objects need it;
+/// - `_TLS_MODULE_BASE_`;
+/// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT, defined whether or not an input
+///   references it (check expressions and link maps may name it).
 ///
-/// Returns (the `__dso_handle` symbol, the GOT block).
+/// Names the linker makes up live in `names`, which lives as long as the graph.
 pub fn synthesize_runtime<'a>(
     g: &mut LinkGraph<'a>,
     input: InputId,
     allow: Option<&rustc_hash::FxHashSet<String>>,
-) -> (SymbolId, BlockId) {
+    names: &'a bumpalo::Bump,
+) -> Runtime {
     let data = synth_section(
         g,
         b".data.kiln.dso_handle",
@@ -79,68 +86,79 @@ pub fn synthesize_runtime<'a>(
     } else {
         g.add_anon(dso_block, 0, input)
     };
-    // (symbol, callee, code, offset of the call's displacement)
-    type TailCall = (&'static [u8], &'static [u8], &'static [u8], u32);
-    let tail_calls: [TailCall; 3] = [
-        (b"atexit", b"__cxa_atexit", &arch::DSO_TAIL_CALL, 10),
-        (
-            b"at_quick_exit",
-            b"__cxa_at_quick_exit",
-            &arch::DSO_TAIL_CALL,
-            10,
-        ),
-        (
-            b"pthread_atfork",
-            b"__register_atfork",
-            &arch::ATFORK_TAIL_CALL,
-            8,
-        ),
+    let templates = g.arch.templates();
+    let tail_calls: [(&'static [u8], &'static [u8], &Template); 3] = [
+        (b"atexit", b"__cxa_atexit", &templates.atexit),
+        (b"at_quick_exit", b"__cxa_at_quick_exit", &templates.atexit),
+        (b"pthread_atfork", b"__register_atfork", &templates.atfork),
     ];
-    for (name, callee, code, call_at) in tail_calls {
+    for (name, callee, template) in tail_calls {
         let allowed = allow.is_none_or(|a| a.contains(std::str::from_utf8(name).unwrap_or("")));
-        if !is_undefined(g, name) || !allowed {
-            continue;
+        if is_undefined(g, name) && allowed {
+            let b = instantiate(g, template, b".text.kiln", dso, callee, input);
+            define_hidden(g, name, b, input, true);
         }
-        let text = synth_section(
-            g,
-            b".text.kiln",
-            MemProt::ReadExec,
-            SectionKind::Regular,
-            input,
-        );
-        let b = g.add_block(text, Content::Bytes(Cow::Borrowed(code)), 16);
-        let callee = g.global_ref(callee, input, false);
-        g.blocks[b.idx()].edges = vec![
-            Edge {
-                offset: 3,
-                kind: EdgeKind::Delta32,
-                target: dso,
-                addend: -4,
-            },
-            Edge {
-                offset: call_at,
-                kind: EdgeKind::BranchPCRel32,
-                target: callee,
-                addend: -4,
-            },
-        ];
-        define_hidden(g, name, b, input, true);
     }
-    synthesize_rust_allocator_shim(g, input);
+    synthesize_rust_allocator_shim(g, input, names);
     // The start of the unit's TLS block, for local-dynamic code using TLS descriptors.
     if is_undefined(g, b"_TLS_MODULE_BASE_") {
         let id = g.globals[&b"_TLS_MODULE_BASE_"[..]];
         let s = &mut g.symbols[id.idx()];
         s.def = SymbolDef::Absolute(0);
         s.tls = true;
-        s.scope = Scope::Hidden;
+        s.visibility = Visibility::Hidden;
     }
     let got_sec = synth_section(g, b".got", MemProt::Read, SectionKind::Got, input);
     let got = g.add_block(got_sec, Content::Bytes(Cow::Owned(Vec::new())), 8);
-    if is_undefined(g, b"_GLOBAL_OFFSET_TABLE_") {
+    let got_defined = g
+        .globals
+        .get(&b"_GLOBAL_OFFSET_TABLE_"[..])
+        .is_some_and(|id| g.symbols[id.idx()].def != SymbolDef::Undefined);
+    if !got_defined {
         define_hidden(g, b"_GLOBAL_OFFSET_TABLE_", got, input, false);
     }
-    (dso, got)
+    Runtime { dso, got }
+}
+
+/// What [`synthesize_runtime`] made that later passes need.
+pub struct Runtime {
+    /// The unit's `__dso_handle`.
+    pub dso: SymbolId,
+    /// The unit's GOT block (filled by the table pass).
+    pub got: BlockId,
+}
+
+/// A block of `template`'s code in a new executable section, its edges bound to the unit's
+/// `__dso_handle` and to `callee`.
+fn instantiate<'a>(
+    g: &mut LinkGraph<'a>,
+    template: &Template,
+    section: &'static [u8],
+    dso: SymbolId,
+    callee: &'a [u8],
+    input: InputId,
+) -> BlockId {
+    let text = synth_section(g, section, MemProt::ReadExec, SectionKind::Regular, input);
+    let b = g.add_block(
+        text,
+        Content::Bytes(Cow::Borrowed(template.code)),
+        template.align,
+    );
+    let callee = g.global_ref(callee, input, false);
+    g.blocks[b.idx()].edges = template
+        .edges
+        .iter()
+        .map(|e| Edge {
+            offset: e.offset,
+            kind: e.kind,
+            target: match e.target {
+                TemplateTarget::DsoHandle => dso,
+                TemplateTarget::Callee => callee,
+            },
+            addend: e.addend,
+        })
+        .collect();
+    b
 }
 
 /// rustc writes the global allocator's shim (`__rust_alloc` → `__rdl_alloc`, …) only when it
@@ -148,7 +166,11 @@ pub fn synthesize_runtime<'a>(
 /// sysroot's rlibs reference it without a definition. Kiln writes it as a native link would for
 /// the default (System) allocator: each `__rust_X` tail-calls `__rdl_X` under the same mangling
 /// prefix, and `__rust_no_alloc_shim_is_unstable_v2` is an empty function.
-fn synthesize_rust_allocator_shim(g: &mut LinkGraph, input: InputId) {
+fn synthesize_rust_allocator_shim<'a>(
+    g: &mut LinkGraph<'a>,
+    input: InputId,
+    names: &'a bumpalo::Bump,
+) {
     let undefined: Vec<SymbolId> = g
         .globals
         .values()
@@ -156,23 +178,25 @@ fn synthesize_rust_allocator_shim(g: &mut LinkGraph, input: InputId) {
         .filter(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
         .collect();
     for id in undefined {
-        let name = g.symbols[id.idx()].name;
-        let Some(text) = std::str::from_utf8(name).ok() else {
+        let Some(text) = std::str::from_utf8(g.symbols[id.idx()].name).ok() else {
             continue;
         };
-        // `_RNv<crate>7___rustc<N>___rust_alloc`, or plain `__rust_alloc` (older rustc).
-        let (prefix, base) = match text.rfind("___rust_") {
-            Some(i) if text.starts_with("_RNv") => {
-                let digits = text[..i].trim_end_matches(|c: char| c.is_ascii_digit());
-                (digits, &text[i + 1..])
-            }
-            _ if text.starts_with("__rust_") => ("", text),
-            _ => continue,
+        let Some((prefix, base)) = rust_allocator_symbol(text) else {
+            continue;
         };
-        let code: Vec<u8>;
-        let mut edges = Vec::new();
-        if base == "__rust_no_alloc_shim_is_unstable_v2" {
-            code = vec![0xc3]; // ret
+        let b = if base == "__rust_no_alloc_shim_is_unstable_v2" {
+            let sec = synth_section(
+                g,
+                b".text.kiln.rust_alloc",
+                MemProt::ReadExec,
+                SectionKind::Regular,
+                input,
+            );
+            g.add_block(
+                sec,
+                Content::Bytes(Cow::Borrowed(g.arch.templates().ret)),
+                16,
+            )
         } else {
             let Some(what) = base
                 .strip_prefix("__rust_")
@@ -186,30 +210,28 @@ fn synthesize_rust_allocator_shim(g: &mut LinkGraph, input: InputId) {
             } else {
                 format!("{prefix}{}_{target}", target.len())
             };
-            let target: &'static [u8] = Box::leak(target.into_bytes().into_boxed_slice());
-            let t = g.global_ref(target, input, false);
-            code = vec![0xe9, 0, 0, 0, 0]; // jmp __rdl_X
-            edges.push(Edge {
-                offset: 1,
-                kind: EdgeKind::BranchPCRel32,
-                target: t,
-                addend: -4,
-            });
-        }
-        let sec = synth_section(
-            g,
-            b".text.kiln.rust_alloc",
-            MemProt::ReadExec,
-            SectionKind::Regular,
-            input,
-        );
-        let b = g.add_block(sec, Content::Bytes(Cow::Owned(code)), 16);
-        g.blocks[b.idx()].edges = edges;
+            let target: &'a [u8] = names.alloc_slice_copy(target.as_bytes());
+            let jump = &g.arch.templates().jump;
+            instantiate(g, jump, b".text.kiln.rust_alloc", id, target, input)
+        };
         g.symbols[id.idx()].def = SymbolDef::Defined {
             block: b,
             offset: 0,
         };
-        g.symbols[id.idx()].scope = Scope::Hidden;
+        g.symbols[id.idx()].visibility = Visibility::Hidden;
+    }
+}
+
+/// `(mangling prefix, __rust_X)` of an allocator shim symbol: `_RNv<crate>7___rustc<N>___rust_alloc`,
+/// or plain `__rust_alloc` (older rustc).
+fn rust_allocator_symbol(text: &str) -> Option<(&str, &str)> {
+    match text.rfind("___rust_") {
+        Some(i) if text.starts_with("_RNv") => {
+            let digits = text[..i].trim_end_matches(|c: char| c.is_ascii_digit());
+            Some((digits, &text[i + 1..]))
+        }
+        _ if text.starts_with("__rust_") => Some(("", text)),
+        _ => None,
     }
 }
 
@@ -243,7 +265,8 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
     if frags.is_empty() {
         return;
     }
-    let mut code = arch::INIT_PROLOGUE.to_vec();
+    let templates = g.arch.templates();
+    let mut code = templates.init_prologue.to_vec();
     let mut edges = Vec::new();
     let mut moved: FxHashMap<BlockId, u64> = FxHashMap::default();
     for &b in &frags {
@@ -262,7 +285,7 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
         g.sections[s].retain = false;
         g.sections[s].kind = SectionKind::Regular;
     }
-    code.extend_from_slice(&arch::INIT_EPILOGUE);
+    code.extend_from_slice(templates.init_epilogue);
     let name: &'static [u8] = if kind == SectionKind::Init {
         b".init"
     } else {
@@ -310,7 +333,7 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId]) -> usize {
     }
     let mut roots: Vec<SymbolId> = extra_roots.to_vec();
     for (i, s) in g.symbols.iter().enumerate() {
-        if s.scope == Scope::Default
+        if s.visibility == Visibility::Default
             && !s.name.is_empty()
             && g.inputs.get(s.input.idx()).is_some_and(|inp| inp.explicit)
         {
@@ -352,252 +375,22 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId]) -> usize {
     live
 }
 
-/// Counts for `--show-stats`.
-#[derive(Debug, Default, Clone)]
-pub struct GotStats {
-    pub got_entries: usize,
-    pub stubs: usize,
-    pub loads_relaxed: usize,
-    pub calls_direct: usize,
-    pub tls_pairs: usize,
-}
-
-/// Which GOT entry and which stub serve which target symbol: (target, entry or stub symbol).
-#[derive(Debug, Default, Clone)]
-pub struct GotTables {
-    pub got: Vec<(SymbolId, SymbolId)>,
-    pub stubs: Vec<(SymbolId, SymbolId)>,
-    /// (resolver, writable slot its result goes to) for each IFUNC.
-    pub ifunc_slots: Vec<(SymbolId, SymbolId)>,
-}
-
-/// Whether every address of `[lo, hi)` reaches `t` with a signed 32-bit displacement (with a
-/// margin for addends).
-pub fn reaches(lo: u64, hi: u64, t: u64) -> bool {
-    const LIMIT: i128 = (1 << 31) - (1 << 20);
-    let d1 = t as i128 - lo as i128;
-    let d2 = t as i128 - hi as i128;
-    d1.abs() < LIMIT && d2.abs() < LIMIT
-}
-
-/// An upper bound of the bytes the GOT and stubs can take, before addresses are known.
-pub fn got_upper_bound(g: &LinkGraph) -> u64 {
-    let mut n = 0u64;
-    for b in g.blocks.iter().filter(|b| b.live) {
-        for e in &b.edges {
-            n += match e.kind {
-                EdgeKind::GotDelta32
-                | EdgeKind::GotDelta32Relaxable { .. }
-                | EdgeKind::GotDelta64
-                | EdgeKind::GotOffset64 => 8,
-                EdgeKind::BranchPCRel32 => 16,
-                EdgeKind::TlsGdDelta32 | EdgeKind::TlsLdDelta32 => 16,
-                EdgeKind::GotTpOffDelta32 => 8,
-                _ => 0,
-            };
-        }
-    }
-    n
-}
-
-/// Build GOT entries, stubs and TLS pairs now that the unit's address range `[lo, hi)` is known,
-/// and rewrite edges to them. A call whose target is in range goes direct (no stub); a
-/// relaxable GOT load of an in-range target becomes a `lea` (no GOT entry). Out-of-range targets
-/// always keep the indirection: relaxing those would be a miscompile.
-pub fn build_got_and_stubs(
-    g: &mut LinkGraph,
-    got: BlockId,
-    input: InputId,
-    lo: u64,
-    hi: u64,
-) -> (GotStats, GotTables) {
-    let mut st = GotStats::default();
-    let mut entries: Vec<(Option<SymbolId>, EdgeKind)> = Vec::new(); // (target, kind of word)
-    let mut got_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
-    let mut gd_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
-    let mut ld_pair: Option<SymbolId> = None;
-    let mut tpoff_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
-    let mut stub_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
-    let mut stub_targets: Vec<SymbolId> = Vec::new();
-    let stub_sec = g.add_section(Section {
-        name: b".kiln.stubs",
-        prot: MemProt::ReadExec,
-        kind: SectionKind::Stubs,
-        input,
-        retain: false,
-        elf_index: 0,
-    });
-    let stub_block = g.add_block(stub_sec, Content::Bytes(Cow::Owned(Vec::new())), 16);
-
-    let in_range = |g: &LinkGraph, t: SymbolId| -> bool {
-        match g.symbols[t.idx()].def {
-            SymbolDef::Defined { .. } => true,
-            SymbolDef::Absolute(a) => reaches(lo, hi, a),
-            _ => false,
-        }
-    };
-    let mut got_entry = |g: &mut LinkGraph,
-                         entries: &mut Vec<(Option<SymbolId>, EdgeKind)>,
-                         t: SymbolId|
-     -> SymbolId {
-        *got_of.entry(t).or_insert_with(|| {
-            entries.push((Some(t), EdgeKind::Pointer64));
-            g.add_anon(got, (entries.len() as u64 - 1) * 8, input)
-        })
-    };
-    // IFUNCs: every reference goes through a writable slot that the resolver's result fills at
-    // finalize, and the stub that jumps through it is the function's canonical address.
-    let mut ifunc_slot_of: FxHashMap<SymbolId, SymbolId> = FxHashMap::default();
-    let mut ifunc_slots: Vec<(SymbolId, SymbolId)> = Vec::new();
-    let ifunc_sec = g.add_section(Section {
-        name: b".got.ifunc",
-        prot: MemProt::ReadWrite,
-        kind: SectionKind::Regular,
-        input,
-        retain: false,
-        elf_index: 0,
-    });
-    for bi in 0..g.blocks.len() {
-        if !g.blocks[bi].live {
-            continue;
-        }
-        for ei in 0..g.blocks[bi].edges.len() {
-            let e = g.blocks[bi].edges[ei];
-            let t = e.target;
-            if g.symbols[t.idx()].ifunc && e.kind != EdgeKind::KeepAlive {
-                let slot = *ifunc_slot_of.entry(t).or_insert_with(|| {
-                    let b = g.add_block(ifunc_sec, Content::Zero(8), 8);
-                    g.blocks[b.idx()].live = true;
-                    let slot = g.add_anon(b, 0, input);
-                    ifunc_slots.push((t, slot));
-                    slot
-                });
-                let stub = *stub_of.entry(t).or_insert_with(|| {
-                    stub_targets.push(slot);
-                    g.add_anon(stub_block, (stub_targets.len() as u64 - 1) * 8, input)
-                });
-                let (kind, target) = match e.kind {
-                    EdgeKind::GotDelta32 | EdgeKind::GotDelta32Relaxable { .. } => {
-                        (EdgeKind::Delta32, slot)
-                    }
-                    EdgeKind::GotDelta64 => (EdgeKind::Delta64, slot),
-                    EdgeKind::GotOffset64 => (EdgeKind::DeltaFromGot64, slot),
-                    k => (k, stub),
-                };
-                let e = &mut g.blocks[bi].edges[ei];
-                e.kind = kind;
-                e.target = target;
-                continue;
-            }
-            let new = match e.kind {
-                EdgeKind::GotDelta32 => Some((EdgeKind::Delta32, got_entry(g, &mut entries, t))),
-                EdgeKind::GotDelta64 => Some((EdgeKind::Delta64, got_entry(g, &mut entries, t))),
-                EdgeKind::GotOffset64 => {
-                    Some((EdgeKind::DeltaFromGot64, got_entry(g, &mut entries, t)))
-                }
-                EdgeKind::GotDelta32Relaxable { rex } => {
-                    let relaxable = in_range(g, t)
-                        && !g.symbols[t.idx()].tls
-                        && match &g.blocks[bi].content {
-                            Content::Bytes(c) => {
-                                arch::can_relax_got_load(c, e.offset as usize, rex)
-                            }
-                            Content::Zero(_) => false,
-                        };
-                    if relaxable {
-                        st.loads_relaxed += 1;
-                        Some((EdgeKind::GotLoadRelaxed { rex }, t))
-                    } else {
-                        Some((EdgeKind::Delta32, got_entry(g, &mut entries, t)))
-                    }
-                }
-                EdgeKind::BranchPCRel32 => {
-                    if in_range(g, t) {
-                        if matches!(g.symbols[t.idx()].def, SymbolDef::Absolute(_)) {
-                            st.calls_direct += 1;
-                        }
-                        None
-                    } else {
-                        tracing::debug!("call to {} is out of range: through a stub", g.name_of(t));
-                        let ge = got_entry(g, &mut entries, t);
-                        let stub = *stub_of.entry(t).or_insert_with(|| {
-                            stub_targets.push(ge);
-                            g.add_anon(stub_block, (stub_targets.len() as u64 - 1) * 8, input)
-                        });
-                        Some((EdgeKind::BranchPCRel32, stub))
-                    }
-                }
-                EdgeKind::TlsGdDelta32 => {
-                    let pair = *gd_of.entry(t).or_insert_with(|| {
-                        entries.push((None, EdgeKind::TlsModule64));
-                        entries.push((Some(t), EdgeKind::DtpOff64));
-                        g.add_anon(got, (entries.len() as u64 - 2) * 8, input)
-                    });
-                    Some((EdgeKind::Delta32, pair))
-                }
-                EdgeKind::GotTpOffDelta32 => {
-                    let entry = *tpoff_of.entry(t).or_insert_with(|| {
-                        entries.push((Some(t), EdgeKind::TpOff64));
-                        g.add_anon(got, (entries.len() as u64 - 1) * 8, input)
-                    });
-                    Some((EdgeKind::Delta32, entry))
-                }
-                EdgeKind::TlsLdDelta32 => {
-                    let pair = *ld_pair.get_or_insert_with(|| {
-                        entries.push((None, EdgeKind::TlsModule64));
-                        entries.push((None, EdgeKind::KeepAlive));
-                        g.add_anon(got, (entries.len() as u64 - 2) * 8, input)
-                    });
-                    Some((EdgeKind::Delta32, pair))
-                }
-                _ => None,
-            };
-            if let Some((kind, target)) = new {
-                let e = &mut g.blocks[bi].edges[ei];
-                e.kind = kind;
-                e.target = target;
-            }
-        }
-    }
-    let tables = GotTables {
-        got: got_of.iter().map(|(t, e)| (*t, *e)).collect(),
-        stubs: stub_of.iter().map(|(t, s)| (*t, *s)).collect(),
-        ifunc_slots,
-    };
-    st.got_entries = got_of.len();
-    st.tls_pairs = gd_of.len() + usize::from(ld_pair.is_some());
-    st.got_entries += tpoff_of.len();
-    st.stubs = stub_targets.len();
-    let zero = g.add_local(SymbolDef::Absolute(0), input);
-    let got_edges: Vec<Edge> = entries
+/// The zero word that ends the unit's `.eh_frame`, if it has one.
+pub fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
+    let any = g
+        .blocks
         .iter()
-        .enumerate()
-        .filter(|(_, (_, k))| *k != EdgeKind::KeepAlive)
-        .map(|(i, (t, k))| Edge {
-            offset: (i * 8) as u32,
-            kind: *k,
-            target: t.unwrap_or(zero),
-            addend: 0,
-        })
-        .collect();
-    let gb = &mut g.blocks[got.idx()];
-    gb.content = Content::Bytes(Cow::Owned(vec![0; entries.len() * 8]));
-    gb.edges = got_edges;
-    gb.live = true;
-    let mut stub_bytes = Vec::with_capacity(stub_targets.len() * 8);
-    let mut stub_edges = Vec::with_capacity(stub_targets.len());
-    for (i, ge) in stub_targets.iter().enumerate() {
-        stub_bytes.extend_from_slice(&arch::STUB);
-        stub_edges.push(Edge {
-            offset: (i * 8) as u32 + arch::STUB_FIXUP_OFFSET,
-            kind: EdgeKind::Delta32,
-            target: *ge,
-            addend: -4,
+        .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
+    if any {
+        let s = g.add_section(Section {
+            name: b".eh_frame",
+            prot: MemProt::Read,
+            kind: SectionKind::EhFrameTerminator,
+            input,
+            retain: true,
+            elf_index: 0,
         });
+        let b = g.add_block(s, Content::Bytes(Cow::Borrowed(&[0, 0, 0, 0])), 4);
+        g.blocks[b.idx()].live = true;
     }
-    let sb = &mut g.blocks[stub_block.idx()];
-    sb.content = Content::Bytes(Cow::Owned(stub_bytes));
-    sb.edges = stub_edges;
-    sb.live = !stub_targets.is_empty();
-    (st, tables)
 }

@@ -2,7 +2,7 @@
 
 use crate::elf::archive::Archive;
 use crate::elf::object::parse_object;
-use crate::error::{Error, Result};
+use crate::error::{DuplicateSymbol, Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
 use kiln_target::{Executor, ExecutorAddr, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -20,7 +20,10 @@ pub fn load_archive_members<'a>(g: &mut LinkGraph<'a>, archives: &mut [Archive<'
         while i < g.symbols.len() {
             let s = &g.symbols[i];
             i += 1;
-            if s.def != SymbolDef::Undefined || s.only_weak_refs || s.scope == Scope::Local {
+            if s.def != SymbolDef::Undefined
+                || s.only_weak_refs
+                || s.visibility == Visibility::Local
+            {
                 continue;
             }
             let name = s.name;
@@ -44,16 +47,16 @@ pub fn check_duplicates(g: &LinkGraph) -> Result<()> {
     if g.duplicates.is_empty() {
         return Ok(());
     }
-    let mut msg = String::from("duplicate symbols:");
-    for (sym, a, b) in &g.duplicates {
-        msg.push_str(&format!(
-            "\n  {} is defined in {} and in {}",
-            g.name_of(*sym),
-            g.input_name(*a),
-            g.input_name(*b)
-        ));
-    }
-    Err(Error::Resolve(msg))
+    Err(Error::Duplicate(
+        g.duplicates
+            .iter()
+            .map(|(sym, a, b)| DuplicateSymbol {
+                name: g.name_of(*sym),
+                first: g.input_name(*a).to_string(),
+                second: g.input_name(*b).to_string(),
+            })
+            .collect(),
+    ))
 }
 
 /// Where symbols outside the unit come from, in order.
@@ -80,7 +83,10 @@ pub fn resolve_externals(
     // Symbols that only the linker's own glue references (e.g. `__cxa_atexit` behind the unit's
     // `atexit`) are exempt from the allow-list: the glue exists only if its own name was allowed.
     let mut by_input = vec![false; g.symbols.len()];
-    let kiln_input = g.inputs.iter().position(|i| i.name == "<kiln>");
+    let kiln_input = g
+        .inputs
+        .iter()
+        .position(|i| i.name == super::passes::LINKER_INPUT);
     for b in g.blocks.iter().filter(|b| b.live) {
         let from_input = Some(g.sections[b.section.idx()].input.idx()) != kiln_input;
         for e in &b.edges {
@@ -153,49 +159,31 @@ pub fn resolve_externals(
     if errors.is_empty() && disallowed.is_empty() && tls_outside.is_empty() {
         return Ok(wanted.len());
     }
-    let mut msg = String::new();
-    let list = |msg: &mut String, head: &str, ids: &[SymbolId]| {
-        if ids.is_empty() {
-            return;
-        }
-        if !msg.is_empty() {
-            msg.push('\n');
-        }
-        msg.push_str(head);
-        for id in ids {
-            msg.push_str(&format!(
-                "\n  {} (referenced by {})",
-                g.name_of(*id),
-                referrers(g, *id)
-            ));
-        }
+    let refs = |ids: &[SymbolId]| -> Vec<SymbolReference> {
+        ids.iter()
+            .map(|id| SymbolReference {
+                name: g.name_of(*id),
+                referenced_by: referrers(g, *id),
+            })
+            .collect()
     };
-    list(&mut msg, "undefined symbols:", &errors);
-    list(&mut msg, "symbols not on the allow-list:", &disallowed);
-    list(
-        &mut msg,
-        "thread-local symbols defined outside the JIT'd code (not supported):",
-        &tls_outside,
-    );
-    Err(Error::Resolve(msg))
+    Err(Error::Unresolved(Unresolved {
+        undefined: refs(&errors),
+        not_allowed: refs(&disallowed),
+        foreign_tls: refs(&tls_outside),
+    }))
 }
 
-/// The inputs whose live code references `id`, for messages.
-pub fn referrers(g: &LinkGraph, id: SymbolId) -> String {
-    let mut names: Vec<&str> = Vec::new();
+/// The inputs whose live code references `id`.
+pub fn referrers(g: &LinkGraph, id: SymbolId) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
     for b in g.blocks.iter().filter(|b| b.live) {
         if b.edges.iter().any(|e| e.target == id) {
             let n = g.input_name(g.sections[b.section.idx()].input);
-            if !names.contains(&n) {
-                names.push(n);
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
             }
         }
     }
-    let more = names.len().saturating_sub(5);
-    names.truncate(5);
-    let mut s = names.join(", ");
-    if more > 0 {
-        s.push_str(&format!(" and {more} more"));
-    }
-    s
+    names
 }

@@ -1,0 +1,330 @@
+//! GOT entries, stubs and TLS pairs, built once the unit's address range is known.
+//!
+//! A call whose target is in range goes direct (no stub); a relaxable GOT load of an in-range
+//! target becomes a `lea` (no GOT entry). Out-of-range targets always keep the indirection:
+//! relaxing those would be a miscompile. IFUNCs: every reference goes through a writable slot
+//! that the resolver's result fills at finalize, and the stub that jumps through it is the
+//! function's canonical address.
+
+use super::templates::STUB;
+use super::EdgeKind::{self, *};
+use crate::arch::{TableContext, TableStats, Tables};
+use crate::graph::*;
+use kiln_target::MemProt;
+use rustc_hash::FxHashMap;
+use std::borrow::Cow;
+
+/// An upper bound of the bytes of GOT entries and stubs an edge of this kind can need.
+pub(super) fn bytes_upper_bound(kind: EdgeKind) -> u64 {
+    match kind {
+        GotDelta32 | GotDelta32Relaxable { .. } | GotDelta64 | GotOffset64 | GotTpOffDelta32 => 8,
+        // A GOT entry and a stub.
+        BranchPCRel32 => 8 + STUB.len() as u64,
+        // A `{module, offset}` pair.
+        TlsGdDelta32 | TlsLdDelta32 => 16,
+        _ => 0,
+    }
+}
+
+/// Build the tables for every live edge of `g` that needs one, and rewrite those edges.
+pub(super) fn build(g: &mut LinkGraph, cx: &TableContext) -> Tables {
+    let mut b = Builder::new(g, cx);
+    for bi in 0..b.g.blocks.len() {
+        if !b.g.blocks[bi].live {
+            continue;
+        }
+        for ei in 0..b.g.blocks[bi].edges.len() {
+            let e = b.g.blocks[bi].edges[ei];
+            let crate::arch::EdgeKind::X86_64(kind) = e.kind else {
+                continue;
+            };
+            let rewritten = if b.g.symbols[e.target.idx()].ifunc {
+                Some(b.through_ifunc_slot(kind, e.target))
+            } else {
+                b.rewrite(BlockId(bi as u32), &e, kind)
+            };
+            if let Some((kind, target)) = rewritten {
+                let edge = &mut b.g.blocks[bi].edges[ei];
+                edge.kind = kind.into();
+                edge.target = target;
+            }
+        }
+    }
+    b.finish()
+}
+
+/// What a GOT word holds.
+#[derive(Copy, Clone)]
+enum GotWord {
+    /// An edge of this kind to the target fills it.
+    Value(EdgeKind, SymbolId),
+    /// The unit's TLS module value.
+    TlsModule,
+    /// Zero (the offset half of the local-dynamic pair).
+    Zero,
+}
+
+struct Builder<'g, 'a> {
+    g: &'g mut LinkGraph<'a>,
+    cx: &'g TableContext,
+    got_words: Vec<GotWord>,
+    /// Target → its GOT entry (holding its address).
+    got_of: FxHashMap<SymbolId, SymbolId>,
+    /// Target → its `{module, offset}` pair.
+    gd_of: FxHashMap<SymbolId, SymbolId>,
+    /// The unit's `{module, 0}` pair.
+    ld_pair: Option<SymbolId>,
+    /// Target → its GOT entry holding `S - TP`.
+    tpoff_of: FxHashMap<SymbolId, SymbolId>,
+    /// Target → its stub.
+    stub_of: FxHashMap<SymbolId, SymbolId>,
+    /// Per stub, the GOT entry (or IFUNC slot) it jumps through.
+    stub_slots: Vec<SymbolId>,
+    stub_block: BlockId,
+    ifunc_section: SectionId,
+    /// IFUNC resolver → its slot.
+    ifunc_slot_of: FxHashMap<SymbolId, SymbolId>,
+    ifunc_slots: Vec<(SymbolId, SymbolId)>,
+    stats: TableStats,
+}
+
+impl<'g, 'a> Builder<'g, 'a> {
+    fn new(g: &'g mut LinkGraph<'a>, cx: &'g TableContext) -> Self {
+        let linker_section = |g: &mut LinkGraph<'a>, name: &'static [u8], prot, kind| {
+            g.add_section(Section {
+                name,
+                prot,
+                kind,
+                input: cx.linker_input,
+                retain: false,
+                elf_index: 0,
+            })
+        };
+        let stubs = linker_section(g, b".kiln.stubs", MemProt::ReadExec, SectionKind::Stubs);
+        let stub_block = g.add_block(stubs, Content::Bytes(Cow::Owned(Vec::new())), 16);
+        let ifunc_section =
+            linker_section(g, b".got.ifunc", MemProt::ReadWrite, SectionKind::Regular);
+        Builder {
+            g,
+            cx,
+            got_words: Vec::new(),
+            got_of: FxHashMap::default(),
+            gd_of: FxHashMap::default(),
+            ld_pair: None,
+            tpoff_of: FxHashMap::default(),
+            stub_of: FxHashMap::default(),
+            stub_slots: Vec::new(),
+            stub_block,
+            ifunc_section,
+            ifunc_slot_of: FxHashMap::default(),
+            ifunc_slots: Vec::new(),
+            stats: TableStats::default(),
+        }
+    }
+
+    /// Whether every byte of the unit reaches `t` with a 32-bit displacement.
+    fn in_range(&self, t: SymbolId) -> bool {
+        match self.g.symbols[t.idx()].def {
+            SymbolDef::Defined { .. } => true,
+            SymbolDef::Absolute(a) => {
+                let reach = i128::from(super::PC_RELATIVE_32_REACH);
+                let (lo, hi, t) = (
+                    i128::from(self.cx.lo),
+                    i128::from(self.cx.hi),
+                    i128::from(a),
+                );
+                (t - lo).abs() < reach && (t - hi).abs() < reach
+            }
+            _ => false,
+        }
+    }
+
+    /// Append words to the GOT; returns a symbol at the first.
+    fn push_got(&mut self, words: &[GotWord]) -> SymbolId {
+        let at = self.got_words.len() as u64 * 8;
+        self.got_words.extend_from_slice(words);
+        self.g.add_anon(self.cx.got, at, self.cx.linker_input)
+    }
+
+    fn got_entry(&mut self, t: SymbolId) -> SymbolId {
+        if let Some(&e) = self.got_of.get(&t) {
+            return e;
+        }
+        let e = self.push_got(&[GotWord::Value(Pointer64, t)]);
+        self.got_of.insert(t, e);
+        e
+    }
+
+    /// A stub for `target`, jumping through `slot`.
+    fn stub(&mut self, target: SymbolId, slot: SymbolId) -> SymbolId {
+        if let Some(&s) = self.stub_of.get(&target) {
+            return s;
+        }
+        let at = self.stub_slots.len() as u64 * STUB.len() as u64;
+        self.stub_slots.push(slot);
+        let s = self.g.add_anon(self.stub_block, at, self.cx.linker_input);
+        self.stub_of.insert(target, s);
+        s
+    }
+
+    /// Every reference to an IFUNC goes through its slot (data references) or the stub that
+    /// jumps through it (calls and address-taken code references).
+    fn through_ifunc_slot(&mut self, kind: EdgeKind, resolver: SymbolId) -> (EdgeKind, SymbolId) {
+        let slot = match self.ifunc_slot_of.get(&resolver) {
+            Some(&s) => s,
+            None => {
+                let b = self.g.add_block(self.ifunc_section, Content::Zero(8), 8);
+                self.g.blocks[b.idx()].live = true;
+                let slot = self.g.add_anon(b, 0, self.cx.linker_input);
+                self.ifunc_slots.push((resolver, slot));
+                self.ifunc_slot_of.insert(resolver, slot);
+                slot
+            }
+        };
+        let stub = self.stub(resolver, slot);
+        match kind {
+            GotDelta32 | GotDelta32Relaxable { .. } => (Delta32, slot),
+            GotDelta64 => (Delta64, slot),
+            GotOffset64 => (DeltaFromGot64, slot),
+            k => (k, stub),
+        }
+    }
+
+    /// The edge's new kind and target, if it goes through a table.
+    fn rewrite(
+        &mut self,
+        block: BlockId,
+        e: &Edge,
+        kind: EdgeKind,
+    ) -> Option<(EdgeKind, SymbolId)> {
+        let t = e.target;
+        match kind {
+            GotDelta32 => Some((Delta32, self.got_entry(t))),
+            GotDelta64 => Some((Delta64, self.got_entry(t))),
+            GotOffset64 => Some((DeltaFromGot64, self.got_entry(t))),
+            GotDelta32Relaxable { rex } => Some(self.relax_or_got(block, e.offset, t, rex)),
+            BranchPCRel32 => self.call(t),
+            TlsGdDelta32 => Some((Delta32, self.gd_pair(t))),
+            GotTpOffDelta32 => Some((Delta32, self.tpoff_entry(t))),
+            TlsLdDelta32 => Some((Delta32, self.ld_pair())),
+            _ => None,
+        }
+    }
+
+    fn relax_or_got(
+        &mut self,
+        block: BlockId,
+        off: u32,
+        t: SymbolId,
+        rex: bool,
+    ) -> (EdgeKind, SymbolId) {
+        let shape_ok = match &self.g.blocks[block.idx()].content {
+            Content::Bytes(c) => super::relocs::can_relax_got_load(c, off as usize, rex),
+            Content::Zero(_) => false,
+        };
+        if self.in_range(t) && !self.g.symbols[t.idx()].tls && shape_ok {
+            self.stats.loads_relaxed += 1;
+            (GotLoadRelaxed { rex }, t)
+        } else {
+            (Delta32, self.got_entry(t))
+        }
+    }
+
+    /// A call: direct in range, else through a stub and a GOT entry.
+    fn call(&mut self, t: SymbolId) -> Option<(EdgeKind, SymbolId)> {
+        if self.in_range(t) {
+            if matches!(self.g.symbols[t.idx()].def, SymbolDef::Absolute(_)) {
+                self.stats.calls_direct += 1;
+            }
+            return None;
+        }
+        tracing::debug!(
+            "call to {} is out of range: through a stub",
+            self.g.name_of(t)
+        );
+        let entry = self.got_entry(t);
+        Some((BranchPCRel32, self.stub(t, entry)))
+    }
+
+    fn gd_pair(&mut self, t: SymbolId) -> SymbolId {
+        if let Some(&p) = self.gd_of.get(&t) {
+            return p;
+        }
+        let p = self.push_got(&[GotWord::TlsModule, GotWord::Value(DtpOff64, t)]);
+        self.gd_of.insert(t, p);
+        p
+    }
+
+    fn ld_pair(&mut self) -> SymbolId {
+        if let Some(p) = self.ld_pair {
+            return p;
+        }
+        let p = self.push_got(&[GotWord::TlsModule, GotWord::Zero]);
+        self.ld_pair = Some(p);
+        p
+    }
+
+    fn tpoff_entry(&mut self, t: SymbolId) -> SymbolId {
+        if let Some(&e) = self.tpoff_of.get(&t) {
+            return e;
+        }
+        let e = self.push_got(&[GotWord::Value(TpOff64, t)]);
+        self.tpoff_of.insert(t, e);
+        e
+    }
+
+    /// Fill the GOT and stub blocks with their bytes and edges.
+    fn finish(self) -> Tables {
+        let Builder { g, cx, .. } = self;
+        let zero = g.add_local(SymbolDef::Absolute(0), cx.linker_input);
+        let got_edges: Vec<Edge> = self
+            .got_words
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let (kind, target) = match *w {
+                    GotWord::Value(k, t) => (k, t),
+                    GotWord::TlsModule => (TlsModule64, zero),
+                    GotWord::Zero => return None,
+                };
+                Some(Edge {
+                    offset: (i * 8) as u32,
+                    kind: kind.into(),
+                    target,
+                    addend: 0,
+                })
+            })
+            .collect();
+        let got = &mut g.blocks[cx.got.idx()];
+        got.content = Content::Bytes(Cow::Owned(vec![0; self.got_words.len() * 8]));
+        got.edges = got_edges;
+        got.live = true;
+        let mut stub_bytes = Vec::with_capacity(self.stub_slots.len() * STUB.len());
+        let mut stub_edges = Vec::with_capacity(self.stub_slots.len());
+        for slot in &self.stub_slots {
+            stub_edges.push(Edge {
+                offset: stub_bytes.len() as u32 + super::templates::STUB_FIXUP_OFFSET,
+                kind: Delta32.into(),
+                target: *slot,
+                addend: -4,
+            });
+            stub_bytes.extend_from_slice(&STUB);
+        }
+        let stubs = &mut g.blocks[self.stub_block.idx()];
+        stubs.content = Content::Bytes(Cow::Owned(stub_bytes));
+        stubs.edges = stub_edges;
+        stubs.live = !self.stub_slots.is_empty();
+        let stats = TableStats {
+            got_entries: self.got_of.len() + self.tpoff_of.len(),
+            stubs: self.stub_slots.len(),
+            tls_pairs: self.gd_of.len() + usize::from(self.ld_pair.is_some()),
+            ..self.stats
+        };
+        Tables {
+            got: self.got_of.into_iter().collect(),
+            stubs: self.stub_of.into_iter().collect(),
+            ifunc_slots: self.ifunc_slots,
+            stats,
+        }
+    }
+}

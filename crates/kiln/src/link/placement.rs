@@ -1,0 +1,152 @@
+//! Where a unit may be placed, and how much room it needs, before addresses are known.
+//!
+//! Code reaches host symbols with 32-bit PC-relative displacements (gcc's default PIE code
+//! reaches `stderr` with PC32), so the unit must lie within reach of them. References with a
+//! fallback (calls through a stub, loads through the GOT) only make a placement nicer; those
+//! without one constrain it.
+
+use super::layout::{prot_slot, PROTS};
+use crate::arch::Reach;
+use crate::error::{Error, Result};
+use crate::graph::*;
+use kiln_target::Placement;
+
+/// The lowest and highest address of host symbols (absolute, non-zero targets) that live edges
+/// reach with the given reach class.
+fn host_targets(g: &LinkGraph, reach: Reach) -> Option<(u64, u64)> {
+    let mut range: Option<(u64, u64)> = None;
+    for e in g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges) {
+        let SymbolDef::Absolute(a) = g.symbols[e.target.idx()].def else {
+            continue;
+        };
+        if a != 0 && g.edge_info(e.kind).reach == reach {
+            range = Some(range.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a))));
+        }
+    }
+    range
+}
+
+/// Whether live code addresses the unit's own symbols with 32-bit absolute relocations
+/// (non-PIE code): then the unit must sit in the low 2 GiB.
+fn needs_low_2g(g: &LinkGraph) -> bool {
+    g.blocks
+        .iter()
+        .filter(|b| b.live)
+        .flat_map(|b| &b.edges)
+        .any(|e| {
+            g.edge_info(e.kind).reach == Reach::Absolute32
+                && matches!(g.symbols[e.target.idx()].def, SymbolDef::Defined { .. })
+        })
+}
+
+/// The window the unit (of `size` bytes) must lie in so that its 32-bit PC-relative references
+/// to host symbols reach.
+pub fn placement_window(g: &LinkGraph, size: u64) -> Result<Placement> {
+    let reach = g.arch.pc_relative_32_reach();
+    let must = host_targets(g, Reach::PcRelative32);
+    let nice = host_targets(g, Reach::PcRelative32WithFallback);
+    if needs_low_2g(g) {
+        return low_2g_window(must, size, reach);
+    }
+    // The unit lies in [wlo, whi): every byte within `reach` of every target.
+    let window = |(lo, hi): (u64, u64)| -> Option<Placement> {
+        let wlo = hi.saturating_sub(reach);
+        let whi = lo.saturating_add(reach).min(0x7fff_ffff_f000);
+        (whi > wlo && whi - wlo >= size).then_some(Placement::Within { lo: wlo, hi: whi })
+    };
+    let both = match (must, nice) {
+        (Some(m), Some(n)) => Some((m.0.min(n.0), m.1.max(n.1))),
+        (m, n) => m.or(n),
+    };
+    let Some(both) = both else {
+        return Ok(Placement::Anywhere);
+    };
+    if let Some(p) = window(both) {
+        return Ok(p);
+    }
+    // Too spread out for every reference: only those without a fallback must reach.
+    let Some(must) = must else {
+        return Ok(Placement::Anywhere);
+    };
+    window(must).ok_or_else(|| Error::Unsupported {
+        at: Default::default(),
+        what: format!(
+            "the code references host data at {:#x} and {:#x} with 32-bit PC-relative \
+                 relocations; no placement reaches both (they are more than 2 GiB apart)",
+            must.0, must.1
+        ),
+    })
+}
+
+/// Non-PIE code (R_X86_64_32/32S to the unit's own symbols) must sit in the low 2 GiB, and
+/// still reach the host data it addresses PC-relatively.
+fn low_2g_window(must: Option<(u64, u64)>, size: u64, reach: u64) -> Result<Placement> {
+    const LOW: (u64, u64) = (0x10000, 0x8000_0000);
+    let Some(must) = must else {
+        tracing::debug!("non-PIE code: placing the unit in the low 2 GiB");
+        return Ok(Placement::Within {
+            lo: LOW.0,
+            hi: LOW.1,
+        });
+    };
+    let lo = must.1.saturating_sub(reach).max(LOW.0);
+    let hi = must.0.saturating_add(reach).min(LOW.1);
+    if hi > lo && hi - lo >= size {
+        return Ok(Placement::Within { lo, hi });
+    }
+    Err(Error::Unsupported {
+        at: Default::default(),
+        what: format!(
+            "non-PIE code (32-bit absolute relocations) must be placed in the low 2 GiB, but it \
+             also reaches host data at {:#x} with 32-bit PC-relative relocations, which is out \
+             of reach from there (a native link would make a copy relocation): compile with -fPIE",
+            must.0
+        ),
+    })
+}
+
+/// Upper bounds of the bytes (and the alignments) each protection class of the unit needs, GOT
+/// entries and stubs included as if none could be relaxed.
+pub fn class_upper_bounds(g: &LinkGraph, page: u64) -> ([u64; 3], [u64; 3]) {
+    let mut sizes = [0u64; 3];
+    let mut aligns = [1u64; 3];
+    for b in g.blocks.iter().filter(|b| b.live) {
+        let sec = &g.sections[b.section.idx()];
+        if sec.kind == SectionKind::Tls && b.is_zero_fill() {
+            continue;
+        }
+        let r = prot_slot(sec.prot);
+        sizes[r] = sizes[r].saturating_add(b.size()).saturating_add(b.align);
+        aligns[r] = aligns[r].max(b.align);
+        if sec.kind == SectionKind::Tls {
+            aligns[r] = aligns[r].max(4096.min(page));
+            sizes[r] = sizes[r].saturating_add(4096.min(page));
+        }
+    }
+    let tables = table_upper_bound(g);
+    // Stubs go with the code, GOT entries with read-only data.
+    sizes[prot_slot(PROTS[0])] = sizes[0].saturating_add(tables);
+    sizes[prot_slot(PROTS[1])] = sizes[1].saturating_add(tables);
+    (sizes, aligns)
+}
+
+/// An upper bound of the bytes of the whole unit, in one reservation of its own.
+pub fn size_upper_bound(g: &LinkGraph, page: u64) -> u64 {
+    let mut n = 0u64;
+    for b in g.blocks.iter().filter(|b| b.live) {
+        n = n.saturating_add(b.size()).saturating_add(b.align);
+    }
+    // Each segment starts on a page; the TLS image on a page of its own.
+    n.saturating_add(4 * page + 4096)
+        .saturating_add(table_upper_bound(g))
+}
+
+/// An upper bound of the bytes GOT entries and stubs can take, before addresses are known.
+fn table_upper_bound(g: &LinkGraph) -> u64 {
+    g.blocks
+        .iter()
+        .filter(|b| b.live)
+        .flat_map(|b| &b.edges)
+        .map(|e| g.arch.table_bytes_upper_bound(e.kind))
+        .fold(0u64, u64::saturating_add)
+}

@@ -1,0 +1,213 @@
+//! The memory a unit is linked into: a reservation of its own, or ranges of a shared slab. It
+//! releases itself if the link fails, so that no error path leaves memory behind in the
+//! executor.
+
+use super::fixup::{apply_fixups, apply_fixups_into, FixupContext};
+use super::layout::{layout_at, layout_with, Layout};
+use crate::error::{Error, Result};
+use crate::graph::LinkGraph;
+use crate::memory::{SlabAllocator, SlabRange};
+use kiln_target::{Executor, ExecutorAddr, Placement, Segment, SlabId};
+use std::sync::Mutex;
+
+pub(crate) struct UnitMemory<'x> {
+    ex: &'x dyn Executor,
+    place: Place<'x>,
+    /// Set once the unit is finalized: the memory then belongs to it.
+    kept: bool,
+}
+
+enum Place<'x> {
+    Reservation {
+        base: u64,
+        size: u64,
+    },
+    Slab {
+        slabs: &'x Mutex<SlabAllocator>,
+        index: usize,
+        id: SlabId,
+        range: (u64, u64),
+        /// What the unit holds so far.
+        ranges: Vec<SlabRange>,
+    },
+}
+
+impl<'x> UnitMemory<'x> {
+    /// A reservation of `size` bytes of its own, placed as asked.
+    pub fn reserve(ex: &'x dyn Executor, size: u64, placement: Placement) -> Result<Self> {
+        let base = ex.reserve(size, placement)?.0;
+        tracing::debug!("reserved {size:#x} bytes at {base:#x} ({placement:?})");
+        Ok(UnitMemory {
+            ex,
+            place: Place::Reservation { base, size },
+            kept: false,
+        })
+    }
+
+    /// Room in a slab that lies within `placement` and can hold the unit's classes.
+    pub fn in_slab(
+        ex: &'x dyn Executor,
+        slabs: &'x Mutex<SlabAllocator>,
+        placement: Placement,
+        sizes: [u64; 3],
+        aligns: [u64; 3],
+    ) -> Result<Self> {
+        let mut alloc = lock(slabs)?;
+        let index = alloc.slab_for(ex, placement, sizes, aligns)?;
+        let (range, id) = (alloc.range(index), alloc.id(index));
+        drop(alloc);
+        Ok(UnitMemory {
+            ex,
+            place: Place::Slab {
+                slabs,
+                index,
+                id,
+                range,
+                ranges: Vec::new(),
+            },
+            kept: false,
+        })
+    }
+
+    /// Every address of the unit will lie in `[lo, hi)`.
+    pub fn range(&self) -> (u64, u64) {
+        match &self.place {
+            Place::Reservation { base, size } => (*base, base + size),
+            Place::Slab { range, .. } => *range,
+        }
+    }
+
+    pub fn in_slab_memory(&self) -> bool {
+        matches!(self.place, Place::Slab { .. })
+    }
+
+    /// The reservation (base, size) the executor releases with the unit; (0, 0) in a slab.
+    pub fn reservation(&self) -> (ExecutorAddr, u64) {
+        match self.place {
+            Place::Reservation { base, size } => (ExecutorAddr(base), size),
+            Place::Slab { .. } => (ExecutorAddr(0), 0),
+        }
+    }
+
+    /// Assign addresses to the unit's blocks.
+    pub fn layout(&mut self, g: &mut LinkGraph, page: u64) -> Result<Layout> {
+        match &mut self.place {
+            Place::Reservation { base, size } => {
+                let layout = layout_at(g, *base, page)?;
+                if layout.size > *size {
+                    return Err(Error::Internal(format!(
+                        "layout {:#x} exceeds reservation {size:#x}",
+                        layout.size
+                    )));
+                }
+                Ok(layout)
+            }
+            Place::Slab {
+                slabs,
+                index,
+                ranges,
+                ..
+            } => {
+                let mut alloc = lock(slabs)?;
+                layout_with(g, page, &mut |slot, size, align| {
+                    let r = alloc.allocate(*index, slot, size, align)?;
+                    ranges.push(r);
+                    Ok(r.addr.0)
+                })
+            }
+        }
+    }
+
+    /// Apply the fixups into the unit's working memory, then let `read_back` read the final
+    /// bytes (initializer arrays, debug objects, the link map). In a slab the working memory
+    /// is the slab's writable alias; otherwise buffers that travel with the segments.
+    pub fn write<R>(
+        &self,
+        g: &LinkGraph,
+        layout: &Layout,
+        ctx: &FixupContext,
+        read_back: impl Fn(&[&[u8]]) -> R,
+    ) -> Result<(R, Vec<Segment>)> {
+        let Place::Slab { id, .. } = self.place else {
+            let work = apply_fixups(g, layout, ctx)?;
+            let refs: Vec<&[u8]> = work.iter().map(Vec::as_slice).collect();
+            let result = read_back(&refs);
+            let segments = layout
+                .segments
+                .iter()
+                .zip(work)
+                .map(|(s, content)| Segment {
+                    addr: ExecutorAddr(s.addr),
+                    prot: s.prot,
+                    content,
+                    zero_fill: s.zero_size,
+                })
+                .collect();
+            return Ok((result, segments));
+        };
+        let ranges: Vec<(ExecutorAddr, u64)> = layout
+            .segments
+            .iter()
+            .map(|s| (ExecutorAddr(s.addr), s.content_size + s.zero_size))
+            .collect();
+        let mut result = None;
+        self.ex.with_slab_memory(id, &ranges, &mut |bufs| {
+            // The range may hold a removed unit's bytes: zero fill is written, not assumed.
+            for (buf, seg) in bufs.iter_mut().zip(&layout.segments) {
+                if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
+                    tail.fill(0);
+                }
+            }
+            result = Some(apply_fixups_into(g, layout, ctx, bufs).map(|()| {
+                let refs: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+                read_back(&refs)
+            }));
+        })?;
+        let result = result
+            .ok_or_else(|| Error::Internal("the executor did not provide slab memory".into()))??;
+        let segments = layout
+            .segments
+            .iter()
+            .map(|s| Segment {
+                addr: ExecutorAddr(s.addr),
+                prot: s.prot,
+                content: Vec::new(),
+                zero_fill: s.content_size + s.zero_size,
+            })
+            .collect();
+        Ok((result, segments))
+    }
+
+    /// The unit is finalized: its memory is its own now. Returns the slab ranges it holds.
+    pub fn keep(mut self) -> Vec<SlabRange> {
+        self.kept = true;
+        match &mut self.place {
+            Place::Slab { ranges, .. } => std::mem::take(ranges),
+            Place::Reservation { .. } => Vec::new(),
+        }
+    }
+}
+
+impl Drop for UnitMemory<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        match &self.place {
+            Place::Reservation { base, size } => {
+                let _ = self.ex.release(ExecutorAddr(*base), *size);
+            }
+            Place::Slab { slabs, ranges, .. } => {
+                if let Ok(mut alloc) = lock(slabs) {
+                    alloc.free(self.ex, ranges);
+                }
+            }
+        }
+    }
+}
+
+fn lock(slabs: &Mutex<SlabAllocator>) -> Result<std::sync::MutexGuard<'_, SlabAllocator>> {
+    slabs
+        .lock()
+        .map_err(|_| Error::Internal("the slab allocator's lock is poisoned".into()))
+}
