@@ -4,7 +4,7 @@
 use crate::code::{self, FunctionInput, CALL_ADDEND, HOST_CALL_DISP, PREV_CALL_DISP};
 use crate::harness::{mean_us, Jit};
 use kiln::arch::x86_64::EdgeKind;
-use kiln::graph::builder::{FrameDescription, InMemoryEdge, InMemoryGraph};
+use kiln::graph::{FrameDescription, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session, UnitId};
 use std::time::Duration;
 

@@ -672,7 +672,8 @@ fn round_trips(
         None => Arc::new(kiln::InProcessExecutor::new()),
     };
     let counting = Arc::new(Counting::new(inner));
-    let mut s = Session::new(counting.clone());
+    let s = Session::new(counting.clone());
+    s.set_collect_stats(true);
     let warmup = (iterations / 10).max(10);
     let mut out = Loop {
         link_remove_us: Vec::with_capacity(iterations as usize),
@@ -687,10 +688,12 @@ fn round_trips(
         let start = Instant::now();
         s.add_object("tiny.o", tiny.to_vec());
         let u = s.link().context("linking the tiny object")?;
-        let fin = s
-            .stats(u)
-            .and_then(|st| st.phases.iter().find(|(n, _)| *n == "finalize"))
-            .map(|(_, d)| d.as_secs_f64() * 1e6);
+        let fin = s.stats(u).and_then(|st| {
+            st.phases
+                .iter()
+                .find(|(n, _)| *n == "finalize")
+                .map(|(_, d)| d.as_secs_f64() * 1e6)
+        });
         s.remove(u).context("removing the tiny object")?;
         let us = start.elapsed().as_secs_f64() * 1e6;
         if i >= warmup {
@@ -1049,7 +1052,7 @@ fn library_sqlite(a: &BenchArgs, program: &Path, args: &[String], d: &Driver) ->
             };
             let before = vm_rss(&remote)?;
             let counting = Arc::new(Counting::new(inner));
-            let mut s = Session::new(counting.clone());
+            let s = Session::new(counting.clone());
             let t0 = Instant::now();
             s.add_file(a.corpus.join("drivers").join(format!("{}.o", d.name)))?;
             s.add_file(a.corpus.join("archives").join(d.archive))?;

@@ -98,7 +98,7 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     check: Vec<PathBuf>,
     /// The name in check lines: `# NAME: EXPR = EXPR`.
-    #[arg(long, value_name = "NAME", default_value = kiln::check::DEFAULT_CHECK_NAME)]
+    #[arg(long, value_name = "NAME", default_value = kiln::internal::check::DEFAULT_CHECK_NAME)]
     check_name: String,
     /// Only the symbols listed in FILE (one per line, `#` starts a comment) may be bound outside
     /// the linked inputs (libraries, the process, --define); any other reference fails the link
@@ -443,10 +443,10 @@ fn ended(e: &kiln::Error) -> Option<kiln_remote::ExitReport> {
 
 fn run(a: RunArgs) -> Result<i32> {
     let mut remote: Option<Arc<kiln_remote::RemoteExecutor>> = None;
-    // --noexec --slab-address: fake addresses, nothing mapped (see kiln::check::SlabExecutor).
-    let mut s = match (a.noexec, a.slab_address) {
+    // --noexec --slab-address: fake addresses, nothing mapped (see kiln::internal::check::SlabExecutor).
+    let s = match (a.noexec, a.slab_address) {
         (true, Some(base)) => Session::new(Arc::new(
-            kiln::check::SlabExecutor::new(
+            kiln::internal::check::SlabExecutor::new(
                 base,
                 a.slab_page_size.unwrap_or(4096),
                 !a.no_process_symbols,
@@ -463,8 +463,12 @@ fn run(a: RunArgs) -> Result<i32> {
         },
     };
     s.set_want_map(!a.check.is_empty());
-    s.search.dirs = a.lib_dirs.clone();
-    s.search.static_only = a.static_only;
+    // One link: its statistics cost nothing worth saving (--show-stats, --slab-size read them).
+    s.set_collect_stats(true);
+    s.set_library_search(kiln::LibrarySearch {
+        dirs: a.lib_dirs.clone(),
+        static_only: a.static_only,
+    });
     s.set_process_symbols(!a.no_process_symbols);
     s.set_fixed_address(a.slab_address);
     s.set_debug(a.debug.options()?);
@@ -474,10 +478,8 @@ fn run(a: RunArgs) -> Result<i32> {
         let names = text
             .lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        s.set_allow_list(Some(names));
+            .filter(|l| !l.is_empty());
+        s.set_allow_list(names);
     }
     for (n, v) in &a.defines {
         s.define(n.clone(), *v);
@@ -525,7 +527,7 @@ fn run(a: RunArgs) -> Result<i32> {
     }
     if a.noexec {
         // The process exits next: unmapping and deregistering first would be wasted work.
-        std::mem::forget(s);
+        s.detach();
         return match remote {
             Some(ex) => Ok(executor_end(ex.exit(0)?)),
             None => Ok(0),
@@ -538,7 +540,7 @@ fn run(a: RunArgs) -> Result<i32> {
         .and_then(|_| s.run_main(&a.entry, &argv));
     // The session is not dropped: the process exits with the code still mapped, as a native
     // program does, so exit handlers that reference it are safe.
-    std::mem::forget(s);
+    s.detach();
     match (remote, status) {
         (None, status) => Ok(status?),
         // The executor leaves as a native program would; its end is the program's.
@@ -572,7 +574,7 @@ fn run_checks(s: &Session, unit: kiln::UnitId, a: &RunArgs) -> Result<bool> {
     for f in &a.check {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("reading check file {}", f.display()))?;
-        let report = kiln::check::check_unit(
+        let report = kiln::internal::check::check_unit(
             s,
             unit,
             &text,

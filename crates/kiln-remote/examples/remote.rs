@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
     );
 
-    let mut session = Session::new(executor.clone());
+    let session = Session::new(executor.clone());
     session.add_file(&obj)?;
     let unit = session.link()?;
     println!("{}", session.stats(unit).expect("unit exists"));
@@ -67,7 +67,8 @@ fn main() -> anyhow::Result<()> {
         ExitReport::Code(c) => println!("the program exited with {c}"),
         other => println!("the executor ended: {other:?}"),
     }
-    std::mem::forget(session); // its code lived in the executor, which is gone
+    // Its code lived in the executor, which is gone: nothing is left to undo there.
+    session.detach();
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

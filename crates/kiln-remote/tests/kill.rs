@@ -156,7 +156,7 @@ fn killed_before_linking() {
             Some(std::process::id()),
             "the executor pid from the handshake is our child"
         );
-        let mut s = kiln::Session::new(ex.clone());
+        let s = kiln::Session::new(ex.clone());
         s.add_file(&obj).expect("adding the object");
         s.add_root("main");
         kill9(pid);

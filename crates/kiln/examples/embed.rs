@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         .success();
     anyhow::ensure!(ok, "cc failed");
 
-    let mut session = Session::in_process();
+    let session = Session::in_process();
     session.add_file(&obj)?; // objects, archives, .so files or ld scripts
     session.add_library("m")?; // like -lm: follows Debian's libm.so linker script
     let unit = session.link()?;

@@ -192,12 +192,26 @@ pub enum Error {
     /// outside the session's memory.
     #[error("{0}")]
     Usage(String),
+    /// Other live units bind to the unit: remove them first, or remove them with it.
+    #[error("{unit} cannot be removed: {} bind{} to it", units_text(dependents), if dependents.len() == 1 { "s" } else { "" })]
+    HasDependents {
+        unit: crate::UnitId,
+        dependents: Vec<crate::UnitId>,
+    },
+    /// A link in progress (on another thread) binds to the unit; try again when it is done.
+    #[error("{0} is in use by a link in progress")]
+    UnitInUse(crate::UnitId),
     /// Kiln broke one of its own rules: a bug, please report it.
     #[error("internal error (a bug in kiln): {0}")]
     Internal(String),
     /// The executor refused or failed a request.
     #[error(transparent)]
     Target(#[from] kiln_target::Error),
+}
+
+fn units_text(units: &[crate::UnitId]) -> String {
+    let names: Vec<String> = units.iter().map(|u| u.to_string()).collect();
+    list_text(&names)
 }
 
 fn duplicates_text(d: &[DuplicateSymbol]) -> String {

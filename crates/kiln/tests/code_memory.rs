@@ -89,8 +89,8 @@ fn link_remove_cycles_stay_flat() {
 #[test]
 fn patch_running_call_site_through_the_alias() {
     use kiln::arch::x86_64::EdgeKind;
-    use kiln::graph::builder::{InMemoryEdge, InMemoryGraph};
-    let mut s = Session::in_process();
+    use kiln::graph::{InMemoryEdge, InMemoryGraph};
+    let s = Session::in_process();
     s.set_debug(DebugOptions::none());
     let mut g = InMemoryGraph::new("targets");
     g.add_function("ret_one", vec![0xb8, 1, 0, 0, 0, 0xc3], vec![], None); // mov $1, %eax; ret

@@ -4,7 +4,7 @@
 //! final bytes, line table and unwinding data, valgrind discards cover the code, and each sink
 //! is off when asked.
 
-use kiln::link::{link, LinkInput, LinkedUnit};
+use kiln::internal::{link, LinkInput, LinkedUnit, NoSession};
 use kiln::DebugOptions;
 use kiln_target::{Action, ActionPair, ExecutorAddr, SimulatedExecutor};
 use object::elf::{self, FileHeader64};
@@ -76,7 +76,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
             graphs: Vec::new(),
             libraries: &[],
             defines: &defines,
-            prior: &|_| None,
+            session: &NoSession,
             process_symbols: false,
             roots: &["entry".to_string(), "quiet_global".to_string()],
             allow: None,
@@ -102,7 +102,12 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
 
 impl Linked {
     fn addr(&self, name: &str) -> u64 {
-        self.unit.exports[name].0
+        self.unit
+            .exports
+            .iter()
+            .find(|e| &*e.name == name)
+            .unwrap_or_else(|| panic!("{name} is not exported"))
+            .addr
     }
     fn bytes(&self, addr: u64, len: usize) -> &[u8] {
         let (a, m) = self

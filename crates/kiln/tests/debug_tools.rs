@@ -100,7 +100,7 @@ fn child_gdb_removal() {
         return;
     }
     let dir = PathBuf::from(std::env::var(OBJ_DIR).unwrap());
-    let mut s = Session::in_process();
+    let s = Session::in_process();
     s.set_debug(DebugOptions {
         gdb: true,
         ..DebugOptions::none()
@@ -203,7 +203,7 @@ fn child_valgrind_replace() {
         "running_on_valgrind={}",
         kiln_target::debug_sinks::running_on_valgrind()
     );
-    let mut s = Session::in_process();
+    let s = Session::in_process();
     s.set_debug(DebugOptions {
         valgrind: true,
         ..DebugOptions::none()

@@ -5,7 +5,7 @@
 //!
 //! Deterministic: a fixed-seed xorshift generator; a failure names the input and the mutation.
 
-use kiln::link::{link, LinkInput};
+use kiln::internal::{link, LinkInput, NoSession};
 use kiln_target::SimulatedExecutor;
 use rustc_hash::FxHashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -97,7 +97,7 @@ fn link_simulated(
     ex: &SimulatedExecutor,
     objects: &[(&str, &[u8])],
     archives: &[(&str, &[u8])],
-) -> kiln::Result<kiln::LinkedUnit> {
+) -> kiln::Result<kiln::internal::LinkedUnit> {
     link(
         ex,
         LinkInput {
@@ -106,7 +106,7 @@ fn link_simulated(
             archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             libraries: &[],
             defines: &FxHashMap::default(),
-            prior: &|_| None,
+            session: &NoSession,
             process_symbols: false,
             roots: &[],
             allow: None,

@@ -51,7 +51,7 @@ const char *where(void) { return "in a JIT'd unit"; }
 #[test]
 fn link_call_remove_with_wx_and_destructors() {
     let obj = compile("unit", UNIT, &["-fPIC"]);
-    let mut s = Session::in_process();
+    let s = Session::in_process();
     s.define("host_note", host_note as *const () as u64);
     s.add_file(&obj).unwrap();
     let unit = s.link().unwrap();
@@ -101,7 +101,7 @@ fn later_units_see_earlier_ones_and_undefined_are_reported_together() {
         "extern int nope_one(void); extern int nope_two; int use(void) { return nope_one() + nope_two; }",
         &[],
     );
-    let mut s = Session::in_process();
+    let s = Session::in_process();
     s.add_file(&a).unwrap();
     s.link().unwrap();
     s.add_file(&b).unwrap();
@@ -124,8 +124,8 @@ fn later_units_see_earlier_ones_and_undefined_are_reported_together() {
 #[test]
 fn in_memory_graphs_link_call_and_unwind() {
     use kiln::arch::x86_64::EdgeKind;
-    use kiln::graph::builder::{FrameDescription, InMemoryEdge, InMemoryGraph};
-    let mut s = Session::in_process();
+    use kiln::graph::{FrameDescription, InMemoryEdge, InMemoryGraph};
+    let s = Session::in_process();
     // int jit_abs_sum(int a, int b) { return abs(a + b); }  with a frame-pointer prologue.
     let code = vec![
         0x55, // push %rbp

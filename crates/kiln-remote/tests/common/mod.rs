@@ -151,7 +151,7 @@ pub fn spawn_remote(opts: Options) -> kiln_target::Result<RemoteExecutor> {
 
 /// A session on `ex` with `obj` linked (entry `main`) and initializers run.
 pub fn linked(ex: Arc<RemoteExecutor>, obj: &Path) -> Session {
-    let mut s = Session::new(ex);
+    let s = Session::new(ex);
     s.add_file(obj).expect("adding the object");
     s.add_root("main");
     s.link().expect("linking");

@@ -235,14 +235,14 @@ fn fits(v: i128, range: Range, width: u8) -> bool {
 /// A piece of code the linker writes, with its edges: to the unit's `__dso_handle`, or to the
 /// callee the template is instantiated for.
 #[derive(Copy, Clone, Debug)]
-pub struct Template {
+pub(crate) struct Template {
     pub code: &'static [u8],
     pub align: u64,
     pub edges: &'static [TemplateEdge],
 }
 
 #[derive(Copy, Clone, Debug)]
-pub struct TemplateEdge {
+pub(crate) struct TemplateEdge {
     pub offset: u32,
     pub kind: EdgeKind,
     pub target: TemplateTarget,
@@ -250,7 +250,7 @@ pub struct TemplateEdge {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum TemplateTarget {
+pub(crate) enum TemplateTarget {
     /// The unit's `__dso_handle`.
     DsoHandle,
     /// The symbol the template is made for (the callee of a tail call, a jump's target).
@@ -259,7 +259,7 @@ pub enum TemplateTarget {
 
 /// The code the generic passes synthesize.
 #[derive(Copy, Clone, Debug)]
-pub struct Templates {
+pub(crate) struct Templates {
     /// `.init`/`.fini` fragments are concatenated between these (as crti.o and crtn.o frame them).
     pub init_prologue: &'static [u8],
     pub init_epilogue: &'static [u8],
@@ -279,7 +279,7 @@ pub struct Templates {
 /// The edge kinds `.eh_frame` records use, so that the generic splitter and the frame records of
 /// in-memory graphs make the right edges.
 #[derive(Copy, Clone, Debug)]
-pub struct EhFrameKinds {
+pub(crate) struct EhFrameKinds {
     /// An FDE's CIE pointer: `P - S`, 32 bits.
     pub cie_pointer: EdgeKind,
     /// A 32-bit PC-relative pointer (`pcrel | sdata4`).
@@ -291,7 +291,7 @@ pub struct EhFrameKinds {
 /// `cie_pointer_offset`) and pc_begin (at `pc_begin_offset`, [`EhFrameKinds::pc_relative_32`])
 /// are edges, and whose pc_range is the function's size.
 #[derive(Copy, Clone, Debug)]
-pub struct FramePointerUnwind {
+pub(crate) struct FramePointerUnwind {
     pub cie: &'static [u8],
     /// The smallest function the FDE can describe (the prologue's length).
     pub min_function_size: u64,
@@ -302,7 +302,7 @@ pub struct FramePointerUnwind {
 
 /// GOT entries, stubs and other tables built for one unit, for link maps and debug sinks.
 #[derive(Debug, Default, Clone)]
-pub struct Tables {
+pub(crate) struct Tables {
     /// (target, GOT entry symbol)
     pub got: Vec<(SymbolId, SymbolId)>,
     /// (target, stub symbol)
@@ -323,7 +323,7 @@ pub struct TableStats {
 }
 
 /// Where the table pass may put what it makes, and where the unit will be.
-pub struct TableContext {
+pub(crate) struct TableContext {
     /// The unit's GOT block (its section exists; the pass fills it).
     pub got: BlockId,
     /// The input that owns what the linker makes.
@@ -334,13 +334,11 @@ pub struct TableContext {
 }
 
 /// An instruction set and its ELF psABI.
-pub trait Arch: Send + Sync + std::fmt::Debug {
+pub(crate) trait Arch: Send + Sync + std::fmt::Debug {
     /// `x86-64`
     fn name(&self) -> &'static str;
     /// `e_machine` of its ELF objects.
     fn elf_machine(&self) -> u16;
-    /// Bytes of a pointer and of a GOT entry.
-    fn pointer_size(&self) -> u64;
     /// How far a 32-bit PC-relative reference reaches, with the margin kiln keeps for addends:
     /// a target within this distance of every byte of the unit is in reach.
     fn pc_relative_32_reach(&self) -> u64;
@@ -372,7 +370,7 @@ pub trait Arch: Send + Sync + std::fmt::Debug {
 }
 
 /// The architecture of ELF objects with this `e_machine`.
-pub fn for_elf_machine(machine: u16) -> Option<&'static dyn Arch> {
+pub(crate) fn for_elf_machine(machine: u16) -> Option<&'static dyn Arch> {
     match machine {
         m if m == object::elf::EM_X86_64.0 => Some(&x86_64::X86_64),
         _ => None,
@@ -380,7 +378,7 @@ pub fn for_elf_machine(machine: u16) -> Option<&'static dyn Arch> {
 }
 
 /// The architecture of an executor with this target triple (`x86_64-unknown-linux-gnu`).
-pub fn for_triple(triple: &str) -> Option<&'static dyn Arch> {
+pub(crate) fn for_triple(triple: &str) -> Option<&'static dyn Arch> {
     match triple.split('-').next()? {
         "x86_64" => Some(&x86_64::X86_64),
         _ => None,

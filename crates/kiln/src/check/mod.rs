@@ -226,10 +226,9 @@ pub fn check_unit(
             .flatten()
             .map(|a| a.0)
     };
-    Ok(run_checks(
-        &checks,
-        &LinkMapEnv::new(map).with_outside(outside),
-    ))
+    let env = LinkMapEnv::new(&map).with_outside(outside);
+    let report = run_checks(&checks, &env);
+    Ok(report)
 }
 
 #[cfg(test)]

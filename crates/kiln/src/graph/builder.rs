@@ -146,7 +146,7 @@ impl InMemoryEdge {
 }
 
 /// Add an in-memory graph to the link unit, as an explicitly given input.
-pub fn add_graph<'a>(g: &mut LinkGraph<'a>, graph: &'a InMemoryGraph) -> Result<InputId> {
+pub(crate) fn add_graph<'a>(g: &mut LinkGraph<'a>, graph: &'a InMemoryGraph) -> Result<InputId> {
     let input = g.add_input(graph.name.clone(), true);
     let bad = |section: &str, offset: Option<u64>, what: String| {
         Error::malformed(&graph.name, Some(section), offset, what)

@@ -7,7 +7,12 @@
 //! absolute, or common); [`Edge`]s are relocations. Everything is addressed by index newtypes;
 //! input bytes are borrowed for `'a`.
 
-pub mod builder;
+pub(crate) mod builder;
+
+pub use builder::{
+    BlockContent, FrameDescription, InMemoryBlock, InMemoryEdge, InMemoryGraph, InMemorySection,
+    InMemorySymbol,
+};
 
 use crate::arch::{Arch, EdgeKind};
 use kiln_target::MemProt;
@@ -17,10 +22,10 @@ use std::borrow::Cow;
 macro_rules! id {
     ($name:ident) => {
         #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub u32);
+        pub(crate) struct $name(pub u32);
         impl $name {
             #[inline]
-            pub fn idx(self) -> usize {
+            pub(crate) fn idx(self) -> usize {
                 self.0 as usize
             }
         }
@@ -32,10 +37,10 @@ id!(BlockId);
 id!(SymbolId);
 
 /// No init/fini priority given: runs after all prioritised ones.
-pub const NO_PRIORITY: u32 = 65536;
+pub(crate) const NO_PRIORITY: u32 = 65536;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum SectionKind {
+pub(crate) enum SectionKind {
     Regular,
     /// `.tdata` (content) or `.tbss` (zero fill): laid out in the TLS template.
     Tls,
@@ -56,7 +61,7 @@ pub enum SectionKind {
 }
 
 #[derive(Debug)]
-pub struct Section<'a> {
+pub(crate) struct Section<'a> {
     pub name: &'a [u8],
     pub prot: MemProt,
     pub kind: SectionKind,
@@ -68,13 +73,13 @@ pub struct Section<'a> {
 }
 
 #[derive(Debug)]
-pub enum Content<'a> {
+pub(crate) enum Content<'a> {
     Bytes(Cow<'a, [u8]>),
     Zero(u64),
 }
 
 #[derive(Debug)]
-pub struct Block<'a> {
+pub(crate) struct Block<'a> {
     pub section: SectionId,
     pub content: Content<'a>,
     pub align: u64,
@@ -87,13 +92,13 @@ pub struct Block<'a> {
 }
 
 impl Block<'_> {
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         match &self.content {
             Content::Bytes(b) => b.len() as u64,
             Content::Zero(n) => *n,
         }
     }
-    pub fn is_zero_fill(&self) -> bool {
+    pub(crate) fn is_zero_fill(&self) -> bool {
         matches!(self.content, Content::Zero(_))
     }
 }
@@ -109,7 +114,7 @@ pub enum Visibility {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum SymbolDef {
+pub(crate) enum SymbolDef {
     /// Referenced, not (yet) defined.
     Undefined,
     Defined {
@@ -128,7 +133,7 @@ pub enum SymbolDef {
 }
 
 #[derive(Debug)]
-pub struct Symbol<'a> {
+pub(crate) struct Symbol<'a> {
     pub name: &'a [u8],
     pub def: SymbolDef,
     pub size: u64,
@@ -145,7 +150,7 @@ pub struct Symbol<'a> {
 }
 
 #[derive(Copy, Clone, Debug)]
-pub struct Edge {
+pub(crate) struct Edge {
     pub offset: u32,
     pub kind: EdgeKind,
     pub target: SymbolId,
@@ -153,7 +158,7 @@ pub struct Edge {
 }
 
 #[derive(Debug)]
-pub struct InputInfo<'a> {
+pub(crate) struct InputInfo<'a> {
     pub name: String,
     /// Given explicitly (its default-visibility globals are exported roots), rather than an
     /// archive member pulled in on demand.
@@ -164,7 +169,7 @@ pub struct InputInfo<'a> {
 }
 
 #[derive(Debug)]
-pub struct LinkGraph<'a> {
+pub(crate) struct LinkGraph<'a> {
     /// The instruction set of every input of the unit.
     pub arch: &'static dyn Arch,
     pub inputs: Vec<InputInfo<'a>>,
@@ -183,7 +188,7 @@ pub struct LinkGraph<'a> {
 }
 
 impl<'a> LinkGraph<'a> {
-    pub fn new(arch: &'static dyn Arch) -> Self {
+    pub(crate) fn new(arch: &'static dyn Arch) -> Self {
         LinkGraph {
             arch,
             inputs: Vec::new(),
@@ -199,13 +204,13 @@ impl<'a> LinkGraph<'a> {
 
     /// The table row of an edge kind (every edge of a graph has one: graphs are built with
     /// kinds of their own architecture).
-    pub fn edge_info(&self, kind: EdgeKind) -> &'static crate::arch::EdgeInfo {
+    pub(crate) fn edge_info(&self, kind: EdgeKind) -> &'static crate::arch::EdgeInfo {
         self.arch
             .edge_info(kind)
             .unwrap_or(&crate::arch::EdgeInfo::KEEP_ALIVE)
     }
 
-    pub fn add_input(&mut self, name: String, explicit: bool) -> InputId {
+    pub(crate) fn add_input(&mut self, name: String, explicit: bool) -> InputId {
         self.inputs.push(InputInfo {
             name,
             explicit,
@@ -214,18 +219,23 @@ impl<'a> LinkGraph<'a> {
         InputId(self.inputs.len() as u32 - 1)
     }
 
-    pub fn input_name(&self, id: InputId) -> &str {
+    pub(crate) fn input_name(&self, id: InputId) -> &str {
         self.inputs
             .get(id.idx())
             .map_or("<kiln>", |i| i.name.as_str())
     }
 
-    pub fn add_section(&mut self, s: Section<'a>) -> SectionId {
+    pub(crate) fn add_section(&mut self, s: Section<'a>) -> SectionId {
         self.sections.push(s);
         SectionId(self.sections.len() as u32 - 1)
     }
 
-    pub fn add_block(&mut self, section: SectionId, content: Content<'a>, align: u64) -> BlockId {
+    pub(crate) fn add_block(
+        &mut self,
+        section: SectionId,
+        content: Content<'a>,
+        align: u64,
+    ) -> BlockId {
         self.blocks.push(Block {
             section,
             content,
@@ -238,31 +248,27 @@ impl<'a> LinkGraph<'a> {
         BlockId(self.blocks.len() as u32 - 1)
     }
 
-    pub fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
+    pub(crate) fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
         self.symbols.push(s);
         SymbolId(self.symbols.len() as u32 - 1)
     }
 
-    pub fn sym(&self, id: SymbolId) -> &Symbol<'a> {
-        &self.symbols[id.idx()]
-    }
-
-    pub fn section_of(&self, b: BlockId) -> &Section<'a> {
+    pub(crate) fn section_of(&self, b: BlockId) -> &Section<'a> {
         &self.sections[self.blocks[b.idx()].section.idx()]
     }
 
-    pub fn block_input(&self, b: BlockId) -> InputId {
+    pub(crate) fn block_input(&self, b: BlockId) -> InputId {
         self.section_of(b).input
     }
 
     /// A local, anonymous symbol at `offset` in `block`.
-    pub fn add_anon(&mut self, block: BlockId, offset: u64, input: InputId) -> SymbolId {
+    pub(crate) fn add_anon(&mut self, block: BlockId, offset: u64, input: InputId) -> SymbolId {
         self.add_local(SymbolDef::Defined { block, offset }, input)
     }
 
     /// A local, anonymous symbol with the given definition (e.g. `Absolute(0)` for a relocation
     /// that names no symbol).
-    pub fn add_local(&mut self, def: SymbolDef, input: InputId) -> SymbolId {
+    pub(crate) fn add_local(&mut self, def: SymbolDef, input: InputId) -> SymbolId {
         self.add_symbol(Symbol {
             name: b"",
             def,
@@ -278,7 +284,12 @@ impl<'a> LinkGraph<'a> {
     }
 
     /// The global symbol `name`, created undefined if it does not exist yet.
-    pub fn global_ref(&mut self, name: &'a [u8], input: InputId, weak_ref: bool) -> SymbolId {
+    pub(crate) fn global_ref(
+        &mut self,
+        name: &'a [u8],
+        input: InputId,
+        weak_ref: bool,
+    ) -> SymbolId {
         if let Some(&id) = self.globals.get(name) {
             let s = &mut self.symbols[id.idx()];
             if !weak_ref {
@@ -306,7 +317,7 @@ impl<'a> LinkGraph<'a> {
     /// weak one and a COMMON one, the first weak definition is kept, two strong definitions are an
     /// error (recorded in `duplicates`), the largest COMMON wins.
     #[allow(clippy::too_many_arguments)]
-    pub fn define_global(
+    pub(crate) fn define_global(
         &mut self,
         name: &'a [u8],
         def: SymbolDef,
@@ -368,7 +379,7 @@ impl<'a> LinkGraph<'a> {
     }
 
     /// Address of a defined symbol (after layout).
-    pub fn symbol_addr(&self, id: SymbolId) -> Option<u64> {
+    pub(crate) fn symbol_addr(&self, id: SymbolId) -> Option<u64> {
         match self.symbols[id.idx()].def {
             SymbolDef::Defined { block, offset } => Some(self.blocks[block.idx()].addr + offset),
             SymbolDef::Absolute(a) => Some(a),
@@ -376,7 +387,7 @@ impl<'a> LinkGraph<'a> {
         }
     }
 
-    pub fn name_of(&self, id: SymbolId) -> String {
+    pub(crate) fn name_of(&self, id: SymbolId) -> String {
         let s = &self.symbols[id.idx()];
         if s.name.is_empty() {
             match s.def {

@@ -18,6 +18,7 @@ mod stats;
 mod unit_memory;
 
 pub use link_map::{LinkMap, MappedBytes, MappedSection, MappedSymbol, TableEntry};
+pub use resolve::{NoSession, SessionSymbols};
 pub use stats::LinkStats;
 
 use crate::arch::{TableContext, Tables, TargetValue};
@@ -25,6 +26,7 @@ use crate::elf::archive::Archive;
 use crate::elf::object::parse_object;
 use crate::error::{Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
+use crate::session::SymbolKind;
 use fixup::FixupContext;
 use kiln_target::{
     Action, ActionPair, AllocId, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement,
@@ -42,11 +44,11 @@ pub struct LinkInput<'s> {
     /// Archives: members are loaded on demand.
     pub archives: Vec<(String, &'s [u8])>,
     /// Graphs a JIT compiler built in memory.
-    pub graphs: Vec<&'s crate::graph::builder::InMemoryGraph>,
+    pub graphs: Vec<&'s crate::graph::InMemoryGraph>,
     pub libraries: &'s [LibraryId],
     pub defines: &'s FxHashMap<String, u64>,
-    /// Symbols of earlier units (newest definition first); `&|_| None` for none.
-    pub prior: &'s dyn Fn(&str) -> Option<ExecutorAddr>,
+    /// Symbols of the session's live units (`&NoSession` for none).
+    pub session: &'s dyn SessionSymbols,
     pub process_symbols: bool,
     /// Symbols that must be kept (and defined): the entry point, symbols to look up.
     pub roots: &'s [String],
@@ -70,8 +72,8 @@ pub struct LinkInput<'s> {
 #[derive(Debug)]
 pub struct LinkedUnit {
     pub alloc: AllocId,
-    /// Global symbols it defines (any visibility): name → address.
-    pub exports: FxHashMap<String, ExecutorAddr>,
+    /// Global symbols it defines (default and hidden visibility, not thread-local).
+    pub exports: Vec<Export>,
     pub has_initializers: bool,
     pub stats: LinkStats,
     /// Present when [`LinkInput::want_map`] was set.
@@ -91,7 +93,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let mut g = LinkGraph::new(arch);
     let (mut archives, linker, roots) = parse_inputs(&mut g, &input, &names)?;
     t.lap("parse");
-    resolve::load_archive_members(&mut g, &mut archives)?;
+    resolve::load_archive_members(&mut g, &mut archives, input.session)?;
     resolve::check_duplicates(&g)?;
     t.lap("archive members");
     let runtime = passes::synthesize_runtime(&mut g, linker, input.allow, &names);
@@ -144,7 +146,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     t.lap("finalize");
     Ok(LinkedUnit {
         alloc,
-        exports: exports(&g),
+        exports: exports(&g, linker),
         has_initializers,
         map: post.map,
         slab_ranges: memory.keep(),
@@ -201,7 +203,7 @@ fn resolve_externals(
 ) -> Result<usize> {
     let scopes = resolve::ExternalScopes {
         defines: input.defines,
-        prior: input.prior,
+        session: input.session,
         libraries: input.libraries,
         process: input.process_symbols,
         allow: input.allow,
@@ -349,24 +351,48 @@ fn edges_by_kind(g: &LinkGraph) -> Vec<(&'static str, usize)> {
     kinds
 }
 
-fn exports(g: &LinkGraph) -> FxHashMap<String, ExecutorAddr> {
-    let mut out = FxHashMap::default();
+/// A global symbol a unit defines.
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub name: Box<str>,
+    pub addr: u64,
+    pub size: u64,
+    pub kind: SymbolKind,
+    /// Default (or protected) visibility: seen by other scopes.
+    pub exported: bool,
+    pub weak: bool,
+}
+
+/// The unit's global definitions in live blocks. Thread-local symbols have no address a lookup
+/// could use, absolute symbols are host symbols the unit binds to, and what the linker made
+/// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
+/// exported.
+fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
+    let mut out = Vec::new();
     for (name, id) in &g.globals {
         let s = &g.symbols[id.idx()];
-        if s.tls {
+        let SymbolDef::Defined { block, offset } = s.def else {
+            continue;
+        };
+        let skip = s.tls
+            || !g.blocks[block.idx()].live
+            || s.visibility == Visibility::Local
+            || g.block_input(block) == linker;
+        if skip {
             continue;
         }
-        // Absolute symbols are host symbols this unit binds to, not its own definitions.
-        let addr = match s.def {
-            SymbolDef::Defined { block, offset } if g.blocks[block.idx()].live => {
-                g.blocks[block.idx()].addr + offset
-            }
-            _ => continue,
-        };
-        out.insert(
-            String::from_utf8_lossy(name).into_owned(),
-            ExecutorAddr(addr),
-        );
+        out.push(Export {
+            name: String::from_utf8_lossy(name).into(),
+            addr: g.blocks[block.idx()].addr + offset,
+            size: s.size,
+            kind: if s.callable {
+                SymbolKind::Function
+            } else {
+                SymbolKind::Data
+            },
+            exported: s.visibility == Visibility::Default,
+            weak: s.weak,
+        });
     }
     out
 }

@@ -4,13 +4,19 @@ use crate::elf::archive::Archive;
 use crate::elf::object::parse_object;
 use crate::error::{DuplicateSymbol, Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
-use kiln_target::{Executor, ExecutorAddr, LibraryId};
+use kiln_target::{Executor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Load archive members until no strong undefined symbol can be satisfied by one. Like ld's
 /// `--start-group`: the order of archives does not matter, members are loaded only when they
-/// define a symbol that is needed (a weak reference alone does not load a member).
-pub fn load_archive_members<'a>(g: &mut LinkGraph<'a>, archives: &mut [Archive<'a>]) -> Result<()> {
+/// define a symbol that is needed (a weak reference alone does not load a member), and not for
+/// a symbol a live unit of the session defines already (as a shared library already loaded
+/// would satisfy it).
+pub fn load_archive_members<'a>(
+    g: &mut LinkGraph<'a>,
+    archives: &mut [Archive<'a>],
+    session: &dyn SessionSymbols,
+) -> Result<()> {
     if archives.is_empty() {
         return Ok(());
     }
@@ -27,6 +33,9 @@ pub fn load_archive_members<'a>(g: &mut LinkGraph<'a>, archives: &mut [Archive<'
                 continue;
             }
             let name = s.name;
+            if session.defines(name) {
+                continue;
+            }
             for ar in archives.iter_mut() {
                 if let Some((member, data)) = ar.take_member_for(name)? {
                     tracing::debug!("loading {member} for {}", String::from_utf8_lossy(name));
@@ -59,36 +68,51 @@ pub fn check_duplicates(g: &LinkGraph) -> Result<()> {
     ))
 }
 
+/// The symbols of the session's live units, as the unit being linked sees them.
+pub trait SessionSymbols {
+    /// Push, for each name, the address of the definition the new unit binds to, if any. An
+    /// implementation remembers which units it bound to: the new unit depends on them.
+    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>);
+    /// Whether a live unit visible to the new unit defines `name` (nothing is bound).
+    fn defines(&self, name: &[u8]) -> bool;
+}
+
+/// No session: nothing is defined outside the link.
+pub struct NoSession;
+
+impl SessionSymbols for NoSession {
+    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>) {
+        out.extend(names.iter().map(|_| None));
+    }
+    fn defines(&self, _: &[u8]) -> bool {
+        false
+    }
+}
+
 /// Where symbols outside the unit come from, in order.
 pub struct ExternalScopes<'s> {
     pub defines: &'s FxHashMap<String, u64>,
-    /// Symbols of earlier units of the session (newest definition first).
-    pub prior: &'s dyn Fn(&str) -> Option<ExecutorAddr>,
+    /// Symbols of the session's live units.
+    pub session: &'s dyn SessionSymbols,
     pub libraries: &'s [LibraryId],
     pub process: bool,
-    /// When set, only these names may be bound outside the unit.
+    /// When set, only these names may be bound outside the session's code (libraries, the
+    /// process, definitions).
     pub allow: Option<&'s FxHashSet<String>>,
 }
 
-/// Resolve every undefined symbol that live code references: `--define`s, earlier units of the
-/// session, the runtime's own symbols, libraries (in order), the process. Weak references
-/// found nowhere become 0. All failures are reported together, each with its referencing objects.
-pub fn resolve_externals(
-    g: &mut LinkGraph,
-    ex: &dyn Executor,
-    scopes: &ExternalScopes,
-) -> Result<usize> {
+/// The undefined symbols live code references, and for each whether an input (not only the
+/// linker's own glue) references it.
+fn wanted_symbols(g: &LinkGraph) -> (Vec<SymbolId>, Vec<bool>) {
     let mut wanted: Vec<SymbolId> = Vec::new();
     let mut seen = vec![false; g.symbols.len()];
-    // Symbols that only the linker's own glue references (e.g. `__cxa_atexit` behind the unit's
-    // `atexit`) are exempt from the allow-list: the glue exists only if its own name was allowed.
     let mut by_input = vec![false; g.symbols.len()];
-    let kiln_input = g
+    let linker = g
         .inputs
         .iter()
         .position(|i| i.name == super::passes::LINKER_INPUT);
     for b in g.blocks.iter().filter(|b| b.live) {
-        let from_input = Some(g.sections[b.section.idx()].input.idx()) != kiln_input;
+        let from_input = Some(g.sections[b.section.idx()].input.idx()) != linker;
         for e in &b.edges {
             let t = e.target.idx();
             if g.symbols[t].def == SymbolDef::Undefined {
@@ -100,62 +124,66 @@ pub fn resolve_externals(
             }
         }
     }
-    let mut errors: Vec<SymbolId> = Vec::new();
+    (wanted, by_input)
+}
+
+/// Resolve every undefined symbol that live code references: definitions, the session's live
+/// units, the runtime's own symbols, libraries (in order), the process. Weak references found
+/// nowhere become 0. All failures are reported together, each with its referencing inputs.
+pub fn resolve_externals(
+    g: &mut LinkGraph,
+    ex: &dyn Executor,
+    scopes: &ExternalScopes,
+) -> Result<usize> {
+    let (wanted, by_input) = wanted_symbols(g);
+    // Definitions first, then the session's units (one batch).
+    let mut rest: Vec<SymbolId> = Vec::with_capacity(wanted.len());
+    for &id in &wanted {
+        let name = g.symbols[id.idx()].name;
+        match std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| scopes.defines.get(n))
+        {
+            Some(&a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            None => rest.push(id),
+        }
+    }
+    let names: Vec<&[u8]> = rest.iter().map(|id| g.symbols[id.idx()].name).collect();
+    let mut bound = Vec::with_capacity(names.len());
+    scopes.session.bind(&names, &mut bound);
+    let mut outside: Vec<SymbolId> = Vec::new();
+    for (id, addr) in rest.into_iter().zip(bound) {
+        match addr {
+            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            None => outside.push(id),
+        }
+    }
+    // Outside the session's code: the allow-list applies (symbols only the linker's own glue
+    // references are exempt: the glue exists only if its own name was allowed).
+    let runtime = ex.runtime_symbols();
     let mut disallowed: Vec<SymbolId> = Vec::new();
     let mut for_executor: Vec<SymbolId> = Vec::new();
-    let runtime = ex.runtime_symbols();
-    for &id in &wanted {
+    for id in outside {
         let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
-        let runtime_provided = runtime.iter().any(|(n, _)| *n == name);
-        if let Some(allow) = scopes
-            .allow
-            .filter(|_| by_input[id.idx()] && !runtime_provided)
-        {
-            if !allow.contains(name.as_ref()) {
-                disallowed.push(id);
-                continue;
-            }
-        }
-        let found = scopes
-            .defines
-            .get(name.as_ref())
-            .copied()
-            .or_else(|| (scopes.prior)(name.as_ref()).map(|a| a.0))
-            .or_else(|| runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0));
-        match found {
-            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            None => for_executor.push(id),
+        let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
+        let allowed = from_runtime.is_some()
+            || !by_input[id.idx()]
+            || scopes.allow.is_none_or(|a| a.contains(name.as_ref()));
+        match (allowed, from_runtime) {
+            (false, _) => disallowed.push(id),
+            (true, Some(a)) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            (true, None) => for_executor.push(id),
         }
     }
-    let names: Vec<&[u8]> = for_executor
+    let errors = bind_in_executor(g, ex, scopes, &for_executor)?;
+    let tls_outside: Vec<SymbolId> = wanted
         .iter()
-        .map(|id| g.symbols[id.idx()].name)
+        .copied()
+        .filter(|id| {
+            let s = &g.symbols[id.idx()];
+            s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0)
+        })
         .collect();
-    let addrs = ex.lookup(&names, scopes.libraries, scopes.process)?;
-    for (id, addr) in for_executor.iter().zip(addrs) {
-        let s = &mut g.symbols[id.idx()];
-        match addr {
-            Some(a) => {
-                tracing::trace!(
-                    "{} -> {a} (library or process)",
-                    String::from_utf8_lossy(s.name)
-                );
-                s.def = SymbolDef::Absolute(a.0)
-            }
-            None if s.weak || s.only_weak_refs => {
-                tracing::debug!("weak {} found nowhere: 0", String::from_utf8_lossy(s.name));
-                s.def = SymbolDef::Absolute(0)
-            }
-            None => errors.push(*id),
-        }
-    }
-    let mut tls_outside = Vec::new();
-    for &id in &wanted {
-        let s = &g.symbols[id.idx()];
-        if s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0) {
-            tls_outside.push(id);
-        }
-    }
     if errors.is_empty() && disallowed.is_empty() && tls_outside.is_empty() {
         return Ok(wanted.len());
     }
@@ -186,4 +214,38 @@ pub fn referrers(g: &LinkGraph, id: SymbolId) -> Vec<String> {
         }
     }
     names
+}
+
+/// Look names up in the executor's libraries and process; returns the ones found nowhere (weak
+/// ones become 0).
+fn bind_in_executor(
+    g: &mut LinkGraph,
+    ex: &dyn Executor,
+    scopes: &ExternalScopes,
+    ids: &[SymbolId],
+) -> Result<Vec<SymbolId>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&[u8]> = ids.iter().map(|id| g.symbols[id.idx()].name).collect();
+    let addrs = ex.lookup(&names, scopes.libraries, scopes.process)?;
+    let mut errors = Vec::new();
+    for (id, addr) in ids.iter().zip(addrs) {
+        let s = &mut g.symbols[id.idx()];
+        match addr {
+            Some(a) => {
+                tracing::trace!(
+                    "{} -> {a} (library or process)",
+                    String::from_utf8_lossy(s.name)
+                );
+                s.def = SymbolDef::Absolute(a.0)
+            }
+            None if s.weak || s.only_weak_refs => {
+                tracing::debug!("weak {} found nowhere: 0", String::from_utf8_lossy(s.name));
+                s.def = SymbolDef::Absolute(0)
+            }
+            None => errors.push(*id),
+        }
+    }
+    Ok(errors)
 }

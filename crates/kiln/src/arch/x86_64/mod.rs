@@ -59,10 +59,6 @@ impl Arch for X86_64 {
         object::elf::EM_X86_64.0
     }
 
-    fn pointer_size(&self) -> u64 {
-        8
-    }
-
     fn pc_relative_32_reach(&self) -> u64 {
         PC_RELATIVE_32_REACH
     }

@@ -1,0 +1,854 @@
+//! The library API: a session links inputs into units in its executor, keeps their symbols in
+//! scopes, knows who depends on whom, looks symbols up, runs code, and removes units.
+//!
+//! A session is `Send + Sync`: compiler threads share it (behind an `Arc`) and link in parallel.
+//! Parsing, layout and fixups of a unit happen outside any session-wide lock; only binding
+//! names (a read lock) and publishing the new unit's symbols (a write lock) synchronise.
+
+mod generate;
+mod inputs;
+mod state;
+
+pub use generate::{DefinitionGenerator, Generated};
+pub use inputs::Inputs;
+pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
+
+use crate::debug::DebugOptions;
+use crate::error::{Error, Result};
+use crate::graph::InMemoryGraph;
+use crate::link::{self, LinkInput, LinkStats, LinkedUnit, SessionSymbols};
+use crate::memory::SlabAllocator;
+use crate::search::LibrarySearch;
+use crate::LinkMap;
+use generate::GeneratedInputs;
+use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
+use rustc_hash::{FxHashMap, FxHashSet};
+use state::{State, Unit};
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A JIT session: links inputs into units in one executor (this process, or another).
+///
+/// ```no_run
+/// use kiln::Session;
+/// let s = Session::in_process();
+/// s.add_file("hello.o")?;
+/// s.link()?;
+/// s.run_initializers()?;
+/// let status = s.run_main("main", &["hello".to_string()])?;
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub struct Session {
+    executor: Arc<dyn Executor>,
+    config: RwLock<Arc<Config>>,
+    state: RwLock<State>,
+    slabs: Mutex<SlabAllocator>,
+    /// What [`Session::add_object`] and friends added, for [`Session::link`].
+    pending: Mutex<Inputs>,
+    generators: RwLock<Vec<(ScopeId, Arc<dyn DefinitionGenerator>)>>,
+    /// Units stay live in the executor when the session is dropped ([`Session::detach`]).
+    detached: AtomicBool,
+}
+
+/// Settings every link reads; replaced as a whole when one changes, so that a link in progress
+/// keeps a consistent copy.
+#[derive(Clone)]
+struct Config {
+    libraries: Vec<LibraryId>,
+    /// The files behind `libraries`.
+    loaded: Vec<std::path::PathBuf>,
+    defines: FxHashMap<String, u64>,
+    process_symbols: bool,
+    allow: Option<FxHashSet<String>>,
+    debug: DebugOptions,
+    search: LibrarySearch,
+    use_slabs: bool,
+    want_map: bool,
+    collect_stats: bool,
+}
+
+impl Session {
+    pub fn new(executor: Arc<dyn Executor>) -> Self {
+        let debug = DebugOptions::from_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the default debug sinks");
+            DebugOptions::default()
+        });
+        let config = Config {
+            libraries: Vec::new(),
+            loaded: Vec::new(),
+            defines: FxHashMap::default(),
+            process_symbols: true,
+            allow: None,
+            debug,
+            search: LibrarySearch::default(),
+            use_slabs: executor.supports_slabs(),
+            want_map: false,
+            collect_stats: false,
+        };
+        Session {
+            executor,
+            config: RwLock::new(Arc::new(config)),
+            state: RwLock::new(State::new()),
+            slabs: Mutex::default(),
+            pending: Mutex::default(),
+            generators: RwLock::default(),
+            detached: AtomicBool::new(false),
+        }
+    }
+
+    /// A session whose code runs in this process.
+    pub fn in_process() -> Self {
+        Self::new(Arc::new(InProcessExecutor::new()))
+    }
+
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.executor
+    }
+
+    // ---- inputs for the next `link()` ----
+
+    /// Add a relocatable object from memory, for the next [`Session::link`].
+    pub fn add_object(&self, name: impl Into<String>, bytes: Vec<u8>) {
+        lock(&self.pending).add_object(name, bytes);
+    }
+
+    /// Add a graph a JIT compiler built in memory, for the next [`Session::link`].
+    pub fn add_graph(&self, graph: InMemoryGraph) {
+        lock(&self.pending).add_graph(graph);
+    }
+
+    /// Add a static archive from memory; members are linked only when needed.
+    pub fn add_archive(&self, name: impl Into<String>, bytes: Vec<u8>) {
+        lock(&self.pending).add_archive(name, bytes);
+    }
+
+    /// Add a file by what it contains: object, archive, shared library or GNU ld script.
+    pub fn add_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        let search = self.config().search.clone();
+        let mut more = Inputs::new();
+        more.add_file(path, &search)?;
+        lock(&self.pending).append(more);
+        Ok(())
+    }
+
+    /// `-l SPEC` (`NAME` or `:FILE`), found as `ld` finds it.
+    pub fn add_library(&self, spec: &str) -> Result<()> {
+        let p = self.config().search.find(spec)?;
+        tracing::debug!("-l{spec} is {}", p.display());
+        self.add_file(&p)
+    }
+
+    /// Load a shared library into the executor now; its symbols are searched after the
+    /// session's units and before the process's.
+    pub fn add_shared_library(&self, path: &Path) -> Result<()> {
+        self.load_once(path)
+    }
+
+    /// Load `path` unless it is loaded already.
+    fn load_once(&self, path: &Path) -> Result<()> {
+        if self.config().loaded.iter().any(|p| p == path) {
+            return Ok(());
+        }
+        let id = self.executor.load_library(path)?;
+        self.configure(|c| {
+            c.libraries.push(id);
+            c.loaded.push(path.to_path_buf());
+        });
+        Ok(())
+    }
+
+    /// A symbol the next link must define and keep (an entry point).
+    pub fn add_root(&self, name: impl Into<String>) {
+        lock(&self.pending).add_root(name);
+    }
+
+    /// Place the next unit [`Session::link`] makes at exactly this address.
+    pub fn set_fixed_address(&self, addr: Option<u64>) {
+        lock(&self.pending).set_fixed_address(addr);
+    }
+
+    // ---- settings ----
+
+    /// Define an absolute symbol (wins over libraries and the process).
+    pub fn define(&self, name: impl Into<String>, addr: u64) {
+        let name = name.into();
+        self.configure(|c| {
+            c.defines.insert(name, addr);
+        });
+    }
+
+    /// Whether symbols of the executor process itself may be bound (default: yes).
+    pub fn set_process_symbols(&self, on: bool) {
+        self.configure(|c| c.process_symbols = on);
+    }
+
+    /// Only these names may be bound outside the linked inputs (libraries, the process,
+    /// definitions); any other reference fails the link, naming the symbol and the input.
+    pub fn set_allow_list<I, S>(&self, names: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let allow: FxHashSet<String> = names.into_iter().map(Into::into).collect();
+        self.configure(|c| c.allow = Some(allow));
+    }
+
+    /// Any name may be bound again.
+    pub fn clear_allow_list(&self) {
+        self.configure(|c| c.allow = None);
+    }
+
+    /// Record a [`LinkMap`] for the units linked from now on (see [`Session::link_map`]).
+    pub fn set_want_map(&self, on: bool) {
+        self.configure(|c| c.want_map = on);
+    }
+
+    /// Keep [`LinkStats`] (with the time of each phase) for the units linked from now on.
+    /// Off by default: a JIT linking a million small units should not pay for them.
+    pub fn set_collect_stats(&self, on: bool) {
+        self.configure(|c| c.collect_stats = on);
+    }
+
+    /// Which debugger and profiler sinks learn about the units linked from now on (gdb, perf
+    /// map, jitdump, valgrind). A new session starts with [`DebugOptions::default`] changed by
+    /// `KILN_DEBUG`.
+    pub fn set_debug(&self, options: DebugOptions) {
+        self.configure(|c| c.debug = options);
+    }
+
+    pub fn debug_options(&self) -> DebugOptions {
+        self.config().debug.clone()
+    }
+
+    /// How `-l` names are found.
+    pub fn set_library_search(&self, search: LibrarySearch) {
+        self.configure(|c| c.search = search);
+    }
+
+    pub fn library_search(&self) -> LibrarySearch {
+        self.config().search.clone()
+    }
+
+    /// Put units in shared slabs (the default where the executor has them): many units share
+    /// pages, nothing is copied at finalize, and code can be patched through the slab's
+    /// writable alias. Off: each unit gets a reservation of its own, as with a fixed address.
+    pub fn set_use_slabs(&self, on: bool) {
+        let on = on && self.executor.supports_slabs();
+        self.configure(|c| c.use_slabs = on);
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn configure(&self, f: impl FnOnce(&mut Config)) {
+        let mut c = self.config.write().unwrap_or_else(|e| e.into_inner());
+        f(Arc::make_mut(&mut c));
+    }
+
+    // ---- scopes and generators ----
+
+    /// The scope units go into unless told otherwise.
+    pub fn default_scope(&self) -> ScopeId {
+        ScopeId(0)
+    }
+
+    /// A new, empty scope named `name`. Its units see their own scope first, then the default
+    /// scope (change it with [`Session::set_search_order`]).
+    pub fn create_scope(&self, name: &str) -> Result<ScopeId> {
+        let mut st = write(&self.state);
+        if st.scopes.iter().any(|s| s.name == name) {
+            return Err(Error::Usage(format!(
+                "a scope named {name:?} exists already"
+            )));
+        }
+        st.scopes.push(state::Scope {
+            name: name.to_string(),
+            search: vec![ScopeId(0)],
+            symbols: FxHashMap::default(),
+        });
+        Ok(ScopeId(st.scopes.len() as u32 - 1))
+    }
+
+    /// The scope named `name`.
+    pub fn scope_by_name(&self, name: &str) -> Option<ScopeId> {
+        let st = read(&self.state);
+        let i = st.scopes.iter().position(|s| s.name == name)?;
+        Some(ScopeId(i as u32))
+    }
+
+    /// The scopes units of `scope` search after `scope` itself, in order (only their exported
+    /// symbols are visible).
+    pub fn set_search_order(&self, scope: ScopeId, order: &[ScopeId]) -> Result<()> {
+        let mut st = write(&self.state);
+        for s in order.iter().chain([&scope]) {
+            st.scope(*s)?;
+        }
+        st.scopes[scope.0 as usize].search =
+            order.iter().copied().filter(|s| *s != scope).collect();
+        Ok(())
+    }
+
+    /// Ask `generator` for names the units of `scope` (and of scopes searching it) need and
+    /// nothing else defines. Generators are asked in the order they were added.
+    pub fn add_generator(&self, scope: ScopeId, generator: impl DefinitionGenerator + 'static) {
+        write(&self.generators).push((scope, Arc::new(generator)));
+    }
+
+    // ---- linking ----
+
+    /// Link everything added since the last link into one unit of the default scope, and
+    /// finalize it in the executor. Initializers are not run: see
+    /// [`Session::run_initializers`]. If the link fails, what was added stays added.
+    pub fn link(&self) -> Result<UnitId> {
+        let inputs = std::mem::take(&mut *lock(&self.pending));
+        let result = self.link_in(self.default_scope(), &inputs);
+        if result.is_err() {
+            // Given back in front of whatever was added meanwhile.
+            let mut pending = lock(&self.pending);
+            let later = std::mem::replace(&mut *pending, inputs);
+            pending.append(later);
+        }
+        result
+    }
+
+    /// Link `inputs` into one unit of `scope`. They are left as they were (so that a failed
+    /// link can be retried after adding what was missing).
+    pub fn link_inputs(&self, scope: ScopeId, inputs: &Inputs) -> Result<UnitId> {
+        self.link_in(scope, inputs)
+    }
+
+    /// Link one graph into a unit of the default scope.
+    pub fn link_graph(&self, graph: &InMemoryGraph) -> Result<UnitId> {
+        self.link_graph_in(self.default_scope(), graph)
+    }
+
+    /// Link one graph into a unit of `scope`.
+    pub fn link_graph_in(&self, scope: ScopeId, graph: &InMemoryGraph) -> Result<UnitId> {
+        let config = self.config();
+        let no_generated = GeneratedInputs::default();
+        match self.link_once(&config, scope, &Source::Graph(graph), &no_generated) {
+            Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
+                let mut inputs = Inputs::new();
+                inputs.add_graph(graph.clone());
+                self.link_in(scope, &inputs)
+            }
+            r => r,
+        }
+    }
+
+    /// Link many graphs, each into a unit of its own in `scope`, in order (a later graph may
+    /// bind to an earlier one's symbols). Stops at the first failure: the units linked before
+    /// it stay.
+    pub fn link_graphs(&self, scope: ScopeId, graphs: &[InMemoryGraph]) -> Result<Vec<UnitId>> {
+        graphs
+            .iter()
+            .map(|g| self.link_graph_in(scope, g))
+            .collect()
+    }
+
+    fn has_generators(&self) -> bool {
+        !read(&self.generators).is_empty()
+    }
+
+    fn link_in(&self, scope: ScopeId, inputs: &Inputs) -> Result<UnitId> {
+        read(&self.state).scope(scope)?;
+        for path in &inputs.shared_libraries {
+            self.load_once(path)?;
+        }
+        let mut generated = GeneratedInputs::default();
+        let mut asked: FxHashSet<String> = FxHashSet::default();
+        loop {
+            let config = self.config();
+            match self.link_once(&config, scope, &Source::Inputs(inputs), &generated) {
+                Err(Error::Unresolved(u)) if !u.undefined.is_empty() => {
+                    let names: Vec<&str> = u.undefined.iter().map(|r| r.name.as_str()).collect();
+                    if !self.generate(scope, &names, &mut generated, &mut asked)? {
+                        return Err(Error::Unresolved(u));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Ask the generators of `scope` and of the scopes it searches for `names`; `true` if any
+    /// answered. Each generator is asked for each name once per link.
+    fn generate(
+        &self,
+        scope: ScopeId,
+        names: &[&str],
+        out: &mut GeneratedInputs,
+        asked: &mut FxHashSet<String>,
+    ) -> Result<bool> {
+        let order: Vec<ScopeId> = {
+            let st = read(&self.state);
+            std::iter::once(scope)
+                .chain(st.scope(scope)?.search.iter().copied())
+                .collect()
+        };
+        let generators: Vec<(ScopeId, Arc<dyn DefinitionGenerator>)> =
+            read(&self.generators).clone();
+        let mut any = false;
+        for name in names {
+            if !asked.insert(name.to_string()) {
+                continue;
+            }
+            'found: for s in &order {
+                for (_, g) in generators.iter().filter(|(gs, _)| gs == s) {
+                    // No lock is held: a generator may link other units of this session.
+                    if out.take(name, g.generate(name, scope)?) {
+                        any = true;
+                        break 'found;
+                    }
+                }
+            }
+        }
+        Ok(any)
+    }
+
+    /// One attempt to link `source` (and what generators gave) into a unit of `scope`.
+    fn link_once(
+        &self,
+        config: &Config,
+        scope: ScopeId,
+        source: &Source,
+        generated: &GeneratedInputs,
+    ) -> Result<UnitId> {
+        let binder = Binder {
+            session: self,
+            scope,
+            deps: RefCell::new(Vec::new()),
+        };
+        let (objects, archives, graphs, roots, fixed) = source.parts(generated);
+        let defines;
+        let defines = if generated.defines.is_empty() {
+            &config.defines
+        } else {
+            defines = config
+                .defines
+                .iter()
+                .chain(&generated.defines)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect::<FxHashMap<_, _>>();
+            &defines
+        };
+        let result = link::link(
+            &*self.executor,
+            LinkInput {
+                objects,
+                archives,
+                graphs,
+                libraries: &config.libraries,
+                defines,
+                session: &binder,
+                process_symbols: config.process_symbols,
+                roots,
+                allow: config.allow.as_ref(),
+                fixed_address: fixed,
+                want_map: config.want_map,
+                time_phases: config.collect_stats,
+                debug: &config.debug,
+                slabs: config.use_slabs.then_some(&self.slabs),
+            },
+        );
+        let deps = binder.deps.into_inner();
+        match result {
+            Ok(unit) => self.publish(scope, unit, deps, config.collect_stats, source.name()),
+            Err(e) => {
+                read(&self.state).unpin(&deps);
+                Err(e)
+            }
+        }
+    }
+
+    /// Enter a finalized unit into the session's tables, unless its strong definitions clash
+    /// with a live unit's (a race with another thread, or a redefinition): then it is removed
+    /// again and the clash reported.
+    fn publish(
+        &self,
+        scope: ScopeId,
+        unit: LinkedUnit,
+        deps: Vec<u64>,
+        keep_stats: bool,
+        name: &str,
+    ) -> Result<UnitId> {
+        let LinkedUnit {
+            alloc,
+            exports,
+            has_initializers: _,
+            stats,
+            map,
+            slab_ranges,
+        } = unit;
+        let record = Unit {
+            alloc,
+            scope,
+            slab_ranges,
+            names: Vec::new(),
+            deps: Vec::new(),
+            dependents: Vec::new(),
+            pins: Default::default(),
+            // Even without initializers: the executor runs a unit's finalizers (destructors,
+            // exit handlers) only if it was initialized.
+            initialized: false,
+            stats: keep_stats.then(|| Box::new(stats)),
+            map: map.map(Arc::new),
+        };
+        let mut st = write(&self.state);
+        let clashes = st.clashes(scope, &exports, name);
+        if !clashes.is_empty() {
+            st.unpin(&deps);
+            drop(st);
+            let _ = self.release(record);
+            return Err(Error::Duplicate(clashes));
+        }
+        let id = st.next_unit;
+        st.next_unit += 1;
+        st.publish(id, record, exports, &deps);
+        Ok(UnitId(id))
+    }
+
+    // ---- queries ----
+
+    /// The address of `name` as units of the default scope see it (hidden symbols of the
+    /// default scope included).
+    pub fn lookup(&self, name: &str) -> Option<ExecutorAddr> {
+        self.lookup_symbol(self.default_scope(), name)
+            .map(|s| s.addr)
+    }
+
+    /// The symbol `name` as units of `scope` see it: the scope's own symbols (hidden ones
+    /// included), then the exported symbols of the scopes it searches.
+    pub fn lookup_symbol(&self, scope: ScopeId, name: &str) -> Option<SymbolInfo> {
+        read(&self.state).visible(scope, name).map(|d| d.info())
+    }
+
+    /// The symbols `unit` defines in its scope, by name.
+    pub fn unit_symbols(&self, unit: UnitId) -> Result<Vec<(String, SymbolInfo)>> {
+        let st = read(&self.state);
+        let u = st.unit(unit)?;
+        let scope = st.scope(u.scope)?;
+        Ok(u.names
+            .iter()
+            .filter_map(|n| Some((n.to_string(), scope.symbols.get(n)?.info())))
+            .collect())
+    }
+
+    /// The live units `unit` binds to.
+    pub fn dependencies(&self, unit: UnitId) -> Result<Vec<UnitId>> {
+        Ok(read(&self.state)
+            .unit(unit)?
+            .deps
+            .iter()
+            .map(|d| UnitId(*d))
+            .collect())
+    }
+
+    /// The live units that bind to `unit`.
+    pub fn dependents(&self, unit: UnitId) -> Result<Vec<UnitId>> {
+        let mut d: Vec<UnitId> = read(&self.state)
+            .unit(unit)?
+            .dependents
+            .iter()
+            .map(|d| UnitId(*d))
+            .collect();
+        d.sort_unstable();
+        Ok(d)
+    }
+
+    /// The scope `unit` belongs to.
+    pub fn unit_scope(&self, unit: UnitId) -> Result<ScopeId> {
+        Ok(read(&self.state).unit(unit)?.scope)
+    }
+
+    /// The live units, oldest first.
+    pub fn units(&self) -> Vec<UnitId> {
+        let mut v: Vec<UnitId> = read(&self.state).units.keys().map(|k| UnitId(*k)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// What linking `unit` did (if [`Session::set_collect_stats`] was on when it linked).
+    pub fn stats(&self, unit: UnitId) -> Option<LinkStats> {
+        read(&self.state)
+            .units
+            .get(&unit.0)?
+            .stats
+            .as_deref()
+            .cloned()
+    }
+
+    /// Where everything of `unit` ended up (if [`Session::set_want_map`] was on when it linked).
+    pub fn link_map(&self, unit: UnitId) -> Option<Arc<LinkMap>> {
+        read(&self.state).units.get(&unit.0)?.map.clone()
+    }
+
+    // ---- running ----
+
+    /// Run the initializers (`.init_array`, constructors, …) of every unit not yet initialized,
+    /// oldest first.
+    pub fn run_initializers(&self) -> Result<()> {
+        let pending: Vec<kiln_target::AllocId> = {
+            let mut st = write(&self.state);
+            let mut ids: Vec<u64> = st
+                .units
+                .iter()
+                .filter(|(_, u)| !u.initialized)
+                .map(|(k, _)| *k)
+                .collect();
+            ids.sort_unstable();
+            ids.iter()
+                .filter_map(|k| {
+                    let u = st.units.get_mut(k)?;
+                    u.initialized = true;
+                    Some(u.alloc)
+                })
+                .collect()
+        };
+        // No lock is held while JIT'd code runs: it may link or look up more.
+        for alloc in pending {
+            self.executor.run_initializers(alloc)?;
+        }
+        Ok(())
+    }
+
+    /// Call `int ENTRY(int argc, char **argv, char **envp)`, a function of a live unit.
+    pub fn run_main(&self, entry: &str, args: &[String]) -> Result<i32> {
+        let addr = self.function(entry)?;
+        Ok(self.executor.run_main(addr, args)?)
+    }
+
+    /// Call `void NAME(void)`, a function of a live unit.
+    pub fn call_void(&self, name: &str) -> Result<()> {
+        let addr = self.function(name)?;
+        Ok(self.executor.call_void(addr)?)
+    }
+
+    fn function(&self, name: &str) -> Result<ExecutorAddr> {
+        match self.lookup_symbol(self.default_scope(), name) {
+            Some(s) if s.kind == SymbolKind::Function => Ok(s.addr),
+            Some(_) => Err(Error::Usage(format!("{name} is not a function"))),
+            None => Err(Error::Usage(format!(
+                "entry point {name} is not defined by the linked code"
+            ))),
+        }
+    }
+
+    // ---- removing ----
+
+    /// Remove a unit: its destructors and exit handlers run, its registrations are undone, its
+    /// memory is released, and its symbols disappear (a later unit may define them again).
+    /// Refused while other live units bind to it ([`Error::HasDependents`]: remove those
+    /// first, or use [`Session::remove_with_dependents`]) or a link in progress does.
+    pub fn remove(&self, unit: UnitId) -> Result<()> {
+        let record = write(&self.state).withdraw(unit.0)?;
+        self.release(record)
+    }
+
+    /// Remove `unit` and every unit that depends on it, dependents first (their destructors
+    /// and dealloc actions run before those of what they use). Returns the units removed.
+    pub fn remove_with_dependents(&self, unit: UnitId) -> Result<Vec<UnitId>> {
+        let order = read(&self.state).with_dependents(unit.0)?;
+        let mut removed = Vec::new();
+        for id in order {
+            self.remove(UnitId(id))?;
+            removed.push(UnitId(id));
+        }
+        Ok(removed)
+    }
+
+    /// Hand a withdrawn unit's memory back: deallocate in the executor (destructors, dealloc
+    /// actions), then free its slab ranges. No lock is held while its destructors run.
+    fn release(&self, unit: Unit) -> Result<()> {
+        let dealloc = self.executor.deallocate(unit.alloc);
+        if let Ok(mut slabs) = self.slabs.lock() {
+            slabs.free(&*self.executor, &unit.slab_ranges);
+        }
+        Ok(dealloc?)
+    }
+
+    /// Change 4 or 8 naturally aligned bytes of finalized code or read-only data while it may
+    /// run (e.g. retarget a call site's rel32): stored atomically through the slab's writable
+    /// alias, then the instruction cache is made coherent. Only for units in slabs.
+    pub fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        let slab = lock(&self.slabs)
+            .slab_of(addr)
+            .ok_or_else(|| Error::Usage(format!("{addr} is not in a slab of this session")))?;
+        Ok(self.executor.patch(slab, addr, bytes)?)
+    }
+
+    /// Remove every unit (newest first) and release the session's memory, reporting the first
+    /// failure. Dropping a session does the same, silently.
+    pub fn close(self) -> Result<()> {
+        self.shut_down()
+    }
+
+    /// Leave every unit live in the executor: dropping the session then frees only its own
+    /// bookkeeping. For a process about to exit with its JIT'd code still mapped, as a native
+    /// program exits with its code mapped (exit handlers may still run it).
+    pub fn detach(self) {
+        self.detached.store(true, Ordering::Relaxed);
+    }
+
+    fn shut_down(&self) -> Result<()> {
+        if self.detached.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let ids: Vec<UnitId> = self.units().into_iter().rev().collect();
+        let mut first_error = None;
+        for id in ids {
+            // Newest first: a unit's dependents are gone before it is withdrawn.
+            let r = write(&self.state).withdraw(id.0).map(|u| self.release(u));
+            match r {
+                Ok(Ok(())) => {}
+                // The executor is gone: nothing more can be undone there.
+                Ok(Err(Error::Target(e))) if executor_gone(&e) => {
+                    first_error.get_or_insert(Error::Target(e));
+                    self.detached.store(true, Ordering::Relaxed);
+                    return first_error.map_or(Ok(()), Err);
+                }
+                Ok(Err(e)) | Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Ok(mut slabs) = self.slabs.lock() {
+            slabs.release_all(&*self.executor);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn executor_gone(e: &kiln_target::Error) -> bool {
+    matches!(
+        e,
+        kiln_target::Error::ExecutorExited { .. } | kiln_target::Error::Channel(_)
+    )
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = read(&self.state);
+        f.debug_struct("Session")
+            .field("target", &self.executor.info().triple)
+            .field("units", &st.units.len())
+            .field("scopes", &st.scopes.len())
+            .finish()
+    }
+}
+
+/// What one link attempt reads: a whole `Inputs`, or one graph.
+enum Source<'s> {
+    Inputs(&'s Inputs),
+    Graph(&'s InMemoryGraph),
+}
+
+type Parts<'s> = (
+    Vec<(String, &'s [u8])>,
+    Vec<(String, &'s [u8])>,
+    Vec<&'s InMemoryGraph>,
+    &'s [String],
+    Option<u64>,
+);
+
+impl<'s> Source<'s> {
+    fn parts(&self, generated: &'s GeneratedInputs) -> Parts<'s> {
+        let borrow = |v: &'s [(String, Vec<u8>)]| -> Vec<(String, &'s [u8])> {
+            v.iter().map(|(n, b)| (n.clone(), b.as_slice())).collect()
+        };
+        match *self {
+            Source::Graph(g) => {
+                let mut graphs = vec![g];
+                graphs.extend(&generated.graphs);
+                (
+                    borrow(&generated.objects),
+                    borrow(&generated.archives),
+                    graphs,
+                    &[],
+                    None,
+                )
+            }
+            Source::Inputs(i) => {
+                let mut objects = borrow(&i.objects);
+                objects.extend(borrow(&generated.objects));
+                let mut archives = borrow(&i.archives);
+                archives.extend(borrow(&generated.archives));
+                let graphs = i.graphs.iter().chain(&generated.graphs).collect();
+                (objects, archives, graphs, &i.roots, i.fixed_address)
+            }
+        }
+    }
+
+    /// How the unit is named in messages.
+    fn name(&self) -> &str {
+        match self {
+            Source::Graph(g) => &g.name,
+            Source::Inputs(i) => i
+                .objects
+                .first()
+                .map(|(n, _)| n.as_str())
+                .or(i.graphs.first().map(|g| g.name.as_str()))
+                .unwrap_or("the new unit"),
+        }
+    }
+}
+
+/// Binds a link's undefined names to the session's live units, pinning each unit it binds to
+/// until the link publishes (or fails), so that no unit is removed under a link that uses it.
+struct Binder<'s> {
+    session: &'s Session,
+    scope: ScopeId,
+    deps: RefCell<Vec<u64>>,
+}
+
+impl SessionSymbols for Binder<'_> {
+    fn defines(&self, name: &[u8]) -> bool {
+        let st = read(&self.session.state);
+        std::str::from_utf8(name)
+            .ok()
+            .is_some_and(|n| st.visible(self.scope, n).is_some())
+    }
+
+    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>) {
+        let st = read(&self.session.state);
+        let mut deps = self.deps.borrow_mut();
+        for n in names {
+            let def = std::str::from_utf8(n)
+                .ok()
+                .and_then(|n| st.visible(self.scope, n));
+            out.push(def.map(|d| {
+                if !deps.contains(&d.unit) {
+                    if let Some(u) = st.units.get(&d.unit) {
+                        u.pins.fetch_add(1, Ordering::Relaxed);
+                        deps.push(d.unit);
+                    }
+                }
+                d.addr
+            }));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,251 @@
+//! The session's symbol tables and units: what is live, who defines what, who depends on whom.
+//!
+//! Scopes behave like shared objects (ORC's JITDylibs): a unit belongs to one scope; its
+//! default-visibility (and protected) symbols are visible to every unit that searches its scope;
+//! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
+//! to the scopes of that scope's search order, in order.
+
+use crate::error::{DuplicateSymbol, Error, Result};
+use crate::link::Export;
+use crate::memory::SlabRange;
+use kiln_target::{AllocId, ExecutorAddr};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A named symbol table with a search order, like ORC's JITDylib. See [`crate::Session::create_scope`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeId(pub(crate) u32);
+
+/// A linked unit of a session. Ids are never reused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnitId(pub(crate) u64);
+
+impl std::fmt::Display for UnitId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unit {}", self.0)
+    }
+}
+
+/// What a symbol is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SymbolKind {
+    /// Code (`STT_FUNC`, or a graph symbol marked callable).
+    Function,
+    /// Anything else with an address.
+    Data,
+}
+
+/// A symbol a live unit defines, as lookups report it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SymbolInfo {
+    pub addr: ExecutorAddr,
+    pub size: u64,
+    pub kind: SymbolKind,
+    /// Visible to other scopes (default or protected visibility); `false` for hidden symbols,
+    /// which only units of the same scope see.
+    pub exported: bool,
+    pub unit: UnitId,
+}
+
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Def {
+    pub addr: u64,
+    pub size: u64,
+    pub unit: u64,
+    pub kind: SymbolKind,
+    pub exported: bool,
+    pub weak: bool,
+}
+
+impl Def {
+    pub fn info(&self) -> SymbolInfo {
+        SymbolInfo {
+            addr: ExecutorAddr(self.addr),
+            size: self.size,
+            kind: self.kind,
+            exported: self.exported,
+            unit: UnitId(self.unit),
+        }
+    }
+}
+
+pub(crate) struct Scope {
+    pub name: String,
+    /// Scopes searched after this one, in order.
+    pub search: Vec<ScopeId>,
+    pub symbols: FxHashMap<Box<str>, Def>,
+}
+
+pub(crate) struct Unit {
+    pub alloc: AllocId,
+    pub scope: ScopeId,
+    pub slab_ranges: Vec<SlabRange>,
+    /// Names this unit defines in its scope's table (the ones that won).
+    pub names: Vec<Box<str>>,
+    /// Units this one binds to.
+    pub deps: Vec<u64>,
+    /// Units that bind to this one.
+    pub dependents: Vec<u64>,
+    /// Links in progress that bound to this unit and have not published yet.
+    pub pins: AtomicU32,
+    pub initialized: bool,
+    pub stats: Option<Box<crate::LinkStats>>,
+    pub map: Option<std::sync::Arc<crate::LinkMap>>,
+}
+
+pub(crate) struct State {
+    pub scopes: Vec<Scope>,
+    pub units: FxHashMap<u64, Unit>,
+    pub next_unit: u64,
+}
+
+impl State {
+    pub fn new() -> Self {
+        State {
+            scopes: vec![Scope {
+                name: "default".into(),
+                search: Vec::new(),
+                symbols: FxHashMap::default(),
+            }],
+            units: FxHashMap::default(),
+            next_unit: 1,
+        }
+    }
+
+    pub fn scope(&self, s: ScopeId) -> Result<&Scope> {
+        self.scopes
+            .get(s.0 as usize)
+            .ok_or_else(|| Error::Usage(format!("no scope {}", s.0)))
+    }
+
+    pub fn unit(&self, u: UnitId) -> Result<&Unit> {
+        self.units.get(&u.0).ok_or_else(|| {
+            Error::Usage(format!("no {u} in this session (removed, or never linked)"))
+        })
+    }
+
+    /// The definition of `name` a unit of scope `from` binds to.
+    pub fn visible(&self, from: ScopeId, name: &str) -> Option<&Def> {
+        let own = self.scopes.get(from.0 as usize)?;
+        if let Some(d) = own.symbols.get(name) {
+            return Some(d);
+        }
+        own.search.iter().find_map(|s| {
+            self.scopes
+                .get(s.0 as usize)?
+                .symbols
+                .get(name)
+                .filter(|d| d.exported)
+        })
+    }
+
+    /// Strong definitions of `exports` that clash with live units' in scope `s`.
+    pub fn clashes(&self, s: ScopeId, exports: &[Export], input: &str) -> Vec<DuplicateSymbol> {
+        let Some(scope) = self.scopes.get(s.0 as usize) else {
+            return Vec::new();
+        };
+        exports
+            .iter()
+            .filter_map(|e| {
+                let d = scope.symbols.get(&*e.name)?;
+                (!d.weak && !e.weak).then(|| DuplicateSymbol {
+                    name: e.name.to_string(),
+                    first: format!("unit {}", d.unit),
+                    second: input.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Enter a linked unit: its symbols into its scope (the first definition of a name stays),
+    /// its dependencies both ways, its pins released.
+    pub fn publish(&mut self, id: u64, mut unit: Unit, exports: Vec<Export>, deps: &[u64]) {
+        let scope = &mut self.scopes[unit.scope.0 as usize];
+        for e in exports {
+            if scope.symbols.contains_key(&*e.name) {
+                continue;
+            }
+            let def = Def {
+                addr: e.addr,
+                size: e.size,
+                unit: id,
+                kind: e.kind,
+                exported: e.exported,
+                weak: e.weak,
+            };
+            unit.names.push(e.name.clone());
+            scope.symbols.insert(e.name, def);
+        }
+        for d in deps {
+            if let Some(dep) = self.units.get_mut(d) {
+                dep.pins.fetch_sub(1, Ordering::Relaxed);
+                if !dep.dependents.contains(&id) {
+                    dep.dependents.push(id);
+                }
+            }
+        }
+        unit.deps = deps.to_vec();
+        unit.deps.sort_unstable();
+        unit.deps.dedup();
+        self.units.insert(id, unit);
+    }
+
+    /// Release pins a failed link held.
+    pub fn unpin(&self, deps: &[u64]) {
+        for d in deps {
+            if let Some(dep) = self.units.get(d) {
+                dep.pins.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Take a unit out of the tables (it must have no dependents and no pins).
+    pub fn withdraw(&mut self, id: u64) -> Result<Unit> {
+        let unit = self.unit(UnitId(id))?;
+        if unit.pins.load(Ordering::Relaxed) > 0 {
+            return Err(Error::UnitInUse(UnitId(id)));
+        }
+        if !unit.dependents.is_empty() {
+            let mut dependents: Vec<UnitId> = unit.dependents.iter().map(|d| UnitId(*d)).collect();
+            dependents.sort_unstable();
+            return Err(Error::HasDependents {
+                unit: UnitId(id),
+                dependents,
+            });
+        }
+        let unit = self
+            .units
+            .remove(&id)
+            .ok_or_else(|| Error::Internal("unit vanished".into()))?;
+        let scope = &mut self.scopes[unit.scope.0 as usize];
+        for n in &unit.names {
+            scope.symbols.remove(n);
+        }
+        for d in &unit.deps {
+            if let Some(dep) = self.units.get_mut(d) {
+                dep.dependents.retain(|x| *x != id);
+            }
+        }
+        Ok(unit)
+    }
+
+    /// `id` and every unit that depends on it, directly or not, dependents first.
+    pub fn with_dependents(&self, id: u64) -> Result<Vec<u64>> {
+        self.unit(UnitId(id))?;
+        let mut all = vec![id];
+        let mut i = 0;
+        while i < all.len() {
+            if let Some(u) = self.units.get(&all[i]) {
+                for d in &u.dependents {
+                    if !all.contains(d) {
+                        all.push(*d);
+                    }
+                }
+            }
+            i += 1;
+        }
+        // A unit only binds to units that existed before it: newest first is dependents first.
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(all)
+    }
+}
