@@ -694,6 +694,10 @@ impl Session {
     /// program exits with its code mapped (exit handlers may still run it).
     pub fn detach(self) {
         self.detached.store(true, Ordering::Relaxed);
+        // The executor owns the mappings: it must outlive the session (and this process's exit
+        // handlers), so one reference to it is kept for good. This is the one deliberate leak
+        // of the API, once per detached session.
+        let _: &'static Arc<dyn Executor> = Box::leak(Box::new(Arc::clone(&self.executor)));
     }
 
     fn shut_down(&self) -> Result<()> {
