@@ -122,45 +122,19 @@ pub fn rewrite(
             Some((n, v)) => (n, Some(v)),
             None => (&text[dashes..], None),
         };
+        // `-hidden-lNAME` is a prefix option, like `-lNAME`.
+        let name = if name.starts_with("hidden-l") {
+            "hidden-l"
+        } else {
+            name
+        };
         if let Some((_, spelling)) = LLVM_JITLINK.iter().find(|(n, _)| *n == name) {
-            match spelling {
-                Spelling::Renamed(to) => out.push(with_value(to, value)),
-                Spelling::SizeInKb => match value {
-                    Some(v) => out.push(format!("--slab-size={}", kb_default(v)).into()),
-                    None => {
-                        out.push("--slab-size".into());
-                        kb_value_next = true;
-                    }
-                },
-                Spelling::ProgramArgs => {
-                    if value.is_some() {
-                        return Err(format!(
-                            "{text}: -args takes no value; the program's arguments follow it"
-                        ));
-                    }
-                    out.push("--".into());
-                    after_dashes = true;
-                }
-                Spelling::SpawnExecutor => out.push(match value {
-                    Some(path) => format!("--executor=spawn={path}").into(),
-                    None => "--executor=spawn".into(),
-                }),
-                Spelling::ConnectExecutor => match value {
-                    Some(hp) => out.push(format!("--executor=connect=tcp:{hp}").into()),
-                    None => {
-                        return Err(format!("{text}: expected -oop-executor-connect=HOST:PORT"))
-                    }
-                },
-                Spelling::Input => match value {
-                    Some(lib) => out.push(lib.into()),
-                    None => return Err(format!("{text}: expected -preload=LIBRARY")),
-                },
-                Spelling::Unsupported(what) => {
-                    return Err(format!(
-                        "llvm-jitlink's {} has no kiln equivalent: kiln does not support {what}",
-                        &text[..dashes + name.len()]
-                    ))
-                }
+            let (kiln_arg, next) = translate(spelling, &text[..dashes + name.len()], value)?;
+            out.push(kiln_arg);
+            match next {
+                Next::Options => {}
+                Next::SizeValue => kb_value_next = true,
+                Next::ProgramArgs => after_dashes = true,
             }
             continue;
         }
@@ -175,11 +149,64 @@ pub fn rewrite(
     Ok(out)
 }
 
-fn with_value(name: &str, value: Option<&str>) -> OsString {
+/// What follows an option translated by [`translate`].
+enum Next {
+    Options,
+    /// The size of `-slab-allocate SIZE`.
+    SizeValue,
+    /// The program's arguments.
+    ProgramArgs,
+}
+
+/// kiln's argument for the llvm-jitlink `option` (as written, without its value).
+fn translate(
+    spelling: &Spelling,
+    option: &str,
+    value: Option<&str>,
+) -> Result<(OsString, Next), String> {
+    Ok(match (spelling, value) {
+        (Spelling::Renamed(to), v) => (with_value(to, v), Next::Options),
+        (Spelling::SizeInKb, Some(v)) => (
+            format!("--slab-size={}", kb_default(v)).into(),
+            Next::Options,
+        ),
+        (Spelling::SizeInKb, None) => ("--slab-size".into(), Next::SizeValue),
+        (Spelling::ProgramArgs, None) => ("--".into(), Next::ProgramArgs),
+        (Spelling::ProgramArgs, Some(_)) => {
+            return Err(format!(
+                "{option}: takes no value; the program's arguments follow it"
+            ))
+        }
+        (Spelling::SpawnExecutor, v) => (
+            with_value("--executor", Some(&with_value_str("spawn", v))),
+            Next::Options,
+        ),
+        (Spelling::ConnectExecutor, Some(host_port)) => (
+            format!("--executor=connect=tcp:{host_port}").into(),
+            Next::Options,
+        ),
+        (Spelling::ConnectExecutor, None) => {
+            return Err(format!("{option}: expected {option}=HOST:PORT"))
+        }
+        (Spelling::Input, Some(library)) => (library.into(), Next::Options),
+        (Spelling::Input, None) => return Err(format!("{option}: expected {option}=LIBRARY")),
+        (Spelling::Unsupported(what), _) => {
+            return Err(format!(
+                "llvm-jitlink's {option} has no kiln equivalent: kiln does not support {what}"
+            ))
+        }
+    })
+}
+
+fn with_value_str(name: &str, value: Option<&str>) -> String {
     match value {
-        Some(v) => format!("{name}={v}").into(),
-        None => name.into(),
+        Some(v) => format!("{name}={v}"),
+        None => name.to_string(),
     }
+}
+
+fn with_value(name: &str, value: Option<&str>) -> OsString {
+    with_value_str(name, value).into()
 }
 
 /// llvm-jitlink's -slab-allocate counts in Kb when no unit is given.
@@ -411,6 +438,9 @@ mod tests {
         assert!(e.contains("-phony-externals has no kiln equivalent"), "{e}");
         let e = rw(&["kiln", "run", "-load_hidden=x", "x.o"]).unwrap_err();
         assert!(e.contains("-load_hidden has no kiln equivalent"), "{e}");
+        // Not `-h` (help) followed by flags.
+        let e = rw(&["kiln", "run", "-hidden-lfoo", "x.o"]).unwrap_err();
+        assert!(e.contains("-hidden-l has no kiln equivalent"), "{e}");
         assert!(rw(&["kiln", "run", "-oop-executor-connect"]).is_err());
         assert!(rw(&["kiln", "run", "-args=1"]).is_err());
     }
