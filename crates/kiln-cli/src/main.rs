@@ -1,14 +1,15 @@
 //! `kiln`: link relocatable objects, archives and C/C++ sources into memory and run them.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kiln::Session;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 mod bench;
+mod cxx_runtime;
+mod llvm_jitlink;
 
 /// Exit status when kiln itself fails (bad input, link error), as `env` and `timeout` use.
 const KILN_FAILED: u8 = 125;
@@ -38,7 +39,16 @@ enum Command {
                       without running anything.\n\nExamples:\n  kiln run hello.c\n  \
                       kiln run driver.o /usr/lib/x86_64-linux-gnu/liblua5.4.a -lm -ldl -- script.lua\n  \
                       kiln run --show-stats --noexec prog.o -L build -lfoo\n  \
-                      kiln run --executor spawn --memory copy hello.c"
+                      kiln run --executor spawn --memory copy hello.c\n\n\
+                      llvm-jitlink's spellings work too, with one dash or two: -noexec, \
+                      -entry=SYM, -abs/-define-abs SYM=ADDR, -slab-address, -slab-allocate \
+                      (a bare number means Kb), -slab-page-size, -check, -check-name, \
+                      -no-process-syms, -show-times/-show-sizes (--show-stats), \
+                      -debugger-support (--gdb), -perf-support, -oop-executor[=PATH] \
+                      (--executor spawn), -oop-executor-connect=HOST:PORT, -preload=LIB (an \
+                      input), -args A B (after --), -L DIR, -lNAME; for example \
+                      `kiln run -noexec -slab-allocate 100Kb -slab-address 0x7ff00000 -abs \
+                      far=0x123456789000 -check test.s test.o`."
     )]
     Run(Box<RunArgs>),
     /// Measure linking (kiln vs llvm-jitlink) on the corpus drivers; prints ratios.
@@ -70,9 +80,15 @@ struct RunArgs {
     #[arg(long = "static")]
     static_only: bool,
     /// Do not bind symbols of the kiln process itself (libc and what kiln loaded).
-    #[arg(long)]
+    #[arg(long, visible_alias = "no-process-syms")]
     no_process_symbols: bool,
-    /// Define an absolute symbol (hex with 0x, or decimal).
+    /// Do not add the C++ runtime. When the inputs reference it (`__cxa_throw`, `std::`,
+    /// operator new, … — C++ objects, archives or sources), kiln links `-lstdc++ -lm -lgcc_s`
+    /// after the other libraries, as `g++` does (KILN_LOG=info says so).
+    #[arg(long)]
+    no_cxx_runtime: bool,
+    /// Define an absolute symbol (hex with 0x, or decimal). The symbols the linker defines
+    /// for the unit (_GLOBAL_OFFSET_TABLE_, __dso_handle, _TLS_MODULE_BASE_) cannot be given.
     #[arg(long = "define", visible_aliases = ["define-abs", "abs"], value_name = "SYM=ADDR", value_parser = parse_define)]
     defines: Vec<(String, u64)>,
     /// The function to call: `int SYM(int argc, char **argv, char **envp)`.
@@ -107,7 +123,7 @@ struct RunArgs {
     allow_symbols: Option<PathBuf>,
     /// Print statistics after linking (to stderr): segments, sections, symbols, edges by kind,
     /// GOT entries, stubs, relaxations, archive members, time per phase.
-    #[arg(long)]
+    #[arg(long, visible_aliases = ["show-times", "show-sizes"])]
     show_stats: bool,
     #[command(flatten)]
     remote: RemoteArgs,
@@ -119,7 +135,8 @@ struct RunArgs {
 #[command(next_help_heading = "Out-of-process execution (see docs/protocol.md)")]
 struct RemoteArgs {
     /// Where the code runs: `inprocess` (this process), `spawn` (a new kiln-executor child
-    /// process, found next to kiln or through KILN_EXECUTOR), or `connect=unix:PATH` /
+    /// process, found next to kiln or through KILN_EXECUTOR; `spawn=PATH` runs PATH), or
+    /// `connect=unix:PATH` /
     /// `connect=tcp:HOST:PORT` (a listening `kiln-executor --listen ...`)
     #[arg(long, value_name = "WHERE", default_value = "inprocess", value_parser = parse_executor)]
     executor: ExecutorChoice,
@@ -136,18 +153,23 @@ struct RemoteArgs {
 #[derive(Clone, Debug)]
 enum ExecutorChoice {
     InProcess,
-    Spawn,
+    /// A child process: this executor program, or the default one.
+    Spawn(Option<PathBuf>),
     Connect(kiln_remote::Endpoint),
 }
 
 fn parse_executor(s: &str) -> Result<ExecutorChoice, String> {
     match s {
         "inprocess" | "in-process" => Ok(ExecutorChoice::InProcess),
-        "spawn" => Ok(ExecutorChoice::Spawn),
-        _ => match s.strip_prefix("connect=") {
-            Some(e) => e.parse().map(ExecutorChoice::Connect),
-            None => Err(format!(
-                "{s:?}: expected inprocess, spawn, connect=unix:PATH or connect=tcp:HOST:PORT"
+        "spawn" => Ok(ExecutorChoice::Spawn(None)),
+        _ => match (s.strip_prefix("connect="), s.strip_prefix("spawn=")) {
+            (Some(e), _) => e.parse().map(ExecutorChoice::Connect),
+            (_, Some(program)) if !program.is_empty() => {
+                Ok(ExecutorChoice::Spawn(Some(program.into())))
+            }
+            _ => Err(format!(
+                "{s:?}: expected inprocess, spawn, spawn=PROGRAM, connect=unix:PATH or \
+                 connect=tcp:HOST:PORT"
             )),
         },
     }
@@ -162,7 +184,7 @@ fn parse_executor(s: &str) -> Result<ExecutorChoice, String> {
 struct DebugArgs {
     /// Register the linked code with gdb's JIT interface (on by default; KILN_DEBUG=no-gdb turns
     /// it off): gdb names JIT'd functions, with file:line where there is DWARF.
-    #[arg(long)]
+    #[arg(long, visible_alias = "debugger-support")]
     gdb: bool,
     /// Write /tmp/perf-PID.map (one line per JIT'd function and stub) for `perf report`.
     #[arg(long)]
@@ -171,6 +193,11 @@ struct DebugArgs {
     /// to the current directory.
     #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = ".")]
     jitdump: Option<PathBuf>,
+    /// llvm-jitlink's -perf-support: a jitdump where LLVM's perf support writes it,
+    /// $JITDUMPDIR/.debug/jit/llvm-IR-jit-DATE-XXXXXX/jit-PID.dump ($HOME when JITDUMPDIR is
+    /// not set).
+    #[arg(long, conflicts_with = "jitdump")]
+    perf_support: bool,
     /// Tell valgrind when code is freed (on by default; free outside valgrind).
     #[arg(long)]
     valgrind: bool,
@@ -184,6 +211,9 @@ impl DebugArgs {
         o.perf_map |= self.perf_map;
         if let Some(d) = &self.jitdump {
             o.jitdump = Some(d.clone());
+        }
+        if self.perf_support {
+            o.jitdump = Some(llvm_jitlink::perf_support_dir().map_err(anyhow::Error::msg)?);
         }
         o.valgrind |= self.valgrind;
         Ok(o)
@@ -216,90 +246,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size (a number with Kb, Mb or Gb)"))
 }
 
-/// llvm-jitlink's spellings of the `run` options, rewritten to kiln's before clap parses them:
-/// clap has no single-dash long options, so `-noexec` would read as `-n -o -e …`. Only
-/// arguments after `run` and before `--` are touched; `-slab-allocate N` without a unit means
-/// N Kb, as in llvm-jitlink.
-fn llvm_jitlink_spellings(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    const RENAMES: [(&str, &str); 9] = [
-        ("noexec", "--noexec"),
-        ("slab-address", "--slab-address"),
-        ("slab-page-size", "--slab-page-size"),
-        ("slab-allocate", "--slab-size"),
-        ("abs", "--define"),
-        ("define-abs", "--define"),
-        ("check", "--check"),
-        ("check-name", "--check-name"),
-        ("no-process-syms", "--no-process-symbols"),
-    ];
-    let mut out = Vec::new();
-    let mut subcommand = None;
-    let mut after_dashes = false;
-    let mut slab_value_next = false;
-    for (i, arg) in args.into_iter().enumerate() {
-        let Some(text) = arg.to_str().filter(|_| i > 0 && !after_dashes) else {
-            out.push(arg);
-            continue;
-        };
-        if std::mem::take(&mut slab_value_next) {
-            out.push(kb_default(text).into());
-            continue;
-        }
-        // The subcommand is the first argument that is not an option.
-        if subcommand.is_none() && !text.starts_with('-') {
-            subcommand = Some(text == "run");
-            out.push(arg);
-            continue;
-        }
-        if subcommand != Some(true) {
-            out.push(arg);
-            continue;
-        }
-        if text == "--" {
-            after_dashes = true;
-            out.push(arg);
-            continue;
-        }
-        let name = text
-            .strip_prefix("--")
-            .or_else(|| text.strip_prefix('-'))
-            .filter(|n| n.len() > 1);
-        let (name, value) = match name.map(|n| n.split_once('=').unwrap_or((n, ""))) {
-            Some((n, v)) => (n, v),
-            None => {
-                out.push(arg);
-                continue;
-            }
-        };
-        match RENAMES.iter().find(|(from, _)| *from == name) {
-            Some((from, to)) => {
-                let value = if *from == "slab-allocate" && !value.is_empty() {
-                    kb_default(value)
-                } else {
-                    value.to_string()
-                };
-                slab_value_next = *from == "slab-allocate" && !text.contains('=');
-                out.push(if text.contains('=') {
-                    format!("{to}={value}").into()
-                } else {
-                    (*to).into()
-                });
-            }
-            None => out.push(arg),
-        }
-    }
-    out
-}
-
-/// llvm-jitlink's -slab-allocate counts in Kb when no unit is given.
-fn kb_default(v: &str) -> String {
-    if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) {
-        format!("{v}Kb")
-    } else {
-        v.to_string()
-    }
-}
-
 fn parse_define(s: &str) -> Result<(String, u64), String> {
     let (name, addr) = s
         .split_once('=')
@@ -314,7 +260,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse_from(llvm_jitlink_spellings(std::env::args_os()));
+    let cli = parse_command_line();
     let r = match cli.command {
         Command::Run(a) => run(*a),
         Command::Bench(b) => bench::run(b).map(|_| 0),
@@ -335,16 +281,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// Compile C/C++ sources to objects in a temporary directory; returns (objects, any C++).
-fn compile_sources(inputs: &[PathBuf], tmp: &Path) -> Result<(Vec<PathBuf>, bool)> {
+/// The command line, in kiln's spellings or llvm-jitlink's (see [`llvm_jitlink`]); exits with
+/// clap's message and status 2 when it is wrong, as clap does.
+fn parse_command_line() -> Cli {
+    let mut command = Cli::command();
+    let run = command.find_subcommand("run");
+    let long_names: Vec<String> = run
+        .into_iter()
+        .flat_map(|r| r.get_arguments())
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().unwrap_or_default())
+        })
+        .map(str::to_string)
+        .collect();
+    let args = match llvm_jitlink::rewrite(std::env::args_os(), &long_names) {
+        Ok(args) => args,
+        Err(e) => command
+            .error(clap::error::ErrorKind::UnknownArgument, e)
+            .exit(),
+    };
+    let matches = command.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Compile C/C++ sources to objects in a temporary directory; returns the objects (and the
+/// other inputs, in order) and the first C++ source, if any.
+fn compile_sources(inputs: &[PathBuf], tmp: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>)> {
     let mut out = Vec::new();
-    let mut cxx = false;
+    let mut cxx = None;
     for (i, p) in inputs.iter().enumerate() {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
         let compiler = match ext {
             "c" => "cc",
             "cc" | "cpp" | "cxx" | "C" => {
-                cxx = true;
+                cxx.get_or_insert_with(|| p.clone());
                 "c++"
             }
             _ => {
@@ -369,6 +341,66 @@ fn compile_sources(inputs: &[PathBuf], tmp: &Path) -> Result<(Vec<PathBuf>, bool
     Ok((out, cxx))
 }
 
+/// Add the inputs (sources compiled first), the `-l` libraries, and after them the C++
+/// runtime when the inputs need it (see [`cxx_runtime`]).
+fn add_inputs(s: &Session, a: &RunArgs) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("kiln-{}", std::process::id()));
+    let added = compile_sources(&a.inputs, &tmp).and_then(|(objects, cxx_source)| {
+        for o in &objects {
+            s.add_file(o)?;
+        }
+        // Before the compiled objects are removed with the directory.
+        Ok(cxx_runtime_reason(s, a, &objects, cxx_source.as_deref()))
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    let reason = added?;
+    let mut libs = a.libs.clone();
+    if let Some(reason) = reason {
+        let extra: Vec<String> = cxx_runtime::libraries(a.static_only)
+            .iter()
+            .filter(|l| !libs.iter().any(|x| x == *l))
+            .map(|l| l.to_string())
+            .collect();
+        tracing::info!(
+            "{reason}: linking {} as g++ does (--no-cxx-runtime turns this off)",
+            extra
+                .iter()
+                .map(|l| format!("-l{l}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        libs.extend(extra);
+    }
+    for l in &libs {
+        s.add_library(l)?;
+    }
+    Ok(())
+}
+
+/// Why the C++ runtime is linked, or None: a C++ source among the inputs, or an input (object,
+/// archive member, `-l` archive) that references the runtime.
+fn cxx_runtime_reason(
+    s: &Session,
+    a: &RunArgs,
+    objects: &[PathBuf],
+    cxx_source: Option<&Path>,
+) -> Option<String> {
+    if a.no_cxx_runtime {
+        return None;
+    }
+    if let Some(src) = cxx_source {
+        return Some(format!("{} is C++", src.display()));
+    }
+    let mut files = objects.to_vec();
+    files.extend(
+        a.libs
+            .iter()
+            .filter_map(|l| s.library_search().find(l).ok()),
+    );
+    cxx_runtime::first_reference(&files)
+        .map(|r| format!("{} references the C++ runtime ({})", r.input, r.symbol))
+}
+
 /// Start or reach the executor the user chose.
 fn remote_executor(choice: &ExecutorChoice, r: &RemoteArgs) -> Result<kiln_remote::RemoteExecutor> {
     let token = match &r.token_file {
@@ -384,6 +416,9 @@ fn remote_executor(choice: &ExecutorChoice, r: &RemoteArgs) -> Result<kiln_remot
     };
     Ok(match choice {
         ExecutorChoice::Connect(e) => kiln_remote::RemoteExecutor::connect(e, opts)?,
+        ExecutorChoice::Spawn(Some(program)) => {
+            kiln_remote::RemoteExecutor::spawn(program, &[], opts)?
+        }
         _ => {
             let (program, args) = executor_program()?;
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -482,36 +517,15 @@ fn run(a: RunArgs) -> Result<i32> {
         s.set_allow_list(names);
     }
     for (n, v) in &a.defines {
+        if let Some(sym) = kiln::internal::check::linker_defined(n) {
+            bail!(
+                "--define {n}: `{n}` is defined by the linker ({}); no --define can change it",
+                sym.meaning
+            );
+        }
         s.define(n.clone(), *v);
     }
-    let tmp = std::env::temp_dir().join(format!("kiln-{}", std::process::id()));
-    let compiled = compile_sources(&a.inputs, &tmp);
-    let (objects, cxx) = match compiled {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    let added: Result<()> = (|| {
-        for o in &objects {
-            s.add_file(o)?;
-        }
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    added?;
-    let mut libs = a.libs.clone();
-    if cxx {
-        for l in ["stdc++", "m"] {
-            if !libs.iter().any(|x| x == l) {
-                libs.push(l.to_string());
-            }
-        }
-    }
-    for l in &libs {
-        s.add_library(l)?;
-    }
+    add_inputs(&s, &a)?;
     s.add_root(a.entry.clone());
     let unit = s.link()?;
     if let Some(limit) = a.slab_size {

@@ -309,3 +309,116 @@ fn spellings_and_reports() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("not a size"), "{err}");
 }
+
+/// Every option kiln shares with llvm-jitlink, spelled as llvm-jitlink spells it (one dash,
+/// `=` or a separate value), links and checks exactly as kiln's own spelling does.
+#[test]
+fn llvm_jitlink_command_lines_work_like_kilns() {
+    let mc = llvm_mc();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("x.s");
+    std::fs::write(
+        &src,
+        "\t.text\n\t.globl start\nstart:\n\tcallq foo\n\tmovq bar@GOTPCREL(%rip), %rax\n\tretq\n\
+         # jitlink-check: decode_operand(start, 0) = stub_addr(x.o, foo) - next_pc(start)\n\
+         # jitlink-check: *{8}got_addr(x.o, foo) = foo\n\
+         # jitlink-check: foo = 0x123456789000\n\
+         # jitlink-check: bar = 0x1000\n\
+         # jitlink-check: start = 0x7000000\n\
+         # other: start = 0x7000000\n",
+    )
+    .unwrap();
+    let obj = tmp.path().join("x.o");
+    let st = Command::new(&mc)
+        .args(["-triple=x86_64-unknown-linux-gnu", "-filetype=obj", "-o"])
+        .arg(&obj)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let kiln = |args: &[String]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("run")
+            .args(args)
+            .arg(&obj)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let check = src.display().to_string();
+    let words = |s: &str| -> Vec<String> { s.split_whitespace().map(String::from).collect() };
+    let llvm = words(&format!(
+        "-noexec -entry=start -abs foo=0x123456789000 -define-abs=bar=0x1000 \
+         -slab-address=0x7000000 -slab-allocate 64 -slab-page-size=4096 -no-process-syms \
+         -check={check}"
+    ));
+    let kilns = words(&format!(
+        "--noexec --entry start --define foo=0x123456789000 --define bar=0x1000 \
+         --slab-address 0x7000000 --slab-size 64Kb --slab-page-size 4096 \
+         --no-process-symbols --check {check}"
+    ));
+    let llvm_run = kiln(&llvm);
+    assert_eq!(llvm_run.0, Some(0), "{llvm:?}: {}", llvm_run.2);
+    assert!(llvm_run.2.contains("5 checks passed"), "{}", llvm_run.2);
+    assert_eq!(llvm_run, kiln(&kilns), "{llvm:?} and {kilns:?} differ");
+    // Both spellings of the check name, the slab limit, and statistics.
+    for name in [
+        "-check-name=other",
+        "-check-name other",
+        "--check-name=other",
+    ] {
+        let mut args = words("-noexec -entry start -slab-address 0x7000000 -no-process-syms");
+        args.extend(words("-abs foo=1 -abs bar=2"));
+        args.extend(words(name));
+        args.push(format!("-check={check}"));
+        let (code, _, err) = kiln(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(err.contains("1 checks passed"), "{args:?}: {err}");
+    }
+    for stats in ["-show-stats", "-show-times", "-show-sizes", "--show-stats"] {
+        let mut args = words("-noexec -entry=start -abs foo=1 -abs bar=2");
+        args.push(stats.into());
+        let (code, _, err) = kiln(&args);
+        assert_eq!(code, Some(0), "{stats}: {err}");
+        assert!(err.contains("kiln link statistics"), "{stats}: {err}");
+    }
+    let (code, _, err) = kiln(&words(
+        "-noexec -entry=start -abs foo=1 -abs bar=2 -slab-address=0x7000000 -slab-allocate=1",
+    ));
+    assert_eq!(code, Some(125), "{err}");
+    assert!(err.contains("more than the slab's 0x400"), "{err}");
+    // An llvm-jitlink option without a kiln equivalent is named, not misread.
+    let (code, _, err) = kiln(&words("-noexec -phony-externals"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("-phony-externals has no kiln equivalent"),
+        "{err}"
+    );
+}
+
+/// `kiln run --help` tells llvm-jitlink users that their spellings work.
+#[test]
+fn help_mentions_llvm_jitlink_spellings() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for s in [
+        "llvm-jitlink's spellings work too",
+        "-noexec",
+        "-entry=SYM",
+        "-abs/-define-abs",
+        "-slab-allocate",
+        "-perf-support",
+        "--no-process-syms",
+        "--show-times",
+        "--debugger-support",
+    ] {
+        assert!(help.contains(s), "run --help lacks {s}:\n{help}");
+    }
+}

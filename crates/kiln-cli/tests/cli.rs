@@ -477,3 +477,169 @@ fn connect_to_a_listening_executor() {
         );
     }
 }
+
+/// Compile C++ `src` with `c++ -c` into `dir/name.o`.
+fn cxx(dir: &Path, name: &str, src: &str) -> String {
+    let s = dir.join(format!("{name}.cc"));
+    let o = dir.join(format!("{name}.o"));
+    std::fs::write(&s, src).unwrap();
+    let st = Command::new("c++")
+        .args(["-c", "-O1", "-o"])
+        .arg(&o)
+        .arg(&s)
+        .status()
+        .expect("c++ is required");
+    assert!(st.success(), "c++ failed on {name}");
+    o.display().to_string()
+}
+
+fn kiln_logged(level: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_LOG", level)
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+const CXX_PROGRAM: &str = r#"#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+int main(int argc, char **) {
+    std::vector<std::string> v{"a", "b"};
+    try {
+        if (argc > 0) throw std::runtime_error("thrown");
+    } catch (const std::exception &e) {
+        std::cout << e.what() << " " << v.size() << std::endl;
+    }
+    return 7;
+}
+"#;
+
+/// A C++ object runs without naming its runtime, as `g++ prog.o` links it: kiln sees the
+/// references and adds `-lstdc++ -lm -lgcc_s` (saying so under KILN_LOG=info), in process and
+/// out of process; `--no-cxx-runtime` turns that off.
+#[test]
+fn cxx_objects_get_their_runtime() {
+    let d = workdir("cxxrt");
+    let o = cxx(&d, "prog", CXX_PROGRAM);
+    for executor in ["inprocess", "spawn"] {
+        let r = kiln_logged("info", &["run", "--executor", executor, &o]);
+        let (out, err) = text(&r);
+        assert_eq!(r.status.code(), Some(7), "{executor}: {err}");
+        assert_eq!(out, "thrown 2\n", "{executor}");
+        assert!(
+            err.contains("prog.o references the C++ runtime (")
+                && err.contains("linking -lstdc++ -lm -lgcc_s as g++ does"),
+            "{executor}: {err}"
+        );
+    }
+    // Named already: not named twice.
+    let r = kiln_logged("info", &["run", &o, "-lstdc++"]);
+    let (_, err) = text(&r);
+    assert_eq!(r.status.code(), Some(7), "{err}");
+    assert!(err.contains("linking -lm -lgcc_s as g++ does"), "{err}");
+    let r = kiln(&["run", "--no-cxx-runtime", &o]);
+    let (out, err) = text(&r);
+    assert_eq!(r.status.code(), Some(125), "{err}");
+    assert!(out.is_empty());
+    assert!(
+        err.contains("undefined symbols") && err.contains("__cxa_"),
+        "{err}"
+    );
+}
+
+/// C code gets no C++ runtime, even when it calls the `__cxa_` functions that glibc defines.
+#[test]
+fn c_objects_get_no_cxx_runtime() {
+    let d = workdir("crt");
+    let o = cc(
+        &d,
+        "c",
+        "#include <stdio.h>\nextern int __cxa_atexit(void (*)(void *), void *, void *);\n\
+         extern void *__dso_handle;\nstatic void bye(void *p){ (void)p; puts(\"bye\"); }\n\
+         int main(void){ __cxa_atexit(bye, 0, &__dso_handle); return 5; }",
+        &[],
+    );
+    let src = d.join("s.c");
+    std::fs::write(&src, "int main(void){ return 6; }").unwrap();
+    let src = src.display().to_string();
+    for (input, status) in [(&o, 5), (&src, 6)] {
+        let r = kiln_logged("debug", &["run", input]);
+        let (_, err) = text(&r);
+        assert_eq!(r.status.code(), Some(status), "{err}");
+        assert!(
+            !err.contains("C++") && !err.contains("-lstdc++"),
+            "{input}: {err}"
+        );
+    }
+}
+
+/// The references may come from an archive member, given as a file or with -l, the rest of the
+/// program being C; C++ sources get the runtime as `c++` gives it.
+#[test]
+fn cxx_runtime_for_archive_members_and_sources() {
+    let d = workdir("cxxar");
+    let part = cxx(
+        &d,
+        "part",
+        "#include <string>\n#include <stdexcept>\nextern \"C\" int part_len(const char *s) {\n\
+         try { std::string t(s); if (t.empty()) throw std::invalid_argument(\"e\"); return (int)t.size(); }\n\
+         catch (const std::exception &) { return -1; } }\n",
+    );
+    let ar = d.join("libcxxpart.a");
+    let st = Command::new("ar")
+        .arg("rcs")
+        .arg(&ar)
+        .arg(&part)
+        .status()
+        .expect("ar is required");
+    assert!(st.success());
+    let main = cc(
+        &d,
+        "cmain",
+        "extern int part_len(const char *);\nint main(void){ return part_len(\"four\") * 10 + part_len(\"\") + 1; }",
+        &[],
+    );
+    let ar = ar.display().to_string();
+    let dir = d.display().to_string();
+    for args in [
+        vec!["run", &main, &ar],
+        vec!["run", &main, "-L", &dir, "-lcxxpart"],
+    ] {
+        let r = kiln_logged("info", &args);
+        let (_, err) = text(&r);
+        assert_eq!(r.status.code(), Some(40), "{args:?}: {err}");
+        assert!(
+            err.contains("libcxxpart.a(part.o) references the C++ runtime"),
+            "{args:?}: {err}"
+        );
+    }
+    let src = d.join("prog.cc");
+    std::fs::write(&src, CXX_PROGRAM).unwrap();
+    let src = src.display().to_string();
+    let r = kiln_logged("info", &["run", &src]);
+    let (out, err) = text(&r);
+    assert_eq!(r.status.code(), Some(7), "{err}");
+    assert_eq!(out, "thrown 2\n");
+    assert!(err.contains("prog.cc is C++: linking -lstdc++"), "{err}");
+}
+
+/// `--define` cannot give an address to a symbol the linker defines for the unit: the link
+/// would use its own, so the definition would be silently ignored.
+#[test]
+fn define_refuses_linker_defined_symbols() {
+    let d = workdir("defld");
+    let o = cc(&d, "m", "int main(void){ return 0; }", &[]);
+    for name in ["_GLOBAL_OFFSET_TABLE_", "__dso_handle"] {
+        let def = format!("{name}=0x1000");
+        let r = kiln(&["run", "--noexec", "--define", &def, &o]);
+        let (_, err) = text(&r);
+        assert_eq!(r.status.code(), Some(125), "{err}");
+        assert!(
+            err.contains(&format!("`{name}` is defined by the linker")),
+            "{err}"
+        );
+    }
+}

@@ -885,3 +885,70 @@ fn gdb_follows_into_the_executor() {
         show(&r)
     );
 }
+
+/// llvm-jitlink's `-perf-support`: the jitdump goes where LLVM's perf support puts it,
+/// `$JITDUMPDIR/.debug/jit/llvm-IR-jit-DATE-XXXXXX/jit-PID.dump`, a new directory per run.
+#[test]
+fn perf_support_writes_the_jitdump_where_llvm_does() {
+    let dir = workdir("perf-support");
+    let hot = cc(&dir, "hot", HOT_C, &["-g", "-O2"]);
+    let base = dir.join("dumps");
+    let mut pids = Vec::new();
+    for (i, spelling) in ["-perf-support", "--perf-support"].iter().enumerate() {
+        let r = must(
+            Command::new(KILN)
+                .args(["run", spelling])
+                .arg(&hot)
+                .args(["--", "1000"])
+                .env("JITDUMPDIR", &base),
+            &dir,
+            &format!("kiln-{i}"),
+        );
+        assert_eq!(r.code(), Some(0), "{}", show(&r));
+        pids.push(printed_pid(&r));
+    }
+    let jit = base.join(".debug/jit");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&jit)
+        .unwrap_or_else(|e| panic!("{}: {e}", jit.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 2, "one directory per run: {dirs:?}");
+    let mut found = Vec::new();
+    for d in &dirs {
+        let name = d.file_name().unwrap().to_str().unwrap();
+        let (date, random) = name
+            .strip_prefix("llvm-IR-jit-")
+            .and_then(|r| r.split_once('-'))
+            .unwrap_or_else(|| panic!("{name}: not llvm-IR-jit-DATE-XXXXXX"));
+        assert!(
+            date.len() == 8 && date.bytes().all(|c| c.is_ascii_digit()),
+            "{name}"
+        );
+        assert!(
+            random.len() == 6 && random.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            let dump = parse_jitdump(&std::fs::read(&p).unwrap());
+            assert_eq!(
+                p.file_name().unwrap().to_str().unwrap(),
+                format!("jit-{}.dump", dump.pid)
+            );
+            found.push(dump.pid);
+        }
+    }
+    found.sort();
+    pids.sort();
+    assert_eq!(found, pids);
+    // With --jitdump as well, the directory would be ambiguous.
+    let r = must(
+        Command::new(KILN)
+            .args(["run", "-perf-support", "--jitdump=x"])
+            .arg(&hot),
+        &dir,
+        "both",
+    );
+    assert_eq!(r.code(), Some(2), "{}", show(&r));
+}

@@ -604,10 +604,9 @@ fn run_kiln(
     if let Some(m) = remote_memory {
         cmd.args(["--executor", "spawn", "--memory", m]);
     }
+    // C++ programs get their runtime as from `c++`, without -lstdc++ (kiln sees the
+    // references); C programs name -lm as they do for `cc`.
     cmd.args(inputs).args(&program.libs);
-    if program.cxx {
-        cmd.arg("-lstdc++");
-    }
     cmd.arg("-lm");
     if !program.args.is_empty() {
         cmd.arg("--").args(&program.args);

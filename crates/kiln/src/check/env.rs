@@ -1,7 +1,11 @@
 //! [`CheckEnv`] over a [`LinkMap`]: what one link recorded.
 
 use super::eval::CheckEnv;
+use super::linker_defined::{self, LinkerDefined};
 use crate::link::LinkMap;
+
+/// The name the link map gives to what the linker itself made (GOT, stubs, runtime glue).
+const KILN_INPUT: &str = "<kiln>";
 
 /// Finds symbols that a unit does not define: name → address.
 pub type SymbolLookup<'a> = Box<dyn Fn(&str) -> Option<u64> + 'a>;
@@ -57,7 +61,7 @@ impl<'a> LinkMapEnv<'a> {
             .chain(self.map.sections.iter().map(|s| s.file.as_str()))
             .chain(self.map.got_entries.iter().map(|s| s.file.as_str()))
             .chain(self.map.stubs.iter().map(|s| s.file.as_str()))
-            .filter(|f| *f != "<kiln>")
+            .filter(|f| *f != KILN_INPUT)
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -127,6 +131,39 @@ impl<'a> LinkMapEnv<'a> {
         }
     }
 
+    /// A symbol the linker defines for the unit that the map does not list (no input referenced
+    /// it): derived from the sections the linker made, or an error saying why it has no value.
+    /// Never taken from outside the unit: the process's `__dso_handle` or GOT is not the unit's.
+    fn linker_symbol(&self, s: &LinkerDefined) -> Result<u64, String> {
+        let start = |keep: &dyn Fn(&str, &str) -> bool| {
+            self.map
+                .sections
+                .iter()
+                .filter(|s| keep(&s.file, &s.name))
+                .map(|s| s.addr)
+                .min()
+        };
+        let found = match s.name {
+            // The GOT's entries are one block of the linker's own `.got` section.
+            "_GLOBAL_OFFSET_TABLE_" => start(&|f, n| f == KILN_INPUT && n == ".got"),
+            // Where the unit's TLS template starts (its `.tdata` comes first): `x -
+            // _TLS_MODULE_BASE_` is x's offset in the block, as in a GNU ld output.
+            "_TLS_MODULE_BASE_" => start(&|_, n| linker_defined::is_tdata_section(n)),
+            _ => None,
+        };
+        found.ok_or_else(|| {
+            let why = match s.name {
+                "_GLOBAL_OFFSET_TABLE_" => "the unit has no GOT entries",
+                "_TLS_MODULE_BASE_" => "the unit has no initialized thread-local data (.tdata)",
+                _ => "the link map does not list it",
+            };
+            format!(
+                "`{}` ({}) has no address in this link: no input references it and {why}",
+                s.name, s.meaning
+            )
+        })
+    }
+
     fn read_byte(&self, addr: u64) -> Option<u8> {
         for m in &self.map.memory {
             if let Some(off) = addr.checked_sub(m.addr) {
@@ -157,12 +194,10 @@ impl CheckEnv for LinkMapEnv<'_> {
         defs.dedup_by_key(|d| d.1);
         match defs.as_slice() {
             [(_, a)] => Ok(*a),
-            [] => (self.outside)(name).ok_or_else(|| {
-                format!(
-                    "no symbol `{name}`: not defined by the linked inputs, nor by -abs/--define, \
-                     nor found by the executor"
-                )
-            }),
+            [] => match linker_defined::linker_defined(name) {
+                Some(s) => self.linker_symbol(s),
+                None => (self.outside)(name).ok_or_else(|| linker_defined::undefined_message(name)),
+            },
             many => {
                 let global = (self.outside)(name);
                 match many.iter().find(|d| Some(d.1) == global) {

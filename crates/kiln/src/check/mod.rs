@@ -19,11 +19,13 @@ pub mod disasm;
 pub mod env;
 pub mod eval;
 pub mod expr;
+pub mod linker_defined;
 pub mod slab;
 
 pub use env::LinkMapEnv;
 pub use eval::{eval, CheckEnv};
 pub use expr::{parse_check, parse_expr, Check, Expr, ParseError};
+pub use linker_defined::{linker_defined, LinkerDefined, LINKER_DEFINED};
 pub use slab::SlabExecutor;
 
 use crate::session::{Session, UnitId};
@@ -187,7 +189,9 @@ pub fn run_checks(checks: &[CheckLine], env: &dyn CheckEnv) -> CheckReport {
 /// Evaluate the checks of `source` (named `name`) against unit `unit` of `session`, which must
 /// have been linked with [`Session::set_want_map`] on. Symbols the unit does not define are
 /// taken from `defines` (`-abs`/`--define`), then the executor's runtime symbols, then (if
-/// `process`) the executor process. A file without checks is an error, as in llvm-jitlink.
+/// `process`) the executor process — except the symbols the linker defines for the unit
+/// ([`LINKER_DEFINED`]), which are the unit's even when no input references them. A file
+/// without checks is an error, as in llvm-jitlink.
 pub fn check_unit(
     session: &Session,
     unit: UnitId,

@@ -282,3 +282,37 @@ fn no_panics_on_junk() {
         assert!(run_check(junk, &e).is_err(), "{junk}");
     }
 }
+
+/// Symbols the linker defines are answered from the unit even when no input referenced them
+/// (the map does not list them): never from outside, where the process's own would be found.
+#[test]
+fn linker_defined_symbols() {
+    let mut m = map();
+    let outside = |n: &str| match n {
+        "__dso_handle" | "_GLOBAL_OFFSET_TABLE_" | "_TLS_MODULE_BASE_" => Some(0x5555_0000),
+        _ => None,
+    };
+    let value = |m: &LinkMap, src: &str| {
+        let e = parse_expr(src).map_err(|e| e.to_string())?;
+        eval(&e, &LinkMapEnv::new(m).with_outside(outside))
+    };
+    assert_eq!(value(&m, "_GLOBAL_OFFSET_TABLE_"), Ok(GOT));
+    let e = value(&m, "_TLS_MODULE_BASE_").unwrap_err();
+    assert!(e.contains("no initialized thread-local data"), "{e}");
+    let e = value(&m, "__dso_handle").unwrap_err();
+    assert!(e.contains("the unit's identity for __cxa_atexit"), "{e}");
+    let e = value(&m, "_end").unwrap_err();
+    assert!(e.contains("static linkers define `_end`"), "{e}");
+    // The TLS block starts with the lowest .tdata of any input.
+    m.sections.push(sec("b.o", ".tdata.x", DATA + 0x240, 8));
+    m.sections.push(sec("a.o", ".tdata", DATA + 0x200, 8));
+    assert_eq!(value(&m, "_TLS_MODULE_BASE_"), Ok(DATA + 0x200));
+    // Without a GOT section the error says so.
+    m.sections.retain(|s| s.name != ".got");
+    let e = value(&m, "_GLOBAL_OFFSET_TABLE_").unwrap_err();
+    assert!(e.contains("has no GOT entries"), "{e}");
+    // A definition in the unit is what the name means.
+    m.symbols
+        .push(sym("<kiln>", "__dso_handle", DATA + 0x300, 8));
+    assert_eq!(value(&m, "__dso_handle"), Ok(DATA + 0x300));
+}

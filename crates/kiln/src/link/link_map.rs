@@ -77,10 +77,10 @@ impl LinkMap {
 /// Record the link map of a laid-out, fixed-up unit.
 pub(super) fn link_map(g: &LinkGraph, tables: &Tables, layout: &Layout, work: &[&[u8]]) -> LinkMap {
     LinkMap {
-        symbols: mapped_symbols(g),
+        symbols: mapped_symbols(g, layout),
         got_entries: table_entries(g, &tables.got, tables),
         stubs: table_entries(g, &tables.stubs, tables),
-        sections: mapped_sections(g),
+        sections: mapped_sections(g, layout),
         memory: layout
             .segments
             .iter()
@@ -93,23 +93,31 @@ pub(super) fn link_map(g: &LinkGraph, tables: &Tables, layout: &Layout, work: &[
     }
 }
 
-fn mapped_symbols(g: &LinkGraph) -> Vec<MappedSymbol> {
+/// Where a block is: its address, or for `.tbss` (which has no memory in the unit, only in each
+/// thread's TLS block) where it lies in the TLS template's range, after `.tdata`.
+fn block_addr(g: &LinkGraph, layout: &Layout, b: BlockId) -> u64 {
+    let blk = &g.blocks[b.idx()];
+    match (&layout.tls, g.sections[blk.section.idx()].kind) {
+        (Some(t), SectionKind::Tls) if blk.is_zero_fill() => t.image_addr + blk.tls_offset,
+        _ => blk.addr,
+    }
+}
+
+fn mapped_symbols(g: &LinkGraph, layout: &Layout) -> Vec<MappedSymbol> {
     let mut out = Vec::new();
-    for (i, s) in g.symbols.iter().enumerate() {
-        let SymbolDef::Defined { block, .. } = s.def else {
+    for s in &g.symbols {
+        let SymbolDef::Defined { block, offset } = s.def else {
             continue;
         };
         if s.name.is_empty() || !g.blocks[block.idx()].live {
             continue;
         }
-        if let Some(addr) = g.symbol_addr(SymbolId(i as u32)) {
-            out.push(MappedSymbol {
-                file: g.input_name(g.block_input(block)).to_string(),
-                name: String::from_utf8_lossy(s.name).into_owned(),
-                addr,
-                size: s.size,
-            });
-        }
+        out.push(MappedSymbol {
+            file: g.input_name(g.block_input(block)).to_string(),
+            name: String::from_utf8_lossy(s.name).into_owned(),
+            addr: block_addr(g, layout, block) + offset,
+            size: s.size,
+        });
     }
     out
 }
@@ -156,12 +164,13 @@ fn table_entries(g: &LinkGraph, list: &[(SymbolId, SymbolId)], tables: &Tables) 
     out
 }
 
-fn mapped_sections(g: &LinkGraph) -> Vec<MappedSection> {
+fn mapped_sections(g: &LinkGraph, layout: &Layout) -> Vec<MappedSection> {
     let mut secs: FxHashMap<SectionId, (u64, u64)> = FxHashMap::default();
-    for b in g.blocks.iter().filter(|b| b.live) {
+    for (i, b) in g.blocks.iter().enumerate().filter(|(_, b)| b.live) {
+        let addr = block_addr(g, layout, BlockId(i as u32));
         let e = secs.entry(b.section).or_insert((u64::MAX, 0));
-        e.0 = e.0.min(b.addr);
-        e.1 = e.1.max(b.addr + b.size());
+        e.0 = e.0.min(addr);
+        e.1 = e.1.max(addr + b.size());
     }
     let mut out: Vec<MappedSection> = secs
         .into_iter()

@@ -96,7 +96,11 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     resolve::load_archive_members(&mut g, &mut archives, input.session)?;
     resolve::check_duplicates(&g)?;
     t.lap("archive members");
-    let runtime = passes::synthesize_runtime(&mut g, linker, input.allow, &names);
+    let outside = passes::Outside {
+        defines: input.defines,
+        allow: input.allow,
+    };
+    let runtime = passes::synthesize_runtime(&mut g, linker, &outside, &names);
     passes::allocate_commons(&mut g, linker);
     passes::merge_init_fragments(&mut g, SectionKind::Init, linker);
     passes::merge_init_fragments(&mut g, SectionKind::Fini, linker);

@@ -70,7 +70,7 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 pub fn synthesize_runtime<'a>(
     g: &mut LinkGraph<'a>,
     input: InputId,
-    allow: Option<&rustc_hash::FxHashSet<String>>,
+    outside: &Outside,
     names: &'a bumpalo::Bump,
 ) -> Runtime {
     let data = synth_section(
@@ -93,13 +93,12 @@ pub fn synthesize_runtime<'a>(
         (b"pthread_atfork", b"__register_atfork", &templates.atfork),
     ];
     for (name, callee, template) in tail_calls {
-        let allowed = allow.is_none_or(|a| a.contains(std::str::from_utf8(name).unwrap_or("")));
-        if is_undefined(g, name) && allowed {
+        if is_undefined(g, name) && outside.wants_glue(name) {
             let b = instantiate(g, template, b".text.kiln", dso, callee, input);
             define_hidden(g, name, b, input, true);
         }
     }
-    synthesize_rust_allocator_shim(g, input, names);
+    synthesize_rust_allocator_shim(g, input, outside, names);
     // The start of the unit's TLS block, for local-dynamic code using TLS descriptors.
     if is_undefined(g, b"_TLS_MODULE_BASE_") {
         let id = g.globals[&b"_TLS_MODULE_BASE_"[..]];
@@ -118,6 +117,21 @@ pub fn synthesize_runtime<'a>(
         define_hidden(g, b"_GLOBAL_OFFSET_TABLE_", got, input, false);
     }
     Runtime { dso, got }
+}
+
+/// What the link's settings say about names the linker could write glue for.
+pub struct Outside<'s> {
+    /// `--define`s: a definition given by the user wins over the linker's glue.
+    pub defines: &'s rustc_hash::FxHashMap<String, u64>,
+    /// The allow-list: glue is only written for names it allows.
+    pub allow: Option<&'s rustc_hash::FxHashSet<String>>,
+}
+
+impl Outside<'_> {
+    fn wants_glue(&self, name: &[u8]) -> bool {
+        let name = std::str::from_utf8(name).unwrap_or("");
+        !self.defines.contains_key(name) && self.allow.is_none_or(|a| a.contains(name))
+    }
 }
 
 /// What [`synthesize_runtime`] made that later passes need.
@@ -169,6 +183,7 @@ fn instantiate<'a>(
 fn synthesize_rust_allocator_shim<'a>(
     g: &mut LinkGraph<'a>,
     input: InputId,
+    outside: &Outside,
     names: &'a bumpalo::Bump,
 ) {
     let undefined: Vec<SymbolId> = g
@@ -184,6 +199,9 @@ fn synthesize_rust_allocator_shim<'a>(
         let Some((prefix, base)) = rust_allocator_symbol(text) else {
             continue;
         };
+        if !outside.wants_glue(g.symbols[id.idx()].name) {
+            continue;
+        }
         let b = if base == "__rust_no_alloc_shim_is_unstable_v2" {
             let sec = synth_section(
                 g,
