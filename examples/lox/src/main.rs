@@ -63,9 +63,11 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
             "--gc-stress" => options.gc_stress = true,
             "--stats" => stats = true,
             "--jit=off" => {}
-            "--jit=on" | "--jit=always" => return Err(UsageError(format!(
+            "--jit=on" | "--jit=always" => {
+                return Err(UsageError(format!(
                 "{arg}: the template JIT is not built yet (it comes with kiln-jit); use --jit=off"
-            ))),
+            )))
+            }
             "--code-zone" => {
                 return Err(UsageError(
                     "--code-zone: the JIT code zone is not built yet (it comes with kiln-jit)"
