@@ -74,6 +74,10 @@ impl StringTable {
         self.count
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// The interned string with these packed bytes, if there is one.
     pub fn find(&self, mem: &Memory, packed: &[u64], len: usize, hash: u32) -> Option<ObjRef> {
         let mask = self.slots.len() - 1;
