@@ -127,7 +127,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            print!("{HELP}");
+            let _ = std::io::stdout().write_all(HELP.as_bytes());
             ExitCode::SUCCESS
         }
         Command::Bench(options) => match kiln_lox::bench::run(&options) {
@@ -201,12 +201,16 @@ fn repl(vm: &mut Vm) {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
+    // Writes to stdout ignore errors (a closed pipe ends nothing but the output), as clox's do.
+    let prompt = |text: &[u8]| {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(text).and_then(|()| out.flush());
+    };
     loop {
-        print!("> ");
-        let _ = std::io::stdout().flush();
+        prompt(b"> ");
         line.clear();
         if read_fgets_line(&mut input, &mut line).unwrap_or(0) == 0 {
-            println!();
+            prompt(b"\n");
             return;
         }
         vm.interpret(&line);

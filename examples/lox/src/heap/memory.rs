@@ -113,10 +113,10 @@ impl Memory {
         self.top = 1;
     }
 
-    /// Overwrites the unused part and everything below `top` with a pattern no header or value
-    /// has, so that a stale reference into a dead space fails loudly (used under --gc-stress).
+    /// Overwrites everything allocated with a pattern no header or value has, so that a stale
+    /// reference into a dead space fails loudly (used under --gc-stress).
     pub fn poison(&mut self) {
-        self.words.fill(POISON);
+        self.words[..self.top].fill(POISON);
     }
 
     /// Raw access for the collector, which copies whole objects between spaces.

@@ -415,15 +415,23 @@ impl Vm {
                     sync!();
                     check!(self.define_method(name));
                 }
-                _ => unreachable!("kiln-lox: invalid opcode {opcode} at {ip}"),
+                _ => invalid_opcode(),
             }
         }
     }
 
+    #[cold]
     fn undefined_variable(&self, slot: usize) -> Vec<u8> {
         let mut text = b"Undefined variable '".to_vec();
         text.extend_from_slice(&self.global_names[slot]);
         text.extend_from_slice(b"'.");
         text
     }
+}
+
+/// The compiler emits only the opcodes above; anything else is a bug in it.
+#[cold]
+#[inline(never)]
+fn invalid_opcode() -> ! {
+    panic!("kiln-lox: invalid opcode (compiler bug)")
 }
