@@ -1,7 +1,7 @@
 //! Reading and updating objects in place: method tables, shapes and fields. Nothing here
 //! allocates, so references passed in stay valid for the whole call.
 
-use super::layout::{array, instance, shape, table, Tag};
+use super::layout::{array, instance, shape, table};
 use super::memory::Memory;
 use super::strings::string_hash;
 use crate::value::{ObjRef, Value};
@@ -133,14 +133,4 @@ pub fn table_copy(mem: &mut Memory, from: ObjRef, to: ObjRef) {
             table_set(mem, to, key, value);
         }
     }
-}
-
-pub fn table_count(mem: &Memory, t: ObjRef) -> usize {
-    mem.load(t, table::COUNT) as usize
-}
-
-/// Whether `value` is an object with type `tag`.
-#[inline]
-pub fn is(mem: &Memory, value: Value, tag: Tag) -> bool {
-    mem.has_tag(value, tag)
 }

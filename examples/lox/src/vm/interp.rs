@@ -28,6 +28,10 @@ impl Vm {
         result
     }
 
+    /// One function on purpose: the dispatch loop keeps `ip`, `sp`, `base` and `fc` in
+    /// registers across all the fast paths; splitting the arms into functions would spill them
+    /// at every instruction. What is not a fast path is a call into `objects.rs`. `COUNT`
+    /// selects the copy that counts instructions for `--stats`.
     fn run_loop<const COUNT: bool>(&mut self, program: &Program) -> Result<(), RuntimeError> {
         let code = &program.code[..];
         let protos = &program.protos[..];

@@ -8,7 +8,7 @@
 use super::{Site, Vm};
 use crate::bytecode::{IcKind, InlineCache};
 use crate::heap::layout::{
-    array, bound_method, class, closure, instance, native, shape, string, table, upvalue, Tag,
+    array, bound_method, class, closure, instance, native, shape, table, upvalue, Tag,
 };
 use crate::heap::objects::{self as obj, FieldLocation};
 use crate::heap::strings;
@@ -605,6 +605,3 @@ fn field_cache(shape: Value, location: FieldLocation, name: u32) -> InlineCache 
 pub(super) fn is_string(mem: &crate::heap::memory::Memory, value: Value) -> bool {
     mem.has_tag(value, Tag::String)
 }
-
-// The string layout is read through `strings`; keep the import honest for readers.
-const _: usize = string::BYTES;
