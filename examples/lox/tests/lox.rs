@@ -220,6 +220,8 @@ fn generated_programs() -> Vec<(&'static str, String)> {
             loop_body(21842, Some("Loop body too large.")),
         ),
         ("nesting_deep.lox", nesting(2000)),
+        ("temporaries_in_function.lox", temporaries(true)),
+        ("temporaries_in_script.lox", temporaries(false)),
     ]
 }
 
@@ -353,6 +355,28 @@ fn nesting(depth: usize) -> String {
         "{".repeat(depth),
         "}".repeat(depth)
     );
+    s
+}
+
+/// A call nested 300 deep, 255 arguments at each level: more pending temporaries than the value
+/// stack holds. The call that would need them reports a stack overflow (clox writes past the end
+/// of its stack instead).
+fn temporaries(in_function: bool) -> String {
+    let mut call = String::from("a");
+    for _ in 0..300 {
+        call = format!("h({}{call})", "a,".repeat(254));
+    }
+    // `h` and `a` are locals: as globals or literals, each use would take a constant.
+    let mut s =
+        String::from("// kiln-lox only: clox does not check its value stack for temporaries.\n");
+    if in_function {
+        s += &format!("fun g() {{ var a = 1; fun h() {{}} {call}; }}\nprint \"before\"; // expect: before\ng();\n");
+        s += "// error: Stack overflow.\n// error: [line 4] in script\n// exit: 70\n";
+    } else {
+        // The script itself does not fit: the error names its first line.
+        s += &format!("print \"never\";\n{{ var a = 1; fun h() {{}} {call}; }}\n");
+        s += "// error: Stack overflow.\n// error: [line 2] in script\n// exit: 70\n";
+    }
     s
 }
 

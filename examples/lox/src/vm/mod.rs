@@ -152,7 +152,18 @@ impl Vm {
             .store(closure, layout::closure::PROTO, proto as u64);
         self.stack.set(0, Value::obj(closure));
         self.sp = 1;
-        let start = self.program.protos[proto].code_start;
+        let Proto {
+            code_start: start,
+            max_stack,
+            ..
+        } = self.program.protos[proto];
+        if max_stack > stack::STACK_SLOTS {
+            // Only a script with tens of thousands of pending temporaries gets here.
+            let line = self.program.lines.get(start).copied().unwrap_or(1);
+            return Err(RuntimeError(
+                format!("Stack overflow.\n[line {line}] in script\n").into_bytes(),
+            ));
+        }
         self.frames.set(0, Value::obj(closure), start, 0);
         self.frame_count = 1;
         Ok(())
