@@ -1,0 +1,529 @@
+//! The virtual machine: the regions it runs on (heap, value stack, frames, globals), the GC's
+//! view of its roots, interpretation of a source, printing and runtime errors.
+//!
+//! `interp.rs` is the bytecode loop; `objects.rs` the operations that allocate or look things
+//! up (classes, instances, closures, slow paths of inline caches); `format.rs` prints numbers.
+
+mod format;
+mod interp;
+mod objects;
+pub mod stack;
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use crate::bytecode::{IcKind, InlineCache, Program, Proto};
+use crate::heap::layout::{self, Tag};
+use crate::heap::{strings, ExternalRoots, Heap, HeapExhausted, HeapStats, RootSet};
+use crate::value::{ObjRef, Value};
+use stack::{Frames, ValueStack};
+
+pub use format::format_number;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Collect at every allocation.
+    pub gc_stress: bool,
+    /// Count instructions (a second copy of the loop) for `--stats`.
+    pub count_instructions: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum InterpretResult {
+    Ok,
+    CompileError,
+    RuntimeError,
+}
+
+/// Kinds of inline-cache sites, for the statistics.
+#[derive(Clone, Copy)]
+pub enum Site {
+    GetProperty = 0,
+    SetProperty = 1,
+    Invoke = 2,
+    Super = 3,
+}
+
+const SITE_NAMES: [&str; 4] = ["get property", "set property", "invoke", "super"];
+
+#[derive(Default, Debug, Clone)]
+pub struct VmStats {
+    pub instructions: u64,
+    pub calls: u64,
+    pub ic_hits: [u64; 4],
+    pub ic_misses: [u64; 4],
+    pub shapes: u64,
+}
+
+/// The text of a runtime error: message and stack trace, as clox prints them.
+#[derive(Debug)]
+pub struct RuntimeError(pub Vec<u8>);
+
+pub struct Vm {
+    pub heap: Heap,
+    pub stack: ValueStack,
+    pub frames: Frames,
+    /// Next free value-stack slot (valid whenever the loop calls out).
+    pub sp: usize,
+    pub frame_count: usize,
+    /// Open upvalues, highest stack slot first (linked through `upvalue::NEXT`).
+    pub open_upvalues: Value,
+    /// Global variables by slot; `Value::UNDEFINED` until defined. Slots are given out by name
+    /// at compile time, so a global access is an index, never a lookup.
+    pub globals: Vec<Value>,
+    global_names: Vec<Box<[u8]>>,
+    global_slots: HashMap<Box<[u8]>, u32>,
+    /// Constants of all compiled functions (GC roots).
+    pub constants: Vec<Value>,
+    pub ics: Vec<InlineCache>,
+    pub program: Program,
+    /// The interned "init", to recognize initializers.
+    pub init_string: Value,
+    pub stats: VmStats,
+    external_roots: Vec<Box<dyn ExternalRoots>>,
+    count_instructions: bool,
+    /// Buffered stdout.
+    out: Vec<u8>,
+    sink: Box<dyn Write>,
+    /// Scratch for building strings.
+    scratch: Vec<u8>,
+}
+
+/// Sizes of the program's tables before a compile, to take a failed compile back.
+pub struct Checkpoint {
+    code: usize,
+    protos: usize,
+    constants: usize,
+    ics: usize,
+}
+
+impl Vm {
+    pub fn new(options: Options, sink: Box<dyn Write>) -> Vm {
+        let mut vm = Vm {
+            heap: Heap::new(options.gc_stress),
+            stack: ValueStack::new(),
+            frames: Frames::new(),
+            sp: 0,
+            frame_count: 0,
+            open_upvalues: Value::NIL,
+            globals: Vec::new(),
+            global_names: Vec::new(),
+            global_slots: HashMap::new(),
+            constants: Vec::new(),
+            ics: Vec::new(),
+            program: Program::default(),
+            init_string: Value::NIL,
+            stats: VmStats::default(),
+            external_roots: Vec::new(),
+            count_instructions: options.count_instructions,
+            out: Vec::new(),
+            sink,
+            scratch: Vec::new(),
+        };
+        // A fresh heap always has room for these.
+        vm.init_string = vm.intern(b"init").unwrap_or(Value::NIL);
+        vm.define_native(b"clock", objects::NATIVE_CLOCK);
+        vm
+    }
+
+    /// Compiles and runs `source`. Errors are reported on stderr, as clox reports them.
+    pub fn interpret(&mut self, source: &[u8]) -> InterpretResult {
+        let Some(script) = crate::compiler::compile(self, source) else {
+            return InterpretResult::CompileError;
+        };
+        let result = self.call_script(script).and_then(|()| self.run());
+        if let Err(RuntimeError(text)) = result {
+            self.flush();
+            let _ = std::io::stderr().write_all(&text);
+            self.reset_stack();
+            return InterpretResult::RuntimeError;
+        }
+        InterpretResult::Ok
+    }
+
+    fn call_script(&mut self, proto: usize) -> Result<(), RuntimeError> {
+        self.reset_stack();
+        if self.reserve(layout::closure::UPVALUES).is_err() {
+            return Err(RuntimeError(b"Out of memory.\n".to_vec()));
+        }
+        let closure = self.heap.alloc(Tag::Closure, layout::closure::UPVALUES);
+        self.heap
+            .mem
+            .store(closure, layout::closure::PROTO, proto as u64);
+        self.stack.set(0, Value::obj(closure));
+        self.sp = 1;
+        let Proto {
+            code_start: start,
+            max_stack,
+            ..
+        } = self.program.protos[proto];
+        if max_stack > stack::STACK_SLOTS {
+            // Only a script with tens of thousands of pending temporaries gets here.
+            let line = self.program.lines.get(start).copied().unwrap_or(1);
+            return Err(RuntimeError(
+                format!("Stack overflow.\n[line {line}] in script\n").into_bytes(),
+            ));
+        }
+        self.frames.set(0, Value::obj(closure), start, 0);
+        self.frame_count = 1;
+        Ok(())
+    }
+
+    fn reset_stack(&mut self) {
+        self.sp = 0;
+        self.frame_count = 0;
+        self.open_upvalues = Value::NIL;
+    }
+
+    /// Registers references held outside the VM (see `ExternalRoots`).
+    pub fn add_external_roots(&mut self, roots: Box<dyn ExternalRoots>) {
+        self.external_roots.push(roots);
+    }
+
+    /// The slot of global `name`, given out on first sight.
+    pub fn global_slot(&mut self, name: &[u8]) -> u32 {
+        if let Some(&slot) = self.global_slots.get(name) {
+            return slot;
+        }
+        let slot = self.globals.len() as u32;
+        self.globals.push(Value::UNDEFINED);
+        self.global_names.push(name.into());
+        self.global_slots.insert(name.into(), slot);
+        slot
+    }
+
+    pub fn program_checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            code: self.program.code.len(),
+            protos: self.program.protos.len(),
+            constants: self.constants.len(),
+            ics: self.ics.len(),
+        }
+    }
+
+    pub fn program_rollback(&mut self, to: Checkpoint) {
+        self.program.code.truncate(to.code);
+        self.program.lines.truncate(to.code);
+        self.program.protos.truncate(to.protos);
+        self.constants.truncate(to.constants);
+        self.ics.truncate(to.ics);
+    }
+
+    // ---- allocation and GC ----
+
+    /// Makes sure `words` can be allocated without collecting (see `heap`): may collect now,
+    /// which moves objects and rewrites every root.
+    #[inline]
+    pub fn reserve(&mut self, words: usize) -> Result<(), HeapExhausted> {
+        if self.heap.needs_collection(words) {
+            self.collect(words)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn collect(&mut self, words: usize) -> Result<(), HeapExhausted> {
+        let mut roots = VmRoots {
+            stack: &mut self.stack,
+            sp: self.sp,
+            frames: &mut self.frames,
+            frame_count: self.frame_count,
+            open_upvalues: &mut self.open_upvalues,
+            init_string: &mut self.init_string,
+            globals: &mut self.globals,
+            constants: &mut self.constants,
+            ics: &mut self.ics,
+            external: &mut self.external_roots,
+        };
+        self.heap.collect(&mut roots, words)
+    }
+
+    /// The interned string with these bytes, allocating it if new.
+    pub fn intern(&mut self, bytes: &[u8]) -> Result<Value, HeapExhausted> {
+        if bytes.len() > strings::MAX_STRING_LEN {
+            return Err(HeapExhausted);
+        }
+        if let Some(s) = self.heap.find_string(bytes) {
+            return Ok(Value::obj(s));
+        }
+        self.reserve(strings::string_words(bytes.len()))?;
+        Ok(Value::obj(self.heap.alloc_string(bytes)))
+    }
+
+    fn define_native(&mut self, name: &[u8], id: u64) {
+        let slot = self.global_slot(name) as usize;
+        if self.reserve(layout::native::WORDS).is_ok() {
+            let native = self.heap.alloc(Tag::Native, layout::native::WORDS);
+            self.heap.mem.store(native, layout::native::ID, id);
+            self.globals[slot] = Value::obj(native);
+        }
+    }
+
+    // ---- output ----
+
+    /// `print value`; `protos` are the program's (taken out of the VM while it runs).
+    fn write_value(&mut self, value: Value, protos: &[Proto]) {
+        let mut out = std::mem::take(&mut self.out);
+        self.append_value(value, protos, &mut out);
+        out.push(b'\n');
+        self.out = out;
+        if self.out.len() >= 1 << 16 {
+            self.flush();
+        }
+    }
+
+    /// Appends `value` as `print` shows it.
+    pub fn append_value(&self, value: Value, protos: &[Proto], out: &mut Vec<u8>) {
+        if value.is_number() {
+            format_number(value.as_number(), out);
+        } else if value.is_obj() {
+            self.append_object(value.as_obj(), protos, out);
+        } else if value == Value::TRUE {
+            out.extend_from_slice(b"true");
+        } else if value == Value::FALSE {
+            out.extend_from_slice(b"false");
+        } else {
+            out.extend_from_slice(b"nil");
+        }
+    }
+
+    fn append_object(&self, obj: ObjRef, protos: &[Proto], out: &mut Vec<u8>) {
+        use layout::{bound_method, class, instance, shape};
+        let mem = &self.heap.mem;
+        let tag = mem.tag(obj);
+        if tag == Tag::String as u64 {
+            strings::append_bytes(mem, obj, out);
+        } else if tag == Tag::Closure as u64 {
+            self.append_function(obj, protos, out);
+        } else if tag == Tag::BoundMethod as u64 {
+            self.append_function(
+                mem.load_value(obj, bound_method::METHOD).as_obj(),
+                protos,
+                out,
+            );
+        } else if tag == Tag::Class as u64 {
+            strings::append_bytes(mem, mem.load_value(obj, class::NAME).as_obj(), out);
+        } else if tag == Tag::Instance as u64 {
+            let shape = mem.load_value(obj, instance::SHAPE).as_obj();
+            let class = mem.load_value(shape, shape::CLASS).as_obj();
+            strings::append_bytes(mem, mem.load_value(class, class::NAME).as_obj(), out);
+            out.extend_from_slice(b" instance");
+        } else if tag == Tag::Native as u64 {
+            out.extend_from_slice(b"<native fn>");
+        } else {
+            out.extend_from_slice(b"<internal object>");
+        }
+    }
+
+    fn append_function(&self, closure: ObjRef, protos: &[Proto], out: &mut Vec<u8>) {
+        let proto = self.heap.mem.load(closure, layout::closure::PROTO) as usize;
+        match &protos[proto].name {
+            None => out.extend_from_slice(b"<script>"),
+            Some(name) => {
+                out.extend_from_slice(b"<fn ");
+                out.extend_from_slice(name);
+                out.push(b'>');
+            }
+        }
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.sink.write_all(&self.out);
+        let _ = self.sink.flush();
+        self.out.clear();
+    }
+
+    /// Builds the runtime error text: the message, then one line per frame, innermost first.
+    /// The frames' saved ips must be current.
+    fn runtime_error(&self, program: &Program, message: &[u8]) -> RuntimeError {
+        let mut text = message.to_vec();
+        text.push(b'\n');
+        for index in (0..self.frame_count).rev() {
+            let closure = self.frames.closure(index).as_obj();
+            let proto =
+                &program.protos[self.heap.mem.load(closure, layout::closure::PROTO) as usize];
+            let ip = self.frames.ip(index);
+            let line = program
+                .lines
+                .get(ip.saturating_sub(1))
+                .copied()
+                .unwrap_or(0);
+            text.extend_from_slice(format!("[line {line}] in ").as_bytes());
+            match &proto.name {
+                None => text.extend_from_slice(b"script\n"),
+                Some(name) => {
+                    text.extend_from_slice(name);
+                    text.extend_from_slice(b"()\n");
+                }
+            }
+        }
+        RuntimeError(text)
+    }
+
+    /// `--stats` report.
+    pub fn write_stats(&self, to: &mut dyn Write) -> std::io::Result<()> {
+        let s = &self.stats;
+        let HeapStats {
+            collections,
+            bytes_allocated,
+            bytes_moved,
+            refs_updated,
+            peak_semispace_bytes,
+        } = self.heap.stats;
+        writeln!(to, "kiln-lox stats (interpreter):")?;
+        if self.count_instructions {
+            writeln!(to, "  instructions executed   {}", s.instructions)?;
+        }
+        writeln!(to, "  calls                   {}", s.calls)?;
+        for (i, name) in SITE_NAMES.iter().enumerate() {
+            writeln!(
+                to,
+                "  ic {name:<20} {} hits, {} misses",
+                s.ic_hits[i], s.ic_misses[i]
+            )?;
+        }
+        writeln!(to, "  shapes created          {}", s.shapes)?;
+        writeln!(to, "  inline caches           {}", self.ics.len())?;
+        writeln!(to, "  gc collections          {collections}")?;
+        writeln!(to, "  bytes allocated         {bytes_allocated}")?;
+        writeln!(to, "  bytes moved by gc       {bytes_moved}")?;
+        writeln!(to, "  references updated      {refs_updated}")?;
+        writeln!(to, "  peak semispace bytes    {peak_semispace_bytes}")?;
+        writeln!(to, "  interned strings        {}", self.heap.strings.len())
+    }
+}
+
+/// The VM's roots, borrowed apart from the heap so that the collector can rewrite them.
+struct VmRoots<'a> {
+    stack: &'a mut ValueStack,
+    sp: usize,
+    frames: &'a mut Frames,
+    frame_count: usize,
+    open_upvalues: &'a mut Value,
+    init_string: &'a mut Value,
+    globals: &'a mut Vec<Value>,
+    constants: &'a mut Vec<Value>,
+    ics: &'a mut Vec<InlineCache>,
+    external: &'a mut Vec<Box<dyn ExternalRoots>>,
+}
+
+impl RootSet for VmRoots<'_> {
+    fn visit_strong(&mut self, visit: &mut dyn FnMut(&mut u64)) {
+        for slot in self.stack.live_mut(self.sp) {
+            visit(slot);
+        }
+        self.frames.visit_closures(self.frame_count, visit);
+        visit(&mut self.open_upvalues.0);
+        visit(&mut self.init_string.0);
+        for v in self.globals.iter_mut().chain(self.constants.iter_mut()) {
+            visit(&mut v.0);
+        }
+        let mut held = Vec::new();
+        for roots in self.external.iter_mut() {
+            held.clear();
+            roots.read_roots(&mut held);
+            for slot in held.iter_mut() {
+                visit(slot);
+            }
+            roots.write_roots(&held);
+        }
+    }
+
+    fn visit_weak(&mut self, survivor: &mut dyn Fn(u64) -> Option<u64>) {
+        for ic in self.ics.iter_mut().filter(|ic| ic.kind != IcKind::Empty) {
+            match (survivor(ic.key), survivor(ic.target)) {
+                (Some(key), Some(target)) => {
+                    ic.key = key;
+                    ic.target = target;
+                }
+                _ => ic.clear(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Stands in for JIT'd code holding heap references in its instructions.
+    struct HeldByCode(Rc<RefCell<Vec<u64>>>);
+
+    impl ExternalRoots for HeldByCode {
+        fn read_roots(&self, out: &mut Vec<u64>) {
+            out.extend_from_slice(&self.0.borrow());
+        }
+        fn write_roots(&mut self, updated: &[u64]) {
+            *self.0.borrow_mut() = updated.to_vec();
+        }
+    }
+
+    fn string_of(vm: &Vm, v: Value) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        strings::append_bytes(&vm.heap.mem, v.as_obj(), &mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn external_roots_keep_objects_alive_and_are_updated_after_each_move() {
+        let mut vm = Vm::new(
+            Options {
+                gc_stress: true,
+                count_instructions: false,
+            },
+            Box::new(std::io::sink()),
+        );
+        let held = vm.intern(b"held by machine code").expect("intern");
+        let code = Rc::new(RefCell::new(vec![held.0, Value::number(1.5).0]));
+        vm.add_external_roots(Box::new(HeldByCode(code.clone())));
+        let mut offsets = vec![held];
+        for i in 0..20 {
+            // Under --gc-stress every allocation collects. Constants are copied before external
+            // roots, so each new live constant shifts the held string to a new offset.
+            let live = vm.intern(format!("live {i}").as_bytes()).expect("intern");
+            vm.constants.push(live);
+            offsets.push(Value(code.borrow()[0]));
+        }
+        assert!(vm.heap.stats.collections >= 20);
+        let now = Value(code.borrow()[0]);
+        assert_eq!(string_of(&vm, now), b"held by machine code");
+        assert_eq!(
+            Value(code.borrow()[1]),
+            Value::number(1.5),
+            "non-references are left alone"
+        );
+        assert!(
+            offsets.windows(2).any(|w| w[0] != w[1]),
+            "the string never moved"
+        );
+        assert_eq!(
+            vm.intern(b"held by machine code").expect("intern"),
+            now,
+            "still interned"
+        );
+    }
+
+    #[test]
+    fn unreferenced_strings_leave_the_intern_table() {
+        let mut vm = Vm::new(
+            Options {
+                gc_stress: true,
+                count_instructions: false,
+            },
+            Box::new(std::io::sink()),
+        );
+        let before = vm.heap.strings.len();
+        for i in 0..10 {
+            vm.intern(format!("temporary {i}").as_bytes())
+                .expect("intern");
+        }
+        // The last one survives until the next collection; the others are gone.
+        assert!(
+            vm.heap.strings.len() <= before + 1,
+            "{} strings interned",
+            vm.heap.strings.len()
+        );
+    }
+}

@@ -1,0 +1,607 @@
+//! VM operations that allocate or search: classes, instances and shapes, closures and
+//! upvalues, strings, and the slow paths of the inline caches.
+//!
+//! They run with `self.sp` current and leave it current. Every allocation is preceded by one
+//! `reserve` for all it needs; after the reserve, references are loaded again from roots (the
+//! value stack, the constants), never kept from before it.
+
+use super::{Site, Vm};
+use crate::bytecode::{IcKind, InlineCache};
+use crate::heap::layout::{
+    array, bound_method, class, closure, instance, native, shape, table, upvalue, Tag,
+};
+use crate::heap::objects::{self as obj, FieldLocation};
+use crate::heap::strings;
+use crate::value::{ObjRef, Value};
+
+/// What a call turned out to need.
+pub(super) enum Call {
+    /// Push a frame for this closure (slot 0 and the arguments are in place).
+    Enter(Value),
+    /// Done: the result replaced the callee and arguments.
+    Done,
+}
+
+/// A runtime error message.
+pub(super) type Fault = Vec<u8>;
+
+pub const NATIVE_CLOCK: u64 = 0;
+/// Instances keep at most this many fields inline; more go to the overflow array.
+const MAX_INLINE_FIELDS: usize = 64;
+const INITIAL_METHOD_TABLE: usize = 8;
+
+fn out_of_memory() -> Fault {
+    b"Out of memory.".to_vec()
+}
+
+fn undefined_property(mem: &crate::heap::memory::Memory, name: Value) -> Fault {
+    let mut text = b"Undefined property '".to_vec();
+    strings::append_bytes(mem, name.as_obj(), &mut text);
+    text.extend_from_slice(b"'.");
+    text
+}
+
+impl Vm {
+    #[inline]
+    fn peek(&self, distance: usize) -> Value {
+        self.stack.get(self.sp - 1 - distance)
+    }
+
+    fn set_peek(&mut self, distance: usize, value: Value) {
+        self.stack.set(self.sp - 1 - distance, value);
+    }
+
+    fn push(&mut self, value: Value) {
+        self.stack.set(self.sp, value);
+        self.sp += 1;
+    }
+
+    fn reserve_or_fault(&mut self, words: usize) -> Result<(), Fault> {
+        self.reserve(words).map_err(|_| out_of_memory())
+    }
+
+    // ---- calls ----
+
+    /// Calls a value that is not a closure (the loop handles those): bound methods, classes,
+    /// natives; anything else is an error.
+    pub(super) fn call_slow(&mut self, argc: usize) -> Result<Call, Fault> {
+        let callee = self.peek(argc);
+        if !callee.is_obj() {
+            return Err(b"Can only call functions and classes.".to_vec());
+        }
+        let mem = &self.heap.mem;
+        let tag = mem.tag(callee.as_obj());
+        if tag == Tag::Closure as u64 {
+            Ok(Call::Enter(callee))
+        } else if tag == Tag::BoundMethod as u64 {
+            let receiver = mem.load_value(callee.as_obj(), bound_method::RECEIVER);
+            let method = mem.load_value(callee.as_obj(), bound_method::METHOD);
+            self.set_peek(argc, receiver);
+            Ok(Call::Enter(method))
+        } else if tag == Tag::Class as u64 {
+            self.instantiate(argc)
+        } else if tag == Tag::Native as u64 {
+            let result = self.call_native(mem.load(callee.as_obj(), native::ID));
+            self.sp -= argc + 1;
+            self.push(result);
+            Ok(Call::Done)
+        } else {
+            Err(b"Can only call functions and classes.".to_vec())
+        }
+    }
+
+    fn call_native(&mut self, id: u64) -> Value {
+        debug_assert_eq!(id, NATIVE_CLOCK);
+        // C's clock(): processor time of the process, in seconds, microsecond resolution.
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        let micros = t.tv_sec as f64 * 1e6 + (t.tv_nsec / 1000) as f64;
+        Value::number(micros / 1e6)
+    }
+
+    /// Calling a class: a new instance replaces the class, then `init` runs if there is one.
+    fn instantiate(&mut self, argc: usize) -> Result<Call, Fault> {
+        let root = self
+            .heap
+            .mem
+            .load_value(self.peek(argc).as_obj(), class::ROOT_SHAPE)
+            .as_obj();
+        let (capacity, _) = obj::shape_counts(&self.heap.mem, root);
+        self.reserve_or_fault(instance::FIELDS + capacity)?;
+        let class = self.peek(argc).as_obj();
+        let root = self.heap.mem.load_value(class, class::ROOT_SHAPE);
+        let new = self.heap.alloc(Tag::Instance, instance::FIELDS + capacity);
+        self.heap.mem.store_value(new, instance::SHAPE, root);
+        self.set_peek(argc, Value::obj(new));
+        let initializer = self.heap.mem.load_value(class, class::INITIALIZER);
+        if !initializer.is_nil() {
+            Ok(Call::Enter(initializer))
+        } else if argc != 0 {
+            Err(format!("Expected 0 arguments but got {argc}.").into_bytes())
+        } else {
+            Ok(Call::Done)
+        }
+    }
+
+    /// `receiver.name(args)` after the cache missed.
+    pub(super) fn invoke_slow(&mut self, ic: usize, argc: usize) -> Result<Call, Fault> {
+        self.stats.ic_misses[Site::Invoke as usize] += 1;
+        let receiver = self.peek(argc);
+        if !self.heap.mem.has_tag(receiver, Tag::Instance) {
+            return Err(b"Only instances have methods.".to_vec());
+        }
+        let name = self.constants[self.ics[ic].name as usize];
+        let mem = &self.heap.mem;
+        let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
+        if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
+            let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
+            let field =
+                obj::load_field(mem, receiver.as_obj(), obj::field_location(index, capacity));
+            self.set_peek(argc, field);
+            return self.call_value(argc);
+        }
+        let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
+        let method = self.find_method(class, name)?;
+        self.ics[ic] = InlineCache {
+            key: shape.0,
+            kind: IcKind::Method,
+            slot: 0,
+            target: method.0,
+            name: self.ics[ic].name,
+        };
+        Ok(Call::Enter(method))
+    }
+
+    /// `super.name(args)`: the superclass was popped by the loop; the cache missed.
+    pub(super) fn super_invoke_slow(
+        &mut self,
+        ic: usize,
+        superclass: Value,
+    ) -> Result<Call, Fault> {
+        self.stats.ic_misses[Site::Super as usize] += 1;
+        let name = self.constants[self.ics[ic].name as usize];
+        let method = self.find_method(superclass.as_obj(), name)?;
+        self.ics[ic] = InlineCache {
+            key: superclass.0,
+            kind: IcKind::Method,
+            slot: 0,
+            target: method.0,
+            name: self.ics[ic].name,
+        };
+        Ok(Call::Enter(method))
+    }
+
+    fn call_value(&mut self, argc: usize) -> Result<Call, Fault> {
+        if self.heap.mem.has_tag(self.peek(argc), Tag::Closure) {
+            Ok(Call::Enter(self.peek(argc)))
+        } else {
+            self.call_slow(argc)
+        }
+    }
+
+    fn find_method(&self, class: ObjRef, name: Value) -> Result<Value, Fault> {
+        let methods = self.heap.mem.load_value(class, class::METHODS).as_obj();
+        obj::table_get(&self.heap.mem, methods, name)
+            .ok_or_else(|| undefined_property(&self.heap.mem, name))
+    }
+
+    // ---- properties ----
+
+    /// `instance.name` after the cache missed: a field, or a method bound to the instance.
+    pub(super) fn get_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
+        self.stats.ic_misses[Site::GetProperty as usize] += 1;
+        let receiver = self.peek(0);
+        if !self.heap.mem.has_tag(receiver, Tag::Instance) {
+            return Err(b"Only instances have properties.".to_vec());
+        }
+        let name_index = self.ics[ic].name;
+        let name = self.constants[name_index as usize];
+        let mem = &self.heap.mem;
+        let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
+        if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
+            let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
+            let location = obj::field_location(index, capacity);
+            self.set_peek(0, obj::load_field(mem, receiver.as_obj(), location));
+            self.ics[ic] = field_cache(shape, location, name_index);
+            return Ok(());
+        }
+        let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
+        let method = self.find_method(class, name)?;
+        self.ics[ic] = InlineCache {
+            key: shape.0,
+            kind: IcKind::Method,
+            slot: 0,
+            target: method.0,
+            name: name_index,
+        };
+        self.bind_method(method)
+    }
+
+    /// Replaces the receiver on top of the stack by a bound method of it.
+    pub(super) fn bind_method(&mut self, method: Value) -> Result<(), Fault> {
+        // The method rides on the stack across the reservation (max_stack has room for it).
+        self.push(method);
+        self.reserve_or_fault(bound_method::WORDS)?;
+        self.sp -= 1;
+        let method = self.stack.get(self.sp);
+        let bound = self.heap.alloc(Tag::BoundMethod, bound_method::WORDS);
+        self.heap
+            .mem
+            .store_value(bound, bound_method::RECEIVER, self.peek(0));
+        self.heap
+            .mem
+            .store_value(bound, bound_method::METHOD, method);
+        self.set_peek(0, Value::obj(bound));
+        Ok(())
+    }
+
+    /// `super.name`: the superclass was popped by the loop, `this` is on top.
+    pub(super) fn get_super(&mut self, ic: usize, superclass: Value) -> Result<(), Fault> {
+        let cache = self.ics[ic];
+        let method = if cache.key == superclass.0 && cache.kind == IcKind::Method {
+            self.stats.ic_hits[Site::Super as usize] += 1;
+            Value(cache.target)
+        } else {
+            self.stats.ic_misses[Site::Super as usize] += 1;
+            let name = self.constants[cache.name as usize];
+            let method = self.find_method(superclass.as_obj(), name)?;
+            self.ics[ic] = InlineCache {
+                key: superclass.0,
+                kind: IcKind::Method,
+                slot: 0,
+                target: method.0,
+                name: cache.name,
+            };
+            method
+        };
+        self.bind_method(method)
+    }
+
+    /// `instance.name = value` after the cache missed. Leaves the value alone on the stack.
+    pub(super) fn set_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
+        self.stats.ic_misses[Site::SetProperty as usize] += 1;
+        let receiver = self.peek(1);
+        if !self.heap.mem.has_tag(receiver, Tag::Instance) {
+            return Err(b"Only instances have fields.".to_vec());
+        }
+        let name_index = self.ics[ic].name;
+        let name = self.constants[name_index as usize];
+        let mem = &self.heap.mem;
+        let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
+        if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
+            let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
+            let location = obj::field_location(index, capacity);
+            let value = self.peek(0);
+            obj::store_field(&mut self.heap.mem, receiver.as_obj(), location, value);
+            self.ics[ic] = field_cache(shape, location, name_index);
+        } else {
+            self.add_field(ic)?;
+        }
+        let value = self.peek(0);
+        self.sp -= 1;
+        self.set_peek(0, value);
+        Ok(())
+    }
+
+    /// Adds the field named by cache `ic` to the instance below the value on the stack: moves
+    /// it to the child shape (creating it), growing the overflow array if the field is not
+    /// inline, and teaching the class to give later instances room for it inline.
+    fn add_field(&mut self, ic: usize) -> Result<(), Fault> {
+        let name_index = self.ics[ic].name;
+        let (needs_shape, capacity, count, overflow_room) = {
+            let mem = &self.heap.mem;
+            let receiver = self.peek(1).as_obj();
+            let shape = mem.load_value(receiver, instance::SHAPE).as_obj();
+            let name = self.constants[name_index as usize];
+            let (capacity, count) = obj::shape_counts(mem, shape);
+            let needs_shape = obj::find_transition(mem, shape, name).is_none();
+            (
+                needs_shape,
+                capacity,
+                count,
+                obj::overflow_capacity(mem, receiver),
+            )
+        };
+        let overflow_index = count.checked_sub(capacity);
+        let grow_overflow = overflow_index.is_some_and(|i| i >= overflow_room);
+        let new_overflow_len = (overflow_room * 2).max(4);
+        let relearn = overflow_index.is_some() && capacity < MAX_INLINE_FIELDS;
+        let words = usize::from(needs_shape) * shape::WORDS
+            + usize::from(grow_overflow) * (array::ELEMENTS + new_overflow_len)
+            + usize::from(relearn) * shape::WORDS;
+        self.reserve_or_fault(words)?;
+
+        // Everything below is loaded after the reservation.
+        let receiver = self.peek(1).as_obj();
+        let value = self.peek(0);
+        let name = self.constants[name_index as usize];
+        let shape = self.heap.mem.load_value(receiver, instance::SHAPE).as_obj();
+        let child = match obj::find_transition(&self.heap.mem, shape, name) {
+            Some(child) => child,
+            None => self.new_child_shape(shape, name, capacity, count + 1),
+        };
+        let location = obj::field_location(count, capacity);
+        if grow_overflow {
+            self.grow_overflow(receiver, new_overflow_len);
+        }
+        obj::store_field(&mut self.heap.mem, receiver, location, value);
+        self.heap
+            .mem
+            .store_value(receiver, instance::SHAPE, Value::obj(child));
+        if let FieldLocation::Inline(word) = location {
+            self.ics[ic] = InlineCache {
+                key: Value::obj(shape).0,
+                kind: IcKind::AddInlineField,
+                slot: word as u32,
+                target: Value::obj(child).0,
+                name: name_index,
+            };
+        }
+        if relearn {
+            let class = self.heap.mem.load_value(shape, shape::CLASS).as_obj();
+            self.widen_class(class, count + 1);
+        }
+        Ok(())
+    }
+
+    fn new_child_shape(
+        &mut self,
+        parent: ObjRef,
+        key: Value,
+        capacity: usize,
+        count: usize,
+    ) -> ObjRef {
+        self.stats.shapes += 1;
+        let mem = &mut self.heap.mem;
+        let class = mem.load_value(parent, shape::CLASS);
+        let first = mem.load_value(parent, shape::FIRST_CHILD);
+        let child = self.heap.alloc(Tag::Shape, shape::WORDS);
+        let mem = &mut self.heap.mem;
+        mem.store_value(child, shape::CLASS, class);
+        mem.store_value(child, shape::PARENT, Value::obj(parent));
+        mem.store_value(child, shape::KEY, key);
+        mem.store(child, shape::COUNTS, shape::counts(capacity, count));
+        mem.store_value(child, shape::NEXT_SIBLING, first);
+        mem.store_value(parent, shape::FIRST_CHILD, Value::obj(child));
+        child
+    }
+
+    fn grow_overflow(&mut self, receiver: ObjRef, len: usize) {
+        let old = self.heap.mem.load_value(receiver, instance::OVERFLOW);
+        let new = self.heap.alloc(Tag::Array, array::ELEMENTS + len);
+        if !old.is_nil() {
+            let old_len = self.heap.mem.size_words(old.as_obj()) - array::ELEMENTS;
+            for i in 0..old_len {
+                let v = self.heap.mem.load(old.as_obj(), array::ELEMENTS + i);
+                self.heap.mem.store(new, array::ELEMENTS + i, v);
+            }
+        }
+        self.heap
+            .mem
+            .store_value(receiver, instance::OVERFLOW, Value::obj(new));
+    }
+
+    /// Gives the class a new root shape with room for `fields` inline fields (from reserved
+    /// space), if its current root has less.
+    fn widen_class(&mut self, class: ObjRef, fields: usize) {
+        let root = self.heap.mem.load_value(class, class::ROOT_SHAPE).as_obj();
+        let (capacity, _) = obj::shape_counts(&self.heap.mem, root);
+        if capacity >= fields {
+            return;
+        }
+        let new_root = self.new_root_shape(class, fields.min(MAX_INLINE_FIELDS));
+        self.heap
+            .mem
+            .store_value(class, class::ROOT_SHAPE, Value::obj(new_root));
+    }
+
+    fn new_root_shape(&mut self, class: ObjRef, capacity: usize) -> ObjRef {
+        self.stats.shapes += 1;
+        let root = self.heap.alloc(Tag::Shape, shape::WORDS);
+        self.heap
+            .mem
+            .store_value(root, shape::CLASS, Value::obj(class));
+        self.heap
+            .mem
+            .store(root, shape::COUNTS, shape::counts(capacity, 0));
+        root
+    }
+
+    // ---- classes ----
+
+    /// Pushes a new class named by constant `name`, with an empty method table and a root shape.
+    pub(super) fn new_class(&mut self, name: usize) -> Result<(), Fault> {
+        self.reserve_or_fault(class::WORDS + table::words(INITIAL_METHOD_TABLE) + shape::WORDS)?;
+        let new = self.heap.alloc(Tag::Class, class::WORDS);
+        let methods = self
+            .heap
+            .alloc(Tag::Table, table::words(INITIAL_METHOD_TABLE));
+        self.heap.mem.store(methods, table::COUNT, 0);
+        self.heap
+            .mem
+            .store_value(new, class::NAME, self.constants[name]);
+        self.heap
+            .mem
+            .store_value(new, class::METHODS, Value::obj(methods));
+        let root = self.new_root_shape(new, 0);
+        self.heap
+            .mem
+            .store_value(new, class::ROOT_SHAPE, Value::obj(root));
+        self.push(Value::obj(new));
+        Ok(())
+    }
+
+    /// [class, closure] → [class], with the closure as method `name` (a constant).
+    pub(super) fn define_method(&mut self, name: usize) -> Result<(), Fault> {
+        let methods = self
+            .heap
+            .mem
+            .load_value(self.peek(1).as_obj(), class::METHODS)
+            .as_obj();
+        if !obj::table_has_room(&self.heap.mem, methods) {
+            let capacity = table::capacity(self.heap.mem.size_words(methods)) * 2;
+            self.reserve_or_fault(table::words(capacity))?;
+            let class = self.peek(1).as_obj();
+            let old = self.heap.mem.load_value(class, class::METHODS).as_obj();
+            let new = self.heap.alloc(Tag::Table, table::words(capacity));
+            self.heap.mem.store(new, table::COUNT, 0);
+            obj::table_copy(&mut self.heap.mem, old, new);
+            self.heap
+                .mem
+                .store_value(class, class::METHODS, Value::obj(new));
+        }
+        let class = self.peek(1).as_obj();
+        let method = self.peek(0);
+        let name = self.constants[name];
+        let methods = self.heap.mem.load_value(class, class::METHODS).as_obj();
+        obj::table_set(&mut self.heap.mem, methods, name, method);
+        if name == self.init_string {
+            self.heap.mem.store_value(class, class::INITIALIZER, method);
+        }
+        self.sp -= 1;
+        Ok(())
+    }
+
+    /// [superclass, subclass] → [superclass]: the subclass starts with a copy of the
+    /// superclass's methods (and its initializer).
+    pub(super) fn inherit(&mut self) -> Result<(), Fault> {
+        let superclass = self.peek(1);
+        if !self.heap.mem.has_tag(superclass, Tag::Class) {
+            return Err(b"Superclass must be a class.".to_vec());
+        }
+        let methods = self
+            .heap
+            .mem
+            .load_value(superclass.as_obj(), class::METHODS)
+            .as_obj();
+        let size = self.heap.mem.size_words(methods);
+        self.reserve_or_fault(size)?;
+        let superclass = self.peek(1).as_obj();
+        let subclass = self.peek(0).as_obj();
+        let from = self
+            .heap
+            .mem
+            .load_value(superclass, class::METHODS)
+            .as_obj();
+        let copy = self.heap.alloc(Tag::Table, size);
+        self.heap.mem.store(copy, table::COUNT, 0);
+        obj::table_copy(&mut self.heap.mem, from, copy);
+        self.heap
+            .mem
+            .store_value(subclass, class::METHODS, Value::obj(copy));
+        let initializer = self.heap.mem.load_value(superclass, class::INITIALIZER);
+        self.heap
+            .mem
+            .store_value(subclass, class::INITIALIZER, initializer);
+        self.sp -= 1;
+        Ok(())
+    }
+
+    // ---- closures ----
+
+    /// Pushes a closure of prototype `proto` capturing `upvalues` (pairs of is_local, index)
+    /// from the frame whose slot 0 is at `base`.
+    pub(super) fn new_closure(
+        &mut self,
+        proto: usize,
+        upvalues: &[u8],
+        base: usize,
+    ) -> Result<(), Fault> {
+        let count = upvalues.len() / 2;
+        self.reserve_or_fault(closure::UPVALUES + count * (1 + upvalue::WORDS))?;
+        let new = self.heap.alloc(Tag::Closure, closure::UPVALUES + count);
+        self.heap.mem.store(new, closure::PROTO, proto as u64);
+        let enclosing = self.frames.closure(self.frame_count - 1).as_obj();
+        for (i, pair) in upvalues.chunks_exact(2).enumerate() {
+            let index = usize::from(pair[1]);
+            let captured = if pair[0] != 0 {
+                self.capture_upvalue(base + index)
+            } else {
+                self.heap
+                    .mem
+                    .load_value(enclosing, closure::UPVALUES + index)
+            };
+            self.heap
+                .mem
+                .store_value(new, closure::UPVALUES + i, captured);
+        }
+        self.push(Value::obj(new));
+        Ok(())
+    }
+
+    /// The open upvalue for stack slot `slot`, created (from reserved space) if there is none.
+    fn capture_upvalue(&mut self, slot: usize) -> Value {
+        let mem = &self.heap.mem;
+        let mut previous = Value::NIL;
+        let mut current = self.open_upvalues;
+        while !current.is_nil() && mem.load(current.as_obj(), upvalue::SLOT) as usize > slot {
+            previous = current;
+            current = mem.load_value(current.as_obj(), upvalue::NEXT);
+        }
+        if !current.is_nil() && mem.load(current.as_obj(), upvalue::SLOT) as usize == slot {
+            return current;
+        }
+        let created = self.heap.alloc(Tag::Upvalue, upvalue::WORDS);
+        let mem = &mut self.heap.mem;
+        mem.store(created, upvalue::SLOT, slot as u64);
+        mem.store_value(created, upvalue::NEXT, current);
+        if previous.is_nil() {
+            self.open_upvalues = Value::obj(created);
+        } else {
+            mem.store_value(previous.as_obj(), upvalue::NEXT, Value::obj(created));
+        }
+        Value::obj(created)
+    }
+
+    /// Closes every open upvalue for slots `last` and above: the value moves into the upvalue.
+    pub(super) fn close_upvalues(&mut self, last: usize) {
+        while !self.open_upvalues.is_nil() {
+            let up = self.open_upvalues.as_obj();
+            let slot = self.heap.mem.load(up, upvalue::SLOT) as usize;
+            if slot < last {
+                break;
+            }
+            let value = self.stack.get(slot);
+            let mem = &mut self.heap.mem;
+            mem.store_value(up, upvalue::CLOSED, value);
+            mem.store_value(up, upvalue::SLOT, Value::NIL);
+            self.open_upvalues = mem.load_value(up, upvalue::NEXT);
+            mem.store_value(up, upvalue::NEXT, Value::NIL);
+        }
+    }
+
+    // ---- strings ----
+
+    /// [a, b] → [a + b] for two strings.
+    pub(super) fn concatenate(&mut self) -> Result<(), Fault> {
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        strings::append_bytes(&self.heap.mem, self.peek(1).as_obj(), &mut bytes);
+        strings::append_bytes(&self.heap.mem, self.peek(0).as_obj(), &mut bytes);
+        let result = self.intern(&bytes);
+        self.scratch = bytes;
+        let result = result.map_err(|_| out_of_memory())?;
+        self.sp -= 1;
+        self.set_peek(0, result);
+        Ok(())
+    }
+}
+
+fn field_cache(shape: Value, location: FieldLocation, name: u32) -> InlineCache {
+    let (kind, slot) = match location {
+        FieldLocation::Inline(word) => (IcKind::InlineField, word),
+        FieldLocation::Overflow(i) => (IcKind::OverflowField, i),
+    };
+    InlineCache {
+        key: shape.0,
+        kind,
+        slot: slot as u32,
+        target: Value::NIL.0,
+        name,
+    }
+}
+
+/// Whether a value is a string (for `+`).
+#[inline]
+pub(super) fn is_string(mem: &crate::heap::memory::Memory, value: Value) -> bool {
+    mem.has_tag(value, Tag::String)
+}

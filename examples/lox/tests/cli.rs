@@ -1,0 +1,166 @@
+//! The kiln-lox command: options, exit statuses, the REPL, --stats.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn kiln_lox(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-lox"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln-lox");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for kiln-lox")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn program(name: &str, source: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, source).expect("write program");
+    path
+}
+
+#[test]
+fn repl_keeps_globals_and_goes_on_after_errors() {
+    let session = "var a = 1;\nprint a;\nprint b;\nprint a + 1;\nfun f() { return a * 10; }\nprint f();\nvar x = ;\n\
+                   class A { init(v) { this.v = v; } }\nprint A(3).v;\nundefinedVar = 2;\nprint \"still here\";";
+    let out = kiln_lox(&[], session.as_bytes());
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        "> > 1\n> > 2\n> > 10\n> > > 3\n> > still here\n> \n"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "Undefined variable 'b'.\n[line 1] in script\n[line 1] Error at ';': Expect expression.\n\
+         Undefined variable 'undefinedVar'.\n[line 1] in script\n"
+    );
+}
+
+#[test]
+fn repl_reads_at_most_1023_bytes_per_line_as_clox_does() {
+    let session = format!("print \"{}\";\nprint 1;\n", "a".repeat(1100));
+    let out = kiln_lox(&[], session.as_bytes());
+    assert_eq!(text(&out.stdout), "> > > 1\n> \n");
+    assert_eq!(
+        text(&out.stderr),
+        "[line 1] Error: Unterminated string.\n[line 2] Error: Unterminated string.\n"
+    );
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    for args in [
+        &["a.lox", "b.lox"][..],
+        &["--no-such-option"],
+        &["--runs"],
+        &["--jit=sometimes"],
+    ] {
+        let out = kiln_lox(args, b"");
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("Usage: kiln-lox [options] [path]"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn jit_modes_are_refused_until_the_jit_exists() {
+    for args in [
+        &["--jit=on"][..],
+        &["--jit=always"],
+        &["--code-zone", "1M"],
+        &["--code-zone=1M"],
+    ] {
+        let out = kiln_lox(args, b"");
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("not built yet"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let path = program("jit_off.lox", "print \"interpreted\";\n");
+    let out = kiln_lox(&["--jit=off", path.to_str().expect("utf-8 path")], b"");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "interpreted\n");
+}
+
+#[test]
+fn missing_file_exits_74() {
+    let out = kiln_lox(&["/no/such/file.lox"], b"");
+    assert_eq!(out.status.code(), Some(74));
+    assert_eq!(
+        text(&out.stderr),
+        "Could not open file \"/no/such/file.lox\".\n"
+    );
+}
+
+#[test]
+fn help_lists_the_options() {
+    let out = kiln_lox(&["--help"], b"");
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for option in [
+        "--gc-stress",
+        "--stats",
+        "--jit=off",
+        "--code-zone",
+        "--bench-against",
+    ] {
+        assert!(help.contains(option), "--help does not mention {option}");
+    }
+}
+
+/// The number after `label` in the --stats report.
+fn stat(report: &str, label: &str) -> u64 {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} in:\n{report}"));
+    line[line.find(label).expect("label") + label.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no number in {line:?}"))
+}
+
+#[test]
+fn stats_count_calls_cache_hits_and_collections() {
+    let source = "class P { init(x) { this.x = x; } get() { return this.x; } }\n\
+                  var s = 0;\nfor (var i = 0; i < 1000; i = i + 1) { var p = P(i); s = s + p.get() + p.x; }\nprint s;\n";
+    let path = program("stats.lox", source);
+    let path = path.to_str().expect("utf-8 path");
+    let out = kiln_lox(&["--stats", "--gc-stress", path], b"");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "999000\n");
+    let report = text(&out.stderr);
+    assert!(stat(&report, "calls") >= 2000, "{report}");
+    assert!(stat(&report, "instructions executed") > 10_000, "{report}");
+    assert!(stat(&report, "ic invoke") >= 990, "{report}");
+    assert!(stat(&report, "ic get property") >= 990, "{report}");
+    assert!(stat(&report, "ic set property") >= 990, "{report}");
+    // --gc-stress collects at every allocation: at least once per instance.
+    assert!(stat(&report, "gc collections") >= 1000, "{report}");
+    assert!(
+        stat(&report, "bytes moved by gc") > 0 && stat(&report, "references updated") > 0,
+        "{report}"
+    );
+
+    let plain = kiln_lox(&[path], b"");
+    assert_eq!(text(&plain.stdout), "999000\n");
+    assert!(plain.stderr.is_empty(), "no report without --stats");
+}
