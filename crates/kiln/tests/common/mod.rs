@@ -1,6 +1,8 @@
 //! Helpers shared by the in-process tests: what /proc/self says about this process's memory.
 #![allow(dead_code)] // each test file uses a subset
 
+pub mod jit;
+
 /// Mappings that are writable and executable at once.
 pub fn wx_mappings() -> Vec<String> {
     maps()

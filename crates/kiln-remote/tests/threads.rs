@@ -1,0 +1,42 @@
+//! Many compiler threads sharing one session whose code runs in a spawned executor: the same
+//! workload as kiln's in-process test (kiln/tests/common/jit.rs), with every call made in the
+//! executor.
+
+mod common;
+#[path = "../../kiln/tests/common/jit.rs"]
+mod jit;
+
+use kiln::Session;
+use kiln_remote::{MemoryMode, Options};
+use std::sync::Arc;
+
+fn run(memory: MemoryMode) {
+    let ex = common::spawn_remote(Options {
+        memory,
+        ..Options::default()
+    })
+    .expect("spawning kiln-executor");
+    let s = Arc::new(Session::new(Arc::new(ex)));
+    s.set_debug(kiln::DebugOptions::none());
+    // `int g(void)` called as main: it ignores argc and argv.
+    let call = |s: &Session, name: &str| {
+        let addr = s
+            .lookup(name)
+            .unwrap_or_else(|| panic!("{name} is not defined"));
+        s.executor()
+            .run_main(addr, &[])
+            .expect("calling in the executor")
+    };
+    jit::run_threads(&s, 8, 10_000 / 2, &call);
+    assert!(s.units().is_empty(), "every unit was removed");
+}
+
+#[test]
+fn eight_threads_link_and_remove_in_a_shared_memory_executor() {
+    common::with_deadline("8 threads, shared memory", || run(MemoryMode::Shared));
+}
+
+#[test]
+fn eight_threads_link_and_remove_in_a_copy_executor() {
+    common::with_deadline("8 threads, copied memory", || run(MemoryMode::Copy));
+}

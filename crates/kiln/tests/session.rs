@@ -1,0 +1,310 @@
+//! The session API a JIT compiler uses: definitions on demand, retry after a failed link,
+//! dependents, scopes and visibility, lookups, and many compiler threads.
+#![allow(unsafe_code)] // calling JIT'd code through typed function pointers, as a user would
+
+mod common;
+
+use kiln::arch::x86_64::EdgeKind;
+use kiln::graph::{InMemoryEdge, InMemoryGraph, InMemorySymbol, Visibility};
+use kiln::{DebugOptions, Error, ExecutorAddr, Generated, InProcessExecutor, Inputs, Session};
+use std::path::PathBuf;
+
+use std::sync::{Arc, Mutex};
+
+fn session() -> Session {
+    let s = Session::in_process();
+    s.set_debug(DebugOptions::none());
+    s
+}
+
+use common::jit::{caller, constant, run_threads};
+
+fn call(s: &Session, name: &str) -> i32 {
+    let addr = s
+        .lookup(name)
+        .unwrap_or_else(|| panic!("{name} is not defined"));
+    // SAFETY: every function these tests define is `int f(void)`, in a unit that stays live
+    // for the call.
+    let f = unsafe { InProcessExecutor::function::<extern "C" fn() -> i32>(addr) };
+    f()
+}
+
+fn undefined_names(e: &Error) -> Vec<String> {
+    match e {
+        Error::Unresolved(u) => u.undefined.iter().map(|r| r.name.clone()).collect(),
+        other => panic!("expected undefined symbols, got {other}"),
+    }
+}
+
+#[test]
+fn generators_answer_with_addresses_graphs_and_nothing() {
+    let s = session();
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = asked.clone();
+    // The host's `abs` by address; `seven` as a graph whose own undefined name (`two`) goes
+    // through the generators again; everything else is not ours.
+    let abs = s.executor().lookup(&[b"abs"], &[], true).unwrap()[0].unwrap();
+    s.add_generator(s.default_scope(), move |name: &str| {
+        log.lock().unwrap().push(name.to_string());
+        Ok(match name {
+            "host_abs" => Generated::Address(abs),
+            "seven" => Generated::Graph(caller("seven", "two", 5)),
+            "two" => Generated::Graph(constant("two", 2)),
+            _ => Generated::NotMine,
+        })
+    });
+    let unit = s.link_graph(&caller("nine", "seven", 2)).unwrap();
+    assert_eq!(call(&s, "nine"), 9);
+    assert_eq!(
+        call(&s, "seven"),
+        7,
+        "the generated graph's symbols are published"
+    );
+    assert_eq!(
+        s.unit_symbols(unit).unwrap().len(),
+        3,
+        "nine, seven and two are one unit"
+    );
+    let mut g = InMemoryGraph::new("uses-abs");
+    g.add_function(
+        "uses_abs",
+        vec![0xbf, 0xf9, 0xff, 0xff, 0xff, 0xe9, 0, 0, 0, 0], // mov $-7, %edi; jmp host_abs
+        vec![InMemoryEdge::new(
+            6,
+            EdgeKind::BranchPCRel32,
+            "host_abs",
+            -4,
+        )],
+        None,
+    );
+    s.link_graph(&g).unwrap();
+    assert_eq!(call(&s, "uses_abs"), 7);
+    // A name no generator knows: the error lists it with its referrer, as data.
+    let e = s
+        .link_graph(&caller("bad", "nobody_has_this", 0))
+        .unwrap_err();
+    assert_eq!(undefined_names(&e), ["nobody_has_this"]);
+    let Error::Unresolved(u) = &e else {
+        unreachable!()
+    };
+    assert_eq!(u.undefined[0].referenced_by, ["bad.graph"]);
+    assert!(asked
+        .lock()
+        .unwrap()
+        .contains(&"nobody_has_this".to_string()));
+}
+
+#[test]
+fn a_generator_error_fails_the_link() {
+    let s = session();
+    s.add_generator(s.default_scope(), |name: &str| -> kiln::Result<Generated> {
+        Err(Error::Usage(format!("cannot compile {name}")))
+    });
+    let e = s.link_graph(&caller("f", "g", 0)).unwrap_err();
+    assert_eq!(e.to_string(), "cannot compile g");
+    assert!(s.units().is_empty());
+}
+
+#[test]
+fn a_failed_link_keeps_its_inputs_and_leaves_nothing_in_the_executor() {
+    let s = session();
+    // Through the session's pending inputs...
+    s.add_graph(caller("outer", "inner", 1));
+    let e = s.link().unwrap_err();
+    assert_eq!(undefined_names(&e), ["inner"]);
+    assert!(s.units().is_empty());
+    s.add_graph(constant("inner", 41));
+    s.link().expect("the second link has both graphs");
+    assert_eq!(call(&s, "outer"), 42);
+    // ...and through a compiler thread's own Inputs.
+    let mut inputs = Inputs::new();
+    inputs.add_graph(caller("outer2", "inner2", 2));
+    let scope = s.default_scope();
+    assert!(s.link_inputs(scope, &inputs).is_err());
+    assert!(!inputs.is_empty(), "the inputs are left as they were");
+    s.define("inner2", s.lookup("inner").unwrap().0);
+    s.link_inputs(scope, &inputs).unwrap();
+    assert_eq!(call(&s, "outer2"), 43);
+    // A link that fails after memory was allocated (a fixup out of range) gives it back: the
+    // same unit linked before and after 200 such failures lands at the same address.
+    let first = s.link_graph(&constant("probe", 1)).unwrap();
+    let probe_at = s.lookup("probe").unwrap();
+    s.remove(first).unwrap();
+    let mut bad = InMemoryGraph::new("bad-fixup");
+    bad.add_function(
+        "bad",
+        vec![0x74, 0x00, 0xc3], // je abs (an 8-bit displacement cannot reach libc)
+        vec![InMemoryEdge::new(1, EdgeKind::Delta8, "abs", -1)],
+        None,
+    );
+    for _ in 0..200 {
+        assert!(matches!(s.link_graph(&bad), Err(Error::Fixup(_))));
+    }
+    s.link_graph(&constant("probe", 1)).unwrap();
+    assert_eq!(
+        s.lookup("probe"),
+        Some(probe_at),
+        "failed links leaked slab memory"
+    );
+}
+
+#[test]
+fn units_know_who_depends_on_them() {
+    let s = session();
+    let base = s.link_graph(&constant("base", 10)).unwrap();
+    let mid = s.link_graph(&caller("mid", "base", 1)).unwrap();
+    let top = s.link_graph(&caller("top", "mid", 1)).unwrap();
+    let other = s.link_graph(&caller("other", "base", 5)).unwrap();
+    assert_eq!(s.dependents(base).unwrap(), [mid, other]);
+    assert_eq!(s.dependencies(top).unwrap(), [mid]);
+    assert_eq!(call(&s, "top"), 12);
+    match s.remove(base).unwrap_err() {
+        Error::HasDependents { unit, dependents } => {
+            assert_eq!(unit, base);
+            assert_eq!(dependents, [mid, other]);
+        }
+        e => panic!("expected HasDependents, got {e}"),
+    }
+    assert_eq!(call(&s, "top"), 12, "a refused removal changes nothing");
+    let removed = s.remove_with_dependents(mid).unwrap();
+    assert_eq!(removed, [top, mid], "dependents first");
+    assert!(s.lookup("top").is_none() && s.lookup("mid").is_none());
+    assert_eq!(s.dependents(base).unwrap(), [other]);
+    s.remove(other).unwrap();
+    s.remove(base).unwrap();
+    // A removed unit's names can be defined again, and stale ids are errors.
+    s.link_graph(&constant("base", 20)).unwrap();
+    assert_eq!(call(&s, "base"), 20);
+    assert!(matches!(s.remove(base), Err(Error::Usage(_))));
+    assert!(s.dependents(top).is_err());
+}
+
+#[test]
+fn two_strong_definitions_in_one_scope_clash() {
+    let s = session();
+    s.link_graph(&constant("dup", 1)).unwrap();
+    match s.link_graph(&constant("dup", 2)).unwrap_err() {
+        Error::Duplicate(d) => {
+            assert_eq!(d[0].name, "dup");
+            assert_eq!(d[0].second, "dup.graph");
+        }
+        e => panic!("expected Duplicate, got {e}"),
+    }
+    assert_eq!(call(&s, "dup"), 1, "the first definition stays");
+    assert_eq!(s.units().len(), 1, "the clashing unit was removed again");
+}
+
+/// A graph with a hidden helper `h` returning `value` and an exported `NAME` calling it.
+fn with_hidden_helper(name: &str, value: i32) -> InMemoryGraph {
+    let mut g = caller(name, "h", 0);
+    let mut helper = constant("h", value);
+    let mut section = helper.sections.remove(0);
+    section.blocks[0].symbols = vec![InMemorySymbol {
+        name: "h".into(),
+        offset: 0,
+        size: 6,
+        visibility: Visibility::Hidden,
+        weak: false,
+        callable: true,
+    }];
+    g.sections.push(section);
+    g
+}
+
+#[test]
+fn scopes_keep_hidden_symbols_apart() {
+    let s = session();
+    let a = s.create_scope("module-a").unwrap();
+    let b = s.create_scope("module-b").unwrap();
+    assert!(s.create_scope("module-a").is_err());
+    assert_eq!(s.scope_by_name("module-b"), Some(b));
+    // Each module has a hidden `h` of its own: no clash, and each binds its own.
+    s.link_graph_in(a, &with_hidden_helper("a_entry", 1))
+        .unwrap();
+    s.link_graph_in(b, &with_hidden_helper("b_entry", 2))
+        .unwrap();
+    // Units of a scope see its hidden symbols...
+    s.link_graph_in(a, &caller("a_more", "h", 10)).unwrap();
+    // ...units of other scopes do not, but see exported ones.
+    let user = s.create_scope("user").unwrap();
+    s.set_search_order(user, &[a, b]).unwrap();
+    let e = s.link_graph_in(user, &caller("bad", "h", 0)).unwrap_err();
+    assert_eq!(undefined_names(&e), ["h"]);
+    s.link_graph_in(user, &caller("u", "b_entry", 100)).unwrap();
+    let info = s.lookup_symbol(user, "u").unwrap();
+    assert!(info.exported && info.kind == kiln::SymbolKind::Function && info.size == 9);
+    assert_eq!(s.lookup_symbol(a, "h").map(|i| i.exported), Some(false));
+    assert!(s.lookup_symbol(user, "h").is_none());
+    // Call through the addresses the scopes report.
+    let at = |scope, name| s.lookup_symbol(scope, name).unwrap().addr;
+    let call_at = |addr: ExecutorAddr| {
+        // SAFETY: `int f(void)` in a live unit.
+        let f = unsafe { InProcessExecutor::function::<extern "C" fn() -> i32>(addr) };
+        f()
+    };
+    assert_eq!(call_at(at(a, "a_entry")), 1);
+    assert_eq!(call_at(at(b, "b_entry")), 2);
+    assert_eq!(call_at(at(a, "a_more")), 11);
+    assert_eq!(call_at(at(user, "u")), 102);
+    // The default scope sees none of them.
+    assert!(s.lookup("a_entry").is_none());
+}
+
+#[test]
+fn removal_runs_dependents_destructors_first() {
+    static ORDER: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+    extern "C" fn record(v: i32) {
+        ORDER.lock().unwrap().push(v);
+    }
+    let dir = std::env::temp_dir().join(format!("kiln-session-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let object = |name: &str, src: &str| -> PathBuf {
+        let c = dir.join(format!("{name}.c"));
+        let o = dir.join(format!("{name}.o"));
+        std::fs::write(&c, src).unwrap();
+        let st = std::process::Command::new("cc")
+            .args(["-c", "-O1", "-fPIC", "-o"])
+            .arg(&o)
+            .arg(&c)
+            .status()
+            .expect("cc");
+        assert!(st.success());
+        o
+    };
+    let lib = object(
+        "lib",
+        "void record(int); int lib_value(void) { return 5; }\n\
+         __attribute__((destructor)) static void bye(void) { record(1); }",
+    );
+    let user = object(
+        "user",
+        "void record(int); int lib_value(void); int user_value(void) { return lib_value() + 1; }\n\
+         __attribute__((destructor)) static void bye(void) { record(2); }",
+    );
+    let s = session();
+    s.define("record", record as *const () as u64);
+    s.add_file(&lib).unwrap();
+    let l = s.link().unwrap();
+    s.add_file(&user).unwrap();
+    let u = s.link().unwrap();
+    s.run_initializers().unwrap();
+    assert_eq!(call(&s, "user_value"), 6);
+    assert_eq!(s.remove_with_dependents(l).unwrap(), [u, l]);
+    assert_eq!(
+        *ORDER.lock().unwrap(),
+        [2, 1],
+        "the dependent's destructor ran first"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 8 threads each link and remove units that call each other's published functions: no
+/// deadlock, no lost or doubly defined symbol, every call right.
+#[test]
+fn eight_threads_link_and_remove_units_that_call_each_other() {
+    let s = Arc::new(session());
+    let per_thread = 10_000 / 2; // target and caller units: 10,000 units per thread
+    run_threads(&s, 8, per_thread, &|s, name| call(s, name));
+    assert!(s.units().is_empty(), "every unit was removed");
+    assert!(s.lookup("t0_f0").is_none());
+}
