@@ -1,5 +1,5 @@
-//! kiln in process: each function is an `InMemoryGraph` added with `Session::add_graph` and
-//! linked with `Session::link` (one unit per function), debug sinks off.
+//! kiln in process: each function is an `InMemoryGraph` linked with `Session::link_graph` (one
+//! unit per function), debug sinks off.
 
 use crate::code::{self, FunctionInput, CALL_ADDEND, HOST_CALL_DISP, PREV_CALL_DISP};
 use crate::harness::{mean_us, Jit};
@@ -19,7 +19,7 @@ impl KilnJit {
     /// instead of `Session::define`. `frames`: describe each function's frame-pointer frame,
     /// so kiln writes and registers an FDE per function.
     pub fn new(host_by_dlsym: bool, frames: bool) -> Self {
-        let mut session = Session::in_process();
+        let session = Session::in_process();
         // No gdb registration, perf map, jitdump or valgrind requests: only the link itself
         // (neither cranelift-jit nor the naive loop does any of that).
         session.set_debug(DebugOptions::none());
@@ -56,8 +56,7 @@ impl Jit for KilnJit {
             ],
             self.frames.then_some(FrameDescription::FramePointer),
         );
-        self.session.add_graph(g);
-        let unit = self.session.link().map_err(|e| e.to_string())?;
+        let unit = self.session.link_graph(&g).map_err(|e| e.to_string())?;
         self.units.push(unit);
         Ok(())
     }

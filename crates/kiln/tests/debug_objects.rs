@@ -82,7 +82,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
             allow: None,
             fixed_address: None,
             want_map: false,
-            time_phases: false,
+            collect_stats: false,
             debug,
             slabs: None,
         },

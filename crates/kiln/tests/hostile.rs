@@ -112,7 +112,7 @@ fn link_simulated(
             allow: None,
             fixed_address: None,
             want_map: false,
-            time_phases: false,
+            collect_stats: false,
             debug: &kiln::DebugOptions::all(),
             slabs: None,
         },

@@ -309,6 +309,8 @@ pub(crate) struct Tables {
     pub stubs: Vec<(SymbolId, SymbolId)>,
     /// (IFUNC resolver, writable slot its result goes to)
     pub ifunc_slots: Vec<(SymbolId, SymbolId)>,
+    /// The unit's GOT, if it has one.
+    pub got_block: Option<BlockId>,
     pub stats: TableStats,
 }
 
@@ -324,8 +326,8 @@ pub struct TableStats {
 
 /// Where the table pass may put what it makes, and where the unit will be.
 pub(crate) struct TableContext {
-    /// The unit's GOT block (its section exists; the pass fills it).
-    pub got: BlockId,
+    /// The unit's GOT block, if it has one already (the pass makes it when it needs one).
+    pub got: Option<BlockId>,
     /// The input that owns what the linker makes.
     pub linker_input: InputId,
     /// Every address of the unit lies in `[lo, hi)`.

@@ -89,7 +89,9 @@ impl InMemoryGraph {
     ) -> &mut Self {
         let size = code.len() as u64;
         self.sections.push(InMemorySection {
-            name: format!(".text.{name}"),
+            // One section name for all: names cost an allocation per function, and debuggers
+            // and profilers go by the symbols.
+            name: ".text".into(),
             prot: MemProt::ReadExec,
             blocks: vec![InMemoryBlock {
                 content: BlockContent::Bytes(code),
@@ -113,7 +115,10 @@ impl InMemoryGraph {
     pub fn add_data(&mut self, name: &str, bytes: Vec<u8>, align: u64, prot: MemProt) -> &mut Self {
         let size = bytes.len() as u64;
         self.sections.push(InMemorySection {
-            name: format!(".data.{name}"),
+            name: match prot {
+                MemProt::ReadWrite => ".data".into(),
+                _ => ".rodata".into(),
+            },
             prot,
             blocks: vec![InMemoryBlock {
                 content: BlockContent::Bytes(bytes),
@@ -147,85 +152,98 @@ impl InMemoryEdge {
 
 /// Add an in-memory graph to the link unit, as an explicitly given input.
 pub(crate) fn add_graph<'a>(g: &mut LinkGraph<'a>, graph: &'a InMemoryGraph) -> Result<InputId> {
-    let input = g.add_input(graph.name.clone(), true);
+    let input = g.add_input(graph.name.as_str(), true);
     let bad = |section: &str, offset: Option<u64>, what: String| {
         Error::malformed(&graph.name, Some(section), offset, what)
     };
+    // Local symbols by name, for edges of this graph (globals are found in the graph's table).
     let mut locals: FxHashMap<&'a str, SymbolId> = FxHashMap::default();
-    let mut blocks: Vec<(BlockId, &'a InMemoryBlock, &'a str)> = Vec::new();
+    let first_block = g.blocks.len() as u32;
     for sec in &graph.sections {
-        let sid = g.add_section(Section {
-            name: sec.name.as_bytes(),
-            prot: sec.prot,
-            kind: SectionKind::Regular,
-            input,
-            retain: false,
-            elf_index: 0,
-        });
-        for blk in &sec.blocks {
-            if !blk.align.is_power_of_two() || blk.align > (1 << 30) {
-                return Err(bad(
-                    &sec.name,
-                    None,
-                    format!("alignment {} is not a power of two", blk.align),
-                ));
-            }
-            let content = match &blk.content {
-                BlockContent::Bytes(b) => Content::Bytes(Cow::Borrowed(b.as_slice())),
-                BlockContent::Zero(n) if *n <= (1 << 40) => Content::Zero(*n),
-                BlockContent::Zero(n) => {
-                    return Err(bad(&sec.name, None, format!("zero fill of {n} bytes")))
-                }
-            };
-            let b = g.add_block(sid, content, blk.align);
-            let size = g.blocks[b.idx()].size();
-            for s in &blk.symbols {
-                if s.offset > size {
-                    return Err(bad(
-                        &sec.name,
-                        Some(s.offset),
-                        format!("symbol {} lies past its block", s.name),
-                    ));
-                }
-                let def = SymbolDef::Defined {
-                    block: b,
-                    offset: s.offset,
-                };
-                let id = if s.visibility == Visibility::Local {
-                    let id = g.add_local(def, input);
-                    let sym = &mut g.symbols[id.idx()];
-                    sym.name = s.name.as_bytes();
-                    sym.size = s.size;
-                    sym.callable = s.callable;
-                    id
-                } else {
-                    g.define_global(
-                        s.name.as_bytes(),
-                        def,
-                        s.size,
-                        s.weak,
-                        s.visibility,
-                        s.callable,
-                        false,
-                        input,
-                    )
-                };
-                locals.insert(s.name.as_str(), id);
-            }
-            blocks.push((b, blk, sec.name.as_str()));
-        }
+        add_section(g, sec, input, &mut locals)
+            .map_err(|(offset, what)| bad(&sec.name, offset, what))?;
     }
+    // Blocks were added in this order: the second walk finds them by counting.
+    let mut next = first_block;
     let mut cie: Option<SymbolId> = None;
-    for (b, blk, sec_name) in blocks {
-        let edges = graph_edges(g, &locals, b, blk, input)
-            .map_err(|(offset, what)| bad(sec_name, offset, what))?;
-        g.blocks[b.idx()].edges = edges;
-        if blk.frame == Some(FrameDescription::FramePointer) {
-            add_frame_pointer_unwind(g, b, input, &mut cie)
-                .map_err(|what| bad(sec_name, None, what))?;
+    for sec in &graph.sections {
+        for blk in &sec.blocks {
+            let b = BlockId(next);
+            next += 1;
+            let edges = graph_edges(g, &locals, b, blk, input)
+                .map_err(|(offset, what)| bad(&sec.name, offset, what))?;
+            g.blocks[b.idx()].edges = edges;
+            if blk.frame == Some(FrameDescription::FramePointer) {
+                add_frame_pointer_unwind(g, b, input, &mut cie)
+                    .map_err(|what| bad(&sec.name, None, what))?;
+            }
         }
     }
     Ok(input)
+}
+
+/// One section of a graph: its blocks and their symbols.
+fn add_section<'a>(
+    g: &mut LinkGraph<'a>,
+    sec: &'a InMemorySection,
+    input: InputId,
+    locals: &mut FxHashMap<&'a str, SymbolId>,
+) -> std::result::Result<(), (Option<u64>, String)> {
+    let sid = g.add_section(Section {
+        name: sec.name.as_bytes(),
+        prot: sec.prot,
+        kind: SectionKind::Regular,
+        input,
+        retain: false,
+        elf_index: 0,
+    });
+    for blk in &sec.blocks {
+        if !blk.align.is_power_of_two() || blk.align > (1 << 30) {
+            return Err((
+                None,
+                format!("alignment {} is not a power of two", blk.align),
+            ));
+        }
+        let content = match &blk.content {
+            BlockContent::Bytes(b) => Content::Bytes(Cow::Borrowed(b.as_slice())),
+            BlockContent::Zero(n) if *n <= (1 << 40) => Content::Zero(*n),
+            BlockContent::Zero(n) => return Err((None, format!("zero fill of {n} bytes"))),
+        };
+        let b = g.add_block(sid, content, blk.align);
+        let size = g.blocks[b.idx()].size();
+        for s in &blk.symbols {
+            if s.offset > size {
+                return Err((
+                    Some(s.offset),
+                    format!("symbol {} lies past its block", s.name),
+                ));
+            }
+            let def = SymbolDef::Defined {
+                block: b,
+                offset: s.offset,
+            };
+            if s.visibility == Visibility::Local {
+                let id = g.add_local(def, input);
+                let sym = &mut g.symbols[id.idx()];
+                sym.name = s.name.as_bytes();
+                sym.size = s.size;
+                sym.callable = s.callable;
+                locals.insert(s.name.as_str(), id);
+            } else {
+                g.define_global(
+                    s.name.as_bytes(),
+                    def,
+                    s.size,
+                    s.weak,
+                    s.visibility,
+                    s.callable,
+                    false,
+                    input,
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The edges of one block, their targets bound to the graph's own symbols first.

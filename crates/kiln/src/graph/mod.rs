@@ -159,7 +159,7 @@ pub(crate) struct Edge {
 
 #[derive(Debug)]
 pub(crate) struct InputInfo<'a> {
-    pub name: String,
+    pub name: Cow<'a, str>,
     /// Given explicitly (its default-visibility globals are exported roots), rather than an
     /// archive member pulled in on demand.
     pub explicit: bool,
@@ -189,13 +189,24 @@ pub(crate) struct LinkGraph<'a> {
 
 impl<'a> LinkGraph<'a> {
     pub(crate) fn new(arch: &'static dyn Arch) -> Self {
+        Self::with_capacity(arch, 0, 0, 0)
+    }
+
+    /// A graph with room for this many sections, blocks and symbols (and as many globals), so
+    /// that building a small graph allocates each table once.
+    pub(crate) fn with_capacity(
+        arch: &'static dyn Arch,
+        sections: usize,
+        blocks: usize,
+        symbols: usize,
+    ) -> Self {
         LinkGraph {
             arch,
-            inputs: Vec::new(),
-            sections: Vec::new(),
-            blocks: Vec::new(),
-            symbols: Vec::new(),
-            globals: FxHashMap::default(),
+            inputs: Vec::with_capacity(2),
+            sections: Vec::with_capacity(sections),
+            blocks: Vec::with_capacity(blocks),
+            symbols: Vec::with_capacity(symbols),
+            globals: FxHashMap::with_capacity_and_hasher(symbols, Default::default()),
             comdats: FxHashMap::default(),
             duplicates: Vec::new(),
             keep_alive: Vec::new(),
@@ -210,9 +221,9 @@ impl<'a> LinkGraph<'a> {
             .unwrap_or(&crate::arch::EdgeInfo::KEEP_ALIVE)
     }
 
-    pub(crate) fn add_input(&mut self, name: String, explicit: bool) -> InputId {
+    pub(crate) fn add_input(&mut self, name: impl Into<Cow<'a, str>>, explicit: bool) -> InputId {
         self.inputs.push(InputInfo {
-            name,
+            name: name.into(),
             explicit,
             data: &[],
         });
@@ -220,9 +231,7 @@ impl<'a> LinkGraph<'a> {
     }
 
     pub(crate) fn input_name(&self, id: InputId) -> &str {
-        self.inputs
-            .get(id.idx())
-            .map_or("<kiln>", |i| i.name.as_str())
+        self.inputs.get(id.idx()).map_or("<kiln>", |i| &i.name)
     }
 
     pub(crate) fn add_section(&mut self, s: Section<'a>) -> SectionId {

@@ -16,7 +16,7 @@ pub(super) fn collect_init_fini(
     g: &LinkGraph,
     layout: &Layout,
     work: &[&[u8]],
-    dso: SymbolId,
+    dso: Option<SymbolId>,
 ) -> (Vec<ExecutorAddr>, Vec<Action>) {
     let words = |b: &Block| -> Vec<u64> {
         let Some((si, seg)) = layout
@@ -72,7 +72,7 @@ pub(super) fn collect_init_fini(
         init.extend(fns.into_iter().map(ExecutorAddr));
     }
     let mut fini = Vec::new();
-    if let Some(d) = g.symbol_addr(dso) {
+    if let Some(d) = dso.and_then(|d| g.symbol_addr(d)) {
         fini.push(Action::CxaFinalize {
             dso: ExecutorAddr(d),
         });

@@ -58,8 +58,8 @@ pub struct LinkInput<'s> {
     /// Record a [`LinkMap`] (addresses of every symbol, GOT entry, stub and section, and the
     /// final bytes) in the linked unit: for check tests and inspection.
     pub want_map: bool,
-    /// Time each phase ([`LinkStats::phases`]).
-    pub time_phases: bool,
+    /// Count what the link did and time each phase ([`LinkedUnit::stats`]).
+    pub collect_stats: bool,
     /// Which debugger and profiler sinks learn about the unit.
     pub debug: &'s crate::debug::DebugOptions,
     /// Place the unit in shared slabs (sub-page allocations, written through a writable alias)
@@ -75,7 +75,8 @@ pub struct LinkedUnit {
     /// Global symbols it defines (default and hidden visibility, not thread-local).
     pub exports: Vec<Export>,
     pub has_initializers: bool,
-    pub stats: LinkStats,
+    /// Present when [`LinkInput::collect_stats`] was set.
+    pub stats: Option<LinkStats>,
     /// Present when [`LinkInput::want_map`] was set.
     pub map: Option<LinkMap>,
     /// Ranges the unit holds in slabs (empty for a unit in a reservation of its own).
@@ -88,7 +89,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         at: Default::default(),
         what: format!("executor architecture {}", ex.info().triple),
     })?;
-    let mut t = Timer::new(input.time_phases);
+    let mut t = Timer::new(input.collect_stats);
     let names = bumpalo::Bump::new();
     let mut g = LinkGraph::new(arch);
     let (mut archives, linker, roots) = parse_inputs(&mut g, &input, &names)?;
@@ -104,7 +105,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     passes::allocate_commons(&mut g, linker);
     passes::merge_init_fragments(&mut g, SectionKind::Init, linker);
     passes::merge_init_fragments(&mut g, SectionKind::Fini, linker);
-    let live = passes::dead_strip(&mut g, &[&roots[..], &[runtime.dso]].concat());
+    let live = passes::dead_strip(&mut g, &roots, runtime.dso);
     passes::add_eh_frame_terminator(&mut g, linker);
     t.lap("dead-strip");
     let external = resolve_externals(&mut g, ex, &input, &roots)?;
@@ -124,15 +125,19 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let page = ex.info().page_size;
     let layout = memory.layout(&mut g, page)?;
     t.lap("GOT, stubs, layout");
-    let ctx = fixup_context(ex, &g, &layout, runtime.got)?;
+    let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
     let (post, segments) = memory.write(&g, &layout, &ctx, |work| {
         read_back(&g, &layout, work, &tables, runtime.dso, &input)
     })?;
     t.lap("fixups, debug info");
-    let stats_segments = segments
-        .iter()
-        .map(|s| (s.prot.as_str(), s.addr.0, s.size()))
-        .collect();
+    let segments_stat: Vec<_> = if input.collect_stats {
+        segments
+            .iter()
+            .map(|s| (s.prot.as_str(), s.addr.0, s.size()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let has_initializers = !post.initializers.is_empty();
     // IFUNC slots first (initializers and other actions may call the functions), then unwind
     // info and TLS, then the debug sinks.
@@ -154,7 +159,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         has_initializers,
         map: post.map,
         slab_ranges: memory.keep(),
-        stats: LinkStats {
+        stats: input.collect_stats.then(|| LinkStats {
             inputs: g.inputs.len() - 1,
             archive_members: archives.iter().map(|a| a.members_loaded()).sum(),
             sections: g.sections.len(),
@@ -164,9 +169,9 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             external_symbols: external,
             edges_by_kind: edges_by_kind(&g),
             tables: tables.stats,
-            segments: stats_segments,
+            segments: segments_stat,
             phases: t.phases,
-        },
+        }),
     })
 }
 
@@ -265,13 +270,13 @@ fn fixup_context(
     ex: &dyn Executor,
     g: &LinkGraph,
     layout: &layout::Layout,
-    got: BlockId,
+    got: Option<BlockId>,
 ) -> Result<FixupContext> {
     // The unit's identity in the executor (TLS module, debugger registrations): its lowest
     // address, unique among live units.
     let base = unit_base(layout);
     let mut ctx = FixupContext {
-        got_base: g.blocks[got.idx()].addr,
+        got_base: got.map_or(0, |b| g.blocks[b.idx()].addr),
         tls_module: TLS_MODULE_TAG | (base & 0xffff_ffff_ffff),
         tp_offset: None,
     };
@@ -315,7 +320,7 @@ fn read_back(
     layout: &layout::Layout,
     work: &[&[u8]],
     tables: &Tables,
-    dso: SymbolId,
+    dso: Option<SymbolId>,
     input: &LinkInput,
 ) -> Post {
     let (initializers, deinitializers) = actions::collect_init_fini(g, layout, work, dso);

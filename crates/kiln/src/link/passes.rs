@@ -11,7 +11,7 @@ pub const LINKER_INPUT: &str = "<kiln>";
 
 /// A synthetic input for what the linker makes itself.
 pub fn linker_input(g: &mut LinkGraph) -> InputId {
-    g.add_input(LINKER_INPUT.into(), false)
+    g.add_input(LINKER_INPUT, false)
 }
 
 fn synth_section<'a>(
@@ -56,15 +56,15 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
         .is_some_and(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
 }
 
-/// What the unit gets from the linker rather than from an input:
+/// What the unit gets from the linker rather than from an input, each only when something
+/// needs it (a one-function graph from a JIT gets none of it):
 /// - `__dso_handle`: this unit's identity for `__cxa_atexit` (so its exit handlers run when the
 ///   unit is removed, via `__cxa_finalize`);
 /// - `atexit`, `at_quick_exit`, `pthread_atfork`: glibc keeps these in libc_nonshared.a, not in
 ///   libc.so.6; as there, each passes the unit's `__dso_handle` on;
 /// - rustc's allocator shim, when Rust objects need it;
 /// - `_TLS_MODULE_BASE_`;
-/// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT, defined whether or not an input
-///   references it (check expressions and link maps may name it).
+/// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT.
 ///
 /// Names the linker makes up live in `names`, which lives as long as the graph.
 pub fn synthesize_runtime<'a>(
@@ -73,30 +73,38 @@ pub fn synthesize_runtime<'a>(
     outside: &Outside,
     names: &'a bumpalo::Bump,
 ) -> Runtime {
-    let data = synth_section(
-        g,
-        b".data.kiln.dso_handle",
-        MemProt::Read,
-        SectionKind::Regular,
-        input,
-    );
-    let dso_block = g.add_block(data, Content::Zero(8), 8);
-    let dso = if is_undefined(g, b"__dso_handle") || !g.globals.contains_key(&b"__dso_handle"[..]) {
-        define_hidden(g, b"__dso_handle", dso_block, input, false)
-    } else {
-        g.add_anon(dso_block, 0, input)
-    };
     let templates = g.arch.templates();
     let tail_calls: [(&'static [u8], &'static [u8], &Template); 3] = [
         (b"atexit", b"__cxa_atexit", &templates.atexit),
         (b"at_quick_exit", b"__cxa_at_quick_exit", &templates.atexit),
         (b"pthread_atfork", b"__register_atfork", &templates.atfork),
     ];
-    for (name, callee, template) in tail_calls {
-        if is_undefined(g, name) && outside.wants_glue(name) {
-            let b = instantiate(g, template, b".text.kiln", dso, callee, input);
-            define_hidden(g, name, b, input, true);
-        }
+    let glue: Vec<_> = tail_calls
+        .into_iter()
+        .filter(|(name, _, _)| is_undefined(g, name) && outside.wants_glue(name))
+        .collect();
+    // The unit's handle exists when something hands it to the C runtime: code that names it
+    // (C++ static destructors registered with `__cxa_atexit`), or the glue above.
+    let dso = if is_undefined(g, b"__dso_handle") || !glue.is_empty() {
+        let data = synth_section(
+            g,
+            b".data.kiln.dso_handle",
+            MemProt::Read,
+            SectionKind::Regular,
+            input,
+        );
+        let block = g.add_block(data, Content::Zero(8), 8);
+        Some(define_hidden(g, b"__dso_handle", block, input, false))
+    } else {
+        g.globals
+            .get(&b"__dso_handle"[..])
+            .copied()
+            .filter(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Defined { .. }))
+    };
+    for (name, callee, template) in glue {
+        let dso = dso.unwrap_or(SymbolId(0));
+        let b = instantiate(g, template, b".text.kiln", dso, callee, input);
+        define_hidden(g, name, b, input, true);
     }
     synthesize_rust_allocator_shim(g, input, outside, names);
     // The start of the unit's TLS block, for local-dynamic code using TLS descriptors.
@@ -107,16 +115,19 @@ pub fn synthesize_runtime<'a>(
         s.tls = true;
         s.visibility = Visibility::Hidden;
     }
-    let got_sec = synth_section(g, b".got", MemProt::Read, SectionKind::Got, input);
-    let got = g.add_block(got_sec, Content::Bytes(Cow::Owned(Vec::new())), 8);
-    let got_defined = g
-        .globals
-        .get(&b"_GLOBAL_OFFSET_TABLE_"[..])
-        .is_some_and(|id| g.symbols[id.idx()].def != SymbolDef::Undefined);
-    if !got_defined {
+    // The GOT is made by the table pass when an edge needs it; code that names it gets it now.
+    let got = is_undefined(g, b"_GLOBAL_OFFSET_TABLE_").then(|| {
+        let got = add_got(g, input);
         define_hidden(g, b"_GLOBAL_OFFSET_TABLE_", got, input, false);
-    }
+        got
+    });
     Runtime { dso, got }
+}
+
+/// The unit's GOT: an empty block the table pass fills.
+pub fn add_got(g: &mut LinkGraph, input: InputId) -> BlockId {
+    let got_sec = synth_section(g, b".got", MemProt::Read, SectionKind::Got, input);
+    g.add_block(got_sec, Content::Bytes(Cow::Owned(Vec::new())), 8)
 }
 
 /// What the link's settings say about names the linker could write glue for.
@@ -136,10 +147,11 @@ impl Outside<'_> {
 
 /// What [`synthesize_runtime`] made that later passes need.
 pub struct Runtime {
-    /// The unit's `__dso_handle`.
-    pub dso: SymbolId,
-    /// The unit's GOT block (filled by the table pass).
-    pub got: BlockId,
+    /// The unit's `__dso_handle`, if anything hands it to the C runtime.
+    pub dso: Option<SymbolId>,
+    /// The unit's GOT block, if code names `_GLOBAL_OFFSET_TABLE_` (the table pass makes it
+    /// otherwise, when an edge needs it).
+    pub got: Option<BlockId>,
 }
 
 /// A block of `template`'s code in a new executable section, its edges bound to the unit's
@@ -332,11 +344,11 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
 }
 
 /// Mark live everything reachable from the roots: retained sections (init/fini arrays,
-/// SHF_GNU_RETAIN, `__start_`-able names), the extra roots given, and the default-visibility
-/// globals of inputs given explicitly (they can be looked up after linking). FDEs stay alive
-/// through `LinkGraph::keep_alive` (and `KeepAlive` edges). Returns the number of live blocks.
-pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId]) -> usize {
-    let mut work: Vec<BlockId> = Vec::new();
+/// SHF_GNU_RETAIN, `__start_`-able names), the extra roots given, the unit's `__dso_handle`, and
+/// the default-visibility globals of inputs given explicitly (they can be looked up after
+/// linking). FDEs stay alive through `LinkGraph::keep_alive`. Returns the number of live blocks.
+pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> usize {
+    let mut work: Vec<BlockId> = Vec::with_capacity(g.blocks.len());
     let mark = |g: &mut LinkGraph, b: BlockId, work: &mut Vec<BlockId>| {
         let blk = &mut g.blocks[b.idx()];
         if !blk.live {
@@ -349,38 +361,29 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId]) -> usize {
             mark(g, BlockId(i as u32), &mut work);
         }
     }
-    let mut roots: Vec<SymbolId> = extra_roots.to_vec();
-    for (i, s) in g.symbols.iter().enumerate() {
-        if s.visibility == Visibility::Default
+    let explicit_global = |s: &Symbol| {
+        s.visibility == Visibility::Default
             && !s.name.is_empty()
             && g.inputs.get(s.input.idx()).is_some_and(|inp| inp.explicit)
-        {
-            roots.push(SymbolId(i as u32));
-        }
+    };
+    let roots: Vec<BlockId> = (0..g.symbols.len())
+        .map(|i| SymbolId(i as u32))
+        .filter(|r| {
+            extra_roots.contains(r) || Some(*r) == dso || explicit_global(&g.symbols[r.idx()])
+        })
+        .filter_map(|r| match g.symbols[r.idx()].def {
+            SymbolDef::Defined { block, .. } => Some(block),
+            _ => None,
+        })
+        .collect();
+    for b in roots {
+        mark(g, b, &mut work);
     }
-    for r in roots {
-        if let SymbolDef::Defined { block, .. } = g.symbols[r.idx()].def {
-            mark(g, block, &mut work);
-        }
-    }
-    // FDEs by function block (a counting sort: `fdes[start[b]..start[b + 1]]`).
-    let mut start = vec![0u32; g.blocks.len() + 1];
-    for (f, _) in &g.keep_alive {
-        start[f.idx() + 1] += 1;
-    }
-    for i in 1..start.len() {
-        start[i] += start[i - 1];
-    }
-    let mut fill = start.clone();
-    let mut fdes = vec![BlockId(0); g.keep_alive.len()];
-    for (f, fde) in &g.keep_alive {
-        fdes[fill[f.idx()] as usize] = *fde;
-        fill[f.idx()] += 1;
-    }
+    let fdes = FdesOf::new(g);
     let mut live = 0;
     while let Some(b) = work.pop() {
         live += 1;
-        for &fde in &fdes[start[b.idx()] as usize..start[b.idx() + 1] as usize] {
+        for &fde in fdes.of(b) {
             mark(g, fde, &mut work);
         }
         for k in 0..g.blocks[b.idx()].edges.len() {
@@ -391,6 +394,45 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId]) -> usize {
         }
     }
     live
+}
+
+/// The FDEs of each function block, by a counting sort of `LinkGraph::keep_alive`:
+/// `fdes[start[b]..start[b + 1]]`. Empty (and free) when the unit has no FDEs.
+struct FdesOf {
+    start: Vec<u32>,
+    fdes: Vec<BlockId>,
+}
+
+impl FdesOf {
+    fn new(g: &LinkGraph) -> Self {
+        if g.keep_alive.is_empty() {
+            return FdesOf {
+                start: Vec::new(),
+                fdes: Vec::new(),
+            };
+        }
+        let mut start = vec![0u32; g.blocks.len() + 1];
+        for (f, _) in &g.keep_alive {
+            start[f.idx() + 1] += 1;
+        }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let mut fill = start.clone();
+        let mut fdes = vec![BlockId(0); g.keep_alive.len()];
+        for (f, fde) in &g.keep_alive {
+            fdes[fill[f.idx()] as usize] = *fde;
+            fill[f.idx()] += 1;
+        }
+        FdesOf { start, fdes }
+    }
+
+    fn of(&self, b: BlockId) -> &[BlockId] {
+        match (self.start.get(b.idx()), self.start.get(b.idx() + 1)) {
+            (Some(&s), Some(&e)) => &self.fdes[s as usize..e as usize],
+            _ => &[],
+        }
+    }
 }
 
 /// The zero word that ends the unit's `.eh_frame`, if it has one.

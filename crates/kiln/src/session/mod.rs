@@ -452,14 +452,14 @@ impl Session {
                 allow: config.allow.as_ref(),
                 fixed_address: fixed,
                 want_map: config.want_map,
-                time_phases: config.collect_stats,
+                collect_stats: config.collect_stats,
                 debug: &config.debug,
                 slabs: config.use_slabs.then_some(&self.slabs),
             },
         );
         let deps = binder.deps.into_inner();
         match result {
-            Ok(unit) => self.publish(scope, unit, deps, config.collect_stats, source.name()),
+            Ok(unit) => self.publish(scope, unit, deps, source.name()),
             Err(e) => {
                 read(&self.state).unpin(&deps);
                 Err(e)
@@ -475,7 +475,6 @@ impl Session {
         scope: ScopeId,
         unit: LinkedUnit,
         deps: Vec<u64>,
-        keep_stats: bool,
         name: &str,
     ) -> Result<UnitId> {
         let LinkedUnit {
@@ -497,7 +496,7 @@ impl Session {
             // Even without initializers: the executor runs a unit's finalizers (destructors,
             // exit handlers) only if it was initialized.
             initialized: false,
-            stats: keep_stats.then(|| Box::new(stats)),
+            stats: stats.map(Box::new),
             map: map.map(Arc::new),
         };
         let mut st = write(&self.state);

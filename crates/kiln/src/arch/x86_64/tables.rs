@@ -8,7 +8,7 @@
 
 use super::templates::STUB;
 use super::EdgeKind::{self, *};
-use crate::arch::{TableContext, TableStats, Tables};
+use crate::arch::{Formula, TableContext, TableStats, Tables};
 use crate::graph::*;
 use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
@@ -26,9 +26,22 @@ pub(super) fn bytes_upper_bound(kind: EdgeKind) -> u64 {
     }
 }
 
-/// Build the tables for every live edge of `g` that needs one, and rewrite those edges.
+/// Build the tables for every live edge of `g` that needs one, and rewrite those edges. Nothing
+/// is made (no section, block or symbol) for a unit whose edges need no table.
 pub(super) fn build(g: &mut LinkGraph, cx: &TableContext) -> Tables {
     let mut b = Builder::new(g, cx);
+    if b.g
+        .blocks
+        .iter()
+        .filter(|b| b.live)
+        .flat_map(|b| &b.edges)
+        .any(|e| {
+            let f = b.g.edge_info(e.kind).formula;
+            matches!(f, Formula::GotRelative | Formula::GotBasePcRelative)
+        })
+    {
+        b.got_block();
+    }
     for bi in 0..b.g.blocks.len() {
         if !b.g.blocks[bi].live {
             continue;
@@ -80,8 +93,10 @@ struct Builder<'g, 'a> {
     stub_of: FxHashMap<SymbolId, SymbolId>,
     /// Per stub, the GOT entry (or IFUNC slot) it jumps through.
     stub_slots: Vec<SymbolId>,
-    stub_block: BlockId,
-    ifunc_section: SectionId,
+    /// Made when the first stub, IFUNC slot or GOT word is.
+    stub_block: Option<BlockId>,
+    ifunc_section: Option<SectionId>,
+    got: Option<BlockId>,
     /// IFUNC resolver → its slot.
     ifunc_slot_of: FxHashMap<SymbolId, SymbolId>,
     ifunc_slots: Vec<(SymbolId, SymbolId)>,
@@ -90,20 +105,6 @@ struct Builder<'g, 'a> {
 
 impl<'g, 'a> Builder<'g, 'a> {
     fn new(g: &'g mut LinkGraph<'a>, cx: &'g TableContext) -> Self {
-        let linker_section = |g: &mut LinkGraph<'a>, name: &'static [u8], prot, kind| {
-            g.add_section(Section {
-                name,
-                prot,
-                kind,
-                input: cx.linker_input,
-                retain: false,
-                elf_index: 0,
-            })
-        };
-        let stubs = linker_section(g, b".kiln.stubs", MemProt::ReadExec, SectionKind::Stubs);
-        let stub_block = g.add_block(stubs, Content::Bytes(Cow::Owned(Vec::new())), 16);
-        let ifunc_section =
-            linker_section(g, b".got.ifunc", MemProt::ReadWrite, SectionKind::Regular);
         Builder {
             g,
             cx,
@@ -114,11 +115,35 @@ impl<'g, 'a> Builder<'g, 'a> {
             tpoff_of: FxHashMap::default(),
             stub_of: FxHashMap::default(),
             stub_slots: Vec::new(),
-            stub_block,
-            ifunc_section,
+            stub_block: None,
+            ifunc_section: None,
+            got: cx.got,
             ifunc_slot_of: FxHashMap::default(),
             ifunc_slots: Vec::new(),
             stats: TableStats::default(),
+        }
+    }
+
+    fn section(&mut self, name: &'static [u8], prot: MemProt, kind: SectionKind) -> SectionId {
+        self.g.add_section(Section {
+            name,
+            prot,
+            kind,
+            input: self.cx.linker_input,
+            retain: false,
+            elf_index: 0,
+        })
+    }
+
+    /// The unit's GOT block, made on first use.
+    fn got_block(&mut self) -> BlockId {
+        match self.got {
+            Some(b) => b,
+            None => {
+                let b = crate::link::passes::add_got(self.g, self.cx.linker_input);
+                self.got = Some(b);
+                b
+            }
         }
     }
 
@@ -143,7 +168,8 @@ impl<'g, 'a> Builder<'g, 'a> {
     fn push_got(&mut self, words: &[GotWord]) -> SymbolId {
         let at = self.got_words.len() as u64 * 8;
         self.got_words.extend_from_slice(words);
-        self.g.add_anon(self.cx.got, at, self.cx.linker_input)
+        let got = self.got_block();
+        self.g.add_anon(got, at, self.cx.linker_input)
     }
 
     fn got_entry(&mut self, t: SymbolId) -> SymbolId {
@@ -162,7 +188,18 @@ impl<'g, 'a> Builder<'g, 'a> {
         }
         let at = self.stub_slots.len() as u64 * STUB.len() as u64;
         self.stub_slots.push(slot);
-        let s = self.g.add_anon(self.stub_block, at, self.cx.linker_input);
+        let block = match self.stub_block {
+            Some(b) => b,
+            None => {
+                let sec = self.section(b".kiln.stubs", MemProt::ReadExec, SectionKind::Stubs);
+                let b = self
+                    .g
+                    .add_block(sec, Content::Bytes(Cow::Owned(Vec::new())), 16);
+                self.stub_block = Some(b);
+                b
+            }
+        };
+        let s = self.g.add_anon(block, at, self.cx.linker_input);
         self.stub_of.insert(target, s);
         s
     }
@@ -173,7 +210,16 @@ impl<'g, 'a> Builder<'g, 'a> {
         let slot = match self.ifunc_slot_of.get(&resolver) {
             Some(&s) => s,
             None => {
-                let b = self.g.add_block(self.ifunc_section, Content::Zero(8), 8);
+                let sec = match self.ifunc_section {
+                    Some(s) => s,
+                    None => {
+                        let s =
+                            self.section(b".got.ifunc", MemProt::ReadWrite, SectionKind::Regular);
+                        self.ifunc_section = Some(s);
+                        s
+                    }
+                };
+                let b = self.g.add_block(sec, Content::Zero(8), 8);
                 self.g.blocks[b.idx()].live = true;
                 let slot = self.g.add_anon(b, 0, self.cx.linker_input);
                 self.ifunc_slots.push((resolver, slot));
@@ -276,44 +322,48 @@ impl<'g, 'a> Builder<'g, 'a> {
     /// Fill the GOT and stub blocks with their bytes and edges.
     fn finish(self) -> Tables {
         let Builder { g, cx, .. } = self;
-        let zero = g.add_local(SymbolDef::Absolute(0), cx.linker_input);
-        let got_edges: Vec<Edge> = self
-            .got_words
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| {
-                let (kind, target) = match *w {
-                    GotWord::Value(k, t) => (k, t),
-                    GotWord::TlsModule => (TlsModule64, zero),
-                    GotWord::Zero => return None,
-                };
-                Some(Edge {
-                    offset: (i * 8) as u32,
-                    kind: kind.into(),
-                    target,
-                    addend: 0,
+        if let Some(got) = self.got {
+            let zero = g.add_local(SymbolDef::Absolute(0), cx.linker_input);
+            let got_edges: Vec<Edge> = self
+                .got_words
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| {
+                    let (kind, target) = match *w {
+                        GotWord::Value(k, t) => (k, t),
+                        GotWord::TlsModule => (TlsModule64, zero),
+                        GotWord::Zero => return None,
+                    };
+                    Some(Edge {
+                        offset: (i * 8) as u32,
+                        kind: kind.into(),
+                        target,
+                        addend: 0,
+                    })
                 })
-            })
-            .collect();
-        let got = &mut g.blocks[cx.got.idx()];
-        got.content = Content::Bytes(Cow::Owned(vec![0; self.got_words.len() * 8]));
-        got.edges = got_edges;
-        got.live = true;
-        let mut stub_bytes = Vec::with_capacity(self.stub_slots.len() * STUB.len());
-        let mut stub_edges = Vec::with_capacity(self.stub_slots.len());
-        for slot in &self.stub_slots {
-            stub_edges.push(Edge {
-                offset: stub_bytes.len() as u32 + super::templates::STUB_FIXUP_OFFSET,
-                kind: Delta32.into(),
-                target: *slot,
-                addend: -4,
-            });
-            stub_bytes.extend_from_slice(&STUB);
+                .collect();
+            let block = &mut g.blocks[got.idx()];
+            block.content = Content::Bytes(Cow::Owned(vec![0; self.got_words.len() * 8]));
+            block.edges = got_edges;
+            block.live = true;
         }
-        let stubs = &mut g.blocks[self.stub_block.idx()];
-        stubs.content = Content::Bytes(Cow::Owned(stub_bytes));
-        stubs.edges = stub_edges;
-        stubs.live = !self.stub_slots.is_empty();
+        if let Some(stubs) = self.stub_block {
+            let mut stub_bytes = Vec::with_capacity(self.stub_slots.len() * STUB.len());
+            let mut stub_edges = Vec::with_capacity(self.stub_slots.len());
+            for slot in &self.stub_slots {
+                stub_edges.push(Edge {
+                    offset: stub_bytes.len() as u32 + super::templates::STUB_FIXUP_OFFSET,
+                    kind: Delta32.into(),
+                    target: *slot,
+                    addend: -4,
+                });
+                stub_bytes.extend_from_slice(&STUB);
+            }
+            let block = &mut g.blocks[stubs.idx()];
+            block.content = Content::Bytes(Cow::Owned(stub_bytes));
+            block.edges = stub_edges;
+            block.live = true;
+        }
         let stats = TableStats {
             got_entries: self.got_of.len() + self.tpoff_of.len(),
             stubs: self.stub_slots.len(),
@@ -324,6 +374,7 @@ impl<'g, 'a> Builder<'g, 'a> {
             got: self.got_of.into_iter().collect(),
             stubs: self.stub_of.into_iter().collect(),
             ifunc_slots: self.ifunc_slots,
+            got_block: self.got,
             stats,
         }
     }

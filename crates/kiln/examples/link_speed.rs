@@ -1,0 +1,51 @@
+//! How long linking one small function takes: N one-function graphs (each calling libc's `abs`
+//! and the function before it), linked one at a time into an in-process session with the debug
+//! sinks off. A quick loop for profiling the link path; `benches/jit-functions` is the
+//! benchmark against peers.
+//!
+//! `cargo run --release -p kiln --example link_speed [N]`
+
+use kiln::arch::x86_64::EdgeKind;
+use kiln::graph::{InMemoryEdge, InMemoryGraph};
+use kiln::{DebugOptions, Session};
+use std::time::Instant;
+
+fn main() -> Result<(), kiln::Error> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let s = Session::in_process();
+    s.set_debug(DebugOptions::none());
+    let abs = s.executor().lookup(&[b"abs"], &[], true)?[0].expect("abs");
+    s.define("abs", abs.0);
+    // f_i(x) = abs(x) + f_{i-1}(x) + 1: call abs; call prev; with padding to 160 bytes.
+    let mut code = vec![0x90u8; 160];
+    code[..5].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
+    code[5..10].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
+    code[159] = 0xc3;
+    let names: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+    let start = Instant::now();
+    for i in 0..n {
+        let mut g = InMemoryGraph::new(names[i].clone());
+        let prev = if i == 0 { "abs" } else { &names[i - 1] };
+        g.add_function(
+            &names[i],
+            code.clone(),
+            vec![
+                InMemoryEdge::new(1, EdgeKind::BranchPCRel32, "abs", -4),
+                InMemoryEdge::new(6, EdgeKind::BranchPCRel32, prev, -4),
+            ],
+            None,
+        );
+        s.link_graph(&g)?;
+    }
+    let t = start.elapsed();
+    println!(
+        "{n} links in {:.3} s: {:.0} ns per link, {:.0} links/s",
+        t.as_secs_f64(),
+        t.as_nanos() as f64 / n as f64,
+        n as f64 / t.as_secs_f64()
+    );
+    Ok(())
+}
