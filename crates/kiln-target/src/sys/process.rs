@@ -14,7 +14,9 @@ pub fn take_inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
             "descriptor {fd} is standard I/O, not an inherited socket"
         )));
     }
-    // SAFETY: F_GETFD only queries the descriptor table; it fails for a closed descriptor.
+    // A raw number we do not own yet: no safe wrapper can take it, so libc's fcntl probes it.
+    // SAFETY: F_GETFD only queries the descriptor table; it fails for a closed descriptor and
+    // changes nothing.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -26,9 +28,8 @@ pub fn take_inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: the descriptor is open (checked) and was handed to this process by its parent for
     // this purpose; nothing else in the process owns it, and `TAKEN` makes this happen once.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: setting FD_CLOEXEC on a descriptor we now own, so JIT'd code that spawns
-    // processes does not leak the channel to them.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Close-on-exec, so JIT'd code that spawns processes does not leak the channel to them.
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
     Ok(owned)
 }
 
