@@ -14,6 +14,7 @@
 //!
 //! No unsafe code here: everything that touches executor memory goes through
 //! [`kiln_target::Executor`].
+#![forbid(unsafe_code)]
 
 pub mod arch;
 pub mod check;
