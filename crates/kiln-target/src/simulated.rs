@@ -190,9 +190,13 @@ impl Executor for SimulatedExecutor {
     fn lookup(
         &self,
         names: &[&[u8]],
-        _libraries: &[LibraryId],
+        libraries: &[LibraryId],
         _process: bool,
     ) -> Result<Vec<Option<ExecutorAddr>>> {
+        // It loads none, so every library id is unknown.
+        if let Some(l) = libraries.first() {
+            return Err(Error::UnknownLibrary(l.0));
+        }
         let fallback = ExecutorAddr(self.runtime[0].1 .0.saturating_sub(0x10_0000));
         Ok(names
             .iter()
