@@ -519,7 +519,12 @@ impl Executor for RemoteExecutor {
             request
                 .segments
                 .iter()
-                .map(|s| (s.addr.0, s.content.len() as u64 + s.zero_fill))
+                .map(|s| {
+                    (
+                        s.addr.0,
+                        (s.content.len() as u64).saturating_add(s.zero_fill),
+                    )
+                })
                 .collect()
         } else {
             Vec::new()

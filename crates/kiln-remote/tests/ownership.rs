@@ -63,7 +63,7 @@ impl Foreign {
             ("libc's code", libc),
             ("the executor's own code", exe_text.0),
             ("address 0", 0),
-            ("the top of the address space", u64::MAX & !(PAGE - 1)),
+            ("the top of the address space", !(PAGE - 1)),
         ];
         if let Some(heap) = mapping(pid, |l| l.ends_with("[heap]")) {
             pages.push(("the executor's heap", heap.0));
@@ -189,7 +189,7 @@ fn through_the_client(memory: MemoryMode) {
         "a missing library",
     );
     refused(
-        ex.create_slab([u64::MAX & !(PAGE - 1), PAGE, PAGE], Placement::Anywhere),
+        ex.create_slab([!(PAGE - 1), PAGE, PAGE], Placement::Anywhere),
         "a slab size that wraps",
     );
 
@@ -438,7 +438,7 @@ fn hostile_requests_get_error_replies() {
         (
             "slab sizes that wrap",
             Call::CreateSlab {
-                sizes: [u64::MAX & !(PAGE - 1), PAGE, PAGE],
+                sizes: [!(PAGE - 1), PAGE, PAGE],
                 placement: Placement::Anywhere,
                 shared: true,
             },

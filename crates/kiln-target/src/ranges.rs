@@ -78,6 +78,51 @@ impl<V> RangeMap<V> {
     }
 }
 
+/// A few disjoint ranges (the claims of the calls writing right now: a handful per thread), in
+/// a sorted vector: a binary search to find, no allocation once it has grown, unlike a B-tree
+/// that allocates its first node for every first entry.
+#[derive(Debug, Default)]
+pub(crate) struct RangeSet {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl RangeSet {
+    /// Index of the first range ending after `start`.
+    fn first_after(&self, start: u64) -> usize {
+        self.ranges.partition_point(|&(_, e)| e <= start)
+    }
+
+    pub(crate) fn any_in(&self, start: u64, end: u64) -> bool {
+        start < end
+            && self
+                .ranges
+                .get(self.first_after(start))
+                .is_some_and(|&(s, _)| s < end)
+    }
+
+    /// Add `[start, end)`; refused if it is empty or overlaps a range.
+    pub(crate) fn insert(&mut self, start: u64, end: u64) -> Result<(), ()> {
+        if start >= end || self.any_in(start, end) {
+            return Err(());
+        }
+        let i = self.first_after(start);
+        self.ranges.insert(i, (start, end));
+        Ok(())
+    }
+
+    /// Remove the range starting at `start`.
+    pub(crate) fn remove(&mut self, start: u64) {
+        if let Ok(i) = self.ranges.binary_search_by_key(&start, |&(s, _)| s) {
+            self.ranges.remove(i);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +146,23 @@ mod tests {
         assert_eq!(m.containing(u64::MAX), None);
         assert_eq!(m.remove(0x2000), Some((0x3000, 'c')));
         assert!(!m.any_in(0x2000, 0x3000));
+    }
+
+    #[test]
+    fn range_set() {
+        let mut s = RangeSet::default();
+        s.insert(0x3000, 0x4000).unwrap();
+        s.insert(0x1000, 0x2000).unwrap();
+        assert!(s.insert(0x1fff, 0x3001).is_err());
+        assert!(s.insert(0x5000, 0x5000).is_err(), "empty");
+        s.insert(0x2000, 0x3000).unwrap();
+        assert!(s.any_in(0x3fff, 0x4000));
+        assert!(!s.any_in(0x4000, u64::MAX));
+        assert!(!s.any_in(0, 0x1000));
+        s.remove(0x2000);
+        assert!(!s.any_in(0x2000, 0x3000));
+        s.remove(0x1000);
+        s.remove(0x3000);
+        assert!(s.is_empty());
     }
 }

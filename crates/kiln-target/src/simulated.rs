@@ -10,7 +10,7 @@
 
 use crate::executor::*;
 use crate::plan::Plan;
-use crate::table::Table;
+use crate::table::{NewAlloc, Table};
 use crate::{Error, ExecutorAddr, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -145,19 +145,22 @@ impl Executor for SimulatedExecutor {
 
     fn finalize(&self, request: FinalizeRequest) -> Result<AllocId> {
         let plan = Plan::of(&request, self.info.page_size)?;
+        Self::check_eh_frames(&request, &plan)?;
         let id = self.next_alloc.fetch_add(1, Ordering::Relaxed);
-        self.table()?.begin_finalize(id, &request, &plan)?;
-        if let Err(e) = Self::check_eh_frames(&request, &plan) {
-            self.table()?.abort_finalize(id);
-            return Err(e);
-        }
         let dealloc = request
             .actions
             .iter()
             .filter_map(|p| p.dealloc.clone())
             .collect();
-        self.table()?
-            .finish_finalize(id, dealloc, request.initializers.clone());
+        let new = NewAlloc {
+            initializers: request.initializers.clone(),
+            finalizers: false,
+            live: false,
+        };
+        let mut t = self.table()?;
+        t.begin_finalize(id, &request, plan, new)?;
+        t.finish_finalize(id, dealloc);
+        drop(t);
         self.finalized
             .lock()
             .map_err(|_| Error::InvalidRequest("poisoned".into()))?

@@ -20,10 +20,11 @@
 //! mappings there, the simulated one nothing.
 
 use crate::executor::{Action, FinalizeRequest};
-use crate::plan::{range, Plan};
-use crate::ranges::RangeMap;
+use crate::plan::{range, Plan, PlannedSegment};
+use crate::ranges::{RangeMap, RangeSet};
 use crate::{Error, ExecutorAddr, MemProt, Result, SlabId, SlabInfo};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 /// The protection of each slab region, in order.
 pub(crate) const REGION_PROTS: [MemProt; 3] =
@@ -44,20 +45,30 @@ enum AllocState {
     Dying,
 }
 
+/// Kept small (a JIT links many one-function units): what most units lack is boxed.
 #[derive(Debug)]
 struct AllocRecord {
     state: AllocState,
-    /// (base, size) of its own reservation; `None` in a slab.
-    reservation: Option<(u64, u64)>,
-    /// Starts of its entries in the segment index and the registered ranges.
-    segments: Vec<u64>,
-    registered: Vec<u64>,
-    dealloc: Vec<Action>,
-    /// Taken when they run (once).
-    initializers: Option<Vec<ExecutorAddr>>,
     /// Calls into its code in progress (`run_main`, `call_void`, its initializers): it is not
     /// deallocated under them.
     pins: u32,
+    /// `run_initializers` was called (once is all).
+    initialized: bool,
+    /// Its deinitializers wait in the process-wide exit registry.
+    finalizers: bool,
+    /// (base, size) of its own reservation; `None` in a slab.
+    reservation: Option<(u64, u64)>,
+    /// Its entries in the segment index.
+    segments: Vec<PlannedSegment>,
+    extras: Option<Box<Extras>>,
+}
+
+#[derive(Debug, Default)]
+struct Extras {
+    /// Its entries in the registered ranges.
+    registered: Vec<(u64, u64)>,
+    dealloc: Vec<Action>,
+    initializers: Vec<ExecutorAddr>,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -73,10 +84,49 @@ struct SlabRecord<S> {
     payload: S,
 }
 
+/// Allocation ids are distinct integers from a counter: a multiplicative hash spreads them
+/// (SipHash would cost more than the rest of a small unit's bookkeeping).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// How a new allocation starts.
+pub(crate) struct NewAlloc {
+    pub(crate) initializers: Vec<ExecutorAddr>,
+    /// Its deinitializers go to the exit registry.
+    pub(crate) finalizers: bool,
+    /// Live at once (nothing to fill or run), rather than finalizing.
+    pub(crate) live: bool,
+}
+
 /// What deallocation needs once the table has marked an allocation dying.
 pub(crate) struct Dying {
     pub(crate) dealloc: Vec<Action>,
     pub(crate) reservation: Option<(u64, u64)>,
+    /// Its deinitializers are in the exit registry.
+    pub(crate) finalizers: bool,
+}
+
+impl Dying {
+    /// Nothing to run and nothing to unmap: the table can forget the allocation at once.
+    pub(crate) fn is_trivial(&self) -> bool {
+        self.dealloc.is_empty() && self.reservation.is_none() && !self.finalizers
+    }
 }
 
 pub(crate) struct Table<S> {
@@ -85,9 +135,9 @@ pub(crate) struct Table<S> {
     /// Slab spans, for finding the slab that holds an address.
     slab_spans: RangeMap<u32>,
     next_slab: u32,
-    allocs: BTreeMap<u64, AllocRecord>,
+    allocs: HashMap<u64, AllocRecord, BuildHasherDefault<IdHasher>>,
     segments: RangeMap<SegmentOwner>,
-    claims: RangeMap<()>,
+    claims: RangeSet,
     registered: RangeMap<u64>,
     /// Static TLS blocks handed out: offset → block size.
     static_tls: BTreeMap<i64, u64>,
@@ -100,9 +150,9 @@ impl<S> Default for Table<S> {
             slabs: BTreeMap::new(),
             slab_spans: RangeMap::default(),
             next_slab: 0,
-            allocs: BTreeMap::new(),
+            allocs: HashMap::default(),
             segments: RangeMap::default(),
-            claims: RangeMap::default(),
+            claims: RangeSet::default(),
             registered: RangeMap::default(),
             static_tls: BTreeMap::new(),
         }
@@ -239,7 +289,7 @@ impl<S> Table<S> {
                 o.alloc
             )));
         }
-        self.claims.insert(s, e, ()).map_err(|()| {
+        self.claims.insert(s, e).map_err(|()| {
             Error::Busy(format!(
                 "{addr:#x}..+{len:#x} is being written by another call"
             ))
@@ -315,18 +365,19 @@ impl<S> Table<S> {
     // ---- allocations --------------------------------------------------------------------
 
     /// Check that `req` (planned as `plan`) lies in memory this executor owns and nobody else
-    /// uses, and mark that memory as allocation `id`'s, finalizing.
+    /// uses, and mark that memory as allocation `id`'s: finalizing, or live at once.
     pub(crate) fn begin_finalize(
         &mut self,
         id: u64,
         req: &FinalizeRequest,
-        plan: &Plan,
+        plan: Plan,
+        new: NewAlloc,
     ) -> Result<()> {
         let reservation = if req.in_slab {
-            self.check_slab_segments(plan)?;
+            self.check_slab_segments(&plan)?;
             None
         } else {
-            Some(self.check_reservation(req, plan)?)
+            Some(self.check_reservation(req, &plan)?)
         };
         for &(off, size) in &plan.static_tls {
             if self.static_tls.get(&off).is_none_or(|&have| have < size) {
@@ -336,43 +387,49 @@ impl<S> Table<S> {
                 )));
             }
         }
-        if self.allocs.contains_key(&id) {
+        let std::collections::hash_map::Entry::Vacant(slot) = self.allocs.entry(id) else {
             return Err(Error::InvalidRequest(format!("allocation id {id} reused")));
-        }
+        };
         // Checked: from here on nothing fails.
         if let Some((base, _)) = reservation {
             if let Some((_, r)) = self.reservations.get_mut(base) {
                 *r = Reservation::UsedBy(id);
             }
         }
-        let mut segments = Vec::with_capacity(plan.segments.len());
-        for s in &plan.segments {
+        let Plan {
+            mut segments,
+            mut registered,
+            ..
+        } = plan;
+        // (Cannot fail: checked disjoint from everything, and from each other by the plan.)
+        segments.retain(|s| {
             let owner = SegmentOwner {
                 alloc: id,
                 prot: s.prot,
             };
-            if self.segments.insert(s.start, s.end, owner).is_ok() {
-                segments.push(s.start);
-            }
-        }
-        let mut registered = Vec::with_capacity(plan.registered.len());
-        for &(s, e) in &plan.registered {
-            if self.registered.insert(s, e, id).is_ok() {
-                registered.push(s);
-            }
-        }
-        self.allocs.insert(
-            id,
-            AllocRecord {
-                state: AllocState::Finalizing,
-                reservation,
-                segments,
+            self.segments.insert(s.start, s.end, owner).is_ok()
+        });
+        registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
+        let extras = (!registered.is_empty() || !new.initializers.is_empty()).then(|| {
+            Box::new(Extras {
                 registered,
+                initializers: new.initializers,
                 dealloc: Vec::new(),
-                initializers: None,
-                pins: 0,
+            })
+        });
+        slot.insert(AllocRecord {
+            state: if new.live {
+                AllocState::Live
+            } else {
+                AllocState::Finalizing
             },
-        );
+            pins: 0,
+            initialized: false,
+            finalizers: new.finalizers,
+            reservation,
+            segments,
+            extras,
+        });
         Ok(())
     }
 
@@ -447,16 +504,13 @@ impl<S> Table<S> {
         self.forget(id, true);
     }
 
-    pub(crate) fn finish_finalize(
-        &mut self,
-        id: u64,
-        dealloc: Vec<Action>,
-        initializers: Vec<ExecutorAddr>,
-    ) {
+    /// The allocation is live, with what runs when it goes.
+    pub(crate) fn finish_finalize(&mut self, id: u64, dealloc: Vec<Action>) {
         if let Some(a) = self.allocs.get_mut(&id) {
             a.state = AllocState::Live;
-            a.dealloc = dealloc;
-            a.initializers = Some(initializers);
+            if !dealloc.is_empty() {
+                a.extras.get_or_insert_with(Box::default).dealloc = dealloc;
+            }
         }
     }
 
@@ -477,8 +531,13 @@ impl<S> Table<S> {
         }
         a.state = AllocState::Dying;
         Ok(Dying {
-            dealloc: std::mem::take(&mut a.dealloc),
+            dealloc: a
+                .extras
+                .as_mut()
+                .map(|x| std::mem::take(&mut x.dealloc))
+                .unwrap_or_default(),
             reservation: a.reservation,
+            finalizers: a.finalizers,
         })
     }
 
@@ -486,7 +545,9 @@ impl<S> Table<S> {
     pub(crate) fn cancel_dealloc(&mut self, id: u64, dying: Dying) {
         if let Some(a) = self.allocs.get_mut(&id) {
             a.state = AllocState::Live;
-            a.dealloc = dying.dealloc;
+            if let Some(x) = a.extras.as_mut() {
+                x.dealloc = dying.dealloc;
+            }
         }
     }
 
@@ -500,10 +561,10 @@ impl<S> Table<S> {
         let Some(a) = self.allocs.remove(&id) else {
             return;
         };
-        for s in a.segments {
-            self.segments.remove(s);
+        for s in &a.segments {
+            self.segments.remove(s.start);
         }
-        for s in a.registered {
+        for &(s, _) in a.extras.iter().flat_map(|x| &x.registered) {
             self.registered.remove(s);
         }
         if let Some((base, _)) = a.reservation {
@@ -517,15 +578,25 @@ impl<S> Table<S> {
         }
     }
 
-    /// Pin a live allocation whose initializers are to run, and take them (`None`: they ran
-    /// or are running already; nothing is pinned then).
-    pub(crate) fn start_initializers(&mut self, id: u64) -> Result<Option<Vec<ExecutorAddr>>> {
+    /// Pin a live allocation whose initializers are to run, and take them, with whether it
+    /// has finalizers in the exit registry (`None`: they ran or are running already; nothing is
+    /// pinned then).
+    pub(crate) fn start_initializers(
+        &mut self,
+        id: u64,
+    ) -> Result<Option<(Vec<ExecutorAddr>, bool)>> {
         let a = self.live_mut(id)?;
-        let inits = a.initializers.take();
-        if inits.is_some() {
-            a.pins += 1;
+        if a.initialized {
+            return Ok(None);
         }
-        Ok(inits)
+        a.initialized = true;
+        a.pins += 1;
+        let inits = a
+            .extras
+            .as_mut()
+            .map(|x| std::mem::take(&mut x.initializers))
+            .unwrap_or_default();
+        Ok(Some((inits, a.finalizers)))
     }
 
     /// Pin the live allocation whose executable segment holds `addr`; returns its id.
@@ -614,8 +685,12 @@ mod tests {
 
     fn finalize(t: &mut Table<()>, id: u64, req: &FinalizeRequest) -> Result<()> {
         let plan = Plan::of(req, PAGE)?;
-        t.begin_finalize(id, req, &plan)?;
-        t.finish_finalize(id, Vec::new(), Vec::new());
+        let new = NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        t.begin_finalize(id, req, plan, new)?;
         Ok(())
     }
 

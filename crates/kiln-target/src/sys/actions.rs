@@ -4,6 +4,7 @@ use super::{call, eh, gdb, jitdump, perf, tls, valgrind};
 use crate::executor::Action;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 
 /// Run one action.
@@ -91,14 +92,28 @@ pub(crate) unsafe fn run(a: &Action) -> Result<()> {
     }
 }
 
-/// What must run when the process exits, per live allocation of any executor in the process.
+/// What must run when the process exits, per live allocation of any executor in the process
+/// that has deinitializers (most JIT'd functions have none, and never come here).
 #[derive(Default)]
 struct Finalizers {
-    /// Set once the exit hook started: allocations are no longer unmapped (their finalizers
-    /// may be running on the exiting thread).
-    exiting: bool,
     /// Allocation id → (initializers ran, deinitializers).
     allocs: BTreeMap<u64, (bool, Vec<Action>)>,
+}
+
+/// Set (under the registry's lock) once the exit hook started: allocations are no longer
+/// unmapped, their finalizers may be running on the exiting thread.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+fn exiting_error() -> Error {
+    Error::Busy("the process is exiting: units are no longer deallocated".into())
+}
+
+/// Refused once the process is exiting (for allocations without finalizers).
+pub(crate) fn check_not_exiting() -> Result<()> {
+    if EXITING.load(Ordering::SeqCst) {
+        return Err(exiting_error());
+    }
+    Ok(())
 }
 
 fn finalizers() -> Result<std::sync::MutexGuard<'static, Finalizers>> {
@@ -108,7 +123,8 @@ fn finalizers() -> Result<std::sync::MutexGuard<'static, Finalizers>> {
         .map_err(|_| Error::InvalidRequest("finalizer registry poisoned".into()))
 }
 
-/// Record a freshly finalized allocation's deinitializers (checked like its actions).
+/// Record a freshly finalized allocation's deinitializers (checked like its actions; not
+/// empty).
 pub(crate) fn add_finalizers(id: u64, deinitializers: Vec<Action>) -> Result<()> {
     finalizers()?.allocs.insert(id, (false, deinitializers));
     Ok(())
@@ -127,11 +143,7 @@ pub(crate) fn mark_initialized(id: u64) -> Result<()> {
 /// them, and the memory must stay.
 pub(crate) fn take_finalizers(id: u64) -> Result<Option<Vec<Action>>> {
     let mut f = finalizers()?;
-    if f.exiting {
-        return Err(Error::Busy(
-            "the process is exiting: units are no longer deallocated".into(),
-        ));
-    }
+    check_not_exiting()?;
     Ok(match f.allocs.remove(&id) {
         Some((true, d)) => Some(d),
         _ => None,
@@ -156,7 +168,7 @@ pub(crate) fn install_exit_hook() {
 extern "C" fn exit_hook() {
     let pending: Vec<Vec<Action>> = {
         let Ok(mut f) = finalizers() else { return };
-        f.exiting = true;
+        EXITING.store(true, Ordering::SeqCst);
         std::mem::take(&mut f.allocs)
             .into_values()
             .rev()

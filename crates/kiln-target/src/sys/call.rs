@@ -25,8 +25,8 @@ pub(crate) unsafe fn main(entry: ExecutorAddr, args: &[String]) -> i32 {
     let mut argv: Vec<*const c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
     let argv: &'static [*const c_char] = Vec::leak(argv);
-    // SAFETY: guaranteed by the caller; argv is NULL-terminated and lives as long as the
-    // process; environ is the process's environment.
+    // SAFETY: `entry` is code with `main`'s signature (this function's contract); argv is
+    // NULL-terminated and lives as long as the process; environ is the process's environment.
     unsafe {
         let f = std::mem::transmute::<u64, MainFn>(entry.0);
         f(args.len() as i32, argv.as_ptr(), environ)
@@ -36,7 +36,7 @@ pub(crate) unsafe fn main(entry: ExecutorAddr, args: &[String]) -> i32 {
 /// # Safety
 /// `f` must be the address of finalized code with the C signature `void f(void)`.
 pub(crate) unsafe fn void(f: ExecutorAddr) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: `f` is code with the signature `void f(void)` (this function's contract).
     unsafe { std::mem::transmute::<u64, VoidFn>(f.0)() }
 }
 
@@ -83,7 +83,8 @@ pub(crate) unsafe fn cxa_finalize(dso: ExecutorAddr) {
 /// writable bytes that nothing else accesses concurrently.
 pub(crate) unsafe fn resolve_ifunc(resolver: ExecutorAddr, slot: ExecutorAddr) {
     type Resolver = unsafe extern "C" fn() -> *const std::ffi::c_void;
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: `resolver` is code with the resolver's signature and `slot` 8 writable bytes
+    // nobody else accesses (this function's contract).
     unsafe {
         let f = std::mem::transmute::<u64, Resolver>(resolver.0);
         let chosen = f() as u64;

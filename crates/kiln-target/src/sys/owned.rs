@@ -8,7 +8,7 @@ use super::slab::{patch_len, write_range, OnDrop, Slab};
 use super::{actions, call, mem};
 use crate::executor::{Action, FinalizeRequest};
 use crate::plan::Plan;
-use crate::table::Table;
+use crate::table::{NewAlloc, Table};
 use crate::{AllocId, Error, ExecutorAddr, Placement, Result, SlabId, SlabInfo, SlabWrite};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,34 +64,56 @@ impl OwnedMemory {
     }
 
     pub(crate) fn finalize(&self, req: FinalizeRequest) -> Result<AllocId> {
-        let plan = Plan::of(&req, self.page)?;
+        let mut plan = Plan::of(&req, self.page)?;
+        let eh_frames = std::mem::take(&mut plan.eh_frames);
         let id = NEXT_ALLOC.fetch_add(1, Ordering::Relaxed);
-        self.table()?.begin_finalize(id, &req, &plan)?;
-        match self.fill_and_run(id, &req, &plan) {
-            Ok(dealloc) => {
-                let inits = req.initializers;
-                self.table_anyway().finish_finalize(id, dealloc, inits);
-                Ok(AllocId(id))
-            }
-            Err(e) => {
-                if !req.in_slab {
-                    let (base, size) = req.reservation;
-                    // SAFETY: the reservation is this executor's and marked used by this
-                    // allocation (checked by `begin_finalize`), which never went live: its
-                    // finalize actions were undone and no id was handed out. Fresh pages make
-                    // it as `reserve` returned it (content gone, `commit`'s zero-fill
-                    // assumption true again).
-                    let _ = unsafe { mem::reset(base, size) };
+        let finalizers = !req.deinitializers.is_empty();
+        // Nothing to copy and nothing to run (a JIT's typical unit): live in one visit to the
+        // table.
+        let live = req.in_slab && req.actions.is_empty();
+        let new = NewAlloc {
+            initializers: req.initializers.clone(),
+            finalizers,
+            live,
+        };
+        self.table()?.begin_finalize(id, &req, plan, new)?;
+        if live {
+            flush_icache(&req);
+        } else {
+            match self.fill_and_run(&req, &eh_frames) {
+                Ok(dealloc) => self.table_anyway().finish_finalize(id, dealloc),
+                Err(e) => {
+                    self.abort(id, &req);
+                    return Err(e);
                 }
-                self.table_anyway().abort_finalize(id);
-                Err(e)
             }
         }
+        if finalizers {
+            if let Err(e) = actions::add_finalizers(id, req.deinitializers) {
+                // Nobody has its id yet: undo it as deallocation would.
+                let _ = self.deallocate(AllocId(id));
+                return Err(e);
+            }
+        }
+        Ok(AllocId(id))
     }
 
-    /// Put the content in place, check the unwind info, run the finalize actions, and record
-    /// the finalizers for exit. On failure, what ran is undone. Returns the dealloc actions.
-    fn fill_and_run(&self, id: u64, req: &FinalizeRequest, plan: &Plan) -> Result<Vec<Action>> {
+    /// Finalize failed before the allocation went live.
+    fn abort(&self, id: u64, req: &FinalizeRequest) {
+        if !req.in_slab {
+            let (base, size) = req.reservation;
+            // SAFETY: the reservation is this executor's and marked used by this allocation
+            // (checked by `begin_finalize`), which never went live: its finalize actions were
+            // undone and no id was handed out. Fresh pages make it as `reserve` returned it
+            // (content gone, `commit`'s zero-fill assumption true again).
+            let _ = unsafe { mem::reset(base, size) };
+        }
+        self.table_anyway().abort_finalize(id);
+    }
+
+    /// Put the content in place, check the unwind info, run the finalize actions. On failure,
+    /// what ran is undone. Returns the dealloc actions.
+    fn fill_and_run(&self, req: &FinalizeRequest, eh_frames: &[(u64, u64)]) -> Result<Vec<Action>> {
         if !req.in_slab {
             for s in &req.segments {
                 if s.content.is_empty() && s.zero_fill == 0 {
@@ -105,10 +127,8 @@ impl OwnedMemory {
                 unsafe { mem::commit(s.addr, &s.content, s.zero_fill, s.prot)? };
             }
         }
-        for s in &plan.segments {
-            mem::flush_icache(ExecutorAddr(s.start), s.end - s.start);
-        }
-        for &(addr, size) in &plan.eh_frames {
+        flush_icache(req);
+        for &(addr, size) in eh_frames {
             // SAFETY: `plan` checked the range lies inside one segment of this allocation,
             // which is mapped readable now (committed above, or a slab region, all readable)
             // and is this allocation's alone until it is deallocated.
@@ -119,20 +139,17 @@ impl OwnedMemory {
             })?;
         }
         let mut dealloc = Vec::new();
-        let undo = |dealloc: &[Action]| {
-            for d in dealloc.iter().rev() {
-                // SAFETY: as for the finalize actions below: checked dealloc halves of this
-                // allocation, whose memory stays mapped.
-                let _ = unsafe { actions::run(d) };
-            }
-        };
         for pair in &req.actions {
             if let Some(a) = &pair.finalize {
                 // SAFETY: `plan` checked the action against this allocation's segments, and
                 // eh_frame sections were checked above; the memory is mapped and marked this
                 // finalizing allocation's (nothing can release it meanwhile).
                 if let Err(e) = unsafe { actions::run(a) } {
-                    undo(&dealloc);
+                    for d in dealloc.iter().rev() {
+                        // SAFETY: as above: checked dealloc halves of this allocation, whose
+                        // memory stays mapped.
+                        let _ = unsafe { actions::run(d) };
+                    }
                     return Err(e);
                 }
             }
@@ -140,16 +157,30 @@ impl OwnedMemory {
                 dealloc.push(d.clone());
             }
         }
-        if let Err(e) = actions::add_finalizers(id, req.deinitializers.clone()) {
-            undo(&dealloc);
-            return Err(e);
-        }
         Ok(dealloc)
     }
 
     pub(crate) fn deallocate(&self, id: AllocId) -> Result<()> {
-        let dying = self.table()?.begin_dealloc(id.0)?;
-        let deinit = match actions::take_finalizers(id.0) {
+        let dying = {
+            let mut t = self.table()?;
+            let dying = t.begin_dealloc(id.0)?;
+            if dying.is_trivial() {
+                // Nothing to run, nothing to unmap: gone in one visit to the table.
+                if let Err(e) = actions::check_not_exiting() {
+                    t.cancel_dealloc(id.0, dying);
+                    return Err(e);
+                }
+                t.finish_dealloc(id.0);
+                return Ok(());
+            }
+            dying
+        };
+        let deinit = if dying.finalizers {
+            actions::take_finalizers(id.0)
+        } else {
+            actions::check_not_exiting().map(|()| None)
+        };
+        let deinit = match deinit {
             Ok(d) => d,
             Err(e) => {
                 self.table_anyway().cancel_dealloc(id.0, dying);
@@ -180,11 +211,13 @@ impl OwnedMemory {
     }
 
     pub(crate) fn run_initializers(&self, id: AllocId) -> Result<()> {
-        let Some(inits) = self.table()?.start_initializers(id.0)? else {
+        let Some((inits, finalizers)) = self.table()?.start_initializers(id.0)? else {
             return Ok(());
         };
         let _unpin = OnDrop(|| self.table_anyway().unpin(id.0));
-        actions::mark_initialized(id.0)?;
+        if finalizers {
+            actions::mark_initialized(id.0)?;
+        }
         for f in inits {
             // SAFETY: `plan` checked each initializer lies in an executable segment of this
             // allocation, which is live and pinned: not deallocated until `_unpin`.
@@ -308,6 +341,13 @@ impl OwnedMemory {
     pub(crate) fn add_static_tls(&self, offset: i64, block_size: u64) -> Result<()> {
         self.table()?.add_static_tls(offset, block_size);
         Ok(())
+    }
+}
+
+/// Make the instruction cache see a request's segments (a no-op on x86-64; see `mem`).
+fn flush_icache(req: &FinalizeRequest) {
+    for s in &req.segments {
+        mem::flush_icache(s.addr, s.size());
     }
 }
 

@@ -12,7 +12,7 @@
 //! (`crate::table`) for a [`Slab`], the slab's own claims for a [`SharedSlab`]. The raw writes
 //! of [`WriteView`] are `unsafe fn`s whose contract is that decision.
 
-use crate::ranges::RangeMap;
+use crate::ranges::RangeSet;
 use crate::{Error, ExecutorAddr, Placement, Result, SlabId, SlabInfo, SlabWrite};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, MprotectFlags, MremapFlags, ProtFlags};
@@ -318,11 +318,17 @@ impl WriteView {
         let dst = self
             .writable(addr.0, n)
             .ok_or_else(|| self.outside(addr.0, n))?;
+        if !(dst as u64).is_multiple_of(n) {
+            return Err(Error::InvalidRequest(format!(
+                "the writable view of {addr} is not {n}-byte aligned"
+            )));
+        }
         if n == 4 {
             let v = u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]));
-            // SAFETY: `dst` is 4-byte aligned (the alias and the view share page offsets) and
-            // inside a live writable mapping of the slab; others only read it (as instructions
-            // or data), so an atomic store is the right access.
+            // SAFETY: `dst` is 4-byte aligned (checked) and inside a live writable mapping of
+            // the slab (`writable`, and this function's contract); no reference to write it
+            // exists, others only read it (as instructions or data), so an atomic store is the
+            // right access.
             unsafe { (*(dst as *const AtomicU32)).store(v, Ordering::Release) };
         } else {
             let v = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
@@ -366,7 +372,7 @@ pub struct SharedSlab {
     view: WriteView,
     base: u64,
     len: u64,
-    claims: Mutex<RangeMap<()>>,
+    claims: Mutex<RangeSet>,
     _fd: OwnedFd,
 }
 
@@ -382,9 +388,13 @@ impl SharedSlab {
     pub fn map(fd: OwnedFd, info: SlabInfo) -> Result<SharedSlab> {
         let r = info.regions;
         let len = r.iter().try_fold(0u64, |a, (_, n)| a.checked_add(*n));
+        // Page-aligned regions (4 KiB, the smallest x86-64 page): patches rely on the mapping
+        // and the executor's view sharing every address's offset within a page.
         let contiguous = r[1].0 .0 == r[0].0 .0.wrapping_add(r[0].1)
             && r[2].0 .0 == r[1].0 .0.wrapping_add(r[1].1)
-            && r[0].0 .0.checked_add(len.unwrap_or(u64::MAX)).is_some();
+            && r[0].0 .0.checked_add(len.unwrap_or(u64::MAX)).is_some()
+            && r[0].0 .0.is_multiple_of(4096)
+            && r.iter().all(|(_, n)| n.is_multiple_of(4096));
         let len = match len {
             Some(l) if l > 0 && l <= (1 << 40) && contiguous => l,
             _ => {
@@ -432,7 +442,7 @@ impl SharedSlab {
             },
             base,
             len,
-            claims: Mutex::new(RangeMap::default()),
+            claims: Mutex::new(RangeSet::default()),
             _fd: fd,
         })
     }
@@ -441,7 +451,7 @@ impl SharedSlab {
         self.view.info
     }
 
-    fn claims(&self) -> std::sync::MutexGuard<'_, RangeMap<()>> {
+    fn claims(&self) -> std::sync::MutexGuard<'_, RangeSet> {
         // The map stays consistent across a panic (no code runs while it is locked).
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -452,7 +462,7 @@ impl SharedSlab {
         for (i, &(a, n)) in ranges.iter().enumerate() {
             let refused = if self.view.writable(a, n).is_none() {
                 Some(self.view.outside(a, n))
-            } else if n > 0 && claims.insert(a, a + n, ()).is_err() {
+            } else if n > 0 && claims.insert(a, a + n).is_err() {
                 Some(Error::Busy(format!(
                     "{a:#x}..+{n:#x} of slab {} is being written by another call",
                     self.view.info.id.0
@@ -508,7 +518,10 @@ impl SharedSlab {
         let mut slices = Vec::with_capacity(raw.len());
         for &(a, n) in &raw {
             // SAFETY: the mapping lives as long as `self`; the range is claimed until
-            // `_unclaim` runs, after `slices` is dropped (declared later, dropped first).
+            // `_unclaim` runs, after `slices` is dropped (declared later, dropped first), so no
+            // other call of this slab touches it. (The executor process does not write it
+            // either: it holds no live unit. Shared memory trusts the other process that far;
+            // see docs/safety.md.)
             slices.push(unsafe { self.view.slice_mut(a, n)? });
         }
         f(&mut slices);

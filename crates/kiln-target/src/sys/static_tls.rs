@@ -187,7 +187,8 @@ pub(crate) fn allocate(image: &[u8], block_size: u64, align: u64) -> Result<i64>
     }
     // The calling thread's block, through the system's __tls_get_addr (which also brings this
     // thread's DTV up to date).
-    let block = super::tls::system_block(module as u64)
+    // SAFETY: `module` is the id ld.so gave the object it just loaded (dlinfo, checked non-zero).
+    let block = unsafe { super::tls::system_block(module as u64) }
         .ok_or_else(|| Error::Tls("no __tls_get_addr in this process".into()))?;
     Ok(block as i64 - thread_pointer() as i64)
 }

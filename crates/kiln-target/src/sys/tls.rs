@@ -222,10 +222,15 @@ fn system_tls_get_addr() -> Option<SysTlsGetAddr> {
 }
 
 /// The calling thread's block of a module the system's dynamic loader manages.
-pub(crate) fn system_block(module: u64) -> Option<*mut u8> {
+///
+/// # Safety
+/// `module` is a TLS module id ld.so assigned to a loaded object (from `dlinfo`): glibc's
+/// `__tls_get_addr` trusts it.
+pub(crate) unsafe fn system_block(module: u64) -> Option<*mut u8> {
     let f = system_tls_get_addr()?;
     let ti = TlsIndex { module, offset: 0 };
-    // SAFETY: `ti` is a valid {module, offset} pair for a module ld.so knows.
+    // SAFETY: `ti` is a {module, offset} pair for a module ld.so knows (this function's
+    // contract), at offset 0 of its block.
     let p = unsafe { f(&ti) };
     (!p.is_null()).then_some(p)
 }
