@@ -1,4 +1,5 @@
 //! `kiln`: link relocatable objects, archives and C/C++ sources into memory and run them.
+#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};

@@ -2,6 +2,7 @@
 //! `kiln-executor` process and waiting for its reply.
 
 use crate::auth::{nonce, Token};
+use crate::book::SlabBook;
 use crate::proto::*;
 use crate::wire::{Conn, MAX_FRAME, MAX_HELLO_FRAME};
 use kiln_target::{
@@ -14,7 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How slab memory reaches the executor.
@@ -96,8 +97,12 @@ pub struct RemoteExecutor {
     shared: bool,
     slabs: bool,
     inner: Mutex<Inner>,
-    /// Shared mode: our mappings of the executor's slabs.
-    mapped: Mutex<HashMap<u32, SharedSlab>>,
+    /// Shared mode: our mappings of the executor's slabs. Each is used outside this lock (it
+    /// guards its own ranges), so threads preparing units in one slab do not wait for each
+    /// other.
+    mapped: Mutex<HashMap<u32, Arc<SharedSlab>>>,
+    /// The slabs' regions and the live units in them: writes are checked here first.
+    book: Mutex<SlabBook>,
 }
 
 fn channel(e: impl std::fmt::Display) -> Error {
@@ -181,6 +186,7 @@ impl RemoteExecutor {
             slabs: h.slabs,
             inner: Mutex::new(inner),
             mapped: Mutex::new(HashMap::new()),
+            book: Mutex::new(SlabBook::default()),
         })
     }
 
@@ -321,11 +327,30 @@ impl RemoteExecutor {
         let m = self
             .mapped
             .lock()
-            .map_err(|_| channel("the slab table's lock is poisoned"))?;
-        match m.get(&slab.0) {
-            Some(s) => f(s),
-            None => Err(Error::InvalidRequest(format!("no shared slab {}", slab.0))),
+            .map_err(|_| channel("the slab table's lock is poisoned"))?
+            .get(&slab.0)
+            .cloned()
+            .ok_or(Error::UnknownSlab(slab.0))?;
+        f(&m)
+    }
+
+    fn book(&self) -> Result<std::sync::MutexGuard<'_, SlabBook>> {
+        self.book
+            .lock()
+            .map_err(|_| channel("the slab book's lock is poisoned"))
+    }
+
+    /// Every range inside one region of `slab`, over no live unit.
+    fn check_writes(
+        &self,
+        slab: SlabId,
+        ranges: impl Iterator<Item = (ExecutorAddr, u64)>,
+    ) -> Result<()> {
+        let book = self.book()?;
+        for (a, n) in ranges {
+            book.check_write(slab, a, n)?;
         }
+        Ok(())
     }
 }
 
@@ -490,14 +515,36 @@ impl Executor for RemoteExecutor {
     }
 
     fn finalize(&self, request: FinalizeRequest) -> Result<AllocId> {
+        let in_slab: Vec<(u64, u64)> = if request.in_slab {
+            request
+                .segments
+                .iter()
+                .map(|s| {
+                    (
+                        s.addr.0,
+                        (s.content.len() as u64).saturating_add(s.zero_fill),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         match self.call(Call::Finalize(request))?.0 {
-            Value::Alloc(a) => Ok(a),
+            Value::Alloc(a) => {
+                self.book()?.add_unit(a, &in_slab);
+                Ok(a)
+            }
             v => Err(unexpected(v)),
         }
     }
 
     fn deallocate(&self, id: AllocId) -> Result<()> {
-        self.call(Call::Deallocate(id)).map(drop)
+        let r = self.call(Call::Deallocate(id)).map(drop);
+        // Also on an error: the executor finishes a deallocation whose actions failed, and
+        // refuses one it cannot do (stale id, code running) before touching anything; keeping
+        // the unit in the book would only refuse writes the executor would allow.
+        self.book()?.remove_unit(id);
+        r
     }
 
     fn run_initializers(&self, id: AllocId) -> Result<()> {
@@ -573,12 +620,20 @@ impl Executor for RemoteExecutor {
             self.mapped
                 .lock()
                 .map_err(|_| channel("the slab table's lock is poisoned"))?
-                .insert(info.id.0, m);
+                .insert(info.id.0, Arc::new(m));
         }
+        self.book()?.add_slab(info);
         Ok(info)
     }
 
     fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        self.check_writes(
+            slab,
+            writes.iter().map(|w| match *w {
+                SlabWrite::Bytes(a, b) => (a, b.len() as u64),
+                SlabWrite::Fill(a, n, _) => (a, n),
+            }),
+        )?;
         if self.shared {
             self.with_mapped(slab, |m| m.write(writes))
         } else {
@@ -592,6 +647,7 @@ impl Executor for RemoteExecutor {
         ranges: &[(ExecutorAddr, u64)],
         f: &mut dyn FnMut(&mut [&mut [u8]]),
     ) -> Result<()> {
+        self.check_writes(slab, ranges.iter().copied())?;
         if self.shared {
             return self.with_mapped(slab, |m| m.with_memory(ranges, f));
         }
@@ -610,11 +666,15 @@ impl Executor for RemoteExecutor {
         self.call(call).map(drop)
     }
 
+    /// The executor refuses while units live in the slab; only once it has released it does
+    /// the controller drop its mapping.
     fn release_slab(&self, slab: SlabId) -> Result<()> {
+        self.call(Call::ReleaseSlab(slab))?;
         if let Ok(mut m) = self.mapped.lock() {
             m.remove(&slab.0);
         }
-        self.call(Call::ReleaseSlab(slab)).map(drop)
+        self.book()?.remove_slab(slab);
+        Ok(())
     }
 
     fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32> {

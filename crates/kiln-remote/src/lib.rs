@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod book;
 pub mod client;
 pub mod listen;
 pub mod proto;

@@ -10,7 +10,7 @@ use kiln_remote::client::{client_handshake, spawn_child};
 use kiln_remote::proto::*;
 use kiln_remote::wire::{self, Conn, WireError, MAX_FRAME, MAX_HELLO_FRAME};
 use kiln_remote::{Options, RemoteExecutor};
-use kiln_target::{AllocId, ExecutorAddr, Placement, SlabId};
+use kiln_target::{AllocId, ExecutorAddr, FinalizeRequest, MemProt, Placement, Segment, SlabId};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -427,18 +427,51 @@ fn controller_closes_between_requests() {
     assert_eq!(exit_code(&mut child, "controller gone between requests"), 0);
 }
 
+/// A unit of its own reservation whose code jumps to `target` (`mov rax, target; jmp rax`):
+/// the executor runs only its units' code. Uses request ids `id` and `id + 1`.
+fn trampoline(conn: &mut Conn, id: u64, target: ExecutorAddr) -> ExecutorAddr {
+    const PAGE: u64 = 4096; // x86-64 Linux
+    let reserve = Call::Reserve {
+        size: PAGE,
+        placement: Placement::Anywhere,
+    };
+    let base = match call(conn, id, reserve) {
+        Ok(Value::Addr(a)) => a,
+        other => panic!("reserve: {other:?}"),
+    };
+    let mut code = vec![0x48, 0xb8];
+    code.extend_from_slice(&target.0.to_le_bytes());
+    code.extend_from_slice(&[0xff, 0xe0]);
+    let unit = FinalizeRequest {
+        reservation: (base, PAGE),
+        segments: vec![Segment {
+            addr: base,
+            prot: MemProt::ReadExec,
+            content: code,
+            zero_fill: 0,
+        }],
+        ..Default::default()
+    };
+    match call(conn, id + 1, Call::Finalize(unit)) {
+        Ok(Value::Alloc(_)) => base,
+        other => panic!("finalize: {other:?}"),
+    }
+}
+
 /// While code runs in the executor nobody reads its connection; the controller hanging up
-/// must still end it. The code here is libc's `pause`, called as `main`.
+/// must still end it. The code here is libc's `pause`, called as `main` (through a unit that
+/// jumps to it).
 #[test]
 fn controller_closes_while_code_runs() {
     let (mut conn, mut child) = executor();
     let pid = child.id();
     let pause = lookup(&mut conn, 1, "pause").expect("pause is in the executor");
+    let entry = trampoline(&mut conn, 2, pause);
     conn.send(
         &request(
-            2,
+            4,
             Call::RunMain {
-                entry: pause,
+                entry,
                 args: vec!["pause".into()],
             },
         ),

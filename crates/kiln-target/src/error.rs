@@ -32,6 +32,33 @@ pub enum Error {
     Tls(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Arithmetic on an address and a size from a request overflowed: the range would wrap past
+    /// the end of the address space.
+    #[error("the range {addr}..+{size:#x} wraps past the end of the address space")]
+    RangeWraps { addr: ExecutorAddr, size: u64 },
+    /// A safe call named memory this executor does not own (or not in the form the call
+    /// needs): the stack, the heap, a library's code, another executor's memory, a range
+    /// straddling two reservations, a freed unit.
+    #[error("{addr}..+{size:#x} is not {what}")]
+    NotOwned {
+        addr: ExecutorAddr,
+        size: u64,
+        /// What the range would have to be, e.g. "a reservation of this executor".
+        what: &'static str,
+    },
+    /// Memory or an object the executor owns is in a state the call cannot act on now: a slab
+    /// that still holds live units, a range another call is writing, code that is running.
+    #[error("{0}")]
+    Busy(String),
+    #[error("unknown slab {0}")]
+    UnknownSlab(u32),
+    /// A finalize or dealloc action names something outside the unit it belongs to, or undoes
+    /// something its finalize half did not do.
+    #[error("action {action} refused: {why}")]
+    BadAction { action: String, why: String },
+    /// An address to call is not executable code of a live unit of this executor.
+    #[error("{0} is not executable code of a live unit of this executor")]
+    NotCode(ExecutorAddr),
     /// The channel to an out-of-process executor failed, or it answered nonsense.
     #[error("executor channel: {0}")]
     Channel(String),

@@ -198,16 +198,26 @@ pub struct AllocId(pub u64);
 pub struct LibraryId(pub u32);
 
 /// The process that runs the code: this one, or another behind a channel.
+///
+/// Every method is safe to call with any arguments: the executors check addresses, sizes and
+/// ids against what they own and return an error for anything else (see docs/safety.md).
+/// Running code ([`Executor::run_main`], [`Executor::call_void`]) is checked to enter a live
+/// unit's code; what that code does is trusted.
 pub trait Executor: Send + Sync {
     fn info(&self) -> &TargetInfo;
 
     /// Reserve address space (no access) of `size` bytes, page aligned.
     fn reserve(&self, size: u64, placement: Placement) -> Result<ExecutorAddr>;
 
-    /// Release a reservation that was never finalized.
+    /// Release a reservation that was never finalized: exactly `(addr, size)` as
+    /// [`Executor::reserve`] returned it, used by no allocation (a finalized allocation's
+    /// reservation goes with [`Executor::deallocate`]). Anything else is refused.
     fn release(&self, addr: ExecutorAddr, size: u64) -> Result<()>;
 
     /// Copy segments in, set protections, flush the instruction cache, run finalize actions.
+    /// The segments must lie in the request's reservation (or, `in_slab`, in regions of the
+    /// executor's slabs, over no live unit), and every action must name addresses of this
+    /// allocation only; otherwise nothing is done and an error returned.
     fn finalize(&self, request: FinalizeRequest) -> Result<AllocId>;
 
     /// Run deinitializers (if initialized), dealloc actions in reverse, release the memory.
@@ -251,7 +261,8 @@ pub trait Executor: Send + Sync {
     }
 
     /// Write into a slab (through its writable alias for code and read-only data). Every write
-    /// must lie inside one region of the slab.
+    /// must lie inside one region of the slab, over no live unit (whose bytes change only
+    /// through [`Executor::patch`]) and no range another call is writing.
     fn write_slab(&self, _slab: SlabId, _writes: &[SlabWrite<'_>]) -> Result<()> {
         Err(crate::Error::InvalidRequest(
             "this executor has no slabs".into(),
@@ -262,6 +273,8 @@ pub trait Executor: Send + Sync {
     /// where the code runs; each range inside one region), and what it leaves there is the
     /// content. In process the slices are the slab's writable alias itself, so nothing is
     /// copied; the default implementation writes the slices with [`Executor::write_slab`].
+    /// The ranges are checked as for `write_slab` and must not overlap each other; calls for
+    /// disjoint ranges may run at the same time from several threads.
     fn with_slab_memory(
         &self,
         slab: SlabId,
@@ -280,17 +293,20 @@ pub trait Executor: Send + Sync {
         ))
     }
 
-    /// Unmap a slab; no allocation may live in it any more.
+    /// Unmap a slab; refused while an allocation lives in it.
     fn release_slab(&self, _slab: SlabId) -> Result<()> {
         Err(crate::Error::InvalidRequest(
             "this executor has no slabs".into(),
         ))
     }
 
-    /// Call `int entry(int argc, char **argv, char **envp)` and return its result.
+    /// Call `int entry(int argc, char **argv, char **envp)` and return its result. `entry`
+    /// must lie in an executable segment of a live unit of this executor (else
+    /// [`crate::Error::NotCode`]), which is not deallocated while the call runs. That the code
+    /// there is a `main`, and what it does, cannot be checked: it is trusted.
     fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32>;
 
-    /// Call `void f(void)`.
+    /// Call `void f(void)`, checked as [`Executor::run_main`].
     fn call_void(&self, f: ExecutorAddr) -> Result<()>;
 }
 
@@ -302,6 +318,16 @@ pub fn slab_memory_by_copy<E: Executor + ?Sized>(
     ranges: &[(ExecutorAddr, u64)],
     f: &mut dyn FnMut(&mut [&mut [u8]]),
 ) -> Result<()> {
+    // Scratch for at most 4 GiB in all: a slab's regions are far smaller, and a bigger request
+    // is an error rather than an allocation that aborts the process.
+    const MAX_SCRATCH: u64 = 1 << 32;
+    let total = ranges.iter().try_fold(0u64, |t, (_, n)| t.checked_add(*n));
+    if total.is_none_or(|t| t > MAX_SCRATCH) {
+        return Err(crate::Error::InvalidRequest(format!(
+            "working memory for {} ranges exceeds {MAX_SCRATCH:#x} bytes",
+            ranges.len()
+        )));
+    }
     let mut bufs: Vec<Vec<u8>> = ranges.iter().map(|(_, n)| vec![0; *n as usize]).collect();
     let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
     f(&mut slices);

@@ -5,17 +5,24 @@
 //! trait. [`InProcessExecutor`] implements that trait by calling this runtime directly; an
 //! out-of-process executor runs the same runtime behind an RPC channel.
 //!
-//! Unsafe code lives here only, in the small modules under `sys/`, each block with a
-//! `// SAFETY:` comment.
+//! Unsafe code lives here only, in the small modules under `sys/` (the rest of the crate denies
+//! it), each block with a `// SAFETY:` comment. What a safe call can and cannot do: see
+//! `docs/safety.md`.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod addr;
+mod eh_frame;
 mod error;
 mod executor;
 mod inprocess;
+mod plan;
+mod ranges;
 mod simulated;
+#[allow(unsafe_code)]
 mod sys;
+mod table;
 
 pub use addr::{ExecutorAddr, MemProt};
 pub use error::{signal_name, Error, Result};

@@ -25,8 +25,8 @@ pub(crate) unsafe fn main(entry: ExecutorAddr, args: &[String]) -> i32 {
     let mut argv: Vec<*const c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
     let argv: &'static [*const c_char] = Vec::leak(argv);
-    // SAFETY: guaranteed by the caller; argv is NULL-terminated and lives as long as the
-    // process; environ is the process's environment.
+    // SAFETY: `entry` is code with `main`'s signature (this function's contract); argv is
+    // NULL-terminated and lives as long as the process; environ is the process's environment.
     unsafe {
         let f = std::mem::transmute::<u64, MainFn>(entry.0);
         f(args.len() as i32, argv.as_ptr(), environ)
@@ -36,15 +36,42 @@ pub(crate) unsafe fn main(entry: ExecutorAddr, args: &[String]) -> i32 {
 /// # Safety
 /// `f` must be the address of finalized code with the C signature `void f(void)`.
 pub(crate) unsafe fn void(f: ExecutorAddr) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: `f` is code with the signature `void f(void)` (this function's contract).
     unsafe { std::mem::transmute::<u64, VoidFn>(f.0)() }
 }
 
-/// Run the `__cxa_atexit` handlers registered for `dso` (glibc's dlclose mechanism).
-pub(crate) fn cxa_finalize(dso: ExecutorAddr) {
+impl crate::InProcessExecutor {
+    /// A typed function pointer to finalized code in this process.
+    ///
+    /// Nothing is checked: this is how a host calls JIT'd code directly, at full speed.
+    ///
+    /// # Safety
+    /// `addr` must be the address of a finalized, still-live function in this process whose C
+    /// ABI signature is exactly `F` (an `extern "C" fn(..) -> ..` pointer type), and the unit
+    /// that holds it must outlive every call through the pointer.
+    ///
+    /// # Panics
+    /// If `F` is not the size of a pointer.
+    pub unsafe fn function<F: Copy>(addr: ExecutorAddr) -> F {
+        assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
+        // SAFETY: F is pointer-sized (asserted); that it is a function pointer type matching
+        // the code at `addr` is the caller's promise.
+        unsafe { std::mem::transmute_copy::<usize, F>(&(addr.0 as usize)) }
+    }
+}
+
+/// Run the `__cxa_atexit` handlers registered for `dso` (glibc's dlclose mechanism): only
+/// handlers registered with exactly this handle run.
+///
+/// # Safety
+/// `dso` must be an address inside a unit of the caller's whose memory is still mapped: the
+/// handle that unit's code registered its handlers with. (Another object's handle would run
+/// its destructors while it is still in use; NULL would run every handler in the process.)
+pub(crate) unsafe fn cxa_finalize(dso: ExecutorAddr) {
     if let Ok(Some(f)) = super::dl::sym(None, b"__cxa_finalize") {
-        // SAFETY: `__cxa_finalize(void *dso)` is glibc's; it runs only handlers registered with
-        // this exact handle, which belong to code that is still mapped.
+        // SAFETY: `__cxa_finalize(void *dso)` is glibc's, with this signature; `dso` is a
+        // handle of the caller's live unit (this function's contract), so only that unit's
+        // handlers run, while its code is still mapped.
         unsafe { std::mem::transmute::<u64, CxaFinalize>(f.0)(dso.0 as *mut libc::c_void) }
     }
 }
@@ -56,7 +83,8 @@ pub(crate) fn cxa_finalize(dso: ExecutorAddr) {
 /// writable bytes that nothing else accesses concurrently.
 pub(crate) unsafe fn resolve_ifunc(resolver: ExecutorAddr, slot: ExecutorAddr) {
     type Resolver = unsafe extern "C" fn() -> *const std::ffi::c_void;
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: `resolver` is code with the resolver's signature and `slot` 8 writable bytes
+    // nobody else accesses (this function's contract).
     unsafe {
         let f = std::mem::transmute::<u64, Resolver>(resolver.0);
         let chosen = f() as u64;

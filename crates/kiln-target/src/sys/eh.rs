@@ -42,13 +42,16 @@ fn unwinder() -> Option<&'static Unwinder> {
     .as_ref()
 }
 
-/// Offsets of the FDEs in a section, read from our own (finalized, readable) memory.
-fn fde_offsets(addr: ExecutorAddr, size: u64) -> Vec<u64> {
+/// Offsets of the FDEs in a section.
+///
+/// # Safety
+/// `[addr, addr + size)` is mapped readable until this returns.
+unsafe fn fde_offsets(addr: ExecutorAddr, size: u64) -> Vec<u64> {
     let mut out = Vec::new();
     let mut off = 0u64;
     while off + 8 <= size {
-        // SAFETY: [addr, addr+size) is a finalized readable eh_frame segment of ours; the read
-        // of 8 bytes at `off` is within it (checked by the loop condition).
+        // SAFETY: the 8 bytes at `off` lie within the readable range (the loop condition and
+        // this function's contract).
         let (len, id) = unsafe {
             let p = (addr.0 + off) as *const u32;
             (p.read_unaligned(), p.add(1).read_unaligned())
@@ -64,29 +67,42 @@ fn fde_offsets(addr: ExecutorAddr, size: u64) -> Vec<u64> {
     out
 }
 
-pub(crate) fn register(addr: ExecutorAddr, size: u64) -> Result<()> {
+/// Hand a `.eh_frame` section to the unwinder.
+///
+/// # Safety
+/// `[addr, addr + size)` is a readable section that passed [`crate::eh_frame::check`] and
+/// stays mapped, unchanged, until [`deregister`] is called with the same range: the unwinder
+/// keeps pointers into it and reads it whenever anything in the process unwinds.
+pub(crate) unsafe fn register(addr: ExecutorAddr, size: u64) -> Result<()> {
     let u = unwinder().ok_or_else(|| Error::EhFrame {
         addr,
         why: "no __register_frame in this process (neither libgcc_s nor libunwind)".into(),
     })?;
     if u.per_fde {
-        for off in fde_offsets(addr, size) {
-            // SAFETY: points at an FDE inside finalized eh_frame memory that stays mapped until
-            // `deregister` is called.
+        // SAFETY: the section is readable (this function's contract).
+        for off in unsafe { fde_offsets(addr, size) } {
+            // SAFETY: points at an FDE inside a checked section that stays mapped until
+            // `deregister` (this function's contract).
             unsafe { (u.register)((addr.0 + off) as *const u8) };
         }
     } else {
-        // SAFETY: the section is finalized, zero-terminated (the linker appends the terminator)
-        // and stays mapped until `deregister` is called.
+        // SAFETY: the section is checked (records inside the range, zero-terminated, encodings
+        // libgcc reads without dereferencing) and stays mapped until `deregister`.
         unsafe { (u.register)(addr.0 as *const u8) };
     }
     Ok(())
 }
 
-pub(crate) fn deregister(addr: ExecutorAddr, size: u64) {
+/// Take a section registered by [`register`] back from the unwinder.
+///
+/// # Safety
+/// `[addr, addr + size)` was registered by [`register`] (and not deregistered since), and is
+/// still mapped. (libgcc aborts the process on a section it does not know.)
+pub(crate) unsafe fn deregister(addr: ExecutorAddr, size: u64) {
     let Some(u) = unwinder() else { return };
     if u.per_fde {
-        for off in fde_offsets(addr, size) {
+        // SAFETY: the section is still mapped (this function's contract).
+        for off in unsafe { fde_offsets(addr, size) } {
             // SAFETY: this FDE was registered by `register` and its memory is still mapped.
             unsafe { (u.deregister)((addr.0 + off) as *const u8) };
         }

@@ -1,19 +1,13 @@
-//! Address-space reservation, protection and copying, over mmap/mprotect/munmap.
+//! Address-space reservation, protection and copying, over mmap/mprotect/munmap (through
+//! rustix). Making a new mapping is safe; touching an existing one is an `unsafe fn` whose
+//! contract the ownership table (`crate::table`) lets its callers in `sys/owned.rs` check.
 
 use crate::{Error, ExecutorAddr, MemProt, Placement, Result};
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+use std::ffi::c_void;
 
 pub(crate) fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
-    }
-}
-
-fn os_err() -> String {
-    std::io::Error::last_os_error().to_string()
+    rustix::param::page_size() as u64
 }
 
 /// Free gaps of this process's address space, from `/proc/self/maps`.
@@ -47,34 +41,33 @@ fn free_gaps() -> Vec<(u64, u64)> {
     gaps
 }
 
-fn map_at(addr: u64, size: u64, fixed: bool) -> Option<u64> {
-    let flags = libc::MAP_PRIVATE
-        | libc::MAP_ANONYMOUS
-        | libc::MAP_NORESERVE
-        | if fixed { libc::MAP_FIXED_NOREPLACE } else { 0 };
-    // SAFETY: an anonymous PROT_NONE mapping; MAP_FIXED_NOREPLACE never replaces an existing
-    // mapping, so no memory anyone uses is affected.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            size as usize,
-            libc::PROT_NONE,
-            flags,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
+/// A new PROT_NONE mapping of `size` bytes: at `addr` exactly (`fixed`, never replacing
+/// anything), or where the kernel likes.
+fn map_at(addr: u64, size: u64, fixed: bool) -> std::result::Result<u64, String> {
+    let mut flags = MapFlags::PRIVATE | MapFlags::NORESERVE;
+    if fixed {
+        flags |= MapFlags::FIXED_NOREPLACE;
     }
+    // SAFETY: a new anonymous PROT_NONE mapping; without MAP_FIXED the address is a hint, and
+    // MAP_FIXED_NOREPLACE fails rather than replace an existing mapping, so no memory anyone
+    // uses is affected.
+    let p = unsafe {
+        rustix::mm::mmap_anonymous(
+            addr as *mut c_void,
+            size as usize,
+            ProtFlags::empty(),
+            flags,
+        )
+    }
+    .map_err(|e| e.to_string())?;
     let got = p as u64;
     if fixed && got != addr {
         // Old kernels ignore MAP_FIXED_NOREPLACE and treat it as a hint.
         // SAFETY: we just created this mapping and nobody else knows of it.
-        unsafe { libc::munmap(p, size as usize) };
-        return None;
+        let _ = unsafe { rustix::mm::munmap(p, size as usize) };
+        return Err("the kernel ignored MAP_FIXED_NOREPLACE".into());
     }
-    Some(got)
+    Ok(got)
 }
 
 pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
@@ -90,10 +83,10 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
         Placement::Anywhere => {
             map_at(0, size, false)
                 .map(ExecutorAddr)
-                .ok_or_else(|| Error::Reserve {
+                .map_err(|why| Error::Reserve {
                     size,
                     where_: String::new(),
-                    why: os_err(),
+                    why,
                 })
         }
         Placement::Fixed(addr) => {
@@ -106,14 +99,14 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
             }
             map_at(addr, size, true)
                 .map(ExecutorAddr)
-                .ok_or_else(|| Error::Reserve {
+                .map_err(|why| Error::Reserve {
                     size,
                     where_: format!(" at {addr:#x}"),
-                    why: "the range is not free".into(),
+                    why: format!("the range is not free ({why})"),
                 })
         }
         Placement::Within { lo, hi } => {
-            let lo = lo.div_ceil(page) * page;
+            let lo = lo.checked_next_multiple_of(page).unwrap_or(u64::MAX);
             let hi = hi / page * page;
             // Try the gaps nearest the middle of the window first, so that later links keep
             // room on both sides. A few attempts per gap cover races with other threads.
@@ -133,7 +126,7 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
             }
             candidates.sort_by_key(|c| c.abs_diff(mid));
             for c in candidates {
-                if let Some(a) = map_at(c, size, true) {
+                if let Ok(a) = map_at(c, size, true) {
                     return Ok(ExecutorAddr(a));
                 }
             }
@@ -148,31 +141,37 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
     }
 }
 
-fn prot_bits(p: MemProt) -> i32 {
+fn prot_flags(p: MemProt) -> MprotectFlags {
     match p {
-        MemProt::Read => libc::PROT_READ,
-        MemProt::ReadExec => libc::PROT_READ | libc::PROT_EXEC,
-        MemProt::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        MemProt::Read => MprotectFlags::READ,
+        MemProt::ReadExec => MprotectFlags::READ | MprotectFlags::EXEC,
+        MemProt::ReadWrite => MprotectFlags::READ | MprotectFlags::WRITE,
     }
 }
 
-fn protect(addr: u64, size: u64, prot: i32) -> Result<()> {
-    // SAFETY: callers pass page-aligned ranges inside a reservation this runtime owns
-    // (checked by `inprocess` against its allocation table before calling).
-    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, size as usize, prot) };
-    if r != 0 {
-        return Err(Error::Memory {
+/// # Safety
+/// `[addr, addr + size)` is page aligned and lies in a reservation of the caller's that no one
+/// else uses, and nothing reads or runs it meanwhile.
+unsafe fn protect(addr: u64, size: u64, prot: MprotectFlags) -> Result<()> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { rustix::mm::mprotect(addr as *mut c_void, size as usize, prot) }.map_err(|e| {
+        Error::Memory {
             addr: ExecutorAddr(addr),
             size,
-            why: format!("mprotect: {}", os_err()),
-        });
-    }
-    Ok(())
+            why: format!("mprotect: {e}"),
+        }
+    })
 }
 
 /// Fill a segment of a reservation: make it writable (never executable), copy the content,
-/// zero the rest, then switch to the final protection. No page is writable and executable at once.
-pub(crate) fn commit(
+/// then switch to the final protection. No page is writable and executable at once. The rest
+/// of the segment (its zero fill) is not written: fresh anonymous memory is zero.
+///
+/// # Safety
+/// `addr` is page aligned; the pages of `[addr, addr + content.len() + zero_fill)` lie in a
+/// reservation of the caller's, used by no one else, that has not been written since it was
+/// reserved or [`reset`]; nothing reads or runs them meanwhile.
+pub(crate) unsafe fn commit(
     addr: ExecutorAddr,
     content: &[u8],
     zero_fill: u64,
@@ -184,29 +183,68 @@ pub(crate) fn commit(
         return Ok(());
     }
     let mapped = size.div_ceil(page) * page;
-    protect(addr.0, mapped, libc::PROT_READ | libc::PROT_WRITE)?;
-    // SAFETY: the range [addr, addr+mapped) was just made readable and writable, belongs to a
-    // reservation of ours (fresh anonymous memory, so already zero beyond `content`), and does
-    // not overlap `content`, which lives in the controller's heap.
+    // SAFETY: the pages are the caller's (this function's contract).
+    unsafe { protect(addr.0, mapped, MprotectFlags::READ | MprotectFlags::WRITE)? };
+    // SAFETY: [addr, addr + mapped) was just made readable and writable and belongs to the
+    // caller alone; `content` lives in this process's heap, not in a reservation, so the two
+    // do not overlap.
     unsafe {
         std::ptr::copy_nonoverlapping(content.as_ptr(), addr.0 as *mut u8, content.len());
     }
-    protect(addr.0, mapped, prot_bits(prot))?;
-    Ok(())
+    // SAFETY: as above.
+    unsafe { protect(addr.0, mapped, prot_flags(prot)) }
 }
 
-pub(crate) fn release(addr: ExecutorAddr, size: u64) -> Result<()> {
-    // SAFETY: the range is a reservation made by `reserve` and owned by the caller; no code from
-    // it runs any more (its deinitializers and dealloc actions already ran).
-    let r = unsafe { libc::munmap(addr.0 as *mut libc::c_void, size as usize) };
-    if r != 0 {
-        return Err(Error::Memory {
-            addr,
-            size,
-            why: format!("munmap: {}", os_err()),
-        });
+/// Put fresh, zero, inaccessible pages over `[addr, addr + size)`: a reservation as `reserve`
+/// made it.
+///
+/// # Safety
+/// The range is page aligned, a reservation of the caller's that no one else uses, and nothing
+/// reads or runs it.
+pub(crate) unsafe fn reset(addr: ExecutorAddr, size: u64) -> Result<()> {
+    let flags = MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED;
+    // SAFETY: MAP_FIXED replaces exactly the caller's reservation (this function's contract).
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            addr.0 as *mut c_void,
+            size as usize,
+            ProtFlags::empty(),
+            flags,
+        )
     }
-    Ok(())
+    .map(drop)
+    .map_err(|e| Error::Memory {
+        addr,
+        size,
+        why: format!("mmap (reset): {e}"),
+    })
+}
+
+/// Unmap a reservation.
+///
+/// # Safety
+/// The range is a reservation made by [`reserve`] that the caller owns and has taken out of its
+/// table; no code from it runs any more and nothing refers to it (its deinitializers and
+/// dealloc actions already ran).
+pub(crate) unsafe fn release(addr: ExecutorAddr, size: u64) -> Result<()> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { rustix::mm::munmap(addr.0 as *mut c_void, size as usize) }.map_err(|e| Error::Memory {
+        addr,
+        size,
+        why: format!("munmap: {e}"),
+    })
+}
+
+/// A copy of `len` bytes at `addr`.
+///
+/// # Safety
+/// `[addr, addr + len)` is mapped readable and stays mapped until this returns.
+pub(crate) unsafe fn read(addr: u64, len: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len as usize];
+    // SAFETY: the source is readable (the caller's contract), the destination is our fresh
+    // buffer of `len` bytes; they do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, v.as_mut_ptr(), v.len()) };
+    v
 }
 
 /// x86-64 keeps instruction and data caches coherent; a serialising instruction on the

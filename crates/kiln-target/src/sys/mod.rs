@@ -1,10 +1,13 @@
-//! The only place with `unsafe` code: small, checked wrappers over the system.
+//! The only place with `unsafe` code: small, checked wrappers over the system, and
+//! (`owned`) the in-process executor's operations that its ownership table guards.
+pub(crate) mod actions;
 pub(crate) mod call;
 pub(crate) mod dl;
 pub(crate) mod eh;
 pub(crate) mod gdb;
 pub(crate) mod jitdump;
 pub(crate) mod mem;
+pub(crate) mod owned;
 pub(crate) mod perf;
 pub mod process;
 pub(crate) mod slab;

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Take ownership of descriptor `fd`, inherited across `exec` from the parent (e.g. the socket
 /// of a spawned executor). Once per process: a second call fails, so two owners never close the
-/// same descriptor.
+/// same descriptor. Refused for standard I/O, a closed descriptor, and one that is close-on-exec
+/// (everything this process's Rust code opens is: such a descriptor has an owner here).
 pub fn take_inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     if fd < 3 {
@@ -14,21 +15,31 @@ pub fn take_inherited_fd(fd: i32) -> std::io::Result<OwnedFd> {
             "descriptor {fd} is standard I/O, not an inherited socket"
         )));
     }
-    // SAFETY: F_GETFD only queries the descriptor table; it fails for a closed descriptor.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    // A raw number we do not own yet: no safe wrapper can take it, so libc's fcntl probes it.
+    // SAFETY: F_GETFD only queries the descriptor table; it fails for a closed descriptor and
+    // changes nothing.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    // Everything Rust's std and rustix open is close-on-exec: a descriptor without the flag
+    // came across exec, from the parent. One with it belongs to something in this process.
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(std::io::Error::other(format!(
+            "descriptor {fd} is close-on-exec: opened by this process, not inherited"
+        )));
     }
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(std::io::Error::other(
             "the inherited descriptor was already taken",
         ));
     }
-    // SAFETY: the descriptor is open (checked) and was handed to this process by its parent for
-    // this purpose; nothing else in the process owns it, and `TAKEN` makes this happen once.
+    // SAFETY: the descriptor is open and not close-on-exec (checked): inherited from the parent,
+    // which handed it over for this purpose, not one an owner in this process opened; `TAKEN`
+    // makes this happen once, so there is one owner.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: setting FD_CLOEXEC on a descriptor we now own, so JIT'd code that spawns
-    // processes does not leak the channel to them.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Close-on-exec, so JIT'd code that spawns processes does not leak the channel to them.
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
     Ok(owned)
 }
 
@@ -48,8 +59,10 @@ pub fn pass_fd(cmd: &mut std::process::Command, fd: std::os::fd::BorrowedFd<'_>)
     use std::os::unix::process::CommandExt;
     let raw = fd.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and calls only fcntl, which is
-    // async-signal-safe; it allocates nothing and touches no locks. The descriptor number is
-    // valid there because the caller keeps it open until the spawn returns.
+    // async-signal-safe; it allocates nothing and touches no locks, and changes only the flags
+    // of a descriptor number in the child. (Should the caller close `fd` before spawning, which
+    // it must not, fcntl fails on the closed number or marks whatever reused it inheritable:
+    // no memory is touched either way.)
     unsafe {
         cmd.pre_exec(move || {
             if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {

@@ -6,13 +6,24 @@
 //!
 //! Anonymous rather than a memfd: the kernel names shared anonymous memory `/dev/zero`, which
 //! perf treats as JIT memory and resolves through `/tmp/perf-PID.map`; a memfd shows up as a
-//! file perf cannot read. (An executor in another process will need a memfd to share the pages.)
+//! file perf cannot read. (An executor in another process needs a memfd to share the pages.)
+//!
+//! Who may write where is decided by the owner: the executor's ownership table
+//! (`crate::table`) for a [`Slab`], the slab's own claims for a [`SharedSlab`]. The raw writes
+//! of [`WriteView`] are `unsafe fn`s whose contract is that decision.
 
+use crate::ranges::RangeSet;
 use crate::{Error, ExecutorAddr, Placement, Result, SlabId, SlabInfo, SlabWrite};
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, MprotectFlags, MremapFlags, ProtFlags};
+use std::ffi::c_void;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 
+/// A slab of this process, owned by an executor's table. Dropping it unmaps it: the table gives
+/// a slab up only when no allocation lives in it and nobody writes it (otherwise the executor
+/// leaks it rather than drop it).
 pub(crate) struct Slab {
     pub(crate) info: SlabInfo,
     /// The memfd behind the views, when they could not be made from anonymous memory or the
@@ -33,72 +44,61 @@ pub(crate) struct Slab {
 pub(crate) struct WriteView {
     pub(crate) info: SlabInfo,
     /// Host address at which each region's first byte is writable.
-    pub(crate) bases: [u64; 3],
+    bases: [u64; 3],
+}
+
+fn os_err(what: &str, e: rustix::io::Errno) -> Error {
+    Error::Memory {
+        addr: ExecutorAddr(0),
+        size: 0,
+        why: format!("{what}: {e}"),
+    }
 }
 
 /// Map a memfd over `[base, base+total)` (shared, read-write) and once more, its first
-/// `alias_len` bytes, elsewhere: (alias address, the memfd).
+/// `alias_len` bytes, elsewhere: (alias address, the memfd). `[base, base+total)` must be a
+/// reservation of the caller's that nothing uses yet.
 fn memfd_views(base: u64, total: u64, alias_len: u64) -> Result<(u64, OwnedFd)> {
-    let name = CString::new("kiln-slab").map_err(|e| Error::InvalidRequest(e.to_string()))?;
-    // SAFETY: memfd_create with a valid C string; the result is checked.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(os_err("memfd_create"));
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ftruncate on our own memfd.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), total as libc::off_t) } != 0 {
-        return Err(os_err("ftruncate"));
-    }
+    let fd = rustix::fs::memfd_create(
+        c"kiln-slab",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| os_err("memfd_create", e))?;
+    rustix::fs::ftruncate(&fd, total).map_err(|e| os_err("ftruncate", e))?;
     // Its size is final: a process we share it with can rely on every page staying backed
     // (shrinking would turn its accesses into SIGBUS).
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: F_ADD_SEALS on our own memfd, created with MFD_ALLOW_SEALING.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(os_err("sealing the slab's memfd"));
-    }
-    // SAFETY: [base, base+total) is our slab's own mapping; MAP_FIXED replaces it.
-    let p = unsafe {
-        libc::mmap(
-            base as *mut libc::c_void,
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(|e| os_err("sealing the slab's memfd", e))?;
+    let rw = ProtFlags::READ | ProtFlags::WRITE;
+    // SAFETY: [base, base+total) is the caller's fresh reservation (this function's
+    // contract); MAP_FIXED replaces only its pages.
+    unsafe {
+        rustix::mm::mmap(
+            base as *mut c_void,
             total as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd.as_raw_fd(),
+            rw,
+            MapFlags::SHARED | MapFlags::FIXED,
+            &fd,
             0,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(os_err("mmap (slab view)"));
     }
+    .map_err(|e| os_err("mmap (slab view)", e))?;
     if alias_len == 0 {
         return Ok((0, fd));
     }
     // SAFETY: a new shared mapping of our memfd at an address the kernel picks.
     let a = unsafe {
-        libc::mmap(
+        rustix::mm::mmap(
             std::ptr::null_mut(),
             alias_len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
+            rw,
+            MapFlags::SHARED,
+            &fd,
             0,
         )
-    };
-    if a == libc::MAP_FAILED {
-        return Err(os_err("mmap (slab alias)"));
     }
+    .map_err(|e| os_err("mmap (slab alias)", e))?;
     Ok((a as u64, fd))
-}
-
-fn os_err(what: &str) -> Error {
-    Error::Memory {
-        addr: ExecutorAddr(0),
-        size: 0,
-        why: format!("{what}: {}", std::io::Error::last_os_error()),
-    }
 }
 
 impl Slab {
@@ -111,117 +111,112 @@ impl Slab {
         shared: bool,
     ) -> Result<Slab> {
         let page = super::mem::page_size();
-        if sizes.iter().any(|s| !s.is_multiple_of(page)) || sizes.iter().sum::<u64>() == 0 {
-            return Err(Error::InvalidRequest(format!(
-                "slab region sizes {sizes:?} must be page multiples, not all zero"
-            )));
-        }
-        let total: u64 = sizes.iter().sum();
-        if total > (1 << 40) {
-            return Err(Error::InvalidRequest(format!(
-                "slab of {total:#x} bytes is too large"
-            )));
-        }
-        // The exec view: reserve the range (placed as asked), put shared anonymous memory over
-        // it, then give each region its final protection.
-        let base = super::mem::reserve(total, placement)?.0;
-        // SAFETY: [base, base+total) is the reservation we just made and own; MAP_FIXED replaces
-        // only its PROT_NONE pages.
-        let p = unsafe {
-            libc::mmap(
-                base as *mut libc::c_void,
-                total as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let e = os_err("mmap (slab)");
-            let _ = super::mem::release(ExecutorAddr(base), total);
-            return Err(e);
-        }
-        // The alias first (while everything is still read-write), then the final protections.
-        let alias_len = sizes[0] + sizes[1];
-        let mut alias_base = 0;
-        let mut fd = None;
-        if alias_len > 0 || shared {
-            let a = if shared {
-                libc::MAP_FAILED
-            } else {
-                // SAFETY: mremap with old size 0 on a shared mapping creates a second mapping of
-                // the same pages at an address the kernel picks; the original stays as it is.
-                unsafe {
-                    libc::mremap(
-                        base as *mut libc::c_void,
-                        0,
-                        alias_len as usize,
-                        libc::MREMAP_MAYMOVE,
-                    )
-                }
-            };
-            if a != libc::MAP_FAILED {
-                alias_base = a as u64;
-            } else {
-                // Not everywhere (valgrind refuses it): the same two views from a memfd.
-                match memfd_views(base, total, alias_len) {
-                    Ok((a, f)) => {
-                        alias_base = a;
-                        fd = Some(f);
-                    }
-                    Err(e) => {
-                        let _ = super::mem::release(ExecutorAddr(base), total);
-                        return Err(e);
-                    }
-                }
+        let total = sizes.iter().try_fold(0u64, |a, s| a.checked_add(*s));
+        let total = match total {
+            Some(t) if t > 0 && t <= (1 << 40) && sizes.iter().all(|s| s.is_multiple_of(page)) => t,
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "slab region sizes {sizes:?} must be page multiples, not all zero, at \
+                     most 1 TiB in all"
+                )))
             }
-        }
-        let prots = [
-            libc::PROT_READ | libc::PROT_EXEC,
-            libc::PROT_READ,
-            libc::PROT_READ | libc::PROT_WRITE,
-        ];
-        let mut off = 0u64;
-        let mut regions = [(ExecutorAddr(0), 0u64); 3];
-        for (i, (&size, &prot)) in sizes.iter().zip(&prots).enumerate() {
-            regions[i] = (ExecutorAddr(base + off), size);
-            let failed = size > 0 && {
-                // SAFETY: a region of the slab mapping we own; nothing runs from it yet.
-                let r = unsafe {
-                    libc::mprotect((base + off) as *mut libc::c_void, size as usize, prot)
-                };
-                r != 0
-            };
-            if failed {
-                let e = os_err("mprotect (slab region)");
-                let _ = super::mem::release(ExecutorAddr(base), total);
-                if alias_len > 0 {
-                    // SAFETY: the alias we just made.
-                    unsafe { libc::munmap(alias_base as *mut libc::c_void, alias_len as usize) };
-                }
+        };
+        // The exec view: reserve the range (placed as asked), put shared memory over it, then
+        // give each region its final protection.
+        let base = super::mem::reserve(total, placement)?.0;
+        let (alias_base, fd) = match Self::map_views(base, sizes, total, shared) {
+            Ok(v) => v,
+            Err(e) => {
+                // SAFETY: the reservation we just made; nothing else knows it.
+                let _ = unsafe { super::mem::release(ExecutorAddr(base), total) };
                 return Err(e);
             }
+        };
+        let alias_len = sizes[0] + sizes[1];
+        let mut regions = [(ExecutorAddr(0), 0u64); 3];
+        let mut off = 0u64;
+        for (i, &size) in sizes.iter().enumerate() {
+            regions[i] = (ExecutorAddr(base + off), size);
             off += size;
         }
         let info = SlabInfo { id, regions };
-        let view = WriteView {
-            info,
-            bases: [
-                alias_base,
-                alias_base + sizes[0],
-                regions[2].0 .0, // data is written where it lives
-            ],
-        };
-        Ok(Slab {
+        let slab = Slab {
             info,
             fd,
             exec_base: base,
             total,
             alias_base,
             alias_len,
-            view,
-        })
+            view: WriteView {
+                info,
+                bases: [
+                    alias_base,
+                    alias_base + sizes[0],
+                    regions[2].0 .0, // data is written where it lives
+                ],
+            },
+        };
+        let prots = [
+            MprotectFlags::READ | MprotectFlags::EXEC,
+            MprotectFlags::READ,
+            MprotectFlags::READ | MprotectFlags::WRITE,
+        ];
+        for (&(start, size), &prot) in regions.iter().zip(&prots) {
+            if size == 0 {
+                continue;
+            }
+            // SAFETY: a region of the slab mapping we just made; nothing runs from it yet.
+            unsafe { rustix::mm::mprotect(start.0 as *mut c_void, size as usize, prot) }
+                .map_err(|e| os_err("mprotect (slab region)", e))?; // dropping `slab` unmaps
+        }
+        Ok(slab)
+    }
+
+    /// Shared memory over the reservation `[base, base + total)`, and the alias of its first
+    /// two regions: (alias address, memfd if one was needed).
+    fn map_views(
+        base: u64,
+        sizes: [u64; 3],
+        total: u64,
+        shared: bool,
+    ) -> Result<(u64, Option<OwnedFd>)> {
+        let alias_len = sizes[0] + sizes[1];
+        if shared {
+            let (a, fd) = memfd_views(base, total, alias_len)?;
+            return Ok((a, Some(fd)));
+        }
+        // SAFETY: [base, base+total) is the reservation the caller just made and owns; MAP_FIXED
+        // replaces only its PROT_NONE pages.
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                base as *mut c_void,
+                total as usize,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| os_err("mmap (slab)", e))?;
+        if alias_len == 0 {
+            return Ok((0, None));
+        }
+        // SAFETY: mremap with old size 0 on a shared mapping creates a second mapping of the
+        // same pages at an address the kernel picks; the original stays as it is.
+        let a = unsafe {
+            rustix::mm::mremap(
+                base as *mut c_void,
+                0,
+                alias_len as usize,
+                MremapFlags::MAYMOVE,
+            )
+        };
+        match a {
+            Ok(a) => Ok((a as u64, None)),
+            // Not everywhere (valgrind refuses it): the same two views from a memfd.
+            Err(_) => {
+                let (a, fd) = memfd_views(base, total, alias_len)?;
+                Ok((a, Some(fd)))
+            }
+        }
     }
 
     /// The memfd behind this slab's pages, if it has one (always, when created `shared`).
@@ -230,26 +225,28 @@ impl Slab {
         self.fd.as_ref().map(|f| f.as_fd())
     }
 
-    pub(crate) fn write(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
-        self.view.write(writes)
+    pub(crate) fn view(&self) -> WriteView {
+        self.view
     }
+}
 
-    pub(crate) fn with_memory(
-        &self,
-        ranges: &[(ExecutorAddr, u64)],
-        f: &mut dyn FnMut(&mut [&mut [u8]]),
-    ) -> Result<()> {
-        self.view.with_memory(ranges, f)
-    }
-
-    pub(crate) fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
-        self.view.patch(addr, bytes)
+impl Drop for Slab {
+    fn drop(&mut self) {
+        // SAFETY: both mappings are this slab's own; a `Slab` is dropped only once its owner's
+        // table showed no allocation living in it and no writer in it (or it failed to finish
+        // creation), and no slice of it outlives a claim.
+        unsafe {
+            let _ = rustix::mm::munmap(self.exec_base as *mut c_void, self.total as usize);
+            if self.alias_len > 0 {
+                let _ = rustix::mm::munmap(self.alias_base as *mut c_void, self.alias_len as usize);
+            }
+        }
     }
 }
 
 impl WriteView {
     /// Where to write `len` bytes at executor address `addr`. `None` if the range is not
-    /// inside one region.
+    /// inside one region (an empty range: in a region or at its end).
     fn writable(&self, addr: u64, len: u64) -> Option<*mut u8> {
         let end = addr.checked_add(len)?;
         for (i, (start, size)) in self.info.regions.iter().enumerate() {
@@ -260,82 +257,78 @@ impl WriteView {
         None
     }
 
-    pub(crate) fn write(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
-        for w in writes {
-            let (addr, len) = match w {
-                SlabWrite::Bytes(a, b) => (a.0, b.len() as u64),
-                SlabWrite::Fill(a, n, _) => (a.0, *n),
-            };
-            let dst = self.writable(addr, len).ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "write of {len:#x} bytes at {addr:#x} is not inside one region of slab {}",
-                    self.info.id.0
-                ))
-            })?;
-            match w {
-                // SAFETY: `dst..dst+len` is inside a writable mapping of this slab (checked by
-                // `writable`); the source is a caller's slice that cannot overlap it.
-                SlabWrite::Bytes(_, b) => unsafe {
-                    std::ptr::copy_nonoverlapping(b.as_ptr(), dst, b.len())
-                },
-                // SAFETY: as above.
-                SlabWrite::Fill(_, n, byte) => unsafe {
-                    std::ptr::write_bytes(dst, *byte, *n as usize)
-                },
-            }
+    fn outside(&self, addr: u64, len: u64) -> Error {
+        Error::NotOwned {
+            addr: ExecutorAddr(addr),
+            size: len,
+            what: "inside one region of the slab",
+        }
+    }
+
+    /// Apply one write.
+    ///
+    /// # Safety
+    /// The mapping is alive, and the range written is the caller's alone until this returns (no
+    /// reference to it exists, no other writer; see the module's note on ownership).
+    pub(crate) unsafe fn write(&self, w: &SlabWrite<'_>) -> Result<()> {
+        let (addr, len) = write_range(w);
+        let dst = self
+            .writable(addr, len)
+            .ok_or_else(|| self.outside(addr, len))?;
+        match w {
+            // SAFETY: `dst..dst+len` is inside a writable mapping of this slab (checked by
+            // `writable`), the caller's alone; the source is a caller's slice in this
+            // process's heap, not slab memory, so they do not overlap.
+            SlabWrite::Bytes(_, b) => unsafe {
+                std::ptr::copy_nonoverlapping(b.as_ptr(), dst, b.len())
+            },
+            // SAFETY: as above.
+            SlabWrite::Fill(_, n, byte) => unsafe {
+                std::ptr::write_bytes(dst, *byte, *n as usize)
+            },
         }
         Ok(())
     }
 
-    /// Writable slices over `ranges` (through the alias for code and read-only data).
-    pub(crate) fn with_memory(
-        &self,
-        ranges: &[(ExecutorAddr, u64)],
-        f: &mut dyn FnMut(&mut [&mut [u8]]),
-    ) -> Result<()> {
-        let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|(a, n)| (a.0, *n)).collect();
-        sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
-            return Err(Error::InvalidRequest("overlapping slab ranges".into()));
+    /// A writable slice over `[addr, addr + len)`, of whatever lifetime the caller picks.
+    ///
+    /// # Safety
+    /// The mapping stays alive, and the range is the caller's alone (claimed), for as long as
+    /// the slice lives.
+    pub(crate) unsafe fn slice_mut<'a>(&self, addr: u64, len: u64) -> Result<&'a mut [u8]> {
+        if len == 0 {
+            return Ok(&mut []);
         }
-        let mut slices = Vec::with_capacity(ranges.len());
-        for (a, n) in ranges {
-            let p = self.writable(a.0, *n).ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "range {a}..+{n:#x} is not inside one region of slab {}",
-                    self.info.id.0
-                ))
-            })?;
-            // SAFETY: `p..p+n` lies inside a writable mapping of this slab (checked by
-            // `writable`) and the ranges do not overlap each other (checked above), so the
-            // slices are disjoint. They live only for the call of `f`, during which the slab
-            // (and its mappings) cannot be released: its owner is borrowed, and callers hold
-            // their slab table lock. Ranges being prepared belong to no finalized allocation,
-            // so no code reads them meanwhile, here or (for a shared slab) in the executor.
-            slices.push(unsafe { std::slice::from_raw_parts_mut(p, *n as usize) });
-        }
-        f(&mut slices);
-        Ok(())
+        let p = self
+            .writable(addr, len)
+            .ok_or_else(|| self.outside(addr, len))?;
+        // SAFETY: `p..p+len` is inside a writable mapping of this slab (checked by `writable`),
+        // alive and exclusive for the slice's lifetime (this function's contract).
+        Ok(unsafe { std::slice::from_raw_parts_mut(p, len as usize) })
     }
 
-    pub(crate) fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
-        let n = bytes.len() as u64;
-        if !(n == 4 || n == 8) || !addr.0.is_multiple_of(n) {
+    /// Store 4 or 8 naturally aligned bytes atomically, then make the instruction cache
+    /// coherent.
+    ///
+    /// # Safety
+    /// The mapping is alive, and no writable slice over the bytes exists (they are not claimed):
+    /// other threads may execute or read them, never hold a reference to write them.
+    pub(crate) unsafe fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
+        let n = patch_len(addr, bytes)?;
+        let dst = self
+            .writable(addr.0, n)
+            .ok_or_else(|| self.outside(addr.0, n))?;
+        if !(dst as u64).is_multiple_of(n) {
             return Err(Error::InvalidRequest(format!(
-                "a patch of running code must be 4 or 8 bytes, naturally aligned (got {n} bytes at {addr})"
+                "the writable view of {addr} is not {n}-byte aligned"
             )));
         }
-        let dst = self.writable(addr.0, n).ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "patch at {addr} is outside slab {}",
-                self.info.id.0
-            ))
-        })?;
         if n == 4 {
             let v = u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]));
-            // SAFETY: `dst` is 4-byte aligned (the alias and the view share page offsets) and
-            // inside a writable mapping of the slab; other threads only read it (as
-            // instructions or data), so an atomic store is the right access.
+            // SAFETY: `dst` is 4-byte aligned (checked) and inside a live writable mapping of
+            // the slab (`writable`, and this function's contract); no reference to write it
+            // exists, others only read it (as instructions or data), so an atomic store is the
+            // right access.
             unsafe { (*(dst as *const AtomicU32)).store(v, Ordering::Release) };
         } else {
             let v = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
@@ -347,29 +340,39 @@ impl WriteView {
     }
 }
 
-impl Drop for Slab {
-    fn drop(&mut self) {
-        // SAFETY: both mappings are ours; the owner drops a slab only when no unit lives in it.
-        unsafe {
-            libc::munmap(self.exec_base as *mut libc::c_void, self.total as usize);
-            if self.alias_len > 0 {
-                libc::munmap(
-                    self.alias_base as *mut libc::c_void,
-                    self.alias_len as usize,
-                );
-            }
-        }
+/// The executor range a write covers: (address, length).
+pub(crate) fn write_range(w: &SlabWrite<'_>) -> (u64, u64) {
+    match w {
+        SlabWrite::Bytes(a, b) => (a.0, b.len() as u64),
+        SlabWrite::Fill(a, n, _) => (a.0, *n),
     }
+}
+
+/// A patch is 4 or 8 bytes, naturally aligned: its length.
+pub(crate) fn patch_len(addr: ExecutorAddr, bytes: &[u8]) -> Result<u64> {
+    let n = bytes.len() as u64;
+    if !(n == 4 || n == 8) || !addr.0.is_multiple_of(n) {
+        return Err(Error::InvalidRequest(format!(
+            "a patch of running code must be 4 or 8 bytes, naturally aligned (got {n} bytes at {addr})"
+        )));
+    }
+    Ok(n)
 }
 
 /// A controller's view of a slab that lives in another process: the executor's memfd, mapped
 /// once, read-write, here. The linker writes new units straight into these pages and patchers
 /// store into them; the executor sees the same pages at the slab's addresses with their final
 /// protections. Nothing is copied.
+///
+/// Calls may come from several threads: each write and each working slice claims its range
+/// first, so two callers never get overlapping slices, and a patch never lands in a slice
+/// someone holds. What this process cannot check is the executor: its JIT'd code may write its
+/// data region, and a hostile executor any page of the file (see docs/safety.md).
 pub struct SharedSlab {
     view: WriteView,
     base: u64,
     len: u64,
+    claims: Mutex<RangeSet>,
     _fd: OwnedFd,
 }
 
@@ -385,8 +388,13 @@ impl SharedSlab {
     pub fn map(fd: OwnedFd, info: SlabInfo) -> Result<SharedSlab> {
         let r = info.regions;
         let len = r.iter().try_fold(0u64, |a, (_, n)| a.checked_add(*n));
+        // Page-aligned regions (4 KiB, the smallest x86-64 page): patches rely on the mapping
+        // and the executor's view sharing every address's offset within a page.
         let contiguous = r[1].0 .0 == r[0].0 .0.wrapping_add(r[0].1)
-            && r[2].0 .0 == r[1].0 .0.wrapping_add(r[1].1);
+            && r[2].0 .0 == r[1].0 .0.wrapping_add(r[1].1)
+            && r[0].0 .0.checked_add(len.unwrap_or(u64::MAX)).is_some()
+            && r[0].0 .0.is_multiple_of(4096)
+            && r.iter().all(|(_, n)| n.is_multiple_of(4096));
         let len = match len {
             Some(l) if l > 0 && l <= (1 << 40) && contiguous => l,
             _ => {
@@ -396,38 +404,36 @@ impl SharedSlab {
                 )))
             }
         };
-        let file = std::fs::File::from(fd);
-        let flen = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let flen = rustix::fs::fstat(&fd)
+            .map(|st| st.st_size as u64)
+            .unwrap_or(0);
         if flen < len {
             return Err(Error::InvalidRequest(format!(
                 "the memory file of slab {} holds {flen:#x} bytes, less than its {len:#x}",
                 info.id.0
             )));
         }
-        let fd = OwnedFd::from(file);
-        // SAFETY: F_GET_SEALS only queries the descriptor.
-        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        let sealed = rustix::fs::fcntl_get_seals(&fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        if !sealed {
             return Err(Error::InvalidRequest(format!(
                 "the memory file of slab {} can still shrink (not sealed): refusing to map it",
                 info.id.0
             )));
         }
         // SAFETY: a new shared mapping of a file we own, at an address the kernel picks; the
-        // file is at least `len` bytes long (checked), so every mapped page is backed.
+        // file is at least `len` bytes long and cannot shrink (both checked), so every mapped
+        // page stays backed.
         let p = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
                 0,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(os_err("mmap (shared slab)"));
         }
+        .map_err(|e| os_err("mmap (shared slab)", e))?;
         let base = p as u64;
         Ok(SharedSlab {
             view: WriteView {
@@ -436,6 +442,7 @@ impl SharedSlab {
             },
             base,
             len,
+            claims: Mutex::new(RangeSet::default()),
             _fd: fd,
         })
     }
@@ -444,31 +451,112 @@ impl SharedSlab {
         self.view.info
     }
 
-    /// Write into the slab (each write inside one region).
-    pub fn write(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
-        self.view.write(writes)
+    fn claims(&self) -> std::sync::MutexGuard<'_, RangeSet> {
+        // The map stays consistent across a panic (no code runs while it is locked).
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writable slices over `ranges` of the slab, for the duration of `f`. The caller must not
-    /// let two calls overlap in time on the same slab (the remote executor holds its slab
-    /// table's lock).
+    /// Claim every range (each inside one region, none overlapping another claim), or none.
+    fn claim(&self, ranges: &[(u64, u64)]) -> Result<()> {
+        let mut claims = self.claims();
+        for (i, &(a, n)) in ranges.iter().enumerate() {
+            let refused = if self.view.writable(a, n).is_none() {
+                Some(self.view.outside(a, n))
+            } else if n > 0 && claims.insert(a, a + n).is_err() {
+                Some(Error::Busy(format!(
+                    "{a:#x}..+{n:#x} of slab {} is being written by another call",
+                    self.view.info.id.0
+                )))
+            } else {
+                None
+            };
+            if let Some(e) = refused {
+                for &(a, n) in &ranges[..i] {
+                    if n > 0 {
+                        claims.remove(a);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn unclaim(&self, ranges: &[(u64, u64)]) {
+        let mut claims = self.claims();
+        for &(a, n) in ranges {
+            if n > 0 {
+                claims.remove(a);
+            }
+        }
+    }
+
+    /// Write into the slab (each write inside one region, applied in order).
+    pub fn write(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
+        for w in writes {
+            let r = [write_range(w)];
+            self.claim(&r)?;
+            // SAFETY: the mapping lives as long as `self`, and the range is claimed: no other
+            // call of this slab writes it or holds a slice over it until we unclaim.
+            let done = unsafe { self.view.write(w) };
+            self.unclaim(&r);
+            done?;
+        }
+        Ok(())
+    }
+
+    /// Writable slices over `ranges` of the slab (each inside one region, pairwise disjoint,
+    /// and not being written by another call), for the duration of `f`.
     pub fn with_memory(
         &self,
         ranges: &[(ExecutorAddr, u64)],
         f: &mut dyn FnMut(&mut [&mut [u8]]),
     ) -> Result<()> {
-        self.view.with_memory(ranges, f)
+        let raw: Vec<(u64, u64)> = ranges.iter().map(|(a, n)| (a.0, *n)).collect();
+        self.claim(&raw)?;
+        let _unclaim = OnDrop(|| self.unclaim(&raw));
+        let mut slices = Vec::with_capacity(raw.len());
+        for &(a, n) in &raw {
+            // SAFETY: the mapping lives as long as `self`; the range is claimed until
+            // `_unclaim` runs, after `slices` is dropped (declared later, dropped first), so no
+            // other call of this slab touches it. (The executor process does not write it
+            // either: it holds no live unit. Shared memory trusts the other process that far;
+            // see docs/safety.md.)
+            slices.push(unsafe { self.view.slice_mut(a, n)? });
+        }
+        f(&mut slices);
+        Ok(())
     }
 
     /// Atomically store 4 or 8 naturally aligned bytes (see [`crate::Executor::patch`]).
+    /// Refused over a range another call is writing.
     pub fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
-        self.view.patch(addr, bytes)
+        let n = patch_len(addr, bytes)?;
+        let claims = self.claims();
+        if claims.any_in(addr.0, addr.0.saturating_add(n)) {
+            return Err(Error::Busy(format!(
+                "{addr} is being written by another call"
+            )));
+        }
+        // SAFETY: the mapping lives as long as `self`; the bytes are not claimed, and cannot be
+        // while we hold the claims' lock, so no writable slice over them exists.
+        unsafe { self.view.patch(addr, bytes) }
+    }
+}
+
+/// Runs its closure when dropped (also when the caller's closure panics).
+pub(crate) struct OnDrop<F: FnMut()>(pub(crate) F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }
 
 impl Drop for SharedSlab {
     fn drop(&mut self) {
-        // SAFETY: the mapping is ours and no slice of it outlives `with_memory`.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len as usize) };
+        // SAFETY: the mapping is ours; slices of it live only within `with_memory`, which
+        // borrows `self`.
+        let _ = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.len as usize) };
     }
 }

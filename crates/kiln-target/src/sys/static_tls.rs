@@ -16,9 +16,8 @@
 //! with that error. Static TLS is never returned: removing the unit leaks its slot.
 
 use crate::{Error, Result};
-use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
@@ -159,17 +158,8 @@ pub(crate) fn allocate(image: &[u8], block_size: u64, align: u64) -> Result<i64>
         )));
     }
     let bytes = tls_object(image, block_size, align);
-    let name = CString::new("kiln-static-tls").map_err(|e| Error::Tls(e.to_string()))?;
-    // SAFETY: memfd_create with a valid C string and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(Error::Tls(format!(
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = rustix::fs::memfd_create(c"kiln-static-tls", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| Error::Tls(format!("memfd_create: {e}")))?;
     let mut file = std::fs::File::from(fd);
     file.write_all(&bytes)
         .map_err(|e| Error::Tls(format!("writing the TLS object: {e}")))?;
@@ -197,7 +187,8 @@ pub(crate) fn allocate(image: &[u8], block_size: u64, align: u64) -> Result<i64>
     }
     // The calling thread's block, through the system's __tls_get_addr (which also brings this
     // thread's DTV up to date).
-    let block = super::tls::system_block(module as u64)
+    // SAFETY: `module` is the id ld.so gave the object it just loaded (dlinfo, checked non-zero).
+    let block = unsafe { super::tls::system_block(module as u64) }
         .ok_or_else(|| Error::Tls("no __tls_get_addr in this process".into()))?;
     Ok(block as i64 - thread_pointer() as i64)
 }

@@ -125,7 +125,18 @@ fn with_blocks<R>(f: impl FnOnce(&mut Blocks) -> R) -> Option<R> {
         .ok()
 }
 
-pub(crate) fn register(
+/// Whether `module` is a kiln TLS module value (rather than one of the system's).
+pub(crate) fn is_kiln_module(module: u64) -> bool {
+    module & TAG_MASK == TLS_MODULE_TAG
+}
+
+/// Register a unit's TLS template. Refused if `module` is registered already: another live
+/// unit's threads would otherwise get blocks of this unit's size and image.
+///
+/// # Safety
+/// `[image, image + image_size)` is readable and stays mapped until [`deregister`] is called
+/// for `module` (threads copy it into their new blocks meanwhile).
+pub(crate) unsafe fn register(
     module: u64,
     image: u64,
     image_size: u64,
@@ -133,7 +144,7 @@ pub(crate) fn register(
     align: u64,
     static_offset: Option<i64>,
 ) -> Result<(), String> {
-    if module & TAG_MASK != TLS_MODULE_TAG {
+    if !is_kiln_module(module) {
         return Err(format!("module value {module:#x} is not a kiln TLS module"));
     }
     if image_size > block_size || block_size > (1 << 32) || !align.is_power_of_two() || align > 4096
@@ -151,10 +162,13 @@ pub(crate) fn register(
         align,
         generation,
     };
-    templates()
+    let mut templates = templates()
         .write()
-        .map_err(|_| "TLS registry poisoned".to_string())?
-        .insert(module, t);
+        .map_err(|_| "TLS registry poisoned".to_string())?;
+    if templates.contains_key(&module) {
+        return Err(format!("TLS module {module:#x} is registered already"));
+    }
+    templates.insert(module, t);
     Ok(())
 }
 
@@ -165,6 +179,7 @@ pub(crate) fn deregister(module: u64) {
     with_blocks(|b| b.remove(&module));
 }
 
+/// A zeroed block with the template's image. The caller holds the templates' read lock.
 fn new_block(t: &Template) -> Option<Block> {
     let layout =
         Layout::from_size_align(t.block_size.max(1) as usize, t.align.max(1) as usize).ok()?;
@@ -173,9 +188,11 @@ fn new_block(t: &Template) -> Option<Block> {
     if ptr.is_null() {
         return None;
     }
-    // SAFETY: the image lies in a finalized, readable segment of a live unit (the template is
-    // deregistered before that memory is released), `ptr` has room for block_size >= image_size
-    // bytes, and the two do not overlap.
+    // SAFETY: finalize checked that the image lies inside a segment of the unit that registered
+    // it (all segments are readable), and the template is deregistered before that memory is
+    // released; the caller holds the templates' read lock, so deregistration waits for this
+    // copy. `register` checked image_size <= block_size, the room at `ptr`; the unit's memory
+    // and this fresh heap block do not overlap.
     unsafe { std::ptr::copy_nonoverlapping(t.image as *const u8, ptr, t.image_size as usize) };
     Some(Block {
         ptr,
@@ -205,20 +222,26 @@ fn system_tls_get_addr() -> Option<SysTlsGetAddr> {
 }
 
 /// The calling thread's block of a module the system's dynamic loader manages.
-pub(crate) fn system_block(module: u64) -> Option<*mut u8> {
+///
+/// # Safety
+/// `module` is a TLS module id ld.so assigned to a loaded object (from `dlinfo`): glibc's
+/// `__tls_get_addr` trusts it.
+pub(crate) unsafe fn system_block(module: u64) -> Option<*mut u8> {
     let f = system_tls_get_addr()?;
     let ti = TlsIndex { module, offset: 0 };
-    // SAFETY: `ti` is a valid {module, offset} pair for a module ld.so knows.
+    // SAFETY: `ti` is a {module, offset} pair for a module ld.so knows (this function's
+    // contract), at offset 0 of its block.
     let p = unsafe { f(&ti) };
     (!p.is_null()).then_some(p)
 }
 
 fn kiln_block(module: u64) -> *mut u8 {
-    let t = match templates().read() {
-        Ok(t) => t.get(&module).copied(),
-        Err(_) => None,
+    // The read lock is held while a new block copies the image: deregistration (before the
+    // unit's memory is unmapped) waits for the copy to finish.
+    let Ok(templates) = templates().read() else {
+        return std::ptr::null_mut();
     };
-    let Some(t) = t else {
+    let Some(&t) = templates.get(&module) else {
         return std::ptr::null_mut();
     };
     if let Some(off) = t.static_offset {
@@ -249,7 +272,7 @@ fn kiln_block(module: u64) -> *mut u8 {
 pub unsafe extern "C" fn kiln_tls_get_addr(ti: *const TlsIndex) -> *mut u8 {
     // SAFETY: guaranteed by the caller (compiled code passes its GOT pair).
     let (module, offset) = unsafe { ((*ti).module, (*ti).offset) };
-    if module & TAG_MASK == TLS_MODULE_TAG {
+    if is_kiln_module(module) {
         let base = kiln_block(module);
         if base.is_null() {
             // The unit was removed or allocation failed: there is no sane value to return, and

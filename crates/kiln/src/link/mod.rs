@@ -100,6 +100,9 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let outside = passes::Outside {
         defines: input.defines,
         allow: input.allow,
+        all_linker_symbols: input.want_map
+            || !input.objects.is_empty()
+            || !input.archives.is_empty(),
     };
     let runtime = passes::synthesize_runtime(&mut g, linker, &outside, &names);
     passes::allocate_commons(&mut g, linker);

@@ -57,7 +57,8 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 }
 
 /// What the unit gets from the linker rather than from an input, each only when something
-/// needs it (a one-function graph from a JIT gets none of it):
+/// needs it or [`Outside::all_linker_symbols`] asks for it (a one-function graph from a JIT
+/// gets none of it):
 /// - `__dso_handle`: this unit's identity for `__cxa_atexit` (so its exit handlers run when the
 ///   unit is removed, via `__cxa_finalize`);
 /// - `atexit`, `at_quick_exit`, `pthread_atfork`: glibc keeps these in libc_nonshared.a, not in
@@ -73,6 +74,7 @@ pub fn synthesize_runtime<'a>(
     outside: &Outside,
     names: &'a bumpalo::Bump,
 ) -> Runtime {
+    let eager = outside.all_linker_symbols;
     let templates = g.arch.templates();
     let tail_calls: [(&'static [u8], &'static [u8], &Template); 3] = [
         (b"atexit", b"__cxa_atexit", &templates.atexit),
@@ -85,7 +87,11 @@ pub fn synthesize_runtime<'a>(
         .collect();
     // The unit's handle exists when something hands it to the C runtime: code that names it
     // (C++ static destructors registered with `__cxa_atexit`), or the glue above.
-    let dso = if is_undefined(g, b"__dso_handle") || !glue.is_empty() {
+    let dso_defined = g
+        .globals
+        .get(&b"__dso_handle"[..])
+        .is_some_and(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Defined { .. }));
+    let dso = if is_undefined(g, b"__dso_handle") || !glue.is_empty() || (eager && !dso_defined) {
         let data = synth_section(
             g,
             b".data.kiln.dso_handle",
@@ -116,7 +122,11 @@ pub fn synthesize_runtime<'a>(
         s.visibility = Visibility::Hidden;
     }
     // The GOT is made by the table pass when an edge needs it; code that names it gets it now.
-    let got = is_undefined(g, b"_GLOBAL_OFFSET_TABLE_").then(|| {
+    let got_defined = g
+        .globals
+        .get(&b"_GLOBAL_OFFSET_TABLE_"[..])
+        .is_some_and(|id| g.symbols[id.idx()].def != SymbolDef::Undefined);
+    let got = (is_undefined(g, b"_GLOBAL_OFFSET_TABLE_") || (eager && !got_defined)).then(|| {
         let got = add_got(g, input);
         define_hidden(g, b"_GLOBAL_OFFSET_TABLE_", got, input, false);
         got
@@ -136,6 +146,10 @@ pub struct Outside<'s> {
     pub defines: &'s rustc_hash::FxHashMap<String, u64>,
     /// The allow-list: glue is only written for names it allows.
     pub allow: Option<&'s rustc_hash::FxHashSet<String>>,
+    /// Define `__dso_handle` and `_GLOBAL_OFFSET_TABLE_` even when nothing references them, as
+    /// a static linker does: for links of ELF objects, and links whose map is asked for (check
+    /// expressions name them). A graph from a JIT gets them only when it uses them.
+    pub all_linker_symbols: bool,
 }
 
 impl Outside<'_> {

@@ -1,0 +1,799 @@
+//! The ownership table: what one executor owns, and in which state. Every safe call that
+//! writes, protects, releases or runs something asks the table first; the memory operations in
+//! `sys/` rely on its answers (see docs/safety.md).
+//!
+//! - **Reservations** (from `reserve`): free, or used by one allocation. Released only whole and
+//!   only while free; a used one goes when its allocation is deallocated.
+//! - **Slabs**: three regions each; unmapped only when no allocation and no writer is in them.
+//! - **Allocations** and their **segments**: finalizing, live, or dying. The segment index holds
+//!   every segment of every allocation, so "whose bytes are these" is one lookup.
+//! - **Claims**: ranges of slabs that a call is writing right now (`with_slab_memory`,
+//!   `write_slab`) without holding the table's lock. Two claims never overlap, and none overlaps
+//!   an allocation's segment: so two writable slices handed out never alias, and nobody writes
+//!   a live unit's bytes except `patch`.
+//! - **Registered ranges**: unwind info and TLS images the runtime reads while their unit lives;
+//!   `patch` may not change them.
+//!
+//! Every lookup is a range query in a B-tree: O(log n) in the number of things owned.
+//!
+//! The table is generic over what a slab carries (`S`): the in-process executor keeps the slab's
+//! mappings there, the simulated one nothing.
+
+use crate::executor::{Action, FinalizeRequest};
+use crate::plan::{range, Plan, PlannedSegment};
+use crate::ranges::{RangeMap, RangeSet};
+use crate::{Error, ExecutorAddr, MemProt, Result, SlabId, SlabInfo};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
+
+/// The protection of each slab region, in order.
+pub(crate) const REGION_PROTS: [MemProt; 3] =
+    [MemProt::ReadExec, MemProt::Read, MemProt::ReadWrite];
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Reservation {
+    Free,
+    UsedBy(u64),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum AllocState {
+    /// Being filled and its finalize actions running: the id is not handed out yet.
+    Finalizing,
+    Live,
+    /// Its deinitializers and dealloc actions are running; its memory goes next.
+    Dying,
+}
+
+/// Kept small (a JIT links many one-function units): what most units lack is boxed.
+#[derive(Debug)]
+struct AllocRecord {
+    state: AllocState,
+    /// Calls into its code in progress (`run_main`, `call_void`, its initializers): it is not
+    /// deallocated under them.
+    pins: u32,
+    /// `run_initializers` was called (once is all).
+    initialized: bool,
+    /// Its deinitializers wait in the process-wide exit registry.
+    finalizers: bool,
+    /// (base, size) of its own reservation; `None` in a slab.
+    reservation: Option<(u64, u64)>,
+    /// Its entries in the segment index.
+    segments: Vec<PlannedSegment>,
+    extras: Option<Box<Extras>>,
+}
+
+#[derive(Debug, Default)]
+struct Extras {
+    /// Its entries in the registered ranges.
+    registered: Vec<(u64, u64)>,
+    dealloc: Vec<Action>,
+    initializers: Vec<ExecutorAddr>,
+}
+
+#[derive(Copy, Clone, Debug)]
+struct SegmentOwner {
+    alloc: u64,
+    prot: MemProt,
+}
+
+struct SlabRecord<S> {
+    info: SlabInfo,
+    /// [start, end) of the whole slab where the code runs.
+    span: (u64, u64),
+    payload: S,
+}
+
+/// Allocation ids are distinct integers from a counter: a multiplicative hash spreads them
+/// (SipHash would cost more than the rest of a small unit's bookkeeping).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// How a new allocation starts.
+pub(crate) struct NewAlloc {
+    pub(crate) initializers: Vec<ExecutorAddr>,
+    /// Its deinitializers go to the exit registry.
+    pub(crate) finalizers: bool,
+    /// Live at once (nothing to fill or run), rather than finalizing.
+    pub(crate) live: bool,
+}
+
+/// What deallocation needs once the table has marked an allocation dying.
+pub(crate) struct Dying {
+    pub(crate) dealloc: Vec<Action>,
+    pub(crate) reservation: Option<(u64, u64)>,
+    /// Its deinitializers are in the exit registry.
+    pub(crate) finalizers: bool,
+}
+
+impl Dying {
+    /// Nothing to run and nothing to unmap: the table can forget the allocation at once.
+    pub(crate) fn is_trivial(&self) -> bool {
+        self.dealloc.is_empty() && self.reservation.is_none() && !self.finalizers
+    }
+}
+
+pub(crate) struct Table<S> {
+    reservations: RangeMap<Reservation>,
+    slabs: BTreeMap<u32, SlabRecord<S>>,
+    /// Slab spans, for finding the slab that holds an address.
+    slab_spans: RangeMap<u32>,
+    next_slab: u32,
+    allocs: HashMap<u64, AllocRecord, BuildHasherDefault<IdHasher>>,
+    segments: RangeMap<SegmentOwner>,
+    claims: RangeSet,
+    registered: RangeMap<u64>,
+    /// Static TLS blocks handed out: offset → block size.
+    static_tls: BTreeMap<i64, u64>,
+}
+
+impl<S> Default for Table<S> {
+    fn default() -> Self {
+        Table {
+            reservations: RangeMap::default(),
+            slabs: BTreeMap::new(),
+            slab_spans: RangeMap::default(),
+            next_slab: 0,
+            allocs: HashMap::default(),
+            segments: RangeMap::default(),
+            claims: RangeSet::default(),
+            registered: RangeMap::default(),
+            static_tls: BTreeMap::new(),
+        }
+    }
+}
+
+fn not_owned(addr: u64, size: u64, what: &'static str) -> Error {
+    Error::NotOwned {
+        addr: ExecutorAddr(addr),
+        size,
+        what,
+    }
+}
+
+impl<S> Table<S> {
+    // ---- reservations -------------------------------------------------------------------
+
+    /// Whether `[addr, addr + size)` is clear of everything this executor owns.
+    pub(crate) fn is_free(&self, addr: u64, size: u64) -> bool {
+        range(addr, size)
+            .is_ok_and(|(s, e)| !self.reservations.any_in(s, e) && !self.slab_spans.any_in(s, e))
+    }
+
+    /// Record a reservation just made.
+    pub(crate) fn add_reservation(&mut self, addr: u64, size: u64) -> Result<()> {
+        let (s, e) = range(addr, size)?;
+        if self.slab_spans.any_in(s, e) {
+            return Err(Error::Busy(format!(
+                "{addr:#x}..+{size:#x} overlaps a slab of this executor"
+            )));
+        }
+        self.reservations
+            .insert(s, e, Reservation::Free)
+            .map_err(|_| {
+                Error::Busy(format!(
+                    "{addr:#x}..+{size:#x} overlaps a reservation of this executor"
+                ))
+            })
+    }
+
+    /// Forget a reservation the caller will unmap: exactly a reservation of ours (not part of
+    /// one, not two), and used by no allocation.
+    pub(crate) fn take_reservation(&mut self, addr: u64, size: u64) -> Result<()> {
+        let (s, e) = range(addr, size)?;
+        match self.reservations.get(s) {
+            Some((end, Reservation::Free)) if end == e => {
+                self.reservations.remove(s);
+                Ok(())
+            }
+            Some((end, Reservation::UsedBy(a))) if end == e => Err(Error::Busy(format!(
+                "the reservation {addr:#x}..+{size:#x} holds allocation {a}: deallocate it"
+            ))),
+            _ => Err(not_owned(
+                addr,
+                size,
+                "exactly a reservation of this executor (a whole one, as reserve returned it)",
+            )),
+        }
+    }
+
+    // ---- slabs --------------------------------------------------------------------------
+
+    pub(crate) fn next_slab_id(&mut self) -> Result<SlabId> {
+        let id = self.next_slab;
+        self.next_slab = id
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidRequest("out of slab ids".into()))?;
+        Ok(SlabId(id))
+    }
+
+    /// Record a slab just made (its regions consecutive from its start). Refused (handing the
+    /// payload back) if it overlaps anything recorded.
+    pub(crate) fn add_slab(&mut self, info: SlabInfo, payload: S) -> Result<(), S> {
+        let start = info.regions[0].0 .0;
+        let Some(end) = info.regions[2].0 .0.checked_add(info.regions[2].1) else {
+            return Err(payload);
+        };
+        if self.reservations.any_in(start, end)
+            || self.slab_spans.insert(start, end, info.id.0).is_err()
+        {
+            return Err(payload);
+        }
+        self.slabs.insert(
+            info.id.0,
+            SlabRecord {
+                info,
+                span: (start, end),
+                payload,
+            },
+        );
+        Ok(())
+    }
+
+    fn slab(&self, id: SlabId) -> Result<&SlabRecord<S>> {
+        self.slabs.get(&id.0).ok_or(Error::UnknownSlab(id.0))
+    }
+
+    pub(crate) fn slab_payload(&self, id: SlabId) -> Result<&S> {
+        self.slab(id).map(|s| &s.payload)
+    }
+
+    /// The region of slab `id` that holds all of `[start, end)` (an empty range: in a region or
+    /// at its end).
+    fn region(&self, id: SlabId, start: u64, end: u64) -> Result<usize> {
+        let s = self.slab(id)?;
+        s.info
+            .regions
+            .iter()
+            .position(|(a, n)| {
+                let region_end = a.0.saturating_add(*n);
+                a.0 <= start && end <= region_end
+            })
+            .ok_or_else(|| {
+                not_owned(
+                    start,
+                    end - start,
+                    "inside one region of that slab of this executor",
+                )
+            })
+    }
+
+    /// Claim `[addr, addr + len)` of slab `id` for writing: inside one region, over no
+    /// allocation's bytes and no other claim. An empty range is checked and not recorded.
+    pub(crate) fn claim(&mut self, id: SlabId, addr: u64, len: u64) -> Result<()> {
+        let (s, e) = range(addr, len)?;
+        self.region(id, s, e)?;
+        if s == e {
+            return Ok(());
+        }
+        if let Some((a, _, o)) = self.segments.overlapping(s, e) {
+            return Err(Error::Busy(format!(
+                "{addr:#x}..+{len:#x} overlaps allocation {} (at {a:#x}): a live unit's bytes \
+                 change only through patch",
+                o.alloc
+            )));
+        }
+        self.claims.insert(s, e).map_err(|()| {
+            Error::Busy(format!(
+                "{addr:#x}..+{len:#x} is being written by another call"
+            ))
+        })
+    }
+
+    /// Claim every range, or none.
+    pub(crate) fn claim_all(&mut self, id: SlabId, ranges: &[(ExecutorAddr, u64)]) -> Result<()> {
+        for (i, &(a, n)) in ranges.iter().enumerate() {
+            if let Err(e) = self.claim(id, a.0, n) {
+                for &(a, n) in &ranges[..i] {
+                    self.unclaim(a.0, n);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unclaim(&mut self, addr: u64, len: u64) {
+        if len > 0 {
+            self.claims.remove(addr);
+        }
+    }
+
+    /// May `[addr, addr + n)` of slab `id` be patched now: inside one region, not being
+    /// written by another call, not read by the runtime.
+    pub(crate) fn check_patch(&self, id: SlabId, addr: u64, n: u64) -> Result<&S> {
+        let (s, e) = range(addr, n)?;
+        self.region(id, s, e)?;
+        if self.claims.any_in(s, e) {
+            return Err(Error::Busy(format!(
+                "{addr:#x} is being written by another call"
+            )));
+        }
+        if self.registered.any_in(s, e) {
+            return Err(Error::Busy(format!(
+                "{addr:#x} lies in unwind info or a TLS image the runtime reads"
+            )));
+        }
+        self.slab_payload(id)
+    }
+
+    /// Forget a slab the caller will unmap: no allocation lives in it, nobody writes it.
+    pub(crate) fn take_slab(&mut self, id: SlabId) -> Result<S> {
+        let (s, e) = self.slab(id)?.span;
+        if let Some((a, _, o)) = self.segments.overlapping(s, e) {
+            return Err(Error::Busy(format!(
+                "slab {} still holds allocation {} (at {a:#x}): deallocate its units first",
+                id.0, o.alloc
+            )));
+        }
+        if self.claims.any_in(s, e) {
+            return Err(Error::Busy(format!(
+                "slab {} is being written by another call",
+                id.0
+            )));
+        }
+        self.slab_spans.remove(s);
+        self.slabs
+            .remove(&id.0)
+            .map(|r| r.payload)
+            .ok_or(Error::UnknownSlab(id.0))
+    }
+
+    // ---- static TLS ---------------------------------------------------------------------
+
+    pub(crate) fn add_static_tls(&mut self, offset: i64, block_size: u64) {
+        let b = self.static_tls.entry(offset).or_insert(0);
+        *b = (*b).max(block_size);
+    }
+
+    // ---- allocations --------------------------------------------------------------------
+
+    /// Check that `req` (planned as `plan`) lies in memory this executor owns and nobody else
+    /// uses, and mark that memory as allocation `id`'s: finalizing, or live at once.
+    pub(crate) fn begin_finalize(
+        &mut self,
+        id: u64,
+        req: &FinalizeRequest,
+        plan: Plan,
+        new: NewAlloc,
+    ) -> Result<()> {
+        let reservation = if req.in_slab {
+            self.check_slab_segments(&plan)?;
+            None
+        } else {
+            Some(self.check_reservation(req, &plan)?)
+        };
+        for &(off, size) in &plan.static_tls {
+            if self.static_tls.get(&off).is_none_or(|&have| have < size) {
+                return Err(Error::InvalidRequest(format!(
+                    "static TLS offset {off:#x} with {size:#x} bytes was not allocated by this \
+                     executor"
+                )));
+            }
+        }
+        let std::collections::hash_map::Entry::Vacant(slot) = self.allocs.entry(id) else {
+            return Err(Error::InvalidRequest(format!("allocation id {id} reused")));
+        };
+        // Checked: from here on nothing fails.
+        if let Some((base, _)) = reservation {
+            if let Some((_, r)) = self.reservations.get_mut(base) {
+                *r = Reservation::UsedBy(id);
+            }
+        }
+        let Plan {
+            mut segments,
+            mut registered,
+            ..
+        } = plan;
+        // (Cannot fail: checked disjoint from everything, and from each other by the plan.)
+        segments.retain(|s| {
+            let owner = SegmentOwner {
+                alloc: id,
+                prot: s.prot,
+            };
+            self.segments.insert(s.start, s.end, owner).is_ok()
+        });
+        registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
+        let extras = (!registered.is_empty() || !new.initializers.is_empty()).then(|| {
+            Box::new(Extras {
+                registered,
+                initializers: new.initializers,
+                dealloc: Vec::new(),
+            })
+        });
+        slot.insert(AllocRecord {
+            state: if new.live {
+                AllocState::Live
+            } else {
+                AllocState::Finalizing
+            },
+            pins: 0,
+            initialized: false,
+            finalizers: new.finalizers,
+            reservation,
+            segments,
+            extras,
+        });
+        Ok(())
+    }
+
+    /// The reservation a non-slab request names: exactly one of ours, free, holding every
+    /// segment's pages.
+    fn check_reservation(&self, req: &FinalizeRequest, plan: &Plan) -> Result<(u64, u64)> {
+        let (base, size) = (req.reservation.0 .0, req.reservation.1);
+        let (s, e) = range(base, size)?;
+        match self.reservations.get(s) {
+            Some((end, Reservation::Free)) if end == e => {}
+            Some((end, Reservation::UsedBy(a))) if end == e => {
+                return Err(Error::Busy(format!(
+                    "the reservation {base:#x}..+{size:#x} already holds allocation {a}"
+                )))
+            }
+            _ => {
+                return Err(not_owned(
+                    base,
+                    size,
+                    "exactly a reservation of this executor",
+                ))
+            }
+        }
+        for seg in &plan.segments {
+            if seg.start < s || seg.mapped_end > e {
+                return Err(not_owned(
+                    seg.start,
+                    seg.end - seg.start,
+                    "inside the request's reservation",
+                ));
+            }
+        }
+        Ok((base, size))
+    }
+
+    /// Every segment of a slab request: inside one region of one of our slabs, with that
+    /// region's protection, over no other allocation and no range being written.
+    fn check_slab_segments(&self, plan: &Plan) -> Result<()> {
+        for seg in &plan.segments {
+            let (s, e) = (seg.start, seg.end);
+            let slab = self
+                .slab_spans
+                .enclosing(s, e)
+                .map(|(_, _, &id)| SlabId(id))
+                .ok_or_else(|| not_owned(s, e - s, "inside a slab of this executor"))?;
+            let r = self.region(slab, s, e)?;
+            if REGION_PROTS[r] != seg.prot {
+                return Err(Error::InvalidRequest(format!(
+                    "segment {s:#x}..{e:#x} is {} but lies in the {} region of slab {}",
+                    seg.prot.as_str(),
+                    REGION_PROTS[r].as_str(),
+                    slab.0
+                )));
+            }
+            if let Some((_, _, o)) = self.segments.overlapping(s, e) {
+                return Err(Error::Busy(format!(
+                    "segment {s:#x}..{e:#x} overlaps live allocation {}",
+                    o.alloc
+                )));
+            }
+            if self.claims.any_in(s, e) {
+                return Err(Error::Busy(format!(
+                    "segment {s:#x}..{e:#x} is being written by another call"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finalize failed: the memory is free again (a reservation goes back to free).
+    pub(crate) fn abort_finalize(&mut self, id: u64) {
+        self.forget(id, true);
+    }
+
+    /// The allocation is live, with what runs when it goes.
+    pub(crate) fn finish_finalize(&mut self, id: u64, dealloc: Vec<Action>) {
+        if let Some(a) = self.allocs.get_mut(&id) {
+            a.state = AllocState::Live;
+            if !dealloc.is_empty() {
+                a.extras.get_or_insert_with(Box::default).dealloc = dealloc;
+            }
+        }
+    }
+
+    fn live_mut(&mut self, id: u64) -> Result<&mut AllocRecord> {
+        match self.allocs.get_mut(&id) {
+            Some(a) if a.state == AllocState::Live => Ok(a),
+            _ => Err(Error::UnknownAllocation(id)),
+        }
+    }
+
+    /// Mark a live, idle allocation dying and hand over what deallocating it needs.
+    pub(crate) fn begin_dealloc(&mut self, id: u64) -> Result<Dying> {
+        let a = self.live_mut(id)?;
+        if a.pins > 0 {
+            return Err(Error::Busy(format!(
+                "allocation {id} has code running (run_main, call_void or its initializers)"
+            )));
+        }
+        a.state = AllocState::Dying;
+        Ok(Dying {
+            dealloc: a
+                .extras
+                .as_mut()
+                .map(|x| std::mem::take(&mut x.dealloc))
+                .unwrap_or_default(),
+            reservation: a.reservation,
+            finalizers: a.finalizers,
+        })
+    }
+
+    /// Deallocation cannot go on (the process is exiting): the allocation stays live.
+    pub(crate) fn cancel_dealloc(&mut self, id: u64, dying: Dying) {
+        if let Some(a) = self.allocs.get_mut(&id) {
+            a.state = AllocState::Live;
+            if let Some(x) = a.extras.as_mut() {
+                x.dealloc = dying.dealloc;
+            }
+        }
+    }
+
+    /// The allocation is gone: its segments and its reservation leave the table (the caller
+    /// unmaps the reservation next; until then nobody can name it).
+    pub(crate) fn finish_dealloc(&mut self, id: u64) {
+        self.forget(id, false);
+    }
+
+    fn forget(&mut self, id: u64, keep_reservation: bool) {
+        let Some(a) = self.allocs.remove(&id) else {
+            return;
+        };
+        for s in &a.segments {
+            self.segments.remove(s.start);
+        }
+        for &(s, _) in a.extras.iter().flat_map(|x| &x.registered) {
+            self.registered.remove(s);
+        }
+        if let Some((base, _)) = a.reservation {
+            if keep_reservation {
+                if let Some((_, r)) = self.reservations.get_mut(base) {
+                    *r = Reservation::Free;
+                }
+            } else {
+                self.reservations.remove(base);
+            }
+        }
+    }
+
+    /// Pin a live allocation whose initializers are to run, and take them, with whether it
+    /// has finalizers in the exit registry (`None`: they ran or are running already; nothing is
+    /// pinned then).
+    pub(crate) fn start_initializers(
+        &mut self,
+        id: u64,
+    ) -> Result<Option<(Vec<ExecutorAddr>, bool)>> {
+        let a = self.live_mut(id)?;
+        if a.initialized {
+            return Ok(None);
+        }
+        a.initialized = true;
+        a.pins += 1;
+        let inits = a
+            .extras
+            .as_mut()
+            .map(|x| std::mem::take(&mut x.initializers))
+            .unwrap_or_default();
+        Ok(Some((inits, a.finalizers)))
+    }
+
+    /// Pin the live allocation whose executable segment holds `addr`; returns its id.
+    pub(crate) fn pin_code(&mut self, addr: ExecutorAddr) -> Result<u64> {
+        let owner = match self.segments.containing(addr.0) {
+            Some((_, _, o)) if o.prot == MemProt::ReadExec => *o,
+            _ => return Err(Error::NotCode(addr)),
+        };
+        let a = self
+            .live_mut(owner.alloc)
+            .map_err(|_| Error::NotCode(addr))?;
+        a.pins += 1;
+        Ok(owner.alloc)
+    }
+
+    pub(crate) fn unpin(&mut self, id: u64) {
+        if let Some(a) = self.allocs.get_mut(&id) {
+            a.pins = a.pins.saturating_sub(1);
+        }
+    }
+
+    // ---- the end ------------------------------------------------------------------------
+
+    /// Everything the table holds, for an executor that goes away: reservations no allocation
+    /// uses (to unmap), and the slabs split into those nothing lives or is written in (to
+    /// unmap) and the others (to leak: live code may still run from them, and exit handlers
+    /// will).
+    pub(crate) fn drain(&mut self) -> Drained<S> {
+        let free_reservations = self
+            .reservations
+            .iter()
+            .filter(|(_, _, r)| **r == Reservation::Free)
+            .map(|(s, e, _)| (s, e - s))
+            .collect();
+        let mut empty_slabs = Vec::new();
+        let mut occupied_slabs = Vec::new();
+        for (_, rec) in std::mem::take(&mut self.slabs) {
+            let (s, e) = rec.span;
+            if self.segments.any_in(s, e) || self.claims.any_in(s, e) {
+                occupied_slabs.push(rec.payload);
+            } else {
+                empty_slabs.push(rec.payload);
+            }
+        }
+        self.reservations = RangeMap::default();
+        self.slab_spans = RangeMap::default();
+        Drained {
+            free_reservations,
+            empty_slabs,
+            occupied_slabs,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reservations.is_empty()
+            && self.slabs.is_empty()
+            && self.allocs.is_empty()
+            && self.segments.is_empty()
+            && self.claims.is_empty()
+            && self.registered.is_empty()
+    }
+}
+
+pub(crate) struct Drained<S> {
+    pub(crate) free_reservations: Vec<(u64, u64)>,
+    pub(crate) empty_slabs: Vec<S>,
+    pub(crate) occupied_slabs: Vec<S>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Segment;
+
+    const PAGE: u64 = 0x1000;
+
+    fn seg(addr: u64, prot: MemProt, size: u64) -> Segment {
+        Segment {
+            addr: ExecutorAddr(addr),
+            prot,
+            content: Vec::new(),
+            zero_fill: size,
+        }
+    }
+
+    fn finalize(t: &mut Table<()>, id: u64, req: &FinalizeRequest) -> Result<()> {
+        let plan = Plan::of(req, PAGE)?;
+        let new = NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        t.begin_finalize(id, req, plan, new)?;
+        Ok(())
+    }
+
+    fn in_reservation(base: u64, size: u64) -> FinalizeRequest {
+        FinalizeRequest {
+            reservation: (ExecutorAddr(base), size),
+            segments: vec![seg(base, MemProt::ReadExec, 0x10)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reservations_are_released_whole_and_only_when_free() {
+        let mut t = Table::<()>::default();
+        t.add_reservation(0x10000, 0x4000).unwrap();
+        t.add_reservation(0x14000, 0x4000).unwrap();
+        assert!(t.add_reservation(0x13000, 0x2000).is_err(), "overlaps");
+        for (a, n) in [
+            (0x10000, 0x8000), // straddles both
+            (0x10000, 0x1000), // part of one
+            (0x11000, 0x3000), // tail of one
+            (0x10000, u64::MAX),
+            (u64::MAX, 2),
+            (0, 0),
+        ] {
+            assert!(t.take_reservation(a, n).is_err(), "{a:#x}+{n:#x}");
+        }
+        finalize(&mut t, 1, &in_reservation(0x10000, 0x4000)).unwrap();
+        assert!(matches!(
+            t.take_reservation(0x10000, 0x4000),
+            Err(Error::Busy(_))
+        ));
+        assert!(
+            finalize(&mut t, 2, &in_reservation(0x10000, 0x4000)).is_err(),
+            "used twice"
+        );
+        let mut outside = in_reservation(0x14000, 0x4000);
+        outside.segments[0].addr = ExecutorAddr(0x10000);
+        assert!(finalize(&mut t, 3, &outside).is_err(), "segment elsewhere");
+        t.take_reservation(0x14000, 0x4000).unwrap();
+        assert!(t.take_reservation(0x14000, 0x4000).is_err(), "twice");
+        t.begin_dealloc(1).unwrap();
+        t.finish_dealloc(1);
+        assert!(t.begin_dealloc(1).is_err(), "double free");
+        assert!(t.is_empty(), "the deallocation took its reservation along");
+    }
+
+    fn slab(t: &mut Table<()>) -> SlabId {
+        let id = t.next_slab_id().unwrap();
+        let info = SlabInfo {
+            id,
+            regions: [
+                (ExecutorAddr(0x100000), 0x1000),
+                (ExecutorAddr(0x101000), 0x1000),
+                (ExecutorAddr(0x102000), 0x1000),
+            ],
+        };
+        t.add_slab(info, ()).map_err(drop).unwrap();
+        id
+    }
+
+    fn in_slab(addr: u64, prot: MemProt, size: u64) -> FinalizeRequest {
+        FinalizeRequest {
+            segments: vec![seg(addr, prot, size)],
+            in_slab: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn slab_claims_and_units_never_overlap() {
+        let mut t = Table::<()>::default();
+        let s = slab(&mut t);
+        t.claim(s, 0x100000, 0x100).unwrap();
+        assert!(t.claim(s, 0x1000f0, 0x20).is_err(), "overlapping claim");
+        assert!(
+            t.claim(s, 0x100f00, 0x200).is_err(),
+            "straddles two regions"
+        );
+        assert!(t.claim(s, 0x200000, 0x10).is_err(), "outside the slab");
+        assert!(t.claim(s, u64::MAX, 2).is_err(), "wraps");
+        assert!(t.claim(SlabId(7), 0x100200, 0x10).is_err(), "unknown slab");
+        assert!(
+            finalize(&mut t, 1, &in_slab(0x100080, MemProt::ReadExec, 0x10)).is_err(),
+            "over a claim"
+        );
+        t.unclaim(0x100000, 0x100);
+        finalize(&mut t, 1, &in_slab(0x100080, MemProt::ReadExec, 0x10)).unwrap();
+        assert!(t.claim(s, 0x100000, 0x100).is_err(), "over a live unit");
+        assert!(
+            finalize(&mut t, 2, &in_slab(0x101000, MemProt::ReadExec, 0x10)).is_err(),
+            "wrong region's protection"
+        );
+        assert!(t.take_slab(s).is_err(), "a live unit is in it");
+        let id = t.pin_code(ExecutorAddr(0x100085)).unwrap();
+        assert!(t.begin_dealloc(id).is_err(), "running");
+        t.unpin(id);
+        assert!(t.pin_code(ExecutorAddr(0x100090)).is_err(), "past its code");
+        t.begin_dealloc(id).unwrap();
+        assert!(t.pin_code(ExecutorAddr(0x100085)).is_err(), "dying");
+        t.finish_dealloc(id);
+        t.take_slab(s).unwrap();
+        assert!(t.take_slab(s).is_err(), "released twice");
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,618 @@
+//! Every safe method of the executors, called with memory and ids they do not own: the stack,
+//! the heap, libc's code, address 0 and the top of the address space, sizes that wrap, ranges
+//! straddling two reservations, another executor's memory, deallocated units, released slabs,
+//! actions that point outside their unit. Each call must return an error, change no byte of
+//! the victims (read back through /proc/self/mem), and leave the process running; afterwards
+//! the legitimate flows still work.
+
+use kiln_target::*;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Barrier};
+
+/// `mov eax, 42; ret` at 0, `int3` padding, `ret` at 8.
+const CODE: [u8; 9] = [0xb8, 42, 0, 0, 0, 0xc3, 0xcc, 0xcc, 0xc3];
+
+fn read_mem(addr: u64, len: usize) -> Vec<u8> {
+    let f = std::fs::File::open("/proc/self/mem").expect("opening /proc/self/mem");
+    let mut v = vec![0u8; len];
+    f.read_exact_at(&mut v, addr)
+        .expect("reading /proc/self/mem");
+    v
+}
+
+/// Memory that belongs to someone else, with the bytes it held at the start.
+struct Victims {
+    ranges: Vec<(&'static str, u64, u64)>,
+    before: Vec<Vec<u8>>,
+}
+
+impl Victims {
+    fn new(ranges: Vec<(&'static str, u64, u64)>) -> Victims {
+        let before = ranges
+            .iter()
+            .map(|&(_, a, n)| read_mem(a, n as usize))
+            .collect();
+        Victims { ranges, before }
+    }
+
+    fn assert_unchanged(&self) {
+        for ((what, a, n), before) in self.ranges.iter().zip(&self.before) {
+            assert!(
+                read_mem(*a, *n as usize) == *before,
+                "the bytes of {what} at {a:#x} changed"
+            );
+        }
+    }
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T>, what: &str) -> Error {
+    match r {
+        Ok(v) => panic!("{what}: accepted ({v:?}), should be refused"),
+        Err(e) => e,
+    }
+}
+
+fn seg(addr: u64, prot: MemProt, content: &[u8], zero_fill: u64) -> Segment {
+    Segment {
+        addr: ExecutorAddr(addr),
+        prot,
+        content: content.to_vec(),
+        zero_fill,
+    }
+}
+
+/// A unit in its own reservation of two pages: CODE, then a page of data.
+fn unit(base: u64, page: u64) -> FinalizeRequest {
+    FinalizeRequest {
+        reservation: (ExecutorAddr(base), 2 * page),
+        segments: vec![
+            seg(base, MemProt::ReadExec, &CODE, 0),
+            seg(base.wrapping_add(page), MemProt::ReadWrite, &[7; 16], 0),
+        ],
+        ..Default::default()
+    }
+}
+
+fn with_action(
+    mut req: FinalizeRequest,
+    finalize: Action,
+    dealloc: Option<Action>,
+) -> FinalizeRequest {
+    req.actions.push(ActionPair {
+        finalize: Some(finalize),
+        dealloc,
+    });
+    req
+}
+
+fn libc_page(ex: &dyn Executor) -> u64 {
+    let printf = ex.lookup(&[b"printf"], &[], true).unwrap()[0].expect("printf is in the process");
+    printf.0 & !0xfff
+}
+
+/// Two adjacent reservations of `n` pages each: (first, second). Made by reserving both at
+/// once, releasing, and reserving the two halves at fixed addresses (retried: other tests'
+/// threads map memory too).
+fn adjacent(ex: &dyn Executor, page: u64, n: u64) -> (u64, u64) {
+    for _ in 0..16 {
+        let a = ex.reserve(2 * n * page, Placement::Anywhere).unwrap();
+        ex.release(a, 2 * n * page).unwrap();
+        let Ok(first) = ex.reserve(n * page, Placement::Fixed(a.0)) else {
+            continue;
+        };
+        match ex.reserve(n * page, Placement::Fixed(a.0 + n * page)) {
+            Ok(second) => return (first.0, second.0),
+            Err(_) => ex.release(first, n * page).unwrap(),
+        }
+    }
+    panic!("no two adjacent reservations in 16 tries");
+}
+
+/// The refusals both executors share: reservations, finalize, actions, ids, calls. `foreign`
+/// are (name, address) of memory the executor does not own.
+fn common_refusals(ex: &dyn Executor, other: &dyn Executor, foreign: &[(&str, u64)]) {
+    let page = ex.info().page_size;
+    let (a, b) = adjacent(ex, page, 2);
+    let theirs = other.reserve(2 * page, Placement::Anywhere).unwrap().0;
+    for &(what, addr) in foreign {
+        refused(ex.release(ExecutorAddr(addr), page), what);
+        refused(ex.finalize(unit(addr, page)), what);
+        refused(ex.call_void(ExecutorAddr(addr)), what);
+        refused(ex.run_main(ExecutorAddr(addr), &[]), what);
+    }
+    for (what, addr, size) in [
+        ("straddling two reservations", a, 4 * page),
+        ("part of a reservation", a, page),
+        ("the tail of a reservation", a + page, page),
+        ("a size that wraps", a, u64::MAX - a + 1 + page),
+        ("a huge size", a, u64::MAX),
+        ("another executor's reservation", theirs, 2 * page),
+    ] {
+        refused(ex.release(ExecutorAddr(addr), size), what);
+        let mut req = unit(a, page);
+        req.reservation = (ExecutorAddr(addr), size);
+        refused(ex.finalize(req), what);
+    }
+    other.release(ExecutorAddr(theirs), 2 * page).unwrap();
+    // Segments outside their reservation, wrapping, overlapping.
+    let mut req = unit(a, page);
+    req.segments[1].addr = ExecutorAddr(b);
+    refused(ex.finalize(req), "a segment in the next reservation");
+    let mut req = unit(a, page);
+    req.segments[1].zero_fill = page;
+    refused(
+        ex.finalize(req),
+        "a segment running into the next reservation",
+    );
+    let mut req = unit(a, page);
+    req.segments[1].zero_fill = u64::MAX;
+    assert!(matches!(
+        refused(ex.finalize(req), "a wrapping zero fill"),
+        Error::RangeWraps { .. }
+    ));
+    let mut req = unit(a, page);
+    req.segments[1].addr = ExecutorAddr(a);
+    refused(ex.finalize(req), "overlapping segments");
+    // Actions that point outside their unit.
+    let code = ExecutorAddr(a);
+    let data = ExecutorAddr(a + page);
+    for &(what, addr) in foreign {
+        let x = ExecutorAddr(addr);
+        for req in [
+            with_action(unit(a, page), Action::CallVoid(x), None),
+            with_action(
+                unit(a, page),
+                Action::CallVoid(code),
+                Some(Action::CallVoid(x)),
+            ),
+            with_action(unit(a, page), Action::CxaFinalize { dso: x }, None),
+            with_action(
+                unit(a, page),
+                Action::ResolveIfunc {
+                    resolver: code,
+                    slot: x,
+                },
+                None,
+            ),
+            with_action(
+                unit(a, page),
+                Action::ResolveIfunc {
+                    resolver: x,
+                    slot: data,
+                },
+                None,
+            ),
+            with_action(
+                unit(a, page),
+                Action::RegisterEhFrame { addr: x, size: 16 },
+                Some(Action::DeregisterEhFrame { addr: x, size: 16 }),
+            ),
+            with_action(
+                unit(a, page),
+                Action::RegisterTls {
+                    module: TLS_MODULE_TAG | 0x1234,
+                    image: x,
+                    image_size: 8,
+                    block_size: 8,
+                    align: 8,
+                    static_offset: None,
+                },
+                Some(Action::DeregisterTls {
+                    module: TLS_MODULE_TAG | 0x1234,
+                }),
+            ),
+            with_action(
+                unit(a, page),
+                Action::DiscardTranslations { addr: x, size: 16 },
+                None,
+            ),
+            FinalizeRequest {
+                initializers: vec![x],
+                ..unit(a, page)
+            },
+            FinalizeRequest {
+                deinitializers: vec![Action::CallVoid(x)],
+                ..unit(a, page)
+            },
+        ] {
+            assert!(
+                matches!(
+                    refused(ex.finalize(req), what),
+                    Error::BadAction { .. } | Error::RangeWraps { .. }
+                ),
+                "{what}"
+            );
+        }
+    }
+    for (why, req) in [
+        (
+            "data is not code",
+            with_action(unit(a, page), Action::CallVoid(data), None),
+        ),
+        (
+            "the IFUNC slot is in code",
+            with_action(
+                unit(a, page),
+                Action::ResolveIfunc {
+                    resolver: code,
+                    slot: code,
+                },
+                None,
+            ),
+        ),
+        (
+            "a registration never undone",
+            with_action(
+                unit(a, page),
+                Action::RegisterEhFrame {
+                    addr: data,
+                    size: 4,
+                },
+                None,
+            ),
+        ),
+        (
+            "a deregistration of something else",
+            with_action(
+                unit(a, page),
+                Action::CallVoid(code),
+                Some(Action::DeregisterTls {
+                    module: TLS_MODULE_TAG | 0x99,
+                }),
+            ),
+        ),
+        (
+            "a static TLS block never allocated",
+            with_action(
+                unit(a, page),
+                Action::RegisterTls {
+                    module: TLS_MODULE_TAG | 0x77,
+                    image: data,
+                    image_size: 8,
+                    block_size: 8,
+                    align: 8,
+                    static_offset: Some(-0x4000_0000),
+                },
+                Some(Action::DeregisterTls {
+                    module: TLS_MODULE_TAG | 0x77,
+                }),
+            ),
+        ),
+    ] {
+        refused(ex.finalize(req), why);
+    }
+    // Stale and foreign ids.
+    for id in [0, u64::MAX, 1 << 40] {
+        refused(ex.deallocate(AllocId(id)), "an unknown allocation");
+        refused(ex.run_initializers(AllocId(id)), "an unknown allocation");
+    }
+    refused(
+        ex.lookup(&[b"printf"], &[LibraryId(77)], false),
+        "an unknown library",
+    );
+    refused(
+        ex.load_library(std::path::Path::new("/nonexistent/libkiln-nothing.so")),
+        "a missing library",
+    );
+    refused(
+        ex.allocate_static_tls(&[1; 16], 8, 8),
+        "an image larger than its block",
+    );
+    refused(
+        ex.allocate_static_tls(&[], 8, 3),
+        "an alignment that is no power of two",
+    );
+    // After all that, the reservation is intact and the unit finalizes in it; then its id goes
+    // stale.
+    let id = ex
+        .finalize(unit(a, page))
+        .expect("a unit in its own reservation");
+    refused(
+        ex.release(ExecutorAddr(a), 2 * page),
+        "a reservation in use",
+    );
+    refused(ex.finalize(unit(a, page)), "a reservation in use");
+    refused(ex.call_void(ExecutorAddr(a + page)), "a data segment");
+    assert!(
+        other.deallocate(id).is_err() && other.call_void(code).is_err(),
+        "another executor's unit"
+    );
+    ex.run_initializers(id).unwrap();
+    ex.deallocate(id).unwrap();
+    refused(ex.deallocate(id), "a deallocated unit");
+    refused(ex.run_initializers(id), "a deallocated unit");
+    assert!(matches!(
+        refused(ex.call_void(code), "a deallocated unit's code"),
+        Error::NotCode(_)
+    ));
+    refused(
+        ex.release(ExecutorAddr(a), 2 * page),
+        "a deallocated unit's reservation",
+    );
+    ex.release(ExecutorAddr(b), 2 * page).unwrap();
+    refused(
+        ex.release(ExecutorAddr(b), 2 * page),
+        "a released reservation",
+    );
+}
+
+#[test]
+fn in_process_refuses_what_it_does_not_own() {
+    let ex = InProcessExecutor::new();
+    let other = InProcessExecutor::new();
+    let stack = std::hint::black_box([0x5au8; 4096]);
+    let heap = std::hint::black_box(vec![0xa5u8; 3 * 4096].into_boxed_slice());
+    let libc = libc_page(&ex);
+    let heap_page = (heap.as_ptr() as u64 + 4095) & !4095;
+    let stack_addr = stack.as_ptr() as u64;
+    let victims = Victims::new(vec![
+        ("a stack buffer", stack_addr, 4096),
+        ("a heap buffer", heap.as_ptr() as u64, heap.len() as u64),
+        ("libc's code", libc, 4096),
+    ]);
+    let foreign = [
+        ("the stack", stack_addr & !4095),
+        ("the heap", heap_page),
+        ("libc's code", libc),
+        ("address 0", 0),
+        ("the top of the address space", !4095),
+    ];
+    common_refusals(&ex, &other, &foreign);
+    slab_refusals(&ex, &foreign);
+    victims.assert_unchanged();
+    assert_eq!(stack[4095], 0x5a);
+}
+
+#[test]
+fn simulated_refuses_what_it_does_not_own() {
+    let ex = SimulatedExecutor::new(0x7100_0000_0000, Default::default());
+    let other = SimulatedExecutor::new(0x7200_0000_0000, Default::default());
+    let foreign = [
+        ("somewhere else", 0x5000_0000_0000),
+        ("address 0", 0),
+        ("the top of the address space", !4095),
+    ];
+    common_refusals(&ex, &other, &foreign);
+    // Its own live code: checked, then not run (it runs nothing).
+    let a = ex.reserve(0x2000, Placement::Anywhere).unwrap();
+    ex.finalize(unit(a.0, 0x1000)).unwrap();
+    assert!(matches!(ex.call_void(a), Err(Error::InvalidRequest(_))));
+    assert!(matches!(
+        ex.call_void(ExecutorAddr(a.0 + 0x1000)),
+        Err(Error::NotCode(_))
+    ));
+    assert!(!ex.supports_slabs());
+    refused(ex.create_slab([0x1000; 3], Placement::Anywhere), "no slabs");
+}
+
+/// A slab of three one-page regions (code, read-only, data).
+fn slab(ex: &InProcessExecutor) -> SlabInfo {
+    ex.create_slab([0x1000, 0x1000, 0x1000], Placement::Anywhere)
+        .expect("a slab")
+}
+
+/// Write CODE into region 0 at `at` and finalize it (with a registered, empty eh_frame in the
+/// read-only region): (unit, entry).
+fn slab_unit(ex: &InProcessExecutor, s: &SlabInfo, at: u64, eh_at: u64) -> Result<(AllocId, u64)> {
+    let code = s.regions[0].0 .0 + at;
+    let eh = s.regions[1].0 .0 + eh_at;
+    ex.with_slab_memory(
+        s.id,
+        &[(ExecutorAddr(code), 9), (ExecutorAddr(eh), 4)],
+        &mut |b| {
+            b[0].copy_from_slice(&CODE);
+            b[1].fill(0);
+        },
+    )?;
+    let id = ex.finalize(FinalizeRequest {
+        segments: vec![
+            seg(code, MemProt::ReadExec, &[], 9),
+            seg(eh, MemProt::Read, &[], 4),
+        ],
+        actions: vec![ActionPair {
+            finalize: Some(Action::RegisterEhFrame {
+                addr: ExecutorAddr(eh),
+                size: 4,
+            }),
+            dealloc: Some(Action::DeregisterEhFrame {
+                addr: ExecutorAddr(eh),
+                size: 4,
+            }),
+        }],
+        in_slab: true,
+        ..Default::default()
+    })?;
+    Ok((id, code))
+}
+
+fn slab_refusals(ex: &InProcessExecutor, foreign: &[(&str, u64)]) {
+    let s = slab(ex);
+    let [(code, _), (ro, _), (data, _)] = s.regions;
+    let stale = slab(ex);
+    ex.release_slab(stale.id).unwrap();
+    refused(ex.release_slab(stale.id), "a released slab");
+    refused(ex.release_slab(SlabId(9999)), "an unknown slab");
+    for sizes in [[0x1001, 0, 0], [0; 3], [!0xfff, 0x1000, 0x1000]] {
+        refused(
+            ex.create_slab(sizes, Placement::Anywhere),
+            "impossible region sizes",
+        );
+    }
+    let mut nothing = |_: &mut [&mut [u8]]| panic!("must not be called");
+    for &(what, addr) in foreign {
+        let x = ExecutorAddr(addr);
+        refused(
+            ex.write_slab(s.id, &[SlabWrite::Bytes(x, &[0xcc; 8])]),
+            what,
+        );
+        refused(ex.write_slab(s.id, &[SlabWrite::Fill(x, 4096, 0xcc)]), what);
+        refused(ex.with_slab_memory(s.id, &[(x, 8)], &mut nothing), what);
+        refused(ex.patch(s.id, x, &[0xcc; 8]), what);
+        let req = FinalizeRequest {
+            segments: vec![seg(addr, MemProt::ReadExec, &[], 16)],
+            in_slab: true,
+            ..Default::default()
+        };
+        refused(ex.finalize(req), what);
+    }
+    for (what, addr, len) in [
+        ("straddling two regions", code.0 + 0xff0, 0x20),
+        ("past the slab's end", data.0 + 0xff0, 0x20),
+        ("a length that wraps", code.0 + 8, u64::MAX - 4),
+    ] {
+        let x = ExecutorAddr(addr);
+        refused(ex.write_slab(s.id, &[SlabWrite::Fill(x, len, 0xcc)]), what);
+        refused(ex.with_slab_memory(s.id, &[(x, len)], &mut nothing), what);
+    }
+    refused(
+        ex.write_slab(stale.id, &[SlabWrite::Fill(stale.regions[0].0, 4, 0)]),
+        "a released slab",
+    );
+    refused(
+        ex.with_slab_memory(
+            s.id,
+            &[(code, 16), (ExecutorAddr(code.0 + 8), 16)],
+            &mut nothing,
+        ),
+        "overlapping ranges in one call",
+    );
+    refused(
+        ex.patch(s.id, ExecutorAddr(code.0 + 2), &[0; 4]),
+        "a misaligned patch",
+    );
+    refused(ex.patch(s.id, code, &[0; 3]), "a patch of 3 bytes");
+    refused(
+        ex.patch(stale.id, stale.regions[0].0, &[0; 4]),
+        "a released slab",
+    );
+
+    // A live unit in the slab: its bytes are not written, its slab not released.
+    let (id, entry) = slab_unit(ex, &s, 0x40, 0x10).expect("a unit in the slab");
+    let wrong_region = FinalizeRequest {
+        segments: vec![seg(ro.0 + 0x100, MemProt::ReadExec, &[], 16)],
+        in_slab: true,
+        ..Default::default()
+    };
+    refused(ex.finalize(wrong_region), "code in the read-only region");
+    assert!(slab_unit(ex, &s, 0x44, 0x80).is_err(), "over a live unit");
+    for (what, addr) in [("its code", entry + 4), ("its eh_frame", ro.0 + 0x10)] {
+        let x = ExecutorAddr(addr);
+        assert!(matches!(
+            refused(ex.write_slab(s.id, &[SlabWrite::Fill(x, 4, 0xcc)]), what),
+            Error::Busy(_)
+        ));
+        refused(ex.with_slab_memory(s.id, &[(x, 4)], &mut nothing), what);
+    }
+    refused(
+        ex.patch(s.id, ExecutorAddr(ro.0 + 0x10), &[1, 2, 3, 4]),
+        "registered unwind info",
+    );
+    assert!(matches!(
+        refused(ex.release_slab(s.id), "a slab with a live unit"),
+        Error::Busy(_)
+    ));
+    assert_eq!(ex.run_main(ExecutorAddr(entry), &[]).unwrap(), 42);
+    refused(
+        ex.patch(s.id, ExecutorAddr(entry + 1), &[7, 0, 0, 0]),
+        "misaligned",
+    );
+    // The session's freeing: deallocate, then fill the range with int3.
+    ex.deallocate(id).unwrap();
+    refused(ex.run_main(ExecutorAddr(entry), &[]), "a deallocated unit");
+    ex.write_slab(s.id, &[SlabWrite::Fill(ExecutorAddr(entry), 9, 0xcc)])
+        .unwrap();
+    ex.release_slab(s.id).unwrap();
+    refused(
+        ex.run_main(ExecutorAddr(entry), &[]),
+        "a released slab's code",
+    );
+}
+
+#[test]
+fn slab_units_run_and_patch() {
+    let ex = InProcessExecutor::new();
+    let s = slab(&ex);
+    let (id, entry) = slab_unit(&ex, &s, 0x40, 0x10).unwrap();
+    ex.run_initializers(id).unwrap();
+    assert_eq!(ex.run_main(ExecutorAddr(entry), &[]).unwrap(), 42);
+    ex.call_void(ExecutorAddr(entry + 8)).unwrap();
+    // `mov eax, imm32` at entry + 0: the immediate at entry + 1 is not aligned; move the unit
+    // so that it is. A second unit at 0x83 puts its immediate at 0x84.
+    let (id2, entry2) = slab_unit(&ex, &s, 0x83, 0x20).unwrap();
+    ex.patch(s.id, ExecutorAddr(entry2 + 1), &7u32.to_le_bytes())
+        .unwrap();
+    assert_eq!(ex.run_main(ExecutorAddr(entry2), &[]).unwrap(), 7);
+    assert_eq!(ex.run_main(ExecutorAddr(entry), &[]).unwrap(), 42);
+    ex.deallocate(id).unwrap();
+    ex.deallocate(id2).unwrap();
+    ex.release_slab(s.id).unwrap();
+}
+
+#[test]
+fn reservation_units_run_and_go() {
+    let ex = InProcessExecutor::new();
+    let page = ex.info().page_size;
+    let a = ex.reserve(2 * page, Placement::Anywhere).unwrap();
+    let mut req = unit(a.0, page);
+    req.initializers = vec![ExecutorAddr(a.0 + 8)];
+    req.deinitializers = vec![Action::CallVoid(ExecutorAddr(a.0 + 8))];
+    let id = ex.finalize(req).unwrap();
+    ex.run_initializers(id).unwrap();
+    ex.run_initializers(id).unwrap(); // once only; the second is a no-op
+    assert_eq!(ex.run_main(a, &[]).unwrap(), 42);
+    ex.deallocate(id).unwrap();
+    // A failed finalize leaves the reservation to its owner, as it was.
+    let b = ex.reserve(2 * page, Placement::Anywhere).unwrap();
+    let bad = with_action(unit(b.0, page), Action::CallVoid(ExecutorAddr(0)), None);
+    refused(ex.finalize(bad), "an action outside its unit");
+    ex.release(b, 2 * page).unwrap();
+}
+
+/// Threads prepare units in one slab at once: disjoint ranges are handed out concurrently
+/// (each thread holds its slice while the others get theirs), overlapping ones are refused.
+#[test]
+fn concurrent_working_memory() {
+    const THREADS: usize = 4;
+    let ex = Arc::new(InProcessExecutor::new());
+    let s = slab(&ex);
+    let all_inside = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS as u64)
+        .map(|i| {
+            let (ex, all_inside) = (ex.clone(), all_inside.clone());
+            std::thread::spawn(move || {
+                let at = ExecutorAddr(s.regions[0].0 .0 + 0x100 * i);
+                ex.with_slab_memory(s.id, &[(at, 9)], &mut |b| {
+                    // Every thread is inside its closure at once: no lock is held here.
+                    all_inside.wait();
+                    let mut code = CODE;
+                    code[1] = i as u8;
+                    b[0].copy_from_slice(&code);
+                    let overlap =
+                        ExecutorAddr(s.regions[0].0 .0 + 0x100 * ((i + 1) % THREADS as u64));
+                    assert!(matches!(
+                        ex.with_slab_memory(s.id, &[(overlap, 4)], &mut |_| {}),
+                        Err(Error::Busy(_))
+                    ));
+                    assert!(ex.write_slab(s.id, &[SlabWrite::Fill(at, 1, 0)]).is_err());
+                    assert!(ex.patch(s.id, ExecutorAddr(at.0), &[0; 4]).is_err());
+                    all_inside.wait();
+                })
+                .unwrap();
+                let id = ex
+                    .finalize(FinalizeRequest {
+                        segments: vec![seg(at.0, MemProt::ReadExec, &[], 9)],
+                        in_slab: true,
+                        ..Default::default()
+                    })
+                    .unwrap();
+                let r = ex.run_main(at, &[]).unwrap();
+                ex.deallocate(id).unwrap();
+                r
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), i as i32);
+    }
+    ex.release_slab(s.id).unwrap();
+}
