@@ -14,6 +14,7 @@ mod addr;
 mod error;
 mod executor;
 mod inprocess;
+pub mod jitdump_format;
 mod simulated;
 mod sys;
 
