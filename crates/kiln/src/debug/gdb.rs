@@ -387,7 +387,8 @@ fn synthesized_symbols<'g>(u: &Unit<'g, '_>, sections: &[SynthSection]) -> Vec<S
 }
 
 /// The object: file header, `.symtab`, `.strtab`, `.shstrtab`, then the section headers (null,
-/// the unit's sections, the three tables).
+/// the unit's sections, the three tables). Every range is reserved first (the writer computes
+/// offsets and string tables), then written in the same order.
 fn write_synthesized(
     g: &LinkGraph,
     sections: &[SynthSection],
@@ -395,35 +396,14 @@ fn write_synthesized(
 ) -> object::write::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut w = elf_write::Writer::new(object::Endianness::Little, true, &mut out);
-    // Reserve every range first (the writer computes offsets and string tables) ...
-    w.reserve_file_header();
-    w.reserve_null_section_index();
-    let section_names: Vec<_> = sections
-        .iter()
-        .map(|s| w.add_section_name(g.sections[s.id.idx()].name))
-        .collect();
-    let section_indices: Vec<_> = sections.iter().map(|_| w.reserve_section_index()).collect();
-    w.reserve_null_symbol_index();
-    let symbol_names: Vec<_> = symbols.iter().map(|s| w.add_string(&s.name)).collect();
-    for s in symbols {
-        w.reserve_symbol_index(Some(section_indices[s.section]));
-    }
-    w.reserve_symtab_section_index();
-    w.reserve_symtab();
-    w.reserve_strtab_section_index();
-    w.reserve_strtab()?;
-    w.reserve_shstrtab_section_index();
-    w.reserve_shstrtab()?;
-    w.reserve_section_headers();
-
-    // ... then write them in the same order.
+    let ids = reserve_synthesized(&mut w, g, sections, symbols)?;
     w.write_file_header(&elf_write::FileHeader {
         e_type: elf::ET_REL,
         e_machine: elf::EM_X86_64,
         ..Default::default()
     })?;
     w.write_null_symbol();
-    for (s, &name) in symbols.iter().zip(&symbol_names) {
+    for (s, &name) in symbols.iter().zip(&ids.symbol_names) {
         let bind = if s.global {
             elf::STB_GLOBAL
         } else {
@@ -435,7 +415,7 @@ fn write_synthesized(
             elf::STT_OBJECT
         };
         w.write_symbol(&elf_write::Sym {
-            section: Some(section_indices[s.section].0),
+            section: Some(ids.section_indices[s.section].0),
             st_name: w.string_offset(Some(name)),
             st_info: elf::SymbolInfo::new(bind, ty),
             st_other: elf::SymbolOther::default(),
@@ -447,7 +427,7 @@ fn write_synthesized(
     w.write_strtab();
     w.write_shstrtab();
     w.write_null_section_header();
-    for (s, &name) in sections.iter().zip(&section_names) {
+    for (s, &name) in sections.iter().zip(&ids.section_names) {
         let flags = elf::SHF_ALLOC.0
             | match g.sections[s.id.idx()].prot {
                 MemProt::ReadExec => elf::SHF_EXECINSTR.0,
@@ -470,4 +450,44 @@ fn write_synthesized(
     w.write_shstrtab_section_header();
     debug_assert_eq!(w.reserved_len(), w.len());
     Ok(out)
+}
+
+/// Names and indices the writer gave the parts of kiln's object.
+struct SynthIds {
+    section_names: Vec<object::write::StringId>,
+    section_indices: Vec<elf_write::SectionIndex>,
+    symbol_names: Vec<object::write::StringId>,
+}
+
+/// The reserving phase of [`write_synthesized`]: every section, symbol, name and table.
+fn reserve_synthesized<'n>(
+    w: &mut elf_write::Writer<'n>,
+    g: &LinkGraph<'n>,
+    sections: &[SynthSection],
+    symbols: &'n [SynthSymbol],
+) -> object::write::Result<SynthIds> {
+    w.reserve_file_header();
+    w.reserve_null_section_index();
+    let section_names = sections
+        .iter()
+        .map(|s| w.add_section_name(g.sections[s.id.idx()].name))
+        .collect();
+    let section_indices: Vec<_> = sections.iter().map(|_| w.reserve_section_index()).collect();
+    w.reserve_null_symbol_index();
+    let symbol_names = symbols.iter().map(|s| w.add_string(&s.name)).collect();
+    for s in symbols {
+        w.reserve_symbol_index(Some(section_indices[s.section]));
+    }
+    w.reserve_symtab_section_index();
+    w.reserve_symtab();
+    w.reserve_strtab_section_index();
+    w.reserve_strtab()?;
+    w.reserve_shstrtab_section_index();
+    w.reserve_shstrtab()?;
+    w.reserve_section_headers();
+    Ok(SynthIds {
+        section_names,
+        section_indices,
+        symbol_names,
+    })
 }
