@@ -174,8 +174,13 @@ fn rewritten_cie(
     if ra.0 >= 0x80 {
         return None;
     }
-    let code_align = u8::try_from(cie.code_alignment_factor()).ok()?;
-    let data_align = i8::try_from(cie.data_alignment_factor()).ok()?;
+    // gimli::write divides by both factors when it encodes instructions: 0 is no factor.
+    let code_align = u8::try_from(cie.code_alignment_factor())
+        .ok()
+        .filter(|f| *f != 0)?;
+    let data_align = i8::try_from(cie.data_alignment_factor())
+        .ok()
+        .filter(|f| *f != 0)?;
     let mut copy = write::CommonInformationEntry::new(ENCODING, code_align, data_align, ra);
     copy.fde_address_encoding = PCREL_SDATA4;
     copy.signal_trampoline = cie.is_signal_trampoline();
@@ -704,6 +709,11 @@ mod tests {
         assert_eq!(fdes(&[0x01, 0, 0, 0, 0]), 0);
         // def_cfa_expression, GNU_args_size, advance_loc 0, restore.
         assert_eq!(fdes(&[0x0f, 2, 0x77, 0x08, 0x2e, 0x10, 0x40, 0xc3]), 1);
+        // Alignment factors of 0 (gimli::write would divide by them).
+        let mut zero_factor = vec![0, 0, 0, 0, 1];
+        zero_factor.extend_from_slice(b"zR\0");
+        zero_factor.extend_from_slice(&[1, 0, 16, 1, 0x1b, 0x90, 1]);
+        assert!(cfi_of(0x5000, &[&rec(&zero_factor)]).cies.is_empty());
         // A CIE that advances the location; a truncated expression.
         assert_eq!(fdes(&[0x41]), 0);
         assert_eq!(fdes(&[0x0f, 5, 0x77]), 0);
