@@ -733,4 +733,28 @@ mod tests {
         let short = read_cfi(&section, 0x5000, &[(0, cie.len() - 4)]);
         assert!(short.cies.is_empty());
     }
+
+    #[test]
+    fn every_single_byte_mutation_is_read_or_refused_without_a_panic() {
+        let (cie, fde) = zplr();
+        let mut section = cie.clone();
+        section.extend_from_slice(&fde);
+        let records = [(0, cie.len()), (cie.len(), fde.len())];
+        let mut kept = 0;
+        for at in 0..section.len() {
+            for byte in 0..=255u8 {
+                let mut m = section.clone();
+                m[at] = byte;
+                let cfi = read_cfi(&m, 0x5000, &records);
+                if let Some((data, hdr)) = unwinding_data(&cfi, &func(0x1000, 0x43)) {
+                    assert!(hdr as usize <= data.len());
+                    kept += 1;
+                }
+            }
+        }
+        assert!(
+            kept > 0,
+            "the mutations that keep the meaning are rewritten"
+        );
+    }
 }
