@@ -25,8 +25,9 @@
 //! table (stubs are named `TARGET@stub`).
 //!
 //! How: an input's copy starts from its own headers (`object::elf` structures, changed field by
-//! field and written with `object::pod`), laid out first and written second; kiln's own object
-//! is built with `object::write::elf::Writer`.
+//! field and written with `object::pod`), laid out first and written second: it keeps the input's
+//! section indices and string tables, which `object::write::elf::Writer` would build anew. Kiln's
+//! own object has neither, and is built with that writer.
 
 use super::Unit;
 use crate::graph::*;
