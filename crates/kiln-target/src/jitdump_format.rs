@@ -86,9 +86,14 @@ macro_rules! layout {
             /// Overwrite the start of `bytes` (None, and nothing written, if it is shorter than
             /// [`Self::SIZE`]).
             pub fn write_over(&self, bytes: &mut [u8]) -> Option<()> {
-                let mut encoded = Vec::with_capacity(Self::SIZE);
-                self.write(&mut encoded);
-                bytes.get_mut(..Self::SIZE)?.copy_from_slice(&encoded);
+                let mut rest = bytes.get_mut(..Self::SIZE)?;
+                $(
+                    let field = self.$field.to_le_bytes();
+                    let (dst, after) = rest.split_at_mut(field.len());
+                    dst.copy_from_slice(&field);
+                    rest = after;
+                )*
+                debug_assert!(rest.is_empty());
                 Some(())
             }
         }

@@ -60,41 +60,38 @@ const ENCODING: gimli::Encoding = gimli::Encoding {
     address_size: 8,
 };
 
-/// An FDE of the unit, at final addresses, its instructions converted for `gimli::write`.
-struct Fde {
-    /// Index of its CIE in [`UnitCfi::cies`].
-    cie: usize,
-    pc_begin: u64,
-    pc_range: u64,
-    /// (offset from `pc_begin`, instruction).
-    instructions: Vec<(u32, write::CallFrameInstruction)>,
-}
-
-/// The unit's live CIEs (as their rewritten copies) and FDEs (sorted by pc_begin).
-#[derive(Default)]
-struct UnitCfi {
+/// The unit's `.eh_frame`, read: the CIEs the rewrite can copy (as their copies) and the FDEs
+/// that use them.
+struct UnitCfi<'w> {
+    eh: gimli::EhFrame<Slice<'w>>,
+    bases: gimli::BaseAddresses,
     cies: Vec<write::CommonInformationEntry>,
-    fdes: Vec<Fde>,
+    /// (index of its CIE's copy in `cies`, FDE), sorted by initial address.
+    fdes: Vec<(usize, read::FrameDescriptionEntry<Slice<'w>>)>,
 }
 
-impl UnitCfi {
+impl UnitCfi<'_> {
     /// The FDEs whose range meets `[lo, hi)`.
-    fn fdes_meeting(&self, lo: u64, hi: u64) -> impl Iterator<Item = &Fde> {
+    fn fdes_meeting(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> impl Iterator<Item = &(usize, read::FrameDescriptionEntry<Slice<'_>>)> {
         // From the last FDE that starts before `lo` (it may cover it).
         let first = self
             .fdes
-            .partition_point(|d| d.pc_begin < lo)
+            .partition_point(|(_, d)| d.initial_address() < lo)
             .saturating_sub(1);
         self.fdes[first..]
             .iter()
-            .take_while(move |d| d.pc_begin < hi)
-            .filter(move |d| d.pc_begin.saturating_add(d.pc_range) > lo)
+            .take_while(move |(_, d)| d.initial_address() < hi)
+            .filter(move |(_, d)| d.initial_address().saturating_add(d.len()) > lo)
     }
 }
 
 /// The unit's `.eh_frame`: its live records (one block each) read from the final bytes of the
 /// range they span.
-fn unit_cfi(u: &Unit) -> UnitCfi {
+fn unit_cfi<'w>(u: &'w Unit) -> UnitCfi<'w> {
     let blocks: Vec<(u64, u64)> =
         u.g.blocks
             .iter()
@@ -104,7 +101,7 @@ fn unit_cfi(u: &Unit) -> UnitCfi {
     let lo = blocks.iter().map(|b| b.0).min().unwrap_or(0);
     let hi = blocks.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
     let Some(section) = u.bytes(lo, hi.saturating_sub(lo)) else {
-        return UnitCfi::default();
+        return read_cfi(&[], 0, &[]);
     };
     let records: Vec<(usize, usize)> = blocks
         .iter()
@@ -114,34 +111,47 @@ fn unit_cfi(u: &Unit) -> UnitCfi {
 }
 
 /// Read the records at `records` (offset, size) of `section`, an `.eh_frame` at `address`;
-/// what cannot be rewritten without changing its meaning is left out.
-fn read_cfi(section: &[u8], address: u64, records: &[(usize, usize)]) -> UnitCfi {
+/// CIEs the rewrite cannot copy without changing their meaning are left out, and their FDEs.
+fn read_cfi<'w>(section: &'w [u8], address: u64, records: &[(usize, usize)]) -> UnitCfi<'w> {
     let mut eh = gimli::EhFrame::new(section, LittleEndian);
     eh.set_address_size(8);
     let bases = gimli::BaseAddresses::default().set_eh_frame(address);
-    let mut cfi = UnitCfi::default();
-    // CIEs first (FDEs refer to them), by their offset in `section`.
-    let mut cie_at: FxHashMap<usize, usize> = FxHashMap::default();
+    // CIEs first (FDEs refer to them): offset in `section` → (CIE, index of its copy).
+    let mut cie_at = FxHashMap::default();
+    let mut cies = Vec::new();
     let mut fde_records = Vec::new();
     for &(offset, size) in records {
         match eh.cie_from_offset(&bases, gimli::EhFrameOffset(offset)) {
             Ok(cie) if cie.entry_len() + 4 == size => {
-                if let Some(c) = rewritten_cie(&eh, &bases, &cie) {
-                    cie_at.insert(offset, cfi.cies.len());
-                    cfi.cies.push(c);
+                if let Some(copy) = rewritten_cie(&eh, &bases, &cie) {
+                    cie_at.insert(offset, (cie, cies.len()));
+                    cies.push(copy);
                 }
             }
             Err(gimli::Error::NotCieId(_)) => fde_records.push((offset, size)),
             _ => {}
         }
     }
+    let mut fdes = Vec::with_capacity(fde_records.len());
     for (offset, size) in fde_records {
-        if let Some(fde) = read_fde(&eh, &bases, offset, size, &cie_at) {
-            cfi.fdes.push(fde);
+        let Ok(partial) = eh.partial_fde_from_offset(&bases, gimli::EhFrameOffset(offset)) else {
+            continue;
+        };
+        let Some((cie, copy)) = cie_at.get(&partial.cie_offset().0) else {
+            continue;
+        };
+        match partial.parse(|_, _, _| Ok(cie.clone())) {
+            Ok(fde) if fde.entry_len() + 4 == size => fdes.push((*copy, fde)),
+            _ => {}
         }
     }
-    cfi.fdes.sort_unstable_by_key(|f| f.pc_begin);
-    cfi
+    fdes.sort_unstable_by_key(|(_, f)| f.initial_address());
+    UnitCfi {
+        eh,
+        bases,
+        cies,
+        fdes,
+    }
 }
 
 /// The copy of `cie` that the rewritten `.eh_frame` holds: augmentation `zR` (`zRS`), FDE
@@ -195,42 +205,6 @@ fn rewritten_cie(
         }
     }
     Some(copy)
-}
-
-/// The FDE at `offset` (`size` bytes) of `eh`, if its CIE is in `cie_at` and its instructions
-/// convert.
-fn read_fde(
-    eh: &gimli::EhFrame<Slice>,
-    bases: &gimli::BaseAddresses,
-    offset: usize,
-    size: usize,
-    cie_at: &FxHashMap<usize, usize>,
-) -> Option<Fde> {
-    let fde = eh
-        .partial_fde_from_offset(bases, gimli::EhFrameOffset(offset))
-        .ok()?
-        .parse(gimli::EhFrame::cie_from_offset)
-        .ok()?;
-    if fde.entry_len() + 4 != size {
-        return None;
-    }
-    let &cie = cie_at.get(&fde.cie().offset())?;
-    let mut instructions = Vec::new();
-    let mut at = 0u32;
-    let mut from = fde.instructions(eh, bases);
-    while let Some(i) = from.next().ok()? {
-        match converted(i, fde.cie(), eh)? {
-            Step::Advance(delta) => at = at.checked_add(delta)?,
-            Step::Rule(rule) => instructions.push((at, rule)),
-            Step::Nothing => {}
-        }
-    }
-    Some(Fde {
-        cie,
-        pc_begin: fde.initial_address(),
-        pc_range: fde.len(),
-        instructions,
-    })
 }
 
 /// A call frame instruction, converted.
@@ -318,6 +292,27 @@ fn converted(
     Some(Step::Rule(rule))
 }
 
+/// The copy of `fde`, at `address` (as gimli::write takes it), with the same rules. None if an
+/// instruction cannot be kept or its range does not fit 32 bits.
+fn rewritten_fde(
+    cfi: &UnitCfi,
+    fde: &read::FrameDescriptionEntry<Slice>,
+    address: u64,
+) -> Option<write::FrameDescriptionEntry> {
+    let range = u32::try_from(fde.len()).ok()?;
+    let mut copy = write::FrameDescriptionEntry::new(write::Address::Constant(address), range);
+    let mut at = 0u32;
+    let mut from = fde.instructions(&cfi.eh, &cfi.bases);
+    while let Some(i) = from.next().ok()? {
+        match converted(i, fde.cie(), &cfi.eh)? {
+            Step::Advance(delta) => at = at.checked_add(delta)?,
+            Step::Rule(rule) => copy.add_instruction(at, rule),
+            Step::Nothing => {}
+        }
+    }
+    Some(copy)
+}
+
 /// The unwinding data of `f` laid out as perf inject places it after the code (see the module
 /// documentation): `.eh_frame` (its CIEs and FDEs, rewritten, and a terminator) then
 /// `.eh_frame_hdr`. Returns the data and the header's size; None if no FDE covers `f` (or one
@@ -326,17 +321,15 @@ fn unwinding_data(cfi: &UnitCfi, f: &Function) -> Option<(Vec<u8>, u64)> {
     // Offsets from the start of the code; `.eh_frame` starts at `base`.
     let base = f.size.next_multiple_of(8);
     let mut table = write::FrameTable::default();
-    for d in cfi.fdes_meeting(f.addr, f.addr + f.size) {
-        let cie = table.add_cie(cfi.cies[d.cie].clone());
+    for (copy, d) in cfi.fdes_meeting(f.addr, f.addr + f.size) {
         // gimli writes a PC-relative pointer relative to its place in the section it writes,
         // which starts at 0: so the address is given relative to the start of `.eh_frame`.
-        let pc = d.pc_begin.wrapping_sub(f.addr).wrapping_sub(base);
-        let range = u32::try_from(d.pc_range).ok()?;
-        let mut fde = write::FrameDescriptionEntry::new(write::Address::Constant(pc), range);
-        for (at, i) in &d.instructions {
-            fde.add_instruction(*at, i.clone());
+        let pc = d.initial_address().wrapping_sub(f.addr).wrapping_sub(base);
+        // An FDE whose instructions cannot be rewritten is left out.
+        if let Some(fde) = rewritten_fde(cfi, d, pc) {
+            let cie = table.add_cie(cfi.cies[*copy].clone());
+            table.add_fde(cie, fde);
         }
-        table.add_fde(cie, fde);
     }
     if table.fde_count() == 0 {
         return None;
@@ -528,15 +521,15 @@ mod tests {
         r
     }
 
-    /// The CFI of `records` laid out one after the other from `address`.
-    fn cfi_of(address: u64, records: &[&[u8]]) -> UnitCfi {
+    /// `f` of the CFI of `records` laid out one after the other from `address`.
+    fn with_cfi<T>(address: u64, records: &[&[u8]], f: impl FnOnce(&UnitCfi) -> T) -> T {
         let mut section = Vec::new();
         let mut at = Vec::new();
         for r in records {
             at.push((section.len(), r.len()));
             section.extend_from_slice(r);
         }
-        read_cfi(&section, address, &at)
+        f(&read_cfi(&section, address, &at))
     }
 
     /// `.eh_frame` + `.eh_frame_hdr` of a function of `code_size` bytes, decoded by hand as
@@ -621,8 +614,10 @@ mod tests {
     #[test]
     fn personality_and_lsda_are_dropped_and_pcs_are_relative_to_perfs_layout() {
         let (cie, fde) = zplr();
-        let cfi = cfi_of(0x5000, &[&cie, &fde]);
-        let (data, hdr) = unwinding_data(&cfi, &func(0x1000, 0x43)).expect("unwinding data");
+        let (data, hdr) = with_cfi(0x5000, &[&cie, &fde], |cfi| {
+            unwinding_data(cfi, &func(0x1000, 0x43))
+        })
+        .expect("unwinding data");
         assert_eq!(data.len() % 4, 0);
         let d = decode(&data, hdr, 0x43);
         assert_eq!(d.len(), 1);
@@ -679,9 +674,16 @@ mod tests {
         let f1_at = sa + sig.len() as u64;
         let f1 = fde(f1_at, pa, 0x2000, 0x100, false);
         let f2 = fde(f1_at + f1.len() as u64, sa, 0x2100, 0x10, true);
-        let cfi = cfi_of(pa, &[&plain, &sig, &f1, &f2]);
-        // `f` starts 0x40 into the first FDE's range and reaches into the second.
-        let (data, hdr) = unwinding_data(&cfi, &func(0x2040, 0xc8)).expect("unwinding data");
+        // `f` starts 0x40 into the first FDE's range and reaches into the second; code no FDE
+        // covers has no unwinding data.
+        let (spanning, uncovered) = with_cfi(pa, &[&plain, &sig, &f1, &f2], |cfi| {
+            (
+                unwinding_data(cfi, &func(0x2040, 0xc8)),
+                unwinding_data(cfi, &func(0x3000, 0x10)),
+            )
+        });
+        assert!(uncovered.is_none());
+        let (data, hdr) = spanning.expect("unwinding data");
         let d = decode(&data, hdr, 0xc8);
         assert_eq!(d.len(), 2, "both FDEs, each with its CIE");
         assert_eq!(
@@ -694,15 +696,13 @@ mod tests {
         );
         // The same rules: advance_loc 32 (in its one-byte form), def_cfa_offset 32.
         assert_eq!(&d[1].4[..3], &[0x60, 0x0e, 0x20]);
-        // Code no FDE covers has no unwinding data.
-        assert!(unwinding_data(&cfi, &func(0x3000, 0x10)).is_none());
     }
 
     #[test]
     fn records_whose_meaning_the_rewrite_would_change_are_left_out() {
         let fdes = |insns: &[u8]| {
             let (cie, fde) = zplr_with(insns);
-            cfi_of(0x5000, &[&cie, &fde]).fdes.len()
+            with_cfi(0x5000, &[&cie, &fde], |c| c.fdes.len())
         };
         assert_eq!(fdes(&[0x0c, 7, 8, 0x90, 1]), 1);
         // DW_CFA_set_loc: its operand is in the FDE pointer encoding.
@@ -713,20 +713,30 @@ mod tests {
         let mut zero_factor = vec![0, 0, 0, 0, 1];
         zero_factor.extend_from_slice(b"zR\0");
         zero_factor.extend_from_slice(&[1, 0, 16, 1, 0x1b, 0x90, 1]);
-        assert!(cfi_of(0x5000, &[&rec(&zero_factor)]).cies.is_empty());
+        assert!(with_cfi(0x5000, &[&rec(&zero_factor)], |c| c
+            .cies
+            .is_empty()));
         // A CIE that advances the location; a truncated expression.
         assert_eq!(fdes(&[0x41]), 0);
         assert_eq!(fdes(&[0x0f, 5, 0x77]), 0);
         let (cie, fde) = zplr();
+        // An FDE whose instructions include DW_CFA_set_loc: left out, so `f` has none.
+        let mut set_loc = fde.clone();
+        assert_eq!(set_loc[21], 0x41, "advance_loc 1");
+        set_loc[21] = 0x01;
+        let data = with_cfi(0x5000, &[&cie, &set_loc], |c| {
+            unwinding_data(c, &func(0x1000, 0x43))
+        });
+        assert!(data.is_none());
         // Unknown augmentation, CIE version 4.
         let mut b = vec![0, 0, 0, 0, 1];
         b.extend_from_slice(b"zB\0");
         b.extend_from_slice(&[1, 0x78, 16, 0]);
-        assert!(cfi_of(0x5000, &[&rec(&b)]).cies.is_empty());
+        assert!(with_cfi(0x5000, &[&rec(&b)], |c| c.cies.is_empty()));
         let mut v4 = cie.clone();
         v4[8] = 4;
-        assert!(cfi_of(0x5000, &[&v4]).cies.is_empty());
-        assert_eq!(cfi_of(0x5000, &[&cie]).cies.len(), 1);
+        assert!(with_cfi(0x5000, &[&v4], |c| c.cies.is_empty()));
+        assert_eq!(with_cfi(0x5000, &[&cie], |c| c.cies.len()), 1);
         // A block whose size disagrees with the record's length field.
         let mut section = cie.clone();
         section.extend_from_slice(&fde);
