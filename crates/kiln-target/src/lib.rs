@@ -17,6 +17,7 @@ mod eh_frame;
 mod error;
 mod executor;
 mod inprocess;
+pub mod jitdump_format;
 mod plan;
 mod ranges;
 mod simulated;

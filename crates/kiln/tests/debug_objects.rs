@@ -60,6 +60,8 @@ struct Linked {
     unit: LinkedUnit,
     actions: Vec<ActionPair>,
     memory: Vec<(u64, Vec<u8>)>,
+    /// (address, size with zero fill) of each segment.
+    segments: Vec<(u64, u64)>,
 }
 
 fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
@@ -97,6 +99,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
             .iter()
             .map(|s| (s.addr.0, s.content.clone()))
             .collect(),
+        segments: req.segments.iter().map(|s| (s.addr.0, s.size())).collect(),
     }
 }
 
@@ -286,7 +289,7 @@ fn perf_map_names_functions_and_stubs() {
 type LineEntry = (u64, u32, String);
 
 /// A jitdump record: (id, body after the 16-byte header).
-fn records(mut b: &[u8]) -> Vec<(u32, Vec<u8>)> {
+fn records_of(mut b: &[u8]) -> Vec<(u32, Vec<u8>)> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let id = u32::from_le_bytes(b[0..4].try_into().unwrap());
@@ -390,7 +393,7 @@ fn jitdump_records_carry_code_and_lines() {
         })
         .expect("jitdump action");
     assert_eq!(dir, "/some/dir");
-    let recs = records(&recs);
+    let recs = records_of(&recs);
     let mut loads = HashMap::new();
     let mut pending_debug: Option<(u64, Vec<LineEntry>)> = None;
     let mut pending_unwind: Option<&Vec<u8>> = None;
@@ -500,7 +503,7 @@ fn jitdump_records_carry_code_and_lines() {
             _ => None,
         })
         .expect("jitdump action");
-    let recs = records(&recs);
+    let recs = records_of(&recs);
     let mut unwinds = Vec::new();
     for w in recs.windows(2) {
         if let [(4, u), (0, load)] = w {
@@ -617,4 +620,240 @@ fn kiln_debug_spec() {
     assert_eq!(o.jitdump, Some(PathBuf::from(".")));
     assert!(o.apply("gbd").unwrap_err().contains("unknown sink"));
     assert!(o.apply("gdb=1").is_err());
+}
+
+/// The gdb objects of the two inputs and kiln's own, for the tests below.
+fn gdb_objects(l: &Linked) -> Vec<Vec<u8>> {
+    l.finalize_actions()
+        .find_map(|a| match a {
+            Action::RegisterGdbObjects { objects, .. } => {
+                Some(objects.iter().map(|o| o.0.clone()).collect())
+            }
+            _ => None,
+        })
+        .expect("a gdb registration")
+}
+
+#[test]
+fn gdb_objects_are_well_formed_elf() {
+    use object::read::elf::ElfFile64;
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions {
+            gdb: true,
+            ..DebugOptions::none()
+        },
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    let objects = gdb_objects(&l);
+    let dir = tmpdir();
+    for (i, (obj, input)) in objects.iter().zip([Some(&a), Some(&b), None]).enumerate() {
+        // binutils reads it without a complaint.
+        let path = dir.join(format!("gdb-object-{i}.o"));
+        std::fs::write(&path, obj).unwrap();
+        let out = Command::new("readelf")
+            .args(["-a", "-W"])
+            .arg(&path)
+            .output()
+            .expect("readelf (binutils) is required for this test");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "object {i}: {stderr}"
+        );
+
+        let file = ElfFile64::<LE>::parse(&obj[..]).expect("ELF");
+        for sym in file.symbols().filter(|s| s.is_definition()) {
+            let Some(index) = sym.section_index() else {
+                continue;
+            };
+            let sec = file.section_by_index(index).unwrap();
+            // Section relative values, as in any relocatable object: gdb adds sh_addr.
+            let addr = sec.elf_section_header().sh_addr(LE) + sym.address();
+            let name = sym.name().unwrap();
+            assert!(
+                l.segments
+                    .iter()
+                    .any(|&(start, size)| (start..=start + size).contains(&addr)),
+                "object {i}: {name} at {addr:#x} is in the unit"
+            );
+        }
+        let Some(input) = input else {
+            continue;
+        };
+        // Everything gdb reads from the copy is the input's, but `.eh_frame` (the final
+        // records at their address) and the symbol table (unloaded symbols undefined).
+        let input = ElfFile64::<LE>::parse(&input[..]).unwrap();
+        for sec in file.sections() {
+            if sec.elf_section_header().sh_type(LE) == elf::SHT_NULL {
+                continue; // inactive: relocations already applied, groups resolved
+            }
+            let name = sec.name().unwrap();
+            let data = sec.data().expect("section data inside the object");
+            if name == ".eh_frame" {
+                assert_eq!(data, l.bytes(sec.address(), data.len()), "{name}");
+            } else if !data.is_empty() && name != ".symtab" {
+                let original = input.section_by_name(name).unwrap();
+                assert_eq!(data, original.data().unwrap(), "object {i}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn kiln_object_has_its_sections_at_their_addresses() {
+    use object::read::elf::ElfFile64;
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions {
+            gdb: true,
+            ..DebugOptions::none()
+        },
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    let objects = gdb_objects(&l);
+    let synth = ElfFile64::<LE>::parse(&objects[2][..]).expect("ELF");
+    assert_eq!(synth.elf_header().e_machine(LE), elf::EM_X86_64);
+    let stub = synth
+        .symbol_by_name("far_away@stub")
+        .expect("the stub is named");
+    assert_eq!(stub.kind(), SymbolKind::Text);
+    assert!(stub.is_local());
+    assert_eq!(stub.size(), 8);
+    let sec = synth
+        .section_by_index(stub.section_index().unwrap())
+        .unwrap();
+    let h = sec.elf_section_header();
+    assert_eq!(
+        h.sh_type(LE),
+        elf::SHT_NOBITS,
+        "code is read from the process"
+    );
+    let flags = h.sh_flags(LE).0;
+    assert_eq!(flags & (elf::SHF_ALLOC.0 | elf::SHF_EXECINSTR.0), 6);
+    let addr = sec.address() + stub.address();
+    assert!(
+        addr + stub.size() <= sec.address() + sec.size(),
+        "the stub lies in its section"
+    );
+    assert_eq!(&l.bytes(addr, 2), &[0xff, 0x25], "a jmp *GOT(%rip) stub");
+    // ELF's order: locals, then globals from the symbol table's sh_info on.
+    let symtab = synth.section_by_name(".symtab").unwrap();
+    let first_global = symtab.elf_section_header().sh_info(LE) as usize;
+    for sym in synth.symbols() {
+        assert_eq!(
+            sym.is_local(),
+            sym.index().0 < first_global,
+            "{:?}",
+            sym.name()
+        );
+    }
+}
+
+/// The rows of an FDE's unwind table, with expressions as bytes (they are offsets into their
+/// section otherwise): (start, end, CFA, register rules).
+type Rows = Vec<(u64, u64, String, String)>;
+
+fn unwind_rows(
+    eh: &gimli::EhFrame<gimli::EndianSlice<gimli::LittleEndian>>,
+    bases: &gimli::BaseAddresses,
+    fde: &gimli::FrameDescriptionEntry<gimli::EndianSlice<gimli::LittleEndian>>,
+) -> Rows {
+    let show = |e: gimli::UnwindExpression<usize>| format!("{:?}", e.get(eh).unwrap().0.slice());
+    let mut ctx = gimli::UnwindContext::new();
+    let mut rows = fde.rows(eh, bases, &mut ctx).unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next_row().unwrap() {
+        let cfa = match row.cfa() {
+            gimli::CfaRule::Expression(e) => show(*e),
+            rule => format!("{rule:?}"),
+        };
+        let regs = row
+            .registers()
+            .map(|(reg, rule)| match rule {
+                gimli::RegisterRule::Expression(e) | gimli::RegisterRule::ValExpression(e) => {
+                    format!("{reg:?}={}", show(*e))
+                }
+                rule => format!("{reg:?}={rule:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        out.push((row.start_address(), row.end_address(), cfa, regs));
+    }
+    out
+}
+
+#[test]
+fn jitdump_unwinding_records_keep_the_rules_of_the_units_eh_frame() {
+    use gimli::UnwindSection;
+    let (a, b) = inputs();
+    let l = link_with(
+        &DebugOptions {
+            jitdump: Some(PathBuf::from("/some/dir")),
+            ..DebugOptions::none()
+        },
+        &[("with_dwarf.o", &a), ("without_dwarf.o", &b)],
+    );
+    let mut eh_range = None;
+    let mut records = Vec::new();
+    for a in l.finalize_actions() {
+        match a {
+            Action::RegisterEhFrame { addr, size } => eh_range = Some((addr.0, *size)),
+            Action::WriteJitdump { records: r, .. } => records = r.0.clone(),
+            _ => {}
+        }
+    }
+    // The unit's `.eh_frame`, as the unwinder in the process sees it.
+    let (eh_addr, eh_size) = eh_range.expect("the unit registers its .eh_frame");
+    let unit_eh = gimli::EhFrame::new(l.bytes(eh_addr, eh_size as usize), gimli::LittleEndian);
+    let unit_bases = gimli::BaseAddresses::default().set_eh_frame(eh_addr);
+    let unit_fde = |pc: u64| {
+        unit_eh
+            .fde_for_address(&unit_bases, pc, gimli::EhFrame::cie_from_offset)
+            .unwrap()
+    };
+
+    let recs = records_of(&records);
+    let mut checked = 0;
+    for w in recs.windows(2) {
+        let [(4, unwind), (0, load)] = w else {
+            continue;
+        };
+        let (name, _) = cstr_at(load, 40);
+        let (code_addr, code_size) = (u64_at(load, 16), u64_at(load, 24));
+        let (size, hdr_size) = (u64_at(unwind, 0) as usize, u64_at(unwind, 8) as usize);
+        let data = &unwind[24..24 + size];
+        // Read as perf's `.so` places it, but at the code's real address: `.eh_frame` at
+        // `align8(code_size)` after the code, `.eh_frame_hdr` after it.
+        let eh_at = code_addr + code_size.next_multiple_of(8);
+        let hdr_at = eh_at + (size - hdr_size) as u64;
+        let bases = gimli::BaseAddresses::default()
+            .set_eh_frame(eh_at)
+            .set_eh_frame_hdr(hdr_at);
+        let eh = gimli::EhFrame::new(&data[..size - hdr_size], gimli::LittleEndian);
+        let hdr = gimli::EhFrameHdr::new(&data[size - hdr_size..], gimli::LittleEndian)
+            .parse(&bases, 8)
+            .expect(".eh_frame_hdr");
+        // The header's table finds the function's FDE from its first byte.
+        let table = hdr.table().expect("a search table");
+        let fde = table
+            .fde_for_address(&eh, &bases, code_addr, gimli::EhFrame::cie_from_offset)
+            .unwrap_or_else(|e| panic!("{name}: no FDE through the table: {e}"));
+        assert!(fde.cie().personality().is_none() && fde.lsda().is_none());
+        let original = unit_fde(code_addr);
+        assert_eq!(
+            (fde.initial_address(), fde.len()),
+            (original.initial_address(), original.len()),
+            "{name}"
+        );
+        assert_eq!(
+            unwind_rows(&eh, &bases, &fde),
+            unwind_rows(&unit_eh, &unit_bases, &original),
+            "{name}: the same unwinding rules at every address"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "entry, helper, quiet_global: {checked}");
 }

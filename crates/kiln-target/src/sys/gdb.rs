@@ -46,7 +46,9 @@ pub struct JitDescriptor {
 #[repr(transparent)]
 pub struct GdbDescriptor(UnsafeCell<JitDescriptor>);
 
-// SAFETY: every access goes through `with_descriptor`, which requires the registry lock.
+// SAFETY: the cell is a private field, so only this module can reach it, and the one place that
+// does, `with_descriptor`, takes the registry's locked content as a witness: threads never touch
+// the descriptor at the same time.
 unsafe impl Sync for GdbDescriptor {}
 
 #[allow(non_upper_case_globals)]
@@ -78,14 +80,16 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        // SAFETY: `entry` came from `Box::into_raw` in `register` and is freed only here, after
-        // it has been unlinked from the list gdb reads.
+        // SAFETY: `entry` came from `Box::into_raw` in `register` and this `Registered` is its
+        // only owner. A `Registered` is dropped only in `deregister` (entries never leave the
+        // registry any other way), after its entry has been unlinked from the list gdb reads.
         drop(unsafe { Box::from_raw(self.entry) });
     }
 }
 
-// SAFETY: the raw pointers point into allocations owned by the registry and are only
-// dereferenced (by us) under the registry lock.
+// SAFETY: `entry` points to an allocation this `Registered` owns (and `symfile_addr` into its own
+// `_object`); this module dereferences it only while holding the registry lock, whichever thread
+// that is.
 unsafe impl Send for Registered {}
 
 /// Registered objects by key (the controller uses the unit's base address).

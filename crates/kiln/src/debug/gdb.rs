@@ -23,18 +23,22 @@
 //! What kiln synthesizes itself (stubs, GOT, `atexit` glue, COMMON symbols) has no input bytes;
 //! it gets a small object of its own with `SHT_NOBITS` sections at their addresses and a symbol
 //! table (stubs are named `TARGET@stub`).
+//!
+//! How: an input's copy starts from its own headers (`object::elf` structures, changed field by
+//! field and written with `object::pod`), laid out first and written second: it keeps the input's
+//! section indices and string tables, which `object::write::elf::Writer` would build anew. Kiln's
+//! own object has neither, and is built with that writer.
 
 use super::Unit;
 use crate::graph::*;
 use kiln_target::MemProt;
-use object::elf::{self, FileHeader64};
-use object::read::elf::{FileHeader, SectionHeader, Sym};
+use object::elf::{self, FileHeader64, SectionHeader64, Sym64};
+use object::pod;
+use object::read::elf::{FileHeader, SectionHeader, SectionTable, Sym};
+use object::write::elf as elf_write;
 use object::LittleEndian as LE;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
-
-const SHDR_SIZE: usize = 64;
-const SYM_SIZE: usize = 24;
 
 /// One object per input that has live code or data, in input order.
 pub(crate) fn unit_objects(u: &Unit) -> Vec<Vec<u8>> {
@@ -69,6 +73,24 @@ fn is_eh_frame(name: &[u8], sh_type: elf::SectionType) -> bool {
     sh_type == elf::SHT_X86_64_UNWIND || name == b".eh_frame"
 }
 
+/// One section of an input as its gdb copy has it.
+struct CopiedSection<'d> {
+    /// The input's header, changed; `sh_offset` (and `sh_size` of kept content) is set when the
+    /// copy is laid out.
+    header: SectionHeader64<LE>,
+    /// The bytes the copy holds for it; None for a header alone.
+    content: Option<Cow<'d, [u8]>>,
+    /// An allocated section kiln did not load: its named symbols become undefined.
+    unloaded: bool,
+    /// A section whose relocations the copy keeps (one gdb reads but kiln did not load: DWARF).
+    keeps_relocations: bool,
+}
+
+fn outside(index: usize) -> String {
+    format!("section {index} lies outside the object")
+}
+
+/// A copy of `input` with its sections at their final addresses (see the module documentation).
 fn patched_copy(
     u: &Unit,
     input: InputId,
@@ -77,164 +99,200 @@ fn patched_copy(
     let data = u.g.inputs[input.idx()].data;
     let header = FileHeader64::<LE>::parse(data).map_err(|e| e.to_string())?;
     let sections = header.sections(LE, data).map_err(|e| e.to_string())?;
-    let shoff = usize::try_from(header.e_shoff(LE)).map_err(|e| e.to_string())?;
-    if usize::from(header.e_shentsize(LE)) != SHDR_SIZE {
-        return Err("unexpected section header size".into());
-    }
-    let ehdr_size = usize::from(header.e_ehsize(LE)).max(64);
-    let original_header = |i: usize| -> Result<[u8; SHDR_SIZE], String> {
-        let at = i.checked_mul(SHDR_SIZE).and_then(|o| o.checked_add(shoff));
-        at.and_then(|at| data.get(at..at.checked_add(SHDR_SIZE)?))
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| format!("section header {i} lies outside the object"))
-    };
-    let n = sections.len();
-    let mut headers = (0..n).map(original_header).collect::<Result<Vec<_>, _>>()?;
-    // What each section becomes: its content is kept (`Some(bytes)`) or not.
-    let mut content: Vec<Option<Cow<[u8]>>> = vec![None; n];
-    let mut dropped = vec![false; n];
-    let mut keep_relocs = vec![false; n];
-    for (i, sh) in sections.enumerate() {
-        let (i, flags, ty) = (i.0, sh.sh_flags(LE).0, sh.sh_type(LE));
-        let h = &mut headers[i];
+    let mut copied = Vec::with_capacity(sections.len());
+    for (index, sh) in sections.enumerate() {
         let name = sections.section_name(LE, sh).unwrap_or(b"");
-        // COMDAT groups are gone: kiln chose the copies (bfd rejects a group whose member
-        // relocations were dropped).
-        h[8..16].copy_from_slice(&(flags & !elf::SHF_GROUP.0).to_le_bytes());
-        if ty == elf::SHT_GROUP {
-            h[4..8].copy_from_slice(&elf::SHT_NULL.0.to_le_bytes());
-            continue;
-        }
-        if flags & elf::SHF_ALLOC.0 == 0 {
-            if ty == elf::SHT_RELA || ty == elf::SHT_REL {
-                continue; // decided below, once the sections they relocate are known
-            }
+        let at = ranges.get(&(input, index.0 as u32)).copied();
+        copied.push(copy_section(u, data, index.0, name, sh, at)?);
+    }
+    keep_debug_relocations(&sections, data, &mut copied)?;
+    undefine_unloaded_symbols(&sections, data, &mut copied)?;
+    Ok(write_copy(header, &mut copied))
+}
+
+/// What the copy makes of section `index` (`sh`, named `name`), loaded at `at` (its lowest
+/// address and end) if kiln loaded it. Relocation sections are decided later, by
+/// [`keep_debug_relocations`].
+fn copy_section<'d>(
+    u: &'d Unit,
+    data: &'d [u8],
+    index: usize,
+    name: &[u8],
+    sh: &SectionHeader64<LE>,
+    at: Option<(u64, u64)>,
+) -> Result<CopiedSection<'d>, String> {
+    let (flags, ty) = (sh.sh_flags(LE).0, sh.sh_type(LE));
+    let mut c = CopiedSection {
+        header: *sh,
+        content: None,
+        unloaded: false,
+        keeps_relocations: false,
+    };
+    let h = &mut c.header;
+    // COMDAT groups are gone: kiln chose the copies (bfd rejects a group whose member
+    // relocations were dropped).
+    h.sh_flags
+        .set(LE, elf::SectionFlags(flags & !elf::SHF_GROUP.0));
+    if ty == elf::SHT_GROUP {
+        h.sh_type.set(LE, elf::SHT_NULL);
+        return Ok(c);
+    }
+    if flags & elf::SHF_ALLOC.0 == 0 {
+        if ty != elf::SHT_RELA && ty != elf::SHT_REL {
             // Symbols, strings, DWARF, notes: kept as they are.
-            content[i] = (ty != elf::SHT_NOBITS && ty != elf::SHT_NULL)
-                .then(|| sh.data(LE, data).map(Cow::Borrowed))
-                .transpose()
-                .map_err(|_| format!("section {i} lies outside the object"))?;
-            keep_relocs[i] = true;
-            continue;
-        }
-        let range = ranges.get(&(input, i as u32)).copied();
-        if is_eh_frame(name, ty) {
-            match range.and_then(|(lo, hi)| Some((lo, u.bytes(lo, hi - lo)?))) {
-                Some((lo, bytes)) => {
-                    // The final records: relocated, and only those of live functions.
-                    h[16..24].copy_from_slice(&lo.to_le_bytes());
-                    h[32..40].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-                    content[i] = Some(Cow::Borrowed(bytes));
-                }
-                None => {
-                    h[4..8].copy_from_slice(&elf::SHT_NULL.0.to_le_bytes());
-                    dropped[i] = true;
-                }
+            if ty != elf::SHT_NOBITS && ty != elf::SHT_NULL {
+                let bytes = sh.data(LE, data).map_err(|_| outside(index))?;
+                c.content = Some(Cow::Borrowed(bytes));
             }
-            continue;
+            c.keeps_relocations = true;
         }
-        // Code and data: gdb reads them from the process, so only the header stays.
-        h[4..8].copy_from_slice(&elf::SHT_NOBITS.0.to_le_bytes());
-        match range {
-            Some((lo, _)) => h[16..24].copy_from_slice(&lo.to_le_bytes()),
+        return Ok(c);
+    }
+    if is_eh_frame(name, ty) {
+        // The final records: relocated, and only those of live functions.
+        match at.and_then(|(lo, hi)| Some((lo, u.bytes(lo, hi - lo)?))) {
+            Some((lo, bytes)) => {
+                h.sh_addr.set(LE, lo);
+                c.content = Some(Cow::Borrowed(bytes));
+            }
             None => {
-                let flags = flags & !(elf::SHF_ALLOC.0 | elf::SHF_GROUP.0);
-                h[8..16].copy_from_slice(&flags.to_le_bytes());
-                h[16..24].copy_from_slice(&0u64.to_le_bytes());
-                dropped[i] = true;
+                h.sh_type.set(LE, elf::SHT_NULL);
+                c.unloaded = true;
             }
+        }
+        return Ok(c);
+    }
+    // Code and data: gdb reads them from the process, so only the header stays.
+    h.sh_type.set(LE, elf::SHT_NOBITS);
+    match at {
+        Some((lo, _)) => h.sh_addr.set(LE, lo),
+        None => {
+            let flags = flags & !(elf::SHF_ALLOC.0 | elf::SHF_GROUP.0);
+            h.sh_flags.set(LE, elf::SectionFlags(flags));
+            h.sh_addr.set(LE, 0);
+            c.unloaded = true;
         }
     }
-    // Relocations of DWARF stay (gdb applies them with the section addresses above); those of
-    // code, data and `.eh_frame` are already applied in memory.
-    for (i, sh) in sections.enumerate() {
-        let (i, ty) = (i.0, sh.sh_type(LE));
+    Ok(c)
+}
+
+/// Relocations of DWARF stay (gdb applies them with the section addresses of the copy); those
+/// of code, data and `.eh_frame` are already applied in memory, so their sections become
+/// `SHT_NULL`.
+fn keep_debug_relocations<'d>(
+    sections: &SectionTable<'d, FileHeader64<LE>>,
+    data: &'d [u8],
+    copied: &mut [CopiedSection<'d>],
+) -> Result<(), String> {
+    for (index, sh) in sections.enumerate() {
+        let ty = sh.sh_type(LE);
         if ty != elf::SHT_RELA && ty != elf::SHT_REL {
             continue;
         }
         let target = sh.sh_info(LE) as usize;
-        if keep_relocs.get(target).copied().unwrap_or(false)
-            && sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 == 0
-        {
-            content[i] =
-                Some(Cow::Borrowed(sh.data(LE, data).map_err(|_| {
-                    format!("section {i} lies outside the object")
-                })?));
+        let keep = copied.get(target).is_some_and(|t| t.keeps_relocations)
+            && sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 == 0;
+        let c = &mut copied[index.0];
+        if keep {
+            let bytes = sh.data(LE, data).map_err(|_| outside(index.0))?;
+            c.content = Some(Cow::Borrowed(bytes));
         } else {
-            headers[i][4..8].copy_from_slice(&elf::SHT_NULL.0.to_le_bytes());
+            c.header.sh_type.set(LE, elf::SHT_NULL);
         }
     }
-    // Named symbols of sections that were not loaded would otherwise sit near address 0.
-    let any_dropped = dropped.iter().any(|d| *d);
-    if let (true, Ok(symtab)) = (any_dropped, sections.symbols(LE, data, elf::SHT_SYMTAB)) {
-        let si = symtab.section().0;
-        let mut syms = content
-            .get_mut(si)
-            .and_then(Option::take)
-            .ok_or("no symbol table content")?
-            .into_owned();
-        for (idx, sym) in symtab.enumerate() {
-            if sym.st_type() == elf::STT_SECTION || sym.st_name(LE) == 0 {
-                continue;
-            }
-            let Ok(Some(sec)) = symtab.symbol_section(LE, sym, idx) else {
-                continue;
-            };
-            if dropped.get(sec.0).copied().unwrap_or(false) {
-                let at = idx.0.saturating_mul(SYM_SIZE);
-                let e = syms
-                    .get_mut(at..at.saturating_add(SYM_SIZE))
-                    .ok_or_else(|| format!("symbol {} is outside the symbol table", idx.0))?;
-                e[4] = (sym.st_bind().0 << 4) | elf::STT_NOTYPE.0;
-                e[6..8].copy_from_slice(&elf::SHN_UNDEF.0.to_le_bytes());
-                e[8..24].fill(0);
-            }
-        }
-        content[si] = Some(Cow::Owned(syms));
+    Ok(())
+}
+
+/// Named symbols of sections kiln did not load would otherwise sit near address 0: they become
+/// undefined (binding kept, no type, no value).
+fn undefine_unloaded_symbols<'d>(
+    sections: &SectionTable<'d, FileHeader64<LE>>,
+    data: &'d [u8],
+    copied: &mut [CopiedSection<'d>],
+) -> Result<(), String> {
+    if !copied.iter().any(|c| c.unloaded) {
+        return Ok(());
     }
-    // Write: the ELF header, the kept contents, the section headers.
-    let size: usize = content.iter().flatten().map(|c| c.len() + 8).sum();
-    let mut out = Vec::with_capacity(ehdr_size + size + n * SHDR_SIZE);
-    out.extend_from_slice(data.get(..ehdr_size).ok_or("truncated ELF header")?);
-    for (i, c) in content.iter().enumerate() {
-        let h = &mut headers[i];
-        match c {
+    let Ok(symtab) = sections.symbols(LE, data, elf::SHT_SYMTAB) else {
+        return Ok(());
+    };
+    let mut symbols: Vec<Sym64<LE>> = symtab.symbols().to_vec();
+    for (index, sym) in symtab.enumerate() {
+        if sym.st_type() == elf::STT_SECTION || sym.st_name(LE) == 0 {
+            continue;
+        }
+        let Ok(Some(section)) = symtab.symbol_section(LE, sym, index) else {
+            continue;
+        };
+        if copied.get(section.0).is_some_and(|c| c.unloaded) {
+            let s = &mut symbols[index.0];
+            s.st_info = elf::SymbolInfo::new(sym.st_bind(), elf::STT_NOTYPE);
+            s.st_shndx.set(LE, elf::SHN_UNDEF);
+            s.st_value.set(LE, 0);
+            s.st_size.set(LE, 0);
+        }
+    }
+    let c = copied
+        .get_mut(symtab.section().0)
+        .ok_or("no symbol table section")?;
+    c.content = Some(Cow::Owned(pod::bytes_of_slice(&symbols).to_vec()));
+    Ok(())
+}
+
+/// Lay out and write the copy: the input's file header, the kept contents (8-aligned), the
+/// section headers.
+fn write_copy(input_header: &FileHeader64<LE>, copied: &mut [CopiedSection]) -> Vec<u8> {
+    let header_size = size_of::<FileHeader64<LE>>();
+    let mut end = header_size;
+    for c in copied.iter_mut() {
+        let offset = match &c.content {
             Some(bytes) => {
-                out.resize(out.len().next_multiple_of(8), 0);
-                h[24..32].copy_from_slice(&(out.len() as u64).to_le_bytes());
-                out.extend_from_slice(bytes);
+                let at = end.next_multiple_of(8);
+                end = at + bytes.len();
+                c.header.sh_size.set(LE, bytes.len() as u64);
+                at
             }
-            None => h[24..32].copy_from_slice(&0u64.to_le_bytes()),
+            None => 0,
+        };
+        c.header.sh_offset.set(LE, offset as u64);
+    }
+    let shoff = end.next_multiple_of(8);
+    let mut header = *input_header;
+    header.e_shoff.set(LE, shoff as u64);
+    header.e_ehsize.set(LE, header_size as u16);
+    // Program headers, if the input had any, are not copied.
+    header.e_phoff.set(LE, 0);
+    header.e_phnum.set(LE, 0);
+
+    let mut out = Vec::with_capacity(shoff + copied.len() * size_of::<SectionHeader64<LE>>());
+    out.extend_from_slice(pod::bytes_of(&header));
+    for c in copied.iter() {
+        if let Some(bytes) = &c.content {
+            out.resize(c.header.sh_offset.get(LE) as usize, 0);
+            out.extend_from_slice(bytes);
         }
     }
-    out.resize(out.len().next_multiple_of(8), 0);
-    let new_shoff = out.len() as u64;
-    out[0x28..0x30].copy_from_slice(&new_shoff.to_le_bytes()); // e_shoff
-    for h in &headers {
-        out.extend_from_slice(h);
+    out.resize(shoff, 0);
+    for c in copied.iter() {
+        out.extend_from_slice(pod::bytes_of(&c.header));
     }
-    Ok(out)
+    out
 }
 
-/// Builds strings for a string table (offset 0 is the empty name).
-struct StrTab(Vec<u8>);
-
-impl StrTab {
-    fn new() -> Self {
-        StrTab(vec![0])
-    }
-    fn add(&mut self, s: &[u8]) -> u32 {
-        let at = self.0.len() as u32;
-        self.0.extend_from_slice(s);
-        self.0.push(0);
-        at
-    }
+/// A section kiln made for the unit (stubs, GOT, ...): in its object, `SHT_NOBITS` at its
+/// address.
+struct SynthSection {
+    id: SectionId,
+    addr: u64,
+    size: u64,
 }
 
-struct SynthSymbol {
-    name: Vec<u8>,
-    /// ELF section index.
-    shndx: u16,
+/// A symbol of kiln's object.
+struct SynthSymbol<'g> {
+    name: Cow<'g, [u8]>,
+    /// Index into the object's [`SynthSection`]s.
+    section: usize,
+    /// Offset from the start of its section.
     value: u64,
     size: u64,
     func: bool,
@@ -244,77 +302,109 @@ struct SynthSymbol {
 /// A relocatable object describing what kiln made for the unit: `SHT_NOBITS` sections at their
 /// addresses and a symbol table.
 fn synthesize(u: &Unit, input: InputId) -> Result<Vec<u8>, String> {
+    let sections = synthesized_sections(u, input);
+    // Section indices from 0xff00 on would need extended numbering; kiln makes a handful.
+    if sections.len() > 0xff00 - 4 {
+        return Err("too many sections".into());
+    }
+    let symbols = synthesized_symbols(u, &sections);
+    write_synthesized(u.g, &sections, &symbols).map_err(|e| e.to_string())
+}
+
+/// The sections of `input` (one of kiln's) with live blocks, by address: each spans its blocks.
+fn synthesized_sections(u: &Unit, input: InputId) -> Vec<SynthSection> {
     let g = u.g;
-    // Graph section → (lo, hi) of its live blocks.
-    let mut secs: FxHashMap<SectionId, (u64, u64)> = FxHashMap::default();
+    let mut span: FxHashMap<SectionId, (u64, u64)> = FxHashMap::default();
     for b in g.blocks.iter().filter(|b| b.live) {
         let s = &g.sections[b.section.idx()];
+        // `.tbss` blocks have no address (each thread has its own copy).
         if s.input != input || (s.kind == SectionKind::Tls && b.is_zero_fill()) {
             continue;
         }
-        let e = secs.entry(b.section).or_insert((u64::MAX, 0));
+        let e = span.entry(b.section).or_insert((u64::MAX, 0));
         e.0 = e.0.min(b.addr);
         e.1 = e.1.max(b.addr + b.size());
     }
-    let mut order: Vec<(SectionId, u64, u64)> =
-        secs.into_iter().map(|(s, (lo, hi))| (s, lo, hi)).collect();
-    order.sort_unstable_by_key(|&(s, lo, _)| (lo, s));
-    if order.len() > 0xff00 - 4 {
-        return Err("too many sections".into());
-    }
-    let elf_index: FxHashMap<SectionId, (u16, u64)> = order
+    let mut sections: Vec<SynthSection> = span
+        .into_iter()
+        .map(|(id, (lo, hi))| SynthSection {
+            id,
+            addr: lo,
+            size: hi - lo,
+        })
+        .collect();
+    sections.sort_unstable_by_key(|s| (s.addr, s.id));
+    sections
+}
+
+/// The named symbols defined in `sections`, and every stub as `TARGET@stub`; locals first (ELF
+/// wants them before the globals).
+fn synthesized_symbols<'g>(u: &Unit<'g, '_>, sections: &[SynthSection]) -> Vec<SynthSymbol<'g>> {
+    let g = u.g;
+    let index_of: FxHashMap<SectionId, usize> = sections
         .iter()
         .enumerate()
-        .map(|(i, &(s, lo, _))| (s, (i as u16 + 1, lo)))
+        .map(|(i, s)| (s.id, i))
         .collect();
-    let mut syms = Vec::new();
-    for s in &g.symbols {
-        let SymbolDef::Defined { block, offset } = s.def else {
-            continue;
+    // (section index, offset in it) of a live defined symbol in one of `sections`.
+    let place = |def: SymbolDef| {
+        let SymbolDef::Defined { block, offset } = def else {
+            return None;
         };
         let b = &g.blocks[block.idx()];
-        let Some(&(shndx, lo)) = elf_index.get(&b.section) else {
+        let &section = index_of.get(&b.section).filter(|_| b.live)?;
+        Some((section, b.addr + offset - sections[section].addr))
+    };
+    let mut symbols = Vec::new();
+    for s in g.symbols.iter().filter(|s| !s.name.is_empty() && !s.tls) {
+        let Some((section, value)) = place(s.def) else {
             continue;
         };
-        if s.name.is_empty() || s.tls || !b.live {
-            continue;
-        }
-        syms.push(SynthSymbol {
-            name: s.name.to_vec(),
-            shndx,
-            value: b.addr + offset - lo,
+        let prot = g.sections[sections[section].id.idx()].prot;
+        symbols.push(SynthSymbol {
+            name: Cow::Borrowed(s.name),
+            section,
+            value,
             size: s.size,
-            func: s.callable || g.sections[b.section.idx()].prot == MemProt::ReadExec,
+            func: s.callable || prot == MemProt::ReadExec,
             global: s.visibility != Visibility::Local,
         });
     }
     for &(target, stub) in u.stubs {
-        let SymbolDef::Defined { block, offset } = g.symbols[stub.idx()].def else {
+        let Some((section, value)) = place(g.symbols[stub.idx()].def) else {
             continue;
         };
-        let b = &g.blocks[block.idx()];
-        let Some(&(shndx, lo)) = elf_index.get(&b.section) else {
-            continue;
-        };
-        syms.push(SynthSymbol {
-            name: format!("{}@stub", g.name_of(target)).into_bytes(),
-            shndx,
-            value: b.addr + offset - lo,
+        symbols.push(SynthSymbol {
+            name: Cow::Owned(format!("{}@stub", g.name_of(target)).into_bytes()),
+            section,
+            value,
             size: g.arch.templates().stub_size,
             func: true,
             global: false,
         });
     }
-    // ELF wants the local symbols first; `sh_info` of .symtab is the first global's index.
-    syms.sort_by_key(|s| s.global);
-    let first_global = 1 + syms.iter().take_while(|s| !s.global).count();
+    symbols.sort_by_key(|s| s.global);
+    symbols
+}
 
-    let mut shstr = StrTab::new();
-    let mut strtab = StrTab::new();
-    let mut symtab = vec![0u8; SYM_SIZE];
-    for s in &syms {
-        let mut e = [0u8; SYM_SIZE];
-        e[0..4].copy_from_slice(&strtab.add(&s.name).to_le_bytes());
+/// The object: file header, `.symtab`, `.strtab`, `.shstrtab`, then the section headers (null,
+/// the unit's sections, the three tables). Every range is reserved first (the writer computes
+/// offsets and string tables), then written in the same order.
+fn write_synthesized(
+    g: &LinkGraph,
+    sections: &[SynthSection],
+    symbols: &[SynthSymbol],
+) -> object::write::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = elf_write::Writer::new(object::Endianness::Little, true, &mut out);
+    let ids = reserve_synthesized(&mut w, g, sections, symbols)?;
+    w.write_file_header(&elf_write::FileHeader {
+        e_type: elf::ET_REL,
+        e_machine: elf::EM_X86_64,
+        ..Default::default()
+    })?;
+    w.write_null_symbol();
+    for (s, &name) in symbols.iter().zip(&ids.symbol_names) {
         let bind = if s.global {
             elf::STB_GLOBAL
         } else {
@@ -325,132 +415,80 @@ fn synthesize(u: &Unit, input: InputId) -> Result<Vec<u8>, String> {
         } else {
             elf::STT_OBJECT
         };
-        e[4] = (bind.0 << 4) | ty.0;
-        e[6..8].copy_from_slice(&s.shndx.to_le_bytes());
-        e[8..16].copy_from_slice(&s.value.to_le_bytes());
-        e[16..24].copy_from_slice(&s.size.to_le_bytes());
-        symtab.extend_from_slice(&e);
+        w.write_symbol(&elf_write::Sym {
+            section: Some(ids.section_indices[s.section].0),
+            st_name: w.string_offset(Some(name)),
+            st_info: elf::SymbolInfo::new(bind, ty),
+            st_other: elf::SymbolOther::default(),
+            st_shndx: elf::SHN_UNDEF,
+            st_value: s.value,
+            st_size: s.size,
+        });
     }
-    // Section headers: null, the unit's sections, .symtab, .strtab, .shstrtab.
-    let mut headers: Vec<[u8; SHDR_SIZE]> = vec![[0; SHDR_SIZE]];
-    let header = |name: u32,
-                  ty: u32,
-                  flags: u64,
-                  addr: u64,
-                  offset: u64,
-                  size: u64,
-                  link: u32,
-                  info: u32,
-                  align: u64,
-                  entsize: u64| {
-        let mut h = [0u8; SHDR_SIZE];
-        h[0..4].copy_from_slice(&name.to_le_bytes());
-        h[4..8].copy_from_slice(&ty.to_le_bytes());
-        h[8..16].copy_from_slice(&flags.to_le_bytes());
-        h[16..24].copy_from_slice(&addr.to_le_bytes());
-        h[24..32].copy_from_slice(&offset.to_le_bytes());
-        h[32..40].copy_from_slice(&size.to_le_bytes());
-        h[40..44].copy_from_slice(&link.to_le_bytes());
-        h[44..48].copy_from_slice(&info.to_le_bytes());
-        h[48..56].copy_from_slice(&align.to_le_bytes());
-        h[56..64].copy_from_slice(&entsize.to_le_bytes());
-        h
-    };
-    for &(s, lo, hi) in &order {
-        let sec = &g.sections[s.idx()];
+    w.write_strtab();
+    w.write_shstrtab();
+    w.write_null_section_header();
+    for (s, &name) in sections.iter().zip(&ids.section_names) {
         let flags = elf::SHF_ALLOC.0
-            | match sec.prot {
+            | match g.sections[s.id.idx()].prot {
                 MemProt::ReadExec => elf::SHF_EXECINSTR.0,
                 MemProt::ReadWrite => elf::SHF_WRITE.0,
                 MemProt::Read => 0,
             };
-        let name = shstr.add(sec.name);
-        headers.push(header(
-            name,
-            elf::SHT_NOBITS.0,
-            flags,
-            lo,
-            0,
-            hi - lo,
-            0,
-            0,
-            1,
-            0,
-        ));
+        w.write_section_header(&elf_write::SectionHeader {
+            sh_name: w.section_name_offset(Some(name)),
+            sh_type: elf::SHT_NOBITS,
+            sh_flags: elf::SectionFlags(flags),
+            sh_addr: s.addr,
+            sh_size: s.size,
+            sh_addralign: 1,
+            ..Default::default()
+        });
     }
-    let ehdr_size = 64usize;
-    let symtab_off = ehdr_size;
-    let strtab_off = symtab_off + symtab.len();
-    let symtab_index = headers.len() as u32;
-    let n = shstr.add(b".symtab");
-    headers.push(header(
-        n,
-        elf::SHT_SYMTAB.0,
-        0,
-        0,
-        symtab_off as u64,
-        symtab.len() as u64,
-        symtab_index + 1,
-        first_global as u32,
-        8,
-        SYM_SIZE as u64,
-    ));
-    let n = shstr.add(b".strtab");
-    headers.push(header(
-        n,
-        elf::SHT_STRTAB.0,
-        0,
-        0,
-        strtab_off as u64,
-        strtab.0.len() as u64,
-        0,
-        0,
-        1,
-        0,
-    ));
-    let n = shstr.add(b".shstrtab");
-    let shstr_off = strtab_off + strtab.0.len();
-    let shstrndx = headers.len() as u16;
-    headers.push(header(
-        n,
-        elf::SHT_STRTAB.0,
-        0,
-        0,
-        shstr_off as u64,
-        (shstr.0.len()) as u64,
-        0,
-        0,
-        1,
-        0,
-    ));
-    // The last header's size is final only now that its own name is in the table.
-    let last = headers.len() - 1;
-    headers[last][32..40].copy_from_slice(&(shstr.0.len() as u64).to_le_bytes());
-    let shoff = (shstr_off + shstr.0.len()).next_multiple_of(8);
-
-    let mut out = Vec::with_capacity(shoff + headers.len() * SHDR_SIZE);
-    out.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&elf::ET_REL.0.to_le_bytes());
-    out.extend_from_slice(&elf::EM_X86_64.0.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes()); // e_version
-    out.extend_from_slice(&0u64.to_le_bytes()); // e_entry
-    out.extend_from_slice(&0u64.to_le_bytes()); // e_phoff
-    out.extend_from_slice(&(shoff as u64).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    out.extend_from_slice(&(ehdr_size as u16).to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes()); // e_phentsize
-    out.extend_from_slice(&0u16.to_le_bytes()); // e_phnum
-    out.extend_from_slice(&(SHDR_SIZE as u16).to_le_bytes());
-    out.extend_from_slice(&(headers.len() as u16).to_le_bytes());
-    out.extend_from_slice(&shstrndx.to_le_bytes());
-    debug_assert_eq!(out.len(), ehdr_size);
-    out.extend_from_slice(&symtab);
-    out.extend_from_slice(&strtab.0);
-    out.extend_from_slice(&shstr.0);
-    out.resize(shoff, 0);
-    for h in &headers {
-        out.extend_from_slice(h);
-    }
+    let first_global = 1 + symbols.iter().take_while(|s| !s.global).count() as u32;
+    w.write_symtab_section_header(first_global);
+    w.write_strtab_section_header();
+    w.write_shstrtab_section_header();
+    debug_assert_eq!(w.reserved_len(), w.len());
     Ok(out)
+}
+
+/// Names and indices the writer gave the parts of kiln's object.
+struct SynthIds {
+    section_names: Vec<object::write::StringId>,
+    section_indices: Vec<elf_write::SectionIndex>,
+    symbol_names: Vec<object::write::StringId>,
+}
+
+/// The reserving phase of [`write_synthesized`]: every section, symbol, name and table.
+fn reserve_synthesized<'n>(
+    w: &mut elf_write::Writer<'n>,
+    g: &LinkGraph<'n>,
+    sections: &[SynthSection],
+    symbols: &'n [SynthSymbol],
+) -> object::write::Result<SynthIds> {
+    w.reserve_file_header();
+    w.reserve_null_section_index();
+    let section_names = sections
+        .iter()
+        .map(|s| w.add_section_name(g.sections[s.id.idx()].name))
+        .collect();
+    let section_indices: Vec<_> = sections.iter().map(|_| w.reserve_section_index()).collect();
+    w.reserve_null_symbol_index();
+    let symbol_names = symbols.iter().map(|s| w.add_string(&s.name)).collect();
+    for s in symbols {
+        w.reserve_symbol_index(Some(section_indices[s.section]));
+    }
+    w.reserve_symtab_section_index();
+    w.reserve_symtab();
+    w.reserve_strtab_section_index();
+    w.reserve_strtab()?;
+    w.reserve_shstrtab_section_index();
+    w.reserve_shstrtab()?;
+    w.reserve_section_headers();
+    Ok(SynthIds {
+        section_names,
+        section_indices,
+        symbol_names,
+    })
 }

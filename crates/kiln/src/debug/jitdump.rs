@@ -1,9 +1,8 @@
-//! jitdump records (format: the Linux kernel's `tools/perf/Documentation/jitdump-specification.txt`).
+//! jitdump records of a unit (the format, and the encoders of every record:
+//! [`kiln_target::jitdump_format`]).
 //!
-//! Every record starts with `{u32 id, u32 total_size, u64 timestamp}`; integers are in the
-//! executor's byte order (little endian on x86-64). The executor fills in the timestamp, and the
-//! PID, thread and code index of `JIT_CODE_LOAD`/`JIT_CODE_MOVE` (see
-//! `kiln_target`'s jitdump sink); they are written as 0 here.
+//! The executor fills in the timestamp, and the PID, thread and code index of `JIT_CODE_LOAD`
+//! (see `kiln_target`'s jitdump sink); they are written as 0 here.
 //!
 //! For each function of a unit: `JIT_CODE_DEBUG_INFO` (its line table, if the input has DWARF),
 //! `JIT_CODE_UNWINDING_INFO` (its CIEs and FDEs, if it has any) and then `JIT_CODE_LOAD` (name
@@ -20,10 +19,11 @@
 //! it this way), and every PC-relative or data-relative value in it must be relative to that
 //! layout, not to where the code and the unit's `.eh_frame` are in the process:
 //!
-//! - `.eh_frame`: the CIEs and FDEs of the function, rewritten: CIE augmentation `zR` (`zRS`
+//! - `.eh_frame`: the CIEs and FDEs of the function (read with `gimli`, written with
+//!   `gimli::write`), rewritten: CIE augmentation `zR` (`zRS`
 //!   for a signal frame) with FDE pointers `pcrel|sdata4`; personality and LSDA are dropped
 //!   (perf runs neither, and their pointers would lead nowhere in the `.so`); the call frame
-//!   instructions are copied. Each FDE's pc_begin is re-expressed relative to the code at 0 and
+//!   instructions keep their rules (gimli may choose a shorter encoding of the same rule). Each FDE's pc_begin is re-expressed relative to the code at 0 and
 //!   `.eh_frame` at `align8(code_size)` (0x80 is a multiple of 8). A zero terminator ends it.
 //! - `.eh_frame_hdr`: version 1, `eh_frame_ptr` `pcrel|sdata4`, `fde_count` `udata4`, and the
 //!   table `datarel|sdata4` (relative to the header), sorted by initial location.
@@ -40,535 +40,469 @@
 use super::dwarf::{line_table, LineTable};
 use super::{Function, Unit};
 use crate::graph::{InputId, SectionKind};
+use gimli::write::Writer as _;
+use gimli::{constants, read, write, LittleEndian, UnwindSection};
+use kiln_target::jitdump_format as format;
 use rustc_hash::FxHashMap;
 
-pub const JIT_CODE_LOAD: u32 = 0;
-pub const JIT_CODE_MOVE: u32 = 1;
-pub const JIT_CODE_DEBUG_INFO: u32 = 2;
-pub const JIT_CODE_CLOSE: u32 = 3;
-pub const JIT_CODE_UNWINDING_INFO: u32 = 4;
+/// The sections gimli reads here: little-endian slices.
+type Slice<'w> = gimli::EndianSlice<'w, LittleEndian>;
 
-/// A line of a `JIT_CODE_DEBUG_INFO` record: code at `addr` comes from `file:line`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DebugEntry {
-    pub addr: u64,
-    pub line: u32,
-    pub discriminator: u32,
-    pub file: String,
+/// CIE and FDE pointer encoding of the rewritten `.eh_frame`, and of `eh_frame_ptr` in its
+/// header: PC-relative, signed 4 bytes.
+const PCREL_SDATA4: constants::DwEhPe =
+    constants::DwEhPe(constants::DW_EH_PE_pcrel.0 | constants::DW_EH_PE_sdata4.0);
+
+/// What the rewritten records are written as: 32-bit DWARF, CFI version 1, 8-byte addresses.
+const ENCODING: gimli::Encoding = gimli::Encoding {
+    format: gimli::Format::Dwarf32,
+    version: 1,
+    address_size: 8,
+};
+
+/// The unit's `.eh_frame`, read: the CIEs the rewrite can copy (as their copies) and the FDEs
+/// that use them.
+struct UnitCfi<'w> {
+    eh: gimli::EhFrame<Slice<'w>>,
+    bases: gimli::BaseAddresses,
+    cies: Vec<write::CommonInformationEntry>,
+    /// (index of its CIE's copy in `cies`, FDE), sorted by initial address.
+    fdes: Vec<(usize, read::FrameDescriptionEntry<Slice<'w>>)>,
 }
 
-fn record_header(out: &mut Vec<u8>, id: u32) -> usize {
-    let start = out.len();
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes()); // total_size, set by `finish`
-    out.extend_from_slice(&0u64.to_le_bytes()); // timestamp, set by the executor
-    start
-}
-
-fn finish(out: &mut [u8], start: usize) {
-    let size = (out.len() - start) as u32;
-    out[start + 4..start + 8].copy_from_slice(&size.to_le_bytes());
-}
-
-/// Append a `JIT_CODE_LOAD` record: `name`, loaded at `addr`, with these bytes.
-pub fn code_load(out: &mut Vec<u8>, name: &str, addr: u64, code: &[u8]) {
-    let start = record_header(out, JIT_CODE_LOAD);
-    out.extend_from_slice(&0u32.to_le_bytes()); // pid
-    out.extend_from_slice(&0u32.to_le_bytes()); // tid
-    out.extend_from_slice(&addr.to_le_bytes()); // vma
-    out.extend_from_slice(&addr.to_le_bytes()); // code_addr
-    out.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes()); // code_index
-    out.extend(name.bytes().filter(|b| *b != 0));
-    out.push(0);
-    out.extend_from_slice(code);
-    finish(out, start);
-}
-
-/// Append a `JIT_CODE_MOVE` record: code of `size` bytes moved from `old` to `new`.
-pub fn code_move(out: &mut Vec<u8>, old: u64, new: u64, size: u64) {
-    let start = record_header(out, JIT_CODE_MOVE);
-    out.extend_from_slice(&0u32.to_le_bytes()); // pid
-    out.extend_from_slice(&0u32.to_le_bytes()); // tid
-    out.extend_from_slice(&new.to_le_bytes()); // vma
-    out.extend_from_slice(&old.to_le_bytes());
-    out.extend_from_slice(&new.to_le_bytes());
-    out.extend_from_slice(&size.to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes()); // code_index
-    finish(out, start);
-}
-
-/// Append a `JIT_CODE_DEBUG_INFO` record for the code at `addr`.
-pub fn debug_info(out: &mut Vec<u8>, addr: u64, entries: &[DebugEntry]) {
-    let start = record_header(out, JIT_CODE_DEBUG_INFO);
-    out.extend_from_slice(&addr.to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for e in entries {
-        out.extend_from_slice(&e.addr.to_le_bytes());
-        out.extend_from_slice(&e.line.to_le_bytes());
-        out.extend_from_slice(&e.discriminator.to_le_bytes());
-        out.extend(e.file.bytes().filter(|b| *b != 0));
-        out.push(0);
+impl UnitCfi<'_> {
+    /// The FDEs whose range meets `[lo, hi)`.
+    fn fdes_meeting(
+        &self,
+        lo: u64,
+        hi: u64,
+    ) -> impl Iterator<Item = &(usize, read::FrameDescriptionEntry<Slice<'_>>)> {
+        // From the last FDE that starts before `lo` (it may cover it).
+        let first = self
+            .fdes
+            .partition_point(|(_, d)| d.initial_address() < lo)
+            .saturating_sub(1);
+        self.fdes[first..]
+            .iter()
+            .take_while(move |(_, d)| d.initial_address() < hi)
+            .filter(move |(_, d)| d.initial_address().saturating_add(d.len()) > lo)
     }
-    finish(out, start);
 }
 
-/// Append a `JIT_CODE_UNWINDING_INFO` record: `data` is `.eh_frame` followed by an
-/// `.eh_frame_hdr` of `eh_frame_hdr_size` bytes (see the module documentation); `mapped_size` is
-/// `data.len()` or 0. The record is padded to 8 bytes.
-pub fn unwinding_info(out: &mut Vec<u8>, data: &[u8], eh_frame_hdr_size: u64, mapped_size: u64) {
-    let start = record_header(out, JIT_CODE_UNWINDING_INFO);
-    out.extend_from_slice(&(data.len() as u64).to_le_bytes()); // unwinding_size
-    out.extend_from_slice(&eh_frame_hdr_size.to_le_bytes());
-    out.extend_from_slice(&mapped_size.to_le_bytes());
-    out.extend_from_slice(data);
-    out.resize(start + (out.len() - start).next_multiple_of(8), 0);
-    finish(out, start);
+/// The unit's `.eh_frame`: its live records (one block each) read from the final bytes of the
+/// range they span.
+fn unit_cfi<'w>(u: &'w Unit) -> UnitCfi<'w> {
+    let blocks: Vec<(u64, u64)> =
+        u.g.blocks
+            .iter()
+            .filter(|b| b.live && u.g.sections[b.section.idx()].kind == SectionKind::EhFrame)
+            .map(|b| (b.addr, b.size()))
+            .collect();
+    let lo = blocks.iter().map(|b| b.0).min().unwrap_or(0);
+    let hi = blocks.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
+    let Some(section) = u.bytes(lo, hi.saturating_sub(lo)) else {
+        return read_cfi(&[], 0, &[]);
+    };
+    let records: Vec<(usize, usize)> = blocks
+        .iter()
+        .map(|&(addr, size)| ((addr - lo) as usize, size as usize))
+        .collect();
+    read_cfi(section, lo, &records)
 }
 
-// Pointer encodings (DW_EH_PE_*) and call frame instructions (DW_CFA_*) used below.
-const PE_ABSPTR: u8 = 0x00;
-const PE_UDATA4: u8 = 0x03;
-const PE_SDATA4: u8 = 0x0b;
-const PE_PCREL: u8 = 0x10;
-const PE_DATAREL: u8 = 0x30;
-const PE_INDIRECT: u8 = 0x80;
-const CFA_NOP: u8 = 0x00;
-
-/// Little-endian reader over a record; every read is bounds checked.
-struct Reader<'b> {
-    b: &'b [u8],
-    at: usize,
-}
-
-impl<'b> Reader<'b> {
-    fn new(b: &'b [u8]) -> Self {
-        Reader { b, at: 0 }
-    }
-    fn bytes(&mut self, n: usize) -> Option<&'b [u8]> {
-        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(s)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.bytes(1).map(|b| b[0])
-    }
-    fn le<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.bytes(N)?.try_into().ok()
-    }
-    fn uleb(&mut self) -> Option<u64> {
-        let (mut v, mut shift) = (0u64, 0u32);
-        loop {
-            let b = self.u8()?;
-            if shift < 64 {
-                v |= u64::from(b & 0x7f) << shift;
-            }
-            shift += 7;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-    }
-    fn sleb(&mut self) -> Option<i64> {
-        let (mut v, mut shift) = (0i64, 0u32);
-        loop {
-            let b = self.u8()?;
-            if shift < 64 {
-                v |= i64::from(b & 0x7f) << shift;
-            }
-            shift += 7;
-            if b & 0x80 == 0 {
-                if shift < 64 && b & 0x40 != 0 {
-                    v |= -1i64 << shift;
+/// Read the records at `records` (offset, size) of `section`, an `.eh_frame` at `address`;
+/// CIEs the rewrite cannot copy without changing their meaning are left out, and their FDEs.
+fn read_cfi<'w>(section: &'w [u8], address: u64, records: &[(usize, usize)]) -> UnitCfi<'w> {
+    let mut eh = gimli::EhFrame::new(section, LittleEndian);
+    eh.set_address_size(8);
+    let bases = gimli::BaseAddresses::default().set_eh_frame(address);
+    // CIEs first (FDEs refer to them): offset in `section` → (CIE, index of its copy).
+    let mut cie_at = FxHashMap::default();
+    let mut cies = Vec::new();
+    let mut fde_records = Vec::new();
+    for &(offset, size) in records {
+        match eh.cie_from_offset(&bases, gimli::EhFrameOffset(offset)) {
+            Ok(cie) if cie.entry_len() + 4 == size => {
+                if let Some(copy) = rewritten_cie(&eh, &bases, &cie) {
+                    cie_at.insert(offset, (cie, cies.len()));
+                    cies.push(copy);
                 }
-                return Some(v);
             }
+            Err(gimli::Error::NotCieId(_)) => fde_records.push((offset, size)),
+            _ => {}
         }
     }
-    fn cstr(&mut self) -> Option<&'b [u8]> {
-        let n = self.b.get(self.at..)?.iter().position(|c| *c == 0)?;
-        let s = self.bytes(n)?;
-        self.at += 1;
-        Some(s)
+    let mut fdes = Vec::with_capacity(fde_records.len());
+    for (offset, size) in fde_records {
+        let Ok(partial) = eh.partial_fde_from_offset(&bases, gimli::EhFrameOffset(offset)) else {
+            continue;
+        };
+        let Some((cie, copy)) = cie_at.get(&partial.cie_offset().0) else {
+            continue;
+        };
+        match partial.parse(|_, _, _| Ok(cie.clone())) {
+            Ok(fde) if fde.entry_len() + 4 == size => fdes.push((*copy, fde)),
+            _ => {}
+        }
     }
-    /// A value in the format of pointer encoding `enc` (its low nibble), sign extended; the
-    /// application (pcrel, ...) is the caller's.
-    fn encoded(&mut self, enc: u8) -> Option<u64> {
-        Some(match enc & 0x0f {
-            0x00 | 0x04 => u64::from_le_bytes(self.le()?),
-            0x01 => self.uleb()?,
-            0x02 => u64::from(u16::from_le_bytes(self.le()?)),
-            0x03 => u64::from(u32::from_le_bytes(self.le()?)),
-            0x09 => self.sleb()? as u64,
-            0x0a => i16::from_le_bytes(self.le()?) as u64,
-            0x0b => i32::from_le_bytes(self.le()?) as u64,
-            0x0c => i64::from_le_bytes(self.le()?) as u64,
-            _ => return None,
+    fdes.sort_unstable_by_key(|(_, f)| f.initial_address());
+    UnitCfi {
+        eh,
+        bases,
+        cies,
+        fdes,
+    }
+}
+
+/// The copy of `cie` that the rewritten `.eh_frame` holds: augmentation `zR` (`zRS`), FDE
+/// pointers `pcrel|sdata4`, no personality, its factors and instructions. None for a CIE whose
+/// FDEs the rewrite cannot keep the meaning of.
+fn rewritten_cie(
+    eh: &gimli::EhFrame<Slice>,
+    bases: &gimli::BaseAddresses,
+    cie: &read::CommonInformationEntry<Slice>,
+) -> Option<write::CommonInformationEntry> {
+    // `.eh_frame` knows versions 1 and 3 (gimli also reads `.debug_frame`'s 4).
+    if !matches!(cie.version(), 1 | 3) {
+        return None;
+    }
+    // FDE pointers kiln can re-express: direct, absolute or PC-relative.
+    let fde_pointers = cie
+        .fde_address_encoding()
+        .unwrap_or(constants::DW_EH_PE_absptr);
+    if fde_pointers.is_indirect()
+        || !matches!(
+            fde_pointers.application(),
+            constants::DW_EH_PE_absptr | constants::DW_EH_PE_pcrel
+        )
+    {
+        return None;
+    }
+    // The copy is version 1, whose return address register is one byte, written as a ULEB128
+    // by gimli: the same byte below 0x80.
+    let ra = cie.return_address_register();
+    if ra.0 >= 0x80 {
+        return None;
+    }
+    // gimli::write divides by both factors when it encodes instructions: 0 is no factor.
+    let code_align = u8::try_from(cie.code_alignment_factor())
+        .ok()
+        .filter(|f| *f != 0)?;
+    let data_align = i8::try_from(cie.data_alignment_factor())
+        .ok()
+        .filter(|f| *f != 0)?;
+    let mut copy = write::CommonInformationEntry::new(ENCODING, code_align, data_align, ra);
+    copy.fde_address_encoding = PCREL_SDATA4;
+    copy.signal_trampoline = cie.is_signal_trampoline();
+    let mut instructions = cie.instructions(eh, bases);
+    while let Some(i) = instructions.next().ok()? {
+        match converted(i, cie, eh)? {
+            Step::Rule(rule) => copy.add_instruction(rule),
+            // A CIE's instructions hold at the start of every FDE: an advance there has no
+            // place in the copy.
+            Step::Advance(0) | Step::Nothing => {}
+            Step::Advance(_) => return None,
+        }
+    }
+    Some(copy)
+}
+
+/// A call frame instruction, converted.
+enum Step {
+    /// Move the location on by this many bytes.
+    Advance(u32),
+    /// A rule (`gimli::write` holds offsets unfactored, and factors them again on writing).
+    Rule(write::CallFrameInstruction),
+    /// A `DW_CFA_nop`.
+    Nothing,
+}
+
+/// `i`, of a record of `cie` in `eh`, for `gimli::write`. None for what the rewrite cannot keep:
+/// `DW_CFA_set_loc` (its operand is in the FDE pointer encoding, which the rewrite changes),
+/// AArch64's instruction, offsets beyond 32 bits.
+fn converted(
+    i: read::CallFrameInstruction<usize>,
+    cie: &read::CommonInformationEntry<Slice>,
+    eh: &gimli::EhFrame<Slice>,
+) -> Option<Step> {
+    use read::CallFrameInstruction as From;
+    use write::CallFrameInstruction as To;
+    let data =
+        |factored: i64| i32::try_from(factored.checked_mul(cie.data_alignment_factor())?).ok();
+    let unsigned_data = |factored: u64| data(i64::try_from(factored).ok()?);
+    let offset = |offset: u64| i32::try_from(offset).ok();
+    let expression = |e: read::UnwindExpression<usize>| {
+        let bytes = e.get(eh).ok()?.0.slice().to_vec();
+        Some(write::Expression::raw(bytes))
+    };
+    let rule = match i {
+        From::SetLoc { .. } | From::NegateRaState => return None,
+        From::AdvanceLoc { delta } => {
+            let factor = u32::try_from(cie.code_alignment_factor()).ok()?;
+            return Some(Step::Advance(delta.checked_mul(factor)?));
+        }
+        From::Nop => return Some(Step::Nothing),
+        From::DefCfa {
+            register,
+            offset: o,
+        } => To::Cfa(register, offset(o)?),
+        From::DefCfaSf {
+            register,
+            factored_offset,
+        } => To::Cfa(register, data(factored_offset)?),
+        From::DefCfaRegister { register } => To::CfaRegister(register),
+        From::DefCfaOffset { offset: o } => To::CfaOffset(offset(o)?),
+        From::DefCfaOffsetSf { factored_offset } => To::CfaOffset(data(factored_offset)?),
+        From::DefCfaExpression { expression: e } => To::CfaExpression(expression(e)?),
+        From::Undefined { register } => To::Undefined(register),
+        From::SameValue { register } => To::SameValue(register),
+        From::Offset {
+            register,
+            factored_offset,
+        } => To::Offset(register, unsigned_data(factored_offset)?),
+        From::OffsetExtendedSf {
+            register,
+            factored_offset,
+        } => To::Offset(register, data(factored_offset)?),
+        From::ValOffset {
+            register,
+            factored_offset,
+        } => To::ValOffset(register, unsigned_data(factored_offset)?),
+        From::ValOffsetSf {
+            register,
+            factored_offset,
+        } => To::ValOffset(register, data(factored_offset)?),
+        From::Register {
+            dest_register,
+            src_register,
+        } => To::Register(dest_register, src_register),
+        From::Expression {
+            register,
+            expression: e,
+        } => To::Expression(register, expression(e)?),
+        From::ValExpression {
+            register,
+            expression: e,
+        } => To::ValExpression(register, expression(e)?),
+        From::Restore { register } => To::Restore(register),
+        From::RememberState => To::RememberState,
+        From::RestoreState => To::RestoreState,
+        From::ArgsSize { size } => To::ArgsSize(u32::try_from(size).ok()?),
+    };
+    Some(Step::Rule(rule))
+}
+
+/// The copy of `fde`, at `address` (as gimli::write takes it), with the same rules. None if an
+/// instruction cannot be kept or its range does not fit 32 bits.
+fn rewritten_fde(
+    cfi: &UnitCfi,
+    fde: &read::FrameDescriptionEntry<Slice>,
+    address: u64,
+) -> Option<write::FrameDescriptionEntry> {
+    let range = u32::try_from(fde.len()).ok()?;
+    let mut copy = write::FrameDescriptionEntry::new(write::Address::Constant(address), range);
+    let mut at = 0u32;
+    let mut from = fde.instructions(&cfi.eh, &cfi.bases);
+    while let Some(i) = from.next().ok()? {
+        match converted(i, fde.cie(), &cfi.eh)? {
+            Step::Advance(delta) => at = at.checked_add(delta)?,
+            Step::Rule(rule) => copy.add_instruction(at, rule),
+            Step::Nothing => {}
+        }
+    }
+    Some(copy)
+}
+
+/// The unwinding data of `f` laid out as perf inject places it after the code (see the module
+/// documentation): `.eh_frame` (its CIEs and FDEs, rewritten, and a terminator) then
+/// `.eh_frame_hdr`. Returns the data and the header's size; None if no FDE covers `f` (or one
+/// does not fit the encodings).
+fn unwinding_data(cfi: &UnitCfi, f: &Function) -> Option<(Vec<u8>, u64)> {
+    // Offsets from the start of the code; `.eh_frame` starts at `base`.
+    let base = f.size.next_multiple_of(8);
+    let mut table = write::FrameTable::default();
+    for (copy, d) in cfi.fdes_meeting(f.addr, f.addr + f.size) {
+        // gimli writes a PC-relative pointer relative to its place in the section it writes,
+        // which starts at 0: so the address is given relative to the start of `.eh_frame`.
+        let pc = d.initial_address().wrapping_sub(f.addr).wrapping_sub(base);
+        // An FDE whose instructions cannot be rewritten is left out.
+        if let Some(fde) = rewritten_fde(cfi, d, pc) {
+            let cie = table.add_cie(cfi.cies[*copy].clone());
+            table.add_fde(cie, fde);
+        }
+    }
+    if table.fde_count() == 0 {
+        return None;
+    }
+    let mut eh_frame = write::EhFrame(write::EndianVec::new(LittleEndian));
+    table.write_eh_frame(&mut eh_frame).ok()?;
+    let mut data = eh_frame.0.into_vec();
+    data.extend_from_slice(&[0; 4]); // terminator
+    let hdr = eh_frame_hdr(&data, base)?;
+    data.extend_from_slice(&hdr);
+    Some((data, hdr.len() as u64))
+}
+
+/// The `.eh_frame_hdr` for `eh_frame` placed `base` bytes after the code, and the header right
+/// after it: version 1, `eh_frame_ptr` `pcrel|sdata4`, `fde_count` `udata4`, a table
+/// `datarel|sdata4` (relative to the header) sorted by initial location. The FDEs are found by
+/// reading `eh_frame` back (gimli's writer does not say where it put them).
+fn eh_frame_hdr(eh_frame: &[u8], base: u64) -> Option<Vec<u8>> {
+    let mut section = gimli::EhFrame::new(eh_frame, LittleEndian);
+    section.set_address_size(8);
+    let bases = gimli::BaseAddresses::default().set_eh_frame(base);
+    // (initial location, FDE), from the start of the code.
+    let mut table: Vec<(i64, i64)> = Vec::new();
+    let mut entries = section.entries(&bases);
+    while let Some(entry) = entries.next().ok()? {
+        if let read::CieOrFde::Fde(partial) = entry {
+            let fde = partial.parse(gimli::EhFrame::cie_from_offset).ok()?;
+            table.push((
+                fde.initial_address() as i64,
+                (base as usize + fde.offset()) as i64,
+            ));
+        }
+    }
+    table.sort_unstable();
+    let hdr = (base as usize + eh_frame.len()) as i64;
+    let mut w = write::EndianVec::new(LittleEndian);
+    w.write_u8(1).ok()?; // version
+    w.write_u8(PCREL_SDATA4.0).ok()?;
+    w.write_u8(constants::DW_EH_PE_udata4.0).ok()?;
+    w.write_u8(constants::DW_EH_PE_datarel.0 | constants::DW_EH_PE_sdata4.0)
+        .ok()?;
+    w.write_sdata(base as i64 - (hdr + 4), 4).ok()?; // eh_frame_ptr, relative to itself
+    w.write_udata(table.len() as u64, 4).ok()?;
+    for (pc, fde) in table {
+        w.write_sdata(pc - hdr, 4).ok()?;
+        w.write_sdata(fde - hdr, 4).ok()?;
+    }
+    Some(w.into_vec())
+}
+
+/// Where perf may map a function's unwinding data (after its code) without covering other code:
+/// before the end of the unit, and after the end of every function that starts before it.
+struct RoomAfterCode<'f> {
+    funcs: &'f [Function],
+    /// `reach[i]`: the furthest end among `funcs[..=i]` (`funcs` is sorted by address).
+    reach: Vec<u64>,
+    unit_end: u64,
+}
+
+impl<'f> RoomAfterCode<'f> {
+    fn new(u: &Unit, funcs: &'f [Function]) -> Self {
+        let unit_end = u
+            .layout
+            .segments
+            .iter()
+            .map(|s| s.addr + s.content_size + s.zero_size)
+            .max()
+            .unwrap_or(0);
+        let reach = funcs
+            .iter()
+            .scan(0u64, |m, f| {
+                *m = (*m).max(f.addr + f.size);
+                Some(*m)
+            })
+            .collect();
+        RoomAfterCode {
+            funcs,
+            reach,
+            unit_end,
+        }
+    }
+
+    /// Whether `[lo, hi)` lies in the unit and holds no function.
+    fn is_free(&self, lo: u64, hi: u64) -> bool {
+        let n = self.funcs.partition_point(|g| g.addr < hi);
+        hi <= self.unit_end && (n == 0 || self.reach[n - 1] <= lo)
+    }
+}
+
+/// The line tables of a unit's inputs at final addresses, read when first needed.
+struct LineTables<'u, 'g, 'a> {
+    u: &'u Unit<'g, 'a>,
+    ranges: FxHashMap<(InputId, u32), (u64, u64)>,
+    tables: FxHashMap<InputId, LineTable>,
+}
+
+impl<'u, 'g, 'a> LineTables<'u, 'g, 'a> {
+    fn new(u: &'u Unit<'g, 'a>) -> Self {
+        LineTables {
+            u,
+            ranges: u.section_ranges(),
+            tables: FxHashMap::default(),
+        }
+    }
+
+    fn of(&mut self, input: InputId) -> &LineTable {
+        let (u, ranges) = (self.u, &self.ranges);
+        self.tables.entry(input).or_insert_with(|| {
+            let data = u.g.inputs.get(input.idx()).map_or(&[][..], |i| i.data);
+            if data.is_empty() {
+                return LineTable::default();
+            }
+            let addr = |i: usize| ranges.get(&(input, i as u32)).map(|r| r.0);
+            line_table(data, &addr).unwrap_or_else(|why| {
+                let name = u.g.input_name(input);
+                tracing::warn!("jitdump: no line table for {name}: {why}");
+                LineTable::default()
+            })
         })
     }
 }
 
-/// Whether `insns` are call frame instructions that keep their meaning when the record is
-/// rewritten: every opcode known, and no `DW_CFA_set_loc` (its operand is an address in the
-/// FDE's pointer encoding, which the rewrite changes).
-fn plain_instructions(insns: &[u8]) -> bool {
-    let mut r = Reader::new(insns);
-    let ok = |r: &mut Reader| -> Option<()> {
-        while r.at < r.b.len() {
-            let op = r.u8()?;
-            match op >> 6 {
-                1 | 3 => continue, // advance_loc, restore: operand in the opcode
-                2 => {
-                    r.uleb()?; // offset
-                    continue;
-                }
-                _ => {}
-            }
-            match op {
-                0x00 | 0x0a | 0x0b => {} // nop, remember_state, restore_state
-                0x02 => drop(r.bytes(1)?),
-                0x03 => drop(r.bytes(2)?),
-                0x04 => drop(r.bytes(4)?),
-                0x06..=0x08 | 0x0d | 0x0e | 0x2e => drop(r.uleb()?),
-                0x13 => drop(r.sleb()?),
-                0x05 | 0x09 | 0x0c | 0x14 | 0x2f => {
-                    r.uleb()?;
-                    r.uleb()?;
-                }
-                0x11 | 0x12 | 0x15 => {
-                    r.uleb()?;
-                    r.sleb()?;
-                }
-                0x0f => {
-                    let n = r.uleb()?;
-                    r.bytes(usize::try_from(n).ok()?)?;
-                }
-                0x10 | 0x16 => {
-                    r.uleb()?;
-                    let n = r.uleb()?;
-                    r.bytes(usize::try_from(n).ok()?)?;
-                }
-                _ => return None, // set_loc (0x01) or unknown
-            }
-        }
-        Some(())
-    };
-    ok(&mut r).is_some()
-}
-
-/// A CIE of the unit's `.eh_frame`: what its rewritten copy keeps.
-struct Cie<'w> {
-    version: u8,
-    /// Code and data alignment factors and return address register, as encoded.
-    factors: &'w [u8],
-    signal_frame: bool,
-    /// Pointer encoding of its FDEs' pc_begin and pc_range.
-    fde_enc: u8,
-    /// Augmentation data present (`z`): its FDEs have augmentation data too.
-    z: bool,
-    instructions: &'w [u8],
-}
-
-/// An FDE of the unit's `.eh_frame`, at final addresses.
-struct Fde<'w> {
-    /// Index of its CIE in [`EhFrame::cies`].
-    cie: usize,
-    pc_begin: u64,
-    pc_range: u64,
-    instructions: &'w [u8],
-}
-
-/// `rec` is one whole record (length field included). None for what the rewrite cannot keep
-/// the meaning of: other versions or augmentations, or unusual instructions.
-fn parse_cie(rec: &[u8]) -> Option<Cie<'_>> {
-    let mut r = Reader::new(rec);
-    let len = u32::from_le_bytes(r.le()?) as usize;
-    if len.checked_add(4)? != rec.len() || u32::from_le_bytes(r.le()?) != 0 {
-        return None;
+/// The records of `f` (whose final bytes are `code`): its line table (when there is DWARF), its
+/// unwinding data (when it has an FDE), then its code.
+fn function_records(
+    out: &mut Vec<u8>,
+    f: &Function,
+    code: &[u8],
+    lines: &mut LineTables,
+    cfi: &UnitCfi,
+    room: &RoomAfterCode,
+) -> Result<(), format::FormatError> {
+    let table = lines.of(f.input);
+    let rows = table.rows_in(f.addr, f.addr + f.size);
+    if !rows.is_empty() {
+        let entries = rows.iter().map(|r| {
+            let entry = format::DebugEntry {
+                addr: r.addr,
+                lineno: r.line,
+                discrim: 0,
+            };
+            let file = table.files.get(r.file as usize).map_or("", String::as_str);
+            (entry, file)
+        });
+        format::debug_info(out, f.addr, entries)?;
     }
-    let version = r.u8()?;
-    if version != 1 && version != 3 {
-        return None;
+    if let Some((data, hdr_size)) = unwinding_data(cfi, f) {
+        let lo = f.addr + f.size.next_multiple_of(8);
+        let mapped = room.is_free(lo, lo + data.len() as u64);
+        let mapped_size = if mapped { data.len() as u64 } else { 0 };
+        format::unwinding_info(out, &data, hdr_size, mapped_size)?;
     }
-    let aug = r.cstr()?;
-    let factors_at = r.at;
-    r.uleb()?;
-    r.sleb()?;
-    if version == 1 {
-        r.u8()?;
-    } else {
-        r.uleb()?;
-    }
-    let factors = &rec[factors_at..r.at];
-    let (mut fde_enc, mut signal_frame) = (PE_ABSPTR, false);
-    let z = aug.first() == Some(&b'z');
-    if z {
-        let n = usize::try_from(r.uleb()?).ok()?;
-        let mut d = Reader::new(r.bytes(n)?);
-        for c in &aug[1..] {
-            match c {
-                b'R' => fde_enc = d.u8()?,
-                b'L' => drop(d.u8()?),
-                b'P' => {
-                    let enc = d.u8()?;
-                    if enc & 0x70 == 0x50 {
-                        return None; // aligned: its size depends on the record's address
-                    }
-                    d.encoded(enc)?;
-                }
-                b'S' => signal_frame = true,
-                _ => return None,
-            }
-        }
-    } else if !aug.is_empty() {
-        return None;
-    }
-    let instructions = &rec[r.at..];
-    plain_instructions(instructions).then_some(Cie {
-        version,
-        factors,
-        signal_frame,
-        fde_enc,
-        z,
-        instructions,
-    })
-}
-
-/// `rec` is one whole FDE record, at `addr`; `cie_at` finds a CIE of `cies` by address.
-fn parse_fde<'w>(
-    rec: &'w [u8],
-    addr: u64,
-    cies: &[Cie],
-    cie_at: &FxHashMap<u64, usize>,
-) -> Option<Fde<'w>> {
-    let mut r = Reader::new(rec);
-    let len = u32::from_le_bytes(r.le()?) as usize;
-    let cie_ptr = u32::from_le_bytes(r.le()?);
-    if len.checked_add(4)? != rec.len() || cie_ptr == 0 {
-        return None;
-    }
-    let cie_index = *cie_at.get(&(addr + 4).checked_sub(u64::from(cie_ptr))?)?;
-    let cie = &cies[cie_index];
-    let enc = cie.fde_enc;
-    let field = addr + r.at as u64;
-    let raw = r.encoded(enc)?;
-    let pc_begin = match enc & 0x70 {
-        _ if enc & PE_INDIRECT != 0 => return None,
-        0x00 => raw,
-        PE_PCREL => field.wrapping_add(raw),
-        _ => return None,
-    };
-    let pc_range = r.encoded(enc & 0x0f)?;
-    if cie.z {
-        let n = usize::try_from(r.uleb()?).ok()?;
-        r.bytes(n)?;
-    }
-    let instructions = &rec[r.at..];
-    plain_instructions(instructions).then_some(Fde {
-        cie: cie_index,
-        pc_begin,
-        pc_range,
-        instructions,
-    })
-}
-
-/// The unit's live CIEs and FDEs (sorted by pc_begin), from their final bytes.
-struct EhFrame<'w> {
-    cies: Vec<Cie<'w>>,
-    fdes: Vec<Fde<'w>>,
-}
-
-/// Parse `records` (address, bytes of one whole CIE or FDE); what cannot be rewritten is left
-/// out.
-fn parse_eh_frame<'w>(records: &[(u64, &'w [u8])]) -> EhFrame<'w> {
-    let is_cie = |rec: &[u8]| rec.get(4..8) == Some(&[0, 0, 0, 0][..]);
-    let mut cies = Vec::new();
-    let mut cie_at = FxHashMap::default();
-    for &(addr, rec) in records.iter().filter(|(_, rec)| is_cie(rec)) {
-        if let Some(c) = parse_cie(rec) {
-            cie_at.insert(addr, cies.len());
-            cies.push(c);
-        }
-    }
-    let mut fdes: Vec<Fde> = records
-        .iter()
-        .filter(|(_, rec)| !is_cie(rec))
-        .filter_map(|&(addr, rec)| parse_fde(rec, addr, &cies, &cie_at))
-        .collect();
-    fdes.sort_unstable_by_key(|f| f.pc_begin);
-    EhFrame { cies, fdes }
-}
-
-fn unit_eh_frame<'w>(u: &'w Unit) -> EhFrame<'w> {
-    let records: Vec<(u64, &[u8])> =
-        u.g.blocks
-            .iter()
-            .filter(|b| b.live && u.g.sections[b.section.idx()].kind == SectionKind::EhFrame)
-            .filter_map(|b| Some((b.addr, u.bytes(b.addr, b.size())?)))
-            .collect();
-    parse_eh_frame(&records)
-}
-
-/// Buffers of [`unwinding_data`], kept from one function to the next.
-#[derive(Default)]
-struct Scratch {
-    /// The unwinding data.
-    data: Vec<u8>,
-    /// (CIE index, its position in `data`).
-    cies: Vec<(usize, usize)>,
-    /// (initial location, FDE position), both from the start of the code.
-    table: Vec<(i64, i64)>,
-}
-
-/// Pad the record that starts at `start` with `DW_CFA_nop` to a multiple of 4 bytes and set its
-/// length.
-fn end_record(out: &mut Vec<u8>, start: usize) {
-    out.resize(start + (out.len() - start).next_multiple_of(4), CFA_NOP);
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-}
-
-/// The unwinding data of `f` laid out as perf inject places it after the code (see the module
-/// documentation), into `s.data`: `.eh_frame` (its CIEs and FDEs, rewritten, and a terminator)
-/// then `.eh_frame_hdr`. Returns the header's size; None if no FDE covers `f` (or one does not
-/// fit the encodings).
-fn unwinding_data(eh: &EhFrame, f: &Function, s: &mut Scratch) -> Option<u64> {
-    s.data.clear();
-    s.cies.clear();
-    s.table.clear();
-    let out = &mut s.data;
-    // Offsets below are from the start of the code; `.eh_frame` starts at `base`.
-    let base = f.size.next_multiple_of(8) as i64;
-    let end = f.addr + f.size;
-    // From the last FDE that starts before the function (it may cover its start).
-    let lo = eh
-        .fdes
-        .partition_point(|d| d.pc_begin < f.addr)
-        .saturating_sub(1);
-    for d in eh.fdes[lo..]
-        .iter()
-        .take_while(|d| d.pc_begin < end)
-        .filter(|d| d.pc_begin.saturating_add(d.pc_range) > f.addr)
-    {
-        let cie_pos = match s.cies.iter().find(|(c, _)| *c == d.cie) {
-            Some(&(_, p)) => p,
-            None => {
-                let cie = &eh.cies[d.cie];
-                let p = out.len();
-                out.extend_from_slice(&[0; 8]); // length, CIE id
-                out.push(cie.version);
-                out.extend_from_slice(if cie.signal_frame { b"zRS\0" } else { b"zR\0" });
-                out.extend_from_slice(cie.factors);
-                out.extend_from_slice(&[1, PE_PCREL | PE_SDATA4]);
-                out.extend_from_slice(cie.instructions);
-                end_record(out, p);
-                s.cies.push((d.cie, p));
-                p
-            }
-        };
-        let p = out.len();
-        let pc = d.pc_begin.wrapping_sub(f.addr) as i64;
-        let field = base + p as i64 + 8;
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&((p + 4 - cie_pos) as u32).to_le_bytes());
-        out.extend_from_slice(&i32::try_from(pc - field).ok()?.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(d.pc_range).ok()?.to_le_bytes());
-        out.push(0); // augmentation data length
-        out.extend_from_slice(d.instructions);
-        end_record(out, p);
-        s.table.push((pc, base + p as i64));
-    }
-    if s.table.is_empty() {
-        return None;
-    }
-    out.extend_from_slice(&[0; 4]); // terminator
-    let hdr = base + out.len() as i64;
-    s.table.sort_unstable();
-    let rel = |v: i64| i32::try_from(v).ok().map(i32::to_le_bytes);
-    let hdr_start = out.len();
-    out.extend_from_slice(&[1, PE_PCREL | PE_SDATA4, PE_UDATA4, PE_DATAREL | PE_SDATA4]);
-    out.extend_from_slice(&rel(base - (hdr + 4))?);
-    out.extend_from_slice(&(s.table.len() as u32).to_le_bytes());
-    for &(pc, fde) in &s.table {
-        out.extend_from_slice(&rel(pc - hdr)?);
-        out.extend_from_slice(&rel(fde - hdr)?);
-    }
-    Some((out.len() - hdr_start) as u64)
+    format::code_load(out, f.addr, &f.name, code)
 }
 
 /// The records of a unit: for each function, its line table (when there is DWARF), its
 /// unwinding data (when it has an FDE), then its code.
 pub(crate) fn unit_records(u: &Unit, funcs: &[Function]) -> Vec<u8> {
-    let ranges = u.section_ranges();
-    let eh = unit_eh_frame(u);
-    // Where perf would map a function's unwinding data without covering other code: before the
-    // end of the unit, and after the end of every function that starts before it (`funcs` is
-    // sorted by address; `reach[i]` is the furthest end among `funcs[..=i]`).
-    let unit_end = u
-        .layout
-        .segments
-        .iter()
-        .map(|s| s.addr + s.content_size + s.zero_size)
-        .max()
-        .unwrap_or(0);
-    let reach: Vec<u64> = funcs
-        .iter()
-        .scan(0u64, |m, f| {
-            *m = (*m).max(f.addr + f.size);
-            Some(*m)
-        })
-        .collect();
-    let free = |lo: u64, hi: u64| {
-        let n = funcs.partition_point(|g| g.addr < hi);
-        hi <= unit_end && (n == 0 || reach[n - 1] <= lo)
-    };
-    let mut tables: FxHashMap<InputId, LineTable> = FxHashMap::default();
-    let mut scratch = Scratch::default();
+    let cfi = unit_cfi(u);
+    let room = RoomAfterCode::new(u, funcs);
+    let mut lines = LineTables::new(u);
     // Code, plus room for the other records of a typical function.
     let mut out = Vec::with_capacity(funcs.iter().map(|f| f.size as usize + 256).sum());
     for f in funcs {
         let Some(code) = u.bytes(f.addr, f.size) else {
             continue;
         };
-        let table = tables.entry(f.input).or_insert_with(|| {
-            let data = u.g.inputs.get(f.input.idx()).map_or(&[][..], |i| i.data);
-            if data.is_empty() {
-                return LineTable::default();
-            }
-            let addr = |i: usize| ranges.get(&(f.input, i as u32)).map(|r| r.0);
-            line_table(data, &addr).unwrap_or_else(|why| {
-                tracing::warn!(
-                    "jitdump: no line table for {}: {why}",
-                    u.g.input_name(f.input)
-                );
-                LineTable::default()
-            })
-        });
-        let rows = table.rows_in(f.addr, f.addr + f.size);
-        if !rows.is_empty() {
-            let entries: Vec<DebugEntry> = rows
-                .iter()
-                .map(|r| DebugEntry {
-                    addr: r.addr,
-                    line: r.line,
-                    discriminator: 0,
-                    file: table
-                        .files
-                        .get(r.file as usize)
-                        .cloned()
-                        .unwrap_or_default(),
-                })
-                .collect();
-            debug_info(&mut out, f.addr, &entries);
+        let start = out.len();
+        if let Err(why) = function_records(&mut out, f, code, &mut lines, &cfi, &room) {
+            // None of its records: perf attaches lines and unwinding data to the next load.
+            out.truncate(start);
+            tracing::warn!("jitdump: no records for {}: {why}", f.name);
         }
-        if let Some(hdr_size) = unwinding_data(&eh, f, &mut scratch) {
-            let data = &scratch.data;
-            let lo = f.addr + f.size.next_multiple_of(8);
-            let mapped = free(lo, lo + data.len() as u64);
-            let mapped_size = if mapped { data.len() as u64 } else { 0 };
-            unwinding_info(&mut out, data, hdr_size, mapped_size);
-        }
-        code_load(&mut out, &f.name, f.addr, code);
     }
     out
 }
@@ -577,16 +511,29 @@ pub(crate) fn unit_records(u: &Unit, funcs: &[Function]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// A record: length, then `body`, padded with nops to a multiple of 4.
+    /// A record: length, then `body`, padded with `DW_CFA_nop` to a multiple of 4.
     fn rec(body: &[u8]) -> Vec<u8> {
         let mut r = vec![0; 4];
         r.extend_from_slice(body);
-        end_record(&mut r, 0);
+        r.resize(r.len().next_multiple_of(4), 0);
+        let len = (r.len() - 4) as u32;
+        r[..4].copy_from_slice(&len.to_le_bytes());
         r
     }
 
-    /// `.eh_frame` + `.eh_frame_hdr` of a function of `code_size` bytes, decoded as perf lays
-    /// it out: for each table entry, (pc_begin and pc_range relative to the code, CIE
+    /// `f` of the CFI of `records` laid out one after the other from `address`.
+    fn with_cfi<T>(address: u64, records: &[&[u8]], f: impl FnOnce(&UnitCfi) -> T) -> T {
+        let mut section = Vec::new();
+        let mut at = Vec::new();
+        for r in records {
+            at.push((section.len(), r.len()));
+            section.extend_from_slice(r);
+        }
+        f(&read_cfi(&section, address, &at))
+    }
+
+    /// `.eh_frame` + `.eh_frame_hdr` of a function of `code_size` bytes, decoded by hand as
+    /// perf lays it out: for each table entry, (pc_begin and pc_range relative to the code, CIE
     /// augmentation, CIE instructions, FDE instructions).
     type Decoded = Vec<(i64, u64, Vec<u8>, Vec<u8>, Vec<u8>)>;
     fn decode(data: &[u8], hdr_size: u64, code_size: u64) -> Decoded {
@@ -644,10 +591,15 @@ mod tests {
     /// gcc's CIE for C with exceptions ("zPLR": personality through a GOT-like slot, LSDA and
     /// FDE pointers pcrel|sdata4), at 0x5000, and an FDE of `f` (0x1000, 0x43 bytes) after it.
     fn zplr() -> (Vec<u8>, Vec<u8>) {
+        zplr_with(&[0x0c, 7, 8, 0x90, 1]) // def_cfa rsp+8; rip at cfa-8
+    }
+
+    /// [`zplr`] with these initial instructions in the CIE.
+    fn zplr_with(cie_instructions: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let mut cie = vec![0, 0, 0, 0, 1];
         cie.extend_from_slice(b"zPLR\0");
         cie.extend_from_slice(&[1, 0x78, 16, 7, 0x9b, 0xed, 0xff, 0xff, 0xff, 0x1b, 0x1b]);
-        cie.extend_from_slice(&[0x0c, 7, 8, 0x90, 1]); // def_cfa rsp+8; rip at cfa-8
+        cie.extend_from_slice(cie_instructions);
         let cie = rec(&cie);
         let fde_addr = 0x5000 + cie.len() as u64;
         let mut fde = ((fde_addr + 4 - 0x5000) as u32).to_le_bytes().to_vec();
@@ -659,17 +611,13 @@ mod tests {
         (cie, rec(&fde))
     }
 
-    fn data_of(eh: &EhFrame, f: &Function) -> Option<(Vec<u8>, u64)> {
-        let mut s = Scratch::default();
-        let hdr = unwinding_data(eh, f, &mut s)?;
-        Some((s.data, hdr))
-    }
-
     #[test]
     fn personality_and_lsda_are_dropped_and_pcs_are_relative_to_perfs_layout() {
         let (cie, fde) = zplr();
-        let eh = parse_eh_frame(&[(0x5000, &cie), (0x5000 + cie.len() as u64, &fde)]);
-        let (data, hdr) = data_of(&eh, &func(0x1000, 0x43)).expect("unwinding data");
+        let (data, hdr) = with_cfi(0x5000, &[&cie, &fde], |cfi| {
+            unwinding_data(cfi, &func(0x1000, 0x43))
+        })
+        .expect("unwinding data");
         assert_eq!(data.len() % 4, 0);
         let d = decode(&data, hdr, 0x43);
         assert_eq!(d.len(), 1);
@@ -679,24 +627,26 @@ mod tests {
         assert_eq!(&cie_insns[..5], &[0x0c, 7, 8, 0x90, 1]);
         assert!(cie_insns[5..].iter().all(|b| *b == 0), "nop padding");
         assert_eq!(&fde_insns[..5], &[0x41, 0x0e, 0x10, 0x83, 0x02]);
+        assert!(fde_insns[5..].iter().all(|b| *b == 0), "nop padding");
         // The record: sizes, then the data, padded to 8.
         let mut r = Vec::new();
-        unwinding_info(&mut r, &data, hdr, data.len() as u64);
+        format::unwinding_info(&mut r, &data, hdr, data.len() as u64).unwrap();
         assert_eq!(r.len() % 8, 0);
+        let record = format::record_at(&r).unwrap();
         assert_eq!(
-            u32::from_le_bytes(r[0..4].try_into().unwrap()),
-            JIT_CODE_UNWINDING_INFO
+            (record.id, record.total_size as usize),
+            (format::JIT_CODE_UNWINDING_INFO, r.len())
         );
+        let (info, body) = format::parse_unwinding_info(&r[16..]).unwrap();
         assert_eq!(
-            u32::from_le_bytes(r[4..8].try_into().unwrap()) as usize,
-            r.len()
-        );
-        let u = |at: usize| u64::from_le_bytes(r[at..at + 8].try_into().unwrap());
-        assert_eq!(
-            (u(16), u(24), u(32)),
+            (
+                info.unwinding_size,
+                info.eh_frame_hdr_size,
+                info.mapped_size
+            ),
             (data.len() as u64, hdr, data.len() as u64)
         );
-        assert_eq!(&r[40..40 + data.len()], &data[..]);
+        assert_eq!(body, &data[..]);
     }
 
     #[test]
@@ -710,7 +660,7 @@ mod tests {
         sig.extend_from_slice(b"zRS\0");
         sig.extend_from_slice(&[1, 0x78, 16, 1, 0x04, 0x0c, 7, 8]);
         let sig = rec(&sig);
-        let (pa, sa) = (0x8000u64, 0x8100u64);
+        let (pa, sa) = (0x8000u64, 0x8000 + plain.len() as u64);
         let fde = |at: u64, cie: u64, begin: u64, range: u64, z: bool| {
             let mut f = ((at + 4 - cie) as u32).to_le_bytes().to_vec();
             f.extend_from_slice(&begin.to_le_bytes());
@@ -721,11 +671,19 @@ mod tests {
             f.extend_from_slice(&[0x02, 0x20, 0x0e, 0x20]); // advance_loc1 32; cfa+32
             rec(&f)
         };
-        let f1 = fde(0x8200, pa, 0x2000, 0x100, false);
-        let f2 = fde(0x8300, sa, 0x2100, 0x10, true);
-        let eh = parse_eh_frame(&[(pa, &plain), (sa, &sig), (0x8200, &f1), (0x8300, &f2)]);
-        // `f` starts 0x40 into the first FDE's range and reaches into the second.
-        let (data, hdr) = data_of(&eh, &func(0x2040, 0xc8)).expect("unwinding data");
+        let f1_at = sa + sig.len() as u64;
+        let f1 = fde(f1_at, pa, 0x2000, 0x100, false);
+        let f2 = fde(f1_at + f1.len() as u64, sa, 0x2100, 0x10, true);
+        // `f` starts 0x40 into the first FDE's range and reaches into the second; code no FDE
+        // covers has no unwinding data.
+        let (spanning, uncovered) = with_cfi(pa, &[&plain, &sig, &f1, &f2], |cfi| {
+            (
+                unwinding_data(cfi, &func(0x2040, 0xc8)),
+                unwinding_data(cfi, &func(0x3000, 0x10)),
+            )
+        });
+        assert!(uncovered.is_none());
+        let (data, hdr) = spanning.expect("unwinding data");
         let d = decode(&data, hdr, 0xc8);
         assert_eq!(d.len(), 2, "both FDEs, each with its CIE");
         assert_eq!(
@@ -736,33 +694,77 @@ mod tests {
             (d[1].0, d[1].1, d[1].2.as_slice()),
             (0xc0, 0x10, &b"zRS"[..])
         );
-        assert_eq!(&d[1].4[..4], &[0x02, 0x20, 0x0e, 0x20]);
-        // Code no FDE covers has no unwinding data.
-        assert!(data_of(&eh, &func(0x3000, 0x10)).is_none());
+        // The same rules: advance_loc 32 (in its one-byte form), def_cfa_offset 32.
+        assert_eq!(&d[1].4[..3], &[0x60, 0x0e, 0x20]);
     }
 
     #[test]
     fn records_whose_meaning_the_rewrite_would_change_are_left_out() {
-        let (cie, _) = zplr();
+        let fdes = |insns: &[u8]| {
+            let (cie, fde) = zplr_with(insns);
+            with_cfi(0x5000, &[&cie, &fde], |c| c.fdes.len())
+        };
+        assert_eq!(fdes(&[0x0c, 7, 8, 0x90, 1]), 1);
         // DW_CFA_set_loc: its operand is in the FDE pointer encoding.
-        assert!(!plain_instructions(&[0x01, 0, 0, 0, 0]));
-        assert!(plain_instructions(&[
-            0x0f, 2, 0x77, 0x08, 0x2e, 0x10, 0x40, 0xc3
-        ]));
-        assert!(
-            !plain_instructions(&[0x0f, 5, 0x77]),
-            "truncated expression"
-        );
-        // Unknown augmentation, other versions.
+        assert_eq!(fdes(&[0x01, 0, 0, 0, 0]), 0);
+        // def_cfa_expression, GNU_args_size, advance_loc 0, restore.
+        assert_eq!(fdes(&[0x0f, 2, 0x77, 0x08, 0x2e, 0x10, 0x40, 0xc3]), 1);
+        // Alignment factors of 0 (gimli::write would divide by them).
+        let mut zero_factor = vec![0, 0, 0, 0, 1];
+        zero_factor.extend_from_slice(b"zR\0");
+        zero_factor.extend_from_slice(&[1, 0, 16, 1, 0x1b, 0x90, 1]);
+        assert!(with_cfi(0x5000, &[&rec(&zero_factor)], |c| c
+            .cies
+            .is_empty()));
+        // A CIE that advances the location; a truncated expression.
+        assert_eq!(fdes(&[0x41]), 0);
+        assert_eq!(fdes(&[0x0f, 5, 0x77]), 0);
+        let (cie, fde) = zplr();
+        // An FDE whose instructions include DW_CFA_set_loc: left out, so `f` has none.
+        let mut set_loc = fde.clone();
+        assert_eq!(set_loc[21], 0x41, "advance_loc 1");
+        set_loc[21] = 0x01;
+        let data = with_cfi(0x5000, &[&cie, &set_loc], |c| {
+            unwinding_data(c, &func(0x1000, 0x43))
+        });
+        assert!(data.is_none());
+        // Unknown augmentation, CIE version 4.
         let mut b = vec![0, 0, 0, 0, 1];
         b.extend_from_slice(b"zB\0");
         b.extend_from_slice(&[1, 0x78, 16, 0]);
-        assert!(parse_cie(&rec(&b)).is_none());
+        assert!(with_cfi(0x5000, &[&rec(&b)], |c| c.cies.is_empty()));
         let mut v4 = cie.clone();
         v4[8] = 4;
-        assert!(parse_cie(&v4).is_none());
-        assert!(parse_cie(&cie).is_some());
-        // Length field that disagrees with the block.
-        assert!(parse_cie(&cie[..cie.len() - 4]).is_none());
+        assert!(with_cfi(0x5000, &[&v4], |c| c.cies.is_empty()));
+        assert_eq!(with_cfi(0x5000, &[&cie], |c| c.cies.len()), 1);
+        // A block whose size disagrees with the record's length field.
+        let mut section = cie.clone();
+        section.extend_from_slice(&fde);
+        let short = read_cfi(&section, 0x5000, &[(0, cie.len() - 4)]);
+        assert!(short.cies.is_empty());
+    }
+
+    #[test]
+    fn every_single_byte_mutation_is_read_or_refused_without_a_panic() {
+        let (cie, fde) = zplr();
+        let mut section = cie.clone();
+        section.extend_from_slice(&fde);
+        let records = [(0, cie.len()), (cie.len(), fde.len())];
+        let mut kept = 0;
+        for at in 0..section.len() {
+            for byte in 0..=255u8 {
+                let mut m = section.clone();
+                m[at] = byte;
+                let cfi = read_cfi(&m, 0x5000, &records);
+                if let Some((data, hdr)) = unwinding_data(&cfi, &func(0x1000, 0x43)) {
+                    assert!(hdr as usize <= data.len());
+                    kept += 1;
+                }
+            }
+        }
+        assert!(
+            kept > 0,
+            "the mutations that keep the meaning are rewritten"
+        );
     }
 }

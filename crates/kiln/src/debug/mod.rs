@@ -3,9 +3,9 @@
 //!
 //! | sink | finalize | dealloc |
 //! |---|---|---|
-//! | gdb | register an in-memory ELF copy of each input, section addresses patched ([`gdb`]) | unregister |
+//! | gdb | register an in-memory ELF copy of each input, section addresses patched (`gdb`) | unregister |
 //! | perf map | append `START SIZE NAME` lines to `/tmp/perf-PID.map` | — (perf reads the map after the process ended) |
-//! | jitdump | append `JIT_CODE_DEBUG_INFO` + `JIT_CODE_UNWINDING_INFO` + `JIT_CODE_LOAD` records ([`jitdump`]) | — (records are time stamped) |
+//! | jitdump | append `JIT_CODE_DEBUG_INFO` + `JIT_CODE_UNWINDING_INFO` + `JIT_CODE_LOAD` records (`jitdump`) | — (records are time stamped) |
 //! | valgrind | discard translations of the code segments | discard them again |
 //!
 //! The controller builds everything (objects, names, line tables, records) from the graph, the
@@ -14,8 +14,8 @@
 //! with a warning.
 
 mod dwarf;
-pub mod gdb;
-pub mod jitdump;
+mod gdb;
+mod jitdump;
 
 use crate::graph::*;
 use crate::link::layout::Layout;
