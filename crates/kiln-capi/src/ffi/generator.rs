@@ -87,7 +87,7 @@ impl DefinitionGenerator for CGenerator {
 /// See kiln.h.
 #[no_mangle]
 pub extern "C" fn kiln_session_add_generator(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     scope: kiln_scope_t,
     callback: kiln_generator_fn,
     user: *mut c_void,

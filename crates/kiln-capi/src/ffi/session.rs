@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub(super) static SESSIONS: Registry<CSession> = Registry::new(Tag::Session);
 
 /// The session behind handle `s`.
-pub(super) fn session(s: *const kiln_session_t) -> Result<Arc<CSession>, CError> {
+pub(super) fn session(s: *mut kiln_session_t) -> Result<Arc<CSession>, CError> {
     SESSIONS.get(handle_value(s), "s")
 }
 
@@ -71,7 +71,7 @@ pub extern "C" fn kiln_session_delete(s: *mut kiln_session_t) {
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_add_file(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     path: *const c_char,
 ) -> *mut kiln_error_t {
     guard("kiln_session_add_file", || {
@@ -86,7 +86,7 @@ pub unsafe extern "C" fn kiln_session_add_file(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_add_object(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     name: *const c_char,
     bytes: *const u8,
     len: usize,
@@ -104,7 +104,7 @@ pub unsafe extern "C" fn kiln_session_add_object(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_add_archive(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     name: *const c_char,
     bytes: *const u8,
     len: usize,
@@ -122,7 +122,7 @@ pub unsafe extern "C" fn kiln_session_add_archive(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_add_library(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     spec: *const c_char,
 ) -> *mut kiln_error_t {
     guard("kiln_session_add_library", || {
@@ -137,7 +137,7 @@ pub unsafe extern "C" fn kiln_session_add_library(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_add_shared_library(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     path: *const c_char,
 ) -> *mut kiln_error_t {
     guard("kiln_session_add_shared_library", || {
@@ -151,7 +151,7 @@ pub unsafe extern "C" fn kiln_session_add_shared_library(
 /// See kiln.h.
 #[no_mangle]
 pub extern "C" fn kiln_session_add_graph(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     g: *const kiln_graph_t,
 ) -> *mut kiln_error_t {
     guard("kiln_session_add_graph", || {
@@ -168,7 +168,7 @@ pub extern "C" fn kiln_session_add_graph(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_define(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     name: *const c_char,
     addr: u64,
 ) -> *mut kiln_error_t {
@@ -185,7 +185,7 @@ pub unsafe extern "C" fn kiln_session_define(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_set_allow_list(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     names: *const *const c_char,
     n: usize,
 ) -> *mut kiln_error_t {
@@ -200,7 +200,7 @@ pub unsafe extern "C" fn kiln_session_set_allow_list(
 
 /// See kiln.h.
 #[no_mangle]
-pub extern "C" fn kiln_session_clear_allow_list(s: *const kiln_session_t) -> *mut kiln_error_t {
+pub extern "C" fn kiln_session_clear_allow_list(s: *mut kiln_session_t) -> *mut kiln_error_t {
     guard("kiln_session_clear_allow_list", || {
         session(s)?.session.clear_allow_list();
         Ok(())
@@ -210,7 +210,7 @@ pub extern "C" fn kiln_session_clear_allow_list(s: *const kiln_session_t) -> *mu
 /// See kiln.h.
 #[no_mangle]
 pub extern "C" fn kiln_session_set_process_symbols(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     on: bool,
 ) -> *mut kiln_error_t {
     guard("kiln_session_set_process_symbols", || {
@@ -223,7 +223,7 @@ pub extern "C" fn kiln_session_set_process_symbols(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_set_debug(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     sinks: u32,
     jitdump_dir: *const c_char,
 ) -> *mut kiln_error_t {
@@ -263,7 +263,7 @@ pub unsafe extern "C" fn kiln_session_set_debug(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_link(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     out_unit: *mut kiln_unit_t,
 ) -> *mut kiln_error_t {
     guard("kiln_session_link", || {
@@ -280,7 +280,7 @@ pub unsafe extern "C" fn kiln_session_link(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_link_graph(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     g: *const kiln_graph_t,
     out_unit: *mut kiln_unit_t,
 ) -> *mut kiln_error_t {
@@ -294,7 +294,7 @@ pub unsafe extern "C" fn kiln_session_link_graph(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_link_graph_in(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     scope: kiln_scope_t,
     g: *const kiln_graph_t,
     out_unit: *mut kiln_unit_t,
@@ -308,7 +308,7 @@ pub unsafe extern "C" fn kiln_session_link_graph_in(
 /// # Safety
 /// `out_unit` is NULL or writable.
 unsafe fn link_graph(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     scope: kiln_scope_t,
     g: *const kiln_graph_t,
     out_unit: *mut kiln_unit_t,
@@ -328,7 +328,7 @@ unsafe fn link_graph(
 
 /// See kiln.h.
 #[no_mangle]
-pub extern "C" fn kiln_session_run_initializers(s: *const kiln_session_t) -> *mut kiln_error_t {
+pub extern "C" fn kiln_session_run_initializers(s: *mut kiln_session_t) -> *mut kiln_error_t {
     guard("kiln_session_run_initializers", || {
         let s = session(s)?;
         s.session.run_initializers().map_err(|e| s.error(e))
@@ -341,7 +341,7 @@ pub extern "C" fn kiln_session_run_initializers(s: *const kiln_session_t) -> *mu
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_lookup(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     name: *const c_char,
     out_addr: *mut u64,
 ) -> *mut kiln_error_t {
@@ -358,7 +358,7 @@ pub unsafe extern "C" fn kiln_session_lookup(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_lookup_symbol(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     scope: kiln_scope_t,
     name: *const c_char,
     out_addr: *mut u64,
@@ -388,7 +388,7 @@ pub unsafe extern "C" fn kiln_session_lookup_symbol(
 /// See kiln.h.
 #[no_mangle]
 pub extern "C" fn kiln_session_remove(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     unit: kiln_unit_t,
 ) -> *mut kiln_error_t {
     guard("kiln_session_remove", || session(s)?.remove(unit))
@@ -398,7 +398,7 @@ pub extern "C" fn kiln_session_remove(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_remove_with_dependents(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     unit: kiln_unit_t,
     removed: *mut kiln_unit_t,
     cap: usize,
@@ -418,7 +418,7 @@ pub unsafe extern "C" fn kiln_session_remove_with_dependents(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_dependents(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     unit: kiln_unit_t,
     out_units: *mut kiln_unit_t,
     cap: usize,
@@ -441,7 +441,7 @@ pub unsafe extern "C" fn kiln_session_dependents(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_dependencies(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     unit: kiln_unit_t,
     out_units: *mut kiln_unit_t,
     cap: usize,
@@ -468,7 +468,7 @@ pub unsafe extern "C" fn kiln_session_dependencies(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_create_scope(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     name: *const c_char,
     out_scope: *mut kiln_scope_t,
 ) -> *mut kiln_error_t {
@@ -486,7 +486,7 @@ pub unsafe extern "C" fn kiln_session_create_scope(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_scope_by_name(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     name: *const c_char,
     out_scope: *mut kiln_scope_t,
 ) -> *mut kiln_error_t {
@@ -506,7 +506,7 @@ pub unsafe extern "C" fn kiln_session_scope_by_name(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_set_search_order(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     scope: kiln_scope_t,
     order: *const kiln_scope_t,
     n: usize,
@@ -532,7 +532,7 @@ pub unsafe extern "C" fn kiln_session_set_search_order(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_call_void(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     name: *const c_char,
 ) -> *mut kiln_error_t {
     guard("kiln_session_call_void", || {
@@ -547,7 +547,7 @@ pub unsafe extern "C" fn kiln_session_call_void(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_run_main(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     entry: *const c_char,
     argv: *const *const c_char,
     argc: usize,
@@ -577,7 +577,7 @@ pub unsafe extern "C" fn kiln_session_run_main(
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_session_patch(
-    s: *const kiln_session_t,
+    s: *mut kiln_session_t,
     addr: u64,
     bytes: *const u8,
     len: usize,
