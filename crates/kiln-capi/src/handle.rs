@@ -100,7 +100,7 @@ impl<T> Registry<T> {
     fn id_of(&self, handle: usize, arg: &str) -> Result<u64, CError> {
         let want = self.tag.c_name();
         if handle == 0 {
-            return Err(CError::invalid_argument(format!("{arg} is NULL")));
+            return Err(CError::invalid_handle(format!("{arg} is NULL")));
         }
         match Tag::from_byte((handle >> ID_BITS) as u8) {
             Some(t) if t == self.tag => Ok((handle & ID_MASK) as u64),

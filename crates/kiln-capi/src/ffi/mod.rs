@@ -197,30 +197,46 @@ unsafe fn out_optional<'a, T>(p: *mut T) -> Option<Out<'a, T>> {
     })
 }
 
-/// Write a list into a caller's array of `cap` elements (as many as fit) and its full length
-/// into `count`: a caller with too small an array learns how much to allocate.
-///
-/// # Safety
-/// `array` is NULL or points to `cap` writable elements valid for the call.
-unsafe fn write_list<T: Copy>(
-    items: &[T],
+/// Where a function writes a list: a caller's array of `cap` elements (filled with as many as
+/// fit) and the list's full length (so that a caller with too small an array learns how much
+/// to allocate). Checked before the function does anything.
+struct OutList<'a, T> {
     array: *mut T,
     cap: usize,
-    count: Out<'_, usize>,
-) -> Result<(), CError> {
-    let n = items.len().min(cap);
-    if n > 0 {
-        if array.is_null() || !array.is_aligned() {
-            return Err(CError::invalid_argument(
-                "the output array is NULL or misaligned but its capacity is not 0",
-            ));
+    count: Out<'a, usize>,
+}
+
+impl<T: Copy> OutList<'_, T> {
+    fn set(self, items: &[T]) {
+        let n = items.len().min(self.cap);
+        if n > 0 {
+            // SAFETY: `array` is not NULL, aligned and has room for `cap` >= `n` elements (see
+            // `out_list`); `items` is a Rust slice and cannot overlap C's array.
+            unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), self.array, n) };
         }
-        // SAFETY: `array` is not NULL and aligned (checked), and the caller guarantees room for
-        // `cap` >= `n` elements; `items` is a Rust slice and cannot overlap C's array.
-        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), array, n) };
+        self.count.set(items.len());
     }
-    count.set(items.len());
-    Ok(())
+}
+
+/// A list out-pointer pair: `array` may be NULL only if `cap` is 0; `count` is required.
+///
+/// # Safety
+/// `array` is NULL or points to `cap` writable elements, and `count` is NULL or writable, for
+/// the call.
+unsafe fn out_list<'a, T>(
+    array: *mut T,
+    cap: usize,
+    count: *mut usize,
+    arg: &str,
+) -> Result<OutList<'a, T>, CError> {
+    // SAFETY: the caller's guarantee, passed on.
+    let count = unsafe { out(count, "out_count")? };
+    if cap > 0 && (array.is_null() || !array.is_aligned()) {
+        return Err(CError::invalid_argument(format!(
+            "{arg} is NULL or misaligned but its capacity is {cap}"
+        )));
+    }
+    Ok(OutList { array, cap, count })
 }
 
 /// The version of kiln behind this library, as a static string ("0.1.0").

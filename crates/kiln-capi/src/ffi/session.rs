@@ -2,8 +2,8 @@
 
 use super::types::*;
 use super::{
-    c_array, c_bytes, c_path, c_str, c_strings, guard, guard_quiet, handle_value, out,
-    out_optional, to_handle, utf8, write_list,
+    c_array, c_bytes, c_path, c_str, c_strings, guard, guard_quiet, handle_value, out, out_list,
+    out_optional, to_handle, utf8,
 };
 use crate::error::CError;
 use crate::handle::{Registry, Tag};
@@ -407,10 +407,9 @@ pub unsafe extern "C" fn kiln_session_remove_with_dependents(
     guard("kiln_session_remove_with_dependents", || {
         let s = session(s)?;
         // SAFETY: the contract of this function.
-        let count = unsafe { out(out_count, "out_count")? };
-        let list = s.remove_with_dependents(unit)?;
-        // SAFETY: the contract of this function.
-        unsafe { write_list(&list, removed, cap, count) }
+        let o = unsafe { out_list(removed, cap, out_count, "removed")? };
+        o.set(&s.remove_with_dependents(unit)?);
+        Ok(())
     })
 }
 
@@ -427,13 +426,10 @@ pub unsafe extern "C" fn kiln_session_dependents(
     guard("kiln_session_dependents", || {
         let s = session(s)?;
         // SAFETY: the contract of this function.
-        let count = unsafe { out(out_count, "out_count")? };
-        let list = s
-            .session
-            .dependents(s.unit(unit)?)
-            .map_err(|e| s.error(e))?;
-        // SAFETY: the contract of this function.
-        unsafe { write_list(&s.c_units(&list), out_units, cap, count) }
+        let o = unsafe { out_list(out_units, cap, out_count, "out_units")? };
+        let list = s.session.dependents(s.unit(unit)?);
+        o.set(&s.c_units(&list.map_err(|e| s.error(e))?));
+        Ok(())
     })
 }
 
@@ -450,15 +446,12 @@ pub unsafe extern "C" fn kiln_session_dependencies(
     guard("kiln_session_dependencies", || {
         let s = session(s)?;
         // SAFETY: the contract of this function.
-        let count = unsafe { out(out_count, "out_count")? };
-        let mut list = s.c_units(
-            &s.session
-                .dependencies(s.unit(unit)?)
-                .map_err(|e| s.error(e))?,
-        );
+        let o = unsafe { out_list(out_units, cap, out_count, "out_units")? };
+        let list = s.session.dependencies(s.unit(unit)?);
+        let mut list = s.c_units(&list.map_err(|e| s.error(e))?);
         list.sort_unstable();
-        // SAFETY: the contract of this function.
-        unsafe { write_list(&list, out_units, cap, count) }
+        o.set(&list);
+        Ok(())
     })
 }
 
