@@ -289,12 +289,44 @@ fn misuse_and_linking_under_valgrind() {
 }
 
 #[test]
+fn threads_share_a_session_and_see_it_deleted() {
+    let exe = build("threads.c", "threads", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("threads: "), "{out}");
+}
+
+#[test]
 fn cxx_program() {
     let exe = build("cxx.cpp", "cxx", "kiln");
     let out = run(&mut program(&exe, &[]));
     assert!(out.contains("cxx: ok"), "{out}");
     assert!(
         out.contains("error: kiln_session_lookup: cxx_missing is not defined"),
+        "{out}"
+    );
+}
+
+/// `examples/c` builds with its own Makefile against the installed library (through
+/// pkg-config) and runs. Built in a copy, so that the source tree gets no build products.
+#[test]
+fn the_c_example_builds_with_its_makefile_and_runs() {
+    let i = installed();
+    let copy = i.work.join("example");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["Makefile", "embed.c", "plugin.c"] {
+        std::fs::copy(crate_dir().join("../../examples/c").join(f), copy.join(f)).unwrap();
+    }
+    let out = run(Command::new("make")
+        .arg("-C")
+        .arg(&copy)
+        .arg("run")
+        .env("PKG_CONFIG_PATH", i.prefix.join("lib/pkgconfig")));
+    assert!(
+        out.contains("host_log: plugin_run computed 41\nplugin_run(4) = 41\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("as expected: kiln_session_remove: unit 1 cannot be removed"),
         "{out}"
     );
 }

@@ -122,7 +122,7 @@ fn rust_signature(params: &str, ret: Option<&str>) -> Signature {
 }
 
 /// The return type after a parameter list: `-> T` up to `stop`.
-fn return_type<'a>(s: &'a str, stop: char) -> Option<&'a str> {
+fn return_type(s: &str, stop: char) -> Option<&str> {
     let rest = s.trim_start().strip_prefix("->")?;
     Some(rest[..rest.find(stop).expect("return type ends")].trim())
 }
@@ -222,7 +222,7 @@ fn parse_header(h: &str) -> Api {
                 let close = star + def[star..].find(')').expect("name ends");
                 let name = def[star + 2..close].trim().to_string();
                 let open = close + def[close..].find('(').expect("parameters");
-                let (params, _) = parenthesized(&def, open);
+                let (params, _) = parenthesized(def, open);
                 api.callbacks
                     .insert(name, c_signature(&def[..star], params));
             }
@@ -243,9 +243,7 @@ fn parse_header(h: &str) -> Api {
         }
         if let Some(open) = stmt.find('(') {
             let head = &stmt[..open];
-            let name_start = head
-                .rfind(|c: char| c == ' ' || c == '*')
-                .map_or(0, |i| i + 1);
+            let name_start = head.rfind([' ', '*']).map_or(0, |i| i + 1);
             let name = head[name_start..].trim().to_string();
             let (params, _) = parenthesized(&stmt, open);
             let sig = c_signature(&head[..name_start], params);

@@ -74,7 +74,9 @@ pub unsafe extern "C" fn kiln_error_new(message: *const c_char) -> *mut kiln_err
         };
         into_handle(CError::new(KILN_ERROR_CALLBACK, text))
     }));
-    made.unwrap_or_else(|_| std::ptr::null_mut())
+    // Only a failure to record the error could panic here; there is nothing left to report
+    // it with.
+    made.unwrap_or(std::ptr::null_mut())
 }
 
 /// See kiln.h.

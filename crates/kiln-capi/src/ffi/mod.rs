@@ -249,3 +249,52 @@ pub extern "C" fn kiln_version() -> *const c_char {
         };
     VERSION.as_ptr()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_not_an_unwind() {
+        let e = guard("kiln_test_entry", || panic!("boom"));
+        assert!(!e.is_null());
+        assert_eq!(error::kiln_error_kind(e), KILN_ERROR_PANIC);
+        let mut msg: *const c_char = std::ptr::null();
+        let mut len = 0usize;
+        // SAFETY: both out-pointers are valid locals.
+        unsafe { error::kiln_error_message(e, &mut msg, &mut len) };
+        // SAFETY: kiln_error_message points `msg` at `len` bytes followed by a NUL, alive until
+        // the error is deleted below.
+        let text = unsafe { CStr::from_ptr(msg) }.to_str().unwrap().to_string();
+        assert_eq!(text.len(), len);
+        assert!(
+            text.starts_with("kiln_test_entry: internal error"),
+            "{text}"
+        );
+        assert!(text.ends_with("boom"), "{text}");
+        error::kiln_error_delete(e);
+        assert_eq!(error::kiln_error_kind(e), KILN_ERROR_INVALID_HANDLE);
+        // A quiet guard swallows the panic.
+        guard_quiet(|| panic!("quiet"));
+    }
+
+    #[test]
+    fn out_pointers_and_arrays_are_checked() {
+        // SAFETY: NULL is allowed and reported.
+        let e = unsafe { out::<u64>(std::ptr::null_mut(), "out_addr") }
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), KILN_ERROR_INVALID_ARGUMENT);
+        // SAFETY: NULL with a length is reported before anything is read.
+        let e = unsafe { c_bytes(std::ptr::null(), 3, "bytes") }.unwrap_err();
+        assert!(e.message().contains("bytes is NULL but its length is 3"));
+        // SAFETY: a length no array can have is reported before anything is read.
+        let one = [0u64];
+        let e = unsafe { c_array(one.as_ptr(), usize::MAX, "big") }.unwrap_err();
+        assert!(e.message().contains("larger than any array"));
+        // SAFETY: an empty array may be NULL.
+        assert!(unsafe { c_bytes(std::ptr::null(), 0, "bytes") }
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int checks_passed;
+static _Atomic int checks_passed; /* threads.c checks from several threads */
 
 #define CHECK(cond)                                                                      \
     do {                                                                                 \
