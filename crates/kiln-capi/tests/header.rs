@@ -27,6 +27,8 @@ struct Signature {
 struct Api {
     functions: BTreeMap<String, Signature>,
     callbacks: BTreeMap<String, Signature>,
+    /// Number types (`kiln_unit_t` is `uint64_t`).
+    typedefs: BTreeMap<String, String>,
     constants: BTreeMap<String, u64>,
 }
 
@@ -154,6 +156,9 @@ fn parse_rust(src: &str, api: &mut Api) {
             let ret = return_type(&def[after..], ',');
             api.callbacks
                 .insert(name.trim().to_string(), rust_signature(params, ret));
+        } else {
+            api.typedefs
+                .insert(name.trim().to_string(), normalize(&rust_to_c(def)));
         }
     }
     // Constants: `pub const KILN_NAME: T = VALUE;`.
@@ -225,6 +230,9 @@ fn parse_header(h: &str) -> Api {
                 let (params, _) = parenthesized(def, open);
                 api.callbacks
                     .insert(name, c_signature(&def[..star], params));
+            } else if !def.starts_with("struct ") {
+                let (ty, name) = def.rsplit_once(' ').expect("typedef TYPE NAME");
+                api.typedefs.insert(name.to_string(), normalize(ty));
             }
             continue;
         }
@@ -307,6 +315,7 @@ fn header_matches_the_rust_side() {
         rust.constants.len()
     );
     assert_eq!(rust.callbacks.len(), 1);
+    assert_eq!(rust.typedefs.len(), 8, "{:?}", rust.typedefs);
     let mut problems = Vec::new();
     compare(
         "function",
@@ -320,6 +329,7 @@ fn header_matches_the_rust_side() {
         &header.callbacks,
         &mut problems,
     );
+    compare("type", &rust.typedefs, &header.typedefs, &mut problems);
     compare(
         "constant",
         &rust.constants,
