@@ -1,5 +1,6 @@
 /* Graphs built from C: functions calling each other through edges, data pointing at code, zero
-   fill, local symbols, a frame-pointer function, patching running code, scopes, the perf map. */
+   fill, local symbols, a frame-pointer function, patching running code, scopes, debug sinks. */
+#define _DEFAULT_SOURCE /* mkdtemp */
 #include "check.h"
 #include <unistd.h>
 
@@ -125,24 +126,54 @@ static void scopes(kiln_session_t *s) {
     CHECK(AS_FN(int (*)(void), addr)() == 47);
 }
 
-static void perf_map(kiln_session_t *s) {
-    char path[64], line[512];
+/* The GDB JIT interface's descriptor (libkiln.so defines it; gdb reads it). */
+struct jit_code_entry;
+extern struct {
+    uint32_t version, action_flag;
+    struct jit_code_entry *relevant_entry, *first_entry;
+} __jit_debug_descriptor;
+
+static int file_has(const char *path, const char *needle) {
+    char line[512];
     int found = 0;
-    FILE *f;
-    kiln_graph_t *g;
-    kiln_block_t b;
-    OK(kiln_session_set_debug(s, KILN_DEBUG_PERF_MAP, NULL));
-    OK(kiln_graph_new("perf", &g));
-    OK(kiln_graph_add_function(g, "perf_visible_fn", ANSWER, sizeof ANSWER, &b));
-    link_graph(s, g);
-    snprintf(path, sizeof path, "/tmp/perf-%d.map", (int)getpid());
-    f = fopen(path, "r");
+    FILE *f = fopen(path, "r");
     CHECK(f != NULL);
     while (fgets(line, sizeof line, f))
-        found |= strstr(line, "perf_visible_fn") != NULL;
+        found |= strstr(line, needle) != NULL;
     fclose(f);
-    unlink(path);
-    CHECK(found);
+    return found;
+}
+
+/* Every sink, for one unit: gdb sees it registered (and unregistered when it is removed), perf's
+   map names it, the jitdump file is written in the directory given. */
+static void debug_sinks(kiln_session_t *s) {
+    char map[64], dir[] = "/tmp/kiln-capi-jitdump-XXXXXX", dump[128];
+    kiln_graph_t *g;
+    kiln_block_t b;
+    kiln_unit_t u;
+    FILE *f;
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK(__jit_debug_descriptor.first_entry == NULL); /* debug was off until now */
+    OK(kiln_session_set_debug(s, KILN_DEBUG_GDB | KILN_DEBUG_PERF_MAP | KILN_DEBUG_JITDUMP, dir));
+    OK(kiln_graph_new("debugged", &g));
+    OK(kiln_graph_add_function(g, "debugged_fn", ANSWER, sizeof ANSWER, &b));
+    u = link_graph(s, g);
+    CHECK(__jit_debug_descriptor.first_entry != NULL);
+
+    snprintf(map, sizeof map, "/tmp/perf-%d.map", (int)getpid());
+    CHECK(file_has(map, "debugged_fn"));
+    unlink(map);
+    snprintf(dump, sizeof dump, "%s/jit-%d.dump", dir, (int)getpid());
+    f = fopen(dump, "rb");
+    CHECK(f != NULL);
+    CHECK(fseek(f, 0, SEEK_END) == 0 && ftell(f) > 40); /* a header and records */
+    fclose(f);
+    unlink(dump);
+    rmdir(dir);
+
+    OK(kiln_session_remove(s, u));
+    CHECK(__jit_debug_descriptor.first_entry == NULL);
+    OK(kiln_session_set_debug(s, 0, NULL));
 }
 
 static void malformed(kiln_session_t *s) {
@@ -165,7 +196,7 @@ int main(void) {
     local_symbols(s);
     frame_pointer_and_patch(s);
     scopes(s);
-    perf_map(s);
+    debug_sinks(s);
     malformed(s);
     kiln_session_delete(s);
     printf("graph: %d checks passed\n", checks_passed);
