@@ -2,8 +2,9 @@
 //! (strings, byte arrays, arrays of strings), writing through its out-pointers, and calling
 //! its callbacks.
 //!
-//! Every exported function is an `unsafe extern "C" fn` whose contract is the one kiln.h states
-//! for it; they share one:
+//! An exported function that reads or writes through a pointer argument is an
+//! `unsafe extern "C" fn` whose contract is the one kiln.h states for it (those taking only
+//! handles and numbers are safe); they share one:
 //!
 //! - pointer arguments are NULL or valid for what the header says (a NUL-terminated string, an
 //!   array of `len` elements, a writable object), for the duration of the call;
