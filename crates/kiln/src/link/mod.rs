@@ -366,7 +366,7 @@ fn edges_by_kind(g: &LinkGraph) -> Vec<(&'static str, usize)> {
 /// A global symbol a unit defines.
 #[derive(Debug, Clone)]
 pub struct Export {
-    pub name: Box<str>,
+    pub name: std::sync::Arc<str>,
     pub addr: u64,
     pub size: u64,
     pub kind: SymbolKind,

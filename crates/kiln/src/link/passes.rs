@@ -50,6 +50,14 @@ fn define_hidden<'a>(
     )
 }
 
+/// Whether an undefined name is one the linker may define: its own symbols and the Rust
+/// allocator shim all start with `_`; glibc's libc_nonshared functions do not.
+fn may_need_glue(g: &LinkGraph, name: &[u8], id: SymbolId) -> bool {
+    g.symbols[id.idx()].def == SymbolDef::Undefined
+        && (name.starts_with(b"_")
+            || matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork"))
+}
+
 fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
     g.globals
         .get(name)
@@ -75,6 +83,17 @@ pub fn synthesize_runtime<'a>(
     names: &'a bumpalo::Bump,
 ) -> Runtime {
     let eager = outside.all_linker_symbols;
+    if !eager
+        && !g
+            .globals
+            .iter()
+            .any(|(name, id)| may_need_glue(g, name, *id))
+    {
+        return Runtime {
+            dso: None,
+            got: None,
+        };
+    }
     let templates = g.arch.templates();
     let tail_calls: [(&'static [u8], &'static [u8], &Template); 3] = [
         (b"atexit", b"__cxa_atexit", &templates.atexit),

@@ -103,10 +103,11 @@ pub struct ExternalScopes<'s> {
 
 /// The undefined symbols live code references, and for each whether an input (not only the
 /// linker's own glue) references it.
-fn wanted_symbols(g: &LinkGraph) -> (Vec<SymbolId>, Vec<bool>) {
-    let mut wanted: Vec<SymbolId> = Vec::new();
-    let mut seen = vec![false; g.symbols.len()];
-    let mut by_input = vec![false; g.symbols.len()];
+fn wanted_symbols(g: &LinkGraph) -> Vec<(SymbolId, bool)> {
+    let mut wanted: Vec<(SymbolId, bool)> = Vec::new();
+    // Where each symbol is in `wanted`: made only for units with many undefined symbols (a
+    // scan of a short list beats a table as long as the symbol list).
+    let mut slot: Vec<u32> = Vec::new();
     let linker = g
         .inputs
         .iter()
@@ -114,17 +115,32 @@ fn wanted_symbols(g: &LinkGraph) -> (Vec<SymbolId>, Vec<bool>) {
     for b in g.blocks.iter().filter(|b| b.live) {
         let from_input = Some(g.sections[b.section.idx()].input.idx()) != linker;
         for e in &b.edges {
-            let t = e.target.idx();
-            if g.symbols[t].def == SymbolDef::Undefined {
-                by_input[t] |= from_input;
-                if !seen[t] {
-                    seen[t] = true;
-                    wanted.push(e.target);
+            let t = e.target;
+            if g.symbols[t.idx()].def != SymbolDef::Undefined {
+                continue;
+            }
+            let at = if slot.is_empty() {
+                wanted.iter().position(|(id, _)| *id == t)
+            } else {
+                Some(slot[t.idx()] as usize).filter(|&i| i != u32::MAX as usize)
+            };
+            match at {
+                Some(i) => wanted[i].1 |= from_input,
+                None => {
+                    wanted.push((t, from_input));
+                    if wanted.len() == 16 {
+                        slot = vec![u32::MAX; g.symbols.len()];
+                        for (i, (id, _)) in wanted.iter().enumerate() {
+                            slot[id.idx()] = i as u32;
+                        }
+                    } else if !slot.is_empty() {
+                        slot[t.idx()] = wanted.len() as u32 - 1;
+                    }
                 }
             }
         }
     }
-    (wanted, by_input)
+    wanted
 }
 
 /// Resolve every undefined symbol that live code references: definitions, the session's live
@@ -135,39 +151,46 @@ pub fn resolve_externals(
     ex: &dyn Executor,
     scopes: &ExternalScopes,
 ) -> Result<usize> {
-    let (wanted, by_input) = wanted_symbols(g);
+    let wanted = wanted_symbols(g);
     // Definitions first, then the session's units (one batch).
-    let mut rest: Vec<SymbolId> = Vec::with_capacity(wanted.len());
-    for &id in &wanted {
+    let mut rest: Vec<(SymbolId, bool)> = Vec::with_capacity(wanted.len());
+    for &(id, by_input) in &wanted {
         let name = g.symbols[id.idx()].name;
         match std::str::from_utf8(name)
             .ok()
             .and_then(|n| scopes.defines.get(n))
         {
             Some(&a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            None => rest.push(id),
+            None => rest.push((id, by_input)),
         }
     }
-    let names: Vec<&[u8]> = rest.iter().map(|id| g.symbols[id.idx()].name).collect();
-    let mut bound = Vec::with_capacity(names.len());
-    scopes.session.bind(&names, &mut bound);
-    let mut outside: Vec<SymbolId> = Vec::new();
-    for (id, addr) in rest.into_iter().zip(bound) {
-        match addr {
-            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            None => outside.push(id),
-        }
+    if !rest.is_empty() {
+        let names: Vec<&[u8]> = rest
+            .iter()
+            .map(|(id, _)| g.symbols[id.idx()].name)
+            .collect();
+        let mut bound = Vec::with_capacity(names.len());
+        scopes.session.bind(&names, &mut bound);
+        let mut i = 0;
+        rest.retain(|(id, _)| {
+            let found = bound.get(i).copied().flatten();
+            i += 1;
+            if let Some(a) = found {
+                g.symbols[id.idx()].def = SymbolDef::Absolute(a);
+            }
+            found.is_none()
+        });
     }
     // Outside the session's code: the allow-list applies (symbols only the linker's own glue
     // references are exempt: the glue exists only if its own name was allowed).
     let runtime = ex.runtime_symbols();
     let mut disallowed: Vec<SymbolId> = Vec::new();
     let mut for_executor: Vec<SymbolId> = Vec::new();
-    for id in outside {
+    for (id, by_input) in rest {
         let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
         let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
         let allowed = from_runtime.is_some()
-            || !by_input[id.idx()]
+            || !by_input
             || scopes.allow.is_none_or(|a| a.contains(name.as_ref()));
         match (allowed, from_runtime) {
             (false, _) => disallowed.push(id),
@@ -178,7 +201,7 @@ pub fn resolve_externals(
     let errors = bind_in_executor(g, ex, scopes, &for_executor)?;
     let tls_outside: Vec<SymbolId> = wanted
         .iter()
-        .copied()
+        .map(|(id, _)| *id)
         .filter(|id| {
             let s = &g.symbols[id.idx()];
             s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0)

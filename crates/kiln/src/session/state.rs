@@ -73,7 +73,8 @@ pub(crate) struct Scope {
     pub name: String,
     /// Scopes searched after this one, in order.
     pub search: Vec<ScopeId>,
-    pub symbols: FxHashMap<Box<str>, Def>,
+    /// Names are shared with the defining unit's record (`Unit::names`).
+    pub symbols: FxHashMap<std::sync::Arc<str>, Def>,
 }
 
 pub(crate) struct Unit {
@@ -81,7 +82,7 @@ pub(crate) struct Unit {
     pub scope: ScopeId,
     pub slab_ranges: Vec<SlabRange>,
     /// Names this unit defines in its scope's table (the ones that won).
-    pub names: Vec<Box<str>>,
+    pub names: Vec<std::sync::Arc<str>>,
     /// Units this one binds to.
     pub deps: Vec<u64>,
     /// Units that bind to this one.
@@ -161,20 +162,21 @@ impl State {
     /// its dependencies both ways, its pins released.
     pub fn publish(&mut self, id: u64, mut unit: Unit, exports: Vec<Export>, deps: &[u64]) {
         let scope = &mut self.scopes[unit.scope.0 as usize];
+        unit.names.reserve_exact(exports.len());
         for e in exports {
-            if scope.symbols.contains_key(&*e.name) {
+            let std::collections::hash_map::Entry::Vacant(slot) = scope.symbols.entry(e.name)
+            else {
                 continue;
-            }
-            let def = Def {
+            };
+            unit.names.push(slot.key().clone());
+            slot.insert(Def {
                 addr: e.addr,
                 size: e.size,
                 unit: id,
                 kind: e.kind,
                 exported: e.exported,
                 weak: e.weak,
-            };
-            unit.names.push(e.name.clone());
-            scope.symbols.insert(e.name, def);
+            });
         }
         for d in deps {
             if let Some(dep) = self.units.get_mut(d) {
@@ -185,8 +187,6 @@ impl State {
             }
         }
         unit.deps = deps.to_vec();
-        unit.deps.sort_unstable();
-        unit.deps.dedup();
         self.units.insert(id, unit);
     }
 
