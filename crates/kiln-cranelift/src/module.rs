@@ -747,6 +747,11 @@ impl Module for KilnModule {
         };
         let relocs: Vec<ModuleReloc> = data.all_relocs(Reloc::Abs8).collect();
         self.check_targets(&name, &relocs)?;
+        // Relocated fields need bytes to live in (a zero-fill section has none).
+        let init = match init {
+            DataInit::Zeros(n) if !relocs.is_empty() => DataInit::Bytes(vec![0; n as usize]),
+            other => other,
+        };
         let body = Body::Data {
             init,
             align,

@@ -154,13 +154,9 @@ pub(crate) fn build(
                 Target::Linked { name, kind } => {
                     outside_symbol(&mut obj, &mut outside, name, kind, None)
                 }
-                Target::Absolute { name, addr } => outside_symbol(
-                    &mut obj,
-                    &mut outside,
-                    name,
-                    SymbolKind::Unknown,
-                    Some(addr),
-                ),
+                Target::Absolute { name, addr } => {
+                    outside_symbol(&mut obj, &mut outside, name, SymbolKind::Label, Some(addr))
+                }
                 Target::Linker(name) => outside_symbol(
                     &mut obj,
                     &mut outside,
