@@ -58,6 +58,8 @@
 //! declared with a compile callback), and `KilnModule::free_definitions` is where an old body
 //! would be released once callers are redirected.
 #![forbid(unsafe_code)]
+// `ModuleResult` is Cranelift's, and the signatures that return it are `JITModule`'s.
+#![allow(clippy::result_large_err)]
 
 mod builder;
 mod error;

@@ -312,12 +312,12 @@ fn add_eh_frame(
     if functions.is_empty() {
         return Ok(());
     }
-    let Some((bytes, frame_relocs)) = unwind::eh_frame(isa, &functions)? else {
+    let Some(unwind::EhFrameSection { bytes, relocs }) = unwind::eh_frame(isa, &functions)? else {
         return Ok(());
     };
     let section = obj.add_section(Vec::new(), b".eh_frame".to_vec(), SectionKind::ReadOnlyData);
     obj.set_section_data(section, bytes, 8);
-    for r in frame_relocs {
+    for r in relocs {
         let r_type = if r.pc_relative {
             object::elf::R_X86_64_PC32
         } else {

@@ -20,12 +20,18 @@ pub(crate) struct FrameReloc {
     pub pc_relative: bool,
 }
 
-/// The `.eh_frame` bytes (without a terminator: kiln adds it) and their relocations for
-/// `functions`: (symbol index, unwind info). `None` if the ISA has no SystemV CIE.
+/// An `.eh_frame` section (without a terminator: kiln adds it) and its relocations.
+pub(crate) struct EhFrameSection {
+    pub bytes: Vec<u8>,
+    pub relocs: Vec<FrameReloc>,
+}
+
+/// The `.eh_frame` of `functions`: (symbol index, unwind info). `None` if the ISA has no
+/// SystemV CIE.
 pub(crate) fn eh_frame(
     isa: &dyn TargetIsa,
     functions: &[(usize, &UnwindInfo)],
-) -> Result<Option<(Vec<u8>, Vec<FrameReloc>)>, String> {
+) -> Result<Option<EhFrameSection>, String> {
     let Some(mut cie) = isa.create_systemv_cie() else {
         return Ok(None);
     };
@@ -49,7 +55,10 @@ pub(crate) fn eh_frame(
         .write_eh_frame(&mut out)
         .map_err(|e| format!("writing .eh_frame: {e}"))?;
     let w = out.0;
-    Ok(Some((w.bytes.into_vec(), w.relocs)))
+    Ok(Some(EhFrameSection {
+        bytes: w.bytes.into_vec(),
+        relocs: w.relocs,
+    }))
 }
 
 /// A gimli writer that records symbol-relative pointers as relocations.
