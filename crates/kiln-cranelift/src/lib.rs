@@ -12,6 +12,7 @@
 //!
 //! let mut module = KilnModule::new(KilnBuilder::new(cranelift_module::default_libcall_names())?);
 //! # module.session().set_debug(kiln::DebugOptions::none());
+//! let config = module.target_config();
 //! let mut ctx = module.make_context();
 //! ctx.func.signature.params.push(AbiParam::new(types::I64));
 //! ctx.func.signature.returns.push(AbiParam::new(types::I64));
@@ -25,7 +26,7 @@
 //! let y = b.ins().iadd(x, x);
 //! b.ins().return_(&[y]);
 //! b.seal_all_blocks();
-//! b.finalize();
+//! b.finalize(config);
 //! module.define_function(id, &mut ctx)?;
 //! module.finalize_definitions()?;
 //! let addr = module.function_address(id)?;
