@@ -119,6 +119,41 @@ impl KilnModule {
         Ok(self.finalize()?)
     }
 
+    /// Define a function from a `Context` that Cranelift has compiled already (with
+    /// `Context::compile` and this module's ISA), without compiling it again: functions can be
+    /// compiled on other threads and defined here. `define_function` is `compile` then this.
+    pub fn define_compiled_function(
+        &mut self,
+        id: FuncId,
+        ctx: &cranelift_codegen::Context,
+    ) -> ModuleResult<()> {
+        self.check_declared_function(id)?;
+        self.check_definable(FuncOrDataId::Func(id))?;
+        let compiled = ctx.compiled_code().ok_or_else(|| {
+            ModuleError::Backend(anyhow::anyhow!(
+                "the context holds no compiled code: call Context::compile first"
+            ))
+        })?;
+        let relocs: Vec<ModuleReloc> = compiled
+            .buffer
+            .relocs()
+            .iter()
+            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+            .collect();
+        self.check_targets(&self.name_of(FuncOrDataId::Func(id)), &relocs)?;
+        let unwind = match compiled.create_unwind_info(&*self.isa)? {
+            Some(UnwindInfo::SystemV(info)) => Some(info),
+            _ => None,
+        };
+        let body = Body::Code {
+            bytes: compiled.code_buffer().to_vec(),
+            align: self.code_alignment(compiled.buffer.alignment.into()),
+            unwind,
+        };
+        self.add_pending(FuncOrDataId::Func(id), body, relocs);
+        Ok(())
+    }
+
     /// The address of a finalized function: in this process, or in the executor's.
     ///
     /// # Panics
@@ -668,27 +703,8 @@ impl Module for KilnModule {
     ) -> ModuleResult<()> {
         self.check_declared_function(id)?;
         self.check_definable(FuncOrDataId::Func(id))?;
-        let alignment = ctx.compile(&*self.isa, ctrl_plane)?.buffer.alignment;
-        let compiled = ctx.compiled_code().ok_or_else(|| {
-            ModuleError::Backend(anyhow::anyhow!("Cranelift returned no compiled code"))
-        })?;
-        let relocs: Vec<ModuleReloc> = compiled
-            .buffer
-            .relocs()
-            .iter()
-            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
-            .collect();
-        let unwind = match compiled.create_unwind_info(&*self.isa)? {
-            Some(UnwindInfo::SystemV(info)) => Some(info),
-            _ => None,
-        };
-        let body = Body::Code {
-            bytes: compiled.code_buffer().to_vec(),
-            align: self.code_alignment(alignment.into()),
-            unwind,
-        };
-        self.add_pending(FuncOrDataId::Func(id), body, relocs);
-        Ok(())
+        ctx.compile(&*self.isa, ctrl_plane)?;
+        self.define_compiled_function(id, ctx)
     }
 
     fn define_function_bytes(
