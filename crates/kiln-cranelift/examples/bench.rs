@@ -43,7 +43,7 @@ fn expected(n: usize, x: i64) -> i64 {
         if i > 0 {
             v = v.wrapping_add(prev);
         }
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             v = v.wrapping_add(bench_host(x));
         }
         prev = v;
@@ -80,7 +80,7 @@ fn build<M: Module>(m: &mut M, ctx: &mut Context, ids: &[FuncId], host: FuncId, 
         let r = b.inst_results(c)[0];
         v = b.ins().iadd(v, r);
     }
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         let f = m.declare_func_in_func(host, b.func);
         let c = b.ins().call(f, &[x]);
         let r = b.inst_results(c)[0];
@@ -140,8 +140,7 @@ fn run<M: Module>(
     let t = Instant::now();
     finalize(m);
     define_finalize += t.elapsed();
-    let last: extern "C" fn(i64) -> i64 =
-        unsafe { std::mem::transmute(address(m, ids[n - 1])) };
+    let last: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(address(m, ids[n - 1])) };
     Run {
         compile,
         define_finalize,
@@ -171,9 +170,13 @@ fn memory() -> Memory {
     let (mut exec_maps, mut exec_rss_kib, mut in_exec) = (0, 0, false);
     for l in smaps.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if f.first().is_some_and(|a| a.contains('-') && !a.ends_with(':')) {
+        if f.first()
+            .is_some_and(|a| a.contains('-') && !a.ends_with(':'))
+        {
             let path = f.get(5).copied().unwrap_or("");
-            let file = path.starts_with('/') && !path.starts_with("/dev/zero") && !path.starts_with("/memfd:");
+            let file = path.starts_with('/')
+                && !path.starts_with("/dev/zero")
+                && !path.starts_with("/memfd:");
             in_exec = f.get(1).is_some_and(|p| p.contains('x')) && !file && !path.starts_with('[');
             exec_maps += u64::from(in_exec);
         } else if in_exec && f.first() == Some(&"Rss:") {
@@ -240,7 +243,11 @@ fn child(name: &str, mode: &str, n: usize) {
         }
     };
     let after = r.after;
-    let ok = if r.check == expected(n, 3) { "ok" } else { "WRONG" };
+    let ok = if r.check == expected(n, 3) {
+        "ok"
+    } else {
+        "WRONG"
+    };
     // One line for the parent: name mode compile_s backend_s code_bytes rss_kib maps exec_rss_kib check
     println!(
         "RESULT {name} {mode} {:.6} {:.6} {} {} {} {} {ok}",
@@ -270,7 +277,15 @@ fn main() {
     );
     println!(
         "{:<36} {:>9} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>5}",
-        "backend, finalize", "compile", "backend", "µs/fn", "code/fn", "RSS/fn", "x RSS/fn", "x maps", "check"
+        "backend, finalize",
+        "compile",
+        "backend",
+        "µs/fn",
+        "code/fn",
+        "RSS/fn",
+        "x RSS/fn",
+        "x maps",
+        "check"
     );
     let mut rows = Vec::new();
     for mode in ["each", "batch"] {
@@ -281,7 +296,10 @@ fn main() {
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             let Some(line) = text.lines().find(|l| l.starts_with("RESULT ")) else {
-                println!("{name} {mode}: failed: {}", String::from_utf8_lossy(&out.stderr));
+                println!(
+                    "{name} {mode}: failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 continue;
             };
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -291,7 +309,11 @@ fn main() {
             let per = |kib: f64| kib * 1024.0 / n as f64;
             let label = format!(
                 "{name}, {}",
-                if mode == "each" { "after each function" } else { "once" }
+                if mode == "each" {
+                    "after each function"
+                } else {
+                    "once"
+                }
             );
             println!(
                 "{label:<36} {compile:>8.3}s {backend:>8.3}s {:>8.2} {:>7.0}B {:>8.0}B {:>9.0}B {maps:>+7} {:>5}",
@@ -307,7 +329,9 @@ fn main() {
     println!("\ncompile: Cranelift's Context::compile. backend: defining the compiled code and finalizing");
     println!("  (cranelift-jit: the relocations its define_function makes, define_function_bytes;");
     println!("  kiln: define_compiled_function, unwind information included; kiln+gdb: with the gdb sink).");
-    println!("RSS/fn: growth of VmRSS per function (code, the backend's bookkeeping, allocator slack).");
+    println!(
+        "RSS/fn: growth of VmRSS per function (code, the backend's bookkeeping, allocator slack)."
+    );
     println!("x RSS/fn: resident executable memory per function (not file-backed; after running every function).");
     println!("x maps: new executable mappings.");
     for mode in ["each", "batch"] {
@@ -315,7 +339,11 @@ fn main() {
         if let (Some(j), Some(k)) = (get("cranelift-jit"), get("kiln")) {
             println!(
                 "kiln / cranelift-jit, {}: backend time {:.2}x, RSS {:.2}x, executable RSS {:.3}x",
-                if mode == "each" { "finalize after each function" } else { "finalize once" },
+                if mode == "each" {
+                    "finalize after each function"
+                } else {
+                    "finalize once"
+                },
                 k.2 / j.2,
                 k.3 / j.3,
                 k.4 / j.4
