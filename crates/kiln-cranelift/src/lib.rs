@@ -54,7 +54,7 @@
 //!
 //! Not yet (they need the JIT layer, `kiln-jit`, with its redirectable call sites and lazy
 //! stubs): `redefine_function` and lazily compiled functions. The places they attach to:
-//! `Resolver::declared` in `module.rs` decides what a reference to a module definition binds to
+//! `Resolver::declared` in `resolve.rs` decides what a reference to a module definition binds to
 //! (today: its unit's symbol; with kiln-jit: a redirectable entry, or a lazy stub for a function
 //! declared with a compile callback), and `KilnModule::free_definitions` is where an old body
 //! would be released once callers are redirected.
@@ -67,6 +67,7 @@ mod error;
 mod group;
 mod module;
 mod relocs;
+mod resolve;
 mod unit;
 mod unwind;
 
