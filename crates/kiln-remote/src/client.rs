@@ -691,4 +691,15 @@ impl Executor for RemoteExecutor {
     fn call_void(&self, f: ExecutorAddr) -> Result<()> {
         self.call(Call::CallVoid(f)).map(drop)
     }
+
+    fn call(&self, f: ExecutorAddr, args: &[u64]) -> Result<u64> {
+        let call = Call::CallWithArgs {
+            f,
+            args: args.to_vec(),
+        };
+        match RemoteExecutor::call(self, call)?.0 {
+            Value::Word(w) => Ok(w),
+            v => Err(unexpected(v)),
+        }
+    }
 }

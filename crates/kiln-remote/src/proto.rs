@@ -7,7 +7,7 @@ use kiln_target::{
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a message changes shape; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of the first message in each direction.
 pub const MAGIC: [u8; 8] = *b"KILNEXEC";
 
@@ -150,6 +150,11 @@ pub enum Call {
         args: Vec<String>,
     },
     CallVoid(ExecutorAddr),
+    /// `u64 f(u64, ...)` with up to six arguments: [`kiln_target::Executor::call`].
+    CallWithArgs {
+        f: ExecutorAddr,
+        args: Vec<u64>,
+    },
     /// Leave with this status, as a native program does: exit handlers, then the units'
     /// finalizers, then stdio is flushed. No reply; the controller waits for the end.
     Exit(i32),
@@ -185,6 +190,8 @@ pub enum Value {
     /// A slab; for a shared slab, its memfd is attached to the frame.
     Slab(SlabInfo),
     Status(i32),
+    /// What a called function returned in rax.
+    Word(u64),
 }
 
 /// How an executor process ended.

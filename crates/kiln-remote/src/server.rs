@@ -240,6 +240,7 @@ fn dispatch(ex: &InProcessExecutor, call: Call) -> kiln_target::Result<(Value, O
             ex.call_void(f)?;
             Value::Unit
         }
+        Call::CallWithArgs { f, args } => Value::Word(ex.call(f, &args)?),
         // Handled by the serve loop before dispatch.
         Call::Exit(_) => {
             return Err(kiln_target::Error::InvalidRequest(

@@ -40,3 +40,21 @@ fn eight_threads_link_and_remove_in_a_shared_memory_executor() {
 fn eight_threads_link_and_remove_in_a_copy_executor() {
     common::with_deadline("8 threads, copied memory", || run(MemoryMode::Copy));
 }
+
+#[test]
+fn a_spawned_executor_calls_functions_with_arguments() {
+    let ex = common::spawn_remote(Options::default()).expect("spawning kiln-executor");
+    let s = Session::new(Arc::new(ex));
+    s.set_debug(kiln::DebugOptions::none());
+    let mut g = kiln::graph::InMemoryGraph::new("add");
+    g.add_function(
+        "add3",
+        vec![0x48, 0x8d, 0x04, 0x37, 0x48, 0x01, 0xd0, 0xc3],
+        vec![],
+        None,
+    );
+    s.link_graph(&g).unwrap();
+    let f = s.lookup("add3").unwrap();
+    assert_eq!(s.executor().call(f, &[40, 1, 1]).unwrap(), 42);
+    assert!(s.executor().call(f, &[0; 7]).is_err());
+}

@@ -308,6 +308,17 @@ pub trait Executor: Send + Sync {
 
     /// Call `void f(void)`, checked as [`Executor::run_main`].
     fn call_void(&self, f: ExecutorAddr) -> Result<()>;
+
+    /// Call `f` with up to six integer or pointer arguments (System V: rdi, rsi, rdx, rcx, r8,
+    /// r9) and return what it leaves in rax. `f` must lie in an executable segment of a live
+    /// unit of this executor, as for [`Executor::run_main`]; that its signature matches, and
+    /// what it does with the arguments (pointers are the executor's, not the controller's), is
+    /// the caller's declaration.
+    fn call(&self, _f: ExecutorAddr, _args: &[u64]) -> Result<u64> {
+        Err(crate::Error::InvalidRequest(
+            "this executor cannot call functions with arguments".into(),
+        ))
+    }
 }
 
 /// [`Executor::with_slab_memory`] for executors that cannot hand out their memory: `f` fills

@@ -210,4 +210,9 @@ impl Executor for InProcessExecutor {
     fn call_void(&self, f: ExecutorAddr) -> Result<()> {
         self.memory.call_void(f)
     }
+
+    /// As [`Executor::run_main`], for `u64 f(u64, ...)` with up to six arguments.
+    fn call(&self, f: ExecutorAddr, args: &[u64]) -> Result<u64> {
+        self.memory.call(f, args)
+    }
 }

@@ -308,3 +308,23 @@ fn eight_threads_link_and_remove_units_that_call_each_other() {
     assert!(s.units().is_empty(), "every unit was removed");
     assert!(s.lookup("t0_f0").is_none());
 }
+
+#[test]
+fn the_executor_calls_functions_with_arguments() {
+    let s = session();
+    let mut g = InMemoryGraph::new("add");
+    // u64 add3(u64 a, u64 b, u64 c) { return a + b + c; }
+    g.add_function(
+        "add3",
+        vec![0x48, 0x8d, 0x04, 0x37, 0x48, 0x01, 0xd0, 0xc3], // lea (%rdi,%rsi),%rax; add %rdx,%rax; ret
+        vec![],
+        None,
+    );
+    s.link_graph(&g).unwrap();
+    let f = s.lookup("add3").unwrap();
+    assert_eq!(s.executor().call(f, &[40, 1, 1]).unwrap(), 42);
+    assert_eq!(s.executor().call(f, &[1, 2, 3, 4, 5, 6]).unwrap(), 6);
+    assert!(s.executor().call(f, &[0; 7]).is_err(), "at most six arguments");
+    let not_code = ExecutorAddr(&s as *const Session as u64);
+    assert!(s.executor().call(not_code, &[]).is_err(), "only code of live units");
+}

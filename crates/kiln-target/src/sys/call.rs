@@ -91,3 +91,20 @@ pub(crate) unsafe fn resolve_ifunc(resolver: ExecutorAddr, slot: ExecutorAddr) {
         (slot.0 as *mut u64).write_unaligned(chosen);
     }
 }
+
+/// Call `f` with up to six integer or pointer arguments, as `u64 f(u64, ..., u64)` in the
+/// System V ABI (the first six arguments travel in rdi, rsi, rdx, rcx, r8, r9; a function that
+/// takes fewer ignores the rest), and return rax.
+///
+/// # Safety
+/// `f` must be finalized code whose C signature takes at most six integer or pointer arguments
+/// and returns an integer, a pointer or nothing (rax is then meaningless), and what it does with
+/// the arguments is the caller's responsibility.
+pub(crate) unsafe fn with_args(f: ExecutorAddr, args: &[u64; 6]) -> u64 {
+    type SixArgs = unsafe extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let f = std::mem::transmute::<u64, SixArgs>(f.0);
+        f(args[0], args[1], args[2], args[3], args[4], args[5])
+    }
+}

@@ -242,6 +242,22 @@ impl OwnedMemory {
         })
     }
 
+    pub(crate) fn call(&self, f: ExecutorAddr, args: &[u64]) -> Result<u64> {
+        let mut six = [0u64; 6];
+        if args.len() > 6 {
+            return Err(Error::InvalidRequest(format!(
+                "a call takes at most 6 arguments (got {})",
+                args.len()
+            )));
+        }
+        six[..args.len()].copy_from_slice(args);
+        self.call_code(f, || {
+            // SAFETY: as in `call_void`, for a function of at most six integer arguments
+            // returning an integer (the contract of `Executor::call`).
+            unsafe { call::with_args(f, &six) }
+        })
+    }
+
     pub(crate) fn run_main(&self, entry: ExecutorAddr, args: &[String]) -> Result<i32> {
         self.call_code(entry, || {
             // SAFETY: as in `call_void`, for `main`'s C signature (the contract of `--entry`).
