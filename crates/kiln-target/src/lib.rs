@@ -35,6 +35,7 @@ pub use executor::{
 pub use inprocess::InProcessExecutor;
 pub use simulated::SimulatedExecutor;
 pub use sys::process;
+pub use sys::raw_memory::RawMemory;
 pub use sys::slab::SharedSlab;
 pub use sys::tls::TLS_MODULE_TAG;
 

@@ -324,7 +324,13 @@ fn the_executor_calls_functions_with_arguments() {
     let f = s.lookup("add3").unwrap();
     assert_eq!(s.executor().call(f, &[40, 1, 1]).unwrap(), 42);
     assert_eq!(s.executor().call(f, &[1, 2, 3, 4, 5, 6]).unwrap(), 6);
-    assert!(s.executor().call(f, &[0; 7]).is_err(), "at most six arguments");
+    assert!(
+        s.executor().call(f, &[0; 7]).is_err(),
+        "at most six arguments"
+    );
     let not_code = ExecutorAddr(&s as *const Session as u64);
-    assert!(s.executor().call(not_code, &[]).is_err(), "only code of live units");
+    assert!(
+        s.executor().call(not_code, &[]).is_err(),
+        "only code of live units"
+    );
 }

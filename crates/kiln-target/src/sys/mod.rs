@@ -10,6 +10,7 @@ pub(crate) mod mem;
 pub(crate) mod owned;
 pub(crate) mod perf;
 pub mod process;
+pub(crate) mod raw_memory;
 pub(crate) mod slab;
 pub(crate) mod static_tls;
 pub mod tls;
