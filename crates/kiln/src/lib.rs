@@ -63,10 +63,13 @@ pub use error::{
     DuplicateSymbol, Error, FixupFailure, Location, Result, SymbolReference, Unresolved,
 };
 pub use kiln_target::{Executor, ExecutorAddr, InProcessExecutor};
+pub use link::relink::{RelinkEdge, RelinkRecord, RelinkTarget};
 pub use link::{LinkMap, LinkStats, MappedBytes, MappedSection, MappedSymbol, TableEntry};
+pub use memory::{CodeMemory, SlabAllocator, SlabMemory, SlabRange};
 pub use search::LibrarySearch;
 pub use session::{
     DefinitionGenerator, Generated, Inputs, ScopeId, Session, SymbolInfo, SymbolKind, UnitId,
+    UnitOptions,
 };
 
 /// For the `kiln` command and kiln's own tests: the check dialect, the raw pipeline, the
@@ -83,5 +86,4 @@ pub mod internal {
     }
     pub use crate::elf::{identify, FileKind};
     pub use crate::link::{link, LinkInput, LinkedUnit, NoSession};
-    pub use crate::memory::SlabAllocator;
 }

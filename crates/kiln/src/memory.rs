@@ -1,6 +1,9 @@
 //! Address bookkeeping for slabs: which ranges of each slab region are free. The executor maps
 //! slabs (kiln-target); this side decides where each unit goes, so that thousands of small units
 //! share pages and memory freed by removed units is reused.
+//!
+//! [`CodeMemory`] is what a link asks for memory: the session's own [`SlabMemory`] (slabs made
+//! as needed, near what the code reaches), or one a JIT layer provides (a code zone's regions).
 
 use crate::error::{Error, Result};
 use kiln_target::{Executor, ExecutorAddr, Placement, SlabId, SlabInfo, SlabWrite};
@@ -95,6 +98,8 @@ pub struct SlabAllocator {
     slabs: Vec<Slab>,
     /// Bytes per region of a new slab (address space: pages cost memory only when used).
     pub region_size: u64,
+    /// Whether new slabs are made when none fits (not for a zone's fixed set of slabs).
+    growable: bool,
 }
 
 impl Default for SlabAllocator {
@@ -102,6 +107,7 @@ impl Default for SlabAllocator {
         SlabAllocator {
             slabs: Vec::new(),
             region_size: 32 << 20,
+            growable: true,
         }
     }
 }
@@ -126,6 +132,12 @@ impl SlabAllocator {
         };
         if let Some(i) = self.slabs.iter().position(fits) {
             return Ok(i);
+        }
+        if !self.growable {
+            return Err(Error::Usage(format!(
+                "no room for {} + {} + {} bytes in this code memory (placement {placement:?})",
+                sizes[0], sizes[1], sizes[2]
+            )));
         }
         let page = ex.info().page_size;
         let region = |r: usize| {
@@ -192,6 +204,54 @@ impl SlabAllocator {
         }
     }
 
+    /// Manage only these slabs (made by the caller, e.g. a code zone's regions), all free.
+    pub fn fixed(slabs: &[SlabInfo]) -> Self {
+        let mut a = SlabAllocator {
+            growable: false,
+            ..Default::default()
+        };
+        for info in slabs {
+            let mut free: [FreeList; 3] = Default::default();
+            for (r, (addr, n)) in info.regions.iter().enumerate() {
+                free[r].free(addr.0, *n);
+            }
+            a.slabs.push(Slab { info: *info, free });
+        }
+        a
+    }
+
+    /// Make the free ranges of `region` of slab `id` everything but `used` (sorted or not): after
+    /// a compaction moved what lives there.
+    pub fn rebuild_region(&mut self, id: SlabId, region: usize, used: &[(u64, u64)]) -> Result<()> {
+        let s = self
+            .slabs
+            .iter_mut()
+            .find(|s| s.info.id == id)
+            .ok_or_else(|| Error::Usage(format!("no slab {id:?} in this code memory")))?;
+        let (start, len) = s
+            .info
+            .regions
+            .get(region)
+            .copied()
+            .ok_or_else(|| Error::Usage(format!("slab {id:?} has no region {region}")))?;
+        let mut used: Vec<(u64, u64)> = used.to_vec();
+        used.sort_unstable();
+        let mut free = FreeList::default();
+        let mut at = start.0;
+        for (a, n) in used {
+            if a < at || a.checked_add(n).is_none_or(|e| e > start.0 + len) {
+                return Err(Error::Usage(format!(
+                    "used range {a:#x}+{n:#x} overlaps another or lies outside region {region} of slab {id:?}"
+                )));
+            }
+            free.free(at, a - at);
+            at = a + n;
+        }
+        free.free(at, start.0 + len - at);
+        s.free[region] = free;
+        Ok(())
+    }
+
     /// The slab holding `addr`, if any.
     pub fn slab_of(&self, addr: ExecutorAddr) -> Option<SlabId> {
         self.slabs
@@ -226,5 +286,90 @@ mod tests {
         assert_eq!(f.ranges.len(), 1, "everything coalesced");
         assert_eq!(f.largest(), 0x1000);
         assert!(f.allocate(0x2000, 1).is_none());
+    }
+}
+
+/// Where a unit's memory comes from. A link asks it for a slab in reach of what the unit
+/// references, then for a range per protection class; a removed unit's ranges go back.
+pub trait CodeMemory: Send + Sync + std::fmt::Debug {
+    /// A slab within `placement` whose regions can hold `sizes` bytes (each class aligned to
+    /// `aligns`): its id and its whole range.
+    fn choose(
+        &self,
+        ex: &dyn Executor,
+        placement: Placement,
+        sizes: [u64; 3],
+        aligns: [u64; 3],
+    ) -> Result<(SlabId, (u64, u64))>;
+    /// `size` bytes aligned to `align` in region `region` (0 code, 1 read-only, 2 data) of slab
+    /// `slab`.
+    fn allocate(&self, slab: SlabId, region: usize, size: u64, align: u64) -> Result<SlabRange>;
+    /// Take ranges back (code is poisoned with `int3` first).
+    fn free(&self, ex: &dyn Executor, ranges: &[SlabRange]);
+    /// The slab holding `addr`, if it is one of this memory's.
+    fn slab_of(&self, addr: ExecutorAddr) -> Option<SlabId>;
+    /// Unmap every slab this memory made (no unit may live in them any more).
+    fn release_all(&self, ex: &dyn Executor);
+}
+
+/// Slabs behind a lock: the session's own code memory, and the building block of others (a
+/// code zone's regions: [`SlabMemory::fixed`]).
+#[derive(Debug, Default)]
+pub struct SlabMemory {
+    slabs: std::sync::Mutex<SlabAllocator>,
+}
+
+impl SlabMemory {
+    /// Slabs made as needed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only these slabs (all free), never more.
+    pub fn fixed(slabs: &[SlabInfo]) -> Self {
+        SlabMemory {
+            slabs: std::sync::Mutex::new(SlabAllocator::fixed(slabs)),
+        }
+    }
+
+    /// The allocator itself, locked: for a JIT layer that rebuilds free lists after moving code.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
+        self.slabs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl CodeMemory for SlabMemory {
+    fn choose(
+        &self,
+        ex: &dyn Executor,
+        placement: Placement,
+        sizes: [u64; 3],
+        aligns: [u64; 3],
+    ) -> Result<(SlabId, (u64, u64))> {
+        let mut a = self.lock();
+        let i = a.slab_for(ex, placement, sizes, aligns)?;
+        Ok((a.id(i), a.range(i)))
+    }
+
+    fn allocate(&self, slab: SlabId, region: usize, size: u64, align: u64) -> Result<SlabRange> {
+        let mut a = self.lock();
+        let i = a
+            .slabs
+            .iter()
+            .position(|s| s.info.id == slab)
+            .ok_or_else(|| Error::Usage(format!("no slab {slab:?} in this code memory")))?;
+        a.allocate(i, region, size, align)
+    }
+
+    fn free(&self, ex: &dyn Executor, ranges: &[SlabRange]) {
+        self.lock().free(ex, ranges)
+    }
+
+    fn slab_of(&self, addr: ExecutorAddr) -> Option<SlabId> {
+        self.lock().slab_of(addr)
+    }
+
+    fn release_all(&self, ex: &dyn Executor) {
+        self.lock().release_all(ex)
     }
 }

@@ -86,7 +86,8 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
             want_map: false,
             collect_stats: false,
             debug,
-            slabs: None,
+            memory: None,
+            relink: false,
         },
     )
     .expect("link");

@@ -114,7 +114,8 @@ fn link_simulated(
             want_map: false,
             collect_stats: false,
             debug: &kiln::DebugOptions::all(),
-            slabs: None,
+            memory: None,
+            relink: false,
         },
     )
 }

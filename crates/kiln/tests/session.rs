@@ -334,3 +334,46 @@ fn the_executor_calls_functions_with_arguments() {
         "only code of live units"
     );
 }
+
+#[test]
+fn relink_records_name_targets_and_incoming_edges() {
+    use kiln::{RelinkTarget, UnitOptions};
+    let s = session();
+    let options = UnitOptions {
+        relink: true,
+        ..UnitOptions::new(s.default_scope())
+    };
+    let callee = s.link_graph_with(&constant("callee", 5), &options).unwrap();
+    let caller_unit = s
+        .link_graph_with(&caller("caller_fn", "callee", 1), &options)
+        .unwrap();
+    let plain = s.link_graph(&caller("plain", "callee", 2)).unwrap();
+    assert!(s.relink_record(plain).is_none(), "only when asked");
+    let rec = s.relink_record(caller_unit).unwrap();
+    assert_eq!(rec.edges.len(), 1);
+    let e = rec.edges[0];
+    assert_eq!(
+        e.offset, 1,
+        "the call's rel32, one byte into the code segment"
+    );
+    let callee_at = s.lookup("callee").unwrap();
+    match e.target {
+        RelinkTarget::Unit {
+            unit,
+            segment,
+            offset,
+        } => {
+            assert_eq!(unit, callee);
+            let seg = s.unit_segments(callee).unwrap()[usize::from(segment)];
+            assert_eq!(seg.0 .0 + offset, callee_at.0);
+        }
+        t => panic!("expected a target in the callee's unit, got {t:?}"),
+    }
+    assert_eq!(s.incoming_edges(callee).unwrap(), [(caller_unit, 0)]);
+    assert_eq!(s.unit_at(callee_at).map(|u| u.0), Some(callee));
+    s.remove(caller_unit).unwrap();
+    assert!(s.incoming_edges(callee).unwrap().is_empty());
+    s.remove(plain).unwrap();
+    s.remove(callee).unwrap();
+    assert!(s.unit_at(callee_at).is_none());
+}

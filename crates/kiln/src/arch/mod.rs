@@ -361,6 +361,16 @@ pub(crate) trait Arch: Send + Sync + std::fmt::Debug {
         off: usize,
         v: FixupValues,
     ) -> Result<(), FixupError>;
+    /// Apply an edge again to code it was applied to before (after the code or its target
+    /// moved): the value only, for the instruction as the first application left it (a relaxed
+    /// GOT load is already a `lea` or a direct jump).
+    fn reapply_fixup(
+        &self,
+        kind: EdgeKind,
+        buf: &mut [u8],
+        off: usize,
+        v: FixupValues,
+    ) -> Result<(), FixupError>;
     /// An upper bound of the bytes GOT entries and stubs for this edge can need.
     fn table_bytes_upper_bound(&self, kind: EdgeKind) -> u64;
     /// Build GOT entries, stubs and TLS pairs for the live edges of `g` that need them, now

@@ -93,6 +93,11 @@ fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) ->
     Ok(())
 }
 
+/// S for edge `e`, as its fixup used it (`None` if it has none: the link would have failed).
+pub(super) fn target_value_of(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> Option<u64> {
+    target_value(g, e, ctx).ok()
+}
+
 /// Why a fixup failed: its target has no value it can use, or the architecture refused it.
 enum Why {
     Target(&'static str),

@@ -13,6 +13,7 @@ pub mod layout;
 mod link_map;
 pub mod passes;
 mod placement;
+pub mod relink;
 pub mod resolve;
 mod stats;
 mod unit_memory;
@@ -34,7 +35,6 @@ use kiln_target::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use stats::Timer;
-use std::sync::Mutex;
 use unit_memory::UnitMemory;
 
 /// What goes into one link.
@@ -60,12 +60,15 @@ pub struct LinkInput<'s> {
     pub want_map: bool,
     /// Count what the link did and time each phase ([`LinkedUnit::stats`]).
     pub collect_stats: bool,
+    /// Keep the unit's edges ([`LinkedUnit::relink`]) so they can be applied again after its
+    /// code or its targets move.
+    pub relink: bool,
     /// Which debugger and profiler sinks learn about the unit.
     pub debug: &'s crate::debug::DebugOptions,
-    /// Place the unit in shared slabs (sub-page allocations, written through a writable alias)
-    /// rather than in a reservation of its own. Used when the executor supports slabs and no
-    /// fixed address is asked for.
-    pub slabs: Option<&'s Mutex<crate::memory::SlabAllocator>>,
+    /// Place the unit in slabs from this memory (sub-page allocations, written through a
+    /// writable alias) rather than in a reservation of its own. Used when the executor supports
+    /// slabs and no fixed address is asked for.
+    pub memory: Option<&'s dyn crate::memory::CodeMemory>,
 }
 
 /// A linked, finalized unit in the executor.
@@ -81,6 +84,10 @@ pub struct LinkedUnit {
     pub map: Option<LinkMap>,
     /// Ranges the unit holds in slabs (empty for a unit in a reservation of its own).
     pub slab_ranges: Vec<crate::memory::SlabRange>,
+    /// Present when [`LinkInput::relink`] was set.
+    pub relink: Option<relink::RelinkRecord>,
+    /// (address, size) of each segment.
+    pub segments: Vec<(u64, u64)>,
 }
 
 /// Link `input` into executor memory and finalize it (initializers are not run).
@@ -142,6 +149,11 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         Vec::new()
     };
     let has_initializers = !post.initializers.is_empty();
+    let relink = input.relink.then(|| {
+        relink::record(&g, &layout, tables.got_block, &|e| {
+            fixup::target_value_of(&g, e, &ctx)
+        })
+    });
     // IFUNC slots first (initializers and other actions may call the functions), then unwind
     // info and TLS, then the debug sinks.
     let mut pairs = actions::ifunc_actions(&g, &tables);
@@ -161,6 +173,12 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         exports: exports(&g, linker),
         has_initializers,
         map: post.map,
+        relink,
+        segments: layout
+            .segments
+            .iter()
+            .map(|s| (s.addr, s.content_size + s.zero_size))
+            .collect(),
         slab_ranges: memory.keep(),
         stats: input.collect_stats.then(|| LinkStats {
             inputs: g.inputs.len() - 1,
@@ -253,14 +271,14 @@ fn reserve<'x>(
         .checked_next_multiple_of(page)
         .filter(|b| *b < (1 << 40))
         .ok_or_else(|| Error::Usage("the unit is too large (over 1 TiB)".into()))?;
-    let slabs = input
-        .slabs
+    let memory = input
+        .memory
         .filter(|_| input.fixed_address.is_none() && ex.supports_slabs());
-    match (slabs, input.fixed_address) {
-        (Some(slabs), _) => {
+    match (memory, input.fixed_address) {
+        (Some(memory), _) => {
             let placement = placement::placement_window(g, bound)?;
             let (sizes, aligns) = placement::class_upper_bounds(g, page);
-            UnitMemory::in_slab(ex, slabs, placement, sizes, aligns)
+            UnitMemory::in_slab(ex, memory, placement, sizes, aligns)
         }
         (None, Some(addr)) => UnitMemory::reserve(ex, bound, Placement::Fixed(addr)),
         (None, None) => UnitMemory::reserve(ex, bound, placement::placement_window(g, bound)?),

@@ -6,9 +6,8 @@ use super::fixup::{apply_fixups, apply_fixups_into, FixupContext};
 use super::layout::{layout_at, layout_with, Layout};
 use crate::error::{Error, Result};
 use crate::graph::LinkGraph;
-use crate::memory::{SlabAllocator, SlabRange};
+use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{Executor, ExecutorAddr, Placement, Segment, SlabId};
-use std::sync::Mutex;
 
 pub(crate) struct UnitMemory<'x> {
     ex: &'x dyn Executor,
@@ -23,8 +22,7 @@ enum Place<'x> {
         size: u64,
     },
     Slab {
-        slabs: &'x Mutex<SlabAllocator>,
-        index: usize,
+        memory: &'x dyn CodeMemory,
         id: SlabId,
         range: (u64, u64),
         /// What the unit holds so far.
@@ -47,20 +45,16 @@ impl<'x> UnitMemory<'x> {
     /// Room in a slab that lies within `placement` and can hold the unit's classes.
     pub fn in_slab(
         ex: &'x dyn Executor,
-        slabs: &'x Mutex<SlabAllocator>,
+        memory: &'x dyn CodeMemory,
         placement: Placement,
         sizes: [u64; 3],
         aligns: [u64; 3],
     ) -> Result<Self> {
-        let mut alloc = lock(slabs)?;
-        let index = alloc.slab_for(ex, placement, sizes, aligns)?;
-        let (range, id) = (alloc.range(index), alloc.id(index));
-        drop(alloc);
+        let (id, range) = memory.choose(ex, placement, sizes, aligns)?;
         Ok(UnitMemory {
             ex,
             place: Place::Slab {
-                slabs,
-                index,
+                memory,
                 id,
                 range,
                 ranges: Vec::new(),
@@ -103,18 +97,12 @@ impl<'x> UnitMemory<'x> {
                 Ok(layout)
             }
             Place::Slab {
-                slabs,
-                index,
-                ranges,
-                ..
-            } => {
-                let mut alloc = lock(slabs)?;
-                layout_with(g, page, &mut |slot, size, align| {
-                    let r = alloc.allocate(*index, slot, size, align)?;
-                    ranges.push(r);
-                    Ok(r.addr.0)
-                })
-            }
+                memory, id, ranges, ..
+            } => layout_with(g, page, &mut |slot, size, align| {
+                let r = memory.allocate(*id, slot, size, align)?;
+                ranges.push(r);
+                Ok(r.addr.0)
+            }),
         }
     }
 
@@ -197,17 +185,7 @@ impl Drop for UnitMemory<'_> {
             Place::Reservation { base, size } => {
                 let _ = self.ex.release(ExecutorAddr(*base), *size);
             }
-            Place::Slab { slabs, ranges, .. } => {
-                if let Ok(mut alloc) = lock(slabs) {
-                    alloc.free(self.ex, ranges);
-                }
-            }
+            Place::Slab { memory, ranges, .. } => memory.free(self.ex, ranges),
         }
     }
-}
-
-fn lock(slabs: &Mutex<SlabAllocator>) -> Result<std::sync::MutexGuard<'_, SlabAllocator>> {
-    slabs
-        .lock()
-        .map_err(|_| Error::Internal("the slab allocator's lock is poisoned".into()))
 }

@@ -17,7 +17,7 @@ use crate::debug::DebugOptions;
 use crate::error::{Error, Result};
 use crate::graph::InMemoryGraph;
 use crate::link::{self, LinkInput, LinkStats, LinkedUnit, SessionSymbols};
-use crate::memory::SlabAllocator;
+use crate::memory::{CodeMemory, SlabMemory};
 use crate::search::LibrarySearch;
 use crate::LinkMap;
 use generate::GeneratedInputs;
@@ -44,12 +44,38 @@ pub struct Session {
     executor: Arc<dyn Executor>,
     config: RwLock<Arc<Config>>,
     state: RwLock<State>,
-    slabs: Mutex<SlabAllocator>,
+    /// The session's own code memory (slabs made as needed).
+    memory: Arc<SlabMemory>,
     /// What [`Session::add_object`] and friends added, for [`Session::link`].
     pending: Mutex<Inputs>,
     generators: RwLock<Vec<(ScopeId, Arc<dyn DefinitionGenerator>)>>,
     /// Units stay live in the executor when the session is dropped ([`Session::detach`]).
     detached: AtomicBool,
+}
+
+/// Where a unit goes and what it keeps: for [`Session::link_graph_with`] and
+/// [`Session::link_inputs_with`].
+#[derive(Clone, Debug)]
+pub struct UnitOptions {
+    /// The scope the unit's symbols go into.
+    pub scope: ScopeId,
+    /// Take the unit's memory from here instead of the session's own slabs (a JIT layer's
+    /// code zone).
+    pub memory: Option<Arc<dyn CodeMemory>>,
+    /// Keep the unit's edges ([`Session::relink_record`]) so that they can be applied again
+    /// when its code or what it references moves.
+    pub relink: bool,
+}
+
+impl UnitOptions {
+    /// The defaults: scope `scope`, the session's memory, no relink record.
+    pub fn new(scope: ScopeId) -> Self {
+        UnitOptions {
+            scope,
+            memory: None,
+            relink: false,
+        }
+    }
 }
 
 /// Settings every link reads; replaced as a whole when one changes, so that a link in progress
@@ -91,7 +117,7 @@ impl Session {
             executor,
             config: RwLock::new(Arc::new(config)),
             state: RwLock::new(State::new()),
-            slabs: Mutex::default(),
+            memory: Arc::new(SlabMemory::new()),
             pending: Mutex::default(),
             generators: RwLock::default(),
             detached: AtomicBool::new(false),
@@ -307,7 +333,7 @@ impl Session {
     /// [`Session::run_initializers`]. If the link fails, what was added stays added.
     pub fn link(&self) -> Result<UnitId> {
         let inputs = std::mem::take(&mut *lock(&self.pending));
-        let result = self.link_in(self.default_scope(), &inputs);
+        let result = self.link_in(&UnitOptions::new(self.default_scope()), &inputs);
         if result.is_err() {
             // Given back in front of whatever was added meanwhile.
             let mut pending = lock(&self.pending);
@@ -320,7 +346,12 @@ impl Session {
     /// Link `inputs` into one unit of `scope`. They are left as they were (so that a failed
     /// link can be retried after adding what was missing).
     pub fn link_inputs(&self, scope: ScopeId, inputs: &Inputs) -> Result<UnitId> {
-        self.link_in(scope, inputs)
+        self.link_in(&UnitOptions::new(scope), inputs)
+    }
+
+    /// [`Session::link_inputs`] with options: the unit's memory, its relink record.
+    pub fn link_inputs_with(&self, inputs: &Inputs, options: &UnitOptions) -> Result<UnitId> {
+        self.link_in(options, inputs)
     }
 
     /// Link one graph into a unit of the default scope.
@@ -330,13 +361,18 @@ impl Session {
 
     /// Link one graph into a unit of `scope`.
     pub fn link_graph_in(&self, scope: ScopeId, graph: &InMemoryGraph) -> Result<UnitId> {
+        self.link_graph_with(graph, &UnitOptions::new(scope))
+    }
+
+    /// Link one graph into a unit, with options: its scope, its memory, its relink record.
+    pub fn link_graph_with(&self, graph: &InMemoryGraph, options: &UnitOptions) -> Result<UnitId> {
         let config = self.config();
         let no_generated = GeneratedInputs::default();
-        match self.link_once(&config, scope, &Source::Graph(graph), &no_generated) {
+        match self.link_once(&config, options, &Source::Graph(graph), &no_generated) {
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
                 let mut inputs = Inputs::new();
                 inputs.add_graph(graph.clone());
-                self.link_in(scope, &inputs)
+                self.link_in(options, &inputs)
             }
             r => r,
         }
@@ -356,7 +392,8 @@ impl Session {
         !read(&self.generators).is_empty()
     }
 
-    fn link_in(&self, scope: ScopeId, inputs: &Inputs) -> Result<UnitId> {
+    fn link_in(&self, options: &UnitOptions, inputs: &Inputs) -> Result<UnitId> {
+        let scope = options.scope;
         read(&self.state).scope(scope)?;
         for path in &inputs.shared_libraries {
             self.load_once(path)?;
@@ -365,7 +402,7 @@ impl Session {
         let mut asked: FxHashSet<String> = FxHashSet::default();
         loop {
             let config = self.config();
-            match self.link_once(&config, scope, &Source::Inputs(inputs), &generated) {
+            match self.link_once(&config, options, &Source::Inputs(inputs), &generated) {
                 Err(Error::Unresolved(u)) if !u.undefined.is_empty() => {
                     let names: Vec<&str> = u.undefined.iter().map(|r| r.name.as_str()).collect();
                     if !self.generate(scope, &names, &mut generated, &mut asked)? {
@@ -416,10 +453,15 @@ impl Session {
     fn link_once(
         &self,
         config: &Config,
-        scope: ScopeId,
+        options: &UnitOptions,
         source: &Source,
         generated: &GeneratedInputs,
     ) -> Result<UnitId> {
+        let scope = options.scope;
+        let memory: &dyn CodeMemory = match &options.memory {
+            Some(m) => &**m,
+            None => &*self.memory,
+        };
         let binder = Binder {
             session: self,
             scope,
@@ -454,12 +496,13 @@ impl Session {
                 want_map: config.want_map,
                 collect_stats: config.collect_stats,
                 debug: &config.debug,
-                slabs: config.use_slabs.then_some(&self.slabs),
+                relink: options.relink,
+                memory: (config.use_slabs || options.memory.is_some()).then_some(memory),
             },
         );
         let deps = binder.deps.into_inner();
         match result {
-            Ok(unit) => self.publish(scope, unit, deps, source.name()),
+            Ok(unit) => self.publish(options, unit, deps, source.name()),
             Err(e) => {
                 read(&self.state).unpin(&deps);
                 Err(e)
@@ -472,11 +515,12 @@ impl Session {
     /// again and the clash reported.
     fn publish(
         &self,
-        scope: ScopeId,
+        options: &UnitOptions,
         unit: LinkedUnit,
         deps: Vec<u64>,
         name: &str,
     ) -> Result<UnitId> {
+        let scope = options.scope;
         let LinkedUnit {
             alloc,
             exports,
@@ -484,11 +528,22 @@ impl Session {
             stats,
             map,
             slab_ranges,
+            relink,
+            segments,
         } = unit;
+        let memory: Option<Arc<dyn CodeMemory>> = match (&options.memory, slab_ranges.is_empty()) {
+            (_, true) => None,
+            (Some(m), false) => Some(m.clone()),
+            (None, false) => Some(self.memory.clone()),
+        };
         let record = Unit {
             alloc,
             scope,
+            memory,
             slab_ranges,
+            segments,
+            relink: relink.map(Arc::new),
+            incoming: Vec::new(),
             names: Vec::new(),
             deps: Vec::new(),
             dependents: Vec::new(),
@@ -571,6 +626,40 @@ impl Session {
         let mut v: Vec<UnitId> = read(&self.state).units.keys().map(|k| UnitId(*k)).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The edges `unit` keeps (if it was linked with [`UnitOptions::relink`]): enough to apply
+    /// them again after its code, or what it references, moves.
+    pub fn relink_record(&self, unit: UnitId) -> Option<Arc<crate::link::relink::RelinkRecord>> {
+        read(&self.state).units.get(&unit.0)?.relink.clone()
+    }
+
+    /// The edges of other live units that target `unit` (only units that keep relink records
+    /// are counted): (unit, index into its record's edges).
+    pub fn incoming_edges(&self, unit: UnitId) -> Result<Vec<(UnitId, u32)>> {
+        Ok(read(&self.state)
+            .unit(unit)?
+            .incoming
+            .iter()
+            .map(|(u, i)| (UnitId(*u), *i))
+            .collect())
+    }
+
+    /// The live unit whose memory holds `addr`: the unit, the index of the segment, the offset
+    /// in it.
+    pub fn unit_at(&self, addr: ExecutorAddr) -> Option<(UnitId, usize, u64)> {
+        let (u, seg, off) = read(&self.state).unit_at(addr.0)?;
+        Some((UnitId(u), usize::from(seg), off))
+    }
+
+    /// (address, size) of each segment of `unit`.
+    pub fn unit_segments(&self, unit: UnitId) -> Result<Vec<(ExecutorAddr, u64)>> {
+        Ok(read(&self.state)
+            .unit(unit)?
+            .segments
+            .iter()
+            .map(|(a, n)| (ExecutorAddr(*a), *n))
+            .collect())
     }
 
     /// What linking `unit` did (if [`Session::set_collect_stats`] was on when it linked).
@@ -666,8 +755,8 @@ impl Session {
     /// actions), then free its slab ranges. No lock is held while its destructors run.
     fn release(&self, unit: Unit) -> Result<()> {
         let dealloc = self.executor.deallocate(unit.alloc);
-        if let Ok(mut slabs) = self.slabs.lock() {
-            slabs.free(&*self.executor, &unit.slab_ranges);
+        if let Some(memory) = &unit.memory {
+            memory.free(&*self.executor, &unit.slab_ranges);
         }
         Ok(dealloc?)
     }
@@ -676,8 +765,13 @@ impl Session {
     /// run (e.g. retarget a call site's rel32): stored atomically through the slab's writable
     /// alias, then the instruction cache is made coherent. Only for units in slabs.
     pub fn patch(&self, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
-        let slab = lock(&self.slabs)
-            .slab_of(addr)
+        let memory = {
+            let st = read(&self.state);
+            st.unit_at(addr.0)
+                .and_then(|(u, _, _)| st.units.get(&u)?.memory.clone())
+        };
+        let slab = memory
+            .and_then(|m| m.slab_of(addr))
             .ok_or_else(|| Error::Usage(format!("{addr} is not in a slab of this session")))?;
         Ok(self.executor.patch(slab, addr, bytes)?)
     }
@@ -721,9 +815,7 @@ impl Session {
                 }
             }
         }
-        if let Ok(mut slabs) = self.slabs.lock() {
-            slabs.release_all(&*self.executor);
-        }
+        self.memory.release_all(&*self.executor);
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -6,11 +6,14 @@
 //! to the scopes of that scope's search order, in order.
 
 use crate::error::{DuplicateSymbol, Error, Result};
+use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
-use crate::memory::SlabRange;
+use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{AllocId, ExecutorAddr};
 use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// A named symbol table with a search order, like ORC's JITDylib. See [`crate::Session::create_scope`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,7 +83,15 @@ pub(crate) struct Scope {
 pub(crate) struct Unit {
     pub alloc: AllocId,
     pub scope: ScopeId,
+    /// Where its ranges came from (`None`: a reservation of its own).
+    pub memory: Option<Arc<dyn CodeMemory>>,
     pub slab_ranges: Vec<SlabRange>,
+    /// (address, size) of its segments.
+    pub segments: Vec<(u64, u64)>,
+    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]).
+    pub relink: Option<Arc<RelinkRecord>>,
+    /// Edges of other units that target this one: (unit, index into its record's edges).
+    pub incoming: Vec<(u64, u32)>,
     /// Names this unit defines in its scope's table (the ones that won).
     pub names: Vec<std::sync::Arc<str>>,
     /// Units this one binds to.
@@ -98,6 +109,8 @@ pub(crate) struct State {
     pub scopes: Vec<Scope>,
     pub units: FxHashMap<u64, Unit>,
     pub next_unit: u64,
+    /// Every live unit's segments by start address: (end, unit, segment index).
+    pub by_addr: BTreeMap<u64, (u64, u64, u8)>,
 }
 
 impl State {
@@ -110,6 +123,7 @@ impl State {
             }],
             units: FxHashMap::default(),
             next_unit: 1,
+            by_addr: BTreeMap::new(),
         }
     }
 
@@ -187,7 +201,44 @@ impl State {
             }
         }
         unit.deps = deps.to_vec();
+        for (i, &(addr, size)) in unit.segments.iter().enumerate() {
+            if size > 0 {
+                self.by_addr.insert(addr, (addr + size, id, i as u8));
+            }
+        }
+        if let Some(rec) = unit.relink.take() {
+            unit.relink = Some(Arc::new(self.classify(id, rec)));
+        }
         self.units.insert(id, unit);
+    }
+
+    /// The live unit, its segment and the offset in it, at `addr`.
+    pub fn unit_at(&self, addr: u64) -> Option<(u64, u8, u64)> {
+        let (&start, &(end, unit, seg)) = self.by_addr.range(..=addr).next_back()?;
+        (addr < end).then_some((unit, seg, addr - start))
+    }
+
+    /// Name the absolute targets of a new unit's record that lie in other live units, and
+    /// record those edges as incoming on their targets.
+    fn classify(&mut self, id: u64, rec: Arc<RelinkRecord>) -> RelinkRecord {
+        let mut rec = Arc::unwrap_or_clone(rec);
+        for (i, e) in rec.edges.iter_mut().enumerate() {
+            let RelinkTarget::Absolute(addr) = e.target else {
+                continue;
+            };
+            let Some((unit, segment, offset)) = self.unit_at(addr) else {
+                continue;
+            };
+            e.target = RelinkTarget::Unit {
+                unit: UnitId(unit),
+                segment,
+                offset,
+            };
+            if let Some(t) = self.units.get_mut(&unit) {
+                t.incoming.push((id, i as u32));
+            }
+        }
+        rec
     }
 
     /// Release pins a failed link held.
@@ -224,6 +275,20 @@ impl State {
         for d in &unit.deps {
             if let Some(dep) = self.units.get_mut(d) {
                 dep.dependents.retain(|x| *x != id);
+            }
+        }
+        for &(addr, size) in &unit.segments {
+            if size > 0 {
+                self.by_addr.remove(&addr);
+            }
+        }
+        if let Some(rec) = &unit.relink {
+            for e in &rec.edges {
+                if let RelinkTarget::Unit { unit: t, .. } = e.target {
+                    if let Some(t) = self.units.get_mut(&t.0) {
+                        t.incoming.retain(|(from, _)| *from != id);
+                    }
+                }
             }
         }
         Ok(unit)

@@ -91,6 +91,19 @@ impl Arch for X86_64 {
         }
     }
 
+    fn reapply_fixup(
+        &self,
+        kind: super::EdgeKind,
+        buf: &mut [u8],
+        off: usize,
+        v: FixupValues,
+    ) -> Result<(), FixupError> {
+        match kind {
+            super::EdgeKind::KeepAlive => Ok(()),
+            super::EdgeKind::X86_64(k) => relocs::reapply(k, buf, off, v),
+        }
+    }
+
     fn table_bytes_upper_bound(&self, kind: super::EdgeKind) -> u64 {
         match kind {
             super::EdgeKind::X86_64(k) => tables::bytes_upper_bound(k),

@@ -368,6 +368,30 @@ pub fn apply(kind: EdgeKind, buf: &mut [u8], off: usize, v: FixupValues) -> Resu
     }
 }
 
+/// Apply `kind` again where [`apply`] applied it before: the instruction is as `apply` left it,
+/// only the value is written (for the relaxed `jmp`, one byte earlier, as `apply` put it).
+pub fn reapply(
+    kind: EdgeKind,
+    buf: &mut [u8],
+    off: usize,
+    v: FixupValues,
+) -> Result<(), FixupError> {
+    match kind {
+        GotLoadRelaxed { .. } if off >= 2 && buf.get(off - 2) == Some(&0xe9) => {
+            let at = FixupValues {
+                place: v.place.wrapping_sub(1),
+                ..v
+            };
+            write_value(&row(kind).info, buf, off - 1, at)
+        }
+        TlsDescToLocalExec => {
+            write_value(&row(kind).info, buf, off, FixupValues { addend: 0, ..v })
+        }
+        TlsDescCallToNop => Ok(()),
+        _ => write_value(&row(kind).info, buf, off, v),
+    }
+}
+
 /// `REX.W 8d /r  lea x@tlsdesc(%rip), %reg` → `REX.W c7 /0  mov $tpoff, %reg` (gcc may compute
 /// the descriptor into any register and move it to %rax later).
 fn rewrite_tlsdesc_lea(buf: &mut [u8], off: usize) -> Result<(), FixupError> {
@@ -600,6 +624,49 @@ mod tests {
         assert!(
             !can_relax_got_load(&[0x8b], 1, false),
             "too close to the start"
+        );
+    }
+
+    #[test]
+    fn reapplying_after_a_move_keeps_the_relaxed_instruction() {
+        // jmp *GOT(%rip) relaxed at P = 0x100, then the code moves by 0x1000.
+        let mut jmp = [0xff, 0x25, 0, 0, 0, 0, 0xcc];
+        fix(
+            GotLoadRelaxed { rex: false },
+            &mut jmp,
+            2,
+            0x100,
+            0x200,
+            -4,
+            0,
+        )
+        .unwrap();
+        let v = FixupValues {
+            target: 0x200,
+            addend: -4,
+            place: 0x1100,
+            got: 0,
+        };
+        reapply(GotLoadRelaxed { rex: false }, &mut jmp, 2, v).unwrap();
+        assert_eq!(jmp[0], 0xe9);
+        assert_eq!(
+            i32::from_le_bytes(jmp[1..5].try_into().unwrap()),
+            0x200 - (0x10fe + 5)
+        );
+        assert_eq!(jmp[5], 0x90);
+        // A call still a call, to the new place.
+        let mut call = [0xe8, 0, 0, 0, 0];
+        fix(BranchPCRel32, &mut call, 1, 0x1001, 0x2000, -4, 0).unwrap();
+        let v = FixupValues {
+            target: 0x3000,
+            addend: -4,
+            place: 0x1001,
+            got: 0,
+        };
+        reapply(BranchPCRel32, &mut call, 1, v).unwrap();
+        assert_eq!(
+            i32::from_le_bytes(call[1..5].try_into().unwrap()),
+            0x3000 - 0x1005
         );
     }
 
