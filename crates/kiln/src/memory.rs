@@ -134,10 +134,17 @@ impl SlabAllocator {
             return Ok(i);
         }
         if !self.growable {
-            return Err(Error::Usage(format!(
-                "no room for {} + {} + {} bytes in this code memory (placement {placement:?})",
-                sizes[0], sizes[1], sizes[2]
-            )));
+            // Only these slabs: the placement asked for is what would be nice; the fixups say
+            // what is out of reach (calls get stubs, GOT loads keep the GOT).
+            let room = |s: &Slab| {
+                (0..3).all(|r| sizes[r] == 0 || s.free[r].largest() >= sizes[r] + aligns[r])
+            };
+            return self.slabs.iter().position(room).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no room for {} + {} + {} bytes (code, read-only, data) in this code memory",
+                    sizes[0], sizes[1], sizes[2]
+                ))
+            });
         }
         let page = ex.info().page_size;
         let region = |r: usize| {

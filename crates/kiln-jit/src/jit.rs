@@ -1,0 +1,331 @@
+//! [`Jit`]: a session's code zone and what kiln-jit knows of the units in it.
+
+use crate::error::{Error, Result};
+use crate::graph::{JitGraph, SiteKind};
+use crate::zone::{Region, Zone, ZoneConfig};
+use kiln::{ScopeId, Session, UnitId, UnitOptions};
+use kiln_target::ExecutorAddr;
+use rustc_hash::FxHashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Which region of the zone a unit goes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegionKind {
+    /// Never moved, never freed by compaction: trampolines, bridges, runtime routines, stubs.
+    Fixed,
+    /// Compiled methods: compacted when the region fills; the unit keeps relink records.
+    Method,
+}
+
+/// A patchable place of a linked unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Site {
+    pub unit: UnitId,
+    /// The field's address (aligned to its width).
+    pub addr: ExecutorAddr,
+    pub kind: SiteKind,
+}
+
+/// A reference to a heap object embedded in a linked unit's code or data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HeapRef {
+    pub unit: UnitId,
+    pub addr: ExecutorAddr,
+    /// 8 or 4 bytes.
+    pub width: u8,
+}
+
+/// A unit linked into the zone, with its patchable places.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    pub unit: UnitId,
+    pub region: RegionKind,
+    pub sites: Vec<Site>,
+    pub heap_refs: Vec<HeapRef>,
+}
+
+/// What kiln-jit keeps of a zone unit.
+#[derive(Debug, Clone)]
+pub(crate) struct ZoneUnit {
+    pub region: RegionKind,
+    pub sites: Vec<Site>,
+    pub heap_refs: Vec<HeapRef>,
+}
+
+/// The JIT layer over one session: a code zone, the units in it, and the operations that change
+/// code after it is linked. `Send + Sync`: compiler threads and the VM share it.
+#[derive(Debug)]
+pub struct Jit {
+    session: Arc<Session>,
+    zone: Zone,
+    scope: ScopeId,
+    pub(crate) units: Mutex<FxHashMap<UnitId, ZoneUnit>>,
+}
+
+impl Jit {
+    /// Reserve a zone as `config` asks in `session`'s executor; its units go into the session's
+    /// default scope.
+    pub fn new(session: Arc<Session>, config: &ZoneConfig) -> Result<Jit> {
+        let zone = Zone::reserve(&**session.executor(), config)?;
+        tracing::debug!(
+            "code zone at {:#x}..+{:#x} (fixed {:?}, method {:?})",
+            zone.base,
+            zone.size,
+            zone.fixed().code(),
+            zone.method().code()
+        );
+        Ok(Jit {
+            scope: session.default_scope(),
+            session,
+            zone,
+            units: Mutex::default(),
+        })
+    }
+
+    /// Put the zone's units into `scope` from now on.
+    pub fn with_scope(mut self, scope: ScopeId) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    pub fn scope(&self) -> ScopeId {
+        self.scope
+    }
+
+    pub(crate) fn region(&self, r: RegionKind) -> &Region {
+        match r {
+            RegionKind::Fixed => self.zone.fixed(),
+            RegionKind::Method => self.zone.method(),
+        }
+    }
+
+    pub(crate) fn units(&self) -> MutexGuard<'_, FxHashMap<UnitId, ZoneUnit>> {
+        self.units.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Link `graph` into `region`, and find its sites and heap references.
+    pub fn link(&self, region: RegionKind, graph: &JitGraph) -> Result<Linked> {
+        check_annotations(graph)?;
+        let options = UnitOptions {
+            scope: self.scope,
+            memory: Some(self.region(region).code_memory()),
+            relink: region == RegionKind::Method,
+        };
+        let unit = self.session.link_graph_with(&graph.graph, &options)?;
+        match self.place_annotations(unit, graph) {
+            Ok((sites, heap_refs)) => {
+                let record = ZoneUnit {
+                    region,
+                    sites: sites.clone(),
+                    heap_refs: heap_refs.clone(),
+                };
+                self.units().insert(unit, record);
+                Ok(Linked {
+                    unit,
+                    region,
+                    sites,
+                    heap_refs,
+                })
+            }
+            Err(e) => {
+                let _ = self.session.remove(unit);
+                Err(e)
+            }
+        }
+    }
+
+    /// The addresses of a linked graph's sites and heap references.
+    fn place_annotations(
+        &self,
+        unit: UnitId,
+        graph: &JitGraph,
+    ) -> Result<(Vec<Site>, Vec<HeapRef>)> {
+        let at = |symbol: &str, offset: u64, width: u64| -> Result<ExecutorAddr> {
+            let s = self
+                .session
+                .lookup_symbol(self.scope, symbol)
+                .filter(|s| s.unit == unit)
+                .ok_or_else(|| Error::Graph {
+                    graph: graph.graph.name.clone(),
+                    what: format!("{symbol} is not a global symbol of the graph"),
+                })?;
+            let addr = s.addr.0 + offset;
+            if !addr.is_multiple_of(width) {
+                return Err(Error::Graph {
+                    graph: graph.graph.name.clone(),
+                    what: format!(
+                        "the {width}-byte field at {symbol}+{offset:#x} ({addr:#x}) is not \
+                         aligned to {width}: it could not be changed with one atomic store"
+                    ),
+                });
+            }
+            Ok(ExecutorAddr(addr))
+        };
+        let sites = graph
+            .sites
+            .iter()
+            .map(|d| {
+                Ok(Site {
+                    unit,
+                    addr: at(&d.symbol, d.offset, d.kind.width())?,
+                    kind: d.kind,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let heap_refs = graph
+            .heap_refs
+            .iter()
+            .map(|d| {
+                Ok(HeapRef {
+                    unit,
+                    addr: at(&d.symbol, d.offset, u64::from(d.width))?,
+                    width: d.width,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((sites, heap_refs))
+    }
+
+    /// The region and annotations of a zone unit.
+    pub fn unit(&self, unit: UnitId) -> Option<Linked> {
+        self.units().get(&unit).map(|u| Linked {
+            unit,
+            region: u.region,
+            sites: u.sites.clone(),
+            heap_refs: u.heap_refs.clone(),
+        })
+    }
+
+    /// Make `site` reach `target`: a `Rel32` site calls or jumps there, an `Abs64` site holds
+    /// its address. One atomic store: threads running through the site go to the old or the
+    /// new target, never elsewhere.
+    pub fn retarget(&self, site: &Site, target: ExecutorAddr) -> Result<()> {
+        let bytes = match site.kind {
+            SiteKind::Rel32 => {
+                let next = site.addr.0 as i128 + 4;
+                let rel = i32::try_from(target.0 as i128 - next).map_err(|_| {
+                    Error::Stale(format!(
+                        "{target} is out of reach of the call site at {} (more than 2 GiB away)",
+                        site.addr
+                    ))
+                })?;
+                rel.to_le_bytes().to_vec()
+            }
+            SiteKind::Abs64 => target.0.to_le_bytes().to_vec(),
+            SiteKind::Imm32 => {
+                return Err(Error::Stale(format!(
+                    "the site at {} is an immediate, not a target: set_value",
+                    site.addr
+                )))
+            }
+        };
+        self.store(site, &bytes)
+    }
+
+    /// Set an immediate or slot site's value (an inline cache's guard key), atomically.
+    pub fn set_value(&self, site: &Site, value: u64) -> Result<()> {
+        let bytes = match site.kind {
+            SiteKind::Abs64 => value.to_le_bytes().to_vec(),
+            SiteKind::Imm32 => u32::try_from(value)
+                .map_err(|_| {
+                    Error::Stale(format!(
+                        "{value:#x} does not fit the 32-bit site at {}",
+                        site.addr
+                    ))
+                })?
+                .to_le_bytes()
+                .to_vec(),
+            SiteKind::Rel32 => {
+                return Err(Error::Stale(format!(
+                    "the site at {} is a call: retarget it",
+                    site.addr
+                )))
+            }
+        };
+        self.store(site, &bytes)
+    }
+
+    fn store(&self, site: &Site, bytes: &[u8]) -> Result<()> {
+        let live = self
+            .units()
+            .get(&site.unit)
+            .is_some_and(|u| u.sites.contains(site));
+        if !live {
+            return Err(Error::Stale(format!(
+                "the site at {} belongs to no live unit of this zone",
+                site.addr
+            )));
+        }
+        Ok(self.session.patch(site.addr, bytes)?)
+    }
+
+    /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
+    pub fn remove(&self, unit: UnitId) -> Result<()> {
+        self.session.remove(unit)?;
+        self.units().remove(&unit);
+        Ok(())
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        // Newest first, so that dependents go before what they use; then the zone's slabs.
+        let mut units: Vec<UnitId> = self.units().keys().copied().collect();
+        units.sort_unstable();
+        for u in units.into_iter().rev() {
+            let _ = self.session.remove_with_dependents(u);
+        }
+        self.zone.release(&**self.session.executor());
+    }
+}
+
+/// Sites and heap references must name symbols the graph defines, inside them.
+fn check_annotations(g: &JitGraph) -> Result<()> {
+    let sizes: FxHashMap<&str, u64> = g
+        .graph
+        .sections
+        .iter()
+        .flat_map(|s| &s.blocks)
+        .flat_map(|b| &b.symbols)
+        .map(|s| (s.name.as_str(), s.size))
+        .collect();
+    let places = g
+        .sites
+        .iter()
+        .map(|s| (&s.symbol, s.offset, s.kind.width()))
+        .chain(
+            g.heap_refs
+                .iter()
+                .map(|h| (&h.symbol, h.offset, u64::from(h.width))),
+        );
+    for (symbol, offset, width) in places {
+        let size = sizes
+            .get(symbol.as_str())
+            .copied()
+            .ok_or_else(|| Error::Graph {
+                graph: g.graph.name.clone(),
+                what: format!("annotation names {symbol}, which the graph does not define"),
+            })?;
+        if size > 0 && offset.checked_add(width).is_none_or(|e| e > size) {
+            return Err(Error::Graph {
+                graph: g.graph.name.clone(),
+                what: format!("the field at {symbol}+{offset:#x} lies past its end ({size} bytes)"),
+            });
+        }
+    }
+    if g.heap_refs.iter().any(|h| h.width != 4 && h.width != 8) {
+        return Err(Error::Graph {
+            graph: g.graph.name.clone(),
+            what: "heap references are 4 or 8 bytes wide".into(),
+        });
+    }
+    Ok(())
+}
