@@ -34,6 +34,7 @@ impl GraphBuilder {
 
     pub(crate) fn add_section(&mut self, name: &str, prot: MemProt) -> kiln_section_t {
         self.graph.sections.push(InMemorySection {
+            kind: kiln_core::graph::GraphSectionKind::Regular,
             name: name.to_string(),
             prot,
             blocks: Vec::new(),

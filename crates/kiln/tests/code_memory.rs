@@ -83,6 +83,58 @@ fn link_remove_cycles_stay_flat() {
     );
 }
 
+/// The same with a distinct symbol name in each cycle (a graph defining `fn_<i>`): names are
+/// not interned or leaked anywhere, so resident memory stays flat however many names come and go.
+#[test]
+fn link_remove_cycles_with_distinct_names_stay_flat() {
+    use kiln::arch::x86_64::EdgeKind;
+    use kiln::graph::{InMemoryEdge, InMemoryGraph};
+    let cycles: usize = std::env::var("KILN_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let s = Session::in_process();
+    s.set_debug(DebugOptions::none());
+    // int fn_i(int x) { return abs(x); } as `jmp abs`
+    let one = |i: usize| {
+        let name = format!("fn_{i}");
+        let mut g = InMemoryGraph::new(format!("graph_{i}"));
+        g.add_function(
+            &name,
+            vec![0xe9, 0, 0, 0, 0],
+            vec![InMemoryEdge::new(1, EdgeKind::BranchPCRel32, "abs", -4)],
+            None,
+        );
+        let u = s.link_graph(&g).unwrap();
+        let f = s.lookup(&name).unwrap();
+        assert_eq!(
+            s.executor().call(f, &[(-5i64) as u64]).unwrap() as i32,
+            5,
+            "cycle {i}"
+        );
+        s.remove(u).unwrap();
+        assert!(s.lookup(&name).is_none());
+    };
+    for i in 0..10_000 {
+        one(i);
+    }
+    let (rss0, maps0) = (status_kib("VmRSS:"), mappings());
+    for i in 10_000..10_000 + cycles {
+        one(i);
+    }
+    let (rss1, maps1) = (status_kib("VmRSS:"), mappings());
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{cycles} cycles with distinct names: resident {rss0} KiB -> {rss1} KiB, mappings {maps0} -> {maps1}"
+    );
+    assert!(
+        rss1 <= rss0 + 4096,
+        "resident memory grew: {rss0} KiB -> {rss1} KiB"
+    );
+    assert!(maps1 <= maps0 + 2, "mappings grew: {maps0} -> {maps1}");
+}
+
 /// A call site in finalized code is retargeted through the slab's writable alias while another
 /// thread calls it in a loop: the loop sees the old target, then the new one, and never crashes.
 /// /proc/self/maps shows no writable-and-executable mapping before, during and after.

@@ -9,6 +9,7 @@ use kiln::graph::{InMemoryEdge, InMemoryGraph, InMemorySymbol, Visibility};
 use kiln::{DebugOptions, Error, ExecutorAddr, Generated, InProcessExecutor, Inputs, Session};
 use std::path::PathBuf;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 fn session() -> Session {
@@ -376,4 +377,134 @@ fn relink_records_name_targets_and_incoming_edges() {
     s.remove(plain).unwrap();
     s.remove(callee).unwrap();
     assert!(s.unit_at(callee_at).is_none());
+}
+
+/// A graph's own `.eh_frame` section (as a code generator's unwind info would be written): its
+/// FDE is registered, so the unwinder walks from Rust, through the JIT'd frame, back into the
+/// test.
+#[test]
+fn graph_eh_frame_sections_are_registered() {
+    use kiln::graph::{BlockContent, GraphSectionKind, InMemoryBlock, InMemorySection};
+    use std::sync::atomic::AtomicBool;
+    static SAW: AtomicBool = AtomicBool::new(false);
+    extern "C" fn callback() -> u64 {
+        let bt = std::backtrace::Backtrace::force_capture().to_string();
+        let seen = bt.lines().any(|l| {
+            l.trim_end()
+                .ends_with("::graph_eh_frame_sections_are_registered")
+        });
+        SAW.store(seen, Ordering::SeqCst);
+        7
+    }
+    let s = session();
+    s.define("rust_callback", callback as *const () as u64);
+    // push %rbp; mov %rsp,%rbp; call rust_callback; pop %rbp; ret
+    let code = vec![0x55, 0x48, 0x89, 0xe5, 0xe8, 0, 0, 0, 0, 0x5d, 0xc3];
+    let mut g = InMemoryGraph::new("with-eh-frame");
+    g.add_function(
+        "framed",
+        code.clone(),
+        vec![InMemoryEdge::new(
+            5,
+            EdgeKind::BranchPCRel32,
+            "rust_callback",
+            -4,
+        )],
+        None,
+    );
+    // CIE (zR, pcrel|sdata4, CFA = rsp+8, RA at CFA-8) and an FDE for the 11 bytes.
+    let mut eh = vec![
+        20, 0, 0, 0, 0, 0, 0, 0, 1, b'z', b'R', 0, 1, 0x78, 16, 1, 0x1b, 0x0c, 7, 8, 0x90, 1, 0, 0,
+    ];
+    let fde_at = eh.len();
+    eh.extend_from_slice(&28u32.to_le_bytes());
+    eh.extend_from_slice(&((fde_at + 4) as u32).to_le_bytes()); // CIE pointer: back to 0
+    eh.extend_from_slice(&[0; 4]); // pc_begin: an edge
+    eh.extend_from_slice(&(code.len() as u32).to_le_bytes());
+    eh.extend_from_slice(&[0, 0x41, 0x0e, 16, 0x86, 2, 0x43, 0x0d, 6]);
+    eh.resize(fde_at + 32, 0);
+    g.sections.push(InMemorySection {
+        name: ".eh_frame".into(),
+        prot: kiln_target::MemProt::Read,
+        kind: GraphSectionKind::EhFrame,
+        blocks: vec![InMemoryBlock {
+            content: BlockContent::Bytes(eh),
+            align: 8,
+            symbols: vec![],
+            edges: vec![InMemoryEdge::new(
+                (fde_at + 8) as u32,
+                EdgeKind::Delta32,
+                "framed",
+                0,
+            )],
+            frame: None,
+        }],
+    });
+    s.link_graph(&g).unwrap();
+    assert_eq!(call(&s, "framed"), 7);
+    assert!(
+        SAW.load(Ordering::SeqCst),
+        "the unwinder walked through the JIT'd frame"
+    );
+}
+
+/// A graph's thread-local section: each thread sees its own copy, initialised from the image.
+#[test]
+fn graph_tls_sections_give_each_thread_a_copy() {
+    use kiln::graph::{
+        BlockContent, GraphSectionKind, InMemoryBlock, InMemorySection, InMemorySymbol,
+    };
+    let s = Arc::new(session());
+    let mut g = InMemoryGraph::new("tls");
+    // int bump(void) { return ++counter; } with local-exec TLS:
+    // mov %fs:0,%rax; mov counter@tpoff(%rax),%ecx; inc %ecx; mov %ecx,counter@tpoff(%rax);
+    // mov %ecx,%eax; ret
+    let code = vec![
+        0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0, // mov %fs:0, %rax
+        0x8b, 0x88, 0, 0, 0, 0, // mov disp32(%rax), %ecx
+        0xff, 0xc1, // inc %ecx
+        0x89, 0x88, 0, 0, 0, 0, // mov %ecx, disp32(%rax)
+        0x89, 0xc8, // mov %ecx, %eax
+        0xc3,
+    ];
+    g.add_function(
+        "bump",
+        code,
+        vec![
+            InMemoryEdge::new(11, EdgeKind::TpOff32, "counter", 0),
+            InMemoryEdge::new(19, EdgeKind::TpOff32, "counter", 0),
+        ],
+        None,
+    );
+    g.sections.push(InMemorySection {
+        name: ".tdata".into(),
+        prot: kiln_target::MemProt::ReadWrite,
+        kind: GraphSectionKind::Tls,
+        blocks: vec![InMemoryBlock {
+            content: BlockContent::Bytes(41u32.to_le_bytes().to_vec()),
+            align: 4,
+            symbols: vec![InMemorySymbol {
+                name: "counter".into(),
+                offset: 0,
+                size: 4,
+                visibility: Visibility::Hidden,
+                weak: false,
+                callable: false,
+            }],
+            edges: vec![],
+            frame: None,
+        }],
+    });
+    s.link_graph(&g).unwrap();
+    assert_eq!(call(&s, "bump") as u32, 42);
+    assert_eq!(call(&s, "bump") as u32, 43);
+    let t = {
+        let s = s.clone();
+        std::thread::spawn(move || call(&s, "bump") as u32)
+    };
+    assert_eq!(
+        t.join().unwrap(),
+        42,
+        "another thread starts from the image"
+    );
 }

@@ -1,6 +1,8 @@
 //! ELF inputs: relocatable objects (x86-64), static archives, `.eh_frame` splitting.
 pub mod archive;
 mod eh_frame;
+
+pub(crate) use eh_frame::split as split_eh_frame;
 pub mod object;
 
 /// What a file is, from its first bytes.

@@ -25,6 +25,24 @@ pub struct InMemorySection {
     pub name: String,
     pub prot: MemProt,
     pub blocks: Vec<InMemoryBlock>,
+    /// What the section is to the linker (default: ordinary code or data).
+    pub kind: GraphSectionKind,
+}
+
+/// What a graph's section is to the linker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GraphSectionKind {
+    /// Code or data, as its protection says.
+    #[default]
+    Regular,
+    /// `.eh_frame` records (CIEs and FDEs, e.g. from a code generator's unwind info): split per
+    /// record, each FDE kept as long as the function its `pc_begin` edge names, registered with
+    /// the unwinder. The `pc_begin` fields need edges (`Delta32` for `pcrel|sdata4`); CIE
+    /// pointers are section-relative and need none (kiln makes their edges).
+    EhFrame,
+    /// Thread-local data (`.tdata`, or `.tbss` with zero fill): its symbols are thread-local,
+    /// each thread gets a copy, code reaches them through the TLS edge kinds.
+    Tls,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +107,7 @@ impl InMemoryGraph {
     ) -> &mut Self {
         let size = code.len() as u64;
         self.sections.push(InMemorySection {
+            kind: GraphSectionKind::Regular,
             // One section name for all: names cost an allocation per function, and debuggers
             // and profilers go by the symbols.
             name: ".text".into(),
@@ -115,6 +134,7 @@ impl InMemoryGraph {
     pub fn add_data(&mut self, name: &str, bytes: Vec<u8>, align: u64, prot: MemProt) -> &mut Self {
         let size = bytes.len() as u64;
         self.sections.push(InMemorySection {
+            kind: GraphSectionKind::Regular,
             name: match prot {
                 MemProt::ReadWrite => ".data".into(),
                 _ => ".rodata".into(),
@@ -179,7 +199,53 @@ pub(crate) fn add_graph<'a>(g: &mut LinkGraph<'a>, graph: &'a InMemoryGraph) -> 
             }
         }
     }
+    for sec in graph
+        .sections
+        .iter()
+        .filter(|s| s.kind == GraphSectionKind::EhFrame)
+    {
+        add_eh_frame(g, sec, input, &locals)
+            .map_err(|(offset, what)| bad(&sec.name, offset, what))?;
+    }
     Ok(input)
+}
+
+/// An `.eh_frame` section of a graph: each block is split into its CIE and FDE records.
+fn add_eh_frame<'a>(
+    g: &mut LinkGraph<'a>,
+    sec: &'a InMemorySection,
+    input: InputId,
+    locals: &FxHashMap<&'a str, SymbolId>,
+) -> std::result::Result<(), (Option<u64>, String)> {
+    for blk in &sec.blocks {
+        let BlockContent::Bytes(data) = &blk.content else {
+            return Err((None, "an .eh_frame block needs bytes".into()));
+        };
+        let mut edges = Vec::with_capacity(blk.edges.len());
+        for e in &blk.edges {
+            let width = g.arch.edge_info(e.kind).map_or(0, |i| u64::from(i.width));
+            if u64::from(e.offset) + width > data.len() as u64 {
+                return Err((
+                    Some(e.offset.into()),
+                    format!("edge to {} lies outside its block", e.target),
+                ));
+            }
+            let target = match locals.get(e.target.as_str()) {
+                Some(id) => *id,
+                None => g.global_ref(e.target.as_bytes(), input, false),
+            };
+            edges.push(Edge {
+                offset: e.offset,
+                kind: e.kind,
+                target,
+                addend: e.addend,
+            });
+        }
+        let name = g.input_name(input).to_string();
+        crate::elf::split_eh_frame(g, &name, sec.name.as_bytes(), 0, input, data, edges)
+            .map_err(|e| (None, e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// One section of a graph: its blocks and their symbols.
@@ -189,10 +255,15 @@ fn add_section<'a>(
     input: InputId,
     locals: &mut FxHashMap<&'a str, SymbolId>,
 ) -> std::result::Result<(), (Option<u64>, String)> {
+    let tls = sec.kind == GraphSectionKind::Tls;
     let sid = g.add_section(Section {
         name: sec.name.as_bytes(),
-        prot: sec.prot,
-        kind: SectionKind::Regular,
+        prot: if tls { MemProt::Read } else { sec.prot },
+        kind: if tls {
+            SectionKind::Tls
+        } else {
+            SectionKind::Regular
+        },
         input,
         retain: false,
         elf_index: 0,
@@ -228,6 +299,7 @@ fn add_section<'a>(
                 sym.name = s.name.as_bytes();
                 sym.size = s.size;
                 sym.callable = s.callable;
+                sym.tls = tls;
                 locals.insert(s.name.as_str(), id);
             } else {
                 g.define_global(
@@ -237,7 +309,7 @@ fn add_section<'a>(
                     s.weak,
                     s.visibility,
                     s.callable,
-                    false,
+                    tls,
                     input,
                 );
             }

@@ -10,8 +10,8 @@
 pub(crate) mod builder;
 
 pub use builder::{
-    BlockContent, FrameDescription, InMemoryBlock, InMemoryEdge, InMemoryGraph, InMemorySection,
-    InMemorySymbol,
+    BlockContent, FrameDescription, GraphSectionKind, InMemoryBlock, InMemoryEdge, InMemoryGraph,
+    InMemorySection, InMemorySymbol,
 };
 
 use crate::arch::{Arch, EdgeKind};
