@@ -72,6 +72,10 @@ pub enum Error {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// [`crate::Executor::move_allocation`] moved the allocation's bytes, then something failed
+    /// (registering it at its new addresses): it is live there, without the new registrations.
+    #[error("allocation {id} was moved to its new addresses, but: {why}")]
+    AfterMove { id: u64, why: String },
     /// A debugger or profiler sink (gdb, perf map, jitdump) could not record the code.
     #[error("{sink}: {why}")]
     DebugSink { sink: &'static str, why: String },

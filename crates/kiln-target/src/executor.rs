@@ -187,6 +187,20 @@ pub enum SlabWrite<'a> {
     Fill(ExecutorAddr, u64, u8),
 }
 
+/// One segment of a slab allocation moved by [`Executor::move_allocation`]: the segment that is
+/// exactly `[from, from + len)` goes to `[to, to + len)`, in the same region of the same slab.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SegmentMove {
+    pub from: ExecutorAddr,
+    pub to: ExecutorAddr,
+    pub len: u64,
+}
+
+/// The most bytes one [`Executor::read_memory`] returns (a bigger read is refused, rather than
+/// an allocation that could abort the process).
+pub const MAX_READ: u64 = 64 << 20;
+
 /// Identifies a finalized allocation in one executor.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -290,6 +304,74 @@ pub trait Executor: Send + Sync {
     fn patch(&self, _slab: SlabId, _addr: ExecutorAddr, _bytes: &[u8]) -> Result<()> {
         Err(crate::Error::InvalidRequest(
             "this executor has no slabs".into(),
+        ))
+    }
+
+    /// Write into a slab while code may run from it: the JIT layer's write window (call sites
+    /// and inline caches wider than one atomic store, relocations re-applied after code moved,
+    /// heap references updated after a moving GC). Checked as [`Executor::write_slab`], except
+    /// that the bytes of live allocations may be written too; refused over a range another call
+    /// is writing, over unwind info or a TLS image the runtime reads (registered ranges), and
+    /// over allocations being finalized, moved or deallocated. Writes go through the slab's
+    /// writable alias (never a writable and executable mapping), each naturally aligned 8-byte
+    /// word with one atomic store: a thread executing or reading an aligned word sees its old or
+    /// its new value, never a mix (wider changes are the caller's to order, e.g. write the body
+    /// first and the word that makes it reachable last). When a write touched the code region,
+    /// every thread of the executor is made to serialize its instruction stream before this
+    /// returns (`membarrier` SYNC_CORE; see docs/memory.md), so none can run the old bytes
+    /// afterwards. Writes are applied in order; on an error the earlier ones stay.
+    fn write_live(&self, _slab: SlabId, _writes: &[SlabWrite<'_>]) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no slabs".into(),
+        ))
+    }
+
+    /// A copy of `len` bytes (at most [`MAX_READ`]) of memory this executor owns: inside one
+    /// segment of a live allocation, or inside one region of one of its slabs (free space
+    /// included). Nothing else (the stack, the heap, libraries, freed units' own reservations,
+    /// another executor's memory) is read. Refused over a range another call is writing. The
+    /// copy is made with aligned word loads and needs no write or execute permission: a GC reads
+    /// object references out of machine code this way, a JIT reads back a call site.
+    fn read_memory(&self, _addr: ExecutorAddr, _len: u64) -> Result<Vec<u8>> {
+        Err(crate::Error::InvalidRequest(
+            "this executor cannot read its memory back".into(),
+        ))
+    }
+
+    /// Move segments of a live slab allocation to new places in the same regions (compaction).
+    /// Each move names exactly one of its segments and a destination inside the same region of
+    /// the same slab that no other allocation uses, no other segment of this one, no other move
+    /// and no call writing; the destination may overlap the segment's own old range (bytes are
+    /// copied as by `memmove`). Refused while a call into its code runs (`run_main`, `call`).
+    ///
+    /// Then, in order: the allocation's registrations are undone (its dealloc actions that
+    /// deregister unwind info, gdb objects and TLS, or discard valgrind translations; its
+    /// destructors, `CxaFinalize` and other `CallVoid` actions are kept, not run: the unit is not
+    /// dying); the bytes are copied through the write view; the ownership table records the
+    /// segments at their new addresses and the old ranges free; kept actions, initializers not
+    /// yet run and deinitializers that named moved bytes are moved with them; every thread is
+    /// made to serialize its instruction stream (as [`Executor::write_live`]); `actions` —
+    /// checked against the allocation's new segments as [`Executor::finalize`] checks a new
+    /// unit's — run their finalize halves, and their dealloc halves are kept for deallocation.
+    ///
+    /// `moves` may be empty: the allocation's registrations are then replaced by `actions` in
+    /// place (e.g. after its unwind info was fixed up with `write_live`, which registered ranges
+    /// refuse).
+    ///
+    /// If anything is refused before the copy, nothing changed. If a registration fails after
+    /// it, the registrations of `actions` that ran are undone and
+    /// [`crate::Error::AfterMove`] is returned: the allocation is live at its new addresses,
+    /// without registrations (a later `move_allocation(id, &[], actions)` can add them). Code
+    /// still running in the old ranges, and pointers other code keeps into them, are the
+    /// caller's business.
+    fn move_allocation(
+        &self,
+        _id: AllocId,
+        _moves: &[SegmentMove],
+        _actions: Vec<ActionPair>,
+    ) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor cannot move allocations".into(),
         ))
     }
 

@@ -79,6 +79,17 @@ impl InProcessExecutor {
     }
 }
 
+impl InProcessExecutor {
+    /// Code in `ranges` of slab `slab` (each inside one of its regions) was rewritten behind
+    /// this executor's back — by a controller writing the slab's shared pages
+    /// ([`crate::SharedSlab::write_live`]): make valgrind forget its translations of them and
+    /// every thread serialize its instruction stream, as [`Executor::write_live`] does after its
+    /// own writes.
+    pub fn sync_code(&self, slab: SlabId, ranges: &[(ExecutorAddr, u64)]) -> Result<()> {
+        self.memory.sync_code(slab, ranges)
+    }
+}
+
 impl Executor for InProcessExecutor {
     fn info(&self) -> &TargetInfo {
         &self.info
@@ -138,6 +149,23 @@ impl Executor for InProcessExecutor {
 
     fn patch(&self, slab: SlabId, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
         self.memory.patch(slab, addr, bytes)
+    }
+
+    fn write_live(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        self.memory.write_live(slab, writes)
+    }
+
+    fn read_memory(&self, addr: ExecutorAddr, len: u64) -> Result<Vec<u8>> {
+        self.memory.read_memory(addr, len)
+    }
+
+    fn move_allocation(
+        &self,
+        id: AllocId,
+        moves: &[SegmentMove],
+        actions: Vec<ActionPair>,
+    ) -> Result<()> {
+        self.memory.move_allocation(id, moves, actions)
     }
 
     fn release_slab(&self, slab: SlabId) -> Result<()> {

@@ -30,13 +30,14 @@ pub use error::{signal_name, Error, Result};
 pub use executor::slab_memory_by_copy;
 pub use executor::{
     Action, ActionPair, AllocId, Bytes, Executor, FinalizeRequest, LibraryId, PerfMapEntry,
-    Placement, Segment, SlabId, SlabInfo, SlabWrite, TargetInfo,
+    Placement, Segment, SegmentMove, SlabId, SlabInfo, SlabWrite, TargetInfo, MAX_READ,
 };
 pub use inprocess::InProcessExecutor;
 pub use simulated::SimulatedExecutor;
 pub use sys::process;
 pub use sys::raw_memory::RawMemory;
-pub use sys::slab::SharedSlab;
+pub use sys::slab::{SharedSlab, SlabClaim};
+pub use sys::sync::{sync_cores, sync_cores_method};
 pub use sys::tls::TLS_MODULE_TAG;
 
 /// What the debugger and profiler sinks left in this process: for hosts and tests.

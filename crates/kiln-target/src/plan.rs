@@ -69,9 +69,7 @@ impl Plan {
             segments: Self::segments(req, page)?,
             ..Plan::default()
         };
-        for pair in &req.actions {
-            plan.check_pair(pair)?;
-        }
+        plan.check_actions(&req.actions)?;
         for &f in &req.initializers {
             let a = Action::CallVoid(f);
             plan.code(f.0).map_err(|why| bad(&a, why))?;
@@ -79,13 +77,32 @@ impl Plan {
         for a in &req.deinitializers {
             plan.check_undo(a)?;
         }
-        plan.registered.sort_unstable();
-        if plan.registered.windows(2).any(|w| w[0].1 > w[1].0) {
+        Ok(plan)
+    }
+
+    /// New actions for an allocation whose segments are placed already (sorted by start,
+    /// pairwise disjoint): what [`crate::Executor::move_allocation`] registers at the new
+    /// addresses, checked exactly as a new unit's actions are.
+    pub(crate) fn for_placed(segments: Vec<PlannedSegment>, actions: &[ActionPair]) -> Result<Plan> {
+        let mut plan = Plan {
+            segments,
+            ..Plan::default()
+        };
+        plan.check_actions(actions)?;
+        Ok(plan)
+    }
+
+    fn check_actions(&mut self, actions: &[ActionPair]) -> Result<()> {
+        for pair in actions {
+            self.check_pair(pair)?;
+        }
+        self.registered.sort_unstable();
+        if self.registered.windows(2).any(|w| w[0].1 > w[1].0) {
             return Err(Error::InvalidRequest(
                 "two registrations (unwind info, TLS images) of the request overlap".into(),
             ));
         }
-        Ok(plan)
+        Ok(())
     }
 
     fn segments(req: &FinalizeRequest, page: u64) -> Result<Vec<PlannedSegment>> {

@@ -29,6 +29,22 @@ impl<V> RangeMap<V> {
         (*e > start).then_some((s, *e, v))
     }
 
+    /// Every range that overlaps `[start, end)`, last first.
+    pub(crate) fn overlapping_all(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
+        // Disjoint ranges have sorted ends too: walking back from the last range starting
+        // before `end`, the first one that ends at or before `start` ends the overlap.
+        let upper = if start < end { end } else { 0 };
+        self.map
+            .range(..upper)
+            .rev()
+            .map(|(s, (e, v))| (*s, *e, v))
+            .take_while(move |&(_, e, _)| e > start)
+    }
+
     /// Whether any range lies (even partly) in `[start, end)`.
     pub(crate) fn any_in(&self, start: u64, end: u64) -> bool {
         self.overlapping(start, end).is_some()
@@ -144,6 +160,10 @@ mod tests {
         assert!(!m.any_in(0x4000, u64::MAX));
         assert!(!m.any_in(0, 0x1000));
         assert_eq!(m.containing(u64::MAX), None);
+        let all: Vec<char> = m.overlapping_all(0x1fff, 0x3001).map(|r| *r.2).collect();
+        assert_eq!(all, ['b', 'c', 'a']);
+        assert_eq!(m.overlapping_all(0x2000, 0x2000).count(), 0, "empty");
+        assert_eq!(m.overlapping_all(0x4000, u64::MAX).count(), 0);
         assert_eq!(m.remove(0x2000), Some((0x3000, 'c')));
         assert!(!m.any_in(0x2000, 0x3000));
     }

@@ -232,6 +232,50 @@ impl Executor for SimulatedExecutor {
         Ok(offset)
     }
 
+    /// The bytes a live unit was finalized with (its content, then zeros): what the memory
+    /// would hold, since nothing runs to change it. Checked as in process; there are no slabs.
+    fn read_memory(&self, addr: ExecutorAddr, len: u64) -> Result<Vec<u8>> {
+        if len > MAX_READ {
+            return Err(Error::InvalidRequest(format!(
+                "a read of {len:#x} bytes (at most {MAX_READ:#x} at once)"
+            )));
+        }
+        self.table()?.check_read(addr.0, len)?;
+        let finalized = self
+            .finalized
+            .lock()
+            .map_err(|_| Error::InvalidRequest("poisoned".into()))?;
+        // The newest finalized segment holding the range is the live unit's: an older one there
+        // was deallocated before it could be finalized.
+        let seg = finalized
+            .iter()
+            .rev()
+            .flat_map(|r| &r.segments)
+            .find(|s| s.addr.0 <= addr.0 && addr.0 - s.addr.0 + len <= s.size())
+            .ok_or_else(|| Error::InvalidRequest("no finalized segment holds the range".into()))?;
+        let off = (addr.0 - seg.addr.0) as usize;
+        let mut out = vec![0u8; len as usize];
+        if let Some(have) = seg.content.get(off..) {
+            let n = have.len().min(out.len());
+            out[..n].copy_from_slice(&have[..n]);
+        }
+        Ok(out)
+    }
+
+    /// Checked as in process (a live unit, ...), then refused: its units have reservations of
+    /// their own, and only units in slabs move.
+    fn move_allocation(
+        &self,
+        id: AllocId,
+        moves: &[SegmentMove],
+        _actions: Vec<ActionPair>,
+    ) -> Result<()> {
+        self.table()?.plan_move(id.0, moves)?;
+        Err(Error::InvalidRequest(
+            "the simulated executor has no slabs: nothing moves".into(),
+        ))
+    }
+
     fn run_main(&self, entry: ExecutorAddr, _args: &[String]) -> Result<i32> {
         self.refuse_to_run(entry).map(|()| 0)
     }

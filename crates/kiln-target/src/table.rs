@@ -8,11 +8,13 @@
 //! - **Allocations** and their **segments**: finalizing, live, or dying. The segment index holds
 //!   every segment of every allocation, so "whose bytes are these" is one lookup.
 //! - **Claims**: ranges of slabs that a call is writing right now (`with_slab_memory`,
-//!   `write_slab`) without holding the table's lock. Two claims never overlap, and none overlaps
-//!   an allocation's segment: so two writable slices handed out never alias, and nobody writes
-//!   a live unit's bytes except `patch`.
+//!   `write_slab`, `write_live`, and the destinations of a `move_allocation`) without holding the
+//!   table's lock. Two claims never overlap, so two writable slices handed out never alias.
+//!   Claims of `with_slab_memory` and `write_slab` overlap no allocation's segment; those of
+//!   `write_live` (the write window over running code) only live allocations' segments, outside
+//!   registered ranges; a reader (`read_memory`) never reads a claimed range.
 //! - **Registered ranges**: unwind info and TLS images the runtime reads while their unit lives;
-//!   `patch` may not change them.
+//!   `patch` and `write_live` may not change them.
 //!
 //! Every lookup is a range query in a B-tree: O(log n) in the number of things owned.
 //!
@@ -43,6 +45,9 @@ enum AllocState {
     Live,
     /// Its deinitializers and dealloc actions are running; its memory goes next.
     Dying,
+    /// `move_allocation` is undoing its registrations, copying its bytes or registering it
+    /// anew: not deallocated, called, moved or written meanwhile.
+    Moving,
 }
 
 /// Kept small (a JIT links many one-function units): what most units lack is boxed.
@@ -112,6 +117,51 @@ pub(crate) struct NewAlloc {
     pub(crate) finalizers: bool,
     /// Live at once (nothing to fill or run), rather than finalizing.
     pub(crate) live: bool,
+}
+
+/// A move the table has checked ([`Table::plan_move`]).
+pub(crate) struct MovePlan {
+    /// The allocation's segments after the move, sorted by start.
+    pub(crate) segments: Vec<PlannedSegment>,
+    /// Each move: the slab, and (from, to, len).
+    pub(crate) moves: Vec<(SlabId, u64, u64, u64)>,
+}
+
+impl MovePlan {
+    /// Where the byte at `addr` is after the move (itself if it does not move).
+    pub(crate) fn translate(&self, addr: u64) -> u64 {
+        self.moves
+            .iter()
+            .find(|&&(_, from, _, len)| addr >= from && addr - from < len)
+            .map_or(addr, |&(_, from, to, _)| to + (addr - from))
+    }
+
+    /// `a` with the addresses it names moved along with the bytes they name.
+    pub(crate) fn translate_action(&self, a: &Action) -> Action {
+        let t = |x: ExecutorAddr| ExecutorAddr(self.translate(x.0));
+        match a.clone() {
+            Action::CallVoid(f) => Action::CallVoid(t(f)),
+            Action::CxaFinalize { dso } => Action::CxaFinalize { dso: t(dso) },
+            Action::DiscardTranslations { addr, size } => Action::DiscardTranslations {
+                addr: t(addr),
+                size,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Whether a dealloc action undoes a registration (rather than running the unit's code or
+/// writing a file): what `move_allocation` runs before the bytes move, because the runtime
+/// would otherwise keep pointing at the old addresses.
+pub(crate) fn undoes_registration(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::DeregisterEhFrame { .. }
+            | Action::DeregisterTls { .. }
+            | Action::DeregisterGdbObjects { .. }
+            | Action::DiscardTranslations { .. }
+    )
 }
 
 /// What deallocation needs once the table has marked an allocation dying.
@@ -333,6 +383,75 @@ impl<S> Table<S> {
         self.slab_payload(id)
     }
 
+    /// `[addr, addr + len)` lies inside one region of slab `id`: which one.
+    pub(crate) fn check_in_slab(&self, id: SlabId, addr: u64, len: u64) -> Result<usize> {
+        let (s, e) = range(addr, len)?;
+        self.region(id, s, e)
+    }
+
+    /// Claim `[addr, addr + len)` of slab `id` for writing while code may run from it
+    /// (`write_live`): inside one region, over no other claim, no registered range, and no
+    /// allocation that is not live (being finalized, moved or deallocated). An empty range is
+    /// checked and not recorded.
+    pub(crate) fn claim_live(&mut self, id: SlabId, addr: u64, len: u64) -> Result<()> {
+        let (s, e) = range(addr, len)?;
+        self.region(id, s, e)?;
+        if s == e {
+            return Ok(());
+        }
+        for (a, _, o) in self.segments.overlapping_all(s, e) {
+            if self.allocs.get(&o.alloc).is_none_or(|r| r.state != AllocState::Live) {
+                return Err(Error::Busy(format!(
+                    "{addr:#x}..+{len:#x} overlaps allocation {} (at {a:#x}), which is being \
+                     finalized, moved or deallocated",
+                    o.alloc
+                )));
+            }
+        }
+        if self.registered.any_in(s, e) {
+            return Err(Error::Busy(format!(
+                "{addr:#x}..+{len:#x} overlaps unwind info or a TLS image the runtime reads"
+            )));
+        }
+        self.claims.insert(s, e).map_err(|()| {
+            Error::Busy(format!(
+                "{addr:#x}..+{len:#x} is being written by another call"
+            ))
+        })
+    }
+
+    /// May `[addr, addr + len)` be read now: inside one region of one of our slabs, or inside
+    /// one segment of a live allocation (whose memory stays mapped while the table's lock is
+    /// held); and claimed by no call (no writable slice over it exists). An empty range must
+    /// start in such memory.
+    pub(crate) fn check_read(&self, addr: u64, len: u64) -> Result<()> {
+        let (s, e) = range(addr, len.max(1))?;
+        let in_slab = self
+            .slab_spans
+            .enclosing(s, e)
+            .is_some_and(|(_, _, &id)| self.region(SlabId(id), s, e).is_ok());
+        let in_live_segment = || {
+            self.segments.enclosing(s, e).is_some_and(|(_, _, o)| {
+                self.allocs
+                    .get(&o.alloc)
+                    .is_some_and(|a| a.state == AllocState::Live)
+            })
+        };
+        if !in_slab && !in_live_segment() {
+            return Err(not_owned(
+                addr,
+                len,
+                "inside one region of a slab or one segment of a live unit of this executor",
+            ));
+        }
+        if self.claims.any_in(s, s.saturating_add(len)) {
+            return Err(Error::Busy(format!(
+                "{addr:#x}..+{len:#x} is being written by another call"
+            )));
+        }
+        Ok(())
+    }
+
     /// Forget a slab the caller will unmap: no allocation lives in it, nobody writes it.
     pub(crate) fn take_slab(&mut self, id: SlabId) -> Result<S> {
         let (s, e) = self.slab(id)?.span;
@@ -379,14 +498,7 @@ impl<S> Table<S> {
         } else {
             Some(self.check_reservation(req, &plan)?)
         };
-        for &(off, size) in &plan.static_tls {
-            if self.static_tls.get(&off).is_none_or(|&have| have < size) {
-                return Err(Error::InvalidRequest(format!(
-                    "static TLS offset {off:#x} with {size:#x} bytes was not allocated by this \
-                     executor"
-                )));
-            }
-        }
+        self.check_static_tls(plan.static_tls.as_slice())?;
         let std::collections::hash_map::Entry::Vacant(slot) = self.allocs.entry(id) else {
             return Err(Error::InvalidRequest(format!("allocation id {id} reused")));
         };
@@ -430,6 +542,20 @@ impl<S> Table<S> {
             segments,
             extras,
         });
+        Ok(())
+    }
+
+    /// Every static TLS block a plan's TLS registration uses was handed out by this executor,
+    /// big enough.
+    pub(crate) fn check_static_tls(&self, blocks: &[(i64, u64)]) -> Result<()> {
+        for &(off, size) in blocks {
+            if self.static_tls.get(&off).is_none_or(|&have| have < size) {
+                return Err(Error::InvalidRequest(format!(
+                    "static TLS offset {off:#x} with {size:#x} bytes was not allocated by this \
+                     executor"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -616,6 +742,177 @@ impl<S> Table<S> {
         if let Some(a) = self.allocs.get_mut(&id) {
             a.pins = a.pins.saturating_sub(1);
         }
+    }
+
+    // ---- moving -------------------------------------------------------------------------
+
+    /// Check a move of allocation `id`'s segments (see [`crate::Executor::move_allocation`]):
+    /// a live, idle allocation in slabs, nobody writing any of its bytes; each move names
+    /// exactly one of its segments, at most once, and a destination in the same region of the
+    /// same slab that overlaps no other segment (of any allocation, this one's included, except
+    /// its own old range), no claim and no other destination. Changes nothing.
+    pub(crate) fn plan_move(&self, id: u64, moves: &[crate::SegmentMove]) -> Result<MovePlan> {
+        let a = match self.allocs.get(&id) {
+            Some(a) if a.state == AllocState::Live => a,
+            _ => return Err(Error::UnknownAllocation(id)),
+        };
+        if a.reservation.is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "allocation {id} has a reservation of its own: only units in slabs move"
+            )));
+        }
+        if a.pins > 0 {
+            return Err(Error::Busy(format!(
+                "allocation {id} has code running (run_main, call_void, call or its \
+                 initializers)"
+            )));
+        }
+        if let Some(seg) = a.segments.iter().find(|g| self.claims.any_in(g.start, g.end)) {
+            return Err(Error::Busy(format!(
+                "allocation {id} is being written at {:#x}..{:#x} by another call",
+                seg.start, seg.end
+            )));
+        }
+        let mut segments = a.segments.clone();
+        let mut plan = Vec::with_capacity(moves.len());
+        for m in moves {
+            let i = a
+                .segments
+                .binary_search_by_key(&m.from.0, |g| g.start)
+                .ok()
+                .filter(|&i| a.segments[i].end - a.segments[i].start == m.len)
+                .ok_or_else(|| {
+                    not_owned(m.from.0, m.len, "exactly one segment of that allocation")
+                })?;
+            if plan.iter().any(|&(_, from, _, _)| from == m.from.0) {
+                return Err(Error::InvalidRequest(format!(
+                    "the segment at {} is moved twice",
+                    m.from
+                )));
+            }
+            let old = a.segments[i];
+            let slab = self
+                .slab_spans
+                .enclosing(old.start, old.end)
+                .map(|(_, _, &s)| SlabId(s))
+                .ok_or(Error::UnknownAllocation(id))?;
+            let (to, to_end) = range(m.to.0, m.len)?;
+            let same_region = self.region(slab, old.start, old.end).ok();
+            if same_region.is_none() || self.region(slab, to, to_end).ok() != same_region {
+                return Err(not_owned(
+                    to,
+                    m.len,
+                    "inside the region of the slab that holds the segment it moves",
+                ));
+            }
+            for (start, _, o) in self.segments.overlapping_all(to, to_end) {
+                if o.alloc != id || start != old.start {
+                    return Err(Error::Busy(format!(
+                        "the destination {to:#x}..{to_end:#x} overlaps allocation {} (at \
+                         {start:#x})",
+                        o.alloc
+                    )));
+                }
+            }
+            if self.claims.any_in(to, to_end) {
+                return Err(Error::Busy(format!(
+                    "the destination {to:#x}..{to_end:#x} is being written by another call"
+                )));
+            }
+            segments[i].start = to;
+            segments[i].end = to_end;
+            segments[i].mapped_end = to_end;
+            plan.push((slab, old.start, to, m.len));
+        }
+        let mut dests: Vec<(u64, u64)> = plan.iter().map(|&(_, _, t, n)| (t, t + n)).collect();
+        dests.sort_unstable();
+        if let Some(w) = dests.windows(2).find(|w| w[0].1 > w[1].0) {
+            return Err(Error::InvalidRequest(format!(
+                "the destinations at {:#x} and {:#x} overlap",
+                w[0].0, w[1].0
+            )));
+        }
+        segments.sort_unstable_by_key(|g| g.start);
+        Ok(MovePlan {
+            segments,
+            moves: plan,
+        })
+    }
+
+    /// Start a move [`Table::plan_move`] accepted (under the same lock): the allocation is
+    /// moving, its destinations are claimed, and its dealloc actions that undo registrations are
+    /// handed over to run now (the others stay).
+    pub(crate) fn begin_move(&mut self, id: u64, plan: &MovePlan) -> Vec<Action> {
+        for &(_, _, to, len) in &plan.moves {
+            // Cannot fail: checked free of claims and of each other by `plan_move`.
+            let _ = self.claims.insert(to, to + len);
+        }
+        let Some(a) = self.allocs.get_mut(&id) else {
+            return Vec::new();
+        };
+        a.state = AllocState::Moving;
+        let Some(x) = a.extras.as_mut() else {
+            return Vec::new();
+        };
+        let (undo, keep) = std::mem::take(&mut x.dealloc)
+            .into_iter()
+            .partition(undoes_registration);
+        x.dealloc = keep;
+        undo
+    }
+
+    /// The bytes have been copied: the segments are at their new addresses and the old ranges
+    /// free, the destinations no longer claimed; what the allocation keeps naming its bytes
+    /// (dealloc actions, initializers not yet run) follows them; its registrations are gone.
+    pub(crate) fn relocate(&mut self, id: u64, plan: &MovePlan) {
+        for &(_, _, to, len) in &plan.moves {
+            self.unclaim(to, len);
+        }
+        let Some(a) = self.allocs.get_mut(&id) else {
+            return;
+        };
+        for &(_, from, _, _) in &plan.moves {
+            self.segments.remove(from);
+        }
+        for g in &plan.segments {
+            if plan.moves.iter().any(|&(_, _, to, _)| to == g.start) {
+                let owner = SegmentOwner {
+                    alloc: id,
+                    prot: g.prot,
+                };
+                // Cannot fail: checked free by `plan_move`, and the old ranges are gone.
+                let _ = self.segments.insert(g.start, g.end, owner);
+            }
+        }
+        a.segments.clone_from(&plan.segments);
+        if let Some(x) = a.extras.as_mut() {
+            for (s, _) in std::mem::take(&mut x.registered) {
+                self.registered.remove(s);
+            }
+            for d in &mut x.dealloc {
+                *d = plan.translate_action(d);
+            }
+            for f in &mut x.initializers {
+                *f = ExecutorAddr(plan.translate(f.0));
+            }
+        }
+    }
+
+    /// The move is over: the allocation is live with its new registrations (`registered`,
+    /// from the plan of its new actions) and their dealloc halves after the actions it kept.
+    pub(crate) fn finish_move(&mut self, id: u64, mut registered: Vec<(u64, u64)>, dealloc: Vec<Action>) {
+        let Some(a) = self.allocs.get_mut(&id) else {
+            return;
+        };
+        a.state = AllocState::Live;
+        // (Cannot fail: inside the allocation's own segments, pairwise disjoint.)
+        registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
+        if registered.is_empty() && dealloc.is_empty() {
+            return;
+        }
+        let x = a.extras.get_or_insert_with(Box::default);
+        x.registered = registered;
+        x.dealloc.extend(dealloc);
     }
 
     // ---- the end ------------------------------------------------------------------------

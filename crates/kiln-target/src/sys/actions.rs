@@ -130,6 +130,17 @@ pub(crate) fn add_finalizers(id: u64, deinitializers: Vec<Action>) -> Result<()>
     Ok(())
 }
 
+/// The allocation's bytes moved: its deinitializers waiting in the registry name them at their
+/// new addresses (`translate` maps one action).
+pub(crate) fn translate_finalizers(id: u64, translate: impl Fn(&Action) -> Action) -> Result<()> {
+    if let Some((_, d)) = finalizers()?.allocs.get_mut(&id) {
+        for a in d.iter_mut() {
+            *a = translate(a);
+        }
+    }
+    Ok(())
+}
+
 /// The allocation's initializers are about to run: from now on its deinitializers count.
 pub(crate) fn mark_initialized(id: u64) -> Result<()> {
     if let Some(a) = finalizers()?.allocs.get_mut(&id) {

@@ -247,6 +247,17 @@ pub(crate) unsafe fn read(addr: u64, len: u64) -> Vec<u8> {
     v
 }
 
+/// Copy `out.len()` bytes at `addr` into `out` with aligned word loads, as a reader of memory
+/// that JIT'd code or a patch may store into meanwhile must.
+///
+/// # Safety
+/// `[addr, addr + out.len())` is mapped readable and stays mapped until this returns, and no
+/// `&mut` reference covers it.
+pub(crate) unsafe fn read_into(addr: u64, out: &mut [u8]) {
+    // SAFETY: this function's contract.
+    unsafe { super::slab::load_words(addr as *const u8, out) }
+}
+
 /// x86-64 keeps instruction and data caches coherent; a serialising instruction on the
 /// executing core is implied by the mprotect system call. Other architectures will need a real
 /// flush here.

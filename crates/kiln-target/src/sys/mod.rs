@@ -13,5 +13,6 @@ pub mod process;
 pub(crate) mod raw_memory;
 pub(crate) mod slab;
 pub(crate) mod static_tls;
+pub(crate) mod sync;
 pub mod tls;
 pub(crate) mod valgrind;

@@ -4,12 +4,15 @@
 //! reach `unsafe` code; the checks are in `crate::plan` (what a request may name) and
 //! `crate::table` (what this executor owns). See docs/safety.md.
 
-use super::slab::{patch_len, write_range, OnDrop, Slab};
-use super::{actions, call, mem};
-use crate::executor::{Action, FinalizeRequest};
-use crate::plan::Plan;
-use crate::table::{NewAlloc, Table};
-use crate::{AllocId, Error, ExecutorAddr, Placement, Result, SlabId, SlabInfo, SlabWrite};
+use super::slab::{patch_len, write_range, OnDrop, Slab, WriteView};
+use super::{actions, call, mem, sync, valgrind};
+use crate::executor::{Action, ActionPair, FinalizeRequest};
+use crate::plan::{range, Plan};
+use crate::table::{MovePlan, NewAlloc, Table};
+use crate::{
+    AllocId, Error, ExecutorAddr, Placement, Result, SegmentMove, SlabId, SlabInfo, SlabWrite,
+    MAX_READ,
+};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -138,26 +141,10 @@ impl OwnedMemory {
                 why,
             })?;
         }
-        let mut dealloc = Vec::new();
-        for pair in &req.actions {
-            if let Some(a) = &pair.finalize {
-                // SAFETY: `plan` checked the action against this allocation's segments, and
-                // eh_frame sections were checked above; the memory is mapped and marked this
-                // finalizing allocation's (nothing can release it meanwhile).
-                if let Err(e) = unsafe { actions::run(a) } {
-                    for d in dealloc.iter().rev() {
-                        // SAFETY: as above: checked dealloc halves of this allocation, whose
-                        // memory stays mapped.
-                        let _ = unsafe { actions::run(d) };
-                    }
-                    return Err(e);
-                }
-            }
-            if let Some(d) = &pair.dealloc {
-                dealloc.push(d.clone());
-            }
-        }
-        Ok(dealloc)
+        // SAFETY: `plan` checked the actions against this allocation's segments, and eh_frame
+        // sections were checked above; the memory is mapped and marked this finalizing
+        // allocation's (nothing can release it meanwhile).
+        unsafe { run_actions(&req.actions) }
     }
 
     pub(crate) fn deallocate(&self, id: AllocId) -> Result<()> {
@@ -348,6 +335,158 @@ impl OwnedMemory {
         unsafe { s.view().patch(addr, bytes) }
     }
 
+    pub(crate) fn write_live(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        let mut code_written = Vec::new();
+        let written = writes.iter().try_for_each(|w| {
+            let (addr, len) = write_range(w);
+            let view = {
+                let mut t = self.table()?;
+                t.claim_live(slab, addr, len)?;
+                t.slab_payload(slab)?.view()
+            };
+            let _unclaim = OnDrop(|| self.table_anyway().unclaim(addr, len));
+            // SAFETY: the range is claimed (inside one region of our live slab, over no other
+            // claim, no registered range and no allocation that is not live) until `_unclaim`;
+            // the slab is not unmapped while claims lie in it. Other threads may execute or
+            // read the bytes: `write_live` stores them as aligned atomic words.
+            unsafe { view.write_live(w)? };
+            if len > 0 && in_code_region(&view, addr) {
+                code_written.push((addr, len));
+            }
+            Ok(())
+        });
+        // Also after an error: what was written must not run stale.
+        let synced = code_synced(&code_written);
+        written.and(synced)
+    }
+
+    /// Code in `ranges` of `slab` changed behind the table (another process wrote the shared
+    /// pages): valgrind forgets it and every core serializes.
+    pub(crate) fn sync_code(&self, slab: SlabId, ranges: &[(ExecutorAddr, u64)]) -> Result<()> {
+        let view = {
+            let t = self.table()?;
+            for &(a, n) in ranges {
+                t.check_in_slab(slab, a.0, n)?;
+            }
+            t.slab_payload(slab)?.view()
+        };
+        for &(a, n) in ranges {
+            if n > 0 && in_code_region(&view, a.0) {
+                valgrind::discard_translations(a.0, n);
+                mem::flush_icache(a, n);
+            }
+        }
+        sync::sync_cores()
+    }
+
+    pub(crate) fn read_memory(&self, addr: ExecutorAddr, len: u64) -> Result<Vec<u8>> {
+        if len > MAX_READ {
+            return Err(Error::InvalidRequest(format!(
+                "a read of {len:#x} bytes (at most {MAX_READ:#x} at once)"
+            )));
+        }
+        range(addr.0, len)?;
+        // The whole range first, so that a refused read reads nothing; then chunk by chunk,
+        // each under the lock (which keeps the memory mapped) but none holding it for long.
+        self.table()?.check_read(addr.0, len)?;
+        const CHUNK: u64 = 1 << 20;
+        let mut out = vec![0u8; len as usize];
+        for (i, chunk) in out.chunks_mut(CHUNK as usize).enumerate() {
+            let at = addr.0 + i as u64 * CHUNK;
+            let t = self.table()?;
+            t.check_read(at, chunk.len() as u64)?;
+            // SAFETY: `check_read` found the range inside a region of one of our live slabs or a
+            // segment of a live allocation — mapped readable, and kept mapped while we hold the
+            // table's lock (slabs and allocations go only under it) — and claimed by no call, so
+            // no writable slice covers it.
+            unsafe { mem::read_into(at, chunk) };
+            drop(t);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn move_allocation(
+        &self,
+        id: AllocId,
+        moves: &[SegmentMove],
+        new_actions: Vec<ActionPair>,
+    ) -> Result<()> {
+        actions::check_not_exiting()?;
+        let (plan, registered, views, undo) = {
+            let mut t = self.table()?;
+            let plan = t.plan_move(id.0, moves)?;
+            let new = Plan::for_placed(plan.segments.clone(), &new_actions)?;
+            t.check_static_tls(&new.static_tls)?;
+            for &(addr, size) in &new.eh_frames {
+                check_moved_eh_frame(&plan, addr, size)?;
+            }
+            let views = plan
+                .moves
+                .iter()
+                .map(|m| t.slab_payload(m.0).map(|s| s.view()))
+                .collect::<Result<Vec<_>>>()?;
+            // Checked: from here on the move happens.
+            let undo = t.begin_move(id.0, &plan);
+            (plan, new.registered, views, undo)
+        };
+        for a in undo.iter().rev() {
+            // SAFETY: dealloc halves checked at finalize (or by an earlier move) against this
+            // allocation, which is moving: marked so in the table, so nothing deallocates,
+            // calls or writes it, and its memory (in a slab that cannot be released while it
+            // lives there) stays mapped. Each undoes exactly its registration.
+            if let Err(e) = unsafe { actions::run(a) } {
+                tracing::warn!("moving allocation {}: {a:?} failed: {e}", id.0);
+            }
+        }
+        let copied = self.copy_moved(id.0, &plan, &views);
+        let translated = actions::translate_finalizers(id.0, |a| plan.translate_action(a));
+        let moved_code: Vec<(u64, u64)> = plan
+            .moves
+            .iter()
+            .zip(&views)
+            .filter(|(m, v)| in_code_region(v, m.1))
+            .flat_map(|(m, _)| [(m.1, m.3), (m.2, m.3)])
+            .collect();
+        let synced = code_synced(&moved_code);
+        // SAFETY: `Plan::for_placed` checked the actions against the allocation's new segments
+        // (and eh_frame sections were checked against the bytes now there); it is still
+        // marked moving, so its memory stays mapped and nobody else registers it.
+        match unsafe { run_actions(&new_actions) } {
+            Ok(dealloc) => {
+                self.table_anyway().finish_move(id.0, registered, dealloc);
+                copied.and(translated).and(synced).map_err(|e| Error::AfterMove {
+                    id: id.0,
+                    why: e.to_string(),
+                })
+            }
+            Err(e) => {
+                self.table_anyway().finish_move(id.0, Vec::new(), Vec::new());
+                Err(Error::AfterMove {
+                    id: id.0,
+                    why: format!("registering it there failed, it lives unregistered: {e}"),
+                })
+            }
+        }
+    }
+
+    /// Copy the moving allocation's bytes (under the table's lock: no patch, read or other move
+    /// meanwhile) and record the segments at their new addresses.
+    fn copy_moved(&self, id: u64, plan: &MovePlan, views: &[WriteView]) -> Result<()> {
+        let mut t = self.table_anyway();
+        let mut first_error = Ok(());
+        for (&(_, from, to, len), view) in plan.moves.iter().zip(views) {
+            // SAFETY: `plan_move` checked both ranges inside one region of the slab the view
+            // belongs to, which lives (the allocation is in it); the destination is claimed for
+            // this move, the source is the moving allocation's (written by no claim, and patches
+            // wait for the lock we hold).
+            if let Err(e) = unsafe { view.copy_within(from, to, len) } {
+                first_error = first_error.and(Err(e));
+            }
+        }
+        t.relocate(id, plan);
+        first_error
+    }
+
     pub(crate) fn release_slab(&self, slab: SlabId) -> Result<()> {
         let s = self.table()?.take_slab(slab)?;
         drop(s); // unmapped: no allocation lives in it, nobody writes it (checked)
@@ -358,6 +497,71 @@ impl OwnedMemory {
         self.table()?.add_static_tls(offset, block_size);
         Ok(())
     }
+}
+
+/// Run the finalize halves of `pairs` in order; on a failure, undo (in reverse) the dealloc
+/// halves of those that ran and return the error. Returns the dealloc halves.
+///
+/// # Safety
+/// As [`actions::run`] for every action of `pairs`: checked against one allocation whose memory
+/// stays mapped, and whose eh_frame sections were checked.
+unsafe fn run_actions(pairs: &[ActionPair]) -> Result<Vec<Action>> {
+    let mut dealloc = Vec::new();
+    for pair in pairs {
+        if let Some(a) = &pair.finalize {
+            // SAFETY: this function's contract.
+            if let Err(e) = unsafe { actions::run(a) } {
+                for d in dealloc.iter().rev() {
+                    // SAFETY: as above: checked dealloc halves of the same allocation.
+                    let _ = unsafe { actions::run(d) };
+                }
+                return Err(e);
+            }
+        }
+        if let Some(d) = &pair.dealloc {
+            dealloc.push(d.clone());
+        }
+    }
+    Ok(dealloc)
+}
+
+/// The `.eh_frame` a move registers at `[addr, addr + size)` (inside one of the allocation's new
+/// segments), checked before anything moves: its bytes are those now at the matching place of
+/// the old segment, and it is checked at its new address.
+fn check_moved_eh_frame(plan: &MovePlan, addr: u64, size: u64) -> Result<()> {
+    let source = plan
+        .moves
+        .iter()
+        .find(|&&(_, _, to, len)| addr >= to && addr - to < len)
+        .map_or(addr, |&(_, from, to, _)| from + (addr - to));
+    let mut bytes = vec![0u8; size as usize];
+    // SAFETY: `Plan::for_placed` found the range inside one new segment; its bytes are now in
+    // the matching old segment of the live allocation (in a slab: mapped), and the caller holds
+    // the table's lock while no claim covers the allocation (`plan_move`): nobody writes it.
+    unsafe { mem::read_into(source, &mut bytes) };
+    crate::eh_frame::check(&bytes, addr).map_err(|why| Error::EhFrame {
+        addr: ExecutorAddr(addr),
+        why,
+    })
+}
+
+/// Whether `addr` lies in the code region of the view's slab.
+fn in_code_region(view: &WriteView, addr: u64) -> bool {
+    let (start, size) = view.info.regions[0];
+    addr >= start.0 && addr - start.0 < size
+}
+
+/// Code in `ranges` was rewritten: valgrind forgets its translations, the instruction cache is
+/// made coherent, and every core serializes (nothing to do when no code changed).
+fn code_synced(ranges: &[(u64, u64)]) -> Result<()> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    for &(a, n) in ranges {
+        valgrind::discard_translations(a, n);
+        mem::flush_icache(ExecutorAddr(a), n);
+    }
+    sync::sync_cores()
 }
 
 /// Make the instruction cache see a request's segments (a no-op on x86-64; see `mem`).

@@ -18,7 +18,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 use std::ffi::c_void;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 /// A slab of this process, owned by an executor's table. Dropping it unmaps it: the table gives
@@ -307,6 +307,66 @@ impl WriteView {
         Ok(unsafe { std::slice::from_raw_parts_mut(p, len as usize) })
     }
 
+    /// Apply one write to bytes that other threads may be executing or reading: as
+    /// [`WriteView::write`], but each naturally aligned 8-byte word inside the range is stored
+    /// with one atomic store (the bytes before the first and after the last such word one by
+    /// one). The executor's view and this one share every address's offset within a page, so
+    /// the words are aligned where the code runs too.
+    ///
+    /// # Safety
+    /// The mapping is alive, and the range is the caller's to write until this returns (claimed:
+    /// no other call writes it or holds a slice over it); others may read or execute it.
+    pub(crate) unsafe fn write_live(&self, w: &SlabWrite<'_>) -> Result<()> {
+        let (addr, len) = write_range(w);
+        let dst = self
+            .writable(addr, len)
+            .ok_or_else(|| self.outside(addr, len))?;
+        let src = match *w {
+            SlabWrite::Bytes(_, b) => Source::Bytes(b),
+            SlabWrite::Fill(_, _, byte) => Source::Fill(byte),
+        };
+        // SAFETY: `dst..dst+len` is inside a live writable mapping of this slab (`writable`, and
+        // this function's contract), ours to write; others only read it.
+        unsafe { store_words(dst, len as usize, &src) };
+        Ok(())
+    }
+
+    /// A copy of `len` bytes at executor address `addr`, read through this view with aligned
+    /// word loads.
+    ///
+    /// # Safety
+    /// The mapping is alive, and no writable slice over the range exists (it is not claimed)
+    /// until this returns.
+    pub(crate) unsafe fn read(&self, addr: u64, len: u64) -> Result<Vec<u8>> {
+        let src = self
+            .writable(addr, len)
+            .ok_or_else(|| self.outside(addr, len))?;
+        let mut out = vec![0u8; len as usize];
+        // SAFETY: `src..src+len` is inside a live mapping of this slab (`writable`, and this
+        // function's contract) that no reference writes.
+        unsafe { load_words(src, &mut out) };
+        Ok(out)
+    }
+
+    /// Copy `len` bytes from executor address `from` to `to`, both inside one region; the ranges
+    /// may overlap (as `memmove`).
+    ///
+    /// # Safety
+    /// The mapping is alive; nobody else writes either range until this returns, and no slice
+    /// over them exists (the caller holds the owner's lock, and `to` is claimed for this move).
+    pub(crate) unsafe fn copy_within(&self, from: u64, to: u64, len: u64) -> Result<()> {
+        let src = self
+            .writable(from, len)
+            .ok_or_else(|| self.outside(from, len))?;
+        let dst = self
+            .writable(to, len)
+            .ok_or_else(|| self.outside(to, len))?;
+        // SAFETY: both ranges are inside live writable mappings of this slab (`writable`) that
+        // only this call writes (this function's contract); `copy` allows them to overlap.
+        unsafe { std::ptr::copy(src, dst, len as usize) };
+        Ok(())
+    }
+
     /// Store 4 or 8 naturally aligned bytes atomically, then make the instruction cache
     /// coherent.
     ///
@@ -337,6 +397,82 @@ impl WriteView {
         }
         super::mem::flush_icache(addr, n);
         Ok(())
+    }
+}
+
+/// What a live write stores: given bytes, or one byte repeated.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    Fill(u8),
+}
+
+impl Source<'_> {
+    fn byte(&self, i: usize) -> u8 {
+        match self {
+            Source::Bytes(b) => b[i],
+            Source::Fill(v) => *v,
+        }
+    }
+
+    fn word(&self, i: usize) -> u64 {
+        match self {
+            Source::Bytes(b) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&b[i..i + 8]);
+                u64::from_le_bytes(w)
+            }
+            Source::Fill(v) => u64::from_le_bytes([*v; 8]),
+        }
+    }
+}
+
+/// The split of `[p, p + len)` into a head of single bytes, whole aligned 8-byte words, and a
+/// tail of single bytes: (head length, number of words).
+fn word_split(p: usize, len: usize) -> (usize, usize) {
+    let head = (p.next_multiple_of(8) - p).min(len);
+    (head, (len - head) / 8)
+}
+
+/// Store `len` bytes of `src` at `dst`: aligned 8-byte words with one relaxed atomic store each,
+/// the unaligned head and tail byte by byte (relaxed atomics too: other threads may read them).
+///
+/// # Safety
+/// `dst..dst+len` is writable memory that no reference covers and no other writer touches until
+/// this returns; `src` holds at least `len` bytes.
+unsafe fn store_words(dst: *mut u8, len: usize, src: &Source<'_>) {
+    let (head, words) = word_split(dst as usize, len);
+    let tail_start = head + 8 * words;
+    for i in (0..head).chain(tail_start..len) {
+        // SAFETY: `dst + i` is inside the range (this function's contract); a byte is always
+        // aligned for `AtomicU8`.
+        unsafe { (*(dst.add(i) as *const AtomicU8)).store(src.byte(i), Ordering::Relaxed) };
+    }
+    for k in 0..words {
+        let i = head + 8 * k;
+        // SAFETY: `dst + i` is 8-byte aligned (`word_split`) and its 8 bytes are inside the
+        // range (this function's contract).
+        unsafe { (*(dst.add(i) as *const AtomicU64)).store(src.word(i), Ordering::Relaxed) };
+    }
+}
+
+/// Fill `out` from `src`: aligned 8-byte words with one relaxed atomic load each, the head and
+/// tail byte by byte. Atomic, because JIT'd code or a patch may store into the bytes meanwhile.
+///
+/// # Safety
+/// `src..src+out.len()` is readable memory that stays mapped until this returns and that no
+/// `&mut` reference covers.
+pub(crate) unsafe fn load_words(src: *const u8, out: &mut [u8]) {
+    let (head, words) = word_split(src as usize, out.len());
+    let tail_start = head + 8 * words;
+    for i in (0..head).chain(tail_start..out.len()) {
+        // SAFETY: inside the readable range (this function's contract).
+        out[i] = unsafe { (*(src.add(i) as *const AtomicU8)).load(Ordering::Relaxed) };
+    }
+    for k in 0..words {
+        let i = head + 8 * k;
+        // SAFETY: 8-byte aligned (`word_split`) and inside the readable range.
+        let w = unsafe { (*(src.add(i) as *const AtomicU64)).load(Ordering::Relaxed) };
+        out[i..i + 8].copy_from_slice(&w.to_le_bytes());
     }
 }
 
@@ -544,6 +680,68 @@ impl SharedSlab {
     }
 }
 
+impl SharedSlab {
+    /// Write into the slab while the executor may run code from it (see
+    /// [`crate::Executor::write_live`]): each write inside one region and not being written by
+    /// another call of this slab, each aligned 8-byte word stored atomically. Which ranges may
+    /// be written (not the runtime's registered ranges) is the caller's book to check; the
+    /// executor must then make its cores serialize (`InProcessExecutor::sync_code`) before the
+    /// new code may run.
+    pub fn write_live(&self, writes: &[SlabWrite<'_>]) -> Result<()> {
+        for w in writes {
+            let r = [write_range(w)];
+            self.claim(&r)?;
+            // SAFETY: the mapping lives as long as `self`, and the range is claimed: no other
+            // call of this slab writes it or holds a slice over it until we unclaim.
+            let done = unsafe { self.view.write_live(w) };
+            self.unclaim(&r);
+            done?;
+        }
+        Ok(())
+    }
+
+    /// A copy of `len` bytes (at most [`crate::MAX_READ`]) at executor address `addr`, inside
+    /// one region; refused while another call of this slab writes any of them.
+    pub fn read(&self, addr: ExecutorAddr, len: u64) -> Result<Vec<u8>> {
+        if len > crate::MAX_READ {
+            return Err(Error::InvalidRequest(format!(
+                "a read of {len:#x} bytes (at most {:#x} at once)",
+                crate::MAX_READ
+            )));
+        }
+        let claims = self.claims();
+        if claims.any_in(addr.0, addr.0.saturating_add(len)) {
+            return Err(Error::Busy(format!(
+                "{addr}..+{len:#x} is being written by another call"
+            )));
+        }
+        // SAFETY: the mapping lives as long as `self`; no claim covers the range and none can be
+        // made while we hold the claims' lock, so no slice over it exists.
+        unsafe { self.view.read(addr.0, len) }
+    }
+
+    /// Claim `ranges` (each inside one region, disjoint from each other and from every other
+    /// claim) until the returned guard is dropped: no write, working slice or patch of this slab
+    /// touches them meanwhile (e.g. while the executor moves a unit there).
+    pub fn claim_ranges(&self, ranges: &[(ExecutorAddr, u64)]) -> Result<SlabClaim<'_>> {
+        let raw: Vec<(u64, u64)> = ranges.iter().map(|(a, n)| (a.0, *n)).collect();
+        self.claim(&raw)?;
+        Ok(SlabClaim { slab: self, raw })
+    }
+}
+
+/// Ranges of a [`SharedSlab`] claimed by [`SharedSlab::claim_ranges`], until dropped.
+pub struct SlabClaim<'a> {
+    slab: &'a SharedSlab,
+    raw: Vec<(u64, u64)>,
+}
+
+impl Drop for SlabClaim<'_> {
+    fn drop(&mut self) {
+        self.slab.unclaim(&self.raw);
+    }
+}
+
 /// Runs its closure when dropped (also when the caller's closure panics).
 pub(crate) struct OnDrop<F: FnMut()>(pub(crate) F);
 
@@ -558,5 +756,32 @@ impl Drop for SharedSlab {
         // SAFETY: the mapping is ours; slices of it live only within `with_memory`, which
         // borrows `self`.
         let _ = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.len as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_writes_store_and_load_every_byte() {
+        let mut buf = vec![0u8; 64];
+        for start in 0..9 {
+            for len in 0..40 {
+                buf.fill(0);
+                let src: Vec<u8> = (1..=len as u8).collect();
+                // SAFETY: `buf[start..start + len]` is ours alone.
+                unsafe { store_words(buf.as_mut_ptr().add(start), len, &Source::Bytes(&src)) };
+                assert_eq!(&buf[start..start + len], &src[..]);
+                assert!(buf[..start].iter().chain(&buf[start + len..]).all(|&b| b == 0));
+                let mut out = vec![0u8; len];
+                // SAFETY: as above.
+                unsafe { load_words(buf.as_ptr().add(start), &mut out) };
+                assert_eq!(out, src);
+                // SAFETY: as above.
+                unsafe { store_words(buf.as_mut_ptr().add(start), len, &Source::Fill(0xcc)) };
+                assert!(buf[start..start + len].iter().all(|&b| b == 0xcc));
+            }
+        }
     }
 }
