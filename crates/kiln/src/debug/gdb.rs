@@ -492,3 +492,24 @@ fn reserve_synthesized<'n>(
         symbol_names,
     })
 }
+
+/// A registered gdb object after the code it describes moved: every allocated section's address
+/// (`sh_addr`) translated. (The objects are relocatable: symbol values and DWARF are relative to
+/// their sections, so the section addresses are all that names where code is.) `None` if the
+/// bytes are not such an object.
+pub(crate) fn relocate_object(bytes: &[u8], translate: &dyn Fn(u64) -> u64) -> Option<Vec<u8>> {
+    let header = FileHeader64::<LE>::parse(bytes).ok()?;
+    let sections = header.sections(LE, bytes).ok()?;
+    let shoff = usize::try_from(header.e_shoff(LE)).ok()?;
+    let mut out = bytes.to_vec();
+    for (i, sh) in sections.enumerate() {
+        if sh.sh_flags(LE).0 & elf::SHF_ALLOC.0 == 0 || sh.sh_addr(LE) == 0 {
+            continue;
+        }
+        let at = shoff.checked_add(i.0.checked_mul(std::mem::size_of::<SectionHeader64<LE>>())?)?;
+        let end = at.checked_add(std::mem::size_of::<SectionHeader64<LE>>())?;
+        let (moved, _) = pod::from_bytes_mut::<SectionHeader64<LE>>(out.get_mut(at..end)?).ok()?;
+        moved.sh_addr.set(LE, translate(sh.sh_addr(LE)));
+    }
+    Some(out)
+}

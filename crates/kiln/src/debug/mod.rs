@@ -14,7 +14,7 @@
 //! with a warning.
 
 mod dwarf;
-mod gdb;
+pub(crate) mod gdb;
 mod jitdump;
 
 use crate::graph::*;

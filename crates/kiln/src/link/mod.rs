@@ -88,6 +88,9 @@ pub struct LinkedUnit {
     pub relink: Option<relink::RelinkRecord>,
     /// (address, size) of each segment.
     pub segments: Vec<(u64, u64)>,
+    /// The finalize request's actions, when [`LinkInput::relink`] was set: what moving the unit
+    /// registers again at its new place.
+    pub actions: Option<Vec<kiln_target::ActionPair>>,
 }
 
 /// Link `input` into executor memory and finalize it (initializers are not run).
@@ -159,6 +162,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let mut pairs = actions::ifunc_actions(&g, &tables);
     pairs.extend(actions::collect_actions(&g, &layout, &ctx));
     pairs.extend(post.debug);
+    let kept_actions = input.relink.then(|| pairs.clone());
     let alloc = ex.finalize(FinalizeRequest {
         reservation: memory.reservation(),
         segments,
@@ -174,6 +178,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         has_initializers,
         map: post.map,
         relink,
+        actions: kept_actions,
         segments: layout
             .segments
             .iter()

@@ -7,6 +7,8 @@
 
 mod generate;
 mod inputs;
+mod moving;
+mod relocate;
 mod state;
 
 pub use generate::{DefinitionGenerator, Generated};
@@ -368,7 +370,7 @@ impl Session {
     pub fn link_graph_with(&self, graph: &InMemoryGraph, options: &UnitOptions) -> Result<UnitId> {
         let config = self.config();
         let no_generated = GeneratedInputs::default();
-        match self.link_once(&config, options, &Source::Graph(graph), &no_generated) {
+        match self.link_once(&config, options, &Source::Graph(graph), &no_generated, None) {
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
                 let mut inputs = Inputs::new();
                 inputs.add_graph(graph.clone());
@@ -376,6 +378,24 @@ impl Session {
             }
             r => r,
         }
+    }
+
+    /// Link `graph` into a unit whose definitions may take over the names `replacing` defines
+    /// (for [`Session::redefine`]).
+    pub(crate) fn link_replacing(
+        &self,
+        graph: &InMemoryGraph,
+        options: &UnitOptions,
+        replacing: u64,
+    ) -> Result<UnitId> {
+        let config = self.config();
+        self.link_once(
+            &config,
+            options,
+            &Source::Graph(graph),
+            &GeneratedInputs::default(),
+            Some(replacing),
+        )
     }
 
     /// Link many graphs, each into a unit of its own in `scope`, in order (a later graph may
@@ -402,7 +422,7 @@ impl Session {
         let mut asked: FxHashSet<String> = FxHashSet::default();
         loop {
             let config = self.config();
-            match self.link_once(&config, options, &Source::Inputs(inputs), &generated) {
+            match self.link_once(&config, options, &Source::Inputs(inputs), &generated, None) {
                 Err(Error::Unresolved(u)) if !u.undefined.is_empty() => {
                     let names: Vec<&str> = u.undefined.iter().map(|r| r.name.as_str()).collect();
                     if !self.generate(scope, &names, &mut generated, &mut asked)? {
@@ -456,6 +476,7 @@ impl Session {
         options: &UnitOptions,
         source: &Source,
         generated: &GeneratedInputs,
+        replacing: Option<u64>,
     ) -> Result<UnitId> {
         let scope = options.scope;
         let memory: &dyn CodeMemory = match &options.memory {
@@ -502,7 +523,7 @@ impl Session {
         );
         let deps = binder.deps.into_inner();
         match result {
-            Ok(unit) => self.publish(options, unit, deps, source.name()),
+            Ok(unit) => self.publish(options, unit, deps, source.name(), replacing),
             Err(e) => {
                 read(&self.state).unpin(&deps);
                 Err(e)
@@ -519,6 +540,7 @@ impl Session {
         unit: LinkedUnit,
         deps: Vec<u64>,
         name: &str,
+        replacing: Option<u64>,
     ) -> Result<UnitId> {
         let scope = options.scope;
         let LinkedUnit {
@@ -530,6 +552,7 @@ impl Session {
             slab_ranges,
             relink,
             segments,
+            actions,
         } = unit;
         let memory: Option<Arc<dyn CodeMemory>> = match (&options.memory, slab_ranges.is_empty()) {
             (_, true) => None,
@@ -543,6 +566,7 @@ impl Session {
             slab_ranges,
             segments,
             relink: relink.map(Arc::new),
+            link_actions: actions.map(Arc::new),
             incoming: Vec::new(),
             names: Vec::new(),
             deps: Vec::new(),
@@ -555,7 +579,7 @@ impl Session {
             map: map.map(Arc::new),
         };
         let mut st = write(&self.state);
-        let clashes = st.clashes(scope, &exports, name);
+        let clashes = st.clashes(scope, &exports, name, replacing);
         if !clashes.is_empty() {
             st.unpin(&deps);
             drop(st);
@@ -564,7 +588,7 @@ impl Session {
         }
         let id = st.next_unit;
         st.next_unit += 1;
-        st.publish(id, record, exports, &deps);
+        st.publish(id, record, exports, &deps, replacing);
         Ok(UnitId(id))
     }
 

@@ -88,8 +88,11 @@ pub(crate) struct Unit {
     pub slab_ranges: Vec<SlabRange>,
     /// (address, size) of its segments.
     pub segments: Vec<(u64, u64)>,
-    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]).
+    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
+    /// where it was linked.
     pub relink: Option<Arc<RelinkRecord>>,
+    /// Its finalize actions as linked (relink units only): moving it registers them again.
+    pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
     /// Edges of other units that target this one: (unit, index into its record's edges).
     pub incoming: Vec<(u64, u32)>,
     /// Names this unit defines in its scope's table (the ones that won).
@@ -155,7 +158,13 @@ impl State {
     }
 
     /// Strong definitions of `exports` that clash with live units' in scope `s`.
-    pub fn clashes(&self, s: ScopeId, exports: &[Export], input: &str) -> Vec<DuplicateSymbol> {
+    pub fn clashes(
+        &self,
+        s: ScopeId,
+        exports: &[Export],
+        input: &str,
+        replacing: Option<u64>,
+    ) -> Vec<DuplicateSymbol> {
         let Some(scope) = self.scopes.get(s.0 as usize) else {
             return Vec::new();
         };
@@ -163,7 +172,7 @@ impl State {
             .iter()
             .filter_map(|e| {
                 let d = scope.symbols.get(&*e.name)?;
-                (!d.weak && !e.weak).then(|| DuplicateSymbol {
+                (!d.weak && !e.weak && Some(d.unit) != replacing).then(|| DuplicateSymbol {
                     name: e.name.to_string(),
                     first: format!("unit {}", d.unit),
                     second: input.to_string(),
@@ -174,13 +183,31 @@ impl State {
 
     /// Enter a linked unit: its symbols into its scope (the first definition of a name stays),
     /// its dependencies both ways, its pins released.
-    pub fn publish(&mut self, id: u64, mut unit: Unit, exports: Vec<Export>, deps: &[u64]) {
+    pub fn publish(
+        &mut self,
+        id: u64,
+        mut unit: Unit,
+        exports: Vec<Export>,
+        deps: &[u64],
+        replacing: Option<u64>,
+    ) {
+        use std::collections::hash_map::Entry;
         let scope = &mut self.scopes[unit.scope.0 as usize];
         unit.names.reserve_exact(exports.len());
+        let mut taken: Vec<Arc<str>> = Vec::new();
         for e in exports {
-            let std::collections::hash_map::Entry::Vacant(slot) = scope.symbols.entry(e.name)
-            else {
-                continue;
+            let slot = match scope.symbols.entry(e.name) {
+                Entry::Vacant(v) => v,
+                // A redefinition takes over the names of the unit it replaces.
+                Entry::Occupied(o) if Some(o.get().unit) == replacing => {
+                    let (name, _) = o.remove_entry();
+                    taken.push(name.clone());
+                    match scope.symbols.entry(name) {
+                        Entry::Vacant(v) => v,
+                        Entry::Occupied(_) => continue,
+                    }
+                }
+                Entry::Occupied(_) => continue,
             };
             unit.names.push(slot.key().clone());
             slot.insert(Def {
@@ -199,6 +226,9 @@ impl State {
                     dep.dependents.push(id);
                 }
             }
+        }
+        if let Some(old) = replacing.and_then(|r| self.units.get_mut(&r)) {
+            old.names.retain(|n| !taken.contains(n));
         }
         unit.deps = deps.to_vec();
         for (i, &(addr, size)) in unit.segments.iter().enumerate() {
