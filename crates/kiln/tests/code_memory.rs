@@ -31,11 +31,15 @@ int table[4] = {1, 2, 3, 4};
 int small(int x) { calls++; return abs(x) + table[x & 3] + calls * 0; }
 "#;
 
+/// The flatness tests count this process's mappings and resident memory: they run one at a time.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Link and remove a small object many times (1,000,000 unless KILN_CYCLES says otherwise):
 /// resident memory and the number of mappings stay flat, and the unit lands at the same address
 /// every time (its slab ranges are reused).
 #[test]
 fn link_remove_cycles_stay_flat() {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let cycles: usize = std::env::var("KILN_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -87,6 +91,7 @@ fn link_remove_cycles_stay_flat() {
 /// not interned or leaked anywhere, so resident memory stays flat however many names come and go.
 #[test]
 fn link_remove_cycles_with_distinct_names_stay_flat() {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     use kiln::arch::x86_64::EdgeKind;
     use kiln::graph::{InMemoryEdge, InMemoryGraph};
     let cycles: usize = std::env::var("KILN_CYCLES")
@@ -140,6 +145,7 @@ fn link_remove_cycles_with_distinct_names_stay_flat() {
 /// /proc/self/maps shows no writable-and-executable mapping before, during and after.
 #[test]
 fn patch_running_call_site_through_the_alias() {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     use kiln::arch::x86_64::EdgeKind;
     use kiln::graph::{InMemoryEdge, InMemoryGraph};
     let s = Session::in_process();
