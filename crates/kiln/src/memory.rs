@@ -9,15 +9,27 @@ use crate::error::{Error, Result};
 use kiln_target::{Executor, ExecutorAddr, Placement, SlabId, SlabInfo, SlabWrite};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Free ranges of one region, coalesced, indexed by start (for coalescing) and by size (for a
-/// best-fit search that does not walk the small gaps alignment leaves behind).
+/// Free ranges of one region: the untouched end of the region (the tail, allocated by bumping a
+/// pointer), and ranges freed before it, coalesced, indexed by start (for coalescing) and by size
+/// (for a best-fit search that does not walk the small gaps alignment leaves behind). A region
+/// that only fills costs a pointer bump per allocation; freed ranges are reused first.
 #[derive(Debug, Default)]
 struct FreeList {
     ranges: BTreeMap<u64, u64>,
     by_size: BTreeSet<(u64, u64)>,
+    /// `[start, end)` never allocated since the list was made (or given back to it whole).
+    tail: (u64, u64),
 }
 
 impl FreeList {
+    /// A list whose free space is `[start, start + len)`.
+    fn new(start: u64, len: u64) -> Self {
+        FreeList {
+            tail: (start, start + len),
+            ..Default::default()
+        }
+    }
+
     fn insert(&mut self, start: u64, len: u64) {
         self.ranges.insert(start, len);
         self.by_size.insert((len, start));
@@ -29,8 +41,26 @@ impl FreeList {
         Some(len)
     }
 
-    /// The smallest free range that holds `size` bytes at `align`.
+    /// The smallest freed range that holds `size` bytes at `align`, else the tail.
     fn allocate(&mut self, size: u64, align: u64) -> Option<u64> {
+        if !self.by_size.is_empty() {
+            if let Some(at) = self.best_fit(size, align) {
+                return Some(at);
+            }
+        }
+        let (start, end) = self.tail;
+        let at = start.checked_next_multiple_of(align)?;
+        if at.checked_add(size)? > end {
+            return None;
+        }
+        if at > start {
+            self.insert(start, at - start);
+        }
+        self.tail.0 = at + size;
+        Some(at)
+    }
+
+    fn best_fit(&mut self, size: u64, align: u64) -> Option<u64> {
         let (start, len, at) = self.by_size.range((size, 0)..).find_map(|&(len, start)| {
             let at = start.checked_next_multiple_of(align)?;
             (at.checked_add(size)? <= start + len).then_some((start, len, at))
@@ -56,6 +86,10 @@ impl FreeList {
                 len += pl;
             }
         }
+        if start + len == self.tail.0 {
+            self.tail.0 = start; // back into the tail
+            return;
+        }
         if let Some(nl) = self.remove(start + len) {
             len += nl;
         }
@@ -63,7 +97,8 @@ impl FreeList {
     }
 
     fn largest(&self) -> u64 {
-        self.by_size.last().map_or(0, |(len, _)| *len)
+        let freed = self.by_size.last().map_or(0, |(len, _)| *len);
+        freed.max(self.tail.1 - self.tail.0)
     }
 }
 
@@ -157,10 +192,7 @@ impl SlabAllocator {
             info.id,
             info.regions[0].0
         );
-        let mut free: [FreeList; 3] = Default::default();
-        for (r, (a, n)) in info.regions.iter().enumerate() {
-            free[r].free(a.0, *n);
-        }
+        let free = info.regions.map(|(a, n)| FreeList::new(a.0, n));
         self.slabs.push(Slab { info, free });
         Ok(self.slabs.len() - 1)
     }
@@ -218,10 +250,7 @@ impl SlabAllocator {
             ..Default::default()
         };
         for info in slabs {
-            let mut free: [FreeList; 3] = Default::default();
-            for (r, (addr, n)) in info.regions.iter().enumerate() {
-                free[r].free(addr.0, *n);
-            }
+            let free = info.regions.map(|(addr, n)| FreeList::new(addr.0, n));
             a.slabs.push(Slab { info: *info, free });
         }
         a
@@ -243,18 +272,25 @@ impl SlabAllocator {
             .ok_or_else(|| Error::Usage(format!("slab {id:?} has no region {region}")))?;
         let mut used: Vec<(u64, u64)> = used.to_vec();
         used.sort_unstable();
-        let mut free = FreeList::default();
+        let end = start.0 + len;
         let mut at = start.0;
+        let mut gaps = Vec::new();
         for (a, n) in used {
-            if a < at || a.checked_add(n).is_none_or(|e| e > start.0 + len) {
+            if a < at || a.checked_add(n).is_none_or(|e| e > end) {
                 return Err(Error::Usage(format!(
                     "used range {a:#x}+{n:#x} overlaps another or lies outside region {region} of slab {id:?}"
                 )));
             }
-            free.free(at, a - at);
+            if a > at {
+                gaps.push((at, a - at));
+            }
             at = a + n;
         }
-        free.free(at, start.0 + len - at);
+        // What follows the last used range is the tail; the gaps before it are freed ranges.
+        let mut free = FreeList::new(at, end - at);
+        for (a, n) in gaps {
+            free.insert(a, n);
+        }
         s.free[region] = free;
         Ok(())
     }
@@ -281,16 +317,25 @@ mod tests {
 
     #[test]
     fn free_list_allocates_aligned_and_coalesces() {
-        let mut f = FreeList::default();
-        f.free(0x1000, 0x1000);
+        let mut f = FreeList::new(0x1000, 0x1000);
         let a = f.allocate(0x10, 16).unwrap();
         let b = f.allocate(0x30, 64).unwrap();
         assert_eq!(a, 0x1000);
         assert_eq!(b, 0x1040, "aligned to 64");
-        assert_eq!(f.ranges.len(), 2, "the alignment gap stays free");
+        assert_eq!(f.ranges.len(), 1, "the alignment gap stays free");
+        assert_eq!(f.tail, (0x1070, 0x2000), "the rest is the untouched tail");
         f.free(a, 0x10);
+        assert_eq!(
+            f.allocate(0x20, 16),
+            Some(0x1000),
+            "freed space first (coalesced with the gap)"
+        );
+        f.free(0x1000, 0x20);
         f.free(b, 0x30);
-        assert_eq!(f.ranges.len(), 1, "everything coalesced");
+        assert!(
+            f.ranges.is_empty(),
+            "everything coalesced back into the tail"
+        );
         assert_eq!(f.largest(), 0x1000);
         assert!(f.allocate(0x2000, 1).is_none());
     }
