@@ -366,6 +366,20 @@ pub trait CodeMemory: Send + Sync + std::fmt::Debug {
 
 /// Slabs behind a lock: the session's own code memory, and the building block of others (a
 /// code zone's regions: [`SlabMemory::fixed`]).
+///
+/// ```
+/// use kiln::{SlabMemory, UnitOptions};
+/// use std::sync::Arc;
+/// let s = kiln::Session::in_process();
+/// // One slab of 1 MiB of code, 64 KiB of read-only data and 64 KiB of data, for some units.
+/// let slab = s.executor().create_slab([1 << 20, 1 << 16, 1 << 16], kiln_target::Placement::Anywhere)?;
+/// let options = UnitOptions {
+///     memory: Some(Arc::new(SlabMemory::fixed(&[slab]))),
+///     ..UnitOptions::new(s.default_scope())
+/// };
+/// # let _ = options;
+/// # Ok::<(), kiln::Error>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct SlabMemory {
     slabs: std::sync::Mutex<SlabAllocator>,

@@ -57,6 +57,15 @@ pub struct Session {
 
 /// Where a unit goes and what it keeps: for [`Session::link_graph_with`] and
 /// [`Session::link_inputs_with`].
+///
+/// ```
+/// use kiln::{Session, UnitOptions};
+/// let s = Session::in_process();
+/// let scope = s.create_scope("jit-module")?;
+/// let options = UnitOptions { relink: true, ..UnitOptions::new(scope) };
+/// # let _ = options;
+/// # Ok::<(), kiln::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct UnitOptions {
     /// The scope the unit's symbols go into.
