@@ -83,7 +83,10 @@ impl Plan {
     /// New actions for an allocation whose segments are placed already (sorted by start,
     /// pairwise disjoint): what [`crate::Executor::move_allocation`] registers at the new
     /// addresses, checked exactly as a new unit's actions are.
-    pub(crate) fn for_placed(segments: Vec<PlannedSegment>, actions: &[ActionPair]) -> Result<Plan> {
+    pub(crate) fn for_placed(
+        segments: Vec<PlannedSegment>,
+        actions: &[ActionPair],
+    ) -> Result<Plan> {
         let mut plan = Plan {
             segments,
             ..Plan::default()

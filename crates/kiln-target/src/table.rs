@@ -400,7 +400,11 @@ impl<S> Table<S> {
             return Ok(());
         }
         for (a, _, o) in self.segments.overlapping_all(s, e) {
-            if self.allocs.get(&o.alloc).is_none_or(|r| r.state != AllocState::Live) {
+            if self
+                .allocs
+                .get(&o.alloc)
+                .is_none_or(|r| r.state != AllocState::Live)
+            {
                 return Err(Error::Busy(format!(
                     "{addr:#x}..+{len:#x} overlaps allocation {} (at {a:#x}), which is being \
                      finalized, moved or deallocated",
@@ -767,7 +771,11 @@ impl<S> Table<S> {
                  initializers)"
             )));
         }
-        if let Some(seg) = a.segments.iter().find(|g| self.claims.any_in(g.start, g.end)) {
+        if let Some(seg) = a
+            .segments
+            .iter()
+            .find(|g| self.claims.any_in(g.start, g.end))
+        {
             return Err(Error::Busy(format!(
                 "allocation {id} is being written at {:#x}..{:#x} by another call",
                 seg.start, seg.end
@@ -900,7 +908,12 @@ impl<S> Table<S> {
 
     /// The move is over: the allocation is live with its new registrations (`registered`,
     /// from the plan of its new actions) and their dealloc halves after the actions it kept.
-    pub(crate) fn finish_move(&mut self, id: u64, mut registered: Vec<(u64, u64)>, dealloc: Vec<Action>) {
+    pub(crate) fn finish_move(
+        &mut self,
+        id: u64,
+        mut registered: Vec<(u64, u64)>,
+        dealloc: Vec<Action>,
+    ) {
         let Some(a) = self.allocs.get_mut(&id) else {
             return;
         };

@@ -454,13 +454,17 @@ impl OwnedMemory {
         match unsafe { run_actions(&new_actions) } {
             Ok(dealloc) => {
                 self.table_anyway().finish_move(id.0, registered, dealloc);
-                copied.and(translated).and(synced).map_err(|e| Error::AfterMove {
-                    id: id.0,
-                    why: e.to_string(),
-                })
+                copied
+                    .and(translated)
+                    .and(synced)
+                    .map_err(|e| Error::AfterMove {
+                        id: id.0,
+                        why: e.to_string(),
+                    })
             }
             Err(e) => {
-                self.table_anyway().finish_move(id.0, Vec::new(), Vec::new());
+                self.table_anyway()
+                    .finish_move(id.0, Vec::new(), Vec::new());
                 Err(Error::AfterMove {
                     id: id.0,
                     why: format!("registering it there failed, it lives unregistered: {e}"),

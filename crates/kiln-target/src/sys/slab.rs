@@ -773,7 +773,10 @@ mod tests {
                 // SAFETY: `buf[start..start + len]` is ours alone.
                 unsafe { store_words(buf.as_mut_ptr().add(start), len, &Source::Bytes(&src)) };
                 assert_eq!(&buf[start..start + len], &src[..]);
-                assert!(buf[..start].iter().chain(&buf[start + len..]).all(|&b| b == 0));
+                assert!(buf[..start]
+                    .iter()
+                    .chain(&buf[start + len..])
+                    .all(|&b| b == 0));
                 let mut out = vec![0u8; len];
                 // SAFETY: as above.
                 unsafe { load_words(buf.as_ptr().add(start), &mut out) };

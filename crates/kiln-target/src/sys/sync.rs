@@ -88,7 +88,12 @@ fn helper_page() -> Result<u64> {
     // SAFETY: a new private anonymous mapping where the kernel likes: no existing memory is
     // affected.
     let p = unsafe {
-        rustix::mm::mmap_anonymous(std::ptr::null_mut(), page, ProtFlags::empty(), MapFlags::PRIVATE)
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            page,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE,
+        )
     }
     .map_err(|e| sync_error(format!("mmap (serializing page): {e}")))?;
     // SAFETY: the mapping we just made.
