@@ -331,10 +331,7 @@ impl RemoteExecutor {
     /// The ranges a move touches (each segment's old range and its destination, as one range
     /// where they overlap), by the mapped slab that holds the old range. Ranges in no slab of
     /// ours are left to the executor to refuse.
-    fn mapped_move_ranges(
-        &self,
-        moves: &[SegmentMove],
-    ) -> Result<Vec<(Arc<SharedSlab>, Vec<(ExecutorAddr, u64)>)>> {
+    fn mapped_move_ranges(&self, moves: &[SegmentMove]) -> Result<Vec<SlabRanges>> {
         let mut by_slab: HashMap<u32, Vec<(ExecutorAddr, u64)>> = HashMap::new();
         {
             let book = self.book()?;
@@ -376,6 +373,9 @@ impl RemoteExecutor {
         Ok(())
     }
 }
+
+/// Ranges of one mapped slab.
+type SlabRanges = (Arc<SharedSlab>, Vec<(ExecutorAddr, u64)>);
 
 /// A slab write as it travels.
 fn to_wire(slab: SlabId, w: &SlabWrite<'_>) -> WireWrite {
