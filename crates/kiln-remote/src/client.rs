@@ -713,7 +713,7 @@ impl Executor for RemoteExecutor {
         self.call(call).map(drop)
     }
 
-    /// Shared mode writes into this process's mapping (each aligned word atomically), then asks
+    /// Shared mode writes into this process's mapping (aligned units atomically), then asks
     /// the executor to serialize its cores if code changed; copy mode sends the writes. The
     /// book refuses writes outside the slab's regions and over registered unwind info or TLS
     /// images at once; the executor checks again in copy mode.

@@ -164,7 +164,8 @@ pub enum Call {
         len: u64,
     },
     /// [`kiln_target::Executor::write_live`] (copy mode): writes over live units' bytes, each
-    /// aligned word atomic, then the executor's cores serialize if code changed.
+    /// naturally aligned unit stored atomically, then the executor's cores serialize if code
+    /// changed.
     WriteLive(Vec<WireWrite>),
     /// Shared mode, after the controller wrote live code into its own mapping of `slab`
     /// (`SharedSlab::write_live`): the executor makes valgrind forget `ranges` and its cores
