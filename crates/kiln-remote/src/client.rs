@@ -2,12 +2,12 @@
 //! `kiln-executor` process and waiting for its reply.
 
 use crate::auth::{nonce, Token};
-use crate::book::SlabBook;
+use crate::book::{registered_ranges, SlabBook};
 use crate::proto::*;
 use crate::wire::{Conn, MAX_FRAME, MAX_HELLO_FRAME};
 use kiln_target::{
-    AllocId, Error, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement, Result,
-    SharedSlab, SlabId, SlabInfo, SlabWrite, TargetInfo,
+    ActionPair, AllocId, Error, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement,
+    Result, SegmentMove, SharedSlab, SlabClaim, SlabId, SlabInfo, SlabWrite, TargetInfo, MAX_READ,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -305,21 +305,9 @@ impl RemoteExecutor {
 
     fn queue(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
         let mut inner = self.lock()?;
-        for w in writes {
-            inner.pending.push(match *w {
-                SlabWrite::Bytes(addr, b) => WireWrite::Bytes {
-                    slab,
-                    addr,
-                    bytes: b.to_vec(),
-                },
-                SlabWrite::Fill(addr, len, byte) => WireWrite::Fill {
-                    slab,
-                    addr,
-                    len,
-                    byte,
-                },
-            });
-        }
+        inner
+            .pending
+            .extend(writes.iter().map(|w| to_wire(slab, w)));
         Ok(())
     }
 
@@ -340,6 +328,38 @@ impl RemoteExecutor {
             .map_err(|_| channel("the slab book's lock is poisoned"))
     }
 
+    /// The ranges a move touches (each segment's old range and its destination, as one range
+    /// where they overlap), by the mapped slab that holds the old range. Ranges in no slab of
+    /// ours are left to the executor to refuse.
+    fn mapped_move_ranges(&self, moves: &[SegmentMove]) -> Result<Vec<SlabRanges>> {
+        let mut by_slab: HashMap<u32, Vec<(ExecutorAddr, u64)>> = HashMap::new();
+        {
+            let book = self.book()?;
+            for m in moves {
+                let Some(slab) = book.slab_holding(m.from, m.len) else {
+                    continue;
+                };
+                let (from_end, to_end) = (m.from.0 + m.len, m.to.0.saturating_add(m.len));
+                let ranges = by_slab.entry(slab.0).or_default();
+                if m.to.0 < from_end && m.from.0 < to_end {
+                    let start = m.from.0.min(m.to.0);
+                    ranges.push((ExecutorAddr(start), from_end.max(to_end) - start));
+                } else {
+                    ranges.push((m.from, m.len));
+                    ranges.push((m.to, m.len));
+                }
+            }
+        }
+        let mapped = self
+            .mapped
+            .lock()
+            .map_err(|_| channel("the slab table's lock is poisoned"))?;
+        Ok(by_slab
+            .into_iter()
+            .filter_map(|(slab, ranges)| Some((mapped.get(&slab)?.clone(), ranges)))
+            .collect())
+    }
+
     /// Every range inside one region of `slab`, over no live unit.
     fn check_writes(
         &self,
@@ -351,6 +371,34 @@ impl RemoteExecutor {
             book.check_write(slab, a, n)?;
         }
         Ok(())
+    }
+}
+
+/// Ranges of one mapped slab.
+type SlabRanges = (Arc<SharedSlab>, Vec<(ExecutorAddr, u64)>);
+
+/// A slab write as it travels.
+fn to_wire(slab: SlabId, w: &SlabWrite<'_>) -> WireWrite {
+    match *w {
+        SlabWrite::Bytes(addr, b) => WireWrite::Bytes {
+            slab,
+            addr,
+            bytes: b.to_vec(),
+        },
+        SlabWrite::Fill(addr, len, byte) => WireWrite::Fill {
+            slab,
+            addr,
+            len,
+            byte,
+        },
+    }
+}
+
+/// The executor range a write covers.
+fn range_of(w: &SlabWrite<'_>) -> (ExecutorAddr, u64) {
+    match *w {
+        SlabWrite::Bytes(a, b) => (a, b.len() as u64),
+        SlabWrite::Fill(a, n, _) => (a, n),
     }
 }
 
@@ -529,9 +577,14 @@ impl Executor for RemoteExecutor {
         } else {
             Vec::new()
         };
+        let registered = if request.in_slab {
+            registered_ranges(&request.actions)
+        } else {
+            Vec::new()
+        };
         match self.call(Call::Finalize(request))?.0 {
             Value::Alloc(a) => {
-                self.book()?.add_unit(a, &in_slab);
+                self.book()?.add_unit(a, &in_slab, &registered);
                 Ok(a)
             }
             v => Err(unexpected(v)),
@@ -627,13 +680,7 @@ impl Executor for RemoteExecutor {
     }
 
     fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
-        self.check_writes(
-            slab,
-            writes.iter().map(|w| match *w {
-                SlabWrite::Bytes(a, b) => (a, b.len() as u64),
-                SlabWrite::Fill(a, n, _) => (a, n),
-            }),
-        )?;
+        self.check_writes(slab, writes.iter().map(range_of))?;
         if self.shared {
             self.with_mapped(slab, |m| m.write(writes))
         } else {
@@ -664,6 +711,99 @@ impl Executor for RemoteExecutor {
             bytes: bytes.to_vec(),
         };
         self.call(call).map(drop)
+    }
+
+    /// Shared mode writes into this process's mapping (aligned units atomically), then asks
+    /// the executor to serialize its cores if code changed; copy mode sends the writes. The
+    /// book refuses writes outside the slab's regions and over registered unwind info or TLS
+    /// images at once; the executor checks again in copy mode.
+    fn write_live(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        let ranges: Vec<(ExecutorAddr, u64)> = writes.iter().map(range_of).collect();
+        {
+            let book = self.book()?;
+            for &(a, n) in &ranges {
+                book.check_live_write(slab, a, n)?;
+            }
+        }
+        if !self.shared {
+            let wire = writes.iter().map(|w| to_wire(slab, w)).collect();
+            return self.call(Call::WriteLive(wire)).map(drop);
+        }
+        let written = self.with_mapped(slab, |m| m.write_live(writes));
+        let code: Vec<(ExecutorAddr, u64)> = {
+            let book = self.book()?;
+            ranges
+                .into_iter()
+                .filter(|&(a, n)| n > 0 && book.in_code(slab, a))
+                .collect()
+        };
+        // Also after an error: what was written must not run stale.
+        let synced = if code.is_empty() {
+            Ok(())
+        } else {
+            self.call(Call::SyncCode { slab, ranges: code }).map(drop)
+        };
+        written.and(synced)
+    }
+
+    /// Shared mode reads slab memory from this process's mapping; anything else (and copy mode)
+    /// asks the executor, which checks the range against its table.
+    fn read_memory(&self, addr: ExecutorAddr, len: u64) -> Result<Vec<u8>> {
+        if len > MAX_READ {
+            return Err(Error::InvalidRequest(format!(
+                "a read of {len:#x} bytes (at most {MAX_READ:#x} at once)"
+            )));
+        }
+        if self.shared {
+            if let Some(slab) = self.book()?.slab_holding(addr, len) {
+                return self.with_mapped(slab, |m| m.read(addr, len));
+            }
+        }
+        match self.call(Call::ReadMemory { addr, len })?.0 {
+            Value::Bytes(b) if b.len() as u64 == len => Ok(b),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    /// The executor moves the bytes and checks everything; meanwhile, in shared mode, the old
+    /// and new ranges are claimed in this process's mappings so that no write of ours (nor a
+    /// patch) lands in them while the executor copies.
+    fn move_allocation(
+        &self,
+        id: AllocId,
+        moves: &[SegmentMove],
+        actions: Vec<ActionPair>,
+    ) -> Result<()> {
+        let registered = registered_ranges(&actions);
+        let mapped = if self.shared {
+            self.mapped_move_ranges(moves)?
+        } else {
+            Vec::new()
+        };
+        let _claims = mapped
+            .iter()
+            .map(|(m, ranges)| m.claim_ranges(ranges))
+            .collect::<Result<Vec<SlabClaim<'_>>>>()?;
+        let call = Call::MoveAllocation {
+            id,
+            moves: moves.to_vec(),
+            actions,
+        };
+        let Value::Moved { error } = self.call(call)?.0 else {
+            return Err(channel("unexpected reply to a move"));
+        };
+        let mut book = self.book()?;
+        book.move_unit(id, moves);
+        match error {
+            None => {
+                book.set_registered(id, &registered);
+                Ok(())
+            }
+            Some(why) => {
+                book.set_registered(id, &[]);
+                Err(Error::AfterMove { id: id.0, why })
+            }
+        }
     }
 
     /// The executor refuses while units live in the slab; only once it has released it does

@@ -1,13 +1,13 @@
 //! The messages of the kiln executor protocol (see docs/protocol.md).
 
 use kiln_target::{
-    AllocId, ExecutorAddr, FinalizeRequest, LibraryId, Placement, SlabId, SlabInfo, SlabWrite,
-    TargetInfo,
+    ActionPair, AllocId, ExecutorAddr, FinalizeRequest, LibraryId, Placement, SegmentMove, SlabId,
+    SlabInfo, SlabWrite, TargetInfo,
 };
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a message changes shape; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// First bytes of the first message in each direction.
 pub const MAGIC: [u8; 8] = *b"KILNEXEC";
 
@@ -158,6 +158,29 @@ pub enum Call {
     /// Leave with this status, as a native program does: exit handlers, then the units'
     /// finalizers, then stdio is flushed. No reply; the controller waits for the end.
     Exit(i32),
+    /// [`kiln_target::Executor::read_memory`]; the reply is `Bytes`.
+    ReadMemory {
+        addr: ExecutorAddr,
+        len: u64,
+    },
+    /// [`kiln_target::Executor::write_live`] (copy mode): writes over live units' bytes, each
+    /// naturally aligned unit stored atomically, then the executor's cores serialize if code
+    /// changed.
+    WriteLive(Vec<WireWrite>),
+    /// Shared mode, after the controller wrote live code into its own mapping of `slab`
+    /// (`SharedSlab::write_live`): the executor makes valgrind forget `ranges` and its cores
+    /// serialize (`InProcessExecutor::sync_code`).
+    SyncCode {
+        slab: SlabId,
+        ranges: Vec<(ExecutorAddr, u64)>,
+    },
+    /// [`kiln_target::Executor::move_allocation`]; the reply is `Moved` once the bytes moved
+    /// (an error reply: nothing changed).
+    MoveAllocation {
+        id: AllocId,
+        moves: Vec<SegmentMove>,
+        actions: Vec<ActionPair>,
+    },
 }
 
 /// Executor → controller, after the handshake.
@@ -192,6 +215,13 @@ pub enum Value {
     Status(i32),
     /// What a called function returned in rax.
     Word(u64),
+    /// Bytes read from the executor's memory.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The allocation's bytes moved; `error` says why its new registrations failed (it lives at
+    /// the new addresses without them), if they did.
+    Moved {
+        error: Option<String>,
+    },
 }
 
 /// How an executor process ended.

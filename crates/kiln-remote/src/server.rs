@@ -4,7 +4,7 @@
 use crate::auth::{nonce, Token};
 use crate::proto::*;
 use crate::wire::{Conn, WireError, MAX_FRAME, MAX_HELLO_FRAME};
-use kiln_target::{Executor, InProcessExecutor, SlabWrite};
+use kiln_target::{Executor, InProcessExecutor, SlabId, SlabWrite};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
@@ -170,7 +170,14 @@ fn watch_for_hangup(conn: &Conn) {
 }
 
 fn apply_writes(ex: &InProcessExecutor, writes: &[WireWrite]) -> kiln_target::Result<()> {
-    // Consecutive writes to one slab go in one call.
+    by_slab(writes, |slab, batch| ex.write_slab(slab, batch))
+}
+
+/// Hand `writes` to `apply`, consecutive writes to one slab in one call.
+fn by_slab(
+    writes: &[WireWrite],
+    mut apply: impl FnMut(SlabId, &[SlabWrite<'_>]) -> kiln_target::Result<()>,
+) -> kiln_target::Result<()> {
     let mut i = 0;
     while i < writes.len() {
         let slab = writes[i].slab();
@@ -179,7 +186,7 @@ fn apply_writes(ex: &InProcessExecutor, writes: &[WireWrite]) -> kiln_target::Re
             .iter()
             .map(WireWrite::as_slab_write)
             .collect();
-        ex.write_slab(slab, &batch)?;
+        apply(slab, &batch)?;
         i += n;
     }
     Ok(())
@@ -241,6 +248,22 @@ fn dispatch(ex: &InProcessExecutor, call: Call) -> kiln_target::Result<(Value, O
             Value::Unit
         }
         Call::CallWithArgs { f, args } => Value::Word(ex.call(f, &args)?),
+        Call::ReadMemory { addr, len } => Value::Bytes(ex.read_memory(addr, len)?),
+        Call::WriteLive(writes) => {
+            by_slab(&writes, |slab, batch| ex.write_live(slab, batch))?;
+            Value::Unit
+        }
+        Call::SyncCode { slab, ranges } => {
+            ex.sync_code(slab, &ranges)?;
+            Value::Unit
+        }
+        Call::MoveAllocation { id, moves, actions } => {
+            match ex.move_allocation(id, &moves, actions) {
+                Ok(()) => Value::Moved { error: None },
+                Err(kiln_target::Error::AfterMove { why, .. }) => Value::Moved { error: Some(why) },
+                Err(e) => return Err(e),
+            }
+        }
         // Handled by the serve loop before dispatch.
         Call::Exit(_) => {
             return Err(kiln_target::Error::InvalidRequest(

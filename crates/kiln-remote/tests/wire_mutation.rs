@@ -12,7 +12,7 @@ use kiln_remote::proto::*;
 use kiln_remote::wire::{self, read_frame, Source, WireError, MAX_FRAME, MAX_HELLO_FRAME};
 use kiln_target::{
     Action, ActionPair, AllocId, Bytes, ExecutorAddr, FinalizeRequest, LibraryId, MemProt,
-    PerfMapEntry, Placement, Segment, SlabId, SlabInfo, TargetInfo,
+    PerfMapEntry, Placement, Segment, SegmentMove, SlabId, SlabInfo, TargetInfo,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -358,6 +358,48 @@ fn calls() -> Vec<Call> {
         },
         Call::CallVoid(addr(0x7f12_3456_0020)),
         Call::Exit(-1),
+        Call::ReadMemory {
+            addr: addr(0x7f12_3456_0040),
+            len: 0x40_0000,
+        },
+        Call::WriteLive(vec![
+            WireWrite::Bytes {
+                slab: SlabId(0),
+                addr: addr(0x7f12_3456_0006),
+                bytes: vec![0x48, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 0xc3],
+            },
+            WireWrite::Fill {
+                slab: SlabId(u32::MAX),
+                addr: addr(u64::MAX),
+                len: u64::MAX,
+                byte: 0xcc,
+            },
+        ]),
+        Call::SyncCode {
+            slab: SlabId(1),
+            ranges: vec![(addr(0x7f12_3456_0000), 0x30), (addr(0), 0)],
+        },
+        Call::MoveAllocation {
+            id: AllocId(12),
+            moves: vec![
+                SegmentMove {
+                    from: addr(0x7f12_3456_1000),
+                    to: addr(0x7f12_3456_0ff0),
+                    len: 0x2a,
+                },
+                SegmentMove {
+                    from: addr(u64::MAX),
+                    to: addr(0),
+                    len: u64::MAX,
+                },
+            ],
+            actions: finalize_request().actions,
+        },
+        Call::MoveAllocation {
+            id: AllocId(0),
+            moves: Vec::new(),
+            actions: Vec::new(),
+        },
     ]
 }
 
@@ -417,6 +459,12 @@ fn messages() -> Vec<Message> {
             ],
         }),
         Value::Status(i32::MIN),
+        Value::Bytes(vec![0x90; 300]),
+        Value::Bytes(Vec::new()),
+        Value::Moved { error: None },
+        Value::Moved {
+            error: Some("registering it there failed: TLS module 0x7 is registered already".into()),
+        },
     ];
     let mut m: Vec<Message> = values
         .into_iter()

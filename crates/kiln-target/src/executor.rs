@@ -313,10 +313,10 @@ pub trait Executor: Send + Sync {
     /// that the bytes of live allocations may be written too; refused over a range another call
     /// is writing, over unwind info or a TLS image the runtime reads (registered ranges), and
     /// over allocations being finalized, moved or deallocated. Writes go through the slab's
-    /// writable alias (never a writable and executable mapping), each naturally aligned 8-byte
-    /// word with one atomic store: a thread executing or reading an aligned word sees its old or
-    /// its new value, never a mix (wider changes are the caller's to order, e.g. write the body
-    /// first and the word that makes it reachable last). When a write touched the code region,
+    /// writable alias (never a writable and executable mapping), each naturally aligned 2-, 4- or
+    /// 8-byte unit inside a write with one atomic store: a thread executing or reading such a
+    /// unit sees its old or its new value, never a mix (wider changes are the caller's to order,
+    /// e.g. write a body first and the word that makes it reachable last). When a write touched the code region,
     /// every thread of the executor is made to serialize its instruction stream before this
     /// returns (`membarrier` SYNC_CORE; see docs/memory.md), so none can run the old bytes
     /// afterwards. Writes are applied in order; on an error the earlier ones stay.
@@ -330,8 +330,9 @@ pub trait Executor: Send + Sync {
     /// segment of a live allocation, or inside one region of one of its slabs (free space
     /// included). Nothing else (the stack, the heap, libraries, freed units' own reservations,
     /// another executor's memory) is read. Refused over a range another call is writing. The
-    /// copy is made with aligned word loads and needs no write or execute permission: a GC reads
-    /// object references out of machine code this way, a JIT reads back a call site.
+    /// copy is made with aligned atomic loads (each naturally aligned unit read whole) and needs
+    /// no write or execute permission: a GC reads object references out of machine code this
+    /// way, a JIT reads back a call site.
     fn read_memory(&self, _addr: ExecutorAddr, _len: u64) -> Result<Vec<u8>> {
         Err(crate::Error::InvalidRequest(
             "this executor cannot read its memory back".into(),
