@@ -1,13 +1,13 @@
 //! The messages of the kiln executor protocol (see docs/protocol.md).
 
 use kiln_target::{
-    AllocId, ExecutorAddr, FinalizeRequest, LibraryId, Placement, SlabId, SlabInfo, SlabWrite,
-    TargetInfo,
+    AllocId, ExecutorAddr, FinalizeRequest, LazyRequest, LibraryId, Placement, SlabId, SlabInfo,
+    SlabWrite, StubKey, TargetInfo,
 };
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a message changes shape; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// First bytes of the first message in each direction.
 pub const MAGIC: [u8; 8] = *b"KILNEXEC";
 
@@ -158,6 +158,30 @@ pub enum Call {
     /// Leave with this status, as a native program does: exit handlers, then the units'
     /// finalizers, then stdio is flushed. No reply; the controller waits for the end.
     Exit(i32),
+    /// Declare a lazy function in the executor's registry: [`kiln_target::Executor::declare_lazy`].
+    /// Its handler is the controller's: the executor asks with [`Message::Resolve`].
+    DeclareLazy,
+    /// Forget a key this connection declared: [`kiln_target::Executor::forget_lazy`].
+    ForgetLazy(StubKey),
+    /// The answer to [`Message::Resolve`] `resolve` (the request's own `id` is unused, and no
+    /// reply follows). The request's `writes` are applied before the waiting thread continues.
+    Resolved {
+        resolve: u64,
+        resolution: Resolution,
+    },
+}
+
+/// What the controller answers when the executor asks where a lazy function is.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// The function's handler linked it here.
+    Resolved(ExecutorAddr),
+    /// The handler failed with `message`; the controller's error handler chose `continue_at`
+    /// (`None`: the executor aborts with the message, as a call cannot return an error).
+    Failed {
+        message: String,
+        continue_at: Option<ExecutorAddr>,
+    },
 }
 
 /// Executor → controller, after the handshake.
@@ -177,6 +201,10 @@ pub enum Message {
     Exited(ExitReport),
     /// The executor could not understand the controller and is closing the connection.
     ProtocolError(String),
+    /// A thread of the executor called a lazy function for the first time: the controller runs
+    /// the key's handler and answers with [`Call::Resolved`] `{ resolve: id }`. Meanwhile the
+    /// executor serves the controller's requests (the handler's links) as usual.
+    Resolve { id: u64, request: LazyRequest },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -192,6 +220,8 @@ pub enum Value {
     Status(i32),
     /// What a called function returned in rax.
     Word(u64),
+    /// A lazy function's key.
+    Key(StubKey),
 }
 
 /// How an executor process ended.

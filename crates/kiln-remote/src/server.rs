@@ -4,8 +4,11 @@
 use crate::auth::{nonce, Token};
 use crate::proto::*;
 use crate::wire::{Conn, WireError, MAX_FRAME, MAX_HELLO_FRAME};
-use kiln_target::{Executor, InProcessExecutor, SlabWrite};
+use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LazyHandler, LazyRequest, SlabWrite};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// How long a peer may take to say hello.
@@ -107,42 +110,213 @@ pub fn serve(mut conn: Conn) -> ! {
         kiln_target::process::exit_now(1)
     }
     watch_for_hangup(&conn);
+    let Ok(reader) = conn.try_clone() else {
+        kiln_target::process::exit_now(1)
+    };
+    // It serves for the rest of the process, and lazy functions' handlers refer to it.
+    let link: &'static Link = Box::leak(Box::new(Link {
+        ex,
+        out: Mutex::new(conn),
+        inbox: Mutex::new(Inbox {
+            reader: Some(reader),
+            ..Inbox::default()
+        }),
+        wake: Condvar::new(),
+        next_resolve: AtomicU64::new(1),
+    }));
     loop {
+        match link.next(None) {
+            Event::Request(req, written) => link.serve(*req, written),
+            // The controller is gone: run nothing further.
+            Event::Closed => kiln_target::process::exit_now(0),
+            Event::Answer(_) => unreachable!("no answer is awaited here"),
+        }
+    }
+}
+
+/// The executor's end of the connection, shared by the thread that serves the controller and
+/// the threads of JIT'd code that wait for a lazy function's resolution.
+///
+/// Nobody reads the connection on their own: a thread that waits (for the next request, or for
+/// its resolution) takes the reading turn when no other thread holds it. Every waiting thread
+/// serves the requests that arrive, so the controller's requests are served while the thread
+/// that normally serves them runs code (the code whose lazy call is being resolved, typically),
+/// and each resolution's answer reaches the thread waiting for it.
+struct Link {
+    ex: InProcessExecutor,
+    out: Mutex<Conn>,
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+    next_resolve: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inbox {
+    /// The reading end; `None` while a thread reads from it.
+    reader: Option<Conn>,
+    /// Requests read and not yet taken, each with the outcome of its slab writes (applied as
+    /// it was read, so that writes and calls keep the order the controller sent them in).
+    requests: VecDeque<(Box<Request>, kiln_target::Result<()>)>,
+    /// Resolutions asked for and awaited: `None` until the answer arrives.
+    answers: HashMap<u64, Option<Resolution>>,
+    closed: bool,
+}
+
+enum Event {
+    Request(Box<Request>, kiln_target::Result<()>),
+    Answer(Resolution),
+    Closed,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Link {
+    /// The next thing for this thread to do: the answer to resolution `awaiting` when it has
+    /// come, else a request to serve, else the end of the connection.
+    fn next(&self, awaiting: Option<u64>) -> Event {
+        let mut inbox = lock(&self.inbox);
+        loop {
+            if let Some(id) = awaiting {
+                if let Some(Some(_)) = inbox.answers.get(&id) {
+                    if let Some(Some(a)) = inbox.answers.remove(&id) {
+                        return Event::Answer(a);
+                    }
+                }
+            }
+            if let Some((req, written)) = inbox.requests.pop_front() {
+                return Event::Request(req, written);
+            }
+            if inbox.closed {
+                return Event::Closed;
+            }
+            if let Some(mut conn) = inbox.reader.take() {
+                drop(inbox);
+                let incoming = self.read(&mut conn);
+                inbox = lock(&self.inbox);
+                inbox.reader = Some(conn);
+                match incoming {
+                    Incoming::Request(req, written) => inbox.requests.push_back((req, written)),
+                    Incoming::Answer(id, a) => match inbox.answers.get_mut(&id) {
+                        Some(slot @ None) => *slot = Some(a),
+                        _ => {
+                            drop(inbox);
+                            self.fail(format!(
+                                "an answer to resolution {id}, which is not awaited"
+                            ))
+                        }
+                    },
+                    Incoming::Closed => inbox.closed = true,
+                }
+                self.wake.notify_all();
+                continue;
+            }
+            inbox = self.wake.wait(inbox).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Read one frame; a request's slab writes are applied here, in arrival order.
+    fn read(&self, conn: &mut Conn) -> Incoming {
         let frame = match conn.recv(MAX_FRAME) {
             Ok(f) => f,
-            // The controller is gone: run nothing further.
-            Err(WireError::Closed) => kiln_target::process::exit_now(0),
-            Err(e) => fail(&mut conn, format!("{e}")),
+            Err(WireError::Closed) => return Incoming::Closed,
+            Err(e) => self.fail(format!("{e}")),
         };
         let req: Request = match frame.decode() {
             Ok(r) => r,
-            Err(e) => fail(&mut conn, format!("{e}")),
+            Err(e) => self.fail(format!("{e}")),
         };
+        let written = apply_writes(&self.ex, &req.writes);
+        match req.call {
+            Call::Resolved {
+                resolve,
+                resolution,
+            } => {
+                let resolution = match written {
+                    Ok(()) => resolution,
+                    Err(e) => Resolution::Failed {
+                        message: format!("the slab writes sent with the answer failed: {e}"),
+                        continue_at: None,
+                    },
+                };
+                Incoming::Answer(resolve, resolution)
+            }
+            _ => Incoming::Request(Box::new(req), written),
+        }
+    }
+
+    /// Serve one request: run it and send the reply.
+    fn serve(&'static self, req: Request, written: kiln_target::Result<()>) {
         if let Call::Exit(status) = req.call {
             // As a native program leaves: exit handlers (JIT'd ones, then kiln's, which run the
             // units' finalizers), then stdio is flushed.
             std::process::exit(status)
         }
-        let (result, fd) = match apply_writes(&ex, &req.writes) {
-            Ok(()) => match dispatch(&ex, req.call) {
-                Ok((v, fd)) => (Ok(v), fd),
-                Err(e) => (Err(e.to_string()), None),
-            },
+        let (result, fd) = match written.and_then(|()| self.dispatch(req.call)) {
+            Ok((v, fd)) => (Ok(v), fd),
             Err(e) => (Err(e.to_string()), None),
         };
         let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
         let reply = Message::Reply { id: req.id, result };
-        if conn.send(&reply, &fds).is_err() {
+        if lock(&self.out).send(&reply, &fds).is_err() {
             kiln_target::process::exit_now(1)
         }
     }
+
+    fn dispatch(&'static self, call: Call) -> kiln_target::Result<(Value, Option<OwnedFd>)> {
+        match call {
+            Call::DeclareLazy => {
+                let handler: LazyHandler = Arc::new(move |request| self.resolve(request));
+                Ok((Value::Key(self.ex.declare_lazy(handler)?), None))
+            }
+            Call::ForgetLazy(key) => {
+                self.ex.forget_lazy(key)?;
+                Ok((Value::Unit, None))
+            }
+            call => dispatch(&self.ex, call),
+        }
+    }
+
+    /// A lazy function's handler in the executor: ask the controller, serve what it asks
+    /// meanwhile, and continue where it says. A failure without a place to continue goes back
+    /// to the registry as an error (which aborts, unless this process set an error handler).
+    fn resolve(&'static self, request: LazyRequest) -> Result<ExecutorAddr, String> {
+        let id = self.next_resolve.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inbox).answers.insert(id, None);
+        if lock(&self.out)
+            .send(&Message::Resolve { id, request }, &[])
+            .is_err()
+        {
+            kiln_target::process::exit_now(1)
+        }
+        loop {
+            match self.next(Some(id)) {
+                Event::Answer(Resolution::Resolved(a)) => return Ok(a),
+                Event::Answer(Resolution::Failed {
+                    continue_at: Some(a),
+                    ..
+                }) => return Ok(a),
+                Event::Answer(Resolution::Failed { message, .. }) => return Err(message),
+                Event::Request(req, written) => self.serve(*req, written),
+                // The controller is gone: nobody can say where to go, and nothing further runs.
+                Event::Closed => kiln_target::process::exit_now(0),
+            }
+        }
+    }
+
+    /// Tell the controller why we stop listening to it, and stop.
+    fn fail(&self, why: String) -> ! {
+        eprintln!("kiln-executor: closing the connection: {why}");
+        let _ = lock(&self.out).send(&Message::ProtocolError(why), &[]);
+        kiln_target::process::exit_now(3)
+    }
 }
 
-/// Tell the controller why we stop listening to it, and stop.
-fn fail(conn: &mut Conn, why: String) -> ! {
-    eprintln!("kiln-executor: closing the connection: {why}");
-    let _ = conn.send(&Message::ProtocolError(why), &[]);
-    kiln_target::process::exit_now(3)
+enum Incoming {
+    Request(Box<Request>, kiln_target::Result<()>),
+    Answer(u64, Resolution),
+    Closed,
 }
 
 /// While JIT'd code runs, nobody reads the connection: a thread watches it, and if the
@@ -241,10 +415,11 @@ fn dispatch(ex: &InProcessExecutor, call: Call) -> kiln_target::Result<(Value, O
             Value::Unit
         }
         Call::CallWithArgs { f, args } => Value::Word(ex.call(f, &args)?),
-        // Handled by the serve loop before dispatch.
-        Call::Exit(_) => {
+        // Handled before dispatch: by `Link::serve`, and (lazy functions) by `Link::dispatch`
+        // and `Link::read`.
+        Call::Exit(_) | Call::DeclareLazy | Call::ForgetLazy(_) | Call::Resolved { .. } => {
             return Err(kiln_target::Error::InvalidRequest(
-                "exit is not a dispatched call".into(),
+                "not a call dispatched to the executor".into(),
             ))
         }
     };
