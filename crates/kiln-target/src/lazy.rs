@@ -129,9 +129,15 @@ enum State {
 }
 
 struct Entry {
-    state: Mutex<State>,
-    /// Signalled when a resolution ends.
+    state: Mutex<Slot>,
+    /// Signalled when a resolution ends, if `waiters` says anyone waits (a wake-up costs a
+    /// system call, a first call without contention should not).
     done: Condvar,
+}
+
+struct Slot {
+    state: State,
+    waiters: u32,
 }
 
 /// The process's registry of lazy functions (see the module documentation).
@@ -177,7 +183,10 @@ impl LazyRuntime {
     pub fn declare(&self, handler: LazyHandler) -> StubKey {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
-            state: Mutex::new(State::Unresolved(handler)),
+            state: Mutex::new(Slot {
+                state: State::Unresolved(handler),
+                waiters: 0,
+            }),
             done: Condvar::new(),
         });
         self.entries
@@ -201,7 +210,7 @@ impl LazyRuntime {
     pub fn state(&self, key: StubKey) -> Option<LazyState> {
         let entry = self.entry(key.0)?;
         let st = lock(&entry.state);
-        Some(match &*st {
+        Some(match &st.state {
             State::Unresolved(_) => LazyState::Unresolved,
             State::Resolving(_) => LazyState::Resolving,
             State::Resolved(a) => LazyState::Resolved(*a),
@@ -245,7 +254,7 @@ impl LazyRuntime {
         let me = std::thread::current().id();
         let mut st = lock(&entry.state);
         loop {
-            match &*st {
+            match &st.state {
                 State::Resolved(a) => return a.0,
                 State::Failed { continue_at, .. } => return continue_at.0,
                 State::Resolving(t) if *t == me => {
@@ -254,11 +263,16 @@ impl LazyRuntime {
                                before returning";
                     return self.continue_after_failure(key, why).0;
                 }
-                State::Resolving(_) => st = entry.done.wait(st).unwrap_or_else(|e| e.into_inner()),
+                State::Resolving(_) => {
+                    st.waiters += 1;
+                    st = entry.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.waiters -= 1;
+                }
                 State::Unresolved(_) => break,
             }
         }
-        let State::Unresolved(handler) = std::mem::replace(&mut *st, State::Resolving(me)) else {
+        let State::Unresolved(handler) = std::mem::replace(&mut st.state, State::Resolving(me))
+        else {
             unreachable!("checked just above, under the same lock")
         };
         drop(st);
@@ -281,8 +295,11 @@ impl LazyRuntime {
                 )
             }
         };
-        *lock(&entry.state) = final_state;
-        entry.done.notify_all();
+        let mut st = lock(&entry.state);
+        st.state = final_state;
+        if st.waiters > 0 {
+            entry.done.notify_all();
+        }
         target.0
     }
 
