@@ -87,16 +87,17 @@ pub struct Options {
 /// it runs code for one, the others wait), except that while one of its threads waits for a
 /// lazy function's resolution, that thread serves requests too.
 ///
-/// Lazy functions ([`Executor::declare_lazy`]): the handler runs here, in a thread that is
-/// waiting on this executor — normally the one whose call (`run_main`, `call`, ...) runs the
-/// code that needs the function. A resolution asked for while no thread waits on the
-/// executor is served by the next call.
+/// Lazy functions ([`Executor::declare_lazy`]): the handler runs here, in the thread whose
+/// call (`run_main`, `call`, initializers, ...) runs the code that needs the function, or in a
+/// thread of its own if the question arrives while threads wait only for calls that run no code.
+/// Someone must be waiting on the executor to read the question: one asked while no thread
+/// waits is answered during the next call.
 pub struct RemoteExecutor {
     info: TargetInfo,
     bootstrap: Vec<(String, ExecutorAddr)>,
     shared: bool,
     slabs: bool,
-    mux: Mux,
+    mux: Arc<Mux>,
     /// Shared mode: our mappings of the executor's slabs. Each is used outside this lock (it
     /// guards its own ranges), so threads preparing units in one slab do not wait for each
     /// other.
@@ -183,7 +184,7 @@ impl RemoteExecutor {
             bootstrap: h.bootstrap,
             shared,
             slabs: h.slabs,
-            mux: Mux::new(conn, child)?,
+            mux: Arc::new(Mux::new(conn, child)?),
             mapped: Mutex::new(HashMap::new()),
             book: Mutex::new(SlabBook::default()),
         })

@@ -6,24 +6,29 @@
 //! belongs and wakes the others (so a lone caller reads its own reply, with no hand-off).
 //!
 //! The executor may also ask: [`Message::Resolve`], when its code calls a lazy function for the
-//! first time. Any thread waiting on the connection runs that key's handler (outside every lock
-//! here) and sends the answer. The handler may itself make requests (link the function, run its
-//! initializers): they are ordinary requests, whose replies come back on the same connection,
-//! and while it waits for them the same thread may run another key's handler (resolutions the
-//! executor's threads need at the same time, or that the initializers it runs need).
+//! first time. The thread that reads the question runs that key's handler (outside every lock
+//! here) and sends the answer, if it is waiting for a request that runs code (`run_main`,
+//! `call`, initializers, ...: the code that needs the function, usually). A thread waiting for
+//! anything else hands the handler to a new thread instead: it may hold locks of its own caller
+//! (a session's slab lock while a slab is created) that the handler needs, and the code needing
+//! the function may be what its own request waits for (an IFUNC resolver in a finalize).
+//!
+//! A handler's own requests (link the function, run its initializers) are ordinary requests,
+//! whose replies come back on the same connection; while it waits for one that runs code, the
+//! same thread may run another key's handler (code it runs needing a second lazy function).
 
 use crate::proto::*;
 use crate::wire::{Conn, WireError, MAX_FRAME};
 use kiln_target::{
     Error, ExecutorAddr, LazyErrorHandler, LazyHandler, LazyRequest, Result, StubKey,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 pub(crate) type Reply = (Value, Vec<OwnedFd>);
@@ -61,8 +66,6 @@ struct Inbox {
     reader: Option<Conn>,
     /// Requests sent and not answered: `None` until the reply arrives.
     replies: HashMap<u64, Option<std::result::Result<Reply, String>>>,
-    /// Resolutions the executor asked for, not yet taken by a thread.
-    resolves: VecDeque<(u64, LazyRequest)>,
     ended: Option<Ended>,
 }
 
@@ -116,7 +119,8 @@ impl Mux {
     }
 
     /// Send `call` (with any pending slab writes) and wait for its reply.
-    pub(crate) fn call(&self, call: Call) -> Result<Reply> {
+    pub(crate) fn call(self: &Arc<Self>, call: Call) -> Result<Reply> {
+        let runs_code = runs_code(&call);
         if let Some(e) = &lock(&self.inbox).ended {
             return Err(e.to_error());
         }
@@ -137,7 +141,7 @@ impl Mux {
             }
             id
         };
-        self.pump(|inbox| match inbox.replies.get(&id) {
+        self.pump(runs_code, |inbox| match inbox.replies.get(&id) {
             Some(Some(_)) => match inbox.replies.remove(&id) {
                 Some(Some(Ok(reply))) => Some(Ok(reply)),
                 Some(Some(Err(e))) => Some(Err(Error::Remote(e))),
@@ -157,7 +161,7 @@ impl Mux {
 
     /// Ask the executor to leave with `status`, and wait until it has (serving what it asks
     /// meanwhile: exit handlers may call lazy functions); how it ended.
-    pub(crate) fn exit(&self, status: i32) -> Result<ExitReport> {
+    pub(crate) fn exit(self: &Arc<Self>, status: i32) -> Result<ExitReport> {
         self.exiting.store(true, Ordering::SeqCst);
         if lock(&self.inbox).ended.is_none() {
             let mut s = lock(&self.send);
@@ -169,7 +173,7 @@ impl Mux {
             // If this fails, the connection is over already and the loop below sees it.
             let _ = s.conn.send(&req, &[]);
         }
-        let ended = self.pump(|inbox| inbox.ended.clone());
+        let ended = self.pump(true, |inbox| inbox.ended.clone());
         let mut child = lock(&self.child);
         let report = match child.as_mut() {
             // Exit handlers may take their time: wait for them.
@@ -218,6 +222,10 @@ impl Mux {
     /// Run the handler of a key the executor asked about, and send the answer.
     fn answer(&self, resolve: u64, request: LazyRequest) {
         let resolution = self.resolve(request);
+        self.send_answer(resolve, resolution);
+    }
+
+    fn send_answer(&self, resolve: u64, resolution: Resolution) {
         let mut s = lock(&self.send);
         let req = Request {
             id: 0,
@@ -295,29 +303,33 @@ impl Mux {
 
     // ---- reading ----
 
-    /// Wait until `done` says so, reading the connection when nobody else is and running the
-    /// handlers of resolutions the executor asks for meanwhile.
-    fn pump<R>(&self, mut done: impl FnMut(&mut Inbox) -> Option<R>) -> R {
+    /// Wait until `done` says so, reading the connection when nobody else is, and answering
+    /// the resolutions the executor asks for meanwhile: here if this thread waits for code
+    /// (`runs_code`), else in a new thread.
+    fn pump<R>(
+        self: &Arc<Self>,
+        runs_code: bool,
+        mut done: impl FnMut(&mut Inbox) -> Option<R>,
+    ) -> R {
         let mut inbox = lock(&self.inbox);
         loop {
             if let Some(r) = done(&mut inbox) {
                 return r;
             }
             if inbox.ended.is_none() {
-                if let Some((id, request)) = inbox.resolves.pop_front() {
-                    drop(inbox);
-                    self.answer(id, request);
-                    inbox = lock(&self.inbox);
-                    continue;
-                }
                 if let Some(mut conn) = inbox.reader.take() {
                     drop(inbox);
                     let frame = conn.recv(MAX_FRAME);
-                    inbox = lock(&self.inbox);
-                    inbox.reader = Some(conn);
-                    drop(inbox);
-                    self.file(frame);
+                    lock(&self.inbox).reader = Some(conn);
+                    let resolve = self.file(frame);
                     self.wake.notify_all();
+                    if let Some((id, request)) = resolve {
+                        if runs_code {
+                            self.answer(id, request);
+                        } else {
+                            self.answer_elsewhere(id, request);
+                        }
+                    }
                     inbox = lock(&self.inbox);
                     continue;
                 }
@@ -326,18 +338,41 @@ impl Mux {
         }
     }
 
-    /// Put what arrived where it belongs.
-    fn file(&self, frame: std::result::Result<crate::wire::Frame, WireError>) {
+    /// Answer a resolution in a thread of its own.
+    fn answer_elsewhere(self: &Arc<Self>, id: u64, request: LazyRequest) {
+        let mux = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name(format!("kiln lazy {}", request.key.0))
+            .spawn(move || mux.answer(id, request));
+        if let Err(e) = started {
+            self.send_answer(
+                id,
+                Resolution::Failed {
+                    message: format!("the controller cannot start a thread to resolve it: {e}"),
+                    continue_at: None,
+                },
+            );
+        }
+    }
+
+    /// Put what arrived where it belongs; a resolution the executor asks for is returned.
+    fn file(
+        &self,
+        frame: std::result::Result<crate::wire::Frame, WireError>,
+    ) -> Option<(u64, LazyRequest)> {
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
                 self.gone(e);
-                return;
+                return None;
             }
         };
         let msg: Message = match frame.decode() {
             Ok(m) => m,
-            Err(e) => return self.broken(format!("from the executor: {e}")),
+            Err(e) => {
+                self.broken(format!("from the executor: {e}"));
+                return None;
+            }
         };
         match msg {
             Message::Reply { id, result } => {
@@ -350,7 +385,7 @@ impl Mux {
                     }
                 }
             }
-            Message::Resolve { id, request } => lock(&self.inbox).resolves.push_back((id, request)),
+            Message::Resolve { id, request } => return Some((id, request)),
             Message::Output { stream, bytes } => forward_output(stream, &bytes),
             Message::Exited(r) => {
                 self.reap();
@@ -360,6 +395,7 @@ impl Mux {
                 self.broken(format!("the executor closed the connection: {why}"))
             }
         }
+        None
     }
 
     /// The executor sent something we cannot follow: close the connection.
@@ -433,4 +469,32 @@ fn forward_output(stream: u8, bytes: &[u8]) {
         let mut o = std::io::stdout();
         o.write_all(bytes).and_then(|_| o.flush())
     };
+}
+
+/// Whether the executor may run code while it serves `call`: code that may need a lazy
+/// function, whose handler the waiting thread can then run itself.
+fn runs_code(call: &Call) -> bool {
+    match call {
+        Call::RunMain { .. }
+        | Call::CallVoid(_)
+        | Call::CallWithArgs { .. }
+        | Call::RunInitializers(_)
+        | Call::Deallocate(_)
+        | Call::Exit(_) => true,
+        // Finalize may run IFUNC resolvers; a resolution they need goes to another thread,
+        // as the caller of a finalize may hold locks (kiln's session does, for slabs).
+        Call::Finalize(_)
+        | Call::Reserve { .. }
+        | Call::Release { .. }
+        | Call::LoadLibrary(_)
+        | Call::Lookup { .. }
+        | Call::AllocateStaticTls { .. }
+        | Call::CreateSlab { .. }
+        | Call::Write
+        | Call::Patch { .. }
+        | Call::ReleaseSlab(_)
+        | Call::DeclareLazy
+        | Call::ForgetLazy(_)
+        | Call::Resolved { .. } => false,
+    }
 }

@@ -226,8 +226,9 @@ impl LazyRuntime {
 
     /// Set (or with `None` remove) the handler that decides where a call continues when a lazy
     /// function cannot be resolved: its handler failed, it called its own stub, or its key is
-    /// unknown. It runs once per failed key (its answer is kept for later calls), on the thread
-    /// of the call; `None` from it, or no error handler, aborts the process.
+    /// unknown. It runs on the thread of the call: once per failed key (its answer is kept for
+    /// later calls), and on every call with an unknown key or from a handler into its own stub.
+    /// `None` from it, or no error handler, aborts the process.
     pub fn set_error_handler(&self, handler: Option<LazyErrorHandler>) {
         *self
             .error_handler
