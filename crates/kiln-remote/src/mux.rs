@@ -33,6 +33,11 @@ use std::time::{Duration, Instant};
 
 pub(crate) type Reply = (Value, Vec<OwnedFd>);
 
+thread_local! {
+    /// The resolutions whose handlers this thread runs, innermost last: (connection, id).
+    static HANDLING: std::cell::RefCell<Vec<(usize, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn channel(e: impl std::fmt::Display) -> Error {
     Error::Channel(e.to_string())
 }
@@ -120,7 +125,17 @@ impl Mux {
 
     /// Send `call` (with any pending slab writes) and wait for its reply.
     pub(crate) fn call(self: &Arc<Self>, call: Call) -> Result<Reply> {
-        let runs_code = runs_code(&call);
+        let runs_code = call.runs_code();
+        let call = match self.handling() {
+            Some(resolve) => match call.into_code() {
+                Ok(code) => Call::ForResolution {
+                    resolve,
+                    call: code,
+                },
+                Err(call) => call,
+            },
+            None => call,
+        };
         if let Some(e) = &lock(&self.inbox).ended {
             return Err(e.to_error());
         }
@@ -219,10 +234,26 @@ impl Mux {
             .unwrap_or_else(|e| e.into_inner()) = handler;
     }
 
-    /// Run the handler of a key the executor asked about, and send the answer.
+    /// Run the handler of a key the executor asked about, and send the answer. While it runs,
+    /// the calls that run code it makes on this thread are marked as made for this resolution.
     fn answer(&self, resolve: u64, request: LazyRequest) {
+        let me = self as *const Mux as usize;
+        HANDLING.with(|h| h.borrow_mut().push((me, resolve)));
         let resolution = self.resolve(request);
+        HANDLING.with(|h| h.borrow_mut().pop());
         self.send_answer(resolve, resolution);
+    }
+
+    /// The resolution whose handler this thread is running for this connection, if any.
+    fn handling(&self) -> Option<u64> {
+        let me = self as *const Mux as usize;
+        HANDLING.with(|h| {
+            h.borrow()
+                .iter()
+                .rev()
+                .find(|(m, _)| *m == me)
+                .map(|(_, r)| *r)
+        })
     }
 
     fn send_answer(&self, resolve: u64, resolution: Resolution) {
@@ -469,32 +500,4 @@ fn forward_output(stream: u8, bytes: &[u8]) {
         let mut o = std::io::stdout();
         o.write_all(bytes).and_then(|_| o.flush())
     };
-}
-
-/// Whether the executor may run code while it serves `call`: code that may need a lazy
-/// function, whose handler the waiting thread can then run itself.
-fn runs_code(call: &Call) -> bool {
-    match call {
-        Call::RunMain { .. }
-        | Call::CallVoid(_)
-        | Call::CallWithArgs { .. }
-        | Call::RunInitializers(_)
-        | Call::Deallocate(_)
-        | Call::Exit(_) => true,
-        // Finalize may run IFUNC resolvers; a resolution they need goes to another thread,
-        // as the caller of a finalize may hold locks (kiln's session does, for slabs).
-        Call::Finalize(_)
-        | Call::Reserve { .. }
-        | Call::Release { .. }
-        | Call::LoadLibrary(_)
-        | Call::Lookup { .. }
-        | Call::AllocateStaticTls { .. }
-        | Call::CreateSlab { .. }
-        | Call::Write
-        | Call::Patch { .. }
-        | Call::ReleaseSlab(_)
-        | Call::DeclareLazy
-        | Call::ForgetLazy(_)
-        | Call::Resolved { .. } => false,
-    }
 }

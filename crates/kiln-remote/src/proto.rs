@@ -169,6 +169,71 @@ pub enum Call {
         resolve: u64,
         resolution: Resolution,
     },
+    /// A call that runs code, made by the handler of resolution `resolve`: the executor thread
+    /// waiting for that resolution runs it (as in process, where a handler runs on the thread
+    /// of the call that needs it). Calls that run code without this go to the thread that
+    /// serves the controller.
+    ForResolution {
+        resolve: u64,
+        call: CodeCall,
+    },
+}
+
+/// The calls that run code in the executor (a handler's may be [`Call::ForResolution`]).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum CodeCall {
+    RunInitializers(AllocId),
+    /// Runs destructors and exit handlers.
+    Deallocate(AllocId),
+    RunMain {
+        entry: ExecutorAddr,
+        args: Vec<String>,
+    },
+    CallVoid(ExecutorAddr),
+    CallWithArgs {
+        f: ExecutorAddr,
+        args: Vec<u64>,
+    },
+}
+
+impl From<CodeCall> for Call {
+    fn from(c: CodeCall) -> Call {
+        match c {
+            CodeCall::RunInitializers(id) => Call::RunInitializers(id),
+            CodeCall::Deallocate(id) => Call::Deallocate(id),
+            CodeCall::RunMain { entry, args } => Call::RunMain { entry, args },
+            CodeCall::CallVoid(f) => Call::CallVoid(f),
+            CodeCall::CallWithArgs { f, args } => Call::CallWithArgs { f, args },
+        }
+    }
+}
+
+impl Call {
+    /// The call as one that runs code, if it is one (`Exit` aside: it ends the process).
+    pub fn into_code(self) -> Result<CodeCall, Call> {
+        Ok(match self {
+            Call::RunInitializers(id) => CodeCall::RunInitializers(id),
+            Call::Deallocate(id) => CodeCall::Deallocate(id),
+            Call::RunMain { entry, args } => CodeCall::RunMain { entry, args },
+            Call::CallVoid(f) => CodeCall::CallVoid(f),
+            Call::CallWithArgs { f, args } => CodeCall::CallWithArgs { f, args },
+            other => return Err(other),
+        })
+    }
+
+    /// Whether serving it may run code of the program (which may call a lazy function).
+    pub fn runs_code(&self) -> bool {
+        matches!(
+            self,
+            Call::RunInitializers(_)
+                | Call::Deallocate(_)
+                | Call::RunMain { .. }
+                | Call::CallVoid(_)
+                | Call::CallWithArgs { .. }
+                | Call::Exit(_)
+                | Call::ForResolution { .. }
+        )
+    }
 }
 
 /// What the controller answers when the executor asks where a lazy function is.

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 /// How long a peer may take to say hello.
@@ -123,6 +124,7 @@ pub fn serve(mut conn: Conn) -> ! {
         }),
         wake: Condvar::new(),
         next_resolve: AtomicU64::new(1),
+        serving_thread: std::thread::current().id(),
     }));
     loop {
         match link.next(None) {
@@ -138,33 +140,57 @@ pub fn serve(mut conn: Conn) -> ! {
 /// the threads of JIT'd code that wait for a lazy function's resolution.
 ///
 /// Nobody reads the connection on their own: a thread that waits (for the next request, or for
-/// its resolution) takes the reading turn when no other thread holds it. Every waiting thread
-/// serves the requests that arrive, so the controller's requests are served while the thread
-/// that normally serves them runs code (the code whose lazy call is being resolved, typically),
-/// and each resolution's answer reaches the thread waiting for it.
+/// its resolution) takes the reading turn when no other thread holds it, and files what it reads
+/// for the others. Who serves what:
+/// - a call that runs code and that the handler of resolution R made ([`Call::ForResolution`]):
+///   the thread waiting for R, which is where the code would run in process;
+/// - any other call that runs code: the serving thread (the one that started `serve`), as
+///   without lazy functions;
+/// - the rest (links: reserve, finalize, writes, lookups, ...): any waiting thread, so that a
+///   handler's links are served while the serving thread runs the code that needs them.
 struct Link {
     ex: InProcessExecutor,
     out: Mutex<Conn>,
     inbox: Mutex<Inbox>,
     wake: Condvar,
     next_resolve: AtomicU64,
+    serving_thread: ThreadId,
+}
+
+thread_local! {
+    /// The resolutions this thread waits for, innermost last.
+    static WAITING: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[derive(Default)]
 struct Inbox {
     /// The reading end; `None` while a thread reads from it.
     reader: Option<Conn>,
-    /// Requests read and not yet taken, each with the outcome of its slab writes (applied as
-    /// it was read, so that writes and calls keep the order the controller sent them in).
-    requests: VecDeque<(Box<Request>, kiln_target::Result<()>)>,
+    /// Requests read and not yet taken, in arrival order.
+    requests: VecDeque<Queued>,
     /// Resolutions asked for and awaited: `None` until the answer arrives.
     answers: HashMap<u64, Option<Resolution>>,
     closed: bool,
 }
 
+/// A request read, with the outcome of its slab writes (applied as it was read, so that writes
+/// and calls keep the order the controller sent them in).
+struct Queued {
+    req: Box<Request>,
+    written: kiln_target::Result<()>,
+    /// The resolution whose handler made it, for a call that runs code.
+    made_for: Option<u64>,
+}
+
 enum Event {
     Request(Box<Request>, kiln_target::Result<()>),
     Answer(Resolution),
+    Closed,
+}
+
+enum Incoming {
+    Request(Queued),
+    Answer(u64, Resolution),
     Closed,
 }
 
@@ -174,8 +200,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Link {
     /// The next thing for this thread to do: the answer to resolution `awaiting` when it has
-    /// come, else a request to serve, else the end of the connection.
+    /// come, else a request this thread may serve, else the end of the connection.
     fn next(&self, awaiting: Option<u64>) -> Event {
+        let serving = std::thread::current().id() == self.serving_thread;
+        let mine = WAITING.with(|w| w.borrow().clone());
         let mut inbox = lock(&self.inbox);
         loop {
             if let Some(id) = awaiting {
@@ -185,8 +213,13 @@ impl Link {
                     }
                 }
             }
-            if let Some((req, written)) = inbox.requests.pop_front() {
-                return Event::Request(req, written);
+            let awaited = |r: &u64| matches!(inbox.answers.get(r), Some(None));
+            let ours = inbox.requests.iter().position(|q| match q.made_for {
+                Some(r) if awaited(&r) => mine.contains(&r),
+                _ => serving || !q.req.call.runs_code(),
+            });
+            if let Some(q) = ours.and_then(|i| inbox.requests.remove(i)) {
+                return Event::Request(q.req, q.written);
             }
             if inbox.closed {
                 return Event::Closed;
@@ -197,7 +230,7 @@ impl Link {
                 inbox = lock(&self.inbox);
                 inbox.reader = Some(conn);
                 match incoming {
-                    Incoming::Request(req, written) => inbox.requests.push_back((req, written)),
+                    Incoming::Request(q) => inbox.requests.push_back(q),
                     Incoming::Answer(id, a) => match inbox.answers.get_mut(&id) {
                         Some(slot @ None) => *slot = Some(a),
                         _ => {
@@ -223,12 +256,12 @@ impl Link {
             Err(WireError::Closed) => return Incoming::Closed,
             Err(e) => self.fail(format!("{e}")),
         };
-        let req: Request = match frame.decode() {
+        let mut req: Request = match frame.decode() {
             Ok(r) => r,
             Err(e) => self.fail(format!("{e}")),
         };
         let written = apply_writes(&self.ex, &req.writes);
-        match req.call {
+        let made_for = match req.call {
             Call::Resolved {
                 resolve,
                 resolution,
@@ -240,10 +273,19 @@ impl Link {
                         continue_at: None,
                     },
                 };
-                Incoming::Answer(resolve, resolution)
+                return Incoming::Answer(resolve, resolution);
             }
-            _ => Incoming::Request(Box::new(req), written),
-        }
+            Call::ForResolution { resolve, call } => {
+                req.call = call.into();
+                Some(resolve)
+            }
+            _ => None,
+        };
+        Incoming::Request(Queued {
+            req: Box::new(req),
+            written,
+            made_for,
+        })
     }
 
     /// Serve one request: run it and send the reply.
@@ -284,24 +326,29 @@ impl Link {
     fn resolve(&'static self, request: LazyRequest) -> Result<ExecutorAddr, String> {
         let id = self.next_resolve.fetch_add(1, Ordering::Relaxed);
         lock(&self.inbox).answers.insert(id, None);
+        WAITING.with(|w| w.borrow_mut().push(id));
         if lock(&self.out)
             .send(&Message::Resolve { id, request }, &[])
             .is_err()
         {
             kiln_target::process::exit_now(1)
         }
-        loop {
+        let answer = loop {
             match self.next(Some(id)) {
-                Event::Answer(Resolution::Resolved(a)) => return Ok(a),
-                Event::Answer(Resolution::Failed {
-                    continue_at: Some(a),
-                    ..
-                }) => return Ok(a),
-                Event::Answer(Resolution::Failed { message, .. }) => return Err(message),
+                Event::Answer(a) => break a,
                 Event::Request(req, written) => self.serve(*req, written),
                 // The controller is gone: nobody can say where to go, and nothing further runs.
                 Event::Closed => kiln_target::process::exit_now(0),
             }
+        };
+        WAITING.with(|w| w.borrow_mut().pop());
+        match answer {
+            Resolution::Resolved(a)
+            | Resolution::Failed {
+                continue_at: Some(a),
+                ..
+            } => Ok(a),
+            Resolution::Failed { message, .. } => Err(message),
         }
     }
 
@@ -311,12 +358,6 @@ impl Link {
         let _ = lock(&self.out).send(&Message::ProtocolError(why), &[]);
         kiln_target::process::exit_now(3)
     }
-}
-
-enum Incoming {
-    Request(Box<Request>, kiln_target::Result<()>),
-    Answer(u64, Resolution),
-    Closed,
 }
 
 /// While JIT'd code runs, nobody reads the connection: a thread watches it, and if the
@@ -417,7 +458,11 @@ fn dispatch(ex: &InProcessExecutor, call: Call) -> kiln_target::Result<(Value, O
         Call::CallWithArgs { f, args } => Value::Word(ex.call(f, &args)?),
         // Handled before dispatch: by `Link::serve`, and (lazy functions) by `Link::dispatch`
         // and `Link::read`.
-        Call::Exit(_) | Call::DeclareLazy | Call::ForgetLazy(_) | Call::Resolved { .. } => {
+        Call::Exit(_)
+        | Call::DeclareLazy
+        | Call::ForgetLazy(_)
+        | Call::Resolved { .. }
+        | Call::ForResolution { .. } => {
             return Err(kiln_target::Error::InvalidRequest(
                 "not a call dispatched to the executor".into(),
             ))

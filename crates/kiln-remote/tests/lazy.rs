@@ -227,40 +227,94 @@ fn eight_executor_threads_call_eight_lazy_functions_at_once() {
     with_deadline("8 threads, eight functions", || eight_threads(false));
 }
 
-/// A handler that runs code needing another lazy function: its request (a call) is served by
-/// the executor thread waiting for the first resolution, which then asks for the second; the
-/// controller thread running the first handler runs the second meanwhile.
+/// `outer_in_a_thread` calls `lazy_outer` from a new pthread while the serving thread waits in
+/// `pthread_join`; `my_tid` is the calling thread's id.
+const OUTER_IN_A_THREAD: &str = r#"
+#include <pthread.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+extern long lazy_outer(long, long, long);
+static long worker_tid, worker_result;
+long my_tid(void) { return syscall(SYS_gettid); }
+static void *worker(void *arg) {
+    (void)arg;
+    worker_tid = my_tid();
+    worker_result = lazy_outer(10, 20, 30);
+    return 0;
+}
+long outer_in_a_thread(void) {
+    pthread_t t;
+    if (pthread_create(&t, 0, worker, 0) != 0)
+        return -1;
+    pthread_join(t, 0);
+    return worker_result;
+}
+long last_worker_tid(void) { return worker_tid; }
+"#;
+
+/// A handler that runs code, some of it needing another lazy function. Its calls run in the
+/// executor thread that waits for its resolution, as they would in process (where the handler
+/// runs in the thread that needs the function): that thread then asks for the second function,
+/// whose handler the controller thread running the first one runs meanwhile. From the serving
+/// thread, and from a pthread while the serving thread waits for it in `pthread_join`.
+fn nested(from_a_thread: bool) {
+    let s = session(MemoryMode::Auto);
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let inner_key = s
+        .executor()
+        .declare_lazy(linking_handler(&s, add3("inner", 5), "inner", &runs))
+        .unwrap();
+    s.link_graph(&stub_graph("lazy_inner", inner_key)).unwrap();
+    let outer_link = linking_handler(&s, add3("outer", 1), "outer", &runs);
+    let weak = Arc::downgrade(&s);
+    let handler_saw_tid = Arc::new(Mutex::new(None));
+    let saw = handler_saw_tid.clone();
+    let outer: LazyHandler = Arc::new(move |req| {
+        let s = weak.upgrade().ok_or("the session is gone")?;
+        let call = |name: &str, args: &[u64]| -> Result<u64, String> {
+            let f = s.lookup(name).ok_or(format!("no {name}"))?;
+            s.executor().call(f, args).map_err(|e| e.to_string())
+        };
+        *saw.lock().unwrap() = Some(call("my_tid", &[])?);
+        let v = call("lazy_inner", &[1, 2, 3])?;
+        if v != 11 {
+            return Err(format!("the inner function returned {v}"));
+        }
+        outer_link(req)
+    });
+    let outer_key = s.executor().declare_lazy(outer).unwrap();
+    s.link_graph(&stub_graph("lazy_outer", outer_key)).unwrap();
+    let dir = tempdir();
+    s.add_file(compile_c(dir.path(), "outer", OUTER_IN_A_THREAD))
+        .unwrap();
+    s.link().unwrap();
+    let ex = s.executor().clone();
+    let lookup = |name: &str| s.lookup(name).unwrap();
+    let (result, caller_tid) = if from_a_thread {
+        let r = ex.call(lookup("outer_in_a_thread"), &[]).unwrap();
+        (r, ex.call(lookup("last_worker_tid"), &[]).unwrap())
+    } else {
+        let r = ex.call(lookup("lazy_outer"), &[10, 20, 30]).unwrap();
+        (r, ex.call(lookup("my_tid"), &[]).unwrap())
+    };
+    assert_eq!(result, 61);
+    assert_eq!(
+        *handler_saw_tid.lock().unwrap(),
+        Some(caller_tid),
+        "the handler's call ran in the thread that needed the function"
+    );
+    let keys: Vec<StubKey> = runs.lock().unwrap().iter().map(|r| r.key).collect();
+    assert_eq!(keys, [inner_key, outer_key], "inner resolved inside outer");
+}
+
 #[test]
 fn a_handler_may_run_code_that_needs_another_lazy_function() {
-    with_deadline("nested resolutions", || {
-        let s = session(MemoryMode::Auto);
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let inner_key = s
-            .executor()
-            .declare_lazy(linking_handler(&s, add3("inner", 5), "inner", &runs))
-            .unwrap();
-        s.link_graph(&stub_graph("lazy_inner", inner_key)).unwrap();
-        let outer_link = linking_handler(&s, add3("outer", 1), "outer", &runs);
-        let weak = Arc::downgrade(&s);
-        let outer: LazyHandler = Arc::new(move |req| {
-            let s = weak.upgrade().ok_or("the session is gone")?;
-            let inner = s.lookup("lazy_inner").ok_or("no lazy_inner")?;
-            let v = s
-                .executor()
-                .call(inner, &[1, 2, 3])
-                .map_err(|e| e.to_string())?;
-            if v != 11 {
-                return Err(format!("the inner function returned {v}"));
-            }
-            outer_link(req)
-        });
-        let outer_key = s.executor().declare_lazy(outer).unwrap();
-        s.link_graph(&stub_graph("lazy_outer", outer_key)).unwrap();
-        let f = s.lookup("lazy_outer").unwrap();
-        assert_eq!(s.executor().call(f, &[10, 20, 30]).unwrap(), 61);
-        let keys: Vec<StubKey> = runs.lock().unwrap().iter().map(|r| r.key).collect();
-        assert_eq!(keys, [inner_key, outer_key], "inner resolved inside outer");
-    });
+    with_deadline("nested resolutions", || nested(false));
+}
+
+#[test]
+fn a_handler_on_a_pthread_runs_its_code_on_that_thread() {
+    with_deadline("nested resolutions on a pthread", || nested(true));
 }
 
 #[test]
@@ -460,4 +514,79 @@ fn an_answer_nobody_awaits_is_a_protocol_error() {
         other => panic!("expected a protocol error, got {other:?}"),
     }
     assert_eq!(wait_child(&mut child, "the executor").code(), Some(3));
+}
+
+/// A thread of the executor started earlier calls a lazy function while the controller only
+/// makes requests that run no code (lookups): the handler runs in a thread of its own, and the
+/// lookups go on meanwhile.
+const BACKGROUND: &str = r#"
+#include <pthread.h>
+#include <unistd.h>
+extern long lazy_late(long, long, long);
+static pthread_t th;
+static const char *go;
+static long result;
+static void *worker(void *arg) {
+    (void)arg;
+    while (access(go, F_OK) != 0)
+        usleep(1000);
+    result = lazy_late(1, 2, 3);
+    return 0;
+}
+long start_background(const char *path) {
+    go = path;
+    return pthread_create(&th, 0, worker, 0);
+}
+long join_background(void) {
+    pthread_join(th, 0);
+    return result;
+}
+"#;
+
+#[test]
+fn a_resolution_asked_during_a_request_that_runs_no_code_gets_a_thread() {
+    with_deadline("a background resolution", || {
+        let s = session(MemoryMode::Auto);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let link = linking_handler(&s, add3("late", 100), "late", &Arc::new(Mutex::new(vec![])));
+        let tx = Mutex::new(tx);
+        let handler: LazyHandler = Arc::new(move |req| {
+            let thread = std::thread::current().name().map(str::to_string);
+            let r = link(req);
+            let _ = tx.lock().unwrap().send(thread);
+            r
+        });
+        let key = s.executor().declare_lazy(handler).unwrap();
+        s.link_graph(&stub_graph("lazy_late", key)).unwrap();
+        let dir = tempdir();
+        s.add_file(compile_c(dir.path(), "background", BACKGROUND))
+            .unwrap();
+        // The path travels as bytes in a data object of its own.
+        let go = dir.path().join("go");
+        let mut path = go.to_str().unwrap().as_bytes().to_vec();
+        path.push(0);
+        let mut g = InMemoryGraph::new("path");
+        g.add_data("go_path", path, 1, kiln_target::MemProt::Read);
+        s.add_graph(g);
+        s.link().unwrap();
+        let ex = s.executor().clone();
+        let go_path = s.lookup("go_path").unwrap();
+        let start = s.lookup("start_background").unwrap();
+        assert_eq!(ex.call(start, &[go_path.0]).unwrap(), 0, "pthread_create");
+        std::fs::write(&go, b"").unwrap();
+        let thread = loop {
+            assert_eq!(ex.lookup(&[b"printf"], &[], true).unwrap().len(), 1);
+            if let Ok(t) = rx.try_recv() {
+                break t;
+            }
+        };
+        assert!(
+            thread
+                .as_deref()
+                .is_some_and(|t| t.starts_with("kiln lazy")),
+            "the handler ran in {thread:?}"
+        );
+        let join = s.lookup("join_background").unwrap();
+        assert_eq!(ex.call(join, &[]).unwrap(), 106);
+    });
 }

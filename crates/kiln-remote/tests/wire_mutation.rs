@@ -382,6 +382,32 @@ fn calls() -> Vec<Call> {
                 continue_at: None,
             },
         },
+        Call::ForResolution {
+            resolve: 3,
+            call: CodeCall::CallWithArgs {
+                f: addr(0x7f12_3456_0040),
+                args: vec![1, 2],
+            },
+        },
+        Call::ForResolution {
+            resolve: u64::MAX,
+            call: CodeCall::RunInitializers(AllocId(5)),
+        },
+        Call::ForResolution {
+            resolve: 1,
+            call: CodeCall::RunMain {
+                entry: addr(0x7f12_3456_0000),
+                args: vec!["x".into()],
+            },
+        },
+        Call::ForResolution {
+            resolve: 2,
+            call: CodeCall::Deallocate(AllocId(0)),
+        },
+        Call::ForResolution {
+            resolve: 4,
+            call: CodeCall::CallVoid(addr(1)),
+        },
     ]
 }
 
