@@ -485,7 +485,9 @@ fn without_an_error_handler_the_process_aborts() {
 }
 
 /// rax (a varargs call's vector count, which glibc only tests for zero) and r10 (the static
-/// chain), checked exactly: the resolved functions return what they found in them.
+/// chain), checked exactly: the resolved functions return what they found in them. Also with a
+/// caller that enters the stub with the stack off the ABI's alignment by 8: the handler still
+/// runs on an aligned stack.
 #[test]
 fn rax_and_r10_reach_the_function() {
     let ex = InProcessExecutor::new();
@@ -493,28 +495,44 @@ fn rax_and_r10_reach_the_function() {
     let targets = finalize_code(&ex, |_| {
         vec![(0, vec![0xc3]), (16, vec![0x4c, 0x89, 0xd0, 0xc3])]
     });
-    for (target, reg) in [(targets, "rax"), (targets + 16, "r10")] {
-        let h: LazyHandler = Arc::new(move |_| {
-            clobber_argument_registers();
-            Ok(ExecutorAddr(target))
-        });
-        let s = stub(&ex, ex.declare_lazy(h).unwrap());
-        for round in 0..2u64 {
-            let want = 0x5a5a_0000_0000_0017 + round;
-            let got: u64;
-            // SAFETY: the stub resolves to one of the two functions above, which read rax or
-            // r10 and return; the call follows the C ABI (its clobbers declared, and the stack
-            // is aligned for a call on entry to an asm block).
-            unsafe {
-                std::arch::asm!(
-                    "call {f}",
-                    f = in(reg) s,
-                    inout("rax") want => got,
-                    in("r10") want,
-                    clobber_abi("C"),
-                );
+    for misaligned in [false, true] {
+        for (target, reg) in [(targets, "rax"), (targets + 16, "r10")] {
+            let h: LazyHandler = Arc::new(move |_| {
+                clobber_argument_registers();
+                check_stack_alignment();
+                Ok(ExecutorAddr(target))
+            });
+            let s = stub(&ex, ex.declare_lazy(h).unwrap());
+            for round in 0..2u64 {
+                let want = 0x5a5a_0000_0000_0017 + round;
+                let got: u64;
+                // SAFETY: the stub resolves to one of the two functions above, which read rax
+                // or r10 and return; the call follows the C ABI (its clobbers declared, the
+                // stack aligned for a call on entry to an asm block, and moved by 8 and back
+                // around the call in the misaligned case).
+                unsafe {
+                    if misaligned {
+                        std::arch::asm!(
+                            "sub rsp, 8",
+                            "call {f}",
+                            "add rsp, 8",
+                            f = in(reg) s,
+                            inout("rax") want => got,
+                            in("r10") want,
+                            clobber_abi("C"),
+                        );
+                    } else {
+                        std::arch::asm!(
+                            "call {f}",
+                            f = in(reg) s,
+                            inout("rax") want => got,
+                            in("r10") want,
+                            clobber_abi("C"),
+                        );
+                    }
+                }
+                assert_eq!(got, want, "{reg}, call {round}, misaligned {misaligned}");
             }
-            assert_eq!(got, want, "{reg}, call {round}");
         }
     }
 }

@@ -24,15 +24,18 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 // The frame, from the stub's caller's stack pointer S (S ≡ 0 mod 16 before its `call`):
 //   S-8    return address into the caller      (entry: rsp ≡ 8 mod 16)
 //   S-16   saved rbp                           (rbp points here: CFA = rbp + 16)
-//   S-80   rdi rsi rdx rcx r8 r9 rax r10       (8 pushes: rsp ≡ 0 mod 16)
-//   S-208  xmm0..xmm7, 16 bytes each, aligned  (rsp ≡ 0 mod 16 at the call below, as the ABI wants)
+//          then rsp is rounded down to 16 bytes (a no-op for a caller that kept the ABI's
+//          alignment; one that did not still gets aligned saves and a correct call into Rust)
+//   -64    rdi rsi rdx rcx r8 r9 rax r10       (8 pushes: rsp ≡ 0 mod 16)
+//   -192   xmm0..xmm7, 16 bytes each, aligned  (rsp ≡ 0 mod 16 at the call below, as the ABI wants)
 // The CFI lets debuggers, profilers and the unwinder walk from the Rust side through this frame
-// straight to the stub's caller (the stub itself pushes nothing).
+// straight to the stub's caller (the stub itself pushes nothing). `endbr64` (a no-op without
+// CET) makes it a valid target of the stub's indirect jump where indirect branch tracking is on.
 //
-// SAFETY: the code restores every register and stack slot it changes except r11 and the flags
-// (free at a call boundary), touches no memory below the stack pointer it was entered with except
-// its own frame, calls `lazy_entry` as the C ABI requires (arguments in rdi and rsi, rsp 16-byte
-// aligned at the call), and leaves rsp exactly as it found it before the final `jmp`.
+// SAFETY: the code restores every register it changes except r11 and the flags (free at a call
+// boundary), writes no memory but its own frame below the stack pointer it was entered with,
+// calls `lazy_entry` as the C ABI requires (arguments in rdi and rsi, rsp 16-byte aligned at the
+// call), and leaves rsp exactly as it found it before the final `jmp`.
 core::arch::global_asm!(
     ".pushsection .text.kiln_lazy_trampoline,\"ax\",@progbits",
     ".globl kiln_lazy_trampoline",
@@ -41,11 +44,13 @@ core::arch::global_asm!(
     ".p2align 4",
     "kiln_lazy_trampoline:",
     ".cfi_startproc",
+    "endbr64",
     "pushq %rbp",
     ".cfi_def_cfa_offset 16",
     ".cfi_offset %rbp, -16",
     "movq %rsp, %rbp",
     ".cfi_def_cfa_register %rbp",
+    "andq $-16, %rsp",
     "pushq %rdi",
     "pushq %rsi",
     "pushq %rdx",
@@ -84,6 +89,7 @@ core::arch::global_asm!(
     "popq %rdx",
     "popq %rsi",
     "popq %rdi",
+    "movq %rbp, %rsp",
     "popq %rbp",
     ".cfi_def_cfa %rsp, 8",
     "jmpq *%r11",
