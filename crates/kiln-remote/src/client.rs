@@ -84,8 +84,8 @@ pub struct Options {
 ///
 /// Any number of threads may use it at once: their requests share one connection, and each
 /// gets its own reply. The executor serves them one at a time, in the order they arrive (while
-/// it runs code for one, the others wait), except that while one of its threads waits for a
-/// lazy function's resolution, that thread serves requests too.
+/// it runs code for one, the others wait), except that a thread of the executor waiting for a
+/// lazy function's resolution serves the handler's requests, and any that run no code, too.
 ///
 /// Lazy functions ([`Executor::declare_lazy`]): the handler runs here, in the thread whose
 /// call (`run_main`, `call`, initializers, ...) runs the code that needs the function, or in a
@@ -136,7 +136,7 @@ impl RemoteExecutor {
 
     /// Connect to a listening `kiln-executor`.
     pub fn connect(endpoint: &Endpoint, opts: Options) -> Result<RemoteExecutor> {
-        let conn = match endpoint {
+        let mut conn = match endpoint {
             Endpoint::Unix(p) => {
                 let s = UnixStream::connect(p)
                     .map_err(|e| channel(format!("cannot connect to {}: {e}", p.display())))?;
@@ -158,7 +158,6 @@ impl RemoteExecutor {
                     .map_err(|e| channel(format!("cannot connect to {a}: {e}")))?,
             ),
         };
-        let mut conn = conn;
         let h = client_handshake(&mut conn, &opts)?;
         Self::from_handshake(conn, None, h, &opts)
     }
