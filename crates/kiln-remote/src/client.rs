@@ -3,20 +3,20 @@
 
 use crate::auth::{nonce, Token};
 use crate::book::{registered_ranges, SlabBook};
+use crate::mux::{reap_child, Mux, Reply};
 use crate::proto::*;
-use crate::wire::{Conn, MAX_FRAME, MAX_HELLO_FRAME};
+use crate::wire::{Conn, MAX_HELLO_FRAME};
 use kiln_target::{
-    ActionPair, AllocId, Error, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement,
-    Result, SegmentMove, SharedSlab, SlabClaim, SlabId, SlabInfo, SlabWrite, TargetInfo, MAX_READ,
+    ActionPair, AllocId, Error, Executor, ExecutorAddr, FinalizeRequest, LazyErrorHandler,
+    LazyHandler, LibraryId, Placement, Result, SegmentMove, SharedSlab, SlabClaim, SlabId,
+    SlabInfo, SlabWrite, StubKey, TargetInfo, MAX_READ,
 };
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// How slab memory reaches the executor.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -81,22 +81,24 @@ pub struct Options {
     pub attach_stdio: bool,
 }
 
-struct Inner {
-    conn: Conn,
-    next_id: u64,
-    /// Copy mode: slab writes waiting to ride along with the next request.
-    pending: Vec<WireWrite>,
-    child: Option<Child>,
-    exited: Option<ExitReport>,
-}
-
 /// An executor in another process.
+///
+/// Any number of threads may use it at once: their requests share one connection, and each
+/// gets its own reply. The executor serves them one at a time, in the order they arrive (while
+/// it runs code for one, the others wait), except that a thread of the executor waiting for a
+/// lazy function's resolution serves the handler's requests, and any that run no code, too.
+///
+/// Lazy functions ([`Executor::declare_lazy`]): the handler runs here, in the thread whose
+/// call (`run_main`, `call`, initializers, ...) runs the code that needs the function, or in a
+/// thread of its own if the question arrives while threads wait only for calls that run no code.
+/// Someone must be waiting on the executor to read the question: one asked while no thread
+/// waits is answered during the next call.
 pub struct RemoteExecutor {
     info: TargetInfo,
     bootstrap: Vec<(String, ExecutorAddr)>,
     shared: bool,
     slabs: bool,
-    inner: Mutex<Inner>,
+    mux: Arc<Mux>,
     /// Shared mode: our mappings of the executor's slabs. Each is used outside this lock (it
     /// guards its own ranges), so threads preparing units in one slab do not wait for each
     /// other.
@@ -114,28 +116,28 @@ impl RemoteExecutor {
     /// `ARGS... --fd N`) as a child connected over a socket pair. Its standard input, output and
     /// error are ours.
     pub fn spawn(program: &Path, args: &[&str], opts: Options) -> Result<RemoteExecutor> {
-        let (conn, child) = spawn_child(Command::new(program).args(args))
+        let (mut conn, mut child) = spawn_child(Command::new(program).args(args))
             .map_err(|e| channel(format!("cannot start {}: {e}", program.display())))?;
-        let mut inner = Inner {
-            conn,
-            next_id: 1,
-            pending: Vec::new(),
-            child: Some(child),
-            exited: None,
-        };
         let opts = Options {
             attach_stdio: false, // inherited already
             ..opts
         };
-        match client_handshake(&mut inner.conn, &opts) {
-            Ok(h) => Self::from_handshake(inner, h, &opts),
-            Err(e) => Err(gone(&mut inner, format!("handshake: {e}"))),
+        match client_handshake(&mut conn, &opts) {
+            Ok(h) => Self::from_handshake(conn, Some(child), h, &opts),
+            Err(e) => {
+                // Say how the executor ended, if it did, rather than what the channel saw.
+                conn.shutdown();
+                Err(match reap_child(&mut child) {
+                    ExitReport::Unknown => e,
+                    r => r.to_error(),
+                })
+            }
         }
     }
 
     /// Connect to a listening `kiln-executor`.
     pub fn connect(endpoint: &Endpoint, opts: Options) -> Result<RemoteExecutor> {
-        let conn = match endpoint {
+        let mut conn = match endpoint {
             Endpoint::Unix(p) => {
                 let s = UnixStream::connect(p)
                     .map_err(|e| channel(format!("cannot connect to {}: {e}", p.display())))?;
@@ -157,18 +159,16 @@ impl RemoteExecutor {
                     .map_err(|e| channel(format!("cannot connect to {a}: {e}")))?,
             ),
         };
-        let mut inner = Inner {
-            conn,
-            next_id: 1,
-            pending: Vec::new(),
-            child: None,
-            exited: None,
-        };
-        let h = client_handshake(&mut inner.conn, &opts)?;
-        Self::from_handshake(inner, h, &opts)
+        let h = client_handshake(&mut conn, &opts)?;
+        Self::from_handshake(conn, None, h, &opts)
     }
 
-    fn from_handshake(inner: Inner, h: Handshake, opts: &Options) -> Result<RemoteExecutor> {
+    fn from_handshake(
+        conn: Conn,
+        child: Option<Child>,
+        h: Handshake,
+        opts: &Options,
+    ) -> Result<RemoteExecutor> {
         let shared = match opts.memory {
             MemoryMode::Auto => h.shared_memory,
             MemoryMode::Copy => false,
@@ -184,7 +184,7 @@ impl RemoteExecutor {
             bootstrap: h.bootstrap,
             shared,
             slabs: h.slabs,
-            inner: Mutex::new(inner),
+            mux: Arc::new(Mux::new(conn, child)?),
             mapped: Mutex::new(HashMap::new()),
             book: Mutex::new(SlabBook::default()),
         })
@@ -200,115 +200,19 @@ impl RemoteExecutor {
         self.info.pid
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| channel("the connection's lock is poisoned"))
-    }
-
     /// Send `call` (with any pending slab writes) and wait for its reply.
-    fn call(&self, call: Call) -> Result<(Value, Vec<OwnedFd>)> {
-        let mut inner = self.lock()?;
-        let inner = &mut *inner;
-        if let Some(r) = inner.exited {
-            return Err(r.to_error());
-        }
-        let id = inner.next_id;
-        inner.next_id += 1;
-        let req = Request {
-            id,
-            writes: std::mem::take(&mut inner.pending),
-            call,
-        };
-        if let Err(e) = inner.conn.send(&req, &[]) {
-            return Err(gone(inner, e));
-        }
-        loop {
-            let frame = match inner.conn.recv(MAX_FRAME) {
-                Ok(f) => f,
-                Err(e) => return Err(gone(inner, e)),
-            };
-            let msg: Message = match frame.decode() {
-                Ok(m) => m,
-                Err(e) => {
-                    inner.conn.shutdown();
-                    return Err(channel(format!("from the executor: {e}")));
-                }
-            };
-            match msg {
-                Message::Reply { id: rid, result } if rid == id => {
-                    return match result {
-                        Ok(v) => Ok((v, frame.fds)),
-                        Err(e) => Err(Error::Remote(e)),
-                    }
-                }
-                Message::Reply { id: rid, .. } => {
-                    inner.conn.shutdown();
-                    return Err(channel(format!(
-                        "reply to request {rid} while waiting for {id}"
-                    )));
-                }
-                Message::Output { stream, bytes } => forward_output(stream, &bytes),
-                Message::Exited(r) => {
-                    inner.exited = Some(r);
-                    reap(inner);
-                    return Err(r.to_error());
-                }
-                Message::ProtocolError(why) => {
-                    inner.conn.shutdown();
-                    return Err(channel(format!(
-                        "the executor closed the connection: {why}"
-                    )));
-                }
-            }
-        }
+    fn call(&self, call: Call) -> Result<Reply> {
+        self.mux.call(call)
     }
 
     /// Ask the executor to leave with `status` as a native program would (exit handlers, the
     /// units' finalizers, stdio flushed) and wait until it has; how it ended.
     pub fn exit(&self, status: i32) -> Result<ExitReport> {
-        let mut inner = self.lock()?;
-        let inner = &mut *inner;
-        if let Some(r) = inner.exited {
-            return Ok(r);
-        }
-        let req = Request {
-            id: 0,
-            writes: Vec::new(),
-            call: Call::Exit(status),
-        };
-        let _ = inner.conn.send(&req, &[]);
-        loop {
-            match inner
-                .conn
-                .recv(MAX_FRAME)
-                .and_then(|f| f.decode::<Message>())
-            {
-                Ok(Message::Output { stream, bytes }) => forward_output(stream, &bytes),
-                Ok(Message::Exited(r)) => {
-                    inner.exited = Some(r);
-                    break;
-                }
-                Ok(_) => continue,
-                Err(_) => break,
-            }
-        }
-        if let Some(child) = inner.child.as_mut() {
-            // Exit handlers may take their time: wait for them.
-            let st = child.wait().map_err(channel)?;
-            inner.child = None;
-            inner.exited = Some(ExitReport::from_status(st));
-        }
-        inner.conn.shutdown();
-        Ok(inner.exited.unwrap_or(ExitReport::Unknown))
+        self.mux.exit(status)
     }
 
-    fn queue(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
-        let mut inner = self.lock()?;
-        inner
-            .pending
-            .extend(writes.iter().map(|w| to_wire(slab, w)));
-        Ok(())
+    fn queue(&self, slab: SlabId, writes: &[SlabWrite<'_>]) {
+        self.mux.queue(writes.iter().map(|w| to_wire(slab, w)));
     }
 
     fn with_mapped<R>(&self, slab: SlabId, f: impl FnOnce(&SharedSlab) -> Result<R>) -> Result<R> {
@@ -486,59 +390,10 @@ pub fn client_handshake(conn: &mut Conn, opts: &Options) -> Result<Handshake> {
     }
 }
 
-fn forward_output(stream: u8, bytes: &[u8]) {
-    // The program's output is ours; if our own stdout is gone there is nobody to tell.
-    let _ = if stream == 2 {
-        std::io::stderr().write_all(bytes)
-    } else {
-        let mut o = std::io::stdout();
-        o.write_all(bytes).and_then(|_| o.flush())
-    };
-}
-
-/// The connection failed: if we started the executor, find out how it ended (it is reaped
-/// either way, within about a second), and say that rather than the channel error.
-fn gone(inner: &mut Inner, e: impl std::fmt::Display) -> Error {
-    inner.conn.shutdown();
-    if inner.child.is_some() {
-        reap(inner);
-    }
-    match inner.exited {
-        Some(r) => r.to_error(),
-        None => channel(format!("lost the connection to the executor: {e}")),
-    }
-}
-
-/// Wait for our child (up to a second after its channel closed), killing it if it lingers.
-fn reap(inner: &mut Inner) {
-    let Some(child) = inner.child.as_mut() else {
-        return;
-    };
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(None) => {
-                let _ = child.kill();
-                break child.wait().ok();
-            }
-            Err(_) => break None,
-        }
-    };
-    inner.child = None;
-    if inner.exited.is_none() {
-        inner.exited = Some(status.map_or(ExitReport::Unknown, ExitReport::from_status));
-    }
-}
-
 impl Drop for RemoteExecutor {
     fn drop(&mut self) {
-        if let Ok(inner) = self.inner.get_mut() {
-            // The executor sees the hangup and leaves without running anything further.
-            inner.conn.shutdown();
-            reap(inner);
-        }
+        // The executor sees the hangup and leaves without running anything further.
+        self.mux.close();
     }
 }
 
@@ -684,7 +539,8 @@ impl Executor for RemoteExecutor {
         if self.shared {
             self.with_mapped(slab, |m| m.write(writes))
         } else {
-            self.queue(slab, writes)
+            self.queue(slab, writes);
+            Ok(())
         }
     }
 
@@ -841,5 +697,32 @@ impl Executor for RemoteExecutor {
             Value::Word(w) => Ok(w),
             v => Err(unexpected(v)),
         }
+    }
+
+    /// The key is declared in the executor's registry; `handler` runs here, in a thread
+    /// waiting on this executor, when the executor first needs the function (see
+    /// [`RemoteExecutor`]).
+    fn declare_lazy(&self, handler: LazyHandler) -> Result<StubKey> {
+        match RemoteExecutor::call(self, Call::DeclareLazy)?.0 {
+            Value::Key(k) => {
+                self.mux.add_lazy(k, handler);
+                Ok(k)
+            }
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn forget_lazy(&self, key: StubKey) -> Result<()> {
+        RemoteExecutor::call(self, Call::ForgetLazy(key))?;
+        self.mux.forget_lazy(key);
+        Ok(())
+    }
+
+    /// Runs here, when a handler fails; its answer travels to the executor with the failure.
+    /// Without one (or with `None` from it), the executor process aborts with the handler's
+    /// message on its standard error.
+    fn set_lazy_error_handler(&self, handler: Option<LazyErrorHandler>) -> Result<()> {
+        self.mux.set_error_handler(handler);
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@ pub mod auth;
 mod book;
 pub mod client;
 pub mod listen;
+mod mux;
 pub mod proto;
 pub mod server;
 pub mod wire;

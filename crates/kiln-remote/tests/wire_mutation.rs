@@ -11,8 +11,8 @@
 use kiln_remote::proto::*;
 use kiln_remote::wire::{self, read_frame, Source, WireError, MAX_FRAME, MAX_HELLO_FRAME};
 use kiln_target::{
-    Action, ActionPair, AllocId, Bytes, ExecutorAddr, FinalizeRequest, LibraryId, MemProt,
-    PerfMapEntry, Placement, Segment, SegmentMove, SlabId, SlabInfo, TargetInfo,
+    Action, ActionPair, AllocId, Bytes, ExecutorAddr, FinalizeRequest, LazyRequest, LibraryId,
+    MemProt, PerfMapEntry, Placement, Segment, SegmentMove, SlabId, SlabInfo, StubKey, TargetInfo,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -357,6 +357,10 @@ fn calls() -> Vec<Call> {
             args: vec!["prog".into(), String::new(), "ünïcødé".into()],
         },
         Call::CallVoid(addr(0x7f12_3456_0020)),
+        Call::CallWithArgs {
+            f: addr(0x7f12_3456_0040),
+            args: vec![0, u64::MAX, 42],
+        },
         Call::Exit(-1),
         Call::ReadMemory {
             addr: addr(0x7f12_3456_0040),
@@ -400,6 +404,52 @@ fn calls() -> Vec<Call> {
             moves: Vec::new(),
             actions: Vec::new(),
         },
+        Call::DeclareLazy,
+        Call::ForgetLazy(StubKey(u64::MAX)),
+        Call::Resolved {
+            resolve: 1,
+            resolution: Resolution::Resolved(addr(0x7f12_3456_0080)),
+        },
+        Call::Resolved {
+            resolve: u64::MAX,
+            resolution: Resolution::Failed {
+                message: "the controller's handler failed: no such method".into(),
+                continue_at: Some(addr(0x7f12_3456_00c0)),
+            },
+        },
+        Call::Resolved {
+            resolve: 0,
+            resolution: Resolution::Failed {
+                message: String::new(),
+                continue_at: None,
+            },
+        },
+        Call::ForResolution {
+            resolve: 3,
+            call: CodeCall::CallWithArgs {
+                f: addr(0x7f12_3456_0040),
+                args: vec![1, 2],
+            },
+        },
+        Call::ForResolution {
+            resolve: u64::MAX,
+            call: CodeCall::RunInitializers(AllocId(5)),
+        },
+        Call::ForResolution {
+            resolve: 1,
+            call: CodeCall::RunMain {
+                entry: addr(0x7f12_3456_0000),
+                args: vec!["x".into()],
+            },
+        },
+        Call::ForResolution {
+            resolve: 2,
+            call: CodeCall::Deallocate(AllocId(0)),
+        },
+        Call::ForResolution {
+            resolve: 4,
+            call: CodeCall::CallVoid(addr(1)),
+        },
     ]
 }
 
@@ -432,7 +482,10 @@ fn requests() -> Vec<Request> {
                 u64::MAX - i as u64
             },
             // Copy mode batches writes with the call that needs them.
-            writes: if matches!(call, Call::Write | Call::Finalize(_)) {
+            writes: if matches!(
+                call,
+                Call::Write | Call::Finalize(_) | Call::Resolved { .. }
+            ) {
                 writes.clone()
             } else {
                 Vec::new()
@@ -465,6 +518,9 @@ fn messages() -> Vec<Message> {
         Value::Moved {
             error: Some("registering it there failed: TLS module 0x7 is registered already".into()),
         },
+        Value::Word(u64::MAX),
+        Value::Key(StubKey(1)),
+        Value::Key(StubKey(u64::MAX)),
     ];
     let mut m: Vec<Message> = values
         .into_iter()
@@ -497,6 +553,15 @@ fn messages() -> Vec<Message> {
     m.push(Message::ProtocolError(
         "malformed frame at stream offset 0".into(),
     ));
+    for (id, key, ret) in [(1, 1, 0x7f12_3456_0009), (u64::MAX, u64::MAX, 0)] {
+        m.push(Message::Resolve {
+            id,
+            request: LazyRequest {
+                key: StubKey(key),
+                return_addr: addr(ret),
+            },
+        });
+    }
     m
 }
 

@@ -1,6 +1,6 @@
 //! The `Executor` trait: the only way the controller reaches the process that runs the code.
 
-use crate::{ExecutorAddr, MemProt, Result};
+use crate::{ExecutorAddr, LazyErrorHandler, LazyHandler, MemProt, Result, StubKey};
 use std::path::Path;
 
 /// Facts about the executor that the linker needs.
@@ -400,6 +400,46 @@ pub trait Executor: Send + Sync {
     fn call(&self, _f: ExecutorAddr, _args: &[u64]) -> Result<u64> {
         Err(crate::Error::InvalidRequest(
             "this executor cannot call functions with arguments".into(),
+        ))
+    }
+
+    /// The address of the lazy-resolution trampoline in the executor: where a new lazy stub
+    /// ([`crate::LAZY_STUB`]) jumps. The default finds it among [`Executor::runtime_symbols`]
+    /// (as [`crate::LAZY_TRAMPOLINE_SYMBOL`]).
+    fn lazy_trampoline(&self) -> Result<ExecutorAddr> {
+        self.runtime_symbols()
+            .iter()
+            .find(|(n, _)| n == crate::LAZY_TRAMPOLINE_SYMBOL)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                crate::Error::InvalidRequest("this executor has no lazy functions".into())
+            })
+    }
+
+    /// Declare a lazy function resolved by `handler`, which runs exactly once, on the first
+    /// call of a stub holding the returned key (see [`crate::LazyRuntime::declare`] for what
+    /// a handler may do). In process the handler runs in the calling thread; out of process the
+    /// executor asks the controller, where the handler runs, and waits for its answer.
+    fn declare_lazy(&self, _handler: LazyHandler) -> Result<StubKey> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no lazy functions".into(),
+        ))
+    }
+
+    /// Forget a key this executor declared (its stub must no longer be called); any other
+    /// key is refused.
+    fn forget_lazy(&self, _key: StubKey) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no lazy functions".into(),
+        ))
+    }
+
+    /// Set (or remove) the handler that decides where a call continues when a lazy function's
+    /// handler fails (see [`crate::LazyRuntime::set_error_handler`]); without one, the
+    /// executor process aborts. In process this is the process-wide error handler.
+    fn set_lazy_error_handler(&self, _handler: Option<LazyErrorHandler>) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no lazy functions".into(),
         ))
     }
 }
