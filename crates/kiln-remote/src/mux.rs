@@ -69,7 +69,9 @@ struct Sender {
 struct Inbox {
     /// The reading end; `None` while a thread reads from it.
     reader: Option<Conn>,
-    /// Requests sent and not answered: `None` until the reply arrives.
+    /// Requests sent and not answered: `None` until the reply arrives. An error is the
+    /// executor's message as it came over the wire (`Reply::result`); it becomes
+    /// `kiln_target::Error::Remote`.
     replies: HashMap<u64, Option<std::result::Result<Reply, String>>>,
     ended: Option<Ended>,
 }
