@@ -839,6 +839,9 @@ fn address_errors_are_typed() {
     }
 }
 
+/// A controller's hello (the encoded frame), made from the executor's.
+type MakeHello = Box<dyn FnOnce(&ServerHello) -> Vec<u8>>;
+
 /// The executor's side of the handshake on a socket pair, against a controller that sends
 /// `hello` (built from the executor's hello); the greeting's error and what the peer was told.
 fn greet_with(
@@ -887,11 +890,7 @@ fn handshake_errors_are_typed() {
     };
     let wrong = Token::new(b"not-the-right-token-at-all").unwrap();
     let next = PROTOCOL_VERSION + 1;
-    let cases: Vec<(
-        &str,
-        Option<Token>,
-        Box<dyn FnOnce(&ServerHello) -> Vec<u8>>,
-    )> = vec![
+    let cases: Vec<(&str, Option<Token>, MakeHello)> = vec![
         ("next version", None, Box::new(client(next, MAGIC, None))),
         (
             "wrong magic",
