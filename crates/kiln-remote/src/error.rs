@@ -102,10 +102,14 @@ impl SetupError {
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The system's random source failed.
     #[error("no random nonce: {0}")]
     Nonce(std::io::Error),
+    /// The connection refused a read timeout (the hello must come within
+    /// [`crate::server::HANDSHAKE_TIMEOUT`]).
     #[error("setting the handshake timeout: {0}")]
-    Timeout(std::io::Error),
+    SetTimeout(std::io::Error),
+    /// Our hello could not be sent (the peer is gone).
     #[error("sending hello: {0}")]
     SendHello(WireError),
     /// The controller's hello did not arrive (closed, timed out, too large).

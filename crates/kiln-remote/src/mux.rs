@@ -275,7 +275,9 @@ impl Mux {
     }
 
     /// Where a lazy function continues: its handler's address, or after a failure the error
-    /// handler's choice. The handler runs once per key, whatever the executor asks.
+    /// handler's choice. The handler runs once per key, whatever the executor asks. A failure
+    /// is text: the message of `Resolution::Failed`, which travels to the executor and is what
+    /// the error handler (`LazyErrorHandler`) is given.
     fn resolve(&self, request: LazyRequest) -> Resolution {
         let key = request.key;
         let handler = {

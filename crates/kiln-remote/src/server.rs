@@ -33,7 +33,7 @@ pub struct Greeted {
 pub fn greet(conn: &mut Conn, token: Option<&Token>) -> Result<Greeted, HandshakeError> {
     let sn = nonce().map_err(HandshakeError::Nonce)?;
     conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(HandshakeError::Timeout)?;
+        .map_err(HandshakeError::SetTimeout)?;
     conn.send(
         &ServerHello {
             magic: MAGIC,
