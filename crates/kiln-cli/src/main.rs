@@ -164,7 +164,10 @@ fn parse_executor(s: &str) -> Result<ExecutorChoice, String> {
         "inprocess" | "in-process" => Ok(ExecutorChoice::InProcess),
         "spawn" => Ok(ExecutorChoice::Spawn(None)),
         _ => match (s.strip_prefix("connect="), s.strip_prefix("spawn=")) {
-            (Some(e), _) => e.parse().map(ExecutorChoice::Connect),
+            (Some(e), _) => e
+                .parse()
+                .map(ExecutorChoice::Connect)
+                .map_err(|e: kiln_remote::SetupError| e.to_string()),
             (_, Some(program)) if !program.is_empty() => {
                 Ok(ExecutorChoice::Spawn(Some(program.into())))
             }
@@ -405,10 +408,9 @@ fn cxx_runtime_reason(
 /// Start or reach the executor the user chose.
 fn remote_executor(choice: &ExecutorChoice, r: &RemoteArgs) -> Result<kiln_remote::RemoteExecutor> {
     let token = match &r.token_file {
-        Some(f) => Some(kiln_remote::Token::from_file(f).map_err(anyhow::Error::msg)?),
-        None => kiln_remote::Token::from_env()
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
+        // The errors name the file or KILN_TOKEN.
+        Some(f) => Some(kiln_remote::Token::from_file(f)?),
+        None => kiln_remote::Token::from_env().transpose()?,
     };
     let opts = kiln_remote::Options {
         memory: r.memory,

@@ -3,6 +3,7 @@
 
 use crate::auth::{nonce, Token};
 use crate::book::{registered_ranges, SlabBook};
+use crate::error::SetupError;
 use crate::mux::{reap_child, Mux, Reply};
 use crate::proto::*;
 use crate::wire::{Conn, MAX_HELLO_FRAME};
@@ -31,13 +32,13 @@ pub enum MemoryMode {
 }
 
 impl std::str::FromStr for MemoryMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = SetupError;
+    fn from_str(s: &str) -> std::result::Result<Self, SetupError> {
         match s {
             "auto" => Ok(MemoryMode::Auto),
             "shared" => Ok(MemoryMode::Shared),
             "copy" => Ok(MemoryMode::Copy),
-            _ => Err(format!("{s:?}: expected shared, copy or auto")),
+            _ => Err(SetupError::BadMemoryMode { text: s.into() }),
         }
     }
 }
@@ -51,20 +52,24 @@ pub enum Endpoint {
 }
 
 impl std::str::FromStr for Endpoint {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = SetupError;
+    fn from_str(s: &str) -> std::result::Result<Self, SetupError> {
+        let bad = |why| SetupError::BadAddress {
+            text: s.into(),
+            why,
+        };
         if let Some(p) = s.strip_prefix("unix:") {
             if p.is_empty() {
-                return Err("unix: needs a socket path".into());
+                return Err(bad("needs a socket path"));
             }
             Ok(Endpoint::Unix(p.into()))
         } else if let Some(a) = s.strip_prefix("tcp:") {
             if !a.contains(':') {
-                return Err(format!("tcp:{a}: expected tcp:HOST:PORT"));
+                return Err(bad("expected tcp:HOST:PORT"));
             }
             Ok(Endpoint::Tcp(a.into()))
         } else {
-            Err(format!("{s:?}: expected unix:PATH or tcp:HOST:PORT"))
+            Err(bad("expected unix:PATH or tcp:HOST:PORT"))
         }
     }
 }

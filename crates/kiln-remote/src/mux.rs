@@ -69,7 +69,9 @@ struct Sender {
 struct Inbox {
     /// The reading end; `None` while a thread reads from it.
     reader: Option<Conn>,
-    /// Requests sent and not answered: `None` until the reply arrives.
+    /// Requests sent and not answered: `None` until the reply arrives. An error is the
+    /// executor's message as it came over the wire (`Reply::result`); it becomes
+    /// `kiln_target::Error::Remote`.
     replies: HashMap<u64, Option<std::result::Result<Reply, String>>>,
     ended: Option<Ended>,
 }
@@ -273,7 +275,9 @@ impl Mux {
     }
 
     /// Where a lazy function continues: its handler's address, or after a failure the error
-    /// handler's choice. The handler runs once per key, whatever the executor asks.
+    /// handler's choice. The handler runs once per key, whatever the executor asks. A failure
+    /// is text: the message of `Resolution::Failed`, which travels to the executor and is what
+    /// the error handler (`LazyErrorHandler`) is given.
     fn resolve(&self, request: LazyRequest) -> Resolution {
         let key = request.key;
         let handler = {

@@ -277,6 +277,8 @@ pub enum Resolution {
 pub enum Message {
     Reply {
         id: u64,
+        /// An error as the executor's text: the controller shows it, and acts only on the
+        /// request having failed (`kiln_target::Error::Remote`).
         result: Result<Value, String>,
     },
     /// Bytes the program wrote to its standard output (1) or error (2), when forwarded.

@@ -2,6 +2,7 @@
 //! that runs code in process ([`InProcessExecutor`]).
 
 use crate::auth::{nonce, Token};
+use crate::error::HandshakeError;
 use crate::proto::*;
 use crate::wire::{Conn, WireError, MAX_FRAME, MAX_HELLO_FRAME};
 use kiln_target::{
@@ -29,10 +30,10 @@ pub struct Greeted {
 /// read the controller's, check its version and (with a token) its proof. On failure a
 /// `Welcome::Refused` has been sent (when possible) and the connection should be dropped;
 /// nothing else is read from it.
-pub fn greet(conn: &mut Conn, token: Option<&Token>) -> Result<Greeted, String> {
-    let sn = nonce().map_err(|e| format!("no random nonce: {e}"))?;
+pub fn greet(conn: &mut Conn, token: Option<&Token>) -> Result<Greeted, HandshakeError> {
+    let sn = nonce().map_err(HandshakeError::Nonce)?;
     conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(HandshakeError::SetTimeout)?;
     conn.send(
         &ServerHello {
             magic: MAGIC,
@@ -42,33 +43,32 @@ pub fn greet(conn: &mut Conn, token: Option<&Token>) -> Result<Greeted, String> 
         },
         &[],
     )
-    .map_err(|e| format!("sending hello: {e}"))?;
+    .map_err(HandshakeError::SendHello)?;
     let frame = conn
         .recv(MAX_HELLO_FRAME)
-        .map_err(|e| format!("reading the controller's hello: {e}"))?;
-    let refuse = |conn: &mut Conn, why: String| {
-        let _ = conn.send(&Welcome::Refused(why.clone()), &[]);
+        .map_err(HandshakeError::ReadHello)?;
+    // The peer is told why, in the error's words.
+    let refuse = |conn: &mut Conn, why: HandshakeError| {
+        let _ = conn.send(&Welcome::Refused(why.to_string()), &[]);
         why
     };
     let hello: ClientHello = match frame.decode() {
         Ok(h) => h,
-        Err(e) => return Err(refuse(conn, format!("bad hello: {e}"))),
+        Err(e) => return Err(refuse(conn, HandshakeError::BadHello(e))),
     };
-    if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
-        return Err(refuse(
-            conn,
-            format!(
-                "protocol version {} is not this executor's {PROTOCOL_VERSION}",
-                hello.version
-            ),
-        ));
+    if hello.magic != MAGIC {
+        return Err(refuse(conn, HandshakeError::NotKiln));
+    }
+    if hello.version != PROTOCOL_VERSION {
+        let theirs = hello.version;
+        return Err(refuse(conn, HandshakeError::Version { theirs }));
     }
     if let Some(t) = token {
         let ok = hello
             .mac
             .is_some_and(|m| t.verify_client(&sn, &hello.nonce, &m));
         if !ok {
-            return Err(refuse(conn, "authentication failed".into()));
+            return Err(refuse(conn, HandshakeError::AuthenticationFailed));
         }
     }
     let stdio = if hello.stdio_attached && frame.fds.len() == 3 {
@@ -325,6 +325,7 @@ impl Link {
     /// A lazy function's handler in the executor: ask the controller, serve what it asks
     /// meanwhile, and continue where it says. A failure without a place to continue goes back
     /// to the registry as an error (which aborts, unless this process set an error handler).
+    /// The error is the controller's handler's message, as [`LazyHandler`] carries it.
     fn resolve(&'static self, request: LazyRequest) -> Result<ExecutorAddr, String> {
         let id = self.next_resolve.fetch_add(1, Ordering::Relaxed);
         lock(&self.inbox).answers.insert(id, None);
