@@ -37,10 +37,18 @@
 
 mod error;
 mod graph;
+mod ic;
 mod jit;
+mod pic;
+mod redefine;
+mod window;
 mod zone;
 
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
+pub use ic::{IcState, IcUpdate, MonoIc};
 pub use jit::{HeapRef, Jit, Linked, RegionKind, Site};
+pub use pic::{KeyRegister, KeyWidth, Pic, PicConfig, PicState, PicTarget, MAX_PIC_CASES};
+pub use redefine::{Epoch, Reclaimed, Redefine, Redefined, Retired, RetiredKind};
+pub use window::WriteWindow;
 pub use zone::{Region, Zone, ZoneConfig, ZonePlacement};

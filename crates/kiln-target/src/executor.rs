@@ -313,13 +313,14 @@ pub trait Executor: Send + Sync {
     /// that the bytes of live allocations may be written too; refused over a range another call
     /// is writing, over unwind info or a TLS image the runtime reads (registered ranges), and
     /// over allocations being finalized, moved or deallocated. Writes go through the slab's
-    /// writable alias (never a writable and executable mapping), each naturally aligned 8-byte
-    /// word with one atomic store: a thread executing or reading an aligned word sees its old or
-    /// its new value, never a mix (wider changes are the caller's to order, e.g. write the body
-    /// first and the word that makes it reachable last). When a write touched the code region,
-    /// every thread of the executor is made to serialize its instruction stream before this
-    /// returns (`membarrier` SYNC_CORE; see docs/memory.md), so none can run the old bytes
-    /// afterwards. Writes are applied in order; on an error the earlier ones stay.
+    /// writable alias (never a writable and executable mapping), each naturally aligned piece
+    /// with one atomic store — 8-byte words, and where none fits 4-byte then 2-byte ones (an
+    /// aligned rel32 or imm32 is one store): a thread executing or reading an aligned piece sees
+    /// its old or its new value, never a mix (wider changes are the caller's to order, e.g.
+    /// write the body first and the word that makes it reachable last). When a write touched
+    /// the code region, every thread of the executor is made to serialize its instruction
+    /// stream before this returns (`membarrier` SYNC_CORE; see docs/memory.md), so none can run
+    /// the old bytes afterwards. Writes are applied in order; on an error the earlier ones stay.
     fn write_live(&self, _slab: SlabId, _writes: &[SlabWrite<'_>]) -> Result<()> {
         Err(crate::Error::InvalidRequest(
             "this executor has no slabs".into(),

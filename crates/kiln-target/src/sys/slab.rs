@@ -18,7 +18,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 use std::ffi::c_void;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 /// A slab of this process, owned by an executor's table. Dropping it unmaps it: the table gives
@@ -414,14 +414,15 @@ impl Source<'_> {
         }
     }
 
-    fn word(&self, i: usize) -> u64 {
+    /// `N` bytes from offset `i`, as one little-endian piece.
+    fn piece<const N: usize>(&self, i: usize) -> [u8; N] {
         match self {
             Source::Bytes(b) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(&b[i..i + 8]);
-                u64::from_le_bytes(w)
+                let mut w = [0u8; N];
+                w.copy_from_slice(&b[i..i + N]);
+                w
             }
-            Source::Fill(v) => u64::from_le_bytes([*v; 8]),
+            Source::Fill(v) => [*v; N],
         }
     }
 }
@@ -433,25 +434,57 @@ fn word_split(p: usize, len: usize) -> (usize, usize) {
     (head, (len - head) / 8)
 }
 
-/// Store `len` bytes of `src` at `dst`: aligned 8-byte words with one relaxed atomic store each,
-/// the unaligned head and tail byte by byte (relaxed atomics too: other threads may read them).
+/// The naturally aligned pieces `[p, p + len)` splits into, the largest that fits at each
+/// position: (offset, size 8, 4, 2 or 1).
+fn aligned_pieces(p: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= len {
+            return None;
+        }
+        let n = [8, 4, 2, 1]
+            .into_iter()
+            .find(|&n| (p + i).is_multiple_of(n) && i + n <= len)
+            .unwrap_or(1);
+        let piece = (i, n);
+        i += n;
+        Some(piece)
+    })
+}
+
+/// Store `len` bytes of `src` at `dst`, each naturally aligned piece (8, 4 or 2 bytes, the
+/// largest that fits at each position; single bytes where none does) with one relaxed atomic
+/// store: a thread reading or executing an aligned 4-byte field (a rel32, an imm32) or 8-byte
+/// word sees its old or its new value, never a mix.
 ///
 /// # Safety
 /// `dst..dst+len` is writable memory that no reference covers and no other writer touches until
 /// this returns; `src` holds at least `len` bytes.
 unsafe fn store_words(dst: *mut u8, len: usize, src: &Source<'_>) {
-    let (head, words) = word_split(dst as usize, len);
-    let tail_start = head + 8 * words;
-    for i in (0..head).chain(tail_start..len) {
-        // SAFETY: `dst + i` is inside the range (this function's contract); a byte is always
-        // aligned for `AtomicU8`.
-        unsafe { (*(dst.add(i) as *const AtomicU8)).store(src.byte(i), Ordering::Relaxed) };
-    }
-    for k in 0..words {
-        let i = head + 8 * k;
-        // SAFETY: `dst + i` is 8-byte aligned (`word_split`) and its 8 bytes are inside the
-        // range (this function's contract).
-        unsafe { (*(dst.add(i) as *const AtomicU64)).store(src.word(i), Ordering::Relaxed) };
+    for (i, n) in aligned_pieces(dst as usize, len) {
+        let at = dst.wrapping_add(i);
+        match n {
+            8 => {
+                let v = u64::from_le_bytes(src.piece(i));
+                // SAFETY: `at` is 8-byte aligned and its 8 bytes are inside the range
+                // (`aligned_pieces`, and this function's contract).
+                unsafe { (*(at as *const AtomicU64)).store(v, Ordering::Relaxed) }
+            }
+            4 => {
+                let v = u32::from_le_bytes(src.piece(i));
+                // SAFETY: as above, 4 bytes, 4-byte aligned.
+                unsafe { (*(at as *const AtomicU32)).store(v, Ordering::Relaxed) }
+            }
+            2 => {
+                let v = u16::from_le_bytes(src.piece(i));
+                // SAFETY: as above, 2 bytes, 2-byte aligned.
+                unsafe { (*(at as *const AtomicU16)).store(v, Ordering::Relaxed) }
+            }
+            _ => {
+                // SAFETY: `at` is inside the range; a byte is always aligned for `AtomicU8`.
+                unsafe { (*(at as *const AtomicU8)).store(src.byte(i), Ordering::Relaxed) }
+            }
+        }
     }
 }
 
@@ -762,6 +795,18 @@ impl Drop for SharedSlab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_writes_split_into_aligned_pieces() {
+        let pieces = |p, len| aligned_pieces(p, len).collect::<Vec<_>>();
+        // An aligned rel32 or imm32 is one piece, wherever it lies in an 8-byte word.
+        assert_eq!(pieces(0x1004, 4), [(0, 4)]);
+        assert_eq!(pieces(0x1000, 4), [(0, 4)]);
+        assert_eq!(pieces(0x1000, 8), [(0, 8)]);
+        assert_eq!(pieces(0x1003, 9), [(0, 1), (1, 4), (5, 4)]);
+        assert_eq!(pieces(0x1002, 3), [(0, 2), (2, 1)]);
+        assert_eq!(pieces(0x1001, 0), []);
+    }
 
     #[test]
     fn live_writes_store_and_load_every_byte() {
