@@ -94,9 +94,18 @@ pub enum IcUpdate {
 #[derive(Clone, Copy, Debug)]
 enum Phase {
     /// `hit_until`: the epoch in which the guard last could hit (`None`: never).
-    Empty { hit_until: Option<u64> },
-    Set { key: u64, target: Place },
-    Pending { key: u64, target: Place, since: u64 },
+    Empty {
+        hit_until: Option<u64>,
+    },
+    Set {
+        key: u64,
+        target: Place,
+    },
+    Pending {
+        key: u64,
+        target: Place,
+        since: u64,
+    },
 }
 
 /// What kiln-jit keeps of an inline cache, by the place of its key site.
@@ -180,12 +189,7 @@ impl Jit {
             .map(|(p, r)| (*p, r.clone()))
             .collect();
         for (place, rec) in due {
-            let Phase::Pending {
-                key,
-                target,
-                since,
-            } = rec.phase
-            else {
+            let Phase::Pending { key, target, since } = rec.phase else {
                 continue;
             };
             let done = self.fill(book, place, &rec, key, target);
@@ -211,7 +215,14 @@ impl Jit {
     }
 
     /// Steps of case 1: the call to `target`, then the key.
-    fn fill(&self, book: &mut Book, place: Place, rec: &IcRecord, key: u64, target: Place) -> Result<()> {
+    fn fill(
+        &self,
+        book: &mut Book,
+        place: Place,
+        rec: &IcRecord,
+        key: u64,
+        target: Place,
+    ) -> Result<()> {
         let stale = || Error::Stale("the inline cache's unit is gone or retired".to_string());
         let key_site = self.site_at(place, rec.key_kind).ok_or_else(stale)?;
         let call_site = self
@@ -276,7 +287,10 @@ impl MonoIc {
         let (place, rec) = self.record(jit, &mut book)?;
         let quiet = |hit_until: Option<u64>| hit_until.is_none_or(|e| e < last_safe);
         match rec.phase {
-            Phase::Set { key: k0, target: t0 } if t0 == target_place => {
+            Phase::Set {
+                key: k0,
+                target: t0,
+            } if t0 == target_place => {
                 if k0 != key {
                     jit.store(&self.key, &key_bytes)?;
                     rec.phase = Phase::Set {
@@ -363,11 +377,7 @@ impl MonoIc {
                 key,
                 target: at(target)?,
             },
-            Phase::Pending {
-                key,
-                target,
-                since,
-            } => IcState::Pending {
+            Phase::Pending { key, target, since } => IcState::Pending {
                 key,
                 target: at(target)?,
                 since: Epoch(since),

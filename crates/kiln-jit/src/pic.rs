@@ -262,7 +262,11 @@ impl Jit {
         let miss = self.edge_target(book, &record.miss)?;
         let (code, edges) = pic_code(record.register, record.width, &cases, &miss)?;
         book.pics_made += 1;
-        let name = format!("__kiln_pic_{:x}_{}", self.zone().range().0 .0, book.pics_made);
+        let name = format!(
+            "__kiln_pic_{:x}_{}",
+            self.zone().range().0 .0,
+            book.pics_made
+        );
         let mut g = InMemoryGraph::new(name.as_str());
         g.add_function(&name, code, edges, None);
         let linked = self.link(RegionKind::Method, &JitGraph::new(g))?;
@@ -416,9 +420,7 @@ fn compare(register: KeyRegister, width: KeyWidth, key: u64) -> Vec<u8> {
     let mut c = Vec::with_capacity(13);
     let imm32 = match width {
         KeyWidth::Bits32 => Some((key as u32).to_le_bytes()),
-        KeyWidth::Bits64 => i32::try_from(key as i64)
-            .ok()
-            .map(|k| k.to_le_bytes()),
+        KeyWidth::Bits64 => i32::try_from(key as i64).ok().map(|k| k.to_le_bytes()),
     };
     match (width, imm32) {
         (_, None) => {
@@ -485,7 +487,12 @@ pub(crate) fn pic_code(
     }
     pad(&mut code, 1);
     code.push(0xe9);
-    edges.push(InMemoryEdge::new(field(&code)?, X86::BranchPCRel32, miss, -4));
+    edges.push(InMemoryEdge::new(
+        field(&code)?,
+        X86::BranchPCRel32,
+        miss,
+        -4,
+    ));
     code.extend([0; 4]);
     Ok((code, edges))
 }
@@ -502,7 +509,10 @@ mod tests {
         assert_eq!(compare(Rdi, Bits32, 7), [0x81, 0xff, 7, 0, 0, 0]);
         assert_eq!(compare(R9, Bits32, 7), [0x41, 0x81, 0xf9, 7, 0, 0, 0]);
         assert_eq!(compare(Rax, Bits64, 7), [0x48, 0x3d, 7, 0, 0, 0]);
-        assert_eq!(compare(R10, Bits64, u64::MAX), [0x49, 0x81, 0xfa, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            compare(R10, Bits64, u64::MAX),
+            [0x49, 0x81, 0xfa, 0xff, 0xff, 0xff, 0xff]
+        );
         let wide = compare(Rcx, Bits64, 0x1234_5678_9abc);
         assert_eq!(&wide[..2], [0x49, 0xbb]);
         assert_eq!(&wide[10..], [0x4c, 0x39, 0xd9]);

@@ -311,7 +311,7 @@ impl Jit {
             due
         };
         // Newest first: a retired unit that binds to an older one goes before it.
-        due.sort_unstable_by(|a, b| b.unit.cmp(&a.unit));
+        due.sort_unstable_by_key(|r| std::cmp::Reverse(r.unit));
         for r in due {
             if self.session().unit_segments(r.unit).is_err() {
                 continue; // the VM removed it already
@@ -356,7 +356,11 @@ impl Jit {
     /// The old unit is retired, not freed: threads may still run it until the VM reclaims it.
     ///
     /// Names the new graph does not define stay with the old unit until it is freed.
-    pub fn redefine<'a>(&self, old: impl Into<Redefine<'a>>, graph: &JitGraph) -> Result<Redefined> {
+    pub fn redefine<'a>(
+        &self,
+        old: impl Into<Redefine<'a>>,
+        graph: &JitGraph,
+    ) -> Result<Redefined> {
         check_annotations(graph)?;
         let mut book = self.book();
         let old = self.live_unit(old.into(), &book)?;
@@ -486,7 +490,10 @@ impl Jit {
                 continue;
             }
             let addr = self.address(to).ok_or_else(|| {
-                Error::Stale(format!("the new definition for the site at {} vanished", site.addr))
+                Error::Stale(format!(
+                    "the new definition for the site at {} vanished",
+                    site.addr
+                ))
             })?;
             if self.read_target(&site)? != addr {
                 self.retarget_in(book, &site, addr)?;

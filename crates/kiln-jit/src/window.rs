@@ -135,10 +135,7 @@ impl Jit {
         }
         let session = self.session();
         if let Some((unit, segment, offset)) = session.unit_at(addr) {
-            let size = session
-                .unit_segments(unit)?
-                .get(segment)
-                .map_or(0, |s| s.1);
+            let size = session.unit_segments(unit)?.get(segment).map_or(0, |s| s.1);
             if offset + len > size {
                 return Err(Error::Stale(format!(
                     "{addr}..+{len:#x} runs past the end of a segment of {unit}"
