@@ -171,8 +171,8 @@ pub(crate) struct PicRecord {
     miss: Kept,
     megamorphic: Option<Kept>,
     cases: Vec<(u64, Kept)>,
-    /// The stub the site reaches, and its entry (`None`: megamorphic).
-    stub: Option<(UnitId, ExecutorAddr)>,
+    /// The stub the site reaches, and where its entry is (`None`: megamorphic).
+    stub: Option<(UnitId, Place)>,
 }
 
 impl PicRecord {
@@ -254,7 +254,7 @@ impl Jit {
         book: &mut Book,
         site: &Site,
         record: &PicRecord,
-    ) -> Result<(UnitId, ExecutorAddr)> {
+    ) -> Result<(UnitId, Place)> {
         let mut cases = Vec::with_capacity(record.cases.len());
         for (k, t) in &record.cases {
             cases.push((*k, self.edge_target(book, t)?));
@@ -280,7 +280,7 @@ impl Jit {
             .ok_or_else(|| Error::Stale(format!("the PIC {name} has no address")))
             .and_then(|entry| self.retarget_in(book, site, entry).map(|()| entry));
         match installed {
-            Ok(entry) => Ok((linked.unit, entry)),
+            Ok(entry) => Ok((linked.unit, self.place(entry))),
             Err(e) => {
                 let _ = self.session().remove(linked.unit);
                 self.units().remove(&linked.unit);
@@ -371,7 +371,7 @@ impl Pic {
             record.stub = Some(jit.install_stub(&mut book, &self.site, &record)?);
         }
         jit.retire(&mut book, old, RetiredKind::Pic);
-        let state = state_of(&record);
+        let state = state_of(jit, &record);
         book.pics.insert(place, record);
         Ok(state)
     }
@@ -382,17 +382,17 @@ impl Pic {
         jit.check_site(&self.site)?;
         book.pics
             .get(&jit.place(self.site.addr))
-            .map(state_of)
+            .map(|r| state_of(jit, r))
             .ok_or_else(|| Error::Stale(format!("the site at {} has no PIC", self.site.addr)))
     }
 }
 
-fn state_of(r: &PicRecord) -> PicState {
+fn state_of(jit: &Jit, r: &PicRecord) -> PicState {
     match r.stub {
         Some((stub, entry)) => PicState::Polymorphic {
             cases: r.cases.len(),
             stub,
-            entry,
+            entry: jit.address(entry).unwrap_or(ExecutorAddr(0)),
         },
         None => PicState::Megamorphic,
     }

@@ -71,7 +71,7 @@ pub struct Retired {
     pub kind: RetiredKind,
     /// The epoch it was retired in: a `reclaim(e)` with `e > since` frees it.
     pub since: Epoch,
-    /// Its segments (address, size): where no frame, return address or saved pc may point
+    /// Its segments (address, size) now: where no frame, return address or saved pc may point
     /// when the VM reclaims it.
     pub segments: Vec<(ExecutorAddr, u64)>,
 }
@@ -282,9 +282,13 @@ impl Jit {
         Epoch(self.book().epoch)
     }
 
-    /// Retired units not yet freed.
+    /// Retired units not yet freed, with where they are now.
     pub fn retired(&self) -> Vec<Retired> {
-        self.book().retired.clone()
+        let mut retired = self.book().retired.clone();
+        for r in &mut retired {
+            r.segments = self.session().unit_segments(r.unit).unwrap_or_default();
+        }
+        retired
     }
 
     /// The VM declares that since `safe` began (it came from [`Jit::grace_start`]) every thread

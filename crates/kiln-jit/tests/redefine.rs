@@ -45,6 +45,20 @@ fn caller(name: &str, callee: &str) -> JitGraph {
     g
 }
 
+/// `NAME() { return CALLEE(); }` through the unit's GOT: `xchg %ax,%ax; call *CALLEE@GOTPCREL(%rip);
+/// ret`.
+fn through_got(name: &str, callee: &str) -> JitGraph {
+    let code = vec![0x66, 0x90, 0xff, 0x15, 0, 0, 0, 0, 0xc3];
+    let mut g = InMemoryGraph::new(name);
+    g.add_function(
+        name,
+        code,
+        vec![InMemoryEdge::new(4, EdgeKind::GotDelta32, callee, -4)],
+        None,
+    );
+    JitGraph::new(g)
+}
+
 /// `NAME() { return (*SLOT)(); }` as `movabs $SLOT, %rax; call *%rax; ret`, the imm64 an
 /// `Abs64` site at 8 (no edge: the VM fills it).
 fn through_slot(name: &str) -> JitGraph {
@@ -95,14 +109,16 @@ fn guarded(name: &str, miss: &str) -> JitGraph {
 
 /// Every path to `f` the test sets up: (entry, argument).
 fn paths(s: &Session) -> Vec<(ExecutorAddr, u64)> {
-    ["via_call", "via_site", "via_slot", "via_pic", "via_ic"]
-        .iter()
-        .zip([0, 0, 0, 7, CLASS])
-        .map(|(n, arg)| (s.lookup(n).unwrap(), arg))
-        .collect()
+    [
+        "via_call", "via_got", "via_site", "via_slot", "via_pic", "via_ic",
+    ]
+    .iter()
+    .zip([0, 0, 0, 0, 7, CLASS])
+    .map(|(n, arg)| (s.lookup(n).unwrap(), arg))
+    .collect()
 }
 
-/// f (generation 1) and five ways to reach it.
+/// f (generation 1) and six ways to reach it.
 fn setup() -> (Arc<Session>, Arc<Jit>) {
     let s = session();
     let jit = Arc::new(Jit::new(s.clone(), &ZoneConfig::new(8 << 20)).unwrap());
@@ -113,6 +129,9 @@ fn setup() -> (Arc<Session>, Arc<Jit>) {
     let f = s.lookup("f").unwrap();
     // A relinked direct call (kiln core).
     jit.link(RegionKind::Method, &caller("via_call", "f"))
+        .unwrap();
+    // A GOT entry (kiln core).
+    jit.link(RegionKind::Method, &through_got("via_got", "f"))
         .unwrap();
     // A site in the fixed region (no relink record) retargeted by the VM.
     let site = jit
