@@ -165,11 +165,14 @@ fn main() -> kiln_jit::Result<()> {
     );
     // Grow 3 -> 4 cases.
     let mut grow = Duration::ZERO;
-    for _ in 0..builds {
+    for i in 0..builds {
         let pic = jit.build_pic(&site, &config, &four[..3])?;
         let at = Instant::now();
         pic.grow(&jit, 4, "t4")?;
         grow += at.elapsed();
+        if i % 100 == 99 {
+            jit.reclaim_retired()?;
+        }
     }
     jit.reclaim_retired()?;
     println!(

@@ -37,10 +37,11 @@ use kiln::arch::EdgeKind;
 use kiln::{RelinkEdge, UnitId, UnitOptions};
 use kiln_target::ExecutorAddr;
 use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 
 /// An address kept so that it survives code moving: inside a unit (which segment, how far in),
-/// or outside every unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// or outside every unit. Ordered by unit first, so that a unit's places are one range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Place {
     In {
         unit: UnitId,
@@ -101,11 +102,11 @@ pub(crate) struct SiteTarget {
 #[derive(Debug, Default)]
 pub(crate) struct Book {
     /// By the site's place: the target kiln-jit last gave it.
-    pub targets: FxHashMap<Place, SiteTarget>,
+    pub targets: BTreeMap<Place, SiteTarget>,
     /// By the place of the guard's key site.
-    pub ics: FxHashMap<Place, IcRecord>,
+    pub ics: BTreeMap<Place, IcRecord>,
     /// By the place of the site the PIC serves.
-    pub pics: FxHashMap<Place, PicRecord>,
+    pub pics: BTreeMap<Place, PicRecord>,
     pub retired: Vec<Retired>,
     /// The current epoch.
     pub epoch: u64,
@@ -118,12 +119,34 @@ pub(crate) struct Book {
 }
 
 impl Book {
-    /// Forget what was kept for a unit's sites (it was removed or retired).
+    /// Forget what was kept for a unit's sites (it was retired or removed).
+    pub fn forget_sites(&mut self, unit: UnitId) {
+        fn drop_unit<T>(map: &mut BTreeMap<Place, T>, unit: UnitId) {
+            let (first, last) = (
+                Place::In {
+                    unit,
+                    segment: 0,
+                    offset: 0,
+                },
+                Place::In {
+                    unit,
+                    segment: usize::MAX,
+                    offset: u64::MAX,
+                },
+            );
+            let keys: Vec<Place> = map.range(first..=last).map(|(k, _)| *k).collect();
+            for k in keys {
+                map.remove(&k);
+            }
+        }
+        drop_unit(&mut self.targets, unit);
+        drop_unit(&mut self.ics, unit);
+        drop_unit(&mut self.pics, unit);
+    }
+
+    /// Forget a removed unit: its sites, and its retirement.
     pub fn forget(&mut self, unit: UnitId) {
-        let ours = |p: &Place| matches!(p, Place::In { unit: u, .. } if *u == unit);
-        self.targets.retain(|p, _| !ours(p));
-        self.ics.retain(|p, _| !ours(p));
-        self.pics.retain(|p, _| !ours(p));
+        self.forget_sites(unit);
         self.retired.retain(|r| r.unit != unit);
     }
 }
@@ -344,7 +367,7 @@ impl Jit {
         if let Some(u) = self.units().get_mut(&unit) {
             u.sites.clear();
         }
-        book.forget(unit);
+        book.forget_sites(unit);
         let segments = self.session().unit_segments(unit).unwrap_or_default();
         book.retired.push(Retired {
             unit,
