@@ -56,8 +56,26 @@ fn guarded(name: &str, miss: &str) -> JitGraph {
     g
 }
 
-fn per_op(total: Duration, n: usize) -> f64 {
-    total.as_nanos() as f64 / n as f64
+/// Durations of one kind of operation: the median (what one costs on a quiet core) and the
+/// mean (with whatever else the machine was doing).
+#[derive(Default)]
+struct Times(Vec<Duration>);
+
+impl Times {
+    fn time<R>(&mut self, op: impl FnOnce() -> R) -> R {
+        let at = Instant::now();
+        let r = op();
+        self.0.push(at.elapsed());
+        r
+    }
+
+    fn print(&mut self, what: &str) {
+        self.0.sort_unstable();
+        let n = self.0.len().max(1);
+        let mean = self.0.iter().sum::<Duration>().as_nanos() / n as u128;
+        let median = self.0.get(n / 2).map_or(0, |d| d.as_nanos());
+        println!("  {what:<34} {median:>8} ns median {mean:>8} ns mean  ({n} ops)");
+    }
 }
 
 fn main() -> kiln_jit::Result<()> {
@@ -81,59 +99,42 @@ fn main() -> kiln_jit::Result<()> {
     );
 
     // A window with one aligned 4-byte store: the floor of every patch below.
-    let site = jit
-        .link(RegionKind::Method, &send_site("send", "miss"))?
-        .sites[0];
-    let start = Instant::now();
+    let site = jit.link(RegionKind::Method, &send_site("send", "miss"))?.sites[0];
+    let mut t_window = Times::default();
     for i in 0..n {
-        jit.write(|w| w.write_rel32(site.addr, t[i % 2]).map(drop))?;
+        t_window.time(|| jit.write(|w| w.write_rel32(site.addr, t[i % 2]).map(drop)))?;
     }
-    println!(
-        "  write window, one rel32      {:>9.0} ns",
-        per_op(start.elapsed(), n)
-    );
+    t_window.print("write window, one rel32");
 
     // Retarget a site (remembered, its relink edge updated).
-    let start = Instant::now();
+    let mut t_retarget = Times::default();
     for i in 0..n {
-        jit.retarget(&site, t[i % 2])?;
+        t_retarget.time(|| jit.retarget(&site, t[i % 2]))?;
     }
-    println!(
-        "  retarget a site              {:>9.0} ns",
-        per_op(start.elapsed(), n)
-    );
+    t_retarget.print("retarget a site");
 
     // Monomorphic inline cache.
     let g = jit.link(RegionKind::Method, &guarded("guarded", "miss"))?;
     let ic = jit.mono_ic(g.sites[0], g.sites[1], 0)?;
-    let (mut fill, mut rekey, mut change) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let m = n / 4;
-    for i in 0..m {
+    let (mut fill, mut rekey, mut change) = (Times::default(), Times::default(), Times::default());
+    for i in 0..n / 4 {
+        let k = i as u64;
         // From empty and quiet: call, then key (2 stores).
         ic.clear(&jit)?;
         jit.reclaim_retired()?;
-        let at = Instant::now();
-        assert_eq!(ic.set(&jit, 0x1000 + i as u64, t[0])?, IcUpdate::Done);
-        fill += at.elapsed();
+        let done = fill.time(|| ic.set(&jit, 0x1000 + k, t[0]))?;
+        assert_eq!(done, IcUpdate::Done);
         // Same target, another key (1 store).
-        let at = Instant::now();
-        ic.set(&jit, 0x2000 + i as u64, t[0])?;
-        rekey += at.elapsed();
-        // Another target: empty key now, the rest at the next reclaim (3 stores + reclaim).
-        let at = Instant::now();
-        ic.set(&jit, 0x3000 + i as u64, t[1])?;
-        jit.reclaim_retired()?;
-        change += at.elapsed();
+        rekey.time(|| ic.set(&jit, 0x2000 + k, t[0]))?;
+        // Another target: the empty key now, the rest at the next reclaim (3 stores).
+        change.time(|| {
+            ic.set(&jit, 0x3000 + k, t[1])?;
+            jit.reclaim_retired()
+        })?;
     }
-    println!("  set an IC, empty -> set      {:>9.0} ns", per_op(fill, m));
-    println!(
-        "  set an IC, new key same call {:>9.0} ns",
-        per_op(rekey, m)
-    );
-    println!(
-        "  set an IC, new target +reclaim {:>7.0} ns",
-        per_op(change, m)
-    );
+    fill.print("set an IC: empty -> set");
+    rekey.print("set an IC: new key, same target");
+    change.print("set an IC: new target, + reclaim");
 
     // PICs: build one of 4 cases (link + retarget + retire the previous one).
     let config = PicConfig {
@@ -143,55 +144,31 @@ fn main() -> kiln_jit::Result<()> {
     let four: Vec<(u64, PicTarget)> = (1..=4u64)
         .map(|k| (k, PicTarget::Name(format!("t{k}"))))
         .collect();
-    let builds = n / 10;
-    let (mut build, mut reclaim, mut freed) = (Duration::ZERO, Duration::ZERO, 0);
-    for i in 0..builds {
-        let at = Instant::now();
-        jit.build_pic(&site, &config, &four)?;
-        build += at.elapsed();
+    let (mut build, mut grow, mut reclaim) = (Times::default(), Times::default(), Times::default());
+    for i in 0..n / 10 {
+        build.time(|| jit.build_pic(&site, &config, &four))?;
+        let pic = jit.build_pic(&site, &config, &four[..3])?;
+        grow.time(|| pic.grow(&jit, 4, "t4"))?;
         if i % 100 == 99 {
+            // 300 PICs retired since the last reclaim: the time per PIC freed.
             let at = Instant::now();
-            freed += jit.reclaim_retired()?.freed.len();
-            reclaim += at.elapsed();
+            let freed = jit.reclaim_retired()?.freed.len().max(1) as u32;
+            reclaim.0.push(at.elapsed() / freed);
         }
     }
-    println!(
-        "  build a 4-case PIC           {:>9.0} ns",
-        per_op(build, builds)
-    );
-    println!(
-        "  reclaim, per PIC freed       {:>9.0} ns",
-        per_op(reclaim, freed.max(1))
-    );
-    // Grow 3 -> 4 cases.
-    let mut grow = Duration::ZERO;
-    for i in 0..builds {
-        let pic = jit.build_pic(&site, &config, &four[..3])?;
-        let at = Instant::now();
-        pic.grow(&jit, 4, "t4")?;
-        grow += at.elapsed();
+    build.print("build a 4-case PIC");
+    grow.print("grow a PIC from 3 to 4 cases");
+    reclaim.print("reclaim, per retired PIC");
+
+    // Redefine a function a site was retargeted to (kiln-jit retargets the site).
+    jit.retarget(&site, t[4])?;
+    let mut redefine = Times::default();
+    for i in 0..n / 20 {
+        redefine.time(|| jit.redefine("t5", &returns("t5", i as u32)))?;
         if i % 100 == 99 {
             jit.reclaim_retired()?;
         }
     }
-    jit.reclaim_retired()?;
-    println!(
-        "  grow a PIC from 3 to 4 cases {:>9.0} ns",
-        per_op(grow, builds)
-    );
-
-    // Redefine a function called through a PIC and a retargeted site.
-    jit.retarget(&site, t[4])?;
-    let redefs = n / 20;
-    let start = Instant::now();
-    for i in 0..redefs {
-        jit.redefine("t5", &returns("t5", i as u32))?;
-    }
-    let redefine = start.elapsed();
-    jit.reclaim_retired()?;
-    println!(
-        "  redefine a function          {:>9.0} ns",
-        per_op(redefine, redefs)
-    );
+    redefine.print("redefine a function");
     Ok(())
 }
