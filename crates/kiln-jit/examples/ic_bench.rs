@@ -99,7 +99,9 @@ fn main() -> kiln_jit::Result<()> {
     );
 
     // A window with one aligned 4-byte store: the floor of every patch below.
-    let site = jit.link(RegionKind::Method, &send_site("send", "miss"))?.sites[0];
+    let site = jit
+        .link(RegionKind::Method, &send_site("send", "miss"))?
+        .sites[0];
     let mut t_window = Times::default();
     for i in 0..n {
         t_window.time(|| jit.write(|w| w.write_rel32(site.addr, t[i % 2]).map(drop)))?;
