@@ -8,6 +8,12 @@
 //! objects ([`HeapRef`]). Everything that touches memory goes through kiln's `Executor` trait, so
 //! it works the same with code running in another process.
 //!
+//! Code that runs is changed in write windows ([`Jit::write`]: the writable alias, aligned atomic
+//! stores, then every core serialized); sites are retargeted ([`Jit::retarget`]) and remember
+//! their targets; sends are cached inline ([`MonoIc`]) or in polymorphic stubs ([`Pic`]);
+//! functions are redefined ([`Jit::redefine`]); what is replaced is retired and freed when the VM
+//! says no thread can be in it ([`Jit::grace_start`], [`Jit::reclaim`]). See docs/jit.md.
+//!
 //! ```
 //! use kiln::graph::InMemoryGraph;
 //! use kiln_jit::{Jit, JitGraph, RegionKind, SiteKind, ZoneConfig};
