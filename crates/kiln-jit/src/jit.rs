@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{JitGraph, SiteKind};
+use crate::redefine::Book;
 use crate::zone::{Region, Zone, ZoneConfig};
 use kiln::{ScopeId, Session, UnitId, UnitOptions};
 use kiln_target::ExecutorAddr;
@@ -60,6 +61,10 @@ pub struct Jit {
     zone: Zone,
     scope: ScopeId,
     pub(crate) units: Mutex<FxHashMap<UnitId, ZoneUnit>>,
+    /// What patches left behind: per site the target it was last given, inline caches, PICs,
+    /// retired code awaiting reclaim (see `redefine.rs`). Its lock also orders kiln-jit's
+    /// patches of sites against each other.
+    pub(crate) book: Mutex<Book>,
 }
 
 impl Jit {
@@ -79,6 +84,7 @@ impl Jit {
             session,
             zone,
             units: Mutex::default(),
+            book: Mutex::default(),
         })
     }
 
@@ -109,6 +115,10 @@ impl Jit {
 
     pub(crate) fn units(&self) -> MutexGuard<'_, FxHashMap<UnitId, ZoneUnit>> {
         self.units.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Link `graph` into `region`, and find its sites and heap references.
@@ -143,7 +153,7 @@ impl Jit {
     }
 
     /// The addresses of a linked graph's sites and heap references.
-    fn place_annotations(
+    pub(crate) fn place_annotations(
         &self,
         unit: UnitId,
         graph: &JitGraph,
@@ -205,20 +215,20 @@ impl Jit {
     }
 
     /// Make `site` reach `target`: a `Rel32` site calls or jumps there, an `Abs64` site holds
-    /// its address. One atomic store: threads running through the site go to the old or the
-    /// new target, never elsewhere.
+    /// its address. One atomic store, then every core serializes: threads running through the
+    /// site go to the old or the new target, and none to the old one after this returns. The
+    /// target is remembered (a redefinition of it retargets the site), and a relink record's
+    /// edge at the site follows (moving code applies the new target, not the linked one).
     pub fn retarget(&self, site: &Site, target: ExecutorAddr) -> Result<()> {
-        let bytes = match site.kind {
-            SiteKind::Rel32 => {
-                let next = site.addr.0 as i128 + 4;
-                let rel = i32::try_from(target.0 as i128 - next).map_err(|_| {
-                    Error::Stale(format!(
-                        "{target} is out of reach of the call site at {} (more than 2 GiB away)",
-                        site.addr
-                    ))
-                })?;
-                rel.to_le_bytes().to_vec()
-            }
+        self.retarget_in(&mut self.book(), site, target)
+    }
+
+    /// The bytes that make `site` reach `target`.
+    pub(crate) fn target_bytes(site: &Site, target: ExecutorAddr) -> Result<Vec<u8>> {
+        Ok(match site.kind {
+            SiteKind::Rel32 => crate::window::rel32(site.addr, target)?
+                .to_le_bytes()
+                .to_vec(),
             SiteKind::Abs64 => target.0.to_le_bytes().to_vec(),
             SiteKind::Imm32 => {
                 return Err(Error::Stale(format!(
@@ -226,11 +236,12 @@ impl Jit {
                     site.addr
                 )))
             }
-        };
-        self.store(site, &bytes)
+        })
     }
 
-    /// Set an immediate or slot site's value (an inline cache's guard key), atomically.
+    /// Set an immediate or slot site's value (an inline cache's guard key), atomically (one
+    /// store, then the cores serialize). A slot given a value no longer follows the target it
+    /// was last given.
     pub fn set_value(&self, site: &Site, value: u64) -> Result<()> {
         let bytes = match site.kind {
             SiteKind::Abs64 => value.to_le_bytes().to_vec(),
@@ -250,10 +261,18 @@ impl Jit {
                 )))
             }
         };
-        self.store(site, &bytes)
+        self.set_value_in(&mut self.book(), site, &bytes)
     }
 
-    fn store(&self, site: &Site, bytes: &[u8]) -> Result<()> {
+    /// Store a site's new bytes in a write window (one aligned atomic store, then the cores
+    /// serialize), if the site belongs to a live unit of this zone.
+    pub(crate) fn store(&self, site: &Site, bytes: &[u8]) -> Result<()> {
+        self.check_site(site)?;
+        self.write(|w| w.write(site.addr, bytes).map(drop))
+    }
+
+    /// `site` is one of a live (not retired) unit of this zone.
+    pub(crate) fn check_site(&self, site: &Site) -> Result<()> {
         let live = self
             .units()
             .get(&site.unit)
@@ -264,13 +283,14 @@ impl Jit {
                 site.addr
             )));
         }
-        Ok(self.session.patch(site.addr, bytes)?)
+        Ok(())
     }
 
     /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
     pub fn remove(&self, unit: UnitId) -> Result<()> {
         self.session.remove(unit)?;
         self.units().remove(&unit);
+        self.book().forget(unit);
         Ok(())
     }
 }
@@ -288,7 +308,7 @@ impl Drop for Jit {
 }
 
 /// Sites and heap references must name symbols the graph defines, inside them.
-fn check_annotations(g: &JitGraph) -> Result<()> {
+pub(crate) fn check_annotations(g: &JitGraph) -> Result<()> {
     let sizes: FxHashMap<&str, u64> = g
         .graph
         .sections

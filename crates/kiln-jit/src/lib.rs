@@ -8,6 +8,12 @@
 //! objects ([`HeapRef`]). Everything that touches memory goes through kiln's `Executor` trait, so
 //! it works the same with code running in another process.
 //!
+//! Code that runs is changed in write windows ([`Jit::write`]: the writable alias, aligned atomic
+//! stores, then every core serialized); sites are retargeted ([`Jit::retarget`]) and remember
+//! their targets; sends are cached inline ([`MonoIc`]) or in polymorphic stubs ([`Pic`]);
+//! functions are redefined ([`Jit::redefine`]); what is replaced is retired and freed when the VM
+//! says no thread can be in it ([`Jit::grace_start`], [`Jit::reclaim`]). See docs/jit.md.
+//!
 //! ```
 //! use kiln::graph::InMemoryGraph;
 //! use kiln_jit::{Jit, JitGraph, RegionKind, SiteKind, ZoneConfig};
@@ -37,10 +43,18 @@
 
 mod error;
 mod graph;
+mod ic;
 mod jit;
+mod pic;
+mod redefine;
+mod window;
 mod zone;
 
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
+pub use ic::{IcState, IcUpdate, MonoIc};
 pub use jit::{HeapRef, Jit, Linked, RegionKind, Site};
+pub use pic::{KeyRegister, KeyWidth, Pic, PicConfig, PicState, PicTarget, MAX_PIC_CASES};
+pub use redefine::{Epoch, Reclaimed, Redefine, Redefined, Retired, RetiredKind};
+pub use window::WriteWindow;
 pub use zone::{Region, Zone, ZoneConfig, ZonePlacement};

@@ -797,6 +797,18 @@ mod tests {
     }
 
     #[test]
+    fn live_writes_split_into_aligned_pieces() {
+        let pieces = |p, len| aligned_pieces(p, len).collect::<Vec<_>>();
+        // An aligned rel32 or imm32 is one piece, wherever it lies in an 8-byte word.
+        assert_eq!(pieces(0x1004, 4), [(0, 4)]);
+        assert_eq!(pieces(0x1000, 4), [(0, 4)]);
+        assert_eq!(pieces(0x1000, 8), [(0, 8)]);
+        assert_eq!(pieces(0x1003, 9), [(0, 1), (1, 4), (5, 4)]);
+        assert_eq!(pieces(0x1002, 3), [(0, 2), (2, 1)]);
+        assert_eq!(pieces(0x1001, 0), []);
+    }
+
+    #[test]
     fn live_writes_store_and_load_every_byte() {
         let mut buf = vec![0u8; 64];
         for start in 0..9 {

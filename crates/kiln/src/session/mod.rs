@@ -5,6 +5,7 @@
 //! Parsing, layout and fixups of a unit happen outside any session-wide lock; only binding
 //! names (a read lock) and publishing the new unit's symbols (a write lock) synchronise.
 
+mod edges;
 mod generate;
 mod inputs;
 mod moving;
