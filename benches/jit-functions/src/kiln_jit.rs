@@ -1,77 +1,163 @@
-//! kiln in process: each function is an `InMemoryGraph` linked with `Session::link_graph` (one
-//! unit per function), debug sinks off.
+//! kiln in process: each function is an `InMemoryGraph` linked into a unit of its own, one at a
+//! time (`Session::link_graph`), in batches (`Session::link_graphs`) or from several threads
+//! sharing the session; debug sinks off unless a row asks for them.
 
 use crate::code::{self, FunctionInput, CALL_ADDEND, HOST_CALL_DISP, PREV_CALL_DISP};
-use crate::harness::{mean_us, Jit};
+use crate::harness::{mean_us, Jit, SharedJit};
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{FrameDescription, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session, UnitId};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct KilnJit {
-    session: Session,
+    /// One session for the whole run; the threads of a threaded run share it.
+    session: Arc<Session>,
     frames: bool,
+    /// The units linked through `&mut self` (one at a time or in batches), for the breakdown.
     units: Vec<UnitId>,
 }
 
+/// How a kiln row is set up.
+#[derive(Clone, Debug)]
+pub struct KilnSetup {
+    /// Which debugger and profiler sinks learn about each unit.
+    pub debug: DebugOptions,
+    /// Keep `Session::stats` (phase timings) for every unit: a diagnostic run, it costs.
+    pub stats: bool,
+    /// Leave `abs` to kiln's own resolution (earlier units, then the process) instead of
+    /// `Session::define`.
+    pub host_by_dlsym: bool,
+    /// Describe each function's frame-pointer frame, so kiln writes and registers an FDE per
+    /// function.
+    pub frames: bool,
+}
+
+/// The sinks of a row: `none`, `gdb`, `perf-map`, `jitdump` (into a directory of its own under
+/// the temporary directory) or `all` (the four of `DebugOptions`, valgrind included).
+pub fn debug_options(sinks: &str) -> Result<DebugOptions, String> {
+    let mut d = DebugOptions::none();
+    match sinks {
+        "none" => {}
+        "gdb" => d.gdb = true,
+        "perf-map" => d.perf_map = true,
+        "jitdump" => d.jitdump = Some(jitdump_dir()),
+        "all" => {
+            d.gdb = true;
+            d.perf_map = true;
+            d.jitdump = Some(jitdump_dir());
+            d.valgrind = true;
+        }
+        _ => return Err(format!("unknown debug sinks {sinks}")),
+    }
+    Ok(d)
+}
+
+/// Where this process's jitdump goes (removed again by `remove_sink_files`).
+fn jitdump_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("kiln-bench-jitdump-{}", std::process::id()))
+}
+
+/// Remove the files the sinks of `debug` wrote for this process (100,000 functions make a 3 MB
+/// perf map and a jitdump holding all the code, 20 MB).
+pub fn remove_sink_files(debug: &DebugOptions) {
+    if debug.perf_map {
+        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", std::process::id()));
+    }
+    if let Some(dir) = &debug.jitdump {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 impl KilnJit {
-    /// `host_by_dlsym`: leave `abs` to kiln's own resolution (earlier units, then the process)
-    /// instead of `Session::define`. `frames`: describe each function's frame-pointer frame,
-    /// so kiln writes and registers an FDE per function.
-    pub fn new(host_by_dlsym: bool, frames: bool) -> Self {
+    pub fn new(setup: &KilnSetup) -> Result<Self, String> {
         let session = Session::in_process();
-        // No gdb registration, perf map, jitdump or valgrind requests: only the link itself
-        // (neither cranelift-jit nor the naive loop does any of that).
-        session.set_debug(DebugOptions::none());
-        if !host_by_dlsym {
+        if let Some(dir) = &setup.debug.jitdump {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        // Sinks off: no gdb registration, perf map, jitdump or valgrind requests, only the link
+        // itself (neither cranelift-jit nor the naive loop does any of that).
+        session.set_debug(setup.debug.clone());
+        session.set_collect_stats(setup.stats);
+        if !setup.host_by_dlsym {
             session.define(code::HOST, code::host_address() as u64);
         }
-        KilnJit {
-            session,
-            frames,
+        Ok(KilnJit {
+            session: Arc::new(session),
+            frames: setup.frames,
             units: Vec::new(),
-        }
+        })
+    }
+}
+
+/// The graph of one function: its code (moved, not copied) and its two calls.
+fn graph(f: &mut FunctionInput, frames: bool) -> InMemoryGraph {
+    let mut g = InMemoryGraph::new(f.name.clone());
+    g.add_function(
+        &f.name,
+        std::mem::take(&mut f.code),
+        vec![
+            InMemoryEdge::new(
+                HOST_CALL_DISP,
+                EdgeKind::BranchPCRel32,
+                code::HOST,
+                CALL_ADDEND,
+            ),
+            InMemoryEdge::new(
+                PREV_CALL_DISP,
+                EdgeKind::BranchPCRel32,
+                &f.prev,
+                CALL_ADDEND,
+            ),
+        ],
+        frames.then_some(FrameDescription::FramePointer),
+    );
+    g
+}
+
+impl SharedJit for KilnJit {
+    fn link_shared(&self, f: &mut FunctionInput) -> Result<(), String> {
+        let g = graph(f, self.frames);
+        self.session.link_graph(&g).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
 impl Jit for KilnJit {
     fn link_one(&mut self, f: &mut FunctionInput) -> Result<(), String> {
-        let mut g = InMemoryGraph::new(f.name.clone());
-        g.add_function(
-            &f.name,
-            std::mem::take(&mut f.code),
-            vec![
-                InMemoryEdge::new(
-                    HOST_CALL_DISP,
-                    EdgeKind::BranchPCRel32,
-                    code::HOST,
-                    CALL_ADDEND,
-                ),
-                InMemoryEdge::new(
-                    PREV_CALL_DISP,
-                    EdgeKind::BranchPCRel32,
-                    &f.prev,
-                    CALL_ADDEND,
-                ),
-            ],
-            self.frames.then_some(FrameDescription::FramePointer),
-        );
+        let g = graph(f, self.frames);
         let unit = self.session.link_graph(&g).map_err(|e| e.to_string())?;
         self.units.push(unit);
         Ok(())
+    }
+
+    fn link_batch(&mut self, fs: &mut [FunctionInput]) -> Result<(), String> {
+        let graphs: Vec<InMemoryGraph> = fs.iter_mut().map(|f| graph(f, self.frames)).collect();
+        let scope = self.session.default_scope();
+        let units = self
+            .session
+            .link_graphs(scope, &graphs)
+            .map_err(|e| e.to_string())?;
+        self.units.extend(units);
+        Ok(())
+    }
+
+    fn shared(&self) -> Option<&dyn SharedJit> {
+        Some(self)
     }
 
     fn address(&self, k: usize) -> Option<usize> {
         self.session.lookup(&code::name(k)).map(|a| a.0 as usize)
     }
 
-    /// Where the time goes: `Session::stats` phases summed over every unit, and what
-    /// `Session::link` spends outside them (the wall time per function minus its phases); for
+    /// Where the time goes (when stats were collected): `Session::stats` phases summed over
+    /// every unit, and what the link spends outside them (the wall time per function minus its phases); for
     /// all functions and for the first and last 1% (the cost per function can grow with the
     /// number of units already linked).
     fn details(&self, durations_ns: &[u64]) -> Vec<String> {
         let n = self.units.len().min(durations_ns.len());
-        if n == 0 {
+        if n == 0 || self.session.stats(self.units[0]).is_none() {
             return Vec::new();
         }
         let window = (n / 100).max(1);
@@ -111,8 +197,8 @@ impl Jit for KilnJit {
         let total_wall: u64 = durations_ns[..n].iter().sum();
         let mut out = vec![
             format!(
-                "kiln, where the time goes (Session::stats phases, µs per function; first and \
-                 last {window} functions):"
+                "kiln, where the time goes (set_collect_stats(true), Session::stats phases, µs \
+                 per function; first and last {window} functions):"
             ),
             format!(
                 "  {:<26} {:>10} {:>8} {:>10} {:>10}",
