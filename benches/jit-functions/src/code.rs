@@ -151,7 +151,10 @@ pub fn host_address() -> usize {
 /// `c` were linked (`f{c}`, `f{c + chains}`, ...; `chains = linked.len()`). Runs on a thread whose
 /// stack holds the longest call chain (about 40 bytes per function). Returns a one-line summary:
 /// the call of each chain's last function.
-pub fn verify(linked: &[usize], address: &dyn Fn(usize) -> Option<usize>) -> Result<String, String> {
+pub fn verify(
+    linked: &[usize],
+    address: &dyn Fn(usize) -> Option<usize>,
+) -> Result<String, String> {
     let chains = linked.len();
     if linked.iter().all(|&n| n == 0) {
         return Err("no function was linked".into());

@@ -29,8 +29,9 @@ pub trait Jit {
 
 /// A linker several threads link into at once.
 pub trait SharedJit: Sync {
-    /// Link one function as its own unit and make it executable.
-    fn link_shared(&self, f: &mut FunctionInput) -> Result<(), String>;
+    /// Link one function as its own unit and make it executable; `thread` is the caller's
+    /// index (0, 1, ...).
+    fn link_shared(&self, thread: usize, f: &mut FunctionInput) -> Result<(), String>;
 }
 
 /// How the functions are handed to the linker.
@@ -61,6 +62,8 @@ pub struct Outcome {
     pub done: usize,
     pub code_bytes: u64,
     pub elapsed: Duration,
+    /// CPU time of the whole process (user and system, all threads) during the loop.
+    pub cpu: Duration,
     pub growth: MemGrowth,
     pub verified: Result<String, String>,
     /// Why the loop ended early: a link error or the time limit.
@@ -77,6 +80,8 @@ struct Linked {
     per_chain: Vec<usize>,
     /// The wall time of the loop.
     elapsed: Duration,
+    /// The process's CPU time during the loop.
+    cpu: Duration,
     /// Per function, when timed.
     durations: Vec<u64>,
     stopped: Option<String>,
@@ -105,7 +110,9 @@ pub fn run(
     let mut jit = make()?;
     let clock = Clock::new(limit, requested, label);
     let linked = match schedule {
-        Schedule::OneAtATime { timed } => one_at_a_time(&mut *jit, inputs, timed, durations, &clock),
+        Schedule::OneAtATime { timed } => {
+            one_at_a_time(&mut *jit, inputs, timed, durations, &clock)
+        }
         Schedule::Batches(n) => batches(&mut *jit, inputs, n.max(1), &clock),
         Schedule::Threads(n) => {
             let shared = jit
@@ -135,6 +142,7 @@ pub fn run(
         done: linked.per_chain.iter().sum(),
         code_bytes,
         elapsed: linked.elapsed,
+        cpu: linked.cpu,
         growth,
         verified,
         stopped: linked.stopped,
@@ -142,10 +150,25 @@ pub fn run(
     })
 }
 
+/// The process's CPU time so far: user and system, all its threads.
+fn process_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` through the pointer, which points to one.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    // SAFETY: zero-initialised (a valid `rusage`: plain integers) and filled in by the kernel.
+    let u = unsafe { usage.assume_init() };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// The loop's start, its time limit and its progress lines.
 #[derive(Clone, Copy)]
 struct Clock<'l> {
     start: Instant,
+    cpu_start: Duration,
     limit: Duration,
     progress_every: usize,
     label: &'l str,
@@ -154,6 +177,7 @@ struct Clock<'l> {
 impl<'l> Clock<'l> {
     fn new(limit: Duration, requested: usize, label: &'l str) -> Self {
         Clock {
+            cpu_start: process_cpu_time(),
             start: Instant::now(),
             limit,
             progress_every: (requested / 10).max(1),
@@ -212,6 +236,7 @@ fn one_at_a_time(
     Linked {
         per_chain: vec![done],
         elapsed: clock.start.elapsed(),
+        cpu: process_cpu_time().saturating_sub(clock.cpu_start),
         durations,
         stopped,
     }
@@ -242,6 +267,7 @@ fn batches(jit: &mut dyn Jit, inputs: &mut [FunctionInput], size: usize, clock: 
     Linked {
         per_chain: vec![done],
         elapsed: clock.start.elapsed(),
+        cpu: process_cpu_time().saturating_sub(clock.cpu_start),
         durations: Vec::new(),
         stopped,
     }
@@ -256,11 +282,12 @@ fn threads(jit: &dyn SharedJit, inputs: &mut [FunctionInput], n: usize, clock: &
         shares[i % n].push(f);
     }
     let go = Barrier::new(n + 1);
-    let mut elapsed = Duration::ZERO;
+    let (mut elapsed, mut cpu) = (Duration::ZERO, Duration::ZERO);
     let (per_chain, stops): (Vec<usize>, Vec<Option<String>>) = std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .into_iter()
-            .map(|share| {
+            .enumerate()
+            .map(|(thread, share)| {
                 let go = &go;
                 s.spawn(move || {
                     go.wait();
@@ -270,7 +297,7 @@ fn threads(jit: &dyn SharedJit, inputs: &mut [FunctionInput], n: usize, clock: &
                     };
                     let mut done = 0;
                     for f in share {
-                        if let Err(e) = jit.link_shared(f) {
+                        if let Err(e) = jit.link_shared(thread, f) {
                             return (done, Some(format!("linking {} failed: {e}", f.name)));
                         }
                         done += 1;
@@ -285,7 +312,9 @@ fn threads(jit: &dyn SharedJit, inputs: &mut [FunctionInput], n: usize, clock: &
                 })
             })
             .collect();
-        // The clock's start is when the threads are released, not when they were made.
+        // The clock's start is when the threads are released, not when they were made (they
+        // wait in the barrier, which uses no CPU).
+        let cpu_start = process_cpu_time();
         let start = Instant::now();
         go.wait();
         let joined = handles
@@ -296,11 +325,13 @@ fn threads(jit: &dyn SharedJit, inputs: &mut [FunctionInput], n: usize, clock: &
             })
             .unzip();
         elapsed = start.elapsed();
+        cpu = process_cpu_time().saturating_sub(cpu_start);
         joined
     });
     Linked {
         per_chain,
         elapsed,
+        cpu,
         durations: Vec::new(),
         stopped: stops.into_iter().flatten().next(),
     }

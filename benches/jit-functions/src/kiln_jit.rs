@@ -9,14 +9,19 @@ use kiln::graph::{FrameDescription, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session, UnitId};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct KilnJit {
     /// One session for the whole run; the threads of a threaded run share it.
     session: Arc<Session>,
+    /// For the diagnostic with a session per thread: thread `t > 0` links into `apart[t - 1]`
+    /// (thread 0 into `session`). Empty otherwise.
+    apart: Vec<Arc<Session>>,
     frames: bool,
     /// The units linked through `&mut self` (one at a time or in batches), for the breakdown.
     units: Vec<UnitId>,
+    /// With stats on: the time to build each function's graph (ns), for the breakdown.
+    build_ns: Option<Vec<u64>>,
 }
 
 /// How a kiln row is set up.
@@ -32,6 +37,10 @@ pub struct KilnSetup {
     /// Describe each function's frame-pointer frame, so kiln writes and registers an FDE per
     /// function.
     pub frames: bool,
+    /// Sessions (each with its own in-process executor) that the threads of a threaded run
+    /// link into, thread `t` into session `t % sessions`: 1 normally; one per thread for the
+    /// diagnostic that shares nothing kiln owns between the threads.
+    pub sessions: usize,
 }
 
 /// The sinks of a row: `none`, `gdb`, `perf-map`, `jitdump` (into a directory of its own under
@@ -72,21 +81,26 @@ pub fn remove_sink_files(debug: &DebugOptions) {
 
 impl KilnJit {
     pub fn new(setup: &KilnSetup) -> Result<Self, String> {
-        let session = Session::in_process();
         if let Some(dir) = &setup.debug.jitdump {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        // Sinks off: no gdb registration, perf map, jitdump or valgrind requests, only the link
-        // itself (neither cranelift-jit nor the naive loop does any of that).
-        session.set_debug(setup.debug.clone());
-        session.set_collect_stats(setup.stats);
-        if !setup.host_by_dlsym {
-            session.define(code::HOST, code::host_address() as u64);
-        }
+        let session = || {
+            let session = Session::in_process();
+            // Sinks off: no gdb registration, perf map, jitdump or valgrind requests, only the
+            // link itself (neither cranelift-jit nor the naive loop does any of that).
+            session.set_debug(setup.debug.clone());
+            session.set_collect_stats(setup.stats);
+            if !setup.host_by_dlsym {
+                session.define(code::HOST, code::host_address() as u64);
+            }
+            Arc::new(session)
+        };
         Ok(KilnJit {
-            session: Arc::new(session),
+            session: session(),
+            apart: (1..setup.sessions.max(1)).map(|_| session()).collect(),
             frames: setup.frames,
             units: Vec::new(),
+            build_ns: setup.stats.then(Vec::new),
         })
     }
 }
@@ -117,16 +131,28 @@ fn graph(f: &mut FunctionInput, frames: bool) -> InMemoryGraph {
 }
 
 impl SharedJit for KilnJit {
-    fn link_shared(&self, f: &mut FunctionInput) -> Result<(), String> {
+    fn link_shared(&self, thread: usize, f: &mut FunctionInput) -> Result<(), String> {
         let g = graph(f, self.frames);
-        self.session.link_graph(&g).map_err(|e| e.to_string())?;
+        let session = match thread % (self.apart.len() + 1) {
+            0 => &self.session,
+            t => &self.apart[t - 1],
+        };
+        session.link_graph(&g).map_err(|e| e.to_string())?;
         Ok(())
     }
 }
 
 impl Jit for KilnJit {
     fn link_one(&mut self, f: &mut FunctionInput) -> Result<(), String> {
-        let g = graph(f, self.frames);
+        let g = match &mut self.build_ns {
+            Some(build_ns) => {
+                let t = Instant::now();
+                let g = graph(f, self.frames);
+                build_ns.push(t.elapsed().as_nanos() as u64);
+                g
+            }
+            None => graph(f, self.frames),
+        };
         let unit = self.session.link_graph(&g).map_err(|e| e.to_string())?;
         self.units.push(unit);
         Ok(())
@@ -148,24 +174,33 @@ impl Jit for KilnJit {
     }
 
     fn address(&self, k: usize) -> Option<usize> {
-        self.session.lookup(&code::name(k)).map(|a| a.0 as usize)
+        let name = code::name(k);
+        std::iter::once(&self.session)
+            .chain(&self.apart)
+            .find_map(|s| s.lookup(&name))
+            .map(|a| a.0 as usize)
     }
 
     /// Where the time goes (when stats were collected): `Session::stats` phases summed over
-    /// every unit, and what the link spends outside them (the wall time per function minus its phases); for
-    /// all functions and for the first and last 1% (the cost per function can grow with the
-    /// number of units already linked).
+    /// every unit, the time to build each graph, and what `Session::link_graph` spends outside
+    /// `link::link`'s phases (the wall time per function minus both); for all functions and
+    /// for the first and last 1% (the cost per function can grow with the number of units
+    /// already linked).
     fn details(&self, durations_ns: &[u64]) -> Vec<String> {
-        let n = self.units.len().min(durations_ns.len());
-        if n == 0 || self.session.stats(self.units[0]).is_none() {
+        let Some(build_ns) = &self.build_ns else {
+            return Vec::new();
+        };
+        let n = self.units.len().min(durations_ns.len()).min(build_ns.len());
+        if n == 0 {
             return Vec::new();
         }
         let window = (n / 100).max(1);
         let mut names: Vec<&'static str> = Vec::new();
         // per phase: (total, first window, last window), in ns
         let mut sums: Vec<[u64; 3]> = Vec::new();
-        let mut outside = [0u64; 3];
-        for (i, (&u, &wall)) in self.units.iter().zip(durations_ns).enumerate() {
+        let (mut outside, mut building) = ([0u64; 3], [0u64; 3]);
+        let per_unit = self.units.iter().zip(durations_ns).zip(build_ns);
+        for (i, ((&u, &wall), &build)) in per_unit.take(n).enumerate() {
             let Some(stats) = self.session.stats(u) else {
                 continue;
             };
@@ -190,7 +225,12 @@ impl Jit for KilnJit {
             }
             for (s, on) in outside.iter_mut().zip(slots) {
                 if on {
-                    *s += wall.saturating_sub(inside);
+                    *s += wall.saturating_sub(inside + build);
+                }
+            }
+            for (s, on) in building.iter_mut().zip(slots) {
+                if on {
+                    *s += build;
                 }
             }
         }
@@ -218,7 +258,8 @@ impl Jit for KilnJit {
         for (name, s) in names.iter().zip(&sums) {
             out.push(row(name, *s));
         }
-        out.push(row("(outside the phases)", outside));
+        out.push(row("(link_graph, outside them)", outside));
+        out.push(row("(building the graph)", building));
         out.push(format!(
             "  {:<26} {:>10.3} {:>7.1}% {:>10.2} {:>10.2}",
             "all",

@@ -32,7 +32,7 @@ usage: jit-functions [--count N] [--runs N] [--threads N] [--batch N] [--time-li
   --batch N          graphs per Session::link_graphs call in the batch row (default 1000)
   --time-limit SECS  stop a linker's loop after this long and report what it linked (default 300)
   --only LIST        run only these: naive, cranelift, cranelift-arena, kiln, kiln-threads,
-                     kiln-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks,
+                     kiln-sessions, kiln-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks,
                      kiln-stats, corpus
   --cranelift-arena  also run cranelift-jit with its ArenaMemoryProvider
   --host-by-dlsym    kiln and cranelift-jit find `abs` themselves instead of being given it
@@ -144,6 +144,10 @@ fn linkers(o: &Options) -> Vec<Linker> {
         row("cranelift-arena", "cranelift-jit (arena)"),
         row("kiln", "kiln, 1 thread"),
         row("kiln-threads", &format!("kiln, {} threads", o.threads)),
+        row(
+            "kiln-sessions",
+            &format!("kiln, {} thr, {} sessions", o.threads, o.threads),
+        ),
         row("kiln-batch", &format!("kiln, batches of {}", o.batch)),
         row("kiln-gdb", "kiln + gdb"),
         row("kiln-perf-map", "kiln + perf map"),
@@ -191,7 +195,7 @@ fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup
     let (schedule, sinks) = match name {
         "naive" | "cranelift" | "cranelift-arena" => return Ok((one, None)),
         "kiln" => (one, "none"),
-        "kiln-threads" => (Schedule::Threads(o.threads), "none"),
+        "kiln-threads" | "kiln-sessions" => (Schedule::Threads(o.threads), "none"),
         "kiln-batch" => (Schedule::Batches(o.batch), "none"),
         "kiln-gdb" => (one, "gdb"),
         "kiln-perf-map" => (one, "perf-map"),
@@ -203,6 +207,11 @@ fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup
     let setup = kiln_jit::KilnSetup {
         debug: kiln_jit::debug_options(sinks)?,
         stats: name == "kiln-stats",
+        sessions: if name == "kiln-sessions" {
+            o.threads
+        } else {
+            1
+        },
         host_by_dlsym: o.host_by_dlsym,
         frames: o.kiln_frames,
     };
@@ -260,12 +269,13 @@ fn child(o: &Options, name: &str) -> ExitCode {
     };
     let g = r.growth;
     println!(
-        "RESULT requested={} done={} code_bytes={} elapsed_ns={} vm_size={} vm_rss={} \
-         exec={} exec_rss={} maps={}",
+        "RESULT requested={} done={} code_bytes={} elapsed_ns={} cpu_ns={} vm_size={} \
+         vm_rss={} exec={} exec_rss={} maps={}",
         r.requested,
         r.done,
         r.code_bytes,
         r.elapsed.as_nanos(),
+        r.cpu.as_nanos(),
         g.vm_size,
         g.vm_rss,
         g.exec_mapped,
@@ -335,7 +345,12 @@ fn parent(o: &Options) -> ExitCode {
     // Round robin: a burst of load from the machine's other users falls on every linker alike.
     for round in 0..o.runs {
         for (l, runs) in chosen.iter().zip(&mut runs) {
-            eprintln!("running {} (round {} of {}) ...", l.label, round + 1, o.runs);
+            eprintln!(
+                "running {} (round {} of {}) ...",
+                l.label,
+                round + 1,
+                o.runs
+            );
             runs.push(match run_child(o, l.name) {
                 Ok(text) => report::parse_run(&text),
                 Err(e) => report::Run::failed(o.count, e),

@@ -11,6 +11,7 @@ pub struct Run {
     requested: usize,
     code_bytes: u64,
     secs: f64,
+    cpu_secs: f64,
     vm_size: i64,
     vm_rss: i64,
     exec: i64,
@@ -40,6 +41,17 @@ impl Run {
         1e6 * self.secs / self.done.max(1) as f64
     }
 
+    /// CPU microseconds (the process's, all threads) per function.
+    fn cpu_us_each(&self) -> f64 {
+        1e6 * self.cpu_secs / self.done.max(1) as f64
+    }
+
+    /// How many CPUs the loop kept busy on average: 1 for one thread that always ran, less when
+    /// the machine's other users took the CPU, up to the thread count when threads ran at once.
+    fn cpu_per_wall(&self) -> f64 {
+        self.cpu_secs / self.secs.max(1e-9)
+    }
+
     fn per_code_byte(&self, v: i64) -> f64 {
         v as f64 / self.code_bytes.max(1) as f64
     }
@@ -62,6 +74,7 @@ pub fn parse_run(text: &str) -> Run {
                         "done" => r.done = n as usize,
                         "code_bytes" => r.code_bytes = n as u64,
                         "elapsed_ns" => r.secs = n as f64 / 1e9,
+                        "cpu_ns" => r.cpu_secs = n as f64 / 1e9,
                         "vm_size" => r.vm_size = n,
                         "vm_rss" => r.vm_rss = n,
                         "exec" => r.exec = n,
@@ -96,7 +109,10 @@ impl Row {
     pub fn of(l: &Linker, runs: Vec<Run>) -> Row {
         let mut order: Vec<usize> = (0..runs.len()).collect();
         order.sort_by(|&a, &b| runs[a].per_second().total_cmp(&runs[b].per_second()));
-        let median = order.get(runs.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+        let median = order
+            .get(runs.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0);
         Row {
             name: l.name,
             label: l.label.clone(),
@@ -161,11 +177,23 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// `/proc/loadavg`'s first three fields.
+/// How busy the machine is: `/proc/loadavg`'s first three fields, and the share of time some
+/// runnable task waited for a CPU over the last 10 and 60 s (`/proc/pressure/cpu`).
 pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
+    let load = std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+        .unwrap_or_else(|_| "?".into());
+    let pressure = std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|s| {
+            let some = s.lines().find(|l| l.starts_with("some "))?;
+            let field = |k: &str| some.split_whitespace().find_map(|f| f.strip_prefix(k));
+            Some(format!("{}%/{}%", field("avg10=")?, field("avg60=")?))
+        });
+    match pressure {
+        Some(p) => format!("{load}, CPU pressure {p}"),
+        None => load,
+    }
 }
 
 pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
@@ -186,7 +214,8 @@ pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
         o.runs
     );
     println!(
-        "{} CPUs; load average (1, 5, 15 min) {} before, {} after",
+        "{} CPUs; load average (1, 5, 15 min) and CPU pressure (some, 10 s/60 s): {} before, {} \
+         after",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load[0],
         load[1]
@@ -223,13 +252,14 @@ pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<22} {:>7} {:>7} {:>11} {:>7} {:>17} {:>8} {:>7} {:>6} {:>9} {:>8}  check",
+        "{:<22} {:>7} {:>11} {:>7} {:>13} {:>7} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8}  check",
         "",
         "linked",
-        "seconds",
         "functions/s",
         "µs each",
         "range (k/s)",
+        "CPU µs",
+        "CPU/wall",
         "VmSize/B",
         "VmRSS/B",
         "r-x/B",
@@ -241,13 +271,14 @@ fn print_table(rows: &[Row]) {
         let m = r.mid();
         let (lo, hi) = r.range();
         println!(
-            "{:<22} {:>7} {:>7.3} {:>11} {:>7.2} {:>17} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>+8}  {}",
+            "{:<22} {:>7} {:>11} {:>7.2} {:>13} {:>7.2} {:>8.2} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>+8}  {}",
             r.label,
             m.done,
-            m.secs,
             thousands(m.per_second()),
             m.us_each(),
             format!("{}..{}", thousands(lo / 1e3), thousands(hi / 1e3)),
+            m.cpu_us_each(),
+            m.cpu_per_wall(),
             m.per_code_byte(m.vm_size),
             m.per_code_byte(m.vm_rss),
             m.per_code_byte(m.exec),
@@ -262,6 +293,9 @@ fn print_notes(o: &Options, rows: &[Row]) {
     println!();
     for line in [
         "µs each    wall time of the loop / functions linked (all threads together)",
+        "CPU µs     the process's CPU time (user + system, all threads) in the loop / functions linked",
+        "CPU/wall   CPUs kept busy: 1.00 = one thread that always ran; less = the machine's other",
+        "           users took the CPU; up to the thread count when threads ran at once",
         "VmSize/B   growth of VmSize (all mapped address space, reservations too) per byte of code",
         "VmRSS/B    growth of VmRSS (resident memory, heap too) per byte of code",
         "r-x/B      growth of the executable mappings not backed by a file (anonymous, shared",
@@ -275,9 +309,10 @@ fn print_notes(o: &Options, rows: &[Row]) {
     println!(
         "kiln: Session::link_graph per function, debug sinks off (DebugOptions::none()) unless the \
          row names them, stats off; {} threads: one Arc<Session>, thread t links f{{i}} with \
-         i % {} = t, each calling its own thread's previous function; batches: \
-         Session::link_graphs; all sinks = gdb, perf map, jitdump (temp dir), valgrind",
-        o.threads, o.threads
+         i % {} = t, each calling its own thread's previous function ({} sessions: the same, \
+         thread t into a session of its own); batches: Session::link_graphs; all sinks = gdb, \
+         perf map, jitdump (temp dir), valgrind",
+        o.threads, o.threads, o.threads
     );
     println!(
         "{}{}",
@@ -328,10 +363,15 @@ fn print_peers<'r>(k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) {
 
 /// Each sink's cost per unit: its row's µs per function minus the sinks-off row's.
 fn print_sinks<'r>(k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) {
-    let sinks: Vec<&Row> = ["kiln-gdb", "kiln-perf-map", "kiln-jitdump", "kiln-all-sinks"]
-        .iter()
-        .filter_map(|n| find(n))
-        .collect();
+    let sinks: Vec<&Row> = [
+        "kiln-gdb",
+        "kiln-perf-map",
+        "kiln-jitdump",
+        "kiln-all-sinks",
+    ]
+    .iter()
+    .filter_map(|n| find(n))
+    .collect();
     if sinks.is_empty() {
         return;
     }
@@ -367,7 +407,14 @@ fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Opti
             "kiln-threads",
             format!("scaling; {:.2}x would be linear", o.threads as f64),
         ),
-        ("kiln-batch", "against one Session::link_graph per function".to_string()),
+        (
+            "kiln-sessions",
+            "a session per thread, nothing of kiln's shared: what the machine allowed".to_string(),
+        ),
+        (
+            "kiln-batch",
+            "against one Session::link_graph per function".to_string(),
+        ),
     ] {
         let Some(r) = find(name) else { continue };
         if !any {
@@ -382,6 +429,19 @@ fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Opti
             k.label,
             per_round(r)
         );
+        if name != "kiln-batch" {
+            // Wall-time scaling needs free CPUs; the CPU time per function says what sharing
+            // the session costs whatever the machine's load (locks, cache lines moving).
+            println!(
+                "  CPU/wall {:.2} (at 1 thread {:.2}); CPU µs per function {:.2} against {:.2} at 1 \
+                 thread ({})",
+                r.mid().cpu_per_wall(),
+                k.mid().cpu_per_wall(),
+                r.mid().cpu_us_each(),
+                k.mid().cpu_us_each(),
+                ratio(r.mid().cpu_us_each(), k.mid().cpu_us_each())
+            );
+        }
     }
 }
 
@@ -416,7 +476,9 @@ fn print_aims<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) 
                 met(x >= 6.0 && k.complete()),
             );
         }
-        None => println!("aim (issue 11): at least 6x cranelift-jit: not measured (cranelift not run)"),
+        None => {
+            println!("aim (issue 11): at least 6x cranelift-jit: not measured (cranelift not run)")
+        }
     }
     let rss = m.per_code_byte(m.vm_rss);
     println!(
