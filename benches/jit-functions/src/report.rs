@@ -404,11 +404,20 @@ fn print_sinks<'r>(k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) {
 }
 
 fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) {
-    let per_round = |other: &Row| -> String {
+    // Each round's ratio, with the CPUs the row's run kept busy (CPU/wall) when it is threaded:
+    // a threaded run that got one CPU cannot scale, whatever the linker.
+    let per_round = |other: &Row, threaded: bool| -> String {
         k.runs
             .iter()
             .zip(&other.runs)
-            .map(|(a, b)| ratio(b.per_second(), a.per_second()))
+            .map(|(a, b)| {
+                let r = ratio(b.per_second(), a.per_second());
+                if threaded {
+                    format!("{r} ({:.2} CPUs)", b.cpu_per_wall())
+                } else {
+                    r
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -438,7 +447,7 @@ fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Opti
             thousands(r.mid().per_second()),
             ratio(r.mid().per_second(), k.mid().per_second()),
             k.label,
-            per_round(r)
+            per_round(r, name != "kiln-batch")
         );
         if name != "kiln-batch" {
             // Wall-time scaling needs free CPUs; the CPU time per function says what sharing
