@@ -252,7 +252,7 @@ pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<22} {:>7} {:>11} {:>7} {:>13} {:>7} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8}  check",
+        "{:<24} {:>7} {:>11} {:>7} {:>13} {:>7} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8}  check",
         "",
         "linked",
         "functions/s",
@@ -266,12 +266,12 @@ fn print_table(rows: &[Row]) {
         "r-x RSS/B",
         "mappings"
     );
-    println!("{}", "-".repeat(150));
+    println!("{}", "-".repeat(152));
     for r in rows.iter().filter(|r| r.in_table) {
         let m = r.mid();
         let (lo, hi) = r.range();
         println!(
-            "{:<22} {:>7} {:>11} {:>7.2} {:>13} {:>7.2} {:>8.2} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>+8}  {}",
+            "{:<24} {:>7} {:>11} {:>7.2} {:>13} {:>7.2} {:>8.2} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>+8}  {}",
             r.label,
             m.done,
             thousands(m.per_second()),
