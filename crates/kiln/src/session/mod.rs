@@ -27,7 +27,7 @@ use crate::LinkMap;
 use generate::GeneratedInputs;
 use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
-use state::{NewUnit, State, Unit};
+use state::{State, Unit};
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -570,17 +570,25 @@ impl Session {
             (Some(m), false) => Some(m.clone()),
             (None, false) => Some(self.memory.clone()),
         };
-        let record = Unit::new(NewUnit {
+        let record = Unit {
             alloc,
             scope,
             memory,
-            slab_ranges,
+            slab_ranges: slab_ranges.into_iter().collect(),
             segments,
-            relink,
-            link_actions: actions,
-            stats,
-            map,
-        });
+            relink: relink.map(Arc::new),
+            link_actions: actions.map(Arc::new),
+            incoming: Vec::new(),
+            names: Default::default(),
+            deps: Default::default(),
+            dependents: Default::default(),
+            pins: Default::default(),
+            // Even without initializers: the executor runs a unit's finalizers (destructors,
+            // exit handlers) only if it was initialized.
+            initialized: false,
+            stats: stats.map(Box::new),
+            map: map.map(Arc::new),
+        };
         let mut st = write(&self.state);
         let clashes = st.clashes(scope, &exports, name, replacing);
         if !clashes.is_empty() {
@@ -658,7 +666,7 @@ impl Session {
     /// The edges `unit` keeps (if it was linked with [`UnitOptions::relink`]): enough to apply
     /// them again after its code, or what it references, moves.
     pub fn relink_record(&self, unit: UnitId) -> Option<Arc<crate::link::relink::RelinkRecord>> {
-        read(&self.state).units.get(&unit.0)?.relink().cloned()
+        read(&self.state).units.get(&unit.0)?.relink.clone()
     }
 
     /// The edges of other live units that target `unit` (only units that keep relink records
@@ -666,7 +674,7 @@ impl Session {
     pub fn incoming_edges(&self, unit: UnitId) -> Result<Vec<(UnitId, u32)>> {
         Ok(read(&self.state)
             .unit(unit)?
-            .incoming()
+            .incoming
             .iter()
             .map(|(u, i)| (UnitId(*u), *i))
             .collect())
@@ -694,13 +702,14 @@ impl Session {
         read(&self.state)
             .units
             .get(&unit.0)?
-            .stats()
+            .stats
+            .as_deref()
             .cloned()
     }
 
     /// Where everything of `unit` ended up (if [`Session::set_want_map`] was on when it linked).
     pub fn link_map(&self, unit: UnitId) -> Option<Arc<LinkMap>> {
-        read(&self.state).units.get(&unit.0)?.map().cloned()
+        read(&self.state).units.get(&unit.0)?.map.clone()
     }
 
     // ---- running ----
@@ -782,7 +791,7 @@ impl Session {
     fn release(&self, unit: Unit) -> Result<()> {
         let dealloc = self.executor.deallocate(unit.alloc);
         if let Some(memory) = &unit.memory {
-            memory.free(&*self.executor, &unit.slab_ranges());
+            memory.free(&*self.executor, &unit.slab_ranges);
         }
         Ok(dealloc?)
     }

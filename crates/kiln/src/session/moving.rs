@@ -41,7 +41,7 @@ impl Session {
     pub fn move_unit(&self, unit: UnitId, new_addrs: &[ExecutorAddr]) -> Result<()> {
         let mut st = write(&self.state);
         let u = st.unit(unit)?;
-        let (rec, actions) = match (u.relink(), u.link_actions()) {
+        let (rec, actions) = match (&u.relink, &u.link_actions) {
             (Some(r), Some(a)) if r.movable && u.memory.is_some() => (r.clone(), a.clone()),
             _ => {
                 return Err(Error::Usage(format!(
@@ -80,14 +80,14 @@ impl Session {
         // applied again while nothing is registered over them; then the registrations come back
         // at the new place.
         ex.move_allocation(alloc, &segment_moves, Vec::new())?;
-        let old_segments: Vec<(u64, u64)> = st.unit(unit)?.segments.to_vec();
+        let old_segments: Vec<(u64, u64)> = st.unit(unit)?.segments.clone();
         relocate_unit_tables(&mut st, unit.0, &moves);
         let result = self
             .reapply_own(&st, unit.0, &rec)
             .and_then(|()| self.reapply_incoming(&st, unit.0, &|_, _| None));
         // As linked → where it is now: registrations are rebuilt from the link-time actions.
         let linked: Vec<(u64, u64)> = rec.segments.iter().map(|&(_, a, n)| (a, n)).collect();
-        let current = st.unit(unit)?.segments.to_vec();
+        let current = st.unit(unit)?.segments.clone();
         let to_now = Moves(
             linked
                 .iter()
@@ -162,10 +162,10 @@ impl Session {
         unit: u64,
         redirect: &dyn Fn(u64, &RelinkTarget) -> Option<u64>,
     ) -> Result<()> {
-        let incoming = st.unit(UnitId(unit))?.incoming().to_vec();
+        let incoming = st.unit(UnitId(unit))?.incoming.clone();
         for (from, idx) in incoming {
             let v = st.unit(UnitId(from))?;
-            let Some(rec) = v.relink() else { continue };
+            let Some(rec) = &v.relink else { continue };
             let Some(e) = rec.edges.get(idx as usize) else {
                 continue;
             };
@@ -264,7 +264,7 @@ impl Session {
             .iter()
             .filter_map(|(n, a)| Some((*a, new_defs.iter().find(|(m, _)| m == n)?.1)))
             .collect();
-        let old_segments = st.unit(old)?.segments.to_vec();
+        let old_segments = st.unit(old)?.segments.clone();
         let address_of = |t: &RelinkTarget| match *t {
             RelinkTarget::Unit {
                 unit,
@@ -367,8 +367,13 @@ fn relocate_unit_tables(st: &mut State, unit: u64, moves: &Moves) {
         return;
     };
     let scope = u.scope;
-    let old: Vec<(u64, u64)> = u.segments.to_vec();
-    u.move_segments(|a| moves.translate(a));
+    let old: Vec<(u64, u64)> = u.segments.clone();
+    for s in u.segments.iter_mut() {
+        s.0 = moves.translate(s.0);
+    }
+    for r in u.slab_ranges.iter_mut() {
+        r.addr = ExecutorAddr(moves.translate(r.addr.0));
+    }
     let names = u.names.clone();
     let segments = u.segments.clone();
     for (i, ((a, n), (b, _))) in old.iter().zip(&segments).enumerate() {
@@ -397,14 +402,14 @@ fn retarget_tables(
     let incoming = st
         .units
         .get(&old)
-        .map(|u| u.incoming().to_vec())
+        .map(|u| u.incoming.clone())
         .unwrap_or_default();
     let mut moved = Vec::new();
     for (from, idx) in incoming {
         let Some(target) = st
             .units
             .get(&from)
-            .and_then(|v| v.relink()?.edges.get(idx as usize).copied())
+            .and_then(|v| v.relink.as_ref()?.edges.get(idx as usize).copied())
             .and_then(|e| redirect(&e.target))
         else {
             continue;
@@ -413,7 +418,7 @@ fn retarget_tables(
             continue;
         };
         if let Some(v) = st.units.get_mut(&from) {
-            if let Some(rec) = v.relink_mut() {
+            if let Some(rec) = v.relink.as_mut() {
                 Arc::make_mut(rec).edges[idx as usize].target = RelinkTarget::Unit {
                     unit: UnitId(unit),
                     segment,
@@ -427,12 +432,12 @@ fn retarget_tables(
         moved.push((from, idx));
     }
     if let Some(o) = st.units.get_mut(&old) {
-        o.incoming_mut().retain(|x| !moved.contains(x));
+        o.incoming.retain(|x| !moved.contains(x));
     }
     let mut froms: Vec<u64> = moved.iter().map(|(f, _)| *f).collect();
     froms.dedup();
     if let Some(n) = st.units.get_mut(&new) {
-        n.incoming_mut().extend(moved.iter().copied());
+        n.incoming.extend(moved.iter().copied());
         for f in &froms {
             if !n.dependents.contains(f) {
                 n.dependents.push(*f);
@@ -444,7 +449,7 @@ fn retarget_tables(
         let still = st
             .units
             .get(&old)
-            .is_some_and(|o| o.incoming().iter().any(|(x, _)| *x == f));
+            .is_some_and(|o| o.incoming.iter().any(|(x, _)| *x == f));
         if !still {
             if let Some(v) = st.units.get_mut(&f) {
                 v.deps.retain(|d| *d != old);

@@ -5,12 +5,12 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
+use super::units::{Few, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
-use super::units::{Few, UnitTable};
-use kiln_target::{AllocId, ExecutorAddr, SlabId};
+use kiln_target::{AllocId, ExecutorAddr};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -84,174 +84,29 @@ pub(crate) struct Scope {
 pub(crate) struct Unit {
     pub alloc: AllocId,
     pub scope: ScopeId,
-    /// Links in progress that bound to this unit and have not published yet.
-    pub pins: AtomicU32,
-    pub initialized: bool,
     /// Where its ranges came from (`None`: a reservation of its own).
     pub memory: Option<Arc<dyn CodeMemory>>,
-    /// (address, size) of its segments; in slab memory, each is one of its slab ranges.
-    pub segments: Few<(u64, u64)>,
-    /// The slab its segments lie in and the region of each (their slab ranges), when that
-    /// says all (see [`Unit::slab_ranges`]).
-    slab: Option<(SlabId, [u8; 3])>,
+    pub slab_ranges: Few<SlabRange>,
+    /// (address, size) of its segments.
+    pub segments: Vec<(u64, u64)>,
+    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
+    /// where it was linked.
+    pub relink: Option<Arc<RelinkRecord>>,
+    /// Its finalize actions as linked (relink units only): moving it registers them again.
+    pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
+    /// Edges of other units that target this one: (unit, index into its record's edges).
+    pub incoming: Vec<(u64, u32)>,
     /// Names this unit defines in its scope's table (the ones that won).
-    pub names: Few<Arc<str>>,
+    pub names: Few<std::sync::Arc<str>>,
     /// Units this one binds to.
     pub deps: Few<u64>,
     /// Units that bind to this one.
     pub dependents: Few<u64>,
-    /// What few units have.
-    rare: Option<Box<Rare>>,
-}
-
-/// The parts of a unit's record that most units of a JIT do not have.
-#[derive(Default)]
-struct Rare {
-    /// Its slab ranges, when its segments and slab do not say them (see [`Unit::slab_ranges`]).
-    slab_ranges: Vec<SlabRange>,
-    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
-    /// where it was linked.
-    relink: Option<Arc<RelinkRecord>>,
-    /// Its finalize actions as linked (relink units only): moving it registers them again.
-    link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
-    /// Edges of other units that target this one: (unit, index into its record's edges).
-    incoming: Vec<(u64, u32)>,
-    stats: Option<Box<crate::LinkStats>>,
-    map: Option<Arc<crate::LinkMap>>,
-}
-
-/// What a new unit's record is made of.
-pub(crate) struct NewUnit {
-    pub alloc: AllocId,
-    pub scope: ScopeId,
-    pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: Vec<SlabRange>,
-    pub segments: Vec<(u64, u64)>,
-    pub relink: Option<RelinkRecord>,
-    pub link_actions: Option<Vec<kiln_target::ActionPair>>,
-    pub stats: Option<crate::LinkStats>,
-    pub map: Option<crate::LinkMap>,
-}
-
-impl Unit {
-    pub fn new(n: NewUnit) -> Self {
-        let segments: Few<(u64, u64)> = n.segments.into_iter().collect();
-        let slab = regions_of(&segments, &n.slab_ranges);
-        let mut rare = Rare {
-            slab_ranges: if slab.is_none() {
-                n.slab_ranges
-            } else {
-                Vec::new()
-            },
-            relink: n.relink.map(Arc::new),
-            link_actions: n.link_actions.map(Arc::new),
-            incoming: Vec::new(),
-            stats: n.stats.map(Box::new),
-            map: n.map.map(Arc::new),
-        };
-        rare.slab_ranges.shrink_to_fit();
-        let has_rare = !rare.slab_ranges.is_empty()
-            || rare.relink.is_some()
-            || rare.link_actions.is_some()
-            || rare.stats.is_some()
-            || rare.map.is_some();
-        Unit {
-            alloc: n.alloc,
-            scope: n.scope,
-            pins: AtomicU32::new(0),
-            // Even without initializers: the executor runs a unit's finalizers (destructors,
-            // exit handlers) only if it was initialized.
-            initialized: false,
-            memory: n.memory,
-            segments,
-            slab,
-            names: Few::default(),
-            deps: Few::default(),
-            dependents: Few::default(),
-            rare: has_rare.then(|| Box::new(rare)),
-        }
-    }
-
-    /// The ranges it holds in slabs (empty for a unit in a reservation of its own).
-    pub fn slab_ranges(&self) -> Vec<SlabRange> {
-        match self.slab {
-            Some((slab, regions)) => self
-                .segments
-                .iter()
-                .zip(regions)
-                .map(|(&(addr, size), region)| SlabRange {
-                    slab,
-                    region: usize::from(region),
-                    addr: ExecutorAddr(addr),
-                    size,
-                })
-                .collect(),
-            None => self
-                .rare
-                .as_ref()
-                .map(|r| r.slab_ranges.clone())
-                .unwrap_or_default(),
-        }
-    }
-
-    /// Its segments moved (`translate` maps an old address to the new one).
-    pub fn move_segments(&mut self, translate: impl Fn(u64) -> u64) {
-        for s in self.segments.iter_mut() {
-            s.0 = translate(s.0);
-        }
-        for r in self.rare.iter_mut().flat_map(|r| r.slab_ranges.iter_mut()) {
-            r.addr = ExecutorAddr(translate(r.addr.0));
-        }
-    }
-
-    fn rare_mut(&mut self) -> &mut Rare {
-        self.rare.get_or_insert_with(Box::default)
-    }
-
-    pub fn relink(&self) -> Option<&Arc<RelinkRecord>> {
-        self.rare.as_ref()?.relink.as_ref()
-    }
-
-    pub fn relink_mut(&mut self) -> Option<&mut Arc<RelinkRecord>> {
-        self.rare.as_mut()?.relink.as_mut()
-    }
-
-    pub fn link_actions(&self) -> Option<&Arc<Vec<kiln_target::ActionPair>>> {
-        self.rare.as_ref()?.link_actions.as_ref()
-    }
-
-    pub fn incoming(&self) -> &[(u64, u32)] {
-        self.rare.as_ref().map_or(&[], |r| &r.incoming)
-    }
-
-    pub fn incoming_mut(&mut self) -> &mut Vec<(u64, u32)> {
-        &mut self.rare_mut().incoming
-    }
-
-    pub fn stats(&self) -> Option<&crate::LinkStats> {
-        self.rare.as_ref()?.stats.as_deref()
-    }
-
-    pub fn map(&self) -> Option<&Arc<crate::LinkMap>> {
-        self.rare.as_ref()?.map.as_ref()
-    }
-}
-
-/// The slab and the region of each segment, if `ranges` are exactly `segments` in one slab
-/// (what a link into slab memory makes).
-fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(SlabId, [u8; 3])> {
-    let first = ranges.first()?;
-    if ranges.len() != segments.len() || ranges.len() > 3 {
-        return None;
-    }
-    let mut regions = [0u8; 3];
-    for ((r, &(addr, size)), region) in ranges.iter().zip(segments).zip(&mut regions) {
-        if r.slab != first.slab || r.addr.0 != addr || r.size != size || r.region > 2 {
-            return None;
-        }
-        *region = r.region as u8;
-    }
-    Some((first.slab, regions))
+    /// Links in progress that bound to this unit and have not published yet.
+    pub pins: AtomicU32,
+    pub initialized: bool,
+    pub stats: Option<Box<crate::LinkStats>>,
+    pub map: Option<std::sync::Arc<crate::LinkMap>>,
 }
 
 pub(crate) struct State {
@@ -381,8 +236,8 @@ impl State {
                 self.by_addr.insert(addr, (addr + size, id, i as u8));
             }
         }
-        if let Some(rec) = unit.rare.as_mut().and_then(|r| r.relink.take()) {
-            unit.rare_mut().relink = Some(Arc::new(self.classify(id, rec)));
+        if let Some(rec) = unit.relink.take() {
+            unit.relink = Some(Arc::new(self.classify(id, rec)));
         }
         self.units.insert(id, unit);
     }
@@ -410,7 +265,7 @@ impl State {
                 offset,
             };
             if let Some(t) = self.units.get_mut(&unit) {
-                t.incoming_mut().push((id, i as u32));
+                t.incoming.push((id, i as u32));
             }
         }
         rec
@@ -457,11 +312,11 @@ impl State {
                 self.by_addr.remove(&addr);
             }
         }
-        if let Some(rec) = unit.relink() {
+        if let Some(rec) = &unit.relink {
             for e in &rec.edges {
                 if let RelinkTarget::Unit { unit: t, .. } = e.target {
                     if let Some(t) = self.units.get_mut(&t.0) {
-                        t.incoming_mut().retain(|(from, _)| *from != id);
+                        t.incoming.retain(|(from, _)| *from != id);
                     }
                 }
             }

@@ -138,7 +138,8 @@ impl UnitTable {
                 let used = self.chunks.len() * CHUNK;
                 self.chunks.push((0..CHUNK).map(|_| None).collect());
                 // Every slot of the new chunk but the first is free, lowest taken first.
-                self.free.extend((used + 1..used + CHUNK).rev().map(|s| s as u32));
+                self.free
+                    .extend((used + 1..used + CHUNK).rev().map(|s| s as u32));
                 used as u32
             }
         };
@@ -163,10 +164,34 @@ impl UnitTable {
     }
 
     /// (id, unit) of the live units, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &Unit)> + '_ {
+    pub(crate) fn iter(&self) -> Iter<'_> {
+        self.into_iter()
+    }
+}
+
+/// `for (id, unit) in &table`, as over a map.
+pub(crate) struct Iter<'a> {
+    table: &'a UnitTable,
+    index: std::collections::hash_map::Iter<'a, u64, u32>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a u64, &'a Unit);
+    fn next(&mut self) -> Option<Self::Item> {
         self.index
-            .iter()
-            .filter_map(|(id, s)| Some((id, self.slot(*s)?)))
+            .by_ref()
+            .find_map(|(id, s)| Some((id, self.table.slot(*s)?)))
+    }
+}
+
+impl<'a> IntoIterator for &'a UnitTable {
+    type Item = (&'a u64, &'a Unit);
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        Iter {
+            table: self,
+            index: self.index.iter(),
+        }
     }
 }
 
