@@ -513,18 +513,20 @@ impl<S> Table<S> {
             }
         }
         let Plan {
-            mut segments,
+            segments,
             mut registered,
             ..
         } = plan;
-        // (Cannot fail: checked disjoint from everything, and from each other by the plan.)
-        segments.retain(|s| {
+        // Checked disjoint from every allocation's segments above (`check_slab_segments`, or
+        // a free reservation of ours holds none), and from each other by the plan; the plan's
+        // segments are non-empty.
+        for s in &segments {
             let owner = SegmentOwner {
                 alloc: id,
                 prot: s.prot,
             };
-            self.segments.insert(s.start, s.end, owner).is_ok()
-        });
+            self.segments.insert_disjoint(s.start, s.end, owner);
+        }
         registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
         let extras = (!registered.is_empty() || !new.initializers.is_empty()).then(|| {
             Box::new(Extras {
