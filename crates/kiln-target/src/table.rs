@@ -64,8 +64,39 @@ struct AllocRecord {
     /// (base, size) of its own reservation; `None` in a slab.
     reservation: Option<(u64, u64)>,
     /// Its entries in the segment index.
-    segments: Vec<PlannedSegment>,
+    segments: Segments,
     extras: Option<Box<Extras>>,
+}
+
+/// An allocation's segments: inline while there is one (a JIT's one-function unit), so that
+/// its record needs no allocation of its own.
+#[derive(Debug)]
+enum Segments {
+    One(PlannedSegment),
+    /// Any other number.
+    Many(Vec<PlannedSegment>),
+}
+
+impl From<Vec<PlannedSegment>> for Segments {
+    fn from(mut v: Vec<PlannedSegment>) -> Self {
+        match v.len() {
+            1 => Segments::One(v[0]),
+            _ => {
+                v.shrink_to_fit();
+                Segments::Many(v)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Segments {
+    type Target = [PlannedSegment];
+    fn deref(&self) -> &[PlannedSegment] {
+        match self {
+            Segments::One(s) => std::slice::from_ref(s),
+            Segments::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -545,7 +576,7 @@ impl<S> Table<S> {
             initialized: false,
             finalizers: new.finalizers,
             reservation,
-            segments,
+            segments: segments.into(),
             extras,
         });
         Ok(())
@@ -693,7 +724,7 @@ impl<S> Table<S> {
         let Some(a) = self.allocs.remove(&id) else {
             return;
         };
-        for s in &a.segments {
+        for s in a.segments.iter() {
             self.segments.remove(s.start);
         }
         for &(s, _) in a.extras.iter().flat_map(|x| &x.registered) {
@@ -783,7 +814,7 @@ impl<S> Table<S> {
                 seg.start, seg.end
             )));
         }
-        let mut segments = a.segments.clone();
+        let mut segments = a.segments.to_vec();
         let mut plan = Vec::with_capacity(moves.len());
         for m in moves {
             let i = a
@@ -894,7 +925,7 @@ impl<S> Table<S> {
                 let _ = self.segments.insert(g.start, g.end, owner);
             }
         }
-        a.segments.clone_from(&plan.segments);
+        a.segments = plan.segments.clone().into();
         if let Some(x) = a.extras.as_mut() {
             for (s, _) in std::mem::take(&mut x.registered) {
                 self.registered.remove(s);
