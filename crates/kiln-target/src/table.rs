@@ -61,11 +61,16 @@ struct AllocRecord {
     initialized: bool,
     /// Its deinitializers wait in the process-wide exit registry.
     finalizers: bool,
-    /// (base, size) of its own reservation; `None` in a slab.
-    reservation: Option<(u64, u64)>,
     /// Its entries in the segment index.
     segments: Segments,
     extras: Option<Box<Extras>>,
+}
+
+impl AllocRecord {
+    /// (base, size) of its own reservation; `None` in a slab.
+    fn reservation(&self) -> Option<(u64, u64)> {
+        self.extras.as_ref()?.reservation
+    }
 }
 
 /// An allocation's segments: inline while there is one (a JIT's one-function unit), so that
@@ -101,6 +106,9 @@ impl std::ops::Deref for Segments {
 
 #[derive(Debug, Default)]
 struct Extras {
+    /// (base, size) of its own reservation; `None` in a slab (a JIT's small units: their
+    /// records stay small).
+    reservation: Option<(u64, u64)>,
     /// Its entries in the registered ranges.
     registered: Vec<(u64, u64)>,
     dealloc: Vec<Action>,
@@ -559,8 +567,12 @@ impl<S> Table<S> {
             self.segments.insert_disjoint(s.start, s.end, owner);
         }
         registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
-        let extras = (!registered.is_empty() || !new.initializers.is_empty()).then(|| {
+        let extras = (reservation.is_some()
+            || !registered.is_empty()
+            || !new.initializers.is_empty())
+        .then(|| {
             Box::new(Extras {
+                reservation,
                 registered,
                 initializers: new.initializers,
                 dealloc: Vec::new(),
@@ -575,7 +587,6 @@ impl<S> Table<S> {
             pins: 0,
             initialized: false,
             finalizers: new.finalizers,
-            reservation,
             segments: segments.into(),
             extras,
         });
@@ -699,7 +710,7 @@ impl<S> Table<S> {
                 .as_mut()
                 .map(|x| std::mem::take(&mut x.dealloc))
                 .unwrap_or_default(),
-            reservation: a.reservation,
+            reservation: a.reservation(),
             finalizers: a.finalizers,
         })
     }
@@ -730,7 +741,7 @@ impl<S> Table<S> {
         for &(s, _) in a.extras.iter().flat_map(|x| &x.registered) {
             self.registered.remove(s);
         }
-        if let Some((base, _)) = a.reservation {
+        if let Some((base, _)) = a.reservation() {
             if keep_reservation {
                 if let Some((_, r)) = self.reservations.get_mut(base) {
                     *r = Reservation::Free;
@@ -793,7 +804,7 @@ impl<S> Table<S> {
             Some(a) if a.state == AllocState::Live => a,
             _ => return Err(Error::UnknownAllocation(id)),
         };
-        if a.reservation.is_some() {
+        if a.reservation().is_some() {
             return Err(Error::InvalidRequest(format!(
                 "allocation {id} has a reservation of its own: only units in slabs move"
             )));
