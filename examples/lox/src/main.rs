@@ -158,7 +158,13 @@ fn main() -> ExitCode {
 }
 
 fn run(options: Options, stats: bool, path: Option<String>) -> u8 {
-    let mut vm = Vm::new(options, Box::new(std::io::stdout()));
+    let mut vm = match Vm::new(options, Box::new(std::io::stdout())) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("kiln-lox: {e}");
+            return 70;
+        }
+    };
     let code = match path {
         Some(path) => run_file(&mut vm, &path),
         None => {

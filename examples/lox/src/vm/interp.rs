@@ -35,22 +35,22 @@ impl Vm {
     fn run_loop<const COUNT: bool>(&mut self, program: &Program) -> Result<(), RuntimeError> {
         let code = &program.code[..];
         let protos = &program.protos[..];
-        let mut fc = self.frame_count;
-        let mut ip = self.frames.ip(fc - 1);
-        let mut base = self.frames.base(fc - 1);
+        let mut fc = self.region.frame_count();
+        let mut ip = self.region.frame_ip(fc - 1);
+        let mut base = self.region.frame_base(fc - 1);
         let mut sp = self.sp;
 
         macro_rules! sync {
             () => {{
                 self.sp = sp;
-                self.frame_count = fc;
+                self.region.set_frame_count(fc);
             }};
         }
         macro_rules! fail {
             ($message:expr) => {{
-                self.frames.set_ip(fc - 1, ip);
+                self.region.set_frame_ip(fc - 1, ip);
                 self.sp = sp;
-                self.frame_count = fc;
+                self.region.set_frame_count(fc);
                 let message: Vec<u8> = $message.into();
                 return Err(self.runtime_error(program, &message));
             }};
@@ -69,19 +69,19 @@ impl Vm {
         macro_rules! push {
             ($value:expr) => {{
                 let value: Value = $value;
-                self.stack.set(sp, value);
+                self.region.set_stack(sp, value);
                 sp += 1;
             }};
         }
         macro_rules! pop {
             () => {{
                 sp -= 1;
-                self.stack.get(sp)
+                self.region.stack(sp)
             }};
         }
         macro_rules! peek {
             ($distance:expr) => {
-                self.stack.get(sp - 1 - $distance)
+                self.region.stack(sp - 1 - $distance)
             };
         }
         macro_rules! read_u32 {
@@ -107,8 +107,9 @@ impl Vm {
                 if fc == FRAMES_MAX || new_base + proto.max_stack > STACK_SLOTS {
                     fail!("Stack overflow.");
                 }
-                self.frames.set_ip(fc - 1, ip);
-                self.frames.set(fc, callee, proto.code_start, new_base);
+                self.region.set_frame_ip(fc - 1, ip);
+                self.region
+                    .set_frame(fc, callee, proto.code_start, new_base);
                 fc += 1;
                 ip = proto.code_start;
                 base = new_base;
@@ -122,7 +123,7 @@ impl Vm {
                     fail!("Operands must be numbers.");
                 }
                 sp -= 1;
-                self.stack.set(sp - 1, $wrap(a.as_number() $op b.as_number()));
+                self.region.set_stack(sp - 1, $wrap(a.as_number() $op b.as_number()));
             }};
         }
 
@@ -135,7 +136,7 @@ impl Vm {
             match opcode {
                 op::CONSTANT => {
                     let k = read_u32!();
-                    push!(self.constants[k]);
+                    push!(self.constant(k));
                 }
                 op::NIL => push!(Value::NIL),
                 op::TRUE => push!(Value::TRUE),
@@ -144,16 +145,16 @@ impl Vm {
                 op::GET_LOCAL => {
                     let slot = usize::from(code[ip]);
                     ip += 1;
-                    push!(self.stack.get(base + slot));
+                    push!(self.region.stack(base + slot));
                 }
                 op::SET_LOCAL => {
                     let slot = usize::from(code[ip]);
                     ip += 1;
-                    self.stack.set(base + slot, peek!(0));
+                    self.region.set_stack(base + slot, peek!(0));
                 }
                 op::GET_GLOBAL => {
                     let slot = read_u32!();
-                    let value = self.globals[slot];
+                    let value = self.region.global(slot);
                     if value == Value::UNDEFINED {
                         fail!(self.undefined_variable(slot));
                     }
@@ -161,14 +162,15 @@ impl Vm {
                 }
                 op::DEFINE_GLOBAL => {
                     let slot = read_u32!();
-                    self.globals[slot] = pop!();
+                    let value = pop!();
+                    self.region.set_global(slot, value);
                 }
                 op::SET_GLOBAL => {
                     let slot = read_u32!();
-                    if self.globals[slot] == Value::UNDEFINED {
+                    if self.region.global(slot) == Value::UNDEFINED {
                         fail!(self.undefined_variable(slot));
                     }
-                    self.globals[slot] = peek!(0);
+                    self.region.set_global(slot, peek!(0));
                 }
                 op::GET_UPVALUE => {
                     let index = usize::from(code[ip]);
@@ -177,7 +179,7 @@ impl Vm {
                         .heap
                         .mem
                         .load_value(
-                            self.frames.closure(fc - 1).as_obj(),
+                            self.region.frame_closure(fc - 1).as_obj(),
                             closure::UPVALUES + index,
                         )
                         .as_obj();
@@ -185,7 +187,7 @@ impl Vm {
                     let value = if slot.is_nil() {
                         self.heap.mem.load_value(up, upvalue::CLOSED)
                     } else {
-                        self.stack.get(slot.0 as usize)
+                        self.region.stack(slot.0 as usize)
                     };
                     push!(value);
                 }
@@ -196,7 +198,7 @@ impl Vm {
                         .heap
                         .mem
                         .load_value(
-                            self.frames.closure(fc - 1).as_obj(),
+                            self.region.frame_closure(fc - 1).as_obj(),
                             closure::UPVALUES + index,
                         )
                         .as_obj();
@@ -204,14 +206,17 @@ impl Vm {
                     if slot.is_nil() {
                         self.heap.mem.store_value(up, upvalue::CLOSED, peek!(0));
                     } else {
-                        self.stack.set(slot.0 as usize, peek!(0));
+                        self.region.set_stack(slot.0 as usize, peek!(0));
                     }
                 }
                 op::GET_PROPERTY => {
                     let ic = read_u32!();
                     let receiver = peek!(0);
-                    let cache = &self.ics[ic];
-                    let (key, kind, slot) = (cache.key, cache.kind, cache.slot as usize);
+                    let (key, kind, slot) = (
+                        self.region.ic_key(ic),
+                        self.region.ic_kind(ic),
+                        self.region.ic_slot(ic),
+                    );
                     let mem = &self.heap.mem;
                     if receiver.is_obj()
                         && mem.load(receiver.as_obj(), instance::SHAPE) == key
@@ -220,17 +225,19 @@ impl Vm {
                         self.stats.ic_hits[Site::GetProperty as usize] += 1;
                         match kind {
                             IcKind::InlineField => self
-                                .stack
-                                .set(sp - 1, mem.load_value(receiver.as_obj(), slot)),
+                                .region
+                                .set_stack(sp - 1, mem.load_value(receiver.as_obj(), slot)),
                             IcKind::OverflowField => {
                                 let overflow = mem
                                     .load_value(receiver.as_obj(), instance::OVERFLOW)
                                     .as_obj();
-                                self.stack
-                                    .set(sp - 1, mem.load_value(overflow, array::ELEMENTS + slot));
+                                self.region.set_stack(
+                                    sp - 1,
+                                    mem.load_value(overflow, array::ELEMENTS + slot),
+                                );
                             }
                             _ => {
-                                let method = Value(self.ics[ic].target);
+                                let method = Value(self.region.ic_target(ic));
                                 sync!();
                                 check!(self.bind_method(method));
                             }
@@ -243,9 +250,12 @@ impl Vm {
                 op::SET_PROPERTY => {
                     let ic = read_u32!();
                     let receiver = peek!(1);
-                    let cache = &self.ics[ic];
-                    let (key, kind, slot, target) =
-                        (cache.key, cache.kind, cache.slot as usize, cache.target);
+                    let (key, kind, slot, target) = (
+                        self.region.ic_key(ic),
+                        self.region.ic_kind(ic),
+                        self.region.ic_slot(ic),
+                        self.region.ic_target(ic),
+                    );
                     if receiver.is_obj()
                         && self.heap.mem.load(receiver.as_obj(), instance::SHAPE) == key
                         && kind != IcKind::Empty
@@ -266,7 +276,7 @@ impl Vm {
                                 mem.store_value(overflow, array::ELEMENTS + slot, value);
                             }
                         }
-                        self.stack.set(sp - 1, value);
+                        self.region.set_stack(sp - 1, value);
                     } else {
                         sync!();
                         check!(self.set_property_slow(ic));
@@ -281,7 +291,8 @@ impl Vm {
                 op::EQUAL => {
                     let b = pop!();
                     let a = peek!(0);
-                    self.stack.set(sp - 1, Value::bool(values_equal(a, b)));
+                    self.region
+                        .set_stack(sp - 1, Value::bool(values_equal(a, b)));
                 }
                 op::GREATER => numbers!(>, Value::bool),
                 op::LESS => numbers!(<, Value::bool),
@@ -289,8 +300,8 @@ impl Vm {
                     let (a, b) = (peek!(1), peek!(0));
                     if a.is_number() && b.is_number() {
                         sp -= 1;
-                        self.stack
-                            .set(sp - 1, Value::number(a.as_number() + b.as_number()));
+                        self.region
+                            .set_stack(sp - 1, Value::number(a.as_number() + b.as_number()));
                     } else if is_string(&self.heap.mem, a) && is_string(&self.heap.mem, b) {
                         sync!();
                         check!(self.concatenate());
@@ -303,14 +314,14 @@ impl Vm {
                 op::DIVIDE => numbers!(/, Value::number),
                 op::NOT => {
                     let v = peek!(0);
-                    self.stack.set(sp - 1, Value::bool(v.is_falsey()));
+                    self.region.set_stack(sp - 1, Value::bool(v.is_falsey()));
                 }
                 op::NEGATE => {
                     let v = peek!(0);
                     if !v.is_number() {
                         fail!("Operand must be a number.");
                     }
-                    self.stack.set(sp - 1, Value::number(-v.as_number()));
+                    self.region.set_stack(sp - 1, Value::number(-v.as_number()));
                 }
                 op::PRINT => {
                     let v = pop!();
@@ -348,13 +359,13 @@ impl Vm {
                     let argc = usize::from(code[ip]);
                     ip += 1;
                     let receiver = peek!(argc);
-                    let cache = &self.ics[ic];
                     if receiver.is_obj()
-                        && self.heap.mem.load(receiver.as_obj(), instance::SHAPE) == cache.key
-                        && cache.kind == IcKind::Method
+                        && self.heap.mem.load(receiver.as_obj(), instance::SHAPE)
+                            == self.region.ic_key(ic)
+                        && self.region.ic_kind(ic) == IcKind::Method
                     {
                         self.stats.ic_hits[Site::Invoke as usize] += 1;
-                        enter!(Value(cache.target), argc);
+                        enter!(Value(self.region.ic_target(ic)), argc);
                     } else {
                         sync!();
                         if let Call::Enter(method) = check!(self.invoke_slow(ic, argc)) {
@@ -367,10 +378,11 @@ impl Vm {
                     let argc = usize::from(code[ip]);
                     ip += 1;
                     let superclass = pop!();
-                    let cache = &self.ics[ic];
-                    if cache.key == superclass.0 && cache.kind == IcKind::Method {
+                    if self.region.ic_key(ic) == superclass.0
+                        && self.region.ic_kind(ic) == IcKind::Method
+                    {
                         self.stats.ic_hits[Site::Super as usize] += 1;
-                        enter!(Value(cache.target), argc);
+                        enter!(Value(self.region.ic_target(ic)), argc);
                     } else {
                         sync!();
                         if let Call::Enter(method) = check!(self.super_invoke_slow(ic, superclass))
@@ -392,7 +404,7 @@ impl Vm {
                 }
                 op::RETURN => {
                     let result = pop!();
-                    if !self.open_upvalues.is_nil() {
+                    if !self.region.open_upvalues().is_nil() {
                         self.close_upvalues(base);
                     }
                     fc -= 1;
@@ -402,8 +414,8 @@ impl Vm {
                         return Ok(());
                     }
                     push!(result);
-                    ip = self.frames.ip(fc - 1);
-                    base = self.frames.base(fc - 1);
+                    ip = self.region.frame_ip(fc - 1);
+                    base = self.region.frame_base(fc - 1);
                 }
                 op::CLASS => {
                     let name = read_u32!();

@@ -44,15 +44,15 @@ fn undefined_property(mem: &crate::heap::memory::Memory, name: Value) -> Fault {
 impl Vm {
     #[inline]
     fn peek(&self, distance: usize) -> Value {
-        self.stack.get(self.sp - 1 - distance)
+        self.region.stack(self.sp - 1 - distance)
     }
 
     fn set_peek(&mut self, distance: usize, value: Value) {
-        self.stack.set(self.sp - 1 - distance, value);
+        self.region.set_stack(self.sp - 1 - distance, value);
     }
 
     fn push(&mut self, value: Value) {
-        self.stack.set(self.sp, value);
+        self.region.set_stack(self.sp, value);
         self.sp += 1;
     }
 
@@ -129,7 +129,7 @@ impl Vm {
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have methods.".to_vec());
         }
-        let name = self.constants[self.ics[ic].name as usize];
+        let name = self.constant(self.ic_names[ic] as usize);
         let mem = &self.heap.mem;
         let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
         if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
@@ -141,13 +141,15 @@ impl Vm {
         }
         let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
         let method = self.find_method(class, name)?;
-        self.ics[ic] = InlineCache {
-            key: shape.0,
-            kind: IcKind::Method,
-            slot: 0,
-            target: method.0,
-            name: self.ics[ic].name,
-        };
+        self.region.set_ic(
+            ic,
+            &InlineCache {
+                key: shape.0,
+                kind: IcKind::Method,
+                slot: 0,
+                target: method.0,
+            },
+        );
         Ok(Call::Enter(method))
     }
 
@@ -158,15 +160,17 @@ impl Vm {
         superclass: Value,
     ) -> Result<Call, Fault> {
         self.stats.ic_misses[Site::Super as usize] += 1;
-        let name = self.constants[self.ics[ic].name as usize];
+        let name = self.constant(self.ic_names[ic] as usize);
         let method = self.find_method(superclass.as_obj(), name)?;
-        self.ics[ic] = InlineCache {
-            key: superclass.0,
-            kind: IcKind::Method,
-            slot: 0,
-            target: method.0,
-            name: self.ics[ic].name,
-        };
+        self.region.set_ic(
+            ic,
+            &InlineCache {
+                key: superclass.0,
+                kind: IcKind::Method,
+                slot: 0,
+                target: method.0,
+            },
+        );
         Ok(Call::Enter(method))
     }
 
@@ -193,26 +197,28 @@ impl Vm {
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have properties.".to_vec());
         }
-        let name_index = self.ics[ic].name;
-        let name = self.constants[name_index as usize];
+        let name_index = self.ic_names[ic];
+        let name = self.constant(name_index as usize);
         let mem = &self.heap.mem;
         let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
         if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
             let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
             let location = obj::field_location(index, capacity);
             self.set_peek(0, obj::load_field(mem, receiver.as_obj(), location));
-            self.ics[ic] = field_cache(shape, location, name_index);
+            self.region.set_ic(ic, &field_cache(shape, location));
             return Ok(());
         }
         let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
         let method = self.find_method(class, name)?;
-        self.ics[ic] = InlineCache {
-            key: shape.0,
-            kind: IcKind::Method,
-            slot: 0,
-            target: method.0,
-            name: name_index,
-        };
+        self.region.set_ic(
+            ic,
+            &InlineCache {
+                key: shape.0,
+                kind: IcKind::Method,
+                slot: 0,
+                target: method.0,
+            },
+        );
         self.bind_method(method)
     }
 
@@ -222,7 +228,7 @@ impl Vm {
         self.push(method);
         self.reserve_or_fault(bound_method::WORDS)?;
         self.sp -= 1;
-        let method = self.stack.get(self.sp);
+        let method = self.region.stack(self.sp);
         let bound = self.heap.alloc(Tag::BoundMethod, bound_method::WORDS);
         self.heap
             .mem
@@ -236,21 +242,24 @@ impl Vm {
 
     /// `super.name`: the superclass was popped by the loop, `this` is on top.
     pub(super) fn get_super(&mut self, ic: usize, superclass: Value) -> Result<(), Fault> {
-        let cache = self.ics[ic];
-        let method = if cache.key == superclass.0 && cache.kind == IcKind::Method {
+        let method = if self.region.ic_key(ic) == superclass.0
+            && self.region.ic_kind(ic) == IcKind::Method
+        {
             self.stats.ic_hits[Site::Super as usize] += 1;
-            Value(cache.target)
+            Value(self.region.ic_target(ic))
         } else {
             self.stats.ic_misses[Site::Super as usize] += 1;
-            let name = self.constants[cache.name as usize];
+            let name = self.constant(self.ic_names[ic] as usize);
             let method = self.find_method(superclass.as_obj(), name)?;
-            self.ics[ic] = InlineCache {
-                key: superclass.0,
-                kind: IcKind::Method,
-                slot: 0,
-                target: method.0,
-                name: cache.name,
-            };
+            self.region.set_ic(
+                ic,
+                &InlineCache {
+                    key: superclass.0,
+                    kind: IcKind::Method,
+                    slot: 0,
+                    target: method.0,
+                },
+            );
             method
         };
         self.bind_method(method)
@@ -263,8 +272,8 @@ impl Vm {
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have fields.".to_vec());
         }
-        let name_index = self.ics[ic].name;
-        let name = self.constants[name_index as usize];
+        let name_index = self.ic_names[ic];
+        let name = self.constant(name_index as usize);
         let mem = &self.heap.mem;
         let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
         if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
@@ -272,7 +281,7 @@ impl Vm {
             let location = obj::field_location(index, capacity);
             let value = self.peek(0);
             obj::store_field(&mut self.heap.mem, receiver.as_obj(), location, value);
-            self.ics[ic] = field_cache(shape, location, name_index);
+            self.region.set_ic(ic, &field_cache(shape, location));
         } else {
             self.add_field(ic)?;
         }
@@ -286,12 +295,12 @@ impl Vm {
     /// it to the child shape (creating it), growing the overflow array if the field is not
     /// inline, and teaching the class to give later instances room for it inline.
     fn add_field(&mut self, ic: usize) -> Result<(), Fault> {
-        let name_index = self.ics[ic].name;
+        let name_index = self.ic_names[ic];
         let (needs_shape, capacity, count, overflow_room) = {
             let mem = &self.heap.mem;
             let receiver = self.peek(1).as_obj();
             let shape = mem.load_value(receiver, instance::SHAPE).as_obj();
-            let name = self.constants[name_index as usize];
+            let name = self.constant(name_index as usize);
             let (capacity, count) = obj::shape_counts(mem, shape);
             let needs_shape = obj::find_transition(mem, shape, name).is_none();
             (
@@ -313,7 +322,7 @@ impl Vm {
         // Everything below is loaded after the reservation.
         let receiver = self.peek(1).as_obj();
         let value = self.peek(0);
-        let name = self.constants[name_index as usize];
+        let name = self.constant(name_index as usize);
         let shape = self.heap.mem.load_value(receiver, instance::SHAPE).as_obj();
         let child = match obj::find_transition(&self.heap.mem, shape, name) {
             Some(child) => child,
@@ -328,13 +337,15 @@ impl Vm {
             .mem
             .store_value(receiver, instance::SHAPE, Value::obj(child));
         if let FieldLocation::Inline(word) = location {
-            self.ics[ic] = InlineCache {
-                key: Value::obj(shape).0,
-                kind: IcKind::AddInlineField,
-                slot: word as u32,
-                target: Value::obj(child).0,
-                name: name_index,
-            };
+            self.region.set_ic(
+                ic,
+                &InlineCache {
+                    key: Value::obj(shape).0,
+                    kind: IcKind::AddInlineField,
+                    slot: word as u32,
+                    target: Value::obj(child).0,
+                },
+            );
         }
         if relearn {
             let class = self.heap.mem.load_value(shape, shape::CLASS).as_obj();
@@ -418,7 +429,7 @@ impl Vm {
         self.heap.mem.store(methods, table::COUNT, 0);
         self.heap
             .mem
-            .store_value(new, class::NAME, self.constants[name]);
+            .store_value(new, class::NAME, self.constant(name));
         self.heap
             .mem
             .store_value(new, class::METHODS, Value::obj(methods));
@@ -451,7 +462,7 @@ impl Vm {
         }
         let class = self.peek(1).as_obj();
         let method = self.peek(0);
-        let name = self.constants[name];
+        let name = self.constant(name);
         let methods = self.heap.mem.load_value(class, class::METHODS).as_obj();
         obj::table_set(&mut self.heap.mem, methods, name, method);
         if name == self.init_string {
@@ -510,7 +521,10 @@ impl Vm {
         self.reserve_or_fault(closure::UPVALUES + count * (1 + upvalue::WORDS))?;
         let new = self.heap.alloc(Tag::Closure, closure::UPVALUES + count);
         self.heap.mem.store(new, closure::PROTO, proto as u64);
-        let enclosing = self.frames.closure(self.frame_count - 1).as_obj();
+        let enclosing = self
+            .region
+            .frame_closure(self.region.frame_count() - 1)
+            .as_obj();
         for (i, pair) in upvalues.chunks_exact(2).enumerate() {
             let index = usize::from(pair[1]);
             let captured = if pair[0] != 0 {
@@ -532,7 +546,7 @@ impl Vm {
     fn capture_upvalue(&mut self, slot: usize) -> Value {
         let mem = &self.heap.mem;
         let mut previous = Value::NIL;
-        let mut current = self.open_upvalues;
+        let mut current = self.region.open_upvalues();
         while !current.is_nil() && mem.load(current.as_obj(), upvalue::SLOT) as usize > slot {
             previous = current;
             current = mem.load_value(current.as_obj(), upvalue::NEXT);
@@ -545,7 +559,7 @@ impl Vm {
         mem.store(created, upvalue::SLOT, slot as u64);
         mem.store_value(created, upvalue::NEXT, current);
         if previous.is_nil() {
-            self.open_upvalues = Value::obj(created);
+            self.region.set_open_upvalues(Value::obj(created));
         } else {
             mem.store_value(previous.as_obj(), upvalue::NEXT, Value::obj(created));
         }
@@ -554,17 +568,18 @@ impl Vm {
 
     /// Closes every open upvalue for slots `last` and above: the value moves into the upvalue.
     pub(super) fn close_upvalues(&mut self, last: usize) {
-        while !self.open_upvalues.is_nil() {
-            let up = self.open_upvalues.as_obj();
+        while !self.region.open_upvalues().is_nil() {
+            let up = self.region.open_upvalues().as_obj();
             let slot = self.heap.mem.load(up, upvalue::SLOT) as usize;
             if slot < last {
                 break;
             }
-            let value = self.stack.get(slot);
+            let value = self.region.stack(slot);
             let mem = &mut self.heap.mem;
             mem.store_value(up, upvalue::CLOSED, value);
             mem.store_value(up, upvalue::SLOT, Value::NIL);
-            self.open_upvalues = mem.load_value(up, upvalue::NEXT);
+            self.region
+                .set_open_upvalues(mem.load_value(up, upvalue::NEXT));
             mem.store_value(up, upvalue::NEXT, Value::NIL);
         }
     }
@@ -586,7 +601,7 @@ impl Vm {
     }
 }
 
-fn field_cache(shape: Value, location: FieldLocation, name: u32) -> InlineCache {
+fn field_cache(shape: Value, location: FieldLocation) -> InlineCache {
     let (kind, slot) = match location {
         FieldLocation::Inline(word) => (IcKind::InlineField, word),
         FieldLocation::Overflow(i) => (IcKind::OverflowField, i),
@@ -596,7 +611,6 @@ fn field_cache(shape: Value, location: FieldLocation, name: u32) -> InlineCache 
         kind,
         slot: slot as u32,
         target: Value::NIL.0,
-        name,
     }
 }
 

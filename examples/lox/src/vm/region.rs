@@ -1,0 +1,317 @@
+//! The VM region: one `kiln_target::RawMemory` mapping that holds everything, besides the heap,
+//! that JIT'd code reads or writes — a context block, the frame records, the value stack, the
+//! globals, the constants, the inline caches and the table of code entries per prototype.
+//!
+//! JIT'd code keeps the region's base in a register (`r12`) and reaches every part of it as
+//! `[r12 + OFFSET + 8*index]`: the whole region is far below 2 GiB, so every offset is a 32-bit
+//! displacement. The region never moves while the VM lives. Rust reaches it only through the
+//! copies `RawMemory` makes (no references), so JIT'd code writing it during a call is sound.
+//!
+//! Every table is a power-of-two array indexed with a mask, so a safe access never panics; the
+//! VM keeps indices in range by construction (the compiler refuses programs that would pass a
+//! table's capacity, calls check `max_stack`, frames are limited to `FRAMES_MAX`).
+//!
+//! ```text
+//! offset        what                              entry
+//! 0x0000        context block (ctx::*)
+//! 0x1000        frame records (FRAMES_MAX)         4 words: closure, ip, base, native return
+//! 0x2000        value stack (STACK_SLOTS)          1 word (a Value)
+//! 0x0010_0000   globals (MAX_GLOBALS)              1 word (a Value, or UNDEFINED)
+//! 0x0100_0000   constants (MAX_CONSTANTS)          1 word (a Value)
+//! 0x0400_0000   inline caches (MAX_ICS)            4 words: key, kind, slot, target
+//! 0x0800_0000   code entries (MAX_PROTOS)          1 word: address JIT'd code calls for it
+//! ```
+
+use kiln_target::RawMemory;
+
+use super::stack::{frame, FRAMES_MAX, STACK_SLOTS};
+use crate::bytecode::{IcKind, InlineCache};
+use crate::value::Value;
+
+/// Byte offsets of the context block's words.
+pub mod ctx {
+    /// Address of word 0 of the current semispace (changes at every collection).
+    pub const HEAP_BASE: i32 = 0;
+    /// Address of the first free value-stack slot, stored by JIT'd code before it calls a
+    /// runtime helper (the helper's `sp`).
+    pub const JIT_SP: i32 = 8;
+    /// Frames in use.
+    pub const FRAME_COUNT: i32 = 16;
+    /// Open upvalues, highest stack slot first (a Value: an upvalue or nil).
+    pub const OPEN_UPVALUES: i32 = 24;
+    /// Nonzero while a runtime error unwinds through JIT'd code (a byte).
+    pub const ERROR: i32 = 32;
+    /// Inline-cache hits counted by JIT'd code, one word per kind of site (`Site`).
+    pub const JIT_IC_HITS: i32 = 64;
+}
+
+pub const FRAMES_OFFSET: usize = 0x1000;
+pub const STACK_OFFSET: usize = 0x2000;
+pub const GLOBALS_OFFSET: usize = 0x10_0000;
+pub const CONSTANTS_OFFSET: usize = 0x100_0000;
+pub const ICS_OFFSET: usize = 0x400_0000;
+pub const ENTRIES_OFFSET: usize = 0x800_0000;
+const REGION_BYTES: usize = ENTRIES_OFFSET + MAX_PROTOS * 8;
+
+pub const MAX_GLOBALS: usize = 1 << 20;
+pub const MAX_CONSTANTS: usize = 1 << 22;
+pub const MAX_ICS: usize = 1 << 21;
+pub const MAX_PROTOS: usize = 1 << 21;
+
+/// Words of one inline cache and the index of each.
+pub mod ic {
+    /// Value bits of the shape (or class, for `super`) the entry is for; nil when empty.
+    pub const KEY: usize = 0;
+    /// `IcKind` as a raw number.
+    pub const KIND: usize = 1;
+    /// Raw field slot (instance word or overflow element).
+    pub const SLOT: usize = 2;
+    /// Value bits of the method closure or the new shape; nil when unused.
+    pub const TARGET: usize = 3;
+    pub const WORDS: usize = 4;
+}
+
+const _: () = {
+    assert!(FRAMES_OFFSET + FRAMES_MAX * frame::WORDS * 8 <= STACK_OFFSET);
+    assert!(STACK_OFFSET + STACK_SLOTS * 8 <= GLOBALS_OFFSET);
+    assert!(GLOBALS_OFFSET + MAX_GLOBALS * 8 <= CONSTANTS_OFFSET);
+    assert!(CONSTANTS_OFFSET + MAX_CONSTANTS * 8 <= ICS_OFFSET);
+    assert!(ICS_OFFSET + MAX_ICS * ic::WORDS * 8 <= ENTRIES_OFFSET);
+    // Every part is reachable with a 32-bit displacement from the base.
+    assert!(REGION_BYTES < 1 << 31);
+};
+
+impl IcKind {
+    pub fn to_raw(self) -> u64 {
+        match self {
+            IcKind::Empty => 0,
+            IcKind::InlineField => 1,
+            IcKind::OverflowField => 2,
+            IcKind::Method => 3,
+            IcKind::AddInlineField => 4,
+        }
+    }
+
+    pub fn from_raw(raw: u64) -> IcKind {
+        match raw {
+            1 => IcKind::InlineField,
+            2 => IcKind::OverflowField,
+            3 => IcKind::Method,
+            4 => IcKind::AddInlineField,
+            _ => IcKind::Empty,
+        }
+    }
+}
+
+pub struct VmRegion {
+    raw: RawMemory,
+}
+
+#[inline]
+fn masked(index: usize, capacity: usize) -> usize {
+    index & (capacity - 1)
+}
+
+impl VmRegion {
+    pub fn new() -> Result<VmRegion, String> {
+        let raw = RawMemory::new(REGION_BYTES).map_err(|e| e.to_string())?;
+        let region = VmRegion { raw };
+        region.set_open_upvalues(Value::NIL);
+        for slot in 0..STACK_SLOTS {
+            region.set_stack(slot, Value::NIL);
+        }
+        Ok(region)
+    }
+
+    /// The region's address: JIT'd code's `r12`, and the context pointer runtime helpers get.
+    pub fn base_address(&self) -> u64 {
+        self.raw.base().0
+    }
+
+    #[inline]
+    fn word(&self, offset: usize) -> u64 {
+        self.raw.load_u64(offset)
+    }
+
+    #[inline]
+    fn set_word(&self, offset: usize, word: u64) {
+        self.raw.store_u64(offset, word)
+    }
+
+    // ---- context block ----
+
+    pub fn ctx_word(&self, field: i32) -> u64 {
+        self.word(field as usize)
+    }
+
+    pub fn set_ctx_word(&self, field: i32, word: u64) {
+        self.set_word(field as usize, word)
+    }
+
+    #[inline]
+    pub fn frame_count(&self) -> usize {
+        self.word(ctx::FRAME_COUNT as usize) as usize
+    }
+
+    #[inline]
+    pub fn set_frame_count(&self, count: usize) {
+        self.set_word(ctx::FRAME_COUNT as usize, count as u64)
+    }
+
+    #[inline]
+    pub fn open_upvalues(&self) -> Value {
+        Value(self.word(ctx::OPEN_UPVALUES as usize))
+    }
+
+    #[inline]
+    pub fn set_open_upvalues(&self, value: Value) {
+        self.set_word(ctx::OPEN_UPVALUES as usize, value.0)
+    }
+
+    // ---- value stack ----
+
+    #[inline]
+    fn stack_offset(slot: usize) -> usize {
+        STACK_OFFSET + 8 * masked(slot, STACK_SLOTS)
+    }
+
+    #[inline]
+    pub fn stack(&self, slot: usize) -> Value {
+        Value(self.word(Self::stack_offset(slot)))
+    }
+
+    #[inline]
+    pub fn set_stack(&self, slot: usize, value: Value) {
+        self.set_word(Self::stack_offset(slot), value.0)
+    }
+
+    /// The stack slot whose address is `address` (as JIT'd code stores it in `ctx::JIT_SP`).
+    pub fn stack_slot_of(&self, address: u64) -> usize {
+        let offset = address.wrapping_sub(self.base_address() + STACK_OFFSET as u64) / 8;
+        (offset as usize).min(STACK_SLOTS)
+    }
+
+    // ---- frames ----
+
+    #[inline]
+    fn frame_offset(index: usize, field: usize) -> usize {
+        FRAMES_OFFSET + 8 * masked(index * frame::WORDS + field, FRAMES_MAX * frame::WORDS)
+    }
+
+    #[inline]
+    pub fn frame_closure(&self, index: usize) -> Value {
+        Value(self.word(Self::frame_offset(index, frame::CLOSURE)))
+    }
+
+    #[inline]
+    pub fn set_frame_closure(&self, index: usize, closure: Value) {
+        self.set_word(Self::frame_offset(index, frame::CLOSURE), closure.0)
+    }
+
+    #[inline]
+    pub fn frame_ip(&self, index: usize) -> usize {
+        self.word(Self::frame_offset(index, frame::IP)) as usize
+    }
+
+    #[inline]
+    pub fn set_frame_ip(&self, index: usize, ip: usize) {
+        self.set_word(Self::frame_offset(index, frame::IP), ip as u64)
+    }
+
+    #[inline]
+    pub fn frame_base(&self, index: usize) -> usize {
+        self.word(Self::frame_offset(index, frame::BASE)) as usize
+    }
+
+    /// Whether frame `index` runs machine code (its native-return word is set).
+    pub fn frame_is_compiled(&self, index: usize) -> bool {
+        self.word(Self::frame_offset(index, frame::NATIVE_RETURN)) != 0
+    }
+
+    /// Fills frame record `index` for an interpreted frame.
+    #[inline]
+    pub fn set_frame(&self, index: usize, closure: Value, ip: usize, base: usize) {
+        self.set_word(Self::frame_offset(index, frame::CLOSURE), closure.0);
+        self.set_word(Self::frame_offset(index, frame::IP), ip as u64);
+        self.set_word(Self::frame_offset(index, frame::BASE), base as u64);
+        self.set_word(Self::frame_offset(index, frame::NATIVE_RETURN), 0);
+    }
+
+    // ---- globals, constants ----
+
+    #[inline]
+    pub fn global(&self, slot: usize) -> Value {
+        Value(self.word(GLOBALS_OFFSET + 8 * masked(slot, MAX_GLOBALS)))
+    }
+
+    #[inline]
+    pub fn set_global(&self, slot: usize, value: Value) {
+        self.set_word(GLOBALS_OFFSET + 8 * masked(slot, MAX_GLOBALS), value.0)
+    }
+
+    #[inline]
+    pub fn constant(&self, index: usize) -> Value {
+        Value(self.word(CONSTANTS_OFFSET + 8 * masked(index, MAX_CONSTANTS)))
+    }
+
+    #[inline]
+    pub fn set_constant(&self, index: usize, value: Value) {
+        self.set_word(CONSTANTS_OFFSET + 8 * masked(index, MAX_CONSTANTS), value.0)
+    }
+
+    // ---- inline caches ----
+
+    #[inline]
+    fn ic_offset(index: usize, word: usize) -> usize {
+        ICS_OFFSET + 8 * (masked(index, MAX_ICS) * ic::WORDS + word)
+    }
+
+    #[inline]
+    pub fn ic_key(&self, index: usize) -> u64 {
+        self.word(Self::ic_offset(index, ic::KEY))
+    }
+
+    #[inline]
+    pub fn ic_kind(&self, index: usize) -> IcKind {
+        IcKind::from_raw(self.word(Self::ic_offset(index, ic::KIND)))
+    }
+
+    #[inline]
+    pub fn ic_slot(&self, index: usize) -> usize {
+        self.word(Self::ic_offset(index, ic::SLOT)) as usize
+    }
+
+    #[inline]
+    pub fn ic_target(&self, index: usize) -> u64 {
+        self.word(Self::ic_offset(index, ic::TARGET))
+    }
+
+    pub fn set_ic(&self, index: usize, cache: &InlineCache) {
+        self.set_word(Self::ic_offset(index, ic::KEY), cache.key);
+        self.set_word(Self::ic_offset(index, ic::KIND), cache.kind.to_raw());
+        self.set_word(Self::ic_offset(index, ic::SLOT), u64::from(cache.slot));
+        self.set_word(Self::ic_offset(index, ic::TARGET), cache.target);
+    }
+
+    /// Empties cache `index`.
+    pub fn clear_ic(&self, index: usize) {
+        self.set_ic(index, &InlineCache::empty());
+    }
+
+    /// Rewrites the key and target of cache `index` after a collection.
+    pub fn set_ic_references(&self, index: usize, key: u64, target: u64) {
+        self.set_word(Self::ic_offset(index, ic::KEY), key);
+        self.set_word(Self::ic_offset(index, ic::TARGET), target);
+    }
+
+    // ---- code entries ----
+
+    /// The address JIT'd code calls to run prototype `proto`.
+    pub fn entry(&self, proto: usize) -> u64 {
+        self.word(ENTRIES_OFFSET + 8 * masked(proto, MAX_PROTOS))
+    }
+
+    pub fn set_entry(&self, proto: usize, address: u64) {
+        self.set_word(ENTRIES_OFFSET + 8 * masked(proto, MAX_PROTOS), address)
+    }
+}
