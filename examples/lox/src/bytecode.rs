@@ -98,7 +98,7 @@ pub struct Proto {
 }
 
 /// Everything compiled so far.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Program {
     pub code: Vec<u8>,
     /// Source line of each byte of `code`.

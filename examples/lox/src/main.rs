@@ -5,6 +5,7 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
+use kiln_lox::jit::JitMode;
 use kiln_lox::vm::{InterpretResult, Options, Vm};
 
 const USAGE: &str = "Usage: kiln-lox [options] [path]";
@@ -20,9 +21,11 @@ Exit status: 0 ok, 64 usage, 65 compile error, 70 runtime error, 74 file error.
 Options:
   --gc-stress              collect garbage at every allocation
   --stats                  print VM statistics on stderr at exit
-  --jit=off                interpreter only (the only mode built so far)
-  --jit=on|always          not built yet: comes with the template JIT on kiln-jit
-  --code-zone SIZE         not built yet: comes with the template JIT on kiln-jit
+  --jit=on                 interpret, compile functions to x86-64 when they get hot
+                           (the default)
+  --jit=always             compile every function before it is first called
+  --jit=off                interpreter only
+  --code-zone SIZE         not built yet: comes with kiln-jit's code zone
   --bench-against CLOX     run the benchmarks in examples/lox/bench against the clox
                            binary CLOX (with --runs N, default 5, and --bench-dir DIR)
   --help                   this text
@@ -62,12 +65,9 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
             "--help" | "-h" => return Ok(Command::Help),
             "--gc-stress" => options.gc_stress = true,
             "--stats" => stats = true,
-            "--jit=off" => {}
-            "--jit=on" | "--jit=always" => {
-                return Err(UsageError(format!(
-                "{arg}: the template JIT is not built yet (it comes with kiln-jit); use --jit=off"
-            )))
-            }
+            "--jit=off" => options.jit = JitMode::Off,
+            "--jit=on" => options.jit = JitMode::On,
+            "--jit=always" => options.jit = JitMode::Always,
             "--code-zone" => {
                 return Err(UsageError(
                     "--code-zone: the JIT code zone is not built yet (it comes with kiln-jit)"
@@ -158,19 +158,16 @@ fn main() -> ExitCode {
 }
 
 fn run(options: Options, stats: bool, path: Option<String>) -> u8 {
-    let mut vm = match Vm::new(options, Box::new(std::io::stdout())) {
-        Ok(vm) => vm,
+    let vm = match Vm::new(options, Box::new(std::io::stdout())) {
+        Ok(vm) => Box::new(vm),
         Err(e) => {
             eprintln!("kiln-lox: {e}");
             return 70;
         }
     };
-    let code = match path {
-        Some(path) => run_file(&mut vm, &path),
-        None => {
-            repl(&mut vm);
-            0
-        }
+    let (mut vm, code) = match path {
+        Some(path) => run_file(vm, &path),
+        None => (repl(vm), 0),
     };
     vm.flush();
     if stats {
@@ -179,7 +176,7 @@ fn run(options: Options, stats: bool, path: Option<String>) -> u8 {
     code
 }
 
-fn run_file(vm: &mut Vm, path: &str) -> u8 {
+fn run_file(vm: Box<Vm>, path: &str) -> (Box<Vm>, u8) {
     let source = match std::fs::read(path) {
         Ok(source) => source,
         Err(e)
@@ -187,23 +184,25 @@ fn run_file(vm: &mut Vm, path: &str) -> u8 {
                 || e.kind() == std::io::ErrorKind::PermissionDenied =>
         {
             eprintln!("Could not open file \"{path}\".");
-            return 74;
+            return (vm, 74);
         }
         Err(_) => {
             eprintln!("Could not read file \"{path}\".");
-            return 74;
+            return (vm, 74);
         }
     };
-    match vm.interpret(&source) {
+    let (vm, result) = vm.interpret(&source);
+    let code = match result {
         InterpretResult::Ok => 0,
         InterpretResult::CompileError => 65,
         InterpretResult::RuntimeError => 70,
-    }
+    };
+    (vm, code)
 }
 
 /// clox's REPL: a prompt, then each line (as `fgets` with a 1024-byte buffer returns it: at
 /// most 1023 bytes) is compiled and run on its own; globals persist. End of input ends it.
-fn repl(vm: &mut Vm) {
+fn repl(mut vm: Box<Vm>) -> Box<Vm> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -217,9 +216,9 @@ fn repl(vm: &mut Vm) {
         line.clear();
         if read_fgets_line(&mut input, &mut line).unwrap_or(0) == 0 {
             prompt(b"\n");
-            return;
+            return vm;
         }
-        vm.interpret(&line);
+        vm = vm.interpret(&line).0;
         vm.flush();
     }
 }

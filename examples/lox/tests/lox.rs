@@ -1,6 +1,7 @@
 //! Runs the Lox test programs (tests/lox/**/*.lox, and generated ones for the limits) with the
-//! kiln-lox binary, in every mode that exists (plain and --gc-stress), and checks stdout,
-//! stderr and the exit status exactly against the expectations written in the program:
+//! kiln-lox binary, in every mode (`MODES`: interpreter, tiered JIT, JIT always, with and
+//! without --gc-stress), and checks stdout, stderr and the exit status exactly against the
+//! expectations written in the program:
 //!
 //! ```text
 //! print 1 + 2;        // expect: 3
@@ -150,13 +151,20 @@ fn run_all(binary: &Path, modes: &[&[&str]], skip_kiln_only: bool) {
     );
 }
 
+/// Every mode must print exactly the same: the interpreter alone (plain and collecting at
+/// every allocation), tiered (functions compiled when they get hot, loops entered in machine
+/// code), and everything compiled before it runs (plain and with --gc-stress).
+const MODES: &[&[&str]] = &[
+    &["--jit=off"],
+    &["--jit=off", "--gc-stress"],
+    &["--jit=on"],
+    &["--jit=always"],
+    &["--jit=always", "--gc-stress"],
+];
+
 #[test]
 fn lox_programs_in_every_mode() {
-    run_all(
-        Path::new(env!("CARGO_BIN_EXE_kiln-lox")),
-        &[&[], &["--gc-stress"]],
-        false,
-    );
+    run_all(Path::new(env!("CARGO_BIN_EXE_kiln-lox")), MODES, false);
 }
 
 /// The differential check: clox (built from the book's source, path in KILN_LOX_CLOX) meets

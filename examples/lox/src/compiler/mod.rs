@@ -217,7 +217,7 @@ impl<'src> Compiler<'src, '_> {
             // kiln-lox only: the VM region's table of code entries holds 2 million functions.
             self.error("Too many functions in the program.");
         }
-        self.vm.program.protos.push(Proto::default());
+        self.vm.program_mut().protos.push(Proto::default());
         let name = (kind != FunctionKind::Script).then(|| Box::<[u8]>::from(self.previous.text));
         let slot_zero: &'static [u8] = if kind == FunctionKind::Function {
             b""
@@ -252,7 +252,7 @@ impl<'src> Compiler<'src, '_> {
         let Some(f) = self.functions.pop() else {
             unreachable!("a function is being compiled")
         };
-        let program = &mut self.vm.program;
+        let program = self.vm.program_mut();
         let proto = Proto {
             name: f.name,
             arity: f.arity,

@@ -5,13 +5,14 @@
 //! up (classes, instances, closures, slow paths of inline caches); `format.rs` prints numbers.
 
 mod format;
-mod interp;
-mod objects;
+pub mod interp;
+pub(crate) mod objects;
 pub mod region;
 pub mod stack;
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::rc::Rc;
 
 use crate::bytecode::{IcKind, Program, Proto};
 use crate::heap::layout::{self, Tag};
@@ -27,6 +28,7 @@ pub struct Options {
     pub gc_stress: bool,
     /// Count instructions (a second copy of the loop) for `--stats`.
     pub count_instructions: bool,
+    pub jit: crate::jit::JitMode,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -37,7 +39,7 @@ pub enum InterpretResult {
 }
 
 /// Kinds of inline-cache sites, for the statistics.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Site {
     GetProperty = 0,
     SetProperty = 1,
@@ -69,18 +71,24 @@ pub struct Vm {
     pub sp: usize,
     /// Global names by slot. Slots are given out by name at compile time, so a global access
     /// is an index, never a lookup.
-    global_names: Vec<Box<[u8]>>,
+    pub(crate) global_names: Vec<Box<[u8]>>,
     global_slots: HashMap<Box<[u8]>, u32>,
     /// Constants in the region.
     constant_count: usize,
     /// The constant naming the property of each inline cache.
     pub ic_names: Vec<u32>,
-    pub program: Program,
+    /// Shared with the loops running it (nested when machine code calls back into the
+    /// interpreter); only the compiler changes it, between runs.
+    pub program: Rc<Program>,
+    /// The template JIT; `None` with `--jit=off`.
+    pub jit: Option<Box<crate::jit::Jit>>,
+    /// The runtime error a runtime helper raised, on its way out through machine code.
+    pub pending_error: Option<RuntimeError>,
     /// The interned "init", to recognize initializers.
     pub init_string: Value,
     pub stats: VmStats,
     external_roots: Vec<Box<dyn ExternalRoots>>,
-    count_instructions: bool,
+    pub(crate) count_instructions: bool,
     /// Buffered stdout.
     out: Vec<u8>,
     sink: Box<dyn Write>,
@@ -110,6 +118,7 @@ impl Vm {
     pub fn new(options: Options, sink: Box<dyn Write>) -> Result<Vm, VmError> {
         let heap = Heap::new(options.gc_stress).map_err(|e| VmError(e.0))?;
         let region = VmRegion::new().map_err(VmError)?;
+        let jit = crate::jit::Jit::new(options.jit, &region).map_err(VmError)?;
         let mut vm = Vm {
             heap,
             region,
@@ -118,7 +127,9 @@ impl Vm {
             global_slots: HashMap::new(),
             constant_count: 0,
             ic_names: Vec::new(),
-            program: Program::default(),
+            program: Rc::new(Program::default()),
+            jit,
+            pending_error: None,
             init_string: Value::NIL,
             stats: VmStats::default(),
             external_roots: Vec::new(),
@@ -141,20 +152,31 @@ impl Vm {
     }
 
     /// Compiles and runs `source`. Errors are reported on stderr, as clox reports them.
-    pub fn interpret(&mut self, source: &[u8]) -> InterpretResult {
-        let Some(script) = crate::compiler::compile(self, source) else {
-            return InterpretResult::CompileError;
+    /// The VM is handed over for the run (see `interp.rs`) and comes back with the result.
+    pub fn interpret(mut self: Box<Self>, source: &[u8]) -> (Box<Self>, InterpretResult) {
+        let Some(script) = crate::compiler::compile(&mut self, source) else {
+            return (self, InterpretResult::CompileError);
         };
-        let result = self.call_script(script).and_then(|()| self.run());
+        crate::jit::prepare(&mut self);
+        let (mut vm, result) = match self.call_script(script) {
+            Ok(()) => crate::jit::run_script(self, script),
+            Err(error) => (self, Err(error)),
+        };
         if let Err(RuntimeError(text)) = result {
-            self.flush();
+            vm.flush();
             let _ = std::io::stderr().write_all(&text);
-            self.reset_stack();
-            return InterpretResult::RuntimeError;
+            vm.reset_stack();
+            return (vm, InterpretResult::RuntimeError);
         }
-        InterpretResult::Ok
+        (vm, InterpretResult::Ok)
     }
 
+    /// The program, for the compiler (nothing runs while it compiles, so it is not shared).
+    pub fn program_mut(&mut self) -> &mut Program {
+        Rc::make_mut(&mut self.program)
+    }
+
+    /// Puts the script's closure in slot 0 and its frame record at index 0.
     fn call_script(&mut self, proto: usize) -> Result<(), RuntimeError> {
         self.reset_stack();
         if self.reserve(layout::closure::UPVALUES).is_err() {
@@ -183,7 +205,7 @@ impl Vm {
         Ok(())
     }
 
-    fn reset_stack(&mut self) {
+    pub(crate) fn reset_stack(&mut self) {
         self.sp = 0;
         self.region.set_frame_count(0);
         self.region.set_open_upvalues(Value::NIL);
@@ -252,9 +274,10 @@ impl Vm {
     }
 
     pub fn program_rollback(&mut self, to: Checkpoint) {
-        self.program.code.truncate(to.code);
-        self.program.lines.truncate(to.code);
-        self.program.protos.truncate(to.protos);
+        let program = self.program_mut();
+        program.code.truncate(to.code);
+        program.lines.truncate(to.code);
+        program.protos.truncate(to.protos);
         self.constant_count = to.constants;
         self.ic_names.truncate(to.ics);
     }
@@ -313,7 +336,7 @@ impl Vm {
     // ---- output ----
 
     /// `print value`; `protos` are the program's (taken out of the VM while it runs).
-    fn write_value(&mut self, value: Value, protos: &[Proto]) {
+    pub(crate) fn write_value(&mut self, value: Value, protos: &[Proto]) {
         let mut out = std::mem::take(&mut self.out);
         self.append_value(value, protos, &mut out);
         out.push(b'\n');
@@ -386,7 +409,7 @@ impl Vm {
 
     /// Builds the runtime error text: the message, then one line per frame, innermost first.
     /// The frames' saved ips must be current.
-    fn runtime_error(&self, program: &Program, message: &[u8]) -> RuntimeError {
+    pub(crate) fn runtime_error(&self, program: &Program, message: &[u8]) -> RuntimeError {
         let mut text = message.to_vec();
         text.push(b'\n');
         for index in (0..self.region.frame_count()).rev() {
@@ -433,6 +456,28 @@ impl Vm {
                 s.ic_hits[i], s.ic_misses[i]
             )?;
         }
+        if let Some(jit) = &self.jit {
+            let j = &jit.stats;
+            writeln!(to, "kiln-lox stats (JIT):")?;
+            writeln!(to, "  functions compiled      {}", j.functions_compiled)?;
+            writeln!(to, "  bytes of code           {}", j.code_bytes)?;
+            writeln!(to, "  compile time (us)       {}", j.compile_nanos / 1000)?;
+            writeln!(to, "  not compiled            {}", j.compile_failures)?;
+            if let Some(reason) = &j.first_failure {
+                writeln!(to, "    first: {reason}")?;
+            }
+            writeln!(to, "  loop entries (OSR)      {}", j.osr_entries)?;
+            writeln!(to, "  calls into interpreter  {}", j.interpreted_calls)?;
+            let hits = self.jit_ic_hits();
+            for (i, name) in SITE_NAMES.iter().enumerate() {
+                writeln!(
+                    to,
+                    "  jit ic {name:<16} {} hits, {} misses",
+                    hits[i], j.ic_misses[i]
+                )?;
+            }
+        }
+        writeln!(to, "kiln-lox stats (heap):")?;
         writeln!(to, "  shapes created          {}", s.shapes)?;
         writeln!(to, "  inline caches           {}", self.ic_names.len())?;
         writeln!(to, "  gc collections          {collections}")?;
@@ -531,7 +576,7 @@ mod tests {
         let mut vm = Vm::new(
             Options {
                 gc_stress: true,
-                count_instructions: false,
+                ..Options::default()
             },
             Box::new(std::io::sink()),
         )
@@ -571,7 +616,7 @@ mod tests {
         let mut vm = Vm::new(
             Options {
                 gc_stress: true,
-                count_instructions: false,
+                ..Options::default()
             },
             Box::new(std::io::sink()),
         )

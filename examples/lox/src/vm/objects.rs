@@ -15,7 +15,7 @@ use crate::heap::strings;
 use crate::value::{ObjRef, Value};
 
 /// What a call turned out to need.
-pub(super) enum Call {
+pub(crate) enum Call {
     /// Push a frame for this closure (slot 0 and the arguments are in place).
     Enter(Value),
     /// Done: the result replaced the callee and arguments.
@@ -23,7 +23,7 @@ pub(super) enum Call {
 }
 
 /// A runtime error message.
-pub(super) type Fault = Vec<u8>;
+pub(crate) type Fault = Vec<u8>;
 
 pub const NATIVE_CLOCK: u64 = 0;
 /// Instances keep at most this many fields inline; more go to the overflow array.
@@ -64,7 +64,7 @@ impl Vm {
 
     /// Calls a value that is not a closure (the loop handles those): bound methods, classes,
     /// natives; anything else is an error.
-    pub(super) fn call_slow(&mut self, argc: usize) -> Result<Call, Fault> {
+    pub(crate) fn call_slow(&mut self, argc: usize) -> Result<Call, Fault> {
         let callee = self.peek(argc);
         if !callee.is_obj() {
             return Err(b"Can only call functions and classes.".to_vec());
@@ -123,7 +123,7 @@ impl Vm {
     }
 
     /// `receiver.name(args)` after the cache missed.
-    pub(super) fn invoke_slow(&mut self, ic: usize, argc: usize) -> Result<Call, Fault> {
+    pub(crate) fn invoke_slow(&mut self, ic: usize, argc: usize) -> Result<Call, Fault> {
         self.stats.ic_misses[Site::Invoke as usize] += 1;
         let receiver = self.peek(argc);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
@@ -154,7 +154,7 @@ impl Vm {
     }
 
     /// `super.name(args)`: the superclass was popped by the loop; the cache missed.
-    pub(super) fn super_invoke_slow(
+    pub(crate) fn super_invoke_slow(
         &mut self,
         ic: usize,
         superclass: Value,
@@ -191,7 +191,7 @@ impl Vm {
     // ---- properties ----
 
     /// `instance.name` after the cache missed: a field, or a method bound to the instance.
-    pub(super) fn get_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
+    pub(crate) fn get_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
         self.stats.ic_misses[Site::GetProperty as usize] += 1;
         let receiver = self.peek(0);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
@@ -223,7 +223,7 @@ impl Vm {
     }
 
     /// Replaces the receiver on top of the stack by a bound method of it.
-    pub(super) fn bind_method(&mut self, method: Value) -> Result<(), Fault> {
+    pub(crate) fn bind_method(&mut self, method: Value) -> Result<(), Fault> {
         // The method rides on the stack across the reservation (max_stack has room for it).
         self.push(method);
         self.reserve_or_fault(bound_method::WORDS)?;
@@ -241,7 +241,7 @@ impl Vm {
     }
 
     /// `super.name`: the superclass was popped by the loop, `this` is on top.
-    pub(super) fn get_super(&mut self, ic: usize, superclass: Value) -> Result<(), Fault> {
+    pub(crate) fn get_super(&mut self, ic: usize, superclass: Value) -> Result<(), Fault> {
         let method = if self.region.ic_key(ic) == superclass.0
             && self.region.ic_kind(ic) == IcKind::Method
         {
@@ -266,7 +266,7 @@ impl Vm {
     }
 
     /// `instance.name = value` after the cache missed. Leaves the value alone on the stack.
-    pub(super) fn set_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
+    pub(crate) fn set_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
         self.stats.ic_misses[Site::SetProperty as usize] += 1;
         let receiver = self.peek(1);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
@@ -420,7 +420,7 @@ impl Vm {
     // ---- classes ----
 
     /// Pushes a new class named by constant `name`, with an empty method table and a root shape.
-    pub(super) fn new_class(&mut self, name: usize) -> Result<(), Fault> {
+    pub(crate) fn new_class(&mut self, name: usize) -> Result<(), Fault> {
         self.reserve_or_fault(class::WORDS + table::words(INITIAL_METHOD_TABLE) + shape::WORDS)?;
         let new = self.heap.alloc(Tag::Class, class::WORDS);
         let methods = self
@@ -442,7 +442,7 @@ impl Vm {
     }
 
     /// [class, closure] → [class], with the closure as method `name` (a constant).
-    pub(super) fn define_method(&mut self, name: usize) -> Result<(), Fault> {
+    pub(crate) fn define_method(&mut self, name: usize) -> Result<(), Fault> {
         let methods = self
             .heap
             .mem
@@ -474,7 +474,7 @@ impl Vm {
 
     /// [superclass, subclass] → [superclass]: the subclass starts with a copy of the
     /// superclass's methods (and its initializer).
-    pub(super) fn inherit(&mut self) -> Result<(), Fault> {
+    pub(crate) fn inherit(&mut self) -> Result<(), Fault> {
         let superclass = self.peek(1);
         if !self.heap.mem.has_tag(superclass, Tag::Class) {
             return Err(b"Superclass must be a class.".to_vec());
@@ -511,7 +511,7 @@ impl Vm {
 
     /// Pushes a closure of prototype `proto` capturing `upvalues` (pairs of is_local, index)
     /// from the frame whose slot 0 is at `base`.
-    pub(super) fn new_closure(
+    pub(crate) fn new_closure(
         &mut self,
         proto: usize,
         upvalues: &[u8],
@@ -567,7 +567,7 @@ impl Vm {
     }
 
     /// Closes every open upvalue for slots `last` and above: the value moves into the upvalue.
-    pub(super) fn close_upvalues(&mut self, last: usize) {
+    pub(crate) fn close_upvalues(&mut self, last: usize) {
         while !self.region.open_upvalues().is_nil() {
             let up = self.region.open_upvalues().as_obj();
             let slot = self.heap.mem.load(up, upvalue::SLOT) as usize;
@@ -586,8 +586,23 @@ impl Vm {
 
     // ---- strings ----
 
+    /// `+` when the operands are not both numbers: two strings concatenate; anything else is
+    /// an error. (Machine code's slow path; the interpreter tests inline.)
+    pub(crate) fn add_slow(&mut self) -> Result<(), Fault> {
+        let (a, b) = (self.peek(1), self.peek(0));
+        if a.is_number() && b.is_number() {
+            self.sp -= 1;
+            self.set_peek(0, Value::number(a.as_number() + b.as_number()));
+            Ok(())
+        } else if is_string(&self.heap.mem, a) && is_string(&self.heap.mem, b) {
+            self.concatenate()
+        } else {
+            Err(b"Operands must be two numbers or two strings.".to_vec())
+        }
+    }
+
     /// [a, b] → [a + b] for two strings.
-    pub(super) fn concatenate(&mut self) -> Result<(), Fault> {
+    pub(crate) fn concatenate(&mut self) -> Result<(), Fault> {
         let mut bytes = std::mem::take(&mut self.scratch);
         bytes.clear();
         strings::append_bytes(&self.heap.mem, self.peek(1).as_obj(), &mut bytes);
@@ -616,6 +631,6 @@ fn field_cache(shape: Value, location: FieldLocation) -> InlineCache {
 
 /// Whether a value is a string (for `+`).
 #[inline]
-pub(super) fn is_string(mem: &crate::heap::memory::Memory, value: Value) -> bool {
+pub(crate) fn is_string(mem: &crate::heap::memory::Memory, value: Value) -> bool {
     mem.has_tag(value, Tag::String)
 }
