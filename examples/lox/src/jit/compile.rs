@@ -497,6 +497,37 @@ impl<'a> Gen<'a> {
         self.flush_below(0);
     }
 
+    /// Slow-path code before a helper that may collect: every value below the top `keep` that
+    /// is not in its slot is written there, so that the collector sees (and updates) every
+    /// reference. The virtual stack does not change: on the fast path the values stay where
+    /// they are.
+    pub fn spill_below(&mut self, keep: usize) {
+        for i in 0..self.entries.len().saturating_sub(keep) {
+            match self.entries[i].loc {
+                Loc::Stack => {}
+                Loc::Reg(r) => self.a.store(Self::slot(i), r),
+                Loc::Imm(bits) if i32::try_from(bits as i64).is_ok() => {
+                    self.a.store_imm(Self::slot(i), bits as i64 as i32)
+                }
+                loc => {
+                    self.load_into(Reg::Rax, loc, i);
+                    self.a.store(Self::slot(i), Reg::Rax);
+                }
+            }
+        }
+    }
+
+    /// After such a helper: registers take their values back from the slots (a collection
+    /// may have moved what they referenced). Copies of slots and constants are read later
+    /// anyway, from memory the collector updated.
+    pub fn reload_below(&mut self, keep: usize) {
+        for i in 0..self.entries.len().saturating_sub(keep) {
+            if let Loc::Reg(r) = self.entries[i].loc {
+                self.a.load(r, Self::slot(i));
+            }
+        }
+    }
+
     /// The entry at `i` in a register (loading it if needed); the entry now names it.
     pub fn in_reg(&mut self, i: usize) -> Reg {
         if let Loc::Reg(r) = self.entries[i].loc {

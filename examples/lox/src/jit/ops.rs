@@ -11,7 +11,7 @@ use super::compile::{jump_target, Analysis, Gen, Insn, Loc, Next};
 use super::runtime as rt;
 use super::x64::{mem, mem_index, Alu, Cond, Label, Reg, Section, Sse, Xmm};
 use crate::bytecode::{op, read_u32, IcKind};
-use crate::heap::layout::Tag;
+use crate::heap::layout::{array, instance, Tag};
 use crate::value::{Value, SIGN};
 use crate::vm::region::{self, ctx, ic};
 use crate::vm::stack::frame;
@@ -281,9 +281,9 @@ impl Gen<'_> {
 
     // ---- properties ----
 
-    /// rax = address of the instance in `receiver`, and a jump to `miss` unless cache `ic`
-    /// has its shape with kind `kind` (rcx is clobbered).
-    fn guard_shape(&mut self, receiver: Reg, ic_index: usize, kind: IcKind, miss: Label) {
+    /// rax = address of the instance in `receiver`, rcx = the kind cache `ic` holds, and a
+    /// jump to `miss` unless the cache is for the instance's shape.
+    fn guard_shape(&mut self, receiver: Reg, ic_index: usize, miss: Label) {
         self.check_object(receiver, miss);
         self.a.mov_rr32(Reg::Rax, receiver);
         self.a.alu_rr(Alu::Add, Reg::Rax, Reg::R13);
@@ -291,9 +291,27 @@ impl Gen<'_> {
         self.a
             .alu_rm(Alu::Cmp, Reg::Rcx, Self::ic(ic_index, ic::KEY));
         self.a.jcc(Cond::Ne, miss);
+        self.a.load(Reg::Rcx, Self::ic(ic_index, ic::KIND));
+    }
+
+    /// rax = address of the overflow array of the instance at rax (rdx is clobbered).
+    fn overflow_array(&mut self) {
         self.a
-            .alu_mi(Alu::Cmp, Self::ic(ic_index, ic::KIND), kind.to_raw() as i32);
-        self.a.jcc(Cond::Ne, miss);
+            .load(Reg::Rax, mem(Reg::Rax, 8 * instance::OVERFLOW as i32));
+        self.a.mov_rr32(Reg::Rax, Reg::Rax);
+        self.a.alu_rr(Alu::Add, Reg::Rax, Reg::R13);
+    }
+
+    /// The address of the cached field: `[rax + rdx*8 + disp]` after the kind in rcx was
+    /// found to be `kind` (an inline field, or an overflow element).
+    fn field_address(&mut self, ic_index: usize, overflow: bool) -> super::x64::Mem {
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
+        if overflow {
+            self.overflow_array();
+            mem_index(Reg::Rax, Reg::Rdx, 8, 8 * array::ELEMENTS as i32)
+        } else {
+            mem_index(Reg::Rax, Reg::Rdx, 8, 0)
+        }
     }
 
     fn count_hit(&mut self, site: Site) {
@@ -301,25 +319,40 @@ impl Gen<'_> {
     }
 
     fn get_property(&mut self, ic_index: usize, ip: usize) -> R {
-        self.flush_below(1);
         let top = self.top();
         let r = self.in_reg(top);
         let slow = self.a.new_label();
+        let not_inline = self.a.new_label();
+        let hit = self.a.new_label();
         let done = self.a.new_label();
-        self.guard_shape(r, ic_index, IcKind::InlineField, slow);
-        self.a.load(Reg::Rcx, Self::ic(ic_index, ic::SLOT));
-        self.a.load(r, mem_index(Reg::Rax, Reg::Rcx, 8, 0));
+        self.guard_shape(r, ic_index, slow);
+        self.a
+            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::InlineField.to_raw() as i32);
+        self.a.jcc(Cond::Ne, not_inline);
+        let field = self.field_address(ic_index, false);
+        self.a.load(r, field);
+        self.a.bind(hit);
         self.count_hit(Site::GetProperty);
         self.a.bind(done);
 
         let was = self.a.switch_to(Section::Cold);
+        self.a.bind(not_inline);
+        self.a
+            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::OverflowField.to_raw() as i32);
+        self.a.jcc(Cond::Ne, slow);
+        let field = self.field_address(ic_index, true);
+        self.a.load(r, field);
+        self.a.jmp(hit);
+        // A method (bound here, which allocates), or a miss.
         self.a.bind(slow);
+        self.spill_below(1);
         self.a.store(Self::slot(top), r);
         self.sync_sp(top + 1);
         self.set_ip(ip)?;
         self.a.mov_ri(Reg::Rsi, ic_index as u64);
         self.arg_ctx();
         self.call_helper(rt::RT_GET_PROPERTY);
+        self.reload_below(1);
         self.a.load(r, Self::slot(top));
         self.a.jmp(done);
         self.a.switch_to(was);
@@ -328,42 +361,45 @@ impl Gen<'_> {
     }
 
     fn set_property(&mut self, ic_index: usize, ip: usize) -> R {
-        self.flush_below(2);
         let top = self.top();
         let receiver = self.in_reg(top - 1);
         let value = self.in_reg(top);
         let slow = self.a.new_label();
         let not_inline = self.a.new_label();
+        let not_overflow = self.a.new_label();
         let hit = self.a.new_label();
         let done = self.a.new_label();
-        self.check_object(receiver, slow);
-        self.a.mov_rr32(Reg::Rax, receiver);
-        self.a.alu_rr(Alu::Add, Reg::Rax, Reg::R13);
-        self.a.load(Reg::Rcx, mem(Reg::Rax, 8));
-        self.a
-            .alu_rm(Alu::Cmp, Reg::Rcx, Self::ic(ic_index, ic::KEY));
-        self.a.jcc(Cond::Ne, slow);
-        self.a.load(Reg::Rcx, Self::ic(ic_index, ic::KIND));
-        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
+        self.guard_shape(receiver, ic_index, slow);
         self.a
             .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::InlineField.to_raw() as i32);
         self.a.jcc(Cond::Ne, not_inline);
-        self.a.store(mem_index(Reg::Rax, Reg::Rdx, 8, 0), value);
+        let field = self.field_address(ic_index, false);
+        self.a.store(field, value);
         self.a.bind(hit);
         self.count_hit(Site::SetProperty);
         self.a.bind(done);
 
         let was = self.a.switch_to(Section::Cold);
-        // A field added to the instance: the store, then the new shape.
         self.a.bind(not_inline);
+        self.a
+            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::OverflowField.to_raw() as i32);
+        self.a.jcc(Cond::Ne, not_overflow);
+        let field = self.field_address(ic_index, true);
+        self.a.store(field, value);
+        self.a.jmp(hit);
+        // A field added to the instance: the store, then the new shape.
+        self.a.bind(not_overflow);
         self.a
             .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::AddInlineField.to_raw() as i32);
         self.a.jcc(Cond::Ne, slow);
-        self.a.store(mem_index(Reg::Rax, Reg::Rdx, 8, 0), value);
+        let field = self.field_address(ic_index, false);
+        self.a.store(field, value);
         self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
-        self.a.store(mem(Reg::Rax, 8), Reg::Rdx);
+        self.a
+            .store(mem(Reg::Rax, 8 * instance::SHAPE as i32), Reg::Rdx);
         self.a.jmp(hit);
         self.a.bind(slow);
+        self.spill_below(2);
         self.a.store(Self::slot(top - 1), receiver);
         self.a.store(Self::slot(top), value);
         self.sync_sp(top + 1);
@@ -371,6 +407,7 @@ impl Gen<'_> {
         self.a.mov_ri(Reg::Rsi, ic_index as u64);
         self.arg_ctx();
         self.call_helper(rt::RT_SET_PROPERTY);
+        self.reload_below(2);
         self.a.load(value, Self::slot(top - 1));
         self.a.jmp(done);
         self.a.switch_to(was);
@@ -402,12 +439,8 @@ impl Gen<'_> {
     }
 
     fn arithmetic(&mut self, operation: Sse, ip: usize) -> R {
-        // `+` has a slow path that allocates (strings): the stack below the operands goes to
-        // memory first. The others only fail.
+        // `+` has a slow path that allocates (strings); the others only fail.
         let add = operation == Sse::Add;
-        if add {
-            self.flush_below(2);
-        }
         let top = self.top();
         let slow = if add {
             self.a.new_label()
@@ -424,12 +457,14 @@ impl Gen<'_> {
             self.a.bind(done);
             let was = self.a.switch_to(Section::Cold);
             self.a.bind(slow);
+            self.spill_below(2);
             self.a.store(Self::slot(top - 1), a);
             self.a.store(Self::slot(top), b);
             self.sync_sp(top + 1);
             self.set_ip(ip)?;
             self.arg_ctx();
             self.call_helper(rt::RT_ADD);
+            self.reload_below(2);
             self.a.load(a, Self::slot(top - 1));
             self.a.jmp(done);
             self.a.switch_to(was);
@@ -760,7 +795,10 @@ impl Gen<'_> {
         let enter = self.a.new_label();
         let done = self.a.new_label();
         self.a.load(Reg::Rdx, Self::slot(k));
-        self.guard_shape(Reg::Rdx, ic_index, IcKind::Method, slow);
+        self.guard_shape(Reg::Rdx, ic_index, slow);
+        self.a
+            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::Method.to_raw() as i32);
+        self.a.jcc(Cond::Ne, slow);
         self.count_hit(Site::Invoke);
         self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
         let hint = self.method_hint(ic_index);
