@@ -27,7 +27,8 @@ Options:
   --jit=off                interpreter only
   --code-zone SIZE         not built yet: comes with kiln-jit's code zone
   --bench-against CLOX     run the benchmarks in examples/lox/bench against the clox
-                           binary CLOX (with --runs N, default 5, and --bench-dir DIR)
+                           binary CLOX in every JIT mode, or those given with --jit=
+                           (with --runs N, default 5, and --bench-dir DIR)
   --help                   this text
 ";
 
@@ -52,6 +53,7 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
     let mut clox = None;
     let mut runs = 5;
     let mut bench_dir = None;
+    let mut jit_modes = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_str();
@@ -65,9 +67,14 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
             "--help" | "-h" => return Ok(Command::Help),
             "--gc-stress" => options.gc_stress = true,
             "--stats" => stats = true,
-            "--jit=off" => options.jit = JitMode::Off,
-            "--jit=on" => options.jit = JitMode::On,
-            "--jit=always" => options.jit = JitMode::Always,
+            "--jit=off" | "--jit=on" | "--jit=always" => {
+                options.jit = match arg {
+                    "--jit=off" => JitMode::Off,
+                    "--jit=on" => JitMode::On,
+                    _ => JitMode::Always,
+                };
+                jit_modes.push(arg["--jit=".len()..].to_string());
+            }
             "--code-zone" => {
                 return Err(UsageError(
                     "--code-zone: the JIT code zone is not built yet (it comes with kiln-jit)"
@@ -107,6 +114,7 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
             runs,
             dir: bench_dir,
             gc_stress: options.gc_stress,
+            modes: jit_modes,
         }));
     }
     Ok(Command::Run {

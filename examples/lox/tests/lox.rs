@@ -158,6 +158,7 @@ const MODES: &[&[&str]] = &[
     &["--jit=off"],
     &["--jit=off", "--gc-stress"],
     &["--jit=on"],
+    &["--jit=on", "--gc-stress"],
     &["--jit=always"],
     &["--jit=always", "--gc-stress"],
 ];
