@@ -9,7 +9,7 @@
 
 use super::compile::{jump_target, Analysis, Gen, Insn, Loc, Next};
 use super::runtime as rt;
-use super::x64::{mem, mem_index, Alu, Cond, Label, Reg, Section, Sse, Xmm};
+use super::x64::{mem, mem_index, Alu, Cond, Label, Mem, Reg, Section, Sse, Xmm};
 use crate::bytecode::{op, read_u32, IcKind};
 use crate::heap::layout::{array, instance, Tag};
 use crate::value::{Value, SIGN};
@@ -281,20 +281,55 @@ impl Gen<'_> {
 
     // ---- properties ----
 
-    /// rax = address of the instance in `receiver`, rcx = the kind cache `ic` holds, and a
-    /// jump to `miss` unless the cache is for the instance's shape.
-    fn guard_shape(&mut self, receiver: Reg, ic_index: usize, miss: Label) {
+    /// rax = address of the instance in `receiver`, rcx = its shape (word 1); a jump to `miss`
+    /// unless `receiver` is an object.
+    fn load_shape(&mut self, receiver: Reg, miss: Label) {
         self.check_object(receiver, miss);
         self.a.mov_rr32(Reg::Rax, receiver);
         self.a.alu_rr(Alu::Add, Reg::Rax, Reg::R13);
-        self.a.load(Reg::Rcx, mem(Reg::Rax, 8));
         self.a
-            .alu_rm(Alu::Cmp, Reg::Rcx, Self::ic(ic_index, ic::KEY));
-        self.a.jcc(Cond::Ne, miss);
-        self.a.load(Reg::Rcx, Self::ic(ic_index, ic::KIND));
+            .load(Reg::Rcx, mem(Reg::Rax, 8 * instance::SHAPE as i32));
     }
 
-    /// rax = address of the overflow array of the instance at rax (rdx is clobbered).
+    /// Word `word` of the cache entry r11 points at.
+    fn entry_word(word: usize) -> Mem {
+        mem(Reg::R11, 8 * word as i32)
+    }
+
+    /// Cold code at `start`: looks for the key in rcx among entries 1… of cache `ic_index`
+    /// (entry 0 was tested inline); on a match r11 points at the entry and control goes to
+    /// `found`, else to `miss`. rdx is clobbered.
+    fn scan_entries(&mut self, ic_index: usize, start: Label, found: Label, miss: Label) {
+        let again = self.a.new_label();
+        self.a.bind(start);
+        self.a
+            .lea(Reg::R11, Self::ic(ic_index, ic::ENTRY_WORDS + ic::KEY));
+        self.a.bind(again);
+        self.a.alu_rm(Alu::Cmp, Reg::Rcx, mem(Reg::R11, 0));
+        self.a.jcc(Cond::E, found);
+        self.a
+            .alu_ri(Alu::Add, Reg::R11, 8 * ic::ENTRY_WORDS as i32);
+        self.a.lea(Reg::Rdx, Self::ic(ic_index, ic::WORDS));
+        self.a.alu_rr(Alu::Cmp, Reg::R11, Reg::Rdx);
+        self.a.jcc(Cond::B, again);
+        self.a.jmp(miss);
+    }
+
+    /// Cold code at `start`: r11 = entry 0 of cache `ic_index`, then `found` (entry 0 is for
+    /// the shape, with a kind the inline path does not handle).
+    fn entry_zero(&mut self, ic_index: usize, start: Label, found: Label) {
+        self.a.bind(start);
+        self.a.lea(Reg::R11, Self::ic(ic_index, ic::KEY));
+        self.a.jmp(found);
+    }
+
+    /// Compares the kind of the entry r11 points at with `kind`.
+    fn cmp_entry_kind(&mut self, kind: IcKind) {
+        self.a
+            .alu_mi(Alu::Cmp, Self::entry_word(ic::KIND), kind.to_raw() as i32);
+    }
+
+    /// rax = address of the overflow array of the instance at rax.
     fn overflow_array(&mut self) {
         self.a
             .load(Reg::Rax, mem(Reg::Rax, 8 * instance::OVERFLOW as i32));
@@ -302,48 +337,52 @@ impl Gen<'_> {
         self.a.alu_rr(Alu::Add, Reg::Rax, Reg::R13);
     }
 
-    /// The address of the cached field: `[rax + rdx*8 + disp]` after the kind in rcx was
-    /// found to be `kind` (an inline field, or an overflow element).
-    fn field_address(&mut self, ic_index: usize, overflow: bool) -> super::x64::Mem {
-        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
-        if overflow {
-            self.overflow_array();
-            mem_index(Reg::Rax, Reg::Rdx, 8, 8 * array::ELEMENTS as i32)
-        } else {
-            mem_index(Reg::Rax, Reg::Rdx, 8, 0)
-        }
-    }
-
     fn count_hit(&mut self, site: Site) {
         self.a.inc_m(Self::ctx(ctx::JIT_IC_HITS + 8 * site as i32));
+    }
+
+    /// Entry 0 tested inline for `kind`: jumps to `scan` when the key differs, to `other` when
+    /// the key matches with another kind.
+    fn test_entry_zero(&mut self, ic_index: usize, kind: IcKind, scan: Label, other: Label) {
+        self.a
+            .alu_rm(Alu::Cmp, Reg::Rcx, Self::ic(ic_index, ic::KEY));
+        self.a.jcc(Cond::Ne, scan);
+        self.a
+            .alu_mi(Alu::Cmp, Self::ic(ic_index, ic::KIND), kind.to_raw() as i32);
+        self.a.jcc(Cond::Ne, other);
     }
 
     fn get_property(&mut self, ic_index: usize, ip: usize) -> R {
         let top = self.top();
         let r = self.in_reg(top);
-        let slow = self.a.new_label();
-        let not_inline = self.a.new_label();
-        let hit = self.a.new_label();
-        let done = self.a.new_label();
-        self.guard_shape(r, ic_index, slow);
-        self.a
-            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::InlineField.to_raw() as i32);
-        self.a.jcc(Cond::Ne, not_inline);
-        let field = self.field_address(ic_index, false);
-        self.a.load(r, field);
+        let [slow, scan, other, found, overflow, hit, done] = self.labels_n();
+        self.load_shape(r, slow);
+        self.test_entry_zero(ic_index, IcKind::InlineField, scan, other);
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
+        self.a.load(r, mem_index(Reg::Rax, Reg::Rdx, 8, 0));
         self.a.bind(hit);
         self.count_hit(Site::GetProperty);
         self.a.bind(done);
 
         let was = self.a.switch_to(Section::Cold);
-        self.a.bind(not_inline);
-        self.a
-            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::OverflowField.to_raw() as i32);
-        self.a.jcc(Cond::Ne, slow);
-        let field = self.field_address(ic_index, true);
-        self.a.load(r, field);
+        self.entry_zero(ic_index, other, found);
+        self.scan_entries(ic_index, scan, found, slow);
+        self.a.bind(found);
+        self.a.load(Reg::Rdx, Self::entry_word(ic::SLOT));
+        self.cmp_entry_kind(IcKind::InlineField);
+        self.a.jcc(Cond::Ne, overflow);
+        self.a.load(r, mem_index(Reg::Rax, Reg::Rdx, 8, 0));
         self.a.jmp(hit);
-        // A method (bound here, which allocates), or a miss.
+        self.a.bind(overflow);
+        self.cmp_entry_kind(IcKind::OverflowField);
+        self.a.jcc(Cond::Ne, slow);
+        self.overflow_array();
+        self.a.load(
+            r,
+            mem_index(Reg::Rax, Reg::Rdx, 8, 8 * array::ELEMENTS as i32),
+        );
+        self.a.jmp(hit);
+        // A method (bound by the helper, which allocates), or a miss.
         self.a.bind(slow);
         self.spill_below(1);
         self.a.store(Self::slot(top), r);
@@ -360,41 +399,47 @@ impl Gen<'_> {
         next()
     }
 
+    fn labels_n<const N: usize>(&mut self) -> [Label; N] {
+        std::array::from_fn(|_| self.a.new_label())
+    }
+
     fn set_property(&mut self, ic_index: usize, ip: usize) -> R {
         let top = self.top();
         let receiver = self.in_reg(top - 1);
         let value = self.in_reg(top);
-        let slow = self.a.new_label();
-        let not_inline = self.a.new_label();
-        let not_overflow = self.a.new_label();
-        let hit = self.a.new_label();
-        let done = self.a.new_label();
-        self.guard_shape(receiver, ic_index, slow);
-        self.a
-            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::InlineField.to_raw() as i32);
-        self.a.jcc(Cond::Ne, not_inline);
-        let field = self.field_address(ic_index, false);
-        self.a.store(field, value);
+        let [slow, scan, other, found, not_inline, not_overflow, hit, done] = self.labels_n();
+        self.load_shape(receiver, slow);
+        self.test_entry_zero(ic_index, IcKind::InlineField, scan, other);
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
+        self.a.store(mem_index(Reg::Rax, Reg::Rdx, 8, 0), value);
         self.a.bind(hit);
         self.count_hit(Site::SetProperty);
         self.a.bind(done);
 
         let was = self.a.switch_to(Section::Cold);
+        self.entry_zero(ic_index, other, found);
+        self.scan_entries(ic_index, scan, found, slow);
+        self.a.bind(found);
+        self.a.load(Reg::Rdx, Self::entry_word(ic::SLOT));
+        self.cmp_entry_kind(IcKind::InlineField);
+        self.a.jcc(Cond::Ne, not_inline);
+        self.a.store(mem_index(Reg::Rax, Reg::Rdx, 8, 0), value);
+        self.a.jmp(hit);
         self.a.bind(not_inline);
-        self.a
-            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::OverflowField.to_raw() as i32);
+        self.cmp_entry_kind(IcKind::OverflowField);
         self.a.jcc(Cond::Ne, not_overflow);
-        let field = self.field_address(ic_index, true);
-        self.a.store(field, value);
+        self.overflow_array();
+        self.a.store(
+            mem_index(Reg::Rax, Reg::Rdx, 8, 8 * array::ELEMENTS as i32),
+            value,
+        );
         self.a.jmp(hit);
         // A field added to the instance: the store, then the new shape.
         self.a.bind(not_overflow);
-        self.a
-            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::AddInlineField.to_raw() as i32);
+        self.cmp_entry_kind(IcKind::AddInlineField);
         self.a.jcc(Cond::Ne, slow);
-        let field = self.field_address(ic_index, false);
-        self.a.store(field, value);
-        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
+        self.a.store(mem_index(Reg::Rax, Reg::Rdx, 8, 0), value);
+        self.a.load(Reg::Rdx, Self::entry_word(ic::TARGET));
         self.a
             .store(mem(Reg::Rax, 8 * instance::SHAPE as i32), Reg::Rdx);
         self.a.jmp(hit);
@@ -787,20 +832,32 @@ impl Gen<'_> {
             .flatten()
     }
 
+    /// The method of cache `ic_index` for the key in rcx into rdx (entry 0 inline, the others
+    /// scanned in cold code), counted as a hit; a jump to `slow` on a miss.
+    fn cached_method(&mut self, ic_index: usize, site: Site, slow: Label) {
+        let [scan, found, hit] = self.labels_n();
+        self.test_entry_zero(ic_index, IcKind::Method, scan, slow);
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
+        self.a.bind(hit);
+        self.count_hit(site);
+        let was = self.a.switch_to(Section::Cold);
+        self.scan_entries(ic_index, scan, found, slow);
+        self.a.bind(found);
+        self.cmp_entry_kind(IcKind::Method);
+        self.a.jcc(Cond::Ne, slow);
+        self.a.load(Reg::Rdx, Self::entry_word(ic::TARGET));
+        self.a.jmp(hit);
+        self.a.switch_to(was);
+    }
+
     fn invoke(&mut self, ic_index: usize, argc: usize, ip: usize) -> R {
         self.flush_all();
         let k = self.depth() - 1 - argc;
         self.set_ip(ip)?;
-        let slow = self.a.new_label();
-        let enter = self.a.new_label();
-        let done = self.a.new_label();
+        let [slow, enter, done] = self.labels_n();
         self.a.load(Reg::Rdx, Self::slot(k));
-        self.guard_shape(Reg::Rdx, ic_index, slow);
-        self.a
-            .alu_ri(Alu::Cmp, Reg::Rcx, IcKind::Method.to_raw() as i32);
-        self.a.jcc(Cond::Ne, slow);
-        self.count_hit(Site::Invoke);
-        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
+        self.load_shape(Reg::Rdx, slow);
+        self.cached_method(ic_index, Site::Invoke, slow);
         let hint = self.method_hint(ic_index);
         self.call_closure(enter, k, argc, hint);
         self.a.bind(done);
@@ -822,21 +879,9 @@ impl Gen<'_> {
         let top = self.top();
         let k = top - 1 - argc;
         self.set_ip(ip)?;
-        let slow = self.a.new_label();
-        let enter = self.a.new_label();
-        let done = self.a.new_label();
+        let [slow, enter, done] = self.labels_n();
         self.a.load(Reg::Rcx, Self::slot(top));
-        self.a
-            .alu_rm(Alu::Cmp, Reg::Rcx, Self::ic(ic_index, ic::KEY));
-        self.a.jcc(Cond::Ne, slow);
-        self.a.alu_mi(
-            Alu::Cmp,
-            Self::ic(ic_index, ic::KIND),
-            IcKind::Method.to_raw() as i32,
-        );
-        self.a.jcc(Cond::Ne, slow);
-        self.count_hit(Site::Super);
-        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
+        self.cached_method(ic_index, Site::Super, slow);
         let hint = self.method_hint(ic_index);
         self.call_closure(enter, k, argc, hint);
         self.a.bind(done);

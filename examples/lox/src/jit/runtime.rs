@@ -17,12 +17,10 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use super::call_interpreted;
-use crate::bytecode::IcKind;
-use crate::heap::layout::{array, instance};
 use crate::value::Value;
 use crate::vm::objects::{Call, Fault};
 use crate::vm::region::ctx;
-use crate::vm::{Site, Vm};
+use crate::vm::Vm;
 
 thread_local! {
     static PARKED: Cell<Option<Box<Vm>>> = const { Cell::new(None) };
@@ -155,61 +153,19 @@ extern "C" fn lox_rt_add(ctx: u64) -> u64 {
     })
 }
 
-/// A property read whose cache did not hold an inline field.
+/// A property read whose cache entries did not hold an inline or overflow field: a method
+/// (bound here), or a miss.
 extern "C" fn lox_rt_get_property(ctx: u64, ic: u64) -> u64 {
     with_vm(ctx, |vm| {
-        let ic = ic as usize;
-        let receiver = vm.region.stack(vm.sp - 1);
-        if cache_holds(vm, receiver, ic) {
-            vm.stats.ic_hits[Site::GetProperty as usize] += 1;
-            match vm.region.ic_kind(ic) {
-                IcKind::OverflowField => {
-                    let mem = &vm.heap.mem;
-                    let overflow = mem.load_value(receiver.as_obj(), instance::OVERFLOW);
-                    let value =
-                        mem.load_value(overflow.as_obj(), array::ELEMENTS + vm.region.ic_slot(ic));
-                    vm.region.set_stack(vm.sp - 1, value);
-                    return Ok(0);
-                }
-                IcKind::Method => {
-                    let method = Value(vm.region.ic_target(ic));
-                    vm.bind_method(method)?;
-                    return Ok(0);
-                }
-                _ => {}
-            }
-        }
-        vm.get_property_slow(ic)?;
+        vm.get_property_slow(ic as usize)?;
         Ok(0)
     })
 }
 
-/// Whether cache `ic` is for the shape of `receiver` (an instance).
-fn cache_holds(vm: &Vm, receiver: Value, ic: usize) -> bool {
-    receiver.is_obj()
-        && vm.region.ic_kind(ic) != IcKind::Empty
-        && vm.heap.mem.load(receiver.as_obj(), instance::SHAPE) == vm.region.ic_key(ic)
-}
-
-/// A property write whose cache did not hold an inline field.
+/// A property write whose cache entries did not hold the shape.
 extern "C" fn lox_rt_set_property(ctx: u64, ic: u64) -> u64 {
     with_vm(ctx, |vm| {
-        let ic = ic as usize;
-        let receiver = vm.region.stack(vm.sp - 2);
-        if cache_holds(vm, receiver, ic) && vm.region.ic_kind(ic) == IcKind::OverflowField {
-            vm.stats.ic_hits[Site::SetProperty as usize] += 1;
-            let value = vm.region.stack(vm.sp - 1);
-            let overflow = vm
-                .heap
-                .mem
-                .load_value(receiver.as_obj(), instance::OVERFLOW);
-            let slot = array::ELEMENTS + vm.region.ic_slot(ic);
-            vm.heap.mem.store_value(overflow.as_obj(), slot, value);
-            vm.sp -= 1;
-            vm.region.set_stack(vm.sp - 1, value);
-            return Ok(0);
-        }
-        vm.set_property_slow(ic)?;
+        vm.set_property_slow(ic as usize)?;
         Ok(0)
     })
 }

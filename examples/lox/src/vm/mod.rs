@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::rc::Rc;
 
-use crate::bytecode::{IcKind, Program, Proto};
+use crate::bytecode::{Program, Proto};
 use crate::heap::layout::{self, Tag};
 use crate::heap::{strings, ExternalRoots, Heap, HeapExhausted, HeapStats, RootSet};
 use crate::value::{ObjRef, Value};
@@ -535,14 +535,7 @@ impl RootSet for VmRoots<'_> {
 
     fn visit_weak(&mut self, survivor: &mut dyn Fn(u64) -> Option<u64>) {
         for index in 0..self.ics {
-            if self.region.ic_kind(index) == IcKind::Empty {
-                continue;
-            }
-            let (key, target) = (self.region.ic_key(index), self.region.ic_target(index));
-            match (survivor(key), survivor(target)) {
-                (Some(key), Some(target)) => self.region.set_ic_references(index, key, target),
-                _ => self.region.clear_ic(index),
-            }
+            self.region.sweep_ic(index, survivor);
         }
     }
 }

@@ -122,16 +122,23 @@ impl Vm {
         }
     }
 
-    /// `receiver.name(args)` after the cache missed.
+    /// `receiver.name(args)` when entry 0 of the cache did not hold it: another entry, or a
+    /// lookup (learned by the cache).
     pub(crate) fn invoke_slow(&mut self, ic: usize, argc: usize) -> Result<Call, Fault> {
-        self.stats.ic_misses[Site::Invoke as usize] += 1;
         let receiver = self.peek(argc);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have methods.".to_vec());
         }
+        let shape = self.heap.mem.load_value(receiver.as_obj(), instance::SHAPE);
+        if let Some(cache) = self.region.ic_find(ic, shape.0) {
+            if cache.kind == IcKind::Method {
+                self.stats.ic_hits[Site::Invoke as usize] += 1;
+                return Ok(Call::Enter(Value(cache.target)));
+            }
+        }
+        self.stats.ic_misses[Site::Invoke as usize] += 1;
         let name = self.constant(self.ic_names[ic] as usize);
         let mem = &self.heap.mem;
-        let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
         if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
             let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
             let field =
@@ -141,37 +148,33 @@ impl Vm {
         }
         let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
         let method = self.find_method(class, name)?;
-        self.region.set_ic(
-            ic,
-            &InlineCache {
-                key: shape.0,
-                kind: IcKind::Method,
-                slot: 0,
-                target: method.0,
-            },
-        );
+        self.region.ic_learn(ic, &method_cache(shape, method));
         Ok(Call::Enter(method))
     }
 
-    /// `super.name(args)`: the superclass was popped by the loop; the cache missed.
+    /// The method `super.name` names, for the superclass (popped by the caller): from the
+    /// cache, or looked up (and learned).
+    fn super_method(&mut self, ic: usize, superclass: Value) -> Result<Value, Fault> {
+        if let Some(cache) = self.region.ic_find(ic, superclass.0) {
+            if cache.kind == IcKind::Method {
+                self.stats.ic_hits[Site::Super as usize] += 1;
+                return Ok(Value(cache.target));
+            }
+        }
+        self.stats.ic_misses[Site::Super as usize] += 1;
+        let name = self.constant(self.ic_names[ic] as usize);
+        let method = self.find_method(superclass.as_obj(), name)?;
+        self.region.ic_learn(ic, &method_cache(superclass, method));
+        Ok(method)
+    }
+
+    /// `super.name(args)`: the superclass was popped by the loop; entry 0 missed.
     pub(crate) fn super_invoke_slow(
         &mut self,
         ic: usize,
         superclass: Value,
     ) -> Result<Call, Fault> {
-        self.stats.ic_misses[Site::Super as usize] += 1;
-        let name = self.constant(self.ic_names[ic] as usize);
-        let method = self.find_method(superclass.as_obj(), name)?;
-        self.region.set_ic(
-            ic,
-            &InlineCache {
-                key: superclass.0,
-                kind: IcKind::Method,
-                slot: 0,
-                target: method.0,
-            },
-        );
-        Ok(Call::Enter(method))
+        self.super_method(ic, superclass).map(Call::Enter)
     }
 
     fn call_value(&mut self, argc: usize) -> Result<Call, Fault> {
@@ -190,35 +193,48 @@ impl Vm {
 
     // ---- properties ----
 
-    /// `instance.name` after the cache missed: a field, or a method bound to the instance.
+    /// `instance.name` when entry 0 of the cache did not hold it: another entry, or a field,
+    /// or a method bound to the instance (learned by the cache).
     pub(crate) fn get_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
-        self.stats.ic_misses[Site::GetProperty as usize] += 1;
         let receiver = self.peek(0);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have properties.".to_vec());
         }
-        let name_index = self.ic_names[ic];
-        let name = self.constant(name_index as usize);
         let mem = &self.heap.mem;
         let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
+        if let Some(cache) = self.region.ic_find(ic, shape.0) {
+            let slot = cache.slot as usize;
+            let value = match cache.kind {
+                IcKind::InlineField => Some(mem.load_value(receiver.as_obj(), slot)),
+                IcKind::OverflowField => Some(obj::load_field(
+                    mem,
+                    receiver.as_obj(),
+                    FieldLocation::Overflow(slot),
+                )),
+                _ => None,
+            };
+            if let Some(value) = value {
+                self.stats.ic_hits[Site::GetProperty as usize] += 1;
+                self.set_peek(0, value);
+                return Ok(());
+            }
+            if cache.kind == IcKind::Method {
+                self.stats.ic_hits[Site::GetProperty as usize] += 1;
+                return self.bind_method(Value(cache.target));
+            }
+        }
+        self.stats.ic_misses[Site::GetProperty as usize] += 1;
+        let name = self.constant(self.ic_names[ic] as usize);
         if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
             let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
             let location = obj::field_location(index, capacity);
             self.set_peek(0, obj::load_field(mem, receiver.as_obj(), location));
-            self.region.set_ic(ic, &field_cache(shape, location));
+            self.region.ic_learn(ic, &field_cache(shape, location));
             return Ok(());
         }
         let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
         let method = self.find_method(class, name)?;
-        self.region.set_ic(
-            ic,
-            &InlineCache {
-                key: shape.0,
-                kind: IcKind::Method,
-                slot: 0,
-                target: method.0,
-            },
-        );
+        self.region.ic_learn(ic, &method_cache(shape, method));
         self.bind_method(method)
     }
 
@@ -242,48 +258,52 @@ impl Vm {
 
     /// `super.name`: the superclass was popped by the loop, `this` is on top.
     pub(crate) fn get_super(&mut self, ic: usize, superclass: Value) -> Result<(), Fault> {
-        let method = if self.region.ic_key(ic) == superclass.0
-            && self.region.ic_kind(ic) == IcKind::Method
-        {
-            self.stats.ic_hits[Site::Super as usize] += 1;
-            Value(self.region.ic_target(ic))
-        } else {
-            self.stats.ic_misses[Site::Super as usize] += 1;
-            let name = self.constant(self.ic_names[ic] as usize);
-            let method = self.find_method(superclass.as_obj(), name)?;
-            self.region.set_ic(
-                ic,
-                &InlineCache {
-                    key: superclass.0,
-                    kind: IcKind::Method,
-                    slot: 0,
-                    target: method.0,
-                },
-            );
-            method
-        };
+        let method = self.super_method(ic, superclass)?;
         self.bind_method(method)
     }
 
-    /// `instance.name = value` after the cache missed. Leaves the value alone on the stack.
+    /// `instance.name = value` when entry 0 of the cache did not hold it: another entry, or
+    /// a lookup (learned). Leaves the value alone on the stack.
     pub(crate) fn set_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
-        self.stats.ic_misses[Site::SetProperty as usize] += 1;
         let receiver = self.peek(1);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have fields.".to_vec());
         }
-        let name_index = self.ic_names[ic];
-        let name = self.constant(name_index as usize);
-        let mem = &self.heap.mem;
-        let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
-        if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
-            let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
-            let location = obj::field_location(index, capacity);
-            let value = self.peek(0);
-            obj::store_field(&mut self.heap.mem, receiver.as_obj(), location, value);
-            self.region.set_ic(ic, &field_cache(shape, location));
+        let shape = self.heap.mem.load_value(receiver.as_obj(), instance::SHAPE);
+        let value = self.peek(0);
+        let cached = self.region.ic_find(ic, shape.0);
+        let mem = &mut self.heap.mem;
+        let hit = match cached {
+            Some(c) if c.kind == IcKind::InlineField => {
+                mem.store_value(receiver.as_obj(), c.slot as usize, value);
+                true
+            }
+            Some(c) if c.kind == IcKind::OverflowField => {
+                let location = FieldLocation::Overflow(c.slot as usize);
+                obj::store_field(mem, receiver.as_obj(), location, value);
+                true
+            }
+            Some(c) if c.kind == IcKind::AddInlineField => {
+                mem.store_value(receiver.as_obj(), c.slot as usize, value);
+                mem.store(receiver.as_obj(), instance::SHAPE, c.target);
+                true
+            }
+            _ => false,
+        };
+        if hit {
+            self.stats.ic_hits[Site::SetProperty as usize] += 1;
         } else {
-            self.add_field(ic)?;
+            self.stats.ic_misses[Site::SetProperty as usize] += 1;
+            let name = self.constant(self.ic_names[ic] as usize);
+            let mem = &self.heap.mem;
+            if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
+                let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
+                let location = obj::field_location(index, capacity);
+                obj::store_field(&mut self.heap.mem, receiver.as_obj(), location, value);
+                self.region.ic_learn(ic, &field_cache(shape, location));
+            } else {
+                self.add_field(ic)?;
+            }
         }
         let value = self.peek(0);
         self.sp -= 1;
@@ -337,7 +357,7 @@ impl Vm {
             .mem
             .store_value(receiver, instance::SHAPE, Value::obj(child));
         if let FieldLocation::Inline(word) = location {
-            self.region.set_ic(
+            self.region.ic_learn(
                 ic,
                 &InlineCache {
                     key: Value::obj(shape).0,
@@ -613,6 +633,15 @@ impl Vm {
         self.sp -= 1;
         self.set_peek(0, result);
         Ok(())
+    }
+}
+
+fn method_cache(key: Value, method: Value) -> InlineCache {
+    InlineCache {
+        key: key.0,
+        kind: IcKind::Method,
+        slot: 0,
+        target: method.0,
     }
 }
 

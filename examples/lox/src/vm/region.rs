@@ -18,8 +18,8 @@
 //! 0x2000        value stack (STACK_SLOTS)          1 word (a Value)
 //! 0x0010_0000   globals (MAX_GLOBALS)              1 word (a Value, or UNDEFINED)
 //! 0x0100_0000   constants (MAX_CONSTANTS)          1 word (a Value)
-//! 0x0400_0000   inline caches (MAX_ICS)            4 words: key, kind, slot, target
-//! 0x0800_0000   code entries (MAX_PROTOS)          1 word: address JIT'd code calls for it
+//! 0x0400_0000   inline caches (MAX_ICS)            8 entries of 4 words: key, kind, slot, target
+//! 0x2400_0000   code entries (MAX_PROTOS)          1 word: address JIT'd code calls for it
 //! ```
 
 use kiln_target::RawMemory;
@@ -50,7 +50,7 @@ pub const STACK_OFFSET: usize = 0x2000;
 pub const GLOBALS_OFFSET: usize = 0x10_0000;
 pub const CONSTANTS_OFFSET: usize = 0x100_0000;
 pub const ICS_OFFSET: usize = 0x400_0000;
-pub const ENTRIES_OFFSET: usize = 0x800_0000;
+pub const ENTRIES_OFFSET: usize = 0x2400_0000;
 const REGION_BYTES: usize = ENTRIES_OFFSET + MAX_PROTOS * 8;
 
 pub const MAX_GLOBALS: usize = 1 << 20;
@@ -58,7 +58,10 @@ pub const MAX_CONSTANTS: usize = 1 << 22;
 pub const MAX_ICS: usize = 1 << 21;
 pub const MAX_PROTOS: usize = 1 << 21;
 
-/// Words of one inline cache and the index of each.
+/// An inline cache: `ENTRIES` entries of `ENTRY_WORDS` words (a polymorphic cache). Entry 0
+/// is the one both tiers test inline; the others are searched on a miss of entry 0. A new
+/// shape goes into the first empty entry (entry 0 first); when all are taken, entries 1…
+/// shift down and it takes the last.
 pub mod ic {
     /// Value bits of the shape (or class, for `super`) the entry is for; nil when empty.
     pub const KEY: usize = 0;
@@ -68,7 +71,9 @@ pub mod ic {
     pub const SLOT: usize = 2;
     /// Value bits of the method closure or the new shape; nil when unused.
     pub const TARGET: usize = 3;
-    pub const WORDS: usize = 4;
+    pub const ENTRY_WORDS: usize = 4;
+    pub const ENTRIES: usize = 8;
+    pub const WORDS: usize = ENTRY_WORDS * ENTRIES;
 }
 
 const _: () = {
@@ -261,9 +266,64 @@ impl VmRegion {
 
     // ---- inline caches ----
 
+    /// Word `word` of entry 0 of cache `index`; the other entries follow at `ENTRY_WORDS`.
     #[inline]
     fn ic_offset(index: usize, word: usize) -> usize {
         ICS_OFFSET + 8 * (masked(index, MAX_ICS) * ic::WORDS + word)
+    }
+
+    fn entry_offset(index: usize, entry: usize, word: usize) -> usize {
+        Self::ic_offset(index, (entry % ic::ENTRIES) * ic::ENTRY_WORDS + word)
+    }
+
+    /// Entry `entry` of cache `index`.
+    pub fn ic_entry(&self, index: usize, entry: usize) -> InlineCache {
+        let word = |w| self.word(Self::entry_offset(index, entry, w));
+        InlineCache {
+            key: word(ic::KEY),
+            kind: IcKind::from_raw(word(ic::KIND)),
+            slot: word(ic::SLOT) as u32,
+            target: word(ic::TARGET),
+        }
+    }
+
+    fn set_ic_entry(&self, index: usize, entry: usize, cache: &InlineCache) {
+        self.set_word(Self::entry_offset(index, entry, ic::KEY), cache.key);
+        self.set_word(
+            Self::entry_offset(index, entry, ic::KIND),
+            cache.kind.to_raw(),
+        );
+        self.set_word(
+            Self::entry_offset(index, entry, ic::SLOT),
+            u64::from(cache.slot),
+        );
+        self.set_word(Self::entry_offset(index, entry, ic::TARGET), cache.target);
+    }
+
+    /// The entry of cache `index` for `key` (a shape, or a class for `super`), if any.
+    pub fn ic_find(&self, index: usize, key: u64) -> Option<InlineCache> {
+        (0..ic::ENTRIES)
+            .map(|e| self.ic_entry(index, e))
+            .find(|c| c.kind != IcKind::Empty && c.key == key)
+    }
+
+    /// Records what a miss learned: replaces the entry for the same key, or takes the first
+    /// empty one, or (all taken) shifts entries 1… down and takes the last.
+    pub fn ic_learn(&self, index: usize, cache: &InlineCache) {
+        let entries: Vec<InlineCache> = (0..ic::ENTRIES).map(|e| self.ic_entry(index, e)).collect();
+        let same = entries
+            .iter()
+            .position(|c| c.kind != IcKind::Empty && c.key == cache.key);
+        let empty = entries.iter().position(|c| c.kind == IcKind::Empty);
+        match same.or(empty) {
+            Some(entry) => self.set_ic_entry(index, entry, cache),
+            None => {
+                for e in 1..ic::ENTRIES - 1 {
+                    self.set_ic_entry(index, e, &entries[e + 1]);
+                }
+                self.set_ic_entry(index, ic::ENTRIES - 1, cache);
+            }
+        }
     }
 
     #[inline]
@@ -286,22 +346,32 @@ impl VmRegion {
         self.word(Self::ic_offset(index, ic::TARGET))
     }
 
-    pub fn set_ic(&self, index: usize, cache: &InlineCache) {
-        self.set_word(Self::ic_offset(index, ic::KEY), cache.key);
-        self.set_word(Self::ic_offset(index, ic::KIND), cache.kind.to_raw());
-        self.set_word(Self::ic_offset(index, ic::SLOT), u64::from(cache.slot));
-        self.set_word(Self::ic_offset(index, ic::TARGET), cache.target);
-    }
-
-    /// Empties cache `index`.
+    /// Empties every entry of cache `index`.
     pub fn clear_ic(&self, index: usize) {
-        self.set_ic(index, &InlineCache::empty());
+        for entry in 0..ic::ENTRIES {
+            self.set_ic_entry(index, entry, &InlineCache::empty());
+        }
     }
 
-    /// Rewrites the key and target of cache `index` after a collection.
-    pub fn set_ic_references(&self, index: usize, key: u64, target: u64) {
-        self.set_word(Self::ic_offset(index, ic::KEY), key);
-        self.set_word(Self::ic_offset(index, ic::TARGET), target);
+    /// After a collection: each entry's key and target at their new places, and the entries
+    /// whose key or target died emptied (`survivor` as in `RootSet::visit_weak`).
+    pub fn sweep_ic(&self, index: usize, survivor: &mut dyn Fn(u64) -> Option<u64>) -> u64 {
+        let mut updated = 0;
+        for entry in 0..ic::ENTRIES {
+            let cache = self.ic_entry(index, entry);
+            if cache.kind == IcKind::Empty {
+                continue;
+            }
+            match (survivor(cache.key), survivor(cache.target)) {
+                (Some(key), Some(target)) => {
+                    self.set_word(Self::entry_offset(index, entry, ic::KEY), key);
+                    self.set_word(Self::entry_offset(index, entry, ic::TARGET), target);
+                    updated += 1;
+                }
+                _ => self.set_ic_entry(index, entry, &InlineCache::empty()),
+            }
+        }
+        updated
     }
 
     // ---- code entries ----
@@ -313,5 +383,55 @@ impl VmRegion {
 
     pub fn set_entry(&self, proto: usize, address: u64) {
         self.set_word(ENTRIES_OFFSET + 8 * masked(proto, MAX_PROTOS), address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method(key: u64, target: u64) -> InlineCache {
+        InlineCache {
+            key,
+            kind: IcKind::Method,
+            slot: 0,
+            target,
+        }
+    }
+
+    #[test]
+    fn polymorphic_cache_fills_replaces_and_shifts() {
+        let region = VmRegion::new().expect("map the region");
+        region.clear_ic(7);
+        for key in 0..ic::ENTRIES as u64 {
+            region.ic_learn(7, &method(100 + key, key));
+        }
+        // Entry 0 is the first key seen, the others in order.
+        assert_eq!(region.ic_key(7), 100);
+        for key in 0..ic::ENTRIES as u64 {
+            assert_eq!(region.ic_find(7, 100 + key), Some(method(100 + key, key)));
+        }
+        // The same key again replaces its entry in place.
+        region.ic_learn(7, &method(103, 42));
+        assert_eq!(region.ic_entry(7, 3), method(103, 42));
+        // Full: entry 0 stays, entries 1… shift down, the new key takes the last.
+        region.ic_learn(7, &method(200, 9));
+        assert_eq!(region.ic_key(7), 100);
+        assert_eq!(
+            region.ic_find(7, 101),
+            None,
+            "the oldest after entry 0 is gone"
+        );
+        assert_eq!(region.ic_entry(7, ic::ENTRIES - 1), method(200, 9));
+        assert_eq!(region.ic_entry(7, 1).key, 102);
+        // A collection empties the entries whose key died and moves the others.
+        let moved = region.sweep_ic(7, &mut |w| (w != 104).then_some(w + 1000));
+        assert_eq!(moved as usize, ic::ENTRIES - 1);
+        assert_eq!(region.ic_find(7, 104), None);
+        assert_eq!(region.ic_find(7, 1100), Some(method(1100, 1000)));
+        // Caches do not overlap.
+        region.clear_ic(8);
+        assert_eq!(region.ic_find(8, 1100), None);
+        assert_eq!(region.ic_key(7), 1100);
     }
 }
