@@ -5,12 +5,12 @@
 //! the stack from outside (`sync!`), the locals are written back to the VM; after it, `sp` is
 //! read again. Heap references are never kept in locals across such a call.
 //!
-//! The loop owns the VM (`Box<Vm>` in, `Box<Vm>` out): to run machine code it hands the VM to
-//! the JIT (`jit::call_compiled`), which parks it where the runtime helpers find it, and takes
-//! it back when the machine code returns. A call into a compiled function, or an on-stack
-//! replacement at a hot loop, is such a hand-over; machine code that calls a function still
-//! interpreted comes back here through a helper, in a loop of its own that stops when that
-//! function returns (`stop`).
+//! Machine code runs with the VM handed over (`jit::call_compiled` parks it where the runtime
+//! helpers find it), so the loop returns (`Exit::Compiled`) when it must call a compiled
+//! function or continue a hot loop in machine code, and `Vm::run`, which owns the VM, does it
+//! and enters the loop again. Machine code that calls a function still interpreted comes back
+//! through a helper, into a `Vm::run` of its own that stops when that function returns
+//! (`stop`).
 //!
 //! The fast paths of calls, globals, arithmetic and the inline caches are here; what allocates
 //! or searches is in `objects.rs`.
@@ -28,15 +28,64 @@ use crate::value::{values_equal, Value};
 /// What a run ends with: the VM back, and the value the frame it was started for returned.
 pub type RunResult = (Box<Vm>, Result<Value, RuntimeError>);
 
+/// Why the loop stopped.
+enum Exit {
+    /// The frame at index `stop` returned this value.
+    Returned(Value),
+    Failed(RuntimeError),
+    /// Machine code must run: a compiled function (its frame not pushed yet, slot 0 at
+    /// `base`), or, with `osr`, the running frame (slot 0 at `base`) from the start of a loop.
+    /// The loop's state is written back; the frame records say where to resume.
+    Compiled {
+        entry: u64,
+        base: usize,
+        argc: usize,
+        closure: Value,
+        osr: bool,
+    },
+}
+
 impl Vm {
     /// Runs from the top frame until the frame count drops to `stop`, and returns what the
     /// frame at index `stop` returned (`sp` is then that frame's base).
+    ///
+    /// The loop itself borrows the VM; when machine code must run, it returns here, where the
+    /// VM is owned and can be handed over, and is entered again afterwards (it takes its state
+    /// back from the frame records).
     pub fn run(self: Box<Self>, stop: usize) -> RunResult {
         let program = Rc::clone(&self.program);
-        if self.count_instructions {
-            run_loop::<true>(self, &program, stop)
-        } else {
-            run_loop::<false>(self, &program, stop)
+        let mut vm = self;
+        loop {
+            let exit = if vm.count_instructions {
+                run_loop::<true>(&mut vm, &program, stop)
+            } else {
+                run_loop::<false>(&mut vm, &program, stop)
+            };
+            let (entry, base, argc, closure, osr) = match exit {
+                Exit::Returned(value) => return (vm, Ok(value)),
+                Exit::Failed(error) => return (vm, Err(error)),
+                Exit::Compiled {
+                    entry,
+                    base,
+                    argc,
+                    closure,
+                    osr,
+                } => (entry, base, argc, closure, osr),
+            };
+            let (back, result) = jit::call_compiled(vm, entry, base, argc, closure);
+            vm = back;
+            let value = match result {
+                Ok(value) => value,
+                Err(error) => return (vm, Err(error)),
+            };
+            // The callee's frame (with `osr`, the frame that was running) has returned: its
+            // result replaces its slot 0 on the caller's stack.
+            vm.sp = base;
+            if osr && vm.region.frame_count() == stop {
+                return (vm, Ok(value));
+            }
+            vm.region.set_stack(base, value);
+            vm.sp = base + 1;
         }
     }
 }
@@ -45,7 +94,7 @@ impl Vm {
 /// across all the fast paths; splitting the arms into functions would spill them at every
 /// instruction. What is not a fast path is a call into `objects.rs`. `COUNT` selects the copy
 /// that counts instructions for `--stats`.
-fn run_loop<const COUNT: bool>(mut vm: Box<Vm>, program: &Program, stop: usize) -> RunResult {
+fn run_loop<const COUNT: bool>(vm: &mut Vm, program: &Program, stop: usize) -> Exit {
     let code = &program.code[..];
     let protos = &program.protos[..];
     let mut fc = vm.region.frame_count();
@@ -65,8 +114,7 @@ fn run_loop<const COUNT: bool>(mut vm: Box<Vm>, program: &Program, stop: usize) 
             vm.sp = sp;
             vm.region.set_frame_count(fc);
             let message: Vec<u8> = $message.into();
-            let error = vm.runtime_error(program, &message);
-            return (vm, Err(error));
+            return Exit::Failed(vm.runtime_error(program, &message));
         }};
     }
     macro_rules! check {
@@ -124,27 +172,23 @@ fn run_loop<const COUNT: bool>(mut vm: Box<Vm>, program: &Program, stop: usize) 
                 fail!("Stack overflow.");
             }
             vm.region.set_frame_ip(fc - 1, ip);
-            match jit::entry_on_call(&mut vm, proto_index) {
-                Some(entry) => {
+            if vm.jit.is_some() {
+                if let Some(entry) = jit::entry_on_call(vm, proto_index) {
                     sync!();
-                    let (back, result) = jit::call_compiled(vm, entry, new_base, argc, callee);
-                    vm = back;
-                    match result {
-                        Ok(value) => {
-                            sp = new_base;
-                            push!(value);
-                        }
-                        Err(error) => return (vm, Err(error)),
-                    }
-                }
-                None => {
-                    vm.region.set_frame(fc, callee, proto.code_start, new_base);
-                    fc += 1;
-                    ip = proto.code_start;
-                    base = new_base;
-                    vm.stats.calls += 1;
+                    return Exit::Compiled {
+                        entry,
+                        base: new_base,
+                        argc,
+                        closure: callee,
+                        osr: false,
+                    };
                 }
             }
+            vm.region.set_frame(fc, callee, proto.code_start, new_base);
+            fc += 1;
+            ip = proto.code_start;
+            base = new_base;
+            vm.stats.calls += 1;
         }};
     }
     macro_rules! numbers {
@@ -370,28 +414,23 @@ fn run_loop<const COUNT: bool>(mut vm: Box<Vm>, program: &Program, stop: usize) 
             op::LOOP => {
                 let distance = read_u32!();
                 ip -= distance;
+                if vm.jit.is_none() {
+                    continue;
+                }
                 let closure_value = vm.region.frame_closure(fc - 1);
                 let proto_index = vm.heap.mem.load(closure_value.as_obj(), closure::PROTO);
-                if let Some(entry) = jit::osr_on_loop(&mut vm, proto_index as usize, ip) {
+                if let Some(entry) = jit::osr_on_loop(vm, proto_index as usize, ip) {
                     // The frame goes on in machine code from the loop's start, and returns
                     // from there.
                     sync!();
                     vm.region.set_frame_ip(fc - 1, ip);
-                    let (back, result) = jit::call_compiled(vm, entry, base, 0, closure_value);
-                    vm = back;
-                    let value = match result {
-                        Ok(value) => value,
-                        Err(error) => return (vm, Err(error)),
+                    return Exit::Compiled {
+                        entry,
+                        base,
+                        argc: 0,
+                        closure: closure_value,
+                        osr: true,
                     };
-                    fc -= 1;
-                    sp = base;
-                    if fc == stop {
-                        sync!();
-                        return (vm, Ok(value));
-                    }
-                    push!(value);
-                    ip = vm.region.frame_ip(fc - 1);
-                    base = vm.region.frame_base(fc - 1);
                 }
             }
             op::CALL => {
@@ -460,7 +499,7 @@ fn run_loop<const COUNT: bool>(mut vm: Box<Vm>, program: &Program, stop: usize) 
                 sp = base;
                 if fc == stop {
                     sync!();
-                    return (vm, Ok(result));
+                    return Exit::Returned(result);
                 }
                 push!(result);
                 ip = vm.region.frame_ip(fc - 1);
