@@ -207,7 +207,7 @@ fn compile_now(vm: &mut Vm, proto: usize) -> Option<u64> {
 
 /// The interpreter is about to call `proto`: its machine code, if it is compiled or this call
 /// makes it hot.
-#[inline]
+#[inline(never)]
 pub fn entry_on_call(vm: &mut Vm, proto: usize) -> Option<u64> {
     let jit = vm.jit.as_mut()?;
     let state = jit.protos.get_mut(proto)?;
@@ -227,7 +227,7 @@ pub fn entry_on_call(vm: &mut Vm, proto: usize) -> Option<u64> {
 
 /// The interpreter jumped back to the loop starting at `ip` in `proto`: the entry into
 /// machine code there, if the function is compiled or this makes it hot.
-#[inline]
+#[inline(never)]
 pub fn osr_on_loop(vm: &mut Vm, proto: usize, ip: usize) -> Option<u64> {
     let jit = vm.jit.as_mut()?;
     let state = jit.protos.get_mut(proto)?;

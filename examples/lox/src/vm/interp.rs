@@ -173,6 +173,8 @@ fn run_loop<const COUNT: bool>(vm: &mut Vm, program: &Program, stop: usize) -> E
             }
             vm.region.set_frame_ip(fc - 1, ip);
             if vm.jit.is_some() {
+                // Off the interpreter's own path: keeps its registers where they are.
+                std::hint::cold_path();
                 if let Some(entry) = jit::entry_on_call(vm, proto_index) {
                     sync!();
                     return Exit::Compiled {
@@ -417,6 +419,7 @@ fn run_loop<const COUNT: bool>(vm: &mut Vm, program: &Program, stop: usize) -> E
                 if vm.jit.is_none() {
                     continue;
                 }
+                std::hint::cold_path();
                 let closure_value = vm.region.frame_closure(fc - 1);
                 let proto_index = vm.heap.mem.load(closure_value.as_obj(), closure::PROTO);
                 if let Some(entry) = jit::osr_on_loop(vm, proto_index as usize, ip) {

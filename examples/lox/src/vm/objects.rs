@@ -130,7 +130,7 @@ impl Vm {
             return Err(b"Only instances have methods.".to_vec());
         }
         let shape = self.heap.mem.load_value(receiver.as_obj(), instance::SHAPE);
-        if let Some(cache) = self.region.ic_find(ic, shape.0) {
+        if let Some(cache) = self.region.ic_lookup(ic, shape.0) {
             if cache.kind == IcKind::Method {
                 self.stats.ic_hits[Site::Invoke as usize] += 1;
                 return Ok(Call::Enter(Value(cache.target)));
@@ -155,7 +155,7 @@ impl Vm {
     /// The method `super.name` names, for the superclass (popped by the caller): from the
     /// cache, or looked up (and learned).
     fn super_method(&mut self, ic: usize, superclass: Value) -> Result<Value, Fault> {
-        if let Some(cache) = self.region.ic_find(ic, superclass.0) {
+        if let Some(cache) = self.region.ic_lookup(ic, superclass.0) {
             if cache.kind == IcKind::Method {
                 self.stats.ic_hits[Site::Super as usize] += 1;
                 return Ok(Value(cache.target));
@@ -202,7 +202,7 @@ impl Vm {
         }
         let mem = &self.heap.mem;
         let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
-        if let Some(cache) = self.region.ic_find(ic, shape.0) {
+        if let Some(cache) = self.region.ic_lookup(ic, shape.0) {
             let slot = cache.slot as usize;
             let value = match cache.kind {
                 IcKind::InlineField => Some(mem.load_value(receiver.as_obj(), slot)),
@@ -271,7 +271,7 @@ impl Vm {
         }
         let shape = self.heap.mem.load_value(receiver.as_obj(), instance::SHAPE);
         let value = self.peek(0);
-        let cached = self.region.ic_find(ic, shape.0);
+        let cached = self.region.ic_lookup(ic, shape.0);
         let mem = &mut self.heap.mem;
         let hit = match cached {
             Some(c) if c.kind == IcKind::InlineField => {

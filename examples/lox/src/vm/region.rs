@@ -302,9 +302,29 @@ impl VmRegion {
 
     /// The entry of cache `index` for `key` (a shape, or a class for `super`), if any.
     pub fn ic_find(&self, index: usize, key: u64) -> Option<InlineCache> {
-        (0..ic::ENTRIES)
+        self.ic_position(index, key)
             .map(|e| self.ic_entry(index, e))
-            .find(|c| c.kind != IcKind::Empty && c.key == key)
+    }
+
+    fn ic_position(&self, index: usize, key: u64) -> Option<usize> {
+        (0..ic::ENTRIES).find(|&e| {
+            self.word(Self::entry_offset(index, e, ic::KEY)) == key
+                && self.word(Self::entry_offset(index, e, ic::KIND)) != IcKind::Empty.to_raw()
+        })
+    }
+
+    /// As `ic_find`, for a slow path: an entry found after entry 0 swaps places with it, so
+    /// that a site whose receivers change from one phase of the program to the next hits
+    /// inline again.
+    pub fn ic_lookup(&self, index: usize, key: u64) -> Option<InlineCache> {
+        let entry = self.ic_position(index, key)?;
+        let found = self.ic_entry(index, entry);
+        if entry > 0 {
+            let first = self.ic_entry(index, 0);
+            self.set_ic_entry(index, entry, &first);
+            self.set_ic_entry(index, 0, &found);
+        }
+        Some(found)
     }
 
     /// Records what a miss learned: replaces the entry for the same key, or takes the first
@@ -424,6 +444,14 @@ mod tests {
         );
         assert_eq!(region.ic_entry(7, ic::ENTRIES - 1), method(200, 9));
         assert_eq!(region.ic_entry(7, 1).key, 102);
+        // A slow path's hit moves its entry to the front.
+        assert_eq!(region.ic_lookup(7, 105), Some(method(105, 5)));
+        assert_eq!(region.ic_entry(7, 0), method(105, 5));
+        assert_eq!(
+            region.ic_find(7, 100),
+            Some(method(100, 0)),
+            "entry 0 moved, not lost"
+        );
         // A collection empties the entries whose key died and moves the others.
         let moved = region.sweep_ic(7, &mut |w| (w != 104).then_some(w + 1000));
         assert_eq!(moved as usize, ic::ENTRIES - 1);
@@ -432,6 +460,6 @@ mod tests {
         // Caches do not overlap.
         region.clear_ic(8);
         assert_eq!(region.ic_find(8, 1100), None);
-        assert_eq!(region.ic_key(7), 1100);
+        assert_eq!(region.ic_key(7), 1105);
     }
 }
