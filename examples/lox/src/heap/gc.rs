@@ -52,7 +52,7 @@ impl<'a> Copier<'a> {
 
     /// Forwards every reference in every object copied so far, and in those it copies.
     pub fn scan(&mut self) {
-        let mut scan = 1;
+        let mut scan = super::memory::FIRST_OBJECT_WORD;
         while scan < self.to.used_words() {
             let header = self.to.raw_word(scan);
             let size = layout::header_size(header);

@@ -11,6 +11,11 @@
 //! number and moves nothing: the base of a space never changes. Machine code reloads the base
 //! of the *current* space after any call that may allocate, because a collection swaps the
 //! spaces.
+//!
+//! The bump pointer lives in the space itself, so that machine code allocates inline: word 0
+//! is `top` (the next free word), word 1 the limit machine code allocates up to (the capacity,
+//! or 0 to send every allocation to the runtime, as `--gc-stress` does); objects start at
+//! word 2, so no object lives at offset 0.
 
 use kiln_target::RawMemory;
 
@@ -21,9 +26,14 @@ pub struct Memory {
     raw: RawMemory,
     /// Words in use by the VM's policy (the space grows up to the mapping's size).
     capacity_words: usize,
-    /// Next free word. Word 0 is never allocated, so no object lives at offset 0.
-    top: usize,
 }
+
+/// Word index of the next free word (`top`), for machine code: `[heap_base + 8*TOP_WORD]`.
+pub const TOP_WORD: usize = 0;
+/// Word index of the limit of inline allocation in machine code.
+pub const LIMIT_WORD: usize = 1;
+/// The first word an object can start at.
+pub const FIRST_OBJECT_WORD: usize = 2;
 
 /// The mapping could not be made (the address-space limit of the process, usually).
 #[derive(Debug)]
@@ -33,11 +43,27 @@ impl Memory {
     /// A space of `capacity_words`, which can grow up to `max_words` without moving.
     pub fn new(capacity_words: usize, max_words: usize) -> Result<Memory, MapError> {
         let raw = RawMemory::new(max_words.max(16) * 8).map_err(|e| MapError(e.to_string()))?;
-        Ok(Memory {
+        let memory = Memory {
             raw,
             capacity_words: capacity_words.clamp(16, max_words.max(16)),
-            top: 1,
-        })
+        };
+        memory.set_top(FIRST_OBJECT_WORD);
+        Ok(memory)
+    }
+
+    #[inline]
+    fn top(&self) -> usize {
+        self.word(TOP_WORD) as usize
+    }
+
+    #[inline]
+    fn set_top(&self, top: usize) {
+        self.set_word(TOP_WORD, top as u64)
+    }
+
+    /// Lets machine code allocate inline up to `limit` words (0: never inline).
+    pub fn set_inline_limit(&mut self, limit: usize) {
+        self.set_word(LIMIT_WORD, limit.min(self.capacity_words) as u64)
     }
 
     /// Address of word 0, for machine code.
@@ -117,12 +143,12 @@ impl Memory {
     /// nil. `None` when the space is full: the caller collects or grows first.
     #[inline]
     pub fn bump(&mut self, tag: Tag, size_words: usize) -> Option<ObjRef> {
-        let start = self.top;
+        let start = self.top();
         let end = start.checked_add(size_words)?;
         if end > self.capacity_words || size_words == 0 || size_words > layout::MAX_OBJECT_WORDS {
             return None;
         }
-        self.top = end;
+        self.set_top(end);
         self.set_word(start, layout::header(tag, size_words));
         for i in start + 1..end {
             self.set_word(i, Value::NIL.0);
@@ -131,11 +157,11 @@ impl Memory {
     }
 
     pub fn free_words(&self) -> usize {
-        self.capacity_words - self.top
+        self.capacity_words - self.top()
     }
 
     pub fn used_words(&self) -> usize {
-        self.top
+        self.top()
     }
 
     pub fn capacity_words(&self) -> usize {
@@ -150,19 +176,19 @@ impl Memory {
     /// Makes the space `capacity_words` long (at most `max_words`), keeping the objects: the
     /// mapping is already that large, so nothing moves.
     pub fn resize(&mut self, capacity_words: usize) {
-        debug_assert!(capacity_words >= self.top);
+        debug_assert!(capacity_words >= self.top());
         self.capacity_words = capacity_words.min(self.max_words());
     }
 
     /// Empties the space for reuse as a to-space.
     pub fn reset(&mut self) {
-        self.top = 1;
+        self.set_top(FIRST_OBJECT_WORD);
     }
 
     /// Overwrites everything allocated with a pattern no header or value has, so that a stale
     /// reference into a dead space fails loudly (used under --gc-stress).
     pub fn poison(&mut self) {
-        for i in 0..self.top {
+        for i in FIRST_OBJECT_WORD..self.top() {
             self.set_word(i, POISON);
         }
     }
@@ -179,12 +205,12 @@ impl Memory {
     /// Appends a copy of the `size` words of `object` in `from` (header included) and returns
     /// its offset; the collector has sized the space so that everything live fits.
     pub(super) fn append_copy(&mut self, from: &Memory, object: ObjRef, size: usize) -> ObjRef {
-        let start = self.top;
+        let start = self.top();
         let source = object.word();
         for i in 0..size {
             self.set_word(start + i, from.word(source + i));
         }
-        self.top += size;
+        self.set_top(start + size);
         ObjRef::from_word(start)
     }
 }

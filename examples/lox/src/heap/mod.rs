@@ -82,7 +82,7 @@ impl Heap {
         } else {
             INITIAL_WORDS
         };
-        Ok(Heap {
+        let mut heap = Heap {
             mem: Memory::new(words, MAX_WORDS)?,
             spare: Memory::new(words, MAX_WORDS)?,
             strings: StringTable::new(),
@@ -92,7 +92,25 @@ impl Heap {
             },
             stress,
             packed: Vec::new(),
-        })
+        };
+        heap.publish_inline_limit();
+        Ok(heap)
+    }
+
+    /// How far machine code may allocate inline in the current space: all of it, or nothing
+    /// under --gc-stress (every allocation then goes to the runtime, which collects).
+    fn publish_inline_limit(&mut self) {
+        let limit = if self.stress {
+            0
+        } else {
+            self.mem.capacity_words()
+        };
+        self.mem.set_inline_limit(limit);
+    }
+
+    /// Counts what machine code allocated inline (it bumps `top` itself).
+    pub fn count_inline_bytes(&mut self, bytes: u64) {
+        self.stats.bytes_allocated += bytes;
     }
 
     /// Whether an allocation of `words` must collect first.
@@ -136,7 +154,9 @@ impl Heap {
         if self.stress {
             self.spare.poison();
         }
-        self.grow_for(need_words)
+        let grown = self.grow_for(need_words);
+        self.publish_inline_limit();
+        grown
     }
 
     /// Keeps at least half of the space free after a collection, and `need_words` at least.

@@ -11,8 +11,9 @@ use super::compile::{jump_target, Analysis, Gen, Insn, Loc, Next};
 use super::runtime as rt;
 use super::x64::{mem, mem_index, Alu, Cond, Label, Mem, Reg, Section, Sse, Xmm};
 use crate::bytecode::{op, read_u32, IcKind};
-use crate::heap::layout::{array, instance, Tag};
-use crate::value::{Value, SIGN};
+use crate::heap::layout::{self, array, instance, Tag};
+use crate::heap::memory;
+use crate::value::{Value, OBJ_TAG, SIGN};
 use crate::vm::region::{self, ctx, ic};
 use crate::vm::stack::frame;
 use crate::vm::Site;
@@ -804,17 +805,23 @@ impl Gen<'_> {
         let k = self.depth() - 1 - argc;
         let hint = self.entries[k].hint;
         self.set_ip(ip)?;
-        let slow = self.a.new_label();
-        let enter = self.a.new_label();
-        let done = self.a.new_label();
+        let [slow, enter, done, not_closure] = self.labels_n();
         self.a.load(Reg::Rdx, Self::slot(k));
         self.check_object(Reg::Rdx, slow);
         self.a.mov_rr32(Reg::Rax, Reg::Rdx);
         self.a
             .cmp_m8(mem_index(Reg::R13, Reg::Rax, 1, 0), Tag::Closure as u8);
-        self.a.jcc(Cond::Ne, slow);
+        self.a.jcc(Cond::Ne, not_closure);
         self.call_closure(enter, k, argc, hint);
         self.a.bind(done);
+
+        let was = self.a.switch_to(Section::Cold);
+        self.a.bind(not_closure);
+        self.a
+            .cmp_m8(mem_index(Reg::R13, Reg::Rax, 1, 0), Tag::Class as u8);
+        self.a.jcc(Cond::Ne, slow);
+        self.instantiate(k, argc, ip, [enter, done, slow])?;
+        self.a.switch_to(was);
         self.call_slow_path(
             slow,
             enter,
@@ -823,6 +830,75 @@ impl Gen<'_> {
             rt::RT_CALL_VALUE,
         );
         self.finish_call(k)
+    }
+
+    /// Cold code: calling the class whose offset is in rax allocates the instance inline (a
+    /// bump of the space's `top`, to `slow` when it reaches the limit) in place of the class
+    /// in slot `k`, then calls `init` (through `enter`, with rdx = the closure) or, without
+    /// one, is done.
+    fn instantiate(
+        &mut self,
+        k: usize,
+        argc: usize,
+        ip: usize,
+        [enter, done, slow]: [Label; 3],
+    ) -> Result<(), String> {
+        let fill = self.a.new_label();
+        let field = |word: usize| 8 * word as i32;
+        // r11 = the class; rcx = its root shape; rax = the shape's inline capacity.
+        self.a.lea(Reg::R11, mem_index(Reg::R13, Reg::Rax, 1, 0));
+        self.a
+            .load(Reg::Rcx, mem(Reg::R11, field(layout::class::ROOT_SHAPE)));
+        self.a.mov_rr32(Reg::Rax, Reg::Rcx);
+        self.a.load(
+            Reg::Rax,
+            mem_index(Reg::R13, Reg::Rax, 1, field(layout::shape::COUNTS)),
+        );
+        self.a.shr_ri(Reg::Rax, 32);
+        // rsi = words; rdi = top; r8 = the new top.
+        self.a.lea(Reg::Rsi, mem(Reg::Rax, instance::FIELDS as i32));
+        self.a
+            .load(Reg::Rdi, mem(Reg::R13, field(memory::TOP_WORD)));
+        self.a.lea(Reg::R8, mem_index(Reg::Rdi, Reg::Rsi, 1, 0));
+        self.a
+            .alu_rm(Alu::Cmp, Reg::R8, mem(Reg::R13, field(memory::LIMIT_WORD)));
+        self.a.jcc(Cond::A, slow);
+        self.a
+            .store(mem(Reg::R13, field(memory::TOP_WORD)), Reg::R8);
+        // Header, shape, then nil in the overflow word and every inline field.
+        self.a.mov_rr(Reg::R9, Reg::Rsi);
+        self.a.shl_ri(Reg::R9, 8);
+        self.a.alu_ri(Alu::Or, Reg::R9, Tag::Instance as i32);
+        self.a.lea(Reg::R10, mem_index(Reg::R13, Reg::Rdi, 8, 0));
+        self.a.store(mem(Reg::R10, 0), Reg::R9);
+        self.a
+            .store(mem(Reg::R10, field(instance::SHAPE)), Reg::Rcx);
+        self.a.alu_ri(Alu::Add, Reg::R10, field(instance::OVERFLOW));
+        self.a.alu_ri(Alu::Add, Reg::Rax, 1);
+        self.a.bind(fill);
+        self.a.store(mem(Reg::R10, 0), Reg::R15);
+        self.a.alu_ri(Alu::Add, Reg::R10, 8);
+        self.a.alu_ri(Alu::Sub, Reg::Rax, 1);
+        self.a.jcc(Cond::Ne, fill);
+        self.a.shl_ri(Reg::Rsi, 3);
+        self.a
+            .alu_mr(Alu::Add, Self::ctx(ctx::JIT_ALLOCATED), Reg::Rsi);
+        // The instance replaces the class in slot k.
+        self.a.shl_ri(Reg::Rdi, 3);
+        self.a.mov_ri(Reg::Rax, OBJ_TAG);
+        self.a.alu_rr(Alu::Or, Reg::Rdi, Reg::Rax);
+        self.a.store(Self::slot(k), Reg::Rdi);
+        self.a
+            .load(Reg::Rdx, mem(Reg::R11, field(layout::class::INITIALIZER)));
+        self.a.alu_rr(Alu::Cmp, Reg::Rdx, Reg::R15);
+        self.a.jcc(Cond::Ne, enter);
+        if argc == 0 {
+            self.a.jmp(done);
+        } else {
+            let arity = self.error_exit(rt::ERROR_ARITY, 0, argc as u64, ip)?;
+            self.a.jmp(arity);
+        }
+        Ok(())
     }
 
     fn method_hint(&self, ic_index: usize) -> Option<u32> {

@@ -399,6 +399,13 @@ impl Asm {
         self.imm32(imm);
     }
 
+    /// `op [m], src` (64 bits).
+    pub fn alu_mr(&mut self, op: Alu, m: Mem, src: Reg) {
+        self.rex_mem(true, src as u8, m);
+        self.byte(op.rm_r());
+        self.modrm_mem(src as u8, m);
+    }
+
     /// `op dst, [m]`.
     pub fn alu_rm(&mut self, op: Alu, dst: Reg, m: Mem) {
         self.rex_mem(true, dst as u8, m);
@@ -741,6 +748,7 @@ mod tests {
                 a.alu_ri32(Alu::Cmp, Rax, 0x3fff);
                 a.alu_rm(Alu::Cmp, Rcx, mem(R12, 0x400_0000));
                 a.alu_rm(Alu::Add, R8, mem(Rbx, 8));
+                a.alu_mr(Alu::Add, mem(R12, 0x60), Rsi);
                 a.alu_mi(Alu::Cmp, mem(R12, 0x400_0008), 3);
                 a.alu_mi(Alu::Cmp, mem(R12, 64), 1000);
                 a.cmp_m8(mem(R12, 32), 0);
@@ -764,6 +772,7 @@ mod tests {
                 "cmp eax, 0x3fff",
                 "cmp rcx, [r12+0x4000000]",
                 "add r8, [rbx+8]",
+                "add [r12+0x60], rsi",
                 "cmp qword ptr [r12+0x4000008], 3",
                 "cmp qword ptr [r12+0x40], 0x3e8",
                 "cmp byte ptr [r12+0x20], 0",

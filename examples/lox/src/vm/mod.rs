@@ -481,6 +481,7 @@ impl Vm {
         writeln!(to, "  shapes created          {}", s.shapes)?;
         writeln!(to, "  inline caches           {}", self.ic_names.len())?;
         writeln!(to, "  gc collections          {collections}")?;
+        let bytes_allocated = bytes_allocated + self.region.ctx_word(region::ctx::JIT_ALLOCATED);
         writeln!(to, "  bytes allocated         {bytes_allocated}")?;
         writeln!(to, "  bytes moved by gc       {bytes_moved}")?;
         writeln!(to, "  references updated      {refs_updated}")?;

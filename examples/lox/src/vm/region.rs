@@ -43,6 +43,8 @@ pub mod ctx {
     pub const ERROR: i32 = 32;
     /// Inline-cache hits counted by JIT'd code, one word per kind of site (`Site`).
     pub const JIT_IC_HITS: i32 = 64;
+    /// Bytes JIT'd code allocated inline (for `--stats`).
+    pub const JIT_ALLOCATED: i32 = 96;
 }
 
 pub const FRAMES_OFFSET: usize = 0x1000;
