@@ -21,8 +21,10 @@
 //! compiler; `x64.rs` the encoder; `runtime.rs` the helpers.
 
 mod backend;
+mod calls;
 mod compile;
 mod ops;
+mod props;
 pub mod runtime;
 pub mod x64;
 
