@@ -85,6 +85,25 @@ pub struct Context<'a> {
     pub vm: &'a Vm,
     /// The symbol of a compiled prototype, for direct calls.
     pub symbol_of: &'a dyn Fn(usize) -> Option<String>,
+    /// The prototype of the function declared as global `slot`, if the program declares one
+    /// (`fun f() {}` at top level): the call hint while the global is not defined yet.
+    pub declared: &'a dyn Fn(usize) -> Option<u32>,
+}
+
+/// The functions `proto`'s code declares as globals: `(global slot, prototype)` for each
+/// `CLOSURE p …; DEFINE_GLOBAL g` it contains.
+pub fn declared_functions(program: &Program, proto: &Proto) -> Vec<(usize, u32)> {
+    let Ok(insns) = decode(program, proto) else {
+        return Vec::new();
+    };
+    insns
+        .windows(2)
+        .filter(|w| w[0].op == op::CLOSURE && w[1].op == op::DEFINE_GLOBAL)
+        .map(|w| {
+            let global = read_u32(&program.code, w[1].ip + 1) as usize;
+            (global, read_u32(&program.code, w[0].ip + 1))
+        })
+        .collect()
 }
 
 /// A compiled function: its code (whose offset 0 is the entry), and an entry for each loop

@@ -90,6 +90,8 @@ pub struct Jit {
     backend: Rc<Backend>,
     protos: Vec<ProtoState>,
     symbols: std::collections::HashSet<String>,
+    /// Global slot → prototype of the function the program declares there.
+    declared: std::collections::HashMap<usize, u32>,
     pub stats: JitStats,
 }
 
@@ -105,6 +107,7 @@ impl Jit {
             backend: Rc::new(backend),
             protos: Vec::new(),
             symbols: std::collections::HashSet::new(),
+            declared: std::collections::HashMap::new(),
             stats: JitStats::default(),
         })))
     }
@@ -132,9 +135,11 @@ impl Jit {
                 .and_then(|s| s.compiled.as_ref())
                 .map(|c| c.symbol.clone())
         };
+        let declared = |g: usize| self.declared.get(&g).copied();
         let cx = compile::Context {
             vm,
             symbol_of: &symbol_of,
+            declared: &declared,
         };
         let result = compile::compile(&cx, proto);
         let name = match &vm.program.protos[proto].name {
@@ -187,9 +192,15 @@ pub fn prepare(vm: &mut Vm) {
         vm.region.set_entry(proto, jit.backend.bridge());
     }
     jit.protos.resize_with(count, ProtoState::default);
+    for proto in &vm.program.protos[first_new..count] {
+        jit.declared
+            .extend(compile::declared_functions(&vm.program, proto));
+    }
     if jit.mode == JitMode::Always {
-        // Innermost functions come first in the table, so callers can call them directly.
-        for proto in first_new..count {
+        // A function's prototype comes before those of the functions it contains, and the
+        // script's before all: compiled last first, callees are compiled before their callers
+        // and are called directly.
+        for proto in (first_new..count).rev() {
             jit.compile(vm, proto);
         }
     }

@@ -224,7 +224,9 @@ impl Gen<'_> {
         self.a.lea(Reg::Rax, mem(Reg::R15, 4));
         self.a.alu_rr(Alu::Cmp, r, Reg::Rax);
         self.a.jcc(Cond::E, undefined);
-        let hint = self.closure_proto(self.cx.vm.region.global(g));
+        let hint = self
+            .closure_proto(self.cx.vm.region.global(g))
+            .or_else(|| (self.cx.declared)(g));
         self.push(Loc::Reg(r), hint);
         next()
     }
