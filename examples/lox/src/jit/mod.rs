@@ -33,7 +33,7 @@ use std::rc::Rc;
 use crate::heap::layout::closure;
 use crate::value::Value;
 use crate::vm::interp::RunResult;
-use crate::vm::region::{ctx, VmRegion};
+use crate::vm::region::ctx;
 use crate::vm::stack::{FRAMES_MAX, STACK_SLOTS};
 use crate::vm::{RuntimeError, Vm};
 use backend::Backend;
@@ -97,7 +97,7 @@ pub struct Jit {
 
 impl Jit {
     /// The JIT for `mode` (none for `Off`): a kiln session with the runtime linked.
-    pub fn new(mode: JitMode, _region: &VmRegion) -> Result<Option<Box<Jit>>, String> {
+    pub fn new(mode: JitMode) -> Result<Option<Box<Jit>>, String> {
         if mode == JitMode::Off {
             return Ok(None);
         }

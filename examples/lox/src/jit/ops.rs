@@ -370,7 +370,6 @@ impl Gen<'_> {
         } else {
             self.a.ucomisd(Xmm(1), Xmm(0));
         }
-        let _ = (a, b);
         self.finish_condition(Cond::A, 2, fused)
     }
 

@@ -118,7 +118,7 @@ impl Vm {
     pub fn new(options: Options, sink: Box<dyn Write>) -> Result<Vm, VmError> {
         let heap = Heap::new(options.gc_stress).map_err(|e| VmError(e.0))?;
         let region = VmRegion::new().map_err(VmError)?;
-        let jit = crate::jit::Jit::new(options.jit, &region).map_err(VmError)?;
+        let jit = crate::jit::Jit::new(options.jit).map_err(VmError)?;
         let mut vm = Vm {
             heap,
             region,

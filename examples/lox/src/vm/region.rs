@@ -230,11 +230,6 @@ impl VmRegion {
         self.word(Self::frame_offset(index, frame::BASE)) as usize
     }
 
-    /// Whether frame `index` runs machine code (its native-return word is set).
-    pub fn frame_is_compiled(&self, index: usize) -> bool {
-        self.word(Self::frame_offset(index, frame::NATIVE_RETURN)) != 0
-    }
-
     /// Fills frame record `index` for an interpreted frame.
     #[inline]
     pub fn set_frame(&self, index: usize, closure: Value, ip: usize, base: usize) {
@@ -398,11 +393,8 @@ impl VmRegion {
 
     // ---- code entries ----
 
-    /// The address JIT'd code calls to run prototype `proto`.
-    pub fn entry(&self, proto: usize) -> u64 {
-        self.word(ENTRIES_OFFSET + 8 * masked(proto, MAX_PROTOS))
-    }
-
+    /// Sets the address JIT'd code calls to run prototype `proto` (its code, or the
+    /// interpreter bridge).
     pub fn set_entry(&self, proto: usize, address: u64) {
         self.set_word(ENTRIES_OFFSET + 8 * masked(proto, MAX_PROTOS), address)
     }
