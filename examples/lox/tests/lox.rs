@@ -168,6 +168,48 @@ fn lox_programs_in_every_mode() {
     run_all(Path::new(env!("CARGO_BIN_EXE_kiln-lox")), MODES, false);
 }
 
+/// The JIT mode tests test the JIT only if it compiles everything: with --jit=always, no
+/// function of any program is left to the interpreter, and the interpreter runs no instruction.
+#[test]
+fn jit_always_compiles_every_function_of_every_program() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_kiln-lox"));
+    let mut problems = Vec::new();
+    let mut compiled = 0;
+    for file in programs() {
+        let out = Command::new(binary)
+            .args(["--jit=always", "--stats"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the VM");
+        let report = String::from_utf8_lossy(&out.stderr).into_owned();
+        let number = |label: &str| -> Option<u64> {
+            let line = report.lines().find(|l| l.trim_start().starts_with(label))?;
+            line.trim_start()[label.len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        match (
+            number("not compiled"),
+            number("instructions executed"),
+            number("functions compiled"),
+        ) {
+            (Some(0), Some(0), Some(n)) => compiled += n,
+            (failed, interpreted, _) => problems.push(format!(
+                "{}: {failed:?} functions not compiled, {interpreted:?} instructions interpreted\n{report}",
+                file.display()
+            )),
+        }
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    assert!(problems.is_empty(), "{} programs (above)", problems.len());
+    assert!(compiled > 300, "only {compiled} functions compiled");
+}
+
 /// The differential check: clox (built from the book's source, path in KILN_LOX_CLOX) meets
 /// the same expectations. `KILN_LOX_CLOX=/path/to/clox cargo test -p kiln-lox --test lox -- --ignored`
 #[test]
