@@ -18,9 +18,11 @@
 //! slot — an immediate, a constant or local not read yet, a register — which is what saves
 //! the loads and stores a naive template JIT does. The virtual stack (`Entry`) tracks that; it
 //! is written back ("flushed") before anything another piece of code may look at: a jump or
-//! jump target, a call, a runtime helper (which may collect: every reference held across a
-//! helper is in a stack slot, a GC root, never only in a register), and before the slow path
-//! of an instruction the operands are spilled to their slots.
+//! jump target, a call, a runtime helper that works on the stack. An instruction whose slow
+//! path calls a helper (a cache miss, `+` on strings) leaves its fast path alone and writes the
+//! values back in the cold code, reloading the registers after the helper: every reference held
+//! across a helper, which may collect, is in a stack slot (a GC root the collector updates),
+//! never only in a register.
 
 use std::collections::HashMap;
 

@@ -11,6 +11,7 @@ use super::compile::{jump_target, Analysis, Gen, Insn, Loc, Next};
 use super::runtime as rt;
 use super::x64::{mem, mem_index, Alu, Cond, Label, Reg, Section, Sse, Xmm};
 use crate::bytecode::{op, read_u32};
+use crate::heap::layout::upvalue;
 use crate::value::{Value, SIGN};
 use crate::vm::region::{self, ctx};
 use crate::vm::stack::frame;
@@ -126,15 +127,16 @@ impl Gen<'_> {
                 next()
             }
             op::CLOSE_UPVALUE => {
-                self.flush_all();
+                // Closing reads the slot and writes upvalues: no collection, no Lox code, so
+                // only the top value must be in its slot.
+                self.materialize(self.top());
                 let none_open = self.a.new_label();
                 self.a
                     .alu_rm(Alu::Cmp, Reg::R15, Self::ctx(ctx::OPEN_UPVALUES));
                 self.a.jcc(Cond::E, none_open);
-                self.arg_ctx();
-                self.a.load(Reg::Rsi, Self::frame_field(frame::BASE));
-                self.a.alu_ri(Alu::Add, Reg::Rsi, self.top() as i32);
-                self.call_helper(rt::RT_CLOSE_UPVALUES);
+                self.a.load(Reg::R11, Self::frame_field(frame::BASE));
+                self.a.alu_ri(Alu::Add, Reg::R11, self.top() as i32);
+                self.close_upvalues(Reg::R11);
                 self.a.bind(none_open);
                 self.pop();
                 next()
@@ -507,6 +509,35 @@ impl Gen<'_> {
         next()
     }
 
+    /// Closes the open upvalues of stack slots `last` (a register holding a slot index, not
+    /// rax, rcx or rdx) and above, as `Vm::close_upvalues` does: each takes its slot's value,
+    /// and leaves the list (which is ordered by slot, highest first).
+    fn close_upvalues(&mut self, last: Reg) {
+        let [next_one, done] = self.labels_n();
+        let field = |word: usize| 8 * word as i32;
+        self.a.bind(next_one);
+        self.a.load(Reg::Rax, Self::ctx(ctx::OPEN_UPVALUES));
+        self.a.alu_rr(Alu::Cmp, Reg::Rax, Reg::R15);
+        self.a.jcc(Cond::E, done);
+        self.a.mov_rr32(Reg::Rax, Reg::Rax);
+        self.a.alu_rr(Alu::Add, Reg::Rax, Reg::R13);
+        self.a.load(Reg::Rcx, mem(Reg::Rax, field(upvalue::SLOT)));
+        self.a.alu_rr(Alu::Cmp, Reg::Rcx, last);
+        self.a.jcc(Cond::B, done);
+        self.a.load(
+            Reg::Rdx,
+            mem_index(Reg::R12, Reg::Rcx, 8, region::STACK_OFFSET as i32),
+        );
+        self.a
+            .store(mem(Reg::Rax, field(upvalue::CLOSED)), Reg::Rdx);
+        self.a.store(mem(Reg::Rax, field(upvalue::SLOT)), Reg::R15);
+        self.a.load(Reg::Rdx, mem(Reg::Rax, field(upvalue::NEXT)));
+        self.a.store(Self::ctx(ctx::OPEN_UPVALUES), Reg::Rdx);
+        self.a.store(mem(Reg::Rax, field(upvalue::NEXT)), Reg::R15);
+        self.a.jmp(next_one);
+        self.a.bind(done);
+    }
+
     fn return_(&mut self) -> R {
         self.flush_below(1);
         let top = self.top();
@@ -523,9 +554,8 @@ impl Gen<'_> {
         let was = self.a.switch_to(Section::Cold);
         self.a.bind(close);
         self.a.store(Self::slot(top), Reg::Rax);
-        self.arg_ctx();
         self.a.load(Reg::Rsi, Self::frame_field(frame::BASE));
-        self.call_helper(rt::RT_CLOSE_UPVALUES);
+        self.close_upvalues(Reg::Rsi);
         self.a.load(Reg::Rax, Self::slot(top));
         self.a.jmp(leave);
         self.a.switch_to(was);

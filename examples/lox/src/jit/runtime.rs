@@ -94,7 +94,6 @@ pub const RT_CALL_VALUE: &str = "lox_rt_call_value";
 pub const RT_INVOKE: &str = "lox_rt_invoke";
 pub const RT_SUPER_INVOKE: &str = "lox_rt_super_invoke";
 pub const RT_CLOSURE: &str = "lox_rt_closure";
-pub const RT_CLOSE_UPVALUES: &str = "lox_rt_close_upvalues";
 pub const RT_PRINT: &str = "lox_rt_print";
 pub const RT_CLASS: &str = "lox_rt_class";
 pub const RT_INHERIT: &str = "lox_rt_inherit";
@@ -112,7 +111,6 @@ pub fn helpers() -> Vec<(&'static str, u64)> {
         (RT_INVOKE, lox_rt_invoke as *const () as u64),
         (RT_SUPER_INVOKE, lox_rt_super_invoke as *const () as u64),
         (RT_CLOSURE, lox_rt_closure as *const () as u64),
-        (RT_CLOSE_UPVALUES, lox_rt_close_upvalues as *const () as u64),
         (RT_PRINT, lox_rt_print as *const () as u64),
         (RT_CLASS, lox_rt_class as *const () as u64),
         (RT_INHERIT, lox_rt_inherit as *const () as u64),
@@ -218,14 +216,6 @@ extern "C" fn lox_rt_closure(ctx: u64, proto: u64, pairs: u64) -> u64 {
         let pairs = &program.code[pairs as usize..pairs as usize + 2 * count];
         let base = vm.region.frame_base(vm.region.frame_count() - 1);
         vm.new_closure(proto as usize, pairs, base)?;
-        Ok(0)
-    })
-}
-
-/// Closes the open upvalues of slots `last` and above.
-extern "C" fn lox_rt_close_upvalues(ctx: u64, last: u64) -> u64 {
-    with_vm(ctx, |vm| {
-        vm.close_upvalues(last as usize);
         Ok(0)
     })
 }
