@@ -60,6 +60,8 @@ pub struct Jit {
     zone: Zone,
     scope: ScopeId,
     pub(crate) units: Mutex<FxHashMap<UnitId, ZoneUnit>>,
+    /// Lazy functions (lazy.rs).
+    pub(crate) lazy: Arc<crate::lazy::LazyTable>,
 }
 
 impl Jit {
@@ -79,6 +81,7 @@ impl Jit {
             session,
             zone,
             units: Mutex::default(),
+            lazy: Arc::default(),
         })
     }
 
@@ -269,6 +272,7 @@ impl Jit {
 
     /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
     pub fn remove(&self, unit: UnitId) -> Result<()> {
+        self.lazy.check_removable(unit)?;
         self.session.remove(unit)?;
         self.units().remove(&unit);
         Ok(())
@@ -277,6 +281,7 @@ impl Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
+        self.lazy.forget_all(&**self.session.executor());
         // Newest first, so that dependents go before what they use; then the zone's slabs.
         let mut units: Vec<UnitId> = self.units().keys().copied().collect();
         units.sort_unstable();

@@ -38,9 +38,13 @@
 mod error;
 mod graph;
 mod jit;
+mod lazy;
 mod zone;
 
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
 pub use jit::{HeapRef, Jit, Linked, RegionKind, Site};
+pub use lazy::{
+    LazyContext, LazyFailure, LazyFailureHandler, LazyFunction, LazyStatus,
+};
 pub use zone::{Region, Zone, ZoneConfig, ZonePlacement};

@@ -7,12 +7,14 @@
 
 mod generate;
 mod inputs;
+mod lazy;
 mod moving;
 mod relocate;
 mod state;
 
 pub use generate::{DefinitionGenerator, Generated};
 pub use inputs::Inputs;
+pub use lazy::{lazy_stub_graph, CallLeft, CallRedirect, CallSite, StubBypass};
 pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
 
 use crate::debug::DebugOptions;
