@@ -96,10 +96,7 @@ impl Input {
                 tracing::warn!("{archive}({member}) is not an ELF object: ignored");
                 continue;
             }
-            out.push(Input::parse(
-                format!("{archive}({member})"),
-                data.to_vec(),
-            )?);
+            out.push(Input::parse(format!("{archive}({member})"), data.to_vec())?);
         }
         Ok(out)
     }
@@ -354,9 +351,14 @@ impl LazyLinker {
         } else {
             self.link(&s, input)
                 .map_err(|e| kiln::Error::Usage(format!("{e:#}")))?;
-            s.lookup_symbol(self.scope, name).map(|i| i.addr).ok_or_else(|| {
-                kiln::Error::Usage(format!("{} does not define {name}", self.inputs[input].name))
-            })?
+            s.lookup_symbol(self.scope, name)
+                .map(|i| i.addr)
+                .ok_or_else(|| {
+                    kiln::Error::Usage(format!(
+                        "{} does not define {name}",
+                        self.inputs[input].name
+                    ))
+                })?
         };
         Ok(kiln::Generated::Address(addr))
     }

@@ -368,7 +368,10 @@ fn add_inputs(s: &Arc<Session>, a: &RunArgs) -> Result<Option<Arc<lazy::LazyLink
             None
         };
         // Before the compiled objects are removed with the directory.
-        Ok((waiting, cxx_runtime_reason(s, a, &objects, cxx_source.as_deref())))
+        Ok((
+            waiting,
+            cxx_runtime_reason(s, a, &objects, cxx_source.as_deref()),
+        ))
     });
     let _ = std::fs::remove_dir_all(&tmp);
     let (waiting, reason) = added?;

@@ -72,7 +72,12 @@ fn build(flags: &str) -> Built {
     );
     assert!(r.status.success(), "{}", r.describe());
     let native = must_run(&mut Command::new(&exe), &d.join("native"));
-    assert_eq!(native.code(), Some(4), "the native build: {}", native.describe());
+    assert_eq!(
+        native.code(),
+        Some(4),
+        "the native build: {}",
+        native.describe()
+    );
     Built {
         dir,
         inputs,

@@ -90,8 +90,7 @@ pub struct LazyFailure<'a> {
 
 /// Chooses where a call of a lazy function that could not be compiled continues (an address
 /// taking the same arguments, e.g. an interpreter bridge), or `None` to abort the process.
-pub type LazyFailureHandler =
-    Arc<dyn Fn(&LazyFailure<'_>) -> Option<ExecutorAddr> + Send + Sync>;
+pub type LazyFailureHandler = Arc<dyn Fn(&LazyFailure<'_>) -> Option<ExecutorAddr> + Send + Sync>;
 
 type Compile = dyn Fn(&LazyContext<'_>) -> std::result::Result<JitGraph, String> + Send + Sync;
 
@@ -209,7 +208,9 @@ impl Jit {
         let handler: LazyHandler = {
             let (jit, cell) = (Arc::downgrade(self), record_cell.clone());
             Arc::new(move |request| {
-                let record = cell.get().ok_or("declared by a JIT that failed to link it")?;
+                let record = cell
+                    .get()
+                    .ok_or("declared by a JIT that failed to link it")?;
                 resolve(&jit, record, &*compile, request)
             })
         };
@@ -223,17 +224,19 @@ impl Jit {
         let _ = record_cell.set(record.clone());
         lock(&self.lazy.by_key).insert(key.0, record.clone());
         let stub_graph = JitGraph::new(kiln::lazy_stub_graph(name, key));
-        let linked = self.link(RegionKind::Fixed, &stub_graph).and_then(|linked| {
-            let info = self
-                .session()
-                .lookup_symbol(self.scope(), name)
-                .filter(|s| s.unit == linked.unit)
-                .ok_or_else(|| Error::Lazy {
-                    name: name.to_string(),
-                    what: "its stub was linked but does not define it".into(),
-                })?;
-            Ok((linked.unit, info.addr))
-        });
+        let linked = self
+            .link(RegionKind::Fixed, &stub_graph)
+            .and_then(|linked| {
+                let info = self
+                    .session()
+                    .lookup_symbol(self.scope(), name)
+                    .filter(|s| s.unit == linked.unit)
+                    .ok_or_else(|| Error::Lazy {
+                        name: name.to_string(),
+                        what: "its stub was linked but does not define it".into(),
+                    })?;
+                Ok((linked.unit, info.addr))
+            });
         let (stub_unit, addr) = match linked {
             Ok(l) => l,
             Err(e) => {
@@ -324,10 +327,9 @@ impl Jit {
         new_unit: UnitId,
         new_code: ExecutorAddr,
     ) -> Result<()> {
-        let record = self
-            .lazy
-            .get(key)
-            .ok_or_else(|| Error::Stale(format!("lazy function key {} is not this JIT's", key.0)))?;
+        let record = self.lazy.get(key).ok_or_else(|| {
+            Error::Stale(format!("lazy function key {} is not this JIT's", key.0))
+        })?;
         let (stub, _) = *record.stub.get().ok_or_else(|| Error::Lazy {
             name: record.name.clone(),
             what: "its stub is not linked".into(),
@@ -349,7 +351,9 @@ impl Jit {
         for site in sites {
             match session.redirect_call_site(&site, old_code, new_code)? {
                 CallRedirect::Redirected(s) => kept.push(s),
-                CallRedirect::Left(kiln::CallLeft::NotADirectCall | kiln::CallLeft::NotKilnCode) => {}
+                CallRedirect::Left(
+                    kiln::CallLeft::NotADirectCall | kiln::CallLeft::NotKilnCode,
+                ) => {}
                 CallRedirect::Left(_) => {
                     // Cannot reach the new code: back through the stub (it was reached before).
                     session.redirect_call_site(&site, old_code, stub)?;
@@ -442,7 +446,12 @@ mod tests {
     fn plus(code_name: &str, k: i8) -> JitGraph {
         let mut g = InMemoryGraph::new(code_name);
         // lea k(%rdi), %rax; ret
-        g.add_function(code_name, vec![0x48, 0x8d, 0x47, k as u8, 0xc3], vec![], None);
+        g.add_function(
+            code_name,
+            vec![0x48, 0x8d, 0x47, k as u8, 0xc3],
+            vec![],
+            None,
+        );
         JitGraph::new(g)
     }
 
@@ -461,8 +470,8 @@ mod tests {
         g.add_function(
             "call_inc",
             vec![
-                0x48, 0x83, 0xec, 0x08, 0x0f, 0x1f, 0x00, 0xe8, 0, 0, 0, 0, 0x48, 0x83, 0xc4,
-                0x08, 0xc3,
+                0x48, 0x83, 0xec, 0x08, 0x0f, 0x1f, 0x00, 0xe8, 0, 0, 0, 0, 0x48, 0x83, 0xc4, 0x08,
+                0xc3,
             ],
             vec![InMemoryEdge::new(8, EdgeKind::BranchPCRel32, "inc", -4)],
             None,
@@ -473,13 +482,15 @@ mod tests {
         let views = jit.lazy_records();
         assert_eq!(views.len(), 1);
         assert_eq!(views[0].redirected.len(), 1, "the caller was redirected");
-        let other = jit
-            .link(RegionKind::Method, &plus("inc.v2", 100))
-            .unwrap();
+        let other = jit.link(RegionKind::Method, &plus("inc.v2", 100)).unwrap();
         let v2 = s.lookup("inc.v2").unwrap();
         jit.lazy_code_moved(f.key, other.unit, v2).unwrap();
         assert_eq!(s.executor().call(caller, &[1]).unwrap(), 101);
-        assert_eq!(s.executor().call(f.addr, &[1]).unwrap(), 101, "the stub follows");
+        assert_eq!(
+            s.executor().call(f.addr, &[1]).unwrap(),
+            101,
+            "the stub follows"
+        );
         assert_eq!(
             jit.lazy_status(&f),
             Some(LazyStatus::Compiled {
@@ -488,7 +499,10 @@ mod tests {
                 redirected: views[0].redirected.clone()
             })
         );
-        assert!(jit.remove(other.unit).is_err(), "code of a lazy function stays");
+        assert!(
+            jit.remove(other.unit).is_err(),
+            "code of a lazy function stays"
+        );
         assert!(jit.remove(f.stub_unit).is_err(), "so does its stub");
     }
 }

@@ -44,7 +44,5 @@ mod zone;
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
 pub use jit::{HeapRef, Jit, Linked, RegionKind, Site};
-pub use lazy::{
-    LazyContext, LazyFailure, LazyFailureHandler, LazyFunction, LazyStatus,
-};
+pub use lazy::{LazyContext, LazyFailure, LazyFailureHandler, LazyFunction, LazyStatus};
 pub use zone::{Region, Zone, ZoneConfig, ZonePlacement};

@@ -106,7 +106,11 @@ fn indirect_caller(name: &str, callee: &str) -> JitGraph {
 }
 
 fn caller_graph(name: &str, code: Vec<u8>, at: u64, kind: EdgeKind, callee: &str) -> JitGraph {
-    let addend = if kind == EdgeKind::BranchPCRel32 { -4 } else { 0 };
+    let addend = if kind == EdgeKind::BranchPCRel32 {
+        -4
+    } else {
+        0
+    };
     let mut g = InMemoryGraph::new(name);
     g.add_function(
         name,
@@ -148,7 +152,10 @@ fn link_c(s: &Session, name: &str, src: &str) {
         .prefix("kiln-jit-lazy-")
         .tempdir()
         .expect("a temporary directory");
-    let (c, o): (PathBuf, PathBuf) = (dir.path().join(format!("{name}.c")), dir.path().join(format!("{name}.o")));
+    let (c, o): (PathBuf, PathBuf) = (
+        dir.path().join(format!("{name}.c")),
+        dir.path().join(format!("{name}.o")),
+    );
     std::fs::write(&c, src).expect("writing C source");
     let out = Command::new("cc")
         .args(["-c", "-O1", "-o"])
@@ -220,13 +227,14 @@ fn eight_threads_at_once(at: Where) {
         let caller = aligned_caller(&format!("caller_{t}"), "lazy_add3");
         jit.link(RegionKind::Method, &caller).unwrap();
         let c = lookup(&s, &format!("caller_{t}"));
-        assert_eq!(call_target(&s, c, ALIGNED_REL32), f.addr.0, "calls the stub");
+        assert_eq!(
+            call_target(&s, c, ALIGNED_REL32),
+            f.addr.0,
+            "calls the stub"
+        );
     }
     link_c(&s, "eight", EIGHT_THREADS);
-    let right = s
-        .executor()
-        .call(lookup(&s, "eight_at_once"), &[])
-        .unwrap();
+    let right = s.executor().call(lookup(&s, "eight_at_once"), &[]).unwrap();
     assert_eq!(right, 8, "every thread got the right answer ({at:?})");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the callback ran once");
     let Some(LazyStatus::Compiled {
@@ -246,10 +254,7 @@ fn eight_threads_at_once(at: Where) {
         );
     }
     assert_eq!(redirected.len(), 8, "{redirected:?}");
-    let again = s
-        .executor()
-        .call(lookup(&s, "eight_at_once"), &[])
-        .unwrap();
+    let again = s.executor().call(lookup(&s, "eight_at_once"), &[]).unwrap();
     assert_eq!(again, 8, "and afterwards, through the patched calls");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
@@ -336,7 +341,9 @@ fn compile_errors_reach_the_vm(at: Where) {
     let jit = jit_on(&s);
     jit.link(RegionKind::Fixed, &bridge()).unwrap();
     let bridge_addr = lookup(&s, "interp_bridge");
-    let heard: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+    // (name, message) of each failure the handler heard of.
+    type Heard = Vec<(Option<String>, String)>;
+    let heard: Arc<Mutex<Heard>> = Arc::default();
     let handler: LazyFailureHandler = {
         let heard = heard.clone();
         Arc::new(move |f| {
@@ -370,7 +377,10 @@ fn compile_errors_reach_the_vm(at: Where) {
     assert_eq!(heard[0].0.as_deref(), Some("broken"));
     assert!(heard[0].1.contains("no code for this one"), "{heard:?}");
     assert_eq!(heard[1].0.as_deref(), Some("nameless"));
-    assert!(heard[1].1.contains("defines no function nameless.code"), "{heard:?}");
+    assert!(
+        heard[1].1.contains("defines no function nameless.code"),
+        "{heard:?}"
+    );
     assert!(
         s.lookup("some_other_name").is_none(),
         "the unusable graph was removed again"
@@ -400,10 +410,16 @@ fn unpatchable_calls_stay_correct(at: Where) {
             Ok(add3(cx, 10))
         })
         .unwrap();
-    jit.link(RegionKind::Method, &unaligned_caller("unaligned", "lazy_add3"))
-        .unwrap();
-    jit.link(RegionKind::Method, &indirect_caller("indirect", "lazy_add3"))
-        .unwrap();
+    jit.link(
+        RegionKind::Method,
+        &unaligned_caller("unaligned", "lazy_add3"),
+    )
+    .unwrap();
+    jit.link(
+        RegionKind::Method,
+        &indirect_caller("indirect", "lazy_add3"),
+    )
+    .unwrap();
     let (unaligned, indirect) = (lookup(&s, "unaligned"), lookup(&s, "indirect"));
     let ex = s.executor().clone();
     assert_eq!(ex.call(unaligned, &[1, 2, 3]).unwrap(), 16, "first call");
@@ -422,7 +438,11 @@ fn unpatchable_calls_stay_correct(at: Where) {
         f.addr.0,
         "the unaligned call still calls the stub"
     );
-    assert_eq!(stub_slot(&s, f.addr), code.0, "whose slot leads to the code");
+    assert_eq!(
+        stub_slot(&s, f.addr),
+        code.0,
+        "whose slot leads to the code"
+    );
 }
 
 /// No mapping of this process is writable and executable.
@@ -445,7 +465,10 @@ fn scenarios() -> Vec<(String, Box<dyn Fn() + Send + Sync>)> {
         ("eight_threads_at_once", eight_threads_at_once),
         ("arguments_pass_through", arguments_pass_through),
         ("compile_errors_reach_the_vm", compile_errors_reach_the_vm),
-        ("unpatchable_calls_stay_correct", unpatchable_calls_stay_correct),
+        (
+            "unpatchable_calls_stay_correct",
+            unpatchable_calls_stay_correct,
+        ),
     ];
     let places = [
         ("in_process", Where::InProcess),

@@ -28,9 +28,7 @@ use super::{read, Session, UnitId};
 use crate::arch::{x86_64, EdgeKind};
 use crate::error::{Error, Result};
 use crate::graph::{InMemoryEdge, InMemoryGraph};
-use kiln_target::{
-    ExecutorAddr, SlabId, SlabWrite, StubKey, LAZY_STUB, LAZY_TRAMPOLINE_SYMBOL,
-};
+use kiln_target::{ExecutorAddr, SlabId, SlabWrite, StubKey, LAZY_STUB, LAZY_TRAMPOLINE_SYMBOL};
 
 /// A lazy stub for `key` as a graph defining the callable symbol `name`: [`LAZY_STUB`]'s bytes
 /// (16-byte aligned, so the jump slot is naturally aligned) with a `Pointer64` edge from the
@@ -132,7 +130,8 @@ impl Session {
         let st = read(&self.state);
         let (stub_unit, stub_slab) = self.check_stub(&st, stub)?;
         let slot = ExecutorAddr(stub.0 + LAZY_STUB.target_offset as u64);
-        self.executor.patch(stub_slab, slot, &code.0.to_le_bytes())?;
+        self.executor
+            .patch(stub_slab, slot, &code.0.to_le_bytes())?;
         let mut plans = Vec::new();
         let entering = match self.plan_redirect(&st, entered_from.0, stub.0, code.0)? {
             Ok(p) => {
@@ -208,20 +207,19 @@ impl Session {
         let mut out: Vec<Option<ExecutorAddr>> = names
             .iter()
             .map(|n| {
-                config.defines.get(*n).map(|a| ExecutorAddr(*a)).or_else(|| {
-                    runtime
-                        .iter()
-                        .find(|(r, _)| r == n)
-                        .map(|(_, a)| *a)
-                })
+                config
+                    .defines
+                    .get(*n)
+                    .map(|a| ExecutorAddr(*a))
+                    .or_else(|| runtime.iter().find(|(r, _)| r == n).map(|(_, a)| *a))
             })
             .collect();
         let ask: Vec<usize> = (0..names.len()).filter(|i| out[*i].is_none()).collect();
         if !ask.is_empty() {
             let bytes: Vec<&[u8]> = ask.iter().map(|i| names[*i].as_bytes()).collect();
-            let found =
-                self.executor
-                    .lookup(&bytes, &config.libraries, config.process_symbols)?;
+            let found = self
+                .executor
+                .lookup(&bytes, &config.libraries, config.process_symbols)?;
             for (i, a) in ask.into_iter().zip(found) {
                 out[i] = a;
             }
@@ -231,11 +229,8 @@ impl Session {
 
     /// `stub` is the start of a lazy stub in a live unit's slab memory: its unit and slab.
     fn check_stub(&self, st: &State, stub: ExecutorAddr) -> Result<(u64, SlabId)> {
-        let not_a_stub = |why: &str| {
-            Error::Usage(format!(
-                "{stub} is not a lazy stub of this session ({why})"
-            ))
-        };
+        let not_a_stub =
+            |why: &str| Error::Usage(format!("{stub} is not a lazy stub of this session ({why})"));
         let size = LAZY_STUB.size() as u64;
         let (unit, seg, off) = st
             .unit_at(stub.0)
@@ -253,7 +248,8 @@ impl Session {
         let bytes = self.executor.read_memory(stub, size)?;
         let template = LAZY_STUB.bytes;
         let same = |r: std::ops::Range<usize>| bytes.get(r.clone()) == template.get(r);
-        if !same(0..LAZY_STUB.key_offset) || !same(LAZY_STUB.key_offset + 8..LAZY_STUB.target_offset)
+        if !same(0..LAZY_STUB.key_offset)
+            || !same(LAZY_STUB.key_offset + 8..LAZY_STUB.target_offset)
         {
             return Err(not_a_stub("its bytes are not a stub's"));
         }
@@ -281,7 +277,11 @@ impl Session {
             return Ok(Err(CallLeft::NotKilnCode));
         }
         let u = st.unit(UnitId(unit))?;
-        let Some(slab) = u.memory.as_ref().and_then(|m| m.slab_of(ExecutorAddr(field))) else {
+        let Some(slab) = u
+            .memory
+            .as_ref()
+            .and_then(|m| m.slab_of(ExecutorAddr(field)))
+        else {
             return Ok(Err(CallLeft::NotKilnCode));
         };
         if let Some(rec) = &u.relink {
@@ -323,10 +323,7 @@ impl Session {
         }))
     }
 
-    fn finish_one(
-        &self,
-        plan: std::result::Result<Planned, CallLeft>,
-    ) -> Result<CallRedirect> {
+    fn finish_one(&self, plan: std::result::Result<Planned, CallLeft>) -> Result<CallRedirect> {
         match plan {
             Ok(p) => {
                 let site = self.store_redirects(&[p])?;
