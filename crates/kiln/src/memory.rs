@@ -61,10 +61,22 @@ impl FreeList {
     }
 
     fn best_fit(&mut self, size: u64, align: u64) -> Option<u64> {
-        let (start, len, at) = self.by_size.range((size, 0)..).find_map(|&(len, start)| {
+        let fits = |&(len, start): &(u64, u64)| {
             let at = start.checked_next_multiple_of(align)?;
             (at.checked_add(size)? <= start + len).then_some((start, len, at))
-        })?;
+        };
+        // A range of `size + align - 1` bytes or more holds the block wherever it starts; a
+        // shorter one only if its start suits the alignment. Try a few of those (the best fits),
+        // then the smallest sure one: a region full of small alignment gaps (thousands of tiny
+        // units, as a JIT makes) must not be scanned whole on every allocation.
+        const UNSURE_TRIES: usize = 8;
+        let sure = size.checked_add(align - 1)?;
+        let (start, len, at) = self
+            .by_size
+            .range((size, 0)..(sure, 0))
+            .take(UNSURE_TRIES)
+            .find_map(fits)
+            .or_else(|| self.by_size.range((sure, 0)..).next().and_then(fits))?;
         self.remove(start);
         if at > start {
             self.insert(start, at - start);

@@ -129,9 +129,6 @@ impl Session {
         // changed can be removed or moved meanwhile. Nothing here runs code.
         let st = read(&self.state);
         let (stub_unit, stub_slab) = self.check_stub(&st, stub)?;
-        let slot = ExecutorAddr(stub.0 + LAZY_STUB.target_offset as u64);
-        self.executor
-            .patch(stub_slab, slot, &code.0.to_le_bytes())?;
         let mut plans = Vec::new();
         let entering = match self.plan_redirect(&st, entered_from.0, stub.0, code.0)? {
             Ok(p) => {
@@ -146,13 +143,20 @@ impl Session {
             let Some(field) = recorded_call_field(&st, caller, edge) else {
                 continue;
             };
+            // The entering call is usually one of them: it was looked at already.
+            if field + 4 == entered_from.0 || plans.iter().any(|q| q.field == field) {
+                continue;
+            }
             if let Ok(p) = self.plan_redirect(&st, field + 4, stub.0, code.0)? {
-                if !plans.iter().any(|q| q.field == p.field) {
-                    plans.push(p);
-                }
+                plans.push(p);
             }
         }
-        let redirected = self.store_redirects(&plans)?;
+        let slot = Slot {
+            slab: stub_slab,
+            addr: stub.0 + LAZY_STUB.target_offset as u64,
+            value: code.0.to_le_bytes(),
+        };
+        let redirected = self.store_redirects(Some(&slot), &plans)?;
         Ok(StubBypass {
             entering,
             redirected,
@@ -326,31 +330,51 @@ impl Session {
     fn finish_one(&self, plan: std::result::Result<Planned, CallLeft>) -> Result<CallRedirect> {
         match plan {
             Ok(p) => {
-                let site = self.store_redirects(&[p])?;
+                let site = self.store_redirects(None, &[p])?;
                 Ok(CallRedirect::Redirected(site[0]))
             }
             Err(left) => Ok(CallRedirect::Left(left)),
         }
     }
 
-    /// Write the planned `rel32`s: one `write_live` per slab (one serialization of every
-    /// thread for all of its calls).
-    fn store_redirects(&self, plans: &[Planned]) -> Result<Vec<CallSite>> {
+    /// Store a stub's jump slot (first: a thread still entering the stub goes straight to the
+    /// function), then the planned `rel32`s: one `write_live` per slab, which serializes every
+    /// thread once for all of its calls. A slot in a slab without calls to change is patched
+    /// alone (it is data an indirect jump reads: no serialization needed).
+    fn store_redirects(&self, slot: Option<&Slot>, plans: &[Planned]) -> Result<Vec<CallSite>> {
         let mut slabs: Vec<SlabId> = plans.iter().map(|p| p.slab).collect();
         slabs.sort_unstable_by_key(|s| s.0);
         slabs.dedup();
+        if let Some(slot) = slot.filter(|s| !slabs.contains(&s.slab)) {
+            self.executor
+                .patch(slot.slab, ExecutorAddr(slot.addr), &slot.value)?;
+        }
         let rels: Vec<[u8; 4]> = plans.iter().map(|p| p.rel.to_le_bytes()).collect();
         for slab in slabs {
-            let writes: Vec<SlabWrite<'_>> = plans
-                .iter()
-                .zip(&rels)
-                .filter(|(p, _)| p.slab == slab)
-                .map(|(p, rel)| SlabWrite::Bytes(ExecutorAddr(p.field), rel))
+            let slot_write = slot
+                .filter(|s| s.slab == slab)
+                .map(|s| SlabWrite::Bytes(ExecutorAddr(s.addr), &s.value));
+            let writes: Vec<SlabWrite<'_>> = slot_write
+                .into_iter()
+                .chain(
+                    plans
+                        .iter()
+                        .zip(&rels)
+                        .filter(|(p, _)| p.slab == slab)
+                        .map(|(p, rel)| SlabWrite::Bytes(ExecutorAddr(p.field), rel)),
+                )
                 .collect();
             self.executor.write_live(slab, &writes)?;
         }
         Ok(plans.iter().map(|p| p.site).collect())
     }
+}
+
+/// A lazy stub's jump slot and the address to store there.
+struct Slot {
+    slab: SlabId,
+    addr: u64,
+    value: [u8; 8],
 }
 
 /// The address of the field of edge `edge` of unit `caller`, if it is a call relocation.
