@@ -327,6 +327,23 @@ impl SlabAllocator {
 mod tests {
     use super::*;
 
+    /// Gaps too small for a block at its alignment are passed over, a gap that suits it is
+    /// taken, and a larger range holds it wherever that range starts.
+    #[test]
+    fn best_fit_passes_gaps_that_cannot_hold_the_block() {
+        let mut f = FreeList::new(0x10_0000, 0x10_0000);
+        // 11-byte gaps starting 5 bytes into a 16-byte line: no 5-byte block aligned to 16 fits.
+        for i in 0..1000u64 {
+            f.insert(0x1000 + 64 * i + 5, 11);
+        }
+        f.insert(0x9_0003, 100);
+        assert_eq!(f.allocate(5, 16), Some(0x9_0010), "the range that surely fits");
+        // A short gap that starts aligned does hold it.
+        f.insert(0x8_0000, 6);
+        assert_eq!(f.allocate(5, 16), Some(0x8_0000));
+        assert_eq!(f.ranges.get(&0x8_0005), Some(&1), "its rest stays free");
+    }
+
     #[test]
     fn free_list_allocates_aligned_and_coalesces() {
         let mut f = FreeList::new(0x1000, 0x1000);
