@@ -49,7 +49,7 @@ impl Input {
             let file = object::File::parse(&*bytes).with_context(|| format!("reading {name}"))?;
             let symbols: Vec<(String, bool, bool)> = file
                 .symbols()
-                .filter(|s| s.is_global() && s.is_definition())
+                .filter(|s| s.is_global() && (s.is_definition() || s.is_common()))
                 .filter_map(|s| {
                     let n = s.name().ok()?.to_string();
                     Some((n, s.kind() == object::SymbolKind::Text, s.is_weak()))

@@ -6,7 +6,9 @@
 //! Compiled code arrives as [`JitGraph`]s — kiln in-memory graphs that also say where their
 //! patchable places are: call sites and slots ([`Site`]) and references to the VM's heap
 //! objects ([`HeapRef`]). Everything that touches memory goes through kiln's `Executor` trait, so
-//! it works the same with code running in another process.
+//! it works the same with code running in another process. Functions may be lazy
+//! ([`Jit::declare_lazy`]): callable at once, compiled on their first call, after which their
+//! callers call the compiled code directly (docs/lazy.md).
 //!
 //! ```
 //! use kiln::graph::InMemoryGraph;

@@ -410,6 +410,8 @@ fn unpatchable_calls_stay_correct(at: Where) {
             Ok(add3(cx, 10))
         })
         .unwrap();
+    let again = jit.declare_lazy("lazy_add3", |cx| Ok(add3(cx, 0)));
+    assert!(again.is_err(), "a name is declared once: {again:?}");
     jit.link(
         RegionKind::Method,
         &unaligned_caller("unaligned", "lazy_add3"),

@@ -337,7 +337,11 @@ mod tests {
             f.insert(0x1000 + 64 * i + 5, 11);
         }
         f.insert(0x9_0003, 100);
-        assert_eq!(f.allocate(5, 16), Some(0x9_0010), "the range that surely fits");
+        assert_eq!(
+            f.allocate(5, 16),
+            Some(0x9_0010),
+            "the range that surely fits"
+        );
         // A short gap that starts aligned does hold it.
         f.insert(0x8_0000, 6);
         assert_eq!(f.allocate(5, 16), Some(0x8_0000));
