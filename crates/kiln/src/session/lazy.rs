@@ -62,8 +62,12 @@ pub struct CallSite {
 }
 
 /// Why a call was left as it was (it still works: it goes where it went before).
+#[non_exhaustive]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum CallLeft {
+    /// Its bytes could not be read back just now (another call of the executor was writing
+    /// them, or the executor refused).
+    Unreadable,
     /// Not in the slab memory of a live unit of this session (host code, a unit removed since).
     NotKilnCode,
     /// Not a direct call of the old target: an indirect call, a tail jump, a call retargeted
@@ -130,7 +134,7 @@ impl Session {
         let st = read(&self.state);
         let (stub_unit, stub_slab) = self.check_stub(&st, stub)?;
         let mut plans = Vec::new();
-        let entering = match self.plan_redirect(&st, entered_from.0, stub.0, code.0)? {
+        let entering = match self.plan_redirect(&st, entered_from.0, stub.0, code.0, false) {
             Ok(p) => {
                 let site = p.site;
                 plans.push(p);
@@ -147,7 +151,7 @@ impl Session {
             if field + 4 == entered_from.0 || plans.iter().any(|q| q.field == field) {
                 continue;
             }
-            if let Ok(p) = self.plan_redirect(&st, field + 4, stub.0, code.0)? {
+            if let Ok(p) = self.plan_redirect(&st, field + 4, stub.0, code.0, true) {
                 plans.push(p);
             }
         }
@@ -172,7 +176,7 @@ impl Session {
         to: ExecutorAddr,
     ) -> Result<CallRedirect> {
         let st = read(&self.state);
-        let plan = self.plan_redirect(&st, return_addr.0, from.0, to.0)?;
+        let plan = self.plan_redirect(&st, return_addr.0, from.0, to.0, false);
         self.finish_one(plan)
     }
 
@@ -196,7 +200,7 @@ impl Session {
         let Some(field) = field else {
             return Ok(CallRedirect::Left(CallLeft::NotKilnCode));
         };
-        let plan = self.plan_redirect(&st, field + 4, from.0, to.0)?;
+        let plan = self.plan_redirect(&st, field + 4, from.0, to.0, false);
         self.finish_one(plan)
     }
 
@@ -261,61 +265,63 @@ impl Session {
     }
 
     /// Whether the call returning to `return_addr` is a direct call of `from` that one atomic
-    /// store can make call `to`; the plan, or why not.
+    /// store can make call `to`; the plan, or why not. `from_record`: the caller found the
+    /// field among its unit's relink edges already (no need to look again).
     fn plan_redirect(
         &self,
         st: &State,
         return_addr: u64,
         from: u64,
         to: u64,
-    ) -> Result<std::result::Result<Planned, CallLeft>> {
+        from_record: bool,
+    ) -> std::result::Result<Planned, CallLeft> {
         let Some(call) = return_addr.checked_sub(5) else {
-            return Ok(Err(CallLeft::NotKilnCode));
+            return Err(CallLeft::NotKilnCode);
         };
         let field = call + 1;
         let Some((unit, seg, off)) = st.unit_at(call) else {
-            return Ok(Err(CallLeft::NotKilnCode));
+            return Err(CallLeft::NotKilnCode);
         };
         // The whole instruction lies in that one segment.
         if st.unit_at(return_addr - 1) != Some((unit, seg, off + 4)) {
-            return Ok(Err(CallLeft::NotKilnCode));
+            return Err(CallLeft::NotKilnCode);
         }
-        let u = st.unit(UnitId(unit))?;
+        let u = st.unit(UnitId(unit)).map_err(|_| CallLeft::NotKilnCode)?;
         let Some(slab) = u
             .memory
             .as_ref()
             .and_then(|m| m.slab_of(ExecutorAddr(field)))
         else {
-            return Ok(Err(CallLeft::NotKilnCode));
+            return Err(CallLeft::NotKilnCode);
         };
-        if let Some(rec) = &u.relink {
+        if let Some(rec) = u.relink.as_ref().filter(|_| !from_record) {
             let relocated_call = rec.edges.iter().any(|e| {
                 usize::from(e.segment) == usize::from(seg)
                     && u64::from(e.offset) == off + 1
                     && is_call_relocation(e.kind)
             });
             if !relocated_call {
-                return Ok(Err(CallLeft::NotADirectCall));
+                return Err(CallLeft::NotADirectCall);
             }
         }
-        let bytes = self.executor.read_memory(ExecutorAddr(call), 5)?;
+        let bytes = self
+            .executor
+            .read_memory(ExecutorAddr(call), 5)
+            .map_err(|_| CallLeft::Unreadable)?;
         let Some(&[opcode, r0, r1, r2, r3]) = bytes.get(..5) else {
-            return Err(Error::Internal(format!(
-                "the executor read {} bytes at {call:#x}, 5 asked",
-                bytes.len()
-            )));
+            return Err(CallLeft::Unreadable);
         };
         let rel = i32::from_le_bytes([r0, r1, r2, r3]);
         if opcode != 0xe8 || return_addr.wrapping_add_signed(i64::from(rel)) != from {
-            return Ok(Err(CallLeft::NotADirectCall));
+            return Err(CallLeft::NotADirectCall);
         }
         if !field.is_multiple_of(4) {
-            return Ok(Err(CallLeft::Unaligned));
+            return Err(CallLeft::Unaligned);
         }
         let Ok(rel) = i32::try_from(i128::from(to) - i128::from(return_addr)) else {
-            return Ok(Err(CallLeft::OutOfReach));
+            return Err(CallLeft::OutOfReach);
         };
-        Ok(Ok(Planned {
+        Ok(Planned {
             slab,
             field,
             rel,
@@ -324,7 +330,7 @@ impl Session {
                 segment: usize::from(seg),
                 offset: off + 1,
             },
-        }))
+        })
     }
 
     fn finish_one(&self, plan: std::result::Result<Planned, CallLeft>) -> Result<CallRedirect> {
