@@ -130,6 +130,8 @@ pub(crate) struct LazyRecordView {
 #[derive(Default)]
 pub(crate) struct LazyTable {
     by_key: Mutex<FxHashMap<u64, Arc<LazyRecord>>>,
+    /// The units lazy functions need (stubs, compiled code), by unit: the key whose they are.
+    by_unit: Mutex<FxHashMap<UnitId, StubKey>>,
 }
 
 impl std::fmt::Debug for LazyTable {
@@ -153,17 +155,22 @@ impl LazyTable {
 
     /// The lazy function whose stub or compiled code `unit` is.
     fn owner_of(&self, unit: UnitId) -> Option<Arc<LazyRecord>> {
-        lock(&self.by_key)
-            .values()
-            .find(|r| {
-                r.stub.get().is_some_and(|(_, u)| *u == unit)
-                    || lock(&r.phase).compiled.is_some_and(|(u, _)| u == unit)
-            })
-            .cloned()
+        let key = *lock(&self.by_unit).get(&unit)?;
+        self.get(key)
+    }
+
+    /// `unit` is now `key`'s stub or code (and `replaced`, if any, no longer its code).
+    fn own(&self, key: StubKey, unit: UnitId, replaced: Option<UnitId>) {
+        let mut by_unit = lock(&self.by_unit);
+        if let Some(old) = replaced {
+            by_unit.remove(&old);
+        }
+        by_unit.insert(unit, key);
     }
 
     /// Forget every key in the executor (the JIT is going away with its stubs).
     pub(crate) fn forget_all(&self, ex: &dyn kiln_target::Executor) {
+        lock(&self.by_unit).clear();
         let keys: Vec<u64> = lock(&self.by_key).drain().map(|(k, _)| k).collect();
         for k in keys {
             let _ = ex.forget_lazy(StubKey(k));
@@ -246,6 +253,7 @@ impl Jit {
             }
         };
         let _ = record.stub.set((addr, stub_unit));
+        self.lazy.own(key, stub_unit, None);
         tracing::debug!("lazy function {name}: stub at {addr} (key {})", key.0);
         Ok(LazyFunction {
             name: name.to_string(),
@@ -360,9 +368,13 @@ impl Jit {
                 }
             }
         }
-        let mut phase = lock(&record.phase);
-        phase.compiled = Some((new_unit, new_code));
-        phase.redirected = kept;
+        let old_unit = {
+            let mut phase = lock(&record.phase);
+            let old = phase.compiled.replace((new_unit, new_code));
+            phase.redirected = kept;
+            old.map(|(u, _)| u)
+        };
+        self.lazy.own(key, new_unit, old_unit);
         Ok(())
     }
 }
@@ -417,6 +429,7 @@ fn compile_and_link(
         ));
     };
     lock(&record.phase).compiled = Some((linked.unit, code));
+    jit.lazy.own(record.key, linked.unit, None);
     if let Some((stub, _)) = record.stub.get() {
         match session.bypass_lazy_stub(*stub, code, request.return_addr) {
             Ok(bypass) => {
