@@ -517,5 +517,9 @@ mod tests {
             "code of a lazy function stays"
         );
         assert!(jit.remove(f.stub_unit).is_err(), "so does its stub");
+        let (old_unit, _) = views[0].compiled.unwrap();
+        jit.remove(old_unit)
+            .expect("the code it replaced is the VM's to free");
+        assert_eq!(s.executor().call(caller, &[2]).unwrap(), 102);
     }
 }
