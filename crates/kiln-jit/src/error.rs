@@ -15,6 +15,9 @@ pub enum Error {
     /// A site, reference or unit handle that does not belong to this JIT (or no longer lives).
     #[error("{0}")]
     Stale(String),
+    /// A lazy function cannot do what was asked.
+    #[error("lazy function {name}: {what}")]
+    Lazy { name: String, what: String },
     /// The linker refused.
     #[error(transparent)]
     Link(#[from] kiln::Error),

@@ -65,6 +65,8 @@ pub struct Jit {
     /// retired code awaiting reclaim (see `redefine.rs`). Its lock also orders kiln-jit's
     /// patches of sites against each other.
     pub(crate) book: Mutex<Book>,
+    /// Lazy functions (lazy.rs).
+    pub(crate) lazy: Arc<crate::lazy::LazyTable>,
 }
 
 impl Jit {
@@ -85,6 +87,7 @@ impl Jit {
             zone,
             units: Mutex::default(),
             book: Mutex::default(),
+            lazy: Arc::default(),
         })
     }
 
@@ -288,6 +291,7 @@ impl Jit {
 
     /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
     pub fn remove(&self, unit: UnitId) -> Result<()> {
+        self.lazy.check_removable(unit)?;
         self.session.remove(unit)?;
         self.units().remove(&unit);
         self.book().forget(unit);
@@ -297,6 +301,7 @@ impl Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
+        self.lazy.forget_all(&**self.session.executor());
         // Newest first, so that dependents go before what they use; then the zone's slabs.
         let mut units: Vec<UnitId> = self.units().keys().copied().collect();
         units.sort_unstable();

@@ -61,10 +61,22 @@ impl FreeList {
     }
 
     fn best_fit(&mut self, size: u64, align: u64) -> Option<u64> {
-        let (start, len, at) = self.by_size.range((size, 0)..).find_map(|&(len, start)| {
+        let fits = |&(len, start): &(u64, u64)| {
             let at = start.checked_next_multiple_of(align)?;
             (at.checked_add(size)? <= start + len).then_some((start, len, at))
-        })?;
+        };
+        // A range of `size + align - 1` bytes or more holds the block wherever it starts; a
+        // shorter one only if its start suits the alignment. Try a few of those (the best fits),
+        // then the smallest sure one: a region full of small alignment gaps (thousands of tiny
+        // units, as a JIT makes) must not be scanned whole on every allocation.
+        const UNSURE_TRIES: usize = 8;
+        let sure = size.checked_add(align - 1)?;
+        let (start, len, at) = self
+            .by_size
+            .range((size, 0)..(sure, 0))
+            .take(UNSURE_TRIES)
+            .find_map(fits)
+            .or_else(|| self.by_size.range((sure, 0)..).next().and_then(fits))?;
         self.remove(start);
         if at > start {
             self.insert(start, at - start);
@@ -314,6 +326,27 @@ impl SlabAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gaps too small for a block at its alignment are passed over, a gap that suits it is
+    /// taken, and a larger range holds it wherever that range starts.
+    #[test]
+    fn best_fit_passes_gaps_that_cannot_hold_the_block() {
+        let mut f = FreeList::new(0x10_0000, 0x10_0000);
+        // 11-byte gaps starting 5 bytes into a 16-byte line: no 5-byte block aligned to 16 fits.
+        for i in 0..1000u64 {
+            f.insert(0x1000 + 64 * i + 5, 11);
+        }
+        f.insert(0x9_0003, 100);
+        assert_eq!(
+            f.allocate(5, 16),
+            Some(0x9_0010),
+            "the range that surely fits"
+        );
+        // A short gap that starts aligned does hold it.
+        f.insert(0x8_0000, 6);
+        assert_eq!(f.allocate(5, 16), Some(0x8_0000));
+        assert_eq!(f.ranges.get(&0x8_0005), Some(&1), "its rest stays free");
+    }
 
     #[test]
     fn free_list_allocates_aligned_and_coalesces() {

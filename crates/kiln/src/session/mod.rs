@@ -8,12 +8,14 @@
 mod edges;
 mod generate;
 mod inputs;
+mod lazy;
 mod moving;
 mod relocate;
 mod state;
 
 pub use generate::{DefinitionGenerator, Generated};
 pub use inputs::Inputs;
+pub use lazy::{lazy_stub_graph, CallLeft, CallRedirect, CallSite, StubBypass};
 pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
 
 use crate::debug::DebugOptions;
@@ -344,8 +346,13 @@ impl Session {
     /// finalize it in the executor. Initializers are not run: see
     /// [`Session::run_initializers`]. If the link fails, what was added stays added.
     pub fn link(&self) -> Result<UnitId> {
+        self.link_with(&UnitOptions::new(self.default_scope()))
+    }
+
+    /// [`Session::link`] with options: the unit's scope, its memory, its relink record.
+    pub fn link_with(&self, options: &UnitOptions) -> Result<UnitId> {
         let inputs = std::mem::take(&mut *lock(&self.pending));
-        let result = self.link_in(&UnitOptions::new(self.default_scope()), &inputs);
+        let result = self.link_in(options, &inputs);
         if result.is_err() {
             // Given back in front of whatever was added meanwhile.
             let mut pending = lock(&self.pending);
