@@ -65,7 +65,9 @@
 mod builder;
 mod error;
 mod group;
+mod lazy;
 mod module;
+mod redefine;
 mod relocs;
 mod resolve;
 mod unit;
@@ -73,4 +75,6 @@ mod unwind;
 
 pub use builder::{KilnBuilder, SymbolLookupFn};
 pub use error::{Error, Result};
+pub use lazy::{LazyBuild, LazyCompile, LazyErrorFn, LazyModule, LazyStatus};
 pub use module::KilnModule;
+pub use redefine::{Epoch, RetiredBody};

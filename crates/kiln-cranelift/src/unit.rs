@@ -106,6 +106,18 @@ pub(crate) struct UnitObject {
     pub hidden: Vec<String>,
 }
 
+impl UnitObject {
+    /// The kiln inputs of the unit (its object, its hidden symbols as roots), and its name.
+    pub fn into_inputs(self) -> (kiln::Inputs, String) {
+        let mut inputs = kiln::Inputs::new();
+        for name in self.hidden {
+            inputs.add_root(name);
+        }
+        inputs.add_object(self.name.clone(), self.bytes);
+        (inputs, self.name)
+    }
+}
+
 /// The ELF object of `members`; `resolve` says what each relocation target is (and an extra
 /// addend).
 pub(crate) fn build(
