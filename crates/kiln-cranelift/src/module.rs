@@ -364,7 +364,13 @@ impl KilnModule {
                 .map(|id| self.name_of(*id))
                 .collect::<Vec<_>>()
                 .join(" + "),
-            None => unit.to_string(),
+            None => match self.retired.iter().find(|r| r.unit == unit) {
+                Some(r) => format!(
+                    "a retired body of {} ({unit}: reclaim it first)",
+                    self.name_of(FuncOrDataId::Func(r.function))
+                ),
+                None => unit.to_string(),
+            },
         }
     }
 

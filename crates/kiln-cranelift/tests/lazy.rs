@@ -289,3 +289,37 @@ fn compile_errors_go_to_the_error_handler() {
     }
     m.set_lazy_error_handler(None).unwrap();
 }
+
+/// Four threads make the first call at once: one resolution, every caller gets the result.
+#[test]
+fn concurrent_first_calls_compile_once() {
+    let mut m = module();
+    let compiled = Arc::new(AtomicUsize::new(0));
+    let sig = common::sig(&m, 1);
+    let triple = {
+        let compiled = compiled.clone();
+        m.declare_lazy_function("triple", Linkage::Export, &sig, move |b| {
+            compiled.fetch_add(1, Ordering::SeqCst);
+            // Widen the window in which the other threads arrive.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            body(b, |_, fb, p| fb.ins().imul_imm_s(p[0], 3));
+            Ok(())
+        })
+        .unwrap()
+    };
+    m.finalize_definitions().unwrap();
+    let f: F1 = addr(&m, triple);
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4i64)
+        .map(|t| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(t + 10)
+            })
+        })
+        .collect();
+    let results: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results, [30, 33, 36, 39]);
+    assert_eq!(compiled.load(Ordering::SeqCst), 1);
+}

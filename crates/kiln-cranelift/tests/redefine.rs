@@ -32,6 +32,7 @@ fn plus(m: &mut KilnModule, k: i64) -> cranelift_codegen::Context {
 #[test]
 fn callers_of_every_batch_and_data_pointers_follow_the_new_body() {
     let mut m = module();
+    let g = define(&mut m, "g", Linkage::Export, 1, |_, _, p| p[0]);
     let f = define(&mut m, "f", Linkage::Export, 1, |_, b, p| {
         b.ins().iadd_imm_s(p[0], 1)
     });
@@ -77,13 +78,28 @@ fn callers_of_every_batch_and_data_pointers_follow_the_new_body() {
     m.finalize_definitions().unwrap();
     assert_eq!(f1(&m, after)(5), 15);
 
-    // Twice more; then the grace protocol frees the three old bodies.
+    // Twice more, with bodies that call g; then the grace protocol frees the three old bodies.
     for k in [20, 30] {
-        let mut ctx = plus(&mut m, k);
+        let mut ctx = body_context(&mut m, 1, move |m, b, p| {
+            let r = call(m, b, g, &[p[0]]);
+            b.ins().iadd_imm_s(r, k)
+        });
         m.redefine_function(f, &mut ctx).unwrap();
     }
     assert_eq!(f1(&m, early)(1), 62);
     assert_eq!(m.retired().len(), 3);
+    // The old bodies still call `g`: it cannot be freed until they are reclaimed.
+    match m.free_function(g) {
+        Err(Error::Referenced { referenced_by, .. }) => {
+            assert!(
+                referenced_by
+                    .iter()
+                    .any(|r| r.contains("a retired body of f")),
+                "{referenced_by:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     let units_before = m.session().units().len();
     let e = m.grace_start();
     // Retired after e began: not freed by reclaim(e).
@@ -108,6 +124,7 @@ fn callers_of_every_batch_and_data_pointers_follow_the_new_body() {
     }
     m.free_data(table).unwrap();
     m.free_function(f).unwrap();
+    m.free_function(g).unwrap();
     assert!(m.session().units().is_empty());
 }
 
