@@ -1,9 +1,10 @@
 //! What each relocation target of a unit binds to: a definition of the same unit, one linked
 //! earlier (by name, through kiln), or a host symbol the module resolves itself.
 //!
-//! This is where kiln-jit will attach: a reference to a module function will bind to a
-//! redirectable entry (so that callers follow `redefine_function`), or to the lazy stub of a
-//! function compiled on first call, instead of the defining unit's symbol.
+//! A reference to a module function binds by name to whatever defines it in the session: its
+//! unit, the unit of its latest body after `redefine_function` (kiln moves the binding), or
+//! the stub of a lazy function. The bodies of lazy functions are resolved without the
+//! module's table of definitions ([`Defined::ByName`]): kiln's link says what is there.
 
 use crate::builder::SymbolLookupFn;
 use crate::error::{Error, Result};
