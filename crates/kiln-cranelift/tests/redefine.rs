@@ -196,6 +196,11 @@ fn redefining_while_a_thread_calls_it() {
         // Two more completed calls: the second began after the redefinition.
         let c = calls.load(Ordering::Acquire);
         while calls.load(Ordering::Acquire) < c + 2 {
+            // A worker that failed its assertion stops counting: report it, do not wait.
+            if worker.is_finished() {
+                worker.join().unwrap();
+                unreachable!("the worker stopped before being told to");
+            }
             std::thread::yield_now();
         }
         assert_eq!(
@@ -210,4 +215,30 @@ fn redefining_while_a_thread_calls_it() {
     assert!(m.retired().is_empty());
     let grown = vm_rss_kib().saturating_sub(rss_before);
     assert!(grown < 4096, "300 redefinitions grew VmRSS by {grown} KiB");
+}
+
+/// Local (hidden) and preemptible (weak) functions are redefined the same way.
+#[test]
+fn local_and_preemptible_functions_are_redefined() {
+    let mut m = module();
+    for linkage in [Linkage::Local, Linkage::Preemptible, Linkage::Hidden] {
+        let name = format!("{linkage:?}_f");
+        let f = define(&mut m, &name, linkage, 1, |_, b, p| {
+            b.ins().iadd_imm_s(p[0], 1)
+        });
+        let user = define(
+            &mut m,
+            &format!("{name}_user"),
+            Linkage::Export,
+            1,
+            |m, b, p| call(m, b, f, &[p[0]]),
+        );
+        m.finalize_definitions().unwrap();
+        assert_eq!(f1(&m, user)(1), 2, "{linkage:?}");
+        let mut ctx = plus(&mut m, 5);
+        m.redefine_function(f, &mut ctx).unwrap();
+        assert_eq!(f1(&m, user)(1), 6, "{linkage:?}");
+        assert_eq!(f1(&m, f)(1), 6, "{linkage:?}");
+    }
+    assert_eq!(m.reclaim_retired().unwrap().len(), 3);
 }
