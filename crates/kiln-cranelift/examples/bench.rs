@@ -374,4 +374,75 @@ fn main() {
             );
         }
     }
+    println!("\nredefine_function (kiln only: cranelift-jit has no redefinition), 200 redefinitions of f:");
+    for callers in [1, 100, 1000] {
+        redefinitions(callers, 200);
+    }
+}
+
+/// `callers` functions call `f(x) = x + 1`; `f` is redefined `rounds` times (each body compiled
+/// before the clock starts), and each old body reclaimed at once. Prints the backend's CPU time
+/// per redefinition and per reclaim.
+fn redefinitions(callers: usize, rounds: usize) {
+    let mut b = KilnBuilder::new(default_libcall_names()).unwrap();
+    b.debug(kiln::DebugOptions::none());
+    let mut m = KilnModule::new(b);
+    let sig = signature(&m);
+    let f = m.declare_function("f", Linkage::Export, &sig).unwrap();
+    let mut ctx = m.make_context();
+    let plus = |m: &mut KilnModule, ctx: &mut Context, k: i64, call: Option<FuncId>| {
+        m.clear_context(ctx);
+        ctx.func.signature = signature(m);
+        let config = m.target_config();
+        let mut fctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let mut v = b.block_params(block)[0];
+        if let Some(callee) = call {
+            let r = m.declare_func_in_func(callee, b.func);
+            let c = b.ins().call(r, &[v]);
+            v = b.inst_results(c)[0];
+        }
+        let v = b.ins().iadd_imm_s(v, k);
+        b.ins().return_(&[v]);
+        b.seal_all_blocks();
+        b.finalize(config);
+    };
+    plus(&mut m, &mut ctx, 1, None);
+    m.define_function(f, &mut ctx).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..callers {
+        let id = m
+            .declare_function(&format!("caller{i}"), Linkage::Export, &sig)
+            .unwrap();
+        plus(&mut m, &mut ctx, 0, Some(f));
+        m.define_function(id, &mut ctx).unwrap();
+        ids.push(id);
+    }
+    m.finalize_definitions().unwrap();
+    let (mut redefine, mut reclaim) = (Duration::ZERO, Duration::ZERO);
+    for k in 2..rounds as i64 + 2 {
+        plus(&mut m, &mut ctx, k, None);
+        ctx.compile(m.isa(), &mut ControlPlane::default()).unwrap();
+        let c = thread_cpu();
+        m.redefine_function(f, &mut ctx).unwrap();
+        let r = thread_cpu();
+        m.reclaim_retired().unwrap();
+        reclaim += thread_cpu().saturating_sub(r);
+        redefine += r.saturating_sub(c);
+    }
+    let last: extern "C" fn(i64) -> i64 =
+        unsafe { std::mem::transmute(m.get_finalized_function(ids[callers - 1])) };
+    let ok = if last(1) == rounds as i64 + 2 {
+        "ok"
+    } else {
+        "WRONG"
+    };
+    println!(
+        "  {callers:>5} caller(s): {:>8.1} cpu µs per redefinition, {:>6.1} per reclaim   {ok}",
+        redefine.as_secs_f64() * 1e6 / rounds as f64,
+        reclaim.as_secs_f64() * 1e6 / rounds as f64
+    );
 }
