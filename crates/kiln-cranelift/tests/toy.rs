@@ -225,5 +225,30 @@ fn remote_calls_redefinition_and_lazy(m: &mut KilnModule, mains: &[FuncId]) {
         Some(kiln_cranelift::LazyStatus::Compiled { .. })
     ));
     assert_eq!(m.call(lazy, &[8, 50]).unwrap() as i64, -42);
-    println!("toy: calls with arguments, a redefinition and a lazy function in the executor");
+    // A lazy function that cannot be compiled: the error handler (run here, in the controller)
+    // sends the call to gcd, which takes the same arguments.
+    let gcd_addr = m.function_address(gcd).unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let h = heard.clone();
+    m.set_lazy_error_handler(Some(Arc::new(move |name, message| {
+        h.lock().unwrap().push(format!("{name:?}: {message}"));
+        Some(gcd_addr)
+    })))
+    .unwrap();
+    let broken = m
+        .declare_lazy_function("lazy_broken", Linkage::Export, &sig, |_| {
+            Err("not today".into())
+        })
+        .unwrap();
+    assert_eq!(m.call(broken, &[1071, 462]).unwrap(), 21);
+    assert_eq!(m.call(broken, &[12, 18]).unwrap(), 6);
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert!(
+        heard[0].contains("lazy_broken") && heard[0].contains("not today"),
+        "{heard:?}"
+    );
+    println!(
+        "toy: calls with arguments, a redefinition, a lazy function and a failed one in the executor"
+    );
 }
