@@ -1,11 +1,10 @@
 //! One kiln unit: the definitions of one group (see `group.rs`) as a relocatable ELF object.
 //!
-//! Why an ELF object and not a `kiln::graph::InMemoryGraph`: in-memory graphs cannot yet carry
-//! two things Cranelift code needs — an `.eh_frame` section (kiln treats every graph section as
-//! plain data, so Cranelift's unwind information would not reach the unwinder) and thread-local
-//! sections and symbols. Kiln's object path has both, and `object::write` makes the object
-//! small and cheap. Nothing else depends on the format: once graphs carry both, `build` can
-//! return a graph instead.
+//! Why an ELF object and not a `kiln::graph::InMemoryGraph`: when this was written, graphs could
+//! not carry an `.eh_frame` section or thread-local sections and symbols, which Cranelift code
+//! needs. They can now (`GraphSectionKind::EhFrame`, `Tls`); what keeps the object is that host
+//! symbols and libcalls are written as local absolute symbols (so that they never clash with
+//! the module's names), which a graph has no way to say. Nothing else depends on the format.
 //!
 //! Symbols: each definition is a global symbol under its linkage name (default visibility for
 //! `Export` and `Preemptible`, weak for `Preemptible`; hidden for `Local` and `Hidden`, which
