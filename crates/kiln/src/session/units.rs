@@ -80,6 +80,26 @@ impl<'a, T> IntoIterator for &'a mut Few<T> {
     }
 }
 
+impl<T> IntoIterator for Few<T> {
+    type Item = T;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Few::One(x) => Some(x).into_iter().chain(Vec::new()),
+            Few::Many(v) => None.into_iter().chain(v),
+        }
+    }
+}
+
+impl<T> From<Few<T>> for Vec<T> {
+    fn from(few: Few<T>) -> Vec<T> {
+        match few {
+            Few::One(x) => vec![x],
+            Few::Many(v) => v,
+        }
+    }
+}
+
 impl<T> Extend<T> for Few<T> {
     fn extend<I: IntoIterator<Item = T>>(&mut self, items: I) {
         for x in items {
@@ -220,5 +240,10 @@ mod tests {
         let mut one = g.clone();
         one.retain(|_| false);
         assert!(one.is_empty() && g.len() == 1);
+        assert_eq!(g.clone().into_iter().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(Vec::from(g), vec![5]);
+        let many: Few<u64> = [1, 2, 3].into_iter().collect();
+        assert_eq!(many.clone().into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(Vec::from(many), vec![1, 2, 3]);
     }
 }
