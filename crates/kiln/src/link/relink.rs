@@ -16,6 +16,8 @@ pub struct RelinkRecord {
     /// The unit's segments when it was linked: (protection index 0 code / 1 read-only / 2 data,
     /// address, size).
     pub segments: Vec<(u8, u64, u64)>,
+    /// The alignment each segment's start needs: where a move may put it.
+    pub aligns: Vec<u64>,
     pub edges: Vec<RelinkEdge>,
     /// The unit's GOT: (segment, offset), if it has one (GOT-relative edges need it).
     pub got: Option<(u8, u64)>,
@@ -74,6 +76,7 @@ pub(super) fn record(
                 (slot, s.addr, s.content_size + s.zero_size)
             })
             .collect(),
+        aligns: layout.segments.iter().map(|s| s.align).collect(),
         edges: Vec::new(),
         got: got.and_then(|b| segment_of(g.blocks[b.idx()].addr)),
         movable: true,

@@ -9,10 +9,12 @@
 use super::relocate::moved_actions;
 use super::state::{State, Unit};
 use super::{write, Session, UnitId, UnitOptions};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::graph::InMemoryGraph;
 use crate::link::relink::{RelinkRecord, RelinkTarget};
-use kiln_target::{ExecutorAddr, SegmentMove, SlabWrite};
+use kiln_target::{ExecutorAddr, SegmentMove, SlabId, SlabWrite};
 use std::sync::Arc;
 
 /// What a move changes, per segment: (old address, new address, size).
@@ -39,119 +41,154 @@ impl Session {
     /// caller's to translate). Units without relink records that reference this one keep
     /// pointing at the old range: move only units whose users keep relink records too.
     pub fn move_unit(&self, unit: UnitId, new_addrs: &[ExecutorAddr]) -> Result<()> {
-        let mut st = write(&self.state);
-        let u = st.unit(unit)?;
-        let (rec, actions) = match (&u.relink, &u.link_actions) {
-            (Some(r), Some(a)) if r.movable && u.memory.is_some() => (r.clone(), a.clone()),
-            _ => {
-                return Err(Error::Usage(format!(
-                    "{unit} cannot move: it was not linked into slab memory with relink records, \
-                     or its TLS ties it to its address"
-                )))
-            }
-        };
-        if new_addrs.len() != u.segments.len() {
-            return Err(Error::Usage(format!(
-                "{unit} has {} segments, {} new addresses given",
-                u.segments.len(),
-                new_addrs.len()
-            )));
-        }
-        let moves = Moves(
-            u.segments
-                .iter()
-                .zip(new_addrs)
-                .map(|(&(old, n), new)| (old, new.0, n))
-                .collect(),
-        );
-        let alloc = u.alloc;
-        let ex = self.executor.clone();
-        let segment_moves: Vec<SegmentMove> = moves
-            .0
-            .iter()
-            .filter(|(old, new, n)| old != new && *n > 0)
-            .map(|&(from, to, len)| SegmentMove {
-                from: ExecutorAddr(from),
-                to: ExecutorAddr(to),
-                len,
-            })
-            .collect();
-        // Registrations go first (the executor undoes them), then the bytes move; edges are
-        // applied again while nothing is registered over them; then the registrations come back
-        // at the new place.
-        ex.move_allocation(alloc, &segment_moves, Vec::new())?;
-        let old_segments: Vec<(u64, u64)> = st.unit(unit)?.segments.clone();
-        relocate_unit_tables(&mut st, unit.0, &moves);
-        let result = self
-            .reapply_own(&st, unit.0, &rec)
-            .and_then(|()| self.reapply_incoming(&st, unit.0, &|_, _| None));
-        // As linked → where it is now: registrations are rebuilt from the link-time actions.
-        let linked: Vec<(u64, u64)> = rec.segments.iter().map(|&(_, a, n)| (a, n)).collect();
-        let current = st.unit(unit)?.segments.clone();
-        let to_now = Moves(
-            linked
-                .iter()
-                .zip(&current)
-                .map(|(&(a, n), &(now, _))| (a, now, n))
-                .collect(),
-        );
-        let to_before = Moves(
-            linked
-                .iter()
-                .zip(&old_segments)
-                .map(|(&(a, n), &(was, _))| (a, was, n))
-                .collect(),
-        );
-        let old_code: Vec<(u64, u64)> = old_segments
-            .iter()
-            .zip(&rec.segments)
-            .filter(|(_, (slot, _, _))| *slot == 0)
-            .map(|(s, _)| *s)
-            .collect();
-        let key = current.iter().map(|s| s.0).min().unwrap_or(0);
-        let again = moved_actions(
-            &actions,
-            &|a| to_now.translate(a),
-            &|a| to_before.translate(a),
-            &old_code,
-            key,
-        );
-        drop(st);
-        // Registrations come back even if an edge could not be applied (that error wins).
-        let registered = ex.move_allocation(alloc, &[], again);
-        result?;
-        Ok(registered?)
+        self.move_units(&[(unit, new_addrs.to_vec())])
     }
 
-    /// Write the unit's own edges again at its current addresses.
-    fn reapply_own(&self, st: &State, unit: u64, rec: &RelinkRecord) -> Result<()> {
-        let u = st.unit(UnitId(unit))?;
-        let addrs: Vec<u64> = u.segments.iter().map(|s| s.0).collect();
-        let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(u.segments.len());
-        for (i, &(a, n)) in u.segments.iter().enumerate() {
-            let has_edges = rec.edges.iter().any(|e| usize::from(e.segment) == i);
-            bytes.push(if has_edges && n > 0 {
-                self.executor.read_memory(ExecutorAddr(a), n)?
-            } else {
-                Vec::new()
-            });
+    /// Move many units at once, as [`Session::move_unit`] moves one (a compaction): segment `i`
+    /// of each unit goes to its `i`-th new address.
+    ///
+    /// The segments move one by one in order of destination, so a destination may lie where
+    /// another moving segment was, provided that segment moves first — as in a compaction,
+    /// where everything slides towards lower addresses; an order in which some destination is
+    /// still occupied when its turn comes is refused before anything moves. Then the edges of
+    /// the moved units, and the edges of other units into them, are applied again in one pass:
+    /// the memory they lie in read once per slab region, every changed byte written with one
+    /// `write_live` per slab (one serialization of the cores); then the moved units'
+    /// registrations come back.
+    ///
+    /// Refused before anything moves: a unit that cannot move or is named twice, a destination
+    /// outside free space or over a unit that stays, an edge into a moving unit from a unit
+    /// whose bytes kiln cannot rewrite (one not in slab memory). If the executor refuses a
+    /// segment midway (another thread writes there), the segments moved before it stay moved,
+    /// with their edges applied and their registrations restored, and the error is returned.
+    pub fn move_units(&self, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<()> {
+        let mut st = write(&self.state);
+        let plan = plan_moves(&st, moves)?;
+        // 1. The bytes, segment by segment in destination order. The executor undoes a unit's
+        //    registrations when its first segment moves; they come back in step 4.
+        let mut done = 0;
+        let mut first_error = None;
+        for m in &plan {
+            let alloc = st.unit(UnitId(m.unit))?.alloc;
+            let one = [SegmentMove {
+                from: ExecutorAddr(m.from),
+                to: ExecutorAddr(m.to),
+                len: m.len,
+            }];
+            if let Err(e) = self.executor.move_allocation(alloc, &one, Vec::new()) {
+                if matches!(e, kiln_target::Error::AfterMove { .. }) {
+                    done += 1;
+                }
+                first_error = Some(Error::Target(e));
+                break;
+            }
+            done += 1;
         }
-        let before = bytes.clone();
-        let mut views: Vec<&mut [u8]> = bytes.iter_mut().map(|b| b.as_mut_slice()).collect();
-        rec.reapply(&addrs, &mut views, &|_| true, &|t| {
-            target_address(st, unit, &addrs, t)
-        })
-        .map_err(|(i, e)| {
-            Error::Usage(format!(
-                "{}: edge {i} of {}: {e}",
-                UnitId(unit),
-                "its relink record"
-            ))
-        })?;
-        for (i, (new, old)) in bytes.iter().zip(&before).enumerate() {
-            self.write_changes(u, addrs[i], old, new)?;
+        // 2. The tables: the units whose segments moved, at their new places.
+        let moved = moved_units(&st, &plan[..done])?;
+        relocate_tables(&mut st, &moved);
+        // 3. Edges: the moved units' own, and those of other units into them.
+        let edges = self.reapply_moved(&st, &moved);
+        // 4. Registrations at the new places (also when an edge failed: that error wins).
+        let registered = self.register_moved(&st, &moved);
+        drop(st);
+        match first_error {
+            Some(e) => Err(e),
+            None => edges.and(registered),
         }
-        Ok(())
+    }
+
+    /// Apply again the edges that moving `moved` changed: every edge of the moved units, and
+    /// the edges of other units that target them. The memory they lie in is read once per slab
+    /// region (one span covering it), changed here, and the changed bytes written back with one
+    /// `write_live` per slab.
+    fn reapply_moved(&self, st: &State, moved: &[MovedUnit]) -> Result<()> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let work = edges_to_apply(st, moved)?;
+        let mut units: Vec<u64> = work.keys().copied().collect();
+        units.sort_unstable();
+        let mut spans = Spans::default();
+        for &u in &units {
+            let unit = st.unit(UnitId(u))?;
+            for seg in segments_with_edges(unit, &work[&u]) {
+                let (addr, len) = unit.segments[seg];
+                let r = unit
+                    .slab_ranges
+                    .iter()
+                    .find(|r| r.addr.0 == addr)
+                    .ok_or_else(|| not_rewritable(u, addr))?;
+                spans.add(r.slab, r.region, addr, len);
+            }
+        }
+        spans.read(&*self.executor)?;
+        let mut result = Ok(());
+        for &u in &units {
+            let unit = st.unit(UnitId(u))?;
+            let Some(rec) = &unit.relink else { continue };
+            let addrs: Vec<u64> = unit.segments.iter().map(|s| s.0).collect();
+            let which = &work[&u];
+            let mut slices = spans.slices(&unit.segments);
+            let applied = rec.reapply(
+                &addrs,
+                &mut slices,
+                &|k| which.selects(k),
+                &|t| target_address(st, u, &addrs, t),
+            );
+            if let Err((k, e)) = applied {
+                result = result.and(Err(Error::Usage(format!(
+                    "{}: edge {k} of its relink record: {e}",
+                    UnitId(u)
+                ))));
+            }
+        }
+        result.and(spans.write_changes(&*self.executor))
+    }
+
+    /// Register the moved units again at their new places (unwind info, gdb, perf map,
+    /// jitdump `JIT_CODE_MOVE`, valgrind), from their actions as linked.
+    fn register_moved(&self, st: &State, moved: &[MovedUnit]) -> Result<()> {
+        let mut result = Ok(());
+        for m in moved {
+            let u = st.unit(UnitId(m.unit))?;
+            let (Some(rec), Some(actions)) = (&u.relink, &u.link_actions) else {
+                continue;
+            };
+            // As linked → where it is now, and → where it was before this move.
+            let from_linked = |segs: &[(u64, u64)]| {
+                Moves(
+                    rec.segments
+                        .iter()
+                        .zip(segs)
+                        .map(|(&(_, a, n), &(now, _))| (a, now, n))
+                        .collect(),
+                )
+            };
+            let (to_now, to_before) = (from_linked(&u.segments), from_linked(&m.before));
+            let old_code: Vec<(u64, u64)> = m
+                .before
+                .iter()
+                .zip(&rec.segments)
+                .filter(|(_, (slot, _, _))| *slot == 0)
+                .map(|(s, _)| *s)
+                .collect();
+            let key = u.segments.iter().map(|s| s.0).min().unwrap_or(0);
+            let again = moved_actions(
+                actions,
+                &|a| to_now.translate(a),
+                &|a| to_before.translate(a),
+                &old_code,
+                key,
+            );
+            if again.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.executor.move_allocation(u.alloc, &[], again) {
+                result = result.and(Err(Error::Target(e)));
+            }
+        }
+        result
     }
 
     /// Write again the edges of other units that target `unit`; `redirect` may give an edge a
@@ -335,35 +372,386 @@ fn target_address(st: &State, unit: u64, own: &[u64], t: &RelinkTarget) -> Optio
     }
 }
 
-/// The session's tables after `unit` moved: its segments, address index, slab ranges and the
-/// addresses of the symbols it defines.
-fn relocate_unit_tables(st: &mut State, unit: u64, moves: &Moves) {
-    let Some(u) = st.units.get_mut(&unit) else {
-        return;
-    };
-    let scope = u.scope;
-    let old: Vec<(u64, u64)> = u.segments.clone();
-    for s in u.segments.iter_mut() {
-        s.0 = moves.translate(s.0);
-    }
-    for r in u.slab_ranges.iter_mut() {
-        r.addr = ExecutorAddr(moves.translate(r.addr.0));
-    }
-    let names = u.names.clone();
-    let segments = u.segments.clone();
-    for (i, ((a, n), (b, _))) in old.iter().zip(&segments).enumerate() {
-        if *n > 0 {
-            st.by_addr.remove(a);
-            st.by_addr.insert(*b, (b + n, unit, i as u8));
+/// One segment of a batch move.
+#[derive(Clone, Copy, Debug)]
+struct SegmentPlan {
+    unit: u64,
+    seg: usize,
+    from: u64,
+    to: u64,
+    len: u64,
+}
+
+/// The segments of `moves` that change place, in the order they can move (by destination),
+/// checked: every unit can move, and every destination is free when its turn comes.
+fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<SegmentPlan>> {
+    let mut seen = FxHashSet::default();
+    let mut plan = Vec::new();
+    for (unit, to) in moves {
+        if !seen.insert(unit.0) {
+            return Err(Error::Usage(format!("{unit} is moved twice")));
         }
-    }
-    if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
-        for n in &names {
-            if let Some(d) = sc.symbols.get_mut(n) {
-                d.addr = moves.translate(d.addr);
+        let u = st.unit(*unit)?;
+        let movable = u.memory.is_some()
+            && u.link_actions.is_some()
+            && u.relink.as_ref().is_some_and(|r| r.movable);
+        if !movable {
+            return Err(Error::Usage(format!(
+                "{unit} cannot move: it was not linked into slab memory with relink records, \
+                 or its TLS ties it to its address"
+            )));
+        }
+        if to.len() != u.segments.len() {
+            return Err(Error::Usage(format!(
+                "{unit} has {} segments, {} new addresses given",
+                u.segments.len(),
+                to.len()
+            )));
+        }
+        if let Some(&(from, _)) = u
+            .incoming
+            .iter()
+            .find(|(from, _)| st.units.get(from).is_some_and(|v| v.memory.is_none()))
+        {
+            return Err(Error::Usage(format!(
+                "{unit} cannot move: {} references it from memory that is not a slab, whose \
+                 bytes cannot be written again",
+                UnitId(from)
+            )));
+        }
+        for (seg, (&(from, len), to)) in u.segments.iter().zip(to).enumerate() {
+            if from != to.0 && len > 0 {
+                plan.push(SegmentPlan {
+                    unit: unit.0,
+                    seg,
+                    from,
+                    to: to.0,
+                    len,
+                });
             }
         }
     }
+    plan.sort_unstable_by_key(|m| m.to);
+    // Sources, by start: (end, position in the plan).
+    let sources: BTreeMap<u64, (u64, usize)> = plan
+        .iter()
+        .enumerate()
+        .map(|(k, m)| (m.from, (m.from + m.len, k)))
+        .collect();
+    for (k, m) in plan.iter().enumerate() {
+        let end = m.to.checked_add(m.len).ok_or_else(|| {
+            Error::Usage(format!("{}: destination {:#x} overflows", UnitId(m.unit), m.to))
+        })?;
+        if plan.get(k + 1).is_some_and(|n| n.to < end) {
+            return Err(Error::Usage(format!(
+                "the destinations at {:#x} and {:#x} overlap",
+                m.to,
+                plan[k + 1].to
+            )));
+        }
+        // Segments are disjoint: going down from the destination's end, the first one that
+        // ends before the destination starts is the last that could overlap it.
+        for (_, &(e, j)) in sources.range(..end).rev() {
+            if e <= m.to {
+                break;
+            }
+            if j > k {
+                return Err(Error::Usage(format!(
+                    "{}: its destination {:#x}..{end:#x} is still occupied by a segment that \
+                     moves later (moves must all go the same way, as in a compaction)",
+                    UnitId(m.unit),
+                    m.to
+                )));
+            }
+        }
+        for (&s, &(e, other, _)) in st.by_addr.range(..end).rev() {
+            if e <= m.to {
+                break;
+            }
+            if !sources.contains_key(&s) {
+                return Err(Error::Usage(format!(
+                    "{}: its destination {:#x}..{end:#x} overlaps {}, which stays",
+                    UnitId(m.unit),
+                    m.to,
+                    UnitId(other)
+                )));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// A unit some of whose segments moved: (address, size) of its segments before and after.
+struct MovedUnit {
+    unit: u64,
+    before: Vec<(u64, u64)>,
+    after: Vec<(u64, u64)>,
+}
+
+/// The units the moves `done` changed, in the order they first moved.
+fn moved_units(st: &State, done: &[SegmentPlan]) -> Result<Vec<MovedUnit>> {
+    let mut out: Vec<MovedUnit> = Vec::new();
+    let mut index: FxHashMap<u64, usize> = FxHashMap::default();
+    for m in done {
+        let i = match index.get(&m.unit) {
+            Some(&i) => i,
+            None => {
+                let segs = st.unit(UnitId(m.unit))?.segments.clone();
+                out.push(MovedUnit {
+                    unit: m.unit,
+                    before: segs.clone(),
+                    after: segs,
+                });
+                index.insert(m.unit, out.len() - 1);
+                out.len() - 1
+            }
+        };
+        out[i].after[m.seg].0 = m.to;
+    }
+    Ok(out)
+}
+
+/// The session's tables after units moved: their segments, the address index, their slab
+/// ranges and the addresses of the symbols they define.
+fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
+    // Old places out of the index first: a unit may have moved to where another one was.
+    for m in moved {
+        for &(a, n) in &m.before {
+            if n > 0 {
+                st.by_addr.remove(&a);
+            }
+        }
+    }
+    for m in moved {
+        let moves = Moves(
+            m.before
+                .iter()
+                .zip(&m.after)
+                .map(|(&(old, n), &(new, _))| (old, new, n))
+                .collect(),
+        );
+        let Some(u) = st.units.get_mut(&m.unit) else {
+            continue;
+        };
+        u.segments.clone_from(&m.after);
+        for r in u.slab_ranges.iter_mut() {
+            r.addr = ExecutorAddr(moves.translate(r.addr.0));
+        }
+        let (scope, names) = (u.scope, u.names.clone());
+        for (i, &(a, n)) in m.after.iter().enumerate() {
+            if n > 0 {
+                st.by_addr.insert(a, (a + n, m.unit, i as u8));
+            }
+        }
+        if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
+            for n in &names {
+                if let Some(d) = sc.symbols.get_mut(n) {
+                    d.addr = moves.translate(d.addr);
+                }
+            }
+        }
+    }
+}
+
+/// Which edges of a unit a move changes.
+enum Which {
+    /// All of them (the unit moved).
+    All,
+    /// These (sorted): edges of a unit that stayed into units that moved.
+    Some(Vec<u32>),
+}
+
+impl Which {
+    fn selects(&self, k: usize) -> bool {
+        match self {
+            Which::All => true,
+            Which::Some(list) => u32::try_from(k).is_ok_and(|k| list.binary_search(&k).is_ok()),
+        }
+    }
+}
+
+/// The edges to apply again after `moved` moved, by unit.
+fn edges_to_apply(st: &State, moved: &[MovedUnit]) -> Result<FxHashMap<u64, Which>> {
+    let mut work: FxHashMap<u64, Which> = moved.iter().map(|m| (m.unit, Which::All)).collect();
+    for m in moved {
+        for &(from, idx) in &st.unit(UnitId(m.unit))?.incoming {
+            if let Which::Some(list) = work.entry(from).or_insert(Which::Some(Vec::new())) {
+                list.push(idx);
+            }
+        }
+    }
+    for w in work.values_mut() {
+        if let Which::Some(list) = w {
+            list.sort_unstable();
+            list.dedup();
+        }
+    }
+    Ok(work)
+}
+
+/// The segments of `unit` that hold edges `which` selects.
+fn segments_with_edges(unit: &Unit, which: &Which) -> Vec<usize> {
+    let Some(rec) = &unit.relink else {
+        return Vec::new();
+    };
+    let mut segs: Vec<usize> = rec
+        .edges
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| which.selects(*k))
+        .map(|(_, e)| usize::from(e.segment))
+        .filter(|&s| unit.segments.get(s).is_some_and(|&(_, n)| n > 0))
+        .collect();
+    segs.sort_unstable();
+    segs.dedup();
+    segs
+}
+
+fn not_rewritable(unit: u64, addr: u64) -> Error {
+    Error::Usage(format!(
+        "{}: its segment at {addr:#x} is not in slab memory: its edges cannot be written again",
+        UnitId(unit)
+    ))
+}
+
+/// Memory of executor slabs read into the controller to apply edges, and written back where it
+/// changed: one span per (slab, region), covering the segments added.
+#[derive(Default)]
+struct Spans {
+    groups: Vec<Span>,
+}
+
+struct Span {
+    slab: SlabId,
+    region: usize,
+    start: u64,
+    end: u64,
+    /// The segments added: only their bytes are compared and written back.
+    segments: Vec<(u64, u64)>,
+    bytes: Vec<u8>,
+    read: Vec<u8>,
+}
+
+/// Changed bytes closer than this are written as one range (the bytes between are rewritten
+/// with what they hold; always inside one segment).
+const COALESCE: usize = 16;
+
+impl Spans {
+    fn add(&mut self, slab: SlabId, region: usize, addr: u64, len: u64) {
+        let end = addr + len;
+        match self
+            .groups
+            .iter_mut()
+            .find(|g| g.slab == slab && g.region == region)
+        {
+            Some(g) => {
+                g.start = g.start.min(addr);
+                g.end = g.end.max(end);
+                g.segments.push((addr, len));
+            }
+            None => self.groups.push(Span {
+                slab,
+                region,
+                start: addr,
+                end,
+                segments: vec![(addr, len)],
+                bytes: Vec::new(),
+                read: Vec::new(),
+            }),
+        }
+    }
+
+    /// Read every span: at once, or (if part of it is busy, e.g. a unit being linked there)
+    /// segment by segment.
+    fn read(&mut self, ex: &dyn kiln_target::Executor) -> Result<()> {
+        for g in &mut self.groups {
+            g.segments.sort_unstable();
+            g.segments.dedup();
+            let len = g.end - g.start;
+            g.bytes = match ex.read_memory(ExecutorAddr(g.start), len) {
+                Ok(b) => b,
+                Err(_) => {
+                    let mut b = vec![0u8; len as usize];
+                    for &(a, n) in &g.segments {
+                        let at = (a - g.start) as usize;
+                        let part = ex.read_memory(ExecutorAddr(a), n)?;
+                        b[at..at + n as usize].copy_from_slice(&part);
+                    }
+                    b
+                }
+            };
+            g.read = g.bytes.clone();
+        }
+        Ok(())
+    }
+
+    /// One slice per segment of a unit (empty for a segment no span covers).
+    fn slices(&mut self, segments: &[(u64, u64)]) -> Vec<&mut [u8]> {
+        let mut out: Vec<&mut [u8]> = segments.iter().map(|_| Default::default()).collect();
+        for g in &mut self.groups {
+            // A unit's segments lie in different regions: at most one per span.
+            let Some(i) = segments
+                .iter()
+                .position(|&(a, n)| n > 0 && g.start <= a && a + n <= g.end)
+            else {
+                continue;
+            };
+            let (a, n) = segments[i];
+            let at = (a - g.start) as usize;
+            out[i] = &mut g.bytes[at..at + n as usize];
+        }
+        out
+    }
+
+    /// Write the changed bytes of the added segments: one `write_live` per slab.
+    fn write_changes(&self, ex: &dyn kiln_target::Executor) -> Result<()> {
+        let mut slabs: Vec<SlabId> = self.groups.iter().map(|g| g.slab).collect();
+        slabs.sort_unstable_by_key(|s| s.0);
+        slabs.dedup();
+        let mut result = Ok(());
+        for slab in slabs {
+            let mut writes = Vec::new();
+            for g in self.groups.iter().filter(|g| g.slab == slab) {
+                for &(a, n) in &g.segments {
+                    let at = (a - g.start) as usize;
+                    let range = at..at + n as usize;
+                    for (s, e) in changed_runs(&g.read[range.clone()], &g.bytes[range]) {
+                        writes.push(SlabWrite::Bytes(
+                            ExecutorAddr(a + s as u64),
+                            &g.bytes[at + s..at + e],
+                        ));
+                    }
+                }
+            }
+            if !writes.is_empty() {
+                if let Err(e) = ex.write_live(slab, &writes) {
+                    result = result.and(Err(Error::Target(e)));
+                }
+            }
+        }
+        result
+    }
+}
+
+/// The ranges where `new` differs from `old`, merged when less than [`COALESCE`] bytes apart.
+fn changed_runs(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < new.len() {
+        if old[i] == new[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < new.len() && old[i] != new[i] {
+            i += 1;
+        }
+        match runs.last_mut() {
+            Some(last) if start - last.1 < COALESCE => last.1 = i,
+            _ => runs.push((start, i)),
+        }
+    }
+    runs
 }
 
 /// After a redefinition: the edges of other units that now reach `new` name it as their
