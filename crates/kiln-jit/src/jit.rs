@@ -3,10 +3,10 @@
 use crate::error::{Error, Result};
 use crate::graph::{JitGraph, SiteKind};
 use crate::zone::{Region, Zone, ZoneConfig};
-use kiln::{ScopeId, Session, UnitId, UnitOptions};
+use kiln::{Inputs, ScopeId, Session, UnitId, UnitOptions};
 use kiln_target::ExecutorAddr;
 use rustc_hash::FxHashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// Which region of the zone a unit goes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,6 +50,37 @@ pub(crate) struct ZoneUnit {
     pub region: RegionKind,
     pub sites: Vec<Site>,
     pub heap_refs: Vec<HeapRef>,
+    /// What kiln-jit wrote into the unit's fields since it was linked, by field address.
+    pub written: FxHashMap<u64, Written>,
+}
+
+/// A value kiln-jit wrote into a field of a zone unit (a retargeted site, a guard key, an updated
+/// heap reference). The unit's relink record does not know it: when code moves, kiln applies the
+/// unit's edges again as linked, and compaction then writes these again at the fields' new places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub kind: SiteKind,
+    pub value: WrittenValue,
+}
+
+/// A field kiln-jit wrote, after code moved (see [`Jit::relocate_fields`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MovedField {
+    pub unit: UnitId,
+    /// The field's address now.
+    pub at: u64,
+    pub written: Written,
+    /// Whether the field or the code its value points into moved.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WrittenValue {
+    /// An address the field reaches (a call's target, a slot's pointer): it follows the code it
+    /// points into.
+    Target(u64),
+    /// A value that is not a code address (a guard key, a heap reference): kept as it is.
+    Value(u64),
 }
 
 /// The JIT layer over one session: a code zone, the units in it, and the operations that change
@@ -60,6 +91,9 @@ pub struct Jit {
     zone: Zone,
     scope: ScopeId,
     pub(crate) units: Mutex<FxHashMap<UnitId, ZoneUnit>>,
+    /// Held for writing while a compaction moves code; for reading by whatever writes fields at
+    /// addresses it looked up (sites, heap references) or removes units.
+    pub(crate) moving: RwLock<()>,
 }
 
 impl Jit {
@@ -79,6 +113,7 @@ impl Jit {
             session,
             zone,
             units: Mutex::default(),
+            moving: RwLock::default(),
         })
     }
 
@@ -111,6 +146,11 @@ impl Jit {
         self.units.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Code does not move while this is held (see [`Jit::compact`]).
+    pub(crate) fn code_stays(&self) -> RwLockReadGuard<'_, ()> {
+        self.moving.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Link `graph` into `region`, and find its sites and heap references.
     pub fn link(&self, region: RegionKind, graph: &JitGraph) -> Result<Linked> {
         check_annotations(graph)?;
@@ -126,6 +166,7 @@ impl Jit {
                     region,
                     sites: sites.clone(),
                     heap_refs: heap_refs.clone(),
+                    written: FxHashMap::default(),
                 };
                 self.units().insert(unit, record);
                 Ok(Linked {
@@ -140,6 +181,34 @@ impl Jit {
                 Err(e)
             }
         }
+    }
+
+    /// Link an ELF relocatable object into `region` (a runtime routine written in C, a method a
+    /// compiler emitted as an object): everything kiln does for an object (its `.eh_frame`,
+    /// debug info for gdb, perf) works in the zone. Objects declare no sites or heap
+    /// references.
+    pub fn link_object(&self, region: RegionKind, name: &str, bytes: Vec<u8>) -> Result<Linked> {
+        let options = UnitOptions {
+            scope: self.scope,
+            memory: Some(self.region(region).code_memory()),
+            relink: region == RegionKind::Method,
+        };
+        let mut inputs = Inputs::new();
+        inputs.add_object(name, bytes);
+        let unit = self.session.link_inputs_with(&inputs, &options)?;
+        let record = ZoneUnit {
+            region,
+            sites: Vec::new(),
+            heap_refs: Vec::new(),
+            written: FxHashMap::default(),
+        };
+        self.units().insert(unit, record);
+        Ok(Linked {
+            unit,
+            region,
+            sites: Vec::new(),
+            heap_refs: Vec::new(),
+        })
     }
 
     /// The addresses of a linked graph's sites and heap references.
@@ -208,52 +277,33 @@ impl Jit {
     /// its address. One atomic store: threads running through the site go to the old or the
     /// new target, never elsewhere.
     pub fn retarget(&self, site: &Site, target: ExecutorAddr) -> Result<()> {
-        let bytes = match site.kind {
-            SiteKind::Rel32 => {
-                let next = site.addr.0 as i128 + 4;
-                let rel = i32::try_from(target.0 as i128 - next).map_err(|_| {
-                    Error::Stale(format!(
-                        "{target} is out of reach of the call site at {} (more than 2 GiB away)",
-                        site.addr
-                    ))
-                })?;
-                rel.to_le_bytes().to_vec()
-            }
-            SiteKind::Abs64 => target.0.to_le_bytes().to_vec(),
-            SiteKind::Imm32 => {
-                return Err(Error::Stale(format!(
-                    "the site at {} is an immediate, not a target: set_value",
-                    site.addr
-                )))
-            }
-        };
-        self.store(site, &bytes)
+        if site.kind == SiteKind::Imm32 {
+            return Err(Error::Stale(format!(
+                "the site at {} is an immediate, not a target: set_value",
+                site.addr
+            )));
+        }
+        self.store(site, WrittenValue::Target(target.0))
     }
 
     /// Set an immediate or slot site's value (an inline cache's guard key), atomically.
     pub fn set_value(&self, site: &Site, value: u64) -> Result<()> {
-        let bytes = match site.kind {
-            SiteKind::Abs64 => value.to_le_bytes().to_vec(),
-            SiteKind::Imm32 => u32::try_from(value)
-                .map_err(|_| {
-                    Error::Stale(format!(
-                        "{value:#x} does not fit the 32-bit site at {}",
-                        site.addr
-                    ))
-                })?
-                .to_le_bytes()
-                .to_vec(),
-            SiteKind::Rel32 => {
-                return Err(Error::Stale(format!(
-                    "the site at {} is a call: retarget it",
-                    site.addr
-                )))
-            }
-        };
-        self.store(site, &bytes)
+        if site.kind == SiteKind::Rel32 {
+            return Err(Error::Stale(format!(
+                "the site at {} is a call: retarget it",
+                site.addr
+            )));
+        }
+        self.store(site, WrittenValue::Value(value))
     }
 
-    fn store(&self, site: &Site, bytes: &[u8]) -> Result<()> {
+    fn store(&self, site: &Site, value: WrittenValue) -> Result<()> {
+        let written = Written {
+            kind: site.kind,
+            value,
+        };
+        let bytes = written.encode(site.addr.0)?;
+        let _stays = self.code_stays();
         let live = self
             .units()
             .get(&site.unit)
@@ -264,11 +314,52 @@ impl Jit {
                 site.addr
             )));
         }
-        Ok(self.session.patch(site.addr, bytes)?)
+        self.session.patch(site.addr, &bytes)?;
+        if let Some(u) = self.units().get_mut(&site.unit) {
+            u.written.insert(site.addr.0, written);
+        }
+        Ok(())
+    }
+
+    /// After code moved (`to_new` gives each old address its new one): the sites and heap
+    /// references of every zone unit at their new addresses, and what kiln-jit wrote into
+    /// fields (retargeted sites, set values, updated heap references) at their new places, with
+    /// targets that moved followed, for the caller to write again. Whatever in kiln-jit keeps
+    /// field addresses learns of moves here.
+    pub(crate) fn relocate_fields(&self, to_new: &dyn Fn(u64) -> u64) -> Vec<MovedField> {
+        let mut out = Vec::new();
+        for (&unit, u) in self.units().iter_mut() {
+            for s in &mut u.sites {
+                s.addr = ExecutorAddr(to_new(s.addr.0));
+            }
+            for h in &mut u.heap_refs {
+                h.addr = ExecutorAddr(to_new(h.addr.0));
+            }
+            let mut written = FxHashMap::default();
+            for (old_at, mut w) in u.written.drain() {
+                let at = to_new(old_at);
+                let mut changed = at != old_at;
+                if let WrittenValue::Target(t) = &mut w.value {
+                    let now = to_new(*t);
+                    changed |= now != *t;
+                    *t = now;
+                }
+                written.insert(at, w);
+                out.push(MovedField {
+                    unit,
+                    at,
+                    written: w,
+                    changed,
+                });
+            }
+            u.written = written;
+        }
+        out
     }
 
     /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
     pub fn remove(&self, unit: UnitId) -> Result<()> {
+        let _stays = self.code_stays();
         self.session.remove(unit)?;
         self.units().remove(&unit);
         Ok(())
@@ -328,4 +419,27 @@ fn check_annotations(g: &JitGraph) -> Result<()> {
         });
     }
     Ok(())
+}
+
+impl Written {
+    /// The bytes of the field at `addr` holding this value.
+    pub(crate) fn encode(&self, addr: u64) -> Result<Vec<u8>> {
+        let out_of_range = |what: String| Error::Stale(format!("{what} (the field at {addr:#x})"));
+        Ok(match (self.kind, self.value) {
+            (SiteKind::Rel32, WrittenValue::Target(t) | WrittenValue::Value(t)) => {
+                let next = i128::from(addr) + 4;
+                let rel = i32::try_from(i128::from(t) - next).map_err(|_| {
+                    out_of_range(format!("{t:#x} is more than 2 GiB away from the call"))
+                })?;
+                rel.to_le_bytes().to_vec()
+            }
+            (SiteKind::Abs64, WrittenValue::Target(v) | WrittenValue::Value(v)) => {
+                v.to_le_bytes().to_vec()
+            }
+            (SiteKind::Imm32, WrittenValue::Target(v) | WrittenValue::Value(v)) => u32::try_from(v)
+                .map_err(|_| out_of_range(format!("{v:#x} does not fit 32 bits")))?
+                .to_le_bytes()
+                .to_vec(),
+        })
+    }
 }

@@ -35,11 +35,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod compact;
 mod error;
 mod graph;
+mod heaprefs;
 mod jit;
 mod zone;
 
+pub use compact::{CompactionReport, MoveMap, PinReason, RangeMove, Verdict};
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
 pub use jit::{HeapRef, Jit, Linked, RegionKind, Site};

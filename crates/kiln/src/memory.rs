@@ -259,6 +259,21 @@ impl SlabAllocator {
         Ok(())
     }
 
+    /// The free ranges of `region` of slab `id`, by address: what a compaction may use (the
+    /// rest is held by units, or by links in progress that allocated and have not published).
+    pub fn free_ranges(&self, id: SlabId, region: usize) -> Result<Vec<(u64, u64)>> {
+        let s = self
+            .slabs
+            .iter()
+            .find(|s| s.info.id == id)
+            .ok_or_else(|| Error::Usage(format!("no slab {id:?} in this code memory")))?;
+        let free = s
+            .free
+            .get(region)
+            .ok_or_else(|| Error::Usage(format!("slab {id:?} has no region {region}")))?;
+        Ok(free.ranges.iter().map(|(&a, &n)| (a, n)).collect())
+    }
+
     /// The slab holding `addr`, if any.
     pub fn slab_of(&self, addr: ExecutorAddr) -> Option<SlabId> {
         self.slabs

@@ -9,12 +9,12 @@
 use super::relocate::moved_actions;
 use super::state::{State, Unit};
 use super::{write, Session, UnitId, UnitOptions};
-use rustc_hash::{FxHashMap, FxHashSet};
-use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::graph::InMemoryGraph;
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use kiln_target::{ExecutorAddr, SegmentMove, SlabId, SlabWrite};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What a move changes, per segment: (old address, new address, size).
@@ -130,12 +130,9 @@ impl Session {
             let addrs: Vec<u64> = unit.segments.iter().map(|s| s.0).collect();
             let which = &work[&u];
             let mut slices = spans.slices(&unit.segments);
-            let applied = rec.reapply(
-                &addrs,
-                &mut slices,
-                &|k| which.selects(k),
-                &|t| target_address(st, u, &addrs, t),
-            );
+            let applied = rec.reapply(&addrs, &mut slices, &|k| which.selects(k), &|t| {
+                target_address(st, u, &addrs, t)
+            });
             if let Err((k, e)) = applied {
                 result = result.and(Err(Error::Usage(format!(
                     "{}: edge {k} of its relink record: {e}",
@@ -440,7 +437,11 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
         .collect();
     for (k, m) in plan.iter().enumerate() {
         let end = m.to.checked_add(m.len).ok_or_else(|| {
-            Error::Usage(format!("{}: destination {:#x} overflows", UnitId(m.unit), m.to))
+            Error::Usage(format!(
+                "{}: destination {:#x} overflows",
+                UnitId(m.unit),
+                m.to
+            ))
         })?;
         if plan.get(k + 1).is_some_and(|n| n.to < end) {
             return Err(Error::Usage(format!(
