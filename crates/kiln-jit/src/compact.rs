@@ -20,6 +20,7 @@ use crate::HeapRef;
 use kiln::UnitId;
 use kiln_target::{ExecutorAddr, SlabWrite};
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::time::{Duration, Instant};
 
 /// What the VM says of a compiled unit at a compaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,6 +125,29 @@ pub struct CompactionReport {
     /// The largest free range of each part after compaction.
     pub largest_free: [u64; 3],
     pub map: MoveMap,
+    /// Where the time went.
+    pub times: CompactionTimes,
+}
+
+/// How long each step of a compaction took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompactionTimes {
+    /// Asking the verdicts and checking them (users of dropped units).
+    pub verdicts: Duration,
+    /// Removing the dropped units.
+    pub drop: Duration,
+    /// Deciding where everything goes.
+    pub layout: Duration,
+    /// Moving (bytes, edges, registrations: [`kiln::Session::move_units`]).
+    pub moves: Duration,
+    /// Rebuilding the free lists, filling freed code, writing kiln-jit's fields again.
+    pub finish: Duration,
+}
+
+impl CompactionTimes {
+    pub fn total(&self) -> Duration {
+        self.verdicts + self.drop + self.layout + self.moves + self.finish
+    }
 }
 
 impl CompactionReport {
@@ -177,6 +201,12 @@ impl Jit {
     /// in pinned units or the fixed region); other threads may link, and what they are linking
     /// stays where it is.
     pub fn compact(&self, mut verdict: impl FnMut(UnitId) -> Verdict) -> Result<CompactionReport> {
+        let mut clock = Instant::now();
+        let mut lap = |d: &mut Duration| {
+            let now = Instant::now();
+            *d = now - clock;
+            clock = now;
+        };
         let mut asked: Vec<UnitId> = self
             .units()
             .iter()
@@ -187,14 +217,19 @@ impl Jit {
         let verdicts: Vec<(UnitId, Verdict)> = asked.iter().map(|&u| (u, verdict(u))).collect();
         let _moving = self.moving.write().unwrap_or_else(|e| e.into_inner());
         let mut report = CompactionReport::default();
+        let mut times = CompactionTimes::default();
         let candidates = self.candidates(&verdicts, &mut report)?;
         let memory = self.zone().method().memory.clone();
         report.used_before = self.used(&memory.lock())?;
+        lap(&mut times.verdicts);
         let dropped = self.drop_units(&candidates, &mut report)?;
+        lap(&mut times.drop);
         let mut alloc = memory.lock();
         let parts = self.layout(&alloc, &candidates)?;
         let moves = plan_unit_moves(&candidates, &parts);
+        lap(&mut times.layout);
         let moved = self.session().move_units(&moves);
+        lap(&mut times.moves);
         // Whatever happened, the tables follow what is where now.
         let rebuilt = self.rebuild_free_lists(&mut alloc, &parts, &candidates, &mut report);
         drop(alloc);
@@ -204,6 +239,8 @@ impl Jit {
         units.dedup();
         report.moved = units;
         let rewritten = self.rewrite_fields(&report);
+        lap(&mut times.finish);
+        report.times = times;
         moved?;
         rebuilt?;
         rewritten?;
@@ -248,51 +285,49 @@ impl Jit {
         MoveMap { moved, dropped }
     }
 
-    /// The method units with their segments and verdicts, forced pins applied, drops checked.
+    /// The method units with their segments and verdicts, forced pins applied, sites into
+    /// dropped units checked.
     fn candidates(
         &self,
         verdicts: &[(UnitId, Verdict)],
         report: &mut CompactionReport,
     ) -> Result<Vec<Candidate>> {
-        let s = self.session();
-        let mut out = Vec::new();
-        for &(unit, v) in verdicts {
+        let units: Vec<UnitId> = verdicts.iter().map(|v| v.0).collect();
+        let infos = self.session().relocation_info(&units);
+        let mut out = Vec::with_capacity(verdicts.len());
+        for (&(unit, v), info) in verdicts.iter().zip(infos) {
             // Removed behind kiln-jit's back: forget it.
-            let Ok(segments) = s.unit_segments(unit) else {
+            let Some(info) = info else {
                 self.units().remove(&unit);
                 continue;
             };
-            let rec = s.relink_record(unit);
-            let mut verdict = v;
-            if v != Verdict::Drop {
-                let pin = if v == Verdict::Pin {
-                    Some(PinReason::Verdict)
-                } else if !rec.as_ref().is_some_and(|r| r.movable) {
-                    Some(PinReason::CannotMove)
-                } else {
-                    s.dependents(unit)?
-                        .into_iter()
-                        .find(|d| s.relink_record(*d).is_none())
-                        .map(PinReason::UsedWithoutRelink)
-                };
-                if let Some(why) = pin {
-                    verdict = Verdict::Pin;
+            let pin = match v {
+                Verdict::Drop => None,
+                Verdict::Pin => Some(PinReason::Verdict),
+                Verdict::Keep if !info.movable => Some(PinReason::CannotMove),
+                Verdict::Keep => info.fixed_user.map(PinReason::UsedWithoutRelink),
+            };
+            let verdict = match pin {
+                Some(why) => {
                     report.pinned.push((unit, why));
+                    Verdict::Pin
                 }
-            }
+                None => v,
+            };
             out.push(Candidate {
                 unit,
-                segments: segments.iter().map(|(a, n)| (a.0, *n)).collect(),
-                aligns: rec.map(|r| r.aligns.clone()).unwrap_or_default(),
+                segments: info.segments.iter().map(|(a, n)| (a.0, *n)).collect(),
+                aligns: info.aligns,
                 verdict,
             });
         }
-        self.check_drops(&out)?;
+        self.check_sites_into_drops(&out)?;
         Ok(out)
     }
 
-    /// Every user of a dropped unit is dropped too.
-    fn check_drops(&self, candidates: &[Candidate]) -> Result<()> {
+    /// No site kiln-jit pointed into a dropped unit lies in a unit that stays. (Units that bind
+    /// to a dropped one are refused by the session when it removes them.)
+    fn check_sites_into_drops(&self, candidates: &[Candidate]) -> Result<()> {
         let dropping: FxHashSet<UnitId> = candidates
             .iter()
             .filter(|c| c.verdict == Verdict::Drop)
@@ -301,20 +336,13 @@ impl Jit {
         if dropping.is_empty() {
             return Ok(());
         }
-        let mut users: FxHashMap<UnitId, Vec<UnitId>> = FxHashMap::default();
-        for &u in &dropping {
-            for d in self.session().dependents(u)? {
-                if !dropping.contains(&d) {
-                    users.entry(u).or_default().push(d);
-                }
-            }
-        }
-        // Sites kiln-jit pointed into a dropped unit, from units that stay.
-        let ranges: Vec<(u64, u64, UnitId)> = candidates
+        let mut ranges: Vec<(u64, u64, UnitId)> = candidates
             .iter()
             .filter(|c| c.verdict == Verdict::Drop)
             .flat_map(|c| c.segments.iter().map(move |&(a, n)| (a, a + n, c.unit)))
             .collect();
+        ranges.sort_unstable();
+        let mut users: FxHashMap<UnitId, Vec<UnitId>> = FxHashMap::default();
         for (&from, zu) in self.units().iter() {
             if dropping.contains(&from) {
                 continue;
@@ -323,8 +351,10 @@ impl Jit {
                 let WrittenValue::Target(t) = w.value else {
                     continue;
                 };
-                if let Some(&(_, _, target)) = ranges.iter().find(|(a, e, _)| *a <= t && t < *e) {
-                    users.entry(target).or_default().push(from);
+                if let Some(&(_, end, target)) = last_at_or_below(&ranges, t, |r| r.0) {
+                    if t < end {
+                        users.entry(target).or_default().push(from);
+                    }
                 }
             }
         }
@@ -337,26 +367,37 @@ impl Jit {
         Err(Error::InUse { unit, users: list })
     }
 
-    /// Remove the dropped units, users first (newest first: a unit binds only to older ones).
+    /// Remove the dropped units, all at once (the session refuses, before removing anything,
+    /// if a unit that stays binds to one of them). Returns their segments.
     fn drop_units(
         &self,
         candidates: &[Candidate],
         report: &mut CompactionReport,
     ) -> Result<Vec<(u64, u64)>> {
-        let mut dropping: Vec<&Candidate> = candidates
+        let dropping: Vec<&Candidate> = candidates
             .iter()
             .filter(|c| c.verdict == Verdict::Drop)
             .collect();
-        dropping.sort_unstable_by_key(|c| std::cmp::Reverse(c.unit));
-        let mut ranges = Vec::new();
-        for c in dropping {
-            self.session().remove(c.unit)?;
-            self.units().remove(&c.unit);
-            report.dropped.push(c.unit);
-            ranges.extend(c.segments.iter().filter(|s| s.1 > 0).copied());
+        let ids: Vec<UnitId> = dropping.iter().map(|c| c.unit).collect();
+        match self.session().remove_units(&ids) {
+            Err(kiln::Error::HasDependents { unit, dependents }) => {
+                return Err(Error::InUse {
+                    unit,
+                    users: dependents,
+                })
+            }
+            r => r?,
         }
+        let mut units = self.units();
+        for c in &dropping {
+            units.remove(&c.unit);
+        }
+        report.dropped = ids;
         report.dropped.sort_unstable();
-        Ok(ranges)
+        Ok(dropping
+            .iter()
+            .flat_map(|c| c.segments.iter().filter(|s| s.1 > 0).copied())
+            .collect())
     }
 }
 

@@ -42,7 +42,7 @@ mod heaprefs;
 mod jit;
 mod zone;
 
-pub use compact::{CompactionReport, MoveMap, PinReason, RangeMove, Verdict};
+pub use compact::{CompactionReport, CompactionTimes, MoveMap, PinReason, RangeMove, Verdict};
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
 pub use jit::{HeapRef, Jit, Linked, RegionKind, Site};

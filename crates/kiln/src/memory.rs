@@ -200,14 +200,23 @@ impl SlabAllocator {
     /// Return ranges; freed code is overwritten with `int3` first, so that a stale call into it
     /// traps instead of running whatever comes next.
     pub fn free(&mut self, ex: &dyn Executor, ranges: &[SlabRange]) {
+        // One write per slab, not per range.
+        let mut poison: Vec<(SlabId, Vec<SlabWrite>)> = Vec::new();
         for r in ranges {
             let Some(s) = self.slabs.iter_mut().find(|s| s.info.id == r.slab) else {
                 continue;
             };
             if r.region == 0 && r.size > 0 {
-                let _ = ex.write_slab(r.slab, &[SlabWrite::Fill(r.addr, r.size, 0xcc)]);
+                let fill = SlabWrite::Fill(r.addr, r.size, 0xcc);
+                match poison.iter_mut().find(|(id, _)| *id == r.slab) {
+                    Some((_, w)) => w.push(fill),
+                    None => poison.push((r.slab, vec![fill])),
+                }
             }
             s.free[r.region].free(r.addr.0, r.size);
+        }
+        for (slab, writes) in poison {
+            let _ = ex.write_slab(slab, &writes);
         }
     }
 

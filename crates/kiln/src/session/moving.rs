@@ -64,26 +64,23 @@ impl Session {
     pub fn move_units(&self, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<()> {
         let mut st = write(&self.state);
         let plan = plan_moves(&st, moves)?;
-        // 1. The bytes, segment by segment in destination order. The executor undoes a unit's
-        //    registrations when its first segment moves; they come back in step 4.
-        let mut done = 0;
-        let mut first_error = None;
-        for m in &plan {
-            let alloc = st.unit(UnitId(m.unit))?.alloc;
-            let one = [SegmentMove {
-                from: ExecutorAddr(m.from),
-                to: ExecutorAddr(m.to),
-                len: m.len,
-            }];
-            if let Err(e) = self.executor.move_allocation(alloc, &one, Vec::new()) {
-                if matches!(e, kiln_target::Error::AfterMove { .. }) {
-                    done += 1;
-                }
-                first_error = Some(Error::Target(e));
-                break;
-            }
-            done += 1;
-        }
+        // 1. The bytes, segment by segment in destination order, the cores serialized once.
+        //    The executor undoes a unit's registrations when its first segment moves; they come
+        //    back in step 4.
+        let segment_moves = plan
+            .iter()
+            .map(|m| {
+                let alloc = st.unit(UnitId(m.unit))?.alloc;
+                let to = SegmentMove {
+                    from: ExecutorAddr(m.from),
+                    to: ExecutorAddr(m.to),
+                    len: m.len,
+                };
+                Ok((alloc, to))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (done, executed) = self.executor.move_allocations(&segment_moves);
+        let first_error = executed.err().map(Error::Target);
         // 2. The tables: the units whose segments moved, at their new places.
         let moved = moved_units(&st, &plan[..done])?;
         relocate_tables(&mut st, &moved);
@@ -96,6 +93,74 @@ impl Session {
             Some(e) => Err(e),
             None => edges.and(registered),
         }
+    }
+
+    /// What a compaction needs to know of each of `units`, under one lock: where its segments
+    /// are and what alignment they need, whether [`Session::move_units`] can move it, and
+    /// whether a unit that binds to it references it in a way a move cannot rewrite (a unit
+    /// without relink records, or not in slab memory). `None` for a unit that does not live.
+    pub fn relocation_info(&self, units: &[UnitId]) -> Vec<Option<RelocationInfo>> {
+        let st = super::read(&self.state);
+        units
+            .iter()
+            .map(|&unit| {
+                let u = st.units.get(&unit.0)?;
+                let rewritable = |d: &u64| {
+                    st.units
+                        .get(d)
+                        .is_some_and(|v| v.relink.is_some() && v.memory.is_some())
+                };
+                Some(RelocationInfo {
+                    segments: u
+                        .segments
+                        .iter()
+                        .map(|&(a, n)| (ExecutorAddr(a), n))
+                        .collect(),
+                    aligns: u
+                        .relink
+                        .as_ref()
+                        .map(|r| r.aligns.clone())
+                        .unwrap_or_default(),
+                    movable: u.memory.is_some()
+                        && u.link_actions.is_some()
+                        && u.relink.as_ref().is_some_and(|r| r.movable),
+                    fixed_user: u
+                        .dependents
+                        .iter()
+                        .find(|d| !rewritable(d))
+                        .map(|&d| UnitId(d)),
+                })
+            })
+            .collect()
+    }
+
+    /// The bytes the session keeps so that `unit` can move and its edges be applied again:
+    /// its relink record, its finalize actions as linked (registered again at the new place),
+    /// and its share of the lists of incoming edges (each edge of another unit into it).
+    /// Counted as held (vectors' capacities, strings and byte buffers included).
+    pub fn relink_bytes(&self, unit: UnitId) -> Result<RelinkBytes> {
+        use std::mem::size_of;
+        let st = super::read(&self.state);
+        let u = st.unit(unit)?;
+        let mut b = RelinkBytes::default();
+        if let Some(rec) = &u.relink {
+            b.edges = (rec.edges.capacity() * size_of::<crate::link::relink::RelinkEdge>()) as u64;
+            b.record = (size_of::<RelinkRecord>()
+                + rec.segments.capacity() * size_of::<(u8, u64, u64)>()
+                + rec.aligns.capacity() * size_of::<u64>()) as u64
+                + b.edges;
+        }
+        if let Some(actions) = &u.link_actions {
+            b.actions = (actions.capacity() * size_of::<kiln_target::ActionPair>()) as u64
+                + actions
+                    .iter()
+                    .flat_map(|p| [&p.finalize, &p.dealloc])
+                    .flatten()
+                    .map(action_heap_bytes)
+                    .sum::<u64>();
+        }
+        b.incoming = (u.incoming.capacity() * size_of::<(u64, u32)>()) as u64;
+        Ok(b)
     }
 
     /// Apply again the edges that moving `moved` changed: every edge of the moved units, and
@@ -152,6 +217,9 @@ impl Session {
             let (Some(rec), Some(actions)) = (&u.relink, &u.link_actions) else {
                 continue;
             };
+            if actions.is_empty() {
+                continue;
+            }
             // As linked → where it is now, and → where it was before this move.
             let from_linked = |segs: &[(u64, u64)]| {
                 Moves(
@@ -163,19 +231,11 @@ impl Session {
                 )
             };
             let (to_now, to_before) = (from_linked(&u.segments), from_linked(&m.before));
-            let old_code: Vec<(u64, u64)> = m
-                .before
-                .iter()
-                .zip(&rec.segments)
-                .filter(|(_, (slot, _, _))| *slot == 0)
-                .map(|(s, _)| *s)
-                .collect();
             let key = u.segments.iter().map(|s| s.0).min().unwrap_or(0);
             let again = moved_actions(
                 actions,
                 &|a| to_now.translate(a),
                 &|a| to_before.translate(a),
-                &old_code,
                 key,
             );
             if again.is_empty() {
@@ -384,6 +444,7 @@ struct SegmentPlan {
 fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<SegmentPlan>> {
     let mut seen = FxHashSet::default();
     let mut plan = Vec::new();
+    let mut rewritable = Rewritable::new(st);
     for (unit, to) in moves {
         if !seen.insert(unit.0) {
             return Err(Error::Usage(format!("{unit} is moved twice")));
@@ -405,15 +466,17 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
                 to.len()
             )));
         }
-        if let Some(&(from, _)) = u
-            .incoming
+        let incoming = u.incoming.iter().map(|(from, _)| from);
+        if let Some(&user) = u
+            .dependents
             .iter()
-            .find(|(from, _)| st.units.get(from).is_some_and(|v| v.memory.is_none()))
+            .chain(incoming)
+            .find(|d| !rewritable.get(d))
         {
             return Err(Error::Usage(format!(
-                "{unit} cannot move: {} references it from memory that is not a slab, whose \
-                 bytes cannot be written again",
-                UnitId(from)
+                "{unit} cannot move: {} references it and keeps no relink records (or is not \
+                 in slab memory): its references could not be written again",
+                UnitId(user)
             )));
         }
         for (seg, (&(from, len), to)) in u.segments.iter().zip(to).enumerate() {
@@ -480,6 +543,31 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
         }
     }
     Ok(plan)
+}
+
+/// Whether units' references can be written again after what they reference moved (they keep
+/// relink records and live in slab memory): asked of each user of each moving unit, memoized.
+struct Rewritable<'s> {
+    st: &'s State,
+    known: FxHashMap<u64, bool>,
+}
+
+impl<'s> Rewritable<'s> {
+    fn new(st: &'s State) -> Self {
+        Rewritable {
+            st,
+            known: FxHashMap::default(),
+        }
+    }
+
+    fn get(&mut self, unit: &u64) -> bool {
+        let st = self.st;
+        *self.known.entry(*unit).or_insert_with(|| {
+            st.units
+                .get(unit)
+                .is_some_and(|v| v.relink.is_some() && v.memory.is_some())
+        })
+    }
 }
 
 /// A unit some of whose segments moved: (address, size) of its segments before and after.
@@ -822,5 +910,56 @@ fn retarget_tables(
                 o.dependents.retain(|d| *d != f);
             }
         }
+    }
+}
+
+/// What [`Session::relocation_info`] says of a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelocationInfo {
+    /// (address, size) of each segment.
+    pub segments: Vec<(ExecutorAddr, u64)>,
+    /// The alignment each segment's start needs.
+    pub aligns: Vec<u64>,
+    /// Whether [`Session::move_units`] can move it (relink records, slab memory, no TLS).
+    pub movable: bool,
+    /// A unit that binds to it and whose references a move cannot rewrite, if any: while it
+    /// lives, this unit must stay where it is.
+    pub fixed_user: Option<UnitId>,
+}
+
+/// What [`Session::relink_bytes`] counts, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelinkBytes {
+    /// The relink record, its edges included.
+    pub record: u64,
+    /// The record's edges alone.
+    pub edges: u64,
+    /// The finalize actions kept to register the unit again after a move (debug objects, perf
+    /// map lines, jitdump records, unwind info ranges).
+    pub actions: u64,
+    /// The unit's list of incoming edges (other units' edges that target it).
+    pub incoming: u64,
+}
+
+impl RelinkBytes {
+    pub fn total(&self) -> u64 {
+        self.record + self.actions + self.incoming
+    }
+}
+
+/// The heap bytes an action holds.
+fn action_heap_bytes(a: &kiln_target::Action) -> u64 {
+    use kiln_target::Action;
+    match a {
+        Action::RegisterGdbObjects { objects, .. } => objects
+            .iter()
+            .map(|o| (o.0.capacity() + std::mem::size_of::<kiln_target::Bytes>()) as u64)
+            .sum(),
+        Action::WritePerfMap { entries } => entries
+            .iter()
+            .map(|e| (e.name.capacity() + std::mem::size_of::<kiln_target::PerfMapEntry>()) as u64)
+            .sum(),
+        Action::WriteJitdump { dir, records } => (dir.capacity() + records.0.capacity()) as u64,
+        _ => 0,
     }
 }

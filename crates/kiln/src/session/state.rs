@@ -10,7 +10,7 @@ use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{AllocId, ExecutorAddr};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -324,6 +324,75 @@ impl State {
         Ok(unit)
     }
 
+    /// Take several units out of the tables at once, newest first (dependents before what they
+    /// use). Refused before anything changes if a unit outside `ids` binds to one of them, or a
+    /// link in progress does.
+    pub fn withdraw_all(&mut self, ids: &[u64]) -> Result<Vec<Unit>> {
+        let set = UnitSet::new(ids, self.next_unit);
+        let mut order: Vec<u64> = ids.to_vec();
+        order.sort_unstable();
+        order.dedup();
+        for &id in &order {
+            let unit = self.unit(UnitId(id))?;
+            if unit.pins.load(Ordering::Relaxed) > 0 {
+                return Err(Error::UnitInUse(UnitId(id)));
+            }
+            let mut outside: Vec<UnitId> = unit
+                .dependents
+                .iter()
+                .filter(|d| !set.contains(**d))
+                .map(|d| UnitId(*d))
+                .collect();
+            if !outside.is_empty() {
+                outside.sort_unstable();
+                return Err(Error::HasDependents {
+                    unit: UnitId(id),
+                    dependents: outside,
+                });
+            }
+        }
+        // Lists of units that stay name withdrawn ones: each is filtered once, at the end.
+        let mut deps_of: FxHashSet<u64> = FxHashSet::default();
+        let mut targets: FxHashSet<u64> = FxHashSet::default();
+        let mut out = Vec::with_capacity(order.len());
+        for &id in order.iter().rev() {
+            let Some(unit) = self.units.remove(&id) else {
+                continue;
+            };
+            let scope = &mut self.scopes[unit.scope.0 as usize];
+            for n in &unit.names {
+                scope.symbols.remove(n);
+            }
+            for &(addr, size) in &unit.segments {
+                if size > 0 {
+                    self.by_addr.remove(&addr);
+                }
+            }
+            deps_of.extend(unit.deps.iter().filter(|d| !set.contains(**d)));
+            if let Some(rec) = &unit.relink {
+                for e in &rec.edges {
+                    if let RelinkTarget::Unit { unit: t, .. } = e.target {
+                        if !set.contains(t.0) {
+                            targets.insert(t.0);
+                        }
+                    }
+                }
+            }
+            out.push(unit);
+        }
+        for d in deps_of {
+            if let Some(dep) = self.units.get_mut(&d) {
+                dep.dependents.retain(|x| !set.contains(*x));
+            }
+        }
+        for t in targets {
+            if let Some(t) = self.units.get_mut(&t) {
+                t.incoming.retain(|(from, _)| !set.contains(*from));
+            }
+        }
+        Ok(out)
+    }
+
     /// `id` and every unit that depends on it, directly or not, dependents first.
     pub fn with_dependents(&self, id: u64) -> Result<Vec<u64>> {
         self.unit(UnitId(id))?;
@@ -342,5 +411,26 @@ impl State {
         // A unit only binds to units that existed before it: newest first is dependents first.
         all.sort_unstable_by(|a, b| b.cmp(a));
         Ok(all)
+    }
+}
+
+/// A set of unit ids as a bitmap (ids are dense: they count up from 1).
+struct UnitSet(Vec<u64>);
+
+impl UnitSet {
+    fn new(ids: &[u64], next: u64) -> Self {
+        let mut bits = vec![0u64; (next as usize).div_ceil(64)];
+        for &id in ids {
+            if let Some(w) = bits.get_mut((id / 64) as usize) {
+                *w |= 1 << (id % 64);
+            }
+        }
+        UnitSet(bits)
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.0
+            .get((id / 64) as usize)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
