@@ -112,7 +112,10 @@ impl MapsWatch {
         self.stop.store(true, Ordering::Relaxed);
         let (seen, scans) = self.thread.join().unwrap();
         assert!(scans > 1, "the maps were scanned");
-        assert!(seen.is_empty(), "writable and executable mappings: {seen:?}");
+        assert!(
+            seen.is_empty(),
+            "writable and executable mappings: {seen:?}"
+        );
     }
 }
 
@@ -191,7 +194,11 @@ fn a_moving_gc_updates_the_code_and_the_code_sees_the_new_objects() {
         jit.link(RegionKind::Method, &filler(&format!("drop{i}")))
             .unwrap();
         let (name, g, objs) = match i % 3 {
-            0 => (format!("l64_{i}"), load64(&format!("l64_{i}"), heap.addr(i)), vec![i]),
+            0 => (
+                format!("l64_{i}"),
+                load64(&format!("l64_{i}"), heap.addr(i)),
+                vec![i],
+            ),
             1 => {
                 let name = format!("sum_{i}");
                 let g = sum64(&name, heap.addr(i), heap.addr(i + 30));
@@ -213,10 +220,7 @@ fn a_moving_gc_updates_the_code_and_the_code_sees_the_new_objects() {
     }
     let check = |heap: &Heap| {
         for (name, objs) in &expect {
-            let want: u64 = objs
-                .iter()
-                .map(|&i| heap.mem.load_u64(heap.at[&i]))
-                .sum();
+            let want: u64 = objs.iter().map(|&i| heap.mem.load_u64(heap.at[&i])).sum();
             assert_eq!(call(&s, name), want, "{name}");
         }
     };
@@ -226,9 +230,7 @@ fn a_moving_gc_updates_the_code_and_the_code_sees_the_new_objects() {
     assert_eq!(refs.len(), 7 + 2 * 7 + 6, "one per declared reference");
     for (r, v) in &refs {
         let valid = if r.width == 8 {
-            heap.at
-                .values()
-                .any(|&off| heap.base() + off as u64 == *v)
+            heap.at.values().any(|&off| heap.base() + off as u64 == *v)
         } else {
             heap.at.values().any(|&off| off as u64 == *v)
         };
