@@ -103,6 +103,30 @@ impl MoveMap {
     }
 }
 
+/// The segments that moved (`now`: where the survivors are, by candidate) and those dropped.
+fn moves_made(
+    candidates: &[Candidate],
+    now: &[Option<Vec<(u64, u64)>>],
+    mut dropped: Vec<(u64, u64)>,
+) -> MoveMap {
+    let mut moved = Vec::new();
+    for (c, now) in candidates.iter().zip(now) {
+        for (&(old, size), &(new, _)) in c.segments.iter().zip(now.iter().flatten()) {
+            if old != new && size > 0 {
+                moved.push(RangeMove {
+                    unit: c.unit,
+                    old: ExecutorAddr(old),
+                    new: ExecutorAddr(new),
+                    size,
+                });
+            }
+        }
+    }
+    moved.sort_unstable_by_key(|m| m.old.0);
+    dropped.sort_unstable();
+    MoveMap { moved, dropped }
+}
+
 /// The element of `sorted` with the greatest key at or below `key`.
 fn last_at_or_below<T>(sorted: &[T], key: u64, by: impl Fn(&T) -> u64) -> Option<&T> {
     let n = sorted.partition_point(|x| by(x) <= key);
@@ -231,9 +255,10 @@ impl Jit {
         let moved = self.session().move_units(&moves);
         lap(&mut times.moves);
         // Whatever happened, the tables follow what is where now.
-        let rebuilt = self.rebuild_free_lists(&mut alloc, &parts, &candidates, &mut report);
+        let now = self.segments_now(&candidates);
+        let rebuilt = self.rebuild_free_lists(&mut alloc, &parts, &now, &mut report);
         drop(alloc);
-        report.map = self.moves_made(&candidates, dropped);
+        report.map = moves_made(&candidates, &now, dropped);
         let mut units: Vec<UnitId> = report.map.moved.iter().map(|m| m.unit).collect();
         units.sort_unstable();
         units.dedup();
@@ -262,27 +287,18 @@ impl Jit {
         Ok(used)
     }
 
-    /// The segments that moved (from where the session says they are now) and those dropped.
-    fn moves_made(&self, candidates: &[Candidate], mut dropped: Vec<(u64, u64)>) -> MoveMap {
-        let mut moved = Vec::new();
-        for c in candidates.iter().filter(|c| c.verdict != Verdict::Drop) {
-            let Ok(now) = self.session().unit_segments(c.unit) else {
-                continue;
-            };
-            for (&(old, size), &(new, _)) in c.segments.iter().zip(&now) {
-                if old != new.0 && size > 0 {
-                    moved.push(RangeMove {
-                        unit: c.unit,
-                        old: ExecutorAddr(old),
-                        new,
-                        size,
-                    });
-                }
-            }
-        }
-        moved.sort_unstable_by_key(|m| m.old.0);
-        dropped.sort_unstable();
-        MoveMap { moved, dropped }
+    /// Where the segments of the units that were not dropped are now, by candidate.
+    fn segments_now(&self, candidates: &[Candidate]) -> Vec<Option<Vec<(u64, u64)>>> {
+        let units: Vec<UnitId> = candidates.iter().map(|c| c.unit).collect();
+        let infos = self.session().relocation_info(&units);
+        candidates
+            .iter()
+            .zip(infos)
+            .map(|(c, info)| {
+                let info = info.filter(|_| c.verdict != Verdict::Drop)?;
+                Some(info.segments.iter().map(|(a, n)| (a.0, *n)).collect())
+            })
+            .collect()
     }
 
     /// The method units with their segments and verdicts, forced pins applied, sites into
@@ -411,6 +427,8 @@ struct Part {
     fixed: Vec<(u64, u64)>,
     /// (piece id, new address) of the segments that may move.
     placed: Vec<((usize, usize), u64)>,
+    /// The end of the last range used before the compaction (dropped units included).
+    high: u64,
 }
 
 /// A segment to place: (unit index in the candidates, segment index), where it is, its size
@@ -454,11 +472,20 @@ impl Jit {
             pieces.sort_unstable_by_key(|p| p.old);
             // What stays: what is used that is not a segment that may move.
             let movable: Vec<(u64, u64)> = pieces.iter().map(|p| (p.old, p.old + p.size)).collect();
+            let high = candidates
+                .iter()
+                .flat_map(|c| c.segments.iter())
+                .filter(|(a, _)| start <= *a && *a < end)
+                .map(|(a, n)| a + n)
+                .chain(used.last().map(|u| u.1))
+                .max()
+                .unwrap_or(start);
             let mut part = Part {
                 start,
                 end,
                 fixed: subtract(&used, &movable),
                 placed: Vec::new(),
+                high,
             };
             slide(&mut part, &pieces);
             parts.push(part);
@@ -472,7 +499,7 @@ impl Jit {
         &self,
         alloc: &mut kiln::SlabAllocator,
         parts: &[Part],
-        candidates: &[Candidate],
+        now: &[Option<Vec<(u64, u64)>>],
         report: &mut CompactionReport,
     ) -> Result<()> {
         let region = self.zone().method();
@@ -481,16 +508,12 @@ impl Jit {
         for (r, part) in parts.iter().enumerate() {
             // Where everything is now, from the session (what moved, and what did not).
             let mut used: Vec<(u64, u64)> = part.fixed.iter().map(|&(a, e)| (a, e - a)).collect();
-            for c in candidates.iter().filter(|c| c.verdict != Verdict::Drop) {
-                let Ok(now) = s.unit_segments(c.unit) else {
-                    continue;
-                };
-                used.extend(
-                    now.iter()
-                        .filter(|(a, n)| *n > 0 && part.start <= a.0 && a.0 < part.end)
-                        .map(|(a, n)| (a.0, *n)),
-                );
-            }
+            used.extend(
+                now.iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|(a, n)| *n > 0 && part.start <= *a && *a < part.end),
+            );
             used.sort_unstable();
             used.dedup();
             alloc.rebuild_region(region.slab(), r, &used)?;
@@ -499,13 +522,7 @@ impl Jit {
             report.largest_free[r] = free.iter().map(|f| f.1).max().unwrap_or(0);
             if r == 0 {
                 // Only what was used before can hold stale code.
-                let high = part.fixed.iter().map(|f| f.1).max().unwrap_or(part.start);
-                let high = candidates
-                    .iter()
-                    .flat_map(|c| c.segments.iter())
-                    .filter(|(a, _)| part.start <= *a && *a < part.end)
-                    .map(|(a, n)| a + n)
-                    .fold(high, u64::max);
+                let high = part.high;
                 for &(a, n) in free.iter().filter(|(a, _)| *a < high) {
                     let n = n.min(high - a);
                     poison.push(SlabWrite::Fill(ExecutorAddr(a), n, 0xcc));
@@ -727,6 +744,7 @@ mod tests {
             end: 0x100,
             fixed: vec![(0x30, 0x40)],
             placed: Vec::new(),
+            high: 0xa0,
         };
         slide(&mut part, &pieces);
         // The first goes to 0, the second fits before the pin (0x20), the third goes after it.
@@ -738,6 +756,7 @@ mod tests {
             end: 0x100,
             fixed: vec![(0x20, 0x30)],
             placed: Vec::new(),
+            high: 0x88,
         };
         slide(&mut part, &pieces);
         assert_eq!(part.placed, [((1, 0), 0x30), ((2, 0), 0)]);

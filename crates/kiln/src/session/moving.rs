@@ -101,15 +101,11 @@ impl Session {
     /// without relink records, or not in slab memory). `None` for a unit that does not live.
     pub fn relocation_info(&self, units: &[UnitId]) -> Vec<Option<RelocationInfo>> {
         let st = super::read(&self.state);
+        let fixed = st.not_rewritable();
         units
             .iter()
             .map(|&unit| {
                 let u = st.units.get(&unit.0)?;
-                let rewritable = |d: &u64| {
-                    st.units
-                        .get(d)
-                        .is_some_and(|v| v.relink.is_some() && v.memory.is_some())
-                };
                 Some(RelocationInfo {
                     segments: u
                         .segments
@@ -127,7 +123,7 @@ impl Session {
                     fixed_user: u
                         .dependents
                         .iter()
-                        .find(|d| !rewritable(d))
+                        .find(|d| fixed.contains(**d))
                         .map(|&d| UnitId(d)),
                 })
             })
@@ -444,7 +440,7 @@ struct SegmentPlan {
 fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<SegmentPlan>> {
     let mut seen = FxHashSet::default();
     let mut plan = Vec::new();
-    let mut rewritable = Rewritable::new(st);
+    let fixed = st.not_rewritable();
     for (unit, to) in moves {
         if !seen.insert(unit.0) {
             return Err(Error::Usage(format!("{unit} is moved twice")));
@@ -471,7 +467,7 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
             .dependents
             .iter()
             .chain(incoming)
-            .find(|d| !rewritable.get(d))
+            .find(|d| fixed.contains(**d))
         {
             return Err(Error::Usage(format!(
                 "{unit} cannot move: {} references it and keeps no relink records (or is not \
@@ -543,31 +539,6 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
         }
     }
     Ok(plan)
-}
-
-/// Whether units' references can be written again after what they reference moved (they keep
-/// relink records and live in slab memory): asked of each user of each moving unit, memoized.
-struct Rewritable<'s> {
-    st: &'s State,
-    known: FxHashMap<u64, bool>,
-}
-
-impl<'s> Rewritable<'s> {
-    fn new(st: &'s State) -> Self {
-        Rewritable {
-            st,
-            known: FxHashMap::default(),
-        }
-    }
-
-    fn get(&mut self, unit: &u64) -> bool {
-        let st = self.st;
-        *self.known.entry(*unit).or_insert_with(|| {
-            st.units
-                .get(unit)
-                .is_some_and(|v| v.relink.is_some() && v.memory.is_some())
-        })
-    }
 }
 
 /// A unit some of whose segments moved: (address, size) of its segments before and after.
@@ -704,22 +675,29 @@ fn not_rewritable(unit: u64, addr: u64) -> Error {
 }
 
 /// Memory of executor slabs read into the controller to apply edges, and written back where it
-/// changed: one span per (slab, region), covering the segments added.
+/// changed: the segments added, read in runs (segments of one slab region less than
+/// [`READ_GAP`] apart are read with one call).
 #[derive(Default)]
 struct Spans {
-    groups: Vec<Span>,
+    /// (slab, region, address, size) of each segment added.
+    segments: Vec<(SlabId, usize, u64, u64)>,
+    /// The runs read, by address (runs of different regions never overlap).
+    runs: Vec<Run>,
 }
 
-struct Span {
+struct Run {
     slab: SlabId,
     region: usize,
     start: u64,
     end: u64,
-    /// The segments added: only their bytes are compared and written back.
+    /// The segments in the run: only their bytes are compared and written back.
     segments: Vec<(u64, u64)>,
     bytes: Vec<u8>,
     read: Vec<u8>,
 }
+
+/// Segments closer than this are read as one range.
+const READ_GAP: u64 = 4096;
 
 /// Changed bytes closer than this are written as one range (the bytes between are rewritten
 /// with what they hold; always inside one segment).
@@ -727,87 +705,100 @@ const COALESCE: usize = 16;
 
 impl Spans {
     fn add(&mut self, slab: SlabId, region: usize, addr: u64, len: u64) {
-        let end = addr + len;
-        match self
-            .groups
-            .iter_mut()
-            .find(|g| g.slab == slab && g.region == region)
-        {
-            Some(g) => {
-                g.start = g.start.min(addr);
-                g.end = g.end.max(end);
-                g.segments.push((addr, len));
-            }
-            None => self.groups.push(Span {
-                slab,
-                region,
-                start: addr,
-                end,
-                segments: vec![(addr, len)],
-                bytes: Vec::new(),
-                read: Vec::new(),
-            }),
-        }
+        self.segments.push((slab, region, addr, len));
     }
 
-    /// Read every span: at once, or (if part of it is busy, e.g. a unit being linked there)
-    /// segment by segment.
+    /// Read the runs: each at once, or (if part of it is busy, e.g. a unit being linked
+    /// there) segment by segment.
     fn read(&mut self, ex: &dyn kiln_target::Executor) -> Result<()> {
-        for g in &mut self.groups {
-            g.segments.sort_unstable();
-            g.segments.dedup();
-            let len = g.end - g.start;
-            g.bytes = match ex.read_memory(ExecutorAddr(g.start), len) {
+        self.segments.sort_unstable_by_key(|s| (s.0 .0, s.1, s.2));
+        self.segments.dedup();
+        for &(slab, region, addr, len) in &self.segments {
+            match self.runs.last_mut() {
+                Some(r) if r.slab == slab && r.region == region && addr <= r.end + READ_GAP => {
+                    r.end = r.end.max(addr + len);
+                    r.segments.push((addr, len));
+                }
+                _ => self.runs.push(Run {
+                    slab,
+                    region,
+                    start: addr,
+                    end: addr + len,
+                    segments: vec![(addr, len)],
+                    bytes: Vec::new(),
+                    read: Vec::new(),
+                }),
+            }
+        }
+        for r in &mut self.runs {
+            let len = r.end - r.start;
+            r.bytes = match ex.read_memory(ExecutorAddr(r.start), len) {
                 Ok(b) => b,
                 Err(_) => {
                     let mut b = vec![0u8; len as usize];
-                    for &(a, n) in &g.segments {
-                        let at = (a - g.start) as usize;
+                    for &(a, n) in &r.segments {
+                        let at = (a - r.start) as usize;
                         let part = ex.read_memory(ExecutorAddr(a), n)?;
                         b[at..at + n as usize].copy_from_slice(&part);
                     }
                     b
                 }
             };
-            g.read = g.bytes.clone();
+            r.read = r.bytes.clone();
         }
+        self.runs.sort_unstable_by_key(|r| r.start);
         Ok(())
     }
 
-    /// One slice per segment of a unit (empty for a segment no span covers).
+    /// One slice per segment of a unit (empty for a segment no run holds).
     fn slices(&mut self, segments: &[(u64, u64)]) -> Vec<&mut [u8]> {
         let mut out: Vec<&mut [u8]> = segments.iter().map(|_| Default::default()).collect();
-        for g in &mut self.groups {
-            // A unit's segments lie in different regions: at most one per span.
-            let Some(i) = segments
-                .iter()
-                .position(|&(a, n)| n > 0 && g.start <= a && a + n <= g.end)
-            else {
-                continue;
-            };
-            let (a, n) = segments[i];
-            let at = (a - g.start) as usize;
-            out[i] = &mut g.bytes[at..at + n as usize];
+        let mut wanted: Vec<(u64, u64, usize)> = segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.1 > 0)
+            .map(|(i, &(a, n))| (a, n, i))
+            .collect();
+        wanted.sort_unstable();
+        // Walk the runs and the wanted segments together, both by address.
+        let mut w = wanted.into_iter().peekable();
+        for r in &mut self.runs {
+            let mut rest: &mut [u8] = &mut r.bytes;
+            let mut at = r.start;
+            while let Some(&(a, n, i)) = w.peek() {
+                if a >= r.end {
+                    break;
+                }
+                w.next();
+                if a < at || a + n > r.end {
+                    continue;
+                }
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut((a - at) as usize);
+                let (seg, tail) = tail.split_at_mut(n as usize);
+                out[i] = seg;
+                rest = tail;
+                at = a + n;
+            }
         }
         out
     }
 
     /// Write the changed bytes of the added segments: one `write_live` per slab.
     fn write_changes(&self, ex: &dyn kiln_target::Executor) -> Result<()> {
-        let mut slabs: Vec<SlabId> = self.groups.iter().map(|g| g.slab).collect();
+        let mut slabs: Vec<SlabId> = self.runs.iter().map(|r| r.slab).collect();
         slabs.sort_unstable_by_key(|s| s.0);
         slabs.dedup();
         let mut result = Ok(());
         for slab in slabs {
             let mut writes = Vec::new();
-            for g in self.groups.iter().filter(|g| g.slab == slab) {
-                for &(a, n) in &g.segments {
-                    let at = (a - g.start) as usize;
+            for r in self.runs.iter().filter(|r| r.slab == slab) {
+                for &(a, n) in &r.segments {
+                    let at = (a - r.start) as usize;
                     let range = at..at + n as usize;
-                    for (s, e) in changed_runs(&g.read[range.clone()], &g.bytes[range]) {
+                    for (s, e) in changed_runs(&r.read[range.clone()], &r.bytes[range]) {
                         writes.push(SlabWrite::Bytes(
                             ExecutorAddr(a + s as u64),
-                            &g.bytes[at + s..at + e],
+                            &r.bytes[at + s..at + e],
                         ));
                     }
                 }

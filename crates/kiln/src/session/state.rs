@@ -10,7 +10,7 @@ use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{AllocId, ExecutorAddr};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -352,8 +352,11 @@ impl State {
             }
         }
         // Lists of units that stay name withdrawn ones: each is filtered once, at the end.
-        let mut deps_of: FxHashSet<u64> = FxHashSet::default();
-        let mut targets: FxHashSet<u64> = FxHashSet::default();
+        let (mut deps_of, mut targets) = (Vec::new(), Vec::new());
+        let (mut seen_dep, mut seen_target) = (
+            UnitSet::new(&[], self.next_unit),
+            UnitSet::new(&[], self.next_unit),
+        );
         let mut out = Vec::with_capacity(order.len());
         for &id in order.iter().rev() {
             let Some(unit) = self.units.remove(&id) else {
@@ -368,12 +371,18 @@ impl State {
                     self.by_addr.remove(&addr);
                 }
             }
-            deps_of.extend(unit.deps.iter().filter(|d| !set.contains(**d)));
+            for &d in &unit.deps {
+                if !set.contains(d) && !seen_dep.contains(d) {
+                    seen_dep.insert(d);
+                    deps_of.push(d);
+                }
+            }
             if let Some(rec) = &unit.relink {
                 for e in &rec.edges {
                     if let RelinkTarget::Unit { unit: t, .. } = e.target {
-                        if !set.contains(t.0) {
-                            targets.insert(t.0);
+                        if !set.contains(t.0) && !seen_target.contains(t.0) {
+                            seen_target.insert(t.0);
+                            targets.push(t.0);
                         }
                     }
                 }
@@ -391,6 +400,18 @@ impl State {
             }
         }
         Ok(out)
+    }
+
+    /// The units whose references to other units cannot be written again after those move:
+    /// they keep no relink records, or do not live in slab memory.
+    pub fn not_rewritable(&self) -> UnitSet {
+        let mut set = UnitSet::new(&[], self.next_unit);
+        for (&id, u) in &self.units {
+            if u.relink.is_none() || u.memory.is_none() {
+                set.insert(id);
+            }
+        }
+        set
     }
 
     /// `id` and every unit that depends on it, directly or not, dependents first.
@@ -415,20 +436,24 @@ impl State {
 }
 
 /// A set of unit ids as a bitmap (ids are dense: they count up from 1).
-struct UnitSet(Vec<u64>);
+pub(crate) struct UnitSet(Vec<u64>);
 
 impl UnitSet {
-    fn new(ids: &[u64], next: u64) -> Self {
-        let mut bits = vec![0u64; (next as usize).div_ceil(64)];
+    pub fn new(ids: &[u64], next: u64) -> Self {
+        let mut set = UnitSet(vec![0u64; (next as usize).div_ceil(64)]);
         for &id in ids {
-            if let Some(w) = bits.get_mut((id / 64) as usize) {
-                *w |= 1 << (id % 64);
-            }
+            set.insert(id);
         }
-        UnitSet(bits)
+        set
     }
 
-    fn contains(&self, id: u64) -> bool {
+    pub fn insert(&mut self, id: u64) {
+        if let Some(w) = self.0.get_mut((id / 64) as usize) {
+            *w |= 1 << (id % 64);
+        }
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
         self.0
             .get((id / 64) as usize)
             .is_some_and(|w| w & (1 << (id % 64)) != 0)
