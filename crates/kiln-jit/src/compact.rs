@@ -42,8 +42,12 @@ pub enum PinReason {
     /// This unit uses it without keeping relink records (a fixed-region unit, or a unit linked
     /// outside the zone): its references could not be rewritten.
     UsedWithoutRelink(UnitId),
-    /// Its edges tie it to its address (thread-local storage).
+    /// Its edges tie it to its address (thread-local storage), or it is not in the zone's
+    /// memory.
     CannotMove,
+    /// A link in progress (on another thread) binds to it: that unit's edges reach it where it
+    /// is.
+    Linking,
 }
 
 /// One moved segment: `[old, old + size)` is now `[new, new + size)`.
@@ -321,6 +325,7 @@ impl Jit {
                 Verdict::Drop => None,
                 Verdict::Pin => Some(PinReason::Verdict),
                 Verdict::Keep if !info.movable => Some(PinReason::CannotMove),
+                Verdict::Keep if info.linking => Some(PinReason::Linking),
                 Verdict::Keep => info.fixed_user.map(PinReason::UsedWithoutRelink),
             };
             let verdict = match pin {

@@ -736,3 +736,57 @@ fn return_addresses_on_the_vm_stack_follow_the_code() {
     assert!(state.report.unwrap().moved.is_empty());
     assert_eq!(state.seen[0], (m1_now.0 + 35, m1_now.0 + 35));
 }
+
+/// Compactions while another thread links (and calls) units that call the ones that move:
+/// ranges of links in progress stay where they are, units a link in progress binds to stay too,
+/// and every unit computes the right thing afterwards.
+#[test]
+fn compaction_while_another_thread_links() {
+    const LINKS: u32 = 2000;
+    let s = session();
+    let jit = Arc::new(zone(&s));
+    for k in 0..10 {
+        jit.link(RegionKind::Method, &constant(&format!("drop_k{k}"), 0, 48))
+            .unwrap();
+        jit.link(RegionKind::Method, &constant(&format!("k{k}"), k, 32))
+            .unwrap();
+    }
+    let linker = {
+        let (s, jit) = (s.clone(), jit.clone());
+        std::thread::spawn(move || {
+            for i in 0..LINKS {
+                let k = i % 10;
+                jit.link(
+                    RegionKind::Method,
+                    &calls(&format!("t{i}"), &[&format!("k{k}")], 1000 * i),
+                )
+                .unwrap();
+                assert_eq!(call(&s, &format!("t{i}")), 1000 * i + k, "t{i} as linked");
+            }
+        })
+    };
+    let mut rounds = 0;
+    let mut pinned_for_links = 0;
+    while !linker.is_finished() || rounds < 3 {
+        jit.link(
+            RegionKind::Method,
+            &constant(&format!("drop_r{rounds}"), 0, 64),
+        )
+        .unwrap();
+        let report = jit.compact(drop_fillers(&s)).unwrap();
+        pinned_for_links += report
+            .pinned
+            .iter()
+            .filter(|(_, why)| *why == PinReason::Linking)
+            .count();
+        rounds += 1;
+    }
+    linker.join().unwrap();
+    for k in 0..10 {
+        assert_eq!(call(&s, &format!("k{k}")), k);
+    }
+    for i in 0..LINKS {
+        assert_eq!(call(&s, &format!("t{i}")), 1000 * i + i % 10, "t{i}");
+    }
+    println!("{rounds} compactions; units pinned for a link in progress: {pinned_for_links}");
+}

@@ -120,6 +120,7 @@ impl Session {
                     movable: u.memory.is_some()
                         && u.link_actions.is_some()
                         && u.relink.as_ref().is_some_and(|r| r.movable),
+                    linking: u.pins.load(std::sync::atomic::Ordering::Relaxed) > 0,
                     fixed_user: u
                         .dependents
                         .iter()
@@ -298,10 +299,14 @@ impl Session {
 
     /// Write the bytes of `new` that differ from `old`, at `addr` in `u`'s slab.
     fn write_changes(&self, u: &Unit, addr: u64, old: &[u8], new: &[u8]) -> Result<()> {
-        let Some(memory) = &u.memory else {
-            return Ok(());
-        };
-        let Some(slab) = memory.slab_of(ExecutorAddr(addr)) else {
+        // The unit's own ranges say which slab (not its code memory, whose lock must not be
+        // taken under the session's: a compaction holds it and waits for the session's).
+        let Some(slab) = u
+            .slab_ranges
+            .iter()
+            .find(|r| r.addr.0 <= addr && addr - r.addr.0 < r.size.max(1))
+            .map(|r| r.slab)
+        else {
             return Ok(());
         };
         let mut writes = Vec::new();
@@ -461,6 +466,10 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
                 u.segments.len(),
                 to.len()
             )));
+        }
+        if u.pins.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            // That link computed its edges with the unit's current addresses.
+            return Err(Error::UnitInUse(*unit));
         }
         let incoming = u.incoming.iter().map(|(from, _)| from);
         if let Some(&user) = u
@@ -913,6 +922,9 @@ pub struct RelocationInfo {
     pub aligns: Vec<u64>,
     /// Whether [`Session::move_units`] can move it (relink records, slab memory, no TLS).
     pub movable: bool,
+    /// Whether a link in progress binds to it (its addresses are in that unit's edges already,
+    /// which nothing would apply again): it must not move now.
+    pub linking: bool,
     /// A unit that binds to it and whose references a move cannot rewrite, if any: while it
     /// lives, this unit must stay where it is.
     pub fixed_user: Option<UnitId>,
