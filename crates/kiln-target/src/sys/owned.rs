@@ -17,6 +17,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+/// The most writes of one `write_slab` or `write_live` call claimed together (claims are a
+/// sorted vector: a few dozen at a time keep inserting them cheap).
+const CLAIM_BATCH: usize = 64;
+
 /// Allocation ids, unique in the process (the exit registry is process-wide).
 static NEXT_ALLOC: AtomicU64 = AtomicU64::new(1);
 
@@ -288,7 +292,7 @@ impl OwnedMemory {
             let mut claimed = 0;
             let view = {
                 let mut t = self.table()?;
-                for w in rest {
+                for w in rest.iter().take(CLAIM_BATCH) {
                     let (addr, len) = write_range(w);
                     match t.claim(slab, addr, len) {
                         Ok(()) => claimed += 1,
@@ -387,7 +391,7 @@ impl OwnedMemory {
         let mut claimed = 0;
         let view = {
             let mut t = self.table()?;
-            for w in writes {
+            for w in writes.iter().take(CLAIM_BATCH) {
                 let (addr, len) = write_range(w);
                 match t.claim_live(slab, addr, len) {
                     Ok(()) => claimed += 1,

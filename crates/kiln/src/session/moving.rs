@@ -663,17 +663,18 @@ fn segments_with_edges(unit: &Unit, which: &Which) -> Vec<usize> {
     let Some(rec) = &unit.relink else {
         return Vec::new();
     };
-    let mut segs: Vec<usize> = rec
-        .edges
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| which.selects(*k))
-        .map(|(_, e)| usize::from(e.segment))
-        .filter(|&s| unit.segments.get(s).is_some_and(|&(_, n)| n > 0))
-        .collect();
-    segs.sort_unstable();
-    segs.dedup();
-    segs
+    // A unit has a segment per protection class: a bit each.
+    let mut mask = 0u64;
+    match which {
+        Which::All => rec.edges.iter().for_each(|e| mask |= 1 << (e.segment % 64)),
+        Which::Some(list) => list
+            .iter()
+            .filter_map(|&k| rec.edges.get(k as usize))
+            .for_each(|e| mask |= 1 << (e.segment % 64)),
+    }
+    (0..unit.segments.len().min(64))
+        .filter(|&s| mask & (1 << s) != 0 && unit.segments[s].1 > 0)
+        .collect()
 }
 
 fn not_rewritable(unit: u64, addr: u64) -> Error {
