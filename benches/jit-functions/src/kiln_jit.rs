@@ -1,76 +1,196 @@
-//! kiln in process: each function is an `InMemoryGraph` linked with `Session::link_graph` (one
-//! unit per function), debug sinks off.
+//! kiln in process: each function is an `InMemoryGraph` linked into a unit of its own, one at a
+//! time (`Session::link_graph`), in batches (`Session::link_graphs`) or from several threads
+//! sharing the session; debug sinks off unless a row asks for them.
 
 use crate::code::{self, FunctionInput, CALL_ADDEND, HOST_CALL_DISP, PREV_CALL_DISP};
-use crate::harness::{mean_us, Jit};
+use crate::harness::{mean_us, Jit, SharedJit};
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{FrameDescription, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session, UnitId};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct KilnJit {
-    session: Session,
+    /// One session for the whole run; the threads of a threaded run share it.
+    session: Arc<Session>,
+    /// For the diagnostic with a session per thread: thread `t > 0` links into `apart[t - 1]`
+    /// (thread 0 into `session`). Empty otherwise.
+    apart: Vec<Arc<Session>>,
     frames: bool,
+    /// The units linked through `&mut self` (one at a time or in batches), for the breakdown.
     units: Vec<UnitId>,
+    /// With stats on: the time to build each function's graph (ns), for the breakdown.
+    build_ns: Option<Vec<u64>>,
+}
+
+/// How a kiln row is set up.
+#[derive(Clone, Debug)]
+pub struct KilnSetup {
+    /// Which debugger and profiler sinks learn about each unit.
+    pub debug: DebugOptions,
+    /// Keep `Session::stats` (phase timings) for every unit: a diagnostic run, it costs.
+    pub stats: bool,
+    /// Leave `abs` to kiln's own resolution (earlier units, then the process) instead of
+    /// `Session::define`.
+    pub host_by_dlsym: bool,
+    /// Describe each function's frame-pointer frame, so kiln writes and registers an FDE per
+    /// function.
+    pub frames: bool,
+    /// Sessions (each with its own in-process executor) that the threads of a threaded run
+    /// link into, thread `t` into session `t % sessions`: 1 normally; one per thread for the
+    /// diagnostic that shares nothing kiln owns between the threads.
+    pub sessions: usize,
+}
+
+/// The sinks of a row: `none`, `gdb`, `perf-map`, `jitdump` (into a directory of its own under
+/// the temporary directory) or `all` (the four of `DebugOptions`, valgrind included).
+pub fn debug_options(sinks: &str) -> Result<DebugOptions, String> {
+    let mut d = DebugOptions::none();
+    match sinks {
+        "none" => {}
+        "gdb" => d.gdb = true,
+        "perf-map" => d.perf_map = true,
+        "jitdump" => d.jitdump = Some(jitdump_dir()),
+        "all" => {
+            d.gdb = true;
+            d.perf_map = true;
+            d.jitdump = Some(jitdump_dir());
+            d.valgrind = true;
+        }
+        _ => return Err(format!("unknown debug sinks {sinks}")),
+    }
+    Ok(d)
+}
+
+/// Where this process's jitdump goes (removed again by `remove_sink_files`).
+fn jitdump_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("kiln-bench-jitdump-{}", std::process::id()))
+}
+
+/// Remove the files the sinks of `debug` wrote for this process (100,000 functions make a 3 MB
+/// perf map and a jitdump holding all the code, 20 MB).
+pub fn remove_sink_files(debug: &DebugOptions) {
+    if debug.perf_map {
+        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", std::process::id()));
+    }
+    if let Some(dir) = &debug.jitdump {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 impl KilnJit {
-    /// `host_by_dlsym`: leave `abs` to kiln's own resolution (earlier units, then the process)
-    /// instead of `Session::define`. `frames`: describe each function's frame-pointer frame,
-    /// so kiln writes and registers an FDE per function.
-    pub fn new(host_by_dlsym: bool, frames: bool) -> Self {
-        let session = Session::in_process();
-        // No gdb registration, perf map, jitdump or valgrind requests: only the link itself
-        // (neither cranelift-jit nor the naive loop does any of that).
-        session.set_debug(DebugOptions::none());
-        if !host_by_dlsym {
-            session.define(code::HOST, code::host_address() as u64);
+    pub fn new(setup: &KilnSetup) -> Result<Self, String> {
+        if let Some(dir) = &setup.debug.jitdump {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        KilnJit {
-            session,
-            frames,
+        let session = || {
+            let session = Session::in_process();
+            // Sinks off: no gdb registration, perf map, jitdump or valgrind requests, only the
+            // link itself (neither cranelift-jit nor the naive loop does any of that).
+            session.set_debug(setup.debug.clone());
+            session.set_collect_stats(setup.stats);
+            if !setup.host_by_dlsym {
+                session.define(code::HOST, code::host_address() as u64);
+            }
+            Arc::new(session)
+        };
+        Ok(KilnJit {
+            session: session(),
+            apart: (1..setup.sessions.max(1)).map(|_| session()).collect(),
+            frames: setup.frames,
             units: Vec::new(),
-        }
+            build_ns: setup.stats.then(Vec::new),
+        })
+    }
+}
+
+/// The graph of one function: its code (moved, not copied) and its two calls.
+fn graph(f: &mut FunctionInput, frames: bool) -> InMemoryGraph {
+    let mut g = InMemoryGraph::new(f.name.clone());
+    g.add_function(
+        &f.name,
+        std::mem::take(&mut f.code),
+        vec![
+            InMemoryEdge::new(
+                HOST_CALL_DISP,
+                EdgeKind::BranchPCRel32,
+                code::HOST,
+                CALL_ADDEND,
+            ),
+            InMemoryEdge::new(
+                PREV_CALL_DISP,
+                EdgeKind::BranchPCRel32,
+                &f.prev,
+                CALL_ADDEND,
+            ),
+        ],
+        frames.then_some(FrameDescription::FramePointer),
+    );
+    g
+}
+
+impl SharedJit for KilnJit {
+    fn link_shared(&self, thread: usize, f: &mut FunctionInput) -> Result<(), String> {
+        let g = graph(f, self.frames);
+        let session = match thread % (self.apart.len() + 1) {
+            0 => &self.session,
+            t => &self.apart[t - 1],
+        };
+        session.link_graph(&g).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
 impl Jit for KilnJit {
     fn link_one(&mut self, f: &mut FunctionInput) -> Result<(), String> {
-        let mut g = InMemoryGraph::new(f.name.clone());
-        g.add_function(
-            &f.name,
-            std::mem::take(&mut f.code),
-            vec![
-                InMemoryEdge::new(
-                    HOST_CALL_DISP,
-                    EdgeKind::BranchPCRel32,
-                    code::HOST,
-                    CALL_ADDEND,
-                ),
-                InMemoryEdge::new(
-                    PREV_CALL_DISP,
-                    EdgeKind::BranchPCRel32,
-                    &f.prev,
-                    CALL_ADDEND,
-                ),
-            ],
-            self.frames.then_some(FrameDescription::FramePointer),
-        );
+        let g = match &mut self.build_ns {
+            Some(build_ns) => {
+                let t = Instant::now();
+                let g = graph(f, self.frames);
+                build_ns.push(t.elapsed().as_nanos() as u64);
+                g
+            }
+            None => graph(f, self.frames),
+        };
         let unit = self.session.link_graph(&g).map_err(|e| e.to_string())?;
         self.units.push(unit);
         Ok(())
     }
 
-    fn address(&self, k: usize) -> Option<usize> {
-        self.session.lookup(&code::name(k)).map(|a| a.0 as usize)
+    fn link_batch(&mut self, fs: &mut [FunctionInput]) -> Result<(), String> {
+        let graphs: Vec<InMemoryGraph> = fs.iter_mut().map(|f| graph(f, self.frames)).collect();
+        let scope = self.session.default_scope();
+        let units = self
+            .session
+            .link_graphs(scope, &graphs)
+            .map_err(|e| e.to_string())?;
+        self.units.extend(units);
+        Ok(())
     }
 
-    /// Where the time goes: `Session::stats` phases summed over every unit, and what
-    /// `Session::link` spends outside them (the wall time per function minus its phases); for
-    /// all functions and for the first and last 1% (the cost per function can grow with the
-    /// number of units already linked).
+    fn shared(&self) -> Option<&dyn SharedJit> {
+        Some(self)
+    }
+
+    fn address(&self, k: usize) -> Option<usize> {
+        let name = code::name(k);
+        std::iter::once(&self.session)
+            .chain(&self.apart)
+            .find_map(|s| s.lookup(&name))
+            .map(|a| a.0 as usize)
+    }
+
+    /// Where the time goes (when stats were collected): `Session::stats` phases summed over
+    /// every unit, the time to build each graph, and what `Session::link_graph` spends outside
+    /// `link::link`'s phases (the wall time per function minus both); for all functions and
+    /// for the first and last 1% (the cost per function can grow with the number of units
+    /// already linked).
     fn details(&self, durations_ns: &[u64]) -> Vec<String> {
-        let n = self.units.len().min(durations_ns.len());
+        let Some(build_ns) = &self.build_ns else {
+            return Vec::new();
+        };
+        let n = self.units.len().min(durations_ns.len()).min(build_ns.len());
         if n == 0 {
             return Vec::new();
         }
@@ -78,8 +198,9 @@ impl Jit for KilnJit {
         let mut names: Vec<&'static str> = Vec::new();
         // per phase: (total, first window, last window), in ns
         let mut sums: Vec<[u64; 3]> = Vec::new();
-        let mut outside = [0u64; 3];
-        for (i, (&u, &wall)) in self.units.iter().zip(durations_ns).enumerate() {
+        let (mut outside, mut building) = ([0u64; 3], [0u64; 3]);
+        let per_unit = self.units.iter().zip(durations_ns).zip(build_ns);
+        for (i, ((&u, &wall), &build)) in per_unit.take(n).enumerate() {
             let Some(stats) = self.session.stats(u) else {
                 continue;
             };
@@ -104,15 +225,20 @@ impl Jit for KilnJit {
             }
             for (s, on) in outside.iter_mut().zip(slots) {
                 if on {
-                    *s += wall.saturating_sub(inside);
+                    *s += wall.saturating_sub(inside + build);
+                }
+            }
+            for (s, on) in building.iter_mut().zip(slots) {
+                if on {
+                    *s += build;
                 }
             }
         }
         let total_wall: u64 = durations_ns[..n].iter().sum();
         let mut out = vec![
             format!(
-                "kiln, where the time goes (Session::stats phases, µs per function; first and \
-                 last {window} functions):"
+                "kiln, where the time goes (set_collect_stats(true), Session::stats phases, µs \
+                 per function; first and last {window} functions):"
             ),
             format!(
                 "  {:<26} {:>10} {:>8} {:>10} {:>10}",
@@ -132,7 +258,8 @@ impl Jit for KilnJit {
         for (name, s) in names.iter().zip(&sums) {
             out.push(row(name, *s));
         }
-        out.push(row("(outside the phases)", outside));
+        out.push(row("(link_graph, outside them)", outside));
+        out.push(row("(building the graph)", building));
         out.push(format!(
             "  {:<26} {:>10.3} {:>7.1}% {:>10.2} {:>10.2}",
             "all",

@@ -1,6 +1,7 @@
-//! Issue 4's benchmarks: 100,000 small functions linked one at a time by kiln, by cranelift-jit
-//! and by a naive page-per-function loop (functions per second, mapped bytes per code byte); and
-//! the time to link and remove the SQLite corpus driver. See docs/bench-jit.md.
+//! Issues 4 and 11's benchmarks: 100,000 small functions linked by kiln (one at a time, from
+//! several threads, in batches, with each debug sink on), by cranelift-jit and by a naive
+//! page-per-function loop (functions per second, memory per code byte); and the time to link
+//! and remove the SQLite corpus driver. See docs/bench-jit.md.
 //!
 //! Each linker runs in a child process of its own (this executable again, with `--child NAME`),
 //! so that every one starts from the same memory baseline and none inherits another's heap.
@@ -12,19 +13,27 @@ mod harness;
 mod kiln_jit;
 mod naive;
 mod procmem;
+mod report;
 
+use harness::Schedule;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 const USAGE: &str = "\
-usage: jit-functions [--count N] [--time-limit SECS] [--only NAME,...] [--cranelift-arena]
-                     [--host-by-dlsym] [--kiln-frames]
+usage: jit-functions [--count N] [--runs N] [--threads N] [--batch N] [--time-limit SECS]
+                     [--only NAME,...] [--cranelift-arena] [--host-by-dlsym] [--kiln-frames]
                      [--corpus DIR] [--corpus-runs N] [--no-corpus]
 
   --count N          functions to link (default 100000)
+  --runs N           run every linker N times, round robin; the table shows the median run
+                     (default 3)
+  --threads N        compiler threads of the threaded kiln row (default 2)
+  --batch N          graphs per Session::link_graphs call in the batch row (default 1000)
   --time-limit SECS  stop a linker's loop after this long and report what it linked (default 300)
-  --only LIST        run only these: naive, cranelift, cranelift-arena, kiln, corpus
+  --only LIST        run only these: naive, cranelift, cranelift-arena, kiln, kiln-threads,
+                     kiln-sessions, kiln-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks,
+                     kiln-stats, corpus
   --cranelift-arena  also run cranelift-jit with its ArenaMemoryProvider
   --host-by-dlsym    kiln and cranelift-jit find `abs` themselves instead of being given it
   --kiln-frames      kiln writes and registers an FDE per function (FrameDescription::FramePointer)
@@ -34,8 +43,11 @@ usage: jit-functions [--count N] [--time-limit SECS] [--only NAME,...] [--cranel
 ";
 
 #[derive(Clone)]
-struct Options {
+pub struct Options {
     count: usize,
+    runs: usize,
+    threads: usize,
+    batch: usize,
     time_limit: u64,
     only: Option<Vec<String>>,
     cranelift_arena: bool,
@@ -50,6 +62,9 @@ struct Options {
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         count: 100_000,
+        runs: 3,
+        threads: 2,
+        batch: 1000,
         time_limit: 300,
         only: None,
         cranelift_arena: false,
@@ -70,6 +85,9 @@ fn parse_args() -> Result<Options, String> {
         };
         match a.as_str() {
             "--count" => o.count = number(value("a count")?)?,
+            "--runs" => o.runs = number(value("a count")?)?.max(1),
+            "--threads" => o.threads = number(value("a count")?)?.max(1),
+            "--batch" => o.batch = number(value("a count")?)?.max(1),
             "--time-limit" => o.time_limit = number(value("seconds")?)? as u64,
             "--only" => {
                 o.only = Some(
@@ -93,16 +111,55 @@ fn parse_args() -> Result<Options, String> {
     if o.count == 0 {
         return Err("--count must be at least 1".into());
     }
+    if let Some(only) = &o.only {
+        let known = linkers(&o);
+        if let Some(bad) = only
+            .iter()
+            .find(|n| *n != "corpus" && !known.iter().any(|l| l.name == n.as_str()))
+        {
+            return Err(format!("--only: unknown name {bad}"));
+        }
+    }
     Ok(o)
 }
 
-/// The linkers under test, in the order they run: (name for --only, label in the table).
-const JITS: [(&str, &str); 4] = [
-    ("naive", "naive mmap"),
-    ("cranelift", "cranelift-jit"),
-    ("cranelift-arena", "cranelift-jit (arena)"),
-    ("kiln", "kiln"),
-];
+/// A linker under test, as the parent runs it: its name (for `--only` and `--child`), its label
+/// in the table, and whether it is a table row (the stats run is a diagnostic, printed apart).
+pub struct Linker {
+    pub name: &'static str,
+    pub label: String,
+    pub in_table: bool,
+}
+
+/// Every linker, in the order they run in each round.
+fn linkers(o: &Options) -> Vec<Linker> {
+    let row = |name, label: &str| Linker {
+        name,
+        label: label.to_string(),
+        in_table: true,
+    };
+    vec![
+        row("naive", "naive mmap"),
+        row("cranelift", "cranelift-jit"),
+        row("cranelift-arena", "cranelift-jit (arena)"),
+        row("kiln", "kiln, 1 thread"),
+        row("kiln-threads", &format!("kiln, {} threads", o.threads)),
+        row(
+            "kiln-sessions",
+            &format!("kiln, {} thr, {} sessions", o.threads, o.threads),
+        ),
+        row("kiln-batch", &format!("kiln, batches of {}", o.batch)),
+        row("kiln-gdb", "kiln + gdb"),
+        row("kiln-perf-map", "kiln + perf map"),
+        row("kiln-jitdump", "kiln + jitdump"),
+        row("kiln-all-sinks", "kiln + all sinks"),
+        Linker {
+            name: "kiln-stats",
+            label: "kiln, stats on".into(),
+            in_table: false,
+        },
+    ]
+}
 
 fn wanted(o: &Options, name: &str) -> bool {
     match &o.only {
@@ -132,6 +189,35 @@ fn main() -> ExitCode {
 
 // ---- child: run one linker, print machine-readable lines on stdout ----
 
+/// How the child runs linker `name`: its schedule, and for kiln its setup.
+fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup>), String> {
+    let one = Schedule::OneAtATime { timed: false };
+    let (schedule, sinks) = match name {
+        "naive" | "cranelift" | "cranelift-arena" => return Ok((one, None)),
+        "kiln" => (one, "none"),
+        "kiln-threads" | "kiln-sessions" => (Schedule::Threads(o.threads), "none"),
+        "kiln-batch" => (Schedule::Batches(o.batch), "none"),
+        "kiln-gdb" => (one, "gdb"),
+        "kiln-perf-map" => (one, "perf-map"),
+        "kiln-jitdump" => (one, "jitdump"),
+        "kiln-all-sinks" => (one, "all"),
+        "kiln-stats" => (Schedule::OneAtATime { timed: true }, "none"),
+        _ => return Err(format!("unknown linker {name}")),
+    };
+    let setup = kiln_jit::KilnSetup {
+        debug: kiln_jit::debug_options(sinks)?,
+        stats: name == "kiln-stats",
+        sessions: if name == "kiln-sessions" {
+            o.threads
+        } else {
+            1
+        },
+        host_by_dlsym: o.host_by_dlsym,
+        frames: o.kiln_frames,
+    };
+    Ok((schedule, Some(setup)))
+}
+
 fn child(o: &Options, name: &str) -> ExitCode {
     if name == "corpus" {
         match corpus::run(&o.corpus, o.corpus_runs) {
@@ -140,9 +226,20 @@ fn child(o: &Options, name: &str) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let mut inputs = code::inputs(o.count);
-    let (count, dlsym, frames) = (o.count, o.host_by_dlsym, o.kiln_frames);
+    let (schedule, setup) = match plan(o, name) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("STOPPED {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut inputs = code::inputs(o.count, schedule.chains());
+    let (count, dlsym) = (o.count, o.host_by_dlsym);
+    let kiln_setup = setup.clone();
     let make = move || -> Result<Box<dyn harness::Jit>, String> {
+        if let Some(setup) = &kiln_setup {
+            return Ok(Box::new(kiln_jit::KilnJit::new(setup)?));
+        }
         Ok(match name {
             "naive" => Box::new(naive::NaiveJit::new()),
             "cranelift" => Box::new(cranelift::CraneliftJit::new(
@@ -155,12 +252,15 @@ fn child(o: &Options, name: &str) -> ExitCode {
                 count,
                 dlsym,
             )?),
-            "kiln" => Box::new(kiln_jit::KilnJit::new(dlsym, frames)),
             _ => return Err(format!("unknown linker {name}")),
         })
     };
     let limit = Duration::from_secs(o.time_limit);
-    let r = match harness::run(&make, &mut inputs, limit, name) {
+    let result = harness::run(&make, &mut inputs, schedule, limit, name);
+    if let Some(setup) = &setup {
+        kiln_jit::remove_sink_files(&setup.debug);
+    }
+    let r = match result {
         Ok(r) => r,
         Err(e) => {
             println!("STOPPED {e}");
@@ -169,12 +269,13 @@ fn child(o: &Options, name: &str) -> ExitCode {
     };
     let g = r.growth;
     println!(
-        "RESULT requested={} done={} code_bytes={} elapsed_ns={} vm_size={} vm_rss={} \
-         exec={} exec_rss={} maps={}",
+        "RESULT requested={} done={} code_bytes={} elapsed_ns={} cpu_ns={} vm_size={} \
+         vm_rss={} exec={} exec_rss={} maps={}",
         r.requested,
         r.done,
         r.code_bytes,
         r.elapsed.as_nanos(),
+        r.cpu.as_nanos(),
         g.vm_size,
         g.vm_rss,
         g.exec_mapped,
@@ -199,37 +300,13 @@ fn child(o: &Options, name: &str) -> ExitCode {
 
 // ---- parent: run each linker in a child, print the table ----
 
-#[derive(Default)]
-struct Row {
-    label: &'static str,
-    done: usize,
-    requested: usize,
-    code_bytes: u64,
-    secs: f64,
-    vm_size: i64,
-    vm_rss: i64,
-    exec: i64,
-    exec_rss: i64,
-    maps: i64,
-    verified: Option<Result<String, String>>,
-    stopped: Option<String>,
-    details: Vec<String>,
-}
-
-impl Row {
-    fn per_second(&self) -> f64 {
-        self.done as f64 / self.secs.max(1e-9)
-    }
-    fn per_code_byte(&self, v: i64) -> f64 {
-        v as f64 / self.code_bytes.max(1) as f64
-    }
-}
-
 fn run_child(o: &Options, name: &str) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["--child", name])
         .args(["--count", &o.count.to_string()])
+        .args(["--threads", &o.threads.to_string()])
+        .args(["--batch", &o.batch.to_string()])
         .args(["--time-limit", &o.time_limit.to_string()])
         .args(["--corpus-runs", &o.corpus_runs.to_string()])
         .arg("--corpus")
@@ -260,88 +337,33 @@ fn run_child(o: &Options, name: &str) -> Result<String, String> {
     Ok(text)
 }
 
-fn parse_row(label: &'static str, text: &str) -> Row {
-    let mut r = Row {
-        label,
-        ..Row::default()
-    };
-    for line in text.lines() {
-        let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
-        match tag {
-            "RESULT" => {
-                for kv in rest.split_whitespace() {
-                    let Some((k, v)) = kv.split_once('=') else {
-                        continue;
-                    };
-                    let n: i64 = v.parse().unwrap_or(0);
-                    match k {
-                        "requested" => r.requested = n as usize,
-                        "done" => r.done = n as usize,
-                        "code_bytes" => r.code_bytes = n as u64,
-                        "elapsed_ns" => r.secs = n as f64 / 1e9,
-                        "vm_size" => r.vm_size = n,
-                        "vm_rss" => r.vm_rss = n,
-                        "exec" => r.exec = n,
-                        "exec_rss" => r.exec_rss = n,
-                        "maps" => r.maps = n,
-                        _ => {}
-                    }
-                }
-            }
-            "VERIFY_OK" => r.verified = Some(Ok(rest.to_string())),
-            "VERIFY_ERR" => r.verified = Some(Err(rest.to_string())),
-            "STOPPED" => r.stopped = Some(rest.to_string()),
-            "DETAIL" => r.details.push(rest.to_string()),
-            _ => {}
-        }
-    }
-    r
-}
-
-fn thousands(n: f64) -> String {
-    let s = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn parent(o: &Options) -> ExitCode {
-    let mut rows: Vec<Row> = Vec::new();
-    if JITS.iter().any(|(name, _)| wanted(o, name)) {
-        let sizes = code::sizes(o.count);
-        let total: usize = sizes.iter().sum();
-        println!(
-            "{} functions of {}-{} bytes ({:.1} MB of code, {:.0} bytes on average), each its own \
-             unit, linked one at a time; each calls libc abs and the function before it",
-            o.count,
-            code::MIN_SIZE,
-            code::MAX_SIZE,
-            total as f64 / 1e6,
-            total as f64 / o.count as f64
-        );
-    }
-    for (name, label) in JITS {
-        if !wanted(o, name) {
-            continue;
-        }
-        eprintln!("running {label} ...");
-        match run_child(o, name) {
-            Ok(text) => rows.push(parse_row(label, &text)),
-            Err(e) => rows.push(Row {
-                label,
-                requested: o.count,
-                stopped: Some(e),
-                ..Row::default()
-            }),
+    let all = linkers(o);
+    let chosen: Vec<&Linker> = all.iter().filter(|l| wanted(o, l.name)).collect();
+    let load_before = report::load_average();
+    let mut runs: Vec<Vec<report::Run>> = chosen.iter().map(|_| Vec::new()).collect();
+    // Round robin: a burst of load from the machine's other users falls on every linker alike.
+    for round in 0..o.runs {
+        for (l, runs) in chosen.iter().zip(&mut runs) {
+            eprintln!(
+                "running {} (round {} of {}) ...",
+                l.label,
+                round + 1,
+                o.runs
+            );
+            runs.push(match run_child(o, l.name) {
+                Ok(text) => report::parse_run(&text),
+                Err(e) => report::Run::failed(o.count, e),
+            });
         }
     }
-    if !rows.is_empty() {
-        print_table(o, &rows);
+    if !chosen.is_empty() {
+        let rows: Vec<report::Row> = chosen
+            .iter()
+            .zip(runs)
+            .map(|(l, runs)| report::Row::of(l, runs))
+            .collect();
+        report::print(o, &rows, [load_before, report::load_average()]);
     }
     if !o.no_corpus && wanted(o, "corpus") {
         println!();
@@ -360,128 +382,4 @@ fn parent(o: &Options) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-fn print_table(o: &Options, rows: &[Row]) {
-    println!();
-    println!(
-        "{:<22} {:>7} {:>8} {:>12} {:>9} {:>8} {:>6} {:>9} {:>9}  check",
-        "",
-        "linked",
-        "seconds",
-        "functions/s",
-        "VmSize/B",
-        "VmRSS/B",
-        "r-x/B",
-        "r-x RSS/B",
-        "mappings"
-    );
-    println!("{}", "-".repeat(110));
-    for r in rows {
-        let check = match &r.verified {
-            Some(Ok(s)) => format!("ok, {s}"),
-            Some(Err(e)) => format!("FAILED: {e}"),
-            None => "-".into(),
-        };
-        println!(
-            "{:<22} {:>7} {:>8.2} {:>12} {:>9.2} {:>8.2} {:>6.2} {:>9.2} {:>+9}  {}",
-            r.label,
-            r.done,
-            r.secs,
-            thousands(r.per_second()),
-            r.per_code_byte(r.vm_size),
-            r.per_code_byte(r.vm_rss),
-            r.per_code_byte(r.exec),
-            r.per_code_byte(r.exec_rss),
-            r.maps,
-            check
-        );
-    }
-    println!();
-    for line in [
-        "VmSize/B   growth of VmSize (all mapped address space, reservations too) per byte of code",
-        "VmRSS/B    growth of VmRSS (resident memory, heap too) per byte of code",
-        "r-x/B      growth of the executable mappings not backed by a file (anonymous, shared",
-        "           anonymous or memfd: JIT'd code) per byte of code; r-x RSS/B: of their",
-        "           resident part (Rss in smaps), read after the check ran the whole chain",
-        "mappings   growth of the number of mappings (the kernel's limit: vm.max_map_count)",
-        "(VmSize and VmRSS from /proc/self/status, the rest from /proc/self/smaps)",
-    ] {
-        println!("{line}");
-    }
-    println!(
-        "kiln: debug sinks off (DebugOptions::none()); {}{}",
-        if o.host_by_dlsym {
-            "abs found by each linker's own lookup (--host-by-dlsym)"
-        } else {
-            "abs given to each linker by address (Session::define, JITBuilder::symbol)"
-        },
-        if o.kiln_frames {
-            "; kiln registers an FDE per function (--kiln-frames)"
-        } else {
-            ""
-        }
-    );
-    for r in rows {
-        if let Some(s) = &r.stopped {
-            println!(
-                "{}: {s} ({} of {} functions linked)",
-                r.label, r.done, r.requested
-            );
-        }
-    }
-    let find = |l: &str| rows.iter().find(|r| r.label == l && r.done > 0);
-    if let Some(k) = find("kiln") {
-        println!();
-        for peer in ["cranelift-jit", "cranelift-jit (arena)", "naive mmap"] {
-            let Some(p) = find(peer) else { continue };
-            let ratio = |a: f64, b: f64| {
-                let r = a / b;
-                if !r.is_finite() || r <= 0.0 {
-                    "-".to_string()
-                } else if r >= 0.1 {
-                    format!("{r:.2}x")
-                } else {
-                    format!("{r:.5}x (1/{:.0})", 1.0 / r)
-                }
-            };
-            println!(
-                "kiln / {peer}: functions/s {}, VmSize/B {}, VmRSS/B {}, r-x RSS/B {}",
-                ratio(k.per_second(), p.per_second()),
-                ratio(k.per_code_byte(k.vm_size), p.per_code_byte(p.vm_size)),
-                ratio(k.per_code_byte(k.vm_rss), p.per_code_byte(p.vm_rss)),
-                ratio(k.per_code_byte(k.exec_rss), p.per_code_byte(p.exec_rss)),
-            );
-        }
-        let met = |ok: bool| if ok { "met" } else { "not met" };
-        let partial = if k.done == k.requested {
-            String::new()
-        } else {
-            format!(" (over the {} of {} functions linked)", k.done, k.requested)
-        };
-        println!(
-            "aim (issue 4): at least 500,000 functions/s: kiln {} functions/s, {}{partial}",
-            thousands(k.per_second()),
-            met(k.per_second() >= 500_000.0),
-        );
-        let judge = |v: i64| {
-            let b = k.per_code_byte(v);
-            format!("{b:.2} ({})", met(b <= 1.3))
-        };
-        println!(
-            "aim (issue 4): at most 1.3 mapped bytes per code byte: kiln VmSize {}, VmRSS {}, \
-             r-x RSS {}{partial}",
-            judge(k.vm_size),
-            judge(k.vm_rss),
-            judge(k.exec_rss),
-        );
-    }
-    for r in rows {
-        if !r.details.is_empty() {
-            println!();
-            for d in &r.details {
-                println!("{d}");
-            }
-        }
-    }
 }

@@ -115,8 +115,7 @@ enum kiln_error_kind_enum {
     /* A relocation could not be applied (out of range, ...): file, section, offset named. */
     KILN_ERROR_FIXUP = 9,
     KILN_ERROR_IO = 10,
-    /* A scope name or the kiln-executor program was not found. (A library named with -l
-       that is not found is KILN_ERROR_USAGE, as kiln reports it.) */
+    /* A library named with -l, a scope name or the kiln-executor program was not found. */
     KILN_ERROR_NOT_FOUND = 11,
     /* kiln_session_remove: other live units bind to the unit. */
     KILN_ERROR_HAS_DEPENDENTS = 12,

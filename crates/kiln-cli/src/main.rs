@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 mod bench;
 mod cxx_runtime;
+mod lazy;
 mod llvm_jitlink;
 
 /// Exit status when kiln itself fails (bad input, link error), as `env` and `timeout` use.
@@ -123,9 +124,19 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     allow_symbols: Option<PathBuf>,
     /// Print statistics after linking (to stderr): segments, sections, symbols, edges by kind,
-    /// GOT entries, stubs, relaxations, archive members, time per phase.
+    /// GOT entries, stubs, relaxations, archive members, time per phase. With --lazy, also
+    /// (when the program returns) how many inputs and bytes were linked of how many available.
     #[arg(long, visible_aliases = ["show-times", "show-sizes"])]
     show_stats: bool,
+    /// Link the objects and archive members given on the command line when they are first
+    /// needed, not up front (as llvm-jitlink's lazy mode): calls to their functions go through
+    /// lazy stubs whose first call links the object and then gets out of the way (the call
+    /// that entered the stub is patched to call the function directly where one atomic store
+    /// can do it); a reference to their data links the object at once. The object defining the
+    /// entry point, objects with constructors, and -l libraries are linked up front. A
+    /// function's address taken outside its object is its stub's. See docs/lazy.md.
+    #[arg(long, conflicts_with = "slab_address")]
+    lazy: bool,
     #[command(flatten)]
     remote: RemoteArgs,
     #[command(flatten)]
@@ -164,7 +175,10 @@ fn parse_executor(s: &str) -> Result<ExecutorChoice, String> {
         "inprocess" | "in-process" => Ok(ExecutorChoice::InProcess),
         "spawn" => Ok(ExecutorChoice::Spawn(None)),
         _ => match (s.strip_prefix("connect="), s.strip_prefix("spawn=")) {
-            (Some(e), _) => e.parse().map(ExecutorChoice::Connect),
+            (Some(e), _) => e
+                .parse()
+                .map(ExecutorChoice::Connect)
+                .map_err(|e: kiln_remote::SetupError| e.to_string()),
             (_, Some(program)) if !program.is_empty() => {
                 Ok(ExecutorChoice::Spawn(Some(program.into())))
             }
@@ -343,18 +357,27 @@ fn compile_sources(inputs: &[PathBuf], tmp: &Path) -> Result<(Vec<PathBuf>, Opti
 }
 
 /// Add the inputs (sources compiled first), the `-l` libraries, and after them the C++
-/// runtime when the inputs need it (see [`cxx_runtime`]).
-fn add_inputs(s: &Session, a: &RunArgs) -> Result<()> {
+/// runtime when the inputs need it (see [`cxx_runtime`]). With `--lazy`, objects and archive
+/// members wait in a [`lazy::LazyLinker`] (returned) but those linked up front.
+fn add_inputs(s: &Arc<Session>, a: &RunArgs) -> Result<Option<Arc<lazy::LazyLinker>>> {
     let tmp = std::env::temp_dir().join(format!("kiln-{}", std::process::id()));
     let added = compile_sources(&a.inputs, &tmp).and_then(|(objects, cxx_source)| {
-        for o in &objects {
-            s.add_file(o)?;
-        }
+        let waiting = if a.lazy {
+            Some(lazy_inputs(s, &objects)?)
+        } else {
+            for o in &objects {
+                s.add_file(o)?;
+            }
+            None
+        };
         // Before the compiled objects are removed with the directory.
-        Ok(cxx_runtime_reason(s, a, &objects, cxx_source.as_deref()))
+        Ok((
+            waiting,
+            cxx_runtime_reason(s, a, &objects, cxx_source.as_deref()),
+        ))
     });
     let _ = std::fs::remove_dir_all(&tmp);
-    let reason = added?;
+    let (waiting, reason) = added?;
     let mut libs = a.libs.clone();
     if let Some(reason) = reason {
         let extra: Vec<String> = cxx_runtime::libraries(a.static_only)
@@ -373,9 +396,56 @@ fn add_inputs(s: &Session, a: &RunArgs) -> Result<()> {
         libs.extend(extra);
     }
     for l in &libs {
+        if a.lazy {
+            // Loaded now, so that the lazy linker sees which names they define.
+            let p = s.library_search().find(l)?;
+            if kiln::internal::identify(&file_start(&p)?) == kiln::internal::FileKind::SharedLibrary
+            {
+                s.add_shared_library(&p)?;
+            }
+        }
         s.add_library(l)?;
     }
-    Ok(())
+    let Some(waiting) = waiting else {
+        return Ok(None);
+    };
+    let setup = lazy::LazyLinker::setup(s, waiting, &a.entry)?;
+    for input in setup.eager {
+        s.add_object(input.name, input.bytes);
+    }
+    Ok(Some(setup.linker))
+}
+
+/// `--lazy`: the objects and archive members among `files`, read; other files (shared
+/// libraries, linker scripts) are added as usual.
+fn lazy_inputs(s: &Session, files: &[PathBuf]) -> Result<Vec<lazy::Input>> {
+    use kiln::internal::FileKind;
+    let mut inputs = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        match kiln::internal::identify(&file_start(f)?) {
+            FileKind::Relocatable => {
+                let bytes = std::fs::read(f).with_context(|| format!("reading {name}"))?;
+                inputs.push(lazy::Input::parse(name, bytes)?);
+            }
+            FileKind::Archive => {
+                let bytes = std::fs::read(f).with_context(|| format!("reading {name}"))?;
+                inputs.extend(lazy::Input::members(&name, &bytes)?);
+            }
+            _ => s.add_file(f)?,
+        }
+    }
+    Ok(inputs)
+}
+
+/// The first bytes of a file: enough to tell what it is.
+fn file_start(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut start = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut start))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(start)
 }
 
 /// Why the C++ runtime is linked, or None: a C++ source among the inputs, or an input (object,
@@ -405,10 +475,9 @@ fn cxx_runtime_reason(
 /// Start or reach the executor the user chose.
 fn remote_executor(choice: &ExecutorChoice, r: &RemoteArgs) -> Result<kiln_remote::RemoteExecutor> {
     let token = match &r.token_file {
-        Some(f) => Some(kiln_remote::Token::from_file(f).map_err(anyhow::Error::msg)?),
-        None => kiln_remote::Token::from_env()
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
+        // The errors name the file or KILN_TOKEN.
+        Some(f) => Some(kiln_remote::Token::from_file(f)?),
+        None => kiln_remote::Token::from_env().transpose()?,
     };
     let opts = kiln_remote::Options {
         memory: r.memory,
@@ -480,7 +549,7 @@ fn ended(e: &kiln::Error) -> Option<kiln_remote::ExitReport> {
 fn run(a: RunArgs) -> Result<i32> {
     let mut remote: Option<Arc<kiln_remote::RemoteExecutor>> = None;
     // --noexec --slab-address: fake addresses, nothing mapped (see kiln::internal::check::SlabExecutor).
-    let s = match (a.noexec, a.slab_address) {
+    let s = Arc::new(match (a.noexec, a.slab_address) {
         (true, Some(base)) => Session::new(Arc::new(
             kiln::internal::check::SlabExecutor::new(
                 base,
@@ -497,7 +566,7 @@ fn run(a: RunArgs) -> Result<i32> {
                 Session::new(ex)
             }
         },
-    };
+    });
     s.set_want_map(!a.check.is_empty());
     // One link: its statistics cost nothing worth saving (--show-stats, --slab-size read them).
     s.set_collect_stats(true);
@@ -526,9 +595,14 @@ fn run(a: RunArgs) -> Result<i32> {
         }
         s.define(n.clone(), *v);
     }
-    add_inputs(&s, &a)?;
+    let lazy = add_inputs(&s, &a)?;
     s.add_root(a.entry.clone());
-    let unit = s.link()?;
+    // With --lazy the main unit keeps its edges, so that a stub's first call finds every
+    // direct call of it the unit makes (Session::bypass_lazy_stub).
+    let unit = s.link_with(&kiln::UnitOptions {
+        relink: lazy.is_some(),
+        ..kiln::UnitOptions::new(s.default_scope())
+    })?;
     if let Some(limit) = a.slab_size {
         check_slab_size(&s, unit, a.slab_address, limit)?;
     }
@@ -540,9 +614,15 @@ fn run(a: RunArgs) -> Result<i32> {
             eprintln!("{st}");
         }
     }
+    let lazy_stats = || {
+        if let (true, Some(l)) = (a.show_stats, &lazy) {
+            eprintln!("{}", l.stats());
+        }
+    };
     if a.noexec {
+        lazy_stats();
         // The process exits next: unmapping and deregistering first would be wasted work.
-        s.detach();
+        detach(s);
         return match remote {
             Some(ex) => Ok(executor_end(ex.exit(0)?)),
             None => Ok(0),
@@ -553,9 +633,10 @@ fn run(a: RunArgs) -> Result<i32> {
     let status = s
         .run_initializers()
         .and_then(|_| s.run_main(&a.entry, &argv));
+    lazy_stats();
     // The session is not dropped: the process exits with the code still mapped, as a native
     // program does, so exit handlers that reference it are safe.
-    s.detach();
+    detach(s);
     match (remote, status) {
         (None, status) => Ok(status?),
         // The executor leaves as a native program would; its end is the program's.
@@ -564,6 +645,16 @@ fn run(a: RunArgs) -> Result<i32> {
             Some(report) => Ok(executor_end(report)),
             None => Err(e.into()),
         },
+    }
+}
+
+/// Leave the session's code mapped for the process's exit (see [`Session::detach`]). With
+/// `--lazy` a resolution in progress on another thread may still hold the session: it is then
+/// leaked, which leaves the code mapped too.
+fn detach(s: Arc<Session>) {
+    match Arc::try_unwrap(s) {
+        Ok(s) => s.detach(),
+        Err(shared) => std::mem::forget(shared),
     }
 }
 

@@ -23,6 +23,9 @@ pub enum Error {
         unit: kiln::UnitId,
         users: Vec<kiln::UnitId>,
     },
+    /// A lazy function cannot do what was asked.
+    #[error("lazy function {name}: {what}")]
+    Lazy { name: String, what: String },
     /// The linker refused.
     #[error(transparent)]
     Link(#[from] kiln::Error),

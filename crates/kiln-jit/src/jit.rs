@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{JitGraph, SiteKind};
+use crate::redefine::Book;
 use crate::zone::{Region, Zone, ZoneConfig};
 use kiln::{Inputs, ScopeId, Session, UnitId, UnitOptions};
 use kiln_target::ExecutorAddr;
@@ -50,13 +51,27 @@ pub(crate) struct ZoneUnit {
     pub region: RegionKind,
     pub sites: Vec<Site>,
     pub heap_refs: Vec<HeapRef>,
-    /// What kiln-jit wrote into the unit's fields since it was linked, by field address.
+    /// What kiln-jit wrote into the unit's fields since it was linked and no relink edge
+    /// follows, by field address.
     pub written: FxHashMap<u64, Written>,
 }
 
-/// A value kiln-jit wrote into a field of a zone unit (a retargeted site, a guard key, an updated
-/// heap reference). The unit's relink record does not know it: when code moves, kiln applies the
-/// unit's edges again as linked, and compaction then writes these again at the fields' new places.
+impl ZoneUnit {
+    pub fn new(region: RegionKind, sites: Vec<Site>, heap_refs: Vec<HeapRef>) -> ZoneUnit {
+        ZoneUnit {
+            region,
+            sites,
+            heap_refs,
+            written: FxHashMap::default(),
+        }
+    }
+}
+
+/// A value kiln-jit wrote into a field of a zone unit (a retargeted site without a relink edge
+/// at it, a guard key, an updated heap reference). Where the unit's relink record has an edge
+/// at the field and kiln-jit made that edge follow the write ([`kiln::Session::set_edge_target`]),
+/// kiln applies it again when code moves and nothing is kept here; otherwise kiln knows nothing
+/// of the value, and compaction writes it again at the field's new place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Written {
     pub kind: SiteKind,
@@ -91,8 +106,15 @@ pub struct Jit {
     zone: Zone,
     scope: ScopeId,
     pub(crate) units: Mutex<FxHashMap<UnitId, ZoneUnit>>,
+    /// What patches left behind: per site the target it was last given, inline caches, PICs,
+    /// retired code awaiting reclaim (see `redefine.rs`). Its lock also orders kiln-jit's
+    /// patches of sites against each other.
+    pub(crate) book: Mutex<Book>,
+    /// Lazy functions (lazy.rs).
+    pub(crate) lazy: Arc<crate::lazy::LazyTable>,
     /// Held for writing while a compaction moves code; for reading by whatever writes fields at
-    /// addresses it looked up (sites, heap references) or removes units.
+    /// addresses it looked up (write windows, heap references) or removes units. Lock order:
+    /// `book`, then `moving`, then `units`.
     pub(crate) moving: RwLock<()>,
 }
 
@@ -113,6 +135,8 @@ impl Jit {
             session,
             zone,
             units: Mutex::default(),
+            book: Mutex::default(),
+            lazy: Arc::default(),
             moving: RwLock::default(),
         })
     }
@@ -146,6 +170,10 @@ impl Jit {
         self.units.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Code does not move while this is held (see [`Jit::compact`]).
     pub(crate) fn code_stays(&self) -> RwLockReadGuard<'_, ()> {
         self.moving.read().unwrap_or_else(|e| e.into_inner())
@@ -162,12 +190,7 @@ impl Jit {
         let unit = self.session.link_graph_with(&graph.graph, &options)?;
         match self.place_annotations(unit, graph) {
             Ok((sites, heap_refs)) => {
-                let record = ZoneUnit {
-                    region,
-                    sites: sites.clone(),
-                    heap_refs: heap_refs.clone(),
-                    written: FxHashMap::default(),
-                };
+                let record = ZoneUnit::new(region, sites.clone(), heap_refs.clone());
                 self.units().insert(unit, record);
                 Ok(Linked {
                     unit,
@@ -196,13 +219,8 @@ impl Jit {
         let mut inputs = Inputs::new();
         inputs.add_object(name, bytes);
         let unit = self.session.link_inputs_with(&inputs, &options)?;
-        let record = ZoneUnit {
-            region,
-            sites: Vec::new(),
-            heap_refs: Vec::new(),
-            written: FxHashMap::default(),
-        };
-        self.units().insert(unit, record);
+        self.units()
+            .insert(unit, ZoneUnit::new(region, Vec::new(), Vec::new()));
         Ok(Linked {
             unit,
             region,
@@ -212,7 +230,7 @@ impl Jit {
     }
 
     /// The addresses of a linked graph's sites and heap references.
-    fn place_annotations(
+    pub(crate) fn place_annotations(
         &self,
         unit: UnitId,
         graph: &JitGraph,
@@ -274,58 +292,88 @@ impl Jit {
     }
 
     /// Make `site` reach `target`: a `Rel32` site calls or jumps there, an `Abs64` site holds
-    /// its address. One atomic store: threads running through the site go to the old or the
-    /// new target, never elsewhere.
+    /// its address. One atomic store, then every core serializes: threads running through the
+    /// site go to the old or the new target, and none to the old one after this returns. The
+    /// target is remembered (a redefinition of it retargets the site), and a relink record's
+    /// edge at the site follows (moving code applies the new target, not the linked one).
     pub fn retarget(&self, site: &Site, target: ExecutorAddr) -> Result<()> {
-        if site.kind == SiteKind::Imm32 {
-            return Err(Error::Stale(format!(
-                "the site at {} is an immediate, not a target: set_value",
-                site.addr
-            )));
-        }
-        self.store(site, WrittenValue::Target(target.0))
+        self.retarget_in(&mut self.book(), site, target)
     }
 
-    /// Set an immediate or slot site's value (an inline cache's guard key), atomically.
+    /// The bytes that make `site` reach `target`.
+    pub(crate) fn target_bytes(site: &Site, target: ExecutorAddr) -> Result<Vec<u8>> {
+        Ok(match site.kind {
+            SiteKind::Rel32 => crate::window::rel32(site.addr, target)?
+                .to_le_bytes()
+                .to_vec(),
+            SiteKind::Abs64 => target.0.to_le_bytes().to_vec(),
+            SiteKind::Imm32 => {
+                return Err(Error::Stale(format!(
+                    "the site at {} is an immediate, not a target: set_value",
+                    site.addr
+                )))
+            }
+        })
+    }
+
+    /// Set an immediate or slot site's value (an inline cache's guard key), atomically (one
+    /// store, then the cores serialize). A slot given a value no longer follows the target it
+    /// was last given.
     pub fn set_value(&self, site: &Site, value: u64) -> Result<()> {
-        if site.kind == SiteKind::Rel32 {
-            return Err(Error::Stale(format!(
-                "the site at {} is a call: retarget it",
-                site.addr
-            )));
-        }
-        self.store(site, WrittenValue::Value(value))
+        let bytes = match site.kind {
+            SiteKind::Abs64 => value.to_le_bytes().to_vec(),
+            SiteKind::Imm32 => u32::try_from(value)
+                .map_err(|_| {
+                    Error::Stale(format!(
+                        "{value:#x} does not fit the 32-bit site at {}",
+                        site.addr
+                    ))
+                })?
+                .to_le_bytes()
+                .to_vec(),
+            SiteKind::Rel32 => {
+                return Err(Error::Stale(format!(
+                    "the site at {} is a call: retarget it",
+                    site.addr
+                )))
+            }
+        };
+        self.set_value_in(&mut self.book(), site, &bytes)
     }
 
-    fn store(&self, site: &Site, value: WrittenValue) -> Result<()> {
-        let written = Written {
-            kind: site.kind,
-            value,
-        };
-        let bytes = written.encode(site.addr.0)?;
-        let _stays = self.code_stays();
-        let live = self
-            .units()
-            .get(&site.unit)
-            .is_some_and(|u| u.sites.contains(site));
-        if !live {
-            return Err(Error::Stale(format!(
-                "the site at {} belongs to no live unit of this zone",
-                site.addr
-            )));
-        }
-        self.session.patch(site.addr, &bytes)?;
+    /// Store a site's new bytes in a write window (one aligned atomic store, then the cores
+    /// serialize), if the site belongs to a live unit of this zone. `kept` is what to remember
+    /// of the write for compaction to write it again after a move; `None` when a relink edge at
+    /// the field follows the write (kiln applies that edge again itself).
+    pub(crate) fn store(
+        &self,
+        site: &Site,
+        bytes: &[u8],
+        kept: Option<WrittenValue>,
+    ) -> Result<()> {
+        self.check_site(site)?;
+        self.write(|w| w.write(site.addr, bytes).map(drop))?;
         if let Some(u) = self.units().get_mut(&site.unit) {
-            u.written.insert(site.addr.0, written);
+            match kept {
+                Some(value) => {
+                    let written = Written {
+                        kind: site.kind,
+                        value,
+                    };
+                    u.written.insert(site.addr.0, written);
+                }
+                None => {
+                    u.written.remove(&site.addr.0);
+                }
+            }
         }
         Ok(())
     }
 
     /// After code moved (`to_new` gives each old address its new one): the sites and heap
     /// references of every zone unit at their new addresses, and what kiln-jit wrote into
-    /// fields (retargeted sites, set values, updated heap references) at their new places, with
-    /// targets that moved followed, for the caller to write again. Whatever in kiln-jit keeps
-    /// field addresses learns of moves here.
+    /// fields (see [`Written`]) at their new places, with targets that moved followed, for the
+    /// caller to write again.
     pub(crate) fn relocate_fields(&self, to_new: &dyn Fn(u64) -> u64) -> Vec<MovedField> {
         let mut out = Vec::new();
         for (&unit, u) in self.units().iter_mut() {
@@ -357,17 +405,38 @@ impl Jit {
         out
     }
 
+    /// `site` is one of a live (not retired) unit of this zone.
+    pub(crate) fn check_site(&self, site: &Site) -> Result<()> {
+        let live = self
+            .units()
+            .get(&site.unit)
+            .is_some_and(|u| u.sites.contains(site));
+        if !live {
+            return Err(Error::Stale(format!(
+                "the site at {} belongs to no live unit of this zone",
+                site.addr
+            )));
+        }
+        Ok(())
+    }
+
     /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
     pub fn remove(&self, unit: UnitId) -> Result<()> {
-        let _stays = self.code_stays();
-        self.session.remove(unit)?;
-        self.units().remove(&unit);
+        self.lazy.check_removable(unit)?;
+        {
+            let _stays = self.code_stays();
+            self.session.remove(unit)?;
+            self.units().remove(&unit);
+        }
+        // After the guard: the book is taken before `moving`, never after.
+        self.book().forget(unit);
         Ok(())
     }
 }
 
 impl Drop for Jit {
     fn drop(&mut self) {
+        self.lazy.forget_all(&**self.session.executor());
         // Newest first, so that dependents go before what they use; then the zone's slabs.
         let mut units: Vec<UnitId> = self.units().keys().copied().collect();
         units.sort_unstable();
@@ -379,7 +448,7 @@ impl Drop for Jit {
 }
 
 /// Sites and heap references must name symbols the graph defines, inside them.
-fn check_annotations(g: &JitGraph) -> Result<()> {
+pub(crate) fn check_annotations(g: &JitGraph) -> Result<()> {
     let sizes: FxHashMap<&str, u64> = g
         .graph
         .sections
@@ -427,11 +496,9 @@ impl Written {
         let out_of_range = |what: String| Error::Stale(format!("{what} (the field at {addr:#x})"));
         Ok(match (self.kind, self.value) {
             (SiteKind::Rel32, WrittenValue::Target(t) | WrittenValue::Value(t)) => {
-                let next = i128::from(addr) + 4;
-                let rel = i32::try_from(i128::from(t) - next).map_err(|_| {
-                    out_of_range(format!("{t:#x} is more than 2 GiB away from the call"))
-                })?;
-                rel.to_le_bytes().to_vec()
+                crate::window::rel32(ExecutorAddr(addr), ExecutorAddr(t))?
+                    .to_le_bytes()
+                    .to_vec()
             }
             (SiteKind::Abs64, WrittenValue::Target(v) | WrittenValue::Value(v)) => {
                 v.to_le_bytes().to_vec()

@@ -6,7 +6,15 @@
 //! Compiled code arrives as [`JitGraph`]s — kiln in-memory graphs that also say where their
 //! patchable places are: call sites and slots ([`Site`]) and references to the VM's heap
 //! objects ([`HeapRef`]). Everything that touches memory goes through kiln's `Executor` trait, so
-//! it works the same with code running in another process.
+//! it works the same with code running in another process. Functions may be lazy
+//! ([`Jit::declare_lazy`]): callable at once, compiled on their first call, after which their
+//! callers call the compiled code directly (docs/lazy.md).
+//!
+//! Code that runs is changed in write windows ([`Jit::write`]: the writable alias, aligned atomic
+//! stores, then every core serialized); sites are retargeted ([`Jit::retarget`]) and remember
+//! their targets; sends are cached inline ([`MonoIc`]) or in polymorphic stubs ([`Pic`]);
+//! functions are redefined ([`Jit::redefine`]); what is replaced is retired and freed when the VM
+//! says no thread can be in it ([`Jit::grace_start`], [`Jit::reclaim`]). See docs/jit.md.
 //!
 //! ```
 //! use kiln::graph::InMemoryGraph;
@@ -39,11 +47,21 @@ mod compact;
 mod error;
 mod graph;
 mod heaprefs;
+mod ic;
 mod jit;
+mod lazy;
+mod pic;
+mod redefine;
+mod window;
 mod zone;
 
 pub use compact::{CompactionReport, CompactionTimes, MoveMap, PinReason, RangeMove, Verdict};
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
+pub use ic::{IcState, IcUpdate, MonoIc};
 pub use jit::{HeapRef, Jit, Linked, RegionKind, Site};
+pub use lazy::{LazyContext, LazyFailure, LazyFailureHandler, LazyFunction, LazyStatus};
+pub use pic::{KeyRegister, KeyWidth, Pic, PicConfig, PicState, PicTarget, MAX_PIC_CASES};
+pub use redefine::{Epoch, Reclaimed, Redefine, Redefined, Retired, RetiredKind};
+pub use window::WriteWindow;
 pub use zone::{Region, Zone, ZoneConfig, ZonePlacement};

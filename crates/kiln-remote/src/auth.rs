@@ -2,6 +2,7 @@
 //! holds the secret with HMAC-SHA256 over both nonces, tagged by direction (so one side's proof
 //! can never be replayed as the other's). The secret itself never travels.
 
+use crate::error::{SetupError, TokenOrigin};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::path::Path;
@@ -21,39 +22,46 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// The fewest bytes a token may have.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 impl Token {
-    /// A token of at least 16 bytes (surrounding whitespace ignored).
-    pub fn new(bytes: &[u8]) -> Result<Token, String> {
+    /// A token of at least [`MIN_TOKEN_LEN`] bytes (surrounding whitespace ignored).
+    pub fn new(bytes: &[u8]) -> Result<Token, SetupError> {
+        Token::with_origin(bytes, TokenOrigin::Given)
+    }
+
+    fn with_origin(bytes: &[u8], origin: TokenOrigin) -> Result<Token, SetupError> {
         let t = bytes.trim_ascii();
-        if t.len() < 16 {
-            return Err(format!(
-                "the token is {} bytes; at least 16 are required",
-                t.len()
-            ));
+        if t.len() < MIN_TOKEN_LEN {
+            return Err(SetupError::TokenTooShort {
+                len: t.len(),
+                origin,
+            });
         }
         Ok(Token(t.to_vec()))
     }
 
     /// Read from a file, which must not be readable by group or others.
-    pub fn from_file(path: &Path) -> Result<Token, String> {
+    pub fn from_file(path: &Path) -> Result<Token, SetupError> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(format!(
-                "{}: the token file is readable by others (mode {:o}); chmod 600 it",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            ));
+        let meta = std::fs::metadata(path).map_err(|e| SetupError::io(path.display(), e))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(SetupError::TokenFileMode {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
         }
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Token::new(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes = std::fs::read(path).map_err(|e| SetupError::io(path.display(), e))?;
+        Token::with_origin(&bytes, TokenOrigin::File(path.to_path_buf()))
     }
 
     /// From `KILN_TOKEN`, if set.
-    pub fn from_env() -> Option<Result<Token, String>> {
+    pub fn from_env() -> Option<Result<Token, SetupError>> {
         std::env::var_os(TOKEN_ENV).map(|v| {
             use std::os::unix::ffi::OsStrExt;
-            Token::new(v.as_bytes()).map_err(|e| format!("{TOKEN_ENV}: {e}"))
+            Token::with_origin(v.as_bytes(), TokenOrigin::Env)
         })
     }
 

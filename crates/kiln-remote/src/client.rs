@@ -2,21 +2,22 @@
 //! `kiln-executor` process and waiting for its reply.
 
 use crate::auth::{nonce, Token};
-use crate::book::SlabBook;
+use crate::book::{registered_ranges, SlabBook};
+use crate::error::SetupError;
+use crate::mux::{reap_child, Mux, Reply};
 use crate::proto::*;
-use crate::wire::{Conn, MAX_FRAME, MAX_HELLO_FRAME};
+use crate::wire::{Conn, MAX_HELLO_FRAME};
 use kiln_target::{
-    AllocId, Error, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement, Result,
-    SharedSlab, SlabId, SlabInfo, SlabWrite, TargetInfo,
+    ActionPair, AllocId, Error, Executor, ExecutorAddr, FinalizeRequest, LazyErrorHandler,
+    LazyHandler, LibraryId, Placement, Result, SegmentMove, SharedSlab, SlabClaim, SlabId,
+    SlabInfo, SlabWrite, StubKey, TargetInfo, MAX_READ,
 };
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// How slab memory reaches the executor.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -31,13 +32,13 @@ pub enum MemoryMode {
 }
 
 impl std::str::FromStr for MemoryMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = SetupError;
+    fn from_str(s: &str) -> std::result::Result<Self, SetupError> {
         match s {
             "auto" => Ok(MemoryMode::Auto),
             "shared" => Ok(MemoryMode::Shared),
             "copy" => Ok(MemoryMode::Copy),
-            _ => Err(format!("{s:?}: expected shared, copy or auto")),
+            _ => Err(SetupError::BadMemoryMode { text: s.into() }),
         }
     }
 }
@@ -51,20 +52,24 @@ pub enum Endpoint {
 }
 
 impl std::str::FromStr for Endpoint {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = SetupError;
+    fn from_str(s: &str) -> std::result::Result<Self, SetupError> {
+        let bad = |why| SetupError::BadAddress {
+            text: s.into(),
+            why,
+        };
         if let Some(p) = s.strip_prefix("unix:") {
             if p.is_empty() {
-                return Err("unix: needs a socket path".into());
+                return Err(bad("needs a socket path"));
             }
             Ok(Endpoint::Unix(p.into()))
         } else if let Some(a) = s.strip_prefix("tcp:") {
             if !a.contains(':') {
-                return Err(format!("tcp:{a}: expected tcp:HOST:PORT"));
+                return Err(bad("expected tcp:HOST:PORT"));
             }
             Ok(Endpoint::Tcp(a.into()))
         } else {
-            Err(format!("{s:?}: expected unix:PATH or tcp:HOST:PORT"))
+            Err(bad("expected unix:PATH or tcp:HOST:PORT"))
         }
     }
 }
@@ -81,22 +86,24 @@ pub struct Options {
     pub attach_stdio: bool,
 }
 
-struct Inner {
-    conn: Conn,
-    next_id: u64,
-    /// Copy mode: slab writes waiting to ride along with the next request.
-    pending: Vec<WireWrite>,
-    child: Option<Child>,
-    exited: Option<ExitReport>,
-}
-
 /// An executor in another process.
+///
+/// Any number of threads may use it at once: their requests share one connection, and each
+/// gets its own reply. The executor serves them one at a time, in the order they arrive (while
+/// it runs code for one, the others wait), except that a thread of the executor waiting for a
+/// lazy function's resolution serves the handler's requests, and any that run no code, too.
+///
+/// Lazy functions ([`Executor::declare_lazy`]): the handler runs here, in the thread whose
+/// call (`run_main`, `call`, initializers, ...) runs the code that needs the function, or in a
+/// thread of its own if the question arrives while threads wait only for calls that run no code.
+/// Someone must be waiting on the executor to read the question: one asked while no thread
+/// waits is answered during the next call.
 pub struct RemoteExecutor {
     info: TargetInfo,
     bootstrap: Vec<(String, ExecutorAddr)>,
     shared: bool,
     slabs: bool,
-    inner: Mutex<Inner>,
+    mux: Arc<Mux>,
     /// Shared mode: our mappings of the executor's slabs. Each is used outside this lock (it
     /// guards its own ranges), so threads preparing units in one slab do not wait for each
     /// other.
@@ -114,28 +121,28 @@ impl RemoteExecutor {
     /// `ARGS... --fd N`) as a child connected over a socket pair. Its standard input, output and
     /// error are ours.
     pub fn spawn(program: &Path, args: &[&str], opts: Options) -> Result<RemoteExecutor> {
-        let (conn, child) = spawn_child(Command::new(program).args(args))
+        let (mut conn, mut child) = spawn_child(Command::new(program).args(args))
             .map_err(|e| channel(format!("cannot start {}: {e}", program.display())))?;
-        let mut inner = Inner {
-            conn,
-            next_id: 1,
-            pending: Vec::new(),
-            child: Some(child),
-            exited: None,
-        };
         let opts = Options {
             attach_stdio: false, // inherited already
             ..opts
         };
-        match client_handshake(&mut inner.conn, &opts) {
-            Ok(h) => Self::from_handshake(inner, h, &opts),
-            Err(e) => Err(gone(&mut inner, format!("handshake: {e}"))),
+        match client_handshake(&mut conn, &opts) {
+            Ok(h) => Self::from_handshake(conn, Some(child), h, &opts),
+            Err(e) => {
+                // Say how the executor ended, if it did, rather than what the channel saw.
+                conn.shutdown();
+                Err(match reap_child(&mut child) {
+                    ExitReport::Unknown => e,
+                    r => r.to_error(),
+                })
+            }
         }
     }
 
     /// Connect to a listening `kiln-executor`.
     pub fn connect(endpoint: &Endpoint, opts: Options) -> Result<RemoteExecutor> {
-        let conn = match endpoint {
+        let mut conn = match endpoint {
             Endpoint::Unix(p) => {
                 let s = UnixStream::connect(p)
                     .map_err(|e| channel(format!("cannot connect to {}: {e}", p.display())))?;
@@ -157,18 +164,16 @@ impl RemoteExecutor {
                     .map_err(|e| channel(format!("cannot connect to {a}: {e}")))?,
             ),
         };
-        let mut inner = Inner {
-            conn,
-            next_id: 1,
-            pending: Vec::new(),
-            child: None,
-            exited: None,
-        };
-        let h = client_handshake(&mut inner.conn, &opts)?;
-        Self::from_handshake(inner, h, &opts)
+        let h = client_handshake(&mut conn, &opts)?;
+        Self::from_handshake(conn, None, h, &opts)
     }
 
-    fn from_handshake(inner: Inner, h: Handshake, opts: &Options) -> Result<RemoteExecutor> {
+    fn from_handshake(
+        conn: Conn,
+        child: Option<Child>,
+        h: Handshake,
+        opts: &Options,
+    ) -> Result<RemoteExecutor> {
         let shared = match opts.memory {
             MemoryMode::Auto => h.shared_memory,
             MemoryMode::Copy => false,
@@ -184,7 +189,7 @@ impl RemoteExecutor {
             bootstrap: h.bootstrap,
             shared,
             slabs: h.slabs,
-            inner: Mutex::new(inner),
+            mux: Arc::new(Mux::new(conn, child)?),
             mapped: Mutex::new(HashMap::new()),
             book: Mutex::new(SlabBook::default()),
         })
@@ -200,127 +205,19 @@ impl RemoteExecutor {
         self.info.pid
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| channel("the connection's lock is poisoned"))
-    }
-
     /// Send `call` (with any pending slab writes) and wait for its reply.
-    fn call(&self, call: Call) -> Result<(Value, Vec<OwnedFd>)> {
-        let mut inner = self.lock()?;
-        let inner = &mut *inner;
-        if let Some(r) = inner.exited {
-            return Err(r.to_error());
-        }
-        let id = inner.next_id;
-        inner.next_id += 1;
-        let req = Request {
-            id,
-            writes: std::mem::take(&mut inner.pending),
-            call,
-        };
-        if let Err(e) = inner.conn.send(&req, &[]) {
-            return Err(gone(inner, e));
-        }
-        loop {
-            let frame = match inner.conn.recv(MAX_FRAME) {
-                Ok(f) => f,
-                Err(e) => return Err(gone(inner, e)),
-            };
-            let msg: Message = match frame.decode() {
-                Ok(m) => m,
-                Err(e) => {
-                    inner.conn.shutdown();
-                    return Err(channel(format!("from the executor: {e}")));
-                }
-            };
-            match msg {
-                Message::Reply { id: rid, result } if rid == id => {
-                    return match result {
-                        Ok(v) => Ok((v, frame.fds)),
-                        Err(e) => Err(Error::Remote(e)),
-                    }
-                }
-                Message::Reply { id: rid, .. } => {
-                    inner.conn.shutdown();
-                    return Err(channel(format!(
-                        "reply to request {rid} while waiting for {id}"
-                    )));
-                }
-                Message::Output { stream, bytes } => forward_output(stream, &bytes),
-                Message::Exited(r) => {
-                    inner.exited = Some(r);
-                    reap(inner);
-                    return Err(r.to_error());
-                }
-                Message::ProtocolError(why) => {
-                    inner.conn.shutdown();
-                    return Err(channel(format!(
-                        "the executor closed the connection: {why}"
-                    )));
-                }
-            }
-        }
+    fn call(&self, call: Call) -> Result<Reply> {
+        self.mux.call(call)
     }
 
     /// Ask the executor to leave with `status` as a native program would (exit handlers, the
     /// units' finalizers, stdio flushed) and wait until it has; how it ended.
     pub fn exit(&self, status: i32) -> Result<ExitReport> {
-        let mut inner = self.lock()?;
-        let inner = &mut *inner;
-        if let Some(r) = inner.exited {
-            return Ok(r);
-        }
-        let req = Request {
-            id: 0,
-            writes: Vec::new(),
-            call: Call::Exit(status),
-        };
-        let _ = inner.conn.send(&req, &[]);
-        loop {
-            match inner
-                .conn
-                .recv(MAX_FRAME)
-                .and_then(|f| f.decode::<Message>())
-            {
-                Ok(Message::Output { stream, bytes }) => forward_output(stream, &bytes),
-                Ok(Message::Exited(r)) => {
-                    inner.exited = Some(r);
-                    break;
-                }
-                Ok(_) => continue,
-                Err(_) => break,
-            }
-        }
-        if let Some(child) = inner.child.as_mut() {
-            // Exit handlers may take their time: wait for them.
-            let st = child.wait().map_err(channel)?;
-            inner.child = None;
-            inner.exited = Some(ExitReport::from_status(st));
-        }
-        inner.conn.shutdown();
-        Ok(inner.exited.unwrap_or(ExitReport::Unknown))
+        self.mux.exit(status)
     }
 
-    fn queue(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
-        let mut inner = self.lock()?;
-        for w in writes {
-            inner.pending.push(match *w {
-                SlabWrite::Bytes(addr, b) => WireWrite::Bytes {
-                    slab,
-                    addr,
-                    bytes: b.to_vec(),
-                },
-                SlabWrite::Fill(addr, len, byte) => WireWrite::Fill {
-                    slab,
-                    addr,
-                    len,
-                    byte,
-                },
-            });
-        }
-        Ok(())
+    fn queue(&self, slab: SlabId, writes: &[SlabWrite<'_>]) {
+        self.mux.queue(writes.iter().map(|w| to_wire(slab, w)));
     }
 
     fn with_mapped<R>(&self, slab: SlabId, f: impl FnOnce(&SharedSlab) -> Result<R>) -> Result<R> {
@@ -340,6 +237,38 @@ impl RemoteExecutor {
             .map_err(|_| channel("the slab book's lock is poisoned"))
     }
 
+    /// The ranges a move touches (each segment's old range and its destination, as one range
+    /// where they overlap), by the mapped slab that holds the old range. Ranges in no slab of
+    /// ours are left to the executor to refuse.
+    fn mapped_move_ranges(&self, moves: &[SegmentMove]) -> Result<Vec<SlabRanges>> {
+        let mut by_slab: HashMap<u32, Vec<(ExecutorAddr, u64)>> = HashMap::new();
+        {
+            let book = self.book()?;
+            for m in moves {
+                let Some(slab) = book.slab_holding(m.from, m.len) else {
+                    continue;
+                };
+                let (from_end, to_end) = (m.from.0 + m.len, m.to.0.saturating_add(m.len));
+                let ranges = by_slab.entry(slab.0).or_default();
+                if m.to.0 < from_end && m.from.0 < to_end {
+                    let start = m.from.0.min(m.to.0);
+                    ranges.push((ExecutorAddr(start), from_end.max(to_end) - start));
+                } else {
+                    ranges.push((m.from, m.len));
+                    ranges.push((m.to, m.len));
+                }
+            }
+        }
+        let mapped = self
+            .mapped
+            .lock()
+            .map_err(|_| channel("the slab table's lock is poisoned"))?;
+        Ok(by_slab
+            .into_iter()
+            .filter_map(|(slab, ranges)| Some((mapped.get(&slab)?.clone(), ranges)))
+            .collect())
+    }
+
     /// Every range inside one region of `slab`, over no live unit.
     fn check_writes(
         &self,
@@ -351,6 +280,34 @@ impl RemoteExecutor {
             book.check_write(slab, a, n)?;
         }
         Ok(())
+    }
+}
+
+/// Ranges of one mapped slab.
+type SlabRanges = (Arc<SharedSlab>, Vec<(ExecutorAddr, u64)>);
+
+/// A slab write as it travels.
+fn to_wire(slab: SlabId, w: &SlabWrite<'_>) -> WireWrite {
+    match *w {
+        SlabWrite::Bytes(addr, b) => WireWrite::Bytes {
+            slab,
+            addr,
+            bytes: b.to_vec(),
+        },
+        SlabWrite::Fill(addr, len, byte) => WireWrite::Fill {
+            slab,
+            addr,
+            len,
+            byte,
+        },
+    }
+}
+
+/// The executor range a write covers.
+fn range_of(w: &SlabWrite<'_>) -> (ExecutorAddr, u64) {
+    match *w {
+        SlabWrite::Bytes(a, b) => (a, b.len() as u64),
+        SlabWrite::Fill(a, n, _) => (a, n),
     }
 }
 
@@ -438,59 +395,10 @@ pub fn client_handshake(conn: &mut Conn, opts: &Options) -> Result<Handshake> {
     }
 }
 
-fn forward_output(stream: u8, bytes: &[u8]) {
-    // The program's output is ours; if our own stdout is gone there is nobody to tell.
-    let _ = if stream == 2 {
-        std::io::stderr().write_all(bytes)
-    } else {
-        let mut o = std::io::stdout();
-        o.write_all(bytes).and_then(|_| o.flush())
-    };
-}
-
-/// The connection failed: if we started the executor, find out how it ended (it is reaped
-/// either way, within about a second), and say that rather than the channel error.
-fn gone(inner: &mut Inner, e: impl std::fmt::Display) -> Error {
-    inner.conn.shutdown();
-    if inner.child.is_some() {
-        reap(inner);
-    }
-    match inner.exited {
-        Some(r) => r.to_error(),
-        None => channel(format!("lost the connection to the executor: {e}")),
-    }
-}
-
-/// Wait for our child (up to a second after its channel closed), killing it if it lingers.
-fn reap(inner: &mut Inner) {
-    let Some(child) = inner.child.as_mut() else {
-        return;
-    };
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(None) => {
-                let _ = child.kill();
-                break child.wait().ok();
-            }
-            Err(_) => break None,
-        }
-    };
-    inner.child = None;
-    if inner.exited.is_none() {
-        inner.exited = Some(status.map_or(ExitReport::Unknown, ExitReport::from_status));
-    }
-}
-
 impl Drop for RemoteExecutor {
     fn drop(&mut self) {
-        if let Ok(inner) = self.inner.get_mut() {
-            // The executor sees the hangup and leaves without running anything further.
-            inner.conn.shutdown();
-            reap(inner);
-        }
+        // The executor sees the hangup and leaves without running anything further.
+        self.mux.close();
     }
 }
 
@@ -529,9 +437,14 @@ impl Executor for RemoteExecutor {
         } else {
             Vec::new()
         };
+        let registered = if request.in_slab {
+            registered_ranges(&request.actions)
+        } else {
+            Vec::new()
+        };
         match self.call(Call::Finalize(request))?.0 {
             Value::Alloc(a) => {
-                self.book()?.add_unit(a, &in_slab);
+                self.book()?.add_unit(a, &in_slab, &registered);
                 Ok(a)
             }
             v => Err(unexpected(v)),
@@ -627,17 +540,12 @@ impl Executor for RemoteExecutor {
     }
 
     fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
-        self.check_writes(
-            slab,
-            writes.iter().map(|w| match *w {
-                SlabWrite::Bytes(a, b) => (a, b.len() as u64),
-                SlabWrite::Fill(a, n, _) => (a, n),
-            }),
-        )?;
+        self.check_writes(slab, writes.iter().map(range_of))?;
         if self.shared {
             self.with_mapped(slab, |m| m.write(writes))
         } else {
-            self.queue(slab, writes)
+            self.queue(slab, writes);
+            Ok(())
         }
     }
 
@@ -664,6 +572,99 @@ impl Executor for RemoteExecutor {
             bytes: bytes.to_vec(),
         };
         self.call(call).map(drop)
+    }
+
+    /// Shared mode writes into this process's mapping (aligned units atomically), then asks
+    /// the executor to serialize its cores if code changed; copy mode sends the writes. The
+    /// book refuses writes outside the slab's regions and over registered unwind info or TLS
+    /// images at once; the executor checks again in copy mode.
+    fn write_live(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        let ranges: Vec<(ExecutorAddr, u64)> = writes.iter().map(range_of).collect();
+        {
+            let book = self.book()?;
+            for &(a, n) in &ranges {
+                book.check_live_write(slab, a, n)?;
+            }
+        }
+        if !self.shared {
+            let wire = writes.iter().map(|w| to_wire(slab, w)).collect();
+            return self.call(Call::WriteLive(wire)).map(drop);
+        }
+        let written = self.with_mapped(slab, |m| m.write_live(writes));
+        let code: Vec<(ExecutorAddr, u64)> = {
+            let book = self.book()?;
+            ranges
+                .into_iter()
+                .filter(|&(a, n)| n > 0 && book.in_code(slab, a))
+                .collect()
+        };
+        // Also after an error: what was written must not run stale.
+        let synced = if code.is_empty() {
+            Ok(())
+        } else {
+            self.call(Call::SyncCode { slab, ranges: code }).map(drop)
+        };
+        written.and(synced)
+    }
+
+    /// Shared mode reads slab memory from this process's mapping; anything else (and copy mode)
+    /// asks the executor, which checks the range against its table.
+    fn read_memory(&self, addr: ExecutorAddr, len: u64) -> Result<Vec<u8>> {
+        if len > MAX_READ {
+            return Err(Error::InvalidRequest(format!(
+                "a read of {len:#x} bytes (at most {MAX_READ:#x} at once)"
+            )));
+        }
+        if self.shared {
+            if let Some(slab) = self.book()?.slab_holding(addr, len) {
+                return self.with_mapped(slab, |m| m.read(addr, len));
+            }
+        }
+        match self.call(Call::ReadMemory { addr, len })?.0 {
+            Value::Bytes(b) if b.len() as u64 == len => Ok(b),
+            v => Err(unexpected(v)),
+        }
+    }
+
+    /// The executor moves the bytes and checks everything; meanwhile, in shared mode, the old
+    /// and new ranges are claimed in this process's mappings so that no write of ours (nor a
+    /// patch) lands in them while the executor copies.
+    fn move_allocation(
+        &self,
+        id: AllocId,
+        moves: &[SegmentMove],
+        actions: Vec<ActionPair>,
+    ) -> Result<()> {
+        let registered = registered_ranges(&actions);
+        let mapped = if self.shared {
+            self.mapped_move_ranges(moves)?
+        } else {
+            Vec::new()
+        };
+        let _claims = mapped
+            .iter()
+            .map(|(m, ranges)| m.claim_ranges(ranges))
+            .collect::<Result<Vec<SlabClaim<'_>>>>()?;
+        let call = Call::MoveAllocation {
+            id,
+            moves: moves.to_vec(),
+            actions,
+        };
+        let Value::Moved { error } = self.call(call)?.0 else {
+            return Err(channel("unexpected reply to a move"));
+        };
+        let mut book = self.book()?;
+        book.move_unit(id, moves);
+        match error {
+            None => {
+                book.set_registered(id, &registered);
+                Ok(())
+            }
+            Some(why) => {
+                book.set_registered(id, &[]);
+                Err(Error::AfterMove { id: id.0, why })
+            }
+        }
     }
 
     /// The executor refuses while units live in the slab; only once it has released it does
@@ -701,5 +702,32 @@ impl Executor for RemoteExecutor {
             Value::Word(w) => Ok(w),
             v => Err(unexpected(v)),
         }
+    }
+
+    /// The key is declared in the executor's registry; `handler` runs here, in a thread
+    /// waiting on this executor, when the executor first needs the function (see
+    /// [`RemoteExecutor`]).
+    fn declare_lazy(&self, handler: LazyHandler) -> Result<StubKey> {
+        match RemoteExecutor::call(self, Call::DeclareLazy)?.0 {
+            Value::Key(k) => {
+                self.mux.add_lazy(k, handler);
+                Ok(k)
+            }
+            v => Err(unexpected(v)),
+        }
+    }
+
+    fn forget_lazy(&self, key: StubKey) -> Result<()> {
+        RemoteExecutor::call(self, Call::ForgetLazy(key))?;
+        self.mux.forget_lazy(key);
+        Ok(())
+    }
+
+    /// Runs here, when a handler fails; its answer travels to the executor with the failure.
+    /// Without one (or with `None` from it), the executor process aborts with the handler's
+    /// message on its standard error.
+    fn set_lazy_error_handler(&self, handler: Option<LazyErrorHandler>) -> Result<()> {
+        self.mux.set_error_handler(handler);
+        Ok(())
     }
 }

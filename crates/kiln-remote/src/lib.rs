@@ -13,13 +13,16 @@
 pub mod auth;
 mod book;
 pub mod client;
+mod error;
 pub mod listen;
+mod mux;
 pub mod proto;
 pub mod server;
 pub mod wire;
 
 pub use auth::Token;
 pub use client::{Endpoint, MemoryMode, Options, RemoteExecutor};
+pub use error::{HandshakeError, SetupError, TokenOrigin};
 pub use listen::{ListenAddr, ListenOptions};
 pub use proto::ExitReport;
 
@@ -72,14 +75,10 @@ pub fn executor_main(args: &[String], prefix: &[String]) -> i32 {
         }
     }
     if let Some(fd) = fd {
-        let conn = fd
-            .parse::<i32>()
-            .map_err(|e| e.to_string())
-            .and_then(|n| kiln_target::process::take_inherited_fd(n).map_err(|e| e.to_string()));
-        return match conn {
-            Ok(fd) => server::serve(wire::Conn::from(std::os::unix::net::UnixStream::from(fd))),
+        return match inherited_conn(&fd) {
+            Ok(conn) => server::serve(conn),
             Err(e) => {
-                eprintln!("kiln-executor: --fd {fd}: {e}");
+                eprintln!("kiln-executor: {e}");
                 2
             }
         };
@@ -88,14 +87,14 @@ pub fn executor_main(args: &[String], prefix: &[String]) -> i32 {
         eprintln!("kiln-executor: nothing to do\n\n{USAGE}");
         return 2;
     };
-    let r = (|| {
+    let r = (|| -> Result<(), SetupError> {
         let addr: ListenAddr = at.parse()?;
         let token = match (token_file, Token::from_env()) {
             (Some(f), _) => Some(Token::from_file(std::path::Path::new(&f))?),
             (None, Some(t)) => Some(t?),
             (None, None) => None,
         };
-        let program = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+        let program = std::env::current_exe().map_err(|e| SetupError::io("own executable", e))?;
         listen::listen(
             &addr,
             &ListenOptions {
@@ -114,4 +113,14 @@ pub fn executor_main(args: &[String], prefix: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// The connection a spawning controller handed us as descriptor `text`.
+fn inherited_conn(text: &str) -> Result<wire::Conn, SetupError> {
+    let n: i32 = text.parse().map_err(|_| SetupError::BadFd {
+        text: text.to_string(),
+    })?;
+    let fd = kiln_target::process::take_inherited_fd(n)
+        .map_err(|e| SetupError::io(format_args!("--fd {n}"), e))?;
+    Ok(wire::Conn::from(std::os::unix::net::UnixStream::from(fd)))
 }

@@ -6,6 +6,7 @@
 
 use crate::auth::Token;
 use crate::client::{client_handshake, spawn_child, Options};
+use crate::error::{HandshakeError, SetupError};
 use crate::proto::{ExitReport, Message, Welcome};
 use crate::server::greet;
 use crate::wire::{Conn, Frame, MAX_FRAME};
@@ -13,8 +14,8 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 /// Where to listen.
@@ -25,11 +26,14 @@ pub enum ListenAddr {
 }
 
 impl std::str::FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SetupError;
+    fn from_str(s: &str) -> Result<Self, SetupError> {
         if let Some(p) = s.strip_prefix("unix:") {
             if p.is_empty() {
-                return Err("unix: needs a socket path".into());
+                return Err(SetupError::BadAddress {
+                    text: s.into(),
+                    why: "needs a socket path",
+                });
             }
             return Ok(ListenAddr::Unix(p.into()));
         }
@@ -39,14 +43,34 @@ impl std::str::FromStr for ListenAddr {
             } else {
                 format!("127.0.0.1:{a}") // a bare port: loopback
             };
+            let text = format!("tcp:{a}");
             return a
                 .to_socket_addrs()
-                .map_err(|e| format!("tcp:{a}: {e}"))?
+                .map_err(|error| SetupError::Resolve {
+                    text: text.clone(),
+                    error,
+                })?
                 .next()
                 .map(ListenAddr::Tcp)
-                .ok_or_else(|| format!("tcp:{a}: no address"));
+                .ok_or(SetupError::BadAddress {
+                    text,
+                    why: "resolves to no address",
+                });
         }
-        Err(format!("{s:?}: expected unix:PATH or tcp:HOST:PORT"))
+        Err(SetupError::BadAddress {
+            text: s.into(),
+            why: "expected unix:PATH or tcp:HOST:PORT",
+        })
+    }
+}
+
+/// As parsed: `unix:PATH` or `tcp:IP:PORT`.
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::Tcp(a) => write!(f, "tcp:{a}"),
+        }
     }
 }
 
@@ -67,25 +91,19 @@ pub struct ListenOptions {
 
 /// Listen until killed (or, with `once`, for one controller). Prints `listening on ADDR` on
 /// standard output when ready (with the real port when 0 was asked for).
-pub fn listen(addr: &ListenAddr, opts: &ListenOptions) -> Result<(), String> {
+pub fn listen(addr: &ListenAddr, opts: &ListenOptions) -> Result<(), SetupError> {
     let opts = Arc::new(opts.clone());
     match addr {
         ListenAddr::Tcp(a) => {
             if opts.token.is_none() {
-                return Err(format!(
-                    "tcp:{a}: a TCP listener needs a token (--token-file or {})",
-                    crate::auth::TOKEN_ENV
-                ));
+                return Err(SetupError::TcpNeedsToken { addr: *a });
             }
             if !a.ip().is_loopback() && !opts.allow_non_loopback {
-                return Err(format!(
-                    "tcp:{a} is not a loopback address; pass --allow-non-loopback to accept \
-                     controllers from other hosts (traffic is not encrypted: prefer an SSH tunnel)"
-                ));
+                return Err(SetupError::NonLoopback { addr: *a });
             }
-            let l = TcpListener::bind(a).map_err(|e| format!("tcp:{a}: {e}"))?;
-            let local = l.local_addr().map_err(|e| e.to_string())?;
-            ready(&format!("tcp:{local}"));
+            let l = TcpListener::bind(a).map_err(|e| SetupError::io(addr, e))?;
+            let local = l.local_addr().map_err(|e| SetupError::io(addr, e))?;
+            ready(&ListenAddr::Tcp(local));
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
                 if session(Conn::from(c), &opts, opts.once) {
@@ -99,8 +117,8 @@ pub fn listen(addr: &ListenAddr, opts: &ListenOptions) -> Result<(), String> {
             let old = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
             let l = UnixListener::bind(p);
             rustix::process::umask(old);
-            let l = l.map_err(|e| format!("unix:{}: {e}", p.display()))?;
-            ready(&format!("unix:{}", p.display()));
+            let l = l.map_err(|e| SetupError::io(addr, e))?;
+            ready(addr);
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
                 if session(Conn::from(c), &opts, opts.once) {
@@ -113,7 +131,7 @@ pub fn listen(addr: &ListenAddr, opts: &ListenOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn ready(addr: &str) {
+fn ready(addr: &ListenAddr) {
     use std::io::Write;
     let mut o = std::io::stdout();
     let _ = writeln!(o, "listening on {addr}");
@@ -121,16 +139,17 @@ fn ready(addr: &str) {
 }
 
 /// Remove a socket file left by a listener that is gone; refuse to touch anything else.
-fn remove_stale_socket(p: &std::path::Path) -> Result<(), String> {
+fn remove_stale_socket(p: &Path) -> Result<(), SetupError> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(p).is_ok() {
-                return Err(format!("unix:{}: another listener is there", p.display()));
+                return Err(SetupError::SocketInUse { path: p.into() });
             }
-            std::fs::remove_file(p).map_err(|e| format!("unix:{}: {e}", p.display()))
+            std::fs::remove_file(p)
+                .map_err(|e| SetupError::io(format_args!("unix:{}", p.display()), e))
         }
-        Ok(_) => Err(format!("unix:{}: exists and is not a socket", p.display())),
+        Ok(_) => Err(SetupError::NotASocket { path: p.into() }),
         Err(_) => Ok(()),
     }
 }
@@ -180,22 +199,49 @@ impl Drop for Unauthenticated {
     }
 }
 
-fn relay(mut conn: Conn, opts: &ListenOptions) -> Result<(), String> {
-    let waiting = Unauthenticated::enter().ok_or_else(|| {
-        format!(
-            "more than {MAX_UNAUTHENTICATED} connections are waiting to authenticate; closed one"
-        )
-    })?;
+/// Why a listener's session ended early. The listener prints it; a peer that is refused is
+/// told the same text. Private: no caller of the library meets one.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("more than {MAX_UNAUTHENTICATED} connections are waiting to authenticate; closed one")]
+    TooManyWaiting,
+    #[error("refused a peer of uid {uid}")]
+    WrongUser { uid: u32 },
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("standard I/O descriptors missing")]
+    StdioMissing,
+    #[error("cannot start the executor: {0}")]
+    Spawn(std::io::Error),
+    /// The executor process started but did not complete its handshake with us.
+    #[error("the executor process failed to start: {0}")]
+    ExecutorFailed(kiln_target::Error),
+    #[error("{what}: {error}")]
+    Io {
+        what: &'static str,
+        error: std::io::Error,
+    },
+}
+
+/// Authenticate the controller on `conn`, start its executor process, and welcome the
+/// controller; the connection to the process, and the process.
+fn admit(conn: &mut Conn, opts: &ListenOptions) -> Result<(Conn, Child), SessionError> {
+    let waiting = Unauthenticated::enter().ok_or(SessionError::TooManyWaiting)?;
     if conn.is_unix() {
         // Only our own user, even if the socket's permissions were widened.
-        let cred = rustix::net::sockopt::socket_peercred(conn.fd()).map_err(|e| e.to_string())?;
+        let cred =
+            rustix::net::sockopt::socket_peercred(conn.fd()).map_err(|e| SessionError::Io {
+                what: "the peer's credentials",
+                error: e.into(),
+            })?;
         if cred.uid != rustix::process::getuid() {
             let _ = conn.send(&Welcome::Refused("wrong user".into()), &[]);
-            return Err(format!("refused a peer of uid {}", cred.uid.as_raw()));
+            let uid = cred.uid.as_raw();
+            return Err(SessionError::WrongUser { uid });
         }
     }
     // Nothing is started, and nothing but the hello is read, before the peer has proved itself.
-    let greeted = greet(&mut conn, opts.token.as_ref())?;
+    let greeted = greet(conn, opts.token.as_ref())?;
     drop(waiting);
     let forward = greeted.stdio.is_empty();
     let mut cmd = Command::new(&opts.program);
@@ -207,42 +253,60 @@ fn relay(mut conn: Conn, opts: &ListenOptions) -> Result<(), String> {
     } else {
         let mut fds = greeted.stdio.into_iter();
         let (Some(i), Some(o), Some(e)) = (fds.next(), fds.next(), fds.next()) else {
-            return Err("standard I/O descriptors missing".into());
+            return Err(SessionError::StdioMissing);
         };
         cmd.stdin(Stdio::from(i))
             .stdout(Stdio::from(o))
             .stderr(Stdio::from(e));
     }
-    let (mut child_conn, mut child) =
-        spawn_child(&mut cmd).map_err(|e| format!("cannot start the executor: {e}"))?;
-    let welcome = match client_handshake(&mut child_conn, &Options::default()) {
-        Ok(mut h) => {
-            h.shared_memory &= conn.is_unix();
-            h.forwards_output = forward;
-            Welcome::Accepted {
-                handshake: h,
-                mac: opts
-                    .token
-                    .as_ref()
-                    .map(|t| t.server_proof(&greeted.nonce, &greeted.hello.nonce)),
-            }
+    let (mut child_conn, mut child) = spawn_child(&mut cmd).map_err(SessionError::Spawn)?;
+    let mut handshake = match client_handshake(&mut child_conn, &Options::default()) {
+        Ok(h) => h,
+        Err(e) => {
+            let e = SessionError::ExecutorFailed(e);
+            let _ = conn.send(&Welcome::Refused(e.to_string()), &[]);
+            abandon(&child_conn, &mut child);
+            return Err(e);
         }
-        Err(e) => Welcome::Refused(format!("the executor process failed to start: {e}")),
     };
-    let _ = conn.send(&welcome, &[]);
-    if let Welcome::Refused(why) = welcome {
-        child_conn.shutdown();
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(why);
-    }
+    handshake.shared_memory &= conn.is_unix();
+    handshake.forwards_output = forward;
+    let mac = opts
+        .token
+        .as_ref()
+        .map(|t| t.server_proof(&greeted.nonce, &greeted.hello.nonce));
+    let _ = conn.send(&Welcome::Accepted { handshake, mac }, &[]);
+    Ok((child_conn, child))
+}
+
+/// Stop an executor process we started and will not use.
+fn abandon(child_conn: &Conn, child: &mut Child) {
+    child_conn.shutdown();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn relay(mut conn: Conn, opts: &ListenOptions) -> Result<(), SessionError> {
+    let (mut child_conn, mut child) = admit(&mut conn, opts)?;
     let _ = conn.set_read_timeout(None);
-    let writer = Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
+    let clones = conn
+        .try_clone()
+        .and_then(|to_controller| Ok((to_controller, child_conn.try_clone()?)));
+    let (to_controller, mut child_in) = match clones {
+        Ok(c) => c,
+        Err(error) => {
+            abandon(&child_conn, &mut child);
+            return Err(SessionError::Io {
+                what: "cloning the connections",
+                error,
+            });
+        }
+    };
+    let writer = Arc::new(Mutex::new(to_controller));
     let unix = conn.is_unix();
 
     // Controller → executor. When the controller goes, the executor's channel closes and it
     // leaves without running anything further.
-    let mut child_in = child_conn.try_clone().map_err(|e| e.to_string())?;
     let mut up = conn;
     let upward = std::thread::spawn(move || {
         loop {
@@ -302,14 +366,11 @@ fn relay(mut conn: Conn, opts: &ListenOptions) -> Result<(), String> {
         } else {
             Vec::new()
         };
-        let sent = writer
-            .lock()
-            .map_err(|_| "writer lock poisoned".to_string())
-            .and_then(|mut w| {
-                w.send_bytes(&frame_bytes(&f), &fds)
-                    .map_err(|e| e.to_string())
-            });
-        if sent.is_err() {
+        let sent = match writer.lock() {
+            Ok(mut w) => w.send_bytes(&frame_bytes(&f), &fds).is_ok(),
+            Err(_) => false, // a writer panicked: the controller gets nothing more
+        };
+        if !sent {
             break;
         }
     }

@@ -9,7 +9,10 @@ use common::*;
 use kiln_remote::auth::Token;
 use kiln_remote::proto::*;
 use kiln_remote::wire::{self, Conn, WireError, MAX_FRAME, MAX_HELLO_FRAME};
-use kiln_remote::{Endpoint, ExitReport, Options, RemoteExecutor};
+use kiln_remote::{
+    Endpoint, ExitReport, HandshakeError, ListenAddr, ListenOptions, MemoryMode, Options,
+    RemoteExecutor, SetupError, TokenOrigin,
+};
 use kiln_target::{ExecutorAddr, TargetInfo};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -503,11 +506,18 @@ fn token_proofs_are_bound_to_direction_and_nonces() {
     assert!(!other.verify_client(&sn, &cn, &c), "another token");
     assert!(!t.verify_client(&sn, &cn, &c[..31]), "a truncated proof");
     assert!(!t.verify_client(&sn, &cn, &[]), "an empty proof");
-    assert!(Token::new(b"0123456789abcde").is_err(), "15 bytes");
-    assert!(
-        Token::new(b"   0123456789abcde   ").is_err(),
-        "15 bytes and spaces"
-    );
+    for (bytes, what) in [
+        (&b"0123456789abcde"[..], "15 bytes"),
+        (b"   0123456789abcde   ", "15 bytes and spaces"),
+    ] {
+        match Token::new(bytes) {
+            Err(SetupError::TokenTooShort {
+                len: 15,
+                origin: TokenOrigin::Given,
+            }) => {}
+            r => panic!("{what}: {r:?}"),
+        }
+    }
     assert!(!format!("{t:?}").contains("0123"), "Debug shows the secret");
 }
 
@@ -700,4 +710,219 @@ fn socket_path_conflicts_are_refused() {
     let ex = RemoteExecutor::connect(&l.endpoint(), Options::default()).expect("connect");
     assert_eq!(ex.exit(0).expect("exit"), ExitReport::Code(0));
     l.assert_alive("after a second listener was refused");
+}
+
+// ---- typed errors (the same refusals as above, as a program embedding the library sees them) ----
+
+#[test]
+fn token_file_errors_are_typed() {
+    let dir = tempdir();
+    let (open, _) = token_file(dir.path(), "token644", 0o644);
+    let e = Token::from_file(&open).expect_err("a token file of mode 644");
+    match &e {
+        SetupError::TokenFileMode { path, mode } => assert_eq!((path, *mode), (&open, 0o644)),
+        e => panic!("a token file of mode 644: {e:?}"),
+    }
+    let text = e.to_string();
+    assert!(
+        text.contains(&open.display().to_string()) && text.contains("chmod 600"),
+        "{text}"
+    );
+    let short = dir.path().join("short");
+    std::fs::write(&short, b"tooshort\n").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = Token::from_file(&short).expect_err("an 8-byte token file");
+    match &e {
+        SetupError::TokenTooShort { len, origin } => {
+            assert_eq!((*len, origin), (8, &TokenOrigin::File(short.clone())))
+        }
+        e => panic!("an 8-byte token file: {e:?}"),
+    }
+    let text = e.to_string();
+    assert!(
+        text.contains(&short.display().to_string()) && text.contains("16"),
+        "{text}"
+    );
+    let missing = dir.path().join("missing");
+    match Token::from_file(&missing) {
+        Err(SetupError::Io { what, error }) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+            assert_eq!(what, missing.display().to_string());
+        }
+        r => panic!("a missing token file: {r:?}"),
+    }
+}
+
+/// `listen` with options that must be refused before anything is bound; it would block
+/// listening if it accepted them, so it runs in a thread, waited for up to [`HANG`].
+fn listen_refuses(addr: &str, token: Option<Token>, what: &str) -> SetupError {
+    let addr: ListenAddr = addr.parse().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let opts = ListenOptions {
+        token,
+        once: true,
+        allow_non_loopback: false,
+        program: PathBuf::from(EXECUTOR),
+        args: Vec::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(kiln_remote::listen::listen(&addr, &opts));
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => panic!("{what}: listen served"),
+        Err(_) => panic!("{what}: listen did not refuse within {HANG:?}"),
+    }
+}
+
+#[test]
+fn listener_setup_errors_are_typed() {
+    let dir = tempdir();
+    let token = Token::new(b"kiln-test-secret-0123456789abcdef").unwrap();
+    match listen_refuses("tcp:127.0.0.1:0", None, "TCP without a token") {
+        SetupError::TcpNeedsToken { addr } => assert_eq!(addr.to_string(), "127.0.0.1:0"),
+        e => panic!("TCP without a token: {e:?}"),
+    }
+    match listen_refuses("tcp:0.0.0.0:0", Some(token.clone()), "all interfaces") {
+        SetupError::NonLoopback { addr } => assert!(addr.ip().is_unspecified(), "{addr}"),
+        e => panic!("all interfaces without allow_non_loopback: {e:?}"),
+    }
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"precious").unwrap();
+    let at = format!("unix:{}", file.display());
+    match listen_refuses(&at, None, "a regular file at the socket path") {
+        SetupError::NotASocket { path } => assert_eq!(path, file),
+        e => panic!("a regular file at the socket path: {e:?}"),
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+    // Someone listens there (the kernel accepts our probe into the backlog).
+    let sock = dir.path().join("sock");
+    let _held = std::os::unix::net::UnixListener::bind(&sock).expect("binding a socket");
+    let at = format!("unix:{}", sock.display());
+    match listen_refuses(&at, Some(token), "a live socket") {
+        SetupError::SocketInUse { path } => assert_eq!(path, sock),
+        e => panic!("a live socket: {e:?}"),
+    }
+    assert!(sock.exists(), "a live listener's socket was removed");
+}
+
+#[test]
+fn address_errors_are_typed() {
+    for text in ["unix:", "udp:1234", "/tmp/sock"] {
+        match text.parse::<ListenAddr>() {
+            Err(SetupError::BadAddress { text: t, why }) => {
+                assert_eq!(t, text);
+                assert!(!why.is_empty());
+            }
+            r => panic!("listen address {text:?}: {r:?}"),
+        }
+    }
+    // A bare port is loopback's; no port at all does not resolve.
+    match "tcp:".parse::<ListenAddr>() {
+        Err(SetupError::Resolve { text, .. }) => assert_eq!(text, "tcp:127.0.0.1:"),
+        r => panic!("listen address \"tcp:\": {r:?}"),
+    }
+    for text in ["unix:", "tcp:localhost", "localhost:1234"] {
+        match text.parse::<Endpoint>() {
+            Err(SetupError::BadAddress { text: t, .. }) => assert_eq!(t, text),
+            r => panic!("endpoint {text:?}: {r:?}"),
+        }
+    }
+    match "fast".parse::<MemoryMode>() {
+        Err(SetupError::BadMemoryMode { text }) => assert_eq!(text, "fast"),
+        r => panic!("memory mode \"fast\": {r:?}"),
+    }
+    // A listen address prints as it is written.
+    for text in ["tcp:127.0.0.1:7", "unix:/tmp/some.sock"] {
+        let a: ListenAddr = text.parse().unwrap();
+        assert_eq!(a.to_string(), text);
+    }
+}
+
+/// A controller's hello (the encoded frame), made from the executor's.
+type MakeHello = Box<dyn FnOnce(&ServerHello) -> Vec<u8>>;
+
+/// The executor's side of the handshake on a socket pair, against a controller that sends
+/// `hello` (built from the executor's hello); the greeting's error and what the peer was told.
+fn greet_with(
+    token: Option<Token>,
+    hello: impl FnOnce(&ServerHello) -> Vec<u8>,
+) -> (HandshakeError, Option<String>) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut conn = Conn::from(theirs);
+        kiln_remote::server::greet(&mut conn, token.as_ref()).map(|_| ())
+    });
+    let mut conn = Conn::from(ours);
+    conn.set_read_timeout(Some(HANG)).unwrap();
+    let h: ServerHello = conn
+        .recv(MAX_HELLO_FRAME)
+        .and_then(|f| f.decode())
+        .expect("the executor's hello");
+    conn.send_bytes(&hello(&h), &[]).expect("sending hello");
+    let told = match conn.recv(MAX_HELLO_FRAME * 4).and_then(|f| f.decode()) {
+        Ok(Welcome::Refused(why)) => Some(why),
+        Ok(Welcome::Accepted { .. }) => panic!("greet sent a welcome"),
+        Err(_) => None,
+    };
+    let e = server
+        .join()
+        .expect("greet panicked")
+        .expect_err("greet accepted");
+    (e, told)
+}
+
+#[test]
+fn handshake_errors_are_typed() {
+    let token = Token::new(b"kiln-test-secret-0123456789abcdef").unwrap();
+    let client = |version: u32, magic: [u8; 8], proof: Option<Token>| {
+        move |h: &ServerHello| {
+            let cn = [5u8; 32];
+            wire::encode(&ClientHello {
+                magic,
+                version,
+                nonce: cn,
+                mac: proof.as_ref().map(|t| t.client_proof(&h.nonce, &cn)),
+                stdio_attached: false,
+            })
+            .unwrap()
+        }
+    };
+    let wrong = Token::new(b"not-the-right-token-at-all").unwrap();
+    let next = PROTOCOL_VERSION + 1;
+    let cases: Vec<(&str, Option<Token>, MakeHello)> = vec![
+        ("next version", None, Box::new(client(next, MAGIC, None))),
+        (
+            "wrong magic",
+            None,
+            Box::new(client(PROTOCOL_VERSION, *b"NOTKILN!", None)),
+        ),
+        (
+            "wrong token",
+            Some(token.clone()),
+            Box::new(client(PROTOCOL_VERSION, MAGIC, Some(wrong.clone()))),
+        ),
+        (
+            "no proof",
+            Some(token.clone()),
+            Box::new(client(PROTOCOL_VERSION, MAGIC, None)),
+        ),
+        (
+            "not a hello",
+            None,
+            Box::new(|_: &ServerHello| wire::encode(&7u8).unwrap()),
+        ),
+    ];
+    for (what, token, hello) in cases {
+        let (e, told) = greet_with(token, hello);
+        let ok = match what {
+            "next version" => matches!(e, HandshakeError::Version { theirs } if theirs == next),
+            "wrong magic" => matches!(e, HandshakeError::NotKiln),
+            "wrong token" | "no proof" => matches!(e, HandshakeError::AuthenticationFailed),
+            _ => matches!(e, HandshakeError::BadHello(_)),
+        };
+        assert!(ok, "{what}: {e:?}");
+        // The peer is told what the executor logs.
+        assert_eq!(told.as_deref(), Some(e.to_string().as_str()), "{what}");
+    }
 }

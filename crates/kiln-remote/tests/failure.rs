@@ -232,10 +232,20 @@ fn half_close(conn: &Conn) {
 
 #[test]
 fn wrong_protocol_version_is_refused() {
-    for (what, magic, version) in [
-        ("next version", MAGIC, PROTOCOL_VERSION + 1),
-        ("version 0", MAGIC, 0),
-        ("wrong magic", *b"NOTKILN!", PROTOCOL_VERSION),
+    for (what, magic, version, says) in [
+        (
+            "next version",
+            MAGIC,
+            PROTOCOL_VERSION + 1,
+            format!("protocol version {}", PROTOCOL_VERSION + 1),
+        ),
+        ("version 0", MAGIC, 0, "protocol version 0".into()),
+        (
+            "wrong magic",
+            *b"NOTKILN!",
+            PROTOCOL_VERSION,
+            "not a kiln controller".into(),
+        ),
     ] {
         let (mut conn, mut child) = raw_executor();
         let hello: ServerHello = conn
@@ -261,7 +271,7 @@ fn wrong_protocol_version_is_refused() {
             .and_then(|f| f.decode())
             .unwrap_or_else(|e| panic!("{what}: no welcome: {e}"));
         match w {
-            Welcome::Refused(why) => assert!(why.contains("version"), "{what}: {why}"),
+            Welcome::Refused(why) => assert!(why.contains(&says), "{what}: {why}"),
             Welcome::Accepted { .. } => panic!("{what}: accepted"),
         }
         // Nothing more is read: even a request after the refusal gets nothing but the end.

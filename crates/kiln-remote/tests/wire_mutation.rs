@@ -11,8 +11,8 @@
 use kiln_remote::proto::*;
 use kiln_remote::wire::{self, read_frame, Source, WireError, MAX_FRAME, MAX_HELLO_FRAME};
 use kiln_target::{
-    Action, ActionPair, AllocId, Bytes, ExecutorAddr, FinalizeRequest, LibraryId, MemProt,
-    PerfMapEntry, Placement, Segment, SlabId, SlabInfo, TargetInfo,
+    Action, ActionPair, AllocId, Bytes, ExecutorAddr, FinalizeRequest, LazyRequest, LibraryId,
+    MemProt, PerfMapEntry, Placement, Segment, SegmentMove, SlabId, SlabInfo, StubKey, TargetInfo,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -357,7 +357,99 @@ fn calls() -> Vec<Call> {
             args: vec!["prog".into(), String::new(), "ünïcødé".into()],
         },
         Call::CallVoid(addr(0x7f12_3456_0020)),
+        Call::CallWithArgs {
+            f: addr(0x7f12_3456_0040),
+            args: vec![0, u64::MAX, 42],
+        },
         Call::Exit(-1),
+        Call::ReadMemory {
+            addr: addr(0x7f12_3456_0040),
+            len: 0x40_0000,
+        },
+        Call::WriteLive(vec![
+            WireWrite::Bytes {
+                slab: SlabId(0),
+                addr: addr(0x7f12_3456_0006),
+                bytes: vec![0x48, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 0xc3],
+            },
+            WireWrite::Fill {
+                slab: SlabId(u32::MAX),
+                addr: addr(u64::MAX),
+                len: u64::MAX,
+                byte: 0xcc,
+            },
+        ]),
+        Call::SyncCode {
+            slab: SlabId(1),
+            ranges: vec![(addr(0x7f12_3456_0000), 0x30), (addr(0), 0)],
+        },
+        Call::MoveAllocation {
+            id: AllocId(12),
+            moves: vec![
+                SegmentMove {
+                    from: addr(0x7f12_3456_1000),
+                    to: addr(0x7f12_3456_0ff0),
+                    len: 0x2a,
+                },
+                SegmentMove {
+                    from: addr(u64::MAX),
+                    to: addr(0),
+                    len: u64::MAX,
+                },
+            ],
+            actions: finalize_request().actions,
+        },
+        Call::MoveAllocation {
+            id: AllocId(0),
+            moves: Vec::new(),
+            actions: Vec::new(),
+        },
+        Call::DeclareLazy,
+        Call::ForgetLazy(StubKey(u64::MAX)),
+        Call::Resolved {
+            resolve: 1,
+            resolution: Resolution::Resolved(addr(0x7f12_3456_0080)),
+        },
+        Call::Resolved {
+            resolve: u64::MAX,
+            resolution: Resolution::Failed {
+                message: "the controller's handler failed: no such method".into(),
+                continue_at: Some(addr(0x7f12_3456_00c0)),
+            },
+        },
+        Call::Resolved {
+            resolve: 0,
+            resolution: Resolution::Failed {
+                message: String::new(),
+                continue_at: None,
+            },
+        },
+        Call::ForResolution {
+            resolve: 3,
+            call: CodeCall::CallWithArgs {
+                f: addr(0x7f12_3456_0040),
+                args: vec![1, 2],
+            },
+        },
+        Call::ForResolution {
+            resolve: u64::MAX,
+            call: CodeCall::RunInitializers(AllocId(5)),
+        },
+        Call::ForResolution {
+            resolve: 1,
+            call: CodeCall::RunMain {
+                entry: addr(0x7f12_3456_0000),
+                args: vec!["x".into()],
+            },
+        },
+        Call::ForResolution {
+            resolve: 2,
+            call: CodeCall::Deallocate(AllocId(0)),
+        },
+        Call::ForResolution {
+            resolve: 4,
+            call: CodeCall::CallVoid(addr(1)),
+        },
     ]
 }
 
@@ -390,7 +482,10 @@ fn requests() -> Vec<Request> {
                 u64::MAX - i as u64
             },
             // Copy mode batches writes with the call that needs them.
-            writes: if matches!(call, Call::Write | Call::Finalize(_)) {
+            writes: if matches!(
+                call,
+                Call::Write | Call::Finalize(_) | Call::Resolved { .. }
+            ) {
                 writes.clone()
             } else {
                 Vec::new()
@@ -417,6 +512,15 @@ fn messages() -> Vec<Message> {
             ],
         }),
         Value::Status(i32::MIN),
+        Value::Bytes(vec![0x90; 300]),
+        Value::Bytes(Vec::new()),
+        Value::Moved { error: None },
+        Value::Moved {
+            error: Some("registering it there failed: TLS module 0x7 is registered already".into()),
+        },
+        Value::Word(u64::MAX),
+        Value::Key(StubKey(1)),
+        Value::Key(StubKey(u64::MAX)),
     ];
     let mut m: Vec<Message> = values
         .into_iter()
@@ -449,6 +553,15 @@ fn messages() -> Vec<Message> {
     m.push(Message::ProtocolError(
         "malformed frame at stream offset 0".into(),
     ));
+    for (id, key, ret) in [(1, 1, 0x7f12_3456_0009), (u64::MAX, u64::MAX, 0)] {
+        m.push(Message::Resolve {
+            id,
+            request: LazyRequest {
+                key: StubKey(key),
+                return_addr: addr(ret),
+            },
+        });
+    }
     m
 }
 

@@ -1,6 +1,6 @@
 //! The `Executor` trait: the only way the controller reaches the process that runs the code.
 
-use crate::{ExecutorAddr, MemProt, Result};
+use crate::{ExecutorAddr, LazyErrorHandler, LazyHandler, MemProt, Result, StubKey};
 use std::path::Path;
 
 /// Facts about the executor that the linker needs.
@@ -313,10 +313,10 @@ pub trait Executor: Send + Sync {
     /// that the bytes of live allocations may be written too; refused over a range another call
     /// is writing, over unwind info or a TLS image the runtime reads (registered ranges), and
     /// over allocations being finalized, moved or deallocated. Writes go through the slab's
-    /// writable alias (never a writable and executable mapping), each naturally aligned 8-byte
-    /// word with one atomic store: a thread executing or reading an aligned word sees its old or
-    /// its new value, never a mix (wider changes are the caller's to order, e.g. write the body
-    /// first and the word that makes it reachable last). When a write touched the code region,
+    /// writable alias (never a writable and executable mapping), each naturally aligned 2-, 4- or
+    /// 8-byte unit inside a write with one atomic store: a thread executing or reading such a
+    /// unit sees its old or its new value, never a mix (wider changes are the caller's to order,
+    /// e.g. write a body first and the word that makes it reachable last). When a write touched the code region,
     /// every thread of the executor is made to serialize its instruction stream before this
     /// returns (`membarrier` SYNC_CORE; see docs/memory.md), so none can run the old bytes
     /// afterwards. Writes are applied in order; on an error the earlier ones stay.
@@ -330,8 +330,9 @@ pub trait Executor: Send + Sync {
     /// segment of a live allocation, or inside one region of one of its slabs (free space
     /// included). Nothing else (the stack, the heap, libraries, freed units' own reservations,
     /// another executor's memory) is read. Refused over a range another call is writing. The
-    /// copy is made with aligned word loads and needs no write or execute permission: a GC reads
-    /// object references out of machine code this way, a JIT reads back a call site.
+    /// copy is made with aligned atomic loads (each naturally aligned unit read whole) and needs
+    /// no write or execute permission: a GC reads object references out of machine code this
+    /// way, a JIT reads back a call site.
     fn read_memory(&self, _addr: ExecutorAddr, _len: u64) -> Result<Vec<u8>> {
         Err(crate::Error::InvalidRequest(
             "this executor cannot read its memory back".into(),
@@ -415,6 +416,46 @@ pub trait Executor: Send + Sync {
     fn call(&self, _f: ExecutorAddr, _args: &[u64]) -> Result<u64> {
         Err(crate::Error::InvalidRequest(
             "this executor cannot call functions with arguments".into(),
+        ))
+    }
+
+    /// The address of the lazy-resolution trampoline in the executor: where a new lazy stub
+    /// ([`crate::LAZY_STUB`]) jumps. The default finds it among [`Executor::runtime_symbols`]
+    /// (as [`crate::LAZY_TRAMPOLINE_SYMBOL`]).
+    fn lazy_trampoline(&self) -> Result<ExecutorAddr> {
+        self.runtime_symbols()
+            .iter()
+            .find(|(n, _)| n == crate::LAZY_TRAMPOLINE_SYMBOL)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                crate::Error::InvalidRequest("this executor has no lazy functions".into())
+            })
+    }
+
+    /// Declare a lazy function resolved by `handler`, which runs exactly once, on the first
+    /// call of a stub holding the returned key (see [`crate::LazyRuntime::declare`] for what
+    /// a handler may do). In process the handler runs in the calling thread; out of process the
+    /// executor asks the controller, where the handler runs, and waits for its answer.
+    fn declare_lazy(&self, _handler: LazyHandler) -> Result<StubKey> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no lazy functions".into(),
+        ))
+    }
+
+    /// Forget a key this executor declared (its stub must no longer be called); any other
+    /// key is refused.
+    fn forget_lazy(&self, _key: StubKey) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no lazy functions".into(),
+        ))
+    }
+
+    /// Set (or remove) the handler that decides where a call continues when a lazy function's
+    /// handler fails (see [`crate::LazyRuntime::set_error_handler`]); without one, the
+    /// executor process aborts. In process this is the process-wide error handler.
+    fn set_lazy_error_handler(&self, _handler: Option<LazyErrorHandler>) -> Result<()> {
+        Err(crate::Error::InvalidRequest(
+            "this executor has no lazy functions".into(),
         ))
     }
 }

@@ -5,9 +5,13 @@
 //! executor does not own: see docs/safety.md.
 
 use crate::executor::*;
+use crate::lazy::OwnedKeys;
 use crate::sys::owned::OwnedMemory;
 use crate::sys::{dl, mem, static_tls, tls};
-use crate::{Error, ExecutorAddr, Result, SlabId, SlabInfo, SlabWrite};
+use crate::{
+    Error, ExecutorAddr, LazyErrorHandler, LazyHandler, LazyRuntime, Result, SlabId, SlabInfo,
+    SlabWrite, StubKey,
+};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -41,6 +45,7 @@ pub struct InProcessExecutor {
     libraries: Mutex<Vec<dl::Handle>>,
     traced: bool,
     runtime_symbols: Vec<(String, ExecutorAddr)>,
+    lazy_keys: OwnedKeys,
 }
 
 impl Default for InProcessExecutor {
@@ -61,7 +66,14 @@ impl InProcessExecutor {
             memory: OwnedMemory::new(),
             libraries: Mutex::new(Vec::new()),
             traced: traced(),
-            runtime_symbols: vec![("__tls_get_addr".into(), ExecutorAddr(tls_get_addr))],
+            runtime_symbols: vec![
+                ("__tls_get_addr".into(), ExecutorAddr(tls_get_addr)),
+                (
+                    crate::LAZY_TRAMPOLINE_SYMBOL.into(),
+                    LazyRuntime::global().trampoline(),
+                ),
+            ],
+            lazy_keys: OwnedKeys::default(),
         }
     }
 
@@ -246,5 +258,26 @@ impl Executor for InProcessExecutor {
     /// As [`Executor::run_main`], for `u64 f(u64, ...)` with up to six arguments.
     fn call(&self, f: ExecutorAddr, args: &[u64]) -> Result<u64> {
         self.memory.call(f, args)
+    }
+
+    fn lazy_trampoline(&self) -> Result<ExecutorAddr> {
+        Ok(LazyRuntime::global().trampoline())
+    }
+
+    /// In the process's registry ([`LazyRuntime::global`]); the handler runs in the thread of
+    /// the first call.
+    fn declare_lazy(&self, handler: LazyHandler) -> Result<StubKey> {
+        Ok(self.lazy_keys.declare(handler))
+    }
+
+    fn forget_lazy(&self, key: StubKey) -> Result<()> {
+        self.lazy_keys.forget(key)
+    }
+
+    /// The process-wide error handler ([`LazyRuntime::set_error_handler`]): one for every
+    /// executor of this process.
+    fn set_lazy_error_handler(&self, handler: Option<LazyErrorHandler>) -> Result<()> {
+        LazyRuntime::global().set_error_handler(handler);
+        Ok(())
     }
 }

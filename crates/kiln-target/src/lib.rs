@@ -18,6 +18,7 @@ mod error;
 mod executor;
 mod inprocess;
 pub mod jitdump_format;
+mod lazy;
 mod plan;
 mod ranges;
 mod simulated;
@@ -33,6 +34,10 @@ pub use executor::{
     Placement, Segment, SegmentMove, SlabId, SlabInfo, SlabWrite, TargetInfo, MAX_READ,
 };
 pub use inprocess::InProcessExecutor;
+pub use lazy::{
+    LazyErrorHandler, LazyHandler, LazyRequest, LazyRuntime, LazyState, StubKey, StubTemplate,
+    LAZY_STUB, LAZY_TRAMPOLINE_SYMBOL,
+};
 pub use simulated::SimulatedExecutor;
 pub use sys::process;
 pub use sys::raw_memory::RawMemory;

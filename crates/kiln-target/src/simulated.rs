@@ -251,7 +251,12 @@ impl Executor for SimulatedExecutor {
             .iter()
             .rev()
             .flat_map(|r| &r.segments)
-            .find(|s| s.addr.0 <= addr.0 && addr.0 - s.addr.0 + len <= s.size())
+            .find(|s| {
+                addr.0
+                    .checked_sub(s.addr.0)
+                    .and_then(|off| off.checked_add(len))
+                    .is_some_and(|end| end <= s.size())
+            })
             .ok_or_else(|| Error::InvalidRequest("no finalized segment holds the range".into()))?;
         let off = (addr.0 - seg.addr.0) as usize;
         let mut out = vec![0u8; len as usize];

@@ -1106,4 +1106,82 @@ mod tests {
         assert!(t.take_slab(s).is_err(), "released twice");
         assert!(t.is_empty());
     }
+
+    #[test]
+    fn moves_are_checked_then_recorded() {
+        use crate::SegmentMove;
+        let mut t = Table::<()>::default();
+        let s = slab(&mut t);
+        let mut req = in_slab(0x100100, MemProt::ReadExec, 0x40);
+        req.segments.push(seg(0x101100, MemProt::Read, 0x40));
+        req.deinitializers = vec![Action::CallVoid(ExecutorAddr(0x100104))];
+        finalize(&mut t, 1, &req).unwrap();
+        finalize(&mut t, 2, &in_slab(0x100800, MemProt::ReadExec, 0x10)).unwrap();
+        let mv = |from: u64, to: u64, len: u64| SegmentMove {
+            from: ExecutorAddr(from),
+            to: ExecutorAddr(to),
+            len,
+        };
+        for (what, moves) in [
+            ("not a segment", vec![mv(0x100108, 0x100400, 0x38)]),
+            ("wrong length", vec![mv(0x100100, 0x100400, 0x41)]),
+            (
+                "twice",
+                vec![mv(0x100100, 0x100400, 0x40), mv(0x100100, 0x100500, 0x40)],
+            ),
+            ("onto another unit", vec![mv(0x100100, 0x1007f8, 0x40)]),
+            ("into another region", vec![mv(0x100100, 0x101400, 0x40)]),
+            ("past the slab", vec![mv(0x100100, 0x200000, 0x40)]),
+            ("wraps", vec![mv(0x100100, u64::MAX - 8, 0x40)]),
+            (
+                "overlapping destinations",
+                vec![mv(0x100100, 0x100400, 0x40), mv(0x101100, 0x100420, 0x40)],
+            ),
+        ] {
+            assert!(t.plan_move(1, &moves).is_err(), "{what}");
+        }
+        assert!(t.plan_move(3, &[]).is_err(), "unknown id");
+        t.claim(s, 0x100400, 0x10).unwrap();
+        assert!(
+            t.plan_move(1, &[mv(0x100100, 0x100400, 0x40)]).is_err(),
+            "claimed"
+        );
+        t.unclaim(0x100400, 0x10);
+        let id = t.pin_code(ExecutorAddr(0x100100)).unwrap();
+        assert!(
+            t.plan_move(1, &[mv(0x100100, 0x100400, 0x40)]).is_err(),
+            "running"
+        );
+        t.unpin(id);
+        // Sliding down over its own old range.
+        let plan = t.plan_move(1, &[mv(0x100100, 0x1000f0, 0x40)]).unwrap();
+        assert_eq!(plan.translate(0x100104), 0x1000f4);
+        assert_eq!(plan.translate(0x101104), 0x101104, "does not move");
+        assert!(
+            t.begin_move(1, &plan).is_empty(),
+            "no registrations to undo"
+        );
+        assert!(t.begin_dealloc(1).is_err(), "moving");
+        assert!(
+            t.claim(s, 0x1000f0, 0x8).is_err(),
+            "the destination is claimed"
+        );
+        t.relocate(1, &plan);
+        t.finish_move(1, Vec::new(), Vec::new());
+        assert!(t.claim(s, 0x100130, 0x10).is_ok(), "the old tail is free");
+        t.unclaim(0x100130, 0x10);
+        assert!(
+            t.claim(s, 0x1000f0, 0x8).is_err(),
+            "the new range is the unit's"
+        );
+        assert_eq!(t.pin_code(ExecutorAddr(0x10012f)).unwrap(), 1);
+        t.unpin(1);
+        assert!(t.pin_code(ExecutorAddr(0x100130)).is_err());
+        for id in [1, 2] {
+            t.begin_dealloc(id).unwrap();
+            t.finish_dealloc(id);
+        }
+        t.take_slab(s).unwrap();
+        assert!(t.is_empty());
+    }
 }

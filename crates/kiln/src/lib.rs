@@ -68,8 +68,9 @@ pub use link::{LinkMap, LinkStats, MappedBytes, MappedSection, MappedSymbol, Tab
 pub use memory::{CodeMemory, SlabAllocator, SlabMemory, SlabRange};
 pub use search::LibrarySearch;
 pub use session::{
-    DefinitionGenerator, Generated, Inputs, RelinkBytes, RelocationInfo, ScopeId, Session,
-    SymbolInfo, SymbolKind, UnitId, UnitOptions,
+    lazy_stub_graph, CallLeft, CallRedirect, CallSite, DefinitionGenerator, Generated, Inputs,
+    RelinkBytes, RelocationInfo, ScopeId, Session, StubBypass, SymbolInfo, SymbolKind, UnitId,
+    UnitOptions,
 };
 
 /// For the `kiln` command and kiln's own tests: the check dialect, the raw pipeline, the

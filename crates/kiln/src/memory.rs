@@ -9,15 +9,27 @@ use crate::error::{Error, Result};
 use kiln_target::{Executor, ExecutorAddr, Placement, SlabId, SlabInfo, SlabWrite};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Free ranges of one region, coalesced, indexed by start (for coalescing) and by size (for a
-/// best-fit search that does not walk the small gaps alignment leaves behind).
+/// Free ranges of one region: the untouched end of the region (the tail, allocated by bumping a
+/// pointer), and ranges freed before it, coalesced, indexed by start (for coalescing) and by size
+/// (for a best-fit search that does not walk the small gaps alignment leaves behind). A region
+/// that only fills costs a pointer bump per allocation; freed ranges are reused first.
 #[derive(Debug, Default)]
 struct FreeList {
     ranges: BTreeMap<u64, u64>,
     by_size: BTreeSet<(u64, u64)>,
+    /// `[start, end)` never allocated since the list was made (or given back to it whole).
+    tail: (u64, u64),
 }
 
 impl FreeList {
+    /// A list whose free space is `[start, start + len)`.
+    fn new(start: u64, len: u64) -> Self {
+        FreeList {
+            tail: (start, start + len),
+            ..Default::default()
+        }
+    }
+
     fn insert(&mut self, start: u64, len: u64) {
         self.ranges.insert(start, len);
         self.by_size.insert((len, start));
@@ -29,12 +41,42 @@ impl FreeList {
         Some(len)
     }
 
-    /// The smallest free range that holds `size` bytes at `align`.
+    /// The smallest freed range that holds `size` bytes at `align`, else the tail.
     fn allocate(&mut self, size: u64, align: u64) -> Option<u64> {
-        let (start, len, at) = self.by_size.range((size, 0)..).find_map(|&(len, start)| {
+        if !self.by_size.is_empty() {
+            if let Some(at) = self.best_fit(size, align) {
+                return Some(at);
+            }
+        }
+        let (start, end) = self.tail;
+        let at = start.checked_next_multiple_of(align)?;
+        if at.checked_add(size)? > end {
+            return None;
+        }
+        if at > start {
+            self.insert(start, at - start);
+        }
+        self.tail.0 = at + size;
+        Some(at)
+    }
+
+    fn best_fit(&mut self, size: u64, align: u64) -> Option<u64> {
+        let fits = |&(len, start): &(u64, u64)| {
             let at = start.checked_next_multiple_of(align)?;
             (at.checked_add(size)? <= start + len).then_some((start, len, at))
-        })?;
+        };
+        // A range of `size + align - 1` bytes or more holds the block wherever it starts; a
+        // shorter one only if its start suits the alignment. Try a few of those (the best fits),
+        // then the smallest sure one: a region full of small alignment gaps (thousands of tiny
+        // units, as a JIT makes) must not be scanned whole on every allocation.
+        const UNSURE_TRIES: usize = 8;
+        let sure = size.checked_add(align - 1)?;
+        let (start, len, at) = self
+            .by_size
+            .range((size, 0)..(sure, 0))
+            .take(UNSURE_TRIES)
+            .find_map(fits)
+            .or_else(|| self.by_size.range((sure, 0)..).next().and_then(fits))?;
         self.remove(start);
         if at > start {
             self.insert(start, at - start);
@@ -56,6 +98,10 @@ impl FreeList {
                 len += pl;
             }
         }
+        if start + len == self.tail.0 {
+            self.tail.0 = start; // back into the tail
+            return;
+        }
         if let Some(nl) = self.remove(start + len) {
             len += nl;
         }
@@ -63,7 +109,8 @@ impl FreeList {
     }
 
     fn largest(&self) -> u64 {
-        self.by_size.last().map_or(0, |(len, _)| *len)
+        let freed = self.by_size.last().map_or(0, |(len, _)| *len);
+        freed.max(self.tail.1 - self.tail.0)
     }
 }
 
@@ -157,10 +204,7 @@ impl SlabAllocator {
             info.id,
             info.regions[0].0
         );
-        let mut free: [FreeList; 3] = Default::default();
-        for (r, (a, n)) in info.regions.iter().enumerate() {
-            free[r].free(a.0, *n);
-        }
+        let free = info.regions.map(|(a, n)| FreeList::new(a.0, n));
         self.slabs.push(Slab { info, free });
         Ok(self.slabs.len() - 1)
     }
@@ -227,10 +271,7 @@ impl SlabAllocator {
             ..Default::default()
         };
         for info in slabs {
-            let mut free: [FreeList; 3] = Default::default();
-            for (r, (addr, n)) in info.regions.iter().enumerate() {
-                free[r].free(addr.0, *n);
-            }
+            let free = info.regions.map(|(addr, n)| FreeList::new(addr.0, n));
             a.slabs.push(Slab { info: *info, free });
         }
         a
@@ -252,18 +293,25 @@ impl SlabAllocator {
             .ok_or_else(|| Error::Usage(format!("slab {id:?} has no region {region}")))?;
         let mut used: Vec<(u64, u64)> = used.to_vec();
         used.sort_unstable();
-        let mut free = FreeList::default();
+        let end = start.0 + len;
         let mut at = start.0;
+        let mut gaps = Vec::new();
         for (a, n) in used {
-            if a < at || a.checked_add(n).is_none_or(|e| e > start.0 + len) {
+            if a < at || a.checked_add(n).is_none_or(|e| e > end) {
                 return Err(Error::Usage(format!(
                     "used range {a:#x}+{n:#x} overlaps another or lies outside region {region} of slab {id:?}"
                 )));
             }
-            free.free(at, a - at);
+            if a > at {
+                gaps.push((at, a - at));
+            }
             at = a + n;
         }
-        free.free(at, start.0 + len - at);
+        // What follows the last used range is the tail; the gaps before it are freed ranges.
+        let mut free = FreeList::new(at, end - at);
+        for (a, n) in gaps {
+            free.insert(a, n);
+        }
         s.free[region] = free;
         Ok(())
     }
@@ -280,7 +328,13 @@ impl SlabAllocator {
             .free
             .get(region)
             .ok_or_else(|| Error::Usage(format!("slab {id:?} has no region {region}")))?;
-        Ok(free.ranges.iter().map(|(&a, &n)| (a, n)).collect())
+        let (tail, end) = free.tail;
+        let mut ranges: Vec<(u64, u64)> = free.ranges.iter().map(|(&a, &n)| (a, n)).collect();
+        // Freed ranges lie below the untouched tail (a range that reaches it joins it).
+        if tail < end {
+            ranges.push((tail, end - tail));
+        }
+        Ok(ranges)
     }
 
     /// The slab holding `addr`, if any.
@@ -303,18 +357,48 @@ impl SlabAllocator {
 mod tests {
     use super::*;
 
+    /// Gaps too small for a block at its alignment are passed over, a gap that suits it is
+    /// taken, and a larger range holds it wherever that range starts.
+    #[test]
+    fn best_fit_passes_gaps_that_cannot_hold_the_block() {
+        let mut f = FreeList::new(0x10_0000, 0x10_0000);
+        // 11-byte gaps starting 5 bytes into a 16-byte line: no 5-byte block aligned to 16 fits.
+        for i in 0..1000u64 {
+            f.insert(0x1000 + 64 * i + 5, 11);
+        }
+        f.insert(0x9_0003, 100);
+        assert_eq!(
+            f.allocate(5, 16),
+            Some(0x9_0010),
+            "the range that surely fits"
+        );
+        // A short gap that starts aligned does hold it.
+        f.insert(0x8_0000, 6);
+        assert_eq!(f.allocate(5, 16), Some(0x8_0000));
+        assert_eq!(f.ranges.get(&0x8_0005), Some(&1), "its rest stays free");
+    }
+
     #[test]
     fn free_list_allocates_aligned_and_coalesces() {
-        let mut f = FreeList::default();
-        f.free(0x1000, 0x1000);
+        let mut f = FreeList::new(0x1000, 0x1000);
         let a = f.allocate(0x10, 16).unwrap();
         let b = f.allocate(0x30, 64).unwrap();
         assert_eq!(a, 0x1000);
         assert_eq!(b, 0x1040, "aligned to 64");
-        assert_eq!(f.ranges.len(), 2, "the alignment gap stays free");
+        assert_eq!(f.ranges.len(), 1, "the alignment gap stays free");
+        assert_eq!(f.tail, (0x1070, 0x2000), "the rest is the untouched tail");
         f.free(a, 0x10);
+        assert_eq!(
+            f.allocate(0x20, 16),
+            Some(0x1000),
+            "freed space first (coalesced with the gap)"
+        );
+        f.free(0x1000, 0x20);
         f.free(b, 0x30);
-        assert_eq!(f.ranges.len(), 1, "everything coalesced");
+        assert!(
+            f.ranges.is_empty(),
+            "everything coalesced back into the tail"
+        );
         assert_eq!(f.largest(), 0x1000);
         assert!(f.allocate(0x2000, 1).is_none());
     }
@@ -345,6 +429,20 @@ pub trait CodeMemory: Send + Sync + std::fmt::Debug {
 
 /// Slabs behind a lock: the session's own code memory, and the building block of others (a
 /// code zone's regions: [`SlabMemory::fixed`]).
+///
+/// ```
+/// use kiln::{SlabMemory, UnitOptions};
+/// use std::sync::Arc;
+/// let s = kiln::Session::in_process();
+/// // One slab of 1 MiB of code, 64 KiB of read-only data and 64 KiB of data, for some units.
+/// let slab = s.executor().create_slab([1 << 20, 1 << 16, 1 << 16], kiln_target::Placement::Anywhere)?;
+/// let options = UnitOptions {
+///     memory: Some(Arc::new(SlabMemory::fixed(&[slab]))),
+///     ..UnitOptions::new(s.default_scope())
+/// };
+/// # let _ = options;
+/// # Ok::<(), kiln::Error>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct SlabMemory {
     slabs: std::sync::Mutex<SlabAllocator>,

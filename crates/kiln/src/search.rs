@@ -6,6 +6,16 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// How `-l` names are found, as `ld` finds them.
+///
+/// ```
+/// let s = kiln::Session::in_process();
+/// s.set_library_search(kiln::LibrarySearch {
+///     dirs: vec!["/opt/mylibs".into()],
+///     static_only: false,
+/// });
+/// assert!(s.library_search().find("m").is_ok(), "libm is found in the system's directories");
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct LibrarySearch {
     /// `-L` directories, searched first, in order.
@@ -86,16 +96,16 @@ impl LibrarySearch {
         if let Some(p) = self.find_in(&mut compiler_dirs().iter().cloned(), &names) {
             return Ok(p);
         }
-        Err(Error::Usage(format!(
-            "cannot find library -l{spec} (looked for {} in {} and the compiler's directories; add -L DIR)",
-            names.join(" or "),
-            self.dirs
+        Err(Error::NotFound {
+            what: format!("library -l{spec} ({}; add -L DIR)", names.join(" or ")),
+            searched: self
+                .dirs
                 .iter()
                 .map(|d| d.display().to_string())
                 .chain(SYSTEM_DIRS.iter().map(|s| s.to_string()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
+                .chain(std::iter::once("the compiler's directories".to_string()))
+                .collect(),
+        })
     }
 
     /// A file named in a linker script: absolute, or relative to the search directories.

@@ -1,7 +1,8 @@
-//! `kiln-lox --bench-against CLOX`: runs every benchmark program with kiln-lox and with clox,
-//! alternating which goes first, and prints the median wall time of each, their ratio, and
-//! the geometric mean of the ratios. A benchmark, not a test: it prints numbers, it asserts
-//! only that both VMs print the same output.
+//! `kiln-lox --bench-against CLOX`: runs every benchmark program with clox and with kiln-lox in
+//! each JIT mode (`--jit=off`, `--jit=on`, `--jit=always`), rotating which goes first from run
+//! to run, and prints the median wall time of each, kiln-lox's time over clox's per mode, and
+//! the geometric mean of those ratios. A benchmark, not a test: it prints numbers, it asserts
+//! only that every run prints what clox prints.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +16,15 @@ pub struct BenchOptions {
     pub dir: Option<String>,
     /// Run kiln-lox with --gc-stress (to measure its cost).
     pub gc_stress: bool,
+    /// The JIT modes to measure (`off`, `on`, `always`); all three when empty.
+    pub modes: Vec<String>,
+}
+
+/// One thing to time: a binary and its arguments before the program's path.
+struct Runner {
+    label: String,
+    binary: PathBuf,
+    args: Vec<String>,
 }
 
 pub fn run(options: &BenchOptions) -> Result<(), String> {
@@ -33,64 +43,115 @@ pub fn run(options: &BenchOptions) -> Result<(), String> {
     if programs.is_empty() {
         return Err(format!("no .lox programs in {}", dir.display()));
     }
-    let kiln_args: Vec<&str> = if options.gc_stress {
-        vec!["--gc-stress"]
+    let modes = if options.modes.is_empty() {
+        vec!["off".to_string(), "on".into(), "always".into()]
     } else {
-        vec![]
+        options.modes.clone()
     };
+    let mut runners = vec![Runner {
+        label: "clox".into(),
+        binary: PathBuf::from(&options.clox),
+        args: vec![],
+    }];
+    for mode in &modes {
+        let mut args = vec![format!("--jit={mode}")];
+        if options.gc_stress {
+            args.push("--gc-stress".into());
+        }
+        runners.push(Runner {
+            label: format!("jit={mode}"),
+            binary: kiln.clone(),
+            args,
+        });
+    }
 
-    println!("| program | kiln-lox median (s) | clox median (s) | kiln-lox / clox |");
-    println!("|---|---:|---:|---:|");
-    let mut log_sum = 0.0;
+    print!("| program |");
+    for r in &runners {
+        print!(" {} (s) |", r.label);
+    }
+    for r in &runners[1..] {
+        print!(" {} / clox |", r.label);
+    }
+    println!();
+    println!("|---|{}", "---:|".repeat(2 * runners.len() - 1));
+    let mut log_sums = vec![0.0; runners.len() - 1];
     for program in &programs {
-        let kiln_out = output(&kiln, &kiln_args, program)?;
-        let clox_out = output(Path::new(&options.clox), &[], program)?;
-        if kiln_out != clox_out {
-            return Err(format!(
-                "{}: kiln-lox and clox print different output",
-                program.display()
-            ));
-        }
-        let mut kiln_times = Vec::new();
-        let mut clox_times = Vec::new();
-        for run in 0..options.runs {
-            if run % 2 == 0 {
-                kiln_times.push(time(&kiln, &kiln_args, program)?);
-                clox_times.push(time(Path::new(&options.clox), &[], program)?);
-            } else {
-                clox_times.push(time(Path::new(&options.clox), &[], program)?);
-                kiln_times.push(time(&kiln, &kiln_args, program)?);
-            }
-        }
-        let (k, c) = (median(&mut kiln_times), median(&mut clox_times));
-        let ratio = k / c;
-        log_sum += ratio.ln();
+        let medians = time_program(&runners, program, options.runs)?;
         let name = program
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        println!("| {name} | {k:.3} | {c:.3} | {ratio:.2} |");
+        print!("| {name} |");
+        for m in &medians {
+            print!(" {m:.3} |");
+        }
+        for (i, m) in medians[1..].iter().enumerate() {
+            let ratio = m / medians[0];
+            log_sums[i] += ratio.ln();
+            print!(" {ratio:.2} |");
+        }
+        println!();
     }
-    let geomean = (log_sum / programs.len() as f64).exp();
-    println!("| **geometric mean** | | | **{geomean:.2}** |");
+    print!("| **geometric mean** |{}", " |".repeat(runners.len()));
+    let geomeans: Vec<f64> = log_sums
+        .iter()
+        .map(|s| (s / programs.len() as f64).exp())
+        .collect();
+    for g in &geomeans {
+        print!(" **{g:.2}** |");
+    }
+    println!();
     println!(
-        "\n{} runs each, alternating; wall time of the whole process.",
+        "\n{} runs each, order rotated from run to run; wall time of the whole process; \
+         ratios below 1 mean kiln-lox is faster.",
         options.runs
+    );
+    let speedups: Vec<String> = runners[1..]
+        .iter()
+        .zip(&geomeans)
+        .map(|(r, g)| format!("{} {:.2}x", r.label, 1.0 / g))
+        .collect();
+    println!(
+        "Speed-up over clox, geometric mean: {}.",
+        speedups.join(", ")
     );
     Ok(())
 }
 
-fn output(binary: &Path, args: &[&str], program: &Path) -> Result<Vec<u8>, String> {
-    let out = Command::new(binary)
-        .args(args)
+/// Checks that every runner prints what clox prints, then times `runs` rounds and returns the
+/// median of each runner.
+fn time_program(runners: &[Runner], program: &Path, runs: usize) -> Result<Vec<f64>, String> {
+    let expected = output(&runners[0], program)?;
+    for r in &runners[1..] {
+        if output(r, program)? != expected {
+            return Err(format!(
+                "{}: kiln-lox {} and clox print different output",
+                program.display(),
+                r.args.join(" ")
+            ));
+        }
+    }
+    let mut times = vec![Vec::new(); runners.len()];
+    for round in 0..runs {
+        for k in 0..runners.len() {
+            let i = (round + k) % runners.len();
+            times[i].push(time(&runners[i], program)?);
+        }
+    }
+    Ok(times.iter_mut().map(|t| median(t)).collect())
+}
+
+fn output(runner: &Runner, program: &Path) -> Result<Vec<u8>, String> {
+    let out = Command::new(&runner.binary)
+        .args(&runner.args)
         .arg(program)
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("{}: {e}", binary.display()))?;
+        .map_err(|e| format!("{}: {e}", runner.binary.display()))?;
     if !out.status.success() {
         return Err(format!(
             "{} {} failed: {}",
-            binary.display(),
+            runner.binary.display(),
             program.display(),
             out.status
         ));
@@ -98,19 +159,19 @@ fn output(binary: &Path, args: &[&str], program: &Path) -> Result<Vec<u8>, Strin
     Ok(out.stdout)
 }
 
-fn time(binary: &Path, args: &[&str], program: &Path) -> Result<f64, String> {
+fn time(runner: &Runner, program: &Path) -> Result<f64, String> {
     let start = Instant::now();
-    let status = Command::new(binary)
-        .args(args)
+    let status = Command::new(&runner.binary)
+        .args(&runner.args)
         .arg(program)
         .stdout(Stdio::null())
         .status()
-        .map_err(|e| format!("{}: {e}", binary.display()))?;
+        .map_err(|e| format!("{}: {e}", runner.binary.display()))?;
     let elapsed: Duration = start.elapsed();
     if !status.success() {
         return Err(format!(
             "{} {} failed: {status}",
-            binary.display(),
+            runner.binary.display(),
             program.display()
         ));
     }

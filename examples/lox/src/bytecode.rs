@@ -90,13 +90,15 @@ pub struct Proto {
     pub upvalue_count: usize,
     /// First byte of the function's code in `Program::code`.
     pub code_start: usize,
+    /// Bytes of code (the function's code is `code_start..code_start + code_len`).
+    pub code_len: usize,
     /// The most value-stack slots the function uses, slot 0 and parameters included: a call
     /// checks that they fit, so the body needs no check per push.
     pub max_stack: usize,
 }
 
 /// Everything compiled so far.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Program {
     pub code: Vec<u8>,
     /// Source line of each byte of `code`.
@@ -120,9 +122,11 @@ pub enum IcKind {
     AddInlineField,
 }
 
-/// One inline cache (monomorphic: a miss overwrites it). Weak: when its key or target dies,
-/// the GC empties it.
-#[derive(Clone, Copy, Debug)]
+/// One inline cache (monomorphic: a miss overwrites it), as it is stored in the VM region
+/// (`vm::region::ic`), where the interpreter and JIT'd code both read it. Weak: when its key or
+/// target dies, the GC empties it. The property name each cache is for is kept apart
+/// (`Vm::ic_names`), since only the slow paths need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InlineCache {
     /// Value bits of the shape or class this entry is for; nil when empty.
     pub key: u64,
@@ -130,22 +134,15 @@ pub struct InlineCache {
     pub slot: u32,
     /// Value bits of the method closure or the new shape; nil when unused.
     pub target: u64,
-    /// Constant index of the property name.
-    pub name: u32,
 }
 
 impl InlineCache {
-    pub fn new(name: u32) -> InlineCache {
+    pub fn empty() -> InlineCache {
         InlineCache {
             key: crate::value::Value::NIL.0,
             kind: IcKind::Empty,
             slot: 0,
             target: crate::value::Value::NIL.0,
-            name,
         }
-    }
-
-    pub fn clear(&mut self) {
-        *self = InlineCache::new(self.name);
     }
 }

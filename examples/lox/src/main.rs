@@ -5,6 +5,7 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
+use kiln_lox::jit::JitMode;
 use kiln_lox::vm::{InterpretResult, Options, Vm};
 
 const USAGE: &str = "Usage: kiln-lox [options] [path]";
@@ -20,11 +21,14 @@ Exit status: 0 ok, 64 usage, 65 compile error, 70 runtime error, 74 file error.
 Options:
   --gc-stress              collect garbage at every allocation
   --stats                  print VM statistics on stderr at exit
-  --jit=off                interpreter only (the only mode built so far)
-  --jit=on|always          not built yet: comes with the template JIT on kiln-jit
-  --code-zone SIZE         not built yet: comes with the template JIT on kiln-jit
+  --jit=on                 interpret, compile functions to x86-64 when they get hot
+                           (the default)
+  --jit=always             compile every function before it is first called
+  --jit=off                interpreter only
+  --code-zone SIZE         not built yet: comes with kiln-jit's code zone
   --bench-against CLOX     run the benchmarks in examples/lox/bench against the clox
-                           binary CLOX (with --runs N, default 5, and --bench-dir DIR)
+                           binary CLOX in every JIT mode, or those given with --jit=
+                           (with --runs N, default 5, and --bench-dir DIR)
   --help                   this text
 ";
 
@@ -49,6 +53,7 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
     let mut clox = None;
     let mut runs = 5;
     let mut bench_dir = None;
+    let mut jit_modes = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_str();
@@ -62,11 +67,13 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
             "--help" | "-h" => return Ok(Command::Help),
             "--gc-stress" => options.gc_stress = true,
             "--stats" => stats = true,
-            "--jit=off" => {}
-            "--jit=on" | "--jit=always" => {
-                return Err(UsageError(format!(
-                "{arg}: the template JIT is not built yet (it comes with kiln-jit); use --jit=off"
-            )))
+            "--jit=off" | "--jit=on" | "--jit=always" => {
+                options.jit = match arg {
+                    "--jit=off" => JitMode::Off,
+                    "--jit=on" => JitMode::On,
+                    _ => JitMode::Always,
+                };
+                jit_modes.push(arg["--jit=".len()..].to_string());
             }
             "--code-zone" => {
                 return Err(UsageError(
@@ -107,6 +114,7 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
             runs,
             dir: bench_dir,
             gc_stress: options.gc_stress,
+            modes: jit_modes,
         }));
     }
     Ok(Command::Run {
@@ -158,13 +166,16 @@ fn main() -> ExitCode {
 }
 
 fn run(options: Options, stats: bool, path: Option<String>) -> u8 {
-    let mut vm = Vm::new(options, Box::new(std::io::stdout()));
-    let code = match path {
-        Some(path) => run_file(&mut vm, &path),
-        None => {
-            repl(&mut vm);
-            0
+    let vm = match Vm::new(options, Box::new(std::io::stdout())) {
+        Ok(vm) => Box::new(vm),
+        Err(e) => {
+            eprintln!("kiln-lox: {e}");
+            return 70;
         }
+    };
+    let (mut vm, code) = match path {
+        Some(path) => run_file(vm, &path),
+        None => (repl(vm), 0),
     };
     vm.flush();
     if stats {
@@ -173,7 +184,7 @@ fn run(options: Options, stats: bool, path: Option<String>) -> u8 {
     code
 }
 
-fn run_file(vm: &mut Vm, path: &str) -> u8 {
+fn run_file(vm: Box<Vm>, path: &str) -> (Box<Vm>, u8) {
     let source = match std::fs::read(path) {
         Ok(source) => source,
         Err(e)
@@ -181,23 +192,25 @@ fn run_file(vm: &mut Vm, path: &str) -> u8 {
                 || e.kind() == std::io::ErrorKind::PermissionDenied =>
         {
             eprintln!("Could not open file \"{path}\".");
-            return 74;
+            return (vm, 74);
         }
         Err(_) => {
             eprintln!("Could not read file \"{path}\".");
-            return 74;
+            return (vm, 74);
         }
     };
-    match vm.interpret(&source) {
+    let (vm, result) = vm.interpret(&source);
+    let code = match result {
         InterpretResult::Ok => 0,
         InterpretResult::CompileError => 65,
         InterpretResult::RuntimeError => 70,
-    }
+    };
+    (vm, code)
 }
 
 /// clox's REPL: a prompt, then each line (as `fgets` with a 1024-byte buffer returns it: at
 /// most 1023 bytes) is compiled and run on its own; globals persist. End of input ends it.
-fn repl(vm: &mut Vm) {
+fn repl(mut vm: Box<Vm>) -> Box<Vm> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -211,9 +224,9 @@ fn repl(vm: &mut Vm) {
         line.clear();
         if read_fgets_line(&mut input, &mut line).unwrap_or(0) == 0 {
             prompt(b"\n");
-            return;
+            return vm;
         }
-        vm.interpret(&line);
+        vm = vm.interpret(&line).0;
         vm.flush();
     }
 }

@@ -78,13 +78,15 @@ fn usage_errors_exit_64() {
 }
 
 #[test]
-fn jit_modes_are_refused_until_the_jit_exists() {
-    for args in [
-        &["--jit=on"][..],
-        &["--jit=always"],
-        &["--code-zone", "1M"],
-        &["--code-zone=1M"],
-    ] {
+fn jit_modes_run_and_the_code_zone_is_refused_until_it_exists() {
+    let path = program("modes.lox", "fun f(n) { return n + 1; }\nprint f(41);\n");
+    let path = path.to_str().expect("utf-8 path");
+    for mode in ["--jit=off", "--jit=on", "--jit=always"] {
+        let out = kiln_lox(&[mode, path], b"");
+        assert_eq!(out.status.code(), Some(0), "{mode}");
+        assert_eq!(text(&out.stdout), "42\n", "{mode}");
+    }
+    for args in [&["--code-zone", "1M"][..], &["--code-zone=1M"]] {
         let out = kiln_lox(args, b"");
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(
@@ -93,10 +95,6 @@ fn jit_modes_are_refused_until_the_jit_exists() {
             text(&out.stderr)
         );
     }
-    let path = program("jit_off.lox", "print \"interpreted\";\n");
-    let out = kiln_lox(&["--jit=off", path.to_str().expect("utf-8 path")], b"");
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "interpreted\n");
 }
 
 #[test]
@@ -144,7 +142,7 @@ fn stats_count_calls_cache_hits_and_collections() {
                   var s = 0;\nfor (var i = 0; i < 1000; i = i + 1) { var p = P(i); s = s + p.get() + p.x; }\nprint s;\n";
     let path = program("stats.lox", source);
     let path = path.to_str().expect("utf-8 path");
-    let out = kiln_lox(&["--stats", "--gc-stress", path], b"");
+    let out = kiln_lox(&["--stats", "--gc-stress", "--jit=off", path], b"");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout), "999000\n");
     let report = text(&out.stderr);
@@ -163,4 +161,30 @@ fn stats_count_calls_cache_hits_and_collections() {
     let plain = kiln_lox(&[path], b"");
     assert_eq!(text(&plain.stdout), "999000\n");
     assert!(plain.stderr.is_empty(), "no report without --stats");
+}
+
+#[test]
+fn stats_count_what_the_jit_did() {
+    let source = "class P { init(x) { this.x = x; } get() { return this.x; } }\n\
+                  var s = 0;\nfor (var i = 0; i < 1000; i = i + 1) { var p = P(i); s = s + p.get() + p.x; }\nprint s;\n";
+    let path = program("jit_stats.lox", source);
+    let path = path.to_str().expect("utf-8 path");
+    let out = kiln_lox(&["--stats", "--jit=always", path], b"");
+    assert_eq!(text(&out.stdout), "999000\n");
+    let report = text(&out.stderr);
+    // The script, init and get.
+    assert_eq!(stat(&report, "functions compiled"), 3, "{report}");
+    assert!(stat(&report, "bytes of code") > 100, "{report}");
+    assert_eq!(stat(&report, "not compiled"), 0, "{report}");
+    assert_eq!(stat(&report, "instructions executed"), 0, "{report}");
+    assert!(stat(&report, "jit ic invoke") >= 990, "{report}");
+    assert!(stat(&report, "jit ic get property") >= 1990, "{report}");
+    assert!(stat(&report, "jit ic set property") >= 990, "{report}");
+
+    // Tiered: the loop gets hot and the script goes on in machine code.
+    let out = kiln_lox(&["--stats", "--jit=on", path], b"");
+    assert_eq!(text(&out.stdout), "999000\n");
+    let report = text(&out.stderr);
+    assert_eq!(stat(&report, "loop entries (OSR)"), 1, "{report}");
+    assert!(stat(&report, "instructions executed") < 10_000, "{report}");
 }

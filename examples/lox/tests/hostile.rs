@@ -81,8 +81,14 @@ fn truncated_and_mutated_programs_do_not_crash() {
         for cut in 1..6 {
             let prefix = &source[..source.len() * cut / 6];
             runs += 1;
-            if let Some(problem) = crashes(prefix, &[], &scratch) {
-                failures.push(format!("{} cut at {}/6: {problem}", file.display(), cut));
+            // Tiered and compiled-up-front in turn: the JIT meets the broken programs too.
+            let mode: &[&str] = if cut % 2 == 0 { &[] } else { &["--jit=always"] };
+            if let Some(problem) = crashes(prefix, mode, &scratch) {
+                failures.push(format!(
+                    "{} cut at {}/6 {mode:?}: {problem}",
+                    file.display(),
+                    cut
+                ));
             }
         }
         if source.is_empty() {
@@ -93,10 +99,15 @@ fn truncated_and_mutated_programs_do_not_crash() {
             let at = next() % mutated.len();
             mutated[at] = b"(){};.,=+-*/!<>\"a1 "[next() % 19];
         }
-        runs += 1;
-        if let Some(problem) = crashes(&mutated, &["--gc-stress"], &scratch) {
-            let text = String::from_utf8_lossy(&mutated).into_owned();
-            failures.push(format!("{} mutated:\n{text}\n{problem}", file.display()));
+        for mode in [&["--gc-stress"][..], &["--jit=always", "--gc-stress"]] {
+            runs += 1;
+            if let Some(problem) = crashes(&mutated, mode, &scratch) {
+                let text = String::from_utf8_lossy(&mutated).into_owned();
+                failures.push(format!(
+                    "{} mutated {mode:?}:\n{text}\n{problem}",
+                    file.display()
+                ));
+            }
         }
     }
     for failure in &failures {

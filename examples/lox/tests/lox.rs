@@ -1,6 +1,7 @@
 //! Runs the Lox test programs (tests/lox/**/*.lox, and generated ones for the limits) with the
-//! kiln-lox binary, in every mode that exists (plain and --gc-stress), and checks stdout,
-//! stderr and the exit status exactly against the expectations written in the program:
+//! kiln-lox binary, in every mode (`MODES`: interpreter, tiered JIT, JIT always, with and
+//! without --gc-stress), and checks stdout, stderr and the exit status exactly against the
+//! expectations written in the program:
 //!
 //! ```text
 //! print 1 + 2;        // expect: 3
@@ -150,13 +151,63 @@ fn run_all(binary: &Path, modes: &[&[&str]], skip_kiln_only: bool) {
     );
 }
 
+/// Every mode must print exactly the same: the interpreter alone (plain and collecting at
+/// every allocation), tiered (functions compiled when they get hot, loops entered in machine
+/// code), and everything compiled before it runs (plain and with --gc-stress).
+const MODES: &[&[&str]] = &[
+    &["--jit=off"],
+    &["--jit=off", "--gc-stress"],
+    &["--jit=on"],
+    &["--jit=on", "--gc-stress"],
+    &["--jit=always"],
+    &["--jit=always", "--gc-stress"],
+];
+
 #[test]
 fn lox_programs_in_every_mode() {
-    run_all(
-        Path::new(env!("CARGO_BIN_EXE_kiln-lox")),
-        &[&[], &["--gc-stress"]],
-        false,
-    );
+    run_all(Path::new(env!("CARGO_BIN_EXE_kiln-lox")), MODES, false);
+}
+
+/// The JIT mode tests test the JIT only if it compiles everything: with --jit=always, no
+/// function of any program is left to the interpreter, and the interpreter runs no instruction.
+#[test]
+fn jit_always_compiles_every_function_of_every_program() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_kiln-lox"));
+    let mut problems = Vec::new();
+    let mut compiled = 0;
+    for file in programs() {
+        let out = Command::new(binary)
+            .args(["--jit=always", "--stats"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the VM");
+        let report = String::from_utf8_lossy(&out.stderr).into_owned();
+        let number = |label: &str| -> Option<u64> {
+            let line = report.lines().find(|l| l.trim_start().starts_with(label))?;
+            line.trim_start()[label.len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        match (
+            number("not compiled"),
+            number("instructions executed"),
+            number("functions compiled"),
+        ) {
+            (Some(0), Some(0), Some(n)) => compiled += n,
+            (failed, interpreted, _) => problems.push(format!(
+                "{}: {failed:?} functions not compiled, {interpreted:?} instructions interpreted\n{report}",
+                file.display()
+            )),
+        }
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    assert!(problems.is_empty(), "{} programs (above)", problems.len());
+    assert!(compiled > 300, "only {compiled} functions compiled");
 }
 
 /// The differential check: clox (built from the book's source, path in KILN_LOX_CLOX) meets

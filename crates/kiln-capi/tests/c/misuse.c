@@ -78,8 +78,8 @@ static void arguments(const char *object) {
     FAILS(kiln_session_add_file(s, NULL), KILN_ERROR_INVALID_ARGUMENT, "path is NULL");
     FAILS(kiln_session_add_file(s, "/nonexistent/x.o"), KILN_ERROR_IO, "/nonexistent/x.o");
     FAILS(kiln_session_add_object(s, "x.o", NULL, 10), KILN_ERROR_INVALID_ARGUMENT, "bytes is NULL but its length is 10");
-    /* kiln reports a missing -l library as a usage error. */
-    FAILS(kiln_session_add_library(s, "definitely_not_a_library_kiln"), KILN_ERROR_USAGE,
+    /* A missing -l library: not found, with where kiln looked. */
+    FAILS(kiln_session_add_library(s, "definitely_not_a_library_kiln"), KILN_ERROR_NOT_FOUND,
           "cannot find library -ldefinitely_not_a_library_kiln");
     FAILS(kiln_session_define(s, bad_utf8, 1), KILN_ERROR_INVALID_ARGUMENT, "name is not valid UTF-8");
     FAILS(kiln_session_lookup(s, bad_utf8, &addr), KILN_ERROR_INVALID_ARGUMENT, "not valid UTF-8");

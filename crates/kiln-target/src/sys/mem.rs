@@ -247,7 +247,7 @@ pub(crate) unsafe fn read(addr: u64, len: u64) -> Vec<u8> {
     v
 }
 
-/// Copy `out.len()` bytes at `addr` into `out` with aligned word loads, as a reader of memory
+/// Copy `out.len()` bytes at `addr` into `out` with aligned atomic loads, as a reader of memory
 /// that JIT'd code or a patch may store into meanwhile must.
 ///
 /// # Safety

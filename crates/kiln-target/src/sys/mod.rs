@@ -6,6 +6,7 @@ pub(crate) mod dl;
 pub(crate) mod eh;
 pub(crate) mod gdb;
 pub(crate) mod jitdump;
+pub(crate) mod lazy;
 pub(crate) mod mem;
 pub(crate) mod owned;
 pub(crate) mod perf;

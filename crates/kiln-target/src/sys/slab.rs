@@ -18,7 +18,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 use std::ffi::c_void;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 /// A slab of this process, owned by an executor's table. Dropping it unmaps it: the table gives
@@ -308,10 +308,10 @@ impl WriteView {
     }
 
     /// Apply one write to bytes that other threads may be executing or reading: as
-    /// [`WriteView::write`], but each naturally aligned 8-byte word inside the range is stored
-    /// with one atomic store (the bytes before the first and after the last such word one by
-    /// one). The executor's view and this one share every address's offset within a page, so
-    /// the words are aligned where the code runs too.
+    /// [`WriteView::write`], but each naturally aligned 2-, 4- or 8-byte unit inside the range
+    /// is stored with one atomic store (see [`aligned_pieces`]). The executor's view and this
+    /// one share every address's offset within a page, so the units are aligned where the code
+    /// runs too.
     ///
     /// # Safety
     /// The mapping is alive, and the range is the caller's to write until this returns (claimed:
@@ -332,7 +332,7 @@ impl WriteView {
     }
 
     /// A copy of `len` bytes at executor address `addr`, read through this view with aligned
-    /// word loads.
+    /// atomic loads.
     ///
     /// # Safety
     /// The mapping is alive, and no writable slice over the range exists (it is not claimed)
@@ -407,72 +407,83 @@ enum Source<'a> {
 }
 
 impl Source<'_> {
-    fn byte(&self, i: usize) -> u8 {
+    /// The `n` bytes from offset `i`, as a little-endian integer.
+    fn value(&self, i: usize, n: usize) -> u64 {
         match self {
-            Source::Bytes(b) => b[i],
-            Source::Fill(v) => *v,
-        }
-    }
-
-    fn word(&self, i: usize) -> u64 {
-        match self {
-            Source::Bytes(b) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(&b[i..i + 8]);
-                u64::from_le_bytes(w)
-            }
-            Source::Fill(v) => u64::from_le_bytes([*v; 8]),
+            Source::Bytes(b) => b[i..i + n]
+                .iter()
+                .rev()
+                .fold(0, |v, &x| (v << 8) | u64::from(x)),
+            Source::Fill(v) => u64::from_le_bytes([*v; 8]) >> (64 - 8 * n),
         }
     }
 }
 
-/// The split of `[p, p + len)` into a head of single bytes, whole aligned 8-byte words, and a
-/// tail of single bytes: (head length, number of words).
-fn word_split(p: usize, len: usize) -> (usize, usize) {
-    let head = (p.next_multiple_of(8) - p).min(len);
-    (head, (len - head) / 8)
+/// `[p, p + len)` cut into naturally aligned pieces of 8, 4, 2 or 1 bytes, each the largest that
+/// starts aligned and fits: (offset from `p`, size). Aligned blocks either nest or are disjoint,
+/// so every naturally aligned 2-, 4- or 8-byte unit inside the range lies inside one piece.
+fn aligned_pieces(p: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off >= len {
+            return None;
+        }
+        let at = p + off;
+        let size = [8, 4, 2, 1]
+            .into_iter()
+            .find(|&n| at.is_multiple_of(n) && off + n <= len)
+            .unwrap_or(1);
+        let piece = (off, size);
+        off += size;
+        Some(piece)
+    })
 }
 
-/// Store `len` bytes of `src` at `dst`: aligned 8-byte words with one relaxed atomic store each,
-/// the unaligned head and tail byte by byte (relaxed atomics too: other threads may read them).
+/// Store `len` bytes of `src` at `dst`, each of the [`aligned_pieces`] with one relaxed atomic
+/// store: a thread reading or executing a naturally aligned 2-, 4- or 8-byte unit of the range
+/// sees its old or its new value, never a mix.
 ///
 /// # Safety
 /// `dst..dst+len` is writable memory that no reference covers and no other writer touches until
 /// this returns; `src` holds at least `len` bytes.
 unsafe fn store_words(dst: *mut u8, len: usize, src: &Source<'_>) {
-    let (head, words) = word_split(dst as usize, len);
-    let tail_start = head + 8 * words;
-    for i in (0..head).chain(tail_start..len) {
-        // SAFETY: `dst + i` is inside the range (this function's contract); a byte is always
-        // aligned for `AtomicU8`.
-        unsafe { (*(dst.add(i) as *const AtomicU8)).store(src.byte(i), Ordering::Relaxed) };
-    }
-    for k in 0..words {
-        let i = head + 8 * k;
-        // SAFETY: `dst + i` is 8-byte aligned (`word_split`) and its 8 bytes are inside the
-        // range (this function's contract).
-        unsafe { (*(dst.add(i) as *const AtomicU64)).store(src.word(i), Ordering::Relaxed) };
+    for (i, n) in aligned_pieces(dst as usize, len) {
+        let v = src.value(i, n);
+        // SAFETY: the piece lies inside the range (this function's contract) and `dst + i` is
+        // aligned to its size (`aligned_pieces`), as the atomic type needs; truncating `v` to
+        // the piece's size keeps exactly its bytes (little-endian).
+        unsafe {
+            let at = dst.add(i);
+            match n {
+                8 => (*(at as *const AtomicU64)).store(v, Ordering::Relaxed),
+                4 => (*(at as *const AtomicU32)).store(v as u32, Ordering::Relaxed),
+                2 => (*(at as *const AtomicU16)).store(v as u16, Ordering::Relaxed),
+                _ => (*(at as *const AtomicU8)).store(v as u8, Ordering::Relaxed),
+            }
+        }
     }
 }
 
-/// Fill `out` from `src`: aligned 8-byte words with one relaxed atomic load each, the head and
-/// tail byte by byte. Atomic, because JIT'd code or a patch may store into the bytes meanwhile.
+/// Fill `out` from `src`, each of the [`aligned_pieces`] with one relaxed atomic load: JIT'd
+/// code or a patch may store into the bytes meanwhile, and an aligned unit is read whole.
 ///
 /// # Safety
 /// `src..src+out.len()` is readable memory that stays mapped until this returns and that no
 /// `&mut` reference covers.
 pub(crate) unsafe fn load_words(src: *const u8, out: &mut [u8]) {
-    let (head, words) = word_split(src as usize, out.len());
-    let tail_start = head + 8 * words;
-    for i in (0..head).chain(tail_start..out.len()) {
-        // SAFETY: inside the readable range (this function's contract).
-        out[i] = unsafe { (*(src.add(i) as *const AtomicU8)).load(Ordering::Relaxed) };
-    }
-    for k in 0..words {
-        let i = head + 8 * k;
-        // SAFETY: 8-byte aligned (`word_split`) and inside the readable range.
-        let w = unsafe { (*(src.add(i) as *const AtomicU64)).load(Ordering::Relaxed) };
-        out[i..i + 8].copy_from_slice(&w.to_le_bytes());
+    for (i, n) in aligned_pieces(src as usize, out.len()) {
+        // SAFETY: the piece lies inside the readable range (this function's contract) and is
+        // aligned to its size (`aligned_pieces`).
+        let v = unsafe {
+            let at = src.add(i);
+            match n {
+                8 => (*(at as *const AtomicU64)).load(Ordering::Relaxed),
+                4 => u64::from((*(at as *const AtomicU32)).load(Ordering::Relaxed)),
+                2 => u64::from((*(at as *const AtomicU16)).load(Ordering::Relaxed)),
+                _ => u64::from((*(at as *const AtomicU8)).load(Ordering::Relaxed)),
+            }
+        };
+        out[i..i + n].copy_from_slice(&v.to_le_bytes()[..n]);
     }
 }
 
@@ -683,7 +694,8 @@ impl SharedSlab {
 impl SharedSlab {
     /// Write into the slab while the executor may run code from it (see
     /// [`crate::Executor::write_live`]): each write inside one region and not being written by
-    /// another call of this slab, each aligned 8-byte word stored atomically. Which ranges may
+    /// another call of this slab, each naturally aligned 2-, 4- or 8-byte unit stored with one
+    /// atomic store. Which ranges may
     /// be written (not the runtime's registered ranges) is the caller's book to check; the
     /// executor must then make its cores serialize (`InProcessExecutor::sync_code`) before the
     /// new code may run.
@@ -762,6 +774,39 @@ impl Drop for SharedSlab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_units_lie_inside_one_piece() {
+        for p in 0..16 {
+            for len in 0..40 {
+                let pieces: Vec<_> = aligned_pieces(p, len).collect();
+                assert_eq!(pieces.iter().map(|x| x.1).sum::<usize>(), len);
+                assert!(pieces.iter().all(|&(i, n)| (p + i).is_multiple_of(n)));
+                for k in [2, 4, 8] {
+                    for q in (p..p + len).filter(|q| q.is_multiple_of(k) && q + k <= p + len) {
+                        assert!(
+                            pieces
+                                .iter()
+                                .any(|&(i, n)| p + i <= q && q + k <= p + i + n),
+                            "{k} bytes at {q} in {p}+{len}: {pieces:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn live_writes_split_into_aligned_pieces() {
+        let pieces = |p, len| aligned_pieces(p, len).collect::<Vec<_>>();
+        // An aligned rel32 or imm32 is one piece, wherever it lies in an 8-byte word.
+        assert_eq!(pieces(0x1004, 4), [(0, 4)]);
+        assert_eq!(pieces(0x1000, 4), [(0, 4)]);
+        assert_eq!(pieces(0x1000, 8), [(0, 8)]);
+        assert_eq!(pieces(0x1003, 9), [(0, 1), (1, 4), (5, 4)]);
+        assert_eq!(pieces(0x1002, 3), [(0, 2), (2, 1)]);
+        assert_eq!(pieces(0x1001, 0), []);
+    }
 
     #[test]
     fn live_writes_store_and_load_every_byte() {

@@ -1,22 +1,22 @@
 //! Architectures: what an edge means, how it is applied, and the code the linker writes itself.
 //!
 //! The generic pipeline (graphs, ELF parsing, resolution, dead-stripping, layout, finalize) knows
-//! an edge only as an [`EdgeKind`] and asks the architecture, through [`Arch`], everything that
+//! an edge only as an [`EdgeKind`] and asks the architecture, through `Arch`, everything that
 //! depends on the instruction set:
 //!
 //! - the relocation table: which ELF relocation type becomes which edge kind, and for each kind
 //!   its width, its range, its formula, what its "S" is, and its name in messages
 //!   ([`EdgeInfo`]);
-//! - fixups: [`Arch::apply_fixup`] (the formula through [`write_value`], plus instruction
+//! - fixups: `Arch::apply_fixup` (the formula through [`write_value`], plus instruction
 //!   rewrites such as GOT relaxation), failing with a typed [`FixupError`];
-//! - GOT, stubs and TLS tables: [`Arch::build_tables`] decides which edges need them once the
+//! - GOT, stubs and TLS tables: `Arch::build_tables` decides which edges need them once the
 //!   unit's address range is known, and rewrites those edges;
-//! - the code the linker synthesizes ([`Templates`]): `.init`/`.fini` glue, libc_nonshared's
+//! - the code the linker synthesizes (`Templates`): `.init`/`.fini` glue, libc_nonshared's
 //!   tail calls, jumps, and the unwind records of producer-described frames.
 //!
 //! x86-64 is the only architecture. Adding one (say AArch64) means a new `arch/aarch64/` module
-//! implementing [`Arch`], a variant of [`EdgeKind`] for its kinds, and a line in [`for_elf_machine`]
-//! and [`for_triple`]; nothing outside `arch/` names an architecture.
+//! implementing `Arch`, a variant of [`EdgeKind`] for its kinds, and a line in `for_elf_machine`
+//! and `for_triple`; nothing outside `arch/` names an architecture.
 
 pub mod x86_64;
 

@@ -23,6 +23,12 @@ use kiln_target::{Action, ActionPair, Bytes, ExecutorAddr, MemProt, PerfMapEntry
 use rustc_hash::FxHashMap;
 use std::path::PathBuf;
 
+/// ```
+/// let s = kiln::Session::in_process();
+/// // perf map and gdb on, the rest off:
+/// s.set_debug(kiln::DebugOptions { perf_map: true, gdb: true, ..kiln::DebugOptions::none() });
+/// ```
+///
 /// Which sinks a session feeds. `KILN_DEBUG` (see [`DebugOptions::apply`]) changes the defaults
 /// of every session; the `kiln` command also has `--gdb`, `--perf-map`, `--jitdump[=DIR]` and
 /// `--valgrind`.

@@ -14,6 +14,35 @@ use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 
+/// A graph a JIT compiler builds: sections of blocks with symbols and edges (relocations) by
+/// name, linked like an object file.
+///
+/// ```
+/// use kiln::arch::x86_64::EdgeKind;
+/// use kiln::graph::{InMemoryEdge, InMemoryGraph};
+/// use kiln_target::MemProt;
+///
+/// let mut g = InMemoryGraph::new("module-7");
+/// // A counter in data, and `int bump(void) { return ++counter; }` reaching it PC-relatively:
+/// // mov counter(%rip),%eax; inc %eax; mov %eax,counter(%rip); ret
+/// g.add_data("counter", vec![0; 4], 4, MemProt::ReadWrite);
+/// let code = vec![0x8b, 0x05, 0, 0, 0, 0, 0xff, 0xc0, 0x89, 0x05, 0, 0, 0, 0, 0xc3];
+/// g.add_function(
+///     "bump",
+///     code,
+///     vec![
+///         InMemoryEdge::new(2, EdgeKind::Delta32, "counter", -4),
+///         InMemoryEdge::new(10, EdgeKind::Delta32, "counter", -4),
+///     ],
+///     None,
+/// );
+/// let s = kiln::Session::in_process();
+/// s.link_graph(&g)?;
+/// let bump = s.lookup("bump").unwrap();
+/// assert_eq!(s.executor().call(bump, &[])?, 1);
+/// assert_eq!(s.executor().call(bump, &[])?, 2);
+/// # Ok::<(), kiln::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct InMemoryGraph {
     pub name: String,

@@ -1,11 +1,13 @@
-//! The LinkGraph: the linker's model of one link unit.
+//! Graphs: what a JIT compiler hands to kiln instead of an object file ([`InMemoryGraph`]:
+//! sections of blocks, with symbols, and edges that are relocations by name), and, inside the
+//! crate, the linker's model of one link unit (the LinkGraph every input becomes).
 //!
 //! A link unit is everything that is linked together into one allocation: the objects given
-//! explicitly, the archive members they pull in, and what the linker synthesizes (GOT, stubs,
-//! `.init` glue). Each input section becomes a [`Section`] with (usually) one [`Block`]; `.eh_frame`
-//! is split into one block per CIE/FDE. [`Symbol`]s name offsets in blocks (or are undefined,
-//! absolute, or common); [`Edge`]s are relocations. Everything is addressed by index newtypes;
-//! input bytes are borrowed for `'a`.
+//! explicitly, the archive members they pull in, the graphs, and what the linker synthesizes
+//! (GOT, stubs, `.init` glue). Each input section becomes a section with (usually) one block;
+//! `.eh_frame` is split into one block per CIE/FDE. Symbols name offsets in blocks (or are
+//! undefined, absolute, or common); edges are relocations. Everything is addressed by index
+//! newtypes; input bytes are borrowed for the link.
 
 pub(crate) mod builder;
 

@@ -5,14 +5,17 @@
 //! Parsing, layout and fixups of a unit happen outside any session-wide lock; only binding
 //! names (a read lock) and publishing the new unit's symbols (a write lock) synchronise.
 
+mod edges;
 mod generate;
 mod inputs;
+mod lazy;
 mod moving;
 mod relocate;
 mod state;
 
 pub use generate::{DefinitionGenerator, Generated};
 pub use inputs::Inputs;
+pub use lazy::{lazy_stub_graph, CallLeft, CallRedirect, CallSite, StubBypass};
 pub use moving::{RelinkBytes, RelocationInfo};
 pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
 
@@ -58,6 +61,15 @@ pub struct Session {
 
 /// Where a unit goes and what it keeps: for [`Session::link_graph_with`] and
 /// [`Session::link_inputs_with`].
+///
+/// ```
+/// use kiln::{Session, UnitOptions};
+/// let s = Session::in_process();
+/// let scope = s.create_scope("jit-module")?;
+/// let options = UnitOptions { relink: true, ..UnitOptions::new(scope) };
+/// # let _ = options;
+/// # Ok::<(), kiln::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct UnitOptions {
     /// The scope the unit's symbols go into.
@@ -335,8 +347,13 @@ impl Session {
     /// finalize it in the executor. Initializers are not run: see
     /// [`Session::run_initializers`]. If the link fails, what was added stays added.
     pub fn link(&self) -> Result<UnitId> {
+        self.link_with(&UnitOptions::new(self.default_scope()))
+    }
+
+    /// [`Session::link`] with options: the unit's scope, its memory, its relink record.
+    pub fn link_with(&self, options: &UnitOptions) -> Result<UnitId> {
         let inputs = std::mem::take(&mut *lock(&self.pending));
-        let result = self.link_in(&UnitOptions::new(self.default_scope()), &inputs);
+        let result = self.link_in(options, &inputs);
         if result.is_err() {
             // Given back in front of whatever was added meanwhile.
             let mut pending = lock(&self.pending);

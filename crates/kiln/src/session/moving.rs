@@ -310,19 +310,10 @@ impl Session {
             return Ok(());
         };
         let mut writes = Vec::new();
-        let mut i = 0;
-        while i < new.len() {
-            if old.get(i) == Some(&new[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < new.len() && old.get(i) != Some(&new[i]) {
-                i += 1;
-            }
+        for (start, end) in changed_words(addr, old, new) {
             writes.push(SlabWrite::Bytes(
                 ExecutorAddr(addr + start as u64),
-                &new[start..i],
+                &new[start..end],
             ));
         }
         if !writes.is_empty() {
@@ -394,6 +385,40 @@ impl Session {
         result?;
         Ok(new)
     }
+}
+
+/// The runs of `new` (bytes at `addr`) that differ from `old`, each widened to the naturally
+/// aligned 8-byte (else 4-byte) words that hold it when those lie inside `new`: the executor
+/// stores aligned words atomically, so a changed field that fits one word (a rel32, a GOT slot)
+/// is written in one store, and a thread running through it sees its old or its new value —
+/// never half of each. Widened runs rewrite unchanged neighbours with the bytes just read.
+fn changed_words(addr: u64, old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < new.len() {
+        if old.get(i) == Some(&new[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < new.len() && old.get(i) != Some(&new[i]) {
+            i += 1;
+        }
+        let (s, e) = [8u64, 4]
+            .into_iter()
+            .find_map(|w| {
+                let s = (addr + start as u64) / w * w;
+                let e = (addr + i as u64).div_ceil(w) * w;
+                (s >= addr && e <= addr + new.len() as u64)
+                    .then(|| ((s - addr) as usize, (e - addr) as usize))
+            })
+            .unwrap_or((start, i));
+        match runs.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => runs.push((s, e)),
+        }
+    }
+    runs
 }
 
 impl RelinkRecord {
@@ -805,7 +830,7 @@ impl Spans {
                 for &(a, n) in &r.segments {
                     let at = (a - r.start) as usize;
                     let range = at..at + n as usize;
-                    for (s, e) in changed_runs(&r.read[range.clone()], &r.bytes[range]) {
+                    for (s, e) in changed_runs(a, &r.read[range.clone()], &r.bytes[range]) {
                         writes.push(SlabWrite::Bytes(
                             ExecutorAddr(a + s as u64),
                             &r.bytes[at + s..at + e],
@@ -823,22 +848,15 @@ impl Spans {
     }
 }
 
-/// The ranges where `new` differs from `old`, merged when less than [`COALESCE`] bytes apart.
-fn changed_runs(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
+/// The ranges where `new` (bytes at `addr`) differs from `old`, as [`changed_words`] widens
+/// them (a changed field that fits an aligned word is stored whole), merged when less than
+/// [`COALESCE`] bytes apart (fewer, larger writes; the bytes between are rewritten unchanged).
+fn changed_runs(addr: u64, old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    let mut i = 0;
-    while i < new.len() {
-        if old[i] == new[i] {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < new.len() && old[i] != new[i] {
-            i += 1;
-        }
+    for (start, end) in changed_words(addr, old, new) {
         match runs.last_mut() {
-            Some(last) if start - last.1 < COALESCE => last.1 = i,
-            _ => runs.push((start, i)),
+            Some(last) if start.saturating_sub(last.1) < COALESCE => last.1 = last.1.max(end),
+            _ => runs.push((start, end)),
         }
     }
     runs
@@ -965,5 +983,27 @@ fn action_heap_bytes(a: &kiln_target::Action) -> u64 {
             .sum(),
         Action::WriteJitdump { dir, records } => (dir.capacity() + records.0.capacity()) as u64,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_words;
+
+    #[test]
+    fn changed_fields_are_written_as_whole_aligned_words() {
+        // A rel32 at 0x1004 whose two low bytes changed, in a window read from 0x1002: the
+        // whole 4-byte field is written (the 8-byte word would reach before the window).
+        let old = [0x90, 0xe8, 0x10, 0x20, 0, 0, 0xc3, 0x90, 0x90, 0x90];
+        let mut new = old;
+        new[2] = 0x30;
+        new[3] = 0x40;
+        assert_eq!(changed_words(0x1002, &old, &new), [(2, 6)]);
+        // In an 8-aligned window, a changed byte takes its whole word.
+        assert_eq!(changed_words(0x1000, &old[..8], &new[..8]), [(0, 8)]);
+        // Nothing changed: nothing written.
+        assert!(changed_words(0x1000, &old, &old).is_empty());
+        // A window too small for any aligned word: the changed bytes alone.
+        assert_eq!(changed_words(0x1001, &old[..2], &[0x90, 0xe9]), [(1, 2)]);
     }
 }

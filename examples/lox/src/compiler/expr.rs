@@ -228,7 +228,7 @@ impl<'src> Compiler<'src, '_> {
             (op::GET_UPVALUE, op::SET_UPVALUE, index as u32)
         } else {
             self.count_constant();
-            (op::GET_GLOBAL, op::SET_GLOBAL, self.vm.global_slot(name))
+            (op::GET_GLOBAL, op::SET_GLOBAL, self.global_slot(name))
         };
         let opcode = if can_assign && self.matches(TokenKind::Equal) {
             self.expression();

@@ -9,7 +9,7 @@ mod stmt;
 
 use std::io::Write;
 
-use crate::bytecode::{op, InlineCache, Proto};
+use crate::bytecode::{op, Proto};
 use crate::scanner::{Scanner, Token, TokenKind};
 use crate::value::Value;
 use crate::vm::Vm;
@@ -213,7 +213,11 @@ impl<'src> Compiler<'src, '_> {
 
     fn begin_function(&mut self, kind: FunctionKind) {
         let proto = self.vm.program.protos.len();
-        self.vm.program.protos.push(Proto::default());
+        if proto >= crate::vm::region::MAX_PROTOS {
+            // kiln-lox only: the VM region's table of code entries holds 2 million functions.
+            self.error("Too many functions in the program.");
+        }
+        self.vm.program_mut().protos.push(Proto::default());
         let name = (kind != FunctionKind::Script).then(|| Box::<[u8]>::from(self.previous.text));
         let slot_zero: &'static [u8] = if kind == FunctionKind::Function {
             b""
@@ -248,12 +252,13 @@ impl<'src> Compiler<'src, '_> {
         let Some(f) = self.functions.pop() else {
             unreachable!("a function is being compiled")
         };
-        let program = &mut self.vm.program;
+        let program = self.vm.program_mut();
         let proto = Proto {
             name: f.name,
             arity: f.arity,
             upvalue_count: f.upvalues.len(),
             code_start: program.code.len(),
+            code_len: f.code.len(),
             // Two slots of headroom: slow paths park a value on the stack while allocating.
             max_stack: f.max_stack as usize + 2,
         };
@@ -367,7 +372,7 @@ impl<'src> Compiler<'src, '_> {
             return 0;
         }
         self.count_constant();
-        self.vm.global_slot(self.previous.text)
+        self.global_slot(self.previous.text)
     }
 
     fn mark_initialized(&mut self) {
@@ -404,8 +409,11 @@ impl<'src> Compiler<'src, '_> {
     /// Adds `value` to the VM's constants (a GC root), counting it in the function's chunk.
     fn add_constant(&mut self, value: Value) -> u32 {
         self.count_constant();
-        self.vm.constants.push(value);
-        (self.vm.constants.len() - 1) as u32
+        self.vm.add_constant(value).unwrap_or_else(|| {
+            // kiln-lox only: the VM region holds 4 million constants in all.
+            self.error("Too many constants in the program.");
+            0
+        })
     }
 
     /// Interns `bytes` and adds the string as a constant.
@@ -421,8 +429,20 @@ impl<'src> Compiler<'src, '_> {
 
     /// A new inline cache for the property named by constant `name`.
     fn new_inline_cache(&mut self, name: u32) -> u32 {
-        self.vm.ics.push(InlineCache::new(name));
-        (self.vm.ics.len() - 1) as u32
+        self.vm.add_inline_cache(name).unwrap_or_else(|| {
+            // kiln-lox only: the VM region holds 2 million property sites in all.
+            self.error("Too many property accesses in the program.");
+            0
+        })
+    }
+
+    /// The slot of global `name`.
+    fn global_slot(&mut self, name: &[u8]) -> u32 {
+        self.vm.global_slot(name).unwrap_or_else(|| {
+            // kiln-lox only: the VM region holds a million globals.
+            self.error("Too many global variables in the program.");
+            0
+        })
     }
 
     // ---- emission ----

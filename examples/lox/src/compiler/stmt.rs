@@ -49,7 +49,7 @@ impl<'src> Compiler<'src, '_> {
         self.consume(TokenKind::Identifier, "Expect class name.");
         let class_name = self.previous.text;
         let name_constant = self.string_constant(class_name);
-        let global = self.vm.global_slot(class_name);
+        let global = self.global_slot(class_name);
         self.declare_variable();
         self.emit_op_u32(op::CLASS, name_constant, 2);
         self.define_variable(global);

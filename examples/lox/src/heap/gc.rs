@@ -3,7 +3,7 @@
 //! Why copying: allocation is a bump of `top` against a limit (three instructions in JIT'd
 //! code), collection costs time in proportion to what survives, the heap is compacted for free,
 //! and a forwarding header is all the bookkeeping a move needs. The price is the second
-//! semispace. References are offsets, so growing a space (reallocating it) moves no object.
+//! semispace. References are offsets, and a space grows in place, so growing moves no object.
 //!
 //! The copy is breadth-first and needs no mark stack: roots are forwarded into to-space, then a
 //! scan pointer walks to-space forwarding every reference in every copied object until it
@@ -42,7 +42,7 @@ impl<'a> Copier<'a> {
         } else {
             check_header(header, old.0);
             let size = layout::header_size(header);
-            let new = self.to.append(self.from.words(old, 0, size));
+            let new = self.to.append_copy(self.from, old, size);
             self.from.store(old, 0, layout::forwarded_header(new.0));
             new.0
         };
@@ -52,16 +52,16 @@ impl<'a> Copier<'a> {
 
     /// Forwards every reference in every object copied so far, and in those it copies.
     pub fn scan(&mut self) {
-        let mut scan = 1;
+        let mut scan = super::memory::FIRST_OBJECT_WORD;
         while scan < self.to.used_words() {
-            let header = self.to.raw()[scan];
+            let header = self.to.raw_word(scan);
             let size = layout::header_size(header);
             if layout::header_tag(header) != Tag::String as u64 {
                 for field in scan + 1..scan + size {
-                    let word = self.to.raw()[field];
+                    let word = self.to.raw_word(field);
                     if is_obj_bits(word) {
                         let new = self.forward(word);
-                        self.to.raw_mut()[field] = new;
+                        self.to.set_raw_word(field, new);
                     }
                 }
             }

@@ -13,7 +13,7 @@ pub mod objects;
 pub mod strings;
 
 use layout::Tag;
-use memory::Memory;
+use memory::{MapError, Memory};
 use strings::StringTable;
 
 use crate::value::ObjRef;
@@ -58,8 +58,10 @@ pub struct HeapExhausted;
 const INITIAL_WORDS: usize = 1 << 17;
 /// Under --gc-stress the space starts small, so that each collection is cheap.
 const STRESS_INITIAL_WORDS: usize = 1 << 10;
-/// Each semispace stays below 1 GiB.
-const MAX_WORDS: usize = 1 << 27;
+/// Each semispace stays below 1 GiB (so every object offset fits in 32 bits, which JIT'd code
+/// relies on when it unboxes a reference).
+pub const MAX_WORDS: usize = 1 << 27;
+const _: () = assert!(MAX_WORDS * 8 <= 1 << 32);
 
 pub struct Heap {
     pub mem: Memory,
@@ -72,15 +74,17 @@ pub struct Heap {
 }
 
 impl Heap {
-    pub fn new(stress: bool) -> Heap {
+    /// Maps both semispaces at their largest size (address space; pages are committed as
+    /// the heap grows into them).
+    pub fn new(stress: bool) -> Result<Heap, MapError> {
         let words = if stress {
             STRESS_INITIAL_WORDS
         } else {
             INITIAL_WORDS
         };
-        Heap {
-            mem: Memory::new(words),
-            spare: Memory::new(words),
+        let mut heap = Heap {
+            mem: Memory::new(words, MAX_WORDS)?,
+            spare: Memory::new(words, MAX_WORDS)?,
             strings: StringTable::new(),
             stats: HeapStats {
                 peak_semispace_bytes: 8 * words as u64,
@@ -88,7 +92,25 @@ impl Heap {
             },
             stress,
             packed: Vec::new(),
-        }
+        };
+        heap.publish_inline_limit();
+        Ok(heap)
+    }
+
+    /// How far machine code may allocate inline in the current space: all of it, or nothing
+    /// under --gc-stress (every allocation then goes to the runtime, which collects).
+    fn publish_inline_limit(&mut self) {
+        let limit = if self.stress {
+            0
+        } else {
+            self.mem.capacity_words()
+        };
+        self.mem.set_inline_limit(limit);
+    }
+
+    /// Counts what machine code allocated inline (it bumps `top` itself).
+    pub fn count_inline_bytes(&mut self, bytes: u64) {
+        self.stats.bytes_allocated += bytes;
     }
 
     /// Whether an allocation of `words` must collect first.
@@ -132,7 +154,9 @@ impl Heap {
         if self.stress {
             self.spare.poison();
         }
-        self.grow_for(need_words)
+        let grown = self.grow_for(need_words);
+        self.publish_inline_limit();
+        grown
     }
 
     /// Keeps at least half of the space free after a collection, and `need_words` at least.
@@ -179,8 +203,7 @@ impl Heap {
             strings::len_hash(bytes.len(), hash),
         );
         self.mem
-            .words_mut(s, layout::string::BYTES, self.packed.len())
-            .copy_from_slice(&self.packed);
+            .copy_words_in(s, layout::string::BYTES, &self.packed);
         self.strings.insert(&self.mem, s);
         s
     }

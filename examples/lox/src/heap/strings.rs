@@ -43,10 +43,9 @@ pub fn string_hash(mem: &Memory, s: ObjRef) -> u32 {
 /// Appends the bytes of string `s` to `out`.
 pub fn append_bytes(mem: &Memory, s: ObjRef, out: &mut Vec<u8>) {
     let len = string_len(mem, s);
-    let words = mem.words(s, string::BYTES, len.div_ceil(8));
     let start = out.len();
-    for w in words {
-        out.extend_from_slice(&w.to_le_bytes());
+    for i in 0..len.div_ceil(8) {
+        out.extend_from_slice(&mem.load(s, string::BYTES + i).to_le_bytes());
     }
     out.truncate(start + len);
 }
@@ -89,9 +88,7 @@ impl StringTable {
                 return None;
             }
             let s = Value(slot).as_obj();
-            if mem.load(s, string::LEN_HASH) == want
-                && mem.words(s, string::BYTES, packed.len()) == packed
-            {
+            if mem.load(s, string::LEN_HASH) == want && mem.words_equal(s, string::BYTES, packed) {
                 return Some(s);
             }
             i = (i + 1) & mask;

@@ -5,18 +5,20 @@
 //! up (classes, instances, closures, slow paths of inline caches); `format.rs` prints numbers.
 
 mod format;
-mod interp;
-mod objects;
+pub mod interp;
+pub(crate) mod objects;
+pub mod region;
 pub mod stack;
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::rc::Rc;
 
-use crate::bytecode::{IcKind, InlineCache, Program, Proto};
+use crate::bytecode::{Program, Proto};
 use crate::heap::layout::{self, Tag};
 use crate::heap::{strings, ExternalRoots, Heap, HeapExhausted, HeapStats, RootSet};
 use crate::value::{ObjRef, Value};
-use stack::{Frames, ValueStack};
+use region::VmRegion;
 
 pub use format::format_number;
 
@@ -26,6 +28,7 @@ pub struct Options {
     pub gc_stress: bool,
     /// Count instructions (a second copy of the loop) for `--stats`.
     pub count_instructions: bool,
+    pub jit: crate::jit::JitMode,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -36,7 +39,7 @@ pub enum InterpretResult {
 }
 
 /// Kinds of inline-cache sites, for the statistics.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Site {
     GetProperty = 0,
     SetProperty = 1,
@@ -61,32 +64,46 @@ pub struct RuntimeError(pub Vec<u8>);
 
 pub struct Vm {
     pub heap: Heap,
-    pub stack: ValueStack,
-    pub frames: Frames,
+    /// Frames, value stack, globals (by slot; `Value::UNDEFINED` until defined), constants of
+    /// all compiled functions, inline caches, and the context block JIT'd code shares.
+    pub region: VmRegion,
     /// Next free value-stack slot (valid whenever the loop calls out).
     pub sp: usize,
-    pub frame_count: usize,
-    /// Open upvalues, highest stack slot first (linked through `upvalue::NEXT`).
-    pub open_upvalues: Value,
-    /// Global variables by slot; `Value::UNDEFINED` until defined. Slots are given out by name
-    /// at compile time, so a global access is an index, never a lookup.
-    pub globals: Vec<Value>,
-    global_names: Vec<Box<[u8]>>,
+    /// Global names by slot. Slots are given out by name at compile time, so a global access
+    /// is an index, never a lookup.
+    pub(crate) global_names: Vec<Box<[u8]>>,
     global_slots: HashMap<Box<[u8]>, u32>,
-    /// Constants of all compiled functions (GC roots).
-    pub constants: Vec<Value>,
-    pub ics: Vec<InlineCache>,
-    pub program: Program,
+    /// Constants in the region.
+    constant_count: usize,
+    /// The constant naming the property of each inline cache.
+    pub ic_names: Vec<u32>,
+    /// Shared with the loops running it (nested when machine code calls back into the
+    /// interpreter); only the compiler changes it, between runs.
+    pub program: Rc<Program>,
+    /// The template JIT; `None` with `--jit=off`.
+    pub jit: Option<Box<crate::jit::Jit>>,
+    /// The runtime error a runtime helper raised, on its way out through machine code.
+    pub pending_error: Option<RuntimeError>,
     /// The interned "init", to recognize initializers.
     pub init_string: Value,
     pub stats: VmStats,
     external_roots: Vec<Box<dyn ExternalRoots>>,
-    count_instructions: bool,
+    pub(crate) count_instructions: bool,
     /// Buffered stdout.
     out: Vec<u8>,
     sink: Box<dyn Write>,
     /// Scratch for building strings.
     scratch: Vec<u8>,
+}
+
+/// The VM's memory could not be mapped.
+#[derive(Debug)]
+pub struct VmError(pub String);
+
+impl std::fmt::Display for VmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot map the VM's memory: {}", self.0)
+    }
 }
 
 /// Sizes of the program's tables before a compile, to take a failed compile back.
@@ -98,20 +115,21 @@ pub struct Checkpoint {
 }
 
 impl Vm {
-    pub fn new(options: Options, sink: Box<dyn Write>) -> Vm {
+    pub fn new(options: Options, sink: Box<dyn Write>) -> Result<Vm, VmError> {
+        let heap = Heap::new(options.gc_stress).map_err(|e| VmError(e.0))?;
+        let region = VmRegion::new().map_err(VmError)?;
+        let jit = crate::jit::Jit::new(options.jit).map_err(VmError)?;
         let mut vm = Vm {
-            heap: Heap::new(options.gc_stress),
-            stack: ValueStack::new(),
-            frames: Frames::new(),
+            heap,
+            region,
             sp: 0,
-            frame_count: 0,
-            open_upvalues: Value::NIL,
-            globals: Vec::new(),
             global_names: Vec::new(),
             global_slots: HashMap::new(),
-            constants: Vec::new(),
-            ics: Vec::new(),
-            program: Program::default(),
+            constant_count: 0,
+            ic_names: Vec::new(),
+            program: Rc::new(Program::default()),
+            jit,
+            pending_error: None,
             init_string: Value::NIL,
             stats: VmStats::default(),
             external_roots: Vec::new(),
@@ -120,27 +138,45 @@ impl Vm {
             sink,
             scratch: Vec::new(),
         };
+        vm.publish_heap_base();
         // A fresh heap always has room for these.
         vm.init_string = vm.intern(b"init").unwrap_or(Value::NIL);
         vm.define_native(b"clock", objects::NATIVE_CLOCK);
-        vm
+        Ok(vm)
+    }
+
+    /// Tells JIT'd code where the current semispace is.
+    fn publish_heap_base(&self) {
+        self.region
+            .set_ctx_word(region::ctx::HEAP_BASE, self.heap.mem.base_address());
     }
 
     /// Compiles and runs `source`. Errors are reported on stderr, as clox reports them.
-    pub fn interpret(&mut self, source: &[u8]) -> InterpretResult {
-        let Some(script) = crate::compiler::compile(self, source) else {
-            return InterpretResult::CompileError;
+    /// The VM is handed over for the run (see `interp.rs`) and comes back with the result.
+    pub fn interpret(mut self: Box<Self>, source: &[u8]) -> (Box<Self>, InterpretResult) {
+        let Some(script) = crate::compiler::compile(&mut self, source) else {
+            return (self, InterpretResult::CompileError);
         };
-        let result = self.call_script(script).and_then(|()| self.run());
+        crate::jit::prepare(&mut self);
+        let (mut vm, result) = match self.call_script(script) {
+            Ok(()) => crate::jit::run_script(self, script),
+            Err(error) => (self, Err(error)),
+        };
         if let Err(RuntimeError(text)) = result {
-            self.flush();
+            vm.flush();
             let _ = std::io::stderr().write_all(&text);
-            self.reset_stack();
-            return InterpretResult::RuntimeError;
+            vm.reset_stack();
+            return (vm, InterpretResult::RuntimeError);
         }
-        InterpretResult::Ok
+        (vm, InterpretResult::Ok)
     }
 
+    /// The program, for the compiler (nothing runs while it compiles, so it is not shared).
+    pub fn program_mut(&mut self) -> &mut Program {
+        Rc::make_mut(&mut self.program)
+    }
+
+    /// Puts the script's closure in slot 0 and its frame record at index 0.
     fn call_script(&mut self, proto: usize) -> Result<(), RuntimeError> {
         self.reset_stack();
         if self.reserve(layout::closure::UPVALUES).is_err() {
@@ -150,7 +186,7 @@ impl Vm {
         self.heap
             .mem
             .store(closure, layout::closure::PROTO, proto as u64);
-        self.stack.set(0, Value::obj(closure));
+        self.region.set_stack(0, Value::obj(closure));
         self.sp = 1;
         let Proto {
             code_start: start,
@@ -164,15 +200,15 @@ impl Vm {
                 format!("Stack overflow.\n[line {line}] in script\n").into_bytes(),
             ));
         }
-        self.frames.set(0, Value::obj(closure), start, 0);
-        self.frame_count = 1;
+        self.region.set_frame(0, Value::obj(closure), start, 0);
+        self.region.set_frame_count(1);
         Ok(())
     }
 
-    fn reset_stack(&mut self) {
+    pub(crate) fn reset_stack(&mut self) {
         self.sp = 0;
-        self.frame_count = 0;
-        self.open_upvalues = Value::NIL;
+        self.region.set_frame_count(0);
+        self.region.set_open_upvalues(Value::NIL);
     }
 
     /// Registers references held outside the VM (see `ExternalRoots`).
@@ -180,33 +216,70 @@ impl Vm {
         self.external_roots.push(roots);
     }
 
-    /// The slot of global `name`, given out on first sight.
-    pub fn global_slot(&mut self, name: &[u8]) -> u32 {
+    /// The slot of global `name`, given out on first sight; `None` when the region's table of
+    /// globals is full.
+    pub fn global_slot(&mut self, name: &[u8]) -> Option<u32> {
         if let Some(&slot) = self.global_slots.get(name) {
-            return slot;
+            return Some(slot);
         }
-        let slot = self.globals.len() as u32;
-        self.globals.push(Value::UNDEFINED);
+        let slot = self.global_names.len();
+        if slot >= region::MAX_GLOBALS {
+            return None;
+        }
+        self.region.set_global(slot, Value::UNDEFINED);
         self.global_names.push(name.into());
-        self.global_slots.insert(name.into(), slot);
-        slot
+        self.global_slots.insert(name.into(), slot as u32);
+        Some(slot as u32)
+    }
+
+    pub fn global_count(&self) -> usize {
+        self.global_names.len()
+    }
+
+    /// Adds a constant (a GC root); `None` when the region's table is full.
+    pub fn add_constant(&mut self, value: Value) -> Option<u32> {
+        let index = self.constant_count;
+        if index >= region::MAX_CONSTANTS {
+            return None;
+        }
+        self.region.set_constant(index, value);
+        self.constant_count += 1;
+        Some(index as u32)
+    }
+
+    #[inline]
+    pub fn constant(&self, index: usize) -> Value {
+        self.region.constant(index)
+    }
+
+    /// A new, empty inline cache for the property named by constant `name`; `None` when the
+    /// region's table is full.
+    pub fn add_inline_cache(&mut self, name: u32) -> Option<u32> {
+        let index = self.ic_names.len();
+        if index >= region::MAX_ICS {
+            return None;
+        }
+        self.region.clear_ic(index);
+        self.ic_names.push(name);
+        Some(index as u32)
     }
 
     pub fn program_checkpoint(&self) -> Checkpoint {
         Checkpoint {
             code: self.program.code.len(),
             protos: self.program.protos.len(),
-            constants: self.constants.len(),
-            ics: self.ics.len(),
+            constants: self.constant_count,
+            ics: self.ic_names.len(),
         }
     }
 
     pub fn program_rollback(&mut self, to: Checkpoint) {
-        self.program.code.truncate(to.code);
-        self.program.lines.truncate(to.code);
-        self.program.protos.truncate(to.protos);
-        self.constants.truncate(to.constants);
-        self.ics.truncate(to.ics);
+        let program = self.program_mut();
+        program.code.truncate(to.code);
+        program.lines.truncate(to.code);
+        program.protos.truncate(to.protos);
+        self.constant_count = to.constants;
+        self.ic_names.truncate(to.ics);
     }
 
     // ---- allocation and GC ----
@@ -224,18 +297,17 @@ impl Vm {
 
     fn collect(&mut self, words: usize) -> Result<(), HeapExhausted> {
         let mut roots = VmRoots {
-            stack: &mut self.stack,
+            region: &self.region,
             sp: self.sp,
-            frames: &mut self.frames,
-            frame_count: self.frame_count,
-            open_upvalues: &mut self.open_upvalues,
             init_string: &mut self.init_string,
-            globals: &mut self.globals,
-            constants: &mut self.constants,
-            ics: &mut self.ics,
+            globals: self.global_names.len(),
+            constants: self.constant_count,
+            ics: self.ic_names.len(),
             external: &mut self.external_roots,
         };
-        self.heap.collect(&mut roots, words)
+        let result = self.heap.collect(&mut roots, words);
+        self.publish_heap_base();
+        result
     }
 
     /// The interned string with these bytes, allocating it if new.
@@ -251,18 +323,20 @@ impl Vm {
     }
 
     fn define_native(&mut self, name: &[u8], id: u64) {
-        let slot = self.global_slot(name) as usize;
+        let Some(slot) = self.global_slot(name) else {
+            return;
+        };
         if self.reserve(layout::native::WORDS).is_ok() {
             let native = self.heap.alloc(Tag::Native, layout::native::WORDS);
             self.heap.mem.store(native, layout::native::ID, id);
-            self.globals[slot] = Value::obj(native);
+            self.region.set_global(slot as usize, Value::obj(native));
         }
     }
 
     // ---- output ----
 
     /// `print value`; `protos` are the program's (taken out of the VM while it runs).
-    fn write_value(&mut self, value: Value, protos: &[Proto]) {
+    pub(crate) fn write_value(&mut self, value: Value, protos: &[Proto]) {
         let mut out = std::mem::take(&mut self.out);
         self.append_value(value, protos, &mut out);
         out.push(b'\n');
@@ -335,14 +409,14 @@ impl Vm {
 
     /// Builds the runtime error text: the message, then one line per frame, innermost first.
     /// The frames' saved ips must be current.
-    fn runtime_error(&self, program: &Program, message: &[u8]) -> RuntimeError {
+    pub(crate) fn runtime_error(&self, program: &Program, message: &[u8]) -> RuntimeError {
         let mut text = message.to_vec();
         text.push(b'\n');
-        for index in (0..self.frame_count).rev() {
-            let closure = self.frames.closure(index).as_obj();
+        for index in (0..self.region.frame_count()).rev() {
+            let closure = self.region.frame_closure(index).as_obj();
             let proto =
                 &program.protos[self.heap.mem.load(closure, layout::closure::PROTO) as usize];
-            let ip = self.frames.ip(index);
+            let ip = self.region.frame_ip(index);
             let line = program
                 .lines
                 .get(ip.saturating_sub(1))
@@ -382,9 +456,32 @@ impl Vm {
                 s.ic_hits[i], s.ic_misses[i]
             )?;
         }
+        if let Some(jit) = &self.jit {
+            let j = &jit.stats;
+            writeln!(to, "kiln-lox stats (JIT):")?;
+            writeln!(to, "  functions compiled      {}", j.functions_compiled)?;
+            writeln!(to, "  bytes of code           {}", j.code_bytes)?;
+            writeln!(to, "  compile time (us)       {}", j.compile_nanos / 1000)?;
+            writeln!(to, "  not compiled            {}", j.compile_failures)?;
+            if let Some(reason) = &j.first_failure {
+                writeln!(to, "    first: {reason}")?;
+            }
+            writeln!(to, "  loop entries (OSR)      {}", j.osr_entries)?;
+            writeln!(to, "  calls into interpreter  {}", j.interpreted_calls)?;
+            let hits = self.jit_ic_hits();
+            for (i, name) in SITE_NAMES.iter().enumerate() {
+                writeln!(
+                    to,
+                    "  jit ic {name:<16} {} hits, {} misses",
+                    hits[i], j.ic_misses[i]
+                )?;
+            }
+        }
+        writeln!(to, "kiln-lox stats (heap):")?;
         writeln!(to, "  shapes created          {}", s.shapes)?;
-        writeln!(to, "  inline caches           {}", self.ics.len())?;
+        writeln!(to, "  inline caches           {}", self.ic_names.len())?;
         writeln!(to, "  gc collections          {collections}")?;
+        let bytes_allocated = bytes_allocated + self.region.ctx_word(region::ctx::JIT_ALLOCATED);
         writeln!(to, "  bytes allocated         {bytes_allocated}")?;
         writeln!(to, "  bytes moved by gc       {bytes_moved}")?;
         writeln!(to, "  references updated      {refs_updated}")?;
@@ -395,29 +492,37 @@ impl Vm {
 
 /// The VM's roots, borrowed apart from the heap so that the collector can rewrite them.
 struct VmRoots<'a> {
-    stack: &'a mut ValueStack,
+    region: &'a VmRegion,
     sp: usize,
-    frames: &'a mut Frames,
-    frame_count: usize,
-    open_upvalues: &'a mut Value,
     init_string: &'a mut Value,
-    globals: &'a mut Vec<Value>,
-    constants: &'a mut Vec<Value>,
-    ics: &'a mut Vec<InlineCache>,
+    globals: usize,
+    constants: usize,
+    ics: usize,
     external: &'a mut Vec<Box<dyn ExternalRoots>>,
 }
 
 impl RootSet for VmRoots<'_> {
     fn visit_strong(&mut self, visit: &mut dyn FnMut(&mut u64)) {
-        for slot in self.stack.live_mut(self.sp) {
-            visit(slot);
+        let region = self.region;
+        let mut visit_word = |word: u64| -> u64 {
+            let mut word = word;
+            visit(&mut word);
+            word
+        };
+        for slot in 0..self.sp.min(stack::STACK_SLOTS) {
+            region.set_stack(slot, Value(visit_word(region.stack(slot).0)));
         }
-        self.frames.visit_closures(self.frame_count, visit);
-        visit(&mut self.open_upvalues.0);
+        for frame in 0..region.frame_count().min(stack::FRAMES_MAX) {
+            region.set_frame_closure(frame, Value(visit_word(region.frame_closure(frame).0)));
+        }
+        region.set_open_upvalues(Value(visit_word(region.open_upvalues().0)));
+        for slot in 0..self.globals {
+            region.set_global(slot, Value(visit_word(region.global(slot).0)));
+        }
+        for index in 0..self.constants {
+            region.set_constant(index, Value(visit_word(region.constant(index).0)));
+        }
         visit(&mut self.init_string.0);
-        for v in self.globals.iter_mut().chain(self.constants.iter_mut()) {
-            visit(&mut v.0);
-        }
         let mut held = Vec::new();
         for roots in self.external.iter_mut() {
             held.clear();
@@ -430,14 +535,8 @@ impl RootSet for VmRoots<'_> {
     }
 
     fn visit_weak(&mut self, survivor: &mut dyn Fn(u64) -> Option<u64>) {
-        for ic in self.ics.iter_mut().filter(|ic| ic.kind != IcKind::Empty) {
-            match (survivor(ic.key), survivor(ic.target)) {
-                (Some(key), Some(target)) => {
-                    ic.key = key;
-                    ic.target = target;
-                }
-                _ => ic.clear(),
-            }
+        for index in 0..self.ics {
+            self.region.sweep_ic(index, survivor);
         }
     }
 }
@@ -471,10 +570,11 @@ mod tests {
         let mut vm = Vm::new(
             Options {
                 gc_stress: true,
-                count_instructions: false,
+                ..Options::default()
             },
             Box::new(std::io::sink()),
-        );
+        )
+        .expect("map the VM");
         let held = vm.intern(b"held by machine code").expect("intern");
         let code = Rc::new(RefCell::new(vec![held.0, Value::number(1.5).0]));
         vm.add_external_roots(Box::new(HeldByCode(code.clone())));
@@ -483,7 +583,7 @@ mod tests {
             // Under --gc-stress every allocation collects. Constants are copied before external
             // roots, so each new live constant shifts the held string to a new offset.
             let live = vm.intern(format!("live {i}").as_bytes()).expect("intern");
-            vm.constants.push(live);
+            vm.add_constant(live).expect("room for a constant");
             offsets.push(Value(code.borrow()[0]));
         }
         assert!(vm.heap.stats.collections >= 20);
@@ -510,10 +610,11 @@ mod tests {
         let mut vm = Vm::new(
             Options {
                 gc_stress: true,
-                count_instructions: false,
+                ..Options::default()
             },
             Box::new(std::io::sink()),
-        );
+        )
+        .expect("map the VM");
         let before = vm.heap.strings.len();
         for i in 0..10 {
             vm.intern(format!("temporary {i}").as_bytes())

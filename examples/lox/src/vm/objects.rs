@@ -15,7 +15,7 @@ use crate::heap::strings;
 use crate::value::{ObjRef, Value};
 
 /// What a call turned out to need.
-pub(super) enum Call {
+pub(crate) enum Call {
     /// Push a frame for this closure (slot 0 and the arguments are in place).
     Enter(Value),
     /// Done: the result replaced the callee and arguments.
@@ -23,7 +23,7 @@ pub(super) enum Call {
 }
 
 /// A runtime error message.
-pub(super) type Fault = Vec<u8>;
+pub(crate) type Fault = Vec<u8>;
 
 pub const NATIVE_CLOCK: u64 = 0;
 /// Instances keep at most this many fields inline; more go to the overflow array.
@@ -44,15 +44,15 @@ fn undefined_property(mem: &crate::heap::memory::Memory, name: Value) -> Fault {
 impl Vm {
     #[inline]
     fn peek(&self, distance: usize) -> Value {
-        self.stack.get(self.sp - 1 - distance)
+        self.region.stack(self.sp - 1 - distance)
     }
 
     fn set_peek(&mut self, distance: usize, value: Value) {
-        self.stack.set(self.sp - 1 - distance, value);
+        self.region.set_stack(self.sp - 1 - distance, value);
     }
 
     fn push(&mut self, value: Value) {
-        self.stack.set(self.sp, value);
+        self.region.set_stack(self.sp, value);
         self.sp += 1;
     }
 
@@ -64,7 +64,7 @@ impl Vm {
 
     /// Calls a value that is not a closure (the loop handles those): bound methods, classes,
     /// natives; anything else is an error.
-    pub(super) fn call_slow(&mut self, argc: usize) -> Result<Call, Fault> {
+    pub(crate) fn call_slow(&mut self, argc: usize) -> Result<Call, Fault> {
         let callee = self.peek(argc);
         if !callee.is_obj() {
             return Err(b"Can only call functions and classes.".to_vec());
@@ -122,16 +122,23 @@ impl Vm {
         }
     }
 
-    /// `receiver.name(args)` after the cache missed.
-    pub(super) fn invoke_slow(&mut self, ic: usize, argc: usize) -> Result<Call, Fault> {
-        self.stats.ic_misses[Site::Invoke as usize] += 1;
+    /// `receiver.name(args)` when entry 0 of the cache did not hold it: another entry, or a
+    /// lookup (learned by the cache).
+    pub(crate) fn invoke_slow(&mut self, ic: usize, argc: usize) -> Result<Call, Fault> {
         let receiver = self.peek(argc);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have methods.".to_vec());
         }
-        let name = self.constants[self.ics[ic].name as usize];
+        let shape = self.heap.mem.load_value(receiver.as_obj(), instance::SHAPE);
+        if let Some(cache) = self.region.ic_lookup(ic, shape.0) {
+            if cache.kind == IcKind::Method {
+                self.stats.ic_hits[Site::Invoke as usize] += 1;
+                return Ok(Call::Enter(Value(cache.target)));
+            }
+        }
+        self.stats.ic_misses[Site::Invoke as usize] += 1;
+        let name = self.constant(self.ic_names[ic] as usize);
         let mem = &self.heap.mem;
-        let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
         if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
             let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
             let field =
@@ -141,33 +148,33 @@ impl Vm {
         }
         let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
         let method = self.find_method(class, name)?;
-        self.ics[ic] = InlineCache {
-            key: shape.0,
-            kind: IcKind::Method,
-            slot: 0,
-            target: method.0,
-            name: self.ics[ic].name,
-        };
+        self.region.ic_learn(ic, &method_cache(shape, method));
         Ok(Call::Enter(method))
     }
 
-    /// `super.name(args)`: the superclass was popped by the loop; the cache missed.
-    pub(super) fn super_invoke_slow(
+    /// The method `super.name` names, for the superclass (popped by the caller): from the
+    /// cache, or looked up (and learned).
+    fn super_method(&mut self, ic: usize, superclass: Value) -> Result<Value, Fault> {
+        if let Some(cache) = self.region.ic_lookup(ic, superclass.0) {
+            if cache.kind == IcKind::Method {
+                self.stats.ic_hits[Site::Super as usize] += 1;
+                return Ok(Value(cache.target));
+            }
+        }
+        self.stats.ic_misses[Site::Super as usize] += 1;
+        let name = self.constant(self.ic_names[ic] as usize);
+        let method = self.find_method(superclass.as_obj(), name)?;
+        self.region.ic_learn(ic, &method_cache(superclass, method));
+        Ok(method)
+    }
+
+    /// `super.name(args)`: the superclass was popped by the loop; entry 0 missed.
+    pub(crate) fn super_invoke_slow(
         &mut self,
         ic: usize,
         superclass: Value,
     ) -> Result<Call, Fault> {
-        self.stats.ic_misses[Site::Super as usize] += 1;
-        let name = self.constants[self.ics[ic].name as usize];
-        let method = self.find_method(superclass.as_obj(), name)?;
-        self.ics[ic] = InlineCache {
-            key: superclass.0,
-            kind: IcKind::Method,
-            slot: 0,
-            target: method.0,
-            name: self.ics[ic].name,
-        };
-        Ok(Call::Enter(method))
+        self.super_method(ic, superclass).map(Call::Enter)
     }
 
     fn call_value(&mut self, argc: usize) -> Result<Call, Fault> {
@@ -186,43 +193,58 @@ impl Vm {
 
     // ---- properties ----
 
-    /// `instance.name` after the cache missed: a field, or a method bound to the instance.
-    pub(super) fn get_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
-        self.stats.ic_misses[Site::GetProperty as usize] += 1;
+    /// `instance.name` when entry 0 of the cache did not hold it: another entry, or a field,
+    /// or a method bound to the instance (learned by the cache).
+    pub(crate) fn get_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
         let receiver = self.peek(0);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have properties.".to_vec());
         }
-        let name_index = self.ics[ic].name;
-        let name = self.constants[name_index as usize];
         let mem = &self.heap.mem;
         let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
+        if let Some(cache) = self.region.ic_lookup(ic, shape.0) {
+            let slot = cache.slot as usize;
+            let value = match cache.kind {
+                IcKind::InlineField => Some(mem.load_value(receiver.as_obj(), slot)),
+                IcKind::OverflowField => Some(obj::load_field(
+                    mem,
+                    receiver.as_obj(),
+                    FieldLocation::Overflow(slot),
+                )),
+                _ => None,
+            };
+            if let Some(value) = value {
+                self.stats.ic_hits[Site::GetProperty as usize] += 1;
+                self.set_peek(0, value);
+                return Ok(());
+            }
+            if cache.kind == IcKind::Method {
+                self.stats.ic_hits[Site::GetProperty as usize] += 1;
+                return self.bind_method(Value(cache.target));
+            }
+        }
+        self.stats.ic_misses[Site::GetProperty as usize] += 1;
+        let name = self.constant(self.ic_names[ic] as usize);
         if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
             let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
             let location = obj::field_location(index, capacity);
             self.set_peek(0, obj::load_field(mem, receiver.as_obj(), location));
-            self.ics[ic] = field_cache(shape, location, name_index);
+            self.region.ic_learn(ic, &field_cache(shape, location));
             return Ok(());
         }
         let class = mem.load_value(shape.as_obj(), shape::CLASS).as_obj();
         let method = self.find_method(class, name)?;
-        self.ics[ic] = InlineCache {
-            key: shape.0,
-            kind: IcKind::Method,
-            slot: 0,
-            target: method.0,
-            name: name_index,
-        };
+        self.region.ic_learn(ic, &method_cache(shape, method));
         self.bind_method(method)
     }
 
     /// Replaces the receiver on top of the stack by a bound method of it.
-    pub(super) fn bind_method(&mut self, method: Value) -> Result<(), Fault> {
+    pub(crate) fn bind_method(&mut self, method: Value) -> Result<(), Fault> {
         // The method rides on the stack across the reservation (max_stack has room for it).
         self.push(method);
         self.reserve_or_fault(bound_method::WORDS)?;
         self.sp -= 1;
-        let method = self.stack.get(self.sp);
+        let method = self.region.stack(self.sp);
         let bound = self.heap.alloc(Tag::BoundMethod, bound_method::WORDS);
         self.heap
             .mem
@@ -235,46 +257,53 @@ impl Vm {
     }
 
     /// `super.name`: the superclass was popped by the loop, `this` is on top.
-    pub(super) fn get_super(&mut self, ic: usize, superclass: Value) -> Result<(), Fault> {
-        let cache = self.ics[ic];
-        let method = if cache.key == superclass.0 && cache.kind == IcKind::Method {
-            self.stats.ic_hits[Site::Super as usize] += 1;
-            Value(cache.target)
-        } else {
-            self.stats.ic_misses[Site::Super as usize] += 1;
-            let name = self.constants[cache.name as usize];
-            let method = self.find_method(superclass.as_obj(), name)?;
-            self.ics[ic] = InlineCache {
-                key: superclass.0,
-                kind: IcKind::Method,
-                slot: 0,
-                target: method.0,
-                name: cache.name,
-            };
-            method
-        };
+    pub(crate) fn get_super(&mut self, ic: usize, superclass: Value) -> Result<(), Fault> {
+        let method = self.super_method(ic, superclass)?;
         self.bind_method(method)
     }
 
-    /// `instance.name = value` after the cache missed. Leaves the value alone on the stack.
-    pub(super) fn set_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
-        self.stats.ic_misses[Site::SetProperty as usize] += 1;
+    /// `instance.name = value` when entry 0 of the cache did not hold it: another entry, or
+    /// a lookup (learned). Leaves the value alone on the stack.
+    pub(crate) fn set_property_slow(&mut self, ic: usize) -> Result<(), Fault> {
         let receiver = self.peek(1);
         if !self.heap.mem.has_tag(receiver, Tag::Instance) {
             return Err(b"Only instances have fields.".to_vec());
         }
-        let name_index = self.ics[ic].name;
-        let name = self.constants[name_index as usize];
-        let mem = &self.heap.mem;
-        let shape = mem.load_value(receiver.as_obj(), instance::SHAPE);
-        if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
-            let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
-            let location = obj::field_location(index, capacity);
-            let value = self.peek(0);
-            obj::store_field(&mut self.heap.mem, receiver.as_obj(), location, value);
-            self.ics[ic] = field_cache(shape, location, name_index);
+        let shape = self.heap.mem.load_value(receiver.as_obj(), instance::SHAPE);
+        let value = self.peek(0);
+        let cached = self.region.ic_lookup(ic, shape.0);
+        let mem = &mut self.heap.mem;
+        let hit = match cached {
+            Some(c) if c.kind == IcKind::InlineField => {
+                mem.store_value(receiver.as_obj(), c.slot as usize, value);
+                true
+            }
+            Some(c) if c.kind == IcKind::OverflowField => {
+                let location = FieldLocation::Overflow(c.slot as usize);
+                obj::store_field(mem, receiver.as_obj(), location, value);
+                true
+            }
+            Some(c) if c.kind == IcKind::AddInlineField => {
+                mem.store_value(receiver.as_obj(), c.slot as usize, value);
+                mem.store(receiver.as_obj(), instance::SHAPE, c.target);
+                true
+            }
+            _ => false,
+        };
+        if hit {
+            self.stats.ic_hits[Site::SetProperty as usize] += 1;
         } else {
-            self.add_field(ic)?;
+            self.stats.ic_misses[Site::SetProperty as usize] += 1;
+            let name = self.constant(self.ic_names[ic] as usize);
+            let mem = &self.heap.mem;
+            if let Some(index) = obj::find_field(mem, shape.as_obj(), name) {
+                let (capacity, _) = obj::shape_counts(mem, shape.as_obj());
+                let location = obj::field_location(index, capacity);
+                obj::store_field(&mut self.heap.mem, receiver.as_obj(), location, value);
+                self.region.ic_learn(ic, &field_cache(shape, location));
+            } else {
+                self.add_field(ic)?;
+            }
         }
         let value = self.peek(0);
         self.sp -= 1;
@@ -286,12 +315,12 @@ impl Vm {
     /// it to the child shape (creating it), growing the overflow array if the field is not
     /// inline, and teaching the class to give later instances room for it inline.
     fn add_field(&mut self, ic: usize) -> Result<(), Fault> {
-        let name_index = self.ics[ic].name;
+        let name_index = self.ic_names[ic];
         let (needs_shape, capacity, count, overflow_room) = {
             let mem = &self.heap.mem;
             let receiver = self.peek(1).as_obj();
             let shape = mem.load_value(receiver, instance::SHAPE).as_obj();
-            let name = self.constants[name_index as usize];
+            let name = self.constant(name_index as usize);
             let (capacity, count) = obj::shape_counts(mem, shape);
             let needs_shape = obj::find_transition(mem, shape, name).is_none();
             (
@@ -313,7 +342,7 @@ impl Vm {
         // Everything below is loaded after the reservation.
         let receiver = self.peek(1).as_obj();
         let value = self.peek(0);
-        let name = self.constants[name_index as usize];
+        let name = self.constant(name_index as usize);
         let shape = self.heap.mem.load_value(receiver, instance::SHAPE).as_obj();
         let child = match obj::find_transition(&self.heap.mem, shape, name) {
             Some(child) => child,
@@ -328,13 +357,15 @@ impl Vm {
             .mem
             .store_value(receiver, instance::SHAPE, Value::obj(child));
         if let FieldLocation::Inline(word) = location {
-            self.ics[ic] = InlineCache {
-                key: Value::obj(shape).0,
-                kind: IcKind::AddInlineField,
-                slot: word as u32,
-                target: Value::obj(child).0,
-                name: name_index,
-            };
+            self.region.ic_learn(
+                ic,
+                &InlineCache {
+                    key: Value::obj(shape).0,
+                    kind: IcKind::AddInlineField,
+                    slot: word as u32,
+                    target: Value::obj(child).0,
+                },
+            );
         }
         if relearn {
             let class = self.heap.mem.load_value(shape, shape::CLASS).as_obj();
@@ -409,7 +440,7 @@ impl Vm {
     // ---- classes ----
 
     /// Pushes a new class named by constant `name`, with an empty method table and a root shape.
-    pub(super) fn new_class(&mut self, name: usize) -> Result<(), Fault> {
+    pub(crate) fn new_class(&mut self, name: usize) -> Result<(), Fault> {
         self.reserve_or_fault(class::WORDS + table::words(INITIAL_METHOD_TABLE) + shape::WORDS)?;
         let new = self.heap.alloc(Tag::Class, class::WORDS);
         let methods = self
@@ -418,7 +449,7 @@ impl Vm {
         self.heap.mem.store(methods, table::COUNT, 0);
         self.heap
             .mem
-            .store_value(new, class::NAME, self.constants[name]);
+            .store_value(new, class::NAME, self.constant(name));
         self.heap
             .mem
             .store_value(new, class::METHODS, Value::obj(methods));
@@ -431,7 +462,7 @@ impl Vm {
     }
 
     /// [class, closure] → [class], with the closure as method `name` (a constant).
-    pub(super) fn define_method(&mut self, name: usize) -> Result<(), Fault> {
+    pub(crate) fn define_method(&mut self, name: usize) -> Result<(), Fault> {
         let methods = self
             .heap
             .mem
@@ -451,7 +482,7 @@ impl Vm {
         }
         let class = self.peek(1).as_obj();
         let method = self.peek(0);
-        let name = self.constants[name];
+        let name = self.constant(name);
         let methods = self.heap.mem.load_value(class, class::METHODS).as_obj();
         obj::table_set(&mut self.heap.mem, methods, name, method);
         if name == self.init_string {
@@ -463,7 +494,7 @@ impl Vm {
 
     /// [superclass, subclass] → [superclass]: the subclass starts with a copy of the
     /// superclass's methods (and its initializer).
-    pub(super) fn inherit(&mut self) -> Result<(), Fault> {
+    pub(crate) fn inherit(&mut self) -> Result<(), Fault> {
         let superclass = self.peek(1);
         if !self.heap.mem.has_tag(superclass, Tag::Class) {
             return Err(b"Superclass must be a class.".to_vec());
@@ -500,7 +531,7 @@ impl Vm {
 
     /// Pushes a closure of prototype `proto` capturing `upvalues` (pairs of is_local, index)
     /// from the frame whose slot 0 is at `base`.
-    pub(super) fn new_closure(
+    pub(crate) fn new_closure(
         &mut self,
         proto: usize,
         upvalues: &[u8],
@@ -510,7 +541,10 @@ impl Vm {
         self.reserve_or_fault(closure::UPVALUES + count * (1 + upvalue::WORDS))?;
         let new = self.heap.alloc(Tag::Closure, closure::UPVALUES + count);
         self.heap.mem.store(new, closure::PROTO, proto as u64);
-        let enclosing = self.frames.closure(self.frame_count - 1).as_obj();
+        let enclosing = self
+            .region
+            .frame_closure(self.region.frame_count() - 1)
+            .as_obj();
         for (i, pair) in upvalues.chunks_exact(2).enumerate() {
             let index = usize::from(pair[1]);
             let captured = if pair[0] != 0 {
@@ -532,7 +566,7 @@ impl Vm {
     fn capture_upvalue(&mut self, slot: usize) -> Value {
         let mem = &self.heap.mem;
         let mut previous = Value::NIL;
-        let mut current = self.open_upvalues;
+        let mut current = self.region.open_upvalues();
         while !current.is_nil() && mem.load(current.as_obj(), upvalue::SLOT) as usize > slot {
             previous = current;
             current = mem.load_value(current.as_obj(), upvalue::NEXT);
@@ -545,7 +579,7 @@ impl Vm {
         mem.store(created, upvalue::SLOT, slot as u64);
         mem.store_value(created, upvalue::NEXT, current);
         if previous.is_nil() {
-            self.open_upvalues = Value::obj(created);
+            self.region.set_open_upvalues(Value::obj(created));
         } else {
             mem.store_value(previous.as_obj(), upvalue::NEXT, Value::obj(created));
         }
@@ -553,26 +587,42 @@ impl Vm {
     }
 
     /// Closes every open upvalue for slots `last` and above: the value moves into the upvalue.
-    pub(super) fn close_upvalues(&mut self, last: usize) {
-        while !self.open_upvalues.is_nil() {
-            let up = self.open_upvalues.as_obj();
+    pub(crate) fn close_upvalues(&mut self, last: usize) {
+        while !self.region.open_upvalues().is_nil() {
+            let up = self.region.open_upvalues().as_obj();
             let slot = self.heap.mem.load(up, upvalue::SLOT) as usize;
             if slot < last {
                 break;
             }
-            let value = self.stack.get(slot);
+            let value = self.region.stack(slot);
             let mem = &mut self.heap.mem;
             mem.store_value(up, upvalue::CLOSED, value);
             mem.store_value(up, upvalue::SLOT, Value::NIL);
-            self.open_upvalues = mem.load_value(up, upvalue::NEXT);
+            self.region
+                .set_open_upvalues(mem.load_value(up, upvalue::NEXT));
             mem.store_value(up, upvalue::NEXT, Value::NIL);
         }
     }
 
     // ---- strings ----
 
+    /// `+` when the operands are not both numbers: two strings concatenate; anything else is
+    /// an error. (Machine code's slow path; the interpreter tests inline.)
+    pub(crate) fn add_slow(&mut self) -> Result<(), Fault> {
+        let (a, b) = (self.peek(1), self.peek(0));
+        if a.is_number() && b.is_number() {
+            self.sp -= 1;
+            self.set_peek(0, Value::number(a.as_number() + b.as_number()));
+            Ok(())
+        } else if is_string(&self.heap.mem, a) && is_string(&self.heap.mem, b) {
+            self.concatenate()
+        } else {
+            Err(b"Operands must be two numbers or two strings.".to_vec())
+        }
+    }
+
     /// [a, b] → [a + b] for two strings.
-    pub(super) fn concatenate(&mut self) -> Result<(), Fault> {
+    pub(crate) fn concatenate(&mut self) -> Result<(), Fault> {
         let mut bytes = std::mem::take(&mut self.scratch);
         bytes.clear();
         strings::append_bytes(&self.heap.mem, self.peek(1).as_obj(), &mut bytes);
@@ -586,7 +636,16 @@ impl Vm {
     }
 }
 
-fn field_cache(shape: Value, location: FieldLocation, name: u32) -> InlineCache {
+fn method_cache(key: Value, method: Value) -> InlineCache {
+    InlineCache {
+        key: key.0,
+        kind: IcKind::Method,
+        slot: 0,
+        target: method.0,
+    }
+}
+
+fn field_cache(shape: Value, location: FieldLocation) -> InlineCache {
     let (kind, slot) = match location {
         FieldLocation::Inline(word) => (IcKind::InlineField, word),
         FieldLocation::Overflow(i) => (IcKind::OverflowField, i),
@@ -596,12 +655,11 @@ fn field_cache(shape: Value, location: FieldLocation, name: u32) -> InlineCache 
         kind,
         slot: slot as u32,
         target: Value::NIL.0,
-        name,
     }
 }
 
 /// Whether a value is a string (for `+`).
 #[inline]
-pub(super) fn is_string(mem: &crate::heap::memory::Memory, value: Value) -> bool {
+pub(crate) fn is_string(mem: &crate::heap::memory::Memory, value: Value) -> bool {
     mem.has_tag(value, Tag::String)
 }

@@ -1,0 +1,359 @@
+//! The template JIT: tiering, and the bridges between the interpreter and machine code.
+//!
+//! - `--jit=on` (the default): functions start interpreted. A function is compiled when it has
+//!   been called `HOT_CALLS` times, or when its loops have jumped back `HOT_LOOPS` times; a
+//!   frame running in the interpreter then continues in machine code at the start of the loop
+//!   it was in (on-stack replacement: the machine code keeps its values where the interpreter
+//!   does, so any loop start is an entry).
+//! - `--jit=always`: every function is compiled before its first call (when the source that
+//!   declares it has been compiled to bytecode).
+//! - `--jit=off`: no JIT at all.
+//!
+//! Bridges: the interpreter enters machine code through `call_compiled` (the entry trampoline,
+//! with the VM parked — see `runtime.rs`); machine code calls a function that is not compiled
+//! through its entry-table slot, which holds the interpreter bridge, whose helper runs the
+//! function in a nested interpreter loop (compiling it first if that call made it hot). Both
+//! directions nest freely; the Lox frame limit (64) bounds the depth. A runtime error raised
+//! anywhere is reported from the frame records, which both tiers keep current, so the trace
+//! is the interpreter's.
+//!
+//! `backend.rs` is the seam to kiln (and later kiln-jit); `compile.rs` and `ops.rs` the
+//! compiler; `x64.rs` the encoder; `runtime.rs` the helpers.
+
+mod backend;
+mod calls;
+mod compile;
+mod ops;
+mod props;
+pub mod runtime;
+pub mod x64;
+
+use std::rc::Rc;
+
+use crate::heap::layout::closure;
+use crate::value::Value;
+use crate::vm::interp::RunResult;
+use crate::vm::region::ctx;
+use crate::vm::stack::{FRAMES_MAX, STACK_SLOTS};
+use crate::vm::{RuntimeError, Vm};
+use backend::Backend;
+
+/// Calls after which a function is compiled (`--jit=on`).
+pub const HOT_CALLS: u32 = 20;
+/// Loop back-edges after which the function running the loop is compiled.
+pub const HOT_LOOPS: u32 = 100;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JitMode {
+    Off,
+    #[default]
+    On,
+    Always,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct JitStats {
+    pub functions_compiled: u64,
+    pub code_bytes: u64,
+    pub compile_failures: u64,
+    /// The first failure's reason (a function the JIT cannot compile stays interpreted).
+    pub first_failure: Option<String>,
+    pub osr_entries: u64,
+    /// Calls from machine code into the interpreter (through the bridge).
+    pub interpreted_calls: u64,
+    /// Cache hits and misses in machine code, per kind of site (`vm::Site`). Hits of inline
+    /// fields and methods are counted by the code itself, in the context block.
+    pub ic_hits: [u64; 4],
+    pub ic_misses: [u64; 4],
+    pub compile_nanos: u64,
+}
+
+/// What the JIT knows about one prototype.
+#[derive(Default)]
+struct ProtoState {
+    calls: u32,
+    loops: u32,
+    /// The failure to compile it is remembered: it stays interpreted.
+    failed: bool,
+    compiled: Option<Compiled>,
+}
+
+struct Compiled {
+    entry: u64,
+    symbol: String,
+    /// Entries at loop starts: bytecode index and address.
+    osr: Vec<(usize, u64)>,
+}
+
+pub struct Jit {
+    mode: JitMode,
+    backend: Rc<Backend>,
+    protos: Vec<ProtoState>,
+    symbols: std::collections::HashSet<String>,
+    /// Global slot → prototype of the function the program declares there.
+    declared: std::collections::HashMap<usize, u32>,
+    pub stats: JitStats,
+}
+
+impl Jit {
+    /// The JIT for `mode` (none for `Off`): a kiln session with the runtime linked.
+    pub fn new(mode: JitMode) -> Result<Option<Box<Jit>>, String> {
+        if mode == JitMode::Off {
+            return Ok(None);
+        }
+        let backend = Backend::new(&runtime::helpers())?;
+        Ok(Some(Box::new(Jit {
+            mode,
+            backend: Rc::new(backend),
+            protos: Vec::new(),
+            symbols: std::collections::HashSet::new(),
+            declared: std::collections::HashMap::new(),
+            stats: JitStats::default(),
+        })))
+    }
+
+    /// A symbol for the function `name` (`lox:fib`), made unique with the prototype index when
+    /// the name is taken (`lox:init#12`).
+    fn symbol_for(&mut self, name: &str, proto: usize) -> String {
+        let plain = format!("lox:{name}");
+        let symbol = if self.symbols.contains(&plain) {
+            format!("{plain}#{proto}")
+        } else {
+            plain
+        };
+        self.symbols.insert(symbol.clone());
+        symbol
+    }
+
+    /// Compiles prototype `proto` and installs it in the entry table; false if it cannot be
+    /// compiled (it stays interpreted).
+    fn compile(&mut self, vm: &Vm, proto: usize) -> bool {
+        let started = std::time::Instant::now();
+        let symbol_of = |p: usize| {
+            self.protos
+                .get(p)
+                .and_then(|s| s.compiled.as_ref())
+                .map(|c| c.symbol.clone())
+        };
+        let declared = |g: usize| self.declared.get(&g).copied();
+        let cx = compile::Context {
+            vm,
+            symbol_of: &symbol_of,
+            declared: &declared,
+        };
+        let result = compile::compile(&cx, proto);
+        let name = match &vm.program.protos[proto].name {
+            Some(name) => String::from_utf8_lossy(name).into_owned(),
+            None => "script".to_string(),
+        };
+        let linked = result.and_then(|compiled| {
+            let symbol = self.symbol_for(&name, proto);
+            let entry = self.backend.link_function(&symbol, &compiled.code)?;
+            Ok((symbol, entry, compiled))
+        });
+        self.stats.compile_nanos += started.elapsed().as_nanos() as u64;
+        match linked {
+            Ok((symbol, entry, compiled)) => {
+                self.stats.functions_compiled += 1;
+                self.stats.code_bytes += compiled.code.bytes.len() as u64;
+                vm.region.set_entry(proto, entry);
+                self.protos[proto].compiled = Some(Compiled {
+                    entry,
+                    symbol,
+                    osr: compiled
+                        .osr
+                        .iter()
+                        .map(|&(ip, offset)| (ip, entry + offset as u64))
+                        .collect(),
+                });
+                true
+            }
+            Err(reason) => {
+                self.stats.compile_failures += 1;
+                self.stats
+                    .first_failure
+                    .get_or_insert_with(|| format!("{name}: {reason}"));
+                self.protos[proto].failed = true;
+                false
+            }
+        }
+    }
+}
+
+/// After the compiler added prototypes: their entry-table slots lead to the interpreter;
+/// with `--jit=always` they are all compiled now.
+pub fn prepare(vm: &mut Vm) {
+    let Some(mut jit) = vm.jit.take() else {
+        return;
+    };
+    let count = vm.program.protos.len();
+    let first_new = jit.protos.len();
+    for proto in first_new..count {
+        vm.region.set_entry(proto, jit.backend.bridge());
+    }
+    jit.protos.resize_with(count, ProtoState::default);
+    for proto in &vm.program.protos[first_new..count] {
+        jit.declared
+            .extend(compile::declared_functions(&vm.program, proto));
+    }
+    if jit.mode == JitMode::Always {
+        // A function's prototype comes before those of the functions it contains, and the
+        // script's before all: compiled last first, callees are compiled before their callers
+        // and are called directly.
+        for proto in (first_new..count).rev() {
+            jit.compile(vm, proto);
+        }
+    }
+    vm.jit = Some(jit);
+}
+
+/// Compiles `proto` now (the VM lends the JIT to itself for the time).
+fn compile_now(vm: &mut Vm, proto: usize) -> Option<u64> {
+    let mut jit = vm.jit.take()?;
+    let entry = jit
+        .compile(vm, proto)
+        .then(|| jit.protos[proto].compiled.as_ref().map(|c| c.entry))
+        .flatten();
+    vm.jit = Some(jit);
+    entry
+}
+
+/// The interpreter is about to call `proto`: its machine code, if it is compiled or this call
+/// makes it hot.
+#[inline(never)]
+pub fn entry_on_call(vm: &mut Vm, proto: usize) -> Option<u64> {
+    let jit = vm.jit.as_mut()?;
+    let state = jit.protos.get_mut(proto)?;
+    if let Some(compiled) = &state.compiled {
+        return Some(compiled.entry);
+    }
+    if state.failed {
+        return None;
+    }
+    state.calls += 1;
+    if state.calls >= HOT_CALLS || jit.mode == JitMode::Always {
+        compile_now(vm, proto)
+    } else {
+        None
+    }
+}
+
+/// The interpreter jumped back to the loop starting at `ip` in `proto`: the entry into
+/// machine code there, if the function is compiled or this makes it hot.
+#[inline(never)]
+pub fn osr_on_loop(vm: &mut Vm, proto: usize, ip: usize) -> Option<u64> {
+    let jit = vm.jit.as_mut()?;
+    let state = jit.protos.get_mut(proto)?;
+    if state.compiled.is_none() {
+        if state.failed {
+            return None;
+        }
+        state.loops += 1;
+        if state.loops < HOT_LOOPS && jit.mode != JitMode::Always {
+            return None;
+        }
+        compile_now(vm, proto)?;
+    }
+    let jit = vm.jit.as_mut()?;
+    let compiled = jit.protos.get(proto)?.compiled.as_ref()?;
+    let entry = compiled.osr.iter().find(|(at, _)| *at == ip).map(|e| e.1)?;
+    jit.stats.osr_entries += 1;
+    Some(entry)
+}
+
+/// Runs machine code at `entry` — a function's entry (its frame not pushed yet, slot 0 at
+/// `base`, `argc` arguments after it), or a loop's entry (the top frame continues there) — and
+/// returns what the function returns. The VM is parked meanwhile.
+pub fn call_compiled(
+    vm: Box<Vm>,
+    entry: u64,
+    base: usize,
+    argc: usize,
+    closure: Value,
+) -> RunResult {
+    let Some(jit) = vm.jit.as_ref() else {
+        return (vm, Err(RuntimeError(b"kiln-lox: no JIT\n".to_vec())));
+    };
+    let backend = Rc::clone(&jit.backend);
+    let ctx_address = vm.region.base_address();
+    runtime::park(vm);
+    let result = backend.enter(ctx_address, entry, base as u64, argc as u64, closure.0);
+    let mut vm = runtime::unpark();
+    if vm.region.ctx_word(ctx::ERROR) != 0 {
+        vm.region.set_ctx_word(ctx::ERROR, 0);
+        let error = vm
+            .pending_error
+            .take()
+            .unwrap_or_else(|| RuntimeError(b"kiln-lox: lost runtime error\n".to_vec()));
+        return (vm, Err(error));
+    }
+    (vm, Ok(Value(result)))
+}
+
+/// Runs the script whose closure and frame `Vm::call_script` set up: in machine code if it is
+/// compiled, else in the interpreter.
+pub fn run_script(vm: Box<Vm>, script: usize) -> RunResult {
+    let compiled = vm
+        .jit
+        .as_ref()
+        .and_then(|jit| jit.protos.get(script))
+        .and_then(|s| s.compiled.as_ref())
+        .map(|c| c.entry);
+    match compiled {
+        Some(entry) => {
+            // The function's entry pushes the frame record itself.
+            vm.region.set_frame_count(0);
+            let closure = vm.region.stack(0);
+            call_compiled(vm, entry, 0, 0, closure)
+        }
+        None => vm.run(0),
+    }
+}
+
+/// The interpreter bridge: machine code calls `closure` (slot 0 at `base`, `argc` arguments)
+/// and it is not compiled. Checked as the interpreter checks a call, then run in a loop of its
+/// own (or compiled first, if this call makes it hot).
+pub fn call_interpreted(mut vm: Box<Vm>, base: usize, argc: usize, callee: Value) -> RunResult {
+    if let Some(jit) = vm.jit.as_mut() {
+        jit.stats.interpreted_calls += 1;
+    }
+    let program = Rc::clone(&vm.program);
+    let proto_index = vm.heap.mem.load(callee.as_obj(), closure::PROTO) as usize;
+    let proto = &program.protos[proto_index];
+    let fc = vm.region.frame_count();
+    if argc != proto.arity {
+        let message = format!("Expected {} arguments but got {}.", proto.arity, argc);
+        let error = vm.runtime_error(&program, message.as_bytes());
+        return (vm, Err(error));
+    }
+    if fc == FRAMES_MAX || base + proto.max_stack > STACK_SLOTS {
+        let error = vm.runtime_error(&program, b"Stack overflow.");
+        return (vm, Err(error));
+    }
+    if let Some(entry) = entry_on_call(&mut vm, proto_index) {
+        return call_compiled(vm, entry, base, argc, callee);
+    }
+    vm.region.set_frame(fc, callee, proto.code_start, base);
+    vm.region.set_frame_count(fc + 1);
+    vm.sp = base + argc + 1;
+    vm.stats.calls += 1;
+    vm.run(fc)
+}
+
+impl Vm {
+    /// Hands `error` to the machine code that called a helper: it unwinds to whoever entered
+    /// it, which takes the error back (`call_compiled`).
+    pub(crate) fn raise_in_machine_code(&mut self, error: RuntimeError) {
+        self.pending_error = Some(error);
+        self.region.set_ctx_word(ctx::ERROR, 1);
+    }
+
+    /// Inline-cache hits machine code counted, per kind of site.
+    pub fn jit_ic_hits(&self) -> [u64; 4] {
+        let mut hits = self.jit.as_ref().map_or([0; 4], |j| j.stats.ic_hits);
+        for (site, hit) in hits.iter_mut().enumerate() {
+            *hit += self.region.ctx_word(ctx::JIT_IC_HITS + 8 * site as i32);
+        }
+        hits
+    }
+}
