@@ -11,12 +11,34 @@
 //! as by `memmove`). Kiln's [`kiln::Session::move_units`] moves the bytes and the unit's
 //! registrations (unwind info, gdb, perf map, jitdump, valgrind), applies the moved units' own
 //! edges and every edge of another unit into them again; then kiln-jit writes again what it
-//! wrote itself into fields (retargeted sites, guard keys, heap references), the free lists are
-//! rebuilt from what is now used, and the freed code is filled with `int3`.
+//! wrote itself into fields where no relink edge follows them (retargeted sites of fixed-region
+//! units, guard keys, heap references), the free lists are rebuilt from what is now used, and
+//! the freed code is filled with `int3`.
+//!
+//! What the rest of kiln-jit keeps follows without being rewritten, or is fixed here:
+//!
+//! - **Sites, inline caches, PICs**: the book (`redefine.rs`) keeps sites and targets as
+//!   *places* (unit, segment, offset), which a move leaves valid; a retargeted site with a relink
+//!   edge had its edge made to follow (`Session::set_edge_target`), so kiln applies the new
+//!   target again itself. Handles the VM holds ([`Site`], [`crate::MonoIc`], [`crate::Pic`]) hold
+//!   addresses: [`CompactionReport::site`], [`CompactionReport::mono_ic`] and
+//!   [`CompactionReport::pic`] give them at their new places.
+//! - **PIC stubs** are method units with relink records: they move like methods (their jumps
+//!   and the site's call are applied again). The VM is not asked about them: a live stub is
+//!   kept (it may move), and dropped with the unit holding its site.
+//! - **Retired units** (old definitions after a redefinition, replaced PICs) may still be run by
+//!   threads until the VM reclaims them: they never move and are never dropped here
+//!   ([`PinReason::Retired`]); [`Jit::reclaim`] frees them.
+//! - **Lazy functions**: stubs are in the fixed region and never move. When a lazy function's
+//!   code moves (or callers that were redirected to it move), its stub's slot and the calls
+//!   redirected to the code follow (`lazy_code_moved`), and calls of the stub from moved
+//!   relink units are redirected to the code again. Their code cannot be dropped (its stub
+//!   leads there for as long as the JIT lives).
 
 use crate::error::{Error, Result};
 use crate::jit::{Jit, RegionKind, Site, WrittenValue};
-use crate::HeapRef;
+use crate::redefine::{Book, Place};
+use crate::{HeapRef, MonoIc, Pic};
 use kiln::UnitId;
 use kiln_target::{ExecutorAddr, SlabWrite};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -48,6 +70,9 @@ pub enum PinReason {
     /// A link in progress (on another thread) binds to it: that unit's edges reach it where it
     /// is.
     Linking,
+    /// It is retired (replaced by a redefinition, or a replaced PIC): threads may still run it
+    /// until [`Jit::reclaim`] frees it.
+    Retired,
 }
 
 /// One moved segment: `[old, old + size)` is now `[new, new + size)`.
@@ -192,12 +217,57 @@ impl CompactionReport {
         }
     }
 
+    /// An inline cache handle taken before the compaction, at its new place.
+    pub fn mono_ic(&self, ic: &MonoIc) -> MonoIc {
+        MonoIc {
+            key: self.site(&ic.key),
+            target: self.site(&ic.target),
+            ..*ic
+        }
+    }
+
+    /// A PIC handle taken before the compaction, at its new place.
+    pub fn pic(&self, pic: &Pic) -> Pic {
+        Pic {
+            site: self.site(&pic.site),
+        }
+    }
+
     /// A heap reference handle taken before the compaction, at its new place.
     pub fn heap_ref(&self, r: &HeapRef) -> HeapRef {
         HeapRef {
             addr: ExecutorAddr(self.map.to_new(r.addr.0)),
             ..*r
         }
+    }
+}
+
+/// The method units kiln-jit keeps for itself: the VM is not asked about them.
+struct OwnUnits {
+    /// Retired units (they stay until reclaimed).
+    retired: FxHashSet<UnitId>,
+    /// Live PIC stubs, with the unit holding the site each serves.
+    pic_stubs: FxHashMap<UnitId, UnitId>,
+}
+
+impl OwnUnits {
+    fn of(book: &Book) -> OwnUnits {
+        let pic_stubs = book
+            .pics
+            .iter()
+            .filter_map(|(place, r)| match (place, r.stub_unit()) {
+                (Place::In { unit, .. }, Some(stub)) => Some((stub, *unit)),
+                _ => None,
+            })
+            .collect();
+        OwnUnits {
+            retired: book.retired.iter().map(|r| r.unit).collect(),
+            pic_stubs,
+        }
+    }
+
+    fn contains(&self, unit: UnitId) -> bool {
+        self.retired.contains(&unit) || self.pic_stubs.contains_key(&unit)
     }
 }
 
@@ -211,7 +281,9 @@ struct Candidate {
 
 impl Jit {
     /// Compact the method region. `verdict` is asked once for every unit of the method region
-    /// (oldest first, with no lock of the zone held: it may look at the zone).
+    /// the VM made (oldest first, with no lock of the zone held: it may look at the zone); not
+    /// for kiln-jit's own units there: PIC stubs (kept, and dropped with the unit holding their
+    /// site) and retired units (pinned until reclaimed). See the module docs.
     ///
     /// Dropped units are removed. A dropped unit's users must go too: if a unit that stays
     /// binds to one of its symbols, or has a site kiln-jit retargeted into it, the compaction is
@@ -235,22 +307,29 @@ impl Jit {
             *d = now - clock;
             clock = now;
         };
+        let own = OwnUnits::of(&self.book());
         let mut asked: Vec<UnitId> = self
             .units()
             .iter()
-            .filter(|(_, u)| u.region == RegionKind::Method)
+            .filter(|(id, u)| u.region == RegionKind::Method && !own.contains(**id))
             .map(|(id, _)| *id)
             .collect();
         asked.sort_unstable();
-        let verdicts: Vec<(UnitId, Verdict)> = asked.iter().map(|&u| (u, verdict(u))).collect();
+        let asked: Vec<(UnitId, Verdict)> = asked.iter().map(|&u| (u, verdict(u))).collect();
+        // The book first (no patch of a site, IC or PIC, no redefinition, no reclaim while code
+        // moves), then `moving` (no write window, heap-reference update or removal).
+        let mut book = self.book();
         let _moving = self.moving.write().unwrap_or_else(|e| e.into_inner());
+        // Again: PICs built and units retired while the VM answered.
+        let own = OwnUnits::of(&book);
+        let verdicts = self.with_own_verdicts(asked, &own);
         let mut report = CompactionReport::default();
         let mut times = CompactionTimes::default();
-        let candidates = self.candidates(&verdicts, &mut report)?;
+        let candidates = self.candidates(&verdicts, &own.retired, &mut report)?;
         let memory = self.zone().method().memory.clone();
         report.used_before = self.used(&memory.lock())?;
         lap(&mut times.verdicts);
-        let dropped = self.drop_units(&candidates, &mut report)?;
+        let dropped = self.drop_units(&candidates, &mut book, &mut report)?;
         lap(&mut times.drop);
         let mut alloc = memory.lock();
         let parts = self.layout(&alloc, &candidates)?;
@@ -268,12 +347,70 @@ impl Jit {
         units.dedup();
         report.moved = units;
         let rewritten = self.rewrite_fields(&report);
+        let lazy = self.lazy_follow_moves(&report);
         lap(&mut times.finish);
         report.times = times;
         moved?;
         rebuilt?;
         rewritten?;
+        lazy?;
         Ok(report)
+    }
+
+    /// The VM's verdicts with those of kiln-jit's own method units added, by unit: retired ones
+    /// pinned, a live PIC stub kept, or dropped if the unit holding its site is dropped.
+    fn with_own_verdicts(
+        &self,
+        mut verdicts: Vec<(UnitId, Verdict)>,
+        own: &OwnUnits,
+    ) -> Vec<(UnitId, Verdict)> {
+        let asked: FxHashMap<UnitId, Verdict> = verdicts.iter().copied().collect();
+        let units = self.units();
+        let in_method = |u: UnitId| {
+            units
+                .get(&u)
+                .is_some_and(|z| z.region == RegionKind::Method)
+        };
+        for &u in own.retired.iter().filter(|u| !asked.contains_key(u)) {
+            if in_method(u) {
+                verdicts.push((u, Verdict::Pin));
+            }
+        }
+        for (&stub, &site_unit) in &own.pic_stubs {
+            if asked.contains_key(&stub) || !in_method(stub) {
+                continue;
+            }
+            let v = match asked.get(&site_unit) {
+                Some(Verdict::Drop) => Verdict::Drop,
+                _ => Verdict::Keep,
+            };
+            verdicts.push((stub, v));
+        }
+        drop(units);
+        verdicts.sort_unstable_by_key(|v| v.0);
+        verdicts
+    }
+
+    /// Lazy functions whose code moved, or whose redirected callers moved (kiln applied their
+    /// calls again, to the stub): the stub's slot and the calls follow the code.
+    fn lazy_follow_moves(&self, report: &CompactionReport) -> Result<()> {
+        let moved: FxHashSet<UnitId> = report.moved.iter().copied().collect();
+        let mut result = Ok(());
+        for r in self.lazy_records() {
+            let Some((unit, code)) = r.compiled else {
+                continue;
+            };
+            let touched =
+                moved.contains(&unit) || r.redirected.iter().any(|s| moved.contains(&s.unit));
+            if !touched {
+                continue;
+            }
+            let new_code = report.map.translate(code).unwrap_or(code);
+            if let Err(e) = self.lazy_code_moved(r.key, unit, new_code) {
+                result = result.and(Err(e));
+            }
+        }
+        result
     }
 
     /// Bytes used in each part of the method region.
@@ -310,6 +447,7 @@ impl Jit {
     fn candidates(
         &self,
         verdicts: &[(UnitId, Verdict)],
+        retired: &FxHashSet<UnitId>,
         report: &mut CompactionReport,
     ) -> Result<Vec<Candidate>> {
         let units: Vec<UnitId> = verdicts.iter().map(|v| v.0).collect();
@@ -321,7 +459,12 @@ impl Jit {
                 self.units().remove(&unit);
                 continue;
             };
+            if v == Verdict::Drop && !retired.contains(&unit) {
+                // A lazy function's code: its stub leads there for as long as the JIT lives.
+                self.lazy.check_removable(unit)?;
+            }
             let pin = match v {
+                _ if retired.contains(&unit) => Some(PinReason::Retired),
                 Verdict::Drop => None,
                 Verdict::Pin => Some(PinReason::Verdict),
                 Verdict::Keep if !info.movable => Some(PinReason::CannotMove),
@@ -393,6 +536,7 @@ impl Jit {
     fn drop_units(
         &self,
         candidates: &[Candidate],
+        book: &mut Book,
         report: &mut CompactionReport,
     ) -> Result<Vec<(u64, u64)>> {
         let dropping: Vec<&Candidate> = candidates
@@ -412,6 +556,7 @@ impl Jit {
         let mut units = self.units();
         for c in &dropping {
             units.remove(&c.unit);
+            book.forget(c.unit);
         }
         report.dropped = ids;
         report.dropped.sort_unstable();

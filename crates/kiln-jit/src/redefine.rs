@@ -370,12 +370,22 @@ impl Jit {
     }
 
     /// Retire `unit`: its sites are refused from now on, what was kept for them forgotten; it
-    /// stays in memory until a reclaim covers the current epoch.
+    /// stays in memory until a reclaim covers the current epoch. The PIC stubs its sites reach
+    /// are retired with it (only its old code still calls them).
     pub(crate) fn retire(&self, book: &mut Book, unit: UnitId, kind: RetiredKind) {
         if let Some(u) = self.units().get_mut(&unit) {
             u.sites.clear();
         }
+        let stubs: Vec<UnitId> = book
+            .pics
+            .iter()
+            .filter(|(p, _)| matches!(p, Place::In { unit: u, .. } if *u == unit))
+            .filter_map(|(_, r)| r.stub_unit())
+            .collect();
         book.forget_sites(unit);
+        for stub in stubs {
+            self.retire(book, stub, RetiredKind::Pic);
+        }
         let segments = self.session().unit_segments(unit).unwrap_or_default();
         book.retired.push(Retired {
             unit,
@@ -399,6 +409,28 @@ impl Jit {
         check_annotations(graph)?;
         let mut book = self.book();
         let old = self.live_unit(old.into(), &book)?;
+        // A lazy function (named by its stub or its code): its code is replaced, and the stub's
+        // slot and the calls redirected to the code follow it.
+        let lazy = self.lazy_code_unit(old)?;
+        let old = lazy.as_ref().map_or(old, |l| l.2);
+        if let Some((_, code_name, _)) = &lazy {
+            let defines = graph
+                .graph
+                .sections
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .flat_map(|b| &b.symbols)
+                .any(|s| s.name == *code_name);
+            if !defines {
+                return Err(Error::Graph {
+                    graph: graph.graph.name.clone(),
+                    what: format!(
+                        "it redefines a lazy function, so it must define {code_name} (the code \
+                         its stub leads to)"
+                    ),
+                });
+            }
+        }
         let session = self.session();
         let region = self
             .units()
@@ -450,7 +482,18 @@ impl Jit {
         let (retargeted, unmapped) = self.follow_redefinition(&mut book, old, &translate)?;
         self.retire(&mut book, old, RetiredKind::Redefined);
         let since = Epoch(book.epoch);
+        let lazy_moved = match &lazy {
+            Some((key, code_name, _)) => {
+                let code = new_symbols.iter().find(|(n, _)| n == code_name);
+                match code {
+                    Some((_, s)) => self.lazy_code_moved(*key, new, s.addr),
+                    None => Err(Error::Stale(format!("{code_name} vanished from {new}"))),
+                }
+            }
+            None => Ok(()),
+        };
         drop(book);
+        lazy_moved?;
         let unreached = session.dependents(old).unwrap_or_default();
         placed.map_err(|e| {
             Error::Stale(format!(
