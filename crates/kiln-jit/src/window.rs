@@ -46,7 +46,9 @@ impl Jit {
     /// then every core serializes. If `f` fails, nothing is written. See the module docs.
     ///
     /// Code does not move while a window is open ([`Jit::compact`] waits for it): the addresses
-    /// checked when a write is added are still the code's when it is applied.
+    /// checked when a write is added are still the code's when it is applied. So `f` must not
+    /// call the JIT's other patching operations (`retarget`, inline caches, PICs, redefinition,
+    /// compaction): they take the JIT's book, which a compaction waiting for this window holds.
     pub fn write<R>(&self, f: impl FnOnce(&mut WriteWindow<'_>) -> Result<R>) -> Result<R> {
         let _stays = self.code_stays();
         let mut w = WriteWindow {
