@@ -398,11 +398,11 @@ impl Session {
         }
     }
 
-    /// Link `graph` into a unit whose definitions may take over the names `replacing` defines
-    /// (for [`Session::redefine`]).
+    /// Link `source` into a unit whose definitions may take over the names `replacing` defines
+    /// (for [`Session::redefine`] and [`Session::redefine_inputs`]).
     pub(crate) fn link_replacing(
         &self,
-        graph: &InMemoryGraph,
+        source: &Source,
         options: &UnitOptions,
         replacing: u64,
     ) -> Result<UnitId> {
@@ -410,7 +410,7 @@ impl Session {
         self.link_once(
             &config,
             options,
-            &Source::Graph(graph),
+            source,
             &GeneratedInputs::default(),
             Some(replacing),
         )
@@ -917,7 +917,7 @@ impl std::fmt::Debug for Session {
 }
 
 /// What one link attempt reads: a whole `Inputs`, or one graph.
-enum Source<'s> {
+pub(crate) enum Source<'s> {
     Inputs(&'s Inputs),
     Graph(&'s InMemoryGraph),
 }

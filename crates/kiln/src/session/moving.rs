@@ -8,7 +8,7 @@
 
 use super::relocate::moved_actions;
 use super::state::{State, Unit};
-use super::{write, Session, UnitId, UnitOptions};
+use super::{write, Inputs, Session, Source, UnitId, UnitOptions};
 use crate::error::{Error, Result};
 use crate::graph::InMemoryGraph;
 use crate::link::relink::{RelinkRecord, RelinkTarget};
@@ -334,6 +334,27 @@ impl Session {
         graph: &InMemoryGraph,
         options: &UnitOptions,
     ) -> Result<UnitId> {
+        self.redefine_source(old, &Source::Graph(graph), options)
+    }
+
+    /// [`Session::redefine`] with the new definitions given as inputs (objects, graphs, roots)
+    /// instead of one graph: for code generators that write relocatable objects (kiln-cranelift
+    /// writes ELF objects, for their `.eh_frame` and thread-local sections).
+    pub fn redefine_inputs(
+        &self,
+        old: UnitId,
+        inputs: &Inputs,
+        options: &UnitOptions,
+    ) -> Result<UnitId> {
+        self.redefine_source(old, &Source::Inputs(inputs), options)
+    }
+
+    fn redefine_source(
+        &self,
+        old: UnitId,
+        source: &Source,
+        options: &UnitOptions,
+    ) -> Result<UnitId> {
         // The old unit's names, so that the new unit may define them again.
         let old_defs: Vec<(Arc<str>, u64)> = {
             let st = super::read(&self.state);
@@ -344,7 +365,7 @@ impl Session {
                 .filter_map(|n| Some((n.clone(), scope.symbols.get(n)?.addr)))
                 .collect()
         };
-        let new = self.link_replacing(graph, options, old.0)?;
+        let new = self.link_replacing(source, options, old.0)?;
         let mut st = write(&self.state);
         let new_defs: Vec<(Arc<str>, u64)> = {
             let u = st.unit(new)?;
