@@ -17,6 +17,7 @@ mod units;
 pub use generate::{DefinitionGenerator, Generated};
 pub use inputs::Inputs;
 pub use lazy::{lazy_stub_graph, CallLeft, CallRedirect, CallSite, StubBypass};
+pub use moving::{RelinkBytes, RelocationInfo};
 pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
 
 use crate::debug::DebugOptions;
@@ -779,6 +780,36 @@ impl Session {
     pub fn remove(&self, unit: UnitId) -> Result<()> {
         let record = write(&self.state).withdraw(unit.0)?;
         self.release(record)
+    }
+
+    /// Remove several units at once (a compaction's dropped units), as [`Session::remove`]
+    /// removes one: newest first, destructors and dealloc actions run, memory released. Refused
+    /// before anything is removed if a unit not among them binds to one of them
+    /// ([`Error::HasDependents`]) or a link in progress does. Much cheaper than one `remove`
+    /// each: the session's tables are visited once, and freed code is poisoned with one
+    /// write per slab.
+    pub fn remove_units(&self, units: &[UnitId]) -> Result<()> {
+        let ids: Vec<u64> = units.iter().map(|u| u.0).collect();
+        let withdrawn = write(&self.state).withdraw_all(&ids)?;
+        let mut first_error = None;
+        for u in &withdrawn {
+            if let Err(e) = self.executor.deallocate(u.alloc) {
+                first_error.get_or_insert(Error::Target(e));
+            }
+        }
+        // Ranges back to their memories, one call per memory.
+        let mut by_memory: Vec<(Arc<dyn CodeMemory>, Vec<crate::memory::SlabRange>)> = Vec::new();
+        for u in withdrawn {
+            let Some(m) = u.memory else { continue };
+            match by_memory.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &m)) {
+                Some((_, ranges)) => ranges.extend(u.slab_ranges),
+                None => by_memory.push((m, u.slab_ranges.into())),
+            }
+        }
+        for (m, ranges) in by_memory {
+            m.free(&*self.executor, &ranges);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Remove `unit` and every unit that depends on it, dependents first (their destructors
