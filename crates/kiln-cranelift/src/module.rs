@@ -394,6 +394,31 @@ impl KilnModule {
 
     fn finalize(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
+        let mut linked = vec![false; pending.len()];
+        let mut result = Ok(());
+        for group in self.link_order(&pending) {
+            if let Err(e) = self.link_group(&pending, &group) {
+                result = Err(e);
+                break;
+            }
+            for i in group {
+                linked[i] = true;
+            }
+        }
+        self.pending = pending
+            .into_iter()
+            .zip(linked)
+            .filter_map(|(p, done)| (!done).then_some(p))
+            .collect();
+        result
+    }
+
+    /// The units of a batch, in link order (see `group.rs`).
+    fn link_order(&self, pending: &[Pending]) -> Vec<Vec<usize>> {
+        // Finalizing after each definition is common: one definition is one unit.
+        if pending.len() == 1 {
+            return vec![vec![0]];
+        }
         let index: FxHashMap<FuncOrDataId, usize> =
             pending.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
         let mut refs: Vec<Vec<usize>> = vec![Vec::new(); pending.len()];
@@ -410,23 +435,7 @@ impl KilnModule {
                 }
             }
         }
-        let mut linked = vec![false; pending.len()];
-        let mut result = Ok(());
-        for group in group::link_order(&refs) {
-            if let Err(e) = self.link_group(&pending, &group) {
-                result = Err(e);
-                break;
-            }
-            for i in group {
-                linked[i] = true;
-            }
-        }
-        self.pending = pending
-            .into_iter()
-            .zip(linked)
-            .filter_map(|(p, done)| (!done).then_some(p))
-            .collect();
-        result
+        group::link_order(&refs)
     }
 
     fn is_tls(&self, id: FuncOrDataId) -> bool {
