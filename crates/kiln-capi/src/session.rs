@@ -79,7 +79,7 @@ impl CSession {
     /// Drop the numbers of units the session no longer has. The table is locked before the
     /// session is asked, so that a unit linked meanwhile (numbered only after its link
     /// returns) cannot be dropped by mistake.
-    fn forget_removed(&self) {
+    pub(crate) fn forget_removed(&self) {
         let mut units = lock(&self.units);
         let live: Vec<UnitId> = self.session.units();
         units.retain(|u| live.contains(u));

@@ -19,6 +19,8 @@ pub(crate) mod types;
 mod error;
 mod generator;
 mod graph;
+mod jit;
+mod lazy;
 mod session;
 
 use crate::error::CError;
