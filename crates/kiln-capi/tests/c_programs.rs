@@ -288,6 +288,19 @@ fn misuse_and_linking_under_valgrind() {
     }
 }
 
+/// kiln-jit from C: zone, regions, sites, write window, inline cache, PIC, redefinition,
+/// heap references (jit.c checks each by calling the code).
+#[test]
+fn jit_zone_sites_caches_redefinition_heap_refs() {
+    let exe = build("jit.c", "jit", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("jit: "), "{out}");
+    assert!(
+        out.contains("error: kiln_jit_set_value: the site at 0x"),
+        "{out}"
+    );
+}
+
 #[test]
 fn threads_share_a_session_and_see_it_deleted() {
     let exe = build("threads.c", "threads", "kiln");
