@@ -47,6 +47,15 @@ impl CJit {
         Ok(id)
     }
 
+    /// A kiln-jit error as C sees it, units named by their C numbers.
+    pub(crate) fn error(&self, e: kiln_jit::Error) -> CError {
+        let c = match e {
+            kiln_jit::Error::Link(e) => return self.session.error(e),
+            e => jit_error(e),
+        };
+        CError::new(c.kind(), self.session.c_unit_names(c.message()))
+    }
+
     pub(crate) fn c_unit(&self, unit: UnitId) -> kiln_unit_t {
         self.session.c_unit(unit)
     }
@@ -157,7 +166,7 @@ impl CJit {
                 }
                 Ok(())
             })
-            .map_err(jit_error)
+            .map_err(|e| self.error(e))
     }
 
     pub(crate) fn remember_lazy(&self, f: LazyFunction) {

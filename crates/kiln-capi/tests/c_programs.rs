@@ -301,6 +301,27 @@ fn jit_zone_sites_caches_redefinition_heap_refs() {
     );
 }
 
+/// A lazy function whose C callback compiles it on the first call (once, also when 8 threads
+/// call it at once); callbacks that fail reach the VM's error handler with a readable message
+/// and calls take its fallback, no crash.
+#[test]
+fn lazy_functions_with_c_callbacks() {
+    let exe = build("lazy.c", "lazy", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("lazy: "), "{out}");
+    assert!(
+        out.contains(
+            "handler: lazy_broken: its handler failed: lazy function lazy_broken: the compile \
+             callback failed: the VM has no code for lazy_broken\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: kiln_jit_declare_lazy: callback is NULL\n"),
+        "{out}"
+    );
+}
+
 #[test]
 fn threads_share_a_session_and_see_it_deleted() {
     let exe = build("threads.c", "threads", "kiln");

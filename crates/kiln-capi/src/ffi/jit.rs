@@ -6,7 +6,7 @@ use super::types::*;
 use super::{c_array, guard, guard_quiet, handle_value, out, out_list, out_optional, to_handle};
 use crate::error::CError;
 use crate::handle::{Registry, Tag};
-use crate::jit::{self as cjit, jit_error, CJit};
+use crate::jit::{self as cjit, CJit};
 use kiln_jit::{IcState, IcUpdate, Pic, PicConfig, PicState, PicTarget, Reclaimed, Redefine};
 use kiln_target::ExecutorAddr;
 use std::ffi::{c_char, c_void};
@@ -120,7 +120,7 @@ pub unsafe extern "C" fn kiln_jit_link(
                 Err(kiln_jit::Error::Link(e)) => Err(e),
                 Err(e) => Ok(Err(e)),
             })?
-            .map_err(jit_error)?;
+            .map_err(|e| j.error(e))?;
         o.set(j.c_unit(linked.unit));
         Ok(())
     })
@@ -177,7 +177,7 @@ pub extern "C" fn kiln_jit_remove(j: *mut kiln_jit_t, unit: kiln_unit_t) -> *mut
         let j = jit(j)?;
         let result = j.jit.remove(j.unit(unit)?);
         j.session.forget_removed();
-        result.map_err(jit_error)
+        result.map_err(|e| j.error(e))
     })
 }
 
@@ -208,7 +208,7 @@ pub unsafe extern "C" fn kiln_jit_write(
                 }
                 Ok(())
             })
-            .map_err(jit_error)
+            .map_err(|e| j.error(e))
     })
 }
 
@@ -231,7 +231,7 @@ pub unsafe extern "C" fn kiln_jit_read(
         let bytes = j
             .jit
             .write(|w| w.read(ExecutorAddr(addr), len as u64))
-            .map_err(jit_error)?;
+            .map_err(|e| j.error(e))?;
         let n = bytes.len().min(len);
         if n > 0 {
             // SAFETY: `buf` is not NULL and has room for `len` >= `n` bytes (the contract);
@@ -258,7 +258,7 @@ pub unsafe extern "C" fn kiln_jit_retarget(
         let site = j.site(&unsafe { c_struct(site, "site")? })?;
         j.jit
             .retarget(&site, ExecutorAddr(target))
-            .map_err(jit_error)
+            .map_err(|e| j.error(e))
     })
 }
 
@@ -274,7 +274,7 @@ pub unsafe extern "C" fn kiln_jit_set_value(
         let j = jit(j)?;
         // SAFETY: the contract of this function.
         let site = j.site(&unsafe { c_struct(site, "site")? })?;
-        j.jit.set_value(&site, value).map_err(jit_error)
+        j.jit.set_value(&site, value).map_err(|e| j.error(e))
     })
 }
 
@@ -303,7 +303,7 @@ pub unsafe extern "C" fn kiln_jit_ic_new(
         let ic = j
             .jit
             .mono_ic(j.site(&key)?, j.site(&target)?, empty)
-            .map_err(jit_error)?;
+            .map_err(|e| j.error(e))?;
         o.set(kiln_ic_t {
             key: j.c_site(&ic.key),
             target: j.c_site(&ic.target),
@@ -351,7 +351,7 @@ pub unsafe extern "C" fn kiln_jit_ic_set(
         let ic = j.ic(&ic)?;
         let update = ic
             .set(&j.jit, key, ExecutorAddr(target))
-            .map_err(jit_error)?;
+            .map_err(|e| j.error(e))?;
         if let Some(o) = o {
             o.set(kiln_ic_state_t {
                 state: match update {
@@ -381,7 +381,7 @@ pub unsafe extern "C" fn kiln_jit_ic_clear(
         let j = jit(j)?;
         // SAFETY: the contract of this function.
         let ic = j.ic(&unsafe { c_struct(ic, "ic")? })?;
-        ic.clear(&j.jit).map_err(jit_error)
+        ic.clear(&j.jit).map_err(|e| j.error(e))
     })
 }
 
@@ -397,7 +397,7 @@ pub unsafe extern "C" fn kiln_jit_ic_state(
         let j = jit(j)?;
         // SAFETY: the contract of this function.
         let (ic, o) = unsafe { (c_struct(ic, "ic")?, out(out_state, "out_state")?) };
-        let state = j.ic(&ic)?.state(&j.jit).map_err(jit_error)?;
+        let state = j.ic(&ic)?.state(&j.jit).map_err(|e| j.error(e))?;
         o.set(c_ic_state(state));
         Ok(())
     })
@@ -459,7 +459,7 @@ pub unsafe extern "C" fn kiln_jit_pic_build(
         j.jit
             .build_pic(&site, &pic, &cases)
             .map(drop)
-            .map_err(jit_error)
+            .map_err(|e| j.error(e))
     })
 }
 
@@ -482,7 +482,7 @@ pub unsafe extern "C" fn kiln_jit_pic_grow(
         };
         let state = pic
             .grow(&j.jit, key, ExecutorAddr(target))
-            .map_err(jit_error)?;
+            .map_err(|e| j.error(e))?;
         if let Some(o) = o {
             o.set(c_pic_state(&j, state));
         }
@@ -505,7 +505,7 @@ pub unsafe extern "C" fn kiln_jit_pic_state(
         let pic = Pic {
             site: j.site(&site)?,
         };
-        o.set(c_pic_state(&j, pic.state(&j.jit).map_err(jit_error)?));
+        o.set(c_pic_state(&j, pic.state(&j.jit).map_err(|e| j.error(e))?));
         Ok(())
     })
 }
@@ -531,7 +531,7 @@ unsafe fn redefine(
             Err(kiln_jit::Error::Link(e)) => Err(e),
             Err(e) => Ok(Err(e)),
         })?
-        .map_err(jit_error)?;
+        .map_err(|e| j.error(e))?;
     if let Some(o) = o {
         o.set(kiln_redefined_t {
             new_unit: j.c_unit(r.new.unit),
@@ -619,7 +619,7 @@ pub unsafe extern "C" fn kiln_jit_reclaim(
         let o = unsafe { out_optional(out_reclaimed) };
         let r = j.jit.reclaim(kiln_jit::Epoch(safe_epoch));
         j.session.forget_removed();
-        let r = r.map_err(jit_error)?;
+        let r = r.map_err(|e| j.error(e))?;
         if let Some(o) = o {
             o.set(c_reclaimed(&r));
         }

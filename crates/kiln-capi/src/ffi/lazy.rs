@@ -86,7 +86,7 @@ pub unsafe extern "C" fn kiln_jit_declare_lazy(
                 catch_unwind(AssertUnwindSafe(|| compile(callback, &user, handle, cx)))
                     .unwrap_or_else(|_| Err("internal error: kiln panicked (a bug)".into()))
             })
-            .map_err(crate::jit::jit_error)?;
+            .map_err(|e| cj.error(e))?;
         o.set(f.addr.0);
         cj.remember_lazy(f);
         Ok(())
@@ -180,6 +180,6 @@ pub extern "C" fn kiln_jit_set_lazy_error_handler(
         });
         cj.jit
             .set_lazy_error_handler(handler)
-            .map_err(crate::jit::jit_error)
+            .map_err(|e| cj.error(e))
     })
 }
