@@ -322,6 +322,20 @@ fn lazy_functions_with_c_callbacks() {
     );
 }
 
+/// Misuse of the JIT API: NULL, deleted and foreign handles, bad configurations, unknown
+/// regions and kinds, stale units and sites, writes outside the zone's regions.
+#[test]
+fn jit_misuse_gives_errors_not_crashes() {
+    let exe = build("jit_misuse.c", "jit_misuse", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("jit_misuse: "), "{out}");
+    assert!(out.contains("error: kiln_jit_zone: jit is NULL\n"), "{out}");
+    assert!(
+        out.contains("error: kiln_jit_link: 9 is not a kiln_region_t"),
+        "{out}"
+    );
+}
+
 #[test]
 fn threads_share_a_session_and_see_it_deleted() {
     let exe = build("threads.c", "threads", "kiln");
