@@ -49,12 +49,13 @@ static inline kiln_site_t only_site(kiln_jit_t *jit, kiln_unit_t unit) {
     return site;
 }
 
-/* A JIT with a 1 MiB zone anywhere, in session `s` with the debug sinks off. */
+/* A JIT with a 1 MiB zone anywhere, in session `s` with the debug sinks off but valgrind's
+   (the programs also run under valgrind, which must hear of code replaced at an address). */
 static inline kiln_jit_t *new_jit(kiln_session_t *s) {
     kiln_zone_config_t config = {0};
     kiln_jit_t *jit;
     config.size = 1 << 20;
-    OK(kiln_session_set_debug(s, 0, NULL));
+    OK(kiln_session_set_debug(s, KILN_DEBUG_VALGRIND, NULL));
     OK(kiln_jit_new(s, &config, &jit));
     return jit;
 }

@@ -131,7 +131,7 @@ static void units_sites_regions(kiln_session_t *s) {
           "unit 999 is not a live unit");
     FAILS(kiln_jit_retarget(jit, NULL, 0), KILN_ERROR_INVALID_ARGUMENT, "site is NULL");
     /* A call site cannot reach beyond 2 GiB: refused, the site unchanged. */
-    FAILS(kiln_jit_retarget(jit, &sites[1], 0x1000), KILN_ERROR_STALE,
+    FAILS(kiln_jit_retarget(jit, &sites[1], sites[1].addr + (1ull << 33)), KILN_ERROR_STALE,
           "is out of reach of the rel32");
     CHECK(AS_FN(fn_l, lookup(s, "tail"))() == 1);
     /* An Imm32 value that does not fit, an unknown kind, a made-up site. */
