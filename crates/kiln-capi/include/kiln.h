@@ -870,7 +870,11 @@ kiln_error_t *kiln_jit_pic_state(kiln_jit_t *jit, const kiln_site_t *site,
    region: every edge of method-region units, every site, inline cache and PIC kiln patched
    that reached an old definition reaches the new one when this returns. The old unit is
    retired, not freed: threads may still run it until the VM reclaims it. `*out_redefined`
-   may be NULL. */
+   may be NULL.
+   Not yet for a lazy function's compiled code (the unit defining NAME.code): kiln-jit does not
+   yet move its stub and the calls patched to reach it, so they keep reaching the old code, and
+   reclaiming keeps that unit (kiln_reclaimed_t.kept). Declare the function anew, or redefine
+   the units that call it. */
 kiln_error_t *kiln_jit_redefine(kiln_jit_t *jit, kiln_unit_t old, const kiln_graph_t *g,
                                 kiln_redefined_t *out_redefined);
 

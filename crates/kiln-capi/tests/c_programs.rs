@@ -386,7 +386,7 @@ fn the_c_example_builds_with_its_makefile_and_runs() {
     let i = installed();
     let copy = i.work.join("example");
     std::fs::create_dir_all(&copy).unwrap();
-    for f in ["Makefile", "embed.c", "plugin.c"] {
+    for f in ["Makefile", "embed.c", "plugin.c", "jit.c"] {
         std::fs::copy(crate_dir().join("../../examples/c").join(f), copy.join(f)).unwrap();
     }
     let out = run(Command::new("make")
@@ -400,6 +400,13 @@ fn the_c_example_builds_with_its_makefile_and_runs() {
     );
     assert!(
         out.contains("as expected: kiln_session_remove: unit 1 cannot be removed"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "compiling square\nf(7) = 49\nf(8) = 64\nf(7) = 1049 after patching the \
+             constant\nentry(3) = 1009\nentry(3) = -3 after redefining f\n"
+        ),
         "{out}"
     );
 }
