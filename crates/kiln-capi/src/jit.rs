@@ -53,7 +53,11 @@ impl CJit {
             kiln_jit::Error::Link(e) => return self.session.error(e),
             e => jit_error(e),
         };
-        CError::new(c.kind(), self.session.c_unit_names(c.message()))
+        let mut message = self.session.c_unit_names(c.message());
+        for (rust, c) in RUST_NAMES {
+            message = message.replace(rust, c);
+        }
+        CError::new(c.kind(), message)
     }
 
     pub(crate) fn c_unit(&self, unit: UnitId) -> kiln_unit_t {
@@ -182,6 +186,23 @@ impl CJit {
         })
     }
 }
+
+/// kiln-jit's messages name its Rust API where they say what to do instead; C callers read the
+/// C function's name.
+const RUST_NAMES: [(&str, &str); 6] = [
+    ("Jit::mono_ic makes one", "kiln_jit_ic_new makes one"),
+    ("Jit::build_pic makes one", "kiln_jit_pic_build makes one"),
+    ("clear() empties it", "kiln_jit_ic_clear empties it"),
+    (
+        "not a target: set_value",
+        "not a target: use kiln_jit_set_value",
+    ),
+    ("is a call: retarget it", "is a call: use kiln_jit_retarget"),
+    (
+        "what grace_start returned",
+        "what kiln_jit_grace_start returned",
+    ),
+];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -68,7 +68,7 @@ static void zone_and_sites(kiln_session_t *s, kiln_jit_t *jit) {
     OK(kiln_jit_retarget(jit, &sites[1], one_addr));
     CHECK(AS_FN(fn_l, lookup(s, "tail"))() == 1);
     /* The wrong operation for the kind of site: an error, nothing changed. */
-    FAILS(kiln_jit_set_value(jit, &sites[1], 7), KILN_ERROR_STALE, "is a call: retarget it");
+    FAILS(kiln_jit_set_value(jit, &sites[1], 7), KILN_ERROR_STALE, "is a call: use kiln_jit_retarget");
     CHECK(AS_FN(fn_l, lookup(s, "tail"))() == 1);
 
     /* The write window: the VM's own patch of the slot, read back. */
@@ -147,7 +147,8 @@ static void inline_cache(kiln_session_t *s, kiln_jit_t *jit) {
     CHECK(f(8) == 80 && f(7) == -1);
     OK(kiln_jit_ic_state(jit, &ic, &st));
     CHECK(st.state == KILN_IC_SET && st.key == 8 && st.target == cls8);
-    FAILS(kiln_jit_ic_set(jit, &ic, 0, cls7, NULL), KILN_ERROR_STALE, "empty key");
+    FAILS(kiln_jit_ic_set(jit, &ic, 0, cls7, NULL), KILN_ERROR_STALE,
+          "empty key: kiln_jit_ic_clear empties it");
     OK(kiln_jit_ic_clear(jit, &ic));
     CHECK(f(8) == -1);
     /* A guard that is a call site is no inline cache key. */

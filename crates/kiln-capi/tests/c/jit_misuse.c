@@ -179,7 +179,8 @@ static void units_sites_regions(kiln_session_t *s) {
     FAILS(kiln_jit_pic_build(jit, &sites[1], &pc, NULL, 0), KILN_ERROR_INVALID_ARGUMENT,
           "4 is not a KILN_PIC_KEY_* register");
     pc.key_register = KILN_PIC_KEY_RDI;
-    FAILS(kiln_jit_pic_grow(jit, &sites[1], 1, pc.miss, NULL), KILN_ERROR_STALE, "has no PIC");
+    FAILS(kiln_jit_pic_grow(jit, &sites[1], 1, pc.miss, NULL), KILN_ERROR_STALE,
+          "has no PIC (kiln_jit_pic_build makes one)");
     FAILS(kiln_jit_update_heap_refs(jit, NULL, NULL, NULL), KILN_ERROR_INVALID_ARGUMENT,
           "forward is NULL");
 
