@@ -128,8 +128,8 @@ fn rust_signature(params: &str, ret: Option<&str>) -> Signature {
     }
 }
 
-/// The return type after a parameter list: `-> T` up to `stop`.
-fn return_type(s: &str, stop: char) -> Option<&str> {
+/// The return type after a parameter list: `-> T` up to one of `stop`.
+fn return_type<'a>(s: &'a str, stop: &[char]) -> Option<&'a str> {
     let rest = s.trim_start().strip_prefix("->")?;
     Some(rest[..rest.find(stop).expect("return type ends")].trim())
 }
@@ -143,7 +143,7 @@ fn parse_rust(src: &str, api: &mut Api) {
         let open = name_start + rest[name_start..].find('(').expect("parameters");
         let name = rest[name_start..open].trim().to_string();
         let (params, after) = parenthesized(rest, open);
-        let sig = rust_signature(params, return_type(&rest[after..], '{'));
+        let sig = rust_signature(params, return_type(&rest[after..], &['{']));
         assert!(
             api.functions.insert(name.clone(), sig).is_none(),
             "{name} twice"
@@ -158,7 +158,8 @@ fn parse_rust(src: &str, api: &mut Api) {
         if let Some(fn_at) = def.find("extern \"C\" fn") {
             let open = fn_at + def[fn_at..].find('(').expect("parameters");
             let (params, after) = parenthesized(def, open);
-            let ret = return_type(&def[after..], ',');
+            // `Option<unsafe extern "C" fn(..) -> T>` ends at `>` (or `,>` as rustfmt wraps it).
+            let ret = return_type(&def[after..], &[',', '>']);
             api.callbacks
                 .insert(name.trim().to_string(), rust_signature(params, ret));
         } else {
