@@ -336,6 +336,16 @@ fn jit_misuse_gives_errors_not_crashes() {
     );
 }
 
+/// The JIT with code in a child kiln-executor: patches, heap references, a lazy function whose
+/// C callback runs in this process when the child first calls it, redefinition.
+#[test]
+fn jit_with_a_spawned_executor() {
+    let i = installed();
+    let exe = build("jit_spawned.c", "jit_spawned", "kiln");
+    let out = run(&mut program(&exe, &[&i.prefix.join("bin/kiln-executor")]));
+    assert!(out.contains("jit_spawned: "), "{out}");
+}
+
 /// The JIT programs under valgrind (their JITs tell valgrind of replaced code): code patched,
 /// redefined, reclaimed, compiled lazily on 8 threads, and misused — no invalid read or write,
 /// no use of uninitialised memory, no definite leak.
