@@ -14,7 +14,7 @@ use kiln_jit::{
     ZoneConfig, ZonePlacement,
 };
 use kiln_target::ExecutorAddr;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub(crate) struct CJit {
@@ -142,7 +142,7 @@ impl CJit {
     /// Write new values into heap references in one write window: all or nothing. Each must
     /// be a live reference of this zone and each value must fit its width.
     pub(crate) fn write_heap_refs(&self, values: &[(HeapRef, u64)]) -> Result<(), CError> {
-        let live = self.heap_refs();
+        let live: HashSet<HeapRef> = self.heap_refs().into_iter().collect();
         for (r, v) in values {
             if !live.contains(r) {
                 return Err(CError::new(

@@ -9,6 +9,7 @@ use crate::handle::{Registry, Tag};
 use crate::jit::{self as cjit, CJit};
 use kiln_jit::{IcState, IcUpdate, Pic, PicConfig, PicState, PicTarget, Reclaimed, Redefine};
 use kiln_target::ExecutorAddr;
+use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
@@ -733,23 +734,24 @@ pub unsafe extern "C" fn kiln_jit_write_heap_refs(
         let j = jit(j)?;
         // SAFETY: the contract of this function.
         let refs = unsafe { c_array(refs, n, "refs")? };
-        let live = j.heap_refs();
+        let live: HashMap<(kiln_unit_t, u64), kiln_jit::HeapRef> = j
+            .heap_refs()
+            .into_iter()
+            .map(|r| ((j.c_unit(r.unit), r.addr.0), r))
+            .collect();
         let values = refs
             .iter()
             .map(|c| {
-                let r = live
-                    .iter()
-                    .find(|r| r.addr.0 == c.addr && j.c_unit(r.unit) == c.unit)
-                    .ok_or_else(|| {
-                        CError::new(
-                            KILN_ERROR_STALE,
-                            format!(
-                                "{:#x} (unit {}) is not a heap reference of a live unit of this \
+                let r = live.get(&(c.unit, c.addr)).ok_or_else(|| {
+                    CError::new(
+                        KILN_ERROR_STALE,
+                        format!(
+                            "{:#x} (unit {}) is not a heap reference of a live unit of this \
                                  zone",
-                                c.addr, c.unit
-                            ),
-                        )
-                    })?;
+                            c.addr, c.unit
+                        ),
+                    )
+                })?;
                 Ok((*r, c.value))
             })
             .collect::<Result<Vec<_>, CError>>()?;
