@@ -25,7 +25,7 @@
  * CONVENTIONS
  *
  * - Objects are opaque handles: kiln_session_t, kiln_graph_t, kiln_error_t, kiln_generated_t,
- *   kiln_jit_t.
+ *   kiln_jit_t, kiln_move_map_t.
  *   A handle is not an address (never dereference one). Each has exactly one `_delete`.
  * - Every function that can fail returns a kiln_error_t *: NULL on success, else an error the
  *   caller owns and deletes with kiln_error_delete. Results go through out-pointers, which are
@@ -52,6 +52,7 @@
  * - kiln_generated_t: valid only inside the generator callback it was passed to.
  * - kiln_jit_t: every function may be called from any thread, concurrently (see "The JIT
  *   layer" below for its callbacks).
+ * - kiln_move_map_t: immutable; may be read from any thread.
  * - kiln_unit_t, kiln_scope_t, kiln_section_t, kiln_block_t: plain numbers.
  */
 #ifndef KILN_H
@@ -790,6 +791,14 @@ kiln_error_t *kiln_graph_add_heap_ref(kiln_graph_t *g, const char *symbol, uint6
 kiln_error_t *kiln_jit_link(kiln_jit_t *jit, kiln_region_t region, const kiln_graph_t *g,
                             kiln_unit_t *out_unit);
 
+/* Link a relocatable ELF object (`len` bytes, copied; `name` names it in messages and
+   debuggers) into `region` of the zone: a runtime routine written in C, a method a compiler
+   emitted as an object. Everything kiln does for an object (unwind info, gdb, perf) works in
+   the zone, and in the method region it moves with compaction. Objects declare no sites or
+   heap references. Its initializers run with kiln_session_run_initializers. */
+kiln_error_t *kiln_jit_link_object(kiln_jit_t *jit, kiln_region_t region, const char *name,
+                                   const uint8_t *bytes, size_t len, kiln_unit_t *out_unit);
+
 /* The region a zone unit is in (KILN_ERROR_UNKNOWN_UNIT for a unit not live in this zone). */
 kiln_error_t *kiln_jit_unit_region(kiln_jit_t *jit, kiln_unit_t unit, kiln_region_t *out_region);
 
@@ -870,11 +879,9 @@ kiln_error_t *kiln_jit_pic_state(kiln_jit_t *jit, const kiln_site_t *site,
    region: every edge of method-region units, every site, inline cache and PIC kiln patched
    that reached an old definition reaches the new one when this returns. The old unit is
    retired, not freed: threads may still run it until the VM reclaims it. `*out_redefined`
-   may be NULL.
-   Not yet for a lazy function's compiled code (the unit defining NAME.code): kiln-jit does not
-   yet move its stub and the calls patched to reach it, so they keep reaching the old code, and
-   reclaiming keeps that unit (kiln_reclaimed_t.kept). Declare the function anew, or redefine
-   the units that call it. */
+   may be NULL. A lazy function's compiled code is redefined through the unit defining
+   NAME.code (kiln_jit_redefine_name(jit, "NAME.code", ...)): its stub and the calls patched to
+   reach the old code follow. */
 kiln_error_t *kiln_jit_redefine(kiln_jit_t *jit, kiln_unit_t old, const kiln_graph_t *g,
                                 kiln_redefined_t *out_redefined);
 
@@ -907,7 +914,8 @@ kiln_error_t *kiln_jit_heap_refs(kiln_jit_t *jit, kiln_heap_ref_t *out_refs, siz
                                  size_t *out_count);
 
 /* A moving GC's forwarding function: the new value of `heap_ref` (whose `value` is the one it
-   holds now). Runs on the calling thread, once per reference, with no kiln lock held. */
+   holds now). Runs on the calling thread, once per reference, while the zone's code is held in
+   place: it must not call kiln_jit_compact (which would wait for it forever). */
 typedef uint64_t (*kiln_heap_forward_fn)(void *user, const kiln_heap_ref_t *heap_ref);
 
 /* After a moving GC: ask `forward` (with `user`) for every reference's new value, then write
@@ -920,6 +928,89 @@ kiln_error_t *kiln_jit_update_heap_refs(kiln_jit_t *jit, kiln_heap_forward_fn fo
 /* Write the `n` references' `value`s (addressed by unit and addr, e.g. a list the GC built)
    in one write window: all or nothing (KILN_ERROR_STALE for one that is not live). */
 kiln_error_t *kiln_jit_write_heap_refs(kiln_jit_t *jit, const kiln_heap_ref_t *refs, size_t n);
+
+/* ---- compaction of the method region ---- */
+
+/* What the VM says of a method-region unit at a compaction. */
+typedef uint32_t kiln_verdict_t;
+enum kiln_verdict_enum {
+    /* Keep it; it may move. */
+    KILN_VERDICT_KEEP = 0,
+    /* Remove it. The units that use it (bind to its symbols, or have a site kiln pointed into
+       it) must be dropped too. */
+    KILN_VERDICT_DROP = 1,
+    /* Keep it where it is (frames are active in it, or the VM holds raw pointers into it). */
+    KILN_VERDICT_PIN = 2
+};
+
+/* The verdict on method-region unit `unit`. Asked once per unit, oldest first, on the calling
+   thread, before anything changes and with no kiln lock held (it may look at the JIT: sites,
+   lookups). */
+typedef kiln_verdict_t (*kiln_verdict_fn)(void *user, kiln_unit_t unit);
+
+/* Where a compaction moved code and data, and what it freed: for rewriting return addresses
+   and saved pcs on the VM's stacks, and pointers the VM keeps into compiled code. Immutable:
+   may be read from any thread. */
+typedef struct kiln_move_map_t kiln_move_map_t;
+
+/* What kiln_jit_compact did. */
+typedef struct kiln_compaction_t {
+    /* Units removed, units moved, units that stayed because of a pin (the VM's, or a unit
+       without relink records using it, or a link in progress binding to it). */
+    size_t dropped;
+    size_t moved;
+    size_t pinned;
+    /* Bytes of the method region in use before and after (code, read-only data and data). */
+    uint64_t used_before;
+    uint64_t used_after;
+    /* The largest free range of the method region's code part after. */
+    uint64_t largest_free_code;
+    /* How long the compaction took. */
+    uint64_t nanoseconds;
+} kiln_compaction_t;
+
+/* One moved segment: [from, from + size) is now [to, to + size). */
+typedef struct kiln_range_move_t {
+    kiln_unit_t unit;
+    uint64_t from;
+    uint64_t to;
+    uint64_t size;
+} kiln_range_move_t;
+
+/* Compact the method region: `verdict` (with `user`) is asked about every method-region unit
+   first; then the dropped units are removed and the survivors slide down to close the gaps,
+   every edge into moved code (calls from other units, stubs, GOT entries, inline caches,
+   PICs) and every PC-relative edge out of it applied again, the sites, guard keys and heap
+   references kiln wrote written again at their new places, the debug sinks told, and the freed
+   code filled with int3 (a stale return address into it traps).
+   Refused before anything changes: a verdict that is not a KILN_VERDICT_* (_INVALID_ARGUMENT);
+   a dropped unit that a unit which stays uses (_HAS_DEPENDENTS, naming both: drop those too, or
+   point their sites elsewhere first).
+   No thread may run code of the method region meanwhile, except in pinned units (the VM stops
+   them, or they are in the fixed region); other threads may link (what they link stays put).
+   Sites and heap references taken before are stale afterwards: translate their `addr` with the
+   move map, or list them again. `*out_report` and `*out_map` may be NULL; the map is the
+   caller's to delete. */
+kiln_error_t *kiln_jit_compact(kiln_jit_t *jit, kiln_verdict_fn verdict, void *user,
+                               kiln_compaction_t *out_report, kiln_move_map_t **out_map);
+
+/* The new address of `pc`: moved if it lay in a segment that moved, the same if it lay anywhere
+   else that lives (a unit that stayed, the fixed region, the host). If it lay in a dropped unit
+   (nothing may return there), `*out_pc` is 0 and `*out_dropped` (may be NULL) true. Ranges are
+   half-open: translate a return address just past a unit's end as translate(pc - 1) + 1. */
+kiln_error_t *kiln_move_map_translate(const kiln_move_map_t *map, uint64_t pc, uint64_t *out_pc,
+                                      bool *out_dropped);
+
+/* The moved segments, by old address. List convention as kiln_jit_unit_sites. */
+kiln_error_t *kiln_move_map_moves(const kiln_move_map_t *map, kiln_range_move_t *out_moves,
+                                  size_t cap, size_t *out_count);
+
+/* The dropped units' segments, by address (their `unit` is 0: those numbers are gone). */
+kiln_error_t *kiln_move_map_dropped(const kiln_move_map_t *map, kiln_range_t *out_ranges,
+                                    size_t cap, size_t *out_count);
+
+/* Delete a move map. NULL, or a handle already deleted, is ignored. */
+void kiln_move_map_delete(kiln_move_map_t *map);
 
 /* ---- lazy functions ---- */
 

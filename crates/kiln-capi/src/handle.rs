@@ -31,6 +31,7 @@ pub(crate) enum Tag {
     Error = 0xA3,
     Generated = 0xA4,
     Jit = 0xA5,
+    MoveMap = 0xA6,
 }
 
 impl Tag {
@@ -41,6 +42,7 @@ impl Tag {
             Tag::Error,
             Tag::Generated,
             Tag::Jit,
+            Tag::MoveMap,
         ]
         .into_iter()
         .find(|t| *t as u8 == b)
@@ -54,6 +56,7 @@ impl Tag {
             Tag::Error => "kiln_error_t",
             Tag::Generated => "kiln_generated_t",
             Tag::Jit => "kiln_jit_t",
+            Tag::MoveMap => "kiln_move_map_t",
         }
     }
 }

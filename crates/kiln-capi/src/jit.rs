@@ -14,7 +14,7 @@ use kiln_jit::{
     ZoneConfig, ZonePlacement,
 };
 use kiln_target::ExecutorAddr;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub(crate) struct CJit {
@@ -51,9 +51,31 @@ impl CJit {
     pub(crate) fn error(&self, e: kiln_jit::Error) -> CError {
         let c = match e {
             kiln_jit::Error::Link(e) => return self.session.error(e),
+            kiln_jit::Error::InUse { unit, users } => {
+                let users: Vec<String> = users
+                    .iter()
+                    .map(|u| format!("unit {}", self.c_unit(*u)))
+                    .collect();
+                return CError::new(
+                    KILN_ERROR_HAS_DEPENDENTS,
+                    format!(
+                        "unit {} cannot be dropped: {} use{} it and stay{} (drop {} too, or \
+                         point {} sites elsewhere first)",
+                        self.c_unit(unit),
+                        users.join(", "),
+                        if users.len() == 1 { "s" } else { "" },
+                        if users.len() == 1 { "s" } else { "" },
+                        if users.len() == 1 { "it" } else { "them" },
+                        if users.len() == 1 { "its" } else { "their" },
+                    ),
+                );
+            }
             e => jit_error(e),
         };
         let mut message = self.session.c_unit_names(c.message());
+        if message.contains("does not fit the 32-bit heap reference") {
+            return CError::invalid_argument(message);
+        }
         for (rust, c) in RUST_NAMES {
             message = message.replace(rust, c);
         }
@@ -113,64 +135,25 @@ impl CJit {
         }
     }
 
-    /// Every heap reference of the zone's live units, by address.
-    pub(crate) fn heap_refs(&self) -> Vec<HeapRef> {
-        let session = self.jit.session();
-        let mut refs: Vec<HeapRef> = session
-            .units()
-            .into_iter()
-            .filter_map(|u| self.jit.unit(u))
-            .flat_map(|l| l.heap_refs)
-            .collect();
-        refs.sort_unstable_by_key(|r| r.addr.0);
-        refs
-    }
-
-    /// The value of a heap reference, read through the executor's read-only path (no write or
-    /// execute permission needed; a reference being rewritten reads as old or new).
-    pub(crate) fn read_heap_ref(&self, r: &HeapRef) -> Result<u64, CError> {
-        let bytes = self
-            .jit
-            .session()
-            .executor()
-            .read_memory(r.addr, u64::from(r.width))?;
-        let mut word = [0u8; 8];
-        word[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
-        Ok(u64::from_le_bytes(word))
+    /// Every heap reference of the zone's live units, by address, with the value it holds
+    /// (kiln-jit reads them through the executor's read-only path).
+    pub(crate) fn heap_refs(&self) -> Result<Vec<(HeapRef, u64)>, CError> {
+        self.jit.heap_refs().map_err(|e| self.error(e))
     }
 
     /// Write new values into heap references in one write window: all or nothing. Each must
-    /// be a live reference of this zone and each value must fit its width.
+    /// be a live reference of this zone (kiln-jit checks) and each value must fit its width.
     pub(crate) fn write_heap_refs(&self, values: &[(HeapRef, u64)]) -> Result<(), CError> {
-        let live: HashSet<HeapRef> = self.heap_refs().into_iter().collect();
-        for (r, v) in values {
-            if !live.contains(r) {
-                return Err(CError::new(
-                    KILN_ERROR_STALE,
-                    format!(
-                        "the heap reference at {} is not one of this zone's live units",
-                        r.addr
-                    ),
-                ));
-            }
-            if r.width == 4 && *v > u64::from(u32::MAX) {
-                return Err(CError::invalid_argument(format!(
-                    "{v:#x} does not fit the 32-bit heap reference at {}",
-                    r.addr
-                )));
-            }
+        if let Some((r, v)) = values
+            .iter()
+            .find(|(r, v)| r.width == 4 && *v > u64::from(u32::MAX))
+        {
+            return Err(CError::invalid_argument(format!(
+                "{v:#x} does not fit the 32-bit heap reference at {}",
+                r.addr
+            )));
         }
-        if values.is_empty() {
-            return Ok(());
-        }
-        self.jit
-            .write(|w| {
-                for (r, v) in values {
-                    w.write(r.addr, &v.to_le_bytes()[..usize::from(r.width)])?;
-                }
-                Ok(())
-            })
-            .map_err(|e| self.error(e))
+        self.jit.write_heap_refs(values).map_err(|e| self.error(e))
     }
 
     pub(crate) fn remember_lazy(&self, f: LazyFunction) {

@@ -346,15 +346,29 @@ fn jit_with_a_spawned_executor() {
     assert!(out.contains("jit_spawned: "), "{out}");
 }
 
+/// Compaction with a move map: refused when a dropped unit's user stays, survivors slide down
+/// (calls, a patched constant, a heap reference carried along), the map translates return
+/// addresses and names dropped code, pinned units stay.
+#[test]
+fn compaction_with_a_move_map() {
+    let exe = build("compact.c", "compact", "kiln");
+    let out = run(&mut program(&exe, &[&fixture("adder.o")]));
+    assert!(out.contains("compact: "), "{out}");
+    assert!(out.contains("error: kiln_jit_compact: unit "), "{out}");
+    assert!(out.contains("cannot be dropped: unit "), "{out}");
+}
+
 /// The JIT programs under valgrind (their JITs tell valgrind of replaced code): code patched,
 /// redefined, reclaimed, compiled lazily on 8 threads, and misused — no invalid read or write,
 /// no use of uninitialised memory, no definite leak.
 #[test]
 fn jit_programs_under_valgrind() {
-    for (source, name) in [
-        ("jit_misuse.c", "jit_misuse_vg"),
-        ("jit.c", "jit_vg"),
-        ("lazy.c", "lazy_vg"),
+    let adder = fixture("adder.o");
+    for (source, name, args) in [
+        ("jit_misuse.c", "jit_misuse_vg", &[][..]),
+        ("jit.c", "jit_vg", &[]),
+        ("lazy.c", "lazy_vg", &[]),
+        ("compact.c", "compact_vg", &[adder.as_path()]),
     ] {
         let exe = build(source, name, "kiln");
         let mut vg = Command::new("valgrind");
@@ -365,7 +379,8 @@ fn jit_programs_under_valgrind() {
             "--errors-for-leak-kinds=definite",
             "--show-leak-kinds=definite",
         ])
-        .arg(&exe);
+        .arg(&exe)
+        .args(args);
         let out = run(&mut vg);
         assert!(out.contains("checks passed"), "{out}");
     }

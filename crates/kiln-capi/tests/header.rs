@@ -371,8 +371,8 @@ fn header_matches_the_rust_side() {
         "{} constants",
         rust.constants.len()
     );
-    assert_eq!(rust.callbacks.len(), 4, "{:?}", rust.callbacks.keys());
-    assert_eq!(rust.typedefs.len(), 10, "{:?}", rust.typedefs);
+    assert_eq!(rust.callbacks.len(), 5, "{:?}", rust.callbacks.keys());
+    assert_eq!(rust.typedefs.len(), 11, "{:?}", rust.typedefs);
     assert!(rust.structs.len() >= 14, "{:?}", rust.structs.keys());
     let mut problems = Vec::new();
     compare(

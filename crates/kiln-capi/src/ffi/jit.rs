@@ -130,6 +130,41 @@ pub unsafe extern "C" fn kiln_jit_link(
 /// # Safety
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
+pub unsafe extern "C" fn kiln_jit_link_object(
+    j: *mut kiln_jit_t,
+    region: kiln_region_t,
+    name: *const c_char,
+    bytes: *const u8,
+    len: usize,
+    out_unit: *mut kiln_unit_t,
+) -> *mut kiln_error_t {
+    guard("kiln_jit_link_object", || {
+        let j = jit(j)?;
+        // SAFETY: the contract of this function.
+        let (name, bytes, o) = unsafe {
+            (
+                super::utf8(name, "name")?,
+                super::c_bytes(bytes, len, "bytes")?,
+                out(out_unit, "out_unit")?,
+            )
+        };
+        let region = cjit::region(region)?;
+        let linked = j
+            .session
+            .linking(|| match j.jit.link_object(region, name, bytes.to_vec()) {
+                Ok(l) => Ok(Ok(l)),
+                Err(kiln_jit::Error::Link(e)) => Err(e),
+                Err(e) => Ok(Err(e)),
+            })?
+            .map_err(|e| j.error(e))?;
+        o.set(j.c_unit(linked.unit));
+        Ok(())
+    })
+}
+
+/// # Safety
+/// See the module [`super`] and kiln.h.
+#[no_mangle]
 pub unsafe extern "C" fn kiln_jit_unit_region(
     j: *mut kiln_jit_t,
     unit: kiln_unit_t,
@@ -677,11 +712,11 @@ pub unsafe extern "C" fn kiln_jit_heap_refs(
         let j = jit(j)?;
         // SAFETY: the contract of this function.
         let o = unsafe { out_list(out_refs, cap, out_count, "out_refs")? };
-        let refs = j
-            .heap_refs()
+        let refs: Vec<kiln_heap_ref_t> = j
+            .heap_refs()?
             .iter()
-            .map(|r| Ok(j.c_heap_ref(r, j.read_heap_ref(r)?)))
-            .collect::<Result<Vec<_>, CError>>()?;
+            .map(|(r, v)| j.c_heap_ref(r, *v))
+            .collect();
         o.set(&refs);
         Ok(())
     })
@@ -702,21 +737,19 @@ pub unsafe extern "C" fn kiln_jit_update_heap_refs(
         // SAFETY: the contract of this function.
         let o = unsafe { out_optional(out_changed) };
         let user = UserData(user);
-        let mut changes = Vec::new();
-        // No lock is held while the callback runs.
-        for r in j.heap_refs() {
-            let old = j.read_heap_ref(&r)?;
-            let c = j.c_heap_ref(&r, old);
-            // SAFETY: `forward` has this signature (kiln_heap_forward_fn, the contract of this
-            // function); `c` is a local that outlives the call.
-            let new = unsafe { forward(user.0, &c) };
-            if new != old {
-                changes.push((r, new));
-            }
-        }
-        j.write_heap_refs(&changes)?;
+        // A value that does not fit a 32-bit reference fails it all (kiln-jit checks before
+        // writing anything); the callback runs with the zone's code held in place.
+        let changed = j
+            .jit
+            .update_heap_refs(|r, value| {
+                let c = j.c_heap_ref(r, value);
+                // SAFETY: `forward` has this signature (kiln_heap_forward_fn, the contract of
+                // this function); `c` is a local that outlives the call.
+                unsafe { forward(user.0, &c) }
+            })
+            .map_err(|e| j.error(e))?;
         if let Some(o) = o {
-            o.set(changes.len());
+            o.set(changed);
         }
         Ok(())
     })
@@ -735,9 +768,9 @@ pub unsafe extern "C" fn kiln_jit_write_heap_refs(
         // SAFETY: the contract of this function.
         let refs = unsafe { c_array(refs, n, "refs")? };
         let live: HashMap<(kiln_unit_t, u64), kiln_jit::HeapRef> = j
-            .heap_refs()
+            .heap_refs()?
             .into_iter()
-            .map(|r| ((j.c_unit(r.unit), r.addr.0), r))
+            .map(|(r, _)| ((j.c_unit(r.unit), r.addr.0), r))
             .collect();
         let values = refs
             .iter()

@@ -16,6 +16,7 @@
 
 pub(crate) mod types;
 
+mod compact;
 mod error;
 mod generator;
 mod graph;

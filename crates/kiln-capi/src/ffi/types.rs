@@ -26,6 +26,10 @@ pub struct kiln_generated_t {
 pub struct kiln_jit_t {
     _opaque: [u8; 0],
 }
+#[repr(C)]
+pub struct kiln_move_map_t {
+    _opaque: [u8; 0],
+}
 
 // ---- plain values ----
 
@@ -39,6 +43,7 @@ pub type kiln_visibility_t = u32;
 pub type kiln_error_kind_t = u32;
 pub type kiln_region_t = u32;
 pub type kiln_site_kind_t = u32;
+pub type kiln_verdict_t = u32;
 
 /// A definition generator: see `kiln_session_add_generator` in kiln.h.
 pub type kiln_generator_fn = Option<
@@ -76,6 +81,10 @@ pub type kiln_lazy_error_fn = Option<
 /// A moving GC's forwarding function: see `kiln_jit_update_heap_refs` in kiln.h.
 pub type kiln_heap_forward_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, heap_ref: *const kiln_heap_ref_t) -> u64>;
+
+/// The VM's verdict per unit at a compaction: see `kiln_jit_compact` in kiln.h.
+pub type kiln_verdict_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, unit: kiln_unit_t) -> kiln_verdict_t>;
 
 // ---- structures (the header check compares their fields with kiln.h's) ----
 
@@ -185,6 +194,27 @@ pub struct kiln_redefined_t {
 pub struct kiln_range_t {
     pub unit: kiln_unit_t,
     pub start: u64,
+    pub size: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kiln_compaction_t {
+    pub dropped: usize,
+    pub moved: usize,
+    pub pinned: usize,
+    pub used_before: u64,
+    pub used_after: u64,
+    pub largest_free_code: u64,
+    pub nanoseconds: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kiln_range_move_t {
+    pub unit: kiln_unit_t,
+    pub from: u64,
+    pub to: u64,
     pub size: u64,
 }
 
@@ -327,3 +357,7 @@ pub const KILN_PIC_KEY_64: u32 = 64;
 pub const KILN_LAZY_NOT_COMPILED: u32 = 0;
 pub const KILN_LAZY_COMPILED: u32 = 1;
 pub const KILN_LAZY_FAILED: u32 = 2;
+
+pub const KILN_VERDICT_KEEP: kiln_verdict_t = 0;
+pub const KILN_VERDICT_DROP: kiln_verdict_t = 1;
+pub const KILN_VERDICT_PIN: kiln_verdict_t = 2;

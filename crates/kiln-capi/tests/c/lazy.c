@@ -2,7 +2,8 @@
    code) by a callback that builds the graph with the C graph API, once; callbacks that fail
    (an error, a graph without the code, nothing at all) reach the VM's error handler, whose
    fallback the calls then take; misuse. Also run with several threads making the first call
-   at once: the callback runs once and every thread gets the answer. */
+   at once: the callback runs once and every thread gets the answer. A compiled lazy function
+   is redefined. */
 #include "jit_code.h"
 #include <pthread.h>
 
@@ -111,6 +112,27 @@ static void compiled_on_first_call(kiln_session_t *s, struct vm *vm) {
     }
 }
 
+/* Redefining a lazy function's compiled code: the stub and the patched caller follow, and the
+   old code is freed by a reclaim. */
+static void redefined(kiln_session_t *s, struct vm *vm) {
+    const uint8_t plus100[] = {0x48, 0x8d, 0x47, 0x64, 0xc3}; /* lea 100(%rdi), %rax; ret */
+    kiln_graph_t *g = graph_with("inc2", "lazy_inc.code", plus100, sizeof plus100, NULL);
+    kiln_lazy_status_t st;
+    kiln_reclaimed_t r;
+    uint64_t epoch;
+    OK(kiln_jit_redefine_name(vm->jit, "lazy_inc.code", g, NULL));
+    kiln_graph_delete(g);
+    CHECK(AS_FN(fn_l_l, lookup(s, "call_inc"))(1) == 101);
+    CHECK(AS_FN(fn_l_l, lookup(s, "lazy_inc"))(1) == 101);
+    OK(kiln_jit_grace_start(vm->jit, &epoch));
+    OK(kiln_jit_reclaim(vm->jit, epoch, &r));
+    CHECK(r.freed == 1 && r.kept == 0);
+    OK(kiln_jit_lazy_status(vm->jit, "lazy_inc", &st, NULL));
+    CHECK(st.state == KILN_LAZY_COMPILED && st.code == lookup(s, "lazy_inc.code"));
+    CHECK(AS_FN(fn_l_l, lookup(s, "call_inc"))(2) == 102);
+    CHECK(vm->compiled == 1);
+}
+
 static void failures_reach_the_handler(struct vm *vm) {
     kiln_lazy_status_t st;
     kiln_error_t *failure = NULL;
@@ -211,6 +233,7 @@ int main(void) {
     OK(kiln_session_new(&s));
     vm.jit = new_jit(s);
     compiled_on_first_call(s, &vm);
+    redefined(s, &vm);
     failures_reach_the_handler(&vm);
     misuse(&vm);
     first_calls_race(&vm);
