@@ -503,14 +503,15 @@ kiln_error_t *kiln_graph_add_data(kiln_graph_t *g, const char *name, const uint8
                                   kiln_block_t *out_block);
 
 /* ======================================================================================== */
-/* The JIT layer: code zone, lazy functions, sites, inline caches, redefinition, heap refs   */
+/* The JIT layer: zone, sites, caches, redefinition, heap refs, compaction, lazy functions  */
 /* ======================================================================================== */
 
 /*
  * A kiln_jit_t is kiln-jit's JIT over a session (kiln's docs/jit.md): a code zone reserved
  * where the VM wants it, in two regions — a FIXED region for what never moves (trampolines,
  * runtime routines, lazy stubs) and a METHOD region for compiled methods (their units keep
- * relink records, so that redefinition and code moving can rewrite every edge into them).
+ * relink records, so that redefinition and compaction can rewrite every edge into them; the
+ * method region is compacted when the VM says so, kiln_jit_compact).
  * Zone units are units of the session: numbered by it, looked up with kiln_session_lookup.
  *
  * Graphs linked into the zone may declare patchable places (kiln_graph_add_site: call sites,
@@ -539,7 +540,9 @@ kiln_error_t *kiln_graph_add_data(kiln_graph_t *g, const char *name, const uint8
  * Jit is shared by compiler threads and the VM); patches of sites are ordered by one lock. A
  * JIT keeps its session alive: deleting the session handle first is allowed (the session ends
  * with the JIT). Deleting a JIT removes its units and unmaps the zone: no thread may run its
- * code any more (lazy stubs included).
+ * code any more (lazy stubs included). kiln_jit_compact needs the method region's code idle
+ * (see there). Callbacks (compile, error handler, verdict, forward) run on the thread that
+ * made them necessary and must return normally.
  */
 
 /* A JIT: a code zone in a session's executor and what kiln-jit knows of its units. */
