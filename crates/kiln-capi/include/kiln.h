@@ -24,7 +24,8 @@
  *
  * CONVENTIONS
  *
- * - Objects are opaque handles: kiln_session_t, kiln_graph_t, kiln_error_t, kiln_generated_t.
+ * - Objects are opaque handles: kiln_session_t, kiln_graph_t, kiln_error_t, kiln_generated_t,
+ *   kiln_jit_t, kiln_move_map_t.
  *   A handle is not an address (never dereference one). Each has exactly one `_delete`.
  * - Every function that can fail returns a kiln_error_t *: NULL on success, else an error the
  *   caller owns and deletes with kiln_error_delete. Results go through out-pointers, which are
@@ -49,6 +50,9 @@
  * - kiln_error_t: immutable; may be read from any thread. The message pointer from
  *   kiln_error_message is valid until the error is deleted.
  * - kiln_generated_t: valid only inside the generator callback it was passed to.
+ * - kiln_jit_t: every function may be called from any thread, concurrently (see "The JIT
+ *   layer" below for its callbacks).
+ * - kiln_move_map_t: immutable; may be read from any thread.
  * - kiln_unit_t, kiln_scope_t, kiln_section_t, kiln_block_t: plain numbers.
  */
 #ifndef KILN_H
@@ -130,7 +134,11 @@ enum kiln_error_kind_enum {
     /* kiln broke one of its own rules: a bug. */
     KILN_ERROR_INTERNAL = 17,
     /* kiln panicked inside the call (caught at the boundary): a bug. */
-    KILN_ERROR_PANIC = 18
+    KILN_ERROR_PANIC = 18,
+    /* A site, inline cache, heap reference or address that belongs to no live unit of the JIT's
+       zone (removed, retired by a redefinition or a PIC's growth, reclaimed), or one used the
+       wrong way (retargeting an immediate, setting a call's value). */
+    KILN_ERROR_STALE = 19
 };
 
 /* The message of `e`: `*msg` gets a pointer to `*len` bytes of UTF-8, followed by a NUL (so
@@ -495,15 +503,562 @@ kiln_error_t *kiln_graph_add_data(kiln_graph_t *g, const char *name, const uint8
                                   kiln_block_t *out_block);
 
 /* ======================================================================================== */
-/* Coming with kiln-jit                                                                     */
+/* The JIT layer: zone, sites, caches, redefinition, heap refs, compaction, lazy functions  */
 /* ======================================================================================== */
 
 /*
- * The JIT layer (kiln-jit) is being built: a code zone, lazy functions compiled on first call
- * by a C callback, call sites and inline caches, redefinition, compaction with a move map, and
- * heap references. Its C API will be added here, built on kiln_session_t (a zone will be made
- * from a session), following the conventions above. Nothing of it exists in this library yet.
+ * A kiln_jit_t is kiln-jit's JIT over a session (kiln's docs/jit.md): a code zone reserved
+ * where the VM wants it, in two regions — a FIXED region for what never moves (trampolines,
+ * runtime routines, lazy stubs) and a METHOD region for compiled methods (their units keep
+ * relink records, so that redefinition and compaction can rewrite every edge into them; the
+ * method region is compacted when the VM says so, kiln_jit_compact).
+ * Zone units are units of the session: numbered by it, looked up with kiln_session_lookup.
+ *
+ * Graphs linked into the zone may declare patchable places (kiln_graph_add_site: call sites,
+ * slots, guard immediates) and references to the VM's heap (kiln_graph_add_heap_ref). Sites,
+ * inline caches and heap references are plain values (kiln_site_t, kiln_ic_t,
+ * kiln_heap_ref_t), not handles: each use checks that its unit is still live in the zone, and
+ * one of a removed, retired or reclaimed unit gives KILN_ERROR_STALE, never a write.
+ *
+ * Code that threads may be running is only ever changed through the zone's writable alias
+ * (never a writable and executable mapping), each naturally aligned field with one atomic
+ * store, and then every thread's instruction stream is serialized (membarrier SYNC_CORE):
+ * when a call that patches returns, no thread runs the old bytes.
+ *
+ *     kiln_zone_config_t config = {0};
+ *     config.size = 1 << 20;                        // fixed region: size/8; anywhere
+ *     kiln_jit_t *jit;
+ *     err = kiln_jit_new(session, &config, &jit);
+ *     ... kiln_graph_add_function(g, "answer", code, n, &b);
+ *     ... kiln_graph_add_site(g, "answer", 8, KILN_SITE_ABS64);   // movabs imm64 at +8
+ *     err = kiln_jit_link(jit, KILN_REGION_METHOD, g, &unit);
+ *     err = kiln_jit_unit_sites(jit, unit, &site, 1, &count);
+ *     err = kiln_jit_set_value(jit, &site, 43);                  // answer() now returns 43
+ *     kiln_jit_delete(jit);                                      // its units, then the zone
+ *
+ * THREADS: every kiln_jit_* function may be called from any thread, concurrently (kiln-jit's
+ * Jit is shared by compiler threads and the VM); patches of sites are ordered by one lock. A
+ * JIT keeps its session alive: deleting the session handle first is allowed (the session ends
+ * with the JIT). Deleting a JIT removes its units and unmaps the zone: no thread may run its
+ * code any more (lazy stubs included). kiln_jit_compact needs the method region's code idle
+ * (see there). Callbacks (compile, error handler, verdict, forward) run on the thread that
+ * made them necessary and must return normally.
  */
+
+/* A JIT: a code zone in a session's executor and what kiln-jit knows of its units. */
+typedef struct kiln_jit_t kiln_jit_t;
+
+/* Which region of the zone a unit goes into. */
+typedef uint32_t kiln_region_t;
+enum kiln_region_enum {
+    /* Never moved, never freed by compaction: trampolines, runtime routines, stubs. */
+    KILN_REGION_FIXED = 0,
+    /* Compiled methods: they keep relink records (redefinition, code moving). */
+    KILN_REGION_METHOD = 1
+};
+
+/* What kind of place a site is. Its field must be aligned to its width (one atomic store). */
+typedef uint32_t kiln_site_kind_t;
+enum kiln_site_kind_enum {
+    /* The rel32 of a `call` (e8) or `jmp` (e9): 4 bytes, the instruction ends right after. */
+    KILN_SITE_REL32 = 0,
+    /* An absolute 64-bit slot: a pointer in data, or the imm64 of `movabs`. */
+    KILN_SITE_ABS64 = 1,
+    /* A 32-bit immediate: an inline cache guard's key (`cmp $imm32`). */
+    KILN_SITE_IMM32 = 2
+};
+
+/* Where kiln_jit_new reserves the zone. */
+enum kiln_zone_placement_enum {
+    /* Wherever the executor finds room (in process on Linux: near the libraries). */
+    KILN_ZONE_ANYWHERE = 0,
+    /* At exactly `address` (page aligned; an error if anything is mapped there). */
+    KILN_ZONE_EXACTLY = 1,
+    /* As near `address` as the address space allows (within 2 GiB). */
+    KILN_ZONE_NEAR = 2,
+    /* Every byte within a 32-bit displacement of each of the `reach_count` addresses at
+       `reach` (the VM's runtime functions, a library the code calls directly). */
+    KILN_ZONE_WITHIN_REACH = 3
+};
+
+/* The zone kiln_jit_new reserves. Zero-initialize it and set what you need. */
+typedef struct kiln_zone_config_t {
+    /* Bytes of the whole zone (rounded up to pages); required. */
+    uint64_t size;
+    /* Bytes of the fixed region at its start (rounded up to pages); 0: size/8, at least
+       64 KiB. It must be smaller than the zone. */
+    uint64_t fixed_size;
+    /* A KILN_ZONE_* placement. */
+    uint32_t placement;
+    /* For KILN_ZONE_EXACTLY and KILN_ZONE_NEAR. */
+    uint64_t address;
+    /* For KILN_ZONE_WITHIN_REACH: `reach_count` addresses. */
+    const uint64_t *reach;
+    size_t reach_count;
+} kiln_zone_config_t;
+
+/* Where the zone landed. Each region also has read-only and data parts after the code parts;
+   the code parts are given here. */
+typedef struct kiln_zone_info_t {
+    uint64_t base;
+    uint64_t size;
+    uint64_t fixed_code;
+    uint64_t fixed_code_size;
+    uint64_t method_code;
+    uint64_t method_code_size;
+} kiln_zone_info_t;
+
+/* A patchable place of a zone unit, as kiln_jit_unit_sites lists them. */
+typedef struct kiln_site_t {
+    kiln_unit_t unit;
+    /* The field's address. */
+    uint64_t addr;
+    kiln_site_kind_t kind;
+} kiln_site_t;
+
+/* A reference from a zone unit's code or data to an object of the VM's heap. */
+typedef struct kiln_heap_ref_t {
+    kiln_unit_t unit;
+    /* The field's address. */
+    uint64_t addr;
+    /* 8 (absolute 64-bit) or 4 (a 32-bit reference: low heap, or compressed). */
+    uint32_t width;
+    /* The value it holds (as read by kiln_jit_heap_refs; to write, for
+       kiln_jit_write_heap_refs). */
+    uint64_t value;
+} kiln_heap_ref_t;
+
+/* One write of a write window: `len` bytes at `bytes` (copied) to `addr`. */
+typedef struct kiln_write_t {
+    uint64_t addr;
+    const uint8_t *bytes;
+    size_t len;
+} kiln_write_t;
+
+/* A monomorphic inline cache: a guard compares the receiver's key with the immediate or slot
+   at site `key`; on a hit the code calls or jumps through site `target`; `empty` is the key
+   value that matches no receiver (the cache is empty while the guard holds it). */
+typedef struct kiln_ic_t {
+    kiln_site_t key;
+    kiln_site_t target;
+    uint64_t empty;
+} kiln_ic_t;
+
+enum kiln_ic_state_enum {
+    KILN_IC_EMPTY = 0,
+    KILN_IC_SET = 1,
+    /* Emptied; it gets `key` and `target` at the first kiln_jit_reclaim given an epoch after
+       `since` (no thread can then be between the old guard and the old call). */
+    KILN_IC_PENDING = 2
+};
+
+typedef struct kiln_ic_state_t {
+    /* A KILN_IC_* state. */
+    uint32_t state;
+    uint64_t key;
+    uint64_t target;
+    uint64_t since;
+} kiln_ic_state_t;
+
+/* The register a PIC compares (the receiver's class word), as kiln-jit's KeyRegister. */
+enum kiln_pic_key_register_enum {
+    KILN_PIC_KEY_RAX = 0,
+    KILN_PIC_KEY_RCX = 1,
+    KILN_PIC_KEY_RDX = 2,
+    KILN_PIC_KEY_RBX = 3,
+    KILN_PIC_KEY_RSI = 6,
+    KILN_PIC_KEY_RDI = 7,
+    KILN_PIC_KEY_R8 = 8,
+    KILN_PIC_KEY_R9 = 9,
+    KILN_PIC_KEY_R10 = 10
+};
+
+/* How many bits of the key register a PIC compares. */
+enum kiln_pic_key_width_enum {
+    KILN_PIC_KEY_32 = 32,
+    KILN_PIC_KEY_64 = 64
+};
+
+/* A polymorphic inline cache for one site (a Rel32 or Abs64 site that calls or jumps). */
+typedef struct kiln_pic_config_t {
+    /* A KILN_PIC_KEY_* register and width. */
+    uint32_t key_register;
+    uint32_t key_width;
+    /* At most this many cases (1 to 64; 0: 6); growing past it goes megamorphic. */
+    uint32_t max_cases;
+    /* Where a key no case holds goes (required). */
+    uint64_t miss;
+    /* Where the site goes when the PIC is full (0: none; growing a full PIC is an error). */
+    uint64_t megamorphic;
+} kiln_pic_config_t;
+
+typedef struct kiln_pic_case_t {
+    uint64_t key;
+    uint64_t target;
+} kiln_pic_case_t;
+
+typedef struct kiln_pic_state_t {
+    /* The site goes to the megamorphic handler (the other fields are 0). */
+    bool megamorphic;
+    size_t cases;
+    /* The PIC stub's unit (method region) and entry. */
+    kiln_unit_t stub;
+    uint64_t entry;
+} kiln_pic_state_t;
+
+/* What kiln_jit_redefine did. */
+typedef struct kiln_redefined_t {
+    kiln_unit_t new_unit;
+    /* Now retired: its names are gone, its sites refused; its code stays until reclaimed. */
+    kiln_unit_t old_unit;
+    /* The epoch it was retired in. */
+    uint64_t since;
+    /* Sites kiln had pointed at the old definitions, now at the new ones. */
+    size_t retargeted;
+    /* Sites pointing into the old unit that no new definition takes over: retarget them
+       before reclaiming it. */
+    size_t unmapped;
+    /* Units still bound to the old unit (fixed-region units keep no relink records): the old
+       unit stays until they are removed. */
+    size_t unreached;
+} kiln_redefined_t;
+
+/* A range of a unit's memory (a segment). */
+typedef struct kiln_range_t {
+    kiln_unit_t unit;
+    uint64_t start;
+    uint64_t size;
+} kiln_range_t;
+
+/* What kiln_jit_reclaim did. */
+typedef struct kiln_reclaimed_t {
+    /* Retired units freed (code filled with int3, memory reusable). */
+    size_t freed;
+    /* Retired units that could not be freed yet (others bind to them): tried again later. */
+    size_t kept;
+    /* Inline caches whose pending set completed, and those whose completion failed (they stay
+       empty: calls take the miss path). */
+    size_t ics_completed;
+    size_t ic_errors;
+} kiln_reclaimed_t;
+
+enum kiln_lazy_state_enum {
+    /* Not called yet (or its first call is compiling it now). */
+    KILN_LAZY_NOT_COMPILED = 0,
+    KILN_LAZY_COMPILED = 1,
+    /* Its compilation failed; the error handler chose where its calls go. */
+    KILN_LAZY_FAILED = 2
+};
+
+typedef struct kiln_lazy_status_t {
+    /* A KILN_LAZY_* state. */
+    uint32_t state;
+    /* When compiled: its code's unit and address, and how many call sites were patched to
+       call the code directly (bypassing the stub). */
+    kiln_unit_t unit;
+    uint64_t code;
+    size_t redirected;
+} kiln_lazy_status_t;
+
+/* ---- the zone ---- */
+
+/* A JIT over session `s` with a zone reserved as `config` says; its units go into the
+   session's default scope. Errors: config NULL or size 0, an unknown placement (_INVALID_
+   ARGUMENT); a fixed region not smaller than the zone (_USAGE); no room where asked
+   (_EXECUTOR). */
+kiln_error_t *kiln_jit_new(kiln_session_t *s, const kiln_zone_config_t *config, kiln_jit_t **out);
+
+/* Delete a JIT: its units are removed (newest first) and the zone unmapped. NULL, or a handle
+   already deleted, is ignored. */
+void kiln_jit_delete(kiln_jit_t *jit);
+
+/* Where the zone is and how it is split. */
+kiln_error_t *kiln_jit_zone(kiln_jit_t *jit, kiln_zone_info_t *out_info);
+
+/* ---- annotating graphs for the zone (a session link ignores these) ---- */
+
+/* A patchable place `offset` bytes after symbol `symbol` of the graph (a global symbol the
+   graph defines), of kind `kind`. Checked when linked: inside the symbol, aligned. */
+kiln_error_t *kiln_graph_add_site(kiln_graph_t *g, const char *symbol, uint64_t offset,
+                                  kiln_site_kind_t kind);
+
+/* A heap reference `offset` bytes after `symbol`, `width` 8 or 4 bytes wide. */
+kiln_error_t *kiln_graph_add_heap_ref(kiln_graph_t *g, const char *symbol, uint64_t offset,
+                                      uint32_t width);
+
+/* ---- units ---- */
+
+/* Link a copy of graph `g` into `region` of the zone (the graph stays the caller's). Its
+   symbols join the session's default scope. Errors as kiln_session_link_graph, and
+   KILN_ERROR_MALFORMED when a site or heap reference does not fit the graph. */
+kiln_error_t *kiln_jit_link(kiln_jit_t *jit, kiln_region_t region, const kiln_graph_t *g,
+                            kiln_unit_t *out_unit);
+
+/* Link a relocatable ELF object (`len` bytes, copied; `name` names it in messages and
+   debuggers) into `region` of the zone: a runtime routine written in C, a method a compiler
+   emitted as an object. Everything kiln does for an object (unwind info, gdb, perf) works in
+   the zone, and in the method region it moves with compaction. Objects declare no sites or
+   heap references. Its initializers run with kiln_session_run_initializers. */
+kiln_error_t *kiln_jit_link_object(kiln_jit_t *jit, kiln_region_t region, const char *name,
+                                   const uint8_t *bytes, size_t len, kiln_unit_t *out_unit);
+
+/* The region a zone unit is in (KILN_ERROR_UNKNOWN_UNIT for a unit not live in this zone). */
+kiln_error_t *kiln_jit_unit_region(kiln_jit_t *jit, kiln_unit_t unit, kiln_region_t *out_region);
+
+/* A zone unit's sites, in the order the graph declared them: written to `out_sites` as many
+   as `cap` allows, their number to `*out_count`. A retired unit has none. */
+kiln_error_t *kiln_jit_unit_sites(kiln_jit_t *jit, kiln_unit_t unit, kiln_site_t *out_sites,
+                                  size_t cap, size_t *out_count);
+
+/* Remove a zone unit (refused while others bind to it, or when it is a lazy function's stub
+   or compiled code, which live as long as the JIT). */
+kiln_error_t *kiln_jit_remove(kiln_jit_t *jit, kiln_unit_t unit);
+
+/* ---- the write window: the VM's own patches ---- */
+
+/* Apply `n` writes as one window: each is checked first (it must lie inside one part of the
+   zone's fixed or method region, inside one segment of a live unit or clear of every unit;
+   else KILN_ERROR_STALE and nothing is written), then they are written in order through the
+   writable alias, each naturally aligned 8-, 4- or 2-byte piece with one atomic store, and
+   every thread's instruction stream is serialized. A change wider than one piece is the VM's
+   to order (write the body first, the word that makes it reachable last). */
+kiln_error_t *kiln_jit_write(kiln_jit_t *jit, const kiln_write_t *writes, size_t n);
+
+/* Read `len` bytes of the zone at `addr` into `buf` (read-only path; same checks). */
+kiln_error_t *kiln_jit_read(kiln_jit_t *jit, uint64_t addr, uint8_t *buf, size_t len);
+
+/* ---- sites ---- */
+
+/* Make a Rel32 site call or jump to `target` (within 2 GiB), or an Abs64 site hold it: one
+   atomic store, then every core serializes. The target is remembered: a redefinition of it
+   retargets the site. An Imm32 site is an error (kiln_jit_set_value). */
+kiln_error_t *kiln_jit_retarget(kiln_jit_t *jit, const kiln_site_t *site, uint64_t target);
+
+/* Set an Imm32 (a value that fits 32 bits) or Abs64 site's value, atomically. A Rel32 site is
+   an error (kiln_jit_retarget). */
+kiln_error_t *kiln_jit_set_value(kiln_jit_t *jit, const kiln_site_t *site, uint64_t value);
+
+/* ---- inline caches ---- */
+
+/* Make a monomorphic inline cache of a guard's `key` site (Imm32 or Abs64) and its `target`
+   site (Rel32 or Abs64), `empty` being the key that matches nothing. Its current state is
+   read from the code. */
+kiln_error_t *kiln_jit_ic_new(kiln_jit_t *jit, const kiln_site_t *key, const kiln_site_t *target,
+                              uint64_t empty, kiln_ic_t *out_ic);
+
+/* Cache `key` → `target`. An empty cache, or one whose target stays the same, is set at once
+   (KILN_IC_SET). Otherwise a thread could be between the old guard and the old call, so the
+   cache is emptied and completes at a later kiln_jit_reclaim (KILN_IC_PENDING, with the
+   epoch). `*out_state` (may be NULL) says which. `key` must not be the empty key. */
+kiln_error_t *kiln_jit_ic_set(kiln_jit_t *jit, const kiln_ic_t *ic, uint64_t key,
+                              uint64_t target, kiln_ic_state_t *out_state);
+
+/* Empty the cache (every call takes the miss path). */
+kiln_error_t *kiln_jit_ic_clear(kiln_jit_t *jit, const kiln_ic_t *ic);
+
+kiln_error_t *kiln_jit_ic_state(kiln_jit_t *jit, const kiln_ic_t *ic, kiln_ic_state_t *out_state);
+
+/* ---- polymorphic inline caches (a PIC is named by the site it serves) ---- */
+
+/* Build a PIC stub comparing the key register with each of the `n` cases' keys (each once,
+   fitting the width), jumping to its target on a match and to `config->miss` otherwise, and
+   point `site` at it. A PIC already at the site is replaced (the old stub is retired). */
+kiln_error_t *kiln_jit_pic_build(kiln_jit_t *jit, const kiln_site_t *site,
+                                 const kiln_pic_config_t *config, const kiln_pic_case_t *cases,
+                                 size_t n);
+
+/* Add a case: a new stub with one more case replaces the old one (retired, freed by a later
+   reclaim); past `max_cases` the site goes to the megamorphic handler. `*out_state` may be
+   NULL. */
+kiln_error_t *kiln_jit_pic_grow(kiln_jit_t *jit, const kiln_site_t *site, uint64_t key,
+                                uint64_t target, kiln_pic_state_t *out_state);
+
+kiln_error_t *kiln_jit_pic_state(kiln_jit_t *jit, const kiln_site_t *site,
+                                 kiln_pic_state_t *out_state);
+
+/* ---- redefinition, epochs, reclaiming ---- */
+
+/* Replace zone unit `old`'s definitions by those of graph `g` (a copy), linked into the same
+   region: every edge of method-region units, every site, inline cache and PIC kiln patched
+   that reached an old definition reaches the new one when this returns. The old unit is
+   retired, not freed: threads may still run it until the VM reclaims it. `*out_redefined`
+   may be NULL. A lazy function's compiled code is redefined through the unit defining
+   NAME.code (kiln_jit_redefine_name(jit, "NAME.code", ...)): its stub and the calls patched to
+   reach the old code follow. */
+kiln_error_t *kiln_jit_redefine(kiln_jit_t *jit, kiln_unit_t old, const kiln_graph_t *g,
+                                kiln_redefined_t *out_redefined);
+
+/* The same, the old unit being the one that defines `name`. */
+kiln_error_t *kiln_jit_redefine_name(kiln_jit_t *jit, const char *name, const kiln_graph_t *g,
+                                     kiln_redefined_t *out_redefined);
+
+/* Begin a new epoch and return it. Protocol: e = grace_start; make sure every thread has
+   since been where it runs nothing retired (a safepoint, back in the interpreter, a stack scan
+   finding no return address in kiln_jit_retired's ranges); then reclaim(e). */
+kiln_error_t *kiln_jit_grace_start(kiln_jit_t *jit, uint64_t *out_epoch);
+
+/* Free what was retired before `safe_epoch` (from kiln_jit_grace_start; a later one is
+   KILN_ERROR_STALE) and complete pending inline caches. `*out_reclaimed` may be NULL. */
+kiln_error_t *kiln_jit_reclaim(kiln_jit_t *jit, uint64_t safe_epoch,
+                               kiln_reclaimed_t *out_reclaimed);
+
+/* The memory of retired units not yet freed, one range per segment (where no frame, return
+   address or saved pc may point when the VM reclaims). List convention as kiln_jit_unit_sites. */
+kiln_error_t *kiln_jit_retired(kiln_jit_t *jit, kiln_range_t *out_ranges, size_t cap,
+                               size_t *out_count);
+
+/* ---- heap references ---- */
+
+/* Every heap reference of the zone's live units, by address, with the value it holds now.
+   Code is only read (through a read-only path: no write or execute permission involved) and
+   nothing runs: a GC's marking may call this while compiled code runs. List convention as
+   kiln_jit_unit_sites. */
+kiln_error_t *kiln_jit_heap_refs(kiln_jit_t *jit, kiln_heap_ref_t *out_refs, size_t cap,
+                                 size_t *out_count);
+
+/* A moving GC's forwarding function: the new value of `heap_ref` (whose `value` is the one it
+   holds now). Runs on the calling thread, once per reference, while the zone's code is held in
+   place: it must not call kiln_jit_compact (which would wait for it forever). */
+typedef uint64_t (*kiln_heap_forward_fn)(void *user, const kiln_heap_ref_t *heap_ref);
+
+/* After a moving GC: ask `forward` (with `user`) for every reference's new value, then write
+   those that change in one write window (each field with one atomic store). `*out_changed`
+   (may be NULL) gets how many changed. A value that does not fit a 32-bit reference fails it
+   all (nothing written). */
+kiln_error_t *kiln_jit_update_heap_refs(kiln_jit_t *jit, kiln_heap_forward_fn forward, void *user,
+                                        size_t *out_changed);
+
+/* Write the `n` references' `value`s (addressed by unit and addr, e.g. a list the GC built)
+   in one write window: all or nothing (KILN_ERROR_STALE for one that is not live). */
+kiln_error_t *kiln_jit_write_heap_refs(kiln_jit_t *jit, const kiln_heap_ref_t *refs, size_t n);
+
+/* ---- compaction of the method region ---- */
+
+/* What the VM says of a method-region unit at a compaction. */
+typedef uint32_t kiln_verdict_t;
+enum kiln_verdict_enum {
+    /* Keep it; it may move. */
+    KILN_VERDICT_KEEP = 0,
+    /* Remove it. The units that use it (bind to its symbols, or have a site kiln pointed into
+       it) must be dropped too. */
+    KILN_VERDICT_DROP = 1,
+    /* Keep it where it is (frames are active in it, or the VM holds raw pointers into it). */
+    KILN_VERDICT_PIN = 2
+};
+
+/* The verdict on method-region unit `unit`. Asked once per unit, oldest first, on the calling
+   thread, before anything changes and with no kiln lock held (it may look at the JIT: sites,
+   lookups). */
+typedef kiln_verdict_t (*kiln_verdict_fn)(void *user, kiln_unit_t unit);
+
+/* Where a compaction moved code and data, and what it freed: for rewriting return addresses
+   and saved pcs on the VM's stacks, and pointers the VM keeps into compiled code. Immutable:
+   may be read from any thread. */
+typedef struct kiln_move_map_t kiln_move_map_t;
+
+/* What kiln_jit_compact did. */
+typedef struct kiln_compaction_t {
+    /* Units removed, units moved, units that stayed because of a pin (the VM's, or a unit
+       without relink records using it, or a link in progress binding to it). */
+    size_t dropped;
+    size_t moved;
+    size_t pinned;
+    /* Bytes of the method region in use before and after (code, read-only data and data). */
+    uint64_t used_before;
+    uint64_t used_after;
+    /* The largest free range of the method region's code part after. */
+    uint64_t largest_free_code;
+    /* How long the compaction took. */
+    uint64_t nanoseconds;
+} kiln_compaction_t;
+
+/* One moved segment: [from, from + size) is now [to, to + size). */
+typedef struct kiln_range_move_t {
+    kiln_unit_t unit;
+    uint64_t from;
+    uint64_t to;
+    uint64_t size;
+} kiln_range_move_t;
+
+/* Compact the method region: `verdict` (with `user`) is asked about every method-region unit
+   first; then the dropped units are removed and the survivors slide down to close the gaps,
+   every edge into moved code (calls from other units, stubs, GOT entries, inline caches,
+   PICs) and every PC-relative edge out of it applied again, the sites, guard keys and heap
+   references kiln wrote written again at their new places, the debug sinks told, and the freed
+   code filled with int3 (a stale return address into it traps).
+   Refused before anything changes: a verdict that is not a KILN_VERDICT_* (_INVALID_ARGUMENT);
+   a dropped unit that a unit which stays uses (_HAS_DEPENDENTS, naming both: drop those too, or
+   point their sites elsewhere first).
+   No thread may run code of the method region meanwhile, except in pinned units (the VM stops
+   them, or they are in the fixed region); other threads may link (what they link stays put).
+   Sites and heap references taken before are stale afterwards: translate their `addr` with the
+   move map, or list them again. `*out_report` and `*out_map` may be NULL; the map is the
+   caller's to delete. */
+kiln_error_t *kiln_jit_compact(kiln_jit_t *jit, kiln_verdict_fn verdict, void *user,
+                               kiln_compaction_t *out_report, kiln_move_map_t **out_map);
+
+/* The new address of `pc`: moved if it lay in a segment that moved, the same if it lay anywhere
+   else that lives (a unit that stayed, the fixed region, the host). If it lay in a dropped unit
+   (nothing may return there), `*out_pc` is 0 and `*out_dropped` (may be NULL) true. Ranges are
+   half-open: translate a return address just past a unit's end as translate(pc - 1) + 1. */
+kiln_error_t *kiln_move_map_translate(const kiln_move_map_t *map, uint64_t pc, uint64_t *out_pc,
+                                      bool *out_dropped);
+
+/* The moved segments, by old address. List convention as kiln_jit_unit_sites. */
+kiln_error_t *kiln_move_map_moves(const kiln_move_map_t *map, kiln_range_move_t *out_moves,
+                                  size_t cap, size_t *out_count);
+
+/* The dropped units' segments, by address (their `unit` is 0: those numbers are gone). */
+kiln_error_t *kiln_move_map_dropped(const kiln_move_map_t *map, kiln_range_t *out_ranges,
+                                    size_t cap, size_t *out_count);
+
+/* Delete a move map. NULL, or a handle already deleted, is ignored. */
+void kiln_move_map_delete(kiln_move_map_t *map);
+
+/* ---- lazy functions ---- */
+
+/* Compiles lazy function `name`: build a graph that defines the function's code under
+   `code_name` (`name` with ".code" appended; the stub keeps `name`) with kiln_graph_add_function
+   (it may declare sites and heap references, and call other functions by name), and hand it
+   over in `*out_graph`: kiln takes it (links a copy into the method region and deletes the
+   handle). Or return an error (kiln_error_new): kiln takes and deletes it, and its message
+   reaches the JIT's lazy error handler.
+   Runs at most once per function, on the thread of its first call (concurrent first callers
+   wait), inside kiln's resolver trampoline, with no kiln lock held: it may use the JIT and the
+   session (look up, link other graphs, call other lazy functions). It must return normally. */
+typedef kiln_error_t *(*kiln_lazy_compile_fn)(void *user, kiln_jit_t *jit, const char *name,
+                                              const char *code_name, kiln_graph_t **out_graph);
+
+/* Declare `name` as a lazy function compiled by `callback` (with `user`) on its first call.
+   Its callable address — a stub in the fixed region, valid as long as the JIT — goes to
+   `*out_addr` at once; `name` becomes a global symbol of the default scope (an error if it is
+   defined already), so other units may call it by name. After the first call the stub jumps
+   straight to the code, and the call that entered it (and calls from method-region units) are
+   patched to call the code directly. `user` must stay valid as long as the JIT, and be usable
+   from any thread that may call the function. */
+kiln_error_t *kiln_jit_declare_lazy(kiln_jit_t *jit, const char *name,
+                                    kiln_lazy_compile_fn callback, void *user,
+                                    uint64_t *out_addr);
+
+/* Where lazy function `name` (declared on this JIT; else KILN_ERROR_NOT_FOUND) stands. If
+   `out_failure` is not NULL it gets, for a failed function, a new error (kind
+   KILN_ERROR_CALLBACK, the caller deletes it) with why it failed, else NULL. */
+kiln_error_t *kiln_jit_lazy_status(kiln_jit_t *jit, const char *name,
+                                   kiln_lazy_status_t *out_status, kiln_error_t **out_failure);
+
+/* A lazy function could not be compiled (its callback's error, a graph that does not define
+   its code, a failed link): `message` says why; `name` is NULL for a function of another JIT
+   (see below). Return the address where that call — and every later call of the function —
+   continues, taking the same arguments (e.g. a bridge into the interpreter), or 0 to abort the
+   process (a call cannot return an error). Runs on the calling thread, once per function. */
+typedef uint64_t (*kiln_lazy_error_fn)(void *user, const char *name, uint64_t key,
+                                       const char *message);
+
+/* Set (or with NULL remove) the handler for lazy functions that cannot be compiled. Without
+   one, such a call aborts the process. In process, the executor has one handler for the whole
+   process: the last one set (by any JIT) wins. `user` as for kiln_jit_declare_lazy. */
+kiln_error_t *kiln_jit_set_lazy_error_handler(kiln_jit_t *jit, kiln_lazy_error_fn callback,
+                                              void *user);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -12,10 +12,14 @@ use kiln_core::graph::{
     BlockContent, FrameDescription, InMemoryBlock, InMemoryEdge, InMemoryGraph, InMemorySection,
     InMemorySymbol, Visibility,
 };
+use kiln_jit::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
 use kiln_target::MemProt;
 
 pub(crate) struct GraphBuilder {
     graph: InMemoryGraph,
+    /// Patchable places and heap references, for kiln-jit (a session link ignores them).
+    sites: Vec<SiteDecl>,
+    heap_refs: Vec<HeapRefDecl>,
     /// Block number → (section index, block index in the section).
     blocks: Vec<(usize, usize)>,
 }
@@ -24,12 +28,55 @@ impl GraphBuilder {
     pub(crate) fn new(name: &str) -> Self {
         GraphBuilder {
             graph: InMemoryGraph::new(name),
+            sites: Vec::new(),
+            heap_refs: Vec::new(),
             blocks: Vec::new(),
         }
     }
 
     pub(crate) fn graph(&self) -> &InMemoryGraph {
         &self.graph
+    }
+
+    /// The graph with its sites and heap references, as kiln-jit links it.
+    pub(crate) fn jit_graph(&self) -> JitGraph {
+        JitGraph {
+            graph: self.graph.clone(),
+            sites: self.sites.clone(),
+            heap_refs: self.heap_refs.clone(),
+        }
+    }
+
+    /// A patchable place `offset` bytes after `symbol` (checked by kiln-jit when linked).
+    pub(crate) fn add_site(&mut self, symbol: &str, offset: u64, kind: SiteKind) {
+        self.sites.push(SiteDecl {
+            symbol: symbol.to_string(),
+            offset,
+            kind,
+        });
+    }
+
+    /// A heap reference `offset` bytes after `symbol`, 4 or 8 bytes wide.
+    pub(crate) fn add_heap_ref(
+        &mut self,
+        symbol: &str,
+        offset: u64,
+        width: u32,
+    ) -> Result<(), CError> {
+        let width = match width {
+            4 | 8 => width as u8,
+            _ => {
+                return Err(CError::invalid_argument(format!(
+                    "a heap reference is 4 or 8 bytes wide, not {width}"
+                )))
+            }
+        };
+        self.heap_refs.push(HeapRefDecl {
+            symbol: symbol.to_string(),
+            offset,
+            width,
+        });
+        Ok(())
     }
 
     pub(crate) fn add_section(&mut self, name: &str, prot: MemProt) -> kiln_section_t {

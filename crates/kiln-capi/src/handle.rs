@@ -30,13 +30,22 @@ pub(crate) enum Tag {
     Graph = 0xA2,
     Error = 0xA3,
     Generated = 0xA4,
+    Jit = 0xA5,
+    MoveMap = 0xA6,
 }
 
 impl Tag {
     fn from_byte(b: u8) -> Option<Tag> {
-        [Tag::Session, Tag::Graph, Tag::Error, Tag::Generated]
-            .into_iter()
-            .find(|t| *t as u8 == b)
+        [
+            Tag::Session,
+            Tag::Graph,
+            Tag::Error,
+            Tag::Generated,
+            Tag::Jit,
+            Tag::MoveMap,
+        ]
+        .into_iter()
+        .find(|t| *t as u8 == b)
     }
 
     /// The C type name, for messages.
@@ -46,6 +55,8 @@ impl Tag {
             Tag::Graph => "kiln_graph_t",
             Tag::Error => "kiln_error_t",
             Tag::Generated => "kiln_generated_t",
+            Tag::Jit => "kiln_jit_t",
+            Tag::MoveMap => "kiln_move_map_t",
         }
     }
 }

@@ -23,4 +23,5 @@ mod executor;
 mod ffi;
 mod graph;
 mod handle;
+mod jit;
 mod session;

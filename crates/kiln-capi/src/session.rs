@@ -79,7 +79,7 @@ impl CSession {
     /// Drop the numbers of units the session no longer has. The table is locked before the
     /// session is asked, so that a unit linked meanwhile (numbered only after its link
     /// returns) cannot be dropped by mistake.
-    fn forget_removed(&self) {
+    pub(crate) fn forget_removed(&self) {
         let mut units = lock(&self.units);
         let live: Vec<UnitId> = self.session.units();
         units.retain(|u| live.contains(u));
@@ -141,8 +141,43 @@ impl CSession {
                     self.c_unit(*unit)
                 ),
             ),
-            _ => CError::from(e),
+            _ => {
+                let c = CError::from(e);
+                CError::new(c.kind(), self.c_unit_names(c.message()))
+            }
         }
+    }
+
+    /// `message` with kiln's own unit numbers ("unit 7", as kiln prints a `UnitId`) replaced
+    /// by the C numbers of those units, so that a message names units as C knows them.
+    pub(crate) fn c_unit_names(&self, message: &str) -> String {
+        if !message.contains("unit ") {
+            return message.to_string();
+        }
+        // Every live unit gets a C number (a stub's unit, say, may never have been shown to C).
+        for u in self.session.units() {
+            self.c_unit(u);
+        }
+        let names: HashMap<String, u64> = lock(&self.units)
+            .by_id
+            .iter()
+            .map(|(id, n)| (id.to_string(), *n))
+            .collect();
+        let mut out = String::with_capacity(message.len());
+        let mut rest = message;
+        while let Some(i) = rest.find("unit ") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 5..];
+            let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let word = &rest[i..i + 5 + digits];
+            match names.get(word) {
+                Some(n) if digits > 0 => out.push_str(&format!("unit {n}")),
+                _ => out.push_str(word),
+            }
+            rest = &rest[i + 5 + digits..];
+        }
+        out.push_str(rest);
+        out
     }
 
     /// Run a link: its error as C sees it, with `KILN_ERROR_CALLBACK` when a C definition
@@ -255,6 +290,21 @@ mod tests {
         let c = s.c_unit(s.session.link_graph(&answer("a")).unwrap());
         assert_eq!(c, 3);
         assert!(s.unit(b).is_ok());
+    }
+
+    #[test]
+    fn messages_name_units_by_their_c_numbers() {
+        let s = session();
+        let a = s.session.link_graph(&answer("a")).unwrap();
+        let b = s.session.link_graph(&answer("b")).unwrap();
+        // C numbers in the other order than kiln's.
+        assert_eq!(s.c_unit(b), 1);
+        assert_eq!(s.c_unit(a), 2);
+        let text = format!("{a} and {b}, unit 99, a unit of code, unit");
+        assert_eq!(
+            s.c_unit_names(&text),
+            "unit 2 and unit 1, unit 99, a unit of code, unit"
+        );
     }
 
     #[test]

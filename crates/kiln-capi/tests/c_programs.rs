@@ -288,6 +288,104 @@ fn misuse_and_linking_under_valgrind() {
     }
 }
 
+/// kiln-jit from C: zone, regions, sites, write window, inline cache, PIC, redefinition,
+/// heap references (jit.c checks each by calling the code).
+#[test]
+fn jit_zone_sites_caches_redefinition_heap_refs() {
+    let exe = build("jit.c", "jit", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("jit: "), "{out}");
+    assert!(
+        out.contains("error: kiln_jit_set_value: the site at 0x"),
+        "{out}"
+    );
+}
+
+/// A lazy function whose C callback compiles it on the first call (once, also when 8 threads
+/// call it at once); callbacks that fail reach the VM's error handler with a readable message
+/// and calls take its fallback, no crash.
+#[test]
+fn lazy_functions_with_c_callbacks() {
+    let exe = build("lazy.c", "lazy", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("lazy: "), "{out}");
+    assert!(
+        out.contains(
+            "handler: lazy_broken: its handler failed: lazy function lazy_broken: the compile \
+             callback failed: the VM has no code for lazy_broken\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: kiln_jit_declare_lazy: callback is NULL\n"),
+        "{out}"
+    );
+}
+
+/// Misuse of the JIT API: NULL, deleted and foreign handles, bad configurations, unknown
+/// regions and kinds, stale units and sites, writes outside the zone's regions.
+#[test]
+fn jit_misuse_gives_errors_not_crashes() {
+    let exe = build("jit_misuse.c", "jit_misuse", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("jit_misuse: "), "{out}");
+    assert!(out.contains("error: kiln_jit_zone: jit is NULL\n"), "{out}");
+    assert!(
+        out.contains("error: kiln_jit_link: 9 is not a kiln_region_t"),
+        "{out}"
+    );
+}
+
+/// The JIT with code in a child kiln-executor: patches, heap references, a lazy function whose
+/// C callback runs in this process when the child first calls it, redefinition.
+#[test]
+fn jit_with_a_spawned_executor() {
+    let i = installed();
+    let exe = build("jit_spawned.c", "jit_spawned", "kiln");
+    let out = run(&mut program(&exe, &[&i.prefix.join("bin/kiln-executor")]));
+    assert!(out.contains("jit_spawned: "), "{out}");
+}
+
+/// Compaction with a move map: refused when a dropped unit's user stays, survivors slide down
+/// (calls, a patched constant, a heap reference carried along), the map translates return
+/// addresses and names dropped code, pinned units stay.
+#[test]
+fn compaction_with_a_move_map() {
+    let exe = build("compact.c", "compact", "kiln");
+    let out = run(&mut program(&exe, &[&fixture("adder.o")]));
+    assert!(out.contains("compact: "), "{out}");
+    assert!(out.contains("error: kiln_jit_compact: unit "), "{out}");
+    assert!(out.contains("cannot be dropped: unit "), "{out}");
+}
+
+/// The JIT programs under valgrind (their JITs tell valgrind of replaced code): code patched,
+/// redefined, reclaimed, compiled lazily on 8 threads, and misused — no invalid read or write,
+/// no use of uninitialised memory, no definite leak.
+#[test]
+fn jit_programs_under_valgrind() {
+    let adder = fixture("adder.o");
+    for (source, name, args) in [
+        ("jit_misuse.c", "jit_misuse_vg", &[][..]),
+        ("jit.c", "jit_vg", &[]),
+        ("lazy.c", "lazy_vg", &[]),
+        ("compact.c", "compact_vg", &[adder.as_path()]),
+    ] {
+        let exe = build(source, name, "kiln");
+        let mut vg = Command::new("valgrind");
+        vg.args([
+            "-q",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--show-leak-kinds=definite",
+        ])
+        .arg(&exe)
+        .args(args);
+        let out = run(&mut vg);
+        assert!(out.contains("checks passed"), "{out}");
+    }
+}
+
 #[test]
 fn threads_share_a_session_and_see_it_deleted() {
     let exe = build("threads.c", "threads", "kiln");
@@ -313,7 +411,7 @@ fn the_c_example_builds_with_its_makefile_and_runs() {
     let i = installed();
     let copy = i.work.join("example");
     std::fs::create_dir_all(&copy).unwrap();
-    for f in ["Makefile", "embed.c", "plugin.c"] {
+    for f in ["Makefile", "embed.c", "plugin.c", "jit.c"] {
         std::fs::copy(crate_dir().join("../../examples/c").join(f), copy.join(f)).unwrap();
     }
     let out = run(Command::new("make")
@@ -327,6 +425,13 @@ fn the_c_example_builds_with_its_makefile_and_runs() {
     );
     assert!(
         out.contains("as expected: kiln_session_remove: unit 1 cannot be removed"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "compiling square\nf(7) = 49\nf(8) = 64\nf(7) = 1049 after patching the \
+             constant\nentry(3) = 1009\nentry(3) = -3 after redefining f\n"
+        ),
         "{out}"
     );
 }

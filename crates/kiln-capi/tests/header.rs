@@ -33,6 +33,8 @@ struct Api {
     /// Number types (`kiln_unit_t` is `uint64_t`).
     typedefs: BTreeMap<String, String>,
     constants: BTreeMap<String, u64>,
+    /// Structures C reads and writes: their fields in order, (name, C type).
+    structs: BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// Types as tokens (identifiers and `*`) separated by one space: `const char *const *`
@@ -126,8 +128,8 @@ fn rust_signature(params: &str, ret: Option<&str>) -> Signature {
     }
 }
 
-/// The return type after a parameter list: `-> T` up to `stop`.
-fn return_type(s: &str, stop: char) -> Option<&str> {
+/// The return type after a parameter list: `-> T` up to one of `stop`.
+fn return_type<'a>(s: &'a str, stop: &[char]) -> Option<&'a str> {
     let rest = s.trim_start().strip_prefix("->")?;
     Some(rest[..rest.find(stop).expect("return type ends")].trim())
 }
@@ -141,7 +143,7 @@ fn parse_rust(src: &str, api: &mut Api) {
         let open = name_start + rest[name_start..].find('(').expect("parameters");
         let name = rest[name_start..open].trim().to_string();
         let (params, after) = parenthesized(rest, open);
-        let sig = rust_signature(params, return_type(&rest[after..], '{'));
+        let sig = rust_signature(params, return_type(&rest[after..], &['{']));
         assert!(
             api.functions.insert(name.clone(), sig).is_none(),
             "{name} twice"
@@ -156,12 +158,34 @@ fn parse_rust(src: &str, api: &mut Api) {
         if let Some(fn_at) = def.find("extern \"C\" fn") {
             let open = fn_at + def[fn_at..].find('(').expect("parameters");
             let (params, after) = parenthesized(def, open);
-            let ret = return_type(&def[after..], ',');
+            // `Option<unsafe extern "C" fn(..) -> T>` ends at `>` (or `,>` as rustfmt wraps it).
+            let ret = return_type(&def[after..], &[',', '>']);
             api.callbacks
                 .insert(name.trim().to_string(), rust_signature(params, ret));
         } else {
             api.typedefs
                 .insert(name.trim().to_string(), normalize(&rust_to_c(def)));
+        }
+    }
+    // Structures: `#[repr(C)] ... pub struct NAME { pub field: T, ... }` (the opaque handle
+    // types have no public field and are left out).
+    for (at, _) in src.match_indices("pub struct ") {
+        let rest = &src[at + "pub struct ".len()..];
+        let (name, body) = rest.split_once('{').expect("a struct with a body");
+        let body = &body[..body.find('}').expect("struct ends")];
+        let fields: Vec<(String, String)> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub "))
+            .map(|f| {
+                let (n, t) = f.split_once(':').expect("a field has a type");
+                (
+                    n.trim().to_string(),
+                    normalize(&rust_to_c(t.trim_end_matches(','))),
+                )
+            })
+            .collect();
+        if !fields.is_empty() {
+            api.structs.insert(name.trim().to_string(), fields);
         }
     }
     // Constants: `pub const KILN_NAME: T = VALUE;`.
@@ -219,9 +243,39 @@ fn c_signature(ret: &str, params: &str) -> Signature {
     }
 }
 
+/// The header's `typedef struct NAME { TYPE field; ... } NAME;` definitions.
+fn parse_header_structs(text: &str, api: &mut Api) {
+    for (at, _) in text.match_indices("typedef struct ") {
+        let rest = &text[at + "typedef struct ".len()..];
+        let Some((name, body)) = rest.split_once('{') else {
+            continue;
+        };
+        if name.contains(';') {
+            continue; // an opaque handle: `typedef struct NAME NAME;`
+        }
+        let (body, after) = body.split_once('}').expect("struct ends");
+        let alias = after[..after.find(';').expect("typedef ends")].trim();
+        assert_eq!(alias, name.trim(), "typedef struct {name} names itself");
+        let fields = body
+            .split(';')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                let f = f.split_whitespace().collect::<Vec<_>>().join(" ");
+                let start = f
+                    .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .map_or(0, |i| i + 1);
+                (f[start..].to_string(), normalize(&f[..start]))
+            })
+            .collect();
+        api.structs.insert(name.trim().to_string(), fields);
+    }
+}
+
 fn parse_header(h: &str) -> Api {
     let text = clean_header(h);
     let mut api = Api::default();
+    parse_header_structs(&text, &mut api);
     for stmt in text.split([';', '{', '}']) {
         let stmt = stmt.split_whitespace().collect::<Vec<_>>().join(" ");
         if let Some(def) = stmt.strip_prefix("typedef ") {
@@ -317,8 +371,9 @@ fn header_matches_the_rust_side() {
         "{} constants",
         rust.constants.len()
     );
-    assert_eq!(rust.callbacks.len(), 1);
-    assert_eq!(rust.typedefs.len(), 8, "{:?}", rust.typedefs);
+    assert_eq!(rust.callbacks.len(), 5, "{:?}", rust.callbacks.keys());
+    assert_eq!(rust.typedefs.len(), 11, "{:?}", rust.typedefs);
+    assert!(rust.structs.len() >= 14, "{:?}", rust.structs.keys());
     let mut problems = Vec::new();
     compare(
         "function",
@@ -339,6 +394,7 @@ fn header_matches_the_rust_side() {
         &header.constants,
         &mut problems,
     );
+    compare("struct", &rust.structs, &header.structs, &mut problems);
     assert!(
         problems.is_empty(),
         "kiln.h and src/ffi differ:\n{}",
@@ -382,6 +438,39 @@ fn compile_header(compiler: &str, args: &[&str], source: &str, dir: &Path) {
         out.status.success(),
         "{compiler} {args:?} rejects kiln.h:\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_checker_sees_a_struct_drift() {
+    // A field's type changed, and two fields swapped: both are drifts.
+    let text = std::fs::read_to_string(header_path()).unwrap();
+    let anchor = "    uint32_t width;\n    /* The value it holds";
+    assert!(
+        text.contains(anchor),
+        "the test's anchor is gone from kiln.h"
+    );
+    let retyped = text.replace(anchor, "    uint64_t width;\n    /* The value it holds");
+    let rust = rust_api();
+    assert_ne!(
+        rust.structs["kiln_heap_ref_t"],
+        parse_header(&retyped).structs["kiln_heap_ref_t"]
+    );
+    let swapped = text.replace(
+        "    uint64_t base;\n    uint64_t size;",
+        "    uint64_t size;\n    uint64_t base;",
+    );
+    assert_ne!(
+        swapped, text,
+        "the test's second anchor is gone from kiln.h"
+    );
+    assert_ne!(
+        rust.structs["kiln_zone_info_t"],
+        parse_header(&swapped).structs["kiln_zone_info_t"]
+    );
+    assert_eq!(
+        rust.structs["kiln_zone_info_t"],
+        parse_header(&text).structs["kiln_zone_info_t"]
     );
 }
 

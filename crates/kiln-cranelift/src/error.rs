@@ -50,7 +50,7 @@ pub enum Error {
     /// Code referring to thread-local data that an earlier finalize batch linked.
     #[error("{function} uses thread-local {data}, which an earlier finalize batch linked; kiln binds TLS references only within one unit, so define {data} in the same finalize batch as every function that uses it")]
     TlsAcrossUnits { function: String, data: String },
-    /// Writing a unit's object or its unwind information failed.
+    /// Writing a unit's unwind information failed.
     #[error("{unit}: {what}")]
     Emit { unit: String, what: String },
     /// The executor failed to run code.

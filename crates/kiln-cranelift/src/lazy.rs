@@ -23,8 +23,9 @@
 //! error). [`KilnModule::lazy_status`] tells the message afterwards.
 //!
 //! This is what kiln-jit's `Jit::declare_lazy` does for graphs linked into its zone; this crate
-//! links ELF objects (see `unit.rs`), so it uses the same kiln primitives (the executor's
-//! `declare_lazy`, `lazy_stub_graph`, `bypass_lazy_stub`) directly.
+//! links its graphs into the session's slabs, not a `Jit`'s zone, and its units have none of
+//! kiln-jit's patch sites, so it uses the same kiln primitives (the executor's `declare_lazy`,
+//! `lazy_stub_graph`, `bypass_lazy_stub`) directly.
 //!
 //! The callback runs while the module may be in use on another thread: it sees the module
 //! through [`LazyModule`] (declarations, ISA), not `&mut KilnModule`. A reference from the

@@ -394,6 +394,31 @@ impl KilnModule {
 
     fn finalize(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
+        let mut linked = vec![false; pending.len()];
+        let mut result = Ok(());
+        for group in self.link_order(&pending) {
+            if let Err(e) = self.link_group(&pending, &group) {
+                result = Err(e);
+                break;
+            }
+            for i in group {
+                linked[i] = true;
+            }
+        }
+        self.pending = pending
+            .into_iter()
+            .zip(linked)
+            .filter_map(|(p, done)| (!done).then_some(p))
+            .collect();
+        result
+    }
+
+    /// The units of a batch, in link order (see `group.rs`).
+    fn link_order(&self, pending: &[Pending]) -> Vec<Vec<usize>> {
+        // Finalizing after each definition is common: one definition is one unit.
+        if pending.len() == 1 {
+            return vec![vec![0]];
+        }
         let index: FxHashMap<FuncOrDataId, usize> =
             pending.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
         let mut refs: Vec<Vec<usize>> = vec![Vec::new(); pending.len()];
@@ -410,23 +435,7 @@ impl KilnModule {
                 }
             }
         }
-        let mut linked = vec![false; pending.len()];
-        let mut result = Ok(());
-        for group in group::link_order(&refs) {
-            if let Err(e) = self.link_group(&pending, &group) {
-                result = Err(e);
-                break;
-            }
-            for i in group {
-                linked[i] = true;
-            }
-        }
-        self.pending = pending
-            .into_iter()
-            .zip(linked)
-            .filter_map(|(p, done)| (!done).then_some(p))
-            .collect();
-        result
+        group::link_order(&refs)
     }
 
     fn is_tls(&self, id: FuncOrDataId) -> bool {
@@ -480,12 +489,12 @@ impl KilnModule {
         }
     }
 
-    /// The kiln inputs of a unit holding `members` (its ELF object, its hidden symbols as
-    /// roots), and the unit's name.
+    /// The kiln inputs of a unit holding `members` (its graph, its hidden symbols as roots),
+    /// and the unit's name.
     pub(crate) fn unit_inputs(&self, members: &[&Pending]) -> Result<(Inputs, String)> {
         let member_index: FxHashMap<FuncOrDataId, usize> =
             members.iter().enumerate().map(|(k, p)| (p.id, k)).collect();
-        let object = {
+        let unit = {
             let declarations = &self.declarations;
             let mut host = crate::resolve::lock(&self.host);
             let mut resolver = Resolver {
@@ -498,7 +507,7 @@ impl KilnModule {
             };
             unit::build(&*self.isa, members, |p, target| resolver.resolve(p, target))?
         };
-        Ok(object.into_inputs())
+        Ok(unit.into_inputs())
     }
 
     // ---- defining ----
@@ -593,6 +602,7 @@ impl Module for KilnModule {
         linkage: Linkage,
         signature: &ir::Signature,
     ) -> ModuleResult<FuncId> {
+        crate::resolve::check_module_name(name)?;
         let (id, _) = self
             .declarations
             .declare_function(name, linkage, signature)?;
@@ -615,6 +625,7 @@ impl Module for KilnModule {
         writable: bool,
         tls: bool,
     ) -> ModuleResult<DataId> {
+        crate::resolve::check_module_name(name)?;
         if let Some(FuncOrDataId::Data(d)) = self.declarations.get_name(name) {
             // ModuleDeclarations asserts on this; an error is kinder.
             if self.declarations.get_data_decl(d).tls != tls {
@@ -709,6 +720,19 @@ impl Module for KilnModule {
             DataInit::Zeros(n) if !relocs.is_empty() => DataInit::Bytes(vec![0; n as usize]),
             other => other,
         };
+        // A data object with pointer fields is aligned to at least their size (cranelift-jit's
+        // default of 1 for read-only data leaves it to chance): `redefine_function` rewrites
+        // them with one aligned store, so that a thread reading one sees the old address or
+        // the new one, and host code may read them as words.
+        let field_align = relocs
+            .iter()
+            .map(|r| match r.kind {
+                Reloc::Abs8 => 8,
+                _ => 4,
+            })
+            .max()
+            .unwrap_or(1);
+        let align = align.max(field_align);
         let body = Body::Data {
             init,
             align,

@@ -5,6 +5,13 @@
 //! unit, the unit of its latest body after `redefine_function` (kiln moves the binding), or
 //! the stub of a lazy function. The bodies of lazy functions are resolved without the
 //! module's table of definitions ([`Defined::ByName`]): kiln's link says what is there.
+//!
+//! Host symbols and libcalls are resolved here, in `JITBuilder`'s order, and defined in the
+//! session (`Session::define`) under `[host]NAME` the first time a unit refers to them; the
+//! unit's edge names that. No module definition may take a name beginning with `[host]`
+//! (`check_module_name`), and the session's own process lookup is off, so a host symbol never
+//! clashes with a module name and a module name missing from the session is never bound to a
+//! host symbol of the same name.
 
 use crate::builder::SymbolLookupFn;
 use crate::error::{Error, Result};
@@ -15,15 +22,30 @@ use cranelift_module::{
     DataId, FuncId, FuncOrDataId, Linkage, ModuleDeclarations, ModuleRelocTarget,
 };
 use kiln::Session;
-use object::SymbolKind;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-/// Host names: the builder's symbols, its lookup functions, and what was found before.
+/// What the session calls host symbol `NAME`: `[host]NAME`.
+pub(crate) const HOST_PREFIX: &str = "[host]";
+
+/// Refuse a module name the session's host definitions could shadow.
+pub(crate) fn check_module_name(name: &str) -> Result<()> {
+    if name.starts_with(HOST_PREFIX) {
+        return Err(Error::Unsupported(format!(
+            "{name:?}: names beginning with {HOST_PREFIX} are kiln-cranelift's names for host symbols"
+        )));
+    }
+    Ok(())
+}
+
+/// Host names: the builder's symbols, its lookup functions, what was found before, and what
+/// the session defines.
 pub(crate) struct HostSymbols {
     symbols: FxHashMap<String, u64>,
     lookup_fns: Vec<SymbolLookupFn>,
     found: FxHashMap<String, u64>,
+    /// Host names defined in the session (as `[host]NAME`), with their address.
+    defined: FxHashMap<String, u64>,
 }
 
 impl HostSymbols {
@@ -32,7 +54,20 @@ impl HostSymbols {
             symbols,
             lookup_fns,
             found: FxHashMap::default(),
+            defined: FxHashMap::default(),
         }
+    }
+
+    /// The session's name for host symbol `name` at `addr`, defined in `session` unless it is
+    /// already (with this address: a later unit may see another, e.g. a preemptible name null
+    /// before and found now, without changing what earlier units were bound to).
+    fn target(&mut self, session: &Session, name: &str, addr: u64) -> Target {
+        let host_name = format!("{HOST_PREFIX}{name}");
+        if self.defined.get(name) != Some(&addr) {
+            session.define(host_name.clone(), addr);
+            self.defined.insert(name.to_string(), addr);
+        }
+        Target::Host(host_name)
     }
 }
 
@@ -111,7 +146,7 @@ impl Resolver<'_> {
             ModuleRelocTarget::LibCall(libcall) => {
                 let name = (self.libcall_names)(*libcall);
                 match self.host_address(&name)? {
-                    Some(addr) => Ok((Target::Absolute { name, addr }, 0)),
+                    Some(addr) => Ok((self.host.target(self.session, &name, addr), 0)),
                     None => Err(Error::Unresolved {
                         name,
                         referenced_by: from.name.clone(),
@@ -141,30 +176,25 @@ impl Resolver<'_> {
             return Ok((Target::Member(i), addend));
         }
         let DeclInfo { name, linkage, tls } = (self.decl)(id);
-        let kind = match id {
-            FuncOrDataId::Func(_) => SymbolKind::Text,
-            FuncOrDataId::Data(_) if tls => SymbolKind::Tls,
-            FuncOrDataId::Data(_) => SymbolKind::Data,
-        };
         let defined = match &self.defined {
             Defined::Now(defs) => defs.contains_key(&id),
             Defined::ByName => linkage.is_definable(),
         };
         if defined {
-            if kind == SymbolKind::Tls {
+            if tls {
                 return Err(Error::TlsAcrossUnits {
                     function: from.name.clone(),
                     data: name,
                 });
             }
-            return Ok((Target::Linked { name, kind }, addend));
+            return Ok((Target::Linked(name), addend));
         }
         match linkage {
             Linkage::Import | Linkage::Preemptible => match self.host_address(&name)? {
-                Some(addr) => Ok((Target::Absolute { name, addr }, addend)),
+                Some(addr) => Ok((self.host.target(self.session, &name, addr), addend)),
                 // A preemptible definition that nobody made is null, as in cranelift-jit.
                 None if linkage == Linkage::Preemptible => {
-                    Ok((Target::Absolute { name, addr: 0 }, addend))
+                    Ok((self.host.target(self.session, &name, 0), addend))
                 }
                 None => Err(Error::Unresolved {
                     name,

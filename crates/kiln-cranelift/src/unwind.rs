@@ -3,9 +3,7 @@
 //! relocation to its function's symbol, so kiln applies it like any object's `.eh_frame` and
 //! registers the records with the unwinder (and hands them to gdb and jitdump).
 
-use cranelift_codegen::gimli::write::{
-    Address, EhFrame, EndianVec, Error as GimliError, FrameTable, Writer,
-};
+use cranelift_codegen::gimli::write::{Address, EhFrame, Error as GimliError, FrameTable, Writer};
 use cranelift_codegen::gimli::{self, constants, LittleEndian};
 use cranelift_codegen::isa::unwind::systemv::UnwindInfo;
 use cranelift_codegen::isa::TargetIsa;
@@ -48,22 +46,23 @@ pub(crate) fn eh_frame(
         table.add_fde(cie_id, fde);
     }
     let mut out = EhFrame(RelocatingWriter {
-        bytes: EndianVec::new(LittleEndian),
-        relocs: Vec::new(),
+        // A CIE and an FDE of a few instructions each fit without growing.
+        bytes: Vec::with_capacity(128),
+        relocs: Vec::with_capacity(functions.len()),
     });
     table
         .write_eh_frame(&mut out)
         .map_err(|e| format!("writing .eh_frame: {e}"))?;
     let w = out.0;
     Ok(Some(EhFrameSection {
-        bytes: w.bytes.into_vec(),
+        bytes: w.bytes,
         relocs: w.relocs,
     }))
 }
 
 /// A gimli writer that records symbol-relative pointers as relocations.
 struct RelocatingWriter {
-    bytes: EndianVec<LittleEndian>,
+    bytes: Vec<u8>,
     relocs: Vec<FrameReloc>,
 }
 
@@ -79,11 +78,17 @@ impl Writer for RelocatingWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> gimli::write::Result<()> {
-        self.bytes.write(bytes)
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
     }
 
     fn write_at(&mut self, offset: usize, bytes: &[u8]) -> gimli::write::Result<()> {
-        self.bytes.write_at(offset, bytes)
+        let field = offset
+            .checked_add(bytes.len())
+            .and_then(|end| self.bytes.get_mut(offset..end))
+            .ok_or(GimliError::OffsetOutOfBounds)?;
+        field.copy_from_slice(bytes);
+        Ok(())
     }
 
     fn write_eh_pointer(

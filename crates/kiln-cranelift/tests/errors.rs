@@ -233,6 +233,52 @@ fn host_names_resolve_in_jit_builder_order() {
     assert_eq!(f(-9), (-1 - 2) * 1000 + 9);
 }
 
+/// Host names are defined in the session as `[host]NAME`: a module cannot take such a name, a
+/// module name that is also a host name binds to the module's definition, and a preemptible
+/// name that was null for an earlier unit is the module's definition for later ones.
+#[test]
+fn host_names_never_shadow_module_names() {
+    let mut m = module();
+    let e = text(
+        m.declare_function("[host]labs", Linkage::Export, &sig(&m, 1))
+            .unwrap_err(),
+    );
+    assert!(e.contains("[host]"), "{e}");
+    assert!(m
+        .declare_data("[host]x", Linkage::Export, true, false)
+        .is_err());
+
+    // `labs` is also libc's: the module's own definition wins for its callers.
+    let labs = define(&mut m, "labs", Linkage::Export, 1, |_, b, p| {
+        b.ins().iadd_imm_s(p[0], 100)
+    });
+    let weak = m
+        .declare_function("weak_later", Linkage::Preemptible, &sig(&m, 0))
+        .unwrap();
+    let early = define(&mut m, "early", Linkage::Export, 1, |m, b, p| {
+        let l = call(m, b, labs, &[p[0]]);
+        let w = m.declare_func_in_func(weak, b.func);
+        let wa = b.ins().func_addr(I64, w);
+        b.ins().iadd(l, wa)
+    });
+    m.finalize_definitions().unwrap();
+    let early: extern "C" fn(i64) -> i64 =
+        unsafe { std::mem::transmute(m.get_finalized_function(early)) };
+    assert_eq!(early(-9), 91, "labs is the module's, weak_later null");
+
+    define(&mut m, "weak_later", Linkage::Preemptible, 0, |_, b, _| {
+        b.ins().iconst(I64, 42)
+    });
+    let late = define(&mut m, "late", Linkage::Export, 0, |m, b, _| {
+        call(m, b, weak, &[])
+    });
+    m.finalize_definitions().unwrap();
+    let late: extern "C" fn() -> i64 =
+        unsafe { std::mem::transmute(m.get_finalized_function(late)) };
+    assert_eq!(late(), 42, "a later unit binds to the definition");
+    assert_eq!(early(-9), 91, "the earlier unit keeps its null");
+}
+
 /// `define_function_bytes` with relocations of every x86-64 kind at every offset and with odd
 /// addends: each is linked or refused, never a panic. (The code is not run.)
 #[test]

@@ -22,11 +22,12 @@ struct Answer {
 static ANSWERS: Registry<Answer> = Registry::new(Tag::Generated);
 
 /// The `user` pointer of a generator, handed back to its callback.
-struct UserData(*mut c_void);
+pub(super) struct UserData(pub(super) *mut c_void);
 
 // SAFETY: kiln never reads through the pointer; it only passes it to the callback. kiln.h
-// states that callbacks run on whichever thread links (possibly several at once), so making
-// the data behind the pointer usable from those threads is part of the caller's contract.
+// states that callbacks run on other threads than the one that registered them (whichever
+// thread links, or first calls a lazy function; possibly several at once), so making the data
+// behind the pointer usable from those threads is part of the caller's contract.
 unsafe impl Send for UserData {}
 // SAFETY: as above.
 unsafe impl Sync for UserData {}

@@ -216,3 +216,52 @@ pub unsafe extern "C" fn kiln_graph_add_data(
         Ok(())
     })
 }
+
+/// # Safety
+/// See the module [`super`] and kiln.h.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_graph_add_site(
+    g: *mut kiln_graph_t,
+    symbol: *const c_char,
+    offset: u64,
+    kind: kiln_site_kind_t,
+) -> *mut kiln_error_t {
+    guard("kiln_graph_add_site", || {
+        let g = graph(g)?;
+        // SAFETY: the contract of this function.
+        let symbol = unsafe { utf8(symbol, "symbol")? };
+        let kind = crate::jit::site_kind(kind)?;
+        lock(&g).add_site(symbol, offset, kind);
+        Ok(())
+    })
+}
+
+/// # Safety
+/// See the module [`super`] and kiln.h.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_graph_add_heap_ref(
+    g: *mut kiln_graph_t,
+    symbol: *const c_char,
+    offset: u64,
+    width: u32,
+) -> *mut kiln_error_t {
+    guard("kiln_graph_add_heap_ref", || {
+        let g = graph(g)?;
+        // SAFETY: the contract of this function.
+        let symbol = unsafe { utf8(symbol, "symbol")? };
+        let added = lock(&g).add_heap_ref(symbol, offset, width);
+        added
+    })
+}
+
+/// A copy of the graph with its sites and heap references, as kiln-jit links it.
+pub(super) fn jit_snapshot(g: &Mutex<GraphBuilder>) -> kiln_jit::JitGraph {
+    lock(g).jit_graph()
+}
+
+/// Take a graph C handed over (a lazy function's compile callback's): it is deleted, and its
+/// contents returned.
+pub(super) fn take(g: *mut kiln_graph_t, arg: &str) -> Result<kiln_jit::JitGraph, CError> {
+    let g = GRAPHS.remove(handle_value(g), arg)?;
+    Ok(jit_snapshot(&g))
+}

@@ -16,9 +16,12 @@
 
 pub(crate) mod types;
 
+mod compact;
 mod error;
 mod generator;
 mod graph;
+mod jit;
+mod lazy;
 mod session;
 
 use crate::error::CError;
