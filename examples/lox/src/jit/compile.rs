@@ -108,11 +108,14 @@ pub fn declared_functions(program: &Program, proto: &Proto) -> Vec<(usize, u32)>
         .collect()
 }
 
-/// A compiled function: its code (whose offset 0 is the entry), and an entry for each loop
-/// start, by bytecode index, for on-stack replacement.
+/// A compiled function: its code (whose offset 0 is the entry), an entry for each loop
+/// start, by bytecode index, for on-stack replacement, and for each patchable call site
+/// (`Code::sites`, same order) the prototype it is waiting for: it calls the interpreter
+/// bridge until that prototype is compiled, then is retargeted to it.
 pub struct Compiled {
     pub code: Code,
     pub osr: Vec<(usize, usize)>,
+    pub waiting: Vec<u32>,
 }
 
 pub(super) struct Gen<'a> {
@@ -128,6 +131,8 @@ pub(super) struct Gen<'a> {
     pub start: Label,
     /// Returns with the error flag set: the frame's saved registers are popped.
     pub unwind: Label,
+    /// The prototype each patchable call site waits for (see `Compiled::waiting`).
+    pub waiting: Vec<u32>,
 }
 
 pub fn compile(cx: &Context<'_>, proto_index: usize) -> Result<Compiled, String> {
@@ -163,7 +168,11 @@ pub fn compile(cx: &Context<'_>, proto_index: usize) -> Result<Compiled, String>
         .into_iter()
         .filter_map(|(ip, label)| code.offset(label).map(|offset| (ip, offset)))
         .collect();
-    Ok(Compiled { code, osr })
+    Ok(Compiled {
+        code,
+        osr,
+        waiting: g.waiting,
+    })
 }
 
 /// Decodes the function's instructions in order.
@@ -383,6 +392,7 @@ impl<'a> Gen<'a> {
             labels: HashMap::new(),
             start,
             unwind,
+            waiting: Vec::new(),
         }
     }
 

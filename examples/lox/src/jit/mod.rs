@@ -37,6 +37,7 @@ use crate::vm::region::ctx;
 use crate::vm::stack::{FRAMES_MAX, STACK_SLOTS};
 use crate::vm::{RuntimeError, Vm};
 use backend::Backend;
+pub use backend::{DEFAULT_ZONE, MIN_ZONE};
 
 /// Calls after which a function is compiled (`--jit=on`).
 pub const HOT_CALLS: u32 = 20;
@@ -66,6 +67,13 @@ pub struct JitStats {
     pub ic_hits: [u64; 4],
     pub ic_misses: [u64; 4],
     pub compile_nanos: u64,
+    /// The code zone: its size, and its method region's code part.
+    pub zone_bytes: u64,
+    pub method_region_bytes: u64,
+    /// Patchable call sites made (calls to functions not compiled yet), and retargeted (their
+    /// callee was compiled).
+    pub sites_made: u64,
+    pub sites_patched: u64,
 }
 
 /// What the JIT knows about one prototype.
@@ -92,24 +100,48 @@ pub struct Jit {
     symbols: std::collections::HashSet<String>,
     /// Global slot → prototype of the function the program declares there.
     declared: std::collections::HashMap<usize, u32>,
+    /// Prototype → the patchable call sites (unit, index) that call the interpreter bridge
+    /// until it is compiled.
+    waiting: std::collections::HashMap<u32, Vec<(kiln::UnitId, usize)>>,
     pub stats: JitStats,
 }
 
 impl Jit {
-    /// The JIT for `mode` (none for `Off`): a kiln session with the runtime linked.
-    pub fn new(mode: JitMode) -> Result<Option<Box<Jit>>, String> {
+    /// The JIT for `mode` (none for `Off`): a kiln session and a code zone of `zone_size`
+    /// bytes (`None`: `DEFAULT_ZONE`) with the runtime linked in its fixed region.
+    pub fn new(mode: JitMode, zone_size: Option<u64>) -> Result<Option<Box<Jit>>, String> {
         if mode == JitMode::Off {
             return Ok(None);
         }
-        let backend = Backend::new(&runtime::helpers())?;
+        let zone_size = zone_size.unwrap_or(DEFAULT_ZONE);
+        let backend = Backend::new(&runtime::helpers(), zone_size)?;
+        let stats = JitStats {
+            zone_bytes: backend.jit().zone().range().1,
+            method_region_bytes: backend.method_region_bytes(),
+            ..JitStats::default()
+        };
         Ok(Some(Box::new(Jit {
             mode,
             backend: Rc::new(backend),
             protos: Vec::new(),
             symbols: std::collections::HashSet::new(),
             declared: std::collections::HashMap::new(),
-            stats: JitStats::default(),
+            waiting: std::collections::HashMap::new(),
+            stats,
         })))
+    }
+
+    /// `proto` was compiled at `entry`: the call sites waiting for it call it from now on.
+    fn retarget_waiting(&mut self, proto: usize, entry: u64) -> Result<(), String> {
+        let Some(sites) = self.waiting.remove(&(proto as u32)) else {
+            return Ok(());
+        };
+        for (unit, index) in sites {
+            if self.backend.retarget(unit, index, entry)? {
+                self.stats.sites_patched += 1;
+            }
+        }
+        Ok(())
     }
 
     /// A symbol for the function `name` (`lox:fib`), made unique with the prototype index when
@@ -148,12 +180,24 @@ impl Jit {
         };
         let linked = result.and_then(|compiled| {
             let symbol = self.symbol_for(&name, proto);
-            let entry = self.backend.link_function(&symbol, &compiled.code)?;
-            Ok((symbol, entry, compiled))
+            let linked = self.backend.link_function(&symbol, &compiled.code)?;
+            Ok((symbol, linked, compiled))
+        });
+        let linked = linked.and_then(|(symbol, linked, compiled)| {
+            for (index, &callee) in compiled.waiting.iter().enumerate() {
+                self.waiting
+                    .entry(callee)
+                    .or_default()
+                    .push((linked.unit, index));
+            }
+            self.stats.sites_made += compiled.waiting.len() as u64;
+            self.retarget_waiting(proto, linked.entry)?;
+            Ok((symbol, linked, compiled))
         });
         self.stats.compile_nanos += started.elapsed().as_nanos() as u64;
         match linked {
-            Ok((symbol, entry, compiled)) => {
+            Ok((symbol, linked, compiled)) => {
+                let entry = linked.entry;
                 self.stats.functions_compiled += 1;
                 self.stats.code_bytes += compiled.code.bytes.len() as u64;
                 vm.region.set_entry(proto, entry);

@@ -166,12 +166,17 @@ pub struct Asm {
     /// rel32 fields to patch: section, offset of the field, label.
     fixups: Vec<(Section, usize, Label)>,
     edges: Vec<(Section, usize, String)>,
+    /// Patchable rel32 fields (kiln-jit sites): section and offset of the field.
+    sites: Vec<(Section, usize)>,
 }
 
 /// Finished code: hot then cold, with the edges kiln resolves and where each label ended up.
 pub struct Code {
     pub bytes: Vec<u8>,
     pub edges: Vec<Edge>,
+    /// Offsets of the patchable call sites' rel32 fields (each 4-aligned), in the order
+    /// `call_site` made them.
+    pub sites: Vec<u32>,
     label_offsets: Vec<Option<usize>>,
 }
 
@@ -196,6 +201,7 @@ impl Asm {
             labels: Vec::new(),
             fixups: Vec::new(),
             edges: Vec::new(),
+            sites: Vec::new(),
         }
     }
 
@@ -550,6 +556,18 @@ impl Asm {
     }
 
     /// `call label`.
+    /// `call name` whose rel32 field is a patchable site (4-aligned, after nops as needed, so
+    /// that one atomic store retargets it): returns the site's index in `Code::sites`. Both
+    /// sections start 16-aligned in the finished code, so alignment here is alignment there.
+    pub fn call_site(&mut self, name: &str) -> usize {
+        while !(self.len() + 1).is_multiple_of(4) {
+            self.byte(0x90);
+        }
+        self.call_symbol(name);
+        self.sites.push((self.section, self.len() - 4));
+        self.sites.len() - 1
+    }
+
     pub fn call_label(&mut self, label: Label) {
         self.byte(0xe8);
         self.fixup(label);
@@ -619,9 +637,15 @@ impl Asm {
                 target: target.clone(),
             })
             .collect();
+        let sites = self
+            .sites
+            .iter()
+            .map(|&(section, at)| place((section, at)) as u32)
+            .collect();
         Ok(Code {
             bytes,
             edges,
+            sites,
             label_offsets,
         })
     }

@@ -29,6 +29,8 @@ pub struct Options {
     /// Count instructions (a second copy of the loop) for `--stats`.
     pub count_instructions: bool,
     pub jit: crate::jit::JitMode,
+    /// Bytes of the JIT's code zone (`--code-zone`; `None`: `jit::DEFAULT_ZONE`).
+    pub code_zone: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -118,7 +120,7 @@ impl Vm {
     pub fn new(options: Options, sink: Box<dyn Write>) -> Result<Vm, VmError> {
         let heap = Heap::new(options.gc_stress).map_err(|e| VmError(e.0))?;
         let region = VmRegion::new().map_err(VmError)?;
-        let jit = crate::jit::Jit::new(options.jit).map_err(VmError)?;
+        let jit = crate::jit::Jit::new(options.jit, options.code_zone).map_err(VmError)?;
         let mut vm = Vm {
             heap,
             region,
@@ -466,6 +468,13 @@ impl Vm {
             if let Some(reason) = &j.first_failure {
                 writeln!(to, "    first: {reason}")?;
             }
+            writeln!(
+                to,
+                "  code zone bytes         {} (method region code {})",
+                j.zone_bytes, j.method_region_bytes
+            )?;
+            writeln!(to, "  call sites made         {}", j.sites_made)?;
+            writeln!(to, "  call sites patched      {}", j.sites_patched)?;
             writeln!(to, "  loop entries (OSR)      {}", j.osr_entries)?;
             writeln!(to, "  calls into interpreter  {}", j.interpreted_calls)?;
             let hits = self.jit_ic_hits();
