@@ -11,7 +11,7 @@ use kiln::graph::{FrameDescription, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Executor, ExecutorAddr, Session, UnitId};
 use kiln_jit::{JitGraph, RegionKind, SiteKind, ZoneConfig, ZonePlacement};
 
-use super::x64::{mem, Asm, Code, Reg};
+use super::x64::{mem, Asm, Code, Reg, SiteField};
 use crate::value::QNAN;
 use crate::vm::region::ctx;
 
@@ -115,8 +115,12 @@ impl Backend {
             Some(FrameDescription::FramePointer),
         );
         let mut graph = JitGraph::new(graph);
-        for &offset in &code.sites {
-            graph.site(symbol, offset as u64, SiteKind::Rel32);
+        for &(offset, field) in &code.sites {
+            let kind = match field {
+                SiteField::Rel32 => SiteKind::Rel32,
+                SiteField::Abs64 => SiteKind::Abs64,
+            };
+            graph.site(symbol, offset as u64, kind);
         }
         let linked = self
             .jit

@@ -41,8 +41,8 @@ impl Gen<'_> {
                 DirectTarget::Itself => self.a.call_label(self.start),
                 DirectTarget::Symbol(name) => self.a.call_symbol(&name),
                 DirectTarget::Later => {
-                    self.a.call_site(super::backend::BRIDGE);
-                    self.waiting.push(proto);
+                    let site = self.a.call_site(super::backend::BRIDGE);
+                    self.waiting.push((site, proto));
                 }
             }
             self.a.jmp(after);

@@ -109,13 +109,28 @@ pub fn declared_functions(program: &Program, proto: &Proto) -> Vec<(usize, u32)>
 }
 
 /// A compiled function: its code (whose offset 0 is the entry), an entry for each loop
-/// start, by bytecode index, for on-stack replacement, and for each patchable call site
-/// (`Code::sites`, same order) the prototype it is waiting for: it calls the interpreter
-/// bridge until that prototype is compiled, then is retargeted to it.
+/// start, by bytecode index, for on-stack replacement, the call sites waiting for a
+/// prototype (site index in `Code::sites`, prototype: the site calls the interpreter bridge
+/// until that prototype is compiled, then is retargeted to it), and the property sites'
+/// code-patching inline caches.
 pub struct Compiled {
     pub code: Code,
     pub osr: Vec<(usize, usize)>,
-    pub waiting: Vec<u32>,
+    pub waiting: Vec<(usize, u32)>,
+    pub property_ics: Vec<PropertyIc>,
+}
+
+/// A property get or set compiled with a code-patching cache: a guard on the shape (its key
+/// a `movabs` site) and a call to a handler (a call site), the monomorphic cache; and in cold
+/// code a call site for a polymorphic cache (PIC), calling `lox_ic_miss` until it has one.
+/// Indexes are into `Code::sites`.
+#[derive(Clone, Copy, Debug)]
+pub struct PropertyIc {
+    pub ic_index: usize,
+    pub set: bool,
+    pub key: usize,
+    pub target: usize,
+    pub pic: usize,
 }
 
 pub(super) struct Gen<'a> {
@@ -131,8 +146,9 @@ pub(super) struct Gen<'a> {
     pub start: Label,
     /// Returns with the error flag set: the frame's saved registers are popped.
     pub unwind: Label,
-    /// The prototype each patchable call site waits for (see `Compiled::waiting`).
-    pub waiting: Vec<u32>,
+    /// The call sites waiting for a prototype (see `Compiled::waiting`).
+    pub waiting: Vec<(usize, u32)>,
+    pub property_ics: Vec<PropertyIc>,
 }
 
 pub fn compile(cx: &Context<'_>, proto_index: usize) -> Result<Compiled, String> {
@@ -172,6 +188,7 @@ pub fn compile(cx: &Context<'_>, proto_index: usize) -> Result<Compiled, String>
         code,
         osr,
         waiting: g.waiting,
+        property_ics: g.property_ics,
     })
 }
 
@@ -393,6 +410,7 @@ impl<'a> Gen<'a> {
             start,
             unwind,
             waiting: Vec::new(),
+            property_ics: Vec::new(),
         }
     }
 

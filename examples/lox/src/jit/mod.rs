@@ -22,6 +22,7 @@
 
 mod backend;
 mod calls;
+pub mod codeic;
 mod compile;
 mod ops;
 mod props;
@@ -74,6 +75,9 @@ pub struct JitStats {
     /// callee was compiled).
     pub sites_made: u64,
     pub sites_patched: u64,
+    /// Code-patching caches that could not be patched (the data path serves their sites).
+    pub ic_patch_errors: u64,
+    pub first_ic_patch_error: Option<String>,
 }
 
 /// What the JIT knows about one prototype.
@@ -103,6 +107,8 @@ pub struct Jit {
     /// Prototype → the patchable call sites (unit, index) that call the interpreter bridge
     /// until it is compiled.
     waiting: std::collections::HashMap<u32, Vec<(kiln::UnitId, usize)>>,
+    /// The code-patching caches of compiled property sites (shared with the GC's roots).
+    pub code_ics: Rc<std::cell::RefCell<codeic::CodeIcs>>,
     pub stats: JitStats,
 }
 
@@ -120,9 +126,12 @@ impl Jit {
             method_region_bytes: backend.method_region_bytes(),
             ..JitStats::default()
         };
+        let backend = Rc::new(backend);
+        let code_ics = codeic::CodeIcs::new(Rc::clone(&backend))?;
         Ok(Some(Box::new(Jit {
             mode,
-            backend: Rc::new(backend),
+            code_ics: Rc::new(std::cell::RefCell::new(code_ics)),
+            backend,
             protos: Vec::new(),
             symbols: std::collections::HashSet::new(),
             declared: std::collections::HashMap::new(),
@@ -184,7 +193,7 @@ impl Jit {
             Ok((symbol, linked, compiled))
         });
         let linked = linked.and_then(|(symbol, linked, compiled)| {
-            for (index, &callee) in compiled.waiting.iter().enumerate() {
+            for &(index, callee) in &compiled.waiting {
                 self.waiting
                     .entry(callee)
                     .or_default()
@@ -192,6 +201,11 @@ impl Jit {
             }
             self.stats.sites_made += compiled.waiting.len() as u64;
             self.retarget_waiting(proto, linked.entry)?;
+            self.code_ics.borrow_mut().add_function(
+                linked.unit,
+                &compiled.property_ics,
+                &vm.region,
+            )?;
             Ok((symbol, linked, compiled))
         });
         self.stats.compile_nanos += started.elapsed().as_nanos() as u64;
@@ -382,6 +396,53 @@ pub fn call_interpreted(mut vm: Box<Vm>, base: usize, argc: usize, callee: Value
     vm.sp = base + argc + 1;
     vm.stats.calls += 1;
     vm.run(fc)
+}
+
+/// The shape of the instance `depth` slots below the top of the stack, if it is one, with
+/// the number of collections so far (a shape read before a collection is stale after it).
+pub fn receiver_shape(vm: &Vm, depth: usize) -> Option<(u64, u64)> {
+    let receiver = vm.region.stack(vm.sp.checked_sub(1 + depth)?);
+    let collections = vm.heap.stats.collections;
+    vm.heap
+        .mem
+        .has_tag(receiver, crate::heap::layout::Tag::Instance)
+        .then(|| {
+            vm.heap
+                .mem
+                .load_value(receiver.as_obj(), crate::heap::layout::instance::SHAPE)
+                .0
+        })
+        .map(|shape| (shape, collections))
+}
+
+/// The runtime helper of property site `ic_index` has just handled a receiver of `shape`
+/// (and its region cache learned it, unless the collection it may have run moved it): the
+/// site's code-patching caches learn what the region's cache says about that shape.
+pub fn learn_property(vm: &mut Vm, ic_index: usize, shape: Option<(u64, u64)>) {
+    let Some(jit) = vm.jit.as_ref() else {
+        return;
+    };
+    let Some((shape, collections)) = shape else {
+        return;
+    };
+    if collections != vm.heap.stats.collections {
+        // The shape moved: the next miss learns it.
+        return;
+    }
+    let Some(entry) = vm.region.ic_find(ic_index, shape) else {
+        return;
+    };
+    let learned = jit
+        .code_ics
+        .borrow_mut()
+        .learn(ic_index, entry.key, entry.kind, entry.slot);
+    if let Err(e) = learned {
+        // A cache that cannot be patched stays empty: the data path serves the site.
+        if let Some(jit) = vm.jit.as_mut() {
+            jit.stats.ic_patch_errors += 1;
+            jit.stats.first_ic_patch_error.get_or_insert(e);
+        }
+    }
 }
 
 impl Vm {

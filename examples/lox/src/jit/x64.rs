@@ -166,17 +166,24 @@ pub struct Asm {
     /// rel32 fields to patch: section, offset of the field, label.
     fixups: Vec<(Section, usize, Label)>,
     edges: Vec<(Section, usize, String)>,
-    /// Patchable rel32 fields (kiln-jit sites): section and offset of the field.
-    sites: Vec<(Section, usize)>,
+    /// Patchable fields (kiln-jit sites): section, offset of the field, kind.
+    sites: Vec<(Section, usize, SiteField)>,
+}
+
+/// What a patchable field is: a call's rel32, or a `movabs`'s imm64.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SiteField {
+    Rel32,
+    Abs64,
 }
 
 /// Finished code: hot then cold, with the edges kiln resolves and where each label ended up.
 pub struct Code {
     pub bytes: Vec<u8>,
     pub edges: Vec<Edge>,
-    /// Offsets of the patchable call sites' rel32 fields (each 4-aligned), in the order
-    /// `call_site` made them.
-    pub sites: Vec<u32>,
+    /// Offsets and kinds of the patchable fields (each aligned to its width), in the order
+    /// `call_site` and `movabs_site` made them.
+    pub sites: Vec<(u32, SiteField)>,
     label_offsets: Vec<Option<usize>>,
 }
 
@@ -564,7 +571,22 @@ impl Asm {
             self.byte(0x90);
         }
         self.call_symbol(name);
-        self.sites.push((self.section, self.len() - 4));
+        self.sites
+            .push((self.section, self.len() - 4, SiteField::Rel32));
+        self.sites.len() - 1
+    }
+
+    /// `movabs dst, imm` whose imm64 is a patchable site (8-aligned, after nops as needed):
+    /// returns the site's index in `Code::sites`.
+    pub fn movabs_site(&mut self, dst: Reg, imm: u64) -> usize {
+        while !(self.len() + 2).is_multiple_of(8) {
+            self.byte(0x90);
+        }
+        self.rex(true, 0, 0, dst as u8, false);
+        self.byte(0xb8 + dst.low());
+        self.bytes(&imm.to_le_bytes());
+        self.sites
+            .push((self.section, self.len() - 8, SiteField::Abs64));
         self.sites.len() - 1
     }
 
@@ -640,7 +662,7 @@ impl Asm {
         let sites = self
             .sites
             .iter()
-            .map(|&(section, at)| place((section, at)) as u32)
+            .map(|&(section, at, kind)| (place((section, at)) as u32, kind))
             .collect();
         Ok(Code {
             bytes,

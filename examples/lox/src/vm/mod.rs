@@ -141,6 +141,10 @@ impl Vm {
             scratch: Vec::new(),
         };
         vm.publish_heap_base();
+        if let Some(jit) = &vm.jit {
+            let roots = crate::jit::codeic::CodeIcRoots(Rc::clone(&jit.code_ics));
+            vm.add_external_roots(Box::new(roots));
+        }
         // A fresh heap always has room for these.
         vm.init_string = vm.intern(b"init").unwrap_or(Value::NIL);
         vm.define_native(b"clock", objects::NATIVE_CLOCK);
@@ -475,6 +479,15 @@ impl Vm {
             )?;
             writeln!(to, "  call sites made         {}", j.sites_made)?;
             writeln!(to, "  call sites patched      {}", j.sites_patched)?;
+            let ics = jit.code_ics.borrow().stats;
+            writeln!(to, "  code ic mono sets       {}", ics.monomorphic_sets)?;
+            writeln!(to, "  code ic pics built      {}", ics.pics_built)?;
+            writeln!(to, "  code ic megamorphic     {}", ics.megamorphic)?;
+            writeln!(to, "  code ic gc rewrites     {}", ics.gc_rewrites)?;
+            writeln!(to, "  code ic patch errors    {}", j.ic_patch_errors)?;
+            if let Some(e) = &j.first_ic_patch_error {
+                writeln!(to, "    first: {e}")?;
+            }
             writeln!(to, "  loop entries (OSR)      {}", j.osr_entries)?;
             writeln!(to, "  calls into interpreter  {}", j.interpreted_calls)?;
             let hits = self.jit_ic_hits();
