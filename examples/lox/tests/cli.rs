@@ -266,4 +266,7 @@ fn property_sites_use_code_patching_caches() {
     let report = text(&out.stderr);
     assert!(stat(&report, "code ic gc rewrites") > 100, "{report}");
     assert_eq!(stat(&report, "code ic patch errors"), 0, "{report}");
+    // Its string constants are immediates in code, which every collection rewrites.
+    assert!(stat(&report, "heap refs in code") >= 2, "{report}");
+    assert!(stat(&report, "heap refs updated") > 50, "{report}");
 }

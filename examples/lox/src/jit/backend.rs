@@ -122,6 +122,9 @@ impl Backend {
             };
             graph.site(symbol, offset as u64, kind);
         }
+        for &offset in &code.heap_refs {
+            graph.heap_ref(symbol, offset as u64, 8);
+        }
         let linked = self
             .jit
             .link(RegionKind::Method, &graph)

@@ -428,10 +428,6 @@ impl<'a> Gen<'a> {
         mem(Reg::R12, (region::GLOBALS_OFFSET + 8 * slot) as i32)
     }
 
-    pub fn constant(index: usize) -> Mem {
-        mem(Reg::R12, (region::CONSTANTS_OFFSET + 8 * index) as i32)
-    }
-
     pub fn ic(index: usize, word: usize) -> Mem {
         mem(
             Reg::R12,
@@ -501,7 +497,9 @@ impl<'a> Gen<'a> {
             Loc::Stack => self.a.load(r, Self::slot(index)),
             Loc::Imm(bits) => self.mov_value(r, bits),
             Loc::Local(s) => self.a.load(r, Self::slot(s as usize)),
-            Loc::Const(k) => self.a.load(r, Self::constant(k as usize)),
+            // An object constant: its reference is in the code, a heap reference the GC
+            // updates (the constants table keeps the object alive).
+            Loc::Const(k) => self.a.movabs_heap_ref(r, self.cx.vm.constant(k as usize).0),
             Loc::Reg(src) if src != r => self.a.mov_rr(r, src),
             Loc::Reg(_) => {}
         }

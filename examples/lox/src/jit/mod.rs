@@ -24,6 +24,7 @@ mod backend;
 mod calls;
 pub mod codeic;
 mod compile;
+pub mod heaprefs;
 mod ops;
 mod props;
 pub mod runtime;
@@ -109,6 +110,8 @@ pub struct Jit {
     waiting: std::collections::HashMap<u32, Vec<(kiln::UnitId, usize)>>,
     /// The code-patching caches of compiled property sites (shared with the GC's roots).
     pub code_ics: Rc<std::cell::RefCell<codeic::CodeIcs>>,
+    /// The heap references compiled code embeds (shared with the GC's roots).
+    pub code_refs: Rc<std::cell::RefCell<heaprefs::CodeRefs>>,
     pub stats: JitStats,
 }
 
@@ -131,6 +134,9 @@ impl Jit {
         Ok(Some(Box::new(Jit {
             mode,
             code_ics: Rc::new(std::cell::RefCell::new(code_ics)),
+            code_refs: Rc::new(std::cell::RefCell::new(heaprefs::CodeRefs::new(Rc::clone(
+                &backend,
+            )))),
             backend,
             protos: Vec::new(),
             symbols: std::collections::HashSet::new(),
@@ -201,6 +207,9 @@ impl Jit {
             }
             self.stats.sites_made += compiled.waiting.len() as u64;
             self.retarget_waiting(proto, linked.entry)?;
+            self.code_refs
+                .borrow_mut()
+                .add(linked.unit, compiled.code.heap_refs.len());
             self.code_ics.borrow_mut().add_function(
                 linked.unit,
                 &compiled.property_ics,

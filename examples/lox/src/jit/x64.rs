@@ -168,6 +168,8 @@ pub struct Asm {
     edges: Vec<(Section, usize, String)>,
     /// Patchable fields (kiln-jit sites): section, offset of the field, kind.
     sites: Vec<(Section, usize, SiteField)>,
+    /// imm64 fields holding references to heap objects: section, offset.
+    heap_refs: Vec<(Section, usize)>,
 }
 
 /// What a patchable field is: a call's rel32, or a `movabs`'s imm64.
@@ -184,6 +186,8 @@ pub struct Code {
     /// Offsets and kinds of the patchable fields (each aligned to its width), in the order
     /// `call_site` and `movabs_site` made them.
     pub sites: Vec<(u32, SiteField)>,
+    /// Offsets of the 8-aligned imm64 fields that hold heap references (kiln-jit heap refs).
+    pub heap_refs: Vec<u32>,
     label_offsets: Vec<Option<usize>>,
 }
 
@@ -209,6 +213,7 @@ impl Asm {
             fixups: Vec::new(),
             edges: Vec::new(),
             sites: Vec::new(),
+            heap_refs: Vec::new(),
         }
     }
 
@@ -576,18 +581,31 @@ impl Asm {
         self.sites.len() - 1
     }
 
-    /// `movabs dst, imm` whose imm64 is a patchable site (8-aligned, after nops as needed):
-    /// returns the site's index in `Code::sites`.
-    pub fn movabs_site(&mut self, dst: Reg, imm: u64) -> usize {
+    /// `movabs dst, imm` with the imm64 8-aligned (after nops as needed), so that one
+    /// atomic store changes it; returns the field's offset in the current section.
+    fn movabs_aligned(&mut self, dst: Reg, imm: u64) -> usize {
         while !(self.len() + 2).is_multiple_of(8) {
             self.byte(0x90);
         }
         self.rex(true, 0, 0, dst as u8, false);
         self.byte(0xb8 + dst.low());
         self.bytes(&imm.to_le_bytes());
-        self.sites
-            .push((self.section, self.len() - 8, SiteField::Abs64));
+        self.len() - 8
+    }
+
+    /// `movabs dst, imm` whose imm64 is a patchable site: returns the site's index in
+    /// `Code::sites`.
+    pub fn movabs_site(&mut self, dst: Reg, imm: u64) -> usize {
+        let at = self.movabs_aligned(dst, imm);
+        self.sites.push((self.section, at, SiteField::Abs64));
         self.sites.len() - 1
+    }
+
+    /// `movabs dst, value` where `value` refers to a heap object: the GC reads and updates
+    /// the field (`Code::heap_refs`).
+    pub fn movabs_heap_ref(&mut self, dst: Reg, value: u64) {
+        let at = self.movabs_aligned(dst, value);
+        self.heap_refs.push((self.section, at));
     }
 
     pub fn call_label(&mut self, label: Label) {
@@ -664,10 +682,16 @@ impl Asm {
             .iter()
             .map(|&(section, at, kind)| (place((section, at)) as u32, kind))
             .collect();
+        let heap_refs = self
+            .heap_refs
+            .iter()
+            .map(|&(section, at)| place((section, at)) as u32)
+            .collect();
         Ok(Code {
             bytes,
             edges,
             sites,
+            heap_refs,
             label_offsets,
         })
     }

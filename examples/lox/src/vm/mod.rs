@@ -141,9 +141,15 @@ impl Vm {
             scratch: Vec::new(),
         };
         vm.publish_heap_base();
-        if let Some(jit) = &vm.jit {
-            let roots = crate::jit::codeic::CodeIcRoots(Rc::clone(&jit.code_ics));
-            vm.add_external_roots(Box::new(roots));
+        let jit_roots = vm.jit.as_ref().map(|jit| {
+            (
+                crate::jit::codeic::CodeIcRoots(Rc::clone(&jit.code_ics)),
+                crate::jit::heaprefs::CodeRefRoots(Rc::clone(&jit.code_refs)),
+            )
+        });
+        if let Some((ics, refs)) = jit_roots {
+            vm.add_external_roots(Box::new(ics));
+            vm.add_external_roots(Box::new(refs));
         }
         // A fresh heap always has room for these.
         vm.init_string = vm.intern(b"init").unwrap_or(Value::NIL);
@@ -485,6 +491,9 @@ impl Vm {
             writeln!(to, "  code ic megamorphic     {}", ics.megamorphic)?;
             writeln!(to, "  code ic gc rewrites     {}", ics.gc_rewrites)?;
             writeln!(to, "  code ic patch errors    {}", j.ic_patch_errors)?;
+            let refs = jit.code_refs.borrow().stats;
+            writeln!(to, "  heap refs in code       {}", refs.embedded)?;
+            writeln!(to, "  heap refs updated       {}", refs.updated)?;
             if let Some(e) = &j.first_ic_patch_error {
                 writeln!(to, "    first: {e}")?;
             }
