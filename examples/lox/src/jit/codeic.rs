@@ -44,7 +44,7 @@ use kiln_target::ExecutorAddr;
 use super::backend::Backend;
 use super::compile::PropertyIc;
 use super::x64::{mem, Alu, Asm, Reg};
-use crate::bytecode::IcKind;
+use crate::bytecode::{IcKind, InlineCache};
 use crate::heap::layout::{array, instance};
 use crate::heap::ExternalRoots;
 use crate::vm::region::VmRegion;
@@ -81,11 +81,21 @@ pub struct CodeIcStats {
     pub gc_rewrites: u64,
 }
 
+/// A handler that adds an inline field: stores rdx at word `slot` and moves the instance to
+/// `shape`, which its code holds as a heap reference at `field`.
+struct Transition {
+    slot: u32,
+    shape: u64,
+    addr: u64,
+    field: ExecutorAddr,
+}
+
 /// Every compiled property site's caches, by the region cache index of the site.
 pub struct CodeIcs {
     backend: Rc<Backend>,
     sites: HashMap<usize, Vec<CodeIc>>,
     handlers: HashMap<String, u64>,
+    transitions: Vec<Transition>,
     pub stats: CodeIcStats,
 }
 
@@ -95,6 +105,7 @@ impl CodeIcs {
             backend,
             sites: HashMap::new(),
             handlers: HashMap::new(),
+            transitions: Vec::new(),
             stats: CodeIcStats::default(),
         };
         let mut miss = Asm::new();
@@ -126,9 +137,59 @@ impl CodeIcs {
         Ok(addr)
     }
 
-    /// The handler for a field of `kind` at `slot`, for a get or a set; `None` for what stays
-    /// on the data path.
-    fn handler(&mut self, set: bool, kind: IcKind, slot: u32) -> Option<u64> {
+    /// The handler that adds the inline field at word `slot`, moving instances to `shape`.
+    fn transition(&mut self, slot: u32, shape: u64) -> Result<u64, String> {
+        if let Some(t) = self
+            .transitions
+            .iter()
+            .find(|t| t.slot == slot && t.shape == shape)
+        {
+            return Ok(t.addr);
+        }
+        let name = format!("lox_ic_add_{slot}_{}", self.transitions.len());
+        let mut a = Asm::new();
+        a.store(mem(Reg::Rax, 8 * slot as i32), Reg::Rdx);
+        a.movabs_heap_ref(Reg::R11, shape);
+        a.store(mem(Reg::Rax, 8 * instance::SHAPE as i32), Reg::R11);
+        a.alu_rr(Alu::Cmp, Reg::Rax, Reg::Rax);
+        a.ret();
+        let code = a.finish()?;
+        let mut graph = InMemoryGraph::new(&name);
+        graph.add_function(&name, code.bytes, vec![], None);
+        let mut graph = JitGraph::new(graph);
+        for &offset in &code.heap_refs {
+            graph.heap_ref(&name, offset as u64, 8);
+        }
+        let jit = self.backend.jit();
+        let linked = jit
+            .link(RegionKind::Fixed, &graph)
+            .map_err(|e| format!("linking {name}: {e}"))?;
+        let field = linked
+            .heap_refs
+            .first()
+            .ok_or("a transition without its shape")?
+            .addr;
+        let addr = jit
+            .session()
+            .lookup_symbol(jit.scope(), &name)
+            .filter(|s| s.unit == linked.unit)
+            .map(|s| s.addr.0)
+            .ok_or_else(|| format!("{name} is not defined after linking it"))?;
+        self.transitions.push(Transition {
+            slot,
+            shape,
+            addr,
+            field,
+        });
+        Ok(addr)
+    }
+
+    /// The handler for a field of `kind` at `slot` (with `target`, the new shape of a field
+    /// added), for a get or a set; `None` for what stays on the data path.
+    fn handler(&mut self, set: bool, kind: IcKind, slot: u32, target: u64) -> Option<u64> {
+        if set && kind == IcKind::AddInlineField && slot < 4096 {
+            return self.transition(slot, target).ok();
+        }
         let verb = if set { "set" } else { "get" };
         let mut a = Asm::new();
         let name = match kind {
@@ -192,27 +253,22 @@ impl CodeIcs {
             });
             for entry in 0..crate::vm::region::ic::ENTRIES {
                 let cache = region.ic_entry(ic.ic_index, entry);
-                self.learn(ic.ic_index, cache.key, cache.kind, cache.slot)?;
+                self.learn(ic.ic_index, &cache)?;
             }
         }
         Ok(())
     }
 
-    /// The site with region cache `ic_index` found fields of `kind` at `slot` in instances of
-    /// shape `key`: its compiled caches learn it.
-    pub fn learn(
-        &mut self,
-        ic_index: usize,
-        key: u64,
-        kind: IcKind,
-        slot: u32,
-    ) -> Result<(), String> {
+    /// The site with region cache `ic_index` has `cache` (a shape, and where its field is):
+    /// its compiled caches learn it.
+    pub fn learn(&mut self, ic_index: usize, cache: &InlineCache) -> Result<(), String> {
+        let (key, kind, slot) = (cache.key, cache.kind, cache.slot);
         let Some(count) = self.sites.get(&ic_index).map(Vec::len) else {
             return Ok(());
         };
         for i in 0..count {
             let set = self.sites[&ic_index][i].set;
-            let Some(handler) = self.handler(set, kind, slot) else {
+            let Some(handler) = self.handler(set, kind, slot, cache.target) else {
                 return Ok(());
             };
             let mut ic = self.sites.get_mut(&ic_index).expect("present").remove(i);
@@ -308,6 +364,7 @@ impl CodeIcs {
             }
             out.extend(ic.cases.iter().map(|c| c.0));
         }
+        out.extend(self.transitions.iter().map(|t| t.shape));
     }
 
     /// The keys after the GC moved them, in the order of `keys`.
@@ -355,6 +412,26 @@ impl CodeIcs {
             }
             self.sites.get_mut(&index).expect("present").insert(i, ic);
             result?;
+        }
+        let mut moved = Vec::new();
+        for t in &mut self.transitions {
+            let new = next().ok_or("fewer keys back than given")?;
+            if new != t.shape {
+                t.shape = new;
+                moved.push((t.field, new));
+            }
+        }
+        if !moved.is_empty() {
+            self.backend
+                .jit()
+                .write(|w| {
+                    for &(field, shape) in &moved {
+                        w.write_u64(field, shape)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| format!("moving the shapes of transitions: {e}"))?;
+            self.stats.gc_rewrites += moved.len() as u64;
         }
         Ok(())
     }

@@ -441,10 +441,7 @@ pub fn learn_property(vm: &mut Vm, ic_index: usize, shape: Option<(u64, u64)>) {
     let Some(entry) = vm.region.ic_find(ic_index, shape) else {
         return;
     };
-    let learned = jit
-        .code_ics
-        .borrow_mut()
-        .learn(ic_index, entry.key, entry.kind, entry.slot);
+    let learned = jit.code_ics.borrow_mut().learn(ic_index, &entry);
     if let Err(e) = learned {
         // A cache that cannot be patched stays empty: the data path serves the site.
         if let Some(jit) = vm.jit.as_mut() {
