@@ -97,6 +97,13 @@ impl Backend {
         &self.jit
     }
 
+    /// Whether units go into the zone, where write windows can patch them: not when a
+    /// debugger traces the process (kiln then gives each unit private mappings of its own, so
+    /// that breakpoints work).
+    pub fn patchable(&self) -> bool {
+        self.jit.session().executor().supports_slabs()
+    }
+
     /// Bytes of the method region's code part.
     pub fn method_region_bytes(&self) -> u64 {
         self.jit.zone().method().code().1

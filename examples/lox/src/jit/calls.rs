@@ -26,7 +26,9 @@ impl Gen<'_> {
         self.a.mov_rr32(Reg::Rax, Reg::Rdx);
         self.a.load(Reg::Rax, mem_index(Reg::R13, Reg::Rax, 1, 8));
         let after = self.a.new_label();
-        let direct = hint.map(|p| (p, self.direct_target(p)));
+        let direct = hint
+            .map(|p| (p, self.direct_target(p)))
+            .filter(|(_, t)| self.cx.patchable || !matches!(t, DirectTarget::Later));
         let set_args = |g: &mut Self| {
             g.a.load(Reg::Rdi, Self::frame_field(frame::BASE));
             g.a.alu_ri(Alu::Add, Reg::Rdi, k as i32);

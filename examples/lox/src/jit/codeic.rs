@@ -230,6 +230,7 @@ impl CodeIcs {
         unit: UnitId,
         ics: &[PropertyIc],
         region: &VmRegion,
+        obsolete: &dyn Fn(u64) -> bool,
     ) -> Result<(), String> {
         let backend = Rc::clone(&self.backend);
         let jit = backend.jit();
@@ -253,7 +254,7 @@ impl CodeIcs {
             });
             for entry in 0..crate::vm::region::ic::ENTRIES {
                 let cache = region.ic_entry(ic.ic_index, entry);
-                self.learn(ic.ic_index, &cache)?;
+                self.learn(ic.ic_index, &cache, obsolete)?;
             }
         }
         Ok(())
@@ -261,7 +262,15 @@ impl CodeIcs {
 
     /// The site with region cache `ic_index` has `cache` (a shape, and where its field is):
     /// its compiled caches learn it.
-    pub fn learn(&mut self, ic_index: usize, cache: &InlineCache) -> Result<(), String> {
+    /// `obsolete` says of a shape whether new instances can still get it (a class that learned
+    /// to keep more fields inline has a new root shape): a monomorphic cache holding an
+    /// obsolete shape gives way to the next shape learned.
+    pub fn learn(
+        &mut self,
+        ic_index: usize,
+        cache: &InlineCache,
+        obsolete: &dyn Fn(u64) -> bool,
+    ) -> Result<(), String> {
         let (key, kind, slot) = (cache.key, cache.kind, cache.slot);
         let Some(count) = self.sites.get(&ic_index).map(Vec::len) else {
             return Ok(());
@@ -272,7 +281,7 @@ impl CodeIcs {
                 return Ok(());
             };
             let mut ic = self.sites.get_mut(&ic_index).expect("present").remove(i);
-            let result = self.add_case(&mut ic, key, handler);
+            let result = self.add_case(&mut ic, key, handler, obsolete);
             self.sites
                 .get_mut(&ic_index)
                 .expect("present")
@@ -283,7 +292,13 @@ impl CodeIcs {
     }
 
     /// `key` → `handler` into the monomorphic cache if empty, else the PIC (or megamorphic).
-    fn add_case(&mut self, ic: &mut CodeIc, key: u64, handler: u64) -> Result<(), String> {
+    fn add_case(
+        &mut self,
+        ic: &mut CodeIc,
+        key: u64,
+        handler: u64,
+        obsolete: &dyn Fn(u64) -> bool,
+    ) -> Result<(), String> {
         let backend = Rc::clone(&self.backend);
         let jit = backend.jit();
         let err = |e: kiln_jit::Error| format!("an inline cache: {e}");
@@ -300,6 +315,26 @@ impl CodeIcs {
                 self.stats.monomorphic_sets += 1;
             }
             Some(k) if k == key => {}
+            Some(old) if !obsolete(key) && obsolete(old) => {
+                // The new shape takes the inline guard; the obsolete one goes to the PIC.
+                if let IcUpdate::Pending(_) =
+                    ic.mono.set(jit, key, ExecutorAddr(handler)).map_err(err)?
+                {
+                    jit.reclaim_retired().map_err(err)?;
+                }
+                let old_handler = std::mem::replace(&mut ic.mono_target, handler);
+                ic.mono_key = Some(key);
+                ic.cases.retain(|c| c.0 != key);
+                ic.cases.push((old, old_handler));
+                self.stats.monomorphic_sets += 1;
+                if ic.cases.len() > PIC_CASES {
+                    ic.megamorphic = true;
+                    self.stats.megamorphic += 1;
+                }
+                if !ic.megamorphic {
+                    self.build_pic(ic)?;
+                }
+            }
             Some(_) if ic.megamorphic || ic.cases.iter().any(|c| c.0 == key) => {}
             Some(_) => {
                 ic.cases.push((key, handler));

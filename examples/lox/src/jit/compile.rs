@@ -90,6 +90,10 @@ pub struct Context<'a> {
     /// The prototype of the function declared as global `slot`, if the program declares one
     /// (`fun f() {}` at top level): the call hint while the global is not defined yet.
     pub declared: &'a dyn Fn(usize) -> Option<u32>,
+    /// Whether code can be patched after linking (kiln-jit's zone is in use): false under a
+    /// debugger, where kiln gives units private mappings outside the zone. Then no patchable
+    /// call sites, code-patching caches or heap references are emitted.
+    pub patchable: bool,
 }
 
 /// The functions `proto`'s code declares as globals: `(global slot, prototype)` for each
@@ -499,7 +503,13 @@ impl<'a> Gen<'a> {
             Loc::Local(s) => self.a.load(r, Self::slot(s as usize)),
             // An object constant: its reference is in the code, a heap reference the GC
             // updates (the constants table keeps the object alive).
-            Loc::Const(k) => self.a.movabs_heap_ref(r, self.cx.vm.constant(k as usize).0),
+            Loc::Const(k) if self.cx.patchable => {
+                self.a.movabs_heap_ref(r, self.cx.vm.constant(k as usize).0)
+            }
+            Loc::Const(k) => self.a.load(
+                r,
+                mem(Reg::R12, (region::CONSTANTS_OFFSET + 8 * k as usize) as i32),
+            ),
             Loc::Reg(src) if src != r => self.a.mov_rr(r, src),
             Loc::Reg(_) => {}
         }

@@ -187,6 +187,7 @@ impl Jit {
             vm,
             symbol_of: &symbol_of,
             declared: &declared,
+            patchable: self.backend.patchable(),
         };
         let result = compile::compile(&cx, proto);
         let name = match &vm.program.protos[proto].name {
@@ -214,6 +215,7 @@ impl Jit {
                 linked.unit,
                 &compiled.property_ics,
                 &vm.region,
+                &|shape| obsolete_shape(vm, shape),
             )?;
             Ok((symbol, linked, compiled))
         });
@@ -407,6 +409,27 @@ pub fn call_interpreted(mut vm: Box<Vm>, base: usize, argc: usize, callee: Value
     vm.run(fc)
 }
 
+/// Whether no new instance can get `shape` any more: its root is no longer its class's root
+/// shape (the class learned to keep more fields inline).
+fn obsolete_shape(vm: &Vm, shape: u64) -> bool {
+    use crate::heap::layout::{class, shape as layout_shape};
+    let mem = &vm.heap.mem;
+    let mut root = Value(shape);
+    // Chains are as long as an instance's field count: bounded by the heap.
+    while root.is_obj() {
+        let parent = mem.load_value(root.as_obj(), layout_shape::PARENT);
+        if !parent.is_obj() {
+            break;
+        }
+        root = parent;
+    }
+    if !root.is_obj() {
+        return false;
+    }
+    let class = mem.load_value(root.as_obj(), layout_shape::CLASS);
+    class.is_obj() && mem.load_value(class.as_obj(), class::ROOT_SHAPE) != root
+}
+
 /// The shape of the instance `depth` slots below the top of the stack, if it is one, with
 /// the number of collections so far (a shape read before a collection is stale after it).
 pub fn receiver_shape(vm: &Vm, depth: usize) -> Option<(u64, u64)> {
@@ -441,7 +464,10 @@ pub fn learn_property(vm: &mut Vm, ic_index: usize, shape: Option<(u64, u64)>) {
     let Some(entry) = vm.region.ic_find(ic_index, shape) else {
         return;
     };
-    let learned = jit.code_ics.borrow_mut().learn(ic_index, &entry);
+    let learned = jit
+        .code_ics
+        .borrow_mut()
+        .learn(ic_index, &entry, &|shape| obsolete_shape(vm, shape));
     if let Err(e) = learned {
         // A cache that cannot be patched stays empty: the data path serves the site.
         if let Some(jit) = vm.jit.as_mut() {

@@ -100,6 +100,10 @@ impl Gen<'_> {
     /// guard and handler call inline, then to `hit` (for a get, the value in rdx); in cold code
     /// at `poly` the PIC's call, to `hit` on a case and `data` without one.
     fn code_ic(&mut self, ic_index: usize, set: bool, [poly, data, hit]: [Label; 3]) {
+        if !self.cx.patchable {
+            self.a.jmp(data);
+            return;
+        }
         let key = self.a.movabs_site(Reg::R11, codeic::EMPTY_KEY);
         self.a.alu_rr(Alu::Cmp, Reg::Rcx, Reg::R11);
         self.a.jcc(Cond::Ne, poly);
