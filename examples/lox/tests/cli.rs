@@ -252,17 +252,18 @@ fn call_sites_to_functions_compiled_later_are_patched() {
 fn property_sites_use_code_patching_caches() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lox/jit/code_ics.lox");
     let out = kiln_lox(&["--stats", "--jit=always", path], b"");
-    assert_eq!(text(&out.stdout), "10400\n22950\n1950\ntrue\n");
+    assert_eq!(text(&out.stdout), "10400\n22950\n1950\ntrue\n900\n");
     let report = text(&out.stderr);
     assert!(stat(&report, "code ic mono sets") >= 5, "{report}");
-    // Ten shapes at each of five sites: PICs grown case by case, then megamorphic.
-    assert!(stat(&report, "code ic pics built") >= 5 * 7, "{report}");
-    assert_eq!(stat(&report, "code ic megamorphic"), 5, "{report}");
+    // Ten shapes at each of five property sites and one invocation site: PICs grown case by
+    // case, then megamorphic.
+    assert!(stat(&report, "code ic pics built") >= 6 * 7, "{report}");
+    assert_eq!(stat(&report, "code ic megamorphic"), 6, "{report}");
     assert_eq!(stat(&report, "code ic patch errors"), 0, "{report}");
     assert_eq!(stat(&report, "code ic gc rewrites"), 0, "{report}");
     // Under --gc-stress every shape moves at every collection: the keys in code follow.
     let out = kiln_lox(&["--stats", "--jit=always", "--gc-stress", path], b"");
-    assert_eq!(text(&out.stdout), "10400\n22950\n1950\ntrue\n");
+    assert_eq!(text(&out.stdout), "10400\n22950\n1950\ntrue\n900\n");
     let report = text(&out.stderr);
     assert!(stat(&report, "code ic gc rewrites") > 100, "{report}");
     assert_eq!(stat(&report, "code ic patch errors"), 0, "{report}");

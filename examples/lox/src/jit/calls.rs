@@ -2,6 +2,7 @@
 //! classes (instances allocated inline), method invocations through the inline caches, and the
 //! helper that decides everything else; see `compile.rs` for the conventions.
 
+use super::codeic::CodeSite;
 use super::compile::{Gen, Loc};
 use super::ops::{next, R};
 use super::runtime as rt;
@@ -231,9 +232,26 @@ impl Gen<'_> {
         let k = self.depth() - 1 - argc;
         self.set_ip(ip)?;
         let [slow, enter, done] = self.labels_n();
+        let [poly, data, hit, scan, found] = self.labels_n();
         self.a.load(Reg::Rdx, Self::slot(k));
         self.load_shape(Reg::Rdx, slow);
-        self.cached_method(ic_index, Site::Invoke, slow);
+        // The code-patching cache gives the method's closure in rdx; behind it, in cold code,
+        // the region's cache (entry 0, then the others), then the helper.
+        self.code_ic(ic_index, CodeSite::Invoke, [poly, data, hit]);
+        self.a.bind(hit);
+        self.count_hit(Site::Invoke);
+        let was = self.a.switch_to(Section::Cold);
+        self.a.bind(data);
+        self.test_entry_zero(ic_index, IcKind::Method, scan, slow);
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
+        self.a.jmp(hit);
+        self.scan_entries(ic_index, scan, found, slow);
+        self.a.bind(found);
+        self.cmp_entry_kind(IcKind::Method);
+        self.a.jcc(Cond::Ne, slow);
+        self.a.load(Reg::Rdx, Self::entry_word(ic::TARGET));
+        self.a.jmp(hit);
+        self.a.switch_to(was);
         let hint = self.method_hint(ic_index);
         self.call_closure(enter, k, argc, hint);
         self.a.bind(done);

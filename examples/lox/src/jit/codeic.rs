@@ -59,9 +59,20 @@ const PIC_CASES: usize = 8;
 /// Overflow elements past this go to the data path (a handler per element).
 const MAX_OVERFLOW_HANDLER: u32 = 1024;
 
-/// One compiled property site's caches.
+/// What a compiled site with a code-patching cache does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeSite {
+    /// A property get: the handler returns the field in rdx.
+    Get,
+    /// A property set: the handler stores rdx.
+    Set,
+    /// A method invocation: the handler returns the method's closure in rdx.
+    Invoke,
+}
+
+/// One compiled site's caches.
 struct CodeIc {
-    set: bool,
+    site: CodeSite,
     mono: MonoIc,
     mono_key: Option<u64>,
     mono_target: u64,
@@ -81,10 +92,11 @@ pub struct CodeIcStats {
     pub gc_rewrites: u64,
 }
 
-/// A handler that adds an inline field: stores rdx at word `slot` and moves the instance to
-/// `shape`, which its code holds as a heap reference at `field`.
+/// A handler whose code holds a heap object (a heap reference at `field`): with a `slot`, it
+/// adds the inline field at that word (stores rdx there) and moves the instance to shape
+/// `shape`; without, it returns the method closure `shape` in rdx.
 struct Transition {
-    slot: u32,
+    slot: Option<u32>,
     shape: u64,
     addr: u64,
     field: ExecutorAddr,
@@ -137,8 +149,9 @@ impl CodeIcs {
         Ok(addr)
     }
 
-    /// The handler that adds the inline field at word `slot`, moving instances to `shape`.
-    fn transition(&mut self, slot: u32, shape: u64) -> Result<u64, String> {
+    /// The handler that adds the inline field at word `slot`, moving instances to `shape`;
+    /// without a slot, the one that returns the closure `shape` in rdx.
+    fn transition(&mut self, slot: Option<u32>, shape: u64) -> Result<u64, String> {
         if let Some(t) = self
             .transitions
             .iter()
@@ -146,11 +159,19 @@ impl CodeIcs {
         {
             return Ok(t.addr);
         }
-        let name = format!("lox_ic_add_{slot}_{}", self.transitions.len());
         let mut a = Asm::new();
-        a.store(mem(Reg::Rax, 8 * slot as i32), Reg::Rdx);
-        a.movabs_heap_ref(Reg::R11, shape);
-        a.store(mem(Reg::Rax, 8 * instance::SHAPE as i32), Reg::R11);
+        let name = match slot {
+            Some(slot) => {
+                a.store(mem(Reg::Rax, 8 * slot as i32), Reg::Rdx);
+                a.movabs_heap_ref(Reg::R11, shape);
+                a.store(mem(Reg::Rax, 8 * instance::SHAPE as i32), Reg::R11);
+                format!("lox_ic_add_{slot}_{}", self.transitions.len())
+            }
+            None => {
+                a.movabs_heap_ref(Reg::Rdx, shape);
+                format!("lox_ic_method_{}", self.transitions.len())
+            }
+        };
         a.alu_rr(Alu::Cmp, Reg::Rax, Reg::Rax);
         a.ret();
         let code = a.finish()?;
@@ -186,10 +207,15 @@ impl CodeIcs {
 
     /// The handler for a field of `kind` at `slot` (with `target`, the new shape of a field
     /// added), for a get or a set; `None` for what stays on the data path.
-    fn handler(&mut self, set: bool, kind: IcKind, slot: u32, target: u64) -> Option<u64> {
-        if set && kind == IcKind::AddInlineField && slot < 4096 {
-            return self.transition(slot, target).ok();
-        }
+    fn handler(&mut self, site: CodeSite, kind: IcKind, slot: u32, target: u64) -> Option<u64> {
+        let set = match (site, kind) {
+            (CodeSite::Invoke, IcKind::Method) => return self.transition(None, target).ok(),
+            (CodeSite::Invoke, _) => return None,
+            (CodeSite::Set, IcKind::AddInlineField) if slot < 4096 => {
+                return self.transition(Some(slot), target).ok()
+            }
+            (site, _) => site == CodeSite::Set,
+        };
         let verb = if set { "set" } else { "get" };
         let mut a = Asm::new();
         let name = match kind {
@@ -243,7 +269,7 @@ impl CodeIcs {
                 .mono_ic(key, target, EMPTY_KEY)
                 .map_err(|e| format!("an inline cache: {e}"))?;
             self.sites.entry(ic.ic_index).or_default().push(CodeIc {
-                set: ic.set,
+                site: ic.site,
                 mono,
                 mono_key: None,
                 mono_target: 0,
@@ -276,8 +302,8 @@ impl CodeIcs {
             return Ok(());
         };
         for i in 0..count {
-            let set = self.sites[&ic_index][i].set;
-            let Some(handler) = self.handler(set, kind, slot, cache.target) else {
+            let site = self.sites[&ic_index][i].site;
+            let Some(handler) = self.handler(site, kind, slot, cache.target) else {
                 return Ok(());
             };
             let mut ic = self.sites.get_mut(&ic_index).expect("present").remove(i);

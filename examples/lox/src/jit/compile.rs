@@ -131,7 +131,7 @@ pub struct Compiled {
 #[derive(Clone, Copy, Debug)]
 pub struct PropertyIc {
     pub ic_index: usize,
-    pub set: bool,
+    pub site: super::codeic::CodeSite,
     pub key: usize,
     pub target: usize,
     pub pic: usize,

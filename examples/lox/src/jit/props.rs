@@ -95,11 +95,17 @@ impl Gen<'_> {
         self.a.jcc(Cond::Ne, other);
     }
 
-    /// The code-patching caches of a property site (see `codeic.rs`): with rax = the
-    /// receiver's address, rcx = its shape and, for a set, rdx = the value, the monomorphic
-    /// guard and handler call inline, then to `hit` (for a get, the value in rdx); in cold code
-    /// at `poly` the PIC's call, to `hit` on a case and `data` without one.
-    fn code_ic(&mut self, ic_index: usize, set: bool, [poly, data, hit]: [Label; 3]) {
+    /// The code-patching caches of a property or invocation site (see `codeic.rs`): with rax
+    /// = the receiver's address, rcx = its shape and, for a set, rdx = the value, the
+    /// monomorphic guard and handler call inline, then to `hit` (for a get, the value in rdx;
+    /// for an invocation, the method's closure); in cold code at `poly` the PIC's call, to
+    /// `hit` on a case and `data` without one.
+    pub(super) fn code_ic(
+        &mut self,
+        ic_index: usize,
+        site: codeic::CodeSite,
+        [poly, data, hit]: [Label; 3],
+    ) {
         if !self.cx.patchable {
             self.a.jmp(data);
             return;
@@ -116,7 +122,7 @@ impl Gen<'_> {
         self.a.switch_to(was);
         self.property_ics.push(PropertyIc {
             ic_index,
-            set,
+            site,
             key,
             target,
             pic,
@@ -129,7 +135,7 @@ impl Gen<'_> {
         let [slow, scan, other, found, overflow, hit, done] = self.labels_n();
         let [poly, data, code_hit] = self.labels_n();
         self.load_shape(r, slow);
-        self.code_ic(ic_index, false, [poly, data, code_hit]);
+        self.code_ic(ic_index, codeic::CodeSite::Get, [poly, data, code_hit]);
         self.a.bind(code_hit);
         self.a.mov_rr(r, Reg::Rdx);
         self.a.bind(hit);
@@ -188,7 +194,7 @@ impl Gen<'_> {
         let [poly, data] = self.labels_n();
         self.load_shape(receiver, slow);
         self.a.mov_rr(Reg::Rdx, value);
-        self.code_ic(ic_index, true, [poly, data, hit]);
+        self.code_ic(ic_index, codeic::CodeSite::Set, [poly, data, hit]);
         self.a.bind(hit);
         self.count_hit(Site::SetProperty);
         self.a.bind(done);

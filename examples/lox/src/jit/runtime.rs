@@ -198,7 +198,12 @@ extern "C" fn lox_rt_call_value(ctx: u64, argc: u64) -> u64 {
 /// `receiver.name(args)` whose cache missed.
 extern "C" fn lox_rt_invoke(ctx: u64, ic: u64, argc: u64) -> u64 {
     with_vm(ctx, |vm| {
-        vm.invoke_slow(ic as usize, argc as usize).map(call_outcome)
+        let shape = super::receiver_shape(vm, argc as usize);
+        let outcome = vm.invoke_slow(ic as usize, argc as usize).map(call_outcome);
+        if outcome.is_ok() {
+            super::learn_property(vm, ic as usize, shape);
+        }
+        outcome
     })
 }
 
