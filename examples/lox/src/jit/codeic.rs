@@ -411,17 +411,19 @@ impl CodeIcs {
     }
 
     /// Every key the caches hold, in a fixed order: each monomorphic key read from the code,
-    /// then the PIC's keys.
+    /// then the PIC's keys, then the objects handlers hold. A guard that does not hold the key
+    /// the cache was given (a change still pending: the guard is empty) is reported with the
+    /// key given, never with the empty key, which is no object.
     fn keys(&self, out: &mut Vec<u64>) {
         let ex = self.backend.jit().session().executor();
         for ic in self.sites.values().flatten() {
-            if ic.mono_key.is_some() {
-                let key = ex
+            if let Some(given) = ic.mono_key {
+                let in_code = ex
                     .read_memory(ic.mono.key.addr, 8)
                     .ok()
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_le_bytes);
-                out.push(key.unwrap_or(EMPTY_KEY));
+                out.push(in_code.filter(|&k| k == given).unwrap_or(given));
             }
             out.extend(ic.cases.iter().map(|c| c.0));
         }
