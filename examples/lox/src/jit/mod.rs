@@ -11,14 +11,18 @@
 //!
 //! Bridges: the interpreter enters machine code through `call_compiled` (the entry trampoline,
 //! with the VM parked — see `runtime.rs`); machine code calls a function that is not compiled
-//! through its entry-table slot, which holds the interpreter bridge, whose helper runs the
-//! function in a nested interpreter loop (compiling it first if that call made it hot). Both
+//! through its entry-table slot, which holds the interpreter bridge, or through a patchable
+//! call site calling the bridge until the callee is compiled (then retargeted to it); the
+//! bridge's helper runs the function in a nested interpreter loop (compiling it first if that
+//! call made it hot). Both
 //! directions nest freely; the Lox frame limit (64) bounds the depth. A runtime error raised
 //! anywhere is reported from the frame records, which both tiers keep current, so the trace
 //! is the interpreter's.
 //!
-//! `backend.rs` is the seam to kiln (and later kiln-jit); `compile.rs` and `ops.rs` the
-//! compiler; `x64.rs` the encoder; `runtime.rs` the helpers.
+//! `backend.rs` is the seam to kiln and kiln-jit (the code zone); `codeic.rs` the
+//! code-patching inline caches; `heaprefs.rs` the heap references in code; `compile.rs`,
+//! `ops.rs`, `props.rs` and `calls.rs` the compiler; `x64.rs` the encoder; `runtime.rs` the
+//! helpers.
 
 mod backend;
 mod calls;
