@@ -94,6 +94,8 @@ fn build<M: Module>(m: &mut M, ctx: &mut Context, ids: &[FuncId], host: FuncId, 
 struct Run {
     compile: Duration,
     define_finalize: Duration,
+    /// The backend's part in CPU time of this thread (the backends start no threads).
+    backend_cpu: Duration,
     code_bytes: u64,
     check: i64,
     /// `memory()` after the last finalize, with the module alive.
@@ -123,6 +125,7 @@ fn run<M: Module>(
     let mut ctx = m.make_context();
     let mut compile = Duration::ZERO;
     let mut define_finalize = Duration::ZERO;
+    let mut backend_cpu = Duration::ZERO;
     let mut code_bytes = 0u64;
     for i in 0..n {
         build(m, &mut ctx, &ids, host, i);
@@ -130,24 +133,39 @@ fn run<M: Module>(
         let code = ctx.compile(m.isa(), &mut ControlPlane::default()).unwrap();
         compile += t.elapsed();
         code_bytes += code.code_buffer().len() as u64;
-        let t = Instant::now();
-        define(m, ids[i], &ctx);
-        if !batch {
-            finalize(m);
-        }
-        define_finalize += t.elapsed();
+        backend_part(&mut define_finalize, &mut backend_cpu, || {
+            define(m, ids[i], &ctx);
+            if !batch {
+                finalize(m);
+            }
+        });
     }
-    let t = Instant::now();
-    finalize(m);
-    define_finalize += t.elapsed();
+    backend_part(&mut define_finalize, &mut backend_cpu, || finalize(m));
     let last: extern "C" fn(i64) -> i64 = unsafe { std::mem::transmute(address(m, ids[n - 1])) };
     Run {
         compile,
         define_finalize,
+        backend_cpu,
         code_bytes,
         check: last(3),
         after: memory(),
     }
+}
+
+/// Run the backend's part of one step, adding its wall and CPU time. Not inlined, so that
+/// `valgrind --tool=callgrind --toggle-collect='*backend_part*'` counts the backend's
+/// instructions alone (docs/cranelift.md).
+#[inline(never)]
+fn backend_part(wall: &mut Duration, cpu: &mut Duration, step: impl FnOnce()) {
+    let (t, c) = (Instant::now(), thread_cpu());
+    step();
+    *cpu += thread_cpu().saturating_sub(c);
+    *wall += t.elapsed();
+}
+
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// What the process holds: VmRSS, and the executable mappings not backed by a file (where JIT'd
@@ -248,11 +266,13 @@ fn child(name: &str, mode: &str, n: usize) {
     } else {
         "WRONG"
     };
-    // One line for the parent: name mode compile_s backend_s code_bytes rss_kib maps exec_rss_kib check
+    // One line for the parent: name mode compile_s backend_s backend_cpu_s code_bytes rss_kib
+    // maps exec_rss_kib check
     println!(
-        "RESULT {name} {mode} {:.6} {:.6} {} {} {} {} {ok}",
+        "RESULT {name} {mode} {:.6} {:.6} {:.6} {} {} {} {} {ok}",
         r.compile.as_secs_f64(),
         r.define_finalize.as_secs_f64(),
+        r.backend_cpu.as_secs_f64(),
         r.code_bytes,
         after.rss_kib.saturating_sub(before.rss_kib),
         after.exec_maps as i64 - before.exec_maps as i64,
@@ -276,11 +296,12 @@ fn main() {
         "{n} Cranelift functions (2-160 multiply-adds each, a call to the previous one, every tenth a call to the host)\n"
     );
     println!(
-        "{:<36} {:>9} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>5}",
+        "{:<36} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10} {:>7} {:>5}",
         "backend, finalize",
         "compile",
         "backend",
         "µs/fn",
+        "cpu µs/fn",
         "code/fn",
         "RSS/fn",
         "x RSS/fn",
@@ -304,8 +325,8 @@ fn main() {
             };
             let f: Vec<&str> = line.split_whitespace().collect();
             let num = |i: usize| f[i].parse::<f64>().unwrap();
-            let (compile, backend, code, rss, maps, xrss) =
-                (num(3), num(4), num(5), num(6), num(7), num(8));
+            let (compile, backend, cpu, code, rss, maps, xrss) =
+                (num(3), num(4), num(5), num(6), num(7), num(8), num(9));
             let per = |kib: f64| kib * 1024.0 / n as f64;
             let label = format!(
                 "{name}, {}",
@@ -316,17 +337,19 @@ fn main() {
                 }
             );
             println!(
-                "{label:<36} {compile:>8.3}s {backend:>8.3}s {:>8.2} {:>7.0}B {:>8.0}B {:>9.0}B {maps:>+7} {:>5}",
+                "{label:<36} {compile:>8.3}s {backend:>8.3}s {:>8.2} {:>9.2} {:>7.0}B {:>8.0}B {:>9.0}B {maps:>+7} {:>5}",
                 backend * 1e6 / n as f64,
+                cpu * 1e6 / n as f64,
                 code / n as f64,
                 per(rss),
                 per(xrss),
-                f[9]
+                f[10]
             );
-            rows.push((name, mode, backend, rss, xrss));
+            rows.push((name, mode, backend, cpu, rss, xrss));
         }
     }
     println!("\ncompile: Cranelift's Context::compile. backend: defining the compiled code and finalizing");
+    println!("  (µs/fn: wall time; cpu µs/fn: this thread's CPU time, less disturbed by other processes)");
     println!("  (cranelift-jit: the relocations its define_function makes, define_function_bytes;");
     println!("  kiln: define_compiled_function, unwind information included; kiln+gdb: with the gdb sink).");
     println!(
@@ -338,7 +361,7 @@ fn main() {
         let get = |n: &str| rows.iter().find(|r| r.0 == n && r.1 == mode).copied();
         if let (Some(j), Some(k)) = (get("cranelift-jit"), get("kiln")) {
             println!(
-                "kiln / cranelift-jit, {}: backend time {:.2}x, RSS {:.2}x, executable RSS {:.3}x",
+                "kiln / cranelift-jit, {}: backend time {:.2}x (CPU {:.2}x), RSS {:.2}x, executable RSS {:.3}x",
                 if mode == "each" {
                     "finalize after each function"
                 } else {
@@ -346,8 +369,80 @@ fn main() {
                 },
                 k.2 / j.2,
                 k.3 / j.3,
-                k.4 / j.4
+                k.4 / j.4,
+                k.5 / j.5
             );
         }
     }
+    println!("\nredefine_function (kiln only: cranelift-jit has no redefinition), 200 redefinitions of f:");
+    for callers in [1, 100, 1000] {
+        redefinitions(callers, 200);
+    }
+}
+
+/// `callers` functions call `f(x) = x + 1`; `f` is redefined `rounds` times (each body compiled
+/// before the clock starts), and each old body reclaimed at once. Prints the backend's CPU time
+/// per redefinition and per reclaim.
+fn redefinitions(callers: usize, rounds: usize) {
+    let mut b = KilnBuilder::new(default_libcall_names()).unwrap();
+    b.debug(kiln::DebugOptions::none());
+    let mut m = KilnModule::new(b);
+    let sig = signature(&m);
+    let f = m.declare_function("f", Linkage::Export, &sig).unwrap();
+    let mut ctx = m.make_context();
+    let plus = |m: &mut KilnModule, ctx: &mut Context, k: i64, call: Option<FuncId>| {
+        m.clear_context(ctx);
+        ctx.func.signature = signature(m);
+        let config = m.target_config();
+        let mut fctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let mut v = b.block_params(block)[0];
+        if let Some(callee) = call {
+            let r = m.declare_func_in_func(callee, b.func);
+            let c = b.ins().call(r, &[v]);
+            v = b.inst_results(c)[0];
+        }
+        let v = b.ins().iadd_imm_s(v, k);
+        b.ins().return_(&[v]);
+        b.seal_all_blocks();
+        b.finalize(config);
+    };
+    plus(&mut m, &mut ctx, 1, None);
+    m.define_function(f, &mut ctx).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..callers {
+        let id = m
+            .declare_function(&format!("caller{i}"), Linkage::Export, &sig)
+            .unwrap();
+        plus(&mut m, &mut ctx, 0, Some(f));
+        m.define_function(id, &mut ctx).unwrap();
+        ids.push(id);
+    }
+    m.finalize_definitions().unwrap();
+    let (mut redefine, mut reclaim) = (Duration::ZERO, Duration::ZERO);
+    for k in 2..rounds as i64 + 2 {
+        plus(&mut m, &mut ctx, k, None);
+        ctx.compile(m.isa(), &mut ControlPlane::default()).unwrap();
+        let c = thread_cpu();
+        m.redefine_function(f, &mut ctx).unwrap();
+        let r = thread_cpu();
+        m.reclaim_retired().unwrap();
+        reclaim += thread_cpu().saturating_sub(r);
+        redefine += r.saturating_sub(c);
+    }
+    let last: extern "C" fn(i64) -> i64 =
+        unsafe { std::mem::transmute(m.get_finalized_function(ids[callers - 1])) };
+    let ok = if last(1) == rounds as i64 + 2 {
+        "ok"
+    } else {
+        "WRONG"
+    };
+    println!(
+        "  {callers:>5} caller(s): {:>8.1} cpu µs per redefinition, {:>6.1} per reclaim   {ok}",
+        redefine.as_secs_f64() * 1e6 / rounds as f64,
+        reclaim.as_secs_f64() * 1e6 / rounds as f64
+    );
 }

@@ -45,19 +45,18 @@
 //!   names every function, perf map and jitdump on request (`KILN_DEBUG`, or
 //!   [`KilnBuilder::debug`] / [`kiln::Session::set_debug`]);
 //! - PIC code (GOT and PLT relocations), thread-local data (with `tls_model=elf_gd`);
-//! - [`KilnBuilder::executor`]: compile here, run in a `kiln-executor` process.
+//! - [`KilnBuilder::executor`]: compile here, run in a `kiln-executor` process
+//!   ([`KilnModule::call`] calls a function there);
 //!
 //! How it maps onto kiln: each definition becomes a unit of the module's [`kiln::Session`] at
 //! `finalize_definitions`, linked after the definitions it refers to; definitions of one batch
 //! that refer to each other (or code and the thread-local data it uses) share a unit. Kiln
 //! records which unit binds to which, and refuses to free one that others still use.
 //!
-//! Not yet (they need the JIT layer, `kiln-jit`, with its redirectable call sites and lazy
-//! stubs): `redefine_function` and lazily compiled functions. The places they attach to:
-//! `Resolver::declared` in `resolve.rs` decides what a reference to a module definition binds to
-//! (today: its unit's symbol; with kiln-jit: a redirectable entry, or a lazy stub for a function
-//! declared with a compile callback), and `KilnModule::free_definitions` is where an old body
-//! would be released once callers are redirected.
+//! Also: [`KilnModule::redefine_function`] gives a finalized function a new body that every
+//! caller in the module follows (old bodies freed by [`KilnModule::reclaim`], see
+//! `redefine.rs`), and [`KilnModule::declare_lazy_function`] declares a function compiled on
+//! its first call (see `lazy.rs`). docs/cranelift.md has the whole picture.
 #![forbid(unsafe_code)]
 // `ModuleResult` is Cranelift's, and the signatures that return it are `JITModule`'s.
 #![allow(clippy::result_large_err)]
@@ -65,7 +64,9 @@
 mod builder;
 mod error;
 mod group;
+mod lazy;
 mod module;
+mod redefine;
 mod relocs;
 mod resolve;
 mod unit;
@@ -73,4 +74,6 @@ mod unwind;
 
 pub use builder::{KilnBuilder, SymbolLookupFn};
 pub use error::{Error, Result};
+pub use lazy::{LazyBuild, LazyCompile, LazyErrorFn, LazyModule, LazyStatus};
 pub use module::KilnModule;
+pub use redefine::{Epoch, RetiredBody};

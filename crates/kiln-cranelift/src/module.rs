@@ -4,7 +4,9 @@
 use crate::builder::KilnBuilder;
 use crate::error::{Error, Result};
 use crate::group;
-use crate::resolve::{target_id, HostSymbols, Resolver};
+use crate::lazy::{DeclTable, LazyFunctions};
+use crate::redefine::RetiredBody;
+use crate::resolve::{target_id, DeclInfo, Defined, HostSymbols, Resolver};
 use crate::unit::{self, Body, DataInit, Pending};
 use cranelift_codegen::binemit::Reloc;
 use cranelift_codegen::control::ControlPlane;
@@ -15,27 +17,36 @@ use cranelift_module::{
     DataDescription, DataId, FuncId, FuncOrDataId, Init, Linkage, Module, ModuleDeclarations,
     ModuleError, ModuleReloc, ModuleRelocTarget, ModuleResult,
 };
-use kiln::{ExecutorAddr, Inputs, Session, UnitId};
+use kiln::{ExecutorAddr, Inputs, Session, UnitId, UnitOptions};
 use rustc_hash::FxHashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Cranelift's JIT module on kiln. See the crate documentation.
 pub struct KilnModule {
-    isa: OwnedTargetIsa,
-    declarations: ModuleDeclarations,
+    pub(crate) isa: OwnedTargetIsa,
+    pub(crate) declarations: ModuleDeclarations,
     /// Declared ids are below these (to check ids in relocations given to
     /// `define_function_bytes`, which `ModuleDeclarations` would index without a check).
-    function_count: u32,
-    data_count: u32,
-    libcall_names: Box<dyn Fn(ir::LibCall) -> String + Send + Sync>,
-    host: HostSymbols,
-    session: Session,
-    defs: FxHashMap<FuncOrDataId, Def>,
+    pub(crate) function_count: u32,
+    pub(crate) data_count: u32,
+    pub(crate) libcall_names: Arc<dyn Fn(ir::LibCall) -> String + Send + Sync>,
+    pub(crate) host: Arc<Mutex<HostSymbols>>,
+    /// Shared (weakly) with the resolutions of lazy functions.
+    pub(crate) session: Arc<Session>,
+    pub(crate) defs: FxHashMap<FuncOrDataId, Def>,
     /// Defined since the last finalize, in definition order.
-    pending: Vec<Pending>,
+    pub(crate) pending: Vec<Pending>,
     /// The definitions each live unit holds.
-    units: FxHashMap<UnitId, Vec<FuncOrDataId>>,
+    pub(crate) units: FxHashMap<UnitId, Vec<FuncOrDataId>>,
     /// Why this module cannot define anything (an ISA kiln does not link).
-    unsupported: Option<String>,
+    pub(crate) unsupported: Option<String>,
+    /// Bodies replaced by `redefine_function`, not yet reclaimed (`redefine.rs`).
+    pub(crate) retired: Vec<RetiredBody>,
+    /// The current epoch of the grace protocol.
+    pub(crate) epoch: u64,
+    /// The declarations, as lazy compilations read them (`lazy.rs`).
+    pub(crate) decl_table: Arc<RwLock<DeclTable>>,
+    pub(crate) lazy: LazyFunctions,
 }
 
 /// Where a definition is.
@@ -47,9 +58,9 @@ pub(crate) enum Def {
 
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Linked {
-    unit: UnitId,
-    addr: ExecutorAddr,
-    size: u64,
+    pub unit: UnitId,
+    pub addr: ExecutorAddr,
+    pub size: u64,
 }
 
 impl KilnModule {
@@ -63,10 +74,10 @@ impl KilnModule {
             executor,
             debug,
         } = builder;
-        let session = match executor {
+        let session = Arc::new(match executor {
             Some(e) => Session::new(e),
             None => Session::in_process(),
-        };
+        });
         if let Some(d) = debug {
             session.set_debug(d);
         }
@@ -83,13 +94,17 @@ impl KilnModule {
             declarations: ModuleDeclarations::default(),
             function_count: 0,
             data_count: 0,
-            libcall_names,
-            host: HostSymbols::new(symbols, lookup_fns),
-            session,
+            libcall_names: Arc::from(libcall_names),
+            host: Arc::new(Mutex::new(HostSymbols::new(symbols, lookup_fns))),
             defs: FxHashMap::default(),
             pending: Vec::new(),
             units: FxHashMap::default(),
             unsupported,
+            retired: Vec::new(),
+            epoch: 0,
+            decl_table: Arc::default(),
+            lazy: LazyFunctions::new(session.executor().clone()),
+            session,
         }
     }
 
@@ -117,31 +132,60 @@ impl KilnModule {
     ) -> ModuleResult<()> {
         self.check_declared_function(id)?;
         self.check_definable(FuncOrDataId::Func(id))?;
-        let compiled = ctx.compiled_code().ok_or_else(|| {
-            ModuleError::Backend(anyhow::anyhow!(
-                "the context holds no compiled code: call Context::compile first"
-            ))
-        })?;
-        let relocs: Vec<ModuleReloc> = compiled
-            .buffer
-            .relocs()
-            .iter()
-            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
-            .collect();
+        let (body, relocs) = self.compiled_body(id, ctx)?;
         self.check_targets(&self.name_of(FuncOrDataId::Func(id)), &relocs)?;
-        let unwind = match compiled.create_unwind_info(&*self.isa)? {
-            Some(UnwindInfo::SystemV(info)) => Some(info),
-            _ => None,
-        };
-        let body = Body::Code {
-            bytes: compiled.code_buffer().to_vec(),
-            align: self.code_alignment(compiled.buffer.alignment.into()),
-            unwind,
-        };
         self.add_pending(FuncOrDataId::Func(id), body, relocs);
         Ok(())
     }
 
+    /// The code, unwind information and relocations of `id` as `ctx` compiled it.
+    pub(crate) fn compiled_body(
+        &self,
+        id: FuncId,
+        ctx: &cranelift_codegen::Context,
+    ) -> ModuleResult<(Body, Vec<ModuleReloc>)> {
+        compiled_body(&*self.isa, id, ctx)
+    }
+}
+
+/// The code, unwind information and relocations of `id` as `ctx` compiled it for `isa`.
+pub(crate) fn compiled_body(
+    isa: &dyn TargetIsa,
+    id: FuncId,
+    ctx: &cranelift_codegen::Context,
+) -> ModuleResult<(Body, Vec<ModuleReloc>)> {
+    let compiled = ctx.compiled_code().ok_or_else(|| {
+        ModuleError::Backend(anyhow::anyhow!(
+            "the context holds no compiled code: call Context::compile first"
+        ))
+    })?;
+    let relocs: Vec<ModuleReloc> = compiled
+        .buffer
+        .relocs()
+        .iter()
+        .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+        .collect();
+    let unwind = match compiled.create_unwind_info(isa)? {
+        Some(UnwindInfo::SystemV(info)) => Some(info),
+        _ => None,
+    };
+    let body = Body::Code {
+        bytes: compiled.code_buffer().to_vec(),
+        align: code_alignment(isa, compiled.buffer.alignment.into()),
+        unwind,
+    };
+    Ok((body, relocs))
+}
+
+/// Code alignment as cranelift-jit computes it.
+pub(crate) fn code_alignment(isa: &dyn TargetIsa, alignment: u64) -> u64 {
+    alignment
+        .max(isa.function_alignment().minimum.into())
+        .max(isa.symbol_alignment())
+        .max(1)
+}
+
+impl KilnModule {
     /// The address of a finalized function: in this process, or in the executor's.
     ///
     /// # Panics
@@ -177,7 +221,7 @@ impl KilnModule {
             .map(|l| (l.addr, l.size))
     }
 
-    fn linked(&self, id: FuncOrDataId) -> Result<Linked> {
+    pub(crate) fn linked(&self, id: FuncOrDataId) -> Result<Linked> {
         match self.defs.get(&id) {
             Some(Def::Linked(l)) => Ok(*l),
             _ => Err(Error::NotFinalized(self.name_of(id))),
@@ -199,6 +243,16 @@ impl KilnModule {
         Ok(self.session.executor().call_void(addr)?)
     }
 
+    /// Call a finalized function with up to six integer or pointer arguments (System V
+    /// registers) and return its 64-bit integer result, in the executor: in this process, or
+    /// in a `kiln-executor` ([`KilnBuilder::executor`]). The executor checks that the address
+    /// is code of a live unit; that the function's signature takes these arguments (and that
+    /// pointers are the executor's) is the caller's declaration, as with `run_main`.
+    pub fn call(&self, func_id: FuncId, args: &[u64]) -> Result<u64> {
+        let addr = self.function_address(func_id)?;
+        Ok(self.session.executor().call(addr, args)?)
+    }
+
     /// Free one finalized function: its memory goes back to kiln's slab, its symbol and its
     /// registrations (unwinder, gdb, perf) are gone, and it may be defined again. Refused while
     /// other live definitions refer to it ([`Error::Referenced`]) or while it shares its unit
@@ -217,6 +271,14 @@ impl KilnModule {
     pub fn free_definitions(&mut self, ids: &[FuncOrDataId]) -> Result<()> {
         let mut units: Vec<UnitId> = Vec::new();
         for id in ids {
+            if let FuncOrDataId::Func(f) = id {
+                if self.lazy.contains(*f) {
+                    return Err(Error::Unsupported(format!(
+                        "{} is a lazy function: it lives as long as the module",
+                        self.name_of(*id)
+                    )));
+                }
+            }
             let unit = self.linked(*id)?.unit;
             if !units.contains(&unit) {
                 units.push(unit);
@@ -273,13 +335,21 @@ impl KilnModule {
 
     /// Free everything, reporting the first failure (an executor that is gone, say).
     pub fn close(self) -> Result<()> {
-        self.session.close().map_err(|source| Error::Link {
+        let KilnModule { session, lazy, .. } = self;
+        drop(lazy);
+        let session = Arc::try_unwrap(session).map_err(|_| {
+            Error::Unsupported(
+                "a lazy function is being compiled on another thread: close the module after it"
+                    .into(),
+            )
+        })?;
+        session.close().map_err(|source| Error::Link {
             unit: "the module's units".into(),
             source,
         })
     }
 
-    fn link_error(&self, unit: UnitId, source: kiln::Error) -> Error {
+    pub(crate) fn link_error(&self, unit: UnitId, source: kiln::Error) -> Error {
         Error::Link {
             unit: self.unit_names(unit),
             source,
@@ -287,18 +357,24 @@ impl KilnModule {
     }
 
     /// The linkage names of a unit's definitions.
-    fn unit_names(&self, unit: UnitId) -> String {
+    pub(crate) fn unit_names(&self, unit: UnitId) -> String {
         match self.units.get(&unit) {
             Some(m) => m
                 .iter()
                 .map(|id| self.name_of(*id))
                 .collect::<Vec<_>>()
                 .join(" + "),
-            None => unit.to_string(),
+            None => match self.retired.iter().find(|r| r.unit == unit) {
+                Some(r) => format!(
+                    "a retired body of {} ({unit}: reclaim it first)",
+                    self.name_of(FuncOrDataId::Func(r.function))
+                ),
+                None => unit.to_string(),
+            },
         }
     }
 
-    fn name_of(&self, id: FuncOrDataId) -> String {
+    pub(crate) fn name_of(&self, id: FuncOrDataId) -> String {
         match id {
             FuncOrDataId::Func(f) if f.as_u32() < self.function_count => self
                 .declarations
@@ -363,59 +439,72 @@ impl KilnModule {
     /// Link one group of pending definitions as a unit and record where they are.
     fn link_group(&mut self, pending: &[Pending], group: &[usize]) -> Result<()> {
         let members: Vec<&Pending> = group.iter().map(|&i| &pending[i]).collect();
-        let member_index: FxHashMap<FuncOrDataId, usize> =
-            members.iter().enumerate().map(|(k, p)| (p.id, k)).collect();
-        let object = {
-            let mut resolver = Resolver {
-                declarations: &self.declarations,
-                defs: &self.defs,
-                members: &member_index,
-                host: &mut self.host,
-                session: &self.session,
-                libcall_names: &*self.libcall_names,
-            };
-            unit::build(&*self.isa, &members, |p, target| {
-                resolver.resolve(p, target)
-            })?
-        };
-        let mut inputs = Inputs::new();
-        for name in &object.hidden {
-            inputs.add_root(name.clone());
-        }
-        let unit_name = object.name.clone();
-        inputs.add_object(object.name, object.bytes);
+        let (inputs, unit_name) = self.unit_inputs(&members)?;
         let scope = self.session.default_scope();
         let unit = self
             .session
-            .link_inputs(scope, &inputs)
+            .link_inputs_with(&inputs, &self.unit_options())
             .map_err(|source| Error::Link {
                 unit: unit_name,
                 source,
             })?;
         for p in &members {
-            let addr = self
-                .session
-                .lookup_symbol(scope, &p.name)
-                .filter(|s| s.unit == unit)
-                .map_or(ExecutorAddr::NULL, |s| s.addr);
-            self.defs.insert(
-                p.id,
-                Def::Linked(Linked {
-                    unit,
-                    addr,
-                    size: p.size(),
-                }),
-            );
+            let linked = self.linked_in(unit, scope, p);
+            self.defs.insert(p.id, Def::Linked(linked));
         }
         self.units
             .insert(unit, members.iter().map(|p| p.id).collect());
         Ok(())
     }
 
+    /// How every unit is linked: in the session's default scope, keeping its edges (a relink
+    /// record) so that `redefine_function` can point its calls at a new body.
+    pub(crate) fn unit_options(&self) -> UnitOptions {
+        UnitOptions {
+            relink: true,
+            ..UnitOptions::new(self.session.default_scope())
+        }
+    }
+
+    /// Where `p` is, linked in `unit`.
+    pub(crate) fn linked_in(&self, unit: UnitId, scope: kiln::ScopeId, p: &Pending) -> Linked {
+        let addr = self
+            .session
+            .lookup_symbol(scope, &p.name)
+            .filter(|s| s.unit == unit)
+            .map_or(ExecutorAddr::NULL, |s| s.addr);
+        Linked {
+            unit,
+            addr,
+            size: p.size(),
+        }
+    }
+
+    /// The kiln inputs of a unit holding `members` (its ELF object, its hidden symbols as
+    /// roots), and the unit's name.
+    pub(crate) fn unit_inputs(&self, members: &[&Pending]) -> Result<(Inputs, String)> {
+        let member_index: FxHashMap<FuncOrDataId, usize> =
+            members.iter().enumerate().map(|(k, p)| (p.id, k)).collect();
+        let object = {
+            let declarations = &self.declarations;
+            let mut host = crate::resolve::lock(&self.host);
+            let mut resolver = Resolver {
+                decl: &|id| DeclInfo::of(declarations, id),
+                defined: Defined::Now(&self.defs),
+                members: &member_index,
+                host: &mut host,
+                session: &self.session,
+                libcall_names: &*self.libcall_names,
+            };
+            unit::build(&*self.isa, members, |p, target| resolver.resolve(p, target))?
+        };
+        Ok(object.into_inputs())
+    }
+
     // ---- defining ----
 
     /// Checks every definition makes first.
-    fn check_definable(&self, id: FuncOrDataId) -> ModuleResult<()> {
+    pub(crate) fn check_definable(&self, id: FuncOrDataId) -> ModuleResult<()> {
         let (name, linkage) = match id {
             FuncOrDataId::Func(f) => {
                 let d = self.declarations.get_function_decl(f);
@@ -466,15 +555,12 @@ impl KilnModule {
     }
 
     /// Code alignment as cranelift-jit computes it.
-    fn code_alignment(&self, alignment: u64) -> u64 {
-        alignment
-            .max(self.isa.function_alignment().minimum.into())
-            .max(self.isa.symbol_alignment())
-            .max(1)
+    pub(crate) fn code_alignment(&self, alignment: u64) -> u64 {
+        code_alignment(&*self.isa, alignment)
     }
 
     /// Relocation targets that name declarations must name existing ones.
-    fn check_targets(&self, name: &str, relocs: &[ModuleReloc]) -> ModuleResult<()> {
+    pub(crate) fn check_targets(&self, name: &str, relocs: &[ModuleReloc]) -> ModuleResult<()> {
         for r in relocs {
             let known = match target_id(&r.name) {
                 Some(FuncOrDataId::Func(f)) => f.as_u32() < self.function_count,
@@ -511,12 +597,14 @@ impl Module for KilnModule {
             .declarations
             .declare_function(name, linkage, signature)?;
         self.function_count = self.function_count.max(id.as_u32() + 1);
+        self.share_function(id);
         Ok(id)
     }
 
     fn declare_anonymous_function(&mut self, signature: &ir::Signature) -> ModuleResult<FuncId> {
         let id = self.declarations.declare_anonymous_function(signature)?;
         self.function_count = self.function_count.max(id.as_u32() + 1);
+        self.share_function(id);
         Ok(id)
     }
 
@@ -537,12 +625,14 @@ impl Module for KilnModule {
             .declarations
             .declare_data(name, linkage, writable, tls)?;
         self.data_count = self.data_count.max(id.as_u32() + 1);
+        self.share_data(id);
         Ok(id)
     }
 
     fn declare_anonymous_data(&mut self, writable: bool, tls: bool) -> ModuleResult<DataId> {
         let id = self.declarations.declare_anonymous_data(writable, tls)?;
         self.data_count = self.data_count.max(id.as_u32() + 1);
+        self.share_data(id);
         Ok(id)
     }
 
@@ -631,7 +721,21 @@ impl Module for KilnModule {
 }
 
 impl KilnModule {
-    fn check_declared_function(&self, id: FuncId) -> ModuleResult<()> {
+    /// Copy a function's declaration (new, or changed by a later declaration) for lazy
+    /// compilations.
+    fn share_function(&self, id: FuncId) {
+        let decl = self.declarations.get_function_decl(id);
+        let mut table = self.decl_table.write().unwrap_or_else(|e| e.into_inner());
+        table.set_function(id, decl);
+    }
+
+    fn share_data(&self, id: DataId) {
+        let decl = self.declarations.get_data_decl(id);
+        let mut table = self.decl_table.write().unwrap_or_else(|e| e.into_inner());
+        table.set_data(id, decl);
+    }
+
+    pub(crate) fn check_declared_function(&self, id: FuncId) -> ModuleResult<()> {
         if id.as_u32() >= self.function_count {
             return Err(ModuleError::Undeclared(format!("{id}")));
         }

@@ -1,9 +1,10 @@
 //! What each relocation target of a unit binds to: a definition of the same unit, one linked
 //! earlier (by name, through kiln), or a host symbol the module resolves itself.
 //!
-//! This is where kiln-jit will attach: a reference to a module function will bind to a
-//! redirectable entry (so that callers follow `redefine_function`), or to the lazy stub of a
-//! function compiled on first call, instead of the defining unit's symbol.
+//! A reference to a module function binds by name to whatever defines it in the session: its
+//! unit, the unit of its latest body after `redefine_function` (kiln moves the binding), or
+//! the stub of a lazy function. The bodies of lazy functions are resolved without the
+//! module's table of definitions ([`Defined::ByName`]): kiln's link says what is there.
 
 use crate::builder::SymbolLookupFn;
 use crate::error::{Error, Result};
@@ -51,10 +52,50 @@ pub(crate) fn target_id(t: &ModuleRelocTarget) -> Option<FuncOrDataId> {
     }
 }
 
+/// What the resolver needs to know of a declaration: its linkage name, linkage, and whether it
+/// is thread-local data.
+pub(crate) struct DeclInfo {
+    pub name: String,
+    pub linkage: Linkage,
+    pub tls: bool,
+}
+
+impl DeclInfo {
+    pub fn of(declarations: &ModuleDeclarations, id: FuncOrDataId) -> DeclInfo {
+        match id {
+            FuncOrDataId::Func(f) => {
+                let d = declarations.get_function_decl(f);
+                DeclInfo {
+                    name: d.linkage_name(f).into_owned(),
+                    linkage: d.linkage,
+                    tls: false,
+                }
+            }
+            FuncOrDataId::Data(d) => {
+                let decl = declarations.get_data_decl(d);
+                DeclInfo {
+                    name: decl.linkage_name(d).into_owned(),
+                    linkage: decl.linkage,
+                    tls: decl.tls,
+                }
+            }
+        }
+    }
+}
+
+/// Which module definitions a unit may bind to by name.
+pub(crate) enum Defined<'m> {
+    /// Those linked (or pending) in the module now.
+    Now(&'m FxHashMap<FuncOrDataId, Def>),
+    /// Every definable declaration: kiln's link says whether it is there (a lazy function's
+    /// body, compiled while the module goes on, cannot see the module's table).
+    ByName,
+}
+
 /// Says what each relocation target of a unit is.
 pub(crate) struct Resolver<'m> {
-    pub declarations: &'m ModuleDeclarations,
-    pub defs: &'m FxHashMap<FuncOrDataId, Def>,
+    pub decl: &'m dyn Fn(FuncOrDataId) -> DeclInfo,
+    pub defined: Defined<'m>,
     pub members: &'m FxHashMap<FuncOrDataId, usize>,
     pub host: &'m mut HostSymbols,
     pub session: &'m Session,
@@ -99,22 +140,17 @@ impl Resolver<'_> {
         if let Some(&i) = self.members.get(&id) {
             return Ok((Target::Member(i), addend));
         }
-        let (name, linkage, kind) = match id {
-            FuncOrDataId::Func(f) => {
-                let d = self.declarations.get_function_decl(f);
-                (d.linkage_name(f).into_owned(), d.linkage, SymbolKind::Text)
-            }
-            FuncOrDataId::Data(d) => {
-                let decl = self.declarations.get_data_decl(d);
-                let kind = if decl.tls {
-                    SymbolKind::Tls
-                } else {
-                    SymbolKind::Data
-                };
-                (decl.linkage_name(d).into_owned(), decl.linkage, kind)
-            }
+        let DeclInfo { name, linkage, tls } = (self.decl)(id);
+        let kind = match id {
+            FuncOrDataId::Func(_) => SymbolKind::Text,
+            FuncOrDataId::Data(_) if tls => SymbolKind::Tls,
+            FuncOrDataId::Data(_) => SymbolKind::Data,
         };
-        if self.defs.contains_key(&id) {
+        let defined = match &self.defined {
+            Defined::Now(defs) => defs.contains_key(&id),
+            Defined::ByName => linkage.is_definable(),
+        };
+        if defined {
             if kind == SymbolKind::Tls {
                 return Err(Error::TlsAcrossUnits {
                     function: from.name.clone(),
@@ -170,4 +206,10 @@ impl Resolver<'_> {
         }
         Ok(addr)
     }
+}
+
+/// Lock a mutex of this crate. Its holders make plain updates (a map insert): a panic elsewhere
+/// leaves the data consistent.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,11 +1,10 @@
 //! One kiln unit: the definitions of one group (see `group.rs`) as a relocatable ELF object.
 //!
-//! Why an ELF object and not a `kiln::graph::InMemoryGraph`: in-memory graphs cannot yet carry
-//! two things Cranelift code needs — an `.eh_frame` section (kiln treats every graph section as
-//! plain data, so Cranelift's unwind information would not reach the unwinder) and thread-local
-//! sections and symbols. Kiln's object path has both, and `object::write` makes the object
-//! small and cheap. Nothing else depends on the format: once graphs carry both, `build` can
-//! return a graph instead.
+//! Why an ELF object and not a `kiln::graph::InMemoryGraph`: when this was written, graphs could
+//! not carry an `.eh_frame` section or thread-local sections and symbols, which Cranelift code
+//! needs. They can now (`GraphSectionKind::EhFrame`, `Tls`); what keeps the object is that host
+//! symbols and libcalls are written as local absolute symbols (so that they never clash with
+//! the module's names), which a graph has no way to say. Nothing else depends on the format.
 //!
 //! Symbols: each definition is a global symbol under its linkage name (default visibility for
 //! `Export` and `Preemptible`, weak for `Preemptible`; hidden for `Local` and `Hidden`, which
@@ -104,6 +103,18 @@ pub(crate) struct UnitObject {
     /// Hidden symbols: kiln keeps only default-visibility symbols of an object without being
     /// told, so these are given as roots.
     pub hidden: Vec<String>,
+}
+
+impl UnitObject {
+    /// The kiln inputs of the unit (its object, its hidden symbols as roots), and its name.
+    pub fn into_inputs(self) -> (kiln::Inputs, String) {
+        let mut inputs = kiln::Inputs::new();
+        for name in self.hidden {
+            inputs.add_root(name);
+        }
+        inputs.add_object(self.name.clone(), self.bytes);
+        (inputs, self.name)
+    }
 }
 
 /// The ELF object of `members`; `resolve` says what each relocation target is (and an extra

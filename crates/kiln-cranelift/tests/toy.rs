@@ -158,4 +158,97 @@ fn in_executor() {
         "toy: {} programs ran in executor process {pid}",
         PROGRAMS.len()
     );
+    remote_calls_redefinition_and_lazy(&mut m, &mains);
+}
+
+/// In the executor: functions called with arguments and a 64-bit result (no wrapper), a
+/// redefinition its callers follow, and a lazy function compiled on its first remote call
+/// (the resolution runs here, in the controller).
+fn remote_calls_redefinition_and_lazy(m: &mut KilnModule, mains: &[FuncId]) {
+    for ((src, want), id) in PROGRAMS.iter().zip(mains) {
+        assert_eq!(m.call(*id, &[]).unwrap() as i64, *want, "{src}");
+    }
+    let Some(cranelift_module::FuncOrDataId::Func(gcd)) = m.declarations().get_name("gcd") else {
+        panic!("gcd is declared by the library");
+    };
+    assert_eq!(m.call(gcd, &[1071, 462]).unwrap(), 21);
+    let ids = lang::compile(
+        m,
+        "fn k() { return 1; } fn user(x) { return k() * 10 + x; }",
+    )
+    .unwrap();
+    m.finalize_definitions().unwrap();
+    let (k, user) = (ids["k"], ids["user"]);
+    assert_eq!(m.call(user, &[3]).unwrap(), 13);
+    let mut ctx = m.make_context();
+    ctx.func.signature = m.declarations().get_function_decl(k).signature.clone();
+    {
+        let mut fctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let block = b.create_block();
+        b.switch_to_block(block);
+        let two = b.ins().iconst(types::I64, 2);
+        b.ins().return_(&[two]);
+        b.seal_all_blocks();
+        b.finalize(m.target_config());
+    }
+    m.redefine_function(k, &mut ctx).unwrap();
+    assert_eq!(
+        m.call(user, &[3]).unwrap(),
+        23,
+        "the caller follows the new k"
+    );
+    assert_eq!(m.reclaim_retired().unwrap().len(), 1);
+    let mut sig = m.make_signature();
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.returns.push(AbiParam::new(types::I64));
+    let lazy = m
+        .declare_lazy_function("lazy_sub", Linkage::Export, &sig, |b| {
+            let config = b.module.target_config();
+            let mut fctx = FunctionBuilderContext::new();
+            let mut fb = FunctionBuilder::new(&mut b.ctx.func, &mut fctx);
+            let block = fb.create_block();
+            fb.append_block_params_for_function_params(block);
+            fb.switch_to_block(block);
+            let (x, y) = (fb.block_params(block)[0], fb.block_params(block)[1]);
+            let r = fb.ins().isub(x, y);
+            fb.ins().return_(&[r]);
+            fb.seal_all_blocks();
+            fb.finalize(config);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(m.call(lazy, &[50, 8]).unwrap(), 42);
+    assert!(matches!(
+        m.lazy_status(lazy),
+        Some(kiln_cranelift::LazyStatus::Compiled { .. })
+    ));
+    assert_eq!(m.call(lazy, &[8, 50]).unwrap() as i64, -42);
+    // A lazy function that cannot be compiled: the error handler (run here, in the controller)
+    // sends the call to gcd, which takes the same arguments.
+    let gcd_addr = m.function_address(gcd).unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let h = heard.clone();
+    m.set_lazy_error_handler(Some(Arc::new(move |name, message| {
+        h.lock().unwrap().push(format!("{name:?}: {message}"));
+        Some(gcd_addr)
+    })))
+    .unwrap();
+    let broken = m
+        .declare_lazy_function("lazy_broken", Linkage::Export, &sig, |_| {
+            Err("not today".into())
+        })
+        .unwrap();
+    assert_eq!(m.call(broken, &[1071, 462]).unwrap(), 21);
+    assert_eq!(m.call(broken, &[12, 18]).unwrap(), 6);
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert!(
+        heard[0].contains("lazy_broken") && heard[0].contains("not today"),
+        "{heard:?}"
+    );
+    println!(
+        "toy: calls with arguments, a redefinition, a lazy function and a failed one in the executor"
+    );
 }

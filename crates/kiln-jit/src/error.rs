@@ -15,6 +15,14 @@ pub enum Error {
     /// A site, reference or unit handle that does not belong to this JIT (or no longer lives).
     #[error("{0}")]
     Stale(String),
+    /// A compaction was asked to drop a unit that units which stay still use (they bind to its
+    /// symbols, or kiln-jit pointed one of their sites into it): drop them too, or point them
+    /// elsewhere first.
+    #[error("{unit} cannot be dropped: {users:?} use it and stay")]
+    InUse {
+        unit: kiln::UnitId,
+        users: Vec<kiln::UnitId>,
+    },
     /// A lazy function cannot do what was asked.
     #[error("lazy function {name}: {what}")]
     Lazy { name: String, what: String },

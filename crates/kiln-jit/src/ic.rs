@@ -50,7 +50,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::SiteKind;
-use crate::jit::{Jit, Site};
+use crate::jit::{Jit, Site, WrittenValue};
 use crate::redefine::{Book, Epoch, Place, Reclaimed};
 use kiln_target::ExecutorAddr;
 
@@ -237,7 +237,11 @@ impl Jit {
             target: call_site,
             empty: rec.empty,
         };
-        self.store(&key_site, &ic.key_bytes(key)?)
+        self.store(
+            &key_site,
+            &ic.key_bytes(key)?,
+            Some(WrittenValue::Value(key)),
+        )
     }
 }
 
@@ -292,7 +296,7 @@ impl MonoIc {
                 target: t0,
             } if t0 == target_place => {
                 if k0 != key {
-                    jit.store(&self.key, &key_bytes)?;
+                    jit.store(&self.key, &key_bytes, Some(WrittenValue::Value(key)))?;
                     rec.phase = Phase::Set {
                         key,
                         target: target_place,
@@ -301,7 +305,11 @@ impl MonoIc {
                 Ok(IcUpdate::Done)
             }
             Phase::Set { .. } => {
-                jit.store(&self.key, &self.key_bytes(self.empty)?)?;
+                jit.store(
+                    &self.key,
+                    &self.key_bytes(self.empty)?,
+                    Some(WrittenValue::Value(self.empty)),
+                )?;
                 rec.phase = Phase::Pending {
                     key,
                     target: target_place,
@@ -348,7 +356,7 @@ impl MonoIc {
         let (_, rec) = self.record(jit, &mut book)?;
         match rec.phase {
             Phase::Set { .. } => {
-                jit.store(&self.key, &empty)?;
+                jit.store(&self.key, &empty, Some(WrittenValue::Value(self.empty)))?;
                 rec.phase = Phase::Empty {
                     hit_until: Some(epoch),
                 };

@@ -4,10 +4,10 @@ use crate::error::{Error, Result};
 use crate::graph::{JitGraph, SiteKind};
 use crate::redefine::Book;
 use crate::zone::{Region, Zone, ZoneConfig};
-use kiln::{ScopeId, Session, UnitId, UnitOptions};
+use kiln::{Inputs, ScopeId, Session, UnitId, UnitOptions};
 use kiln_target::ExecutorAddr;
 use rustc_hash::FxHashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// Which region of the zone a unit goes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,6 +51,51 @@ pub(crate) struct ZoneUnit {
     pub region: RegionKind,
     pub sites: Vec<Site>,
     pub heap_refs: Vec<HeapRef>,
+    /// What kiln-jit wrote into the unit's fields since it was linked and no relink edge
+    /// follows, by field address.
+    pub written: FxHashMap<u64, Written>,
+}
+
+impl ZoneUnit {
+    pub fn new(region: RegionKind, sites: Vec<Site>, heap_refs: Vec<HeapRef>) -> ZoneUnit {
+        ZoneUnit {
+            region,
+            sites,
+            heap_refs,
+            written: FxHashMap::default(),
+        }
+    }
+}
+
+/// A value kiln-jit wrote into a field of a zone unit (a retargeted site without a relink edge
+/// at it, a guard key, an updated heap reference). Where the unit's relink record has an edge
+/// at the field and kiln-jit made that edge follow the write ([`kiln::Session::set_edge_target`]),
+/// kiln applies it again when code moves and nothing is kept here; otherwise kiln knows nothing
+/// of the value, and compaction writes it again at the field's new place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub kind: SiteKind,
+    pub value: WrittenValue,
+}
+
+/// A field kiln-jit wrote, after code moved (see [`Jit::relocate_fields`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MovedField {
+    pub unit: UnitId,
+    /// The field's address now.
+    pub at: u64,
+    pub written: Written,
+    /// Whether the field or the code its value points into moved.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WrittenValue {
+    /// An address the field reaches (a call's target, a slot's pointer): it follows the code it
+    /// points into.
+    Target(u64),
+    /// A value that is not a code address (a guard key, a heap reference): kept as it is.
+    Value(u64),
 }
 
 /// The JIT layer over one session: a code zone, the units in it, and the operations that change
@@ -67,6 +112,10 @@ pub struct Jit {
     pub(crate) book: Mutex<Book>,
     /// Lazy functions (lazy.rs).
     pub(crate) lazy: Arc<crate::lazy::LazyTable>,
+    /// Held for writing while a compaction moves code; for reading by whatever writes fields at
+    /// addresses it looked up (write windows, heap references) or removes units. Lock order:
+    /// `book`, then `moving`, then `units`.
+    pub(crate) moving: RwLock<()>,
 }
 
 impl Jit {
@@ -88,6 +137,7 @@ impl Jit {
             units: Mutex::default(),
             book: Mutex::default(),
             lazy: Arc::default(),
+            moving: RwLock::default(),
         })
     }
 
@@ -124,6 +174,11 @@ impl Jit {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Code does not move while this is held (see [`Jit::compact`]).
+    pub(crate) fn code_stays(&self) -> RwLockReadGuard<'_, ()> {
+        self.moving.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Link `graph` into `region`, and find its sites and heap references.
     pub fn link(&self, region: RegionKind, graph: &JitGraph) -> Result<Linked> {
         check_annotations(graph)?;
@@ -135,11 +190,7 @@ impl Jit {
         let unit = self.session.link_graph_with(&graph.graph, &options)?;
         match self.place_annotations(unit, graph) {
             Ok((sites, heap_refs)) => {
-                let record = ZoneUnit {
-                    region,
-                    sites: sites.clone(),
-                    heap_refs: heap_refs.clone(),
-                };
+                let record = ZoneUnit::new(region, sites.clone(), heap_refs.clone());
                 self.units().insert(unit, record);
                 Ok(Linked {
                     unit,
@@ -153,6 +204,29 @@ impl Jit {
                 Err(e)
             }
         }
+    }
+
+    /// Link an ELF relocatable object into `region` (a runtime routine written in C, a method a
+    /// compiler emitted as an object): everything kiln does for an object (its `.eh_frame`,
+    /// debug info for gdb, perf) works in the zone. Objects declare no sites or heap
+    /// references.
+    pub fn link_object(&self, region: RegionKind, name: &str, bytes: Vec<u8>) -> Result<Linked> {
+        let options = UnitOptions {
+            scope: self.scope,
+            memory: Some(self.region(region).code_memory()),
+            relink: region == RegionKind::Method,
+        };
+        let mut inputs = Inputs::new();
+        inputs.add_object(name, bytes);
+        let unit = self.session.link_inputs_with(&inputs, &options)?;
+        self.units()
+            .insert(unit, ZoneUnit::new(region, Vec::new(), Vec::new()));
+        Ok(Linked {
+            unit,
+            region,
+            sites: Vec::new(),
+            heap_refs: Vec::new(),
+        })
     }
 
     /// The addresses of a linked graph's sites and heap references.
@@ -268,10 +342,67 @@ impl Jit {
     }
 
     /// Store a site's new bytes in a write window (one aligned atomic store, then the cores
-    /// serialize), if the site belongs to a live unit of this zone.
-    pub(crate) fn store(&self, site: &Site, bytes: &[u8]) -> Result<()> {
+    /// serialize), if the site belongs to a live unit of this zone. `kept` is what to remember
+    /// of the write for compaction to write it again after a move; `None` when a relink edge at
+    /// the field follows the write (kiln applies that edge again itself).
+    pub(crate) fn store(
+        &self,
+        site: &Site,
+        bytes: &[u8],
+        kept: Option<WrittenValue>,
+    ) -> Result<()> {
         self.check_site(site)?;
-        self.write(|w| w.write(site.addr, bytes).map(drop))
+        self.write(|w| w.write(site.addr, bytes).map(drop))?;
+        if let Some(u) = self.units().get_mut(&site.unit) {
+            match kept {
+                Some(value) => {
+                    let written = Written {
+                        kind: site.kind,
+                        value,
+                    };
+                    u.written.insert(site.addr.0, written);
+                }
+                None => {
+                    u.written.remove(&site.addr.0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After code moved (`to_new` gives each old address its new one): the sites and heap
+    /// references of every zone unit at their new addresses, and what kiln-jit wrote into
+    /// fields (see [`Written`]) at their new places, with targets that moved followed, for the
+    /// caller to write again.
+    pub(crate) fn relocate_fields(&self, to_new: &dyn Fn(u64) -> u64) -> Vec<MovedField> {
+        let mut out = Vec::new();
+        for (&unit, u) in self.units().iter_mut() {
+            for s in &mut u.sites {
+                s.addr = ExecutorAddr(to_new(s.addr.0));
+            }
+            for h in &mut u.heap_refs {
+                h.addr = ExecutorAddr(to_new(h.addr.0));
+            }
+            let mut written = FxHashMap::default();
+            for (old_at, mut w) in u.written.drain() {
+                let at = to_new(old_at);
+                let mut changed = at != old_at;
+                if let WrittenValue::Target(t) = &mut w.value {
+                    let now = to_new(*t);
+                    changed |= now != *t;
+                    *t = now;
+                }
+                written.insert(at, w);
+                out.push(MovedField {
+                    unit,
+                    at,
+                    written: w,
+                    changed,
+                });
+            }
+            u.written = written;
+        }
+        out
     }
 
     /// `site` is one of a live (not retired) unit of this zone.
@@ -292,8 +423,12 @@ impl Jit {
     /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
     pub fn remove(&self, unit: UnitId) -> Result<()> {
         self.lazy.check_removable(unit)?;
-        self.session.remove(unit)?;
-        self.units().remove(&unit);
+        {
+            let _stays = self.code_stays();
+            self.session.remove(unit)?;
+            self.units().remove(&unit);
+        }
+        // After the guard: the book is taken before `moving`, never after.
         self.book().forget(unit);
         Ok(())
     }
@@ -353,4 +488,25 @@ pub(crate) fn check_annotations(g: &JitGraph) -> Result<()> {
         });
     }
     Ok(())
+}
+
+impl Written {
+    /// The bytes of the field at `addr` holding this value.
+    pub(crate) fn encode(&self, addr: u64) -> Result<Vec<u8>> {
+        let out_of_range = |what: String| Error::Stale(format!("{what} (the field at {addr:#x})"));
+        Ok(match (self.kind, self.value) {
+            (SiteKind::Rel32, WrittenValue::Target(t) | WrittenValue::Value(t)) => {
+                crate::window::rel32(ExecutorAddr(addr), ExecutorAddr(t))?
+                    .to_le_bytes()
+                    .to_vec()
+            }
+            (SiteKind::Abs64, WrittenValue::Target(v) | WrittenValue::Value(v)) => {
+                v.to_le_bytes().to_vec()
+            }
+            (SiteKind::Imm32, WrittenValue::Target(v) | WrittenValue::Value(v)) => u32::try_from(v)
+                .map_err(|_| out_of_range(format!("{v:#x} does not fit 32 bits")))?
+                .to_le_bytes()
+                .to_vec(),
+        })
+    }
 }

@@ -113,12 +113,8 @@ pub(crate) struct Phase {
 
 /// A lazy function as redefinition and compaction need it (see [`Jit::lazy_records`]).
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the redefinition and compaction code being written beside this
 pub(crate) struct LazyRecordView {
-    pub name: String,
     pub key: StubKey,
-    /// The stub and its unit (fixed region); the stub's slot is at `stub + 16`.
-    pub stub: Option<(ExecutorAddr, UnitId)>,
     /// The compiled unit and the code's address.
     pub compiled: Option<(UnitId, ExecutorAddr)>,
     /// Calls redirected from the stub to the code (by unit and offset: valid after a move).
@@ -154,7 +150,7 @@ impl LazyTable {
     }
 
     /// The lazy function whose stub or compiled code `unit` is.
-    fn owner_of(&self, unit: UnitId) -> Option<Arc<LazyRecord>> {
+    pub(crate) fn owner_of(&self, unit: UnitId) -> Option<Arc<LazyRecord>> {
         let key = *lock(&self.by_unit).get(&unit)?;
         self.get(key)
     }
@@ -304,7 +300,6 @@ impl Jit {
 
     /// Every lazy function of this JIT, as redefinition and compaction need it: stub, compiled
     /// unit and code, redirected call sites.
-    #[allow(dead_code)] // for the redefinition and compaction code being written beside this
     pub(crate) fn lazy_records(&self) -> Vec<LazyRecordView> {
         let records: Vec<Arc<LazyRecord>> = lock(&self.lazy.by_key).values().cloned().collect();
         records
@@ -312,9 +307,7 @@ impl Jit {
             .map(|r| {
                 let phase = lock(&r.phase).clone();
                 LazyRecordView {
-                    name: r.name.clone(),
                     key: r.key,
-                    stub: r.stub.get().copied(),
                     compiled: phase.compiled,
                     redirected: phase.redirected,
                 }
@@ -322,13 +315,35 @@ impl Jit {
             .collect()
     }
 
+    /// If `unit` is a lazy function's stub or compiled code: the function's key, the name its
+    /// code is defined under (`NAME.code`) and its compiled unit, for a redefinition (which
+    /// replaces the code, never the stub). An error for a function not compiled yet.
+    pub(crate) fn lazy_code_unit(&self, unit: UnitId) -> Result<Option<(StubKey, String, UnitId)>> {
+        let Some(record) = self.lazy.owner_of(unit) else {
+            return Ok(None);
+        };
+        let compiled = lock(&record.phase).compiled;
+        let (code_unit, _) = compiled.ok_or_else(|| Error::Lazy {
+            name: record.name.clone(),
+            what: "it is not compiled yet: there is no code to redefine (its first call \
+                   compiles what the callback returns)"
+                .into(),
+        })?;
+        Ok(Some((
+            record.key,
+            format!("{}.code", record.name),
+            code_unit,
+        )))
+    }
+
     /// Lazy function `key`'s code is now `new_code` in `new_unit` (redefined, or its unit
     /// moved): its stub's slot is set to it, and every call site redirected to the old code
     /// that still calls it is retargeted to the new code — or, where one store cannot reach it
     /// (out of ±2 GiB), back to the stub. Sites that no longer call the old code (their unit
     /// moved and its edges were applied again, so they call the stub; or it is gone) are
-    /// dropped from the record. Call it before the old code can be freed.
-    #[allow(dead_code)] // for the redefinition and compaction code being written beside this
+    /// dropped from the record; then the direct calls of the stub that relink units make (a
+    /// moved caller's call was applied again to the stub) are redirected to the new code too.
+    /// Call it before the old code can be freed. Redefinition and compaction call it.
     pub(crate) fn lazy_code_moved(
         &self,
         key: StubKey,
@@ -365,6 +380,15 @@ impl Jit {
                 CallRedirect::Left(_) => {
                     // Cannot reach the new code: back through the stub (it was reached before).
                     session.redirect_call_site(&site, old_code, stub)?;
+                }
+            }
+        }
+        // Calls of the stub: back to the code directly. No call entered the stub: no return
+        // address (0 names no call).
+        if let Ok(bypass) = session.bypass_lazy_stub(stub, new_code, ExecutorAddr(0)) {
+            for s in bypass.redirected {
+                if !kept.contains(&s) {
+                    kept.push(s);
                 }
             }
         }
@@ -414,6 +438,9 @@ fn compile_and_link(
         request,
     })
     .map_err(|e| format!("the compile callback failed: {e}"))?;
+    // From the link to the bypass the code's address is written into the record, the stub's
+    // slot and the callers: no compaction may move it meanwhile.
+    let stays = jit.code_stays();
     let linked = jit
         .link(RegionKind::Method, &graph)
         .map_err(|e| format!("linking its compiled graph failed: {e}"))?;
@@ -422,6 +449,7 @@ fn compile_and_link(
         .lookup_symbol(jit.scope(), &code_name)
         .filter(|s| s.unit == linked.unit && s.kind == SymbolKind::Function);
     let Some(code) = code.map(|s| s.addr) else {
+        drop(stays); // remove takes it again
         let _ = jit.remove(linked.unit);
         return Err(format!(
             "its compiled graph {:?} defines no function {code_name}",

@@ -43,8 +43,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod compact;
 mod error;
 mod graph;
+mod heaprefs;
 mod ic;
 mod jit;
 mod lazy;
@@ -53,6 +55,7 @@ mod redefine;
 mod window;
 mod zone;
 
+pub use compact::{CompactionReport, CompactionTimes, MoveMap, PinReason, RangeMove, Verdict};
 pub use error::{Error, Result};
 pub use graph::{HeapRefDecl, JitGraph, SiteDecl, SiteKind};
 pub use ic::{IcState, IcUpdate, MonoIc};

@@ -176,6 +176,11 @@ pub(crate) struct PicRecord {
 }
 
 impl PicRecord {
+    /// The stub the site reaches (`None`: megamorphic).
+    pub fn stub_unit(&self) -> Option<UnitId> {
+        self.stub.map(|(u, _)| u)
+    }
+
     /// A redefinition moved definitions: targets kept by address follow.
     pub fn translate(&mut self, f: &dyn Fn(Place) -> Place) {
         let fix = |k: &mut Kept| {

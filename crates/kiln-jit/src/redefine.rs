@@ -30,7 +30,7 @@
 use crate::error::{Error, Result};
 use crate::graph::{JitGraph, SiteKind};
 use crate::ic::IcRecord;
-use crate::jit::{check_annotations, Jit, Linked, RegionKind, Site, ZoneUnit};
+use crate::jit::{check_annotations, Jit, Linked, RegionKind, Site, WrittenValue, ZoneUnit};
 use crate::pic::PicRecord;
 use kiln::arch::x86_64::EdgeKind as X86;
 use kiln::arch::EdgeKind;
@@ -257,8 +257,9 @@ impl Jit {
         let bytes = Jit::target_bytes(site, target)?;
         self.check_site(site)?;
         let previous = self.read_target(site)?;
-        self.follow_edge(site, target)?;
-        if let Err(e) = self.store(site, &bytes) {
+        let follows = self.follow_edge(site, target)?;
+        let kept = (!follows).then_some(WrittenValue::Target(target.0));
+        if let Err(e) = self.store(site, &bytes, kept) {
             let _ = self.follow_edge(site, previous);
             return Err(e);
         }
@@ -275,21 +276,28 @@ impl Jit {
     /// [`Jit::set_value`] with the book held: the site no longer follows a target.
     pub(crate) fn set_value_in(&self, book: &mut Book, site: &Site, bytes: &[u8]) -> Result<()> {
         self.check_site(site)?;
-        if site.kind == SiteKind::Abs64 {
-            let value = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
-            self.follow_edge(site, ExecutorAddr(value))?;
-        }
-        self.store(site, bytes)?;
+        let value = match *bytes {
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            _ => u64::from_le_bytes(bytes.try_into().unwrap_or_default()),
+        };
+        let follows =
+            site.kind == SiteKind::Abs64 && self.follow_edge(site, ExecutorAddr(value))?;
+        self.store(
+            site,
+            bytes,
+            (!follows).then_some(WrittenValue::Value(value)),
+        )?;
         book.targets.remove(&self.place(site.addr));
         Ok(())
     }
 
     /// Make the relink edge at `site` (if its unit keeps one there) target what reaches
-    /// `target`.
-    fn follow_edge(&self, site: &Site, target: ExecutorAddr) -> Result<()> {
-        self.session()
-            .set_edge_target(site.addr, |e| edge_symbol(site.kind, e, target))?;
-        Ok(())
+    /// `target`. Whether there was one that now follows.
+    fn follow_edge(&self, site: &Site, target: ExecutorAddr) -> Result<bool> {
+        Ok(self
+            .session()
+            .set_edge_target(site.addr, |e| edge_symbol(site.kind, e, target))?
+            .is_some())
     }
 
     /// Begin a new epoch and return it: everything retired so far is older. See the module
@@ -362,12 +370,22 @@ impl Jit {
     }
 
     /// Retire `unit`: its sites are refused from now on, what was kept for them forgotten; it
-    /// stays in memory until a reclaim covers the current epoch.
+    /// stays in memory until a reclaim covers the current epoch. The PIC stubs its sites reach
+    /// are retired with it (only its old code still calls them).
     pub(crate) fn retire(&self, book: &mut Book, unit: UnitId, kind: RetiredKind) {
         if let Some(u) = self.units().get_mut(&unit) {
             u.sites.clear();
         }
+        let stubs: Vec<UnitId> = book
+            .pics
+            .iter()
+            .filter(|(p, _)| matches!(p, Place::In { unit: u, .. } if *u == unit))
+            .filter_map(|(_, r)| r.stub_unit())
+            .collect();
         book.forget_sites(unit);
+        for stub in stubs {
+            self.retire(book, stub, RetiredKind::Pic);
+        }
         let segments = self.session().unit_segments(unit).unwrap_or_default();
         book.retired.push(Retired {
             unit,
@@ -391,6 +409,28 @@ impl Jit {
         check_annotations(graph)?;
         let mut book = self.book();
         let old = self.live_unit(old.into(), &book)?;
+        // A lazy function (named by its stub or its code): its code is replaced, and the stub's
+        // slot and the calls redirected to the code follow it.
+        let lazy = self.lazy_code_unit(old)?;
+        let old = lazy.as_ref().map_or(old, |l| l.2);
+        if let Some((_, code_name, _)) = &lazy {
+            let defines = graph
+                .graph
+                .sections
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .flat_map(|b| &b.symbols)
+                .any(|s| s.name == *code_name);
+            if !defines {
+                return Err(Error::Graph {
+                    graph: graph.graph.name.clone(),
+                    what: format!(
+                        "it redefines a lazy function, so it must define {code_name} (the code \
+                         its stub leads to)"
+                    ),
+                });
+            }
+        }
         let session = self.session();
         let region = self
             .units()
@@ -431,14 +471,8 @@ impl Jit {
         };
         let placed = self.place_annotations(new, graph);
         let (sites, heap_refs) = placed.as_ref().cloned().unwrap_or_default();
-        self.units().insert(
-            new,
-            ZoneUnit {
-                region,
-                sites: sites.clone(),
-                heap_refs: heap_refs.clone(),
-            },
-        );
+        self.units()
+            .insert(new, ZoneUnit::new(region, sites.clone(), heap_refs.clone()));
         for ic in book.ics.values_mut() {
             ic.translate(&translate);
         }
@@ -448,7 +482,18 @@ impl Jit {
         let (retargeted, unmapped) = self.follow_redefinition(&mut book, old, &translate)?;
         self.retire(&mut book, old, RetiredKind::Redefined);
         let since = Epoch(book.epoch);
+        let lazy_moved = match &lazy {
+            Some((key, code_name, _)) => {
+                let code = new_symbols.iter().find(|(n, _)| n == code_name);
+                match code {
+                    Some((_, s)) => self.lazy_code_moved(*key, new, s.addr),
+                    None => Err(Error::Stale(format!("{code_name} vanished from {new}"))),
+                }
+            }
+            None => Ok(()),
+        };
         drop(book);
+        lazy_moved?;
         let unreached = session.dependents(old).unwrap_or_default();
         placed.map_err(|e| {
             Error::Stale(format!(

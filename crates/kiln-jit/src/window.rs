@@ -44,7 +44,13 @@ impl Jit {
     /// Open a write window: `f` adds writes (checked as they are added), and when it returns
     /// `Ok` they are applied through the zone's writable alias, each aligned piece atomically,
     /// then every core serializes. If `f` fails, nothing is written. See the module docs.
+    ///
+    /// Code does not move while a window is open ([`Jit::compact`] waits for it): the addresses
+    /// checked when a write is added are still the code's when it is applied. So `f` must not
+    /// call the JIT's other patching operations (`retarget`, inline caches, PICs, redefinition,
+    /// compaction): they take the JIT's book, which a compaction waiting for this window holds.
     pub fn write<R>(&self, f: impl FnOnce(&mut WriteWindow<'_>) -> Result<R>) -> Result<R> {
+        let _stays = self.code_stays();
         let mut w = WriteWindow {
             jit: self,
             writes: Vec::new(),

@@ -2,7 +2,9 @@
 //! copied memory): 8 threads making the first call at once (one compilation, every answer
 //! right, every caller's call site patched to the compiled code), arguments in every register
 //! and on the stack passing through the first call, compile errors going to the VM's error
-//! handler, call sites that cannot be patched left working, and no writable+executable mapping.
+//! handler, call sites that cannot be patched left working, a lazy function whose code and
+//! callers a compaction moves and which is then redefined (stub and callers follow, directly),
+//! and no writable+executable mapping.
 //!
 //! This test program has a main of its own (`harness = false`): started with
 //! `--kiln-executor` it serves as the executor the remote cases spawn. Arguments: a substring
@@ -447,6 +449,75 @@ fn unpatchable_calls_stay_correct(at: Where) {
     );
 }
 
+/// A lazy function called, compacted (its code and one caller move), called again, redefined,
+/// compacted again: the stub and the callers always reach the current code, directly.
+fn compacted_and_redefined(at: Where) {
+    let s = session(at);
+    let jit = jit_on(&s);
+    let f = jit
+        .declare_lazy("lazy_add3", |cx| Ok(add3(cx, 10)))
+        .unwrap();
+    jit.link(RegionKind::Method, &aligned_caller("low", "lazy_add3"))
+        .unwrap();
+    let mut filler = InMemoryGraph::new("drop_me");
+    filler.add_function("drop_me", vec![0xc3; 512], vec![], None);
+    let filler = jit
+        .link(RegionKind::Method, &JitGraph::new(filler))
+        .unwrap();
+    jit.link(RegionKind::Method, &aligned_caller("high", "lazy_add3"))
+        .unwrap();
+    let ex = s.executor().clone();
+    assert_eq!(ex.call(lookup(&s, "low"), &[1, 2, 3]).unwrap(), 16);
+    let code_now = || match jit.lazy_status(&f) {
+        Some(LazyStatus::Compiled { code, .. }) => code,
+        other => panic!("not compiled: {other:?}"),
+    };
+    let old_code = code_now();
+    let drop_filler = |u| {
+        if u == filler.unit {
+            kiln_jit::Verdict::Drop
+        } else {
+            kiln_jit::Verdict::Keep
+        }
+    };
+    let report = jit.compact(drop_filler).unwrap();
+    let code = code_now();
+    assert_eq!(report.translate(old_code), Some(code));
+    assert_ne!(code, old_code, "the code moved");
+    let check = |want_k: u64, code: ExecutorAddr| {
+        for caller in ["low", "high"] {
+            let c = lookup(&s, caller);
+            assert_eq!(ex.call(c, &[1, 2, 3]).unwrap(), 6 + want_k, "{caller}");
+            assert_eq!(call_target(&s, c, ALIGNED_REL32), code.0, "{caller} direct");
+        }
+        assert_eq!(ex.call(f.addr, &[1, 1, 1]).unwrap(), 3 + want_k, "the stub");
+        assert_eq!(stub_slot(&s, f.addr), code.0);
+    };
+    check(10, code);
+    jit.redefine("lazy_add3", &add3_named("lazy_add3.code", 20))
+        .unwrap();
+    let code = code_now();
+    check(20, code);
+    jit.reclaim_retired().unwrap();
+    let report = jit.compact(|_| kiln_jit::Verdict::Keep).unwrap();
+    assert!(report.dropped.is_empty());
+    check(20, code_now());
+}
+
+/// [`add3`] under any name.
+fn add3_named(name: &str, k: i8) -> JitGraph {
+    let mut g = InMemoryGraph::new(name);
+    g.add_function(
+        name,
+        vec![
+            0x48, 0x8d, 0x04, 0x37, 0x48, 0x01, 0xd0, 0x48, 0x83, 0xc0, k as u8, 0xc3,
+        ],
+        vec![],
+        None,
+    );
+    JitGraph::new(g)
+}
+
 /// No mapping of this process is writable and executable.
 fn no_wx_mapping() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -463,7 +534,7 @@ fn no_wx_mapping() {
 /// Every scenario in process, then with shared and with copied memory.
 fn scenarios() -> Vec<(String, Box<dyn Fn() + Send + Sync>)> {
     type Scenario = fn(Where);
-    let all: [(&str, Scenario); 4] = [
+    let all: [(&str, Scenario); 5] = [
         ("eight_threads_at_once", eight_threads_at_once),
         ("arguments_pass_through", arguments_pass_through),
         ("compile_errors_reach_the_vm", compile_errors_reach_the_vm),
@@ -471,6 +542,7 @@ fn scenarios() -> Vec<(String, Box<dyn Fn() + Send + Sync>)> {
             "unpatchable_calls_stay_correct",
             unpatchable_calls_stay_correct,
         ),
+        ("compacted_and_redefined", compacted_and_redefined),
     ];
     let places = [
         ("in_process", Where::InProcess),

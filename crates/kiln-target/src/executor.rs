@@ -376,6 +376,22 @@ pub trait Executor: Send + Sync {
         ))
     }
 
+    /// Several segment moves, in order, each as `move_allocation(id, &[move], Vec::new())`
+    /// makes it (registrations undone, to be given back by a later `move_allocation(id, &[],
+    /// actions)`), with every core serialized once at the end rather than once per move: a
+    /// compaction's moves. Returns how many were made and, if not all, why the next one was not
+    /// ([`crate::Error::AfterMove`]: it was, without its registrations). The default makes
+    /// them one by one.
+    fn move_allocations(&self, moves: &[(AllocId, SegmentMove)]) -> (usize, Result<()>) {
+        for (i, (id, m)) in moves.iter().enumerate() {
+            if let Err(e) = self.move_allocation(*id, std::slice::from_ref(m), Vec::new()) {
+                let done = i + usize::from(matches!(e, crate::Error::AfterMove { .. }));
+                return (done, Err(e));
+            }
+        }
+        (moves.len(), Ok(()))
+    }
+
     /// Unmap a slab; refused while an allocation lives in it.
     fn release_slab(&self, _slab: SlabId) -> Result<()> {
         Err(crate::Error::InvalidRequest(

@@ -180,6 +180,10 @@ impl Executor for InProcessExecutor {
         self.memory.move_allocation(id, moves, actions)
     }
 
+    fn move_allocations(&self, moves: &[(AllocId, SegmentMove)]) -> (usize, Result<()>) {
+        self.memory.move_allocations(moves)
+    }
+
     fn release_slab(&self, slab: SlabId) -> Result<()> {
         self.memory.release_slab(slab)
     }

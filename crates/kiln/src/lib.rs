@@ -69,7 +69,8 @@ pub use memory::{CodeMemory, SlabAllocator, SlabMemory, SlabRange};
 pub use search::LibrarySearch;
 pub use session::{
     lazy_stub_graph, CallLeft, CallRedirect, CallSite, DefinitionGenerator, Generated, Inputs,
-    ScopeId, Session, StubBypass, SymbolInfo, SymbolKind, UnitId, UnitOptions,
+    RelinkBytes, RelocationInfo, ScopeId, Session, StubBypass, SymbolInfo, SymbolKind, UnitId,
+    UnitOptions,
 };
 
 /// For the `kiln` command and kiln's own tests: the check dialect, the raw pipeline, the

@@ -244,14 +244,23 @@ impl SlabAllocator {
     /// Return ranges; freed code is overwritten with `int3` first, so that a stale call into it
     /// traps instead of running whatever comes next.
     pub fn free(&mut self, ex: &dyn Executor, ranges: &[SlabRange]) {
+        // One write per slab, not per range.
+        let mut poison: Vec<(SlabId, Vec<SlabWrite>)> = Vec::new();
         for r in ranges {
             let Some(s) = self.slabs.iter_mut().find(|s| s.info.id == r.slab) else {
                 continue;
             };
             if r.region == 0 && r.size > 0 {
-                let _ = ex.write_slab(r.slab, &[SlabWrite::Fill(r.addr, r.size, 0xcc)]);
+                let fill = SlabWrite::Fill(r.addr, r.size, 0xcc);
+                match poison.iter_mut().find(|(id, _)| *id == r.slab) {
+                    Some((_, w)) => w.push(fill),
+                    None => poison.push((r.slab, vec![fill])),
+                }
             }
             s.free[r.region].free(r.addr.0, r.size);
+        }
+        for (slab, writes) in poison {
+            let _ = ex.write_slab(slab, &writes);
         }
     }
 
@@ -305,6 +314,27 @@ impl SlabAllocator {
         }
         s.free[region] = free;
         Ok(())
+    }
+
+    /// The free ranges of `region` of slab `id`, by address: what a compaction may use (the
+    /// rest is held by units, or by links in progress that allocated and have not published).
+    pub fn free_ranges(&self, id: SlabId, region: usize) -> Result<Vec<(u64, u64)>> {
+        let s = self
+            .slabs
+            .iter()
+            .find(|s| s.info.id == id)
+            .ok_or_else(|| Error::Usage(format!("no slab {id:?} in this code memory")))?;
+        let free = s
+            .free
+            .get(region)
+            .ok_or_else(|| Error::Usage(format!("slab {id:?} has no region {region}")))?;
+        let (tail, end) = free.tail;
+        let mut ranges: Vec<(u64, u64)> = free.ranges.iter().map(|(&a, &n)| (a, n)).collect();
+        // Freed ranges lie below the untouched tail (a range that reaches it joins it).
+        if tail < end {
+            ranges.push((tail, end - tail));
+        }
+        Ok(ranges)
     }
 
     /// The slab holding `addr`, if any.

@@ -150,3 +150,69 @@ fn a_redefinition_retargets_callers_and_leaves_the_old_code_until_removed() {
         Err(kiln::Error::HasDependents { .. })
     ));
 }
+
+/// With every debug sink on, a move registers the unit again at its new place: the perf map
+/// gets a line there, the jitdump a `JIT_CODE_MOVE` record from the old address to the new,
+/// gdb an object whose code is at the new address (and valgrind's discard is done by the
+/// executor, not by an action naming the old range, which would be refused).
+#[test]
+fn a_unit_moves_with_every_debug_sink_on() {
+    use kiln_target::jitdump_format as jd;
+    let dir = std::env::temp_dir().join(format!("kiln-moving-sinks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s, memory, options) = setup();
+    s.set_debug(DebugOptions {
+        gdb: true,
+        perf_map: true,
+        jitdump: Some(dir.clone()),
+        valgrind: true,
+    });
+    let mut g = kiln::graph::InMemoryGraph::new("framed_sinks");
+    g.add_function(
+        "moving_with_sinks",
+        vec![0x55, 0x48, 0x89, 0xe5, 0xb8, 0x2a, 0, 0, 0, 0x5d, 0xc3],
+        vec![],
+        Some(FrameDescription::FramePointer),
+    );
+    let u = s.link_graph_with(&g, &options).unwrap();
+    s.link_graph_with(&caller("calls_moving", "moving_with_sinks", 1), &options)
+        .unwrap();
+    let old = s.lookup("moving_with_sinks").unwrap();
+    let objects = kiln_target::debug_sinks::registered_objects();
+    let segs = s.unit_segments(u).unwrap();
+    let slab = memory.slab_of(segs[0].0).unwrap();
+    let to: Vec<ExecutorAddr> = segs
+        .iter()
+        .enumerate()
+        .map(|(r, &(_, n))| memory.allocate(slab, r, n, 16).unwrap().addr)
+        .collect();
+    s.move_unit(u, &to).unwrap();
+    let new = s.lookup("moving_with_sinks").unwrap();
+    assert_eq!(new, to[0]);
+    assert_eq!(call(&s, "moving_with_sinks"), 42);
+    assert_eq!(call(&s, "calls_moving"), 43);
+    assert_eq!(
+        kiln_target::debug_sinks::registered_objects(),
+        objects,
+        "gdb: the old object went, the new one came"
+    );
+    let map = std::fs::read_to_string(kiln_target::debug_sinks::perf_map_path()).unwrap();
+    assert!(
+        map.lines()
+            .any(|l| l.starts_with(&format!("{:x} ", new.0)) && l.ends_with(" moving_with_sinks")),
+        "no perf map line at the new address {new}:\n{map}"
+    );
+    let dump = std::fs::read(dir.join(format!("jit-{}.dump", std::process::id()))).unwrap();
+    let moves: Vec<jd::CodeMove> = jd::records(&dump[jd::FileHeader::SIZE..])
+        .map(|r| r.unwrap())
+        .filter(|r| r.header.id == jd::JIT_CODE_MOVE)
+        .map(|r| jd::CodeMove::read(r.body).unwrap())
+        .collect();
+    assert!(
+        moves
+            .iter()
+            .any(|m| m.old_code_addr == old.0 && m.new_code_addr == new.0),
+        "no JIT_CODE_MOVE {old} -> {new}: {moves:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -58,9 +58,21 @@ pub fn define<M: Module>(
 ) -> FuncId {
     let s = sig(m, params);
     let id = m.declare_function(name, linkage, &s).unwrap();
+    let mut ctx = body_context(m, params, body);
+    m.define_function(id, &mut ctx)
+        .unwrap_or_else(|e| panic!("defining {name}: {e:?}"));
+    id
+}
+
+/// A context holding the function `define` would define (not compiled).
+pub fn body_context<M: Module>(
+    m: &mut M,
+    params: usize,
+    body: impl FnOnce(&mut M, &mut FunctionBuilder, &[Value]) -> Value,
+) -> cranelift_codegen::Context {
     let config = m.target_config();
     let mut ctx = m.make_context();
-    ctx.func.signature = s;
+    ctx.func.signature = sig(m, params);
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
     let entry = b.create_block();
@@ -71,9 +83,7 @@ pub fn define<M: Module>(
     b.ins().return_(&[r]);
     b.seal_all_blocks();
     b.finalize(config);
-    m.define_function(id, &mut ctx)
-        .unwrap_or_else(|e| panic!("defining {name}: {e:?}"));
-    id
+    ctx
 }
 
 /// `VmRSS` of this process, in KiB.

@@ -17,6 +17,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+/// The most writes of one `write_slab` or `write_live` call claimed together (claims are a
+/// sorted vector: a few dozen at a time keep inserting them cheap).
+const CLAIM_BATCH: usize = 64;
+
 /// Allocation ids, unique in the process (the exit registry is process-wide).
 static NEXT_ALLOC: AtomicU64 = AtomicU64::new(1);
 
@@ -281,18 +285,38 @@ impl OwnedMemory {
     }
 
     pub(crate) fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
-        for w in writes {
-            let (addr, len) = write_range(w);
+        let mut next = 0;
+        while next < writes.len() {
+            // The leading writes that can be claimed together, under one visit to the table.
+            let rest = &writes[next..];
+            let mut claimed = 0;
             let view = {
                 let mut t = self.table()?;
-                t.claim(slab, addr, len)?;
+                for w in rest.iter().take(CLAIM_BATCH) {
+                    let (addr, len) = write_range(w);
+                    match t.claim(slab, addr, len) {
+                        Ok(()) => claimed += 1,
+                        Err(e) if claimed == 0 => return Err(e),
+                        Err(_) => break,
+                    }
+                }
                 t.slab_payload(slab)?.view()
             };
-            let _unclaim = OnDrop(|| self.table_anyway().unclaim(addr, len));
-            // SAFETY: the range is claimed (inside one region of our live slab, over no
-            // allocation's bytes and no other claim) until `_unclaim`; the slab is not unmapped
-            // while claims lie in it.
-            unsafe { view.write(w)? };
+            let batch = &rest[..claimed];
+            let _unclaim = OnDrop(|| {
+                let mut t = self.table_anyway();
+                for w in batch {
+                    let (addr, len) = write_range(w);
+                    t.unclaim(addr, len);
+                }
+            });
+            for w in batch {
+                // SAFETY: the range is claimed (inside one region of our live slab, over no
+                // allocation's bytes and no other claim) until `_unclaim`; the slab is not
+                // unmapped while claims lie in it.
+                unsafe { view.write(w)? };
+            }
+            next += claimed;
         }
         Ok(())
     }
@@ -337,27 +361,66 @@ impl OwnedMemory {
 
     pub(crate) fn write_live(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
         let mut code_written = Vec::new();
-        let written = writes.iter().try_for_each(|w| {
-            let (addr, len) = write_range(w);
-            let view = {
-                let mut t = self.table()?;
-                t.claim_live(slab, addr, len)?;
-                t.slab_payload(slab)?.view()
-            };
-            let _unclaim = OnDrop(|| self.table_anyway().unclaim(addr, len));
+        let mut next = 0;
+        let mut written = Ok(());
+        while next < writes.len() {
+            match self.write_live_batch(slab, &writes[next..], &mut code_written) {
+                Ok(0) => break,
+                Ok(n) => next += n,
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
+            }
+        }
+        // Also after an error: what was written must not run stale.
+        let synced = code_synced(&code_written);
+        written.and(synced)
+    }
+
+    /// Claim the leading writes of `writes` under one visit to the table (up to the first that
+    /// cannot be claimed now: refused, or overlapping one claimed before it in this batch), write
+    /// them, and unclaim them. Returns how many were written; the error of the first when not
+    /// even it could be claimed.
+    fn write_live_batch(
+        &self,
+        slab: SlabId,
+        writes: &[SlabWrite<'_>],
+        code_written: &mut Vec<(u64, u64)>,
+    ) -> Result<usize> {
+        let mut claimed = 0;
+        let view = {
+            let mut t = self.table()?;
+            for w in writes.iter().take(CLAIM_BATCH) {
+                let (addr, len) = write_range(w);
+                match t.claim_live(slab, addr, len) {
+                    Ok(()) => claimed += 1,
+                    Err(e) if claimed == 0 => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            t.slab_payload(slab)?.view()
+        };
+        let batch = &writes[..claimed];
+        let _unclaim = OnDrop(|| {
+            let mut t = self.table_anyway();
+            for w in batch {
+                let (addr, len) = write_range(w);
+                t.unclaim(addr, len);
+            }
+        });
+        for w in batch {
             // SAFETY: the range is claimed (inside one region of our live slab, over no other
             // claim, no registered range and no allocation that is not live) until `_unclaim`;
             // the slab is not unmapped while claims lie in it. Other threads may execute or
             // read the bytes: `write_live` stores them as aligned atomic words.
             unsafe { view.write_live(w)? };
+            let (addr, len) = write_range(w);
             if len > 0 && in_code_region(&view, addr) {
                 code_written.push((addr, len));
             }
-            Ok(())
-        });
-        // Also after an error: what was written must not run stale.
-        let synced = code_synced(&code_written);
-        written.and(synced)
+        }
+        Ok(claimed)
     }
 
     /// Code in `ranges` of `slab` changed behind the table (another process wrote the shared
@@ -471,6 +534,84 @@ impl OwnedMemory {
                 })
             }
         }
+    }
+
+    /// Segments of several allocations moved, in order, each as `move_allocation(id, &[m],
+    /// Vec::new())` moves it, with one serialization of the cores at the end. Returns how many
+    /// moved, and why the next one did not.
+    pub(crate) fn move_allocations(&self, moves: &[(AllocId, SegmentMove)]) -> (usize, Result<()>) {
+        if let Err(e) = actions::check_not_exiting() {
+            return (0, Err(e));
+        }
+        let mut moved_code = Vec::new();
+        let mut done = 0;
+        let mut result = Ok(());
+        for (id, m) in moves {
+            match self.move_one(*id, m) {
+                Ok(code) => {
+                    moved_code.extend(code);
+                    done += 1;
+                }
+                Err((copied, e)) => {
+                    done += usize::from(copied);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let synced = code_synced(&moved_code);
+        (done, result.and(synced))
+    }
+
+    /// One segment of a batch: registrations undone, bytes copied, the table updated; the code
+    /// ranges touched (old and new) for the caller to serialize. On an error, whether the bytes
+    /// moved.
+    fn move_one(
+        &self,
+        id: AllocId,
+        m: &SegmentMove,
+    ) -> std::result::Result<Vec<(u64, u64)>, (bool, Error)> {
+        let (plan, views, undo) = {
+            let mut t = self.table().map_err(|e| (false, e))?;
+            let plan = t
+                .plan_move(id.0, std::slice::from_ref(m))
+                .map_err(|e| (false, e))?;
+            let views = plan
+                .moves
+                .iter()
+                .map(|m| t.slab_payload(m.0).map(|s| s.view()))
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| (false, e))?;
+            let undo = t.begin_move(id.0, &plan);
+            (plan, views, undo)
+        };
+        for a in undo.iter().rev() {
+            // SAFETY: as in `move_allocation`: dealloc halves checked at finalize against this
+            // allocation, which is marked moving (nothing deallocates, calls or writes it, and
+            // its slab stays mapped); each undoes exactly its registration.
+            if let Err(e) = unsafe { actions::run(a) } {
+                tracing::warn!("moving allocation {}: {a:?} failed: {e}", id.0);
+            }
+        }
+        let copied = self.copy_moved(id.0, &plan, &views);
+        let translated = actions::translate_finalizers(id.0, |a| plan.translate_action(a));
+        self.table_anyway()
+            .finish_move(id.0, Vec::new(), Vec::new());
+        let code = plan
+            .moves
+            .iter()
+            .zip(&views)
+            .filter(|(m, v)| in_code_region(v, m.1))
+            .flat_map(|(m, _)| [(m.1, m.3), (m.2, m.3)])
+            .collect();
+        copied.and(translated).map_err(|e| {
+            let e = Error::AfterMove {
+                id: id.0,
+                why: e.to_string(),
+            };
+            (true, e)
+        })?;
+        Ok(code)
     }
 
     /// Copy the moving allocation's bytes (under the table's lock: no patch, read or other move

@@ -12,6 +12,8 @@ pub struct SegmentLayout {
     /// Bytes with content (working memory is this long), then `zero_size` bytes of zeros.
     pub content_size: u64,
     pub zero_size: u64,
+    /// The alignment its start needs (its blocks' largest): a move keeps it.
+    pub align: u64,
     pub blocks: Vec<BlockId>,
 }
 
@@ -133,6 +135,7 @@ pub fn layout_with(
             addr: start,
             content_size: plan.content_size,
             zero_size: plan.size - plan.content_size,
+            align: plan.align,
             blocks: plan.blocks.iter().map(|(_, b)| *b).collect(),
         });
     }

@@ -3,7 +3,9 @@
 //!
 //! Each edge is kept as (segment, offset, kind, addend, target), the target named by where it
 //! lies: inside the unit (segment, offset), or at an absolute address (which the session
-//! classifies further as a place inside another unit). Memory: 32 bytes per edge.
+//! classifies further as a place inside another unit). Memory: a `RelinkEdge` (40 bytes) per
+//! edge, and 16 more in the target's list of incoming edges when the target is another unit
+//! (`Session::relink_bytes` counts what a unit holds).
 
 use super::layout::Layout;
 use crate::arch::{EdgeKind, FixupError, FixupValues, TargetValue};
@@ -16,6 +18,8 @@ pub struct RelinkRecord {
     /// The unit's segments when it was linked: (protection index 0 code / 1 read-only / 2 data,
     /// address, size).
     pub segments: Vec<(u8, u64, u64)>,
+    /// The alignment each segment's start needs: where a move may put it.
+    pub aligns: Vec<u64>,
     pub edges: Vec<RelinkEdge>,
     /// The unit's GOT: (segment, offset), if it has one (GOT-relative edges need it).
     pub got: Option<(u8, u64)>,
@@ -74,6 +78,7 @@ pub(super) fn record(
                 (slot, s.addr, s.content_size + s.zero_size)
             })
             .collect(),
+        aligns: layout.segments.iter().map(|s| s.align).collect(),
         edges: Vec::new(),
         got: got.and_then(|b| segment_of(g.blocks[b.idx()].addr)),
         movable: true,
@@ -108,6 +113,7 @@ pub(super) fn record(
             });
         }
     }
+    rec.edges.shrink_to_fit();
     rec
 }
 

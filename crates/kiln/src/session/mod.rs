@@ -16,6 +16,7 @@ mod state;
 pub use generate::{DefinitionGenerator, Generated};
 pub use inputs::Inputs;
 pub use lazy::{lazy_stub_graph, CallLeft, CallRedirect, CallSite, StubBypass};
+pub use moving::{RelinkBytes, RelocationInfo};
 pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
 
 use crate::debug::DebugOptions;
@@ -397,11 +398,11 @@ impl Session {
         }
     }
 
-    /// Link `graph` into a unit whose definitions may take over the names `replacing` defines
-    /// (for [`Session::redefine`]).
+    /// Link `source` into a unit whose definitions may take over the names `replacing` defines
+    /// (for [`Session::redefine`] and [`Session::redefine_inputs`]).
     pub(crate) fn link_replacing(
         &self,
-        graph: &InMemoryGraph,
+        source: &Source,
         options: &UnitOptions,
         replacing: u64,
     ) -> Result<UnitId> {
@@ -409,7 +410,7 @@ impl Session {
         self.link_once(
             &config,
             options,
-            &Source::Graph(graph),
+            source,
             &GeneratedInputs::default(),
             Some(replacing),
         )
@@ -780,6 +781,36 @@ impl Session {
         self.release(record)
     }
 
+    /// Remove several units at once (a compaction's dropped units), as [`Session::remove`]
+    /// removes one: newest first, destructors and dealloc actions run, memory released. Refused
+    /// before anything is removed if a unit not among them binds to one of them
+    /// ([`Error::HasDependents`]) or a link in progress does. Much cheaper than one `remove`
+    /// each: the session's tables are visited once, and freed code is poisoned with one
+    /// write per slab.
+    pub fn remove_units(&self, units: &[UnitId]) -> Result<()> {
+        let ids: Vec<u64> = units.iter().map(|u| u.0).collect();
+        let withdrawn = write(&self.state).withdraw_all(&ids)?;
+        let mut first_error = None;
+        for u in &withdrawn {
+            if let Err(e) = self.executor.deallocate(u.alloc) {
+                first_error.get_or_insert(Error::Target(e));
+            }
+        }
+        // Ranges back to their memories, one call per memory.
+        let mut by_memory: Vec<(Arc<dyn CodeMemory>, Vec<crate::memory::SlabRange>)> = Vec::new();
+        for u in withdrawn {
+            let Some(m) = u.memory else { continue };
+            match by_memory.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &m)) {
+                Some((_, ranges)) => ranges.extend(u.slab_ranges),
+                None => by_memory.push((m, u.slab_ranges)),
+            }
+        }
+        for (m, ranges) in by_memory {
+            m.free(&*self.executor, &ranges);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Remove `unit` and every unit that depends on it, dependents first (their destructors
     /// and dealloc actions run before those of what they use). Returns the units removed.
     pub fn remove_with_dependents(&self, unit: UnitId) -> Result<Vec<UnitId>> {
@@ -886,7 +917,7 @@ impl std::fmt::Debug for Session {
 }
 
 /// What one link attempt reads: a whole `Inputs`, or one graph.
-enum Source<'s> {
+pub(crate) enum Source<'s> {
     Inputs(&'s Inputs),
     Graph(&'s InMemoryGraph),
 }

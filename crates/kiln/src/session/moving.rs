@@ -8,11 +8,13 @@
 
 use super::relocate::moved_actions;
 use super::state::{State, Unit};
-use super::{write, Session, UnitId, UnitOptions};
+use super::{write, Inputs, Session, Source, UnitId, UnitOptions};
 use crate::error::{Error, Result};
 use crate::graph::InMemoryGraph;
 use crate::link::relink::{RelinkRecord, RelinkTarget};
-use kiln_target::{ExecutorAddr, SegmentMove, SlabWrite};
+use kiln_target::{ExecutorAddr, SegmentMove, SlabId, SlabWrite};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What a move changes, per segment: (old address, new address, size).
@@ -39,119 +41,208 @@ impl Session {
     /// caller's to translate). Units without relink records that reference this one keep
     /// pointing at the old range: move only units whose users keep relink records too.
     pub fn move_unit(&self, unit: UnitId, new_addrs: &[ExecutorAddr]) -> Result<()> {
-        let mut st = write(&self.state);
-        let u = st.unit(unit)?;
-        let (rec, actions) = match (&u.relink, &u.link_actions) {
-            (Some(r), Some(a)) if r.movable && u.memory.is_some() => (r.clone(), a.clone()),
-            _ => {
-                return Err(Error::Usage(format!(
-                    "{unit} cannot move: it was not linked into slab memory with relink records, \
-                     or its TLS ties it to its address"
-                )))
-            }
-        };
-        if new_addrs.len() != u.segments.len() {
-            return Err(Error::Usage(format!(
-                "{unit} has {} segments, {} new addresses given",
-                u.segments.len(),
-                new_addrs.len()
-            )));
-        }
-        let moves = Moves(
-            u.segments
-                .iter()
-                .zip(new_addrs)
-                .map(|(&(old, n), new)| (old, new.0, n))
-                .collect(),
-        );
-        let alloc = u.alloc;
-        let ex = self.executor.clone();
-        let segment_moves: Vec<SegmentMove> = moves
-            .0
-            .iter()
-            .filter(|(old, new, n)| old != new && *n > 0)
-            .map(|&(from, to, len)| SegmentMove {
-                from: ExecutorAddr(from),
-                to: ExecutorAddr(to),
-                len,
-            })
-            .collect();
-        // Registrations go first (the executor undoes them), then the bytes move; edges are
-        // applied again while nothing is registered over them; then the registrations come back
-        // at the new place.
-        ex.move_allocation(alloc, &segment_moves, Vec::new())?;
-        let old_segments: Vec<(u64, u64)> = st.unit(unit)?.segments.clone();
-        relocate_unit_tables(&mut st, unit.0, &moves);
-        let result = self
-            .reapply_own(&st, unit.0, &rec)
-            .and_then(|()| self.reapply_incoming(&st, unit.0, &|_, _| None));
-        // As linked → where it is now: registrations are rebuilt from the link-time actions.
-        let linked: Vec<(u64, u64)> = rec.segments.iter().map(|&(_, a, n)| (a, n)).collect();
-        let current = st.unit(unit)?.segments.clone();
-        let to_now = Moves(
-            linked
-                .iter()
-                .zip(&current)
-                .map(|(&(a, n), &(now, _))| (a, now, n))
-                .collect(),
-        );
-        let to_before = Moves(
-            linked
-                .iter()
-                .zip(&old_segments)
-                .map(|(&(a, n), &(was, _))| (a, was, n))
-                .collect(),
-        );
-        let old_code: Vec<(u64, u64)> = old_segments
-            .iter()
-            .zip(&rec.segments)
-            .filter(|(_, (slot, _, _))| *slot == 0)
-            .map(|(s, _)| *s)
-            .collect();
-        let key = current.iter().map(|s| s.0).min().unwrap_or(0);
-        let again = moved_actions(
-            &actions,
-            &|a| to_now.translate(a),
-            &|a| to_before.translate(a),
-            &old_code,
-            key,
-        );
-        drop(st);
-        // Registrations come back even if an edge could not be applied (that error wins).
-        let registered = ex.move_allocation(alloc, &[], again);
-        result?;
-        Ok(registered?)
+        self.move_units(&[(unit, new_addrs.to_vec())])
     }
 
-    /// Write the unit's own edges again at its current addresses.
-    fn reapply_own(&self, st: &State, unit: u64, rec: &RelinkRecord) -> Result<()> {
-        let u = st.unit(UnitId(unit))?;
-        let addrs: Vec<u64> = u.segments.iter().map(|s| s.0).collect();
-        let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(u.segments.len());
-        for (i, &(a, n)) in u.segments.iter().enumerate() {
-            let has_edges = rec.edges.iter().any(|e| usize::from(e.segment) == i);
-            bytes.push(if has_edges && n > 0 {
-                self.executor.read_memory(ExecutorAddr(a), n)?
-            } else {
-                Vec::new()
+    /// Move many units at once, as [`Session::move_unit`] moves one (a compaction): segment `i`
+    /// of each unit goes to its `i`-th new address.
+    ///
+    /// The segments move one by one in order of destination, so a destination may lie where
+    /// another moving segment was, provided that segment moves first — as in a compaction,
+    /// where everything slides towards lower addresses; an order in which some destination is
+    /// still occupied when its turn comes is refused before anything moves. Then the edges of
+    /// the moved units, and the edges of other units into them, are applied again in one pass:
+    /// the memory they lie in read once per slab region, every changed byte written with one
+    /// `write_live` per slab (one serialization of the cores); then the moved units'
+    /// registrations come back.
+    ///
+    /// Refused before anything moves: a unit that cannot move or is named twice, a destination
+    /// outside free space or over a unit that stays, an edge into a moving unit from a unit
+    /// whose bytes kiln cannot rewrite (one not in slab memory). If the executor refuses a
+    /// segment midway (another thread writes there), the segments moved before it stay moved,
+    /// with their edges applied and their registrations restored, and the error is returned.
+    pub fn move_units(&self, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<()> {
+        let mut st = write(&self.state);
+        let plan = plan_moves(&st, moves)?;
+        // 1. The bytes, segment by segment in destination order, the cores serialized once.
+        //    The executor undoes a unit's registrations when its first segment moves; they come
+        //    back in step 4.
+        let segment_moves = plan
+            .iter()
+            .map(|m| {
+                let alloc = st.unit(UnitId(m.unit))?.alloc;
+                let to = SegmentMove {
+                    from: ExecutorAddr(m.from),
+                    to: ExecutorAddr(m.to),
+                    len: m.len,
+                };
+                Ok((alloc, to))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (done, executed) = self.executor.move_allocations(&segment_moves);
+        let first_error = executed.err().map(Error::Target);
+        // 2. The tables: the units whose segments moved, at their new places.
+        let moved = moved_units(&st, &plan[..done])?;
+        relocate_tables(&mut st, &moved);
+        // 3. Edges: the moved units' own, and those of other units into them.
+        let edges = self.reapply_moved(&st, &moved);
+        // 4. Registrations at the new places (also when an edge failed: that error wins).
+        let registered = self.register_moved(&st, &moved);
+        drop(st);
+        match first_error {
+            Some(e) => Err(e),
+            None => edges.and(registered),
+        }
+    }
+
+    /// What a compaction needs to know of each of `units`, under one lock: where its segments
+    /// are and what alignment they need, whether [`Session::move_units`] can move it, and
+    /// whether a unit that binds to it references it in a way a move cannot rewrite (a unit
+    /// without relink records, or not in slab memory). `None` for a unit that does not live.
+    pub fn relocation_info(&self, units: &[UnitId]) -> Vec<Option<RelocationInfo>> {
+        let st = super::read(&self.state);
+        let fixed = st.not_rewritable();
+        units
+            .iter()
+            .map(|&unit| {
+                let u = st.units.get(&unit.0)?;
+                Some(RelocationInfo {
+                    segments: u
+                        .segments
+                        .iter()
+                        .map(|&(a, n)| (ExecutorAddr(a), n))
+                        .collect(),
+                    aligns: u
+                        .relink
+                        .as_ref()
+                        .map(|r| r.aligns.clone())
+                        .unwrap_or_default(),
+                    movable: u.memory.is_some()
+                        && u.link_actions.is_some()
+                        && u.relink.as_ref().is_some_and(|r| r.movable),
+                    linking: u.pins.load(std::sync::atomic::Ordering::Relaxed) > 0,
+                    fixed_user: u
+                        .dependents
+                        .iter()
+                        .find(|d| fixed.contains(**d))
+                        .map(|&d| UnitId(d)),
+                })
+            })
+            .collect()
+    }
+
+    /// The bytes the session keeps so that `unit` can move and its edges be applied again:
+    /// its relink record, its finalize actions as linked (registered again at the new place),
+    /// and its share of the lists of incoming edges (each edge of another unit into it).
+    /// Counted as held (vectors' capacities, strings and byte buffers included).
+    pub fn relink_bytes(&self, unit: UnitId) -> Result<RelinkBytes> {
+        use std::mem::size_of;
+        let st = super::read(&self.state);
+        let u = st.unit(unit)?;
+        let mut b = RelinkBytes::default();
+        if let Some(rec) = &u.relink {
+            b.edges = (rec.edges.capacity() * size_of::<crate::link::relink::RelinkEdge>()) as u64;
+            b.record = (size_of::<RelinkRecord>()
+                + rec.segments.capacity() * size_of::<(u8, u64, u64)>()
+                + rec.aligns.capacity() * size_of::<u64>()) as u64
+                + b.edges;
+        }
+        if let Some(actions) = &u.link_actions {
+            b.actions = (actions.capacity() * size_of::<kiln_target::ActionPair>()) as u64
+                + actions
+                    .iter()
+                    .flat_map(|p| [&p.finalize, &p.dealloc])
+                    .flatten()
+                    .map(action_heap_bytes)
+                    .sum::<u64>();
+        }
+        b.incoming = (u.incoming.capacity() * size_of::<(u64, u32)>()) as u64;
+        Ok(b)
+    }
+
+    /// Apply again the edges that moving `moved` changed: every edge of the moved units, and
+    /// the edges of other units that target them. The memory they lie in is read once per slab
+    /// region (one span covering it), changed here, and the changed bytes written back with one
+    /// `write_live` per slab.
+    fn reapply_moved(&self, st: &State, moved: &[MovedUnit]) -> Result<()> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let work = edges_to_apply(st, moved)?;
+        let mut units: Vec<u64> = work.keys().copied().collect();
+        units.sort_unstable();
+        let mut spans = Spans::default();
+        for &u in &units {
+            let unit = st.unit(UnitId(u))?;
+            for seg in segments_with_edges(unit, &work[&u]) {
+                let (addr, len) = unit.segments[seg];
+                let r = unit
+                    .slab_ranges
+                    .iter()
+                    .find(|r| r.addr.0 == addr)
+                    .ok_or_else(|| not_rewritable(u, addr))?;
+                spans.add(r.slab, r.region, addr, len);
+            }
+        }
+        spans.read(&*self.executor)?;
+        let mut result = Ok(());
+        for &u in &units {
+            let unit = st.unit(UnitId(u))?;
+            let Some(rec) = &unit.relink else { continue };
+            let addrs: Vec<u64> = unit.segments.iter().map(|s| s.0).collect();
+            let which = &work[&u];
+            let mut slices = spans.slices(&unit.segments);
+            let applied = rec.reapply(&addrs, &mut slices, &|k| which.selects(k), &|t| {
+                target_address(st, u, &addrs, t)
             });
+            if let Err((k, e)) = applied {
+                result = result.and(Err(Error::Usage(format!(
+                    "{}: edge {k} of its relink record: {e}",
+                    UnitId(u)
+                ))));
+            }
         }
-        let before = bytes.clone();
-        let mut views: Vec<&mut [u8]> = bytes.iter_mut().map(|b| b.as_mut_slice()).collect();
-        rec.reapply(&addrs, &mut views, &|_| true, &|t| {
-            target_address(st, unit, &addrs, t)
-        })
-        .map_err(|(i, e)| {
-            Error::Usage(format!(
-                "{}: edge {i} of {}: {e}",
-                UnitId(unit),
-                "its relink record"
-            ))
-        })?;
-        for (i, (new, old)) in bytes.iter().zip(&before).enumerate() {
-            self.write_changes(u, addrs[i], old, new)?;
+        result.and(spans.write_changes(&*self.executor))
+    }
+
+    /// Register the moved units again at their new places (unwind info, gdb, perf map,
+    /// jitdump `JIT_CODE_MOVE`, valgrind), from their actions as linked.
+    fn register_moved(&self, st: &State, moved: &[MovedUnit]) -> Result<()> {
+        let mut result = Ok(());
+        for m in moved {
+            let u = st.unit(UnitId(m.unit))?;
+            let (Some(rec), Some(actions)) = (&u.relink, &u.link_actions) else {
+                continue;
+            };
+            if actions.is_empty() {
+                continue;
+            }
+            // As linked → where it is now, and → where it was before this move.
+            let from_linked = |segs: &[(u64, u64)]| {
+                Moves(
+                    rec.segments
+                        .iter()
+                        .zip(segs)
+                        .map(|(&(_, a, n), &(now, _))| (a, now, n))
+                        .collect(),
+                )
+            };
+            let (to_now, to_before) = (from_linked(&u.segments), from_linked(&m.before));
+            let key = u.segments.iter().map(|s| s.0).min().unwrap_or(0);
+            let again = moved_actions(
+                actions,
+                &|a| to_now.translate(a),
+                &|a| to_before.translate(a),
+                key,
+            );
+            if again.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.executor.move_allocation(u.alloc, &[], again) {
+                result = result.and(Err(Error::Target(e)));
+            }
         }
-        Ok(())
+        result
     }
 
     /// Write again the edges of other units that target `unit`; `redirect` may give an edge a
@@ -208,10 +299,14 @@ impl Session {
 
     /// Write the bytes of `new` that differ from `old`, at `addr` in `u`'s slab.
     fn write_changes(&self, u: &Unit, addr: u64, old: &[u8], new: &[u8]) -> Result<()> {
-        let Some(memory) = &u.memory else {
-            return Ok(());
-        };
-        let Some(slab) = memory.slab_of(ExecutorAddr(addr)) else {
+        // The unit's own ranges say which slab (not its code memory, whose lock must not be
+        // taken under the session's: a compaction holds it and waits for the session's).
+        let Some(slab) = u
+            .slab_ranges
+            .iter()
+            .find(|r| r.addr.0 <= addr && addr - r.addr.0 < r.size.max(1))
+            .map(|r| r.slab)
+        else {
             return Ok(());
         };
         let mut writes = Vec::new();
@@ -239,6 +334,27 @@ impl Session {
         graph: &InMemoryGraph,
         options: &UnitOptions,
     ) -> Result<UnitId> {
+        self.redefine_source(old, &Source::Graph(graph), options)
+    }
+
+    /// [`Session::redefine`] with the new definitions given as inputs (objects, graphs, roots)
+    /// instead of one graph: for code generators that write relocatable objects (kiln-cranelift
+    /// writes ELF objects, for their `.eh_frame` and thread-local sections).
+    pub fn redefine_inputs(
+        &self,
+        old: UnitId,
+        inputs: &Inputs,
+        options: &UnitOptions,
+    ) -> Result<UnitId> {
+        self.redefine_source(old, &Source::Inputs(inputs), options)
+    }
+
+    fn redefine_source(
+        &self,
+        old: UnitId,
+        source: &Source,
+        options: &UnitOptions,
+    ) -> Result<UnitId> {
         // The old unit's names, so that the new unit may define them again.
         let old_defs: Vec<(Arc<str>, u64)> = {
             let st = super::read(&self.state);
@@ -249,7 +365,7 @@ impl Session {
                 .filter_map(|n| Some((n.clone(), scope.symbols.get(n)?.addr)))
                 .collect()
         };
-        let new = self.link_replacing(graph, options, old.0)?;
+        let new = self.link_replacing(source, options, old.0)?;
         let mut st = write(&self.state);
         let new_defs: Vec<(Arc<str>, u64)> = {
             let u = st.unit(new)?;
@@ -360,35 +476,411 @@ fn target_address(st: &State, unit: u64, own: &[u64], t: &RelinkTarget) -> Optio
     }
 }
 
-/// The session's tables after `unit` moved: its segments, address index, slab ranges and the
-/// addresses of the symbols it defines.
-fn relocate_unit_tables(st: &mut State, unit: u64, moves: &Moves) {
-    let Some(u) = st.units.get_mut(&unit) else {
-        return;
-    };
-    let scope = u.scope;
-    let old: Vec<(u64, u64)> = u.segments.clone();
-    for s in u.segments.iter_mut() {
-        s.0 = moves.translate(s.0);
-    }
-    for r in u.slab_ranges.iter_mut() {
-        r.addr = ExecutorAddr(moves.translate(r.addr.0));
-    }
-    let names = u.names.clone();
-    let segments = u.segments.clone();
-    for (i, ((a, n), (b, _))) in old.iter().zip(&segments).enumerate() {
-        if *n > 0 {
-            st.by_addr.remove(a);
-            st.by_addr.insert(*b, (b + n, unit, i as u8));
+/// One segment of a batch move.
+#[derive(Clone, Copy, Debug)]
+struct SegmentPlan {
+    unit: u64,
+    seg: usize,
+    from: u64,
+    to: u64,
+    len: u64,
+}
+
+/// The segments of `moves` that change place, in the order they can move (by destination),
+/// checked: every unit can move, and every destination is free when its turn comes.
+fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<SegmentPlan>> {
+    let mut seen = FxHashSet::default();
+    let mut plan = Vec::new();
+    let fixed = st.not_rewritable();
+    for (unit, to) in moves {
+        if !seen.insert(unit.0) {
+            return Err(Error::Usage(format!("{unit} is moved twice")));
         }
-    }
-    if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
-        for n in &names {
-            if let Some(d) = sc.symbols.get_mut(n) {
-                d.addr = moves.translate(d.addr);
+        let u = st.unit(*unit)?;
+        let movable = u.memory.is_some()
+            && u.link_actions.is_some()
+            && u.relink.as_ref().is_some_and(|r| r.movable);
+        if !movable {
+            return Err(Error::Usage(format!(
+                "{unit} cannot move: it was not linked into slab memory with relink records, \
+                 or its TLS ties it to its address"
+            )));
+        }
+        if to.len() != u.segments.len() {
+            return Err(Error::Usage(format!(
+                "{unit} has {} segments, {} new addresses given",
+                u.segments.len(),
+                to.len()
+            )));
+        }
+        if u.pins.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            // That link computed its edges with the unit's current addresses.
+            return Err(Error::UnitInUse(*unit));
+        }
+        let incoming = u.incoming.iter().map(|(from, _)| from);
+        if let Some(&user) = u
+            .dependents
+            .iter()
+            .chain(incoming)
+            .find(|d| fixed.contains(**d))
+        {
+            return Err(Error::Usage(format!(
+                "{unit} cannot move: {} references it and keeps no relink records (or is not \
+                 in slab memory): its references could not be written again",
+                UnitId(user)
+            )));
+        }
+        for (seg, (&(from, len), to)) in u.segments.iter().zip(to).enumerate() {
+            if from != to.0 && len > 0 {
+                plan.push(SegmentPlan {
+                    unit: unit.0,
+                    seg,
+                    from,
+                    to: to.0,
+                    len,
+                });
             }
         }
     }
+    plan.sort_unstable_by_key(|m| m.to);
+    // Sources, by start: (end, position in the plan).
+    let sources: BTreeMap<u64, (u64, usize)> = plan
+        .iter()
+        .enumerate()
+        .map(|(k, m)| (m.from, (m.from + m.len, k)))
+        .collect();
+    for (k, m) in plan.iter().enumerate() {
+        let end = m.to.checked_add(m.len).ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: destination {:#x} overflows",
+                UnitId(m.unit),
+                m.to
+            ))
+        })?;
+        if plan.get(k + 1).is_some_and(|n| n.to < end) {
+            return Err(Error::Usage(format!(
+                "the destinations at {:#x} and {:#x} overlap",
+                m.to,
+                plan[k + 1].to
+            )));
+        }
+        // Segments are disjoint: going down from the destination's end, the first one that
+        // ends before the destination starts is the last that could overlap it.
+        for (_, &(e, j)) in sources.range(..end).rev() {
+            if e <= m.to {
+                break;
+            }
+            if j > k {
+                return Err(Error::Usage(format!(
+                    "{}: its destination {:#x}..{end:#x} is still occupied by a segment that \
+                     moves later (moves must all go the same way, as in a compaction)",
+                    UnitId(m.unit),
+                    m.to
+                )));
+            }
+        }
+        for (&s, &(e, other, _)) in st.by_addr.range(..end).rev() {
+            if e <= m.to {
+                break;
+            }
+            if !sources.contains_key(&s) {
+                return Err(Error::Usage(format!(
+                    "{}: its destination {:#x}..{end:#x} overlaps {}, which stays",
+                    UnitId(m.unit),
+                    m.to,
+                    UnitId(other)
+                )));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// A unit some of whose segments moved: (address, size) of its segments before and after.
+struct MovedUnit {
+    unit: u64,
+    before: Vec<(u64, u64)>,
+    after: Vec<(u64, u64)>,
+}
+
+/// The units the moves `done` changed, in the order they first moved.
+fn moved_units(st: &State, done: &[SegmentPlan]) -> Result<Vec<MovedUnit>> {
+    let mut out: Vec<MovedUnit> = Vec::new();
+    let mut index: FxHashMap<u64, usize> = FxHashMap::default();
+    for m in done {
+        let i = match index.get(&m.unit) {
+            Some(&i) => i,
+            None => {
+                let segs = st.unit(UnitId(m.unit))?.segments.clone();
+                out.push(MovedUnit {
+                    unit: m.unit,
+                    before: segs.clone(),
+                    after: segs,
+                });
+                index.insert(m.unit, out.len() - 1);
+                out.len() - 1
+            }
+        };
+        out[i].after[m.seg].0 = m.to;
+    }
+    Ok(out)
+}
+
+/// The session's tables after units moved: their segments, the address index, their slab
+/// ranges and the addresses of the symbols they define.
+fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
+    // Old places out of the index first: a unit may have moved to where another one was.
+    for m in moved {
+        for &(a, n) in &m.before {
+            if n > 0 {
+                st.by_addr.remove(&a);
+            }
+        }
+    }
+    for m in moved {
+        let moves = Moves(
+            m.before
+                .iter()
+                .zip(&m.after)
+                .map(|(&(old, n), &(new, _))| (old, new, n))
+                .collect(),
+        );
+        let Some(u) = st.units.get_mut(&m.unit) else {
+            continue;
+        };
+        u.segments.clone_from(&m.after);
+        for r in u.slab_ranges.iter_mut() {
+            r.addr = ExecutorAddr(moves.translate(r.addr.0));
+        }
+        let (scope, names) = (u.scope, u.names.clone());
+        for (i, &(a, n)) in m.after.iter().enumerate() {
+            if n > 0 {
+                st.by_addr.insert(a, (a + n, m.unit, i as u8));
+            }
+        }
+        if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
+            for n in &names {
+                if let Some(d) = sc.symbols.get_mut(n) {
+                    d.addr = moves.translate(d.addr);
+                }
+            }
+        }
+    }
+}
+
+/// Which edges of a unit a move changes.
+enum Which {
+    /// All of them (the unit moved).
+    All,
+    /// These (sorted): edges of a unit that stayed into units that moved.
+    Some(Vec<u32>),
+}
+
+impl Which {
+    fn selects(&self, k: usize) -> bool {
+        match self {
+            Which::All => true,
+            Which::Some(list) => u32::try_from(k).is_ok_and(|k| list.binary_search(&k).is_ok()),
+        }
+    }
+}
+
+/// The edges to apply again after `moved` moved, by unit.
+fn edges_to_apply(st: &State, moved: &[MovedUnit]) -> Result<FxHashMap<u64, Which>> {
+    let mut work: FxHashMap<u64, Which> = moved.iter().map(|m| (m.unit, Which::All)).collect();
+    for m in moved {
+        for &(from, idx) in &st.unit(UnitId(m.unit))?.incoming {
+            if let Which::Some(list) = work.entry(from).or_insert(Which::Some(Vec::new())) {
+                list.push(idx);
+            }
+        }
+    }
+    for w in work.values_mut() {
+        if let Which::Some(list) = w {
+            list.sort_unstable();
+            list.dedup();
+        }
+    }
+    Ok(work)
+}
+
+/// The segments of `unit` that hold edges `which` selects.
+fn segments_with_edges(unit: &Unit, which: &Which) -> Vec<usize> {
+    let Some(rec) = &unit.relink else {
+        return Vec::new();
+    };
+    // A unit has a segment per protection class: a bit each.
+    let mut mask = 0u64;
+    match which {
+        Which::All => rec.edges.iter().for_each(|e| mask |= 1 << (e.segment % 64)),
+        Which::Some(list) => list
+            .iter()
+            .filter_map(|&k| rec.edges.get(k as usize))
+            .for_each(|e| mask |= 1 << (e.segment % 64)),
+    }
+    (0..unit.segments.len().min(64))
+        .filter(|&s| mask & (1 << s) != 0 && unit.segments[s].1 > 0)
+        .collect()
+}
+
+fn not_rewritable(unit: u64, addr: u64) -> Error {
+    Error::Usage(format!(
+        "{}: its segment at {addr:#x} is not in slab memory: its edges cannot be written again",
+        UnitId(unit)
+    ))
+}
+
+/// Memory of executor slabs read into the controller to apply edges, and written back where it
+/// changed: the segments added, read in runs (segments of one slab region less than
+/// [`READ_GAP`] apart are read with one call).
+#[derive(Default)]
+struct Spans {
+    /// (slab, region, address, size) of each segment added.
+    segments: Vec<(SlabId, usize, u64, u64)>,
+    /// The runs read, by address (runs of different regions never overlap).
+    runs: Vec<Run>,
+}
+
+struct Run {
+    slab: SlabId,
+    region: usize,
+    start: u64,
+    end: u64,
+    /// The segments in the run: only their bytes are compared and written back.
+    segments: Vec<(u64, u64)>,
+    bytes: Vec<u8>,
+    read: Vec<u8>,
+}
+
+/// Segments closer than this are read as one range.
+const READ_GAP: u64 = 4096;
+
+/// Changed bytes closer than this are written as one range (the bytes between are rewritten
+/// with what they hold; always inside one segment).
+const COALESCE: usize = 16;
+
+impl Spans {
+    fn add(&mut self, slab: SlabId, region: usize, addr: u64, len: u64) {
+        self.segments.push((slab, region, addr, len));
+    }
+
+    /// Read the runs: each at once, or (if part of it is busy, e.g. a unit being linked
+    /// there) segment by segment.
+    fn read(&mut self, ex: &dyn kiln_target::Executor) -> Result<()> {
+        self.segments.sort_unstable_by_key(|s| (s.0 .0, s.1, s.2));
+        self.segments.dedup();
+        for &(slab, region, addr, len) in &self.segments {
+            match self.runs.last_mut() {
+                Some(r) if r.slab == slab && r.region == region && addr <= r.end + READ_GAP => {
+                    r.end = r.end.max(addr + len);
+                    r.segments.push((addr, len));
+                }
+                _ => self.runs.push(Run {
+                    slab,
+                    region,
+                    start: addr,
+                    end: addr + len,
+                    segments: vec![(addr, len)],
+                    bytes: Vec::new(),
+                    read: Vec::new(),
+                }),
+            }
+        }
+        for r in &mut self.runs {
+            let len = r.end - r.start;
+            r.bytes = match ex.read_memory(ExecutorAddr(r.start), len) {
+                Ok(b) => b,
+                Err(_) => {
+                    let mut b = vec![0u8; len as usize];
+                    for &(a, n) in &r.segments {
+                        let at = (a - r.start) as usize;
+                        let part = ex.read_memory(ExecutorAddr(a), n)?;
+                        b[at..at + n as usize].copy_from_slice(&part);
+                    }
+                    b
+                }
+            };
+            r.read = r.bytes.clone();
+        }
+        self.runs.sort_unstable_by_key(|r| r.start);
+        Ok(())
+    }
+
+    /// One slice per segment of a unit (empty for a segment no run holds).
+    fn slices(&mut self, segments: &[(u64, u64)]) -> Vec<&mut [u8]> {
+        let mut out: Vec<&mut [u8]> = segments.iter().map(|_| Default::default()).collect();
+        let mut wanted: Vec<(u64, u64, usize)> = segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.1 > 0)
+            .map(|(i, &(a, n))| (a, n, i))
+            .collect();
+        wanted.sort_unstable();
+        // Walk the runs and the wanted segments together, both by address.
+        let mut w = wanted.into_iter().peekable();
+        for r in &mut self.runs {
+            let mut rest: &mut [u8] = &mut r.bytes;
+            let mut at = r.start;
+            while let Some(&(a, n, i)) = w.peek() {
+                if a >= r.end {
+                    break;
+                }
+                w.next();
+                if a < at || a + n > r.end {
+                    continue;
+                }
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut((a - at) as usize);
+                let (seg, tail) = tail.split_at_mut(n as usize);
+                out[i] = seg;
+                rest = tail;
+                at = a + n;
+            }
+        }
+        out
+    }
+
+    /// Write the changed bytes of the added segments: one `write_live` per slab.
+    fn write_changes(&self, ex: &dyn kiln_target::Executor) -> Result<()> {
+        let mut slabs: Vec<SlabId> = self.runs.iter().map(|r| r.slab).collect();
+        slabs.sort_unstable_by_key(|s| s.0);
+        slabs.dedup();
+        let mut result = Ok(());
+        for slab in slabs {
+            let mut writes = Vec::new();
+            for r in self.runs.iter().filter(|r| r.slab == slab) {
+                for &(a, n) in &r.segments {
+                    let at = (a - r.start) as usize;
+                    let range = at..at + n as usize;
+                    for (s, e) in changed_runs(a, &r.read[range.clone()], &r.bytes[range]) {
+                        writes.push(SlabWrite::Bytes(
+                            ExecutorAddr(a + s as u64),
+                            &r.bytes[at + s..at + e],
+                        ));
+                    }
+                }
+            }
+            if !writes.is_empty() {
+                if let Err(e) = ex.write_live(slab, &writes) {
+                    result = result.and(Err(Error::Target(e)));
+                }
+            }
+        }
+        result
+    }
+}
+
+/// The ranges where `new` (bytes at `addr`) differs from `old`, as [`changed_words`] widens
+/// them (a changed field that fits an aligned word is stored whole), merged when less than
+/// [`COALESCE`] bytes apart (fewer, larger writes; the bytes between are rewritten unchanged).
+fn changed_runs(addr: u64, old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (start, end) in changed_words(addr, old, new) {
+        match runs.last_mut() {
+            Some(last) if start.saturating_sub(last.1) < COALESCE => last.1 = last.1.max(end),
+            _ => runs.push((start, end)),
+        }
+    }
+    runs
 }
 
 /// After a redefinition: the edges of other units that now reach `new` name it as their
@@ -458,6 +950,60 @@ fn retarget_tables(
                 o.dependents.retain(|d| *d != f);
             }
         }
+    }
+}
+
+/// What [`Session::relocation_info`] says of a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelocationInfo {
+    /// (address, size) of each segment.
+    pub segments: Vec<(ExecutorAddr, u64)>,
+    /// The alignment each segment's start needs.
+    pub aligns: Vec<u64>,
+    /// Whether [`Session::move_units`] can move it (relink records, slab memory, no TLS).
+    pub movable: bool,
+    /// Whether a link in progress binds to it (its addresses are in that unit's edges already,
+    /// which nothing would apply again): it must not move now.
+    pub linking: bool,
+    /// A unit that binds to it and whose references a move cannot rewrite, if any: while it
+    /// lives, this unit must stay where it is.
+    pub fixed_user: Option<UnitId>,
+}
+
+/// What [`Session::relink_bytes`] counts, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelinkBytes {
+    /// The relink record, its edges included.
+    pub record: u64,
+    /// The record's edges alone.
+    pub edges: u64,
+    /// The finalize actions kept to register the unit again after a move (debug objects, perf
+    /// map lines, jitdump records, unwind info ranges).
+    pub actions: u64,
+    /// The unit's list of incoming edges (other units' edges that target it).
+    pub incoming: u64,
+}
+
+impl RelinkBytes {
+    pub fn total(&self) -> u64 {
+        self.record + self.actions + self.incoming
+    }
+}
+
+/// The heap bytes an action holds.
+fn action_heap_bytes(a: &kiln_target::Action) -> u64 {
+    use kiln_target::Action;
+    match a {
+        Action::RegisterGdbObjects { objects, .. } => objects
+            .iter()
+            .map(|o| (o.0.capacity() + std::mem::size_of::<kiln_target::Bytes>()) as u64)
+            .sum(),
+        Action::WritePerfMap { entries } => entries
+            .iter()
+            .map(|e| (e.name.capacity() + std::mem::size_of::<kiln_target::PerfMapEntry>()) as u64)
+            .sum(),
+        Action::WriteJitdump { dir, records } => (dir.capacity() + records.0.capacity()) as u64,
+        _ => 0,
     }
 }
 

@@ -5,13 +5,13 @@ use kiln_target::{jitdump_format as jd, Action, ActionPair, Bytes, ExecutorAddr,
 
 /// The registrations of a unit whose bytes moved. `actions` are its finalize actions as linked;
 /// `translate` maps an address as linked to where it is now, `before` to where it was before
-/// this move (for jitdump's `JIT_CODE_MOVE` records). `old_code` are the code ranges the unit
-/// had: valgrind is told to forget them.
+/// this move (for jitdump's `JIT_CODE_MOVE` records). (Valgrind forgets the old and the new
+/// code ranges when the executor moves the bytes: no action is needed for that, and one naming
+/// the old range would be refused, since it no longer lies in the unit.)
 pub(crate) fn moved_actions(
     actions: &[ActionPair],
     translate: &dyn Fn(u64) -> u64,
     before: &dyn Fn(u64) -> u64,
-    old_code: &[(u64, u64)],
     new_key: u64,
 ) -> Vec<ActionPair> {
     let mut out: Vec<ActionPair> = actions
@@ -50,20 +50,6 @@ pub(crate) fn moved_actions(
                     dealloc: None,
                 });
             }
-        }
-    }
-    if actions
-        .iter()
-        .any(|p| matches!(p.finalize, Some(Action::DiscardTranslations { .. })))
-    {
-        for &(addr, size) in old_code {
-            out.push(ActionPair {
-                finalize: Some(Action::DiscardTranslations {
-                    addr: ExecutorAddr(addr),
-                    size,
-                }),
-                dealloc: None,
-            });
         }
     }
     out

@@ -324,6 +324,96 @@ impl State {
         Ok(unit)
     }
 
+    /// Take several units out of the tables at once, newest first (dependents before what they
+    /// use). Refused before anything changes if a unit outside `ids` binds to one of them, or a
+    /// link in progress does.
+    pub fn withdraw_all(&mut self, ids: &[u64]) -> Result<Vec<Unit>> {
+        let set = UnitSet::new(ids, self.next_unit);
+        let mut order: Vec<u64> = ids.to_vec();
+        order.sort_unstable();
+        order.dedup();
+        for &id in &order {
+            let unit = self.unit(UnitId(id))?;
+            if unit.pins.load(Ordering::Relaxed) > 0 {
+                return Err(Error::UnitInUse(UnitId(id)));
+            }
+            let mut outside: Vec<UnitId> = unit
+                .dependents
+                .iter()
+                .filter(|d| !set.contains(**d))
+                .map(|d| UnitId(*d))
+                .collect();
+            if !outside.is_empty() {
+                outside.sort_unstable();
+                return Err(Error::HasDependents {
+                    unit: UnitId(id),
+                    dependents: outside,
+                });
+            }
+        }
+        // Lists of units that stay name withdrawn ones: each is filtered once, at the end.
+        let (mut deps_of, mut targets) = (Vec::new(), Vec::new());
+        let (mut seen_dep, mut seen_target) = (
+            UnitSet::new(&[], self.next_unit),
+            UnitSet::new(&[], self.next_unit),
+        );
+        let mut out = Vec::with_capacity(order.len());
+        for &id in order.iter().rev() {
+            let Some(unit) = self.units.remove(&id) else {
+                continue;
+            };
+            let scope = &mut self.scopes[unit.scope.0 as usize];
+            for n in &unit.names {
+                scope.symbols.remove(n);
+            }
+            for &(addr, size) in &unit.segments {
+                if size > 0 {
+                    self.by_addr.remove(&addr);
+                }
+            }
+            for &d in &unit.deps {
+                if !set.contains(d) && !seen_dep.contains(d) {
+                    seen_dep.insert(d);
+                    deps_of.push(d);
+                }
+            }
+            if let Some(rec) = &unit.relink {
+                for e in &rec.edges {
+                    if let RelinkTarget::Unit { unit: t, .. } = e.target {
+                        if !set.contains(t.0) && !seen_target.contains(t.0) {
+                            seen_target.insert(t.0);
+                            targets.push(t.0);
+                        }
+                    }
+                }
+            }
+            out.push(unit);
+        }
+        for d in deps_of {
+            if let Some(dep) = self.units.get_mut(&d) {
+                dep.dependents.retain(|x| !set.contains(*x));
+            }
+        }
+        for t in targets {
+            if let Some(t) = self.units.get_mut(&t) {
+                t.incoming.retain(|(from, _)| !set.contains(*from));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The units whose references to other units cannot be written again after those move:
+    /// they keep no relink records, or do not live in slab memory.
+    pub fn not_rewritable(&self) -> UnitSet {
+        let mut set = UnitSet::new(&[], self.next_unit);
+        for (&id, u) in &self.units {
+            if u.relink.is_none() || u.memory.is_none() {
+                set.insert(id);
+            }
+        }
+        set
+    }
+
     /// `id` and every unit that depends on it, directly or not, dependents first.
     pub fn with_dependents(&self, id: u64) -> Result<Vec<u64>> {
         self.unit(UnitId(id))?;
@@ -342,5 +432,30 @@ impl State {
         // A unit only binds to units that existed before it: newest first is dependents first.
         all.sort_unstable_by(|a, b| b.cmp(a));
         Ok(all)
+    }
+}
+
+/// A set of unit ids as a bitmap (ids are dense: they count up from 1).
+pub(crate) struct UnitSet(Vec<u64>);
+
+impl UnitSet {
+    pub fn new(ids: &[u64], next: u64) -> Self {
+        let mut set = UnitSet(vec![0u64; (next as usize).div_ceil(64)]);
+        for &id in ids {
+            set.insert(id);
+        }
+        set
+    }
+
+    pub fn insert(&mut self, id: u64) {
+        if let Some(w) = self.0.get_mut((id / 64) as usize) {
+            *w |= 1 << (id % 64);
+        }
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.0
+            .get((id / 64) as usize)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
