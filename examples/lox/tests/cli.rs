@@ -271,3 +271,27 @@ fn property_sites_use_code_patching_caches() {
     assert!(stat(&report, "heap refs in code") >= 2, "{report}");
     assert!(stat(&report, "heap refs updated") > 50, "{report}");
 }
+
+#[test]
+fn a_full_code_zone_is_compacted_with_the_same_output() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lox/jit/zone_full.lox");
+    for extra in [&[][..], &["--gc-stress"]] {
+        let mut args = vec!["--stats", "--jit=always", "--code-zone=128K"];
+        args.extend_from_slice(extra);
+        args.push(path);
+        let out = kiln_lox(&args, b"");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(text(&out.stdout), "109500\n", "{args:?}");
+        let report = text(&out.stderr);
+        // 400 KiB of code through 48 KiB: functions dropped, survivors moved, many times.
+        assert!(stat(&report, "compactions") >= 5, "{report}");
+        assert!(stat(&report, "functions dropped") >= 5, "{report}");
+        assert!(stat(&report, "units moved") >= 5, "{report}");
+        assert_eq!(stat(&report, "compaction errors"), 0, "{report}");
+        assert!(stat(&report, "functions compiled") > 40, "{report}");
+    }
+    // The default zone holds it all: no compaction.
+    let out = kiln_lox(&["--stats", "--jit=always", path], b"");
+    assert_eq!(text(&out.stdout), "109500\n");
+    assert_eq!(stat(&text(&out.stderr), "compactions"), 0);
+}

@@ -410,6 +410,23 @@ impl CodeIcs {
         Ok(())
     }
 
+    /// After a compaction: the caches of dropped units are gone, the others' handles follow
+    /// the move map (their `pic_site`s are (unit, index) and need nothing).
+    pub fn after_compaction(
+        &mut self,
+        dropped: &std::collections::HashSet<UnitId>,
+        report: &kiln_jit::CompactionReport,
+    ) {
+        for list in self.sites.values_mut() {
+            list.retain(|ic| !dropped.contains(&ic.pic_site.0));
+            for ic in list.iter_mut() {
+                ic.mono = report.mono_ic(&ic.mono);
+                ic.pic = ic.pic.as_ref().map(|p| report.pic(p));
+            }
+        }
+        self.sites.retain(|_, list| !list.is_empty());
+    }
+
     /// Every key the caches hold, in a fixed order: each monomorphic key read from the code,
     /// then the PIC's keys, then the objects handlers hold. A guard that does not hold the key
     /// the cache was given (a change still pending: the guard is empty) is reported with the

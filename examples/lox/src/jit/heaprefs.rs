@@ -44,6 +44,11 @@ impl CodeRefs {
         }
     }
 
+    /// Units dropped by a compaction hold no references any more.
+    pub fn forget(&mut self, dropped: &std::collections::HashSet<UnitId>) {
+        self.units.retain(|u| !dropped.contains(u));
+    }
+
     /// Where the references are, in a fixed order.
     fn fields(&self) -> Vec<ExecutorAddr> {
         let jit = self.backend.jit();

@@ -33,6 +33,7 @@ mod ops;
 mod props;
 pub mod runtime;
 pub mod x64;
+mod zone;
 
 use std::rc::Rc;
 
@@ -73,6 +74,14 @@ pub struct JitStats {
     pub ic_hits: [u64; 4],
     pub ic_misses: [u64; 4],
     pub compile_nanos: u64,
+    /// Compactions of the method region, functions they dropped, units they moved, their time,
+    /// and compactions that failed (with the first reason).
+    pub compactions: u64,
+    pub functions_dropped: u64,
+    pub units_moved: u64,
+    pub compaction_nanos: u64,
+    pub compaction_errors: u64,
+    pub first_compaction_error: Option<String>,
     /// The code zone: its size, and its method region's code part.
     pub zone_bytes: u64,
     pub method_region_bytes: u64,
@@ -92,10 +101,14 @@ struct ProtoState {
     loops: u32,
     /// The failure to compile it is remembered: it stays interpreted.
     failed: bool,
+    /// When it was last compiled or entered from Rust (the JIT's clock): compaction drops the
+    /// least recently used.
+    last_use: u64,
     compiled: Option<Compiled>,
 }
 
 struct Compiled {
+    unit: kiln::UnitId,
     entry: u64,
     symbol: String,
     /// Entries at loop starts: bytecode index and address.
@@ -112,6 +125,14 @@ pub struct Jit {
     /// Prototype → the patchable call sites (unit, index) that call the interpreter bridge
     /// until it is compiled.
     waiting: std::collections::HashMap<u32, Vec<(kiln::UnitId, usize)>>,
+    /// Prototype → the call sites retargeted to its code (which compaction points back at the
+    /// bridge before dropping it).
+    patched: std::collections::HashMap<u32, Vec<(kiln::UnitId, usize)>>,
+    /// The prototype each compiled unit is the code of.
+    unit_proto: std::collections::HashMap<kiln::UnitId, usize>,
+    /// Each prototype's symbol, kept when compaction drops its code.
+    proto_symbols: std::collections::HashMap<usize, String>,
+    clock: u64,
     /// The code-patching caches of compiled property sites (shared with the GC's roots).
     pub code_ics: Rc<std::cell::RefCell<codeic::CodeIcs>>,
     /// The heap references compiled code embeds (shared with the GC's roots).
@@ -146,6 +167,10 @@ impl Jit {
             symbols: std::collections::HashSet::new(),
             declared: std::collections::HashMap::new(),
             waiting: std::collections::HashMap::new(),
+            patched: std::collections::HashMap::new(),
+            unit_proto: std::collections::HashMap::new(),
+            proto_symbols: std::collections::HashMap::new(),
+            clock: 0,
             stats,
         })))
     }
@@ -158,6 +183,10 @@ impl Jit {
         for (unit, index) in sites {
             if self.backend.retarget(unit, index, entry)? {
                 self.stats.sites_patched += 1;
+                self.patched
+                    .entry(proto as u32)
+                    .or_default()
+                    .push((unit, index));
             }
         }
         Ok(())
@@ -166,6 +195,10 @@ impl Jit {
     /// A symbol for the function `name` (`lox:fib`), made unique with the prototype index when
     /// the name is taken (`lox:init#12`).
     fn symbol_for(&mut self, name: &str, proto: usize) -> String {
+        if let Some(symbol) = self.proto_symbols.get(&proto) {
+            // Compiled again after compaction dropped it: the same name.
+            return symbol.clone();
+        }
         let plain = format!("lox:{name}");
         let symbol = if self.symbols.contains(&plain) {
             format!("{plain}#{proto}")
@@ -173,13 +206,72 @@ impl Jit {
             plain
         };
         self.symbols.insert(symbol.clone());
+        self.proto_symbols.insert(proto, symbol.clone());
         symbol
     }
 
     /// Compiles prototype `proto` and installs it in the entry table; false if it cannot be
-    /// compiled (it stays interpreted).
+    /// compiled (it stays interpreted). When the method region is full, the zone is compacted
+    /// (see `zone.rs`) and the function compiled again (its direct callees may be gone).
     fn compile(&mut self, vm: &Vm, proto: usize) -> bool {
         let started = std::time::Instant::now();
+        let mut linked = self.try_compile(vm, proto);
+        if matches!(&linked, Err(e) if e.contains("no room")) && self.compact_zone(vm, proto) {
+            linked = self.try_compile(vm, proto);
+        }
+        self.stats.compile_nanos += started.elapsed().as_nanos() as u64;
+        match linked {
+            Ok((symbol, linked, compiled)) => {
+                let entry = linked.entry;
+                self.stats.functions_compiled += 1;
+                self.stats.code_bytes += compiled.code.bytes.len() as u64;
+                vm.region.set_entry(proto, entry);
+                self.unit_proto.insert(linked.unit, proto);
+                self.clock += 1;
+                self.protos[proto].last_use = self.clock;
+                self.protos[proto].compiled = Some(Compiled {
+                    unit: linked.unit,
+                    entry,
+                    symbol,
+                    osr: compiled
+                        .osr
+                        .iter()
+                        .map(|&(ip, offset)| (ip, entry + offset as u64))
+                        .collect(),
+                });
+                true
+            }
+            Err(reason) => {
+                self.stats.compile_failures += 1;
+                let name = self.name_of(vm, proto);
+                self.stats
+                    .first_failure
+                    .get_or_insert_with(|| format!("{name}: {reason}"));
+                if reason.contains("no room") {
+                    // The zone may have room later: hot again, it is tried again.
+                    self.protos[proto].calls = 0;
+                    self.protos[proto].loops = 0;
+                } else {
+                    self.protos[proto].failed = true;
+                }
+                false
+            }
+        }
+    }
+
+    fn name_of(&self, vm: &Vm, proto: usize) -> String {
+        match &vm.program.protos[proto].name {
+            Some(name) => String::from_utf8_lossy(name).into_owned(),
+            None => "script".to_string(),
+        }
+    }
+
+    /// Compiles and links `proto`, and hooks its sites, caches and heap references up.
+    fn try_compile(
+        &mut self,
+        vm: &Vm,
+        proto: usize,
+    ) -> Result<(String, backend::LinkedFunction, compile::Compiled), String> {
         let symbol_of = |p: usize| {
             self.protos
                 .get(p)
@@ -193,63 +285,28 @@ impl Jit {
             declared: &declared,
             patchable: self.backend.patchable(),
         };
-        let result = compile::compile(&cx, proto);
-        let name = match &vm.program.protos[proto].name {
-            Some(name) => String::from_utf8_lossy(name).into_owned(),
-            None => "script".to_string(),
-        };
-        let linked = result.and_then(|compiled| {
-            let symbol = self.symbol_for(&name, proto);
-            let linked = self.backend.link_function(&symbol, &compiled.code)?;
-            Ok((symbol, linked, compiled))
-        });
-        let linked = linked.and_then(|(symbol, linked, compiled)| {
-            for &(index, callee) in &compiled.waiting {
-                self.waiting
-                    .entry(callee)
-                    .or_default()
-                    .push((linked.unit, index));
-            }
-            self.stats.sites_made += compiled.waiting.len() as u64;
-            self.retarget_waiting(proto, linked.entry)?;
-            self.code_refs
-                .borrow_mut()
-                .add(linked.unit, compiled.code.heap_refs.len());
-            self.code_ics.borrow_mut().add_function(
-                linked.unit,
-                &compiled.property_ics,
-                &vm.region,
-                &|shape| obsolete_shape(vm, shape),
-            )?;
-            Ok((symbol, linked, compiled))
-        });
-        self.stats.compile_nanos += started.elapsed().as_nanos() as u64;
-        match linked {
-            Ok((symbol, linked, compiled)) => {
-                let entry = linked.entry;
-                self.stats.functions_compiled += 1;
-                self.stats.code_bytes += compiled.code.bytes.len() as u64;
-                vm.region.set_entry(proto, entry);
-                self.protos[proto].compiled = Some(Compiled {
-                    entry,
-                    symbol,
-                    osr: compiled
-                        .osr
-                        .iter()
-                        .map(|&(ip, offset)| (ip, entry + offset as u64))
-                        .collect(),
-                });
-                true
-            }
-            Err(reason) => {
-                self.stats.compile_failures += 1;
-                self.stats
-                    .first_failure
-                    .get_or_insert_with(|| format!("{name}: {reason}"));
-                self.protos[proto].failed = true;
-                false
-            }
+        let compiled = compile::compile(&cx, proto)?;
+        let name = self.name_of(vm, proto);
+        let symbol = self.symbol_for(&name, proto);
+        let linked = self.backend.link_function(&symbol, &compiled.code)?;
+        for &(index, callee) in &compiled.waiting {
+            self.waiting
+                .entry(callee)
+                .or_default()
+                .push((linked.unit, index));
         }
+        self.stats.sites_made += compiled.waiting.len() as u64;
+        self.retarget_waiting(proto, linked.entry)?;
+        self.code_refs
+            .borrow_mut()
+            .add(linked.unit, compiled.code.heap_refs.len());
+        self.code_ics.borrow_mut().add_function(
+            linked.unit,
+            &compiled.property_ics,
+            &vm.region,
+            &|shape| obsolete_shape(vm, shape),
+        )?;
+        Ok((symbol, linked, compiled))
     }
 }
 
@@ -296,8 +353,11 @@ fn compile_now(vm: &mut Vm, proto: usize) -> Option<u64> {
 #[inline(never)]
 pub fn entry_on_call(vm: &mut Vm, proto: usize) -> Option<u64> {
     let jit = vm.jit.as_mut()?;
+    jit.clock += 1;
+    let now = jit.clock;
     let state = jit.protos.get_mut(proto)?;
     if let Some(compiled) = &state.compiled {
+        state.last_use = now;
         return Some(compiled.entry);
     }
     if state.failed {

@@ -497,6 +497,18 @@ impl Vm {
             if let Some(e) = &j.first_ic_patch_error {
                 writeln!(to, "    first: {e}")?;
             }
+            writeln!(to, "  compactions             {}", j.compactions)?;
+            writeln!(to, "  functions dropped       {}", j.functions_dropped)?;
+            writeln!(to, "  units moved             {}", j.units_moved)?;
+            writeln!(
+                to,
+                "  compaction time (us)    {}",
+                j.compaction_nanos / 1000
+            )?;
+            writeln!(to, "  compaction errors       {}", j.compaction_errors)?;
+            if let Some(e) = &j.first_compaction_error {
+                writeln!(to, "    first: {e}")?;
+            }
             writeln!(to, "  loop entries (OSR)      {}", j.osr_entries)?;
             writeln!(to, "  calls into interpreter  {}", j.interpreted_calls)?;
             let hits = self.jit_ic_hits();
