@@ -26,7 +26,7 @@ Options:
   --jit=always             compile every function before it is first called
   --jit=off                interpreter only
   --code-zone SIZE         bytes of the JIT's code zone (kiln-jit): a number with an
-                           optional K, M or G suffix (e.g. 512K, 64M); at least 128K,
+                           optional K, M or G suffix (e.g. 512K, 64M); at least 48K,
                            at most 1G; default 64M
   --bench-against CLOX     run the benchmarks in examples/lox/bench against the clox
                            binary CLOX in every JIT mode, or those given with --jit=

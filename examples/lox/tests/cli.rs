@@ -113,7 +113,7 @@ fn bad_code_zone_sizes_are_usage_errors() {
         ("-5M", "not a size"),
         ("1.5M", "not a size"),
         ("64", "too small"),
-        ("127K", "too small"),
+        ("47K", "too small"),
         ("2G", "too large"),
         ("99999999999999999999", "too large"),
         ("18014398509481984K", "too large"),

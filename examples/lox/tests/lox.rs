@@ -163,7 +163,7 @@ const MODES: &[&[&str]] = &[
     &["--jit=on", "--gc-stress"],
     &["--jit=always"],
     &["--jit=always", "--gc-stress"],
-    &["--jit=always", "--gc-stress", "--code-zone=128K"],
+    &["--jit=always", "--gc-stress", "--code-zone=48K"],
 ];
 
 #[test]

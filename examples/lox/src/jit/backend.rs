@@ -27,8 +27,9 @@ pub const CALL_INTERPRETED: &str = "lox_rt_call_interpreted";
 /// The code zone's size when `--code-zone` does not say: room for every benchmark's code many
 /// times over (a compiled function is a few KiB; the zone is address space, committed as used).
 pub const DEFAULT_ZONE: u64 = 64 << 20;
-/// The smallest zone: the fixed region's 64 KiB (the runtime unit) and as much method region.
-pub const MIN_ZONE: u64 = 128 << 10;
+/// The smallest zone: the fixed region's 32 KiB (the runtime unit, the caches' handlers) and
+/// 16 KiB of method region (8 KiB of it code: one small function or two).
+pub const MIN_ZONE: u64 = 48 << 10;
 
 /// A function linked into the method region: its unit and entry address.
 #[derive(Clone, Copy, Debug)]
@@ -192,7 +193,7 @@ fn reserve_zone(
             "a code zone of {size} bytes is too small (at least {MIN_ZONE})"
         ));
     }
-    let fixed_size = (size / 16).max(64 << 10);
+    let fixed_size = (size / 16).max(32 << 10);
     let mut config = ZoneConfig {
         size,
         fixed_size,

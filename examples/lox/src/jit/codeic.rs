@@ -402,8 +402,21 @@ impl CodeIcs {
                 .iter()
                 .map(|&(k, t)| (k, PicTarget::Addr(ExecutorAddr(t))))
                 .collect();
-            ic.pic = Some(jit.build_pic(&site, &config, &cases).map_err(err)?);
-            self.stats.pics_built += 1;
+            match jit.build_pic(&site, &config, &cases) {
+                Ok(pic) => {
+                    ic.pic = Some(pic);
+                    self.stats.pics_built += 1;
+                }
+                Err(_) => {
+                    // No room for the stub (the method region is full): the site goes
+                    // megamorphic. It must not keep a stub whose keys may be stale.
+                    ic.megamorphic = true;
+                    ic.pic = None;
+                    self.stats.megamorphic += 1;
+                    let miss = self.handlers[MISS];
+                    jit.retarget(&site, ExecutorAddr(miss)).map_err(err)?;
+                }
+            }
         }
         // The replaced stub: no frame is in a PIC while the VM runs Rust.
         jit.reclaim_retired().map_err(err)?;
