@@ -101,6 +101,10 @@ struct ProtoState {
     loops: u32,
     /// The failure to compile it is remembered: it stays interpreted.
     failed: bool,
+    /// Times it did not fit in the zone: each doubles the calls and loops it takes to try again
+    /// (and `--jit=always` stops compiling it on sight), so that a zone too small for it does
+    /// not make every call pay for a compilation.
+    retries: u32,
     /// When it was last compiled or entered from Rust (the JIT's clock): compaction drops the
     /// least recently used.
     last_use: u64,
@@ -250,6 +254,7 @@ impl Jit {
                 if reason.contains("no room") {
                     // The zone may have room later: hot again, it is tried again.
                     self.protos[proto].calls = 0;
+                    self.protos[proto].retries += 1;
                     self.protos[proto].loops = 0;
                 } else {
                     self.protos[proto].failed = true;
@@ -364,7 +369,8 @@ pub fn entry_on_call(vm: &mut Vm, proto: usize) -> Option<u64> {
         return None;
     }
     state.calls += 1;
-    if state.calls >= HOT_CALLS || jit.mode == JitMode::Always {
+    let retries = state.retries.min(16);
+    if state.calls >= HOT_CALLS << retries || (jit.mode == JitMode::Always && retries == 0) {
         compile_now(vm, proto)
     } else {
         None
@@ -382,7 +388,9 @@ pub fn osr_on_loop(vm: &mut Vm, proto: usize, ip: usize) -> Option<u64> {
             return None;
         }
         state.loops += 1;
-        if state.loops < HOT_LOOPS && jit.mode != JitMode::Always {
+        let retries = state.retries.min(16);
+        let always = jit.mode == JitMode::Always && retries == 0;
+        if state.loops < HOT_LOOPS << retries && !always {
             return None;
         }
         compile_now(vm, proto)?;
