@@ -25,7 +25,9 @@ Options:
                            (the default)
   --jit=always             compile every function before it is first called
   --jit=off                interpreter only
-  --code-zone SIZE         not built yet: comes with kiln-jit's code zone
+  --code-zone SIZE         bytes of the JIT's code zone (kiln-jit): a number with an
+                           optional K, M or G suffix (e.g. 512K, 64M); at least 48K,
+                           at most 1G; default 64M
   --bench-against CLOX     run the benchmarks in examples/lox/bench against the clox
                            binary CLOX in every JIT mode, or those given with --jit=
                            (with --runs N, default 5, and --bench-dir DIR)
@@ -75,12 +77,7 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
                 };
                 jit_modes.push(arg["--jit=".len()..].to_string());
             }
-            "--code-zone" => {
-                return Err(UsageError(
-                    "--code-zone: the JIT code zone is not built yet (it comes with kiln-jit)"
-                        .into(),
-                ))
-            }
+            "--code-zone" => options.code_zone = Some(parse_zone_size(&value(arg)?)?),
             "--bench-against" => clox = Some(value(arg)?),
             "--runs" => {
                 let text = value(arg)?;
@@ -96,10 +93,7 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
                 )))
             }
             _ if arg.starts_with("--code-zone=") => {
-                return Err(UsageError(
-                    "--code-zone: the JIT code zone is not built yet (it comes with kiln-jit)"
-                        .into(),
-                ))
+                options.code_zone = Some(parse_zone_size(&arg["--code-zone=".len()..])?)
             }
             _ if arg.starts_with("--") => return Err(UsageError(format!("unknown option {arg}"))),
             _ if path.is_some() => return Err(UsageError("more than one path".into())),
@@ -122,6 +116,43 @@ fn parse_args(args: &[String]) -> Result<Command, UsageError> {
         stats,
         path,
     })
+}
+
+/// `--code-zone`'s value: bytes, with an optional K, M or G suffix (powers of 1024), between
+/// `jit::MIN_ZONE` and 1 GiB (the zone is reserved address space; beyond 1 GiB the code's
+/// 32-bit calls to the runtime could not reach across it).
+fn parse_zone_size(text: &str) -> Result<u64, UsageError> {
+    let bad = |why: &str| UsageError(format!("--code-zone: {why}: {text:?}"));
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => {
+            let unit = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(bad("the suffix must be K, M or G")),
+            };
+            (&text[..at], unit)
+        }
+        _ => (text, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(
+            "not a size (a number with an optional K, M or G suffix)",
+        ));
+    }
+    let size = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| bad("too large"))?;
+    let min = kiln_lox::jit::MIN_ZONE;
+    if size < min {
+        return Err(bad(&format!("too small (at least {}K)", min >> 10)));
+    }
+    if size > 1 << 30 {
+        return Err(bad("too large (at most 1G)"));
+    }
+    Ok(size)
 }
 
 fn main() -> ExitCode {

@@ -78,7 +78,7 @@ fn usage_errors_exit_64() {
 }
 
 #[test]
-fn jit_modes_run_and_the_code_zone_is_refused_until_it_exists() {
+fn jit_modes_run_with_any_valid_code_zone() {
     let path = program("modes.lox", "fun f(n) { return n + 1; }\nprint f(41);\n");
     let path = path.to_str().expect("utf-8 path");
     for mode in ["--jit=off", "--jit=on", "--jit=always"] {
@@ -86,15 +86,54 @@ fn jit_modes_run_and_the_code_zone_is_refused_until_it_exists() {
         assert_eq!(out.status.code(), Some(0), "{mode}");
         assert_eq!(text(&out.stdout), "42\n", "{mode}");
     }
-    for args in [&["--code-zone", "1M"][..], &["--code-zone=1M"]] {
+    for args in [
+        &["--jit=always", "--code-zone", "1M", path][..],
+        &["--jit=always", "--code-zone=512K", path],
+        &["--jit=always", "--code-zone=128k", path],
+        &["--jit=always", "--code-zone", "1G", path],
+        &["--jit=always", "--code-zone", "8388608", path],
+    ] {
         let out = kiln_lox(args, b"");
-        assert_eq!(out.status.code(), Some(64), "{args:?}");
-        assert!(
-            text(&out.stderr).contains("not built yet"),
+        assert_eq!(
+            out.status.code(),
+            Some(0),
             "{args:?}: {}",
             text(&out.stderr)
         );
+        assert_eq!(text(&out.stdout), "42\n", "{args:?}");
     }
+}
+
+#[test]
+fn bad_code_zone_sizes_are_usage_errors() {
+    for (value, why) in [
+        ("", "not a size"),
+        ("M", "not a size"),
+        ("12X", "suffix must be K, M or G"),
+        ("-5M", "not a size"),
+        ("1.5M", "not a size"),
+        ("64", "too small"),
+        ("47K", "too small"),
+        ("2G", "too large"),
+        ("99999999999999999999", "too large"),
+        ("18014398509481984K", "too large"),
+    ] {
+        for args in [
+            vec!["--code-zone".to_string(), value.to_string()],
+            vec![format!("--code-zone={value}")],
+        ] {
+            let out = kiln_lox(&args.iter().map(String::as_str).collect::<Vec<_>>(), b"");
+            assert_eq!(out.status.code(), Some(64), "{args:?}");
+            let err = text(&out.stderr);
+            assert!(
+                err.contains("--code-zone") && err.contains(why),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    let out = kiln_lox(&["--code-zone"], b"");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out.stderr).contains("--code-zone needs a value"));
 }
 
 #[test]
@@ -187,4 +226,72 @@ fn stats_count_what_the_jit_did() {
     let report = text(&out.stderr);
     assert_eq!(stat(&report, "loop entries (OSR)"), 1, "{report}");
     assert!(stat(&report, "instructions executed") < 10_000, "{report}");
+}
+
+#[test]
+fn call_sites_to_functions_compiled_later_are_patched() {
+    // `a` is compiled first (the loop runs it hot) with a call site waiting for `b`, which
+    // the bridge then runs until `b` gets hot: its compilation retargets that site.
+    let source = "fun a(n) { return b(n) + 1; }\nfun b(n) { return n * 2; }\n\
+                  var s = 0;\nfor (var i = 0; i < 1000; i = i + 1) { s = s + a(i); }\nprint s;\n";
+    let path = program("sites.lox", source);
+    let path = path.to_str().expect("utf-8 path");
+    let out = kiln_lox(&["--stats", "--jit=on", path], b"");
+    assert_eq!(text(&out.stdout), "1e+06\n");
+    let report = text(&out.stderr);
+    assert_eq!(stat(&report, "call sites made"), 1, "{report}");
+    assert_eq!(stat(&report, "call sites patched"), 1, "{report}");
+    assert!(stat(&report, "calls into interpreter") < 100, "{report}");
+    assert!(stat(&report, "code zone bytes") == 64 << 20, "{report}");
+    let out = kiln_lox(&["--stats", "--code-zone=2M", path], b"");
+    assert_eq!(text(&out.stdout), "1e+06\n");
+    assert_eq!(stat(&text(&out.stderr), "code zone bytes"), 2 << 20);
+}
+
+#[test]
+fn property_sites_use_code_patching_caches() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lox/jit/code_ics.lox");
+    let out = kiln_lox(&["--stats", "--jit=always", path], b"");
+    assert_eq!(text(&out.stdout), "10400\n22950\n1950\ntrue\n900\n");
+    let report = text(&out.stderr);
+    assert!(stat(&report, "code ic mono sets") >= 5, "{report}");
+    // Ten shapes at each of five property sites and one invocation site: PICs grown case by
+    // case, then megamorphic.
+    assert!(stat(&report, "code ic pics built") >= 6 * 7, "{report}");
+    assert_eq!(stat(&report, "code ic megamorphic"), 6, "{report}");
+    assert_eq!(stat(&report, "code ic patch errors"), 0, "{report}");
+    assert_eq!(stat(&report, "code ic gc rewrites"), 0, "{report}");
+    // Under --gc-stress every shape moves at every collection: the keys in code follow.
+    let out = kiln_lox(&["--stats", "--jit=always", "--gc-stress", path], b"");
+    assert_eq!(text(&out.stdout), "10400\n22950\n1950\ntrue\n900\n");
+    let report = text(&out.stderr);
+    assert!(stat(&report, "code ic gc rewrites") > 100, "{report}");
+    assert_eq!(stat(&report, "code ic patch errors"), 0, "{report}");
+    // Its string constants are immediates in code, which every collection rewrites.
+    assert!(stat(&report, "heap refs in code") >= 2, "{report}");
+    assert!(stat(&report, "heap refs updated") > 50, "{report}");
+}
+
+#[test]
+fn a_full_code_zone_is_compacted_with_the_same_output() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lox/jit/zone_full.lox");
+    for extra in [&[][..], &["--gc-stress"]] {
+        let mut args = vec!["--stats", "--jit=always", "--code-zone=128K"];
+        args.extend_from_slice(extra);
+        args.push(path);
+        let out = kiln_lox(&args, b"");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(text(&out.stdout), "109500\n", "{args:?}");
+        let report = text(&out.stderr);
+        // 400 KiB of code through 48 KiB: functions dropped, survivors moved, many times.
+        assert!(stat(&report, "compactions") >= 5, "{report}");
+        assert!(stat(&report, "functions dropped") >= 5, "{report}");
+        assert!(stat(&report, "units moved") >= 5, "{report}");
+        assert_eq!(stat(&report, "compaction errors"), 0, "{report}");
+        assert!(stat(&report, "functions compiled") > 40, "{report}");
+    }
+    // The default zone holds it all: no compaction.
+    let out = kiln_lox(&["--stats", "--jit=always", path], b"");
+    assert_eq!(text(&out.stdout), "109500\n");
+    assert_eq!(stat(&text(&out.stderr), "compactions"), 0);
 }

@@ -153,7 +153,9 @@ fn run_all(binary: &Path, modes: &[&[&str]], skip_kiln_only: bool) {
 
 /// Every mode must print exactly the same: the interpreter alone (plain and collecting at
 /// every allocation), tiered (functions compiled when they get hot, loops entered in machine
-/// code), and everything compiled before it runs (plain and with --gc-stress).
+/// code), everything compiled before it runs (plain and with --gc-stress), and that in the
+/// smallest code zone, whose method region (48 KiB of code) some programs fill: what does not
+/// fit stays interpreted, and calls cross between the tiers.
 const MODES: &[&[&str]] = &[
     &["--jit=off"],
     &["--jit=off", "--gc-stress"],
@@ -161,6 +163,7 @@ const MODES: &[&[&str]] = &[
     &["--jit=on", "--gc-stress"],
     &["--jit=always"],
     &["--jit=always", "--gc-stress"],
+    &["--jit=always", "--gc-stress", "--code-zone=48K"],
 ];
 
 #[test]

@@ -2,6 +2,7 @@
 //! classes (instances allocated inline), method invocations through the inline caches, and the
 //! helper that decides everything else; see `compile.rs` for the conventions.
 
+use super::codeic::CodeSite;
 use super::compile::{Gen, Loc};
 use super::ops::{next, R};
 use super::runtime as rt;
@@ -17,14 +18,18 @@ use crate::vm::Site;
 impl Gen<'_> {
     /// Calls the closure in rdx (with rax free) whose slot 0 is stack slot `k` and that takes
     /// `argc` arguments; the result goes to slot `k`. `hint` is the prototype it is expected
-    /// to be: then a guarded direct call, else (and on a guard miss) through the entry table.
+    /// to be: then a guarded direct call — to its code if it is compiled, else through a
+    /// patchable site that calls the interpreter bridge until the callee is compiled and is
+    /// then retargeted to it — else (and on a guard miss) through the entry table.
     /// Binds `enter` at the start, and returns after storing the result.
     fn call_closure(&mut self, enter: Label, k: usize, argc: usize, hint: Option<u32>) {
         self.a.bind(enter);
         self.a.mov_rr32(Reg::Rax, Reg::Rdx);
         self.a.load(Reg::Rax, mem_index(Reg::R13, Reg::Rax, 1, 8));
         let after = self.a.new_label();
-        let direct = hint.and_then(|p| self.direct_target(p).map(|t| (p, t)));
+        let direct = hint
+            .map(|p| (p, self.direct_target(p)))
+            .filter(|(_, t)| self.cx.patchable || !matches!(t, DirectTarget::Later));
         let set_args = |g: &mut Self| {
             g.a.load(Reg::Rdi, Self::frame_field(frame::BASE));
             g.a.alu_ri(Alu::Add, Reg::Rdi, k as i32);
@@ -38,6 +43,10 @@ impl Gen<'_> {
             match target {
                 DirectTarget::Itself => self.a.call_label(self.start),
                 DirectTarget::Symbol(name) => self.a.call_symbol(&name),
+                DirectTarget::Later => {
+                    let site = self.a.call_site(super::backend::BRIDGE);
+                    self.waiting.push((site, proto));
+                }
             }
             self.a.jmp(after);
             self.a.bind(generic);
@@ -54,12 +63,13 @@ impl Gen<'_> {
         self.a.store(Self::slot(k), Reg::Rax);
     }
 
-    /// Where a direct call to prototype `proto` goes, if it is compiled (or is this function).
-    fn direct_target(&self, proto: u32) -> Option<DirectTarget> {
+    /// Where a direct call to prototype `proto` goes: this function, a compiled one, or one
+    /// to be compiled later (a patchable site).
+    fn direct_target(&self, proto: u32) -> DirectTarget {
         if proto as usize == self.proto_index {
-            return Some(DirectTarget::Itself);
+            return DirectTarget::Itself;
         }
-        (self.cx.symbol_of)(proto as usize).map(DirectTarget::Symbol)
+        (self.cx.symbol_of)(proto as usize).map_or(DirectTarget::Later, DirectTarget::Symbol)
     }
 
     /// The cold half of a call whose fast guard failed: a helper decides (and reports errors);
@@ -222,9 +232,26 @@ impl Gen<'_> {
         let k = self.depth() - 1 - argc;
         self.set_ip(ip)?;
         let [slow, enter, done] = self.labels_n();
+        let [poly, data, hit, scan, found] = self.labels_n();
         self.a.load(Reg::Rdx, Self::slot(k));
         self.load_shape(Reg::Rdx, slow);
-        self.cached_method(ic_index, Site::Invoke, slow);
+        // The code-patching cache gives the method's closure in rdx; behind it, in cold code,
+        // the region's cache (entry 0, then the others), then the helper.
+        self.code_ic(ic_index, CodeSite::Invoke, [poly, data, hit]);
+        self.a.bind(hit);
+        self.count_hit(Site::Invoke);
+        let was = self.a.switch_to(Section::Cold);
+        self.a.bind(data);
+        self.test_entry_zero(ic_index, IcKind::Method, scan, slow);
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::TARGET));
+        self.a.jmp(hit);
+        self.scan_entries(ic_index, scan, found, slow);
+        self.a.bind(found);
+        self.cmp_entry_kind(IcKind::Method);
+        self.a.jcc(Cond::Ne, slow);
+        self.a.load(Reg::Rdx, Self::entry_word(ic::TARGET));
+        self.a.jmp(hit);
+        self.a.switch_to(was);
         let hint = self.method_hint(ic_index);
         self.call_closure(enter, k, argc, hint);
         self.a.bind(done);
@@ -269,4 +296,6 @@ impl Gen<'_> {
 enum DirectTarget {
     Itself,
     Symbol(String),
+    /// Not compiled yet: a patchable call site, calling the interpreter bridge meanwhile.
+    Later,
 }

@@ -90,6 +90,10 @@ pub struct Context<'a> {
     /// The prototype of the function declared as global `slot`, if the program declares one
     /// (`fun f() {}` at top level): the call hint while the global is not defined yet.
     pub declared: &'a dyn Fn(usize) -> Option<u32>,
+    /// Whether code can be patched after linking (kiln-jit's zone is in use): false under a
+    /// debugger, where kiln gives units private mappings outside the zone. Then no patchable
+    /// call sites, code-patching caches or heap references are emitted.
+    pub patchable: bool,
 }
 
 /// The functions `proto`'s code declares as globals: `(global slot, prototype)` for each
@@ -108,11 +112,29 @@ pub fn declared_functions(program: &Program, proto: &Proto) -> Vec<(usize, u32)>
         .collect()
 }
 
-/// A compiled function: its code (whose offset 0 is the entry), and an entry for each loop
-/// start, by bytecode index, for on-stack replacement.
+/// A compiled function: its code (whose offset 0 is the entry), an entry for each loop
+/// start, by bytecode index, for on-stack replacement, the call sites waiting for a
+/// prototype (site index in `Code::sites`, prototype: the site calls the interpreter bridge
+/// until that prototype is compiled, then is retargeted to it), and the property sites'
+/// code-patching inline caches.
 pub struct Compiled {
     pub code: Code,
     pub osr: Vec<(usize, usize)>,
+    pub waiting: Vec<(usize, u32)>,
+    pub property_ics: Vec<PropertyIc>,
+}
+
+/// A property get or set compiled with a code-patching cache: a guard on the shape (its key
+/// a `movabs` site) and a call to a handler (a call site), the monomorphic cache; and in cold
+/// code a call site for a polymorphic cache (PIC), calling `lox_ic_miss` until it has one.
+/// Indexes are into `Code::sites`.
+#[derive(Clone, Copy, Debug)]
+pub struct PropertyIc {
+    pub ic_index: usize,
+    pub site: super::codeic::CodeSite,
+    pub key: usize,
+    pub target: usize,
+    pub pic: usize,
 }
 
 pub(super) struct Gen<'a> {
@@ -128,6 +150,9 @@ pub(super) struct Gen<'a> {
     pub start: Label,
     /// Returns with the error flag set: the frame's saved registers are popped.
     pub unwind: Label,
+    /// The call sites waiting for a prototype (see `Compiled::waiting`).
+    pub waiting: Vec<(usize, u32)>,
+    pub property_ics: Vec<PropertyIc>,
 }
 
 pub fn compile(cx: &Context<'_>, proto_index: usize) -> Result<Compiled, String> {
@@ -163,7 +188,12 @@ pub fn compile(cx: &Context<'_>, proto_index: usize) -> Result<Compiled, String>
         .into_iter()
         .filter_map(|(ip, label)| code.offset(label).map(|offset| (ip, offset)))
         .collect();
-    Ok(Compiled { code, osr })
+    Ok(Compiled {
+        code,
+        osr,
+        waiting: g.waiting,
+        property_ics: g.property_ics,
+    })
 }
 
 /// Decodes the function's instructions in order.
@@ -383,6 +413,8 @@ impl<'a> Gen<'a> {
             labels: HashMap::new(),
             start,
             unwind,
+            waiting: Vec::new(),
+            property_ics: Vec::new(),
         }
     }
 
@@ -398,10 +430,6 @@ impl<'a> Gen<'a> {
 
     pub fn global(slot: usize) -> Mem {
         mem(Reg::R12, (region::GLOBALS_OFFSET + 8 * slot) as i32)
-    }
-
-    pub fn constant(index: usize) -> Mem {
-        mem(Reg::R12, (region::CONSTANTS_OFFSET + 8 * index) as i32)
     }
 
     pub fn ic(index: usize, word: usize) -> Mem {
@@ -473,7 +501,15 @@ impl<'a> Gen<'a> {
             Loc::Stack => self.a.load(r, Self::slot(index)),
             Loc::Imm(bits) => self.mov_value(r, bits),
             Loc::Local(s) => self.a.load(r, Self::slot(s as usize)),
-            Loc::Const(k) => self.a.load(r, Self::constant(k as usize)),
+            // An object constant: its reference is in the code, a heap reference the GC
+            // updates (the constants table keeps the object alive).
+            Loc::Const(k) if self.cx.patchable => {
+                self.a.movabs_heap_ref(r, self.cx.vm.constant(k as usize).0)
+            }
+            Loc::Const(k) => self.a.load(
+                r,
+                mem(Reg::R12, (region::CONSTANTS_OFFSET + 8 * k as usize) as i32),
+            ),
             Loc::Reg(src) if src != r => self.a.mov_rr(r, src),
             Loc::Reg(_) => {}
         }

@@ -1,7 +1,8 @@
 //! Templates for property gets and sets, and the inline caches machine code reads (entry 0
 //! tested inline, the others scanned in cold code); see `compile.rs` for the conventions.
 
-use super::compile::{Gen, Loc};
+use super::codeic;
+use super::compile::{Gen, Loc, PropertyIc};
 use super::ops::{next, R};
 use super::runtime as rt;
 use super::x64::{mem, mem_index, Alu, Cond, Label, Mem, Reg, Section};
@@ -94,19 +95,59 @@ impl Gen<'_> {
         self.a.jcc(Cond::Ne, other);
     }
 
+    /// The code-patching caches of a property or invocation site (see `codeic.rs`): with rax
+    /// = the receiver's address, rcx = its shape and, for a set, rdx = the value, the
+    /// monomorphic guard and handler call inline, then to `hit` (for a get, the value in rdx;
+    /// for an invocation, the method's closure); in cold code at `poly` the PIC's call, to
+    /// `hit` on a case and `data` without one.
+    pub(super) fn code_ic(
+        &mut self,
+        ic_index: usize,
+        site: codeic::CodeSite,
+        [poly, data, hit]: [Label; 3],
+    ) {
+        if !self.cx.patchable {
+            self.a.jmp(data);
+            return;
+        }
+        let key = self.a.movabs_site(Reg::R11, codeic::EMPTY_KEY);
+        self.a.alu_rr(Alu::Cmp, Reg::Rcx, Reg::R11);
+        self.a.jcc(Cond::Ne, poly);
+        let target = self.a.call_site(codeic::MISS);
+        let was = self.a.switch_to(Section::Cold);
+        self.a.bind(poly);
+        let pic = self.a.call_site(codeic::MISS);
+        self.a.jcc(Cond::Ne, data);
+        self.a.jmp(hit);
+        self.a.switch_to(was);
+        self.property_ics.push(PropertyIc {
+            ic_index,
+            site,
+            key,
+            target,
+            pic,
+        });
+    }
+
     pub(super) fn get_property(&mut self, ic_index: usize, ip: usize) -> R {
         let top = self.top();
         let r = self.in_reg(top);
         let [slow, scan, other, found, overflow, hit, done] = self.labels_n();
+        let [poly, data, code_hit] = self.labels_n();
         self.load_shape(r, slow);
-        self.test_entry_zero(ic_index, IcKind::InlineField, scan, other);
-        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
-        self.a.load(r, mem_index(Reg::Rax, Reg::Rdx, 8, 0));
+        self.code_ic(ic_index, codeic::CodeSite::Get, [poly, data, code_hit]);
+        self.a.bind(code_hit);
+        self.a.mov_rr(r, Reg::Rdx);
         self.a.bind(hit);
         self.count_hit(Site::GetProperty);
         self.a.bind(done);
 
         let was = self.a.switch_to(Section::Cold);
+        self.a.bind(data);
+        self.test_entry_zero(ic_index, IcKind::InlineField, scan, other);
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
+        self.a.load(r, mem_index(Reg::Rax, Reg::Rdx, 8, 0));
+        self.a.jmp(hit);
         self.entry_zero(ic_index, other, found);
         self.scan_entries(ic_index, scan, found, slow);
         self.a.bind(found);
@@ -150,15 +191,20 @@ impl Gen<'_> {
         let receiver = self.in_reg(top - 1);
         let value = self.in_reg(top);
         let [slow, scan, other, found, not_inline, not_overflow, hit, done] = self.labels_n();
+        let [poly, data] = self.labels_n();
         self.load_shape(receiver, slow);
-        self.test_entry_zero(ic_index, IcKind::InlineField, scan, other);
-        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
-        self.a.store(mem_index(Reg::Rax, Reg::Rdx, 8, 0), value);
+        self.a.mov_rr(Reg::Rdx, value);
+        self.code_ic(ic_index, codeic::CodeSite::Set, [poly, data, hit]);
         self.a.bind(hit);
         self.count_hit(Site::SetProperty);
         self.a.bind(done);
 
         let was = self.a.switch_to(Section::Cold);
+        self.a.bind(data);
+        self.test_entry_zero(ic_index, IcKind::InlineField, scan, other);
+        self.a.load(Reg::Rdx, Self::ic(ic_index, ic::SLOT));
+        self.a.store(mem_index(Reg::Rax, Reg::Rdx, 8, 0), value);
+        self.a.jmp(hit);
         self.entry_zero(ic_index, other, found);
         self.scan_entries(ic_index, scan, found, slow);
         self.a.bind(found);

@@ -155,7 +155,9 @@ extern "C" fn lox_rt_add(ctx: u64) -> u64 {
 /// (bound here), or a miss.
 extern "C" fn lox_rt_get_property(ctx: u64, ic: u64) -> u64 {
     with_vm(ctx, |vm| {
+        let shape = super::receiver_shape(vm, 0);
         vm.get_property_slow(ic as usize)?;
+        super::learn_property(vm, ic as usize, shape);
         Ok(0)
     })
 }
@@ -163,7 +165,9 @@ extern "C" fn lox_rt_get_property(ctx: u64, ic: u64) -> u64 {
 /// A property write whose cache entries did not hold the shape.
 extern "C" fn lox_rt_set_property(ctx: u64, ic: u64) -> u64 {
     with_vm(ctx, |vm| {
+        let shape = super::receiver_shape(vm, 1);
         vm.set_property_slow(ic as usize)?;
+        super::learn_property(vm, ic as usize, shape);
         Ok(0)
     })
 }
@@ -194,7 +198,12 @@ extern "C" fn lox_rt_call_value(ctx: u64, argc: u64) -> u64 {
 /// `receiver.name(args)` whose cache missed.
 extern "C" fn lox_rt_invoke(ctx: u64, ic: u64, argc: u64) -> u64 {
     with_vm(ctx, |vm| {
-        vm.invoke_slow(ic as usize, argc as usize).map(call_outcome)
+        let shape = super::receiver_shape(vm, argc as usize);
+        let outcome = vm.invoke_slow(ic as usize, argc as usize).map(call_outcome);
+        if outcome.is_ok() {
+            super::learn_property(vm, ic as usize, shape);
+        }
+        outcome
     })
 }
 

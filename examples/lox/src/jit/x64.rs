@@ -166,12 +166,28 @@ pub struct Asm {
     /// rel32 fields to patch: section, offset of the field, label.
     fixups: Vec<(Section, usize, Label)>,
     edges: Vec<(Section, usize, String)>,
+    /// Patchable fields (kiln-jit sites): section, offset of the field, kind.
+    sites: Vec<(Section, usize, SiteField)>,
+    /// imm64 fields holding references to heap objects: section, offset.
+    heap_refs: Vec<(Section, usize)>,
+}
+
+/// What a patchable field is: a call's rel32, or a `movabs`'s imm64.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SiteField {
+    Rel32,
+    Abs64,
 }
 
 /// Finished code: hot then cold, with the edges kiln resolves and where each label ended up.
 pub struct Code {
     pub bytes: Vec<u8>,
     pub edges: Vec<Edge>,
+    /// Offsets and kinds of the patchable fields (each aligned to its width), in the order
+    /// `call_site` and `movabs_site` made them.
+    pub sites: Vec<(u32, SiteField)>,
+    /// Offsets of the 8-aligned imm64 fields that hold heap references (kiln-jit heap refs).
+    pub heap_refs: Vec<u32>,
     label_offsets: Vec<Option<usize>>,
 }
 
@@ -196,6 +212,8 @@ impl Asm {
             labels: Vec::new(),
             fixups: Vec::new(),
             edges: Vec::new(),
+            sites: Vec::new(),
+            heap_refs: Vec::new(),
         }
     }
 
@@ -550,6 +568,46 @@ impl Asm {
     }
 
     /// `call label`.
+    /// `call name` whose rel32 field is a patchable site (4-aligned, after nops as needed, so
+    /// that one atomic store retargets it): returns the site's index in `Code::sites`. Both
+    /// sections start 16-aligned in the finished code, so alignment here is alignment there.
+    pub fn call_site(&mut self, name: &str) -> usize {
+        while !(self.len() + 1).is_multiple_of(4) {
+            self.byte(0x90);
+        }
+        self.call_symbol(name);
+        self.sites
+            .push((self.section, self.len() - 4, SiteField::Rel32));
+        self.sites.len() - 1
+    }
+
+    /// `movabs dst, imm` with the imm64 8-aligned (after nops as needed), so that one
+    /// atomic store changes it; returns the field's offset in the current section.
+    fn movabs_aligned(&mut self, dst: Reg, imm: u64) -> usize {
+        while !(self.len() + 2).is_multiple_of(8) {
+            self.byte(0x90);
+        }
+        self.rex(true, 0, 0, dst as u8, false);
+        self.byte(0xb8 + dst.low());
+        self.bytes(&imm.to_le_bytes());
+        self.len() - 8
+    }
+
+    /// `movabs dst, imm` whose imm64 is a patchable site: returns the site's index in
+    /// `Code::sites`.
+    pub fn movabs_site(&mut self, dst: Reg, imm: u64) -> usize {
+        let at = self.movabs_aligned(dst, imm);
+        self.sites.push((self.section, at, SiteField::Abs64));
+        self.sites.len() - 1
+    }
+
+    /// `movabs dst, value` where `value` refers to a heap object: the GC reads and updates
+    /// the field (`Code::heap_refs`).
+    pub fn movabs_heap_ref(&mut self, dst: Reg, value: u64) {
+        let at = self.movabs_aligned(dst, value);
+        self.heap_refs.push((self.section, at));
+    }
+
     pub fn call_label(&mut self, label: Label) {
         self.byte(0xe8);
         self.fixup(label);
@@ -619,9 +677,21 @@ impl Asm {
                 target: target.clone(),
             })
             .collect();
+        let sites = self
+            .sites
+            .iter()
+            .map(|&(section, at, kind)| (place((section, at)) as u32, kind))
+            .collect();
+        let heap_refs = self
+            .heap_refs
+            .iter()
+            .map(|&(section, at)| place((section, at)) as u32)
+            .collect();
         Ok(Code {
             bytes,
             edges,
+            sites,
+            heap_refs,
             label_offsets,
         })
     }

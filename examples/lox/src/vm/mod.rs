@@ -29,6 +29,8 @@ pub struct Options {
     /// Count instructions (a second copy of the loop) for `--stats`.
     pub count_instructions: bool,
     pub jit: crate::jit::JitMode,
+    /// Bytes of the JIT's code zone (`--code-zone`; `None`: `jit::DEFAULT_ZONE`).
+    pub code_zone: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -118,7 +120,7 @@ impl Vm {
     pub fn new(options: Options, sink: Box<dyn Write>) -> Result<Vm, VmError> {
         let heap = Heap::new(options.gc_stress).map_err(|e| VmError(e.0))?;
         let region = VmRegion::new().map_err(VmError)?;
-        let jit = crate::jit::Jit::new(options.jit).map_err(VmError)?;
+        let jit = crate::jit::Jit::new(options.jit, options.code_zone).map_err(VmError)?;
         let mut vm = Vm {
             heap,
             region,
@@ -139,6 +141,16 @@ impl Vm {
             scratch: Vec::new(),
         };
         vm.publish_heap_base();
+        let jit_roots = vm.jit.as_ref().map(|jit| {
+            (
+                crate::jit::codeic::CodeIcRoots(Rc::clone(&jit.code_ics)),
+                crate::jit::heaprefs::CodeRefRoots(Rc::clone(&jit.code_refs)),
+            )
+        });
+        if let Some((ics, refs)) = jit_roots {
+            vm.add_external_roots(Box::new(ics));
+            vm.add_external_roots(Box::new(refs));
+        }
         // A fresh heap always has room for these.
         vm.init_string = vm.intern(b"init").unwrap_or(Value::NIL);
         vm.define_native(b"clock", objects::NATIVE_CLOCK);
@@ -465,6 +477,37 @@ impl Vm {
             writeln!(to, "  not compiled            {}", j.compile_failures)?;
             if let Some(reason) = &j.first_failure {
                 writeln!(to, "    first: {reason}")?;
+            }
+            writeln!(
+                to,
+                "  code zone bytes         {} (method region code {})",
+                j.zone_bytes, j.method_region_bytes
+            )?;
+            writeln!(to, "  call sites made         {}", j.sites_made)?;
+            writeln!(to, "  call sites patched      {}", j.sites_patched)?;
+            let ics = jit.code_ics.borrow().stats;
+            writeln!(to, "  code ic mono sets       {}", ics.monomorphic_sets)?;
+            writeln!(to, "  code ic pics built      {}", ics.pics_built)?;
+            writeln!(to, "  code ic megamorphic     {}", ics.megamorphic)?;
+            writeln!(to, "  code ic gc rewrites     {}", ics.gc_rewrites)?;
+            writeln!(to, "  code ic patch errors    {}", j.ic_patch_errors)?;
+            let refs = jit.code_refs.borrow().stats;
+            writeln!(to, "  heap refs in code       {}", refs.embedded)?;
+            writeln!(to, "  heap refs updated       {}", refs.updated)?;
+            if let Some(e) = &j.first_ic_patch_error {
+                writeln!(to, "    first: {e}")?;
+            }
+            writeln!(to, "  compactions             {}", j.compactions)?;
+            writeln!(to, "  functions dropped       {}", j.functions_dropped)?;
+            writeln!(to, "  units moved             {}", j.units_moved)?;
+            writeln!(
+                to,
+                "  compaction time (us)    {}",
+                j.compaction_nanos / 1000
+            )?;
+            writeln!(to, "  compaction errors       {}", j.compaction_errors)?;
+            if let Some(e) = &j.first_compaction_error {
+                writeln!(to, "    first: {e}")?;
             }
             writeln!(to, "  loop entries (OSR)      {}", j.osr_entries)?;
             writeln!(to, "  calls into interpreter  {}", j.interpreted_calls)?;
