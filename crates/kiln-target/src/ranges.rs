@@ -79,6 +79,14 @@ impl<V> RangeMap<V> {
         Ok(())
     }
 
+    /// Add `[start, end)`, which the caller has checked is non-empty and overlaps no range
+    /// (under the same `&mut` borrow): one B-tree insert, where [`RangeMap::insert`] searches
+    /// for an overlap first. Checked again in debug builds.
+    pub(crate) fn insert_disjoint(&mut self, start: u64, end: u64, v: V) {
+        debug_assert!(start < end && !self.any_in(start, end));
+        self.map.insert(start, (end, v));
+    }
+
     /// Remove the range starting at `start`.
     pub(crate) fn remove(&mut self, start: u64) -> Option<(u64, V)> {
         self.map.remove(&start)

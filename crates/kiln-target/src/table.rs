@@ -61,15 +61,54 @@ struct AllocRecord {
     initialized: bool,
     /// Its deinitializers wait in the process-wide exit registry.
     finalizers: bool,
-    /// (base, size) of its own reservation; `None` in a slab.
-    reservation: Option<(u64, u64)>,
     /// Its entries in the segment index.
-    segments: Vec<PlannedSegment>,
+    segments: Segments,
     extras: Option<Box<Extras>>,
+}
+
+impl AllocRecord {
+    /// (base, size) of its own reservation; `None` in a slab.
+    fn reservation(&self) -> Option<(u64, u64)> {
+        self.extras.as_ref()?.reservation
+    }
+}
+
+/// An allocation's segments: inline while there is one (a JIT's one-function unit), so that
+/// its record needs no allocation of its own.
+#[derive(Debug)]
+enum Segments {
+    One(PlannedSegment),
+    /// Any other number.
+    Many(Vec<PlannedSegment>),
+}
+
+impl From<Vec<PlannedSegment>> for Segments {
+    fn from(mut v: Vec<PlannedSegment>) -> Self {
+        match v.len() {
+            1 => Segments::One(v[0]),
+            _ => {
+                v.shrink_to_fit();
+                Segments::Many(v)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Segments {
+    type Target = [PlannedSegment];
+    fn deref(&self) -> &[PlannedSegment] {
+        match self {
+            Segments::One(s) => std::slice::from_ref(s),
+            Segments::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Extras {
+    /// (base, size) of its own reservation; `None` in a slab (a JIT's small units: their
+    /// records stay small).
+    reservation: Option<(u64, u64)>,
     /// Its entries in the registered ranges.
     registered: Vec<(u64, u64)>,
     dealloc: Vec<Action>,
@@ -513,21 +552,27 @@ impl<S> Table<S> {
             }
         }
         let Plan {
-            mut segments,
+            segments,
             mut registered,
             ..
         } = plan;
-        // (Cannot fail: checked disjoint from everything, and from each other by the plan.)
-        segments.retain(|s| {
+        // Checked disjoint from every allocation's segments above (`check_slab_segments`, or
+        // a free reservation of ours holds none), and from each other by the plan; the plan's
+        // segments are non-empty.
+        for s in &segments {
             let owner = SegmentOwner {
                 alloc: id,
                 prot: s.prot,
             };
-            self.segments.insert(s.start, s.end, owner).is_ok()
-        });
+            self.segments.insert_disjoint(s.start, s.end, owner);
+        }
         registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
-        let extras = (!registered.is_empty() || !new.initializers.is_empty()).then(|| {
+        let extras = (reservation.is_some()
+            || !registered.is_empty()
+            || !new.initializers.is_empty())
+        .then(|| {
             Box::new(Extras {
+                reservation,
                 registered,
                 initializers: new.initializers,
                 dealloc: Vec::new(),
@@ -542,8 +587,7 @@ impl<S> Table<S> {
             pins: 0,
             initialized: false,
             finalizers: new.finalizers,
-            reservation,
-            segments,
+            segments: segments.into(),
             extras,
         });
         Ok(())
@@ -666,7 +710,7 @@ impl<S> Table<S> {
                 .as_mut()
                 .map(|x| std::mem::take(&mut x.dealloc))
                 .unwrap_or_default(),
-            reservation: a.reservation,
+            reservation: a.reservation(),
             finalizers: a.finalizers,
         })
     }
@@ -691,13 +735,13 @@ impl<S> Table<S> {
         let Some(a) = self.allocs.remove(&id) else {
             return;
         };
-        for s in &a.segments {
+        for s in a.segments.iter() {
             self.segments.remove(s.start);
         }
         for &(s, _) in a.extras.iter().flat_map(|x| &x.registered) {
             self.registered.remove(s);
         }
-        if let Some((base, _)) = a.reservation {
+        if let Some((base, _)) = a.reservation() {
             if keep_reservation {
                 if let Some((_, r)) = self.reservations.get_mut(base) {
                     *r = Reservation::Free;
@@ -760,7 +804,7 @@ impl<S> Table<S> {
             Some(a) if a.state == AllocState::Live => a,
             _ => return Err(Error::UnknownAllocation(id)),
         };
-        if a.reservation.is_some() {
+        if a.reservation().is_some() {
             return Err(Error::InvalidRequest(format!(
                 "allocation {id} has a reservation of its own: only units in slabs move"
             )));
@@ -781,7 +825,7 @@ impl<S> Table<S> {
                 seg.start, seg.end
             )));
         }
-        let mut segments = a.segments.clone();
+        let mut segments = a.segments.to_vec();
         let mut plan = Vec::with_capacity(moves.len());
         for m in moves {
             let i = a
@@ -892,7 +936,7 @@ impl<S> Table<S> {
                 let _ = self.segments.insert(g.start, g.end, owner);
             }
         }
-        a.segments.clone_from(&plan.segments);
+        a.segments = plan.segments.clone().into();
         if let Some(x) = a.extras.as_mut() {
             for (s, _) in std::mem::take(&mut x.registered) {
                 self.registered.remove(s);

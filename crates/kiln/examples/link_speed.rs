@@ -25,6 +25,7 @@ fn main() -> Result<(), kiln::Error> {
     code[5..10].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
     code[159] = 0xc3;
     let names: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+    let rss_before = vm_rss();
     let start = Instant::now();
     for i in 0..n {
         let mut g = InMemoryGraph::new(names[i].clone());
@@ -41,11 +42,25 @@ fn main() -> Result<(), kiln::Error> {
         s.link_graph(&g)?;
     }
     let t = start.elapsed();
+    let rss = vm_rss().saturating_sub(rss_before) as f64;
     println!(
-        "{n} links in {:.3} s: {:.0} ns per link, {:.0} links/s",
+        "{n} links in {:.3} s: {:.0} ns per link, {:.0} links/s; VmRSS +{:.0} bytes per link \
+         ({:.2} per code byte)",
         t.as_secs_f64(),
         t.as_nanos() as f64 / n as f64,
-        n as f64 / t.as_secs_f64()
+        n as f64 / t.as_secs_f64(),
+        rss / n as f64,
+        rss / (n * code.len()) as f64
     );
     Ok(())
+}
+
+/// The process's resident memory in bytes (`VmRSS` of `/proc/self/status`; 0 if unreadable).
+fn vm_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }

@@ -338,14 +338,26 @@ impl OwnedMemory {
                 t.unclaim(a.0, n);
             }
         });
-        let mut slices = Vec::with_capacity(ranges.len());
-        for &(a, n) in ranges {
-            // SAFETY: every range is claimed until `_unclaim` runs, after `slices` (declared
-            // later) is dropped; claims never overlap each other, so the slices are disjoint,
-            // and the slab is not unmapped while claims lie in it.
-            slices.push(unsafe { view.slice_mut(a.0, n)? });
+        // A unit has a range per slab region at most: those slices need no vector.
+        let mut few: [&mut [u8]; 3] = Default::default();
+        let mut many: Vec<&mut [u8]> = Vec::new();
+        let inline = ranges.len() <= few.len();
+        for (i, &(a, n)) in ranges.iter().enumerate() {
+            // SAFETY: every range is claimed until `_unclaim` runs, after `few` and `many`
+            // (declared later) are dropped; claims never overlap each other, so the slices are
+            // disjoint, and the slab is not unmapped while claims lie in it.
+            let slice = unsafe { view.slice_mut(a.0, n)? };
+            if inline {
+                few[i] = slice;
+            } else {
+                many.push(slice);
+            }
         }
-        f(&mut slices);
+        f(if inline {
+            &mut few[..ranges.len()]
+        } else {
+            &mut many
+        });
         Ok(())
     }
 

@@ -109,7 +109,7 @@ pub fn layout_with(
     place: &mut dyn FnMut(usize, u64, u64) -> Result<u64>,
 ) -> Result<Layout> {
     let (per_prot, tbss) = blocks_by_prot(g);
-    let mut segments = Vec::new();
+    let mut segments = Vec::with_capacity(per_prot.iter().filter(|b| !b.is_empty()).count());
     let mut tls = TlsLayout {
         align: 1,
         ..Default::default()
@@ -136,7 +136,8 @@ pub fn layout_with(
             content_size: plan.content_size,
             zero_size: plan.size - plan.content_size,
             align: plan.align,
-            blocks: plan.blocks.iter().map(|(_, b)| *b).collect(),
+            // Collected in place: the plan's list becomes the segment's (no allocation).
+            blocks: plan.blocks.into_iter().map(|(_, b)| b).collect(),
         });
     }
     let has_tls = segments_hold_tls(g);

@@ -101,7 +101,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     })?;
     let mut t = Timer::new(input.collect_stats);
     let names = bumpalo::Bump::new();
-    let mut g = LinkGraph::new(arch);
+    let mut g = graph_for(arch, &input);
     let (mut archives, linker, roots) = parse_inputs(&mut g, &input, &names)?;
     t.lap("parse");
     resolve::load_archive_members(&mut g, &mut archives, input.session)?;
@@ -199,6 +199,27 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             phases: t.phases,
         }),
     })
+}
+
+/// An empty link graph; for input made only of in-memory graphs (a JIT's units), with room
+/// for all they hold and what the linker adds, so that its tables are allocated once rather
+/// than grown push by push.
+fn graph_for<'a>(arch: &'static dyn crate::arch::Arch, input: &LinkInput) -> LinkGraph<'a> {
+    if !input.objects.is_empty() || !input.archives.is_empty() {
+        return LinkGraph::new(arch);
+    }
+    let (mut sections, mut blocks, mut symbols) = (0, 0, input.roots.len());
+    for sec in input.graphs.iter().flat_map(|g| &g.sections) {
+        sections += 1;
+        blocks += sec.blocks.len();
+        for b in &sec.blocks {
+            // Each edge may name a symbol no block defines.
+            symbols += b.symbols.len() + b.edges.len();
+        }
+    }
+    // The linker's own input adds a section or two and a few symbols (runtime symbols,
+    // `__dso_handle`, a GOT) when something uses them.
+    LinkGraph::with_capacity(arch, sections + 2, blocks + 2, symbols + 4)
 }
 
 /// Parse the objects and graphs into `g`, index the archives, add the input that owns what the

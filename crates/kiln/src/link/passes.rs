@@ -394,23 +394,19 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<Symbo
             mark(g, BlockId(i as u32), &mut work);
         }
     }
-    let explicit_global = |s: &Symbol| {
-        s.visibility == Visibility::Default
+    // The roots are marked as they are found (no list of them is made).
+    for i in 0..g.symbols.len() {
+        let r = SymbolId(i as u32);
+        let s = &g.symbols[i];
+        let explicit_global = s.visibility == Visibility::Default
             && !s.name.is_empty()
-            && g.inputs.get(s.input.idx()).is_some_and(|inp| inp.explicit)
-    };
-    let roots: Vec<BlockId> = (0..g.symbols.len())
-        .map(|i| SymbolId(i as u32))
-        .filter(|r| {
-            extra_roots.contains(r) || Some(*r) == dso || explicit_global(&g.symbols[r.idx()])
-        })
-        .filter_map(|r| match g.symbols[r.idx()].def {
-            SymbolDef::Defined { block, .. } => Some(block),
-            _ => None,
-        })
-        .collect();
-    for b in roots {
-        mark(g, b, &mut work);
+            && g.inputs.get(s.input.idx()).is_some_and(|inp| inp.explicit);
+        if !(extra_roots.contains(&r) || Some(r) == dso || explicit_global) {
+            continue;
+        }
+        if let SymbolDef::Defined { block, .. } = s.def {
+            mark(g, block, &mut work);
+        }
     }
     let fdes = FdesOf::new(g);
     let mut live = 0;

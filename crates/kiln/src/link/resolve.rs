@@ -143,6 +143,9 @@ fn wanted_symbols(g: &LinkGraph) -> Vec<(SymbolId, bool)> {
     wanted
 }
 
+/// Names bound from the session without allocating their list.
+const FEW_NAMES: usize = 8;
+
 /// Resolve every undefined symbol that live code references: definitions, the session's live
 /// units, the runtime's own symbols, libraries (in order), the process. Weak references found
 /// nowhere become 0. All failures are reported together, each with its referencing inputs.
@@ -165,12 +168,19 @@ pub fn resolve_externals(
         }
     }
     if !rest.is_empty() {
-        let names: Vec<&[u8]> = rest
-            .iter()
-            .map(|(id, _)| g.symbols[id.idx()].name)
-            .collect();
-        let mut bound = Vec::with_capacity(names.len());
-        scopes.session.bind(&names, &mut bound);
+        let mut bound = Vec::with_capacity(rest.len());
+        let name_of = |&(id, _): &(SymbolId, bool)| g.symbols[id.idx()].name;
+        if rest.len() <= FEW_NAMES {
+            // A JIT's unit asks for a few names: their list lives on the stack.
+            let mut names: [&[u8]; FEW_NAMES] = [&[]; FEW_NAMES];
+            for (n, r) in names.iter_mut().zip(&rest) {
+                *n = name_of(r);
+            }
+            scopes.session.bind(&names[..rest.len()], &mut bound);
+        } else {
+            let names: Vec<&[u8]> = rest.iter().map(name_of).collect();
+            scopes.session.bind(&names, &mut bound);
+        }
         let mut i = 0;
         rest.retain(|(id, _)| {
             let found = bound.get(i).copied().flatten();

@@ -9,6 +9,9 @@ use crate::graph::LinkGraph;
 use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{Executor, ExecutorAddr, Placement, Segment, SlabId};
 
+/// The most segments a unit in slab memory has: one per slab region.
+const SLAB_SEGMENTS: usize = 3;
+
 pub(crate) struct UnitMemory<'x> {
     ex: &'x dyn Executor,
     place: Place<'x>,
@@ -133,13 +136,18 @@ impl<'x> UnitMemory<'x> {
                 .collect();
             return Ok((result, segments));
         };
-        let ranges: Vec<(ExecutorAddr, u64)> = layout
-            .segments
-            .iter()
-            .map(|s| (ExecutorAddr(s.addr), s.content_size + s.zero_size))
-            .collect();
+        // A slab unit has a segment per protection class at most (one per slab region): fixed
+        // arrays, not vectors, carry its ranges.
+        let n = layout.segments.len();
+        if n > SLAB_SEGMENTS {
+            return Err(Error::Internal(format!("{n} segments for one slab")));
+        }
+        let mut ranges = [(ExecutorAddr(0), 0u64); SLAB_SEGMENTS];
+        for (r, s) in ranges.iter_mut().zip(&layout.segments) {
+            *r = (ExecutorAddr(s.addr), s.content_size + s.zero_size);
+        }
         let mut result = None;
-        self.ex.with_slab_memory(id, &ranges, &mut |bufs| {
+        self.ex.with_slab_memory(id, &ranges[..n], &mut |bufs| {
             // The range may hold a removed unit's bytes: zero fill is written, not assumed.
             for (buf, seg) in bufs.iter_mut().zip(&layout.segments) {
                 if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
@@ -147,8 +155,11 @@ impl<'x> UnitMemory<'x> {
                 }
             }
             result = Some(apply_fixups_into(g, layout, ctx, bufs).map(|()| {
-                let refs: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-                read_back(&refs)
+                let mut refs: [&[u8]; SLAB_SEGMENTS] = [&[]; SLAB_SEGMENTS];
+                for (r, b) in refs.iter_mut().zip(bufs.iter()) {
+                    *r = b;
+                }
+                read_back(&refs[..bufs.len().min(SLAB_SEGMENTS)])
             }));
         })?;
         let result = result

@@ -12,6 +12,7 @@ mod lazy;
 mod moving;
 mod relocate;
 mod state;
+mod units;
 
 pub use generate::{DefinitionGenerator, Generated};
 pub use inputs::Inputs;
@@ -581,14 +582,14 @@ impl Session {
             alloc,
             scope,
             memory,
-            slab_ranges,
+            slab_ranges: slab_ranges.into_iter().collect(),
             segments,
             relink: relink.map(Arc::new),
             link_actions: actions.map(Arc::new),
             incoming: Vec::new(),
-            names: Vec::new(),
-            deps: Vec::new(),
-            dependents: Vec::new(),
+            names: Default::default(),
+            deps: Default::default(),
+            dependents: Default::default(),
             pins: Default::default(),
             // Even without initializers: the executor runs a unit's finalizers (destructors,
             // exit handlers) only if it was initialized.
@@ -802,7 +803,7 @@ impl Session {
             let Some(m) = u.memory else { continue };
             match by_memory.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &m)) {
                 Some((_, ranges)) => ranges.extend(u.slab_ranges),
-                None => by_memory.push((m, u.slab_ranges)),
+                None => by_memory.push((m, u.slab_ranges.into())),
             }
         }
         for (m, ranges) in by_memory {

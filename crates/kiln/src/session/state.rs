@@ -5,6 +5,7 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
+use super::units::{Few, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
@@ -85,7 +86,7 @@ pub(crate) struct Unit {
     pub scope: ScopeId,
     /// Where its ranges came from (`None`: a reservation of its own).
     pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: Vec<SlabRange>,
+    pub slab_ranges: Few<SlabRange>,
     /// (address, size) of its segments.
     pub segments: Vec<(u64, u64)>,
     /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
@@ -96,11 +97,11 @@ pub(crate) struct Unit {
     /// Edges of other units that target this one: (unit, index into its record's edges).
     pub incoming: Vec<(u64, u32)>,
     /// Names this unit defines in its scope's table (the ones that won).
-    pub names: Vec<std::sync::Arc<str>>,
+    pub names: Few<std::sync::Arc<str>>,
     /// Units this one binds to.
-    pub deps: Vec<u64>,
+    pub deps: Few<u64>,
     /// Units that bind to this one.
-    pub dependents: Vec<u64>,
+    pub dependents: Few<u64>,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
     pub initialized: bool,
@@ -110,7 +111,7 @@ pub(crate) struct Unit {
 
 pub(crate) struct State {
     pub scopes: Vec<Scope>,
-    pub units: FxHashMap<u64, Unit>,
+    pub units: UnitTable,
     pub next_unit: u64,
     /// Every live unit's segments by start address: (end, unit, segment index).
     pub by_addr: BTreeMap<u64, (u64, u64, u8)>,
@@ -124,7 +125,7 @@ impl State {
                 search: Vec::new(),
                 symbols: FxHashMap::default(),
             }],
-            units: FxHashMap::default(),
+            units: UnitTable::default(),
             next_unit: 1,
             by_addr: BTreeMap::new(),
         }
@@ -193,7 +194,6 @@ impl State {
     ) {
         use std::collections::hash_map::Entry;
         let scope = &mut self.scopes[unit.scope.0 as usize];
-        unit.names.reserve_exact(exports.len());
         let mut taken: Vec<Arc<str>> = Vec::new();
         for e in exports {
             let slot = match scope.symbols.entry(e.name) {
@@ -230,7 +230,7 @@ impl State {
         if let Some(old) = replacing.and_then(|r| self.units.get_mut(&r)) {
             old.names.retain(|n| !taken.contains(n));
         }
-        unit.deps = deps.to_vec();
+        unit.deps = deps.iter().copied().collect();
         for (i, &(addr, size)) in unit.segments.iter().enumerate() {
             if size > 0 {
                 self.by_addr.insert(addr, (addr + size, id, i as u8));
