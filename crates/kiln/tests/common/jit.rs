@@ -55,18 +55,24 @@ pub fn run_threads(
                     targets.push_back(f);
                     newest[t].store(i as u64, Ordering::Release);
                     let other = (t + 1) % threads;
-                    let j = newest[other].load(Ordering::Acquire);
-                    if j != u64::MAX {
+                    // The callee may be removed between reading its name and linking against
+                    // it (the other thread went 4 targets further meanwhile): the link then
+                    // fails cleanly (undefined), and the caller is tried again against the
+                    // other thread's newest target, a few times.
+                    for _attempt in 0..16 {
+                        let j = newest[other].load(Ordering::Acquire);
+                        if j == u64::MAX {
+                            break;
+                        }
                         let callee = format!("t{other}_f{j}");
                         let g_name = format!("t{t}_g{i}");
-                        // The callee may have been removed meanwhile: then the link fails
-                        // cleanly (undefined), and that is all.
                         match s.link_graph(&caller(&g_name, &callee, 1)) {
                             Ok(g) => {
                                 let want = (other * 1_000_000) as i32 + j as i32 + 1;
                                 assert_eq!(call(&s, &g_name), want, "{g_name} -> {callee}");
                                 checked.fetch_add(1, Ordering::Relaxed);
                                 s.remove(g).unwrap();
+                                break;
                             }
                             Err(Error::Unresolved(u)) => assert_eq!(u.undefined[0].name, callee),
                             Err(e) => panic!("{g_name}: {e}"),
