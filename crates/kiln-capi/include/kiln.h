@@ -956,7 +956,22 @@ typedef kiln_verdict_t (*kiln_verdict_fn)(void *user, kiln_unit_t unit);
    may be read from any thread. */
 typedef struct kiln_move_map_t kiln_move_map_t;
 
-/* What kiln_jit_compact did. */
+/* How long each step of a compaction took, in nanoseconds. */
+typedef struct kiln_compaction_times_t {
+    /* Asking the verdicts and checking them (users of dropped units). */
+    uint64_t verdicts_ns;
+    /* Removing the dropped units. */
+    uint64_t drop_ns;
+    /* Deciding where everything goes. */
+    uint64_t layout_ns;
+    /* Moving bytes, applying edges again, telling the debug sinks. */
+    uint64_t moves_ns;
+    /* Rebuilding the free lists, filling freed code, writing sites and heap references. */
+    uint64_t finish_ns;
+} kiln_compaction_times_t;
+
+/* What kiln_jit_compact did. Which units were dropped, moved and pinned (and why) is listed
+   by the move map: kiln_move_map_dropped_units, _moved_units, _pinned. */
 typedef struct kiln_compaction_t {
     /* Units removed, units moved, units that stayed because of a pin (the VM's, or a unit
        without relink records using it, or a link in progress binding to it). */
@@ -968,9 +983,35 @@ typedef struct kiln_compaction_t {
     uint64_t used_after;
     /* The largest free range of the method region's code part after. */
     uint64_t largest_free_code;
-    /* How long the compaction took. */
+    /* How long the compaction took (the sum of `times`), and each step. */
     uint64_t nanoseconds;
+    kiln_compaction_times_t times;
 } kiln_compaction_t;
+
+/* Why a unit stayed where it was at a compaction. */
+typedef uint32_t kiln_pin_reason_t;
+enum kiln_pin_reason_enum {
+    /* The verdict said KILN_VERDICT_PIN. */
+    KILN_PIN_VERDICT = 0,
+    /* Unit `user` (a fixed-region unit, or one linked outside the zone: no relink records)
+       uses it, so its references into it could not be rewritten. */
+    KILN_PIN_USED_WITHOUT_RELINK = 1,
+    /* Its edges tie it to its address (thread-local storage), or it is not in the zone. */
+    KILN_PIN_CANNOT_MOVE = 2,
+    /* A link in progress on another thread binds to it. */
+    KILN_PIN_LINKING = 3,
+    /* Retired (replaced by a redefinition or a PIC's growth): threads may still run it until
+       kiln_jit_reclaim frees it. */
+    KILN_PIN_RETIRED = 4
+};
+
+/* A unit a compaction left where it was, and why. */
+typedef struct kiln_pinned_t {
+    kiln_unit_t unit;
+    kiln_pin_reason_t reason;
+    /* For KILN_PIN_USED_WITHOUT_RELINK, the unit that uses it; else 0. */
+    kiln_unit_t user;
+} kiln_pinned_t;
 
 /* One moved segment: [from, from + size) is now [to, to + size). */
 typedef struct kiln_range_move_t {
@@ -1011,6 +1052,21 @@ kiln_error_t *kiln_move_map_moves(const kiln_move_map_t *map, kiln_range_move_t 
 /* The dropped units' segments, by address (their `unit` is 0: those numbers are gone). */
 kiln_error_t *kiln_move_map_dropped(const kiln_move_map_t *map, kiln_range_t *out_ranges,
                                     size_t cap, size_t *out_count);
+
+/* The compaction's per-unit results, each a list by the convention of kiln_jit_unit_sites.
+   The units the compaction dropped, by the numbers they had (gone now: no function takes them
+   any more). */
+kiln_error_t *kiln_move_map_dropped_units(const kiln_move_map_t *map, kiln_unit_t *out_units,
+                                          size_t cap, size_t *out_count);
+
+/* The units that moved (each of their segments is in kiln_move_map_moves). Units that had
+   nowhere lower to go are neither moved nor pinned. */
+kiln_error_t *kiln_move_map_moved_units(const kiln_move_map_t *map, kiln_unit_t *out_units,
+                                        size_t cap, size_t *out_count);
+
+/* The units that stayed where they were because something held them, with the reason. */
+kiln_error_t *kiln_move_map_pinned(const kiln_move_map_t *map, kiln_pinned_t *out_pinned,
+                                   size_t cap, size_t *out_count);
 
 /* Delete a move map. NULL, or a handle already deleted, is ignored. */
 void kiln_move_map_delete(kiln_move_map_t *map);
