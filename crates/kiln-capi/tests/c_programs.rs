@@ -336,10 +336,10 @@ fn jit_misuse_gives_errors_not_crashes() {
     );
 }
 
+/// The JIT with code in a child kiln-executor: patches, heap references, a lazy function whose
 /// C callback runs in this process when the child first calls it, redefinition, and a
 /// compaction of the child's method region (survivors right at their new places, the map
 /// translating old addresses).
-/// C callback runs in this process when the child first calls it, redefinition.
 #[test]
 fn jit_with_a_spawned_executor() {
     let i = installed();
