@@ -697,6 +697,12 @@ typedef struct kiln_pic_case_t {
     uint64_t target;
 } kiln_pic_case_t;
 
+/* A PIC case whose target is a symbol name (kiln_jit_pic_build_named). */
+typedef struct kiln_pic_named_case_t {
+    uint64_t key;
+    const char *target;
+} kiln_pic_named_case_t;
+
 typedef struct kiln_pic_state_t {
     /* The site goes to the megamorphic handler (the other fields are 0). */
     bool megamorphic;
@@ -875,6 +881,23 @@ kiln_error_t *kiln_jit_pic_grow(kiln_jit_t *jit, const kiln_site_t *site, uint64
 
 kiln_error_t *kiln_jit_pic_state(kiln_jit_t *jit, const kiln_site_t *site,
                                  kiln_pic_state_t *out_state);
+
+/* As kiln_jit_pic_build, with every target a symbol name resolved in the JIT's scope: the
+   cases' targets and `miss` (required; config->miss is ignored) as a link resolves names (live
+   units, kiln_session_define, libraries, the process, generators), else KILN_ERROR_UNRESOLVED
+   listing them; `megamorphic` (NULL: none; config->megamorphic is ignored) must be defined by
+   a live unit of the JIT's scope (kiln-jit looks it up when the PIC overflows), else
+   KILN_ERROR_UNDEFINED naming it. Either way nothing changes. The PIC keeps the names: a
+   target redefined later (kiln_jit_redefine) is followed by the stub. */
+kiln_error_t *kiln_jit_pic_build_named(kiln_jit_t *jit, const kiln_site_t *site,
+                                       const kiln_pic_config_t *config, const char *miss,
+                                       const char *megamorphic,
+                                       const kiln_pic_named_case_t *cases, size_t n);
+
+/* As kiln_jit_pic_grow, with the target a symbol name (as for kiln_jit_pic_build_named). A
+   PIC built with addresses may grow by name, and one built with names by address. */
+kiln_error_t *kiln_jit_pic_grow_named(kiln_jit_t *jit, const kiln_site_t *site, uint64_t key,
+                                      const char *target, kiln_pic_state_t *out_state);
 
 /* ---- redefinition, epochs, reclaiming ---- */
 

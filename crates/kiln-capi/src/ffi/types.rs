@@ -191,6 +191,13 @@ pub struct kiln_redefined_t {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kiln_pic_named_case_t {
+    pub key: u64,
+    pub target: *const c_char,
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct kiln_range_t {
     pub unit: kiln_unit_t,
