@@ -289,8 +289,7 @@ fn misuse_and_linking_under_valgrind() {
 }
 
 /// kiln-jit from C: zone, regions, sites, write window, inline cache, PIC (targets by address
-/// and by name), redefinition,
-/// heap references (jit.c checks each by calling the code).
+/// and by name), redefinition, heap references (jit.c checks each by calling the code).
 #[test]
 fn jit_zone_sites_caches_redefinition_heap_refs() {
     let exe = build("jit.c", "jit", "kiln");
