@@ -697,6 +697,12 @@ typedef struct kiln_pic_case_t {
     uint64_t target;
 } kiln_pic_case_t;
 
+/* A PIC case whose target is a symbol name (kiln_jit_pic_build_named). */
+typedef struct kiln_pic_named_case_t {
+    uint64_t key;
+    const char *target;
+} kiln_pic_named_case_t;
+
 typedef struct kiln_pic_state_t {
     /* The site goes to the megamorphic handler (the other fields are 0). */
     bool megamorphic;
@@ -876,6 +882,23 @@ kiln_error_t *kiln_jit_pic_grow(kiln_jit_t *jit, const kiln_site_t *site, uint64
 kiln_error_t *kiln_jit_pic_state(kiln_jit_t *jit, const kiln_site_t *site,
                                  kiln_pic_state_t *out_state);
 
+/* As kiln_jit_pic_build, with every target a symbol name resolved in the JIT's scope: the
+   cases' targets and `miss` (required; config->miss is ignored) as a link resolves names (live
+   units, kiln_session_define, libraries, the process, generators), else KILN_ERROR_UNRESOLVED
+   listing them; `megamorphic` (NULL: none; config->megamorphic is ignored) must be defined by
+   a live unit of the JIT's scope (kiln-jit looks it up when the PIC overflows), else
+   KILN_ERROR_UNDEFINED naming it. Either way nothing changes. The PIC keeps the names: a
+   target redefined later (kiln_jit_redefine) is followed by the stub. */
+kiln_error_t *kiln_jit_pic_build_named(kiln_jit_t *jit, const kiln_site_t *site,
+                                       const kiln_pic_config_t *config, const char *miss,
+                                       const char *megamorphic,
+                                       const kiln_pic_named_case_t *cases, size_t n);
+
+/* As kiln_jit_pic_grow, with the target a symbol name (as for kiln_jit_pic_build_named). A
+   PIC built with addresses may grow by name, and one built with names by address. */
+kiln_error_t *kiln_jit_pic_grow_named(kiln_jit_t *jit, const kiln_site_t *site, uint64_t key,
+                                      const char *target, kiln_pic_state_t *out_state);
+
 /* ---- redefinition, epochs, reclaiming ---- */
 
 /* Replace zone unit `old`'s definitions by those of graph `g` (a copy), linked into the same
@@ -956,7 +979,22 @@ typedef kiln_verdict_t (*kiln_verdict_fn)(void *user, kiln_unit_t unit);
    may be read from any thread. */
 typedef struct kiln_move_map_t kiln_move_map_t;
 
-/* What kiln_jit_compact did. */
+/* How long each step of a compaction took, in nanoseconds. */
+typedef struct kiln_compaction_times_t {
+    /* Asking the verdicts and checking them (users of dropped units). */
+    uint64_t verdicts_ns;
+    /* Removing the dropped units. */
+    uint64_t drop_ns;
+    /* Deciding where everything goes. */
+    uint64_t layout_ns;
+    /* Moving bytes, applying edges again, telling the debug sinks. */
+    uint64_t moves_ns;
+    /* Rebuilding the free lists, filling freed code, writing sites and heap references. */
+    uint64_t finish_ns;
+} kiln_compaction_times_t;
+
+/* What kiln_jit_compact did. Which units were dropped, moved and pinned (and why) is listed
+   by the move map: kiln_move_map_dropped_units, _moved_units, _pinned. */
 typedef struct kiln_compaction_t {
     /* Units removed, units moved, units that stayed because of a pin (the VM's, or a unit
        without relink records using it, or a link in progress binding to it). */
@@ -968,9 +1006,35 @@ typedef struct kiln_compaction_t {
     uint64_t used_after;
     /* The largest free range of the method region's code part after. */
     uint64_t largest_free_code;
-    /* How long the compaction took. */
+    /* How long the compaction took (the sum of `times`), and each step. */
     uint64_t nanoseconds;
+    kiln_compaction_times_t times;
 } kiln_compaction_t;
+
+/* Why a unit stayed where it was at a compaction. */
+typedef uint32_t kiln_pin_reason_t;
+enum kiln_pin_reason_enum {
+    /* The verdict said KILN_VERDICT_PIN. */
+    KILN_PIN_VERDICT = 0,
+    /* Unit `user` (a fixed-region unit, or one linked outside the zone: no relink records)
+       uses it, so its references into it could not be rewritten. */
+    KILN_PIN_USED_WITHOUT_RELINK = 1,
+    /* Its edges tie it to its address (thread-local storage), or it is not in the zone. */
+    KILN_PIN_CANNOT_MOVE = 2,
+    /* A link in progress on another thread binds to it. */
+    KILN_PIN_LINKING = 3,
+    /* Retired (replaced by a redefinition or a PIC's growth): threads may still run it until
+       kiln_jit_reclaim frees it. */
+    KILN_PIN_RETIRED = 4
+};
+
+/* A unit a compaction left where it was, and why. */
+typedef struct kiln_pinned_t {
+    kiln_unit_t unit;
+    kiln_pin_reason_t reason;
+    /* For KILN_PIN_USED_WITHOUT_RELINK, the unit that uses it; else 0. */
+    kiln_unit_t user;
+} kiln_pinned_t;
 
 /* One moved segment: [from, from + size) is now [to, to + size). */
 typedef struct kiln_range_move_t {
@@ -1011,6 +1075,21 @@ kiln_error_t *kiln_move_map_moves(const kiln_move_map_t *map, kiln_range_move_t 
 /* The dropped units' segments, by address (their `unit` is 0: those numbers are gone). */
 kiln_error_t *kiln_move_map_dropped(const kiln_move_map_t *map, kiln_range_t *out_ranges,
                                     size_t cap, size_t *out_count);
+
+/* The compaction's per-unit results, each a list by the convention of kiln_jit_unit_sites.
+   The units the compaction dropped, by the numbers they had (gone now: no function takes them
+   any more). */
+kiln_error_t *kiln_move_map_dropped_units(const kiln_move_map_t *map, kiln_unit_t *out_units,
+                                          size_t cap, size_t *out_count);
+
+/* The units that moved (each of their segments is in kiln_move_map_moves). Units that had
+   nowhere lower to go are neither moved nor pinned. */
+kiln_error_t *kiln_move_map_moved_units(const kiln_move_map_t *map, kiln_unit_t *out_units,
+                                        size_t cap, size_t *out_count);
+
+/* The units that stayed where they were because something held them, with the reason. */
+kiln_error_t *kiln_move_map_pinned(const kiln_move_map_t *map, kiln_pinned_t *out_pinned,
+                                   size_t cap, size_t *out_count);
 
 /* Delete a move map. NULL, or a handle already deleted, is ignored. */
 void kiln_move_map_delete(kiln_move_map_t *map);

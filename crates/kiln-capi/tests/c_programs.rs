@@ -288,8 +288,8 @@ fn misuse_and_linking_under_valgrind() {
     }
 }
 
-/// kiln-jit from C: zone, regions, sites, write window, inline cache, PIC, redefinition,
-/// heap references (jit.c checks each by calling the code).
+/// kiln-jit from C: zone, regions, sites, write window, inline cache, PIC (targets by address
+/// and by name), redefinition, heap references (jit.c checks each by calling the code).
 #[test]
 fn jit_zone_sites_caches_redefinition_heap_refs() {
     let exe = build("jit.c", "jit", "kiln");
@@ -337,7 +337,9 @@ fn jit_misuse_gives_errors_not_crashes() {
 }
 
 /// The JIT with code in a child kiln-executor: patches, heap references, a lazy function whose
-/// C callback runs in this process when the child first calls it, redefinition.
+/// C callback runs in this process when the child first calls it, redefinition, and a
+/// compaction of the child's method region (survivors right at their new places, the map
+/// translating old addresses).
 #[test]
 fn jit_with_a_spawned_executor() {
     let i = installed();

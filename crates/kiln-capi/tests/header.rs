@@ -372,7 +372,7 @@ fn header_matches_the_rust_side() {
         rust.constants.len()
     );
     assert_eq!(rust.callbacks.len(), 5, "{:?}", rust.callbacks.keys());
-    assert_eq!(rust.typedefs.len(), 11, "{:?}", rust.typedefs);
+    assert_eq!(rust.typedefs.len(), 12, "{:?}", rust.typedefs);
     assert!(rust.structs.len() >= 14, "{:?}", rust.structs.keys());
     let mut problems = Vec::new();
     compare(

@@ -3,7 +3,9 @@
 
 use super::generator::UserData;
 use super::types::*;
-use super::{c_array, guard, guard_quiet, handle_value, out, out_list, out_optional, to_handle};
+use super::{
+    c_array, guard, guard_quiet, handle_value, out, out_list, out_optional, to_handle, utf8,
+};
 use crate::error::CError;
 use crate::handle::{Registry, Tag};
 use crate::jit::{self as cjit, CJit};
@@ -456,6 +458,69 @@ fn c_pic_state(j: &CJit, s: PicState) -> kiln_pic_state_t {
     }
 }
 
+/// kiln-jit's PIC configuration of a C one, with its miss and megamorphic targets.
+fn pic_config(
+    config: &kiln_pic_config_t,
+    miss: PicTarget,
+    megamorphic: Option<PicTarget>,
+) -> Result<PicConfig, CError> {
+    let mut pic = PicConfig::new(miss);
+    pic.register = cjit::key_register(config.key_register)?;
+    pic.width = cjit::key_width(config.key_width)?;
+    if config.max_cases != 0 {
+        pic.max_cases = config.max_cases as usize;
+    }
+    pic.megamorphic = megamorphic;
+    Ok(pic)
+}
+
+/// The megamorphic handler named from C. kiln-jit resolves it only when the PIC overflows,
+/// and then among the symbols of live units in the JIT's scope (not `kiln_session_define`'s
+/// names, libraries or generators, which only links see): checked here the same way, so that
+/// a name that would not resolve then is an error now, before anything changes.
+fn megamorphic_target(j: &CJit, name: &str) -> Result<PicTarget, CError> {
+    if j.jit.session().lookup_symbol(j.jit.scope(), name).is_none() {
+        return Err(CError::new(
+            KILN_ERROR_UNDEFINED,
+            format!(
+                "the PIC's megamorphic handler {name} is not defined by a live unit in the \
+                 JIT's scope"
+            ),
+        ));
+    }
+    Ok(PicTarget::Name(name.to_string()))
+}
+
+/// A failed PIC link names the stub's made-up graph as the referrer of the undefined target;
+/// C callers read that the name was one of the PIC's targets.
+fn pic_link_error(e: CError) -> CError {
+    const STUB: &str = "(referenced by __kiln_pic_";
+    let mut message = e.message().to_string();
+    if !message.contains(STUB) {
+        return e;
+    }
+    while let Some(at) = message.find(STUB) {
+        let end = message[at..]
+            .find(')')
+            .map_or(message.len(), |i| at + i + 1);
+        message.replace_range(at..end, "(a target of this PIC)");
+    }
+    CError::new(e.kind(), message)
+}
+
+fn build_pic(
+    j: &CJit,
+    site: &kiln_site_t,
+    config: &PicConfig,
+    cases: &[(u64, PicTarget)],
+) -> Result<(), CError> {
+    let site = j.site(site)?;
+    j.jit
+        .build_pic(&site, config, cases)
+        .map(drop)
+        .map_err(|e| pic_link_error(j.error(e)))
+}
+
 /// # Safety
 /// See the module [`super`] and kiln.h.
 #[no_mangle]
@@ -476,26 +541,66 @@ pub unsafe extern "C" fn kiln_jit_pic_build(
                 c_array(cases, n, "cases")?,
             )
         };
-        let site = j.site(&site)?;
         if config.miss == 0 {
             return Err(CError::invalid_argument("config->miss is 0"));
         }
-        let mut pic = PicConfig::new(ExecutorAddr(config.miss));
-        pic.register = cjit::key_register(config.key_register)?;
-        pic.width = cjit::key_width(config.key_width)?;
-        if config.max_cases != 0 {
-            pic.max_cases = config.max_cases as usize;
-        }
-        pic.megamorphic =
+        let megamorphic =
             (config.megamorphic != 0).then_some(PicTarget::Addr(ExecutorAddr(config.megamorphic)));
+        let pic = pic_config(
+            &config,
+            PicTarget::Addr(ExecutorAddr(config.miss)),
+            megamorphic,
+        )?;
         let cases: Vec<(u64, PicTarget)> = cases
             .iter()
             .map(|c| (c.key, PicTarget::Addr(ExecutorAddr(c.target))))
             .collect();
-        j.jit
-            .build_pic(&site, &pic, &cases)
-            .map(drop)
-            .map_err(|e| j.error(e))
+        build_pic(&j, &site, &pic, &cases)
+    })
+}
+
+/// # Safety
+/// See the module [`super`] and kiln.h.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_jit_pic_build_named(
+    j: *mut kiln_jit_t,
+    site: *const kiln_site_t,
+    config: *const kiln_pic_config_t,
+    miss: *const c_char,
+    megamorphic: *const c_char,
+    cases: *const kiln_pic_named_case_t,
+    n: usize,
+) -> *mut kiln_error_t {
+    guard("kiln_jit_pic_build_named", || {
+        let j = jit(j)?;
+        // SAFETY: the contract of this function.
+        let (site, config, cases) = unsafe {
+            (
+                c_struct(site, "site")?,
+                c_struct(config, "config")?,
+                c_array(cases, n, "cases")?,
+            )
+        };
+        // SAFETY: the contract of this function: `miss` is a string; `megamorphic` is NULL
+        // or a string.
+        let (miss, megamorphic) = unsafe {
+            (
+                utf8(miss, "miss")?,
+                (!megamorphic.is_null())
+                    .then(|| utf8(megamorphic, "megamorphic"))
+                    .transpose()?,
+            )
+        };
+        let megamorphic = megamorphic.map(|m| megamorphic_target(&j, m)).transpose()?;
+        let miss = PicTarget::Name(miss.to_string());
+        let pic = pic_config(&config, miss, megamorphic)?;
+        let mut named = Vec::with_capacity(cases.len());
+        for (i, c) in cases.iter().enumerate() {
+            // SAFETY: each case's `target` is a string (the contract of this function).
+            let name = unsafe { utf8(c.target, &format!("cases[{i}].target"))? };
+            named.push((c.key, PicTarget::Name(name.to_string())));
+        }
+        build_pic(&j, &site, &pic, &named)
     })
 }
 
@@ -519,6 +624,39 @@ pub unsafe extern "C" fn kiln_jit_pic_grow(
         let state = pic
             .grow(&j.jit, key, ExecutorAddr(target))
             .map_err(|e| j.error(e))?;
+        if let Some(o) = o {
+            o.set(c_pic_state(&j, state));
+        }
+        Ok(())
+    })
+}
+
+/// # Safety
+/// See the module [`super`] and kiln.h.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_jit_pic_grow_named(
+    j: *mut kiln_jit_t,
+    site: *const kiln_site_t,
+    key: u64,
+    target: *const c_char,
+    out_state: *mut kiln_pic_state_t,
+) -> *mut kiln_error_t {
+    guard("kiln_jit_pic_grow_named", || {
+        let j = jit(j)?;
+        // SAFETY: the contract of this function.
+        let (site, target, o) = unsafe {
+            (
+                c_struct(site, "site")?,
+                utf8(target, "target")?,
+                out_optional(out_state),
+            )
+        };
+        let pic = Pic {
+            site: j.site(&site)?,
+        };
+        let state = pic
+            .grow(&j.jit, key, PicTarget::Name(target.to_string()))
+            .map_err(|e| pic_link_error(j.error(e)))?;
         if let Some(o) = o {
             o.set(c_pic_state(&j, state));
         }
@@ -790,4 +928,26 @@ pub unsafe extern "C" fn kiln_jit_write_heap_refs(
             .collect::<Result<Vec<_>, CError>>()?;
         j.write_heap_refs(&values)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_undefined_pic_target_is_named_as_one() {
+        let e = CError::new(
+            KILN_ERROR_UNRESOLVED,
+            "undefined symbols:\n  a (referenced by __kiln_pic_7f00_3)\n  b (referenced by \
+             __kiln_pic_7f00_3)",
+        );
+        let e = pic_link_error(e);
+        assert_eq!(e.kind(), KILN_ERROR_UNRESOLVED);
+        assert_eq!(
+            e.message(),
+            "undefined symbols:\n  a (a target of this PIC)\n  b (a target of this PIC)"
+        );
+        let other = pic_link_error(CError::new(KILN_ERROR_USAGE, "x (referenced by y)"));
+        assert_eq!(other.message(), "x (referenced by y)");
+    }
 }

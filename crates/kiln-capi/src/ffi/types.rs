@@ -44,6 +44,7 @@ pub type kiln_error_kind_t = u32;
 pub type kiln_region_t = u32;
 pub type kiln_site_kind_t = u32;
 pub type kiln_verdict_t = u32;
+pub type kiln_pin_reason_t = u32;
 
 /// A definition generator: see `kiln_session_add_generator` in kiln.h.
 pub type kiln_generator_fn = Option<
@@ -190,6 +191,13 @@ pub struct kiln_redefined_t {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kiln_pic_named_case_t {
+    pub key: u64,
+    pub target: *const c_char,
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct kiln_range_t {
     pub unit: kiln_unit_t,
@@ -207,6 +215,25 @@ pub struct kiln_compaction_t {
     pub used_after: u64,
     pub largest_free_code: u64,
     pub nanoseconds: u64,
+    pub times: kiln_compaction_times_t,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kiln_compaction_times_t {
+    pub verdicts_ns: u64,
+    pub drop_ns: u64,
+    pub layout_ns: u64,
+    pub moves_ns: u64,
+    pub finish_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kiln_pinned_t {
+    pub unit: kiln_unit_t,
+    pub reason: kiln_pin_reason_t,
+    pub user: kiln_unit_t,
 }
 
 #[repr(C)]
@@ -361,3 +388,9 @@ pub const KILN_LAZY_FAILED: u32 = 2;
 pub const KILN_VERDICT_KEEP: kiln_verdict_t = 0;
 pub const KILN_VERDICT_DROP: kiln_verdict_t = 1;
 pub const KILN_VERDICT_PIN: kiln_verdict_t = 2;
+
+pub const KILN_PIN_VERDICT: kiln_pin_reason_t = 0;
+pub const KILN_PIN_USED_WITHOUT_RELINK: kiln_pin_reason_t = 1;
+pub const KILN_PIN_CANNOT_MOVE: kiln_pin_reason_t = 2;
+pub const KILN_PIN_LINKING: kiln_pin_reason_t = 3;
+pub const KILN_PIN_RETIRED: kiln_pin_reason_t = 4;

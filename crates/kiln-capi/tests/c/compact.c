@@ -3,8 +3,25 @@
    a patched constant and a heap reference carried along; the move map translates addresses
    (return addresses, saved pcs) and says which lay in dropped code; pinned units stay. An
    object linked into the method region moves too, its calls out of the zone still reaching
-   the host. Usage: compact adder.o */
+   the host. The move map lists which units were dropped, moved and pinned (and why); the
+   report times each step. Usage: compact adder.o */
 #include "jit_code.h"
+
+/* Whether `unit` is among the `n` units of `units`. */
+static bool listed(const kiln_unit_t *units, size_t n, kiln_unit_t unit) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (units[i] == unit)
+            return true;
+    return false;
+}
+
+/* The step times add up to the total. */
+static bool times_add_up(const kiln_compaction_t *r) {
+    return r->times.verdicts_ns + r->times.drop_ns + r->times.layout_ns + r->times.moves_ns +
+               r->times.finish_ns ==
+           r->nanoseconds;
+}
 
 static long obj_a = 111;
 
@@ -42,7 +59,8 @@ int main(int argc, char **argv) {
     kiln_jit_t *jit;
     kiln_graph_t *g;
     kiln_block_t b;
-    kiln_unit_t ua, ub, uc, ud, uf, uo;
+    kiln_unit_t ua, ub, uc, ud, uf, uo, ufc, units[16];
+    kiln_pinned_t pinned[8];
     uint8_t *object;
     size_t object_len;
     uint64_t old_add;
@@ -117,6 +135,20 @@ int main(int argc, char **argv) {
     CHECK(v.asked == 5); /* the method units: a, b, c, d, adder.o */
     CHECK(report.dropped == 1 && report.moved == 4 && report.pinned == 0);
     CHECK(report.used_after < report.used_before);
+    CHECK(times_add_up(&report));
+    OK(kiln_move_map_dropped_units(map, units, 16, &n));
+    CHECK(n == 1 && units[0] == ua);
+    OK(kiln_move_map_moved_units(map, units, 16, &n));
+    CHECK(n == 4 && listed(units, n, ub) && listed(units, n, uc) && listed(units, n, ud) &&
+          listed(units, n, uo) && !listed(units, n, ua));
+    OK(kiln_move_map_moved_units(map, NULL, 0, &n)); /* just the count */
+    CHECK(n == 4);
+    OK(kiln_move_map_pinned(map, pinned, 8, &n));
+    CHECK(n == 0);
+    FAILS(kiln_move_map_pinned(map, NULL, 8, &n), KILN_ERROR_INVALID_ARGUMENT,
+          "out_pinned is NULL or misaligned but its capacity is 8");
+    FAILS(kiln_move_map_dropped_units(map, units, 16, NULL), KILN_ERROR_INVALID_ARGUMENT,
+          "out_count");
     CHECK(lookup(s, "c") < old_c && lookup(s, "b") < old_b);
     CHECK(AS_FN(fn_l, lookup(s, "c"))() == 2);
     CHECK(AS_FN(fn_l, lookup(s, "konst"))() == 77);
@@ -160,15 +192,43 @@ int main(int argc, char **argv) {
     kiln_move_map_delete(dead); /* twice: ignored */
     FAILS(kiln_move_map_translate(NULL, old_c, &pc, NULL), KILN_ERROR_INVALID_HANDLE,
           "map is NULL");
+    FAILS(kiln_move_map_pinned(dead, pinned, 8, &n), KILN_ERROR_INVALID_HANDLE,
+          "map is a kiln_move_map_t that was deleted already");
+    FAILS(kiln_move_map_dropped_units(NULL, units, 16, &n), KILN_ERROR_INVALID_HANDLE,
+          "map is NULL");
+    FAILS(kiln_move_map_moved_units(NULL, units, 16, &n), KILN_ERROR_INVALID_HANDLE,
+          "map is NULL");
 
     /* Pinned: stays where it is. */
     v.drop = 0;
     v.pin = ud;
     old_konst = lookup(s, "konst");
-    OK(kiln_jit_compact(jit, decide, &v, &report, NULL));
-    CHECK(report.pinned >= 1 && report.dropped == 0);
+    OK(kiln_jit_compact(jit, decide, &v, &report, &map));
+    CHECK(report.pinned == 1 && report.dropped == 0 && times_add_up(&report));
     CHECK(lookup(s, "konst") == old_konst && AS_FN(fn_l, old_konst)() == 78);
     CHECK(AS_FN(fn_l, lookup(s, "c"))() == 2);
+    OK(kiln_move_map_pinned(map, pinned, 8, &n));
+    CHECK(n == 1 && pinned[0].unit == ud && pinned[0].reason == KILN_PIN_VERDICT &&
+          pinned[0].user == 0);
+    OK(kiln_move_map_dropped_units(map, units, 16, &n));
+    CHECK(n == 0);
+    kiln_move_map_delete(map);
+
+    /* A fixed-region unit calling c keeps no relink records: c is pinned, and the report names
+       the user. */
+    v.pin = 0;
+    g = graph_with("fixed_caller", "fixed_calls_c", caller, sizeof caller, &b);
+    OK(kiln_graph_add_edge(g, b, 8, KILN_EDGE_X86_64_BRANCH_PCREL32, "c", -4));
+    OK(kiln_jit_link(jit, KILN_REGION_FIXED, g, &ufc));
+    kiln_graph_delete(g);
+    CHECK(AS_FN(fn_l, lookup(s, "fixed_calls_c"))() == 2);
+    OK(kiln_jit_compact(jit, decide, &v, &report, &map));
+    OK(kiln_move_map_pinned(map, pinned, 8, &n));
+    CHECK(n == 1 && pinned[0].unit == uc && pinned[0].reason == KILN_PIN_USED_WITHOUT_RELINK &&
+          pinned[0].user == ufc);
+    CHECK(report.pinned == 1);
+    CHECK(AS_FN(fn_l, lookup(s, "fixed_calls_c"))() == 2);
+    kiln_move_map_delete(map);
 
     kiln_jit_delete(jit);
     kiln_session_delete(s);

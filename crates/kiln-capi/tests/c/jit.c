@@ -1,6 +1,6 @@
 /* kiln-jit from C: the zone and its regions, sites retargeted and set, the write window, a
    monomorphic inline cache (set at once, then pending until a reclaim), a PIC grown to
-   megamorphic, redefinition with the old code retired and reclaimed, heap references read and
+   megamorphic (targets by address, then by name), redefinition with the old code retired and reclaimed, heap references read and
    updated after a "moving GC". Each result is checked by calling the code. */
 #include "jit_code.h"
 
@@ -218,6 +218,85 @@ static void pic(kiln_session_t *s, kiln_jit_t *jit) {
     CHECK(r.freed == 2 && r.kept == 0);
 }
 
+static long host_forty(long key) { return 40 + 0 * key; }
+
+/* A PIC whose targets are symbol names, resolved in the JIT's scope: functions of a fixed
+   unit, a host function defined with kiln_session_define, a method-region function that is
+   then redefined (the stub follows the name). Undefined names are refused before anything
+   changes, naming the name. Uses pic()'s functions. */
+static void pic_named(kiln_session_t *s, kiln_jit_t *jit) {
+    const uint8_t nsend[] = TAIL_JMP, fifty[] = RETURNS(50), fifty_five[] = RETURNS(55);
+    kiln_graph_t *g;
+    kiln_block_t b;
+    kiln_unit_t unit, nimpl;
+    kiln_site_t site;
+    kiln_pic_config_t config = {0};
+    kiln_pic_named_case_t cases[3] = {{1, "impl1"}, {4, "host_forty"}, {5, "nimpl"}},
+                          bad[2] = {{1, "impl1"}, {2, "no_such_impl"}};
+    kiln_pic_state_t st;
+    kiln_reclaimed_t r;
+    uint64_t epoch;
+    fn_l_l f;
+
+    OK(kiln_session_define(s, "host_forty", (uint64_t)(uintptr_t)&host_forty));
+    g = graph_with("nimpl", "nimpl", fifty, sizeof fifty, NULL);
+    OK(kiln_jit_link(jit, KILN_REGION_METHOD, g, &nimpl));
+    kiln_graph_delete(g);
+    g = graph_with("nsend", "nsend", nsend, sizeof nsend, &b);
+    OK(kiln_graph_add_edge(g, b, 4, KILN_EDGE_X86_64_BRANCH_PCREL32, "pic_miss", -4));
+    OK(kiln_graph_add_site(g, "nsend", 4, KILN_SITE_REL32));
+    OK(kiln_jit_link(jit, KILN_REGION_METHOD, g, &unit));
+    kiln_graph_delete(g);
+    site = only_site(jit, unit);
+    f = AS_FN(fn_l_l, lookup(s, "nsend"));
+    config.key_register = KILN_PIC_KEY_RDI;
+    config.key_width = KILN_PIC_KEY_32;
+    config.max_cases = 4;
+
+    /* Refused, naming the name; the site has no PIC after. */
+    FAILS(kiln_jit_pic_build_named(jit, &site, &config, "pic_miss", NULL, bad, 2),
+          KILN_ERROR_UNRESOLVED, "undefined symbols:\n  no_such_impl (a target of this PIC)");
+    FAILS(kiln_jit_pic_build_named(jit, &site, &config, "no_miss", NULL, cases, 3),
+          KILN_ERROR_UNRESOLVED, "no_miss (a target of this PIC)");
+    FAILS(kiln_jit_pic_build_named(jit, &site, &config, "pic_miss", "no_mega", cases, 3),
+          KILN_ERROR_UNDEFINED,
+          "the PIC's megamorphic handler no_mega is not defined by a live unit");
+    /* A host function given by kiln_session_define is a link's to bind, not a live unit's:
+       no megamorphic handler (kiln-jit looks that up when the PIC overflows). */
+    FAILS(kiln_jit_pic_build_named(jit, &site, &config, "pic_miss", "host_forty", cases, 3),
+          KILN_ERROR_UNDEFINED, "host_forty");
+    FAILS(kiln_jit_pic_build_named(jit, &site, &config, NULL, NULL, cases, 3),
+          KILN_ERROR_INVALID_ARGUMENT, "miss is NULL");
+    bad[1].target = NULL;
+    FAILS(kiln_jit_pic_build_named(jit, &site, &config, "pic_miss", NULL, bad, 2),
+          KILN_ERROR_INVALID_ARGUMENT, "cases[1].target is NULL");
+    FAILS(kiln_jit_pic_state(jit, &site, &st), KILN_ERROR_STALE, "has no PIC");
+    CHECK(f(1) == -1);
+
+    OK(kiln_jit_pic_build_named(jit, &site, &config, "pic_miss", "mega", cases, 3));
+    CHECK(f(1) == 10 && f(4) == 40 && f(5) == 50 && f(2) == -1);
+    /* The name follows a redefinition of its unit. */
+    g = graph_with("nimpl2", "nimpl", fifty_five, sizeof fifty_five, NULL);
+    OK(kiln_jit_redefine(jit, nimpl, g, NULL));
+    kiln_graph_delete(g);
+    CHECK(f(5) == 55 && f(1) == 10);
+
+    FAILS(kiln_jit_pic_grow_named(jit, &site, 2, "no_such_impl", &st), KILN_ERROR_UNRESOLVED,
+          "no_such_impl (a target of this PIC)");
+    FAILS(kiln_jit_pic_grow_named(jit, &site, 2, NULL, &st), KILN_ERROR_INVALID_ARGUMENT,
+          "target is NULL");
+    OK(kiln_jit_pic_state(jit, &site, &st));
+    CHECK(!st.megamorphic && st.cases == 3);
+    OK(kiln_jit_pic_grow_named(jit, &site, 2, "impl2", &st));
+    CHECK(!st.megamorphic && st.cases == 4 && f(2) == 20 && f(3) == -1);
+    OK(kiln_jit_pic_grow_named(jit, &site, 3, "impl3", &st));
+    CHECK(st.megamorphic && f(3) == -2 && f(1) == -2);
+    /* The replaced stubs and nimpl's first version are retired until reclaimed. */
+    OK(kiln_jit_grace_start(jit, &epoch));
+    OK(kiln_jit_reclaim(jit, epoch, &r));
+    CHECK(r.freed >= 3 && r.kept == 0);
+}
+
 static void redefinition(kiln_session_t *s, kiln_jit_t *jit) {
     const uint8_t v1[] = RETURNS(1), v2[] = RETURNS(2), v3[] = RETURNS(3), caller[] = CALL_RET;
     kiln_graph_t *g;
@@ -367,6 +446,7 @@ int main(void) {
     zone_and_sites(s, jit);
     inline_cache(s, jit);
     pic(s, jit);
+    pic_named(s, jit);
     redefinition(s, jit);
     heap_refs(s, jit);
     kiln_jit_delete(jit);

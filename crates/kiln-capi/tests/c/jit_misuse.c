@@ -64,6 +64,10 @@ static void handles_and_configs(kiln_session_t *s) {
     OK(kiln_graph_new("g", &g));
     FAILS(kiln_jit_link(dead, KILN_REGION_METHOD, g, &u), KILN_ERROR_INVALID_HANDLE,
           "deleted already");
+    FAILS(kiln_jit_pic_build_named(dead, NULL, NULL, "miss", NULL, NULL, 0),
+          KILN_ERROR_INVALID_HANDLE, "deleted already");
+    FAILS(kiln_jit_pic_grow_named(NULL, NULL, 1, "target", NULL), KILN_ERROR_INVALID_HANDLE,
+          "jit is NULL");
     kiln_graph_delete(g);
 }
 
@@ -195,6 +199,12 @@ static void units_sites_regions(kiln_session_t *s) {
     FAILS(kiln_jit_set_value(jit, &site, 1), KILN_ERROR_STALE, "which is not live");
     FAILS(kiln_jit_retarget(jit, &sites[1], lookup(s, "fixed_one")), KILN_ERROR_STALE,
           "which is not live");
+    FAILS(kiln_jit_pic_build_named(jit, &sites[1], &pc, "fixed_one", NULL, NULL, 0),
+          KILN_ERROR_STALE, "which is not live");
+    FAILS(kiln_jit_pic_grow_named(jit, &sites[1], 1, "fixed_one", NULL), KILN_ERROR_STALE,
+          "which is not live");
+    FAILS(kiln_jit_pic_build_named(jit, NULL, &pc, "fixed_one", NULL, NULL, 0),
+          KILN_ERROR_INVALID_ARGUMENT, "site is NULL");
     FAILS(kiln_jit_read(jit, (uint64_t)(uintptr_t)&on_stack, buf, 4), KILN_ERROR_STALE,
           "is not inside one part of this zone's fixed or method region");
     /* A session unit that is not in the zone is not a zone unit. */

@@ -1,7 +1,9 @@
 /* The JIT API with code running in a child kiln-executor: a zone there, a patched constant,
    a lazy function whose C callback runs here (in the controller) when the child first calls
    it, a heap reference read from the child's memory, redefinition. The code is run with
-   kiln_session_run_main (its int result is the status).
+   kiln_session_run_main (its int result is the status). Last, a compaction of the child's
+   method region: the first unit dropped, the survivors moved down and still right when
+   called, the move map translating their old addresses.
    Usage: jit_spawned EXECUTOR */
 #include "jit_code.h"
 
@@ -16,6 +18,13 @@ static kiln_error_t *compile_seven(void *user, kiln_jit_t *jit, const char *name
     return NULL;
 }
 
+static kiln_unit_t dropped_unit;
+
+static kiln_verdict_t drop_one(void *user, kiln_unit_t unit) {
+    (void)user;
+    return unit == dropped_unit ? KILN_VERDICT_DROP : KILN_VERDICT_KEEP;
+}
+
 static int32_t run(kiln_session_t *s, const char *entry) {
     const char *args[] = {entry};
     int32_t status = -1;
@@ -25,13 +34,17 @@ static int32_t run(kiln_session_t *s, const char *entry) {
 
 int main(int argc, char **argv) {
     const uint8_t answer[] = MOVABS_RET, caller[] = CALL_RET, two[] = RETURNS(2),
-                  three[] = RETURNS(3);
+                  three[] = RETURNS(3), nine[] = RETURNS(9);
     kiln_zone_config_t config = {0};
     kiln_session_t *s;
     kiln_jit_t *jit;
     kiln_graph_t *g;
     kiln_block_t b;
-    kiln_unit_t unit, version;
+    kiln_unit_t unit, version, gone, units[8];
+    kiln_compaction_t report;
+    kiln_move_map_t *map;
+    uint64_t old_gone, old_answer, old_call_version, pc;
+    bool was_dropped;
     kiln_site_t site;
     kiln_heap_ref_t ref;
     kiln_lazy_status_t st;
@@ -43,6 +56,12 @@ int main(int argc, char **argv) {
     OK(kiln_session_set_debug(s, 0, NULL));
     config.size = 1 << 20;
     OK(kiln_jit_new(s, &config, &jit));
+
+    /* The lowest unit of the method region, dropped by the compaction at the end. */
+    g = graph_with("gone", "gone", nine, sizeof nine, NULL);
+    OK(kiln_jit_link(jit, KILN_REGION_METHOD, g, &gone));
+    kiln_graph_delete(g);
+    CHECK(run(s, "gone") == 9);
 
     g = graph_with("answer", "answer", answer, sizeof answer, NULL);
     OK(kiln_graph_add_site(g, "answer", 8, KILN_SITE_ABS64));
@@ -96,6 +115,39 @@ int main(int argc, char **argv) {
     OK(kiln_jit_grace_start(jit, &epoch));
     OK(kiln_jit_reclaim(jit, epoch, NULL));
     CHECK(run(s, "call_version") == 3);
+
+    /* Compaction in the child: drop `gone`; the others slide down over it. */
+    old_gone = lookup(s, "gone");
+    old_answer = lookup(s, "answer");
+    old_call_version = lookup(s, "call_version");
+    dropped_unit = gone;
+    OK(kiln_jit_compact(jit, drop_one, NULL, &report, &map));
+    CHECK(report.dropped == 1 && report.moved >= 4 && report.used_after < report.used_before);
+    OK(kiln_move_map_dropped_units(map, units, 8, &n));
+    CHECK(n == 1 && units[0] == gone);
+    CHECK(lookup(s, "answer") < old_answer && lookup(s, "call_version") < old_call_version);
+    FAILS(kiln_session_lookup(s, "gone", &pc), KILN_ERROR_UNDEFINED, "gone");
+    /* Survivors run in the child at their new places: a patched constant, a heap reference,
+       a call patched to a lazily compiled function, a call to a redefined one. */
+    CHECK(run(s, "answer") == 42);
+    CHECK(run(s, "obj") == 0x5eed);
+    CHECK(run(s, "call_seven") == 7 && compiled == 1);
+    CHECK(run(s, "call_version") == 3);
+    OK(kiln_jit_heap_refs(jit, &ref, 1, &n));
+    CHECK(n == 1 && ref.addr == lookup(s, "obj") + 8 && ref.value == 0x5eed);
+    /* The map: a return address in call_version (after its call), the entry of answer, and
+       an address in the dropped code. */
+    OK(kiln_move_map_translate(map, old_call_version + 12, &pc, &was_dropped));
+    CHECK(!was_dropped && pc == lookup(s, "call_version") + 12);
+    OK(kiln_move_map_translate(map, old_answer, &pc, NULL));
+    CHECK(pc == lookup(s, "answer"));
+    OK(kiln_move_map_translate(map, old_gone + 1, &pc, &was_dropped));
+    CHECK(was_dropped && pc == 0);
+    /* The old site, translated, still patches the constant in the child. */
+    OK(kiln_move_map_translate(map, site.addr, &site.addr, NULL));
+    OK(kiln_jit_set_value(jit, &site, 43));
+    CHECK(run(s, "answer") == 43);
+    kiln_move_map_delete(map);
 
     kiln_jit_delete(jit);
     kiln_session_delete(s);
