@@ -327,7 +327,7 @@ impl Jit {
         let mut times = CompactionTimes::default();
         let candidates = self.candidates(&verdicts, &own.retired, &mut report)?;
         let memory = self.zone().method().memory.clone();
-        report.used_before = self.used(&memory.lock())?;
+        report.used_before = self.zone().method().used_in(&memory.lock())?;
         lap(&mut times.verdicts);
         let dropped = self.drop_units(&candidates, &mut book, &mut report)?;
         lap(&mut times.drop);
@@ -411,21 +411,6 @@ impl Jit {
             }
         }
         result
-    }
-
-    /// Bytes used in each part of the method region.
-    fn used(&self, alloc: &kiln::SlabAllocator) -> Result<[u64; 3]> {
-        let region = self.zone().method();
-        let mut used = [0; 3];
-        for (r, &(_, size)) in region.info.regions.iter().enumerate() {
-            let free: u64 = alloc
-                .free_ranges(region.slab(), r)?
-                .iter()
-                .map(|f| f.1)
-                .sum();
-            used[r] = size - free.min(size);
-        }
-        Ok(used)
     }
 
     /// Where the segments of the units that were not dropped are now, by candidate.
