@@ -15,7 +15,7 @@ use kiln_jit::{
     RegionKind, RetiredKind, SiteKind, Verdict, ZoneConfig,
 };
 use std::sync::{Arc, Mutex};
-use support::{session, Where};
+use support::{session, Scenario, Where};
 
 mod support;
 
@@ -490,12 +490,27 @@ fn redefining_a_lazy_function_moves_its_stub_and_calls(at: Where) {
 
 fn main() {
     support::main(|| {
-        let all: [(&str, fn(Where)); 5] = [
-            ("inline_caches_and_pics_follow_code_that_moves", inline_caches_and_pics_follow_code_that_moves),
-            ("dropping_a_unit_drops_its_pic_stubs", dropping_a_unit_drops_its_pic_stubs),
-            ("compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new", compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new),
-            ("lazy_functions_follow_their_code_and_callers_when_compacted", lazy_functions_follow_their_code_and_callers_when_compacted),
-            ("redefining_a_lazy_function_moves_its_stub_and_calls", redefining_a_lazy_function_moves_its_stub_and_calls),
+        let all: [(&str, Scenario); 5] = [
+            (
+                "inline_caches_and_pics_follow_code_that_moves",
+                inline_caches_and_pics_follow_code_that_moves,
+            ),
+            (
+                "dropping_a_unit_drops_its_pic_stubs",
+                dropping_a_unit_drops_its_pic_stubs,
+            ),
+            (
+                "compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new",
+                compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new,
+            ),
+            (
+                "lazy_functions_follow_their_code_and_callers_when_compacted",
+                lazy_functions_follow_their_code_and_callers_when_compacted,
+            ),
+            (
+                "redefining_a_lazy_function_moves_its_stub_and_calls",
+                redefining_a_lazy_function_moves_its_stub_and_calls,
+            ),
         ];
         support::in_places(&all, &support::EVERYWHERE)
     });

@@ -47,10 +47,13 @@ pub fn session(at: Where) -> Arc<Session> {
     Arc::new(s)
 }
 
+/// A scenario: what it does, given where the code runs.
+pub type Scenario = fn(Where);
+
 pub type Test = (String, Box<dyn Fn() + Send + Sync>);
 
 /// Each scenario in each of `places`, named `SCENARIO_PLACE`.
-pub fn in_places(scenarios: &[(&str, fn(Where))], places: &[(&str, Where)]) -> Vec<Test> {
+pub fn in_places(scenarios: &[(&str, Scenario)], places: &[(&str, Where)]) -> Vec<Test> {
     let mut tests: Vec<Test> = Vec::new();
     for &(place, at) in places {
         for &(name, f) in scenarios {
