@@ -325,18 +325,17 @@ impl Jit {
         let verdicts = self.with_own_verdicts(asked, &own);
         let mut report = CompactionReport::default();
         let mut times = CompactionTimes::default();
-        let candidates = self.candidates(&verdicts, &own.retired, &mut report)?;
+        let mut candidates = self.candidates(&verdicts, &own.retired, &mut report)?;
         let memory = self.zone().method().memory.clone();
-        report.used_before = self.used(&memory.lock())?;
+        report.used_before = self.zone().method().used_in(&memory.lock())?;
         lap(&mut times.verdicts);
         let dropped = self.drop_units(&candidates, &mut book, &mut report)?;
         lap(&mut times.drop);
         let mut alloc = memory.lock();
-        let parts = self.layout(&alloc, &candidates)?;
-        let moves = plan_unit_moves(&candidates, &parts);
-        lap(&mut times.layout);
-        let moved = self.session().move_units(&moves);
+        let (parts, moved) =
+            self.move_survivors(&alloc, &mut candidates, &mut report, &mut times)?;
         lap(&mut times.moves);
+        times.moves = times.moves.saturating_sub(times.layout);
         // Whatever happened, the tables follow what is where now.
         let now = self.segments_now(&candidates);
         let rebuilt = self.rebuild_free_lists(&mut alloc, &parts, &now, &mut report);
@@ -355,6 +354,70 @@ impl Jit {
         rewritten?;
         lazy?;
         Ok(report)
+    }
+
+    /// Lay the survivors out and move them. A link that began on another thread after the
+    /// candidates were checked may bind to a unit the layout moves (a link still in progress,
+    /// or a finished one whose unit keeps no relink record): the session then refuses the whole
+    /// move before anything moves, and the layout is made again with those units pinned (each
+    /// round pins at least one more, so this ends).
+    fn move_survivors(
+        &self,
+        alloc: &kiln::SlabAllocator,
+        candidates: &mut [Candidate],
+        report: &mut CompactionReport,
+        times: &mut CompactionTimes,
+    ) -> Result<(Vec<Part>, kiln::Result<()>)> {
+        loop {
+            let laying_out = Instant::now();
+            let parts = self.layout(alloc, candidates)?;
+            let moves = plan_unit_moves(candidates, &parts);
+            times.layout += laying_out.elapsed();
+            let moved = self.session().move_units(&moves);
+            if moved.is_err() && self.pin_late_users(candidates, &moves, report) {
+                continue;
+            }
+            return Ok((parts, moved));
+        }
+    }
+
+    /// After the session refused `moves`: if none of them moved, pin those of its units that
+    /// cannot move now, and say whether there was one.
+    fn pin_late_users(
+        &self,
+        candidates: &mut [Candidate],
+        moves: &[(UnitId, Vec<ExecutorAddr>)],
+        report: &mut CompactionReport,
+    ) -> bool {
+        let units: Vec<UnitId> = moves.iter().map(|m| m.0).collect();
+        let infos = self.session().relocation_info(&units);
+        let mut pins = Vec::new();
+        for (unit, info) in units.iter().zip(infos) {
+            let (Some(info), Ok(i)) = (info, candidates.binary_search_by_key(unit, |c| c.unit))
+            else {
+                return false;
+            };
+            let at: Vec<(u64, u64)> = info.segments.iter().map(|(a, n)| (a.0, *n)).collect();
+            if at != candidates[i].segments {
+                return false; // something moved: the error stands
+            }
+            let why = if !info.movable {
+                PinReason::CannotMove
+            } else if info.linking {
+                PinReason::Linking
+            } else if let Some(user) = info.fixed_user {
+                PinReason::UsedWithoutRelink(user)
+            } else {
+                continue;
+            };
+            pins.push((i, why));
+        }
+        let pinned = !pins.is_empty();
+        for (i, why) in pins {
+            candidates[i].verdict = Verdict::Pin;
+            report.pinned.push((candidates[i].unit, why));
+        }
+        pinned
     }
 
     /// The VM's verdicts with those of kiln-jit's own method units added, by unit: retired ones
@@ -411,21 +474,6 @@ impl Jit {
             }
         }
         result
-    }
-
-    /// Bytes used in each part of the method region.
-    fn used(&self, alloc: &kiln::SlabAllocator) -> Result<[u64; 3]> {
-        let region = self.zone().method();
-        let mut used = [0; 3];
-        for (r, &(_, size)) in region.info.regions.iter().enumerate() {
-            let free: u64 = alloc
-                .free_ranges(region.slab(), r)?
-                .iter()
-                .map(|f| f.1)
-                .sum();
-            used[r] = size - free.min(size);
-        }
-        Ok(used)
     }
 
     /// Where the segments of the units that were not dropped are now, by candidate.

@@ -5,8 +5,9 @@
 //! field (the imm64 of `movabs $obj, %reg`, a pointer in data) or a 32-bit one (for a heap the
 //! VM keeps in the low 4 GiB, or compressed references: an offset from a heap base). Reading
 //! goes through the executor's `read_memory`, which copies bytes with aligned loads and needs no
-//! write or execute permission; writing goes through `write_live`, the writable alias, in one
-//! call: every changed field of the zone in one write window, the cores serialized once. A
+//! write or execute permission; writing goes through one write window ([`Jit::write`]'s: the
+//! writable alias, one `write_live` call): every changed field of the zone, the cores serialized
+//! once. A
 //! 32-bit field is written as the aligned 8-byte word holding it when that word lies inside its
 //! unit, so that each field changes with one atomic store. The references move with their code
 //! ([`Jit::compact`]).
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::jit::{Jit, Written, WrittenValue};
 use crate::{HeapRef, SiteKind};
 use kiln::UnitId;
-use kiln_target::{ExecutorAddr, SlabWrite};
+use kiln_target::ExecutorAddr;
 use rustc_hash::FxHashMap;
 
 /// References farther apart than this are read with separate calls.
@@ -176,13 +177,14 @@ impl Jit {
         if fields.is_empty() {
             return Ok(());
         }
-        let writes: Vec<SlabWrite> = fields
-            .iter()
-            .map(|(a, b)| SlabWrite::Bytes(ExecutorAddr(*a), b))
-            .collect();
-        self.session()
-            .executor()
-            .write_live(self.zone().method().slab(), &writes)?;
+        // One window: each field checked to lie inside a segment of a live unit (nothing is
+        // written otherwise), then one `write_live`, the cores serialized once.
+        self.write_while_code_stays(|w| {
+            for (a, b) in &fields {
+                w.write(ExecutorAddr(*a), b)?;
+            }
+            Ok(())
+        })?;
         let mut units = self.units();
         for (r, v) in changes {
             if let Some(u) = units.get_mut(&r.unit) {

@@ -420,16 +420,30 @@ impl Jit {
         Ok(())
     }
 
-    /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it).
+    /// Remove a zone unit (see [`Session::remove`]: refused while others bind to it), with the
+    /// live PIC stubs its sites reach: only its sites lead there, and a thread in such a stub
+    /// entered it from the unit, which the VM says no thread runs any more (compaction drops
+    /// them with their site's unit the same way). Stubs its sites reached before (retired by
+    /// [`Pic::grow`](crate::Pic::grow)) stay retired until [`Jit::reclaim`] frees them.
     pub fn remove(&self, unit: UnitId) -> Result<()> {
         self.lazy.check_removable(unit)?;
+        // The book first (no PIC built or grown for the unit's sites meanwhile), then `moving`.
+        let mut book = self.book();
+        let mut ids = vec![unit];
+        ids.extend(book.pic_stubs_of(unit));
         {
             let _stays = self.code_stays();
-            self.session.remove(unit)?;
-            self.units().remove(&unit);
+            // Together: the unit binds to its stubs (its sites' relink edges name them), and a
+            // stub may bind to the unit (a case whose target is in it).
+            self.session.remove_units(&ids)?;
+            let mut units = self.units();
+            for id in &ids {
+                units.remove(id);
+            }
         }
-        // After the guard: the book is taken before `moving`, never after.
-        self.book().forget(unit);
+        for id in ids {
+            book.forget(id);
+        }
         Ok(())
     }
 }

@@ -144,6 +144,15 @@ impl Book {
         drop_unit(&mut self.pics, unit);
     }
 
+    /// The live PIC stubs that `unit`'s sites reach.
+    pub fn pic_stubs_of(&self, unit: UnitId) -> Vec<UnitId> {
+        self.pics
+            .iter()
+            .filter(|(p, _)| matches!(p, Place::In { unit: u, .. } if *u == unit))
+            .filter_map(|(_, r)| r.stub_unit())
+            .collect()
+    }
+
     /// Forget a removed unit: its sites, and its retirement.
     pub fn forget(&mut self, unit: UnitId) {
         self.forget_sites(unit);
@@ -376,12 +385,7 @@ impl Jit {
         if let Some(u) = self.units().get_mut(&unit) {
             u.sites.clear();
         }
-        let stubs: Vec<UnitId> = book
-            .pics
-            .iter()
-            .filter(|(p, _)| matches!(p, Place::In { unit: u, .. } if *u == unit))
-            .filter_map(|(_, r)| r.stub_unit())
-            .collect();
+        let stubs = book.pic_stubs_of(unit);
         book.forget_sites(unit);
         for stub in stubs {
             self.retire(book, stub, RetiredKind::Pic);

@@ -51,6 +51,15 @@ impl Jit {
     /// compaction): they take the JIT's book, which a compaction waiting for this window holds.
     pub fn write<R>(&self, f: impl FnOnce(&mut WriteWindow<'_>) -> Result<R>) -> Result<R> {
         let _stays = self.code_stays();
+        self.write_while_code_stays(f)
+    }
+
+    /// [`Jit::write`] for a caller that holds [`Jit::code_stays`] already (taking it twice on
+    /// one thread could deadlock behind a waiting compaction).
+    pub(crate) fn write_while_code_stays<R>(
+        &self,
+        f: impl FnOnce(&mut WriteWindow<'_>) -> Result<R>,
+    ) -> Result<R> {
         let mut w = WriteWindow {
             jit: self,
             writes: Vec::new(),

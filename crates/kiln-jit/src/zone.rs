@@ -86,6 +86,22 @@ impl Region {
             .any(|(a, n)| a.0 <= addr.0 && addr.0 < a.0 + n)
     }
 
+    /// Bytes used in each part of the region (code, read-only data, data): what a VM looks at
+    /// to decide when to compact.
+    pub fn used(&self) -> Result<[u64; 3]> {
+        self.used_in(&self.memory.lock())
+    }
+
+    /// [`Region::used`] with the region's allocator already locked.
+    pub(crate) fn used_in(&self, alloc: &kiln::SlabAllocator) -> Result<[u64; 3]> {
+        let mut used = [0; 3];
+        for (r, &(_, size)) in self.info.regions.iter().enumerate() {
+            let free: u64 = alloc.free_ranges(self.slab(), r)?.iter().map(|f| f.1).sum();
+            used[r] = size - free.min(size);
+        }
+        Ok(used)
+    }
+
     /// The region's allocator, as a link's code memory.
     pub fn code_memory(&self) -> Arc<dyn CodeMemory> {
         self.memory.clone()

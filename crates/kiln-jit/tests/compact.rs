@@ -1,22 +1,26 @@
 //! Compaction of the method region: dropped units go, survivors slide down with their callers
 //! relinked, pinned units stay, sites kiln-jit retargeted keep their targets, and the VM
-//! rewrites the return addresses on its stacks from the move map.
+//! rewrites the return addresses on its stacks from the move map. Each scenario runs in process
+//! and with the code in a spawned executor, in shared and in copied memory, but the VM-stack
+//! one: its runtime callback is a function of this process, and its VM stack memory of this
+//! process (in process only).
+//!
+//! This test program has a main of its own (`harness = false`): started with `--kiln-executor`
+//! it serves as the executor the remote cases spawn (`tests/support`). Arguments: a substring of
+//! the test names to run only those.
 
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{InMemoryEdge, InMemoryGraph};
-use kiln::{DebugOptions, ExecutorAddr, Session, UnitId};
+use kiln::{ExecutorAddr, Session, UnitId};
 use kiln_jit::{
     CompactionReport, Error, Jit, JitGraph, PinReason, RegionKind, SiteKind, Verdict, ZoneConfig,
 };
 use kiln_target::{MemProt, RawMemory};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use support::{session, Scenario, Where};
 
-fn session() -> Arc<Session> {
-    let s = Session::in_process();
-    s.set_debug(DebugOptions::none());
-    Arc::new(s)
-}
+mod support;
 
 fn zone(s: &Arc<Session>) -> Jit {
     Jit::new(s.clone(), &ZoneConfig::new(4 << 20)).unwrap()
@@ -85,9 +89,8 @@ fn drop_fillers(s: &Session) -> impl FnMut(UnitId) -> Verdict + '_ {
     }
 }
 
-#[test]
-fn survivors_slide_down_and_callers_follow() {
-    let s = session();
+fn survivors_slide_down_and_callers_follow(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Method, &constant("drop0", 0, 200))
         .unwrap();
@@ -146,9 +149,8 @@ fn survivors_slide_down_and_callers_follow() {
     );
 }
 
-#[test]
-fn pinned_units_stay_and_others_pack_around_them() {
-    let s = session();
+fn pinned_units_stay_and_others_pack_around_them(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Method, &constant("drop0", 0, 32))
         .unwrap();
@@ -181,9 +183,8 @@ fn pinned_units_stay_and_others_pack_around_them() {
     assert_eq!((call(&s, "x"), call(&s, "y")), (8, 9));
 }
 
-#[test]
-fn a_dropped_unit_still_used_is_refused() {
-    let s = session();
+fn a_dropped_unit_still_used_is_refused(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Method, &constant("a", 1, 16)).unwrap();
     let b = jit
@@ -229,9 +230,8 @@ fn a_dropped_unit_still_used_is_refused() {
     assert_eq!(call(&s, "b"), 2);
 }
 
-#[test]
-fn sites_keep_what_kiln_jit_wrote_into_them() {
-    let s = session();
+fn sites_keep_what_kiln_jit_wrote_into_them(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     for (name, value) in [
         ("drop0", 0),
@@ -295,9 +295,8 @@ fn sites_keep_what_kiln_jit_wrote_into_them() {
     assert_eq!((call(&s, "via"), call(&s, "key")), (3, 4));
 }
 
-#[test]
-fn code_used_from_the_fixed_region_is_pinned() {
-    let s = session();
+fn code_used_from_the_fixed_region_is_pinned(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Method, &constant("drop0", 0, 64))
         .unwrap();
@@ -346,9 +345,8 @@ fn counter(name: &str, k: u64) -> JitGraph {
     JitGraph::new(g)
 }
 
-#[test]
-fn data_and_read_only_data_move_with_their_code() {
-    let s = session();
+fn data_and_read_only_data_move_with_their_code(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Method, &counter("drop_a", 0)).unwrap();
     jit.link(RegionKind::Method, &counter("c1", 100)).unwrap();
@@ -399,9 +397,8 @@ fn expected(models: &BTreeMap<String, Model>, name: &str) -> u32 {
         .fold(m.add, |acc, c| acc.wrapping_add(expected(models, c)))
 }
 
-#[test]
-fn random_drops_keep_every_survivor_callable_and_correct() {
-    let s = session();
+fn random_drops_keep_every_survivor_callable_and_correct(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut models: BTreeMap<String, Model> = BTreeMap::new();
@@ -622,9 +619,8 @@ fn function(name: &str, code: Vec<u8>, edges: Vec<InMemoryEdge>) -> JitGraph {
 /// compacts the method region — m1, m2 and add5 move down over dropped fillers — and rewrites
 /// both continuations from the move map. `vm_resume` then pops m2's continuation (in its new
 /// place), which calls add5 (a relinked edge) and pops m1's, which returns.
-#[test]
-fn return_addresses_on_the_vm_stack_follow_the_code() {
-    let s = session();
+fn return_addresses_on_the_vm_stack_follow_the_code(at: Where) {
+    let s = session(at);
     let jit = Arc::new(zone(&s));
     let stack = Arc::new(RawMemory::new(4096).unwrap());
     let vm = stack.base().0;
@@ -740,10 +736,9 @@ fn return_addresses_on_the_vm_stack_follow_the_code() {
 /// Compactions while another thread links (and calls) units that call the ones that move:
 /// ranges of links in progress stay where they are, units a link in progress binds to stay too,
 /// and every unit computes the right thing afterwards.
-#[test]
-fn compaction_while_another_thread_links() {
+fn compaction_while_another_thread_links(at: Where) {
     const LINKS: u32 = 2000;
-    let s = session();
+    let s = session(at);
     let jit = Arc::new(zone(&s));
     for k in 0..10 {
         jit.link(RegionKind::Method, &constant(&format!("drop_k{k}"), 0, 48))
@@ -789,4 +784,50 @@ fn compaction_while_another_thread_links() {
         assert_eq!(call(&s, &format!("t{i}")), 1000 * i + i % 10, "t{i}");
     }
     println!("{rounds} compactions; units pinned for a link in progress: {pinned_for_links}");
+}
+
+fn main() {
+    support::main(|| {
+        let everywhere: [(&str, Scenario); 8] = [
+            (
+                "survivors_slide_down_and_callers_follow",
+                survivors_slide_down_and_callers_follow,
+            ),
+            (
+                "pinned_units_stay_and_others_pack_around_them",
+                pinned_units_stay_and_others_pack_around_them,
+            ),
+            (
+                "a_dropped_unit_still_used_is_refused",
+                a_dropped_unit_still_used_is_refused,
+            ),
+            (
+                "sites_keep_what_kiln_jit_wrote_into_them",
+                sites_keep_what_kiln_jit_wrote_into_them,
+            ),
+            (
+                "code_used_from_the_fixed_region_is_pinned",
+                code_used_from_the_fixed_region_is_pinned,
+            ),
+            (
+                "data_and_read_only_data_move_with_their_code",
+                data_and_read_only_data_move_with_their_code,
+            ),
+            (
+                "random_drops_keep_every_survivor_callable_and_correct",
+                random_drops_keep_every_survivor_callable_and_correct,
+            ),
+            (
+                "compaction_while_another_thread_links",
+                compaction_while_another_thread_links,
+            ),
+        ];
+        let in_process: [(&str, Scenario); 1] = [(
+            "return_addresses_on_the_vm_stack_follow_the_code",
+            return_addresses_on_the_vm_stack_follow_the_code,
+        )];
+        let mut tests = support::in_places(&everywhere, &support::EVERYWHERE);
+        tests.extend(support::in_places(&in_process, &support::EVERYWHERE[..1]));
+        tests
+    });
 }

@@ -1,26 +1,28 @@
 //! Compaction with the rest of kiln-jit: inline caches and PICs whose targets (and stubs) move,
 //! units retired by a redefinition (pinned until reclaimed), lazy functions whose code and
-//! callers move, and redefinition of a lazy function.
+//! callers move, and redefinition of a lazy function — each in process and with the code in a
+//! spawned executor, in shared and in copied memory.
+//!
+//! This test program has a main of its own (`harness = false`): started with `--kiln-executor`
+//! it serves as the executor the remote cases spawn (`tests/support`). Arguments: a substring of
+//! the test names to run only those.
 
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{InMemoryEdge, InMemoryGraph};
-use kiln::{DebugOptions, ExecutorAddr, Session, UnitId};
+use kiln::{ExecutorAddr, Session, UnitId};
 use kiln_jit::{
     Error, IcState, IcUpdate, Jit, JitGraph, LazyStatus, PicConfig, PicState, PicTarget, PinReason,
     RegionKind, RetiredKind, SiteKind, Verdict, ZoneConfig,
 };
 use std::sync::{Arc, Mutex};
+use support::{session, Scenario, Where};
+
+mod support;
 
 const MISS: u32 = 0xdead;
 const EMPTY: u64 = 0;
 const CLASS_A: u64 = 0x1111;
 const CLASS_B: u64 = 0x2222;
-
-fn session() -> Arc<Session> {
-    let s = Session::in_process();
-    s.set_debug(DebugOptions::none());
-    Arc::new(s)
-}
 
 fn zone(s: &Arc<Session>) -> Arc<Jit> {
     Arc::new(Jit::new(s.clone(), &ZoneConfig::new(4 << 20)).unwrap())
@@ -135,9 +137,8 @@ fn drop_fillers<'a>(
     }
 }
 
-#[test]
-fn inline_caches_and_pics_follow_code_that_moves() {
-    let s = session();
+fn inline_caches_and_pics_follow_code_that_moves(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Fixed, &returns("miss", MISS, 6))
         .unwrap();
@@ -292,9 +293,8 @@ fn inline_caches_and_pics_follow_code_that_moves() {
     assert_eq!(call(&s, "ic_site", CLASS_B), 0xb);
 }
 
-#[test]
-fn dropping_a_unit_drops_its_pic_stubs() {
-    let s = session();
+fn dropping_a_unit_drops_its_pic_stubs(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Fixed, &returns("miss", MISS, 6))
         .unwrap();
@@ -317,9 +317,8 @@ fn dropping_a_unit_drops_its_pic_stubs() {
     assert_eq!(call(&s, "t1", 0), 101);
 }
 
-#[test]
-fn compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new() {
-    let s = session();
+fn compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     jit.link(RegionKind::Fixed, &returns("miss", MISS, 6))
         .unwrap();
@@ -369,9 +368,8 @@ fn compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new() {
     assert_eq!((call(&s, "c", 5), call(&s, "fc", 5)), (15, 15));
 }
 
-#[test]
-fn lazy_functions_follow_their_code_and_callers_when_compacted() {
-    let s = session();
+fn lazy_functions_follow_their_code_and_callers_when_compacted(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     let f = jit
         .declare_lazy("inc", |cx| Ok(plus(cx.code_name, 1)))
@@ -431,9 +429,8 @@ fn lazy_functions_follow_their_code_and_callers_when_compacted() {
     assert_eq!((call(&s, "low", 1), call(&s, "high", 2)), (2, 3));
 }
 
-#[test]
-fn redefining_a_lazy_function_moves_its_stub_and_calls() {
-    let s = session();
+fn redefining_a_lazy_function_moves_its_stub_and_calls(at: Where) {
+    let s = session(at);
     let jit = zone(&s);
     let f = jit
         .declare_lazy("inc", |cx| Ok(plus(cx.code_name, 1)))
@@ -489,4 +486,32 @@ fn redefining_a_lazy_function_moves_its_stub_and_calls() {
     jit.compact(|_| Verdict::Keep).unwrap();
     assert_eq!(call(&s, "c", 2), 52);
     assert_eq!(s.executor().call(f.addr, &[2]).unwrap(), 52);
+}
+
+fn main() {
+    support::main(|| {
+        let all: [(&str, Scenario); 5] = [
+            (
+                "inline_caches_and_pics_follow_code_that_moves",
+                inline_caches_and_pics_follow_code_that_moves,
+            ),
+            (
+                "dropping_a_unit_drops_its_pic_stubs",
+                dropping_a_unit_drops_its_pic_stubs,
+            ),
+            (
+                "compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new",
+                compaction_after_a_redefinition_pins_the_old_body_and_moves_the_new,
+            ),
+            (
+                "lazy_functions_follow_their_code_and_callers_when_compacted",
+                lazy_functions_follow_their_code_and_callers_when_compacted,
+            ),
+            (
+                "redefining_a_lazy_function_moves_its_stub_and_calls",
+                redefining_a_lazy_function_moves_its_stub_and_calls,
+            ),
+        ];
+        support::in_places(&all, &support::EVERYWHERE)
+    });
 }

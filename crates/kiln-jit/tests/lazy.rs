@@ -12,47 +12,19 @@
 
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{InMemoryEdge, InMemoryGraph};
-use kiln::{DebugOptions, Session};
+use kiln::Session;
 use kiln_jit::{
     Jit, JitGraph, LazyContext, LazyFailureHandler, LazyStatus, RegionKind, ZoneConfig,
 };
-use kiln_remote::{MemoryMode, Options, RemoteExecutor};
 use kiln_target::{ExecutorAddr, LAZY_STUB};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::{session, Scenario, Where};
 
-const SERVE: &str = "--kiln-executor";
-/// How long a scenario may take before it counts as hung (never a judgement of speed).
-const HANG: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Copy, Debug)]
-enum Where {
-    InProcess,
-    Remote(MemoryMode),
-}
-
-fn session(at: Where) -> Arc<Session> {
-    let s = match at {
-        Where::InProcess => Session::in_process(),
-        Where::Remote(memory) => {
-            let me = std::env::current_exe().expect("the test program's path");
-            let opts = Options {
-                memory,
-                ..Options::default()
-            };
-            let ex = RemoteExecutor::spawn(&me, &[SERVE], opts).expect("spawning the executor");
-            if let MemoryMode::Shared = memory {
-                assert!(ex.shares_memory(), "shared memory was asked for");
-            }
-            Session::new(Arc::new(ex))
-        }
-    };
-    s.set_debug(DebugOptions::none());
-    Arc::new(s)
-}
+mod support;
 
 fn jit_on(s: &Arc<Session>) -> Arc<Jit> {
     Arc::new(Jit::new(s.clone(), &ZoneConfig::new(4 << 20)).expect("reserving a zone"))
@@ -531,77 +503,20 @@ fn no_wx_mapping() {
     assert!(wx.is_empty(), "writable and executable: {wx:?}");
 }
 
-/// Every scenario in process, then with shared and with copied memory.
-fn scenarios() -> Vec<(String, Box<dyn Fn() + Send + Sync>)> {
-    type Scenario = fn(Where);
-    let all: [(&str, Scenario); 5] = [
-        ("eight_threads_at_once", eight_threads_at_once),
-        ("arguments_pass_through", arguments_pass_through),
-        ("compile_errors_reach_the_vm", compile_errors_reach_the_vm),
-        (
-            "unpatchable_calls_stay_correct",
-            unpatchable_calls_stay_correct,
-        ),
-        ("compacted_and_redefined", compacted_and_redefined),
-    ];
-    let places = [
-        ("in_process", Where::InProcess),
-        ("shared_memory", Where::Remote(MemoryMode::Shared)),
-        ("copied_memory", Where::Remote(MemoryMode::Copy)),
-    ];
-    let mut tests: Vec<(String, Box<dyn Fn() + Send + Sync>)> = Vec::new();
-    for (place, at) in places {
-        for (name, f) in all {
-            tests.push((format!("{name}_{place}"), Box::new(move || f(at))));
-        }
-    }
-    tests.push(("no_wx_mapping_afterwards".into(), Box::new(no_wx_mapping)));
-    tests
-}
-
-/// Run `f` on a thread of its own: Ok if it returned, Err with why if it panicked or hung.
-fn run_one(f: Box<dyn Fn() + Send + Sync>) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&*f));
-        let _ = tx.send(r.is_ok());
-    });
-    match rx.recv_timeout(HANG) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err("panicked (see above)".into()),
-        Err(_) => Err(format!("did not finish within {HANG:?}")),
-    }
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).is_some_and(|a| a == SERVE) {
-        std::process::exit(kiln_remote::executor_main(&args[2..], &args[1..2]));
-    }
-    // libtest's flags (e.g. --nocapture) are accepted and ignored; a plain word filters.
-    let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, f) in scenarios() {
-        if filter.is_some_and(|w| !name.contains(w.as_str())) {
-            continue;
-        }
-        ran += 1;
-        match run_one(f) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(why) => {
-                println!("test {name} ... FAILED: {why}");
-                failed.push(name);
-            }
-        }
-    }
-    if !failed.is_empty() {
-        println!("\n{} of {ran} failed: {failed:?}", failed.len());
-        std::process::exit(1);
-    }
-    if ran == 0 {
-        println!("no test matches {filter:?}");
-        std::process::exit(1);
-    }
-    println!("\n{ran} passed");
+    support::main(|| {
+        let all: [(&str, Scenario); 5] = [
+            ("eight_threads_at_once", eight_threads_at_once),
+            ("arguments_pass_through", arguments_pass_through),
+            ("compile_errors_reach_the_vm", compile_errors_reach_the_vm),
+            (
+                "unpatchable_calls_stay_correct",
+                unpatchable_calls_stay_correct,
+            ),
+            ("compacted_and_redefined", compacted_and_redefined),
+        ];
+        let mut tests = support::in_places(&all, &support::EVERYWHERE);
+        tests.push(("no_wx_mapping_afterwards".into(), Box::new(no_wx_mapping)));
+        tests
+    });
 }

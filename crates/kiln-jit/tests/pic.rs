@@ -7,7 +7,7 @@ use kiln::{DebugOptions, ExecutorAddr, Session};
 use kiln_jit::Epoch;
 use kiln_jit::{
     Jit, JitGraph, KeyRegister, KeyWidth, PicConfig, PicState, PicTarget, RegionKind, RetiredKind,
-    Site, SiteKind, ZoneConfig,
+    Site, SiteKind, Verdict, ZoneConfig,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -252,6 +252,58 @@ fn pic_targets_may_be_addresses_outside_any_unit() {
     let send = s.lookup("send").unwrap();
     assert_eq!(s.executor().call(send, &[minus_three]).unwrap(), 3);
     assert_eq!(s.executor().call(send, &[4]).unwrap(), 7);
+}
+
+#[test]
+fn removing_a_unit_removes_the_pic_stubs_of_its_sites() {
+    let f = Fixture::new();
+    let jit = &f.jit;
+    let used_before = jit.zone().method().used().unwrap();
+    let units_before = f.s.units();
+    // A send site whose unit also defines `own` (returns 7), which the grown PIC jumps to: the
+    // live stub binds to the unit, and the unit (its site's relink edge) to the stub.
+    let mut g = send_site("send2", "miss", false);
+    g.graph
+        .add_function("own", vec![0xb8, 7, 0, 0, 0, 0xc3], vec![], None);
+    let linked = jit.link(RegionKind::Method, &g).unwrap();
+    let send2 = f.s.lookup("send2").unwrap();
+    let call = |key: u64| f.s.executor().call(send2, &[key]).unwrap();
+    let pic = jit
+        .build_pic(&linked.sites[0], &f.config(), &[(1, f.target(1))])
+        .unwrap();
+    let PicState::Polymorphic { stub: first, .. } = pic.state(jit).unwrap() else {
+        panic!("a PIC with one case is polymorphic");
+    };
+    let PicState::Polymorphic { stub: live, .. } = pic.grow(jit, 5, "own").unwrap() else {
+        panic!("a PIC with two cases is polymorphic");
+    };
+    assert_eq!((call(1), call(5), call(2)), (101, 7, MISS));
+    assert!(f.s.units().contains(&live));
+
+    jit.remove(linked.unit).unwrap();
+    // The live stub went with the unit: no longer in the session, the zone, or a lookup.
+    assert!(!f.s.units().contains(&live), "the live PIC stub leaked");
+    assert!(jit.unit(live).is_none());
+    assert!(f.s.unit_segments(live).is_err());
+    assert!(f.s.lookup("send2").is_none() && f.s.lookup("own").is_none());
+    // The stub grow replaced stays retired (a thread may still be in it) until reclaimed.
+    assert!(jit.retired().iter().any(|r| r.unit == first));
+    assert_eq!(jit.reclaim_retired().unwrap().freed, vec![first]);
+    assert_eq!(f.s.units(), units_before);
+    assert_eq!(jit.zone().method().used().unwrap(), used_before);
+    // Compaction is asked about the VM's own units only: nothing was left behind for it.
+    let mut asked = Vec::new();
+    jit.compact(|u| {
+        asked.push(u);
+        Verdict::Pin
+    })
+    .unwrap();
+    let method_units: Vec<_> = units_before
+        .iter()
+        .copied()
+        .filter(|u| jit.unit(*u).is_some_and(|l| l.region == RegionKind::Method))
+        .collect();
+    assert_eq!(asked, method_units);
 }
 
 #[test]
