@@ -733,9 +733,12 @@ fn return_addresses_on_the_vm_stack_follow_the_code(at: Where) {
     assert_eq!(state.seen[0], (m1_now.0 + 35, m1_now.0 + 35));
 }
 
-/// Compactions while another thread links (and calls) units that call the ones that move:
-/// ranges of links in progress stay where they are, units a link in progress binds to stay too,
-/// and every unit computes the right thing afterwards.
+/// Compactions while another thread links units that call the ones that move: ranges of links
+/// in progress stay where they are, units a link in progress binds to stay too, and every unit
+/// computes the right thing afterwards. The linking thread calls what it linked only between
+/// compactions, at a safepoint (a read lock the compacting thread takes for writing): no thread
+/// may run method-region code while a compaction moves it (`Jit::compact`'s contract), and a VM
+/// stops its mutators the same way.
 fn compaction_while_another_thread_links(at: Where) {
     const LINKS: u32 = 2000;
     let s = session(at);
@@ -746,8 +749,9 @@ fn compaction_while_another_thread_links(at: Where) {
         jit.link(RegionKind::Method, &constant(&format!("k{k}"), k, 32))
             .unwrap();
     }
+    let safepoint = Arc::new(std::sync::RwLock::new(()));
     let linker = {
-        let (s, jit) = (s.clone(), jit.clone());
+        let (s, jit, safepoint) = (s.clone(), jit.clone(), safepoint.clone());
         std::thread::spawn(move || {
             for i in 0..LINKS {
                 let k = i % 10;
@@ -756,6 +760,7 @@ fn compaction_while_another_thread_links(at: Where) {
                     &calls(&format!("t{i}"), &[&format!("k{k}")], 1000 * i),
                 )
                 .unwrap();
+                let _running = safepoint.read().unwrap();
                 assert_eq!(call(&s, &format!("t{i}")), 1000 * i + k, "t{i} as linked");
             }
         })
@@ -768,7 +773,10 @@ fn compaction_while_another_thread_links(at: Where) {
             &constant(&format!("drop_r{rounds}"), 0, 64),
         )
         .unwrap();
-        let report = jit.compact(drop_fillers(&s)).unwrap();
+        let report = {
+            let _stopped = safepoint.write().unwrap();
+            jit.compact(drop_fillers(&s)).unwrap()
+        };
         pinned_for_links += report
             .pinned
             .iter()
