@@ -47,6 +47,21 @@ impl CJit {
         Ok(id)
     }
 
+    /// Run a kiln-jit call that links: a link error goes through the session's `linking` (so a
+    /// C generator's failure is reported as `KILN_ERROR_CALLBACK`), any other as `error` says.
+    pub(crate) fn linking<T>(
+        &self,
+        link: impl FnOnce() -> kiln_jit::Result<T>,
+    ) -> Result<T, CError> {
+        self.session
+            .linking(|| match link() {
+                Ok(t) => Ok(Ok(t)),
+                Err(kiln_jit::Error::Link(e)) => Err(e),
+                Err(e) => Ok(Err(e)),
+            })?
+            .map_err(|e| self.error(e))
+    }
+
     /// A kiln-jit error as C sees it, units named by their C numbers.
     pub(crate) fn error(&self, e: kiln_jit::Error) -> CError {
         let c = match e {

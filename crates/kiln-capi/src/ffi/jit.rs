@@ -116,14 +116,7 @@ pub unsafe extern "C" fn kiln_jit_link(
         let o = unsafe { out(out_unit, "out_unit")? };
         let region = cjit::region(region)?;
         let graph = super::graph::jit_snapshot(&g);
-        let linked = j
-            .session
-            .linking(|| match j.jit.link(region, &graph) {
-                Ok(l) => Ok(Ok(l)),
-                Err(kiln_jit::Error::Link(e)) => Err(e),
-                Err(e) => Ok(Err(e)),
-            })?
-            .map_err(|e| j.error(e))?;
+        let linked = j.linking(|| j.jit.link(region, &graph))?;
         o.set(j.c_unit(linked.unit));
         Ok(())
     })
@@ -151,14 +144,7 @@ pub unsafe extern "C" fn kiln_jit_link_object(
             )
         };
         let region = cjit::region(region)?;
-        let linked = j
-            .session
-            .linking(|| match j.jit.link_object(region, name, bytes.to_vec()) {
-                Ok(l) => Ok(Ok(l)),
-                Err(kiln_jit::Error::Link(e)) => Err(e),
-                Err(e) => Ok(Err(e)),
-            })?
-            .map_err(|e| j.error(e))?;
+        let linked = j.linking(|| j.jit.link_object(region, name, bytes.to_vec()))?;
         o.set(j.c_unit(linked.unit));
         Ok(())
     })
@@ -698,14 +684,7 @@ unsafe fn redefine(
     // SAFETY: the caller's guarantee.
     let o = unsafe { out_optional(out_redefined) };
     let graph = super::graph::jit_snapshot(&g);
-    let r = j
-        .session
-        .linking(|| match j.jit.redefine(old, &graph) {
-            Ok(r) => Ok(Ok(r)),
-            Err(kiln_jit::Error::Link(e)) => Err(e),
-            Err(e) => Ok(Err(e)),
-        })?
-        .map_err(|e| j.error(e))?;
+    let r = j.linking(|| j.jit.redefine(old, &graph))?;
     if let Some(o) = o {
         o.set(kiln_redefined_t {
             new_unit: j.c_unit(r.new.unit),
