@@ -3,7 +3,9 @@
 //! sinks off. A quick loop for profiling the link path; `benches/jit-functions` is the
 //! benchmark against peers.
 //!
-//! `cargo run --release -p kiln --example link_speed [N]`
+//! `cargo run --release -p kiln --example link_speed [N [SINKS]]`, SINKS a comma-separated
+//! list of `gdb`, `perf-map`, `jitdump`, `valgrind` (default: none), to measure what each debug
+//! sink adds per unit.
 
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{InMemoryEdge, InMemoryGraph};
@@ -15,8 +17,10 @@ fn main() -> Result<(), kiln::Error> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
+    let sinks = std::env::args().nth(2).unwrap_or_default();
     let s = Session::in_process();
-    s.set_debug(DebugOptions::none());
+    let jitdump_dir = std::env::temp_dir().join(format!("link_speed-{}", std::process::id()));
+    s.set_debug(debug_options(&sinks, &jitdump_dir)?);
     let abs = s.executor().lookup(&[b"abs"], &[], true)?[0].expect("abs");
     s.define("abs", abs.0);
     // f_i(x) = abs(x) + f_{i-1}(x) + 1: call abs; call prev; with padding to 160 bytes.
@@ -52,7 +56,32 @@ fn main() -> Result<(), kiln::Error> {
         rss / n as f64,
         rss / (n * code.len()) as f64
     );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&jitdump_dir);
     Ok(())
+}
+
+/// The debug sinks named in `list` on, the others off.
+fn debug_options(list: &str, jitdump_dir: &std::path::Path) -> Result<DebugOptions, kiln::Error> {
+    let mut options = DebugOptions::none();
+    for sink in list.split(',').filter(|s| !s.is_empty()) {
+        match sink {
+            "gdb" => options.gdb = true,
+            "perf-map" => options.perf_map = true,
+            "valgrind" => options.valgrind = true,
+            "jitdump" => {
+                std::fs::create_dir_all(jitdump_dir)
+                    .map_err(|e| kiln::Error::Usage(format!("{}: {e}", jitdump_dir.display())))?;
+                options.jitdump = Some(jitdump_dir.to_path_buf());
+            }
+            other => {
+                return Err(kiln::Error::Usage(format!(
+                    "unknown sink {other:?} (gdb, perf-map, jitdump, valgrind)"
+                )))
+            }
+        }
+    }
+    Ok(options)
 }
 
 /// The process's resident memory in bytes (`VmRSS` of `/proc/self/status`; 0 if unreadable).
