@@ -1,6 +1,6 @@
 //! cranelift-jit's `JITModule` fed the same bytes and relocations: `declare_function`,
 //! `define_function_bytes` with two `X86CallPCRel4` relocations, then `finalize_definitions`,
-//! once per function.
+//! once per function (or once per batch, for the batch row).
 
 use crate::code::{self, FunctionInput, CALL_ADDEND, HOST_CALL_DISP, PREV_CALL_DISP};
 use crate::harness::Jit;
@@ -57,8 +57,9 @@ impl CraneliftJit {
     }
 }
 
-impl Jit for CraneliftJit {
-    fn link_one(&mut self, f: &mut FunctionInput) -> Result<(), String> {
+impl CraneliftJit {
+    /// Declare and define `f` (not finalized yet).
+    fn define(&mut self, f: &FunctionInput) -> Result<(), String> {
         let m = &mut self.module;
         let id = m
             .declare_function(&f.name, Linkage::Export, &self.sig)
@@ -76,9 +77,26 @@ impl Jit for CraneliftJit {
         let relocs = [call(HOST_CALL_DISP, self.host), call(PREV_CALL_DISP, prev)];
         m.define_function_bytes(id, 16, &f.code, &relocs)
             .map_err(|e| e.to_string())?;
-        m.finalize_definitions().map_err(|e| e.to_string())?;
         self.ids.push(id);
         Ok(())
+    }
+}
+
+impl Jit for CraneliftJit {
+    fn link_one(&mut self, f: &mut FunctionInput) -> Result<(), String> {
+        self.define(f)?;
+        self.module
+            .finalize_definitions()
+            .map_err(|e| e.to_string())
+    }
+
+    fn link_batch_as_unit(&mut self, fs: &mut [FunctionInput]) -> Result<(), String> {
+        for f in fs.iter() {
+            self.define(f)?;
+        }
+        self.module
+            .finalize_definitions()
+            .map_err(|e| e.to_string())
     }
 
     fn address(&self, k: usize) -> Option<usize> {

@@ -15,6 +15,11 @@ pub trait Jit {
     fn link_batch(&mut self, fs: &mut [FunctionInput]) -> Result<(), String> {
         fs.iter_mut().try_for_each(|f| self.link_one(f))
     }
+    /// Link `fs` in one call as one unit: freed together (kiln: `Session::link_graphs_as_unit`;
+    /// cranelift-jit: every function defined, then one `finalize_definitions`).
+    fn link_batch_as_unit(&mut self, _fs: &mut [FunctionInput]) -> Result<(), String> {
+        Err("this linker has no batch-as-one-unit call".into())
+    }
     /// The address of `f{k}`, once linked.
     fn address(&self, k: usize) -> Option<usize>;
     /// Lines printed under the results table (kiln: where the time goes).
@@ -42,6 +47,8 @@ pub enum Schedule {
     OneAtATime { timed: bool },
     /// `link_batch` with this many functions per call.
     Batches(usize),
+    /// `link_batch_as_unit` with this many functions per call.
+    UnitBatches(usize),
     /// This many threads call `link_shared`, thread `t` linking the functions `i` with
     /// `i % threads == t` in order (the inputs must form `threads` chains: see `code::inputs`).
     Threads(usize),
@@ -113,7 +120,8 @@ pub fn run(
         Schedule::OneAtATime { timed } => {
             one_at_a_time(&mut *jit, inputs, timed, durations, &clock)
         }
-        Schedule::Batches(n) => batches(&mut *jit, inputs, n.max(1), &clock),
+        Schedule::Batches(n) => batches(&mut *jit, inputs, n.max(1), false, &clock),
+        Schedule::UnitBatches(n) => batches(&mut *jit, inputs, n.max(1), true, &clock),
         Schedule::Threads(n) => {
             let shared = jit
                 .shared()
@@ -242,13 +250,24 @@ fn one_at_a_time(
     }
 }
 
-fn batches(jit: &mut dyn Jit, inputs: &mut [FunctionInput], size: usize, clock: &Clock) -> Linked {
+fn batches(
+    jit: &mut dyn Jit,
+    inputs: &mut [FunctionInput],
+    size: usize,
+    as_unit: bool,
+    clock: &Clock,
+) -> Linked {
     let requested = inputs.len();
     let mut done = 0;
     let mut stopped = None;
     for batch in inputs.chunks_mut(size) {
         let n = batch.len();
-        if let Err(e) = jit.link_batch(batch) {
+        let result = if as_unit {
+            jit.link_batch_as_unit(batch)
+        } else {
+            jit.link_batch(batch)
+        };
+        if let Err(e) = result {
             // The functions of a failed batch are not counted, even those it linked.
             stopped = Some(format!(
                 "linking the batch f{done}..f{} failed: {e}",

@@ -169,6 +169,17 @@ impl Jit for KilnJit {
         Ok(())
     }
 
+    fn link_batch_as_unit(&mut self, fs: &mut [FunctionInput]) -> Result<(), String> {
+        let graphs: Vec<InMemoryGraph> = fs.iter_mut().map(|f| graph(f, self.frames)).collect();
+        let scope = self.session.default_scope();
+        let unit = self
+            .session
+            .link_graphs_as_unit(scope, &graphs)
+            .map_err(|e| e.to_string())?;
+        self.units.push(unit);
+        Ok(())
+    }
+
     fn shared(&self) -> Option<&dyn SharedJit> {
         Some(self)
     }

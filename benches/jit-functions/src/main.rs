@@ -29,10 +29,12 @@ usage: jit-functions [--count N] [--runs N] [--threads N] [--batch N] [--time-li
   --runs N           run every linker N times, round robin; the table shows the median run
                      (default 3)
   --threads N        compiler threads of the threaded kiln row (default 2)
-  --batch N          graphs per Session::link_graphs call in the batch row (default 1000)
+  --batch N          graphs per call in the batch rows (default 1000): Session::link_graphs
+                     (a unit each), Session::link_graphs_as_unit (one unit), and cranelift-jit
+                     finalizing once per batch
   --time-limit SECS  stop a linker's loop after this long and report what it linked (default 300)
   --only LIST        run only these: naive, cranelift, cranelift-arena, kiln, kiln-threads,
-                     kiln-sessions, kiln-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks,
+                     kiln-sessions, kiln-batch, kiln-batch-unit, cranelift-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks,
                      kiln-stats, corpus
   --cranelift-arena  also run cranelift-jit with its ArenaMemoryProvider
   --host-by-dlsym    kiln and cranelift-jit find `abs` themselves instead of being given it
@@ -149,6 +151,11 @@ fn linkers(o: &Options) -> Vec<Linker> {
             &format!("kiln, {} thr, {} sessions", o.threads, o.threads),
         ),
         row("kiln-batch", &format!("kiln, batches of {}", o.batch)),
+        row("kiln-batch-unit", &format!("kiln, {} a unit", o.batch)),
+        row(
+            "cranelift-batch",
+            &format!("cranelift-jit, {} a finalize", o.batch),
+        ),
         row("kiln-gdb", "kiln + gdb"),
         row("kiln-perf-map", "kiln + perf map"),
         row("kiln-jitdump", "kiln + jitdump"),
@@ -194,9 +201,11 @@ fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup
     let one = Schedule::OneAtATime { timed: false };
     let (schedule, sinks) = match name {
         "naive" | "cranelift" | "cranelift-arena" => return Ok((one, None)),
+        "cranelift-batch" => return Ok((Schedule::UnitBatches(o.batch), None)),
         "kiln" => (one, "none"),
         "kiln-threads" | "kiln-sessions" => (Schedule::Threads(o.threads), "none"),
         "kiln-batch" => (Schedule::Batches(o.batch), "none"),
+        "kiln-batch-unit" => (Schedule::UnitBatches(o.batch), "none"),
         "kiln-gdb" => (one, "gdb"),
         "kiln-perf-map" => (one, "perf-map"),
         "kiln-jitdump" => (one, "jitdump"),
@@ -242,7 +251,7 @@ fn child(o: &Options, name: &str) -> ExitCode {
         }
         Ok(match name {
             "naive" => Box::new(naive::NaiveJit::new()),
-            "cranelift" => Box::new(cranelift::CraneliftJit::new(
+            "cranelift" | "cranelift-batch" => Box::new(cranelift::CraneliftJit::new(
                 cranelift::Memory::System,
                 count,
                 dlsym,

@@ -435,8 +435,13 @@ fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Opti
             "kiln-batch",
             "against one Session::link_graph per function".to_string(),
         ),
+        (
+            "kiln-batch-unit",
+            "a batch linked as one unit, against one unit per function".to_string(),
+        ),
     ] {
         let Some(r) = find(name) else { continue };
+        let threaded = name == "kiln-threads" || name == "kiln-sessions";
         if !any {
             println!();
             any = true;
@@ -447,9 +452,9 @@ fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Opti
             thousands(r.mid().per_second()),
             ratio(r.mid().per_second(), k.mid().per_second()),
             k.label,
-            per_round(r, name != "kiln-batch")
+            per_round(r, threaded)
         );
-        if name != "kiln-batch" {
+        if threaded {
             // Wall-time scaling needs free CPUs; the CPU time per function says what sharing
             // the session costs whatever the machine's load (locks, cache lines moving).
             println!(

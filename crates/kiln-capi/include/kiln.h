@@ -250,6 +250,15 @@ kiln_error_t *kiln_session_link_graph(kiln_session_t *s, const kiln_graph_t *g,
 kiln_error_t *kiln_session_link_graph_in(kiln_session_t *s, kiln_scope_t scope,
                                          const kiln_graph_t *g, kiln_unit_t *out_unit);
 
+/* Link copies of the `count` graphs `graphs[0..count)` together into one unit of `scope`: the
+   batch call for a JIT that compiles functions in batches and frees them together. The graphs
+   may reference each other in any order, cycles included; the per-unit work of a link is done
+   once for the batch. The unit is removed as a whole. `count` 0 is KILN_ERROR_INVALID_ARGUMENT;
+   on any error nothing is linked. */
+kiln_error_t *kiln_session_link_graphs_as_unit(kiln_session_t *s, kiln_scope_t scope,
+                                               kiln_graph_t *const *graphs, size_t count,
+                                               kiln_unit_t *out_unit);
+
 /* Run the initializers (.init_array, constructors) of every unit not yet initialized, oldest
    first. */
 kiln_error_t *kiln_session_run_initializers(kiln_session_t *s);

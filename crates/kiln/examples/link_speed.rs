@@ -1,22 +1,69 @@
 //! How long linking one small function takes: N one-function graphs (each calling libc's `abs`
-//! and the function before it), linked one at a time into an in-process session with the debug
-//! sinks off. A quick loop for profiling the link path; `benches/jit-functions` is the
-//! benchmark against peers.
+//! and the function before it), linked into an in-process session with the debug sinks off. A
+//! quick loop for profiling the link path; `benches/jit-functions` is the benchmark against
+//! peers.
 //!
-//! `cargo run --release -p kiln --example link_speed [N]`
+//! ```text
+//! cargo run --release -p kiln --example link_speed -- [N] [--sinks LIST] [--per-unit K]
+//! ```
+//!
+//! - `N`: functions to link (default 100,000).
+//! - `--sinks LIST`: debug sinks on, comma-separated: `gdb`, `perf-map`, `jitdump`, `valgrind`
+//!   (default none), to measure what each adds per unit.
+//! - `--per-unit K`: link K graphs together as one unit (`Session::link_graphs_as_unit`) instead of each
+//!   graph as a unit of its own (`Session::link_graph`): what a JIT that compiles and frees in
+//!   batches pays per function.
 
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session};
 use std::time::Instant;
 
+struct Args {
+    n: usize,
+    sinks: String,
+    per_unit: usize,
+}
+
+fn parse_args() -> Result<Args, kiln::Error> {
+    let usage = |why: String| {
+        kiln::Error::Usage(format!(
+            "{why} (link_speed [N] [--sinks LIST] [--per-unit K])"
+        ))
+    };
+    let mut a = Args {
+        n: 100_000,
+        sinks: String::new(),
+        per_unit: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| usage(format!("{name} needs a value")))
+        };
+        match arg.as_str() {
+            "--sinks" => a.sinks = value("--sinks")?,
+            "--per-unit" => {
+                let v = value("--per-unit")?;
+                a.per_unit = v
+                    .parse()
+                    .ok()
+                    .filter(|&k| k > 0)
+                    .ok_or_else(|| usage(format!("--per-unit {v}")))?;
+            }
+            n => a.n = n.parse().map_err(|_| usage(format!("unexpected {n:?}")))?,
+        }
+    }
+    Ok(a)
+}
+
 fn main() -> Result<(), kiln::Error> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let args = parse_args()?;
+    let n = args.n;
     let s = Session::in_process();
-    s.set_debug(DebugOptions::none());
+    let jitdump_dir = std::env::temp_dir().join(format!("link_speed-{}", std::process::id()));
+    s.set_debug(debug_options(&args.sinks, &jitdump_dir)?);
     let abs = s.executor().lookup(&[b"abs"], &[], true)?[0].expect("abs");
     s.define("abs", abs.0);
     // f_i(x) = abs(x) + f_{i-1}(x) + 1: call abs; call prev; with padding to 160 bytes.
@@ -25,9 +72,7 @@ fn main() -> Result<(), kiln::Error> {
     code[5..10].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
     code[159] = 0xc3;
     let names: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
-    let rss_before = vm_rss();
-    let start = Instant::now();
-    for i in 0..n {
+    let graph = |i: usize| {
         let mut g = InMemoryGraph::new(names[i].clone());
         let prev = if i == 0 { "abs" } else { &names[i - 1] };
         g.add_function(
@@ -39,20 +84,59 @@ fn main() -> Result<(), kiln::Error> {
             ],
             None,
         );
-        s.link_graph(&g)?;
+        g
+    };
+    let rss_before = vm_rss();
+    let start = Instant::now();
+    if args.per_unit == 1 {
+        for i in 0..n {
+            s.link_graph(&graph(i))?;
+        }
+    } else {
+        for first in (0..n).step_by(args.per_unit) {
+            let batch: Vec<InMemoryGraph> =
+                (first..(first + args.per_unit).min(n)).map(graph).collect();
+            s.link_graphs_as_unit(s.default_scope(), &batch)?;
+        }
     }
     let t = start.elapsed();
     let rss = vm_rss().saturating_sub(rss_before) as f64;
     println!(
-        "{n} links in {:.3} s: {:.0} ns per link, {:.0} links/s; VmRSS +{:.0} bytes per link \
-         ({:.2} per code byte)",
+        "{n} functions, {} per unit, in {:.3} s: {:.0} ns per function, {:.0} functions/s; VmRSS \
+         +{:.0} bytes per function ({:.2} per code byte)",
+        args.per_unit,
         t.as_secs_f64(),
         t.as_nanos() as f64 / n as f64,
         n as f64 / t.as_secs_f64(),
         rss / n as f64,
         rss / (n * code.len()) as f64
     );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&jitdump_dir);
     Ok(())
+}
+
+/// The debug sinks named in `list` on, the others off.
+fn debug_options(list: &str, jitdump_dir: &std::path::Path) -> Result<DebugOptions, kiln::Error> {
+    let mut options = DebugOptions::none();
+    for sink in list.split(',').filter(|s| !s.is_empty()) {
+        match sink {
+            "gdb" => options.gdb = true,
+            "perf-map" => options.perf_map = true,
+            "valgrind" => options.valgrind = true,
+            "jitdump" => {
+                std::fs::create_dir_all(jitdump_dir)
+                    .map_err(|e| kiln::Error::Usage(format!("{}: {e}", jitdump_dir.display())))?;
+                options.jitdump = Some(jitdump_dir.to_path_buf());
+            }
+            other => {
+                return Err(kiln::Error::Usage(format!(
+                    "unknown sink {other:?} (gdb, perf-map, jitdump, valgrind)"
+                )))
+            }
+        }
+    }
+    Ok(options)
 }
 
 /// The process's resident memory in bytes (`VmRSS` of `/proc/self/status`; 0 if unreadable).

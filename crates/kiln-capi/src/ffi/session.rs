@@ -306,6 +306,40 @@ pub unsafe extern "C" fn kiln_session_link_graph_in(
 }
 
 /// # Safety
+/// See the module [`super`] and kiln.h.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_session_link_graphs_as_unit(
+    s: *mut kiln_session_t,
+    scope: kiln_scope_t,
+    graphs: *const *mut kiln_graph_t,
+    count: usize,
+    out_unit: *mut kiln_unit_t,
+) -> *mut kiln_error_t {
+    guard("kiln_session_link_graphs_as_unit", || {
+        let s = session(s)?;
+        if count == 0 {
+            return Err(CError::invalid_argument("count is 0: no graphs to link"));
+        }
+        // SAFETY: the contract of this function: `graphs` points to `count` graph pointers.
+        let handles = unsafe { c_array(graphs, count, "graphs")? };
+        // SAFETY: the contract of this function.
+        let o = unsafe { out(out_unit, "out_unit")? };
+        let scope = s.scope(scope)?;
+        // Copies, as for one graph: no builder lock is held while generators run.
+        let graphs = handles
+            .iter()
+            .map(|&g| {
+                let builder = super::graph::graph(g.cast_const())?;
+                Ok(super::graph::snapshot(&builder))
+            })
+            .collect::<Result<Vec<_>, CError>>()?;
+        let unit = s.linking(|| s.session.link_graphs_as_unit(scope, &graphs))?;
+        o.set(s.c_unit(unit));
+        Ok(())
+    })
+}
+
+/// # Safety
 /// `out_unit` is NULL or writable.
 unsafe fn link_graph(
     s: *mut kiln_session_t,

@@ -1,5 +1,6 @@
 /* Graphs built from C: functions calling each other through edges, data pointing at code, zero
-   fill, local symbols, a frame-pointer function, patching running code, scopes, debug sinks. */
+   fill, local symbols, a frame-pointer function, patching running code, scopes, debug sinks, a
+   batch of graphs linked as one unit. */
 #define _DEFAULT_SOURCE /* mkdtemp */
 #include "check.h"
 #include <unistd.h>
@@ -188,6 +189,38 @@ static void malformed(kiln_session_t *s) {
     kiln_graph_delete(g);
 }
 
+/* Two graphs calling each other (each defined by the other graph of the batch), linked as one
+   unit; bad batches refused. */
+static void batch_as_unit(kiln_session_t *s) {
+    /* NAME(n) = n == 0 ? 0 : OTHER(n - 1) + 1 */
+    static const uint8_t countdown[] = {
+        0x85, 0xff, 0x74, 0x14, 0x83, 0xef, 0x01, 0x48, 0x83, 0xec, 0x08, 0xe8, 0, 0, 0, 0,
+        0x48, 0x83, 0xc4, 0x08, 0x83, 0xc0, 0x01, 0xc3, 0x31, 0xc0, 0xc3};
+    kiln_graph_t *g[2];
+    kiln_block_t b;
+    kiln_unit_t u = 0;
+    OK(kiln_graph_new("ping", &g[0]));
+    OK(kiln_graph_add_function(g[0], "ping", countdown, sizeof countdown, &b));
+    OK(kiln_graph_add_edge(g[0], b, 12, KILN_EDGE_X86_64_BRANCH_PCREL32, "pong", -4));
+    OK(kiln_graph_new("pong", &g[1]));
+    OK(kiln_graph_add_function(g[1], "pong", countdown, sizeof countdown, &b));
+    OK(kiln_graph_add_edge(g[1], b, 12, KILN_EDGE_X86_64_BRANCH_PCREL32, "ping", -4));
+    /* One at a time, the first cannot link: pong is not defined yet. */
+    FAILS(kiln_session_link_graph(s, g[0], &u), KILN_ERROR_UNRESOLVED, "pong");
+    FAILS(kiln_session_link_graphs_as_unit(s, KILN_SCOPE_DEFAULT, g, 0, &u),
+          KILN_ERROR_INVALID_ARGUMENT, "no graphs");
+    FAILS(kiln_session_link_graphs_as_unit(s, KILN_SCOPE_DEFAULT, NULL, 2, &u),
+          KILN_ERROR_INVALID_ARGUMENT, "graphs is NULL");
+    OK(kiln_session_link_graphs_as_unit(s, KILN_SCOPE_DEFAULT, g, 2, &u));
+    CHECK(AS_FN(int (*)(int), lookup(s, "ping"))(9) == 9);
+    CHECK(AS_FN(int (*)(int), lookup(s, "pong"))(4) == 4);
+    OK(kiln_session_remove(s, u));
+    uint64_t addr;
+    FAILS(kiln_session_lookup(s, "ping", &addr), KILN_ERROR_UNDEFINED, "ping");
+    kiln_graph_delete(g[0]);
+    kiln_graph_delete(g[1]);
+}
+
 int main(void) {
     kiln_session_t *s;
     OK(kiln_session_new(&s));
@@ -198,6 +231,7 @@ int main(void) {
     scopes(s);
     debug_sinks(s);
     malformed(s);
+    batch_as_unit(s);
     kiln_session_delete(s);
     printf("graph: %d checks passed\n", checks_passed);
     return 0;

@@ -60,6 +60,8 @@ impl Drop for Marker {
 }
 
 struct Dump {
+    /// The directory asked for (requests name it; the file is `DIR/jit-PID.dump`).
+    dir: String,
     path: PathBuf,
     file: File,
     _marker: Marker,
@@ -88,7 +90,11 @@ fn failed(path: &Path, why: impl std::fmt::Display) -> Error {
     }
 }
 
-fn open(path: PathBuf) -> Result<Dump> {
+fn dump_path(dir: &str) -> PathBuf {
+    Path::new(dir).join(format!("jit-{}.dump", std::process::id()))
+}
+
+fn open(dir: &str, path: PathBuf) -> Result<Dump> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -102,6 +108,7 @@ fn open(path: PathBuf) -> Result<Dump> {
     let page = super::mem::page_size() as usize;
     let marker = Marker::map(&file, page).map_err(|e| failed(&path, format!("mmap: {e}")))?;
     Ok(Dump {
+        dir: dir.to_owned(),
         path,
         file,
         _marker: marker,
@@ -178,12 +185,20 @@ pub(crate) fn write(dir: &str, records: &[u8]) -> Result<()> {
     let mut dumps = DUMPS
         .lock()
         .map_err(|_| Error::InvalidRequest("jitdump lock poisoned".into()))?;
-    let path = Path::new(dir).join(format!("jit-{}.dump", std::process::id()));
-    let i = match dumps.iter().position(|d| d.path == path) {
+    // Found by the directory as asked, then by the file's path (two spellings of a directory
+    // must not open, and truncate, one file twice): building the path for every request cost
+    // more than the rest of a unit's records.
+    let i = match dumps.iter().position(|d| d.dir == dir) {
         Some(i) => i,
         None => {
-            dumps.push(open(path)?);
-            dumps.len() - 1
+            let path = dump_path(dir);
+            match dumps.iter().position(|d| d.path == path) {
+                Some(i) => i,
+                None => {
+                    dumps.push(open(dir, path)?);
+                    dumps.len() - 1
+                }
+            }
         }
     };
     let dump = &mut dumps[i];

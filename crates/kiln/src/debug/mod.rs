@@ -196,7 +196,10 @@ pub(crate) struct Function {
 /// the next symbol or the end of its block; then the stubs, as `TARGET@stub`.
 pub(crate) fn functions(u: &Unit) -> Vec<Function> {
     let g = u.g;
-    let mut per_block: FxHashMap<BlockId, Vec<(u64, u8, SymbolId)>> = FxHashMap::default();
+    // (block, offset, rank, symbol) of every named code symbol, sorted: each block's symbols
+    // come together, by offset, the preferred name first. One sorted list rather than a map
+    // of lists: a JIT's unit has one or two functions, and this runs for every unit.
+    let mut named: Vec<(BlockId, u64, u8, SymbolId)> = Vec::new();
     for (i, s) in g.symbols.iter().enumerate() {
         let SymbolDef::Defined { block, offset } = s.def else {
             continue;
@@ -211,34 +214,32 @@ pub(crate) fn functions(u: &Unit) -> Vec<Function> {
             Visibility::Hidden => 1,
             Visibility::Local => 2,
         };
-        per_block
-            .entry(block)
-            .or_default()
-            .push((offset, rank, SymbolId(i as u32)));
+        named.push((block, offset, rank, SymbolId(i as u32)));
     }
-    let mut out = Vec::new();
-    for (block, mut syms) in per_block {
+    named.sort_unstable();
+    named.dedup_by_key(|&mut (block, off, _, _)| (block, off));
+    let mut out = Vec::with_capacity(named.len() + u.stubs.len());
+    for (k, &(block, off, _, id)) in named.iter().enumerate() {
         let b = &g.blocks[block.idx()];
-        syms.sort_unstable();
-        syms.dedup_by_key(|(off, _, _)| *off);
-        for (k, &(off, _, id)) in syms.iter().enumerate() {
-            let s = &g.symbols[id.idx()];
-            let next = syms.get(k + 1).map_or(b.size(), |n| n.0);
-            let size = if s.size > 0 {
-                s.size.min(b.size().saturating_sub(off))
-            } else {
-                next.saturating_sub(off)
-            };
-            if size == 0 {
-                continue;
-            }
-            out.push(Function {
-                name: String::from_utf8_lossy(s.name).into_owned(),
-                addr: b.addr + off,
-                size,
-                input: g.sections[b.section.idx()].input,
-            });
+        let s = &g.symbols[id.idx()];
+        let next = match named.get(k + 1) {
+            Some(&(next_block, next_off, _, _)) if next_block == block => next_off,
+            _ => b.size(),
+        };
+        let size = if s.size > 0 {
+            s.size.min(b.size().saturating_sub(off))
+        } else {
+            next.saturating_sub(off)
+        };
+        if size == 0 {
+            continue;
         }
+        out.push(Function {
+            name: String::from_utf8_lossy(s.name).into_owned(),
+            addr: b.addr + off,
+            size,
+            input: g.sections[b.section.idx()].input,
+        });
     }
     for &(target, stub) in u.stubs {
         if let Some(addr) = g.symbol_addr(stub) {
