@@ -94,6 +94,15 @@ impl From<Vec<PlannedSegment>> for Segments {
     }
 }
 
+impl Segments {
+    fn of(segments: &[PlannedSegment]) -> Self {
+        match segments {
+            [one] => Segments::One(*one),
+            _ => Segments::Many(segments.to_vec()),
+        }
+    }
+}
+
 impl std::ops::Deref for Segments {
     type Target = [PlannedSegment];
     fn deref(&self) -> &[PlannedSegment] {
@@ -591,6 +600,116 @@ impl<S> Table<S> {
             extras,
         });
         Ok(())
+    }
+
+    /// Check and take the segments of a new unit in slab `slab`
+    /// ([`crate::Executor::finalize_slab_unit`]; `plan` from [`Plan::slab_unit`]): each inside
+    /// one region of that slab with the region's protection (empty ones too), over no
+    /// allocation's bytes and no claim. Records allocation `id` as finalizing with those
+    /// segments and claims them for its writer, who holds the only writable slices of them
+    /// until [`Table::slab_unit_written`] or [`Table::abort_slab_unit`]. One search of the
+    /// segment index per segment: the claim and the allocation are the same check. Nothing
+    /// changes on an error.
+    pub(crate) fn begin_slab_unit(
+        &mut self,
+        id: u64,
+        slab: SlabId,
+        segments: &[crate::SlabSegment],
+        plan: &Plan,
+    ) -> Result<()> {
+        for seg in segments {
+            let (s, e) = range(seg.addr.0, seg.size)?;
+            let r = self.region(slab, s, e)?;
+            if s < e && REGION_PROTS[r] != seg.prot {
+                return Err(Error::InvalidRequest(format!(
+                    "segment {s:#x}..{e:#x} is {} but lies in the {} region of slab {}",
+                    seg.prot.as_str(),
+                    REGION_PROTS[r].as_str(),
+                    slab.0
+                )));
+            }
+        }
+        for seg in &plan.segments {
+            let (s, e) = (seg.start, seg.end);
+            if let Some((_, _, o)) = self.segments.overlapping(s, e) {
+                return Err(Error::Busy(format!(
+                    "segment {s:#x}..{e:#x} overlaps allocation {}",
+                    o.alloc
+                )));
+            }
+            if self.claims.any_in(s, e) {
+                return Err(Error::Busy(format!(
+                    "segment {s:#x}..{e:#x} is being written by another call"
+                )));
+            }
+        }
+        let std::collections::hash_map::Entry::Vacant(slot) = self.allocs.entry(id) else {
+            return Err(Error::InvalidRequest(format!("allocation id {id} reused")));
+        };
+        // Checked: from here on nothing fails. The plan's segments are non-empty and pairwise
+        // disjoint, and disjoint from every allocation's segments and every claim (above).
+        for seg in &plan.segments {
+            let _ = self.claims.insert(seg.start, seg.end);
+            let owner = SegmentOwner {
+                alloc: id,
+                prot: seg.prot,
+            };
+            self.segments.insert_disjoint(seg.start, seg.end, owner);
+        }
+        slot.insert(AllocRecord {
+            state: AllocState::Finalizing,
+            pins: 0,
+            initialized: false,
+            finalizers: false,
+            segments: Segments::of(&plan.segments),
+            extras: None,
+        });
+        Ok(())
+    }
+
+    /// The bytes of new slab unit `id` ([`Table::begin_slab_unit`]) are written and its
+    /// actions planned (`plan`): its claims end, its registered ranges are recorded, and it is
+    /// live with `new`'s initializers and finalizers, or (`!new.live`: it has actions to run)
+    /// stays finalizing until [`Table::finish_finalize`]. Refused, changing nothing, when its
+    /// static TLS blocks are not this executor's or `id` is not such a unit.
+    pub(crate) fn slab_unit_written(&mut self, id: u64, plan: Plan, new: NewAlloc) -> Result<()> {
+        self.check_static_tls(&plan.static_tls)?;
+        let a = match self.allocs.get_mut(&id) {
+            Some(a) if a.state == AllocState::Finalizing && a.reservation().is_none() => a,
+            _ => return Err(Error::UnknownAllocation(id)),
+        };
+        for g in a.segments.iter() {
+            self.claims.remove(g.start);
+        }
+        let mut registered = plan.registered;
+        // (Cannot fail: inside the allocation's own segments, pairwise disjoint.)
+        registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
+        if !registered.is_empty() || !new.initializers.is_empty() {
+            a.extras = Some(Box::new(Extras {
+                reservation: None,
+                registered,
+                initializers: new.initializers,
+                dealloc: Vec::new(),
+            }));
+        }
+        a.finalizers = new.finalizers;
+        if new.live {
+            a.state = AllocState::Live;
+        }
+        Ok(())
+    }
+
+    /// New slab unit `id` does not go live (its writer gave up, its actions were refused or
+    /// failed): its claims (while `claimed`) and its segments go, its memory is free again.
+    pub(crate) fn abort_slab_unit(&mut self, id: u64, claimed: bool) {
+        if claimed {
+            if let Some(a) = self.allocs.get(&id) {
+                for g in a.segments.iter() {
+                    self.claims.remove(g.start);
+                }
+            }
+        }
+        self.forget(id, true);
     }
 
     /// Every static TLS block a plan's TLS registration uses was handed out by this executor,
