@@ -134,7 +134,24 @@ struct SlabRecord<S> {
     info: SlabInfo,
     /// [start, end) of the whole slab where the code runs.
     span: (u64, u64),
+    /// Per region, an address at or above the end of every segment ever placed in it (its
+    /// start while none was): a range starting there overlaps no segment, without a search of
+    /// the segment index. A JIT's units are mostly placed above the last one, so most new
+    /// units need no search; removals leave the mark where it was (it is only a bound).
+    high_water: [u64; 3],
     payload: S,
+}
+
+impl<S> SlabRecord<S> {
+    /// A segment `[start, end)` was placed in the slab: the mark of the region holding it
+    /// goes up to its end.
+    fn raise_high_water(&mut self, start: u64, end: u64) {
+        for (mark, (a, n)) in self.high_water.iter_mut().zip(self.info.regions) {
+            if a.0 <= start && end <= a.0.saturating_add(n) {
+                *mark = (*mark).max(end);
+            }
+        }
+    }
 }
 
 /// Allocation ids are distinct integers from a counter: a multiplicative hash spreads them
@@ -257,6 +274,23 @@ impl<S> Default for Table<S> {
     }
 }
 
+/// A segment `[start, end)` was placed in slab memory (no-op outside slabs): the high-water
+/// mark of its region goes up to its end. (A function of the two fields, not a method: callers
+/// hold an allocation record of the same table.)
+fn raise_high_water<S>(
+    spans: &RangeMap<u32>,
+    slabs: &mut BTreeMap<u32, SlabRecord<S>>,
+    start: u64,
+    end: u64,
+) {
+    let Some((_, _, id)) = spans.enclosing(start, end) else {
+        return;
+    };
+    if let Some(slab) = slabs.get_mut(id) {
+        slab.raise_high_water(start, end);
+    }
+}
+
 fn not_owned(addr: u64, size: u64, what: &'static str) -> Error {
     Error::NotOwned {
         addr: ExecutorAddr(addr),
@@ -338,6 +372,7 @@ impl<S> Table<S> {
             SlabRecord {
                 info,
                 span: (start, end),
+                high_water: info.regions.map(|(a, _)| a.0),
                 payload,
             },
         );
@@ -372,15 +407,36 @@ impl<S> Table<S> {
             })
     }
 
+    /// The segment that overlaps `[start, end)`, which lies in region `r` of slab `id`: none
+    /// when the range starts at or above the region's high-water mark (see
+    /// [`SlabRecord::high_water`]), otherwise a search of the segment index.
+    fn segment_in_region(
+        &self,
+        id: SlabId,
+        r: usize,
+        start: u64,
+        end: u64,
+    ) -> Option<(u64, u64, &SegmentOwner)> {
+        let above = self
+            .slabs
+            .get(&id.0)
+            .is_some_and(|s| start >= s.high_water[r]);
+        if above {
+            debug_assert!(self.segments.overlapping(start, end).is_none());
+            return None;
+        }
+        self.segments.overlapping(start, end)
+    }
+
     /// Claim `[addr, addr + len)` of slab `id` for writing: inside one region, over no
     /// allocation's bytes and no other claim. An empty range is checked and not recorded.
     pub(crate) fn claim(&mut self, id: SlabId, addr: u64, len: u64) -> Result<()> {
         let (s, e) = range(addr, len)?;
-        self.region(id, s, e)?;
+        let r = self.region(id, s, e)?;
         if s == e {
             return Ok(());
         }
-        if let Some((a, _, o)) = self.segments.overlapping(s, e) {
+        if let Some((a, _, o)) = self.segment_in_region(id, r, s, e) {
             return Err(Error::Busy(format!(
                 "{addr:#x}..+{len:#x} overlaps allocation {} (at {a:#x}): a live unit's bytes \
                  change only through patch",
@@ -574,6 +630,9 @@ impl<S> Table<S> {
                 prot: s.prot,
             };
             self.segments.insert_disjoint(s.start, s.end, owner);
+            if req.in_slab {
+                raise_high_water(&self.slab_spans, &mut self.slabs, s.start, s.end);
+            }
         }
         registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
         let extras = (reservation.is_some()
@@ -620,7 +679,10 @@ impl<S> Table<S> {
         for seg in segments {
             let (s, e) = range(seg.addr.0, seg.size)?;
             let r = self.region(slab, s, e)?;
-            if s < e && REGION_PROTS[r] != seg.prot {
+            if s == e {
+                continue;
+            }
+            if REGION_PROTS[r] != seg.prot {
                 return Err(Error::InvalidRequest(format!(
                     "segment {s:#x}..{e:#x} is {} but lies in the {} region of slab {}",
                     seg.prot.as_str(),
@@ -628,10 +690,7 @@ impl<S> Table<S> {
                     slab.0
                 )));
             }
-        }
-        for seg in &plan.segments {
-            let (s, e) = (seg.start, seg.end);
-            if let Some((_, _, o)) = self.segments.overlapping(s, e) {
+            if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
                 return Err(Error::Busy(format!(
                     "segment {s:#x}..{e:#x} overlaps allocation {}",
                     o.alloc
@@ -648,6 +707,11 @@ impl<S> Table<S> {
         };
         // Checked: from here on nothing fails. The plan's segments are non-empty and pairwise
         // disjoint, and disjoint from every allocation's segments and every claim (above).
+        if let Some(rec) = self.slabs.get_mut(&slab.0) {
+            for seg in &plan.segments {
+                rec.raise_high_water(seg.start, seg.end);
+            }
+        }
         for seg in &plan.segments {
             let _ = self.claims.insert(seg.start, seg.end);
             let owner = SegmentOwner {
@@ -777,7 +841,7 @@ impl<S> Table<S> {
                     slab.0
                 )));
             }
-            if let Some((_, _, o)) = self.segments.overlapping(s, e) {
+            if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
                 return Err(Error::Busy(format!(
                     "segment {s:#x}..{e:#x} overlaps live allocation {}",
                     o.alloc
@@ -1053,6 +1117,7 @@ impl<S> Table<S> {
                 };
                 // Cannot fail: checked free by `plan_move`, and the old ranges are gone.
                 let _ = self.segments.insert(g.start, g.end, owner);
+                raise_high_water(&self.slab_spans, &mut self.slabs, g.start, g.end);
             }
         }
         a.segments = plan.segments.clone().into();
@@ -1267,6 +1332,97 @@ mod tests {
         t.finish_dealloc(id);
         t.take_slab(s).unwrap();
         assert!(t.take_slab(s).is_err(), "released twice");
+        assert!(t.is_empty());
+    }
+
+    fn slab_unit(t: &mut Table<()>, id: u64, s: SlabId, addr: u64, len: u64) -> Result<()> {
+        let segments = [crate::SlabSegment {
+            addr: ExecutorAddr(addr),
+            size: len,
+            prot: MemProt::ReadExec,
+        }];
+        let plan = Plan::slab_unit(&segments)?;
+        t.begin_slab_unit(id, s, &segments, &plan)?;
+        let new = NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        t.slab_unit_written(id, Plan::default(), new)
+    }
+
+    /// New slab units in one visit: refused over units, claims and other regions, and over
+    /// units placed below a region's high-water mark, after removals and moves.
+    #[test]
+    fn slab_units_are_checked_below_and_above_the_high_water_mark() {
+        use crate::SegmentMove;
+        let mut t = Table::<()>::default();
+        let s = slab(&mut t);
+        slab_unit(&mut t, 1, s, 0x100100, 0x40).unwrap();
+        slab_unit(&mut t, 2, s, 0x100200, 0x40).unwrap();
+        assert!(
+            slab_unit(&mut t, 3, s, 0x100230, 0x20).is_err(),
+            "over unit 2"
+        );
+        assert!(
+            slab_unit(&mut t, 3, s, 0x1000f0, 0x20).is_err(),
+            "over unit 1"
+        );
+        assert!(
+            slab_unit(&mut t, 3, s, 0x101000, 0x20).is_err(),
+            "code in ro"
+        );
+        assert!(
+            slab_unit(&mut t, 2, s, 0x100400, 0x20).is_err(),
+            "id reused"
+        );
+        t.claim(s, 0x100300, 0x10).unwrap();
+        assert!(
+            slab_unit(&mut t, 3, s, 0x1002f8, 0x10).is_err(),
+            "over a claim"
+        );
+        t.unclaim(0x100300, 0x10);
+        t.begin_dealloc(1).unwrap();
+        t.finish_dealloc(1);
+        // Below the mark: searched.
+        slab_unit(&mut t, 3, s, 0x100100, 0x40).unwrap();
+        assert!(
+            slab_unit(&mut t, 4, s, 0x100000, 0x210).is_err(),
+            "over 3 and 2"
+        );
+        // Unit 2 moves above everything: the mark follows it.
+        let mv = SegmentMove {
+            from: ExecutorAddr(0x100200),
+            to: ExecutorAddr(0x100800),
+            len: 0x40,
+        };
+        let plan = t.plan_move(2, &[mv]).unwrap();
+        t.begin_move(2, &plan);
+        t.relocate(2, &plan);
+        t.finish_move(2, Vec::new(), Vec::new());
+        assert!(
+            slab_unit(&mut t, 4, s, 0x100820, 0x10).is_err(),
+            "over moved 2"
+        );
+        slab_unit(&mut t, 4, s, 0x100200, 0x40).unwrap();
+        // A writer that gives up leaves nothing behind.
+        let segments = [crate::SlabSegment {
+            addr: ExecutorAddr(0x100900),
+            size: 0x10,
+            prot: MemProt::ReadExec,
+        }];
+        let plan = Plan::slab_unit(&segments).unwrap();
+        t.begin_slab_unit(5, s, &segments, &plan).unwrap();
+        assert!(t.claim(s, 0x100900, 1).is_err(), "being written");
+        assert!(t.pin_code(ExecutorAddr(0x100900)).is_err(), "not live");
+        t.abort_slab_unit(5, true);
+        t.claim(s, 0x100900, 0x10).unwrap();
+        t.unclaim(0x100900, 0x10);
+        for id in [2, 3, 4] {
+            t.begin_dealloc(id).unwrap();
+            t.finish_dealloc(id);
+        }
+        t.take_slab(s).unwrap();
         assert!(t.is_empty());
     }
 
