@@ -326,7 +326,9 @@ pub trait Executor: Send + Sync {
     ///
     /// The segments are checked as `finalize` checks a slab request's (each inside one region
     /// of this slab, with that region's protection, over no allocation and no range another call
-    /// is writing; pairwise disjoint). Then `fill` gets one writable slice per segment, in order
+    /// is writing; pairwise disjoint): in process before `fill` runs; an executor that fills
+    /// scratch buffers may check when they arrive (then `fill` may run for a unit that is
+    /// refused). `fill` gets one writable slice per segment, in order
     /// (an empty one for an empty segment), leaves the unit's bytes there (zero fill included:
     /// the range may hold a removed unit's bytes) and returns the unit's actions, checked as
     /// `finalize` checks them — or `None` to give up, which frees the segments and returns

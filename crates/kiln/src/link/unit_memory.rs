@@ -122,29 +122,7 @@ impl<'x> UnitMemory<'x> {
         read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
     ) -> Result<(R, AllocId)> {
         let Place::Slab { id, .. } = self.place else {
-            let work = apply_fixups(g, layout, ctx)?;
-            let refs: Vec<&[u8]> = work.iter().map(Vec::as_slice).collect();
-            let (result, unit) = read_back(&refs);
-            let segments = layout
-                .segments
-                .iter()
-                .zip(work)
-                .map(|(s, content)| Segment {
-                    addr: ExecutorAddr(s.addr),
-                    prot: s.prot,
-                    content,
-                    zero_fill: s.zero_size,
-                })
-                .collect();
-            let alloc = self.ex.finalize(FinalizeRequest {
-                reservation: self.reservation(),
-                segments,
-                actions: unit.actions,
-                initializers: unit.initializers,
-                deinitializers: unit.deinitializers,
-                in_slab: false,
-            })?;
-            return Ok((result, alloc));
+            return self.finalize_in_reservation(g, layout, ctx, read_back);
         };
         // A slab unit has a segment per protection class at most (one per slab region): fixed
         // arrays, not vectors, carry its segments.
@@ -194,6 +172,40 @@ impl<'x> UnitMemory<'x> {
         })??;
         let alloc = alloc.ok_or_else(|| {
             Error::Internal("the executor did not finalize the unit it wrote".into())
+        })?;
+        Ok((result, alloc))
+    }
+
+    /// [`UnitMemory::write_and_finalize`] for a unit in a reservation of its own: the bytes
+    /// travel in the finalize request.
+    fn finalize_in_reservation<R>(
+        &self,
+        g: &LinkGraph,
+        layout: &Layout,
+        ctx: &FixupContext,
+        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+    ) -> Result<(R, AllocId)> {
+        let work = apply_fixups(g, layout, ctx)?;
+        let refs: Vec<&[u8]> = work.iter().map(Vec::as_slice).collect();
+        let (result, unit) = read_back(&refs);
+        let segments = layout
+            .segments
+            .iter()
+            .zip(work)
+            .map(|(s, content)| Segment {
+                addr: ExecutorAddr(s.addr),
+                prot: s.prot,
+                content,
+                zero_fill: s.zero_size,
+            })
+            .collect();
+        let alloc = self.ex.finalize(FinalizeRequest {
+            reservation: self.reservation(),
+            segments,
+            actions: unit.actions,
+            initializers: unit.initializers,
+            deinitializers: unit.deinitializers,
+            in_slab: false,
         })?;
         Ok((result, alloc))
     }
