@@ -124,6 +124,15 @@ fn slab_unit_request(code: u64) -> FinalizeRequest {
     }
 }
 
+/// A segment of `size` bytes of code at `addr`, for [`Executor::finalize_slab_unit`].
+fn code_segment(addr: u64, size: u64) -> SlabSegment {
+    SlabSegment {
+        addr: ExecutorAddr(addr),
+        size,
+        prot: MemProt::ReadExec,
+    }
+}
+
 fn through_the_client(memory: MemoryMode) {
     let ex = spawn_remote(Options {
         memory,
@@ -139,6 +148,10 @@ fn through_the_client(memory: MemoryMode) {
     let code = s.regions[0].0 .0;
     let a = ex.reserve(2 * PAGE, Placement::Anywhere).unwrap().0;
     let mut nothing = |_: &mut [&mut [u8]]| panic!("must not be called");
+    // In copy mode the client fills scratch buffers before the executor sees the ranges (it
+    // checks them when the writes arrive, with the finalize): the closure may run, the unit
+    // must still be refused.
+    let mut no_unit = |_: &mut [&mut [u8]]| Some(UnitActions::default());
     for &(what, addr) in &foreign.pages {
         let x = ExecutorAddr(addr);
         refused(ex.release(x, PAGE), what);
@@ -148,6 +161,10 @@ fn through_the_client(memory: MemoryMode) {
         refused(ex.run_main(x, &[]), what);
         refused(ex.write_slab(s.id, &[SlabWrite::Fill(x, 64, 0xcc)]), what);
         refused(ex.with_slab_memory(s.id, &[(x, 64)], &mut nothing), what);
+        refused(
+            ex.finalize_slab_unit(s.id, &[code_segment(addr, 64)], &mut no_unit),
+            what,
+        );
         refused(ex.patch(s.id, x, &[0xcc; 8]), what);
         let mut req = unit(a);
         req.actions.push(ActionPair {
@@ -174,6 +191,27 @@ fn through_the_client(memory: MemoryMode) {
             &[SlabWrite::Fill(ExecutorAddr(code + 0xff0), 0x20, 0)],
         ),
         "straddling two regions",
+    );
+    for (what, addr, len) in [
+        ("straddling two regions", code + 0xff0, 0x20),
+        ("a length that wraps", code + 8, u64::MAX - 4),
+    ] {
+        refused(
+            ex.finalize_slab_unit(s.id, &[code_segment(addr, len)], &mut no_unit),
+            what,
+        );
+    }
+    refused(
+        ex.finalize_slab_unit(
+            s.id,
+            &[code_segment(code, 16), code_segment(code + 8, 16)],
+            &mut no_unit,
+        ),
+        "overlapping segments in one call",
+    );
+    refused(
+        ex.finalize_slab_unit(SlabId(999), &[code_segment(code, 16)], &mut no_unit),
+        "an unknown slab",
     );
     for id in [0, 12345, u64::MAX] {
         refused(ex.deallocate(AllocId(id)), "an unknown allocation");
@@ -225,6 +263,39 @@ fn through_the_client(memory: MemoryMode) {
         ex.with_slab_memory(s.id, &[(ExecutorAddr(entry + 2), 2)], &mut nothing),
         "a live unit's bytes",
     );
+    refused(
+        ex.finalize_slab_unit(s.id, &[code_segment(entry + 4, 4)], &mut no_unit),
+        "a live unit's bytes",
+    );
+    // A unit written and finalized in one call; one whose writer gives up leaves its range
+    // free, one whose actions point outside it is refused.
+    let other = code + 0x83;
+    let gave_up = ex.finalize_slab_unit(s.id, &[code_segment(other, 9)], &mut |b| {
+        b[0].copy_from_slice(&CODE);
+        None
+    });
+    assert!(gave_up.unwrap().is_none());
+    let mut outside = Some(UnitActions {
+        initializers: vec![ExecutorAddr(entry)],
+        ..Default::default()
+    });
+    refused(
+        ex.finalize_slab_unit(s.id, &[code_segment(other, 9)], &mut |b| {
+            b[0].copy_from_slice(&CODE);
+            outside.take()
+        }),
+        "an initializer in another unit",
+    );
+    let id2 = ex
+        .finalize_slab_unit(s.id, &[code_segment(other, 9)], &mut |b| {
+            b[0].copy_from_slice(&CODE);
+            Some(UnitActions::default())
+        })
+        .unwrap()
+        .expect("a unit in the slab");
+    assert_eq!(ex.run_main(ExecutorAddr(other), &[]).unwrap(), 42);
+    ex.deallocate(id2).unwrap();
+    refused(ex.run_main(ExecutorAddr(other), &[]), "a deallocated unit");
     refused(ex.release_slab(s.id), "a slab with a live unit");
     assert_eq!(ex.run_main(ExecutorAddr(entry), &[]).unwrap(), 42);
     ex.patch(s.id, ExecutorAddr(entry + 1), &7u32.to_le_bytes())
@@ -235,6 +306,10 @@ fn through_the_client(memory: MemoryMode) {
         .unwrap();
     ex.release_slab(s.id).unwrap();
     refused(ex.release_slab(s.id), "a released slab");
+    refused(
+        ex.finalize_slab_unit(s.id, &[code_segment(code, 16)], &mut no_unit),
+        "a released slab",
+    );
     refused(
         ex.write_slab(s.id, &[SlabWrite::Fill(ExecutorAddr(code), 4, 0)]),
         "a released slab",

@@ -161,6 +161,27 @@ pub struct FinalizeRequest {
     pub in_slab: bool,
 }
 
+/// One segment of a new unit in a slab ([`Executor::finalize_slab_unit`]): `size` bytes at
+/// `addr` (where the code runs), in the slab region of protection `prot`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SlabSegment {
+    pub addr: ExecutorAddr,
+    pub size: u64,
+    pub prot: MemProt,
+}
+
+/// What finalizing a unit in a slab needs besides its segments, known once its bytes are
+/// written ([`Executor::finalize_slab_unit`]): the fields of [`FinalizeRequest`] of the same
+/// names.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, Default)]
+pub struct UnitActions {
+    pub actions: Vec<ActionPair>,
+    pub initializers: Vec<ExecutorAddr>,
+    pub deinitializers: Vec<Action>,
+}
+
 /// Identifies a slab in one executor.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -296,6 +317,35 @@ pub trait Executor: Send + Sync {
         f: &mut dyn FnMut(&mut [&mut [u8]]),
     ) -> Result<()> {
         slab_memory_by_copy(self, slab, ranges, f)
+    }
+
+    /// Write a new unit into slab `slab` and finalize it: what
+    /// [`Executor::with_slab_memory`] for the segments' ranges followed by
+    /// [`Executor::finalize`] of an `in_slab` request does, except that the segments are the
+    /// unit's from the first check on (no other call can take or read them in between).
+    ///
+    /// The segments are checked as `finalize` checks a slab request's (each inside one region
+    /// of this slab, with that region's protection, over no allocation and no range another call
+    /// is writing; pairwise disjoint): in process before `fill` runs; an executor that fills
+    /// scratch buffers may check when they arrive (then `fill` may run for a unit that is
+    /// refused). `fill` gets one writable slice per segment, in order
+    /// (an empty one for an empty segment), leaves the unit's bytes there (zero fill included:
+    /// the range may hold a removed unit's bytes) and returns the unit's actions, checked as
+    /// `finalize` checks them — or `None` to give up, which frees the segments and returns
+    /// `Ok(None)`. `fill` runs without any lock of the executor held (it may call the executor),
+    /// at most once. On any error nothing stays behind.
+    ///
+    /// In process, a unit without actions (a JIT's typical function: nothing to register or
+    /// run at finalize) is checked and recorded in one visit to the ownership table before
+    /// `fill`, and made live by a short second one after it (no search). The default, for
+    /// executors that cannot do better, is `with_slab_memory` then `finalize`.
+    fn finalize_slab_unit(
+        &self,
+        slab: SlabId,
+        segments: &[SlabSegment],
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
+    ) -> Result<Option<AllocId>> {
+        slab_unit_by_two_calls(self, slab, segments, fill)
     }
 
     /// Change finalized memory in place while code may run: 4 or 8 bytes, naturally aligned,
@@ -487,4 +537,42 @@ pub fn slab_memory_by_copy<E: Executor + ?Sized>(
         .map(|((a, _), b)| SlabWrite::Bytes(*a, b))
         .collect();
     ex.write_slab(slab, &writes)
+}
+
+/// [`Executor::finalize_slab_unit`] as [`Executor::with_slab_memory`] then
+/// [`Executor::finalize`].
+pub fn slab_unit_by_two_calls<E: Executor + ?Sized>(
+    ex: &E,
+    slab: SlabId,
+    segments: &[SlabSegment],
+    fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
+) -> Result<Option<AllocId>> {
+    let ranges: Vec<(ExecutorAddr, u64)> = segments.iter().map(|s| (s.addr, s.size)).collect();
+    let mut unit = None;
+    let mut once = Some(fill);
+    ex.with_slab_memory(slab, &ranges, &mut |bufs| {
+        if let Some(fill) = once.take() {
+            unit = fill(bufs);
+        }
+    })?;
+    let Some(unit) = unit else {
+        return Ok(None);
+    };
+    let request = FinalizeRequest {
+        reservation: (ExecutorAddr(0), 0),
+        segments: segments
+            .iter()
+            .map(|s| Segment {
+                addr: s.addr,
+                prot: s.prot,
+                content: Vec::new(),
+                zero_fill: s.size,
+            })
+            .collect(),
+        actions: unit.actions,
+        initializers: unit.initializers,
+        deinitializers: unit.deinitializers,
+        in_slab: true,
+    };
+    ex.finalize(request).map(Some)
 }

@@ -159,6 +159,17 @@ impl Executor for InProcessExecutor {
         self.memory.with_slab_memory(slab, ranges, f)
     }
 
+    /// One visit to the ownership table checks and takes the unit's segments before `fill`
+    /// (which runs with no lock held), a short one makes it live after.
+    fn finalize_slab_unit(
+        &self,
+        slab: SlabId,
+        segments: &[SlabSegment],
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
+    ) -> Result<Option<AllocId>> {
+        self.memory.finalize_slab_unit(slab, segments, fill)
+    }
+
     fn patch(&self, slab: SlabId, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
         self.memory.patch(slab, addr, bytes)
     }

@@ -28,10 +28,11 @@ mod table;
 
 pub use addr::{ExecutorAddr, MemProt};
 pub use error::{signal_name, Error, Result};
-pub use executor::slab_memory_by_copy;
+pub use executor::{slab_memory_by_copy, slab_unit_by_two_calls};
 pub use executor::{
     Action, ActionPair, AllocId, Bytes, Executor, FinalizeRequest, LibraryId, PerfMapEntry,
-    Placement, Segment, SegmentMove, SlabId, SlabInfo, SlabWrite, TargetInfo, MAX_READ,
+    Placement, Segment, SegmentMove, SlabId, SlabInfo, SlabSegment, SlabWrite, TargetInfo,
+    UnitActions, MAX_READ,
 };
 pub use inprocess::InProcessExecutor;
 pub use lazy::{

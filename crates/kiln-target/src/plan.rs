@@ -3,7 +3,7 @@
 //! Ownership of the memory itself (which reservation or slab) is the table's job
 //! ([`crate::table`]); this module needs nothing but the request.
 
-use crate::executor::{Action, ActionPair, FinalizeRequest};
+use crate::executor::{Action, ActionPair, FinalizeRequest, SlabSegment};
 use crate::{Error, ExecutorAddr, MemProt, Result};
 
 /// One non-empty segment of the request.
@@ -47,6 +47,18 @@ pub(crate) fn range(addr: u64, size: u64) -> Result<(u64, u64)> {
     ))
 }
 
+/// Sort segments by start; refused if two overlap (up to their `mapped_end`).
+fn sort_disjoint(segs: &mut [PlannedSegment], how: &str) -> Result<()> {
+    segs.sort_unstable_by_key(|s| s.start);
+    match segs.windows(2).find(|w| w[0].mapped_end > w[1].start) {
+        Some(w) => Err(Error::InvalidRequest(format!(
+            "segments at {:#x} and {:#x} overlap{how}",
+            w[0].start, w[1].start
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn bad(a: &Action, why: impl Into<String>) -> Error {
     let mut action = format!("{a:?}");
     if action.len() > 200 {
@@ -69,15 +81,50 @@ impl Plan {
             segments: Self::segments(req, page)?,
             ..Plan::default()
         };
-        plan.check_actions(&req.actions)?;
-        for &f in &req.initializers {
-            let a = Action::CallVoid(f);
-            plan.code(f.0).map_err(|why| bad(&a, why))?;
-        }
-        for a in &req.deinitializers {
-            plan.check_undo(a)?;
-        }
+        plan.check_unit(&req.actions, &req.initializers, &req.deinitializers)?;
         Ok(plan)
+    }
+
+    /// A new unit's segments in a slab ([`crate::Executor::finalize_slab_unit`]), planned as
+    /// those of an `in_slab` request; its actions come later ([`Plan::check_unit`]).
+    pub(crate) fn slab_unit(segments: &[SlabSegment]) -> Result<Plan> {
+        let mut segs = Vec::with_capacity(segments.len());
+        for s in segments {
+            let (start, end) = range(s.addr.0, s.size)?;
+            if start < end {
+                segs.push(PlannedSegment {
+                    start,
+                    end,
+                    mapped_end: end,
+                    prot: s.prot,
+                });
+            }
+        }
+        sort_disjoint(&mut segs, "")?;
+        Ok(Plan {
+            segments: segs,
+            ..Plan::default()
+        })
+    }
+
+    /// Check what a unit with these (planned) segments asks the executor to run: every address
+    /// inside its own segments, registrations undone by their deregistrations, initializers in
+    /// its code.
+    pub(crate) fn check_unit(
+        &mut self,
+        actions: &[ActionPair],
+        initializers: &[ExecutorAddr],
+        deinitializers: &[Action],
+    ) -> Result<()> {
+        self.check_actions(actions)?;
+        for &f in initializers {
+            let a = Action::CallVoid(f);
+            self.code(f.0).map_err(|why| bad(&a, why))?;
+        }
+        for a in deinitializers {
+            self.check_undo(a)?;
+        }
+        Ok(())
     }
 
     /// New actions for an allocation whose segments are placed already (sorted by start,
@@ -143,15 +190,7 @@ impl Plan {
                 });
             }
         }
-        segs.sort_unstable_by_key(|s| s.start);
-        if let Some(w) = segs.windows(2).find(|w| w[0].mapped_end > w[1].start) {
-            return Err(Error::InvalidRequest(format!(
-                "segments at {:#x} and {:#x} overlap{}",
-                w[0].start,
-                w[1].start,
-                if req.in_slab { "" } else { " (by pages)" }
-            )));
-        }
+        sort_disjoint(&mut segs, if req.in_slab { "" } else { " (by pages)" })?;
         Ok(segs)
     }
 

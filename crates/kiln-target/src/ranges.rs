@@ -3,18 +3,29 @@
 
 use std::collections::BTreeMap;
 
-/// Half-open ranges `[start, end)`, non-empty and pairwise disjoint, each with a value. Keyed by
-/// start; because the ranges are disjoint their ends are sorted too, so the only range that can
-/// overlap `[a, b)` is the last one starting before `b`.
+/// The most ranges one chunk of a [`RangeMap`] holds.
+const CHUNK: usize = 64;
+
+/// Half-open ranges `[start, end)`, non-empty and pairwise disjoint, each with a value. Because
+/// the ranges are disjoint, sorting them by start sorts their ends too, so the only range that
+/// can overlap `[a, b)` is the last one starting before `b`.
+///
+/// Kept sorted in chunks of up to [`CHUNK`] ranges, in a B-tree keyed by each chunk's first
+/// start: a lookup is a search of a tree with a sixty-fourth of the entries, then a binary
+/// search in one chunk. A range placed after every other (a JIT's units mostly come in address
+/// order) is appended to the last chunk, which is left full when a new one starts: the ranges
+/// are packed, where a B-tree of ranges fed in ascending order leaves its leaves half empty.
 #[derive(Debug)]
 pub(crate) struct RangeMap<V> {
-    map: BTreeMap<u64, (u64, V)>,
+    /// Each chunk non-empty, sorted by start, its key its first range's start; every range of
+    /// a chunk starts below the next chunk's key.
+    chunks: BTreeMap<u64, Vec<(u64, u64, V)>>,
 }
 
 impl<V> Default for RangeMap<V> {
     fn default() -> Self {
         RangeMap {
-            map: BTreeMap::new(),
+            chunks: BTreeMap::new(),
         }
     }
 }
@@ -25,8 +36,11 @@ impl<V> RangeMap<V> {
         if start >= end {
             return None;
         }
-        let (&s, (e, v)) = self.map.range(..end).next_back()?;
-        (*e > start).then_some((s, *e, v))
+        // The last chunk whose first range starts before `end` holds the last such range.
+        let (_, c) = self.chunks.range(..end).next_back()?;
+        let i = c.partition_point(|r| r.0 < end);
+        let (s, e, v) = c.get(i.checked_sub(1)?)?;
+        (*e > start).then_some((*s, *e, v))
     }
 
     /// Every range that overlaps `[start, end)`, last first.
@@ -35,13 +49,14 @@ impl<V> RangeMap<V> {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
-        // Disjoint ranges have sorted ends too: walking back from the last range starting
-        // before `end`, the first one that ends at or before `start` ends the overlap.
+        // Walking back from the last range starting before `end`, the first one that ends at
+        // or before `start` ends the overlap (the ends are sorted too).
         let upper = if start < end { end } else { 0 };
-        self.map
+        self.chunks
             .range(..upper)
             .rev()
-            .map(|(s, (e, v))| (*s, *e, v))
+            .flat_map(move |(_, c)| c[..c.partition_point(|r| r.0 < upper)].iter().rev())
+            .map(|(s, e, v)| (*s, *e, v))
             .take_while(move |&(_, e, _)| e > start)
     }
 
@@ -63,11 +78,15 @@ impl<V> RangeMap<V> {
 
     /// The range starting exactly at `start`.
     pub(crate) fn get(&self, start: u64) -> Option<(u64, &V)> {
-        self.map.get(&start).map(|(e, v)| (*e, v))
+        let (_, c) = self.chunks.range(..=start).next_back()?;
+        let i = c.binary_search_by_key(&start, |r| r.0).ok()?;
+        c.get(i).map(|(_, e, v)| (*e, v))
     }
 
     pub(crate) fn get_mut(&mut self, start: u64) -> Option<(u64, &mut V)> {
-        self.map.get_mut(&start).map(|(e, v)| (*e, v))
+        let (_, c) = self.chunks.range_mut(..=start).next_back()?;
+        let i = c.binary_search_by_key(&start, |r| r.0).ok()?;
+        c.get_mut(i).map(|(_, e, v)| (*e, v))
     }
 
     /// Add `[start, end)`; refused (returning `v`) if it is empty or overlaps a range.
@@ -75,30 +94,88 @@ impl<V> RangeMap<V> {
         if start >= end || self.any_in(start, end) {
             return Err(v);
         }
-        self.map.insert(start, (end, v));
+        self.insert_disjoint(start, end, v);
         Ok(())
     }
 
     /// Add `[start, end)`, which the caller has checked is non-empty and overlaps no range
-    /// (under the same `&mut` borrow): one B-tree insert, where [`RangeMap::insert`] searches
-    /// for an overlap first. Checked again in debug builds.
+    /// (under the same `&mut` borrow): no search for an overlap, where [`RangeMap::insert`]
+    /// makes one first. Checked again in debug builds.
     pub(crate) fn insert_disjoint(&mut self, start: u64, end: u64, v: V) {
         debug_assert!(start < end && !self.any_in(start, end));
-        self.map.insert(start, (end, v));
+        // After every range, with room in the last chunk: a push, found down the tree's right
+        // edge without a search (a range query costs several times that).
+        if let Some(mut last) = self.chunks.last_entry() {
+            let c = last.get_mut();
+            if c.len() < CHUNK && c.last().is_some_and(|r| r.0 < start) {
+                c.push((start, end, v));
+                return;
+            }
+        }
+        let Some((_, c)) = self.chunks.range_mut(..=start).next_back() else {
+            return self.insert_first(start, end, v);
+        };
+        let i = c.partition_point(|r| r.0 < start);
+        if c.len() < CHUNK {
+            c.insert(i, (start, end, v));
+            return;
+        }
+        // Full: a new chunk after it. An append starts the new chunk and leaves this one full;
+        // otherwise the upper half moves over.
+        let at = if i == CHUNK { CHUNK } else { CHUNK / 2 };
+        let mut tail = Vec::with_capacity(CHUNK);
+        tail.extend(c.drain(at..));
+        if i >= at {
+            tail.insert(i - at, (start, end, v));
+        } else {
+            c.insert(i, (start, end, v));
+        }
+        let key = tail[0].0;
+        self.chunks.insert(key, tail);
+    }
+
+    /// Add a range that starts before every other one (or the first range of all).
+    fn insert_first(&mut self, start: u64, end: u64, v: V) {
+        let mut c = match self.chunks.first_entry() {
+            Some(first) if first.get().len() < CHUNK => first.remove(),
+            _ => Vec::new(),
+        };
+        c.insert(0, (start, end, v));
+        self.chunks.insert(start, c);
     }
 
     /// Remove the range starting at `start`.
     pub(crate) fn remove(&mut self, start: u64) -> Option<(u64, V)> {
-        self.map.remove(&start)
+        let (&key, c) = self.chunks.range_mut(..=start).next_back()?;
+        let i = c.binary_search_by_key(&start, |r| r.0).ok()?;
+        let (_, e, v) = c.remove(i);
+        if c.is_empty() {
+            self.chunks.remove(&key);
+        } else {
+            if c.len() * 4 <= c.capacity() {
+                // Mostly emptied by removals: its memory follows what it holds.
+                c.shrink_to(c.len() * 2);
+            }
+            if i == 0 {
+                // Its key is its first range's start.
+                if let Some(c) = self.chunks.remove(&key) {
+                    self.chunks.insert(c[0].0, c);
+                }
+            }
+        }
+        Some((e, v))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> {
-        self.map.iter().map(|(s, (e, v))| (*s, *e, v))
+        self.chunks
+            .values()
+            .flat_map(|c| c.iter())
+            .map(|(s, e, v)| (*s, *e, v))
     }
 
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.chunks.is_empty()
     }
 }
 
@@ -174,6 +251,76 @@ mod tests {
         assert_eq!(m.overlapping_all(0x4000, u64::MAX).count(), 0);
         assert_eq!(m.remove(0x2000), Some((0x3000, 'c')));
         assert!(!m.any_in(0x2000, 0x3000));
+    }
+
+    /// Many inserts and removals (ascending runs, random places, below everything) against a
+    /// plain list of the ranges: chunks split, empty, shrink and change keys.
+    #[test]
+    fn chunks_agree_with_a_list() {
+        let mut m = RangeMap::default();
+        let mut list: Vec<(u64, u64, u32)> = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut bump = 1_000_000u64;
+        for n in 0..20_000u32 {
+            let r = next();
+            let (start, len) = match r % 8 {
+                // A JIT's ascending placement.
+                0..=3 => {
+                    bump += 16 + r % 48;
+                    (bump, 1 + (r >> 8) % 32)
+                }
+                4 => (r % 1_000, 1 + (r >> 8) % 8),
+                _ => ((r >> 4) % 2_000_000, 1 + (r >> 8) % 64),
+            };
+            let end = start + len;
+            let expect_free = !list.iter().any(|&(s, e, _)| s < end && start < e);
+            assert_eq!(
+                m.insert(start, end, n).is_ok(),
+                expect_free,
+                "insert {start}..{end}"
+            );
+            if expect_free {
+                list.push((start, end, n));
+            }
+            if r % 3 == 0 && !list.is_empty() {
+                let (s, e, v) = list.swap_remove((r >> 16) as usize % list.len());
+                assert_eq!(m.remove(s), Some((e, v)));
+                assert_eq!(m.remove(s), None);
+            }
+            if n % 1000 == 0 {
+                list.sort_unstable();
+                let all: Vec<(u64, u64, u32)> = m.iter().map(|(s, e, v)| (s, e, *v)).collect();
+                assert_eq!(all, list);
+            }
+            let q = next() % 2_100_000;
+            let found = m.overlapping(q, q + 40).map(|(s, e, v)| (s, e, *v));
+            let mut hits: Vec<_> = list
+                .iter()
+                .copied()
+                .filter(|&(s, e, _)| s < q + 40 && q < e)
+                .collect();
+            hits.sort_unstable();
+            assert_eq!(found, hits.last().copied(), "overlapping {q}");
+            let every: Vec<_> = m
+                .overlapping_all(q, q + 40)
+                .map(|(s, e, v)| (s, e, *v))
+                .collect();
+            assert_eq!(every, hits.iter().rev().copied().collect::<Vec<_>>());
+            if let Some(&(s, e, v)) = hits.first() {
+                assert_eq!(m.get(s).map(|(e, v)| (e, *v)), Some((e, v)));
+                assert_eq!(m.containing(e - 1).map(|r| *r.2), Some(v));
+            }
+        }
+        for (s, e, v) in list.drain(..) {
+            assert_eq!(m.remove(s), Some((e, v)));
+        }
+        assert!(m.is_empty());
     }
 
     #[test]

@@ -94,6 +94,15 @@ impl From<Vec<PlannedSegment>> for Segments {
     }
 }
 
+impl Segments {
+    fn of(segments: &[PlannedSegment]) -> Self {
+        match segments {
+            [one] => Segments::One(*one),
+            _ => Segments::Many(segments.to_vec()),
+        }
+    }
+}
+
 impl std::ops::Deref for Segments {
     type Target = [PlannedSegment];
     fn deref(&self) -> &[PlannedSegment] {
@@ -125,7 +134,24 @@ struct SlabRecord<S> {
     info: SlabInfo,
     /// [start, end) of the whole slab where the code runs.
     span: (u64, u64),
+    /// Per region, an address at or above the end of every segment ever placed in it (its
+    /// start while none was): a range starting there overlaps no segment, without a search of
+    /// the segment index. A JIT's units are mostly placed above the last one, so most new
+    /// units need no search; removals leave the mark where it was (it is only a bound).
+    high_water: [u64; 3],
     payload: S,
+}
+
+impl<S> SlabRecord<S> {
+    /// A segment `[start, end)` was placed in the slab: the mark of the region holding it
+    /// goes up to its end.
+    fn raise_high_water(&mut self, start: u64, end: u64) {
+        for (mark, (a, n)) in self.high_water.iter_mut().zip(self.info.regions) {
+            if a.0 <= start && end <= a.0.saturating_add(n) {
+                *mark = (*mark).max(end);
+            }
+        }
+    }
 }
 
 /// Allocation ids are distinct integers from a counter: a multiplicative hash spreads them
@@ -248,6 +274,23 @@ impl<S> Default for Table<S> {
     }
 }
 
+/// A segment `[start, end)` was placed in slab memory (no-op outside slabs): the high-water
+/// mark of its region goes up to its end. (A function of the two fields, not a method: callers
+/// hold an allocation record of the same table.)
+fn raise_high_water<S>(
+    spans: &RangeMap<u32>,
+    slabs: &mut BTreeMap<u32, SlabRecord<S>>,
+    start: u64,
+    end: u64,
+) {
+    let Some((_, _, id)) = spans.enclosing(start, end) else {
+        return;
+    };
+    if let Some(slab) = slabs.get_mut(id) {
+        slab.raise_high_water(start, end);
+    }
+}
+
 fn not_owned(addr: u64, size: u64, what: &'static str) -> Error {
     Error::NotOwned {
         addr: ExecutorAddr(addr),
@@ -329,6 +372,7 @@ impl<S> Table<S> {
             SlabRecord {
                 info,
                 span: (start, end),
+                high_water: info.regions.map(|(a, _)| a.0),
                 payload,
             },
         );
@@ -363,15 +407,36 @@ impl<S> Table<S> {
             })
     }
 
+    /// The segment that overlaps `[start, end)`, which lies in region `r` of slab `id`: none
+    /// when the range starts at or above the region's high-water mark (see
+    /// [`SlabRecord::high_water`]), otherwise a search of the segment index.
+    fn segment_in_region(
+        &self,
+        id: SlabId,
+        r: usize,
+        start: u64,
+        end: u64,
+    ) -> Option<(u64, u64, &SegmentOwner)> {
+        let above = self
+            .slabs
+            .get(&id.0)
+            .is_some_and(|s| start >= s.high_water[r]);
+        if above {
+            debug_assert!(self.segments.overlapping(start, end).is_none());
+            return None;
+        }
+        self.segments.overlapping(start, end)
+    }
+
     /// Claim `[addr, addr + len)` of slab `id` for writing: inside one region, over no
     /// allocation's bytes and no other claim. An empty range is checked and not recorded.
     pub(crate) fn claim(&mut self, id: SlabId, addr: u64, len: u64) -> Result<()> {
         let (s, e) = range(addr, len)?;
-        self.region(id, s, e)?;
+        let r = self.region(id, s, e)?;
         if s == e {
             return Ok(());
         }
-        if let Some((a, _, o)) = self.segments.overlapping(s, e) {
+        if let Some((a, _, o)) = self.segment_in_region(id, r, s, e) {
             return Err(Error::Busy(format!(
                 "{addr:#x}..+{len:#x} overlaps allocation {} (at {a:#x}): a live unit's bytes \
                  change only through patch",
@@ -565,6 +630,9 @@ impl<S> Table<S> {
                 prot: s.prot,
             };
             self.segments.insert_disjoint(s.start, s.end, owner);
+            if req.in_slab {
+                raise_high_water(&self.slab_spans, &mut self.slabs, s.start, s.end);
+            }
         }
         registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
         let extras = (reservation.is_some()
@@ -591,6 +659,121 @@ impl<S> Table<S> {
             extras,
         });
         Ok(())
+    }
+
+    /// Check and take the segments of a new unit in slab `slab`
+    /// ([`crate::Executor::finalize_slab_unit`]; `plan` from [`Plan::slab_unit`]): each inside
+    /// one region of that slab with the region's protection (empty ones too), over no
+    /// allocation's bytes and no claim. Records allocation `id` as finalizing with those
+    /// segments and claims them for its writer, who holds the only writable slices of them
+    /// until [`Table::slab_unit_written`] or [`Table::abort_slab_unit`]. One search of the
+    /// segment index per segment: the claim and the allocation are the same check. Nothing
+    /// changes on an error.
+    pub(crate) fn begin_slab_unit(
+        &mut self,
+        id: u64,
+        slab: SlabId,
+        segments: &[crate::SlabSegment],
+        plan: &Plan,
+    ) -> Result<()> {
+        for seg in segments {
+            let (s, e) = range(seg.addr.0, seg.size)?;
+            let r = self.region(slab, s, e)?;
+            if s == e {
+                continue;
+            }
+            if REGION_PROTS[r] != seg.prot {
+                return Err(Error::InvalidRequest(format!(
+                    "segment {s:#x}..{e:#x} is {} but lies in the {} region of slab {}",
+                    seg.prot.as_str(),
+                    REGION_PROTS[r].as_str(),
+                    slab.0
+                )));
+            }
+            if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
+                return Err(Error::Busy(format!(
+                    "segment {s:#x}..{e:#x} overlaps allocation {}",
+                    o.alloc
+                )));
+            }
+            if self.claims.any_in(s, e) {
+                return Err(Error::Busy(format!(
+                    "segment {s:#x}..{e:#x} is being written by another call"
+                )));
+            }
+        }
+        let std::collections::hash_map::Entry::Vacant(slot) = self.allocs.entry(id) else {
+            return Err(Error::InvalidRequest(format!("allocation id {id} reused")));
+        };
+        // Checked: from here on nothing fails. The plan's segments are non-empty and pairwise
+        // disjoint, and disjoint from every allocation's segments and every claim (above).
+        if let Some(rec) = self.slabs.get_mut(&slab.0) {
+            for seg in &plan.segments {
+                rec.raise_high_water(seg.start, seg.end);
+            }
+        }
+        for seg in &plan.segments {
+            let _ = self.claims.insert(seg.start, seg.end);
+            let owner = SegmentOwner {
+                alloc: id,
+                prot: seg.prot,
+            };
+            self.segments.insert_disjoint(seg.start, seg.end, owner);
+        }
+        slot.insert(AllocRecord {
+            state: AllocState::Finalizing,
+            pins: 0,
+            initialized: false,
+            finalizers: false,
+            segments: Segments::of(&plan.segments),
+            extras: None,
+        });
+        Ok(())
+    }
+
+    /// The bytes of new slab unit `id` ([`Table::begin_slab_unit`]) are written and its
+    /// actions planned (`plan`): its claims end, its registered ranges are recorded, and it is
+    /// live with `new`'s initializers and finalizers, or (`!new.live`: it has actions to run)
+    /// stays finalizing until [`Table::finish_finalize`]. Refused, changing nothing, when its
+    /// static TLS blocks are not this executor's or `id` is not such a unit.
+    pub(crate) fn slab_unit_written(&mut self, id: u64, plan: Plan, new: NewAlloc) -> Result<()> {
+        self.check_static_tls(&plan.static_tls)?;
+        let a = match self.allocs.get_mut(&id) {
+            Some(a) if a.state == AllocState::Finalizing && a.reservation().is_none() => a,
+            _ => return Err(Error::UnknownAllocation(id)),
+        };
+        for g in a.segments.iter() {
+            self.claims.remove(g.start);
+        }
+        let mut registered = plan.registered;
+        // (Cannot fail: inside the allocation's own segments, pairwise disjoint.)
+        registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
+        if !registered.is_empty() || !new.initializers.is_empty() {
+            a.extras = Some(Box::new(Extras {
+                reservation: None,
+                registered,
+                initializers: new.initializers,
+                dealloc: Vec::new(),
+            }));
+        }
+        a.finalizers = new.finalizers;
+        if new.live {
+            a.state = AllocState::Live;
+        }
+        Ok(())
+    }
+
+    /// New slab unit `id` does not go live (its writer gave up, its actions were refused or
+    /// failed): its claims (while `claimed`) and its segments go, its memory is free again.
+    pub(crate) fn abort_slab_unit(&mut self, id: u64, claimed: bool) {
+        if claimed {
+            if let Some(a) = self.allocs.get(&id) {
+                for g in a.segments.iter() {
+                    self.claims.remove(g.start);
+                }
+            }
+        }
+        self.forget(id, true);
     }
 
     /// Every static TLS block a plan's TLS registration uses was handed out by this executor,
@@ -658,7 +841,7 @@ impl<S> Table<S> {
                     slab.0
                 )));
             }
-            if let Some((_, _, o)) = self.segments.overlapping(s, e) {
+            if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
                 return Err(Error::Busy(format!(
                     "segment {s:#x}..{e:#x} overlaps live allocation {}",
                     o.alloc
@@ -934,6 +1117,7 @@ impl<S> Table<S> {
                 };
                 // Cannot fail: checked free by `plan_move`, and the old ranges are gone.
                 let _ = self.segments.insert(g.start, g.end, owner);
+                raise_high_water(&self.slab_spans, &mut self.slabs, g.start, g.end);
             }
         }
         a.segments = plan.segments.clone().into();
@@ -1148,6 +1332,97 @@ mod tests {
         t.finish_dealloc(id);
         t.take_slab(s).unwrap();
         assert!(t.take_slab(s).is_err(), "released twice");
+        assert!(t.is_empty());
+    }
+
+    fn slab_unit(t: &mut Table<()>, id: u64, s: SlabId, addr: u64, len: u64) -> Result<()> {
+        let segments = [crate::SlabSegment {
+            addr: ExecutorAddr(addr),
+            size: len,
+            prot: MemProt::ReadExec,
+        }];
+        let plan = Plan::slab_unit(&segments)?;
+        t.begin_slab_unit(id, s, &segments, &plan)?;
+        let new = NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        t.slab_unit_written(id, Plan::default(), new)
+    }
+
+    /// New slab units in one visit: refused over units, claims and other regions, and over
+    /// units placed below a region's high-water mark, after removals and moves.
+    #[test]
+    fn slab_units_are_checked_below_and_above_the_high_water_mark() {
+        use crate::SegmentMove;
+        let mut t = Table::<()>::default();
+        let s = slab(&mut t);
+        slab_unit(&mut t, 1, s, 0x100100, 0x40).unwrap();
+        slab_unit(&mut t, 2, s, 0x100200, 0x40).unwrap();
+        assert!(
+            slab_unit(&mut t, 3, s, 0x100230, 0x20).is_err(),
+            "over unit 2"
+        );
+        assert!(
+            slab_unit(&mut t, 3, s, 0x1000f0, 0x20).is_err(),
+            "over unit 1"
+        );
+        assert!(
+            slab_unit(&mut t, 3, s, 0x101000, 0x20).is_err(),
+            "code in ro"
+        );
+        assert!(
+            slab_unit(&mut t, 2, s, 0x100400, 0x20).is_err(),
+            "id reused"
+        );
+        t.claim(s, 0x100300, 0x10).unwrap();
+        assert!(
+            slab_unit(&mut t, 3, s, 0x1002f8, 0x10).is_err(),
+            "over a claim"
+        );
+        t.unclaim(0x100300, 0x10);
+        t.begin_dealloc(1).unwrap();
+        t.finish_dealloc(1);
+        // Below the mark: searched.
+        slab_unit(&mut t, 3, s, 0x100100, 0x40).unwrap();
+        assert!(
+            slab_unit(&mut t, 4, s, 0x100000, 0x210).is_err(),
+            "over 3 and 2"
+        );
+        // Unit 2 moves above everything: the mark follows it.
+        let mv = SegmentMove {
+            from: ExecutorAddr(0x100200),
+            to: ExecutorAddr(0x100800),
+            len: 0x40,
+        };
+        let plan = t.plan_move(2, &[mv]).unwrap();
+        t.begin_move(2, &plan);
+        t.relocate(2, &plan);
+        t.finish_move(2, Vec::new(), Vec::new());
+        assert!(
+            slab_unit(&mut t, 4, s, 0x100820, 0x10).is_err(),
+            "over moved 2"
+        );
+        slab_unit(&mut t, 4, s, 0x100200, 0x40).unwrap();
+        // A writer that gives up leaves nothing behind.
+        let segments = [crate::SlabSegment {
+            addr: ExecutorAddr(0x100900),
+            size: 0x10,
+            prot: MemProt::ReadExec,
+        }];
+        let plan = Plan::slab_unit(&segments).unwrap();
+        t.begin_slab_unit(5, s, &segments, &plan).unwrap();
+        assert!(t.claim(s, 0x100900, 1).is_err(), "being written");
+        assert!(t.pin_code(ExecutorAddr(0x100900)).is_err(), "not live");
+        t.abort_slab_unit(5, true);
+        t.claim(s, 0x100900, 0x10).unwrap();
+        t.unclaim(0x100900, 0x10);
+        for id in [2, 3, 4] {
+            t.begin_dealloc(id).unwrap();
+            t.finish_dealloc(id);
+        }
+        t.take_slab(s).unwrap();
         assert!(t.is_empty());
     }
 

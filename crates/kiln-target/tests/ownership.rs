@@ -425,6 +425,15 @@ fn slab_unit(ex: &InProcessExecutor, s: &SlabInfo, at: u64, eh_at: u64) -> Resul
     Ok((id, code))
 }
 
+/// A segment of `size` bytes of code at `addr`, for [`Executor::finalize_slab_unit`].
+fn code_segment(addr: u64, size: u64) -> SlabSegment {
+    SlabSegment {
+        addr: ExecutorAddr(addr),
+        size,
+        prot: MemProt::ReadExec,
+    }
+}
+
 fn slab_refusals(ex: &InProcessExecutor, foreign: &[(&str, u64)]) {
     let s = slab(ex);
     let [(code, _), (ro, _), (data, _)] = s.regions;
@@ -439,6 +448,7 @@ fn slab_refusals(ex: &InProcessExecutor, foreign: &[(&str, u64)]) {
         );
     }
     let mut nothing = |_: &mut [&mut [u8]]| panic!("must not be called");
+    let mut no_unit = |_: &mut [&mut [u8]]| -> Option<UnitActions> { panic!("must not be called") };
     for &(what, addr) in foreign {
         let x = ExecutorAddr(addr);
         refused(
@@ -447,6 +457,10 @@ fn slab_refusals(ex: &InProcessExecutor, foreign: &[(&str, u64)]) {
         );
         refused(ex.write_slab(s.id, &[SlabWrite::Fill(x, 4096, 0xcc)]), what);
         refused(ex.with_slab_memory(s.id, &[(x, 8)], &mut nothing), what);
+        refused(
+            ex.finalize_slab_unit(s.id, &[code_segment(addr, 16)], &mut no_unit),
+            what,
+        );
         refused(ex.patch(s.id, x, &[0xcc; 8]), what);
         let req = FinalizeRequest {
             segments: vec![seg(addr, MemProt::ReadExec, &[], 16)],
@@ -463,7 +477,31 @@ fn slab_refusals(ex: &InProcessExecutor, foreign: &[(&str, u64)]) {
         let x = ExecutorAddr(addr);
         refused(ex.write_slab(s.id, &[SlabWrite::Fill(x, len, 0xcc)]), what);
         refused(ex.with_slab_memory(s.id, &[(x, len)], &mut nothing), what);
+        refused(
+            ex.finalize_slab_unit(s.id, &[code_segment(addr, len)], &mut no_unit),
+            what,
+        );
     }
+    refused(
+        ex.finalize_slab_unit(
+            stale.id,
+            &[code_segment(stale.regions[0].0 .0, 4)],
+            &mut no_unit,
+        ),
+        "a released slab",
+    );
+    refused(
+        ex.finalize_slab_unit(
+            s.id,
+            &[code_segment(code.0, 16), code_segment(code.0 + 8, 16)],
+            &mut no_unit,
+        ),
+        "overlapping segments in one call",
+    );
+    refused(
+        ex.finalize_slab_unit(s.id, &[code_segment(ro.0 + 0x100, 16)], &mut no_unit),
+        "code in the read-only region",
+    );
     refused(
         ex.write_slab(stale.id, &[SlabWrite::Fill(stale.regions[0].0, 4, 0)]),
         "a released slab",
@@ -495,13 +533,30 @@ fn slab_refusals(ex: &InProcessExecutor, foreign: &[(&str, u64)]) {
     };
     refused(ex.finalize(wrong_region), "code in the read-only region");
     assert!(slab_unit(ex, &s, 0x44, 0x80).is_err(), "over a live unit");
-    for (what, addr) in [("its code", entry + 4), ("its eh_frame", ro.0 + 0x10)] {
+    for (what, addr, prot) in [
+        ("its code", entry + 4, MemProt::ReadExec),
+        ("its eh_frame", ro.0 + 0x10, MemProt::Read),
+    ] {
         let x = ExecutorAddr(addr);
         assert!(matches!(
             refused(ex.write_slab(s.id, &[SlabWrite::Fill(x, 4, 0xcc)]), what),
             Error::Busy(_)
         ));
         refused(ex.with_slab_memory(s.id, &[(x, 4)], &mut nothing), what);
+        assert!(matches!(
+            refused(
+                ex.finalize_slab_unit(
+                    s.id,
+                    &[SlabSegment {
+                        prot,
+                        ..code_segment(addr, 4)
+                    }],
+                    &mut no_unit
+                ),
+                what
+            ),
+            Error::Busy(_)
+        ));
     }
     refused(
         ex.patch(s.id, ExecutorAddr(ro.0 + 0x10), &[1, 2, 3, 4]),
@@ -545,6 +600,204 @@ fn slab_units_run_and_patch() {
     assert_eq!(ex.run_main(ExecutorAddr(entry), &[]).unwrap(), 42);
     ex.deallocate(id).unwrap();
     ex.deallocate(id2).unwrap();
+    ex.release_slab(s.id).unwrap();
+}
+
+/// `finalize_slab_unit`: while the writer holds a new unit's bytes nobody else writes, reads,
+/// patches, runs or takes them; a writer that gives up, panics or asks for actions outside its
+/// unit leaves the memory free; units with and without actions go live and run.
+#[test]
+fn slab_units_in_one_request() {
+    let ex = InProcessExecutor::new();
+    let s = slab(&ex);
+    let [(code, _), (ro, _), _] = s.regions;
+    let at = code.0 + 0x43; // the immediate at +0x44 is 4-aligned
+    let id = ex
+        .finalize_slab_unit(s.id, &[code_segment(at, 9)], &mut |b| {
+            b[0].copy_from_slice(&CODE);
+            let inside = ExecutorAddr(at + 4);
+            assert!(matches!(
+                ex.finalize_slab_unit(s.id, &[code_segment(at + 4, 4)], &mut |_| None),
+                Err(Error::Busy(_))
+            ));
+            assert!(ex
+                .with_slab_memory(s.id, &[(inside, 4)], &mut |_| {})
+                .is_err());
+            assert!(ex
+                .write_slab(s.id, &[SlabWrite::Fill(inside, 1, 0)])
+                .is_err());
+            assert!(ex
+                .write_live(s.id, &[SlabWrite::Fill(inside, 1, 0)])
+                .is_err());
+            assert!(ex.patch(s.id, inside, &[0; 4]).is_err());
+            assert!(ex.read_memory(ExecutorAddr(at), 9).is_err());
+            assert!(matches!(
+                ex.run_main(ExecutorAddr(at), &[]),
+                Err(Error::NotCode(_))
+            ));
+            Some(UnitActions::default())
+        })
+        .unwrap()
+        .expect("a live unit");
+    assert_eq!(ex.run_main(ExecutorAddr(at), &[]).unwrap(), 42);
+    assert_eq!(ex.read_memory(ExecutorAddr(at), 9).unwrap(), CODE);
+    assert!(matches!(
+        refused(
+            ex.finalize_slab_unit(s.id, &[code_segment(at + 8, 8)], &mut |_| None),
+            "over a live unit"
+        ),
+        Error::Busy(_)
+    ));
+    ex.patch(s.id, ExecutorAddr(at + 1), &7u32.to_le_bytes())
+        .unwrap();
+    assert_eq!(ex.run_main(ExecutorAddr(at), &[]).unwrap(), 7);
+
+    // Writers that do not finish: the range is free again each time.
+    let other = code.0 + 0x100;
+    let eh = ro.0 + 0x10;
+    let segments = [
+        code_segment(other, 9),
+        SlabSegment {
+            addr: ExecutorAddr(eh),
+            size: 4,
+            prot: MemProt::Read,
+        },
+    ];
+    let gave_up = ex.finalize_slab_unit(s.id, &segments, &mut |b| {
+        b[0].copy_from_slice(&CODE);
+        None
+    });
+    assert!(gave_up.unwrap().is_none(), "a writer that gives up");
+    let outside = |unit: UnitActions, what: &str| {
+        let mut unit = Some(unit);
+        refused(
+            ex.finalize_slab_unit(s.id, &segments, &mut |_| unit.take()),
+            what,
+        );
+    };
+    outside(
+        UnitActions {
+            actions: vec![ActionPair {
+                finalize: Some(Action::CallVoid(ExecutorAddr(at))),
+                dealloc: None,
+            }],
+            ..Default::default()
+        },
+        "an action in another unit's code",
+    );
+    outside(
+        UnitActions {
+            initializers: vec![ExecutorAddr(eh)],
+            ..Default::default()
+        },
+        "an initializer outside its code",
+    );
+    outside(
+        UnitActions {
+            deinitializers: vec![Action::CallVoid(ExecutorAddr(0))],
+            ..Default::default()
+        },
+        "a deinitializer at address 0",
+    );
+    let module = TLS_MODULE_TAG | eh;
+    outside(
+        UnitActions {
+            actions: vec![ActionPair {
+                finalize: Some(Action::RegisterTls {
+                    module,
+                    image: ExecutorAddr(eh),
+                    image_size: 0,
+                    block_size: 16,
+                    align: 8,
+                    static_offset: Some(-0x40),
+                }),
+                dealloc: Some(Action::DeregisterTls { module }),
+            }],
+            ..Default::default()
+        },
+        "a static TLS block this executor did not hand out",
+    );
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ex.finalize_slab_unit(s.id, &segments, &mut |_| panic!("the writer fails"))
+    }));
+    assert!(panicked.is_err(), "the writer's panic goes on");
+
+    // The range takes a unit with actions: unwind info registered, an initializer and a
+    // destructor.
+    let id2 = ex
+        .finalize_slab_unit(s.id, &segments, &mut |b| {
+            b[0].copy_from_slice(&CODE);
+            b[1].fill(0);
+            Some(UnitActions {
+                actions: vec![ActionPair {
+                    finalize: Some(Action::RegisterEhFrame {
+                        addr: ExecutorAddr(eh),
+                        size: 4,
+                    }),
+                    dealloc: Some(Action::DeregisterEhFrame {
+                        addr: ExecutorAddr(eh),
+                        size: 4,
+                    }),
+                }],
+                initializers: vec![ExecutorAddr(other + 8)],
+                deinitializers: vec![Action::CallVoid(ExecutorAddr(other + 8))],
+            })
+        })
+        .unwrap()
+        .expect("a live unit with actions");
+    refused(
+        ex.patch(s.id, ExecutorAddr(eh), &[1, 2, 3, 4]),
+        "registered unwind info",
+    );
+    ex.run_initializers(id2).unwrap();
+    assert_eq!(ex.run_main(ExecutorAddr(other), &[]).unwrap(), 42);
+    ex.deallocate(id).unwrap();
+    ex.deallocate(id2).unwrap();
+    refused(ex.run_main(ExecutorAddr(at), &[]), "a deallocated unit");
+    refused(ex.deallocate(id2), "a deallocated unit");
+    // Nothing was left behind: no unit, no claim.
+    ex.release_slab(s.id).unwrap();
+}
+
+/// Threads write and finalize units in one slab at once, each through `finalize_slab_unit`:
+/// disjoint units are written concurrently (each thread holds its slice while the others get
+/// theirs), overlapping ones are refused.
+#[test]
+fn concurrent_slab_units() {
+    const THREADS: usize = 4;
+    let ex = Arc::new(InProcessExecutor::new());
+    let s = slab(&ex);
+    let all_inside = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS as u64)
+        .map(|i| {
+            let (ex, all_inside) = (ex.clone(), all_inside.clone());
+            std::thread::spawn(move || {
+                let at = s.regions[0].0 .0 + 0x100 * i;
+                let id = ex
+                    .finalize_slab_unit(s.id, &[code_segment(at, 9)], &mut |b| {
+                        all_inside.wait();
+                        let mut code = CODE;
+                        code[1] = i as u8;
+                        b[0].copy_from_slice(&code);
+                        let next = s.regions[0].0 .0 + 0x100 * ((i + 1) % THREADS as u64);
+                        assert!(matches!(
+                            ex.finalize_slab_unit(s.id, &[code_segment(next, 4)], &mut |_| None),
+                            Err(Error::Busy(_))
+                        ));
+                        all_inside.wait();
+                        Some(UnitActions::default())
+                    })
+                    .unwrap()
+                    .expect("a live unit");
+                let r = ex.run_main(ExecutorAddr(at), &[]).unwrap();
+                ex.deallocate(id).unwrap();
+                r
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), i as i32);
+    }
     ex.release_slab(s.id).unwrap();
 }
 

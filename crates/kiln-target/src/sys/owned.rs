@@ -6,7 +6,7 @@
 
 use super::slab::{patch_len, write_range, OnDrop, Slab, WriteView};
 use super::{actions, call, mem, sync, valgrind};
-use crate::executor::{Action, ActionPair, FinalizeRequest};
+use crate::executor::{Action, ActionPair, FinalizeRequest, Segment, SlabSegment, UnitActions};
 use crate::plan::{range, Plan};
 use crate::table::{MovePlan, NewAlloc, Table};
 use crate::{
@@ -103,6 +103,100 @@ impl OwnedMemory {
             }
         }
         Ok(AllocId(id))
+    }
+
+    /// A new unit written into a slab and made live: one visit to the table checks and takes
+    /// its segments (for the allocation and for its writer at once), `fill` writes through the
+    /// slab's alias with no lock held, and a second visit, without a search, ends the claims and
+    /// makes it live. A unit with actions runs them in between, as `finalize` does.
+    pub(crate) fn finalize_slab_unit(
+        &self,
+        slab: SlabId,
+        segments: &[SlabSegment],
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
+    ) -> Result<Option<AllocId>> {
+        let mut plan = Plan::slab_unit(segments)?;
+        let id = NEXT_ALLOC.fetch_add(1, Ordering::Relaxed);
+        let view = {
+            let mut t = self.table()?;
+            let view = t.slab_payload(slab)?.view();
+            t.begin_slab_unit(id, slab, segments, &plan)?;
+            view
+        };
+        let mut pending = PendingUnit {
+            memory: self,
+            id,
+            claimed: true,
+        };
+        let unit = {
+            // A unit has a segment per slab region at most: those slices need no vector.
+            let mut few: [&mut [u8]; 3] = Default::default();
+            let mut many: Vec<&mut [u8]> = Vec::new();
+            let inline = segments.len() <= few.len();
+            for (i, seg) in segments.iter().enumerate() {
+                // SAFETY: every non-empty segment is claimed for this call (inside one region
+                // of our live slab, over no allocation's bytes and no other claim) until
+                // `slab_unit_written` or `pending`'s abort, both after this block drops `few`
+                // and `many`; the segments are pairwise disjoint (`Plan::slab_unit`), so the
+                // slices are; the slab is not unmapped while an allocation lies in it.
+                let slice = unsafe { view.slice_mut(seg.addr.0, seg.size)? };
+                if inline {
+                    few[i] = slice;
+                } else {
+                    many.push(slice);
+                }
+            }
+            fill(if inline {
+                &mut few[..segments.len()]
+            } else {
+                &mut many
+            })
+        };
+        let Some(unit) = unit else {
+            return Ok(None);
+        };
+        plan.check_unit(&unit.actions, &unit.initializers, &unit.deinitializers)?;
+        let eh_frames = std::mem::take(&mut plan.eh_frames);
+        let live = unit.actions.is_empty();
+        let finalizers = !unit.deinitializers.is_empty();
+        let new = NewAlloc {
+            initializers: unit.initializers,
+            finalizers,
+            live,
+        };
+        // What runs from the unit must see the bytes just written (a no-op on x86-64).
+        for s in segments {
+            mem::flush_icache(s.addr, s.size);
+        }
+        self.table()?.slab_unit_written(id, plan, new)?;
+        pending.claimed = false;
+        if !live {
+            let req = FinalizeRequest {
+                segments: segments
+                    .iter()
+                    .map(|s| Segment {
+                        addr: s.addr,
+                        prot: s.prot,
+                        content: Vec::new(),
+                        zero_fill: s.size,
+                    })
+                    .collect(),
+                actions: unit.actions,
+                in_slab: true,
+                ..FinalizeRequest::default()
+            };
+            let dealloc = self.fill_and_run(&req, &eh_frames)?;
+            self.table_anyway().finish_finalize(id, dealloc);
+        }
+        std::mem::forget(pending);
+        if finalizers {
+            if let Err(e) = actions::add_finalizers(id, unit.deinitializers) {
+                // Nobody has its id yet: undo it as deallocation would.
+                let _ = self.deallocate(AllocId(id));
+                return Err(e);
+            }
+        }
+        Ok(Some(AllocId(id)))
     }
 
     /// Finalize failed before the allocation went live.
@@ -653,6 +747,23 @@ impl OwnedMemory {
     pub(crate) fn add_static_tls(&self, offset: i64, block_size: u64) -> Result<()> {
         self.table()?.add_static_tls(offset, block_size);
         Ok(())
+    }
+}
+
+/// A new slab unit that has not gone live ([`OwnedMemory::finalize_slab_unit`]): dropped on an
+/// error, a give-up or a panic of its writer, it frees the unit's memory (and its claims while
+/// `claimed`); forgotten once the unit is live.
+struct PendingUnit<'a> {
+    memory: &'a OwnedMemory,
+    id: u64,
+    claimed: bool,
+}
+
+impl Drop for PendingUnit<'_> {
+    fn drop(&mut self) {
+        self.memory
+            .table_anyway()
+            .abort_slab_unit(self.id, self.claimed);
     }
 }
 

@@ -30,8 +30,7 @@ use crate::graph::*;
 use crate::session::SymbolKind;
 use fixup::FixupContext;
 use kiln_target::{
-    Action, ActionPair, AllocId, Executor, ExecutorAddr, FinalizeRequest, LibraryId, Placement,
-    TLS_MODULE_TAG,
+    Action, ActionPair, AllocId, Executor, ExecutorAddr, LibraryId, Placement, TLS_MODULE_TAG,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use stats::Timer;
@@ -139,39 +138,40 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
     let layout = memory.layout(&mut g, page)?;
     t.lap("GOT, stubs, layout");
     let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
-    let (post, segments) = memory.write(&g, &layout, &ctx, |work| {
-        read_back(&g, &layout, work, &tables, runtime.dso, &input)
+    // IFUNC slots first (initializers and other actions may call the functions), then unwind
+    // info and TLS, then the debug sinks (read off the final bytes).
+    let mut pairs = actions::ifunc_actions(&g, &tables);
+    pairs.extend(actions::collect_actions(&g, &layout, &ctx));
+    let mut has_initializers = false;
+    let mut kept_actions = None;
+    let (post, alloc) = memory.write_and_finalize(&g, &layout, &ctx, |work| {
+        let mut post = read_back(&g, &layout, work, &tables, runtime.dso, &input);
+        pairs.append(&mut post.debug);
+        has_initializers = !post.initializers.is_empty();
+        kept_actions = input.relink.then(|| pairs.clone());
+        t.lap("fixups, debug info");
+        let unit = kiln_target::UnitActions {
+            actions: pairs,
+            initializers: std::mem::take(&mut post.initializers),
+            deinitializers: std::mem::take(&mut post.deinitializers),
+        };
+        (post, unit)
     })?;
-    t.lap("fixups, debug info");
+    t.lap("finalize");
     let segments_stat: Vec<_> = if input.collect_stats {
-        segments
+        layout
+            .segments
             .iter()
-            .map(|s| (s.prot.as_str(), s.addr.0, s.size()))
+            .map(|s| (s.prot.as_str(), s.addr, s.content_size + s.zero_size))
             .collect()
     } else {
         Vec::new()
     };
-    let has_initializers = !post.initializers.is_empty();
     let relink = input.relink.then(|| {
         relink::record(&g, &layout, tables.got_block, &|e| {
             fixup::target_value_of(&g, e, &ctx)
         })
     });
-    // IFUNC slots first (initializers and other actions may call the functions), then unwind
-    // info and TLS, then the debug sinks.
-    let mut pairs = actions::ifunc_actions(&g, &tables);
-    pairs.extend(actions::collect_actions(&g, &layout, &ctx));
-    pairs.extend(post.debug);
-    let kept_actions = input.relink.then(|| pairs.clone());
-    let alloc = ex.finalize(FinalizeRequest {
-        reservation: memory.reservation(),
-        segments,
-        actions: pairs,
-        initializers: post.initializers,
-        deinitializers: post.deinitializers,
-        in_slab: memory.in_slab_memory(),
-    })?;
-    t.lap("finalize");
     Ok(LinkedUnit {
         alloc,
         exports: exports(&g, linker),

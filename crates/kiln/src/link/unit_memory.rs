@@ -7,7 +7,10 @@ use super::layout::{layout_at, layout_with, Layout};
 use crate::error::{Error, Result};
 use crate::graph::LinkGraph;
 use crate::memory::{CodeMemory, SlabRange};
-use kiln_target::{Executor, ExecutorAddr, Placement, Segment, SlabId};
+use kiln_target::{
+    AllocId, Executor, ExecutorAddr, FinalizeRequest, MemProt, Placement, Segment, SlabId,
+    SlabSegment, UnitActions,
+};
 
 /// The most segments a unit in slab memory has: one per slab region.
 const SLAB_SEGMENTS: usize = 3;
@@ -74,10 +77,6 @@ impl<'x> UnitMemory<'x> {
         }
     }
 
-    pub fn in_slab_memory(&self) -> bool {
-        matches!(self.place, Place::Slab { .. })
-    }
-
     /// The reservation (base, size) the executor releases with the unit; (0, 0) in a slab.
     pub fn reservation(&self) -> (ExecutorAddr, u64) {
         match self.place {
@@ -109,72 +108,106 @@ impl<'x> UnitMemory<'x> {
         }
     }
 
-    /// Apply the fixups into the unit's working memory, then let `read_back` read the final
-    /// bytes (initializer arrays, debug objects, the link map). In a slab the working memory
-    /// is the slab's writable alias; otherwise buffers that travel with the segments.
-    pub fn write<R>(
+    /// Apply the fixups into the unit's working memory, let `read_back` read the final bytes
+    /// (initializer arrays, debug objects, the link map) and say what the unit's finalize runs,
+    /// and finalize it. In a slab the working memory is the slab's writable alias, and the
+    /// executor takes the unit's ranges, writes and makes it live in one request
+    /// ([`Executor::finalize_slab_unit`]); otherwise buffers that travel with the segments in
+    /// a [`FinalizeRequest`].
+    pub fn write_and_finalize<R>(
         &self,
         g: &LinkGraph,
         layout: &Layout,
         ctx: &FixupContext,
-        read_back: impl Fn(&[&[u8]]) -> R,
-    ) -> Result<(R, Vec<Segment>)> {
+        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+    ) -> Result<(R, AllocId)> {
         let Place::Slab { id, .. } = self.place else {
-            let work = apply_fixups(g, layout, ctx)?;
-            let refs: Vec<&[u8]> = work.iter().map(Vec::as_slice).collect();
-            let result = read_back(&refs);
-            let segments = layout
-                .segments
-                .iter()
-                .zip(work)
-                .map(|(s, content)| Segment {
-                    addr: ExecutorAddr(s.addr),
-                    prot: s.prot,
-                    content,
-                    zero_fill: s.zero_size,
-                })
-                .collect();
-            return Ok((result, segments));
+            return self.finalize_in_reservation(g, layout, ctx, read_back);
         };
         // A slab unit has a segment per protection class at most (one per slab region): fixed
-        // arrays, not vectors, carry its ranges.
+        // arrays, not vectors, carry its segments.
         let n = layout.segments.len();
         if n > SLAB_SEGMENTS {
             return Err(Error::Internal(format!("{n} segments for one slab")));
         }
-        let mut ranges = [(ExecutorAddr(0), 0u64); SLAB_SEGMENTS];
-        for (r, s) in ranges.iter_mut().zip(&layout.segments) {
-            *r = (ExecutorAddr(s.addr), s.content_size + s.zero_size);
+        let none = SlabSegment {
+            addr: ExecutorAddr(0),
+            size: 0,
+            prot: MemProt::Read,
+        };
+        let mut segments = [none; SLAB_SEGMENTS];
+        for (r, s) in segments.iter_mut().zip(&layout.segments) {
+            *r = SlabSegment {
+                addr: ExecutorAddr(s.addr),
+                size: s.content_size + s.zero_size,
+                prot: s.prot,
+            };
         }
+        let mut read_back = Some(read_back);
         let mut result = None;
-        self.ex.with_slab_memory(id, &ranges[..n], &mut |bufs| {
-            // The range may hold a removed unit's bytes: zero fill is written, not assumed.
-            for (buf, seg) in bufs.iter_mut().zip(&layout.segments) {
-                if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
-                    tail.fill(0);
+        let alloc = self
+            .ex
+            .finalize_slab_unit(id, &segments[..n], &mut |bufs| {
+                // The range may hold a removed unit's bytes: zero fill is written, not assumed.
+                for (buf, seg) in bufs.iter_mut().zip(&layout.segments) {
+                    if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
+                        tail.fill(0);
+                    }
                 }
-            }
-            result = Some(apply_fixups_into(g, layout, ctx, bufs).map(|()| {
+                let read_back = read_back.take()?;
+                if let Err(e) = apply_fixups_into(g, layout, ctx, bufs) {
+                    result = Some(Err(e));
+                    return None;
+                }
                 let mut refs: [&[u8]; SLAB_SEGMENTS] = [&[]; SLAB_SEGMENTS];
                 for (r, b) in refs.iter_mut().zip(bufs.iter()) {
                     *r = b;
                 }
-                read_back(&refs[..bufs.len().min(SLAB_SEGMENTS)])
-            }));
+                let (r, unit) = read_back(&refs[..bufs.len().min(SLAB_SEGMENTS)]);
+                result = Some(Ok(r));
+                Some(unit)
+            })?;
+        let result = result.ok_or_else(|| {
+            Error::Internal("the executor did not provide the unit's slab memory".into())
+        })??;
+        let alloc = alloc.ok_or_else(|| {
+            Error::Internal("the executor did not finalize the unit it wrote".into())
         })?;
-        let result = result
-            .ok_or_else(|| Error::Internal("the executor did not provide slab memory".into()))??;
+        Ok((result, alloc))
+    }
+
+    /// [`UnitMemory::write_and_finalize`] for a unit in a reservation of its own: the bytes
+    /// travel in the finalize request.
+    fn finalize_in_reservation<R>(
+        &self,
+        g: &LinkGraph,
+        layout: &Layout,
+        ctx: &FixupContext,
+        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+    ) -> Result<(R, AllocId)> {
+        let work = apply_fixups(g, layout, ctx)?;
+        let refs: Vec<&[u8]> = work.iter().map(Vec::as_slice).collect();
+        let (result, unit) = read_back(&refs);
         let segments = layout
             .segments
             .iter()
-            .map(|s| Segment {
+            .zip(work)
+            .map(|(s, content)| Segment {
                 addr: ExecutorAddr(s.addr),
                 prot: s.prot,
-                content: Vec::new(),
-                zero_fill: s.content_size + s.zero_size,
+                content,
+                zero_fill: s.zero_size,
             })
             .collect();
-        Ok((result, segments))
+        let alloc = self.ex.finalize(FinalizeRequest {
+            reservation: self.reservation(),
+            segments,
+            actions: unit.actions,
+            initializers: unit.initializers,
+            deinitializers: unit.deinitializers,
+            in_slab: false,
+        })?;
+        Ok((result, alloc))
     }
 
     /// The unit is finalized: its memory is its own now. Returns the slab ranges it holds.
