@@ -5,14 +5,13 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
-use super::units::{Few, UnitTable};
+use super::units::{AddrIndex, Few, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
-use kiln_target::{AllocId, ExecutorAddr};
+use kiln_target::{AllocId, ExecutorAddr, SlabId};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -81,40 +80,236 @@ pub(crate) struct Scope {
     pub symbols: FxHashMap<std::sync::Arc<str>, Def>,
 }
 
+/// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
+/// unit has is inline (112 bytes), what few units have is in one optional box ([`Rare`]).
 pub(crate) struct Unit {
     pub alloc: AllocId,
-    pub scope: ScopeId,
-    /// Where its ranges came from (`None`: a reservation of its own).
-    pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: Few<SlabRange>,
     /// (address, size) of its segments.
-    pub segments: Vec<(u64, u64)>,
-    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
-    /// where it was linked.
-    pub relink: Option<Arc<RelinkRecord>>,
-    /// Its finalize actions as linked (relink units only): moving it registers them again.
-    pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
-    /// Edges of other units that target this one: (unit, index into its record's edges).
-    pub incoming: Vec<(u64, u32)>,
+    pub segments: Few<(u64, u64)>,
     /// Names this unit defines in its scope's table (the ones that won).
-    pub names: Few<std::sync::Arc<str>>,
+    pub names: Few<Arc<str>>,
     /// Units this one binds to.
     pub deps: Few<u64>,
     /// Units that bind to this one.
     pub dependents: Few<u64>,
+    rare: Option<Box<Rare>>,
+    /// The slab of its segments and the region of each, when its slab ranges are exactly its
+    /// segments (what a link into slab memory makes): then they are not stored.
+    slab: Option<(SlabId, [u8; 3])>,
+    pub scope: ScopeId,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
+    memory: MemoryKind,
     pub initialized: bool,
-    pub stats: Option<Box<crate::LinkStats>>,
-    pub map: Option<std::sync::Arc<crate::LinkMap>>,
+}
+
+/// Where a unit's ranges came from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum MemoryKind {
+    /// A reservation of its own.
+    Own,
+    /// The session's slabs.
+    Session,
+    /// Another code memory (a JIT layer's zone): [`Rare::memory`].
+    Other,
+}
+
+/// The parts of a unit's record that most units of a JIT do not have.
+#[derive(Default)]
+struct Rare {
+    /// Its slab ranges, when [`Unit::slab`] cannot say them.
+    slab_ranges: Vec<SlabRange>,
+    memory: Option<Arc<dyn CodeMemory>>,
+    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
+    /// where it was linked.
+    relink: Option<Arc<RelinkRecord>>,
+    /// Its finalize actions as linked (relink units only): moving it registers them again.
+    link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
+    /// Edges of other units that target this one: (unit, index into its record's edges).
+    incoming: Vec<(u64, u32)>,
+    stats: Option<Box<crate::LinkStats>>,
+    map: Option<Arc<crate::LinkMap>>,
+}
+
+/// What a new unit's record is made of.
+pub(crate) struct NewUnit {
+    pub alloc: AllocId,
+    pub scope: ScopeId,
+    /// Where its slab ranges came from: `None` for the session's own slabs (or no slab
+    /// ranges).
+    pub memory: Option<Arc<dyn CodeMemory>>,
+    pub slab_ranges: Vec<SlabRange>,
+    pub segments: Vec<(u64, u64)>,
+    pub relink: Option<RelinkRecord>,
+    pub link_actions: Option<Vec<kiln_target::ActionPair>>,
+    pub stats: Option<crate::LinkStats>,
+    pub map: Option<crate::LinkMap>,
+}
+
+/// The list [`Unit::incoming`] gives for a unit without one.
+static NO_INCOMING: Vec<(u64, u32)> = Vec::new();
+
+impl Unit {
+    pub fn new(n: NewUnit) -> Self {
+        let slab = regions_of(&n.segments, &n.slab_ranges);
+        let memory = match (&n.memory, n.slab_ranges.is_empty()) {
+            (_, true) => MemoryKind::Own,
+            (None, false) => MemoryKind::Session,
+            (Some(_), false) => MemoryKind::Other,
+        };
+        let ranges_kept = slab.is_none() && !n.slab_ranges.is_empty();
+        let has_rare = ranges_kept
+            || memory == MemoryKind::Other
+            || n.relink.is_some()
+            || n.link_actions.is_some()
+            || n.stats.is_some()
+            || n.map.is_some();
+        let rare = has_rare.then(|| {
+            let mut slab_ranges = if ranges_kept {
+                n.slab_ranges
+            } else {
+                Vec::new()
+            };
+            slab_ranges.shrink_to_fit();
+            Box::new(Rare {
+                slab_ranges,
+                memory: n.memory.filter(|_| memory == MemoryKind::Other),
+                relink: n.relink.map(Arc::new),
+                link_actions: n.link_actions.map(Arc::new),
+                incoming: Vec::new(),
+                stats: n.stats.map(Box::new),
+                map: n.map.map(Arc::new),
+            })
+        });
+        Unit {
+            alloc: n.alloc,
+            segments: n.segments.into_iter().collect(),
+            names: Few::default(),
+            deps: Few::default(),
+            dependents: Few::default(),
+            rare,
+            slab,
+            scope: n.scope,
+            pins: AtomicU32::new(0),
+            memory,
+            // Even without initializers: the executor runs a unit's finalizers (destructors,
+            // exit handlers) only if it was initialized.
+            initialized: false,
+        }
+    }
+
+    /// The ranges it holds in slabs (empty for a unit in a reservation of its own).
+    pub fn slab_ranges(&self) -> Few<SlabRange> {
+        match self.slab {
+            Some((slab, regions)) => self
+                .segments
+                .iter()
+                .zip(regions)
+                .map(|(&(addr, size), region)| SlabRange {
+                    slab,
+                    region: usize::from(region),
+                    addr: ExecutorAddr(addr),
+                    size,
+                })
+                .collect(),
+            None => self
+                .rare
+                .iter()
+                .flat_map(|r| r.slab_ranges.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// The code memory its slab ranges came from (`None`: a reservation of its own);
+    /// `session` is the session's own.
+    pub fn memory<'a>(
+        &'a self,
+        session: &'a Arc<dyn CodeMemory>,
+    ) -> Option<&'a Arc<dyn CodeMemory>> {
+        match self.memory {
+            MemoryKind::Own => None,
+            MemoryKind::Session => Some(session),
+            MemoryKind::Other => self.rare.as_ref()?.memory.as_ref(),
+        }
+    }
+
+    /// Whether it lives in slab memory (the session's or another code memory's).
+    pub fn in_slabs(&self) -> bool {
+        self.memory != MemoryKind::Own
+    }
+
+    /// Its segments moved to `after` (same count, same sizes, same slabs); `translate` maps an
+    /// old address to the new one.
+    pub fn move_segments(&mut self, after: &[(u64, u64)], translate: impl Fn(u64) -> u64) {
+        self.segments = after.iter().copied().collect();
+        for r in self.rare.iter_mut().flat_map(|r| r.slab_ranges.iter_mut()) {
+            r.addr = ExecutorAddr(translate(r.addr.0));
+        }
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    pub fn relink(&self) -> Option<&Arc<RelinkRecord>> {
+        self.rare.as_ref()?.relink.as_ref()
+    }
+
+    pub fn relink_mut(&mut self) -> Option<&mut Arc<RelinkRecord>> {
+        self.rare.as_mut()?.relink.as_mut()
+    }
+
+    pub fn link_actions(&self) -> Option<&Arc<Vec<kiln_target::ActionPair>>> {
+        self.rare.as_ref()?.link_actions.as_ref()
+    }
+
+    /// Edges of other units that target this one: (unit, index into its record's edges).
+    pub fn incoming(&self) -> &Vec<(u64, u32)> {
+        self.rare.as_ref().map_or(&NO_INCOMING, |r| &r.incoming)
+    }
+
+    pub fn add_incoming(&mut self, edge: (u64, u32)) {
+        self.rare_mut().incoming.push(edge);
+    }
+
+    pub fn retain_incoming(&mut self, keep: impl FnMut(&(u64, u32)) -> bool) {
+        if let Some(r) = self.rare.as_mut() {
+            r.incoming.retain(keep);
+        }
+    }
+
+    pub fn stats(&self) -> Option<&crate::LinkStats> {
+        self.rare.as_ref()?.stats.as_deref()
+    }
+
+    pub fn map(&self) -> Option<&Arc<crate::LinkMap>> {
+        self.rare.as_ref()?.map.as_ref()
+    }
+}
+
+/// The slab and the region of each segment, if `ranges` are exactly `segments`, in one slab
+/// and at most three of them.
+fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(SlabId, [u8; 3])> {
+    let first = ranges.first()?;
+    if ranges.len() != segments.len() || ranges.len() > 3 {
+        return None;
+    }
+    let mut regions = [0u8; 3];
+    for ((r, &(addr, size)), region) in ranges.iter().zip(segments).zip(&mut regions) {
+        *region = u8::try_from(r.region).ok()?;
+        if r.slab != first.slab || r.addr.0 != addr || r.size != size {
+            return None;
+        }
+    }
+    Some((first.slab, regions))
 }
 
 pub(crate) struct State {
     pub scopes: Vec<Scope>,
     pub units: UnitTable,
     pub next_unit: u64,
-    /// Every live unit's segments by start address: (end, unit, segment index).
-    pub by_addr: BTreeMap<u64, (u64, u64, u8)>,
+    /// Every live unit's segments (of nonzero size) by address.
+    pub by_addr: AddrIndex,
 }
 
 impl State {
@@ -127,7 +322,7 @@ impl State {
             }],
             units: UnitTable::default(),
             next_unit: 1,
-            by_addr: BTreeMap::new(),
+            by_addr: AddrIndex::default(),
         }
     }
 
@@ -233,19 +428,18 @@ impl State {
         unit.deps = deps.iter().copied().collect();
         for (i, &(addr, size)) in unit.segments.iter().enumerate() {
             if size > 0 {
-                self.by_addr.insert(addr, (addr + size, id, i as u8));
+                self.by_addr.insert(addr, addr + size, id, i as u8);
             }
         }
-        if let Some(rec) = unit.relink.take() {
-            unit.relink = Some(Arc::new(self.classify(id, rec)));
+        if let Some(rec) = unit.rare.as_mut().and_then(|r| r.relink.take()) {
+            unit.rare_mut().relink = Some(Arc::new(self.classify(id, rec)));
         }
         self.units.insert(id, unit);
     }
 
     /// The live unit, its segment and the offset in it, at `addr`.
     pub fn unit_at(&self, addr: u64) -> Option<(u64, u8, u64)> {
-        let (&start, &(end, unit, seg)) = self.by_addr.range(..=addr).next_back()?;
-        (addr < end).then_some((unit, seg, addr - start))
+        self.by_addr.at(addr)
     }
 
     /// Name the absolute targets of a new unit's record that lie in other live units, and
@@ -265,7 +459,7 @@ impl State {
                 offset,
             };
             if let Some(t) = self.units.get_mut(&unit) {
-                t.incoming.push((id, i as u32));
+                t.add_incoming((id, i as u32));
             }
         }
         rec
@@ -309,14 +503,14 @@ impl State {
         }
         for &(addr, size) in &unit.segments {
             if size > 0 {
-                self.by_addr.remove(&addr);
+                self.by_addr.remove(addr);
             }
         }
-        if let Some(rec) = &unit.relink {
+        if let Some(rec) = unit.relink() {
             for e in &rec.edges {
                 if let RelinkTarget::Unit { unit: t, .. } = e.target {
                     if let Some(t) = self.units.get_mut(&t.0) {
-                        t.incoming.retain(|(from, _)| *from != id);
+                        t.retain_incoming(|(from, _)| *from != id);
                     }
                 }
             }
@@ -368,7 +562,7 @@ impl State {
             }
             for &(addr, size) in &unit.segments {
                 if size > 0 {
-                    self.by_addr.remove(&addr);
+                    self.by_addr.remove(addr);
                 }
             }
             for &d in &unit.deps {
@@ -377,7 +571,7 @@ impl State {
                     deps_of.push(d);
                 }
             }
-            if let Some(rec) = &unit.relink {
+            if let Some(rec) = unit.relink() {
                 for e in &rec.edges {
                     if let RelinkTarget::Unit { unit: t, .. } = e.target {
                         if !set.contains(t.0) && !seen_target.contains(t.0) {
@@ -396,7 +590,7 @@ impl State {
         }
         for t in targets {
             if let Some(t) = self.units.get_mut(&t) {
-                t.incoming.retain(|(from, _)| !set.contains(*from));
+                t.retain_incoming(|(from, _)| !set.contains(*from));
             }
         }
         Ok(out)
@@ -407,7 +601,7 @@ impl State {
     pub fn not_rewritable(&self) -> UnitSet {
         let mut set = UnitSet::new(&[], self.next_unit);
         for (&id, u) in &self.units {
-            if u.relink.is_none() || u.memory.is_none() {
+            if u.relink().is_none() || !u.in_slabs() {
                 set.insert(id);
             }
         }
@@ -457,5 +651,63 @@ impl UnitSet {
         self.0
             .get((id / 64) as usize)
             .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stay_small() {
+        // A JIT keeps a record per unit: a million units, 112 MB of records.
+        assert!(
+            std::mem::size_of::<Unit>() <= 112,
+            "{}",
+            std::mem::size_of::<Unit>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<Unit>>(),
+            std::mem::size_of::<Unit>()
+        );
+    }
+
+    #[test]
+    fn slab_ranges_equal_to_segments_are_not_stored() {
+        let range = |region, addr, size| SlabRange {
+            slab: SlabId(3),
+            region,
+            addr: ExecutorAddr(addr),
+            size,
+        };
+        let new = |segments: Vec<(u64, u64)>, slab_ranges: Vec<SlabRange>| {
+            Unit::new(NewUnit {
+                alloc: AllocId(1),
+                scope: ScopeId(0),
+                memory: None,
+                slab_ranges,
+                segments,
+                relink: None,
+                link_actions: None,
+                stats: None,
+                map: None,
+            })
+        };
+        let ranges = vec![range(0, 0x1000, 16), range(2, 0x9000, 8)];
+        let u = new(vec![(0x1000, 16), (0x9000, 8)], ranges.clone());
+        assert!(u.rare.is_none() && u.slab.is_some());
+        assert_eq!(&*u.slab_ranges(), &ranges[..]);
+        assert!(u.in_slabs());
+        // A range that is not a segment: kept as it is.
+        let odd = vec![range(0, 0x1000, 32)];
+        let mut u = new(vec![(0x1000, 16)], odd.clone());
+        assert!(u.rare.is_some() && u.slab.is_none());
+        assert_eq!(&*u.slab_ranges(), &odd[..]);
+        u.move_segments(&[(0x2000, 16)], |a| a + 0x1000);
+        assert_eq!(u.slab_ranges()[0].addr, ExecutorAddr(0x2000));
+        assert_eq!(&*u.segments, &[(0x2000, 16)]);
+        // A reservation of its own.
+        let u = new(vec![(0x5000, 64)], Vec::new());
+        assert!(!u.in_slabs() && u.slab_ranges().is_empty() && u.rare.is_none());
     }
 }

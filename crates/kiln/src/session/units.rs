@@ -8,18 +8,21 @@ use super::state::Unit;
 use rustc_hash::FxHashMap;
 use std::ops::{Deref, DerefMut};
 
-/// A list that holds one element without a heap allocation. Reads as a slice; `push`,
-/// `retain` and `extend` behave as `Vec`'s.
+/// A list that holds one element without a heap allocation, in two words (for elements of
+/// one word or of a fat pointer): a unit record holds three of these. Reads as a slice;
+/// `push`, `retain` and `extend` behave as `Vec`'s.
 #[derive(Clone, Debug)]
 pub(crate) enum Few<T> {
     One(T),
-    /// Any other length (empty: no allocation either).
-    Many(Vec<T>),
+    /// Any other length: empty without an allocation, else boxed (a `Vec` inline would make
+    /// every list three words for the few that hold more than one element).
+    #[allow(clippy::box_collection)]
+    Many(Option<Box<Vec<T>>>),
 }
 
 impl<T> Default for Few<T> {
     fn default() -> Self {
-        Few::Many(Vec::new())
+        Few::Many(None)
     }
 }
 
@@ -28,7 +31,8 @@ impl<T> Deref for Few<T> {
     fn deref(&self) -> &[T] {
         match self {
             Few::One(x) => std::slice::from_ref(x),
-            Few::Many(v) => v,
+            Few::Many(Some(v)) => v,
+            Few::Many(None) => &[],
         }
     }
 }
@@ -37,7 +41,8 @@ impl<T> DerefMut for Few<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         match self {
             Few::One(x) => std::slice::from_mut(x),
-            Few::Many(v) => v,
+            Few::Many(Some(v)) => v,
+            Few::Many(None) => &mut [],
         }
     }
 }
@@ -45,11 +50,11 @@ impl<T> DerefMut for Few<T> {
 impl<T> Few<T> {
     pub(crate) fn push(&mut self, x: T) {
         match self {
-            Few::Many(v) if !v.is_empty() => v.push(x),
+            Few::Many(Some(v)) if !v.is_empty() => v.push(x),
             Few::Many(_) => *self = Few::One(x),
             Few::One(_) => {
                 if let Few::One(first) = std::mem::take(self) {
-                    *self = Few::Many(vec![first, x]);
+                    *self = Few::Many(Some(Box::new(vec![first, x])));
                 }
             }
         }
@@ -58,8 +63,13 @@ impl<T> Few<T> {
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         match self {
             Few::One(x) if !keep(x) => *self = Few::default(),
-            Few::One(_) => {}
-            Few::Many(v) => v.retain(keep),
+            Few::One(_) | Few::Many(None) => {}
+            Few::Many(Some(v)) => {
+                v.retain(keep);
+                if v.is_empty() {
+                    *self = Few::default();
+                }
+            }
         }
     }
 }
@@ -86,7 +96,7 @@ impl<T> IntoIterator for Few<T> {
     fn into_iter(self) -> Self::IntoIter {
         match self {
             Few::One(x) => Some(x).into_iter().chain(Vec::new()),
-            Few::Many(v) => None.into_iter().chain(v),
+            Few::Many(v) => None.into_iter().chain(v.map_or_else(Vec::new, |v| *v)),
         }
     }
 }
@@ -95,7 +105,7 @@ impl<T> From<Few<T>> for Vec<T> {
     fn from(few: Few<T>) -> Vec<T> {
         match few {
             Few::One(x) => vec![x],
-            Few::Many(v) => v,
+            Few::Many(v) => v.map_or_else(Vec::new, |v| *v),
         }
     }
 }
@@ -215,9 +225,138 @@ impl<'a> IntoIterator for &'a UnitTable {
     }
 }
 
+/// Entries per run of [`AddrIndex`].
+const RUN: usize = 128;
+
+/// Every live unit's segments by start address, for "which unit holds this address". A JIT
+/// links units at ascending addresses: a B-tree splits its leaves in the middle, and ascending
+/// inserts then leave every leaf half full (62 bytes per segment). Here sorted runs of up to
+/// [`RUN`] entries, found by binary search over the runs; a run that fills when the insert
+/// goes to its end starts a new run instead of splitting, so ascending inserts fill every run
+/// (24 bytes per segment).
+#[derive(Default)]
+pub(crate) struct AddrIndex {
+    /// Non-empty runs, in address order; each sorted by start.
+    runs: Vec<Vec<AddrEntry>>,
+}
+
+/// One segment: [start, end), its unit and its index in the unit (`unit << 8 | segment`: unit
+/// ids count up from 1 and stay far below 2^56).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct AddrEntry {
+    start: u64,
+    end: u64,
+    unit_seg: u64,
+}
+
+impl AddrEntry {
+    fn get(&self) -> (u64, u64, u64, u8) {
+        (
+            self.start,
+            self.end,
+            self.unit_seg >> 8,
+            self.unit_seg as u8,
+        )
+    }
+}
+
+impl AddrIndex {
+    /// The run that holds (or would hold) `start`: the last whose first start is at most
+    /// `start`, or the first.
+    fn run_of(&self, start: u64) -> usize {
+        self.runs
+            .partition_point(|r| r[0].start <= start)
+            .saturating_sub(1)
+    }
+
+    /// Enter segment `seg` of `unit`, [start, end) (a start not in the index).
+    pub(crate) fn insert(&mut self, start: u64, end: u64, unit: u64, seg: u8) {
+        let entry = AddrEntry {
+            start,
+            end,
+            unit_seg: unit << 8 | u64::from(seg),
+        };
+        if self.runs.is_empty() {
+            self.runs.push(vec![entry]);
+            return;
+        }
+        let r = self.run_of(start);
+        let at = self.runs[r].partition_point(|e| e.start < start);
+        if self.runs[r].len() < RUN {
+            self.runs[r].insert(at, entry);
+        } else if at == RUN {
+            // Past the end of a full run: a run of its own, the full one stays full.
+            self.runs.insert(r + 1, vec![entry]);
+        } else {
+            let mut right = self.runs[r].split_off(RUN / 2);
+            right.reserve(RUN / 2);
+            match at.checked_sub(RUN / 2) {
+                Some(k) => right.insert(k, entry),
+                None => self.runs[r].insert(at, entry),
+            }
+            self.runs.insert(r + 1, right);
+        }
+    }
+
+    /// Take out the segment starting at `start`.
+    pub(crate) fn remove(&mut self, start: u64) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let r = self.run_of(start);
+        let run = &mut self.runs[r];
+        let Ok(at) = run.binary_search_by_key(&start, |e| e.start) else {
+            return;
+        };
+        run.remove(at);
+        if run.is_empty() {
+            self.runs.remove(r);
+        } else if run.len() < RUN / 4 {
+            // A short run joins its neighbour when both fit in one: removals leave no trail of
+            // short runs (each holding the capacity it had when full).
+            let next = r + 1;
+            if self
+                .runs
+                .get(next)
+                .is_some_and(|n| n.len() + self.runs[r].len() <= RUN)
+            {
+                let moved = self.runs.remove(next);
+                self.runs[r].extend(moved);
+            } else if r > 0 && self.runs[r - 1].len() + self.runs[r].len() <= RUN {
+                let moved = self.runs.remove(r);
+                self.runs[r - 1].extend(moved);
+            } else {
+                self.runs[r].shrink_to(RUN / 2);
+            }
+        }
+    }
+
+    /// The segment holding `addr`: (unit, segment index, offset in it).
+    pub(crate) fn at(&self, addr: u64) -> Option<(u64, u8, u64)> {
+        let run = self.runs.get(self.run_of(addr))?;
+        let i = run.partition_point(|e| e.start <= addr).checked_sub(1)?;
+        let (start, end, unit, seg) = run[i].get();
+        (addr < end).then_some((unit, seg, addr - start))
+    }
+
+    /// The segments that start below `end`, highest start first: (start, end, unit, segment).
+    pub(crate) fn below(&self, end: u64) -> impl Iterator<Item = (u64, u64, u64, u8)> + '_ {
+        let r = self.runs.partition_point(|r| r[0].start < end);
+        let upto = r
+            .checked_sub(1)
+            .map_or(0, |last| self.runs[last].partition_point(|e| e.start < end));
+        self.runs[..r]
+            .iter()
+            .rev()
+            .enumerate()
+            .flat_map(move |(k, run)| if k == 0 { &run[..upto] } else { &run[..] }.iter().rev())
+            .map(AddrEntry::get)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Few;
+    use super::{AddrIndex, Few, RUN};
 
     #[test]
     fn few_behaves_as_a_vec() {
@@ -245,5 +384,83 @@ mod tests {
         let many: Few<u64> = [1, 2, 3].into_iter().collect();
         assert_eq!(many.clone().into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(Vec::from(many), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn few_is_two_words() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<Few<u64>>(), 16);
+        assert_eq!(size_of::<Few<std::sync::Arc<str>>>(), 16);
+    }
+
+    /// The index against a sorted list, through ascending, descending and scattered inserts
+    /// and removals.
+    #[test]
+    fn addr_index_finds_what_a_sorted_list_finds() {
+        let mut index = AddrIndex::default();
+        let mut model: Vec<(u64, u64, u64)> = Vec::new(); // (start, end, unit)
+        let check = |index: &AddrIndex, model: &[(u64, u64, u64)]| {
+            assert_eq!(index.runs.iter().map(Vec::len).sum::<usize>(), model.len());
+            for &(s, e, u) in model {
+                assert_eq!(index.at(s), Some((u, (u % 3) as u8, 0)));
+                assert_eq!(index.at(e - 1), Some((u, (u % 3) as u8, e - 1 - s)));
+                // Gaps between segments belong to nobody.
+                assert_eq!(index.at(e), None);
+                let below: Vec<u64> = index.below(e).map(|x| x.0).collect();
+                let want: Vec<u64> = model
+                    .iter()
+                    .rev()
+                    .filter(|x| x.0 < e)
+                    .map(|x| x.0)
+                    .collect();
+                assert_eq!(below, want);
+            }
+            assert_eq!(index.at(0), None);
+            assert_eq!(index.below(0).count(), 0);
+        };
+        let add = |index: &mut AddrIndex, model: &mut Vec<(u64, u64, u64)>, k: u64| {
+            let (s, e) = (0x1000 + k * 64, 0x1000 + k * 64 + 40);
+            index.insert(s, e, k + 1, ((k + 1) % 3) as u8);
+            model.push((s, e, k + 1));
+            model.sort_unstable();
+        };
+        // Ascending: runs fill completely.
+        for k in 0..(3 * RUN as u64) {
+            add(&mut index, &mut model, 2 * k + 1000);
+        }
+        assert_eq!(index.runs.len(), 3);
+        assert!(index.runs.iter().all(|r| r.len() == RUN));
+        check(&index, &model);
+        // Descending and scattered into the middle: runs split.
+        for k in (0..300u64).rev() {
+            add(&mut index, &mut model, k);
+        }
+        for k in 0..(3 * RUN as u64) {
+            add(&mut index, &mut model, 2 * k + 1001);
+        }
+        check(&index, &model);
+        // Remove most, scattered: short runs merge.
+        let starts: Vec<u64> = model.iter().map(|x| x.0).collect();
+        for (i, s) in starts.iter().enumerate() {
+            if i % 7 != 0 {
+                index.remove(*s);
+            }
+        }
+        model = model
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 == 0)
+            .map(|x| x.1)
+            .collect();
+        check(&index, &model);
+        assert!(index.runs.len() <= model.len().div_ceil(RUN / 4));
+        // Removing what is not there changes nothing.
+        index.remove(3);
+        index.remove(starts[1]);
+        check(&index, &model);
+        for s in starts {
+            index.remove(s);
+        }
+        assert!(index.runs.is_empty());
     }
 }
