@@ -653,7 +653,7 @@ impl Session {
 
     /// The live units, oldest first.
     pub fn units(&self) -> Vec<UnitId> {
-        let mut v: Vec<UnitId> = read(&self.state).units.keys().map(|k| UnitId(*k)).collect();
+        let mut v: Vec<UnitId> = read(&self.state).units.keys().map(UnitId).collect();
         v.sort_unstable();
         v
     }
@@ -713,7 +713,7 @@ impl Session {
                 .units
                 .iter()
                 .filter(|(_, u)| !u.initialized)
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k)
                 .collect();
             ids.sort_unstable();
             ids.iter()

@@ -600,7 +600,7 @@ impl State {
     /// they keep no relink records, or do not live in slab memory.
     pub fn not_rewritable(&self) -> UnitSet {
         let mut set = UnitSet::new(&[], self.next_unit);
-        for (&id, u) in &self.units {
+        for (id, u) in self.units.iter() {
             if u.relink().is_none() || !u.in_slabs() {
                 set.insert(id);
             }

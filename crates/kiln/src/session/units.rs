@@ -1,8 +1,9 @@
 //! Storage for the session's unit records, sized for a JIT that keeps a million small units:
 //! records in fixed chunks that never move once written (a table that grows by rehashing would
-//! move every record each time it doubles), found through a small index from unit id to slot;
-//! and short lists kept inline while they hold one element (most units define one name, bind
-//! to a few units and have few dependents).
+//! move every record each time it doubles), found through an index from unit id to slot
+//! (arrays of consecutive ids); short lists kept inline while they hold one element (most
+//! units define one name, bind to a few units and have few dependents); and the index of
+//! segments by address, in sorted runs that ascending inserts fill.
 
 use super::state::Unit;
 use rustc_hash::FxHashMap;
@@ -132,8 +133,7 @@ const CHUNK: usize = 1024;
 /// The live units by id. Ids come from a counter and are never reused; slots are.
 #[derive(Default)]
 pub(crate) struct UnitTable {
-    /// Unit id → slot.
-    index: FxHashMap<u64, u32>,
+    index: IdIndex,
     chunks: Vec<Box<[Option<Unit>]>>,
     /// Slots of removed units, taken again first.
     free: Vec<u32>,
@@ -151,11 +151,11 @@ impl UnitTable {
     }
 
     pub(crate) fn get(&self, id: &u64) -> Option<&Unit> {
-        self.slot(*self.index.get(id)?)
+        self.slot(self.index.get(*id)?)
     }
 
     pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut Unit> {
-        let s = *self.index.get(id)?;
+        let s = self.index.get(*id)?;
         self.slot_mut(s).as_mut()
     }
 
@@ -178,50 +178,141 @@ impl UnitTable {
     }
 
     pub(crate) fn remove(&mut self, id: &u64) -> Option<Unit> {
-        let s = self.index.remove(id)?;
+        let s = self.index.remove(*id)?;
         let unit = self.slot_mut(s).take();
         self.free.push(s);
         unit
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.index.len()
+        self.index.len
     }
 
     /// The ids of the live units, in no particular order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &u64> + '_ {
-        self.index.keys()
+    pub(crate) fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.index.iter().map(|(id, _)| id)
     }
 
     /// (id, unit) of the live units, in no particular order.
-    pub(crate) fn iter(&self) -> Iter<'_> {
-        self.into_iter()
-    }
-}
-
-/// `for (id, unit) in &table`, as over a map.
-pub(crate) struct Iter<'a> {
-    table: &'a UnitTable,
-    index: std::collections::hash_map::Iter<'a, u64, u32>,
-}
-
-impl<'a> Iterator for Iter<'a> {
-    type Item = (&'a u64, &'a Unit);
-    fn next(&mut self) -> Option<Self::Item> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &Unit)> + '_ {
         self.index
-            .by_ref()
-            .find_map(|(id, s)| Some((id, self.table.slot(*s)?)))
+            .iter()
+            .filter_map(|(id, s)| Some((id, self.slot(s)?)))
     }
 }
 
-impl<'a> IntoIterator for &'a UnitTable {
-    type Item = (&'a u64, &'a Unit);
-    type IntoIter = Iter<'a>;
-    fn into_iter(self) -> Iter<'a> {
-        Iter {
-            table: self,
-            index: self.index.iter(),
+/// Ids per array of [`IdIndex`].
+const IDS: usize = 256;
+
+/// Unit id → slot. Ids count up, and a JIT's live units are mostly recent ones: slots in
+/// arrays of [`IDS`] consecutive ids (4 bytes a unit, no hashing). An array most of whose units
+/// are gone (fewer than an eighth live) hands its survivors to a hash map and is freed, unless
+/// new ids still go into it: sparse survivors cost what a hash map costs (about 22 bytes each),
+/// never a whole array. The list of arrays grows by a pointer per [`IDS`] ids ever made.
+#[derive(Default)]
+struct IdIndex {
+    /// Array k holds ids k·IDS..(k+1)·IDS.
+    dense: Vec<Option<Box<IdArray>>>,
+    sparse: FxHashMap<u64, u32>,
+    len: usize,
+}
+
+struct IdArray {
+    /// Slot + 1 of each id; 0: none.
+    slots: [u32; IDS],
+    live: u32,
+}
+
+impl IdIndex {
+    fn split(id: u64) -> (usize, usize) {
+        ((id / IDS as u64) as usize, (id % IDS as u64) as usize)
+    }
+
+    fn get(&self, id: u64) -> Option<u32> {
+        let (k, i) = Self::split(id);
+        if let Some(Some(a)) = self.dense.get(k) {
+            if let Some(s) = a.slots[i].checked_sub(1) {
+                return Some(s);
+            }
         }
+        if self.sparse.is_empty() {
+            return None;
+        }
+        self.sparse.get(&id).copied()
+    }
+
+    /// Enter `id` (not in the index) at `slot`.
+    fn insert(&mut self, id: u64, slot: u32) {
+        let (k, i) = Self::split(id);
+        let newest = k + 1 >= self.dense.len();
+        if self.dense.len() <= k {
+            self.dense.resize_with(k + 1, || None);
+        }
+        self.len += 1;
+        match &mut self.dense[k] {
+            Some(a) => {
+                a.slots[i] = slot + 1;
+                a.live += 1;
+            }
+            None if newest => {
+                let mut a = Box::new(IdArray {
+                    slots: [0; IDS],
+                    live: 1,
+                });
+                a.slots[i] = slot + 1;
+                self.dense[k] = Some(a);
+            }
+            // An id of an array handed to the map already.
+            None => {
+                self.sparse.insert(id, slot);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<u32> {
+        let (k, i) = Self::split(id);
+        let newest = k + 1 >= self.dense.len();
+        if let Some(Some(a)) = self.dense.get_mut(k) {
+            if let Some(s) = a.slots[i].checked_sub(1) {
+                a.slots[i] = 0;
+                a.live -= 1;
+                self.len -= 1;
+                if !newest && (a.live as usize) < IDS / 8 {
+                    self.to_sparse(k);
+                }
+                return Some(s);
+            }
+        }
+        let s = self.sparse.remove(&id)?;
+        self.len -= 1;
+        Some(s)
+    }
+
+    /// Array `k`'s ids into the hash map; the array freed.
+    fn to_sparse(&mut self, k: usize) {
+        let Some(a) = self.dense[k].take() else {
+            return;
+        };
+        let first = (k * IDS) as u64;
+        for (i, &s) in a.slots.iter().enumerate() {
+            if let Some(s) = s.checked_sub(1) {
+                self.sparse.insert(first + i as u64, s);
+            }
+        }
+    }
+
+    /// (id, slot) of every id, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let dense = self.dense.iter().enumerate().flat_map(|(k, a)| {
+            let first = (k * IDS) as u64;
+            a.iter().flat_map(move |a| {
+                a.slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, &s)| Some((first + i as u64, s.checked_sub(1)?)))
+            })
+        });
+        dense.chain(self.sparse.iter().map(|(&id, &s)| (id, s)))
     }
 }
 
@@ -356,7 +447,7 @@ impl AddrIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::{AddrIndex, Few, RUN};
+    use super::{AddrIndex, Few, IdIndex, IDS, RUN};
 
     #[test]
     fn few_behaves_as_a_vec() {
@@ -462,5 +553,38 @@ mod tests {
             index.remove(s);
         }
         assert!(index.runs.is_empty());
+    }
+
+    /// The id index against a map, with ids removed so that arrays go sparse and ids entered
+    /// again into arrays handed over already.
+    #[test]
+    fn id_index_finds_what_a_map_finds() {
+        use std::collections::BTreeMap;
+        let mut index = IdIndex::default();
+        let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+        let n = 10 * IDS as u64;
+        for id in 1..n {
+            index.insert(id, (id * 7) as u32);
+            model.insert(id, (id * 7) as u32);
+        }
+        // Keep every 16th id of the older arrays: they go to the map.
+        for id in 1..n - IDS as u64 {
+            if id % 16 != 0 {
+                assert_eq!(index.remove(id), model.remove(&id));
+            }
+        }
+        assert!(!index.sparse.is_empty());
+        assert!(index.dense[..9].iter().all(Option::is_none));
+        // An id of a freed array, entered again (not what a session does, but allowed).
+        index.insert(17, 5);
+        model.insert(17, 5);
+        assert_eq!(index.remove(3), None);
+        assert_eq!(index.len, model.len());
+        for id in 0..n + 5 {
+            assert_eq!(index.get(id), model.get(&id).copied(), "id {id}");
+        }
+        let mut all: Vec<(u64, u32)> = index.iter().collect();
+        all.sort_unstable();
+        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
     }
 }
