@@ -981,10 +981,11 @@ impl SessionSymbols for Binder<'_> {
                 .ok()
                 .and_then(|n| st.visible(self.scope, n));
             out.push(def.map(|d| {
-                if !deps.contains(&d.unit) {
-                    if let Some(u) = st.units.get(&d.unit) {
+                let unit = d.unit();
+                if !deps.contains(&unit) {
+                    if let Some(u) = st.units.get(&unit) {
                         u.pins.fetch_add(1, Ordering::Relaxed);
-                        deps.push(d.unit);
+                        deps.push(unit);
                     }
                 }
                 d.addr

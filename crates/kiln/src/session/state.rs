@@ -50,24 +50,71 @@ pub struct SymbolInfo {
     pub unit: UnitId,
 }
 
+/// A name's definition in a scope's table: three words (a scope's table holds one per symbol
+/// of every live unit), the unit id and the flags sharing one.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Def {
     pub addr: u64,
     pub size: u64,
-    pub unit: u64,
-    pub kind: SymbolKind,
-    pub exported: bool,
-    pub weak: bool,
+    /// `unit << 8 | flags` (unit ids count up from 1 and stay far below 2^56).
+    unit_flags: u64,
 }
 
+const FUNCTION: u64 = 1;
+const EXPORTED: u64 = 2;
+const WEAK: u64 = 4;
+
 impl Def {
+    pub fn new(
+        addr: u64,
+        size: u64,
+        unit: u64,
+        kind: SymbolKind,
+        exported: bool,
+        weak: bool,
+    ) -> Self {
+        let flags = if kind == SymbolKind::Function {
+            FUNCTION
+        } else {
+            0
+        } | if exported { EXPORTED } else { 0 }
+            | if weak { WEAK } else { 0 };
+        Def {
+            addr,
+            size,
+            unit_flags: unit << 8 | flags,
+        }
+    }
+
+    /// The unit that defines it.
+    pub fn unit(&self) -> u64 {
+        self.unit_flags >> 8
+    }
+
+    pub fn kind(&self) -> SymbolKind {
+        if self.unit_flags & FUNCTION != 0 {
+            SymbolKind::Function
+        } else {
+            SymbolKind::Data
+        }
+    }
+
+    /// Visible to other scopes.
+    pub fn exported(&self) -> bool {
+        self.unit_flags & EXPORTED != 0
+    }
+
+    pub fn weak(&self) -> bool {
+        self.unit_flags & WEAK != 0
+    }
+
     pub fn info(&self) -> SymbolInfo {
         SymbolInfo {
             addr: ExecutorAddr(self.addr),
             size: self.size,
-            kind: self.kind,
-            exported: self.exported,
-            unit: UnitId(self.unit),
+            kind: self.kind(),
+            exported: self.exported(),
+            unit: UnitId(self.unit()),
         }
     }
 }
@@ -349,7 +396,7 @@ impl State {
                 .get(s.0 as usize)?
                 .symbols
                 .get(name)
-                .filter(|d| d.exported)
+                .filter(|d| d.exported())
         })
     }
 
@@ -368,9 +415,9 @@ impl State {
             .iter()
             .filter_map(|e| {
                 let d = scope.symbols.get(&*e.name)?;
-                (!d.weak && !e.weak && Some(d.unit) != replacing).then(|| DuplicateSymbol {
+                (!d.weak() && !e.weak && Some(d.unit()) != replacing).then(|| DuplicateSymbol {
                     name: e.name.to_string(),
-                    first: format!("unit {}", d.unit),
+                    first: format!("unit {}", d.unit()),
                     second: input.to_string(),
                 })
             })
@@ -394,7 +441,7 @@ impl State {
             let slot = match scope.symbols.entry(e.name) {
                 Entry::Vacant(v) => v,
                 // A redefinition takes over the names of the unit it replaces.
-                Entry::Occupied(o) if Some(o.get().unit) == replacing => {
+                Entry::Occupied(o) if Some(o.get().unit()) == replacing => {
                     let (name, _) = o.remove_entry();
                     taken.push(name.clone());
                     match scope.symbols.entry(name) {
@@ -405,14 +452,7 @@ impl State {
                 Entry::Occupied(_) => continue,
             };
             unit.names.push(slot.key().clone());
-            slot.insert(Def {
-                addr: e.addr,
-                size: e.size,
-                unit: id,
-                kind: e.kind,
-                exported: e.exported,
-                weak: e.weak,
-            });
+            slot.insert(Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak));
         }
         for d in deps {
             if let Some(dep) = self.units.get_mut(d) {
@@ -670,6 +710,22 @@ mod tests {
             std::mem::size_of::<Option<Unit>>(),
             std::mem::size_of::<Unit>()
         );
+    }
+
+    #[test]
+    fn defs_keep_unit_and_flags_in_one_word() {
+        assert_eq!(std::mem::size_of::<Def>(), 24);
+        let unit = (1u64 << 56) - 1;
+        for kind in [SymbolKind::Function, SymbolKind::Data] {
+            for (exported, weak) in [(false, false), (true, false), (false, true), (true, true)] {
+                let d = Def::new(0x1000, u64::MAX, unit, kind, exported, weak);
+                assert_eq!(
+                    (d.unit(), d.kind(), d.exported(), d.weak()),
+                    (unit, kind, exported, weak)
+                );
+                assert_eq!(d.info().size, u64::MAX);
+            }
+        }
     }
 
     #[test]
