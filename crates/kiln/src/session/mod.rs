@@ -712,14 +712,14 @@ impl Session {
             let mut ids: Vec<u64> = st
                 .units
                 .iter()
-                .filter(|(_, u)| !u.initialized)
+                .filter(|(_, u)| !u.initialized())
                 .map(|(k, _)| k)
                 .collect();
             ids.sort_unstable();
             ids.iter()
                 .filter_map(|k| {
                     let u = st.units.get_mut(k)?;
-                    u.initialized = true;
+                    u.set_initialized();
                     Some(u.alloc)
                 })
                 .collect()

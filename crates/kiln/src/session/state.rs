@@ -128,7 +128,7 @@ pub(crate) struct Scope {
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
-/// unit has is inline (112 bytes), what few units have is in one optional box ([`Rare`]).
+/// unit has is inline (104 bytes), what few units have is in one optional box ([`Rare`]).
 pub(crate) struct Unit {
     pub alloc: AllocId,
     /// (address, size) of its segments.
@@ -141,17 +141,27 @@ pub(crate) struct Unit {
     pub dependents: Few<u64>,
     rare: Option<Box<Rare>>,
     /// The slab of its segments and the region of each, when its slab ranges are exactly its
-    /// segments (what a link into slab memory makes): then they are not stored.
-    slab: Option<(SlabId, [u8; 3])>,
+    /// segments (what a link into slab memory makes): then they are not stored. Else
+    /// `regions[0]` is [`NO_REGION`].
+    slab: SlabId,
+    regions: [u8; 3],
     pub scope: ScopeId,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    memory: MemoryKind,
-    pub initialized: bool,
+    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 104 bytes with it).
+    flags: u8,
 }
+
+/// [`Unit::regions`] when its slab ranges are stored in [`Rare`].
+const NO_REGION: u8 = u8::MAX;
+/// [`Unit::flags`]: its initializers ran (or were found to have nothing to run).
+const INITIALIZED: u8 = 4;
+/// [`Unit::flags`]: the bits of its [`MemoryKind`].
+const MEMORY: u8 = 3;
 
 /// Where a unit's ranges came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum MemoryKind {
     /// A reservation of its own.
     Own,
@@ -164,7 +174,7 @@ enum MemoryKind {
 /// The parts of a unit's record that most units of a JIT do not have.
 #[derive(Default)]
 struct Rare {
-    /// Its slab ranges, when [`Unit::slab`] cannot say them.
+    /// Its slab ranges, when [`Unit::regions`] cannot say them.
     slab_ranges: Vec<SlabRange>,
     memory: Option<Arc<dyn CodeMemory>>,
     /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
@@ -205,6 +215,7 @@ impl Unit {
             (Some(_), false) => MemoryKind::Other,
         };
         let ranges_kept = slab.is_none() && !n.slab_ranges.is_empty();
+        let (slab, regions) = slab.unwrap_or((SlabId(0), [NO_REGION; 3]));
         let has_rare = ranges_kept
             || memory == MemoryKind::Other
             || n.relink.is_some()
@@ -236,19 +247,24 @@ impl Unit {
             dependents: Few::default(),
             rare,
             slab,
+            regions,
             scope: n.scope,
             pins: AtomicU32::new(0),
-            memory,
-            // Even without initializers: the executor runs a unit's finalizers (destructors,
-            // exit handlers) only if it was initialized.
-            initialized: false,
+            // Not initialized, even without initializers: the executor runs a unit's
+            // finalizers (destructors, exit handlers) only if it was initialized.
+            flags: memory as u8,
         }
     }
 
     /// The ranges it holds in slabs (empty for a unit in a reservation of its own).
     pub fn slab_ranges(&self) -> Few<SlabRange> {
-        match self.slab {
-            Some((slab, regions)) => self
+        match (self.slab, self.regions) {
+            (_, [NO_REGION, ..]) => self
+                .rare
+                .iter()
+                .flat_map(|r| r.slab_ranges.iter().copied())
+                .collect(),
+            (slab, regions) => self
                 .segments
                 .iter()
                 .zip(regions)
@@ -259,11 +275,6 @@ impl Unit {
                     size,
                 })
                 .collect(),
-            None => self
-                .rare
-                .iter()
-                .flat_map(|r| r.slab_ranges.iter().copied())
-                .collect(),
         }
     }
 
@@ -273,16 +284,33 @@ impl Unit {
         &'a self,
         session: &'a Arc<dyn CodeMemory>,
     ) -> Option<&'a Arc<dyn CodeMemory>> {
-        match self.memory {
+        match self.memory_kind() {
             MemoryKind::Own => None,
             MemoryKind::Session => Some(session),
             MemoryKind::Other => self.rare.as_ref()?.memory.as_ref(),
         }
     }
 
+    fn memory_kind(&self) -> MemoryKind {
+        match self.flags & MEMORY {
+            0 => MemoryKind::Own,
+            1 => MemoryKind::Session,
+            _ => MemoryKind::Other,
+        }
+    }
+
     /// Whether it lives in slab memory (the session's or another code memory's).
     pub fn in_slabs(&self) -> bool {
-        self.memory != MemoryKind::Own
+        self.memory_kind() != MemoryKind::Own
+    }
+
+    /// Whether its initializers ran ([`crate::Session::run_initializers`]).
+    pub fn initialized(&self) -> bool {
+        self.flags & INITIALIZED != 0
+    }
+
+    pub fn set_initialized(&mut self) {
+        self.flags |= INITIALIZED;
     }
 
     /// Its segments moved to `after` (same count, same sizes, same slabs); `translate` maps an
@@ -343,7 +371,7 @@ fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(SlabId, 
     }
     let mut regions = [0u8; 3];
     for ((r, &(addr, size)), region) in ranges.iter().zip(segments).zip(&mut regions) {
-        *region = u8::try_from(r.region).ok()?;
+        *region = u8::try_from(r.region).ok().filter(|&x| x != NO_REGION)?;
         if r.slab != first.slab || r.addr.0 != addr || r.size != size {
             return None;
         }
@@ -700,9 +728,9 @@ mod tests {
 
     #[test]
     fn records_stay_small() {
-        // A JIT keeps a record per unit: a million units, 112 MB of records.
+        // A JIT keeps a record per unit: a million units, 104 MB of records.
         assert!(
-            std::mem::size_of::<Unit>() <= 112,
+            std::mem::size_of::<Unit>() <= 104,
             "{}",
             std::mem::size_of::<Unit>()
         );
@@ -751,13 +779,13 @@ mod tests {
         };
         let ranges = vec![range(0, 0x1000, 16), range(2, 0x9000, 8)];
         let u = new(vec![(0x1000, 16), (0x9000, 8)], ranges.clone());
-        assert!(u.rare.is_none() && u.slab.is_some());
+        assert!(u.rare.is_none() && u.regions == [0, 2, 0] && u.slab == SlabId(3));
         assert_eq!(&*u.slab_ranges(), &ranges[..]);
         assert!(u.in_slabs());
         // A range that is not a segment: kept as it is.
         let odd = vec![range(0, 0x1000, 32)];
         let mut u = new(vec![(0x1000, 16)], odd.clone());
-        assert!(u.rare.is_some() && u.slab.is_none());
+        assert!(u.rare.is_some() && u.regions[0] == NO_REGION);
         assert_eq!(&*u.slab_ranges(), &odd[..]);
         u.move_segments(&[(0x2000, 16)], |a| a + 0x1000);
         assert_eq!(u.slab_ranges()[0].addr, ExecutorAddr(0x2000));
