@@ -241,7 +241,7 @@ impl Unit {
         });
         Unit {
             alloc: n.alloc,
-            segments: n.segments.into_iter().collect(),
+            segments: n.segments.into(),
             names: Few::default(),
             deps: Few::default(),
             dependents: Few::default(),

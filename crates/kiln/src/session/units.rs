@@ -111,6 +111,17 @@ impl<T> From<Few<T>> for Vec<T> {
     }
 }
 
+impl<T> From<Vec<T>> for Few<T> {
+    /// Without copying a list of two or more.
+    fn from(mut v: Vec<T>) -> Few<T> {
+        match v.len() {
+            0 => Few::default(),
+            1 => v.pop().map_or_else(Few::default, Few::One),
+            _ => Few::Many(Some(Box::new(v))),
+        }
+    }
+}
+
 impl<T> Extend<T> for Few<T> {
     fn extend<I: IntoIterator<Item = T>>(&mut self, items: I) {
         for x in items {
@@ -367,8 +378,21 @@ impl AddrIndex {
             end,
             unit_seg: unit << 8 | u64::from(seg),
         };
-        if self.runs.is_empty() {
-            self.runs.push(vec![entry]);
+        // Past the last entry (a JIT's usual insert): onto the last run, or a new run when
+        // that is full.
+        if self
+            .runs
+            .last()
+            .is_none_or(|last| last[last.len() - 1].start < start)
+        {
+            match self.runs.last_mut() {
+                Some(last) if last.len() < RUN => last.push(entry),
+                _ => {
+                    let mut run = Vec::with_capacity(RUN);
+                    run.push(entry);
+                    self.runs.push(run);
+                }
+            }
             return;
         }
         let r = self.run_of(start);
@@ -475,6 +499,9 @@ mod tests {
         let many: Few<u64> = [1, 2, 3].into_iter().collect();
         assert_eq!(many.clone().into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(Vec::from(many), vec![1, 2, 3]);
+        assert!(matches!(Few::from(vec![4]), Few::One(4)));
+        assert!(Few::<u64>::from(Vec::new()).is_empty());
+        assert_eq!(&*Few::from(vec![4, 5]), &[4, 5]);
     }
 
     #[test]
