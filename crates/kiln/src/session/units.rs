@@ -170,9 +170,8 @@ impl UnitTable {
         self.slot_mut(s).as_mut()
     }
 
-    /// Enter unit `id` (an id not in the table).
+    /// Enter unit `id` (a new id: a unit already there under it would be dropped).
     pub(crate) fn insert(&mut self, id: u64, unit: Unit) {
-        self.remove(&id);
         let s = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -185,7 +184,10 @@ impl UnitTable {
             }
         };
         *self.slot_mut(s) = Some(unit);
-        self.index.insert(id, s);
+        if let Some(old) = self.index.insert(id, s) {
+            *self.slot_mut(old) = None;
+            self.free.push(old);
+        }
     }
 
     pub(crate) fn remove(&mut self, id: &u64) -> Option<Unit> {
@@ -252,8 +254,14 @@ impl IdIndex {
         self.sparse.get(&id).copied()
     }
 
-    /// Enter `id` (not in the index) at `slot`.
-    fn insert(&mut self, id: u64, slot: u32) {
+    /// Enter `id` at `slot`; the slot it had, if it was there already.
+    fn insert(&mut self, id: u64, slot: u32) -> Option<u32> {
+        if self.get(id).is_some() {
+            // Not on a session's path (its ids are new): the old entry out first.
+            let old = self.remove(id);
+            self.insert(id, slot);
+            return old;
+        }
         let (k, i) = Self::split(id);
         let newest = k + 1 >= self.dense.len();
         if self.dense.len() <= k {
@@ -278,6 +286,7 @@ impl IdIndex {
                 self.sparse.insert(id, slot);
             }
         }
+        None
     }
 
     fn remove(&mut self, id: u64) -> Option<u32> {
@@ -603,8 +612,13 @@ mod tests {
         assert!(!index.sparse.is_empty());
         assert!(index.dense[..9].iter().all(Option::is_none));
         // An id of a freed array, entered again (not what a session does, but allowed).
-        index.insert(17, 5);
+        assert_eq!(index.insert(17, 5), None);
         model.insert(17, 5);
+        // An id there already: its old slot comes back.
+        assert_eq!(index.insert(16, 9), Some(16 * 7));
+        assert_eq!(index.insert(n - 1, 8), Some(((n - 1) * 7) as u32));
+        model.insert(16, 9);
+        model.insert(n - 1, 8);
         assert_eq!(index.remove(3), None);
         assert_eq!(index.len, model.len());
         for id in 0..n + 5 {
