@@ -194,7 +194,7 @@ impl Session {
         let field = st
             .units
             .get(&site.unit.0)
-            .and_then(|u| u.segments.get(site.segment))
+            .and_then(|u| u.segments().get(site.segment).copied())
             .filter(|(_, size)| site.offset.checked_add(4).is_some_and(|e| e <= *size))
             .map(|(addr, _)| addr + site.offset);
         let Some(field) = field else {
@@ -244,7 +244,7 @@ impl Session {
             .unit_at(stub.0)
             .ok_or_else(|| not_a_stub("no live unit holds it"))?;
         let u = st.unit(UnitId(unit))?;
-        let (_, seg_size) = u.segments[usize::from(seg)];
+        let (_, seg_size) = u.segments()[usize::from(seg)];
         if !stub.0.is_multiple_of(LAZY_STUB.align) || off + size > seg_size {
             return Err(not_a_stub("misaligned, or not whole in one segment"));
         }
@@ -388,6 +388,6 @@ fn recorded_call_field(st: &State, caller: u64, edge: u32) -> Option<u64> {
     if !is_call_relocation(e.kind) {
         return None;
     }
-    let (addr, _) = u.segments.get(usize::from(e.segment))?;
+    let (addr, _) = *u.segments().get(usize::from(e.segment))?;
     Some(addr + u64::from(e.offset))
 }

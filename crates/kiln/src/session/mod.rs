@@ -686,7 +686,7 @@ impl Session {
     pub fn unit_segments(&self, unit: UnitId) -> Result<Vec<(ExecutorAddr, u64)>> {
         Ok(read(&self.state)
             .unit(unit)?
-            .segments
+            .segments()
             .iter()
             .map(|(a, n)| (ExecutorAddr(*a), *n))
             .collect())

@@ -108,7 +108,7 @@ impl Session {
                 let u = st.units.get(&unit.0)?;
                 Some(RelocationInfo {
                     segments: u
-                        .segments
+                        .segments()
                         .iter()
                         .map(|&(a, n)| (ExecutorAddr(a), n))
                         .collect(),
@@ -172,7 +172,7 @@ impl Session {
             let unit = st.unit(UnitId(u))?;
             let ranges = unit.slab_ranges();
             for seg in segments_with_edges(unit, &work[&u]) {
-                let (addr, len) = unit.segments[seg];
+                let (addr, len) = unit.segments()[seg];
                 let r = ranges
                     .iter()
                     .find(|r| r.addr.0 == addr)
@@ -185,9 +185,9 @@ impl Session {
         for &u in &units {
             let unit = st.unit(UnitId(u))?;
             let Some(rec) = unit.relink() else { continue };
-            let addrs: Vec<u64> = unit.segments.iter().map(|s| s.0).collect();
+            let addrs: Vec<u64> = unit.segments().iter().map(|s| s.0).collect();
             let which = &work[&u];
-            let mut slices = spans.slices(&unit.segments);
+            let mut slices = spans.slices(&unit.segments());
             let applied = rec.reapply(&addrs, &mut slices, &|k| which.selects(k), &|t| {
                 target_address(st, u, &addrs, t)
             });
@@ -223,8 +223,8 @@ impl Session {
                         .collect(),
                 )
             };
-            let (to_now, to_before) = (from_linked(&u.segments), from_linked(&m.before));
-            let key = u.segments.iter().map(|s| s.0).min().unwrap_or(0);
+            let (to_now, to_before) = (from_linked(&u.segments()), from_linked(&m.before));
+            let key = u.segments().iter().map(|s| s.0).min().unwrap_or(0);
             let again = moved_actions(
                 actions,
                 &|a| to_now.translate(a),
@@ -257,7 +257,7 @@ impl Session {
                 continue;
             };
             let seg = usize::from(e.segment);
-            let Some(&(base, _)) = v.segments.get(seg) else {
+            let Some(&(base, _)) = v.segments().get(seg) else {
                 continue;
             };
             // The field, and a few bytes before it (a relaxed instruction may have moved its
@@ -266,16 +266,17 @@ impl Session {
             let lead = u64::from(e.offset).min(2);
             let width = 8 + lead;
             let at = field - lead;
-            let old = self
-                .executor
-                .read_memory(ExecutorAddr(at), width.min(v.segments[seg].1 - (at - base)))?;
+            let old = self.executor.read_memory(
+                ExecutorAddr(at),
+                width.min(v.segments()[seg].1 - (at - base)),
+            )?;
             let mut new = old.clone();
             let mut one: Vec<&mut [u8]> = Vec::new();
             // A record over just this window: the edge at offset `lead` of segment 0.
             let mut window = RelinkRecord::window(rec, idx as usize, lead as u32);
             let addrs = [at];
             one.push(new.as_mut_slice());
-            let vaddrs: Vec<u64> = v.segments.iter().map(|s| s.0).collect();
+            let vaddrs: Vec<u64> = v.segments().iter().map(|s| s.0).collect();
             window.edges[0].target = e.target;
             window
                 .reapply(&addrs, &mut one, &|_| true, &|t| {
@@ -376,7 +377,7 @@ impl Session {
             .iter()
             .filter_map(|(n, a)| Some((*a, new_defs.iter().find(|(m, _)| m == n)?.1)))
             .collect();
-        let old_segments = st.unit(old)?.segments.clone();
+        let old_segments = st.unit(old)?.segments().to_vec();
         let address_of = |t: &RelinkTarget| match *t {
             RelinkTarget::Unit {
                 unit,
@@ -466,7 +467,7 @@ fn target_address(st: &State, unit: u64, own: &[u64], t: &RelinkTarget) -> Optio
             } else {
                 st.units.get(&u.0)?
             };
-            Some(owner.segments.get(usize::from(segment))?.0 + offset)
+            Some(owner.segments().get(usize::from(segment))?.0 + offset)
         }
         RelinkTarget::Absolute(a) => Some(a),
     }
@@ -501,10 +502,10 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
                  or its TLS ties it to its address"
             )));
         }
-        if to.len() != u.segments.len() {
+        if to.len() != u.segments().len() {
             return Err(Error::Usage(format!(
                 "{unit} has {} segments, {} new addresses given",
-                u.segments.len(),
+                u.segments().len(),
                 to.len()
             )));
         }
@@ -525,7 +526,7 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
                 UnitId(user)
             )));
         }
-        for (seg, (&(from, len), to)) in u.segments.iter().zip(to).enumerate() {
+        for (seg, (&(from, len), to)) in u.segments().iter().zip(to).enumerate() {
             if from != to.0 && len > 0 {
                 plan.push(SegmentPlan {
                     unit: unit.0,
@@ -606,7 +607,7 @@ fn moved_units(st: &State, done: &[SegmentPlan]) -> Result<Vec<MovedUnit>> {
         let i = match index.get(&m.unit) {
             Some(&i) => i,
             None => {
-                let segs = st.unit(UnitId(m.unit))?.segments.to_vec();
+                let segs = st.unit(UnitId(m.unit))?.segments().to_vec();
                 out.push(MovedUnit {
                     unit: m.unit,
                     before: segs.clone(),
@@ -710,8 +711,8 @@ fn segments_with_edges(unit: &Unit, which: &Which) -> Vec<usize> {
             .filter_map(|&k| rec.edges.get(k as usize))
             .for_each(|e| mask |= 1 << (e.segment % 64)),
     }
-    (0..unit.segments.len().min(64))
-        .filter(|&s| mask & (1 << s) != 0 && unit.segments[s].1 > 0)
+    (0..unit.segments().len().min(64))
+        .filter(|&s| mask & (1 << s) != 0 && unit.segments()[s].1 > 0)
         .collect()
 }
 

@@ -5,7 +5,7 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
-use super::units::{AddrIndex, Few, UnitTable};
+use super::units::{AddrIndex, Few, SegList, Segs, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
@@ -128,11 +128,11 @@ pub(crate) struct Scope {
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
-/// unit has is inline (104 bytes), what few units have is in one optional box ([`Rare`]).
+/// unit has is inline (96 bytes), what few units have is in one optional box ([`Rare`]).
 pub(crate) struct Unit {
     pub alloc: AllocId,
-    /// (address, size) of its segments.
-    pub segments: Few<(u64, u64)>,
+    /// (address, size) of its segments ([`Unit::segments`]).
+    segments: Segs,
     /// Names this unit defines in its scope's table (the ones that won).
     pub names: Few<Arc<str>>,
     /// Units this one binds to.
@@ -148,7 +148,7 @@ pub(crate) struct Unit {
     pub scope: ScopeId,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 104 bytes with it).
+    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 96 bytes with it).
     flags: u8,
 }
 
@@ -265,7 +265,7 @@ impl Unit {
                 .flat_map(|r| r.slab_ranges.iter().copied())
                 .collect(),
             (slab, regions) => self
-                .segments
+                .segments()
                 .iter()
                 .zip(regions)
                 .map(|(&(addr, size), region)| SlabRange {
@@ -316,10 +316,15 @@ impl Unit {
     /// Its segments moved to `after` (same count, same sizes, same slabs); `translate` maps an
     /// old address to the new one.
     pub fn move_segments(&mut self, after: &[(u64, u64)], translate: impl Fn(u64) -> u64) {
-        self.segments = after.iter().copied().collect();
+        self.segments = after.to_vec().into();
         for r in self.rare.iter_mut().flat_map(|r| r.slab_ranges.iter_mut()) {
             r.addr = ExecutorAddr(translate(r.addr.0));
         }
+    }
+
+    /// (address, size) of its segments.
+    pub fn segments(&self) -> SegList<'_> {
+        self.segments.list()
     }
 
     fn rare_mut(&mut self) -> &mut Rare {
@@ -494,7 +499,7 @@ impl State {
             old.names.retain(|n| !taken.contains(n));
         }
         unit.deps = deps.iter().copied().collect();
-        for (i, &(addr, size)) in unit.segments.iter().enumerate() {
+        for (i, &(addr, size)) in unit.segments().iter().enumerate() {
             if size > 0 {
                 self.by_addr.insert(addr, addr + size, id, i as u8);
             }
@@ -569,7 +574,7 @@ impl State {
                 dep.dependents.retain(|x| *x != id);
             }
         }
-        for &(addr, size) in &unit.segments {
+        for &(addr, size) in unit.segments().iter() {
             if size > 0 {
                 self.by_addr.remove(addr);
             }
@@ -628,7 +633,7 @@ impl State {
             for n in &unit.names {
                 scope.symbols.remove(n);
             }
-            for &(addr, size) in &unit.segments {
+            for &(addr, size) in unit.segments().iter() {
                 if size > 0 {
                     self.by_addr.remove(addr);
                 }
@@ -728,9 +733,9 @@ mod tests {
 
     #[test]
     fn records_stay_small() {
-        // A JIT keeps a record per unit: a million units, 104 MB of records.
+        // A JIT keeps a record per unit: a million units, 96 MB of records.
         assert!(
-            std::mem::size_of::<Unit>() <= 104,
+            std::mem::size_of::<Unit>() <= 96,
             "{}",
             std::mem::size_of::<Unit>()
         );
@@ -789,7 +794,7 @@ mod tests {
         assert_eq!(&*u.slab_ranges(), &odd[..]);
         u.move_segments(&[(0x2000, 16)], |a| a + 0x1000);
         assert_eq!(u.slab_ranges()[0].addr, ExecutorAddr(0x2000));
-        assert_eq!(&*u.segments, &[(0x2000, 16)]);
+        assert_eq!(&*u.segments(), &[(0x2000, 16)]);
         // A reservation of its own.
         let u = new(vec![(0x5000, 64)], Vec::new());
         assert!(!u.in_slabs() && u.slab_ranges().is_empty() && u.rare.is_none());

@@ -138,6 +138,58 @@ impl<T> FromIterator<T> for Few<T> {
     }
 }
 
+/// A unit's segments, (address, size) each, in two words: one segment of less than 4 GiB
+/// inline (most units have one, a few hundred bytes), any other list boxed. Read through
+/// [`Segs::list`], a slice.
+#[derive(Clone, Debug)]
+pub(crate) enum Segs {
+    One {
+        size: u32,
+        addr: u64,
+    },
+    #[allow(clippy::box_collection)]
+    Many(Option<Box<Vec<(u64, u64)>>>),
+}
+
+impl From<Vec<(u64, u64)>> for Segs {
+    fn from(v: Vec<(u64, u64)>) -> Segs {
+        match v[..] {
+            [] => Segs::Many(None),
+            [(addr, size)] if u32::try_from(size).is_ok() => Segs::One {
+                size: size as u32,
+                addr,
+            },
+            _ => Segs::Many(Some(Box::new(v))),
+        }
+    }
+}
+
+impl Segs {
+    pub(crate) fn list(&self) -> SegList<'_> {
+        match self {
+            Segs::One { size, addr } => SegList::One([(*addr, u64::from(*size))]),
+            Segs::Many(Some(v)) => SegList::Slice(v),
+            Segs::Many(None) => SegList::Slice(&[]),
+        }
+    }
+}
+
+/// [`Segs`] read as a slice.
+pub(crate) enum SegList<'a> {
+    One([(u64, u64); 1]),
+    Slice(&'a [(u64, u64)]),
+}
+
+impl Deref for SegList<'_> {
+    type Target = [(u64, u64)];
+    fn deref(&self) -> &[(u64, u64)] {
+        match self {
+            SegList::One(one) => one,
+            SegList::Slice(s) => s,
+        }
+    }
+}
+
 /// Records per chunk.
 const CHUNK: usize = 1024;
 
@@ -511,6 +563,26 @@ mod tests {
         assert!(matches!(Few::from(vec![4]), Few::One(4)));
         assert!(Few::<u64>::from(Vec::new()).is_empty());
         assert_eq!(&*Few::from(vec![4, 5]), &[4, 5]);
+    }
+
+    #[test]
+    fn segs_read_as_the_list_they_were_made_from() {
+        use super::Segs;
+        assert_eq!(std::mem::size_of::<Segs>(), 16);
+        let lists: [Vec<(u64, u64)>; 4] = [
+            vec![],
+            vec![(0x1000, 160)],
+            vec![(0x1000, 1 << 32)],
+            vec![(0x1000, 16), (0x9000, 8)],
+        ];
+        for list in lists {
+            let segs = Segs::from(list.clone());
+            assert_eq!(&*segs.list(), &list[..]);
+            assert_eq!(
+                matches!(segs, Segs::One { .. }),
+                list.len() == 1 && list[0].1 < 1 << 32
+            );
+        }
     }
 
     #[test]
