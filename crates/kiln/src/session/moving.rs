@@ -575,7 +575,7 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
                 )));
             }
         }
-        for (s, e, other, _) in st.by_addr.below(end) {
+        for (s, e, other) in st.segments_below(end) {
             if e <= m.to {
                 break;
             }
@@ -629,7 +629,7 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
     for m in moved {
         for &(a, n) in &m.before {
             if n > 0 {
-                st.by_addr.remove(a);
+                st.unindex_segment(a);
             }
         }
     }
@@ -648,7 +648,7 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
         let (scope, names) = (u.scope, u.names.clone());
         for (i, &(a, n)) in m.after.iter().enumerate() {
             if n > 0 {
-                st.by_addr.insert(a, a + n, m.unit, i as u8);
+                st.index_segment(a, m.unit, i as u8);
             }
         }
         if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {

@@ -388,8 +388,9 @@ pub(crate) struct State {
     pub scopes: Vec<Scope>,
     pub units: UnitTable,
     pub next_unit: u64,
-    /// Every live unit's segments (of nonzero size) by address.
-    pub by_addr: AddrIndex,
+    /// Every live unit's segments (of nonzero size) by address (their sizes are in the
+    /// units' records).
+    by_addr: AddrIndex,
 }
 
 impl State {
@@ -501,29 +502,58 @@ impl State {
         unit.deps = deps.iter().copied().collect();
         for (i, &(addr, size)) in unit.segments().iter().enumerate() {
             if size > 0 {
-                self.by_addr.insert(addr, addr + size, id, i as u8);
+                self.by_addr.insert(addr, id, i as u8);
             }
         }
         if let Some(rec) = unit.rare.as_mut().and_then(|r| r.relink.take()) {
-            unit.rare_mut().relink = Some(Arc::new(self.classify(id, rec)));
+            let own = unit.segments().to_vec();
+            unit.rare_mut().relink = Some(Arc::new(self.classify(id, &own, rec)));
         }
         self.units.insert(id, unit);
     }
 
     /// The live unit, its segment and the offset in it, at `addr`.
     pub fn unit_at(&self, addr: u64) -> Option<(u64, u8, u64)> {
-        self.by_addr.at(addr)
+        let (start, unit, seg) = self.by_addr.last_at_or_below(addr)?;
+        let (_, size) = *self.units.get(&unit)?.segments().get(usize::from(seg))?;
+        (addr - start < size).then_some((unit, seg, addr - start))
+    }
+
+    /// The live segments that start below `end`, highest start first: (start, end, unit).
+    pub fn segments_below(&self, end: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.by_addr.below(end).map(|(start, unit, seg)| {
+            let size = self
+                .units
+                .get(&unit)
+                .and_then(|u| u.segments().get(usize::from(seg)).map(|s| s.1));
+            (start, start + size.unwrap_or(0), unit)
+        })
+    }
+
+    /// Segment `seg` of `unit`, starting at `start`, into the address index (its size is the
+    /// unit's record's).
+    pub fn index_segment(&mut self, start: u64, unit: u64, seg: u8) {
+        self.by_addr.insert(start, unit, seg);
+    }
+
+    /// The segment starting at `start` out of the address index.
+    pub fn unindex_segment(&mut self, start: u64) {
+        self.by_addr.remove(start);
     }
 
     /// Name the absolute targets of a new unit's record that lie in other live units, and
     /// record those edges as incoming on their targets.
-    fn classify(&mut self, id: u64, rec: Arc<RelinkRecord>) -> RelinkRecord {
+    /// `own`: the new unit's segments (it is not in the unit table yet).
+    fn classify(&mut self, id: u64, own: &[(u64, u64)], rec: Arc<RelinkRecord>) -> RelinkRecord {
         let mut rec = Arc::unwrap_or_clone(rec);
         for (i, e) in rec.edges.iter_mut().enumerate() {
             let RelinkTarget::Absolute(addr) = e.target else {
                 continue;
             };
-            let Some((unit, segment, offset)) = self.unit_at(addr) else {
+            let in_own = own.iter().enumerate().find_map(|(seg, &(start, size))| {
+                (addr.wrapping_sub(start) < size).then(|| (id, seg as u8, addr - start))
+            });
+            let Some((unit, segment, offset)) = in_own.or_else(|| self.unit_at(addr)) else {
                 continue;
             };
             e.target = RelinkTarget::Unit {

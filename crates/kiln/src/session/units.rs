@@ -396,30 +396,24 @@ const RUN: usize = 128;
 /// inserts then leave every leaf half full (62 bytes per segment). Here sorted runs of up to
 /// [`RUN`] entries, found by binary search over the runs; a run that fills when the insert
 /// goes to its end starts a new run instead of splitting, so ascending inserts fill every run
-/// (24 bytes per segment).
+/// (16 bytes per segment: a segment's size is in its unit's record, not here).
 #[derive(Default)]
 pub(crate) struct AddrIndex {
     /// Non-empty runs, in address order; each sorted by start.
     runs: Vec<Vec<AddrEntry>>,
 }
 
-/// One segment: [start, end), its unit and its index in the unit (`unit << 8 | segment`: unit
+/// One segment: its start, its unit and its index in the unit (`unit << 8 | segment`: unit
 /// ids count up from 1 and stay far below 2^56).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct AddrEntry {
     start: u64,
-    end: u64,
     unit_seg: u64,
 }
 
 impl AddrEntry {
-    fn get(&self) -> (u64, u64, u64, u8) {
-        (
-            self.start,
-            self.end,
-            self.unit_seg >> 8,
-            self.unit_seg as u8,
-        )
+    fn get(&self) -> (u64, u64, u8) {
+        (self.start, self.unit_seg >> 8, self.unit_seg as u8)
     }
 }
 
@@ -432,11 +426,10 @@ impl AddrIndex {
             .saturating_sub(1)
     }
 
-    /// Enter segment `seg` of `unit`, [start, end) (a start not in the index).
-    pub(crate) fn insert(&mut self, start: u64, end: u64, unit: u64, seg: u8) {
+    /// Enter segment `seg` of `unit`, starting at `start` (a start not in the index).
+    pub(crate) fn insert(&mut self, start: u64, unit: u64, seg: u8) {
         let entry = AddrEntry {
             start,
-            end,
             unit_seg: unit << 8 | u64::from(seg),
         };
         // Past the last entry (a JIT's usual insert): onto the last run, or a new run when
@@ -507,16 +500,16 @@ impl AddrIndex {
         }
     }
 
-    /// The segment holding `addr`: (unit, segment index, offset in it).
-    pub(crate) fn at(&self, addr: u64) -> Option<(u64, u8, u64)> {
+    /// The segment that starts last at or below `addr` (the only one that can hold it):
+    /// (start, unit, segment index).
+    pub(crate) fn last_at_or_below(&self, addr: u64) -> Option<(u64, u64, u8)> {
         let run = self.runs.get(self.run_of(addr))?;
         let i = run.partition_point(|e| e.start <= addr).checked_sub(1)?;
-        let (start, end, unit, seg) = run[i].get();
-        (addr < end).then_some((unit, seg, addr - start))
+        Some(run[i].get())
     }
 
-    /// The segments that start below `end`, highest start first: (start, end, unit, segment).
-    pub(crate) fn below(&self, end: u64) -> impl Iterator<Item = (u64, u64, u64, u8)> + '_ {
+    /// The segments that start below `end`, highest start first: (start, unit, segment).
+    pub(crate) fn below(&self, end: u64) -> impl Iterator<Item = (u64, u64, u8)> + '_ {
         let r = self.runs.partition_point(|r| r[0].start < end);
         let upto = r
             .checked_sub(1)
@@ -601,10 +594,10 @@ mod tests {
         let check = |index: &AddrIndex, model: &[(u64, u64, u64)]| {
             assert_eq!(index.runs.iter().map(Vec::len).sum::<usize>(), model.len());
             for &(s, e, u) in model {
-                assert_eq!(index.at(s), Some((u, (u % 3) as u8, 0)));
-                assert_eq!(index.at(e - 1), Some((u, (u % 3) as u8, e - 1 - s)));
-                // Gaps between segments belong to nobody.
-                assert_eq!(index.at(e), None);
+                let seg = (u % 3) as u8;
+                assert_eq!(index.last_at_or_below(s), Some((s, u, seg)));
+                assert_eq!(index.last_at_or_below(e), Some((s, u, seg)));
+                assert_ne!(index.last_at_or_below(s - 1), Some((s, u, seg)));
                 let below: Vec<u64> = index.below(e).map(|x| x.0).collect();
                 let want: Vec<u64> = model
                     .iter()
@@ -614,12 +607,12 @@ mod tests {
                     .collect();
                 assert_eq!(below, want);
             }
-            assert_eq!(index.at(0), None);
+            assert_eq!(index.last_at_or_below(0), None);
             assert_eq!(index.below(0).count(), 0);
         };
         let add = |index: &mut AddrIndex, model: &mut Vec<(u64, u64, u64)>, k: u64| {
             let (s, e) = (0x1000 + k * 64, 0x1000 + k * 64 + 40);
-            index.insert(s, e, k + 1, ((k + 1) % 3) as u8);
+            index.insert(s, k + 1, ((k + 1) % 3) as u8);
             model.push((s, e, k + 1));
             model.sort_unstable();
         };
