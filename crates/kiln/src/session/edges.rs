@@ -62,9 +62,7 @@ impl Session {
         if let RelinkTarget::Unit { unit: t, .. } = new {
             if let Some(t) = st.units.get_mut(&t.0) {
                 t.add_incoming(edge);
-                if !t.dependents.contains(&unit) {
-                    t.dependents.push(unit);
-                }
+                t.add_dependent(unit);
             }
         }
         let Some(u) = st.units.get_mut(&unit) else {
@@ -85,14 +83,12 @@ impl Session {
             _ => None,
         };
         if let RelinkTarget::Unit { unit: t, .. } = new {
-            if !u.deps.contains(&t.0) {
-                u.deps.push(t.0);
-            }
+            u.add_dep(t.0);
         }
         if let Some(t) = dropped {
-            u.deps.retain(|d| *d != t);
+            u.retain_deps(|d| d != t);
             if let Some(t) = st.units.get_mut(&t) {
-                t.dependents.retain(|d| *d != unit);
+                t.retain_dependents(|d| d != unit);
             }
         }
         Ok(Some(idx))

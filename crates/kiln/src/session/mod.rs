@@ -628,7 +628,7 @@ impl Session {
     pub fn dependencies(&self, unit: UnitId) -> Result<Vec<UnitId>> {
         Ok(read(&self.state)
             .unit(unit)?
-            .deps
+            .deps()
             .iter()
             .map(|d| UnitId(*d))
             .collect())
@@ -638,7 +638,7 @@ impl Session {
     pub fn dependents(&self, unit: UnitId) -> Result<Vec<UnitId>> {
         let mut d: Vec<UnitId> = read(&self.state)
             .unit(unit)?
-            .dependents
+            .dependents()
             .iter()
             .map(|d| UnitId(*d))
             .collect();

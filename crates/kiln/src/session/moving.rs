@@ -118,7 +118,7 @@ impl Session {
                         && u.relink().is_some_and(|r| r.movable),
                     linking: u.pins.load(std::sync::atomic::Ordering::Relaxed) > 0,
                     fixed_user: u
-                        .dependents
+                        .dependents()
                         .iter()
                         .find(|d| fixed.contains(**d))
                         .map(|&d| UnitId(d)),
@@ -515,7 +515,7 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
         }
         let incoming = u.incoming().iter().map(|(from, _)| from);
         if let Some(&user) = u
-            .dependents
+            .dependents()
             .iter()
             .chain(incoming)
             .find(|d| fixed.contains(**d))
@@ -910,9 +910,7 @@ fn retarget_tables(
                     offset,
                 };
             }
-            if !v.deps.contains(&new) {
-                v.deps.push(new);
-            }
+            v.add_dep(new);
         }
         moved.push((from, idx));
     }
@@ -926,9 +924,7 @@ fn retarget_tables(
             n.add_incoming(edge);
         }
         for f in &froms {
-            if !n.dependents.contains(f) {
-                n.dependents.push(*f);
-            }
+            n.add_dependent(*f);
         }
     }
     // A unit that no longer targets the old one through any edge stops depending on it.
@@ -939,10 +935,10 @@ fn retarget_tables(
             .is_some_and(|o| o.incoming().iter().any(|(x, _)| *x == f));
         if !still {
             if let Some(v) = st.units.get_mut(&f) {
-                v.deps.retain(|d| *d != old);
+                v.retain_deps(|d| d != old);
             }
             if let Some(o) = st.units.get_mut(&old) {
-                o.dependents.retain(|d| *d != f);
+                o.retain_dependents(|d| d != f);
             }
         }
     }

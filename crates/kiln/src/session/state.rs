@@ -128,17 +128,18 @@ pub(crate) struct Scope {
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
-/// unit has is inline (96 bytes), what few units have is in one optional box ([`Rare`]).
+/// unit has is inline (80 bytes), what few units have is in one optional box ([`Rare`]).
 pub(crate) struct Unit {
     pub alloc: AllocId,
     /// (address, size) of its segments ([`Unit::segments`]).
     segments: Segs,
     /// Names this unit defines in its scope's table (the ones that won).
     pub names: Few<Arc<str>>,
-    /// Units this one binds to.
-    pub deps: Few<u64>,
-    /// Units that bind to this one.
-    pub dependents: Few<u64>,
+    /// The unit this one binds to, if one ([`Unit::deps`]): 0 for none, [`IN_RARE`] when the
+    /// list is in [`Rare::deps`] (ids count up from 1 and never reach `u64::MAX`).
+    dep: u64,
+    /// The unit that binds to this one, if one ([`Unit::dependents`]), the same way.
+    dependent: u64,
     rare: Option<Box<Rare>>,
     /// The slab of its segments and the region of each, when its slab ranges are exactly its
     /// segments (what a link into slab memory makes): then they are not stored. Else
@@ -148,10 +149,12 @@ pub(crate) struct Unit {
     pub scope: ScopeId,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 96 bytes with it).
+    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 80 bytes with it).
     flags: u8,
 }
 
+/// [`Unit::dep`], [`Unit::dependent`]: the list is in [`Rare`] (two or more units).
+const IN_RARE: u64 = u64::MAX;
 /// [`Unit::regions`] when its slab ranges are stored in [`Rare`].
 const NO_REGION: u8 = u8::MAX;
 /// [`Unit::flags`]: its initializers ran (or were found to have nothing to run).
@@ -186,6 +189,17 @@ struct Rare {
     incoming: Vec<(u64, u32)>,
     stats: Option<Box<crate::LinkStats>>,
     map: Option<Arc<crate::LinkMap>>,
+    /// The units it binds to, when more than one.
+    deps: Vec<u64>,
+    /// The units that bind to it, when more than one.
+    dependents: Vec<u64>,
+}
+
+/// Which of a unit's two lists of units.
+#[derive(Copy, Clone)]
+enum Links {
+    Deps,
+    Dependents,
 }
 
 /// What a new unit's record is made of.
@@ -222,6 +236,7 @@ impl Unit {
             || n.link_actions.is_some()
             || n.stats.is_some()
             || n.map.is_some();
+        // (A unit's lists of units join its rare part when they grow past one.)
         let rare = has_rare.then(|| {
             let mut slab_ranges = if ranges_kept {
                 n.slab_ranges
@@ -237,14 +252,16 @@ impl Unit {
                 incoming: Vec::new(),
                 stats: n.stats.map(Box::new),
                 map: n.map.map(Arc::new),
+                deps: Vec::new(),
+                dependents: Vec::new(),
             })
         });
         Unit {
             alloc: n.alloc,
             segments: n.segments.into(),
             names: Few::default(),
-            deps: Few::default(),
-            dependents: Few::default(),
+            dep: 0,
+            dependent: 0,
             rare,
             slab,
             regions,
@@ -327,6 +344,103 @@ impl Unit {
         self.segments.list()
     }
 
+    /// The units it binds to.
+    pub fn deps(&self) -> &[u64] {
+        self.links(Links::Deps)
+    }
+
+    /// The units that bind to it.
+    pub fn dependents(&self) -> &[u64] {
+        self.links(Links::Dependents)
+    }
+
+    /// Bind to `id` (if not bound already).
+    pub fn add_dep(&mut self, id: u64) {
+        self.add_link(Links::Deps, id);
+    }
+
+    /// `id` binds to it (if not known already).
+    pub fn add_dependent(&mut self, id: u64) {
+        self.add_link(Links::Dependents, id);
+    }
+
+    pub fn retain_deps(&mut self, keep: impl FnMut(u64) -> bool) {
+        self.retain_links(Links::Deps, keep);
+    }
+
+    pub fn retain_dependents(&mut self, keep: impl FnMut(u64) -> bool) {
+        self.retain_links(Links::Dependents, keep);
+    }
+
+    /// The units it binds to are `ids` (no id twice).
+    pub fn set_deps(&mut self, ids: &[u64]) {
+        match ids {
+            [] => self.dep = 0,
+            [one] => self.dep = *one,
+            _ => {
+                self.dep = IN_RARE;
+                self.rare_mut().deps = ids.to_vec();
+            }
+        }
+    }
+
+    fn link(&mut self, which: Links) -> &mut u64 {
+        match which {
+            Links::Deps => &mut self.dep,
+            Links::Dependents => &mut self.dependent,
+        }
+    }
+
+    fn links(&self, which: Links) -> &[u64] {
+        let one = match which {
+            Links::Deps => &self.dep,
+            Links::Dependents => &self.dependent,
+        };
+        match *one {
+            0 => &[],
+            IN_RARE => self.rare.as_ref().map_or(&[], |r| r.links(which)),
+            _ => std::slice::from_ref(one),
+        }
+    }
+
+    fn add_link(&mut self, which: Links, id: u64) {
+        if self.links(which).contains(&id) {
+            return;
+        }
+        match *self.link(which) {
+            0 => *self.link(which) = id,
+            IN_RARE => self.rare_mut().links_mut(which).push(id),
+            first => {
+                *self.link(which) = IN_RARE;
+                let list = self.rare_mut().links_mut(which);
+                list.clear();
+                list.extend([first, id]);
+            }
+        }
+    }
+
+    fn retain_links(&mut self, which: Links, mut keep: impl FnMut(u64) -> bool) {
+        match *self.link(which) {
+            0 => {}
+            IN_RARE => {
+                let list = self.rare_mut().links_mut(which);
+                list.retain(|&x| keep(x));
+                // Back inline when one or none is left.
+                let left = match list[..] {
+                    [] => Some(0),
+                    [one] => Some(one),
+                    _ => None,
+                };
+                if let Some(left) = left {
+                    *list = Vec::new();
+                    *self.link(which) = left;
+                }
+            }
+            one if !keep(one) => *self.link(which) = 0,
+            _ => {}
+        }
+    }
+
     fn rare_mut(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Box::default)
     }
@@ -364,6 +478,22 @@ impl Unit {
 
     pub fn map(&self) -> Option<&Arc<crate::LinkMap>> {
         self.rare.as_ref()?.map.as_ref()
+    }
+}
+
+impl Rare {
+    fn links(&self, which: Links) -> &[u64] {
+        match which {
+            Links::Deps => &self.deps,
+            Links::Dependents => &self.dependents,
+        }
+    }
+
+    fn links_mut(&mut self, which: Links) -> &mut Vec<u64> {
+        match which {
+            Links::Deps => &mut self.deps,
+            Links::Dependents => &mut self.dependents,
+        }
     }
 }
 
@@ -491,15 +621,13 @@ impl State {
         for d in deps {
             if let Some(dep) = self.units.get_mut(d) {
                 dep.pins.fetch_sub(1, Ordering::Relaxed);
-                if !dep.dependents.contains(&id) {
-                    dep.dependents.push(id);
-                }
+                dep.add_dependent(id);
             }
         }
         if let Some(old) = replacing.and_then(|r| self.units.get_mut(&r)) {
             old.names.retain(|n| !taken.contains(n));
         }
-        unit.deps = deps.iter().copied().collect();
+        unit.set_deps(deps);
         for (i, &(addr, size)) in unit.segments().iter().enumerate() {
             if size > 0 {
                 self.by_addr.insert(addr, id, i as u8);
@@ -583,8 +711,9 @@ impl State {
         if unit.pins.load(Ordering::Relaxed) > 0 {
             return Err(Error::UnitInUse(UnitId(id)));
         }
-        if !unit.dependents.is_empty() {
-            let mut dependents: Vec<UnitId> = unit.dependents.iter().map(|d| UnitId(*d)).collect();
+        if !unit.dependents().is_empty() {
+            let mut dependents: Vec<UnitId> =
+                unit.dependents().iter().map(|d| UnitId(*d)).collect();
             dependents.sort_unstable();
             return Err(Error::HasDependents {
                 unit: UnitId(id),
@@ -599,9 +728,9 @@ impl State {
         for n in &unit.names {
             scope.symbols.remove(n);
         }
-        for d in &unit.deps {
+        for d in unit.deps() {
             if let Some(dep) = self.units.get_mut(d) {
-                dep.dependents.retain(|x| *x != id);
+                dep.retain_dependents(|x| x != id);
             }
         }
         for &(addr, size) in unit.segments().iter() {
@@ -635,7 +764,7 @@ impl State {
                 return Err(Error::UnitInUse(UnitId(id)));
             }
             let mut outside: Vec<UnitId> = unit
-                .dependents
+                .dependents()
                 .iter()
                 .filter(|d| !set.contains(**d))
                 .map(|d| UnitId(*d))
@@ -668,7 +797,7 @@ impl State {
                     self.by_addr.remove(addr);
                 }
             }
-            for &d in &unit.deps {
+            for &d in unit.deps() {
                 if !set.contains(d) && !seen_dep.contains(d) {
                     seen_dep.insert(d);
                     deps_of.push(d);
@@ -688,7 +817,7 @@ impl State {
         }
         for d in deps_of {
             if let Some(dep) = self.units.get_mut(&d) {
-                dep.dependents.retain(|x| !set.contains(*x));
+                dep.retain_dependents(|x| !set.contains(x));
             }
         }
         for t in targets {
@@ -718,7 +847,7 @@ impl State {
         let mut i = 0;
         while i < all.len() {
             if let Some(u) = self.units.get(&all[i]) {
-                for d in &u.dependents {
+                for d in u.dependents() {
                     if !all.contains(d) {
                         all.push(*d);
                     }
@@ -763,9 +892,9 @@ mod tests {
 
     #[test]
     fn records_stay_small() {
-        // A JIT keeps a record per unit: a million units, 96 MB of records.
+        // A JIT keeps a record per unit: a million units, 80 MB of records.
         assert!(
-            std::mem::size_of::<Unit>() <= 96,
+            std::mem::size_of::<Unit>() <= 80,
             "{}",
             std::mem::size_of::<Unit>()
         );
@@ -773,6 +902,43 @@ mod tests {
             std::mem::size_of::<Option<Unit>>(),
             std::mem::size_of::<Unit>()
         );
+    }
+
+    #[test]
+    fn lists_of_units_grow_into_the_rare_part_and_come_back() {
+        let mut u = Unit::new(NewUnit {
+            alloc: AllocId(1),
+            scope: ScopeId(0),
+            memory: None,
+            slab_ranges: Vec::new(),
+            segments: vec![(0x1000, 16)],
+            relink: None,
+            link_actions: None,
+            stats: None,
+            map: None,
+        });
+        assert!(u.deps().is_empty() && u.dependents().is_empty());
+        u.add_dependent(7);
+        u.add_dependent(7);
+        assert_eq!(u.dependents(), &[7]);
+        assert!(u.rare.is_none(), "one unit stays inline");
+        u.add_dependent(9);
+        u.add_dependent(11);
+        assert_eq!(u.dependents(), &[7, 9, 11]);
+        assert!(u.deps().is_empty());
+        u.retain_dependents(|d| d == 9);
+        assert_eq!((u.dependent, u.dependents()), (9, &[9][..]));
+        u.retain_dependents(|_| false);
+        assert!(u.dependents().is_empty());
+        u.set_deps(&[3, 4]);
+        assert_eq!(u.deps(), &[3, 4]);
+        u.retain_deps(|d| d != 3);
+        assert_eq!(u.deps(), &[4]);
+        u.set_deps(&[5]);
+        assert_eq!(u.deps(), &[5]);
+        u.add_dep(6);
+        u.retain_deps(|_| false);
+        assert!(u.deps().is_empty() && u.dep == 0);
     }
 
     #[test]
