@@ -350,7 +350,7 @@ impl IdIndex {
                 a.live -= 1;
                 self.len -= 1;
                 if !newest && (a.live as usize) < IDS / 8 {
-                    self.to_sparse(k);
+                    self.hand_to_map(k);
                 }
                 return Some(s);
             }
@@ -361,7 +361,7 @@ impl IdIndex {
     }
 
     /// Array `k`'s ids into the hash map; the array freed.
-    fn to_sparse(&mut self, k: usize) {
+    fn hand_to_map(&mut self, k: usize) {
         let Some(a) = self.dense[k].take() else {
             return;
         };
