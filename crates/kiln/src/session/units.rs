@@ -317,7 +317,18 @@ impl IdIndex {
         let (k, i) = Self::split(id);
         let newest = k + 1 >= self.dense.len();
         if self.dense.len() <= k {
+            // The array that was the newest no longer takes new ids: mostly empty (a JIT that
+            // removes what it links), it goes now, not never.
+            let last = self.dense.len().checked_sub(1);
             self.dense.resize_with(k + 1, || None);
+            if let Some(last) = last {
+                if self.dense[last]
+                    .as_ref()
+                    .is_some_and(|a| (a.live as usize) < IDS / 8)
+                {
+                    self.hand_to_map(last);
+                }
+            }
         }
         self.len += 1;
         match &mut self.dense[k] {
@@ -441,11 +452,14 @@ impl AddrIndex {
         {
             match self.runs.last_mut() {
                 Some(last) if last.len() < RUN => last.push(entry),
-                _ => {
+                // After a full run, one that will fill too; the first run grows as needed (a
+                // unit linked and removed again and again keeps no 2 KiB run).
+                Some(_) => {
                     let mut run = Vec::with_capacity(RUN);
                     run.push(entry);
                     self.runs.push(run);
                 }
+                None => self.runs.push(vec![entry]),
             }
             return;
         }
@@ -692,5 +706,17 @@ mod tests {
         let mut all: Vec<(u64, u32)> = index.iter().collect();
         all.sort_unstable();
         assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// A unit linked and removed, again and again: no array outlives its ids.
+    #[test]
+    fn id_index_of_link_and_remove_cycles_stays_small() {
+        let mut index = IdIndex::default();
+        for id in 1..(20 * IDS as u64) {
+            index.insert(id, 0);
+            assert_eq!(index.remove(id), Some(0));
+        }
+        assert_eq!(index.dense.iter().filter(|a| a.is_some()).count(), 1);
+        assert!(index.sparse.is_empty() && index.len == 0);
     }
 }
