@@ -30,7 +30,7 @@ impl Session {
         let Some((unit, segment, offset)) = st.unit_at(field.0) else {
             return Ok(None);
         };
-        let Some(rec) = st.units.get(&unit).and_then(|u| u.relink.clone()) else {
+        let Some(rec) = st.units.get(&unit).and_then(|u| u.relink().cloned()) else {
             return Ok(None);
         };
         let Some(idx) = rec
@@ -56,21 +56,19 @@ impl Session {
         let edge = (unit, idx as u32);
         if let RelinkTarget::Unit { unit: t, .. } = old {
             if let Some(t) = st.units.get_mut(&t.0) {
-                t.incoming.retain(|x| *x != edge);
+                t.retain_incoming(|x| *x != edge);
             }
         }
         if let RelinkTarget::Unit { unit: t, .. } = new {
             if let Some(t) = st.units.get_mut(&t.0) {
-                t.incoming.push(edge);
-                if !t.dependents.contains(&unit) {
-                    t.dependents.push(unit);
-                }
+                t.add_incoming(edge);
+                t.add_dependent(unit);
             }
         }
         let Some(u) = st.units.get_mut(&unit) else {
             return Ok(None);
         };
-        let Some(rec) = u.relink.as_mut() else {
+        let Some(rec) = u.relink_mut() else {
             return Ok(None);
         };
         let rec = Arc::make_mut(rec);
@@ -85,14 +83,12 @@ impl Session {
             _ => None,
         };
         if let RelinkTarget::Unit { unit: t, .. } = new {
-            if !u.deps.contains(&t.0) {
-                u.deps.push(t.0);
-            }
+            u.add_dep(t.0);
         }
         if let Some(t) = dropped {
-            u.deps.retain(|d| *d != t);
+            u.retain_deps(|d| d != t);
             if let Some(t) = st.units.get_mut(&t) {
-                t.dependents.retain(|d| *d != unit);
+                t.retain_dependents(|d| d != unit);
             }
         }
         Ok(Some(idx))

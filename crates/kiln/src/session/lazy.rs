@@ -142,7 +142,7 @@ impl Session {
             }
             Err(left) => CallRedirect::Left(left),
         };
-        let incoming = st.unit(UnitId(stub_unit))?.incoming.clone();
+        let incoming = st.unit(UnitId(stub_unit))?.incoming().clone();
         for (caller, edge) in incoming {
             let Some(field) = recorded_call_field(&st, caller, edge) else {
                 continue;
@@ -194,7 +194,7 @@ impl Session {
         let field = st
             .units
             .get(&site.unit.0)
-            .and_then(|u| u.segments.get(site.segment))
+            .and_then(|u| u.segments().get(site.segment).copied())
             .filter(|(_, size)| site.offset.checked_add(4).is_some_and(|e| e <= *size))
             .map(|(addr, _)| addr + site.offset);
         let Some(field) = field else {
@@ -244,13 +244,12 @@ impl Session {
             .unit_at(stub.0)
             .ok_or_else(|| not_a_stub("no live unit holds it"))?;
         let u = st.unit(UnitId(unit))?;
-        let (_, seg_size) = u.segments[usize::from(seg)];
+        let (_, seg_size) = u.segments()[usize::from(seg)];
         if !stub.0.is_multiple_of(LAZY_STUB.align) || off + size > seg_size {
             return Err(not_a_stub("misaligned, or not whole in one segment"));
         }
         let slab = u
-            .memory
-            .as_ref()
+            .memory(&self.memory)
             .and_then(|m| m.slab_of(stub))
             .ok_or_else(|| not_a_stub("not in slab memory"))?;
         let bytes = self.executor.read_memory(stub, size)?;
@@ -288,13 +287,12 @@ impl Session {
         }
         let u = st.unit(UnitId(unit)).map_err(|_| CallLeft::NotKilnCode)?;
         let Some(slab) = u
-            .memory
-            .as_ref()
+            .memory(&self.memory)
             .and_then(|m| m.slab_of(ExecutorAddr(field)))
         else {
             return Err(CallLeft::NotKilnCode);
         };
-        if let Some(rec) = u.relink.as_ref().filter(|_| !from_record) {
+        if let Some(rec) = u.relink().filter(|_| !from_record) {
             let relocated_call = rec.edges.iter().any(|e| {
                 usize::from(e.segment) == usize::from(seg)
                     && u64::from(e.offset) == off + 1
@@ -386,10 +384,10 @@ struct Slot {
 /// The address of the field of edge `edge` of unit `caller`, if it is a call relocation.
 fn recorded_call_field(st: &State, caller: u64, edge: u32) -> Option<u64> {
     let u = st.units.get(&caller)?;
-    let e = u.relink.as_ref()?.edges.get(edge as usize)?;
+    let e = u.relink()?.edges.get(edge as usize)?;
     if !is_call_relocation(e.kind) {
         return None;
     }
-    let (addr, _) = u.segments.get(usize::from(e.segment))?;
+    let (addr, _) = *u.segments().get(usize::from(e.segment))?;
     Some(addr + u64::from(e.offset))
 }

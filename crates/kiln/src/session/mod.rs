@@ -30,7 +30,7 @@ use crate::LinkMap;
 use generate::GeneratedInputs;
 use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
-use state::{State, Unit};
+use state::{NewUnit, State, Unit};
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +52,7 @@ pub struct Session {
     config: RwLock<Arc<Config>>,
     state: RwLock<State>,
     /// The session's own code memory (slabs made as needed).
-    memory: Arc<SlabMemory>,
+    memory: Arc<dyn CodeMemory>,
     /// What [`Session::add_object`] and friends added, for [`Session::link`].
     pending: Mutex<Inputs>,
     generators: RwLock<Vec<(ScopeId, Arc<dyn DefinitionGenerator>)>>,
@@ -623,30 +623,17 @@ impl Session {
             segments,
             actions,
         } = unit;
-        let memory: Option<Arc<dyn CodeMemory>> = match (&options.memory, slab_ranges.is_empty()) {
-            (_, true) => None,
-            (Some(m), false) => Some(m.clone()),
-            (None, false) => Some(self.memory.clone()),
-        };
-        let record = Unit {
+        let record = Unit::new(NewUnit {
             alloc,
             scope,
-            memory,
-            slab_ranges: slab_ranges.into_iter().collect(),
+            memory: options.memory.clone(),
+            slab_ranges,
             segments,
-            relink: relink.map(Arc::new),
-            link_actions: actions.map(Arc::new),
-            incoming: Vec::new(),
-            names: Default::default(),
-            deps: Default::default(),
-            dependents: Default::default(),
-            pins: Default::default(),
-            // Even without initializers: the executor runs a unit's finalizers (destructors,
-            // exit handlers) only if it was initialized.
-            initialized: false,
-            stats: stats.map(Box::new),
-            map: map.map(Arc::new),
-        };
+            relink,
+            link_actions: actions,
+            stats,
+            map,
+        });
         let mut st = write(&self.state);
         let clashes = st.clashes(scope, &exports, name, replacing);
         if !clashes.is_empty() {
@@ -691,7 +678,7 @@ impl Session {
     pub fn dependencies(&self, unit: UnitId) -> Result<Vec<UnitId>> {
         Ok(read(&self.state)
             .unit(unit)?
-            .deps
+            .deps()
             .iter()
             .map(|d| UnitId(*d))
             .collect())
@@ -701,7 +688,7 @@ impl Session {
     pub fn dependents(&self, unit: UnitId) -> Result<Vec<UnitId>> {
         let mut d: Vec<UnitId> = read(&self.state)
             .unit(unit)?
-            .dependents
+            .dependents()
             .iter()
             .map(|d| UnitId(*d))
             .collect();
@@ -716,7 +703,7 @@ impl Session {
 
     /// The live units, oldest first.
     pub fn units(&self) -> Vec<UnitId> {
-        let mut v: Vec<UnitId> = read(&self.state).units.keys().map(|k| UnitId(*k)).collect();
+        let mut v: Vec<UnitId> = read(&self.state).units.keys().map(UnitId).collect();
         v.sort_unstable();
         v
     }
@@ -724,7 +711,7 @@ impl Session {
     /// The edges `unit` keeps (if it was linked with [`UnitOptions::relink`]): enough to apply
     /// them again after its code, or what it references, moves.
     pub fn relink_record(&self, unit: UnitId) -> Option<Arc<crate::link::relink::RelinkRecord>> {
-        read(&self.state).units.get(&unit.0)?.relink.clone()
+        read(&self.state).units.get(&unit.0)?.relink().cloned()
     }
 
     /// The edges of other live units that target `unit` (only units that keep relink records
@@ -732,7 +719,7 @@ impl Session {
     pub fn incoming_edges(&self, unit: UnitId) -> Result<Vec<(UnitId, u32)>> {
         Ok(read(&self.state)
             .unit(unit)?
-            .incoming
+            .incoming()
             .iter()
             .map(|(u, i)| (UnitId(*u), *i))
             .collect())
@@ -749,7 +736,7 @@ impl Session {
     pub fn unit_segments(&self, unit: UnitId) -> Result<Vec<(ExecutorAddr, u64)>> {
         Ok(read(&self.state)
             .unit(unit)?
-            .segments
+            .segments()
             .iter()
             .map(|(a, n)| (ExecutorAddr(*a), *n))
             .collect())
@@ -757,17 +744,12 @@ impl Session {
 
     /// What linking `unit` did (if [`Session::set_collect_stats`] was on when it linked).
     pub fn stats(&self, unit: UnitId) -> Option<LinkStats> {
-        read(&self.state)
-            .units
-            .get(&unit.0)?
-            .stats
-            .as_deref()
-            .cloned()
+        read(&self.state).units.get(&unit.0)?.stats().cloned()
     }
 
     /// Where everything of `unit` ended up (if [`Session::set_want_map`] was on when it linked).
     pub fn link_map(&self, unit: UnitId) -> Option<Arc<LinkMap>> {
-        read(&self.state).units.get(&unit.0)?.map.clone()
+        read(&self.state).units.get(&unit.0)?.map().cloned()
     }
 
     // ---- running ----
@@ -780,14 +762,14 @@ impl Session {
             let mut ids: Vec<u64> = st
                 .units
                 .iter()
-                .filter(|(_, u)| !u.initialized)
-                .map(|(k, _)| *k)
+                .filter(|(_, u)| !u.initialized())
+                .map(|(k, _)| k)
                 .collect();
             ids.sort_unstable();
             ids.iter()
                 .filter_map(|k| {
                     let u = st.units.get_mut(k)?;
-                    u.initialized = true;
+                    u.set_initialized();
                     Some(u.alloc)
                 })
                 .collect()
@@ -850,10 +832,12 @@ impl Session {
         // Ranges back to their memories, one call per memory.
         let mut by_memory: Vec<(Arc<dyn CodeMemory>, Vec<crate::memory::SlabRange>)> = Vec::new();
         for u in withdrawn {
-            let Some(m) = u.memory else { continue };
-            match by_memory.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &m)) {
-                Some((_, ranges)) => ranges.extend(u.slab_ranges),
-                None => by_memory.push((m, u.slab_ranges.into())),
+            let Some(m) = u.memory(&self.memory) else {
+                continue;
+            };
+            match by_memory.iter_mut().find(|(k, _)| Arc::ptr_eq(k, m)) {
+                Some((_, ranges)) => ranges.extend(u.slab_ranges()),
+                None => by_memory.push((m.clone(), u.slab_ranges().into())),
             }
         }
         for (m, ranges) in by_memory {
@@ -878,8 +862,8 @@ impl Session {
     /// actions), then free its slab ranges. No lock is held while its destructors run.
     fn release(&self, unit: Unit) -> Result<()> {
         let dealloc = self.executor.deallocate(unit.alloc);
-        if let Some(memory) = &unit.memory {
-            memory.free(&*self.executor, &unit.slab_ranges);
+        if let Some(memory) = unit.memory(&self.memory) {
+            memory.free(&*self.executor, &unit.slab_ranges());
         }
         Ok(dealloc?)
     }
@@ -891,7 +875,7 @@ impl Session {
         let memory = {
             let st = read(&self.state);
             st.unit_at(addr.0)
-                .and_then(|(u, _, _)| st.units.get(&u)?.memory.clone())
+                .and_then(|(u, _, _)| st.units.get(&u)?.memory(&self.memory).cloned())
         };
         let slab = memory
             .and_then(|m| m.slab_of(addr))
@@ -1052,10 +1036,11 @@ impl SessionSymbols for Binder<'_> {
                 .ok()
                 .and_then(|n| st.visible(self.scope, n));
             out.push(def.map(|d| {
-                if !deps.contains(&d.unit) {
-                    if let Some(u) = st.units.get(&d.unit) {
+                let unit = d.unit();
+                if !deps.contains(&unit) {
+                    if let Some(u) = st.units.get(&unit) {
                         u.pins.fetch_add(1, Ordering::Relaxed);
-                        deps.push(d.unit);
+                        deps.push(unit);
                     }
                 }
                 d.addr

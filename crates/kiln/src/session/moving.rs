@@ -108,21 +108,17 @@ impl Session {
                 let u = st.units.get(&unit.0)?;
                 Some(RelocationInfo {
                     segments: u
-                        .segments
+                        .segments()
                         .iter()
                         .map(|&(a, n)| (ExecutorAddr(a), n))
                         .collect(),
-                    aligns: u
-                        .relink
-                        .as_ref()
-                        .map(|r| r.aligns.clone())
-                        .unwrap_or_default(),
-                    movable: u.memory.is_some()
-                        && u.link_actions.is_some()
-                        && u.relink.as_ref().is_some_and(|r| r.movable),
+                    aligns: u.relink().map(|r| r.aligns.clone()).unwrap_or_default(),
+                    movable: u.in_slabs()
+                        && u.link_actions().is_some()
+                        && u.relink().is_some_and(|r| r.movable),
                     linking: u.pins.load(std::sync::atomic::Ordering::Relaxed) > 0,
                     fixed_user: u
-                        .dependents
+                        .dependents()
                         .iter()
                         .find(|d| fixed.contains(**d))
                         .map(|&d| UnitId(d)),
@@ -140,14 +136,14 @@ impl Session {
         let st = super::read(&self.state);
         let u = st.unit(unit)?;
         let mut b = RelinkBytes::default();
-        if let Some(rec) = &u.relink {
+        if let Some(rec) = u.relink() {
             b.edges = (rec.edges.capacity() * size_of::<crate::link::relink::RelinkEdge>()) as u64;
             b.record = (size_of::<RelinkRecord>()
                 + rec.segments.capacity() * size_of::<(u8, u64, u64)>()
                 + rec.aligns.capacity() * size_of::<u64>()) as u64
                 + b.edges;
         }
-        if let Some(actions) = &u.link_actions {
+        if let Some(actions) = u.link_actions() {
             b.actions = (actions.capacity() * size_of::<kiln_target::ActionPair>()) as u64
                 + actions
                     .iter()
@@ -156,7 +152,7 @@ impl Session {
                     .map(action_heap_bytes)
                     .sum::<u64>();
         }
-        b.incoming = (u.incoming.capacity() * size_of::<(u64, u32)>()) as u64;
+        b.incoming = (u.incoming().capacity() * size_of::<(u64, u32)>()) as u64;
         Ok(b)
     }
 
@@ -174,10 +170,10 @@ impl Session {
         let mut spans = Spans::default();
         for &u in &units {
             let unit = st.unit(UnitId(u))?;
+            let ranges = unit.slab_ranges();
             for seg in segments_with_edges(unit, &work[&u]) {
-                let (addr, len) = unit.segments[seg];
-                let r = unit
-                    .slab_ranges
+                let (addr, len) = unit.segments()[seg];
+                let r = ranges
                     .iter()
                     .find(|r| r.addr.0 == addr)
                     .ok_or_else(|| not_rewritable(u, addr))?;
@@ -188,10 +184,10 @@ impl Session {
         let mut result = Ok(());
         for &u in &units {
             let unit = st.unit(UnitId(u))?;
-            let Some(rec) = &unit.relink else { continue };
-            let addrs: Vec<u64> = unit.segments.iter().map(|s| s.0).collect();
+            let Some(rec) = unit.relink() else { continue };
+            let addrs: Vec<u64> = unit.segments().iter().map(|s| s.0).collect();
             let which = &work[&u];
-            let mut slices = spans.slices(&unit.segments);
+            let mut slices = spans.slices(&unit.segments());
             let applied = rec.reapply(&addrs, &mut slices, &|k| which.selects(k), &|t| {
                 target_address(st, u, &addrs, t)
             });
@@ -211,7 +207,7 @@ impl Session {
         let mut result = Ok(());
         for m in moved {
             let u = st.unit(UnitId(m.unit))?;
-            let (Some(rec), Some(actions)) = (&u.relink, &u.link_actions) else {
+            let (Some(rec), Some(actions)) = (u.relink(), u.link_actions()) else {
                 continue;
             };
             if actions.is_empty() {
@@ -227,8 +223,8 @@ impl Session {
                         .collect(),
                 )
             };
-            let (to_now, to_before) = (from_linked(&u.segments), from_linked(&m.before));
-            let key = u.segments.iter().map(|s| s.0).min().unwrap_or(0);
+            let (to_now, to_before) = (from_linked(&u.segments()), from_linked(&m.before));
+            let key = u.segments().iter().map(|s| s.0).min().unwrap_or(0);
             let again = moved_actions(
                 actions,
                 &|a| to_now.translate(a),
@@ -253,15 +249,15 @@ impl Session {
         unit: u64,
         redirect: &dyn Fn(u64, &RelinkTarget) -> Option<u64>,
     ) -> Result<()> {
-        let incoming = st.unit(UnitId(unit))?.incoming.clone();
+        let incoming = st.unit(UnitId(unit))?.incoming().clone();
         for (from, idx) in incoming {
             let v = st.unit(UnitId(from))?;
-            let Some(rec) = &v.relink else { continue };
+            let Some(rec) = v.relink() else { continue };
             let Some(e) = rec.edges.get(idx as usize) else {
                 continue;
             };
             let seg = usize::from(e.segment);
-            let Some(&(base, _)) = v.segments.get(seg) else {
+            let Some(&(base, _)) = v.segments().get(seg) else {
                 continue;
             };
             // The field, and a few bytes before it (a relaxed instruction may have moved its
@@ -270,16 +266,17 @@ impl Session {
             let lead = u64::from(e.offset).min(2);
             let width = 8 + lead;
             let at = field - lead;
-            let old = self
-                .executor
-                .read_memory(ExecutorAddr(at), width.min(v.segments[seg].1 - (at - base)))?;
+            let old = self.executor.read_memory(
+                ExecutorAddr(at),
+                width.min(v.segments()[seg].1 - (at - base)),
+            )?;
             let mut new = old.clone();
             let mut one: Vec<&mut [u8]> = Vec::new();
             // A record over just this window: the edge at offset `lead` of segment 0.
             let mut window = RelinkRecord::window(rec, idx as usize, lead as u32);
             let addrs = [at];
             one.push(new.as_mut_slice());
-            let vaddrs: Vec<u64> = v.segments.iter().map(|s| s.0).collect();
+            let vaddrs: Vec<u64> = v.segments().iter().map(|s| s.0).collect();
             window.edges[0].target = e.target;
             window
                 .reapply(&addrs, &mut one, &|_| true, &|t| {
@@ -302,7 +299,7 @@ impl Session {
         // The unit's own ranges say which slab (not its code memory, whose lock must not be
         // taken under the session's: a compaction holds it and waits for the session's).
         let Some(slab) = u
-            .slab_ranges
+            .slab_ranges()
             .iter()
             .find(|r| r.addr.0 <= addr && addr - r.addr.0 < r.size.max(1))
             .map(|r| r.slab)
@@ -380,7 +377,7 @@ impl Session {
             .iter()
             .filter_map(|(n, a)| Some((*a, new_defs.iter().find(|(m, _)| m == n)?.1)))
             .collect();
-        let old_segments = st.unit(old)?.segments.clone();
+        let old_segments = st.unit(old)?.segments().to_vec();
         let address_of = |t: &RelinkTarget| match *t {
             RelinkTarget::Unit {
                 unit,
@@ -470,7 +467,7 @@ fn target_address(st: &State, unit: u64, own: &[u64], t: &RelinkTarget) -> Optio
             } else {
                 st.units.get(&u.0)?
             };
-            Some(owner.segments.get(usize::from(segment))?.0 + offset)
+            Some(owner.segments().get(usize::from(segment))?.0 + offset)
         }
         RelinkTarget::Absolute(a) => Some(a),
     }
@@ -497,19 +494,18 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
             return Err(Error::Usage(format!("{unit} is moved twice")));
         }
         let u = st.unit(*unit)?;
-        let movable = u.memory.is_some()
-            && u.link_actions.is_some()
-            && u.relink.as_ref().is_some_and(|r| r.movable);
+        let movable =
+            u.in_slabs() && u.link_actions().is_some() && u.relink().is_some_and(|r| r.movable);
         if !movable {
             return Err(Error::Usage(format!(
                 "{unit} cannot move: it was not linked into slab memory with relink records, \
                  or its TLS ties it to its address"
             )));
         }
-        if to.len() != u.segments.len() {
+        if to.len() != u.segments().len() {
             return Err(Error::Usage(format!(
                 "{unit} has {} segments, {} new addresses given",
-                u.segments.len(),
+                u.segments().len(),
                 to.len()
             )));
         }
@@ -517,9 +513,9 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
             // That link computed its edges with the unit's current addresses.
             return Err(Error::UnitInUse(*unit));
         }
-        let incoming = u.incoming.iter().map(|(from, _)| from);
+        let incoming = u.incoming().iter().map(|(from, _)| from);
         if let Some(&user) = u
-            .dependents
+            .dependents()
             .iter()
             .chain(incoming)
             .find(|d| fixed.contains(**d))
@@ -530,7 +526,7 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
                 UnitId(user)
             )));
         }
-        for (seg, (&(from, len), to)) in u.segments.iter().zip(to).enumerate() {
+        for (seg, (&(from, len), to)) in u.segments().iter().zip(to).enumerate() {
             if from != to.0 && len > 0 {
                 plan.push(SegmentPlan {
                     unit: unit.0,
@@ -579,7 +575,7 @@ fn plan_moves(st: &State, moves: &[(UnitId, Vec<ExecutorAddr>)]) -> Result<Vec<S
                 )));
             }
         }
-        for (&s, &(e, other, _)) in st.by_addr.range(..end).rev() {
+        for (s, e, other) in st.segments_below(end) {
             if e <= m.to {
                 break;
             }
@@ -611,7 +607,7 @@ fn moved_units(st: &State, done: &[SegmentPlan]) -> Result<Vec<MovedUnit>> {
         let i = match index.get(&m.unit) {
             Some(&i) => i,
             None => {
-                let segs = st.unit(UnitId(m.unit))?.segments.clone();
+                let segs = st.unit(UnitId(m.unit))?.segments().to_vec();
                 out.push(MovedUnit {
                     unit: m.unit,
                     before: segs.clone(),
@@ -633,7 +629,7 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
     for m in moved {
         for &(a, n) in &m.before {
             if n > 0 {
-                st.by_addr.remove(&a);
+                st.unindex_segment(a);
             }
         }
     }
@@ -648,14 +644,11 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
         let Some(u) = st.units.get_mut(&m.unit) else {
             continue;
         };
-        u.segments.clone_from(&m.after);
-        for r in u.slab_ranges.iter_mut() {
-            r.addr = ExecutorAddr(moves.translate(r.addr.0));
-        }
+        u.move_segments(&m.after, |a| moves.translate(a));
         let (scope, names) = (u.scope, u.names.clone());
         for (i, &(a, n)) in m.after.iter().enumerate() {
             if n > 0 {
-                st.by_addr.insert(a, (a + n, m.unit, i as u8));
+                st.index_segment(a, m.unit, i as u8);
             }
         }
         if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
@@ -689,7 +682,7 @@ impl Which {
 fn edges_to_apply(st: &State, moved: &[MovedUnit]) -> Result<FxHashMap<u64, Which>> {
     let mut work: FxHashMap<u64, Which> = moved.iter().map(|m| (m.unit, Which::All)).collect();
     for m in moved {
-        for &(from, idx) in &st.unit(UnitId(m.unit))?.incoming {
+        for &(from, idx) in st.unit(UnitId(m.unit))?.incoming() {
             if let Which::Some(list) = work.entry(from).or_insert(Which::Some(Vec::new())) {
                 list.push(idx);
             }
@@ -706,7 +699,7 @@ fn edges_to_apply(st: &State, moved: &[MovedUnit]) -> Result<FxHashMap<u64, Whic
 
 /// The segments of `unit` that hold edges `which` selects.
 fn segments_with_edges(unit: &Unit, which: &Which) -> Vec<usize> {
-    let Some(rec) = &unit.relink else {
+    let Some(rec) = unit.relink() else {
         return Vec::new();
     };
     // A unit has a segment per protection class: a bit each.
@@ -718,8 +711,8 @@ fn segments_with_edges(unit: &Unit, which: &Which) -> Vec<usize> {
             .filter_map(|&k| rec.edges.get(k as usize))
             .for_each(|e| mask |= 1 << (e.segment % 64)),
     }
-    (0..unit.segments.len().min(64))
-        .filter(|&s| mask & (1 << s) != 0 && unit.segments[s].1 > 0)
+    (0..unit.segments().len().min(64))
+        .filter(|&s| mask & (1 << s) != 0 && unit.segments()[s].1 > 0)
         .collect()
 }
 
@@ -894,14 +887,14 @@ fn retarget_tables(
     let incoming = st
         .units
         .get(&old)
-        .map(|u| u.incoming.clone())
+        .map(|u| u.incoming().clone())
         .unwrap_or_default();
     let mut moved = Vec::new();
     for (from, idx) in incoming {
         let Some(target) = st
             .units
             .get(&from)
-            .and_then(|v| v.relink.as_ref()?.edges.get(idx as usize).copied())
+            .and_then(|v| v.relink()?.edges.get(idx as usize).copied())
             .and_then(|e| redirect(&e.target))
         else {
             continue;
@@ -910,30 +903,28 @@ fn retarget_tables(
             continue;
         };
         if let Some(v) = st.units.get_mut(&from) {
-            if let Some(rec) = v.relink.as_mut() {
+            if let Some(rec) = v.relink_mut() {
                 Arc::make_mut(rec).edges[idx as usize].target = RelinkTarget::Unit {
                     unit: UnitId(unit),
                     segment,
                     offset,
                 };
             }
-            if !v.deps.contains(&new) {
-                v.deps.push(new);
-            }
+            v.add_dep(new);
         }
         moved.push((from, idx));
     }
     if let Some(o) = st.units.get_mut(&old) {
-        o.incoming.retain(|x| !moved.contains(x));
+        o.retain_incoming(|x| !moved.contains(x));
     }
     let mut froms: Vec<u64> = moved.iter().map(|(f, _)| *f).collect();
     froms.dedup();
     if let Some(n) = st.units.get_mut(&new) {
-        n.incoming.extend(moved.iter().copied());
+        for &edge in &moved {
+            n.add_incoming(edge);
+        }
         for f in &froms {
-            if !n.dependents.contains(f) {
-                n.dependents.push(*f);
-            }
+            n.add_dependent(*f);
         }
     }
     // A unit that no longer targets the old one through any edge stops depending on it.
@@ -941,13 +932,13 @@ fn retarget_tables(
         let still = st
             .units
             .get(&old)
-            .is_some_and(|o| o.incoming.iter().any(|(x, _)| *x == f));
+            .is_some_and(|o| o.incoming().iter().any(|(x, _)| *x == f));
         if !still {
             if let Some(v) = st.units.get_mut(&f) {
-                v.deps.retain(|d| *d != old);
+                v.retain_deps(|d| d != old);
             }
             if let Some(o) = st.units.get_mut(&old) {
-                o.dependents.retain(|d| *d != f);
+                o.retain_dependents(|d| d != f);
             }
         }
     }

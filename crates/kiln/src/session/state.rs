@@ -5,14 +5,13 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
-use super::units::{Few, UnitTable};
+use super::units::{AddrIndex, Few, SegList, Segs, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
-use kiln_target::{AllocId, ExecutorAddr};
+use kiln_target::{AllocId, ExecutorAddr, SlabId};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -51,24 +50,71 @@ pub struct SymbolInfo {
     pub unit: UnitId,
 }
 
+/// A name's definition in a scope's table: three words (a scope's table holds one per symbol
+/// of every live unit), the unit id and the flags sharing one.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Def {
     pub addr: u64,
     pub size: u64,
-    pub unit: u64,
-    pub kind: SymbolKind,
-    pub exported: bool,
-    pub weak: bool,
+    /// `unit << 8 | flags` (unit ids count up from 1 and stay far below 2^56).
+    unit_flags: u64,
 }
 
+const FUNCTION: u64 = 1;
+const EXPORTED: u64 = 2;
+const WEAK: u64 = 4;
+
 impl Def {
+    pub fn new(
+        addr: u64,
+        size: u64,
+        unit: u64,
+        kind: SymbolKind,
+        exported: bool,
+        weak: bool,
+    ) -> Self {
+        let flags = if kind == SymbolKind::Function {
+            FUNCTION
+        } else {
+            0
+        } | if exported { EXPORTED } else { 0 }
+            | if weak { WEAK } else { 0 };
+        Def {
+            addr,
+            size,
+            unit_flags: unit << 8 | flags,
+        }
+    }
+
+    /// The unit that defines it.
+    pub fn unit(&self) -> u64 {
+        self.unit_flags >> 8
+    }
+
+    pub fn kind(&self) -> SymbolKind {
+        if self.unit_flags & FUNCTION != 0 {
+            SymbolKind::Function
+        } else {
+            SymbolKind::Data
+        }
+    }
+
+    /// Visible to other scopes.
+    pub fn exported(&self) -> bool {
+        self.unit_flags & EXPORTED != 0
+    }
+
+    pub fn weak(&self) -> bool {
+        self.unit_flags & WEAK != 0
+    }
+
     pub fn info(&self) -> SymbolInfo {
         SymbolInfo {
             addr: ExecutorAddr(self.addr),
             size: self.size,
-            kind: self.kind,
-            exported: self.exported,
-            unit: UnitId(self.unit),
+            kind: self.kind(),
+            exported: self.exported(),
+            unit: UnitId(self.unit()),
         }
     }
 }
@@ -81,40 +127,400 @@ pub(crate) struct Scope {
     pub symbols: FxHashMap<std::sync::Arc<str>, Def>,
 }
 
+/// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
+/// unit has is inline (80 bytes), what few units have is in one optional box ([`Rare`]).
 pub(crate) struct Unit {
     pub alloc: AllocId,
-    pub scope: ScopeId,
-    /// Where its ranges came from (`None`: a reservation of its own).
-    pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: Few<SlabRange>,
-    /// (address, size) of its segments.
-    pub segments: Vec<(u64, u64)>,
-    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
-    /// where it was linked.
-    pub relink: Option<Arc<RelinkRecord>>,
-    /// Its finalize actions as linked (relink units only): moving it registers them again.
-    pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
-    /// Edges of other units that target this one: (unit, index into its record's edges).
-    pub incoming: Vec<(u64, u32)>,
+    /// (address, size) of its segments ([`Unit::segments`]).
+    segments: Segs,
     /// Names this unit defines in its scope's table (the ones that won).
-    pub names: Few<std::sync::Arc<str>>,
-    /// Units this one binds to.
-    pub deps: Few<u64>,
-    /// Units that bind to this one.
-    pub dependents: Few<u64>,
+    pub names: Few<Arc<str>>,
+    /// The unit this one binds to, if one ([`Unit::deps`]): 0 for none, [`IN_RARE`] when the
+    /// list is in [`Rare::deps`] (ids count up from 1 and never reach `u64::MAX`).
+    dep: u64,
+    /// The unit that binds to this one, if one ([`Unit::dependents`]), the same way.
+    dependent: u64,
+    rare: Option<Box<Rare>>,
+    /// The slab of its segments and the region of each, when its slab ranges are exactly its
+    /// segments (what a link into slab memory makes): then they are not stored. Else
+    /// `regions[0]` is [`NO_REGION`].
+    slab: SlabId,
+    regions: [u8; 3],
+    pub scope: ScopeId,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    pub initialized: bool,
-    pub stats: Option<Box<crate::LinkStats>>,
-    pub map: Option<std::sync::Arc<crate::LinkMap>>,
+    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 80 bytes with it).
+    flags: u8,
+}
+
+/// [`Unit::dep`], [`Unit::dependent`]: the list is in [`Rare`] (two or more units).
+const IN_RARE: u64 = u64::MAX;
+/// [`Unit::regions`] when its slab ranges are stored in [`Rare`].
+const NO_REGION: u8 = u8::MAX;
+/// [`Unit::flags`]: its initializers ran (or were found to have nothing to run).
+const INITIALIZED: u8 = 4;
+/// [`Unit::flags`]: the bits of its [`MemoryKind`].
+const MEMORY: u8 = 3;
+
+/// Where a unit's ranges came from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum MemoryKind {
+    /// A reservation of its own.
+    Own,
+    /// The session's slabs.
+    Session,
+    /// Another code memory (a JIT layer's zone): [`Rare::memory`].
+    Other,
+}
+
+/// The parts of a unit's record that most units of a JIT do not have.
+#[derive(Default)]
+struct Rare {
+    /// Its slab ranges, when [`Unit::regions`] cannot say them.
+    slab_ranges: Vec<SlabRange>,
+    memory: Option<Arc<dyn CodeMemory>>,
+    /// Its edges, when it keeps them (see [`crate::Session::relink_record`]), with its segments
+    /// where it was linked.
+    relink: Option<Arc<RelinkRecord>>,
+    /// Its finalize actions as linked (relink units only): moving it registers them again.
+    link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
+    /// Edges of other units that target this one: (unit, index into its record's edges).
+    incoming: Vec<(u64, u32)>,
+    stats: Option<Box<crate::LinkStats>>,
+    map: Option<Arc<crate::LinkMap>>,
+    /// The units it binds to, when more than one.
+    deps: Vec<u64>,
+    /// The units that bind to it, when more than one.
+    dependents: Vec<u64>,
+}
+
+/// Which of a unit's two lists of units.
+#[derive(Copy, Clone)]
+enum Links {
+    Deps,
+    Dependents,
+}
+
+/// What a new unit's record is made of.
+pub(crate) struct NewUnit {
+    pub alloc: AllocId,
+    pub scope: ScopeId,
+    /// Where its slab ranges came from: `None` for the session's own slabs (or no slab
+    /// ranges).
+    pub memory: Option<Arc<dyn CodeMemory>>,
+    pub slab_ranges: Vec<SlabRange>,
+    pub segments: Vec<(u64, u64)>,
+    pub relink: Option<RelinkRecord>,
+    pub link_actions: Option<Vec<kiln_target::ActionPair>>,
+    pub stats: Option<crate::LinkStats>,
+    pub map: Option<crate::LinkMap>,
+}
+
+/// The list [`Unit::incoming`] gives for a unit without one.
+static NO_INCOMING: Vec<(u64, u32)> = Vec::new();
+
+impl Unit {
+    pub fn new(n: NewUnit) -> Self {
+        let slab = regions_of(&n.segments, &n.slab_ranges);
+        let memory = match (&n.memory, n.slab_ranges.is_empty()) {
+            (_, true) => MemoryKind::Own,
+            (None, false) => MemoryKind::Session,
+            (Some(_), false) => MemoryKind::Other,
+        };
+        let ranges_kept = slab.is_none() && !n.slab_ranges.is_empty();
+        let (slab, regions) = slab.unwrap_or((SlabId(0), [NO_REGION; 3]));
+        let has_rare = ranges_kept
+            || memory == MemoryKind::Other
+            || n.relink.is_some()
+            || n.link_actions.is_some()
+            || n.stats.is_some()
+            || n.map.is_some();
+        // (A unit's lists of units join its rare part when they grow past one.)
+        let rare = has_rare.then(|| {
+            let mut slab_ranges = if ranges_kept {
+                n.slab_ranges
+            } else {
+                Vec::new()
+            };
+            slab_ranges.shrink_to_fit();
+            Box::new(Rare {
+                slab_ranges,
+                memory: n.memory.filter(|_| memory == MemoryKind::Other),
+                relink: n.relink.map(Arc::new),
+                link_actions: n.link_actions.map(Arc::new),
+                incoming: Vec::new(),
+                stats: n.stats.map(Box::new),
+                map: n.map.map(Arc::new),
+                deps: Vec::new(),
+                dependents: Vec::new(),
+            })
+        });
+        Unit {
+            alloc: n.alloc,
+            segments: n.segments.into(),
+            names: Few::default(),
+            dep: 0,
+            dependent: 0,
+            rare,
+            slab,
+            regions,
+            scope: n.scope,
+            pins: AtomicU32::new(0),
+            // Not initialized, even without initializers: the executor runs a unit's
+            // finalizers (destructors, exit handlers) only if it was initialized.
+            flags: memory as u8,
+        }
+    }
+
+    /// The ranges it holds in slabs (empty for a unit in a reservation of its own).
+    pub fn slab_ranges(&self) -> Few<SlabRange> {
+        match (self.slab, self.regions) {
+            (_, [NO_REGION, ..]) => self
+                .rare
+                .iter()
+                .flat_map(|r| r.slab_ranges.iter().copied())
+                .collect(),
+            (slab, regions) => self
+                .segments()
+                .iter()
+                .zip(regions)
+                .map(|(&(addr, size), region)| SlabRange {
+                    slab,
+                    region: usize::from(region),
+                    addr: ExecutorAddr(addr),
+                    size,
+                })
+                .collect(),
+        }
+    }
+
+    /// The code memory its slab ranges came from (`None`: a reservation of its own);
+    /// `session` is the session's own.
+    pub fn memory<'a>(
+        &'a self,
+        session: &'a Arc<dyn CodeMemory>,
+    ) -> Option<&'a Arc<dyn CodeMemory>> {
+        match self.memory_kind() {
+            MemoryKind::Own => None,
+            MemoryKind::Session => Some(session),
+            MemoryKind::Other => self.rare.as_ref()?.memory.as_ref(),
+        }
+    }
+
+    fn memory_kind(&self) -> MemoryKind {
+        match self.flags & MEMORY {
+            0 => MemoryKind::Own,
+            1 => MemoryKind::Session,
+            _ => MemoryKind::Other,
+        }
+    }
+
+    /// Whether it lives in slab memory (the session's or another code memory's).
+    pub fn in_slabs(&self) -> bool {
+        self.memory_kind() != MemoryKind::Own
+    }
+
+    /// Whether its initializers ran ([`crate::Session::run_initializers`]).
+    pub fn initialized(&self) -> bool {
+        self.flags & INITIALIZED != 0
+    }
+
+    pub fn set_initialized(&mut self) {
+        self.flags |= INITIALIZED;
+    }
+
+    /// Its segments moved to `after` (same count, same sizes, same slabs); `translate` maps an
+    /// old address to the new one.
+    pub fn move_segments(&mut self, after: &[(u64, u64)], translate: impl Fn(u64) -> u64) {
+        self.segments = after.to_vec().into();
+        for r in self.rare.iter_mut().flat_map(|r| r.slab_ranges.iter_mut()) {
+            r.addr = ExecutorAddr(translate(r.addr.0));
+        }
+    }
+
+    /// (address, size) of its segments.
+    pub fn segments(&self) -> SegList<'_> {
+        self.segments.list()
+    }
+
+    /// The units it binds to.
+    pub fn deps(&self) -> &[u64] {
+        self.links(Links::Deps)
+    }
+
+    /// The units that bind to it.
+    pub fn dependents(&self) -> &[u64] {
+        self.links(Links::Dependents)
+    }
+
+    /// Bind to `id` (if not bound already).
+    pub fn add_dep(&mut self, id: u64) {
+        self.add_link(Links::Deps, id);
+    }
+
+    /// `id` binds to it (if not known already).
+    pub fn add_dependent(&mut self, id: u64) {
+        self.add_link(Links::Dependents, id);
+    }
+
+    pub fn retain_deps(&mut self, keep: impl FnMut(u64) -> bool) {
+        self.retain_links(Links::Deps, keep);
+    }
+
+    pub fn retain_dependents(&mut self, keep: impl FnMut(u64) -> bool) {
+        self.retain_links(Links::Dependents, keep);
+    }
+
+    /// The units it binds to are `ids` (no id twice).
+    pub fn set_deps(&mut self, ids: &[u64]) {
+        match ids {
+            [] => self.dep = 0,
+            [one] => self.dep = *one,
+            _ => {
+                self.dep = IN_RARE;
+                self.rare_mut().deps = ids.to_vec();
+            }
+        }
+    }
+
+    fn link(&mut self, which: Links) -> &mut u64 {
+        match which {
+            Links::Deps => &mut self.dep,
+            Links::Dependents => &mut self.dependent,
+        }
+    }
+
+    fn links(&self, which: Links) -> &[u64] {
+        let one = match which {
+            Links::Deps => &self.dep,
+            Links::Dependents => &self.dependent,
+        };
+        match *one {
+            0 => &[],
+            IN_RARE => self.rare.as_ref().map_or(&[], |r| r.links(which)),
+            _ => std::slice::from_ref(one),
+        }
+    }
+
+    fn add_link(&mut self, which: Links, id: u64) {
+        if self.links(which).contains(&id) {
+            return;
+        }
+        match *self.link(which) {
+            0 => *self.link(which) = id,
+            IN_RARE => self.rare_mut().links_mut(which).push(id),
+            first => {
+                *self.link(which) = IN_RARE;
+                let list = self.rare_mut().links_mut(which);
+                list.clear();
+                list.extend([first, id]);
+            }
+        }
+    }
+
+    fn retain_links(&mut self, which: Links, mut keep: impl FnMut(u64) -> bool) {
+        match *self.link(which) {
+            0 => {}
+            IN_RARE => {
+                let list = self.rare_mut().links_mut(which);
+                list.retain(|&x| keep(x));
+                // Back inline when one or none is left.
+                let left = match list[..] {
+                    [] => Some(0),
+                    [one] => Some(one),
+                    _ => None,
+                };
+                if let Some(left) = left {
+                    *list = Vec::new();
+                    *self.link(which) = left;
+                }
+            }
+            one if !keep(one) => *self.link(which) = 0,
+            _ => {}
+        }
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    pub fn relink(&self) -> Option<&Arc<RelinkRecord>> {
+        self.rare.as_ref()?.relink.as_ref()
+    }
+
+    pub fn relink_mut(&mut self) -> Option<&mut Arc<RelinkRecord>> {
+        self.rare.as_mut()?.relink.as_mut()
+    }
+
+    pub fn link_actions(&self) -> Option<&Arc<Vec<kiln_target::ActionPair>>> {
+        self.rare.as_ref()?.link_actions.as_ref()
+    }
+
+    /// Edges of other units that target this one: (unit, index into its record's edges).
+    pub fn incoming(&self) -> &Vec<(u64, u32)> {
+        self.rare.as_ref().map_or(&NO_INCOMING, |r| &r.incoming)
+    }
+
+    pub fn add_incoming(&mut self, edge: (u64, u32)) {
+        self.rare_mut().incoming.push(edge);
+    }
+
+    pub fn retain_incoming(&mut self, keep: impl FnMut(&(u64, u32)) -> bool) {
+        if let Some(r) = self.rare.as_mut() {
+            r.incoming.retain(keep);
+        }
+    }
+
+    pub fn stats(&self) -> Option<&crate::LinkStats> {
+        self.rare.as_ref()?.stats.as_deref()
+    }
+
+    pub fn map(&self) -> Option<&Arc<crate::LinkMap>> {
+        self.rare.as_ref()?.map.as_ref()
+    }
+}
+
+impl Rare {
+    fn links(&self, which: Links) -> &[u64] {
+        match which {
+            Links::Deps => &self.deps,
+            Links::Dependents => &self.dependents,
+        }
+    }
+
+    fn links_mut(&mut self, which: Links) -> &mut Vec<u64> {
+        match which {
+            Links::Deps => &mut self.deps,
+            Links::Dependents => &mut self.dependents,
+        }
+    }
+}
+
+/// The slab and the region of each segment, if `ranges` are exactly `segments`, in one slab
+/// and at most three of them.
+fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(SlabId, [u8; 3])> {
+    let first = ranges.first()?;
+    if ranges.len() != segments.len() || ranges.len() > 3 {
+        return None;
+    }
+    let mut regions = [0u8; 3];
+    for ((r, &(addr, size)), region) in ranges.iter().zip(segments).zip(&mut regions) {
+        *region = u8::try_from(r.region).ok().filter(|&x| x != NO_REGION)?;
+        if r.slab != first.slab || r.addr.0 != addr || r.size != size {
+            return None;
+        }
+    }
+    Some((first.slab, regions))
 }
 
 pub(crate) struct State {
     pub scopes: Vec<Scope>,
     pub units: UnitTable,
     pub next_unit: u64,
-    /// Every live unit's segments by start address: (end, unit, segment index).
-    pub by_addr: BTreeMap<u64, (u64, u64, u8)>,
+    /// Every live unit's segments (of nonzero size) by address (their sizes are in the
+    /// units' records).
+    by_addr: AddrIndex,
 }
 
 impl State {
@@ -127,7 +533,7 @@ impl State {
             }],
             units: UnitTable::default(),
             next_unit: 1,
-            by_addr: BTreeMap::new(),
+            by_addr: AddrIndex::default(),
         }
     }
 
@@ -154,7 +560,7 @@ impl State {
                 .get(s.0 as usize)?
                 .symbols
                 .get(name)
-                .filter(|d| d.exported)
+                .filter(|d| d.exported())
         })
     }
 
@@ -173,9 +579,9 @@ impl State {
             .iter()
             .filter_map(|e| {
                 let d = scope.symbols.get(&*e.name)?;
-                (!d.weak && !e.weak && Some(d.unit) != replacing).then(|| DuplicateSymbol {
+                (!d.weak() && !e.weak && Some(d.unit()) != replacing).then(|| DuplicateSymbol {
                     name: e.name.to_string(),
-                    first: format!("unit {}", d.unit),
+                    first: format!("unit {}", d.unit()),
                     second: input.to_string(),
                 })
             })
@@ -199,7 +605,7 @@ impl State {
             let slot = match scope.symbols.entry(e.name) {
                 Entry::Vacant(v) => v,
                 // A redefinition takes over the names of the unit it replaces.
-                Entry::Occupied(o) if Some(o.get().unit) == replacing => {
+                Entry::Occupied(o) if Some(o.get().unit()) == replacing => {
                     let (name, _) = o.remove_entry();
                     taken.push(name.clone());
                     match scope.symbols.entry(name) {
@@ -210,53 +616,72 @@ impl State {
                 Entry::Occupied(_) => continue,
             };
             unit.names.push(slot.key().clone());
-            slot.insert(Def {
-                addr: e.addr,
-                size: e.size,
-                unit: id,
-                kind: e.kind,
-                exported: e.exported,
-                weak: e.weak,
-            });
+            slot.insert(Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak));
         }
         for d in deps {
             if let Some(dep) = self.units.get_mut(d) {
                 dep.pins.fetch_sub(1, Ordering::Relaxed);
-                if !dep.dependents.contains(&id) {
-                    dep.dependents.push(id);
-                }
+                dep.add_dependent(id);
             }
         }
         if let Some(old) = replacing.and_then(|r| self.units.get_mut(&r)) {
             old.names.retain(|n| !taken.contains(n));
         }
-        unit.deps = deps.iter().copied().collect();
-        for (i, &(addr, size)) in unit.segments.iter().enumerate() {
+        unit.set_deps(deps);
+        for (i, &(addr, size)) in unit.segments().iter().enumerate() {
             if size > 0 {
-                self.by_addr.insert(addr, (addr + size, id, i as u8));
+                self.by_addr.insert(addr, id, i as u8);
             }
         }
-        if let Some(rec) = unit.relink.take() {
-            unit.relink = Some(Arc::new(self.classify(id, rec)));
+        if let Some(rec) = unit.rare.as_mut().and_then(|r| r.relink.take()) {
+            let own = unit.segments().to_vec();
+            unit.rare_mut().relink = Some(Arc::new(self.classify(id, &own, rec)));
         }
         self.units.insert(id, unit);
     }
 
     /// The live unit, its segment and the offset in it, at `addr`.
     pub fn unit_at(&self, addr: u64) -> Option<(u64, u8, u64)> {
-        let (&start, &(end, unit, seg)) = self.by_addr.range(..=addr).next_back()?;
-        (addr < end).then_some((unit, seg, addr - start))
+        let (start, unit, seg) = self.by_addr.last_at_or_below(addr)?;
+        let (_, size) = *self.units.get(&unit)?.segments().get(usize::from(seg))?;
+        (addr - start < size).then_some((unit, seg, addr - start))
+    }
+
+    /// The live segments that start below `end`, highest start first: (start, end, unit).
+    pub fn segments_below(&self, end: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.by_addr.below(end).map(|(start, unit, seg)| {
+            let size = self
+                .units
+                .get(&unit)
+                .and_then(|u| u.segments().get(usize::from(seg)).map(|s| s.1));
+            (start, start + size.unwrap_or(0), unit)
+        })
+    }
+
+    /// Segment `seg` of `unit`, starting at `start`, into the address index (its size is the
+    /// unit's record's).
+    pub fn index_segment(&mut self, start: u64, unit: u64, seg: u8) {
+        self.by_addr.insert(start, unit, seg);
+    }
+
+    /// The segment starting at `start` out of the address index.
+    pub fn unindex_segment(&mut self, start: u64) {
+        self.by_addr.remove(start);
     }
 
     /// Name the absolute targets of a new unit's record that lie in other live units, and
     /// record those edges as incoming on their targets.
-    fn classify(&mut self, id: u64, rec: Arc<RelinkRecord>) -> RelinkRecord {
+    /// `own`: the new unit's segments (it is not in the unit table yet).
+    fn classify(&mut self, id: u64, own: &[(u64, u64)], rec: Arc<RelinkRecord>) -> RelinkRecord {
         let mut rec = Arc::unwrap_or_clone(rec);
         for (i, e) in rec.edges.iter_mut().enumerate() {
             let RelinkTarget::Absolute(addr) = e.target else {
                 continue;
             };
-            let Some((unit, segment, offset)) = self.unit_at(addr) else {
+            let in_own = own.iter().enumerate().find_map(|(seg, &(start, size))| {
+                (addr.wrapping_sub(start) < size).then(|| (id, seg as u8, addr - start))
+            });
+            let Some((unit, segment, offset)) = in_own.or_else(|| self.unit_at(addr)) else {
                 continue;
             };
             e.target = RelinkTarget::Unit {
@@ -265,7 +690,7 @@ impl State {
                 offset,
             };
             if let Some(t) = self.units.get_mut(&unit) {
-                t.incoming.push((id, i as u32));
+                t.add_incoming((id, i as u32));
             }
         }
         rec
@@ -286,8 +711,9 @@ impl State {
         if unit.pins.load(Ordering::Relaxed) > 0 {
             return Err(Error::UnitInUse(UnitId(id)));
         }
-        if !unit.dependents.is_empty() {
-            let mut dependents: Vec<UnitId> = unit.dependents.iter().map(|d| UnitId(*d)).collect();
+        if !unit.dependents().is_empty() {
+            let mut dependents: Vec<UnitId> =
+                unit.dependents().iter().map(|d| UnitId(*d)).collect();
             dependents.sort_unstable();
             return Err(Error::HasDependents {
                 unit: UnitId(id),
@@ -302,21 +728,21 @@ impl State {
         for n in &unit.names {
             scope.symbols.remove(n);
         }
-        for d in &unit.deps {
+        for d in unit.deps() {
             if let Some(dep) = self.units.get_mut(d) {
-                dep.dependents.retain(|x| *x != id);
+                dep.retain_dependents(|x| x != id);
             }
         }
-        for &(addr, size) in &unit.segments {
+        for &(addr, size) in unit.segments().iter() {
             if size > 0 {
-                self.by_addr.remove(&addr);
+                self.by_addr.remove(addr);
             }
         }
-        if let Some(rec) = &unit.relink {
+        if let Some(rec) = unit.relink() {
             for e in &rec.edges {
                 if let RelinkTarget::Unit { unit: t, .. } = e.target {
                     if let Some(t) = self.units.get_mut(&t.0) {
-                        t.incoming.retain(|(from, _)| *from != id);
+                        t.retain_incoming(|(from, _)| *from != id);
                     }
                 }
             }
@@ -338,7 +764,7 @@ impl State {
                 return Err(Error::UnitInUse(UnitId(id)));
             }
             let mut outside: Vec<UnitId> = unit
-                .dependents
+                .dependents()
                 .iter()
                 .filter(|d| !set.contains(**d))
                 .map(|d| UnitId(*d))
@@ -366,18 +792,18 @@ impl State {
             for n in &unit.names {
                 scope.symbols.remove(n);
             }
-            for &(addr, size) in &unit.segments {
+            for &(addr, size) in unit.segments().iter() {
                 if size > 0 {
-                    self.by_addr.remove(&addr);
+                    self.by_addr.remove(addr);
                 }
             }
-            for &d in &unit.deps {
+            for &d in unit.deps() {
                 if !set.contains(d) && !seen_dep.contains(d) {
                     seen_dep.insert(d);
                     deps_of.push(d);
                 }
             }
-            if let Some(rec) = &unit.relink {
+            if let Some(rec) = unit.relink() {
                 for e in &rec.edges {
                     if let RelinkTarget::Unit { unit: t, .. } = e.target {
                         if !set.contains(t.0) && !seen_target.contains(t.0) {
@@ -391,12 +817,12 @@ impl State {
         }
         for d in deps_of {
             if let Some(dep) = self.units.get_mut(&d) {
-                dep.dependents.retain(|x| !set.contains(*x));
+                dep.retain_dependents(|x| !set.contains(x));
             }
         }
         for t in targets {
             if let Some(t) = self.units.get_mut(&t) {
-                t.incoming.retain(|(from, _)| !set.contains(*from));
+                t.retain_incoming(|(from, _)| !set.contains(*from));
             }
         }
         Ok(out)
@@ -406,8 +832,8 @@ impl State {
     /// they keep no relink records, or do not live in slab memory.
     pub fn not_rewritable(&self) -> UnitSet {
         let mut set = UnitSet::new(&[], self.next_unit);
-        for (&id, u) in &self.units {
-            if u.relink.is_none() || u.memory.is_none() {
+        for (id, u) in self.units.iter() {
+            if u.relink().is_none() || !u.in_slabs() {
                 set.insert(id);
             }
         }
@@ -421,7 +847,7 @@ impl State {
         let mut i = 0;
         while i < all.len() {
             if let Some(u) = self.units.get(&all[i]) {
-                for d in &u.dependents {
+                for d in u.dependents() {
                     if !all.contains(d) {
                         all.push(*d);
                     }
@@ -457,5 +883,116 @@ impl UnitSet {
         self.0
             .get((id / 64) as usize)
             .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stay_small() {
+        // A JIT keeps a record per unit: a million units, 80 MB of records.
+        assert!(
+            std::mem::size_of::<Unit>() <= 80,
+            "{}",
+            std::mem::size_of::<Unit>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<Unit>>(),
+            std::mem::size_of::<Unit>()
+        );
+    }
+
+    #[test]
+    fn lists_of_units_grow_into_the_rare_part_and_come_back() {
+        let mut u = Unit::new(NewUnit {
+            alloc: AllocId(1),
+            scope: ScopeId(0),
+            memory: None,
+            slab_ranges: Vec::new(),
+            segments: vec![(0x1000, 16)],
+            relink: None,
+            link_actions: None,
+            stats: None,
+            map: None,
+        });
+        assert!(u.deps().is_empty() && u.dependents().is_empty());
+        u.add_dependent(7);
+        u.add_dependent(7);
+        assert_eq!(u.dependents(), &[7]);
+        assert!(u.rare.is_none(), "one unit stays inline");
+        u.add_dependent(9);
+        u.add_dependent(11);
+        assert_eq!(u.dependents(), &[7, 9, 11]);
+        assert!(u.deps().is_empty());
+        u.retain_dependents(|d| d == 9);
+        assert_eq!((u.dependent, u.dependents()), (9, &[9][..]));
+        u.retain_dependents(|_| false);
+        assert!(u.dependents().is_empty());
+        u.set_deps(&[3, 4]);
+        assert_eq!(u.deps(), &[3, 4]);
+        u.retain_deps(|d| d != 3);
+        assert_eq!(u.deps(), &[4]);
+        u.set_deps(&[5]);
+        assert_eq!(u.deps(), &[5]);
+        u.add_dep(6);
+        u.retain_deps(|_| false);
+        assert!(u.deps().is_empty() && u.dep == 0);
+    }
+
+    #[test]
+    fn defs_keep_unit_and_flags_in_one_word() {
+        assert_eq!(std::mem::size_of::<Def>(), 24);
+        let unit = (1u64 << 56) - 1;
+        for kind in [SymbolKind::Function, SymbolKind::Data] {
+            for (exported, weak) in [(false, false), (true, false), (false, true), (true, true)] {
+                let d = Def::new(0x1000, u64::MAX, unit, kind, exported, weak);
+                assert_eq!(
+                    (d.unit(), d.kind(), d.exported(), d.weak()),
+                    (unit, kind, exported, weak)
+                );
+                assert_eq!(d.info().size, u64::MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn slab_ranges_equal_to_segments_are_not_stored() {
+        let range = |region, addr, size| SlabRange {
+            slab: SlabId(3),
+            region,
+            addr: ExecutorAddr(addr),
+            size,
+        };
+        let new = |segments: Vec<(u64, u64)>, slab_ranges: Vec<SlabRange>| {
+            Unit::new(NewUnit {
+                alloc: AllocId(1),
+                scope: ScopeId(0),
+                memory: None,
+                slab_ranges,
+                segments,
+                relink: None,
+                link_actions: None,
+                stats: None,
+                map: None,
+            })
+        };
+        let ranges = vec![range(0, 0x1000, 16), range(2, 0x9000, 8)];
+        let u = new(vec![(0x1000, 16), (0x9000, 8)], ranges.clone());
+        assert!(u.rare.is_none() && u.regions == [0, 2, 0] && u.slab == SlabId(3));
+        assert_eq!(&*u.slab_ranges(), &ranges[..]);
+        assert!(u.in_slabs());
+        // A range that is not a segment: kept as it is.
+        let odd = vec![range(0, 0x1000, 32)];
+        let mut u = new(vec![(0x1000, 16)], odd.clone());
+        assert!(u.rare.is_some() && u.regions[0] == NO_REGION);
+        assert_eq!(&*u.slab_ranges(), &odd[..]);
+        u.move_segments(&[(0x2000, 16)], |a| a + 0x1000);
+        assert_eq!(u.slab_ranges()[0].addr, ExecutorAddr(0x2000));
+        assert_eq!(&*u.segments(), &[(0x2000, 16)]);
+        // A reservation of its own.
+        let u = new(vec![(0x5000, 64)], Vec::new());
+        assert!(!u.in_slabs() && u.slab_ranges().is_empty() && u.rare.is_none());
     }
 }

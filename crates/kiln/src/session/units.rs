@@ -1,25 +1,29 @@
 //! Storage for the session's unit records, sized for a JIT that keeps a million small units:
 //! records in fixed chunks that never move once written (a table that grows by rehashing would
-//! move every record each time it doubles), found through a small index from unit id to slot;
-//! and short lists kept inline while they hold one element (most units define one name, bind
-//! to a few units and have few dependents).
+//! move every record each time it doubles), found through an index from unit id to slot
+//! (arrays of consecutive ids); short lists kept inline while they hold one element (most
+//! units define one name, bind to a few units and have few dependents); and the index of
+//! segments by address, in sorted runs that ascending inserts fill.
 
 use super::state::Unit;
 use rustc_hash::FxHashMap;
 use std::ops::{Deref, DerefMut};
 
-/// A list that holds one element without a heap allocation. Reads as a slice; `push`,
-/// `retain` and `extend` behave as `Vec`'s.
+/// A list that holds one element without a heap allocation, in two words (for elements of
+/// one word or of a fat pointer): a unit record holds three of these. Reads as a slice;
+/// `push`, `retain` and `extend` behave as `Vec`'s.
 #[derive(Clone, Debug)]
 pub(crate) enum Few<T> {
     One(T),
-    /// Any other length (empty: no allocation either).
-    Many(Vec<T>),
+    /// Any other length: empty without an allocation, else boxed (a `Vec` inline would make
+    /// every list three words for the few that hold more than one element).
+    #[allow(clippy::box_collection)]
+    Many(Option<Box<Vec<T>>>),
 }
 
 impl<T> Default for Few<T> {
     fn default() -> Self {
-        Few::Many(Vec::new())
+        Few::Many(None)
     }
 }
 
@@ -28,7 +32,8 @@ impl<T> Deref for Few<T> {
     fn deref(&self) -> &[T] {
         match self {
             Few::One(x) => std::slice::from_ref(x),
-            Few::Many(v) => v,
+            Few::Many(Some(v)) => v,
+            Few::Many(None) => &[],
         }
     }
 }
@@ -37,7 +42,8 @@ impl<T> DerefMut for Few<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         match self {
             Few::One(x) => std::slice::from_mut(x),
-            Few::Many(v) => v,
+            Few::Many(Some(v)) => v,
+            Few::Many(None) => &mut [],
         }
     }
 }
@@ -45,11 +51,11 @@ impl<T> DerefMut for Few<T> {
 impl<T> Few<T> {
     pub(crate) fn push(&mut self, x: T) {
         match self {
-            Few::Many(v) if !v.is_empty() => v.push(x),
+            Few::Many(Some(v)) if !v.is_empty() => v.push(x),
             Few::Many(_) => *self = Few::One(x),
             Few::One(_) => {
                 if let Few::One(first) = std::mem::take(self) {
-                    *self = Few::Many(vec![first, x]);
+                    *self = Few::Many(Some(Box::new(vec![first, x])));
                 }
             }
         }
@@ -58,8 +64,13 @@ impl<T> Few<T> {
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         match self {
             Few::One(x) if !keep(x) => *self = Few::default(),
-            Few::One(_) => {}
-            Few::Many(v) => v.retain(keep),
+            Few::One(_) | Few::Many(None) => {}
+            Few::Many(Some(v)) => {
+                v.retain(keep);
+                if v.is_empty() {
+                    *self = Few::default();
+                }
+            }
         }
     }
 }
@@ -86,7 +97,7 @@ impl<T> IntoIterator for Few<T> {
     fn into_iter(self) -> Self::IntoIter {
         match self {
             Few::One(x) => Some(x).into_iter().chain(Vec::new()),
-            Few::Many(v) => None.into_iter().chain(v),
+            Few::Many(v) => None.into_iter().chain(v.map_or_else(Vec::new, |v| *v)),
         }
     }
 }
@@ -95,7 +106,18 @@ impl<T> From<Few<T>> for Vec<T> {
     fn from(few: Few<T>) -> Vec<T> {
         match few {
             Few::One(x) => vec![x],
-            Few::Many(v) => v,
+            Few::Many(v) => v.map_or_else(Vec::new, |v| *v),
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Few<T> {
+    /// Without copying a list of two or more.
+    fn from(mut v: Vec<T>) -> Few<T> {
+        match v.len() {
+            0 => Few::default(),
+            1 => v.pop().map_or_else(Few::default, Few::One),
+            _ => Few::Many(Some(Box::new(v))),
         }
     }
 }
@@ -116,14 +138,65 @@ impl<T> FromIterator<T> for Few<T> {
     }
 }
 
+/// A unit's segments, (address, size) each, in two words: one segment of less than 4 GiB
+/// inline (most units have one, a few hundred bytes), any other list boxed. Read through
+/// [`Segs::list`], a slice.
+#[derive(Clone, Debug)]
+pub(crate) enum Segs {
+    One {
+        size: u32,
+        addr: u64,
+    },
+    #[allow(clippy::box_collection)]
+    Many(Option<Box<Vec<(u64, u64)>>>),
+}
+
+impl From<Vec<(u64, u64)>> for Segs {
+    fn from(v: Vec<(u64, u64)>) -> Segs {
+        match v[..] {
+            [] => Segs::Many(None),
+            [(addr, size)] if u32::try_from(size).is_ok() => Segs::One {
+                size: size as u32,
+                addr,
+            },
+            _ => Segs::Many(Some(Box::new(v))),
+        }
+    }
+}
+
+impl Segs {
+    pub(crate) fn list(&self) -> SegList<'_> {
+        match self {
+            Segs::One { size, addr } => SegList::One([(*addr, u64::from(*size))]),
+            Segs::Many(Some(v)) => SegList::Slice(v),
+            Segs::Many(None) => SegList::Slice(&[]),
+        }
+    }
+}
+
+/// [`Segs`] read as a slice.
+pub(crate) enum SegList<'a> {
+    One([(u64, u64); 1]),
+    Slice(&'a [(u64, u64)]),
+}
+
+impl Deref for SegList<'_> {
+    type Target = [(u64, u64)];
+    fn deref(&self) -> &[(u64, u64)] {
+        match self {
+            SegList::One(one) => one,
+            SegList::Slice(s) => s,
+        }
+    }
+}
+
 /// Records per chunk.
 const CHUNK: usize = 1024;
 
 /// The live units by id. Ids come from a counter and are never reused; slots are.
 #[derive(Default)]
 pub(crate) struct UnitTable {
-    /// Unit id → slot.
-    index: FxHashMap<u64, u32>,
+    index: IdIndex,
     chunks: Vec<Box<[Option<Unit>]>>,
     /// Slots of removed units, taken again first.
     free: Vec<u32>,
@@ -141,17 +214,16 @@ impl UnitTable {
     }
 
     pub(crate) fn get(&self, id: &u64) -> Option<&Unit> {
-        self.slot(*self.index.get(id)?)
+        self.slot(self.index.get(*id)?)
     }
 
     pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut Unit> {
-        let s = *self.index.get(id)?;
+        let s = self.index.get(*id)?;
         self.slot_mut(s).as_mut()
     }
 
-    /// Enter unit `id` (an id not in the table).
+    /// Enter unit `id` (a new id: a unit already there under it would be dropped).
     pub(crate) fn insert(&mut self, id: u64, unit: Unit) {
-        self.remove(&id);
         let s = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -164,60 +236,310 @@ impl UnitTable {
             }
         };
         *self.slot_mut(s) = Some(unit);
-        self.index.insert(id, s);
+        if let Some(old) = self.index.insert(id, s) {
+            *self.slot_mut(old) = None;
+            self.free.push(old);
+        }
     }
 
     pub(crate) fn remove(&mut self, id: &u64) -> Option<Unit> {
-        let s = self.index.remove(id)?;
+        let s = self.index.remove(*id)?;
         let unit = self.slot_mut(s).take();
         self.free.push(s);
         unit
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.index.len()
+        self.index.len
     }
 
     /// The ids of the live units, in no particular order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &u64> + '_ {
-        self.index.keys()
+    pub(crate) fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.index.iter().map(|(id, _)| id)
     }
 
     /// (id, unit) of the live units, in no particular order.
-    pub(crate) fn iter(&self) -> Iter<'_> {
-        self.into_iter()
-    }
-}
-
-/// `for (id, unit) in &table`, as over a map.
-pub(crate) struct Iter<'a> {
-    table: &'a UnitTable,
-    index: std::collections::hash_map::Iter<'a, u64, u32>,
-}
-
-impl<'a> Iterator for Iter<'a> {
-    type Item = (&'a u64, &'a Unit);
-    fn next(&mut self) -> Option<Self::Item> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &Unit)> + '_ {
         self.index
-            .by_ref()
-            .find_map(|(id, s)| Some((id, self.table.slot(*s)?)))
+            .iter()
+            .filter_map(|(id, s)| Some((id, self.slot(s)?)))
     }
 }
 
-impl<'a> IntoIterator for &'a UnitTable {
-    type Item = (&'a u64, &'a Unit);
-    type IntoIter = Iter<'a>;
-    fn into_iter(self) -> Iter<'a> {
-        Iter {
-            table: self,
-            index: self.index.iter(),
+/// Ids per array of [`IdIndex`].
+const IDS: usize = 256;
+
+/// Unit id → slot. Ids count up, and a JIT's live units are mostly recent ones: slots in
+/// arrays of [`IDS`] consecutive ids (4 bytes a unit, no hashing). An array most of whose units
+/// are gone (fewer than an eighth live) hands its survivors to a hash map and is freed, unless
+/// new ids still go into it: sparse survivors cost what a hash map costs (about 22 bytes each),
+/// never a whole array. The list of arrays grows by a pointer per [`IDS`] ids ever made.
+#[derive(Default)]
+struct IdIndex {
+    /// Array k holds ids k·IDS..(k+1)·IDS.
+    dense: Vec<Option<Box<IdArray>>>,
+    sparse: FxHashMap<u64, u32>,
+    len: usize,
+}
+
+struct IdArray {
+    /// Slot + 1 of each id; 0: none.
+    slots: [u32; IDS],
+    live: u32,
+}
+
+impl IdIndex {
+    fn split(id: u64) -> (usize, usize) {
+        ((id / IDS as u64) as usize, (id % IDS as u64) as usize)
+    }
+
+    fn get(&self, id: u64) -> Option<u32> {
+        let (k, i) = Self::split(id);
+        if let Some(Some(a)) = self.dense.get(k) {
+            if let Some(s) = a.slots[i].checked_sub(1) {
+                return Some(s);
+            }
         }
+        if self.sparse.is_empty() {
+            return None;
+        }
+        self.sparse.get(&id).copied()
+    }
+
+    /// Enter `id` at `slot`; the slot it had, if it was there already.
+    fn insert(&mut self, id: u64, slot: u32) -> Option<u32> {
+        if self.get(id).is_some() {
+            // Not on a session's path (its ids are new): the old entry out first.
+            let old = self.remove(id);
+            self.insert(id, slot);
+            return old;
+        }
+        let (k, i) = Self::split(id);
+        let newest = k + 1 >= self.dense.len();
+        if self.dense.len() <= k {
+            // The array that was the newest no longer takes new ids: mostly empty (a JIT that
+            // removes what it links), it goes now, not never.
+            let last = self.dense.len().checked_sub(1);
+            self.dense.resize_with(k + 1, || None);
+            if let Some(last) = last {
+                if self.dense[last]
+                    .as_ref()
+                    .is_some_and(|a| (a.live as usize) < IDS / 8)
+                {
+                    self.hand_to_map(last);
+                }
+            }
+        }
+        self.len += 1;
+        match &mut self.dense[k] {
+            Some(a) => {
+                a.slots[i] = slot + 1;
+                a.live += 1;
+            }
+            None if newest => {
+                let mut a = Box::new(IdArray {
+                    slots: [0; IDS],
+                    live: 1,
+                });
+                a.slots[i] = slot + 1;
+                self.dense[k] = Some(a);
+            }
+            // An id of an array handed to the map already.
+            None => {
+                self.sparse.insert(id, slot);
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, id: u64) -> Option<u32> {
+        let (k, i) = Self::split(id);
+        let newest = k + 1 >= self.dense.len();
+        if let Some(Some(a)) = self.dense.get_mut(k) {
+            if let Some(s) = a.slots[i].checked_sub(1) {
+                a.slots[i] = 0;
+                a.live -= 1;
+                self.len -= 1;
+                if !newest && (a.live as usize) < IDS / 8 {
+                    self.hand_to_map(k);
+                }
+                return Some(s);
+            }
+        }
+        let s = self.sparse.remove(&id)?;
+        self.len -= 1;
+        Some(s)
+    }
+
+    /// Array `k`'s ids into the hash map; the array freed.
+    fn hand_to_map(&mut self, k: usize) {
+        let Some(a) = self.dense[k].take() else {
+            return;
+        };
+        let first = (k * IDS) as u64;
+        for (i, &s) in a.slots.iter().enumerate() {
+            if let Some(s) = s.checked_sub(1) {
+                self.sparse.insert(first + i as u64, s);
+            }
+        }
+    }
+
+    /// (id, slot) of every id, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let dense = self.dense.iter().enumerate().flat_map(|(k, a)| {
+            let first = (k * IDS) as u64;
+            a.iter().flat_map(move |a| {
+                a.slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, &s)| Some((first + i as u64, s.checked_sub(1)?)))
+            })
+        });
+        dense.chain(self.sparse.iter().map(|(&id, &s)| (id, s)))
+    }
+}
+
+/// Entries per run of [`AddrIndex`].
+const RUN: usize = 128;
+
+/// Every live unit's segments by start address, for "which unit holds this address". A JIT
+/// links units at ascending addresses: a B-tree splits its leaves in the middle, and ascending
+/// inserts then leave every leaf half full (62 bytes per segment). Here sorted runs of up to
+/// [`RUN`] entries, found by binary search over the runs; a run that fills when the insert
+/// goes to its end starts a new run instead of splitting, so ascending inserts fill every run
+/// (16 bytes per segment: a segment's size is in its unit's record, not here).
+#[derive(Default)]
+pub(crate) struct AddrIndex {
+    /// Non-empty runs, in address order; each sorted by start.
+    runs: Vec<Vec<AddrEntry>>,
+}
+
+/// One segment: its start, its unit and its index in the unit (`unit << 8 | segment`: unit
+/// ids count up from 1 and stay far below 2^56).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct AddrEntry {
+    start: u64,
+    unit_seg: u64,
+}
+
+impl AddrEntry {
+    fn get(&self) -> (u64, u64, u8) {
+        (self.start, self.unit_seg >> 8, self.unit_seg as u8)
+    }
+}
+
+impl AddrIndex {
+    /// The run that holds (or would hold) `start`: the last whose first start is at most
+    /// `start`, or the first.
+    fn run_of(&self, start: u64) -> usize {
+        self.runs
+            .partition_point(|r| r[0].start <= start)
+            .saturating_sub(1)
+    }
+
+    /// Enter segment `seg` of `unit`, starting at `start` (a start not in the index).
+    pub(crate) fn insert(&mut self, start: u64, unit: u64, seg: u8) {
+        let entry = AddrEntry {
+            start,
+            unit_seg: unit << 8 | u64::from(seg),
+        };
+        // Past the last entry (a JIT's usual insert): onto the last run, or a new run when
+        // that is full.
+        if self
+            .runs
+            .last()
+            .is_none_or(|last| last[last.len() - 1].start < start)
+        {
+            match self.runs.last_mut() {
+                Some(last) if last.len() < RUN => last.push(entry),
+                // After a full run, one that will fill too; the first run grows as needed (a
+                // unit linked and removed again and again keeps no 2 KiB run).
+                Some(_) => {
+                    let mut run = Vec::with_capacity(RUN);
+                    run.push(entry);
+                    self.runs.push(run);
+                }
+                None => self.runs.push(vec![entry]),
+            }
+            return;
+        }
+        let r = self.run_of(start);
+        let at = self.runs[r].partition_point(|e| e.start < start);
+        if self.runs[r].len() < RUN {
+            self.runs[r].insert(at, entry);
+        } else if at == RUN {
+            // Past the end of a full run: a run of its own, the full one stays full.
+            self.runs.insert(r + 1, vec![entry]);
+        } else {
+            let mut right = self.runs[r].split_off(RUN / 2);
+            right.reserve(RUN / 2);
+            match at.checked_sub(RUN / 2) {
+                Some(k) => right.insert(k, entry),
+                None => self.runs[r].insert(at, entry),
+            }
+            self.runs.insert(r + 1, right);
+        }
+    }
+
+    /// Take out the segment starting at `start`.
+    pub(crate) fn remove(&mut self, start: u64) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let r = self.run_of(start);
+        let run = &mut self.runs[r];
+        let Ok(at) = run.binary_search_by_key(&start, |e| e.start) else {
+            return;
+        };
+        run.remove(at);
+        if run.is_empty() {
+            self.runs.remove(r);
+        } else if run.len() < RUN / 4 {
+            // A short run joins its neighbour when both fit in one: removals leave no trail of
+            // short runs (each holding the capacity it had when full).
+            let next = r + 1;
+            if self
+                .runs
+                .get(next)
+                .is_some_and(|n| n.len() + self.runs[r].len() <= RUN)
+            {
+                let moved = self.runs.remove(next);
+                self.runs[r].extend(moved);
+            } else if r > 0 && self.runs[r - 1].len() + self.runs[r].len() <= RUN {
+                let moved = self.runs.remove(r);
+                self.runs[r - 1].extend(moved);
+            } else {
+                self.runs[r].shrink_to(RUN / 2);
+            }
+        }
+    }
+
+    /// The segment that starts last at or below `addr` (the only one that can hold it):
+    /// (start, unit, segment index).
+    pub(crate) fn last_at_or_below(&self, addr: u64) -> Option<(u64, u64, u8)> {
+        let run = self.runs.get(self.run_of(addr))?;
+        let i = run.partition_point(|e| e.start <= addr).checked_sub(1)?;
+        Some(run[i].get())
+    }
+
+    /// The segments that start below `end`, highest start first: (start, unit, segment).
+    pub(crate) fn below(&self, end: u64) -> impl Iterator<Item = (u64, u64, u8)> + '_ {
+        let r = self.runs.partition_point(|r| r[0].start < end);
+        let upto = r
+            .checked_sub(1)
+            .map_or(0, |last| self.runs[last].partition_point(|e| e.start < end));
+        self.runs[..r]
+            .iter()
+            .rev()
+            .enumerate()
+            .flat_map(move |(k, run)| if k == 0 { &run[..upto] } else { &run[..] }.iter().rev())
+            .map(AddrEntry::get)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Few;
+    use super::{AddrIndex, Few, IdIndex, IDS, RUN};
 
     #[test]
     fn few_behaves_as_a_vec() {
@@ -245,5 +567,156 @@ mod tests {
         let many: Few<u64> = [1, 2, 3].into_iter().collect();
         assert_eq!(many.clone().into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(Vec::from(many), vec![1, 2, 3]);
+        assert!(matches!(Few::from(vec![4]), Few::One(4)));
+        assert!(Few::<u64>::from(Vec::new()).is_empty());
+        assert_eq!(&*Few::from(vec![4, 5]), &[4, 5]);
+    }
+
+    #[test]
+    fn segs_read_as_the_list_they_were_made_from() {
+        use super::Segs;
+        assert_eq!(std::mem::size_of::<Segs>(), 16);
+        let lists: [Vec<(u64, u64)>; 4] = [
+            vec![],
+            vec![(0x1000, 160)],
+            vec![(0x1000, 1 << 32)],
+            vec![(0x1000, 16), (0x9000, 8)],
+        ];
+        for list in lists {
+            let segs = Segs::from(list.clone());
+            assert_eq!(&*segs.list(), &list[..]);
+            assert_eq!(
+                matches!(segs, Segs::One { .. }),
+                list.len() == 1 && list[0].1 < 1 << 32
+            );
+        }
+    }
+
+    #[test]
+    fn few_is_two_words() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<Few<u64>>(), 16);
+        assert_eq!(size_of::<Few<std::sync::Arc<str>>>(), 16);
+    }
+
+    /// The index against a sorted list, through ascending, descending and scattered inserts
+    /// and removals.
+    #[test]
+    fn addr_index_finds_what_a_sorted_list_finds() {
+        let mut index = AddrIndex::default();
+        let mut model: Vec<(u64, u64, u64)> = Vec::new(); // (start, end, unit)
+        let check = |index: &AddrIndex, model: &[(u64, u64, u64)]| {
+            assert_eq!(index.runs.iter().map(Vec::len).sum::<usize>(), model.len());
+            for &(s, e, u) in model {
+                let seg = (u % 3) as u8;
+                assert_eq!(index.last_at_or_below(s), Some((s, u, seg)));
+                assert_eq!(index.last_at_or_below(e), Some((s, u, seg)));
+                assert_ne!(index.last_at_or_below(s - 1), Some((s, u, seg)));
+                let below: Vec<u64> = index.below(e).map(|x| x.0).collect();
+                let want: Vec<u64> = model
+                    .iter()
+                    .rev()
+                    .filter(|x| x.0 < e)
+                    .map(|x| x.0)
+                    .collect();
+                assert_eq!(below, want);
+            }
+            assert_eq!(index.last_at_or_below(0), None);
+            assert_eq!(index.below(0).count(), 0);
+        };
+        let add = |index: &mut AddrIndex, model: &mut Vec<(u64, u64, u64)>, k: u64| {
+            let (s, e) = (0x1000 + k * 64, 0x1000 + k * 64 + 40);
+            index.insert(s, k + 1, ((k + 1) % 3) as u8);
+            model.push((s, e, k + 1));
+            model.sort_unstable();
+        };
+        // Ascending: runs fill completely.
+        for k in 0..(3 * RUN as u64) {
+            add(&mut index, &mut model, 2 * k + 1000);
+        }
+        assert_eq!(index.runs.len(), 3);
+        assert!(index.runs.iter().all(|r| r.len() == RUN));
+        check(&index, &model);
+        // Descending and scattered into the middle: runs split.
+        for k in (0..300u64).rev() {
+            add(&mut index, &mut model, k);
+        }
+        for k in 0..(3 * RUN as u64) {
+            add(&mut index, &mut model, 2 * k + 1001);
+        }
+        check(&index, &model);
+        // Remove most, scattered: short runs merge.
+        let starts: Vec<u64> = model.iter().map(|x| x.0).collect();
+        for (i, s) in starts.iter().enumerate() {
+            if i % 7 != 0 {
+                index.remove(*s);
+            }
+        }
+        model = model
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 == 0)
+            .map(|x| x.1)
+            .collect();
+        check(&index, &model);
+        assert!(index.runs.len() <= model.len().div_ceil(RUN / 4));
+        // Removing what is not there changes nothing.
+        index.remove(3);
+        index.remove(starts[1]);
+        check(&index, &model);
+        for s in starts {
+            index.remove(s);
+        }
+        assert!(index.runs.is_empty());
+    }
+
+    /// The id index against a map, with ids removed so that arrays go sparse and ids entered
+    /// again into arrays handed over already.
+    #[test]
+    fn id_index_finds_what_a_map_finds() {
+        use std::collections::BTreeMap;
+        let mut index = IdIndex::default();
+        let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+        let n = 10 * IDS as u64;
+        for id in 1..n {
+            index.insert(id, (id * 7) as u32);
+            model.insert(id, (id * 7) as u32);
+        }
+        // Keep every 16th id of the older arrays: they go to the map.
+        for id in 1..n - IDS as u64 {
+            if id % 16 != 0 {
+                assert_eq!(index.remove(id), model.remove(&id));
+            }
+        }
+        assert!(!index.sparse.is_empty());
+        assert!(index.dense[..9].iter().all(Option::is_none));
+        // An id of a freed array, entered again (not what a session does, but allowed).
+        assert_eq!(index.insert(17, 5), None);
+        model.insert(17, 5);
+        // An id there already: its old slot comes back.
+        assert_eq!(index.insert(16, 9), Some(16 * 7));
+        assert_eq!(index.insert(n - 1, 8), Some(((n - 1) * 7) as u32));
+        model.insert(16, 9);
+        model.insert(n - 1, 8);
+        assert_eq!(index.remove(3), None);
+        assert_eq!(index.len, model.len());
+        for id in 0..n + 5 {
+            assert_eq!(index.get(id), model.get(&id).copied(), "id {id}");
+        }
+        let mut all: Vec<(u64, u32)> = index.iter().collect();
+        all.sort_unstable();
+        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+    }
+
+    /// A unit linked and removed, again and again: no array outlives its ids.
+    #[test]
+    fn id_index_of_link_and_remove_cycles_stays_small() {
+        let mut index = IdIndex::default();
+        for id in 1..(20 * IDS as u64) {
+            index.insert(id, 0);
+            assert_eq!(index.remove(id), Some(0));
+        }
+        assert_eq!(index.dense.iter().filter(|a| a.is_some()).count(), 1);
+        assert!(index.sparse.is_empty() && index.len == 0);
     }
 }
