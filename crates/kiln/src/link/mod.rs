@@ -425,8 +425,9 @@ pub struct Export {
 /// exported.
 fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
     let mut out = Vec::new();
-    for (name, id) in &g.globals {
+    for id in g.global_ids() {
         let s = &g.symbols[id.idx()];
+        let name = s.name;
         let SymbolDef::Defined { block, offset } = s.def else {
             continue;
         };

@@ -59,8 +59,7 @@ fn may_need_glue(g: &LinkGraph, name: &[u8], id: SymbolId) -> bool {
 }
 
 fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
-    g.globals
-        .get(name)
+    g.global(name)
         .is_some_and(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
 }
 
@@ -85,9 +84,8 @@ pub fn synthesize_runtime<'a>(
     let eager = outside.all_linker_symbols;
     if !eager
         && !g
-            .globals
-            .iter()
-            .any(|(name, id)| may_need_glue(g, name, *id))
+            .global_ids()
+            .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id))
     {
         return Runtime {
             dso: None,
@@ -107,8 +105,7 @@ pub fn synthesize_runtime<'a>(
     // The unit's handle exists when something hands it to the C runtime: code that names it
     // (C++ static destructors registered with `__cxa_atexit`), or the glue above.
     let dso_defined = g
-        .globals
-        .get(&b"__dso_handle"[..])
+        .global(b"__dso_handle")
         .is_some_and(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Defined { .. }));
     let dso = if is_undefined(g, b"__dso_handle") || !glue.is_empty() || (eager && !dso_defined) {
         let data = synth_section(
@@ -121,9 +118,7 @@ pub fn synthesize_runtime<'a>(
         let block = g.add_block(data, Content::Zero(8), 8);
         Some(define_hidden(g, b"__dso_handle", block, input, false))
     } else {
-        g.globals
-            .get(&b"__dso_handle"[..])
-            .copied()
+        g.global(b"__dso_handle")
             .filter(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Defined { .. }))
     };
     for (name, callee, template) in glue {
@@ -133,8 +128,10 @@ pub fn synthesize_runtime<'a>(
     }
     synthesize_rust_allocator_shim(g, input, outside, names);
     // The start of the unit's TLS block, for local-dynamic code using TLS descriptors.
-    if is_undefined(g, b"_TLS_MODULE_BASE_") {
-        let id = g.globals[&b"_TLS_MODULE_BASE_"[..]];
+    let tls_module_base = g
+        .global(b"_TLS_MODULE_BASE_")
+        .filter(|id| g.symbols[id.idx()].def == SymbolDef::Undefined);
+    if let Some(id) = tls_module_base {
         let s = &mut g.symbols[id.idx()];
         s.def = SymbolDef::Absolute(0);
         s.tls = true;
@@ -142,8 +139,7 @@ pub fn synthesize_runtime<'a>(
     }
     // The GOT is made by the table pass when an edge needs it; code that names it gets it now.
     let got_defined = g
-        .globals
-        .get(&b"_GLOBAL_OFFSET_TABLE_"[..])
+        .global(b"_GLOBAL_OFFSET_TABLE_")
         .is_some_and(|id| g.symbols[id.idx()].def != SymbolDef::Undefined);
     let got = (is_undefined(g, b"_GLOBAL_OFFSET_TABLE_") || (eager && !got_defined)).then(|| {
         let got = add_got(g, input);
@@ -232,9 +228,7 @@ fn synthesize_rust_allocator_shim<'a>(
     names: &'a bumpalo::Bump,
 ) {
     let undefined: Vec<SymbolId> = g
-        .globals
-        .values()
-        .copied()
+        .global_ids()
         .filter(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
         .collect();
     for id in undefined {
