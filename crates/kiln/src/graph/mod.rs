@@ -69,6 +69,44 @@ pub(crate) enum SectionKind {
     Stubs,
 }
 
+impl SectionKind {
+    /// The kind's bit in [`LinkGraph::section_kinds`] (one per variant, whatever its priority).
+    pub(crate) fn bit(self) -> u32 {
+        use SectionKind::*;
+        1 << match self {
+            Regular => 0,
+            Tls => 1,
+            EhFrame => 2,
+            EhFrameTerminator => 3,
+            PreInitArray => 4,
+            InitArray(_) => 5,
+            FiniArray(_) => 6,
+            Ctors(_) => 7,
+            Dtors(_) => 8,
+            Init => 9,
+            Fini => 10,
+            Got => 11,
+            Stubs => 12,
+        }
+    }
+
+    /// The bits of the kinds whose blocks hold initializers or finalizers.
+    pub(crate) fn init_fini_bits() -> u32 {
+        use SectionKind::*;
+        [
+            PreInitArray,
+            InitArray(0),
+            FiniArray(0),
+            Ctors(0),
+            Dtors(0),
+            Init,
+            Fini,
+        ]
+        .iter()
+        .fold(0, |m, k| m | k.bit())
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Section<'a> {
     pub name: &'a [u8],
@@ -197,6 +235,10 @@ pub(crate) struct LinkGraph<'a> {
     /// edges rather than as `KeepAlive` edges on the function, whose (often large) edge vectors
     /// would otherwise grow once per FDE.
     pub keep_alive: Vec<(BlockId, BlockId)>,
+    /// Every kind a section was added with ([`SectionKind::bit`]): a pass for kinds the unit
+    /// has no section of (`.init`, init arrays, `.eh_frame`, TLS) knows so without a scan, and
+    /// does nothing — a JIT's function has none of them.
+    pub section_kinds: u32,
 }
 
 impl<'a> LinkGraph<'a> {
@@ -223,6 +265,13 @@ impl<'a> LinkGraph<'a> {
         g.globals
             .reserve(symbols, |id| name_hash(names[id.idx()].name));
         g
+    }
+
+    /// Whether a section of one of the kinds in `bits` ([`SectionKind::bit`]) may exist (a pass
+    /// may have changed a section's kind since: then this says yes, and the pass that asks
+    /// scans the sections).
+    pub(crate) fn may_have(&self, bits: u32) -> bool {
+        self.section_kinds & bits != 0
     }
 
     /// The global symbol `name`, if the graph has one (defined or not).
@@ -260,6 +309,7 @@ impl<'a> LinkGraph<'a> {
     }
 
     pub(crate) fn add_section(&mut self, s: Section<'a>) -> SectionId {
+        self.section_kinds |= s.kind.bit();
         self.sections.push(s);
         SectionId(self.sections.len() as u32 - 1)
     }

@@ -52,6 +52,7 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         comdats: FxHashMap::default(),
         duplicates: Vec::new(),
         keep_alive: Vec::new(),
+        section_kinds: 0,
     }
 }
 

@@ -42,7 +42,12 @@ pub(super) fn collect_init_fini(
     let mut fini_fn = None;
     let mut inits: Vec<(u32, u32, Vec<u64>)> = Vec::new(); // (priority, order, fns)
     let mut finis: Vec<(u32, u32, Vec<u64>)> = Vec::new();
-    for (i, b) in g.blocks.iter().enumerate() {
+    // A unit without init/fini sections (a JIT's functions) has nothing to look for.
+    let blocks = match g.may_have(SectionKind::init_fini_bits()) {
+        true => &g.blocks[..],
+        false => &[],
+    };
+    for (i, b) in blocks.iter().enumerate() {
         if !b.live {
             continue;
         }
@@ -93,21 +98,26 @@ pub(super) fn collect_actions(
     ctx: &FixupContext,
 ) -> Vec<ActionPair> {
     let mut actions = Vec::new();
-    let eh: Vec<&Block> = g
-        .blocks
-        .iter()
-        .filter(|b| {
-            b.live
-                && matches!(
-                    g.sections[b.section.idx()].kind,
-                    SectionKind::EhFrame | SectionKind::EhFrameTerminator
-                )
-        })
-        .collect();
-    if let (Some(lo), Some(hi)) = (
-        eh.iter().map(|b| b.addr).min(),
-        eh.iter().map(|b| b.addr + b.size()).max(),
-    ) {
+    let eh_bits = SectionKind::EhFrame.bit() | SectionKind::EhFrameTerminator.bit();
+    let blocks = match g.may_have(eh_bits) {
+        true => &g.blocks[..],
+        false => &[],
+    };
+    let eh = blocks.iter().filter(|b| {
+        b.live
+            && matches!(
+                g.sections[b.section.idx()].kind,
+                SectionKind::EhFrame | SectionKind::EhFrameTerminator
+            )
+    });
+    let (lo, hi) = eh.fold((None, None), |(lo, hi): (Option<u64>, Option<u64>), b| {
+        let end = b.addr + b.size();
+        (
+            Some(lo.map_or(b.addr, |l| l.min(b.addr))),
+            Some(hi.map_or(end, |h| h.max(end))),
+        )
+    });
+    if let (Some(lo), Some(hi)) = (lo, hi) {
         let (addr, size) = (ExecutorAddr(lo), hi - lo);
         actions.push(ActionPair {
             finalize: Some(Action::RegisterEhFrame { addr, size }),

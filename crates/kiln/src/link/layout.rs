@@ -176,9 +176,10 @@ fn blocks_by_prot(g: &LinkGraph) -> ([Vec<(Place, BlockId)>; 3], Vec<BlockId>) {
 
 /// Whether the unit has thread-local storage (`.tdata` or `.tbss` blocks).
 fn segments_hold_tls(g: &LinkGraph) -> bool {
-    g.blocks
-        .iter()
-        .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::Tls)
+    g.may_have(SectionKind::Tls.bit())
+        && g.blocks
+            .iter()
+            .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::Tls)
 }
 
 /// Offsets of a segment's blocks from its (aligned) start.

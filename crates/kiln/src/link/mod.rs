@@ -327,7 +327,8 @@ fn fixup_context(
         tls_module: TLS_MODULE_TAG | (base & 0xffff_ffff_ffff),
         tp_offset: None,
     };
-    if let (true, Some(t)) = (needs_static_tls(g), &layout.tls) {
+    // A unit without TLS (no layout of it) needs no static TLS block: no edge scan.
+    if let Some(t) = layout.tls.as_ref().filter(|_| needs_static_tls(g)) {
         let image = fixup::tls_image(g, layout, &ctx)?;
         let off = ex.allocate_static_tls(&image, t.block_size, t.align)?;
         tracing::debug!(

@@ -4,6 +4,7 @@ use crate::arch::{Template, TemplateTarget};
 use crate::graph::*;
 use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 
 /// The name of the input that owns what the linker makes itself.
@@ -315,6 +316,9 @@ pub fn allocate_commons(g: &mut LinkGraph, input: InputId) {
 /// `.init` (or `.fini`) fragments are pieces of one function, concatenated in input order between
 /// a prologue and an epilogue, as crti.o and crtn.o frame them in a native link.
 pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
+    if !g.may_have(kind.bit()) {
+        return;
+    }
     let frags: Vec<BlockId> = (0..g.blocks.len() as u32)
         .map(BlockId)
         .filter(|b| g.section_of(*b).kind == kind && !g.blocks[b.idx()].is_zero_fill())
@@ -375,8 +379,8 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
 /// the default-visibility globals of inputs given explicitly (they can be looked up after
 /// linking). FDEs stay alive through `LinkGraph::keep_alive`. Returns the number of live blocks.
 pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> usize {
-    let mut work: Vec<BlockId> = Vec::with_capacity(g.blocks.len());
-    let mark = |g: &mut LinkGraph, b: BlockId, work: &mut Vec<BlockId>| {
+    let mut work: WorkList = SmallVec::new();
+    let mark = |g: &mut LinkGraph, b: BlockId, work: &mut WorkList| {
         let blk = &mut g.blocks[b.idx()];
         if !blk.live {
             blk.live = true;
@@ -419,6 +423,9 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<Symbo
     live
 }
 
+/// Blocks found live whose edges are still to follow (a small unit's list stays inline).
+type WorkList = SmallVec<[BlockId; 16]>;
+
 /// The FDEs of each function block, by a counting sort of `LinkGraph::keep_alive`:
 /// `fdes[start[b]..start[b + 1]]`. Empty (and free) when the unit has no FDEs.
 struct FdesOf {
@@ -460,10 +467,10 @@ impl FdesOf {
 
 /// The zero word that ends the unit's `.eh_frame`, if it has one.
 pub fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
-    let any = g
-        .blocks
-        .iter()
-        .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
+    let any = g.may_have(SectionKind::EhFrame.bit())
+        && g.blocks
+            .iter()
+            .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
     if any {
         let s = g.add_section(Section {
             name: b".eh_frame",

@@ -11,41 +11,43 @@ use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::Placement;
 
-/// The lowest and highest address of host symbols (absolute, non-zero targets) that live edges
-/// reach with the given reach class.
-fn host_targets(g: &LinkGraph, reach: Reach) -> Option<(u64, u64)> {
-    let mut range: Option<(u64, u64)> = None;
-    for e in g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges) {
-        let SymbolDef::Absolute(a) = g.symbols[e.target.idx()].def else {
-            continue;
-        };
-        if a != 0 && g.edge_info(e.kind).reach == reach {
-            range = Some(range.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a))));
-        }
-    }
-    range
+/// What live edges ask of the unit's placement, found in one scan of them.
+#[derive(Default)]
+struct Reaches {
+    /// The lowest and highest host symbol (absolute, non-zero target) reached with a 32-bit
+    /// PC-relative reference that has no fallback...
+    must: Option<(u64, u64)>,
+    /// ...and with one that has (a call through a stub, a load through the GOT).
+    nice: Option<(u64, u64)>,
+    /// Live code addresses the unit's own symbols with 32-bit absolute relocations (non-PIE
+    /// code): the unit must sit in the low 2 GiB.
+    low_2g: bool,
 }
 
-/// Whether live code addresses the unit's own symbols with 32-bit absolute relocations
-/// (non-PIE code): then the unit must sit in the low 2 GiB.
-fn needs_low_2g(g: &LinkGraph) -> bool {
-    g.blocks
-        .iter()
-        .filter(|b| b.live)
-        .flat_map(|b| &b.edges)
-        .any(|e| {
-            g.edge_info(e.kind).reach == Reach::Absolute32
-                && matches!(g.symbols[e.target.idx()].def, SymbolDef::Defined { .. })
-        })
+fn reaches(g: &LinkGraph) -> Reaches {
+    let widen =
+        |r: Option<(u64, u64)>, a: u64| Some(r.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a))));
+    let mut r = Reaches::default();
+    for e in g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges) {
+        let reach = g.edge_info(e.kind).reach;
+        match (g.symbols[e.target.idx()].def, reach) {
+            (SymbolDef::Absolute(a), Reach::PcRelative32) if a != 0 => r.must = widen(r.must, a),
+            (SymbolDef::Absolute(a), Reach::PcRelative32WithFallback) if a != 0 => {
+                r.nice = widen(r.nice, a)
+            }
+            (SymbolDef::Defined { .. }, Reach::Absolute32) => r.low_2g = true,
+            _ => {}
+        }
+    }
+    r
 }
 
 /// The window the unit (of `size` bytes) must lie in so that its 32-bit PC-relative references
 /// to host symbols reach.
 pub fn placement_window(g: &LinkGraph, size: u64) -> Result<Placement> {
     let reach = g.arch.pc_relative_32_reach();
-    let must = host_targets(g, Reach::PcRelative32);
-    let nice = host_targets(g, Reach::PcRelative32WithFallback);
-    if needs_low_2g(g) {
+    let Reaches { must, nice, low_2g } = reaches(g);
+    if low_2g {
         return low_2g_window(must, size, reach);
     }
     // The unit lies in [wlo, whi): every byte within `reach` of every target.
