@@ -6,6 +6,7 @@ use crate::error::{DuplicateSymbol, Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
 use kiln_target::{Executor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 
 /// Load archive members until no strong undefined symbol can be satisfied by one. Like ld's
 /// `--start-group`: the order of archives does not matter, members are loaded only when they
@@ -101,10 +102,14 @@ pub struct ExternalScopes<'s> {
     pub allow: Option<&'s FxHashSet<String>>,
 }
 
+/// Undefined symbols, each with whether an input (not only the linker's own glue) references
+/// it; inline up to a few (a JIT's unit names a few).
+type Wanted = SmallVec<[(SymbolId, bool); FEW_NAMES]>;
+
 /// The undefined symbols live code references, and for each whether an input (not only the
 /// linker's own glue) references it.
-fn wanted_symbols(g: &LinkGraph) -> Vec<(SymbolId, bool)> {
-    let mut wanted: Vec<(SymbolId, bool)> = Vec::new();
+fn wanted_symbols(g: &LinkGraph) -> Wanted {
+    let mut wanted = Wanted::new();
     // Where each symbol is in `wanted`: made only for units with many undefined symbols (a
     // scan of a short list beats a table as long as the symbol list).
     let mut slot: Vec<u32> = Vec::new();
@@ -156,7 +161,7 @@ pub fn resolve_externals(
 ) -> Result<usize> {
     let wanted = wanted_symbols(g);
     // Definitions first, then the session's units (one batch).
-    let mut rest: Vec<(SymbolId, bool)> = Vec::with_capacity(wanted.len());
+    let mut rest = Wanted::with_capacity(wanted.len());
     for &(id, by_input) in &wanted {
         let name = g.symbols[id.idx()].name;
         match std::str::from_utf8(name)
