@@ -425,7 +425,8 @@ pub struct Export {
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
 /// exported.
 fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
-    let mut out = Vec::new();
+    // Room for every global (a unit's undefined ones are few): one allocation, no growing.
+    let mut out = Vec::with_capacity(g.globals.len());
     for id in g.global_ids() {
         let s = &g.symbols[id.idx()];
         let name = s.name;
