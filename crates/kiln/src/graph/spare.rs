@@ -4,8 +4,8 @@
 //! costs).
 //!
 //! A graph's tables hold data borrowed for its link (`LinkGraph<'a>`). They are kept empty, as
-//! vectors of the same element types at `'static`, and [`relabel`] turns an empty vector of one
-//! lifetime into one of another, keeping its allocation.
+//! vectors of the same element types at `'static`: [`relabel`] turns a graph's emptied vector
+//! into one, keeping its allocation, and a `'static` vector is an `'a` one as it is.
 
 use super::*;
 use std::cell::Cell;
@@ -44,10 +44,11 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         .unwrap_or(Spare::EMPTY);
     LinkGraph {
         arch,
-        inputs: relabel(spare.inputs),
-        sections: relabel(spare.sections),
-        blocks: relabel(spare.blocks),
-        symbols: relabel(spare.symbols),
+        // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).
+        inputs: spare.inputs,
+        sections: spare.sections,
+        blocks: spare.blocks,
+        symbols: spare.symbols,
         globals: spare.globals,
         comdats: FxHashMap::default(),
         duplicates: Vec::new(),

@@ -18,6 +18,16 @@ pub(super) fn collect_init_fini(
     work: &[&[u8]],
     dso: Option<SymbolId>,
 ) -> (Vec<ExecutorAddr>, Vec<Action>) {
+    // The unit's exit handlers run first (`__cxa_finalize`).
+    let exit_handlers = dso
+        .and_then(|d| g.symbol_addr(d))
+        .map(|d| Action::CxaFinalize {
+            dso: ExecutorAddr(d),
+        });
+    // A unit without init/fini sections (a JIT's functions) has nothing else to look for.
+    if !g.may_have(SectionKind::init_fini_bits()) {
+        return (Vec::new(), exit_handlers.into_iter().collect());
+    }
     let words = |b: &Block| -> Vec<u64> {
         let Some((si, seg)) = layout
             .segments
@@ -42,12 +52,7 @@ pub(super) fn collect_init_fini(
     let mut fini_fn = None;
     let mut inits: Vec<(u32, u32, Vec<u64>)> = Vec::new(); // (priority, order, fns)
     let mut finis: Vec<(u32, u32, Vec<u64>)> = Vec::new();
-    // A unit without init/fini sections (a JIT's functions) has nothing to look for.
-    let blocks = match g.may_have(SectionKind::init_fini_bits()) {
-        true => &g.blocks[..],
-        false => &[],
-    };
-    for (i, b) in blocks.iter().enumerate() {
+    for (i, b) in g.blocks.iter().enumerate() {
         if !b.live {
             continue;
         }
@@ -76,12 +81,7 @@ pub(super) fn collect_init_fini(
     for (_, _, fns) in inits {
         init.extend(fns.into_iter().map(ExecutorAddr));
     }
-    let mut fini = Vec::new();
-    if let Some(d) = dso.and_then(|d| g.symbol_addr(d)) {
-        fini.push(Action::CxaFinalize {
-            dso: ExecutorAddr(d),
-        });
-    }
+    let mut fini: Vec<Action> = exit_handlers.into_iter().collect();
     let all: Vec<u64> = finis.into_iter().flat_map(|(_, _, f)| f).collect();
     fini.extend(
         all.into_iter()

@@ -293,7 +293,9 @@ fn reserve<'x>(
     input: &LinkInput<'x>,
 ) -> Result<UnitMemory<'x>> {
     let page = ex.info().page_size;
-    let bound = placement::size_upper_bound(g, page)
+    let bounds = placement::bounds(g, page);
+    let bound = bounds
+        .size
         .checked_next_multiple_of(page)
         .filter(|b| *b < (1 << 40))
         .ok_or_else(|| Error::Usage("the unit is too large (over 1 TiB)".into()))?;
@@ -302,12 +304,14 @@ fn reserve<'x>(
         .filter(|_| input.fixed_address.is_none() && ex.supports_slabs());
     match (memory, input.fixed_address) {
         (Some(memory), _) => {
-            let placement = placement::placement_window(g, bound)?;
-            let (sizes, aligns) = placement::class_upper_bounds(g, page);
-            UnitMemory::in_slab(ex, memory, placement, sizes, aligns)
+            let placement = placement::placement_window(g, &bounds, bound)?;
+            UnitMemory::in_slab(ex, memory, placement, bounds.sizes, bounds.aligns)
         }
         (None, Some(addr)) => UnitMemory::reserve(ex, bound, Placement::Fixed(addr)),
-        (None, None) => UnitMemory::reserve(ex, bound, placement::placement_window(g, bound)?),
+        (None, None) => {
+            let placement = placement::placement_window(g, &bounds, bound)?;
+            UnitMemory::reserve(ex, bound, placement)
+        }
     }
 }
 
