@@ -374,7 +374,13 @@ impl<'a> LinkGraph<'a> {
         input: InputId,
         weak_ref: bool,
     ) -> SymbolId {
-        if let Some(id) = self.global(name) {
+        let hash = name_hash(name);
+        let symbols = &self.symbols;
+        let found = self
+            .globals
+            .find(hash, |id| symbols[id.idx()].name == name)
+            .copied();
+        if let Some(id) = found {
             let s = &mut self.symbols[id.idx()];
             if !weak_ref {
                 s.only_weak_refs = false;
@@ -395,7 +401,7 @@ impl<'a> LinkGraph<'a> {
         });
         let symbols = &self.symbols;
         self.globals
-            .insert_unique(name_hash(name), id, |id| name_hash(symbols[id.idx()].name));
+            .insert_unique(hash, id, |id| name_hash(symbols[id.idx()].name));
         id
     }
 

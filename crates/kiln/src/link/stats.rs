@@ -90,6 +90,7 @@ impl Timer {
     }
 
     /// The phase `name` ended now.
+    #[inline]
     pub fn lap(&mut self, name: &'static str) {
         if let Some(at) = self.at {
             let now = Instant::now();
