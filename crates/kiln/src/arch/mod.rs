@@ -212,7 +212,13 @@ pub fn write_value(
             width: info.width,
         });
     }
-    field.copy_from_slice(&(value as u64).to_le_bytes()[..width]);
+    let bytes = (value as u64).to_le_bytes();
+    // Copies of a constant width: no call to memcpy for a 4-byte field.
+    match width {
+        4 => field.copy_from_slice(&bytes[..4]),
+        8 => field.copy_from_slice(&bytes),
+        _ => field.copy_from_slice(&bytes[..width]),
+    }
     Ok(())
 }
 
