@@ -315,10 +315,15 @@ pub fn allocate_commons(g: &mut LinkGraph, input: InputId) {
 
 /// `.init` (or `.fini`) fragments are pieces of one function, concatenated in input order between
 /// a prologue and an epilogue, as crti.o and crtn.o frame them in a native link.
+/// (Only the test is inlined: most units have no fragments.)
+#[inline]
 pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
-    if !g.may_have(kind.bit()) {
-        return;
+    if g.may_have(kind.bit()) {
+        merge_fragments(g, kind, input);
     }
+}
+
+fn merge_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
     let frags: Vec<BlockId> = (0..g.blocks.len() as u32)
         .map(BlockId)
         .filter(|b| g.section_of(*b).kind == kind && !g.blocks[b.idx()].is_zero_fill())
