@@ -71,9 +71,10 @@ pub fn check_duplicates(g: &LinkGraph) -> Result<()> {
 
 /// The symbols of the session's live units, as the unit being linked sees them.
 pub trait SessionSymbols {
-    /// Push, for each name, the address of the definition the new unit binds to, if any. An
-    /// implementation remembers which units it bound to: the new unit depends on them.
-    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>);
+    /// Set `out[i]` (`None` on entry, as long as `names`) to the address of the definition
+    /// `names[i]` binds to, if any. An implementation remembers which units it bound to: the
+    /// new unit depends on them.
+    fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]);
     /// Whether a live unit visible to the new unit defines `name` (nothing is bound).
     fn defines(&self, name: &[u8]) -> bool;
 }
@@ -82,9 +83,7 @@ pub trait SessionSymbols {
 pub struct NoSession;
 
 impl SessionSymbols for NoSession {
-    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>) {
-        out.extend(names.iter().map(|_| None));
-    }
+    fn bind(&self, _: &[&[u8]], _: &mut [Option<u64>]) {}
     fn defines(&self, _: &[u8]) -> bool {
         false
     }
@@ -173,19 +172,21 @@ pub fn resolve_externals(
         }
     }
     if !rest.is_empty() {
-        let mut bound = Vec::with_capacity(rest.len());
         let name_of = |&(id, _): &(SymbolId, bool)| g.symbols[id.idx()].name;
-        if rest.len() <= FEW_NAMES {
-            // A JIT's unit asks for a few names: their list lives on the stack.
-            let mut names: [&[u8]; FEW_NAMES] = [&[]; FEW_NAMES];
-            for (n, r) in names.iter_mut().zip(&rest) {
+        // A JIT's unit asks for a few names: their list and the answers live on the stack.
+        let (mut few_names, mut few_bound) = ([&[][..]; FEW_NAMES], [None; FEW_NAMES]);
+        let (mut many_names, mut many_bound) = (Vec::new(), Vec::new());
+        let (names, bound): (&[&[u8]], &mut [Option<u64>]) = if rest.len() <= FEW_NAMES {
+            for (n, r) in few_names.iter_mut().zip(&rest) {
                 *n = name_of(r);
             }
-            scopes.session.bind(&names[..rest.len()], &mut bound);
+            (&few_names[..rest.len()], &mut few_bound[..rest.len()])
         } else {
-            let names: Vec<&[u8]> = rest.iter().map(name_of).collect();
-            scopes.session.bind(&names, &mut bound);
-        }
+            many_names.extend(rest.iter().map(name_of));
+            many_bound.resize(rest.len(), None);
+            (&many_names, &mut many_bound)
+        };
+        scopes.session.bind(names, bound);
         let mut i = 0;
         rest.retain(|(id, _)| {
             let found = bound.get(i).copied().flatten();
