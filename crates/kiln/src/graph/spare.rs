@@ -41,7 +41,7 @@ thread_local! {
 pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
     let spare = SPARE
         .try_with(|s| s.replace(Spare::EMPTY))
-        .unwrap_or(Spare::EMPTY);
+        .unwrap_or_else(|_| Spare::EMPTY);
     LinkGraph {
         arch,
         // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).

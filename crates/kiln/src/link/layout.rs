@@ -96,7 +96,6 @@ pub fn layout_at(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
 
 /// A segment's blocks at offsets from its start, before the start is known.
 struct Planned {
-    blocks: Placed,
     offsets: SmallVec<[u64; 4]>,
     /// The largest alignment of its blocks: the start must be aligned to it.
     align: u64,
@@ -119,13 +118,13 @@ pub fn layout_with(
         align: 1,
         ..Default::default()
     };
-    for (slot, blocks) in per_prot.into_iter().enumerate() {
+    for (slot, blocks) in per_prot.iter().enumerate() {
         if blocks.is_empty() {
             continue;
         }
         let plan = plan_segment(g, blocks, page, &mut tls)?;
         let start = place(slot, plan.size, plan.align)?;
-        for (&(p, b), off) in plan.blocks.iter().zip(&plan.offsets) {
+        for (&(p, b), off) in blocks.iter().zip(&plan.offsets) {
             let blk = &mut g.blocks[b.idx()];
             blk.addr = start + off;
             if let (Place::TlsImage, Some(image)) = (p, plan.tls_image) {
@@ -141,7 +140,7 @@ pub fn layout_with(
             content_size: plan.content_size,
             zero_size: plan.size - plan.content_size,
             align: plan.align,
-            blocks: plan.blocks.iter().map(|(_, b)| *b).collect(),
+            blocks: blocks.iter().map(|(_, b)| *b).collect(),
         });
     }
     let has_tls = segments_hold_tls(g);
@@ -190,16 +189,20 @@ fn segments_hold_tls(g: &LinkGraph) -> bool {
 }
 
 /// Offsets of a segment's blocks from its (aligned) start.
-fn plan_segment(g: &LinkGraph, blocks: Placed, page: u64, tls: &mut TlsLayout) -> Result<Planned> {
+fn plan_segment(
+    g: &LinkGraph,
+    blocks: &[(Place, BlockId)],
+    page: u64,
+    tls: &mut TlsLayout,
+) -> Result<Planned> {
     let mut p = Planned {
         offsets: SmallVec::with_capacity(blocks.len()),
-        blocks,
         align: 1,
         size: 0,
         content_size: 0,
         tls_image: None,
     };
-    for &(place, b) in &p.blocks {
+    for &(place, b) in blocks {
         let blk = &g.blocks[b.idx()];
         p.align = p.align.max(blk.align);
         if place == Place::TlsImage {

@@ -445,7 +445,11 @@ fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
             continue;
         }
         out.push(Export {
-            name: String::from_utf8_lossy(name).into(),
+            // (Checked first: the lossy conversion costs more when there is nothing to replace.)
+            name: match std::str::from_utf8(name) {
+                Ok(name) => name.into(),
+                Err(_) => String::from_utf8_lossy(name).into(),
+            },
             addr: g.blocks[block.idx()].addr + offset,
             size: s.size,
             kind: if s.callable {
