@@ -39,9 +39,13 @@ thread_local! {
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
 /// while another is alive, or on a new thread, starts with none).
 pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
-    let spare = SPARE
-        .try_with(|s| s.replace(Spare::EMPTY))
-        .unwrap_or_else(|_| Spare::EMPTY);
+    // (A match, not `unwrap_or`: an unused empty spare would still be dropped, 40
+    // instructions a link.)
+    let spare = match SPARE.try_with(|s| s.replace(Spare::EMPTY)) {
+        Ok(spare) => spare,
+        // The thread is exiting: no spare tables.
+        Err(_) => Spare::EMPTY,
+    };
     LinkGraph {
         arch,
         // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).
