@@ -212,7 +212,13 @@ pub fn write_value(
             width: info.width,
         });
     }
-    field.copy_from_slice(&(value as u64).to_le_bytes()[..width]);
+    let bytes = (value as u64).to_le_bytes();
+    // Copies of a constant width: no call to memcpy for a 4-byte field.
+    match width {
+        4 => field.copy_from_slice(&bytes[..4]),
+        8 => field.copy_from_slice(&bytes),
+        _ => field.copy_from_slice(&bytes[..width]),
+    }
     Ok(())
 }
 
@@ -391,15 +397,33 @@ pub(crate) fn for_elf_machine(machine: u16) -> Option<&'static dyn Arch> {
 
 /// The architecture of an executor with this target triple (`x86_64-unknown-linux-gnu`).
 pub(crate) fn for_triple(triple: &str) -> Option<&'static dyn Arch> {
-    match triple.split('-').next()? {
-        "x86_64" => Some(&x86_64::X86_64),
-        _ => None,
+    // Whether `arch` is the triple's first component: compared in place, without splitting
+    // the triple (asked on every link).
+    let first_is = |arch: &str| {
+        triple
+            .strip_prefix(arch)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    };
+    if first_is("x86_64") {
+        Some(&x86_64::X86_64)
+    } else {
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_architecture_is_the_triples_first_component() {
+        let name = |t: &str| for_triple(t).map(|a| a.name());
+        assert_eq!(name("x86_64-unknown-linux-gnu"), Some("x86-64"));
+        assert_eq!(name("x86_64"), Some("x86-64"));
+        assert_eq!(name("x86_64h-apple-darwin"), None);
+        assert_eq!(name("aarch64-unknown-linux-gnu"), None);
+        assert_eq!(name(""), None);
+    }
 
     const ROW: EdgeInfo = EdgeInfo {
         name: "T",

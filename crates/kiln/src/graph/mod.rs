@@ -10,6 +10,7 @@
 //! newtypes; input bytes are borrowed for the link.
 
 pub(crate) mod builder;
+mod spare;
 
 pub use builder::{
     BlockContent, FrameDescription, GraphSectionKind, InMemoryBlock, InMemoryEdge, InMemoryGraph,
@@ -20,6 +21,7 @@ use crate::arch::{Arch, EdgeKind};
 use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
+use std::hash::BuildHasher;
 
 macro_rules! id {
     ($name:ident) => {
@@ -37,6 +39,11 @@ id!(InputId);
 id!(SectionId);
 id!(BlockId);
 id!(SymbolId);
+
+/// The hash of a global's name in [`LinkGraph::globals`].
+fn name_hash(name: &[u8]) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(name)
+}
 
 /// No init/fini priority given: runs after all prioritised ones.
 pub(crate) const NO_PRIORITY: u32 = 65536;
@@ -60,6 +67,44 @@ pub(crate) enum SectionKind {
     Fini,
     Got,
     Stubs,
+}
+
+impl SectionKind {
+    /// The kind's bit in [`LinkGraph::section_kinds`] (one per variant, whatever its priority).
+    pub(crate) fn bit(self) -> u32 {
+        use SectionKind::*;
+        1 << match self {
+            Regular => 0,
+            Tls => 1,
+            EhFrame => 2,
+            EhFrameTerminator => 3,
+            PreInitArray => 4,
+            InitArray(_) => 5,
+            FiniArray(_) => 6,
+            Ctors(_) => 7,
+            Dtors(_) => 8,
+            Init => 9,
+            Fini => 10,
+            Got => 11,
+            Stubs => 12,
+        }
+    }
+
+    /// The bits of the kinds whose blocks hold initializers or finalizers.
+    pub(crate) fn init_fini_bits() -> u32 {
+        use SectionKind::*;
+        [
+            PreInitArray,
+            InitArray(0),
+            FiniArray(0),
+            Ctors(0),
+            Dtors(0),
+            Init,
+            Fini,
+        ]
+        .iter()
+        .fold(0, |m, k| m | k.bit())
+    }
 }
 
 #[derive(Debug)]
@@ -178,7 +223,10 @@ pub(crate) struct LinkGraph<'a> {
     pub sections: Vec<Section<'a>>,
     pub blocks: Vec<Block<'a>>,
     pub symbols: Vec<Symbol<'a>>,
-    pub globals: FxHashMap<&'a [u8], SymbolId>,
+    /// The global symbols, hashed by name (their names are in `symbols`: the table borrows
+    /// nothing, so that it can be kept for the thread's next link, see `spare`). Looked up with
+    /// [`LinkGraph::global`], listed with [`LinkGraph::global_ids`].
+    pub globals: hashbrown::HashTable<SymbolId>,
     /// COMDAT group signatures seen: the first group of each wins.
     pub comdats: FxHashMap<&'a [u8], InputId>,
     /// Strong definitions that clashed: (symbol, first definer, second definer).
@@ -187,6 +235,10 @@ pub(crate) struct LinkGraph<'a> {
     /// edges rather than as `KeepAlive` edges on the function, whose (often large) edge vectors
     /// would otherwise grow once per FDE.
     pub keep_alive: Vec<(BlockId, BlockId)>,
+    /// Every kind a section was added with ([`SectionKind::bit`]): a pass for kinds the unit
+    /// has no section of (`.init`, init arrays, `.eh_frame`, TLS) knows so without a scan, and
+    /// does nothing — a JIT's function has none of them.
+    pub section_kinds: u32,
 }
 
 impl<'a> LinkGraph<'a> {
@@ -195,24 +247,44 @@ impl<'a> LinkGraph<'a> {
     }
 
     /// A graph with room for this many sections, blocks and symbols (and as many globals), so
-    /// that building a small graph allocates each table once.
+    /// that building a small graph allocates each table once. Its tables are the ones the
+    /// thread's last small graph left (`spare`), when there are: a JIT linking one function
+    /// after another then allocates none.
     pub(crate) fn with_capacity(
         arch: &'static dyn Arch,
         sections: usize,
         blocks: usize,
         symbols: usize,
     ) -> Self {
-        LinkGraph {
-            arch,
-            inputs: Vec::with_capacity(2),
-            sections: Vec::with_capacity(sections),
-            blocks: Vec::with_capacity(blocks),
-            symbols: Vec::with_capacity(symbols),
-            globals: FxHashMap::with_capacity_and_hasher(symbols, Default::default()),
-            comdats: FxHashMap::default(),
-            duplicates: Vec::new(),
-            keep_alive: Vec::new(),
-        }
+        let mut g = spare::take(arch);
+        g.inputs.reserve(2);
+        g.sections.reserve(sections);
+        g.blocks.reserve(blocks);
+        g.symbols.reserve(symbols);
+        let names = &g.symbols;
+        g.globals
+            .reserve(symbols, |id| name_hash(names[id.idx()].name));
+        g
+    }
+
+    /// Whether a section of one of the kinds in `bits` ([`SectionKind::bit`]) may exist (a pass
+    /// may have changed a section's kind since: then this says yes, and the pass that asks
+    /// scans the sections).
+    pub(crate) fn may_have(&self, bits: u32) -> bool {
+        self.section_kinds & bits != 0
+    }
+
+    /// The global symbol `name`, if the graph has one (defined or not).
+    pub(crate) fn global(&self, name: &[u8]) -> Option<SymbolId> {
+        let symbols = &self.symbols;
+        self.globals
+            .find(name_hash(name), |id| symbols[id.idx()].name == name)
+            .copied()
+    }
+
+    /// The global symbols, in no particular order.
+    pub(crate) fn global_ids(&self) -> impl Iterator<Item = SymbolId> + '_ {
+        self.globals.iter().copied()
     }
 
     /// The table row of an edge kind (every edge of a graph has one: graphs are built with
@@ -237,6 +309,7 @@ impl<'a> LinkGraph<'a> {
     }
 
     pub(crate) fn add_section(&mut self, s: Section<'a>) -> SectionId {
+        self.section_kinds |= s.kind.bit();
         self.sections.push(s);
         SectionId(self.sections.len() as u32 - 1)
     }
@@ -301,7 +374,13 @@ impl<'a> LinkGraph<'a> {
         input: InputId,
         weak_ref: bool,
     ) -> SymbolId {
-        if let Some(&id) = self.globals.get(name) {
+        let hash = name_hash(name);
+        let symbols = &self.symbols;
+        let found = self
+            .globals
+            .find(hash, |id| symbols[id.idx()].name == name)
+            .copied();
+        if let Some(id) = found {
             let s = &mut self.symbols[id.idx()];
             if !weak_ref {
                 s.only_weak_refs = false;
@@ -320,7 +399,9 @@ impl<'a> LinkGraph<'a> {
             only_weak_refs: weak_ref,
             ifunc: false,
         });
-        self.globals.insert(name, id);
+        let symbols = &self.symbols;
+        self.globals
+            .insert_unique(hash, id, |id| name_hash(symbols[id.idx()].name));
         id
     }
 

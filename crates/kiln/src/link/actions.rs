@@ -18,6 +18,16 @@ pub(super) fn collect_init_fini(
     work: &[&[u8]],
     dso: Option<SymbolId>,
 ) -> (Vec<ExecutorAddr>, Vec<Action>) {
+    // The unit's exit handlers run first (`__cxa_finalize`).
+    let exit_handlers = dso
+        .and_then(|d| g.symbol_addr(d))
+        .map(|d| Action::CxaFinalize {
+            dso: ExecutorAddr(d),
+        });
+    // A unit without init/fini sections (a JIT's functions) has nothing else to look for.
+    if !g.may_have(SectionKind::init_fini_bits()) {
+        return (Vec::new(), exit_handlers.into_iter().collect());
+    }
     let words = |b: &Block| -> Vec<u64> {
         let Some((si, seg)) = layout
             .segments
@@ -71,12 +81,7 @@ pub(super) fn collect_init_fini(
     for (_, _, fns) in inits {
         init.extend(fns.into_iter().map(ExecutorAddr));
     }
-    let mut fini = Vec::new();
-    if let Some(d) = dso.and_then(|d| g.symbol_addr(d)) {
-        fini.push(Action::CxaFinalize {
-            dso: ExecutorAddr(d),
-        });
-    }
+    let mut fini: Vec<Action> = exit_handlers.into_iter().collect();
     let all: Vec<u64> = finis.into_iter().flat_map(|(_, _, f)| f).collect();
     fini.extend(
         all.into_iter()
@@ -93,21 +98,26 @@ pub(super) fn collect_actions(
     ctx: &FixupContext,
 ) -> Vec<ActionPair> {
     let mut actions = Vec::new();
-    let eh: Vec<&Block> = g
-        .blocks
-        .iter()
-        .filter(|b| {
-            b.live
-                && matches!(
-                    g.sections[b.section.idx()].kind,
-                    SectionKind::EhFrame | SectionKind::EhFrameTerminator
-                )
-        })
-        .collect();
-    if let (Some(lo), Some(hi)) = (
-        eh.iter().map(|b| b.addr).min(),
-        eh.iter().map(|b| b.addr + b.size()).max(),
-    ) {
+    let eh_bits = SectionKind::EhFrame.bit() | SectionKind::EhFrameTerminator.bit();
+    let blocks = match g.may_have(eh_bits) {
+        true => &g.blocks[..],
+        false => &[],
+    };
+    let eh = blocks.iter().filter(|b| {
+        b.live
+            && matches!(
+                g.sections[b.section.idx()].kind,
+                SectionKind::EhFrame | SectionKind::EhFrameTerminator
+            )
+    });
+    let (lo, hi) = eh.fold((None, None), |(lo, hi): (Option<u64>, Option<u64>), b| {
+        let end = b.addr + b.size();
+        (
+            Some(lo.map_or(b.addr, |l| l.min(b.addr))),
+            Some(hi.map_or(end, |h| h.max(end))),
+        )
+    });
+    if let (Some(lo), Some(hi)) = (lo, hi) {
         let (addr, size) = (ExecutorAddr(lo), hi - lo);
         actions.push(ActionPair {
             finalize: Some(Action::RegisterEhFrame { addr, size }),

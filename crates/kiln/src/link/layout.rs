@@ -3,6 +3,10 @@
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::MemProt;
+use smallvec::SmallVec;
+
+/// A segment's blocks, in layout order (inline up to a few: a JIT's unit allocates no list).
+pub type SegmentBlocks = SmallVec<[BlockId; 4]>;
 
 /// One segment of the unit: blocks of one protection, contiguous.
 #[derive(Debug)]
@@ -14,7 +18,7 @@ pub struct SegmentLayout {
     pub zero_size: u64,
     /// The alignment its start needs (its blocks' largest): a move keeps it.
     pub align: u64,
-    pub blocks: Vec<BlockId>,
+    pub blocks: SegmentBlocks,
 }
 
 #[derive(Debug, Default)]
@@ -27,7 +31,8 @@ pub struct TlsLayout {
 
 #[derive(Debug)]
 pub struct Layout {
-    pub segments: Vec<SegmentLayout>,
+    /// One per protection class at most (inline: no allocation).
+    pub segments: SmallVec<[SegmentLayout; 3]>,
     pub tls: Option<TlsLayout>,
     /// Bytes from the first segment's start to the last one's end, page aligned (for a unit in
     /// a reservation of its own; 0 for a unit in slabs).
@@ -91,8 +96,7 @@ pub fn layout_at(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
 
 /// A segment's blocks at offsets from its start, before the start is known.
 struct Planned {
-    blocks: Vec<(Place, BlockId)>,
-    offsets: Vec<u64>,
+    offsets: SmallVec<[u64; 4]>,
     /// The largest alignment of its blocks: the start must be aligned to it.
     align: u64,
     size: u64,
@@ -109,18 +113,18 @@ pub fn layout_with(
     place: &mut dyn FnMut(usize, u64, u64) -> Result<u64>,
 ) -> Result<Layout> {
     let (per_prot, tbss) = blocks_by_prot(g);
-    let mut segments = Vec::with_capacity(per_prot.iter().filter(|b| !b.is_empty()).count());
+    let mut segments = SmallVec::new();
     let mut tls = TlsLayout {
         align: 1,
         ..Default::default()
     };
-    for (slot, blocks) in per_prot.into_iter().enumerate() {
+    for (slot, blocks) in per_prot.iter().enumerate() {
         if blocks.is_empty() {
             continue;
         }
         let plan = plan_segment(g, blocks, page, &mut tls)?;
         let start = place(slot, plan.size, plan.align)?;
-        for (&(p, b), off) in plan.blocks.iter().zip(&plan.offsets) {
+        for (&(p, b), off) in blocks.iter().zip(&plan.offsets) {
             let blk = &mut g.blocks[b.idx()];
             blk.addr = start + off;
             if let (Place::TlsImage, Some(image)) = (p, plan.tls_image) {
@@ -136,8 +140,7 @@ pub fn layout_with(
             content_size: plan.content_size,
             zero_size: plan.size - plan.content_size,
             align: plan.align,
-            // Collected in place: the plan's list becomes the segment's (no allocation).
-            blocks: plan.blocks.into_iter().map(|(_, b)| b).collect(),
+            blocks: blocks.iter().map(|(_, b)| *b).collect(),
         });
     }
     let has_tls = segments_hold_tls(g);
@@ -151,11 +154,14 @@ pub fn layout_with(
     })
 }
 
+/// Blocks of one protection class with their places (inline up to a few).
+type Placed = SmallVec<[(Place, BlockId); 4]>;
+
 /// Live blocks per protection class, sorted as they will be laid out; `.tbss` blocks apart
 /// (they occupy no memory of the unit: only each thread's TLS block).
-fn blocks_by_prot(g: &LinkGraph) -> ([Vec<(Place, BlockId)>; 3], Vec<BlockId>) {
-    let mut per: [Vec<(Place, BlockId)>; 3] = Default::default();
-    let mut tbss = Vec::new();
+fn blocks_by_prot(g: &LinkGraph) -> ([Placed; 3], SmallVec<[BlockId; 4]>) {
+    let mut per: [Placed; 3] = Default::default();
+    let mut tbss = SmallVec::new();
     for (i, blk) in g.blocks.iter().enumerate() {
         let b = BlockId(i as u32);
         if !blk.live {
@@ -176,27 +182,27 @@ fn blocks_by_prot(g: &LinkGraph) -> ([Vec<(Place, BlockId)>; 3], Vec<BlockId>) {
 
 /// Whether the unit has thread-local storage (`.tdata` or `.tbss` blocks).
 fn segments_hold_tls(g: &LinkGraph) -> bool {
-    g.blocks
-        .iter()
-        .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::Tls)
+    g.may_have(SectionKind::Tls.bit())
+        && g.blocks
+            .iter()
+            .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::Tls)
 }
 
 /// Offsets of a segment's blocks from its (aligned) start.
 fn plan_segment(
     g: &LinkGraph,
-    blocks: Vec<(Place, BlockId)>,
+    blocks: &[(Place, BlockId)],
     page: u64,
     tls: &mut TlsLayout,
 ) -> Result<Planned> {
     let mut p = Planned {
-        offsets: Vec::with_capacity(blocks.len()),
-        blocks,
+        offsets: SmallVec::with_capacity(blocks.len()),
         align: 1,
         size: 0,
         content_size: 0,
         tls_image: None,
     };
-    for &(place, b) in &p.blocks {
+    for &(place, b) in blocks {
         let blk = &g.blocks[b.idx()];
         p.align = p.align.max(blk.align);
         if place == Place::TlsImage {

@@ -293,7 +293,9 @@ fn reserve<'x>(
     input: &LinkInput<'x>,
 ) -> Result<UnitMemory<'x>> {
     let page = ex.info().page_size;
-    let bound = placement::size_upper_bound(g, page)
+    let bounds = placement::bounds(g, page);
+    let bound = bounds
+        .size
         .checked_next_multiple_of(page)
         .filter(|b| *b < (1 << 40))
         .ok_or_else(|| Error::Usage("the unit is too large (over 1 TiB)".into()))?;
@@ -302,12 +304,14 @@ fn reserve<'x>(
         .filter(|_| input.fixed_address.is_none() && ex.supports_slabs());
     match (memory, input.fixed_address) {
         (Some(memory), _) => {
-            let placement = placement::placement_window(g, bound)?;
-            let (sizes, aligns) = placement::class_upper_bounds(g, page);
-            UnitMemory::in_slab(ex, memory, placement, sizes, aligns)
+            let placement = placement::placement_window(g, &bounds, bound)?;
+            UnitMemory::in_slab(ex, memory, placement, bounds.sizes, bounds.aligns)
         }
         (None, Some(addr)) => UnitMemory::reserve(ex, bound, Placement::Fixed(addr)),
-        (None, None) => UnitMemory::reserve(ex, bound, placement::placement_window(g, bound)?),
+        (None, None) => {
+            let placement = placement::placement_window(g, &bounds, bound)?;
+            UnitMemory::reserve(ex, bound, placement)
+        }
     }
 }
 
@@ -327,7 +331,8 @@ fn fixup_context(
         tls_module: TLS_MODULE_TAG | (base & 0xffff_ffff_ffff),
         tp_offset: None,
     };
-    if let (true, Some(t)) = (needs_static_tls(g), &layout.tls) {
+    // A unit without TLS (no layout of it) needs no static TLS block: no edge scan.
+    if let Some(t) = layout.tls.as_ref().filter(|_| needs_static_tls(g)) {
         let image = fixup::tls_image(g, layout, &ctx)?;
         let off = ex.allocate_static_tls(&image, t.block_size, t.align)?;
         tracing::debug!(
@@ -424,9 +429,11 @@ pub struct Export {
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
 /// exported.
 fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
-    let mut out = Vec::new();
-    for (name, id) in &g.globals {
+    // Room for every global (a unit's undefined ones are few): one allocation, no growing.
+    let mut out = Vec::with_capacity(g.globals.len());
+    for id in g.global_ids() {
         let s = &g.symbols[id.idx()];
+        let name = s.name;
         let SymbolDef::Defined { block, offset } = s.def else {
             continue;
         };
@@ -438,7 +445,11 @@ fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
             continue;
         }
         out.push(Export {
-            name: String::from_utf8_lossy(name).into(),
+            // (Checked first: the lossy conversion costs more when there is nothing to replace.)
+            name: match std::str::from_utf8(name) {
+                Ok(name) => name.into(),
+                Err(_) => String::from_utf8_lossy(name).into(),
+            },
             addr: g.blocks[block.idx()].addr + offset,
             size: s.size,
             kind: if s.callable {

@@ -4,6 +4,7 @@ use crate::arch::{Template, TemplateTarget};
 use crate::graph::*;
 use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 
 /// The name of the input that owns what the linker makes itself.
@@ -59,8 +60,7 @@ fn may_need_glue(g: &LinkGraph, name: &[u8], id: SymbolId) -> bool {
 }
 
 fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
-    g.globals
-        .get(name)
+    g.global(name)
         .is_some_and(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
 }
 
@@ -85,9 +85,8 @@ pub fn synthesize_runtime<'a>(
     let eager = outside.all_linker_symbols;
     if !eager
         && !g
-            .globals
-            .iter()
-            .any(|(name, id)| may_need_glue(g, name, *id))
+            .global_ids()
+            .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id))
     {
         return Runtime {
             dso: None,
@@ -107,8 +106,7 @@ pub fn synthesize_runtime<'a>(
     // The unit's handle exists when something hands it to the C runtime: code that names it
     // (C++ static destructors registered with `__cxa_atexit`), or the glue above.
     let dso_defined = g
-        .globals
-        .get(&b"__dso_handle"[..])
+        .global(b"__dso_handle")
         .is_some_and(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Defined { .. }));
     let dso = if is_undefined(g, b"__dso_handle") || !glue.is_empty() || (eager && !dso_defined) {
         let data = synth_section(
@@ -121,9 +119,7 @@ pub fn synthesize_runtime<'a>(
         let block = g.add_block(data, Content::Zero(8), 8);
         Some(define_hidden(g, b"__dso_handle", block, input, false))
     } else {
-        g.globals
-            .get(&b"__dso_handle"[..])
-            .copied()
+        g.global(b"__dso_handle")
             .filter(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Defined { .. }))
     };
     for (name, callee, template) in glue {
@@ -133,8 +129,10 @@ pub fn synthesize_runtime<'a>(
     }
     synthesize_rust_allocator_shim(g, input, outside, names);
     // The start of the unit's TLS block, for local-dynamic code using TLS descriptors.
-    if is_undefined(g, b"_TLS_MODULE_BASE_") {
-        let id = g.globals[&b"_TLS_MODULE_BASE_"[..]];
+    let tls_module_base = g
+        .global(b"_TLS_MODULE_BASE_")
+        .filter(|id| g.symbols[id.idx()].def == SymbolDef::Undefined);
+    if let Some(id) = tls_module_base {
         let s = &mut g.symbols[id.idx()];
         s.def = SymbolDef::Absolute(0);
         s.tls = true;
@@ -142,8 +140,7 @@ pub fn synthesize_runtime<'a>(
     }
     // The GOT is made by the table pass when an edge needs it; code that names it gets it now.
     let got_defined = g
-        .globals
-        .get(&b"_GLOBAL_OFFSET_TABLE_"[..])
+        .global(b"_GLOBAL_OFFSET_TABLE_")
         .is_some_and(|id| g.symbols[id.idx()].def != SymbolDef::Undefined);
     let got = (is_undefined(g, b"_GLOBAL_OFFSET_TABLE_") || (eager && !got_defined)).then(|| {
         let got = add_got(g, input);
@@ -232,9 +229,7 @@ fn synthesize_rust_allocator_shim<'a>(
     names: &'a bumpalo::Bump,
 ) {
     let undefined: Vec<SymbolId> = g
-        .globals
-        .values()
-        .copied()
+        .global_ids()
         .filter(|id| g.symbols[id.idx()].def == SymbolDef::Undefined)
         .collect();
     for id in undefined {
@@ -320,7 +315,15 @@ pub fn allocate_commons(g: &mut LinkGraph, input: InputId) {
 
 /// `.init` (or `.fini`) fragments are pieces of one function, concatenated in input order between
 /// a prologue and an epilogue, as crti.o and crtn.o frame them in a native link.
+/// (Only the test is inlined: most units have no fragments.)
+#[inline]
 pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
+    if g.may_have(kind.bit()) {
+        merge_fragments(g, kind, input);
+    }
+}
+
+fn merge_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
     let frags: Vec<BlockId> = (0..g.blocks.len() as u32)
         .map(BlockId)
         .filter(|b| g.section_of(*b).kind == kind && !g.blocks[b.idx()].is_zero_fill())
@@ -381,8 +384,8 @@ pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId
 /// the default-visibility globals of inputs given explicitly (they can be looked up after
 /// linking). FDEs stay alive through `LinkGraph::keep_alive`. Returns the number of live blocks.
 pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> usize {
-    let mut work: Vec<BlockId> = Vec::with_capacity(g.blocks.len());
-    let mark = |g: &mut LinkGraph, b: BlockId, work: &mut Vec<BlockId>| {
+    let mut work: WorkList = SmallVec::new();
+    let mark = |g: &mut LinkGraph, b: BlockId, work: &mut WorkList| {
         let blk = &mut g.blocks[b.idx()];
         if !blk.live {
             blk.live = true;
@@ -425,6 +428,9 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<Symbo
     live
 }
 
+/// Blocks found live whose edges are still to follow (a small unit's list stays inline).
+type WorkList = SmallVec<[BlockId; 16]>;
+
 /// The FDEs of each function block, by a counting sort of `LinkGraph::keep_alive`:
 /// `fdes[start[b]..start[b + 1]]`. Empty (and free) when the unit has no FDEs.
 struct FdesOf {
@@ -466,10 +472,10 @@ impl FdesOf {
 
 /// The zero word that ends the unit's `.eh_frame`, if it has one.
 pub fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
-    let any = g
-        .blocks
-        .iter()
-        .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
+    let any = g.may_have(SectionKind::EhFrame.bit())
+        && g.blocks
+            .iter()
+            .any(|b| b.live && g.sections[b.section.idx()].kind == SectionKind::EhFrame);
     if any {
         let s = g.add_section(Section {
             name: b".eh_frame",

@@ -11,41 +11,92 @@ use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::Placement;
 
-/// The lowest and highest address of host symbols (absolute, non-zero targets) that live edges
-/// reach with the given reach class.
-fn host_targets(g: &LinkGraph, reach: Reach) -> Option<(u64, u64)> {
-    let mut range: Option<(u64, u64)> = None;
-    for e in g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges) {
-        let SymbolDef::Absolute(a) = g.symbols[e.target.idx()].def else {
-            continue;
-        };
-        if a != 0 && g.edge_info(e.kind).reach == reach {
-            range = Some(range.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a))));
-        }
-    }
-    range
+/// What placing the unit needs to know, from one scan of its live blocks and their edges.
+pub struct Bounds {
+    /// An upper bound of the bytes of the whole unit, in one reservation of its own.
+    pub size: u64,
+    /// Upper bounds of the bytes (and the alignments) each protection class needs, GOT entries
+    /// and stubs included as if none could be relaxed.
+    pub sizes: [u64; 3],
+    pub aligns: [u64; 3],
+    reaches: Reaches,
 }
 
-/// Whether live code addresses the unit's own symbols with 32-bit absolute relocations
-/// (non-PIE code): then the unit must sit in the low 2 GiB.
-fn needs_low_2g(g: &LinkGraph) -> bool {
-    g.blocks
-        .iter()
-        .filter(|b| b.live)
-        .flat_map(|b| &b.edges)
-        .any(|e| {
-            g.edge_info(e.kind).reach == Reach::Absolute32
-                && matches!(g.symbols[e.target.idx()].def, SymbolDef::Defined { .. })
-        })
+/// What live edges ask of the unit's placement.
+#[derive(Default)]
+struct Reaches {
+    /// The lowest and highest host symbol (absolute, non-zero target) reached with a 32-bit
+    /// PC-relative reference that has no fallback...
+    must: Option<(u64, u64)>,
+    /// ...and with one that has (a call through a stub, a load through the GOT).
+    nice: Option<(u64, u64)>,
+    /// Live code addresses the unit's own symbols with 32-bit absolute relocations (non-PIE
+    /// code): the unit must sit in the low 2 GiB.
+    low_2g: bool,
+}
+
+impl Reaches {
+    fn add(&mut self, g: &LinkGraph, e: &Edge) {
+        let widen = |r: Option<(u64, u64)>, a: u64| {
+            Some(r.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a))))
+        };
+        match (g.symbols[e.target.idx()].def, g.edge_info(e.kind).reach) {
+            (SymbolDef::Absolute(a), Reach::PcRelative32) if a != 0 => {
+                self.must = widen(self.must, a)
+            }
+            (SymbolDef::Absolute(a), Reach::PcRelative32WithFallback) if a != 0 => {
+                self.nice = widen(self.nice, a)
+            }
+            (SymbolDef::Defined { .. }, Reach::Absolute32) => self.low_2g = true,
+            _ => {}
+        }
+    }
+}
+
+/// The unit's [`Bounds`].
+pub fn bounds(g: &LinkGraph, page: u64) -> Bounds {
+    let mut size = 0u64;
+    let mut sizes = [0u64; 3];
+    let mut aligns = [1u64; 3];
+    // An upper bound of the bytes GOT entries and stubs can take, before addresses are known.
+    let mut tables = 0u64;
+    let mut reaches = Reaches::default();
+    for b in g.blocks.iter().filter(|b| b.live) {
+        size = size.saturating_add(b.size()).saturating_add(b.align);
+        for e in &b.edges {
+            tables = tables.saturating_add(g.arch.table_bytes_upper_bound(e.kind));
+            reaches.add(g, e);
+        }
+        let sec = &g.sections[b.section.idx()];
+        if sec.kind == SectionKind::Tls && b.is_zero_fill() {
+            continue;
+        }
+        let r = prot_slot(sec.prot);
+        sizes[r] = sizes[r].saturating_add(b.size()).saturating_add(b.align);
+        aligns[r] = aligns[r].max(b.align);
+        if sec.kind == SectionKind::Tls {
+            aligns[r] = aligns[r].max(4096.min(page));
+            sizes[r] = sizes[r].saturating_add(4096.min(page));
+        }
+    }
+    // Stubs go with the code, GOT entries with read-only data.
+    sizes[prot_slot(PROTS[0])] = sizes[0].saturating_add(tables);
+    sizes[prot_slot(PROTS[1])] = sizes[1].saturating_add(tables);
+    Bounds {
+        // Each segment starts on a page; the TLS image on a page of its own.
+        size: size.saturating_add(4 * page + 4096).saturating_add(tables),
+        sizes,
+        aligns,
+        reaches,
+    }
 }
 
 /// The window the unit (of `size` bytes) must lie in so that its 32-bit PC-relative references
 /// to host symbols reach.
-pub fn placement_window(g: &LinkGraph, size: u64) -> Result<Placement> {
+pub fn placement_window(g: &LinkGraph, bounds: &Bounds, size: u64) -> Result<Placement> {
     let reach = g.arch.pc_relative_32_reach();
-    let must = host_targets(g, Reach::PcRelative32);
-    let nice = host_targets(g, Reach::PcRelative32WithFallback);
-    if needs_low_2g(g) {
+    let Reaches { must, nice, low_2g } = bounds.reaches;
+    if low_2g {
         return low_2g_window(must, size, reach);
     }
     // The unit lies in [wlo, whi): every byte within `reach` of every target.
@@ -103,50 +154,4 @@ fn low_2g_window(must: Option<(u64, u64)>, size: u64, reach: u64) -> Result<Plac
             must.0
         ),
     })
-}
-
-/// Upper bounds of the bytes (and the alignments) each protection class of the unit needs, GOT
-/// entries and stubs included as if none could be relaxed.
-pub fn class_upper_bounds(g: &LinkGraph, page: u64) -> ([u64; 3], [u64; 3]) {
-    let mut sizes = [0u64; 3];
-    let mut aligns = [1u64; 3];
-    for b in g.blocks.iter().filter(|b| b.live) {
-        let sec = &g.sections[b.section.idx()];
-        if sec.kind == SectionKind::Tls && b.is_zero_fill() {
-            continue;
-        }
-        let r = prot_slot(sec.prot);
-        sizes[r] = sizes[r].saturating_add(b.size()).saturating_add(b.align);
-        aligns[r] = aligns[r].max(b.align);
-        if sec.kind == SectionKind::Tls {
-            aligns[r] = aligns[r].max(4096.min(page));
-            sizes[r] = sizes[r].saturating_add(4096.min(page));
-        }
-    }
-    let tables = table_upper_bound(g);
-    // Stubs go with the code, GOT entries with read-only data.
-    sizes[prot_slot(PROTS[0])] = sizes[0].saturating_add(tables);
-    sizes[prot_slot(PROTS[1])] = sizes[1].saturating_add(tables);
-    (sizes, aligns)
-}
-
-/// An upper bound of the bytes of the whole unit, in one reservation of its own.
-pub fn size_upper_bound(g: &LinkGraph, page: u64) -> u64 {
-    let mut n = 0u64;
-    for b in g.blocks.iter().filter(|b| b.live) {
-        n = n.saturating_add(b.size()).saturating_add(b.align);
-    }
-    // Each segment starts on a page; the TLS image on a page of its own.
-    n.saturating_add(4 * page + 4096)
-        .saturating_add(table_upper_bound(g))
-}
-
-/// An upper bound of the bytes GOT entries and stubs can take, before addresses are known.
-fn table_upper_bound(g: &LinkGraph) -> u64 {
-    g.blocks
-        .iter()
-        .filter(|b| b.live)
-        .flat_map(|b| &b.edges)
-        .map(|e| g.arch.table_bytes_upper_bound(e.kind))
-        .fold(0u64, u64::saturating_add)
 }

@@ -6,6 +6,7 @@ use crate::error::{DuplicateSymbol, Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
 use kiln_target::{Executor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 
 /// Load archive members until no strong undefined symbol can be satisfied by one. Like ld's
 /// `--start-group`: the order of archives does not matter, members are loaded only when they
@@ -70,9 +71,10 @@ pub fn check_duplicates(g: &LinkGraph) -> Result<()> {
 
 /// The symbols of the session's live units, as the unit being linked sees them.
 pub trait SessionSymbols {
-    /// Push, for each name, the address of the definition the new unit binds to, if any. An
-    /// implementation remembers which units it bound to: the new unit depends on them.
-    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>);
+    /// Set `out[i]` (`None` on entry, as long as `names`) to the address of the definition
+    /// `names[i]` binds to, if any. An implementation remembers which units it bound to: the
+    /// new unit depends on them.
+    fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]);
     /// Whether a live unit visible to the new unit defines `name` (nothing is bound).
     fn defines(&self, name: &[u8]) -> bool;
 }
@@ -81,9 +83,7 @@ pub trait SessionSymbols {
 pub struct NoSession;
 
 impl SessionSymbols for NoSession {
-    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>) {
-        out.extend(names.iter().map(|_| None));
-    }
+    fn bind(&self, _: &[&[u8]], _: &mut [Option<u64>]) {}
     fn defines(&self, _: &[u8]) -> bool {
         false
     }
@@ -101,10 +101,14 @@ pub struct ExternalScopes<'s> {
     pub allow: Option<&'s FxHashSet<String>>,
 }
 
+/// Undefined symbols, each with whether an input (not only the linker's own glue) references
+/// it; inline up to a few (a JIT's unit names a few).
+type Wanted = SmallVec<[(SymbolId, bool); FEW_NAMES]>;
+
 /// The undefined symbols live code references, and for each whether an input (not only the
 /// linker's own glue) references it.
-fn wanted_symbols(g: &LinkGraph) -> Vec<(SymbolId, bool)> {
-    let mut wanted: Vec<(SymbolId, bool)> = Vec::new();
+fn wanted_symbols(g: &LinkGraph) -> Wanted {
+    let mut wanted = Wanted::new();
     // Where each symbol is in `wanted`: made only for units with many undefined symbols (a
     // scan of a short list beats a table as long as the symbol list).
     let mut slot: Vec<u32> = Vec::new();
@@ -156,7 +160,7 @@ pub fn resolve_externals(
 ) -> Result<usize> {
     let wanted = wanted_symbols(g);
     // Definitions first, then the session's units (one batch).
-    let mut rest: Vec<(SymbolId, bool)> = Vec::with_capacity(wanted.len());
+    let mut rest = Wanted::with_capacity(wanted.len());
     for &(id, by_input) in &wanted {
         let name = g.symbols[id.idx()].name;
         match std::str::from_utf8(name)
@@ -168,19 +172,21 @@ pub fn resolve_externals(
         }
     }
     if !rest.is_empty() {
-        let mut bound = Vec::with_capacity(rest.len());
         let name_of = |&(id, _): &(SymbolId, bool)| g.symbols[id.idx()].name;
-        if rest.len() <= FEW_NAMES {
-            // A JIT's unit asks for a few names: their list lives on the stack.
-            let mut names: [&[u8]; FEW_NAMES] = [&[]; FEW_NAMES];
-            for (n, r) in names.iter_mut().zip(&rest) {
+        // A JIT's unit asks for a few names: their list and the answers live on the stack.
+        let (mut few_names, mut few_bound) = ([&[][..]; FEW_NAMES], [None; FEW_NAMES]);
+        let (mut many_names, mut many_bound) = (Vec::new(), Vec::new());
+        let (names, bound): (&[&[u8]], &mut [Option<u64>]) = if rest.len() <= FEW_NAMES {
+            for (n, r) in few_names.iter_mut().zip(&rest) {
                 *n = name_of(r);
             }
-            scopes.session.bind(&names[..rest.len()], &mut bound);
+            (&few_names[..rest.len()], &mut few_bound[..rest.len()])
         } else {
-            let names: Vec<&[u8]> = rest.iter().map(name_of).collect();
-            scopes.session.bind(&names, &mut bound);
-        }
+            many_names.extend(rest.iter().map(name_of));
+            many_bound.resize(rest.len(), None);
+            (&many_names, &mut many_bound)
+        };
+        scopes.session.bind(names, bound);
         let mut i = 0;
         rest.retain(|(id, _)| {
             let found = bound.get(i).copied().flatten();

@@ -1028,14 +1028,14 @@ impl SessionSymbols for Binder<'_> {
             .is_some_and(|n| st.visible(self.scope, n).is_some())
     }
 
-    fn bind(&self, names: &[&[u8]], out: &mut Vec<Option<u64>>) {
+    fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]) {
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
-        for n in names {
+        for (n, out) in names.iter().zip(out) {
             let def = std::str::from_utf8(n)
                 .ok()
                 .and_then(|n| st.visible(self.scope, n));
-            out.push(def.map(|d| {
+            *out = def.map(|d| {
                 let unit = d.unit();
                 if !deps.contains(&unit) {
                     if let Some(u) = st.units.get(&unit) {
@@ -1044,7 +1044,7 @@ impl SessionSymbols for Binder<'_> {
                     }
                 }
                 d.addr
-            }));
+            });
         }
     }
 }

@@ -29,6 +29,15 @@ pub(super) fn bytes_upper_bound(kind: EdgeKind) -> u64 {
 /// Build the tables for every live edge of `g` that needs one, and rewrite those edges. Nothing
 /// is made (no section, block or symbol) for a unit whose edges need no table.
 pub(super) fn build(g: &mut LinkGraph, cx: &TableContext) -> Tables {
+    if let Some(calls_direct) = direct_only(g, cx) {
+        return Tables {
+            stats: TableStats {
+                calls_direct,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+    }
     let mut b = Builder::new(g, cx);
     if b.g
         .blocks
@@ -64,6 +73,48 @@ pub(super) fn build(g: &mut LinkGraph, cx: &TableContext) -> Tables {
         }
     }
     b.finish()
+}
+
+/// When no live edge needs a table — none uses the GOT or a TLS pair, none targets an IFUNC,
+/// every call reaches its target directly — and the unit has no GOT: the number of direct
+/// calls to host symbols, all [`build`] would do (a JIT's function that calls others takes
+/// this one scan instead of the builder's).
+fn direct_only(g: &LinkGraph, cx: &TableContext) -> Option<usize> {
+    if cx.got.is_some() {
+        return None;
+    }
+    let mut calls_direct = 0;
+    for e in g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges) {
+        let crate::arch::EdgeKind::X86_64(kind) = e.kind else {
+            continue;
+        };
+        let formula = g.edge_info(e.kind).formula;
+        let target = &g.symbols[e.target.idx()];
+        if target.ifunc || matches!(formula, Formula::GotRelative | Formula::GotBasePcRelative) {
+            return None;
+        }
+        match kind {
+            BranchPCRel32 if in_range(g, cx, e.target) => {
+                calls_direct += usize::from(matches!(target.def, SymbolDef::Absolute(_)));
+            }
+            k if bytes_upper_bound(k) > 0 => return None,
+            _ => {}
+        }
+    }
+    Some(calls_direct)
+}
+
+/// Whether every byte of the unit reaches `t` with a 32-bit displacement.
+fn in_range(g: &LinkGraph, cx: &TableContext, t: SymbolId) -> bool {
+    match g.symbols[t.idx()].def {
+        SymbolDef::Defined { .. } => true,
+        SymbolDef::Absolute(a) => {
+            let reach = i128::from(super::PC_RELATIVE_32_REACH);
+            let (lo, hi, t) = (i128::from(cx.lo), i128::from(cx.hi), i128::from(a));
+            (t - lo).abs() < reach && (t - hi).abs() < reach
+        }
+        _ => false,
+    }
 }
 
 /// What a GOT word holds.
@@ -149,19 +200,7 @@ impl<'g, 'a> Builder<'g, 'a> {
 
     /// Whether every byte of the unit reaches `t` with a 32-bit displacement.
     fn in_range(&self, t: SymbolId) -> bool {
-        match self.g.symbols[t.idx()].def {
-            SymbolDef::Defined { .. } => true,
-            SymbolDef::Absolute(a) => {
-                let reach = i128::from(super::PC_RELATIVE_32_REACH);
-                let (lo, hi, t) = (
-                    i128::from(self.cx.lo),
-                    i128::from(self.cx.hi),
-                    i128::from(a),
-                );
-                (t - lo).abs() < reach && (t - hi).abs() < reach
-            }
-            _ => false,
-        }
+        in_range(self.g, self.cx, t)
     }
 
     /// Append words to the GOT; returns a symbol at the first.
