@@ -250,9 +250,17 @@ pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
 }
 
 fn print_table(rows: &[Row]) {
+    // The label column fits the longest label shown.
+    let w = rows
+        .iter()
+        .filter(|r| r.in_table)
+        .map(|r| r.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(24);
     println!();
     println!(
-        "{:<24} {:>7} {:>11} {:>7} {:>13} {:>7} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8}  check",
+        "{:<w$} {:>7} {:>11} {:>7} {:>13} {:>7} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8}  check",
         "",
         "linked",
         "functions/s",
@@ -266,12 +274,12 @@ fn print_table(rows: &[Row]) {
         "r-x RSS/B",
         "mappings"
     );
-    println!("{}", "-".repeat(152));
+    println!("{}", "-".repeat(128 + w));
     for r in rows.iter().filter(|r| r.in_table) {
         let m = r.mid();
         let (lo, hi) = r.range();
         println!(
-            "{:<24} {:>7} {:>11} {:>7.2} {:>13} {:>7.2} {:>8.2} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>+8}  {}",
+            "{:<w$} {:>7} {:>11} {:>7.2} {:>13} {:>7.2} {:>8.2} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>+8}  {}",
             r.label,
             m.done,
             thousands(m.per_second()),
