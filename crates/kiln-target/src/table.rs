@@ -682,25 +682,7 @@ impl<S> Table<S> {
             if s == e {
                 continue;
             }
-            if REGION_PROTS[r] != seg.prot {
-                return Err(Error::InvalidRequest(format!(
-                    "segment {s:#x}..{e:#x} is {} but lies in the {} region of slab {}",
-                    seg.prot.as_str(),
-                    REGION_PROTS[r].as_str(),
-                    slab.0
-                )));
-            }
-            if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
-                return Err(Error::Busy(format!(
-                    "segment {s:#x}..{e:#x} overlaps allocation {}",
-                    o.alloc
-                )));
-            }
-            if self.claims.any_in(s, e) {
-                return Err(Error::Busy(format!(
-                    "segment {s:#x}..{e:#x} is being written by another call"
-                )));
-            }
+            self.check_slab_segment(slab, r, s, e, seg.prot)?;
         }
         let std::collections::hash_map::Entry::Vacant(slot) = self.allocs.entry(id) else {
             return Err(Error::InvalidRequest(format!("allocation id {id} reused")));
@@ -822,6 +804,38 @@ impl<S> Table<S> {
         Ok((base, size))
     }
 
+    /// `[s, e)`, in region `r` of `slab`, may become a segment of protection `prot`: the region
+    /// has that protection, and no allocation's segment and no range being written overlaps it.
+    fn check_slab_segment(
+        &self,
+        slab: SlabId,
+        r: usize,
+        s: u64,
+        e: u64,
+        prot: MemProt,
+    ) -> Result<()> {
+        if REGION_PROTS[r] != prot {
+            return Err(Error::InvalidRequest(format!(
+                "segment {s:#x}..{e:#x} is {} but lies in the {} region of slab {}",
+                prot.as_str(),
+                REGION_PROTS[r].as_str(),
+                slab.0
+            )));
+        }
+        if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
+            return Err(Error::Busy(format!(
+                "segment {s:#x}..{e:#x} overlaps allocation {}",
+                o.alloc
+            )));
+        }
+        if self.claims.any_in(s, e) {
+            return Err(Error::Busy(format!(
+                "segment {s:#x}..{e:#x} is being written by another call"
+            )));
+        }
+        Ok(())
+    }
+
     /// Every segment of a slab request: inside one region of one of our slabs, with that
     /// region's protection, over no other allocation and no range being written.
     fn check_slab_segments(&self, plan: &Plan) -> Result<()> {
@@ -833,25 +847,7 @@ impl<S> Table<S> {
                 .map(|(_, _, &id)| SlabId(id))
                 .ok_or_else(|| not_owned(s, e - s, "inside a slab of this executor"))?;
             let r = self.region(slab, s, e)?;
-            if REGION_PROTS[r] != seg.prot {
-                return Err(Error::InvalidRequest(format!(
-                    "segment {s:#x}..{e:#x} is {} but lies in the {} region of slab {}",
-                    seg.prot.as_str(),
-                    REGION_PROTS[r].as_str(),
-                    slab.0
-                )));
-            }
-            if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
-                return Err(Error::Busy(format!(
-                    "segment {s:#x}..{e:#x} overlaps live allocation {}",
-                    o.alloc
-                )));
-            }
-            if self.claims.any_in(s, e) {
-                return Err(Error::Busy(format!(
-                    "segment {s:#x}..{e:#x} is being written by another call"
-                )));
-            }
+            self.check_slab_segment(slab, r, s, e, seg.prot)?;
         }
         Ok(())
     }

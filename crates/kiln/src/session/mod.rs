@@ -387,12 +387,26 @@ impl Session {
 
     /// Link one graph into a unit, with options: its scope, its memory, its relink record.
     pub fn link_graph_with(&self, graph: &InMemoryGraph, options: &UnitOptions) -> Result<UnitId> {
+        self.link_graphs_with(std::slice::from_ref(graph), options)
+    }
+
+    /// `graphs` into one unit; a link that misses names the generators may define is made
+    /// again from the inputs, where the generators are asked.
+    fn link_graphs_with(&self, graphs: &[InMemoryGraph], options: &UnitOptions) -> Result<UnitId> {
         let config = self.config();
         let no_generated = GeneratedInputs::default();
-        match self.link_once(&config, options, &Source::Graph(graph), &no_generated, None) {
+        match self.link_once(
+            &config,
+            options,
+            &Source::Graphs(graphs),
+            &no_generated,
+            None,
+        ) {
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
                 let mut inputs = Inputs::new();
-                inputs.add_graph(graph.clone());
+                for g in graphs {
+                    inputs.add_graph(g.clone());
+                }
                 self.link_in(options, &inputs)
             }
             r => r,
@@ -461,20 +475,7 @@ impl Session {
                 "link_graphs_as_unit: no graphs to link".into(),
             ));
         }
-        let options = UnitOptions::new(scope);
-        let config = self.config();
-        let source = Source::Graphs(graphs);
-        let no_generated = GeneratedInputs::default();
-        match self.link_once(&config, &options, &source, &no_generated, None) {
-            Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
-                let mut inputs = Inputs::new();
-                for g in graphs {
-                    inputs.add_graph(g.clone());
-                }
-                self.link_in(&options, &inputs)
-            }
-            r => r,
-        }
+        self.link_graphs_with(graphs, &UnitOptions::new(scope))
     }
 
     fn has_generators(&self) -> bool {
@@ -954,8 +955,7 @@ impl std::fmt::Debug for Session {
 /// What one link attempt reads: a whole `Inputs`, or one graph.
 pub(crate) enum Source<'s> {
     Inputs(&'s Inputs),
-    Graph(&'s InMemoryGraph),
-    /// Graphs linked together into one unit.
+    /// Graphs linked together into one unit (one, or a batch).
     Graphs(&'s [InMemoryGraph]),
 }
 
@@ -972,20 +972,14 @@ impl<'s> Source<'s> {
         let borrow = |v: &'s [(String, Vec<u8>)]| -> Vec<(String, &'s [u8])> {
             v.iter().map(|(n, b)| (n.clone(), b.as_slice())).collect()
         };
-        // Graphs, and what generators gave for them.
-        let graphs_only = |given: &'s [InMemoryGraph]| -> Parts<'s> {
-            let graphs = given.iter().chain(&generated.graphs).collect();
-            (
+        match *self {
+            Source::Graphs(gs) => (
                 borrow(&generated.objects),
                 borrow(&generated.archives),
-                graphs,
+                gs.iter().chain(&generated.graphs).collect(),
                 &[],
                 None,
-            )
-        };
-        match *self {
-            Source::Graph(g) => graphs_only(std::slice::from_ref(g)),
-            Source::Graphs(gs) => graphs_only(gs),
+            ),
             Source::Inputs(i) => {
                 let mut objects = borrow(&i.objects);
                 objects.extend(borrow(&generated.objects));
@@ -1000,7 +994,6 @@ impl<'s> Source<'s> {
     /// How the unit is named in messages.
     fn name(&self) -> &str {
         match self {
-            Source::Graph(g) => &g.name,
             Source::Graphs(gs) => gs.first().map_or("the new unit", |g| g.name.as_str()),
             Source::Inputs(i) => i
                 .objects

@@ -331,7 +331,7 @@ impl Session {
         graph: &InMemoryGraph,
         options: &UnitOptions,
     ) -> Result<UnitId> {
-        self.redefine_source(old, &Source::Graph(graph), options)
+        self.redefine_source(old, &Source::Graphs(std::slice::from_ref(graph)), options)
     }
 
     /// [`Session::redefine`] with the new definitions given as inputs (objects, graphs, roots)
