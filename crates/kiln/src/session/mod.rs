@@ -30,7 +30,8 @@ use crate::LinkMap;
 use generate::GeneratedInputs;
 use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
-use state::{NewUnit, State, Unit};
+use smallvec::SmallVec;
+use state::{NewSymbols, NewUnit, State, Unit};
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,7 +313,7 @@ impl Session {
         st.scopes.push(state::Scope {
             name: name.to_string(),
             search: vec![ScopeId(0)],
-            symbols: FxHashMap::default(),
+            symbols: units::SymbolTable::default(),
         });
         Ok(ScopeId(st.scopes.len() as u32 - 1))
     }
@@ -556,7 +557,7 @@ impl Session {
         let binder = Binder {
             session: self,
             scope,
-            deps: RefCell::new(Vec::new()),
+            deps: RefCell::new(SmallVec::new()),
         };
         let (objects, archives, graphs, roots, fixed) = source.parts(generated);
         let defines;
@@ -608,7 +609,7 @@ impl Session {
         &self,
         options: &UnitOptions,
         unit: LinkedUnit,
-        deps: Vec<u64>,
+        deps: SmallVec<[u64; 4]>,
         name: &str,
         replacing: Option<u64>,
     ) -> Result<UnitId> {
@@ -624,6 +625,8 @@ impl Session {
             segments,
             actions,
         } = unit;
+        // What does not need the tables is made before the lock: the record, the names'
+        // hashes.
         let record = Unit::new(NewUnit {
             alloc,
             scope,
@@ -635,18 +638,18 @@ impl Session {
             stats,
             map,
         });
-        let mut st = write(&self.state);
-        let clashes = st.clashes(scope, &exports, name, replacing);
-        if !clashes.is_empty() {
-            st.unpin(&deps);
-            drop(st);
-            let _ = self.release(record);
-            return Err(Error::Duplicate(clashes));
+        let mut symbols = NewSymbols::new(exports);
+        let published = write(&self.state).publish(record, &mut symbols, &deps, name, replacing);
+        // (The exports' list, emptied, is freed after the lock.)
+        drop(symbols);
+        match published {
+            Ok(id) => Ok(UnitId(id)),
+            Err(refused) => {
+                // Nothing of it is in the tables: its memory goes back.
+                let _ = self.release(*refused.unit);
+                Err(refused.error)
+            }
         }
-        let id = st.next_unit;
-        st.next_unit += 1;
-        st.publish(id, record, exports, &deps, replacing);
-        Ok(UnitId(id))
     }
 
     // ---- queries ----
@@ -1010,25 +1013,25 @@ impl<'s> Source<'s> {
 struct Binder<'s> {
     session: &'s Session,
     scope: ScopeId,
-    deps: RefCell<Vec<u64>>,
+    /// The units bound to (a JIT's unit binds to a few: no allocation).
+    deps: RefCell<SmallVec<[u64; 4]>>,
 }
 
 impl SessionSymbols for Binder<'_> {
     fn defines(&self, name: &[u8]) -> bool {
-        let st = read(&self.session.state);
-        std::str::from_utf8(name)
-            .ok()
-            .is_some_and(|n| st.visible(self.scope, n).is_some())
+        let hash = units::name_hash(name);
+        read(&self.session.state)
+            .visible_hashed(self.scope, hash, name)
+            .is_some()
     }
 
     fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]) {
+        // Hashed before the lock: one hash a name for every scope searched.
+        let hashes: SmallVec<[u64; 8]> = names.iter().map(|n| units::name_hash(n)).collect();
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
-        for (n, out) in names.iter().zip(out) {
-            let def = std::str::from_utf8(n)
-                .ok()
-                .and_then(|n| st.visible(self.scope, n));
-            *out = def.map(|d| {
+        for ((n, &hash), out) in names.iter().zip(&hashes).zip(out) {
+            *out = st.visible_hashed(self.scope, hash, n).map(|d| {
                 let unit = d.unit();
                 if !deps.contains(&unit) {
                     if let Some(u) = st.units.get(&unit) {

@@ -5,13 +5,15 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
-use super::units::{AddrIndex, Few, SegList, Segs, UnitTable};
+use super::units::{
+    name_hash, AddrIndex, Few, SegList, Segs, Slot, Symbol, SymbolTable, UnitTable,
+};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{AllocId, ExecutorAddr, SlabId};
-use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -123,8 +125,7 @@ pub(crate) struct Scope {
     pub name: String,
     /// Scopes searched after this one, in order.
     pub search: Vec<ScopeId>,
-    /// Names are shared with the defining unit's record (`Unit::names`).
-    pub symbols: FxHashMap<std::sync::Arc<str>, Def>,
+    pub symbols: SymbolTable,
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
@@ -193,6 +194,52 @@ struct Rare {
     deps: Vec<u64>,
     /// The units that bind to it, when more than one.
     dependents: Vec<u64>,
+}
+
+/// A new unit's definitions, with their names hashed ([`name_hash`]) before the session's
+/// lock is taken.
+pub(crate) struct NewSymbols {
+    exports: Vec<Export>,
+    hashes: SmallVec<[u64; 4]>,
+}
+
+impl NewSymbols {
+    pub fn new(exports: Vec<Export>) -> Self {
+        let hashes = exports
+            .iter()
+            .map(|e| name_hash(e.name.as_bytes()))
+            .collect();
+        NewSymbols { exports, hashes }
+    }
+}
+
+/// A unit [`State::publish`] did not enter, and why. Its record is as it was made.
+pub(crate) struct Refused {
+    pub unit: Box<Unit>,
+    pub error: Error,
+}
+
+impl Refused {
+    fn new(unit: Unit, error: Error) -> Self {
+        Refused {
+            unit: Box::new(unit),
+            error,
+        }
+    }
+}
+
+/// Whether a new definition `e` clashes with the live definition `d` of its name: both strong,
+/// and `d` not of the unit being replaced.
+fn clash(d: &Def, e: &Export, replacing: Option<u64>) -> bool {
+    !d.weak() && !e.weak && Some(d.unit()) != replacing
+}
+
+fn duplicate(d: &Def, e: &Export, input: &str) -> DuplicateSymbol {
+    DuplicateSymbol {
+        name: e.name.to_string(),
+        first: format!("unit {}", d.unit()),
+        second: input.to_string(),
+    }
 }
 
 /// Which of a unit's two lists of units.
@@ -529,7 +576,7 @@ impl State {
             scopes: vec![Scope {
                 name: "default".into(),
                 search: Vec::new(),
-                symbols: FxHashMap::default(),
+                symbols: SymbolTable::default(),
             }],
             units: UnitTable::default(),
             next_unit: 1,
@@ -551,73 +598,106 @@ impl State {
 
     /// The definition of `name` a unit of scope `from` binds to.
     pub fn visible(&self, from: ScopeId, name: &str) -> Option<&Def> {
+        self.visible_hashed(from, name_hash(name.as_bytes()), name.as_bytes())
+    }
+
+    /// [`State::visible`] for a name already hashed ([`name_hash`]): one hash for every scope
+    /// of the search order.
+    pub fn visible_hashed(&self, from: ScopeId, hash: u64, name: &[u8]) -> Option<&Def> {
         let own = self.scopes.get(from.0 as usize)?;
-        if let Some(d) = own.symbols.get(name) {
+        if let Some(d) = own.symbols.find(hash, name) {
             return Some(d);
         }
         own.search.iter().find_map(|s| {
             self.scopes
                 .get(s.0 as usize)?
                 .symbols
-                .get(name)
+                .find(hash, name)
                 .filter(|d| d.exported())
         })
     }
 
-    /// Strong definitions of `exports` that clash with live units' in scope `s`.
-    pub fn clashes(
-        &self,
-        s: ScopeId,
-        exports: &[Export],
+    /// Strong definitions of `new` that clash with live units' in scope `scope`.
+    fn clashes(
+        scope: &Scope,
+        new: &NewSymbols,
         input: &str,
         replacing: Option<u64>,
     ) -> Vec<DuplicateSymbol> {
-        let Some(scope) = self.scopes.get(s.0 as usize) else {
-            return Vec::new();
-        };
-        exports
+        new.exports
             .iter()
-            .filter_map(|e| {
-                let d = scope.symbols.get(&*e.name)?;
-                (!d.weak() && !e.weak && Some(d.unit()) != replacing).then(|| DuplicateSymbol {
-                    name: e.name.to_string(),
-                    first: format!("unit {}", d.unit()),
-                    second: input.to_string(),
-                })
+            .zip(&new.hashes)
+            .filter_map(|(e, &h)| {
+                let d = scope.symbols.find(h, e.name.as_bytes())?;
+                clash(d, e, replacing).then(|| duplicate(d, e, input))
             })
             .collect()
     }
 
-    /// Enter a linked unit: its symbols into its scope (the first definition of a name stays),
-    /// its dependencies both ways, its pins released.
+    /// Enter a linked unit as unit `self.next_unit`: its symbols into its scope (the first
+    /// definition of a name stays), its dependencies both ways, its pins released. Refused,
+    /// with the tables as they were and the pins released, if its scope is not one of this
+    /// session's or a strong definition clashes with a live unit's (a race with another
+    /// thread, or a redefinition): the record comes back for the caller to release its
+    /// memory.
+    ///
+    /// Everything that does not need the tables (the record, the names' hashes) is made by
+    /// the caller before the lock is taken; `new` keeps the exports' list, emptied, for the
+    /// caller to drop after the lock.
     pub fn publish(
         &mut self,
-        id: u64,
         mut unit: Unit,
-        exports: Vec<Export>,
+        new: &mut NewSymbols,
         deps: &[u64],
+        input: &str,
         replacing: Option<u64>,
-    ) {
-        use std::collections::hash_map::Entry;
-        let scope = &mut self.scopes[unit.scope.0 as usize];
-        let mut taken: Vec<Arc<str>> = Vec::new();
-        for e in exports {
-            let slot = match scope.symbols.entry(e.name) {
-                Entry::Vacant(v) => v,
-                // A redefinition takes over the names of the unit it replaces.
-                Entry::Occupied(o) if Some(o.get().unit()) == replacing => {
-                    let (name, _) = o.remove_entry();
-                    taken.push(name.clone());
-                    match scope.symbols.entry(name) {
-                        Entry::Vacant(v) => v,
-                        Entry::Occupied(_) => continue,
-                    }
-                }
-                Entry::Occupied(_) => continue,
-            };
-            unit.names.push(slot.key().clone());
-            slot.insert(Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak));
+    ) -> std::result::Result<u64, Refused> {
+        let at = unit.scope.0 as usize;
+        if at >= self.scopes.len() {
+            self.unpin(deps);
+            let error = Error::Usage(format!("no scope {} in this session", unit.scope.0));
+            return Err(Refused::new(unit, error));
         }
+        // With one definition, the insert below finds a clash before it changes anything.
+        let checked = new.exports.len() > 1;
+        if checked {
+            let clashes = Self::clashes(&self.scopes[at], new, input, replacing);
+            if !clashes.is_empty() {
+                self.unpin(deps);
+                return Err(Refused::new(unit, Error::Duplicate(clashes)));
+            }
+        }
+        let id = self.next_unit;
+        let scope = &mut self.scopes[at];
+        let mut taken: Vec<Arc<str>> = Vec::new();
+        let mut refused = None;
+        for (e, &h) in new.exports.drain(..).zip(&new.hashes) {
+            let def = Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak);
+            match scope.symbols.slot(h, &e.name) {
+                Slot::Free(v) => {
+                    unit.names.push(e.name.clone());
+                    v.insert(Symbol { name: e.name, def });
+                }
+                // A redefinition takes over the names of the unit it replaces.
+                Slot::Taken(mut o) if Some(o.get().def.unit()) == replacing => {
+                    let s = o.get_mut();
+                    s.def = def;
+                    unit.names.push(s.name.clone());
+                    taken.push(e.name);
+                }
+                // The only definition (else checked above): nothing changed yet.
+                Slot::Taken(o) if !checked && clash(&o.get().def, &e, replacing) => {
+                    refused = Some(duplicate(&o.get().def, &e, input));
+                    break;
+                }
+                Slot::Taken(_) => {}
+            }
+        }
+        if let Some(clash) = refused {
+            self.unpin(deps);
+            return Err(Refused::new(unit, Error::Duplicate(vec![clash])));
+        }
+        self.next_unit += 1;
         for d in deps {
             if let Some(dep) = self.units.get_mut(d) {
                 dep.pins.fetch_sub(1, Ordering::Relaxed);
@@ -638,6 +718,7 @@ impl State {
             unit.rare_mut().relink = Some(Arc::new(self.classify(id, &own, rec)));
         }
         self.units.insert(id, unit);
+        Ok(id)
     }
 
     /// The live unit, its segment and the offset in it, at `addr`.

@@ -5,9 +5,85 @@
 //! units define one name, bind to a few units and have few dependents); and the index of
 //! segments by address, in sorted runs that ascending inserts fill.
 
-use super::state::Unit;
+use super::state::{Def, Unit};
+use hashbrown::hash_table::{Entry, HashTable};
 use rustc_hash::FxHashMap;
+use std::hash::Hasher;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+/// The hash a [`SymbolTable`] files `name` under. A link hashes each name once: binding looks
+/// it up in every scope of the search order with that hash, publishing checks for clashes and
+/// inserts with it (computed before the session's lock is taken).
+pub(crate) fn name_hash(name: &[u8]) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(name);
+    h.finish()
+}
+
+/// A scope's symbols: name -> definition, hashed by [`name_hash`] over the name's bytes (so a
+/// link looks names up as the bytes it has, without checking they are UTF-8 first; a name that
+/// is not UTF-8 is never found, as no definition's name is such).
+#[derive(Default)]
+pub(crate) struct SymbolTable {
+    table: HashTable<Symbol>,
+}
+
+/// One name of a scope. The name is shared with the defining unit's record
+/// ([`Unit::names`]).
+pub(crate) struct Symbol {
+    pub name: Arc<str>,
+    pub def: Def,
+}
+
+/// A name's slot in a [`SymbolTable`], as [`SymbolTable::slot`] finds it.
+pub(crate) enum Slot<'t> {
+    Taken(hashbrown::hash_table::OccupiedEntry<'t, Symbol>),
+    Free(hashbrown::hash_table::VacantEntry<'t, Symbol>),
+}
+
+impl SymbolTable {
+    /// The definition of `name`, whose [`name_hash`] is `hash`.
+    pub(crate) fn find(&self, hash: u64, name: &[u8]) -> Option<&Def> {
+        self.table
+            .find(hash, |s| s.name.as_bytes() == name)
+            .map(|s| &s.def)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Def> {
+        self.find(name_hash(name.as_bytes()), name.as_bytes())
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Def> {
+        let name = name.as_bytes();
+        self.table
+            .find_mut(name_hash(name), |s| s.name.as_bytes() == name)
+            .map(|s| &mut s.def)
+    }
+
+    /// Where `name` (hashed to `hash`) is or would go: one probe for a check and an insert.
+    pub(crate) fn slot(&mut self, hash: u64, name: &str) -> Slot<'_> {
+        let name = name.as_bytes();
+        match self.table.entry(
+            hash,
+            |s| s.name.as_bytes() == name,
+            |s| name_hash(s.name.as_bytes()),
+        ) {
+            Entry::Occupied(o) => Slot::Taken(o),
+            Entry::Vacant(v) => Slot::Free(v),
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) {
+        let name = name.as_bytes();
+        if let Ok(o) = self
+            .table
+            .find_entry(name_hash(name), |s| s.name.as_bytes() == name)
+        {
+            o.remove();
+        }
+    }
+}
 
 /// A list that holds one element without a heap allocation, in two words (for elements of
 /// one word or of a fat pointer): a unit record holds three of these. Reads as a slice;
