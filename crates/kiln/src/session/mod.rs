@@ -27,7 +27,7 @@ use crate::link::{self, LinkInput, LinkStats, LinkedUnit, SessionSymbols};
 use crate::memory::{CodeMemory, SlabMemory};
 use crate::search::LibrarySearch;
 use crate::LinkMap;
-use generate::GeneratedInputs;
+use generate::{GeneratedInputs, NO_GENERATED};
 use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
@@ -395,12 +395,11 @@ impl Session {
     /// again from the inputs, where the generators are asked.
     fn link_graphs_with(&self, graphs: &[InMemoryGraph], options: &UnitOptions) -> Result<UnitId> {
         let config = self.config();
-        let no_generated = GeneratedInputs::default();
         match self.link_once(
             &config,
             options,
             &Source::Graphs(graphs),
-            &no_generated,
+            &NO_GENERATED,
             None,
         ) {
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
@@ -423,13 +422,7 @@ impl Session {
         replacing: u64,
     ) -> Result<UnitId> {
         let config = self.config();
-        self.link_once(
-            &config,
-            options,
-            source,
-            &GeneratedInputs::default(),
-            Some(replacing),
-        )
+        self.link_once(&config, options, source, &NO_GENERATED, Some(replacing))
     }
 
     /// Link many graphs, each into a unit of its own in `scope`, in order (a later graph may
@@ -976,6 +969,10 @@ impl<'s> Source<'s> {
             v.iter().map(|(n, b)| (n.clone(), b.as_slice())).collect()
         };
         match *self {
+            // A JIT's usual link: its graphs alone, listed without the chains below.
+            Source::Graphs(gs) if generated.is_empty() => {
+                (Vec::new(), Vec::new(), gs.iter().collect(), &[], None)
+            }
             Source::Graphs(gs) => (
                 borrow(&generated.objects),
                 borrow(&generated.archives),

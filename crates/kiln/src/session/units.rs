@@ -384,13 +384,24 @@ impl IdIndex {
 
     /// Enter `id` at `slot`; the slot it had, if it was there already.
     fn insert(&mut self, id: u64, slot: u32) -> Option<u32> {
+        let (k, i) = Self::split(id);
+        // A session's insert: a new id into the newest array.
+        if k + 1 == self.dense.len() {
+            if let Some(a) = &mut self.dense[k] {
+                if a.slots[i] == 0 {
+                    a.slots[i] = slot + 1;
+                    a.live += 1;
+                    self.len += 1;
+                    return None;
+                }
+            }
+        }
         if self.get(id).is_some() {
             // Not on a session's path (its ids are new): the old entry out first.
             let old = self.remove(id);
             self.insert(id, slot);
             return old;
         }
-        let (k, i) = Self::split(id);
         let newest = k + 1 >= self.dense.len();
         if self.dense.len() <= k {
             // The array that was the newest no longer takes new ids: mostly empty (a JIT that
