@@ -665,9 +665,11 @@ impl Session {
         let st = read(&self.state);
         let u = st.unit(unit)?;
         let scope = st.scope(u.scope)?;
-        Ok(u.names
-            .iter()
-            .filter_map(|n| Some((n.to_string(), scope.symbols.get(n)?.info())))
+        Ok(scope
+            .symbols
+            .of_unit(u.names(), unit.0)
+            .into_iter()
+            .map(|s| (s.name.to_string(), s.def.info()))
             .collect())
     }
 

@@ -357,9 +357,11 @@ impl Session {
             let st = super::read(&self.state);
             let u = st.unit(old)?;
             let scope = st.scope(u.scope)?;
-            u.names
-                .iter()
-                .filter_map(|n| Some((n.clone(), scope.symbols.get(n)?.addr)))
+            scope
+                .symbols
+                .of_unit(u.names(), old.0)
+                .into_iter()
+                .map(|s| (s.name.clone(), s.def.addr))
                 .collect()
         };
         let new = self.link_replacing(source, options, old.0)?;
@@ -367,9 +369,11 @@ impl Session {
         let new_defs: Vec<(Arc<str>, u64)> = {
             let u = st.unit(new)?;
             let scope = st.scope(u.scope)?;
-            u.names
-                .iter()
-                .filter_map(|n| Some((n.clone(), scope.symbols.get(n)?.addr)))
+            scope
+                .symbols
+                .of_unit(u.names(), new.0)
+                .into_iter()
+                .map(|s| (s.name.clone(), s.def.addr))
                 .collect()
         };
         // Old address → new address, for each redefined symbol.
@@ -645,18 +649,15 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
             continue;
         };
         u.move_segments(&m.after, |a| moves.translate(a));
-        let (scope, names) = (u.scope, u.names.clone());
+        let (scope, names) = (u.scope, u.names().to_vec());
         for (i, &(a, n)) in m.after.iter().enumerate() {
             if n > 0 {
                 st.index_segment(a, m.unit, i as u8);
             }
         }
         if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
-            for n in &names {
-                if let Some(d) = sc.symbols.get_mut(n) {
-                    d.addr = moves.translate(d.addr);
-                }
-            }
+            sc.symbols
+                .for_unit_mut(&names, m.unit, |d| d.addr = moves.translate(d.addr));
         }
     }
 }

@@ -129,13 +129,15 @@ pub(crate) struct Scope {
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
-/// unit has is inline (80 bytes), what few units have is in one optional box ([`Rare`]).
+/// unit has is inline (72 bytes), what few units have is in one optional box ([`Rare`]).
 pub(crate) struct Unit {
     pub alloc: AllocId,
     /// (address, size) of its segments ([`Unit::segments`]).
     segments: Segs,
-    /// Names this unit defines in its scope's table (the ones that won).
-    pub names: Few<Arc<str>>,
+    /// The [`name_hash`] of the name it defines in its scope's table, if one ([`Unit::names`]
+    /// says how many: none, this one, or a list in [`Rare::names`]). The table holds the name;
+    /// the unit finds its entries by hash and unit id.
+    name: u64,
     /// The unit this one binds to, if one ([`Unit::deps`]): 0 for none, [`IN_RARE`] when the
     /// list is in [`Rare::deps`] (ids count up from 1 and never reach `u64::MAX`).
     dep: u64,
@@ -150,7 +152,8 @@ pub(crate) struct Unit {
     pub scope: ScopeId,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 80 bytes with it).
+    /// Its [`MemoryKind`], [`INITIALIZED`] and [`NAMES`] (one byte: the record is 72 bytes
+    /// with it).
     flags: u8,
 }
 
@@ -162,6 +165,11 @@ const NO_REGION: u8 = u8::MAX;
 const INITIALIZED: u8 = 4;
 /// [`Unit::flags`]: the bits of its [`MemoryKind`].
 const MEMORY: u8 = 3;
+/// [`Unit::flags`]: how many names it defines: none, one ([`Unit::name`]), or the list in
+/// [`Rare::names`] ([`NAMES_IN_RARE`]).
+const NAMES: u8 = 0x18;
+const ONE_NAME: u8 = 0x08;
+const NAMES_IN_RARE: u8 = 0x10;
 
 /// Where a unit's ranges came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -194,6 +202,8 @@ struct Rare {
     deps: Vec<u64>,
     /// The units that bind to it, when more than one.
     dependents: Vec<u64>,
+    /// The hashes of the names it defines, when more than one.
+    names: Vec<u64>,
 }
 
 /// A new unit's definitions, with their names hashed ([`name_hash`]) before the session's
@@ -301,12 +311,13 @@ impl Unit {
                 map: n.map.map(Arc::new),
                 deps: Vec::new(),
                 dependents: Vec::new(),
+                names: Vec::new(),
             })
         });
         Unit {
             alloc: n.alloc,
             segments: n.segments.into(),
-            names: Few::default(),
+            name: 0,
             dep: 0,
             dependent: 0,
             rare,
@@ -389,6 +400,55 @@ impl Unit {
     /// (address, size) of its segments.
     pub fn segments(&self) -> SegList<'_> {
         self.segments.list()
+    }
+
+    /// The [`name_hash`]es of the names it defines in its scope's table (the ones that won),
+    /// in the order it got them.
+    pub fn names(&self) -> &[u64] {
+        match self.flags & NAMES {
+            0 => &[],
+            ONE_NAME => std::slice::from_ref(&self.name),
+            _ => self.rare.as_ref().map_or(&[], |r| &r.names),
+        }
+    }
+
+    /// It defines the name hashed to `hash` too.
+    pub fn add_name(&mut self, hash: u64) {
+        match self.flags & NAMES {
+            0 => {
+                self.name = hash;
+                self.flags |= ONE_NAME;
+            }
+            ONE_NAME => {
+                let first = self.name;
+                self.rare_mut().names = vec![first, hash];
+                self.flags = self.flags & !NAMES | NAMES_IN_RARE;
+            }
+            _ => self.rare_mut().names.push(hash),
+        }
+    }
+
+    /// One name hashed to `hash` is no longer its (another unit took it over).
+    pub fn drop_name(&mut self, hash: u64) {
+        match self.flags & NAMES {
+            0 => {}
+            ONE_NAME => {
+                if self.name == hash {
+                    self.flags &= !NAMES;
+                }
+            }
+            _ => {
+                let list = &mut self.rare_mut().names;
+                if let Some(i) = list.iter().position(|&h| h == hash) {
+                    list.remove(i);
+                }
+                if let [one] = list[..] {
+                    *list = Vec::new();
+                    self.name = one;
+                    self.flags = self.flags & !NAMES | ONE_NAME;
+                }
+            }
+        }
     }
 
     /// The units it binds to.
@@ -669,21 +729,20 @@ impl State {
         }
         let id = self.next_unit;
         let scope = &mut self.scopes[at];
-        let mut taken: Vec<Arc<str>> = Vec::new();
+        let mut taken: Vec<u64> = Vec::new();
         let mut refused = None;
         for (e, &h) in new.exports.drain(..).zip(&new.hashes) {
             let def = Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak);
             match scope.symbols.slot(h, &e.name) {
                 Slot::Free(v) => {
-                    unit.names.push(e.name.clone());
+                    unit.add_name(h);
                     v.insert(Symbol { name: e.name, def });
                 }
                 // A redefinition takes over the names of the unit it replaces.
                 Slot::Taken(mut o) if Some(o.get().def.unit()) == replacing => {
-                    let s = o.get_mut();
-                    s.def = def;
-                    unit.names.push(s.name.clone());
-                    taken.push(e.name);
+                    o.get_mut().def = def;
+                    unit.add_name(h);
+                    taken.push(h);
                 }
                 // The only definition (else checked above): nothing changed yet.
                 Slot::Taken(o) if !checked && clash(&o.get().def, &e, replacing) => {
@@ -705,7 +764,9 @@ impl State {
             }
         }
         if let Some(old) = replacing.and_then(|r| self.units.get_mut(&r)) {
-            old.names.retain(|n| !taken.contains(n));
+            for h in taken {
+                old.drop_name(h);
+            }
         }
         unit.set_deps(deps);
         for (i, &(addr, size)) in unit.segments().iter().enumerate() {
@@ -806,8 +867,8 @@ impl State {
             .remove(&id)
             .ok_or_else(|| Error::Internal("unit vanished".into()))?;
         let scope = &mut self.scopes[unit.scope.0 as usize];
-        for n in &unit.names {
-            scope.symbols.remove(n);
+        for &h in unit.names() {
+            scope.symbols.remove_of(h, id);
         }
         for d in unit.deps() {
             if let Some(dep) = self.units.get_mut(d) {
@@ -870,8 +931,8 @@ impl State {
                 continue;
             };
             let scope = &mut self.scopes[unit.scope.0 as usize];
-            for n in &unit.names {
-                scope.symbols.remove(n);
+            for &h in unit.names() {
+                scope.symbols.remove_of(h, id);
             }
             for &(addr, size) in unit.segments().iter() {
                 if size > 0 {
@@ -973,9 +1034,9 @@ mod tests {
 
     #[test]
     fn records_stay_small() {
-        // A JIT keeps a record per unit: a million units, 80 MB of records.
+        // A JIT keeps a record per unit: a million units, 72 MB of records.
         assert!(
-            std::mem::size_of::<Unit>() <= 80,
+            std::mem::size_of::<Unit>() <= 72,
             "{}",
             std::mem::size_of::<Unit>()
         );
@@ -1020,6 +1081,41 @@ mod tests {
         u.add_dep(6);
         u.retain_deps(|_| false);
         assert!(u.deps().is_empty() && u.dep == 0);
+    }
+
+    #[test]
+    fn names_stay_inline_while_one_and_keep_their_order() {
+        let mut u = Unit::new(NewUnit {
+            alloc: AllocId(1),
+            scope: ScopeId(0),
+            memory: None,
+            slab_ranges: Vec::new(),
+            segments: vec![(0x1000, 16)],
+            relink: None,
+            link_actions: None,
+            stats: None,
+            map: None,
+        });
+        u.set_initialized();
+        assert!(u.names().is_empty());
+        u.add_name(0);
+        assert_eq!(u.names(), &[0], "a hash of 0 is a name like any other");
+        assert!(u.rare.is_none());
+        u.add_name(7);
+        u.add_name(0);
+        assert_eq!(u.names(), &[0, 7, 0]);
+        u.drop_name(0);
+        assert_eq!(
+            u.names(),
+            &[7, 0],
+            "one name dropped, not every name of the hash"
+        );
+        u.drop_name(9);
+        u.drop_name(7);
+        assert_eq!(u.names(), &[0]);
+        u.drop_name(0);
+        assert!(u.names().is_empty());
+        assert!(u.initialized() && !u.in_slabs(), "the other flags are kept");
     }
 
     #[test]

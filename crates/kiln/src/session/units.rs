@@ -29,8 +29,7 @@ pub(crate) struct SymbolTable {
     table: HashTable<Symbol>,
 }
 
-/// One name of a scope. The name is shared with the defining unit's record
-/// ([`Unit::names`]).
+/// One name of a scope. The defining unit's record keeps the name's hash ([`Unit::names`]).
 pub(crate) struct Symbol {
     pub name: Arc<str>,
     pub def: Def,
@@ -50,17 +49,6 @@ impl SymbolTable {
             .map(|s| &s.def)
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Def> {
-        self.find(name_hash(name.as_bytes()), name.as_bytes())
-    }
-
-    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Def> {
-        let name = name.as_bytes();
-        self.table
-            .find_mut(name_hash(name), |s| s.name.as_bytes() == name)
-            .map(|s| &mut s.def)
-    }
-
     /// Where `name` (hashed to `hash`) is or would go: one probe for a check and an insert.
     pub(crate) fn slot(&mut self, hash: u64, name: &str) -> Slot<'_> {
         let name = name.as_bytes();
@@ -74,20 +62,48 @@ impl SymbolTable {
         }
     }
 
-    pub(crate) fn remove(&mut self, name: &str) {
-        let name = name.as_bytes();
-        if let Ok(o) = self
-            .table
-            .find_entry(name_hash(name), |s| s.name.as_bytes() == name)
-        {
+    /// Take out the entry of unit `unit` under `hash` (one of [`Unit::names`]).
+    pub(crate) fn remove_of(&mut self, hash: u64, unit: u64) {
+        if let Ok(o) = self.table.find_entry(hash, |s| s.is(hash, unit)) {
             o.remove();
         }
+    }
+
+    /// The entries of unit `unit`, whose [`Unit::names`] are `hashes`, in that order.
+    pub(crate) fn of_unit(&self, hashes: &[u64], unit: u64) -> Vec<&Symbol> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for (i, &h) in hashes.iter().enumerate() {
+            // (Two names with one hash: both found the first time.)
+            if !hashes[..i].contains(&h) {
+                out.extend(self.table.iter_hash(h).filter(|s| s.is(h, unit)));
+            }
+        }
+        out
+    }
+
+    /// [`SymbolTable::of_unit`], each entry given to `f` to change its definition.
+    pub(crate) fn for_unit_mut(&mut self, hashes: &[u64], unit: u64, mut f: impl FnMut(&mut Def)) {
+        for (i, &h) in hashes.iter().enumerate() {
+            if !hashes[..i].contains(&h) {
+                for s in self.table.iter_hash_mut(h).filter(|s| s.is(h, unit)) {
+                    f(&mut s.def);
+                }
+            }
+        }
+    }
+}
+
+impl Symbol {
+    /// Whether it is unit `unit`'s entry under `hash` (the table's probe may offer entries of
+    /// other hashes).
+    fn is(&self, hash: u64, unit: u64) -> bool {
+        self.def.unit() == unit && name_hash(self.name.as_bytes()) == hash
     }
 }
 
 /// A list that holds one element without a heap allocation, in two words (for elements of
 /// one word or of a fat pointer): a unit record holds three of these. Reads as a slice;
-/// `push`, `retain` and `extend` behave as `Vec`'s.
+/// `push` and `extend` behave as `Vec`'s.
 #[derive(Clone, Debug)]
 pub(crate) enum Few<T> {
     One(T),
@@ -132,19 +148,6 @@ impl<T> Few<T> {
             Few::One(_) => {
                 if let Few::One(first) = std::mem::take(self) {
                     *self = Few::Many(Some(Box::new(vec![first, x])));
-                }
-            }
-        }
-    }
-
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        match self {
-            Few::One(x) if !keep(x) => *self = Few::default(),
-            Few::One(_) | Few::Many(None) => {}
-            Few::Many(Some(v)) => {
-                v.retain(keep);
-                if v.is_empty() {
-                    *self = Few::default();
                 }
             }
         }
@@ -637,18 +640,13 @@ mod tests {
         f.push(8);
         f.push(9);
         assert_eq!(&*f, &[7, 8, 9]);
-        f.retain(|x| *x != 8);
-        assert_eq!(&*f, &[7, 9]);
-        f.retain(|_| false);
-        assert!(f.is_empty());
+        let mut f: Few<u64> = Few::default();
         f.extend([1, 2]);
         f[1] = 3;
         assert!(f.contains(&3));
         let g: Few<u64> = [5].into_iter().collect();
         assert!(matches!(g, Few::One(5)));
-        let mut one = g.clone();
-        one.retain(|_| false);
-        assert!(one.is_empty() && g.len() == 1);
+        assert_eq!(g.len(), 1);
         assert_eq!(g.clone().into_iter().collect::<Vec<_>>(), vec![5]);
         assert_eq!(Vec::from(g), vec![5]);
         let many: Few<u64> = [1, 2, 3].into_iter().collect();
