@@ -1025,11 +1025,11 @@ impl SessionSymbols for Binder<'_> {
     }
 
     fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]) {
-        // Hashed before the lock: one hash a name for every scope searched.
-        let hashes: SmallVec<[u64; 8]> = names.iter().map(|n| units::name_hash(n)).collect();
+        // One read lock for the link's names, one hash a name for every scope searched.
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
-        for ((n, &hash), out) in names.iter().zip(&hashes).zip(out) {
+        for (n, out) in names.iter().zip(out) {
+            let hash = units::name_hash(n);
             *out = st.visible_hashed(self.scope, hash, n).map(|d| {
                 let unit = d.unit();
                 if !deps.contains(&unit) {
