@@ -12,6 +12,7 @@ mod lazy;
 mod moving;
 mod relocate;
 mod state;
+mod symbols;
 mod units;
 
 pub use generate::{DefinitionGenerator, Generated};
@@ -313,7 +314,7 @@ impl Session {
         st.scopes.push(state::Scope {
             name: name.to_string(),
             search: vec![ScopeId(0)],
-            symbols: units::SymbolTable::default(),
+            symbols: symbols::SymbolTable::default(),
         });
         Ok(ScopeId(st.scopes.len() as u32 - 1))
     }
@@ -669,7 +670,7 @@ impl Session {
             .symbols
             .of_unit(u.names(), unit.0)
             .into_iter()
-            .map(|s| (s.name.to_string(), s.def.info()))
+            .map(|(name, def)| (name.to_string(), def.info()))
             .collect())
     }
 
@@ -1018,7 +1019,7 @@ struct Binder<'s> {
 
 impl SessionSymbols for Binder<'_> {
     fn defines(&self, name: &[u8]) -> bool {
-        let hash = units::name_hash(name);
+        let hash = symbols::name_hash(name);
         read(&self.session.state)
             .visible_hashed(self.scope, hash, name)
             .is_some()
@@ -1029,7 +1030,7 @@ impl SessionSymbols for Binder<'_> {
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
         for (n, out) in names.iter().zip(out) {
-            let hash = units::name_hash(n);
+            let hash = symbols::name_hash(n);
             *out = st.visible_hashed(self.scope, hash, n).map(|d| {
                 let unit = d.unit();
                 if !deps.contains(&unit) {

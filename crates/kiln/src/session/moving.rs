@@ -353,7 +353,7 @@ impl Session {
         options: &UnitOptions,
     ) -> Result<UnitId> {
         // The old unit's names, so that the new unit may define them again.
-        let old_defs: Vec<(Arc<str>, u64)> = {
+        let old_defs: Vec<(String, u64)> = {
             let st = super::read(&self.state);
             let u = st.unit(old)?;
             let scope = st.scope(u.scope)?;
@@ -361,19 +361,19 @@ impl Session {
                 .symbols
                 .of_unit(u.names(), old.0)
                 .into_iter()
-                .map(|s| (s.name.clone(), s.def.addr))
+                .map(|(name, def)| (name.to_string(), def.addr))
                 .collect()
         };
         let new = self.link_replacing(source, options, old.0)?;
         let mut st = write(&self.state);
-        let new_defs: Vec<(Arc<str>, u64)> = {
+        let new_defs: Vec<(String, u64)> = {
             let u = st.unit(new)?;
             let scope = st.scope(u.scope)?;
             scope
                 .symbols
                 .of_unit(u.names(), new.0)
                 .into_iter()
-                .map(|s| (s.name.clone(), s.def.addr))
+                .map(|(name, def)| (name.to_string(), def.addr))
                 .collect()
         };
         // Old address → new address, for each redefined symbol.

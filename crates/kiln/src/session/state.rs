@@ -5,9 +5,8 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
-use super::units::{
-    name_hash, AddrIndex, Few, SegList, Segs, Slot, Symbol, SymbolTable, UnitTable,
-};
+use super::symbols::{name_hash, Slot, SymbolTable};
+use super::units::{AddrIndex, Few, SegList, Segs, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
@@ -54,7 +53,7 @@ pub struct SymbolInfo {
 
 /// A name's definition in a scope's table: three words (a scope's table holds one per symbol
 /// of every live unit), the unit id and the flags sharing one.
-#[derive(Copy, Clone, Debug)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Def {
     pub addr: u64,
     pub size: u64,
@@ -702,8 +701,8 @@ impl State {
     /// memory.
     ///
     /// Everything that does not need the tables (the record, the names' hashes) is made by
-    /// the caller before the lock is taken; `new` keeps the exports' list, emptied, for the
-    /// caller to drop after the lock.
+    /// the caller before the lock is taken; `new` keeps the exports (their names copied into
+    /// the scope's table) for the caller to drop after the lock.
     pub fn publish(
         &mut self,
         mut unit: Unit,
@@ -729,14 +728,20 @@ impl State {
         }
         let id = self.next_unit;
         let scope = &mut self.scopes[at];
+        let bytes = new.exports.iter().map(|e| e.name.len()).sum();
+        if !scope.symbols.make_room(bytes) {
+            self.unpin(deps);
+            let error = Error::Usage("too many symbol names in one scope (4 GiB)".into());
+            return Err(Refused::new(unit, error));
+        }
         let mut taken: Vec<u64> = Vec::new();
         let mut refused = None;
-        for (e, &h) in new.exports.drain(..).zip(&new.hashes) {
+        for (e, &h) in new.exports.iter().zip(&new.hashes) {
             let def = Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak);
             match scope.symbols.slot(h, &e.name) {
-                Slot::Free(v) => {
+                Slot::Free(slot) => {
                     unit.add_name(h);
-                    v.insert(Symbol { name: e.name, def });
+                    slot.insert(&e.name, def);
                 }
                 // A redefinition takes over the names of the unit it replaces.
                 Slot::Taken(mut o) if Some(o.get().def.unit()) == replacing => {
@@ -745,8 +750,8 @@ impl State {
                     taken.push(h);
                 }
                 // The only definition (else checked above): nothing changed yet.
-                Slot::Taken(o) if !checked && clash(&o.get().def, &e, replacing) => {
-                    refused = Some(duplicate(&o.get().def, &e, input));
+                Slot::Taken(o) if !checked && clash(&o.get().def, e, replacing) => {
+                    refused = Some(duplicate(&o.get().def, e, input));
                     break;
                 }
                 Slot::Taken(_) => {}
