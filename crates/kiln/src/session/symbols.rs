@@ -19,10 +19,22 @@ pub(crate) fn name_hash(name: &[u8]) -> u64 {
 /// A scope's symbols, hashed by [`name_hash`] over the names' bytes (so a link looks names up
 /// as the bytes it has, without checking they are UTF-8 first; a name that is not UTF-8 is
 /// never found, as no definition's name is such).
+///
+/// In [`SHARDS`] hash tables, picked by bits of the hash the tables themselves do not use
+/// (they take the low bits for the bucket, the top seven for the tag): a table grows by
+/// rehashing all of its entries, under the session's write lock, and a shard's growth stops
+/// other threads' links for a sixteenth of what one table's would.
 #[derive(Default)]
 pub(crate) struct SymbolTable {
-    table: HashTable<Symbol>,
+    shards: [HashTable<Symbol>; SHARDS],
     names: Names,
+}
+
+const SHARDS: usize = 16;
+
+/// The shard of a name's hash.
+fn shard(hash: u64) -> usize {
+    (hash >> 32) as usize % SHARDS
 }
 
 /// The names of a [`SymbolTable`]'s entries, end to end.
@@ -90,7 +102,7 @@ impl SymbolTable {
     /// The definition of `name`, whose [`name_hash`] is `hash`.
     pub(crate) fn find(&self, hash: u64, name: &[u8]) -> Option<&Def> {
         let names = &self.names;
-        self.table
+        self.shards[shard(hash)]
             .find(hash, |s| names.of(s).as_bytes() == name)
             .map(|s| &s.def)
     }
@@ -98,7 +110,7 @@ impl SymbolTable {
     /// Where `name` (hashed to `hash`) is or would go: one probe for a check and an insert.
     pub(crate) fn slot(&mut self, hash: u64, name: &str) -> Slot<'_> {
         let names = &self.names;
-        let entry = self.table.entry(
+        let entry = self.shards[shard(hash)].entry(
             hash,
             |s| names.of(s) == name,
             |s| name_hash(names.of(s).as_bytes()),
@@ -125,7 +137,8 @@ impl SymbolTable {
     /// Take out the entry of unit `unit` under `hash` (one of its record's names).
     pub(crate) fn remove_of(&mut self, hash: u64, unit: u64) {
         let names = &self.names;
-        if let Ok(o) = self.table.find_entry(hash, |s| names.is(s, hash, unit)) {
+        let table = &mut self.shards[shard(hash)];
+        if let Ok(o) = table.find_entry(hash, |s| names.is(s, hash, unit)) {
             let (s, _) = o.remove();
             self.names.dead += s.len as usize;
             let n = &self.names;
@@ -139,7 +152,7 @@ impl SymbolTable {
     fn compact(&mut self) {
         let old = std::mem::take(&mut self.names);
         let mut text = String::with_capacity(old.text.len() - old.dead);
-        for s in self.table.iter_mut() {
+        for s in self.shards.iter_mut().flat_map(|t| t.iter_mut()) {
             let at = text.len();
             text.push_str(old.of(s));
             s.at = at as u32;
@@ -155,7 +168,8 @@ impl SymbolTable {
         for (i, &h) in hashes.iter().enumerate() {
             // (Two names with one hash: both found the first time.)
             if !hashes[..i].contains(&h) {
-                let mine = self.table.iter_hash(h).filter(|s| names.is(s, h, unit));
+                let table = &self.shards[shard(h)];
+                let mine = table.iter_hash(h).filter(|s| names.is(s, h, unit));
                 out.extend(mine.map(|s| (names.of(s), s.def)));
             }
         }
@@ -167,7 +181,8 @@ impl SymbolTable {
         let names = &self.names;
         for (i, &h) in hashes.iter().enumerate() {
             if !hashes[..i].contains(&h) {
-                for s in self.table.iter_hash_mut(h).filter(|s| names.is(s, h, unit)) {
+                let table = &mut self.shards[shard(h)];
+                for s in table.iter_hash_mut(h).filter(|s| names.is(s, h, unit)) {
                     f(&mut s.def);
                 }
             }
@@ -196,6 +211,17 @@ mod tests {
     #[test]
     fn entries_are_four_words() {
         assert_eq!(std::mem::size_of::<Symbol>(), 32);
+    }
+
+    #[test]
+    fn names_spread_over_the_shards() {
+        let mut t = SymbolTable::default();
+        for i in 0..4096u64 {
+            add(&mut t, &format!("f{i}"), i + 1);
+        }
+        for table in &t.shards {
+            assert!((128..=384).contains(&table.len()), "{}", table.len());
+        }
     }
 
     /// Names linked and removed again and again: found while live, gone when removed, and the
