@@ -195,6 +195,61 @@ fn two_strong_definitions_in_one_scope_clash() {
     assert_eq!(s.units().len(), 1, "the clashing unit was removed again");
 }
 
+/// The session prepares a unit's record outside its lock and finds clashes only when it
+/// publishes: a refused unit must leave nothing (no name, no dependency, no pin, no memory),
+/// whether its one definition clashes or the second of several does.
+#[test]
+fn a_unit_refused_at_publishing_leaves_nothing_behind() {
+    let s = session();
+    let base = s.link_graph(&constant("base", 10)).unwrap();
+    s.link_graph(&constant("dup", 1)).unwrap();
+    let probe = s.link_graph(&constant("probe", 1)).unwrap();
+    let probe_at = s.lookup("probe").unwrap();
+    s.remove(probe).unwrap();
+    // Two definitions, the second clashing; the unit binds to `base`.
+    let mut two = caller("fresh", "base", 1);
+    two.add_function("dup", vec![0xb8, 2, 0, 0, 0, 0xc3], vec![], None);
+    // One definition, clashing; it binds to `base` too.
+    let one = caller("dup", "base", 2);
+    for g in [&two, &one].into_iter().cycle().take(100) {
+        match s.link_graph(g).unwrap_err() {
+            Error::Duplicate(d) => {
+                assert_eq!(d.len(), 1);
+                assert_eq!(d[0].name, "dup");
+            }
+            e => panic!("expected Duplicate, got {e}"),
+        }
+    }
+    assert!(
+        s.lookup("fresh").is_none(),
+        "no name of a refused unit stays"
+    );
+    assert_eq!(call(&s, "dup"), 1, "the first definition stays");
+    assert_eq!(s.units().len(), 2);
+    assert!(s.dependents(base).unwrap().is_empty());
+    s.link_graph(&constant("probe", 1)).unwrap();
+    assert_eq!(
+        s.lookup("probe"),
+        Some(probe_at),
+        "refused units leaked memory"
+    );
+    // No pin is left on `base` either: it can be removed.
+    s.remove(base).unwrap();
+}
+
+/// A scope id of another session is an error, not a crash, and leaves nothing.
+#[test]
+fn a_scope_of_another_session_is_refused() {
+    let other = session();
+    other.create_scope("a").unwrap();
+    let foreign = other.create_scope("b").unwrap();
+    let s = session();
+    let e = s.link_graph_in(foreign, &constant("lost", 1)).unwrap_err();
+    assert!(matches!(e, Error::Usage(_)), "{e}");
+    assert!(s.units().is_empty() && s.lookup("lost").is_none());
+    assert!(s.lookup_symbol(foreign, "lost").is_none());
+}
+
 /// A graph with a hidden helper `h` returning `value` and an exported `NAME` calling it.
 fn with_hidden_helper(name: &str, value: i32) -> InMemoryGraph {
     let mut g = caller(name, "h", 0);

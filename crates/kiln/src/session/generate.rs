@@ -62,7 +62,26 @@ pub(crate) struct GeneratedInputs {
     pub archives: Vec<(String, Vec<u8>)>,
 }
 
+/// Nothing generated: what a link that asked no generator reads (no table to make and drop
+/// per link).
+pub(crate) static NO_GENERATED: GeneratedInputs = GeneratedInputs::NONE;
+
 impl GeneratedInputs {
+    /// Nothing generated.
+    const NONE: GeneratedInputs = GeneratedInputs {
+        defines: FxHashMap::with_hasher(rustc_hash::FxBuildHasher),
+        graphs: Vec::new(),
+        objects: Vec::new(),
+        archives: Vec::new(),
+    };
+
+    pub fn is_empty(&self) -> bool {
+        self.defines.is_empty()
+            && self.graphs.is_empty()
+            && self.objects.is_empty()
+            && self.archives.is_empty()
+    }
+
     /// Add what a generator answered; `false` if it was not its name.
     pub fn take(&mut self, name: &str, g: Generated) -> bool {
         match g {

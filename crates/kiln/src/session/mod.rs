@@ -12,6 +12,7 @@ mod lazy;
 mod moving;
 mod relocate;
 mod state;
+mod symbols;
 mod units;
 
 pub use generate::{DefinitionGenerator, Generated};
@@ -27,10 +28,11 @@ use crate::link::{self, LinkInput, LinkStats, LinkedUnit, SessionSymbols};
 use crate::memory::{CodeMemory, SlabMemory};
 use crate::search::LibrarySearch;
 use crate::LinkMap;
-use generate::GeneratedInputs;
+use generate::{GeneratedInputs, NO_GENERATED};
 use kiln_target::{Executor, ExecutorAddr, InProcessExecutor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
-use state::{NewUnit, State, Unit};
+use smallvec::SmallVec;
+use state::{NewSymbols, NewUnit, State, Unit};
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,7 +314,7 @@ impl Session {
         st.scopes.push(state::Scope {
             name: name.to_string(),
             search: vec![ScopeId(0)],
-            symbols: FxHashMap::default(),
+            symbols: symbols::SymbolTable::default(),
         });
         Ok(ScopeId(st.scopes.len() as u32 - 1))
     }
@@ -394,12 +396,11 @@ impl Session {
     /// again from the inputs, where the generators are asked.
     fn link_graphs_with(&self, graphs: &[InMemoryGraph], options: &UnitOptions) -> Result<UnitId> {
         let config = self.config();
-        let no_generated = GeneratedInputs::default();
         match self.link_once(
             &config,
             options,
             &Source::Graphs(graphs),
-            &no_generated,
+            &NO_GENERATED,
             None,
         ) {
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
@@ -422,13 +423,7 @@ impl Session {
         replacing: u64,
     ) -> Result<UnitId> {
         let config = self.config();
-        self.link_once(
-            &config,
-            options,
-            source,
-            &GeneratedInputs::default(),
-            Some(replacing),
-        )
+        self.link_once(&config, options, source, &NO_GENERATED, Some(replacing))
     }
 
     /// Link many graphs, each into a unit of its own in `scope`, in order (a later graph may
@@ -556,7 +551,7 @@ impl Session {
         let binder = Binder {
             session: self,
             scope,
-            deps: RefCell::new(Vec::new()),
+            deps: RefCell::new(SmallVec::new()),
         };
         let (objects, archives, graphs, roots, fixed) = source.parts(generated);
         let defines;
@@ -608,7 +603,7 @@ impl Session {
         &self,
         options: &UnitOptions,
         unit: LinkedUnit,
-        deps: Vec<u64>,
+        deps: SmallVec<[u64; 4]>,
         name: &str,
         replacing: Option<u64>,
     ) -> Result<UnitId> {
@@ -624,6 +619,8 @@ impl Session {
             segments,
             actions,
         } = unit;
+        // What does not need the tables is made before the lock: the record, the names'
+        // hashes.
         let record = Unit::new(NewUnit {
             alloc,
             scope,
@@ -635,18 +632,18 @@ impl Session {
             stats,
             map,
         });
-        let mut st = write(&self.state);
-        let clashes = st.clashes(scope, &exports, name, replacing);
-        if !clashes.is_empty() {
-            st.unpin(&deps);
-            drop(st);
-            let _ = self.release(record);
-            return Err(Error::Duplicate(clashes));
+        let mut symbols = NewSymbols::new(exports);
+        let published = write(&self.state).publish(record, &mut symbols, &deps, name, replacing);
+        // (The exports' list, emptied, is freed after the lock.)
+        drop(symbols);
+        match published {
+            Ok(id) => Ok(UnitId(id)),
+            Err(refused) => {
+                // Nothing of it is in the tables: its memory goes back.
+                let _ = self.release(*refused.unit);
+                Err(refused.error)
+            }
         }
-        let id = st.next_unit;
-        st.next_unit += 1;
-        st.publish(id, record, exports, &deps, replacing);
-        Ok(UnitId(id))
     }
 
     // ---- queries ----
@@ -669,9 +666,11 @@ impl Session {
         let st = read(&self.state);
         let u = st.unit(unit)?;
         let scope = st.scope(u.scope)?;
-        Ok(u.names
-            .iter()
-            .filter_map(|n| Some((n.to_string(), scope.symbols.get(n)?.info())))
+        Ok(scope
+            .symbols
+            .of_unit(u.names(), unit.0)
+            .into_iter()
+            .map(|(name, def)| (name.to_string(), def.info()))
             .collect())
     }
 
@@ -973,6 +972,10 @@ impl<'s> Source<'s> {
             v.iter().map(|(n, b)| (n.clone(), b.as_slice())).collect()
         };
         match *self {
+            // A JIT's usual link: its graphs alone, listed without the chains below.
+            Source::Graphs(gs) if generated.is_empty() => {
+                (Vec::new(), Vec::new(), gs.iter().collect(), &[], None)
+            }
             Source::Graphs(gs) => (
                 borrow(&generated.objects),
                 borrow(&generated.archives),
@@ -1010,25 +1013,25 @@ impl<'s> Source<'s> {
 struct Binder<'s> {
     session: &'s Session,
     scope: ScopeId,
-    deps: RefCell<Vec<u64>>,
+    /// The units bound to (a JIT's unit binds to a few: no allocation).
+    deps: RefCell<SmallVec<[u64; 4]>>,
 }
 
 impl SessionSymbols for Binder<'_> {
     fn defines(&self, name: &[u8]) -> bool {
-        let st = read(&self.session.state);
-        std::str::from_utf8(name)
-            .ok()
-            .is_some_and(|n| st.visible(self.scope, n).is_some())
+        let hash = symbols::name_hash(name);
+        read(&self.session.state)
+            .visible_hashed(self.scope, hash, name)
+            .is_some()
     }
 
     fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]) {
+        // One read lock for the link's names, one hash a name for every scope searched.
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
         for (n, out) in names.iter().zip(out) {
-            let def = std::str::from_utf8(n)
-                .ok()
-                .and_then(|n| st.visible(self.scope, n));
-            *out = def.map(|d| {
+            let hash = symbols::name_hash(n);
+            *out = st.visible_hashed(self.scope, hash, n).map(|d| {
                 let unit = d.unit();
                 if !deps.contains(&unit) {
                     if let Some(u) = st.units.get(&unit) {

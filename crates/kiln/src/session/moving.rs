@@ -353,23 +353,27 @@ impl Session {
         options: &UnitOptions,
     ) -> Result<UnitId> {
         // The old unit's names, so that the new unit may define them again.
-        let old_defs: Vec<(Arc<str>, u64)> = {
+        let old_defs: Vec<(String, u64)> = {
             let st = super::read(&self.state);
             let u = st.unit(old)?;
             let scope = st.scope(u.scope)?;
-            u.names
-                .iter()
-                .filter_map(|n| Some((n.clone(), scope.symbols.get(n)?.addr)))
+            scope
+                .symbols
+                .of_unit(u.names(), old.0)
+                .into_iter()
+                .map(|(name, def)| (name.to_string(), def.addr))
                 .collect()
         };
         let new = self.link_replacing(source, options, old.0)?;
         let mut st = write(&self.state);
-        let new_defs: Vec<(Arc<str>, u64)> = {
+        let new_defs: Vec<(String, u64)> = {
             let u = st.unit(new)?;
             let scope = st.scope(u.scope)?;
-            u.names
-                .iter()
-                .filter_map(|n| Some((n.clone(), scope.symbols.get(n)?.addr)))
+            scope
+                .symbols
+                .of_unit(u.names(), new.0)
+                .into_iter()
+                .map(|(name, def)| (name.to_string(), def.addr))
                 .collect()
         };
         // Old address → new address, for each redefined symbol.
@@ -645,18 +649,15 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
             continue;
         };
         u.move_segments(&m.after, |a| moves.translate(a));
-        let (scope, names) = (u.scope, u.names.clone());
+        let (scope, names) = (u.scope, u.names().to_vec());
         for (i, &(a, n)) in m.after.iter().enumerate() {
             if n > 0 {
                 st.index_segment(a, m.unit, i as u8);
             }
         }
         if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
-            for n in &names {
-                if let Some(d) = sc.symbols.get_mut(n) {
-                    d.addr = moves.translate(d.addr);
-                }
-            }
+            sc.symbols
+                .for_unit_mut(&names, m.unit, |d| d.addr = moves.translate(d.addr));
         }
     }
 }

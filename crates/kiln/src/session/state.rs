@@ -5,13 +5,14 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
+use super::symbols::{name_hash, Slot, SymbolTable};
 use super::units::{AddrIndex, Few, SegList, Segs, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{AllocId, ExecutorAddr, SlabId};
-use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -52,7 +53,7 @@ pub struct SymbolInfo {
 
 /// A name's definition in a scope's table: three words (a scope's table holds one per symbol
 /// of every live unit), the unit id and the flags sharing one.
-#[derive(Copy, Clone, Debug)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Def {
     pub addr: u64,
     pub size: u64,
@@ -123,18 +124,19 @@ pub(crate) struct Scope {
     pub name: String,
     /// Scopes searched after this one, in order.
     pub search: Vec<ScopeId>,
-    /// Names are shared with the defining unit's record (`Unit::names`).
-    pub symbols: FxHashMap<std::sync::Arc<str>, Def>,
+    pub symbols: SymbolTable,
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
-/// unit has is inline (80 bytes), what few units have is in one optional box ([`Rare`]).
+/// unit has is inline (72 bytes), what few units have is in one optional box ([`Rare`]).
 pub(crate) struct Unit {
     pub alloc: AllocId,
     /// (address, size) of its segments ([`Unit::segments`]).
     segments: Segs,
-    /// Names this unit defines in its scope's table (the ones that won).
-    pub names: Few<Arc<str>>,
+    /// The [`name_hash`] of the name it defines in its scope's table, if one ([`Unit::names`]
+    /// says how many: none, this one, or a list in [`Rare::names`]). The table holds the name;
+    /// the unit finds its entries by hash and unit id.
+    name: u64,
     /// The unit this one binds to, if one ([`Unit::deps`]): 0 for none, [`IN_RARE`] when the
     /// list is in [`Rare::deps`] (ids count up from 1 and never reach `u64::MAX`).
     dep: u64,
@@ -149,7 +151,8 @@ pub(crate) struct Unit {
     pub scope: ScopeId,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    /// Its [`MemoryKind`] and [`INITIALIZED`] (one byte: the record is 80 bytes with it).
+    /// Its [`MemoryKind`], [`INITIALIZED`] and [`NAMES`] (one byte: the record is 72 bytes
+    /// with it).
     flags: u8,
 }
 
@@ -161,6 +164,11 @@ const NO_REGION: u8 = u8::MAX;
 const INITIALIZED: u8 = 4;
 /// [`Unit::flags`]: the bits of its [`MemoryKind`].
 const MEMORY: u8 = 3;
+/// [`Unit::flags`]: how many names it defines: none, one ([`Unit::name`]), or the list in
+/// [`Rare::names`] ([`NAMES_IN_RARE`]).
+const NAMES: u8 = 0x18;
+const ONE_NAME: u8 = 0x08;
+const NAMES_IN_RARE: u8 = 0x10;
 
 /// Where a unit's ranges came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -193,6 +201,54 @@ struct Rare {
     deps: Vec<u64>,
     /// The units that bind to it, when more than one.
     dependents: Vec<u64>,
+    /// The hashes of the names it defines, when more than one.
+    names: Vec<u64>,
+}
+
+/// A new unit's definitions, with their names hashed ([`name_hash`]) before the session's
+/// lock is taken.
+pub(crate) struct NewSymbols {
+    exports: Vec<Export>,
+    hashes: SmallVec<[u64; 4]>,
+}
+
+impl NewSymbols {
+    pub fn new(exports: Vec<Export>) -> Self {
+        let hashes = exports
+            .iter()
+            .map(|e| name_hash(e.name.as_bytes()))
+            .collect();
+        NewSymbols { exports, hashes }
+    }
+}
+
+/// A unit [`State::publish`] did not enter, and why. Its record is as it was made.
+pub(crate) struct Refused {
+    pub unit: Box<Unit>,
+    pub error: Error,
+}
+
+impl Refused {
+    fn new(unit: Unit, error: Error) -> Self {
+        Refused {
+            unit: Box::new(unit),
+            error,
+        }
+    }
+}
+
+/// Whether a new definition `e` clashes with the live definition `d` of its name: both strong,
+/// and `d` not of the unit being replaced.
+fn clash(d: &Def, e: &Export, replacing: Option<u64>) -> bool {
+    !d.weak() && !e.weak && Some(d.unit()) != replacing
+}
+
+fn duplicate(d: &Def, e: &Export, input: &str) -> DuplicateSymbol {
+    DuplicateSymbol {
+        name: e.name.to_string(),
+        first: format!("unit {}", d.unit()),
+        second: input.to_string(),
+    }
 }
 
 /// Which of a unit's two lists of units.
@@ -254,12 +310,13 @@ impl Unit {
                 map: n.map.map(Arc::new),
                 deps: Vec::new(),
                 dependents: Vec::new(),
+                names: Vec::new(),
             })
         });
         Unit {
             alloc: n.alloc,
             segments: n.segments.into(),
-            names: Few::default(),
+            name: 0,
             dep: 0,
             dependent: 0,
             rare,
@@ -342,6 +399,55 @@ impl Unit {
     /// (address, size) of its segments.
     pub fn segments(&self) -> SegList<'_> {
         self.segments.list()
+    }
+
+    /// The [`name_hash`]es of the names it defines in its scope's table (the ones that won),
+    /// in the order it got them.
+    pub fn names(&self) -> &[u64] {
+        match self.flags & NAMES {
+            0 => &[],
+            ONE_NAME => std::slice::from_ref(&self.name),
+            _ => self.rare.as_ref().map_or(&[], |r| &r.names),
+        }
+    }
+
+    /// It defines the name hashed to `hash` too.
+    pub fn add_name(&mut self, hash: u64) {
+        match self.flags & NAMES {
+            0 => {
+                self.name = hash;
+                self.flags |= ONE_NAME;
+            }
+            ONE_NAME => {
+                let first = self.name;
+                self.rare_mut().names = vec![first, hash];
+                self.flags = self.flags & !NAMES | NAMES_IN_RARE;
+            }
+            _ => self.rare_mut().names.push(hash),
+        }
+    }
+
+    /// One name hashed to `hash` is no longer its (another unit took it over).
+    pub fn drop_name(&mut self, hash: u64) {
+        match self.flags & NAMES {
+            0 => {}
+            ONE_NAME => {
+                if self.name == hash {
+                    self.flags &= !NAMES;
+                }
+            }
+            _ => {
+                let list = &mut self.rare_mut().names;
+                if let Some(i) = list.iter().position(|&h| h == hash) {
+                    list.remove(i);
+                }
+                if let [one] = list[..] {
+                    *list = Vec::new();
+                    self.name = one;
+                    self.flags = self.flags & !NAMES | ONE_NAME;
+                }
+            }
+        }
     }
 
     /// The units it binds to.
@@ -529,7 +635,7 @@ impl State {
             scopes: vec![Scope {
                 name: "default".into(),
                 search: Vec::new(),
-                symbols: FxHashMap::default(),
+                symbols: SymbolTable::default(),
             }],
             units: UnitTable::default(),
             next_unit: 1,
@@ -551,73 +657,111 @@ impl State {
 
     /// The definition of `name` a unit of scope `from` binds to.
     pub fn visible(&self, from: ScopeId, name: &str) -> Option<&Def> {
+        self.visible_hashed(from, name_hash(name.as_bytes()), name.as_bytes())
+    }
+
+    /// [`State::visible`] for a name already hashed ([`name_hash`]): one hash for every scope
+    /// of the search order.
+    pub fn visible_hashed(&self, from: ScopeId, hash: u64, name: &[u8]) -> Option<&Def> {
         let own = self.scopes.get(from.0 as usize)?;
-        if let Some(d) = own.symbols.get(name) {
+        if let Some(d) = own.symbols.find(hash, name) {
             return Some(d);
         }
         own.search.iter().find_map(|s| {
             self.scopes
                 .get(s.0 as usize)?
                 .symbols
-                .get(name)
+                .find(hash, name)
                 .filter(|d| d.exported())
         })
     }
 
-    /// Strong definitions of `exports` that clash with live units' in scope `s`.
-    pub fn clashes(
-        &self,
-        s: ScopeId,
-        exports: &[Export],
+    /// Strong definitions of `new` that clash with live units' in scope `scope`.
+    fn clashes(
+        scope: &Scope,
+        new: &NewSymbols,
         input: &str,
         replacing: Option<u64>,
     ) -> Vec<DuplicateSymbol> {
-        let Some(scope) = self.scopes.get(s.0 as usize) else {
-            return Vec::new();
-        };
-        exports
+        new.exports
             .iter()
-            .filter_map(|e| {
-                let d = scope.symbols.get(&*e.name)?;
-                (!d.weak() && !e.weak && Some(d.unit()) != replacing).then(|| DuplicateSymbol {
-                    name: e.name.to_string(),
-                    first: format!("unit {}", d.unit()),
-                    second: input.to_string(),
-                })
+            .zip(&new.hashes)
+            .filter_map(|(e, &h)| {
+                let d = scope.symbols.find(h, e.name.as_bytes())?;
+                clash(d, e, replacing).then(|| duplicate(d, e, input))
             })
             .collect()
     }
 
-    /// Enter a linked unit: its symbols into its scope (the first definition of a name stays),
-    /// its dependencies both ways, its pins released.
+    /// Enter a linked unit as unit `self.next_unit`: its symbols into its scope (the first
+    /// definition of a name stays), its dependencies both ways, its pins released. Refused,
+    /// with the tables as they were and the pins released, if its scope is not one of this
+    /// session's or a strong definition clashes with a live unit's (a race with another
+    /// thread, or a redefinition): the record comes back for the caller to release its
+    /// memory.
+    ///
+    /// Everything that does not need the tables (the record, the names' hashes) is made by
+    /// the caller before the lock is taken; `new` keeps the exports (their names copied into
+    /// the scope's table) for the caller to drop after the lock.
     pub fn publish(
         &mut self,
-        id: u64,
         mut unit: Unit,
-        exports: Vec<Export>,
+        new: &mut NewSymbols,
         deps: &[u64],
+        input: &str,
         replacing: Option<u64>,
-    ) {
-        use std::collections::hash_map::Entry;
-        let scope = &mut self.scopes[unit.scope.0 as usize];
-        let mut taken: Vec<Arc<str>> = Vec::new();
-        for e in exports {
-            let slot = match scope.symbols.entry(e.name) {
-                Entry::Vacant(v) => v,
-                // A redefinition takes over the names of the unit it replaces.
-                Entry::Occupied(o) if Some(o.get().unit()) == replacing => {
-                    let (name, _) = o.remove_entry();
-                    taken.push(name.clone());
-                    match scope.symbols.entry(name) {
-                        Entry::Vacant(v) => v,
-                        Entry::Occupied(_) => continue,
-                    }
-                }
-                Entry::Occupied(_) => continue,
-            };
-            unit.names.push(slot.key().clone());
-            slot.insert(Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak));
+    ) -> std::result::Result<u64, Refused> {
+        let at = unit.scope.0 as usize;
+        if at >= self.scopes.len() {
+            self.unpin(deps);
+            let error = Error::Usage(format!("no scope {} in this session", unit.scope.0));
+            return Err(Refused::new(unit, error));
         }
+        // With one definition, the insert below finds a clash before it changes anything.
+        let checked = new.exports.len() > 1;
+        if checked {
+            let clashes = Self::clashes(&self.scopes[at], new, input, replacing);
+            if !clashes.is_empty() {
+                self.unpin(deps);
+                return Err(Refused::new(unit, Error::Duplicate(clashes)));
+            }
+        }
+        let id = self.next_unit;
+        let scope = &mut self.scopes[at];
+        let bytes = new.exports.iter().map(|e| e.name.len()).sum();
+        if !scope.symbols.make_room(bytes) {
+            self.unpin(deps);
+            let error = Error::Usage("too many symbol names in one scope (4 GiB)".into());
+            return Err(Refused::new(unit, error));
+        }
+        let mut taken: Vec<u64> = Vec::new();
+        let mut refused = None;
+        for (e, &h) in new.exports.iter().zip(&new.hashes) {
+            let def = Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak);
+            match scope.symbols.slot(h, &e.name) {
+                Slot::Free(slot) => {
+                    unit.add_name(h);
+                    slot.insert(&e.name, def);
+                }
+                // A redefinition takes over the names of the unit it replaces.
+                Slot::Taken(mut o) if Some(o.get().def.unit()) == replacing => {
+                    o.get_mut().def = def;
+                    unit.add_name(h);
+                    taken.push(h);
+                }
+                // The only definition (else checked above): nothing changed yet.
+                Slot::Taken(o) if !checked && clash(&o.get().def, e, replacing) => {
+                    refused = Some(duplicate(&o.get().def, e, input));
+                    break;
+                }
+                Slot::Taken(_) => {}
+            }
+        }
+        if let Some(clash) = refused {
+            self.unpin(deps);
+            return Err(Refused::new(unit, Error::Duplicate(vec![clash])));
+        }
+        self.next_unit += 1;
         for d in deps {
             if let Some(dep) = self.units.get_mut(d) {
                 dep.pins.fetch_sub(1, Ordering::Relaxed);
@@ -625,7 +769,9 @@ impl State {
             }
         }
         if let Some(old) = replacing.and_then(|r| self.units.get_mut(&r)) {
-            old.names.retain(|n| !taken.contains(n));
+            for h in taken {
+                old.drop_name(h);
+            }
         }
         unit.set_deps(deps);
         for (i, &(addr, size)) in unit.segments().iter().enumerate() {
@@ -638,6 +784,7 @@ impl State {
             unit.rare_mut().relink = Some(Arc::new(self.classify(id, &own, rec)));
         }
         self.units.insert(id, unit);
+        Ok(id)
     }
 
     /// The live unit, its segment and the offset in it, at `addr`.
@@ -725,8 +872,8 @@ impl State {
             .remove(&id)
             .ok_or_else(|| Error::Internal("unit vanished".into()))?;
         let scope = &mut self.scopes[unit.scope.0 as usize];
-        for n in &unit.names {
-            scope.symbols.remove(n);
+        for &h in unit.names() {
+            scope.symbols.remove_of(h, id);
         }
         for d in unit.deps() {
             if let Some(dep) = self.units.get_mut(d) {
@@ -789,8 +936,8 @@ impl State {
                 continue;
             };
             let scope = &mut self.scopes[unit.scope.0 as usize];
-            for n in &unit.names {
-                scope.symbols.remove(n);
+            for &h in unit.names() {
+                scope.symbols.remove_of(h, id);
             }
             for &(addr, size) in unit.segments().iter() {
                 if size > 0 {
@@ -892,9 +1039,9 @@ mod tests {
 
     #[test]
     fn records_stay_small() {
-        // A JIT keeps a record per unit: a million units, 80 MB of records.
+        // A JIT keeps a record per unit: a million units, 72 MB of records.
         assert!(
-            std::mem::size_of::<Unit>() <= 80,
+            std::mem::size_of::<Unit>() <= 72,
             "{}",
             std::mem::size_of::<Unit>()
         );
@@ -939,6 +1086,41 @@ mod tests {
         u.add_dep(6);
         u.retain_deps(|_| false);
         assert!(u.deps().is_empty() && u.dep == 0);
+    }
+
+    #[test]
+    fn names_stay_inline_while_one_and_keep_their_order() {
+        let mut u = Unit::new(NewUnit {
+            alloc: AllocId(1),
+            scope: ScopeId(0),
+            memory: None,
+            slab_ranges: Vec::new(),
+            segments: vec![(0x1000, 16)],
+            relink: None,
+            link_actions: None,
+            stats: None,
+            map: None,
+        });
+        u.set_initialized();
+        assert!(u.names().is_empty());
+        u.add_name(0);
+        assert_eq!(u.names(), &[0], "a hash of 0 is a name like any other");
+        assert!(u.rare.is_none());
+        u.add_name(7);
+        u.add_name(0);
+        assert_eq!(u.names(), &[0, 7, 0]);
+        u.drop_name(0);
+        assert_eq!(
+            u.names(),
+            &[7, 0],
+            "one name dropped, not every name of the hash"
+        );
+        u.drop_name(9);
+        u.drop_name(7);
+        assert_eq!(u.names(), &[0]);
+        u.drop_name(0);
+        assert!(u.names().is_empty());
+        assert!(u.initialized() && !u.in_slabs(), "the other flags are kept");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::ops::{Deref, DerefMut};
 
 /// A list that holds one element without a heap allocation, in two words (for elements of
 /// one word or of a fat pointer): a unit record holds three of these. Reads as a slice;
-/// `push`, `retain` and `extend` behave as `Vec`'s.
+/// `push` and `extend` behave as `Vec`'s.
 #[derive(Clone, Debug)]
 pub(crate) enum Few<T> {
     One(T),
@@ -56,19 +56,6 @@ impl<T> Few<T> {
             Few::One(_) => {
                 if let Few::One(first) = std::mem::take(self) {
                     *self = Few::Many(Some(Box::new(vec![first, x])));
-                }
-            }
-        }
-    }
-
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        match self {
-            Few::One(x) if !keep(x) => *self = Few::default(),
-            Few::One(_) | Few::Many(None) => {}
-            Few::Many(Some(v)) => {
-                v.retain(keep);
-                if v.is_empty() {
-                    *self = Few::default();
                 }
             }
         }
@@ -308,13 +295,24 @@ impl IdIndex {
 
     /// Enter `id` at `slot`; the slot it had, if it was there already.
     fn insert(&mut self, id: u64, slot: u32) -> Option<u32> {
+        let (k, i) = Self::split(id);
+        // A session's insert: a new id into the newest array.
+        if k + 1 == self.dense.len() {
+            if let Some(a) = &mut self.dense[k] {
+                if a.slots[i] == 0 {
+                    a.slots[i] = slot + 1;
+                    a.live += 1;
+                    self.len += 1;
+                    return None;
+                }
+            }
+        }
         if self.get(id).is_some() {
             // Not on a session's path (its ids are new): the old entry out first.
             let old = self.remove(id);
             self.insert(id, slot);
             return old;
         }
-        let (k, i) = Self::split(id);
         let newest = k + 1 >= self.dense.len();
         if self.dense.len() <= k {
             // The array that was the newest no longer takes new ids: mostly empty (a JIT that
@@ -550,18 +548,13 @@ mod tests {
         f.push(8);
         f.push(9);
         assert_eq!(&*f, &[7, 8, 9]);
-        f.retain(|x| *x != 8);
-        assert_eq!(&*f, &[7, 9]);
-        f.retain(|_| false);
-        assert!(f.is_empty());
+        let mut f: Few<u64> = Few::default();
         f.extend([1, 2]);
         f[1] = 3;
         assert!(f.contains(&3));
         let g: Few<u64> = [5].into_iter().collect();
         assert!(matches!(g, Few::One(5)));
-        let mut one = g.clone();
-        one.retain(|_| false);
-        assert!(one.is_empty() && g.len() == 1);
+        assert_eq!(g.len(), 1);
         assert_eq!(g.clone().into_iter().collect::<Vec<_>>(), vec![5]);
         assert_eq!(Vec::from(g), vec![5]);
         let many: Few<u64> = [1, 2, 3].into_iter().collect();
