@@ -120,6 +120,9 @@ pub struct EdgeInfo {
     /// A kind without this flag is applied by [`write_value`] alone, as the linker's writer
     /// does (one table row per edge, no call through the architecture).
     pub rewrites: bool,
+    /// An upper bound of the bytes of GOT entries and stubs an edge of this kind can need (in
+    /// the row: placement reads it with the reach, one look-up per edge).
+    pub table_bytes: u8,
 }
 
 impl EdgeInfo {
@@ -133,6 +136,7 @@ impl EdgeInfo {
         value: TargetValue::None,
         reach: Reach::Unconstrained,
         rewrites: false,
+        table_bytes: 0,
     };
 }
 
@@ -385,8 +389,6 @@ pub(crate) trait Arch: Send + Sync + std::fmt::Debug {
         off: usize,
         v: FixupValues,
     ) -> Result<(), FixupError>;
-    /// An upper bound of the bytes GOT entries and stubs for this edge can need.
-    fn table_bytes_upper_bound(&self, kind: EdgeKind) -> u64;
     /// Build GOT entries, stubs and TLS pairs for the live edges of `g` that need them, now
     /// that the unit's range is known, and rewrite those edges to them.
     fn build_tables(&self, g: &mut LinkGraph, cx: &TableContext) -> Tables;
@@ -442,6 +444,7 @@ mod tests {
         value: TargetValue::Address,
         reach: Reach::PcRelative32,
         rewrites: false,
+        table_bytes: 0,
     };
 
     #[test]

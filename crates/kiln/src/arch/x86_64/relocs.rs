@@ -118,6 +118,7 @@ const fn entry(
                 kind,
                 GotLoadRelaxed { .. } | TlsDescToLocalExec | TlsDescCallToNop
             ),
+            table_bytes: super::tables::bytes_upper_bound(kind) as u8,
         },
     }
 }
@@ -512,6 +513,10 @@ mod tests {
             }
         }
         assert!(plain > 20, "most kinds are plain: {plain}");
+        for r in ROWS.iter().chain([&TLSDESC_CALL]) {
+            let bound = super::super::tables::bytes_upper_bound(r.kind);
+            assert_eq!(u64::from(r.info.table_bytes), bound, "{}", r.info.name);
+        }
         for kind in [
             GotLoadRelaxed { rex: true },
             TlsDescToLocalExec,
