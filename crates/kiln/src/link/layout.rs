@@ -116,7 +116,12 @@ pub fn layout_with(
     let mut per_prot: [Placed; 3] = Default::default();
     let mut tbss = SmallVec::new();
     blocks_by_prot(g, &mut per_prot, &mut tbss);
-    let mut segments = SmallVec::new();
+    // Built where it is returned from (its segments moved into it would be copied, ~250 bytes).
+    let mut layout = Layout {
+        segments: SmallVec::new(),
+        tls: None,
+        size: 0,
+    };
     let mut tls = TlsLayout {
         align: 1,
         ..Default::default()
@@ -137,7 +142,7 @@ pub fn layout_with(
         if let Some(image) = plan.tls_image {
             tls.image_addr = start + image;
         }
-        segments.push(SegmentLayout {
+        layout.segments.push(SegmentLayout {
             prot: PROTS[slot],
             addr: start,
             content_size: plan.content_size,
@@ -149,12 +154,9 @@ pub fn layout_with(
     let has_tls = segments_hold_tls(g);
     if has_tls {
         layout_tbss(g, &tbss, &mut tls, page)?;
+        layout.tls = Some(tls);
     }
-    Ok(Layout {
-        segments,
-        tls: has_tls.then_some(tls),
-        size: 0,
-    })
+    Ok(layout)
 }
 
 /// Blocks of one protection class with their places (inline up to a few).
