@@ -115,6 +115,14 @@ pub struct EdgeInfo {
     pub formula: Formula,
     pub value: TargetValue,
     pub reach: Reach,
+    /// Applying the kind does more than write the formula's value (it rewrites the
+    /// instruction: a relaxation, a TLS model change): only [`Arch::apply_fixup`] applies it.
+    /// A kind without this flag is applied by [`write_value`] alone, as the linker's writer
+    /// does (one table row per edge, no call through the architecture).
+    pub rewrites: bool,
+    /// An upper bound of the bytes of GOT entries and stubs an edge of this kind can need (in
+    /// the row: placement reads it with the reach, one look-up per edge).
+    pub table_bytes: u8,
 }
 
 impl EdgeInfo {
@@ -127,6 +135,8 @@ impl EdgeInfo {
         formula: Formula::None,
         value: TargetValue::None,
         reach: Reach::Unconstrained,
+        rewrites: false,
+        table_bytes: 0,
     };
 }
 
@@ -224,16 +234,18 @@ pub fn write_value(
 
 fn fits(v: i128, range: Range, width: u8) -> bool {
     let bits = u32::from(width) * 8;
-    if bits >= 64 || range == Range::Wrapping {
+    // (A field of no bytes writes nothing: anything fits it.)
+    if bits >= 64 || bits == 0 || range == Range::Wrapping {
         return true;
     }
-    let smin = -(1i128 << (bits - 1));
-    let smax = (1i128 << (bits - 1)) - 1;
-    let umax = (1i128 << bits) - 1;
+    // The bits above a signed field are copies of its sign bit; above an unsigned one, zeros.
+    // (Shifts, not range bounds: no 128-bit constants to build for every fixup.)
+    let above_sign = v >> (bits - 1);
+    let above_field = v >> bits;
     match range {
-        Range::Signed => (smin..=smax).contains(&v),
-        Range::Unsigned => (0..=umax).contains(&v),
-        Range::SignedOrUnsigned => (smin..=umax).contains(&v),
+        Range::Signed => above_sign == 0 || above_sign == -1,
+        Range::Unsigned => above_field == 0,
+        Range::SignedOrUnsigned => above_sign == -1 || above_field == 0,
         Range::Wrapping => true,
     }
 }
@@ -377,8 +389,6 @@ pub(crate) trait Arch: Send + Sync + std::fmt::Debug {
         off: usize,
         v: FixupValues,
     ) -> Result<(), FixupError>;
-    /// An upper bound of the bytes GOT entries and stubs for this edge can need.
-    fn table_bytes_upper_bound(&self, kind: EdgeKind) -> u64;
     /// Build GOT entries, stubs and TLS pairs for the live edges of `g` that need them, now
     /// that the unit's range is known, and rewrite those edges to them.
     fn build_tables(&self, g: &mut LinkGraph, cx: &TableContext) -> Tables;
@@ -433,6 +443,8 @@ mod tests {
         formula: Formula::PcRelative,
         value: TargetValue::Address,
         reach: Reach::PcRelative32,
+        rewrites: false,
+        table_bytes: 0,
     };
 
     #[test]
@@ -465,5 +477,15 @@ mod tests {
         assert!(fits(-128, Range::SignedOrUnsigned, 1) && fits(255, Range::SignedOrUnsigned, 1));
         assert!(!fits(256, Range::SignedOrUnsigned, 1));
         assert!(fits(i64::MIN as i128, Range::Wrapping, 8));
+        assert!(fits(-(1 << 31), Range::Signed, 4) && !fits(-(1 << 31) - 1, Range::Signed, 4));
+        assert!(fits((1 << 31) - 1, Range::Signed, 4) && !fits(1 << 31, Range::Signed, 4));
+        assert!(fits((1 << 32) - 1, Range::Unsigned, 4) && !fits(1 << 32, Range::Unsigned, 4));
+        assert!(
+            fits(-32768, Range::SignedOrUnsigned, 2) && !fits(-32769, Range::SignedOrUnsigned, 2)
+        );
+        assert!(
+            fits(65535, Range::SignedOrUnsigned, 2) && !fits(65536, Range::SignedOrUnsigned, 2)
+        );
+        assert!(!fits(-(1i128 << 70), Range::Signed, 4) && !fits(1i128 << 70, Range::Unsigned, 4));
     }
 }

@@ -357,7 +357,7 @@ fn graph_edges<'a>(
 ) -> std::result::Result<Vec<Edge>, (Option<u64>, String)> {
     let size = g.blocks[b.idx()].size();
     let zero = g.blocks[b.idx()].is_zero_fill();
-    let mut edges = Vec::with_capacity(blk.edges.len());
+    let mut edges = g.edge_list(blk.edges.len());
     for e in &blk.edges {
         let Some(info) = g.arch.edge_info(e.kind) else {
             return Err((

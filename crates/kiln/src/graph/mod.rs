@@ -295,6 +295,28 @@ impl<'a> LinkGraph<'a> {
             .unwrap_or(&crate::arch::EdgeInfo::KEEP_ALIVE)
     }
 
+    /// An empty list for a block's edges, with room for `capacity`: in a small graph, one the
+    /// thread's last small graph left when there is one (a JIT linking one function after
+    /// another then allocates and frees no edge list per block). A large graph's blocks do not
+    /// look (the spare lists are few, and its own are not kept).
+    #[inline]
+    pub(crate) fn edge_list(&mut self, capacity: usize) -> Vec<Edge> {
+        let spare = if self.blocks.capacity() <= spare::KEEP_AT_MOST {
+            spare::edge_list()
+        } else {
+            None
+        };
+        match spare {
+            Some(mut list) => {
+                list.reserve(capacity);
+                list
+            }
+            // (Not `reserve` on an empty list: allocating through it costs a hundred
+            // instructions more.)
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
     pub(crate) fn add_input(&mut self, name: impl Into<Cow<'a, str>>, explicit: bool) -> InputId {
         self.inputs.push(InputInfo {
             name: name.into(),

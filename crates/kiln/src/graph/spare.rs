@@ -8,11 +8,11 @@
 //! into one, keeping its allocation, and a `'static` vector is an `'a` one as it is.
 
 use super::*;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 /// Tables with room for more elements than this are freed with their graph rather than kept:
 /// a thread that linked a large program once should not hold its tables for good.
-const KEEP_AT_MOST: usize = 256;
+pub(super) const KEEP_AT_MOST: usize = 256;
 
 struct Spare {
     inputs: Vec<InputInfo<'static>>,
@@ -34,6 +34,17 @@ impl Spare {
 
 thread_local! {
     static SPARE: Cell<Spare> = const { Cell::new(Spare::EMPTY) };
+    /// Blocks' edge lists, emptied (apart from [`SPARE`]: a graph takes one per block, while
+    /// it is built, not all at once).
+    static EDGE_LISTS: RefCell<Vec<Vec<Edge>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty edge list a small graph of this thread left, if there is one.
+pub(super) fn edge_list() -> Option<Vec<Edge>> {
+    EDGE_LISTS
+        .try_with(|lists| lists.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
 }
 
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
@@ -66,6 +77,7 @@ impl Drop for LinkGraph<'_> {
     fn drop(&mut self) {
         let mut globals = std::mem::take(&mut self.globals);
         globals.clear();
+        self.keep_edge_lists();
         let spare = Spare {
             inputs: keep(&mut self.inputs),
             sections: keep(&mut self.sections),
@@ -79,6 +91,31 @@ impl Drop for LinkGraph<'_> {
         };
         // During the thread's exit the spare may be gone already: the tables are freed then.
         let _ = SPARE.try_with(|s| s.set(spare));
+    }
+}
+
+impl LinkGraph<'_> {
+    /// The (small) blocks' edge lists, emptied, become the thread's spare ones: at most
+    /// [`KEEP_AT_MOST`] lists of at most as many edges each. A large graph's blocks keep theirs
+    /// (they are freed with it).
+    fn keep_edge_lists(&mut self) {
+        if self.blocks.capacity() > KEEP_AT_MOST || self.blocks.is_empty() {
+            return;
+        }
+        let _ = EDGE_LISTS.try_with(|lists| {
+            let Ok(mut lists) = lists.try_borrow_mut() else {
+                return;
+            };
+            for b in &mut self.blocks {
+                let cap = b.edges.capacity();
+                if cap == 0 || cap > KEEP_AT_MOST || lists.len() >= KEEP_AT_MOST {
+                    continue;
+                }
+                let mut list = std::mem::take(&mut b.edges);
+                list.clear();
+                lists.push(list);
+            }
+        });
     }
 }
 

@@ -1,7 +1,7 @@
 //! Fixups: every live edge applied in working memory, through the architecture.
 
 use super::layout::Layout;
-use crate::arch::{FixupError, FixupValues, Reach, TargetValue};
+use crate::arch::{EdgeInfo, FixupError, FixupValues, Reach, TargetValue};
 use crate::error::{Error, FixupFailure, Result};
 use crate::graph::*;
 
@@ -70,7 +70,9 @@ pub fn tls_image(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Result<V
     Ok(buf)
 }
 
-/// Copy block `b` to the start of `dst` and apply its edges there.
+/// Copy block `b` to the start of `dst` and apply its edges there. Each edge's row is looked up
+/// once; kinds that only write their formula's value are written here, without a call through
+/// the architecture ([`crate::arch::EdgeInfo::rewrites`]).
 fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) -> Result<()> {
     let blk = &g.blocks[b.idx()];
     let Content::Bytes(bytes) = &blk.content else {
@@ -79,23 +81,28 @@ fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) ->
     let dst = &mut dst[..bytes.len()];
     dst.copy_from_slice(bytes);
     for e in &blk.edges {
-        let s = target_value(g, e, ctx).map_err(|why| fixup_failure(g, b, e, 0, why))?;
+        let info = g.edge_info(e.kind);
+        let s = target_value(g, e, info, ctx).map_err(|why| fixup_failure(g, b, e, 0, why))?;
         let v = FixupValues {
             target: s,
             addend: e.addend,
             place: blk.addr + u64::from(e.offset),
             got: ctx.got_base,
         };
-        g.arch
-            .apply_fixup(e.kind, dst, e.offset as usize, v)
-            .map_err(|err| fixup_failure(g, b, e, s, Why::Fixup(err)))?;
+        let off = e.offset as usize;
+        let applied = if info.rewrites {
+            g.arch.apply_fixup(e.kind, dst, off, v)
+        } else {
+            crate::arch::write_value(info, dst, off, v)
+        };
+        applied.map_err(|err| fixup_failure(g, b, e, s, Why::Fixup(err)))?;
     }
     Ok(())
 }
 
 /// S for edge `e`, as its fixup used it (`None` if it has none: the link would have failed).
 pub(super) fn target_value_of(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> Option<u64> {
-    target_value(g, e, ctx).ok()
+    target_value(g, e, g.edge_info(e.kind), ctx).ok()
 }
 
 /// Why a fixup failed: its target has no value it can use, or the architecture refused it.
@@ -104,14 +111,19 @@ enum Why {
     Fixup(FixupError),
 }
 
-/// S for edge `e`: what the kind's row says its target value is.
-fn target_value(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> std::result::Result<u64, Why> {
+/// S for edge `e`: what the kind's row (`info`) says its target value is.
+fn target_value(
+    g: &LinkGraph,
+    e: &Edge,
+    info: &EdgeInfo,
+    ctx: &FixupContext,
+) -> std::result::Result<u64, Why> {
     let s = &g.symbols[e.target.idx()];
     let tls_offset = || match s.def {
         SymbolDef::Defined { block, offset } => Some(g.blocks[block.idx()].tls_offset + offset),
         _ => None,
     };
-    match g.edge_info(e.kind).value {
+    match info.value {
         TargetValue::None => Ok(0),
         TargetValue::TlsModule => Ok(ctx.tls_module),
         TargetValue::Size => Ok(s.size),

@@ -6,7 +6,7 @@
 //! without one constrain it.
 
 use super::layout::{prot_slot, PROTS};
-use crate::arch::Reach;
+use crate::arch::{EdgeInfo, Reach};
 use crate::error::{Error, Result};
 use crate::graph::*;
 use kiln_target::Placement;
@@ -36,11 +36,12 @@ struct Reaches {
 }
 
 impl Reaches {
-    fn add(&mut self, g: &LinkGraph, e: &Edge) {
+    /// Add edge `e`, whose table row is `info`.
+    fn add(&mut self, g: &LinkGraph, e: &Edge, info: &EdgeInfo) {
         let widen = |r: Option<(u64, u64)>, a: u64| {
             Some(r.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a))))
         };
-        match (g.symbols[e.target.idx()].def, g.edge_info(e.kind).reach) {
+        match (g.symbols[e.target.idx()].def, info.reach) {
             (SymbolDef::Absolute(a), Reach::PcRelative32) if a != 0 => {
                 self.must = widen(self.must, a)
             }
@@ -64,8 +65,9 @@ pub fn bounds(g: &LinkGraph, page: u64) -> Bounds {
     for b in g.blocks.iter().filter(|b| b.live) {
         size = size.saturating_add(b.size()).saturating_add(b.align);
         for e in &b.edges {
-            tables = tables.saturating_add(g.arch.table_bytes_upper_bound(e.kind));
-            reaches.add(g, e);
+            let info = g.edge_info(e.kind);
+            tables = tables.saturating_add(u64::from(info.table_bytes));
+            reaches.add(g, e, info);
         }
         let sec = &g.sections[b.section.idx()];
         if sec.kind == SectionKind::Tls && b.is_zero_fill() {

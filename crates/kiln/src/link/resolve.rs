@@ -147,6 +147,22 @@ fn wanted_symbols(g: &LinkGraph) -> Wanted {
     wanted
 }
 
+/// The address `defines` gives `name`. A session defines a few names, if any: comparing the
+/// bytes with each costs less than checking that the name is UTF-8 and hashing it (about 150
+/// instructions a name).
+fn defined(defines: &FxHashMap<String, u64>, name: &[u8]) -> Option<u64> {
+    const SCANNED: usize = 4;
+    if defines.len() <= SCANNED {
+        return defines
+            .iter()
+            .find_map(|(n, a)| (n.as_bytes() == name).then_some(*a));
+    }
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(|n| defines.get(n))
+        .copied()
+}
+
 /// Names bound from the session without allocating their list.
 const FEW_NAMES: usize = 8;
 
@@ -162,12 +178,8 @@ pub fn resolve_externals(
     // Definitions first, then the session's units (one batch).
     let mut rest = Wanted::with_capacity(wanted.len());
     for &(id, by_input) in &wanted {
-        let name = g.symbols[id.idx()].name;
-        match std::str::from_utf8(name)
-            .ok()
-            .and_then(|n| scopes.defines.get(n))
-        {
-            Some(&a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+        match defined(scopes.defines, g.symbols[id.idx()].name) {
+            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
             None => rest.push((id, by_input)),
         }
     }
@@ -287,4 +299,27 @@ fn bind_in_executor(
         }
     }
     Ok(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scanned (a few defines) or hashed (more), a name finds its definition and nothing else.
+    #[test]
+    fn defined_finds_a_name_among_few_or_many_defines() {
+        for count in [0, 1, 4, 5, 40] {
+            let defines: FxHashMap<String, u64> =
+                (0..count).map(|i| (format!("d{i}"), 0x1000 + i)).collect();
+            for i in 0..count {
+                assert_eq!(
+                    defined(&defines, format!("d{i}").as_bytes()),
+                    Some(0x1000 + i)
+                );
+            }
+            assert_eq!(defined(&defines, b"d"), None);
+            assert_eq!(defined(&defines, b"d0\0"), None);
+            assert_eq!(defined(&defines, b"\xffd0"), None);
+        }
+    }
 }

@@ -104,13 +104,6 @@ impl Arch for X86_64 {
         }
     }
 
-    fn table_bytes_upper_bound(&self, kind: super::EdgeKind) -> u64 {
-        match kind {
-            super::EdgeKind::X86_64(k) => tables::bytes_upper_bound(k),
-            super::EdgeKind::KeepAlive => 0,
-        }
-    }
-
     fn build_tables(&self, g: &mut LinkGraph, cx: &TableContext) -> Tables {
         tables::build(g, cx)
     }

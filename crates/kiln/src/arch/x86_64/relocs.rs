@@ -113,6 +113,12 @@ const fn entry(
             formula,
             value,
             reach,
+            // The kinds `apply` does more for than `write_value`.
+            rewrites: matches!(
+                kind,
+                GotLoadRelaxed { .. } | TlsDescToLocalExec | TlsDescCallToNop
+            ),
+            table_bytes: super::tables::bytes_upper_bound(kind) as u8,
         },
     }
 }
@@ -475,6 +481,50 @@ fn relax_got_load(buf: &mut [u8], off: usize, rex: bool, v: FixupValues) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The linker's writer applies kinds whose row does not say `rewrites` with `write_value`
+    /// alone: for them `apply` must do exactly that, whatever the values (in range or not).
+    #[test]
+    fn kinds_without_rewrites_are_write_value_alone() {
+        let values = [
+            (0x1000u64, 0x2000u64, -4i64),
+            (0x7fff_0000_0000, 0x1000, 0),
+            (0x1000, u64::MAX - 8, 8),
+            (0x40_0000, 0x40_0010, 0x7fff_ffff),
+        ];
+        let mut plain = 0;
+        for row in ROWS.iter().chain([&TLSDESC_CALL]) {
+            if row.info.rewrites {
+                continue;
+            }
+            plain += 1;
+            for (place, target, addend) in values {
+                let v = FixupValues {
+                    target,
+                    addend,
+                    place,
+                    got: 0x3000,
+                };
+                let (mut a, mut b) = ([0xccu8; 12], [0xccu8; 12]);
+                let applied = apply(row.kind, &mut a, 2, v);
+                let written = write_value(&row.info, &mut b, 2, v);
+                assert_eq!(applied, written, "{}", row.info.name);
+                assert_eq!(a, b, "{}", row.info.name);
+            }
+        }
+        assert!(plain > 20, "most kinds are plain: {plain}");
+        for r in ROWS.iter().chain([&TLSDESC_CALL]) {
+            let bound = super::super::tables::bytes_upper_bound(r.kind);
+            assert_eq!(u64::from(r.info.table_bytes), bound, "{}", r.info.name);
+        }
+        for kind in [
+            GotLoadRelaxed { rex: true },
+            TlsDescToLocalExec,
+            TlsDescCallToNop,
+        ] {
+            assert!(row(kind).info.rewrites, "{kind:?}");
+        }
+    }
 
     fn fix(
         kind: EdgeKind,

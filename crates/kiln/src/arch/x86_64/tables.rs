@@ -14,8 +14,9 @@ use kiln_target::MemProt;
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 
-/// An upper bound of the bytes of GOT entries and stubs an edge of this kind can need.
-pub(super) fn bytes_upper_bound(kind: EdgeKind) -> u64 {
+/// An upper bound of the bytes of GOT entries and stubs an edge of this kind can need (in its
+/// table row: [`crate::arch::EdgeInfo::table_bytes`]).
+pub(super) const fn bytes_upper_bound(kind: EdgeKind) -> u64 {
     match kind {
         GotDelta32 | GotDelta32Relaxable { .. } | GotDelta64 | GotOffset64 | GotTpOffDelta32 => 8,
         // A GOT entry and a stub.
