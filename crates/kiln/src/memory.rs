@@ -427,8 +427,15 @@ pub trait CodeMemory: Send + Sync + std::fmt::Debug {
     fn release_all(&self, ex: &dyn Executor);
 }
 
-/// Slabs behind a lock: the session's own code memory, and the building block of others (a
+/// Slabs behind locks: the session's own code memory, and the building block of others (a
 /// code zone's regions: [`SlabMemory::fixed`]).
+///
+/// The session's memory ([`SlabMemory::new`]) keeps its slabs in lanes, one per core the
+/// process may use (up to 8), each with its own lock and its own slabs: threads
+/// linking at once each stay in a lane, so their units land in different slabs and neither the
+/// allocator's lock nor the executor's table of a slab is shared between them. A thread keeps
+/// the lane it last used, and moves on to a free one when it finds its lane busy. A fixed
+/// memory has one lane.
 ///
 /// ```
 /// use kiln::{SlabMemory, UnitOptions};
@@ -443,27 +450,109 @@ pub trait CodeMemory: Send + Sync + std::fmt::Debug {
 /// # let _ = options;
 /// # Ok::<(), kiln::Error>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SlabMemory {
-    slabs: std::sync::Mutex<SlabAllocator>,
+    lanes: Box<[Lane]>,
+}
+
+/// The most lanes of a [`SlabMemory`]: each may hold slabs of its own (address space, and a
+/// partly used page per region).
+const MAX_LANES: usize = 8;
+
+/// One lane's slabs, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Lane(std::sync::Mutex<SlabAllocator>);
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+thread_local! {
+    /// The lane this thread used last (modulo a memory's lane count): threads start spread
+    /// over the lanes in the order they first link.
+    static LANE: std::cell::Cell<usize> = std::cell::Cell::new({
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    });
+}
+
+/// Lanes of a new growable memory: the cores this process may run on, at most [`MAX_LANES`].
+fn lane_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, MAX_LANES))
+    })
+}
+
+impl Default for SlabMemory {
+    fn default() -> Self {
+        SlabMemory {
+            lanes: (0..lane_count()).map(|_| Lane::default()).collect(),
+        }
+    }
 }
 
 impl SlabMemory {
-    /// Slabs made as needed.
+    /// Slabs made as needed, in a lane per core.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Only these slabs (all free), never more.
+    /// Only these slabs (all free), never more: one lane.
     pub fn fixed(slabs: &[SlabInfo]) -> Self {
         SlabMemory {
-            slabs: std::sync::Mutex::new(SlabAllocator::fixed(slabs)),
+            lanes: Box::new([Lane(std::sync::Mutex::new(SlabAllocator::fixed(slabs)))]),
         }
     }
 
-    /// The allocator itself, locked: for a JIT layer that rebuilds free lists after moving code.
+    /// The allocator of the first lane, locked: for a JIT layer that rebuilds free lists after
+    /// moving code in a fixed memory (whose one lane holds all its slabs).
     pub fn lock(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
-        self.slabs.lock().unwrap_or_else(|e| e.into_inner())
+        self.lanes[0].lock()
+    }
+
+    /// This thread's lane, locked: the one it used last if free, else the next free one (which
+    /// it keeps), else its own once free.
+    fn my_lane(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
+        let n = self.lanes.len();
+        let mine = LANE.with(|l| l.get()) % n;
+        if n > 1 {
+            for k in 0..n {
+                let i = (mine + k) % n;
+                if let Some(guard) = try_lock(&self.lanes[i]) {
+                    if k > 0 {
+                        LANE.with(|l| l.set(i));
+                    }
+                    return guard;
+                }
+            }
+        }
+        self.lanes[mine].lock()
+    }
+
+    /// The lane holding slab `slab`, locked, with the slab's index in it: this thread's lane
+    /// first (where the slab it just chose lies).
+    fn lane_of(&self, slab: SlabId) -> Option<(std::sync::MutexGuard<'_, SlabAllocator>, usize)> {
+        let n = self.lanes.len();
+        let mine = LANE.with(|l| l.get()) % n;
+        (0..n).find_map(|k| {
+            let a = self.lanes[(mine + k) % n].lock();
+            let i = a.slabs.iter().position(|s| s.info.id == slab)?;
+            Some((a, i))
+        })
+    }
+}
+
+/// The lane's lock if nobody holds it (a poisoned one is taken: the allocator's methods leave it
+/// consistent).
+fn try_lock(lane: &Lane) -> Option<std::sync::MutexGuard<'_, SlabAllocator>> {
+    match lane.0.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 
@@ -475,30 +564,32 @@ impl CodeMemory for SlabMemory {
         sizes: [u64; 3],
         aligns: [u64; 3],
     ) -> Result<(SlabId, (u64, u64))> {
-        let mut a = self.lock();
+        let mut a = self.my_lane();
         let i = a.slab_for(ex, placement, sizes, aligns)?;
         Ok((a.id(i), a.range(i)))
     }
 
     fn allocate(&self, slab: SlabId, region: usize, size: u64, align: u64) -> Result<SlabRange> {
-        let mut a = self.lock();
-        let i = a
-            .slabs
-            .iter()
-            .position(|s| s.info.id == slab)
+        let (mut a, i) = self
+            .lane_of(slab)
             .ok_or_else(|| Error::Usage(format!("no slab {slab:?} in this code memory")))?;
         a.allocate(i, region, size, align)
     }
 
     fn free(&self, ex: &dyn Executor, ranges: &[SlabRange]) {
-        self.lock().free(ex, ranges)
+        // Each lane frees the ranges of its own slabs and passes over the others.
+        for lane in self.lanes.iter() {
+            lane.lock().free(ex, ranges)
+        }
     }
 
     fn slab_of(&self, addr: ExecutorAddr) -> Option<SlabId> {
-        self.lock().slab_of(addr)
+        self.lanes.iter().find_map(|l| l.lock().slab_of(addr))
     }
 
     fn release_all(&self, ex: &dyn Executor) {
-        self.lock().release_all(ex)
+        for lane in self.lanes.iter() {
+            lane.lock().release_all(ex)
+        }
     }
 }
