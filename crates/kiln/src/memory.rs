@@ -489,9 +489,7 @@ fn lane_count() -> usize {
 
 impl Default for SlabMemory {
     fn default() -> Self {
-        SlabMemory {
-            lanes: (0..lane_count()).map(|_| Lane::default()).collect(),
-        }
+        Self::with_lanes(lane_count())
     }
 }
 
@@ -499,6 +497,13 @@ impl SlabMemory {
     /// Slabs made as needed, in a lane per core.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Slabs made as needed, in `n` lanes (at least one).
+    fn with_lanes(n: usize) -> Self {
+        SlabMemory {
+            lanes: (0..n.max(1)).map(|_| Lane::default()).collect(),
+        }
     }
 
     /// Only these slabs (all free), never more: one lane.
@@ -591,5 +596,61 @@ impl CodeMemory for SlabMemory {
         for lane in self.lanes.iter() {
             lane.lock().release_all(ex)
         }
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+    use kiln_target::InProcessExecutor;
+
+    const SIZES: [u64; 3] = [0x100, 0x100, 0x100];
+    const ALIGNS: [u64; 3] = [16, 16, 16];
+
+    /// A thread that finds its lane busy takes another and keeps it: two threads linking at once
+    /// place their units in two slabs, and each slab's ranges are allocated and freed through
+    /// the lane that holds it, whichever thread asks.
+    #[test]
+    fn busy_lanes_send_threads_to_other_slabs() {
+        let ex = InProcessExecutor::new();
+        let m = SlabMemory::with_lanes(2);
+        let (first, _) = m.choose(&ex, Placement::Anywhere, SIZES, ALIGNS).unwrap();
+        let held = m.my_lane();
+        let first_lane: *const SlabAllocator = &*held;
+        let (second, other_lane) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let lane = {
+                    let g = m.my_lane();
+                    &*g as *const SlabAllocator as usize
+                };
+                let (slab, _) = m.choose(&ex, Placement::Anywhere, SIZES, ALIGNS).unwrap();
+                (slab, lane)
+            })
+            .join()
+            .unwrap()
+        });
+        assert_ne!(
+            other_lane, first_lane as usize,
+            "a busy lane is passed over"
+        );
+        drop(held);
+        assert_ne!(first, second, "the other lane made a slab of its own");
+        // This thread allocates in both slabs; the ranges go back to their lanes.
+        let a = m.allocate(first, 0, 0x40, 16).unwrap();
+        let b = m.allocate(second, 0, 0x40, 16).unwrap();
+        assert_eq!((a.slab, b.slab), (first, second));
+        assert_eq!(m.slab_of(b.addr), Some(second));
+        m.free(&ex, &[a, b]);
+        assert_eq!(
+            m.allocate(second, 0, 0x40, 16).unwrap().addr,
+            b.addr,
+            "freed"
+        );
+        assert!(
+            m.allocate(SlabId(u32::MAX), 0, 0x40, 16).is_err(),
+            "no such slab"
+        );
+        m.release_all(&ex);
+        assert!(m.allocate(first, 0, 0x40, 16).is_err(), "released");
     }
 }
