@@ -250,8 +250,9 @@ pub trait Executor: Send + Sync {
     fn release(&self, addr: ExecutorAddr, size: u64) -> Result<()>;
 
     /// Copy segments in, set protections, flush the instruction cache, run finalize actions.
-    /// The segments must lie in the request's reservation (or, `in_slab`, in regions of the
-    /// executor's slabs, over no live unit), and every action must name addresses of this
+    /// The segments must lie in the request's reservation (or, `in_slab`, in regions of one of
+    /// the executor's slabs, over no live unit: the in-process executor, which keeps a table
+    /// per slab, refuses a request across two), and every action must name addresses of this
     /// allocation only; otherwise nothing is done and an error returned.
     fn finalize(&self, request: FinalizeRequest) -> Result<AllocId>;
 

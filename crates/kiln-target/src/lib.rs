@@ -21,6 +21,7 @@ pub mod jitdump_format;
 mod lazy;
 mod plan;
 mod ranges;
+mod shards;
 mod simulated;
 #[allow(unsafe_code)]
 mod sys;

@@ -249,7 +249,6 @@ pub(crate) struct Table<S> {
     slabs: BTreeMap<u32, SlabRecord<S>>,
     /// Slab spans, for finding the slab that holds an address.
     slab_spans: RangeMap<u32>,
-    next_slab: u32,
     allocs: HashMap<u64, AllocRecord, BuildHasherDefault<IdHasher>>,
     segments: RangeMap<SegmentOwner>,
     claims: RangeSet,
@@ -264,7 +263,6 @@ impl<S> Default for Table<S> {
             reservations: RangeMap::default(),
             slabs: BTreeMap::new(),
             slab_spans: RangeMap::default(),
-            next_slab: 0,
             allocs: HashMap::default(),
             segments: RangeMap::default(),
             claims: RangeSet::default(),
@@ -347,14 +345,6 @@ impl<S> Table<S> {
 
     // ---- slabs --------------------------------------------------------------------------
 
-    pub(crate) fn next_slab_id(&mut self) -> Result<SlabId> {
-        let id = self.next_slab;
-        self.next_slab = id
-            .checked_add(1)
-            .ok_or_else(|| Error::InvalidRequest("out of slab ids".into()))?;
-        Ok(SlabId(id))
-    }
-
     /// Record a slab just made (its regions consecutive from its start). Refused (handing the
     /// payload back) if it overlaps anything recorded.
     pub(crate) fn add_slab(&mut self, info: SlabInfo, payload: S) -> Result<(), S> {
@@ -377,6 +367,36 @@ impl<S> Table<S> {
             },
         );
         Ok(())
+    }
+
+    /// Record only where slab `info` lies (its records are kept in a table of its own): for
+    /// the table of reservations, which must not overlap slabs, and which finds the slab an
+    /// address lies in ([`Table::slab_at`]). Refused if it overlaps anything recorded.
+    pub(crate) fn add_slab_span(&mut self, info: SlabInfo) -> Result<()> {
+        let start = info.regions[0].0 .0;
+        let end = info.regions[2].0 .0.checked_add(info.regions[2].1);
+        let busy = || Error::Busy(format!("slab {} overlaps memory in use", info.id.0));
+        let end = end.ok_or_else(busy)?;
+        if start >= end || self.reservations.any_in(start, end) {
+            return Err(busy());
+        }
+        self.slab_spans
+            .insert(start, end, info.id.0)
+            .map_err(|_| busy())
+    }
+
+    /// Forget where slab `id` lay ([`Table::add_slab_span`]).
+    pub(crate) fn remove_slab_span(&mut self, id: SlabId, start: u64) {
+        if self.slab_spans.get(start).is_some_and(|(_, &s)| s == id.0) {
+            self.slab_spans.remove(start);
+        }
+    }
+
+    /// The slab whose span holds `[start, end)` (an empty range: the one holding `start`).
+    pub(crate) fn slab_at(&self, start: u64, end: u64) -> Option<SlabId> {
+        self.slab_spans
+            .enclosing(start, end.max(start.saturating_add(1)))
+            .map(|(_, _, &id)| SlabId(id))
     }
 
     fn slab(&self, id: SlabId) -> Result<&SlabRecord<S>> {
@@ -587,6 +607,11 @@ impl<S> Table<S> {
     pub(crate) fn add_static_tls(&mut self, offset: i64, block_size: u64) {
         let b = self.static_tls.entry(offset).or_insert(0);
         *b = (*b).max(block_size);
+    }
+
+    /// The static TLS blocks handed out: (offset, block size).
+    pub(crate) fn static_tls_blocks(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
+        self.static_tls.iter().map(|(&o, &n)| (o, n))
     }
 
     // ---- allocations --------------------------------------------------------------------
@@ -1273,7 +1298,7 @@ mod tests {
     }
 
     fn slab(t: &mut Table<()>) -> SlabId {
-        let id = t.next_slab_id().unwrap();
+        let id = SlabId(0);
         let info = SlabInfo {
             id,
             regions: [

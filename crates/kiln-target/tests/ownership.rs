@@ -869,3 +869,155 @@ fn concurrent_working_memory() {
     }
     ex.release_slab(s.id).unwrap();
 }
+
+/// `CODE` returning `n` (`mov eax, n; ret`), for a unit of `finalize_slab_unit`.
+fn code_returning(n: u32) -> [u8; 9] {
+    let mut code = CODE;
+    code[1..5].copy_from_slice(&n.to_le_bytes());
+    code
+}
+
+/// Each slab has a table of its own: two threads finalize units into two slabs at once while a
+/// third removes them. Every check still holds in each slab (a range being written cannot be
+/// claimed again, a live unit's bytes cannot be claimed, a removed unit cannot be called or
+/// removed twice), ids never repeat across slabs, and the removed units' memory is reused (the
+/// second round writes where the first one's units were).
+#[test]
+fn units_of_two_slabs_at_once_while_a_third_thread_removes() {
+    const UNITS: u32 = 300;
+    let ex = Arc::new(InProcessExecutor::new());
+    let slabs = [0, 1].map(|_| {
+        ex.create_slab([0x10000, 0x1000, 0x1000], Placement::Anywhere)
+            .expect("a slab")
+    });
+    type Removal = (AllocId, u64, std::sync::mpsc::Sender<()>);
+    let (to_remover, removals) = std::sync::mpsc::channel::<Removal>();
+    let writers: Vec<_> = slabs
+        .iter()
+        .enumerate()
+        .map(|(t, s)| {
+            let (ex, s, to_remover) = (ex.clone(), *s, to_remover.clone());
+            std::thread::spawn(move || {
+                let (freed, acks) = std::sync::mpsc::channel();
+                let mut ids = Vec::new();
+                for round in 0..2 {
+                    for i in 0..UNITS {
+                        let at = s.regions[0].0 .0 + 0x40 * u64::from(i);
+                        let value = 1000 * t as u32 + i;
+                        let id = ex
+                            .finalize_slab_unit(s.id, &[code_segment(at, 9)], &mut |b| {
+                                b[0].copy_from_slice(&code_returning(value));
+                                let again = ex.with_slab_memory(
+                                    s.id,
+                                    &[(ExecutorAddr(at + 4), 4)],
+                                    &mut |_| {},
+                                );
+                                assert!(matches!(again, Err(Error::Busy(_))), "{again:?}");
+                                Some(UnitActions::default())
+                            })
+                            .unwrap_or_else(|e| panic!("round {round}, unit {i}: {e}"))
+                            .expect("a live unit");
+                        assert_eq!(ex.run_main(ExecutorAddr(at), &[]).unwrap(), value as i32);
+                        refused(
+                            ex.with_slab_memory(s.id, &[(ExecutorAddr(at), 1)], &mut |_| {}),
+                            "a live unit's bytes",
+                        );
+                        ids.push(id);
+                        to_remover.send((id, at, freed.clone())).unwrap();
+                    }
+                    // The second round reuses the addresses: wait until the remover freed them
+                    // (an error if it stopped).
+                    for _ in 0..UNITS {
+                        acks.recv().expect("the remover stopped");
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    drop(to_remover);
+    let remover = {
+        let ex = ex.clone();
+        std::thread::spawn(move || {
+            let mut removed = 0;
+            for (id, at, freed) in removals {
+                ex.deallocate(id).unwrap();
+                refused(ex.deallocate(id), "removed twice");
+                refused(ex.run_main(ExecutorAddr(at), &[]), "a removed unit");
+                refused(ex.run_initializers(id), "a removed unit");
+                removed += 1;
+                freed.send(()).unwrap();
+            }
+            removed
+        })
+    };
+    let mut ids: Vec<u64> = writers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .map(|id| id.0)
+        .collect();
+    assert_eq!(remover.join().unwrap(), 4 * UNITS as usize);
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "an allocation id was handed out twice");
+    for s in &slabs {
+        ex.release_slab(s.id).unwrap();
+        refused(ex.release_slab(s.id), "released twice");
+    }
+}
+
+/// What spans the per-slab tables is checked too: one request's segments in two slabs, ids
+/// that name no allocation (another slab's counter, an unknown slab, a released one), a read
+/// across two slabs.
+#[test]
+fn requests_across_slabs_and_forged_ids_are_refused() {
+    let ex = InProcessExecutor::new();
+    let (a, b) = (slab(&ex), slab(&ex));
+    let (code_a, ro_b) = (a.regions[0].0 .0, b.regions[1].0 .0);
+    refused(
+        ex.finalize(FinalizeRequest {
+            segments: vec![
+                seg(code_a, MemProt::ReadExec, &[], 9),
+                seg(ro_b, MemProt::Read, &[], 4),
+            ],
+            in_slab: true,
+            ..Default::default()
+        }),
+        "segments in two slabs",
+    );
+    // Nothing was taken: the same code range makes a unit.
+    let id = ex
+        .finalize_slab_unit(a.id, &[code_segment(code_a, 9)], &mut |b| {
+            b[0].copy_from_slice(&CODE);
+            Some(UnitActions::default())
+        })
+        .unwrap()
+        .expect("a live unit");
+    assert_eq!(ex.run_main(ExecutorAddr(code_a), &[]).unwrap(), 42);
+    for forged in [
+        id.0 + 1,
+        id.0 ^ (1 << 40),
+        id.0 | (0xff_ffff << 40),
+        u64::MAX,
+        0,
+        1,
+    ] {
+        refused(ex.deallocate(AllocId(forged)), "a forged id");
+        refused(ex.run_initializers(AllocId(forged)), "a forged id");
+    }
+    let (end_a, start_b) = (a.regions[2].0 .0 + a.regions[2].1, b.regions[0].0 .0);
+    if end_a == start_b {
+        refused(
+            ex.read_memory(ExecutorAddr(end_a - 8), 16),
+            "a read across two slabs",
+        );
+    }
+    ex.release_slab(b.id).unwrap();
+    refused(
+        ex.finalize_slab_unit(b.id, &[code_segment(b.regions[0].0 .0, 9)], &mut |_| None),
+        "a released slab",
+    );
+    ex.deallocate(id).unwrap();
+    ex.release_slab(a.id).unwrap();
+}

@@ -427,8 +427,15 @@ pub trait CodeMemory: Send + Sync + std::fmt::Debug {
     fn release_all(&self, ex: &dyn Executor);
 }
 
-/// Slabs behind a lock: the session's own code memory, and the building block of others (a
+/// Slabs behind locks: the session's own code memory, and the building block of others (a
 /// code zone's regions: [`SlabMemory::fixed`]).
+///
+/// The session's memory ([`SlabMemory::new`]) keeps its slabs in lanes, one per core the
+/// process may use (up to 8), each with its own lock and its own slabs: threads
+/// linking at once each stay in a lane, so their units land in different slabs and neither the
+/// allocator's lock nor the executor's table of a slab is shared between them. A thread keeps
+/// the lane it last used, and moves on to a free one when it finds its lane busy. A fixed
+/// memory has one lane.
 ///
 /// ```
 /// use kiln::{SlabMemory, UnitOptions};
@@ -443,27 +450,114 @@ pub trait CodeMemory: Send + Sync + std::fmt::Debug {
 /// # let _ = options;
 /// # Ok::<(), kiln::Error>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SlabMemory {
-    slabs: std::sync::Mutex<SlabAllocator>,
+    lanes: Box<[Lane]>,
+}
+
+/// The most lanes of a [`SlabMemory`]: each may hold slabs of its own (address space, and a
+/// partly used page per region).
+const MAX_LANES: usize = 8;
+
+/// One lane's slabs, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Lane(std::sync::Mutex<SlabAllocator>);
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+thread_local! {
+    /// The lane this thread used last (modulo a memory's lane count): threads start spread
+    /// over the lanes in the order they first link.
+    static LANE: std::cell::Cell<usize> = std::cell::Cell::new({
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    });
+}
+
+/// Lanes of a new growable memory: the cores this process may run on, at most [`MAX_LANES`].
+fn lane_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, MAX_LANES))
+    })
+}
+
+impl Default for SlabMemory {
+    fn default() -> Self {
+        Self::with_lanes(lane_count())
+    }
 }
 
 impl SlabMemory {
-    /// Slabs made as needed.
+    /// Slabs made as needed, in a lane per core.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Only these slabs (all free), never more.
-    pub fn fixed(slabs: &[SlabInfo]) -> Self {
+    /// Slabs made as needed, in `n` lanes (at least one).
+    fn with_lanes(n: usize) -> Self {
         SlabMemory {
-            slabs: std::sync::Mutex::new(SlabAllocator::fixed(slabs)),
+            lanes: (0..n.max(1)).map(|_| Lane::default()).collect(),
         }
     }
 
-    /// The allocator itself, locked: for a JIT layer that rebuilds free lists after moving code.
+    /// Only these slabs (all free), never more: one lane.
+    pub fn fixed(slabs: &[SlabInfo]) -> Self {
+        SlabMemory {
+            lanes: Box::new([Lane(std::sync::Mutex::new(SlabAllocator::fixed(slabs)))]),
+        }
+    }
+
+    /// The allocator of the first lane, locked: for a JIT layer that rebuilds free lists after
+    /// moving code in a fixed memory (whose one lane holds all its slabs).
     pub fn lock(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
-        self.slabs.lock().unwrap_or_else(|e| e.into_inner())
+        self.lanes[0].lock()
+    }
+
+    /// This thread's lane, locked: the one it used last if free, else the next free one (which
+    /// it keeps), else its own once free.
+    fn my_lane(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
+        let n = self.lanes.len();
+        let mine = LANE.with(|l| l.get()) % n;
+        if n > 1 {
+            for k in 0..n {
+                let i = (mine + k) % n;
+                if let Some(guard) = try_lock(&self.lanes[i]) {
+                    if k > 0 {
+                        LANE.with(|l| l.set(i));
+                    }
+                    return guard;
+                }
+            }
+        }
+        self.lanes[mine].lock()
+    }
+
+    /// The lane holding slab `slab`, locked, with the slab's index in it: this thread's lane
+    /// first (where the slab it just chose lies).
+    fn lane_of(&self, slab: SlabId) -> Option<(std::sync::MutexGuard<'_, SlabAllocator>, usize)> {
+        let n = self.lanes.len();
+        let mine = LANE.with(|l| l.get()) % n;
+        (0..n).find_map(|k| {
+            let a = self.lanes[(mine + k) % n].lock();
+            let i = a.slabs.iter().position(|s| s.info.id == slab)?;
+            Some((a, i))
+        })
+    }
+}
+
+/// The lane's lock if nobody holds it (a poisoned one is taken: the allocator's methods leave it
+/// consistent).
+fn try_lock(lane: &Lane) -> Option<std::sync::MutexGuard<'_, SlabAllocator>> {
+    match lane.0.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 
@@ -475,30 +569,88 @@ impl CodeMemory for SlabMemory {
         sizes: [u64; 3],
         aligns: [u64; 3],
     ) -> Result<(SlabId, (u64, u64))> {
-        let mut a = self.lock();
+        let mut a = self.my_lane();
         let i = a.slab_for(ex, placement, sizes, aligns)?;
         Ok((a.id(i), a.range(i)))
     }
 
     fn allocate(&self, slab: SlabId, region: usize, size: u64, align: u64) -> Result<SlabRange> {
-        let mut a = self.lock();
-        let i = a
-            .slabs
-            .iter()
-            .position(|s| s.info.id == slab)
+        let (mut a, i) = self
+            .lane_of(slab)
             .ok_or_else(|| Error::Usage(format!("no slab {slab:?} in this code memory")))?;
         a.allocate(i, region, size, align)
     }
 
     fn free(&self, ex: &dyn Executor, ranges: &[SlabRange]) {
-        self.lock().free(ex, ranges)
+        // Each lane frees the ranges of its own slabs and passes over the others.
+        for lane in self.lanes.iter() {
+            lane.lock().free(ex, ranges)
+        }
     }
 
     fn slab_of(&self, addr: ExecutorAddr) -> Option<SlabId> {
-        self.lock().slab_of(addr)
+        self.lanes.iter().find_map(|l| l.lock().slab_of(addr))
     }
 
     fn release_all(&self, ex: &dyn Executor) {
-        self.lock().release_all(ex)
+        for lane in self.lanes.iter() {
+            lane.lock().release_all(ex)
+        }
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+    use kiln_target::InProcessExecutor;
+
+    const SIZES: [u64; 3] = [0x100, 0x100, 0x100];
+    const ALIGNS: [u64; 3] = [16, 16, 16];
+
+    /// A thread that finds its lane busy takes another and keeps it: two threads linking at once
+    /// place their units in two slabs, and each slab's ranges are allocated and freed through
+    /// the lane that holds it, whichever thread asks.
+    #[test]
+    fn busy_lanes_send_threads_to_other_slabs() {
+        let ex = InProcessExecutor::new();
+        let m = SlabMemory::with_lanes(2);
+        let (first, _) = m.choose(&ex, Placement::Anywhere, SIZES, ALIGNS).unwrap();
+        let held = m.my_lane();
+        let first_lane: *const SlabAllocator = &*held;
+        let (second, other_lane) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let lane = {
+                    let g = m.my_lane();
+                    &*g as *const SlabAllocator as usize
+                };
+                let (slab, _) = m.choose(&ex, Placement::Anywhere, SIZES, ALIGNS).unwrap();
+                (slab, lane)
+            })
+            .join()
+            .unwrap()
+        });
+        assert_ne!(
+            other_lane, first_lane as usize,
+            "a busy lane is passed over"
+        );
+        drop(held);
+        assert_ne!(first, second, "the other lane made a slab of its own");
+        // This thread allocates in both slabs; the ranges go back to their lanes.
+        let a = m.allocate(first, 0, 0x40, 16).unwrap();
+        let b = m.allocate(second, 0, 0x40, 16).unwrap();
+        assert_eq!((a.slab, b.slab), (first, second));
+        assert_eq!(m.slab_of(b.addr), Some(second));
+        m.free(&ex, &[a, b]);
+        assert_eq!(
+            m.allocate(second, 0, 0x40, 16).unwrap().addr,
+            b.addr,
+            "freed"
+        );
+        assert!(
+            m.allocate(SlabId(u32::MAX), 0, 0x40, 16).is_err(),
+            "no such slab"
+        );
+        m.release_all(&ex);
+        assert!(m.allocate(first, 0, 0x40, 16).is_err(), "released");
     }
 }

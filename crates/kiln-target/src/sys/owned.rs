@@ -8,37 +8,55 @@ use super::slab::{patch_len, write_range, OnDrop, Slab, WriteView};
 use super::{actions, call, mem, sync, valgrind};
 use crate::executor::{Action, ActionPair, FinalizeRequest, Segment, SlabSegment, UnitActions};
 use crate::plan::{range, Plan};
+use crate::shards::{self, OnceIndex};
 use crate::table::{MovePlan, NewAlloc, Table};
 use crate::{
     AllocId, Error, ExecutorAddr, Placement, Result, SegmentMove, SlabId, SlabInfo, SlabWrite,
     MAX_READ,
 };
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// The most writes of one `write_slab` or `write_live` call claimed together (claims are a
 /// sorted vector: a few dozen at a time keep inserting them cheap).
 const CLAIM_BATCH: usize = 64;
 
-/// Allocation ids, unique in the process (the exit registry is process-wide).
-static NEXT_ALLOC: AtomicU64 = AtomicU64::new(1);
+/// An allocation id carries the table that holds the allocation: its top bits are the slab's id
+/// plus one (0: the home table, allocations in reservations of their own), its low
+/// `ID_SHIFT` bits count that table's allocations. Slab ids are unique in the process, so
+/// allocation ids are too (the exit registry is process-wide).
+const ID_SHIFT: u32 = 40;
 
-pub(crate) struct OwnedMemory {
+/// Slab ids below this fit in an allocation id's top bits (as the id plus one).
+const SLAB_LIMIT: u32 = (1 << (64 - ID_SHIFT)) - 1;
+
+/// Allocation ids of the home tables (every executor's: unique in the process).
+static NEXT_HOME_ALLOC: AtomicU64 = AtomicU64::new(1);
+
+/// Slab ids, unique in the process.
+static NEXT_SLAB: AtomicU32 = AtomicU32::new(0);
+
+/// One ownership table and the counter of its allocation ids, on cache lines of its own: two
+/// threads finalizing into two slabs write nothing the other reads.
+#[repr(align(128))]
+struct Shard {
     table: Mutex<Table<Slab>>,
-    page: u64,
+    /// Which table this is: 0 the home table, otherwise the slab's id plus one.
+    tag: u64,
+    next_seq: AtomicU64,
 }
 
-impl OwnedMemory {
-    pub(crate) fn new() -> Self {
-        actions::install_exit_hook();
-        OwnedMemory {
-            table: Mutex::new(Table::default()),
-            page: mem::page_size(),
+impl Shard {
+    fn new(tag: u64, table: Table<Slab>) -> Self {
+        Shard {
+            table: Mutex::new(table),
+            tag,
+            next_seq: AtomicU64::new(1),
         }
     }
 
-    fn table(&self) -> Result<MutexGuard<'_, Table<Slab>>> {
+    fn lock(&self) -> Result<MutexGuard<'_, Table<Slab>>> {
         self.table
             .lock()
             .map_err(|_| Error::InvalidRequest("the ownership table is poisoned".into()))
@@ -46,14 +64,105 @@ impl OwnedMemory {
 
     /// For undoing a claim or a pin on the way out (also while unwinding): the table's methods
     /// do not panic, so a poisoned lock still guards a consistent table.
-    fn table_anyway(&self) -> MutexGuard<'_, Table<Slab>> {
+    fn lock_anyway(&self) -> MutexGuard<'_, Table<Slab>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new allocation id of this table.
+    fn new_id(&self) -> Result<u64> {
+        let counter = if self.tag == 0 {
+            &NEXT_HOME_ALLOC
+        } else {
+            &self.next_seq
+        };
+        let seq = counter.fetch_add(1, Ordering::Relaxed);
+        if seq >= 1 << ID_SHIFT {
+            return Err(Error::InvalidRequest(
+                "out of allocation ids in this table".into(),
+            ));
+        }
+        Ok(self.tag << ID_SHIFT | seq)
+    }
+}
+
+/// The in-process executor's ownership, split so that units of different slabs never take the
+/// same lock: a table per slab (its units, their segments, claims and registered ranges), and
+/// the home table (reservations and the allocations in them, where every slab lies, the static
+/// TLS blocks). Each table checks everything about what it holds, as one table did; what spans
+/// tables is routed: an allocation id names its table, a slab id is its table, an address is
+/// looked up in the home table's slab spans. Locks are taken home first, then at most one slab's.
+pub(crate) struct OwnedMemory {
+    home: Shard,
+    slabs: OnceIndex<Shard>,
+    page: u64,
+}
+
+impl OwnedMemory {
+    pub(crate) fn new() -> Self {
+        actions::install_exit_hook();
+        OwnedMemory {
+            home: Shard::new(0, Table::default()),
+            slabs: OnceIndex::default(),
+            page: mem::page_size(),
+        }
+    }
+
+    /// The table of slab `slab` (one released stays, empty, and refuses everything).
+    fn slab_shard(&self, slab: SlabId) -> Result<&Shard> {
+        self.slabs.get(slab.0).ok_or(Error::UnknownSlab(slab.0))
+    }
+
+    /// The table that holds allocation `id` (if any does).
+    fn alloc_shard(&self, id: u64) -> Result<&Shard> {
+        match id >> ID_SHIFT {
+            0 => Ok(&self.home),
+            tag => u32::try_from(tag - 1)
+                .ok()
+                .and_then(|slab| self.slabs.get(slab))
+                .ok_or(Error::UnknownAllocation(id)),
+        }
+    }
+
+    /// The table of the slab whose span holds `[addr, addr + len)`, else the home table.
+    fn shard_at(&self, addr: u64, len: u64) -> Result<&Shard> {
+        let slab = self.home.lock()?.slab_at(addr, addr.saturating_add(len));
+        slab.map_or(Ok(&self.home), |s| self.slab_shard(s))
+    }
+
+    /// The table of a finalize request: the home table's for one in a reservation, else that of
+    /// the slab holding its segments (all in one slab).
+    fn request_shard(&self, req: &FinalizeRequest) -> Result<&Shard> {
+        if !req.in_slab {
+            return Ok(&self.home);
+        }
+        let mut slab = None;
+        {
+            let home = self.home.lock()?;
+            for seg in &req.segments {
+                let (s, e) = range(seg.addr.0, seg.size())?;
+                let here = home.slab_at(s, e).ok_or_else(|| Error::NotOwned {
+                    addr: seg.addr,
+                    size: seg.size(),
+                    what: "inside a slab of this executor",
+                })?;
+                if slab.is_some_and(|first| first != here) {
+                    return Err(Error::InvalidRequest(format!(
+                        "the segment at {} lies in another slab than the request's first: an \
+                         allocation's segments lie in one slab",
+                        seg.addr
+                    )));
+                }
+                slab = Some(here);
+            }
+        }
+        slab.map_or(Ok(&self.home), |s| self.slab_shard(s))
     }
 
     pub(crate) fn reserve(&self, size: u64, placement: Placement) -> Result<ExecutorAddr> {
         let addr = mem::reserve(size, placement)?;
         let recorded = self
-            .table()
+            .home
+            .lock()
             .and_then(|mut t| t.add_reservation(addr.0, size));
         if let Err(e) = recorded {
             // SAFETY: the mapping `reserve` just made; nobody else knows of it.
@@ -64,7 +173,7 @@ impl OwnedMemory {
     }
 
     pub(crate) fn release(&self, addr: ExecutorAddr, size: u64) -> Result<()> {
-        self.table()?.take_reservation(addr.0, size)?;
+        self.home.lock()?.take_reservation(addr.0, size)?;
         // SAFETY: `take_reservation` checked that this is exactly a reservation this executor
         // made, used by no allocation, and took it out of the table: nothing can name it now.
         unsafe { mem::release(addr, size) }
@@ -73,7 +182,8 @@ impl OwnedMemory {
     pub(crate) fn finalize(&self, req: FinalizeRequest) -> Result<AllocId> {
         let mut plan = Plan::of(&req, self.page)?;
         let eh_frames = std::mem::take(&mut plan.eh_frames);
-        let id = NEXT_ALLOC.fetch_add(1, Ordering::Relaxed);
+        let shard = self.request_shard(&req)?;
+        let id = shard.new_id()?;
         let finalizers = !req.deinitializers.is_empty();
         // Nothing to copy and nothing to run (a JIT's typical unit): live in one visit to the
         // table.
@@ -83,14 +193,14 @@ impl OwnedMemory {
             finalizers,
             live,
         };
-        self.table()?.begin_finalize(id, &req, plan, new)?;
+        shard.lock()?.begin_finalize(id, &req, plan, new)?;
         if live {
             flush_icache(&req);
         } else {
             match self.fill_and_run(&req, &eh_frames) {
-                Ok(dealloc) => self.table_anyway().finish_finalize(id, dealloc),
+                Ok(dealloc) => shard.lock_anyway().finish_finalize(id, dealloc),
                 Err(e) => {
-                    self.abort(id, &req);
+                    abort(shard, id, &req);
                     return Err(e);
                 }
             }
@@ -116,15 +226,16 @@ impl OwnedMemory {
         fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
     ) -> Result<Option<AllocId>> {
         let mut plan = Plan::slab_unit(segments)?;
-        let id = NEXT_ALLOC.fetch_add(1, Ordering::Relaxed);
+        let shard = self.slab_shard(slab)?;
+        let id = shard.new_id()?;
         let view = {
-            let mut t = self.table()?;
+            let mut t = shard.lock()?;
             let view = t.slab_payload(slab)?.view();
             t.begin_slab_unit(id, slab, segments, &plan)?;
             view
         };
         let mut pending = PendingUnit {
-            memory: self,
+            shard,
             id,
             claimed: true,
         };
@@ -168,7 +279,7 @@ impl OwnedMemory {
         for s in segments {
             mem::flush_icache(s.addr, s.size);
         }
-        self.table()?.slab_unit_written(id, plan, new)?;
+        shard.lock()?.slab_unit_written(id, plan, new)?;
         pending.claimed = false;
         if !live {
             let req = FinalizeRequest {
@@ -186,7 +297,7 @@ impl OwnedMemory {
                 ..FinalizeRequest::default()
             };
             let dealloc = self.fill_and_run(&req, &eh_frames)?;
-            self.table_anyway().finish_finalize(id, dealloc);
+            shard.lock_anyway().finish_finalize(id, dealloc);
         }
         std::mem::forget(pending);
         if finalizers {
@@ -197,19 +308,6 @@ impl OwnedMemory {
             }
         }
         Ok(Some(AllocId(id)))
-    }
-
-    /// Finalize failed before the allocation went live.
-    fn abort(&self, id: u64, req: &FinalizeRequest) {
-        if !req.in_slab {
-            let (base, size) = req.reservation;
-            // SAFETY: the reservation is this executor's and marked used by this allocation
-            // (checked by `begin_finalize`), which never went live: its finalize actions were
-            // undone and no id was handed out. Fresh pages make it as `reserve` returned it
-            // (content gone, `commit`'s zero-fill assumption true again).
-            let _ = unsafe { mem::reset(base, size) };
-        }
-        self.table_anyway().abort_finalize(id);
     }
 
     /// Put the content in place, check the unwind info, run the finalize actions. On failure,
@@ -246,8 +344,9 @@ impl OwnedMemory {
     }
 
     pub(crate) fn deallocate(&self, id: AllocId) -> Result<()> {
+        let shard = self.alloc_shard(id.0)?;
         let dying = {
-            let mut t = self.table()?;
+            let mut t = shard.lock()?;
             let dying = t.begin_dealloc(id.0)?;
             if dying.is_trivial() {
                 // Nothing to run, nothing to unmap: gone in one visit to the table.
@@ -268,7 +367,7 @@ impl OwnedMemory {
         let deinit = match deinit {
             Ok(d) => d,
             Err(e) => {
-                self.table_anyway().cancel_dealloc(id.0, dying);
+                shard.lock_anyway().cancel_dealloc(id.0, dying);
                 return Err(e);
             }
         };
@@ -284,7 +383,7 @@ impl OwnedMemory {
                 first_error.get_or_insert(e);
             }
         }
-        self.table_anyway().finish_dealloc(id.0);
+        shard.lock_anyway().finish_dealloc(id.0);
         if let Some((base, size)) = dying.reservation {
             // SAFETY: the allocation's own reservation (checked at finalize), taken out of the
             // table just now; its actions have run and nothing can name it.
@@ -296,10 +395,11 @@ impl OwnedMemory {
     }
 
     pub(crate) fn run_initializers(&self, id: AllocId) -> Result<()> {
-        let Some((inits, finalizers)) = self.table()?.start_initializers(id.0)? else {
+        let shard = self.alloc_shard(id.0)?;
+        let Some((inits, finalizers)) = shard.lock()?.start_initializers(id.0)? else {
             return Ok(());
         };
-        let _unpin = OnDrop(|| self.table_anyway().unpin(id.0));
+        let _unpin = OnDrop(|| shard.lock_anyway().unpin(id.0));
         if finalizers {
             actions::mark_initialized(id.0)?;
         }
@@ -313,8 +413,9 @@ impl OwnedMemory {
 
     /// Pin the live unit whose code holds `addr`, run `call` on it, unpin.
     fn call_code<R>(&self, addr: ExecutorAddr, call: impl FnOnce() -> R) -> Result<R> {
-        let id = self.table()?.pin_code(addr)?;
-        let _unpin = OnDrop(|| self.table_anyway().unpin(id));
+        let shard = self.shard_at(addr.0, 1)?;
+        let id = shard.lock()?.pin_code(addr)?;
+        let _unpin = OnDrop(|| shard.lock_anyway().unpin(id));
         Ok(call())
     }
 
@@ -356,7 +457,12 @@ impl OwnedMemory {
         placement: Placement,
         shared: bool,
     ) -> Result<(SlabInfo, Option<OwnedFd>)> {
-        let id = self.table()?.next_slab_id()?;
+        let id = NEXT_SLAB
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n + 1 < SLAB_LIMIT.min(shards::LIMIT)).then_some(n + 1)
+            })
+            .map(SlabId)
+            .map_err(|_| Error::InvalidRequest("out of slab ids".into()))?;
         let slab = Slab::create(id, sizes, placement, shared)?;
         let fd = match slab.memfd() {
             Some(fd) if shared => Some(fd.try_clone_to_owned().map_err(|e| Error::Memory {
@@ -370,22 +476,35 @@ impl OwnedMemory {
             _ => None,
         };
         let info = slab.info;
-        // A slab the table refuses (it cannot overlap anything: the kernel just mapped it) is
-        // dropped, and unmapped, right here.
-        self.table()?
-            .add_slab(info, slab)
-            .map_err(|_| Error::Busy(format!("slab {} overlaps memory in use", id.0)))?;
+        // A slab the tables refuse (it cannot overlap anything: the kernel just mapped it) is
+        // dropped, and unmapped, right here. Under the home table's lock, so that the static
+        // TLS blocks copied are all there are (`add_static_tls` takes it too).
+        let mut home = self.home.lock()?;
+        home.add_slab_span(info)?;
+        let mut table = Table::default();
+        for (offset, size) in home.static_tls_blocks() {
+            table.add_static_tls(offset, size);
+        }
+        let made = table.add_slab(info, slab).map_err(drop).and_then(|()| {
+            let tag = u64::from(id.0) + 1;
+            self.slabs.set(id.0, Shard::new(tag, table)).map_err(drop)
+        });
+        if made.is_err() {
+            home.remove_slab_span(id, info.regions[0].0 .0);
+            return Err(Error::Busy(format!("slab {} overlaps memory in use", id.0)));
+        }
         Ok((info, fd))
     }
 
     pub(crate) fn write_slab(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        let shard = self.slab_shard(slab)?;
         let mut next = 0;
         while next < writes.len() {
             // The leading writes that can be claimed together, under one visit to the table.
             let rest = &writes[next..];
             let mut claimed = 0;
             let view = {
-                let mut t = self.table()?;
+                let mut t = shard.lock()?;
                 for w in rest.iter().take(CLAIM_BATCH) {
                     let (addr, len) = write_range(w);
                     match t.claim(slab, addr, len) {
@@ -398,7 +517,7 @@ impl OwnedMemory {
             };
             let batch = &rest[..claimed];
             let _unclaim = OnDrop(|| {
-                let mut t = self.table_anyway();
+                let mut t = shard.lock_anyway();
                 for w in batch {
                     let (addr, len) = write_range(w);
                     t.unclaim(addr, len);
@@ -421,13 +540,14 @@ impl OwnedMemory {
         ranges: &[(ExecutorAddr, u64)],
         f: &mut dyn FnMut(&mut [&mut [u8]]),
     ) -> Result<()> {
+        let shard = self.slab_shard(slab)?;
         let view = {
-            let mut t = self.table()?;
+            let mut t = shard.lock()?;
             t.claim_all(slab, ranges)?;
             t.slab_payload(slab)?.view()
         };
         let _unclaim = OnDrop(|| {
-            let mut t = self.table_anyway();
+            let mut t = shard.lock_anyway();
             for &(a, n) in ranges {
                 t.unclaim(a.0, n);
             }
@@ -457,7 +577,7 @@ impl OwnedMemory {
 
     pub(crate) fn patch(&self, slab: SlabId, addr: ExecutorAddr, bytes: &[u8]) -> Result<()> {
         let n = patch_len(addr, bytes)?;
-        let t = self.table()?;
+        let t = self.slab_shard(slab)?.lock()?;
         let s = t.check_patch(slab, addr.0, n)?;
         // SAFETY: `check_patch` found the bytes inside one region of our live slab, claimed by
         // no call (so no writable slice over them exists) and while we hold the table's lock
@@ -466,11 +586,12 @@ impl OwnedMemory {
     }
 
     pub(crate) fn write_live(&self, slab: SlabId, writes: &[SlabWrite<'_>]) -> Result<()> {
+        let shard = self.slab_shard(slab)?;
         let mut code_written = Vec::new();
         let mut next = 0;
         let mut written = Ok(());
         while next < writes.len() {
-            match self.write_live_batch(slab, &writes[next..], &mut code_written) {
+            match self.write_live_batch(shard, slab, &writes[next..], &mut code_written) {
                 Ok(0) => break,
                 Ok(n) => next += n,
                 Err(e) => {
@@ -490,13 +611,14 @@ impl OwnedMemory {
     /// even it could be claimed.
     fn write_live_batch(
         &self,
+        shard: &Shard,
         slab: SlabId,
         writes: &[SlabWrite<'_>],
         code_written: &mut Vec<(u64, u64)>,
     ) -> Result<usize> {
         let mut claimed = 0;
         let view = {
-            let mut t = self.table()?;
+            let mut t = shard.lock()?;
             for w in writes.iter().take(CLAIM_BATCH) {
                 let (addr, len) = write_range(w);
                 match t.claim_live(slab, addr, len) {
@@ -509,7 +631,7 @@ impl OwnedMemory {
         };
         let batch = &writes[..claimed];
         let _unclaim = OnDrop(|| {
-            let mut t = self.table_anyway();
+            let mut t = shard.lock_anyway();
             for w in batch {
                 let (addr, len) = write_range(w);
                 t.unclaim(addr, len);
@@ -533,7 +655,7 @@ impl OwnedMemory {
     /// pages): valgrind forgets it and every core serializes.
     pub(crate) fn sync_code(&self, slab: SlabId, ranges: &[(ExecutorAddr, u64)]) -> Result<()> {
         let view = {
-            let t = self.table()?;
+            let t = self.slab_shard(slab)?.lock()?;
             for &(a, n) in ranges {
                 t.check_in_slab(slab, a.0, n)?;
             }
@@ -556,13 +678,16 @@ impl OwnedMemory {
         }
         range(addr.0, len)?;
         // The whole range first, so that a refused read reads nothing; then chunk by chunk,
-        // each under the lock (which keeps the memory mapped) but none holding it for long.
-        self.table()?.check_read(addr.0, len)?;
+        // each under the lock (which keeps the memory mapped) but none holding it for long. The
+        // table is that of the slab holding the first byte (a read across two slabs is refused
+        // by it), or the home table's.
+        let shard = self.shard_at(addr.0, len)?;
+        shard.lock()?.check_read(addr.0, len)?;
         const CHUNK: u64 = 1 << 20;
         let mut out = vec![0u8; len as usize];
         for (i, chunk) in out.chunks_mut(CHUNK as usize).enumerate() {
             let at = addr.0 + i as u64 * CHUNK;
-            let t = self.table()?;
+            let t = shard.lock()?;
             t.check_read(at, chunk.len() as u64)?;
             // SAFETY: `check_read` found the range inside a region of one of our live slabs or a
             // segment of a live allocation — mapped readable, and kept mapped while we hold the
@@ -581,8 +706,9 @@ impl OwnedMemory {
         new_actions: Vec<ActionPair>,
     ) -> Result<()> {
         actions::check_not_exiting()?;
+        let shard = self.alloc_shard(id.0)?;
         let (plan, registered, views, undo) = {
-            let mut t = self.table()?;
+            let mut t = shard.lock()?;
             let plan = t.plan_move(id.0, moves)?;
             let new = Plan::for_placed(plan.segments.clone(), &new_actions)?;
             t.check_static_tls(&new.static_tls)?;
@@ -607,7 +733,7 @@ impl OwnedMemory {
                 tracing::warn!("moving allocation {}: {a:?} failed: {e}", id.0);
             }
         }
-        let copied = self.copy_moved(id.0, &plan, &views);
+        let copied = copy_moved(shard, id.0, &plan, &views);
         let translated = actions::translate_finalizers(id.0, |a| plan.translate_action(a));
         let moved_code: Vec<(u64, u64)> = plan
             .moves
@@ -622,7 +748,7 @@ impl OwnedMemory {
         // marked moving, so its memory stays mapped and nobody else registers it.
         match unsafe { run_actions(&new_actions) } {
             Ok(dealloc) => {
-                self.table_anyway().finish_move(id.0, registered, dealloc);
+                shard.lock_anyway().finish_move(id.0, registered, dealloc);
                 copied
                     .and(translated)
                     .and(synced)
@@ -632,7 +758,8 @@ impl OwnedMemory {
                     })
             }
             Err(e) => {
-                self.table_anyway()
+                shard
+                    .lock_anyway()
                     .finish_move(id.0, Vec::new(), Vec::new());
                 Err(Error::AfterMove {
                     id: id.0,
@@ -677,8 +804,9 @@ impl OwnedMemory {
         id: AllocId,
         m: &SegmentMove,
     ) -> std::result::Result<Vec<(u64, u64)>, (bool, Error)> {
+        let shard = self.alloc_shard(id.0).map_err(|e| (false, e))?;
         let (plan, views, undo) = {
-            let mut t = self.table().map_err(|e| (false, e))?;
+            let mut t = shard.lock().map_err(|e| (false, e))?;
             let plan = t
                 .plan_move(id.0, std::slice::from_ref(m))
                 .map_err(|e| (false, e))?;
@@ -699,9 +827,10 @@ impl OwnedMemory {
                 tracing::warn!("moving allocation {}: {a:?} failed: {e}", id.0);
             }
         }
-        let copied = self.copy_moved(id.0, &plan, &views);
+        let copied = copy_moved(shard, id.0, &plan, &views);
         let translated = actions::translate_finalizers(id.0, |a| plan.translate_action(a));
-        self.table_anyway()
+        shard
+            .lock_anyway()
             .finish_move(id.0, Vec::new(), Vec::new());
         let code = plan
             .moves
@@ -720,32 +849,25 @@ impl OwnedMemory {
         Ok(code)
     }
 
-    /// Copy the moving allocation's bytes (under the table's lock: no patch, read or other move
-    /// meanwhile) and record the segments at their new addresses.
-    fn copy_moved(&self, id: u64, plan: &MovePlan, views: &[WriteView]) -> Result<()> {
-        let mut t = self.table_anyway();
-        let mut first_error = Ok(());
-        for (&(_, from, to, len), view) in plan.moves.iter().zip(views) {
-            // SAFETY: `plan_move` checked both ranges inside one region of the slab the view
-            // belongs to, which lives (the allocation is in it); the destination is claimed for
-            // this move, the source is the moving allocation's (written by no claim, and patches
-            // wait for the lock we hold).
-            if let Err(e) = unsafe { view.copy_within(from, to, len) } {
-                first_error = first_error.and(Err(e));
-            }
-        }
-        t.relocate(id, plan);
-        first_error
-    }
-
     pub(crate) fn release_slab(&self, slab: SlabId) -> Result<()> {
-        let s = self.table()?.take_slab(slab)?;
+        // The home table first (the lock order), so that no slab span is recorded without its
+        // slab.
+        let mut home = self.home.lock()?;
+        let s = self.slab_shard(slab)?.lock()?.take_slab(slab)?;
+        home.remove_slab_span(slab, s.info.regions[0].0 .0);
+        drop(home);
         drop(s); // unmapped: no allocation lives in it, nobody writes it (checked)
         Ok(())
     }
 
     pub(crate) fn add_static_tls(&self, offset: i64, block_size: u64) -> Result<()> {
-        self.table()?.add_static_tls(offset, block_size);
+        // Every table checks the blocks its units use: each gets them. Under the home table's
+        // lock, so that a slab made meanwhile copies them too (`create_slab`).
+        let mut home = self.home.lock()?;
+        home.add_static_tls(offset, block_size);
+        for (_, shard) in self.slabs.iter() {
+            shard.lock_anyway().add_static_tls(offset, block_size);
+        }
         Ok(())
     }
 }
@@ -754,17 +876,48 @@ impl OwnedMemory {
 /// error, a give-up or a panic of its writer, it frees the unit's memory (and its claims while
 /// `claimed`); forgotten once the unit is live.
 struct PendingUnit<'a> {
-    memory: &'a OwnedMemory,
+    shard: &'a Shard,
     id: u64,
     claimed: bool,
 }
 
 impl Drop for PendingUnit<'_> {
     fn drop(&mut self) {
-        self.memory
-            .table_anyway()
+        self.shard
+            .lock_anyway()
             .abort_slab_unit(self.id, self.claimed);
     }
+}
+
+/// Finalize failed before allocation `id` of `shard`'s table went live.
+fn abort(shard: &Shard, id: u64, req: &FinalizeRequest) {
+    if !req.in_slab {
+        let (base, size) = req.reservation;
+        // SAFETY: the reservation is this executor's and marked used by this allocation
+        // (checked by `begin_finalize`), which never went live: its finalize actions were
+        // undone and no id was handed out. Fresh pages make it as `reserve` returned it
+        // (content gone, `commit`'s zero-fill assumption true again).
+        let _ = unsafe { mem::reset(base, size) };
+    }
+    shard.lock_anyway().abort_finalize(id);
+}
+
+/// Copy the moving allocation's bytes (under the table's lock: no patch, read or other move
+/// meanwhile) and record the segments at their new addresses.
+fn copy_moved(shard: &Shard, id: u64, plan: &MovePlan, views: &[WriteView]) -> Result<()> {
+    let mut t = shard.lock_anyway();
+    let mut first_error = Ok(());
+    for (&(_, from, to, len), view) in plan.moves.iter().zip(views) {
+        // SAFETY: `plan_move` checked both ranges inside one region of the slab the view
+        // belongs to, which lives (the allocation is in it); the destination is claimed for
+        // this move, the source is the moving allocation's (written by no claim, and patches
+        // wait for the lock we hold).
+        if let Err(e) = unsafe { view.copy_within(from, to, len) } {
+            first_error = first_error.and(Err(e));
+        }
+    }
+    t.relocate(id, plan);
+    first_error
 }
 
 /// Run the finalize halves of `pairs` in order; on a failure, undo (in reverse) the dealloc
@@ -843,15 +996,18 @@ impl Drop for OwnedMemory {
     /// Unmaps what no unit uses; leaks the rest. Units still live keep running (a thread may be
     /// in their code, exit handlers will call their finalizers), so their memory stays.
     fn drop(&mut self) {
-        let drained = self.table_anyway().drain();
-        for (base, size) in drained.free_reservations {
-            // SAFETY: reservations of ours that no allocation uses; the table is going away,
+        let home = self.home.lock_anyway().drain();
+        for (base, size) in home.free_reservations {
+            // SAFETY: reservations of ours that no allocation uses; the tables are going away,
             // so nothing can name them.
             let _ = unsafe { mem::release(ExecutorAddr(base), size) };
         }
-        drop(drained.empty_slabs);
-        for s in drained.occupied_slabs {
-            std::mem::forget(s);
+        for (_, shard) in self.slabs.iter() {
+            let drained = shard.lock_anyway().drain();
+            drop(drained.empty_slabs);
+            for s in drained.occupied_slabs {
+                std::mem::forget(s);
+            }
         }
     }
 }
