@@ -75,7 +75,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
         LinkInput {
             objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             archives: Vec::new(),
-            graphs: Vec::new(),
+            graphs: &[],
             libraries: &[],
             defines: &defines,
             session: &NoSession,

@@ -102,7 +102,7 @@ fn link_simulated(
         ex,
         LinkInput {
             objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
-            graphs: vec![],
+            graphs: &[],
             archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             libraries: &[],
             defines: &FxHashMap::default(),

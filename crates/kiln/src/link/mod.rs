@@ -42,8 +42,9 @@ pub struct LinkInput<'s> {
     pub objects: Vec<(String, &'s [u8])>,
     /// Archives: members are loaded on demand.
     pub archives: Vec<(String, &'s [u8])>,
-    /// Graphs a JIT compiler built in memory.
-    pub graphs: Vec<&'s crate::graph::InMemoryGraph>,
+    /// Graphs a JIT compiler built in memory (a slice the caller holds: no list to allocate
+    /// and free for each link).
+    pub graphs: &'s [&'s crate::graph::InMemoryGraph],
     pub libraries: &'s [LibraryId],
     pub defines: &'s FxHashMap<String, u64>,
     /// Symbols of the session's live units (`&NoSession` for none).
@@ -70,23 +71,31 @@ pub struct LinkInput<'s> {
     pub memory: Option<&'s dyn crate::memory::CodeMemory>,
 }
 
-/// A linked, finalized unit in the executor.
+/// A unit's slab ranges: one per slab region at most, inline.
+pub type SlabRanges = smallvec::SmallVec<[crate::memory::SlabRange; 3]>;
+/// (address, size) of a unit's segments: a JIT's unit has one to three, inline.
+pub type Segments = smallvec::SmallVec<[(u64, u64); 3]>;
+/// A unit's exports: a JIT's unit usually defines one, inline.
+pub type Exports = smallvec::SmallVec<[Export; 1]>;
+
+/// A linked, finalized unit in the executor. Its lists are inline for a JIT's small unit, so
+/// that handing it over allocates nothing.
 #[derive(Debug)]
 pub struct LinkedUnit {
     pub alloc: AllocId,
     /// Global symbols it defines (default and hidden visibility, not thread-local).
-    pub exports: Vec<Export>,
+    pub exports: Exports,
     pub has_initializers: bool,
     /// Present when [`LinkInput::collect_stats`] was set.
     pub stats: Option<LinkStats>,
     /// Present when [`LinkInput::want_map`] was set.
     pub map: Option<LinkMap>,
     /// Ranges the unit holds in slabs (empty for a unit in a reservation of its own).
-    pub slab_ranges: Vec<crate::memory::SlabRange>,
+    pub slab_ranges: SlabRanges,
     /// Present when [`LinkInput::relink`] was set.
     pub relink: Option<relink::RelinkRecord>,
     /// (address, size) of each segment.
-    pub segments: Vec<(u64, u64)>,
+    pub segments: Segments,
     /// The finalize request's actions, when [`LinkInput::relink`] was set: what moving the unit
     /// registers again at its new place.
     pub actions: Option<Vec<kiln_target::ActionPair>>,
@@ -233,7 +242,7 @@ fn parse_inputs<'a>(
     for (name, data) in &input.objects {
         parse_object(g, name, data, true)?;
     }
-    for graph in &input.graphs {
+    for graph in input.graphs {
         crate::graph::builder::add_graph(g, graph)?;
     }
     let archives = input
@@ -428,9 +437,13 @@ pub struct Export {
 /// could use, absolute symbols are host symbols the unit binds to, and what the linker made
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
 /// exported.
-fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
-    // Room for every global (a unit's undefined ones are few): one allocation, no growing.
-    let mut out = Vec::with_capacity(g.globals.len());
+fn exports(g: &LinkGraph, linker: InputId) -> Exports {
+    // A JIT's unit (a function, the few it calls) fits the inline list; a larger one gets
+    // room for every global (its undefined ones are few): one allocation, no growing.
+    let mut out = Exports::new();
+    if g.globals.len() > 8 {
+        out.reserve_exact(g.globals.len());
+    }
     for id in g.global_ids() {
         let s = &g.symbols[id.idx()];
         let name = s.name;

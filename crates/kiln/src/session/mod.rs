@@ -571,7 +571,7 @@ impl Session {
             LinkInput {
                 objects,
                 archives,
-                graphs,
+                graphs: &graphs,
                 libraries: &config.libraries,
                 defines,
                 session: &binder,
@@ -961,7 +961,7 @@ pub(crate) enum Source<'s> {
 type Parts<'s> = (
     Vec<(String, &'s [u8])>,
     Vec<(String, &'s [u8])>,
-    Vec<&'s InMemoryGraph>,
+    SmallVec<[&'s InMemoryGraph; 1]>,
     &'s [String],
     Option<u64>,
 );

@@ -208,12 +208,12 @@ struct Rare {
 /// A new unit's definitions, with their names hashed ([`name_hash`]) before the session's
 /// lock is taken.
 pub(crate) struct NewSymbols {
-    exports: Vec<Export>,
+    exports: crate::link::Exports,
     hashes: SmallVec<[u64; 4]>,
 }
 
 impl NewSymbols {
-    pub fn new(exports: Vec<Export>) -> Self {
+    pub fn new(exports: crate::link::Exports) -> Self {
         let hashes = exports
             .iter()
             .map(|e| name_hash(e.name.as_bytes()))
@@ -265,8 +265,8 @@ pub(crate) struct NewUnit {
     /// Where its slab ranges came from: `None` for the session's own slabs (or no slab
     /// ranges).
     pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: Vec<SlabRange>,
-    pub segments: Vec<(u64, u64)>,
+    pub slab_ranges: crate::link::SlabRanges,
+    pub segments: crate::link::Segments,
     pub relink: Option<RelinkRecord>,
     pub link_actions: Option<Vec<kiln_target::ActionPair>>,
     pub stats: Option<crate::LinkStats>,
@@ -294,12 +294,11 @@ impl Unit {
             || n.map.is_some();
         // (A unit's lists of units join its rare part when they grow past one.)
         let rare = has_rare.then(|| {
-            let mut slab_ranges = if ranges_kept {
-                n.slab_ranges
+            let slab_ranges = if ranges_kept {
+                n.slab_ranges.to_vec()
             } else {
                 Vec::new()
             };
-            slab_ranges.shrink_to_fit();
             Box::new(Rare {
                 slab_ranges,
                 memory: n.memory.filter(|_| memory == MemoryKind::Other),
@@ -315,7 +314,7 @@ impl Unit {
         });
         Unit {
             alloc: n.alloc,
-            segments: n.segments.into(),
+            segments: Segs::from(&n.segments[..]),
             name: 0,
             dep: 0,
             dependent: 0,
@@ -390,7 +389,7 @@ impl Unit {
     /// Its segments moved to `after` (same count, same sizes, same slabs); `translate` maps an
     /// old address to the new one.
     pub fn move_segments(&mut self, after: &[(u64, u64)], translate: impl Fn(u64) -> u64) {
-        self.segments = after.to_vec().into();
+        self.segments = Segs::from(after);
         for r in self.rare.iter_mut().flat_map(|r| r.slab_ranges.iter_mut()) {
             r.addr = ExecutorAddr(translate(r.addr.0));
         }
