@@ -34,6 +34,7 @@ use kiln_target::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use stats::Timer;
+use std::borrow::Cow;
 use unit_memory::UnitMemory;
 
 /// What goes into one link.
@@ -76,15 +77,16 @@ pub type SlabRanges = smallvec::SmallVec<[crate::memory::SlabRange; 3]>;
 /// (address, size) of a unit's segments: a JIT's unit has one to three, inline.
 pub type Segments = smallvec::SmallVec<[(u64, u64); 3]>;
 /// A unit's exports: a JIT's unit usually defines one, inline.
-pub type Exports = smallvec::SmallVec<[Export; 1]>;
+pub type Exports<'g> = smallvec::SmallVec<[Export<'g>; 1]>;
 
-/// A linked, finalized unit in the executor. Its lists are inline for a JIT's small unit, so
-/// that handing it over allocates nothing.
+/// A linked, finalized unit in the executor. Its lists are inline for a JIT's small unit, and
+/// (from [`link_then`]) its exports' names are borrowed from the link's inputs, so that
+/// handing it over allocates nothing.
 #[derive(Debug)]
-pub struct LinkedUnit {
+pub struct LinkedUnit<'g> {
     pub alloc: AllocId,
     /// Global symbols it defines (default and hidden visibility, not thread-local).
-    pub exports: Exports,
+    pub exports: Exports<'g>,
     pub has_initializers: bool,
     /// Present when [`LinkInput::collect_stats`] was set.
     pub stats: Option<LinkStats>,
@@ -101,8 +103,47 @@ pub struct LinkedUnit {
     pub actions: Option<Vec<kiln_target::ActionPair>>,
 }
 
+impl LinkedUnit<'_> {
+    /// The unit with its exports' names copied out of the link's inputs.
+    pub fn into_owned(self) -> LinkedUnit<'static> {
+        let exports = self
+            .exports
+            .into_iter()
+            .map(|e| Export {
+                name: Cow::Owned(e.name.into_owned()),
+                ..e
+            })
+            .collect();
+        LinkedUnit {
+            alloc: self.alloc,
+            exports,
+            has_initializers: self.has_initializers,
+            stats: self.stats,
+            map: self.map,
+            slab_ranges: self.slab_ranges,
+            relink: self.relink,
+            segments: self.segments,
+            actions: self.actions,
+        }
+    }
+}
+
 /// Link `input` into executor memory and finalize it (initializers are not run).
-pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
+pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit<'static>> {
+    link_then(ex, input, |unit| Ok(unit.into_owned()))
+}
+
+/// Link `input` into executor memory, finalize it (initializers are not run), and hand the
+/// unit to `then` while the link's graph lives: its exports' names are borrowed from it (from
+/// the input graphs and objects), not copied one allocation each. A session copies them into
+/// its tables in `then`.
+///
+/// If `then` fails the unit stays finalized: `then` owns it (and must release it).
+pub fn link_then<R>(
+    ex: &dyn Executor,
+    input: LinkInput,
+    then: impl for<'g> FnOnce(LinkedUnit<'g>) -> Result<R>,
+) -> Result<R> {
     let arch = crate::arch::for_triple(&ex.info().triple).ok_or_else(|| Error::Unsupported {
         at: Default::default(),
         what: format!("executor architecture {}", ex.info().triple),
@@ -181,7 +222,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             fixup::target_value_of(&g, e, &ctx)
         })
     });
-    Ok(LinkedUnit {
+    then(LinkedUnit {
         alloc,
         exports: exports(&g, linker),
         has_initializers,
@@ -423,8 +464,9 @@ fn edges_by_kind(g: &LinkGraph) -> Vec<(&'static str, usize)> {
 
 /// A global symbol a unit defines.
 #[derive(Debug, Clone)]
-pub struct Export {
-    pub name: std::sync::Arc<str>,
+pub struct Export<'g> {
+    /// Borrowed from the link's inputs when it is UTF-8 (else made so, lossily).
+    pub name: Cow<'g, str>,
     pub addr: u64,
     pub size: u64,
     pub kind: SymbolKind,
@@ -437,7 +479,7 @@ pub struct Export {
 /// could use, absolute symbols are host symbols the unit binds to, and what the linker made
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
 /// exported.
-fn exports(g: &LinkGraph, linker: InputId) -> Exports {
+fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
     // A JIT's unit (a function, the few it calls) fits the inline list; a larger one gets
     // room for every global (its undefined ones are few): one allocation, no growing.
     let mut out = Exports::new();
@@ -459,9 +501,10 @@ fn exports(g: &LinkGraph, linker: InputId) -> Exports {
         }
         out.push(Export {
             // (Checked first: the lossy conversion costs more when there is nothing to replace.)
+            // (Checked first: the lossy conversion costs more when there is nothing to replace.)
             name: match std::str::from_utf8(name) {
-                Ok(name) => name.into(),
-                Err(_) => String::from_utf8_lossy(name).into(),
+                Ok(name) => Cow::Borrowed(name),
+                Err(_) => String::from_utf8_lossy(name),
             },
             addr: g.blocks[block.idx()].addr + offset,
             size: s.size,

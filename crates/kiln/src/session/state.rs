@@ -207,13 +207,13 @@ struct Rare {
 
 /// A new unit's definitions, with their names hashed ([`name_hash`]) before the session's
 /// lock is taken.
-pub(crate) struct NewSymbols {
-    exports: crate::link::Exports,
+pub(crate) struct NewSymbols<'g> {
+    exports: crate::link::Exports<'g>,
     hashes: SmallVec<[u64; 4]>,
 }
 
-impl NewSymbols {
-    pub fn new(exports: crate::link::Exports) -> Self {
+impl<'g> NewSymbols<'g> {
+    pub fn new(exports: crate::link::Exports<'g>) -> Self {
         let hashes = exports
             .iter()
             .map(|e| name_hash(e.name.as_bytes()))
