@@ -57,7 +57,7 @@ fn compile(dir: &Path, name: &str, src: &str, flags: &[&str]) -> Vec<u8> {
 }
 
 struct Linked {
-    unit: LinkedUnit,
+    unit: LinkedUnit<'static>,
     actions: Vec<ActionPair>,
     memory: Vec<(u64, Vec<u8>)>,
     /// (address, size with zero fill) of each segment.

@@ -97,7 +97,7 @@ fn link_simulated(
     ex: &SimulatedExecutor,
     objects: &[(&str, &[u8])],
     archives: &[(&str, &[u8])],
-) -> kiln::Result<kiln::internal::LinkedUnit> {
+) -> kiln::Result<kiln::internal::LinkedUnit<'static>> {
     link(
         ex,
         LinkInput {
