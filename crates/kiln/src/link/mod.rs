@@ -35,6 +35,7 @@ use kiln_target::{
 use rustc_hash::{FxHashMap, FxHashSet};
 use stats::Timer;
 use std::borrow::Cow;
+use std::sync::Arc;
 use unit_memory::UnitMemory;
 
 /// What goes into one link.
@@ -81,7 +82,9 @@ pub type Exports<'g> = smallvec::SmallVec<[Export<'g>; 1]>;
 
 /// A linked, finalized unit in the executor. Its lists are inline for a JIT's small unit, and
 /// (from [`link_then`]) its exports' names are borrowed from the link's inputs, so that
-/// handing it over allocates nothing.
+/// handing it over allocates nothing. What few units have (stats, map, relink record) is
+/// boxed as the session keeps it: the unit is moved a few times on its way into the
+/// session, and is 288 bytes.
 #[derive(Debug)]
 pub struct LinkedUnit<'g> {
     pub alloc: AllocId,
@@ -89,18 +92,18 @@ pub struct LinkedUnit<'g> {
     pub exports: Exports<'g>,
     pub has_initializers: bool,
     /// Present when [`LinkInput::collect_stats`] was set.
-    pub stats: Option<LinkStats>,
+    pub stats: Option<Box<LinkStats>>,
     /// Present when [`LinkInput::want_map`] was set.
-    pub map: Option<LinkMap>,
+    pub map: Option<Arc<LinkMap>>,
     /// Ranges the unit holds in slabs (empty for a unit in a reservation of its own).
     pub slab_ranges: SlabRanges,
     /// Present when [`LinkInput::relink`] was set.
-    pub relink: Option<relink::RelinkRecord>,
+    pub relink: Option<Arc<relink::RelinkRecord>>,
     /// (address, size) of each segment.
     pub segments: Segments,
     /// The finalize request's actions, when [`LinkInput::relink`] was set: what moving the unit
     /// registers again at its new place.
-    pub actions: Option<Vec<kiln_target::ActionPair>>,
+    pub actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
 }
 
 impl LinkedUnit<'_> {
@@ -198,7 +201,7 @@ pub fn link_then<R>(
         let mut post = read_back(&g, &layout, work, &tables, runtime.dso, &input);
         pairs.append(&mut post.debug);
         has_initializers = !post.initializers.is_empty();
-        kept_actions = input.relink.then(|| pairs.clone());
+        kept_actions = input.relink.then(|| Arc::new(pairs.clone()));
         t.lap("fixups, debug info");
         let unit = kiln_target::UnitActions {
             actions: pairs,
@@ -218,15 +221,15 @@ pub fn link_then<R>(
         Vec::new()
     };
     let relink = input.relink.then(|| {
-        relink::record(&g, &layout, tables.got_block, &|e| {
+        Arc::new(relink::record(&g, &layout, tables.got_block, &|e| {
             fixup::target_value_of(&g, e, &ctx)
-        })
+        }))
     });
     then(LinkedUnit {
         alloc,
         exports: exports(&g, linker),
         has_initializers,
-        map: post.map,
+        map: post.map.map(Arc::new),
         relink,
         actions: kept_actions,
         segments: layout
@@ -235,18 +238,20 @@ pub fn link_then<R>(
             .map(|s| (s.addr, s.content_size + s.zero_size))
             .collect(),
         slab_ranges: memory.keep(),
-        stats: input.collect_stats.then(|| LinkStats {
-            inputs: g.inputs.len() - 1,
-            archive_members: archives.iter().map(|a| a.members_loaded()).sum(),
-            sections: g.sections.len(),
-            blocks: g.blocks.len(),
-            live_blocks: live,
-            symbols: g.symbols.len(),
-            external_symbols: external,
-            edges_by_kind: edges_by_kind(&g),
-            tables: tables.stats,
-            segments: segments_stat,
-            phases: t.phases,
+        stats: input.collect_stats.then(|| {
+            Box::new(LinkStats {
+                inputs: g.inputs.len() - 1,
+                archive_members: archives.iter().map(|a| a.members_loaded()).sum(),
+                sections: g.sections.len(),
+                blocks: g.blocks.len(),
+                live_blocks: live,
+                symbols: g.symbols.len(),
+                external_symbols: external,
+                edges_by_kind: edges_by_kind(&g),
+                tables: tables.stats,
+                segments: segments_stat,
+                phases: t.phases,
+            })
         }),
     })
 }
@@ -518,4 +523,21 @@ fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unit is moved a few times on its way into the session: what few units have is
+    /// boxed, so that it stays small.
+    #[test]
+    fn linked_unit_is_small() {
+        let size = std::mem::size_of::<LinkedUnit>();
+        eprintln!(
+            "LinkedUnit: {size} bytes, Export: {}",
+            std::mem::size_of::<Export>()
+        );
+        assert!(size <= 288, "LinkedUnit is {size} bytes");
+    }
 }

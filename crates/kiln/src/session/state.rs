@@ -267,10 +267,10 @@ pub(crate) struct NewUnit {
     pub memory: Option<Arc<dyn CodeMemory>>,
     pub slab_ranges: crate::link::SlabRanges,
     pub segments: crate::link::Segments,
-    pub relink: Option<RelinkRecord>,
-    pub link_actions: Option<Vec<kiln_target::ActionPair>>,
-    pub stats: Option<crate::LinkStats>,
-    pub map: Option<crate::LinkMap>,
+    pub relink: Option<Arc<RelinkRecord>>,
+    pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
+    pub stats: Option<Box<crate::LinkStats>>,
+    pub map: Option<Arc<crate::LinkMap>>,
 }
 
 /// The list [`Unit::incoming`] gives for a unit without one.
@@ -302,11 +302,11 @@ impl Unit {
             Box::new(Rare {
                 slab_ranges,
                 memory: n.memory.filter(|_| memory == MemoryKind::Other),
-                relink: n.relink.map(Arc::new),
-                link_actions: n.link_actions.map(Arc::new),
+                relink: n.relink,
+                link_actions: n.link_actions,
                 incoming: Vec::new(),
-                stats: n.stats.map(Box::new),
-                map: n.map.map(Arc::new),
+                stats: n.stats,
+                map: n.map,
                 deps: Vec::new(),
                 dependents: Vec::new(),
                 names: Vec::new(),
