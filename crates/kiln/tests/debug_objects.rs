@@ -57,7 +57,7 @@ fn compile(dir: &Path, name: &str, src: &str, flags: &[&str]) -> Vec<u8> {
 }
 
 struct Linked {
-    unit: LinkedUnit,
+    unit: LinkedUnit<'static>,
     actions: Vec<ActionPair>,
     memory: Vec<(u64, Vec<u8>)>,
     /// (address, size with zero fill) of each segment.
@@ -75,7 +75,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
         LinkInput {
             objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             archives: Vec::new(),
-            graphs: Vec::new(),
+            graphs: &[],
             libraries: &[],
             defines: &defines,
             session: &NoSession,

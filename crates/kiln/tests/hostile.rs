@@ -97,12 +97,12 @@ fn link_simulated(
     ex: &SimulatedExecutor,
     objects: &[(&str, &[u8])],
     archives: &[(&str, &[u8])],
-) -> kiln::Result<kiln::internal::LinkedUnit> {
+) -> kiln::Result<kiln::internal::LinkedUnit<'static>> {
     link(
         ex,
         LinkInput {
             objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
-            graphs: vec![],
+            graphs: &[],
             archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             libraries: &[],
             defines: &FxHashMap::default(),

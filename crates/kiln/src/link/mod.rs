@@ -34,6 +34,8 @@ use kiln_target::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use stats::Timer;
+use std::borrow::Cow;
+use std::sync::Arc;
 use unit_memory::UnitMemory;
 
 /// What goes into one link.
@@ -42,8 +44,9 @@ pub struct LinkInput<'s> {
     pub objects: Vec<(String, &'s [u8])>,
     /// Archives: members are loaded on demand.
     pub archives: Vec<(String, &'s [u8])>,
-    /// Graphs a JIT compiler built in memory.
-    pub graphs: Vec<&'s crate::graph::InMemoryGraph>,
+    /// Graphs a JIT compiler built in memory (a slice the caller holds: no list to allocate
+    /// and free for each link).
+    pub graphs: &'s [&'s crate::graph::InMemoryGraph],
     pub libraries: &'s [LibraryId],
     pub defines: &'s FxHashMap<String, u64>,
     /// Symbols of the session's live units (`&NoSession` for none).
@@ -70,30 +73,80 @@ pub struct LinkInput<'s> {
     pub memory: Option<&'s dyn crate::memory::CodeMemory>,
 }
 
-/// A linked, finalized unit in the executor.
+/// A unit's slab ranges: one per slab region at most, inline.
+pub type SlabRanges = smallvec::SmallVec<[crate::memory::SlabRange; 3]>;
+/// (address, size) of a unit's segments: a JIT's unit has one to three, inline.
+pub type Segments = smallvec::SmallVec<[(u64, u64); 3]>;
+/// A unit's exports: a JIT's unit usually defines one, inline.
+pub type Exports<'g> = smallvec::SmallVec<[Export<'g>; 1]>;
+
+/// A linked, finalized unit in the executor. Its lists are inline for a JIT's small unit, and
+/// (from [`link_then`]) its exports' names are borrowed from the link's inputs, so that
+/// handing it over allocates nothing. What few units have (stats, map, relink record) is
+/// boxed as the session keeps it: the unit is moved a few times on its way into the
+/// session, and is 288 bytes.
 #[derive(Debug)]
-pub struct LinkedUnit {
+pub struct LinkedUnit<'g> {
     pub alloc: AllocId,
     /// Global symbols it defines (default and hidden visibility, not thread-local).
-    pub exports: Vec<Export>,
+    pub exports: Exports<'g>,
     pub has_initializers: bool,
     /// Present when [`LinkInput::collect_stats`] was set.
-    pub stats: Option<LinkStats>,
+    pub stats: Option<Box<LinkStats>>,
     /// Present when [`LinkInput::want_map`] was set.
-    pub map: Option<LinkMap>,
+    pub map: Option<Arc<LinkMap>>,
     /// Ranges the unit holds in slabs (empty for a unit in a reservation of its own).
-    pub slab_ranges: Vec<crate::memory::SlabRange>,
+    pub slab_ranges: SlabRanges,
     /// Present when [`LinkInput::relink`] was set.
-    pub relink: Option<relink::RelinkRecord>,
+    pub relink: Option<Arc<relink::RelinkRecord>>,
     /// (address, size) of each segment.
-    pub segments: Vec<(u64, u64)>,
+    pub segments: Segments,
     /// The finalize request's actions, when [`LinkInput::relink`] was set: what moving the unit
     /// registers again at its new place.
-    pub actions: Option<Vec<kiln_target::ActionPair>>,
+    pub actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
+}
+
+impl LinkedUnit<'_> {
+    /// The unit with its exports' names copied out of the link's inputs.
+    pub fn into_owned(self) -> LinkedUnit<'static> {
+        let exports = self
+            .exports
+            .into_iter()
+            .map(|e| Export {
+                name: Cow::Owned(e.name.into_owned()),
+                ..e
+            })
+            .collect();
+        LinkedUnit {
+            alloc: self.alloc,
+            exports,
+            has_initializers: self.has_initializers,
+            stats: self.stats,
+            map: self.map,
+            slab_ranges: self.slab_ranges,
+            relink: self.relink,
+            segments: self.segments,
+            actions: self.actions,
+        }
+    }
 }
 
 /// Link `input` into executor memory and finalize it (initializers are not run).
-pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
+pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit<'static>> {
+    link_then(ex, input, |unit| Ok(unit.into_owned()))
+}
+
+/// Link `input` into executor memory, finalize it (initializers are not run), and hand the
+/// unit to `then` while the link's graph lives: its exports' names are borrowed from it (from
+/// the input graphs and objects), not copied one allocation each. A session copies them into
+/// its tables in `then`.
+///
+/// If `then` fails the unit stays finalized: `then` owns it (and must release it).
+pub fn link_then<R>(
+    ex: &dyn Executor,
+    input: LinkInput,
+    then: impl for<'g> FnOnce(LinkedUnit<'g>) -> Result<R>,
+) -> Result<R> {
     let arch = crate::arch::for_triple(&ex.info().triple).ok_or_else(|| Error::Unsupported {
         at: Default::default(),
         what: format!("executor architecture {}", ex.info().triple),
@@ -148,7 +201,7 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         let mut post = read_back(&g, &layout, work, &tables, runtime.dso, &input);
         pairs.append(&mut post.debug);
         has_initializers = !post.initializers.is_empty();
-        kept_actions = input.relink.then(|| pairs.clone());
+        kept_actions = input.relink.then(|| Arc::new(pairs.clone()));
         t.lap("fixups, debug info");
         let unit = kiln_target::UnitActions {
             actions: pairs,
@@ -168,15 +221,15 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
         Vec::new()
     };
     let relink = input.relink.then(|| {
-        relink::record(&g, &layout, tables.got_block, &|e| {
+        Arc::new(relink::record(&g, &layout, tables.got_block, &|e| {
             fixup::target_value_of(&g, e, &ctx)
-        })
+        }))
     });
-    Ok(LinkedUnit {
+    then(LinkedUnit {
         alloc,
         exports: exports(&g, linker),
         has_initializers,
-        map: post.map,
+        map: post.map.map(Arc::new),
         relink,
         actions: kept_actions,
         segments: layout
@@ -185,18 +238,20 @@ pub fn link(ex: &dyn Executor, input: LinkInput) -> Result<LinkedUnit> {
             .map(|s| (s.addr, s.content_size + s.zero_size))
             .collect(),
         slab_ranges: memory.keep(),
-        stats: input.collect_stats.then(|| LinkStats {
-            inputs: g.inputs.len() - 1,
-            archive_members: archives.iter().map(|a| a.members_loaded()).sum(),
-            sections: g.sections.len(),
-            blocks: g.blocks.len(),
-            live_blocks: live,
-            symbols: g.symbols.len(),
-            external_symbols: external,
-            edges_by_kind: edges_by_kind(&g),
-            tables: tables.stats,
-            segments: segments_stat,
-            phases: t.phases,
+        stats: input.collect_stats.then(|| {
+            Box::new(LinkStats {
+                inputs: g.inputs.len() - 1,
+                archive_members: archives.iter().map(|a| a.members_loaded()).sum(),
+                sections: g.sections.len(),
+                blocks: g.blocks.len(),
+                live_blocks: live,
+                symbols: g.symbols.len(),
+                external_symbols: external,
+                edges_by_kind: edges_by_kind(&g),
+                tables: tables.stats,
+                segments: segments_stat,
+                phases: t.phases,
+            })
         }),
     })
 }
@@ -233,7 +288,7 @@ fn parse_inputs<'a>(
     for (name, data) in &input.objects {
         parse_object(g, name, data, true)?;
     }
-    for graph in &input.graphs {
+    for graph in input.graphs {
         crate::graph::builder::add_graph(g, graph)?;
     }
     let archives = input
@@ -414,8 +469,9 @@ fn edges_by_kind(g: &LinkGraph) -> Vec<(&'static str, usize)> {
 
 /// A global symbol a unit defines.
 #[derive(Debug, Clone)]
-pub struct Export {
-    pub name: std::sync::Arc<str>,
+pub struct Export<'g> {
+    /// Borrowed from the link's inputs when it is UTF-8 (else made so, lossily).
+    pub name: Cow<'g, str>,
     pub addr: u64,
     pub size: u64,
     pub kind: SymbolKind,
@@ -428,9 +484,13 @@ pub struct Export {
 /// could use, absolute symbols are host symbols the unit binds to, and what the linker made
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
 /// exported.
-fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
-    // Room for every global (a unit's undefined ones are few): one allocation, no growing.
-    let mut out = Vec::with_capacity(g.globals.len());
+fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
+    // A JIT's unit (a function, the few it calls) fits the inline list; a larger one gets
+    // room for every global (its undefined ones are few): one allocation, no growing.
+    let mut out = Exports::new();
+    if g.globals.len() > 8 {
+        out.reserve_exact(g.globals.len());
+    }
     for id in g.global_ids() {
         let s = &g.symbols[id.idx()];
         let name = s.name;
@@ -446,9 +506,10 @@ fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
         }
         out.push(Export {
             // (Checked first: the lossy conversion costs more when there is nothing to replace.)
+            // (Checked first: the lossy conversion costs more when there is nothing to replace.)
             name: match std::str::from_utf8(name) {
-                Ok(name) => name.into(),
-                Err(_) => String::from_utf8_lossy(name).into(),
+                Ok(name) => Cow::Borrowed(name),
+                Err(_) => String::from_utf8_lossy(name),
             },
             addr: g.blocks[block.idx()].addr + offset,
             size: s.size,
@@ -462,4 +523,21 @@ fn exports(g: &LinkGraph, linker: InputId) -> Vec<Export> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unit is moved a few times on its way into the session: what few units have is
+    /// boxed, so that it stays small.
+    #[test]
+    fn linked_unit_is_small() {
+        let size = std::mem::size_of::<LinkedUnit>();
+        eprintln!(
+            "LinkedUnit: {size} bytes, Export: {}",
+            std::mem::size_of::<Export>()
+        );
+        assert!(size <= 288, "LinkedUnit is {size} bytes");
+    }
 }

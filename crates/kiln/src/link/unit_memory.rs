@@ -6,7 +6,7 @@ use super::fixup::{apply_fixups, apply_fixups_into, FixupContext};
 use super::layout::{layout_at, layout_with, Layout};
 use crate::error::{Error, Result};
 use crate::graph::LinkGraph;
-use crate::memory::{CodeMemory, SlabRange};
+use crate::memory::CodeMemory;
 use kiln_target::{
     AllocId, Executor, ExecutorAddr, FinalizeRequest, MemProt, Placement, Segment, SlabId,
     SlabSegment, UnitActions,
@@ -32,7 +32,7 @@ enum Place<'x> {
         id: SlabId,
         range: (u64, u64),
         /// What the unit holds so far.
-        ranges: Vec<SlabRange>,
+        ranges: super::SlabRanges,
     },
 }
 
@@ -63,7 +63,7 @@ impl<'x> UnitMemory<'x> {
                 memory,
                 id,
                 range,
-                ranges: Vec::new(),
+                ranges: super::SlabRanges::new(),
             },
             kept: false,
         })
@@ -211,11 +211,11 @@ impl<'x> UnitMemory<'x> {
     }
 
     /// The unit is finalized: its memory is its own now. Returns the slab ranges it holds.
-    pub fn keep(mut self) -> Vec<SlabRange> {
+    pub fn keep(mut self) -> super::SlabRanges {
         self.kept = true;
         match &mut self.place {
             Place::Slab { ranges, .. } => std::mem::take(ranges),
-            Place::Reservation { .. } => Vec::new(),
+            Place::Reservation { .. } => super::SlabRanges::new(),
         }
     }
 }

@@ -566,12 +566,14 @@ impl Session {
                 .collect::<FxHashMap<_, _>>();
             &defines
         };
-        let result = link::link(
+        // The unit is published while the link's graph lives: its exports' names are
+        // borrowed from it and copied once, into the scope's table.
+        let result = link::link_then(
             &*self.executor,
             LinkInput {
                 objects,
                 archives,
-                graphs,
+                graphs: &graphs,
                 libraries: &config.libraries,
                 defines,
                 session: &binder,
@@ -585,15 +587,18 @@ impl Session {
                 relink: options.relink,
                 memory: (config.use_slabs || options.memory.is_some()).then_some(memory),
             },
+            |unit| {
+                let deps = binder.deps.take();
+                self.publish(options, unit, deps, source.name(), replacing)
+            },
         );
+        // A link that failed before publishing still holds its pins (publishing releases
+        // them, refused or not).
         let deps = binder.deps.into_inner();
-        match result {
-            Ok(unit) => self.publish(options, unit, deps, source.name(), replacing),
-            Err(e) => {
-                read(&self.state).unpin(&deps);
-                Err(e)
-            }
+        if result.is_err() && !deps.is_empty() {
+            read(&self.state).unpin(&deps);
         }
+        result
     }
 
     /// Enter a finalized unit into the session's tables, unless its strong definitions clash
@@ -602,7 +607,7 @@ impl Session {
     fn publish(
         &self,
         options: &UnitOptions,
-        unit: LinkedUnit,
+        unit: LinkedUnit<'_>,
         deps: SmallVec<[u64; 4]>,
         name: &str,
         replacing: Option<u64>,
@@ -961,7 +966,7 @@ pub(crate) enum Source<'s> {
 type Parts<'s> = (
     Vec<(String, &'s [u8])>,
     Vec<(String, &'s [u8])>,
-    Vec<&'s InMemoryGraph>,
+    SmallVec<[&'s InMemoryGraph; 1]>,
     &'s [String],
     Option<u64>,
 );

@@ -207,13 +207,13 @@ struct Rare {
 
 /// A new unit's definitions, with their names hashed ([`name_hash`]) before the session's
 /// lock is taken.
-pub(crate) struct NewSymbols {
-    exports: Vec<Export>,
+pub(crate) struct NewSymbols<'g> {
+    exports: crate::link::Exports<'g>,
     hashes: SmallVec<[u64; 4]>,
 }
 
-impl NewSymbols {
-    pub fn new(exports: Vec<Export>) -> Self {
+impl<'g> NewSymbols<'g> {
+    pub fn new(exports: crate::link::Exports<'g>) -> Self {
         let hashes = exports
             .iter()
             .map(|e| name_hash(e.name.as_bytes()))
@@ -265,12 +265,12 @@ pub(crate) struct NewUnit {
     /// Where its slab ranges came from: `None` for the session's own slabs (or no slab
     /// ranges).
     pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: Vec<SlabRange>,
-    pub segments: Vec<(u64, u64)>,
-    pub relink: Option<RelinkRecord>,
-    pub link_actions: Option<Vec<kiln_target::ActionPair>>,
-    pub stats: Option<crate::LinkStats>,
-    pub map: Option<crate::LinkMap>,
+    pub slab_ranges: crate::link::SlabRanges,
+    pub segments: crate::link::Segments,
+    pub relink: Option<Arc<RelinkRecord>>,
+    pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
+    pub stats: Option<Box<crate::LinkStats>>,
+    pub map: Option<Arc<crate::LinkMap>>,
 }
 
 /// The list [`Unit::incoming`] gives for a unit without one.
@@ -294,20 +294,19 @@ impl Unit {
             || n.map.is_some();
         // (A unit's lists of units join its rare part when they grow past one.)
         let rare = has_rare.then(|| {
-            let mut slab_ranges = if ranges_kept {
-                n.slab_ranges
+            let slab_ranges = if ranges_kept {
+                n.slab_ranges.to_vec()
             } else {
                 Vec::new()
             };
-            slab_ranges.shrink_to_fit();
             Box::new(Rare {
                 slab_ranges,
                 memory: n.memory.filter(|_| memory == MemoryKind::Other),
-                relink: n.relink.map(Arc::new),
-                link_actions: n.link_actions.map(Arc::new),
+                relink: n.relink,
+                link_actions: n.link_actions,
                 incoming: Vec::new(),
-                stats: n.stats.map(Box::new),
-                map: n.map.map(Arc::new),
+                stats: n.stats,
+                map: n.map,
                 deps: Vec::new(),
                 dependents: Vec::new(),
                 names: Vec::new(),
@@ -315,7 +314,7 @@ impl Unit {
         });
         Unit {
             alloc: n.alloc,
-            segments: n.segments.into(),
+            segments: Segs::from(&n.segments[..]),
             name: 0,
             dep: 0,
             dependent: 0,
@@ -390,7 +389,7 @@ impl Unit {
     /// Its segments moved to `after` (same count, same sizes, same slabs); `translate` maps an
     /// old address to the new one.
     pub fn move_segments(&mut self, after: &[(u64, u64)], translate: impl Fn(u64) -> u64) {
-        self.segments = after.to_vec().into();
+        self.segments = Segs::from(after);
         for r in self.rare.iter_mut().flat_map(|r| r.slab_ranges.iter_mut()) {
             r.addr = ExecutorAddr(translate(r.addr.0));
         }
@@ -1057,8 +1056,8 @@ mod tests {
             alloc: AllocId(1),
             scope: ScopeId(0),
             memory: None,
-            slab_ranges: Vec::new(),
-            segments: vec![(0x1000, 16)],
+            slab_ranges: Default::default(),
+            segments: [(0x1000, 16)].into_iter().collect(),
             relink: None,
             link_actions: None,
             stats: None,
@@ -1094,8 +1093,8 @@ mod tests {
             alloc: AllocId(1),
             scope: ScopeId(0),
             memory: None,
-            slab_ranges: Vec::new(),
-            segments: vec![(0x1000, 16)],
+            slab_ranges: Default::default(),
+            segments: [(0x1000, 16)].into_iter().collect(),
             relink: None,
             link_actions: None,
             stats: None,
@@ -1152,8 +1151,8 @@ mod tests {
                 alloc: AllocId(1),
                 scope: ScopeId(0),
                 memory: None,
-                slab_ranges,
-                segments,
+                slab_ranges: slab_ranges.into(),
+                segments: segments.into(),
                 relink: None,
                 link_actions: None,
                 stats: None,

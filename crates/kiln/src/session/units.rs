@@ -138,15 +138,17 @@ pub(crate) enum Segs {
     Many(Option<Box<Vec<(u64, u64)>>>),
 }
 
-impl From<Vec<(u64, u64)>> for Segs {
-    fn from(v: Vec<(u64, u64)>) -> Segs {
-        match v[..] {
+impl From<&[(u64, u64)]> for Segs {
+    /// (Made from a slice: the one inline segment of a JIT's unit is copied, no list is
+    /// allocated or freed.)
+    fn from(v: &[(u64, u64)]) -> Segs {
+        match *v {
             [] => Segs::Many(None),
             [(addr, size)] if u32::try_from(size).is_ok() => Segs::One {
                 size: size as u32,
                 addr,
             },
-            _ => Segs::Many(Some(Box::new(v))),
+            _ => Segs::Many(Some(Box::new(v.to_vec()))),
         }
     }
 }
@@ -576,7 +578,7 @@ mod tests {
             vec![(0x1000, 16), (0x9000, 8)],
         ];
         for list in lists {
-            let segs = Segs::from(list.clone());
+            let segs = Segs::from(&list[..]);
             assert_eq!(&*segs.list(), &list[..]);
             assert_eq!(
                 matches!(segs, Segs::One { .. }),
