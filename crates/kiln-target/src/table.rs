@@ -680,7 +680,7 @@ impl<S> Table<S> {
             pins: 0,
             initialized: false,
             finalizers: new.finalizers,
-            segments: segments.into(),
+            segments: Segments::of(&segments),
             extras,
         });
         Ok(())
