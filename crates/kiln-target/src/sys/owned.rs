@@ -279,7 +279,7 @@ impl OwnedMemory {
         for s in segments {
             mem::flush_icache(s.addr, s.size);
         }
-        shard.lock()?.slab_unit_written(id, plan, new)?;
+        shard.lock()?.slab_unit_written(id, &mut plan, new)?;
         pending.claimed = false;
         if !live {
             let req = FinalizeRequest {
