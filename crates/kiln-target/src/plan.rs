@@ -5,6 +5,11 @@
 
 use crate::executor::{Action, ActionPair, FinalizeRequest, SlabSegment};
 use crate::{Error, ExecutorAddr, MemProt, Result};
+use smallvec::SmallVec;
+
+/// A unit's planned segments: inline up to one per slab region (code, read-only data,
+/// writable data), so that planning a typical unit allocates nothing.
+pub(crate) type PlannedSegments = SmallVec<[PlannedSegment; 3]>;
 
 /// One non-empty segment of the request.
 #[derive(Copy, Clone, Debug)]
@@ -22,7 +27,7 @@ pub(crate) struct PlannedSegment {
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     /// Sorted by start, pairwise disjoint (by pages outside slabs).
-    pub(crate) segments: Vec<PlannedSegment>,
+    pub(crate) segments: PlannedSegments,
     /// `.eh_frame` sections to register: (address, size).
     pub(crate) eh_frames: Vec<(u64, u64)>,
     /// Ranges the runtime itself reads while the unit lives (registered unwind info, TLS
@@ -88,7 +93,7 @@ impl Plan {
     /// A new unit's segments in a slab ([`crate::Executor::finalize_slab_unit`]), planned as
     /// those of an `in_slab` request; its actions come later ([`Plan::check_unit`]).
     pub(crate) fn slab_unit(segments: &[SlabSegment]) -> Result<Plan> {
-        let mut segs = Vec::with_capacity(segments.len());
+        let mut segs = PlannedSegments::with_capacity(segments.len());
         for s in segments {
             let (start, end) = range(s.addr.0, s.size)?;
             if start < end {
@@ -116,6 +121,10 @@ impl Plan {
         initializers: &[ExecutorAddr],
         deinitializers: &[Action],
     ) -> Result<()> {
+        // A JIT's typical unit asks for nothing: nothing to check, nothing registered.
+        if actions.is_empty() && initializers.is_empty() && deinitializers.is_empty() {
+            return Ok(());
+        }
         self.check_actions(actions)?;
         for &f in initializers {
             let a = Action::CallVoid(f);
@@ -130,10 +139,7 @@ impl Plan {
     /// New actions for an allocation whose segments are placed already (sorted by start,
     /// pairwise disjoint): what [`crate::Executor::move_allocation`] registers at the new
     /// addresses, checked exactly as a new unit's actions are.
-    pub(crate) fn for_placed(
-        segments: Vec<PlannedSegment>,
-        actions: &[ActionPair],
-    ) -> Result<Plan> {
+    pub(crate) fn for_placed(segments: PlannedSegments, actions: &[ActionPair]) -> Result<Plan> {
         let mut plan = Plan {
             segments,
             ..Plan::default()
@@ -155,8 +161,8 @@ impl Plan {
         Ok(())
     }
 
-    fn segments(req: &FinalizeRequest, page: u64) -> Result<Vec<PlannedSegment>> {
-        let mut segs = Vec::with_capacity(req.segments.len());
+    fn segments(req: &FinalizeRequest, page: u64) -> Result<PlannedSegments> {
+        let mut segs = PlannedSegments::with_capacity(req.segments.len());
         for s in &req.segments {
             let size = (s.content.len() as u64)
                 .checked_add(s.zero_fill)

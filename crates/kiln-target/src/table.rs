@@ -680,7 +680,7 @@ impl<S> Table<S> {
             pins: 0,
             initialized: false,
             finalizers: new.finalizers,
-            segments: segments.into(),
+            segments: Segments::of(&segments),
             extras,
         });
         Ok(())
@@ -742,8 +742,14 @@ impl<S> Table<S> {
     /// actions planned (`plan`): its claims end, its registered ranges are recorded, and it is
     /// live with `new`'s initializers and finalizers, or (`!new.live`: it has actions to run)
     /// stays finalizing until [`Table::finish_finalize`]. Refused, changing nothing, when its
-    /// static TLS blocks are not this executor's or `id` is not such a unit.
-    pub(crate) fn slab_unit_written(&mut self, id: u64, plan: Plan, new: NewAlloc) -> Result<()> {
+    /// static TLS blocks are not this executor's or `id` is not such a unit. Takes the plan's
+    /// registered ranges (the plan by reference: it is not copied on the way in).
+    pub(crate) fn slab_unit_written(
+        &mut self,
+        id: u64,
+        plan: &mut Plan,
+        new: NewAlloc,
+    ) -> Result<()> {
         self.check_static_tls(&plan.static_tls)?;
         let a = match self.allocs.get_mut(&id) {
             Some(a) if a.state == AllocState::Finalizing && a.reservation().is_none() => a,
@@ -752,7 +758,7 @@ impl<S> Table<S> {
         for g in a.segments.iter() {
             self.claims.remove(g.start);
         }
-        let mut registered = plan.registered;
+        let mut registered = std::mem::take(&mut plan.registered);
         // (Cannot fail: inside the allocation's own segments, pairwise disjoint.)
         registered.retain(|&(s, e)| self.registered.insert(s, e, id).is_ok());
         if !registered.is_empty() || !new.initializers.is_empty() {
@@ -1369,7 +1375,7 @@ mod tests {
             finalizers: false,
             live: true,
         };
-        t.slab_unit_written(id, Plan::default(), new)
+        t.slab_unit_written(id, &mut Plan::default(), new)
     }
 
     /// New slab units in one visit: refused over units, claims and other regions, and over

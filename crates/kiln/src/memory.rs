@@ -470,13 +470,38 @@ impl Lane {
     }
 }
 
+/// [`LANE`] before this thread's first link through a memory of several lanes.
+const NO_LANE: usize = usize::MAX;
+
 thread_local! {
-    /// The lane this thread used last (modulo a memory's lane count): threads start spread
-    /// over the lanes in the order they first link.
-    static LANE: std::cell::Cell<usize> = std::cell::Cell::new({
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    /// The lane this thread used last (modulo a memory's lane count), [`NO_LANE`] until it
+    /// first needs one. Initialized constant, so that reading it costs no check of a lazy
+    /// initializer.
+    static LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(NO_LANE) };
+}
+
+/// This thread's lane among `n` (> 1): threads start spread over the lanes in the order they
+/// first link.
+fn lane_of_thread(n: usize) -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let lane = LANE.with(|l| {
+        let mut lane = l.get();
+        if lane == NO_LANE {
+            lane = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % MAX_LANES;
+            l.set(lane);
+        }
+        lane
     });
+    lane % n
+}
+
+/// The lane after `i` among `n`, wrapping round.
+fn next_lane(i: usize, n: usize) -> usize {
+    if i + 1 == n {
+        0
+    } else {
+        i + 1
+    }
 }
 
 /// Lanes of a new growable memory: the cores this process may run on, at most [`MAX_LANES`].
@@ -523,17 +548,20 @@ impl SlabMemory {
     /// it keeps), else its own once free.
     fn my_lane(&self) -> std::sync::MutexGuard<'_, SlabAllocator> {
         let n = self.lanes.len();
-        let mine = LANE.with(|l| l.get()) % n;
-        if n > 1 {
-            for k in 0..n {
-                let i = (mine + k) % n;
-                if let Some(guard) = try_lock(&self.lanes[i]) {
-                    if k > 0 {
-                        LANE.with(|l| l.set(i));
-                    }
-                    return guard;
+        // One lane (a fixed memory, one core): no choice to make, nothing to remember.
+        if n == 1 {
+            return self.lanes[0].lock();
+        }
+        let mine = lane_of_thread(n);
+        let mut i = mine;
+        for k in 0..n {
+            if let Some(guard) = try_lock(&self.lanes[i]) {
+                if k > 0 {
+                    LANE.with(|l| l.set(i));
                 }
+                return guard;
             }
+            i = next_lane(i, n);
         }
         self.lanes[mine].lock()
     }
@@ -542,12 +570,16 @@ impl SlabMemory {
     /// first (where the slab it just chose lies).
     fn lane_of(&self, slab: SlabId) -> Option<(std::sync::MutexGuard<'_, SlabAllocator>, usize)> {
         let n = self.lanes.len();
-        let mine = LANE.with(|l| l.get()) % n;
-        (0..n).find_map(|k| {
-            let a = self.lanes[(mine + k) % n].lock();
-            let i = a.slabs.iter().position(|s| s.info.id == slab)?;
-            Some((a, i))
-        })
+        let mut lane = if n == 1 { 0 } else { lane_of_thread(n) };
+        for _ in 0..n {
+            let a = self.lanes[lane].lock();
+            if let Some(i) = a.slabs.iter().position(|s| s.info.id == slab) {
+                return Some((a, i));
+            }
+            drop(a);
+            lane = next_lane(lane, n);
+        }
+        None
     }
 }
 

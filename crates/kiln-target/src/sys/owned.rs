@@ -7,7 +7,7 @@
 use super::slab::{patch_len, write_range, OnDrop, Slab, WriteView};
 use super::{actions, call, mem, sync, valgrind};
 use crate::executor::{Action, ActionPair, FinalizeRequest, Segment, SlabSegment, UnitActions};
-use crate::plan::{range, Plan};
+use crate::plan::{range, Plan, PlannedSegments};
 use crate::shards::{self, OnceIndex};
 use crate::table::{MovePlan, NewAlloc, Table};
 use crate::{
@@ -279,7 +279,7 @@ impl OwnedMemory {
         for s in segments {
             mem::flush_icache(s.addr, s.size);
         }
-        shard.lock()?.slab_unit_written(id, plan, new)?;
+        shard.lock()?.slab_unit_written(id, &mut plan, new)?;
         pending.claimed = false;
         if !live {
             let req = FinalizeRequest {
@@ -710,7 +710,7 @@ impl OwnedMemory {
         let (plan, registered, views, undo) = {
             let mut t = shard.lock()?;
             let plan = t.plan_move(id.0, moves)?;
-            let new = Plan::for_placed(plan.segments.clone(), &new_actions)?;
+            let new = Plan::for_placed(PlannedSegments::from_slice(&plan.segments), &new_actions)?;
             t.check_static_tls(&new.static_tls)?;
             for &(addr, size) in &new.eh_frames {
                 check_moved_eh_frame(&plan, addr, size)?;
