@@ -1050,19 +1050,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn lists_of_units_grow_into_the_rare_part_and_come_back() {
-        let mut u = Unit::new(NewUnit {
+    /// A unit of one 16-byte segment, nothing else.
+    fn unit_with_one_segment() -> Unit {
+        unit(vec![(0x1000, 16)], Vec::new())
+    }
+
+    fn unit(segments: Vec<(u64, u64)>, slab_ranges: Vec<SlabRange>) -> Unit {
+        Unit::new(NewUnit {
             alloc: AllocId(1),
             scope: ScopeId(0),
             memory: None,
-            slab_ranges: Default::default(),
-            segments: [(0x1000, 16)].into_iter().collect(),
+            slab_ranges: slab_ranges.into(),
+            segments: segments.into(),
             relink: None,
             link_actions: None,
             stats: None,
             map: None,
-        });
+        })
+    }
+
+    #[test]
+    fn lists_of_units_grow_into_the_rare_part_and_come_back() {
+        let mut u = unit_with_one_segment();
         assert!(u.deps().is_empty() && u.dependents().is_empty());
         u.add_dependent(7);
         u.add_dependent(7);
@@ -1089,17 +1098,7 @@ mod tests {
 
     #[test]
     fn names_stay_inline_while_one_and_keep_their_order() {
-        let mut u = Unit::new(NewUnit {
-            alloc: AllocId(1),
-            scope: ScopeId(0),
-            memory: None,
-            slab_ranges: Default::default(),
-            segments: [(0x1000, 16)].into_iter().collect(),
-            relink: None,
-            link_actions: None,
-            stats: None,
-            map: None,
-        });
+        let mut u = unit_with_one_segment();
         u.set_initialized();
         assert!(u.names().is_empty());
         u.add_name(0);
@@ -1146,34 +1145,21 @@ mod tests {
             addr: ExecutorAddr(addr),
             size,
         };
-        let new = |segments: Vec<(u64, u64)>, slab_ranges: Vec<SlabRange>| {
-            Unit::new(NewUnit {
-                alloc: AllocId(1),
-                scope: ScopeId(0),
-                memory: None,
-                slab_ranges: slab_ranges.into(),
-                segments: segments.into(),
-                relink: None,
-                link_actions: None,
-                stats: None,
-                map: None,
-            })
-        };
         let ranges = vec![range(0, 0x1000, 16), range(2, 0x9000, 8)];
-        let u = new(vec![(0x1000, 16), (0x9000, 8)], ranges.clone());
+        let u = unit(vec![(0x1000, 16), (0x9000, 8)], ranges.clone());
         assert!(u.rare.is_none() && u.regions == [0, 2, 0] && u.slab == SlabId(3));
         assert_eq!(&*u.slab_ranges(), &ranges[..]);
         assert!(u.in_slabs());
         // A range that is not a segment: kept as it is.
         let odd = vec![range(0, 0x1000, 32)];
-        let mut u = new(vec![(0x1000, 16)], odd.clone());
+        let mut u = unit(vec![(0x1000, 16)], odd.clone());
         assert!(u.rare.is_some() && u.regions[0] == NO_REGION);
         assert_eq!(&*u.slab_ranges(), &odd[..]);
         u.move_segments(&[(0x2000, 16)], |a| a + 0x1000);
         assert_eq!(u.slab_ranges()[0].addr, ExecutorAddr(0x2000));
         assert_eq!(&*u.segments(), &[(0x2000, 16)]);
         // A reservation of its own.
-        let u = new(vec![(0x5000, 64)], Vec::new());
+        let u = unit(vec![(0x5000, 64)], Vec::new());
         assert!(!u.in_slabs() && u.slab_ranges().is_empty() && u.rare.is_none());
     }
 }
