@@ -657,11 +657,12 @@ impl Jit {
                 }
                 for (k, &(a, n)) in c.segments.iter().enumerate() {
                     if n > 0 && start <= a && a < end {
-                        let align = c.aligns.get(k).copied().unwrap_or(16).max(1);
+                        // Placed as the region's allocator places units: in whole extents.
+                        let align = c.aligns.get(k).copied().unwrap_or(16).max(kiln::SLAB_GRAIN);
                         pieces.push(Piece {
                             id: (i, k),
                             old: a,
-                            size: n,
+                            size: kiln::slab_extent(n),
                             align,
                         });
                     }

@@ -65,7 +65,7 @@ pub use error::{
 pub use kiln_target::{Executor, ExecutorAddr, InProcessExecutor};
 pub use link::relink::{RelinkEdge, RelinkRecord, RelinkTarget};
 pub use link::{LinkMap, LinkStats, MappedBytes, MappedSection, MappedSymbol, TableEntry};
-pub use memory::{CodeMemory, SlabAllocator, SlabMemory, SlabRange};
+pub use memory::{slab_extent, CodeMemory, SlabAllocator, SlabMemory, SlabRange, SLAB_GRAIN};
 pub use search::LibrarySearch;
 pub use session::{
     lazy_stub_graph, CallLeft, CallRedirect, CallSite, DefinitionGenerator, Generated, Inputs,

@@ -9,6 +9,18 @@ use crate::error::{Error, Result};
 use kiln_target::{Executor, ExecutorAddr, Placement, SlabId, SlabInfo, SlabWrite};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A unit's extent in a slab region is its size rounded up to this, at an address aligned to at
+/// least this: units of any length then leave no alignment gaps between them (a JIT's functions
+/// have any length; each gap would be a free range no unit fits in, kept in two B-trees, about
+/// 30 bytes per unit). Allocating, freeing and rebuilding a region's free list all count in
+/// these extents, and so must anything that places units itself (kiln-jit's compaction).
+pub const SLAB_GRAIN: u64 = 16;
+
+/// `size` as the extent it holds in a slab region.
+pub fn slab_extent(size: u64) -> u64 {
+    size.next_multiple_of(SLAB_GRAIN)
+}
+
 /// Free ranges of one region: the untouched end of the region (the tail, allocated by bumping a
 /// pointer), and ranges freed before it, coalesced, indexed by start (for coalescing) and by size
 /// (for a best-fit search that does not walk the small gaps alignment leaves behind). A region
@@ -43,6 +55,8 @@ impl FreeList {
 
     /// The smallest freed range that holds `size` bytes at `align`, else the tail.
     fn allocate(&mut self, size: u64, align: u64) -> Option<u64> {
+        let size = size.checked_next_multiple_of(SLAB_GRAIN)?;
+        let align = align.max(SLAB_GRAIN);
         if !self.by_size.is_empty() {
             if let Some(at) = self.best_fit(size, align) {
                 return Some(at);
@@ -87,10 +101,11 @@ impl FreeList {
         Some(at)
     }
 
-    fn free(&mut self, mut start: u64, mut len: u64) {
+    fn free(&mut self, mut start: u64, len: u64) {
         if len == 0 {
             return;
         }
+        let mut len = slab_extent(len);
         if let Some((&ps, &pl)) = self.ranges.range(..start).next_back() {
             if ps + pl == start {
                 self.remove(ps);
@@ -277,8 +292,8 @@ impl SlabAllocator {
         a
     }
 
-    /// Make the free ranges of `region` of slab `id` everything but `used` (sorted or not): after
-    /// a compaction moved what lives there.
+    /// Make the free ranges of `region` of slab `id` everything but the extents of `used`
+    /// (sorted or not, overlapping or not): after a compaction moved what lives there.
     pub fn rebuild_region(&mut self, id: SlabId, region: usize, used: &[(u64, u64)]) -> Result<()> {
         let s = self
             .slabs
@@ -297,15 +312,17 @@ impl SlabAllocator {
         let mut at = start.0;
         let mut gaps = Vec::new();
         for (a, n) in used {
-            if a < at || a.checked_add(n).is_none_or(|e| e > end) {
+            if a < start.0 || a.checked_add(n).is_none_or(|e| e > end) {
                 return Err(Error::Usage(format!(
-                    "used range {a:#x}+{n:#x} overlaps another or lies outside region {region} of slab {id:?}"
+                    "used range {a:#x}+{n:#x} lies outside region {region} of slab {id:?}"
                 )));
             }
             if a > at {
                 gaps.push((at, a - at));
             }
-            at = a + n;
+            // Its extent, as `allocate` gave it. Ranges may overlap (a unit's segment and the
+            // extent around it, both given): their union is used.
+            at = at.max((a + slab_extent(n)).min(end));
         }
         // What follows the last used range is the tail; the gaps before it are freed ranges.
         let mut free = FreeList::new(at, end - at);
@@ -362,20 +379,41 @@ mod tests {
     #[test]
     fn best_fit_passes_gaps_that_cannot_hold_the_block() {
         let mut f = FreeList::new(0x10_0000, 0x10_0000);
-        // 11-byte gaps starting 5 bytes into a 16-byte line: no 5-byte block aligned to 16 fits.
+        // 64-byte gaps starting 16 bytes into a 128-byte line: no 48-byte block aligned to 64
+        // fits in one.
         for i in 0..1000u64 {
-            f.insert(0x1000 + 64 * i + 5, 11);
+            f.insert(0x1000 + 128 * i + 0x10, 0x40);
         }
-        f.insert(0x9_0003, 100);
+        f.insert(0x9_0010, 0x100);
         assert_eq!(
-            f.allocate(5, 16),
-            Some(0x9_0010),
+            f.allocate(0x30, 64),
+            Some(0x9_0040),
             "the range that surely fits"
         );
-        // A short gap that starts aligned does hold it.
-        f.insert(0x8_0000, 6);
-        assert_eq!(f.allocate(5, 16), Some(0x8_0000));
-        assert_eq!(f.ranges.get(&0x8_0005), Some(&1), "its rest stays free");
+        // A shorter gap that starts aligned does hold it.
+        f.insert(0x8_0000, 0x30);
+        assert_eq!(f.allocate(0x30, 64), Some(0x8_0000));
+        assert_eq!(f.ranges.get(&0x8_0000), None, "taken whole");
+    }
+
+    #[test]
+    fn units_of_any_length_leave_no_gaps_and_free_whole_extents() {
+        let mut f = FreeList::new(0x1000, 0x1000);
+        // Lengths a JIT's functions have: each extent a multiple of the grain, back to back.
+        let a = f.allocate(0x45, 1).unwrap();
+        let b = f.allocate(0x9b, 8).unwrap();
+        let c = f.allocate(0x10, 16).unwrap();
+        assert_eq!((a, b, c), (0x1000, 0x1050, 0x10f0));
+        assert!(f.ranges.is_empty(), "no alignment gap recorded");
+        // Freeing with the unit's own length gives back its whole extent: b's room is reused
+        // by a unit of b's extent, and freeing all returns everything to the tail.
+        f.free(b, 0x9b);
+        assert_eq!(f.ranges.get(&0x1050), Some(&0xa0));
+        assert_eq!(f.allocate(0xa0, 16), Some(0x1050));
+        f.free(a, 0x45);
+        f.free(0x1050, 0xa0);
+        f.free(c, 0x10);
+        assert!(f.ranges.is_empty() && f.tail == (0x1000, 0x2000));
     }
 
     #[test]
