@@ -171,6 +171,19 @@ pub struct SlabSegment {
     pub prot: MemProt,
 }
 
+/// A slab segment as a finalize request lists it: its bytes are already in the slab (written
+/// through the alias), so it carries none.
+impl From<&SlabSegment> for Segment {
+    fn from(s: &SlabSegment) -> Segment {
+        Segment {
+            addr: s.addr,
+            prot: s.prot,
+            content: Vec::new(),
+            zero_fill: s.size,
+        }
+    }
+}
+
 /// What finalizing a unit in a slab needs besides its segments, known once its bytes are
 /// written ([`Executor::finalize_slab_unit`]): the fields of [`FinalizeRequest`] of the same
 /// names.
@@ -561,15 +574,7 @@ pub fn slab_unit_by_two_calls<E: Executor + ?Sized>(
     };
     let request = FinalizeRequest {
         reservation: (ExecutorAddr(0), 0),
-        segments: segments
-            .iter()
-            .map(|s| Segment {
-                addr: s.addr,
-                prot: s.prot,
-                content: Vec::new(),
-                zero_fill: s.size,
-            })
-            .collect(),
+        segments: segments.iter().map(Segment::from).collect(),
         actions: unit.actions,
         initializers: unit.initializers,
         deinitializers: unit.deinitializers,

@@ -283,15 +283,7 @@ impl OwnedMemory {
         pending.claimed = false;
         if !live {
             let req = FinalizeRequest {
-                segments: segments
-                    .iter()
-                    .map(|s| Segment {
-                        addr: s.addr,
-                        prot: s.prot,
-                        content: Vec::new(),
-                        zero_fill: s.size,
-                    })
-                    .collect(),
+                segments: segments.iter().map(Segment::from).collect(),
                 actions: unit.actions,
                 in_slab: true,
                 ..FinalizeRequest::default()
