@@ -66,6 +66,7 @@ impl<V> RangeMap<V> {
     }
 
     /// The range holding address `addr`.
+    #[cfg(test)]
     pub(crate) fn containing(&self, addr: u64) -> Option<(u64, u64, &V)> {
         self.overlapping(addr, addr.checked_add(1)?)
     }
@@ -221,6 +222,97 @@ impl RangeSet {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.ranges.is_empty()
+    }
+}
+
+/// The starts of disjoint ranges within one slab, each with the slot of its dense unit
+/// ([`crate::table`]): 32-bit offsets from the slab's start, 8 bytes a range. The ends are the
+/// units' (`end_of`), not stored twice. Kept as [`RangeMap`] keeps its ranges: sorted chunks of
+/// up to [`CHUNK`] under a B-tree keyed by each chunk's first start, an append a push onto the
+/// last chunk.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetIndex {
+    chunks: BTreeMap<u32, Vec<(u32, u32)>>,
+}
+
+impl OffsetIndex {
+    /// Every (start, slot) whose range overlaps `[start, end)`, last first, given each slot's
+    /// end. Walking back from the last start before `end`, the first range that ends at or
+    /// before `start` ends the overlap (the ranges are disjoint, so their ends are sorted too).
+    pub(crate) fn overlapping<'a>(
+        &'a self,
+        start: u32,
+        end: u32,
+        end_of: impl Fn(u32) -> u32 + 'a,
+    ) -> impl Iterator<Item = (u32, u32)> + 'a {
+        let upper = if start < end { end } else { 0 };
+        self.chunks
+            .range(..upper)
+            .rev()
+            .flat_map(move |(_, c)| c[..c.partition_point(|r| r.0 < upper)].iter().rev())
+            .copied()
+            .take_while(move |&(_, slot)| end_of(slot) > start)
+    }
+
+    /// Add a range starting at `start` for `slot`; the caller has checked that it overlaps no
+    /// range here.
+    pub(crate) fn insert(&mut self, start: u32, slot: u32) {
+        if let Some(mut last) = self.chunks.last_entry() {
+            let c = last.get_mut();
+            if c.len() < CHUNK && c.last().is_some_and(|r| r.0 < start) {
+                c.push((start, slot));
+                return;
+            }
+        }
+        let Some((_, c)) = self.chunks.range_mut(..=start).next_back() else {
+            let mut c = match self.chunks.first_entry() {
+                Some(first) if first.get().len() < CHUNK => first.remove(),
+                _ => Vec::new(),
+            };
+            c.insert(0, (start, slot));
+            self.chunks.insert(start, c);
+            return;
+        };
+        let i = c.partition_point(|r| r.0 < start);
+        if c.len() < CHUNK {
+            c.insert(i, (start, slot));
+            return;
+        }
+        let at = if i == CHUNK { CHUNK } else { CHUNK / 2 };
+        let mut tail = Vec::with_capacity(CHUNK);
+        tail.extend(c.drain(at..));
+        if i >= at {
+            tail.insert(i - at, (start, slot));
+        } else {
+            c.insert(i, (start, slot));
+        }
+        let key = tail[0].0;
+        self.chunks.insert(key, tail);
+    }
+
+    /// Remove the range starting at `start`; returns its slot.
+    pub(crate) fn remove(&mut self, start: u32) -> Option<u32> {
+        let (&key, c) = self.chunks.range_mut(..=start).next_back()?;
+        let i = c.binary_search_by_key(&start, |r| r.0).ok()?;
+        let (_, slot) = c.remove(i);
+        if c.is_empty() {
+            self.chunks.remove(&key);
+        } else {
+            if c.len() * 4 <= c.capacity() {
+                c.shrink_to(c.len() * 2);
+            }
+            if i == 0 {
+                if let Some(c) = self.chunks.remove(&key) {
+                    self.chunks.insert(c[0].0, c);
+                }
+            }
+        }
+        Some(slot)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
     }
 }
 
