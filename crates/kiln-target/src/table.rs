@@ -1976,4 +1976,121 @@ mod tests {
         t.take_slab(s).unwrap();
         assert!(t.is_empty());
     }
+
+    /// A dense unit's states: while written (its claim), live, dying or moving, each call
+    /// refuses what that state forbids; one that needs a full record later gets one.
+    #[test]
+    fn dense_unit_states_are_enforced() {
+        use crate::SegmentMove;
+        let mut t = Table::<()>::with_id_tag(3);
+        let s = slab(&mut t);
+        let segments = [crate::SlabSegment {
+            addr: ExecutorAddr(0x100100),
+            size: 0x20,
+            prot: MemProt::ReadExec,
+        }];
+        let plan = Plan::slab_unit(&segments).unwrap();
+        let id = t.begin_slab_unit(s, &segments, &plan).unwrap();
+        assert_eq!(id >> ID_TAG_SHIFT, 3, "minted in the table's tag");
+        assert!(t.dense(id).is_some());
+        // Being written.
+        assert!(t.begin_dealloc(id).is_err());
+        assert!(t.start_initializers(id).is_err());
+        assert!(t.pin_code(ExecutorAddr(0x100100)).is_err());
+        assert!(t.plan_move(id, &[]).is_err());
+        assert!(t.check_read(0x100110, 4).is_err(), "read while written");
+        assert!(
+            t.check_patch(s, 0x100110, 4).is_err(),
+            "patched while written"
+        );
+        assert!(t.claim(s, 0x100110, 4).is_err());
+        assert!(t.claim_live(s, 0x100110, 4).is_err());
+        let live = || NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        t.slab_unit_written(id, &mut Plan::default(), live())
+            .unwrap();
+        assert!(
+            t.slab_unit_written(id, &mut Plan::default(), live())
+                .is_err(),
+            "written twice"
+        );
+        // Live.
+        t.check_read(0x100110, 4).unwrap();
+        t.check_patch(s, 0x100110, 4).unwrap();
+        t.claim_live(s, 0x100110, 4).unwrap();
+        t.unclaim(0x100110, 4);
+        assert!(t.claim(s, 0x100110, 4).is_err(), "a live unit's bytes");
+        assert_eq!(t.pin_code(ExecutorAddr(0x10011f)).unwrap(), id);
+        assert!(t.begin_dealloc(id).is_err(), "pinned");
+        t.unpin(id);
+        assert!(t.start_initializers(id).unwrap().is_some());
+        assert!(t.start_initializers(id).unwrap().is_none(), "once");
+        t.unpin(id);
+        // Dying, then back.
+        let dying = t.begin_dealloc(id).unwrap();
+        assert!(dying.is_trivial());
+        assert!(t.begin_dealloc(id).is_err(), "dying");
+        assert!(t.pin_code(ExecutorAddr(0x100100)).is_err(), "dying");
+        assert!(t.plan_move(id, &[]).is_err(), "dying");
+        assert!(t.claim_live(s, 0x100110, 4).is_err(), "dying");
+        t.cancel_dealloc(id, dying);
+        // Moving.
+        let mv = SegmentMove {
+            from: ExecutorAddr(0x100100),
+            to: ExecutorAddr(0x100400),
+            len: 0x20,
+        };
+        let plan = t.plan_move(id, &[mv]).unwrap();
+        assert!(t.begin_move(id, &plan).is_empty());
+        assert!(t.begin_dealloc(id).is_err(), "moving");
+        assert!(t.pin_code(ExecutorAddr(0x100100)).is_err(), "moving");
+        assert!(t.claim_live(s, 0x100100, 4).is_err(), "moving");
+        assert!(
+            t.claim(s, 0x100400, 4).is_err(),
+            "the destination is claimed"
+        );
+        t.relocate(id, &plan);
+        // Its new registrations need a full record: the same id keeps working.
+        t.finish_move(id, vec![(0x100404, 0x100408)], Vec::new());
+        assert!(t.dense(id).is_none());
+        assert!(t.check_patch(s, 0x100404, 2).is_err(), "registered");
+        assert_eq!(t.pin_code(ExecutorAddr(0x100400)).unwrap(), id);
+        t.unpin(id);
+        t.claim(s, 0x100100, 0x20).unwrap();
+        t.unclaim(0x100100, 0x20);
+        t.begin_dealloc(id).unwrap();
+        t.finish_dealloc(id);
+        assert!(t.begin_dealloc(id).is_err(), "freed");
+        t.take_slab(s).unwrap();
+        assert!(t.is_empty());
+    }
+
+    /// A slot is reused with a new generation each time; once its generations are used up it
+    /// is retired, so no id is ever minted twice.
+    #[test]
+    fn slots_are_reused_and_ids_never_are() {
+        let mut t = Table::<()>::default();
+        let s = slab(&mut t);
+        let mut seen = std::collections::HashSet::new();
+        let mut last = 0;
+        for _ in 0..u32::from(GEN_LIMIT) + 2 {
+            let id = slab_unit(&mut t, s, 0x100100, 0x10).unwrap();
+            assert!(seen.insert(id), "id {id:#x} minted twice");
+            t.begin_dealloc(id).unwrap();
+            t.finish_dealloc(id);
+            assert!(t.begin_dealloc(id).is_err(), "stale");
+            last = id;
+        }
+        assert_eq!(
+            t.slots.entries.len(),
+            2,
+            "the first slot retired, then the second"
+        );
+        assert_eq!((last & (SLOT_ID_BIT - 1)) >> GEN_BITS, 1, "in the second slot");
+        t.take_slab(s).unwrap();
+        assert!(t.is_empty());
+    }
 }
