@@ -431,7 +431,7 @@ impl Dying {
 
 pub(crate) struct Table<S> {
     reservations: RangeMap<Reservation>,
-    slabs: BTreeMap<u32, SlabRecord<S>>,
+    slabs: Slabs<S>,
     /// Slab spans, for finding the slab that holds an address.
     slab_spans: RangeMap<u32>,
     /// Full records: allocations with ids from the caller, and slab units that are not dense
@@ -452,7 +452,7 @@ impl<S> Default for Table<S> {
     fn default() -> Self {
         Table {
             reservations: RangeMap::default(),
-            slabs: BTreeMap::new(),
+            slabs: Slabs(Vec::new()),
             slab_spans: RangeMap::default(),
             allocs: HashMap::default(),
             slots: Slots {
@@ -467,15 +467,43 @@ impl<S> Default for Table<S> {
     }
 }
 
+/// A table's slabs, sorted by id. The in-process executor's tables have one each (a search of
+/// one element, where a B-tree's costs a few dozen instructions on every unit's way in).
+struct Slabs<S>(Vec<SlabRecord<S>>);
+
+impl<S> Slabs<S> {
+    fn position(&self, id: u32) -> std::result::Result<usize, usize> {
+        match self.0.as_slice() {
+            [one] if one.info.id.0 == id => Ok(0),
+            all => all.binary_search_by_key(&id, |r| r.info.id.0),
+        }
+    }
+
+    fn get(&self, id: &u32) -> Option<&SlabRecord<S>> {
+        self.position(*id).ok().map(|i| &self.0[i])
+    }
+
+    fn get_mut(&mut self, id: &u32) -> Option<&mut SlabRecord<S>> {
+        self.position(*id).ok().map(|i| &mut self.0[i])
+    }
+
+    /// Add slab `id`'s record (replacing one of the same id).
+    fn insert(&mut self, id: u32, rec: SlabRecord<S>) {
+        match self.position(id) {
+            Ok(i) => self.0[i] = rec,
+            Err(i) => self.0.insert(i, rec),
+        }
+    }
+
+    fn remove(&mut self, id: &u32) -> Option<SlabRecord<S>> {
+        self.position(*id).ok().map(|i| self.0.remove(i))
+    }
+}
+
 /// A segment `[start, end)` was placed in slab memory (no-op outside slabs): the high-water
 /// mark of its region goes up to its end. (A function of the two fields, not a method: callers
 /// hold an allocation record of the same table.)
-fn raise_high_water<S>(
-    spans: &RangeMap<u32>,
-    slabs: &mut BTreeMap<u32, SlabRecord<S>>,
-    start: u64,
-    end: u64,
-) {
+fn raise_high_water<S>(spans: &RangeMap<u32>, slabs: &mut Slabs<S>, start: u64, end: u64) {
     let Some((_, _, id)) = spans.enclosing(start, end) else {
         return;
     };
@@ -1649,7 +1677,7 @@ impl<S> Table<S> {
             .collect();
         let mut empty_slabs = Vec::new();
         let mut occupied_slabs = Vec::new();
-        for (_, rec) in std::mem::take(&mut self.slabs) {
+        for rec in std::mem::take(&mut self.slabs.0) {
             let (s, e) = rec.span;
             if self.any_hit(s, e).is_some() || self.claims.any_in(s, e) {
                 occupied_slabs.push(rec.payload);
@@ -1669,7 +1697,7 @@ impl<S> Table<S> {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.reservations.is_empty()
-            && self.slabs.is_empty()
+            && self.slabs.0.is_empty()
             && self.allocs.is_empty()
             && self.slots.index.is_empty()
             && self
@@ -2089,7 +2117,11 @@ mod tests {
             2,
             "the first slot retired, then the second"
         );
-        assert_eq!((last & (SLOT_ID_BIT - 1)) >> GEN_BITS, 1, "in the second slot");
+        assert_eq!(
+            (last & (SLOT_ID_BIT - 1)) >> GEN_BITS,
+            1,
+            "in the second slot"
+        );
         t.take_slab(s).unwrap();
         assert!(t.is_empty());
     }
