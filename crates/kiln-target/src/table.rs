@@ -730,11 +730,7 @@ impl<S> Table<S> {
     }
 
     fn slab(&self, id: SlabId) -> Result<&SlabRecord<S>> {
-        // (`ok_or_else`: an error value built and dropped on every success costs more than the
-        // lookup.)
-        self.slabs
-            .get(&id.0)
-            .ok_or_else(|| Error::UnknownSlab(id.0))
+        self.slabs.get(&id.0).ok_or(Error::UnknownSlab(id.0))
     }
 
     pub(crate) fn slab_payload(&self, id: SlabId) -> Result<&S> {
@@ -764,6 +760,7 @@ impl<S> Table<S> {
     /// The segment that overlaps `[start, end)`, which lies in region `r` of slab `id`: none
     /// when the range starts at or above the region's high-water mark (see
     /// [`SlabRecord::high_water`]), otherwise a search of the segment index.
+    #[inline]
     fn segment_in_region(&self, id: SlabId, r: usize, start: u64, end: u64) -> Option<Hit> {
         let above = self
             .slabs
@@ -773,6 +770,13 @@ impl<S> Table<S> {
             debug_assert!(self.any_hit(start, end).is_none());
             return None;
         }
+        self.searched_hit(start, end)
+    }
+
+    /// [`Table::any_hit`] out of line: the search's frame stays off the path of a unit placed
+    /// above the high-water mark.
+    #[inline(never)]
+    fn searched_hit(&self, start: u64, end: u64) -> Option<Hit> {
         self.any_hit(start, end)
     }
 

@@ -1045,22 +1045,20 @@ fn stale_and_forged_ids_of_dense_units_are_refused() {
     ex.deallocate(first).unwrap();
     let second = dense_unit(&ex, &s, code, 2).unwrap();
     assert_ne!(first, second, "a new id at the same address");
-    for stale in [first] {
-        refused(ex.deallocate(stale), "a stale id");
-        refused(ex.run_initializers(stale), "a stale id");
-        refused(
-            ex.move_allocation(
-                stale,
-                &[SegmentMove {
-                    from: ExecutorAddr(code),
-                    to: ExecutorAddr(code + 0x100),
-                    len: 9,
-                }],
-                Vec::new(),
-            ),
-            "a stale id",
-        );
-    }
+    refused(ex.deallocate(first), "a stale id");
+    refused(ex.run_initializers(first), "a stale id");
+    refused(
+        ex.move_allocation(
+            first,
+            &[SegmentMove {
+                from: ExecutorAddr(code),
+                to: ExecutorAddr(code + 0x100),
+                len: 9,
+            }],
+            Vec::new(),
+        ),
+        "a stale id",
+    );
     assert_eq!(ex.call(ExecutorAddr(code), &[]).unwrap(), 2, "the new unit");
     for forged in [
         second.0 + 1,         // another generation of its slot
@@ -1082,7 +1080,7 @@ fn stale_and_forged_ids_of_dense_units_are_refused() {
         for (i, slot_addr) in (1..8u64).map(|k| (k, code + k * 16)) {
             let n = round * 100 + i as u32;
             match live.iter().position(|&(_, a, _)| a == slot_addr) {
-                Some(j) if (round + i as u32) % 3 == 0 => {
+                Some(j) if (round + i as u32).is_multiple_of(3) => {
                     let (id, _, _) = live.swap_remove(j);
                     ex.deallocate(id).unwrap();
                     dead.push(id);

@@ -111,9 +111,7 @@ impl OwnedMemory {
 
     /// The table of slab `slab` (one released stays, empty, and refuses everything).
     fn slab_shard(&self, slab: SlabId) -> Result<&Shard> {
-        self.slabs
-            .get(slab.0)
-            .ok_or_else(|| Error::UnknownSlab(slab.0))
+        self.slabs.get(slab.0).ok_or(Error::UnknownSlab(slab.0))
     }
 
     /// The table that holds allocation `id` (if any does).
