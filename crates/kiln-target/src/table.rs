@@ -1019,7 +1019,7 @@ impl<S> Table<S> {
     }
 
     /// Check and take the segments of a new unit in slab `slab`
-    /// ([`crate::Executor::finalize_slab_unit`]; `plan` from [`Plan::slab_unit`]): each inside
+    /// ([`crate::Executor::finalize_slab_unit`]; `planned` from [`Plan::slab_segments`]): each inside
     /// one region of that slab with the region's protection (empty ones too), over no
     /// allocation's bytes and no claim. Records the unit as finalizing with those segments,
     /// claimed for its writer, who holds the only writable slices of them until
@@ -1031,7 +1031,7 @@ impl<S> Table<S> {
         &mut self,
         slab: SlabId,
         segments: &[crate::SlabSegment],
-        plan: &Plan,
+        planned: &[PlannedSegment],
     ) -> Result<u64> {
         for seg in segments {
             let (s, e) = range(seg.addr.0, seg.size)?;
@@ -1041,7 +1041,7 @@ impl<S> Table<S> {
             }
             self.check_slab_segment(slab, r, s, e, seg.prot)?;
         }
-        let dense = match plan.segments.as_slice() {
+        let dense = match planned {
             [one] => self
                 .slots
                 .dense_place(slab, one.start, one.end)
@@ -1071,7 +1071,7 @@ impl<S> Table<S> {
         // Checked: from here on nothing fails. The plan's segments are non-empty and pairwise
         // disjoint, and disjoint from every allocation's segments and every claim (above).
         if let Some(rec) = self.slabs.get_mut(&slab.0) {
-            for seg in &plan.segments {
+            for seg in planned {
                 rec.raise_high_water(seg.start, seg.end);
             }
         }
@@ -1079,7 +1079,7 @@ impl<S> Table<S> {
             self.slots.index.insert(entry.offset, slot);
             return Ok(id);
         }
-        for seg in &plan.segments {
+        for seg in planned {
             let _ = self.claims.insert(seg.start, seg.end);
             let owner = SegmentOwner {
                 alloc: id,
@@ -1094,7 +1094,7 @@ impl<S> Table<S> {
                 pins: 0,
                 initialized: false,
                 finalizers: false,
-                segments: Segments::of(&plan.segments),
+                segments: Segments::of(planned),
                 extras: None,
             },
         );
@@ -1155,6 +1155,24 @@ impl<S> Table<S> {
             a.state = AllocState::Live;
         }
         Ok(())
+    }
+
+    /// [`Table::slab_unit_written`] for a unit with no actions, initializers or deinitializers
+    /// (a JIT's typical unit): live at once, with nothing more to record.
+    pub(crate) fn slab_unit_live(&mut self, id: u64) -> Result<()> {
+        if let Some(u) = self.dense_mut(id) {
+            if u.state != SlotState::Writing {
+                return Err(Error::UnknownAllocation(id));
+            }
+            u.state = SlotState::Live;
+            return Ok(());
+        }
+        let new = NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        self.slab_unit_written(id, &mut Plan::default(), new)
     }
 
     /// New slab unit `id` does not go live (its writer gave up, its actions were refused or
@@ -1857,8 +1875,8 @@ mod tests {
             size: len,
             prot: MemProt::ReadExec,
         }];
-        let plan = Plan::slab_unit(&segments)?;
-        let id = t.begin_slab_unit(s, &segments, &plan)?;
+        let planned = Plan::slab_segments(&segments)?;
+        let id = t.begin_slab_unit(s, &segments, &planned)?;
         let new = NewAlloc {
             initializers: Vec::new(),
             finalizers: false,
@@ -1916,8 +1934,8 @@ mod tests {
             size: 0x10,
             prot: MemProt::ReadExec,
         }];
-        let plan = Plan::slab_unit(&segments).unwrap();
-        let u5 = t.begin_slab_unit(s, &segments, &plan).unwrap();
+        let planned = Plan::slab_segments(&segments).unwrap();
+        let u5 = t.begin_slab_unit(s, &segments, &planned).unwrap();
         assert!(t.claim(s, 0x100900, 1).is_err(), "being written");
         assert!(t.pin_code(ExecutorAddr(0x100900)).is_err(), "not live");
         t.abort_slab_unit(u5, true);
@@ -2021,8 +2039,8 @@ mod tests {
             size: 0x20,
             prot: MemProt::ReadExec,
         }];
-        let plan = Plan::slab_unit(&segments).unwrap();
-        let id = t.begin_slab_unit(s, &segments, &plan).unwrap();
+        let planned = Plan::slab_segments(&segments).unwrap();
+        let id = t.begin_slab_unit(s, &segments, &planned).unwrap();
         assert_eq!(id >> ID_TAG_SHIFT, 3, "minted in the table's tag");
         assert!(t.dense(id).is_some());
         // Being written.

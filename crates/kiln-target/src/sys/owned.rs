@@ -227,12 +227,12 @@ impl OwnedMemory {
         segments: &[SlabSegment],
         fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
     ) -> Result<Option<AllocId>> {
-        let mut plan = Plan::slab_unit(segments)?;
+        let planned = Plan::slab_segments(segments)?;
         let shard = self.slab_shard(slab)?;
         let (id, view) = {
             let mut t = shard.lock()?;
             let view = t.slab_payload(slab)?.view();
-            (t.begin_slab_unit(slab, segments, &plan)?, view)
+            (t.begin_slab_unit(slab, segments, &planned)?, view)
         };
         let mut pending = PendingUnit {
             shard,
@@ -246,9 +246,10 @@ impl OwnedMemory {
             let inline = segments.len() <= few.len();
             for (i, seg) in segments.iter().enumerate() {
                 // SAFETY: every non-empty segment is claimed for this call (inside one region
-                // of our live slab, over no allocation's bytes and no other claim) until
-                // `slab_unit_written` or `pending`'s abort, both after this block drops `few`
-                // and `many`; the segments are pairwise disjoint (`Plan::slab_unit`), so the
+                // of our live slab, over no allocation's bytes and no other claim; a dense
+                // unit's claim is its `Writing` state, which every other call's check sees as
+                // one) until `slab_unit_live`, `slab_unit_written` or `pending`'s abort, all
+                // after this block drops `few` and `many`; the segments are pairwise disjoint (`Plan::slab_segments`), so the
                 // slices are; the slab is not unmapped while an allocation lies in it.
                 let slice = unsafe { view.slice_mut(seg.addr.0, seg.size)? };
                 if inline {
@@ -265,6 +266,21 @@ impl OwnedMemory {
         };
         let Some(unit) = unit else {
             return Ok(None);
+        };
+        if unit.actions.is_empty() && unit.initializers.is_empty() && unit.deinitializers.is_empty()
+        {
+            // A JIT's typical unit: nothing to check, register or run, so no plan beyond its
+            // segments (checked by `begin_slab_unit`).
+            for s in segments {
+                mem::flush_icache(s.addr, s.size);
+            }
+            shard.lock()?.slab_unit_live(id)?;
+            std::mem::forget(pending);
+            return Ok(Some(AllocId(id)));
+        }
+        let mut plan = Plan {
+            segments: planned,
+            ..Plan::default()
         };
         plan.check_unit(&unit.actions, &unit.initializers, &unit.deinitializers)?;
         let eh_frames = std::mem::take(&mut plan.eh_frames);
