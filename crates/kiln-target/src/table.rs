@@ -328,6 +328,21 @@ struct SlabRecord<S> {
 }
 
 impl<S> SlabRecord<S> {
+    /// The region that holds all of `[start, end)` (an empty range: in a region or at its
+    /// end).
+    fn region_of(&self, start: u64, end: u64) -> Result<usize> {
+        for (r, (a, n)) in self.info.regions.iter().enumerate() {
+            if a.0 <= start && end <= a.0.saturating_add(*n) {
+                return Ok(r);
+            }
+        }
+        Err(not_owned(
+            start,
+            end - start,
+            "inside one region of that slab of this executor",
+        ))
+    }
+
     /// A segment `[start, end)` was placed in the slab: the mark of the region holding it
     /// goes up to its end.
     fn raise_high_water(&mut self, start: u64, end: u64) {
@@ -730,7 +745,11 @@ impl<S> Table<S> {
     }
 
     fn slab(&self, id: SlabId) -> Result<&SlabRecord<S>> {
-        self.slabs.get(&id.0).ok_or(Error::UnknownSlab(id.0))
+        // (Not `ok_or`: that builds the error, and drops it, on every success.)
+        match self.slabs.get(&id.0) {
+            Some(s) => Ok(s),
+            None => Err(Error::UnknownSlab(id.0)),
+        }
     }
 
     pub(crate) fn slab_payload(&self, id: SlabId) -> Result<&S> {
@@ -740,21 +759,7 @@ impl<S> Table<S> {
     /// The region of slab `id` that holds all of `[start, end)` (an empty range: in a region or
     /// at its end).
     fn region(&self, id: SlabId, start: u64, end: u64) -> Result<usize> {
-        let s = self.slab(id)?;
-        s.info
-            .regions
-            .iter()
-            .position(|(a, n)| {
-                let region_end = a.0.saturating_add(*n);
-                a.0 <= start && end <= region_end
-            })
-            .ok_or_else(|| {
-                not_owned(
-                    start,
-                    end - start,
-                    "inside one region of that slab of this executor",
-                )
-            })
+        self.slab(id)?.region_of(start, end)
     }
 
     /// The segment that overlaps `[start, end)`, which lies in region `r` of slab `id`: none
@@ -1033,13 +1038,14 @@ impl<S> Table<S> {
         segments: &[crate::SlabSegment],
         planned: &[PlannedSegment],
     ) -> Result<u64> {
+        let rec = self.slab(slab)?;
         for seg in segments {
             let (s, e) = range(seg.addr.0, seg.size)?;
-            let r = self.region(slab, s, e)?;
+            let r = rec.region_of(s, e)?;
             if s == e {
                 continue;
             }
-            self.check_slab_segment(slab, r, s, e, seg.prot)?;
+            self.check_slab_segment(slab, r, s, e, seg.prot, rec.high_water[r])?;
         }
         let dense = match planned {
             [one] => self
@@ -1236,6 +1242,8 @@ impl<S> Table<S> {
 
     /// `[s, e)`, in region `r` of `slab`, may become a segment of protection `prot`: the region
     /// has that protection, and no allocation's segment and no range being written overlaps it.
+    /// (`high_water`: the region's mark, [`SlabRecord::high_water`]; at or below it the
+    /// segment index is searched.)
     fn check_slab_segment(
         &self,
         slab: SlabId,
@@ -1243,6 +1251,7 @@ impl<S> Table<S> {
         s: u64,
         e: u64,
         prot: MemProt,
+        high_water: u64,
     ) -> Result<()> {
         if REGION_PROTS[r] != prot {
             return Err(Error::InvalidRequest(format!(
@@ -1252,7 +1261,13 @@ impl<S> Table<S> {
                 slab.0
             )));
         }
-        if let Some(o) = self.segment_in_region(slab, r, s, e) {
+        let hit = if s >= high_water {
+            debug_assert!(self.any_hit(s, e).is_none());
+            None
+        } else {
+            self.searched_hit(s, e)
+        };
+        if let Some(o) = hit {
             return Err(Error::Busy(format!(
                 "segment {s:#x}..{e:#x} overlaps allocation {}",
                 o.alloc
@@ -1276,8 +1291,9 @@ impl<S> Table<S> {
                 .enclosing(s, e)
                 .map(|(_, _, &id)| SlabId(id))
                 .ok_or_else(|| not_owned(s, e - s, "inside a slab of this executor"))?;
-            let r = self.region(slab, s, e)?;
-            self.check_slab_segment(slab, r, s, e, seg.prot)?;
+            let rec = self.slab(slab)?;
+            let r = rec.region_of(s, e)?;
+            self.check_slab_segment(slab, r, s, e, seg.prot, rec.high_water[r])?;
         }
         Ok(())
     }
