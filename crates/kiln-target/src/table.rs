@@ -5,18 +5,25 @@
 //! - **Reservations** (from `reserve`): free, or used by one allocation. Released only whole and
 //!   only while free; a used one goes when its allocation is deallocated.
 //! - **Slabs**: three regions each; unmapped only when no allocation and no writer is in them.
-//! - **Allocations** and their **segments**: finalizing, live, or dying. The segment index holds
-//!   every segment of every allocation, so "whose bytes are these" is one lookup.
+//! - **Allocations** and their **segments**: finalizing, live, moving or dying. A slab unit of
+//!   one segment and no extras (a JIT's one-function unit) is a *dense* unit: a 16-byte slot,
+//!   its segment in the dense index by slab offset; every other allocation has a full record,
+//!   its segments in the segment index. "Whose bytes are these" asks both (`Table::hits`).
+//!   Slab units' ids are minted here (slot and generation: found without a hash map, never
+//!   reused).
 //! - **Claims**: ranges of slabs that a call is writing right now (`with_slab_memory`,
 //!   `write_slab`, `write_live`, and the destinations of a `move_allocation`) without holding the
 //!   table's lock. Two claims never overlap, so two writable slices handed out never alias.
 //!   Claims of `with_slab_memory` and `write_slab` overlap no allocation's segment; those of
 //!   `write_live` (the write window over running code) only live allocations' segments, outside
-//!   registered ranges; a reader (`read_memory`) never reads a claimed range.
+//!   registered ranges; a reader (`read_memory`) never reads a claimed range. A dense unit
+//!   being written (`finalize_slab_unit`) is claimed by its state, `Writing`, which these
+//!   checks see as a claim.
 //! - **Registered ranges**: unwind info and TLS images the runtime reads while their unit lives;
 //!   `patch` and `write_live` may not change them.
 //!
-//! Every lookup is a range query in a B-tree: O(log n) in the number of things owned.
+//! Every lookup is a range query in sorted chunks under a B-tree, or an index into the slots:
+//! O(log n) in the number of things owned.
 //!
 //! The table is generic over what a slab carries (`S`): the in-process executor keeps the slab's
 //! mappings there, the simulated one nothing.
