@@ -91,8 +91,9 @@ impl Plan {
     }
 
     /// A new unit's segments in a slab ([`crate::Executor::finalize_slab_unit`]), planned as
-    /// those of an `in_slab` request; its actions come later ([`Plan::check_unit`]).
-    pub(crate) fn slab_unit(segments: &[SlabSegment]) -> Result<Plan> {
+    /// those of an `in_slab` request; its actions, if any, come later in a plan of these
+    /// segments ([`Plan::check_unit`]).
+    pub(crate) fn slab_segments(segments: &[SlabSegment]) -> Result<PlannedSegments> {
         let mut segs = PlannedSegments::with_capacity(segments.len());
         for s in segments {
             let (start, end) = range(s.addr.0, s.size)?;
@@ -106,10 +107,7 @@ impl Plan {
             }
         }
         sort_disjoint(&mut segs, "")?;
-        Ok(Plan {
-            segments: segs,
-            ..Plan::default()
-        })
+        Ok(segs)
     }
 
     /// Check what a unit with these (planned) segments asks the executor to run: every address

@@ -66,6 +66,7 @@ impl<V> RangeMap<V> {
     }
 
     /// The range holding address `addr`.
+    #[cfg(test)]
     pub(crate) fn containing(&self, addr: u64) -> Option<(u64, u64, &V)> {
         self.overlapping(addr, addr.checked_add(1)?)
     }
@@ -224,6 +225,140 @@ impl RangeSet {
     }
 }
 
+/// The starts of disjoint ranges within one slab, each with the slot of its dense unit
+/// ([`crate::table`]): 32-bit offsets from the slab's start, 8 bytes a range. The ends are the
+/// units' (`end_of`), not stored twice. Kept as [`RangeMap`] keeps its ranges, sorted chunks of
+/// up to [`CHUNK`] under a B-tree keyed by each chunk's first start, except that the last chunk
+/// is kept outside the tree: an append (a JIT's units mostly come in address order) is a push
+/// onto it, with no walk down the tree.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetIndex {
+    /// Every chunk but the last, each non-empty, keyed by its first start.
+    chunks: BTreeMap<u32, Vec<(u32, u32)>>,
+    /// The last chunk: its starts are above every start in `chunks`. Empty only when `chunks`
+    /// is.
+    tail: Vec<(u32, u32)>,
+}
+
+impl OffsetIndex {
+    /// Every (start, slot) whose range overlaps `[start, end)`, last first, given each slot's
+    /// end. Walking back from the last start before `end`, the first range that ends at or
+    /// before `start` ends the overlap (the ranges are disjoint, so their ends are sorted too).
+    pub(crate) fn overlapping<'a>(
+        &'a self,
+        start: u32,
+        end: u32,
+        end_of: impl Fn(u32) -> u32 + 'a,
+    ) -> impl Iterator<Item = (u32, u32)> + 'a {
+        let upper = if start < end { end } else { 0 };
+        let tail = &self.tail[..self.tail.partition_point(|r| r.0 < upper)];
+        tail.iter()
+            .rev()
+            .chain(
+                self.chunks
+                    .range(..upper)
+                    .rev()
+                    .flat_map(move |(_, c)| c[..c.partition_point(|r| r.0 < upper)].iter().rev()),
+            )
+            .copied()
+            .take_while(move |&(_, slot)| end_of(slot) > start)
+    }
+
+    /// Add a range starting at `start` for `slot`; the caller has checked that it overlaps no
+    /// range here.
+    pub(crate) fn insert(&mut self, start: u32, slot: u32) {
+        if self.tail.last().is_none_or(|r| r.0 < start) {
+            if self.tail.len() == CHUNK {
+                let full = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK));
+                self.chunks.insert(full[0].0, full);
+            }
+            self.tail.push((start, slot));
+            return;
+        }
+        if self.tail[0].0 < start {
+            if self.tail.len() == CHUNK {
+                // Full: its lower half goes into the tree.
+                let upper = self.tail.split_off(CHUNK / 2);
+                let lower = std::mem::replace(&mut self.tail, upper);
+                self.chunks.insert(lower[0].0, lower);
+            }
+            let at = self.tail.partition_point(|r| r.0 < start);
+            if at > 0 {
+                self.tail.insert(at, (start, slot));
+                return;
+            }
+        }
+        self.insert_in_tree(start, slot);
+    }
+
+    /// [`OffsetIndex::insert`] below the tail's first start.
+    fn insert_in_tree(&mut self, start: u32, slot: u32) {
+        let Some((_, c)) = self.chunks.range_mut(..=start).next_back() else {
+            let mut c = match self.chunks.first_entry() {
+                Some(first) if first.get().len() < CHUNK => first.remove(),
+                _ => Vec::new(),
+            };
+            c.insert(0, (start, slot));
+            self.chunks.insert(start, c);
+            return;
+        };
+        let i = c.partition_point(|r| r.0 < start);
+        if c.len() < CHUNK {
+            c.insert(i, (start, slot));
+            return;
+        }
+        let mut upper = c.split_off(CHUNK / 2);
+        if i >= CHUNK / 2 {
+            upper.insert(i - CHUNK / 2, (start, slot));
+        } else {
+            c.insert(i, (start, slot));
+        }
+        self.chunks.insert(upper[0].0, upper);
+    }
+
+    /// Remove the range starting at `start`; returns its slot.
+    pub(crate) fn remove(&mut self, start: u32) -> Option<u32> {
+        if self.tail.first().is_some_and(|r| r.0 <= start) {
+            let i = self.tail.binary_search_by_key(&start, |r| r.0).ok()?;
+            let (_, slot) = self.tail.remove(i);
+            if self.tail.is_empty() {
+                self.tail = self.chunks.pop_last().map(|(_, c)| c).unwrap_or_default();
+            } else if self.tail.len() * 4 <= self.tail.capacity() {
+                self.tail.shrink_to(self.tail.len() * 2);
+            }
+            return Some(slot);
+        }
+        let (&key, c) = self.chunks.range_mut(..=start).next_back()?;
+        let i = c.binary_search_by_key(&start, |r| r.0).ok()?;
+        let (_, slot) = c.remove(i);
+        if c.is_empty() {
+            self.chunks.remove(&key);
+        } else {
+            if c.len() * 4 <= c.capacity() {
+                // Mostly emptied by removals: its memory follows what it holds.
+                c.shrink_to(c.len() * 2);
+            }
+            if i == 0 {
+                // Its key is its first range's start.
+                if let Some(c) = self.chunks.remove(&key) {
+                    self.chunks.insert(c[0].0, c);
+                }
+            }
+        }
+        Some(slot)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tail.is_empty() && self.chunks.is_empty()
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.chunks.values().flatten().chain(&self.tail).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +474,59 @@ mod tests {
         s.remove(0x1000);
         s.remove(0x3000);
         assert!(s.is_empty());
+    }
+
+    /// The offset index against a plain list: appends, inserts inside and below the tail,
+    /// removals that empty the tail and chunks.
+    #[test]
+    fn offset_index_agrees_with_a_list() {
+        let mut ix = OffsetIndex::default();
+        let mut list: Vec<(u32, u32)> = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // Every range is 4 bytes long at a multiple of 8: disjoint by construction.
+        let mut bump = 1_000u32;
+        for n in 0..6_000u32 {
+            let r = next();
+            let start = if r % 4 < 2 {
+                bump += 8 * (1 + (r >> 8) as u32 % 4);
+                bump
+            } else {
+                8 * ((r >> 16) as u32 % (bump / 8 + 1))
+            };
+            if !list.iter().any(|&(s, _)| s == start) {
+                ix.insert(start, n);
+                list.push((start, n));
+            }
+            if r % 5 < 2 && !list.is_empty() {
+                let (s, slot) = list.swap_remove((r >> 24) as usize % list.len());
+                assert_eq!(ix.remove(s), Some(slot));
+                assert_eq!(ix.remove(s), None);
+            }
+            list.sort_unstable();
+            if n % 500 == 0 {
+                assert_eq!(ix.iter().collect::<Vec<_>>(), list);
+            }
+            let q = 8 * ((next() >> 8) as u32 % (bump / 8 + 2));
+            let slots: std::collections::HashMap<u32, u32> =
+                list.iter().map(|&(s, slot)| (slot, s)).collect();
+            let found: Vec<_> = ix.overlapping(q, q + 20, |slot| slots[&slot] + 4).collect();
+            let want: Vec<_> = list
+                .iter()
+                .rev()
+                .copied()
+                .filter(|&(s, _)| s < q + 20 && q < s + 4)
+                .collect();
+            assert_eq!(found, want, "overlapping {q}");
+        }
+        for (s, slot) in list.drain(..) {
+            assert_eq!(ix.remove(s), Some(slot));
+        }
+        assert!(ix.is_empty());
     }
 }

@@ -5,25 +5,32 @@
 //! - **Reservations** (from `reserve`): free, or used by one allocation. Released only whole and
 //!   only while free; a used one goes when its allocation is deallocated.
 //! - **Slabs**: three regions each; unmapped only when no allocation and no writer is in them.
-//! - **Allocations** and their **segments**: finalizing, live, or dying. The segment index holds
-//!   every segment of every allocation, so "whose bytes are these" is one lookup.
+//! - **Allocations** and their **segments**: finalizing, live, moving or dying. A slab unit of
+//!   one segment and no extras (a JIT's one-function unit) is a *dense* unit: a 16-byte slot,
+//!   its segment in the dense index by slab offset; every other allocation has a full record,
+//!   its segments in the segment index. "Whose bytes are these" asks both (`Table::hits`).
+//!   Slab units' ids are minted here (slot and generation: found without a hash map, never
+//!   reused).
 //! - **Claims**: ranges of slabs that a call is writing right now (`with_slab_memory`,
 //!   `write_slab`, `write_live`, and the destinations of a `move_allocation`) without holding the
 //!   table's lock. Two claims never overlap, so two writable slices handed out never alias.
 //!   Claims of `with_slab_memory` and `write_slab` overlap no allocation's segment; those of
 //!   `write_live` (the write window over running code) only live allocations' segments, outside
-//!   registered ranges; a reader (`read_memory`) never reads a claimed range.
+//!   registered ranges; a reader (`read_memory`) never reads a claimed range. A dense unit
+//!   being written (`finalize_slab_unit`) is claimed by its state, `Writing`, which these
+//!   checks see as a claim.
 //! - **Registered ranges**: unwind info and TLS images the runtime reads while their unit lives;
 //!   `patch` and `write_live` may not change them.
 //!
-//! Every lookup is a range query in a B-tree: O(log n) in the number of things owned.
+//! Every lookup is a range query in sorted chunks under a B-tree, or an index into the slots:
+//! O(log n) in the number of things owned.
 //!
 //! The table is generic over what a slab carries (`S`): the in-process executor keeps the slab's
 //! mappings there, the simulated one nothing.
 
 use crate::executor::{Action, FinalizeRequest};
 use crate::plan::{range, Plan, PlannedSegment};
-use crate::ranges::{RangeMap, RangeSet};
+use crate::ranges::{OffsetIndex, RangeMap, RangeSet};
 use crate::{Error, ExecutorAddr, MemProt, Result, SlabId, SlabInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
@@ -130,6 +137,191 @@ struct SegmentOwner {
     prot: MemProt,
 }
 
+/// Allocation ids carry their table in the bits from here up (see `sys::owned`); the table
+/// mints the ids of slab units in the bits below.
+pub(crate) const ID_TAG_SHIFT: u32 = 40;
+
+/// Set in the ids the table mints for slab units ([`Table::begin_slab_unit`]): ids callers
+/// give ([`Table::begin_finalize`]) stay below it.
+pub(crate) const SLOT_ID_BIT: u64 = 1 << (ID_TAG_SHIFT - 1);
+
+/// A minted id: its slot in the bits above these, the slot's generation in these.
+const GEN_BITS: u32 = 15;
+const GEN_LIMIT: u16 = 1 << GEN_BITS;
+const SLOT_LIMIT: u32 = 1 << (ID_TAG_SHIFT - 1 - GEN_BITS);
+const NO_SLOT: u32 = u32::MAX;
+
+/// What a slab unit's slot holds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// On the free list (or retired: its generations are used up).
+    Free,
+    /// Dense, finalizing: its writer holds the only writable slice of its bytes (this state is
+    /// its claim: no entry in `claims`).
+    Writing,
+    Live,
+    Dying,
+    Moving,
+    /// The unit's full record is in `records`, under the slot's id (several segments, extras,
+    /// or outside the dense slab): the slot only gives it its id.
+    Full,
+}
+
+/// Flags of a dense unit.
+const INITIALIZED: u8 = 1;
+const FINALIZERS: u8 = 2;
+/// Its region's index (0 code, 1 read-only, 2 read-write) in these bits: its protection.
+const REGION_SHIFT: u32 = 2;
+
+/// One slab unit: 16 bytes. A dense unit (one segment in the table's dense slab, nothing
+/// registered, no initializers or dealloc actions: a JIT's one-function unit) is all here; its
+/// segment is in [`Slots::index`] by start, not in the segment index.
+#[derive(Copy, Clone, Debug)]
+struct UnitSlot {
+    /// Dense: its segment's start, from the dense slab's start. Free: the next free slot.
+    offset: u32,
+    len: u32,
+    /// Calls into its code in progress (as [`AllocRecord::pins`]).
+    pins: u32,
+    /// Bumped when the slot is freed: an id names the slot's unit only while the generations
+    /// agree, so the id of a freed unit never reaches the next unit in its slot.
+    gen: u16,
+    state: SlotState,
+    flags: u8,
+}
+
+impl UnitSlot {
+    fn end(&self) -> u32 {
+        self.offset + self.len
+    }
+
+    fn prot(&self) -> MemProt {
+        REGION_PROTS[usize::from(self.flags >> REGION_SHIFT) % REGION_PROTS.len()]
+    }
+
+    fn alloc_state(&self) -> AllocState {
+        match self.state {
+            SlotState::Writing => AllocState::Finalizing,
+            SlotState::Dying => AllocState::Dying,
+            SlotState::Moving => AllocState::Moving,
+            _ => AllocState::Live,
+        }
+    }
+}
+
+/// The slab units of a table, by slot: ids that find their unit without a hash map.
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Vec<UnitSlot>,
+    /// Head of the free list (through `offset`), [`NO_SLOT`] when empty.
+    free: u32,
+    /// The dense units' segments by start.
+    index: OffsetIndex,
+    /// The slab whose one-segment units can be dense (the table's first slab, when its span
+    /// fits 32-bit offsets): id, start and end of its span. The in-process executor has a
+    /// table per slab, so all of its slab units can be.
+    dense_slab: Option<(u32, u64, u64)>,
+    /// The table's tag, in the bits above [`ID_TAG_SHIFT`] of every id it mints.
+    tag: u64,
+}
+
+impl Slots {
+    fn id(&self, slot: u32) -> u64 {
+        let gen = u64::from(self.entries[slot as usize].gen);
+        self.tag << ID_TAG_SHIFT | SLOT_ID_BIT | u64::from(slot) << GEN_BITS | gen
+    }
+
+    /// The slot of minted id `id`, if its unit is there (a free slot or another generation:
+    /// none).
+    fn slot_of(&self, id: u64) -> Option<u32> {
+        if id >> ID_TAG_SHIFT != self.tag || id & SLOT_ID_BIT == 0 {
+            return None;
+        }
+        let slot = ((id & (SLOT_ID_BIT - 1)) >> GEN_BITS) as u32;
+        let e = self.entries.get(slot as usize)?;
+        (u64::from(e.gen) == id & u64::from(GEN_LIMIT - 1) && e.state != SlotState::Free)
+            .then_some(slot)
+    }
+
+    /// A slot for a new unit, and its id. Nothing changes on an error.
+    fn take(&mut self, entry: UnitSlot) -> Result<(u32, u64)> {
+        let slot = if self.free != NO_SLOT {
+            let slot = self.free;
+            let e = &mut self.entries[slot as usize];
+            self.free = e.offset;
+            *e = UnitSlot {
+                gen: e.gen,
+                ..entry
+            };
+            slot
+        } else {
+            let slot = u32::try_from(self.entries.len())
+                .ok()
+                .filter(|&n| n < SLOT_LIMIT)
+                .ok_or_else(|| {
+                    Error::InvalidRequest("out of allocation ids in this slab's table".into())
+                })?;
+            self.entries.push(UnitSlot { gen: 0, ..entry });
+            slot
+        };
+        Ok((slot, self.id(slot)))
+    }
+
+    /// Free `slot` (its unit's segment is out of the index): a new generation, and back on the
+    /// free list unless its generations are used up (then it is never used again, and no id
+    /// can name it).
+    fn release(&mut self, slot: u32) {
+        let e = &mut self.entries[slot as usize];
+        e.state = SlotState::Free;
+        e.gen += 1;
+        if e.gen < GEN_LIMIT {
+            e.offset = self.free;
+            self.free = slot;
+        }
+    }
+
+    /// Where segment `[start, end)` of slab `slab` lies as a dense unit's (offset, length), if
+    /// it can be one.
+    fn dense_place(&self, slab: SlabId, start: u64, end: u64) -> Option<(u32, u32)> {
+        let (id, base, span_end) = self.dense_slab?;
+        if id != slab.0 || start < base || end > span_end {
+            return None;
+        }
+        // The span fits 32 bits (`Table::add_slab`).
+        Some(((start - base) as u32, (end - start) as u32))
+    }
+
+    /// The dense units whose segments overlap `[start, end)`, last first: (start, end, slot).
+    fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        let (base, rel) = match self.dense_slab {
+            Some((_, base, span_end)) if start < span_end && base < end && start < end => (
+                base,
+                (
+                    (start.max(base) - base) as u32,
+                    (end.min(span_end) - base) as u32,
+                ),
+            ),
+            _ => (0, (0, 0)),
+        };
+        self.index
+            .overlapping(rel.0, rel.1, |slot| self.entries[slot as usize].end())
+            .map(move |(off, slot)| {
+                let e = &self.entries[slot as usize];
+                (base + u64::from(off), base + u64::from(e.end()), slot)
+            })
+    }
+}
+
+/// A segment of some allocation, as the overlap queries find it.
+#[derive(Copy, Clone, Debug)]
+struct Hit {
+    start: u64,
+    end: u64,
+    alloc: u64,
+    prot: MemProt,
+    state: AllocState,
+}
+
 struct SlabRecord<S> {
     info: SlabInfo,
     /// [start, end) of the whole slab where the code runs.
@@ -143,6 +335,21 @@ struct SlabRecord<S> {
 }
 
 impl<S> SlabRecord<S> {
+    /// The region that holds all of `[start, end)` (an empty range: in a region or at its
+    /// end).
+    fn region_of(&self, start: u64, end: u64) -> Result<usize> {
+        for (r, (a, n)) in self.info.regions.iter().enumerate() {
+            if a.0 <= start && end <= a.0.saturating_add(*n) {
+                return Ok(r);
+            }
+        }
+        Err(not_owned(
+            start,
+            end - start,
+            "inside one region of that slab of this executor",
+        ))
+    }
+
     /// A segment `[start, end)` was placed in the slab: the mark of the region holding it
     /// goes up to its end.
     fn raise_high_water(&mut self, start: u64, end: u64) {
@@ -246,10 +453,16 @@ impl Dying {
 
 pub(crate) struct Table<S> {
     reservations: RangeMap<Reservation>,
-    slabs: BTreeMap<u32, SlabRecord<S>>,
+    slabs: Slabs<S>,
     /// Slab spans, for finding the slab that holds an address.
     slab_spans: RangeMap<u32>,
+    /// Full records: allocations with ids from the caller, and slab units that are not dense
+    /// (their slots say `Full`).
     allocs: HashMap<u64, AllocRecord, BuildHasherDefault<IdHasher>>,
+    /// Slab units by slot; the dense ones entirely.
+    slots: Slots,
+    /// The segments of the allocations with full records (a dense unit's is in
+    /// [`Slots::index`]).
     segments: RangeMap<SegmentOwner>,
     claims: RangeSet,
     registered: RangeMap<u64>,
@@ -261,9 +474,13 @@ impl<S> Default for Table<S> {
     fn default() -> Self {
         Table {
             reservations: RangeMap::default(),
-            slabs: BTreeMap::new(),
+            slabs: Slabs(Vec::new()),
             slab_spans: RangeMap::default(),
             allocs: HashMap::default(),
+            slots: Slots {
+                free: NO_SLOT,
+                ..Slots::default()
+            },
             segments: RangeMap::default(),
             claims: RangeSet::default(),
             registered: RangeMap::default(),
@@ -272,21 +489,53 @@ impl<S> Default for Table<S> {
     }
 }
 
+/// A table's slabs, sorted by id. The in-process executor's tables have one each (a search of
+/// one element, where a B-tree's costs a few dozen instructions on every unit's way in).
+struct Slabs<S>(Vec<SlabRecord<S>>);
+
+impl<S> Slabs<S> {
+    fn position(&self, id: u32) -> std::result::Result<usize, usize> {
+        match self.0.as_slice() {
+            [one] if one.info.id.0 == id => Ok(0),
+            all => all.binary_search_by_key(&id, |r| r.info.id.0),
+        }
+    }
+
+    fn get(&self, id: &u32) -> Option<&SlabRecord<S>> {
+        self.position(*id).ok().map(|i| &self.0[i])
+    }
+
+    fn get_mut(&mut self, id: &u32) -> Option<&mut SlabRecord<S>> {
+        self.position(*id).ok().map(|i| &mut self.0[i])
+    }
+
+    /// Add slab `id`'s record (replacing one of the same id).
+    fn insert(&mut self, id: u32, rec: SlabRecord<S>) {
+        match self.position(id) {
+            Ok(i) => self.0[i] = rec,
+            Err(i) => self.0.insert(i, rec),
+        }
+    }
+
+    fn remove(&mut self, id: &u32) -> Option<SlabRecord<S>> {
+        self.position(*id).ok().map(|i| self.0.remove(i))
+    }
+}
+
 /// A segment `[start, end)` was placed in slab memory (no-op outside slabs): the high-water
 /// mark of its region goes up to its end. (A function of the two fields, not a method: callers
 /// hold an allocation record of the same table.)
-fn raise_high_water<S>(
-    spans: &RangeMap<u32>,
-    slabs: &mut BTreeMap<u32, SlabRecord<S>>,
-    start: u64,
-    end: u64,
-) {
+fn raise_high_water<S>(spans: &RangeMap<u32>, slabs: &mut Slabs<S>, start: u64, end: u64) {
     let Some((_, _, id)) = spans.enclosing(start, end) else {
         return;
     };
     if let Some(slab) = slabs.get_mut(id) {
         slab.raise_high_water(start, end);
     }
+}
+
+fn too_many_pins(id: u64) -> Error {
+    Error::Busy(format!("allocation {id} has too many calls in progress"))
 }
 
 fn not_owned(addr: u64, size: u64, what: &'static str) -> Error {
@@ -298,6 +547,106 @@ fn not_owned(addr: u64, size: u64, what: &'static str) -> Error {
 }
 
 impl<S> Table<S> {
+    /// A table whose minted ids carry `tag` above [`ID_TAG_SHIFT`] (what routes them to it).
+    pub(crate) fn with_id_tag(tag: u64) -> Self {
+        let mut t = Table::default();
+        t.slots.tag = tag;
+        t
+    }
+
+    /// The dense unit `id` names (its slot), if it is one.
+    fn dense(&self, id: u64) -> Option<u32> {
+        let slot = self.slots.slot_of(id)?;
+        (self.slots.entries[slot as usize].state != SlotState::Full).then_some(slot)
+    }
+
+    fn dense_mut(&mut self, id: u64) -> Option<&mut UnitSlot> {
+        let slot = self.dense(id)?;
+        Some(&mut self.slots.entries[slot as usize])
+    }
+
+    /// Every allocation's segment that overlaps `[start, end)`: dense units' (last first),
+    /// then full records' (last first).
+    fn hits(&self, start: u64, end: u64) -> impl Iterator<Item = Hit> + '_ {
+        let dense = self.slots.overlapping(start, end).map(move |(s, e, slot)| {
+            let u = &self.slots.entries[slot as usize];
+            Hit {
+                start: s,
+                end: e,
+                alloc: self.slots.id(slot),
+                prot: u.prot(),
+                state: u.alloc_state(),
+            }
+        });
+        let full = self
+            .segments
+            .overlapping_all(start, end)
+            .map(move |(s, e, o)| Hit {
+                start: s,
+                end: e,
+                alloc: o.alloc,
+                prot: o.prot,
+                state: self
+                    .allocs
+                    .get(&o.alloc)
+                    .map_or(AllocState::Dying, |a| a.state),
+            });
+        dense.chain(full)
+    }
+
+    /// A segment that overlaps `[start, end)`, if any does.
+    fn any_hit(&self, start: u64, end: u64) -> Option<Hit> {
+        self.hits(start, end).next()
+    }
+
+    /// Whether a dense unit being written (claimed by its writer) overlaps `[start, end)`.
+    fn dense_writing(&self, start: u64, end: u64) -> bool {
+        self.slots
+            .overlapping(start, end)
+            .any(|(_, _, slot)| self.slots.entries[slot as usize].state == SlotState::Writing)
+    }
+
+    /// Dense unit `slot` gets a full record (for what a dense unit cannot hold), in its state.
+    fn promote(&mut self, slot: u32) {
+        let id = self.slots.id(slot);
+        let Some((_, base, _)) = self.slots.dense_slab else {
+            return;
+        };
+        let u = self.slots.entries[slot as usize];
+        let seg = PlannedSegment {
+            start: base + u64::from(u.offset),
+            end: base + u64::from(u.end()),
+            mapped_end: base + u64::from(u.end()),
+            prot: u.prot(),
+        };
+        self.slots.index.remove(u.offset);
+        let owner = SegmentOwner {
+            alloc: id,
+            prot: seg.prot,
+        };
+        // Its range was the dense unit's: no other segment overlaps it.
+        self.segments.insert_disjoint(seg.start, seg.end, owner);
+        self.allocs.insert(
+            id,
+            AllocRecord {
+                state: u.alloc_state(),
+                pins: u.pins,
+                initialized: u.flags & INITIALIZED != 0,
+                finalizers: u.flags & FINALIZERS != 0,
+                segments: Segments::One(seg),
+                extras: None,
+            },
+        );
+        self.slots.entries[slot as usize].state = SlotState::Full;
+    }
+
+    /// Dense unit `slot` is gone: its segment leaves the index, its slot is free.
+    fn forget_dense(&mut self, slot: u32) {
+        let offset = self.slots.entries[slot as usize].offset;
+        self.slots.index.remove(offset);
+        self.slots.release(slot);
+    }
+
     // ---- reservations -------------------------------------------------------------------
 
     /// Whether `[addr, addr + size)` is clear of everything this executor owns.
@@ -357,6 +706,9 @@ impl<S> Table<S> {
         {
             return Err(payload);
         }
+        if self.slots.dense_slab.is_none() && end - start <= u64::from(u32::MAX) {
+            self.slots.dense_slab = Some((info.id.0, start, end));
+        }
         self.slabs.insert(
             info.id.0,
             SlabRecord {
@@ -400,7 +752,11 @@ impl<S> Table<S> {
     }
 
     fn slab(&self, id: SlabId) -> Result<&SlabRecord<S>> {
-        self.slabs.get(&id.0).ok_or(Error::UnknownSlab(id.0))
+        // (Not `ok_or`: that builds the error, and drops it, on every success.)
+        match self.slabs.get(&id.0) {
+            Some(s) => Ok(s),
+            None => Err(Error::UnknownSlab(id.0)),
+        }
     }
 
     pub(crate) fn slab_payload(&self, id: SlabId) -> Result<&S> {
@@ -410,42 +766,30 @@ impl<S> Table<S> {
     /// The region of slab `id` that holds all of `[start, end)` (an empty range: in a region or
     /// at its end).
     fn region(&self, id: SlabId, start: u64, end: u64) -> Result<usize> {
-        let s = self.slab(id)?;
-        s.info
-            .regions
-            .iter()
-            .position(|(a, n)| {
-                let region_end = a.0.saturating_add(*n);
-                a.0 <= start && end <= region_end
-            })
-            .ok_or_else(|| {
-                not_owned(
-                    start,
-                    end - start,
-                    "inside one region of that slab of this executor",
-                )
-            })
+        self.slab(id)?.region_of(start, end)
     }
 
     /// The segment that overlaps `[start, end)`, which lies in region `r` of slab `id`: none
     /// when the range starts at or above the region's high-water mark (see
     /// [`SlabRecord::high_water`]), otherwise a search of the segment index.
-    fn segment_in_region(
-        &self,
-        id: SlabId,
-        r: usize,
-        start: u64,
-        end: u64,
-    ) -> Option<(u64, u64, &SegmentOwner)> {
+    #[inline]
+    fn segment_in_region(&self, id: SlabId, r: usize, start: u64, end: u64) -> Option<Hit> {
         let above = self
             .slabs
             .get(&id.0)
             .is_some_and(|s| start >= s.high_water[r]);
         if above {
-            debug_assert!(self.segments.overlapping(start, end).is_none());
+            debug_assert!(self.any_hit(start, end).is_none());
             return None;
         }
-        self.segments.overlapping(start, end)
+        self.searched_hit(start, end)
+    }
+
+    /// [`Table::any_hit`] out of line: the search's frame stays off the path of a unit placed
+    /// above the high-water mark.
+    #[inline(never)]
+    fn searched_hit(&self, start: u64, end: u64) -> Option<Hit> {
+        self.any_hit(start, end)
     }
 
     /// Claim `[addr, addr + len)` of slab `id` for writing: inside one region, over no
@@ -456,11 +800,11 @@ impl<S> Table<S> {
         if s == e {
             return Ok(());
         }
-        if let Some((a, _, o)) = self.segment_in_region(id, r, s, e) {
+        if let Some(o) = self.segment_in_region(id, r, s, e) {
             return Err(Error::Busy(format!(
-                "{addr:#x}..+{len:#x} overlaps allocation {} (at {a:#x}): a live unit's bytes \
+                "{addr:#x}..+{len:#x} overlaps allocation {} (at {:#x}): a live unit's bytes \
                  change only through patch",
-                o.alloc
+                o.alloc, o.start
             )));
         }
         self.claims.insert(s, e).map_err(|()| {
@@ -494,7 +838,7 @@ impl<S> Table<S> {
     pub(crate) fn check_patch(&self, id: SlabId, addr: u64, n: u64) -> Result<&S> {
         let (s, e) = range(addr, n)?;
         self.region(id, s, e)?;
-        if self.claims.any_in(s, e) {
+        if self.claims.any_in(s, e) || self.dense_writing(s, e) {
             return Err(Error::Busy(format!(
                 "{addr:#x} is being written by another call"
             )));
@@ -523,18 +867,12 @@ impl<S> Table<S> {
         if s == e {
             return Ok(());
         }
-        for (a, _, o) in self.segments.overlapping_all(s, e) {
-            if self
-                .allocs
-                .get(&o.alloc)
-                .is_none_or(|r| r.state != AllocState::Live)
-            {
-                return Err(Error::Busy(format!(
-                    "{addr:#x}..+{len:#x} overlaps allocation {} (at {a:#x}), which is being \
-                     finalized, moved or deallocated",
-                    o.alloc
-                )));
-            }
+        if let Some(o) = self.hits(s, e).find(|h| h.state != AllocState::Live) {
+            return Err(Error::Busy(format!(
+                "{addr:#x}..+{len:#x} overlaps allocation {} (at {:#x}), which is being \
+                 finalized, moved or deallocated",
+                o.alloc, o.start
+            )));
         }
         if self.registered.any_in(s, e) {
             return Err(Error::Busy(format!(
@@ -559,11 +897,8 @@ impl<S> Table<S> {
             .enclosing(s, e)
             .is_some_and(|(_, _, &id)| self.region(SlabId(id), s, e).is_ok());
         let in_live_segment = || {
-            self.segments.enclosing(s, e).is_some_and(|(_, _, o)| {
-                self.allocs
-                    .get(&o.alloc)
-                    .is_some_and(|a| a.state == AllocState::Live)
-            })
+            self.hits(s, e)
+                .any(|h| h.start <= s && e <= h.end && h.state == AllocState::Live)
         };
         if !in_slab && !in_live_segment() {
             return Err(not_owned(
@@ -572,7 +907,8 @@ impl<S> Table<S> {
                 "inside one region of a slab or one segment of a live unit of this executor",
             ));
         }
-        if self.claims.any_in(s, s.saturating_add(len)) {
+        let end = s.saturating_add(len);
+        if self.claims.any_in(s, end) || self.dense_writing(s, end) {
             return Err(Error::Busy(format!(
                 "{addr:#x}..+{len:#x} is being written by another call"
             )));
@@ -583,10 +919,10 @@ impl<S> Table<S> {
     /// Forget a slab the caller will unmap: no allocation lives in it, nobody writes it.
     pub(crate) fn take_slab(&mut self, id: SlabId) -> Result<S> {
         let (s, e) = self.slab(id)?.span;
-        if let Some((a, _, o)) = self.segments.overlapping(s, e) {
+        if let Some(o) = self.any_hit(s, e) {
             return Err(Error::Busy(format!(
-                "slab {} still holds allocation {} (at {a:#x}): deallocate its units first",
-                id.0, o.alloc
+                "slab {} still holds allocation {} (at {:#x}): deallocate its units first",
+                id.0, o.alloc, o.start
             )));
         }
         if self.claims.any_in(s, e) {
@@ -596,6 +932,9 @@ impl<S> Table<S> {
             )));
         }
         self.slab_spans.remove(s);
+        if self.slots.dense_slab.is_some_and(|(d, _, _)| d == id.0) {
+            self.slots.dense_slab = None;
+        }
         self.slabs
             .remove(&id.0)
             .map(|r| r.payload)
@@ -625,6 +964,11 @@ impl<S> Table<S> {
         plan: Plan,
         new: NewAlloc,
     ) -> Result<()> {
+        if id & SLOT_ID_BIT != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "allocation id {id:#x} is in the range the table mints"
+            )));
+        }
         let reservation = if req.in_slab {
             self.check_slab_segments(&plan)?;
             None
@@ -687,39 +1031,68 @@ impl<S> Table<S> {
     }
 
     /// Check and take the segments of a new unit in slab `slab`
-    /// ([`crate::Executor::finalize_slab_unit`]; `plan` from [`Plan::slab_unit`]): each inside
+    /// ([`crate::Executor::finalize_slab_unit`]; `planned` from [`Plan::slab_segments`]): each inside
     /// one region of that slab with the region's protection (empty ones too), over no
-    /// allocation's bytes and no claim. Records allocation `id` as finalizing with those
-    /// segments and claims them for its writer, who holds the only writable slices of them
-    /// until [`Table::slab_unit_written`] or [`Table::abort_slab_unit`]. One search of the
-    /// segment index per segment: the claim and the allocation are the same check. Nothing
-    /// changes on an error.
+    /// allocation's bytes and no claim. Records the unit as finalizing with those segments,
+    /// claimed for its writer, who holds the only writable slices of them until
+    /// [`Table::slab_unit_written`] or [`Table::abort_slab_unit`], and returns its new id. One
+    /// search per segment (none above the high-water mark): the claim and the allocation are
+    /// the same check. A unit of one segment in the dense slab is a dense unit: one slot, its
+    /// state its claim. Nothing changes on an error.
     pub(crate) fn begin_slab_unit(
         &mut self,
-        id: u64,
         slab: SlabId,
         segments: &[crate::SlabSegment],
-        plan: &Plan,
-    ) -> Result<()> {
+        planned: &[PlannedSegment],
+    ) -> Result<u64> {
+        let rec = self.slab(slab)?;
         for seg in segments {
             let (s, e) = range(seg.addr.0, seg.size)?;
-            let r = self.region(slab, s, e)?;
+            let r = rec.region_of(s, e)?;
             if s == e {
                 continue;
             }
-            self.check_slab_segment(slab, r, s, e, seg.prot)?;
+            self.check_slab_segment(slab, r, s, e, seg.prot, rec.high_water[r])?;
         }
-        let std::collections::hash_map::Entry::Vacant(slot) = self.allocs.entry(id) else {
-            return Err(Error::InvalidRequest(format!("allocation id {id} reused")));
+        let dense = match planned {
+            [one] => self
+                .slots
+                .dense_place(slab, one.start, one.end)
+                .map(|place| (place, one.prot)),
+            _ => None,
         };
+        let region = |prot: MemProt| REGION_PROTS.iter().position(|&p| p == prot).unwrap_or(0);
+        let entry = match dense {
+            Some(((offset, len), prot)) => UnitSlot {
+                offset,
+                len,
+                pins: 0,
+                gen: 0,
+                state: SlotState::Writing,
+                flags: (region(prot) as u8) << REGION_SHIFT,
+            },
+            None => UnitSlot {
+                offset: 0,
+                len: 0,
+                pins: 0,
+                gen: 0,
+                state: SlotState::Full,
+                flags: 0,
+            },
+        };
+        let (slot, id) = self.slots.take(entry)?;
         // Checked: from here on nothing fails. The plan's segments are non-empty and pairwise
         // disjoint, and disjoint from every allocation's segments and every claim (above).
         if let Some(rec) = self.slabs.get_mut(&slab.0) {
-            for seg in &plan.segments {
+            for seg in planned {
                 rec.raise_high_water(seg.start, seg.end);
             }
         }
-        for seg in &plan.segments {
+        if dense.is_some() {
+            self.slots.index.insert(entry.offset, slot);
+            return Ok(id);
+        }
+        for seg in planned {
             let _ = self.claims.insert(seg.start, seg.end);
             let owner = SegmentOwner {
                 alloc: id,
@@ -727,15 +1100,18 @@ impl<S> Table<S> {
             };
             self.segments.insert_disjoint(seg.start, seg.end, owner);
         }
-        slot.insert(AllocRecord {
-            state: AllocState::Finalizing,
-            pins: 0,
-            initialized: false,
-            finalizers: false,
-            segments: Segments::of(&plan.segments),
-            extras: None,
-        });
-        Ok(())
+        self.allocs.insert(
+            id,
+            AllocRecord {
+                state: AllocState::Finalizing,
+                pins: 0,
+                initialized: false,
+                finalizers: false,
+                segments: Segments::of(planned),
+                extras: None,
+            },
+        );
+        Ok(id)
     }
 
     /// The bytes of new slab unit `id` ([`Table::begin_slab_unit`]) are written and its
@@ -743,19 +1119,37 @@ impl<S> Table<S> {
     /// live with `new`'s initializers and finalizers, or (`!new.live`: it has actions to run)
     /// stays finalizing until [`Table::finish_finalize`]. Refused, changing nothing, when its
     /// static TLS blocks are not this executor's or `id` is not such a unit. Takes the plan's
-    /// registered ranges (the plan by reference: it is not copied on the way in).
+    /// registered ranges (the plan by reference: it is not copied on the way in). A dense unit
+    /// that has more to keep than a slot holds gets its full record here.
     pub(crate) fn slab_unit_written(
         &mut self,
         id: u64,
         plan: &mut Plan,
         new: NewAlloc,
     ) -> Result<()> {
-        self.check_static_tls(&plan.static_tls)?;
+        if !plan.static_tls.is_empty() {
+            self.check_static_tls(&plan.static_tls)?;
+        }
+        if let Some(slot) = self.dense(id) {
+            let u = &mut self.slots.entries[slot as usize];
+            if u.state != SlotState::Writing {
+                return Err(Error::UnknownAllocation(id));
+            }
+            if new.live && plan.registered.is_empty() && new.initializers.is_empty() {
+                u.state = SlotState::Live;
+                if new.finalizers {
+                    u.flags |= FINALIZERS;
+                }
+                return Ok(());
+            }
+            self.promote(slot);
+        }
         let a = match self.allocs.get_mut(&id) {
             Some(a) if a.state == AllocState::Finalizing && a.reservation().is_none() => a,
             _ => return Err(Error::UnknownAllocation(id)),
         };
         for g in a.segments.iter() {
+            // (A promoted dense unit has no claims: no other claim starts in its bytes.)
             self.claims.remove(g.start);
         }
         let mut registered = std::mem::take(&mut plan.registered);
@@ -774,6 +1168,24 @@ impl<S> Table<S> {
             a.state = AllocState::Live;
         }
         Ok(())
+    }
+
+    /// [`Table::slab_unit_written`] for a unit with no actions, initializers or deinitializers
+    /// (a JIT's typical unit): live at once, with nothing more to record.
+    pub(crate) fn slab_unit_live(&mut self, id: u64) -> Result<()> {
+        if let Some(u) = self.dense_mut(id) {
+            if u.state != SlotState::Writing {
+                return Err(Error::UnknownAllocation(id));
+            }
+            u.state = SlotState::Live;
+            return Ok(());
+        }
+        let new = NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        self.slab_unit_written(id, &mut Plan::default(), new)
     }
 
     /// New slab unit `id` does not go live (its writer gave up, its actions were refused or
@@ -837,6 +1249,8 @@ impl<S> Table<S> {
 
     /// `[s, e)`, in region `r` of `slab`, may become a segment of protection `prot`: the region
     /// has that protection, and no allocation's segment and no range being written overlaps it.
+    /// (`high_water`: the region's mark, [`SlabRecord::high_water`]; at or below it the
+    /// segment index is searched.)
     fn check_slab_segment(
         &self,
         slab: SlabId,
@@ -844,6 +1258,7 @@ impl<S> Table<S> {
         s: u64,
         e: u64,
         prot: MemProt,
+        high_water: u64,
     ) -> Result<()> {
         if REGION_PROTS[r] != prot {
             return Err(Error::InvalidRequest(format!(
@@ -853,7 +1268,13 @@ impl<S> Table<S> {
                 slab.0
             )));
         }
-        if let Some((_, _, o)) = self.segment_in_region(slab, r, s, e) {
+        let hit = if s >= high_water {
+            debug_assert!(self.any_hit(s, e).is_none());
+            None
+        } else {
+            self.searched_hit(s, e)
+        };
+        if let Some(o) = hit {
             return Err(Error::Busy(format!(
                 "segment {s:#x}..{e:#x} overlaps allocation {}",
                 o.alloc
@@ -877,8 +1298,9 @@ impl<S> Table<S> {
                 .enclosing(s, e)
                 .map(|(_, _, &id)| SlabId(id))
                 .ok_or_else(|| not_owned(s, e - s, "inside a slab of this executor"))?;
-            let r = self.region(slab, s, e)?;
-            self.check_slab_segment(slab, r, s, e, seg.prot)?;
+            let rec = self.slab(slab)?;
+            let r = rec.region_of(s, e)?;
+            self.check_slab_segment(slab, r, s, e, seg.prot, rec.high_water[r])?;
         }
         Ok(())
     }
@@ -907,6 +1329,22 @@ impl<S> Table<S> {
 
     /// Mark a live, idle allocation dying and hand over what deallocating it needs.
     pub(crate) fn begin_dealloc(&mut self, id: u64) -> Result<Dying> {
+        if let Some(u) = self.dense_mut(id) {
+            if u.state != SlotState::Live {
+                return Err(Error::UnknownAllocation(id));
+            }
+            if u.pins > 0 {
+                return Err(Error::Busy(format!(
+                    "allocation {id} has code running (run_main, call_void or its initializers)"
+                )));
+            }
+            u.state = SlotState::Dying;
+            return Ok(Dying {
+                dealloc: Vec::new(),
+                reservation: None,
+                finalizers: u.flags & FINALIZERS != 0,
+            });
+        }
         let a = self.live_mut(id)?;
         if a.pins > 0 {
             return Err(Error::Busy(format!(
@@ -927,6 +1365,12 @@ impl<S> Table<S> {
 
     /// Deallocation cannot go on (the process is exiting): the allocation stays live.
     pub(crate) fn cancel_dealloc(&mut self, id: u64, dying: Dying) {
+        if let Some(u) = self.dense_mut(id) {
+            if u.state == SlotState::Dying {
+                u.state = SlotState::Live;
+            }
+            return;
+        }
         if let Some(a) = self.allocs.get_mut(&id) {
             a.state = AllocState::Live;
             if let Some(x) = a.extras.as_mut() {
@@ -942,9 +1386,18 @@ impl<S> Table<S> {
     }
 
     fn forget(&mut self, id: u64, keep_reservation: bool) {
+        let slot = self.slots.slot_of(id);
+        if let Some(slot) = slot {
+            if self.slots.entries[slot as usize].state != SlotState::Full {
+                return self.forget_dense(slot);
+            }
+        }
         let Some(a) = self.allocs.remove(&id) else {
             return;
         };
+        if let Some(slot) = slot {
+            self.slots.release(slot);
+        }
         for s in a.segments.iter() {
             self.segments.remove(s.start);
         }
@@ -969,6 +1422,18 @@ impl<S> Table<S> {
         &mut self,
         id: u64,
     ) -> Result<Option<(Vec<ExecutorAddr>, bool)>> {
+        if let Some(u) = self.dense_mut(id) {
+            if u.state != SlotState::Live {
+                return Err(Error::UnknownAllocation(id));
+            }
+            if u.flags & INITIALIZED != 0 {
+                return Ok(None);
+            }
+            let pins = u.pins.checked_add(1).ok_or_else(|| too_many_pins(id))?;
+            u.flags |= INITIALIZED;
+            u.pins = pins;
+            return Ok(Some((Vec::new(), u.flags & FINALIZERS != 0)));
+        }
         let a = self.live_mut(id)?;
         if a.initialized {
             return Ok(None);
@@ -985,19 +1450,29 @@ impl<S> Table<S> {
 
     /// Pin the live allocation whose executable segment holds `addr`; returns its id.
     pub(crate) fn pin_code(&mut self, addr: ExecutorAddr) -> Result<u64> {
-        let owner = match self.segments.containing(addr.0) {
-            Some((_, _, o)) if o.prot == MemProt::ReadExec => *o,
+        let owner = match addr.0.checked_add(1).and_then(|e| self.any_hit(addr.0, e)) {
+            Some(o) if o.prot == MemProt::ReadExec && o.state == AllocState::Live => o,
             _ => return Err(Error::NotCode(addr)),
         };
-        let a = self
-            .live_mut(owner.alloc)
-            .map_err(|_| Error::NotCode(addr))?;
-        a.pins += 1;
+        let pins = match self.dense_mut(owner.alloc) {
+            Some(u) => &mut u.pins,
+            None => {
+                &mut self
+                    .live_mut(owner.alloc)
+                    .map_err(|_| Error::NotCode(addr))?
+                    .pins
+            }
+        };
+        *pins = pins
+            .checked_add(1)
+            .ok_or_else(|| too_many_pins(owner.alloc))?;
         Ok(owner.alloc)
     }
 
     pub(crate) fn unpin(&mut self, id: u64) {
-        if let Some(a) = self.allocs.get_mut(&id) {
+        if let Some(u) = self.dense_mut(id) {
+            u.pins = u.pins.saturating_sub(1);
+        } else if let Some(a) = self.allocs.get_mut(&id) {
             a.pins = a.pins.saturating_sub(1);
         }
     }
@@ -1010,23 +1485,39 @@ impl<S> Table<S> {
     /// same slab that overlaps no other segment (of any allocation, this one's included, except
     /// its own old range), no claim and no other destination. Changes nothing.
     pub(crate) fn plan_move(&self, id: u64, moves: &[crate::SegmentMove]) -> Result<MovePlan> {
-        let a = match self.allocs.get(&id) {
-            Some(a) if a.state == AllocState::Live => a,
-            _ => return Err(Error::UnknownAllocation(id)),
+        let dense;
+        let (pins, old_segments): (u32, &[PlannedSegment]) = if let Some(slot) = self.dense(id) {
+            let u = &self.slots.entries[slot as usize];
+            let base = self.slots.dense_slab.map_or(0, |(_, base, _)| base);
+            if u.state != SlotState::Live {
+                return Err(Error::UnknownAllocation(id));
+            }
+            dense = PlannedSegment {
+                start: base + u64::from(u.offset),
+                end: base + u64::from(u.end()),
+                mapped_end: base + u64::from(u.end()),
+                prot: u.prot(),
+            };
+            (u.pins, std::slice::from_ref(&dense))
+        } else {
+            let a = match self.allocs.get(&id) {
+                Some(a) if a.state == AllocState::Live => a,
+                _ => return Err(Error::UnknownAllocation(id)),
+            };
+            if a.reservation().is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "allocation {id} has a reservation of its own: only units in slabs move"
+                )));
+            }
+            (a.pins, &a.segments)
         };
-        if a.reservation().is_some() {
-            return Err(Error::InvalidRequest(format!(
-                "allocation {id} has a reservation of its own: only units in slabs move"
-            )));
-        }
-        if a.pins > 0 {
+        if pins > 0 {
             return Err(Error::Busy(format!(
                 "allocation {id} has code running (run_main, call_void, call or its \
                  initializers)"
             )));
         }
-        if let Some(seg) = a
-            .segments
+        if let Some(seg) = old_segments
             .iter()
             .find(|g| self.claims.any_in(g.start, g.end))
         {
@@ -1035,14 +1526,13 @@ impl<S> Table<S> {
                 seg.start, seg.end
             )));
         }
-        let mut segments = a.segments.to_vec();
+        let mut segments = old_segments.to_vec();
         let mut plan = Vec::with_capacity(moves.len());
         for m in moves {
-            let i = a
-                .segments
+            let i = old_segments
                 .binary_search_by_key(&m.from.0, |g| g.start)
                 .ok()
-                .filter(|&i| a.segments[i].end - a.segments[i].start == m.len)
+                .filter(|&i| old_segments[i].end - old_segments[i].start == m.len)
                 .ok_or_else(|| {
                     not_owned(m.from.0, m.len, "exactly one segment of that allocation")
                 })?;
@@ -1052,7 +1542,7 @@ impl<S> Table<S> {
                     m.from
                 )));
             }
-            let old = a.segments[i];
+            let old = old_segments[i];
             let slab = self
                 .slab_spans
                 .enclosing(old.start, old.end)
@@ -1067,12 +1557,12 @@ impl<S> Table<S> {
                     "inside the region of the slab that holds the segment it moves",
                 ));
             }
-            for (start, _, o) in self.segments.overlapping_all(to, to_end) {
-                if o.alloc != id || start != old.start {
+            for o in self.hits(to, to_end) {
+                if o.alloc != id || o.start != old.start {
                     return Err(Error::Busy(format!(
                         "the destination {to:#x}..{to_end:#x} overlaps allocation {} (at \
-                         {start:#x})",
-                        o.alloc
+                         {:#x})",
+                        o.alloc, o.start
                     )));
                 }
             }
@@ -1109,6 +1599,11 @@ impl<S> Table<S> {
             // Cannot fail: checked free of claims and of each other by `plan_move`.
             let _ = self.claims.insert(to, to + len);
         }
+        if let Some(u) = self.dense_mut(id) {
+            // Nothing registered: nothing to undo.
+            u.state = SlotState::Moving;
+            return Vec::new();
+        }
         let Some(a) = self.allocs.get_mut(&id) else {
             return Vec::new();
         };
@@ -1129,6 +1624,9 @@ impl<S> Table<S> {
     pub(crate) fn relocate(&mut self, id: u64, plan: &MovePlan) {
         for &(_, _, to, len) in &plan.moves {
             self.unclaim(to, len);
+        }
+        if let Some(slot) = self.dense(id) {
+            return self.relocate_dense(slot, plan);
         }
         let Some(a) = self.allocs.get_mut(&id) else {
             return;
@@ -1161,6 +1659,25 @@ impl<S> Table<S> {
         }
     }
 
+    /// [`Table::relocate`] for dense unit `slot`: its one segment at its new place (in the
+    /// dense slab: `plan_move` kept it in its region).
+    fn relocate_dense(&mut self, slot: u32, plan: &MovePlan) {
+        let (Some((_, base, _)), [new]) = (self.slots.dense_slab, plan.segments.as_slice()) else {
+            return;
+        };
+        if plan.moves.is_empty() {
+            return;
+        }
+        let u = &mut self.slots.entries[slot as usize];
+        let old = u.offset;
+        u.offset = (new.start - base) as u32;
+        let offset = u.offset;
+        self.slots.index.remove(old);
+        // Checked free by `plan_move`, and the old range is gone.
+        self.slots.index.insert(offset, slot);
+        raise_high_water(&self.slab_spans, &mut self.slabs, new.start, new.end);
+    }
+
     /// The move is over: the allocation is live with its new registrations (`registered`,
     /// from the plan of its new actions) and their dealloc halves after the actions it kept.
     pub(crate) fn finish_move(
@@ -1169,6 +1686,13 @@ impl<S> Table<S> {
         mut registered: Vec<(u64, u64)>,
         dealloc: Vec<Action>,
     ) {
+        if let Some(slot) = self.dense(id) {
+            if registered.is_empty() && dealloc.is_empty() {
+                self.slots.entries[slot as usize].state = SlotState::Live;
+                return;
+            }
+            self.promote(slot);
+        }
         let Some(a) = self.allocs.get_mut(&id) else {
             return;
         };
@@ -1198,9 +1722,9 @@ impl<S> Table<S> {
             .collect();
         let mut empty_slabs = Vec::new();
         let mut occupied_slabs = Vec::new();
-        for (_, rec) in std::mem::take(&mut self.slabs) {
+        for rec in std::mem::take(&mut self.slabs.0) {
             let (s, e) = rec.span;
-            if self.segments.any_in(s, e) || self.claims.any_in(s, e) {
+            if self.any_hit(s, e).is_some() || self.claims.any_in(s, e) {
                 occupied_slabs.push(rec.payload);
             } else {
                 empty_slabs.push(rec.payload);
@@ -1218,8 +1742,14 @@ impl<S> Table<S> {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.reservations.is_empty()
-            && self.slabs.is_empty()
+            && self.slabs.0.is_empty()
             && self.allocs.is_empty()
+            && self.slots.index.is_empty()
+            && self
+                .slots
+                .entries
+                .iter()
+                .all(|u| u.state == SlotState::Free)
             && self.segments.is_empty()
             && self.claims.is_empty()
             && self.registered.is_empty()
@@ -1362,20 +1892,21 @@ mod tests {
         assert!(t.is_empty());
     }
 
-    fn slab_unit(t: &mut Table<()>, id: u64, s: SlabId, addr: u64, len: u64) -> Result<()> {
+    fn slab_unit(t: &mut Table<()>, s: SlabId, addr: u64, len: u64) -> Result<u64> {
         let segments = [crate::SlabSegment {
             addr: ExecutorAddr(addr),
             size: len,
             prot: MemProt::ReadExec,
         }];
-        let plan = Plan::slab_unit(&segments)?;
-        t.begin_slab_unit(id, s, &segments, &plan)?;
+        let planned = Plan::slab_segments(&segments)?;
+        let id = t.begin_slab_unit(s, &segments, &planned)?;
         let new = NewAlloc {
             initializers: Vec::new(),
             finalizers: false,
             live: true,
         };
-        t.slab_unit_written(id, &mut Plan::default(), new)
+        t.slab_unit_written(id, &mut Plan::default(), new)?;
+        Ok(id)
     }
 
     /// New slab units in one visit: refused over units, claims and other regions, and over
@@ -1385,36 +1916,24 @@ mod tests {
         use crate::SegmentMove;
         let mut t = Table::<()>::default();
         let s = slab(&mut t);
-        slab_unit(&mut t, 1, s, 0x100100, 0x40).unwrap();
-        slab_unit(&mut t, 2, s, 0x100200, 0x40).unwrap();
-        assert!(
-            slab_unit(&mut t, 3, s, 0x100230, 0x20).is_err(),
-            "over unit 2"
-        );
-        assert!(
-            slab_unit(&mut t, 3, s, 0x1000f0, 0x20).is_err(),
-            "over unit 1"
-        );
-        assert!(
-            slab_unit(&mut t, 3, s, 0x101000, 0x20).is_err(),
-            "code in ro"
-        );
-        assert!(
-            slab_unit(&mut t, 2, s, 0x100400, 0x20).is_err(),
-            "id reused"
-        );
+        let u1 = slab_unit(&mut t, s, 0x100100, 0x40).unwrap();
+        let u2 = slab_unit(&mut t, s, 0x100200, 0x40).unwrap();
+        assert!(slab_unit(&mut t, s, 0x100230, 0x20).is_err(), "over unit 2");
+        assert!(slab_unit(&mut t, s, 0x1000f0, 0x20).is_err(), "over unit 1");
+        assert!(slab_unit(&mut t, s, 0x101000, 0x20).is_err(), "code in ro");
         t.claim(s, 0x100300, 0x10).unwrap();
         assert!(
-            slab_unit(&mut t, 3, s, 0x1002f8, 0x10).is_err(),
+            slab_unit(&mut t, s, 0x1002f8, 0x10).is_err(),
             "over a claim"
         );
         t.unclaim(0x100300, 0x10);
-        t.begin_dealloc(1).unwrap();
-        t.finish_dealloc(1);
+        t.begin_dealloc(u1).unwrap();
+        t.finish_dealloc(u1);
         // Below the mark: searched.
-        slab_unit(&mut t, 3, s, 0x100100, 0x40).unwrap();
+        let u3 = slab_unit(&mut t, s, 0x100100, 0x40).unwrap();
+        assert_ne!(u3, u1, "a new id in the freed slot");
         assert!(
-            slab_unit(&mut t, 4, s, 0x100000, 0x210).is_err(),
+            slab_unit(&mut t, s, 0x100000, 0x210).is_err(),
             "over 3 and 2"
         );
         // Unit 2 moves above everything: the mark follows it.
@@ -1423,29 +1942,29 @@ mod tests {
             to: ExecutorAddr(0x100800),
             len: 0x40,
         };
-        let plan = t.plan_move(2, &[mv]).unwrap();
-        t.begin_move(2, &plan);
-        t.relocate(2, &plan);
-        t.finish_move(2, Vec::new(), Vec::new());
+        let plan = t.plan_move(u2, &[mv]).unwrap();
+        t.begin_move(u2, &plan);
+        t.relocate(u2, &plan);
+        t.finish_move(u2, Vec::new(), Vec::new());
         assert!(
-            slab_unit(&mut t, 4, s, 0x100820, 0x10).is_err(),
+            slab_unit(&mut t, s, 0x100820, 0x10).is_err(),
             "over moved 2"
         );
-        slab_unit(&mut t, 4, s, 0x100200, 0x40).unwrap();
+        let u4 = slab_unit(&mut t, s, 0x100200, 0x40).unwrap();
         // A writer that gives up leaves nothing behind.
         let segments = [crate::SlabSegment {
             addr: ExecutorAddr(0x100900),
             size: 0x10,
             prot: MemProt::ReadExec,
         }];
-        let plan = Plan::slab_unit(&segments).unwrap();
-        t.begin_slab_unit(5, s, &segments, &plan).unwrap();
+        let planned = Plan::slab_segments(&segments).unwrap();
+        let u5 = t.begin_slab_unit(s, &segments, &planned).unwrap();
         assert!(t.claim(s, 0x100900, 1).is_err(), "being written");
         assert!(t.pin_code(ExecutorAddr(0x100900)).is_err(), "not live");
-        t.abort_slab_unit(5, true);
+        t.abort_slab_unit(u5, true);
         t.claim(s, 0x100900, 0x10).unwrap();
         t.unclaim(0x100900, 0x10);
-        for id in [2, 3, 4] {
+        for id in [u2, u3, u4] {
             t.begin_dealloc(id).unwrap();
             t.finish_dealloc(id);
         }
@@ -1527,6 +2046,127 @@ mod tests {
             t.begin_dealloc(id).unwrap();
             t.finish_dealloc(id);
         }
+        t.take_slab(s).unwrap();
+        assert!(t.is_empty());
+    }
+
+    /// A dense unit's states: while written (its claim), live, dying or moving, each call
+    /// refuses what that state forbids; one that needs a full record later gets one.
+    #[test]
+    fn dense_unit_states_are_enforced() {
+        use crate::SegmentMove;
+        let mut t = Table::<()>::with_id_tag(3);
+        let s = slab(&mut t);
+        let segments = [crate::SlabSegment {
+            addr: ExecutorAddr(0x100100),
+            size: 0x20,
+            prot: MemProt::ReadExec,
+        }];
+        let planned = Plan::slab_segments(&segments).unwrap();
+        let id = t.begin_slab_unit(s, &segments, &planned).unwrap();
+        assert_eq!(id >> ID_TAG_SHIFT, 3, "minted in the table's tag");
+        assert!(t.dense(id).is_some());
+        // Being written.
+        assert!(t.begin_dealloc(id).is_err());
+        assert!(t.start_initializers(id).is_err());
+        assert!(t.pin_code(ExecutorAddr(0x100100)).is_err());
+        assert!(t.plan_move(id, &[]).is_err());
+        assert!(t.check_read(0x100110, 4).is_err(), "read while written");
+        assert!(
+            t.check_patch(s, 0x100110, 4).is_err(),
+            "patched while written"
+        );
+        assert!(t.claim(s, 0x100110, 4).is_err());
+        assert!(t.claim_live(s, 0x100110, 4).is_err());
+        let live = || NewAlloc {
+            initializers: Vec::new(),
+            finalizers: false,
+            live: true,
+        };
+        t.slab_unit_written(id, &mut Plan::default(), live())
+            .unwrap();
+        assert!(
+            t.slab_unit_written(id, &mut Plan::default(), live())
+                .is_err(),
+            "written twice"
+        );
+        // Live.
+        t.check_read(0x100110, 4).unwrap();
+        t.check_patch(s, 0x100110, 4).unwrap();
+        t.claim_live(s, 0x100110, 4).unwrap();
+        t.unclaim(0x100110, 4);
+        assert!(t.claim(s, 0x100110, 4).is_err(), "a live unit's bytes");
+        assert_eq!(t.pin_code(ExecutorAddr(0x10011f)).unwrap(), id);
+        assert!(t.begin_dealloc(id).is_err(), "pinned");
+        t.unpin(id);
+        assert!(t.start_initializers(id).unwrap().is_some());
+        assert!(t.start_initializers(id).unwrap().is_none(), "once");
+        t.unpin(id);
+        // Dying, then back.
+        let dying = t.begin_dealloc(id).unwrap();
+        assert!(dying.is_trivial());
+        assert!(t.begin_dealloc(id).is_err(), "dying");
+        assert!(t.pin_code(ExecutorAddr(0x100100)).is_err(), "dying");
+        assert!(t.plan_move(id, &[]).is_err(), "dying");
+        assert!(t.claim_live(s, 0x100110, 4).is_err(), "dying");
+        t.cancel_dealloc(id, dying);
+        // Moving.
+        let mv = SegmentMove {
+            from: ExecutorAddr(0x100100),
+            to: ExecutorAddr(0x100400),
+            len: 0x20,
+        };
+        let plan = t.plan_move(id, &[mv]).unwrap();
+        assert!(t.begin_move(id, &plan).is_empty());
+        assert!(t.begin_dealloc(id).is_err(), "moving");
+        assert!(t.pin_code(ExecutorAddr(0x100100)).is_err(), "moving");
+        assert!(t.claim_live(s, 0x100100, 4).is_err(), "moving");
+        assert!(
+            t.claim(s, 0x100400, 4).is_err(),
+            "the destination is claimed"
+        );
+        t.relocate(id, &plan);
+        // Its new registrations need a full record: the same id keeps working.
+        t.finish_move(id, vec![(0x100404, 0x100408)], Vec::new());
+        assert!(t.dense(id).is_none());
+        assert!(t.check_patch(s, 0x100404, 2).is_err(), "registered");
+        assert_eq!(t.pin_code(ExecutorAddr(0x100400)).unwrap(), id);
+        t.unpin(id);
+        t.claim(s, 0x100100, 0x20).unwrap();
+        t.unclaim(0x100100, 0x20);
+        t.begin_dealloc(id).unwrap();
+        t.finish_dealloc(id);
+        assert!(t.begin_dealloc(id).is_err(), "freed");
+        t.take_slab(s).unwrap();
+        assert!(t.is_empty());
+    }
+
+    /// A slot is reused with a new generation each time; once its generations are used up it
+    /// is retired, so no id is ever minted twice.
+    #[test]
+    fn slots_are_reused_and_ids_never_are() {
+        let mut t = Table::<()>::default();
+        let s = slab(&mut t);
+        let mut seen = std::collections::HashSet::new();
+        let mut last = 0;
+        for _ in 0..u32::from(GEN_LIMIT) + 2 {
+            let id = slab_unit(&mut t, s, 0x100100, 0x10).unwrap();
+            assert!(seen.insert(id), "id {id:#x} minted twice");
+            t.begin_dealloc(id).unwrap();
+            t.finish_dealloc(id);
+            assert!(t.begin_dealloc(id).is_err(), "stale");
+            last = id;
+        }
+        assert_eq!(
+            t.slots.entries.len(),
+            2,
+            "the first slot retired, then the second"
+        );
+        assert_eq!(
+            (last & (SLOT_ID_BIT - 1)) >> GEN_BITS,
+            1,
+            "in the second slot"
+        );
         t.take_slab(s).unwrap();
         assert!(t.is_empty());
     }

@@ -1021,3 +1021,136 @@ fn requests_across_slabs_and_forged_ids_are_refused() {
     ex.deallocate(id).unwrap();
     ex.release_slab(a.id).unwrap();
 }
+
+/// A unit of one code segment at `addr` returning `n`, written and made live by
+/// `finalize_slab_unit` (a dense unit of the slab's table).
+fn dense_unit(ex: &InProcessExecutor, s: &SlabInfo, addr: u64, n: u32) -> Result<AllocId> {
+    ex.finalize_slab_unit(s.id, &[code_segment(addr, 9)], &mut |b| {
+        b[0].copy_from_slice(&code_returning(n));
+        Some(UnitActions::default())
+    })
+    .map(|id| id.expect("a live unit"))
+}
+
+/// The ids of one-segment slab units name their slot and its generation: a freed unit's id
+/// reaches nothing, even once a new unit lives at the same address (in the same slot), and ids
+/// made up from a real one (another slot, another generation, another table) reach nothing
+/// either. Units freed and reused many times keep their bytes to themselves.
+#[test]
+fn stale_and_forged_ids_of_dense_units_are_refused() {
+    let ex = InProcessExecutor::new();
+    let s = slab(&ex);
+    let code = s.regions[0].0 .0;
+    let first = dense_unit(&ex, &s, code, 1).unwrap();
+    ex.deallocate(first).unwrap();
+    let second = dense_unit(&ex, &s, code, 2).unwrap();
+    assert_ne!(first, second, "a new id at the same address");
+    refused(ex.deallocate(first), "a stale id");
+    refused(ex.run_initializers(first), "a stale id");
+    refused(
+        ex.move_allocation(
+            first,
+            &[SegmentMove {
+                from: ExecutorAddr(code),
+                to: ExecutorAddr(code + 0x100),
+                len: 9,
+            }],
+            Vec::new(),
+        ),
+        "a stale id",
+    );
+    assert_eq!(ex.call(ExecutorAddr(code), &[]).unwrap(), 2, "the new unit");
+    for forged in [
+        second.0 + 1,         // another generation of its slot
+        second.0 + (1 << 15), // the next slot, unused
+        second.0 - (1 << 15), // no slot below it
+        second.0 ^ (1 << 39), // a counter's id in its table
+        second.0 ^ (1 << 41), // another table
+        second.0 | 0x7fff,    // the last generation
+    ] {
+        refused(ex.deallocate(AllocId(forged)), "a forged id");
+        refused(ex.run_initializers(AllocId(forged)), "a forged id");
+    }
+    // Many units placed, freed and placed again over the same bytes: each new unit's bytes are
+    // its own (never claimed twice: a write over a live unit is refused), and every id of a
+    // freed one stays dead.
+    let mut dead = vec![first];
+    let mut live = vec![(second, code, 2)];
+    for round in 0..50u32 {
+        for (i, slot_addr) in (1..8u64).map(|k| (k, code + k * 16)) {
+            let n = round * 100 + i as u32;
+            match live.iter().position(|&(_, a, _)| a == slot_addr) {
+                Some(j) if (round + i as u32).is_multiple_of(3) => {
+                    let (id, _, _) = live.swap_remove(j);
+                    ex.deallocate(id).unwrap();
+                    dead.push(id);
+                }
+                Some(_) => {
+                    refused(dense_unit(&ex, &s, slot_addr, n), "over a live unit");
+                    refused(
+                        ex.write_slab(s.id, &[SlabWrite::Fill(ExecutorAddr(slot_addr), 1, 0xcc)]),
+                        "a write over a live unit",
+                    );
+                }
+                None => live.push((dense_unit(&ex, &s, slot_addr, n).unwrap(), slot_addr, n)),
+            }
+        }
+    }
+    for &(id, addr, n) in &live {
+        assert_eq!(ex.call(ExecutorAddr(addr), &[]).unwrap(), u64::from(n));
+        assert!(!dead.contains(&id), "an id handed out twice");
+    }
+    for &id in &dead {
+        refused(ex.deallocate(id), "a stale id");
+    }
+    for (id, _, _) in live {
+        ex.deallocate(id).unwrap();
+    }
+    ex.release_slab(s.id).unwrap();
+}
+
+/// A dense unit moves like any other: checked, its bytes copied, its old range free, its id
+/// the same; while it moves or dies it is not moved, pinned or freed again.
+#[test]
+fn dense_units_move() {
+    let ex = InProcessExecutor::new();
+    let s = slab(&ex);
+    let code = s.regions[0].0 .0;
+    let a = dense_unit(&ex, &s, code, 7).unwrap();
+    let b = dense_unit(&ex, &s, code + 0x40, 8).unwrap();
+    let mv = |from: u64, to: u64| SegmentMove {
+        from: ExecutorAddr(from),
+        to: ExecutorAddr(to),
+        len: 9,
+    };
+    refused(
+        ex.move_allocation(a, &[mv(code, code + 0x3c)], Vec::new()),
+        "onto the next unit",
+    );
+    refused(
+        ex.move_allocation(a, &[mv(code + 1, code + 0x100)], Vec::new()),
+        "not its segment",
+    );
+    refused(
+        ex.move_allocation(a, &[mv(code, s.regions[1].0 .0)], Vec::new()),
+        "into another region",
+    );
+    ex.move_allocation(a, &[mv(code, code + 0x200)], Vec::new())
+        .unwrap();
+    assert_eq!(ex.call(ExecutorAddr(code + 0x200), &[]).unwrap(), 7);
+    refused(ex.call(ExecutorAddr(code), &[]), "its old place");
+    // The old range is free for a new unit; the moved one's is not.
+    let c = dense_unit(&ex, &s, code, 9).unwrap();
+    refused(dense_unit(&ex, &s, code + 0x204, 1), "over the moved unit");
+    assert_eq!(ex.call(ExecutorAddr(code), &[]).unwrap(), 9);
+    ex.deallocate(a).unwrap();
+    refused(ex.deallocate(a), "freed twice");
+    refused(
+        ex.move_allocation(a, &[mv(code + 0x200, code + 0x300)], Vec::new()),
+        "a freed unit",
+    );
+    for id in [b, c] {
+        ex.deallocate(id).unwrap();
+    }
+    ex.release_slab(s.id).unwrap();
+}

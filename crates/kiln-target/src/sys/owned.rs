@@ -9,7 +9,7 @@ use super::{actions, call, mem, sync, valgrind};
 use crate::executor::{Action, ActionPair, FinalizeRequest, Segment, SlabSegment, UnitActions};
 use crate::plan::{range, Plan, PlannedSegments};
 use crate::shards::{self, OnceIndex};
-use crate::table::{MovePlan, NewAlloc, Table};
+use crate::table::{MovePlan, NewAlloc, Table, ID_TAG_SHIFT, SLOT_ID_BIT};
 use crate::{
     AllocId, Error, ExecutorAddr, Placement, Result, SegmentMove, SlabId, SlabInfo, SlabWrite,
     MAX_READ,
@@ -24,9 +24,11 @@ const CLAIM_BATCH: usize = 64;
 
 /// An allocation id carries the table that holds the allocation: its top bits are the slab's id
 /// plus one (0: the home table, allocations in reservations of their own), its low
-/// `ID_SHIFT` bits count that table's allocations. Slab ids are unique in the process, so
-/// allocation ids are too (the exit registry is process-wide).
-const ID_SHIFT: u32 = 40;
+/// `ID_SHIFT` bits name the allocation in that table: a counter's value below `SLOT_ID_BIT`
+/// (`finalize`), or the slot and generation the table minted (`finalize_slab_unit`), never
+/// reused. Slab ids are unique in the process, so allocation ids are too (the exit registry is
+/// process-wide).
+const ID_SHIFT: u32 = ID_TAG_SHIFT;
 
 /// Slab ids below this fit in an allocation id's top bits (as the id plus one).
 const SLAB_LIMIT: u32 = (1 << (64 - ID_SHIFT)) - 1;
@@ -76,7 +78,7 @@ impl Shard {
             &self.next_seq
         };
         let seq = counter.fetch_add(1, Ordering::Relaxed);
-        if seq >= 1 << ID_SHIFT {
+        if seq >= SLOT_ID_BIT {
             return Err(Error::InvalidRequest(
                 "out of allocation ids in this table".into(),
             ));
@@ -225,14 +227,12 @@ impl OwnedMemory {
         segments: &[SlabSegment],
         fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
     ) -> Result<Option<AllocId>> {
-        let mut plan = Plan::slab_unit(segments)?;
+        let planned = Plan::slab_segments(segments)?;
         let shard = self.slab_shard(slab)?;
-        let id = shard.new_id()?;
-        let view = {
+        let (id, view) = {
             let mut t = shard.lock()?;
             let view = t.slab_payload(slab)?.view();
-            t.begin_slab_unit(id, slab, segments, &plan)?;
-            view
+            (t.begin_slab_unit(slab, segments, &planned)?, view)
         };
         let mut pending = PendingUnit {
             shard,
@@ -246,9 +246,10 @@ impl OwnedMemory {
             let inline = segments.len() <= few.len();
             for (i, seg) in segments.iter().enumerate() {
                 // SAFETY: every non-empty segment is claimed for this call (inside one region
-                // of our live slab, over no allocation's bytes and no other claim) until
-                // `slab_unit_written` or `pending`'s abort, both after this block drops `few`
-                // and `many`; the segments are pairwise disjoint (`Plan::slab_unit`), so the
+                // of our live slab, over no allocation's bytes and no other claim; a dense
+                // unit's claim is its `Writing` state, which every other call's check sees as
+                // one) until `slab_unit_live`, `slab_unit_written` or `pending`'s abort, all
+                // after this block drops `few` and `many`; the segments are pairwise disjoint (`Plan::slab_segments`), so the
                 // slices are; the slab is not unmapped while an allocation lies in it.
                 let slice = unsafe { view.slice_mut(seg.addr.0, seg.size)? };
                 if inline {
@@ -265,6 +266,21 @@ impl OwnedMemory {
         };
         let Some(unit) = unit else {
             return Ok(None);
+        };
+        if unit.actions.is_empty() && unit.initializers.is_empty() && unit.deinitializers.is_empty()
+        {
+            // A JIT's typical unit: nothing to check, register or run, so no plan beyond its
+            // segments (checked by `begin_slab_unit`).
+            for s in segments {
+                mem::flush_icache(s.addr, s.size);
+            }
+            shard.lock()?.slab_unit_live(id)?;
+            std::mem::forget(pending);
+            return Ok(Some(AllocId(id)));
+        }
+        let mut plan = Plan {
+            segments: planned,
+            ..Plan::default()
         };
         plan.check_unit(&unit.actions, &unit.initializers, &unit.deinitializers)?;
         let eh_frames = std::mem::take(&mut plan.eh_frames);
@@ -473,14 +489,15 @@ impl OwnedMemory {
         // TLS blocks copied are all there are (`add_static_tls` takes it too).
         let mut home = self.home.lock()?;
         home.add_slab_span(info)?;
-        let mut table = Table::default();
+        let tag = u64::from(id.0) + 1;
+        let mut table = Table::with_id_tag(tag);
         for (offset, size) in home.static_tls_blocks() {
             table.add_static_tls(offset, size);
         }
-        let made = table.add_slab(info, slab).map_err(drop).and_then(|()| {
-            let tag = u64::from(id.0) + 1;
-            self.slabs.set(id.0, Shard::new(tag, table)).map_err(drop)
-        });
+        let made = table
+            .add_slab(info, slab)
+            .map_err(drop)
+            .and_then(|()| self.slabs.set(id.0, Shard::new(tag, table)).map_err(drop));
         if made.is_err() {
             home.remove_slab_span(id, info.regions[0].0 .0);
             return Err(Error::Busy(format!("slab {} overlaps memory in use", id.0)));
