@@ -1024,9 +1024,9 @@ struct Binder<'s> {
 
 impl SessionSymbols for Binder<'_> {
     fn defines(&self, name: &[u8]) -> bool {
-        let hash = symbols::name_hash(name);
+        let key = symbols::name_key(name);
         read(&self.session.state)
-            .visible_hashed(self.scope, hash, name)
+            .visible_keyed(self.scope, key, name)
             .is_some()
     }
 
@@ -1035,8 +1035,8 @@ impl SessionSymbols for Binder<'_> {
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
         for (n, out) in names.iter().zip(out) {
-            let hash = symbols::name_hash(n);
-            *out = st.visible_hashed(self.scope, hash, n).map(|d| {
+            let key = symbols::name_key(n);
+            *out = st.visible_keyed(self.scope, key, n).map(|d| {
                 let unit = d.unit();
                 if !deps.contains(&unit) {
                     if let Some(u) = st.units.get(&unit) {

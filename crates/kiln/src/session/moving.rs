@@ -656,8 +656,7 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
             }
         }
         if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
-            sc.symbols
-                .for_unit_mut(&names, m.unit, |d| d.addr = moves.translate(d.addr));
+            sc.symbols.move_unit(&names, m.unit, |a| moves.translate(a));
         }
     }
 }

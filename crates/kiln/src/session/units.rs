@@ -125,60 +125,6 @@ impl<T> FromIterator<T> for Few<T> {
     }
 }
 
-/// A unit's segments, (address, size) each, in two words: one segment of less than 4 GiB
-/// inline (most units have one, a few hundred bytes), any other list boxed. Read through
-/// [`Segs::list`], a slice.
-#[derive(Clone, Debug)]
-pub(crate) enum Segs {
-    One {
-        size: u32,
-        addr: u64,
-    },
-    #[allow(clippy::box_collection)]
-    Many(Option<Box<Vec<(u64, u64)>>>),
-}
-
-impl From<&[(u64, u64)]> for Segs {
-    /// (Made from a slice: the one inline segment of a JIT's unit is copied, no list is
-    /// allocated or freed.)
-    fn from(v: &[(u64, u64)]) -> Segs {
-        match *v {
-            [] => Segs::Many(None),
-            [(addr, size)] if u32::try_from(size).is_ok() => Segs::One {
-                size: size as u32,
-                addr,
-            },
-            _ => Segs::Many(Some(Box::new(v.to_vec()))),
-        }
-    }
-}
-
-impl Segs {
-    pub(crate) fn list(&self) -> SegList<'_> {
-        match self {
-            Segs::One { size, addr } => SegList::One([(*addr, u64::from(*size))]),
-            Segs::Many(Some(v)) => SegList::Slice(v),
-            Segs::Many(None) => SegList::Slice(&[]),
-        }
-    }
-}
-
-/// [`Segs`] read as a slice.
-pub(crate) enum SegList<'a> {
-    One([(u64, u64); 1]),
-    Slice(&'a [(u64, u64)]),
-}
-
-impl Deref for SegList<'_> {
-    type Target = [(u64, u64)];
-    fn deref(&self) -> &[(u64, u64)] {
-        match self {
-            SegList::One(one) => one,
-            SegList::Slice(s) => s,
-        }
-    }
-}
-
 /// Records per chunk.
 const CHUNK: usize = 1024;
 
@@ -186,7 +132,9 @@ const CHUNK: usize = 1024;
 #[derive(Default)]
 pub(crate) struct UnitTable {
     index: IdIndex,
-    chunks: Vec<Box<[Option<Unit>]>>,
+    /// Records, [`Unit::vacant`] in a free slot (an `Option<Unit>` would take 8 bytes more:
+    /// the record has no spare bit pattern for `None`).
+    chunks: Vec<Box<[Unit]>>,
     /// Slots of removed units, taken again first.
     free: Vec<u32>,
 }
@@ -194,10 +142,10 @@ pub(crate) struct UnitTable {
 impl UnitTable {
     fn slot(&self, s: u32) -> Option<&Unit> {
         let s = s as usize;
-        self.chunks.get(s / CHUNK)?[s % CHUNK].as_ref()
+        Some(&self.chunks.get(s / CHUNK)?[s % CHUNK]).filter(|u| !u.is_vacant())
     }
 
-    fn slot_mut(&mut self, s: u32) -> &mut Option<Unit> {
+    fn slot_mut(&mut self, s: u32) -> &mut Unit {
         let s = s as usize;
         &mut self.chunks[s / CHUNK][s % CHUNK]
     }
@@ -208,7 +156,7 @@ impl UnitTable {
 
     pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut Unit> {
         let s = self.index.get(*id)?;
-        self.slot_mut(s).as_mut()
+        Some(self.slot_mut(s)).filter(|u| !u.is_vacant())
     }
 
     /// Enter unit `id` (a new id: a unit already there under it would be dropped).
@@ -217,25 +165,26 @@ impl UnitTable {
             Some(s) => s,
             None => {
                 let used = self.chunks.len() * CHUNK;
-                self.chunks.push((0..CHUNK).map(|_| None).collect());
+                self.chunks
+                    .push((0..CHUNK).map(|_| Unit::vacant()).collect());
                 // Every slot of the new chunk but the first is free, lowest taken first.
                 self.free
                     .extend((used + 1..used + CHUNK).rev().map(|s| s as u32));
                 used as u32
             }
         };
-        *self.slot_mut(s) = Some(unit);
+        *self.slot_mut(s) = unit;
         if let Some(old) = self.index.insert(id, s) {
-            *self.slot_mut(old) = None;
+            *self.slot_mut(old) = Unit::vacant();
             self.free.push(old);
         }
     }
 
     pub(crate) fn remove(&mut self, id: &u64) -> Option<Unit> {
         let s = self.index.remove(*id)?;
-        let unit = self.slot_mut(s).take();
+        let unit = std::mem::replace(self.slot_mut(s), Unit::vacant());
         self.free.push(s);
-        unit
+        Some(unit).filter(|u| !u.is_vacant())
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -565,26 +514,6 @@ mod tests {
         assert!(matches!(Few::from(vec![4]), Few::One(4)));
         assert!(Few::<u64>::from(Vec::new()).is_empty());
         assert_eq!(&*Few::from(vec![4, 5]), &[4, 5]);
-    }
-
-    #[test]
-    fn segs_read_as_the_list_they_were_made_from() {
-        use super::Segs;
-        assert_eq!(std::mem::size_of::<Segs>(), 16);
-        let lists: [Vec<(u64, u64)>; 4] = [
-            vec![],
-            vec![(0x1000, 160)],
-            vec![(0x1000, 1 << 32)],
-            vec![(0x1000, 16), (0x9000, 8)],
-        ];
-        for list in lists {
-            let segs = Segs::from(&list[..]);
-            assert_eq!(&*segs.list(), &list[..]);
-            assert_eq!(
-                matches!(segs, Segs::One { .. }),
-                list.len() == 1 && list[0].1 < 1 << 32
-            );
-        }
     }
 
     #[test]
