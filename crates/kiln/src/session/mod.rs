@@ -630,8 +630,8 @@ impl Session {
             alloc,
             scope,
             memory: options.memory.clone(),
-            slab_ranges,
-            segments,
+            slab_ranges: &slab_ranges,
+            segments: &segments,
             relink,
             link_actions: actions,
             stats,
@@ -670,7 +670,7 @@ impl Session {
     pub fn unit_symbols(&self, unit: UnitId) -> Result<Vec<(String, SymbolInfo)>> {
         let st = read(&self.state);
         let u = st.unit(unit)?;
-        let scope = st.scope(u.scope)?;
+        let scope = st.scope(u.scope())?;
         Ok(scope
             .symbols
             .of_unit(u.names(), unit.0)
@@ -703,7 +703,7 @@ impl Session {
 
     /// The scope `unit` belongs to.
     pub fn unit_scope(&self, unit: UnitId) -> Result<ScopeId> {
-        Ok(read(&self.state).unit(unit)?.scope)
+        Ok(read(&self.state).unit(unit)?.scope())
     }
 
     /// The live units, oldest first.

@@ -148,16 +148,18 @@ pub(crate) struct Scope {
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
-/// unit has is inline (56 bytes), what few units have is in one optional box ([`Rare`]):
-/// several segments, or one of 4 GiB or more; several names; several units it binds to or
-/// that bind to it, or one whose id does not fit in 32 bits (after four billion links).
+/// unit has is inline (48 bytes), what few units have is in one optional box ([`Rare`]):
+/// several segments, or one of 64 KiB or more; several names; several units it binds to or
+/// that bind to it, or one whose id does not fit in 32 bits (after four billion links); a
+/// scope past the 65,535th; slab ranges that are not its segments, or in a slab past the
+/// 65,536th.
 pub(crate) struct Unit {
     pub alloc: AllocId,
     /// The address of its one segment, when [`SEGS`] says [`ONE_SEG`] ([`Unit::segments`]).
     seg_addr: u64,
     rare: Option<Box<Rare>>,
     /// The size of that segment.
-    seg_size: u32,
+    seg_size: u16,
     /// The [`name_key`] of the name it defines in its scope's table, if one ([`Unit::names`]
     /// says how many: none, this one, or a list in [`Rare::names`]). The table holds the name;
     /// the unit finds its entries by key and unit id.
@@ -168,14 +170,15 @@ pub(crate) struct Unit {
     dep: u32,
     /// The unit that binds to this one, if one ([`Unit::dependents`]), the same way.
     dependent: u32,
-    /// The slab of its segments and the region of each, when its slab ranges are exactly its
-    /// segments (what a link into slab memory makes): then they are not stored. Else
-    /// `regions[0]` is [`NO_REGION`].
-    slab: SlabId,
-    pub scope: ScopeId,
+    /// The slab of its segments and the region of each (two bits a segment, up to three),
+    /// when its slab ranges are exactly its segments (what a link into slab memory makes):
+    /// then they are not stored. Else `regions` is [`NO_REGIONS`].
+    slab: u16,
+    regions: u8,
+    /// Its scope, or [`SCOPE_IN_RARE`]: [`Rare::scope`] ([`Unit::scope`]).
+    scope: u16,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    regions: [u8; 3],
     /// Its [`MemoryKind`], [`INITIALIZED`], [`NAMES`], [`SEGS`] and [`VACANT`].
     flags: u8,
 }
@@ -183,7 +186,9 @@ pub(crate) struct Unit {
 /// [`Unit::dep`], [`Unit::dependent`]: the list is in [`Rare`].
 const IN_RARE: u32 = u32::MAX;
 /// [`Unit::regions`] when its slab ranges are stored in [`Rare`].
-const NO_REGION: u8 = u8::MAX;
+const NO_REGIONS: u8 = u8::MAX;
+/// [`Unit::scope`] when the scope is in [`Rare`].
+const SCOPE_IN_RARE: u16 = u16::MAX;
 /// [`Unit::flags`]: its initializers ran (or were found to have nothing to run).
 const INITIALIZED: u8 = 4;
 /// [`Unit::flags`]: the bits of its [`MemoryKind`].
@@ -218,6 +223,8 @@ enum MemoryKind {
 struct Rare {
     /// Its segments, when [`Unit::seg_addr`] cannot say them.
     segments: Vec<(u64, u64)>,
+    /// Its scope, when [`Unit::scope`] cannot say it.
+    scope: u32,
     /// Its slab ranges, when [`Unit::regions`] cannot say them.
     slab_ranges: Vec<SlabRange>,
     memory: Option<Arc<dyn CodeMemory>>,
@@ -308,15 +315,16 @@ enum Links {
     Dependents,
 }
 
-/// What a new unit's record is made of.
-pub(crate) struct NewUnit {
+/// What a new unit's record is made of (its lists borrowed: a one-function unit's are copied
+/// into the record, not moved twice on the way).
+pub(crate) struct NewUnit<'a> {
     pub alloc: AllocId,
     pub scope: ScopeId,
     /// Where its slab ranges came from: `None` for the session's own slabs (or no slab
     /// ranges).
     pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: crate::link::SlabRanges,
-    pub segments: crate::link::Segments,
+    pub slab_ranges: &'a [SlabRange],
+    pub segments: &'a [(u64, u64)],
     pub relink: Option<Arc<RelinkRecord>>,
     pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
     pub stats: Option<Box<crate::LinkStats>>,
@@ -328,21 +336,25 @@ static NO_INCOMING: Vec<(u64, u32)> = Vec::new();
 
 impl Unit {
     pub fn new(n: NewUnit) -> Self {
-        let slab = regions_of(&n.segments, &n.slab_ranges);
+        let slab = regions_of(n.segments, n.slab_ranges);
         let memory = match (&n.memory, n.slab_ranges.is_empty()) {
             (_, true) => MemoryKind::Own,
             (None, false) => MemoryKind::Session,
             (Some(_), false) => MemoryKind::Other,
         };
         let ranges_kept = slab.is_none() && !n.slab_ranges.is_empty();
-        let (slab, regions) = slab.unwrap_or((SlabId(0), [NO_REGION; 3]));
-        let one_seg = match n.segments[..] {
-            [(addr, size)] => u32::try_from(size).ok().map(|size| (addr, size)),
+        let (slab, regions) = slab.unwrap_or((0, NO_REGIONS));
+        let one_seg = match *n.segments {
+            [(addr, size)] => u16::try_from(size).ok().map(|size| (addr, size)),
             _ => None,
         };
         let segs_kept = one_seg.is_none() && !n.segments.is_empty();
+        let scope = u16::try_from(n.scope.0)
+            .ok()
+            .filter(|&s| s != SCOPE_IN_RARE);
         let has_rare = ranges_kept
             || segs_kept
+            || scope.is_none()
             || memory == MemoryKind::Other
             || n.relink.is_some()
             || n.link_actions.is_some()
@@ -362,6 +374,7 @@ impl Unit {
             };
             Box::new(Rare {
                 segments,
+                scope: n.scope.0,
                 slab_ranges,
                 memory: n.memory.filter(|_| memory == MemoryKind::Other),
                 relink: n.relink,
@@ -389,9 +402,9 @@ impl Unit {
             dep: 0,
             dependent: 0,
             slab,
-            scope: n.scope,
-            pins: AtomicU32::new(0),
             regions,
+            scope: scope.unwrap_or(SCOPE_IN_RARE),
+            pins: AtomicU32::new(0),
             // Not initialized, even without initializers: the executor runs a unit's
             // finalizers (destructors, exit handlers) only if it was initialized.
             flags: memory as u8 | segs,
@@ -408,10 +421,10 @@ impl Unit {
             name: 0,
             dep: 0,
             dependent: 0,
-            slab: SlabId(0),
-            scope: ScopeId(0),
+            slab: 0,
+            regions: NO_REGIONS,
+            scope: 0,
             pins: AtomicU32::new(0),
-            regions: [NO_REGION; 3],
             flags: VACANT,
         }
     }
@@ -422,23 +435,31 @@ impl Unit {
 
     /// The ranges it holds in slabs (empty for a unit in a reservation of its own).
     pub fn slab_ranges(&self) -> Few<SlabRange> {
-        match (self.slab, self.regions) {
-            (_, [NO_REGION, ..]) => self
+        match self.regions {
+            NO_REGIONS => self
                 .rare
                 .iter()
                 .flat_map(|r| r.slab_ranges.iter().copied())
                 .collect(),
-            (slab, regions) => self
+            regions => self
                 .segments()
                 .iter()
-                .zip(regions)
-                .map(|(&(addr, size), region)| SlabRange {
-                    slab,
-                    region: usize::from(region),
+                .enumerate()
+                .map(|(i, &(addr, size))| SlabRange {
+                    slab: SlabId(u32::from(self.slab)),
+                    region: usize::from(regions >> (2 * i) & 3),
                     addr: ExecutorAddr(addr),
                     size,
                 })
                 .collect(),
+        }
+    }
+
+    /// The scope it belongs to.
+    pub fn scope(&self) -> ScopeId {
+        match (self.scope, &self.rare) {
+            (SCOPE_IN_RARE, Some(r)) => ScopeId(r.scope),
+            (s, _) => ScopeId(u32::from(s)),
         }
     }
 
@@ -706,21 +727,22 @@ impl Rare {
     }
 }
 
-/// The slab and the region of each segment, if `ranges` are exactly `segments`, in one slab
-/// and at most three of them.
-fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(SlabId, [u8; 3])> {
+/// The slab and the regions of the segments ([`Unit::regions`]), if `ranges` are exactly
+/// `segments`, at most three, in one slab of a 16-bit id, each in one of its three regions.
+fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(u16, u8)> {
     let first = ranges.first()?;
+    let slab = u16::try_from(first.slab.0).ok()?;
     if ranges.len() != segments.len() || ranges.len() > 3 {
         return None;
     }
-    let mut regions = [0u8; 3];
-    for ((r, &(addr, size)), region) in ranges.iter().zip(segments).zip(&mut regions) {
-        *region = u8::try_from(r.region).ok().filter(|&x| x != NO_REGION)?;
-        if r.slab != first.slab || r.addr.0 != addr || r.size != size {
+    let mut regions = 0u8;
+    for (i, (r, &(addr, size))) in ranges.iter().zip(segments).enumerate() {
+        if r.slab != first.slab || r.addr.0 != addr || r.size != size || r.region >= 3 {
             return None;
         }
+        regions |= (r.region as u8) << (2 * i);
     }
-    Some((first.slab, regions))
+    Some((slab, regions))
 }
 
 pub(crate) struct State {
@@ -814,10 +836,10 @@ impl State {
         input: &str,
         replacing: Option<u64>,
     ) -> std::result::Result<u64, Refused> {
-        let at = unit.scope.0 as usize;
+        let at = unit.scope().0 as usize;
         if at >= self.scopes.len() {
             self.unpin(deps);
-            let error = Error::Usage(format!("no scope {} in this session", unit.scope.0));
+            let error = Error::Usage(format!("no scope {} in this session", at));
             return Err(Refused::new(unit, error));
         }
         // With one definition, the insert below finds a clash before it changes anything.
@@ -978,7 +1000,7 @@ impl State {
             .units
             .remove(&id)
             .ok_or_else(|| Error::Internal("unit vanished".into()))?;
-        let scope = &mut self.scopes[unit.scope.0 as usize];
+        let scope = &mut self.scopes[unit.scope().0 as usize];
         for &h in unit.names() {
             scope.symbols.remove_of(h, id);
         }
@@ -1042,7 +1064,7 @@ impl State {
             let Some(unit) = self.units.remove(&id) else {
                 continue;
             };
-            let scope = &mut self.scopes[unit.scope.0 as usize];
+            let scope = &mut self.scopes[unit.scope().0 as usize];
             for &h in unit.names() {
                 scope.symbols.remove_of(h, id);
             }
@@ -1147,7 +1169,7 @@ mod tests {
     #[test]
     fn records_stay_small() {
         // A JIT keeps a record per unit: a million units, 56 MB of records.
-        assert_eq!(std::mem::size_of::<Unit>(), 56);
+        assert_eq!(std::mem::size_of::<Unit>(), 48);
         assert!(Unit::vacant().is_vacant() && !unit_with_one_segment().is_vacant());
     }
 
@@ -1161,8 +1183,8 @@ mod tests {
             alloc: AllocId(1),
             scope: ScopeId(0),
             memory: None,
-            slab_ranges: slab_ranges.into(),
-            segments: segments.into(),
+            slab_ranges: &slab_ranges,
+            segments: &segments,
             relink: None,
             link_actions: None,
             stats: None,
@@ -1230,21 +1252,49 @@ mod tests {
     /// 4 GiB or more; each read back as made and moved.
     #[test]
     fn segments_inline_when_one_fits() {
-        let lists: [Vec<(u64, u64)>; 5] = [
+        let lists: [Vec<(u64, u64)>; 6] = [
             vec![],
             vec![(0x1000, 160)],
-            vec![(0x1000, u64::from(u32::MAX))],
+            vec![(0x1000, u64::from(u16::MAX))],
+            vec![(0x1000, 1 << 16)],
             vec![(0x1000, 1 << 32)],
             vec![(0x1000, 16), (0x9000, 8)],
         ];
         for list in lists {
             let mut u = unit(list.clone(), Vec::new());
             assert_eq!(&*u.segments(), &list[..]);
-            let inline = list.len() == 1 && list[0].1 <= u64::from(u32::MAX);
+            let inline = list.len() == 1 && list[0].1 <= u64::from(u16::MAX);
             assert_eq!(u.rare.is_none(), inline || list.is_empty(), "{list:?}");
             let moved: Vec<(u64, u64)> = list.iter().map(|&(a, n)| (a + 0x100, n)).collect();
             u.move_segments(&moved, |a| a + 0x100);
             assert_eq!(&*u.segments(), &moved[..]);
+        }
+    }
+
+    /// A scope or a slab past what the record's 16 bits say: kept in the rare part.
+    #[test]
+    fn scopes_and_slabs_past_16_bits_take_the_rare_path() {
+        let range = |slab| SlabRange {
+            slab: SlabId(slab),
+            region: 1,
+            addr: ExecutorAddr(0x1000),
+            size: 16,
+        };
+        for (scope, slab) in [(0, 0), (65_534, 65_535), (65_535, 65_536), (u32::MAX, u32::MAX)] {
+            let u = Unit::new(NewUnit {
+                alloc: AllocId(1),
+                scope: ScopeId(scope),
+                memory: None,
+                slab_ranges: &[range(slab)],
+                segments: &[(0x1000, 16)],
+                relink: None,
+                link_actions: None,
+                stats: None,
+                map: None,
+            });
+            assert_eq!(u.scope(), ScopeId(scope));
+            assert_eq!(&*u.slab_ranges(), &[range(slab)]);
+            assert_eq!(u.rare.is_none(), scope < 65_535 && slab < 65_536);
         }
     }
 
@@ -1299,7 +1349,7 @@ mod tests {
         };
         let ranges = vec![range(0, 0x1000, 16), range(2, 0x9000, 8)];
         let u = unit(vec![(0x1000, 16), (0x9000, 8)], ranges.clone());
-        assert!(u.regions == [0, 2, 0] && u.slab == SlabId(3));
+        assert!(u.regions == 0b10_00 && u.slab == 3);
         assert!(
             u.rare.as_ref().is_some_and(|r| r.slab_ranges.is_empty()),
             "two segments are in the rare part, their ranges are not"
@@ -1309,7 +1359,7 @@ mod tests {
         // A range that is not a segment: kept as it is.
         let odd = vec![range(0, 0x1000, 32)];
         let mut u = unit(vec![(0x1000, 16)], odd.clone());
-        assert!(u.rare.is_some() && u.regions[0] == NO_REGION);
+        assert!(u.rare.is_some() && u.regions == NO_REGIONS);
         assert_eq!(&*u.slab_ranges(), &odd[..]);
         u.move_segments(&[(0x2000, 16)], |a| a + 0x1000);
         assert_eq!(u.slab_ranges()[0].addr, ExecutorAddr(0x2000));

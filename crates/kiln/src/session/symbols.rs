@@ -114,7 +114,15 @@ impl Names {
     }
 
     fn name(&self, at: u32) -> &[u8] {
-        self.name_end(at).0
+        let at = at as usize;
+        match self.text.get(at) {
+            // (Most names: shorter than 128 bytes, a length of one byte.)
+            Some(&len) if len < 0x80 => self
+                .text
+                .get(at + 1..at + 1 + usize::from(len))
+                .unwrap_or_default(),
+            _ => self.name_end(at as u32).0,
+        }
     }
 
     /// The definition of entry `s`.
