@@ -456,6 +456,7 @@ impl Unit {
     }
 
     /// The scope it belongs to.
+    #[inline]
     pub fn scope(&self) -> ScopeId {
         match (self.scope, &self.rare) {
             (SCOPE_IN_RARE, Some(r)) => ScopeId(r.scope),
@@ -515,6 +516,7 @@ impl Unit {
     }
 
     /// (address, size) of its segments.
+    #[inline]
     pub fn segments(&self) -> Listed<'_, (u64, u64)> {
         match self.flags & SEGS {
             ONE_SEG => Listed::One([(self.seg_addr, u64::from(self.seg_size))]),
@@ -534,6 +536,7 @@ impl Unit {
     }
 
     /// It defines the name keyed `key` too.
+    #[inline]
     pub fn add_name(&mut self, key: u32) {
         match self.flags & NAMES {
             0 => {
@@ -588,8 +591,14 @@ impl Unit {
     }
 
     /// `id` binds to it (if not known already).
+    #[inline]
     pub fn add_dependent(&mut self, id: u64) {
-        self.add_link(Links::Dependents, id);
+        // (A JIT's usual case, the first dependent, without the list's checks.)
+        if self.dependent == 0 && id < u64::from(IN_RARE) {
+            self.dependent = id as u32;
+        } else {
+            self.add_link(Links::Dependents, id);
+        }
     }
 
     pub fn retain_deps(&mut self, keep: impl FnMut(u64) -> bool) {
@@ -601,6 +610,7 @@ impl Unit {
     }
 
     /// The units it binds to are `ids` (no id twice).
+    #[inline]
     pub fn set_deps(&mut self, ids: &[u64]) {
         match ids {
             [] => self.dep = 0,
@@ -787,6 +797,7 @@ impl State {
 
     /// [`State::visible`] for a name already keyed ([`name_key`]): one hash for every scope
     /// of the search order.
+    #[inline]
     pub fn visible_keyed(&self, from: ScopeId, key: u32, name: &[u8]) -> Option<Def> {
         let own = self.scopes.get(from.0 as usize)?;
         if let Some(d) = own.symbols.find(key, name) {
@@ -1280,7 +1291,12 @@ mod tests {
             addr: ExecutorAddr(0x1000),
             size: 16,
         };
-        for (scope, slab) in [(0, 0), (65_534, 65_535), (65_535, 65_536), (u32::MAX, u32::MAX)] {
+        for (scope, slab) in [
+            (0, 0),
+            (65_534, 65_535),
+            (65_535, 65_536),
+            (u32::MAX, u32::MAX),
+        ] {
             let u = Unit::new(NewUnit {
                 alloc: AllocId(1),
                 scope: ScopeId(scope),

@@ -146,6 +146,7 @@ impl Names {
     /// Append `name` for a symbol of `size` bytes: its offset and its [`Symbol::size`].
     fn append(&mut self, name: &[u8], size: u64) -> (u32, u32) {
         let at = self.text.len() as u32;
+        self.text.reserve(room_for(name.len(), size));
         let mut len = name.len();
         while len >= 0x80 {
             self.text.push(len as u8 | 0x80);
