@@ -625,7 +625,7 @@ impl Session {
             actions,
         } = unit;
         // What does not need the tables is made before the lock: the record, the names'
-        // hashes.
+        // keys.
         let record = Unit::new(NewUnit {
             alloc,
             scope,
@@ -1031,7 +1031,7 @@ impl SessionSymbols for Binder<'_> {
     }
 
     fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]) {
-        // One read lock for the link's names, one hash a name for every scope searched.
+        // One read lock for the link's names, one key a name for every scope searched.
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
         for (n, out) in names.iter().zip(out) {

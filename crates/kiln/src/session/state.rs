@@ -795,7 +795,7 @@ impl State {
         self.visible_keyed(from, name_key(name.as_bytes()), name.as_bytes())
     }
 
-    /// [`State::visible`] for a name already keyed ([`name_key`]): one hash for every scope
+    /// [`State::visible`] for a name already keyed ([`name_key`]): one key for every scope
     /// of the search order.
     #[inline]
     pub fn visible_keyed(&self, from: ScopeId, key: u32, name: &[u8]) -> Option<Def> {
@@ -836,7 +836,7 @@ impl State {
     /// thread, or a redefinition): the record comes back for the caller to release its
     /// memory.
     ///
-    /// Everything that does not need the tables (the record, the names' hashes) is made by
+    /// Everything that does not need the tables (the record, the names' keys) is made by
     /// the caller before the lock is taken; `new` keeps the exports (their names copied into
     /// the scope's table) for the caller to drop after the lock.
     pub fn publish(
@@ -1320,7 +1320,7 @@ mod tests {
         u.set_initialized();
         assert!(u.names().is_empty());
         u.add_name(0);
-        assert_eq!(u.names(), &[0], "a hash of 0 is a name like any other");
+        assert_eq!(u.names(), &[0], "a key of 0 is a name like any other");
         assert!(u.rare.is_none());
         u.add_name(7);
         u.add_name(0);
@@ -1329,7 +1329,7 @@ mod tests {
         assert_eq!(
             u.names(),
             &[7, 0],
-            "one name dropped, not every name of the hash"
+            "one name dropped, not every name of the key"
         );
         u.drop_name(9);
         u.drop_name(7);
