@@ -625,13 +625,13 @@ impl Session {
             actions,
         } = unit;
         // What does not need the tables is made before the lock: the record, the names'
-        // hashes.
+        // keys.
         let record = Unit::new(NewUnit {
             alloc,
             scope,
             memory: options.memory.clone(),
-            slab_ranges,
-            segments,
+            slab_ranges: &slab_ranges,
+            segments: &segments,
             relink,
             link_actions: actions,
             stats,
@@ -670,7 +670,7 @@ impl Session {
     pub fn unit_symbols(&self, unit: UnitId) -> Result<Vec<(String, SymbolInfo)>> {
         let st = read(&self.state);
         let u = st.unit(unit)?;
-        let scope = st.scope(u.scope)?;
+        let scope = st.scope(u.scope())?;
         Ok(scope
             .symbols
             .of_unit(u.names(), unit.0)
@@ -703,7 +703,7 @@ impl Session {
 
     /// The scope `unit` belongs to.
     pub fn unit_scope(&self, unit: UnitId) -> Result<ScopeId> {
-        Ok(read(&self.state).unit(unit)?.scope)
+        Ok(read(&self.state).unit(unit)?.scope())
     }
 
     /// The live units, oldest first.
@@ -1024,19 +1024,19 @@ struct Binder<'s> {
 
 impl SessionSymbols for Binder<'_> {
     fn defines(&self, name: &[u8]) -> bool {
-        let hash = symbols::name_hash(name);
+        let key = symbols::name_key(name);
         read(&self.session.state)
-            .visible_hashed(self.scope, hash, name)
+            .visible_keyed(self.scope, key, name)
             .is_some()
     }
 
     fn bind(&self, names: &[&[u8]], out: &mut [Option<u64>]) {
-        // One read lock for the link's names, one hash a name for every scope searched.
+        // One read lock for the link's names, one key a name for every scope searched.
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
         for (n, out) in names.iter().zip(out) {
-            let hash = symbols::name_hash(n);
-            *out = st.visible_hashed(self.scope, hash, n).map(|d| {
+            let key = symbols::name_key(n);
+            *out = st.visible_keyed(self.scope, key, n).map(|d| {
                 let unit = d.unit();
                 if !deps.contains(&unit) {
                     if let Some(u) = st.units.get(&unit) {

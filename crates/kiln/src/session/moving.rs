@@ -356,7 +356,7 @@ impl Session {
         let old_defs: Vec<(String, u64)> = {
             let st = super::read(&self.state);
             let u = st.unit(old)?;
-            let scope = st.scope(u.scope)?;
+            let scope = st.scope(u.scope())?;
             scope
                 .symbols
                 .of_unit(u.names(), old.0)
@@ -368,7 +368,7 @@ impl Session {
         let mut st = write(&self.state);
         let new_defs: Vec<(String, u64)> = {
             let u = st.unit(new)?;
-            let scope = st.scope(u.scope)?;
+            let scope = st.scope(u.scope())?;
             scope
                 .symbols
                 .of_unit(u.names(), new.0)
@@ -649,15 +649,14 @@ fn relocate_tables(st: &mut State, moved: &[MovedUnit]) {
             continue;
         };
         u.move_segments(&m.after, |a| moves.translate(a));
-        let (scope, names) = (u.scope, u.names().to_vec());
+        let (scope, names) = (u.scope(), u.names().to_vec());
         for (i, &(a, n)) in m.after.iter().enumerate() {
             if n > 0 {
                 st.index_segment(a, m.unit, i as u8);
             }
         }
         if let Some(sc) = st.scopes.get_mut(scope.0 as usize) {
-            sc.symbols
-                .for_unit_mut(&names, m.unit, |d| d.addr = moves.translate(d.addr));
+            sc.symbols.move_unit(&names, m.unit, |a| moves.translate(a));
         }
     }
 }

@@ -5,14 +5,15 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
-use super::symbols::{name_hash, Slot, SymbolTable};
-use super::units::{AddrIndex, Few, SegList, Segs, UnitTable};
+use super::symbols::{name_key, room_for, Slot, SymbolTable};
+use super::units::{AddrIndex, Few, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
 use crate::link::Export;
 use crate::memory::{CodeMemory, SlabRange};
 use kiln_target::{AllocId, ExecutorAddr, SlabId};
 use smallvec::SmallVec;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -87,9 +88,28 @@ impl Def {
         }
     }
 
+    /// Made of what [`Def::unit_flags`] gave (a symbol table's packed entry).
+    pub(super) fn from_packed(addr: u64, size: u64, unit_flags: u64) -> Self {
+        Def {
+            addr,
+            size,
+            unit_flags,
+        }
+    }
+
+    /// The unit and the flags, in one word.
+    pub(super) fn unit_flags(&self) -> u64 {
+        self.unit_flags
+    }
+
+    /// The unit of a [`Def::unit_flags`].
+    pub(super) fn unit_of(unit_flags: u64) -> u64 {
+        unit_flags >> 8
+    }
+
     /// The unit that defines it.
     pub fn unit(&self) -> u64 {
-        self.unit_flags >> 8
+        Self::unit_of(self.unit_flags)
     }
 
     pub fn kind(&self) -> SymbolKind {
@@ -128,38 +148,47 @@ pub(crate) struct Scope {
 }
 
 /// A live unit's record. Sized for a JIT that keeps a million one-function units: what every
-/// unit has is inline (72 bytes), what few units have is in one optional box ([`Rare`]).
+/// unit has is inline (48 bytes), what few units have is in one optional box ([`Rare`]):
+/// several segments, or one of 64 KiB or more; several names; several units it binds to or
+/// that bind to it, or one whose id does not fit in 32 bits (after four billion links); a
+/// scope past the 65,535th; slab ranges that are not its segments, or in a slab past the
+/// 65,536th.
 pub(crate) struct Unit {
     pub alloc: AllocId,
-    /// (address, size) of its segments ([`Unit::segments`]).
-    segments: Segs,
-    /// The [`name_hash`] of the name it defines in its scope's table, if one ([`Unit::names`]
-    /// says how many: none, this one, or a list in [`Rare::names`]). The table holds the name;
-    /// the unit finds its entries by hash and unit id.
-    name: u64,
-    /// The unit this one binds to, if one ([`Unit::deps`]): 0 for none, [`IN_RARE`] when the
-    /// list is in [`Rare::deps`] (ids count up from 1 and never reach `u64::MAX`).
-    dep: u64,
-    /// The unit that binds to this one, if one ([`Unit::dependents`]), the same way.
-    dependent: u64,
+    /// The address of its one segment, when [`SEGS`] says [`ONE_SEG`] ([`Unit::segments`]).
+    seg_addr: u64,
     rare: Option<Box<Rare>>,
-    /// The slab of its segments and the region of each, when its slab ranges are exactly its
-    /// segments (what a link into slab memory makes): then they are not stored. Else
-    /// `regions[0]` is [`NO_REGION`].
-    slab: SlabId,
-    regions: [u8; 3],
-    pub scope: ScopeId,
+    /// The size of that segment.
+    seg_size: u16,
+    /// The [`name_key`] of the name it defines in its scope's table, if one ([`Unit::names`]
+    /// says how many: none, this one, or a list in [`Rare::names`]). The table holds the name;
+    /// the unit finds its entries by key and unit id.
+    name: u32,
+    /// The unit this one binds to, if one ([`Unit::deps`]): 0 for none, [`IN_RARE`] when the
+    /// list is in [`Rare::deps`] (ids count up from 1; one of [`IN_RARE`] or more is listed
+    /// there too).
+    dep: u32,
+    /// The unit that binds to this one, if one ([`Unit::dependents`]), the same way.
+    dependent: u32,
+    /// The slab of its segments and the region of each (two bits a segment, up to three),
+    /// when its slab ranges are exactly its segments (what a link into slab memory makes):
+    /// then they are not stored. Else `regions` is [`NO_REGIONS`].
+    slab: u16,
+    regions: u8,
+    /// Its scope, or [`SCOPE_IN_RARE`]: [`Rare::scope`] ([`Unit::scope`]).
+    scope: u16,
     /// Links in progress that bound to this unit and have not published yet.
     pub pins: AtomicU32,
-    /// Its [`MemoryKind`], [`INITIALIZED`] and [`NAMES`] (one byte: the record is 72 bytes
-    /// with it).
+    /// Its [`MemoryKind`], [`INITIALIZED`], [`NAMES`], [`SEGS`] and [`VACANT`].
     flags: u8,
 }
 
-/// [`Unit::dep`], [`Unit::dependent`]: the list is in [`Rare`] (two or more units).
-const IN_RARE: u64 = u64::MAX;
+/// [`Unit::dep`], [`Unit::dependent`]: the list is in [`Rare`].
+const IN_RARE: u32 = u32::MAX;
 /// [`Unit::regions`] when its slab ranges are stored in [`Rare`].
-const NO_REGION: u8 = u8::MAX;
+const NO_REGIONS: u8 = u8::MAX;
+/// [`Unit::scope`] when the scope is in [`Rare`].
+const SCOPE_IN_RARE: u16 = u16::MAX;
 /// [`Unit::flags`]: its initializers ran (or were found to have nothing to run).
 const INITIALIZED: u8 = 4;
 /// [`Unit::flags`]: the bits of its [`MemoryKind`].
@@ -169,6 +198,13 @@ const MEMORY: u8 = 3;
 const NAMES: u8 = 0x18;
 const ONE_NAME: u8 = 0x08;
 const NAMES_IN_RARE: u8 = 0x10;
+/// [`Unit::flags`]: where its segments are: none, one inline ([`ONE_SEG`]: [`Unit::seg_addr`],
+/// [`Unit::seg_size`]), or the list in [`Rare::segments`] ([`SEGS_IN_RARE`]).
+const SEGS: u8 = 0x60;
+const ONE_SEG: u8 = 0x20;
+const SEGS_IN_RARE: u8 = 0x40;
+/// [`Unit::flags`]: not a unit: a free slot of the unit table ([`Unit::vacant`]).
+const VACANT: u8 = 0x80;
 
 /// Where a unit's ranges came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -185,6 +221,10 @@ enum MemoryKind {
 /// The parts of a unit's record that most units of a JIT do not have.
 #[derive(Default)]
 struct Rare {
+    /// Its segments, when [`Unit::seg_addr`] cannot say them.
+    segments: Vec<(u64, u64)>,
+    /// Its scope, when [`Unit::scope`] cannot say it.
+    scope: u32,
     /// Its slab ranges, when [`Unit::regions`] cannot say them.
     slab_ranges: Vec<SlabRange>,
     memory: Option<Arc<dyn CodeMemory>>,
@@ -197,28 +237,45 @@ struct Rare {
     incoming: Vec<(u64, u32)>,
     stats: Option<Box<crate::LinkStats>>,
     map: Option<Arc<crate::LinkMap>>,
-    /// The units it binds to, when more than one.
+    /// The units it binds to, when not one inline.
     deps: Vec<u64>,
-    /// The units that bind to it, when more than one.
+    /// The units that bind to it, when not one inline.
     dependents: Vec<u64>,
-    /// The hashes of the names it defines, when more than one.
-    names: Vec<u64>,
+    /// The keys of the names it defines, when more than one.
+    names: Vec<u32>,
 }
 
-/// A new unit's definitions, with their names hashed ([`name_hash`]) before the session's
+/// A list read from a unit's record: one element copied out of it, or a slice of its rare
+/// part. Reads as a slice.
+pub(crate) enum Listed<'a, T> {
+    One([T; 1]),
+    Slice(&'a [T]),
+}
+
+impl<T> Deref for Listed<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Listed::One(one) => one,
+            Listed::Slice(s) => s,
+        }
+    }
+}
+
+/// A new unit's definitions, with their names keyed ([`name_key`]) before the session's
 /// lock is taken.
 pub(crate) struct NewSymbols<'g> {
     exports: crate::link::Exports<'g>,
-    hashes: SmallVec<[u64; 4]>,
+    keys: SmallVec<[u32; 4]>,
 }
 
 impl<'g> NewSymbols<'g> {
     pub fn new(exports: crate::link::Exports<'g>) -> Self {
-        let hashes = exports
+        let keys = exports
             .iter()
-            .map(|e| name_hash(e.name.as_bytes()))
+            .map(|e| name_key(e.name.as_bytes()))
             .collect();
-        NewSymbols { exports, hashes }
+        NewSymbols { exports, keys }
     }
 }
 
@@ -258,15 +315,16 @@ enum Links {
     Dependents,
 }
 
-/// What a new unit's record is made of.
-pub(crate) struct NewUnit {
+/// What a new unit's record is made of (its lists borrowed: a one-function unit's are copied
+/// into the record, not moved twice on the way).
+pub(crate) struct NewUnit<'a> {
     pub alloc: AllocId,
     pub scope: ScopeId,
     /// Where its slab ranges came from: `None` for the session's own slabs (or no slab
     /// ranges).
     pub memory: Option<Arc<dyn CodeMemory>>,
-    pub slab_ranges: crate::link::SlabRanges,
-    pub segments: crate::link::Segments,
+    pub slab_ranges: &'a [SlabRange],
+    pub segments: &'a [(u64, u64)],
     pub relink: Option<Arc<RelinkRecord>>,
     pub link_actions: Option<Arc<Vec<kiln_target::ActionPair>>>,
     pub stats: Option<Box<crate::LinkStats>>,
@@ -278,15 +336,25 @@ static NO_INCOMING: Vec<(u64, u32)> = Vec::new();
 
 impl Unit {
     pub fn new(n: NewUnit) -> Self {
-        let slab = regions_of(&n.segments, &n.slab_ranges);
+        let slab = regions_of(n.segments, n.slab_ranges);
         let memory = match (&n.memory, n.slab_ranges.is_empty()) {
             (_, true) => MemoryKind::Own,
             (None, false) => MemoryKind::Session,
             (Some(_), false) => MemoryKind::Other,
         };
         let ranges_kept = slab.is_none() && !n.slab_ranges.is_empty();
-        let (slab, regions) = slab.unwrap_or((SlabId(0), [NO_REGION; 3]));
+        let (slab, regions) = slab.unwrap_or((0, NO_REGIONS));
+        let one_seg = match *n.segments {
+            [(addr, size)] => u16::try_from(size).ok().map(|size| (addr, size)),
+            _ => None,
+        };
+        let segs_kept = one_seg.is_none() && !n.segments.is_empty();
+        let scope = u16::try_from(n.scope.0)
+            .ok()
+            .filter(|&s| s != SCOPE_IN_RARE);
         let has_rare = ranges_kept
+            || segs_kept
+            || scope.is_none()
             || memory == MemoryKind::Other
             || n.relink.is_some()
             || n.link_actions.is_some()
@@ -299,7 +367,14 @@ impl Unit {
             } else {
                 Vec::new()
             };
+            let segments = if segs_kept {
+                n.segments.to_vec()
+            } else {
+                Vec::new()
+            };
             Box::new(Rare {
+                segments,
+                scope: n.scope.0,
                 slab_ranges,
                 memory: n.memory.filter(|_| memory == MemoryKind::Other),
                 relink: n.relink,
@@ -312,42 +387,80 @@ impl Unit {
                 names: Vec::new(),
             })
         });
+        let (seg_addr, seg_size) = one_seg.unwrap_or((0, 0));
+        let segs = match (one_seg, segs_kept) {
+            (Some(_), _) => ONE_SEG,
+            (None, true) => SEGS_IN_RARE,
+            (None, false) => 0,
+        };
         Unit {
             alloc: n.alloc,
-            segments: Segs::from(&n.segments[..]),
+            seg_addr,
+            rare,
+            seg_size,
             name: 0,
             dep: 0,
             dependent: 0,
-            rare,
             slab,
             regions,
-            scope: n.scope,
+            scope: scope.unwrap_or(SCOPE_IN_RARE),
             pins: AtomicU32::new(0),
             // Not initialized, even without initializers: the executor runs a unit's
             // finalizers (destructors, exit handlers) only if it was initialized.
-            flags: memory as u8,
+            flags: memory as u8 | segs,
         }
+    }
+
+    /// What a free slot of the unit table holds.
+    pub fn vacant() -> Self {
+        Unit {
+            alloc: AllocId(0),
+            seg_addr: 0,
+            rare: None,
+            seg_size: 0,
+            name: 0,
+            dep: 0,
+            dependent: 0,
+            slab: 0,
+            regions: NO_REGIONS,
+            scope: 0,
+            pins: AtomicU32::new(0),
+            flags: VACANT,
+        }
+    }
+
+    pub fn is_vacant(&self) -> bool {
+        self.flags & VACANT != 0
     }
 
     /// The ranges it holds in slabs (empty for a unit in a reservation of its own).
     pub fn slab_ranges(&self) -> Few<SlabRange> {
-        match (self.slab, self.regions) {
-            (_, [NO_REGION, ..]) => self
+        match self.regions {
+            NO_REGIONS => self
                 .rare
                 .iter()
                 .flat_map(|r| r.slab_ranges.iter().copied())
                 .collect(),
-            (slab, regions) => self
+            regions => self
                 .segments()
                 .iter()
-                .zip(regions)
-                .map(|(&(addr, size), region)| SlabRange {
-                    slab,
-                    region: usize::from(region),
+                .enumerate()
+                .map(|(i, &(addr, size))| SlabRange {
+                    slab: SlabId(u32::from(self.slab)),
+                    region: usize::from(regions >> (2 * i) & 3),
                     addr: ExecutorAddr(addr),
                     size,
                 })
                 .collect(),
+        }
+    }
+
+    /// The scope it belongs to.
+    #[inline]
+    pub fn scope(&self) -> ScopeId {
+        match (self.scope, &self.rare) {
+            (SCOPE_IN_RARE, Some(r)) => ScopeId(r.scope),
+            (s, _) => ScopeId(u32::from(s)),
         }
     }
 
@@ -389,20 +502,32 @@ impl Unit {
     /// Its segments moved to `after` (same count, same sizes, same slabs); `translate` maps an
     /// old address to the new one.
     pub fn move_segments(&mut self, after: &[(u64, u64)], translate: impl Fn(u64) -> u64) {
-        self.segments = Segs::from(after);
+        match (self.flags & SEGS, after) {
+            (ONE_SEG, &[(addr, _)]) => self.seg_addr = addr,
+            _ => {
+                if let Some(r) = self.rare.as_mut() {
+                    r.segments = after.to_vec();
+                }
+            }
+        }
         for r in self.rare.iter_mut().flat_map(|r| r.slab_ranges.iter_mut()) {
             r.addr = ExecutorAddr(translate(r.addr.0));
         }
     }
 
     /// (address, size) of its segments.
-    pub fn segments(&self) -> SegList<'_> {
-        self.segments.list()
+    #[inline]
+    pub fn segments(&self) -> Listed<'_, (u64, u64)> {
+        match self.flags & SEGS {
+            ONE_SEG => Listed::One([(self.seg_addr, u64::from(self.seg_size))]),
+            SEGS_IN_RARE => Listed::Slice(self.rare.as_ref().map_or(&[], |r| &r.segments)),
+            _ => Listed::Slice(&[]),
+        }
     }
 
-    /// The [`name_hash`]es of the names it defines in its scope's table (the ones that won),
+    /// The [`name_key`]s of the names it defines in its scope's table (the ones that won),
     /// in the order it got them.
-    pub fn names(&self) -> &[u64] {
+    pub fn names(&self) -> &[u32] {
         match self.flags & NAMES {
             0 => &[],
             ONE_NAME => std::slice::from_ref(&self.name),
@@ -410,34 +535,35 @@ impl Unit {
         }
     }
 
-    /// It defines the name hashed to `hash` too.
-    pub fn add_name(&mut self, hash: u64) {
+    /// It defines the name keyed `key` too.
+    #[inline]
+    pub fn add_name(&mut self, key: u32) {
         match self.flags & NAMES {
             0 => {
-                self.name = hash;
+                self.name = key;
                 self.flags |= ONE_NAME;
             }
             ONE_NAME => {
                 let first = self.name;
-                self.rare_mut().names = vec![first, hash];
+                self.rare_mut().names = vec![first, key];
                 self.flags = self.flags & !NAMES | NAMES_IN_RARE;
             }
-            _ => self.rare_mut().names.push(hash),
+            _ => self.rare_mut().names.push(key),
         }
     }
 
-    /// One name hashed to `hash` is no longer its (another unit took it over).
-    pub fn drop_name(&mut self, hash: u64) {
+    /// One name keyed `key` is no longer its (another unit took it over).
+    pub fn drop_name(&mut self, key: u32) {
         match self.flags & NAMES {
             0 => {}
             ONE_NAME => {
-                if self.name == hash {
+                if self.name == key {
                     self.flags &= !NAMES;
                 }
             }
             _ => {
                 let list = &mut self.rare_mut().names;
-                if let Some(i) = list.iter().position(|&h| h == hash) {
+                if let Some(i) = list.iter().position(|&h| h == key) {
                     list.remove(i);
                 }
                 if let [one] = list[..] {
@@ -450,12 +576,12 @@ impl Unit {
     }
 
     /// The units it binds to.
-    pub fn deps(&self) -> &[u64] {
+    pub fn deps(&self) -> Listed<'_, u64> {
         self.links(Links::Deps)
     }
 
     /// The units that bind to it.
-    pub fn dependents(&self) -> &[u64] {
+    pub fn dependents(&self) -> Listed<'_, u64> {
         self.links(Links::Dependents)
     }
 
@@ -465,8 +591,14 @@ impl Unit {
     }
 
     /// `id` binds to it (if not known already).
+    #[inline]
     pub fn add_dependent(&mut self, id: u64) {
-        self.add_link(Links::Dependents, id);
+        // (A JIT's usual case, the first dependent, without the list's checks.)
+        if self.dependent == 0 && id < u64::from(IN_RARE) {
+            self.dependent = id as u32;
+        } else {
+            self.add_link(Links::Dependents, id);
+        }
     }
 
     pub fn retain_deps(&mut self, keep: impl FnMut(u64) -> bool) {
@@ -478,10 +610,11 @@ impl Unit {
     }
 
     /// The units it binds to are `ids` (no id twice).
+    #[inline]
     pub fn set_deps(&mut self, ids: &[u64]) {
         match ids {
             [] => self.dep = 0,
-            [one] => self.dep = *one,
+            [one] if *one < u64::from(IN_RARE) => self.dep = *one as u32,
             _ => {
                 self.dep = IN_RARE;
                 self.rare_mut().deps = ids.to_vec();
@@ -489,22 +622,22 @@ impl Unit {
         }
     }
 
-    fn link(&mut self, which: Links) -> &mut u64 {
+    fn link(&mut self, which: Links) -> &mut u32 {
         match which {
             Links::Deps => &mut self.dep,
             Links::Dependents => &mut self.dependent,
         }
     }
 
-    fn links(&self, which: Links) -> &[u64] {
+    fn links(&self, which: Links) -> Listed<'_, u64> {
         let one = match which {
-            Links::Deps => &self.dep,
-            Links::Dependents => &self.dependent,
+            Links::Deps => self.dep,
+            Links::Dependents => self.dependent,
         };
-        match *one {
-            0 => &[],
-            IN_RARE => self.rare.as_ref().map_or(&[], |r| r.links(which)),
-            _ => std::slice::from_ref(one),
+        match one {
+            0 => Listed::Slice(&[]),
+            IN_RARE => Listed::Slice(self.rare.as_ref().map_or(&[], |r| r.links(which))),
+            id => Listed::One([u64::from(id)]),
         }
     }
 
@@ -513,13 +646,15 @@ impl Unit {
             return;
         }
         match *self.link(which) {
-            0 => *self.link(which) = id,
+            0 if id < u64::from(IN_RARE) => *self.link(which) = id as u32,
+            0 => {
+                *self.link(which) = IN_RARE;
+                *self.rare_mut().links_mut(which) = vec![id];
+            }
             IN_RARE => self.rare_mut().links_mut(which).push(id),
             first => {
                 *self.link(which) = IN_RARE;
-                let list = self.rare_mut().links_mut(which);
-                list.clear();
-                list.extend([first, id]);
+                *self.rare_mut().links_mut(which) = vec![u64::from(first), id];
             }
         }
     }
@@ -530,10 +665,10 @@ impl Unit {
             IN_RARE => {
                 let list = self.rare_mut().links_mut(which);
                 list.retain(|&x| keep(x));
-                // Back inline when one or none is left.
+                // Back inline when one (that fits) or none is left.
                 let left = match list[..] {
                     [] => Some(0),
-                    [one] => Some(one),
+                    [one] => u32::try_from(one).ok().filter(|&x| x != IN_RARE),
                     _ => None,
                 };
                 if let Some(left) = left {
@@ -541,7 +676,7 @@ impl Unit {
                     *self.link(which) = left;
                 }
             }
-            one if !keep(one) => *self.link(which) = 0,
+            one if !keep(u64::from(one)) => *self.link(which) = 0,
             _ => {}
         }
     }
@@ -602,21 +737,22 @@ impl Rare {
     }
 }
 
-/// The slab and the region of each segment, if `ranges` are exactly `segments`, in one slab
-/// and at most three of them.
-fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(SlabId, [u8; 3])> {
+/// The slab and the regions of the segments ([`Unit::regions`]), if `ranges` are exactly
+/// `segments`, at most three, in one slab of a 16-bit id, each in one of its three regions.
+fn regions_of(segments: &[(u64, u64)], ranges: &[SlabRange]) -> Option<(u16, u8)> {
     let first = ranges.first()?;
+    let slab = u16::try_from(first.slab.0).ok()?;
     if ranges.len() != segments.len() || ranges.len() > 3 {
         return None;
     }
-    let mut regions = [0u8; 3];
-    for ((r, &(addr, size)), region) in ranges.iter().zip(segments).zip(&mut regions) {
-        *region = u8::try_from(r.region).ok().filter(|&x| x != NO_REGION)?;
-        if r.slab != first.slab || r.addr.0 != addr || r.size != size {
+    let mut regions = 0u8;
+    for (i, (r, &(addr, size))) in ranges.iter().zip(segments).enumerate() {
+        if r.slab != first.slab || r.addr.0 != addr || r.size != size || r.region >= 3 {
             return None;
         }
+        regions |= (r.region as u8) << (2 * i);
     }
-    Some((first.slab, regions))
+    Some((slab, regions))
 }
 
 pub(crate) struct State {
@@ -655,22 +791,23 @@ impl State {
     }
 
     /// The definition of `name` a unit of scope `from` binds to.
-    pub fn visible(&self, from: ScopeId, name: &str) -> Option<&Def> {
-        self.visible_hashed(from, name_hash(name.as_bytes()), name.as_bytes())
+    pub fn visible(&self, from: ScopeId, name: &str) -> Option<Def> {
+        self.visible_keyed(from, name_key(name.as_bytes()), name.as_bytes())
     }
 
-    /// [`State::visible`] for a name already hashed ([`name_hash`]): one hash for every scope
+    /// [`State::visible`] for a name already keyed ([`name_key`]): one key for every scope
     /// of the search order.
-    pub fn visible_hashed(&self, from: ScopeId, hash: u64, name: &[u8]) -> Option<&Def> {
+    #[inline]
+    pub fn visible_keyed(&self, from: ScopeId, key: u32, name: &[u8]) -> Option<Def> {
         let own = self.scopes.get(from.0 as usize)?;
-        if let Some(d) = own.symbols.find(hash, name) {
+        if let Some(d) = own.symbols.find(key, name) {
             return Some(d);
         }
         own.search.iter().find_map(|s| {
             self.scopes
                 .get(s.0 as usize)?
                 .symbols
-                .find(hash, name)
+                .find(key, name)
                 .filter(|d| d.exported())
         })
     }
@@ -684,10 +821,10 @@ impl State {
     ) -> Vec<DuplicateSymbol> {
         new.exports
             .iter()
-            .zip(&new.hashes)
-            .filter_map(|(e, &h)| {
-                let d = scope.symbols.find(h, e.name.as_bytes())?;
-                clash(d, e, replacing).then(|| duplicate(d, e, input))
+            .zip(&new.keys)
+            .filter_map(|(e, &k)| {
+                let d = scope.symbols.find(k, e.name.as_bytes())?;
+                clash(&d, e, replacing).then(|| duplicate(&d, e, input))
             })
             .collect()
     }
@@ -699,7 +836,7 @@ impl State {
     /// thread, or a redefinition): the record comes back for the caller to release its
     /// memory.
     ///
-    /// Everything that does not need the tables (the record, the names' hashes) is made by
+    /// Everything that does not need the tables (the record, the names' keys) is made by
     /// the caller before the lock is taken; `new` keeps the exports (their names copied into
     /// the scope's table) for the caller to drop after the lock.
     pub fn publish(
@@ -710,10 +847,10 @@ impl State {
         input: &str,
         replacing: Option<u64>,
     ) -> std::result::Result<u64, Refused> {
-        let at = unit.scope.0 as usize;
+        let at = unit.scope().0 as usize;
         if at >= self.scopes.len() {
             self.unpin(deps);
-            let error = Error::Usage(format!("no scope {} in this session", unit.scope.0));
+            let error = Error::Usage(format!("no scope {} in this session", at));
             return Err(Refused::new(unit, error));
         }
         // With one definition, the insert below finds a clash before it changes anything.
@@ -727,30 +864,34 @@ impl State {
         }
         let id = self.next_unit;
         let scope = &mut self.scopes[at];
-        let bytes = new.exports.iter().map(|e| e.name.len()).sum();
+        let bytes = new
+            .exports
+            .iter()
+            .map(|e| room_for(e.name.len(), e.size))
+            .sum();
         if !scope.symbols.make_room(bytes) {
             self.unpin(deps);
             let error = Error::Usage("too many symbol names in one scope (4 GiB)".into());
             return Err(Refused::new(unit, error));
         }
-        let mut taken: Vec<u64> = Vec::new();
+        let mut taken: Vec<u32> = Vec::new();
         let mut refused = None;
-        for (e, &h) in new.exports.iter().zip(&new.hashes) {
+        for (e, &k) in new.exports.iter().zip(&new.keys) {
             let def = Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak);
-            match scope.symbols.slot(h, &e.name) {
+            match scope.symbols.slot(k, e.name.as_bytes()) {
                 Slot::Free(slot) => {
-                    unit.add_name(h);
-                    slot.insert(&e.name, def);
+                    unit.add_name(k);
+                    slot.insert(e.name.as_bytes(), def);
                 }
                 // A redefinition takes over the names of the unit it replaces.
-                Slot::Taken(mut o) if Some(o.get().def.unit()) == replacing => {
-                    o.get_mut().def = def;
-                    unit.add_name(h);
-                    taken.push(h);
+                Slot::Taken(o) if Some(o.def().unit()) == replacing => {
+                    o.replace(def);
+                    unit.add_name(k);
+                    taken.push(k);
                 }
                 // The only definition (else checked above): nothing changed yet.
-                Slot::Taken(o) if !checked && clash(&o.get().def, e, replacing) => {
-                    refused = Some(duplicate(&o.get().def, e, input));
+                Slot::Taken(o) if !checked && clash(&o.def(), e, replacing) => {
+                    refused = Some(duplicate(&o.def(), e, input));
                     break;
                 }
                 Slot::Taken(_) => {}
@@ -870,11 +1011,11 @@ impl State {
             .units
             .remove(&id)
             .ok_or_else(|| Error::Internal("unit vanished".into()))?;
-        let scope = &mut self.scopes[unit.scope.0 as usize];
+        let scope = &mut self.scopes[unit.scope().0 as usize];
         for &h in unit.names() {
             scope.symbols.remove_of(h, id);
         }
-        for d in unit.deps() {
+        for d in unit.deps().iter() {
             if let Some(dep) = self.units.get_mut(d) {
                 dep.retain_dependents(|x| x != id);
             }
@@ -934,7 +1075,7 @@ impl State {
             let Some(unit) = self.units.remove(&id) else {
                 continue;
             };
-            let scope = &mut self.scopes[unit.scope.0 as usize];
+            let scope = &mut self.scopes[unit.scope().0 as usize];
             for &h in unit.names() {
                 scope.symbols.remove_of(h, id);
             }
@@ -943,7 +1084,7 @@ impl State {
                     self.by_addr.remove(addr);
                 }
             }
-            for &d in unit.deps() {
+            for &d in unit.deps().iter() {
                 if !set.contains(d) && !seen_dep.contains(d) {
                     seen_dep.insert(d);
                     deps_of.push(d);
@@ -993,7 +1134,7 @@ impl State {
         let mut i = 0;
         while i < all.len() {
             if let Some(u) = self.units.get(&all[i]) {
-                for d in u.dependents() {
+                for d in u.dependents().iter() {
                     if !all.contains(d) {
                         all.push(*d);
                     }
@@ -1038,16 +1179,9 @@ mod tests {
 
     #[test]
     fn records_stay_small() {
-        // A JIT keeps a record per unit: a million units, 72 MB of records.
-        assert!(
-            std::mem::size_of::<Unit>() <= 72,
-            "{}",
-            std::mem::size_of::<Unit>()
-        );
-        assert_eq!(
-            std::mem::size_of::<Option<Unit>>(),
-            std::mem::size_of::<Unit>()
-        );
+        // A JIT keeps a record per unit: a million units, 56 MB of records.
+        assert_eq!(std::mem::size_of::<Unit>(), 48);
+        assert!(Unit::vacant().is_vacant() && !unit_with_one_segment().is_vacant());
     }
 
     /// A unit of one 16-byte segment, nothing else.
@@ -1060,8 +1194,8 @@ mod tests {
             alloc: AllocId(1),
             scope: ScopeId(0),
             memory: None,
-            slab_ranges: slab_ranges.into(),
-            segments: segments.into(),
+            slab_ranges: &slab_ranges,
+            segments: &segments,
             relink: None,
             link_actions: None,
             stats: None,
@@ -1075,25 +1209,109 @@ mod tests {
         assert!(u.deps().is_empty() && u.dependents().is_empty());
         u.add_dependent(7);
         u.add_dependent(7);
-        assert_eq!(u.dependents(), &[7]);
+        assert_eq!(&*u.dependents(), &[7]);
         assert!(u.rare.is_none(), "one unit stays inline");
         u.add_dependent(9);
         u.add_dependent(11);
-        assert_eq!(u.dependents(), &[7, 9, 11]);
+        assert_eq!(&*u.dependents(), &[7, 9, 11]);
         assert!(u.deps().is_empty());
         u.retain_dependents(|d| d == 9);
-        assert_eq!((u.dependent, u.dependents()), (9, &[9][..]));
+        assert_eq!((u.dependent, &*u.dependents()), (9, &[9][..]));
         u.retain_dependents(|_| false);
         assert!(u.dependents().is_empty());
         u.set_deps(&[3, 4]);
-        assert_eq!(u.deps(), &[3, 4]);
+        assert_eq!(&*u.deps(), &[3, 4]);
         u.retain_deps(|d| d != 3);
-        assert_eq!(u.deps(), &[4]);
+        assert_eq!(&*u.deps(), &[4]);
         u.set_deps(&[5]);
-        assert_eq!(u.deps(), &[5]);
+        assert_eq!(&*u.deps(), &[5]);
         u.add_dep(6);
         u.retain_deps(|_| false);
         assert!(u.deps().is_empty() && u.dep == 0);
+    }
+
+    /// Unit ids that do not fit the record's 32-bit slots (after four billion links): listed
+    /// in the rare part, alone or not, and never inline.
+    #[test]
+    fn ids_past_32_bits_take_the_rare_path() {
+        let far = u64::from(u32::MAX);
+        let farther = 1u64 << 40;
+        let mut u = unit_with_one_segment();
+        u.add_dependent(far);
+        assert_eq!((u.dependent, &*u.dependents()), (IN_RARE, &[far][..]));
+        u.add_dependent(far);
+        u.add_dependent(8);
+        assert_eq!(&*u.dependents(), &[far, 8]);
+        u.retain_dependents(|d| d != 8);
+        assert_eq!((u.dependent, &*u.dependents()), (IN_RARE, &[far][..]));
+        u.add_dependent(farther);
+        u.retain_dependents(|d| d != far);
+        assert_eq!(&*u.dependents(), &[farther]);
+        u.retain_dependents(|_| false);
+        assert!(u.dependents().is_empty() && u.dependent == 0);
+        u.set_deps(&[farther]);
+        assert_eq!((u.dep, &*u.deps()), (IN_RARE, &[farther][..]));
+        u.add_dep(far - 1);
+        assert_eq!(&*u.deps(), &[farther, far - 1]);
+        u.retain_deps(|d| d != farther);
+        assert_eq!((u.dep, &*u.deps()), (u32::MAX - 1, &[far - 1][..]));
+        u.set_deps(&[]);
+        assert!(u.deps().is_empty());
+    }
+
+    /// Segments that do not fit the record's one inline segment: several, none, or one of
+    /// 4 GiB or more; each read back as made and moved.
+    #[test]
+    fn segments_inline_when_one_fits() {
+        let lists: [Vec<(u64, u64)>; 6] = [
+            vec![],
+            vec![(0x1000, 160)],
+            vec![(0x1000, u64::from(u16::MAX))],
+            vec![(0x1000, 1 << 16)],
+            vec![(0x1000, 1 << 32)],
+            vec![(0x1000, 16), (0x9000, 8)],
+        ];
+        for list in lists {
+            let mut u = unit(list.clone(), Vec::new());
+            assert_eq!(&*u.segments(), &list[..]);
+            let inline = list.len() == 1 && list[0].1 <= u64::from(u16::MAX);
+            assert_eq!(u.rare.is_none(), inline || list.is_empty(), "{list:?}");
+            let moved: Vec<(u64, u64)> = list.iter().map(|&(a, n)| (a + 0x100, n)).collect();
+            u.move_segments(&moved, |a| a + 0x100);
+            assert_eq!(&*u.segments(), &moved[..]);
+        }
+    }
+
+    /// A scope or a slab past what the record's 16 bits say: kept in the rare part.
+    #[test]
+    fn scopes_and_slabs_past_16_bits_take_the_rare_path() {
+        let range = |slab| SlabRange {
+            slab: SlabId(slab),
+            region: 1,
+            addr: ExecutorAddr(0x1000),
+            size: 16,
+        };
+        for (scope, slab) in [
+            (0, 0),
+            (65_534, 65_535),
+            (65_535, 65_536),
+            (u32::MAX, u32::MAX),
+        ] {
+            let u = Unit::new(NewUnit {
+                alloc: AllocId(1),
+                scope: ScopeId(scope),
+                memory: None,
+                slab_ranges: &[range(slab)],
+                segments: &[(0x1000, 16)],
+                relink: None,
+                link_actions: None,
+                stats: None,
+                map: None,
+            });
+            assert_eq!(u.scope(), ScopeId(scope));
+            assert_eq!(&*u.slab_ranges(), &[range(slab)]);
+            assert_eq!(u.rare.is_none(), scope < 65_535 && slab < 65_536);
+        }
     }
 
     #[test]
@@ -1102,7 +1320,7 @@ mod tests {
         u.set_initialized();
         assert!(u.names().is_empty());
         u.add_name(0);
-        assert_eq!(u.names(), &[0], "a hash of 0 is a name like any other");
+        assert_eq!(u.names(), &[0], "a key of 0 is a name like any other");
         assert!(u.rare.is_none());
         u.add_name(7);
         u.add_name(0);
@@ -1111,7 +1329,7 @@ mod tests {
         assert_eq!(
             u.names(),
             &[7, 0],
-            "one name dropped, not every name of the hash"
+            "one name dropped, not every name of the key"
         );
         u.drop_name(9);
         u.drop_name(7);
@@ -1147,13 +1365,17 @@ mod tests {
         };
         let ranges = vec![range(0, 0x1000, 16), range(2, 0x9000, 8)];
         let u = unit(vec![(0x1000, 16), (0x9000, 8)], ranges.clone());
-        assert!(u.rare.is_none() && u.regions == [0, 2, 0] && u.slab == SlabId(3));
+        assert!(u.regions == 0b10_00 && u.slab == 3);
+        assert!(
+            u.rare.as_ref().is_some_and(|r| r.slab_ranges.is_empty()),
+            "two segments are in the rare part, their ranges are not"
+        );
         assert_eq!(&*u.slab_ranges(), &ranges[..]);
         assert!(u.in_slabs());
         // A range that is not a segment: kept as it is.
         let odd = vec![range(0, 0x1000, 32)];
         let mut u = unit(vec![(0x1000, 16)], odd.clone());
-        assert!(u.rare.is_some() && u.regions[0] == NO_REGION);
+        assert!(u.rare.is_some() && u.regions == NO_REGIONS);
         assert_eq!(&*u.slab_ranges(), &odd[..]);
         u.move_segments(&[(0x2000, 16)], |a| a + 0x1000);
         assert_eq!(u.slab_ranges()[0].addr, ExecutorAddr(0x2000));

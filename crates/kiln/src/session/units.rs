@@ -125,60 +125,6 @@ impl<T> FromIterator<T> for Few<T> {
     }
 }
 
-/// A unit's segments, (address, size) each, in two words: one segment of less than 4 GiB
-/// inline (most units have one, a few hundred bytes), any other list boxed. Read through
-/// [`Segs::list`], a slice.
-#[derive(Clone, Debug)]
-pub(crate) enum Segs {
-    One {
-        size: u32,
-        addr: u64,
-    },
-    #[allow(clippy::box_collection)]
-    Many(Option<Box<Vec<(u64, u64)>>>),
-}
-
-impl From<&[(u64, u64)]> for Segs {
-    /// (Made from a slice: the one inline segment of a JIT's unit is copied, no list is
-    /// allocated or freed.)
-    fn from(v: &[(u64, u64)]) -> Segs {
-        match *v {
-            [] => Segs::Many(None),
-            [(addr, size)] if u32::try_from(size).is_ok() => Segs::One {
-                size: size as u32,
-                addr,
-            },
-            _ => Segs::Many(Some(Box::new(v.to_vec()))),
-        }
-    }
-}
-
-impl Segs {
-    pub(crate) fn list(&self) -> SegList<'_> {
-        match self {
-            Segs::One { size, addr } => SegList::One([(*addr, u64::from(*size))]),
-            Segs::Many(Some(v)) => SegList::Slice(v),
-            Segs::Many(None) => SegList::Slice(&[]),
-        }
-    }
-}
-
-/// [`Segs`] read as a slice.
-pub(crate) enum SegList<'a> {
-    One([(u64, u64); 1]),
-    Slice(&'a [(u64, u64)]),
-}
-
-impl Deref for SegList<'_> {
-    type Target = [(u64, u64)];
-    fn deref(&self) -> &[(u64, u64)] {
-        match self {
-            SegList::One(one) => one,
-            SegList::Slice(s) => s,
-        }
-    }
-}
-
 /// Records per chunk.
 const CHUNK: usize = 1024;
 
@@ -186,7 +132,9 @@ const CHUNK: usize = 1024;
 #[derive(Default)]
 pub(crate) struct UnitTable {
     index: IdIndex,
-    chunks: Vec<Box<[Option<Unit>]>>,
+    /// Records, [`Unit::vacant`] in a free slot (an `Option<Unit>` would take 8 bytes more:
+    /// the record has no spare bit pattern for `None`).
+    chunks: Vec<Box<[Unit]>>,
     /// Slots of removed units, taken again first.
     free: Vec<u32>,
 }
@@ -194,10 +142,10 @@ pub(crate) struct UnitTable {
 impl UnitTable {
     fn slot(&self, s: u32) -> Option<&Unit> {
         let s = s as usize;
-        self.chunks.get(s / CHUNK)?[s % CHUNK].as_ref()
+        Some(&self.chunks.get(s / CHUNK)?[s % CHUNK]).filter(|u| !u.is_vacant())
     }
 
-    fn slot_mut(&mut self, s: u32) -> &mut Option<Unit> {
+    fn slot_mut(&mut self, s: u32) -> &mut Unit {
         let s = s as usize;
         &mut self.chunks[s / CHUNK][s % CHUNK]
     }
@@ -208,7 +156,7 @@ impl UnitTable {
 
     pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut Unit> {
         let s = self.index.get(*id)?;
-        self.slot_mut(s).as_mut()
+        Some(self.slot_mut(s)).filter(|u| !u.is_vacant())
     }
 
     /// Enter unit `id` (a new id: a unit already there under it would be dropped).
@@ -217,25 +165,26 @@ impl UnitTable {
             Some(s) => s,
             None => {
                 let used = self.chunks.len() * CHUNK;
-                self.chunks.push((0..CHUNK).map(|_| None).collect());
+                self.chunks
+                    .push((0..CHUNK).map(|_| Unit::vacant()).collect());
                 // Every slot of the new chunk but the first is free, lowest taken first.
                 self.free
                     .extend((used + 1..used + CHUNK).rev().map(|s| s as u32));
                 used as u32
             }
         };
-        *self.slot_mut(s) = Some(unit);
+        *self.slot_mut(s) = unit;
         if let Some(old) = self.index.insert(id, s) {
-            *self.slot_mut(old) = None;
+            *self.slot_mut(old) = Unit::vacant();
             self.free.push(old);
         }
     }
 
     pub(crate) fn remove(&mut self, id: &u64) -> Option<Unit> {
         let s = self.index.remove(*id)?;
-        let unit = self.slot_mut(s).take();
+        let unit = std::mem::replace(self.slot_mut(s), Unit::vacant());
         self.free.push(s);
-        unit
+        Some(unit).filter(|u| !u.is_vacant())
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -406,25 +355,142 @@ const RUN: usize = 128;
 /// links units at ascending addresses: a B-tree splits its leaves in the middle, and ascending
 /// inserts then leave every leaf half full (62 bytes per segment). Here sorted runs of up to
 /// [`RUN`] entries, found by binary search over the runs; a run that fills when the insert
-/// goes to its end starts a new run instead of splitting, so ascending inserts fill every run
-/// (16 bytes per segment: a segment's size is in its unit's record, not here).
+/// goes to its end starts a new run instead of splitting, so ascending inserts fill every run.
+/// An entry is 8 bytes, its start and unit relative to its run's (a segment's size is in its
+/// unit's record, not here): a run holds starts within 4 GiB of its base and units within
+/// 2^24 ids of its base, and a segment that does not fit the run it falls into gets a run of
+/// its own (the rare path: a JIT's neighbours are near in address and in id).
 #[derive(Default)]
 pub(crate) struct AddrIndex {
     /// Non-empty runs, in address order; each sorted by start.
-    runs: Vec<Vec<AddrEntry>>,
+    runs: Vec<Run>,
 }
 
-/// One segment: its start, its unit and its index in the unit (`unit << 8 | segment`: unit
-/// ids count up from 1 and stay far below 2^56).
+struct Run {
+    /// What its entries' starts and units count from.
+    base_start: u64,
+    base_unit: u64,
+    entries: Vec<AddrEntry>,
+}
+
+/// One segment: its start's offset from its run's base, and `unit offset << 8 | segment`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct AddrEntry {
-    start: u64,
-    unit_seg: u64,
+    start: u32,
+    unit_seg: u32,
 }
 
-impl AddrEntry {
-    fn get(&self) -> (u64, u64, u8) {
-        (self.start, self.unit_seg >> 8, self.unit_seg as u8)
+/// How many unit ids one run spans.
+const UNIT_SPAN: u64 = 1 << 24;
+
+impl Run {
+    fn new(start: u64, unit: u64, seg: u8) -> Run {
+        let mut entries = Vec::with_capacity(RUN);
+        entries.push(AddrEntry {
+            start: 0,
+            unit_seg: u32::from(seg),
+        });
+        Run {
+            base_start: start,
+            base_unit: unit,
+            entries,
+        }
+    }
+
+    /// `(start, unit, seg)` as an entry of this run, if it fits.
+    #[inline]
+    fn entry(&self, start: u64, unit: u64, seg: u8) -> Option<AddrEntry> {
+        let start = u32::try_from(start.checked_sub(self.base_start)?).ok()?;
+        let unit = unit
+            .checked_sub(self.base_unit)
+            .filter(|&u| u < UNIT_SPAN)?;
+        Some(AddrEntry {
+            start,
+            unit_seg: (unit as u32) << 8 | u32::from(seg),
+        })
+    }
+
+    /// [`Run::entry`], the run's base lowered first if `start` or `unit` is below it and
+    /// every entry still fits (segments inserted in descending order share runs too).
+    fn fitted(&mut self, start: u64, unit: u64, seg: u8) -> Option<AddrEntry> {
+        if let Some(e) = self.entry(start, unit, seg) {
+            return Some(e);
+        }
+        let (base_start, base_unit) = (self.base_start.min(start), self.base_unit.min(unit));
+        let (last_start, _, _) = self.get(self.entries.last()?);
+        let top_unit = self.entries.iter().map(|e| e.unit_seg >> 8).max()?;
+        let top_unit = (self.base_unit + u64::from(top_unit)).max(unit);
+        if last_start.max(start) - base_start > u64::from(u32::MAX)
+            || top_unit - base_unit >= UNIT_SPAN
+        {
+            return None;
+        }
+        let (shift_start, shift_unit) = (self.base_start - base_start, self.base_unit - base_unit);
+        for e in &mut self.entries {
+            // (Both fit: checked above.)
+            e.start += shift_start as u32;
+            e.unit_seg += (shift_unit as u32) << 8;
+        }
+        (self.base_start, self.base_unit) = (base_start, base_unit);
+        self.entry(start, unit, seg)
+    }
+
+    #[inline]
+    fn start(&self, e: &AddrEntry) -> u64 {
+        self.base_start + u64::from(e.start)
+    }
+
+    fn first_start(&self) -> u64 {
+        self.entries
+            .first()
+            .map_or(self.base_start, |e| self.start(e))
+    }
+
+    fn last_start(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.base_start, |e| self.start(e))
+    }
+
+    /// (start, unit, segment) of `e`.
+    fn get(&self, e: &AddrEntry) -> (u64, u64, u8) {
+        let unit = self.base_unit + u64::from(e.unit_seg >> 8);
+        (self.start(e), unit, e.unit_seg as u8)
+    }
+
+    /// Where `start` is or would go in this run.
+    fn position(&self, start: u64) -> usize {
+        self.entries.partition_point(|e| self.start(e) < start)
+    }
+
+    /// Its entries after `at`, as a run of the same base.
+    fn split_off(&mut self, at: usize) -> Run {
+        let mut entries = self.entries.split_off(at);
+        entries.reserve(RUN / 2);
+        Run {
+            base_start: self.base_start,
+            base_unit: self.base_unit,
+            entries,
+        }
+    }
+
+    /// `other`'s entries appended, if every one fits this run's base.
+    fn absorb(&mut self, other: &Run) -> bool {
+        let moved: Option<Vec<AddrEntry>> = other
+            .entries
+            .iter()
+            .map(|e| {
+                let (start, unit, seg) = other.get(e);
+                self.entry(start, unit, seg)
+            })
+            .collect();
+        match moved {
+            Some(moved) => {
+                self.entries.extend(moved);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -433,49 +499,71 @@ impl AddrIndex {
     /// `start`, or the first.
     fn run_of(&self, start: u64) -> usize {
         self.runs
-            .partition_point(|r| r[0].start <= start)
+            .partition_point(|r| r.first_start() <= start)
             .saturating_sub(1)
     }
 
     /// Enter segment `seg` of `unit`, starting at `start` (a start not in the index).
     pub(crate) fn insert(&mut self, start: u64, unit: u64, seg: u8) {
-        let entry = AddrEntry {
-            start,
-            unit_seg: unit << 8 | u64::from(seg),
-        };
-        // Past the last entry (a JIT's usual insert): onto the last run, or a new run when
-        // that is full.
-        if self
-            .runs
-            .last()
-            .is_none_or(|last| last[last.len() - 1].start < start)
-        {
-            match self.runs.last_mut() {
-                Some(last) if last.len() < RUN => last.push(entry),
-                // After a full run, one that will fill too; the first run grows as needed (a
-                // unit linked and removed again and again keeps no 2 KiB run).
-                Some(_) => {
-                    let mut run = Vec::with_capacity(RUN);
-                    run.push(entry);
-                    self.runs.push(run);
+        // A JIT's usual insert: past the last entry, into the last run's room and span.
+        if let Some(run) = self.runs.last_mut() {
+            let past = run.entries.last().is_some_and(|e| run.start(e) < start);
+            if past && run.entries.len() < RUN {
+                if let Some(e) = run.entry(start, unit, seg) {
+                    run.entries.push(e);
+                    return;
                 }
-                None => self.runs.push(vec![entry]),
             }
+        }
+        self.insert_slow(start, unit, seg);
+    }
+
+    /// [`AddrIndex::insert`] of a segment not past the last, or not in the last run's room
+    /// or span.
+    fn insert_slow(&mut self, start: u64, unit: u64, seg: u8) {
+        // Past the last entry: onto the last run, or a new run when that is full or too far.
+        let last = self.runs.len().checked_sub(1);
+        if last.is_none_or(|l| self.runs[l].last_start() < start) {
+            match last.map(|l| &mut self.runs[l]) {
+                Some(run) if run.entries.len() < RUN => {
+                    if let Some(e) = run.fitted(start, unit, seg) {
+                        run.entries.push(e);
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            self.runs.push(Run::new(start, unit, seg));
             return;
         }
         let r = self.run_of(start);
-        let at = self.runs[r].partition_point(|e| e.start < start);
-        if self.runs[r].len() < RUN {
-            self.runs[r].insert(at, entry);
+        let run = &mut self.runs[r];
+        let at = run.position(start);
+        let Some(entry) = run.fitted(start, unit, seg) else {
+            // Not within the run's span: a run of its own between the run's two parts.
+            let mut place = r + 1;
+            if at < run.entries.len() {
+                let right = run.split_off(at);
+                if run.entries.is_empty() {
+                    self.runs[r] = right;
+                    place = r;
+                } else {
+                    self.runs.insert(r + 1, right);
+                }
+            }
+            self.runs.insert(place, Run::new(start, unit, seg));
+            return;
+        };
+        if run.entries.len() < RUN {
+            run.entries.insert(at, entry);
         } else if at == RUN {
             // Past the end of a full run: a run of its own, the full one stays full.
-            self.runs.insert(r + 1, vec![entry]);
+            self.runs.insert(r + 1, Run::new(start, unit, seg));
         } else {
-            let mut right = self.runs[r].split_off(RUN / 2);
-            right.reserve(RUN / 2);
+            let mut right = run.split_off(RUN / 2);
             match at.checked_sub(RUN / 2) {
-                Some(k) => right.insert(k, entry),
-                None => self.runs[r].insert(at, entry),
+                Some(k) => right.entries.insert(k, entry),
+                None => run.entries.insert(at, entry),
             }
             self.runs.insert(r + 1, right);
         }
@@ -488,52 +576,73 @@ impl AddrIndex {
         }
         let r = self.run_of(start);
         let run = &mut self.runs[r];
-        let Ok(at) = run.binary_search_by_key(&start, |e| e.start) else {
+        let at = run.position(start);
+        if run.entries.get(at).is_none_or(|e| run.start(e) != start) {
             return;
-        };
-        run.remove(at);
-        if run.is_empty() {
+        }
+        run.entries.remove(at);
+        if run.entries.is_empty() {
             self.runs.remove(r);
-        } else if run.len() < RUN / 4 {
-            // A short run joins its neighbour when both fit in one: removals leave no trail of
-            // short runs (each holding the capacity it had when full).
+        } else if run.entries.len() < RUN / 4 {
+            // A short run joins its neighbour when both fit in one (and its entries in the
+            // neighbour's span): removals leave no trail of short runs (each holding the
+            // capacity it had when full).
+            let len = run.entries.len();
             let next = r + 1;
             if self
                 .runs
                 .get(next)
-                .is_some_and(|n| n.len() + self.runs[r].len() <= RUN)
+                .is_some_and(|n| n.entries.len() + len <= RUN)
+                && self.join(r, next)
             {
-                let moved = self.runs.remove(next);
-                self.runs[r].extend(moved);
-            } else if r > 0 && self.runs[r - 1].len() + self.runs[r].len() <= RUN {
-                let moved = self.runs.remove(r);
-                self.runs[r - 1].extend(moved);
-            } else {
-                self.runs[r].shrink_to(RUN / 2);
+                return;
             }
+            if r > 0 && self.runs[r - 1].entries.len() + len <= RUN && self.join(r - 1, r) {
+                return;
+            }
+            self.runs[r].entries.shrink_to(RUN / 2);
         }
+    }
+
+    /// Run `right` (the one after `left`) into `left`, if its entries fit `left`'s span.
+    fn join(&mut self, left: usize, right: usize) -> bool {
+        let (a, b) = self.runs.split_at_mut(right);
+        if !a[left].absorb(&b[0]) {
+            return false;
+        }
+        self.runs.remove(right);
+        true
     }
 
     /// The segment that starts last at or below `addr` (the only one that can hold it):
     /// (start, unit, segment index).
     pub(crate) fn last_at_or_below(&self, addr: u64) -> Option<(u64, u64, u8)> {
         let run = self.runs.get(self.run_of(addr))?;
-        let i = run.partition_point(|e| e.start <= addr).checked_sub(1)?;
-        Some(run[i].get())
+        let i = run
+            .entries
+            .partition_point(|e| run.start(e) <= addr)
+            .checked_sub(1)?;
+        Some(run.get(&run.entries[i]))
     }
 
     /// The segments that start below `end`, highest start first: (start, unit, segment).
     pub(crate) fn below(&self, end: u64) -> impl Iterator<Item = (u64, u64, u8)> + '_ {
-        let r = self.runs.partition_point(|r| r[0].start < end);
+        let r = self.runs.partition_point(|r| r.first_start() < end);
         let upto = r
             .checked_sub(1)
-            .map_or(0, |last| self.runs[last].partition_point(|e| e.start < end));
+            .map_or(0, |last| self.runs[last].position(end));
         self.runs[..r]
             .iter()
             .rev()
             .enumerate()
-            .flat_map(move |(k, run)| if k == 0 { &run[..upto] } else { &run[..] }.iter().rev())
-            .map(AddrEntry::get)
+            .flat_map(move |(k, run)| {
+                let entries = if k == 0 {
+                    &run.entries[..upto]
+                } else {
+                    &run.entries[..]
+                };
+                entries.iter().rev().map(move |e| run.get(e))
+            })
     }
 }
 
@@ -568,26 +677,6 @@ mod tests {
     }
 
     #[test]
-    fn segs_read_as_the_list_they_were_made_from() {
-        use super::Segs;
-        assert_eq!(std::mem::size_of::<Segs>(), 16);
-        let lists: [Vec<(u64, u64)>; 4] = [
-            vec![],
-            vec![(0x1000, 160)],
-            vec![(0x1000, 1 << 32)],
-            vec![(0x1000, 16), (0x9000, 8)],
-        ];
-        for list in lists {
-            let segs = Segs::from(&list[..]);
-            assert_eq!(&*segs.list(), &list[..]);
-            assert_eq!(
-                matches!(segs, Segs::One { .. }),
-                list.len() == 1 && list[0].1 < 1 << 32
-            );
-        }
-    }
-
-    #[test]
     fn few_is_two_words() {
         use std::mem::size_of;
         assert_eq!(size_of::<Few<u64>>(), 16);
@@ -601,7 +690,10 @@ mod tests {
         let mut index = AddrIndex::default();
         let mut model: Vec<(u64, u64, u64)> = Vec::new(); // (start, end, unit)
         let check = |index: &AddrIndex, model: &[(u64, u64, u64)]| {
-            assert_eq!(index.runs.iter().map(Vec::len).sum::<usize>(), model.len());
+            assert_eq!(
+                index.runs.iter().map(|r| r.entries.len()).sum::<usize>(),
+                model.len()
+            );
             for &(s, e, u) in model {
                 let seg = (u % 3) as u8;
                 assert_eq!(index.last_at_or_below(s), Some((s, u, seg)));
@@ -630,7 +722,7 @@ mod tests {
             add(&mut index, &mut model, 2 * k + 1000);
         }
         assert_eq!(index.runs.len(), 3);
-        assert!(index.runs.iter().all(|r| r.len() == RUN));
+        assert!(index.runs.iter().all(|r| r.entries.len() == RUN));
         check(&index, &model);
         // Descending and scattered into the middle: runs split.
         for k in (0..300u64).rev() {
@@ -663,6 +755,64 @@ mod tests {
             index.remove(s);
         }
         assert!(index.runs.is_empty());
+    }
+
+    /// Segments whose starts lie more than 4 GiB apart and whose units more than 2^24 ids
+    /// apart, in ascending, descending and scattered order: each outside its neighbours' span
+    /// takes a run of its own, and every lookup finds what a sorted list finds.
+    #[test]
+    fn addr_index_keeps_far_segments_in_runs_of_their_own() {
+        let mut index = AddrIndex::default();
+        let mut model: Vec<(u64, u64, u8)> = Vec::new(); // (start, unit, segment)
+        let far = |k: u64| -> (u64, u64, u8) {
+            let start = 0x1000 + (k % 7) * (5 << 30) + k * 64;
+            let unit = 1 + (k % 5) * (1 << 24) + k;
+            (start, unit, (k % 3) as u8)
+        };
+        let mut order: Vec<u64> = (0..600).collect();
+        // Scattered: a fixed permutation.
+        order.sort_by_key(|&k| (k * 7919) % 601);
+        for (n, k) in order.into_iter().enumerate() {
+            let (s, u, g) = far(k);
+            index.insert(s, u, g);
+            model.push((s, u, g));
+            if n % 50 == 0 || n == 599 {
+                model.sort_unstable();
+                for &(s, u, g) in &model {
+                    assert_eq!(index.last_at_or_below(s), Some((s, u, g)));
+                    assert_eq!(index.last_at_or_below(s + 63), Some((s, u, g)));
+                }
+                let below: Vec<(u64, u64, u8)> = index.below(u64::MAX).collect();
+                let want: Vec<(u64, u64, u8)> = model.iter().rev().copied().collect();
+                assert_eq!(below, want);
+            }
+        }
+        for r in &index.runs {
+            let starts: Vec<u64> = r.entries.iter().map(|e| r.start(e)).collect();
+            assert!(starts.windows(2).all(|w| w[0] < w[1]));
+        }
+        // Removed, most of them: runs join only when the span allows; none is left empty.
+        for (i, &(s, _, _)) in model.iter().enumerate() {
+            if i % 5 != 0 {
+                index.remove(s);
+            }
+        }
+        model = model.into_iter().step_by(5).collect();
+        assert!(index.runs.iter().all(|r| !r.entries.is_empty()));
+        let below: Vec<(u64, u64, u8)> = index.below(u64::MAX).collect();
+        assert_eq!(below, model.iter().rev().copied().collect::<Vec<_>>());
+        for &(s, u, g) in &model {
+            assert_eq!(index.last_at_or_below(s), Some((s, u, g)));
+        }
+        for &(s, _, _) in &model {
+            index.remove(s);
+        }
+        assert!(index.runs.is_empty());
+    }
+
+    #[test]
+    fn addr_entries_are_one_word() {
+        assert_eq!(std::mem::size_of::<super::AddrEntry>(), 8);
     }
 
     /// The id index against a map, with ids removed so that arrays go sparse and ids entered
