@@ -10,12 +10,14 @@
 //! newtypes; input bytes are borrowed for the link.
 
 pub(crate) mod builder;
+pub(crate) mod function;
 mod spare;
 
 pub use builder::{
     BlockContent, FrameDescription, GraphSectionKind, InMemoryBlock, InMemoryEdge, InMemoryGraph,
     InMemorySection, InMemorySymbol,
 };
+pub use function::{EdgeRef, FunctionRef};
 
 use crate::arch::{Arch, EdgeKind};
 use kiln_target::MemProt;
