@@ -227,7 +227,9 @@ pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
         print_peers(k, &find);
         print_sinks(k, &find);
         print_threads_and_batch(o, k, &find);
-        print_aims(o, k, &find);
+        // The aims are judged on `Session::link_function` when it ran: a JIT holding its code
+        // and relocations links that way (as cranelift-jit's row does, define_function_bytes).
+        print_aims(o, find("kiln-borrowed").unwrap_or(k), &find);
     }
     for r in rows {
         let m = r.mid();

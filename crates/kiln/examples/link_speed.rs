@@ -4,7 +4,7 @@
 //! peers.
 //!
 //! ```text
-//! cargo run --release -p kiln --example link_speed -- [N] [--sinks LIST] [--per-unit K]
+//! cargo run --release -p kiln --example link_speed -- [N] [--sinks LIST] [--per-unit K] [--borrowed]
 //! ```
 //!
 //! - `N`: functions to link (default 100,000).
@@ -13,9 +13,11 @@
 //! - `--per-unit K`: link K graphs together as one unit (`Session::link_graphs_as_unit`) instead of each
 //!   graph as a unit of its own (`Session::link_graph`): what a JIT that compiles and frees in
 //!   batches pays per function.
+//! - `--borrowed`: lend each function to kiln (`Session::link_function`, code and edges
+//!   borrowed) instead of building an `InMemoryGraph` for it.
 
 use kiln::arch::x86_64::EdgeKind;
-use kiln::graph::{InMemoryEdge, InMemoryGraph};
+use kiln::graph::{EdgeRef, FunctionRef, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session};
 use std::time::Instant;
 
@@ -23,18 +25,20 @@ struct Args {
     n: usize,
     sinks: String,
     per_unit: usize,
+    borrowed: bool,
 }
 
 fn parse_args() -> Result<Args, kiln::Error> {
     let usage = |why: String| {
         kiln::Error::Usage(format!(
-            "{why} (link_speed [N] [--sinks LIST] [--per-unit K])"
+            "{why} (link_speed [N] [--sinks LIST] [--per-unit K] [--borrowed])"
         ))
     };
     let mut a = Args {
         n: 100_000,
         sinks: String::new(),
         per_unit: 1,
+        borrowed: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -44,6 +48,7 @@ fn parse_args() -> Result<Args, kiln::Error> {
         };
         match arg.as_str() {
             "--sinks" => a.sinks = value("--sinks")?,
+            "--borrowed" => a.borrowed = true,
             "--per-unit" => {
                 let v = value("--per-unit")?;
                 a.per_unit = v
@@ -88,7 +93,16 @@ fn main() -> Result<(), kiln::Error> {
     };
     let rss_before = vm_rss();
     let start = Instant::now();
-    if args.per_unit == 1 {
+    if args.borrowed {
+        for i in 0..n {
+            let prev = if i == 0 { "abs" } else { &names[i - 1] };
+            let edges = [
+                EdgeRef::new(1, EdgeKind::BranchPCRel32, "abs", -4),
+                EdgeRef::new(6, EdgeKind::BranchPCRel32, prev, -4),
+            ];
+            s.link_function(&FunctionRef::new(&names[i], &code, &edges))?;
+        }
+    } else if args.per_unit == 1 {
         for i in 0..n {
             s.link_graph(&graph(i))?;
         }
