@@ -241,6 +241,9 @@ pub(crate) struct LinkGraph<'a> {
     /// has no section of (`.init`, init arrays, `.eh_frame`, TLS) knows so without a scan, and
     /// does nothing — a JIT's function has none of them.
     pub section_kinds: u32,
+    /// A COMMON symbol was added or defined (`add_symbol`, `define_global`; only ELF objects
+    /// have them): without one, the pass that turns them into zero fill has nothing to scan.
+    pub has_commons: bool,
 }
 
 impl<'a> LinkGraph<'a> {
@@ -357,6 +360,7 @@ impl<'a> LinkGraph<'a> {
     }
 
     pub(crate) fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
+        self.has_commons |= matches!(s.def, SymbolDef::Common { .. });
         self.symbols.push(s);
         SymbolId(self.symbols.len() as u32 - 1)
     }
@@ -444,6 +448,7 @@ impl<'a> LinkGraph<'a> {
         tls: bool,
         input: InputId,
     ) -> SymbolId {
+        self.has_commons |= matches!(def, SymbolDef::Common { .. });
         let id = self.global_ref(name, input, true);
         let (odef, oweak, oinput) = {
             let s = &self.symbols[id.idx()];
