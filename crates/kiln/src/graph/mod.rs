@@ -404,18 +404,26 @@ impl<'a> LinkGraph<'a> {
     ) -> SymbolId {
         let hash = name_hash(name);
         let symbols = &self.symbols;
-        let found = self
-            .globals
-            .find(hash, |id| symbols[id.idx()].name == name)
-            .copied();
-        if let Some(id) = found {
-            let s = &mut self.symbols[id.idx()];
-            if !weak_ref {
-                s.only_weak_refs = false;
+        // One probe finds the name or the slot it goes into (a new name is the usual case: a
+        // JIT's function and the names its edges reach).
+        let entry = self.globals.entry(
+            hash,
+            |id| symbols[id.idx()].name == name,
+            |id| name_hash(symbols[id.idx()].name),
+        );
+        let vacant = match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => {
+                let id = *found.get();
+                if !weak_ref {
+                    self.symbols[id.idx()].only_weak_refs = false;
+                }
+                return id;
             }
-            return id;
-        }
-        let id = self.add_symbol(Symbol {
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
+        let id = SymbolId(self.symbols.len() as u32);
+        vacant.insert(id);
+        self.add_symbol(Symbol {
             name,
             def: SymbolDef::Undefined,
             size: 0,
@@ -427,9 +435,6 @@ impl<'a> LinkGraph<'a> {
             only_weak_refs: weak_ref,
             ifunc: false,
         });
-        let symbols = &self.symbols;
-        self.globals
-            .insert_unique(hash, id, |id| name_hash(symbols[id.idx()].name));
         id
     }
 
