@@ -318,7 +318,8 @@ fn print_notes(o: &Options, rows: &[Row]) {
     }
     println!(
         "kiln: Session::link_graph per function, debug sinks off (DebugOptions::none()) unless the \
-         row names them, stats off; {} threads: one Arc<Session>, thread t links f{{i}} with \
+         row names them, stats off; link_function: Session::link_function with the function's \
+         code and edges borrowed (no graph built); {} threads: one Arc<Session>, thread t links f{{i}} with \
          i % {} = t, each calling its own thread's previous function ({} sessions: the same, \
          thread t into a session of its own); batches: Session::link_graphs; all sinks = gdb, \
          perf map, jitdump (temp dir), valgrind",
