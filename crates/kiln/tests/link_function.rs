@@ -231,3 +231,38 @@ fn generators_are_asked_for_what_a_function_misses() {
         .unwrap();
     assert_eq!(call(&s, s.default_scope(), "asks"), 33);
 }
+
+#[test]
+fn several_functions_make_one_unit() {
+    let s = session();
+    // even(n) / odd(n) call each other (mutual recursion, one unit):
+    // even: test edi,edi; je 1f; dec edi; jmp odd; 1: mov eax,1; ret
+    // odd:  test edi,edi; je 1f; dec edi; jmp even; 1: xor eax,eax; ret
+    let even = [
+        0x85, 0xff, 0x74, 0x07, 0xff, 0xcf, 0xe9, 0, 0, 0, 0, 0xb8, 1, 0, 0, 0, 0xc3,
+    ];
+    let odd = [
+        0x85, 0xff, 0x74, 0x07, 0xff, 0xcf, 0xe9, 0, 0, 0, 0, 0x31, 0xc0, 0xc3,
+    ];
+    let to_odd = [EdgeRef::new(7, EdgeKind::BranchPCRel32, "odd", -4)];
+    let to_even = [EdgeRef::new(7, EdgeKind::BranchPCRel32, "even", -4)];
+    let functions = [
+        FunctionRef::new("even", &even, &to_odd),
+        FunctionRef::new("odd", &odd, &to_even),
+    ];
+    let options = UnitOptions::new(s.default_scope());
+    let unit = s.link_functions_with(&functions, &options).unwrap();
+    let even_at = s.lookup("even").unwrap();
+    assert_eq!(s.executor().call(even_at, &[10]).unwrap() as u32, 1);
+    assert_eq!(s.executor().call(even_at, &[7]).unwrap() as u32, 0);
+    assert_eq!(s.unit_symbols(unit).unwrap().len(), 2);
+    assert_eq!(s.units(), vec![unit]);
+    s.remove(unit).unwrap();
+    assert!(s.lookup("odd").is_none());
+    // Nothing to link is a usage error, not an empty unit.
+    assert!(matches!(
+        s.link_functions_with(&[], &options),
+        Err(Error::Usage(_))
+    ));
+    assert!(s.units().is_empty());
+}

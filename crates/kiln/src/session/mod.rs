@@ -419,14 +419,55 @@ impl Session {
         function: &FunctionRef,
         options: &UnitOptions,
     ) -> Result<UnitId> {
+        self.link_functions_with(std::slice::from_ref(function), options)
+    }
+
+    /// Link several functions the JIT lends into **one** unit, with options: what
+    /// [`Session::link_graphs_as_unit`] does for graphs (they may reference each other in any
+    /// order; the per-unit work is done once; the unit is removed as a whole), with nothing of
+    /// the input copied or allocated.
+    ///
+    /// ```
+    /// use kiln::arch::x86_64::EdgeKind;
+    /// use kiln::graph::{EdgeRef, FunctionRef};
+    /// use kiln::UnitOptions;
+    ///
+    /// let session = kiln::Session::in_process();
+    /// // `first` jumps to `second`, lent in the same call.
+    /// let jump = [0xe9, 0, 0, 0, 0];
+    /// let edges = [EdgeRef::new(1, EdgeKind::BranchPCRel32, "second", -4)];
+    /// let answer = [0xb8, 42, 0, 0, 0, 0xc3]; // mov eax, 42; ret
+    /// let functions = [
+    ///     FunctionRef::new("first", &jump, &edges),
+    ///     FunctionRef::new("second", &answer, &[]),
+    /// ];
+    /// let options = UnitOptions::new(session.default_scope());
+    /// let unit = session.link_functions_with(&functions, &options)?;
+    /// let f = session.lookup("first").expect("first is defined");
+    /// assert_eq!(session.executor().call(f, &[])? as u32, 42);
+    /// session.remove(unit)?;
+    /// # Ok::<(), kiln::Error>(())
+    /// ```
+    pub fn link_functions_with(
+        &self,
+        functions: &[FunctionRef],
+        options: &UnitOptions,
+    ) -> Result<UnitId> {
+        if functions.is_empty() {
+            return Err(Error::Usage(
+                "link_functions_with: no functions to link".into(),
+            ));
+        }
         let config = self.config();
-        let source = Source::Function(function);
+        let source = Source::Functions(functions);
         match self.link_once(&config, options, &source, &NO_GENERATED, None) {
             // The generators answer with inputs of their own: the link is made again from
-            // inputs, with the function as the graph it stands for.
+            // inputs, with the functions as the graphs they stand for.
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
                 let mut inputs = Inputs::new();
-                inputs.add_graph(function.to_graph());
+                for f in functions {
+                    inputs.add_graph(f.to_graph());
+                }
                 self.link_in(options, &inputs)
             }
             r => r,
@@ -1004,8 +1045,8 @@ pub(crate) enum Source<'s> {
     Inputs(&'s Inputs),
     /// Graphs linked together into one unit (one, or a batch).
     Graphs(&'s [InMemoryGraph]),
-    /// One function a JIT lends ([`Session::link_function`]).
-    Function(&'s FunctionRef<'s>),
+    /// Functions a JIT lends, linked together into one unit ([`Session::link_function`]).
+    Functions(&'s [FunctionRef<'s>]),
 }
 
 type Parts<'s> = (
@@ -1034,7 +1075,7 @@ impl<'s> Source<'s> {
                 None,
             ),
             // Generators are not asked for a borrowed function (see `link_function_with`).
-            Source::Function(_) => (Vec::new(), Vec::new(), SmallVec::new(), &[], None),
+            Source::Functions(_) => (Vec::new(), Vec::new(), SmallVec::new(), &[], None),
             Source::Inputs(i) => {
                 let mut objects = borrow(&i.objects);
                 objects.extend(borrow(&generated.objects));
@@ -1049,7 +1090,7 @@ impl<'s> Source<'s> {
     /// The borrowed functions among the inputs.
     fn functions(&self) -> &'s [FunctionRef<'s>] {
         match *self {
-            Source::Function(f) => std::slice::from_ref(f),
+            Source::Functions(fs) => fs,
             _ => &[],
         }
     }
@@ -1057,7 +1098,7 @@ impl<'s> Source<'s> {
     /// How the unit is named in messages.
     fn name(&self) -> &str {
         match self {
-            Source::Function(f) => f.name,
+            Source::Functions(fs) => fs.first().map_or("the new unit", |f| f.name),
             Source::Graphs(gs) => gs.first().map_or("the new unit", |g| g.name.as_str()),
             Source::Inputs(i) => i
                 .objects
