@@ -14,7 +14,8 @@
 //!   graph as a unit of its own (`Session::link_graph`): what a JIT that compiles and frees in
 //!   batches pays per function.
 //! - `--borrowed`: lend each function to kiln (`Session::link_function`, code and edges
-//!   borrowed) instead of building an `InMemoryGraph` for it.
+//!   borrowed) instead of building an `InMemoryGraph` for it; with `--per-unit K`, K at a
+//!   time as one unit (`Session::link_functions_with`).
 
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{EdgeRef, FunctionRef, InMemoryEdge, InMemoryGraph};
@@ -93,14 +94,28 @@ fn main() -> Result<(), kiln::Error> {
     };
     let rss_before = vm_rss();
     let start = Instant::now();
-    if args.borrowed {
-        for i in 0..n {
-            let prev = if i == 0 { "abs" } else { &names[i - 1] };
-            let edges = [
-                EdgeRef::new(1, EdgeKind::BranchPCRel32, "abs", -4),
-                EdgeRef::new(6, EdgeKind::BranchPCRel32, prev, -4),
-            ];
-            s.link_function(&FunctionRef::new(&names[i], &code, &edges))?;
+    let edges_of = |i: usize| {
+        let prev = if i == 0 { "abs" } else { &names[i - 1] };
+        [
+            EdgeRef::new(1, EdgeKind::BranchPCRel32, "abs", -4),
+            EdgeRef::new(6, EdgeKind::BranchPCRel32, prev, -4),
+        ]
+    };
+    if args.borrowed && args.per_unit == 1 {
+        for (i, name) in names.iter().enumerate() {
+            let edges = edges_of(i);
+            s.link_function(&FunctionRef::new(name, &code, &edges))?;
+        }
+    } else if args.borrowed {
+        let options = kiln::UnitOptions::new(s.default_scope());
+        for first in (0..n).step_by(args.per_unit) {
+            let batch = first..(first + args.per_unit).min(n);
+            let edges: Vec<_> = batch.clone().map(edges_of).collect();
+            let functions: Vec<FunctionRef> = batch
+                .zip(&edges)
+                .map(|(i, e)| FunctionRef::new(&names[i], &code, e))
+                .collect();
+            s.link_functions_with(&functions, &options)?;
         }
     } else if args.per_unit == 1 {
         for i in 0..n {
