@@ -1,11 +1,12 @@
 //! kiln in process: each function is an `InMemoryGraph` linked into a unit of its own, one at a
 //! time (`Session::link_graph`), in batches (`Session::link_graphs`) or from several threads
-//! sharing the session; debug sinks off unless a row asks for them.
+//! sharing the session, or lent to kiln as a `FunctionRef` (`Session::link_function`: code and
+//! edges borrowed, no graph built); debug sinks off unless a row asks for them.
 
 use crate::code::{self, FunctionInput, CALL_ADDEND, HOST_CALL_DISP, PREV_CALL_DISP};
 use crate::harness::{mean_us, Jit, SharedJit};
 use kiln::arch::x86_64::EdgeKind;
-use kiln::graph::{FrameDescription, InMemoryEdge, InMemoryGraph};
+use kiln::graph::{EdgeRef, FrameDescription, FunctionRef, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session, UnitId};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +19,9 @@ pub struct KilnJit {
     /// (thread 0 into `session`). Empty otherwise.
     apart: Vec<Arc<Session>>,
     frames: bool,
+    /// Link one at a time with `Session::link_function` (borrowed code and edges) rather than
+    /// building an `InMemoryGraph`.
+    borrowed: bool,
     /// The units linked through `&mut self` (one at a time or in batches), for the breakdown.
     units: Vec<UnitId>,
     /// With stats on: the time to build each function's graph (ns), for the breakdown.
@@ -37,6 +41,9 @@ pub struct KilnSetup {
     /// Describe each function's frame-pointer frame, so kiln writes and registers an FDE per
     /// function.
     pub frames: bool,
+    /// One at a time, each function lent as a `FunctionRef` (`Session::link_function`): what a
+    /// JIT that holds its code and relocations (cranelift-jit's `define_function_bytes`) does.
+    pub borrowed: bool,
     /// Sessions (each with its own in-process executor) that the threads of a threaded run
     /// link into, thread `t` into session `t % sessions`: 1 normally; one per thread for the
     /// diagnostic that shares nothing kiln owns between the threads.
@@ -99,6 +106,7 @@ impl KilnJit {
             session: session(),
             apart: (1..setup.sessions.max(1)).map(|_| session()).collect(),
             frames: setup.frames,
+            borrowed: setup.borrowed,
             units: Vec::new(),
             build_ns: setup.stats.then(Vec::new),
         })
@@ -130,6 +138,24 @@ fn graph(f: &mut FunctionInput, frames: bool) -> InMemoryGraph {
     g
 }
 
+/// The edges of one function, borrowed from its input: its two calls.
+fn edges(f: &FunctionInput) -> [EdgeRef<'_>; 2] {
+    [
+        EdgeRef::new(
+            HOST_CALL_DISP,
+            EdgeKind::BranchPCRel32,
+            code::HOST,
+            CALL_ADDEND,
+        ),
+        EdgeRef::new(
+            PREV_CALL_DISP,
+            EdgeKind::BranchPCRel32,
+            &f.prev,
+            CALL_ADDEND,
+        ),
+    ]
+}
+
 impl SharedJit for KilnJit {
     fn link_shared(&self, thread: usize, f: &mut FunctionInput) -> Result<(), String> {
         let g = graph(f, self.frames);
@@ -144,6 +170,19 @@ impl SharedJit for KilnJit {
 
 impl Jit for KilnJit {
     fn link_one(&mut self, f: &mut FunctionInput) -> Result<(), String> {
+        if self.borrowed {
+            let edges = edges(f);
+            let function = FunctionRef {
+                frame: self.frames.then_some(FrameDescription::FramePointer),
+                ..FunctionRef::new(&f.name, &f.code, &edges)
+            };
+            let unit = self
+                .session
+                .link_function(&function)
+                .map_err(|e| e.to_string())?;
+            self.units.push(unit);
+            return Ok(());
+        }
         let g = match &mut self.build_ns {
             Some(build_ns) => {
                 let t = Instant::now();

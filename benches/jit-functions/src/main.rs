@@ -33,7 +33,7 @@ usage: jit-functions [--count N] [--runs N] [--threads N] [--batch N] [--time-li
                      (a unit each), Session::link_graphs_as_unit (one unit), and cranelift-jit
                      finalizing once per batch
   --time-limit SECS  stop a linker's loop after this long and report what it linked (default 300)
-  --only LIST        run only these: naive, cranelift, cranelift-arena, kiln, kiln-threads,
+  --only LIST        run only these: naive, cranelift, cranelift-arena, kiln, kiln-borrowed, kiln-threads,
                      kiln-sessions, kiln-batch, kiln-batch-unit, cranelift-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks,
                      kiln-stats, corpus
   --cranelift-arena  also run cranelift-jit with its ArenaMemoryProvider
@@ -145,6 +145,7 @@ fn linkers(o: &Options) -> Vec<Linker> {
         row("cranelift", "cranelift-jit"),
         row("cranelift-arena", "cranelift-jit (arena)"),
         row("kiln", "kiln, 1 thread"),
+        row("kiln-borrowed", "kiln, link_function"),
         row("kiln-threads", &format!("kiln, {} threads", o.threads)),
         row(
             "kiln-sessions",
@@ -202,7 +203,7 @@ fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup
     let (schedule, sinks) = match name {
         "naive" | "cranelift" | "cranelift-arena" => return Ok((one, None)),
         "cranelift-batch" => return Ok((Schedule::UnitBatches(o.batch), None)),
-        "kiln" => (one, "none"),
+        "kiln" | "kiln-borrowed" => (one, "none"),
         "kiln-threads" | "kiln-sessions" => (Schedule::Threads(o.threads), "none"),
         "kiln-batch" => (Schedule::Batches(o.batch), "none"),
         "kiln-batch-unit" => (Schedule::UnitBatches(o.batch), "none"),
@@ -223,6 +224,7 @@ fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup
         },
         host_by_dlsym: o.host_by_dlsym,
         frames: o.kiln_frames,
+        borrowed: name == "kiln-borrowed",
     };
     Ok((schedule, Some(setup)))
 }

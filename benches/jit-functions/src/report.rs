@@ -227,7 +227,9 @@ pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
         print_peers(k, &find);
         print_sinks(k, &find);
         print_threads_and_batch(o, k, &find);
-        print_aims(o, k, &find);
+        // The aims are judged on `Session::link_function` when it ran: a JIT holding its code
+        // and relocations links that way (as cranelift-jit's row does, define_function_bytes).
+        print_aims(o, find("kiln-borrowed").unwrap_or(k), &find);
     }
     for r in rows {
         let m = r.mid();
@@ -316,7 +318,8 @@ fn print_notes(o: &Options, rows: &[Row]) {
     }
     println!(
         "kiln: Session::link_graph per function, debug sinks off (DebugOptions::none()) unless the \
-         row names them, stats off; {} threads: one Arc<Session>, thread t links f{{i}} with \
+         row names them, stats off; link_function: Session::link_function with the function's \
+         code and edges borrowed (no graph built); {} threads: one Arc<Session>, thread t links f{{i}} with \
          i % {} = t, each calling its own thread's previous function ({} sessions: the same, \
          thread t into a session of its own); batches: Session::link_graphs; all sinks = gdb, \
          perf map, jitdump (temp dir), valgrind",

@@ -4,7 +4,7 @@
 //! peers.
 //!
 //! ```text
-//! cargo run --release -p kiln --example link_speed -- [N] [--sinks LIST] [--per-unit K]
+//! cargo run --release -p kiln --example link_speed -- [N] [--sinks LIST] [--per-unit K] [--borrowed]
 //! ```
 //!
 //! - `N`: functions to link (default 100,000).
@@ -13,9 +13,12 @@
 //! - `--per-unit K`: link K graphs together as one unit (`Session::link_graphs_as_unit`) instead of each
 //!   graph as a unit of its own (`Session::link_graph`): what a JIT that compiles and frees in
 //!   batches pays per function.
+//! - `--borrowed`: lend each function to kiln (`Session::link_function`, code and edges
+//!   borrowed) instead of building an `InMemoryGraph` for it; with `--per-unit K`, K at a
+//!   time as one unit (`Session::link_functions_with`).
 
 use kiln::arch::x86_64::EdgeKind;
-use kiln::graph::{InMemoryEdge, InMemoryGraph};
+use kiln::graph::{EdgeRef, FunctionRef, InMemoryEdge, InMemoryGraph};
 use kiln::{DebugOptions, Session};
 use std::time::Instant;
 
@@ -23,18 +26,20 @@ struct Args {
     n: usize,
     sinks: String,
     per_unit: usize,
+    borrowed: bool,
 }
 
 fn parse_args() -> Result<Args, kiln::Error> {
     let usage = |why: String| {
         kiln::Error::Usage(format!(
-            "{why} (link_speed [N] [--sinks LIST] [--per-unit K])"
+            "{why} (link_speed [N] [--sinks LIST] [--per-unit K] [--borrowed])"
         ))
     };
     let mut a = Args {
         n: 100_000,
         sinks: String::new(),
         per_unit: 1,
+        borrowed: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -44,6 +49,7 @@ fn parse_args() -> Result<Args, kiln::Error> {
         };
         match arg.as_str() {
             "--sinks" => a.sinks = value("--sinks")?,
+            "--borrowed" => a.borrowed = true,
             "--per-unit" => {
                 let v = value("--per-unit")?;
                 a.per_unit = v
@@ -88,7 +94,30 @@ fn main() -> Result<(), kiln::Error> {
     };
     let rss_before = vm_rss();
     let start = Instant::now();
-    if args.per_unit == 1 {
+    let edges_of = |i: usize| {
+        let prev = if i == 0 { "abs" } else { &names[i - 1] };
+        [
+            EdgeRef::new(1, EdgeKind::BranchPCRel32, "abs", -4),
+            EdgeRef::new(6, EdgeKind::BranchPCRel32, prev, -4),
+        ]
+    };
+    if args.borrowed && args.per_unit == 1 {
+        for (i, name) in names.iter().enumerate() {
+            let edges = edges_of(i);
+            s.link_function(&FunctionRef::new(name, &code, &edges))?;
+        }
+    } else if args.borrowed {
+        let options = kiln::UnitOptions::new(s.default_scope());
+        for first in (0..n).step_by(args.per_unit) {
+            let batch = first..(first + args.per_unit).min(n);
+            let edges: Vec<_> = batch.clone().map(edges_of).collect();
+            let functions: Vec<FunctionRef> = batch
+                .zip(&edges)
+                .map(|(i, e)| FunctionRef::new(&names[i], &code, e))
+                .collect();
+            s.link_functions_with(&functions, &options)?;
+        }
+    } else if args.per_unit == 1 {
         for i in 0..n {
             s.link_graph(&graph(i))?;
         }

@@ -76,6 +76,7 @@ fn link_with(debug: &DebugOptions, objects: &[(&str, &[u8])]) -> Linked {
             objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             archives: Vec::new(),
             graphs: &[],
+            functions: &[],
             libraries: &[],
             defines: &defines,
             session: &NoSession,

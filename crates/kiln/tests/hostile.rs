@@ -103,6 +103,7 @@ fn link_simulated(
         LinkInput {
             objects: objects.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             graphs: &[],
+            functions: &[],
             archives: archives.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
             libraries: &[],
             defines: &FxHashMap::default(),

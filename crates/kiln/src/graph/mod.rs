@@ -10,12 +10,14 @@
 //! newtypes; input bytes are borrowed for the link.
 
 pub(crate) mod builder;
+pub(crate) mod function;
 mod spare;
 
 pub use builder::{
     BlockContent, FrameDescription, GraphSectionKind, InMemoryBlock, InMemoryEdge, InMemoryGraph,
     InMemorySection, InMemorySymbol,
 };
+pub use function::{EdgeRef, FunctionRef};
 
 use crate::arch::{Arch, EdgeKind};
 use kiln_target::MemProt;
@@ -239,6 +241,9 @@ pub(crate) struct LinkGraph<'a> {
     /// has no section of (`.init`, init arrays, `.eh_frame`, TLS) knows so without a scan, and
     /// does nothing — a JIT's function has none of them.
     pub section_kinds: u32,
+    /// A COMMON symbol was added or defined (`add_symbol`, `define_global`; only ELF objects
+    /// have them): without one, the pass that turns them into zero fill has nothing to scan.
+    pub has_commons: bool,
 }
 
 impl<'a> LinkGraph<'a> {
@@ -355,6 +360,7 @@ impl<'a> LinkGraph<'a> {
     }
 
     pub(crate) fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
+        self.has_commons |= matches!(s.def, SymbolDef::Common { .. });
         self.symbols.push(s);
         SymbolId(self.symbols.len() as u32 - 1)
     }
@@ -398,18 +404,26 @@ impl<'a> LinkGraph<'a> {
     ) -> SymbolId {
         let hash = name_hash(name);
         let symbols = &self.symbols;
-        let found = self
-            .globals
-            .find(hash, |id| symbols[id.idx()].name == name)
-            .copied();
-        if let Some(id) = found {
-            let s = &mut self.symbols[id.idx()];
-            if !weak_ref {
-                s.only_weak_refs = false;
+        // One probe finds the name or the slot it goes into (a new name is the usual case: a
+        // JIT's function and the names its edges reach).
+        let entry = self.globals.entry(
+            hash,
+            |id| symbols[id.idx()].name == name,
+            |id| name_hash(symbols[id.idx()].name),
+        );
+        let vacant = match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => {
+                let id = *found.get();
+                if !weak_ref {
+                    self.symbols[id.idx()].only_weak_refs = false;
+                }
+                return id;
             }
-            return id;
-        }
-        let id = self.add_symbol(Symbol {
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
+        let id = SymbolId(self.symbols.len() as u32);
+        vacant.insert(id);
+        self.add_symbol(Symbol {
             name,
             def: SymbolDef::Undefined,
             size: 0,
@@ -421,9 +435,6 @@ impl<'a> LinkGraph<'a> {
             only_weak_refs: weak_ref,
             ifunc: false,
         });
-        let symbols = &self.symbols;
-        self.globals
-            .insert_unique(hash, id, |id| name_hash(symbols[id.idx()].name));
         id
     }
 
@@ -442,6 +453,7 @@ impl<'a> LinkGraph<'a> {
         tls: bool,
         input: InputId,
     ) -> SymbolId {
+        self.has_commons |= matches!(def, SymbolDef::Common { .. });
         let id = self.global_ref(name, input, true);
         let (odef, oweak, oinput) = {
             let s = &self.symbols[id.idx()];

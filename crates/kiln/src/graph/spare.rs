@@ -69,6 +69,7 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         duplicates: Vec::new(),
         keep_alive: Vec::new(),
         section_kinds: 0,
+        has_commons: false,
     }
 }
 

@@ -47,6 +47,9 @@ pub struct LinkInput<'s> {
     /// Graphs a JIT compiler built in memory (a slice the caller holds: no list to allocate
     /// and free for each link).
     pub graphs: &'s [&'s crate::graph::InMemoryGraph],
+    /// Functions a JIT lends ([`crate::graph::FunctionRef`]): each an input of its own, as a
+    /// graph of one function would be.
+    pub functions: &'s [crate::graph::FunctionRef<'s>],
     pub libraries: &'s [LibraryId],
     pub defines: &'s FxHashMap<String, u64>,
     /// Symbols of the session's live units (`&NoSession` for none).
@@ -264,6 +267,14 @@ fn graph_for<'a>(arch: &'static dyn crate::arch::Arch, input: &LinkInput) -> Lin
         return LinkGraph::new(arch);
     }
     let (mut sections, mut blocks, mut symbols) = (0, 0, input.roots.len());
+    for f in input.functions {
+        // Its section and block (and, with a frame, an `.eh_frame` section, CIE and FDE, and
+        // two anonymous symbols); its symbol and one per edge target.
+        let frame = usize::from(f.frame.is_some());
+        sections += 1 + frame;
+        blocks += 1 + 2 * frame;
+        symbols += 1 + f.edges.len() + 2 * frame;
+    }
     for sec in input.graphs.iter().flat_map(|g| &g.sections) {
         sections += 1;
         blocks += sec.blocks.len();
@@ -290,6 +301,9 @@ fn parse_inputs<'a>(
     }
     for graph in input.graphs {
         crate::graph::builder::add_graph(g, graph)?;
+    }
+    for f in input.functions {
+        crate::graph::function::add_function(g, f)?;
     }
     let archives = input
         .archives

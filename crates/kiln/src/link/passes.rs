@@ -295,6 +295,9 @@ fn rust_allocator_symbol(text: &str) -> Option<(&str, &str)> {
 
 /// COMMON symbols become zero-filled blocks.
 pub fn allocate_commons(g: &mut LinkGraph, input: InputId) {
+    if !g.has_commons {
+        return;
+    }
     for i in 0..g.symbols.len() {
         if let SymbolDef::Common { size, align } = g.symbols[i].def {
             let sec = synth_section(

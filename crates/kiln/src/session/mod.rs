@@ -23,7 +23,7 @@ pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
 
 use crate::debug::DebugOptions;
 use crate::error::{Error, Result};
-use crate::graph::InMemoryGraph;
+use crate::graph::{FunctionRef, InMemoryGraph};
 use crate::link::{self, LinkInput, LinkStats, LinkedUnit, SessionSymbols};
 use crate::memory::{CodeMemory, SlabMemory};
 use crate::search::LibrarySearch;
@@ -392,6 +392,88 @@ impl Session {
         self.link_graphs_with(std::slice::from_ref(graph), options)
     }
 
+    /// Link one function the JIT lends (its name, code and edges stay borrowed: nothing of the
+    /// input is copied or allocated) into a unit of the default scope. The same unit, and the
+    /// same errors, as [`Session::link_graph`] with a graph holding that one function.
+    ///
+    /// ```
+    /// use kiln::arch::x86_64::EdgeKind;
+    /// use kiln::graph::{EdgeRef, FunctionRef};
+    ///
+    /// let session = kiln::Session::in_process();
+    /// let code = [0xb8, 7, 0, 0, 0, 0xc3]; // mov eax, 7; ret
+    /// let unit = session.link_function(&FunctionRef::new("seven", &code, &[]))?;
+    /// let seven = session.lookup("seven").expect("seven is defined");
+    /// assert_eq!(session.executor().call(seven, &[])?, 7);
+    /// session.remove(unit)?;
+    /// # Ok::<(), kiln::Error>(())
+    /// ```
+    pub fn link_function(&self, function: &FunctionRef) -> Result<UnitId> {
+        self.link_function_with(function, &UnitOptions::new(self.default_scope()))
+    }
+
+    /// [`Session::link_function`] with options: the unit's scope, its memory, its relink
+    /// record.
+    pub fn link_function_with(
+        &self,
+        function: &FunctionRef,
+        options: &UnitOptions,
+    ) -> Result<UnitId> {
+        self.link_functions_with(std::slice::from_ref(function), options)
+    }
+
+    /// Link several functions the JIT lends into **one** unit, with options: what
+    /// [`Session::link_graphs_as_unit`] does for graphs (they may reference each other in any
+    /// order; the per-unit work is done once; the unit is removed as a whole), with nothing of
+    /// the input copied or allocated.
+    ///
+    /// ```
+    /// use kiln::arch::x86_64::EdgeKind;
+    /// use kiln::graph::{EdgeRef, FunctionRef};
+    /// use kiln::UnitOptions;
+    ///
+    /// let session = kiln::Session::in_process();
+    /// // `first` jumps to `second`, lent in the same call.
+    /// let jump = [0xe9, 0, 0, 0, 0];
+    /// let edges = [EdgeRef::new(1, EdgeKind::BranchPCRel32, "second", -4)];
+    /// let answer = [0xb8, 42, 0, 0, 0, 0xc3]; // mov eax, 42; ret
+    /// let functions = [
+    ///     FunctionRef::new("first", &jump, &edges),
+    ///     FunctionRef::new("second", &answer, &[]),
+    /// ];
+    /// let options = UnitOptions::new(session.default_scope());
+    /// let unit = session.link_functions_with(&functions, &options)?;
+    /// let f = session.lookup("first").expect("first is defined");
+    /// assert_eq!(session.executor().call(f, &[])? as u32, 42);
+    /// session.remove(unit)?;
+    /// # Ok::<(), kiln::Error>(())
+    /// ```
+    pub fn link_functions_with(
+        &self,
+        functions: &[FunctionRef],
+        options: &UnitOptions,
+    ) -> Result<UnitId> {
+        if functions.is_empty() {
+            return Err(Error::Usage(
+                "link_functions_with: no functions to link".into(),
+            ));
+        }
+        let config = self.config();
+        let source = Source::Functions(functions);
+        match self.link_once(&config, options, &source, &NO_GENERATED, None) {
+            // The generators answer with inputs of their own: the link is made again from
+            // inputs, with the functions as the graphs they stand for.
+            Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
+                let mut inputs = Inputs::new();
+                for f in functions {
+                    inputs.add_graph(f.to_graph());
+                }
+                self.link_in(options, &inputs)
+            }
+            r => r,
+        }
+    }
+
     /// `graphs` into one unit; a link that misses names the generators may define is made
     /// again from the inputs, where the generators are asked.
     fn link_graphs_with(&self, graphs: &[InMemoryGraph], options: &UnitOptions) -> Result<UnitId> {
@@ -554,6 +636,7 @@ impl Session {
             deps: RefCell::new(SmallVec::new()),
         };
         let (objects, archives, graphs, roots, fixed) = source.parts(generated);
+        let functions = source.functions();
         let defines;
         let defines = if generated.defines.is_empty() {
             &config.defines
@@ -574,6 +657,7 @@ impl Session {
                 objects,
                 archives,
                 graphs: &graphs,
+                functions,
                 libraries: &config.libraries,
                 defines,
                 session: &binder,
@@ -961,6 +1045,8 @@ pub(crate) enum Source<'s> {
     Inputs(&'s Inputs),
     /// Graphs linked together into one unit (one, or a batch).
     Graphs(&'s [InMemoryGraph]),
+    /// Functions a JIT lends, linked together into one unit ([`Session::link_function`]).
+    Functions(&'s [FunctionRef<'s>]),
 }
 
 type Parts<'s> = (
@@ -988,6 +1074,8 @@ impl<'s> Source<'s> {
                 &[],
                 None,
             ),
+            // Generators are not asked for a borrowed function (see `link_function_with`).
+            Source::Functions(_) => (Vec::new(), Vec::new(), SmallVec::new(), &[], None),
             Source::Inputs(i) => {
                 let mut objects = borrow(&i.objects);
                 objects.extend(borrow(&generated.objects));
@@ -999,9 +1087,18 @@ impl<'s> Source<'s> {
         }
     }
 
+    /// The borrowed functions among the inputs.
+    fn functions(&self) -> &'s [FunctionRef<'s>] {
+        match *self {
+            Source::Functions(fs) => fs,
+            _ => &[],
+        }
+    }
+
     /// How the unit is named in messages.
     fn name(&self) -> &str {
         match self {
+            Source::Functions(fs) => fs.first().map_or("the new unit", |f| f.name),
             Source::Graphs(gs) => gs.first().map_or("the new unit", |g| g.name.as_str()),
             Source::Inputs(i) => i
                 .objects
