@@ -250,6 +250,27 @@ kiln_error_t *kiln_session_link_graph(kiln_session_t *s, const kiln_graph_t *g,
 kiln_error_t *kiln_session_link_graph_in(kiln_session_t *s, kiln_scope_t scope,
                                          const kiln_graph_t *g, kiln_unit_t *out_unit);
 
+/* An edge of a function given to kiln_session_link_function: the field at `offset` in its code
+   gets `kind`'s fixup of the symbol `target` plus `addend` (as kiln_graph_add_edge). */
+typedef struct kiln_edge_t {
+    uint32_t offset;
+    kiln_edge_kind_t kind;
+    const char *target;
+    int64_t addend;
+} kiln_edge_t;
+
+/* Link one function into a unit of its own in `scope`: `len` bytes of code at `code` (16-byte
+   aligned, a callable global symbol `name`) and its `n_edges` edges `edges[0..n_edges)` (NULL
+   when 0). Nothing is copied into a graph first and nothing is kept after the call: the
+   fastest way to hand a JIT's compiled function to kiln, one at a time (kiln_graph_* builds
+   a copy of every name and byte). Errors as kiln_session_link_graph_in; a NULL target, an edge
+   kind that is not a kiln_edge_kind_t or an edge outside the code is
+   KILN_ERROR_INVALID_ARGUMENT or KILN_ERROR_MALFORMED, and nothing is linked. */
+kiln_error_t *kiln_session_link_function(kiln_session_t *s, kiln_scope_t scope, const char *name,
+                                         const uint8_t *code, size_t len,
+                                         const kiln_edge_t *edges, size_t n_edges,
+                                         kiln_unit_t *out_unit);
+
 /* Link copies of the `count` graphs `graphs[0..count)` together into one unit of `scope`: the
    batch call for a JIT that compiles functions in batches and frees them together. The graphs
    may reference each other in any order, cycles included; the per-unit work of a link is done

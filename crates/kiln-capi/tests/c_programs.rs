@@ -201,6 +201,15 @@ fn graph_built_from_c() {
 }
 
 #[test]
+fn function_linked_without_a_graph() {
+    let exe = build("function.c", "function", "kiln");
+    let out = run(&mut program(&exe, &[]));
+    assert!(out.contains("function: "), "{out}");
+    // Every refusal printed its message; none is empty.
+    assert_eq!(out.matches("error: ").count(), 12, "{out}");
+}
+
+#[test]
 fn generator_callbacks_answer() {
     let exe = build("generator.c", "generator", "kiln");
     let out = run(&mut program(

@@ -8,7 +8,9 @@ use super::{
 use crate::error::CError;
 use crate::handle::{Registry, Tag};
 use crate::session::CSession;
-use kiln_core::{DebugOptions, ExecutorAddr, Session};
+use kiln_core::graph::{EdgeRef, FunctionRef};
+use kiln_core::{DebugOptions, ExecutorAddr, Session, UnitOptions};
+use smallvec::SmallVec;
 use std::ffi::c_char;
 use std::sync::Arc;
 
@@ -334,6 +336,55 @@ pub unsafe extern "C" fn kiln_session_link_graphs_as_unit(
             })
             .collect::<Result<Vec<_>, CError>>()?;
         let unit = s.linking(|| s.session.link_graphs_as_unit(scope, &graphs))?;
+        o.set(s.c_unit(unit));
+        Ok(())
+    })
+}
+
+/// # Safety
+/// See the module [`super`] and kiln.h.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_session_link_function(
+    s: *mut kiln_session_t,
+    scope: kiln_scope_t,
+    name: *const c_char,
+    code: *const u8,
+    len: usize,
+    edges: *const kiln_edge_t,
+    n_edges: usize,
+    out_unit: *mut kiln_unit_t,
+) -> *mut kiln_error_t {
+    guard("kiln_session_link_function", || {
+        let s = session(s)?;
+        // SAFETY: the contract of this function: `name` is NULL or a C string, `code` points
+        // to `len` bytes, `edges` to `n_edges` edges, `out_unit` is NULL or writable.
+        let (name, code, c_edges, o) = unsafe {
+            (
+                utf8(name, "name")?,
+                c_bytes(code, len, "code")?,
+                c_array(edges, n_edges, "edges")?,
+                out(out_unit, "out_unit")?,
+            )
+        };
+        // The edges' targets borrowed from the caller's strings, in a list on the stack for
+        // a function's usual few edges.
+        let mut edges: SmallVec<[EdgeRef; 8]> = SmallVec::with_capacity(c_edges.len());
+        for (i, e) in c_edges.iter().enumerate() {
+            edges.push(EdgeRef {
+                offset: e.offset,
+                kind: crate::graph::edge_kind(e.kind)?,
+                // SAFETY: the contract of this function: each edge's `target` is NULL or a C
+                // string.
+                target: unsafe { utf8(e.target, &format!("edges[{i}].target"))? },
+                addend: e.addend,
+            });
+        }
+        let scope = s.scope(scope)?;
+        let function = FunctionRef::new(name, code, &edges);
+        let unit = s.linking(|| {
+            s.session
+                .link_function_with(&function, &UnitOptions::new(scope))
+        })?;
         o.set(s.c_unit(unit));
         Ok(())
     })

@@ -130,6 +130,15 @@ pub struct kiln_heap_ref_t {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+pub struct kiln_edge_t {
+    pub offset: u32,
+    pub kind: kiln_edge_kind_t,
+    pub target: *const c_char,
+    pub addend: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
 pub struct kiln_write_t {
     pub addr: u64,
     pub bytes: *const u8,
