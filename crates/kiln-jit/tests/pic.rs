@@ -121,6 +121,15 @@ impl Fixture {
     }
 }
 
+/// Wait (yielding) until `cond` holds; fail after a minute: the runners are stuck.
+fn wait_until(cond: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn a_pic_grows_and_goes_megamorphic_while_threads_call_through_it() {
     let f = Arc::new(Fixture::new());
@@ -156,12 +165,26 @@ fn a_pic_grows_and_goes_megamorphic_while_threads_call_through_it() {
                 assert_eq!(f.send(j), 100 + j, "round {round}, {k} cases, key {j}");
             }
             assert_eq!(f.send(k + 1), MISS);
+            if round == 0 && k == 4 {
+                // The runners call through the polymorphic stub at least once (on a loaded
+                // machine they may otherwise sleep through every polymorphic window).
+                wait_until(
+                    || seen[1].load(Ordering::Relaxed) > 0,
+                    "a case hit by a runner",
+                );
+            }
         }
         assert_eq!(
             pic.grow(jit, 5, f.target(5)).unwrap(),
             PicState::Megamorphic
         );
         assert_eq!((f.send(5), f.send(1)), (205, 201));
+        if round == 0 {
+            wait_until(
+                || seen[2].load(Ordering::Relaxed) > 0,
+                "the megamorphic handler reached by a runner",
+            );
+        }
         assert_eq!(
             pic.grow(jit, 6, f.target(6)).unwrap(),
             PicState::Megamorphic
