@@ -110,7 +110,7 @@ impl Linked {
         self.unit
             .exports
             .iter()
-            .find(|e| &*e.name == name)
+            .find(|e| &*e.name == name.as_bytes())
             .unwrap_or_else(|| panic!("{name} is not exported"))
             .addr
     }

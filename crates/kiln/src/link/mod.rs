@@ -484,8 +484,9 @@ fn edges_by_kind(g: &LinkGraph) -> Vec<(&'static str, usize)> {
 /// A global symbol a unit defines.
 #[derive(Debug, Clone)]
 pub struct Export<'g> {
-    /// Borrowed from the link's inputs when it is UTF-8 (else made so, lossily).
-    pub name: Cow<'g, str>,
+    /// UTF-8: borrowed from the link's inputs when it is (else made so, lossily). Bytes, as
+    /// the session's tables take names: an ASCII name (most are) is not checked twice.
+    pub name: Cow<'g, [u8]>,
     pub addr: u64,
     pub size: u64,
     pub kind: SymbolKind,
@@ -519,11 +520,12 @@ fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
             continue;
         }
         out.push(Export {
-            // (Checked first: the lossy conversion costs more when there is nothing to replace.)
-            // (Checked first: the lossy conversion costs more when there is nothing to replace.)
-            name: match std::str::from_utf8(name) {
-                Ok(name) => Cow::Borrowed(name),
-                Err(_) => String::from_utf8_lossy(name),
+            // (ASCII checked first, a word at a time: `from_utf8` goes byte by byte through
+            // a short name. The lossy conversion costs more when there is nothing to replace.)
+            name: if name.is_ascii() || std::str::from_utf8(name).is_ok() {
+                Cow::Borrowed(name)
+            } else {
+                Cow::Owned(String::from_utf8_lossy(name).into_owned().into_bytes())
             },
             addr: g.blocks[block.idx()].addr + offset,
             size: s.size,

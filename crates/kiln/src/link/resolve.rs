@@ -175,8 +175,9 @@ pub fn resolve_externals(
     scopes: &ExternalScopes,
 ) -> Result<usize> {
     let wanted = wanted_symbols(g);
-    // Definitions first, then the session's units (one batch).
-    let mut rest = Wanted::with_capacity(wanted.len());
+    // Definitions first, then the session's units (one batch). What neither binds is
+    // compacted to the front of `rest`, in place.
+    let mut rest = Wanted::new();
     for &(id, by_input) in &wanted {
         match defined(scopes.defines, g.symbols[id.idx()].name) {
             Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
@@ -184,60 +185,27 @@ pub fn resolve_externals(
         }
     }
     if !rest.is_empty() {
-        let name_of = |&(id, _): &(SymbolId, bool)| g.symbols[id.idx()].name;
-        // A JIT's unit asks for a few names: their list and the answers live on the stack.
-        let (mut few_names, mut few_bound) = ([&[][..]; FEW_NAMES], [None; FEW_NAMES]);
-        let (mut many_names, mut many_bound) = (Vec::new(), Vec::new());
-        let (names, bound): (&[&[u8]], &mut [Option<u64>]) = if rest.len() <= FEW_NAMES {
-            for (n, r) in few_names.iter_mut().zip(&rest) {
-                *n = name_of(r);
-            }
-            (&few_names[..rest.len()], &mut few_bound[..rest.len()])
-        } else {
-            many_names.extend(rest.iter().map(name_of));
-            many_bound.resize(rest.len(), None);
-            (&many_names, &mut many_bound)
-        };
-        scopes.session.bind(names, bound);
-        let mut i = 0;
-        rest.retain(|(id, _)| {
-            let found = bound.get(i).copied().flatten();
-            i += 1;
-            if let Some(a) = found {
-                g.symbols[id.idx()].def = SymbolDef::Absolute(a);
-            }
-            found.is_none()
-        });
+        bind_in_session(g, scopes.session, &mut rest);
     }
-    // Outside the session's code: the allow-list applies (symbols only the linker's own glue
-    // references are exempt: the glue exists only if its own name was allowed).
-    let runtime = ex.runtime_symbols();
-    let mut disallowed: Vec<SymbolId> = Vec::new();
-    let mut for_executor: Vec<SymbolId> = Vec::new();
-    for (id, by_input) in rest {
-        let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
-        let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
-        let allowed = from_runtime.is_some()
-            || !by_input
-            || scopes.allow.is_none_or(|a| a.contains(name.as_ref()));
-        match (allowed, from_runtime) {
-            (false, _) => disallowed.push(id),
-            (true, Some(a)) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            (true, None) => for_executor.push(id),
-        }
-    }
+    let (disallowed, for_executor) = if rest.is_empty() {
+        // (A JIT's usual case: everything bound; the executor is not asked for its list.)
+        (Vec::new(), Vec::new())
+    } else {
+        outside_the_session(g, ex, scopes, &rest)
+    };
     let errors = bind_in_executor(g, ex, scopes, &for_executor)?;
-    let tls_outside: Vec<SymbolId> = wanted
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| {
-            let s = &g.symbols[id.idx()];
-            s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0)
-        })
-        .collect();
-    if errors.is_empty() && disallowed.is_empty() && tls_outside.is_empty() {
+    let tls_outside_at = |&(id, _): &(SymbolId, bool)| {
+        let s = &g.symbols[id.idx()];
+        s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0)
+    };
+    if errors.is_empty() && disallowed.is_empty() && !wanted.iter().any(tls_outside_at) {
         return Ok(wanted.len());
     }
+    let tls_outside: Vec<SymbolId> = wanted
+        .iter()
+        .filter(|w| tls_outside_at(w))
+        .map(|(id, _)| *id)
+        .collect();
     let refs = |ids: &[SymbolId]| -> Vec<SymbolReference> {
         ids.iter()
             .map(|id| SymbolReference {
@@ -251,6 +219,67 @@ pub fn resolve_externals(
         not_allowed: refs(&disallowed),
         foreign_tls: refs(&tls_outside),
     }))
+}
+
+/// Bind the names of `rest` to the session's live units (one batch: one lock); what is left
+/// unbound stays in `rest`, in order.
+fn bind_in_session(g: &mut LinkGraph, session: &dyn SessionSymbols, rest: &mut Wanted) {
+    let name_of = |&(id, _): &(SymbolId, bool)| g.symbols[id.idx()].name;
+    // A JIT's unit asks for a few names: their list and the answers live on the stack (plain
+    // arrays: a `SmallVec` costs more in checks than it saves in stores).
+    let (mut few_names, mut few_bound) = ([&[][..]; FEW_NAMES], [None; FEW_NAMES]);
+    let (mut many_names, mut many_bound) = (Vec::new(), Vec::new());
+    let (names, bound): (&[&[u8]], &mut [Option<u64>]) = if rest.len() <= FEW_NAMES {
+        for (n, r) in few_names.iter_mut().zip(rest.iter()) {
+            *n = name_of(r);
+        }
+        (&few_names[..rest.len()], &mut few_bound[..rest.len()])
+    } else {
+        many_names.extend(rest.iter().map(name_of));
+        many_bound.resize(rest.len(), None);
+        (&many_names, &mut many_bound)
+    };
+    session.bind(names, bound);
+    let mut kept = 0;
+    for i in 0..rest.len() {
+        let (id, by_input) = rest[i];
+        match bound[i] {
+            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            None => {
+                rest[kept] = (id, by_input);
+                kept += 1;
+            }
+        }
+    }
+    rest.truncate(kept);
+}
+
+/// Sort what the session did not bind: the runtime's own symbols are bound here; the rest is
+/// either not allowed (the allow-list applies outside the session's code, except to symbols
+/// only the linker's own glue references: the glue exists only if its own name was allowed)
+/// or for the executor to look up. Returns (not allowed, for the executor).
+fn outside_the_session(
+    g: &mut LinkGraph,
+    ex: &dyn Executor,
+    scopes: &ExternalScopes,
+    rest: &[(SymbolId, bool)],
+) -> (Vec<SymbolId>, Vec<SymbolId>) {
+    let runtime = ex.runtime_symbols();
+    let mut disallowed: Vec<SymbolId> = Vec::new();
+    let mut for_executor: Vec<SymbolId> = Vec::new();
+    for &(id, by_input) in rest {
+        let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
+        let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
+        let allowed = from_runtime.is_some()
+            || !by_input
+            || scopes.allow.is_none_or(|a| a.contains(name.as_ref()));
+        match (allowed, from_runtime) {
+            (false, _) => disallowed.push(id),
+            (true, Some(a)) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            (true, None) => for_executor.push(id),
+        }
+    }
+    (disallowed, for_executor)
 }
 
 /// The inputs whose live code references `id`.

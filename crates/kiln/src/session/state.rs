@@ -271,10 +271,11 @@ pub(crate) struct NewSymbols<'g> {
 
 impl<'g> NewSymbols<'g> {
     pub fn new(exports: crate::link::Exports<'g>) -> Self {
-        let keys = exports
-            .iter()
-            .map(|e| name_key(e.name.as_bytes()))
-            .collect();
+        // (A loop of pushes: collecting checks and grows more than one key needs.)
+        let mut keys = SmallVec::new();
+        for e in &exports {
+            keys.push(name_key(&e.name));
+        }
         NewSymbols { exports, keys }
     }
 }
@@ -302,7 +303,7 @@ fn clash(d: &Def, e: &Export, replacing: Option<u64>) -> bool {
 
 fn duplicate(d: &Def, e: &Export, input: &str) -> DuplicateSymbol {
     DuplicateSymbol {
-        name: e.name.to_string(),
+        name: String::from_utf8_lossy(&e.name).into_owned(),
         first: format!("unit {}", d.unit()),
         second: input.to_string(),
     }
@@ -823,7 +824,7 @@ impl State {
             .iter()
             .zip(&new.keys)
             .filter_map(|(e, &k)| {
-                let d = scope.symbols.find(k, e.name.as_bytes())?;
+                let d = scope.symbols.find(k, &e.name)?;
                 clash(&d, e, replacing).then(|| duplicate(&d, e, input))
             })
             .collect()
@@ -878,10 +879,10 @@ impl State {
         let mut refused = None;
         for (e, &k) in new.exports.iter().zip(&new.keys) {
             let def = Def::new(e.addr, e.size, id, e.kind, e.exported, e.weak);
-            match scope.symbols.slot(k, e.name.as_bytes()) {
+            match scope.symbols.slot(k, &e.name) {
                 Slot::Free(slot) => {
                     unit.add_name(k);
-                    slot.insert(e.name.as_bytes(), def);
+                    slot.insert(&e.name, def);
                 }
                 // A redefinition takes over the names of the unit it replaces.
                 Slot::Taken(o) if Some(o.def().unit()) == replacing => {

@@ -146,6 +146,14 @@ impl Names {
     /// Append `name` for a symbol of `size` bytes: its offset and its [`Symbol::size`].
     fn append(&mut self, name: &[u8], size: u64) -> (u32, u32) {
         let at = self.text.len() as u32;
+        // (Most names: a length of one byte, a size that fits the entry.)
+        let small = u32::try_from(size).ok().filter(|&s| s != BIG);
+        if let (Some(small), true) = (small, name.len() < 0x80) {
+            self.text.reserve(1 + name.len());
+            self.text.push(name.len() as u8);
+            self.text.extend_from_slice(name);
+            return (at, small);
+        }
         self.text.reserve(room_for(name.len(), size));
         let mut len = name.len();
         while len >= 0x80 {
