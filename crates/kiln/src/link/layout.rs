@@ -112,6 +112,11 @@ pub fn layout_with(
     page: u64,
     place: &mut dyn FnMut(usize, u64, u64) -> Result<u64>,
 ) -> Result<Layout> {
+    // A JIT's unit is one block most of the time: its one segment is that block, with no
+    // lists to fill and sort (what follows costs it about 400 instructions; this about 60).
+    if let Some(b) = only_block(g) {
+        return layout_one_block(g, b, place);
+    }
     // (Filled in place: returned, the lists were copied once more, ~170 bytes.)
     let mut per_prot: [Placed; 3] = Default::default();
     let mut tbss = SmallVec::new();
@@ -156,6 +161,49 @@ pub fn layout_with(
         layout_tbss(g, &tbss, &mut tls, page)?;
         layout.tls = Some(tls);
     }
+    Ok(layout)
+}
+
+/// The unit's block if it has exactly one live block and that is not thread-local (a TLS block
+/// needs the TLS layout).
+fn only_block(g: &LinkGraph) -> Option<BlockId> {
+    let mut live = g.blocks.iter().enumerate().filter(|(_, b)| b.live);
+    let (i, blk) = live.next()?;
+    if live.next().is_some() || g.sections[blk.section.idx()].kind == SectionKind::Tls {
+        return None;
+    }
+    Some(BlockId(i as u32))
+}
+
+/// The layout of a unit whose only block is `b`: what [`plan_segment`] makes of one block (at
+/// offset 0 of a segment aligned to it), without the lists.
+fn layout_one_block(
+    g: &mut LinkGraph,
+    b: BlockId,
+    place: &mut dyn FnMut(usize, u64, u64) -> Result<u64>,
+) -> Result<Layout> {
+    let blk = &g.blocks[b.idx()];
+    let slot = prot_slot(g.sections[blk.section.idx()].prot);
+    let size = Some(blk.size())
+        .filter(|s| *s < (1 << 40))
+        .ok_or_else(|| Error::Usage("the unit is too large to lay out".into()))?;
+    let align = blk.align.max(1);
+    let content_size = if place_of(g, b) == Place::ZeroFill { 0 } else { size };
+    let start = place(slot, size, align)?;
+    g.blocks[b.idx()].addr = start;
+    let mut layout = Layout {
+        segments: SmallVec::new(),
+        tls: None,
+        size: 0,
+    };
+    layout.segments.push(SegmentLayout {
+        prot: PROTS[slot],
+        addr: start,
+        content_size,
+        zero_size: size - content_size,
+        align,
+        blocks: smallvec::smallvec![b],
+    });
     Ok(layout)
 }
 
