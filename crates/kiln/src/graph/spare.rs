@@ -49,6 +49,7 @@ pub(super) fn edge_list() -> Option<Vec<Edge>> {
 
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
 /// while another is alive, or on a new thread, starts with none).
+#[inline]
 pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
     // (A match, not `unwrap_or`: an unused empty spare would still be dropped, 40
     // instructions a link.)
