@@ -197,7 +197,11 @@ fn layout_one_block(
         .filter(|s| *s < (1 << 40))
         .ok_or_else(|| Error::Usage("the unit is too large to lay out".into()))?;
     let align = blk.align.max(1);
-    let content_size = if place_of(g, b) == Place::ZeroFill { 0 } else { size };
+    let content_size = if place_of(g, b) == Place::ZeroFill {
+        0
+    } else {
+        size
+    };
     let start = place(slot, size, align)?;
     g.blocks[b.idx()].addr = start;
     let mut layout = Layout {
