@@ -255,6 +255,9 @@ impl<'a> LinkGraph<'a> {
     /// that building a small graph allocates each table once. Its tables are the ones the
     /// thread's last small graph left (`spare`), when there are: a JIT linking one function
     /// after another then allocates none.
+    ///
+    /// (Inline: the graph, about 250 bytes, is then built where the caller keeps it, not copied.)
+    #[inline]
     pub(crate) fn with_capacity(
         arch: &'static dyn Arch,
         sections: usize,

@@ -49,6 +49,7 @@ pub(super) fn edge_list() -> Option<Vec<Edge>> {
 
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
 /// while another is alive, or on a new thread, starts with none).
+#[inline]
 pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
     // (A match, not `unwrap_or`: an unused empty spare would still be dropped, 40
     // instructions a link.)
@@ -121,6 +122,7 @@ impl LinkGraph<'_> {
 }
 
 /// `v` emptied, at `'static`, if it is small enough to keep; an unallocated vector otherwise.
+#[inline]
 fn keep<T, U>(v: &mut Vec<T>) -> Vec<U> {
     let v = std::mem::take(v);
     if v.capacity() > KEEP_AT_MOST {
@@ -133,6 +135,7 @@ fn keep<T, U>(v: &mut Vec<T>) -> Vec<U> {
 /// collecting a vector's own iterator into a vector of an element type of the same size and
 /// alignment reuses its allocation (std's in-place collection; were it not to, this would
 /// allocate, never misbehave). No element is converted: the vector is empty.
+#[inline]
 fn relabel<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter().filter_map(|_| None).collect()
