@@ -94,6 +94,18 @@ impl Plan {
     /// those of an `in_slab` request; its actions, if any, come later in a plan of these
     /// segments ([`Plan::check_unit`]).
     pub(crate) fn slab_segments(segments: &[SlabSegment]) -> Result<PlannedSegments> {
+        // A JIT's typical unit (one function: one segment) has nothing to sort or compare.
+        if let [s] = segments {
+            let (start, end) = range(s.addr.0, s.size)?;
+            let one = PlannedSegment {
+                start,
+                end,
+                mapped_end: end,
+                prot: s.prot,
+            };
+            let n = usize::from(start < end);
+            return Ok(PlannedSegments::from_buf_and_len([one; 3], n));
+        }
         let mut segs = PlannedSegments::with_capacity(segments.len());
         for s in segments {
             let (start, end) = range(s.addr.0, s.size)?;
