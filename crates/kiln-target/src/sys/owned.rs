@@ -58,6 +58,7 @@ impl Shard {
         }
     }
 
+    #[inline]
     fn lock(&self) -> Result<MutexGuard<'_, Table<Slab>>> {
         self.table
             .lock()
