@@ -112,8 +112,8 @@ enum Why {
 }
 
 /// S for edge `e`: what the kind's row (`info`) says its target value is. (Inlined: the writer
-/// calls it for every edge.)
-#[inline]
+/// calls it for every edge; as a call, about 11 instructions an edge more.)
+#[inline(always)]
 fn target_value(
     g: &LinkGraph,
     e: &Edge,
