@@ -94,6 +94,18 @@ impl Plan {
     /// those of an `in_slab` request; its actions, if any, come later in a plan of these
     /// segments ([`Plan::check_unit`]).
     pub(crate) fn slab_segments(segments: &[SlabSegment]) -> Result<PlannedSegments> {
+        // A JIT's typical unit (one function: one segment) has nothing to sort or compare.
+        if let [s] = segments {
+            let (start, end) = range(s.addr.0, s.size)?;
+            let one = PlannedSegment {
+                start,
+                end,
+                mapped_end: end,
+                prot: s.prot,
+            };
+            let n = usize::from(start < end);
+            return Ok(PlannedSegments::from_buf_and_len([one; 3], n));
+        }
         let mut segs = PlannedSegments::with_capacity(segments.len());
         for s in segments {
             let (start, end) = range(s.addr.0, s.size)?;
@@ -437,5 +449,36 @@ mod tests {
         r.in_slab = true;
         r.segments[0].content = vec![1];
         assert!(Plan::of(&r, 0x1000).is_err(), "content in a slab request");
+    }
+
+    /// A one-segment slab unit is planned on a path of its own: as the general one plans it
+    /// (an empty segment dropped, a wrapping range refused).
+    #[test]
+    fn one_slab_segment_is_planned_as_several_are() {
+        let slab_seg = |addr, size| SlabSegment {
+            addr: ExecutorAddr(addr),
+            size,
+            prot: MemProt::ReadExec,
+        };
+        let empty = slab_seg(0x20000, 0);
+        for one in [slab_seg(0x10040, 0x30), empty, slab_seg(u64::MAX - 4, 8)] {
+            let alone = Plan::slab_segments(&[one]);
+            // With an empty segment: the general path, the same non-empty segments.
+            let general = Plan::slab_segments(&[one, empty]);
+            match (alone, general) {
+                (Ok(a), Ok(g)) => {
+                    let key = |p: &PlannedSegment| (p.start, p.end, p.mapped_end, p.prot);
+                    assert_eq!(
+                        a.iter().map(key).collect::<Vec<_>>(),
+                        g.iter().map(key).collect::<Vec<_>>()
+                    );
+                    assert_eq!(a.len(), usize::from(one.size > 0));
+                }
+                (Err(Error::RangeWraps { .. }), Err(Error::RangeWraps { .. })) => {
+                    assert!(one.addr.0.checked_add(one.size).is_none());
+                }
+                (a, g) => panic!("{one:?}: {a:?} against {g:?}"),
+            }
+        }
     }
 }

@@ -192,7 +192,70 @@ pub struct FixupValues {
 
 /// Compute `info`'s formula from `v` and write it, range checked, at `off` in `buf`. Nothing is
 /// written when it fails.
+#[inline]
 pub fn write_value(
+    info: &EdgeInfo,
+    buf: &mut [u8],
+    off: usize,
+    v: FixupValues,
+) -> Result<(), FixupError> {
+    if write_common_field(info, buf, off, v) {
+        return Ok(());
+    }
+    write_value_exactly(info, buf, off, v)
+}
+
+/// [`write_value`] for the two fields nearly every fixup has (a signed 32-bit field: calls,
+/// PC-relative data; a 64-bit pointer) in 64-bit arithmetic, a few instructions where the
+/// 128-bit computation and its range check cost about 80. `false` (nothing written) for any
+/// other field, and whenever the 64-bit computation overflows or the value does not fit: the
+/// exact path then decides, with its error.
+#[inline(always)]
+fn write_common_field(info: &EdgeInfo, buf: &mut [u8], off: usize, v: FixupValues) -> bool {
+    let (s, a, p, got) = (v.target as i64, v.addend, v.place as i64, v.got as i64);
+    match (info.width, info.range) {
+        (4, Range::Signed) => {
+            // A 64-bit result that did not overflow is the exact (128-bit) value. (P is
+            // unsigned there, S signed: a place above `i64::MAX` is left to the exact path.)
+            let value = match info.formula {
+                Formula::Absolute => s.checked_add(a),
+                Formula::PcRelative if p >= 0 => s.checked_add(a).and_then(|x| x.checked_sub(p)),
+                _ => None,
+            };
+            let Some(value) = value.and_then(|x| i32::try_from(x).ok()) else {
+                return false;
+            };
+            match buf.get_mut(off..).and_then(|b| b.first_chunk_mut::<4>()) {
+                Some(field) => {
+                    *field = value.to_le_bytes();
+                    true
+                }
+                None => false,
+            }
+        }
+        (8, Range::Wrapping) => {
+            // A 64-bit field holds the low 64 bits of the value: wrapping arithmetic is exact.
+            let value = match info.formula {
+                Formula::Absolute => s.wrapping_add(a),
+                Formula::PcRelative => s.wrapping_add(a).wrapping_sub(p),
+                Formula::GotRelative => s.wrapping_add(a).wrapping_sub(got),
+                _ => return false,
+            };
+            match buf.get_mut(off..).and_then(|b| b.first_chunk_mut::<8>()) {
+                Some(field) => {
+                    *field = value.to_le_bytes();
+                    true
+                }
+                None => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// [`write_value`] for any field, in 128-bit arithmetic: the value as the psABI defines it,
+/// checked against the field's range.
+fn write_value_exactly(
     info: &EdgeInfo,
     buf: &mut [u8],
     off: usize,
@@ -468,6 +531,51 @@ mod tests {
             write_value(&ROW, &mut b, 6, v(0x2000)),
             Err(FixupError::OutsideBlock)
         );
+    }
+
+    /// The 64-bit path of the common fields writes what the exact path writes, and leaves
+    /// every value it cannot prove to it (same error, nothing written), at the edges of the
+    /// 32- and 64-bit ranges and of the block.
+    #[test]
+    fn common_fields_agree_with_the_exact_computation() {
+        let edges: Vec<i64> = [0, 1, 4, 0x7fff_fffb, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff]
+            .into_iter()
+            .flat_map(|x: i64| [x, -x, x - 1, -x - 1])
+            .chain([i64::MAX, i64::MIN, i64::MAX - 3, i64::MIN + 3])
+            .collect();
+        for (width, range) in [(4, Range::Signed), (8, Range::Wrapping)] {
+            for formula in [
+                Formula::Absolute,
+                Formula::PcRelative,
+                Formula::GotRelative,
+                Formula::NegPcRelative,
+            ] {
+                let row = EdgeInfo {
+                    width,
+                    range,
+                    formula,
+                    ..ROW
+                };
+                for &s in &edges {
+                    for &a in &edges {
+                        for &p in &[0i64, 0x1000, -0x1000, i64::MAX, i64::MIN] {
+                            let v = FixupValues {
+                                target: s as u64,
+                                addend: a,
+                                place: p as u64,
+                                got: p.wrapping_add(0x40) as u64,
+                            };
+                            for off in [0, 6, 12] {
+                                let (mut fast, mut exact) = ([0x5au8; 16], [0x5au8; 16]);
+                                let r = write_value(&row, &mut fast, off, v);
+                                let e = write_value_exactly(&row, &mut exact, off, v);
+                                assert_eq!((r, fast), (e, exact), "{row:?} {v:?} at {off}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -111,7 +111,9 @@ enum Why {
     Fixup(FixupError),
 }
 
-/// S for edge `e`: what the kind's row (`info`) says its target value is.
+/// S for edge `e`: what the kind's row (`info`) says its target value is. (Inlined: the writer
+/// calls it for every edge; as a call, about 11 instructions an edge more.)
+#[inline(always)]
 fn target_value(
     g: &LinkGraph,
     e: &Edge,

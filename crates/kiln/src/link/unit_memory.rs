@@ -155,8 +155,10 @@ impl<'x> UnitMemory<'x> {
                     }
                 }
                 let read_back = read_back.take()?;
+                // (`read_back` runs once: `result` is still `None` here, and `get_or_insert`
+                // says so, where an assignment would drop the old value first.)
                 if let Err(e) = apply_fixups_into(g, layout, ctx, bufs) {
-                    result = Some(Err(e));
+                    result.get_or_insert(Err(e));
                     return None;
                 }
                 let mut refs: [&[u8]; SLAB_SEGMENTS] = [&[]; SLAB_SEGMENTS];
@@ -164,7 +166,7 @@ impl<'x> UnitMemory<'x> {
                     *r = b;
                 }
                 let (r, unit) = read_back(&refs[..bufs.len().min(SLAB_SEGMENTS)]);
-                result = Some(Ok(r));
+                result.get_or_insert(Ok(r));
                 Some(unit)
             })?;
         let result = result.ok_or_else(|| {
