@@ -1154,3 +1154,38 @@ fn dense_units_move() {
     }
     ex.release_slab(s.id).unwrap();
 }
+
+/// Threads reserving in the same window at once all get a range (one that loses a race for a
+/// start reads the gaps again), and no two ranges overlap.
+#[test]
+fn concurrent_reservations_in_one_window_all_succeed() {
+    let e = Arc::new(InProcessExecutor::new());
+    // A 4 GiB window around this function: what a link near the host asks for.
+    let here = concurrent_reservations_in_one_window_all_succeed as *const () as u64;
+    let (lo, hi) = (here.saturating_sub(1 << 31), here.saturating_add(1 << 31));
+    let size = 16 << 20;
+    for _ in 0..20 {
+        let start = Arc::new(Barrier::new(8));
+        let got: Vec<u64> = (0..8)
+            .map(|_| {
+                let (e, start) = (e.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    e.reserve(size, Placement::Within { lo, hi }).map(|a| a.0)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap().expect("a reservation in the window"))
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        for w in sorted.windows(2) {
+            assert!(w[0] + size <= w[1], "{:#x} and {:#x} overlap", w[0], w[1]);
+        }
+        for a in got {
+            assert!(lo <= a && a + size <= hi);
+            e.release(ExecutorAddr(a), size).unwrap();
+        }
+    }
+}

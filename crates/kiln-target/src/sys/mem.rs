@@ -108,26 +108,14 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
         Placement::Within { lo, hi } => {
             let lo = lo.checked_next_multiple_of(page).unwrap_or(u64::MAX);
             let hi = hi / page * page;
-            // Try the gaps nearest the middle of the window first, so that later links keep
-            // room on both sides. A few attempts per gap cover races with other threads.
-            let mid = lo / 2 + hi / 2;
-            let mut candidates: Vec<u64> = Vec::new();
-            for (gs, ge) in free_gaps() {
-                let s = gs.max(lo);
-                let e = ge.min(hi);
-                if e <= s || e - s < size {
-                    continue;
-                }
-                // Inside [s, e - size], the start closest to mid, with a guard page.
-                let first = (s + page).min(e - size);
-                let last = (e - size).saturating_sub(page).max(first);
-                let best = mid.clamp(first, last) / page * page;
-                candidates.push(best.max(s));
-            }
-            candidates.sort_by_key(|c| c.abs_diff(mid));
-            for c in candidates {
-                if let Ok(a) = map_at(c, size, true) {
-                    return Ok(ExecutorAddr(a));
+            // Another thread reserving at the same time may take the start chosen here (both
+            // read the same gaps): while there were starts to try, the gaps are read again,
+            // with its mapping in them (bounded: a window that keeps changing counts as full).
+            for _ in 0..64 {
+                match reserve_in_gaps(size, lo, hi, page) {
+                    Ok(a) => return Ok(ExecutorAddr(a)),
+                    Err(0) => break,
+                    Err(_) => continue,
                 }
             }
             Err(Error::Reserve {
@@ -139,6 +127,33 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
             })
         }
     }
+}
+
+/// Reserve `size` bytes in one of the free gaps of `[lo, hi)`, trying the gaps nearest the
+/// window's middle first (later links keep room on both sides), each at the start closest to
+/// the middle with a guard page before it. On failure, how many starts were tried (each taken
+/// by someone else meanwhile; 0: no gap is large enough).
+fn reserve_in_gaps(size: u64, lo: u64, hi: u64, page: u64) -> std::result::Result<u64, usize> {
+    let mid = lo / 2 + hi / 2;
+    let mut candidates: Vec<u64> = Vec::new();
+    for (gs, ge) in free_gaps() {
+        let s = gs.max(lo);
+        let e = ge.min(hi);
+        if e <= s || e - s < size {
+            continue;
+        }
+        // Inside [s, e - size], the start closest to mid, with a guard page.
+        let first = (s + page).min(e - size);
+        let last = (e - size).saturating_sub(page).max(first);
+        let best = mid.clamp(first, last) / page * page;
+        candidates.push(best.max(s));
+    }
+    candidates.sort_by_key(|c| c.abs_diff(mid));
+    let tried = candidates.len();
+    candidates
+        .into_iter()
+        .find_map(|c| map_at(c, size, true).ok())
+        .ok_or(tried)
 }
 
 fn prot_flags(p: MemProt) -> MprotectFlags {
