@@ -3,7 +3,7 @@
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{InMemoryEdge, InMemoryGraph};
 use kiln::{Error, Session};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// `int NAME(void) { return value; }`
@@ -42,9 +42,11 @@ pub fn run_threads(
     let newest: Arc<Vec<AtomicU64>> =
         Arc::new((0..threads).map(|_| AtomicU64::new(u64::MAX)).collect());
     let checked = AtomicUsize::new(0);
+    // Which threads are through their loop of links.
+    let looped: Vec<AtomicBool> = (0..threads).map(|_| AtomicBool::new(false)).collect();
     std::thread::scope(|scope| {
         for t in 0..threads {
-            let (s, newest, checked) = (s.clone(), newest.clone(), &checked);
+            let (s, newest, checked, looped) = (s.clone(), newest.clone(), &checked, &looped);
             scope.spawn(move || {
                 let mut targets = std::collections::VecDeque::new();
                 for i in 0..per_thread {
@@ -88,6 +90,13 @@ pub fn run_threads(
                             Err(e) => panic!("{e}"),
                         }
                     }
+                }
+                // Thread t - 1 calls this thread's targets: they stay until it is through its
+                // loop too (else, on a loaded machine, a thread that ran ahead would leave
+                // the one calling it nothing to call).
+                looped[t].store(true, Ordering::Release);
+                while !looped[(t + threads - 1) % threads].load(Ordering::Acquire) {
+                    std::thread::yield_now();
                 }
                 newest[t].store(u64::MAX, Ordering::Release);
                 // The last targets: other threads' callers are removed by them, eventually.
