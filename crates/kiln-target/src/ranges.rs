@@ -147,24 +147,7 @@ impl<V> RangeMap<V> {
 
     /// Remove the range starting at `start`.
     pub(crate) fn remove(&mut self, start: u64) -> Option<(u64, V)> {
-        let (&key, c) = self.chunks.range_mut(..=start).next_back()?;
-        let i = c.binary_search_by_key(&start, |r| r.0).ok()?;
-        let (_, e, v) = c.remove(i);
-        if c.is_empty() {
-            self.chunks.remove(&key);
-        } else {
-            if c.len() * 4 <= c.capacity() {
-                // Mostly emptied by removals: its memory follows what it holds.
-                c.shrink_to(c.len() * 2);
-            }
-            if i == 0 {
-                // Its key is its first range's start.
-                if let Some(c) = self.chunks.remove(&key) {
-                    self.chunks.insert(c[0].0, c);
-                }
-            }
-        }
-        Some((e, v))
+        remove_chunked(&mut self.chunks, start, |r| r.0).map(|(_, e, v)| (e, v))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> {
@@ -323,29 +306,12 @@ impl OffsetIndex {
             let (_, slot) = self.tail.remove(i);
             if self.tail.is_empty() {
                 self.tail = self.chunks.pop_last().map(|(_, c)| c).unwrap_or_default();
-            } else if self.tail.len() * 4 <= self.tail.capacity() {
-                self.tail.shrink_to(self.tail.len() * 2);
+            } else {
+                shrink_if_sparse(&mut self.tail);
             }
             return Some(slot);
         }
-        let (&key, c) = self.chunks.range_mut(..=start).next_back()?;
-        let i = c.binary_search_by_key(&start, |r| r.0).ok()?;
-        let (_, slot) = c.remove(i);
-        if c.is_empty() {
-            self.chunks.remove(&key);
-        } else {
-            if c.len() * 4 <= c.capacity() {
-                // Mostly emptied by removals: its memory follows what it holds.
-                c.shrink_to(c.len() * 2);
-            }
-            if i == 0 {
-                // Its key is its first range's start.
-                if let Some(c) = self.chunks.remove(&key) {
-                    self.chunks.insert(c[0].0, c);
-                }
-            }
-        }
-        Some(slot)
+        remove_chunked(&mut self.chunks, start, |r| r.0).map(|(_, slot)| slot)
     }
 
     #[cfg(test)]
@@ -356,6 +322,38 @@ impl OffsetIndex {
     #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.chunks.values().flatten().chain(&self.tail).copied()
+    }
+}
+
+/// Remove the entry starting at `start` from sorted entries in chunks (each chunk non-empty,
+/// keyed by its first entry's start, all its starts below the next chunk's key), keeping those
+/// rules.
+fn remove_chunked<K: Ord + Copy, T>(
+    chunks: &mut BTreeMap<K, Vec<T>>,
+    start: K,
+    start_of: impl Fn(&T) -> K,
+) -> Option<T> {
+    let (&key, c) = chunks.range_mut(..=start).next_back()?;
+    let i = c.binary_search_by_key(&start, &start_of).ok()?;
+    let entry = c.remove(i);
+    if c.is_empty() {
+        chunks.remove(&key);
+    } else {
+        shrink_if_sparse(c);
+        if i == 0 {
+            // Its key is its first entry's start.
+            if let Some(c) = chunks.remove(&key) {
+                chunks.insert(start_of(&c[0]), c);
+            }
+        }
+    }
+    Some(entry)
+}
+
+/// A chunk mostly emptied by removals: its memory follows what it holds.
+fn shrink_if_sparse<T>(c: &mut Vec<T>) {
+    if c.len() * 4 <= c.capacity() {
+        c.shrink_to(c.len() * 2);
     }
 }
 
