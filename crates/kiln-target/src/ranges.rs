@@ -386,19 +386,23 @@ mod tests {
         assert!(!m.any_in(0x2000, 0x3000));
     }
 
+    /// A reproducible stream of pseudo-random numbers (xorshift64).
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// Many inserts and removals (ascending runs, random places, below everything) against a
     /// plain list of the ranges: chunks split, empty, shrink and change keys.
     #[test]
     fn chunks_agree_with_a_list() {
         let mut m = RangeMap::default();
         let mut list: Vec<(u64, u64, u32)> = Vec::new();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut bump = 1_000_000u64;
         for n in 0..20_000u32 {
             let r = next();
@@ -480,13 +484,7 @@ mod tests {
     fn offset_index_agrees_with_a_list() {
         let mut ix = OffsetIndex::default();
         let mut list: Vec<(u32, u32)> = Vec::new();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         // Every range is 4 bytes long at a multiple of 8: disjoint by construction.
         let mut bump = 1_000u32;
         for n in 0..6_000u32 {
