@@ -425,7 +425,7 @@ mod tests {
             if expect_free {
                 list.push((start, end, n));
             }
-            if r % 3 == 0 && !list.is_empty() {
+            if r.is_multiple_of(3) && !list.is_empty() {
                 let (s, e, v) = list.swap_remove((r >> 16) as usize % list.len());
                 assert_eq!(m.remove(s), Some((e, v)));
                 assert_eq!(m.remove(s), None);
