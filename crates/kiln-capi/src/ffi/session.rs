@@ -370,12 +370,18 @@ pub unsafe extern "C" fn kiln_session_link_function(
         // a function's usual few edges.
         let mut edges: SmallVec<[EdgeRef; 8]> = SmallVec::with_capacity(c_edges.len());
         for (i, e) in c_edges.iter().enumerate() {
+            // The edge's index named only in an error: no message built per edge.
+            if e.target.is_null() {
+                return Err(CError::invalid_argument(format!(
+                    "edges[{i}].target is NULL"
+                )));
+            }
             edges.push(EdgeRef {
                 offset: e.offset,
                 kind: crate::graph::edge_kind(e.kind)?,
-                // SAFETY: the contract of this function: each edge's `target` is NULL or a C
-                // string.
-                target: unsafe { utf8(e.target, &format!("edges[{i}].target"))? },
+                // SAFETY: the contract of this function: each edge's `target` is NULL (refused
+                // above) or a C string.
+                target: unsafe { utf8(e.target, "an edge's target")? },
                 addend: e.addend,
             });
         }

@@ -250,8 +250,9 @@ impl OwnedMemory {
                 // of our live slab, over no allocation's bytes and no other claim; a dense
                 // unit's claim is its `Writing` state, which every other call's check sees as
                 // one) until `slab_unit_live`, `slab_unit_written` or `pending`'s abort, all
-                // after this block drops `few` and `many`; the segments are pairwise disjoint (`Plan::slab_segments`), so the
-                // slices are; the slab is not unmapped while an allocation lies in it.
+                // after this block drops `few` and `many`; the segments are pairwise disjoint
+                // (`Plan::slab_segments`), so the slices are; the slab is not unmapped while an
+                // allocation lies in it.
                 let slice = unsafe { view.slice_mut(seg.addr.0, seg.size)? };
                 if inline {
                     few[i] = slice;

@@ -125,14 +125,13 @@ pub(crate) fn add_function<'a>(g: &mut LinkGraph<'a>, f: &FunctionRef<'a>) -> Re
     );
     // No locals: every target is a global of the unit (the function itself included).
     let locals = FxHashMap::default();
-    let room = f.code.len() as u64;
     let mut edges = g.edge_list(f.edges.len());
     for e in f.edges {
         let edge = bind_edge(
             g,
             &locals,
             input,
-            room,
+            size,
             (e.offset, e.kind, e.target, e.addend),
         )
         .map_err(|(offset, what)| bad(offset, what))?;
