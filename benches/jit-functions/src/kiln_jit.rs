@@ -7,7 +7,7 @@ use crate::code::{self, FunctionInput, CALL_ADDEND, HOST_CALL_DISP, PREV_CALL_DI
 use crate::harness::{mean_us, Jit, SharedJit};
 use kiln::arch::x86_64::EdgeKind;
 use kiln::graph::{EdgeRef, FrameDescription, FunctionRef, InMemoryEdge, InMemoryGraph};
-use kiln::{DebugOptions, Session, UnitId};
+use kiln::{DebugOptions, Session, UnitId, UnitOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,13 +156,30 @@ fn edges(f: &FunctionInput) -> [EdgeRef<'_>; 2] {
     ]
 }
 
+impl KilnJit {
+    /// One function as the JIT lends it: its name, code and edges borrowed.
+    fn function<'a>(&self, f: &'a FunctionInput, edges: &'a [EdgeRef<'a>]) -> FunctionRef<'a> {
+        FunctionRef {
+            frame: self.frames.then_some(FrameDescription::FramePointer),
+            ..FunctionRef::new(&f.name, &f.code, edges)
+        }
+    }
+}
+
 impl SharedJit for KilnJit {
     fn link_shared(&self, thread: usize, f: &mut FunctionInput) -> Result<(), String> {
-        let g = graph(f, self.frames);
         let session = match thread % (self.apart.len() + 1) {
             0 => &self.session,
             t => &self.apart[t - 1],
         };
+        if self.borrowed {
+            let edges = edges(f);
+            session
+                .link_function(&self.function(f, &edges))
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        let g = graph(f, self.frames);
         session.link_graph(&g).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -172,13 +189,9 @@ impl Jit for KilnJit {
     fn link_one(&mut self, f: &mut FunctionInput) -> Result<(), String> {
         if self.borrowed {
             let edges = edges(f);
-            let function = FunctionRef {
-                frame: self.frames.then_some(FrameDescription::FramePointer),
-                ..FunctionRef::new(&f.name, &f.code, &edges)
-            };
             let unit = self
                 .session
-                .link_function(&function)
+                .link_function(&self.function(f, &edges))
                 .map_err(|e| e.to_string())?;
             self.units.push(unit);
             return Ok(());
@@ -209,8 +222,22 @@ impl Jit for KilnJit {
     }
 
     fn link_batch_as_unit(&mut self, fs: &mut [FunctionInput]) -> Result<(), String> {
-        let graphs: Vec<InMemoryGraph> = fs.iter_mut().map(|f| graph(f, self.frames)).collect();
         let scope = self.session.default_scope();
+        if self.borrowed {
+            let edges: Vec<[EdgeRef; 2]> = fs.iter().map(edges).collect();
+            let functions: Vec<FunctionRef> = fs
+                .iter()
+                .zip(&edges)
+                .map(|(f, e)| self.function(f, e))
+                .collect();
+            let unit = self
+                .session
+                .link_functions_with(&functions, &UnitOptions::new(scope))
+                .map_err(|e| e.to_string())?;
+            self.units.push(unit);
+            return Ok(());
+        }
+        let graphs: Vec<InMemoryGraph> = fs.iter_mut().map(|f| graph(f, self.frames)).collect();
         let unit = self
             .session
             .link_graphs_as_unit(scope, &graphs)

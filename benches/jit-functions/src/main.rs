@@ -28,14 +28,14 @@ usage: jit-functions [--count N] [--runs N] [--threads N] [--batch N] [--time-li
   --count N          functions to link (default 100000)
   --runs N           run every linker N times, round robin; the table shows the median run
                      (default 3)
-  --threads N        compiler threads of the threaded kiln row (default 2)
+  --threads N        compiler threads of the threaded kiln rows (default 2)
   --batch N          graphs per call in the batch rows (default 1000): Session::link_graphs
-                     (a unit each), Session::link_graphs_as_unit (one unit), and cranelift-jit
-                     finalizing once per batch
+                     (a unit each), Session::link_graphs_as_unit and link_functions_with (one
+                     unit), and cranelift-jit finalizing once per batch
   --time-limit SECS  stop a linker's loop after this long and report what it linked (default 300)
   --only LIST        run only these: naive, cranelift, cranelift-arena, kiln, kiln-borrowed, kiln-threads,
-                     kiln-sessions, kiln-batch, kiln-batch-unit, cranelift-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks,
-                     kiln-stats, corpus
+                     kiln-borrowed-threads, kiln-sessions, kiln-batch, kiln-batch-unit, kiln-borrowed-unit,
+                     cranelift-batch, kiln-gdb, kiln-perf-map, kiln-jitdump, kiln-all-sinks, kiln-stats, corpus
   --cranelift-arena  also run cranelift-jit with its ArenaMemoryProvider
   --host-by-dlsym    kiln and cranelift-jit find `abs` themselves instead of being given it
   --kiln-frames      kiln writes and registers an FDE per function (FrameDescription::FramePointer)
@@ -148,11 +148,19 @@ fn linkers(o: &Options) -> Vec<Linker> {
         row("kiln-borrowed", "kiln, link_function"),
         row("kiln-threads", &format!("kiln, {} threads", o.threads)),
         row(
+            "kiln-borrowed-threads",
+            &format!("kiln, {} threads, link_function", o.threads),
+        ),
+        row(
             "kiln-sessions",
             &format!("kiln, {} thr, {} sessions", o.threads, o.threads),
         ),
         row("kiln-batch", &format!("kiln, batches of {}", o.batch)),
         row("kiln-batch-unit", &format!("kiln, {} a unit", o.batch)),
+        row(
+            "kiln-borrowed-unit",
+            &format!("kiln, {} a unit, link_functions", o.batch),
+        ),
         row(
             "cranelift-batch",
             &format!("cranelift-jit, {} a finalize", o.batch),
@@ -204,9 +212,11 @@ fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup
         "naive" | "cranelift" | "cranelift-arena" => return Ok((one, None)),
         "cranelift-batch" => return Ok((Schedule::UnitBatches(o.batch), None)),
         "kiln" | "kiln-borrowed" => (one, "none"),
-        "kiln-threads" | "kiln-sessions" => (Schedule::Threads(o.threads), "none"),
+        "kiln-threads" | "kiln-sessions" | "kiln-borrowed-threads" => {
+            (Schedule::Threads(o.threads), "none")
+        }
         "kiln-batch" => (Schedule::Batches(o.batch), "none"),
-        "kiln-batch-unit" => (Schedule::UnitBatches(o.batch), "none"),
+        "kiln-batch-unit" | "kiln-borrowed-unit" => (Schedule::UnitBatches(o.batch), "none"),
         "kiln-gdb" => (one, "gdb"),
         "kiln-perf-map" => (one, "perf-map"),
         "kiln-jitdump" => (one, "jitdump"),
@@ -224,7 +234,7 @@ fn plan(o: &Options, name: &str) -> Result<(Schedule, Option<kiln_jit::KilnSetup
         },
         host_by_dlsym: o.host_by_dlsym,
         frames: o.kiln_frames,
-        borrowed: name == "kiln-borrowed",
+        borrowed: name.starts_with("kiln-borrowed"),
     };
     Ok((schedule, Some(setup)))
 }

@@ -226,7 +226,7 @@ pub fn print(o: &Options, rows: &[Row], load: [String; 2]) {
     if let Some(k) = find("kiln") {
         print_peers(k, &find);
         print_sinks(k, &find);
-        print_threads_and_batch(o, k, &find);
+        print_threads_and_batch(o, &find);
         // The aims are judged on `Session::link_function` when it ran: a JIT holding its code
         // and relocations links that way (as cranelift-jit's row does, define_function_bytes).
         print_aims(o, find("kiln-borrowed").unwrap_or(k), &find);
@@ -414,10 +414,10 @@ fn print_sinks<'r>(k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) {
     }
 }
 
-fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) {
+fn print_threads_and_batch<'r>(o: &Options, find: &dyn Fn(&str) -> Option<&'r Row>) {
     // Each round's ratio, with the CPUs the row's run kept busy (CPU/wall) when it is threaded:
     // a threaded run that got one CPU cannot scale, whatever the linker.
-    let per_round = |other: &Row, threaded: bool| -> String {
+    let per_round = |k: &Row, other: &Row, threaded: bool| -> String {
         k.runs
             .iter()
             .zip(&other.runs)
@@ -433,26 +433,36 @@ fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Opti
             .join(", ")
     };
     let mut any = false;
-    for (name, what) in [
-        (
-            "kiln-threads",
-            format!("scaling; {:.2}x would be linear", o.threads as f64),
-        ),
+    let linear = format!("scaling; {:.2}x would be linear", o.threads as f64);
+    // Each row against the one-at-a-time row of the same front end (graphs or lent functions).
+    for (name, base, what) in [
+        ("kiln-threads", "kiln", linear.as_str()),
         (
             "kiln-sessions",
-            "a session per thread, nothing of kiln's shared: what the machine allowed".to_string(),
+            "kiln",
+            "a session per thread, nothing of kiln's shared: what the machine allowed",
         ),
+        ("kiln-borrowed-threads", "kiln-borrowed", linear.as_str()),
         (
             "kiln-batch",
-            "against one Session::link_graph per function".to_string(),
+            "kiln",
+            "against one Session::link_graph per function",
         ),
         (
             "kiln-batch-unit",
-            "a batch linked as one unit, against one unit per function".to_string(),
+            "kiln",
+            "a batch linked as one unit, against one unit per function",
+        ),
+        (
+            "kiln-borrowed-unit",
+            "kiln-borrowed",
+            "Session::link_functions_with, against one link_function per function",
         ),
     ] {
-        let Some(r) = find(name) else { continue };
-        let threaded = name == "kiln-threads" || name == "kiln-sessions";
+        let (Some(r), Some(k)) = (find(name), find(base)) else {
+            continue;
+        };
+        let threaded = name.ends_with("threads") || name == "kiln-sessions";
         if !any {
             println!();
             any = true;
@@ -463,7 +473,7 @@ fn print_threads_and_batch<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Opti
             thousands(r.mid().per_second()),
             ratio(r.mid().per_second(), k.mid().per_second()),
             k.label,
-            per_round(r, threaded)
+            per_round(k, r, threaded)
         );
         if threaded {
             // Wall-time scaling needs free CPUs; the CPU time per function says what sharing
