@@ -550,14 +550,41 @@ fn print_aims<'r>(o: &Options, k: &Row, find: &dyn Fn(&str) -> Option<&'r Row>) 
         m.code_bytes as f64 / m.done.max(1) as f64,
         met(rss <= 2.0 && k.complete()),
     );
-    // The threads link graphs (`link_graph`), so they are compared with the one-thread row that
-    // does the same, whichever row the aims above are judged on.
-    if let (Some(t), Some(one)) = (find("kiln-threads"), find("kiln")) {
-        println!(
-            "issue 11: links/s at {} threads / at 1 thread, both Session::link_graph (the scaling \
-             figure; the issue sets no number): {}",
-            o.threads,
-            ratio(t.mid().per_second(), one.mid().per_second())
-        );
+    // Threads are compared with the one-thread row of the same front end.
+    for (threads, one, call) in [
+        ("kiln-threads", "kiln", "Session::link_graph"),
+        (
+            "kiln-borrowed-threads",
+            "kiln-borrowed",
+            "Session::link_function",
+        ),
+    ] {
+        if let (Some(t), Some(one)) = (find(threads), find(one)) {
+            println!(
+                "issue 11: links/s at {} threads / at 1 thread, both {call} (the scaling figure; \
+                 the issue sets no number): {}",
+                o.threads,
+                ratio(t.mid().per_second(), one.mid().per_second())
+            );
+        }
+    }
+    // The batch figure: a JIT that compiles in batches, against cranelift-jit finalizing once
+    // per batch (the issue asks for the figure, and sets no number).
+    if let Some(c) = find("cranelift-batch") {
+        for (name, call) in [
+            ("kiln-batch", "Session::link_graphs"),
+            ("kiln-batch-unit", "Session::link_graphs_as_unit"),
+            ("kiln-borrowed-unit", "Session::link_functions_with"),
+        ] {
+            if let Some(b) = find(name) {
+                println!(
+                    "issue 11: batches of {} ({call}): {} functions/s = {} {}",
+                    o.batch,
+                    thousands(b.mid().per_second()),
+                    ratio(b.mid().per_second(), c.mid().per_second()),
+                    c.label
+                );
+            }
+        }
     }
 }
