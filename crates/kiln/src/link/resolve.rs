@@ -181,19 +181,7 @@ pub fn resolve_externals(
     scopes: &ExternalScopes,
 ) -> Result<usize> {
     let wanted = wanted_symbols(g);
-    // Definitions first, then the session's units (one batch): what neither binds is left in
-    // `rest`, in order.
-    let mut rest = Wanted::new();
-    for &id in &wanted {
-        let s = &mut g.symbols[id.idx()];
-        match defined(scopes.defines, s.name) {
-            Some(a) => s.def = SymbolDef::Absolute(a),
-            None => rest.push(id),
-        }
-    }
-    if !rest.is_empty() {
-        bind_in_session(g, scopes.session, &mut rest);
-    }
+    let rest = bind_in_scopes(g, scopes, &wanted);
     // (A JIT's usual case: everything bound, the executor not asked for its list.)
     if rest.is_empty() && !wanted.iter().any(|&id| tls_bound_outside(g, id)) {
         return Ok(wanted.len());
@@ -208,37 +196,49 @@ fn tls_bound_outside(g: &LinkGraph, id: SymbolId) -> bool {
     s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0)
 }
 
-/// Bind the names of `rest` to the session's live units (one batch: one lock); what is left
-/// unbound stays in `rest`, in order.
-fn bind_in_session(g: &mut LinkGraph, session: &dyn SessionSymbols, rest: &mut Wanted) {
-    let name_of = |id: &SymbolId| g.symbols[id.idx()].name;
-    // A JIT's unit asks for a few names: their list and the answers live on the stack (plain
+/// Bind `wanted` to the definitions, then what they do not define to the session's live units
+/// (one batch: one lock). Returns what neither binds, in order.
+fn bind_in_scopes(g: &mut LinkGraph, scopes: &ExternalScopes, wanted: &[SymbolId]) -> Wanted {
+    // A JIT's unit asks for a few names: the batch and its answers live on the stack (plain
     // arrays: a `SmallVec` costs more in checks than it saves in stores).
-    let (mut few_names, mut few_bound) = ([&[][..]; FEW_NAMES], [None; FEW_NAMES]);
-    let (mut many_names, mut many_bound) = (Vec::new(), Vec::new());
-    let (names, bound): (&[&[u8]], &mut [Option<u64>]) = if rest.len() <= FEW_NAMES {
-        for (n, r) in few_names.iter_mut().zip(rest.iter()) {
-            *n = name_of(r);
-        }
-        (&few_names[..rest.len()], &mut few_bound[..rest.len()])
+    let few = wanted.len() <= FEW_NAMES;
+    let mut few_batch = (
+        [SymbolId(0); FEW_NAMES],
+        [&[][..]; FEW_NAMES],
+        [None; FEW_NAMES],
+    );
+    let mut many_batch = (Vec::new(), Vec::new(), Vec::new());
+    let (ids, names, bound): (&mut [SymbolId], &mut [&[u8]], &mut [Option<u64>]) = if few {
+        (&mut few_batch.0, &mut few_batch.1, &mut few_batch.2)
     } else {
-        many_names.extend(rest.iter().map(name_of));
-        many_bound.resize(rest.len(), None);
-        (&many_names, &mut many_bound)
+        many_batch.0.resize(wanted.len(), SymbolId(0));
+        many_batch.1.resize(wanted.len(), &[][..]);
+        many_batch.2.resize(wanted.len(), None);
+        (&mut many_batch.0, &mut many_batch.1, &mut many_batch.2)
     };
-    session.bind(names, bound);
-    let mut kept = 0;
-    for i in 0..rest.len() {
-        let id = rest[i];
-        match bound[i] {
-            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+    let mut asked = 0;
+    for &id in wanted {
+        let s = &mut g.symbols[id.idx()];
+        match defined(scopes.defines, s.name) {
+            Some(a) => s.def = SymbolDef::Absolute(a),
             None => {
-                rest[kept] = id;
-                kept += 1;
+                (ids[asked], names[asked]) = (id, s.name);
+                asked += 1;
             }
         }
     }
-    rest.truncate(kept);
+    let mut rest = Wanted::new();
+    if asked == 0 {
+        return rest;
+    }
+    scopes.session.bind(&names[..asked], &mut bound[..asked]);
+    for (&id, bound) in ids[..asked].iter().zip(&bound[..asked]) {
+        match *bound {
+            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            None => rest.push(id),
+        }
+    }
+    rest
 }
 
 /// What the session did not bind (`rest`, of `wanted`): the runtime's own symbols are bound

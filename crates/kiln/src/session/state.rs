@@ -262,18 +262,18 @@ impl<T> Deref for Listed<'_, T> {
     }
 }
 
-/// A new unit's definitions, with their names keyed ([`name_key`]) before the session's
-/// lock is taken.
-pub(crate) struct NewSymbols<'g> {
-    exports: crate::link::Exports<'g>,
+/// A new unit's definitions (borrowed: the caller drops them after the lock), with their
+/// names keyed ([`name_key`]) before the session's lock is taken.
+pub(crate) struct NewSymbols<'e, 'g> {
+    exports: &'e [Export<'g>],
     keys: SmallVec<[u32; 4]>,
 }
 
-impl<'g> NewSymbols<'g> {
-    pub fn new(exports: crate::link::Exports<'g>) -> Self {
+impl<'e, 'g> NewSymbols<'e, 'g> {
+    pub fn new(exports: &'e [Export<'g>]) -> Self {
         // (A loop of pushes: collecting checks and grows more than one key needs.)
         let mut keys = SmallVec::new();
-        for e in &exports {
+        for e in exports {
             keys.push(name_key(&e.name));
         }
         NewSymbols { exports, keys }
@@ -892,7 +892,7 @@ impl State {
     pub fn publish(
         &mut self,
         mut unit: Unit,
-        new: &mut NewSymbols,
+        new: &NewSymbols,
         deps: &[u64],
         input: &str,
         replacing: Option<u64>,

@@ -536,6 +536,7 @@ impl AddrIndex {
     }
 
     /// Enter segment `seg` of `unit`, starting at `start` (a start not in the index).
+    #[inline]
     pub(crate) fn insert(&mut self, start: u64, unit: u64, seg: u8) {
         // A JIT's usual insert: past the last entry, into the last run's room and span.
         if let Some(run) = self.runs.last_mut() {
@@ -552,6 +553,8 @@ impl AddrIndex {
 
     /// [`AddrIndex::insert`] of a segment not past the last, or not in the last run's room
     /// or span.
+    #[cold]
+    #[inline(never)]
     fn insert_slow(&mut self, start: u64, unit: u64, seg: u8) {
         // Past the last entry: onto the last run, or a new run when that is full or too far.
         let last = self.runs.len().checked_sub(1);
