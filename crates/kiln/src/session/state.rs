@@ -588,17 +588,24 @@ impl Unit {
     /// It defines the name keyed `key` too.
     #[inline]
     pub fn add_name(&mut self, key: u32) {
-        match self.flags & NAMES {
-            0 => {
-                self.name = key;
-                self.flags |= ONE_NAME;
-            }
-            ONE_NAME => {
-                let first = self.name;
-                self.rare_mut().names = vec![first, key];
-                self.flags = self.flags & !NAMES | NAMES_IN_RARE;
-            }
-            _ => self.rare_mut().names.push(key),
+        if self.flags & NAMES == 0 {
+            self.name = key;
+            self.flags |= ONE_NAME;
+        } else {
+            self.add_listed_name(key);
+        }
+    }
+
+    /// [`Unit::add_name`] of a second name or more: the list in the rare part.
+    #[cold]
+    #[inline(never)]
+    fn add_listed_name(&mut self, key: u32) {
+        if self.flags & NAMES == ONE_NAME {
+            let first = self.name;
+            self.rare_mut().names = vec![first, key];
+            self.flags = self.flags & !NAMES | NAMES_IN_RARE;
+        } else {
+            self.rare_mut().names.push(key);
         }
     }
 
