@@ -1455,7 +1455,8 @@ mod tests {
         let other: Arc<dyn CodeMemory> = Arc::new(crate::memory::SlabMemory::new());
         let actions = Arc::new(Vec::new());
         // (segments, slab ranges, scope, other memory, link actions, fast path expected)
-        let cases: Vec<(Vec<(u64, u64)>, Vec<SlabRange>, u32, bool, bool, bool)> = vec![
+        type Case = (Vec<(u64, u64)>, Vec<SlabRange>, u32, bool, bool, bool);
+        let cases: Vec<Case> = vec![
             (
                 vec![(0x1000, 16)],
                 vec![range(3, 1, 0x1000, 16)],
