@@ -270,6 +270,7 @@ pub(crate) struct NewSymbols<'e, 'g> {
 }
 
 impl<'e, 'g> NewSymbols<'e, 'g> {
+    #[inline]
     pub fn new(exports: &'e [Export<'g>]) -> Self {
         // (A loop of pushes: collecting checks and grows more than one key needs.)
         let mut keys = SmallVec::new();
