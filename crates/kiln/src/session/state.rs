@@ -342,7 +342,19 @@ impl Unit {
     #[inline]
     pub fn new(n: NewUnit) -> Self {
         match Self::in_one_slab_range(&n) {
-            Some(unit) => unit,
+            Some(unit) => {
+                // Taken only when every owned part of `n` is `None`: nothing to drop, and its
+                // drop glue (a call, 23 instructions) is skipped. Forgetting leaks nothing.
+                debug_assert!(
+                    n.memory.is_none()
+                        && n.relink.is_none()
+                        && n.link_actions.is_none()
+                        && n.stats.is_none()
+                        && n.map.is_none()
+                );
+                std::mem::forget(n);
+                unit
+            }
             None => Self::new_general(n),
         }
     }
