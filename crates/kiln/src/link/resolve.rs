@@ -101,50 +101,56 @@ pub struct ExternalScopes<'s> {
     pub allow: Option<&'s FxHashSet<String>>,
 }
 
-/// Undefined symbols, each with whether an input (not only the linker's own glue) references
-/// it; inline up to a few (a JIT's unit names a few).
-type Wanted = SmallVec<[(SymbolId, bool); FEW_NAMES]>;
+/// Undefined symbols live code references; inline up to a few (a JIT's unit names a few).
+type Wanted = SmallVec<[SymbolId; FEW_NAMES]>;
 
-/// The undefined symbols live code references, and for each whether an input (not only the
-/// linker's own glue) references it.
+/// The undefined symbols live code references, each once, in the order first referenced.
 fn wanted_symbols(g: &LinkGraph) -> Wanted {
     let mut wanted = Wanted::new();
     // Where each symbol is in `wanted`: made only for units with many undefined symbols (a
     // scan of a short list beats a table as long as the symbol list).
-    let mut slot: Vec<u32> = Vec::new();
-    let linker = g
-        .inputs
-        .iter()
-        .position(|i| i.name == super::passes::LINKER_INPUT);
+    let mut listed: Vec<bool> = Vec::new();
     for b in g.blocks.iter().filter(|b| b.live) {
-        let from_input = Some(g.sections[b.section.idx()].input.idx()) != linker;
         for e in &b.edges {
             let t = e.target;
             if g.symbols[t.idx()].def != SymbolDef::Undefined {
                 continue;
             }
-            let at = if slot.is_empty() {
-                wanted.iter().position(|(id, _)| *id == t)
+            let known = if listed.is_empty() {
+                wanted.contains(&t)
             } else {
-                Some(slot[t.idx()] as usize).filter(|&i| i != u32::MAX as usize)
+                std::mem::replace(&mut listed[t.idx()], true)
             };
-            match at {
-                Some(i) => wanted[i].1 |= from_input,
-                None => {
-                    wanted.push((t, from_input));
-                    if wanted.len() == 16 {
-                        slot = vec![u32::MAX; g.symbols.len()];
-                        for (i, (id, _)) in wanted.iter().enumerate() {
-                            slot[id.idx()] = i as u32;
-                        }
-                    } else if !slot.is_empty() {
-                        slot[t.idx()] = wanted.len() as u32 - 1;
+            if !known {
+                wanted.push(t);
+                if wanted.len() == 16 {
+                    listed = vec![false; g.symbols.len()];
+                    for id in &wanted {
+                        listed[id.idx()] = true;
                     }
                 }
             }
         }
     }
     wanted
+}
+
+/// Which symbols an input's live code references (not only the linker's own glue), by
+/// symbol: what the allow-list applies to.
+fn referenced_by_inputs(g: &LinkGraph) -> Vec<bool> {
+    let mut by_input = vec![false; g.symbols.len()];
+    let linker = g
+        .inputs
+        .iter()
+        .position(|i| i.name == super::passes::LINKER_INPUT);
+    for b in g.blocks.iter().filter(|b| b.live) {
+        if Some(g.sections[b.section.idx()].input.idx()) != linker {
+            for e in &b.edges {
+                by_input[e.target.idx()] = true;
+            }
+        }
+    }
+    by_input
 }
 
 /// The address `defines` gives `name`. A session defines a few names, if any: comparing the
@@ -175,37 +181,104 @@ pub fn resolve_externals(
     scopes: &ExternalScopes,
 ) -> Result<usize> {
     let wanted = wanted_symbols(g);
-    // Definitions first, then the session's units (one batch). What neither binds is
-    // compacted to the front of `rest`, in place.
-    let mut rest = Wanted::new();
-    for &(id, by_input) in &wanted {
-        match defined(scopes.defines, g.symbols[id.idx()].name) {
-            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            None => rest.push((id, by_input)),
-        }
-    }
-    if !rest.is_empty() {
-        bind_in_session(g, scopes.session, &mut rest);
-    }
-    let (disallowed, for_executor) = if rest.is_empty() {
-        // (A JIT's usual case: everything bound; the executor is not asked for its list.)
-        (Vec::new(), Vec::new())
-    } else {
-        outside_the_session(g, ex, scopes, &rest)
-    };
-    let errors = bind_in_executor(g, ex, scopes, &for_executor)?;
-    let tls_outside_at = |&(id, _): &(SymbolId, bool)| {
-        let s = &g.symbols[id.idx()];
-        s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0)
-    };
-    if errors.is_empty() && disallowed.is_empty() && !wanted.iter().any(tls_outside_at) {
+    let rest = bind_in_scopes(g, scopes, &wanted);
+    // (A JIT's usual case: everything bound, the executor not asked for its list.)
+    if rest.is_empty() && !wanted.iter().any(|&id| tls_bound_outside(g, id)) {
         return Ok(wanted.len());
     }
+    outside_the_session(g, ex, scopes, &wanted, &rest)
+}
+
+/// Whether `id`, a thread-local symbol, was bound to an address outside the unit (a
+/// definition or another unit: the linker cannot make that address thread-local).
+fn tls_bound_outside(g: &LinkGraph, id: SymbolId) -> bool {
+    let s = &g.symbols[id.idx()];
+    s.tls && matches!(s.def, SymbolDef::Absolute(a) if a != 0)
+}
+
+/// Bind `wanted` to the definitions, then what they do not define to the session's live units
+/// (one batch: one lock). Returns what neither binds, in order.
+fn bind_in_scopes(g: &mut LinkGraph, scopes: &ExternalScopes, wanted: &[SymbolId]) -> Wanted {
+    // A JIT's unit asks for a few names: the batch and its answers live on the stack (plain
+    // arrays: a `SmallVec` costs more in checks than it saves in stores).
+    let few = wanted.len() <= FEW_NAMES;
+    let mut few_batch = (
+        [SymbolId(0); FEW_NAMES],
+        [&[][..]; FEW_NAMES],
+        [None; FEW_NAMES],
+    );
+    let mut many_batch = (Vec::new(), Vec::new(), Vec::new());
+    let (ids, names, bound): (&mut [SymbolId], &mut [&[u8]], &mut [Option<u64>]) = if few {
+        (&mut few_batch.0, &mut few_batch.1, &mut few_batch.2)
+    } else {
+        many_batch.0.resize(wanted.len(), SymbolId(0));
+        many_batch.1.resize(wanted.len(), &[][..]);
+        many_batch.2.resize(wanted.len(), None);
+        (&mut many_batch.0, &mut many_batch.1, &mut many_batch.2)
+    };
+    let mut asked = 0;
+    for &id in wanted {
+        let s = &mut g.symbols[id.idx()];
+        match defined(scopes.defines, s.name) {
+            Some(a) => s.def = SymbolDef::Absolute(a),
+            None => {
+                (ids[asked], names[asked]) = (id, s.name);
+                asked += 1;
+            }
+        }
+    }
+    let mut rest = Wanted::new();
+    if asked == 0 {
+        return rest;
+    }
+    scopes.session.bind(&names[..asked], &mut bound[..asked]);
+    for (&id, bound) in ids[..asked].iter().zip(&bound[..asked]) {
+        match *bound {
+            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            None => rest.push(id),
+        }
+    }
+    rest
+}
+
+/// What the session did not bind (`rest`, of `wanted`): the runtime's own symbols are bound
+/// here; the rest is either not allowed (the allow-list applies outside the session's code,
+/// except to symbols only the linker's own glue references: the glue exists only if its own
+/// name was allowed) or looked up in the executor's libraries and process. Then every failure
+/// of `wanted`, reported together.
+#[inline(never)]
+fn outside_the_session(
+    g: &mut LinkGraph,
+    ex: &dyn Executor,
+    scopes: &ExternalScopes,
+    wanted: &[SymbolId],
+    rest: &[SymbolId],
+) -> Result<usize> {
+    let runtime = ex.runtime_symbols();
+    let by_input = scopes.allow.map(|_| referenced_by_inputs(g));
+    let mut disallowed: Vec<SymbolId> = Vec::new();
+    let mut for_executor: Vec<SymbolId> = Vec::new();
+    for &id in rest {
+        let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
+        let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
+        let allowed = from_runtime.is_some()
+            || by_input.as_ref().is_some_and(|b| !b[id.idx()])
+            || scopes.allow.is_none_or(|a| a.contains(name.as_ref()));
+        match (allowed, from_runtime) {
+            (false, _) => disallowed.push(id),
+            (true, Some(a)) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
+            (true, None) => for_executor.push(id),
+        }
+    }
+    let errors = bind_in_executor(g, ex, scopes, &for_executor)?;
     let tls_outside: Vec<SymbolId> = wanted
         .iter()
-        .filter(|w| tls_outside_at(w))
-        .map(|(id, _)| *id)
+        .copied()
+        .filter(|&id| tls_bound_outside(g, id))
         .collect();
+    if errors.is_empty() && disallowed.is_empty() && tls_outside.is_empty() {
+        return Ok(wanted.len());
+    }
     let refs = |ids: &[SymbolId]| -> Vec<SymbolReference> {
         ids.iter()
             .map(|id| SymbolReference {
@@ -219,67 +292,6 @@ pub fn resolve_externals(
         not_allowed: refs(&disallowed),
         foreign_tls: refs(&tls_outside),
     }))
-}
-
-/// Bind the names of `rest` to the session's live units (one batch: one lock); what is left
-/// unbound stays in `rest`, in order.
-fn bind_in_session(g: &mut LinkGraph, session: &dyn SessionSymbols, rest: &mut Wanted) {
-    let name_of = |&(id, _): &(SymbolId, bool)| g.symbols[id.idx()].name;
-    // A JIT's unit asks for a few names: their list and the answers live on the stack (plain
-    // arrays: a `SmallVec` costs more in checks than it saves in stores).
-    let (mut few_names, mut few_bound) = ([&[][..]; FEW_NAMES], [None; FEW_NAMES]);
-    let (mut many_names, mut many_bound) = (Vec::new(), Vec::new());
-    let (names, bound): (&[&[u8]], &mut [Option<u64>]) = if rest.len() <= FEW_NAMES {
-        for (n, r) in few_names.iter_mut().zip(rest.iter()) {
-            *n = name_of(r);
-        }
-        (&few_names[..rest.len()], &mut few_bound[..rest.len()])
-    } else {
-        many_names.extend(rest.iter().map(name_of));
-        many_bound.resize(rest.len(), None);
-        (&many_names, &mut many_bound)
-    };
-    session.bind(names, bound);
-    let mut kept = 0;
-    for i in 0..rest.len() {
-        let (id, by_input) = rest[i];
-        match bound[i] {
-            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            None => {
-                rest[kept] = (id, by_input);
-                kept += 1;
-            }
-        }
-    }
-    rest.truncate(kept);
-}
-
-/// Sort what the session did not bind: the runtime's own symbols are bound here; the rest is
-/// either not allowed (the allow-list applies outside the session's code, except to symbols
-/// only the linker's own glue references: the glue exists only if its own name was allowed)
-/// or for the executor to look up. Returns (not allowed, for the executor).
-fn outside_the_session(
-    g: &mut LinkGraph,
-    ex: &dyn Executor,
-    scopes: &ExternalScopes,
-    rest: &[(SymbolId, bool)],
-) -> (Vec<SymbolId>, Vec<SymbolId>) {
-    let runtime = ex.runtime_symbols();
-    let mut disallowed: Vec<SymbolId> = Vec::new();
-    let mut for_executor: Vec<SymbolId> = Vec::new();
-    for &(id, by_input) in rest {
-        let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
-        let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
-        let allowed = from_runtime.is_some()
-            || !by_input
-            || scopes.allow.is_none_or(|a| a.contains(name.as_ref()));
-        match (allowed, from_runtime) {
-            (false, _) => disallowed.push(id),
-            (true, Some(a)) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            (true, None) => for_executor.push(id),
-        }
-    }
-    (disallowed, for_executor)
 }
 
 /// The inputs whose live code references `id`.

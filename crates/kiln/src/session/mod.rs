@@ -671,9 +671,9 @@ impl Session {
                 relink: options.relink,
                 memory: (config.use_slabs || options.memory.is_some()).then_some(memory),
             },
-            |unit| {
+            |mut unit| {
                 let deps = binder.deps.take();
-                self.publish(options, unit, deps, source.name(), replacing)
+                self.publish(options, &mut unit, deps, source.name(), replacing)
             },
         );
         // A link that failed before publishing still holds its pins (publishing releases
@@ -687,44 +687,32 @@ impl Session {
 
     /// Enter a finalized unit into the session's tables, unless its strong definitions clash
     /// with a live unit's (a race with another thread, or a redefinition): then it is removed
-    /// again and the clash reported.
+    /// again and the clash reported. The unit is read where the link has it (not copied on
+    /// the way: 288 bytes); its exports, their names copied into the scope's table, are freed
+    /// by the caller after the lock.
     fn publish(
         &self,
         options: &UnitOptions,
-        unit: LinkedUnit<'_>,
+        unit: &mut LinkedUnit<'_>,
         deps: SmallVec<[u64; 4]>,
         name: &str,
         replacing: Option<u64>,
     ) -> Result<UnitId> {
-        let scope = options.scope;
-        let LinkedUnit {
-            alloc,
-            exports,
-            has_initializers: _,
-            stats,
-            map,
-            slab_ranges,
-            relink,
-            segments,
-            actions,
-        } = unit;
         // What does not need the tables is made before the lock: the record, the names'
-        // keys.
+        // keys. (The unit's lists are read where they are, not moved out first.)
         let record = Unit::new(NewUnit {
-            alloc,
-            scope,
+            alloc: unit.alloc,
+            scope: options.scope,
             memory: options.memory.clone(),
-            slab_ranges: &slab_ranges,
-            segments: &segments,
-            relink,
-            link_actions: actions,
-            stats,
-            map,
+            slab_ranges: &unit.slab_ranges,
+            segments: &unit.segments,
+            relink: unit.relink.take(),
+            link_actions: unit.actions.take(),
+            stats: unit.stats.take(),
+            map: unit.map.take(),
         });
-        let mut symbols = NewSymbols::new(exports);
-        let published = write(&self.state).publish(record, &mut symbols, &deps, name, replacing);
-        // (The exports' list, emptied, is freed after the lock.)
-        drop(symbols);
+        let symbols = NewSymbols::new(&unit.exports);
+        let published = write(&self.state).publish(record, &symbols, &deps, name, replacing);
         match published {
             Ok(id) => Ok(UnitId(id)),
             Err(refused) => {
@@ -1131,18 +1119,18 @@ impl SessionSymbols for Binder<'_> {
         // One read lock for the link's names, one key a name for every scope searched.
         let st = read(&self.session.state);
         let mut deps = self.deps.borrow_mut();
-        for (n, out) in names.iter().zip(out) {
-            let key = symbols::name_key(n);
-            *out = st.visible_keyed(self.scope, key, n).map(|d| {
-                let unit = d.unit();
-                if !deps.contains(&unit) {
-                    if let Some(u) = st.units.get(&unit) {
-                        u.pins.fetch_add(1, Ordering::Relaxed);
-                        deps.push(unit);
-                    }
+        for (&n, out) in names.iter().zip(out) {
+            let Some(d) = st.visible_keyed(self.scope, symbols::name_key(n), n) else {
+                continue;
+            };
+            let unit = d.unit();
+            if !deps.contains(&unit) {
+                if let Some(u) = st.units.get(&unit) {
+                    u.pins.fetch_add(1, Ordering::Relaxed);
+                    deps.push(unit);
                 }
-                d.addr
-            });
+            }
+            *out = Some(d.addr);
         }
     }
 }

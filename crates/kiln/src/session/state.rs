@@ -262,18 +262,19 @@ impl<T> Deref for Listed<'_, T> {
     }
 }
 
-/// A new unit's definitions, with their names keyed ([`name_key`]) before the session's
-/// lock is taken.
-pub(crate) struct NewSymbols<'g> {
-    exports: crate::link::Exports<'g>,
+/// A new unit's definitions (borrowed: the caller drops them after the lock), with their
+/// names keyed ([`name_key`]) before the session's lock is taken.
+pub(crate) struct NewSymbols<'e, 'g> {
+    exports: &'e [Export<'g>],
     keys: SmallVec<[u32; 4]>,
 }
 
-impl<'g> NewSymbols<'g> {
-    pub fn new(exports: crate::link::Exports<'g>) -> Self {
+impl<'e, 'g> NewSymbols<'e, 'g> {
+    #[inline]
+    pub fn new(exports: &'e [Export<'g>]) -> Self {
         // (A loop of pushes: collecting checks and grows more than one key needs.)
         let mut keys = SmallVec::new();
-        for e in &exports {
+        for e in exports {
             keys.push(name_key(&e.name));
         }
         NewSymbols { exports, keys }
@@ -336,7 +337,68 @@ pub(crate) struct NewUnit<'a> {
 static NO_INCOMING: Vec<(u64, u32)> = Vec::new();
 
 impl Unit {
+    /// The record of a new unit: [`Unit::in_one_slab_range`]'s when it says one, else the
+    /// general one.
+    #[inline]
     pub fn new(n: NewUnit) -> Self {
+        match Self::in_one_slab_range(&n) {
+            Some(unit) => {
+                // Taken only when every owned part of `n` is `None`: nothing to drop, and its
+                // drop glue (a call, 23 instructions) is skipped. Forgetting leaks nothing.
+                debug_assert!(
+                    n.memory.is_none()
+                        && n.relink.is_none()
+                        && n.link_actions.is_none()
+                        && n.stats.is_none()
+                        && n.map.is_none()
+                );
+                std::mem::forget(n);
+                unit
+            }
+            None => Self::new_general(n),
+        }
+    }
+
+    /// The record of a JIT's usual unit, without the general path's checks: one segment
+    /// (below 64 KiB) that is its one slab range (of a 16-bit slab, in one of its three
+    /// regions) of the session's slabs, a 16-bit scope, nothing of [`Rare`]. `None` for any
+    /// other unit. (tests: `one_slab_range_records_match_the_general_path`)
+    #[inline]
+    fn in_one_slab_range(n: &NewUnit) -> Option<Self> {
+        let ([(addr, size)], [range]) = (n.segments, n.slab_ranges) else {
+            return None;
+        };
+        let plain = n.memory.is_none()
+            && n.relink.is_none()
+            && n.link_actions.is_none()
+            && n.stats.is_none()
+            && n.map.is_none();
+        let seg_size = u16::try_from(*size).ok()?;
+        let slab = u16::try_from(range.slab.0).ok()?;
+        let scope = u16::try_from(n.scope.0).ok()?;
+        let same = range.addr.0 == *addr && range.size == *size && range.region < 3;
+        if !plain || !same || scope == SCOPE_IN_RARE {
+            return None;
+        }
+        Some(Unit {
+            alloc: n.alloc,
+            seg_addr: *addr,
+            rare: None,
+            seg_size,
+            name: 0,
+            dep: 0,
+            dependent: 0,
+            slab,
+            regions: range.region as u8,
+            scope,
+            pins: AtomicU32::new(0),
+            // (Not initialized: see `new_general`.)
+            flags: MemoryKind::Session as u8 | ONE_SEG,
+        })
+    }
+
+    #[inline(never)]
+    fn new_general(n: NewUnit) -> Self {
         let slab = regions_of(n.segments, n.slab_ranges);
         let memory = match (&n.memory, n.slab_ranges.is_empty()) {
             (_, true) => MemoryKind::Own,
@@ -539,17 +601,24 @@ impl Unit {
     /// It defines the name keyed `key` too.
     #[inline]
     pub fn add_name(&mut self, key: u32) {
-        match self.flags & NAMES {
-            0 => {
-                self.name = key;
-                self.flags |= ONE_NAME;
-            }
-            ONE_NAME => {
-                let first = self.name;
-                self.rare_mut().names = vec![first, key];
-                self.flags = self.flags & !NAMES | NAMES_IN_RARE;
-            }
-            _ => self.rare_mut().names.push(key),
+        if self.flags & NAMES == 0 {
+            self.name = key;
+            self.flags |= ONE_NAME;
+        } else {
+            self.add_listed_name(key);
+        }
+    }
+
+    /// [`Unit::add_name`] of a second name or more: the list in the rare part.
+    #[cold]
+    #[inline(never)]
+    fn add_listed_name(&mut self, key: u32) {
+        if self.flags & NAMES == ONE_NAME {
+            let first = self.name;
+            self.rare_mut().names = vec![first, key];
+            self.flags = self.flags & !NAMES | NAMES_IN_RARE;
+        } else {
+            self.rare_mut().names.push(key);
         }
     }
 
@@ -843,7 +912,7 @@ impl State {
     pub fn publish(
         &mut self,
         mut unit: Unit,
-        new: &mut NewSymbols,
+        new: &NewSymbols,
         deps: &[u64],
         input: &str,
         replacing: Option<u64>,
@@ -1384,5 +1453,165 @@ mod tests {
         // A reservation of its own.
         let u = unit(vec![(0x5000, 64)], Vec::new());
         assert!(!u.in_slabs() && u.slab_ranges().is_empty() && u.rare.is_none());
+    }
+
+    /// The one-slab-range record is the general path's record for every unit it takes, and
+    /// it leaves every other unit to the general path.
+    #[test]
+    fn one_slab_range_records_match_the_general_path() {
+        let range = |slab, region, addr, size| SlabRange {
+            slab: SlabId(slab),
+            region,
+            addr: ExecutorAddr(addr),
+            size,
+        };
+        let other: Arc<dyn CodeMemory> = Arc::new(crate::memory::SlabMemory::new());
+        let actions = Arc::new(Vec::new());
+        // (segments, slab ranges, scope, other memory, link actions, fast path expected)
+        type Case = (Vec<(u64, u64)>, Vec<SlabRange>, u32, bool, bool, bool);
+        let cases: Vec<Case> = vec![
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 1, 0x1000, 16)],
+                0,
+                false,
+                false,
+                true,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 2, 0x1000, 16)],
+                7,
+                false,
+                false,
+                true,
+            ),
+            (
+                vec![(0x1000, 0xffff)],
+                vec![range(0, 0, 0x1000, 0xffff)],
+                0,
+                false,
+                false,
+                true,
+            ),
+            // Not taken: a segment of 64 KiB, a slab or scope past 16 bits, a range that is
+            // not the segment, a fourth region, two segments, no slab, other memory, actions.
+            (
+                vec![(0x1000, 0x10000)],
+                vec![range(3, 0, 0x1000, 0x10000)],
+                0,
+                false,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(0x10000, 0, 0x1000, 16)],
+                0,
+                false,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 0, 0x1000, 16)],
+                0xffff,
+                false,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 0, 0x1000, 16)],
+                0x10000,
+                false,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 0, 0x1000, 32)],
+                0,
+                false,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 0, 0x1008, 16)],
+                0,
+                false,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 3, 0x1000, 16)],
+                0,
+                false,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16), (0x9000, 8)],
+                vec![range(3, 0, 0x1000, 16), range(3, 2, 0x9000, 8)],
+                0,
+                false,
+                false,
+                false,
+            ),
+            (vec![(0x1000, 16)], vec![], 0, false, false, false),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 0, 0x1000, 16)],
+                0,
+                true,
+                false,
+                false,
+            ),
+            (
+                vec![(0x1000, 16)],
+                vec![range(3, 0, 0x1000, 16)],
+                0,
+                false,
+                true,
+                false,
+            ),
+        ];
+        for (segments, slab_ranges, scope, in_other, with_actions, fast) in cases {
+            let new = || NewUnit {
+                alloc: AllocId(5),
+                scope: ScopeId(scope),
+                memory: in_other.then(|| other.clone()),
+                slab_ranges: &slab_ranges,
+                segments: &segments,
+                relink: None,
+                link_actions: with_actions.then(|| actions.clone()),
+                stats: None,
+                map: None,
+            };
+            let general = Unit::new_general(new());
+            let case = format!("{segments:x?} {slab_ranges:?} scope {scope}");
+            match Unit::in_one_slab_range(&new()) {
+                Some(u) => {
+                    assert!(fast, "{case}: taken");
+                    assert!(u.rare.is_none() && general.rare.is_none(), "{case}");
+                    let fields = |u: &Unit| {
+                        (
+                            (u.alloc, u.seg_addr, u.seg_size, u.name, u.dep, u.dependent),
+                            (u.slab, u.regions, u.scope, u.flags),
+                            u.pins.load(Ordering::Relaxed),
+                        )
+                    };
+                    assert_eq!(fields(&u), fields(&general), "{case}");
+                }
+                None => assert!(!fast, "{case}: not taken"),
+            }
+            // Either way, the record reads back what it was made of.
+            let u = Unit::new(new());
+            assert_eq!(&*u.segments(), &segments[..], "{case}");
+            assert_eq!(&*u.slab_ranges(), &slab_ranges[..], "{case}");
+            assert_eq!(u.scope(), ScopeId(scope), "{case}");
+        }
     }
 }

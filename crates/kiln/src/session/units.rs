@@ -160,24 +160,37 @@ impl UnitTable {
     }
 
     /// Enter unit `id` (a new id: a unit already there under it would be dropped).
+    #[inline]
     pub(crate) fn insert(&mut self, id: u64, unit: Unit) {
         let s = match self.free.pop() {
             Some(s) => s,
-            None => {
-                let used = self.chunks.len() * CHUNK;
-                self.chunks
-                    .push((0..CHUNK).map(|_| Unit::vacant()).collect());
-                // Every slot of the new chunk but the first is free, lowest taken first.
-                self.free
-                    .extend((used + 1..used + CHUNK).rev().map(|s| s as u32));
-                used as u32
-            }
+            None => self.add_chunk(),
         };
         *self.slot_mut(s) = unit;
         if let Some(old) = self.index.insert(id, s) {
-            *self.slot_mut(old) = Unit::vacant();
-            self.free.push(old);
+            self.vacate(old);
         }
+    }
+
+    /// A new chunk of free slots (once in [`CHUNK`] inserts): the first of its slots, taken.
+    #[cold]
+    #[inline(never)]
+    fn add_chunk(&mut self) -> u32 {
+        let used = self.chunks.len() * CHUNK;
+        self.chunks
+            .push((0..CHUNK).map(|_| Unit::vacant()).collect());
+        // Every slot of the new chunk but the first is free, lowest taken first.
+        self.free
+            .extend((used + 1..used + CHUNK).rev().map(|s| s as u32));
+        used as u32
+    }
+
+    /// Slot `s` freed (not on a session's path: its ids are new).
+    #[cold]
+    #[inline(never)]
+    fn vacate(&mut self, s: u32) {
+        *self.slot_mut(s) = Unit::vacant();
+        self.free.push(s);
     }
 
     pub(crate) fn remove(&mut self, id: &u64) -> Option<Unit> {
@@ -231,6 +244,7 @@ impl IdIndex {
         ((id / IDS as u64) as usize, (id % IDS as u64) as usize)
     }
 
+    #[inline]
     fn get(&self, id: u64) -> Option<u32> {
         let (k, i) = Self::split(id);
         if let Some(Some(a)) = self.dense.get(k) {
@@ -238,6 +252,14 @@ impl IdIndex {
                 return Some(s);
             }
         }
+        self.get_sparse(id)
+    }
+
+    /// [`IdIndex::get`] of an id no array holds (a unit of an array handed to the map, or
+    /// none).
+    #[cold]
+    #[inline(never)]
+    fn get_sparse(&self, id: u64) -> Option<u32> {
         if self.sparse.is_empty() {
             return None;
         }
@@ -245,6 +267,7 @@ impl IdIndex {
     }
 
     /// Enter `id` at `slot`; the slot it had, if it was there already.
+    #[inline]
     fn insert(&mut self, id: u64, slot: u32) -> Option<u32> {
         let (k, i) = Self::split(id);
         // A session's insert: a new id into the newest array.
@@ -258,6 +281,15 @@ impl IdIndex {
                 }
             }
         }
+        self.insert_elsewhere(id, slot)
+    }
+
+    /// [`IdIndex::insert`] of an id that starts an array, is there already, or is in an
+    /// older array.
+    #[cold]
+    #[inline(never)]
+    fn insert_elsewhere(&mut self, id: u64, slot: u32) -> Option<u32> {
+        let (k, i) = Self::split(id);
         if self.get(id).is_some() {
             // Not on a session's path (its ids are new): the old entry out first.
             let old = self.remove(id);
@@ -504,6 +536,7 @@ impl AddrIndex {
     }
 
     /// Enter segment `seg` of `unit`, starting at `start` (a start not in the index).
+    #[inline]
     pub(crate) fn insert(&mut self, start: u64, unit: u64, seg: u8) {
         // A JIT's usual insert: past the last entry, into the last run's room and span.
         if let Some(run) = self.runs.last_mut() {
@@ -520,6 +553,8 @@ impl AddrIndex {
 
     /// [`AddrIndex::insert`] of a segment not past the last, or not in the last run's room
     /// or span.
+    #[cold]
+    #[inline(never)]
     fn insert_slow(&mut self, start: u64, unit: u64, seg: u8) {
         // Past the last entry: onto the last run, or a new run when that is full or too far.
         let last = self.runs.len().checked_sub(1);
