@@ -127,6 +127,12 @@ impl FreeList {
         let freed = self.by_size.last().map_or(0, |(len, _)| *len);
         freed.max(self.tail.1 - self.tail.0)
     }
+
+    /// Whether a free range of `len` bytes or more is left: `largest() >= len`, asking the
+    /// B-tree only when the tail is too short (a filling region's usual answer is its tail).
+    fn has_room(&self, len: u64) -> bool {
+        self.tail.1 - self.tail.0 >= len || self.largest() >= len
+    }
 }
 
 #[derive(Debug)]
@@ -190,7 +196,7 @@ impl SlabAllocator {
                 Placement::Within { lo, hi } => lo <= s.start() && s.end() <= hi,
                 Placement::Fixed(_) => false,
             };
-            placed && (0..3).all(|r| sizes[r] == 0 || s.free[r].largest() >= sizes[r] + aligns[r])
+            placed && (0..3).all(|r| sizes[r] == 0 || s.free[r].has_room(sizes[r] + aligns[r]))
         };
         if let Some(i) = self.slabs.iter().position(fits) {
             return Ok(i);
@@ -199,7 +205,7 @@ impl SlabAllocator {
             // Only these slabs: the placement asked for is what would be nice; the fixups say
             // what is out of reach (calls get stubs, GOT loads keep the GOT).
             let room = |s: &Slab| {
-                (0..3).all(|r| sizes[r] == 0 || s.free[r].largest() >= sizes[r] + aligns[r])
+                (0..3).all(|r| sizes[r] == 0 || s.free[r].has_room(sizes[r] + aligns[r]))
             };
             return self.slabs.iter().position(room).ok_or_else(|| {
                 Error::Usage(format!(
