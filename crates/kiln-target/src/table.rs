@@ -227,8 +227,12 @@ struct Slots {
 
 impl Slots {
     fn id(&self, slot: u32) -> u64 {
-        let gen = u64::from(self.entries[slot as usize].gen);
-        self.tag << ID_TAG_SHIFT | SLOT_ID_BIT | u64::from(slot) << GEN_BITS | gen
+        self.id_of(slot, self.entries[slot as usize].gen)
+    }
+
+    /// The id of `slot` in generation `gen`.
+    fn id_of(&self, slot: u32, gen: u16) -> u64 {
+        self.tag << ID_TAG_SHIFT | SLOT_ID_BIT | u64::from(slot) << GEN_BITS | u64::from(gen)
     }
 
     /// The slot of minted id `id`, if its unit is there (a free slot or another generation:
@@ -262,7 +266,8 @@ impl Slots {
                     Error::InvalidRequest("out of allocation ids in this slab's table".into())
                 })?;
             self.entries.push(UnitSlot { gen: 0, ..entry });
-            slot
+            // (A new slot's generation is 0: its id without reading the entry back.)
+            return Ok((slot, self.id_of(slot, 0)));
         };
         Ok((slot, self.id(slot)))
     }
