@@ -1127,12 +1127,13 @@ impl<S> Table<S> {
 
     /// [`Table::begin_slab_unit`] for a unit of one segment (a JIT's function): the same checks
     /// and the same record, with the slab looked up once and only the segment's own region's
-    /// high-water mark raised when it is a dense unit; otherwise the general path.
+    /// high-water mark raised when it is a dense unit; otherwise the general path. Returns the
+    /// unit's id and the slab's payload (its writable view, in process).
     pub(crate) fn begin_one_segment_unit(
         &mut self,
         slab: SlabId,
         seg: &crate::SlabSegment,
-    ) -> Result<u64> {
+    ) -> Result<(u64, &S)> {
         let (s, e) = range(seg.addr.0, seg.size)?;
         let dense = self.slots.dense_place(slab, s, e).filter(|_| s < e);
         let (Some((offset, len)), Ok(i)) = (dense, self.slabs.position(slab.0)) else {
@@ -1156,7 +1157,7 @@ impl<S> Table<S> {
         let mark = &mut self.slabs.0[i].high_water[r];
         *mark = (*mark).max(e);
         self.slots.index.insert(offset, slot);
-        Ok(id)
+        Ok((id, &self.slabs.0[i].payload))
     }
 
     /// [`Table::begin_one_segment_unit`] for a unit that is not dense (or a slab that is not
@@ -1167,10 +1168,12 @@ impl<S> Table<S> {
         &mut self,
         slab: SlabId,
         seg: &crate::SlabSegment,
-    ) -> Result<u64> {
+    ) -> Result<(u64, &S)> {
         let segments = std::slice::from_ref(seg);
         let planned = Plan::slab_segments(segments)?;
-        self.begin_slab_unit(slab, segments, &planned)
+        let id = self.begin_slab_unit(slab, segments, &planned)?;
+        // (Found: `begin_slab_unit` looked the slab up.)
+        Ok((id, self.slab_payload(slab)?))
     }
 
     /// The bytes of new slab unit `id` ([`Table::begin_slab_unit`]) are written and its
@@ -2034,7 +2037,7 @@ mod tests {
                 size,
                 prot,
             };
-            let a = fast.begin_one_segment_unit(slab, &seg);
+            let a = fast.begin_one_segment_unit(slab, &seg).map(|(id, _)| id);
             let b = Plan::slab_segments(&[seg])
                 .and_then(|planned| general.begin_slab_unit(slab, &[seg], &planned));
             match (a, b) {

@@ -296,8 +296,8 @@ impl OwnedMemory {
         let shard = self.slab_shard(slab)?;
         let (id, view) = {
             let mut t = shard.lock()?;
-            let view = t.slab_payload(slab)?.view();
-            (t.begin_one_segment_unit(slab, seg)?, view)
+            let (id, slab) = t.begin_one_segment_unit(slab, seg)?;
+            (id, slab.view())
         };
         let pending = PendingUnit {
             shard,

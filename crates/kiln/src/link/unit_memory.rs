@@ -2,7 +2,7 @@
 //! releases itself if the link fails, so that no error path leaves memory behind in the
 //! executor.
 
-use super::fixup::{apply_fixups, apply_fixups_into, FixupContext};
+use super::fixup::{apply_fixups, apply_fixups_into, apply_segment_fixups, FixupContext};
 use super::layout::{layout_at, layout_with, Layout};
 use crate::error::{Error, Result};
 use crate::graph::LinkGraph;
@@ -125,7 +125,7 @@ impl<'x> UnitMemory<'x> {
             return self.finalize_in_reservation(g, layout, ctx, read_back);
         };
         if let [one] = &layout.segments[..] {
-            return self.finalize_one_segment(id, one, g, layout, ctx, read_back);
+            return self.finalize_one_segment(id, one, g, ctx, read_back);
         }
         self.finalize_segments(id, g, layout, ctx, read_back)
     }
@@ -201,7 +201,6 @@ impl<'x> UnitMemory<'x> {
         id: SlabId,
         seg: &super::layout::SegmentLayout,
         g: &LinkGraph,
-        layout: &Layout,
         ctx: &FixupContext,
         read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
     ) -> Result<(R, AllocId)> {
@@ -214,16 +213,19 @@ impl<'x> UnitMemory<'x> {
         let mut result = None;
         let alloc = self.ex.finalize_slab_unit(id, &[segment], &mut |bufs| {
             let read_back = read_back.take()?;
+            let [buf] = bufs else {
+                return None;
+            };
             // The range may hold a removed unit's bytes: zero fill is written, not assumed.
-            if let Some(tail) = bufs.first_mut()?.get_mut(seg.content_size as usize..) {
+            if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
                 tail.fill(0);
             }
             // (`read_back` runs once: `result` is still `None` here; see `write_and_finalize`.)
-            if let Err(e) = apply_fixups_into(g, layout, ctx, bufs) {
+            if let Err(e) = apply_segment_fixups(g, seg, ctx, buf) {
                 result.get_or_insert(Err(e));
                 return None;
             }
-            let (r, unit) = read_back(&[&*bufs[0]]);
+            let (r, unit) = read_back(&[&**buf]);
             result.get_or_insert(Ok(r));
             Some(unit)
         })?;
@@ -383,7 +385,7 @@ mod tests {
             let (bytes, alloc) = if general {
                 m.finalize_segments(id, &g, &layout, &ctx, read_back)
             } else {
-                m.finalize_one_segment(id, &layout.segments[0], &g, &layout, &ctx, read_back)
+                m.finalize_one_segment(id, &layout.segments[0], &g, &ctx, read_back)
             }
             .unwrap();
             let addr = layout.segments[0].addr;
