@@ -227,8 +227,12 @@ struct Slots {
 
 impl Slots {
     fn id(&self, slot: u32) -> u64 {
-        let gen = u64::from(self.entries[slot as usize].gen);
-        self.tag << ID_TAG_SHIFT | SLOT_ID_BIT | u64::from(slot) << GEN_BITS | gen
+        self.id_of(slot, self.entries[slot as usize].gen)
+    }
+
+    /// The id of `slot` in generation `gen`.
+    fn id_of(&self, slot: u32, gen: u16) -> u64 {
+        self.tag << ID_TAG_SHIFT | SLOT_ID_BIT | u64::from(slot) << GEN_BITS | u64::from(gen)
     }
 
     /// The slot of minted id `id`, if its unit is there (a free slot or another generation:
@@ -262,7 +266,8 @@ impl Slots {
                     Error::InvalidRequest("out of allocation ids in this slab's table".into())
                 })?;
             self.entries.push(UnitSlot { gen: 0, ..entry });
-            slot
+            // (A new slot's generation is 0: its id without reading the entry back.)
+            return Ok((slot, self.id_of(slot, 0)));
         };
         Ok((slot, self.id(slot)))
     }
@@ -1120,6 +1125,57 @@ impl<S> Table<S> {
         Ok(id)
     }
 
+    /// [`Table::begin_slab_unit`] for a unit of one segment (a JIT's function): the same checks
+    /// and the same record, with the slab looked up once and only the segment's own region's
+    /// high-water mark raised when it is a dense unit; otherwise the general path. Returns the
+    /// unit's id and the slab's payload (its writable view, in process).
+    pub(crate) fn begin_one_segment_unit(
+        &mut self,
+        slab: SlabId,
+        seg: &crate::SlabSegment,
+    ) -> Result<(u64, &S)> {
+        let (s, e) = range(seg.addr.0, seg.size)?;
+        let dense = self.slots.dense_place(slab, s, e).filter(|_| s < e);
+        let (Some((offset, len)), Ok(i)) = (dense, self.slabs.position(slab.0)) else {
+            return self.begin_one_segment_unit_generally(slab, seg);
+        };
+        let rec = &self.slabs.0[i];
+        let r = rec.region_of(s, e)?;
+        self.check_slab_segment(slab, r, s, e, seg.prot, rec.high_water[r])?;
+        // (The check made `r` the region of the segment's protection: the flags the general
+        // path computes from it.)
+        let entry = UnitSlot {
+            offset,
+            len,
+            pins: 0,
+            gen: 0,
+            state: SlotState::Writing,
+            flags: (r as u8) << REGION_SHIFT,
+        };
+        let (slot, id) = self.slots.take(entry)?;
+        // Checked: from here on nothing fails. Regions are disjoint: only `r` holds the segment.
+        let mark = &mut self.slabs.0[i].high_water[r];
+        *mark = (*mark).max(e);
+        self.slots.index.insert(offset, slot);
+        Ok((id, &self.slabs.0[i].payload))
+    }
+
+    /// [`Table::begin_one_segment_unit`] for a unit that is not dense (or a slab that is not
+    /// the table's), out of line.
+    #[cold]
+    #[inline(never)]
+    fn begin_one_segment_unit_generally(
+        &mut self,
+        slab: SlabId,
+        seg: &crate::SlabSegment,
+    ) -> Result<(u64, &S)> {
+        let segments = std::slice::from_ref(seg);
+        let planned = Plan::slab_segments(segments)?;
+        let id = self.begin_slab_unit(slab, segments, &planned)?;
+        // (Found: `begin_slab_unit` looked the slab up.)
+        Ok((id, self.slab_payload(slab)?))
+    }
+
     /// The bytes of new slab unit `id` ([`Table::begin_slab_unit`]) are written and its
     /// actions planned (`plan`): its claims end, its registered ranges are recorded, and it is
     /// live with `new`'s initializers and finalizers, or (`!new.live`: it has actions to run)
@@ -1938,6 +1994,80 @@ mod tests {
         };
         t.slab_unit_written(id, &mut Plan::default(), new)?;
         Ok(id)
+    }
+
+    /// A unit of one segment gets from `begin_one_segment_unit` what `begin_slab_unit` gives
+    /// it: the same id or the same error, request after request (dense and not, fresh, over
+    /// units and claims, in the wrong region, across regions, empty, wrapping, in an unknown
+    /// slab, below the high-water mark after a removal), and the tables end up alike.
+    #[test]
+    fn one_segment_units_are_begun_as_any_unit() {
+        let (mut fast, mut general) = (Table::<()>::default(), Table::<()>::default());
+        let s = slab(&mut fast);
+        slab(&mut general);
+        let requests = [
+            (s, 0x100100, 0x40, MemProt::ReadExec),
+            (s, 0x100120, 0x40, MemProt::ReadExec),
+            (s, 0x101000, 0x20, MemProt::ReadExec),
+            (s, 0x101000, 0x20, MemProt::Read),
+            (s, 0x102010, 0x18, MemProt::ReadWrite),
+            (s, 0x100ff0, 0x20, MemProt::ReadExec),
+            (s, 0x100400, 0, MemProt::ReadExec),
+            (s, u64::MAX - 4, 0x10, MemProt::ReadExec),
+            (SlabId(9), 0x100600, 0x10, MemProt::ReadExec),
+            (s, 0x100300, 0x10, MemProt::ReadExec),
+            (s, 0x100500, 0x10, MemProt::ReadExec),
+            (s, 0x100000, 0x100, MemProt::ReadExec),
+        ];
+        for t in [&mut fast, &mut general] {
+            t.claim(s, 0x100500, 0x8).unwrap();
+        }
+        let mut live = Vec::new();
+        for (i, &(slab, addr, size, prot)) in requests.iter().enumerate() {
+            if i == 9 {
+                // Below the mark: a removed unit's bytes are searched, and free.
+                let first = live.remove(0);
+                for t in [&mut fast, &mut general] {
+                    t.begin_dealloc(first).unwrap();
+                    t.finish_dealloc(first);
+                }
+            }
+            let seg = crate::SlabSegment {
+                addr: ExecutorAddr(addr),
+                size,
+                prot,
+            };
+            let a = fast.begin_one_segment_unit(slab, &seg).map(|(id, _)| id);
+            let b = Plan::slab_segments(&[seg])
+                .and_then(|planned| general.begin_slab_unit(slab, &[seg], &planned));
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "request {i}");
+                    fast.slab_unit_live(a).unwrap();
+                    general.slab_unit_live(b).unwrap();
+                    live.push(a);
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "request {i}"),
+                (a, b) => panic!("request {i}: {a:?} and {b:?}"),
+            }
+        }
+        assert_eq!(live.len(), 5, "{live:?}");
+        assert!(
+            fast.dense(live[0]).is_some(),
+            "the fast path's dense units were tested"
+        );
+        assert_eq!(fast.slabs.0[0].high_water, general.slabs.0[0].high_water);
+        for &id in &live {
+            for t in [&mut fast, &mut general] {
+                t.begin_dealloc(id).unwrap();
+                t.finish_dealloc(id);
+            }
+        }
+        for t in [&mut fast, &mut general] {
+            t.unclaim(0x100500, 0x8);
+            t.take_slab(s).unwrap();
+            assert!(t.is_empty());
+        }
     }
 
     /// New slab units in one visit: refused over units, claims and other regions, and over

@@ -63,7 +63,7 @@ impl FreeList {
             }
         }
         let (start, end) = self.tail;
-        let at = start.checked_next_multiple_of(align)?;
+        let at = next_multiple(start, align)?;
         if at.checked_add(size)? > end {
             return None;
         }
@@ -76,7 +76,7 @@ impl FreeList {
 
     fn best_fit(&mut self, size: u64, align: u64) -> Option<u64> {
         let fits = |&(len, start): &(u64, u64)| {
-            let at = start.checked_next_multiple_of(align)?;
+            let at = next_multiple(start, align)?;
             (at.checked_add(size)? <= start + len).then_some((start, len, at))
         };
         // A range of `size + align - 1` bytes or more holds the block wherever it starts; a
@@ -126,6 +126,24 @@ impl FreeList {
     fn largest(&self) -> u64 {
         let freed = self.by_size.last().map_or(0, |(len, _)| *len);
         freed.max(self.tail.1 - self.tail.0)
+    }
+
+    /// Whether a free range of `len` bytes or more is left: `largest() >= len`, asking the
+    /// B-tree only when the tail is too short (a filling region's usual answer is its tail).
+    fn has_room(&self, len: u64) -> bool {
+        self.tail.1 - self.tail.0 >= len || self.largest() >= len
+    }
+}
+
+/// `v` rounded up to a multiple of `align` (`None` on overflow): with a mask for a power of two
+/// (every alignment an object file or a JIT asks for), without the division
+/// `checked_next_multiple_of` makes for any other.
+#[inline(always)]
+fn next_multiple(v: u64, align: u64) -> Option<u64> {
+    if align.is_power_of_two() {
+        Some(v.checked_add(align - 1)? & !(align - 1))
+    } else {
+        v.checked_next_multiple_of(align)
     }
 }
 
@@ -190,7 +208,7 @@ impl SlabAllocator {
                 Placement::Within { lo, hi } => lo <= s.start() && s.end() <= hi,
                 Placement::Fixed(_) => false,
             };
-            placed && (0..3).all(|r| sizes[r] == 0 || s.free[r].largest() >= sizes[r] + aligns[r])
+            placed && (0..3).all(|r| sizes[r] == 0 || s.free[r].has_room(sizes[r] + aligns[r]))
         };
         if let Some(i) = self.slabs.iter().position(fits) {
             return Ok(i);
@@ -199,7 +217,7 @@ impl SlabAllocator {
             // Only these slabs: the placement asked for is what would be nice; the fixups say
             // what is out of reach (calls get stubs, GOT loads keep the GOT).
             let room = |s: &Slab| {
-                (0..3).all(|r| sizes[r] == 0 || s.free[r].largest() >= sizes[r] + aligns[r])
+                (0..3).all(|r| sizes[r] == 0 || s.free[r].has_room(sizes[r] + aligns[r]))
             };
             return self.slabs.iter().position(room).ok_or_else(|| {
                 Error::Usage(format!(
@@ -414,6 +432,32 @@ mod tests {
         f.free(0x1050, 0xa0);
         f.free(c, 0x10);
         assert!(f.ranges.is_empty() && f.tail == (0x1000, 0x2000));
+    }
+
+    /// The mask's rounding is `checked_next_multiple_of`'s, overflow included.
+    #[test]
+    fn next_multiple_rounds_as_the_division_does() {
+        let values = [
+            0,
+            1,
+            15,
+            16,
+            17,
+            0x1000,
+            0x1001,
+            u64::MAX - 16,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for v in values {
+            for align in [1, 2, 16, 64, 4096, 1 << 63, 3, 24, 1000] {
+                assert_eq!(
+                    next_multiple(v, align),
+                    v.checked_next_multiple_of(align),
+                    "{v:#x} {align}"
+                );
+            }
+        }
     }
 
     #[test]

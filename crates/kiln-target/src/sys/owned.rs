@@ -228,6 +228,9 @@ impl OwnedMemory {
         segments: &[SlabSegment],
         fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
     ) -> Result<Option<AllocId>> {
+        if let [one] = segments {
+            return self.finalize_one_segment_unit(slab, one, fill);
+        }
         let planned = Plan::slab_segments(segments)?;
         let shard = self.slab_shard(slab)?;
         let (id, view) = {
@@ -235,7 +238,7 @@ impl OwnedMemory {
             let view = t.slab_payload(slab)?.view();
             (t.begin_slab_unit(slab, segments, &planned)?, view)
         };
-        let mut pending = PendingUnit {
+        let pending = PendingUnit {
             shard,
             id,
             claimed: true,
@@ -269,20 +272,69 @@ impl OwnedMemory {
         let Some(unit) = unit else {
             return Ok(None);
         };
-        if unit.actions.is_empty() && unit.initializers.is_empty() && unit.deinitializers.is_empty()
-        {
+        if runs_nothing(&unit) {
             // A JIT's typical unit: nothing to check, register or run, so no plan beyond its
             // segments (checked by `begin_slab_unit`).
             for s in segments {
                 mem::flush_icache(s.addr, s.size);
             }
-            shard.lock()?.slab_unit_live(id)?;
-            std::mem::forget(pending);
-            forget_if_unallocated(unit.actions);
-            forget_if_unallocated(unit.initializers);
-            forget_if_unallocated(unit.deinitializers);
-            return Ok(Some(AllocId(id)));
+            return make_live(pending, unit);
         }
+        self.finish_slab_unit(pending, segments, planned, unit)
+    }
+
+    /// [`OwnedMemory::finalize_slab_unit`] for a unit of one segment (a JIT's function): the
+    /// same steps, with the segment checked and recorded by
+    /// [`Table::begin_one_segment_unit`] (no plan made first: a unit with actions makes it
+    /// after its writer ran) and one writable slice.
+    fn finalize_one_segment_unit(
+        &self,
+        slab: SlabId,
+        seg: &SlabSegment,
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> Option<UnitActions>,
+    ) -> Result<Option<AllocId>> {
+        let shard = self.slab_shard(slab)?;
+        let (id, view) = {
+            let mut t = shard.lock()?;
+            let (id, slab) = t.begin_one_segment_unit(slab, seg)?;
+            (id, slab.view())
+        };
+        let pending = PendingUnit {
+            shard,
+            id,
+            claimed: true,
+        };
+        // SAFETY: the segment is claimed for this call (inside one region of our live slab,
+        // over no allocation's bytes and no other claim; a dense unit's claim is its `Writing`
+        // state, which every other call's check sees as one) until `slab_unit_live`,
+        // `slab_unit_written` or `pending`'s abort, all after `fill` returns and the slice
+        // (moved into the array `fill` gets) is gone; the slab is not unmapped while an
+        // allocation lies in it.
+        let slice = unsafe { view.slice_mut(seg.addr.0, seg.size)? };
+        let Some(unit) = fill(&mut [slice]) else {
+            return Ok(None);
+        };
+        if runs_nothing(&unit) {
+            mem::flush_icache(seg.addr, seg.size);
+            return make_live(pending, unit);
+        }
+        let segments = std::slice::from_ref(seg);
+        let planned = Plan::slab_segments(segments)?;
+        self.finish_slab_unit(pending, segments, planned, unit)
+    }
+
+    /// The rest of [`OwnedMemory::finalize_slab_unit`] for a unit whose writer asked for
+    /// actions, initializers or deinitializers: they are checked, the unit's claims end, and
+    /// its actions run. (Out of line: a JIT's function has none.)
+    #[inline(never)]
+    fn finish_slab_unit(
+        &self,
+        mut pending: PendingUnit<'_>,
+        segments: &[SlabSegment],
+        planned: PlannedSegments,
+        unit: UnitActions,
+    ) -> Result<Option<AllocId>> {
+        let (shard, id) = (pending.shard, pending.id);
         let mut plan = Plan {
             segments: planned,
             ..Plan::default()
@@ -884,6 +936,26 @@ impl OwnedMemory {
         }
         Ok(())
     }
+}
+
+/// Whether a slab unit's writer asked for nothing to run, check or register (a JIT's typical
+/// unit).
+#[inline(always)]
+fn runs_nothing(unit: &UnitActions) -> bool {
+    unit.actions.is_empty() && unit.initializers.is_empty() && unit.deinitializers.is_empty()
+}
+
+/// A slab unit that [`runs_nothing`], written: live now (one short visit to its table). Its
+/// empty action lists end here.
+#[inline(always)]
+fn make_live(pending: PendingUnit<'_>, unit: UnitActions) -> Result<Option<AllocId>> {
+    let (shard, id) = (pending.shard, pending.id);
+    shard.lock()?.slab_unit_live(id)?;
+    std::mem::forget(pending);
+    forget_if_unallocated(unit.actions);
+    forget_if_unallocated(unit.initializers);
+    forget_if_unallocated(unit.deinitializers);
+    Ok(Some(AllocId(id)))
 }
 
 /// Drop `v`, without the call into its element type's drop glue when it never allocated (then

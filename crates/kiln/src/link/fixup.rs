@@ -1,6 +1,6 @@
 //! Fixups: every live edge applied in working memory, through the architecture.
 
-use super::layout::Layout;
+use super::layout::{Layout, SegmentLayout};
 use crate::arch::{EdgeInfo, FixupError, FixupValues, Reach, TargetValue};
 use crate::error::{Error, FixupFailure, Result};
 use crate::graph::*;
@@ -34,19 +34,31 @@ pub fn apply_fixups_into(
     bufs: &mut [&mut [u8]],
 ) -> Result<()> {
     for (seg, buf) in layout.segments.iter().zip(bufs.iter_mut()) {
-        if (buf.len() as u64) < seg.content_size {
-            return Err(Error::Internal(
-                "working memory smaller than its segment".into(),
-            ));
+        apply_segment_fixups(g, seg, ctx, buf)?;
+    }
+    Ok(())
+}
+
+/// Apply every edge of segment `seg`'s blocks into `buf` (at least `content_size` long; what
+/// lies beyond is left alone): [`apply_fixups_into`] for one segment.
+pub fn apply_segment_fixups(
+    g: &LinkGraph,
+    seg: &SegmentLayout,
+    ctx: &FixupContext,
+    buf: &mut [u8],
+) -> Result<()> {
+    if (buf.len() as u64) < seg.content_size {
+        return Err(Error::Internal(
+            "working memory smaller than its segment".into(),
+        ));
+    }
+    for &b in &seg.blocks {
+        let blk = &g.blocks[b.idx()];
+        if blk.is_zero_fill() {
+            continue;
         }
-        for &b in &seg.blocks {
-            let blk = &g.blocks[b.idx()];
-            if blk.is_zero_fill() {
-                continue;
-            }
-            let start = (blk.addr - seg.addr) as usize;
-            fixup_block(g, b, &mut buf[start..], ctx)?;
-        }
+        let start = (blk.addr - seg.addr) as usize;
+        fixup_block(g, b, &mut buf[start..], ctx)?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! releases itself if the link fails, so that no error path leaves memory behind in the
 //! executor.
 
-use super::fixup::{apply_fixups, apply_fixups_into, FixupContext};
+use super::fixup::{apply_fixups, apply_fixups_into, apply_segment_fixups, FixupContext};
 use super::layout::{layout_at, layout_with, Layout};
 use crate::error::{Error, Result};
 use crate::graph::LinkGraph;
@@ -124,6 +124,21 @@ impl<'x> UnitMemory<'x> {
         let Place::Slab { id, .. } = self.place else {
             return self.finalize_in_reservation(g, layout, ctx, read_back);
         };
+        if let [one] = &layout.segments[..] {
+            return self.finalize_one_segment(id, one, g, ctx, read_back);
+        }
+        self.finalize_segments(id, g, layout, ctx, read_back)
+    }
+
+    /// [`UnitMemory::write_and_finalize`] for a slab unit of any number of segments.
+    fn finalize_segments<R>(
+        &self,
+        id: SlabId,
+        g: &LinkGraph,
+        layout: &Layout,
+        ctx: &FixupContext,
+        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+    ) -> Result<(R, AllocId)> {
         // A slab unit has a segment per protection class at most (one per slab region): fixed
         // arrays, not vectors, carry its segments.
         let n = layout.segments.len();
@@ -169,6 +184,51 @@ impl<'x> UnitMemory<'x> {
                 result.get_or_insert(Ok(r));
                 Some(unit)
             })?;
+        let result = result.ok_or_else(|| {
+            Error::Internal("the executor did not provide the unit's slab memory".into())
+        })??;
+        let alloc = alloc.ok_or_else(|| {
+            Error::Internal("the executor did not finalize the unit it wrote".into())
+        })?;
+        Ok((result, alloc))
+    }
+
+    /// [`UnitMemory::write_and_finalize`] for a slab unit of one segment (`seg`, the layout's
+    /// only one; a JIT's function): the same steps, with one segment and one slice instead of
+    /// arrays of up to three.
+    fn finalize_one_segment<R>(
+        &self,
+        id: SlabId,
+        seg: &super::layout::SegmentLayout,
+        g: &LinkGraph,
+        ctx: &FixupContext,
+        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+    ) -> Result<(R, AllocId)> {
+        let segment = SlabSegment {
+            addr: ExecutorAddr(seg.addr),
+            size: seg.content_size + seg.zero_size,
+            prot: seg.prot,
+        };
+        let mut read_back = Some(read_back);
+        let mut result = None;
+        let alloc = self.ex.finalize_slab_unit(id, &[segment], &mut |bufs| {
+            let read_back = read_back.take()?;
+            let [buf] = bufs else {
+                return None;
+            };
+            // The range may hold a removed unit's bytes: zero fill is written, not assumed.
+            if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
+                tail.fill(0);
+            }
+            // (`read_back` runs once: `result` is still `None` here; see `write_and_finalize`.)
+            if let Err(e) = apply_segment_fixups(g, seg, ctx, buf) {
+                result.get_or_insert(Err(e));
+                return None;
+            }
+            let (r, unit) = read_back(&[&**buf]);
+            result.get_or_insert(Ok(r));
+            Some(unit)
+        })?;
         let result = result.ok_or_else(|| {
             Error::Internal("the executor did not provide the unit's slab memory".into())
         })??;
@@ -233,5 +293,115 @@ impl Drop for UnitMemory<'_> {
             }
             Place::Slab { memory, ranges, .. } => memory.free(self.ex, ranges),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::EdgeKind as X86;
+    use crate::graph::{Content, Edge, Section, SectionKind, Symbol, SymbolDef, Visibility};
+    use crate::memory::SlabMemory;
+    use kiln_target::InProcessExecutor;
+
+    /// A graph of one live code block of 37 bytes with two edges: a 64-bit pointer to a host
+    /// address and a call to its own start (bytes that do not depend on where it lies).
+    fn one_function() -> LinkGraph<'static> {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let mut g = LinkGraph::new(arch);
+        let input = g.add_input("t", true);
+        let section = g.add_section(Section {
+            name: b".text",
+            prot: MemProt::ReadExec,
+            kind: SectionKind::Regular,
+            input,
+            retain: false,
+            elf_index: 0,
+        });
+        let b = g.add_block(
+            section,
+            Content::Bytes([0x90u8; 37][..].to_vec().into()),
+            16,
+        );
+        let symbol = |name: &'static [u8], def| Symbol {
+            name,
+            def,
+            size: 0,
+            weak: false,
+            visibility: Visibility::Default,
+            callable: true,
+            tls: false,
+            input,
+            only_weak_refs: false,
+            ifunc: false,
+        };
+        let host = g.add_symbol(symbol(b"host", SymbolDef::Absolute(0x1234_5678_9abc)));
+        let own = g.add_symbol(symbol(
+            b"f",
+            SymbolDef::Defined {
+                block: b,
+                offset: 0,
+            },
+        ));
+        let blk = &mut g.blocks[b.idx()];
+        blk.live = true;
+        blk.edges.push(Edge {
+            offset: 2,
+            kind: X86::Pointer64.into(),
+            target: host,
+            addend: 8,
+        });
+        blk.edges.push(Edge {
+            offset: 20,
+            kind: X86::BranchPCRel32.into(),
+            target: own,
+            addend: -4,
+        });
+        g
+    }
+
+    /// A one-segment unit is written and finalized by its own path as by the general one: the
+    /// same bytes seen by `read_back` and left in memory, both units live.
+    #[test]
+    fn one_segment_is_written_and_finalized_as_any_unit() {
+        let ex = InProcessExecutor::new();
+        let memory = SlabMemory::new();
+        let ctx = FixupContext {
+            got_base: 0,
+            tls_module: 0,
+            tp_offset: None,
+        };
+        let mut seen = Vec::new();
+        for general in [false, true] {
+            let mut g = one_function();
+            let sizes = [0x100, 0, 0];
+            let (placement, aligns) = (Placement::Anywhere, [16, 1, 1]);
+            let mut m = UnitMemory::in_slab(&ex, &memory, placement, sizes, aligns).unwrap();
+            let layout = m.layout(&mut g, 4096).unwrap();
+            let Place::Slab { id, .. } = m.place else {
+                panic!("a slab unit");
+            };
+            let read_back = |work: &[&[u8]]| (work.concat(), UnitActions::default());
+            let (bytes, alloc) = if general {
+                m.finalize_segments(id, &g, &layout, &ctx, read_back)
+            } else {
+                m.finalize_one_segment(id, &layout.segments[0], &g, &ctx, read_back)
+            }
+            .unwrap();
+            let addr = layout.segments[0].addr;
+            assert_eq!(bytes.len(), 37);
+            assert_eq!(bytes[2..10], (0x1234_5678_9abcu64 + 8).to_le_bytes());
+            assert_eq!(
+                bytes[20..24],
+                (-24i32).to_le_bytes(),
+                "a call to its own start"
+            );
+            assert_eq!(ex.read_memory(ExecutorAddr(addr), 37).unwrap(), bytes);
+            seen.push(bytes);
+            m.keep();
+            ex.deallocate(alloc).unwrap();
+        }
+        assert_eq!(seen[0], seen[1]);
+        memory.release_all(&ex);
     }
 }
