@@ -71,6 +71,7 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         keep_alive: Vec::new(),
         section_kinds: 0,
         has_commons: false,
+        indexed: false,
     }
 }
 
@@ -78,7 +79,11 @@ impl Drop for LinkGraph<'_> {
     /// The graph's tables, emptied, become the thread's spare ones (if they are small).
     fn drop(&mut self) {
         let mut globals = std::mem::take(&mut self.globals);
-        globals.clear();
+        // (Clearing an empty table still rewrites its control bytes: a small graph never
+        // filled it.)
+        if !globals.is_empty() {
+            globals.clear();
+        }
         self.keep_edge_lists();
         let spare = Spare {
             inputs: keep(&mut self.inputs),
