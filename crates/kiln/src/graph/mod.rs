@@ -59,9 +59,8 @@ pub(crate) const SCAN_AT_MOST: usize = 8;
 pub(crate) struct GlobalIds<'g, 'a> {
     indexed: bool,
     table: hashbrown::hash_table::Iter<'g, SymbolId>,
-    symbols: &'g [Symbol<'a>],
     /// The symbols not yet looked at (when not indexed).
-    scan: std::ops::Range<usize>,
+    scan: std::iter::Enumerate<std::slice::Iter<'g, Symbol<'a>>>,
 }
 
 impl Iterator for GlobalIds<'_, '_> {
@@ -73,8 +72,8 @@ impl Iterator for GlobalIds<'_, '_> {
             return self.table.next().copied();
         }
         self.scan
-            .find(|i| self.symbols[*i].visibility != Visibility::Local)
-            .map(|i| SymbolId(i as u32))
+            .find(|(_, s)| s.visibility != Visibility::Local)
+            .map(|(i, _)| SymbolId(i as u32))
     }
 }
 
@@ -266,6 +265,9 @@ pub(crate) struct LinkGraph<'a> {
     /// visibility is not `Local` (every global is made by `global_ref`, every other symbol is
     /// local), and there are at most [`SCAN_AT_MOST`] symbols.
     pub indexed: bool,
+    /// Empty edge lists the thread's last small graph left, for this graph's blocks
+    /// ([`LinkGraph::edge_list`]; `spare`).
+    pub spare_edge_lists: Vec<Vec<Edge>>,
     /// COMDAT group signatures seen: the first group of each wins.
     pub comdats: FxHashMap<&'a [u8], InputId>,
     /// Strong definitions that clashed: (symbol, first definer, second definer).
@@ -364,8 +366,7 @@ impl<'a> LinkGraph<'a> {
         GlobalIds {
             indexed: self.indexed,
             table: self.globals.iter(),
-            symbols: &self.symbols,
-            scan: 0..self.symbols.len(),
+            scan: self.symbols.iter().enumerate(),
         }
     }
 
@@ -388,16 +389,11 @@ impl<'a> LinkGraph<'a> {
 
     /// An empty list for a block's edges, with room for `capacity`: in a small graph, one the
     /// thread's last small graph left when there is one (a JIT linking one function after
-    /// another then allocates and frees no edge list per block). A large graph's blocks do not
-    /// look (the spare lists are few, and its own are not kept).
+    /// another then allocates and frees no edge list per block). (A large graph's blocks take
+    /// the few there are, and keep their own: they are freed with it.)
     #[inline]
     pub(crate) fn edge_list(&mut self, capacity: usize) -> Vec<Edge> {
-        let spare = if self.blocks.capacity() <= spare::KEEP_AT_MOST {
-            spare::edge_list()
-        } else {
-            None
-        };
-        match spare {
+        match self.spare_edge_lists.pop() {
             Some(mut list) => {
                 list.reserve(capacity);
                 list
@@ -485,6 +481,7 @@ impl<'a> LinkGraph<'a> {
     }
 
     /// The global symbol `name`, created undefined if it does not exist yet.
+    #[inline]
     pub(crate) fn global_ref(
         &mut self,
         name: &'a [u8],
@@ -503,6 +500,13 @@ impl<'a> LinkGraph<'a> {
             }
             self.index_globals(1);
         }
+        self.hashed_global_ref(name, input, weak_ref)
+    }
+
+    /// [`LinkGraph::global_ref`] in an indexed graph (out of line: a small graph's
+    /// references, the usual JIT's, then cost no more than their scan).
+    #[inline(never)]
+    fn hashed_global_ref(&mut self, name: &'a [u8], input: InputId, weak_ref: bool) -> SymbolId {
         let hash = name_hash(name);
         let symbols = &self.symbols;
         // One probe finds the name or the slot it goes into (a new name is the usual case: a

@@ -53,8 +53,9 @@ fn define_hidden<'a>(
 
 /// Whether an undefined name is one the linker may define: its own symbols and the Rust
 /// allocator shim all start with `_`; glibc's libc_nonshared functions do not.
+#[inline]
 fn may_need_glue(g: &LinkGraph, name: &[u8], id: SymbolId) -> bool {
-    g.symbols[id.idx()].def == SymbolDef::Undefined
+    matches!(g.symbols[id.idx()].def, SymbolDef::Undefined)
         && (name.starts_with(b"_")
             || matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork"))
 }
@@ -76,6 +77,7 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 /// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT.
 ///
 /// Names the linker makes up live in `names`, which lives as long as the graph.
+#[inline]
 pub fn synthesize_runtime<'a>(
     g: &mut LinkGraph<'a>,
     input: InputId,
@@ -93,6 +95,19 @@ pub fn synthesize_runtime<'a>(
             got: None,
         };
     }
+    synthesize(g, input, outside, names)
+}
+
+/// [`synthesize_runtime`] when some name may need the linker (out of line: the check above is
+/// all a JIT's function runs).
+#[inline(never)]
+fn synthesize<'a>(
+    g: &mut LinkGraph<'a>,
+    input: InputId,
+    outside: &Outside,
+    names: &'a bumpalo::Bump,
+) -> Runtime {
+    let eager = outside.all_linker_symbols;
     let templates = g.arch.templates();
     let tail_calls: [(&'static [u8], &'static [u8], &Template); 3] = [
         (b"atexit", b"__cxa_atexit", &templates.atexit),
