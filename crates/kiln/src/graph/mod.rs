@@ -47,6 +47,36 @@ fn name_hash(name: &[u8]) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(name)
 }
 
+/// A graph of at most this many symbols finds its globals by comparing names, one symbol after
+/// another, rather than through a hash table: a JIT's one-function graph (the function, the
+/// two or three names it reaches) then hashes no name and fills and clears no table. (Eight
+/// short comparisons cost about what hashing a name and one probe do.)
+pub(crate) const SCAN_AT_MOST: usize = 8;
+
+/// [`LinkGraph::global_ids`]: the table's entries, or (a graph not indexed) the symbols that
+/// are not local. (One loop over whichever it is: a chain of two iterators cost a small
+/// graph's passes a dozen instructions a global.)
+pub(crate) struct GlobalIds<'g, 'a> {
+    indexed: bool,
+    table: hashbrown::hash_table::Iter<'g, SymbolId>,
+    /// The symbols not yet looked at (when not indexed).
+    scan: std::iter::Enumerate<std::slice::Iter<'g, Symbol<'a>>>,
+}
+
+impl Iterator for GlobalIds<'_, '_> {
+    type Item = SymbolId;
+
+    #[inline]
+    fn next(&mut self) -> Option<SymbolId> {
+        if self.indexed {
+            return self.table.next().copied();
+        }
+        self.scan
+            .find(|(_, s)| s.visibility != Visibility::Local)
+            .map(|(i, _)| SymbolId(i as u32))
+    }
+}
+
 /// No init/fini priority given: runs after all prioritised ones.
 pub(crate) const NO_PRIORITY: u32 = 65536;
 
@@ -226,9 +256,18 @@ pub(crate) struct LinkGraph<'a> {
     pub blocks: Vec<Block<'a>>,
     pub symbols: Vec<Symbol<'a>>,
     /// The global symbols, hashed by name (their names are in `symbols`: the table borrows
-    /// nothing, so that it can be kept for the thread's next link, see `spare`). Looked up with
-    /// [`LinkGraph::global`], listed with [`LinkGraph::global_ids`].
+    /// nothing, so that it can be kept for the thread's next link, see `spare`), once the
+    /// graph has more than [`SCAN_AT_MOST`] symbols (`indexed`); until then empty, and a global
+    /// is found by a scan of the few symbols. Looked up with [`LinkGraph::global`], listed with
+    /// [`LinkGraph::global_ids`].
     pub globals: hashbrown::HashTable<SymbolId>,
+    /// `globals` holds every global symbol. Without it, the globals are the symbols whose
+    /// visibility is not `Local` (every global is made by `global_ref`, every other symbol is
+    /// local), and there are at most [`SCAN_AT_MOST`] symbols.
+    pub indexed: bool,
+    /// Empty edge lists the thread's last small graph left, for this graph's blocks
+    /// ([`LinkGraph::edge_list`]; `spare`).
+    pub spare_edge_lists: Vec<Vec<Edge>>,
     /// COMDAT group signatures seen: the first group of each wins.
     pub comdats: FxHashMap<&'a [u8], InputId>,
     /// Strong definitions that clashed: (symbol, first definer, second definer).
@@ -269,10 +308,38 @@ impl<'a> LinkGraph<'a> {
         g.sections.reserve(sections);
         g.blocks.reserve(blocks);
         g.symbols.reserve(symbols);
-        let names = &g.symbols;
-        g.globals
-            .reserve(symbols, |id| name_hash(names[id.idx()].name));
+        if symbols > SCAN_AT_MOST {
+            g.index_globals(symbols);
+        }
         g
+    }
+
+    /// Hash every global into `globals` (with room for `more` more), from now on the way
+    /// globals are found.
+    #[cold]
+    #[inline(never)]
+    fn index_globals(&mut self, more: usize) {
+        let names = &self.symbols;
+        self.globals
+            .reserve(more, |id| name_hash(names[id.idx()].name));
+        for (i, s) in self.symbols.iter().enumerate() {
+            if s.visibility != Visibility::Local {
+                self.globals
+                    .insert_unique(name_hash(s.name), SymbolId(i as u32), |id| {
+                        name_hash(names[id.idx()].name)
+                    });
+            }
+        }
+        self.indexed = true;
+    }
+
+    /// In a graph not yet indexed: the global `name`, by a scan of the symbols.
+    #[inline]
+    fn scan_global(&self, name: &[u8]) -> Option<SymbolId> {
+        self.symbols
+            .iter()
+            .position(|s| s.visibility != Visibility::Local && s.name == name)
+            .map(|i| SymbolId(i as u32))
     }
 
     /// Whether a section of one of the kinds in `bits` ([`SectionKind::bit`]) may exist (a pass
@@ -284,6 +351,9 @@ impl<'a> LinkGraph<'a> {
 
     /// The global symbol `name`, if the graph has one (defined or not).
     pub(crate) fn global(&self, name: &[u8]) -> Option<SymbolId> {
+        if !self.indexed {
+            return self.scan_global(name);
+        }
         let symbols = &self.symbols;
         self.globals
             .find(name_hash(name), |id| symbols[id.idx()].name == name)
@@ -291,8 +361,22 @@ impl<'a> LinkGraph<'a> {
     }
 
     /// The global symbols, in no particular order.
-    pub(crate) fn global_ids(&self) -> impl Iterator<Item = SymbolId> + '_ {
-        self.globals.iter().copied()
+    #[inline]
+    pub(crate) fn global_ids(&self) -> GlobalIds<'_, 'a> {
+        GlobalIds {
+            indexed: self.indexed,
+            table: self.globals.iter(),
+            scan: self.symbols.iter().enumerate(),
+        }
+    }
+
+    /// At least as many as there are global symbols (exactly as many, once indexed).
+    pub(crate) fn globals_at_most(&self) -> usize {
+        if self.indexed {
+            self.globals.len()
+        } else {
+            self.symbols.len()
+        }
     }
 
     /// The table row of an edge kind (every edge of a graph has one: graphs are built with
@@ -305,16 +389,11 @@ impl<'a> LinkGraph<'a> {
 
     /// An empty list for a block's edges, with room for `capacity`: in a small graph, one the
     /// thread's last small graph left when there is one (a JIT linking one function after
-    /// another then allocates and frees no edge list per block). A large graph's blocks do not
-    /// look (the spare lists are few, and its own are not kept).
+    /// another then allocates and frees no edge list per block). (A large graph's blocks take
+    /// the few there are, and keep their own: they are freed with it.)
     #[inline]
     pub(crate) fn edge_list(&mut self, capacity: usize) -> Vec<Edge> {
-        let spare = if self.blocks.capacity() <= spare::KEEP_AT_MOST {
-            spare::edge_list()
-        } else {
-            None
-        };
-        match spare {
+        match self.spare_edge_lists.pop() {
             Some(mut list) => {
                 list.reserve(capacity);
                 list
@@ -365,6 +444,9 @@ impl<'a> LinkGraph<'a> {
     pub(crate) fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
         self.has_commons |= matches!(s.def, SymbolDef::Common { .. });
         self.symbols.push(s);
+        if !self.indexed && self.symbols.len() > SCAN_AT_MOST {
+            self.index_globals(0);
+        }
         SymbolId(self.symbols.len() as u32 - 1)
     }
 
@@ -399,12 +481,32 @@ impl<'a> LinkGraph<'a> {
     }
 
     /// The global symbol `name`, created undefined if it does not exist yet.
+    #[inline]
     pub(crate) fn global_ref(
         &mut self,
         name: &'a [u8],
         input: InputId,
         weak_ref: bool,
     ) -> SymbolId {
+        if !self.indexed {
+            if let Some(id) = self.scan_global(name) {
+                if !weak_ref {
+                    self.symbols[id.idx()].only_weak_refs = false;
+                }
+                return id;
+            }
+            if self.symbols.len() < SCAN_AT_MOST {
+                return self.add_global(name, input, weak_ref);
+            }
+            self.index_globals(1);
+        }
+        self.hashed_global_ref(name, input, weak_ref)
+    }
+
+    /// [`LinkGraph::global_ref`] in an indexed graph (out of line: a small graph's
+    /// references, the usual JIT's, then cost no more than their scan).
+    #[inline(never)]
+    fn hashed_global_ref(&mut self, name: &'a [u8], input: InputId, weak_ref: bool) -> SymbolId {
         let hash = name_hash(name);
         let symbols = &self.symbols;
         // One probe finds the name or the slot it goes into (a new name is the usual case: a
@@ -424,8 +526,12 @@ impl<'a> LinkGraph<'a> {
             }
             hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
         };
-        let id = SymbolId(self.symbols.len() as u32);
-        vacant.insert(id);
+        vacant.insert(SymbolId(self.symbols.len() as u32));
+        self.add_global(name, input, weak_ref)
+    }
+
+    /// A new undefined global `name` (in `globals` already, if the graph is indexed).
+    fn add_global(&mut self, name: &'a [u8], input: InputId, weak_ref: bool) -> SymbolId {
         self.add_symbol(Symbol {
             name,
             def: SymbolDef::Undefined,
@@ -437,8 +543,7 @@ impl<'a> LinkGraph<'a> {
             input,
             only_weak_refs: weak_ref,
             ifunc: false,
-        });
-        id
+        })
     }
 
     /// Define global `name` (strong or weak), following ld's rules: a strong definition beats a
@@ -528,6 +633,86 @@ impl<'a> LinkGraph<'a> {
             }
         } else {
             String::from_utf8_lossy(s.name).into_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same calls on a graph that finds its globals by scanning (few symbols, until it
+    /// grows past [`SCAN_AT_MOST`]) and on one indexed from the start give the same symbols,
+    /// the same answers to `global` and the same globals listed.
+    #[test]
+    fn scanned_globals_agree_with_the_table() {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let names: Vec<Vec<u8>> = (0..7).map(|i| format!("n{i}").into_bytes()).collect();
+        for steps in 0..24 {
+            let mut scan = LinkGraph::with_capacity(arch, 1, 1, 2);
+            let mut table = LinkGraph::with_capacity(arch, 1, 1, SCAN_AT_MOST + 1);
+            assert!(!scan.indexed && table.indexed);
+            for g in [&mut scan, &mut table] {
+                let input = g.add_input("a", true);
+                let section = g.add_section(Section {
+                    name: b".text",
+                    prot: MemProt::ReadExec,
+                    kind: SectionKind::Regular,
+                    input,
+                    retain: false,
+                    elf_index: 0,
+                });
+                let block = g.add_block(section, Content::Zero(8), 8);
+                for step in 0..steps {
+                    let name = &names[(step * 5) % names.len()];
+                    match step % 4 {
+                        0 => {
+                            g.global_ref(name, input, step % 3 == 0);
+                        }
+                        1 => {
+                            g.define_global(
+                                name,
+                                SymbolDef::Defined { block, offset: 0 },
+                                8,
+                                step % 3 == 0,
+                                Visibility::Default,
+                                true,
+                                false,
+                                input,
+                            );
+                        }
+                        // A local of the same name as a global: never found as one.
+                        2 => {
+                            let id = g.add_anon(block, 0, input);
+                            g.symbols[id.idx()].name = name;
+                        }
+                        _ => {
+                            g.add_local(SymbolDef::Absolute(0), input);
+                        }
+                    }
+                }
+            }
+            assert_eq!(scan.indexed, scan.symbols.len() > SCAN_AT_MOST);
+            assert_eq!(scan.symbols.len(), table.symbols.len());
+            for (a, b) in scan.symbols.iter().zip(&table.symbols) {
+                assert_eq!(
+                    (a.name, a.def, a.weak, a.only_weak_refs, a.visibility),
+                    (b.name, b.def, b.weak, b.only_weak_refs, b.visibility)
+                );
+            }
+            for name in names
+                .iter()
+                .map(|n| n.as_slice())
+                .chain([b"none".as_slice()])
+            {
+                assert_eq!(scan.global(name), table.global(name));
+            }
+            let mut listed: Vec<_> = scan.global_ids().collect();
+            let mut indexed: Vec<_> = table.global_ids().collect();
+            listed.sort();
+            indexed.sort();
+            assert_eq!(listed, indexed);
+            assert!(scan.globals_at_most() >= listed.len());
         }
     }
 }

@@ -8,56 +8,41 @@
 //! into one, keeping its allocation, and a `'static` vector is an `'a` one as it is.
 
 use super::*;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 /// Tables with room for more elements than this are freed with their graph rather than kept:
 /// a thread that linked a large program once should not hold its tables for good.
 pub(super) const KEEP_AT_MOST: usize = 256;
 
+#[derive(Default)]
 struct Spare {
     inputs: Vec<InputInfo<'static>>,
     sections: Vec<Section<'static>>,
     blocks: Vec<Block<'static>>,
     symbols: Vec<Symbol<'static>>,
     globals: hashbrown::HashTable<SymbolId>,
-}
-
-impl Spare {
-    const EMPTY: Spare = Spare {
-        inputs: Vec::new(),
-        sections: Vec::new(),
-        blocks: Vec::new(),
-        symbols: Vec::new(),
-        globals: hashbrown::HashTable::new(),
-    };
+    /// Blocks' edge lists, emptied: a graph takes one per block while it is built
+    /// ([`LinkGraph::edge_list`]).
+    edge_lists: Vec<Vec<Edge>>,
 }
 
 thread_local! {
-    static SPARE: Cell<Spare> = const { Cell::new(Spare::EMPTY) };
-    /// Blocks' edge lists, emptied (apart from [`SPARE`]: a graph takes one per block, while
-    /// it is built, not all at once).
-    static EDGE_LISTS: RefCell<Vec<Vec<Edge>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// An empty edge list a small graph of this thread left, if there is one.
-pub(super) fn edge_list() -> Option<Vec<Edge>> {
-    EDGE_LISTS
-        .try_with(|lists| lists.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
+    /// (An `Option`: the graph that takes the spare leaves `None`, whose drop when the next
+    /// spare is put back is one test.)
+    static SPARE: Cell<Option<Spare>> = const { Cell::new(None) };
 }
 
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
 /// while another is alive, or on a new thread, starts with none).
 #[inline]
 pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
-    // (A match, not `unwrap_or`: an unused empty spare would still be dropped, 40
-    // instructions a link.)
-    let spare = match SPARE.try_with(|s| s.replace(Spare::EMPTY)) {
-        Ok(spare) => spare,
-        // The thread is exiting: no spare tables.
-        Err(_) => Spare::EMPTY,
-    };
+    // (A thread that is exiting has no spare tables. Every field is moved out: nothing of the
+    // spare is left to drop.)
+    let spare = SPARE
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     LinkGraph {
         arch,
         // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).
@@ -66,11 +51,13 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         blocks: spare.blocks,
         symbols: spare.symbols,
         globals: spare.globals,
+        spare_edge_lists: spare.edge_lists,
         comdats: FxHashMap::default(),
         duplicates: Vec::new(),
         keep_alive: Vec::new(),
         section_kinds: 0,
         has_commons: false,
+        indexed: false,
     }
 }
 
@@ -78,9 +65,13 @@ impl Drop for LinkGraph<'_> {
     /// The graph's tables, emptied, become the thread's spare ones (if they are small).
     fn drop(&mut self) {
         let mut globals = std::mem::take(&mut self.globals);
-        globals.clear();
-        self.keep_edge_lists();
+        // (Clearing an empty table still rewrites its control bytes: a small graph never
+        // filled it.)
+        if !globals.is_empty() {
+            globals.clear();
+        }
         let spare = Spare {
+            edge_lists: self.keep_edge_lists(),
             inputs: keep(&mut self.inputs),
             sections: keep(&mut self.sections),
             blocks: keep(&mut self.blocks),
@@ -92,32 +83,29 @@ impl Drop for LinkGraph<'_> {
             },
         };
         // During the thread's exit the spare may be gone already: the tables are freed then.
-        let _ = SPARE.try_with(|s| s.set(spare));
+        let _ = SPARE.try_with(|s| s.set(Some(spare)));
     }
 }
 
 impl LinkGraph<'_> {
-    /// The (small) blocks' edge lists, emptied, become the thread's spare ones: at most
-    /// [`KEEP_AT_MOST`] lists of at most as many edges each. A large graph's blocks keep theirs
-    /// (they are freed with it).
-    fn keep_edge_lists(&mut self) {
-        if self.blocks.capacity() > KEEP_AT_MOST || self.blocks.is_empty() {
-            return;
+    /// The spare edge lists the graph took and did not use, with the (small) blocks' edge
+    /// lists, emptied: at most [`KEEP_AT_MOST`] lists of at most as many edges each. A large
+    /// graph's blocks keep theirs (they are freed with it).
+    fn keep_edge_lists(&mut self) -> Vec<Vec<Edge>> {
+        let mut lists = std::mem::take(&mut self.spare_edge_lists);
+        if self.blocks.capacity() > KEEP_AT_MOST {
+            return lists;
         }
-        let _ = EDGE_LISTS.try_with(|lists| {
-            let Ok(mut lists) = lists.try_borrow_mut() else {
-                return;
-            };
-            for b in &mut self.blocks {
-                let cap = b.edges.capacity();
-                if cap == 0 || cap > KEEP_AT_MOST || lists.len() >= KEEP_AT_MOST {
-                    continue;
-                }
-                let mut list = std::mem::take(&mut b.edges);
-                list.clear();
-                lists.push(list);
+        for b in &mut self.blocks {
+            let cap = b.edges.capacity();
+            if cap == 0 || cap > KEEP_AT_MOST || lists.len() >= KEEP_AT_MOST {
+                continue;
             }
-        });
+            let mut list = std::mem::take(&mut b.edges);
+            list.clear();
+            lists.push(list);
+        }
+        lists
     }
 }
 

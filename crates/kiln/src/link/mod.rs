@@ -232,7 +232,7 @@ pub fn link_then<R>(
         alloc,
         exports: exports(&g, linker),
         has_initializers,
-        map: post.map.map(Arc::new),
+        map: post.map,
         relink,
         actions: kept_actions,
         segments: layout
@@ -305,17 +305,27 @@ fn parse_inputs<'a>(
     for f in input.functions {
         crate::graph::function::add_function(g, f)?;
     }
-    let archives = input
-        .archives
-        .iter()
-        .map(|(n, d)| Archive::parse(n, d))
-        .collect::<Result<Vec<_>>>()?;
+    // (No archives and no roots, a JIT's usual link: no collecting from empty lists, which
+    // costs a few dozen instructions each.)
+    let archives = if input.archives.is_empty() {
+        Vec::new()
+    } else {
+        input
+            .archives
+            .iter()
+            .map(|(n, d)| Archive::parse(n, d))
+            .collect::<Result<Vec<_>>>()?
+    };
     let linker = passes::linker_input(g);
-    let roots = input
-        .roots
-        .iter()
-        .map(|r| g.global_ref(names.alloc_slice_copy(r.as_bytes()), linker, false))
-        .collect();
+    let roots = if input.roots.is_empty() {
+        Vec::new()
+    } else {
+        input
+            .roots
+            .iter()
+            .map(|r| g.global_ref(names.alloc_slice_copy(r.as_bytes()), linker, false))
+            .collect()
+    };
     Ok((archives, linker, roots))
 }
 
@@ -432,7 +442,9 @@ struct Post {
     initializers: Vec<ExecutorAddr>,
     deinitializers: Vec<Action>,
     debug: Vec<ActionPair>,
-    map: Option<LinkMap>,
+    /// (Shared already: a map inline would make `Post` four times the size, moved out of the
+    /// writer for every unit.)
+    map: Option<Arc<LinkMap>>,
 }
 
 /// Read the final bytes: initializer and finalizer arrays, debug objects, the link map.
@@ -444,6 +456,23 @@ fn read_back(
     dso: Option<SymbolId>,
     input: &LinkInput,
 ) -> Post {
+    // A JIT's unit: no init/fini sections, no `__dso_handle`, no sink, no map — nothing to
+    // read (what the general path below finds then, without its calls and empty lists).
+    let crate::debug::DebugOptions {
+        gdb,
+        perf_map,
+        jitdump,
+        valgrind,
+    } = input.debug;
+    let no_sink = !(*gdb || *perf_map || *valgrind || jitdump.is_some());
+    if no_sink && dso.is_none() && !input.want_map && !g.may_have(SectionKind::init_fini_bits()) {
+        return Post {
+            initializers: Vec::new(),
+            deinitializers: Vec::new(),
+            debug: Vec::new(),
+            map: None,
+        };
+    }
     let (initializers, deinitializers) = actions::collect_init_fini(g, layout, work, dso);
     let debug = crate::debug::actions(
         &crate::debug::Unit {
@@ -457,7 +486,7 @@ fn read_back(
     );
     let map = input
         .want_map
-        .then(|| link_map::link_map(g, tables, layout, work));
+        .then(|| Arc::new(link_map::link_map(g, tables, layout, work)));
     Post {
         initializers,
         deinitializers,
@@ -503,8 +532,8 @@ fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
     // A JIT's unit (a function, the few it calls) fits the inline list; a larger one gets
     // room for every global (its undefined ones are few): one allocation, no growing.
     let mut out = Exports::new();
-    if g.globals.len() > 8 {
-        out.reserve_exact(g.globals.len());
+    if g.globals_at_most() > 8 {
+        out.reserve_exact(g.globals_at_most());
     }
     for id in g.global_ids() {
         let s = &g.symbols[id.idx()];

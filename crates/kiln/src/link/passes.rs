@@ -53,8 +53,9 @@ fn define_hidden<'a>(
 
 /// Whether an undefined name is one the linker may define: its own symbols and the Rust
 /// allocator shim all start with `_`; glibc's libc_nonshared functions do not.
+#[inline]
 fn may_need_glue(g: &LinkGraph, name: &[u8], id: SymbolId) -> bool {
-    g.symbols[id.idx()].def == SymbolDef::Undefined
+    matches!(g.symbols[id.idx()].def, SymbolDef::Undefined)
         && (name.starts_with(b"_")
             || matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork"))
 }
@@ -76,6 +77,7 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 /// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT.
 ///
 /// Names the linker makes up live in `names`, which lives as long as the graph.
+#[inline]
 pub fn synthesize_runtime<'a>(
     g: &mut LinkGraph<'a>,
     input: InputId,
@@ -93,6 +95,19 @@ pub fn synthesize_runtime<'a>(
             got: None,
         };
     }
+    synthesize(g, input, outside, names)
+}
+
+/// [`synthesize_runtime`] when some name may need the linker (out of line: the check above is
+/// all a JIT's function runs).
+#[inline(never)]
+fn synthesize<'a>(
+    g: &mut LinkGraph<'a>,
+    input: InputId,
+    outside: &Outside,
+    names: &'a bumpalo::Bump,
+) -> Runtime {
+    let eager = outside.all_linker_symbols;
     let templates = g.arch.templates();
     let tail_calls: [(&'static [u8], &'static [u8], &Template); 3] = [
         (b"atexit", b"__cxa_atexit", &templates.atexit),
@@ -387,6 +402,14 @@ fn merge_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
 /// the default-visibility globals of inputs given explicitly (they can be looked up after
 /// linking). FDEs stay alive through `LinkGraph::keep_alive`. Returns the number of live blocks.
 pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> usize {
+    if g.blocks.len() == 1 {
+        return dead_strip_one_block(g, extra_roots, dso);
+    }
+    dead_strip_graph(g, extra_roots, dso)
+}
+
+/// [`dead_strip`] by following edges from the roots.
+fn dead_strip_graph(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> usize {
     let mut work: WorkList = SmallVec::new();
     let mark = |g: &mut LinkGraph, b: BlockId, work: &mut WorkList| {
         let blk = &mut g.blocks[b.idx()];
@@ -404,10 +427,7 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<Symbo
     for i in 0..g.symbols.len() {
         let r = SymbolId(i as u32);
         let s = &g.symbols[i];
-        let explicit_global = s.visibility == Visibility::Default
-            && !s.name.is_empty()
-            && g.inputs.get(s.input.idx()).is_some_and(|inp| inp.explicit);
-        if !(extra_roots.contains(&r) || Some(r) == dso || explicit_global) {
+        if !is_root(g, r, extra_roots, dso) {
             continue;
         }
         if let SymbolDef::Defined { block, .. } = s.def {
@@ -473,6 +493,37 @@ impl FdesOf {
     }
 }
 
+/// Whether symbol `r` is a root of dead-stripping (the extra roots, the unit's `__dso_handle`,
+/// the default-visibility globals of explicit inputs).
+#[inline]
+fn is_root(g: &LinkGraph, r: SymbolId, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> bool {
+    let s = &g.symbols[r.idx()];
+    let explicit_global = s.visibility == Visibility::Default
+        && !s.name.is_empty()
+        && g.inputs.get(s.input.idx()).is_some_and(|inp| inp.explicit);
+    explicit_global || extra_roots.contains(&r) || Some(r) == dso
+}
+
+/// [`dead_strip`] for a graph of one block (a JIT's function): every edge that reaches a block
+/// reaches this one, and no FDE can hang off it (that would be a second block), so the block
+/// is live exactly when its section is retained or a root is defined in it. The scan stops
+/// at the first root (the function's own symbol, usually the first).
+fn dead_strip_one_block(
+    g: &mut LinkGraph,
+    extra_roots: &[SymbolId],
+    dso: Option<SymbolId>,
+) -> usize {
+    let live = g.sections[g.blocks[0].section.idx()].retain
+        || (0..g.symbols.len()).any(|i| {
+            let r = SymbolId(i as u32);
+            matches!(g.symbols[i].def, SymbolDef::Defined { .. }) && is_root(g, r, extra_roots, dso)
+        });
+    // (As the general pass counts: the blocks it marks.)
+    let marked = live && !g.blocks[0].live;
+    g.blocks[0].live |= live;
+    usize::from(marked)
+}
+
 /// The zero word that ends the unit's `.eh_frame`, if it has one.
 pub fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
     let any = g.may_have(SectionKind::EhFrame.bit())
@@ -490,5 +541,87 @@ pub fn add_eh_frame_terminator(g: &mut LinkGraph, input: InputId) {
         });
         let b = g.add_block(s, Content::Bytes(Cow::Borrowed(&[0, 0, 0, 0])), 4);
         g.blocks[b.idx()].live = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A graph of one code block defining `f`, from an input given explicitly or not, in a
+    /// section retained or not (and, with `edges`, calling `g` and itself).
+    fn one_block<'a>(
+        explicit: bool,
+        retain: bool,
+        visibility: Visibility,
+        edges: bool,
+    ) -> (LinkGraph<'a>, SymbolId) {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let mut g = LinkGraph::new(arch);
+        let input = g.add_input("f", explicit);
+        let section = g.add_section(Section {
+            name: b".text",
+            prot: MemProt::ReadExec,
+            kind: SectionKind::Regular,
+            input,
+            retain,
+            elf_index: 0,
+        });
+        let block = g.add_block(section, Content::Zero(16), 16);
+        let f = g.define_global(
+            b"f",
+            SymbolDef::Defined { block, offset: 0 },
+            16,
+            false,
+            visibility,
+            true,
+            false,
+            input,
+        );
+        if edges {
+            for target in [b"g".as_slice(), b"f"] {
+                let target = g.global_ref(target, input, false);
+                g.blocks[block.idx()].edges.push(Edge {
+                    offset: 1,
+                    kind: crate::arch::x86_64::EdgeKind::BranchPCRel32.into(),
+                    target,
+                    addend: -4,
+                });
+            }
+        }
+        (g, f)
+    }
+
+    /// The one-block shortcut marks and counts what following the edges does, root or not.
+    #[test]
+    fn one_block_dead_strip_agrees_with_the_general_pass() {
+        let mut cases = 0;
+        for explicit in [false, true] {
+            for retain in [false, true] {
+                for visibility in [Visibility::Default, Visibility::Hidden] {
+                    for edges in [false, true] {
+                        for root in [false, true] {
+                            let (mut a, f) = one_block(explicit, retain, visibility, edges);
+                            let (mut b, _) = one_block(explicit, retain, visibility, edges);
+                            let roots = if root { vec![f] } else { vec![] };
+                            let short = dead_strip(&mut a, &roots, None);
+                            let general = dead_strip_graph(&mut b, &roots, None);
+                            assert_eq!(short, general);
+                            assert_eq!(a.blocks[0].live, b.blocks[0].live);
+                            let expect =
+                                explicit && visibility == Visibility::Default || retain || root;
+                            assert_eq!(a.blocks[0].live, expect);
+                            // The unit's handle as the only root.
+                            let (mut a, f) = one_block(false, false, Visibility::Hidden, edges);
+                            let (mut b, _) = one_block(false, false, Visibility::Hidden, edges);
+                            assert_eq!(dead_strip(&mut a, &[], Some(f)), 1);
+                            assert_eq!(dead_strip_graph(&mut b, &[], Some(f)), 1);
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 32);
     }
 }

@@ -39,6 +39,13 @@ pub(super) fn build(g: &mut LinkGraph, cx: &TableContext) -> Tables {
             ..Default::default()
         };
     }
+    build_with_builder(g, cx)
+}
+
+/// [`build`] when some edge needs a table (out of line: a JIT's function that calls others
+/// runs only the check above).
+#[inline(never)]
+fn build_with_builder(g: &mut LinkGraph, cx: &TableContext) -> Tables {
     let mut b = Builder::new(g, cx);
     if b.g
         .blocks
@@ -80,26 +87,32 @@ pub(super) fn build(g: &mut LinkGraph, cx: &TableContext) -> Tables {
 /// every call reaches its target directly — and the unit has no GOT: the number of direct
 /// calls to host symbols, all [`build`] would do (a JIT's function that calls others takes
 /// this one scan instead of the builder's).
+#[inline]
 fn direct_only(g: &LinkGraph, cx: &TableContext) -> Option<usize> {
     if cx.got.is_some() {
         return None;
     }
     let mut calls_direct = 0;
-    for e in g.blocks.iter().filter(|b| b.live).flat_map(|b| &b.edges) {
-        let crate::arch::EdgeKind::X86_64(kind) = e.kind else {
-            continue;
-        };
-        let formula = g.edge_info(e.kind).formula;
-        let target = &g.symbols[e.target.idx()];
-        if target.ifunc || matches!(formula, Formula::GotRelative | Formula::GotBasePcRelative) {
-            return None;
-        }
-        match kind {
-            BranchPCRel32 if in_range(g, cx, e.target) => {
-                calls_direct += usize::from(matches!(target.def, SymbolDef::Absolute(_)));
+    // (Two plain loops, and the kind's row read here rather than through the architecture:
+    // a one-function unit's whole table pass is this scan.)
+    for b in g.blocks.iter().filter(|b| b.live) {
+        for e in &b.edges {
+            let crate::arch::EdgeKind::X86_64(kind) = e.kind else {
+                continue;
+            };
+            let formula = super::relocs::row(kind).info.formula;
+            let target = &g.symbols[e.target.idx()];
+            if target.ifunc || matches!(formula, Formula::GotRelative | Formula::GotBasePcRelative)
+            {
+                return None;
             }
-            k if bytes_upper_bound(k) > 0 => return None,
-            _ => {}
+            match kind {
+                BranchPCRel32 if in_range(g, cx, e.target) => {
+                    calls_direct += usize::from(matches!(target.def, SymbolDef::Absolute(_)));
+                }
+                k if bytes_upper_bound(k) > 0 => return None,
+                _ => {}
+            }
         }
     }
     Some(calls_direct)
