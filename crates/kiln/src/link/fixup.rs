@@ -93,7 +93,7 @@ fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) ->
     let dst = &mut dst[..bytes.len()];
     dst.copy_from_slice(bytes);
     for e in &blk.edges {
-        let info = g.edge_info(e.kind);
+        let info = e.kind.info();
         let s = target_value(g, e, info, ctx).map_err(|why| fixup_failure(g, b, e, 0, why))?;
         let v = FixupValues {
             target: s,
@@ -114,7 +114,7 @@ fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) ->
 
 /// S for edge `e`, as its fixup used it (`None` if it has none: the link would have failed).
 pub(super) fn target_value_of(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> Option<u64> {
-    target_value(g, e, g.edge_info(e.kind), ctx).ok()
+    target_value(g, e, e.kind.info(), ctx).ok()
 }
 
 /// Why a fixup failed: its target has no value it can use, or the architecture refused it.
@@ -187,7 +187,7 @@ fn address(g: &LinkGraph, s: &Symbol) -> std::result::Result<u64, Why> {
 }
 
 fn fixup_failure(g: &LinkGraph, b: BlockId, e: &Edge, target_value: u64, why: Why) -> Error {
-    let info = g.edge_info(e.kind);
+    let info = e.kind.info();
     let host =
         matches!(g.symbols[e.target.idx()].def, SymbolDef::Absolute(a) if a > u64::from(u32::MAX));
     let hint = (host && info.reach == Reach::Absolute32).then_some(
