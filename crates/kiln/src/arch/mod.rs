@@ -42,6 +42,15 @@ impl EdgeKind {
             EdgeKind::X86_64(k) => &x86_64::relocs::row(k).info,
         }
     }
+
+    /// Whether the kind's row is the plain 32-bit PC-relative one: S the target's address,
+    /// `S + A - P` into a signed 32-bit field, no instruction rewrite (calls, jumps and data
+    /// references, a JIT's usual edges). The fixup writer takes these on a straight path.
+    #[inline(always)]
+    pub fn is_plain_pc_relative_32(self) -> bool {
+        use x86_64::EdgeKind::{BranchPCRel32, Delta32};
+        matches!(self, EdgeKind::X86_64(BranchPCRel32 | Delta32))
+    }
 }
 
 impl From<x86_64::EdgeKind> for EdgeKind {
@@ -499,6 +508,27 @@ pub(crate) fn for_triple(triple: &str) -> Option<&'static dyn Arch> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_pc_relative_32_kinds_have_that_row() {
+        let mut found = 0;
+        for row in x86_64::relocs::ROWS.iter() {
+            let kind = EdgeKind::X86_64(row.kind);
+            if !kind.is_plain_pc_relative_32() {
+                continue;
+            }
+            found += 1;
+            let info = kind.info();
+            assert_eq!(
+                (info.width, info.range, info.formula, info.value, info.rewrites),
+                (4, Range::Signed, Formula::PcRelative, TargetValue::Address, false),
+                "{}",
+                info.name
+            );
+        }
+        assert_eq!(found, 2);
+        assert!(!EdgeKind::KeepAlive.is_plain_pc_relative_32());
+    }
+
     use super::*;
 
     #[test]
