@@ -253,8 +253,7 @@ impl OffsetIndex {
     pub(crate) fn insert(&mut self, start: u32, slot: u32) {
         // The usual case, inline: above every start, room in the tail without growing it.
         let n = self.tail.len();
-        if self.tail.last().is_some_and(|r| r.0 < start) && n < self.tail.capacity() && n < CHUNK
-        {
+        if self.tail.last().is_some_and(|r| r.0 < start) && n < self.tail.capacity() && n < CHUNK {
             self.tail.push((start, slot));
             return;
         }

@@ -519,8 +519,20 @@ mod tests {
             found += 1;
             let info = kind.info();
             assert_eq!(
-                (info.width, info.range, info.formula, info.value, info.rewrites),
-                (4, Range::Signed, Formula::PcRelative, TargetValue::Address, false),
+                (
+                    info.width,
+                    info.range,
+                    info.formula,
+                    info.value,
+                    info.rewrites
+                ),
+                (
+                    4,
+                    Range::Signed,
+                    Formula::PcRelative,
+                    TargetValue::Address,
+                    false
+                ),
                 "{}",
                 info.name
             );

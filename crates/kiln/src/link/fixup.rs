@@ -283,8 +283,19 @@ mod tests {
     /// places above `i64::MAX`, fields past the buffer, kinds of other rows.
     #[test]
     fn plain_pc_relative_32_is_written_as_the_general_path_writes_it() {
-        let kinds = [X86::BranchPCRel32, X86::Delta32, X86::Pointer64, X86::Delta64];
-        let addrs = [0x1000u64, 0x7fff_0000_0000, i64::MAX as u64 - 4, 1 << 63, u64::MAX - 2];
+        let kinds = [
+            X86::BranchPCRel32,
+            X86::Delta32,
+            X86::Pointer64,
+            X86::Delta64,
+        ];
+        let addrs = [
+            0x1000u64,
+            0x7fff_0000_0000,
+            i64::MAX as u64 - 4,
+            1 << 63,
+            u64::MAX - 2,
+        ];
         let targets = [
             0u64,
             0x1000,
@@ -329,6 +340,9 @@ mod tests {
                 }
             }
         }
-        assert!(written > 50 && declined > 50, "{written} written, {declined} declined");
+        assert!(
+            written > 50 && declined > 50,
+            "{written} written, {declined} declined"
+        );
     }
 }
