@@ -249,7 +249,21 @@ impl OffsetIndex {
 
     /// Add a range starting at `start` for `slot`; the caller has checked that it overlaps no
     /// range here.
+    #[inline]
     pub(crate) fn insert(&mut self, start: u32, slot: u32) {
+        // The usual case, inline: above every start, room in the tail without growing it.
+        let n = self.tail.len();
+        if self.tail.last().is_some_and(|r| r.0 < start) && n < self.tail.capacity() && n < CHUNK {
+            self.tail.push((start, slot));
+            return;
+        }
+        self.insert_generally(start, slot);
+    }
+
+    /// [`OffsetIndex::insert`] anywhere, growing the tail or moving it into the tree.
+    #[cold]
+    #[inline(never)]
+    fn insert_generally(&mut self, start: u32, slot: u32) {
         if self.tail.last().is_none_or(|r| r.0 < start) {
             if self.tail.len() == CHUNK {
                 let full = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK));

@@ -248,8 +248,9 @@ impl Slots {
     }
 
     /// A slot for a new unit, and its id. Nothing changes on an error.
+    #[inline]
     fn take(&mut self, entry: UnitSlot) -> Result<(u32, u64)> {
-        let slot = if self.free != NO_SLOT {
+        if self.free != NO_SLOT {
             let slot = self.free;
             let e = &mut self.entries[slot as usize];
             self.free = e.offset;
@@ -257,19 +258,31 @@ impl Slots {
                 gen: e.gen,
                 ..entry
             };
-            slot
-        } else {
-            let slot = u32::try_from(self.entries.len())
-                .ok()
-                .filter(|&n| n < SLOT_LIMIT)
-                .ok_or_else(|| {
-                    Error::InvalidRequest("out of allocation ids in this slab's table".into())
-                })?;
+            return Ok((slot, self.id(slot)));
+        }
+        // A new slot where the vector has room (inline; growing it, or no ids left, out of
+        // line). `SLOT_LIMIT` bounds the length, so that the slot fits its id.
+        let n = self.entries.len();
+        if n < self.entries.capacity() && n < SLOT_LIMIT as usize {
             self.entries.push(UnitSlot { gen: 0, ..entry });
             // (A new slot's generation is 0: its id without reading the entry back.)
-            return Ok((slot, self.id_of(slot, 0)));
-        };
-        Ok((slot, self.id(slot)))
+            return Ok((n as u32, self.id_of(n as u32, 0)));
+        }
+        self.take_new(entry)
+    }
+
+    /// [`Slots::take`] of a new slot when the vector must grow, or is full.
+    #[cold]
+    #[inline(never)]
+    fn take_new(&mut self, entry: UnitSlot) -> Result<(u32, u64)> {
+        let slot = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&n| n < SLOT_LIMIT)
+            .ok_or_else(|| {
+                Error::InvalidRequest("out of allocation ids in this slab's table".into())
+            })?;
+        self.entries.push(UnitSlot { gen: 0, ..entry });
+        Ok((slot, self.id_of(slot, 0)))
     }
 
     /// Free `slot` (its unit's segment is out of the index): a new generation, and back on the
@@ -1313,7 +1326,29 @@ impl<S> Table<S> {
     /// has that protection, and no allocation's segment and no range being written overlaps it.
     /// (`high_water`: the region's mark, [`SlabRecord::high_water`]; at or below it the
     /// segment index is searched.)
+    #[inline]
     fn check_slab_segment(
+        &self,
+        slab: SlabId,
+        r: usize,
+        s: u64,
+        e: u64,
+        prot: MemProt,
+        high_water: u64,
+    ) -> Result<()> {
+        // The usual case, inline: the region's protection, above the mark (nothing to search),
+        // no claim there. Whatever fails is worked out, with its error, out of line.
+        if REGION_PROTS[r] == prot && s >= high_water && !self.claims.any_in(s, e) {
+            debug_assert!(self.any_hit(s, e).is_none());
+            return Ok(());
+        }
+        self.check_slab_segment_generally(slab, r, s, e, prot, high_water)
+    }
+
+    /// [`Table::check_slab_segment`] for a segment below its region's mark, or refused.
+    #[cold]
+    #[inline(never)]
+    fn check_slab_segment_generally(
         &self,
         slab: SlabId,
         r: usize,

@@ -147,6 +147,18 @@ fn next_multiple(v: u64, align: u64) -> Option<u64> {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn no_room(slab: SlabId, size: u64) -> Error {
+    Error::Usage(format!("slab {slab:?}: no room for {size:#x} bytes"))
+}
+
+#[cold]
+#[inline(never)]
+fn no_slab(slab: SlabId) -> Error {
+    Error::Usage(format!("no slab {slab:?} in this code memory"))
+}
+
 #[derive(Debug)]
 struct Slab {
     info: SlabInfo,
@@ -213,6 +225,20 @@ impl SlabAllocator {
         if let Some(i) = self.slabs.iter().position(fits) {
             return Ok(i);
         }
+        self.new_slab_for(ex, placement, sizes, aligns)
+    }
+
+    /// [`SlabAllocator::slab_for`] when no slab fits: a new one (out of line: a slab holds
+    /// thousands of functions).
+    #[cold]
+    #[inline(never)]
+    fn new_slab_for(
+        &mut self,
+        ex: &dyn Executor,
+        placement: Placement,
+        sizes: [u64; 3],
+        aligns: [u64; 3],
+    ) -> Result<usize> {
         if !self.growable {
             // Only these slabs: the placement asked for is what would be nice; the fixups say
             // what is out of reach (calls get stubs, GOT loads keep the GOT).
@@ -262,9 +288,10 @@ impl SlabAllocator {
         let addr = if size == 0 {
             s.info.regions[region].0 .0
         } else {
-            s.free[region].allocate(size, align.max(1)).ok_or_else(|| {
-                Error::Usage(format!("slab {:?}: no room for {size:#x} bytes", s.info.id))
-            })?
+            let id = s.info.id;
+            s.free[region]
+                .allocate(size, align.max(1))
+                .ok_or_else(|| no_room(id, size))?
         };
         Ok(SlabRange {
             slab: s.info.id,
@@ -694,9 +721,7 @@ impl CodeMemory for SlabMemory {
     }
 
     fn allocate(&self, slab: SlabId, region: usize, size: u64, align: u64) -> Result<SlabRange> {
-        let (mut a, i) = self
-            .lane_of(slab)
-            .ok_or_else(|| Error::Usage(format!("no slab {slab:?} in this code memory")))?;
+        let (mut a, i) = self.lane_of(slab).ok_or_else(|| no_slab(slab))?;
         a.allocate(i, region, size, align)
     }
 

@@ -58,11 +58,9 @@ impl Shard {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn lock(&self) -> Result<MutexGuard<'_, Table<Slab>>> {
-        self.table
-            .lock()
-            .map_err(|_| Error::InvalidRequest("the ownership table is poisoned".into()))
+        self.table.lock().map_err(|_| poisoned())
     }
 
     /// For undoing a claim or a pin on the way out (also while unwinding): the table's methods
@@ -966,6 +964,13 @@ fn forget_if_unallocated<T>(v: Vec<T>) {
     if v.capacity() == 0 {
         std::mem::forget(v);
     }
+}
+
+/// A panic left a table's lock poisoned (out of line: it does not happen).
+#[cold]
+#[inline(never)]
+fn poisoned() -> Error {
+    Error::InvalidRequest("the ownership table is poisoned".into())
 }
 
 /// A new slab unit that has not gone live ([`OwnedMemory::finalize_slab_unit`]): dropped on an

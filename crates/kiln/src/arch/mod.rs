@@ -31,6 +31,28 @@ pub enum EdgeKind {
     X86_64(x86_64::EdgeKind),
 }
 
+impl EdgeKind {
+    /// The kind's table row, read off the kind itself (its variant names its architecture):
+    /// what `Arch::edge_info` answers for its own kinds, without a call through `dyn Arch`
+    /// (about 30 instructions an edge on the paths that run per edge: fixups, placement).
+    #[inline(always)]
+    pub fn info(self) -> &'static EdgeInfo {
+        match self {
+            EdgeKind::KeepAlive => &EdgeInfo::KEEP_ALIVE,
+            EdgeKind::X86_64(k) => &x86_64::relocs::row(k).info,
+        }
+    }
+
+    /// Whether the kind's row is the plain 32-bit PC-relative one: S the target's address,
+    /// `S + A - P` into a signed 32-bit field, no instruction rewrite (calls, jumps and data
+    /// references, a JIT's usual edges). The fixup writer takes these on a straight path.
+    #[inline(always)]
+    pub fn is_plain_pc_relative_32(self) -> bool {
+        use x86_64::EdgeKind::{BranchPCRel32, Delta32};
+        matches!(self, EdgeKind::X86_64(BranchPCRel32 | Delta32))
+    }
+}
+
 impl From<x86_64::EdgeKind> for EdgeKind {
     fn from(k: x86_64::EdgeKind) -> Self {
         EdgeKind::X86_64(k)
@@ -486,6 +508,39 @@ pub(crate) fn for_triple(triple: &str) -> Option<&'static dyn Arch> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_pc_relative_32_kinds_have_that_row() {
+        let mut found = 0;
+        for row in x86_64::relocs::ROWS.iter() {
+            let kind = EdgeKind::X86_64(row.kind);
+            if !kind.is_plain_pc_relative_32() {
+                continue;
+            }
+            found += 1;
+            let info = kind.info();
+            assert_eq!(
+                (
+                    info.width,
+                    info.range,
+                    info.formula,
+                    info.value,
+                    info.rewrites
+                ),
+                (
+                    4,
+                    Range::Signed,
+                    Formula::PcRelative,
+                    TargetValue::Address,
+                    false
+                ),
+                "{}",
+                info.name
+            );
+        }
+        assert_eq!(found, 2);
+        assert!(!EdgeKind::KeepAlive.is_plain_pc_relative_32());
+    }
+
     use super::*;
 
     #[test]

@@ -93,7 +93,10 @@ fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) ->
     let dst = &mut dst[..bytes.len()];
     dst.copy_from_slice(bytes);
     for e in &blk.edges {
-        let info = g.edge_info(e.kind);
+        if write_plain_pc_relative_32(g, blk.addr, e, dst) {
+            continue;
+        }
+        let info = e.kind.info();
         let s = target_value(g, e, info, ctx).map_err(|why| fixup_failure(g, b, e, 0, why))?;
         let v = FixupValues {
             target: s,
@@ -112,9 +115,42 @@ fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) ->
     Ok(())
 }
 
+/// Edge `e` of the block at `addr` (its bytes in `dst`) written straight when it is a plain
+/// 32-bit PC-relative reference ([`crate::arch::EdgeKind::is_plain_pc_relative_32`]: a JIT's
+/// calls) to an absolute target (a host symbol, another unit's function): `S + A - P` as
+/// int32, as [`crate::arch::write_value`] computes it, without the row's look-up and matches.
+/// `false` (nothing written) for any other edge or target, and whenever the value or the field
+/// does not fit: the general path then writes it, or says why it cannot.
+#[inline(always)]
+fn write_plain_pc_relative_32(g: &LinkGraph, addr: u64, e: &Edge, dst: &mut [u8]) -> bool {
+    if !e.kind.is_plain_pc_relative_32() {
+        return false;
+    }
+    let SymbolDef::Absolute(s) = g.symbols[e.target.idx()].def else {
+        return false;
+    };
+    // (A place above `i64::MAX` is left to the general path, as `write_value` leaves it.)
+    let place = addr.wrapping_add(u64::from(e.offset)) as i64;
+    let value = (s as i64)
+        .checked_add(e.addend)
+        .and_then(|x| x.checked_sub(place))
+        .filter(|_| place >= 0 && addr.checked_add(u64::from(e.offset)).is_some())
+        .and_then(|x| i32::try_from(x).ok());
+    let field = dst
+        .get_mut(e.offset as usize..)
+        .and_then(|b| b.first_chunk_mut::<4>());
+    match (value, field) {
+        (Some(v), Some(field)) => {
+            *field = v.to_le_bytes();
+            true
+        }
+        _ => false,
+    }
+}
+
 /// S for edge `e`, as its fixup used it (`None` if it has none: the link would have failed).
 pub(super) fn target_value_of(g: &LinkGraph, e: &Edge, ctx: &FixupContext) -> Option<u64> {
-    target_value(g, e, g.edge_info(e.kind), ctx).ok()
+    target_value(g, e, e.kind.info(), ctx).ok()
 }
 
 /// Why a fixup failed: its target has no value it can use, or the architecture refused it.
@@ -187,7 +223,7 @@ fn address(g: &LinkGraph, s: &Symbol) -> std::result::Result<u64, Why> {
 }
 
 fn fixup_failure(g: &LinkGraph, b: BlockId, e: &Edge, target_value: u64, why: Why) -> Error {
-    let info = g.edge_info(e.kind);
+    let info = e.kind.info();
     let host =
         matches!(g.symbols[e.target.idx()].def, SymbolDef::Absolute(a) if a > u64::from(u32::MAX));
     let hint = (host && info.reach == Reach::Absolute32).then_some(
@@ -214,4 +250,99 @@ fn fixup_failure(g: &LinkGraph, b: BlockId, e: &Edge, target_value: u64, why: Wh
         target_problem,
         hint,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::EdgeKind as X86;
+    use crate::arch::{write_value, EdgeKind};
+
+    /// A graph with one host symbol at `target`.
+    fn graph_with_host(target: u64) -> (LinkGraph<'static>, SymbolId) {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let mut g = LinkGraph::new(arch);
+        let input = g.add_input("t", true);
+        let host = g.add_symbol(Symbol {
+            name: b"host",
+            def: SymbolDef::Absolute(target),
+            size: 0,
+            weak: false,
+            visibility: Visibility::Default,
+            callable: true,
+            tls: false,
+            input,
+            only_weak_refs: false,
+            ifunc: false,
+        });
+        (g, host)
+    }
+
+    /// The straight path writes what the general one (`write_value` with the kind's row)
+    /// writes, and leaves to it whatever it does not write: values at the edges of int32,
+    /// places above `i64::MAX`, fields past the buffer, kinds of other rows.
+    #[test]
+    fn plain_pc_relative_32_is_written_as_the_general_path_writes_it() {
+        let kinds = [
+            X86::BranchPCRel32,
+            X86::Delta32,
+            X86::Pointer64,
+            X86::Delta64,
+        ];
+        let addrs = [
+            0x1000u64,
+            0x7fff_0000_0000,
+            i64::MAX as u64 - 4,
+            1 << 63,
+            u64::MAX - 2,
+        ];
+        let targets = [
+            0u64,
+            0x1000,
+            0x1000 + (1 << 31) - 1,
+            0x1000 + (1 << 31),
+            0x7fff_8000_0000,
+            0x7fff_0000_0000 - (1 << 31),
+            u64::MAX,
+        ];
+        let (mut written, mut declined) = (0, 0);
+        for kind in kinds {
+            for &addr in &addrs {
+                for &target in &targets {
+                    for addend in [-4i64, 0, 8, i64::MIN, i64::MAX] {
+                        for offset in [0u32, 4, 6] {
+                            let (g, host) = graph_with_host(target);
+                            let e = Edge {
+                                offset,
+                                kind: EdgeKind::from(kind),
+                                target: host,
+                                addend,
+                            };
+                            let mut fast = [0xaau8; 8];
+                            let mut general = [0xaau8; 8];
+                            if !write_plain_pc_relative_32(&g, addr, &e, &mut fast) {
+                                assert_eq!(fast, [0xaa; 8], "nothing written when declined");
+                                declined += 1;
+                                continue;
+                            }
+                            written += 1;
+                            let v = FixupValues {
+                                target,
+                                addend,
+                                place: addr + u64::from(offset),
+                                got: 0,
+                            };
+                            let r = write_value(e.kind.info(), &mut general, offset as usize, v);
+                            assert_eq!(r, Ok(()), "{kind:?} {addr:#x} {target:#x} {addend}");
+                            assert_eq!(fast, general, "{kind:?} {addr:#x} {target:#x} {addend}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            written > 50 && declined > 50,
+            "{written} written, {declined} declined"
+        );
+    }
 }

@@ -65,7 +65,7 @@ pub fn bounds(g: &LinkGraph, page: u64) -> Bounds {
     for b in g.blocks.iter().filter(|b| b.live) {
         size = size.saturating_add(b.size()).saturating_add(b.align);
         for e in &b.edges {
-            let info = g.edge_info(e.kind);
+            let info = e.kind.info();
             tables = tables.saturating_add(u64::from(info.table_bytes));
             reaches.add(g, e, info);
         }

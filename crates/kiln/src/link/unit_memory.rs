@@ -184,13 +184,7 @@ impl<'x> UnitMemory<'x> {
                 result.get_or_insert(Ok(r));
                 Some(unit)
             })?;
-        let result = result.ok_or_else(|| {
-            Error::Internal("the executor did not provide the unit's slab memory".into())
-        })??;
-        let alloc = alloc.ok_or_else(|| {
-            Error::Internal("the executor did not finalize the unit it wrote".into())
-        })?;
-        Ok((result, alloc))
+        written(result, alloc)
     }
 
     /// [`UnitMemory::write_and_finalize`] for a slab unit of one segment (`seg`, the layout's
@@ -229,13 +223,7 @@ impl<'x> UnitMemory<'x> {
             result.get_or_insert(Ok(r));
             Some(unit)
         })?;
-        let result = result.ok_or_else(|| {
-            Error::Internal("the executor did not provide the unit's slab memory".into())
-        })??;
-        let alloc = alloc.ok_or_else(|| {
-            Error::Internal("the executor did not finalize the unit it wrote".into())
-        })?;
-        Ok((result, alloc))
+        written(result, alloc)
     }
 
     /// [`UnitMemory::write_and_finalize`] for a unit in a reservation of its own: the bytes
@@ -293,6 +281,29 @@ impl Drop for UnitMemory<'_> {
             }
             Place::Slab { memory, ranges, .. } => memory.free(self.ex, ranges),
         }
+    }
+}
+
+/// The writer's result with the unit's id, once the executor has written and finalized a slab
+/// unit; else why not (the writer's error first). (Matched as a pair: the result is moved into
+/// the returned value once, not through a local.)
+#[inline(always)]
+fn written<R>(result: Option<Result<R>>, alloc: Option<AllocId>) -> Result<(R, AllocId)> {
+    match (result, alloc) {
+        (Some(Ok(r)), Some(alloc)) => Ok((r, alloc)),
+        (result, _) => Err(not_written(result.map(|r| r.map(drop)))),
+    }
+}
+
+/// Why [`written`] has no unit: the writer's error, or the executor's failure to call it or
+/// to finalize what it wrote.
+#[cold]
+#[inline(never)]
+fn not_written(result: Option<Result<()>>) -> Error {
+    match result {
+        None => Error::Internal("the executor did not provide the unit's slab memory".into()),
+        Some(Err(e)) => e,
+        Some(Ok(())) => Error::Internal("the executor did not finalize the unit it wrote".into()),
     }
 }
 

@@ -280,6 +280,7 @@ impl EdgeKind {
 }
 
 /// The row of `kind`.
+#[inline]
 pub fn row(kind: EdgeKind) -> &'static Row {
     ROWS.get(kind.index()).unwrap_or(&TLSDESC_CALL)
 }
