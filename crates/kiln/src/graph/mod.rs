@@ -283,6 +283,18 @@ pub(crate) struct LinkGraph<'a> {
     /// A COMMON symbol was added or defined (`add_symbol`, `define_global`; only ELF objects
     /// have them): without one, the pass that turns them into zero fill has nothing to scan.
     pub has_commons: bool,
+    /// A global was added whose name the linker may write glue for ([`may_name_linker_glue`]):
+    /// without one, `passes::synthesize_runtime` has nothing to look for (a JIT's function
+    /// names none).
+    pub linker_names: bool,
+}
+
+/// Whether the linker may define a global of this name when nothing else does: its own
+/// symbols and the Rust allocator shim all start with `_`; glibc's libc_nonshared functions
+/// do not.
+#[inline]
+pub(crate) fn may_name_linker_glue(name: &[u8]) -> bool {
+    name.first() == Some(&b'_') || matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork")
 }
 
 impl<'a> LinkGraph<'a> {
@@ -443,6 +455,7 @@ impl<'a> LinkGraph<'a> {
 
     pub(crate) fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
         self.has_commons |= matches!(s.def, SymbolDef::Common { .. });
+        self.linker_names |= s.visibility != Visibility::Local && may_name_linker_glue(s.name);
         self.symbols.push(s);
         if !self.indexed && self.symbols.len() > SCAN_AT_MOST {
             self.index_globals(0);

@@ -57,6 +57,7 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         keep_alive: Vec::new(),
         section_kinds: 0,
         has_commons: false,
+        linker_names: false,
         indexed: false,
     }
 }

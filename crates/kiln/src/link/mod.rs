@@ -29,9 +29,7 @@ use crate::error::{Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
 use crate::session::SymbolKind;
 use fixup::FixupContext;
-use kiln_target::{
-    Action, ActionPair, AllocId, Executor, ExecutorAddr, LibraryId, Placement, TLS_MODULE_TAG,
-};
+use kiln_target::{AllocId, Executor, LibraryId, Placement, TLS_MODULE_TAG};
 use rustc_hash::{FxHashMap, FxHashSet};
 use stats::Timer;
 use std::borrow::Cow;
@@ -170,11 +168,17 @@ pub fn link_then<R>(
             || !input.archives.is_empty(),
     };
     let runtime = passes::synthesize_runtime(&mut g, linker, &outside, &names);
-    passes::allocate_commons(&mut g, linker);
+    // (The checks inline: a JIT's function has no commons, no `.init`/`.fini`, no `.eh_frame`
+    // frame and no archive; a call out of line costs it a dozen instructions each.)
+    if g.has_commons {
+        passes::allocate_commons(&mut g, linker);
+    }
     passes::merge_init_fragments(&mut g, SectionKind::Init, linker);
     passes::merge_init_fragments(&mut g, SectionKind::Fini, linker);
     let live = passes::dead_strip(&mut g, &roots, runtime.dso);
-    passes::add_eh_frame_terminator(&mut g, linker);
+    if g.may_have(SectionKind::EhFrame.bit()) {
+        passes::add_eh_frame_terminator(&mut g, linker);
+    }
     t.lap("dead-strip");
     let external = resolve_externals(&mut g, ex, &input, &roots)?;
     t.lap("resolve externals");
@@ -196,22 +200,28 @@ pub fn link_then<R>(
     let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
     // IFUNC slots first (initializers and other actions may call the functions), then unwind
     // info and TLS, then the debug sinks (read off the final bytes).
-    let mut pairs = actions::ifunc_actions(&g, &tables);
-    pairs.extend(actions::collect_actions(&g, &layout, &ctx));
+    let mut pairs = Vec::new();
+    if !tables.ifunc_slots.is_empty() {
+        pairs = actions::ifunc_actions(&g, &tables);
+    }
+    actions::collect_actions(&g, &layout, &ctx, &mut pairs);
     let mut has_initializers = false;
     let mut kept_actions = None;
-    let (post, alloc) = memory.write_and_finalize(&g, &layout, &ctx, |work| {
-        let mut post = read_back(&g, &layout, work, &tables, runtime.dso, &input);
-        pairs.append(&mut post.debug);
-        has_initializers = !post.initializers.is_empty();
-        kept_actions = input.relink.then(|| Arc::new(pairs.clone()));
-        t.lap("fixups, debug info");
-        let unit = kiln_target::UnitActions {
+    let (map, alloc) = memory.write_and_finalize(&g, &layout, &ctx, |work| {
+        let mut unit = kiln_target::UnitActions {
             actions: pairs,
-            initializers: std::mem::take(&mut post.initializers),
-            deinitializers: std::mem::take(&mut post.deinitializers),
+            initializers: Vec::new(),
+            deinitializers: Vec::new(),
         };
-        (post, unit)
+        let map = if has_read_back(&g, runtime.dso, &input) {
+            read_back(&g, &layout, work, &tables, runtime.dso, &input, &mut unit)
+        } else {
+            None
+        };
+        has_initializers = !unit.initializers.is_empty();
+        kept_actions = input.relink.then(|| Arc::new(unit.actions.clone()));
+        t.lap("fixups, debug info");
+        (map, unit)
     })?;
     t.lap("finalize");
     let segments_stat: Vec<_> = if input.collect_stats {
@@ -232,7 +242,7 @@ pub fn link_then<R>(
         alloc,
         exports: exports(&g, linker),
         has_initializers,
-        map: post.map,
+        map,
         relink,
         actions: kept_actions,
         segments: layout
@@ -344,6 +354,10 @@ fn resolve_externals(
         allow: input.allow,
     };
     let external = resolve::resolve_externals(g, ex, &scopes)?;
+    // (A JIT's link names no roots: no list collected from none.)
+    if roots.is_empty() {
+        return Ok(external);
+    }
     let undefined: Vec<SymbolReference> = input
         .roots
         .iter()
@@ -396,6 +410,7 @@ fn reserve<'x>(
 
 /// The values fixups need besides symbols: the GOT, the unit's TLS module value, and (for units
 /// using the static TLS models) its block in static TLS, reserved now.
+#[inline]
 fn fixup_context(
     ex: &dyn Executor,
     g: &LinkGraph,
@@ -411,16 +426,33 @@ fn fixup_context(
         tp_offset: None,
     };
     // A unit without TLS (no layout of it) needs no static TLS block: no edge scan.
-    if let Some(t) = layout.tls.as_ref().filter(|_| needs_static_tls(g)) {
-        let image = fixup::tls_image(g, layout, &ctx)?;
-        let off = ex.allocate_static_tls(&image, t.block_size, t.align)?;
-        tracing::debug!(
-            "static TLS: {} bytes at thread pointer {off:+#x}",
-            t.block_size
-        );
-        ctx.tp_offset = Some(off);
+    if let Some(t) = layout.tls.as_ref() {
+        ctx.tp_offset = static_tls(ex, g, layout, &ctx, t)?;
     }
     Ok(ctx)
+}
+
+/// The unit's block in static TLS, if live code needs one (out of line: a JIT's unit has no
+/// TLS).
+#[cold]
+#[inline(never)]
+fn static_tls(
+    ex: &dyn Executor,
+    g: &LinkGraph,
+    layout: &layout::Layout,
+    ctx: &FixupContext,
+    t: &layout::TlsLayout,
+) -> Result<Option<i64>> {
+    if !needs_static_tls(g) {
+        return Ok(None);
+    }
+    let image = fixup::tls_image(g, layout, ctx)?;
+    let off = ex.allocate_static_tls(&image, t.block_size, t.align)?;
+    tracing::debug!(
+        "static TLS: {} bytes at thread pointer {off:+#x}",
+        t.block_size
+    );
+    Ok(Some(off))
 }
 
 fn unit_base(layout: &layout::Layout) -> u64 {
@@ -437,17 +469,25 @@ fn needs_static_tls(g: &LinkGraph) -> bool {
         .any(|e| g.edge_info(e.kind).value == TargetValue::ThreadPointerOffset)
 }
 
-/// What is read off the final bytes of a unit.
-struct Post {
-    initializers: Vec<ExecutorAddr>,
-    deinitializers: Vec<Action>,
-    debug: Vec<ActionPair>,
-    /// (Shared already: a map inline would make `Post` four times the size, moved out of the
-    /// writer for every unit.)
-    map: Option<Arc<LinkMap>>,
+/// Whether anything is read off the final bytes of the unit: not for a JIT's unit (no
+/// init/fini sections, no `__dso_handle`, no debug sink, no map).
+#[inline]
+fn has_read_back(g: &LinkGraph, dso: Option<SymbolId>, input: &LinkInput) -> bool {
+    // (Destructured, so that a new sink cannot be missed.)
+    let crate::debug::DebugOptions {
+        gdb,
+        perf_map,
+        jitdump,
+        valgrind,
+    } = input.debug;
+    let any_sink = *gdb || *perf_map || *valgrind || jitdump.is_some();
+    any_sink || dso.is_some() || input.want_map || g.may_have(SectionKind::init_fini_bits())
 }
 
-/// Read the final bytes: initializer and finalizer arrays, debug objects, the link map.
+/// Read the final bytes: initializer and finalizer arrays and debug objects (into `unit`,
+/// the debug sinks' actions after the actions it has), the link map (returned). (Out of line:
+/// a JIT's unit has nothing to read, [`has_read_back`].)
+#[inline(never)]
 fn read_back(
     g: &LinkGraph,
     layout: &layout::Layout,
@@ -455,26 +495,12 @@ fn read_back(
     tables: &Tables,
     dso: Option<SymbolId>,
     input: &LinkInput,
-) -> Post {
-    // A JIT's unit: no init/fini sections, no `__dso_handle`, no sink, no map — nothing to
-    // read (what the general path below finds then, without its calls and empty lists).
-    let crate::debug::DebugOptions {
-        gdb,
-        perf_map,
-        jitdump,
-        valgrind,
-    } = input.debug;
-    let no_sink = !(*gdb || *perf_map || *valgrind || jitdump.is_some());
-    if no_sink && dso.is_none() && !input.want_map && !g.may_have(SectionKind::init_fini_bits()) {
-        return Post {
-            initializers: Vec::new(),
-            deinitializers: Vec::new(),
-            debug: Vec::new(),
-            map: None,
-        };
-    }
+    unit: &mut kiln_target::UnitActions,
+) -> Option<Arc<LinkMap>> {
     let (initializers, deinitializers) = actions::collect_init_fini(g, layout, work, dso);
-    let debug = crate::debug::actions(
+    unit.initializers = initializers;
+    unit.deinitializers = deinitializers;
+    let mut debug = crate::debug::actions(
         &crate::debug::Unit {
             g,
             layout,
@@ -484,15 +510,11 @@ fn read_back(
         input.debug,
         unit_base(layout),
     );
-    let map = input
+    unit.actions.append(&mut debug);
+    // (Shared already: the map is large, and the closure that reads it back returns it.)
+    input
         .want_map
-        .then(|| Arc::new(link_map::link_map(g, tables, layout, work)));
-    Post {
-        initializers,
-        deinitializers,
-        debug,
-        map,
-    }
+        .then(|| Arc::new(link_map::link_map(g, tables, layout, work)))
 }
 
 /// Edges counted by kind, named once per kind (a unit has a handful of kinds: a linear scan
@@ -529,45 +551,65 @@ pub struct Export<'g> {
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
 /// exported.
 fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
-    // A JIT's unit (a function, the few it calls) fits the inline list; a larger one gets
-    // room for every global (its undefined ones are few): one allocation, no growing.
     let mut out = Exports::new();
+    if !g.indexed {
+        // A small graph (a JIT's function, the few it calls): its globals are its symbols that
+        // are not local (what `global_ids` lists, without its iterator), and its exports fit
+        // the inline list.
+        for s in &g.symbols {
+            if s.visibility != Visibility::Local {
+                if let Some(e) = export(g, s, linker) {
+                    out.push(e);
+                }
+            }
+        }
+        return out;
+    }
+    // A larger one gets room for every global (its undefined ones are few): one allocation,
+    // no growing.
     if g.globals_at_most() > 8 {
         out.reserve_exact(g.globals_at_most());
     }
     for id in g.global_ids() {
-        let s = &g.symbols[id.idx()];
-        let name = s.name;
-        let SymbolDef::Defined { block, offset } = s.def else {
-            continue;
-        };
-        let skip = s.tls
-            || !g.blocks[block.idx()].live
-            || s.visibility == Visibility::Local
-            || g.block_input(block) == linker;
-        if skip {
-            continue;
+        if let Some(e) = export(g, &g.symbols[id.idx()], linker) {
+            out.push(e);
         }
-        out.push(Export {
-            // (ASCII checked first, a word at a time: `from_utf8` goes byte by byte through
-            // a short name. The lossy conversion costs more when there is nothing to replace.)
-            name: if name.is_ascii() || std::str::from_utf8(name).is_ok() {
-                Cow::Borrowed(name)
-            } else {
-                Cow::Owned(String::from_utf8_lossy(name).into_owned().into_bytes())
-            },
-            addr: g.blocks[block.idx()].addr + offset,
-            size: s.size,
-            kind: if s.callable {
-                SymbolKind::Function
-            } else {
-                SymbolKind::Data
-            },
-            exported: s.visibility == Visibility::Default,
-            weak: s.weak,
-        });
     }
     out
+}
+
+/// The global `s` as an export, if it is one ([`exports`]).
+#[inline]
+fn export<'g>(g: &LinkGraph<'g>, s: &Symbol<'g>, linker: InputId) -> Option<Export<'g>> {
+    let name = s.name;
+    let SymbolDef::Defined { block, offset } = s.def else {
+        return None;
+    };
+    let skip = s.tls
+        || !g.blocks[block.idx()].live
+        || s.visibility == Visibility::Local
+        || g.block_input(block) == linker;
+    if skip {
+        return None;
+    }
+    Some(Export {
+        // (ASCII checked first, a word at a time: `from_utf8` goes byte by byte through
+        // a short name. The lossy conversion costs more when there is nothing to replace.)
+        name: if name.is_ascii() || std::str::from_utf8(name).is_ok() {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(String::from_utf8_lossy(name).into_owned().into_bytes())
+        },
+        addr: g.blocks[block.idx()].addr + offset,
+        size: s.size,
+        kind: if s.callable {
+            SymbolKind::Function
+        } else {
+            SymbolKind::Data
+        },
+        exported: s.visibility == Visibility::Default,
+        weak: s.weak,
+    })
 }
 
 #[cfg(test)]

@@ -51,13 +51,10 @@ fn define_hidden<'a>(
     )
 }
 
-/// Whether an undefined name is one the linker may define: its own symbols and the Rust
-/// allocator shim all start with `_`; glibc's libc_nonshared functions do not.
+/// Whether an undefined name is one the linker may define ([`may_name_linker_glue`]).
 #[inline]
 fn may_need_glue(g: &LinkGraph, name: &[u8], id: SymbolId) -> bool {
-    matches!(g.symbols[id.idx()].def, SymbolDef::Undefined)
-        && (name.starts_with(b"_")
-            || matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork"))
+    matches!(g.symbols[id.idx()].def, SymbolDef::Undefined) && may_name_linker_glue(name)
 }
 
 fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
@@ -85,10 +82,12 @@ pub fn synthesize_runtime<'a>(
     names: &'a bumpalo::Bump,
 ) -> Runtime {
     let eager = outside.all_linker_symbols;
+    // (No global was ever named so: no scan. `linker_names` is set as each global is added.)
     if !eager
-        && !g
-            .global_ids()
-            .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id))
+        && (!g.linker_names
+            || !g
+                .global_ids()
+                .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id)))
     {
         return Runtime {
             dso: None,
