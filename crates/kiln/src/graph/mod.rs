@@ -283,8 +283,8 @@ pub(crate) struct LinkGraph<'a> {
     /// A COMMON symbol was added or defined (`add_symbol`, `define_global`; only ELF objects
     /// have them): without one, the pass that turns them into zero fill has nothing to scan.
     pub has_commons: bool,
-    /// A global was added whose name the linker may write glue for ([`may_name_linker_glue`]):
-    /// without one, `passes::synthesize_runtime` has nothing to look for (a JIT's function
+    /// A global was added whose name the linker may write glue for ([`may_name_linker_glue`];
+    /// kept by `add_global`, which makes every global): without one, `passes::synthesize_runtime` has nothing to look for (a JIT's function
     /// names none).
     pub linker_names: bool,
 }
@@ -294,7 +294,12 @@ pub(crate) struct LinkGraph<'a> {
 /// do not.
 #[inline]
 pub(crate) fn may_name_linker_glue(name: &[u8]) -> bool {
-    name.first() == Some(&b'_') || matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork")
+    // (The first byte decides for most names: one compare, no length test.)
+    match name.first() {
+        Some(b'_') => true,
+        Some(b'a' | b'p') => matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork"),
+        _ => false,
+    }
 }
 
 impl<'a> LinkGraph<'a> {
@@ -455,7 +460,6 @@ impl<'a> LinkGraph<'a> {
 
     pub(crate) fn add_symbol(&mut self, s: Symbol<'a>) -> SymbolId {
         self.has_commons |= matches!(s.def, SymbolDef::Common { .. });
-        self.linker_names |= s.visibility != Visibility::Local && may_name_linker_glue(s.name);
         self.symbols.push(s);
         if !self.indexed && self.symbols.len() > SCAN_AT_MOST {
             self.index_globals(0);
@@ -543,8 +547,10 @@ impl<'a> LinkGraph<'a> {
         self.add_global(name, input, weak_ref)
     }
 
-    /// A new undefined global `name` (in `globals` already, if the graph is indexed).
+    /// A new undefined global `name` (in `globals` already, if the graph is indexed). (Every
+    /// global is made here: `linker_names` is kept here.)
     fn add_global(&mut self, name: &'a [u8], input: InputId, weak_ref: bool) -> SymbolId {
+        self.linker_names |= may_name_linker_glue(name);
         self.add_symbol(Symbol {
             name,
             def: SymbolDef::Undefined,
