@@ -81,20 +81,31 @@ pub fn synthesize_runtime<'a>(
     outside: &Outside,
     names: &'a bumpalo::Bump,
 ) -> Runtime {
-    let eager = outside.all_linker_symbols;
-    // (No global was ever named so: no scan. `linker_names` is set as each global is added.)
-    if !eager
-        && (!g.linker_names
-            || !g
-                .global_ids()
-                .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id)))
-    {
+    if !outside.all_linker_symbols && !any_may_need_glue(g) {
         return Runtime {
             dso: None,
             got: None,
         };
     }
     synthesize(g, input, outside, names)
+}
+
+/// Whether some undefined global is a name the linker may define.
+#[inline]
+fn any_may_need_glue(g: &LinkGraph) -> bool {
+    if !g.indexed {
+        // A small graph's globals are its symbols that are not local (what `global_ids` lists,
+        // without its iterator: a JIT's function runs only this loop, over three symbols).
+        // (A flag kept as each global is added measured no cheaper: the check then runs for
+        // every new global.)
+        return g.symbols.iter().any(|s| {
+            s.visibility != Visibility::Local
+                && s.def == SymbolDef::Undefined
+                && may_name_linker_glue(s.name)
+        });
+    }
+    g.global_ids()
+        .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id))
 }
 
 /// [`synthesize_runtime`] when some name may need the linker (out of line: the check above is
