@@ -630,4 +630,96 @@ mod tests {
         );
         assert!(size <= 288, "LinkedUnit is {size} bytes");
     }
+
+    /// A small graph's exports (its symbols scanned) are the ones the general path lists from
+    /// the globals' table: defined or not, live or not, local, hidden, thread-local, weak,
+    /// data, and what the linker made.
+    #[test]
+    fn small_graphs_exports_agree_with_the_table() {
+        use kiln_target::MemProt;
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let names: Vec<Vec<u8>> = (0..8).map(|i| format!("s{i}").into_bytes()).collect();
+        for case in 0..64usize {
+            let mut small = LinkGraph::with_capacity(arch, 2, 2, 2);
+            let mut table = LinkGraph::with_capacity(arch, 2, 2, crate::graph::SCAN_AT_MOST + 1);
+            for g in [&mut small, &mut table] {
+                let input = g.add_input("a", true);
+                let linker = passes::linker_input(g);
+                let mut blocks = Vec::new();
+                for (i, owner) in [input, linker].into_iter().enumerate() {
+                    let section = g.add_section(Section {
+                        name: b".text",
+                        prot: MemProt::ReadExec,
+                        kind: SectionKind::Regular,
+                        input: owner,
+                        retain: false,
+                        elf_index: 0,
+                    });
+                    let b = g.add_block(section, Content::Zero(32), 16);
+                    g.blocks[b.idx()].live = i == 1 || case % 5 != 0;
+                    g.blocks[b.idx()].addr = 0x1000 * (i as u64 + 1);
+                    blocks.push(b);
+                }
+                // Up to six symbols, chosen by the case's bits: small stays under the scan's bound.
+                for (k, name) in names.iter().enumerate().take(6) {
+                    let bit = (case >> (k % 6)) & 1 == 1;
+                    let block = blocks[usize::from(k == 5)];
+                    let def = SymbolDef::Defined {
+                        block,
+                        offset: k as u64,
+                    };
+                    match (k, bit) {
+                        (0, _) => {
+                            g.global_ref(name, input, false);
+                        }
+                        (1, true) => {
+                            let id = g.add_anon(block, 0, input);
+                            g.symbols[id.idx()].name = name;
+                        }
+                        _ => {
+                            let visibility = if k == 2 && bit {
+                                Visibility::Hidden
+                            } else {
+                                Visibility::Default
+                            };
+                            g.define_global(
+                                name,
+                                def,
+                                8,
+                                k == 3 && bit,
+                                visibility,
+                                k != 4,
+                                k == 4 && bit,
+                                if k == 5 { linker } else { input },
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(!small.indexed && table.indexed);
+            let key = |g: &LinkGraph| {
+                let linker = InputId(1);
+                let mut out: Vec<_> = exports(g, linker)
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e.name.into_owned(),
+                            e.addr,
+                            e.size,
+                            e.kind == SymbolKind::Function,
+                            e.exported,
+                            e.weak,
+                        )
+                    })
+                    .collect();
+                out.sort();
+                out
+            };
+            let listed = key(&small);
+            assert_eq!(listed, key(&table), "case {case}");
+            assert!(listed.iter().all(|e| e.0 != b"s0" && e.0 != b"s5"));
+            // (`s3` is a default-visibility definition: exported whenever its block is live.)
+            assert_eq!(listed.is_empty(), case % 5 == 0, "case {case}");
+        }
+    }
 }
