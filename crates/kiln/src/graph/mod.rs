@@ -265,9 +265,10 @@ pub(crate) struct LinkGraph<'a> {
     /// visibility is not `Local` (every global is made by `global_ref`, every other symbol is
     /// local), and there are at most [`SCAN_AT_MOST`] symbols.
     pub indexed: bool,
-    /// Empty edge lists the thread's last small graph left, for this graph's blocks
-    /// ([`LinkGraph::edge_list`]; `spare`).
-    pub spare_edge_lists: Vec<Vec<Edge>>,
+    /// The box this graph's tables came in (`spare`), holding the empty edge lists the
+    /// thread's last small graph left, for this graph's blocks ([`LinkGraph::edge_list`]).
+    /// (`None` only while the graph is dropped.)
+    pub spare: Option<Box<spare::Spare>>,
     /// COMDAT group signatures seen: the first group of each wins.
     pub comdats: FxHashMap<&'a [u8], InputId>,
     /// Strong definitions that clashed: (symbol, first definer, second definer).
@@ -283,6 +284,21 @@ pub(crate) struct LinkGraph<'a> {
     /// A COMMON symbol was added or defined (`add_symbol`, `define_global`; only ELF objects
     /// have them): without one, the pass that turns them into zero fill has nothing to scan.
     pub has_commons: bool,
+}
+
+/// Whether the linker may define a global of this name when nothing else does: its own
+/// symbols and the Rust allocator shim all start with `_`; glibc's libc_nonshared functions
+/// do not.
+#[inline]
+pub(crate) fn may_name_linker_glue(name: &[u8]) -> bool {
+    // (The first byte decides for most names, the length for most others.)
+    match name.first() {
+        Some(b'_') => true,
+        Some(b'a' | b'p') if name.len() >= 6 => {
+            matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork")
+        }
+        _ => false,
+    }
 }
 
 impl<'a> LinkGraph<'a> {
@@ -393,7 +409,7 @@ impl<'a> LinkGraph<'a> {
     /// the few there are, and keep their own: they are freed with it.)
     #[inline]
     pub(crate) fn edge_list(&mut self, capacity: usize) -> Vec<Edge> {
-        match self.spare_edge_lists.pop() {
+        match self.spare.as_mut().and_then(|s| s.edge_lists.pop()) {
             Some(mut list) => {
                 list.reserve(capacity);
                 list

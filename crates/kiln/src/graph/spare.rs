@@ -14,8 +14,11 @@ use std::cell::Cell;
 /// a thread that linked a large program once should not hold its tables for good.
 pub(super) const KEEP_AT_MOST: usize = 256;
 
-#[derive(Default)]
-struct Spare {
+/// The tables a graph is built in, emptied. It stays in one box for the thread's life: a
+/// graph takes the tables out of it (a move of a few words each, not of the whole struct) and
+/// keeps the box, with the spare edge lists in it, until its drop puts the tables back.
+#[derive(Default, Debug)]
+pub(crate) struct Spare {
     inputs: Vec<InputInfo<'static>>,
     sections: Vec<Section<'static>>,
     blocks: Vec<Block<'static>>,
@@ -23,22 +26,21 @@ struct Spare {
     globals: hashbrown::HashTable<SymbolId>,
     /// Blocks' edge lists, emptied: a graph takes one per block while it is built
     /// ([`LinkGraph::edge_list`]).
-    edge_lists: Vec<Vec<Edge>>,
+    pub(super) edge_lists: Vec<Vec<Edge>>,
 }
 
 thread_local! {
     /// (An `Option`: the graph that takes the spare leaves `None`, whose drop when the next
-    /// spare is put back is one test.)
-    static SPARE: Cell<Option<Spare>> = const { Cell::new(None) };
+    /// spare is put back is one test. A box: taking it and putting it back move a pointer.)
+    static SPARE: Cell<Option<Box<Spare>>> = const { Cell::new(None) };
 }
 
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
 /// while another is alive, or on a new thread, starts with none).
 #[inline]
 pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
-    // (A thread that is exiting has no spare tables. Every field is moved out: nothing of the
-    // spare is left to drop.)
-    let spare = SPARE
+    // (A thread that is exiting has no spare tables.)
+    let mut spare = SPARE
         .try_with(Cell::take)
         .ok()
         .flatten()
@@ -46,12 +48,12 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
     LinkGraph {
         arch,
         // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).
-        inputs: spare.inputs,
-        sections: spare.sections,
-        blocks: spare.blocks,
-        symbols: spare.symbols,
-        globals: spare.globals,
-        spare_edge_lists: spare.edge_lists,
+        inputs: std::mem::take(&mut spare.inputs),
+        sections: std::mem::take(&mut spare.sections),
+        blocks: std::mem::take(&mut spare.blocks),
+        symbols: std::mem::take(&mut spare.symbols),
+        globals: std::mem::take(&mut spare.globals),
+        spare: Some(spare),
         comdats: FxHashMap::default(),
         duplicates: Vec::new(),
         keep_alive: Vec::new(),
@@ -62,39 +64,39 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
 }
 
 impl Drop for LinkGraph<'_> {
-    /// The graph's tables, emptied, become the thread's spare ones (if they are small).
+    /// The graph's tables, emptied, go back into its spare box (if they are small), and the box
+    /// becomes the thread's spare.
     fn drop(&mut self) {
+        let Some(mut spare) = self.spare.take() else {
+            return;
+        };
         let mut globals = std::mem::take(&mut self.globals);
         // (Clearing an empty table still rewrites its control bytes: a small graph never
         // filled it.)
         if !globals.is_empty() {
             globals.clear();
         }
-        let spare = Spare {
-            edge_lists: self.keep_edge_lists(),
-            inputs: keep(&mut self.inputs),
-            sections: keep(&mut self.sections),
-            blocks: keep(&mut self.blocks),
-            symbols: keep(&mut self.symbols),
-            globals: if globals.capacity() <= KEEP_AT_MOST {
-                globals
-            } else {
-                hashbrown::HashTable::new()
-            },
-        };
+        if globals.capacity() <= KEEP_AT_MOST {
+            spare.globals = globals;
+        }
+        self.keep_edge_lists(&mut spare.edge_lists);
+        // (The box's tables are the empty ones `take` left: replacing them frees nothing.)
+        spare.inputs = keep(&mut self.inputs);
+        spare.sections = keep(&mut self.sections);
+        spare.blocks = keep(&mut self.blocks);
+        spare.symbols = keep(&mut self.symbols);
         // During the thread's exit the spare may be gone already: the tables are freed then.
         let _ = SPARE.try_with(|s| s.set(Some(spare)));
     }
 }
 
 impl LinkGraph<'_> {
-    /// The spare edge lists the graph took and did not use, with the (small) blocks' edge
-    /// lists, emptied: at most [`KEEP_AT_MOST`] lists of at most as many edges each. A large
-    /// graph's blocks keep theirs (they are freed with it).
-    fn keep_edge_lists(&mut self) -> Vec<Vec<Edge>> {
-        let mut lists = std::mem::take(&mut self.spare_edge_lists);
+    /// The (small) blocks' edge lists, emptied, added to the spare ones in `lists`: at most
+    /// [`KEEP_AT_MOST`] lists of at most as many edges each. A large graph's blocks keep theirs
+    /// (they are freed with it).
+    fn keep_edge_lists(&mut self, lists: &mut Vec<Vec<Edge>>) {
         if self.blocks.capacity() > KEEP_AT_MOST {
-            return lists;
+            return;
         }
         for b in &mut self.blocks {
             let cap = b.edges.capacity();
@@ -105,7 +107,6 @@ impl LinkGraph<'_> {
             list.clear();
             lists.push(list);
         }
-        lists
     }
 }
 

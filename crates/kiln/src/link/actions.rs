@@ -92,12 +92,13 @@ pub(super) fn collect_init_fini(
     (init, fini)
 }
 
+/// The unit's `.eh_frame` and TLS registrations, after the actions in `actions`.
 pub(super) fn collect_actions(
     g: &LinkGraph,
     layout: &Layout,
     ctx: &FixupContext,
-) -> Vec<ActionPair> {
-    let mut actions = Vec::new();
+    actions: &mut Vec<ActionPair>,
+) {
     let eh_bits = SectionKind::EhFrame.bit() | SectionKind::EhFrameTerminator.bit();
     let blocks = match g.may_have(eh_bits) {
         true => &g.blocks[..],
@@ -139,7 +140,6 @@ pub(super) fn collect_actions(
             }),
         });
     }
-    actions
 }
 
 /// IFUNC slots are filled first: initializers and other actions may call the functions.

@@ -29,9 +29,7 @@ use crate::error::{Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
 use crate::session::SymbolKind;
 use fixup::FixupContext;
-use kiln_target::{
-    Action, ActionPair, AllocId, Executor, ExecutorAddr, LibraryId, Placement, TLS_MODULE_TAG,
-};
+use kiln_target::{AllocId, Executor, LibraryId, Placement, TLS_MODULE_TAG};
 use rustc_hash::{FxHashMap, FxHashSet};
 use stats::Timer;
 use std::borrow::Cow;
@@ -159,7 +157,9 @@ pub fn link_then<R>(
     let mut g = graph_for(arch, &input);
     let (mut archives, linker, roots) = parse_inputs(&mut g, &input, &names)?;
     t.lap("parse");
-    resolve::load_archive_members(&mut g, &mut archives, input.session)?;
+    if !archives.is_empty() {
+        resolve::load_archive_members(&mut g, &mut archives, input.session)?;
+    }
     resolve::check_duplicates(&g)?;
     t.lap("archive members");
     let outside = passes::Outside {
@@ -170,11 +170,17 @@ pub fn link_then<R>(
             || !input.archives.is_empty(),
     };
     let runtime = passes::synthesize_runtime(&mut g, linker, &outside, &names);
-    passes::allocate_commons(&mut g, linker);
+    // (The checks inline: a JIT's function has no commons, no `.init`/`.fini`, no `.eh_frame`
+    // frame and no archive; a call out of line costs it a dozen instructions each.)
+    if g.has_commons {
+        passes::allocate_commons(&mut g, linker);
+    }
     passes::merge_init_fragments(&mut g, SectionKind::Init, linker);
     passes::merge_init_fragments(&mut g, SectionKind::Fini, linker);
     let live = passes::dead_strip(&mut g, &roots, runtime.dso);
-    passes::add_eh_frame_terminator(&mut g, linker);
+    if g.may_have(SectionKind::EhFrame.bit()) {
+        passes::add_eh_frame_terminator(&mut g, linker);
+    }
     t.lap("dead-strip");
     let external = resolve_externals(&mut g, ex, &input, &roots)?;
     t.lap("resolve externals");
@@ -196,22 +202,28 @@ pub fn link_then<R>(
     let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
     // IFUNC slots first (initializers and other actions may call the functions), then unwind
     // info and TLS, then the debug sinks (read off the final bytes).
-    let mut pairs = actions::ifunc_actions(&g, &tables);
-    pairs.extend(actions::collect_actions(&g, &layout, &ctx));
+    let mut pairs = Vec::new();
+    if !tables.ifunc_slots.is_empty() {
+        pairs = actions::ifunc_actions(&g, &tables);
+    }
+    actions::collect_actions(&g, &layout, &ctx, &mut pairs);
     let mut has_initializers = false;
     let mut kept_actions = None;
-    let (post, alloc) = memory.write_and_finalize(&g, &layout, &ctx, |work| {
-        let mut post = read_back(&g, &layout, work, &tables, runtime.dso, &input);
-        pairs.append(&mut post.debug);
-        has_initializers = !post.initializers.is_empty();
-        kept_actions = input.relink.then(|| Arc::new(pairs.clone()));
-        t.lap("fixups, debug info");
-        let unit = kiln_target::UnitActions {
+    let (map, alloc) = memory.write_and_finalize(&g, &layout, &ctx, |work| {
+        let mut unit = kiln_target::UnitActions {
             actions: pairs,
-            initializers: std::mem::take(&mut post.initializers),
-            deinitializers: std::mem::take(&mut post.deinitializers),
+            initializers: Vec::new(),
+            deinitializers: Vec::new(),
         };
-        (post, unit)
+        let map = if has_read_back(&g, runtime.dso, &input) {
+            read_back(&g, &layout, work, &tables, runtime.dso, &input, &mut unit)
+        } else {
+            None
+        };
+        has_initializers = !unit.initializers.is_empty();
+        kept_actions = input.relink.then(|| Arc::new(unit.actions.clone()));
+        t.lap("fixups, debug info");
+        (map, unit)
     })?;
     t.lap("finalize");
     let segments_stat: Vec<_> = if input.collect_stats {
@@ -232,7 +244,7 @@ pub fn link_then<R>(
         alloc,
         exports: exports(&g, linker),
         has_initializers,
-        map: post.map,
+        map,
         relink,
         actions: kept_actions,
         segments: layout
@@ -344,6 +356,10 @@ fn resolve_externals(
         allow: input.allow,
     };
     let external = resolve::resolve_externals(g, ex, &scopes)?;
+    // (A JIT's link names no roots: no list collected from none.)
+    if roots.is_empty() {
+        return Ok(external);
+    }
     let undefined: Vec<SymbolReference> = input
         .roots
         .iter()
@@ -396,6 +412,7 @@ fn reserve<'x>(
 
 /// The values fixups need besides symbols: the GOT, the unit's TLS module value, and (for units
 /// using the static TLS models) its block in static TLS, reserved now.
+#[inline]
 fn fixup_context(
     ex: &dyn Executor,
     g: &LinkGraph,
@@ -411,16 +428,33 @@ fn fixup_context(
         tp_offset: None,
     };
     // A unit without TLS (no layout of it) needs no static TLS block: no edge scan.
-    if let Some(t) = layout.tls.as_ref().filter(|_| needs_static_tls(g)) {
-        let image = fixup::tls_image(g, layout, &ctx)?;
-        let off = ex.allocate_static_tls(&image, t.block_size, t.align)?;
-        tracing::debug!(
-            "static TLS: {} bytes at thread pointer {off:+#x}",
-            t.block_size
-        );
-        ctx.tp_offset = Some(off);
+    if let Some(t) = layout.tls.as_ref() {
+        ctx.tp_offset = static_tls(ex, g, layout, &ctx, t)?;
     }
     Ok(ctx)
+}
+
+/// The unit's block in static TLS, if live code needs one (out of line: a JIT's unit has no
+/// TLS).
+#[cold]
+#[inline(never)]
+fn static_tls(
+    ex: &dyn Executor,
+    g: &LinkGraph,
+    layout: &layout::Layout,
+    ctx: &FixupContext,
+    t: &layout::TlsLayout,
+) -> Result<Option<i64>> {
+    if !needs_static_tls(g) {
+        return Ok(None);
+    }
+    let image = fixup::tls_image(g, layout, ctx)?;
+    let off = ex.allocate_static_tls(&image, t.block_size, t.align)?;
+    tracing::debug!(
+        "static TLS: {} bytes at thread pointer {off:+#x}",
+        t.block_size
+    );
+    Ok(Some(off))
 }
 
 fn unit_base(layout: &layout::Layout) -> u64 {
@@ -437,17 +471,25 @@ fn needs_static_tls(g: &LinkGraph) -> bool {
         .any(|e| g.edge_info(e.kind).value == TargetValue::ThreadPointerOffset)
 }
 
-/// What is read off the final bytes of a unit.
-struct Post {
-    initializers: Vec<ExecutorAddr>,
-    deinitializers: Vec<Action>,
-    debug: Vec<ActionPair>,
-    /// (Shared already: a map inline would make `Post` four times the size, moved out of the
-    /// writer for every unit.)
-    map: Option<Arc<LinkMap>>,
+/// Whether anything is read off the final bytes of the unit: not for a JIT's unit (no
+/// init/fini sections, no `__dso_handle`, no debug sink, no map).
+#[inline]
+fn has_read_back(g: &LinkGraph, dso: Option<SymbolId>, input: &LinkInput) -> bool {
+    // (Destructured, so that a new sink cannot be missed.)
+    let crate::debug::DebugOptions {
+        gdb,
+        perf_map,
+        jitdump,
+        valgrind,
+    } = input.debug;
+    let any_sink = *gdb || *perf_map || *valgrind || jitdump.is_some();
+    any_sink || dso.is_some() || input.want_map || g.may_have(SectionKind::init_fini_bits())
 }
 
-/// Read the final bytes: initializer and finalizer arrays, debug objects, the link map.
+/// Read the final bytes: initializer and finalizer arrays and debug objects (into `unit`,
+/// the debug sinks' actions after the actions it has), the link map (returned). (Out of line:
+/// a JIT's unit has nothing to read, [`has_read_back`].)
+#[inline(never)]
 fn read_back(
     g: &LinkGraph,
     layout: &layout::Layout,
@@ -455,26 +497,12 @@ fn read_back(
     tables: &Tables,
     dso: Option<SymbolId>,
     input: &LinkInput,
-) -> Post {
-    // A JIT's unit: no init/fini sections, no `__dso_handle`, no sink, no map — nothing to
-    // read (what the general path below finds then, without its calls and empty lists).
-    let crate::debug::DebugOptions {
-        gdb,
-        perf_map,
-        jitdump,
-        valgrind,
-    } = input.debug;
-    let no_sink = !(*gdb || *perf_map || *valgrind || jitdump.is_some());
-    if no_sink && dso.is_none() && !input.want_map && !g.may_have(SectionKind::init_fini_bits()) {
-        return Post {
-            initializers: Vec::new(),
-            deinitializers: Vec::new(),
-            debug: Vec::new(),
-            map: None,
-        };
-    }
+    unit: &mut kiln_target::UnitActions,
+) -> Option<Arc<LinkMap>> {
     let (initializers, deinitializers) = actions::collect_init_fini(g, layout, work, dso);
-    let debug = crate::debug::actions(
+    unit.initializers = initializers;
+    unit.deinitializers = deinitializers;
+    let mut debug = crate::debug::actions(
         &crate::debug::Unit {
             g,
             layout,
@@ -484,15 +512,11 @@ fn read_back(
         input.debug,
         unit_base(layout),
     );
-    let map = input
+    unit.actions.append(&mut debug);
+    // (Shared already: the map is large, and the closure that reads it back returns it.)
+    input
         .want_map
-        .then(|| Arc::new(link_map::link_map(g, tables, layout, work)));
-    Post {
-        initializers,
-        deinitializers,
-        debug,
-        map,
-    }
+        .then(|| Arc::new(link_map::link_map(g, tables, layout, work)))
 }
 
 /// Edges counted by kind, named once per kind (a unit has a handful of kinds: a linear scan
@@ -529,45 +553,66 @@ pub struct Export<'g> {
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
 /// exported.
 fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
-    // A JIT's unit (a function, the few it calls) fits the inline list; a larger one gets
-    // room for every global (its undefined ones are few): one allocation, no growing.
     let mut out = Exports::new();
+    if !g.indexed {
+        // A small graph (a JIT's function, the few it calls): its globals are its symbols that
+        // are not local (what `global_ids` lists, without its iterator), and its exports fit
+        // the inline list.
+        for s in &g.symbols {
+            if s.visibility != Visibility::Local {
+                if let Some(e) = export(g, s, linker) {
+                    out.push(e);
+                }
+            }
+        }
+        return out;
+    }
+    // A larger one gets room for every global (its undefined ones are few): one allocation,
+    // no growing.
     if g.globals_at_most() > 8 {
         out.reserve_exact(g.globals_at_most());
     }
     for id in g.global_ids() {
-        let s = &g.symbols[id.idx()];
-        let name = s.name;
-        let SymbolDef::Defined { block, offset } = s.def else {
-            continue;
-        };
-        let skip = s.tls
-            || !g.blocks[block.idx()].live
-            || s.visibility == Visibility::Local
-            || g.block_input(block) == linker;
-        if skip {
-            continue;
+        if let Some(e) = export(g, &g.symbols[id.idx()], linker) {
+            out.push(e);
         }
-        out.push(Export {
-            // (ASCII checked first, a word at a time: `from_utf8` goes byte by byte through
-            // a short name. The lossy conversion costs more when there is nothing to replace.)
-            name: if name.is_ascii() || std::str::from_utf8(name).is_ok() {
-                Cow::Borrowed(name)
-            } else {
-                Cow::Owned(String::from_utf8_lossy(name).into_owned().into_bytes())
-            },
-            addr: g.blocks[block.idx()].addr + offset,
-            size: s.size,
-            kind: if s.callable {
-                SymbolKind::Function
-            } else {
-                SymbolKind::Data
-            },
-            exported: s.visibility == Visibility::Default,
-            weak: s.weak,
-        });
     }
     out
+}
+
+/// The global `s` as an export, if it is one ([`exports`]). (Always inline: called, its
+/// prologue and the `Option` it returns cost a small graph's exports a third more.)
+#[inline(always)]
+fn export<'g>(g: &LinkGraph<'g>, s: &Symbol<'g>, linker: InputId) -> Option<Export<'g>> {
+    let name = s.name;
+    let SymbolDef::Defined { block, offset } = s.def else {
+        return None;
+    };
+    let skip = s.tls
+        || !g.blocks[block.idx()].live
+        || s.visibility == Visibility::Local
+        || g.block_input(block) == linker;
+    if skip {
+        return None;
+    }
+    Some(Export {
+        // (ASCII checked first, a word at a time: `from_utf8` goes byte by byte through
+        // a short name. The lossy conversion costs more when there is nothing to replace.)
+        name: if name.is_ascii() || std::str::from_utf8(name).is_ok() {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(String::from_utf8_lossy(name).into_owned().into_bytes())
+        },
+        addr: g.blocks[block.idx()].addr + offset,
+        size: s.size,
+        kind: if s.callable {
+            SymbolKind::Function
+        } else {
+            SymbolKind::Data
+        },
+        exported: s.visibility == Visibility::Default,
+        weak: s.weak,
+    })
 }
 
 #[cfg(test)]
@@ -584,5 +629,97 @@ mod tests {
             std::mem::size_of::<Export>()
         );
         assert!(size <= 288, "LinkedUnit is {size} bytes");
+    }
+
+    /// A small graph's exports (its symbols scanned) are the ones the general path lists from
+    /// the globals' table: defined or not, live or not, local, hidden, thread-local, weak,
+    /// data, and what the linker made.
+    #[test]
+    fn small_graphs_exports_agree_with_the_table() {
+        use kiln_target::MemProt;
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let names: Vec<Vec<u8>> = (0..8).map(|i| format!("s{i}").into_bytes()).collect();
+        for case in 0..64usize {
+            let mut small = LinkGraph::with_capacity(arch, 2, 2, 2);
+            let mut table = LinkGraph::with_capacity(arch, 2, 2, crate::graph::SCAN_AT_MOST + 1);
+            for g in [&mut small, &mut table] {
+                let input = g.add_input("a", true);
+                let linker = passes::linker_input(g);
+                let mut blocks = Vec::new();
+                for (i, owner) in [input, linker].into_iter().enumerate() {
+                    let section = g.add_section(Section {
+                        name: b".text",
+                        prot: MemProt::ReadExec,
+                        kind: SectionKind::Regular,
+                        input: owner,
+                        retain: false,
+                        elf_index: 0,
+                    });
+                    let b = g.add_block(section, Content::Zero(32), 16);
+                    g.blocks[b.idx()].live = i == 1 || case % 5 != 0;
+                    g.blocks[b.idx()].addr = 0x1000 * (i as u64 + 1);
+                    blocks.push(b);
+                }
+                // Up to six symbols, chosen by the case's bits: small stays under the scan's bound.
+                for (k, name) in names.iter().enumerate().take(6) {
+                    let bit = (case >> (k % 6)) & 1 == 1;
+                    let block = blocks[usize::from(k == 5)];
+                    let def = SymbolDef::Defined {
+                        block,
+                        offset: k as u64,
+                    };
+                    match (k, bit) {
+                        (0, _) => {
+                            g.global_ref(name, input, false);
+                        }
+                        (1, true) => {
+                            let id = g.add_anon(block, 0, input);
+                            g.symbols[id.idx()].name = name;
+                        }
+                        _ => {
+                            let visibility = if k == 2 && bit {
+                                Visibility::Hidden
+                            } else {
+                                Visibility::Default
+                            };
+                            g.define_global(
+                                name,
+                                def,
+                                8,
+                                k == 3 && bit,
+                                visibility,
+                                k != 4,
+                                k == 4 && bit,
+                                if k == 5 { linker } else { input },
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(!small.indexed && table.indexed);
+            let key = |g: &LinkGraph| {
+                let linker = InputId(1);
+                let mut out: Vec<_> = exports(g, linker)
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e.name.into_owned(),
+                            e.addr,
+                            e.size,
+                            e.kind == SymbolKind::Function,
+                            e.exported,
+                            e.weak,
+                        )
+                    })
+                    .collect();
+                out.sort();
+                out
+            };
+            let listed = key(&small);
+            assert_eq!(listed, key(&table), "case {case}");
+            assert!(listed.iter().all(|e| e.0 != b"s0" && e.0 != b"s5"));
+            // (`s3` is a default-visibility definition: exported whenever its block is live.)
+            assert_eq!(listed.is_empty(), case % 5 == 0, "case {case}");
+        }
     }
 }

@@ -51,13 +51,10 @@ fn define_hidden<'a>(
     )
 }
 
-/// Whether an undefined name is one the linker may define: its own symbols and the Rust
-/// allocator shim all start with `_`; glibc's libc_nonshared functions do not.
+/// Whether an undefined name is one the linker may define ([`may_name_linker_glue`]).
 #[inline]
 fn may_need_glue(g: &LinkGraph, name: &[u8], id: SymbolId) -> bool {
-    matches!(g.symbols[id.idx()].def, SymbolDef::Undefined)
-        && (name.starts_with(b"_")
-            || matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork"))
+    matches!(g.symbols[id.idx()].def, SymbolDef::Undefined) && may_name_linker_glue(name)
 }
 
 fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
@@ -84,18 +81,31 @@ pub fn synthesize_runtime<'a>(
     outside: &Outside,
     names: &'a bumpalo::Bump,
 ) -> Runtime {
-    let eager = outside.all_linker_symbols;
-    if !eager
-        && !g
-            .global_ids()
-            .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id))
-    {
+    if !outside.all_linker_symbols && !any_may_need_glue(g) {
         return Runtime {
             dso: None,
             got: None,
         };
     }
     synthesize(g, input, outside, names)
+}
+
+/// Whether some undefined global is a name the linker may define.
+#[inline]
+fn any_may_need_glue(g: &LinkGraph) -> bool {
+    if !g.indexed {
+        // A small graph's globals are its symbols that are not local (what `global_ids` lists,
+        // without its iterator: a JIT's function runs only this loop, over three symbols).
+        // (A flag kept as each global is added measured no cheaper: the check then runs for
+        // every new global.)
+        return g.symbols.iter().any(|s| {
+            s.visibility != Visibility::Local
+                && s.def == SymbolDef::Undefined
+                && may_name_linker_glue(s.name)
+        });
+    }
+    g.global_ids()
+        .any(|id| may_need_glue(g, g.symbols[id.idx()].name, id))
 }
 
 /// [`synthesize_runtime`] when some name may need the linker (out of line: the check above is
@@ -623,5 +633,64 @@ mod tests {
             }
         }
         assert_eq!(cases, 32);
+    }
+
+    /// The small graph's check for names the linker may write glue for answers as the scan of
+    /// the globals' table does: for names it may define and names it may not, defined or not,
+    /// and locals named like them (never glue).
+    #[test]
+    fn small_graphs_glue_check_agrees_with_the_table() {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let names: [&[u8]; 9] = [
+            b"abs",
+            b"f",
+            b"_start",
+            b"atexit",
+            b"at_quick_exit",
+            b"pthread_atfork",
+            b"atexits",
+            b"pthread",
+            b"__rust_alloc",
+        ];
+        let mut found = 0;
+        for (i, name) in names.iter().enumerate() {
+            for how in 0..3 {
+                let mut small = LinkGraph::with_capacity(arch, 1, 1, 2);
+                let mut table =
+                    LinkGraph::with_capacity(arch, 1, 1, crate::graph::SCAN_AT_MOST + 1);
+                for g in [&mut small, &mut table] {
+                    let input = g.add_input("a", true);
+                    let section =
+                        synth_section(g, b".text", MemProt::ReadExec, SectionKind::Regular, input);
+                    let block = g.add_block(section, Content::Zero(8), 8);
+                    // A name the linker never defines, beside the one tried.
+                    g.global_ref(names[(i + 1) % 2], input, false);
+                    match how {
+                        0 => {
+                            g.global_ref(name, input, false);
+                        }
+                        1 => {
+                            define_hidden(g, name, block, input, true);
+                        }
+                        _ => {
+                            let id = g.add_anon(block, 0, input);
+                            g.symbols[id.idx()].name = name;
+                        }
+                    }
+                }
+                assert!(!small.indexed && table.indexed);
+                let scanned = any_may_need_glue(&small);
+                assert_eq!(scanned, any_may_need_glue(&table), "{name:?}, case {how}");
+                assert_eq!(
+                    scanned,
+                    how == 0
+                        && may_name_linker_glue(name)
+                        && *name != b"atexits".as_slice()
+                        && *name != b"pthread".as_slice()
+                );
+                found += usize::from(scanned);
+            }
+        }
+        assert_eq!(found, 5);
     }
 }

@@ -122,10 +122,10 @@ fn direct_only(g: &LinkGraph, cx: &TableContext) -> Option<usize> {
 fn in_range(g: &LinkGraph, cx: &TableContext, t: SymbolId) -> bool {
     match g.symbols[t.idx()].def {
         SymbolDef::Defined { .. } => true,
+        // (`abs_diff` is the exact distance, as a subtraction in 128 bits would give.)
         SymbolDef::Absolute(a) => {
-            let reach = i128::from(super::PC_RELATIVE_32_REACH);
-            let (lo, hi, t) = (i128::from(cx.lo), i128::from(cx.hi), i128::from(a));
-            (t - lo).abs() < reach && (t - hi).abs() < reach
+            let reach = super::PC_RELATIVE_32_REACH;
+            a.abs_diff(cx.lo) < reach && a.abs_diff(cx.hi) < reach
         }
         _ => false,
     }
