@@ -396,11 +396,11 @@ impl<'a> LinkGraph<'a> {
     }
 
     /// The table row of an edge kind (every edge of a graph has one: graphs are built with
-    /// kinds of their own architecture).
+    /// kinds of their own architecture, checked as each edge is added). Read off the kind, not
+    /// asked of the architecture through `dyn Arch`: passes ask it for every edge.
+    #[inline]
     pub(crate) fn edge_info(&self, kind: EdgeKind) -> &'static crate::arch::EdgeInfo {
-        self.arch
-            .edge_info(kind)
-            .unwrap_or(&crate::arch::EdgeInfo::KEEP_ALIVE)
+        kind.info()
     }
 
     /// An empty list for a block's edges, with room for `capacity`: in a small graph, one the
