@@ -596,7 +596,7 @@ impl Jit {
             Err(kiln::Error::HasDependents { unit, dependents }) => {
                 return Err(Error::InUse {
                     unit,
-                    users: dependents,
+                    users: dependents.into_vec(),
                 })
             }
             r => r?,

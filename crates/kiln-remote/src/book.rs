@@ -123,7 +123,7 @@ impl SlabBook {
             return Err(Error::NotOwned {
                 addr,
                 size: len,
-                what: "inside one region of that slab of this executor",
+                what: "inside one region of that slab of this executor".into(),
             });
         }
         Ok(end)

@@ -662,7 +662,10 @@ impl Executor for RemoteExecutor {
             }
             Some(why) => {
                 book.set_registered(id, &[]);
-                Err(Error::AfterMove { id: id.0, why })
+                Err(Error::AfterMove {
+                    id: id.0,
+                    why: why.into(),
+                })
             }
         }
     }

@@ -478,7 +478,9 @@ fn dispatch(ex: &InProcessExecutor, call: Call) -> kiln_target::Result<(Value, O
         Call::MoveAllocation { id, moves, actions } => {
             match ex.move_allocation(id, &moves, actions) {
                 Ok(()) => Value::Moved { error: None },
-                Err(kiln_target::Error::AfterMove { why, .. }) => Value::Moved { error: Some(why) },
+                Err(kiln_target::Error::AfterMove { why, .. }) => Value::Moved {
+                    error: Some(why.into()),
+                },
                 Err(e) => return Err(e),
             }
         }

@@ -28,7 +28,7 @@ mod sys;
 mod table;
 
 pub use addr::{ExecutorAddr, MemProt};
-pub use error::{signal_name, Error, Result};
+pub use error::{signal_name, Error, Result, Text};
 pub use executor::{slab_memory_by_copy, slab_unit_by_two_calls};
 pub use executor::{
     Action, ActionPair, AllocId, Bytes, Executor, FinalizeRequest, LibraryId, PerfMapEntry,

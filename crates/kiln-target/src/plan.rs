@@ -75,8 +75,8 @@ fn bad(a: &Action, why: impl Into<String>) -> Error {
         action.push('…');
     }
     Error::BadAction {
-        action,
-        why: why.into(),
+        action: action.into(),
+        why: why.into().into(),
     }
 }
 

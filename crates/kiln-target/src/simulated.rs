@@ -88,7 +88,7 @@ impl SimulatedExecutor {
             }
             crate::eh_frame::check(&bytes, addr).map_err(|why| Error::EhFrame {
                 addr: ExecutorAddr(addr),
-                why,
+                why: why.into(),
             })?;
         }
         Ok(())
@@ -114,7 +114,7 @@ impl Executor for SimulatedExecutor {
         if size == 0 || size > (1 << 36) || !size.is_multiple_of(self.info.page_size) {
             return Err(Error::Reserve {
                 size,
-                where_: String::new(),
+                where_: String::new().into(),
                 why: "simulated executor: size out of range or not a page multiple".into(),
             });
         }
@@ -130,7 +130,7 @@ impl Executor for SimulatedExecutor {
         if addr % self.info.page_size != 0 || !t.is_free(addr, size) {
             return Err(Error::Reserve {
                 size,
-                where_: format!(" at {addr:#x}"),
+                where_: format!(" at {addr:#x}").into(),
                 why: "simulated executor: the range is not free or not page aligned".into(),
             });
         }
@@ -185,7 +185,7 @@ impl Executor for SimulatedExecutor {
 
     fn load_library(&self, path: &Path) -> Result<LibraryId> {
         Err(Error::LoadLibrary {
-            path: path.display().to_string(),
+            path: path.display().to_string().into(),
             why: "the simulated executor loads no libraries".into(),
         })
     }

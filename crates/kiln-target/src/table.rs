@@ -566,7 +566,7 @@ fn not_owned(addr: u64, size: u64, what: &'static str) -> Error {
     Error::NotOwned {
         addr: ExecutorAddr(addr),
         size,
-        what,
+        what: what.into(),
     }
 }
 

@@ -162,19 +162,24 @@ impl fmt::Display for FixupFailure {
 }
 
 /// Errors of the kiln linker.
+///
+/// Every `Result` of the pipeline and of the session's calls moves an `Error`'s size, so it is
+/// kept at 32 bytes (a test pins it; `kiln_target::Error` is held inline in that much): what is
+/// large and rare is boxed (a [`Location`], [`Unresolved`]'s lists, a [`FixupFailure`], the
+/// texts of variants that carry more than one thing).
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The input is malformed: truncated, inconsistent, out of range.
     #[error("{at}: malformed input: {what}")]
-    Malformed { at: Location, what: String },
+    Malformed { at: Box<Location>, what: Box<str> },
     /// The input is well formed but uses something kiln does not support (yet).
     #[error("{at}: unsupported: {what}")]
-    Unsupported { at: Location, what: String },
+    Unsupported { at: Box<Location>, what: Box<str> },
     /// Symbols could not be bound (undefined, not allowed, thread-local outside the code).
     /// Nothing was linked; whatever inputs were added stay added.
     #[error("{0}")]
-    Unresolved(Unresolved),
+    Unresolved(Box<Unresolved>),
     /// Symbols defined twice by strong definitions.
     #[error("duplicate symbols:{}", duplicates_text(.0))]
     Duplicate(Vec<DuplicateSymbol>),
@@ -184,10 +189,16 @@ pub enum Error {
     /// Reading an input failed. (The I/O error is part of the message, not a separate source,
     /// so that error chains do not print it twice.)
     #[error("{path}: {error}")]
-    Io { path: String, error: std::io::Error },
+    Io {
+        path: Box<str>,
+        error: std::io::Error,
+    },
     /// A library named with `-l` (or a file an ld script names) was not found.
     #[error("cannot find {what}; searched {}", .searched.join(", "))]
-    NotFound { what: String, searched: Vec<String> },
+    NotFound {
+        what: kiln_target::Text,
+        searched: Box<[String]>,
+    },
     /// The API was misused: an unknown unit, an entry point the code does not define, a patch
     /// outside the session's memory.
     #[error("{0}")]
@@ -196,7 +207,7 @@ pub enum Error {
     #[error("{unit} cannot be removed: {} bind{} to it", units_text(dependents), if dependents.len() == 1 { "s" } else { "" })]
     HasDependents {
         unit: crate::UnitId,
-        dependents: Vec<crate::UnitId>,
+        dependents: Box<[crate::UnitId]>,
     },
     /// A link in progress (on another thread) binds to the unit; try again when it is done.
     #[error("{0} is in use by a link in progress")]
@@ -233,12 +244,12 @@ impl Error {
         what: impl Into<String>,
     ) -> Self {
         Error::Malformed {
-            at: Location {
+            at: Box::new(Location {
                 file: file.to_string(),
                 section: section.map(str::to_string),
                 offset,
-            },
-            what: what.into(),
+            }),
+            what: what.into().into(),
         }
     }
 
@@ -249,12 +260,56 @@ impl Error {
         what: impl Into<String>,
     ) -> Self {
         Error::Unsupported {
-            at: Location {
+            at: Box::new(Location {
                 file: file.to_string(),
                 section: section.map(str::to_string),
                 offset,
-            },
-            what: what.into(),
+            }),
+            what: what.into().into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `Result` of the pipeline and of the session's wrappers moves an `Error`: keep it
+    /// small (boxing what is large and rare), so that a `Result<UnitId>` is four words.
+    #[test]
+    fn errors_stay_small() {
+        use std::mem::size_of;
+        assert!(size_of::<Error>() <= 32, "{}", size_of::<Error>());
+        assert!(size_of::<Result<crate::UnitId>>() <= 32);
+        assert!(size_of::<Result<()>>() <= 32);
+    }
+
+    #[test]
+    fn boxed_payloads_read_as_before() {
+        let e = Error::malformed("a.o", Some(".text"), Some(16), "truncated");
+        assert_eq!(
+            e.to_string(),
+            "a.o: section .text, offset 0x10: malformed input: truncated"
+        );
+        let Error::Malformed { at, what } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!((at.file.as_str(), &**what), ("a.o", "truncated"));
+        let e = Error::Unresolved(Box::new(Unresolved {
+            undefined: vec![SymbolReference {
+                name: "f".into(),
+                referenced_by: vec!["g".into()],
+            }],
+            ..Unresolved::default()
+        }));
+        assert_eq!(e.to_string(), "undefined symbols:\n  f (referenced by g)");
+        if let Error::Unresolved(u) = &e {
+            assert_eq!(u.undefined[0].name, "f");
+        }
+        let e = Error::NotFound {
+            what: "-lfoo".into(),
+            searched: vec!["/usr/lib".to_string(), "/lib".to_string()].into(),
+        };
+        assert_eq!(e.to_string(), "cannot find -lfoo; searched /usr/lib, /lib");
     }
 }

@@ -97,7 +97,7 @@ impl LibrarySearch {
             return Ok(p);
         }
         Err(Error::NotFound {
-            what: format!("library -l{spec} ({}; add -L DIR)", names.join(" or ")),
+            what: format!("library -l{spec} ({}; add -L DIR)", names.join(" or ")).into(),
             searched: self
                 .dirs
                 .iter()
@@ -157,8 +157,8 @@ impl LibrarySearch {
                 }
                 _ => {
                     return Err(Error::Unsupported {
-                        at: crate::Location { file: path.display().to_string(), section: None, offset: None },
-                        what: format!("linker script command {t:?} (only GROUP, INPUT and AS_NEEDED are understood)"),
+                        at: Box::new(crate::Location { file: path.display().to_string(), section: None, offset: None }),
+                        what: format!("linker script command {t:?} (only GROUP, INPUT and AS_NEEDED are understood)").into(),
                     })
                 }
             }

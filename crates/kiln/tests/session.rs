@@ -162,7 +162,7 @@ fn units_know_who_depends_on_them() {
     match s.remove(base).unwrap_err() {
         Error::HasDependents { unit, dependents } => {
             assert_eq!(unit, base);
-            assert_eq!(dependents, [mid, other]);
+            assert_eq!(*dependents, [mid, other]);
         }
         e => panic!("expected HasDependents, got {e}"),
     }

@@ -42,7 +42,7 @@ pub(crate) fn open(path: &str) -> Result<Handle> {
     if h.is_null() {
         return Err(Error::LoadLibrary {
             path: path.into(),
-            why: dlerror_string(),
+            why: dlerror_string().into(),
         });
     }
     Ok(Handle(h))

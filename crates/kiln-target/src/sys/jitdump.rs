@@ -86,7 +86,7 @@ fn tid() -> u32 {
 fn failed(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::DebugSink {
         sink: "jitdump",
-        why: format!("{}: {why}", path.display()),
+        why: format!("{}: {why}", path.display()).into(),
     }
 }
 

@@ -75,7 +75,7 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
     if size == 0 || !size.is_multiple_of(page) || size > (1 << 40) {
         return Err(Error::Reserve {
             size,
-            where_: String::new(),
+            where_: String::new().into(),
             why: "size must be a non-zero multiple of the page size".into(),
         });
     }
@@ -85,15 +85,15 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
                 .map(ExecutorAddr)
                 .map_err(|why| Error::Reserve {
                     size,
-                    where_: String::new(),
-                    why,
+                    where_: String::new().into(),
+                    why: why.into(),
                 })
         }
         Placement::Fixed(addr) => {
             if addr % page != 0 {
                 return Err(Error::Reserve {
                     size,
-                    where_: format!(" at {addr:#x}"),
+                    where_: format!(" at {addr:#x}").into(),
                     why: "address is not page aligned".into(),
                 });
             }
@@ -101,8 +101,8 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
                 .map(ExecutorAddr)
                 .map_err(|why| Error::Reserve {
                     size,
-                    where_: format!(" at {addr:#x}"),
-                    why: format!("the range is not free ({why})"),
+                    where_: format!(" at {addr:#x}").into(),
+                    why: format!("the range is not free ({why})").into(),
                 })
         }
         Placement::Within { lo, hi } => {
@@ -120,7 +120,7 @@ pub(crate) fn reserve(size: u64, placement: Placement) -> Result<ExecutorAddr> {
             }
             Err(Error::Reserve {
                 size,
-                where_: format!(" within {lo:#x}..{hi:#x}"),
+                where_: format!(" within {lo:#x}..{hi:#x}").into(),
                 why: "no free range there (the code must stay within ±2 GiB of what it \
                       references with 32-bit displacements)"
                     .into(),
@@ -173,7 +173,7 @@ unsafe fn protect(addr: u64, size: u64, prot: MprotectFlags) -> Result<()> {
         Error::Memory {
             addr: ExecutorAddr(addr),
             size,
-            why: format!("mprotect: {e}"),
+            why: format!("mprotect: {e}").into(),
         }
     })
 }
@@ -231,7 +231,7 @@ pub(crate) unsafe fn reset(addr: ExecutorAddr, size: u64) -> Result<()> {
     .map_err(|e| Error::Memory {
         addr,
         size,
-        why: format!("mmap (reset): {e}"),
+        why: format!("mmap (reset): {e}").into(),
     })
 }
 
@@ -246,7 +246,7 @@ pub(crate) unsafe fn release(addr: ExecutorAddr, size: u64) -> Result<()> {
     unsafe { rustix::mm::munmap(addr.0 as *mut c_void, size as usize) }.map_err(|e| Error::Memory {
         addr,
         size,
-        why: format!("munmap: {e}"),
+        why: format!("munmap: {e}").into(),
     })
 }
 

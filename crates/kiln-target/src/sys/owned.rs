@@ -144,7 +144,7 @@ impl OwnedMemory {
                 let here = home.slab_at(s, e).ok_or_else(|| Error::NotOwned {
                     addr: seg.addr,
                     size: seg.size(),
-                    what: "inside a slab of this executor",
+                    what: "inside a slab of this executor".into(),
                 })?;
                 if slab.is_some_and(|first| first != here) {
                     return Err(Error::InvalidRequest(format!(
@@ -397,7 +397,7 @@ impl OwnedMemory {
             let bytes = unsafe { mem::read(addr, size) };
             crate::eh_frame::check(&bytes, addr).map_err(|why| Error::EhFrame {
                 addr: ExecutorAddr(addr),
-                why,
+                why: why.into(),
             })?;
         }
         // SAFETY: `plan` checked the actions against this allocation's segments, and eh_frame
@@ -531,7 +531,7 @@ impl OwnedMemory {
             Some(fd) if shared => Some(fd.try_clone_to_owned().map_err(|e| Error::Memory {
                 addr: slab.info.regions[0].0,
                 size: 0,
-                why: format!("dup of the slab's memfd: {e}"),
+                why: format!("dup of the slab's memfd: {e}").into(),
             })?),
             None if shared => {
                 return Err(Error::InvalidRequest("shared slab without a memfd".into()))
@@ -818,7 +818,7 @@ impl OwnedMemory {
                     .and(synced)
                     .map_err(|e| Error::AfterMove {
                         id: id.0,
-                        why: e.to_string(),
+                        why: e.to_string().into(),
                     })
             }
             Err(e) => {
@@ -827,7 +827,7 @@ impl OwnedMemory {
                     .finish_move(id.0, Vec::new(), Vec::new());
                 Err(Error::AfterMove {
                     id: id.0,
-                    why: format!("registering it there failed, it lives unregistered: {e}"),
+                    why: format!("registering it there failed, it lives unregistered: {e}").into(),
                 })
             }
         }
@@ -906,7 +906,7 @@ impl OwnedMemory {
         copied.and(translated).map_err(|e| {
             let e = Error::AfterMove {
                 id: id.0,
-                why: e.to_string(),
+                why: e.to_string().into(),
             };
             (true, e)
         })?;
@@ -1063,7 +1063,7 @@ fn check_moved_eh_frame(plan: &MovePlan, addr: u64, size: u64) -> Result<()> {
     unsafe { mem::read_into(source, &mut bytes) };
     crate::eh_frame::check(&bytes, addr).map_err(|why| Error::EhFrame {
         addr: ExecutorAddr(addr),
-        why,
+        why: why.into(),
     })
 }
 

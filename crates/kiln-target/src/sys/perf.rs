@@ -36,7 +36,7 @@ pub(crate) fn write(entries: &[PerfMapEntry]) -> Result<()> {
         .map_err(|_| Error::InvalidRequest("perf map lock poisoned".into()))?;
     let failed = |why: std::io::Error| Error::DebugSink {
         sink: "perf map",
-        why: format!("{}: {why}", path().display()),
+        why: format!("{}: {why}", path().display()).into(),
     };
     if guard.is_none() {
         *guard = Some(File::create(path()).map_err(failed)?);

@@ -49,8 +49,8 @@ impl RawMemory {
         }
         .map_err(|e| Error::Reserve {
             size: len as u64,
-            where_: String::new(),
-            why: e.to_string(),
+            where_: String::new().into(),
+            why: e.to_string().into(),
         })?;
         Ok(RawMemory {
             base: p.cast(),

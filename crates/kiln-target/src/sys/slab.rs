@@ -51,7 +51,7 @@ fn os_err(what: &str, e: rustix::io::Errno) -> Error {
     Error::Memory {
         addr: ExecutorAddr(0),
         size: 0,
-        why: format!("{what}: {e}"),
+        why: format!("{what}: {e}").into(),
     }
 }
 
@@ -261,7 +261,7 @@ impl WriteView {
         Error::NotOwned {
             addr: ExecutorAddr(addr),
             size: len,
-            what: "inside one region of the slab",
+            what: "inside one region of the slab".into(),
         }
     }
 

@@ -77,7 +77,7 @@ fn sync_error(why: String) -> Error {
     Error::Memory {
         addr: crate::ExecutorAddr(0),
         size: 0,
-        why,
+        why: why.into(),
     }
 }
 

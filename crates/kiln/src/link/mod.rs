@@ -150,7 +150,7 @@ pub fn link_then<R>(
 ) -> Result<R> {
     let arch = crate::arch::for_triple(&ex.info().triple).ok_or_else(|| Error::Unsupported {
         at: Default::default(),
-        what: format!("executor architecture {}", ex.info().triple),
+        what: format!("executor architecture {}", ex.info().triple).into(),
     })?;
     let mut t = Timer::new(input.collect_stats);
     let names = bumpalo::Bump::new();
@@ -371,10 +371,10 @@ fn resolve_externals(
         })
         .collect();
     if !undefined.is_empty() {
-        return Err(Error::Unresolved(Unresolved {
+        return Err(Error::Unresolved(Box::new(Unresolved {
             undefined,
             ..Default::default()
-        }));
+        })));
     }
     Ok(external)
 }

@@ -127,7 +127,8 @@ pub fn placement_window(g: &LinkGraph, bounds: &Bounds, size: u64) -> Result<Pla
             "the code references host data at {:#x} and {:#x} with 32-bit PC-relative \
                  relocations; no placement reaches both (they are more than 2 GiB apart)",
             must.0, must.1
-        ),
+        )
+        .into(),
     })
 }
 
@@ -154,6 +155,7 @@ fn low_2g_window(must: Option<(u64, u64)>, size: u64, reach: u64) -> Result<Plac
              also reaches host data at {:#x} with 32-bit PC-relative relocations, which is out \
              of reach from there (a native link would make a copy relocation): compile with -fPIE",
             must.0
-        ),
+        )
+        .into(),
     })
 }

@@ -287,11 +287,11 @@ fn outside_the_session(
             })
             .collect()
     };
-    Err(Error::Unresolved(Unresolved {
+    Err(Error::Unresolved(Box::new(Unresolved {
         undefined: refs(&errors),
         not_allowed: refs(&disallowed),
         foreign_tls: refs(&tls_outside),
-    }))
+    })))
 }
 
 /// The inputs whose live code references `id`.

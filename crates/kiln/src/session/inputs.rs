@@ -82,7 +82,7 @@ impl Inputs {
         let path = path.as_ref();
         let name = path.display().to_string();
         let io = |error| Error::Io {
-            path: name.clone(),
+            path: name.clone().into(),
             error,
         };
         // Identify the file from its first bytes: shared libraries are only dlopened, never read.

@@ -22,7 +22,7 @@ pub use moving::{RelinkBytes, RelocationInfo};
 pub use state::{ScopeId, SymbolInfo, SymbolKind, UnitId};
 
 use crate::debug::DebugOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Unresolved};
 use crate::graph::{FunctionRef, InMemoryGraph};
 use crate::link::{self, LinkInput, LinkStats, LinkedUnit, SessionSymbols};
 use crate::memory::{CodeMemory, SlabMemory};
@@ -414,6 +414,7 @@ impl Session {
 
     /// [`Session::link_function`] with options: the unit's scope, its memory, its relink
     /// record.
+    #[inline]
     pub fn link_function_with(
         &self,
         function: &FunctionRef,
@@ -448,30 +449,51 @@ impl Session {
     /// session.remove(unit)?;
     /// # Ok::<(), kiln::Error>(())
     /// ```
+    // Inline (into `link_function`, a JIT's call): one call level less a link; what is rare
+    // (no functions, names the generators may define) is out of line.
+    #[inline]
     pub fn link_functions_with(
         &self,
         functions: &[FunctionRef],
         options: &UnitOptions,
     ) -> Result<UnitId> {
         if functions.is_empty() {
-            return Err(Error::Usage(
-                "link_functions_with: no functions to link".into(),
-            ));
+            return Err(no_functions());
         }
         let config = self.config();
-        let source = Source::Functions(functions);
-        match self.link_once(&config, options, &source, &NO_GENERATED, None) {
-            // The generators answer with inputs of their own: the link is made again from
-            // inputs, with the functions as the graphs they stand for.
-            Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
-                let mut inputs = Inputs::new();
-                for f in functions {
-                    inputs.add_graph(f.to_graph());
-                }
-                self.link_in(options, &inputs)
+        match self.link_once(
+            &config,
+            options,
+            &Source::Functions(functions),
+            &NO_GENERATED,
+            None,
+        ) {
+            Err(Error::Unresolved(u)) if !u.undefined.is_empty() => {
+                self.link_functions_generated(functions, options, u)
             }
             r => r,
         }
+    }
+
+    /// A link of `functions` that missed names: when the session has generators, they answer
+    /// with inputs of their own, and the link is made again from inputs, with the functions as
+    /// the graphs they stand for; else `unresolved` is the answer.
+    #[cold]
+    #[inline(never)]
+    fn link_functions_generated(
+        &self,
+        functions: &[FunctionRef],
+        options: &UnitOptions,
+        unresolved: Box<Unresolved>,
+    ) -> Result<UnitId> {
+        if !self.has_generators() {
+            return Err(Error::Unresolved(unresolved));
+        }
+        let mut inputs = Inputs::new();
+        for f in functions {
+            inputs.add_graph(f.to_graph());
+        }
+        self.link_in(options, &inputs)
     }
 
     /// `graphs` into one unit; a link that misses names the generators may define is made
@@ -1133,6 +1155,11 @@ impl SessionSymbols for Binder<'_> {
             *out = Some(d.addr);
         }
     }
+}
+
+#[cold]
+fn no_functions() -> Error {
+    Error::Usage("link_functions_with: no functions to link".into())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1074,7 +1074,7 @@ impl State {
             dependents.sort_unstable();
             return Err(Error::HasDependents {
                 unit: UnitId(id),
-                dependents,
+                dependents: dependents.into(),
             });
         }
         let unit = self
@@ -1130,7 +1130,7 @@ impl State {
                 outside.sort_unstable();
                 return Err(Error::HasDependents {
                     unit: UnitId(id),
-                    dependents: outside,
+                    dependents: outside.into(),
                 });
             }
         }
