@@ -653,6 +653,64 @@ impl<'a> LinkGraph<'a> {
     }
 }
 
+/// Graphs for the link passes' unit tests, built as the front ends build them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// An x86-64 graph with one input (`explicit` or not) and its `.text` section (`retain`ed
+    /// or not), still without blocks.
+    pub(crate) fn graph_with_text(
+        input: &'static str,
+        explicit: bool,
+        retain: bool,
+    ) -> (LinkGraph<'static>, InputId, SectionId) {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let mut g = LinkGraph::new(arch);
+        let (input, section) = add_text(&mut g, input, explicit, retain);
+        (g, input, section)
+    }
+
+    /// An input (`explicit` or not) and its `.text` section (`retain`ed or not), added to `g`.
+    pub(crate) fn add_text(
+        g: &mut LinkGraph<'_>,
+        input: &'static str,
+        explicit: bool,
+        retain: bool,
+    ) -> (InputId, SectionId) {
+        let input = g.add_input(input, explicit);
+        let section = g.add_section(Section {
+            name: b".text",
+            prot: MemProt::ReadExec,
+            kind: SectionKind::Regular,
+            input,
+            retain,
+            elf_index: 0,
+        });
+        (input, section)
+    }
+
+    /// A strong, callable, default-visibility symbol of `input`.
+    pub(crate) fn function_symbol<'a>(
+        name: &'a [u8],
+        def: SymbolDef,
+        input: InputId,
+    ) -> Symbol<'a> {
+        Symbol {
+            name,
+            def,
+            size: 0,
+            weak: false,
+            visibility: Visibility::Default,
+            callable: true,
+            tls: false,
+            input,
+            only_weak_refs: false,
+            ifunc: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,15 +727,7 @@ mod tests {
             let mut table = LinkGraph::with_capacity(arch, 1, 1, SCAN_AT_MOST + 1);
             assert!(!scan.indexed && table.indexed);
             for g in [&mut scan, &mut table] {
-                let input = g.add_input("a", true);
-                let section = g.add_section(Section {
-                    name: b".text",
-                    prot: MemProt::ReadExec,
-                    kind: SectionKind::Regular,
-                    input,
-                    retain: false,
-                    elf_index: 0,
-                });
+                let (input, section) = fixtures::add_text(g, "a", true, false);
                 let block = g.add_block(section, Content::Zero(8), 8);
                 for step in 0..steps {
                     let name = &names[(step * 5) % names.len()];

@@ -263,18 +263,11 @@ mod tests {
         let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
         let mut g = LinkGraph::new(arch);
         let input = g.add_input("t", true);
-        let host = g.add_symbol(Symbol {
-            name: b"host",
-            def: SymbolDef::Absolute(target),
-            size: 0,
-            weak: false,
-            visibility: Visibility::Default,
-            callable: true,
-            tls: false,
+        let host = g.add_symbol(crate::graph::fixtures::function_symbol(
+            b"host",
+            SymbolDef::Absolute(target),
             input,
-            only_weak_refs: false,
-            ifunc: false,
-        });
+        ));
         (g, host)
     }
 

@@ -566,17 +566,8 @@ mod tests {
         visibility: Visibility,
         edges: bool,
     ) -> (LinkGraph<'a>, SymbolId) {
-        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
-        let mut g = LinkGraph::new(arch);
-        let input = g.add_input("f", explicit);
-        let section = g.add_section(Section {
-            name: b".text",
-            prot: MemProt::ReadExec,
-            kind: SectionKind::Regular,
-            input,
-            retain,
-            elf_index: 0,
-        });
+        let (mut g, input, section) =
+            crate::graph::fixtures::graph_with_text("f", explicit, retain);
         let block = g.add_block(section, Content::Zero(16), 16);
         let f = g.define_global(
             b"f",

@@ -311,41 +311,20 @@ fn not_written(result: Option<Result<()>>) -> Error {
 mod tests {
     use super::*;
     use crate::arch::x86_64::EdgeKind as X86;
-    use crate::graph::{Content, Edge, Section, SectionKind, Symbol, SymbolDef, Visibility};
+    use crate::graph::{fixtures, Content, Edge, SymbolDef};
     use crate::memory::SlabMemory;
     use kiln_target::InProcessExecutor;
 
     /// A graph of one live code block of 37 bytes with two edges: a 64-bit pointer to a host
     /// address and a call to its own start (bytes that do not depend on where it lies).
     fn one_function() -> LinkGraph<'static> {
-        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
-        let mut g = LinkGraph::new(arch);
-        let input = g.add_input("t", true);
-        let section = g.add_section(Section {
-            name: b".text",
-            prot: MemProt::ReadExec,
-            kind: SectionKind::Regular,
-            input,
-            retain: false,
-            elf_index: 0,
-        });
+        let (mut g, input, section) = fixtures::graph_with_text("t", true, false);
         let b = g.add_block(
             section,
             Content::Bytes([0x90u8; 37][..].to_vec().into()),
             16,
         );
-        let symbol = |name: &'static [u8], def| Symbol {
-            name,
-            def,
-            size: 0,
-            weak: false,
-            visibility: Visibility::Default,
-            callable: true,
-            tls: false,
-            input,
-            only_weak_refs: false,
-            ifunc: false,
-        };
+        let symbol = |name: &'static [u8], def| fixtures::function_symbol(name, def, input);
         let host = g.add_symbol(symbol(b"host", SymbolDef::Absolute(0x1234_5678_9abc)));
         let own = g.add_symbol(symbol(
             b"f",
