@@ -233,8 +233,12 @@ impl OwnedMemory {
         let shard = self.slab_shard(slab)?;
         let (id, view) = {
             let mut t = shard.lock()?;
-            let view = t.slab_payload(slab)?.view();
-            (t.begin_slab_unit(slab, segments, &planned)?, view)
+            let id = t.begin_slab_unit(slab, segments, &planned)?;
+            let payload = t.slab_payload(slab)?;
+            for seg in segments {
+                payload.populate_for(seg.addr.0, seg.size);
+            }
+            (id, payload.view())
         };
         let pending = PendingUnit {
             shard,
@@ -295,6 +299,7 @@ impl OwnedMemory {
         let (id, view) = {
             let mut t = shard.lock()?;
             let (id, slab) = t.begin_one_segment_unit(slab, seg)?;
+            slab.populate_for(seg.addr.0, seg.size);
             (id, slab.view())
         };
         let pending = PendingUnit {
