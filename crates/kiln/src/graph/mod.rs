@@ -319,15 +319,7 @@ impl<'a> LinkGraph<'a> {
         blocks: usize,
         symbols: usize,
     ) -> Self {
-        let mut g = spare::take(arch);
-        g.inputs.reserve(2);
-        g.sections.reserve(sections);
-        g.blocks.reserve(blocks);
-        g.symbols.reserve(symbols);
-        if symbols > SCAN_AT_MOST {
-            g.index_globals(symbols);
-        }
-        g
+        spare::take(arch, sections, blocks, symbols)
     }
 
     /// Hash every global into `globals` (with room for `more` more), from now on the way

@@ -36,15 +36,33 @@ thread_local! {
 }
 
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
-/// while another is alive, or on a new thread, starts with none).
+/// while another is alive, or on a new thread, starts with none), with room for this many
+/// sections, blocks and symbols (indexed if they are more than [`SCAN_AT_MOST`]).
+///
+/// (The tables get their room before the graph is made, so that the graph is made where its
+/// caller keeps it: made first and then grown, it was built aside and copied, 256 bytes.)
 #[inline]
-pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
+pub(super) fn take<'a>(
+    arch: &'static dyn Arch,
+    sections: usize,
+    blocks: usize,
+    symbols: usize,
+) -> LinkGraph<'a> {
     // (A thread that is exiting has no spare tables.)
     let mut spare = SPARE
         .try_with(Cell::take)
         .ok()
         .flatten()
         .unwrap_or_default();
+    spare.inputs.reserve(2);
+    spare.sections.reserve(sections);
+    spare.blocks.reserve(blocks);
+    spare.symbols.reserve(symbols);
+    let indexed = symbols > SCAN_AT_MOST;
+    if indexed {
+        // (No symbol yet: `LinkGraph::index_globals` would add none.)
+        spare.globals.reserve(symbols, |_| unreachable_hash());
+    }
     LinkGraph {
         arch,
         // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).
@@ -59,8 +77,15 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         keep_alive: Vec::new(),
         section_kinds: 0,
         has_commons: false,
-        indexed: false,
+        indexed,
     }
+}
+
+/// The hasher of an empty table's entries, which there are none of: growing an empty table
+/// rehashes nothing.
+#[cold]
+fn unreachable_hash() -> u64 {
+    unreachable!("an empty table has no entry to rehash")
 }
 
 impl Drop for LinkGraph<'_> {
