@@ -251,7 +251,9 @@ pub(crate) struct InputInfo<'a> {
 pub(crate) struct LinkGraph<'a> {
     /// The instruction set of every input of the unit.
     pub arch: &'static dyn Arch,
-    pub inputs: Vec<InputInfo<'a>>,
+    /// (Inline for two inputs, a JIT's function and the linker's own input: a table kept
+    /// for the next graph costs its drop more than two entries cost the graph.)
+    pub inputs: smallvec::SmallVec<[InputInfo<'a>; 2]>,
     pub sections: Vec<Section<'a>>,
     pub blocks: Vec<Block<'a>>,
     pub symbols: Vec<Symbol<'a>>,
