@@ -148,9 +148,11 @@ pub fn link_then<R>(
     input: LinkInput,
     then: impl for<'g> FnOnce(LinkedUnit<'g>) -> Result<R>,
 ) -> Result<R> {
-    let arch = crate::arch::for_triple(&ex.info().triple).ok_or_else(|| Error::Unsupported {
+    // (Asked once: a call through `dyn Executor`.)
+    let info = ex.info();
+    let arch = crate::arch::for_triple(&info.triple).ok_or_else(|| Error::Unsupported {
         at: Default::default(),
-        what: format!("executor architecture {}", ex.info().triple).into(),
+        what: format!("executor architecture {}", info.triple).into(),
     })?;
     let mut t = Timer::new(input.collect_stats);
     let names = bumpalo::Bump::new();
@@ -199,8 +201,7 @@ pub fn link_then<R>(
             hi,
         },
     );
-    let page = ex.info().page_size;
-    let layout = memory.layout(&mut g, page)?;
+    let layout = memory.layout(&mut g, info.page_size)?;
     t.lap("GOT, stubs, layout");
     let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
     // IFUNC slots first (initializers and other actions may call the functions), then unwind
@@ -296,6 +297,10 @@ fn graph_for<'a>(arch: &'static dyn crate::arch::Arch, input: &LinkInput) -> Lin
         sections += 1 + frame;
         blocks += 1 + 2 * frame;
         symbols += 1 + f.edges.len() + 2 * frame;
+    }
+    // (A JIT's `link_function` lends functions and no graph: no nested loop set up.)
+    if input.graphs.is_empty() {
+        return LinkGraph::with_capacity(arch, sections + 2, blocks + 2, symbols + 4);
     }
     for sec in input.graphs.iter().flat_map(|g| &g.sections) {
         sections += 1;
