@@ -317,7 +317,8 @@ fn graph_for<'a>(arch: &'static dyn crate::arch::Arch, input: &LinkInput) -> Lin
 
 /// Parse the objects and graphs into `g`, add the input that owns what the linker makes, and
 /// make the roots (which must be defined: an undefined root pulls its archive member like
-/// `ld -u`, [`load_archives`]).
+/// `ld -u`, [`load_archives`]). (Inline: called, its result went through memory.)
+#[inline(always)]
 fn parse_inputs<'a>(
     g: &mut LinkGraph<'a>,
     input: &LinkInput<'a>,
