@@ -291,16 +291,22 @@ pub(crate) struct LinkGraph<'a> {
 /// Whether the linker may define a global of this name when nothing else does: its own
 /// symbols and the Rust allocator shim all start with `_`; glibc's libc_nonshared functions
 /// do not.
-#[inline]
+///
+/// (Always inline: the first byte decides for most names, the length for most others, and a
+/// call cost a JIT's link more than that test; the names compared are out of line.)
+#[inline(always)]
 pub(crate) fn may_name_linker_glue(name: &[u8]) -> bool {
-    // (The first byte decides for most names, the length for most others.)
     match name.first() {
         Some(b'_') => true,
-        Some(b'a' | b'p') if name.len() >= 6 => {
-            matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork")
-        }
+        Some(b'a' | b'p') if name.len() >= 6 => names_libc_glue(name),
         _ => false,
     }
+}
+
+/// Whether `name` is one of glibc's libc_nonshared functions the linker may define.
+#[inline(never)]
+fn names_libc_glue(name: &[u8]) -> bool {
+    matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork")
 }
 
 impl<'a> LinkGraph<'a> {
