@@ -253,8 +253,18 @@ mod tests {
         let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
         let code = [0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xc3];
         let edges = [
-            EdgeRef::new(1, EdgeKind::X86_64(crate::arch::x86_64::EdgeKind::BranchPCRel32), "abs", -4),
-            EdgeRef::new(6, EdgeKind::X86_64(crate::arch::x86_64::EdgeKind::BranchPCRel32), "f", -4),
+            EdgeRef::new(
+                1,
+                EdgeKind::X86_64(crate::arch::x86_64::EdgeKind::BranchPCRel32),
+                "abs",
+                -4,
+            ),
+            EdgeRef::new(
+                6,
+                EdgeKind::X86_64(crate::arch::x86_64::EdgeKind::BranchPCRel32),
+                "f",
+                -4,
+            ),
         ];
         let f = FunctionRef::new("f", &code, &edges);
         let owned = f.to_graph();
@@ -265,8 +275,24 @@ mod tests {
         assert_eq!(lent.symbols.len(), built.symbols.len());
         for (a, b) in lent.symbols.iter().zip(&built.symbols) {
             assert_eq!(
-                (a.name, a.def, a.size, a.weak, a.visibility, a.callable, a.only_weak_refs),
-                (b.name, b.def, b.size, b.weak, b.visibility, b.callable, b.only_weak_refs)
+                (
+                    a.name,
+                    a.def,
+                    a.size,
+                    a.weak,
+                    a.visibility,
+                    a.callable,
+                    a.only_weak_refs
+                ),
+                (
+                    b.name,
+                    b.def,
+                    b.size,
+                    b.weak,
+                    b.visibility,
+                    b.callable,
+                    b.only_weak_refs
+                )
             );
         }
         let edges = |g: &LinkGraph| {

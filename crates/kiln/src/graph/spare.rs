@@ -63,9 +63,11 @@ pub(super) fn take<'a>(
     }
     LinkGraph {
         arch,
-        // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).
         // (Inline, for two: a JIT's function and the linker's own input.)
         inputs: smallvec::SmallVec::new(),
+        // `'static` tables serve as `'a` ones as they are (a vector is covariant in its
+        // elements, and they in their lifetime; the graph itself is not: its inline `inputs`
+        // are a `SmallVec`, which is invariant).
         sections: std::mem::take(&mut spare.sections),
         blocks: std::mem::take(&mut spare.blocks),
         symbols: std::mem::take(&mut spare.symbols),
