@@ -90,6 +90,57 @@ impl<'a> EdgeRef<'a> {
     }
 }
 
+/// Define the function's symbol `name` at the start of `block`, as `define_global` does: in a
+/// graph with no symbol yet (a link of one function, a JIT's usual), nothing can clash with it
+/// and what `define_global` makes of a new name is pushed as it is, without its look-up and
+/// its rules (about 60 instructions).
+#[inline(always)]
+fn define_function<'a>(
+    g: &mut LinkGraph<'a>,
+    name: &'a [u8],
+    block: BlockId,
+    size: u64,
+    input: InputId,
+) -> SymbolId {
+    if g.symbols.is_empty() && !g.indexed {
+        return g.add_symbol(Symbol {
+            name,
+            def: SymbolDef::Defined { block, offset: 0 },
+            size,
+            weak: false,
+            visibility: Visibility::Default,
+            callable: true,
+            tls: false,
+            input,
+            // (A definition is no reference: `define_global` leaves a new name's mark set, as
+            // `global_ref` made it for a weak reference, until a strong reference clears it.)
+            only_weak_refs: true,
+            ifunc: false,
+        });
+    }
+    define_function_in_general(g, name, block, size, input)
+}
+
+/// [`define_function`] in a graph that has symbols already: `define_global`'s rules.
+fn define_function_in_general<'a>(
+    g: &mut LinkGraph<'a>,
+    name: &'a [u8],
+    block: BlockId,
+    size: u64,
+    input: InputId,
+) -> SymbolId {
+    g.define_global(
+        name,
+        SymbolDef::Defined { block, offset: 0 },
+        size,
+        false,
+        Visibility::Default,
+        true,
+        false,
+        input,
+    )
+}
+
 /// The section name every function gets (as [`InMemoryGraph::add_function`] gives).
 const TEXT: &str = ".text";
 
@@ -113,16 +164,7 @@ pub(crate) fn add_function<'a>(g: &mut LinkGraph<'a>, f: &FunctionRef<'a>) -> Re
         16,
     );
     let size = f.code.len() as u64;
-    g.define_global(
-        f.name.as_bytes(),
-        SymbolDef::Defined { block, offset: 0 },
-        size,
-        false,
-        Visibility::Default,
-        true,
-        false,
-        input,
-    );
+    define_function(g, f.name.as_bytes(), block, size, input);
     // No locals: every target is a global of the unit (the function itself included).
     let locals = FxHashMap::default();
     let mut edges = g.edge_list(f.edges.len());
@@ -142,4 +184,124 @@ pub(crate) fn add_function<'a>(g: &mut LinkGraph<'a>, f: &FunctionRef<'a>) -> Re
         add_frame_pointer_unwind(g, block, input, &mut None).map_err(|what| bad(None, what))?;
     }
     Ok(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A first function's symbol pushed straight is the one `define_global`'s rules make of it
+    /// in a graph just as empty; and a graph with symbols takes the rules (a second function of
+    /// the same name is a duplicate, one an earlier edge referenced is defined in place).
+    #[test]
+    fn a_first_functions_symbol_is_what_define_global_makes() {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let key = |s: &Symbol| {
+            (
+                s.name.to_vec(),
+                s.def,
+                s.size,
+                s.weak,
+                s.visibility,
+                s.callable,
+                s.tls,
+                s.input,
+                s.only_weak_refs,
+                s.ifunc,
+            )
+        };
+        for size in [0u64, 1, 160] {
+            let mut fast = LinkGraph::with_capacity(arch, 1, 1, 2);
+            let mut general = LinkGraph::with_capacity(arch, 1, 1, 2);
+            let mut ids = Vec::new();
+            for (g, straight) in [(&mut fast, true), (&mut general, false)] {
+                let (input, section) = fixtures::add_text(g, "f", true, false);
+                let block = g.add_block(section, Content::Zero(size), 16);
+                assert!(g.symbols.is_empty());
+                ids.push(if straight {
+                    define_function(g, b"f", block, size, input)
+                } else {
+                    define_function_in_general(g, b"f", block, size, input)
+                });
+            }
+            assert_eq!(ids[0], ids[1]);
+            assert_eq!(fast.symbols.len(), 1);
+            assert_eq!(key(&fast.symbols[0]), key(&general.symbols[0]));
+            assert_eq!(fast.global(b"f"), general.global(b"f"));
+            assert!(fast.duplicates.is_empty() && !fast.has_commons);
+        }
+        // Not the first symbol: the rules decide.
+        let mut g = LinkGraph::with_capacity(arch, 2, 2, 4);
+        let (input, section) = fixtures::add_text(&mut g, "f", true, false);
+        let block = g.add_block(section, Content::Zero(4), 16);
+        let referenced = g.global_ref(b"g", input, false);
+        assert_eq!(define_function(&mut g, b"g", block, 4, input), referenced);
+        assert!(matches!(
+            g.symbols[referenced.idx()].def,
+            SymbolDef::Defined { .. }
+        ));
+        assert!(!g.symbols[referenced.idx()].only_weak_refs);
+        define_function(&mut g, b"g", block, 4, input);
+        assert_eq!(g.duplicates.len(), 1);
+        assert_eq!(g.symbols.len(), 1);
+    }
+
+    /// Linking a borrowed function through the straight path gives the graph a graph of one
+    /// `add_function` gives (the general builder).
+    #[test]
+    fn a_lent_function_reads_as_its_graph() {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let code = [0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xc3];
+        let edges = [
+            EdgeRef::new(
+                1,
+                EdgeKind::X86_64(crate::arch::x86_64::EdgeKind::BranchPCRel32),
+                "abs",
+                -4,
+            ),
+            EdgeRef::new(
+                6,
+                EdgeKind::X86_64(crate::arch::x86_64::EdgeKind::BranchPCRel32),
+                "f",
+                -4,
+            ),
+        ];
+        let f = FunctionRef::new("f", &code, &edges);
+        let owned = f.to_graph();
+        let mut lent = LinkGraph::with_capacity(arch, 1, 1, 3);
+        let mut built = LinkGraph::with_capacity(arch, 1, 1, 3);
+        add_function(&mut lent, &f).expect("lent");
+        super::super::builder::add_graph(&mut built, &owned).expect("built");
+        assert_eq!(lent.symbols.len(), built.symbols.len());
+        for (a, b) in lent.symbols.iter().zip(&built.symbols) {
+            assert_eq!(
+                (
+                    a.name,
+                    a.def,
+                    a.size,
+                    a.weak,
+                    a.visibility,
+                    a.callable,
+                    a.only_weak_refs
+                ),
+                (
+                    b.name,
+                    b.def,
+                    b.size,
+                    b.weak,
+                    b.visibility,
+                    b.callable,
+                    b.only_weak_refs
+                )
+            );
+        }
+        let edges = |g: &LinkGraph| {
+            g.blocks
+                .iter()
+                .flat_map(|b| &b.edges)
+                .map(|e| (e.offset, e.kind, e.target, e.addend))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(edges(&lent), edges(&built));
+    }
 }

@@ -251,7 +251,9 @@ pub(crate) struct InputInfo<'a> {
 pub(crate) struct LinkGraph<'a> {
     /// The instruction set of every input of the unit.
     pub arch: &'static dyn Arch,
-    pub inputs: Vec<InputInfo<'a>>,
+    /// (Inline for two inputs, a JIT's function and the linker's own input: a table kept
+    /// for the next graph costs its drop more than two entries cost the graph.)
+    pub inputs: smallvec::SmallVec<[InputInfo<'a>; 2]>,
     pub sections: Vec<Section<'a>>,
     pub blocks: Vec<Block<'a>>,
     pub symbols: Vec<Symbol<'a>>,
@@ -289,16 +291,22 @@ pub(crate) struct LinkGraph<'a> {
 /// Whether the linker may define a global of this name when nothing else does: its own
 /// symbols and the Rust allocator shim all start with `_`; glibc's libc_nonshared functions
 /// do not.
-#[inline]
+///
+/// (Always inline: the first byte decides for most names, the length for most others, and a
+/// call cost a JIT's link more than that test; the names compared are out of line.)
+#[inline(always)]
 pub(crate) fn may_name_linker_glue(name: &[u8]) -> bool {
-    // (The first byte decides for most names, the length for most others.)
     match name.first() {
         Some(b'_') => true,
-        Some(b'a' | b'p') if name.len() >= 6 => {
-            matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork")
-        }
+        Some(b'a' | b'p') if name.len() >= 6 => names_libc_glue(name),
         _ => false,
     }
+}
+
+/// Whether `name` is one of glibc's libc_nonshared functions the linker may define.
+#[inline(never)]
+fn names_libc_glue(name: &[u8]) -> bool {
+    matches!(name, b"atexit" | b"at_quick_exit" | b"pthread_atfork")
 }
 
 impl<'a> LinkGraph<'a> {
@@ -319,15 +327,7 @@ impl<'a> LinkGraph<'a> {
         blocks: usize,
         symbols: usize,
     ) -> Self {
-        let mut g = spare::take(arch);
-        g.inputs.reserve(2);
-        g.sections.reserve(sections);
-        g.blocks.reserve(blocks);
-        g.symbols.reserve(symbols);
-        if symbols > SCAN_AT_MOST {
-            g.index_globals(symbols);
-        }
-        g
+        spare::take(arch, sections, blocks, symbols)
     }
 
     /// Hash every global into `globals` (with room for `more` more), from now on the way

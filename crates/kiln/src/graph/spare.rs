@@ -1,6 +1,6 @@
 //! The tables of the thread's last small link graph, kept for its next one: a JIT that links
 //! one small unit after another builds every graph in the same memory rather than allocating
-//! and freeing five tables each time (about a tenth of what linking a one-function graph
+//! and freeing four tables (the inputs are inline) each time (about a tenth of what linking a one-function graph
 //! costs).
 //!
 //! A graph's tables hold data borrowed for its link (`LinkGraph<'a>`). They are kept empty, as
@@ -19,7 +19,6 @@ pub(super) const KEEP_AT_MOST: usize = 256;
 /// keeps the box, with the spare edge lists in it, until its drop puts the tables back.
 #[derive(Default, Debug)]
 pub(crate) struct Spare {
-    inputs: Vec<InputInfo<'static>>,
     sections: Vec<Section<'static>>,
     blocks: Vec<Block<'static>>,
     symbols: Vec<Symbol<'static>>,
@@ -36,19 +35,39 @@ thread_local! {
 }
 
 /// An empty graph, in the tables the thread's last small graph left (if any: a graph built
-/// while another is alive, or on a new thread, starts with none).
+/// while another is alive, or on a new thread, starts with none), with room for this many
+/// sections, blocks and symbols (indexed if they are more than [`SCAN_AT_MOST`]).
+///
+/// (The tables get their room before the graph is made, so that the graph is made where its
+/// caller keeps it: made first and then grown, it was built aside and copied, 256 bytes.)
 #[inline]
-pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
+pub(super) fn take<'a>(
+    arch: &'static dyn Arch,
+    sections: usize,
+    blocks: usize,
+    symbols: usize,
+) -> LinkGraph<'a> {
     // (A thread that is exiting has no spare tables.)
     let mut spare = SPARE
         .try_with(Cell::take)
         .ok()
         .flatten()
         .unwrap_or_default();
+    spare.sections.reserve(sections);
+    spare.blocks.reserve(blocks);
+    spare.symbols.reserve(symbols);
+    let indexed = symbols > SCAN_AT_MOST;
+    if indexed {
+        // (No symbol yet: `LinkGraph::index_globals` would add none.)
+        spare.globals.reserve(symbols, |_| unreachable_hash());
+    }
     LinkGraph {
         arch,
-        // `'static` tables serve as `'a` ones as they are (a graph's types are covariant).
-        inputs: std::mem::take(&mut spare.inputs),
+        // (Inline, for two: a JIT's function and the linker's own input.)
+        inputs: smallvec::SmallVec::new(),
+        // `'static` tables serve as `'a` ones as they are (a vector is covariant in its
+        // elements, and they in their lifetime; the graph itself is not: its inline `inputs`
+        // are a `SmallVec`, which is invariant).
         sections: std::mem::take(&mut spare.sections),
         blocks: std::mem::take(&mut spare.blocks),
         symbols: std::mem::take(&mut spare.symbols),
@@ -59,8 +78,15 @@ pub(super) fn take<'a>(arch: &'static dyn Arch) -> LinkGraph<'a> {
         keep_alive: Vec::new(),
         section_kinds: 0,
         has_commons: false,
-        indexed: false,
+        indexed,
     }
+}
+
+/// The hasher of an empty table's entries, which there are none of: growing an empty table
+/// rehashes nothing.
+#[cold]
+fn unreachable_hash() -> u64 {
+    unreachable!("an empty table has no entry to rehash")
 }
 
 impl Drop for LinkGraph<'_> {
@@ -81,7 +107,6 @@ impl Drop for LinkGraph<'_> {
         }
         self.keep_edge_lists(&mut spare.edge_lists);
         // (The box's tables are the empty ones `take` left: replacing them frees nothing.)
-        spare.inputs = keep(&mut self.inputs);
         spare.sections = keep(&mut self.sections);
         spare.blocks = keep(&mut self.blocks);
         spare.symbols = keep(&mut self.symbols);

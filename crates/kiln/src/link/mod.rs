@@ -148,18 +148,23 @@ pub fn link_then<R>(
     input: LinkInput,
     then: impl for<'g> FnOnce(LinkedUnit<'g>) -> Result<R>,
 ) -> Result<R> {
-    let arch = crate::arch::for_triple(&ex.info().triple).ok_or_else(|| Error::Unsupported {
+    // (Asked once: a call through `dyn Executor`.)
+    let info = ex.info();
+    let arch = crate::arch::for_triple(&info.triple).ok_or_else(|| Error::Unsupported {
         at: Default::default(),
-        what: format!("executor architecture {}", ex.info().triple).into(),
+        what: format!("executor architecture {}", info.triple).into(),
     })?;
     let mut t = Timer::new(input.collect_stats);
     let names = bumpalo::Bump::new();
     let mut g = graph_for(arch, &input);
-    let (mut archives, linker, roots) = parse_inputs(&mut g, &input, &names)?;
+    let (linker, roots) = parse_inputs(&mut g, &input, &names)?;
     t.lap("parse");
-    if !archives.is_empty() {
-        resolve::load_archive_members(&mut g, &mut archives, input.session)?;
-    }
+    // (A JIT's link has no archive: no list of them made, returned and dropped.)
+    let archive_members = if input.archives.is_empty() {
+        0
+    } else {
+        load_archives(&mut g, &input)?
+    };
     resolve::check_duplicates(&g)?;
     t.lap("archive members");
     let outside = passes::Outside {
@@ -196,8 +201,7 @@ pub fn link_then<R>(
             hi,
         },
     );
-    let page = ex.info().page_size;
-    let layout = memory.layout(&mut g, page)?;
+    let layout = memory.layout(&mut g, info.page_size)?;
     t.lap("GOT, stubs, layout");
     let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
     // IFUNC slots first (initializers and other actions may call the functions), then unwind
@@ -247,16 +251,12 @@ pub fn link_then<R>(
         map,
         relink,
         actions: kept_actions,
-        segments: layout
-            .segments
-            .iter()
-            .map(|s| (s.addr, s.content_size + s.zero_size))
-            .collect(),
+        segments: segment_ranges(&layout),
         slab_ranges: memory.keep(),
         stats: input.collect_stats.then(|| {
             Box::new(LinkStats {
                 inputs: g.inputs.len() - 1,
-                archive_members: archives.iter().map(|a| a.members_loaded()).sum(),
+                archive_members,
                 sections: g.sections.len(),
                 blocks: g.blocks.len(),
                 live_blocks: live,
@@ -269,6 +269,17 @@ pub fn link_then<R>(
             })
         }),
     })
+}
+
+/// (address, size) of each of the unit's segments. (Pushed one by one: collected from an
+/// iterator, smallvec's `extend` cost a one-segment unit about 60 instructions more.)
+#[inline]
+fn segment_ranges(layout: &layout::Layout) -> Segments {
+    let mut out = Segments::new();
+    for s in &layout.segments {
+        out.push((s.addr, s.content_size + s.zero_size));
+    }
+    out
 }
 
 /// An empty link graph; for input made only of in-memory graphs (a JIT's units), with room
@@ -287,6 +298,10 @@ fn graph_for<'a>(arch: &'static dyn crate::arch::Arch, input: &LinkInput) -> Lin
         blocks += 1 + 2 * frame;
         symbols += 1 + f.edges.len() + 2 * frame;
     }
+    // (A JIT's `link_function` lends functions and no graph: no nested loop set up.)
+    if input.graphs.is_empty() {
+        return LinkGraph::with_capacity(arch, sections + 2, blocks + 2, symbols + 4);
+    }
     for sec in input.graphs.iter().flat_map(|g| &g.sections) {
         sections += 1;
         blocks += sec.blocks.len();
@@ -300,14 +315,15 @@ fn graph_for<'a>(arch: &'static dyn crate::arch::Arch, input: &LinkInput) -> Lin
     LinkGraph::with_capacity(arch, sections + 2, blocks + 2, symbols + 4)
 }
 
-/// Parse the objects and graphs into `g`, index the archives, add the input that owns what the
-/// linker makes, and make the roots (which must be defined: an undefined root pulls its archive
-/// member like `ld -u`).
+/// Parse the objects and graphs into `g`, add the input that owns what the linker makes, and
+/// make the roots (which must be defined: an undefined root pulls its archive member like
+/// `ld -u`, [`load_archives`]). (Inline: called, its result went through memory.)
+#[inline(always)]
 fn parse_inputs<'a>(
     g: &mut LinkGraph<'a>,
     input: &LinkInput<'a>,
     names: &'a bumpalo::Bump,
-) -> Result<(Vec<Archive<'a>>, InputId, Vec<SymbolId>)> {
+) -> Result<(InputId, Vec<SymbolId>)> {
     for (name, data) in &input.objects {
         parse_object(g, name, data, true)?;
     }
@@ -317,17 +333,8 @@ fn parse_inputs<'a>(
     for f in input.functions {
         crate::graph::function::add_function(g, f)?;
     }
-    // (No archives and no roots, a JIT's usual link: no collecting from empty lists, which
-    // costs a few dozen instructions each.)
-    let archives = if input.archives.is_empty() {
-        Vec::new()
-    } else {
-        input
-            .archives
-            .iter()
-            .map(|(n, d)| Archive::parse(n, d))
-            .collect::<Result<Vec<_>>>()?
-    };
+    // (No roots, a JIT's usual link: no collecting from an empty list, which costs a few
+    // dozen instructions.)
     let linker = passes::linker_input(g);
     let roots = if input.roots.is_empty() {
         Vec::new()
@@ -338,7 +345,20 @@ fn parse_inputs<'a>(
             .map(|r| g.global_ref(names.alloc_slice_copy(r.as_bytes()), linker, false))
             .collect()
     };
-    Ok((archives, linker, roots))
+    Ok((linker, roots))
+}
+
+/// Index the archives and load the members that define what the unit references (its roots
+/// included); the number of members loaded. (Out of line: a JIT's link has no archive.)
+#[inline(never)]
+fn load_archives<'a>(g: &mut LinkGraph<'a>, input: &LinkInput<'a>) -> Result<usize> {
+    let mut archives = input
+        .archives
+        .iter()
+        .map(|(n, d)| Archive::parse(n, d))
+        .collect::<Result<Vec<_>>>()?;
+    resolve::load_archive_members(g, &mut archives, input.session)?;
+    Ok(archives.iter().map(|a| a.members_loaded()).sum())
 }
 
 /// Bind every undefined symbol live code references, and check that the roots are defined.

@@ -560,12 +560,12 @@ mod tests {
 
     /// A graph of one code block defining `f`, from an input given explicitly or not, in a
     /// section retained or not (and, with `edges`, calling `g` and itself).
-    fn one_block<'a>(
+    fn one_block(
         explicit: bool,
         retain: bool,
         visibility: Visibility,
         edges: bool,
-    ) -> (LinkGraph<'a>, SymbolId) {
+    ) -> (LinkGraph<'static>, SymbolId) {
         let (mut g, input, section) =
             crate::graph::fixtures::graph_with_text("f", explicit, retain);
         let block = g.add_block(section, Content::Zero(16), 16);

@@ -100,22 +100,34 @@ fn direct_only(g: &LinkGraph, cx: &TableContext) -> Option<usize> {
             let crate::arch::EdgeKind::X86_64(kind) = e.kind else {
                 continue;
             };
-            let formula = super::relocs::row(kind).info.formula;
             let target = &g.symbols[e.target.idx()];
-            if target.ifunc || matches!(formula, Formula::GotRelative | Formula::GotBasePcRelative)
-            {
+            if target.ifunc {
                 return None;
             }
+            // (A JIT's edges, calls and PC-relative data references, decided without their
+            // row: neither uses the GOT, and a data reference needs no table.)
             match kind {
-                BranchPCRel32 if in_range(g, cx, e.target) => {
+                BranchPCRel32 => {
+                    if !in_range(g, cx, e.target) {
+                        return None;
+                    }
                     calls_direct += usize::from(matches!(target.def, SymbolDef::Absolute(_)));
                 }
-                k if bytes_upper_bound(k) > 0 => return None,
+                Delta32 => {}
+                k if may_need_table(k) => return None,
                 _ => {}
             }
         }
     }
     Some(calls_direct)
+}
+
+/// Whether an edge of this kind may need a GOT entry, a stub or a TLS pair: it uses the GOT,
+/// or [`bytes_upper_bound`] allows it table bytes.
+fn may_need_table(kind: EdgeKind) -> bool {
+    let formula = super::relocs::row(kind).info.formula;
+    matches!(formula, Formula::GotRelative | Formula::GotBasePcRelative)
+        || bytes_upper_bound(kind) > 0
 }
 
 /// Whether every byte of the unit reaches `t` with a 32-bit displacement.
@@ -430,5 +442,125 @@ impl<'g, 'a> Builder<'g, 'a> {
             got_block: self.got,
             stats,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::fixtures::{function_symbol, graph_with_text};
+
+    /// [`direct_only`] as it was before calls and PC-relative data references were decided
+    /// without their row: every kind's row read, the GOT formulas and table bytes refused.
+    fn direct_only_by_rows(g: &LinkGraph, cx: &TableContext) -> Option<usize> {
+        if cx.got.is_some() {
+            return None;
+        }
+        let mut calls_direct = 0;
+        for b in g.blocks.iter().filter(|b| b.live) {
+            for e in &b.edges {
+                let crate::arch::EdgeKind::X86_64(kind) = e.kind else {
+                    continue;
+                };
+                let formula = super::super::relocs::row(kind).info.formula;
+                let target = &g.symbols[e.target.idx()];
+                if target.ifunc
+                    || matches!(formula, Formula::GotRelative | Formula::GotBasePcRelative)
+                {
+                    return None;
+                }
+                match kind {
+                    BranchPCRel32 if in_range(g, cx, e.target) => {
+                        calls_direct += usize::from(matches!(target.def, SymbolDef::Absolute(_)));
+                    }
+                    k if bytes_upper_bound(k) > 0 => return None,
+                    _ => {}
+                }
+            }
+        }
+        Some(calls_direct)
+    }
+
+    /// Every kind of edge, to a target defined in the unit, a host symbol in reach and one out
+    /// of it, an undefined one and an IFUNC, alone or after a call: the table pass's check
+    /// answers as reading every kind's row does.
+    #[test]
+    fn direct_only_agrees_with_the_rows() {
+        let kinds: Vec<EdgeKind> = super::super::relocs::ROWS
+            .iter()
+            .map(|r| r.kind)
+            .chain([TlsDescCallToNop])
+            .collect();
+        let lo = 0x7000_0000_0000u64;
+        let targets = [
+            SymbolDef::Absolute(lo + 0x1000),
+            SymbolDef::Absolute(lo + (1 << 40)),
+            SymbolDef::Undefined,
+        ];
+        let mut cases = 0;
+        for &kind in &kinds {
+            for target in 0..5 {
+                for after_call in [false, true] {
+                    let (mut g, input, section) = graph_with_text("a", true, false);
+                    let block = g.add_block(section, Content::Zero(64), 16);
+                    g.blocks[block.idx()].live = true;
+                    let own = g.add_symbol(function_symbol(
+                        b"f",
+                        SymbolDef::Defined { block, offset: 0 },
+                        input,
+                    ));
+                    let host = g.add_symbol(function_symbol(
+                        b"abs",
+                        SymbolDef::Absolute(lo + 0x2000),
+                        input,
+                    ));
+                    let id = match target {
+                        0 => own,
+                        4 => {
+                            g.symbols[host.idx()].ifunc = true;
+                            host
+                        }
+                        t => g.add_symbol(function_symbol(b"t", targets[t - 1], input)),
+                    };
+                    let mut edges = Vec::new();
+                    if after_call {
+                        edges.push(Edge {
+                            offset: 0,
+                            kind: BranchPCRel32.into(),
+                            target: host,
+                            addend: -4,
+                        });
+                    }
+                    edges.push(Edge {
+                        offset: 8,
+                        kind: kind.into(),
+                        target: id,
+                        addend: 0,
+                    });
+                    g.blocks[block.idx()].edges = edges;
+                    let cx = TableContext {
+                        got: None,
+                        linker_input: input,
+                        lo,
+                        hi: lo + 0x1000,
+                    };
+                    assert_eq!(
+                        direct_only(&g, &cx),
+                        direct_only_by_rows(&g, &cx),
+                        "{kind:?} to target {target}, after a call: {after_call}"
+                    );
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, kinds.len() * 10);
+        // The fast path's premise: neither kind uses the GOT; a data reference has no table
+        // bytes.
+        assert!(!may_need_table(Delta32));
+        let call = super::super::relocs::row(BranchPCRel32).info.formula;
+        assert!(!matches!(
+            call,
+            Formula::GotRelative | Formula::GotBasePcRelative
+        ));
     }
 }
