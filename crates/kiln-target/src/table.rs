@@ -1141,7 +1141,9 @@ impl<S> Table<S> {
     /// [`Table::begin_slab_unit`] for a unit of one segment (a JIT's function): the same checks
     /// and the same record, with the slab looked up once and only the segment's own region's
     /// high-water mark raised when it is a dense unit; otherwise the general path. Returns the
-    /// unit's id and the slab's payload (its writable view, in process).
+    /// unit's id and the slab's payload (its writable view, in process). (Inlined into the
+    /// executor's one caller: its result is not written out and read back.)
+    #[inline]
     pub(crate) fn begin_one_segment_unit(
         &mut self,
         slab: SlabId,
@@ -1246,7 +1248,9 @@ impl<S> Table<S> {
     }
 
     /// [`Table::slab_unit_written`] for a unit with no actions, initializers or deinitializers
-    /// (a JIT's typical unit): live at once, with nothing more to record.
+    /// (a JIT's typical unit): live at once, with nothing more to record. (Inlined into its one
+    /// caller, as `begin_one_segment_unit`.)
+    #[inline]
     pub(crate) fn slab_unit_live(&mut self, id: u64) -> Result<()> {
         if let Some(u) = self.dense_mut(id) {
             if u.state != SlotState::Writing {

@@ -54,7 +54,9 @@ impl Reaches {
     }
 }
 
-/// The unit's [`Bounds`].
+/// The unit's [`Bounds`]. (Inlined into its one caller: returned from a call, the struct is
+/// written out and read back, about 30 instructions a unit.)
+#[inline]
 pub fn bounds(g: &LinkGraph, page: u64) -> Bounds {
     let mut size = 0u64;
     let mut sizes = [0u64; 3];
@@ -94,7 +96,8 @@ pub fn bounds(g: &LinkGraph, page: u64) -> Bounds {
 }
 
 /// The window the unit (of `size` bytes) must lie in so that its 32-bit PC-relative references
-/// to host symbols reach.
+/// to host symbols reach. (Inlined into the link's reserve, its errors out of line.)
+#[inline]
 pub fn placement_window(g: &LinkGraph, bounds: &Bounds, size: u64) -> Result<Placement> {
     let reach = g.arch.pc_relative_32_reach();
     let Reaches { must, nice, low_2g } = bounds.reaches;
@@ -121,7 +124,14 @@ pub fn placement_window(g: &LinkGraph, bounds: &Bounds, size: u64) -> Result<Pla
     let Some(must) = must else {
         return Ok(Placement::Anywhere);
     };
-    window(must).ok_or_else(|| Error::Unsupported {
+    window(must).ok_or_else(|| too_far_apart(must))
+}
+
+/// Host data reached without a fallback lies too far apart for any placement.
+#[cold]
+#[inline(never)]
+fn too_far_apart(must: (u64, u64)) -> Error {
+    Error::Unsupported {
         at: Default::default(),
         what: format!(
             "the code references host data at {:#x} and {:#x} with 32-bit PC-relative \
@@ -129,11 +139,13 @@ pub fn placement_window(g: &LinkGraph, bounds: &Bounds, size: u64) -> Result<Pla
             must.0, must.1
         )
         .into(),
-    })
+    }
 }
 
 /// Non-PIE code (R_X86_64_32/32S to the unit's own symbols) must sit in the low 2 GiB, and
-/// still reach the host data it addresses PC-relatively.
+/// still reach the host data it addresses PC-relatively. (Out of line: a JIT's code is PIE.)
+#[cold]
+#[inline(never)]
 fn low_2g_window(must: Option<(u64, u64)>, size: u64, reach: u64) -> Result<Placement> {
     const LOW: (u64, u64) = (0x10000, 0x8000_0000);
     let Some(must) = must else {

@@ -48,7 +48,9 @@ impl<'x> UnitMemory<'x> {
         })
     }
 
-    /// Room in a slab that lies within `placement` and can hold the unit's classes.
+    /// Room in a slab that lies within `placement` and can hold the unit's classes. (Inlined
+    /// into the link's reserve: the new value is built where it is returned.)
+    #[inline]
     pub fn in_slab(
         ex: &'x dyn Executor,
         memory: &'x dyn CodeMemory,
