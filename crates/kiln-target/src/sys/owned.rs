@@ -309,7 +309,7 @@ impl OwnedMemory {
             // `slab_unit_live`, `slab_unit_written` or `pending`'s abort, all after `fill`
             // returns and the slice (moved into the array `fill` gets) is gone; the slab is not
             // unmapped while an allocation lies in it.
-            (id, unsafe { slab.view().slice_mut(seg.addr.0, seg.size) })
+            (id, unsafe { slab.view_ref().slice_mut(seg.addr.0, seg.size) })
         };
         let pending = PendingUnit {
             shard,
