@@ -231,10 +231,33 @@ impl Slab {
         self.view
     }
 
-    /// The slab's write view, borrowed: for one call on it, without [`Slab::view`]'s copy (80
-    /// bytes, about 12 instructions).
-    pub(crate) fn view_ref(&self) -> &WriteView {
-        &self.view
+    /// A writable slice over `[addr, addr + len)` through the write view, its pages populated
+    /// first: [`Slab::populate_for`] then [`WriteView::slice_mut`], with the region found once
+    /// (a one-segment unit's writer; each step searched the regions, about 15 instructions).
+    ///
+    /// # Safety
+    /// As [`WriteView::slice_mut`]: the mapping stays alive, and the range is the caller's
+    /// alone (claimed), for as long as the slice lives.
+    #[inline]
+    pub(crate) unsafe fn slice_for_write<'a>(&self, addr: u64, len: u64) -> Result<&'a mut [u8]> {
+        let view = &self.view;
+        let region = addr.checked_add(len).filter(|_| len > 0).and_then(|end| {
+            (view.info.regions.iter())
+                .position(|&(start, size)| start.0 <= addr && end <= start.0 + size)
+        });
+        let Some(r) = region else {
+            // Empty, or outside every region (refused): the two steps as they are.
+            self.populate_for(addr, len);
+            // SAFETY: this function's contract.
+            return unsafe { view.slice_mut(addr, len) };
+        };
+        let offset = addr - view.info.regions[r].0 .0;
+        self.populated.before_write_in(view, r, offset, offset + len);
+        let p = (view.bases[r] + offset) as *mut u8;
+        // SAFETY: `[p, p + len)` is `[addr, addr + len)` of region `r` (checked above: inside
+        // it) in the writable mapping of this slab, alive and exclusive for the slice's
+        // lifetime (this function's contract).
+        Ok(unsafe { std::slice::from_raw_parts_mut(p, len as usize) })
     }
 
     /// Before `len` bytes at `addr` are written through the write view (see [`Populated`]).
@@ -268,6 +291,17 @@ impl Populated {
                 self.populate(view, r, addr - start.0, end);
             }
             return;
+        }
+    }
+
+    /// [`Populated::before_write`] for a write of `[from, end)` (offsets, `end` within the
+    /// region) in region `r`, known to hold it.
+    #[inline(always)]
+    fn before_write_in(&self, view: &WriteView, r: usize, from: u64, end: u64) {
+        if let Some(mark) = self.0.get(r) {
+            if end > mark.load(Ordering::Relaxed) {
+                self.populate(view, r, from, end);
+            }
         }
     }
 
