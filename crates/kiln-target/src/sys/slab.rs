@@ -252,7 +252,8 @@ impl Slab {
             return unsafe { view.slice_mut(addr, len) };
         };
         let offset = addr - view.info.regions[r].0 .0;
-        self.populated.before_write_in(view, r, offset, offset + len);
+        self.populated
+            .before_write_in(view, r, offset, offset + len);
         let p = (view.bases[r] + offset) as *mut u8;
         // SAFETY: `[p, p + len)` is `[addr, addr + len)` of region `r` (checked above: inside
         // it) in the writable mapping of this slab, alive and exclusive for the slice's
