@@ -935,6 +935,63 @@ mod tests {
         }
     }
 
+    /// `slice_for_write` (one region search) gives the slice, the refusal and the populated
+    /// marks that `populate_for` then `slice_mut` give, for ranges in each region, across
+    /// regions' ends, outside the slab and empty.
+    #[test]
+    fn slice_for_write_agrees_with_populate_then_slice() {
+        let page = super::super::mem::page_size();
+        let sizes = [POPULATE_AHEAD * 3, 4 * page, page];
+        let fast = Slab::create(SlabId(8), sizes, Placement::Anywhere, false).unwrap();
+        let general = Slab::create(SlabId(9), sizes, Placement::Anywhere, false).unwrap();
+        let marks = |s: &Slab| [0, 1].map(|r| s.populated.0[r].load(Ordering::Relaxed));
+        // Offsets from the code region's start, so that both slabs see the same requests.
+        let (code, data) = (0u64, sizes[0] + sizes[1]);
+        let ranges = [
+            (code + 0x100, 4),
+            (code + 0x200, 16),
+            (code + POPULATE_AHEAD * 2, POPULATE_AHEAD),
+            (code + sizes[0] - 8, 8),
+            (code + sizes[0] - 8, 16),
+            (code + sizes[0] + 8, 8),
+            (data, 8),
+            (data + sizes[2] - 4, 8),
+            (code + 0x40, 0),
+            (data + sizes[2] + page, 0),
+            (u64::MAX - 4, 8),
+        ];
+        // Where a slice starts: its region and the offset in it.
+        let place = |s: &Slab, b: &[u8]| {
+            let p = b.as_ptr() as u64;
+            (0..3).find_map(|r| {
+                let o = p.checked_sub(s.view.bases[r])?;
+                (o < s.info.regions[r].1).then_some((r, o, b.len()))
+            })
+        };
+        for (offset, len) in ranges {
+            let on = |s: &Slab| s.info.regions[0].0 .0.wrapping_add(offset);
+            // SAFETY: nothing else knows these slabs; each slice is gone before the next call.
+            let a = unsafe { fast.slice_for_write(on(&fast), len) }.map(|b| place(&fast, b));
+            general.populate_for(on(&general), len);
+            // SAFETY: as above.
+            let b =
+                unsafe { general.view().slice_mut(on(&general), len) }.map(|b| place(&general, b));
+            match (a, b) {
+                // (An empty slice points nowhere in particular: only its length is compared.)
+                (Ok(_), Ok(_)) if len == 0 => {}
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{offset:#x}+{len:#x}"),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{offset:#x}+{len:#x}: {a:?} but {b:?}"),
+            }
+            assert_eq!(marks(&fast), marks(&general), "{offset:#x}+{len:#x}");
+        }
+        assert_eq!(
+            marks(&fast),
+            [sizes[0], sizes[1]],
+            "both regions were populated"
+        );
+    }
+
     #[test]
     fn aligned_units_lie_inside_one_piece() {
         for p in 0..16 {
