@@ -302,14 +302,13 @@ impl OwnedMemory {
         let (id, slice) = {
             let mut t = shard.lock()?;
             let (id, slab) = t.begin_one_segment_unit(slab, seg)?;
-            slab.populate_for(seg.addr.0, seg.size);
             // SAFETY: the segment is claimed for this call (inside one region of our live
             // slab, over no allocation's bytes and no other claim; a dense unit's claim is its
             // `Writing` state, which every other call's check sees as one) until
             // `slab_unit_live`, `slab_unit_written` or `pending`'s abort, all after `fill`
             // returns and the slice (moved into the array `fill` gets) is gone; the slab is not
             // unmapped while an allocation lies in it.
-            (id, unsafe { slab.view().slice_mut(seg.addr.0, seg.size) })
+            (id, unsafe { slab.slice_for_write(seg.addr.0, seg.size) })
         };
         let pending = PendingUnit {
             shard,

@@ -23,30 +23,62 @@ pub struct Bounds {
 }
 
 /// What live edges ask of the unit's placement.
-#[derive(Default)]
 struct Reaches {
     /// The lowest and highest host symbol (absolute, non-zero target) reached with a 32-bit
     /// PC-relative reference that has no fallback...
-    must: Option<(u64, u64)>,
+    must: Span,
     /// ...and with one that has (a call through a stub, a load through the GOT).
-    nice: Option<(u64, u64)>,
+    nice: Span,
     /// Live code addresses the unit's own symbols with 32-bit absolute relocations (non-PIE
     /// code): the unit must sit in the low 2 GiB.
     low_2g: bool,
 }
 
+impl Default for Reaches {
+    fn default() -> Self {
+        Reaches {
+            must: Span::EMPTY,
+            nice: Span::EMPTY,
+            low_2g: false,
+        }
+    }
+}
+
+/// The lowest and the highest of some addresses; none when `lo > hi`. (Widened with a `min`
+/// and a `max`, no branch: an `Option` of the pair cost a test and a branch an edge, and a
+/// bigger [`Bounds`] to write out.)
+#[derive(Copy, Clone)]
+struct Span {
+    lo: u64,
+    hi: u64,
+}
+
+impl Span {
+    const EMPTY: Span = Span {
+        lo: u64::MAX,
+        hi: 0,
+    };
+
+    #[inline(always)]
+    fn widen(&mut self, a: u64) {
+        self.lo = self.lo.min(a);
+        self.hi = self.hi.max(a);
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<(u64, u64)> {
+        (self.lo <= self.hi).then_some((self.lo, self.hi))
+    }
+}
+
 impl Reaches {
     /// Add edge `e`, whose table row is `info`.
+    #[inline(always)]
     fn add(&mut self, g: &LinkGraph, e: &Edge, info: &EdgeInfo) {
-        let widen = |r: Option<(u64, u64)>, a: u64| {
-            Some(r.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a))))
-        };
-        match (g.symbols[e.target.idx()].def, info.reach) {
-            (SymbolDef::Absolute(a), Reach::PcRelative32) if a != 0 => {
-                self.must = widen(self.must, a)
-            }
-            (SymbolDef::Absolute(a), Reach::PcRelative32WithFallback) if a != 0 => {
-                self.nice = widen(self.nice, a)
+        match (&g.symbols[e.target.idx()].def, info.reach) {
+            (&SymbolDef::Absolute(a), Reach::PcRelative32) if a != 0 => self.must.widen(a),
+            (&SymbolDef::Absolute(a), Reach::PcRelative32WithFallback) if a != 0 => {
+                self.nice.widen(a)
             }
             (SymbolDef::Defined { .. }, Reach::Absolute32) => self.low_2g = true,
             _ => {}
@@ -101,6 +133,7 @@ pub fn bounds(g: &LinkGraph, page: u64) -> Bounds {
 pub fn placement_window(g: &LinkGraph, bounds: &Bounds, size: u64) -> Result<Placement> {
     let reach = g.arch.pc_relative_32_reach();
     let Reaches { must, nice, low_2g } = bounds.reaches;
+    let (must, nice) = (must.get(), nice.get());
     if low_2g {
         return low_2g_window(must, size, reach);
     }
