@@ -208,19 +208,20 @@ pub fn link_then<R>(
     memory.layout(&mut g, info.page_size, &mut layout)?;
     t.lap("GOT, stubs, layout");
     let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
-    // IFUNC slots first (initializers and other actions may call the functions), then unwind
-    // info and TLS, then the debug sinks (read off the final bytes).
-    let mut pairs = Vec::new();
-    if !tables.ifunc_slots.is_empty() {
-        pairs = actions::ifunc_actions(&g, &tables);
-    }
-    actions::collect_actions(&g, &layout, &ctx, &mut pairs);
     let mut has_initializers = false;
     let mut kept_actions = None;
     let (map, alloc) = memory.write_and_finalize(&g, &layout, &ctx, |work| {
-        // (Taken, not moved: the writer is `FnMut`; it runs once.)
+        // IFUNC slots first (initializers and other actions may call the functions), then
+        // unwind info and TLS, then the debug sinks (read off the final bytes). (Listed here,
+        // in the writer, which runs once: listed before it, the list was moved in and what was
+        // left of it dropped after, a call.)
+        let mut pairs = Vec::new();
+        if !tables.ifunc_slots.is_empty() {
+            pairs = actions::ifunc_actions(&g, &tables);
+        }
+        actions::collect_actions(&g, &layout, &ctx, &mut pairs);
         let mut unit = kiln_target::UnitActions {
-            actions: std::mem::take(&mut pairs),
+            actions: pairs,
             initializers: Vec::new(),
             deinitializers: Vec::new(),
         };
@@ -249,18 +250,25 @@ pub fn link_then<R>(
             fixup::target_value_of(&g, e, &ctx)
         }))
     });
+    // (The lists filled in place, where they are moved into the unit from: returned, each
+    // was copied once more. The unit is built in `then`'s argument: built in a local first,
+    // it was copied there whole, 288 bytes.)
+    let mut exported = Exports::new();
+    if one_function(&input) {
+        function_exports(&g, linker, &mut exported);
+    } else {
+        exports(&g, linker, &mut exported);
+    }
+    let mut segments = Segments::new();
+    segment_ranges(&layout, &mut segments);
     then(LinkedUnit {
         alloc,
-        exports: if one_function(&input) {
-            function_exports(&g, linker)
-        } else {
-            exports(&g, linker)
-        },
+        exports: exported,
         has_initializers,
         map,
         relink,
         actions: kept_actions,
-        segments: segment_ranges(&layout),
+        segments,
         slab_ranges: memory.keep(),
         stats: input.collect_stats.then(|| {
             Box::new(LinkStats {
@@ -280,15 +288,14 @@ pub fn link_then<R>(
     })
 }
 
-/// (address, size) of each of the unit's segments. (Pushed one by one: collected from an
-/// iterator, smallvec's `extend` cost a one-segment unit about 60 instructions more.)
+/// (address, size) of each of the unit's segments, into `out` (empty). (Pushed one by one:
+/// collected from an iterator, smallvec's `extend` cost a one-segment unit about 60
+/// instructions more.)
 #[inline]
-fn segment_ranges(layout: &layout::Layout) -> Segments {
-    let mut out = Segments::new();
+fn segment_ranges(layout: &layout::Layout, out: &mut Segments) {
     for s in &layout.segments {
         out.push((s.addr, s.content_size + s.zero_size));
     }
-    out
 }
 
 /// An empty link graph; for input made only of in-memory graphs (a JIT's units), with room
@@ -581,9 +588,8 @@ pub struct Export<'g> {
 /// The unit's global definitions in live blocks. Thread-local symbols have no address a lookup
 /// could use, absolute symbols are host symbols the unit binds to, and what the linker made
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
-/// exported.
-fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
-    let mut out = Exports::new();
+/// exported. Into `out` (empty).
+fn exports<'g>(g: &LinkGraph<'g>, linker: InputId, out: &mut Exports<'g>) {
     if !g.indexed {
         // A small graph (a JIT's function, the few it calls): its globals are its symbols that
         // are not local (what `global_ids` lists, without its iterator), and its exports fit
@@ -595,7 +601,7 @@ fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
                 }
             }
         }
-        return out;
+        return;
     }
     // A larger one gets room for every global (its undefined ones are few): one allocation,
     // no growing.
@@ -607,7 +613,6 @@ fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
             out.push(e);
         }
     }
-    out
 }
 
 /// Whether the link's only input is one lent function (a JIT's `link_function`): then
@@ -626,12 +631,10 @@ fn one_function(input: &LinkInput) -> bool {
 /// by the linker's own input, or bound outside the unit (none of them an export). So the one
 /// symbol is read, not every symbol scanned.
 #[inline]
-fn function_exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
-    let mut out = Exports::new();
+fn function_exports<'g>(g: &LinkGraph<'g>, linker: InputId, out: &mut Exports<'g>) {
     if let Some(e) = g.symbols.first().and_then(|s| export(g, s, linker)) {
         out.push(e);
     }
-    out
 }
 
 /// The global `s` as an export, if it is one ([`exports`]). (Always inline: called, its
@@ -854,7 +857,9 @@ mod tests {
             assert!(!small.indexed && table.indexed);
             let key = |g: &LinkGraph| {
                 let linker = InputId(1);
-                let mut out: Vec<_> = exports(g, linker)
+                let mut listed = Exports::new();
+                exports(g, linker, &mut listed);
+                let mut out: Vec<_> = listed
                     .into_iter()
                     .map(|e| {
                         (
