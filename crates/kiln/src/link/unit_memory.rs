@@ -297,10 +297,21 @@ impl<'x> UnitMemory<'x> {
 }
 
 impl Drop for UnitMemory<'_> {
+    /// (Inline: a kept unit's memory, every link that succeeds, is one test; releasing it is out
+    /// of line.)
+    #[inline]
     fn drop(&mut self) {
-        if self.kept {
-            return;
+        if !self.kept {
+            self.release();
         }
+    }
+}
+
+impl UnitMemory<'_> {
+    /// Give the memory back (the link failed before the unit was finalized).
+    #[cold]
+    #[inline(never)]
+    fn release(&mut self) {
         match &self.place {
             Place::Reservation { base, size } => {
                 let _ = self.ex.release(ExecutorAddr(*base), *size);
