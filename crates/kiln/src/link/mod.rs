@@ -291,7 +291,7 @@ pub fn link_then<R>(
 /// (address, size) of each of the unit's segments, into `out` (empty). (Pushed one by one:
 /// collected from an iterator, smallvec's `extend` cost a one-segment unit about 60
 /// instructions more.)
-#[inline]
+#[inline(always)]
 fn segment_ranges(layout: &layout::Layout, out: &mut Segments) {
     for s in &layout.segments {
         out.push((s.addr, s.content_size + s.zero_size));
