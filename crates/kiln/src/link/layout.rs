@@ -29,7 +29,9 @@ pub struct TlsLayout {
     pub align: u64,
 }
 
-#[derive(Debug)]
+/// (Filled in place, [`layout_with`]: the caller keeps it where the link's steps read it, not
+/// returned and moved, about 200 bytes each time.)
+#[derive(Debug, Default)]
 pub struct Layout {
     /// One per protection class at most (inline: no allocation).
     pub segments: SmallVec<[SegmentLayout; 3]>,
@@ -82,16 +84,16 @@ pub fn prot_slot(prot: MemProt) -> usize {
 }
 
 /// Assign addresses starting at `base`, segments page aligned and consecutive: the layout of a
-/// unit in a reservation of its own.
-pub fn layout_at(g: &mut LinkGraph, base: u64, page: u64) -> Result<Layout> {
+/// unit in a reservation of its own, into `out` (an empty layout).
+pub fn layout_at(g: &mut LinkGraph, base: u64, page: u64, out: &mut Layout) -> Result<()> {
     let mut cursor = base;
-    let mut l = layout_with(g, page, &mut |_, size, _| {
+    layout_with(g, page, out, &mut |_, size, _| {
         let start = align_up(cursor, page);
         cursor = start + size;
         Ok(start)
     })?;
-    l.size = align_up(cursor, page) - base;
-    Ok(l)
+    out.size = align_up(cursor, page) - base;
+    Ok(())
 }
 
 /// A segment's blocks at offsets from its start, before the start is known.
@@ -105,8 +107,9 @@ struct Planned {
     tls_image: Option<u64>,
 }
 
-/// Assign addresses: for each non-empty protection class (index into [`PROTS`]), `place` is
-/// asked for the start of a range of `size` bytes aligned to `align`.
+/// Assign addresses into `out` (an empty layout, [`Layout::default`]): for each non-empty
+/// protection class (index into [`PROTS`]), `place` is asked for the start of a range of
+/// `size` bytes aligned to `align`.
 ///
 /// Generic over `place` only for the one-block path (small, inlined at each of the two callers,
 /// with `place` inlined into it); the general path takes it as a `dyn` closure.
@@ -114,13 +117,14 @@ struct Planned {
 pub fn layout_with(
     g: &mut LinkGraph,
     page: u64,
+    out: &mut Layout,
     place: &mut impl FnMut(usize, u64, u64) -> Result<u64>,
-) -> Result<Layout> {
+) -> Result<()> {
     // A JIT's unit is one block most of the time: its one segment is that block, with no
     // lists to fill and sort (what follows costs it about 400 instructions; this about 60).
     match only_block(g) {
-        Some(b) => layout_one_block(g, b, place),
-        None => layout_blocks(g, page, place),
+        Some(b) => layout_one_block(g, b, out, place),
+        None => layout_blocks(g, page, out, place),
     }
 }
 
@@ -128,18 +132,13 @@ pub fn layout_with(
 fn layout_blocks(
     g: &mut LinkGraph,
     page: u64,
+    layout: &mut Layout,
     place: &mut dyn FnMut(usize, u64, u64) -> Result<u64>,
-) -> Result<Layout> {
+) -> Result<()> {
     // (Filled in place: returned, the lists were copied once more, ~170 bytes.)
     let mut per_prot: [Placed; 3] = Default::default();
     let mut tbss = SmallVec::new();
     blocks_by_prot(g, &mut per_prot, &mut tbss);
-    // Built where it is returned from (its segments moved into it would be copied, ~250 bytes).
-    let mut layout = Layout {
-        segments: SmallVec::new(),
-        tls: None,
-        size: 0,
-    };
     let mut tls = TlsLayout {
         align: 1,
         ..Default::default()
@@ -174,7 +173,7 @@ fn layout_blocks(
         layout_tbss(g, &tbss, &mut tls, page)?;
         layout.tls = Some(tls);
     }
-    Ok(layout)
+    Ok(())
 }
 
 /// The unit's block if it has exactly one live block and that is not thread-local (a TLS block
@@ -194,8 +193,9 @@ fn only_block(g: &LinkGraph) -> Option<BlockId> {
 fn layout_one_block(
     g: &mut LinkGraph,
     b: BlockId,
+    layout: &mut Layout,
     place: &mut impl FnMut(usize, u64, u64) -> Result<u64>,
-) -> Result<Layout> {
+) -> Result<()> {
     let blk = &g.blocks[b.idx()];
     let slot = prot_slot(g.sections[blk.section.idx()].prot);
     let size = Some(blk.size())
@@ -209,11 +209,6 @@ fn layout_one_block(
     };
     let start = place(slot, size, align)?;
     g.blocks[b.idx()].addr = start;
-    let mut layout = Layout {
-        segments: SmallVec::new(),
-        tls: None,
-        size: 0,
-    };
     layout.segments.push(SegmentLayout {
         prot: PROTS[slot],
         addr: start,
@@ -222,7 +217,7 @@ fn layout_one_block(
         align,
         blocks: smallvec::smallvec![b],
     });
-    Ok(layout)
+    Ok(())
 }
 
 #[cold]
@@ -381,9 +376,10 @@ mod tests {
             };
             let mut one = one_block_graph(kind, prot, content(), align);
             assert_eq!(only_block(&one), Some(BlockId(1)));
-            let a = layout_with(&mut one, 4096, &mut place).unwrap();
+            let (mut a, mut b) = (Layout::default(), Layout::default());
+            layout_with(&mut one, 4096, &mut a, &mut place).unwrap();
             let mut general = one_block_graph(kind, prot, content(), align);
-            let b = layout_blocks(&mut general, 4096, &mut place).unwrap();
+            layout_blocks(&mut general, 4096, &mut b, &mut place).unwrap();
             assert_eq!(asked[0], asked[1], "{kind:?} {prot:?}: the same request");
             assert_eq!(asked[0].1, if zero { 40 } else { 37 });
             let (sa, sb) = (&a.segments[..], &b.segments[..]);

@@ -189,7 +189,9 @@ pub fn link_then<R>(
     t.lap("dead-strip");
     let external = resolve_externals(&mut g, ex, &input, &roots)?;
     t.lap("resolve externals");
-    let mut memory = reserve(ex, &g, &input)?;
+    // (Placed where it is kept: returned, the 168-byte value was moved out of the result.)
+    let mut memory = UnitMemory::unplaced(ex);
+    reserve(ex, &g, &input, &mut memory)?;
     t.lap("reserve");
     let (lo, hi) = memory.range();
     let tables = arch.build_tables(
@@ -201,19 +203,23 @@ pub fn link_then<R>(
             hi,
         },
     );
-    let layout = memory.layout(&mut g, info.page_size)?;
+    // (Filled in place: returned, the 208-byte layout was copied out.)
+    let mut layout = layout::Layout::default();
+    memory.layout(&mut g, info.page_size, &mut layout)?;
     t.lap("GOT, stubs, layout");
     let ctx = fixup_context(ex, &g, &layout, tables.got_block)?;
-    // IFUNC slots first (initializers and other actions may call the functions), then unwind
-    // info and TLS, then the debug sinks (read off the final bytes).
-    let mut pairs = Vec::new();
-    if !tables.ifunc_slots.is_empty() {
-        pairs = actions::ifunc_actions(&g, &tables);
-    }
-    actions::collect_actions(&g, &layout, &ctx, &mut pairs);
     let mut has_initializers = false;
     let mut kept_actions = None;
     let (map, alloc) = memory.write_and_finalize(&g, &layout, &ctx, |work| {
+        // IFUNC slots first (initializers and other actions may call the functions), then
+        // unwind info and TLS, then the debug sinks (read off the final bytes). (Listed here,
+        // in the writer, which runs once: listed before it, the list was moved in and what was
+        // left of it dropped after, a call.)
+        let mut pairs = Vec::new();
+        if !tables.ifunc_slots.is_empty() {
+            pairs = actions::ifunc_actions(&g, &tables);
+        }
+        actions::collect_actions(&g, &layout, &ctx, &mut pairs);
         let mut unit = kiln_target::UnitActions {
             actions: pairs,
             initializers: Vec::new(),
@@ -244,14 +250,25 @@ pub fn link_then<R>(
             fixup::target_value_of(&g, e, &ctx)
         }))
     });
+    // (The lists filled in place, where they are moved into the unit from: returned, each
+    // was copied once more. The unit is built in `then`'s argument: built in a local first,
+    // it was copied there whole, 288 bytes.)
+    let mut exported = Exports::new();
+    if one_function(&input) {
+        function_exports(&g, linker, &mut exported);
+    } else {
+        exports(&g, linker, &mut exported);
+    }
+    let mut segments = Segments::new();
+    segment_ranges(&layout, &mut segments);
     then(LinkedUnit {
         alloc,
-        exports: exports(&g, linker),
+        exports: exported,
         has_initializers,
         map,
         relink,
         actions: kept_actions,
-        segments: segment_ranges(&layout),
+        segments,
         slab_ranges: memory.keep(),
         stats: input.collect_stats.then(|| {
             Box::new(LinkStats {
@@ -271,15 +288,14 @@ pub fn link_then<R>(
     })
 }
 
-/// (address, size) of each of the unit's segments. (Pushed one by one: collected from an
-/// iterator, smallvec's `extend` cost a one-segment unit about 60 instructions more.)
-#[inline]
-fn segment_ranges(layout: &layout::Layout) -> Segments {
-    let mut out = Segments::new();
+/// (address, size) of each of the unit's segments, into `out` (empty). (Pushed one by one:
+/// collected from an iterator, smallvec's `extend` cost a one-segment unit about 60
+/// instructions more.)
+#[inline(always)]
+fn segment_ranges(layout: &layout::Layout, out: &mut Segments) {
     for s in &layout.segments {
         out.push((s.addr, s.content_size + s.zero_size));
     }
-    out
 }
 
 /// An empty link graph; for input made only of in-memory graphs (a JIT's units), with room
@@ -401,12 +417,13 @@ fn resolve_externals(
 
 /// Memory for the unit: in a slab within reach of what it references, or (with a fixed address,
 /// or an executor without slabs) a reservation of its own, sized for the worst case (every GOT
-/// entry and stub needed).
+/// entry and stub needed). Into `memory`, unplaced.
 fn reserve<'x>(
     ex: &'x dyn Executor,
     g: &LinkGraph,
     input: &LinkInput<'x>,
-) -> Result<UnitMemory<'x>> {
+    memory: &mut UnitMemory<'x>,
+) -> Result<()> {
     let page = ex.info().page_size;
     let bounds = placement::bounds(g, page);
     let bound = bounds
@@ -414,18 +431,18 @@ fn reserve<'x>(
         .checked_next_multiple_of(page)
         .filter(|b| *b < (1 << 40))
         .ok_or_else(|| Error::Usage("the unit is too large (over 1 TiB)".into()))?;
-    let memory = input
+    let slabs = input
         .memory
         .filter(|_| input.fixed_address.is_none() && ex.supports_slabs());
-    match (memory, input.fixed_address) {
-        (Some(memory), _) => {
+    match (slabs, input.fixed_address) {
+        (Some(slabs), _) => {
             let placement = placement::placement_window(g, &bounds, bound)?;
-            UnitMemory::in_slab(ex, memory, placement, bounds.sizes, bounds.aligns)
+            memory.in_slab(slabs, placement, bounds.sizes, bounds.aligns)
         }
-        (None, Some(addr)) => UnitMemory::reserve(ex, bound, Placement::Fixed(addr)),
+        (None, Some(addr)) => memory.reserve(bound, Placement::Fixed(addr)),
         (None, None) => {
             let placement = placement::placement_window(g, &bounds, bound)?;
-            UnitMemory::reserve(ex, bound, placement)
+            memory.reserve(bound, placement)
         }
     }
 }
@@ -571,9 +588,8 @@ pub struct Export<'g> {
 /// The unit's global definitions in live blocks. Thread-local symbols have no address a lookup
 /// could use, absolute symbols are host symbols the unit binds to, and what the linker made
 /// (`__dso_handle`, the GOT, libc_nonshared's helpers) belongs to the unit alone: none of them is
-/// exported.
-fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
-    let mut out = Exports::new();
+/// exported. Into `out` (empty).
+fn exports<'g>(g: &LinkGraph<'g>, linker: InputId, out: &mut Exports<'g>) {
     if !g.indexed {
         // A small graph (a JIT's function, the few it calls): its globals are its symbols that
         // are not local (what `global_ids` lists, without its iterator), and its exports fit
@@ -585,7 +601,7 @@ fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
                 }
             }
         }
-        return out;
+        return;
     }
     // A larger one gets room for every global (its undefined ones are few): one allocation,
     // no growing.
@@ -597,7 +613,28 @@ fn exports<'g>(g: &LinkGraph<'g>, linker: InputId) -> Exports<'g> {
             out.push(e);
         }
     }
-    out
+}
+
+/// Whether the link's only input is one lent function (a JIT's `link_function`): then
+/// [`function_exports`] lists its exports.
+#[inline]
+fn one_function(input: &LinkInput) -> bool {
+    input.functions.len() == 1
+        && input.graphs.is_empty()
+        && input.objects.is_empty()
+        && input.archives.is_empty()
+}
+
+/// [`exports`] of a link whose only input is one lent function ([`one_function`]): its
+/// symbol, the graph's first (`add_function` defines it before anything else is in the graph),
+/// is the only global its input defines; every other symbol is a local of its frame, defined
+/// by the linker's own input, or bound outside the unit (none of them an export). So the one
+/// symbol is read, not every symbol scanned.
+#[inline]
+fn function_exports<'g>(g: &LinkGraph<'g>, linker: InputId, out: &mut Exports<'g>) {
+    if let Some(e) = g.symbols.first().and_then(|s| export(g, s, linker)) {
+        out.push(e);
+    }
 }
 
 /// The global `s` as an export, if it is one ([`exports`]). (Always inline: called, its
@@ -649,6 +686,107 @@ mod tests {
             std::mem::size_of::<Export>()
         );
         assert!(size <= 288, "LinkedUnit is {size} bytes");
+    }
+
+    /// A lent function's exports ([`function_exports`], its one symbol read) are what the
+    /// general path lists for the same function as a graph of its own: with and without a
+    /// frame, a call to itself, to a defined name, to a host symbol, roots, the map (which
+    /// makes the linker's own symbols), in a slab and in a reservation.
+    #[test]
+    fn a_functions_exports_agree_with_the_general_path() {
+        use crate::arch::x86_64::EdgeKind as X86;
+        use crate::graph::{EdgeRef, FrameDescription, FunctionRef};
+        use crate::memory::CodeMemory;
+        use kiln_target::InProcessExecutor;
+        let ex = InProcessExecutor::new();
+        let slabs = crate::memory::SlabMemory::new();
+        let code = [0xc3u8; 48];
+        let mut defines = FxHashMap::default();
+        defines.insert("defined_value".to_string(), 0x1234u64);
+        let debug = crate::debug::DebugOptions::default();
+        let edge_sets: [&[EdgeRef]; 3] = [
+            &[],
+            &[EdgeRef::new(1, X86::BranchPCRel32, "f", -4)],
+            &[
+                EdgeRef::new(1, X86::BranchPCRel32, "f", -4),
+                EdgeRef::new(8, X86::Pointer64, "defined_value", 0),
+                EdgeRef::new(20, X86::BranchPCRel32, "host_function", -4),
+            ],
+        ];
+        let mut host = FxHashMap::default();
+        host.insert("host_function".to_string(), 0x1000u64);
+        let defines_and_host: FxHashMap<String, u64> = defines
+            .iter()
+            .chain(&host)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let roots_sets = [vec![], vec!["f".to_string()]];
+        let mut cases = 0;
+        for edges in edge_sets {
+            for frame in [None, Some(FrameDescription::FramePointer)] {
+                for roots in &roots_sets {
+                    for (want_map, in_slab) in [(false, true), (true, true), (false, false)] {
+                        let f = FunctionRef {
+                            frame,
+                            ..FunctionRef::new("f", &code, edges)
+                        };
+                        let as_graph = f.to_graph();
+                        let graphs = [&as_graph];
+                        let functions = [f];
+                        let mut listed = Vec::new();
+                        for lent in [true, false] {
+                            let input = LinkInput {
+                                objects: Vec::new(),
+                                archives: Vec::new(),
+                                graphs: if lent { &[] } else { &graphs },
+                                functions: if lent { &functions } else { &[] },
+                                libraries: &[],
+                                defines: &defines_and_host,
+                                session: &NoSession,
+                                process_symbols: false,
+                                roots,
+                                allow: None,
+                                fixed_address: None,
+                                want_map,
+                                collect_stats: false,
+                                relink: false,
+                                debug: &debug,
+                                memory: in_slab.then_some(&slabs as &dyn crate::memory::CodeMemory),
+                            };
+                            assert_eq!(one_function(&input), lent);
+                            let unit = link(&ex, input).expect("links");
+                            let base = unit.segments.iter().map(|s| s.0).min().unwrap();
+                            let mut key: Vec<_> = unit
+                                .exports
+                                .iter()
+                                .map(|e| {
+                                    (
+                                        e.name.to_vec(),
+                                        e.addr - base,
+                                        e.size,
+                                        e.kind == SymbolKind::Function,
+                                        e.exported,
+                                        e.weak,
+                                    )
+                                })
+                                .collect();
+                            key.sort();
+                            listed.push(key);
+                            if in_slab {
+                                slabs.free(&ex, &unit.slab_ranges);
+                            }
+                            ex.deallocate(unit.alloc).unwrap();
+                        }
+                        assert_eq!(listed[0], listed[1], "{edges:?} {frame:?} {roots:?}");
+                        assert_eq!(listed[0].len(), 1);
+                        assert_eq!(listed[0][0].0, b"f");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 36);
+        slabs.release_all(&ex);
     }
 
     /// A small graph's exports (its symbols scanned) are the ones the general path lists from
@@ -719,7 +857,9 @@ mod tests {
             assert!(!small.indexed && table.indexed);
             let key = |g: &LinkGraph| {
                 let linker = InputId(1);
-                let mut out: Vec<_> = exports(g, linker)
+                let mut listed = Exports::new();
+                exports(g, linker, &mut listed);
+                let mut out: Vec<_> = listed
                     .into_iter()
                     .map(|e| {
                         (

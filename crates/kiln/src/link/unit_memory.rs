@@ -23,6 +23,8 @@ pub(crate) struct UnitMemory<'x> {
 }
 
 enum Place<'x> {
+    /// No memory yet ([`UnitMemory::unplaced`]): nothing to release.
+    Unplaced,
     Reservation {
         base: u64,
         size: u64,
@@ -37,38 +39,45 @@ enum Place<'x> {
 }
 
 impl<'x> UnitMemory<'x> {
-    /// A reservation of `size` bytes of its own, placed as asked.
-    pub fn reserve(ex: &'x dyn Executor, size: u64, placement: Placement) -> Result<Self> {
-        let base = ex.reserve(size, placement)?.0;
-        tracing::debug!("reserved {size:#x} bytes at {base:#x} ({placement:?})");
-        Ok(UnitMemory {
+    /// Memory to be placed by [`UnitMemory::reserve`] or [`UnitMemory::in_slab`]. (Made
+    /// first and placed where the link keeps it: built by a function that returned it, the
+    /// 168-byte value was moved out of the result.)
+    pub fn unplaced(ex: &'x dyn Executor) -> Self {
+        UnitMemory {
             ex,
-            place: Place::Reservation { base, size },
+            place: Place::Unplaced,
             kept: false,
-        })
+        }
     }
 
-    /// Room in a slab that lies within `placement` and can hold the unit's classes. (Inlined
-    /// into the link's reserve: the new value is built where it is returned.)
+    /// A reservation of `size` bytes of its own, placed as asked (for unplaced memory).
+    pub fn reserve(&mut self, size: u64, placement: Placement) -> Result<()> {
+        debug_assert!(matches!(self.place, Place::Unplaced));
+        let base = self.ex.reserve(size, placement)?.0;
+        tracing::debug!("reserved {size:#x} bytes at {base:#x} ({placement:?})");
+        self.place = Place::Reservation { base, size };
+        Ok(())
+    }
+
+    /// Room in a slab that lies within `placement` and can hold the unit's classes (for
+    /// unplaced memory). (Inlined into the link's reserve.)
     #[inline]
     pub fn in_slab(
-        ex: &'x dyn Executor,
+        &mut self,
         memory: &'x dyn CodeMemory,
         placement: Placement,
         sizes: [u64; 3],
         aligns: [u64; 3],
-    ) -> Result<Self> {
-        let (id, range) = memory.choose(ex, placement, sizes, aligns)?;
-        Ok(UnitMemory {
-            ex,
-            place: Place::Slab {
-                memory,
-                id,
-                range,
-                ranges: super::SlabRanges::new(),
-            },
-            kept: false,
-        })
+    ) -> Result<()> {
+        debug_assert!(matches!(self.place, Place::Unplaced));
+        let (id, range) = memory.choose(self.ex, placement, sizes, aligns)?;
+        self.place = Place::Slab {
+            memory,
+            id,
+            range,
+            ranges: super::SlabRanges::new(),
+        };
+        Ok(())
     }
 
     /// Every address of the unit will lie in `[lo, hi)`.
@@ -76,6 +85,7 @@ impl<'x> UnitMemory<'x> {
         match &self.place {
             Place::Reservation { base, size } => (*base, base + size),
             Place::Slab { range, .. } => *range,
+            Place::Unplaced => (0, 0),
         }
     }
 
@@ -83,30 +93,32 @@ impl<'x> UnitMemory<'x> {
     pub fn reservation(&self) -> (ExecutorAddr, u64) {
         match self.place {
             Place::Reservation { base, size } => (ExecutorAddr(base), size),
-            Place::Slab { .. } => (ExecutorAddr(0), 0),
+            Place::Slab { .. } | Place::Unplaced => (ExecutorAddr(0), 0),
         }
     }
 
-    /// Assign addresses to the unit's blocks.
-    pub fn layout(&mut self, g: &mut LinkGraph, page: u64) -> Result<Layout> {
+    /// Assign addresses to the unit's blocks, into `layout` (an empty one: the caller's, filled
+    /// in place).
+    pub fn layout(&mut self, g: &mut LinkGraph, page: u64, layout: &mut Layout) -> Result<()> {
         match &mut self.place {
             Place::Reservation { base, size } => {
-                let layout = layout_at(g, *base, page)?;
+                layout_at(g, *base, page, layout)?;
                 if layout.size > *size {
                     return Err(Error::Internal(format!(
                         "layout {:#x} exceeds reservation {size:#x}",
                         layout.size
                     )));
                 }
-                Ok(layout)
+                Ok(())
             }
             Place::Slab {
                 memory, id, ranges, ..
-            } => layout_with(g, page, &mut |slot, size, align| {
+            } => layout_with(g, page, layout, &mut |slot, size, align| {
                 let r = memory.allocate(*id, slot, size, align)?;
                 ranges.push(r);
                 Ok(r.addr.0)
             }),
+            Place::Unplaced => Err(unplaced()),
         }
     }
 
@@ -116,12 +128,16 @@ impl<'x> UnitMemory<'x> {
     /// executor takes the unit's ranges, writes and makes it live in one request
     /// ([`Executor::finalize_slab_unit`]); otherwise buffers that travel with the segments in
     /// a [`FinalizeRequest`].
+    ///
+    /// `read_back` runs once: a writer the executor calls again is refused (it returns no
+    /// actions) once a result is there. (`FnMut`, not `FnOnce`: taken out of an `Option` in
+    /// the writer, the captured closure was copied on every link.)
     pub fn write_and_finalize<R>(
         &self,
         g: &LinkGraph,
         layout: &Layout,
         ctx: &FixupContext,
-        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+        read_back: impl FnMut(&[&[u8]]) -> (R, UnitActions),
     ) -> Result<(R, AllocId)> {
         let Place::Slab { id, .. } = self.place else {
             return self.finalize_in_reservation(g, layout, ctx, read_back);
@@ -139,7 +155,7 @@ impl<'x> UnitMemory<'x> {
         g: &LinkGraph,
         layout: &Layout,
         ctx: &FixupContext,
-        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+        mut read_back: impl FnMut(&[&[u8]]) -> (R, UnitActions),
     ) -> Result<(R, AllocId)> {
         // A slab unit has a segment per protection class at most (one per slab region): fixed
         // arrays, not vectors, carry its segments.
@@ -160,20 +176,22 @@ impl<'x> UnitMemory<'x> {
                 prot: s.prot,
             };
         }
-        let mut read_back = Some(read_back);
         let mut result = None;
         let alloc = self
             .ex
             .finalize_slab_unit(id, &segments[..n], &mut |bufs| {
+                // Written once: a second call is refused ([`UnitMemory::write_and_finalize`]).
+                if result.is_some() {
+                    return None;
+                }
                 // The range may hold a removed unit's bytes: zero fill is written, not assumed.
                 for (buf, seg) in bufs.iter_mut().zip(&layout.segments) {
                     if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
                         tail.fill(0);
                     }
                 }
-                let read_back = read_back.take()?;
-                // (`read_back` runs once: `result` is still `None` here, and `get_or_insert`
-                // says so, where an assignment would drop the old value first.)
+                // (`result` is still `None` here, and `get_or_insert` says so, where an
+                // assignment would drop the old value first.)
                 if let Err(e) = apply_fixups_into(g, layout, ctx, bufs) {
                     result.get_or_insert(Err(e));
                     return None;
@@ -198,17 +216,19 @@ impl<'x> UnitMemory<'x> {
         seg: &super::layout::SegmentLayout,
         g: &LinkGraph,
         ctx: &FixupContext,
-        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+        mut read_back: impl FnMut(&[&[u8]]) -> (R, UnitActions),
     ) -> Result<(R, AllocId)> {
         let segment = SlabSegment {
             addr: ExecutorAddr(seg.addr),
             size: seg.content_size + seg.zero_size,
             prot: seg.prot,
         };
-        let mut read_back = Some(read_back);
         let mut result = None;
         let alloc = self.ex.finalize_slab_unit(id, &[segment], &mut |bufs| {
-            let read_back = read_back.take()?;
+            // Written once: a second call is refused ([`UnitMemory::write_and_finalize`]).
+            if result.is_some() {
+                return None;
+            }
             let [buf] = bufs else {
                 return None;
             };
@@ -216,7 +236,7 @@ impl<'x> UnitMemory<'x> {
             if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
                 tail.fill(0);
             }
-            // (`read_back` runs once: `result` is still `None` here; see `write_and_finalize`.)
+            // (`result` is still `None` here; see `finalize_segments`.)
             if let Err(e) = apply_segment_fixups(g, seg, ctx, buf) {
                 result.get_or_insert(Err(e));
                 return None;
@@ -235,8 +255,11 @@ impl<'x> UnitMemory<'x> {
         g: &LinkGraph,
         layout: &Layout,
         ctx: &FixupContext,
-        read_back: impl FnOnce(&[&[u8]]) -> (R, UnitActions),
+        mut read_back: impl FnMut(&[&[u8]]) -> (R, UnitActions),
     ) -> Result<(R, AllocId)> {
+        if let Place::Unplaced = self.place {
+            return Err(unplaced());
+        }
         let work = apply_fixups(g, layout, ctx)?;
         let refs: Vec<&[u8]> = work.iter().map(Vec::as_slice).collect();
         let (result, unit) = read_back(&refs);
@@ -263,27 +286,47 @@ impl<'x> UnitMemory<'x> {
     }
 
     /// The unit is finalized: its memory is its own now. Returns the slab ranges it holds.
-    pub fn keep(mut self) -> super::SlabRanges {
+    /// (By reference: taking `self`, the 168-byte value was moved in.)
+    pub fn keep(&mut self) -> super::SlabRanges {
         self.kept = true;
         match &mut self.place {
             Place::Slab { ranges, .. } => std::mem::take(ranges),
-            Place::Reservation { .. } => super::SlabRanges::new(),
+            Place::Reservation { .. } | Place::Unplaced => super::SlabRanges::new(),
         }
     }
 }
 
 impl Drop for UnitMemory<'_> {
+    /// (Inline: a kept unit's memory, every link that succeeds, is one test; releasing it is out
+    /// of line.)
+    #[inline]
     fn drop(&mut self) {
-        if self.kept {
-            return;
+        if !self.kept {
+            self.release();
         }
+    }
+}
+
+impl UnitMemory<'_> {
+    /// Give the memory back (the link failed before the unit was finalized).
+    #[cold]
+    #[inline(never)]
+    fn release(&mut self) {
         match &self.place {
             Place::Reservation { base, size } => {
                 let _ = self.ex.release(ExecutorAddr(*base), *size);
             }
             Place::Slab { memory, ranges, .. } => memory.free(self.ex, ranges),
+            Place::Unplaced => {}
         }
     }
+}
+
+/// Memory used before it was placed: a bug of the linker's.
+#[cold]
+#[inline(never)]
+fn unplaced() -> Error {
+    Error::Internal("the unit's memory is used before it is placed".into())
 }
 
 /// The writer's result with the unit's id, once the executor has written and finalized a slab
@@ -368,8 +411,10 @@ mod tests {
             let mut g = one_function();
             let sizes = [0x100, 0, 0];
             let (placement, aligns) = (Placement::Anywhere, [16, 1, 1]);
-            let mut m = UnitMemory::in_slab(&ex, &memory, placement, sizes, aligns).unwrap();
-            let layout = m.layout(&mut g, 4096).unwrap();
+            let mut m = UnitMemory::unplaced(&ex);
+            m.in_slab(&memory, placement, sizes, aligns).unwrap();
+            let mut layout = Layout::default();
+            m.layout(&mut g, 4096, &mut layout).unwrap();
             let Place::Slab { id, .. } = m.place else {
                 panic!("a slab unit");
             };
