@@ -175,6 +175,11 @@ impl Slab {
         let (a, n) = self.info.regions[2];
         a.0 + n
     }
+    /// Whether each region has room for its class's size plus alignment slack.
+    #[inline]
+    fn has_room(&self, sizes: [u64; 3], aligns: [u64; 3]) -> bool {
+        (0..3).all(|r| sizes[r] == 0 || self.free[r].has_room(sizes[r] + aligns[r]))
+    }
 }
 
 /// A range a unit holds in a slab region.
@@ -224,7 +229,7 @@ impl SlabAllocator {
                 Placement::Within { lo, hi } => lo <= s.start() && s.end() <= hi,
                 Placement::Fixed(_) => false,
             };
-            placed && (0..3).all(|r| sizes[r] == 0 || s.free[r].has_room(sizes[r] + aligns[r]))
+            placed && s.has_room(sizes, aligns)
         };
         if let Some(i) = self.slabs.iter().position(fits) {
             return Ok(i);
@@ -246,9 +251,7 @@ impl SlabAllocator {
         if !self.growable {
             // Only these slabs: the placement asked for is what would be nice; the fixups say
             // what is out of reach (calls get stubs, GOT loads keep the GOT).
-            let room = |s: &Slab| {
-                (0..3).all(|r| sizes[r] == 0 || s.free[r].has_room(sizes[r] + aligns[r]))
-            };
+            let room = |s: &Slab| s.has_room(sizes, aligns);
             return self.slabs.iter().position(room).ok_or_else(|| {
                 Error::Usage(format!(
                     "no room for {} + {} + {} bytes (code, read-only, data) in this code memory",

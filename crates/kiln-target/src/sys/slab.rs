@@ -282,16 +282,14 @@ struct Populated([AtomicU64; 2]);
 
 impl Populated {
     fn before_write(&self, view: &WriteView, addr: u64, len: u64) {
-        for (r, mark) in self.0.iter().enumerate() {
+        let starts_in = |r: &usize| {
+            let (start, size) = view.info.regions[*r];
+            addr >= start.0 && addr - start.0 < size
+        };
+        if let Some(r) = (0..self.0.len()).find(starts_in) {
             let (start, size) = view.info.regions[r];
-            if addr < start.0 || addr - start.0 >= size {
-                continue;
-            }
-            let end = (addr - start.0).saturating_add(len).min(size);
-            if end > mark.load(Ordering::Relaxed) {
-                self.populate(view, r, addr - start.0, end);
-            }
-            return;
+            let from = addr - start.0;
+            self.before_write_in(view, r, from, from.saturating_add(len).min(size));
         }
     }
 
