@@ -131,21 +131,22 @@ impl<'x> UnitMemory<'x> {
     ///
     /// `read_back` runs once: a writer the executor calls again is refused (it returns no
     /// actions) once a result is there. (`FnMut`, not `FnOnce`: taken out of an `Option` in
-    /// the writer, the captured closure was copied on every link.)
+    /// the writer, the captured closure was copied on every link; for the same reason it is
+    /// lent, not moved, to the path that runs it.)
     pub fn write_and_finalize<R>(
         &self,
         g: &LinkGraph,
         layout: &Layout,
         ctx: &FixupContext,
-        read_back: impl FnMut(&[&[u8]]) -> (R, UnitActions),
+        mut read_back: impl FnMut(&[&[u8]]) -> (R, UnitActions),
     ) -> Result<(R, AllocId)> {
         let Place::Slab { id, .. } = self.place else {
-            return self.finalize_in_reservation(g, layout, ctx, read_back);
+            return self.finalize_in_reservation(g, layout, ctx, &mut read_back);
         };
         if let [one] = &layout.segments[..] {
-            return self.finalize_one_segment(id, one, g, ctx, read_back);
+            return self.finalize_one_segment(id, one, g, ctx, &mut read_back);
         }
-        self.finalize_segments(id, g, layout, ctx, read_back)
+        self.finalize_segments(id, g, layout, ctx, &mut read_back)
     }
 
     /// [`UnitMemory::write_and_finalize`] for a slab unit of any number of segments.
