@@ -188,7 +188,9 @@ impl<'x> UnitMemory<'x> {
                 // The range may hold a removed unit's bytes: zero fill is written, not assumed.
                 for (buf, seg) in bufs.iter_mut().zip(&layout.segments) {
                     if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
-                        tail.fill(0);
+                        if !tail.is_empty() {
+                            tail.fill(0);
+                        }
                     }
                 }
                 // (`result` is still `None` here, and `get_or_insert` says so, where an
@@ -234,8 +236,12 @@ impl<'x> UnitMemory<'x> {
                 return None;
             };
             // The range may hold a removed unit's bytes: zero fill is written, not assumed.
+            // (Code has none: without the test, `fill` called `memset` for no bytes, about 20
+            // instructions a unit.)
             if let Some(tail) = buf.get_mut(seg.content_size as usize..) {
-                tail.fill(0);
+                if !tail.is_empty() {
+                    tail.fill(0);
+                }
             }
             // (`result` is still `None` here; see `finalize_segments`.)
             if let Err(e) = apply_segment_fixups(g, seg, ctx, buf) {
