@@ -317,16 +317,18 @@ impl OwnedMemory {
         };
         // (Refused after `pending` exists: its drop frees the unit, taking the lock again.)
         let slice = slice?;
-        let Some(unit) = fill(&mut [slice]) else {
-            return Ok(None);
-        };
-        if runs_nothing(&unit) {
-            mem::flush_icache(seg.addr, seg.size);
-            return make_live(pending, unit);
+        match fill(&mut [slice]) {
+            None => Ok(None),
+            Some(unit) if runs_nothing(&unit) => {
+                mem::flush_icache(seg.addr, seg.size);
+                make_live(pending, unit)
+            }
+            Some(unit) => {
+                let segments = std::slice::from_ref(seg);
+                let planned = Plan::slab_segments(segments)?;
+                self.finish_slab_unit(pending, segments, planned, unit)
+            }
         }
-        let segments = std::slice::from_ref(seg);
-        let planned = Plan::slab_segments(segments)?;
-        self.finish_slab_unit(pending, segments, planned, unit)
     }
 
     /// The rest of [`OwnedMemory::finalize_slab_unit`] for a unit whose writer asked for

@@ -249,7 +249,9 @@ impl<'x> UnitMemory<'x> {
                 return None;
             }
             let (r, unit) = read_back(&[&**buf]);
-            result.get_or_insert(Ok(r));
+            if result.is_none() {
+                result = Some(Ok(r));
+            }
             Some(unit)
         })?;
         written(result, alloc)
