@@ -250,7 +250,7 @@ impl<'x> UnitMemory<'x> {
             }
             let (r, unit) = read_back(&[&**buf]);
             // (Stored under a test of its own rather than by `get_or_insert`: the actions are
-            // then moved to the writer's result once, not twice, 10 instructions a unit.)
+            // then moved to the writer's result with fewer copies, 3 instructions a unit.)
             if result.is_none() {
                 result = Some(Ok(r));
             }
