@@ -247,8 +247,10 @@ impl Slots {
             .then_some(slot)
     }
 
-    /// A slot for a new unit, and its id. Nothing changes on an error.
-    #[inline]
+    /// A slot for a new unit, and its id. Nothing changes on an error. (Always inlined: the
+    /// LTO build left it a call in `finalize_slab_unit`, its entry and result passed through
+    /// memory.)
+    #[inline(always)]
     fn take(&mut self, entry: UnitSlot) -> Result<(u32, u64)> {
         if self.free != NO_SLOT {
             let slot = self.free;
