@@ -33,7 +33,7 @@ pub mod op {
     pub const SET_UPVALUE: u8 = 11;
     /// ic:u32 — replace the instance on top by its property (field, or bound method).
     pub const GET_PROPERTY: u8 = 12;
-    /// ic:u32 — [instance, value] → [value], setting the field.
+    /// ic:u32 — `[instance, value] → [value]`, setting the field.
     pub const SET_PROPERTY: u8 = 13;
     /// ic:u32 — [this, superclass] → [bound method of the superclass].
     pub const GET_SUPER: u8 = 14;
@@ -66,9 +66,9 @@ pub mod op {
     pub const RETURN: u8 = 33;
     /// k:u32 — push a new class named by constant k.
     pub const CLASS: u8 = 34;
-    /// [superclass, subclass] → [superclass]: copy the methods down.
+    /// `[superclass, subclass] → [superclass]`: copy the methods down.
     pub const INHERIT: u8 = 35;
-    /// k:u32 — [class, closure] → [class]: define method named by constant k.
+    /// k:u32 — `[class, closure] → [class]`: define method named by constant k.
     pub const METHOD: u8 = 36;
 }
 

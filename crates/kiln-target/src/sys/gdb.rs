@@ -42,7 +42,7 @@ pub struct JitDescriptor {
     first_entry: *mut JitCodeEntry,
 }
 
-/// The descriptor gdb reads; mutated only under [`REGISTRY`]'s lock.
+/// The descriptor gdb reads; mutated only under `REGISTRY`'s lock.
 #[repr(transparent)]
 pub struct GdbDescriptor(UnsafeCell<JitDescriptor>);
 
