@@ -6,7 +6,6 @@ use crate::error::{DuplicateSymbol, Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
 use kiln_target::{Executor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
-use smallvec::SmallVec;
 
 /// Load archive members until no strong undefined symbol can be satisfied by one. Like ld's
 /// `--start-group`: the order of archives does not matter, members are loaded only when they
@@ -101,12 +100,36 @@ pub struct ExternalScopes<'s> {
     pub allow: Option<&'s FxHashSet<String>>,
 }
 
-/// Undefined symbols live code references; inline up to a few (a JIT's unit names a few).
-type Wanted = SmallVec<[SymbolId; FEW_NAMES]>;
+/// The undefined symbols live code references, each once, in the order first referenced, into
+/// `out`: their number, or `None` when there are more than `out` holds (then
+/// [`wanted_symbols`] lists them). (A plain array: a JIT's unit names a few, and a `SmallVec`'s
+/// checks on every push and read cost it more than the list itself.)
+#[inline(always)]
+fn few_wanted_symbols(g: &LinkGraph, out: &mut [SymbolId; FEW_NAMES]) -> Option<usize> {
+    let mut n = 0;
+    for b in &g.blocks {
+        if !b.live {
+            continue;
+        }
+        for e in &b.edges {
+            let t = e.target;
+            if !matches!(g.symbols[t.idx()].def, SymbolDef::Undefined) || out[..n].contains(&t) {
+                continue;
+            }
+            if n == FEW_NAMES {
+                return None;
+            }
+            out[n] = t;
+            n += 1;
+        }
+    }
+    Some(n)
+}
 
-/// The undefined symbols live code references, each once, in the order first referenced.
-fn wanted_symbols(g: &LinkGraph) -> Wanted {
-    let mut wanted = Wanted::new();
+/// [`few_wanted_symbols`] for a unit that references more: the undefined symbols live code
+/// references, each once, in the order first referenced.
+fn wanted_symbols(g: &LinkGraph) -> Vec<SymbolId> {
+    let mut wanted = Vec::new();
     // Where each symbol is in `wanted`: made only for units with many undefined symbols (a
     // scan of a short list beats a table as long as the symbol list).
     let mut listed: Vec<bool> = Vec::new();
@@ -161,7 +184,7 @@ fn defined(defines: &FxHashMap<String, u64>, name: &[u8]) -> Option<u64> {
     if defines.len() <= SCANNED {
         return defines
             .iter()
-            .find_map(|(n, a)| (n.as_bytes() == name).then_some(*a));
+            .find_map(|(n, a)| same_name(n.as_bytes(), name).then_some(*a));
     }
     std::str::from_utf8(name)
         .ok()
@@ -180,13 +203,44 @@ pub fn resolve_externals(
     ex: &dyn Executor,
     scopes: &ExternalScopes,
 ) -> Result<usize> {
+    // A JIT's unit asks for a few names: the list, the batch and its answers live on the
+    // stack (plain arrays: a `SmallVec` costs more in checks than it saves in stores).
+    let mut wanted = [SymbolId(0); FEW_NAMES];
+    let Some(n) = few_wanted_symbols(g, &mut wanted) else {
+        return resolve_many(g, ex, scopes);
+    };
+    let mut names = [&[][..]; FEW_NAMES];
+    let mut bound = [None; FEW_NAMES];
+    resolve_wanted(g, ex, scopes, &wanted[..n], &mut names, &mut bound)
+}
+
+/// [`resolve_externals`] of a unit that references more than a few undefined symbols (out of
+/// line: its lists are allocated).
+#[inline(never)]
+fn resolve_many(g: &mut LinkGraph, ex: &dyn Executor, scopes: &ExternalScopes) -> Result<usize> {
     let wanted = wanted_symbols(g);
-    let rest = bind_in_scopes(g, scopes, &wanted);
+    let mut names = vec![&[][..]; wanted.len()];
+    let mut bound = vec![None; wanted.len()];
+    resolve_wanted(g, ex, scopes, &wanted, &mut names, &mut bound)
+}
+
+/// Bind `wanted` (`names` and `bound`, at least as long, are room for the session's batch):
+/// what the definitions and the session bind, then (when something is left, or a thread-local
+/// symbol was bound outside the unit) the rest and the errors.
+#[inline(always)]
+fn resolve_wanted<'a>(
+    g: &mut LinkGraph<'a>,
+    ex: &dyn Executor,
+    scopes: &ExternalScopes,
+    wanted: &[SymbolId],
+    names: &mut [&'a [u8]],
+    bound: &mut [Option<u64>],
+) -> Result<usize> {
     // (A JIT's usual case: everything bound, the executor not asked for its list.)
-    if rest.is_empty() && !wanted.iter().any(|&id| tls_bound_outside(g, id)) {
+    if bind_in_scopes(g, scopes, wanted, names, bound) {
         return Ok(wanted.len());
     }
-    outside_the_session(g, ex, scopes, &wanted, &rest)
+    outside_the_session(g, ex, scopes, wanted)
 }
 
 /// Whether `id`, a thread-local symbol, was bound to an address outside the unit (a
@@ -197,52 +251,56 @@ fn tls_bound_outside(g: &LinkGraph, id: SymbolId) -> bool {
 }
 
 /// Bind `wanted` to the definitions, then what they do not define to the session's live units
-/// (one batch: one lock). Returns what neither binds, in order.
-fn bind_in_scopes(g: &mut LinkGraph, scopes: &ExternalScopes, wanted: &[SymbolId]) -> Wanted {
-    // A JIT's unit asks for a few names: the batch and its answers live on the stack (plain
-    // arrays: a `SmallVec` costs more in checks than it saves in stores).
-    let few = wanted.len() <= FEW_NAMES;
-    let mut few_batch = (
-        [SymbolId(0); FEW_NAMES],
-        [&[][..]; FEW_NAMES],
-        [None; FEW_NAMES],
-    );
-    let mut many_batch = (Vec::new(), Vec::new(), Vec::new());
-    let (ids, names, bound): (&mut [SymbolId], &mut [&[u8]], &mut [Option<u64>]) = if few {
-        (&mut few_batch.0, &mut few_batch.1, &mut few_batch.2)
-    } else {
-        many_batch.0.resize(wanted.len(), SymbolId(0));
-        many_batch.1.resize(wanted.len(), &[][..]);
-        many_batch.2.resize(wanted.len(), None);
-        (&mut many_batch.0, &mut many_batch.1, &mut many_batch.2)
-    };
+/// (one batch, `names` and its answers `bound`: one lock). Whether all is well: every symbol
+/// bound, none of them a thread-local one bound outside the unit ([`tls_bound_outside`]).
+/// What is left is still undefined.
+#[inline(always)]
+fn bind_in_scopes<'a>(
+    g: &mut LinkGraph<'a>,
+    scopes: &ExternalScopes,
+    wanted: &[SymbolId],
+    names: &mut [&'a [u8]],
+    bound: &mut [Option<u64>],
+) -> bool {
+    let mut all_well = true;
     let mut asked = 0;
     for &id in wanted {
         let s = &mut g.symbols[id.idx()];
         match defined(scopes.defines, s.name) {
-            Some(a) => s.def = SymbolDef::Absolute(a),
+            Some(a) => {
+                s.def = SymbolDef::Absolute(a);
+                all_well &= !(s.tls && a != 0);
+            }
             None => {
-                (ids[asked], names[asked]) = (id, s.name);
+                names[asked] = s.name;
                 asked += 1;
             }
         }
     }
-    let mut rest = Wanted::new();
     if asked == 0 {
-        return rest;
+        return all_well;
     }
     scopes.session.bind(&names[..asked], &mut bound[..asked]);
-    for (&id, bound) in ids[..asked].iter().zip(&bound[..asked]) {
-        match *bound {
-            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            None => rest.push(id),
+    // The symbols asked for are the ones still undefined, in order.
+    let mut answers = bound[..asked].iter();
+    for &id in wanted {
+        let s = &mut g.symbols[id.idx()];
+        if !matches!(s.def, SymbolDef::Undefined) {
+            continue;
+        }
+        match answers.next() {
+            Some(&Some(a)) => {
+                s.def = SymbolDef::Absolute(a);
+                all_well &= !(s.tls && a != 0);
+            }
+            _ => all_well = false,
         }
     }
-    rest
+    all_well
 }
 
-/// What the session did not bind (`rest`, of `wanted`): the runtime's own symbols are bound
-/// here; the rest is either not allowed (the allow-list applies outside the session's code,
+/// What neither the definitions nor the session bound (the symbols of `wanted` still
+/// undefined): the runtime's own symbols are bound here; the rest is either not allowed (the allow-list applies outside the session's code,
 /// except to symbols only the linker's own glue references: the glue exists only if its own
 /// name was allowed) or looked up in the executor's libraries and process. Then every failure
 /// of `wanted`, reported together.
@@ -252,13 +310,17 @@ fn outside_the_session(
     ex: &dyn Executor,
     scopes: &ExternalScopes,
     wanted: &[SymbolId],
-    rest: &[SymbolId],
 ) -> Result<usize> {
+    let rest: Vec<SymbolId> = wanted
+        .iter()
+        .copied()
+        .filter(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Undefined))
+        .collect();
     let runtime = ex.runtime_symbols();
     let by_input = scopes.allow.map(|_| referenced_by_inputs(g));
     let mut disallowed: Vec<SymbolId> = Vec::new();
     let mut for_executor: Vec<SymbolId> = Vec::new();
-    for &id in rest {
+    for &id in &rest {
         let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
         let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
         let allowed = from_runtime.is_some()
