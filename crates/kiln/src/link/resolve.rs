@@ -176,16 +176,44 @@ fn referenced_by_inputs(g: &LinkGraph) -> Vec<bool> {
     by_input
 }
 
-/// The address `defines` gives `name`. A session defines a few names, if any: comparing the
-/// bytes with each costs less than checking that the name is UTF-8 and hashing it (about 150
-/// instructions a name).
-fn defined(defines: &FxHashMap<String, u64>, name: &[u8]) -> Option<u64> {
-    const SCANNED: usize = 4;
-    if defines.len() <= SCANNED {
-        return defines
-            .iter()
-            .find_map(|(n, a)| same_name(n.as_bytes(), name).then_some(*a));
+/// A session defines a few names, if any: up to this many are compared with the names wanted
+/// (the map walked once), more are hashed, one look-up a name.
+const SCANNED_DEFINES: usize = 4;
+
+/// Bind the symbols of `wanted` (undefined) that `defines` defines. Whether all is well: none
+/// of them is a thread-local symbol bound outside the unit ([`tls_bound_outside`]).
+#[inline(always)]
+fn bind_defined(g: &mut LinkGraph, defines: &FxHashMap<String, u64>, wanted: &[SymbolId]) -> bool {
+    let mut all_well = true;
+    let mut bind = |s: &mut Symbol, a: u64| {
+        s.def = SymbolDef::Absolute(a);
+        all_well &= !(s.tls && a != 0);
+    };
+    if defines.len() <= SCANNED_DEFINES {
+        // (Each definition compared with the few names: walking the map once a name, and
+        // checking that a name is UTF-8 and hashing it, cost a JIT's unit about 50 instructions
+        // a name.)
+        for (name, &a) in defines {
+            for &id in wanted {
+                let s = &mut g.symbols[id.idx()];
+                if matches!(s.def, SymbolDef::Undefined) && same_name(s.name, name.as_bytes()) {
+                    bind(s, a);
+                }
+            }
+        }
+    } else {
+        for &id in wanted {
+            let s = &mut g.symbols[id.idx()];
+            if let Some(a) = defined(defines, s.name) {
+                bind(s, a);
+            }
+        }
     }
+    all_well
+}
+
+/// The address `defines` gives `name`, hashed.
+fn defined(defines: &FxHashMap<String, u64>, name: &[u8]) -> Option<u64> {
     std::str::from_utf8(name)
         .ok()
         .and_then(|n| defines.get(n))
@@ -262,19 +290,13 @@ fn bind_in_scopes<'a>(
     names: &mut [&'a [u8]],
     bound: &mut [Option<u64>],
 ) -> bool {
-    let mut all_well = true;
+    let mut all_well = bind_defined(g, scopes.defines, wanted);
     let mut asked = 0;
     for &id in wanted {
-        let s = &mut g.symbols[id.idx()];
-        match defined(scopes.defines, s.name) {
-            Some(a) => {
-                s.def = SymbolDef::Absolute(a);
-                all_well &= !(s.tls && a != 0);
-            }
-            None => {
-                names[asked] = s.name;
-                asked += 1;
-            }
+        let s = &g.symbols[id.idx()];
+        if matches!(s.def, SymbolDef::Undefined) {
+            names[asked] = s.name;
+            asked += 1;
         }
     }
     if asked == 0 {
@@ -408,21 +430,52 @@ fn bind_in_executor(
 mod tests {
     use super::*;
 
-    /// Scanned (a few defines) or hashed (more), a name finds its definition and nothing else.
+    /// Scanned (a few defines) or hashed (more), a wanted symbol is bound to its definition and
+    /// to nothing else, as the map says; one already defined is left alone; a thread-local one
+    /// bound to a non-zero address is reported.
     #[test]
-    fn defined_finds_a_name_among_few_or_many_defines() {
-        for count in [0, 1, 4, 5, 40] {
-            let defines: FxHashMap<String, u64> =
+    fn bind_defined_binds_what_the_map_defines() {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let names: Vec<String> = [
+            "d0", "d1", "d3", "d9", "e1", "d", "d0\0", "d10", "", "\u{e9}d4",
+        ]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+        for count in [0u64, 1, 2, 4, 5, 40] {
+            let mut defines: FxHashMap<String, u64> =
                 (0..count).map(|i| (format!("d{i}"), 0x1000 + i)).collect();
-            for i in 0..count {
-                assert_eq!(
-                    defined(&defines, format!("d{i}").as_bytes()),
-                    Some(0x1000 + i)
-                );
+            defines.insert("\u{e9}d4".to_string(), 0);
+            for tls_at in [None, Some(0), Some(2)] {
+                let mut g = LinkGraph::with_capacity(arch, 1, 1, 16);
+                let input = g.add_input("a", true);
+                let wanted: Vec<SymbolId> = names
+                    .iter()
+                    .map(|n| g.global_ref(n.as_bytes(), input, false))
+                    .collect();
+                // One wanted symbol already bound: it keeps its address.
+                g.symbols[wanted[3].idx()].def = SymbolDef::Absolute(7);
+                if let Some(i) = tls_at {
+                    g.symbols[wanted[i].idx()].tls = true;
+                }
+                let all_well = bind_defined(&mut g, &defines, &wanted);
+                let mut tls_outside = false;
+                for (i, (name, id)) in names.iter().zip(&wanted).enumerate() {
+                    let want = if i == 3 {
+                        SymbolDef::Absolute(7)
+                    } else {
+                        match defines.get(name) {
+                            Some(&a) => {
+                                tls_outside |= tls_at == Some(i) && a != 0;
+                                SymbolDef::Absolute(a)
+                            }
+                            None => SymbolDef::Undefined,
+                        }
+                    };
+                    assert_eq!(g.symbols[id.idx()].def, want, "{name} of {count}");
+                }
+                assert_eq!(all_well, !tls_outside, "{count} {tls_at:?}");
             }
-            assert_eq!(defined(&defines, b"d"), None);
-            assert_eq!(defined(&defines, b"d0\0"), None);
-            assert_eq!(defined(&defines, b"\xffd0"), None);
         }
     }
 }
