@@ -343,6 +343,7 @@ impl<'a> LinkGraph<'a> {
     #[cold]
     #[inline(never)]
     fn index_globals(&mut self, more: usize) {
+        self.take_spare_globals();
         let names = &self.symbols;
         self.globals
             .reserve(more, |id| name_hash(names[id.idx()].name));
@@ -504,8 +505,10 @@ impl<'a> LinkGraph<'a> {
         })
     }
 
-    /// The global symbol `name`, created undefined if it does not exist yet.
-    #[inline]
+    /// The global symbol `name`, created undefined if it does not exist yet. (Always inline:
+    /// a small graph's scan is short, and as a call its prologue and epilogue cost a JIT's
+    /// function about 20 instructions an edge; the hashed path is out of line.)
+    #[inline(always)]
     pub(crate) fn global_ref(
         &mut self,
         name: &'a [u8],
