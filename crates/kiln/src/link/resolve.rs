@@ -180,7 +180,7 @@ fn referenced_by_inputs(g: &LinkGraph) -> Vec<bool> {
 /// (the map walked once), more are hashed, one look-up a name.
 const SCANNED_DEFINES: usize = 4;
 
-/// Bind the symbols of `wanted` (undefined) that `defines` defines. Whether all is well: none
+/// Bind the symbols of `wanted` still undefined that `defines` defines. Whether all is well: none
 /// of them is a thread-local symbol bound outside the unit ([`tls_bound_outside`]).
 #[inline(always)]
 fn bind_defined(g: &mut LinkGraph, defines: &FxHashMap<String, u64>, wanted: &[SymbolId]) -> bool {
@@ -204,6 +204,9 @@ fn bind_defined(g: &mut LinkGraph, defines: &FxHashMap<String, u64>, wanted: &[S
     } else {
         for &id in wanted {
             let s = &mut g.symbols[id.idx()];
+            if !matches!(s.def, SymbolDef::Undefined) {
+                continue;
+            }
             if let Some(a) = defined(defines, s.name) {
                 bind(s, a);
             }
