@@ -47,6 +47,14 @@ fn name_hash(name: &[u8]) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(name)
 }
 
+/// Whether two names are the same: as `a == b`, with their last bytes compared before the
+/// call that compares the rest. A JIT numbers the functions it names (`f122`, `f123`), so names
+/// of one length mostly differ at their end, and a name scanned past costs no call.
+#[inline(always)]
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.last() == b.last() && a == b
+}
+
 /// A graph of at most this many symbols finds its globals by comparing names, one symbol after
 /// another, rather than through a hash table: a JIT's one-function graph (the function, the
 /// two or three names it reaches) then hashes no name and fills and clears no table. (Eight
@@ -335,6 +343,7 @@ impl<'a> LinkGraph<'a> {
     #[cold]
     #[inline(never)]
     fn index_globals(&mut self, more: usize) {
+        self.take_spare_globals();
         let names = &self.symbols;
         self.globals
             .reserve(more, |id| name_hash(names[id.idx()].name));
@@ -354,7 +363,7 @@ impl<'a> LinkGraph<'a> {
     fn scan_global(&self, name: &[u8]) -> Option<SymbolId> {
         self.symbols
             .iter()
-            .position(|s| s.visibility != Visibility::Local && s.name == name)
+            .position(|s| s.visibility != Visibility::Local && same_name(s.name, name))
             .map(|i| SymbolId(i as u32))
     }
 
@@ -496,8 +505,10 @@ impl<'a> LinkGraph<'a> {
         })
     }
 
-    /// The global symbol `name`, created undefined if it does not exist yet.
-    #[inline]
+    /// The global symbol `name`, created undefined if it does not exist yet. (Always inline:
+    /// a small graph's scan is short, and as a call its prologue and epilogue cost a JIT's
+    /// function about 20 instructions an edge; the hashed path is out of line.)
+    #[inline(always)]
     pub(crate) fn global_ref(
         &mut self,
         name: &'a [u8],

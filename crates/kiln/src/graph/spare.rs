@@ -71,7 +71,13 @@ pub(super) fn take<'a>(
         sections: std::mem::take(&mut spare.sections),
         blocks: std::mem::take(&mut spare.blocks),
         symbols: std::mem::take(&mut spare.symbols),
-        globals: std::mem::take(&mut spare.globals),
+        // (A small graph's table is never filled: it gets none, and the spare keeps its own,
+        // which `LinkGraph::index_globals` takes should the graph grow.)
+        globals: if indexed {
+            std::mem::take(&mut spare.globals)
+        } else {
+            hashbrown::HashTable::new()
+        },
         spare: Some(spare),
         comdats: FxHashMap::default(),
         duplicates: Vec::new(),
@@ -96,14 +102,9 @@ impl Drop for LinkGraph<'_> {
         let Some(mut spare) = self.spare.take() else {
             return;
         };
-        let mut globals = std::mem::take(&mut self.globals);
-        // (Clearing an empty table still rewrites its control bytes: a small graph never
-        // filled it.)
-        if !globals.is_empty() {
-            globals.clear();
-        }
-        if globals.capacity() <= KEEP_AT_MOST {
-            spare.globals = globals;
+        // (A small graph has no table of its own: the spare kept its table, nothing to put back.)
+        if self.globals.capacity() > 0 {
+            self.keep_globals(&mut spare);
         }
         self.keep_edge_lists(&mut spare.edge_lists);
         // (The box's tables are the empty ones `take` left: replacing them frees nothing.)
@@ -116,6 +117,28 @@ impl Drop for LinkGraph<'_> {
 }
 
 impl LinkGraph<'_> {
+    /// The graph's table of globals, emptied, into `spare` (if it is small).
+    fn keep_globals(&mut self, spare: &mut Spare) {
+        let mut globals = std::mem::take(&mut self.globals);
+        // (Clearing an empty table still rewrites its control bytes.)
+        if !globals.is_empty() {
+            globals.clear();
+        }
+        if globals.capacity() <= KEEP_AT_MOST {
+            spare.globals = globals;
+        }
+    }
+
+    /// The spare's table of globals, for a graph made small that grows past [`SCAN_AT_MOST`]
+    /// symbols (`LinkGraph::index_globals`), if it has none of its own yet.
+    pub(super) fn take_spare_globals(&mut self) {
+        if self.globals.capacity() == 0 {
+            if let Some(spare) = self.spare.as_mut() {
+                self.globals = std::mem::take(&mut spare.globals);
+            }
+        }
+    }
+
     /// The (small) blocks' edge lists, emptied, added to the spare ones in `lists`: at most
     /// [`KEEP_AT_MOST`] lists of at most as many edges each. A large graph's blocks keep theirs
     /// (they are freed with it).
@@ -180,6 +203,43 @@ mod tests {
         assert!(w.is_empty());
         assert_eq!(w.capacity(), 10);
         assert_eq!(w.as_ptr() as usize, at);
+    }
+
+    /// An indexed graph's table of globals is kept for the thread's next graphs: a small graph
+    /// leaves it in the spare (and has none), a small graph that grows past [`SCAN_AT_MOST`]
+    /// takes it, as a graph made indexed does; either finds its globals in it.
+    #[test]
+    fn the_table_of_globals_is_kept_across_small_graphs() {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let names: Vec<Vec<u8>> = (0..100).map(|i| format!("n{i}").into_bytes()).collect();
+        let kept = {
+            let mut g = LinkGraph::with_capacity(arch, 1, 1, names.len());
+            assert!(g.indexed);
+            let input = g.add_input("a", true);
+            for n in &names {
+                g.global_ref(n, input, false);
+            }
+            g.globals.capacity()
+        };
+        assert!(kept >= names.len());
+        for grown in [false, true, false] {
+            let mut g = LinkGraph::with_capacity(arch, 1, 1, 2);
+            assert!(!g.indexed);
+            assert_eq!(g.globals.capacity(), 0);
+            if grown {
+                let input = g.add_input("a", true);
+                for n in &names[..SCAN_AT_MOST + 1] {
+                    g.global_ref(n, input, false);
+                }
+                assert!(g.indexed);
+                assert_eq!(g.globals.capacity(), kept);
+                assert_eq!(g.global(&names[3]), Some(SymbolId(3)));
+                assert_eq!(g.global(&names[SCAN_AT_MOST + 1]), None);
+            }
+        }
+        let g = LinkGraph::with_capacity(arch, 1, 1, SCAN_AT_MOST + 1);
+        assert!(g.indexed && g.globals.is_empty());
+        assert_eq!(g.globals.capacity(), kept);
     }
 
     #[test]

@@ -82,11 +82,11 @@ pub fn tls_image(g: &LinkGraph, layout: &Layout, ctx: &FixupContext) -> Result<V
     Ok(buf)
 }
 
-/// Copy block `b` to the start of `dst` and apply its edges there. Each edge's row is looked up
-/// once; kinds that only write their formula's value are written here, without a call through
-/// the architecture ([`crate::arch::EdgeInfo::rewrites`]). (Inlined into its two callers:
-/// as a call, its prologue and epilogue and its caller's cost about 38 instructions a
-/// one-function unit; `#[inline]` alone left it a call.)
+/// Copy block `b` to the start of `dst` and apply its edges there. Plain 32-bit PC-relative
+/// edges (a JIT's calls, most of an object's) are written here ([`write_plain_pc_relative_32`]),
+/// any other through [`fixup_edge`]. (Inlined into its two callers: as a call, its prologue and
+/// epilogue and its caller's cost about 38 instructions a one-function unit; `#[inline]` alone
+/// left it a call.)
 #[inline(always)]
 fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) -> Result<()> {
     let blk = &g.blocks[b.idx()];
@@ -96,40 +96,57 @@ fn fixup_block(g: &LinkGraph, b: BlockId, dst: &mut [u8], ctx: &FixupContext) ->
     let dst = &mut dst[..bytes.len()];
     dst.copy_from_slice(bytes);
     for e in &blk.edges {
-        if write_plain_pc_relative_32(g, blk.addr, e, dst) {
-            continue;
+        if !write_plain_pc_relative_32(g, blk.addr, e, dst) {
+            fixup_edge(g, b, e, dst, ctx)?;
         }
-        let info = e.kind.info();
-        let s = target_value(g, e, info, ctx).map_err(|why| fixup_failure(g, b, e, 0, why))?;
-        let v = FixupValues {
-            target: s,
-            addend: e.addend,
-            place: blk.addr + u64::from(e.offset),
-            got: ctx.got_base,
-        };
-        let off = e.offset as usize;
-        let applied = if info.rewrites {
-            g.arch.apply_fixup(e.kind, dst, off, v)
-        } else {
-            crate::arch::write_value(info, dst, off, v)
-        };
-        applied.map_err(|err| fixup_failure(g, b, e, s, Why::Fixup(err)))?;
     }
     Ok(())
 }
 
+/// Apply edge `e` of block `b` (its bytes in `dst`): its row looked up once; kinds that only
+/// write their formula's value are written without a call through the architecture
+/// ([`crate::arch::EdgeInfo::rewrites`]). (Out of line: inlined into the block's loop, what it
+/// keeps at hand cost every block, a JIT's one-function unit included, about 30 instructions
+/// of loads and spills before its first edge.)
+#[inline(never)]
+fn fixup_edge(
+    g: &LinkGraph,
+    b: BlockId,
+    e: &Edge,
+    dst: &mut [u8],
+    ctx: &FixupContext,
+) -> Result<()> {
+    let addr = g.blocks[b.idx()].addr;
+    let info = e.kind.info();
+    let s = target_value(g, e, info, ctx).map_err(|why| fixup_failure(g, b, e, 0, why))?;
+    let v = FixupValues {
+        target: s,
+        addend: e.addend,
+        place: addr + u64::from(e.offset),
+        got: ctx.got_base,
+    };
+    let off = e.offset as usize;
+    let applied = if info.rewrites {
+        g.arch.apply_fixup(e.kind, dst, off, v)
+    } else {
+        crate::arch::write_value(info, dst, off, v)
+    };
+    applied.map_err(|err| fixup_failure(g, b, e, s, Why::Fixup(err)))
+}
+
 /// Edge `e` of the block at `addr` (its bytes in `dst`) written straight when it is a plain
 /// 32-bit PC-relative reference ([`crate::arch::EdgeKind::is_plain_pc_relative_32`]: a JIT's
-/// calls) to an absolute target (a host symbol, another unit's function): `S + A - P` as
-/// int32, as [`crate::arch::write_value`] computes it, without the row's look-up and matches.
-/// `false` (nothing written) for any other edge or target, and whenever the value or the field
-/// does not fit: the general path then writes it, or says why it cannot.
+/// calls) to a target with an address ([`plain_address`]: a host symbol, another unit's
+/// function, a symbol of the unit's own code or data): `S + A - P` as int32, as
+/// [`crate::arch::write_value`] computes it, without the row's look-up and matches. `false`
+/// (nothing written) for any other edge or target, and whenever the value or the field does
+/// not fit: the general path then writes it, or says why it cannot.
 #[inline(always)]
 fn write_plain_pc_relative_32(g: &LinkGraph, addr: u64, e: &Edge, dst: &mut [u8]) -> bool {
     if !e.kind.is_plain_pc_relative_32() {
         return false;
     }
-    let SymbolDef::Absolute(s) = g.symbols[e.target.idx()].def else {
+    let Some(s) = plain_address(g, e.target) else {
         return false;
     };
     // (A place above `i64::MAX` is left to the general path, as `write_value` leaves it.)
@@ -147,6 +164,21 @@ fn write_plain_pc_relative_32(g: &LinkGraph, addr: u64, e: &Edge, dst: &mut [u8]
             true
         }
         _ => false,
+    }
+}
+
+/// The address of `t` as [`address`] gives it, when it has one without a question: an absolute
+/// symbol's, or a symbol's in a block that is not thread-local. `None` for any other (the
+/// general path says why it has no address).
+#[inline(always)]
+fn plain_address(g: &LinkGraph, t: SymbolId) -> Option<u64> {
+    match g.symbols[t.idx()].def {
+        SymbolDef::Absolute(a) => Some(a),
+        SymbolDef::Defined { block, offset } => {
+            let blk = &g.blocks[block.idx()];
+            (g.sections[blk.section.idx()].kind != SectionKind::Tls).then(|| blk.addr + offset)
+        }
+        _ => None,
     }
 }
 
@@ -259,6 +291,58 @@ mod tests {
     use super::*;
     use crate::arch::x86_64::EdgeKind as X86;
     use crate::arch::{write_value, EdgeKind};
+
+    /// [`plain_address`] is what [`address`] gives, and `None` wherever that fails: a symbol
+    /// defined in code, data and TLS blocks, absolute, undefined, common, discarded.
+    #[test]
+    fn a_plain_address_is_the_general_one() {
+        use kiln_target::MemProt;
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let mut g = LinkGraph::new(arch);
+        let input = g.add_input("t", true);
+        let mut blocks = Vec::new();
+        for (kind, addr) in [
+            (SectionKind::Regular, 0x7000_1000u64),
+            (SectionKind::Tls, 0x7000_2000),
+            (SectionKind::Regular, 0),
+        ] {
+            let section = g.add_section(Section {
+                name: b".s",
+                prot: MemProt::Read,
+                kind,
+                input,
+                retain: false,
+                elf_index: 0,
+            });
+            let b = g.add_block(section, Content::Zero(64), 8);
+            g.blocks[b.idx()].addr = addr;
+            blocks.push(b);
+        }
+        let mut defs = vec![
+            SymbolDef::Absolute(0),
+            SymbolDef::Absolute(u64::MAX),
+            SymbolDef::Undefined,
+            SymbolDef::Common { size: 8, align: 8 },
+            SymbolDef::Discarded,
+        ];
+        for &block in &blocks {
+            for offset in [0u64, 8, 63] {
+                defs.push(SymbolDef::Defined { block, offset });
+            }
+        }
+        let (mut some, mut none) = (0, 0);
+        for def in defs {
+            let id = g.add_local(def, input);
+            let general = address(&g, &g.symbols[id.idx()]).ok();
+            assert_eq!(plain_address(&g, id), general, "{def:?}");
+            if general.is_some() {
+                some += 1;
+            } else {
+                none += 1;
+            }
+        }
+        assert!(some >= 8 && none >= 6, "{some} {none}");
+    }
 
     /// A graph with one host symbol at `target`.
     fn graph_with_host(target: u64) -> (LinkGraph<'static>, SymbolId) {

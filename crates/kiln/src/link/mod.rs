@@ -255,7 +255,7 @@ pub fn link_then<R>(
     // it was copied there whole, 288 bytes.)
     let mut exported = Exports::new();
     if one_function(&input) {
-        function_exports(&g, linker, &mut exported);
+        function_exports(&g, linker, input.functions[0].name, &mut exported);
     } else {
         exports(&g, linker, &mut exported);
     }
@@ -448,8 +448,9 @@ fn reserve<'x>(
 }
 
 /// The values fixups need besides symbols: the GOT, the unit's TLS module value, and (for units
-/// using the static TLS models) its block in static TLS, reserved now.
-#[inline]
+/// using the static TLS models) its block in static TLS, reserved now. (Always inline: called,
+/// it cost a JIT's link about 15 instructions more; its rare path is out of line.)
+#[inline(always)]
 fn fixup_context(
     ex: &dyn Executor,
     g: &LinkGraph,
@@ -625,14 +626,19 @@ fn one_function(input: &LinkInput) -> bool {
         && input.archives.is_empty()
 }
 
-/// [`exports`] of a link whose only input is one lent function ([`one_function`]): its
+/// [`exports`] of a link whose only input is one lent function ([`one_function`]), `name`: its
 /// symbol, the graph's first (`add_function` defines it before anything else is in the graph),
 /// is the only global its input defines; every other symbol is a local of its frame, defined
 /// by the linker's own input, or bound outside the unit (none of them an export). So the one
-/// symbol is read, not every symbol scanned.
-#[inline]
-fn function_exports<'g>(g: &LinkGraph<'g>, linker: InputId, out: &mut Exports<'g>) {
-    if let Some(e) = g.symbols.first().and_then(|s| export(g, s, linker)) {
+/// symbol is read, not every symbol scanned, and its name, the function's, is UTF-8 already
+/// (a `str`): not checked again. (Always inline: called, about 15 instructions more.)
+#[inline(always)]
+fn function_exports<'g>(g: &LinkGraph<'g>, linker: InputId, name: &'g str, out: &mut Exports<'g>) {
+    let Some(s) = g.symbols.first() else {
+        return;
+    };
+    debug_assert_eq!(s.name, name.as_bytes());
+    if let Some(e) = export_named(g, s, linker, || Cow::Borrowed(name.as_bytes())) {
         out.push(e);
     }
 }
@@ -642,6 +648,26 @@ fn function_exports<'g>(g: &LinkGraph<'g>, linker: InputId, out: &mut Exports<'g
 #[inline(always)]
 fn export<'g>(g: &LinkGraph<'g>, s: &Symbol<'g>, linker: InputId) -> Option<Export<'g>> {
     let name = s.name;
+    // (ASCII checked first, a word at a time: `from_utf8` goes byte by byte through a short
+    // name. The lossy conversion costs more when there is nothing to replace.)
+    export_named(g, s, linker, || {
+        if name.is_ascii() || std::str::from_utf8(name).is_ok() {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(String::from_utf8_lossy(name).into_owned().into_bytes())
+        }
+    })
+}
+
+/// [`export`], the export's name (`s`'s, as UTF-8) made by `utf8_name` once `s` is known to be
+/// one.
+#[inline(always)]
+fn export_named<'g>(
+    g: &LinkGraph<'g>,
+    s: &Symbol<'g>,
+    linker: InputId,
+    utf8_name: impl FnOnce() -> Cow<'g, [u8]>,
+) -> Option<Export<'g>> {
     let SymbolDef::Defined { block, offset } = s.def else {
         return None;
     };
@@ -653,13 +679,7 @@ fn export<'g>(g: &LinkGraph<'g>, s: &Symbol<'g>, linker: InputId) -> Option<Expo
         return None;
     }
     Some(Export {
-        // (ASCII checked first, a word at a time: `from_utf8` goes byte by byte through
-        // a short name. The lossy conversion costs more when there is nothing to replace.)
-        name: if name.is_ascii() || std::str::from_utf8(name).is_ok() {
-            Cow::Borrowed(name)
-        } else {
-            Cow::Owned(String::from_utf8_lossy(name).into_owned().into_bytes())
-        },
+        name: utf8_name(),
         addr: g.blocks[block.idx()].addr + offset,
         size: s.size,
         kind: if s.callable {

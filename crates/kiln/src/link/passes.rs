@@ -74,7 +74,10 @@ fn is_undefined(g: &LinkGraph, name: &[u8]) -> bool {
 /// - `_GLOBAL_OFFSET_TABLE_`: the start of the unit's GOT.
 ///
 /// Names the linker makes up live in `names`, which lives as long as the graph.
-#[inline]
+///
+/// (Always inline, as are the other passes' checks a JIT's one-function link runs: each called
+/// cost that link a dozen to twenty instructions of prologue, epilogue and call.)
+#[inline(always)]
 pub fn synthesize_runtime<'a>(
     g: &mut LinkGraph<'a>,
     input: InputId,
@@ -343,14 +346,15 @@ pub fn allocate_commons(g: &mut LinkGraph, input: InputId) {
 
 /// `.init` (or `.fini`) fragments are pieces of one function, concatenated in input order between
 /// a prologue and an epilogue, as crti.o and crtn.o frame them in a native link.
-/// (Only the test is inlined: most units have no fragments.)
-#[inline]
+/// (Only the test is inlined, always: most units have no fragments.)
+#[inline(always)]
 pub fn merge_init_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
     if g.may_have(kind.bit()) {
         merge_fragments(g, kind, input);
     }
 }
 
+#[inline(never)]
 fn merge_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
     let frags: Vec<BlockId> = (0..g.blocks.len() as u32)
         .map(BlockId)
@@ -411,6 +415,8 @@ fn merge_fragments(g: &mut LinkGraph, kind: SectionKind, input: InputId) {
 /// SHF_GNU_RETAIN, `__start_`-able names), the extra roots given, the unit's `__dso_handle`, and
 /// the default-visibility globals of inputs given explicitly (they can be looked up after
 /// linking). FDEs stay alive through `LinkGraph::keep_alive`. Returns the number of live blocks.
+/// (Always inline: a JIT's function takes the one block's short path.)
+#[inline(always)]
 pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> usize {
     if g.blocks.len() == 1 {
         return dead_strip_one_block(g, extra_roots, dso);
@@ -419,6 +425,7 @@ pub fn dead_strip(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<Symbo
 }
 
 /// [`dead_strip`] by following edges from the roots.
+#[inline(never)]
 fn dead_strip_graph(g: &mut LinkGraph, extra_roots: &[SymbolId], dso: Option<SymbolId>) -> usize {
     let mut work: WorkList = SmallVec::new();
     let mark = |g: &mut LinkGraph, b: BlockId, work: &mut WorkList| {
@@ -518,6 +525,7 @@ fn is_root(g: &LinkGraph, r: SymbolId, extra_roots: &[SymbolId], dso: Option<Sym
 /// reaches this one, and no FDE can hang off it (that would be a second block), so the block
 /// is live exactly when its section is retained or a root is defined in it. The scan stops
 /// at the first root (the function's own symbol, usually the first).
+#[inline(always)]
 fn dead_strip_one_block(
     g: &mut LinkGraph,
     extra_roots: &[SymbolId],

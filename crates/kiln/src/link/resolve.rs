@@ -6,7 +6,6 @@ use crate::error::{DuplicateSymbol, Error, Result, SymbolReference, Unresolved};
 use crate::graph::*;
 use kiln_target::{Executor, LibraryId};
 use rustc_hash::{FxHashMap, FxHashSet};
-use smallvec::SmallVec;
 
 /// Load archive members until no strong undefined symbol can be satisfied by one. Like ld's
 /// `--start-group`: the order of archives does not matter, members are loaded only when they
@@ -101,12 +100,36 @@ pub struct ExternalScopes<'s> {
     pub allow: Option<&'s FxHashSet<String>>,
 }
 
-/// Undefined symbols live code references; inline up to a few (a JIT's unit names a few).
-type Wanted = SmallVec<[SymbolId; FEW_NAMES]>;
+/// The undefined symbols live code references, each once, in the order first referenced, into
+/// `out`: their number, or `None` when there are more than `out` holds (then
+/// [`wanted_symbols`] lists them). (A plain array: a JIT's unit names a few, and a `SmallVec`'s
+/// checks on every push and read cost it more than the list itself.)
+#[inline(always)]
+fn few_wanted_symbols(g: &LinkGraph, out: &mut [SymbolId; FEW_NAMES]) -> Option<usize> {
+    let mut n = 0;
+    for b in &g.blocks {
+        if !b.live {
+            continue;
+        }
+        for e in &b.edges {
+            let t = e.target;
+            if !matches!(g.symbols[t.idx()].def, SymbolDef::Undefined) || out[..n].contains(&t) {
+                continue;
+            }
+            if n == FEW_NAMES {
+                return None;
+            }
+            out[n] = t;
+            n += 1;
+        }
+    }
+    Some(n)
+}
 
-/// The undefined symbols live code references, each once, in the order first referenced.
-fn wanted_symbols(g: &LinkGraph) -> Wanted {
-    let mut wanted = Wanted::new();
+/// [`few_wanted_symbols`] for a unit that references more: the undefined symbols live code
+/// references, each once, in the order first referenced.
+fn wanted_symbols(g: &LinkGraph) -> Vec<SymbolId> {
+    let mut wanted = Vec::new();
     // Where each symbol is in `wanted`: made only for units with many undefined symbols (a
     // scan of a short list beats a table as long as the symbol list).
     let mut listed: Vec<bool> = Vec::new();
@@ -153,16 +176,47 @@ fn referenced_by_inputs(g: &LinkGraph) -> Vec<bool> {
     by_input
 }
 
-/// The address `defines` gives `name`. A session defines a few names, if any: comparing the
-/// bytes with each costs less than checking that the name is UTF-8 and hashing it (about 150
-/// instructions a name).
-fn defined(defines: &FxHashMap<String, u64>, name: &[u8]) -> Option<u64> {
-    const SCANNED: usize = 4;
-    if defines.len() <= SCANNED {
-        return defines
-            .iter()
-            .find_map(|(n, a)| (n.as_bytes() == name).then_some(*a));
+/// A session defines a few names, if any: up to this many are compared with the names wanted
+/// (the map walked once), more are hashed, one look-up a name.
+const SCANNED_DEFINES: usize = 4;
+
+/// Bind the symbols of `wanted` still undefined that `defines` defines. Whether all is well: none
+/// of them is a thread-local symbol bound outside the unit ([`tls_bound_outside`]).
+#[inline(always)]
+fn bind_defined(g: &mut LinkGraph, defines: &FxHashMap<String, u64>, wanted: &[SymbolId]) -> bool {
+    let mut all_well = true;
+    let mut bind = |s: &mut Symbol, a: u64| {
+        s.def = SymbolDef::Absolute(a);
+        all_well &= !(s.tls && a != 0);
+    };
+    if defines.len() <= SCANNED_DEFINES {
+        // (Each definition compared with the few names: walking the map once a name, and
+        // checking that a name is UTF-8 and hashing it, cost a JIT's unit about 50 instructions
+        // a name.)
+        for (name, &a) in defines {
+            for &id in wanted {
+                let s = &mut g.symbols[id.idx()];
+                if matches!(s.def, SymbolDef::Undefined) && same_name(s.name, name.as_bytes()) {
+                    bind(s, a);
+                }
+            }
+        }
+    } else {
+        for &id in wanted {
+            let s = &mut g.symbols[id.idx()];
+            if !matches!(s.def, SymbolDef::Undefined) {
+                continue;
+            }
+            if let Some(a) = defined(defines, s.name) {
+                bind(s, a);
+            }
+        }
     }
+    all_well
+}
+
+/// The address `defines` gives `name`, hashed.
+fn defined(defines: &FxHashMap<String, u64>, name: &[u8]) -> Option<u64> {
     std::str::from_utf8(name)
         .ok()
         .and_then(|n| defines.get(n))
@@ -180,13 +234,44 @@ pub fn resolve_externals(
     ex: &dyn Executor,
     scopes: &ExternalScopes,
 ) -> Result<usize> {
+    // A JIT's unit asks for a few names: the list, the batch and its answers live on the
+    // stack (plain arrays: a `SmallVec` costs more in checks than it saves in stores).
+    let mut wanted = [SymbolId(0); FEW_NAMES];
+    let Some(n) = few_wanted_symbols(g, &mut wanted) else {
+        return resolve_many(g, ex, scopes);
+    };
+    let mut names = [&[][..]; FEW_NAMES];
+    let mut bound = [None; FEW_NAMES];
+    resolve_wanted(g, ex, scopes, &wanted[..n], &mut names, &mut bound)
+}
+
+/// [`resolve_externals`] of a unit that references more than a few undefined symbols (out of
+/// line: its lists are allocated).
+#[inline(never)]
+fn resolve_many(g: &mut LinkGraph, ex: &dyn Executor, scopes: &ExternalScopes) -> Result<usize> {
     let wanted = wanted_symbols(g);
-    let rest = bind_in_scopes(g, scopes, &wanted);
+    let mut names = vec![&[][..]; wanted.len()];
+    let mut bound = vec![None; wanted.len()];
+    resolve_wanted(g, ex, scopes, &wanted, &mut names, &mut bound)
+}
+
+/// Bind `wanted` (`names` and `bound`, at least as long, are room for the session's batch):
+/// what the definitions and the session bind, then (when something is left, or a thread-local
+/// symbol was bound outside the unit) the rest and the errors.
+#[inline(always)]
+fn resolve_wanted<'a>(
+    g: &mut LinkGraph<'a>,
+    ex: &dyn Executor,
+    scopes: &ExternalScopes,
+    wanted: &[SymbolId],
+    names: &mut [&'a [u8]],
+    bound: &mut [Option<u64>],
+) -> Result<usize> {
     // (A JIT's usual case: everything bound, the executor not asked for its list.)
-    if rest.is_empty() && !wanted.iter().any(|&id| tls_bound_outside(g, id)) {
+    if bind_in_scopes(g, scopes, wanted, names, bound) {
         return Ok(wanted.len());
     }
-    outside_the_session(g, ex, scopes, &wanted, &rest)
+    outside_the_session(g, ex, scopes, wanted)
 }
 
 /// Whether `id`, a thread-local symbol, was bound to an address outside the unit (a
@@ -197,52 +282,50 @@ fn tls_bound_outside(g: &LinkGraph, id: SymbolId) -> bool {
 }
 
 /// Bind `wanted` to the definitions, then what they do not define to the session's live units
-/// (one batch: one lock). Returns what neither binds, in order.
-fn bind_in_scopes(g: &mut LinkGraph, scopes: &ExternalScopes, wanted: &[SymbolId]) -> Wanted {
-    // A JIT's unit asks for a few names: the batch and its answers live on the stack (plain
-    // arrays: a `SmallVec` costs more in checks than it saves in stores).
-    let few = wanted.len() <= FEW_NAMES;
-    let mut few_batch = (
-        [SymbolId(0); FEW_NAMES],
-        [&[][..]; FEW_NAMES],
-        [None; FEW_NAMES],
-    );
-    let mut many_batch = (Vec::new(), Vec::new(), Vec::new());
-    let (ids, names, bound): (&mut [SymbolId], &mut [&[u8]], &mut [Option<u64>]) = if few {
-        (&mut few_batch.0, &mut few_batch.1, &mut few_batch.2)
-    } else {
-        many_batch.0.resize(wanted.len(), SymbolId(0));
-        many_batch.1.resize(wanted.len(), &[][..]);
-        many_batch.2.resize(wanted.len(), None);
-        (&mut many_batch.0, &mut many_batch.1, &mut many_batch.2)
-    };
+/// (one batch, `names` and its answers `bound`: one lock). Whether all is well: every symbol
+/// bound, none of them a thread-local one bound outside the unit ([`tls_bound_outside`]).
+/// What is left is still undefined.
+#[inline(always)]
+fn bind_in_scopes<'a>(
+    g: &mut LinkGraph<'a>,
+    scopes: &ExternalScopes,
+    wanted: &[SymbolId],
+    names: &mut [&'a [u8]],
+    bound: &mut [Option<u64>],
+) -> bool {
+    let mut all_well = bind_defined(g, scopes.defines, wanted);
     let mut asked = 0;
     for &id in wanted {
-        let s = &mut g.symbols[id.idx()];
-        match defined(scopes.defines, s.name) {
-            Some(a) => s.def = SymbolDef::Absolute(a),
-            None => {
-                (ids[asked], names[asked]) = (id, s.name);
-                asked += 1;
-            }
+        let s = &g.symbols[id.idx()];
+        if matches!(s.def, SymbolDef::Undefined) {
+            names[asked] = s.name;
+            asked += 1;
         }
     }
-    let mut rest = Wanted::new();
     if asked == 0 {
-        return rest;
+        return all_well;
     }
     scopes.session.bind(&names[..asked], &mut bound[..asked]);
-    for (&id, bound) in ids[..asked].iter().zip(&bound[..asked]) {
-        match *bound {
-            Some(a) => g.symbols[id.idx()].def = SymbolDef::Absolute(a),
-            None => rest.push(id),
+    // The symbols asked for are the ones still undefined, in order.
+    let mut answers = bound[..asked].iter();
+    for &id in wanted {
+        let s = &mut g.symbols[id.idx()];
+        if !matches!(s.def, SymbolDef::Undefined) {
+            continue;
+        }
+        match answers.next() {
+            Some(&Some(a)) => {
+                s.def = SymbolDef::Absolute(a);
+                all_well &= !(s.tls && a != 0);
+            }
+            _ => all_well = false,
         }
     }
-    rest
+    all_well
 }
 
-/// What the session did not bind (`rest`, of `wanted`): the runtime's own symbols are bound
-/// here; the rest is either not allowed (the allow-list applies outside the session's code,
+/// What neither the definitions nor the session bound (the symbols of `wanted` still
+/// undefined): the runtime's own symbols are bound here; the rest is either not allowed (the allow-list applies outside the session's code,
 /// except to symbols only the linker's own glue references: the glue exists only if its own
 /// name was allowed) or looked up in the executor's libraries and process. Then every failure
 /// of `wanted`, reported together.
@@ -252,13 +335,17 @@ fn outside_the_session(
     ex: &dyn Executor,
     scopes: &ExternalScopes,
     wanted: &[SymbolId],
-    rest: &[SymbolId],
 ) -> Result<usize> {
+    let rest: Vec<SymbolId> = wanted
+        .iter()
+        .copied()
+        .filter(|id| matches!(g.symbols[id.idx()].def, SymbolDef::Undefined))
+        .collect();
     let runtime = ex.runtime_symbols();
     let by_input = scopes.allow.map(|_| referenced_by_inputs(g));
     let mut disallowed: Vec<SymbolId> = Vec::new();
     let mut for_executor: Vec<SymbolId> = Vec::new();
-    for &id in rest {
+    for &id in &rest {
         let name = String::from_utf8_lossy(g.symbols[id.idx()].name);
         let from_runtime = runtime.iter().find(|(n, _)| *n == name).map(|(_, a)| a.0);
         let allowed = from_runtime.is_some()
@@ -346,21 +433,52 @@ fn bind_in_executor(
 mod tests {
     use super::*;
 
-    /// Scanned (a few defines) or hashed (more), a name finds its definition and nothing else.
+    /// Scanned (a few defines) or hashed (more), a wanted symbol is bound to its definition and
+    /// to nothing else, as the map says; one already defined is left alone; a thread-local one
+    /// bound to a non-zero address is reported.
     #[test]
-    fn defined_finds_a_name_among_few_or_many_defines() {
-        for count in [0, 1, 4, 5, 40] {
-            let defines: FxHashMap<String, u64> =
+    fn bind_defined_binds_what_the_map_defines() {
+        let arch = crate::arch::for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let names: Vec<String> = [
+            "d0", "d1", "d3", "d9", "e1", "d", "d0\0", "d10", "", "\u{e9}d4",
+        ]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+        for count in [0u64, 1, 2, 4, 5, 40] {
+            let mut defines: FxHashMap<String, u64> =
                 (0..count).map(|i| (format!("d{i}"), 0x1000 + i)).collect();
-            for i in 0..count {
-                assert_eq!(
-                    defined(&defines, format!("d{i}").as_bytes()),
-                    Some(0x1000 + i)
-                );
+            defines.insert("\u{e9}d4".to_string(), 0);
+            for tls_at in [None, Some(0), Some(2)] {
+                let mut g = LinkGraph::with_capacity(arch, 1, 1, 16);
+                let input = g.add_input("a", true);
+                let wanted: Vec<SymbolId> = names
+                    .iter()
+                    .map(|n| g.global_ref(n.as_bytes(), input, false))
+                    .collect();
+                // One wanted symbol already bound: it keeps its address.
+                g.symbols[wanted[3].idx()].def = SymbolDef::Absolute(7);
+                if let Some(i) = tls_at {
+                    g.symbols[wanted[i].idx()].tls = true;
+                }
+                let all_well = bind_defined(&mut g, &defines, &wanted);
+                let mut tls_outside = false;
+                for (i, (name, id)) in names.iter().zip(&wanted).enumerate() {
+                    let want = if i == 3 {
+                        SymbolDef::Absolute(7)
+                    } else {
+                        match defines.get(name) {
+                            Some(&a) => {
+                                tls_outside |= tls_at == Some(i) && a != 0;
+                                SymbolDef::Absolute(a)
+                            }
+                            None => SymbolDef::Undefined,
+                        }
+                    };
+                    assert_eq!(g.symbols[id.idx()].def, want, "{name} of {count}");
+                }
+                assert_eq!(all_well, !tls_outside, "{count} {tls_at:?}");
             }
-            assert_eq!(defined(&defines, b"d"), None);
-            assert_eq!(defined(&defines, b"d0\0"), None);
-            assert_eq!(defined(&defines, b"\xffd0"), None);
         }
     }
 }
