@@ -138,7 +138,7 @@ pub struct EdgeInfo {
     pub value: TargetValue,
     pub reach: Reach,
     /// Applying the kind does more than write the formula's value (it rewrites the
-    /// instruction: a relaxation, a TLS model change): only [`Arch::apply_fixup`] applies it.
+    /// instruction: a relaxation, a TLS model change): only `Arch::apply_fixup` applies it.
     /// A kind without this flag is applied by [`write_value`] alone, as the linker's writer
     /// does (one table row per edge, no call through the architecture).
     pub rewrites: bool,

@@ -82,7 +82,7 @@ pub type Segments = smallvec::SmallVec<[(u64, u64); 3]>;
 pub type Exports<'g> = smallvec::SmallVec<[Export<'g>; 1]>;
 
 /// A linked, finalized unit in the executor. Its lists are inline for a JIT's small unit, and
-/// (from [`link_then`]) its exports' names are borrowed from the link's inputs, so that
+/// (from `link_then`) its exports' names are borrowed from the link's inputs, so that
 /// handing it over allocates nothing. What few units have (stats, map, relink record) is
 /// boxed as the session keeps it: the unit is moved a few times on its way into the
 /// session, and is 288 bytes.
