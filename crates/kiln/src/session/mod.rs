@@ -1152,7 +1152,7 @@ impl SessionSymbols for Binder<'_> {
                     deps.push(unit);
                 }
             }
-            *out = Some(d.addr);
+            *out = Some(d.addr());
         }
     }
 }
