@@ -272,11 +272,11 @@ pub(crate) struct NewSymbols<'e, 'g> {
 impl<'e, 'g> NewSymbols<'e, 'g> {
     #[inline]
     pub fn new(exports: &'e [Export<'g>]) -> Self {
-        // (A loop of pushes: collecting checks and grows more than one key needs.)
-        let mut keys = SmallVec::new();
-        for e in exports {
-            keys.push(name_key(&e.name));
-        }
+        let keys = match exports {
+            // (A JIT's unit: one key, stored, without a push's checks.)
+            [one] => SmallVec::from_buf_and_len([name_key(&one.name), 0, 0, 0], 1),
+            _ => exports.iter().map(|e| name_key(&e.name)).collect(),
+        };
         NewSymbols { exports, keys }
     }
 }
