@@ -171,6 +171,7 @@ impl Names {
     }
 
     /// Append `name` for a symbol of `size` bytes: its offset.
+    #[inline]
     fn append(&mut self, name: &[u8], size: u64) -> u32 {
         let at = self.text.len() as u32;
         // (Most entries: a name below 128 bytes, a size below 16 KiB: no loops.)
@@ -296,6 +297,7 @@ pub(crate) struct FreeSlot<'t> {
 impl FreeSlot<'_> {
     /// Enter `name` (the name the slot was found for: [`SymbolTable::make_room`] was asked
     /// for its [`room_for`]) with `def`.
+    #[inline]
     pub(crate) fn insert(self, name: &[u8], def: Def) {
         let at = self.names.append(name, def.size);
         self.entry.insert(Symbol {
@@ -309,6 +311,7 @@ impl FreeSlot<'_> {
 
 impl SymbolTable {
     /// The entry of `name`, whose [`name_key`] is `key`.
+    #[inline]
     pub(crate) fn find(&self, key: u32, name: &[u8]) -> Option<Found<'_>> {
         let names = &self.names;
         let symbol =
@@ -317,6 +320,7 @@ impl SymbolTable {
     }
 
     /// Where `name` (keyed `key`) is or would go: one probe for a check and an insert.
+    #[inline]
     pub(crate) fn slot(&mut self, key: u32, name: &[u8]) -> Slot<'_> {
         let names = &self.names;
         // (A growing table rehashes its entries by their keys: their names are not read.)
