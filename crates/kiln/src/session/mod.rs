@@ -35,7 +35,7 @@ use smallvec::SmallVec;
 use state::{NewSymbols, NewUnit, State, Unit};
 use std::cell::RefCell;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A JIT session: links inputs into units in one executor (this process, or another).
@@ -52,12 +52,6 @@ use std::sync::{Arc, Mutex, RwLock};
 pub struct Session {
     executor: Arc<dyn Executor>,
     config: RwLock<Arc<Config>>,
-    /// Counts the changes of `config` (bumped while its lock is held, after the change): a
-    /// thread's copy of this session's config ([`LAST_CONFIG`]) is current while it has this
-    /// count.
-    config_changes: AtomicU64,
-    /// This session among every session of the process (for [`LAST_CONFIG`]).
-    id: u64,
     state: RwLock<State>,
     /// The session's own code memory (slabs made as needed).
     memory: Arc<dyn CodeMemory>,
@@ -102,19 +96,6 @@ impl UnitOptions {
     }
 }
 
-/// Ids of sessions, never reused (for [`LAST_CONFIG`]).
-static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(0);
-
-/// A thread's copy of the config of the session it last linked in: that session's id, its
-/// count of config changes then, the config.
-type LastConfig = Option<(u64, u64, Arc<Config>)>;
-
-thread_local! {
-    /// See [`Session::with_config`]. (It keeps the config of the last session the thread
-    /// linked in, until the thread links in another session or exits.)
-    static LAST_CONFIG: RefCell<LastConfig> = const { RefCell::new(None) };
-}
-
 /// Settings every link reads; replaced as a whole when one changes, so that a link in progress
 /// keeps a consistent copy.
 #[derive(Clone)]
@@ -153,8 +134,6 @@ impl Session {
         Session {
             executor,
             config: RwLock::new(Arc::new(config)),
-            config_changes: AtomicU64::new(0),
-            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             state: RwLock::new(State::new()),
             memory: Arc::new(SlabMemory::new()),
             pending: Mutex::default(),
@@ -314,49 +293,6 @@ impl Session {
     fn configure(&self, f: impl FnOnce(&mut Config)) {
         let mut c = self.config.write().unwrap_or_else(|e| e.into_inner());
         f(Arc::make_mut(&mut c));
-        // (After the change, under the lock: a thread that sees the new count and then takes
-        // the lock finds the new config.)
-        self.config_changes.fetch_add(1, Ordering::Release);
-    }
-
-    /// `f` of the session's config as it is now: the thread's copy when it is current (a JIT
-    /// links one function after another with the same settings: no lock taken, no count
-    /// changed, nothing written that other threads read), else [`Session::config`]'s, which
-    /// becomes the copy. (`f` runs once.)
-    #[inline]
-    fn with_config<R>(&self, f: impl Fn(&Config) -> R) -> R {
-        let changes = self.config_changes.load(Ordering::Acquire);
-        match LAST_CONFIG.try_with(|last| {
-            if let Ok(copy) = last.try_borrow() {
-                if let Some((id, n, config)) = &*copy {
-                    if (*id, *n) == (self.id, changes) {
-                        return f(config);
-                    }
-                }
-            }
-            self.with_new_copy(last, changes, &f)
-        }) {
-            Ok(r) => r,
-            // The copy is gone (a link while the thread exits).
-            Err(_) => f(&self.config()),
-        }
-    }
-
-    /// [`Session::with_config`] when the thread's copy is another session's or older: the
-    /// config read under its lock, kept as the copy (unless an outer link of this thread
-    /// reads the copy now).
-    #[inline(never)]
-    fn with_new_copy<R>(
-        &self,
-        last: &RefCell<LastConfig>,
-        changes: u64,
-        f: impl Fn(&Config) -> R,
-    ) -> R {
-        let config = self.config();
-        if let Ok(mut copy) = last.try_borrow_mut() {
-            *copy = Some((self.id, changes, config.clone()));
-        }
-        f(&config)
     }
 
     // ---- scopes and generators ----
@@ -524,10 +460,14 @@ impl Session {
         if functions.is_empty() {
             return Err(no_functions());
         }
-        let source = Source::Functions(functions);
-        match self
-            .with_config(|config| self.link_once(config, options, &source, &NO_GENERATED, None))
-        {
+        let config = self.config();
+        match self.link_once(
+            &config,
+            options,
+            &Source::Functions(functions),
+            &NO_GENERATED,
+            None,
+        ) {
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() => {
                 self.link_functions_generated(functions, options, u)
             }
@@ -559,10 +499,14 @@ impl Session {
     /// `graphs` into one unit; a link that misses names the generators may define is made
     /// again from the inputs, where the generators are asked.
     fn link_graphs_with(&self, graphs: &[InMemoryGraph], options: &UnitOptions) -> Result<UnitId> {
-        let source = Source::Graphs(graphs);
-        match self
-            .with_config(|config| self.link_once(config, options, &source, &NO_GENERATED, None))
-        {
+        let config = self.config();
+        match self.link_once(
+            &config,
+            options,
+            &Source::Graphs(graphs),
+            &NO_GENERATED,
+            None,
+        ) {
             Err(Error::Unresolved(u)) if !u.undefined.is_empty() && self.has_generators() => {
                 let mut inputs = Inputs::new();
                 for g in graphs {
@@ -1230,45 +1174,4 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A link of one `ret` named `name`, and whether its stats were kept (the setting it read).
-    fn kept_stats(s: &Session, name: &str) -> bool {
-        let code = [0xc3];
-        let unit = s.link_function(&FunctionRef::new(name, &code, &[]));
-        s.stats(unit.expect("a `ret` links")).is_some()
-    }
-
-    /// The thread's copy of a session's config stands in for the session's own: each link
-    /// reads what its session's settings are when it starts, whichever sessions the thread
-    /// linked in before and whichever thread changed them.
-    #[test]
-    fn links_read_their_sessions_config_as_it_is_now() {
-        let (a, b) = (Session::in_process(), Session::in_process());
-        a.set_collect_stats(true);
-        assert!(kept_stats(&a, "a1") && !kept_stats(&b, "b1") && kept_stats(&a, "a2"));
-        a.set_collect_stats(false);
-        assert!(!kept_stats(&a, "a3"));
-        std::thread::scope(|t| {
-            t.spawn(|| a.set_collect_stats(true));
-        });
-        assert!(kept_stats(&a, "a4"));
-        // Another thread's copy is its own.
-        std::thread::scope(|t| {
-            t.spawn(|| assert!(kept_stats(&a, "a5") && !kept_stats(&b, "b2")));
-        });
-        // A new session is not taken for the dropped one it may replace in memory.
-        drop(a);
-        let c = Session::in_process();
-        assert!(!kept_stats(&c, "c1"));
-        // Read inside a read: of the same session, the copy; of another, its own config.
-        c.set_collect_stats(true);
-        assert!(c.with_config(|_| c.with_config(|cfg| cfg.collect_stats)));
-        assert!(!c.with_config(|_| b.with_config(|cfg| cfg.collect_stats)));
-        assert!(b.with_config(|_| c.with_config(|cfg| cfg.collect_stats)));
-    }
 }
