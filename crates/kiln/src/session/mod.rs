@@ -652,7 +652,7 @@ impl Session {
             Some(m) => &**m,
             None => &*self.memory,
         };
-        let binder = Binder {
+        let mut binder = Binder {
             session: self,
             scope,
             deps: RefCell::new(SmallVec::new()),
@@ -694,15 +694,17 @@ impl Session {
                 memory: (config.use_slabs || options.memory.is_some()).then_some(memory),
             },
             |mut unit| {
-                let deps = binder.deps.take();
-                self.publish(options, &mut unit, deps, source.name(), replacing)
+                let mut deps = binder.deps.borrow_mut();
+                let published = self.publish(options, &mut unit, &deps, source.name(), replacing);
+                // Publishing released the pins, refused or not.
+                deps.clear();
+                published
             },
         );
-        // A link that failed before publishing still holds its pins (publishing releases
-        // them, refused or not).
-        let deps = binder.deps.into_inner();
+        // A link that failed before publishing still holds its pins.
+        let deps = binder.deps.get_mut();
         if result.is_err() && !deps.is_empty() {
-            read(&self.state).unpin(&deps);
+            read(&self.state).unpin(deps);
         }
         result
     }
@@ -716,7 +718,7 @@ impl Session {
         &self,
         options: &UnitOptions,
         unit: &mut LinkedUnit<'_>,
-        deps: SmallVec<[u64; 4]>,
+        deps: &[u64],
         name: &str,
         replacing: Option<u64>,
     ) -> Result<UnitId> {
@@ -734,7 +736,7 @@ impl Session {
             map: unit.map.take(),
         });
         let symbols = NewSymbols::new(&unit.exports);
-        let published = write(&self.state).publish(record, &symbols, &deps, name, replacing);
+        let published = write(&self.state).publish(record, &symbols, deps, name, replacing);
         match published {
             Ok(id) => Ok(UnitId(id)),
             Err(refused) => {
@@ -1152,7 +1154,7 @@ impl SessionSymbols for Binder<'_> {
                     deps.push(unit);
                 }
             }
-            *out = Some(d.addr);
+            *out = Some(d.addr());
         }
     }
 }

@@ -5,7 +5,7 @@
 //! its hidden symbols only to units of the same scope. A unit binds first to its own scope, then
 //! to the scopes of that scope's search order, in order.
 
-use super::symbols::{name_key, room_for, Slot, SymbolTable};
+use super::symbols::{name_key, room_for, Found, Slot, SymbolTable};
 use super::units::{AddrIndex, Few, UnitTable};
 use crate::error::{DuplicateSymbol, Error, Result};
 use crate::link::relink::{RelinkRecord, RelinkTarget};
@@ -272,11 +272,11 @@ pub(crate) struct NewSymbols<'e, 'g> {
 impl<'e, 'g> NewSymbols<'e, 'g> {
     #[inline]
     pub fn new(exports: &'e [Export<'g>]) -> Self {
-        // (A loop of pushes: collecting checks and grows more than one key needs.)
-        let mut keys = SmallVec::new();
-        for e in exports {
-            keys.push(name_key(&e.name));
-        }
+        let keys = match exports {
+            // (A JIT's unit: one key, stored, without a push's checks.)
+            [one] => SmallVec::from_buf_and_len([name_key(&one.name), 0, 0, 0], 1),
+            _ => exports.iter().map(|e| name_key(&e.name)).collect(),
+        };
         NewSymbols { exports, keys }
     }
 }
@@ -862,13 +862,14 @@ impl State {
 
     /// The definition of `name` a unit of scope `from` binds to.
     pub fn visible(&self, from: ScopeId, name: &str) -> Option<Def> {
-        self.visible_keyed(from, name_key(name.as_bytes()), name.as_bytes())
+        let found = self.visible_keyed(from, name_key(name.as_bytes()), name.as_bytes());
+        found.map(|d| d.def())
     }
 
     /// [`State::visible`] for a name already keyed ([`name_key`]): one key for every scope
     /// of the search order.
     #[inline]
-    pub fn visible_keyed(&self, from: ScopeId, key: u32, name: &[u8]) -> Option<Def> {
+    pub fn visible_keyed(&self, from: ScopeId, key: u32, name: &[u8]) -> Option<Found<'_>> {
         let own = self.scopes.get(from.0 as usize)?;
         if let Some(d) = own.symbols.find(key, name) {
             return Some(d);
@@ -893,7 +894,7 @@ impl State {
             .iter()
             .zip(&new.keys)
             .filter_map(|(e, &k)| {
-                let d = scope.symbols.find(k, &e.name)?;
+                let d = scope.symbols.find(k, &e.name)?.def();
                 clash(&d, e, replacing).then(|| duplicate(&d, e, input))
             })
             .collect()
@@ -934,11 +935,7 @@ impl State {
         }
         let id = self.next_unit;
         let scope = &mut self.scopes[at];
-        let bytes = new
-            .exports
-            .iter()
-            .map(|e| room_for(e.name.len(), e.size))
-            .sum();
+        let bytes = new.exports.iter().map(|e| room_for(e.name.len())).sum();
         if !scope.symbols.make_room(bytes) {
             self.unpin(deps);
             let error = Error::Usage("too many symbol names in one scope (4 GiB)".into());

@@ -1,9 +1,10 @@
 //! A scope's symbol table: name → definition, sized for a JIT that keeps a million one-name
-//! units. The names lie end to end in one byte string per table, each behind its length, and
-//! an entry says where its name is: a name costs its bytes and a byte or two (an `Arc<str>`
-//! each would cost an allocation of at least 32 bytes and a 16-byte pointer in the entry).
-//! Entries are 24 bytes: the name's length is in the string, and a size of 4 GiB or more too
-//! (the rare path: [`BIG`]).
+//! units. The names lie end to end in one byte string per table, each behind its length and
+//! before its symbol's size, and an entry says where its name is: a name costs its bytes and
+//! two or three more (an `Arc<str>` each would cost an allocation of at least 32 bytes and a
+//! 16-byte pointer in the entry). Entries are 24 bytes and keep their name's key: a table
+//! that grows rehashes its entries without reading or hashing their names, and a unit's
+//! entry is found by key and unit alone.
 
 use super::state::Def;
 use hashbrown::hash_table::{Entry, HashTable, OccupiedEntry, VacantEntry};
@@ -51,7 +52,8 @@ fn shard(key: u32) -> usize {
 }
 
 /// The names of a [`SymbolTable`]'s entries, end to end, each as its length (LEB128: one byte
-/// below 128), its bytes and, for a [`BIG`] symbol, its size (8 bytes, little-endian).
+/// below 128), its bytes and its symbol's size (LEB128: one byte below 128, two below 16 KiB).
+/// The size is read only when a definition is (a lookup, a clash), never while probing.
 #[derive(Default)]
 pub(crate) struct Names {
     text: Vec<u8>,
@@ -64,53 +66,70 @@ pub(crate) struct Names {
 /// Below this many bytes of names a table is not compacted.
 const COMPACT_FROM: usize = 4096;
 
-/// [`Symbol::size`] of a symbol of 4 GiB or more: its size is after its name.
-const BIG: u32 = u32::MAX;
-
-/// One name of a scope: where its name is in the table's [`Names`], and its definition (a
-/// [`Def`] packed: its size in 32 bits unless [`BIG`]). The defining unit's record keeps the
-/// name's key ([`super::state::Unit::names`]).
+/// One name of a scope: where its name (and its size) is in the table's [`Names`], the rest of
+/// its [`Def`], and the name's [`name_key`] (the defining unit's record keeps it too:
+/// [`super::state::Unit::names`]).
 pub(crate) struct Symbol {
     addr: u64,
     /// [`Def::unit_flags`].
     unit_flags: u64,
     at: u32,
-    size: u32,
+    key: u32,
 }
 
-/// The bytes [`Names`] takes for a name of `len` bytes and a symbol of `size` bytes: what
-/// [`SymbolTable::make_room`] is asked for.
-pub(crate) fn room_for(len: usize, size: u64) -> usize {
-    let big = if size >= u64::from(BIG) { 8 } else { 0 };
-    leb128_len(len) + len + big
+/// At least the bytes [`Names`] takes for a name of `len` bytes and a symbol of any size: what
+/// [`SymbolTable::make_room`] is asked for (a bound, so that asking costs no more than an add:
+/// the room is only short near 4 GiB of names).
+pub(crate) fn room_for(len: usize) -> usize {
+    len.saturating_add(2 * LEB128_MAX)
 }
 
-fn leb128_len(mut x: usize) -> usize {
-    let mut n = 1;
-    while x >= 0x80 {
-        x >>= 7;
-        n += 1;
+/// The most bytes a number takes in LEB128 (64 bits, 7 a byte).
+const LEB128_MAX: usize = 10;
+
+/// The bytes of `x` in LEB128: one for each 7 bits it needs, one for 0.
+fn leb128_len(x: u64) -> usize {
+    let bits = 64 - (x | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// The LEB128 number at `i` in `text`, and where it ends. (Entries name what the table
+/// appended for them: in bounds; a number read past the end, or past 64 bits, gives what was
+/// read, not a panic.)
+fn read_leb128(text: &[u8], mut i: usize) -> (u64, usize) {
+    let (mut x, mut shift) = (0u64, 0u32);
+    while let Some(&b) = text.get(i) {
+        i += 1;
+        x |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+        shift += 7;
+        if b < 0x80 {
+            break;
+        }
     }
-    n
+    (x, i)
+}
+
+fn push_leb128(text: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        text.push(x as u8 | 0x80);
+        x >>= 7;
+    }
+    text.push(x as u8);
 }
 
 impl Names {
-    /// The name at `at`, and where its bytes end.
+    /// The name at `at`, and where its bytes end (where its size starts).
     fn name_end(&self, at: u32) -> (&[u8], usize) {
-        let mut i = at as usize;
-        let (mut len, mut shift) = (0usize, 0);
-        // (An entry names what the table appended for it: in bounds; a length read past the
-        // end, or a shift past 63 bits, would give an empty name, not a panic.)
-        while let Some(&b) = self.text.get(i) {
-            i += 1;
-            len |= usize::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
-            shift += 7;
-            if b < 0x80 {
-                break;
+        let at = at as usize;
+        let (start, len) = match self.text.get(at) {
+            Some(&len) if len < 0x80 => (at + 1, usize::from(len)),
+            _ => {
+                let (len, start) = read_leb128(&self.text, at);
+                (start, usize::try_from(len).unwrap_or(usize::MAX))
             }
-        }
-        let end = i.saturating_add(len);
-        (self.text.get(i..end).unwrap_or_default(), end)
+        };
+        let end = start.saturating_add(len);
+        (self.text.get(start..end).unwrap_or_default(), end)
     }
 
     fn name(&self, at: u32) -> &[u8] {
@@ -125,73 +144,131 @@ impl Names {
         }
     }
 
+    /// The size after a name that ends at `end`, and where it ends.
+    #[inline]
+    fn size_end(&self, end: usize) -> (u64, usize) {
+        // (Most sizes: below 16 KiB, one or two bytes; the last entry's size of one byte
+        // takes the general path.)
+        match self.text.get(end..end + 2) {
+            Some(&[low, _]) if low < 0x80 => (u64::from(low), end + 1),
+            Some(&[low, high]) if high < 0x80 => {
+                (u64::from(low & 0x7f) | u64::from(high) << 7, end + 2)
+            }
+            _ => read_leb128(&self.text, end),
+        }
+    }
+
     /// The definition of entry `s`.
     fn def(&self, s: &Symbol) -> Def {
-        let size = if s.size == BIG {
-            let (_, end) = self.name_end(s.at);
-            let bytes = self.text.get(end..end + 8).unwrap_or_default();
-            u64::from_le_bytes(bytes.try_into().unwrap_or_default())
-        } else {
-            u64::from(s.size)
-        };
+        let (size, _) = self.size_end(self.name_end(s.at).1);
         Def::from_packed(s.addr, size, s.unit_flags)
     }
 
     /// The bytes entry `s` takes in `text`.
     fn len_of(&self, s: &Symbol) -> usize {
-        let (_, end) = self.name_end(s.at);
-        end - s.at as usize + if s.size == BIG { 8 } else { 0 }
+        let (_, end) = self.size_end(self.name_end(s.at).1);
+        end - s.at as usize
     }
 
-    /// Append `name` for a symbol of `size` bytes: its offset and its [`Symbol::size`].
-    fn append(&mut self, name: &[u8], size: u64) -> (u32, u32) {
+    /// Append `name` for a symbol of `size` bytes: its offset. (Always inline: it stayed a
+    /// call of ~97 instructions with LTO, for a link's one name.)
+    #[inline(always)]
+    fn append(&mut self, name: &[u8], size: u64) -> u32 {
         let at = self.text.len() as u32;
-        // (Most names: a length of one byte, a size that fits the entry.)
-        let small = u32::try_from(size).ok().filter(|&s| s != BIG);
-        if let (Some(small), true) = (small, name.len() < 0x80) {
-            self.text.reserve(1 + name.len());
-            self.text.push(name.len() as u8);
-            self.text.extend_from_slice(name);
-            return (at, small);
-        }
-        self.text.reserve(room_for(name.len(), size));
-        let mut len = name.len();
-        while len >= 0x80 {
-            self.text.push(len as u8 | 0x80);
-            len >>= 7;
-        }
-        self.text.push(len as u8);
+        // (Most entries: a name below 128 bytes, a size below 16 KiB: no loops.)
+        let (Ok(len @ 0..0x80), Ok(size @ 0..0x4000)) =
+            (u8::try_from(name.len()), u16::try_from(size))
+        else {
+            return self.append_long(name, size);
+        };
+        self.text.reserve(3 + name.len());
+        self.text.push(len);
         self.text.extend_from_slice(name);
-        match u32::try_from(size) {
-            Ok(small) if small != BIG => (at, small),
-            _ => {
-                self.text.extend_from_slice(&size.to_le_bytes());
-                (at, BIG)
-            }
+        match u8::try_from(size) {
+            Ok(small @ 0..0x80) => self.text.push(small),
+            _ => self
+                .text
+                .extend_from_slice(&[size as u8 | 0x80, (size >> 7) as u8]),
         }
+        at
     }
 
-    /// Entry `s` made to hold `def` (its name moves to the end of `text` if its size changes
-    /// between small and [`BIG`] or within [`BIG`]).
+    /// [`Names::append`] of a name of 128 bytes or more, or a size of 16 KiB or more.
+    #[cold]
+    #[inline(never)]
+    fn append_long(&mut self, name: &[u8], size: u64) -> u32 {
+        let at = self.text.len() as u32;
+        self.text.reserve(room_for(name.len()));
+        push_leb128(&mut self.text, name.len() as u64);
+        self.text.extend_from_slice(name);
+        push_leb128(&mut self.text, size);
+        at
+    }
+
+    /// Entry `s` made to hold `def`: a new size is written over the old one if it takes as
+    /// many bytes, else the name moves to the end of `text` with it.
     fn store(&mut self, s: &mut Symbol, def: Def) {
         s.addr = def.addr;
         s.unit_flags = def.unit_flags();
-        let small = u32::try_from(def.size).ok().filter(|&x| x != BIG);
-        match small {
-            Some(size) if s.size != BIG => s.size = size,
-            _ if self.def(s).size == def.size => {}
-            _ => {
-                self.dead += self.len_of(s);
-                let name = self.name(s.at).to_vec();
-                (s.at, s.size) = self.append(&name, def.size);
+        let (_, end) = self.name_end(s.at);
+        let (old, size_end) = self.size_end(end);
+        if old == def.size {
+            return;
+        }
+        if leb128_len(def.size) == size_end - end {
+            let mut size = Vec::with_capacity(size_end - end);
+            push_leb128(&mut size, def.size);
+            if let Some(old) = self.text.get_mut(end..size_end) {
+                old.copy_from_slice(&size);
             }
+        } else {
+            self.dead += self.len_of(s);
+            let name = self.name(s.at).to_vec();
+            s.at = self.append(&name, def.size);
         }
     }
+}
 
-    /// Whether `s` is unit `unit`'s entry under `key` (the table's probe may offer entries
-    /// of other keys).
-    fn is(&self, s: &Symbol, key: u32, unit: u64) -> bool {
-        Def::unit_of(s.unit_flags) == unit && name_key(self.name(s.at)) == key
+impl Symbol {
+    /// Whether it is unit `unit`'s entry under `key` (the table's probe may offer entries of
+    /// other keys).
+    fn is(&self, key: u32, unit: u64) -> bool {
+        self.key == key && Def::unit_of(self.unit_flags) == unit
+    }
+
+    /// Whether it is the entry of `name`, keyed `key`.
+    #[inline]
+    fn named(&self, names: &Names, key: u32, name: &[u8]) -> bool {
+        self.key == key && names.name(self.at) == name
+    }
+}
+
+/// A name [`SymbolTable::find`] found: its entry, read only as far as asked (binding reads
+/// its address, not its size).
+#[derive(Copy, Clone)]
+pub(crate) struct Found<'t> {
+    names: &'t Names,
+    symbol: &'t Symbol,
+}
+
+impl Found<'_> {
+    pub(crate) fn addr(&self) -> u64 {
+        self.symbol.addr
+    }
+
+    /// The unit that defines it.
+    pub(crate) fn unit(&self) -> u64 {
+        Def::unit_of(self.symbol.unit_flags)
+    }
+
+    /// Visible to other scopes.
+    pub(crate) fn exported(&self) -> bool {
+        Def::from_packed(self.symbol.addr, 0, self.symbol.unit_flags).exported()
+    }
+
+    /// The whole definition (its size read from the names).
+    pub(crate) fn def(&self) -> Def {
+        self.names.def(self.symbol)
     }
 }
 
@@ -223,38 +300,44 @@ impl TakenSlot<'_> {
 pub(crate) struct FreeSlot<'t> {
     entry: VacantEntry<'t, Symbol>,
     names: &'t mut Names,
+    key: u32,
 }
 
 impl FreeSlot<'_> {
     /// Enter `name` (the name the slot was found for: [`SymbolTable::make_room`] was asked
     /// for its [`room_for`]) with `def`.
+    #[inline(always)]
     pub(crate) fn insert(self, name: &[u8], def: Def) {
-        let (at, size) = self.names.append(name, def.size);
+        let at = self.names.append(name, def.size);
         self.entry.insert(Symbol {
             addr: def.addr,
             unit_flags: def.unit_flags(),
             at,
-            size,
+            key: self.key,
         });
     }
 }
 
 impl SymbolTable {
-    /// The definition of `name`, whose [`name_key`] is `key`.
-    pub(crate) fn find(&self, key: u32, name: &[u8]) -> Option<Def> {
+    /// The entry of `name`, whose [`name_key`] is `key`. (Always inline: it stayed a call of
+    /// ~129 instructions with LTO, for each name a link binds.)
+    #[inline(always)]
+    pub(crate) fn find(&self, key: u32, name: &[u8]) -> Option<Found<'_>> {
         let names = &self.names;
-        self.shards[shard(key)]
-            .find(table_hash(key), |s| names.name(s.at) == name)
-            .map(|s| names.def(s))
+        let symbol =
+            self.shards[shard(key)].find(table_hash(key), |s| s.named(names, key, name))?;
+        Some(Found { names, symbol })
     }
 
     /// Where `name` (keyed `key`) is or would go: one probe for a check and an insert.
+    #[inline]
     pub(crate) fn slot(&mut self, key: u32, name: &[u8]) -> Slot<'_> {
         let names = &self.names;
+        // (A growing table rehashes its entries by their keys: their names are not read.)
         let entry = self.shards[shard(key)].entry(
             table_hash(key),
-            |s| names.name(s.at) == name,
-            |s| table_hash(name_key(names.name(s.at))),
+            |s| s.named(names, key, name),
+            |s| table_hash(s.key),
         );
         match entry {
             Entry::Occupied(entry) => Slot::Taken(TakenSlot {
@@ -264,6 +347,7 @@ impl SymbolTable {
             Entry::Vacant(entry) => Slot::Free(FreeSlot {
                 entry,
                 names: &mut self.names,
+                key,
             }),
         }
     }
@@ -280,9 +364,8 @@ impl SymbolTable {
 
     /// Take out the entry of unit `unit` under `key` (one of its record's names).
     pub(crate) fn remove_of(&mut self, key: u32, unit: u64) {
-        let names = &self.names;
         let table = &mut self.shards[shard(key)];
-        if let Ok(o) = table.find_entry(table_hash(key), |s| names.is(s, key, unit)) {
+        if let Ok(o) = table.find_entry(table_hash(key), |s| s.is(key, unit)) {
             let (s, _) = o.remove();
             self.names.dead += self.names.len_of(&s);
             let n = &self.names;
@@ -314,9 +397,7 @@ impl SymbolTable {
             // (Two names with one key: both found the first time.)
             if !keys[..i].contains(&k) {
                 let table = &self.shards[shard(k)];
-                let mine = table
-                    .iter_hash(table_hash(k))
-                    .filter(|s| names.is(s, k, unit));
+                let mine = table.iter_hash(table_hash(k)).filter(|s| s.is(k, unit));
                 // (Every name entered was a `str`.)
                 out.extend(mine.map(|s| {
                     let name = std::str::from_utf8(names.name(s.at)).unwrap_or_default();
@@ -329,12 +410,11 @@ impl SymbolTable {
 
     /// The addresses of [`SymbolTable::of_unit`]'s definitions, each replaced by `f` of it.
     pub(crate) fn move_unit(&mut self, keys: &[u32], unit: u64, mut f: impl FnMut(u64) -> u64) {
-        let names = &self.names;
         for (i, &k) in keys.iter().enumerate() {
             if !keys[..i].contains(&k) {
                 let table = &mut self.shards[shard(k)];
                 for s in table.iter_hash_mut(table_hash(k)) {
-                    if names.is(s, k, unit) {
+                    if s.is(k, unit) {
                         s.addr = f(s.addr);
                     }
                 }
@@ -354,7 +434,7 @@ mod tests {
 
     fn add_def(t: &mut SymbolTable, name: &str, d: Def) {
         let k = name_key(name.as_bytes());
-        assert!(t.make_room(room_for(name.len(), d.size)));
+        assert!(t.make_room(room_for(name.len())));
         match t.slot(k, name.as_bytes()) {
             Slot::Free(slot) => slot.insert(name.as_bytes(), d),
             Slot::Taken(_) => panic!("{name} is there already"),
@@ -365,9 +445,82 @@ mod tests {
         add_def(t, name, def(unit));
     }
 
+    /// The bytes an entry takes in the names: its length, its bytes, its size.
+    fn entry_len(len: usize, size: u64) -> usize {
+        leb128_len(len as u64) + len + leb128_len(size)
+    }
+
     #[test]
     fn entries_are_three_words() {
         assert_eq!(std::mem::size_of::<Symbol>(), 24);
+    }
+
+    /// The one-byte readings of a name's length and its size (most entries') against the
+    /// general LEB128 reading, for lengths and sizes around each width; and a size written
+    /// again in place or, when it needs more or fewer bytes, with the name moved.
+    #[test]
+    fn names_and_sizes_read_back_at_every_width() {
+        let lens = [0usize, 1, 127, 128, 300, 16_383, 16_384, 20_000];
+        let sizes = [
+            0u64,
+            1,
+            127,
+            128,
+            160,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            1 << 40,
+            u64::MAX,
+        ];
+        let mut names = Names::default();
+        let mut entries = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            for (j, &size) in sizes.iter().enumerate() {
+                let name: Vec<u8> = (0..len).map(|k| b'a' + ((i + j + k) % 26) as u8).collect();
+                let before = names.text.len();
+                let at = names.append(&name, size);
+                assert_eq!(names.text.len() - before, entry_len(len, size));
+                assert!(entry_len(len, size) <= room_for(len));
+                let s = Symbol {
+                    addr: 0x1000,
+                    unit_flags: Def::new(0, 0, 9, SymbolKind::Data, true, false).unit_flags(),
+                    at,
+                    key: name_key(&name),
+                };
+                entries.push((name, size, s));
+            }
+        }
+        for (name, size, s) in &entries {
+            let (len, start) = read_leb128(&names.text, s.at as usize);
+            assert_eq!(len, name.len() as u64);
+            assert_eq!((read_leb128(&names.text, start + name.len()).0), *size);
+            assert_eq!(names.name(s.at), &name[..]);
+            assert_eq!(names.def(s).size, *size);
+            assert_eq!(names.len_of(s), entry_len(name.len(), *size));
+            assert!(s.is(name_key(name), 9) && !s.is(name_key(name), 8));
+        }
+        // Sizes written again: same width in place, another width at the end.
+        for (name, size, mut s) in entries {
+            for new in [size ^ 1, 200, 5, u64::MAX] {
+                let (at, dead, text) = (s.at, names.dead, names.text.len());
+                let old = names.def(&s).size;
+                names.store(
+                    &mut s,
+                    Def::new(0x2000, new, 9, SymbolKind::Data, true, false),
+                );
+                let in_place = old == new || leb128_len(old) == leb128_len(new);
+                assert_eq!(s.at == at, in_place, "{old} -> {new}");
+                assert_eq!(names.dead > dead, !in_place);
+                assert_eq!(names.text.len() > text, !in_place);
+                assert_eq!(
+                    (names.name(s.at), names.def(&s)),
+                    (&name[..], {
+                        Def::new(0x2000, new, 9, SymbolKind::Data, true, false)
+                    })
+                );
+            }
+        }
     }
 
     #[test]
@@ -397,12 +550,16 @@ mod tests {
             if i % 997 == 0 {
                 for j in i.saturating_sub(live - 1).max(1)..=i {
                     let n = name(j);
-                    let d = t.find(name_key(n.as_bytes()), n.as_bytes());
+                    let d = t
+                        .find(name_key(n.as_bytes()), n.as_bytes())
+                        .map(|d| d.def());
                     assert_eq!(d.map(|d| d.unit()), Some(j), "{n}");
                 }
                 let gone = name(i - live);
                 assert!(t.find(name_key(gone.as_bytes()), gone.as_bytes()).is_none());
-                let live_bytes: usize = (i - live + 1..=i).map(|j| name(j).len() + 1).sum();
+                let live_bytes: usize = (i - live + 1..=i)
+                    .map(|j| entry_len(name(j).len(), 8))
+                    .sum();
                 assert!(t.names.text.len() <= (2 * live_bytes).max(COMPACT_FROM));
             }
         }
@@ -416,18 +573,18 @@ mod tests {
         );
         t.move_unit(&[k], 19_999, |a| a + 7);
         assert_eq!(
-            t.find(k, n.as_bytes()).map(|d| d.addr),
+            t.find(k, n.as_bytes()).map(|d| d.addr()),
             Some(0x1000 * 19_999 + 7)
         );
         // Not a name at all.
         assert!(t.find(name_key(b"\xff"), b"\xff").is_none());
     }
 
-    /// What does not fit the packed entry: a name of 128 bytes or more (a longer length
-    /// prefix), a size of 4 GiB or more (after the name), and a size that changes between the
-    /// two; all survive compaction.
+    /// What does not take one byte in the names: a name of 128 bytes or more (a longer length
+    /// prefix), a size of 4 GiB or more, and a size that changes between them (moving the
+    /// name); all survive compaction.
     #[test]
-    fn long_names_and_big_sizes_take_the_rare_path() {
+    fn long_names_and_big_sizes_survive_redefinition_and_compaction() {
         let mut t = SymbolTable::default();
         let long = "x".repeat(20_000);
         let big = Def::new(0x5000, 1 << 40, 3, SymbolKind::Data, false, true);
@@ -442,7 +599,10 @@ mod tests {
         add_def(&mut t, &long, big);
         add_def(&mut t, "edge", edge);
         add(&mut t, "small", 5);
-        let find = |t: &SymbolTable, n: &str| t.find(name_key(n.as_bytes()), n.as_bytes());
+        let find = |t: &SymbolTable, n: &str| {
+            t.find(name_key(n.as_bytes()), n.as_bytes())
+                .map(|d| d.def())
+        };
         assert_eq!(find(&t, &long), Some(big));
         assert_eq!(find(&t, "edge"), Some(edge));
         assert_eq!(find(&t, "small"), Some(def(5)));
@@ -465,7 +625,7 @@ mod tests {
                 Def::new(0x8000, 1 << 35, 7, SymbolKind::Function, true, false),
             ),
         ] {
-            assert!(t.make_room(room_for(n.len(), d.size)));
+            assert!(t.make_room(room_for(n.len())));
             match t.slot(name_key(n.as_bytes()), n.as_bytes()) {
                 Slot::Taken(o) => o.replace(d),
                 Slot::Free(_) => panic!("{n} is not there"),
