@@ -43,6 +43,18 @@ impl EdgeKind {
         }
     }
 
+    /// The ELF `e_machine` of the architecture the kind belongs to ([`Arch::elf_machine`]),
+    /// `None` for a generic kind every architecture takes: read off the kind, so that a check
+    /// that an edge is of its graph's architecture compares two numbers rather than calling
+    /// through `dyn Arch` (`Arch::edge_info`) for every edge.
+    #[inline(always)]
+    pub(crate) fn elf_machine(self) -> Option<u16> {
+        match self {
+            EdgeKind::KeepAlive => None,
+            EdgeKind::X86_64(_) => Some(object::elf::EM_X86_64.0),
+        }
+    }
+
     /// Whether the kind's row is the plain 32-bit PC-relative one: S the target's address,
     /// `S + A - P` into a signed 32-bit field, no instruction rewrite (calls, jumps and data
     /// references, a JIT's usual edges). The fixup writer takes these on a straight path.
@@ -542,6 +554,39 @@ mod tests {
     }
 
     use super::*;
+
+    /// What the graph builders read off a kind (its architecture, its row) is what the graph's
+    /// architecture answers through `Arch::edge_info`, for every kind: its own kinds' rows,
+    /// the generic kind's, and `None` for a kind of another architecture.
+    #[test]
+    fn a_kind_says_its_architecture_and_row_as_edge_info_does() {
+        let arch = for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
+        let mut kinds: Vec<EdgeKind> = x86_64::relocs::ROWS
+            .iter()
+            .map(|r| EdgeKind::X86_64(r.kind))
+            .collect();
+        kinds.push(EdgeKind::X86_64(x86_64::EdgeKind::TlsDescCallToNop));
+        kinds.push(EdgeKind::KeepAlive);
+        for kind in kinds {
+            let by_kind = kind
+                .elf_machine()
+                .is_none_or(|m| m == arch.elf_machine())
+                .then(|| kind.info());
+            let by_arch = arch.edge_info(kind);
+            assert!(by_arch.is_some(), "{kind:?}");
+            // (By value: `KEEP_ALIVE` is a constant, which need not have one address.)
+            assert_eq!(
+                by_kind.map(|i| format!("{i:?}")),
+                by_arch.map(|i| format!("{i:?}")),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(EdgeKind::KeepAlive.elf_machine(), None);
+        assert_eq!(
+            EdgeKind::X86_64(x86_64::EdgeKind::Delta32).elf_machine(),
+            Some(arch.elf_machine())
+        );
+    }
 
     #[test]
     fn the_architecture_is_the_triples_first_component() {

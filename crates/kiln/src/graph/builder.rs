@@ -379,7 +379,9 @@ fn bytes_of(g: &LinkGraph, b: BlockId) -> u64 {
 /// block's bytes — and its target bound to a local of the input first, else to the unit's
 /// global of that name (created undefined, referenced by `input`, which defines the block).
 /// `edge` is (offset, kind, target, addend).
-/// (Inlined into both front ends' loops: called, it cost about 50 instructions an edge.)
+/// (Inlined into both front ends' loops: called, it cost about 50 instructions an edge. The
+/// kind's architecture and row are read off the kind, which is what `Arch::edge_info` answers,
+/// without its call through `dyn Arch` an edge.)
 #[inline(always)]
 pub(super) fn bind_edge<'a>(
     g: &mut LinkGraph<'a>,
@@ -388,13 +390,10 @@ pub(super) fn bind_edge<'a>(
     room: u64,
     (offset, kind, target, addend): (u32, EdgeKind, &'a str, i64),
 ) -> std::result::Result<Edge, (Option<u64>, String)> {
-    let Some(info) = g.arch.edge_info(kind) else {
-        return Err((
-            Some(offset.into()),
-            format!("edge kind {:?} is not a {} kind", kind, g.arch.name()),
-        ));
-    };
-    if u64::from(offset) + u64::from(info.width) > room {
+    if kind.elf_machine().is_some_and(|m| m != g.machine) {
+        return Err(not_of_the_arch(g, offset, kind));
+    }
+    if u64::from(offset) + u64::from(field_width(kind)) > room {
         return Err((
             Some(offset.into()),
             format!("edge to {target} lies outside its block"),
@@ -410,6 +409,34 @@ pub(super) fn bind_edge<'a>(
         target,
         addend,
     })
+}
+
+/// The width of an edge's field: its row's, read off the kind; a JIT's calls and data
+/// references (plain 32-bit PC-relative kinds, 4 bytes) without the row's look-up, whose match
+/// over every kind, inlined into the edge loop, cost more than the call through `dyn Arch` it
+/// replaced.
+#[inline(always)]
+fn field_width(kind: EdgeKind) -> u8 {
+    if kind.is_plain_pc_relative_32() {
+        4
+    } else {
+        row_width(kind)
+    }
+}
+
+/// [`field_width`] of any kind, from its row.
+#[inline(never)]
+fn row_width(kind: EdgeKind) -> u8 {
+    kind.info().width
+}
+
+/// [`bind_edge`]'s error for a kind of another architecture than the graph's.
+#[cold]
+fn not_of_the_arch(g: &LinkGraph, offset: u32, kind: EdgeKind) -> (Option<u64>, String) {
+    (
+        Some(offset.into()),
+        format!("edge kind {:?} is not a {} kind", kind, g.arch.name()),
+    )
 }
 
 /// The CIE (one per graph, made on first use) and an FDE for a function block that begins
@@ -462,4 +489,28 @@ pub(super) fn add_frame_pointer_unwind(
     ];
     g.keep_alive.push((b, fde));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64;
+
+    /// The width [`bind_edge`] checks a field with is its kind's row's, for every kind: the
+    /// plain 32-bit PC-relative ones taken without the row, and the rest through it.
+    #[test]
+    fn field_width_is_the_rows_width() {
+        let mut kinds: Vec<EdgeKind> = x86_64::relocs::ROWS
+            .iter()
+            .map(|r| EdgeKind::X86_64(r.kind))
+            .collect();
+        kinds.push(EdgeKind::X86_64(x86_64::EdgeKind::TlsDescCallToNop));
+        kinds.push(EdgeKind::KeepAlive);
+        let mut plain = 0;
+        for kind in kinds {
+            plain += usize::from(kind.is_plain_pc_relative_32());
+            assert_eq!(field_width(kind), kind.info().width, "{kind:?}");
+        }
+        assert_eq!(plain, 2);
+    }
 }

@@ -259,6 +259,9 @@ pub(crate) struct InputInfo<'a> {
 pub(crate) struct LinkGraph<'a> {
     /// The instruction set of every input of the unit.
     pub arch: &'static dyn Arch,
+    /// `arch`'s [`Arch::elf_machine`], asked once: what the graph builders check each edge's
+    /// kind against ([`crate::arch::EdgeKind::elf_machine`]) without a call through `arch`.
+    pub machine: u16,
     /// (Inline for two inputs, a JIT's function and the linker's own input: a table kept
     /// for the next graph costs its drop more than two entries cost the graph.)
     pub inputs: smallvec::SmallVec<[InputInfo<'a>; 2]>,

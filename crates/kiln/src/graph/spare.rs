@@ -63,6 +63,7 @@ pub(super) fn take<'a>(
     }
     LinkGraph {
         arch,
+        machine: arch.elf_machine(),
         // (Inline, for two: a JIT's function and the linker's own input.)
         inputs: smallvec::SmallVec::new(),
         // `'static` tables serve as `'a` ones as they are (a vector is covariant in its
