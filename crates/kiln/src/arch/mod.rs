@@ -518,8 +518,23 @@ pub(crate) fn for_triple(triple: &str) -> Option<&'static dyn Arch> {
     }
 }
 
+/// Every edge kind there is: each x86-64 row's, the x86-64 kind without a row of its own, and
+/// the generic kind (for tests that compare a shortcut with the general answer, kind by kind).
+#[cfg(test)]
+pub(crate) fn every_kind() -> Vec<EdgeKind> {
+    let mut kinds: Vec<EdgeKind> = x86_64::relocs::ROWS
+        .iter()
+        .map(|r| EdgeKind::X86_64(r.kind))
+        .collect();
+    kinds.push(EdgeKind::X86_64(x86_64::EdgeKind::TlsDescCallToNop));
+    kinds.push(EdgeKind::KeepAlive);
+    kinds
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn plain_pc_relative_32_kinds_have_that_row() {
         let mut found = 0;
@@ -553,21 +568,13 @@ mod tests {
         assert!(!EdgeKind::KeepAlive.is_plain_pc_relative_32());
     }
 
-    use super::*;
-
     /// What the graph builders read off a kind (its architecture, its row) is what the graph's
     /// architecture answers through `Arch::edge_info`, for every kind: its own kinds' rows,
     /// the generic kind's, and `None` for a kind of another architecture.
     #[test]
     fn a_kind_says_its_architecture_and_row_as_edge_info_does() {
         let arch = for_triple("x86_64-unknown-linux-gnu").expect("x86-64");
-        let mut kinds: Vec<EdgeKind> = x86_64::relocs::ROWS
-            .iter()
-            .map(|r| EdgeKind::X86_64(r.kind))
-            .collect();
-        kinds.push(EdgeKind::X86_64(x86_64::EdgeKind::TlsDescCallToNop));
-        kinds.push(EdgeKind::KeepAlive);
-        for kind in kinds {
+        for kind in every_kind() {
             let by_kind = kind
                 .elf_machine()
                 .is_none_or(|m| m == arch.elf_machine())

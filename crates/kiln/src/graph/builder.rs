@@ -494,20 +494,13 @@ pub(super) fn add_frame_pointer_unwind(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::x86_64;
 
     /// The width [`bind_edge`] checks a field with is its kind's row's, for every kind: the
     /// plain 32-bit PC-relative ones taken without the row, and the rest through it.
     #[test]
     fn field_width_is_the_rows_width() {
-        let mut kinds: Vec<EdgeKind> = x86_64::relocs::ROWS
-            .iter()
-            .map(|r| EdgeKind::X86_64(r.kind))
-            .collect();
-        kinds.push(EdgeKind::X86_64(x86_64::EdgeKind::TlsDescCallToNop));
-        kinds.push(EdgeKind::KeepAlive);
         let mut plain = 0;
-        for kind in kinds {
+        for kind in crate::arch::every_kind() {
             plain += usize::from(kind.is_plain_pc_relative_32());
             assert_eq!(field_width(kind), kind.info().width, "{kind:?}");
         }
