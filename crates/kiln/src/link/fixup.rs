@@ -146,7 +146,7 @@ fn write_plain_pc_relative_32(g: &LinkGraph, addr: u64, e: &Edge, dst: &mut [u8]
     if !e.kind.is_plain_pc_relative_32() {
         return false;
     }
-    let Some(s) = plain_address(g, e.target) else {
+    let Some(s) = plain_address(g, &g.symbols[e.target.idx()]) else {
         return false;
     };
     // (A place above `i64::MAX` is left to the general path, as `write_value` leaves it.)
@@ -167,12 +167,12 @@ fn write_plain_pc_relative_32(g: &LinkGraph, addr: u64, e: &Edge, dst: &mut [u8]
     }
 }
 
-/// The address of `t` as [`address`] gives it, when it has one without a question: an absolute
-/// symbol's, or a symbol's in a block that is not thread-local. `None` for any other (the
-/// general path says why it has no address).
+/// The address of `s` when it has one: an absolute symbol's, or a symbol's in a block that is
+/// not thread-local. `None` for any other ([`address`] says why). (Always inline: the straight
+/// path of a JIT's call reads it.)
 #[inline(always)]
-fn plain_address(g: &LinkGraph, t: SymbolId) -> Option<u64> {
-    match g.symbols[t.idx()].def {
+fn plain_address(g: &LinkGraph, s: &Symbol) -> Option<u64> {
+    match s.def {
         SymbolDef::Absolute(a) => Some(a),
         SymbolDef::Defined { block, offset } => {
             let blk = &g.blocks[block.idx()];
@@ -235,25 +235,22 @@ fn target_value(
 }
 
 fn address(g: &LinkGraph, s: &Symbol) -> std::result::Result<u64, Why> {
-    match s.def {
-        SymbolDef::Defined { block, offset } => {
-            let blk = &g.blocks[block.idx()];
-            if g.sections[blk.section.idx()].kind == SectionKind::Tls {
-                return Err(Why::Target(
-                    "a thread-local symbol is referenced by a non-TLS relocation",
-                ));
-            }
-            Ok(blk.addr + offset)
-        }
-        SymbolDef::Absolute(a) => Ok(a),
-        SymbolDef::Discarded => Err(Why::Target(
+    plain_address(g, s).ok_or_else(|| no_address(s))
+}
+
+/// Why `s` has no address ([`plain_address`] gave none).
+#[cold]
+fn no_address(s: &Symbol) -> Why {
+    Why::Target(match s.def {
+        SymbolDef::Defined { .. } => "a thread-local symbol is referenced by a non-TLS relocation",
+        SymbolDef::Discarded => {
             "the target lies in a discarded section (a duplicate COMDAT group, or a section kiln \
-             does not load)",
-        )),
-        SymbolDef::Undefined | SymbolDef::Common { .. } => {
-            Err(Why::Target("the target is undefined"))
+             does not load)"
         }
-    }
+        SymbolDef::Absolute(_) | SymbolDef::Undefined | SymbolDef::Common { .. } => {
+            "the target is undefined"
+        }
+    })
 }
 
 fn fixup_failure(g: &LinkGraph, b: BlockId, e: &Edge, target_value: u64, why: Why) -> Error {
@@ -334,7 +331,7 @@ mod tests {
         for def in defs {
             let id = g.add_local(def, input);
             let general = address(&g, &g.symbols[id.idx()]).ok();
-            assert_eq!(plain_address(&g, id), general, "{def:?}");
+            assert_eq!(plain_address(&g, &g.symbols[id.idx()]), general, "{def:?}");
             if general.is_some() {
                 some += 1;
             } else {
